@@ -1,0 +1,46 @@
+# Two entry points: `make run` and `make test`. Both set everything up on a fresh
+# Debian machine (as root): system packages, a virtualenv, the project.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8733
+# System packages: libpcap for capture; tcpdump/tshark are the oracles the tests and
+# benchmarks compare against; iproute2 for network namespaces; chromium for browser tests.
+RUN_DEBS  := libpcap-dev gcc python3-dev
+TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 curl procps
+
+.PHONY: run test setup setup-test debs-run debs-test clean docs
+
+run: setup
+	$(VENV)/bin/apppaccap serve --host $(HOST) --port $(PORT) --data-dir ./data --export-dir ./export
+
+test: setup-test
+	$(PY) -m pytest -q tests
+
+setup: debs-run $(VENV)/.installed
+setup-test: debs-test $(VENV)/.installed-test
+
+debs-run:
+	@sh installer/debs.sh $(RUN_DEBS)
+debs-test:
+	@sh installer/debs.sh $(TEST_DEBS)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+docs: $(VENV)/.installed
+	$(PY) -m apppaccap.docs > docs/API.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+"""AppPacCap: per-application packet capture with an AJAX API."""
+
+__version__ = "0.1.0"

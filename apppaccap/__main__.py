@@ -1,0 +1,3 @@
+from apppaccap.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""process_list_running, process_list_threads."""
+
+import psutil
+
+from apppaccap import processes
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import action
+from apppaccap.filetime import now_ns
+
+
+@action(JSON)
+def process_list_running(ctx) -> list:
+    """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse)."""
+    infos = processes.running()
+    ids = ctx.processes.identify(infos)
+    out = []
+    for info, pid_ in zip(infos, ids):
+        row = dict(info, id=pid_, end_time=None, packets=0, bytes=0)
+        out.append(processes.process_object(row))
+    counts = {r[0]: (r[1], r[2]) for r in ctx.catalog.read(
+        "SELECT id, packets, bytes FROM processes WHERE id IN (%s)" % ",".join("?" * len(ids)),
+        ids)} if ids and len(ids) < 30000 else {}
+    for obj in out:
+        obj["PacketCount"], obj["ByteCount"] = counts.get(obj["ProcessId"], (0, 0))
+    return out
+
+
+def _resolve_process(ctx, process_id: int, pid: int):
+    """The catalog row named by process_id, or the running process with that pid."""
+    if process_id:
+        row = ctx.processes.by_id(process_id)
+        if row is None:
+            raise NotFound(f"process_id: no process {process_id}")
+        if pid and row["pid"] != pid:
+            raise Malformed(f"pid: process {process_id} has pid {row['pid']}, not {pid}")
+        return row
+    if not pid:
+        raise Malformed("process_id/pid: one of them is required")
+    try:
+        p = psutil.Process(pid)
+        info = processes.info_from_psutil(p.as_dict(processes.FIELDS, ad_value=None))
+    except psutil.NoSuchProcess:
+        raise NotFound(f"pid: no running process {pid}") from None
+    return ctx.processes.by_id(ctx.processes.identify([info])[0])
+
+
+@action(JSON)
+def process_list_threads(ctx, *, process_id: int = 0, pid: int = 0, flags: int = 0) -> list:
+    """The threads of a process as THREAD objects.
+
+    - process_id: our ProcessId (either this or pid)
+    - pid: the system process id of a running process
+    - flags: 0 = live threads only; 1 = also threads seen earlier that have ended
+    """
+    if flags not in (0, 1):
+        raise Malformed("flags: must be 0 or 1")
+    row = _resolve_process(ctx, process_id, pid)
+    live: dict[int, str] = {}
+    if row["end_time"] is None:
+        try:
+            proc = psutil.Process(row["pid"])
+            if int(round(proc.create_time() * 100)) * 10_000_000 == row["start_time"]:
+                for t in proc.threads():
+                    live[t.id] = _thread_name(row["pid"], t.id)
+        except psutil.Error:
+            pass
+    now = now_ns()
+
+    def remember(conn):
+        for tid, name in live.items():
+            conn.execute(
+                "INSERT INTO threads(process_id, tid, name, first_seen, last_seen, live) "
+                "VALUES (?,?,?,?,?,1) ON CONFLICT(process_id, tid) DO UPDATE SET "
+                "last_seen=excluded.last_seen, live=1, name=excluded.name",
+                (row["id"], tid, name, now, now))
+        conn.execute("UPDATE threads SET live=0 WHERE process_id=? AND tid NOT IN (%s)"
+                     % ",".join("?" * len(live)), (row["id"], *live))
+    ctx.catalog.write(remember)
+    rows = ctx.catalog.read("SELECT tid, name, live, packets FROM threads WHERE process_id=? "
+                            "ORDER BY tid", (row["id"],))
+    return [{"Version": 1, "ThreadId": r["tid"], "Pid": row["pid"], "Name": r["name"] or "",
+             "Live": bool(r["live"]), "PacketCount": r["packets"]}
+            for r in rows if flags == 1 or r["live"]]
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""

@@ -1,0 +1,54 @@
+"""settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
+
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.registry import INT
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import STRING
+from apppaccap.api.registry import action
+from apppaccap.settings import DEFAULTS
+
+
+@action(INT)
+def settings_clear(ctx) -> int:
+    """Clear every user-defined setting (the documented defaults apply again)."""
+    ctx.settings.clear()
+    return 0
+
+
+@action(JSON)
+def settings_get_all(ctx) -> dict:
+    """All settings as a dictionary of string to string (defaults included)."""
+    return ctx.settings.all()
+
+
+@action(STRING)
+def settings_get_by_key(ctx, *, key_name: str) -> str:
+    """The value of one setting.
+
+    - key_name: name of the setting; NOT_FOUND when it was never set and has no default
+    """
+    value = ctx.settings.get(key_name)
+    if value is None:
+        raise NotFound(f"key_name: no setting {key_name[:80]!r}")
+    return value
+
+
+@action(INT)
+def settings_set(ctx, *, key_name: str, value: str = "") -> int:
+    """Set a setting.
+
+    - key_name: 1-128 printable characters
+    - value: the value (a string; numeric settings such as token_timeout must be integers)
+    """
+    if not key_name or len(key_name) > 128 or not key_name.isprintable():
+        raise Malformed("key_name: must be 1-128 printable characters")
+    if len(value) > 65536:
+        raise Malformed("value: longer than 65536 characters")
+    if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes"):
+        if not value.strip().isdigit() or int(value) <= 0:
+            raise Malformed(f"value: {key_name} must be a positive integer")
+    if key_name == "theme" and key_name in DEFAULTS and value.startswith("."):
+        raise Malformed("value: not a theme name")
+    ctx.settings.set(key_name, value)
+    return 0

@@ -1,0 +1,46 @@
+"""apppaccap, server_folders, server_pages, adapter_list."""
+
+import platform
+
+from apppaccap import __version__
+from apppaccap import themes
+from apppaccap.api.envelope import CONSTANTS
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import action
+from apppaccap.capture.adapters import list_adapters
+
+
+@action(JSON, public=True)
+def apppaccap(ctx) -> dict:
+    """Information about this installation, with every protocol constant under `Constants`."""
+    geo = bool(ctx.settings.get("geoip_db"))
+    return {
+        "Version": 1, "AppPacCap": __version__, "Licensed": 1, "LicenseType": "open source",
+        "MachineName": ctx.machine_name, "OS": f"{platform.system()} {platform.release()}",
+        "MapData": 1 if geo else 0, "Threat": 0, "Updated": 0,
+        "AuthEnabled": bool(ctx.config.auth), "Constants": CONSTANTS,
+    }
+
+
+@action(JSON)
+def server_folders(ctx) -> list:
+    """The installed themes (folder names under the themes directory)."""
+    return themes.list_themes(ctx.config.themes_dir)
+
+
+@action(JSON)
+def server_pages(ctx, *, theme_name: str) -> list:
+    """The pages (.html files, relative paths) of one theme.
+
+    - theme_name: a name from server_folders
+    """
+    if theme_name not in themes.list_themes(ctx.config.themes_dir):
+        raise NotFound(f"theme_name: no theme {theme_name[:80]!r}")
+    return themes.list_pages(ctx.config.themes_dir, theme_name)
+
+
+@action(JSON)
+def adapter_list(ctx) -> list:
+    """Every libpcap device with its addresses, MAC and up/loopback/wireless/monitor flags."""
+    return list_adapters()

@@ -1,0 +1,178 @@
+"""The `apppaccap` command: serve, user, call, ingest, export."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from apppaccap.themes import default_themes_dir
+
+log = logging.getLogger("apppaccap")
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def build_server_context(args):
+    """Context with every engine the server runs (captures, jobs) started."""
+    from apppaccap.context import Config
+    from apppaccap.context import build_context
+    from apppaccap.server import start_services
+
+    auth = args.auth == "on" if args.auth else not _is_loopback(args.host)
+    config = Config(host=args.host, port=args.port, data_dir=args.data_dir,
+                    themes_dir=os.path.abspath(args.themes_dir or default_themes_dir()),
+                    auth=auth, export_dir=os.path.abspath(args.export_dir))
+    ctx = build_context(config)
+    start_services(ctx)
+    return ctx
+
+
+def cmd_serve(args) -> int:
+    from werkzeug.serving import make_server
+
+    from apppaccap.web import create_app
+
+    ctx = build_server_context(args)
+    if ctx.config.auth and not ctx.users.names():
+        log.warning("authentication is on but no user exists: add one with "
+                    "`apppaccap user add NAME --data-dir %s`", ctx.config.data_dir)
+    server = make_server(args.host, args.port, create_app(ctx), threaded=True)
+    log.info("serving on http://%s:%d/ (data in %s, auth %s)", args.host, args.port,
+             ctx.config.data_dir, "on" if ctx.config.auth else "off")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from apppaccap.server import stop_services
+        stop_services(ctx)
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != first:
+            raise SystemExit("passwords differ")
+        return first
+    lines = sys.stdin.read().splitlines()
+    if not lines:
+        raise SystemExit("no password on standard input")
+    if len(lines) >= 2 and lines[1] and lines[1] != lines[0]:
+        raise SystemExit("passwords differ")
+    return lines[0]
+
+
+def cmd_user(args) -> int:
+    from apppaccap.api.envelope import ApiError
+    from apppaccap.auth import Users
+    from apppaccap.store.catalog import Catalog
+
+    catalog = Catalog(os.path.abspath(args.data_dir))
+    users = Users(catalog)
+    try:
+        if args.op == "list":
+            for name in users.names():
+                print(name)
+        elif not args.name:
+            raise SystemExit(f"user {args.op}: NAME is required")
+        elif args.op == "add":
+            users.add(args.name, _read_password())
+            print(f"user {args.name} saved")
+        else:
+            users.remove(args.name)
+            print(f"user {args.name} removed")
+    except ApiError as err:
+        print(err.message, file=sys.stderr)
+        return 1
+    finally:
+        catalog.close()
+    return 0
+
+
+def post(url: str, fields: dict, timeout: float = 60) -> dict:
+    """POST form fields to /ajax and decode the envelope."""
+    data = urllib.parse.urlencode(fields, doseq=True).encode()
+    req = urllib.request.Request(url.rstrip("/") + "/ajax", data=data)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _kv(pairs) -> dict:
+    fields: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"expected key=value, got {pair!r}")
+        fields.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
+
+
+def cmd_call(args) -> int:
+    fields = _kv(args.params)
+    fields["action"] = args.action
+    if args.token:
+        fields["token"] = args.token
+    try:
+        body = post(args.url, fields)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(body, indent=2))
+    return 0 if body.get("ErrorCode") == 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="apppaccap", description=__doc__)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the service")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8733)
+    s.add_argument("--data-dir", default="./data")
+    s.add_argument("--themes-dir", default="")
+    s.add_argument("--export-dir", default="./export")
+    s.add_argument("--auth", choices=["on", "off"], default=None,
+                   help="default: off on loopback, on for any other address")
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("user", help="manage users (password from a prompt or stdin)")
+    u.add_argument("op", choices=["add", "remove", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--data-dir", default="./data")
+    u.set_defaults(func=cmd_user)
+
+    c = sub.add_parser("call", help="call one action and print the envelope")
+    c.add_argument("action")
+    c.add_argument("params", nargs="*", metavar="key=value")
+    c.add_argument("--url", default="http://127.0.0.1:8733")
+    c.add_argument("--token", default=None)
+    c.set_defaults(func=cmd_call)
+    _more_commands(sub)
+    return ap
+
+
+def _more_commands(sub) -> None:
+    """ingest / export are added by their modules once present."""
+    try:
+        from apppaccap.transfer_cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.func(args)

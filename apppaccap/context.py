@@ -1,0 +1,67 @@
+"""The context handed to every action: long-lived services plus the caller's request.
+
+Handlers never import Flask; the web layer, the CLI, the scheduler and the tests
+all build a Context and call the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass
+from dataclasses import field
+
+from apppaccap.auth import Sessions
+from apppaccap.auth import Users
+from apppaccap.processes import ProcessBook
+from apppaccap.settings import Settings
+from apppaccap.store.catalog import Catalog
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8733
+    data_dir: str = "./data"
+    themes_dir: str = ""
+    auth: bool = False
+    export_dir: str = ""
+
+
+@dataclass
+class Context:
+    config: Config
+    catalog: Catalog
+    settings: Settings
+    users: Users
+    sessions: Sessions
+    processes: ProcessBook
+    captures: object = None  # capture.manager.CaptureManager, started by the server
+    jobs: object = None      # jobs.Jobs (APScheduler), started by the server
+    # -- per request --------------------------------------------------------
+    token: str | None = None
+    user: str | None = None
+    remote: str = ""
+    files: dict = field(default_factory=dict)
+
+    def for_request(self, **kw) -> Context:
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def machine_name(self) -> str:
+        return socket.gethostname()
+
+
+def build_context(config: Config) -> Context:
+    """Open the catalog and the basic services for a data directory."""
+    config.data_dir = os.path.abspath(config.data_dir)
+    os.makedirs(config.data_dir, exist_ok=True)
+    if not config.export_dir:
+        config.export_dir = os.path.join(config.data_dir, "export")
+    os.makedirs(config.export_dir, exist_ok=True)
+    catalog = Catalog(config.data_dir)
+    settings = Settings(catalog)
+    users = Users(catalog)
+    sessions = Sessions(users, lambda: settings.get_int("token_timeout", 1800))
+    return Context(config, catalog, settings, users, sessions, ProcessBook(catalog))

@@ -1,0 +1,39 @@
+"""Generate docs/API.md from the action registry: `python -m apppaccap.docs > docs/API.md`."""
+
+from __future__ import annotations
+
+from apppaccap.api import actions  # noqa: F401 - registers every action
+from apppaccap.api.registry import REGISTRY
+
+_TYPES = {1: "STRING", 2: "INT", 3: "JSON", 4: "HEX"}
+_KINDS = {int: "int", str: "string", bool: "bool (0/1)", float: "number", list: "list"}
+
+
+def render() -> str:
+    lines = ["# AppPacCap API", "",
+             "Generated from the action registry by `make docs`; a test fails when stale.",
+             "Every call is `POST /ajax` with `action` (and `token` when authentication is on);",
+             "see DESIGN.md §3 for the envelope and constants.", ""]
+    lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.actions)]
+    for name in sorted(REGISTRY.actions):
+        act = REGISTRY.actions[name]
+        body = [ln for ln in act.doc.splitlines()[1:] if not ln.strip().startswith("- ")]
+        lines += ["", f"## {name}", "", act.summary]
+        text = "\n".join(body).strip()
+        if text:
+            lines += ["", text]
+        lines += ["", f"Returns: DATA_TYPE_{_TYPES[act.returns]}"
+                  + ("; callable without a token" if act.public else ""), ""]
+        if act.params:
+            lines += ["| parameter | type | required | description |", "|---|---|---|---|"]
+            for p in act.params:
+                kind = _KINDS.get(p.kind, "file upload")
+                req = "yes" if p.required else f"no (default `{p.default!r}`)"
+                lines.append(f"| `{p.name}` | {kind} | {req} | {p.doc} |")
+        if act.aliases:
+            lines += ["", "Aliases: " + ", ".join(f"`{a}` = `{t}`" for a, t in act.aliases.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

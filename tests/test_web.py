@@ -1,0 +1,88 @@
+"""Pages, placeholders, confinement and browser safety."""
+
+import os
+
+import pytest
+
+from apppaccap.themes import fill_placeholders
+from apppaccap.web import create_app
+from tests.conftest import make_ctx
+
+
+def test_root_redirects_to_default_theme(client):
+    resp = client.get("/")
+    assert resp.status_code == 302 and resp.headers["Location"].endswith("/default/index.html")
+
+
+def test_index_loads_vendored_jquery(client):
+    page = client.get("/default/index.html").data.decode()
+    assert 'src="js/jquery-3.7.1.min.js"' in page and "//code.jquery" not in page
+    js = client.get("/default/js/jquery-3.7.1.min.js")
+    assert js.status_code == 200 and b"jQuery" in js.data[:200]
+    assert client.get("/default/css/app.css").status_code == 200
+    # no token: the placeholders vanish
+    assert "{%hd" not in page.lower() and "var params = {};" in page
+
+
+@pytest.mark.parametrize("path", ["/default/../../pyproject.toml", "/default/%2e%2e/%2e%2e/etc/passwd",
+                                  "/..%2fapppaccap/web.py", "/default/..%5c..%5cMakefile",
+                                  "/default/%00index.html", "/.git/config"])
+def test_nothing_outside_themes(client, path):
+    resp = client.get(path)
+    assert resp.status_code in (404, 400, 308)
+    assert b"[project]" not in resp.data and b"root:" not in resp.data
+
+
+@pytest.mark.parametrize("token", ["tok123", None])
+def test_four_placeholders(token):
+    text = "a={%hd_token} b={%HD_LINK_TOKEN} c={ {%Hd_Ajax_Token} \"x\": 1} d={%hd_post_params}"
+    out = fill_placeholders(text, token, {"page": "2"})
+    if token:
+        assert out == ('a=tok123 b=?token=tok123 c={ "token": "tok123", "x": 1} '
+                       'd=var params = {"page": "2", "token": "tok123"};')
+    else:
+        assert out == 'a= b= c={  "x": 1} d=var params = {"page": "2"};'
+
+
+def test_server_folders_and_pages(ajax):
+    assert "default" in ajax.ok("server_folders")
+    assert "index.html" in ajax.ok("server_pages", theme_name="default")
+    assert ajax("server_pages", theme_name="../apppaccap")["ErrorCode"] == 6
+
+
+def test_foreign_host_refused(client):
+    resp = client.post("/ajax", data={"action": "apppaccap"}, headers={"Host": "evil.example:8733"})
+    body = resp.get_json()
+    assert body["ErrorCode"] == 8 and "Host" in body["ReturnValue"]
+    assert client.get("/default/index.html", headers={"Host": "attacker.test"}).status_code == 403
+
+
+def test_cross_site_origin_refused(client):
+    resp = client.post("/ajax", data={"action": "settings_clear"},
+                       headers={"Origin": "http://evil.example"})
+    assert resp.get_json()["ErrorCode"] == 8
+    same = client.post("/ajax", data={"action": "apppaccap"},
+                       headers={"Host": "127.0.0.1:8733", "Origin": "http://127.0.0.1:8733"})
+    assert same.get_json()["ErrorCode"] == 0
+    other_port = client.post("/ajax", data={"action": "apppaccap"},
+                             headers={"Origin": "http://127.0.0.1:9999"})
+    assert other_port.get_json()["ErrorCode"] == 8
+
+
+def test_constants_js(client):
+    js = client.get("/constants.js").data.decode()
+    assert "var ERROR_SERVE_NO_TOKEN = 2;" in js and "var APC_FLUSH_ALL = 65535;" in js
+
+
+def test_apppaccap_object(ajax):
+    info = ajax.ok("apppaccap")
+    assert list(info)[0] == "Version"
+    for key in ("AppPacCap", "Licensed", "LicenseType", "MachineName", "OS", "MapData", "Threat",
+                "Updated", "AuthEnabled", "Constants"):
+        assert key in info
+    assert info["AuthEnabled"] is False and info["Constants"]["CAPTURE_TYPE_FILE"] == 4
+
+
+def test_themes_shipped_in_package_or_found(tmp_path):
+    from apppaccap.themes import default_themes_dir
+    assert os.path.isfile(os.path.join(default_themes_dir(), "default", "index.html"))
