@@ -67,6 +67,11 @@ class ProcessBook:
                 self.catalog.write(upsert)
             return [self._ids[(i["pid"], i["start_time"])] for i in infos]
 
+    def forget_all(self) -> None:
+        """Drop the in-memory cache (after apc_flush removed process rows)."""
+        with self._lock:
+            self._ids.clear()
+
     def by_id(self, process_id: int):
         return self.catalog.one("SELECT * FROM processes WHERE id = ?", (process_id,))
 

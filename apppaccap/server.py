@@ -9,12 +9,13 @@ log = logging.getLogger(__name__)
 
 def start_services(ctx) -> None:
     """Recover state from the last run, then start the capture manager and the scheduler."""
-    try:
-        from apppaccap.capture.manager import CaptureManager
-    except ImportError:
-        return
+    from apppaccap.capture.manager import CaptureManager
+    from apppaccap.jobs import Jobs
+
     ctx.captures = CaptureManager(ctx)
     ctx.captures.recover()
+    ctx.jobs = Jobs(ctx.catalog)
+    ctx.jobs.start()
 
 
 def stop_services(ctx) -> None:

@@ -62,3 +62,61 @@ class Ajax:
 @pytest.fixture
 def ajax(client):
     return Ajax(client)
+
+
+@pytest.fixture
+def live(tmp_path):
+    """A Context with the capture engine running (root and libpcap required: never skipped)."""
+    from apppaccap.server import start_services
+    c = make_ctx(tmp_path)
+    start_services(c)
+    assert c.captures is not None, "capture engine failed to start"
+    yield c
+    from apppaccap.server import stop_services
+    stop_services(c)
+
+
+@pytest.fixture
+def live_ajax(live):
+    return Ajax(create_app(live).test_client())
+
+
+def free_port(kind=None) -> int:
+    import socket
+    s = socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """`python3 -m http.server` on a free loopback port, serving a small file."""
+    import subprocess
+    import sys
+    import time
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_bytes(b"hello world\n" * 100)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                             "127.0.0.1", "--directory", str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port, proc
+    proc.kill()
+    proc.wait()
+
+
+def manifest() -> dict:
+    """MANIFEST.tsv rows by relative path."""
+    import csv
+    with open(os.path.join(CORPUS, "MANIFEST.tsv"), newline="") as fh:
+        return {r["path"]: r for r in csv.DictReader(fh, delimiter="\t")}

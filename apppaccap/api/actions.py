@@ -1,8 +1,14 @@
 """Every action module, listed explicitly (importing one registers its actions)."""
 
-from apppaccap.api import processes  # noqa: F401
-from apppaccap.api import session  # noqa: F401
-from apppaccap.api import settings  # noqa: F401
-from apppaccap.api import system  # noqa: F401
+from apppaccap.api import captures
+from apppaccap.api import flush
+from apppaccap.api import ips
+from apppaccap.api import packets
+from apppaccap.api import processes
+from apppaccap.api import session
+from apppaccap.api import settings
+from apppaccap.api import stats
+from apppaccap.api import system
+from apppaccap.api import transfer
 
-MODULES = (system, session, settings, processes)
+MODULES = (system, session, settings, processes, captures, packets, ips, stats, flush, transfer)

@@ -1,4 +1,6 @@
-"""Content sniffing from the first bytes of an extracted body.
+"""MIME-level helpers: content sniffing, content codings, Content-Disposition.
+
+Content sniffing from the first bytes of an extracted body:
 
 Zeek and libmagic match signatures over a beginning-of-file buffer; we do the
 same with a short, ordered table of magic numbers covering what actually shows
@@ -9,7 +11,13 @@ body, so nothing here may need more than that.
 
 from __future__ import annotations
 
+import re
+import zlib
+from urllib.parse import unquote
+
 SNIFF_BYTES = 4096
+_CD_EXT = re.compile(r"filename\*\s*=\s*([^;]+)", re.I)
+_CD_PLAIN = re.compile(r'filename(?!\*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;]*))', re.I)
 
 # (offset, magic, mime).  Order matters: longer / more specific first.
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
@@ -109,3 +117,113 @@ def _looks_json(text: bytes) -> bool:
     if not rest:
         return True
     return rest[:1] in b'"{[]}-0123456789tfn'
+
+def content_coding(value: str) -> str | None:
+    """Normalised Content-Encoding list ("gzip", "gzip, br"...), None if identity."""
+    codings = [c.strip().lower() for c in value.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    return ", ".join(codings) or None
+
+
+def disposition_filename(value: str) -> str | None:
+    """File name from a Content-Disposition value (``filename*`` preferred)."""
+    if not value:
+        return None
+    m = _CD_EXT.search(value)
+    if m:
+        parts = m.group(1).strip().strip('"').split("'", 2)
+        if len(parts) == 3:
+            charset = parts[0] or "utf-8"
+            try:
+                return unquote(parts[2], encoding=charset, errors="replace")
+            except LookupError:
+                return unquote(parts[2], errors="replace")
+    m = _CD_PLAIN.search(value)
+    if not m:
+        return None
+    name = re.sub(r"\\(.)", r"\1", m.group(1)) if m.group(1) is not None else m.group(2).strip()
+    try:
+        # Header bytes were decoded as Latin-1; most servers really send UTF-8.
+        name = name.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        pass
+    return name or None
+
+class Decoder:
+    """Incremental gzip / deflate decoding into a Body.
+
+    Output per call is capped at the body's remaining room, so a compression
+    bomb cannot allocate more than ``max_file_bytes``.  If the very first bytes
+    do not decode, the server lied about the encoding and the body is stored
+    as sent.  After a gap the stream cannot be decoded any further; the rest is
+    counted as missing.
+    """
+
+    __slots__ = ("kind", "d", "broken", "pend", "raw_seen", "out_seen")
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.d = None
+        self.broken = False
+        self.pend = b""         # first raw bytes, kept until something decodes
+        self.raw_seen = 0
+        self.out_seen = False
+
+    def feed(self, raw, body) -> None:
+        """Decode ``raw`` encoded bytes into ``body``."""
+        if self.broken:
+            body.gap(len(raw))
+            return
+        if body.truncated:
+            return
+        if self.kind is None:   # fell back to identity
+            body.write(raw)
+            return
+        if self.d is None:
+            self.pend += bytes(raw)
+            if self.kind == "deflate" and len(self.pend) < 2:
+                return
+            wbits = 31          # gzip
+            if self.kind == "deflate":
+                # RFC 9110 says zlib-wrapped, but many servers send raw deflate.
+                b0, b1 = self.pend[0], self.pend[1]
+                wbits = 15 if (b0 & 0x0F) == 8 and ((b0 << 8) | b1) % 31 == 0 else -15
+            self.d = zlib.decompressobj(wbits)
+            raw = self.pend
+        elif not self.out_seen and len(self.pend) < 65536:
+            self.pend += bytes(raw)
+        try:
+            out = self.d.decompress(raw, body.room() + 1)
+            while self.d.eof and self.d.unused_data and self.kind != "deflate":
+                rest = self.d.unused_data   # concatenated gzip members
+                body.write(out)
+                self.d = zlib.decompressobj(31)
+                out = self.d.decompress(rest, body.room() + 1)
+        except zlib.error:
+            if not self.out_seen and self.pend:
+                self.kind = None
+                body.write(self.pend)
+            else:
+                self.broken = True
+                body.gap(len(raw))
+            self.pend = b""
+            return
+        if out:
+            if not self.out_seen:
+                self.out_seen = True
+                self.pend = b""
+            body.write(out)
+
+    def finish(self, body) -> bool:
+        """Flush; True when the encoded stream ended properly."""
+        if self.broken:
+            return False
+        if self.kind is None:
+            return True
+        if self.d is None:
+            return not self.pend
+        try:
+            body.write(self.d.flush())
+        except zlib.error:
+            return False
+        return self.d.eof or body.truncated

@@ -40,12 +40,13 @@ class Reassembler:
     """Reorders one TCP direction and feeds contiguous bytes to ``sink``.
 
     ``sink`` needs three methods: ``data(buf: bytes, ts_ns: int)``,
-    ``gap(nbytes: int)`` and ``end()``.  ``end`` is called exactly once, when
-    the FIN has been reached in sequence or when :meth:`finish` is called.
+    ``gap(nbytes: int)`` and ``end(fin: bool)``.  ``end`` is called exactly
+    once: with ``fin=True`` when the FIN has been reached in sequence, with
+    ``fin=False`` when :meth:`finish` ends the stream without one.
     """
 
     __slots__ = ("sink", "limit", "started", "ended", "nxt", "offset", "starts", "segs",
-                 "pend_bytes", "fin_off", "missing", "dup_bytes")
+                 "pend_bytes", "fin_off", "missing", "dup_bytes", "ack")
 
     def __init__(self, sink, limit: int = 1 << 20):
         self.sink = sink
@@ -55,15 +56,21 @@ class Reassembler:
         self.nxt = 0          # next expected sequence number (mod 2**32)
         self.offset = 0       # stream offset of ``nxt`` (bytes delivered + skipped)
         self.starts: list[int] = []   # sorted stream offsets of buffered segments
-        self.segs: dict[int, tuple[int, bytes, int]] = {}  # start -> (end, data, ts)
+        self.segs: dict[int, tuple] = {}  # start -> (end, data, ts, ack)
         self.pend_bytes = 0
         self.fin_off: int | None = None
         self.missing = 0      # bytes skipped over as gaps
         self.dup_bytes = 0    # retransmitted / overlapping bytes dropped
+        self.ack = 0          # ACK field of the segment whose data is being delivered
 
     def segment(self, seq: int, payload: bytes, ts_ns: int,
-                syn: bool = False, fin: bool = False) -> None:
-        """Add one segment (``payload`` may be empty) seen at ``ts_ns``."""
+                syn: bool = False, fin: bool = False, ack: int = 0) -> None:
+        """Add one segment (``payload`` may be empty) seen at ``ts_ns``.
+
+        ``ack`` is the segment's acknowledgement number; it is exposed as
+        :attr:`ack` while the segment's bytes are being delivered (the HTTP
+        parser uses it to re-pair responses with requests after a loss).
+        """
         if self.ended:
             return
         if syn:
@@ -82,20 +89,21 @@ class Reassembler:
             if n:
                 self.offset += n
                 self.nxt = (self.nxt + n) & MASK
+                self.ack = ack
                 self.sink.data(payload, ts_ns)
             if fin:
                 self._set_fin(self.offset)
             elif self.fin_off is not None and self.offset >= self.fin_off:
-                self._end()
+                self._end(True)
             return
         if d >= HALF:
             d -= 1 << 32
         if fin:
             self._set_fin(self.offset + d + n)
         if n:
-            self._add(self.offset + d, payload, ts_ns)
+            self._add(self.offset + d, payload, ts_ns, ack)
         if self.fin_off is not None and self.offset >= self.fin_off:
-            self._end()
+            self._end(True)
 
     def finish(self) -> None:
         """Stream over: deliver what is buffered (skipping holes), then end."""
@@ -103,7 +111,7 @@ class Reassembler:
             return
         while self.starts:
             self._jump(self.starts[0])
-        self._end()
+        self._end(self.fin_off is not None and self.offset >= self.fin_off)
 
     # -- internals -------------------------------------------------------
 
@@ -111,17 +119,17 @@ class Reassembler:
         if self.fin_off is None:
             self.fin_off = off
             if self.offset >= off:
-                self._end()
+                self._end(True)
 
-    def _end(self) -> None:
+    def _end(self, fin: bool) -> None:
         if not self.ended:
             self.ended = True
             self.starts.clear()
             self.segs.clear()
             self.pend_bytes = 0
-            self.sink.end()
+            self.sink.end(fin)
 
-    def _add(self, start: int, payload: bytes, ts: int) -> None:
+    def _add(self, start: int, payload: bytes, ts: int, ack: int) -> None:
         end = start + len(payload)
         if end <= self.offset:
             self.dup_bytes += len(payload)
@@ -136,14 +144,14 @@ class Reassembler:
             # within the bound, so give up on it now.
             self._jump(start)
         if start == self.offset and not self.starts:
-            self._deliver(payload, ts)
+            self._deliver(payload, ts, ack)
             return
-        self._insert(start, end, payload, ts)
+        self._insert(start, end, payload, ts, ack)
         self._drain()
         while self.pend_bytes > self.limit and self.starts:
             self._jump(self.starts[0])
 
-    def _insert(self, start: int, end: int, payload: bytes, ts: int) -> None:
+    def _insert(self, start: int, end: int, payload: bytes, ts: int, ack: int) -> None:
         """Buffer [start, end) minus whatever is already buffered."""
         starts, segs = self.starts, self.segs
         i = bisect_right(starts, start) - 1
@@ -168,7 +176,7 @@ class Reassembler:
         for s, e in pieces:
             data = payload if (s == start and e == end) else payload[s - start:e - start]
             insort(starts, s)
-            segs[s] = (e, data, ts)
+            segs[s] = (e, data, ts, ack)
             self.pend_bytes += e - s + _SEG_OVERHEAD
 
     def _drain(self) -> None:
@@ -176,13 +184,13 @@ class Reassembler:
         starts, segs = self.starts, self.segs
         while starts and starts[0] <= self.offset:
             s = starts.pop(0)
-            e, data, ts = segs.pop(s)
+            e, data, ts, ack = segs.pop(s)
             self.pend_bytes -= e - s + _SEG_OVERHEAD
             if e <= self.offset:
                 continue
             if s < self.offset:
                 data = data[self.offset - s:]
-            self._deliver(data, ts)
+            self._deliver(data, ts, ack)
 
     def _jump(self, target: int) -> None:
         """Skip forward to stream offset ``target``, delivering buffered data
@@ -201,9 +209,15 @@ class Reassembler:
             self.nxt = (self.nxt + n) & MASK
             self.sink.gap(n)
 
-    def _deliver(self, data: bytes, ts: int) -> None:
+    def _deliver(self, data: bytes, ts: int, ack: int) -> None:
         n = len(data)
         if n:
             self.offset += n
             self.nxt = (self.nxt + n) & MASK
+            self.ack = ack
             self.sink.data(data, ts)
+
+    def offset_of(self, seq: int) -> int:
+        """Stream offset corresponding to sequence number ``seq``."""
+        d = (seq - self.nxt) & MASK
+        return self.offset + (d - (1 << 32) if d >= HALF else d)

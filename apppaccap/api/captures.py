@@ -1,0 +1,274 @@
+"""Capture lifecycle: start/stop system and process captures, list, details, notes, delete."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from apppaccap import processes
+from apppaccap.api.envelope import Busy
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.envelope import Unsupported
+from apppaccap.api.registry import INT
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import action
+from apppaccap.capture.manager import ACTIVE
+from apppaccap.capture.manager import FLAG_CHILDREN
+from apppaccap.capture.manager import FLAG_RESOLVE_IPS
+from apppaccap.capture.manager import FLAG_THREAD
+from apppaccap.capture.manager import PROCESS
+from apppaccap.capture.manager import SYSTEM
+from apppaccap.capture.manager import THREAD
+from apppaccap.filetime import from_ns
+from apppaccap.store.capturedb import capture_path
+
+ALL_FLAGS = FLAG_RESOLVE_IPS | FLAG_THREAD | FLAG_CHILDREN
+
+
+def captures(ctx):
+    if ctx.captures is None:
+        raise Unsupported("capture: the capture engine is not running in this process")
+    return ctx.captures
+
+
+def capture_object(ctx, row) -> dict:
+    obj = {
+        "Version": 1, "CaptureId": row["id"], "Type": row["type"], "State": row["state"],
+        "Name": row["name"], "Filter": row["filter"], "Flags": row["flags"],
+        "Adapters": [a for a in row["adapters"].split(",") if a],
+        "ProcessId": row["process_id"] or 0, "Pid": row["pid"] or 0,
+        "ThreadId": row["thread_id"] or 0, "ProcessName": row["process_name"] or "",
+        "ProcessPath": row["process_path"] or "", "StartTime": from_ns(row["start_time"]),
+        "EndTime": from_ns(row["end_time"]), "PacketCount": row["packet_count"],
+        "ByteCount": row["byte_count"], "DroppedCount": row["dropped_count"],
+        "ConnectionCount": row["connection_count"], "Notes": row["notes"],
+        "SourceFile": row["source_file"], "Message": row["message"],
+    }
+    live = ctx.captures.live_counts(row["id"]) if ctx.captures is not None else None
+    if live:
+        obj.update(live)
+    return obj
+
+
+def _check_flags(flags: int, allowed: int) -> None:
+    if flags < 0 or flags & ~allowed:
+        raise Malformed(f"flags: unsupported bits 0x{flags & ~allowed:x} (allowed 0x{allowed:x})")
+
+
+@action(JSON)
+def capture_start_system(ctx, *, filter: str = "", flags: int = 0, adapter: list = ()) -> dict:
+    """Start a system-wide capture: every packet, each labelled with its process.
+
+    - filter: BPF capture filter (tcpdump syntax), compiled by libpcap; empty = everything
+    - flags: 0 or CAPTURE_FLAG_RESOLVE_IPS
+    - adapter: adapter names (repeat, `adapter[]`, or comma-separated); empty = all up adapters
+    """
+    _check_flags(flags, FLAG_RESOLVE_IPS)
+    row = captures(ctx).start(SYSTEM, bpf=filter, flags=flags, adapters=adapter)
+    return capture_object(ctx, row)
+
+
+def _active(ctx, capture_id: int, system: bool):
+    row = captures(ctx).get(capture_id)
+    if row["state"] != ACTIVE or capture_id not in ctx.captures.sessions:
+        raise Busy(f"capture_id: capture {capture_id} is not active")
+    if system != (row["type"] == SYSTEM):
+        kind = "a system" if row["type"] == SYSTEM else "not a system"
+        raise Malformed(f"capture_id: capture {capture_id} is {kind} capture")
+    return row
+
+
+@action(INT)
+def capture_stop_system(ctx, *, capture_id: int) -> int:
+    """Stop an active system capture.
+
+    - capture_id: the capture to stop
+    """
+    _active(ctx, capture_id, True)
+    ctx.captures.stop(capture_id)
+    return 0
+
+
+def _process_row(ctx, process_id: int, pid: int) -> dict:
+    """The process named by our ProcessId or by a running pid (NOT_FOUND otherwise)."""
+    if process_id:
+        row = ctx.processes.by_id(process_id)
+        if row is None:
+            raise NotFound(f"process_id: no process {process_id}")
+        if pid and pid != row["pid"]:
+            raise Malformed(f"pid: process {process_id} has pid {row['pid']}, not {pid}")
+        if not psutil.pid_exists(row["pid"]):
+            raise NotFound(f"process_id: process {process_id} (pid {row['pid']}) has exited")
+        return dict(row)
+    if pid <= 0:
+        raise Malformed("process_id/pid: one of them is required")
+    try:
+        info = processes.info_from_psutil(
+            psutil.Process(pid).as_dict(processes.FIELDS, ad_value=None))
+    except psutil.NoSuchProcess:
+        raise NotFound(f"pid: no running process {pid}") from None
+    return dict(ctx.processes.by_id(ctx.processes.identify([info])[0]))
+
+
+@action(JSON)
+def capture_start_process(ctx, *, capture_id: int = 0, process_id: int = 0, pid: int = 0,
+                          thread_id: int = 0, filter: str = "", flags: int = 0,
+                          adapter: list = ()) -> dict:
+    """Capture the packets of one process (and its children, or one of its threads).
+
+    - capture_id: add the process to this active process capture instead of starting one
+    - process_id: our ProcessId (either this or pid)
+    - pid: the system process id
+    - thread_id: the thread to capture; needs CAPTURE_FLAG_THREAD_CAPTURE in flags
+    - filter: BPF capture filter (tcpdump syntax); empty = everything of the process
+    - flags: CAPTURE_FLAG_RESOLVE_IPS | CAPTURE_FLAG_THREAD_CAPTURE | CAPTURE_FLAG_CHILD_PROCESSES
+    - adapter: adapter names; empty = all up adapters
+    """
+    _check_flags(flags, ALL_FLAGS)
+    if thread_id and not flags & FLAG_THREAD:
+        raise Malformed("flags: thread_id needs CAPTURE_FLAG_THREAD_CAPTURE")
+    if flags & FLAG_THREAD and not thread_id:
+        raise Malformed("thread_id: required with CAPTURE_FLAG_THREAD_CAPTURE")
+    proc = _process_row(ctx, process_id, pid)
+    if thread_id and not os.path.exists(f"/proc/{proc['pid']}/task/{thread_id}") and \
+            thread_id not in {t.id for t in _threads(proc["pid"])}:
+        raise NotFound(f"thread_id: process {proc['pid']} has no thread {thread_id}")
+    if capture_id:
+        return capture_object(ctx, captures(ctx).add_process(capture_id, proc))
+    kind = THREAD if thread_id else PROCESS
+    row = captures(ctx).start(kind, bpf=filter, flags=flags, adapters=adapter,
+                              pids=[proc["pid"]], process=proc, thread_id=thread_id,
+                              name=proc["name"])
+    return capture_object(ctx, row)
+
+
+def _threads(pid):
+    try:
+        return psutil.Process(pid).threads()
+    except psutil.Error:
+        return []
+
+
+@action(INT)
+def capture_stop_process(ctx, *, capture_id: int) -> int:
+    """Stop an active process or thread capture.
+
+    - capture_id: the capture to stop
+    """
+    _active(ctx, capture_id, False)
+    ctx.captures.stop(capture_id)
+    return 0
+
+
+@action(INT)
+def capture_stop_all(ctx) -> int:
+    """Stop every active capture."""
+    captures(ctx).stop_all()
+    return 0
+
+
+def _list(ctx, where: str, params=()) -> list:
+    rows = ctx.catalog.read(f"SELECT * FROM captures WHERE {where} ORDER BY id", params)
+    return [capture_object(ctx, r) for r in rows]
+
+
+@action(JSON)
+def capture_list_active(ctx) -> list:
+    """Every active capture."""
+    return _list(ctx, "state = 1")
+
+
+@action(JSON)
+def capture_list_completed(ctx) -> list:
+    """Every capture that is no longer active (completed, failed or interrupted)."""
+    return _list(ctx, "state != 1")
+
+
+@action(JSON)
+def capture_list_system(ctx) -> list:
+    """Completed system captures only."""
+    return _list(ctx, "state != 1 AND type = 1")
+
+
+@action(JSON)
+def capture_get_details(ctx, *, capture_id: int) -> dict:
+    """One capture (CAPTURE), active or not.
+
+    - capture_id: the capture
+    """
+    return capture_object(ctx, captures(ctx).get(capture_id))
+
+
+@action(JSON)
+def capture_open(ctx, *, capture_id: int) -> dict:
+    """Open a completed capture for reading: CAPTUREMETA (BUSY while it is active).
+
+    - capture_id: the capture
+    """
+    db = captures(ctx).db(capture_id, active=False)
+    obj = capture_object(ctx, ctx.captures.get(capture_id))
+    first, last = db.one("SELECT min(ts), max(ts) FROM packets")
+    obj["FirstPacketTime"] = from_ns(int(first)) if first is not None else 0
+    obj["LastPacketTime"] = from_ns(int(last)) if last is not None else 0
+    obj["LinkTypes"] = sorted({r[0] for r in db.read("SELECT DISTINCT linktype FROM interfaces")})
+    obj["ProcessCount"] = db.one("SELECT count(*) FROM processes")[0]
+    obj["IpCount"] = db.one("SELECT count(*) FROM ips")[0]
+    return obj
+
+
+@action(INT)
+def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = "") -> int:
+    """Set (or clear) the notes of a capture or of one of its packets.
+
+    - capture_id: the capture
+    - packet_id: a packet of it; 0 or empty = the capture's own notes
+    - notes: the text; blank clears
+    """
+    if len(notes) > 1 << 20:
+        raise Malformed("notes: longer than 1 MiB")
+    captures(ctx).get(capture_id)
+    if not packet_id:
+        ctx.catalog.execute("UPDATE captures SET notes=? WHERE id=?", (notes, capture_id))
+        return 0
+    db = ctx.captures.db(capture_id)
+    if not db.write(lambda c: c.execute("UPDATE packets SET notes=? WHERE id=?",
+                                        (notes or None, packet_id)).rowcount):
+        raise NotFound(f"packet_id: capture {capture_id} has no packet {packet_id}")
+    return 0
+
+
+@action(INT)
+def capture_delete(ctx, *, capture_id: int) -> int:
+    """Delete a capture that is not active, with all its packet data.
+
+    - capture_id: the capture
+    """
+    row = captures(ctx).get(capture_id)
+    if row["state"] == ACTIVE:
+        raise Busy(f"capture_id: capture {capture_id} is active; stop it first")
+    delete_capture_files(ctx, capture_id)
+    ctx.catalog.write(lambda c: (c.execute("DELETE FROM capture_processes WHERE capture_id=?",
+                                           (capture_id,)),
+                                 c.execute("DELETE FROM captures WHERE id=?", (capture_id,))))
+    return 0
+
+
+def delete_capture_files(ctx, capture_id: int) -> None:
+    ctx.captures.forget(capture_id)
+    path = capture_path(ctx.config.data_dir, capture_id)
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+@action(JSON)
+def process_list_capture(ctx) -> list:
+    """The processes being captured by active process and thread captures."""
+    rows = ctx.catalog.read(
+        "SELECT DISTINCT p.* FROM processes p JOIN capture_processes cp ON cp.process_id = p.id "
+        "JOIN captures c ON c.id = cp.capture_id WHERE c.state = 1 ORDER BY p.id")
+    return [processes.process_object(r) for r in rows]

@@ -1,0 +1,213 @@
+"""Reading a capture: packet streams, single packets, connections, processes, IPs.
+
+Paging follows DESIGN §3: items with id > last_id, at most `limit` (default 1000,
+max 10000). PACKETSTREAM carries LastId and More; the list-returning actions of
+the reference keep their list shape (a short page means the end).
+"""
+
+from __future__ import annotations
+
+from apppaccap.api.captures import captures
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import action
+from apppaccap.filetime import from_ns
+
+PACKET_SQL = (
+    "SELECT p.*, i.name AS adapter, i.linktype AS linktype, pr.name AS pname "
+    "FROM packets p LEFT JOIN interfaces i ON i.id = p.iface "
+    "LEFT JOIN processes pr ON pr.process_id = p.process_id ")
+
+
+def _page(limit: int) -> int:
+    if not 1 <= limit <= 10000:
+        raise Malformed("limit: must be 1-10000")
+    return limit
+
+
+def _flags(flags: int) -> bool:
+    if flags not in (0, 1):
+        raise Malformed("flags: must be 0 (metadata) or 1 (with packet bytes)")
+    return flags == 1
+
+
+def packet_object(db, row, capture_id: int, with_data: bool) -> dict:
+    obj = {
+        "Version": 1, "PacketId": row["id"], "CaptureId": capture_id, "Time": from_ns(int(row["ts"])),
+        "Length": row["len"], "CapturedLength": row["caplen"], "Adapter": row["adapter"] or "",
+        "LinkType": row["linktype"] or 0, "Protocol": row["proto"], "SrcIp": row["src"] or "",
+        "DstIp": row["dst"] or "", "SrcPort": row["sport"], "DstPort": row["dport"],
+        "Direction": row["direction"], "ConnectionId": row["conn_id"] or 0,
+        "ProcessId": row["process_id"] or 0, "Pid": row["pid"], "ThreadId": row["tid"],
+        "ProcessName": row["pname"] or ("<unknown>" if not row["pid"] else ""),
+        "Summary": row["summary"], "Notes": row["notes"] or "",
+    }
+    if with_data:
+        obj["Data"] = db.packet_bytes(row["blk"], row["off"], row["caplen"]).hex()
+    return obj
+
+
+def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
+    rows = db.read(PACKET_SQL + f"WHERE p.id > ? {where} ORDER BY p.id LIMIT ?",
+                   (last_id, *params, limit + 1))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1]["id"] if rows else last_id,
+            "More": more, "Packets": [packet_object(db, r, capture_id, with_data) for r in rows]}
+
+
+@action(JSON)
+def capture_stream(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
+                   limit: int = 1000) -> dict:
+    """Packets of an ACTIVE capture after last_id (BUSY on a completed one).
+
+    - capture_id: an active capture
+    - last_id: return packets with PacketId > last_id (0 = from the start)
+    - flags: 1 adds the packet bytes (Data, hex)
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id, active=True)
+    return _stream(db, capture_id, "", (), last_id, _page(limit), _flags(flags))
+
+
+@action(JSON)
+def capture_read(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
+                 limit: int = 1000) -> dict:
+    """Packets of a completed capture after last_id (BUSY while it is active).
+
+    - capture_id: a completed capture
+    - last_id: return packets with PacketId > last_id
+    - flags: 1 adds the packet bytes (Data, hex)
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id, active=False)
+    return _stream(db, capture_id, "", (), last_id, _page(limit), _flags(flags))
+
+
+@action(JSON)
+def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
+    """One packet with its bytes (Data, hex).
+
+    - capture_id: the capture
+    - packet_id: the packet
+    """
+    db = captures(ctx).db(capture_id)
+    row = db.one(PACKET_SQL + "WHERE p.id = ?", (packet_id,))
+    if row is None:
+        raise NotFound(f"packet_id: capture {capture_id} has no packet {packet_id}")
+    return packet_object(db, row, capture_id, True)
+
+
+@action(JSON)
+def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int = 0,
+                        flags: int = 0, limit: int = 1000) -> dict:
+    """Packets of one connection.
+
+    - capture_id: the capture
+    - conn_id: a ConnectionId of that capture
+    - last_id: return packets with PacketId > last_id
+    - flags: 1 adds the packet bytes
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id)
+    if db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
+        raise NotFound(f"conn_id: capture {capture_id} has no connection {conn_id}")
+    return _stream(db, capture_id, "AND p.conn_id = ?", (conn_id,), last_id, _page(limit),
+                   _flags(flags))
+
+
+@action(JSON)
+def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int, last_id: int = 0,
+                          flags: int = 0, limit: int = 1000) -> dict:
+    """Packets attributed to one process and thread.
+
+    - capture_id: the capture
+    - pid: system process id
+    - thread_id: system thread id (tid)
+    - last_id: return packets with PacketId > last_id
+    - flags: 1 adds the packet bytes
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id)
+    return _stream(db, capture_id, "AND p.pid = ? AND p.tid = ?", (pid, thread_id), last_id,
+                   _page(limit), _flags(flags))
+
+
+@action(JSON)
+def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
+    """Connections of a capture (CONNECTION list) with ConnectionId > last_id.
+
+    - capture_id: the capture
+    - last_id: return connections with ConnectionId > last_id
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id)
+    rows = db.read("SELECT c.*, p.name AS pname FROM connections c LEFT JOIN processes p "
+                   "ON p.process_id = c.process_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
+                   (last_id, _page(limit)))
+    return [{
+        "Version": 1, "ConnectionId": r["id"], "CaptureId": capture_id, "Protocol": r["proto"],
+        "LocalIp": r["local_ip"], "LocalPort": r["local_port"], "RemoteIp": r["remote_ip"],
+        "RemotePort": r["remote_port"], "ProcessId": r["process_id"] or 0, "Pid": r["pid"],
+        "ThreadId": r["tid"], "ProcessName": r["pname"] or ("<unknown>" if not r["pid"] else ""),
+        "FirstTime": from_ns(r["first_time"]), "LastTime": from_ns(r["last_time"]),
+        "PacketsOut": r["packets_out"], "BytesOut": r["bytes_out"], "PacketsIn": r["packets_in"],
+        "BytesIn": r["bytes_in"], "State": r["state"], "Hostname": r["hostname"],
+        "PeerPid": r["peer_pid"],
+    } for r in rows]
+
+
+@action(JSON)
+def capture_get_processes(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
+    """Processes seen in a capture (PROCESS list) with ProcessId > last_id.
+
+    - capture_id: the capture
+    - last_id: return processes with ProcessId > last_id
+    - limit: page size, 1-10000
+    """
+    db = captures(ctx).db(capture_id)
+    rows = db.read("SELECT * FROM processes WHERE process_id > ? ORDER BY process_id LIMIT ?",
+                   (last_id, _page(limit)))
+    out = []
+    for r in rows:
+        cat = ctx.processes.by_id(r["process_id"])
+        out.append({
+            "Version": 1, "ProcessId": r["process_id"], "Pid": r["pid"], "ParentPid": r["ppid"] or 0,
+            "Name": r["name"] or "", "Path": r["path"] or "", "CommandLine": r["cmdline"] or "",
+            "User": r["user"] or "", "StartTime": from_ns(r["start_time"]),
+            "EndTime": from_ns(cat["end_time"]) if cat else 0,
+            "Running": bool(cat and cat["end_time"] is None and _alive(r["pid"], r["start_time"])),
+            "PacketCount": r["packets"], "ByteCount": r["bytes"]})
+    return out
+
+
+def _alive(pid: int, start_ns: int) -> bool:
+    import psutil
+    try:
+        return int(round(psutil.Process(pid).create_time() * 100)) * 10_000_000 == start_ns
+    except psutil.Error:
+        return False
+
+
+def ip_object(r) -> dict:
+    return {"Version": 1, "IpId": r["id"], "Ip": r["ip"], "Hostname": r["hostname"],
+            "Country": r["country"], "City": r["city"], "Lat": r["lat"], "Lng": r["lng"],
+            "Data": r["data"], "PacketCount": r["packets"], "ByteCount": r["bytes"],
+            "FirstTime": from_ns(r["first_time"]), "LastTime": from_ns(r["last_time"])}
+
+
+@action(JSON)
+def capture_query_ip(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
+    """The unique IP addresses of a capture (0 = the system-wide list), IpId > last_id.
+
+    - capture_id: the capture; 0 for the system-wide list
+    - last_id: return IPs with IpId > last_id
+    - limit: page size, 1-10000
+    """
+    sql = "SELECT * FROM ips WHERE id > ? ORDER BY id LIMIT ?"
+    if capture_id == 0:
+        rows = ctx.catalog.read(sql, (last_id, _page(limit)))
+    else:
+        rows = captures(ctx).db(capture_id).read(sql, (last_id, _page(limit)))
+    return [ip_object(r) for r in rows]

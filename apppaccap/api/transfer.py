@@ -1,0 +1,184 @@
+"""pcap_ingest_file, pcap_ingest_post, capture_export, export_list, export_delete,
+command_list, command_query, command_delete."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from apppaccap import export
+from apppaccap import ingest
+from apppaccap.api.captures import captures
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.envelope import Unsupported
+from apppaccap.api.registry import INT
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import Upload
+from apppaccap.api.registry import action
+from apppaccap.filetime import from_ns
+
+
+def jobs(ctx):
+    if ctx.jobs is None:
+        raise Unsupported("command: the command scheduler is not running in this process")
+    return ctx.jobs
+
+
+def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None) -> dict:
+    """Check the file now (NOT_FOUND / MALFORMED), ingest it in the background."""
+    try:
+        reader = ingest.open_reader(path)
+    except Exception:
+        if cleanup:
+            os.remove(cleanup)
+        raise
+    capture_id = ingest.create_capture(ctx, source)
+
+    def run(progress):
+        try:
+            result = ingest.ingest(ctx, reader, capture_id, progress)
+        finally:
+            if cleanup:
+                os.remove(cleanup)
+        if result["State"] != ingest.COMPLETED:
+            raise RuntimeError(f"capture {capture_id}: {result['Message']}")
+        return str(capture_id)
+
+    return jobs(ctx).submit("INGEST", {"path": source, "capture_id": capture_id}, run)
+
+
+@action(JSON)
+def pcap_ingest_file(ctx, *, path: str) -> dict:
+    """Ingest a PCAP or PCAPNG file on the server's disk into a new FILE capture.
+
+    Returns the INGEST COMMAND (the reference returns ERROR_SUCCESS; the command is more
+    useful and clients that ignore it lose nothing). Its Result is the CaptureId.
+    - path: absolute or relative path of the file, readable by the service
+    """
+    if not path.strip() or "\x00" in path:
+        raise Malformed("path: required")
+    full = os.path.abspath(path)
+    return queue_ingest(ctx, full, full)
+
+
+@action(JSON)
+def pcap_ingest_post(ctx, *, file: Upload) -> dict:
+    """Ingest a PCAP or PCAPNG file uploaded as multipart form data (the part named `file`).
+
+    The upload is streamed to disk; its size is limited by the setting upload_max_bytes.
+    Returns the INGEST COMMAND; its Result is the CaptureId.
+    - file: the capture file (multipart part)
+    """
+    limit = ctx.settings.get_int("upload_max_bytes", 2 << 30)
+    name = os.path.basename((file.filename or "upload.pcap").replace("\\", "/")) or "upload.pcap"
+    folder = os.path.join(ctx.config.data_dir, "uploads")
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="upload-", suffix=".cap", dir=folder)
+    size = 0
+    with os.fdopen(fd, "wb") as out:
+        while True:
+            chunk = file.stream.read(1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                out.close()
+                os.remove(tmp)
+                raise Malformed(f"file: larger than the upload limit of {limit} bytes "
+                                "(setting upload_max_bytes)")
+            out.write(chunk)
+    return queue_ingest(ctx, tmp, name, cleanup=tmp)
+
+
+@action(JSON)
+def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "") -> dict:
+    """Export a capture's packets to a PCAPNG file that Wireshark opens with the process shown.
+
+    Returns an EXPORT COMMAND whose Result is the written path.
+    - capture_id: a capture that is not active
+    - path: absolute path of the file to write, in an existing writable directory; blank = the export directory with a generated name
+    - filter: display filter limiting the exported packets (the search language)
+    """
+    db = captures(ctx).db(capture_id, active=False)
+    where, params = _compile_filter(ctx, filter, capture_id)
+    target = export.resolve_path(ctx, path, f"capture-{capture_id}")
+
+    def run(progress):
+        export.write_capture(db, target, where=where, params=params, progress=progress)
+        return target
+
+    return jobs(ctx).submit("EXPORT", {"capture_id": capture_id, "path": target}, run)
+
+
+def _compile_filter(ctx, text: str, capture_id: int):
+    """Display filter → (SQL condition on packets, params). Empty = everything."""
+    if not text.strip():
+        return "", ()
+    try:
+        from apppaccap.search.compiler import packet_condition
+    except ImportError:
+        raise Unsupported("filter: export filters need the search language, not built yet") \
+            from None
+    return packet_condition(text)
+
+
+@action(JSON)
+def export_list(ctx) -> list:
+    """The exported files in the export directory (EXPORTFILE list)."""
+    out = []
+    for name in sorted(os.listdir(ctx.config.export_dir)):
+        path = os.path.join(ctx.config.export_dir, name)
+        if os.path.isfile(path) and not name.startswith(".") and not name.endswith(".part"):
+            st = os.stat(path)
+            out.append({"Version": 1, "FileName": name, "Size": st.st_size,
+                        "Created": from_ns(st.st_mtime_ns)})
+    return out
+
+
+@action(INT)
+def export_delete(ctx, *, filename: str = "") -> int:
+    """Delete one exported file by plain name, or all when blank; returns how many.
+
+    - filename: a FileName from export_list (no directory part)
+    """
+    folder = ctx.config.export_dir
+    if not filename:
+        names = [f["FileName"] for f in export_list(ctx)]
+    else:
+        if filename != os.path.basename(filename) or "/" in filename or "\\" in filename \
+                or filename in (".", "..") or "\x00" in filename:
+            raise Malformed(f"filename: must be a plain file name, got {filename[:80]!r}")
+        if not os.path.isfile(os.path.join(folder, filename)):
+            raise NotFound(f"filename: no exported file {filename[:80]!r}")
+        names = [filename]
+    for name in names:
+        os.remove(os.path.join(folder, name))
+    return len(names)
+
+
+@action(JSON)
+def command_list(ctx) -> list:
+    """Every command (ingest, export, action runs) with its state and progress."""
+    return jobs(ctx).list()
+
+
+@action(JSON)
+def command_query(ctx, *, command_uid: str) -> dict:
+    """One COMMAND.
+
+    - command_uid: the CommandUid
+    """
+    return jobs(ctx).get(command_uid)
+
+
+@action(INT)
+def command_delete(ctx, *, command_uid: str) -> int:
+    """Delete a command, cancelling it first when it is queued or running.
+
+    - command_uid: the CommandUid
+    """
+    jobs(ctx).delete(command_uid)
+    return 0
+
+

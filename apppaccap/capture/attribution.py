@@ -1,0 +1,198 @@
+"""Flow → owning process, resolved off the capture path.
+
+Pipelines ask `status(key)` for each packet's flow. A flow never seen before is
+queued for the resolver thread (sock_diag exact lookup → inode → pid, see
+owners.py); until it answers, the flow is PENDING and the pipeline may hold its
+packets for a few milliseconds. Answers stick to the flow after its process
+exits (late FIN/ACKs, retransmissions), and a periodic sweep labels flows that
+existed before the capture or were missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+
+from apppaccap.capture.recorder import Label
+
+log = logging.getLogger(__name__)
+
+PENDING = None          # status(): not answered yet
+MAX_FLOWS = 200_000     # LRU bound of the flow table
+RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
+
+
+class Attribution:
+    """Shared by every live capture; started with the first one."""
+
+    def __init__(self, backend, book, *, idle_grace: float = 15.0, sweep_interval: float = 1.0,
+                 clock=time.monotonic, is_local=None):
+        self.backend = backend
+        self.book = book
+        self.idle_grace = idle_grace
+        self.sweep_interval = sweep_interval
+        self.clock = clock
+        # both ends local (loopback): the originator's socket may not be findable yet
+        self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")
+        self.flows: OrderedDict = OrderedDict()  # key → [labels | PENDING, resolved_at, seen_at]
+        self._labels: dict[tuple, Label] = {}    # (pid, start_ns, tid) → Label without local
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.users = 0
+        self.latencies: list[float] = []         # seconds from request to answer (last 10k)
+        self.stats = {"requests": 0, "resolved": 0, "missed": 0, "swept": 0}
+
+    # -- lifecycle -----------------------------------------------------------
+    def acquire(self) -> None:
+        with self._lock:
+            self.users += 1
+            if self.users > 1:
+                return
+        self._stop.clear()
+        self.backend.start()
+        for name, fn in (("resolver", self._resolver), ("sweeper", self._sweeper)):
+            t = threading.Thread(target=fn, name=f"attribution-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+        self._stop.set()
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+        self.backend.stop()
+
+    # -- the pipeline's side -------------------------------------------------
+    def status(self, key5: tuple, syn: bool = False):
+        """Labels of a flow (list, maybe empty), or PENDING after queueing a lookup.
+
+        key5 = (proto, src, sport, dst, dport) of the packet. `syn` marks a new TCP
+        connection attempt, which re-resolves a 5-tuple reused by another process.
+        """
+        now = self.clock()
+        fk = _flow(key5)
+        entry = self.flows.get(fk)
+        if entry is not None:
+            labels, resolved_at, seen = entry
+            entry[2] = now
+            if labels is PENDING:
+                return PENDING
+            stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
+            if labels and not stale:
+                return labels
+            if not labels and not stale and now - resolved_at < RETRY_MISS:
+                return labels
+        self.flows[fk] = [PENDING, now, now]
+        if len(self.flows) > MAX_FLOWS:
+            self.flows.popitem(last=False)
+        self.stats["requests"] += 1
+        self._queue.put((key5, fk, now))
+        return PENDING
+
+    # -- resolver ------------------------------------------------------------
+    def _resolver(self):
+        boost = getattr(self.backend, "boost_current_thread", None)
+        if boost is not None:
+            try:
+                boost()
+            except Exception:  # noqa: BLE001 - priority is an optimisation only
+                log.debug("could not raise resolver priority", exc_info=True)
+        while not self._stop.is_set():
+            item = self._queue.get()
+            if item is None:
+                break
+            key5, fk, asked = item[:3]
+            attempt = item[3] if len(item) > 3 else 0
+            try:
+                _, src, sport, dst, dport = key5
+                owners = self.backend.resolve(*key5)
+                if attempt < 3 and not any(o.local_is_src for o in owners) and \
+                        self.is_local(src) and (owners or self.is_local(dst)):
+                    # The originator is local but not found yet (a process that exec'd a
+                    # moment ago): ask again shortly rather than settle for the peer.
+                    time.sleep(0.002 * (attempt + 1))
+                    self._queue.put((key5, fk, asked, attempt + 1))
+                    continue
+                labels = self._labels_for(
+                    (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
+            except Exception:  # noqa: BLE001 - one bad lookup must not stop attribution
+                log.exception("resolving %s failed", key5)
+                labels = []
+            now = self.clock()
+            entry = self.flows.get(fk)
+            if entry is not None and entry[0] is PENDING:
+                entry[0], entry[1] = labels, now
+            self.stats["resolved" if labels else "missed"] += 1
+            if len(self.latencies) < 10000:
+                self.latencies.append(now - asked)
+
+    def _labels_for(self, pairs) -> list[Label]:
+        """(Owner, local endpoint) pairs → Labels, dropping pids whose facts are gone."""
+        out = []
+        for o, local in pairs:
+            base = self.label_for_pid(o.pid, o.tid)
+            if base is not None:
+                out.append(Label(base.process_id, base.pid, base.tid, base.proc, local))
+        return out
+
+    def label_for_pid(self, pid: int, tid: int | None = None) -> Label | None:
+        """A Label (with our ProcessId) for a pid, from the backend's process facts."""
+        info = self.backend.process(pid)
+        if info is None:
+            return None
+        tid = tid or 0
+        key = (pid, info.start_time_ns, tid)
+        lab = self._labels.get(key)
+        if lab is None:
+            rec = {"pid": pid, "ppid": info.ppid, "name": info.name, "path": info.path,
+                   "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
+            process_id = self.book.identify([rec])[0]
+            lab = Label(process_id, pid, tid, rec, None)
+            if len(self._labels) > 50000:
+                self._labels.clear()
+            self._labels[key] = lab
+        return lab
+
+    # -- safety net ----------------------------------------------------------
+    def _sweeper(self):
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                self._sweep()
+            except Exception:  # noqa: BLE001
+                log.exception("attribution sweep failed")
+
+    def _sweep(self):
+        """Label flows still unowned (or pending too long) from a full socket snapshot."""
+        now = self.clock()
+        todo = [fk for fk, e in list(self.flows.items())
+                if (e[0] is PENDING and now - e[1] > 0.5) or (e[0] == [] and now - e[2] < 30)]
+        if not todo:
+            return
+        snap = self.backend.snapshot()
+        for fk in todo:
+            proto, a, b = fk
+            pairs = [(o, a) for o in snap.get((proto, a[0], a[1], b[0], b[1]), [])] + \
+                [(o, b) for o in snap.get((proto, b[0], b[1], a[0], a[1]), [])]
+            if not pairs:
+                continue
+            labels = self._labels_for(pairs)
+            entry = self.flows.get(fk)
+            if labels and entry is not None:
+                entry[0], entry[1] = labels, now
+                self.stats["swept"] += 1
+
+
+def _flow(key5):
+    proto, src, sport, dst, dport = key5
+    a, b = (src, sport), (dst, dport)
+    return (proto, a, b) if a <= b else (proto, b, a)

@@ -1,0 +1,232 @@
+"""Live captures: start, stop, recover; the one place that knows every running session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+import psutil
+
+from apppaccap.api.envelope import Busy
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.capture.adapters import default_capture_adapters
+from apppaccap.capture.session import CaptureSession
+from apppaccap.capture.session import Target
+from apppaccap.filetime import now_ns
+from apppaccap.store.capturedb import AGG_ALL
+from apppaccap.store.capturedb import AGG_IP
+from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.capturedb import CaptureDb
+from apppaccap.store.capturedb import capture_path
+
+log = logging.getLogger(__name__)
+
+SYSTEM, PROCESS, THREAD, FILE = 1, 2, 3, 4
+ACTIVE, COMPLETED, FAILED, INTERRUPTED = 1, 2, 3, 4
+FLAG_RESOLVE_IPS, FLAG_THREAD, FLAG_CHILDREN = 0x1, 0x2, 0x4
+
+
+def local_addresses() -> frozenset:
+    ips = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                ips.add(a.address.split("%")[0])
+    return frozenset(ips)
+
+
+class CaptureManager:
+    def __init__(self, ctx, owners=None):
+        self.ctx = ctx
+        self.catalog = ctx.catalog
+        self.sessions: dict[int, CaptureSession] = {}
+        self._owners = owners
+        self._attribution = None
+        self._lock = threading.Lock()
+        self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
+
+    @property
+    def attribution(self):
+        if self._attribution is None:
+            from apppaccap.capture.attribution import Attribution
+            from apppaccap.capture.owners import default_owners
+            local = local_addresses()
+            self._attribution = Attribution(
+                self._owners or default_owners(), self.ctx.processes,
+                is_local=lambda ip: ip in local or ip.startswith("127."))
+        return self._attribution
+
+    # -- start ---------------------------------------------------------------
+    def _open(self, adapters: list[str], bpf: str):
+        from apppaccap.capture.sniffer import open_handle
+        names = adapters or default_capture_adapters()
+        if not names:
+            raise NotFound("adapter: no capturable adapter is up")
+        handles = []
+        try:
+            for name in dict.fromkeys(names):
+                handles.append((name, open_handle(name, bpf)))
+        except Exception:
+            for _, h in handles:
+                h.close()
+            raise
+        return handles
+
+    def start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
+              process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
+        handles = self._open(list(adapters), bpf)
+        fields = {"type": ctype, "state": ACTIVE, "name": name, "filter": bpf, "flags": flags,
+                  "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),
+                  "thread_id": thread_id}
+        if process:
+            fields.update(process_id=process["id"], pid=process["pid"],
+                          process_name=process["name"], process_path=process["path"])
+        cols = ",".join(fields)
+        capture_id = self.catalog.execute(
+            f"INSERT INTO captures({cols}) VALUES ({','.join('?' * len(fields))})",
+            tuple(fields.values()))
+        if process:
+            self.catalog.execute("INSERT OR IGNORE INTO capture_processes VALUES (?,?)",
+                                 (capture_id, process["id"]))
+        db = CaptureDb(self.ctx.config.data_dir, capture_id)
+        target = Target(pids, children=bool(flags & FLAG_CHILDREN), thread_id=thread_id)
+        hold = self.ctx.settings.get_int("attribution_hold_ms", 50)
+        session = CaptureSession(capture_id, handles, db, self.attribution, target, self.catalog,
+                                 local_ips=local_addresses(), hold_ms=hold,
+                                 on_stats=self._global_stats)
+        with self._lock:
+            self.sessions[capture_id] = session
+        session.start()
+        return self.get(capture_id)
+
+    def add_process(self, capture_id: int, process: dict) -> dict:
+        session = self.sessions.get(capture_id)
+        if session is None:
+            raise NotFound(f"capture_id: no active capture {capture_id}")
+        if session.target.system:
+            raise Malformed(f"capture_id: capture {capture_id} is a system capture")
+        session.target.pids.add(process["pid"])
+        self.catalog.execute("INSERT OR IGNORE INTO capture_processes VALUES (?,?)",
+                             (capture_id, process["id"]))
+        return self.get(capture_id)
+
+    def _global_stats(self, agg: dict) -> None:
+        """Fold a batch's aggregates into the catalog's system-wide statistics."""
+        minutes, keys, ips = {}, {}, {}
+        for (kind, key, minute, proto), (p, b) in agg.items():
+            if kind == AGG_ALL:
+                minutes[(minute, proto)] = (p, b)
+                continue
+            k = ("ip" if kind == AGG_IP else "port", key)
+            old = keys.get(k, (0, 0))
+            keys[k] = (old[0] + p, old[1] + b)
+            if kind == AGG_IP:
+                t = minute * 60_000_000_000
+                v = ips.setdefault(key, [0, 0, t, t])
+                v[0] += p
+                v[1] += b
+                v[2], v[3] = min(v[2], t), max(v[3], t)
+        assert AGG_PORT  # kinds are exhaustive: ALL, IP, PORT
+
+        def fold(conn):
+            conn.executemany(
+                "INSERT INTO stats_minute VALUES (?,?,?,?) ON CONFLICT(minute, proto) DO UPDATE "
+                "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+                [(m, pr, p, b) for (m, pr), (p, b) in minutes.items()])
+            conn.executemany(
+                "INSERT INTO stats_key VALUES (?,?,?,?) ON CONFLICT(kind, key) DO UPDATE "
+                "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+                [(k, key, p, b) for (k, key), (p, b) in keys.items()])
+            conn.executemany(
+                "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
+                "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
+                "last_time=max(last_time,excluded.last_time)",
+                [(ip, *v) for ip, v in ips.items()])
+        self.catalog.submit(fold)
+
+    # -- stop ----------------------------------------------------------------
+    def stop(self, capture_id: int, *, state: int = COMPLETED, message: str = "") -> None:
+        with self._lock:
+            session = self.sessions.pop(capture_id, None)
+        if session is None:
+            raise NotFound(f"capture_id: no active capture {capture_id}")
+        try:
+            session.stop()
+        finally:
+            session.db.close()
+            self.catalog.execute(
+                "UPDATE captures SET state=?, end_time=?, message=? WHERE id=?",
+                (state, now_ns(), message, capture_id))
+
+    def stop_all(self) -> int:
+        ids = list(self.sessions)
+        for cid in ids:
+            try:
+                self.stop(cid)
+            except NotFound:
+                pass
+        return len(ids)
+
+    def recover(self) -> int:
+        """Captures left ACTIVE by a crash become INTERRUPTED, with their committed counts."""
+        rows = self.catalog.read("SELECT id FROM captures WHERE state = ?", (ACTIVE,))
+        for row in rows:
+            counts = (0, 0, 0)
+            path = capture_path(self.ctx.config.data_dir, row["id"])
+            if os.path.exists(path):
+                db = CaptureDb(self.ctx.config.data_dir, row["id"])
+                try:
+                    counts = tuple(db.one("SELECT count(*), coalesce(sum(len),0), "
+                                          "(SELECT count(*) FROM connections) FROM packets"))
+                finally:
+                    db.close()
+            self.catalog.execute(
+                "UPDATE captures SET state=?, packet_count=?, byte_count=?, connection_count=?, "
+                "end_time=coalesce(end_time, ?), message=? WHERE id=?",
+                (INTERRUPTED, *counts, now_ns(), "the service stopped while capturing",
+                 row["id"]))
+        return len(rows)
+
+    # -- reading -------------------------------------------------------------
+    def get(self, capture_id: int):
+        row = self.catalog.one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+        if row is None:
+            raise NotFound(f"capture_id: no capture {capture_id}")
+        return row
+
+    def db(self, capture_id: int, *, active: bool | None = None) -> CaptureDb:
+        """The capture's database for reading; `active` demands that state (else BUSY)."""
+        row = self.get(capture_id)
+        session = self.sessions.get(capture_id)
+        if active is True and session is None:
+            raise Busy(f"capture_id: capture {capture_id} is not active")
+        if active is False and session is not None:
+            raise Busy(f"capture_id: capture {capture_id} is still active")
+        if session is not None:
+            return session.db
+        with self._lock:
+            db = self._dbs.get(capture_id)
+            if db is None:
+                if not os.path.exists(capture_path(self.ctx.config.data_dir, capture_id)):
+                    raise NotFound(f"capture_id: capture {capture_id} has no packet data "
+                                   f"(state {row['state']})")
+                db = self._dbs[capture_id] = CaptureDb(self.ctx.config.data_dir, capture_id)
+        return db
+
+    def forget(self, capture_id: int) -> None:
+        """Close a completed capture's database (before its file is deleted)."""
+        with self._lock:
+            db = self._dbs.pop(capture_id, None)
+        if db is not None:
+            db.close()
+
+    def live_counts(self, capture_id: int):
+        s = self.sessions.get(capture_id)
+        if s is None:
+            return None
+        return {"PacketCount": s.recorder.packets, "ByteCount": s.recorder.bytes,
+                "DroppedCount": s.dropped, "ConnectionCount": s.recorder.next_conn - 1}

@@ -1,0 +1,225 @@
+"""Decoded, labelled packets → packet rows, connections, IPs and aggregates, in batches.
+
+Live captures and file ingest share this class, so connections, statistics and
+hostnames are built the same way whatever the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apppaccap.capture.decode import dns_answers
+from apppaccap.store.capturedb import AGG_ALL
+from apppaccap.store.capturedb import AGG_IP
+from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.capturedb import write_batch
+
+MINUTE_NS = 60_000_000_000
+MAX_TS = 2**63
+DIR_IN, DIR_OUT, DIR_UNKNOWN = 0, 1, 2
+TCP, UDP = 6, 17
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+@dataclass
+class Label:
+    """Who owns a packet: our ProcessId, pid, thread id and the owner's local endpoint."""
+
+    process_id: int
+    pid: int
+    tid: int
+    proc: dict            # catalog row of the process (name, path, cmdline…)
+    local: tuple | None   # (ip, port) of the owner's socket; None when not known
+
+
+class Conn:
+    __slots__ = ("id", "proto", "local", "remote", "label", "peer", "first", "last", "pout",
+                 "bout", "pin", "bin", "state", "hostname", "fin")
+
+    def __init__(self, cid, proto, local, remote, ts):
+        self.id, self.proto, self.local, self.remote = cid, proto, local, remote
+        self.label = self.peer = None
+        self.first = self.last = ts
+        self.pout = self.bout = self.pin = self.bin = 0
+        self.state, self.hostname, self.fin = "", "", 0
+
+    def row(self):
+        lab, peer = self.label, self.peer
+        return (self.id, self.proto, self.local[0], self.local[1], self.remote[0], self.remote[1],
+                lab.process_id if lab else None, lab.pid if lab else 0, lab.tid if lab else 0,
+                self.first, self.last, self.pout, self.bout, self.pin, self.bin, self.state,
+                self.hostname, peer.process_id if peer else None, peer.pid if peer else 0)
+
+
+def flow_key(proto, src, sport, dst, dport):
+    """Direction-free key of a flow."""
+    a, b = (src, sport), (dst, dport)
+    return (proto, a, b) if a <= b else (proto, b, a)
+
+
+class Recorder:
+    """Accumulates one capture's rows and writes them to its CaptureDb in batches."""
+
+    def __init__(self, db, *, local_ips: frozenset = frozenset(), first_packet_id: int = 1,
+                 batch_packets: int = 20000, batch_bytes: int = 8 << 20):
+        self.db = db
+        self.local_ips = local_ips
+        self.next_id = first_packet_id
+        self.next_conn = 1
+        self.conns: dict = {}
+        self.hostnames: dict[str, str] = {}
+        self.batch_packets, self.batch_bytes = batch_packets, batch_bytes
+        self.packets = self.bytes = 0
+        self.pending = None  # the last submitted batch's future
+        self.on_flush = None  # callable(agg) — e.g. global statistics in the catalog
+        self._reset()
+
+    def _reset(self):
+        self._rows, self._chunks, self._off = [], [], 0
+        self._dirty, self._procs, self._threads, self._ips, self._agg = {}, {}, {}, {}, {}
+
+    def conn_for(self, d, ts):
+        """The Conn of a decoded packet (created on first sight), or None without ports/IPs."""
+        if d.src is None or d.proto not in (TCP, UDP):
+            return None
+        key = flow_key(d.proto, d.src, d.sport, d.dst, d.dport)
+        c = self.conns.get(key)
+        if c is None:
+            src, dst = (d.src, d.sport), (d.dst, d.dport)
+            # The originator is "local" unless we know better: a SYN+ACK comes from the server,
+            # and a packet from an address of this machine is ours.
+            if d.proto == TCP and d.tcp_flags & (SYN | ACK) == SYN | ACK:
+                src, dst = dst, src
+            elif d.dst in self.local_ips and d.src not in self.local_ips:
+                src, dst = dst, src
+            c = Conn(self.next_conn, d.proto, src, dst, min(max(ts, 0), MAX_TS - 1))
+            c.hostname = self.hostnames.get(dst[0], "")
+            self.next_conn += 1
+            self.conns[key] = c
+        return c
+
+    def add(self, ts, iface, data, origlen, d, conn=None, label: Label | None = None,
+            notes=None, direction=None) -> int:
+        """Record one packet; returns its PacketId."""
+        exact_ts = ts
+        if ts >= MAX_TS or ts < 0:
+            # Files can carry timestamps past 2262 (or before 1970) that SQLite's int64 cannot
+            # hold: the packet row keeps the exact value as text (export writes it back
+            # unchanged); aggregates use the clamped value.
+            exact_ts = str(ts)
+            ts = min(max(ts, 0), MAX_TS - 1)
+        pid_ = self.next_id
+        self.next_id += 1
+        size = origlen
+        caplen = len(data)
+        if conn is not None:
+            if label is not None and conn.label is None:
+                conn.label = label
+                if label.local is not None and label.local != conn.local:
+                    conn.local, conn.remote = conn.remote, conn.local
+                    conn.hostname = self.hostnames.get(conn.remote[0], "")
+            out = (d.src, d.sport) == conn.local
+            if direction is None:
+                direction = DIR_OUT if out else DIR_IN
+            if out:
+                conn.pout += 1
+                conn.bout += size
+            else:
+                conn.pin += 1
+                conn.bin += size
+            conn.last = ts
+            if d.proto == TCP:
+                _tcp_state(conn, d.tcp_flags)
+            elif not conn.state:
+                conn.state = "ACTIVE"
+            self._dirty[conn.id] = conn
+        elif direction is None:
+            direction = DIR_OUT if d.src in self.local_ips else \
+                DIR_IN if d.dst in self.local_ips else DIR_UNKNOWN
+        if d.proto == UDP and (d.sport == 53 or d.sport == 5353) and d.payload_len:
+            self._learn_dns(data[d.payload_off:d.payload_off + d.payload_len])
+        if label is not None:
+            p = self._procs.get(label.process_id)
+            if p is None:
+                self._procs[label.process_id] = [label.proc, 1, size]
+            else:
+                p[1] += 1
+                p[2] += size
+            k = (label.pid, label.tid)
+            self._threads[k] = self._threads.get(k, 0) + 1
+            process_id, pid, tid = label.process_id, label.pid, label.tid
+        else:
+            process_id, pid, tid = None, 0, 0
+        self._rows.append((pid_, exact_ts, size, caplen, iface, d.l3, d.proto, d.src, d.dst, d.sport,
+                           d.dport, d.tcp_flags, d.ttl, d.vlan, d.eth_src, d.eth_dst, d.icmp_type,
+                           direction, conn.id if conn else None, process_id, pid, tid,
+                           d.summary, notes, self._off))
+        self._chunks.append(data)
+        self._off += caplen
+        minute = ts // MINUTE_NS
+        agg = self._agg
+        proto = d.proto
+        for key in ((AGG_ALL, "", minute, proto),
+                    (AGG_IP, d.src, minute, proto) if d.src else None,
+                    (AGG_IP, d.dst, minute, proto) if d.dst and d.dst != d.src else None,
+                    (AGG_PORT, str(d.sport), minute, proto) if d.sport else None,
+                    (AGG_PORT, str(d.dport), minute, proto) if d.dport and d.dport != d.sport
+                    else None):
+            if key is not None:
+                a = agg.get(key)
+                if a is None:
+                    agg[key] = [1, size]
+                else:
+                    a[0] += 1
+                    a[1] += size
+        for ip in (d.src, d.dst):
+            if ip:
+                v = self._ips.get(ip)
+                if v is None:
+                    self._ips[ip] = [1, size, ts, ts]
+                else:
+                    v[0] += 1
+                    v[1] += size
+                    v[3] = ts
+        self.packets += 1
+        self.bytes += size
+        if len(self._rows) >= self.batch_packets or self._off >= self.batch_bytes:
+            self.flush()
+        return pid_
+
+    def _learn_dns(self, payload: bytes) -> None:
+        for name, ip in dns_answers(payload):
+            self.hostnames[ip] = name
+            for c in self.conns.values() if len(self.conns) < 5000 else ():
+                if c.remote[0] == ip and not c.hostname:
+                    c.hostname = name
+                    self._dirty[c.id] = c
+
+    def flush(self, wait: bool = False):
+        """Submit the accumulated batch to the writer thread (one transaction)."""
+        if self._rows or self._dirty:
+            rows, blob = self._rows, b"".join(self._chunks)
+            conns = {c.id: c.row() for c in self._dirty.values()}
+            procs = {k: tuple(v) for k, v in self._procs.items()}
+            args = (rows, blob, conns, procs, self._threads, self._ips, self._agg)
+            if self.pending is not None:
+                self.pending.result()  # back-pressure: at most one batch in flight
+            self.pending = self.db.submit(lambda c: write_batch(c, *args))
+            if self.on_flush is not None:
+                self.on_flush(self._agg)
+            self._reset()
+        if wait and self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+
+def _tcp_state(c: Conn, flags: int) -> None:
+    if flags & RST:
+        c.state = "RESET"
+    elif flags & FIN:
+        c.fin += 1
+        c.state = "CLOSED" if c.fin >= 2 else "CLOSING"
+    elif flags & SYN:
+        c.state = "SYN_SENT" if not flags & ACK else "SYN_RECEIVED"
+    elif c.state in ("", "SYN_SENT", "SYN_RECEIVED"):
+        c.state = "ESTABLISHED"

@@ -1,0 +1,108 @@
+"""A capture (or a search's packets) → a pcapng file that Wireshark opens with the process shown.
+
+python-pcapng writes the section and interface blocks; the Enhanced Packet Blocks
+go through PcapngWriter's hand-written hot path (see pcapng_writer.py). Each
+packet with a process carries `opt_comment` "PID: …\\nCmd: …\\nArgs: …" (plus
+"ThreadId: …"), the epb_processid_threadid option and epb_flags direction.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from apppaccap.api.envelope import Malformed
+from apppaccap.pcapng_writer import PcapngWriter
+from apppaccap.pcapng_writer import process_comment
+
+EPB_DIRECTION = {0: 1, 1: 2}  # our Direction (0 in, 1 out) → epb_flags bits
+
+
+def resolve_path(ctx, path: str, stem: str) -> str:
+    """`path` must be an absolute file path in an existing writable directory; blank =
+    the export directory with a generated name."""
+    if not path.strip():
+        name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.pcapng"
+        candidate = os.path.join(ctx.config.export_dir, name)
+        n = 1
+        while os.path.exists(candidate):
+            candidate = os.path.join(ctx.config.export_dir, name.replace(".pcapng", f"-{n}.pcapng"))
+            n += 1
+        return candidate
+    if "\x00" in path or not os.path.isabs(path):
+        raise Malformed(f"path: must be an absolute file path, got {path[:200]!r}")
+    path = os.path.normpath(path)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path):
+        raise Malformed(f"path: {path[:200]!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        raise Malformed(f"path: directory {folder[:200]!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise Malformed(f"path: directory {folder[:200]!r} is not writable")
+    return path
+
+
+def _comments(db) -> dict:
+    """process_id → comment text (one per process; the writer caches encoded options)."""
+    out = {}
+    for r in db.read("SELECT process_id, pid, path, cmdline, name FROM processes"):
+        out[r["process_id"]] = (r["pid"], r["path"] or r["name"], r["cmdline"])
+    return out
+
+
+def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
+                  packet_ids=None) -> int:
+    """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path.
+
+    Written to `path + ".part"` and renamed when complete, so a reader never sees half a file.
+    """
+    procs = _comments(db)
+    total = db.one("SELECT count(*) FROM packets")[0] or 1
+    tmp = path + ".part"
+    n = 0
+    try:
+        with open(tmp, "wb") as fh:
+            w = PcapngWriter(fh, comment="exported by AppPacCap")
+            for r in db.read("SELECT id, name, linktype FROM interfaces ORDER BY id"):
+                w.add_interface(r["linktype"], r["name"] or None)
+            blocks: dict = {}
+            last_id = 0
+            while True:
+                rows = db.read(
+                    "SELECT id, iface, ts, len, caplen, blk, off, process_id, pid, tid, "
+                    f"direction, notes FROM packets WHERE id > ? {where} ORDER BY id LIMIT 20000",
+                    (last_id, *params))
+                if not rows:
+                    break
+                last_id = rows[-1][0]
+                out = []
+                for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
+                     notes) in rows:
+                    if packet_ids is not None and pid_ not in packet_ids:
+                        continue
+                    data = blocks.get(blk)
+                    if data is None:
+                        if len(blocks) > 8:
+                            blocks.clear()
+                        row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
+                        data = blocks[blk] = bytes(row[0]) if row else b""
+                    comment = None
+                    if process_id in procs:
+                        ppid, cmd, args = procs[process_id]
+                        comment = process_comment(ppid, cmd, args, tid or None)
+                    if notes:
+                        comment = f"{comment}\n{notes}" if comment else notes
+                    out.append((iface, int(ts), data[off:off + caplen], length, comment,
+                                EPB_DIRECTION.get(direction), pid or None, tid or None))
+                n += w.write_packets(out)
+                if progress is not None:
+                    progress(100.0 * n / total)
+            w.close()
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return n

@@ -1,0 +1,295 @@
+"""The extraction engine: per-connection dispatch, spooled bodies, events.
+
+The capture pipeline calls :meth:`Extractor.tcp` for every TCP packet of a
+capture (live or ingested), :meth:`Extractor.close_conn` when a connection is
+over and :meth:`Extractor.flush` at the end.  Each connection gets two
+:class:`~apppaccap.extract.reassembly.Reassembler` objects (one per direction)
+feeding a protocol handler:
+
+* FTP data connections announced on a control connection (PASV/EPSV/PORT/EPRT),
+* FTP control connections (port 21),
+* HTTP/1.x, recognised from the first bytes of either direction,
+* anything else is dropped after a few segments at a cost of one dict lookup
+  per packet.
+
+Each detected file is written incrementally to its own spool file (never held
+in memory) and announced to ``sink.file(FileEvent)`` when it is finished.  The
+spool file then belongs to the sink (move it into the store, or delete it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from dataclasses import dataclass
+
+from .ftp import FtpControl
+from .ftp import FtpData
+from .ftp import FtpTracker
+from .http import HttpConn
+from .mime import SNIFF_BYTES
+from .mime import sniff
+from .reassembly import Reassembler
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+_FLUSH_AT = 256 << 10      # spool write / hash granularity
+
+
+@dataclass
+class FileEvent:
+    """One extracted file (an HTTP message body or an FTP data transfer)."""
+
+    conn_id: int
+    protocol: str            # "http" | "ftp-data"
+    direction: str           # "download" (server -> client) | "upload"
+    file_name: str           # raw, unsanitised (see safe_name)
+    mime_type: str | None    # declared Content-Type, else the sniffed type
+    sniffed_mime: str | None
+    size: int                # decoded body bytes in the spool file
+    complete: bool
+    missing_bytes: int       # bytes lost to gaps / short bodies (encoded bytes if encoded)
+    spool_path: str
+    sha256: str              # of the spool file's content
+    ts_ns: int               # time of the first body byte
+    uri: str | None = None
+    host: str | None = None
+    truncated: bool = False  # cut at max_file_bytes
+    depth: int = 0           # n-th message of this kind on the connection (1-based)
+    method: str | None = None
+    status: int | None = None
+    declared_size: int | None = None   # Content-Length, or size announced by FTP 150
+    content_encoding: str | None = None
+
+
+class Body:
+    """Incrementally spools, hashes and sniffs one file body.
+
+    Data is buffered up to 256 KiB before being hashed and written, which keeps
+    per-segment cost low.  Gaps are *not* filled: the spool file holds the
+    captured bytes only, and the lost byte count goes into ``missing``.
+    """
+
+    __slots__ = ("_emit", "_dir", "max_bytes", "meta", "size", "missing", "truncated",
+                 "_buf", "_head", "_hash", "_fd", "_path", "_done")
+
+    def __init__(self, emit, spool_dir: str, max_bytes: int, meta: dict):
+        self._emit = emit
+        self._dir = spool_dir
+        self.max_bytes = max_bytes
+        self.meta = meta
+        self.size = 0
+        self.missing = 0
+        self.truncated = False
+        self._buf = bytearray()
+        self._head = b""
+        self._hash = hashlib.sha256()
+        self._fd = -1
+        self._path = ""
+        self._done = False
+
+    def room(self) -> int:
+        """Bytes that may still be written before truncation."""
+        return self.max_bytes - self.size
+
+    def write(self, data) -> None:
+        """Append decoded body bytes (truncating at ``max_bytes``)."""
+        n = len(data)
+        if not n or self.truncated:
+            return
+        if n > self.max_bytes - self.size:
+            data = data[:self.max_bytes - self.size]
+            n = len(data)
+            self.truncated = True
+        if self.size < SNIFF_BYTES:
+            self._head += bytes(data[:SNIFF_BYTES - self.size])
+        self.size += n
+        buf = self._buf
+        buf += data
+        if len(buf) >= _FLUSH_AT:
+            self._spill()
+
+    def gap(self, nbytes: int) -> None:
+        """Record ``nbytes`` lost bytes (nothing is written for them)."""
+        self.missing += nbytes
+
+    def _spill(self) -> None:
+        buf = self._buf
+        if self._fd < 0:
+            self._fd, self._path = tempfile.mkstemp(prefix="extract-", dir=self._dir)
+        self._hash.update(buf)
+        done = 0
+        with memoryview(buf) as view:
+            while done < len(buf):
+                done += os.write(self._fd, view[done:])
+        buf.clear()
+
+    def finish(self, complete: bool = True, missing: int = 0, **extra) -> FileEvent | None:
+        """Close the spool file and announce the finished file to the sink."""
+        if self._done:
+            return None
+        self._done = True
+        self.missing += missing
+        self._spill()           # also creates the file for empty bodies
+        os.close(self._fd)
+        meta = self.meta
+        meta.update(extra)
+        sniffed = sniff(self._head)
+        ev = FileEvent(
+            size=self.size, missing_bytes=self.missing, spool_path=self._path,
+            sha256=self._hash.hexdigest(), sniffed_mime=sniffed,
+            complete=bool(complete) and not self.missing and not self.truncated,
+            truncated=self.truncated, **meta)
+        if not ev.mime_type:
+            ev.mime_type = sniffed
+        self._emit(ev)
+        return ev
+
+    def discard(self) -> None:
+        """Drop the body without an event (and remove its spool file)."""
+        if self._done:
+            return
+        self._done = True
+        if self._fd >= 0:
+            os.close(self._fd)
+            os.unlink(self._path)
+
+
+class _Conn:
+    __slots__ = ("cip", "cport", "c2s", "s2c", "handler", "ignored")
+
+    def __init__(self, cip, cport):
+        self.cip = cip
+        self.cport = cport
+        self.c2s = self.s2c = self.handler = None
+        self.ignored = False
+
+
+class Extractor:
+    """Finds files in TCP traffic and reports them to ``sink.file(ev)``.
+
+    Memory per connection is bounded: at most ``max_stream_buffer`` bytes of
+    out-of-order data per direction, plus small parser buffers (HTTP header
+    block at most 64 KiB, FTP lines 8 KiB) and a 256 KiB spool buffer per open
+    body.  Bodies larger than ``max_file_bytes`` are truncated and marked
+    incomplete.
+    """
+
+    def __init__(self, sink, *, max_file_bytes: int = 64 << 20,
+                 max_stream_buffer: int = 1 << 20, spool_dir: str):
+        self.sink = sink
+        self.max_file_bytes = int(max_file_bytes)
+        self.max_stream_buffer = int(max_stream_buffer)
+        self.spool_dir = spool_dir
+        os.makedirs(spool_dir, exist_ok=True)
+        self._conns: dict[int, _Conn] = {}
+        self.ftp = FtpTracker()
+        self.files = 0              # FileEvents emitted
+        self.missing_bytes = 0      # stream bytes skipped as gaps (closed connections)
+
+    # -- services for the protocol handlers --------------------------------
+
+    def open_body(self, **meta) -> Body:
+        """Start a new spooled body; ``meta`` becomes FileEvent fields."""
+        return Body(self._emit, self.spool_dir, self.max_file_bytes, meta)
+
+    def _emit(self, ev: FileEvent) -> None:
+        self.files += 1
+        self.sink.file(ev)
+
+    # -- pipeline interface ------------------------------------------------
+
+    def tcp(self, conn_id: int, ts_ns: int, src: str, sport: int, dst: str, dport: int,
+            seq: int, ack: int, flags: int, payload: bytes) -> None:
+        """Feed one TCP packet (``payload`` is the TCP payload, maybe empty)."""
+        c = self._conns.get(conn_id)
+        if c is None:
+            c = self._conns[conn_id] = self._new_conn(conn_id, src, sport, dst, dport, flags)
+        if c.ignored:
+            return
+        if flags & RST and not payload:
+            return              # RST sequence numbers are often bogus
+        r = c.c2s if (sport == c.cport and src == c.cip) else c.s2c
+        r.segment(seq, payload, ts_ns, flags & SYN, flags & FIN, ack)
+
+    def close_conn(self, conn_id: int) -> None:
+        """Connection over: finish (possibly incomplete) files and forget it."""
+        c = self._conns.pop(conn_id, None)
+        if c is None or c.ignored:
+            return
+        # Local references: finishing may make the handler give up on ``c``.
+        c2s, s2c, handler = c.c2s, c.s2c, c.handler
+        c2s.finish()
+        s2c.finish()
+        self.missing_bytes += c2s.missing + s2c.missing
+        handler.close()
+
+    def flush(self) -> None:
+        """End of capture: finish every open connection."""
+        for conn_id in list(self._conns):
+            self.close_conn(conn_id)
+
+    # -- internals ---------------------------------------------------------
+
+    def _new_conn(self, conn_id, src, sport, dst, dport, flags) -> _Conn:
+        if flags & SYN and flags & ACK:
+            client = (dst, dport, src, sport)    # SYN+ACK comes from the server
+        else:
+            client = (src, sport, dst, dport)    # SYN, or first packet seen
+        c = _Conn(client[0], client[1])
+        ch = self.ftp.match(*client)
+        if ch is not None:
+            h = FtpData(self, conn_id, ch, client)
+        elif client[3] == 21 or client[1] == 21:
+            h = FtpControl(self, conn_id, client)
+        else:
+            h = HttpConn(self, conn_id, client, on_give_up=lambda: self._ignore(c))
+        c.handler = h
+        limit = self.max_stream_buffer
+        c.c2s = Reassembler(h.client_sink, limit)
+        c.s2c = Reassembler(h.server_sink, limit)
+        if isinstance(h, HttpConn):
+            h.bind(c.c2s, c.s2c)
+        return c
+
+    @staticmethod
+    def _ignore(c: _Conn) -> None:
+        # Not a protocol we extract from: drop the reassembly state for good.
+        c.ignored = True
+        c.c2s = c.s2c = c.handler = None
+
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+             *(f"lpt{i}" for i in range(1, 10))}
+
+
+def safe_name(name: str, max_len: int = 128) -> str:
+    """Turn a raw, attacker-controlled file name into one safe path component.
+
+    The result has no path separators, no ``..``, no control characters, no
+    leading dots or trailing dots/spaces, is not a Windows device name, is at
+    most ``max_len`` characters (the extension is kept when shortening) and
+    is never empty (``"object"`` is the fallback).
+    """
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    name = unicodedata.normalize("NFKC", str(name or ""))
+    # Keep only the last component of any path, whichever separator it uses.
+    name = re.split(r"[/\\]", name)[-1]
+    name = _UNSAFE.sub("_", name)
+    name = name.replace("..", "_")
+    name = name.strip(" .")
+    name = name.lstrip("-~")
+    if name.split(".")[0].lower() in _RESERVED:
+        name = "_" + name
+    max_len = max(int(max_len), 8)
+    if len(name) > max_len:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16 and stem:
+            name = stem[:max_len - len(ext) - 1] + "." + ext
+        else:
+            name = name[:max_len]
+    return name or "object"

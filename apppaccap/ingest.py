@@ -1,0 +1,141 @@
+"""PCAP/PCAPNG file → a FILE capture, built exactly like a live one (Recorder).
+
+Processes come back from pcapng files that carry them: the ptcpdump comment
+convention ("PID: …\\nCmd: …\\nArgs: …") or the epb_processid_threadid option.
+Damage stops reading but keeps every packet before it (COMPLETED with a note);
+a file that yields nothing because of damage is FAILED with the reader's reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.capture.decode import decode
+from apppaccap.capture.recorder import Label
+from apppaccap.capture.recorder import Recorder
+from apppaccap.filetime import now_ns
+from apppaccap.pcapfile import CaptureReader
+from apppaccap.pcapfile import NotACaptureError
+from apppaccap.store.capturedb import CaptureDb
+
+FILE, ACTIVE, COMPLETED, FAILED = 4, 1, 2, 3
+DIR_FROM_FLAGS = {1: 0, 2: 1}  # epb_flags inbound/outbound → our Direction
+
+
+def open_reader(path: str) -> CaptureReader:
+    """Open a capture file, mapping problems to API errors (NOT_FOUND / MALFORMED)."""
+    if not os.path.isfile(path):
+        raise NotFound(f"path: no such file {path[:200]!r}")
+    try:
+        return CaptureReader(path)
+    except NotACaptureError as exc:
+        raise Malformed(f"path: {exc}") from None
+    except PermissionError:
+        raise NotFound(f"path: cannot read {path[:200]!r} (permission denied)") from None
+    except OSError as exc:
+        raise NotFound(f"path: cannot read {path[:200]!r} ({exc.strerror})") from None
+
+
+def create_capture(ctx, source: str) -> int:
+    name = os.path.basename(source)
+    return ctx.catalog.execute(
+        "INSERT INTO captures(type, state, name, source_file, start_time) VALUES (?,?,?,?,?)",
+        (FILE, ACTIVE, name, source, now_ns()))
+
+
+def parse_comment(comment: str | None) -> dict | None:
+    """The ptcpdump convention → {pid, cmd, args, tid}; None if the comment is not one."""
+    if not comment or not comment.startswith("PID: "):
+        return None
+    out, rest = {}, []
+    for line in comment.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("PID", "Cmd", "Args", "ThreadId", "ThreadName", "ParentPID",
+                           "ParentCmd", "ParentArgs", "UserId") and key not in out:
+            out[key] = value
+        else:
+            rest.append(line)  # anything else is the packet's own note
+    try:
+        pid = int(out["PID"])
+    except (KeyError, ValueError):
+        return None
+    tid = out.get("ThreadId", "")
+    return {"pid": pid, "cmd": out.get("Cmd", ""), "args": out.get("Args", ""),
+            "tid": int(tid) if tid.isdigit() else 0, "notes": "\n".join(rest) or None}
+
+
+class _Labels:
+    """Process labels of one ingested file; identities are per capture (no start time)."""
+
+    def __init__(self, ctx, capture_id):
+        self.ctx, self.capture_id = ctx, capture_id
+        self.cache: dict = {}
+
+    def get(self, pid, tid, cmd, args) -> Label:
+        key = (pid, tid, cmd)
+        lab = self.cache.get(key)
+        if lab is None:
+            rec = {"pid": pid, "ppid": 0, "name": os.path.basename(cmd)[:15] if cmd else "",
+                   "path": cmd, "cmdline": args, "user": "",
+                   # ingested processes have no start time: key them to this capture
+                   "start_time": -self.capture_id}
+            process_id = self.ctx.processes.identify([rec])[0]
+            lab = self.cache[key] = Label(process_id, pid, tid, rec, None)
+        return lab
+
+
+def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
+    """Read every record into the capture's database; returns a summary dict."""
+    db = CaptureDb(ctx.config.data_dir, capture_id)
+    rec = Recorder(db)
+    labels = _Labels(ctx, capture_id)
+    known_ifaces = 0
+    state, message = COMPLETED, ""
+    try:
+        for batch in reader.iter_batches(8192):
+            if len(reader.interfaces) > known_ifaces:
+                new = [(i, f.name, f.linktype) for i, f in
+                       enumerate(reader.interfaces[known_ifaces:], start=known_ifaces)]
+                db.write(lambda c, new=new: c.executemany(
+                    "INSERT INTO interfaces(id, name, linktype) VALUES (?,?,?)", new))
+                known_ifaces = len(reader.interfaces)
+            for r in batch:
+                d = decode(r.linktype, r.data)
+                conn = rec.conn_for(d, r.ts_ns)
+                label = None
+                info = parse_comment(r.comment)
+                notes = r.comment
+                if info is not None:
+                    label = labels.get(info["pid"], info["tid"], info["cmd"], info["args"])
+                    notes = info["notes"]  # the rest of the comment is the packet's note
+                elif r.pid:
+                    label = labels.get(r.pid, r.tid or 0, "", "")
+                direction = DIR_FROM_FLAGS.get((r.flags or 0) & 3)
+                rec.add(r.ts_ns, r.iface, r.data, r.origlen, d, conn, label, notes, direction)
+            if progress is not None and reader.size:
+                progress(100.0 * reader.bytes_done / reader.size)
+        if reader.error:
+            if rec.packets:
+                message = f"stopped early, {rec.packets} packets kept: {reader.error}"
+            else:
+                state, message = FAILED, reader.error
+        elif reader.warnings:
+            message = "; ".join(reader.warnings[:5])
+        rec.flush(wait=True)
+    except BaseException as exc:
+        state, message = FAILED, f"ingest stopped: {exc}"
+        raise
+    finally:
+        try:
+            rec.flush(wait=True)
+        finally:
+            db.close()
+            reader.close()
+            first_last = (rec.packets, rec.bytes, rec.next_conn - 1)
+            ctx.catalog.execute(
+                "UPDATE captures SET state=?, end_time=?, packet_count=?, byte_count=?, "
+                "connection_count=?, message=? WHERE id=?",
+                (state, now_ns(), *first_last, message[:1000], capture_id))
+    return {"CaptureId": capture_id, "Packets": rec.packets, "State": state, "Message": message}

@@ -1,0 +1,144 @@
+"""Asynchronous commands (ingest, export, action runs) on APScheduler.
+
+A command is a catalog row (COMMAND object) plus a job on the scheduler's thread
+pool. The job gets a `Progress` to report percent and to learn of cancellation.
+Commands left QUEUED or RUNNING by a previous run become FAILED at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from apppaccap.api.envelope import ApiError
+from apppaccap.api.envelope import NotFound
+from apppaccap.filetime import from_ns
+from apppaccap.filetime import now_ns
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
+
+
+class Cancelled(Exception):
+    """Raised inside a job when its command was cancelled or deleted."""
+
+
+class Progress:
+    """Handed to a job: report percent done; raises Cancelled once cancelled."""
+
+    def __init__(self, jobs, uid):
+        self.jobs, self.uid = jobs, uid
+        self.cancelled = threading.Event()
+        self._last = 0.0
+        self.percent = 0
+
+    def __call__(self, percent: float, message: str | None = None) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled()
+        pct = max(0, min(99, int(percent)))
+        now = time.monotonic()
+        if pct != self.percent and (now - self._last > 0.25 or message):
+            self.percent, self._last = pct, now
+            self.jobs._update(self.uid, progress=pct, **({"message": message} if message else {}))
+
+
+class Jobs:
+    def __init__(self, catalog, workers: int = 2):
+        self.catalog = catalog
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(workers)},
+            job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1})
+        self._running: dict[str, Progress] = {}
+
+    def start(self) -> None:
+        self.catalog.execute(
+            "UPDATE commands SET state=?, message='interrupted: the service stopped', "
+            "finished=? WHERE state IN (?, ?)", (FAILED, now_ns(), QUEUED, RUNNING))
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        for p in list(self._running.values()):
+            p.cancelled.set()
+        self.scheduler.shutdown(wait=True)
+
+    # -- commands --------------------------------------------------------------
+    def submit(self, ctype: str, params: dict, fn) -> dict:
+        """Queue `fn(progress) -> result string`; returns the COMMAND object."""
+        uid = uuid.uuid4().hex
+        self.catalog.execute(
+            "INSERT INTO commands(uid, type, state, params, created) VALUES (?,?,?,?,?)",
+            (uid, ctype, QUEUED, json.dumps(params), now_ns()))
+        progress = Progress(self, uid)
+        self._running[uid] = progress
+        self.scheduler.add_job(self._run, args=(uid, fn, progress), id=uid,
+                               name=f"{ctype} {uid}")
+        return self.get(uid)
+
+    def _run(self, uid, fn, progress: Progress) -> None:
+        if progress.cancelled.is_set():
+            self._running.pop(uid, None)
+            return
+        self._update(uid, state=RUNNING, started=now_ns())
+        try:
+            result = fn(progress)
+            self._update(uid, state=COMPLETED, progress=100, result=str(result or ""),
+                         finished=now_ns())
+        except Cancelled:
+            self._update(uid, state=CANCELLED, message="cancelled", finished=now_ns())
+        except ApiError as err:
+            self._update(uid, state=FAILED, message=err.message, finished=now_ns())
+        except Exception as exc:  # noqa: BLE001 - a failing job fails its command, not the service
+            log.exception("command %s failed", uid)
+            self._update(uid, state=FAILED, message=f"{type(exc).__name__}: {exc}",
+                         finished=now_ns())
+        finally:
+            self._running.pop(uid, None)
+
+    def _update(self, uid: str, **fields) -> None:
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        self.catalog.execute(f"UPDATE commands SET {cols} WHERE uid = ?", (*fields.values(), uid))
+
+    def get(self, uid: str) -> dict:
+        row = self.catalog.one("SELECT * FROM commands WHERE uid = ?", (uid,))
+        if row is None:
+            raise NotFound(f"command_uid: no command {uid[:40]!r}")
+        return command_object(row)
+
+    def list(self) -> list:
+        return [command_object(r) for r in self.catalog.read(
+            "SELECT * FROM commands ORDER BY created")]
+
+    def wait(self, uid: str, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cmd = self.get(uid)
+            if cmd["State"] >= COMPLETED:
+                return cmd
+            time.sleep(0.02)
+        raise TimeoutError(f"command {uid} still running after {timeout}s")
+
+    def delete(self, uid: str) -> None:
+        """Cancel (if queued or running) and forget a command."""
+        self.get(uid)
+        progress = self._running.get(uid)
+        if progress is not None:
+            progress.cancelled.set()
+            try:
+                self.scheduler.remove_job(uid)
+            except Exception:  # noqa: BLE001 - already started: the flag stops it
+                pass
+        self.catalog.execute("DELETE FROM commands WHERE uid = ?", (uid,))
+
+
+def command_object(row) -> dict:
+    return {"Version": 1, "CommandUid": row["uid"], "Type": row["type"], "State": row["state"],
+            "Progress": row["progress"], "Message": row["message"], "Result": row["result"],
+            "Created": from_ns(row["created"]), "Started": from_ns(row["started"]),
+            "Finished": from_ns(row["finished"])}

@@ -1,0 +1,123 @@
+"""One SQLite file per capture: slim packet rows, packet bytes in blocks, connections,
+IPs, processes and per-minute aggregates.
+
+Packet bytes are concatenated per write batch into one `blocks` row; a packet keeps
+(blk, off) into it. That keeps the per-packet row small and the write path to a
+couple of executemany calls per batch (notes/store-search.md §6.3).
+"""
+
+from __future__ import annotations
+
+import os
+
+from apppaccap.store.database import Database
+
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE interfaces (id INTEGER PRIMARY KEY, name TEXT, linktype INTEGER NOT NULL);
+    CREATE TABLE blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE packets (
+        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, len INTEGER NOT NULL,
+        caplen INTEGER NOT NULL, iface INTEGER NOT NULL, l3 INTEGER NOT NULL,
+        proto INTEGER NOT NULL, src TEXT, dst TEXT, sport INTEGER NOT NULL,
+        dport INTEGER NOT NULL, tcp_flags INTEGER NOT NULL, ttl INTEGER NOT NULL,
+        vlan INTEGER, eth_src TEXT, eth_dst TEXT, icmp_type INTEGER,
+        direction INTEGER NOT NULL, conn_id INTEGER, process_id INTEGER, pid INTEGER NOT NULL,
+        tid INTEGER NOT NULL, summary TEXT NOT NULL, notes TEXT,
+        blk INTEGER NOT NULL, off INTEGER NOT NULL);
+    CREATE INDEX packets_conn ON packets(conn_id);
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY, proto INTEGER NOT NULL, local_ip TEXT, local_port INTEGER,
+        remote_ip TEXT, remote_port INTEGER, process_id INTEGER, pid INTEGER NOT NULL DEFAULT 0,
+        tid INTEGER NOT NULL DEFAULT 0, first_time INTEGER, last_time INTEGER,
+        packets_out INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0,
+        packets_in INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT '', hostname TEXT NOT NULL DEFAULT '',
+        peer_process_id INTEGER, peer_pid INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX connections_local ON connections(local_ip, local_port);
+    CREATE INDEX connections_remote ON connections(remote_ip, remote_port);
+    CREATE TABLE processes (
+        process_id INTEGER PRIMARY KEY, pid INTEGER, ppid INTEGER, name TEXT, path TEXT,
+        cmdline TEXT, user TEXT, start_time INTEGER, end_time INTEGER,
+        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE threads (
+        pid INTEGER NOT NULL, tid INTEGER NOT NULL, packets INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (pid, tid));
+    CREATE TABLE ips (
+        id INTEGER PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
+        country TEXT NOT NULL DEFAULT '', city TEXT NOT NULL DEFAULT '',
+        lat REAL NOT NULL DEFAULT 0, lng REAL NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '',
+        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+        first_time INTEGER, last_time INTEGER);
+    CREATE TABLE agg (
+        minute INTEGER NOT NULL, kind INTEGER NOT NULL, key TEXT NOT NULL, proto INTEGER NOT NULL,
+        packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        PRIMARY KEY (kind, key, minute, proto)) WITHOUT ROWID
+    """,
+]
+
+# agg.kind: one row per (minute, proto) for all traffic, per IP and per port.
+AGG_ALL, AGG_IP, AGG_PORT = 0, 1, 2
+
+
+def capture_path(data_dir: str, capture_id: int) -> str:
+    return os.path.join(data_dir, "captures", f"{capture_id}.db")
+
+
+class CaptureDb(Database):
+    """A capture's database (created on first open)."""
+
+    def __init__(self, data_dir: str, capture_id: int):
+        os.makedirs(os.path.join(data_dir, "captures"), exist_ok=True)
+        self.capture_id = capture_id
+        super().__init__(capture_path(data_dir, capture_id), MIGRATIONS)
+
+    def packet_bytes(self, blk: int, off: int, caplen: int) -> bytes:
+        row = self.one("SELECT substr(data, ?, ?) FROM blocks WHERE id = ?", (off + 1, caplen, blk))
+        return bytes(row[0]) if row and row[0] is not None else b""
+
+
+def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
+                ips: dict, agg: dict) -> None:
+    """Persist one batch (runs on the writer thread, inside one transaction).
+
+    packets: tuples (id, ts, …, notes, off) in PACKET_COLUMNS order; blk is assigned here.
+    conns: id → row tuple (full upsert of the connection's current counters).
+    procs: process_id → (row, packets, bytes) deltas; threads: (pid, tid) → packets delta.
+    ips: ip → [packets, bytes, first, last] deltas; agg: (kind, key, minute, proto) → [p, b].
+    """
+    blk = conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid if blob else 0
+    conn.executemany(
+        "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
+        "vlan,eth_src,eth_dst,icmp_type,direction,conn_id,process_id,pid,tid,summary,notes,"
+        f"off,blk) VALUES ({','.join('?' * 25)},{blk})", packets)
+    if conns:
+        conn.executemany(
+            "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"
+            "remote_port,process_id,pid,tid,first_time,last_time,packets_out,bytes_out,"
+            "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", list(conns.values()))
+    for pid_, (row, n, b) in procs.items():
+        conn.execute(
+            "INSERT INTO processes(process_id,pid,ppid,name,path,cmdline,user,start_time,"
+            "packets,bytes) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(process_id) DO UPDATE SET "
+            "packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+            (pid_, row["pid"], row["ppid"], row["name"], row["path"], row["cmdline"],
+             row["user"], row["start_time"], n, b))
+    if threads:
+        conn.executemany(
+            "INSERT INTO threads(pid,tid,packets) VALUES (?,?,?) ON CONFLICT(pid,tid) DO UPDATE "
+            "SET packets=packets+excluded.packets", [(p, t, n) for (p, t), n in threads.items()])
+    if ips:
+        conn.executemany(
+            "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
+            "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
+            "last_time=max(last_time,excluded.last_time)",
+            [(ip, *v) for ip, v in ips.items()])
+    if agg:
+        conn.executemany(
+            "INSERT INTO agg(kind,key,minute,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(kind,key,minute,proto) DO UPDATE SET packets=packets+excluded.packets, "
+            "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg.items()])

@@ -1,0 +1,271 @@
+"""Minimal pcap/pcapng reader and TCP decoder for the extraction tests.
+
+Deliberately independent of the product's reader and decoder (written
+concurrently elsewhere): it only needs to turn the corpus files into the
+arguments of ``Extractor.tcp``.  Supports classic pcap (both byte orders,
+micro/nanosecond), pcapng (SHB/IDB/EPB/SPB, per-interface link type and
+``if_tsresol``), and link types Ethernet (with 802.1Q/QinQ tags), Linux SLL v1
+and v2, raw IP (101, 12, 14, 228, 229), BSD NULL/LOOP; IPv4 (unfragmented) and
+IPv6 (common extension headers) carrying TCP.
+"""
+
+from __future__ import annotations
+
+import struct
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+
+def read_frames(path):
+    """Yield (linktype, ts_ns, frame_bytes) from a pcap or pcapng file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic = data[:4]
+    if magic == b"\x0a\x0d\x0d\x0a":
+        yield from _pcapng(data)
+        return
+    for endian, nsec in (("<", False), (">", False), ("<", True), (">", True)):
+        want = 0xA1B23C4D if nsec else 0xA1B2C3D4
+        if struct.unpack(endian + "I", magic)[0] == want:
+            break
+    else:
+        raise ValueError(f"not a capture file: {path}")
+    linktype = struct.unpack(endian + "I", data[20:24])[0] & 0x0FFFFFFF
+    mult = 1 if nsec else 1000
+    pos = 24
+    while pos + 16 <= len(data):
+        sec, frac, caplen, _ = struct.unpack(endian + "IIII", data[pos:pos + 16])
+        pos += 16
+        yield linktype, sec * 1_000_000_000 + frac * mult, data[pos:pos + caplen]
+        pos += caplen
+
+
+def _pcapng(data):
+    pos = 0
+    endian = "<"
+    ifaces = []
+    while pos + 12 <= len(data):
+        btype = struct.unpack(endian + "I", data[pos:pos + 4])[0]
+        if data[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
+            endian = "<" if data[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            btype = 0x0A0D0D0A
+            ifaces = []
+        blen = struct.unpack(endian + "I", data[pos + 4:pos + 8])[0]
+        if blen < 12:
+            break
+        body = data[pos + 8:pos + blen - 4]
+        if btype == 1:
+            lt = struct.unpack(endian + "H", body[:2])[0]
+            ifaces.append((lt, _tsresol(body[8:], endian)))
+        elif btype == 6:
+            iface, hi, lo, caplen = struct.unpack(endian + "IIII", body[:16])
+            lt, res = ifaces[iface]
+            ts = (hi << 32) | lo
+            yield lt, ts * 1_000_000_000 // res, body[20:20 + caplen]
+        elif btype == 3 and ifaces:
+            lt, _ = ifaces[0]
+            yield lt, 0, body[4:]
+        pos += blen
+
+
+def _tsresol(opts, endian):
+    pos = 0
+    while pos + 4 <= len(opts):
+        code, length = struct.unpack(endian + "HH", opts[pos:pos + 4])
+        if code == 0:
+            break
+        if code == 9 and length >= 1:
+            v = opts[pos + 4]
+            return 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+        pos += 4 + ((length + 3) & ~3)
+    return 1_000_000
+
+
+def _ip_start(linktype, frame):
+    """(ethertype-ish, offset) of the network header, or None."""
+    if linktype == 1:
+        et, off = struct.unpack(">H", frame[12:14])[0], 14
+        while et in (0x8100, 0x88A8, 0x9100) and len(frame) >= off + 4:
+            et, off = struct.unpack(">H", frame[off + 2:off + 4])[0], off + 4
+        return et, off
+    if linktype == 113:
+        return struct.unpack(">H", frame[14:16])[0], 16
+    if linktype == 276:
+        return struct.unpack(">H", frame[0:2])[0], 20
+    if linktype in (101, 12, 14):
+        v = frame[0] >> 4 if frame else 0
+        return (0x0800 if v == 4 else 0x86DD if v == 6 else 0), 0
+    if linktype == 228:
+        return 0x0800, 0
+    if linktype == 229:
+        return 0x86DD, 0
+    if linktype in (0, 108):
+        v = frame[4] >> 4 if len(frame) > 4 else 0
+        return (0x0800 if v == 4 else 0x86DD if v == 6 else 0), 4
+    return None
+
+
+def _ipv6_text(b):
+    import ipaddress
+    return ipaddress.IPv6Address(b).compressed
+
+
+def decode_tcp(linktype, frame):
+    """(src, sport, dst, dport, seq, ack, flags, payload) or None."""
+    start = _ip_start(linktype, frame)
+    if start is None:
+        return None
+    et, off = start
+    if et == 0x0800:
+        if len(frame) < off + 20:
+            return None
+        ihl = (frame[off] & 0x0F) * 4
+        total, frag, proto = (struct.unpack(">H", frame[off + 2:off + 4])[0],
+                              struct.unpack(">H", frame[off + 6:off + 8])[0], frame[off + 9])
+        if proto != 6 or frag & 0x3FFF:
+            return None
+        src = ".".join(map(str, frame[off + 12:off + 16]))
+        dst = ".".join(map(str, frame[off + 16:off + 20]))
+        end = off + total if total else len(frame)
+        off += ihl
+    elif et == 0x86DD:
+        if len(frame) < off + 40:
+            return None
+        plen = struct.unpack(">H", frame[off + 4:off + 6])[0]
+        nxt = frame[off + 6]
+        src, dst = _ipv6_text(frame[off + 8:off + 24]), _ipv6_text(frame[off + 24:off + 40])
+        end = off + 40 + plen
+        off += 40
+        while nxt in (0, 43, 60, 44):
+            if nxt == 44:
+                if struct.unpack(">H", frame[off + 2:off + 4])[0] & 0xFFF9:
+                    return None
+                nxt, off = frame[off], off + 8
+            else:
+                nxt, off = frame[off], off + (frame[off + 1] + 1) * 8
+        if nxt != 6:
+            return None
+    else:
+        return None
+    if len(frame) < off + 20:
+        return None
+    sport, dport, seq, ack, doff_flags = struct.unpack(">HHIIH", frame[off:off + 14])
+    hlen = (doff_flags >> 12) * 4
+    payload = frame[off + hlen:min(end, len(frame))]
+    return src, sport, dst, dport, seq, ack, doff_flags & 0x3F, bytes(payload)
+
+
+def tcp_packets(path):
+    """Yield (conn_id, ts_ns, src, sport, dst, dport, seq, ack, flags, payload,
+    closed) for every TCP packet; ``closed`` is True when this packet completes
+    FINs both ways or is a RST (what the product's pipeline calls close_conn on)."""
+    conns = {}
+    next_id = 1
+    for lt, ts, frame in read_frames(path):
+        pkt = decode_tcp(lt, frame)
+        if pkt is None:
+            continue
+        src, sport, dst, dport, seq, ack, flags, payload = pkt
+        key = tuple(sorted(((src, sport), (dst, dport))))
+        st = conns.get(key)
+        if st is None or (st["closed"] and flags & SYN and not flags & ACK):
+            st = conns[key] = {"id": next_id, "fins": set(), "closed": False}
+            next_id += 1
+        if flags & FIN:
+            st["fins"].add((src, sport))
+        closed = False
+        if not st["closed"] and (flags & RST or len(st["fins"]) == 2):
+            st["closed"] = closed = True
+        yield st["id"], ts, src, sport, dst, dport, seq, ack, flags, payload, closed
+
+
+class Collect:
+    """A sink that keeps every FileEvent."""
+
+    def __init__(self):
+        self.events = []
+
+    def file(self, ev):
+        self.events.append(ev)
+
+
+def extract(path, spool_dir, **kw):
+    """Run the Extractor over a capture file; return the list of FileEvents."""
+    from apppaccap.extract import Extractor
+
+    sink = Collect()
+    ex = Extractor(sink, spool_dir=str(spool_dir), **kw)
+    for cid, ts, src, sport, dst, dport, seq, ack, flags, payload, closed in tcp_packets(path):
+        ex.tcp(cid, ts, src, sport, dst, dport, seq, ack, flags, payload)
+        if closed:
+            ex.close_conn(cid)
+    ex.flush()
+    return sink.events
+
+
+class SynthConn:
+    """Builds and feeds the packets of one synthetic TCP connection.
+
+    ``segments()`` cuts data into segments and advances the sequence number
+    without feeding them (so a test can reorder, drop or duplicate them);
+    ``client()`` / ``server()`` cut and feed in order.
+    """
+
+    def __init__(self, ex, conn_id=1, client=("10.0.0.1", 40000), server=("10.0.0.2", 80),
+                 cisn=1000, sisn=5000, handshake=True, ts=1_000_000_000):
+        self.ex, self.id, self.cl, self.sv = ex, conn_id, client, server
+        self.seq = {True: cisn, False: sisn}
+        self.ts = ts
+        if handshake:
+            self.feed(True, cisn, b"", SYN)
+            self.feed(False, sisn, b"", SYN | ACK)
+            self.seq = {True: (cisn + 1) & 0xFFFFFFFF, False: (sisn + 1) & 0xFFFFFFFF}
+
+    def feed(self, from_client, seq, payload, flags=ACK, ack=0):
+        """Feed one packet."""
+        self.ts += 1000
+        src, dst = (self.cl, self.sv) if from_client else (self.sv, self.cl)
+        self.ex.tcp(self.id, self.ts, src[0], src[1], dst[0], dst[1], seq & 0xFFFFFFFF,
+                    ack, flags, payload)
+
+    def segments(self, from_client, data, mss=1460):
+        """Cut ``data`` into (seq, payload) segments and advance the sequence."""
+        out = []
+        for off in range(0, len(data), mss):
+            out.append((self.seq[from_client], data[off:off + mss]))
+            self.seq[from_client] = (self.seq[from_client] + len(data[off:off + mss])) & 0xFFFFFFFF
+        return out
+
+    def send(self, from_client, data, mss=1460):
+        for seq, payload in self.segments(from_client, data, mss):
+            self.feed(from_client, seq, payload)
+
+    def client(self, data, mss=1460):
+        self.send(True, data, mss)
+
+    def server(self, data, mss=1460):
+        self.send(False, data, mss)
+
+    def fin(self, from_client):
+        self.feed(from_client, self.seq[from_client], b"", FIN | ACK)
+        self.seq[from_client] = (self.seq[from_client] + 1) & 0xFFFFFFFF
+
+    def close(self):
+        """FIN both ways, then close_conn (what the pipeline does)."""
+        self.fin(False)
+        self.fin(True)
+        self.ex.close_conn(self.id)
+
+
+def new_extractor(tmp_path, **kw):
+    """(Extractor, Collect sink) spooling under ``tmp_path``."""
+    from apppaccap.extract import Extractor
+
+    sink = Collect()
+    return Extractor(sink, spool_dir=str(tmp_path / "spool"), **kw), sink
+
+
+def body_of(ev):
+    """The spooled body of a FileEvent."""
+    with open(ev.spool_path, "rb") as f:
+        return f.read()

@@ -1,0 +1,153 @@
+"""Live captures on loopback, compared with tcpdump run at the same time."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import free_port
+from tests.livetools import Tcpdump
+from tests.livetools import assert_same_packets
+from tests.livetools import read_all
+from tests.livetools import wait_for
+
+pytestmark = pytest.mark.live
+
+
+def test_system_capture_matches_tcpdump_and_labels_curl(live_ajax, http_server, tmp_path):
+    port, server = http_server
+    bpf = f"tcp port {port}"
+    dump = Tcpdump("lo", bpf, str(tmp_path / "ref.pcap"))
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=bpf)
+    assert cap["State"] == 1 and cap["Type"] == 1 and cap["Adapters"] == ["lo"]
+    curls = []
+    for i in range(5):
+        lport = free_port()
+        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
+                            f"http://127.0.0.1:{port}/hello.txt"], check=True)
+        curls.append(lport)
+    time.sleep(0.5)
+    assert live_ajax("capture_open", capture_id=cap["CaptureId"])["ErrorCode"] == 7  # BUSY
+    live_ajax.ok("capture_stop_system", capture_id=cap["CaptureId"])
+    ref = dump.stop()
+    assert live_ajax("capture_stream", capture_id=cap["CaptureId"])["ErrorCode"] == 7
+    packets = read_all(live_ajax, cap["CaptureId"])
+    assert_same_packets([((p["Time"] - 116444736000000000) // 10, p["Length"]) for p in packets],
+                        ref)
+    # every packet of each curl flow carries curl's label; the server's side is python
+    for lport in curls:
+        flow = [p for p in packets if lport in (p["SrcPort"], p["DstPort"])]
+        assert flow and all(p["ProcessName"] == "curl" for p in flow), \
+            [(p["PacketId"], p["Pid"], p["ProcessName"], p["Summary"]) for p in flow]
+        assert len({p["Pid"] for p in flow}) == 1 and flow[0]["Pid"] > 0
+    details = live_ajax.ok("capture_get_details", capture_id=cap["CaptureId"])
+    assert details["State"] == 2 and details["PacketCount"] == len(packets)
+    meta = live_ajax.ok("capture_open", capture_id=cap["CaptureId"])
+    assert meta["LinkTypes"] == [1] and meta["ProcessCount"] >= 5
+    conns = live_ajax.ok("capture_list_conns", capture_id=cap["CaptureId"])
+    assert len(conns) == 5
+    for c in conns:
+        assert c["ProcessName"] == "curl" and c["RemotePort"] == port
+        assert c["LocalPort"] in curls and c["PacketsOut"] > 0 and c["PacketsIn"] > 0
+        assert c["State"] in ("CLOSED", "CLOSING", "RESET")
+        stream = live_ajax.ok("capture_conn_stream", capture_id=cap["CaptureId"],
+                              conn_id=c["ConnectionId"], flags=1)
+        assert stream["Packets"] and all(p["ConnectionId"] == c["ConnectionId"]
+                                         for p in stream["Packets"])
+        assert all(len(p["Data"]) == 2 * p["CapturedLength"] for p in stream["Packets"])
+
+
+def _client_script(port):
+    # waits for a line on stdin, then talks to the server, then waits to be told to exit
+    return (
+        "import socket,sys\n"
+        "sys.stdin.readline()\n"
+        f"s=socket.create_connection(('127.0.0.1',{port}))\n"
+        "s.sendall(b'GET /hello.txt HTTP/1.0\\r\\n\\r\\n')\n"
+        "while s.recv(65536): pass\n"
+        "u=socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        f"u.sendto(b'ping', ('::1', {port}))\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.readline()\n")
+
+
+def test_process_capture_keeps_exactly_its_packets(live_ajax, http_server, tmp_path):
+    port, server = http_server
+    client = subprocess.Popen([sys.executable, "-c", _client_script(port)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        dump = Tcpdump("lo", f"port {port}", str(tmp_path / "ref.pcap"))
+        cap = live_ajax.ok("capture_start_process", pid=client.pid, adapter="lo")
+        assert cap["Type"] == 2 and cap["Pid"] == client.pid
+        assert client.pid in {p["Pid"] for p in live_ajax.ok("process_list_capture")}
+        # unrelated traffic on the same port at the same time must not be kept
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], check=True)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done"
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], check=True)
+        time.sleep(0.5)
+        live = live_ajax.ok("capture_stream", capture_id=cap["CaptureId"])
+        assert live["Packets"], "capture_stream shows nothing while active"
+        live_ajax.ok("capture_stop_process", capture_id=cap["CaptureId"])
+        ref = dump.stop()
+    finally:
+        client.kill()
+        client.wait()
+    packets = read_all(live_ajax, cap["CaptureId"])
+    assert packets and all(p["Pid"] == client.pid for p in packets)
+    assert {p["ProcessName"] for p in packets} == {"python3" if "python3" in
+                                                    os.path.basename(sys.executable) else
+                                                    os.path.basename(sys.executable)[:15]}
+    # the client's TCP flow: same packets as tcpdump saw for its port
+    tcp_ports = {p["SrcPort"] if p["DstPort"] == port else p["DstPort"]
+                 for p in packets if p["Protocol"] == 6}
+    assert len(tcp_ports) == 1
+    # its UDP datagram over IPv6 is there too
+    assert any(p["Protocol"] == 17 and p["DstIp"] == "::1" for p in packets)
+    (cport,) = tcp_ports
+    ours = [((p["Time"] - 116444736000000000) // 10, p["Length"]) for p in packets
+            if p["Protocol"] == 6]
+    from apppaccap.capture.decode import decode
+    from apppaccap.pcapfile import CaptureReader
+    with CaptureReader(str(tmp_path / "ref.pcap")) as r:
+        theirs = [(rec.ts_ns // 1000, rec.origlen) for rec in r
+                  if cport in (decode(rec.linktype, rec.data).sport,
+                               decode(rec.linktype, rec.data).dport)]
+    assert_same_packets(ours, theirs)
+    assert len(ref) > len(theirs)  # tcpdump also saw the unrelated curls we rightly left out
+
+
+def test_capture_errors(live_ajax):
+    r = live_ajax("capture_start_system", adapter="lo", filter="tcp port banana")
+    assert r["ErrorCode"] == 4 and r["ReturnValue"].startswith("filter:")
+    assert live_ajax("capture_start_system", adapter="nosuch0")["ErrorCode"] == 6
+    assert live_ajax("capture_start_system", adapter="/etc/passwd")["ErrorCode"] == 6
+    assert live_ajax("capture_start_system", flags=4)["ErrorCode"] == 4
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    assert live_ajax("capture_start_process", pid=proc.pid)["ErrorCode"] == 6
+    assert live_ajax("capture_start_process", pid=os.getpid(), thread_id=1)["ErrorCode"] == 4
+    assert live_ajax("capture_stop_system", capture_id=999)["ErrorCode"] == 6
+    assert live_ajax("capture_get_details", capture_id=999)["ErrorCode"] == 6
+    assert live_ajax.ok("capture_list_active") == []
+
+
+def test_states_busy_and_flush(live_ajax):
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter="udp port 9")
+    cid = cap["CaptureId"]
+    assert [c["CaptureId"] for c in live_ajax.ok("capture_list_active")] == [cid]
+    assert live_ajax("apc_flush", flags=0xffff)["ErrorCode"] == 7
+    assert live_ajax("capture_read", capture_id=cid)["ErrorCode"] == 7
+    assert live_ajax("capture_delete", capture_id=cid)["ErrorCode"] == 7
+    assert live_ajax("capture_stop_process", capture_id=cid)["ErrorCode"] == 4
+    live_ajax.ok("capture_stop_all")
+    assert live_ajax.ok("capture_list_active") == []
+    assert [c["CaptureId"] for c in live_ajax.ok("capture_list_system")] == [cid]
+    live_ajax.ok("capture_set_notes", capture_id=cid, notes="quiet")
+    assert live_ajax.ok("capture_get_details", capture_id=cid)["Notes"] == "quiet"
+    live_ajax.ok("apc_flush", flags=1)
+    assert live_ajax.ok("capture_list_completed") == []
+    assert live_ajax("capture_get_details", capture_id=cid)["ErrorCode"] == 6

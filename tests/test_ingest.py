@@ -1,0 +1,152 @@
+"""Ingest of the real corpus, bad input, uploads, and the export round trip through tshark."""
+
+import io
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import CORPUS
+from tests.conftest import manifest
+
+MANIFEST = manifest()
+WELLFORMED = sorted(p for p in MANIFEST if p.startswith("wellformed/"))
+MALFORMED = sorted(p for p in MANIFEST if p.startswith("malformed/"))
+
+
+def ingest(live, ajax, path):
+    cmd = ajax.ok("pcap_ingest_file", path=path)
+    assert cmd["Type"] == "INGEST" and cmd["State"] in (1, 2, 3)
+    return live.jobs.wait(cmd["CommandUid"])
+
+
+@pytest.mark.parametrize("rel", WELLFORMED)
+def test_wellformed_file_ingests_with_capinfos_count(live, live_ajax, rel):
+    done = ingest(live, live_ajax, os.path.join(CORPUS, rel))
+    assert done["State"] == 3, done
+    capture_id = int(done["Result"])
+    cap = live_ajax.ok("capture_get_details", capture_id=capture_id)
+    assert cap["Type"] == 4 and cap["State"] == 2
+    assert cap["SourceFile"] == os.path.abspath(os.path.join(CORPUS, rel))
+    assert cap["PacketCount"] == int(MANIFEST[rel]["packets"])
+    assert capture_id in [c["CaptureId"] for c in live_ajax.ok("capture_list_completed")]
+    page = live_ajax.ok("capture_read", capture_id=capture_id, limit=10000)
+    assert len(page["Packets"]) == cap["PacketCount"] and not page["More"]
+    tcp = int(MANIFEST[rel]["tcp_conversations"])
+    udp = int(MANIFEST[rel]["udp_conversations"])
+    conns = live_ajax.ok("capture_list_conns", capture_id=capture_id, limit=10000)
+    # tshark's conversation count is the oracle for TCP/UDP connections
+    assert len([c for c in conns if c["Protocol"] == 6]) == tcp, rel
+    assert len([c for c in conns if c["Protocol"] == 17]) == udp, rel
+
+
+@pytest.mark.parametrize("rel", MALFORMED)
+def test_malformed_file_is_survived(live, live_ajax, rel):
+    body = live_ajax("pcap_ingest_file", path=os.path.join(CORPUS, rel))
+    if body["ErrorCode"] == 4:            # not a capture at all: refused up front, by name
+        assert body["ReturnValue"].startswith("path:")
+        return
+    assert body["ErrorCode"] == 0, body
+    done = live.jobs.wait(body["ReturnValue"]["CommandUid"])
+    assert done["State"] in (3, 4)
+    if done["State"] == 4:
+        assert done["Message"], "a failed ingest must say why"
+    assert live_ajax.ok("apppaccap")["AppPacCap"]  # the server still answers
+
+
+def test_truncated_file_keeps_packets_before_damage(live, live_ajax):
+    done = ingest(live, live_ajax, os.path.join(CORPUS, "malformed/derived__http_get_cut_mid_packet.pcap"))
+    assert done["State"] == 3
+    cap = live_ajax.ok("capture_get_details", capture_id=int(done["Result"]))
+    assert cap["PacketCount"] == 6 and "stopped early" in cap["Message"]
+
+
+def test_bad_paths(live_ajax, tmp_path):
+    assert live_ajax("pcap_ingest_file", path="/no/such/file.pcap")["ErrorCode"] == 6
+    assert live_ajax("pcap_ingest_file", path=str(tmp_path))["ErrorCode"] == 6
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not a capture file at all\n")
+    r = live_ajax("pcap_ingest_file", path=str(text))
+    assert r["ErrorCode"] == 4 and "not a capture" in r["ReturnValue"]
+    assert live_ajax("pcap_ingest_file", path="")["ErrorCode"] == 4
+
+
+def test_upload_is_ingested_under_its_name(live, live_ajax):
+    path = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
+    with open(path, "rb") as fh:
+        resp = live_ajax.client.post("/ajax", data={"action": "pcap_ingest_post",
+                                                    "file": (io.BytesIO(fh.read()), "pings.pcap")},
+                                     content_type="multipart/form-data")
+    cmd = resp.get_json()["ReturnValue"]
+    done = live.jobs.wait(cmd["CommandUid"])
+    cap = live_ajax.ok("capture_get_details", capture_id=int(done["Result"]))
+    assert cap["SourceFile"] == "pings.pcap" and cap["PacketCount"] == 10
+    assert os.listdir(os.path.join(live.config.data_dir, "uploads")) == []
+
+
+def test_upload_limit(live, live_ajax):
+    live_ajax.ok("settings_set", key_name="upload_max_bytes", value="100")
+    resp = live_ajax.client.post("/ajax", data={"action": "pcap_ingest_post",
+                                                "file": (io.BytesIO(b"x" * 1000), "big.pcap")},
+                                 content_type="multipart/form-data")
+    body = resp.get_json()
+    assert body["ErrorCode"] == 4 and "upload limit" in body["ReturnValue"]
+    assert live_ajax("pcap_ingest_post")["ErrorCode"] == 4
+
+
+def tshark_fields(path, *fields):
+    out = subprocess.run(["tshark", "-r", path, "-T", "fields"] +
+                         [a for f in fields for a in ("-e", f)],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("rel", ["wellformed/http_get_file_download.pcap",
+                                 "wellformed/pcapng_11_interfaces_mixed_linktypes.pcapng",
+                                 "wellformed/nanosec_bigendian_http.pcap",
+                                 "wellformed/linux_sll2_icmp_arp.pcap",
+                                 "wellformed/pcapng_2if_comments_keylog.pcapng"])
+def test_export_round_trip_identical_in_tshark(live, live_ajax, tmp_path, rel):
+    src = os.path.join(CORPUS, rel)
+    capture_id = int(ingest(live, live_ajax, src)["Result"])
+    out = str(tmp_path / "out.pcapng")
+    cmd = live_ajax.ok("capture_export", capture_id=capture_id, path=out)
+    done = live.jobs.wait(cmd["CommandUid"])
+    assert done["State"] == 3 and done["Result"] == out
+    fields = ("frame.time_epoch", "frame.len", "frame.cap_len", "frame.protocols")
+    assert tshark_fields(out, *fields) == tshark_fields(src, *fields)
+    # packet bytes identical
+    raw = lambda p: subprocess.run(["tshark", "-r", p, "-x"], capture_output=True,  # noqa: E731
+                                   text=True).stdout
+    assert raw(out) == raw(src)
+
+
+def test_export_paths_and_files(live, live_ajax, tmp_path):
+    capture_id = int(ingest(live, live_ajax, os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap"))
+                     ["Result"])
+    assert live_ajax("capture_export", capture_id=capture_id, path="relative.pcapng")["ErrorCode"] == 4
+    assert live_ajax("capture_export", capture_id=capture_id,
+                     path="/no/such/dir/x.pcapng")["ErrorCode"] == 4
+    assert live_ajax("capture_export", capture_id=capture_id, path=str(tmp_path))["ErrorCode"] == 4
+    assert live_ajax("capture_export", capture_id=9999)["ErrorCode"] == 6
+    done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=capture_id)["CommandUid"])
+    name = os.path.basename(done["Result"])
+    assert os.path.dirname(done["Result"]) == live.config.export_dir
+    files = live_ajax.ok("export_list")
+    assert [f["FileName"] for f in files] == [name] and files[0]["Size"] > 0
+    for bad in ("../catalog.db", "/etc/passwd", "..", "a/b.pcapng"):
+        assert live_ajax("export_delete", filename=bad)["ErrorCode"] == 4
+    assert live_ajax("export_delete", filename="nope.pcapng")["ErrorCode"] == 6
+    assert live_ajax.ok("export_delete", filename=name) == 1
+    assert live_ajax.ok("export_list") == []
+
+
+def test_commands(live, live_ajax):
+    cmd = live_ajax.ok("pcap_ingest_file", path=os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap"))
+    live.jobs.wait(cmd["CommandUid"])
+    got = live_ajax.ok("command_query", command_uid=cmd["CommandUid"])
+    assert got["State"] == 3 and got["Progress"] == 100 and got["Finished"] >= got["Started"] > 0
+    assert cmd["CommandUid"] in [c["CommandUid"] for c in live_ajax.ok("command_list")]
+    live_ajax.ok("command_delete", command_uid=cmd["CommandUid"])
+    assert live_ajax("command_query", command_uid=cmd["CommandUid"])["ErrorCode"] == 6
+    assert live_ajax("command_delete", command_uid="nope")["ErrorCode"] == 6
