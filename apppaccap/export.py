@@ -63,21 +63,24 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
     try:
         with open(tmp, "wb") as fh:
             w = PcapngWriter(fh, comment="exported by AppPacCap")
-            for r in db.read("SELECT id, name, linktype FROM interfaces ORDER BY id"):
-                w.add_interface(r["linktype"], r["name"] or None)
+            for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
+                             "ORDER BY id"):
+                # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
+                w.add_interface(r["linktype"], r["name"] or None,
+                                tsresol_ns=r["ticks_per_second"] > 1_000_000)
             blocks: dict = {}
             last_id = 0
             while True:
                 rows = db.read(
                     "SELECT id, iface, ts, len, caplen, blk, off, process_id, pid, tid, "
-                    f"direction, notes FROM packets WHERE id > ? {where} ORDER BY id LIMIT 20000",
+                    f"direction, notes, ts_raw FROM packets WHERE id > ? {where} ORDER BY id LIMIT 20000",
                     (last_id, *params))
                 if not rows:
                     break
                 last_id = rows[-1][0]
                 out = []
                 for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
-                     notes) in rows:
+                     notes, ts_raw) in rows:
                     if packet_ids is not None and pid_ not in packet_ids:
                         continue
                     data = blocks.get(blk)
@@ -92,7 +95,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                         comment = process_comment(ppid, cmd, args, tid or None)
                     if notes:
                         comment = f"{comment}\n{notes}" if comment else notes
-                    out.append((iface, int(ts), data[off:off + caplen], length, comment,
+                    out.append((iface, int(ts_raw) if ts_raw else ts, data[off:off + caplen], length, comment,
                                 EPB_DIRECTION.get(direction), pid or None, tid or None))
                 n += w.write_packets(out)
                 if progress is not None:

@@ -96,10 +96,11 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     try:
         for batch in reader.iter_batches(8192):
             if len(reader.interfaces) > known_ifaces:
-                new = [(i, f.name, f.linktype) for i, f in
+                new = [(i, f.name, f.linktype, f.ticks_per_second) for i, f in
                        enumerate(reader.interfaces[known_ifaces:], start=known_ifaces)]
                 db.write(lambda c, new=new: c.executemany(
-                    "INSERT INTO interfaces(id, name, linktype) VALUES (?,?,?)", new))
+                    "INSERT INTO interfaces(id, name, linktype, ticks_per_second) "
+                    "VALUES (?,?,?,?)", new))
                 known_ifaces = len(reader.interfaces)
             for r in batch:
                 d = decode(r.linktype, r.data)

@@ -210,8 +210,7 @@ def capture_open(ctx, *, capture_id: int) -> dict:
     db = captures(ctx).db(capture_id, active=False)
     obj = capture_object(ctx, ctx.captures.get(capture_id))
     first, last = db.one("SELECT min(ts), max(ts) FROM packets")
-    obj["FirstPacketTime"] = from_ns(int(first)) if first is not None else 0
-    obj["LastPacketTime"] = from_ns(int(last)) if last is not None else 0
+    obj["FirstPacketTime"], obj["LastPacketTime"] = from_ns(first), from_ns(last)
     obj["LinkTypes"] = sorted({r[0] for r in db.read("SELECT DISTINCT linktype FROM interfaces")})
     obj["ProcessCount"] = db.one("SELECT count(*) FROM processes")[0]
     obj["IpCount"] = db.one("SELECT count(*) FROM ips")[0]

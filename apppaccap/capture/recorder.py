@@ -101,12 +101,12 @@ class Recorder:
     def add(self, ts, iface, data, origlen, d, conn=None, label: Label | None = None,
             notes=None, direction=None) -> int:
         """Record one packet; returns its PacketId."""
-        exact_ts = ts
+        ts_raw = None
         if ts >= MAX_TS or ts < 0:
             # Files can carry timestamps past 2262 (or before 1970) that SQLite's int64 cannot
-            # hold: the packet row keeps the exact value as text (export writes it back
-            # unchanged); aggregates use the clamped value.
-            exact_ts = str(ts)
+            # hold: the row keeps the exact value as text in ts_raw (export writes it back
+            # unchanged); everything else uses the clamped value.
+            ts_raw = str(ts)
             ts = min(max(ts, 0), MAX_TS - 1)
         pid_ = self.next_id
         self.next_id += 1
@@ -150,10 +150,10 @@ class Recorder:
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
-        self._rows.append((pid_, exact_ts, size, caplen, iface, d.l3, d.proto, d.src, d.dst, d.sport,
+        self._rows.append((pid_, ts, size, caplen, iface, d.l3, d.proto, d.src, d.dst, d.sport,
                            d.dport, d.tcp_flags, d.ttl, d.vlan, d.eth_src, d.eth_dst, d.icmp_type,
                            direction, conn.id if conn else None, process_id, pid, tid,
-                           d.summary, notes, self._off))
+                           d.summary, notes, self._off, ts_raw))
         self._chunks.append(data)
         self._off += caplen
         minute = ts // MINUTE_NS

@@ -261,35 +261,37 @@ class Extractor:
         c.c2s = c.s2c = c.handler = None
 
 
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f/\\:*?"<>|]')
+_UNSAFE = re.compile(r'[/\\:*?"<>|]')
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
              *(f"lpt{i}" for i in range(1, 10))}
 
 
-def safe_name(name: str, max_len: int = 128) -> str:
+def safe_name(name, max_bytes: int = 128) -> str:
     """Turn a raw, attacker-controlled file name into one safe path component.
 
-    The result has no path separators, no ``..``, no control characters, no
-    leading dots or trailing dots/spaces, is not a Windows device name, is at
-    most ``max_len`` characters (the extension is kept when shortening) and
-    is never empty (``"object"`` is the fallback).
+    The result has no path separators, no ``..``, no control or invisible
+    format characters (such as right-to-left overrides), no leading dots,
+    dashes or tildes, no trailing dots or spaces, is not a Windows device
+    name, is at most ``max_bytes`` bytes of UTF-8 (keeping a short extension
+    when shortening) and is never empty (``"object"`` is the fallback).
     """
     if isinstance(name, bytes):
         name = name.decode("utf-8", "replace")
+    # NFKC first, so look-alikes such as U+FF0F (fullwidth solidus) become "/".
     name = unicodedata.normalize("NFKC", str(name or ""))
-    # Keep only the last component of any path, whichever separator it uses.
-    name = re.split(r"[/\\]", name)[-1]
-    name = _UNSAFE.sub("_", name)
-    name = name.replace("..", "_")
-    name = name.strip(" .")
-    name = name.lstrip("-~")
-    if name.split(".")[0].lower() in _RESERVED:
+    name = re.split(r"[/\\]", name)[-1]        # last component, whichever separator
+    name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+                   else ch for ch in name)
+    name = _UNSAFE.sub("_", name).replace("..", "_")
+    name = name.lstrip(" .-~").rstrip(" .")
+    if name.split(".")[0].strip().lower() in _RESERVED:
         name = "_" + name
-    max_len = max(int(max_len), 8)
-    if len(name) > max_len:
+    max_bytes = max(int(max_bytes), 16)
+    if len(name.encode("utf-8")) > max_bytes:
         stem, dot, ext = name.rpartition(".")
-        if dot and 0 < len(ext) <= 16 and stem:
-            name = stem[:max_len - len(ext) - 1] + "." + ext
-        else:
-            name = name[:max_len]
+        if not (dot and stem and len(ext.encode("utf-8")) <= 16):
+            stem, ext = name, ""
+        room = max_bytes - (len(ext.encode("utf-8")) + 1 if ext else 0)
+        stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .")
+        name = (f"{stem}.{ext}" if ext else stem).lstrip(" .-~")
     return name or "object"

@@ -208,12 +208,16 @@ class _Half:
                 pos += 1
             if pos == len(buf):
                 return pos
-            if not self.role and not self._sniff(buf[pos:]):
-                self.state = SYNC
-                return len(buf)
             self.ts = ts
         old = len(hb)
         hb += buf[pos:] if pos else buf
+        if not self.role:
+            if len(hb) < 8 and b"\n" not in hb:
+                return len(buf)         # too little to tell a request from a response
+            if not self._sniff(hb):
+                hb.clear()
+                self.state = SYNC
+                return len(buf)
         lo = old - 3 if old > 3 else 0
         i = hb.find(b"\n\r\n", lo)
         j = hb.find(b"\n\n", lo)

@@ -15,7 +15,8 @@ from apppaccap.store.database import Database
 MIGRATIONS = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
-    CREATE TABLE interfaces (id INTEGER PRIMARY KEY, name TEXT, linktype INTEGER NOT NULL);
+    CREATE TABLE interfaces (id INTEGER PRIMARY KEY, name TEXT, linktype INTEGER NOT NULL,
+        ticks_per_second INTEGER NOT NULL DEFAULT 1000000000);
     CREATE TABLE blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
     CREATE TABLE packets (
         id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, len INTEGER NOT NULL,
@@ -25,7 +26,7 @@ MIGRATIONS = [
         vlan INTEGER, eth_src TEXT, eth_dst TEXT, icmp_type INTEGER,
         direction INTEGER NOT NULL, conn_id INTEGER, process_id INTEGER, pid INTEGER NOT NULL,
         tid INTEGER NOT NULL, summary TEXT NOT NULL, notes TEXT,
-        blk INTEGER NOT NULL, off INTEGER NOT NULL);
+        blk INTEGER NOT NULL, off INTEGER NOT NULL, ts_raw TEXT);
     CREATE INDEX packets_conn ON packets(conn_id);
     CREATE TABLE connections (
         id INTEGER PRIMARY KEY, proto INTEGER NOT NULL, local_ip TEXT, local_port INTEGER,
@@ -91,7 +92,7 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     conn.executemany(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
         "vlan,eth_src,eth_dst,icmp_type,direction,conn_id,process_id,pid,tid,summary,notes,"
-        f"off,blk) VALUES ({','.join('?' * 25)},{blk})", packets)
+        f"off,ts_raw,blk) VALUES ({','.join('?' * 26)},{blk})", packets)
     if conns:
         conn.executemany(
             "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"
