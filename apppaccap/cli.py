@@ -163,11 +163,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _more_commands(sub) -> None:
-    """ingest / export are added by their modules once present."""
-    try:
-        from apppaccap.transfer_cli import add_commands
-    except ImportError:
-        return
+    """ingest / export live with their progress-bar code."""
+    from apppaccap.transfer_cli import add_commands
     add_commands(sub)
 
 

@@ -34,6 +34,10 @@ Decisions (compared with ``capinfos -c -M`` / tshark 4.0 on the corpus):
 - A record with caplen > snaplen, or caplen > origlen, is yielded with a warning
   (tshark reads them).  caplen > 256 MiB, or larger than its pcapng block, stops
   with an error.
+- pcapng timestamps are exact Python ints even when they do not fit a signed
+  64-bit count of ns (the keylog corpus file has 100 packets at ~1.8e22 ns, year
+  ~586,000, as tshark also shows); such records get a "ts-range" warning so that a
+  store with int64 columns can clamp them knowingly.
 - Simple Packet Blocks carry no timestamp: they get the timestamp of the previous
   packet of the file (0 if none), so stores keep a sane time range instead of a
   1970 outlier; tshark shows no time for them.  Their caplen is
@@ -56,6 +60,7 @@ from typing import Iterator
 __all__ = ["NotACaptureError", "Interface", "Record", "CaptureReader"]
 
 MAX_CAPLEN = 256 << 20  # beyond this a length field is garbage, not a packet
+_I64 = 1 << 63  # pcapng ticks can exceed signed 64-bit ns (year 2262): worth a warning
 _WARN_EACH = 5
 _PCAPNG_SHB = 0x0A0D0D0A
 _BOM = 0x1A2B3C4D
@@ -137,8 +142,9 @@ def _options(buf, start, end, e):
 
 
 def _text(raw):
-    # writers disagree about NUL-terminating strings; tshark drops the NULs too
-    return raw.rstrip(b"\0").decode("utf-8", "replace")
+    # some writers NUL-terminate strings, some leave garbage after the NUL (the
+    # keylog corpus file does); tshark shows the text up to the first NUL, as we do
+    return raw.partition(b"\0")[0].decode("utf-8", "replace")
 
 
 class CaptureReader:
@@ -381,6 +387,8 @@ class CaptureReader:
                         self._warn("block", f"skipped block of unknown type 0x{btype:08x} at byte {off}")
                     self.bytes_done = off = end
                     continue
+                if not -_I64 <= ts < _I64:
+                    self._warn("ts-range", f"packet {n + 1}: timestamp {ts} ns does not fit 64 bits")
                 if caplen > snaplen > 0:
                     self._warn("snaplen", f"packet {n + 1}: caplen {caplen} > snaplen {snaplen}")
                 if caplen > origlen:

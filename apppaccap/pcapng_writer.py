@@ -17,6 +17,7 @@ ptcpdump's text convention (:func:`process_comment`, shown by Wireshark/tshark a
 from __future__ import annotations
 
 import struct
+import warnings
 
 from pcapng import FileWriter
 from pcapng import blocks
@@ -47,6 +48,12 @@ def process_comment(pid: int, cmd: str | None, args: str | None,
     if thread_id is not None:
         text += f"\nThreadId: {thread_id}"
     return text
+
+
+def _out_of_range(if_id, ts_ns, error) -> ValueError:
+    # e.g. a timestamp past 2554 on a nanosecond interface overflows the u64 tick count
+    return ValueError(f"cannot write packet on interface {if_id} at ts_ns={ts_ns}: {error}"
+                      " (a timestamp beyond 2554 needs a microsecond interface)")
 
 
 def _comment_option(comment: str) -> bytes:
@@ -103,9 +110,12 @@ class PcapngWriter:
             options["if_description"] = description
         if linktype & _FCS_PRESENT:
             options["if_fcslen"] = (linktype >> 28) * 2  # the field counts 16-bit words
-        idb = self._shb.new_member(blocks.InterfaceDescription, link_type=linktype & 0xFFFF,
-                                   snaplen=snaplen, options=options)
-        self._blocks.write_block(idb)
+        with warnings.catch_warnings():
+            # python-pcapng's own schema leaves if_tsresol untyped and warns about it
+            warnings.filterwarnings("ignore", 'Field type should not be "None"', DeprecationWarning)
+            idb = self._shb.new_member(blocks.InterfaceDescription, link_type=linktype & 0xFFFF,
+                                       snaplen=snaplen, options=options)
+            self._blocks.write_block(idb)
         self._divisors.append(1 if tsresol_ns else 1000)
         return idb.interface_id
 
@@ -125,22 +135,25 @@ class PcapngWriter:
         caplen = len(data)
         pad = -caplen & 3
         buf = self._buf
-        if comment is None and flags is None and pid is None and tid is None:
-            blen = 32 + caplen + pad
-            buf += _EPB_HEAD.pack(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
-                                  caplen if origlen is None else origlen)
-            buf += data
-            buf += _TRAILERS[pad].pack(blen)
-        else:
-            key = (comment, flags, pid, tid)
-            opts = self._opt_cache.get(key) or self._encode_options(key)
-            blen = 32 + caplen + pad + len(opts)
-            buf += _EPB_HEAD.pack(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
-                                  caplen if origlen is None else origlen)
-            buf += data
-            buf += _PAD[caplen & 3]
-            buf += opts
-            buf += _TRAILERS[0].pack(blen)
+        try:
+            if comment is None and flags is None and pid is None and tid is None:
+                blen = 32 + caplen + pad
+                buf += _EPB_HEAD.pack(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
+                                      caplen if origlen is None else origlen)
+                buf += data
+                buf += _TRAILERS[pad].pack(blen)
+            else:
+                key = (comment, flags, pid, tid)
+                opts = self._opt_cache.get(key) or self._encode_options(key)
+                blen = 32 + caplen + pad + len(opts)
+                buf += _EPB_HEAD.pack(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
+                                      caplen if origlen is None else origlen)
+                buf += data
+                buf += _PAD[caplen & 3]
+                buf += opts
+                buf += _TRAILERS[0].pack(blen)
+        except struct.error as e:  # nothing was appended: the header is packed first
+            raise _out_of_range(if_id, ts_ns, e) from None
         self.packets += 1
         if len(buf) >= _FLUSH_AT:
             self._drain()
@@ -155,32 +168,36 @@ class PcapngWriter:
         """
         buf, divisors, cache = self._buf, self._divisors, self._opt_cache
         head, trailers, trailer0 = _EPB_HEAD.pack, [t.pack for t in _TRAILERS], _TRAILERS[0].pack
-        n = 0
-        for if_id, ts_ns, data, origlen, comment, flags, pid, tid in rows:
-            div = divisors[if_id]
-            ticks = ts_ns if div == 1 else ts_ns // div
-            caplen = len(data)
-            pad = -caplen & 3
-            if comment is None and flags is None and pid is None and tid is None:
-                blen = 32 + caplen + pad
-                buf += head(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
-                            caplen if origlen is None else origlen)
-                buf += data
-                buf += trailers[pad](blen)
-            else:
-                key = (comment, flags, pid, tid)
-                opts = cache.get(key) or self._encode_options(key)
-                blen = 32 + caplen + pad + len(opts)
-                buf += head(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
-                            caplen if origlen is None else origlen)
-                buf += data
-                buf += _PAD[caplen & 3]
-                buf += opts
-                buf += trailer0(blen)
-            n += 1
-            if len(buf) >= _FLUSH_AT:
-                self._drain()
-        self.packets += n
+        n = if_id = ts_ns = 0
+        try:
+            for if_id, ts_ns, data, origlen, comment, flags, pid, tid in rows:
+                div = divisors[if_id]
+                ticks = ts_ns if div == 1 else ts_ns // div
+                caplen = len(data)
+                pad = -caplen & 3
+                if comment is None and flags is None and pid is None and tid is None:
+                    blen = 32 + caplen + pad
+                    buf += head(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
+                                caplen if origlen is None else origlen)
+                    buf += data
+                    buf += trailers[pad](blen)
+                else:
+                    key = (comment, flags, pid, tid)
+                    opts = cache.get(key) or self._encode_options(key)
+                    blen = 32 + caplen + pad + len(opts)
+                    buf += head(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen,
+                                caplen if origlen is None else origlen)
+                    buf += data
+                    buf += _PAD[caplen & 3]
+                    buf += opts
+                    buf += trailer0(blen)
+                n += 1
+                if len(buf) >= _FLUSH_AT:
+                    self._drain()
+        except struct.error as e:  # the rows before this one are written
+            raise _out_of_range(if_id, ts_ns, e) from None
+        finally:
+            self.packets += n
         return n
 
     def _encode_options(self, key) -> bytes:

@@ -18,6 +18,7 @@ run under tracemalloc, the peak of memory allocated by the engine itself.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import os
 import resource
@@ -35,10 +36,22 @@ ACK, PSH, SYN = 0x10, 0x08, 0x02
 CLIENT, SERVER = ("10.0.0.1", 40000), ("10.0.0.2", 80)
 
 
-def build_connection(objects: int, object_bytes: int, reorder_every: int):
+def build_connection(objects: int, object_bytes: int, reorder_every: int,
+                     framing: str = "length"):
     """Packets of one keep-alive connection: list of (from_client, seq, ack, flags, payload)."""
-    pattern = os.urandom(1 << 20)
+    # Half random, half text: realistic for the gzip variant.
+    pattern = os.urandom(1 << 19) + b"the quick brown fox jumps over the lazy dog\n" * 11916
     body = (pattern * (object_bytes // len(pattern) + 1))[:object_bytes]
+    wire, extra = body, b""
+    if framing == "gzip":
+        wire, extra = gzip.compress(body, 6), b"Content-Encoding: gzip\r\n"
+    if framing == "chunked":
+        step = 8192
+        wire = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + step]), body[i:i + step])
+                        for i in range(0, len(body), step)) + b"0\r\n\r\n"
+        length = b"Transfer-Encoding: chunked\r\n"
+    else:
+        length = b"Content-Length: %d\r\n" % len(wire)
     pkts = [(True, 999, 0, SYN, b""), (False, 4999, 1000, SYN | ACK, b"")]
     cseq, sseq = 1000, 5000
     for i in range(objects):
@@ -46,9 +59,8 @@ def build_connection(objects: int, object_bytes: int, reorder_every: int):
                f"User-Agent: bench\r\n\r\n").encode()
         pkts.append((True, cseq, sseq, ACK | PSH, req))
         cseq += len(req)
-        head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
-        stream = head + body
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + length + extra
+        stream = head + b"\r\n" + wire
         data = []
         for off in range(0, len(stream), MSS):
             seg = stream[off:off + MSS]
@@ -103,11 +115,14 @@ def main() -> None:
     ap.add_argument("--object-mb", type=float, default=5.0, help="size of each object (MB)")
     ap.add_argument("--objects-per-conn", type=int, default=10)
     ap.add_argument("--reorder-every", type=int, default=50)
+    ap.add_argument("--framing", choices=("length", "chunked", "gzip"), default="length",
+                    help="Content-Length bodies, chunked bodies, or gzip-encoded bodies")
     ap.add_argument("--trace-mb", type=int, default=50, help="size of the tracemalloc run")
     args = ap.parse_args()
 
     obj = int(args.object_mb * 1e6)
-    pkts, per_conn, sha = build_connection(args.objects_per_conn, obj, args.reorder_every)
+    pkts, per_conn, sha = build_connection(args.objects_per_conn, obj, args.reorder_every,
+                                           args.framing)
     conns = max(1, round(args.mb * 1e6 / per_conn))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as spool:
@@ -115,7 +130,8 @@ def main() -> None:
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     total = per_conn * conns
     print(f"fed {total / 1e6:.0f} MB server payload in {len(pkts) * conns} packets "
-          f"({conns} connections x {args.objects_per_conn} objects of {obj / 1e6:g} MB)")
+          f"({conns} connections x {args.objects_per_conn} objects of {obj / 1e6:g} MB, "
+          f"{args.framing})")
     print(f"throughput: {total / 1e6 / secs:.1f} MB/s ({secs:.2f} s), "
           f"{len(pkts) * conns / secs / 1e3:.0f} k packets/s")
     print(f"files: {sink.files} ({sink.incomplete} incomplete, {sink.wrong} with a wrong "

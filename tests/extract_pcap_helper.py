@@ -11,9 +11,14 @@ IPv6 (common extension headers) carrying TCP.
 
 from __future__ import annotations
 
+import os
 import struct
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+
+CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus")
+if not os.path.isdir(CORPUS):
+    CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
 
 
 def read_frames(path):
@@ -269,3 +274,32 @@ def body_of(ev):
     """The spooled body of a FileEvent."""
     with open(ev.spool_path, "rb") as f:
         return f.read()
+
+
+def split_tcp_streams(path, outdir):
+    """Write each TCP connection of a capture to its own classic pcap file.
+
+    Returns a list of (file_path, [tcp payloads]) in first-seen order.  All
+    frames of the source must share one link type.
+    """
+    streams, lts = {}, set()
+    for lt, ts, frame in read_frames(path):
+        pkt = decode_tcp(lt, frame)
+        if pkt is None:
+            continue
+        lts.add(lt)
+        key = tuple(sorted(((pkt[0], pkt[1]), (pkt[2], pkt[3]))))
+        streams.setdefault(key, []).append((ts, frame, pkt[7]))
+    if len(lts) > 1:
+        raise ValueError("mixed link types")
+    linktype = next(iter(lts), 1)
+    out = []
+    for i, frames in enumerate(streams.values()):
+        fn = os.path.join(str(outdir), f"stream{i}.pcap")
+        with open(fn, "wb") as f:
+            f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, linktype))
+            for ts, frame, _ in frames:
+                f.write(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000,
+                                    len(frame), len(frame)) + frame)
+        out.append((fn, [p for _, _, p in frames if p]))
+    return out

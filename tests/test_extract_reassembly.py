@@ -199,3 +199,22 @@ def test_random_loss_reorder_duplication(seed):
     assert bytes(rec.out) == expect
     last_kept = max(i for i in range(len(s)) if i not in dropped)
     assert r.missing == sum(len(s[i][1]) for i in dropped if i < last_kept)
+
+
+def test_many_tiny_segments_in_reverse_order_stay_fast():
+    import time
+
+    r, rec = make(limit=1 << 20)
+    data = bytes(range(256)) * 39       # 9984 one-byte segments (~650 kB with overhead)
+    t0 = time.perf_counter()
+    for i in range(len(data) - 1, -1, -1):
+        r.segment(1001 + i, data[i:i + 1], 1)
+    assert bytes(rec.out) == data
+    assert time.perf_counter() - t0 < 5
+
+
+def test_buffer_bound_counts_per_segment_overhead():
+    r, rec = make(limit=10_000)
+    for i in range(1, 1000):                       # 1-byte segments after a 1-byte hole
+        r.segment(1001 + 2 * i, b"x", 1)
+    assert r.pend_bytes <= 10_000 and r.missing > 0

@@ -90,11 +90,11 @@ def test_resolve_names_both_local_ends_src_first(tmp_path):
     owners = LinuxOwners(sockdiag=diag, inodes=inodes, events=FakeEvents())
     owners.start()
     assert owners.resolve(6, "127.0.0.1", 5000, "127.0.0.1", 80) == [
-        Owner(100, 100, 1, True), Owner(200, 200, 2, False)]
+        Owner(100, 100, 1, True), Owner(200, 200, 2, False, listener=True)]
     assert inodes.hints == [[99, 98], [99, 98]]  # cn_proc's newest pids are scanned first
     # the reverse direction of the same flow: the server's end is now the src
     assert owners.resolve(6, "127.0.0.1", 80, "127.0.0.1", 5000) == [
-        Owner(200, 200, 2, True), Owner(100, 100, 1, False)]
+        Owner(200, 200, 2, True, listener=True), Owner(100, 100, 1, False)]
     assert owners.resolve(6, "10.9.9.9", 1, "10.9.9.8", 2) == []
 
 
@@ -223,12 +223,12 @@ def test_live_resolve_tcp_both_ends_are_this_process(linux, family, host):
     cport = cli.getsockname()[1]
     with srv, cli:
         got = linux.resolve(6, host, cport, host, port)
-        assert [(o.pid, o.inode, o.local_is_src) for o in got] == [
-            (os.getpid(), ino(cli), True), (os.getpid(), ino(srv), False)]
+        assert [(o.pid, o.inode, o.local_is_src, o.listener) for o in got] == [
+            (os.getpid(), ino(cli), True, False), (os.getpid(), ino(srv), False, True)]
         acc, _ = srv.accept()
         with acc:
             got = linux.resolve(6, host, cport, host, port)
-            assert [o.inode for o in got] == [ino(cli), ino(acc)]
+            assert [(o.inode, o.listener) for o in got] == [(ino(cli), False), (ino(acc), False)]
 
 
 @pytest.mark.live

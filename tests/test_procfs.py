@@ -104,7 +104,8 @@ def test_rescans_of_known_pids_are_rate_limited(proc):
     clock = Clock()
     proc.add(10, {})
     proc.add(11, {})
-    owners = InodeOwners(str(proc.root), clock=clock, full_scan_interval=0.5, hot_pids=0)
+    owners = InodeOwners(str(proc.root), clock=clock, full_scan_interval=0.5, hot_pids=0,
+                         newest_pids=0)
     assert owners.find(900) is None and owners.stats["full_scans"] == 1
     proc.set_fd(10, 3, "socket:[900]")  # an old process opens a new socket
     clock.t += 0.1
@@ -118,11 +119,26 @@ def test_recent_owners_are_rescanned_even_inside_the_interval(proc):
     clock = Clock()
     proc.add(10, {3: "socket:[1]"})
     proc.add(11, {})
-    owners = InodeOwners(str(proc.root), clock=clock, full_scan_interval=10)
+    owners = InodeOwners(str(proc.root), clock=clock, full_scan_interval=10, newest_pids=0)
     assert owners.find(1) == 10  # 10 becomes a "hot" pid (a server, say)
     owners.find(12345)  # uses up the full scan
     proc.set_fd(10, 4, "socket:[2]")  # the server accepts a new connection
     assert owners.find(2) == 10 and owners.stats["hot"] == 1
+
+
+def test_young_pid_scanned_before_it_had_its_socket_is_rescanned(proc):
+    clock = Clock()
+    for pid in (10, 500, 501):
+        proc.add(pid, {})
+    owners = InodeOwners(str(proc.root), clock=clock, full_scan_interval=10, hot_pids=0,
+                         newest_pids=2)
+    assert owners.find(77) is None  # every pid is known now, and the full scan is used up
+    proc.set_fd(500, 3, "socket:[88]")  # e.g. a curl that exec'd, then connect()ed
+    proc.set_fd(10, 3, "socket:[99]")  # an old daemon: outside the newest window
+    assert owners.find(88) == 500
+    assert owners.find(99) is None
+    clock.t += 10
+    assert owners.find(99) == 10
 
 
 def test_reused_pid_is_not_trusted_from_cache(proc):

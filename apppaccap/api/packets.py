@@ -12,6 +12,7 @@ from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
+from apppaccap.capture.decode import decode
 from apppaccap.filetime import from_ns
 
 PACKET_SQL = (
@@ -41,10 +42,13 @@ def packet_object(db, row, capture_id: int, with_data: bool) -> dict:
         "Direction": row["direction"], "ConnectionId": row["conn_id"] or 0,
         "ProcessId": row["process_id"] or 0, "Pid": row["pid"], "ThreadId": row["tid"],
         "ProcessName": row["pname"] or ("<unknown>" if not row["pid"] else ""),
-        "Summary": row["summary"], "Notes": row["notes"] or "",
+        "Notes": row["notes"] or "",
     }
+    data = db.packet_bytes(row["blk"], row["off"], row["caplen"])
+    # The summary is decoded from the bytes on read (not stored: ingest speed).
+    obj["Summary"] = decode(row["linktype"] or 0, data).summary
     if with_data:
-        obj["Data"] = db.packet_bytes(row["blk"], row["off"], row["caplen"]).hex()
+        obj["Data"] = data.hex()
     return obj
 
 

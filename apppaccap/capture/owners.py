@@ -25,6 +25,7 @@ from .procfs import InodeOwners
 from .procfs import ProcInfo
 from .procfs import read_process
 from .procfs import thread_of
+from .sockdiag import TCP_LISTEN
 from .sockdiag import TCP_TIME_WAIT
 from .sockdiag import LocalAddresses
 from .sockdiag import SockDiag
@@ -40,6 +41,10 @@ class Owner(NamedTuple):
     tid: int | None  # None: not attributable (see thread_of)
     inode: int  # socket inode (0 when the backend cannot tell, e.g. psutil)
     local_is_src: bool  # True: the owner's local end is the flow's src (it sent first)
+    # True: named through the TCP listener because the connection had no file yet (not
+    # accept()ed). Right for servers that accept in-process; a fork-per-connection server
+    # (sshd, inetd) hands it to a child, so re-resolve such flows after the handshake.
+    listener: bool = False
 
 
 def boost_current_thread(priority: int = 10, nice: int = -10) -> bool:
@@ -71,10 +76,12 @@ class LinuxOwners:
     resolver); snapshot() may run on another (it uses its own socket and caches)."""
 
     def __init__(self, sockdiag=None, inodes=None, events=None, proc_root: str = "/proc",
-                 threads: bool = True):
+                 threads: bool = True, boost_events: bool = False):
         """Seams: a SockDiag-like `sockdiag`, an InodeOwners-like `inodes`, a
         ProcEvents-like `events` (None: created here; False: none). `threads=False`
-        skips the per-flow thread search."""
+        skips the per-flow thread search; `boost_events` runs the cn_proc listener
+        thread at SCHED_FIFO (see boost_current_thread) so exec-time facts are read
+        before short processes exit."""
         self.sockdiag = sockdiag if sockdiag is not None else SockDiag()
         self.inodes = inodes if inodes is not None else InodeOwners(proc_root)
         self.proc_root = getattr(self.inodes, "proc_root", proc_root)
@@ -82,15 +89,21 @@ class LinuxOwners:
         if events is None:
             from .procevents import ProcEvents
 
-            events = ProcEvents(proc_root=self.proc_root)
+            events = ProcEvents(proc_root=self.proc_root,
+                                thread_setup=boost_current_thread if boost_events else None)
         self.events = events or None
         if self.events is not None and getattr(self.events, "on_exit", 0) is None:
             self.events.on_exit = self._exited.append
         self.threads = threads
         self._events_ok = False
+        self.boost = True  # whether boost_current_thread() (the method) acts
         self._lock = threading.Lock()
         self._sweep_diag = None
         self._sweep_inodes = None
+
+    def boost_current_thread(self) -> bool:
+        """The module function, for callers holding only the backend (False if disabled)."""
+        return self.boost and boost_current_thread()
 
     def start(self) -> None:
         """Start the process-event listener (degrades to no hints when unavailable)."""
@@ -136,7 +149,8 @@ class LinuxOwners:
         tid = None
         if self.threads and len(cands) == 1:
             tid = thread_of(pid, inode, self.proc_root)
-        return Owner(pid, tid, inode, is_src)
+        return Owner(pid, tid, inode, is_src,
+                     cands[0].state == TCP_LISTEN and cands[0].proto == socket.IPPROTO_TCP)
 
     def snapshot(self) -> dict[tuple, list[Owner]]:
         """Every TCP/UDP socket with its owner: {(proto, local_ip, local_port, remote_ip,
@@ -239,6 +253,11 @@ class PsutilOwners:
         self._table: dict[tuple, list[Owner]] | None = None
         self._at = -1e18
         self._lock = threading.Lock()
+        self.boost = True
+
+    def boost_current_thread(self) -> bool:
+        """The module function, for callers holding only the backend (False if disabled)."""
+        return self.boost and boost_current_thread()
 
     def start(self) -> None:
         """Nothing to start: psutil is polled on demand."""

@@ -92,13 +92,16 @@ class ProcEvents:
                  on_exit: Callable[[int], None] | None = None,
                  on_fork: Callable[[int, int], None] | None = None,
                  read_at_exec: bool = True, max_recent: int = 4096,
-                 proc_root: str = "/proc"):
+                 proc_root: str = "/proc", thread_setup: Callable[[], object] | None = None):
         """Callbacks run on the listener thread and must be quick: on_exec(pid),
-        on_exit(pid), on_fork(parent_pid, child_pid) - processes only, not threads."""
+        on_exit(pid), on_fork(parent_pid, child_pid) - processes only, not threads.
+        `thread_setup` runs first on the listener thread (e.g. owners.boost_current_thread:
+        a listener that falls behind reads exe/cmdline after a short process is gone)."""
         self.on_exec, self.on_exit, self.on_fork = on_exec, on_exit, on_fork
         self.read_at_exec = read_at_exec
         self.max_recent = max_recent
         self.proc_root = proc_root
+        self.thread_setup = thread_setup
         # pid -> ProcInfo read at exec, newest last; survives the process's exit
         self.recent: OrderedDict[int, ProcInfo] = OrderedDict()
         self._live: OrderedDict[int, None] = OrderedDict()  # born and not yet exited
@@ -185,6 +188,11 @@ class ProcEvents:
     # -- the listener
 
     def _run(self) -> None:
+        if self.thread_setup is not None:
+            try:
+                self.thread_setup()
+            except Exception:
+                log.exception("proc event thread setup failed")
         sock = self._sock
         while not self._stop.is_set():
             try:

@@ -76,10 +76,11 @@ class InodeOwners:
     """Socket inode -> owning pid, with caches and a bounded amount of /proc walking."""
 
     def __init__(self, proc_root: str = "/proc", clock=time.monotonic,
-                 full_scan_interval: float = 0.5, hot_pids: int = 8):
-        """`full_scan_interval` rate-limits re-reading the fd tables of already-known
-        pids (new pids are always scanned); `hot_pids` is how many recent owners are
-        re-read on every miss because long-lived servers keep opening sockets."""
+                 full_scan_interval: float = 0.5, hot_pids: int = 8, newest_pids: int = 16):
+        """`full_scan_interval` rate-limits re-reading the fd tables of all known pids.
+        Never rate-limited: pids not scanned yet, the `hot_pids` most recent owners
+        (long-lived servers keep opening sockets) and the `newest_pids` highest pids (a
+        young process may have been scanned before it opened its socket)."""
         self.proc_root = proc_root
         self._clock = clock
         self.full_scan_interval = full_scan_interval
@@ -87,6 +88,7 @@ class InodeOwners:
         self._pid_inodes: dict[int, set[int]] = {}  # what each scanned pid held
         self._hot: OrderedDict[int, None] = OrderedDict()
         self._hot_max = hot_pids
+        self._newest = newest_pids
         self._last_full = -1e18
         self.stats = {"cache": 0, "hint": 0, "new": 0, "hot": 0, "full": 0, "miss": 0,
                       "full_scans": 0, "pids_scanned": 0}
@@ -94,9 +96,9 @@ class InodeOwners:
     def find(self, inode: int, hint_pids: Iterable[int] = ()) -> int | None:
         """The pid whose fd table holds socket:[inode] now, or None.
 
-        Order: validated cache, `hint_pids` (e.g. just-exec'd), pids never scanned
-        (newest first), recent owners, then - at most every full_scan_interval - all
-        other pids newest first. Stops at the first hit.
+        Order: validated cache; `hint_pids` (e.g. just exec'd); never-scanned pids and the
+        newest known ones, by descending pid; recent owners; then - at most every
+        full_scan_interval - all other pids, newest first. Stops at the first hit.
         """
         if not inode:
             return None
@@ -105,15 +107,23 @@ class InodeOwners:
             if holds(cached[0], cached[1], inode, self.proc_root):
                 self.stats["cache"] += 1
                 return self._hit(cached[0])
-            del self._inode_fd[inode]  # closed or the pid was reused
+            del self._inode_fd[inode]  # closed, or the pid was reused
         done: set[int] = set()
         for pid in hint_pids:
             if pid not in done and self._scan(pid, done, inode):
                 self.stats["hint"] += 1
                 return self._hit(pid)
         pids = list_pids(self.proc_root)
-        for pid in pids:
-            if pid not in self._pid_inodes and pid not in done and self._scan(pid, done, inode):
+        window = self._newest
+        for pid in pids:  # descending: newest first (until pids wrap around)
+            if pid in done:
+                continue
+            known = pid in self._pid_inodes
+            if known:
+                if window <= 0:
+                    continue
+                window -= 1
+            if self._scan(pid, done, inode):
                 self.stats["new"] += 1
                 return self._hit(pid)
         for pid in list(reversed(self._hot)):

@@ -76,7 +76,7 @@ class Recorder:
 
     def _reset(self):
         self._rows, self._chunks, self._off = [], [], 0
-        self._dirty, self._procs, self._threads, self._ips, self._agg = {}, {}, {}, {}, {}
+        self._dirty, self._procs, self._threads, self._flowmin = {}, {}, {}, {}
 
     def conn_for(self, d, ts):
         """The Conn of a decoded packet (created on first sight), or None without ports/IPs."""
@@ -151,41 +151,59 @@ class Recorder:
         else:
             process_id, pid, tid = None, 0, 0
         self._rows.append((pid_, ts, size, caplen, iface, d.l3, d.proto, d.src, d.dst, d.sport,
-                           d.dport, d.tcp_flags, d.ttl, d.vlan, d.eth_src, d.eth_dst, d.icmp_type,
-                           direction, conn.id if conn else None, process_id, pid, tid,
-                           d.summary, notes, self._off, ts_raw))
+                           d.dport, d.tcp_flags, d.ttl, d.vlan, d.icmp_type, direction,
+                           conn.id if conn else None, process_id, pid, tid, notes, self._off,
+                           ts_raw))
         self._chunks.append(data)
         self._off += caplen
-        minute = ts // MINUTE_NS
-        agg = self._agg
-        proto = d.proto
-        for key in ((AGG_ALL, "", minute, proto),
-                    (AGG_IP, d.src, minute, proto) if d.src else None,
-                    (AGG_IP, d.dst, minute, proto) if d.dst and d.dst != d.src else None,
-                    (AGG_PORT, str(d.sport), minute, proto) if d.sport else None,
-                    (AGG_PORT, str(d.dport), minute, proto) if d.dport and d.dport != d.sport
-                    else None):
-            if key is not None:
-                a = agg.get(key)
-                if a is None:
-                    agg[key] = [1, size]
-                else:
-                    a[0] += 1
-                    a[1] += size
-        for ip in (d.src, d.dst):
-            if ip:
-                v = self._ips.get(ip)
-                if v is None:
-                    self._ips[ip] = [1, size, ts, ts]
-                else:
-                    v[0] += 1
-                    v[1] += size
-                    v[3] = ts
+        # One aggregate per (flow, minute) here; expanded into per-IP/port/protocol rows at
+        # flush time, so the per-packet cost is a single dict update.
+        k = (conn if conn is not None else (d.proto, d.src, d.dst, d.sport, d.dport),
+             ts // MINUTE_NS)
+        a = self._flowmin.get(k)
+        if a is None:
+            self._flowmin[k] = [1, size, ts, ts]
+        else:
+            a[0] += 1
+            a[1] += size
+            a[3] = ts
         self.packets += 1
         self.bytes += size
         if len(self._rows) >= self.batch_packets or self._off >= self.batch_bytes:
             self.flush()
         return pid_
+
+    def _expand(self):
+        """(flow, minute) aggregates → per-IP totals and (kind, key, minute, proto) rows."""
+        ips: dict = {}
+        agg: dict = {}
+        for (flow, minute), (n, b, first, last) in self._flowmin.items():
+            if isinstance(flow, Conn):
+                proto, (a_ip, a_port), (b_ip, b_port) = flow.proto, flow.local, flow.remote
+            else:
+                proto, a_ip, b_ip, a_port, b_port = flow
+            keys = [(AGG_ALL, "", minute, proto)]
+            for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
+                if ip:
+                    keys.append((AGG_IP, ip, minute, proto))
+                    v = ips.get(ip)
+                    if v is None:
+                        ips[ip] = [n, b, first, last]
+                    else:
+                        v[0] += n
+                        v[1] += b
+                        v[2], v[3] = min(v[2], first), max(v[3], last)
+            for port in (a_port, b_port) if a_port != b_port else (a_port,):
+                if port:
+                    keys.append((AGG_PORT, str(port), minute, proto))
+            for key in keys:
+                acc = agg.get(key)
+                if acc is None:
+                    agg[key] = [n, b]
+                else:
+                    acc[0] += n
+                    acc[1] += b
+        return ips, agg
 
     def _learn_dns(self, payload: bytes) -> None:
         for name, ip in dns_answers(payload):
@@ -201,12 +219,13 @@ class Recorder:
             rows, blob = self._rows, b"".join(self._chunks)
             conns = {c.id: c.row() for c in self._dirty.values()}
             procs = {k: tuple(v) for k, v in self._procs.items()}
-            args = (rows, blob, conns, procs, self._threads, self._ips, self._agg)
+            ips, agg = self._expand()
+            args = (rows, blob, conns, procs, self._threads, ips, agg)
             if self.pending is not None:
                 self.pending.result()  # back-pressure: at most one batch in flight
             self.pending = self.db.submit(lambda c: write_batch(c, *args))
             if self.on_flush is not None:
-                self.on_flush(self._agg)
+                self.on_flush(agg)
             self._reset()
         if wait and self.pending is not None:
             self.pending.result()

@@ -2,7 +2,13 @@
 
 pypcap facts (DESIGN §6): dispatch() holds the GIL while it waits, so we use a
 non-blocking handle + select() on its fd and dispatch(-1) only when readable;
-that also stops cleanly. A 32 MiB kernel buffer keeps loopback bursts loss-free.
+that also stops cleanly.
+
+Not immediate mode: libpcap 1.10 on Linux implements immediate mode with
+TPACKET_V2 fixed-size frames of `snaplen` bytes, so a 32 MiB ring at snaplen
+256 KiB holds only 128 packets and a burst of 2,000 loopback datagrams lost 87 %
+(measured). TPACKET_V3 with a 1 ms block timeout packs packets by their real size
+and still delivers them within ~1 ms, which is what attribution needs.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ def open_handle(adapter: str, bpf: str):
         # pcap.pcap(name=X) would otherwise try X as a capture *file*.
         raise NotFound(f"adapter: no capture device {adapter!r}")
     try:
-        h = pcap.pcap(name=adapter, snaplen=SNAPLEN, promisc=False, immediate=True,
-                      timestamp_in_ns=True, buffer_size=32 << 20, timeout_ms=100)
+        h = pcap.pcap(name=adapter, snaplen=SNAPLEN, promisc=False, immediate=False,
+                      timestamp_in_ns=True, buffer_size=32 << 20, timeout_ms=1)
     except OSError as exc:
         raise NotFound(f"adapter: cannot open {adapter!r}: {exc}") from None
     if bpf:
@@ -65,6 +71,7 @@ class Sniffer:
             except queue.Full:
                 self.overflow += 1  # counted and reported in DroppedCount, never blocked on
 
+        self._on_packet = on_packet
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
             if ready:
@@ -78,13 +85,23 @@ class Sniffer:
     def libpcap_drops(self) -> int:
         try:
             received, dropped, if_dropped = self.handle.stats()
-            return dropped + if_dropped
+            # On lo the kernel counts every packet twice (DESIGN §6); so are its drops.
+            return (dropped + if_dropped) // (2 if self.name == "lo" else 1)
         except OSError:
             return 0
 
     def stop(self):
         self._stop.set()
         self._thread.join(5)
+        # What the kernel already holds belongs to the capture: read it before closing.
+        on_packet = getattr(self, "_on_packet", None)
+        if on_packet is not None:
+            for _ in range(100):
+                try:
+                    if self.handle.dispatch(-1, on_packet) <= 0:
+                        break
+                except OSError:
+                    break
         drops = self.libpcap_drops()
         self.handle.close()
         return drops

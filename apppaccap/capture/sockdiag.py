@@ -43,10 +43,8 @@ INET_DIAG_BC_S_EQ = 11  # enum in include/uapi/linux/inet_diag.h
 INET_DIAG_SKV6ONLY = 11  # reply attribute (same number, different enum)
 ALL_STATES = 0xFFFFFFFF
 
-TCP_ESTABLISHED, TCP_SYN_RECV, TCP_TIME_WAIT, TCP_LISTEN = 1, 3, 6, 10
-TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-              11: "CLOSING", 12: "NEW_SYN_RECV"}
+# include/net/tcp_states.h; NEW_SYN_RECV is a request socket (handshake in progress)
+TCP_ESTABLISHED, TCP_SYN_RECV, TCP_TIME_WAIT, TCP_LISTEN, TCP_NEW_SYN_RECV = 1, 3, 6, 10, 12
 
 NLMSGHDR = struct.Struct("=IHHII")
 # nlmsghdr + inet_diag_req_v2 {family, protocol, ext, pad, states, inet_diag_sockid
@@ -267,32 +265,7 @@ class SockDiag:
         """Close the netlink socket."""
         self._sock.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # -- transport
-
-    def _transact(self, msg: bytes, proto: int, dump: bool) -> tuple[list[SockEntry], int]:
-        """Send one request; collect replies with our sequence number.
-
-        An exact lookup answers with one message (the socket or an NLMSG_ERROR); a dump
-        ends with NLMSG_DONE.
-        """
-        out: list[SockEntry] = []
-        seq = NLMSGHDR.unpack_from(msg)[3]
-        self._sock.send(msg)
-        while True:
-            n = self._sock.recv_into(self._buf)
-            view = memoryview(self._buf)[:n]
-            if n < NLMSGHDR.size or NLMSGHDR.unpack_from(view)[3] != seq:
-                continue  # a late reply to an earlier, timed-out request
-            entries, err, done = parse_messages(view, proto)
-            out.extend(entries)
-            if done or not dump:
-                return out, err
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
@@ -319,14 +292,24 @@ class SockDiag:
             return _parse_diag(buf, NLMSGHDR.size, length, proto)
 
     def _dump(self, family: int, proto: int, states: int, bytecode: bytes) -> list[SockEntry]:
+        """Send a dump request, collect messages with our sequence number to NLMSG_DONE."""
         zero = "0.0.0.0" if family == socket.AF_INET else "::"
+        out: list[SockEntry] = []
         with self._lock:
-            msg = pack_request(family, proto, zero, 0, zero, 0, seq=self._next_seq(), dump=True,
-                               states=states, bytecode=bytecode)
-            entries, err = self._transact(msg, proto, dump=True)
+            seq = self._next_seq()
+            self._sock.send(pack_request(family, proto, zero, 0, zero, 0, seq=seq, dump=True,
+                                         states=states, bytecode=bytecode))
+            done = False
+            while not done:
+                n = self._sock.recv_into(self._buf)
+                view = memoryview(self._buf)[:n]
+                if n < NLMSGHDR.size or NLMSGHDR.unpack_from(view)[3] != seq:
+                    continue  # a late reply to an earlier, timed-out request
+                entries, err, done = parse_messages(view, proto)
+                out.extend(entries)
         if err and err != errno.ENOENT:
             raise OSError(err, os.strerror(err))
-        return entries
+        return out
 
     # -- public API
 
@@ -370,7 +353,8 @@ class SockDiag:
         if not self.is_local(local_ip):
             return []  # a wildcard socket would match any foreign address: not ours
         if proto == socket.IPPROTO_TCP:
-            if hit.inode == 0 and hit.state not in (TCP_ESTABLISHED, TCP_SYN_RECV, 12):
+            if hit.inode == 0 and hit.state not in (TCP_ESTABLISHED, TCP_SYN_RECV,
+                                                    TCP_NEW_SYN_RECV):
                 return []  # TIME_WAIT, or orphaned after close(): nobody holds it
             if hit.state != TCP_LISTEN and hit.inode:
                 return []  # a different connection answered: not this flow's socket

@@ -35,12 +35,20 @@ from .mime import sniff
 from .reassembly import Reassembler
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-_FLUSH_AT = 256 << 10      # spool write / hash granularity
+_FLUSH_AT = 64 << 10       # spool write / hash granularity (bounds memory per open body)
 
 
 @dataclass
 class FileEvent:
-    """One extracted file (an HTTP message body or an FTP data transfer)."""
+    """One extracted file (an HTTP message body or an FTP data transfer).
+
+    ``spool_path`` holds exactly ``size`` bytes whose SHA-256 is ``sha256``;
+    from the moment the event reaches the sink the file belongs to the sink.
+    ``complete`` is False when bytes were lost to gaps, the body ended short
+    of its Content-Length (or FTP announced size), a read-until-close body
+    ended without a FIN, an encoded body did not decode to its end, or the
+    body was cut at ``max_file_bytes`` (``truncated``).
+    """
 
     conn_id: int
     protocol: str            # "http" | "ftp-data"
@@ -67,13 +75,13 @@ class FileEvent:
 class Body:
     """Incrementally spools, hashes and sniffs one file body.
 
-    Data is buffered up to 256 KiB before being hashed and written, which keeps
+    Data is buffered up to 64 KiB before being hashed and written, which keeps
     per-segment cost low.  Gaps are *not* filled: the spool file holds the
     captured bytes only, and the lost byte count goes into ``missing``.
     """
 
     __slots__ = ("_emit", "_dir", "max_bytes", "meta", "size", "missing", "truncated",
-                 "_buf", "_head", "_hash", "_fd", "_path", "_done")
+                 "_buf", "_head", "_hash", "_path", "_done")
 
     def __init__(self, emit, spool_dir: str, max_bytes: int, meta: dict):
         self._emit = emit
@@ -86,7 +94,6 @@ class Body:
         self._buf = bytearray()
         self._head = b""
         self._hash = hashlib.sha256()
-        self._fd = -1
         self._path = ""
         self._done = False
 
@@ -116,14 +123,21 @@ class Body:
         self.missing += nbytes
 
     def _spill(self) -> None:
+        # The file is reopened for every 64 KiB spill rather than kept open, so
+        # thousands of concurrent transfers cannot exhaust file descriptors.
         buf = self._buf
-        if self._fd < 0:
-            self._fd, self._path = tempfile.mkstemp(prefix="extract-", dir=self._dir)
-        self._hash.update(buf)
-        done = 0
-        with memoryview(buf) as view:
-            while done < len(buf):
-                done += os.write(self._fd, view[done:])
+        if not self._path:
+            fd, self._path = tempfile.mkstemp(prefix="extract-", dir=self._dir)
+        else:
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND)
+        try:
+            self._hash.update(buf)
+            done = 0
+            with memoryview(buf) as view:
+                while done < len(buf):
+                    done += os.write(fd, view[done:])
+        finally:
+            os.close(fd)
         buf.clear()
 
     def finish(self, complete: bool = True, missing: int = 0, **extra) -> FileEvent | None:
@@ -133,7 +147,6 @@ class Body:
         self._done = True
         self.missing += missing
         self._spill()           # also creates the file for empty bodies
-        os.close(self._fd)
         meta = self.meta
         meta.update(extra)
         sniffed = sniff(self._head)
@@ -152,8 +165,7 @@ class Body:
         if self._done:
             return
         self._done = True
-        if self._fd >= 0:
-            os.close(self._fd)
+        if self._path:
             os.unlink(self._path)
 
 
@@ -172,7 +184,7 @@ class Extractor:
 
     Memory per connection is bounded: at most ``max_stream_buffer`` bytes of
     out-of-order data per direction, plus small parser buffers (HTTP header
-    block at most 64 KiB, FTP lines 8 KiB) and a 256 KiB spool buffer per open
+    block at most 64 KiB, FTP lines 8 KiB) and a 64 KiB spool buffer per open
     body.  Bodies larger than ``max_file_bytes`` are truncated and marked
     incomplete.
     """
@@ -209,8 +221,8 @@ class Extractor:
             c = self._conns[conn_id] = self._new_conn(conn_id, src, sport, dst, dport, flags)
         if c.ignored:
             return
-        if flags & RST and not payload:
-            return              # RST sequence numbers are often bogus
+        if flags & RST:
+            return              # not stream data (its payload is a diagnostic, if any)
         r = c.c2s if (sport == c.cport and src == c.cip) else c.s2c
         r.segment(seq, payload, ts_ns, flags & SYN, flags & FIN, ack)
 
@@ -225,6 +237,11 @@ class Extractor:
         s2c.finish()
         self.missing_bytes += c2s.missing + s2c.missing
         handler.close()
+
+    def stats(self) -> dict:
+        """Counters for monitoring: open connections, files, bytes lost to gaps."""
+        return {"connections": len(self._conns), "files": self.files,
+                "missing_bytes": self.missing_bytes}
 
     def flush(self) -> None:
         """End of capture: finish every open connection."""
@@ -282,8 +299,7 @@ def safe_name(name, max_bytes: int = 128) -> str:
     name = re.split(r"[/\\]", name)[-1]        # last component, whichever separator
     name = "".join("_" if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
                    else ch for ch in name)
-    name = _UNSAFE.sub("_", name).replace("..", "_")
-    name = name.lstrip(" .-~").rstrip(" .")
+    name = _UNSAFE.sub("_", name).lstrip(" .-~").rstrip(" .").replace("..", "_")
     if name.split(".")[0].strip().lower() in _RESERVED:
         name = "_" + name
     max_bytes = max(int(max_bytes), 16)

@@ -118,6 +118,7 @@ def _looks_json(text: bytes) -> bool:
         return True
     return rest[:1] in b'"{[]}-0123456789tfn'
 
+
 def content_coding(value: str) -> str | None:
     """Normalised Content-Encoding list ("gzip", "gzip, br"...), None if identity."""
     codings = [c.strip().lower() for c in value.split(",")]
@@ -149,24 +150,25 @@ def disposition_filename(value: str) -> str | None:
         pass
     return name or None
 
+
 class Decoder:
     """Incremental gzip / deflate decoding into a Body.
 
     Output per call is capped at the body's remaining room, so a compression
     bomb cannot allocate more than ``max_file_bytes``.  If the very first bytes
     do not decode, the server lied about the encoding and the body is stored
-    as sent.  After a gap the stream cannot be decoded any further; the rest is
-    counted as missing.
+    as sent.  Concatenated gzip members are all decoded; other bytes after the
+    end of the compressed stream are ignored.  After a gap the stream cannot
+    be decoded any further; the rest is counted as missing.
     """
 
-    __slots__ = ("kind", "d", "broken", "pend", "raw_seen", "out_seen")
+    __slots__ = ("kind", "d", "broken", "pend", "out_seen")
 
     def __init__(self, kind: str):
         self.kind = kind
         self.d = None
         self.broken = False
         self.pend = b""         # first raw bytes, kept until something decodes
-        self.raw_seen = 0
         self.out_seen = False
 
     def feed(self, raw, body) -> None:
@@ -194,20 +196,26 @@ class Decoder:
             self.pend += bytes(raw)
         try:
             out = self.d.decompress(raw, body.room() + 1)
-            while self.d.eof and self.d.unused_data and self.kind != "deflate":
-                rest = self.d.unused_data   # concatenated gzip members
-                body.write(out)
-                self.d = zlib.decompressobj(31)
-                out = self.d.decompress(rest, body.room() + 1)
         except zlib.error:
-            if not self.out_seen and self.pend:
-                self.kind = None
+            if not self.out_seen:
+                self.kind = None        # not really encoded: keep the bytes as sent
                 body.write(self.pend)
             else:
                 self.broken = True
                 body.gap(len(raw))
             self.pend = b""
             return
+        self._out(out, body)
+        while self.d.eof and self.d.unused_data.startswith(b"\x1f\x8b") and self.kind != "deflate":
+            rest = self.d.unused_data   # another gzip member follows
+            self.d = zlib.decompressobj(31)
+            try:
+                self._out(self.d.decompress(rest, body.room() + 1), body)
+            except zlib.error:
+                self.broken = True
+                body.gap(len(rest))
+
+    def _out(self, out: bytes, body) -> None:
         if out:
             if not self.out_seen:
                 self.out_seen = True

@@ -182,15 +182,18 @@ class Reassembler:
     def _drain(self) -> None:
         """Deliver buffered segments that are now contiguous."""
         starts, segs = self.starts, self.segs
-        while starts and starts[0] <= self.offset:
-            s = starts.pop(0)
+        k = 0
+        # Segments never overlap, so the ones that became deliverable are a
+        # prefix of ``starts``; delete that prefix once (not pop(0) each).
+        while k < len(starts) and starts[k] <= self.offset:
+            s = starts[k]
+            k += 1
             e, data, ts, ack = segs.pop(s)
             self.pend_bytes -= e - s + _SEG_OVERHEAD
-            if e <= self.offset:
-                continue
-            if s < self.offset:
-                data = data[self.offset - s:]
-            self._deliver(data, ts, ack)
+            if e > self.offset:
+                self._deliver(data[self.offset - s:] if s < self.offset else data, ts, ack)
+        if k:
+            del starts[:k]
 
     def _jump(self, target: int) -> None:
         """Skip forward to stream offset ``target``, delivering buffered data

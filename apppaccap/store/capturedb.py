@@ -1,6 +1,9 @@
 """One SQLite file per capture: slim packet rows, packet bytes in blocks, connections,
 IPs, processes and per-minute aggregates.
 
+What can be derived from the bytes (Ethernet addresses, the Summary line) is not
+stored: it is decoded again when a packet is read, which keeps ingest fast.
+
 Packet bytes are concatenated per write batch into one `blocks` row; a packet keeps
 (blk, off) into it. That keeps the per-packet row small and the write path to a
 couple of executemany calls per batch (notes/store-search.md §6.3).
@@ -23,9 +26,9 @@ MIGRATIONS = [
         caplen INTEGER NOT NULL, iface INTEGER NOT NULL, l3 INTEGER NOT NULL,
         proto INTEGER NOT NULL, src TEXT, dst TEXT, sport INTEGER NOT NULL,
         dport INTEGER NOT NULL, tcp_flags INTEGER NOT NULL, ttl INTEGER NOT NULL,
-        vlan INTEGER, eth_src TEXT, eth_dst TEXT, icmp_type INTEGER,
+        vlan INTEGER, icmp_type INTEGER,
         direction INTEGER NOT NULL, conn_id INTEGER, process_id INTEGER, pid INTEGER NOT NULL,
-        tid INTEGER NOT NULL, summary TEXT NOT NULL, notes TEXT,
+        tid INTEGER NOT NULL, notes TEXT,
         blk INTEGER NOT NULL, off INTEGER NOT NULL, ts_raw TEXT);
     CREATE INDEX packets_conn ON packets(conn_id);
     CREATE TABLE connections (
@@ -91,8 +94,8 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     blk = conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid if blob else 0
     conn.executemany(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
-        "vlan,eth_src,eth_dst,icmp_type,direction,conn_id,process_id,pid,tid,summary,notes,"
-        f"off,ts_raw,blk) VALUES ({','.join('?' * 26)},{blk})", packets)
+        "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
+        f"off,ts_raw,blk) VALUES ({','.join('?' * 23)},{blk})", packets)
     if conns:
         conn.executemany(
             "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"

@@ -63,6 +63,12 @@ MIGRATIONS = [
         result TEXT NOT NULL DEFAULT '', params TEXT NOT NULL DEFAULT '{}',
         created INTEGER NOT NULL, started INTEGER, finished INTEGER)
     """,
+    # 4: searches (owned by apppaccap/search/) — placeholder until it lands
+    "CREATE TABLE IF NOT EXISTS _slot4 (x)",
+    # 5: triggers and actions (owned by apppaccap/triggers.py) — placeholder
+    "CREATE TABLE IF NOT EXISTS _slot5 (x)",
+    # 6: extracted files (owned by apppaccap/extract/) — placeholder
+    "CREATE TABLE IF NOT EXISTS _slot6 (x)",
 ]
 
 
