@@ -1,52 +1,42 @@
 """Read every capture file we ingest: pcap (µs, ns, "modified") and pcapng.
 
 One pass over a memory-mapped file with ``struct.unpack_from``; each packet record
-becomes a slotted :class:`Record` (or, through ``iter_batches(tuples=True)``, a plain
-tuple in the same field order, ready for ``executemany``).  Both run at about
-1.2 M records/s on the 2-core build box (benchmarks/pcapfile.py): the cost is the
-byte copy and the page faults, not the object.
-The reader is link-type agnostic: it hands out bytes and never decodes them.
+becomes a slotted :class:`Record`, or with ``iter_batches(tuples=True)`` a tuple in
+the same field order, ready for ``executemany``.  About 1.2 M records/s on the
+2-core build box (benchmarks/pcapfile.py): the cost is the byte copy and the page
+faults more than the object.  The reader never decodes the link layer.
 
-Damage never raises from iteration.  Reading stops at the first record that cannot
+Damage never raises from iteration: reading stops at the first record that cannot
 be trusted, every record before it has been yielded, and ``error`` says where and
-why; oddities that do not stop reading go to ``warnings`` (each kind listed at most
+why.  Oddities that do not stop reading go to ``warnings`` (each kind listed
 ``_WARN_EACH`` times, then counted).
 
-Decisions (compared with ``capinfos -c -M`` / tshark 4.0 on the corpus):
+Decisions (checked against ``capinfos -c -M``, tshark 4.0 and tcpdump on the corpus):
 
-- Unknown or unusual link types (Juniper 164, DSA 284, 182, values carrying FCS
-  bits such as 0x30000084) are read like any other: tshark refuses these files,
-  we yield their records with the raw link-type value and let the decoder keep
-  the bytes undecoded.  Reserved link-type bits that libpcap rejects
-  (``0x00300000``) give a warning, not a refusal.
-- pcap major version other than 2 is :class:`NotACaptureError` (as tshark); a
-  non-standard minor version (2.5) is read with a warning (as tshark).
-- pcapng SHB versions 1.0 and 1.2 are accepted (as Wireshark); any other version
-  is :class:`NotACaptureError` for the first section and a stop-with-error for a
-  later one.
-- A block whose trailing length differs from its leading length stops reading
-  (as tshark: "damaged or corrupt"); a block option that runs past its block is
-  a warning and the rest of that block's options are ignored (tshark gives up on
-  the file; we keep the packet).
-- Timestamp fields out of range (µs >= 1e6, ns >= 1e9) are added arithmetically
-  (``sec * 1e9 + frac * unit``) with a warning; tshark prints such values
-  unnormalised ("1418145370.1000000000").
-- A record with caplen > snaplen, or caplen > origlen, is yielded with a warning
-  (tshark reads them).  caplen > 256 MiB, or larger than its pcapng block, stops
-  with an error.
-- pcapng timestamps are exact Python ints even when they do not fit a signed
-  64-bit count of ns (the keylog corpus file has 100 packets at ~1.8e22 ns, year
-  ~586,000, as tshark also shows); such records get a "ts-range" warning so that a
-  store with int64 columns can clamp them knowingly.
-- Simple Packet Blocks carry no timestamp: they get the timestamp of the previous
-  packet of the file (0 if none), so stores keep a sane time range instead of a
-  1970 outlier; tshark shows no time for them.  Their caplen is
-  min(origlen, snaplen of the section's interface 0, room in the block).
-- pcapng interface ids are made file-wide: section 2's interface 0 gets the next
-  index after section 1's interfaces (tshark 4.0 reuses the section-local id).
-- NRB, ISB, DSB, custom and systemd-journal blocks are skipped silently; blocks of
-  unknown type are skipped with a warning.  tshark 4.0 lists custom blocks as
-  frames; capinfos (and we) count only packets.
+- Link types tshark refuses (Juniper 164, DSA 284, MFR 182, FCS bits as in
+  0x30000084) are read like any other, with the raw value (tcpdump agrees on the
+  counts).  Reserved link-type bits (0x00300000) are a warning, not a refusal.
+  Pseudo-headers stay in ``data`` (tshark strips SunATM's 4 bytes from the lengths).
+- pcap major version != 2 is NotACaptureError (as tshark); minor != 4 a warning.
+  pcapng SHB versions 1.0 and 1.2 are read (as Wireshark); others are
+  NotACaptureError in the first section and a stop with ``error`` later on.
+- A block whose trailing length differs from its leading one, a packet naming a
+  missing interface, or caplen > 256 MiB or beyond its block stops reading (tshark
+  stops too).  An option running past its block is a warning and the block's
+  remaining options are dropped (tshark gives up on the file; we keep the packet).
+- Out-of-range timestamp fractions (µs >= 1e6, ns >= 1e9) are added arithmetically
+  (``sec * 1e9 + frac * unit``) with a warning; tshark prints them unnormalised
+  ("1418145370.1000000000").  caplen > snaplen or > origlen: yielded, warned.
+- pcapng timestamps are exact ints even beyond signed 64-bit ns: the keylog corpus
+  file has 100 packets at ~1.8e22 ns (tshark shows the same), so each gets a
+  "ts-range" warning for stores with int64 columns.
+- Simple Packet Blocks have no timestamp: they get the previous packet's (0 if
+  none), which keeps a store's time range sane; tshark shows no time.  caplen =
+  min(origlen, snaplen of interface 0, room in the block).
+- pcapng interface ids are file-wide: section 2's interface 0 gets the next index
+  (tshark 4.0 reuses the section-local id).  Option strings end at their first NUL.
+- NRB, ISB, DSB, custom and journal blocks are skipped quietly, unknown block types
+  with a warning; tshark 4.0 lists custom blocks as frames, capinfos and we do not.
 """
 
 from __future__ import annotations
@@ -54,23 +44,24 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from itertools import islice
-from typing import Iterator
 
 __all__ = ["NotACaptureError", "Interface", "Record", "CaptureReader"]
 
 MAX_CAPLEN = 256 << 20  # beyond this a length field is garbage, not a packet
 _I64 = 1 << 63  # pcapng ticks can exceed signed 64-bit ns (year 2262): worth a warning
+_NS = 1_000_000_000
 _WARN_EACH = 5
-_PCAPNG_SHB = 0x0A0D0D0A
-_BOM = 0x1A2B3C4D
-# first four bytes read little-endian -> (format, byte order, ns per fraction unit, record header size)
+_SHB = 0x0A0D0D0A  # palindromic: reads the same in either byte order
+_BOMS = {0x1A2B3C4D: "<", 0x4D3C2B1A: ">"}  # the SHB byte-order magic read little-endian
+# first 4 bytes read little-endian -> (format, byte order, ns per fraction unit, header size)
 _PCAP_MAGICS = {
     0xA1B2C3D4: ("pcap", "<", 1000, 16), 0xD4C3B2A1: ("pcap", ">", 1000, 16),
     0xA1B23C4D: ("pcap-ns", "<", 1, 16), 0x4D3CB2A1: ("pcap-ns", ">", 1, 16),
     0xA1B2CD34: ("pcap-modified", "<", 1000, 24), 0x34CDB2A1: ("pcap-modified", ">", 1000, 24),
 }
-# block types we skip without a warning: NRB, ISB, systemd journal, DSB, custom blocks
+# skipped without a warning: NRB, ISB, systemd journal, DSB, custom blocks
 _QUIET_BLOCKS = {4, 5, 9, 0x0A, 0x0BAD, 0x40000BAD}
 
 
@@ -79,23 +70,23 @@ class NotACaptureError(ValueError):
 
 
 class Interface:
-    """One capture interface (pcap: the single file-wide one; pcapng: one per IDB)."""
+    """One capture interface (pcap: the single file-wide one; pcapng: one per IDB).
+
+    ``linktype`` is the raw stored value (a pcap header's FCS bits included);
+    ``tsresol_ns`` is ns per tick, 0 when a tick is not a whole number of ns
+    (then see ``ticks_per_second``); ``tsoffset`` is pcapng's if_tsoffset in seconds.
+    """
 
     __slots__ = ("name", "linktype", "tsresol_ns", "snaplen", "description",
                  "ticks_per_second", "tsoffset", "section")
 
     def __init__(self, linktype, snaplen, ticks_per_second=1_000_000, tsoffset=0,
                  name=None, description=None, section=0):
-        self.name = name
-        self.linktype = linktype  # raw value as stored (pcap: FCS bits included)
-        self.snaplen = snaplen
-        self.description = description
-        self.ticks_per_second = ticks_per_second
-        self.tsoffset = tsoffset  # seconds added to every timestamp (if_tsoffset)
-        self.section = section
-        # ns per tick; 0 when a tick is not a whole number of ns (see ticks_per_second)
-        whole = 1_000_000_000 % ticks_per_second == 0
-        self.tsresol_ns = 1_000_000_000 // ticks_per_second if whole else 0
+        self.name, self.description, self.section = name, description, section
+        self.linktype, self.snaplen = linktype, snaplen
+        self.ticks_per_second, self.tsoffset = ticks_per_second, tsoffset
+        whole = _NS % ticks_per_second == 0
+        self.tsresol_ns = _NS // ticks_per_second if whole else 0
 
     def __repr__(self):
         return (f"Interface(name={self.name!r}, linktype={self.linktype}, "
@@ -103,13 +94,18 @@ class Interface:
 
 
 class Record:
-    """One packet record; ``iface`` indexes ``CaptureReader.interfaces``."""
+    """One packet record; ``iface`` indexes ``CaptureReader.interfaces``.
+
+    ``comment``, ``pid``/``tid`` (epb_processid_threadid) and ``flags`` (epb_flags;
+    direction = flags & 3: 1 inbound, 2 outbound) come from pcapng options, else None.
+    """
 
     __slots__ = ("ts_ns", "caplen", "origlen", "linktype", "iface", "data",
                  "comment", "pid", "tid", "flags")
 
     def __init__(self, ts_ns, caplen, origlen, linktype, iface, data,
                  comment=None, pid=None, tid=None, flags=None):
+        # one assignment per line: a tuple assignment costs ~8 % of the read loop
         self.ts_ns = ts_ns
         self.caplen = caplen
         self.origlen = origlen
@@ -119,26 +115,11 @@ class Record:
         self.comment = comment
         self.pid = pid
         self.tid = tid
-        self.flags = flags  # epb_flags; direction = flags & 3 (1 in, 2 out)
+        self.flags = flags
 
     def __repr__(self):
         return (f"Record(ts_ns={self.ts_ns}, caplen={self.caplen}, origlen={self.origlen}, "
                 f"iface={self.iface}, linktype={self.linktype})")
-
-
-def _options(buf, start, end, e):
-    """Parse pcapng options in buf[start:end] -> ([(code, value bytes)], problem or None)."""
-    out = []
-    hdr = struct.Struct(e + "HH").unpack_from
-    while start + 4 <= end:
-        code, length = hdr(buf, start)
-        if code == 0:
-            break
-        if start + 4 + length > end:
-            return out, f"option {code} of length {length} runs past its block"
-        out.append((code, bytes(buf[start + 4:start + 4 + length])))
-        start += 4 + ((length + 3) & ~3)
-    return out, None
 
 
 def _text(raw):
@@ -147,25 +128,34 @@ def _text(raw):
     return raw.partition(b"\0")[0].decode("utf-8", "replace")
 
 
+def _at(off, n):
+    return f"at byte {off} (packet {n + 1})"
+
+
+def _shb_version(buf, off, e):
+    """None if the section header's version is one we read, else "major.minor"."""
+    major, minor = struct.unpack_from(e + "HH", buf, off + 12)
+    return None if major == 1 and minor in (0, 2) else f"{major}.{minor}"
+
+
 class CaptureReader:
     """Iterate the packet records of a pcap or pcapng file, surviving damage.
 
-    Iterating (``for rec in reader``) or ``iter_batches`` continues one shared pass;
-    ``interfaces`` grows as pcapng IDBs are read.
+    ``for rec in reader`` and ``iter_batches`` continue one shared pass (like a
+    file object); ``interfaces`` grows as pcapng IDBs are read; ``packets`` and
+    ``bytes_done`` (of ``size``) tell the progress.
     """
 
     def __init__(self, path: str):
         self.path = path
+        self.format = ""
         self.interfaces: list[Interface] = []
         self.section_comments: list[str] = []
         self.error: str | None = None
         self.warnings: list[str] = []
-        self.bytes_done = 0
-        self.packets = 0
+        self.bytes_done = self.packets = 0
         self._warn_counts: dict[str, int] = {}
-        self._gen = None
-        self._gen_tuples = None
-        self._mm = None
+        self._gen = self._gen_tuples = self._mm = None
         self._file = open(path, "rb")
         try:
             self.size = os.fstat(self._file.fileno()).st_size
@@ -177,60 +167,52 @@ class CaptureReader:
     def _open(self):
         size = self.size
         if size < 4:
-            raise NotACaptureError(f"not a capture file: {'empty file' if not size else f'only {size} bytes'}")
+            what = f"only {size} bytes" if size else "empty file"
+            raise NotACaptureError(f"not a capture file: {what}")
         self._mm = buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(buf, "madvise"):  # one forward pass: let the kernel read ahead
             buf.madvise(mmap.MADV_SEQUENTIAL)
         (magic,) = struct.unpack_from("<I", buf, 0)
-        if magic == _PCAPNG_SHB:
+        if magic == _SHB:
             self.format = "pcapng"
             if size < 28:
-                raise NotACaptureError(f"not a capture file: only {size} bytes, too short for a pcapng section header")
-            e = self._shb_order(buf, 0)
+                raise NotACaptureError(f"not a capture file: only {size} bytes, too short for "
+                                       "a pcapng section header")
+            e = _BOMS.get(struct.unpack_from("<I", buf, 8)[0])
             if e is None:
-                raise NotACaptureError("not a capture file: pcapng section header has a bad byte-order magic")
-            version = self._shb_version(buf, 0, e)
+                raise NotACaptureError("not a capture file: pcapng section header has a bad "
+                                       "byte-order magic")
+            version = _shb_version(buf, 0, e)
             if version is not None:
                 raise NotACaptureError(f"not a capture file: pcapng: unknown SHB version {version}")
             return
         if magic not in _PCAP_MAGICS:
             hint = " (gzip-compressed: decompress it first)" if buf[:2] == b"\x1f\x8b" else ""
-            raise NotACaptureError(f"not a capture file: unknown magic 0x{bytes(buf[:4]).hex()}{hint}")
-        self.format, e, self._unit, self._rhl = _PCAP_MAGICS[magic]
+            raise NotACaptureError(f"not a capture file: unknown magic 0x{buf[:4].hex()}{hint}")
+        self.format, self._e, self._unit, self._rhl = _PCAP_MAGICS[magic]
         if size < 24:
-            raise NotACaptureError(f"not a capture file: only {size} bytes, too short for a pcap file header")
-        major, minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(e + "HHiIII", buf, 4)
+            raise NotACaptureError(f"not a capture file: only {size} bytes, too short for a pcap "
+                                   "file header")
+        major, minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(
+            self._e + "HHiIII", buf, 4)
         if major != 2:
             raise NotACaptureError(f"not a capture file: pcap: major version {major} unsupported")
         if minor != 4:
             self._warn("version", f"non-standard pcap version {major}.{minor}")
         if linktype & 0x03FF0000:
-            self._warn("linktype", f"reserved bits of the link-type field are set (0x{linktype:08x})")
+            self._warn("linktype", f"reserved link-type bits are set (0x{linktype:08x})")
         if snaplen > MAX_CAPLEN:
             self._warn("snaplen", f"implausible snaplen {snaplen} in the file header (ignored)")
-        self._e = e
-        self.interfaces.append(Interface(linktype, snaplen, 1_000_000_000 // self._unit))
+        self.interfaces.append(Interface(linktype, snaplen, _NS // self._unit))
         self.bytes_done = 24
 
-    @staticmethod
-    def _shb_order(buf, off):
-        (bom,) = struct.unpack_from("<I", buf, off + 8)
-        return "<" if bom == _BOM else ">" if bom == 0x4D3C2B1A else None
-
-    @staticmethod
-    def _shb_version(buf, off, e):
-        """None if the SHB version is readable, else 'major.minor'."""
-        major, minor = struct.unpack_from(e + "HH", buf, off + 12)
-        return None if major == 1 and minor in (0, 2) else f"{major}.{minor}"
-
     def _warn(self, kind, msg):
-        n = self._warn_counts.get(kind, 0) + 1
-        self._warn_counts[kind] = n
+        n = self._warn_counts[kind] = self._warn_counts.get(kind, 0) + 1
         if n <= _WARN_EACH:
             self.warnings.append(msg)
 
     def _finish(self):
-        # summarise warnings that were cut off so the list stays short on big files
+        # summarise the warnings that were cut off, so the list stays short on big files
         for kind, n in self._warn_counts.items():
             if n > _WARN_EACH:
                 self.warnings.append(f"... and {n - _WARN_EACH} more '{kind}' warnings")
@@ -249,9 +231,13 @@ class CaptureReader:
     def __iter__(self) -> Iterator[Record]:
         return self._records(False)
 
-    def iter_batches(self, n: int = 4096, *, tuples: bool = False):
+    def iter_batches(self, n: int = 1024, *, tuples: bool = False):
         """Yield lists of up to ``n`` records; ``tuples=True`` gives plain tuples
-        ``(ts_ns, caplen, origlen, linktype, iface, data, comment, pid, tid, flags)``."""
+        ``(ts_ns, caplen, origlen, linktype, iface, data, comment, pid, tid, flags)``.
+
+        Batches of about a thousand were measured fastest: bigger ones fall out of
+        the CPU cache.
+        """
         gen = self._records(tuples)
         while True:
             batch = list(islice(gen, n))
@@ -261,28 +247,28 @@ class CaptureReader:
 
     def _iter_pcap(self, tuples):
         buf, size, rhl, unit = self._mm, self.size, self._rhl, self._unit
-        iface = self.interfaces[0]
-        linktype, snaplen = iface.linktype, iface.snaplen or MAX_CAPLEN
-        limit = 1_000_000_000 // unit  # first invalid value of the fraction field
+        linktype, snaplen = self.interfaces[0].linktype, self.interfaces[0].snaplen or MAX_CAPLEN
+        limit = _NS // unit  # first invalid value of the fraction-of-second field
         unpack = struct.Struct(self._e + "IIII").unpack_from
         off, n = 24, 0
         try:
             while off < size:
                 if off + rhl > size:
-                    self.error = (f"truncated record header at byte {off} (packet {n + 1}): file ends "
-                                  f"{size - off} bytes into a {rhl}-byte header")
+                    self.error = (f"truncated record header at byte {off} (packet {n + 1}): "
+                                  f"file ends {size - off} bytes into a {rhl}-byte header")
                     break
                 sec, frac, caplen, origlen = unpack(buf, off)
                 end = off + rhl + caplen
                 if end > size or caplen > MAX_CAPLEN:
-                    if caplen > MAX_CAPLEN:
-                        self.error = f"absurd caplen {caplen} at byte {off} (packet {n + 1})"
-                    else:
-                        self.error = (f"truncated packet record at byte {off} (packet {n + 1}): file ends "
-                                      f"{size - off} bytes into a {rhl + caplen}-byte record")
+                    self.error = (
+                        f"absurd caplen {caplen} at byte {off} (packet {n + 1})"
+                        if caplen > MAX_CAPLEN else
+                        f"truncated packet record at byte {off} (packet {n + 1}): file ends "
+                        f"{size - off} bytes into a {rhl + caplen}-byte record")
                     break
                 if frac >= limit:
-                    self._warn("timestamp", f"packet {n + 1}: fraction-of-second field {frac} out of range")
+                    self._warn("timestamp", f"packet {n + 1}: fraction-of-second field {frac} "
+                                            "out of range")
                 if caplen > snaplen:
                     self._warn("snaplen", f"packet {n + 1}: caplen {caplen} > snaplen {snaplen}")
                 if caplen > origlen:
@@ -292,75 +278,71 @@ class CaptureReader:
                 self.packets = n
                 self.bytes_done = off = end
                 if tuples:
-                    yield (sec * 1_000_000_000 + frac * unit, caplen, origlen, linktype, 0, data,
+                    yield (sec * _NS + frac * unit, caplen, origlen, linktype, 0, data,
                            None, None, None, None)
                 else:
-                    yield Record(sec * 1_000_000_000 + frac * unit, caplen, origlen, linktype, 0, data)
+                    yield Record(sec * _NS + frac * unit, caplen, origlen, linktype, 0, data)
         finally:
             self._finish()
 
     def _iter_pcapng(self, tuples):
         buf, size = self._mm, self.size
-        ifaces = self.interfaces
         conv = []  # per file-wide interface: (linktype, mult, div, offset_ns, snaplen)
         local = []  # this section's interface ids -> file-wide ids
         e = "<"
         hdr = struct.Struct("<II").unpack_from
-        u32 = epb = None  # set by the first section header
+        u32 = epb = None  # set by the first section header, which _open checked is there
         off, n, last_ts, section = 0, 0, 0, -1
         try:
             while off < size:
                 if off + 12 > size:
-                    self.error = (f"truncated block header at byte {off} (packet {n + 1}): "
-                                  f"file ends {size - off} bytes into a block header")
+                    self.error = (f"truncated block header {_at(off, n)}: file ends "
+                                  f"{size - off} bytes into a block header")
                     break
                 btype, blen = hdr(buf, off)
-                if btype == _PCAPNG_SHB:  # palindromic: reads the same in either byte order
-                    # a section header (re)sets the byte order and the interface numbering
-                    e = self._shb_order(buf, off) if off + 12 <= size else None
+                if btype == _SHB:  # a section (re)sets byte order and interface numbering
+                    e = _BOMS.get(struct.unpack_from("<I", buf, off + 8)[0])
                     if e is None:
                         self.error = f"section header at byte {off} has a bad byte-order magic"
                         break
-                    hdr, u32, epb = (struct.Struct(e + f).unpack_from for f in ("II", "I", "IIIII"))
+                    hdr, u32, epb = (struct.Struct(e + f).unpack_from for f in ("II", "I", "5I"))
                     btype, blen = hdr(buf, off)
+                end = off + blen
                 if blen < 12 or blen & 3:
                     self.error = f"corrupt block at byte {off}: block length {blen}"
                     break
-                end = off + blen
                 if end > size:
-                    self.error = (f"truncated block at byte {off} (packet {n + 1}): file ends "
-                                  f"{size - off} bytes into a {blen}-byte block of type 0x{btype:x}")
+                    self.error = (f"truncated block {_at(off, n)}: file ends {size - off} "
+                                  f"bytes into a {blen}-byte block of type 0x{btype:x}")
                     break
                 if u32(buf, end - 4)[0] != blen:
-                    self.error = (f"corrupt block at byte {off}: trailing length {u32(buf, end - 4)[0]} "
-                                  f"!= leading length {blen}")
+                    self.error = (f"corrupt block at byte {off}: trailing length "
+                                  f"{u32(buf, end - 4)[0]} != leading length {blen}")
                     break
                 if btype == 6 or btype == 2:  # EPB, or the obsolete Packet Block
                     if blen < 32:
                         self.error = f"corrupt packet block at byte {off}: block length {blen}"
                         break
-                    if btype == 6:
-                        if_id, hi, lo, caplen, origlen = epb(buf, off + 8)
-                    else:
-                        if_id, hi, lo, caplen, origlen = epb(buf, off + 8)
-                        if_id = if_id & 0xFFFF if e == "<" else if_id >> 16  # u16 id + u16 drops
+                    if_id, hi, lo, caplen, origlen = epb(buf, off + 8)
+                    if btype == 2:  # u16 interface id + u16 drop count
+                        if_id = if_id & 0xFFFF if e == "<" else if_id >> 16
                     if if_id >= len(local):
-                        self.error = (f"packet block at byte {off} (packet {n + 1}) names interface "
-                                      f"{if_id}, but the section has {len(local)}")
+                        self.error = (f"packet block {_at(off, n)} names interface {if_id}, "
+                                      f"but the section has {len(local)}")
                         break
-                    data_end = off + 28 + caplen
                     if caplen > blen - 32:
-                        self.error = (f"absurd caplen {caplen} at byte {off} (packet {n + 1}): "
-                                      f"larger than its {blen}-byte block")
+                        self.error = (f"absurd caplen {caplen} {_at(off, n)}: larger than its "
+                                      f"{blen}-byte block")
                         break
                     gi = local[if_id]
                     linktype, mult, div, tsoff, snaplen = conv[gi]
                     ticks = hi << 32 | lo
                     ts = (ticks * mult if div == 1 else ticks * mult // div) + tsoff
+                    data_end = off + 28 + caplen
                     comment = pid = tid = flags = None
-                    opt_at = data_end + (-caplen & 3)
-                    if opt_at < end - 4:
-                        comment, pid, tid, flags = self._packet_options(buf, opt_at, end - 4, e, n + 1)
+                    if data_end + (-caplen & 3) < end - 4:
+                        comment, pid, tid, flags = self._packet_options(
+                            buf, data_end + (-caplen & 3), end - 4, e, n + 1)
                 elif btype == 3:  # SPB: no interface id, no timestamp (see Decisions)
                     if not local or blen < 16:
                         self.error = f"simple packet block at byte {off} without an interface"
@@ -374,21 +356,24 @@ class CaptureReader:
                 else:
                     if btype == 1:
                         self._read_idb(buf, off, end, e, conv, local, section)
-                    elif btype == _PCAPNG_SHB:
-                        version = self._shb_version(buf, off, e) if blen >= 28 else f"(block of {blen} bytes)"
+                    elif btype == _SHB:
+                        version = _shb_version(buf, off, e) if blen >= 28 else "(too short)"
                         if version is not None:
-                            self.error = f"section header at byte {off}: unknown SHB version {version}"
+                            self.error = (f"section header at byte {off}: unknown SHB "
+                                          f"version {version}")
                             break
                         local, section = [], section + 1
-                        for code, raw in self._block_options(buf, off + 24, end - 4, e, "SHB"):
+                        for code, raw in self._options(buf, off + 24, end - 4, e, "SHB"):
                             if code == 1:
                                 self.section_comments.append(_text(raw))
                     elif btype not in _QUIET_BLOCKS:
-                        self._warn("block", f"skipped block of unknown type 0x{btype:08x} at byte {off}")
+                        self._warn("block", f"skipped block of unknown type 0x{btype:08x} "
+                                            f"at byte {off}")
                     self.bytes_done = off = end
                     continue
                 if not -_I64 <= ts < _I64:
-                    self._warn("ts-range", f"packet {n + 1}: timestamp {ts} ns does not fit 64 bits")
+                    self._warn("ts-range", f"packet {n + 1}: timestamp {ts} ns does not fit "
+                                           "64 bits")
                 if caplen > snaplen > 0:
                     self._warn("snaplen", f"packet {n + 1}: caplen {caplen} > snaplen {snaplen}")
                 if caplen > origlen:
@@ -405,15 +390,25 @@ class CaptureReader:
         finally:
             self._finish()
 
-    def _block_options(self, buf, start, end, e, what):
-        opts, problem = _options(buf, start, end, e)
-        if problem:
-            self._warn("option", f"{what} at byte {start}: {problem}; rest of its options ignored")
-        return opts
+    def _options(self, buf, start, end, e, what):
+        """pcapng options in buf[start:end] as [(code, bytes)]; an overrun is a warning."""
+        out = []
+        head = struct.Struct(e + "HH").unpack_from
+        while start + 4 <= end:
+            code, length = head(buf, start)
+            if code == 0:
+                break
+            if start + 4 + length > end:
+                self._warn("option", f"{what} at byte {start}: option {code} of length {length} "
+                                     "runs past its block; rest of its options ignored")
+                break
+            out.append((code, buf[start + 4:start + 4 + length]))
+            start += 4 + ((length + 3) & ~3)
+        return out
 
     def _packet_options(self, buf, start, end, e, number):
         comments, pid, tid, flags = [], None, None, None
-        for code, raw in self._block_options(buf, start, end, e, f"packet {number}"):
+        for code, raw in self._options(buf, start, end, e, f"packet {number}"):
             if code == 1:
                 comments.append(_text(raw))
             elif code == 2 and len(raw) == 4:
@@ -426,33 +421,28 @@ class CaptureReader:
         if end - off < 20:
             self._warn("block", f"interface block at byte {off} too short; skipped")
             return
-        linktype, _res, snaplen = struct.unpack_from(e + "HHI", buf, off + 8)
+        linktype, _reserved, snaplen = struct.unpack_from(e + "HHI", buf, off + 8)
         name = description = None
         tps, tsoffset = 1_000_000, 0
-        for code, raw in self._block_options(buf, off + 16, end - 4, e, "interface block"):
+        for code, raw in self._options(buf, off + 16, end - 4, e, "interface block"):
             if code == 2:
                 name = _text(raw)
             elif code == 3:
                 description = _text(raw)
-            elif code == 9 and raw:
-                # MSB clear: 10^-v seconds per tick; MSB set: 2^-v
-                v = raw[0]
-                tps = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+            elif code == 9 and raw:  # if_tsresol: MSB clear 10^-v s per tick, set 2^-v
+                tps = 2 ** (raw[0] & 0x7F) if raw[0] & 0x80 else 10 ** raw[0]
             elif code == 14 and len(raw) == 8:
                 (tsoffset,) = struct.unpack(e + "q", raw)
-        iface = Interface(linktype, snaplen, tps, tsoffset, name, description, section)
-        # ts_ns = ticks * mult // div + offset keeps power-of-2 resolutions exact (floored)
-        if 1_000_000_000 % tps == 0:
-            mult, div = 1_000_000_000 // tps, 1
-        else:
-            mult, div = 1_000_000_000, tps
+        # ts_ns = ticks * mult // div + offset: exact (floored, as Wireshark) for 2^-n too
+        mult, div = (_NS // tps, 1) if _NS % tps == 0 else (_NS, tps)
         local.append(len(self.interfaces))
-        conv.append((linktype, mult, div, tsoffset * 1_000_000_000, snaplen))
-        self.interfaces.append(iface)
+        conv.append((linktype, mult, div, tsoffset * _NS, snaplen))
+        self.interfaces.append(Interface(linktype, snaplen, tps, tsoffset, name, description,
+                                         section))
 
     # ----------------------------------------------------------------- lifetime
     def close(self):
-        """Stop any iteration and release the file."""
+        """Stop any iteration and release the file (safe to call twice)."""
         if self._gen is not None:
             self._gen.close()
         if self._mm is not None:

@@ -117,6 +117,13 @@ def _ipv6_text(b):
 
 def decode_tcp(linktype, frame):
     """(src, sport, dst, dport, seq, ack, flags, payload) or None."""
+    try:
+        return _decode_tcp(linktype, frame)
+    except (struct.error, IndexError, ValueError):
+        return None             # truncated or malformed headers
+
+
+def _decode_tcp(linktype, frame):
     start = _ip_start(linktype, frame)
     if start is None:
         return None
@@ -303,3 +310,41 @@ def split_tcp_streams(path, outdir):
                                     len(frame), len(frame)) + frame)
         out.append((fn, [p for _, _, p in frames if p]))
     return out
+
+
+def write_synthetic_pcap(path, conversations, mss=1460):
+    """Write Ethernet/IPv4/TCP packets for synthetic conversations.
+
+    ``conversations`` is a list of lists of (from_client, bytes); each
+    conversation gets its own client port, a handshake, the data cut into
+    ``mss``-byte segments (each acknowledged by the peer's current sequence
+    number) and FINs.  Checksums are left at zero (tshark does not check them).
+    """
+    def frame(src, dst, sport, dport, seq, ack, flags, payload):
+        tcp = struct.pack(">HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
+                          5 << 4, flags, 65535, 0, 0) + payload
+        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
+                         bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+        return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + tcp
+
+    records, ts = [], 1_700_000_000_000_000_000
+    for n, conv in enumerate(conversations):
+        cl, sv = ("10.1.0.1", 30000 + n), ("10.1.0.2", 80)
+        seq = {True: 1000, False: 9000}
+        pkts = [(True, SYN, b""), (False, SYN | ACK, b""), (True, ACK, b"")]
+        for from_client, data in conv:
+            pkts += [(from_client, ACK, data[i:i + mss]) for i in range(0, len(data), mss)]
+        pkts += [(False, FIN | ACK, b""), (True, FIN | ACK, b""), (False, ACK, b"")]
+        for from_client, flags, payload in pkts:
+            (src, sport), (dst, dport) = (cl, sv) if from_client else (sv, cl)
+            s = seq[from_client] - (1 if flags & SYN else 0)
+            records.append((ts, frame(src, dst, sport, dport, s, seq[not from_client],
+                                      flags, payload)))
+            # ``seq`` holds the next data byte: the SYN sits just before it.
+            seq[from_client] += len(payload) + (1 if flags & FIN else 0)
+            ts += 1_000_000
+    with open(path, "wb") as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
+        for ts, fr in records:
+            f.write(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000,
+                                len(fr), len(fr)) + fr)

@@ -151,3 +151,69 @@ def test_states_busy_and_flush(live_ajax):
     live_ajax.ok("apc_flush", flags=1)
     assert live_ajax.ok("capture_list_completed") == []
     assert live_ajax("capture_get_details", capture_id=cid)["ErrorCode"] == 6
+
+
+def test_resolve_ips_fills_hostnames_in_background(live_ajax, http_server):
+    port, _ = http_server
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}", flags=1)
+    subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], check=True)
+
+    def named():
+        ips = live_ajax.ok("capture_query_ip", capture_id=cap["CaptureId"])
+        return [i for i in ips if i["Ip"] == "127.0.0.1" and i["Hostname"]]
+    found = wait_for(named, what="reverse DNS of 127.0.0.1")
+    assert found[0]["Hostname"] == "localhost" and found[0]["PacketCount"] > 0
+    live_ajax.ok("capture_stop_all")
+    glob = live_ajax.ok("ip_query", ip="127.0.0.1")
+    assert glob["Hostname"] == "localhost" and glob["PacketCount"] > 0
+
+
+def test_ip_data_and_geo(live_ajax, http_server):
+    port, _ = http_server
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
+    subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"], check=True)
+    time.sleep(0.3)
+    live_ajax.ok("capture_stop_all")
+    cid = cap["CaptureId"]
+    live_ajax.ok("ip_set_data", ip="127.0.0.1", capture_id=cid, data="lab box")
+    live_ajax.ok("ip_set_geo", ip="127.0.0.1", capture_id=cid, lat=51.5, lng=-0.12,
+                 country="GB", city="London", hostname="lab")
+    ip = live_ajax.ok("ip_query", ip="127.0.0.1", capture_id=cid)
+    assert (ip["Data"], ip["City"], ip["Lat"], ip["Hostname"]) == ("lab box", "London", 51.5, "lab")
+    assert live_ajax.ok("ip_query", ip="127.0.0.1")["Country"] == "GB"
+    assert live_ajax("ip_set_geo", ip="127.0.0.1", lat=91, lng=0)["ErrorCode"] == 4
+    assert live_ajax("ip_query", ip="not-an-ip")["ErrorCode"] == 4
+    assert live_ajax("ip_query", ip="192.0.2.55")["ErrorCode"] == 6
+
+
+def test_statistics_from_aggregates(live_ajax, http_server):
+    port, _ = http_server
+    live_ajax.ok("stats_reset")
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
+    for _ in range(3):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/hello.txt"],
+                       check=True)
+    time.sleep(0.3)
+    live_ajax.ok("capture_stop_all")
+    cid = cap["CaptureId"]
+    packets = read_all(live_ajax, cid)
+    total = sum(p["Length"] for p in packets)
+    st = live_ajax.ok("stats_by_id", capture_id=cid)
+    assert (st["Packets"], st["Bytes"], st["Connections"]) == (len(packets), total, 3)
+    assert st["Protocols"] == [{"Protocol": 6, "Packets": len(packets), "Bytes": total}]
+    assert st["TopPorts"][0]["Port"] == port and st["TopIps"][0]["Ip"] == "127.0.0.1"
+    assert sum(s["Packets"] for s in st["Series"]) == len(packets)
+    by_port = live_ajax.ok("stats_by_port", capture_id=cid, port=port)
+    assert by_port["Packets"] == len(packets) and by_port["Connections"] == 3
+    assert live_ajax.ok("stats_by_ip", capture_id=cid, ip="127.0.0.1")["Packets"] == len(packets)
+    assert live_ajax.ok("stats_by_protocol", capture_id=cid, protocol=17)["Packets"] == 0
+    start = packets[0]["Time"] - 600_000_000
+    dated = live_ajax.ok("stats_by_date", capture_id=cid, start_dtg=start,
+                         end_dtg=packets[-1]["Time"] + 600_000_000)
+    assert dated["Packets"] == len(packets) and dated["Series"]
+    totals = live_ajax.ok("stats_totals")
+    assert totals["Packets"] == len(packets) and totals["Bytes"] == total
+    live_ajax.ok("stats_reset")
+    assert live_ajax.ok("stats_totals")["Packets"] == 0
+    assert live_ajax("stats_by_date", capture_id=cid, start_dtg=5, end_dtg=1)["ErrorCode"] == 4
+    assert live_ajax("stats_by_port", capture_id=cid, port=70000)["ErrorCode"] == 4

@@ -16,6 +16,9 @@ from apppaccap.pcapfile import CaptureReader
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.pcapng_writer import process_comment
 
+# python-pcapng warns about its own untyped if_tsresol option whenever it touches one
+pytestmark = pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
+
 CORPUS = Path("/work/shared/corpus")
 WELLFORMED = sorted(row["path"] for row in csv.DictReader(
     open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t") if row["path"].startswith("wellformed/"))
@@ -184,9 +187,9 @@ def test_out_of_range_values_raise_valueerror_and_keep_earlier_packets():
     out = io.BytesIO()
     writer = PcapngWriter(out)
     ns, us = writer.add_interface(1), writer.add_interface(1, tsresol_ns=False)
-    far = 18446744073204_126329000_000  # the keylog corpus file's 1.8e22 ns timestamps
+    far = 18446744073204_126329000  # the keylog corpus file's 1.8e22 ns timestamps
     writer.write_packet(us, far, ETH)  # fits as microseconds
-    with pytest.raises(ValueError, match="ts_ns=18446744073204126329000000"):
+    with pytest.raises(ValueError, match="ts_ns=18446744073204126329000"):
         writer.write_packet(ns, far, ETH)
     with pytest.raises(ValueError, match="interface 0"):
         writer.write_packets([(ns, 1, ETH, None, None, None, None, None), (ns, far, ETH, None, None, None, None, None)])

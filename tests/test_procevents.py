@@ -2,6 +2,7 @@
 live run with a real short-lived process."""
 
 import os
+import socket
 import struct
 import subprocess
 import time
@@ -13,17 +14,17 @@ from apppaccap.capture.procevents import ProcEvents
 from apppaccap.capture.procfs import ProcInfo
 
 
-def _event(what, data, seq=0):
+def _event(what, data, seq=0, ack=0):
     ev = struct.pack("=IIQ", what, 1, 123456789) + data
-    cn = struct.pack("=IIIIHH", 1, 1, seq, 0, len(ev), 0) + ev
+    cn = struct.pack("=IIIIHH", 1, 1, seq, ack, len(ev), 0) + ev
     return struct.pack("=IHHII", 16 + len(cn), 3, 0, seq, 0) + cn
 
 
 def test_listen_request_bytes():
-    msg = pe.pack_control(pe.PROC_CN_MCAST_LISTEN, port=77)
+    msg = pe.pack_control(pe.PROC_CN_MCAST_LISTEN, port=77, ack=77)
     assert msg == (
         struct.pack("=IHHII", 40, 3, 0, 0, 77)  # nlmsghdr, type NLMSG_DONE
-        + struct.pack("=IIIIHH", 1, 1, 0, 0, 4, 0)  # cn_msg: CN_IDX_PROC, CN_VAL_PROC, len 4
+        + struct.pack("=IIIIHH", 1, 1, 0, 77, 4, 0)  # cn_msg: CN_IDX_PROC, CN_VAL_PROC, len 4
         + struct.pack("=I", 1)  # PROC_CN_MCAST_LISTEN
     )
 
@@ -38,6 +39,36 @@ def test_parse_fork_exec_exit_comm():
         ("fork", 10, 11, 11), ("exec", 11, 11), ("comm", 11, 11, "renamed"),
         ("exit", 11, 11),
     ]
+
+
+def test_parse_ack():
+    data = _event(0x0, struct.pack("=I", 1), seq=9, ack=4242)
+    assert pe.parse_events(data) == [("ack", 4242, 1)]
+
+
+class AckSocket:
+    """recv() hands out prepared datagrams, then times out."""
+
+    def __init__(self, datagrams):
+        self.datagrams = list(datagrams)
+
+    def recv(self, size):
+        if self.datagrams:
+            return self.datagrams.pop(0)
+        time.sleep(0.01)
+        raise socket.timeout
+
+
+def test_subscription_is_confirmed_by_the_kernel_ack(monkeypatch):
+    monkeypatch.setattr(pe, "read_process", lambda pid, root: _info(pid))
+    ev = ProcEvents()
+    ok = AckSocket([_event(0x2, struct.pack("=II", 9, 9)),  # raced the ack: still handled
+                    _event(0x0, struct.pack("=I", 0), ack=1),  # another listener's ack
+                    _event(0x0, struct.pack("=I", 0), ack=77)])
+    assert ev._await_ack(ok, 77) == "" and ev.info(9) is not None
+    refused = AckSocket([_event(0x0, struct.pack("=I", 1), ack=77)])  # EPERM
+    assert ev._await_ack(refused, 77) == os.strerror(1)
+    assert ev._await_ack(AckSocket([]), 77, timeout=0.05) == "no acknowledgement from the kernel"
 
 
 def test_parse_ignores_truncated_and_foreign_messages():

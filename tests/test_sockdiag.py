@@ -173,9 +173,10 @@ def test_shared_udp_port_is_ambiguous_but_bound_address_wins():
     assert k.lookup(17, "10.0.0.5", 5353, "10.0.0.9", 5353) == (43, 0)
 
 
-def test_mixed_families_are_not_looked_up():
-    k = KernelStandIn([])
+def test_mixed_families_and_other_protocols_are_not_looked_up():
+    k = KernelStandIn([E(1, "127.0.0.1", 0, "127.0.0.1", 0, 7, 5)])
     assert k.candidates(6, "::1", 1, "127.0.0.1", 2) == []
+    assert k.candidates(1, "127.0.0.1", 0, "127.0.0.1", 0) == []  # ICMP
 
 
 # --- live: sockets this test opens ---------------------------------------------------------

@@ -14,7 +14,9 @@ from apppaccap.capture.adapters import list_adapters
 @action(JSON, public=True)
 def apppaccap(ctx) -> dict:
     """Information about this installation, with every protocol constant under `Constants`."""
-    geo = bool(ctx.settings.get("geoip_db"))
+    import os
+    geo_path = ctx.settings.get("geoip_db") or ""
+    geo = bool(geo_path) and os.path.isfile(geo_path)
     return {
         "Version": 1, "AppPacCap": __version__, "Licensed": 1, "LicenseType": "open source",
         "MachineName": ctx.machine_name, "OS": f"{platform.system()} {platform.release()}",

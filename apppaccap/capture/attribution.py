@@ -10,8 +10,10 @@ existed before the capture or were missed.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -23,18 +25,20 @@ log = logging.getLogger(__name__)
 PENDING = None          # status(): not answered yet
 MAX_FLOWS = 200_000     # LRU bound of the flow table
 RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
+RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned
 
 
 class Attribution:
     """Shared by every live capture; started with the first one."""
 
     def __init__(self, backend, book, *, idle_grace: float = 15.0, sweep_interval: float = 1.0,
-                 clock=time.monotonic, is_local=None):
+                 clock=time.monotonic, is_local=None, boost: bool = True):
         self.backend = backend
         self.book = book
         self.idle_grace = idle_grace
         self.sweep_interval = sweep_interval
         self.clock = clock
+        self.boost = boost  # real-time priority for the resolver thread (notes §5(a) trick 4)
         # both ends local (loopback): the originator's socket may not be findable yet
         self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")
         self.flows: OrderedDict = OrderedDict()  # key → [labels | PENDING, resolved_at, seen_at]
@@ -54,6 +58,10 @@ class Attribution:
             if self.users > 1:
                 return
         self._stop.clear()
+        # A thread waiting for the GIL waits up to the switch interval (5 ms by default);
+        # the resolver races short-lived processes, so hand the GIL over faster.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, 0.0005))
         self.backend.start()
         for name, fn in (("resolver", self._resolver), ("sweeper", self._sweeper)):
             t = threading.Thread(target=fn, name=f"attribution-{name}", daemon=True)
@@ -71,6 +79,7 @@ class Attribution:
             t.join(5)
         self._threads.clear()
         self.backend.stop()
+        sys.setswitchinterval(self._switch)
 
     # -- the pipeline's side -------------------------------------------------
     def status(self, key5: tuple, syn: bool = False):
@@ -101,14 +110,24 @@ class Attribution:
 
     # -- resolver ------------------------------------------------------------
     def _resolver(self):
-        boost = getattr(self.backend, "boost_current_thread", None)
-        if boost is not None:
+        if self.boost:
+            from apppaccap.capture.owners import boost_current_thread
             try:
-                boost()
+                boost_current_thread()
             except Exception:  # noqa: BLE001 - priority is an optimisation only
                 log.debug("could not raise resolver priority", exc_info=True)
+        delayed: list = []  # heap of (due, seq, item): retries that must not block others
+        seq = 0
         while not self._stop.is_set():
-            item = self._queue.get()
+            now = self.clock()
+            if delayed and delayed[0][0] <= now:
+                item = heapq.heappop(delayed)[2]
+            else:
+                timeout = max(0.0, delayed[0][0] - now) if delayed else None
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    continue
             if item is None:
                 break
             key5, fk, asked = item[:3]
@@ -116,12 +135,14 @@ class Attribution:
             try:
                 _, src, sport, dst, dport = key5
                 owners = self.backend.resolve(*key5)
-                if attempt < 3 and not any(o.local_is_src for o in owners) and \
-                        self.is_local(src) and (owners or self.is_local(dst)):
-                    # The originator is local but not found yet (a process that exec'd a
-                    # moment ago): ask again shortly rather than settle for the peer.
-                    time.sleep(0.002 * (attempt + 1))
-                    self._queue.put((key5, fk, asked, attempt + 1))
+                src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
+                if attempt < RETRIES and (not owners or src_missing):
+                    # Nobody found yet, or the local originator missing (a process that
+                    # exec'd a moment ago; a server whose socket appears after the handshake):
+                    # ask again in a few ms while the pipeline holds the flow's packets.
+                    seq += 1
+                    due = self.clock() + 0.002 * (attempt + 1)
+                    heapq.heappush(delayed, (due, seq, (key5, fk, asked, attempt + 1)))
                     continue
                 labels = self._labels_for(
                     (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)

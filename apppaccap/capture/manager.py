@@ -45,8 +45,18 @@ class CaptureManager:
         self.sessions: dict[int, CaptureSession] = {}
         self._owners = owners
         self._attribution = None
+        self._ip_resolver = None
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
+
+    @property
+    def ip_resolver(self):
+        if self._ip_resolver is None:
+            from apppaccap.geo import IpResolver
+            from apppaccap.geo import open_geo_db
+            self._ip_resolver = IpResolver(self.catalog,
+                                           open_geo_db(self.ctx.settings.get("geoip_db")))
+        return self._ip_resolver
 
     @property
     def attribution(self):
@@ -97,6 +107,8 @@ class CaptureManager:
         session = CaptureSession(capture_id, handles, db, self.attribution, target, self.catalog,
                                  local_ips=local_addresses(), hold_ms=hold,
                                  on_stats=self._global_stats)
+        if flags & FLAG_RESOLVE_IPS:
+            session.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
         with self._lock:
             self.sessions[capture_id] = session
         session.start()

@@ -8,13 +8,15 @@ exec'd last are where a brand-new socket most probably is, so they are scanned f
 EXIT arrives after the kernel closed the process's files (do_exit() runs exit_files()
 first), so it cannot be used to grab sockets; it only marks the pid dead.
 
-Needs CAP_NET_ADMIN and the initial network namespace; pids are those of the initial pid
-namespace. Without it, start() returns False and callers fall back to polling.
+Needs the initial user, pid and network namespaces, and CAP_NET_ADMIN on kernels before
+6.6 (6.18 here accepts an unprivileged listener). start() waits for the kernel's ack and
+returns False when it is refused; callers then fall back to polling.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -35,6 +37,7 @@ PROC_CN_MCAST_IGNORE = 2
 NLMSG_DONE = 3
 SO_RCVBUFFORCE = 33
 
+PROC_EVENT_NONE = 0x00000000  # the kernel's ack of a LISTEN/IGNORE request
 PROC_EVENT_FORK = 0x00000001
 PROC_EVENT_EXEC = 0x00000002
 PROC_EVENT_COMM = 0x00000200
@@ -49,28 +52,32 @@ PIDS2 = struct.Struct("=II")
 PIDS4 = struct.Struct("=IIII")
 
 
-def pack_control(op: int, seq: int = 0, port: int = 0) -> bytes:
-    """nlmsghdr + cn_msg + u32 op: subscribe (LISTEN) or unsubscribe (IGNORE)."""
+def pack_control(op: int, seq: int = 0, port: int = 0, ack: int = 0) -> bytes:
+    """nlmsghdr + cn_msg + u32 op: subscribe (LISTEN) or unsubscribe (IGNORE).
+    The kernel's reply carries cn_msg.ack = `ack` + 1, which is how we recognise it."""
     payload = struct.pack("=I", op)
-    cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, seq, 0, len(payload), 0) + payload
+    cn = CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, seq, ack, len(payload), 0) + payload
     return NLMSGHDR.pack(NLMSGHDR.size + len(cn), NLMSG_DONE, 0, seq, port) + cn
 
 
 def parse_events(data: bytes) -> list[tuple]:
     """Decode one datagram into events:
     ("fork", parent_tgid, child_pid, child_tgid), ("exec", pid, tgid),
-    ("exit", pid, tgid), ("comm", pid, tgid, comm); others are skipped."""
+    ("exit", pid, tgid), ("comm", pid, tgid, comm), ("ack", cn_msg.ack, errno); others
+    are skipped."""
     out: list[tuple] = []
     off = 0
     while off + EVENT_OFF + EVENT_HEAD.size <= len(data):
         length = NLMSGHDR.unpack_from(data, off)[0]
         if length < DATA_OFF or off + length > len(data):
             break
-        idx, val = CN_MSG.unpack_from(data, off + NLMSGHDR.size)[:2]
+        idx, val, _seq, ack = CN_MSG.unpack_from(data, off + NLMSGHDR.size)[:4]
         if (idx, val) == (CN_IDX_PROC, CN_VAL_PROC):
             what = EVENT_HEAD.unpack_from(data, off + EVENT_OFF)[0]
             d = off + DATA_OFF
-            if what == PROC_EVENT_FORK:
+            if what == PROC_EVENT_NONE and off + length >= d + 4:
+                out.append(("ack", ack, struct.unpack_from("=I", data, d)[0]))
+            elif what == PROC_EVENT_FORK:
                 _ppid, ptgid, cpid, ctgid = PIDS4.unpack_from(data, d)
                 out.append(("fork", ptgid, cpid, ctgid))
             elif what == PROC_EVENT_EXEC:
@@ -131,11 +138,16 @@ class ProcEvents:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             sock.bind((0, CN_IDX_PROC))  # port 0: the kernel picks a unique one
             sock.settimeout(0.2)  # how long stop() may wait for the thread
-            sock.send(pack_control(PROC_CN_MCAST_LISTEN, port=sock.getsockname()[0]))
+            port = sock.getsockname()[0]
+            sock.send(pack_control(PROC_CN_MCAST_LISTEN, port=port, ack=port))
+            err = self._await_ack(sock, (port + 1) & 0xFFFFFFFF)
         except OSError as e:
+            err = e.strerror or str(e)
+        if err:
             sock.close()
-            log.warning("proc connector subscription failed (%s; needs CAP_NET_ADMIN in "
-                        "the initial network namespace); falling back to polling", e)
+            log.warning("proc connector subscription failed (%s; kernels before 6.6 want "
+                        "CAP_NET_ADMIN, all want the initial user, pid and network "
+                        "namespaces); falling back to polling", err)
             return False
         self._sock = sock
         self._stop.clear()
@@ -143,6 +155,22 @@ class ProcEvents:
                                         daemon=True)
         self._thread.start()
         return True
+
+    def _await_ack(self, sock: socket.socket, ack: int, timeout: float = 1.0) -> str:
+        """"" once the kernel acked our LISTEN, else why not. A refused subscription
+        is not an error on send(): the kernel multicasts an ack carrying EPERM, or
+        nothing at all when nobody else listens - so silence means failure too."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            for ev in parse_events(data):
+                if ev[0] == "ack" and ev[1] == ack:
+                    return os.strerror(ev[2]) if ev[2] else ""
+                self._dispatch(ev)  # an event that raced the ack: keep it
+        return "no acknowledgement from the kernel"
 
     def stop(self) -> None:
         """Unsubscribe and join the listener (bounded by the 0.2 s receive timeout)."""
@@ -208,11 +236,14 @@ class ProcEvents:
                 log.warning("proc connector receive failed: %s", e)
                 break
             for ev in parse_events(data):
-                self.events += 1
-                try:
-                    self._handle(ev)
-                except Exception:  # a failing callback must not kill the listener
-                    log.exception("proc event handler failed for %r", ev)
+                self._dispatch(ev)
+
+    def _dispatch(self, ev: tuple) -> None:
+        self.events += 1
+        try:
+            self._handle(ev)
+        except Exception:  # a failing callback must not kill the listener
+            log.exception("proc event handler failed for %r", ev)
 
     def _handle(self, ev: tuple) -> None:
         kind = ev[0]

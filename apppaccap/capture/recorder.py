@@ -72,6 +72,8 @@ class Recorder:
         self.packets = self.bytes = 0
         self.pending = None  # the last submitted batch's future
         self.on_flush = None  # callable(agg) — e.g. global statistics in the catalog
+        self.on_new_ips = None  # callable(list of IPs first seen in this batch)
+        self._known_ips: set = set()
         self._reset()
 
     def _reset(self):
@@ -226,6 +228,11 @@ class Recorder:
             self.pending = self.db.submit(lambda c: write_batch(c, *args))
             if self.on_flush is not None:
                 self.on_flush(agg)
+            if self.on_new_ips is not None:
+                new = [ip for ip in ips if ip not in self._known_ips]
+                self._known_ips.update(new)
+                if new:
+                    self.on_new_ips(new)
             self._reset()
         if wait and self.pending is not None:
             self.pending.result()

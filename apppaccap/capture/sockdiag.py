@@ -339,6 +339,8 @@ class SockDiag:
         but a connection still waiting in the accept queue belongs to its listener.
         `ifindex` (the capture interface) lets the lookup see SO_BINDTODEVICE sockets.
         """
+        if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+            return []  # other protocols have no inet_diag handler (and ask for a module)
         local_ip, remote_ip = unmap(local_ip), unmap(remote_ip)
         hit = self._exact_any(proto, local_ip, local_port, remote_ip, remote_port, ifindex)
         if hit is None and not ifindex:
@@ -417,7 +419,6 @@ class SockDiag:
                     self._port_cache.clear()
                 self._port_cache[key] = got
         return _rank(got[1], proto, local_ip, hit)
-
 
 
 def _same_tuple(e: SockEntry, local_ip: str, remote_ip: str, remote_port: int) -> bool:

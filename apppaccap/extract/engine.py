@@ -186,7 +186,13 @@ class Extractor:
     out-of-order data per direction, plus small parser buffers (HTTP header
     block at most 64 KiB, FTP lines 8 KiB) and a 64 KiB spool buffer per open
     body.  Bodies larger than ``max_file_bytes`` are truncated and marked
-    incomplete.
+    incomplete.  There is no idle timeout here: a connection's state lives
+    until :meth:`close_conn` (or :meth:`flush`), so the caller should close
+    connections it expires.  Not thread-safe: feed it from one thread.
+
+    The client side of a connection is the sender of the SYN (or the receiver
+    of the SYN+ACK), else the sender of the first packet seen; HTTP roles are
+    re-derived from the bytes, so a wrong guess there does not matter.
     """
 
     def __init__(self, sink, *, max_file_bytes: int = 64 << 20,

@@ -20,7 +20,7 @@ import ipaddress
 import re
 from collections import deque
 
-_HOST_PORT = re.compile(rb"(\d{1,3}),\s*(\d{1,3}),\s*(\d{1,3}),\s*(\d{1,3}),\s*(\d{1,3}),\s*(\d{1,3})")
+_HOST_PORT = re.compile(rb"(\d{1,3})" + rb",\s*(\d{1,3})" * 5)     # h1,h2,h3,h4,p1,p2
 _EXT_PORT = re.compile(rb"\(([\x21-\x7e])\1\1(\d{1,5})\1\)")
 _BYTES = re.compile(rb"\((\d+) bytes\)")
 _TRANSFER = {b"RETR": "download", b"STOR": "upload", b"STOU": "upload", b"APPE": "upload"}

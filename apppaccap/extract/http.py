@@ -15,19 +15,19 @@ A body produces a file event when at least one byte of its body section was on
 the wire (for chunked bodies that includes the final ``0`` chunk), which is
 also when ``tshark --export-objects http`` exports one.  After a gap or a
 framing error a half resynchronises at the next segment that starts like an
-HTTP message.
+HTTP message; if whole responses were lost, the server's ACK number tells
+which queued request the next response answers.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from urllib.parse import unquote
 
 from .mime import Decoder
 from .mime import content_coding
 from .mime import disposition_filename
-
+from .mime import uri_file_name
 
 _METHODS = frozenset(
     b"GET POST PUT HEAD DELETE OPTIONS PATCH TRACE CONNECT PROPFIND PROPPATCH MKCOL COPY "
@@ -324,7 +324,7 @@ class _Half:
         name = disposition_filename(hdrs.get("content-disposition", ""))
         self.meta = dict(
             conn_id=self.conn.conn_id, protocol="http", direction=direction,
-            file_name=name or _uri_name(uri), mime_type=ctype, ts_ns=self.ts, uri=uri,
+            file_name=name or uri_file_name(uri), mime_type=ctype, ts_ns=self.ts, uri=uri,
             host=host, depth=self.count, method=method, status=status,
             declared_size=length if state == LEN else None, content_encoding=enc)
         self.dec = Decoder(enc) if enc in ("gzip", "x-gzip", "deflate") else None
@@ -422,15 +422,3 @@ def _framing(hdrs: dict, response: bool) -> tuple[int, int]:
         if n == 0:
             return HDR, 0
     return (CLOSE, 0) if response else (HDR, 0)
-
-
-def _uri_name(uri: str | None) -> str:
-    """Last path segment of a request URI (percent-decoded), else ``object``."""
-    if not uri:
-        return "object"
-    path = uri.split("#", 1)[0].split("?", 1)[0]
-    if "://" in path:
-        rest = path.split("://", 1)[1]
-        path = rest[rest.find("/"):] if "/" in rest else ""
-    seg = unquote(path.rsplit("/", 1)[-1], errors="replace")
-    return seg or "object"

@@ -151,6 +151,18 @@ def disposition_filename(value: str) -> str | None:
     return name or None
 
 
+def uri_file_name(uri: str | None) -> str:
+    """Last path segment of a request URI (percent-decoded), else ``object``."""
+    if not uri:
+        return "object"
+    path = uri.split("#", 1)[0].split("?", 1)[0]
+    if "://" in path:
+        rest = path.split("://", 1)[1]
+        path = rest[rest.find("/"):] if "/" in rest else ""
+    seg = unquote(path.rsplit("/", 1)[-1], errors="replace")
+    return seg or "object"
+
+
 class Decoder:
     """Incremental gzip / deflate decoding into a Body.
 
