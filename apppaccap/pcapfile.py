@@ -1,42 +1,38 @@
 """Read every capture file we ingest: pcap (µs, ns, "modified") and pcapng.
 
-One pass over a memory-mapped file with ``struct.unpack_from``; each packet record
-becomes a slotted :class:`Record`, or with ``iter_batches(tuples=True)`` a tuple in
-the same field order, ready for ``executemany``.  About 1.2 M records/s on the
-2-core build box (benchmarks/pcapfile.py): the cost is the byte copy and the page
-faults more than the object.  The reader never decodes the link layer.
-
-Damage never raises from iteration: reading stops at the first record that cannot
-be trusted, every record before it has been yielded, and ``error`` says where and
-why.  Oddities that do not stop reading go to ``warnings`` (each kind listed
-``_WARN_EACH`` times, then counted).
+One pass over a memory-mapped file with ``struct.unpack_from``, yielding slotted
+:class:`Record` objects (or, from ``iter_batches(tuples=True)``, tuples in the same
+field order for ``executemany``): ~1.2 M records/s on the 2-core build box
+(benchmarks/pcapfile.py).  The link layer is never decoded.  Damage never raises
+from iteration: reading stops at the first record that cannot be trusted, after
+yielding every record before it, and ``error`` says where and why; oddities that do
+not stop reading go to ``warnings`` (each kind listed ``_WARN_EACH`` times, then counted).
 
 Decisions (checked against ``capinfos -c -M``, tshark 4.0 and tcpdump on the corpus):
 
 - Link types tshark refuses (Juniper 164, DSA 284, MFR 182, FCS bits as in
-  0x30000084) are read like any other, with the raw value (tcpdump agrees on the
-  counts).  Reserved link-type bits (0x00300000) are a warning, not a refusal.
-  Pseudo-headers stay in ``data`` (tshark strips SunATM's 4 bytes from the lengths).
-- pcap major version != 2 is NotACaptureError (as tshark); minor != 4 a warning.
-  pcapng SHB versions 1.0 and 1.2 are read (as Wireshark); others are
-  NotACaptureError in the first section and a stop with ``error`` later on.
-- A block whose trailing length differs from its leading one, a packet naming a
-  missing interface, or caplen > 256 MiB or beyond its block stops reading (tshark
-  stops too).  An option running past its block is a warning and the block's
-  remaining options are dropped (tshark gives up on the file; we keep the packet).
-- Out-of-range timestamp fractions (µs >= 1e6, ns >= 1e9) are added arithmetically
-  (``sec * 1e9 + frac * unit``) with a warning; tshark prints them unnormalised
-  ("1418145370.1000000000").  caplen > snaplen or > origlen: yielded, warned.
-- pcapng timestamps are exact ints even beyond signed 64-bit ns: the keylog corpus
-  file has 100 packets at ~1.8e22 ns (tshark shows the same), so each gets a
-  "ts-range" warning for stores with int64 columns.
-- Simple Packet Blocks have no timestamp: they get the previous packet's (0 if
-  none), which keeps a store's time range sane; tshark shows no time.  caplen =
+  0x30000084) are read with their raw value; tcpdump agrees on the counts.
+  Reserved link-type bits (0x00300000): a warning.  Pseudo-headers stay in
+  ``data`` (tshark strips SunATM's 4 bytes from the lengths).
+- pcap major version != 2, and pcapng SHB versions other than 1.0/1.2 (as Wireshark)
+  are NotACaptureError (a later section's: a stop with ``error``); pcap minor != 4
+  is a warning.
+- Stops: a trailing block length unlike the leading one, a packet naming a missing
+  interface, caplen > 256 MiB or beyond its block (tshark stops too).  An option
+  overrunning its block only drops that block's remaining options, with a warning
+  (tshark gives up on the file).  Option strings end at their first NUL (as tshark).
+- Timestamp fractions out of range (µs >= 1e6, ns >= 1e9) are added arithmetically
+  with a warning; tshark prints them unnormalised ("1418145370.1000000000").
+  caplen > snaplen or > origlen: yielded with a warning.
+- pcapng timestamps are exact ints even past signed 64-bit ns (the keylog corpus
+  file has 100 packets at ~1.8e22 ns, as tshark shows): a "ts-range" warning each.
+- Simple Packet Blocks have no timestamp: they take the previous packet's (0 if
+  none) to keep a store's time range sane; tshark shows none.  Their caplen is
   min(origlen, snaplen of interface 0, room in the block).
 - pcapng interface ids are file-wide: section 2's interface 0 gets the next index
-  (tshark 4.0 reuses the section-local id).  Option strings end at their first NUL.
-- NRB, ISB, DSB, custom and journal blocks are skipped quietly, unknown block types
-  with a warning; tshark 4.0 lists custom blocks as frames, capinfos and we do not.
+  (tshark 4.0 reuses the section-local id).
+- NRB, ISB, DSB, custom and journal blocks are skipped quietly, unknown types with a
+  warning; tshark 4.0 lists custom blocks as frames, capinfos and we do not.
 """
 
 from __future__ import annotations
@@ -87,10 +83,6 @@ class Interface:
         self.ticks_per_second, self.tsoffset = ticks_per_second, tsoffset
         whole = _NS % ticks_per_second == 0
         self.tsresol_ns = _NS // ticks_per_second if whole else 0
-
-    def __repr__(self):
-        return (f"Interface(name={self.name!r}, linktype={self.linktype}, "
-                f"snaplen={self.snaplen}, ticks_per_second={self.ticks_per_second})")
 
 
 class Record:
@@ -165,10 +157,15 @@ class CaptureReader:
             raise
 
     def _open(self):
+        problem = self._check_header()
+        if problem:
+            raise NotACaptureError(f"not a capture file: {problem}")
+
+    def _check_header(self):
+        """Map the file and read its header; return why it is not a capture, or None."""
         size = self.size
         if size < 4:
-            what = f"only {size} bytes" if size else "empty file"
-            raise NotACaptureError(f"not a capture file: {what}")
+            return f"only {size} bytes" if size else "empty file"
         self._mm = buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(buf, "madvise"):  # one forward pass: let the kernel read ahead
             buf.madvise(mmap.MADV_SEQUENTIAL)
@@ -176,27 +173,22 @@ class CaptureReader:
         if magic == _SHB:
             self.format = "pcapng"
             if size < 28:
-                raise NotACaptureError(f"not a capture file: only {size} bytes, too short for "
-                                       "a pcapng section header")
+                return f"only {size} bytes, too short for a pcapng section header"
             e = _BOMS.get(struct.unpack_from("<I", buf, 8)[0])
             if e is None:
-                raise NotACaptureError("not a capture file: pcapng section header has a bad "
-                                       "byte-order magic")
+                return "pcapng section header has a bad byte-order magic"
             version = _shb_version(buf, 0, e)
-            if version is not None:
-                raise NotACaptureError(f"not a capture file: pcapng: unknown SHB version {version}")
-            return
+            return version and f"pcapng: unknown SHB version {version}"
         if magic not in _PCAP_MAGICS:
             hint = " (gzip-compressed: decompress it first)" if buf[:2] == b"\x1f\x8b" else ""
-            raise NotACaptureError(f"not a capture file: unknown magic 0x{buf[:4].hex()}{hint}")
+            return f"unknown magic 0x{buf[:4].hex()}{hint}"
         self.format, self._e, self._unit, self._rhl = _PCAP_MAGICS[magic]
         if size < 24:
-            raise NotACaptureError(f"not a capture file: only {size} bytes, too short for a pcap "
-                                   "file header")
+            return f"only {size} bytes, too short for a pcap file header"
         major, minor, _zone, _sigfigs, snaplen, linktype = struct.unpack_from(
             self._e + "HHiIII", buf, 4)
         if major != 2:
-            raise NotACaptureError(f"not a capture file: pcap: major version {major} unsupported")
+            return f"pcap: major version {major} unsupported"
         if minor != 4:
             self._warn("version", f"non-standard pcap version {major}.{minor}")
         if linktype & 0x03FF0000:
@@ -205,6 +197,7 @@ class CaptureReader:
             self._warn("snaplen", f"implausible snaplen {snaplen} in the file header (ignored)")
         self.interfaces.append(Interface(linktype, snaplen, _NS // self._unit))
         self.bytes_done = 24
+        return None
 
     def _warn(self, kind, msg):
         n = self._warn_counts[kind] = self._warn_counts.get(kind, 0) + 1

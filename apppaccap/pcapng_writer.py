@@ -25,7 +25,7 @@ from pcapng import blocks
 __all__ = ["PcapngWriter", "process_comment"]
 
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, if_id, ts_high, ts_low, caplen, origlen
-_TRAILERS = [struct.Struct("<%dxI" % pad) for pad in range(4)]  # padding + trailing length
+_TRAILERS = [struct.Struct(f"<{pad}xI") for pad in range(4)]  # padding + trailing length
 _OPT_FLAGS = struct.Struct("<HHI")
 _OPT_PIDTID = struct.Struct("<HHII")
 _OPT_HEAD = struct.Struct("<HH")

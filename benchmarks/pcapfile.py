@@ -104,6 +104,13 @@ def write_only(rows, dst):
     return writer.packets
 
 
+def time_write_only(src, out, runs):
+    """Best time of write_only() over ``runs``, rows preloaded from ``src``."""
+    with CaptureReader(src) as reader:
+        rows = [(0, r.ts_ns, r.data, r.origlen, None, None, None, None) for r in reader]
+    return best_of(runs, lambda: write_only(rows, out), fresh=out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=1_000_000)
@@ -119,8 +126,10 @@ def main() -> None:
     print(f"generated {src}: {args.packets} packets, {mb:.1f} MB, {os.cpu_count()} CPUs")
 
     def report(label, seconds, packets, megabytes=mb):
-        print(f"{label:42} {seconds:7.3f} s  {packets / seconds / 1e6:6.2f} M packets/s  "
-              f"{megabytes / seconds:7.1f} MB/s")
+        print(
+            f"{label:42} {seconds:7.3f} s  {packets / seconds / 1e6:6.2f} M packets/s  "
+            f"{megabytes / seconds:7.1f} MB/s"
+        )
 
     read_records(src)  # warm the page cache
     t, n = best_of(args.runs, lambda: read_records(src))
@@ -139,23 +148,24 @@ def main() -> None:
         t, n_attr = best_of(1, lambda: convert(src, out, True), fresh=out)
         t_attr, size_attr = min(t_attr, t), os.path.getsize(out) / 1e6
         if editcap:
-            t, _ = best_of(1, lambda: subprocess.run(
-                [editcap, "-F", "pcapng", src, ref], check=True, capture_output=True), fresh=ref)
+            t, _ = best_of(
+                1,
+                lambda: subprocess.run(
+                    [editcap, "-F", "pcapng", src, ref], check=True, capture_output=True
+                ),
+                fresh=ref,
+            )
             t_ref, size_ref = min(t_ref, t), os.path.getsize(ref) / 1e6
-    with CaptureReader(src) as reader:
-        rows = [(0, r.ts_ns, r.data, r.origlen, None, None, None, None) for r in reader]
-    t_write = float("inf")
-    for _ in range(args.runs):
-        t, n_write = best_of(1, lambda: write_only(rows, out), fresh=out)
-        t_write = min(t_write, t)
-    del rows
+    t_write, n_write = time_write_only(src, out, args.runs)
     report("export: write_packets only (rows in memory)", t_write, n_write, size_plain)
     report("export: pcap -> pcapng (PcapngWriter)", t_plain, n_plain, size_plain)
     report("export: + comment/pid/tid/flags per packet", t_attr, n_attr, size_attr)
     if editcap:
         report("editcap -F pcapng (reference)", t_ref, args.packets, size_ref)
-        print(f"ratio ours/editcap: write-only {t_write / t_ref:.2f}x, pcap->pcapng {t_plain / t_ref:.2f}x, "
-              f"attributed {t_attr / t_ref:.2f}x (target <= 2x)")
+        print(
+            f"ratio ours/editcap: write-only {t_write / t_ref:.2f}x, "
+            f"pcap->pcapng {t_plain / t_ref:.2f}x, attributed {t_attr / t_ref:.2f}x (target <= 2x)"
+        )
     if not args.keep:
         for path in (src, out, ref):
             if os.path.exists(path):

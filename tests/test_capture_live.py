@@ -217,3 +217,34 @@ def test_statistics_from_aggregates(live_ajax, http_server):
     assert live_ajax.ok("stats_totals")["Packets"] == 0
     assert live_ajax("stats_by_date", capture_id=cid, start_dtg=5, end_dtg=1)["ErrorCode"] == 4
     assert live_ajax("stats_by_port", capture_id=cid, port=70000)["ErrorCode"] == 4
+
+
+def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax, http_server,
+                                                                  tmp_path):
+    port, _ = http_server
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
+    curl = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{local_port}",
+                           f"http://127.0.0.1:{port}/hello.txt"], check=True,
+                          capture_output=True, text=True)
+    cport = int(curl.stdout)
+    time.sleep(0.3)
+    live_ajax.ok("capture_stop_all")
+    packets = read_all(live_ajax, cap["CaptureId"])
+    curl_pid = {p["Pid"] for p in packets if cport in (p["SrcPort"], p["DstPort"])}.pop()
+    out = str(tmp_path / "live.pcapng")
+    done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=cap["CaptureId"],
+                                       path=out)["CommandUid"])
+    assert done["State"] == 3
+    rows = subprocess.run(["tshark", "-r", out, "-T", "fields", "-e", "tcp.srcport",
+                           "-e", "frame.comment", "-Y", f"tcp.port == {cport}"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(rows) == len([p for p in packets if cport in (p["SrcPort"], p["DstPort"])])
+    for row in rows:
+        comment = row.split("\t", 1)[1]
+        assert comment.startswith(f"PID: {curl_pid}") and "Cmd: /usr/bin/curl" in comment
+        assert f"Args: curl -s -o /dev/null" in comment
+    again = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=out)["CommandUid"])
+    procs = live_ajax.ok("capture_get_processes", capture_id=int(again["Result"]))
+    curl_proc = [p for p in procs if p["Pid"] == curl_pid]
+    assert curl_proc and curl_proc[0]["Path"] == "/usr/bin/curl"
+    assert curl_proc[0]["PacketCount"] == len(rows)

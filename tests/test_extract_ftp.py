@@ -1,4 +1,20 @@
-"""FTP control/data tracking: synthetic sessions and the two corpus captures."""
+"""FTP control/data tracking: synthetic sessions and the two corpus captures.
+
+Oracle: ``tshark --export-objects ftp-data`` (4.0).
+
+* ``ftp_bigtransfer.pcap`` samples a 5.4 GB download: 10 data segments
+  survive and the sequence number wraps past 2**32 during the transfer.
+  tshark exports the captured payloads concatenated in capture order (23822
+  bytes).  We produce the same bytes, because holes wider than the stream
+  buffer are skipped at once, and also report what is missing:
+  ``missing_bytes`` = 5416642848, so size + missing = the 5416666670 bytes
+  announced by ``SIZE``; ``complete`` is False.
+* ``ftp_ipv6_retr.pcap`` fetches robots.txt twice, once over EPSV and once
+  over EPRT (active mode, IPv6).  Documented difference: tshark 4.0 only ties
+  the EPSV data connection to the control channel and exports one object; we
+  export both transfers (same bytes).  Directory listings (LIST, NLST) are
+  dropped by both tools.
+"""
 
 import hashlib
 import os

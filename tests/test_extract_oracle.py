@@ -64,8 +64,8 @@ import pytest
 
 from tests.extract_pcap_helper import CORPUS
 from tests.extract_pcap_helper import Collect
-from tests.extract_pcap_helper import split_tcp_streams
 from tests.extract_pcap_helper import extract
+from tests.extract_pcap_helper import split_tcp_streams
 from tests.extract_pcap_helper import tcp_packets
 from tests.extract_pcap_helper import write_synthetic_pcap
 
@@ -235,4 +235,4 @@ def test_synthetic_encodings_match_tshark(tmp_path):
     ours[digest(misread[10:])] += 1
     assert +ours == t_counts
     assert sorted(e.uri for e in events if e.size == 0) == ["/empty-chunked"]
-    assert len(events) == 14
+    assert len(events) == 15

@@ -17,12 +17,20 @@ from apppaccap.pcapfile import CaptureReader
 from apppaccap.pcapfile import NotACaptureError
 
 CORPUS = Path("/work/shared/corpus")
-MANIFEST = {row["path"]: row for row in csv.DictReader(
-    open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")}
+MANIFEST = {
+    row["path"]: row
+    for row in csv.DictReader(open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")
+}
 WELLFORMED = sorted(p for p in MANIFEST if p.startswith("wellformed/"))
 MALFORMED = sorted(p for p in MANIFEST if p.startswith("malformed/"))
-FIELDS = ("frame.time_epoch", "frame.len", "frame.cap_len", "frame.md5_hash",
-          "frame.encap_type", "frame.comment")
+FIELDS = (
+    "frame.time_epoch",
+    "frame.len",
+    "frame.cap_len",
+    "frame.md5_hash",
+    "frame.encap_type",
+    "frame.comment",
+)
 
 
 def epoch_ns(text: str) -> int:
@@ -33,7 +41,7 @@ def epoch_ns(text: str) -> int:
     return -ns if sec.startswith("-") else ns
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tshark_packets(path: str) -> list[dict]:
     """tshark's view of every packet (custom-block pseudo-frames dropped)."""
     cmd = ["tshark", "-o", "frame.generate_md5_hash:TRUE", "-r", path, "-T", "fields"]
@@ -69,7 +77,8 @@ def test_wellformed_count_matches_manifest(name):
     if name == "wellformed/pcapng_2if_comments_keylog.pcapng":
         # interface 1's packets sit at ~1.8e22 ns (tshark: 18446744073204.126329000)
         assert reader.warnings == [
-            f"packet {n}: timestamp {records[n - 1].ts_ns} ns does not fit 64 bits" for n in range(60, 65)
+            f"packet {n}: timestamp {records[n - 1].ts_ns} ns does not fit 64 bits"
+            for n in range(60, 65)
         ] + ["... and 95 more 'ts-range' warnings"]
         assert records[59].ts_ns == 18446744073204_126329000
     else:
@@ -84,10 +93,17 @@ def test_wellformed_records_match_tshark(name):
 
 
 def test_formats_are_detected():
-    fmt = {name: CaptureReader(str(CORPUS / name)).format for name in (
-        "wellformed/http_get_file_download.pcap", "wellformed/smb1_dssetup_bigendian.pcap",
-        "wellformed/nanosec_bigendian_http.pcap", "wellformed/nanosec_le_http_to_ssh.pcap",
-        "wellformed/pcapng_http_image.pcapng", "malformed/rusticata__modified-format.pcap")}
+    fmt = {
+        name: CaptureReader(str(CORPUS / name)).format
+        for name in (
+            "wellformed/http_get_file_download.pcap",
+            "wellformed/smb1_dssetup_bigendian.pcap",
+            "wellformed/nanosec_bigendian_http.pcap",
+            "wellformed/nanosec_le_http_to_ssh.pcap",
+            "wellformed/pcapng_http_image.pcapng",
+            "malformed/rusticata__modified-format.pcap",
+        )
+    }
     assert list(fmt.values()) == ["pcap", "pcap", "pcap-ns", "pcap-ns", "pcapng", "pcap-modified"]
 
 
@@ -100,7 +116,9 @@ def test_pcapng_packet_comments_read_back():
     assert comments == [row["frame.comment"] or None for row in tshark_packets(str(path))]
     assert reader.section_comments[0].startswith("CLIENT_RANDOM E39B5BF4903C6868")
     assert [(i.name, i.linktype, i.tsresol_ns) for i in reader.interfaces] == [
-        ("lo", 1, 1), (None, 113, 1000)]
+        ("lo", 1, 1),
+        (None, 113, 1000),
+    ]
     assert {r.iface for r in records[59:]} == {1} and records[59].linktype == 113
 
 
@@ -109,8 +127,12 @@ def test_multi_section_mixed_endian():
     reader, records = read_all(path)
     assert reader.section_comments == ["test202 SHB-0", "test202 SHB-1", "test202 SHB-2"]
     assert [(i.name, i.section, i.linktype, i.snaplen) for i in reader.interfaces] == [
-        ("eth0", 0, 1, 96), ("null1", 0, 0, 0), ("silly ethernet interface 2", 1, 1, 128),
-        ("eth0", 2, 1, 96), ("null1", 2, 0, 0)]
+        ("eth0", 0, 1, 96),
+        ("null1", 0, 0, 0),
+        ("silly ethernet interface 2", 1, 1, 128),
+        ("eth0", 2, 1, 96),
+        ("null1", 2, 0, 0),
+    ]
     # file-wide interface ids: section 2's interface 1 is index 4
     assert [r.iface for r in records] == [0, 0, 1, 2, 2, 2, 2, 4]
     assert [r.linktype for r in records] == [1, 1, 0, 1, 1, 1, 1, 0]
@@ -127,31 +149,49 @@ def test_ns_and_us_interfaces_match_tshark_exactly():
     reader, records = read_all(path)
     assert [i.tsresol_ns for i in reader.interfaces] == [1, 1000]
     assert [r.ts_ns for r in records] == [
-        1767663089500330493, 1767663089514291940, 1767663437111897000,
-        1767663437126460000, 1767663437128303000, 1767663437140942000]
+        1767663089500330493,
+        1767663089514291940,
+        1767663437111897000,
+        1767663437126460000,
+        1767663437128303000,
+        1767663437140942000,
+    ]
     assert [r.ts_ns for r in records] == [
-        epoch_ns(row["frame.time_epoch"]) for row in tshark_packets(str(path))]
+        epoch_ns(row["frame.time_epoch"]) for row in tshark_packets(str(path))
+    ]
 
 
 @pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
 def test_power_of_two_resolution_tsoffset_and_picoseconds(tmp_path):
     path = tmp_path / "res.pcapng"
     shb = blocks.SectionHeader(endianness=">", options={"shb_userappl": "test"})
-    bin20 = shb.new_member(blocks.InterfaceDescription, link_type=1,
-                           options={"if_tsresol": b"\x94", "if_tsoffset": -1000})
-    pico = shb.new_member(blocks.InterfaceDescription, link_type=101, options={"if_tsresol": b"\x0c"})
+    bin20 = shb.new_member(
+        blocks.InterfaceDescription,
+        link_type=1,
+        options={"if_tsresol": b"\x94", "if_tsoffset": -1000},
+    )
+    pico = shb.new_member(
+        blocks.InterfaceDescription, link_type=101, options={"if_tsresol": b"\x0c"}
+    )
     with open(path, "wb") as f:
         writer = FileWriter(f, shb)
         for iface, ticks in ((bin20, (1_700_000_000 << 20) + 123457), (pico, 1700000000123456789)):
-            writer.write_block(shb.new_member(
-                blocks.EnhancedPacket, interface_id=iface.interface_id, packet_data=b"\x45" * 20,
-                timestamp_high=ticks >> 32, timestamp_low=ticks & 0xFFFFFFFF,
-                options={"opt_comment": "two\nlines", "epb_flags": 1}))
+            writer.write_block(
+                shb.new_member(
+                    blocks.EnhancedPacket,
+                    interface_id=iface.interface_id,
+                    packet_data=b"\x45" * 20,
+                    timestamp_high=ticks >> 32,
+                    timestamp_low=ticks & 0xFFFFFFFF,
+                    options={"opt_comment": "two\nlines", "epb_flags": 1},
+                )
+            )
     reader, records = read_all(path)
     # 123457 / 2**20 s = 117737770.08 ns, floored as Wireshark does; offset in seconds
     assert [r.ts_ns for r in records] == [1_699_999_000_117_737_770, 1_700_000_000_123_456]
     assert [r.ts_ns for r in records] == [
-        epoch_ns(row["frame.time_epoch"]) for row in tshark_packets(str(path))]
+        epoch_ns(row["frame.time_epoch"]) for row in tshark_packets(str(path))
+    ]
     assert [i.ticks_per_second for i in reader.interfaces] == [2**20, 10**12]
     assert [(r.comment, r.flags, r.pid) for r in records] == [("two\nlines", 1, None)] * 2
 
@@ -160,7 +200,10 @@ def test_power_of_two_resolution_tsoffset_and_picoseconds(tmp_path):
 # expected packets per file (None = NotACaptureError) and a fragment of `error`
 EXPECTED_MALFORMED = {
     "derived__http_get_cut_mid_packet.pcap": (6, "truncated packet record at byte 2120 (packet 7)"),
-    "derived__pcapng_multi_interface_cut_mid_block.pcapng": (3, "truncated block at byte 828 (packet 4)"),
+    "derived__pcapng_multi_interface_cut_mid_block.pcapng": (
+        3,
+        "truncated block at byte 828 (packet 4)",
+    ),
     "libpcap__linktype-reserved-field-not-zero.pcap": (0, None),
     "libpcap__pcap-invalid-version-1.pcap": (None, "major version 1 unsupported"),
     "libpcap__pcap-invalid-version-2.pcap": (1, None),
@@ -173,11 +216,19 @@ EXPECTED_MALFORMED = {
     "tcpdump__juniper_monitor_invalid_cookie_length.pcap": (1, None),
     "tcpdump__vtp_asan.pcap": (5, None),
 }
-TSHARK_REFUSES = {"libpcap__linktype-reserved-field-not-zero.pcap", "libpcap__shb-option-too-long.pcapng",
-                  "tcpdump__dsa.pcap", "tcpdump__hoobr_juniper3.pcap", "tcpdump__vtp_asan.pcap",
-                  "tcpdump__juniper_monitor_invalid_cookie_length.pcap"}
-BAD_TIMESTAMPS = {"tcpdump__atm-oam-loopback-print-overrun.pcap", "tcpdump__timestamp_invalid_micro.pcap",
-                  "tcpdump__timestamp_invalid_nano.pcap"}
+TSHARK_REFUSES = {
+    "libpcap__linktype-reserved-field-not-zero.pcap",
+    "libpcap__shb-option-too-long.pcapng",
+    "tcpdump__dsa.pcap",
+    "tcpdump__hoobr_juniper3.pcap",
+    "tcpdump__vtp_asan.pcap",
+    "tcpdump__juniper_monitor_invalid_cookie_length.pcap",
+}
+BAD_TIMESTAMPS = {
+    "tcpdump__atm-oam-loopback-print-overrun.pcap",
+    "tcpdump__timestamp_invalid_micro.pcap",
+    "tcpdump__timestamp_invalid_nano.pcap",
+}
 
 
 @pytest.mark.parametrize("name", MALFORMED)
@@ -208,28 +259,41 @@ def test_truncated_pcap_keeps_packets_before_the_cut():
     info = subprocess.run(["capinfos", "-c", "-M", str(cut)], capture_output=True, text=True)
     assert "An error occurred after reading 6 packets" in info.stderr
     reader, records = read_all(cut)
-    assert reader.error == ("truncated packet record at byte 2120 (packet 7): "
-                            "file ends 880 bytes into a 1530-byte record")
+    assert reader.error == (
+        "truncated packet record at byte 2120 (packet 7): "
+        "file ends 880 bytes into a 1530-byte record"
+    )
     _full_reader, full = read_all(CORPUS / "wellformed/http_get_file_download.pcap")
     assert [(r.ts_ns, r.data) for r in records] == [(r.ts_ns, r.data) for r in full[:6]]
     assert reader.bytes_done == 2120 and reader.packets == 6
 
 
 def test_truncated_pcapng_keeps_packets_before_the_cut():
-    reader, records = read_all(CORPUS / "malformed/derived__pcapng_multi_interface_cut_mid_block.pcapng")
-    assert reader.error == ("truncated block at byte 828 (packet 4): file ends 172 bytes "
-                            "into a 200-byte block of type 0x6")
+    reader, records = read_all(
+        CORPUS / "malformed/derived__pcapng_multi_interface_cut_mid_block.pcapng"
+    )
+    assert reader.error == (
+        "truncated block at byte 828 (packet 4): file ends 172 bytes "
+        "into a 200-byte block of type 0x6"
+    )
     _full_reader, full = read_all(CORPUS / "wellformed/pcapng_multi_interface_ns_us.pcapng")
-    assert [(r.ts_ns, r.iface, r.data) for r in records] == [(r.ts_ns, r.iface, r.data) for r in full[:3]]
+    assert [(r.ts_ns, r.iface, r.data) for r in records] == [
+        (r.ts_ns, r.iface, r.data) for r in full[:3]
+    ]
 
 
 def test_out_of_range_timestamp_fields_are_added_and_warned():
     reader, records = read_all(CORPUS / "malformed/tcpdump__timestamp_invalid_micro.pcap")
     # raw (sec, usec): (1418145369, 999999), (1418145370, 1000000), (1418145370, 2147483648)
     assert [r.ts_ns for r in records] == [
-        1418145369_999999000, 1418145371_000000000, 1418145370_000000000 + 2147483648_000]
-    assert reader.warnings == ["packet 2: fraction-of-second field 1000000 out of range",
-                               "packet 3: fraction-of-second field 2147483648 out of range"]
+        1418145369_999999000,
+        1418145371_000000000,
+        1418145370_000000000 + 2147483648_000,
+    ]
+    assert reader.warnings == [
+        "packet 2: fraction-of-second field 1000000 out of range",
+        "packet 3: fraction-of-second field 2147483648 out of range",
+    ]
 
 
 def test_link_layer_pseudo_headers_stay_in_the_data():
@@ -265,16 +329,19 @@ def test_unknown_linktype_bits_are_kept_raw():
 
 
 # ------------------------------------------------------------------ not a capture
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty file"),
-    (b"\x0a\x0d", "only 2 bytes"),
-    (b"hello, this is text\n" * 3, "unknown magic 0x68656c6c"),
-    (Path("/bin/ls").read_bytes()[:4096], "unknown magic 0x7f454c46"),
-    (b"\x1f\x8b\x08\x00" + bytes(60), "gzip-compressed"),
-    (struct.pack("<IHHiII", 0xA1B2C3D4, 2, 4, 0, 0, 65535), "too short for a pcap file header"),
-    (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), "major version 3 unsupported"),
-    (struct.pack("<III", 0x0A0D0D0A, 28, 0x12345678) + bytes(16), "bad byte-order magic"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty file"),
+        (b"\x0a\x0d", "only 2 bytes"),
+        (b"hello, this is text\n" * 3, "unknown magic 0x68656c6c"),
+        (Path("/bin/ls").read_bytes()[:4096], "unknown magic 0x7f454c46"),
+        (b"\x1f\x8b\x08\x00" + bytes(60), "gzip-compressed"),
+        (struct.pack("<IHHiII", 0xA1B2C3D4, 2, 4, 0, 0, 65535), "too short for a pcap file header"),
+        (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), "major version 3 unsupported"),
+        (struct.pack("<III", 0x0A0D0D0A, 28, 0x12345678) + bytes(16), "bad byte-order magic"),
+    ],
+)
 def test_not_a_capture(tmp_path, content, message):
     path = tmp_path / "file"
     path.write_bytes(content)
@@ -292,7 +359,9 @@ def test_missing_file_raises_filenotfound(tmp_path):
 def _pcap(*records, linktype=1, snaplen=65535):
     out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
     for sec, data, caplen in records:
-        out += struct.pack("<IIII", sec, 0, len(data) if caplen is None else caplen, len(data)) + data
+        out += (
+            struct.pack("<IIII", sec, 0, len(data) if caplen is None else caplen, len(data)) + data
+        )
     return out
 
 
@@ -308,8 +377,10 @@ def _pcapng(*blocks_):
 
 
 def _epb(if_id, ticks, data):
-    return _block(6, struct.pack("<IIIII", if_id, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
-                                 len(data)) + data)
+    return _block(
+        6,
+        struct.pack("<IIIII", if_id, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data,
+    )
 
 
 def test_absurd_caplen_stops_with_error(tmp_path):
@@ -325,18 +396,27 @@ def test_truncated_record_header(tmp_path):
     path.write_bytes(_pcap((1, b"a" * 60, None)) + b"\x01\x02\x03")
     reader, records = read_all(path)
     assert len(records) == 1
-    assert reader.error == ("truncated record header at byte 100 (packet 2): "
-                            "file ends 3 bytes into a 16-byte header")
+    assert reader.error == (
+        "truncated record header at byte 100 (packet 2): file ends 3 bytes into a 16-byte header"
+    )
 
 
 def test_pcapng_damage(tmp_path):
     good = _epb(0, 1_000_000, b"x" * 61)
     cases = {
-        "trailer": (good + good[:-4] + b"\0\0\0\0", "corrupt block at byte 144: trailing length 0 != leading length 96"),
-        "caplen": (good + _block(6, struct.pack("<IIIII", 0, 0, 0, 999, 999) + b"y" * 8),
-                   "absurd caplen 999 at byte 144 (packet 2): larger than its 40-byte block"),
+        "trailer": (
+            good + good[:-4] + b"\0\0\0\0",
+            "corrupt block at byte 144: trailing length 0 != leading length 96",
+        ),
+        "caplen": (
+            good + _block(6, struct.pack("<IIIII", 0, 0, 0, 999, 999) + b"y" * 8),
+            "absurd caplen 999 at byte 144 (packet 2): larger than its 40-byte block",
+        ),
         "iface": (good + _epb(3, 5, b"z"), "names interface 3, but the section has 1"),
-        "length": (good + struct.pack("<II", 6, 13) + bytes(8), "corrupt block at byte 144: block length 13"),
+        "length": (
+            good + struct.pack("<II", 6, 13) + bytes(8),
+            "corrupt block at byte 144: block length 13",
+        ),
     }
     for name, (tail, error) in cases.items():
         path = tmp_path / f"{name}.pcapng"
@@ -372,7 +452,18 @@ def test_batches_and_tuples_agree_with_records():
         batches = list(reader.iter_batches(50, tuples=True))
     assert [len(b) for b in batches] == [50, 50, 50, 9]
     flat = [t for b in batches for t in b]
-    fields = ("ts_ns", "caplen", "origlen", "linktype", "iface", "data", "comment", "pid", "tid", "flags")
+    fields = (
+        "ts_ns",
+        "caplen",
+        "origlen",
+        "linktype",
+        "iface",
+        "data",
+        "comment",
+        "pid",
+        "tid",
+        "flags",
+    )
     assert flat == [tuple(getattr(r, f) for f in fields) for r in records]
     with CaptureReader(path) as reader:
         assert [len(b) for b in reader.iter_batches(100)] == [100, 59]

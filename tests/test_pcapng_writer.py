@@ -20,11 +20,18 @@ from apppaccap.pcapng_writer import process_comment
 pytestmark = pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
 
 CORPUS = Path("/work/shared/corpus")
-WELLFORMED = sorted(row["path"] for row in csv.DictReader(
-    open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t") if row["path"].startswith("wellformed/"))
+WELLFORMED = sorted(
+    row["path"]
+    for row in csv.DictReader(open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")
+    if row["path"].startswith("wellformed/")
+)
 
-ETH = bytes.fromhex("0011223344550a0b0c0d0e0f0800" "4500002400010000401100007f0000017f000001"
-                    "d431003500100000") + b"payload!"
+ETH = (
+    bytes.fromhex(
+        "0011223344550a0b0c0d0e0f08004500002400010000401100007f0000017f000001d431003500100000"
+    )
+    + b"payload!"
+)
 CURL = process_comment(1234, "/usr/bin/curl", "curl -s http://127.0.0.1:18080/", 5678)
 # (if_id, ts_ns, data, origlen, comment, flags, pid, tid)
 PACKETS = [
@@ -44,7 +51,9 @@ def write_sample(fileobj):
         assert writer.add_interface(101) == 2
         assert writer.add_interface(0, "lo0", snaplen=262144) == 3
         for if_id, ts, data, origlen, comment, flags, pid, tid in PACKETS:
-            writer.write_packet(if_id, ts, data, origlen, comment=comment, flags=flags, pid=pid, tid=tid)
+            writer.write_packet(
+                if_id, ts, data, origlen, comment=comment, flags=flags, pid=pid, tid=tid
+            )
     return writer
 
 
@@ -70,11 +79,16 @@ def test_reads_back_with_capture_reader(sample):
         records = list(reader)
     assert reader.error is None and reader.warnings == []
     assert reader.section_comments == ["AppPacCap export\nsecond line"]
-    assert [(i.name, i.linktype, i.tsresol_ns, i.snaplen, i.description) for i in reader.interfaces] == [
-        ("eth0", 1, 1, 65535, None), ("any", 113, 1000, 0, "cooked"),
-        (None, 101, 1, 0, None), ("lo0", 0, 1, 262144, None)]
+    assert [
+        (i.name, i.linktype, i.tsresol_ns, i.snaplen, i.description) for i in reader.interfaces
+    ] == [
+        ("eth0", 1, 1, 65535, None),
+        ("any", 113, 1000, 0, "cooked"),
+        (None, 101, 1, 0, None),
+        ("lo0", 0, 1, 262144, None),
+    ]
     assert len(records) == len(PACKETS)
-    for rec, (if_id, ts, data, origlen, comment, flags, pid, tid) in zip(records, PACKETS):
+    for rec, (if_id, ts, data, origlen, _comment, flags, pid, tid) in zip(records, PACKETS):
         assert rec.iface == if_id
         assert rec.data == data and rec.caplen == len(data)
         assert rec.origlen == (len(data) if origlen is None else origlen)
@@ -82,7 +96,9 @@ def test_reads_back_with_capture_reader(sample):
         assert rec.ts_ns == (ts // 1000 * 1000 if if_id == 1 else ts)
         assert rec.flags == flags
         # a missing half of epb_processid_threadid is written as 0 ("unknown")
-        assert (rec.pid, rec.tid) == ((None, None) if pid is None and tid is None else (pid or 0, tid or 0))
+        assert (rec.pid, rec.tid) == (
+            (None, None) if pid is None and tid is None else (pid or 0, tid or 0)
+        )
     assert [r.comment for r in records[:5]] == [CURL, None, "héllo ✓ — unicode", None, None]
     assert records[5].comment == "x" * 0xFFFC  # an option holds at most 64 KiB
 
@@ -95,7 +111,11 @@ def test_reads_back_with_python_pcapng(sample):
     assert shb.options["shb_userappl"] == "AppPacCap"
     assert shb.options["opt_comment"] == "AppPacCap export\nsecond line"
     assert [(b.link_type, b.options.get("if_name"), b.options["if_tsresol"]) for b in idbs] == [
-        (1, "eth0", b"\x09"), (113, "any", b"\x06"), (101, None, b"\x09"), (0, "lo0", b"\x09")]
+        (1, "eth0", b"\x09"),
+        (113, "any", b"\x06"),
+        (101, None, b"\x09"),
+        (0, "lo0", b"\x09"),
+    ]
     assert all(isinstance(b, blocks.EnhancedPacket) for b in epbs) and len(epbs) == len(PACKETS)
     first = epbs[0]
     assert first.interface_id == 0 and first.packet_data == ETH and first.packet_len == len(ETH)
@@ -110,11 +130,18 @@ def test_reads_back_with_python_pcapng(sample):
 
 
 def test_tshark_and_capinfos_accept_it(sample):
-    rows = tshark_fields(sample, "frame.time_epoch", "frame.len", "frame.comment", "frame.interface_id")
+    rows = tshark_fields(
+        sample, "frame.time_epoch", "frame.len", "frame.comment", "frame.interface_id"
+    )
     # tshark 4.0 prints a multi-line comment with each newline escaped as a literal "\n"
     assert rows[:5] == [
-        ["1700000000.123456789", str(len(ETH)),
-         "PID: 1234\\nCmd: /usr/bin/curl\\nArgs: curl -s http://127.0.0.1:18080/\\nThreadId: 5678", "0"],
+        [
+            "1700000000.123456789",
+            str(len(ETH)),
+            "PID: 1234\\nCmd: /usr/bin/curl\\nArgs: curl -s http://127.0.0.1:18080/"
+            "\\nThreadId: 5678",
+            "0",
+        ],
         ["1700000000.123456000", "1500", "", "1"],
         ["1700000001.000000001", str(len(ETH) - 14), "héllo ✓ — unicode", "2"],
         ["1700000002.000000000", "13", "", "0"],
@@ -122,8 +149,21 @@ def test_tshark_and_capinfos_accept_it(sample):
     ]
     assert rows[5][2] == "x" * 0xFFFC
     # the comment is filterable as the attribution note recommends
-    hits = subprocess.run(["tshark", "-r", str(sample), "-Y", 'frame.comment contains "Cmd: /usr/bin/curl"',
-                           "-T", "fields", "-e", "frame.number"], capture_output=True, text=True)
+    hits = subprocess.run(
+        [
+            "tshark",
+            "-r",
+            str(sample),
+            "-Y",
+            'frame.comment contains "Cmd: /usr/bin/curl"',
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert hits.stdout.split() == ["1"]
     info = subprocess.run(["capinfos", str(sample)], capture_output=True, text=True)
     assert info.returncode == 0 and "error" not in info.stderr.lower(), info.stderr
@@ -134,7 +174,8 @@ def test_tshark_and_capinfos_accept_it(sample):
 
 def test_process_comment_convention():
     assert process_comment(1234, "/usr/bin/curl", "curl http://x/") == (
-        "PID: 1234\nCmd: /usr/bin/curl\nArgs: curl http://x/")
+        "PID: 1234\nCmd: /usr/bin/curl\nArgs: curl http://x/"
+    )
     assert process_comment(1, None, None, thread_id=5678) == "PID: 1\nCmd: \nArgs: \nThreadId: 5678"
 
 
@@ -192,7 +233,12 @@ def test_out_of_range_values_raise_valueerror_and_keep_earlier_packets():
     with pytest.raises(ValueError, match="ts_ns=18446744073204126329000"):
         writer.write_packet(ns, far, ETH)
     with pytest.raises(ValueError, match="interface 0"):
-        writer.write_packets([(ns, 1, ETH, None, None, None, None, None), (ns, far, ETH, None, None, None, None, None)])
+        writer.write_packets(
+            [
+                (ns, 1, ETH, None, None, None, None, None),
+                (ns, far, ETH, None, None, None, None, None),
+            ]
+        )
     assert writer.packets == 2
     writer.close()
     path_records = list(FileScanner(io.BytesIO(out.getvalue())))[3:]
@@ -217,11 +263,23 @@ def _copy(src: Path, dst: Path) -> None:
                 iface = reader.interfaces[rec.iface]
                 # keep µs interfaces µs: the keylog file's ~1.8e22 ns timestamps only fit
                 # a 64-bit tick counter in microseconds
-                ids[rec.iface] = writer.add_interface(iface.linktype, iface.name, snaplen=iface.snaplen,
-                                                      tsresol_ns=iface.tsresol_ns != 1000,
-                                                      description=iface.description)
-            writer.write_packet(ids[rec.iface], rec.ts_ns, rec.data, rec.origlen, comment=rec.comment,
-                                flags=rec.flags, pid=rec.pid, tid=rec.tid)
+                ids[rec.iface] = writer.add_interface(
+                    iface.linktype,
+                    iface.name,
+                    snaplen=iface.snaplen,
+                    tsresol_ns=iface.tsresol_ns != 1000,
+                    description=iface.description,
+                )
+            writer.write_packet(
+                ids[rec.iface],
+                rec.ts_ns,
+                rec.data,
+                rec.origlen,
+                comment=rec.comment,
+                flags=rec.flags,
+                pid=rec.pid,
+                tid=rec.tid,
+            )
         writer.close()
         assert reader.error is None
 
@@ -230,8 +288,14 @@ def _copy(src: Path, dst: Path) -> None:
 def test_roundtrip_wellformed_corpus(name, tmp_path):
     src, dst = CORPUS / name, tmp_path / "copy.pcapng"
     _copy(src, dst)
-    fields = ("frame.time_epoch", "frame.len", "frame.cap_len", "frame.md5_hash", "frame.encap_type",
-              "frame.comment")
+    fields = (
+        "frame.time_epoch",
+        "frame.len",
+        "frame.cap_len",
+        "frame.md5_hash",
+        "frame.encap_type",
+        "frame.comment",
+    )
     # tshark 4.0 lists pcapng custom blocks as frames without an encapsulation: not packets
     original = [r for r in tshark_fields(src, *fields) if r[4]]
     copied = tshark_fields(dst, *fields)

@@ -8,8 +8,8 @@ exec'd last are where a brand-new socket most probably is, so they are scanned f
 EXIT arrives after the kernel closed the process's files (do_exit() runs exit_files()
 first), so it cannot be used to grab sockets; it only marks the pid dead.
 
-Needs the initial user, pid and network namespaces, and CAP_NET_ADMIN on kernels before
-6.6 (6.18 here accepts an unprivileged listener). start() waits for the kernel's ack and
+Needs the initial user, pid and network namespaces; older kernels also want CAP_NET_ADMIN
+(6.18 here accepts an unprivileged listener). start() waits for the kernel's ack and
 returns False when it is refused; callers then fall back to polling.
 """
 
@@ -145,7 +145,7 @@ class ProcEvents:
             err = e.strerror or str(e)
         if err:
             sock.close()
-            log.warning("proc connector subscription failed (%s; kernels before 6.6 want "
+            log.warning("proc connector subscription failed (%s; older kernels want "
                         "CAP_NET_ADMIN, all want the initial user, pid and network "
                         "namespaces); falling back to polling", err)
             return False
@@ -157,7 +157,7 @@ class ProcEvents:
         return True
 
     def _await_ack(self, sock: socket.socket, ack: int, timeout: float = 1.0) -> str:
-        """"" once the kernel acked our LISTEN, else why not. A refused subscription
+        """Empty once the kernel acked our LISTEN, else why not. A refused subscription
         is not an error on send(): the kernel multicasts an ack carrying EPERM, or
         nothing at all when nobody else listens - so silence means failure too."""
         deadline = time.monotonic() + timeout

@@ -73,6 +73,9 @@ class Recorder:
         self.pending = None  # the last submitted batch's future
         self.on_flush = None  # callable(agg) — e.g. global statistics in the catalog
         self.on_new_ips = None  # callable(list of IPs first seen in this batch)
+        # callable(conn_id, ts, decoded, data) for every TCP packet of a connection — the
+        # file extractor's feed (None when extraction is off, the common case)
+        self.on_tcp = None
         self._known_ips: set = set()
         self._reset()
 
@@ -132,6 +135,8 @@ class Recorder:
             conn.last = ts
             if d.proto == TCP:
                 _tcp_state(conn, d.tcp_flags)
+                if self.on_tcp is not None:
+                    self.on_tcp(conn.id, ts, d, data)
             elif not conn.state:
                 conn.state = "ACTIVE"
             self._dirty[conn.id] = conn

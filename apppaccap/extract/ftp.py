@@ -199,7 +199,7 @@ class FtpControl:
 class _DataSide:
     """Bytes sent in one direction of an FTP data connection."""
 
-    __slots__ = ("owner", "src_ip", "body", "ts")
+    __slots__ = ("owner", "src_ip", "body")
 
     def __init__(self, owner, src_ip: str):
         self.owner = owner

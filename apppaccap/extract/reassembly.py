@@ -5,8 +5,10 @@ Design choices (documented because IDSs disagree on them):
 * **Overlaps: first received wins.**  Bytes already delivered, or already
   buffered out of order, are never replaced by a later segment covering the
   same sequence range; only the uncovered parts of the later segment are used.
-  This is Zeek's and Suricata's default ("first") policy and the only one that
-  needs no buffering of delivered data.
+  Zeek behaves the same way (it reports differing bytes as
+  ``rexmit_inconsistency``); Snort and Suricata can instead emulate the target
+  host's OS policy, which we cannot know.  It is also the only policy that
+  needs no copy of already delivered data.
 * **Sequence arithmetic is modulo 2**32**, relative to the next expected byte,
   so wraparound needs no special case.  A segment whose start lies *behind* the
   next expected byte is a retransmission: its old part is dropped and any new

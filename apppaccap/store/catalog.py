@@ -66,7 +66,20 @@ MIGRATIONS = [
     # 4: searches (owned by apppaccap/search/) — placeholder until it lands
     "CREATE TABLE IF NOT EXISTS _slot4 (x)",
     # 5: triggers and actions (owned by apppaccap/triggers.py) — placeholder
-    "CREATE TABLE IF NOT EXISTS _slot5 (x)",
+    """
+    CREATE TABLE IF NOT EXISTS triggers (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, type INTEGER NOT NULL,
+        path TEXT NOT NULL, filter TEXT NOT NULL DEFAULT '', flags INTEGER NOT NULL DEFAULT 0,
+        fire_count INTEGER NOT NULL DEFAULT 0, last_fired INTEGER, last_capture_id INTEGER,
+        last_error TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS actions (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL, type INTEGER NOT NULL,
+        path TEXT NOT NULL, params TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS trigger_actions (
+        trigger_id INTEGER NOT NULL, action_id INTEGER NOT NULL,
+        PRIMARY KEY (trigger_id, action_id));
+    CREATE INDEX IF NOT EXISTS trigger_actions_by_action ON trigger_actions(action_id)
+    """,
     # 6: extracted files (owned by apppaccap/extract/) — placeholder
     "CREATE TABLE IF NOT EXISTS _slot6 (x)",
 ]

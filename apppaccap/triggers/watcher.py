@@ -1,0 +1,357 @@
+"""The trigger watcher: catch a program as it starts, capture it, act when it ends.
+
+Linux: the proc connector's exec event (procevents.py) arrives within a millisecond of
+the exec. The watcher reads /proc/<pid>/exe, and on a match pauses the program (ptrace,
+see pause.py), starts the process capture, then lets it run - the capture's handles are
+open before the program's first packet. Elsewhere (no proc connector) an APScheduler job
+polls psutil instead; programs found that way may already have talked.
+
+On the program's exit the capture is stopped after a short grace (the peer's last
+FIN/ACKs are still in flight) and the actions run (actions_runner.py). APScheduler owns
+every job here: completions, the fallback poll and the periodic clean-up, on a small
+executor of their own so they never queue behind long-running commands.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import psutil
+from apscheduler.executors.pool import ThreadPoolExecutor
+
+from apppaccap.actions_runner import ACTION_ENV
+from apppaccap.actions_runner import ActionRunner
+from apppaccap.actions_runner import Firing
+from apppaccap.api.envelope import ApiError
+from apppaccap.api.envelope import NotFound
+from apppaccap.capture.manager import FLAG_CHILDREN
+from apppaccap.capture.manager import PROCESS
+from apppaccap.filetime import now_ns
+from apppaccap.triggers import store
+from apppaccap.triggers.pause import NoPause
+from apppaccap.triggers.pause import PtracePause
+
+log = logging.getLogger(__name__)
+
+EXECUTOR = "triggers"
+
+
+@dataclass(frozen=True)
+class Matcher:
+    """A trigger as the hot path needs it: the real path to compare executables with."""
+
+    trigger_id: int
+    name: str
+    real: str
+    is_dir: bool
+    bpf: str
+    flags: int
+
+    def matches(self, exe: str) -> bool:
+        if self.is_dir:
+            return exe.startswith(self.real.rstrip("/") + "/")
+        return exe == self.real
+
+
+def compile_matchers(rows) -> tuple:
+    """Trigger rows → Matchers; a path that vanished since it was added matches nothing."""
+    out = []
+    for r in rows:
+        if r["type"] != store.ON_START:
+            continue
+        real = os.path.realpath(r["path"])  # /proc/<pid>/exe is always the resolved path
+        out.append(Matcher(r["id"], r["name"], real, os.path.isdir(real), r["filter"],
+                           r["flags"]))
+    return tuple(out)
+
+
+def exe_of(pid: int) -> str:
+    """The executable of a process ('' when gone or unreadable)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        try:
+            exe = psutil.Process(pid).exe()
+        except (psutil.Error, OSError):
+            return ""
+    if exe.endswith(" (deleted)"):
+        exe = exe[:-10]
+    return exe
+
+
+def started_by_action(pid: int) -> bool:
+    """Does the process carry the marker every action-run program gets (see actions_runner)?"""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            env = fh.read()
+    except OSError:
+        try:
+            return ACTION_ENV in psutil.Process(pid).environ()
+        except (psutil.Error, OSError):
+            return False
+    return (b"\0" + env).find(b"\0" + ACTION_ENV.encode() + b"=") >= 0
+
+
+def process_record(pid: int) -> dict | None:
+    """Our process record (processes.py shape) for a live pid, from /proc or psutil."""
+    from apppaccap.capture.procfs import read_process
+    info = read_process(pid)
+    if info is not None:
+        return {"pid": info.pid, "ppid": info.ppid, "name": info.name, "path": info.path,
+                "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
+    from apppaccap import processes
+    try:
+        return processes.info_from_psutil(
+            psutil.Process(pid).as_dict(processes.FIELDS, ad_value=None))
+    except psutil.Error:
+        return None
+
+
+class TriggerWatcher:
+    """Owns the trigger matchers, the firings in flight and their scheduler jobs.
+
+    Seams: `events` (a ProcEvents-like object; False = poll mode), `pauser`,
+    `runner` (ActionRunner-like)."""
+
+    def __init__(self, ctx, *, events=None, pauser=None, runner=None):
+        self.ctx = ctx
+        self._events = events
+        self.pauser = pauser
+        self._stopping = threading.Event()
+        self.runner = runner or ActionRunner(ctx, stopping=self._stopping)
+        self.matchers: tuple = ()
+        self.mode = "stopped"  # "events" | "poll" | "stopped"
+        self._lock = threading.RLock()
+        self._active: dict[int, list[Firing]] = {}     # pid → firings waiting for its exit
+        self._fired: dict[tuple, int] = {}              # (trigger_id, pid) → start_ns
+        self._seen: dict[int, int] | None = None        # poll mode: pid → create time
+        self._job_ids: set[str] = set()
+        self.latencies: list[dict] = []                 # last firings' timings (ms)
+        self.completed: list[tuple[Firing, list]] = []  # last firings and their command uids
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the triggers and start listening (proc connector, else polling)."""
+        store.ensure_schema(self.ctx.catalog)
+        self._stopping.clear()
+        scheduler = self.ctx.jobs.scheduler
+        try:
+            scheduler.add_executor(ThreadPoolExecutor(8), alias=EXECUTOR)
+        except ValueError:
+            pass  # this scheduler already has it (a watcher restarted on the same Jobs)
+        if self.pauser is None:
+            pause_on = self.ctx.settings.get("trigger_pause") not in ("0", "off", "false")
+            self.pauser = PtracePause() if pause_on else NoPause()
+        if self._events is None:
+            from apppaccap.capture.procevents import ProcEvents
+            self._events = ProcEvents(on_exec=self._on_exec, on_exit=self._on_exit,
+                                      on_fork=self._on_fork, read_at_exec=False)
+        self.reload()
+        if self._events is not False and self._events.start():
+            self.mode = "events"
+        else:
+            self.mode = "poll"
+            poll = max(50, self.ctx.settings.get_int("trigger_poll_ms", 500)) / 1000
+            self._add_job(self._poll, "interval", seconds=poll, id="triggers:poll",
+                          coalesce=True, max_instances=1)
+        self._add_job(self._cleanup, "interval", seconds=2, id="triggers:cleanup",
+                      coalesce=True, max_instances=1)
+
+    def stop(self) -> None:
+        """Stop listening and drop pending completions (the service is going down: the
+        captures are stopped by stop_services; their actions do not run)."""
+        self._stopping.set()
+        if self._events:
+            self._events.stop()
+        for job_id in list(self._job_ids):
+            try:
+                self.ctx.jobs.scheduler.remove_job(job_id)
+            except Exception:  # noqa: BLE001 - already ran or removed
+                pass
+        self._job_ids.clear()
+        with self._lock:
+            self._active.clear()
+        if self.pauser is not None:
+            self.pauser.stop()
+        self.mode = "stopped"
+
+    def reload(self) -> None:
+        """Re-read the triggers (after every trigger_* change)."""
+        matchers = compile_matchers(store.trigger_rows(self.ctx.catalog))
+        self.matchers = matchers
+        if matchers and self.pauser is not None and not self.pauser.available \
+                and not self._stopping.is_set():
+            # started now, not at the first match: its ~15 ms start would be lost time
+            if not self.pauser.start() and isinstance(self.pauser, PtracePause):
+                log.warning("trigger programs will not be paused: %s", self.pauser.reason)
+
+    def _add_job(self, fn, trigger, **kw) -> None:
+        job = self.ctx.jobs.scheduler.add_job(fn, trigger, executor=EXECUTOR, **kw)
+        self._job_ids.add(job.id)
+
+    # -- events (listener thread, or the poll job) -----------------------------------------
+    def _on_exec(self, pid: int) -> None:
+        t0 = time.perf_counter()
+        matchers = self.matchers
+        if not matchers:
+            return
+        exe = exe_of(pid)
+        hits = [m for m in matchers if m.matches(exe)] if exe else []
+        if not hits:
+            return
+        with self._lock:
+            hits = [m for m in hits if not self._already(m, pid)]
+        if not hits or started_by_action(pid):
+            return
+        hold = self.pauser.hold(pid)
+        paused_ms = (time.perf_counter() - t0) * 1000
+        # bound the pause even if a capture start hangs (catalog writer stuck, ...)
+        limit = max(0.05, self.ctx.settings.get_int("trigger_pause_max_ms", 3000) / 1000)
+        timer = threading.Timer(limit, hold.release)
+        timer.daemon = True
+        timer.start()
+        try:
+            record = process_record(pid)
+            if record is None:
+                return  # exited already
+            for m in hits:
+                self._fire(m, record)
+        finally:
+            timer.cancel()
+            hold.release()
+            self._note_latency(pid, paused_ms if hold.paused is not None else 0.0, t0)
+
+    def _note_latency(self, pid, paused_ms, t0) -> None:
+        self.latencies.append({"pid": pid, "paused_ms": round(paused_ms, 3),
+                               "ready_ms": round((time.perf_counter() - t0) * 1000, 3)})
+        del self.latencies[:-100]
+
+    def _already(self, m: Matcher, pid: int) -> bool:
+        """Fired for this process already, or it is a child a running firing follows."""
+        if (m.trigger_id, pid) in self._fired:
+            return True
+        for firings in self._active.values():
+            for f in firings:
+                if f.trigger_id == m.trigger_id and f.flags & FLAG_CHILDREN:
+                    session = self.ctx.captures.sessions.get(f.capture_id)
+                    if session is not None and pid in session.target.pids:
+                        return True
+        return False
+
+    def _fire(self, m: Matcher, record: dict) -> None:
+        pid = record["pid"]
+        with self._lock:
+            if (m.trigger_id, pid) in self._fired:
+                return
+            self._fired[(m.trigger_id, pid)] = record["start_time"]
+        try:
+            process_id = self.ctx.processes.identify([record])[0]
+            row = dict(self.ctx.processes.by_id(process_id))
+            cap = self.ctx.captures.start(
+                PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
+                name=f"{m.name}: {record['name']}")
+        except (ApiError, OSError, RuntimeError) as exc:
+            msg = exc.message if isinstance(exc, ApiError) else str(exc)
+            log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg)
+            store.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
+            return
+        firing = Firing(m.trigger_id, m.name, pid, record["start_time"], process_id,
+                        record["name"], cap["id"], m.flags, now_ns())
+        with self._lock:
+            self._active.setdefault(pid, []).append(firing)
+        store.record_firing(self.ctx.catalog, m.trigger_id, cap["id"])
+        log.info("trigger %s fired for %s (pid %s): capture %s", m.trigger_id,
+                 record["name"], pid, cap["id"])
+
+    def _on_fork(self, parent: int, child: int) -> None:
+        """CAPTURE_FLAG_CHILD_PROCESSES: a child joins its parent's capture at birth."""
+        if not self._active:
+            return
+        with self._lock:
+            firings = [f for fs in self._active.values() for f in fs if f.flags & FLAG_CHILDREN]
+        for f in firings:
+            session = self.ctx.captures.sessions.get(f.capture_id)
+            if session is not None and parent in session.target.pids:
+                session.target.pids.add(child)
+
+    def _on_exit(self, pid: int) -> None:
+        with self._lock:
+            firings = self._active.pop(pid, [])
+            for key in [k for k in self._fired if k[1] == pid]:
+                del self._fired[key]
+        if not firings or self._stopping.is_set():
+            return
+        grace = max(0, self.ctx.settings.get_int("trigger_stop_grace_ms", 750)) / 1000
+        when = datetime.datetime.now() + datetime.timedelta(seconds=grace)
+        for f in firings:
+            self._add_job(self._complete, "date", run_date=when, args=(f,),
+                          id=f"triggers:complete:{f.capture_id}")
+
+    # -- completion (scheduler) ------------------------------------------------------------
+    def _complete(self, firing: Firing) -> None:
+        """Stop the capture, then run the trigger's actions and the system-wide ones."""
+        self._job_ids.discard(f"triggers:complete:{firing.capture_id}")
+        try:
+            self.ctx.captures.stop(firing.capture_id)
+        except NotFound:
+            pass  # stopped by hand already: its packets are still worth acting on
+        if self._stopping.is_set():
+            return
+        actions = store.actions_to_run(self.ctx.catalog, firing.trigger_id)
+        uids = self.runner.run(firing, actions) if actions else []
+        self.completed.append((firing, uids))
+        del self.completed[:-100]
+
+    # -- poll mode and clean-up (scheduler) ------------------------------------------------
+    def _poll(self) -> None:
+        """Fallback without a proc connector: new pids since the last poll 'exec'."""
+        current = {}
+        for pid in psutil.pids():
+            current[pid] = self._seen.get(pid, 0) if self._seen is not None else 0
+        if self._seen is None:  # first look: what runs already does not count as starting
+            self._seen = current
+            return
+        new = [p for p in current if p not in self._seen]
+        gone = [p for p in self._seen if p not in current]
+        self._seen = current
+        for pid in gone:
+            self._on_exit(pid)
+        for pid in new:
+            self._on_exec(pid)
+
+    def _cleanup(self) -> None:
+        """Catch exits the event stream lost (ENOBUFS) and forget dead pids."""
+        with self._lock:
+            watched = {pid: fs[0].start_ns for pid, fs in self._active.items() if fs}
+            fired = dict(self._fired)
+        for pid, start_ns in watched.items():
+            if not _alive(pid, start_ns):
+                self._on_exit(pid)
+        dead = [k for k, start in fired.items() if not _alive(k[1], start)]
+        if dead:
+            with self._lock:
+                for k in dead:
+                    self._fired.pop(k, None)
+
+
+def _alive(pid: int, start_ns: int) -> bool:
+    """Is the process (pid, start time) still running? A reused pid counts as dead."""
+    rec = None
+    try:
+        from apppaccap.capture.procfs import read_process
+        rec = read_process(pid)
+    except OSError:
+        rec = None
+    if rec is not None:
+        return rec.start_time_ns == start_ns
+    try:
+        p = psutil.Process(pid)
+        return abs(p.create_time() * 1e9 - start_ns) < 20_000_000 and \
+            p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

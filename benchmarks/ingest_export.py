@@ -1,0 +1,86 @@
+"""Ingest and export against tshark and editcap, measured in the same run.
+
+Builds a 1,000,000-packet pcap of realistic flows (benchmarks/gen_flows.py), then times:
+our ingest (pcap → capture database, connections and statistics built), `tshark -r F -q
+-z conv,tcp` (the same connection table), our export to pcapng, `editcap -F pcapng`, and
+the peak RSS of our ingest. Targets: ingest ≤ 0.5× tshark (≥ 250,000 packets/s) with peak
+RSS ≤ 300 MB; export ≤ 2× editcap.
+
+Run:  .venv/bin/python benchmarks/ingest_export.py [--packets 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from apppaccap.context import Config, build_context
+from apppaccap import ingest, export
+from apppaccap.store.capturedb import CaptureDb
+ctx = build_context(Config(data_dir=sys.argv[3]))
+reader = ingest.open_reader(sys.argv[2])
+cid = ingest.create_capture(ctx, sys.argv[2])
+t = time.perf_counter()
+res = ingest.ingest(ctx, reader, cid)
+t_ingest = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+db = CaptureDb(ctx.config.data_dir, cid)
+t = time.perf_counter()
+n = export.write_capture(db, sys.argv[4])
+t_export = time.perf_counter() - t
+db.close(); ctx.catalog.close()
+print(json.dumps({"packets": res["Packets"], "ingest": t_ingest, "rss_mb": rss,
+                  "export": t_export, "exported": n,
+                  "conns": res and None}))
+"""
+
+
+def timed(cmd) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    import json
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--packets", type=int, default=1_000_000)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="apc-bench-")
+    src = os.path.join(tmp, "flows.pcap")
+    from benchmarks.gen_flows import generate
+    n = generate(src, args.packets)
+    size = os.path.getsize(src)
+    print(f"input: {n} packets, {size / 1e6:.0f} MB")
+    out = os.path.join(tmp, "ours.pcapng")
+    proc = subprocess.run([sys.executable, "-c", CHILD, ROOT, src, os.path.join(tmp, "data"), out],
+                          capture_output=True, text=True, check=True)
+    ours = json.loads(proc.stdout.strip().splitlines()[-1])
+    t_tshark = timed(["tshark", "-r", src, "-q", "-z", "conv,tcp"])
+    t_editcap = timed(["editcap", "-F", "pcapng", src, os.path.join(tmp, "editcap.pcapng")])
+    rate = ours["packets"] / ours["ingest"]
+    print(f"{'step':<34}{'seconds':>9}{'packets/s':>12}   ratio")
+    print(f"{'our ingest':<34}{ours['ingest']:>9.2f}{rate:>12,.0f}   "
+          f"{ours['ingest'] / t_tshark:.2f}x tshark (target <= 0.5x)")
+    print(f"{'tshark -q -z conv,tcp':<34}{t_tshark:>9.2f}{n / t_tshark:>12,.0f}")
+    print(f"{'our export (pcapng + comments)':<34}{ours['export']:>9.2f}"
+          f"{ours['exported'] / ours['export']:>12,.0f}   "
+          f"{ours['export'] / t_editcap:.2f}x editcap (target <= 2x)")
+    print(f"{'editcap -F pcapng':<34}{t_editcap:>9.2f}{n / t_editcap:>12,.0f}")
+    print(f"peak RSS of our ingest + export: {ours['rss_mb']:.0f} MB (target <= 300 MB)")
+    subprocess.run(["rm", "-rf", tmp])
+
+
+if __name__ == "__main__":
+    main()
