@@ -5,8 +5,8 @@ python-pcapng (``pcapng.blocks`` + ``pcapng.FileWriter``): they are written once
 file and its option encoding (strings, if_tsresol, padding) is well tested, so there
 is no point in duplicating it.  Enhanced Packet Blocks are packed here with one
 precompiled ``struct`` per block: python-pcapng builds an object, an options mapping
-and a BytesIO for every packet, which is roughly 50x slower than the export loop can
-afford.
+and a BytesIO for every packet, about 34 µs per packet against our ~1 µs (measured
+on 300,000 packets), which the export loop cannot afford.
 
 Every section is little-endian.  Per packet we write the process attribution the
 two ways readers understand (see notes/attribution.md §5(b)): an ``opt_comment`` in
@@ -32,9 +32,9 @@ _OPT_HEAD = struct.Struct("<HH")
 _PAD = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
 _END_OF_OPTS = b"\0\0\0\0"
 _MAX_OPTION = 0xFFFC  # an option length is a u16; keep the padded length in range too
-_FCS_PRESENT = 0x04000000
+_FCS_PRESENT = 0x04000000  # pcap link-type field: "FCS length present" bit
 _FLUSH_AT = 1 << 20
-_OPT_CACHE_SIZE = 4096  # pcap link-type field: "FCS length present" bit
+_OPT_CACHE_SIZE = 4096
 
 
 def process_comment(pid: int, cmd: str | None, args: str | None,
@@ -70,6 +70,9 @@ class _Closed:
     def __iadd__(self, _other):
         raise ValueError("write_packet on a closed PcapngWriter")
 
+    def __bool__(self):  # nothing left to drain
+        return False
+
 
 class PcapngWriter:
     """Write one little-endian pcapng section to a binary file object.
@@ -87,7 +90,7 @@ class PcapngWriter:
         self._file = fileobj
         self._blocks = FileWriter(fileobj, self._shb)  # writes the SHB now
         # EPBs are appended to one bytearray and handed to the file 1 MiB at a time:
-        # cheaper than three write() calls per packet (measured ~20 % of the CPU time)
+        # measured ~20 % less CPU than three write() calls per packet
         self._buf = bytearray()
         self._opt_cache: dict[tuple, bytes] = {}
         self._divisors: list[int] = []  # per interface: ns per timestamp tick
@@ -102,6 +105,8 @@ class PcapngWriter:
         ``if_fcslen``.  ``tsresol_ns`` picks nanosecond (if_tsresol=9) or microsecond
         (if_tsresol=6) timestamps for this interface's packets.
         """
+        if self.closed:
+            raise ValueError("add_interface on a closed PcapngWriter")
         self._drain()  # python-pcapng writes the IDB straight to the file: keep the order
         options = {"if_tsresol": b"\x09" if tsresol_ns else b"\x06"}
         if name:
@@ -163,8 +168,8 @@ class PcapngWriter:
 
         Each row is a sequence ``(if_id, ts_ns, data, origlen, comment, flags, pid,
         tid)`` (None where absent) -- e.g. a database row selected in that order.
-        Returns the number written.  The loop is :meth:`write_packet` inlined:
-        at a million packets, the saved call overhead is a quarter of the run time.
+        Returns the number written.  The loop is :meth:`write_packet` inlined, which
+        saves ~20 % of the CPU time (measured on 300,000 packets).
         """
         buf, divisors, cache = self._buf, self._divisors, self._opt_cache
         head, trailers, trailer0 = _EPB_HEAD.pack, [t.pack for t in _TRAILERS], _TRAILERS[0].pack
@@ -222,7 +227,9 @@ class PcapngWriter:
         buf = self._buf
         while buf:
             written = self._file.write(buf)
-            if written is None or written >= len(buf):  # buffered files write everything
+            # buffered files write everything; file-likes that return None are taken at
+            # their word too (a raw non-blocking file is not a supported target)
+            if written is None or written >= len(buf):
                 buf.clear()
             else:
                 del buf[:written]  # a raw file may write part of it

@@ -75,7 +75,7 @@ def read_records(path):
 def read_tuple_batches(path):
     n = 0
     with CaptureReader(path) as reader:
-        for batch in reader.iter_batches(4096, tuples=True):
+        for batch in reader.iter_batches(1024, tuples=True):
             n += len(batch)
     return n
 
@@ -136,7 +136,7 @@ def main() -> None:
     assert n == args.packets, n
     report("read: for rec in CaptureReader", t, n)
     t, n = best_of(args.runs, lambda: read_tuple_batches(src))
-    report("read: iter_batches(4096, tuples=True)", t, n)
+    report("read: iter_batches(1024, tuples=True)", t, n)
 
     # page-cache effects on this VM swing single runs by +-50 %: interleave the
     # three exports and keep each one's best run

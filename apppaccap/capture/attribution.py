@@ -92,16 +92,21 @@ class Attribution:
         fk = _flow(key5)
         entry = self.flows.get(fk)
         if entry is not None:
-            labels, resolved_at, seen = entry
+            labels, resolved_at, seen, recheck = entry
             entry[2] = now
             if labels is PENDING:
                 return PENDING
+            if recheck and now >= recheck:
+                # named through a listening socket at SYN time: ask again once the
+                # connection has been accepted (a fork-per-connection server hands it on)
+                entry[3] = 0
+                self._queue.put((key5, fk, now, RETRIES, True))
             stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
             if labels and not stale:
                 return labels
             if not labels and not stale and now - resolved_at < RETRY_MISS:
                 return labels
-        self.flows[fk] = [PENDING, now, now]
+        self.flows[fk] = [PENDING, now, now, 0]
         if len(self.flows) > MAX_FLOWS:
             self.flows.popitem(last=False)
         self.stats["requests"] += 1
@@ -132,6 +137,7 @@ class Attribution:
                 break
             key5, fk, asked = item[:3]
             attempt = item[3] if len(item) > 3 else 0
+            recheck = len(item) > 4
             try:
                 _, src, sport, dst, dport = key5
                 owners = self.backend.resolve(*key5)
@@ -146,13 +152,16 @@ class Attribution:
                     continue
                 labels = self._labels_for(
                     (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
+                via_listener = any(getattr(o, "listener", False) for o in owners)
             except Exception:  # noqa: BLE001 - one bad lookup must not stop attribution
                 log.exception("resolving %s failed", key5)
-                labels = []
+                labels, via_listener = [], False
             now = self.clock()
             entry = self.flows.get(fk)
-            if entry is not None and entry[0] is PENDING:
+            if entry is not None and (entry[0] is PENDING or (recheck and labels)):
                 entry[0], entry[1] = labels, now
+                if via_listener and not recheck:
+                    entry[3] = now + 0.05
             self.stats["resolved" if labels else "missed"] += 1
             if len(self.latencies) < 10000:
                 self.latencies.append(now - asked)
@@ -184,6 +193,16 @@ class Attribution:
             self._labels[key] = lab
         return lab
 
+    def _match(self, snap, proto, local, remote):
+        """One end of a flow in a socket snapshot (exact, then listener/unconnected socket)."""
+        match = getattr(self.backend, "match_snapshot", None)
+        if match is None:
+            from apppaccap.capture import owners
+            match = getattr(owners, "match_snapshot", None)
+        if match is None:
+            return _match_exact(snap, proto, local, remote)
+        return match(snap, proto, local[0], local[1], remote[0], remote[1], is_local=self.is_local)
+
     # -- safety net ----------------------------------------------------------
     def _sweeper(self):
         while not self._stop.wait(self.sweep_interval):
@@ -202,8 +221,11 @@ class Attribution:
         snap = self.backend.snapshot()
         for fk in todo:
             proto, a, b = fk
-            pairs = [(o, a) for o in snap.get((proto, a[0], a[1], b[0], b[1]), [])] + \
-                [(o, b) for o in snap.get((proto, b[0], b[1], a[0], a[1]), [])]
+            pairs = []
+            for local, remote in ((a, b), (b, a)):
+                owner = self._match(snap, proto, local, remote)
+                if owner is not None:
+                    pairs.append((owner, local))
             if not pairs:
                 continue
             labels = self._labels_for(pairs)
@@ -211,6 +233,11 @@ class Attribution:
             if labels and entry is not None:
                 entry[0], entry[1] = labels, now
                 self.stats["swept"] += 1
+
+
+def _match_exact(snap, proto, local, remote):
+    found = snap.get((proto, local[0], local[1], remote[0], remote[1]))
+    return found[0] if found and len({o.pid for o in found}) == 1 else None
 
 
 def _flow(key5):

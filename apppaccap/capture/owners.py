@@ -336,7 +336,9 @@ def default_owners():
     """LinuxOwners on Linux when sock_diag works, else PsutilOwners (the reason is logged)."""
     if sys.platform.startswith("linux"):
         try:
-            owners = LinuxOwners()
+            # The cn_proc listener at real-time priority too: it feeds the exec'd pids
+            # the resolver scans first (notes/attribution.md §4: 99-100 % with both).
+            owners = LinuxOwners(boost_events=True)
         except OSError as e:
             log.warning("sock_diag unavailable (%s): attributing through psutil", e)
         else:

@@ -128,8 +128,8 @@ class TriggerWatcher:
         self.mode = "stopped"  # "events" | "poll" | "stopped"
         self._lock = threading.RLock()
         self._active: dict[int, list[Firing]] = {}     # pid → firings waiting for its exit
-        self._fired: dict[tuple, int] = {}              # (trigger_id, pid) → start_ns
-        self._seen: dict[int, int] | None = None        # poll mode: pid → create time
+        self._fired: dict[int, tuple] = {}              # pid → (start_ns, {trigger ids})
+        self._seen: set[int] | None = None              # poll mode: the pids of last poll
         self._job_ids: set[str] = set()
         self.latencies: list[dict] = []                 # last firings' timings (ms)
         self.completed: list[tuple[Firing, list]] = []  # last firings and their command uids
@@ -209,7 +209,7 @@ class TriggerWatcher:
         if not hits or started_by_action(pid):
             return
         hold = self.pauser.hold(pid)
-        paused_ms = (time.perf_counter() - t0) * 1000
+        paused, paused_ms = hold.paused, (time.perf_counter() - t0) * 1000
         # bound the pause even if a capture start hangs (catalog writer stuck, ...)
         limit = max(0.05, self.ctx.settings.get_int("trigger_pause_max_ms", 3000) / 1000)
         timer = threading.Timer(limit, hold.release)
@@ -224,16 +224,17 @@ class TriggerWatcher:
         finally:
             timer.cancel()
             hold.release()
-            self._note_latency(pid, paused_ms if hold.paused is not None else 0.0, t0)
+            self._note_latency(pid, paused, paused_ms, t0)
 
-    def _note_latency(self, pid, paused_ms, t0) -> None:
-        self.latencies.append({"pid": pid, "paused_ms": round(paused_ms, 3),
+    def _note_latency(self, pid, paused, paused_ms, t0) -> None:
+        """exec event → program stopped (paused_ms) → capture running, program resumed."""
+        self.latencies.append({"pid": pid, "paused": paused, "paused_ms": round(paused_ms, 3),
                                "ready_ms": round((time.perf_counter() - t0) * 1000, 3)})
         del self.latencies[:-100]
 
     def _already(self, m: Matcher, pid: int) -> bool:
         """Fired for this process already, or it is a child a running firing follows."""
-        if (m.trigger_id, pid) in self._fired:
+        if m.trigger_id in self._fired.get(pid, ((), ()))[1]:
             return True
         for firings in self._active.values():
             for f in firings:
@@ -246,9 +247,13 @@ class TriggerWatcher:
     def _fire(self, m: Matcher, record: dict) -> None:
         pid = record["pid"]
         with self._lock:
-            if (m.trigger_id, pid) in self._fired:
+            start, ids = self._fired.get(pid, (record["start_time"], set()))
+            if start != record["start_time"]:
+                ids = set()  # a reused pid whose old process's exit we missed
+            if m.trigger_id in ids:
                 return
-            self._fired[(m.trigger_id, pid)] = record["start_time"]
+            ids.add(m.trigger_id)
+            self._fired[pid] = (record["start_time"], ids)
         try:
             process_id = self.ctx.processes.identify([record])[0]
             row = dict(self.ctx.processes.by_id(process_id))
@@ -280,10 +285,11 @@ class TriggerWatcher:
                 session.target.pids.add(child)
 
     def _on_exit(self, pid: int) -> None:
+        if pid not in self._fired and pid not in self._active:
+            return  # every process exit in the system comes here: keep it cheap
         with self._lock:
             firings = self._active.pop(pid, [])
-            for key in [k for k in self._fired if k[1] == pid]:
-                del self._fired[key]
+            self._fired.pop(pid, None)
         if not firings or self._stopping.is_set():
             return
         grace = max(0, self.ctx.settings.get_int("trigger_stop_grace_ms", 750)) / 1000
@@ -310,17 +316,19 @@ class TriggerWatcher:
     # -- poll mode and clean-up (scheduler) ------------------------------------------------
     def _poll(self) -> None:
         """Fallback without a proc connector: new pids since the last poll 'exec'."""
-        current = {}
-        for pid in psutil.pids():
-            current[pid] = self._seen.get(pid, 0) if self._seen is not None else 0
+        current = set(psutil.pids())
         if self._seen is None:  # first look: what runs already does not count as starting
             self._seen = current
             return
-        new = [p for p in current if p not in self._seen]
-        gone = [p for p in self._seen if p not in current]
+        new, gone = sorted(current - self._seen), self._seen - current
         self._seen = current
         for pid in gone:
             self._on_exit(pid)
+        with self._lock:
+            watched = {pid: fs[0].start_ns for pid, fs in self._active.items() if fs}
+        for pid, start_ns in watched.items():  # exited but not reaped yet: a zombie
+            if pid in current and not _alive(pid, start_ns):
+                self._on_exit(pid)
         for pid in new:
             self._on_exec(pid)
 
@@ -328,30 +336,25 @@ class TriggerWatcher:
         """Catch exits the event stream lost (ENOBUFS) and forget dead pids."""
         with self._lock:
             watched = {pid: fs[0].start_ns for pid, fs in self._active.items() if fs}
-            fired = dict(self._fired)
+            fired = {pid: v[0] for pid, v in self._fired.items()}
         for pid, start_ns in watched.items():
             if not _alive(pid, start_ns):
                 self._on_exit(pid)
-        dead = [k for k, start in fired.items() if not _alive(k[1], start)]
+        dead = [pid for pid, start in fired.items() if not _alive(pid, start)]
         if dead:
             with self._lock:
-                for k in dead:
-                    self._fired.pop(k, None)
+                for pid in dead:
+                    if pid not in self._active:
+                        self._fired.pop(pid, None)
 
 
 def _alive(pid: int, start_ns: int) -> bool:
-    """Is the process (pid, start time) still running? A reused pid counts as dead."""
-    rec = None
-    try:
-        from apppaccap.capture.procfs import read_process
-        rec = read_process(pid)
-    except OSError:
-        rec = None
-    if rec is not None:
-        return rec.start_time_ns == start_ns
+    """Is the process (pid, start time) still running? Zombies and reused pids are not."""
     try:
         p = psutil.Process(pid)
-        return abs(p.create_time() * 1e9 - start_ns) < 20_000_000 and \
-            p.status() != psutil.STATUS_ZOMBIE
+        with p.oneshot():
+            # psutil's float create time vs our 10 ms-rounded one: compare coarsely
+            return abs(p.create_time() * 1e9 - start_ns) < 20_000_000 and \
+                p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
