@@ -16,11 +16,16 @@ def start_services(ctx) -> None:
     ctx.captures.recover()
     ctx.jobs = Jobs(ctx.catalog)
     ctx.jobs.start()
+    from apppaccap.triggers.watcher import TriggerWatcher  # needs the scheduler running
+    ctx.triggers = TriggerWatcher(ctx)
+    ctx.triggers.start()
 
 
 def stop_services(ctx) -> None:
+    if ctx.triggers is not None:  # first: no program may fire while captures stop
+        ctx.triggers.stop()
     if ctx.captures is not None:
-        ctx.captures.stop_all()
+        ctx.captures.close()
     if ctx.jobs is not None:
         ctx.jobs.shutdown()
     ctx.catalog.close()

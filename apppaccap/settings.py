@@ -9,6 +9,9 @@ DEFAULTS = {
     "geoip_db": "",                    # path of a GeoLite2-City.mmdb; empty = no geolocation
     "extract_enabled": "0",
     "extract_max_file_bytes": str(64 << 20),
+    "action_timeout": "60",           # seconds an EXECUTE action may run before it is killed
+    "trigger_pause": "1",             # hold a trigger's program (ptrace) until its capture runs
+    "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
 }
 
 

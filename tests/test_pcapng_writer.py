@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -19,7 +20,10 @@ from apppaccap.pcapng_writer import process_comment
 # python-pcapng warns about its own untyped if_tsresol option whenever it touches one
 pytestmark = pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
 
-CORPUS = Path("/work/shared/corpus")
+# shared/ sits beside the clone (as in CI); APPPACCAP_CORPUS overrides elsewhere
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+if not CORPUS.is_dir():
+    CORPUS = Path(os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus"))
 WELLFORMED = sorted(
     row["path"]
     for row in csv.DictReader(open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")

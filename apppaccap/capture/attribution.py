@@ -32,13 +32,15 @@ class Attribution:
     """Shared by every live capture; started with the first one."""
 
     def __init__(self, backend, book, *, idle_grace: float = 15.0, sweep_interval: float = 1.0,
-                 clock=time.monotonic, is_local=None, boost: bool = True):
+                 clock=time.monotonic, is_local=None, boost: bool = True,
+                 fastpath: bool = False):
         self.backend = backend
         self.book = book
         self.idle_grace = idle_grace
         self.sweep_interval = sweep_interval
         self.clock = clock
         self.boost = boost  # real-time priority for the resolver thread (notes §5(a) trick 4)
+        self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
         # both ends local (loopback): the originator's socket may not be findable yet
         self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")
         self.flows: OrderedDict = OrderedDict()  # key → [labels | PENDING, resolved_at, seen_at]
@@ -48,6 +50,9 @@ class Attribution:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.users = 0
+        self._backend_started = False
+        self._infos: dict = {}     # pid → ProcInfo sent by the fast-path process
+        self.fastpath = None
         self.latencies: list[float] = []         # seconds from request to answer (last 10k)
         self.stats = {"requests": 0, "resolved": 0, "missed": 0, "swept": 0}
 
@@ -58,11 +63,19 @@ class Attribution:
             if self.users > 1:
                 return
         self._stop.clear()
+        if not self._backend_started:
+            # The backend (netlink sockets, proc-connector listener) lives until close():
+            # its caches make the next capture's first lookups fast.
+            self.backend.start()
+            self._backend_started = True
+            if self.use_fastpath:
+                from apppaccap.capture.fastpath import FastPath
+                fp = FastPath(self.deliver)
+                self.fastpath = fp if fp.start() else None
         # A thread waiting for the GIL waits up to the switch interval (5 ms by default);
         # the resolver races short-lived processes, so hand the GIL over faster.
         self._switch = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch, 0.0005))
-        self.backend.start()
         for name, fn in (("resolver", self._resolver), ("sweeper", self._sweeper)):
             t = threading.Thread(target=fn, name=f"attribution-{name}", daemon=True)
             t.start()
@@ -78,8 +91,16 @@ class Attribution:
         for t in self._threads:
             t.join(5)
         self._threads.clear()
-        self.backend.stop()
         sys.setswitchinterval(self._switch)
+
+    def close(self) -> None:
+        """Stop the backend for good (service shutdown)."""
+        if self._backend_started:
+            if self.fastpath is not None:
+                self.fastpath.stop()
+                self.fastpath = None
+            self.backend.stop()
+            self._backend_started = False
 
     # -- the pipeline's side -------------------------------------------------
     def status(self, key5: tuple, syn: bool = False):
@@ -166,6 +187,27 @@ class Attribution:
             if len(self.latencies) < 10000:
                 self.latencies.append(now - asked)
 
+    def deliver(self, key5: tuple, owners, infos: dict) -> None:
+        """Owners found by the fast-path process (fastpath.py): they win over PENDING and
+        over a miss, never over an answer already given."""
+        self._infos.update(infos)
+        _, src, sport, dst, dport = key5
+        labels = self._labels_for(
+            (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
+        if not labels:
+            return
+        fk = _flow(key5)
+        now = self.clock()
+        entry = self.flows.get(fk)
+        if entry is None:
+            self.flows[fk] = [labels, now, now, 0]
+        elif entry[0] is PENDING or entry[0] == [] or (
+                len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
+                labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
+            # better: more ends known, or the originator where we only had the peer
+            entry[0], entry[1] = labels, now
+        self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
+
     def _labels_for(self, pairs) -> list[Label]:
         """(Owner, local endpoint) pairs → Labels, dropping pids whose facts are gone."""
         out = []
@@ -177,7 +219,7 @@ class Attribution:
 
     def label_for_pid(self, pid: int, tid: int | None = None) -> Label | None:
         """A Label (with our ProcessId) for a pid, from the backend's process facts."""
-        info = self.backend.process(pid)
+        info = self._infos.get(pid) or self.backend.process(pid)
         if info is None:
             return None
         tid = tid or 0

@@ -64,9 +64,12 @@ class CaptureManager:
             from apppaccap.capture.attribution import Attribution
             from apppaccap.capture.owners import default_owners
             local = local_addresses()
+            backend = self._owners or default_owners()
+            from apppaccap.capture.owners import LinuxOwners
             self._attribution = Attribution(
-                self._owners or default_owners(), self.ctx.processes,
-                is_local=lambda ip: ip in local or ip.startswith("127."))
+                backend, self.ctx.processes,
+                is_local=lambda ip: ip in local or ip.startswith("127."),
+                fastpath=isinstance(backend, LinuxOwners))
         return self._attribution
 
     # -- start ---------------------------------------------------------------
@@ -182,6 +185,14 @@ class CaptureManager:
             except NotFound:
                 pass
         return len(ids)
+
+    def close(self) -> None:
+        """Service shutdown: stop every capture and the shared engines."""
+        self.stop_all()
+        if self._attribution is not None:
+            self._attribution.close()
+        if self._ip_resolver is not None:
+            self._ip_resolver.close()
 
     def recover(self) -> int:
         """Captures left ACTIVE by a crash become INTERRUPTED, with their committed counts."""

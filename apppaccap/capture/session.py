@@ -13,7 +13,6 @@ import time
 from collections import deque
 
 from apppaccap.capture.attribution import PENDING
-from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,8 @@ class CaptureSession:
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
         from apppaccap.capture.sniffer import Sniffer
-        self.sniffers = [Sniffer(h, i, self.q, name) for i, (name, h) in enumerate(handles)]
+        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status)
+                         for i, (name, h) in enumerate(handles)]
         self.linktypes = [s.linktype for s in self.sniffers]
         self.db = db
         self.attribution = attribution
@@ -97,8 +97,6 @@ class CaptureSession:
     def _run(self):
         buf: deque = deque()
         last_update = last_flush = time.monotonic()
-        status = self.attribution.status
-        linktypes = self.linktypes
         get = self.q.get
         while self._running.is_set() or not self.q.empty() or buf:
             try:
@@ -112,12 +110,8 @@ class CaptureSession:
             except queue.Empty:
                 batch = []
             now = time.monotonic()
-            for ts, iface, data in batch:
-                d = decode(linktypes[iface], data)
-                key = None
-                if d.src is not None and d.proto in (TCP, UDP) and not d.fragment:
-                    key = (d.proto, d.src, d.sport, d.dst, d.dport)
-                    status(key, syn=d.proto == TCP and d.tcp_flags & 0x12 == 0x02)
+            for ts, iface, data, d, key in batch:
+                # decoded and attribution asked for by the sniffer already
                 buf.append((now, ts, iface, data, d, key))
             self.received += len(batch)
             draining = not self._running.is_set()

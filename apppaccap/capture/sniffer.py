@@ -45,10 +45,15 @@ def open_handle(adapter: str, bpf: str):
 
 
 class Sniffer:
-    """Reads one adapter into `out` as (ts_ns, iface_index, bytes) tuples."""
+    """Reads one adapter into `out` as (ts_ns, iface_index, bytes, decoded, flow key).
 
-    def __init__(self, handle, iface: int, out: queue.Queue, name: str):
+    The 5-tuple is decoded here and a new flow's owner is asked for at once (`on_flow`,
+    non-blocking): every millisecond counts against a process that lives for five.
+    """
+
+    def __init__(self, handle, iface: int, out: queue.Queue, name: str, on_flow=None):
         self.handle = handle
+        self.on_flow = on_flow
         self.iface = iface
         self.out = out
         self.name = name
@@ -61,13 +66,23 @@ class Sniffer:
         self._thread.start()
 
     def _run(self):
+        from apppaccap.capture.decode import decode
         put = self.out.put_nowait
         iface = self.iface
         fd = self.handle.fileno()
+        linktype = self.linktype
+        on_flow = self.on_flow
 
         def on_packet(ts, pkt):
+            data = bytes(pkt)
+            d = decode(linktype, data)
+            key = None
+            if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
+                key = (d.proto, d.src, d.sport, d.dst, d.dport)
+                if on_flow is not None:
+                    on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
             try:
-                put((ts, iface, bytes(pkt)))
+                put((ts, iface, data, d, key))
             except queue.Full:
                 self.overflow += 1  # counted and reported in DroppedCount, never blocked on
 

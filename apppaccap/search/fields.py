@@ -1,0 +1,339 @@
+"""Every field of the language, and where it is evaluated: SQL or Python.
+
+The split, in one table (`FIELDS` below is the executable form of it):
+
+| field(s)                               | SQL (packets row / small dictionary)          | Python (decode) |
+|----------------------------------------|-----------------------------------------------|-----------------|
+| frame.number .len .cap_len             | id, len, caplen                               | —               |
+| frame.time .time_epoch .time_relative  | ts (id range when ts follows id)              | —               |
+| eth.src .dst .addr                     | eth_src, eth_dst (+ iface linktype)           | fallback: bytes |
+| vlan.id                                | vlan                                          | fallback        |
+| ip.src .dst .addr, ipv6.*, arp.*_ipv4  | src, dst via the capture's IP dictionary;     | fallback        |
+|                                        | pushed to `connections` (indexed) when narrow |                 |
+| ip.proto .ttl, ipv6.hlim               | proto, ttl                                    | fallback        |
+| tcp/udp .srcport .dstport .port        | sport, dport; pushed to `connections`         | fallback        |
+| tcp.flags(.syn …)                      | tcp_flags                                     | fallback        |
+| tcp.stream, udp.stream, conn.id        | conn_id (rank among the capture's flows)      | —               |
+| icmp.type, icmpv6.type                 | icmp_type                                     | fallback        |
+| proc.*, thread.id, capture.id          | process_id via `processes`, pid, tid, const   | —               |
+| protocol words (eth ip tcp …)          | existence: l3, proto, ports, iface            | fallback        |
+| `contains` / `matches` on protocols    | candidates only (existence guard)             | bytes ranges    |
+| dns, dns.qry.name, tcp.len, ip.len, ip.id, eth.type, arp.opcode, icmp.code … | guard only | decode |
+
+A field whose SQL columns are missing from a capture's schema (the lead may stop storing
+eth_src/eth_dst/summary) is evaluated in Python from the bytes, on the packets its guard
+lets through. Guards only use CORE columns, which every schema keeps.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+from apppaccap.search import decoded as D
+from apppaccap.search.values import ABSTIME
+from apppaccap.search.values import BOOL
+from apppaccap.search.values import BYTES
+from apppaccap.search.values import ETHER
+from apppaccap.search.values import IPV4
+from apppaccap.search.values import IPV6
+from apppaccap.search.values import PROTO
+from apppaccap.search.values import RELTIME
+from apppaccap.search.values import STRING
+from apppaccap.search.values import UINT
+
+# Columns every packets table keeps; guards are written with these only.
+CORE = frozenset("id ts len caplen iface blk off l3 proto src dst sport dport conn_id "
+                 "process_id pid tid".split())
+
+
+# ---- SQL forms -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Col:
+    """Plain packet columns: one SQL expression per occurrence (tshark's multi-occurrence
+    fields such as ip.addr = [src, dst])."""
+
+    exprs: tuple
+    needs: tuple
+
+
+@dataclass(frozen=True)
+class Ip(Col):
+    """IP text columns. Addresses, CIDR and ranges resolve against the capture's `ips`
+    table (every src/dst is in it) into a set of texts; `conn` allows the pushdown of the
+    same test to the connections table."""
+
+    conn: bool = True
+
+
+@dataclass(frozen=True)
+class Port(Col):
+    """TCP/UDP ports, pushed down to the connections table of that protocol."""
+
+    proto: int = 6
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process attribute: resolved in the capture's `processes` table → process_id set."""
+
+    attr: str
+
+
+@dataclass(frozen=True)
+class Stream:
+    """tshark's 0-based tcp.stream / udp.stream = rank of our connection among the flows of
+    that protocol in order of first packet (our ConnectionId order)."""
+
+    proto: int
+
+
+@dataclass(frozen=True)
+class Const:
+    """A value known per capture (capture.id)."""
+
+    attr: str
+
+
+@dataclass(frozen=True)
+class Time:
+    """ts in ns: absolute, epoch seconds, or relative to the capture's first packet."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class Exists:
+    """A protocol word whose guard is its exact existence test."""
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    doc: str
+    example: str
+    guard: str = "1"               # SQL, CORE columns; scope placeholders: {eth}
+    sql: object = None             # one of the forms above; None = Python only
+    py: Callable | None = None     # view → list of occurrence values
+    bits: int = 32
+    ranges: Callable | None = None  # PROTO/BYTES: view → [(start, end)] for contains/matches
+
+
+TCP_G = "proto = 6 AND (sport != 0 OR dport != 0)"
+UDP_G = "proto = 17 AND (sport != 0 OR dport != 0)"
+IP4_G, IP6_G = "l3 = 2048", "l3 = 34525"
+IP4_H, IP6_H = "l3 = 2048 AND src IS NOT NULL", "l3 = 34525 AND src IS NOT NULL"
+ICMP_G, ICMP6_G = "proto = 1 AND l3 = 2048", "proto = 58 AND l3 = 34525"
+ETH_G = "iface IN ({eth})"
+ARP_G = "l3 IN (2054, 32821)"
+DNS_G = ("proto IN (6, 17) AND (sport IN (53, 5353, 5355) OR dport IN (53, 5353, 5355))")
+
+
+def _d(test, *attrs):
+    """Python getter: attributes of the decoded packet when `test(dec)` holds."""
+    def get(v):
+        d = v.dec
+        return [getattr(d, a) for a in attrs] if test(d) else []
+    return get
+
+
+def _flag(mask):
+    return lambda v: [1 if v.dec.tcp_flags & mask else 0] if D.is_tcp(v.dec) else []
+
+
+def _eth_mac(*which):
+    def get(v):
+        if v.lt != 1 or v.caplen < 14:
+            return []
+        data = v.data
+        return [(data[6:12] if w == "src" else data[0:6]).hex(":") for w in which]
+    return get
+
+
+def _row(attr, test=None):
+    return lambda v: [getattr(v, attr)] if test is None or test(v) else []
+
+
+def _proc(attr):
+    def get(v):
+        p = v.scope.process(v.process_id)
+        return [] if p is None or p.get(attr) is None else [p[attr]]
+    return get
+
+
+def _stream(proto):
+    return lambda v: v.scope.stream_rank(proto, v.conn_id)
+
+
+def _time(kind):
+    if kind == "relative":
+        return lambda v: [v.ts - v.scope.first_ts]
+    return lambda v: [v.ts]
+
+
+_FLAGS = [("fin", 0x01), ("syn", 0x02), ("reset", 0x04), ("push", 0x08), ("ack", 0x10),
+          ("urg", 0x20), ("ece", 0x40), ("cwr", 0x80), ("ns", 0x100)]
+
+
+def _fields():
+    F = Field
+    out = [
+        F("frame", PROTO, "every packet; its captured bytes", 'frame contains "GET /"',
+          "1", Exists(), lambda v: D.r_frame(v), ranges=D.r_frame),
+        F("frame.number", UINT, "position in the capture, 1-based (= PacketId)",
+          "frame.number <= 100", sql=Col(("id",), ("id",)), py=_row("id")),
+        F("frame.len", UINT, "length on the wire", "frame.len > 1000",
+          sql=Col(("len",), ("len",)), py=_row("len")),
+        F("frame.cap_len", UINT, "captured length", "frame.cap_len < frame.len",
+          sql=Col(("caplen",), ("caplen",)), py=_row("caplen")),
+        F("frame.time", ABSTIME, "arrival time; local time unless the value says Z/UTC/±hh:mm",
+          'frame.time >= "2026-11-23 10:00:00"', sql=Time("abs"), py=_time("abs")),
+        F("frame.time_epoch", RELTIME, "arrival time, seconds since 1970 (UTC)",
+          "frame.time_epoch < 1700000000.5", sql=Time("epoch"), py=_time("epoch")),
+        F("frame.time_relative", RELTIME, "seconds since the capture's first packet",
+          "frame.time_relative <= 60", sql=Time("relative"), py=_time("relative")),
+        F("eth", PROTO, "Ethernet frames (interfaces of link type 1)", "eth && !ip",
+          ETH_G, Exists(), D.r_eth, ranges=D.r_eth),
+        F("eth.src", ETHER, "source MAC", "eth.src == 00:11:22:33:44:55", ETH_G,
+          Col(("eth_src",), ("eth_src",)), _eth_mac("src")),
+        F("eth.dst", ETHER, "destination MAC", "eth.dst == ff:ff:ff:ff:ff:ff", ETH_G,
+          Col(("eth_dst",), ("eth_dst",)), _eth_mac("dst")),
+        F("eth.addr", ETHER, "either MAC", "eth.addr == 00-11-22-33-44-55", ETH_G,
+          Col(("eth_dst", "eth_src"), ("eth_dst", "eth_src")), _eth_mac("dst", "src")),
+        F("eth.type", UINT, "EtherType of an Ethernet II frame (outer, before VLAN tags)",
+          "eth.type == 0x8100", ETH_G, None, D.eth_type, bits=16),
+        F("vlan", PROTO, "802.1Q/802.1ad tagged frames", "vlan", "vlan IS NOT NULL",
+          Exists(), _d(lambda d: d.vlan is not None, "vlan")),
+        F("vlan.id", UINT, "VLAN id of the outer tag", "vlan.id == 10", "vlan IS NOT NULL",
+          Col(("vlan",), ("vlan",)), _d(lambda d: d.vlan is not None, "vlan"), bits=12),
+        F("ip", PROTO, "IPv4 packets", "ip && !tcp && !udp", IP4_G, Exists(),
+          D.r_ip, ranges=D.r_ip),
+        F("ip.src", IPV4, "IPv4 source", "ip.src == 10.0.0.0/8", IP4_G,
+          Ip(("src",), ("src",)), _d(D.is_ip4, "src")),
+        F("ip.dst", IPV4, "IPv4 destination", "ip.dst in {10.0.0.1, 192.168.0.0/16}", IP4_G,
+          Ip(("dst",), ("dst",)), _d(D.is_ip4, "dst")),
+        F("ip.addr", IPV4, "either IPv4 address", "ip.addr == 192.0.2.1", IP4_G,
+          Ip(("src", "dst"), ("src", "dst")), _d(D.is_ip4, "src", "dst")),
+        F("ip.proto", UINT, "IPv4 protocol number (after IPv4 only)", "ip.proto == 47", IP4_H,
+          Col(("proto",), ("proto",)), _d(D.is_ip4, "proto"), bits=8),
+        F("ip.ttl", UINT, "IPv4 time to live", "ip.ttl < 10", IP4_H,
+          Col(("ttl",), ("ttl",)), _d(D.is_ip4, "ttl"), bits=8),
+        F("ip.len", UINT, "IPv4 total length", "ip.len > 1400", IP4_H, None, D.ip_len, bits=16),
+        F("ip.id", UINT, "IPv4 identification", "ip.id == 0x1234", IP4_H, None, D.ip_id,
+          bits=16),
+        F("ipv6", PROTO, "IPv6 packets", "ipv6 && udp", IP6_G, Exists(), D.r_ip6,
+          ranges=D.r_ip6),
+        F("ipv6.src", IPV6, "IPv6 source", "ipv6.src == fe80::/10", IP6_G,
+          Ip(("src",), ("src",)), _d(D.is_ip6, "src")),
+        F("ipv6.dst", IPV6, "IPv6 destination", "ipv6.dst == ff02::fb", IP6_G,
+          Ip(("dst",), ("dst",)), _d(D.is_ip6, "dst")),
+        F("ipv6.addr", IPV6, "either IPv6 address", "ipv6.addr == 2001:db8::1", IP6_G,
+          Ip(("src", "dst"), ("src", "dst")), _d(D.is_ip6, "src", "dst")),
+        F("ipv6.hlim", UINT, "IPv6 hop limit", "ipv6.hlim == 255", IP6_H,
+          Col(("ttl",), ("ttl",)), _d(D.is_ip6, "ttl"), bits=8),
+        F("ipv6.plen", UINT, "IPv6 payload length", "ipv6.plen == 0", IP6_H, None,
+          D.ipv6_plen, bits=16),
+        F("arp", PROTO, "ARP and RARP", "arp", ARP_G, Exists(), D.r_arp, ranges=D.r_arp),
+        F("arp.opcode", UINT, "1 request, 2 reply (3/4 RARP)", "arp.opcode == 2", ARP_G,
+          None, D.arp_opcode, bits=16),
+        F("arp.src.proto_ipv4", IPV4, "ARP sender IPv4", "arp.src.proto_ipv4 == 10.0.0.1",
+          "l3 = 2054", Ip(("src",), ("src",), conn=False), _d(lambda d: d.l3 == D.ARP and
+                                                               d.src is not None, "src")),
+        F("arp.dst.proto_ipv4", IPV4, "ARP target IPv4", "arp.dst.proto_ipv4 == 10.0.0.2",
+          "l3 = 2054", Ip(("dst",), ("dst",), conn=False), _d(lambda d: d.l3 == D.ARP and
+                                                               d.dst is not None, "dst")),
+        F("tcp", PROTO, "TCP segments (header and payload)", "tcp contains 00:50", TCP_G,
+          Exists(), D.r_tcp, ranges=D.r_tcp),
+        F("tcp.srcport", UINT, "TCP source port", "tcp.srcport == 443", TCP_G,
+          Port(("sport",), ("sport",), proto=6), _d(D.is_tcp, "sport"), bits=16),
+        F("tcp.dstport", UINT, "TCP destination port", "tcp.dstport in {80, 8000..8099}",
+          TCP_G, Port(("dport",), ("dport",), proto=6), _d(D.is_tcp, "dport"), bits=16),
+        F("tcp.port", UINT, "either TCP port", "tcp.port == 443", TCP_G,
+          Port(("sport", "dport"), ("sport", "dport"), proto=6),
+          _d(D.is_tcp, "sport", "dport"), bits=16),
+        F("tcp.flags", UINT, "TCP flags (9 bits: FIN 0x01 … NS 0x100)", "tcp.flags & 0x12 == 0x12",
+          TCP_G, Col(("tcp_flags",), ("tcp_flags",)), _d(D.is_tcp, "tcp_flags"), bits=12),
+        F("tcp.stream", UINT, "0-based TCP conversation index, as tshark", "tcp.stream == 3",
+          TCP_G, Stream(6), _stream(6)),
+        F("tcp.len", UINT, "TCP segment data length (from the IP lengths)", "tcp.len > 0",
+          TCP_G, None, D.tcp_len),
+        F("tcp.seq_raw", UINT, "raw sequence number", "tcp.seq_raw == 0", TCP_G, None,
+          D.tcp_seq),
+        F("tcp.ack_raw", UINT, "raw acknowledgement number", "tcp.ack_raw == 1", TCP_G, None,
+          D.tcp_ack),
+        F("tcp.payload", BYTES, "TCP segment data", 'tcp.payload contains "HTTP/1.1"', TCP_G,
+          None, D.r_tcp_payload, ranges=D.r_tcp_payload),
+        F("udp", PROTO, "UDP datagrams (header and payload)", "udp && !dns", UDP_G, Exists(),
+          D.r_udp, ranges=D.r_udp),
+        F("udp.srcport", UINT, "UDP source port", "udp.srcport == 5353", UDP_G,
+          Port(("sport",), ("sport",), proto=17), _d(D.is_udp, "sport"), bits=16),
+        F("udp.dstport", UINT, "UDP destination port", "udp.dstport == 53", UDP_G,
+          Port(("dport",), ("dport",), proto=17), _d(D.is_udp, "dport"), bits=16),
+        F("udp.port", UINT, "either UDP port", "udp.port in {53, 5353}", UDP_G,
+          Port(("sport", "dport"), ("sport", "dport"), proto=17),
+          _d(D.is_udp, "sport", "dport"), bits=16),
+        F("udp.stream", UINT, "0-based UDP conversation index, as tshark", "udp.stream == 0",
+          UDP_G, Stream(17), _stream(17)),
+        F("udp.length", UINT, "UDP length field", "udp.length < 20", UDP_G, None,
+          D.udp_length, bits=16),
+        F("udp.payload", BYTES, "UDP datagram data", "udp.payload contains 00:01", UDP_G,
+          None, D.r_udp_payload, ranges=D.r_udp_payload),
+        F("icmp", PROTO, "ICMP (IPv4)", "icmp", ICMP_G, Exists(), D.r_icmp, ranges=D.r_icmp),
+        F("icmp.type", UINT, "ICMP type", "icmp.type == 8", ICMP_G + " AND icmp_type IS NOT NULL",
+          Col(("icmp_type",), ("icmp_type",)), _d(lambda d: D.is_icmp(d) and d.icmp_type
+                                                   is not None, "icmp_type"), bits=8),
+        F("icmp.code", UINT, "ICMP code", "icmp.code == 3", ICMP_G, None, D.icmp_code, bits=8),
+        F("icmpv6", PROTO, "ICMPv6", "icmpv6 && !(icmpv6.type in {135, 136})", ICMP6_G,
+          Exists(), D.r_icmp6, ranges=D.r_icmp6),
+        F("icmpv6.type", UINT, "ICMPv6 type", "icmpv6.type == 128",
+          ICMP6_G + " AND icmp_type IS NOT NULL", Col(("icmp_type",), ("icmp_type",)),
+          _d(lambda d: D.is_icmp6(d) and d.icmp_type is not None, "icmp_type"), bits=8),
+        F("icmpv6.code", UINT, "ICMPv6 code", "icmpv6.code == 0", ICMP6_G, None, D.icmp6_code,
+          bits=8),
+        F("dns", PROTO, "DNS on port 53 (UDP, or TCP with data)", "dns && udp.length > 512",
+          DNS_G, None, D.dns_present, ranges=D.dns_present),
+        F("dns.qry.name", STRING, "every question name (DNS, mDNS, LLMNR)",
+          'dns.qry.name contains "example"', DNS_G, None, D.dns_qry_names),
+        F("proc.name", STRING, "owning process name", 'proc.name == "curl"',
+          "process_id IS NOT NULL", Proc("name"), _proc("name")),
+        F("proc.path", STRING, "owning process executable", 'proc.path matches "^/usr/bin/"',
+          "process_id IS NOT NULL", Proc("path"), _proc("path")),
+        F("proc.cmdline", STRING, "owning process command line",
+          'proc.cmdline contains "--insecure"', "process_id IS NOT NULL", Proc("cmdline"),
+          _proc("cmdline")),
+        F("proc.pid", UINT, "owning process id (system pid)", "proc.pid == 1234",
+          "process_id IS NOT NULL", Col(("pid",), ("pid",)),
+          _row("pid", lambda v: v.process_id is not None)),
+        F("proc.id", UINT, "our ProcessId (stable across pid reuse)", "proc.id == 17",
+          "process_id IS NOT NULL", Col(("process_id",), ("process_id",)),
+          _row("process_id", lambda v: v.process_id is not None), bits=63),
+        F("thread.id", UINT, "sending thread id, where known", "thread.id == 4321",
+          "tid != 0", Col(("tid",), ("tid",)), _row("tid", lambda v: v.tid != 0)),
+        F("capture.id", UINT, "the CaptureId", "capture.id in {3, 5}", "1", Const("capture_id"),
+          lambda v: [v.scope.capture_id], bits=63),
+        F("conn.id", UINT, "our ConnectionId (TCP and UDP flows, 1-based)", "conn.id == 12",
+          "conn_id IS NOT NULL", Col(("conn_id",), ("conn_id",)),
+          _row("conn_id", lambda v: v.conn_id is not None), bits=63),
+    ]
+    for name, mask in _FLAGS:
+        out.append(Field(f"tcp.flags.{name}", BOOL, f"TCP {name.upper()} flag (0/1)",
+                         f"tcp.flags.{name} == 1", TCP_G,
+                         Col((f"(tcp_flags & {mask}) != 0",), ("tcp_flags",)), _flag(mask)))
+    return {f.name: f for f in out}
+
+
+FIELDS: dict[str, Field] = _fields()
+
+
+def lookup(name: str, pos: int) -> Field:
+    """The field called `name`, or FilterError suggesting close names."""
+    from apppaccap.search.lexer import FilterError
+    f = FIELDS.get(name)
+    if f is not None:
+        return f
+    close = difflib.get_close_matches(name, FIELDS, n=3, cutoff=0.7)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise FilterError(f"unknown field {name[:60]!r}{hint}", pos)

@@ -1,0 +1,127 @@
+"""What the compiler needs to know about one capture: its schema, interfaces, id range,
+and small "dictionaries" (IPs, processes, connections) that turn predicates on values into
+sets of keys SQL can use (`src IN (…)`, `process_id IN (…)`, `conn_id IN (…)`).
+
+A Scope reads through its own read-only SQLite connection, bounded to the packets that
+existed when it was opened (`max_id`), so a search of an active capture sees a snapshot.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+_SORTED_CACHE: dict = {}   # (path, first id, last id, first ts, last ts) → ts non-decreasing?
+_SORTED_LOCK = threading.Lock()
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """Our own read-only connection (cursors stream; the Database helper fetches all rows)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
+                           timeout=30)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+class Scope:
+    """One capture as seen by one search or export."""
+
+    def __init__(self, conn: sqlite3.Connection, capture_id: int, path: str = "", *,
+                 force_python: bool = False):
+        self.conn, self.capture_id, self.path = conn, capture_id, path
+        self.force_python = force_python  # tests: evaluate every field from the bytes
+        self.columns = {r[1] for r in conn.execute("PRAGMA table_info(packets)")}
+        self.linktypes = {r[0]: r[1] & 0x0FFFFFFF for r in
+                          conn.execute("SELECT id, linktype FROM interfaces")}
+        lo, hi = conn.execute("SELECT min(id), max(id) FROM packets").fetchone()
+        self.min_id, self.max_id = (lo or 1), (hi or 0)
+        row = conn.execute("SELECT ts FROM packets WHERE id = ?", (self.min_id,)).fetchone()
+        self.first_ts = row[0] if row else 0
+        self._ips = self._procs = self._conns = None
+        self._ranks: dict = {}
+        self._sorted = None
+
+    @property
+    def packets(self) -> int:
+        """Packets in the snapshot (ids are dense: 1..n in arrival order)."""
+        return max(0, self.max_id - self.min_id + 1)
+
+    @property
+    def eth_ifaces(self) -> str:
+        """Interface ids with Ethernet link type, as SQL list text (ints from our own table)."""
+        ids = [str(i) for i, lt in sorted(self.linktypes.items()) if lt == 1]
+        return ", ".join(ids) or "NULL"
+
+    # -- dictionaries ---------------------------------------------------------------
+    def ips(self) -> list[str]:
+        """Every address that occurs as a packet's src or dst (the recorder keeps them all)."""
+        if self._ips is None:
+            self._ips = [r[0] for r in self.conn.execute("SELECT ip FROM ips")]
+        return self._ips
+
+    def processes(self) -> dict:
+        if self._procs is None:
+            self._procs = {r[0]: {"name": r[1], "path": r[2], "cmdline": r[3]} for r in
+                           self.conn.execute("SELECT process_id, name, path, cmdline "
+                                             "FROM processes")}
+        return self._procs
+
+    def process(self, process_id):
+        return None if process_id is None else self.processes().get(process_id)
+
+    def connections(self) -> list[tuple]:
+        """(id, proto, local_ip, local_port, remote_ip, remote_port, packets) by id."""
+        if self._conns is None:
+            self._conns = self.conn.execute(
+                "SELECT id, proto, local_ip, local_port, remote_ip, remote_port, "
+                "packets_in + packets_out FROM connections ORDER BY id").fetchall()
+        return self._conns
+
+    def stream_ids(self, proto: int) -> list[int]:
+        """Connection ids of one protocol in order of first packet (= tshark's stream order)."""
+        return [c[0] for c in self.connections() if c[1] == proto]
+
+    def stream_rank(self, proto: int, conn_id) -> list:
+        ranks = self._ranks.get(proto)
+        if ranks is None:
+            ranks = self._ranks[proto] = {cid: i for i, cid in enumerate(self.stream_ids(proto))}
+        r = ranks.get(conn_id)
+        return [] if r is None else [r]
+
+    # -- time ordering ----------------------------------------------------------------
+    def ts_sorted(self) -> bool:
+        """Do timestamps never decrease with the packet id? Then a time range is an id range.
+
+        Checked once per capture snapshot with one pass over the ts column; cached in memory
+        under a key that changes when the capture does.
+        """
+        if self._sorted is None:
+            last = self.conn.execute("SELECT ts FROM packets WHERE id = ?",
+                                     (self.max_id,)).fetchone()
+            key = (self.path, self.min_id, self.max_id, self.first_ts, last and last[0])
+            with _SORTED_LOCK:
+                cached = _SORTED_CACHE.get(key)
+            if cached is None:
+                back = self.conn.execute(
+                    "SELECT 1 FROM (SELECT ts < lag(ts) OVER (ORDER BY id) AS back FROM packets "
+                    "WHERE id <= ?) WHERE back LIMIT 1", (self.max_id,)).fetchone()
+                cached = back is None
+                with _SORTED_LOCK:
+                    if len(_SORTED_CACHE) > 1000:
+                        _SORTED_CACHE.clear()
+                    _SORTED_CACHE[key] = cached
+            self._sorted = cached
+        return self._sorted
+
+    def first_id_at(self, ns: int, *, after: bool = False) -> int:
+        """Smallest id whose ts >= ns (> ns with after); max_id + 1 when none. Needs ts_sorted."""
+        lo, hi = self.min_id, self.max_id + 1
+        op = (lambda t: t > ns) if after else (lambda t: t >= ns)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = self.conn.execute("SELECT ts FROM packets WHERE id = ?", (mid,)).fetchone()
+            if row is None or op(row[0]):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo

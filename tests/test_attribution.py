@@ -1,0 +1,132 @@
+"""Attribution logic with an injected backend (no root, no sockets)."""
+
+import time
+from types import SimpleNamespace
+
+from apppaccap.capture.attribution import PENDING
+from apppaccap.capture.attribution import Attribution
+from apppaccap.capture.owners import Owner
+
+
+class FakeBook:
+    def __init__(self):
+        self.ids = {}
+
+    def identify(self, recs):
+        return [self.ids.setdefault((r["pid"], r["start_time"]), len(self.ids) + 1) for r in recs]
+
+
+class FakeBackend:
+    """resolve() answers from a table that the test changes over time."""
+
+    def __init__(self):
+        self.table = {}
+        self.calls = []
+        self.snap = {}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def resolve(self, proto, src, sport, dst, dport):
+        self.calls.append((src, sport, dst, dport))
+        return list(self.table.get((proto, src, sport, dst, dport), []))
+
+    def snapshot(self):
+        return self.snap
+
+    def process(self, pid):
+        return SimpleNamespace(ppid=1, name=f"p{pid}", path=f"/bin/p{pid}", cmdline="", user="",
+                               start_time_ns=pid * 1000)
+
+
+def wait_status(att, key, **kw):
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        st = att.status(key, **kw)
+        if st is not PENDING:
+            return st
+        time.sleep(0.002)
+    raise AssertionError("still pending")
+
+
+KEY = (6, "10.0.0.1", 40000, "10.0.0.2", 80)
+
+
+def make(backend):
+    att = Attribution(backend, FakeBook(), boost=False, is_local=lambda ip: ip == "10.0.0.1")
+    att.acquire()
+    return att
+
+
+def test_pending_then_labelled_and_sticky():
+    be = FakeBackend()
+    be.table[KEY] = [Owner(4242, None, 99, True)]
+    att = make(be)
+    try:
+        assert att.status(KEY) is PENDING
+        labels = wait_status(att, KEY)
+        assert [(lab.pid, lab.local) for lab in labels] == [(4242, ("10.0.0.1", 40000))]
+        be.table.clear()                   # the process exits; its flow keeps the label
+        reply = (6, "10.0.0.2", 80, "10.0.0.1", 40000)
+        assert att.status(reply)[0].pid == 4242
+        assert len(be.calls) == 1
+    finally:
+        att.release()
+
+
+def test_late_owner_found_by_retry():
+    be = FakeBackend()
+    att = make(be)
+    try:
+        att.status(KEY)
+        time.sleep(0.003)                  # first look finds nothing …
+        be.table[KEY] = [Owner(7, None, 5, True)]   # … the socket appears a moment later
+        assert wait_status(att, KEY)[0].pid == 7
+        assert len(be.calls) >= 2
+    finally:
+        att.release()
+
+
+def test_nobody_is_empty_not_wrong():
+    be = FakeBackend()
+    att = make(be)
+    try:
+        att.status(KEY)
+        assert wait_status(att, KEY) == []
+    finally:
+        att.release()
+
+
+def test_new_syn_on_reused_tuple_re_resolves():
+    be = FakeBackend()
+    be.table[KEY] = [Owner(1, None, 5, True)]
+    att = make(be)
+    try:
+        att.status(KEY, syn=True)
+        assert wait_status(att, KEY)[0].pid == 1
+        att.flows[(6, ("10.0.0.1", 40000), ("10.0.0.2", 80))][1] -= 5   # resolved long ago
+        be.table[KEY] = [Owner(2, None, 6, True)]
+        assert att.status(KEY, syn=True) is PENDING
+        assert wait_status(att, KEY)[0].pid == 2
+    finally:
+        att.release()
+
+
+def test_sweep_labels_preexisting_flow():
+    be = FakeBackend()
+    att = Attribution(be, FakeBook(), boost=False, sweep_interval=0.05,
+                      is_local=lambda ip: ip == "10.0.0.1")
+    att.acquire()
+    try:
+        att.status(KEY)
+        assert wait_status(att, KEY) == []
+        be.snap = {(6, "10.0.0.1", 40000, "10.0.0.2", 80): [Owner(9, None, 1, True)]}
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not att.status(KEY):
+            time.sleep(0.02)
+        assert att.status(KEY)[0].pid == 9 and att.stats["swept"] >= 1
+    finally:
+        att.release()

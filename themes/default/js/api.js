@@ -1,0 +1,158 @@
+/* The one AJAX helper. Every request of this theme goes through App.api():
+ *   App.api("capture_list_active").then(function (list) { ... }, App.fail);
+ * It posts to /ajax with the token first (from {%hd_ajax_token} in index.html, or from
+ * login), resolves with ReturnValue on ERROR_SERVE_SUCCESS and rejects with
+ * {ErrorCode, ReturnValue, action} otherwise, so callers always get the server's words. */
+var App = window.App || (window.App = {});
+
+(function () {
+  "use strict";
+
+  var KEY = "apppaccap_token", USER_KEY = "apppaccap_user";
+  var ERROR_NAMES = ["SUCCESS", "GENERIC_ERROR", "NO_TOKEN", "NO_PAGE", "MALFORMED_REQUEST",
+    "SESSION_TIMEOUT", "NOT_FOUND", "BUSY", "INVALID_PERMISSIONS", "INVALID_CREDENTIALS",
+    "UNSUPPORTED", "IO_ERROR", "INVALID_LICENSE"];
+  var errorNames = {};
+  ERROR_NAMES.forEach(function (n) {
+    var v = window["ERROR_SERVE_" + n];
+    if (typeof v === "number") errorNames[v] = n;
+  });
+
+  // A page served with ?token=… carries it in APC_PAGE (via the placeholder); keep it for
+  // this tab and take it out of the address bar so it is not copied or bookmarked.
+  var token = (window.APC_PAGE && APC_PAGE.token) || sessionStorage.getItem(KEY) || "";
+  if (window.APC_PAGE && APC_PAGE.token) {
+    sessionStorage.setItem(KEY, APC_PAGE.token);
+    if (window.history && /[?&]token=/.test(location.search)) {
+      history.replaceState(null, "", location.pathname + location.hash);
+    }
+  }
+
+  // Unexpected exceptions inside promise callbacks must not vanish (jQuery warns by default).
+  $.Deferred.exceptionHook = function (err) {
+    if (err && window.console) console.error("AppPacCap UI: " + (err.stack || err));
+  };
+
+  function rejected(r) { return $.Deferred().reject(r).promise(); }
+
+  function envelope(action, r) {
+    if (!r || typeof r.ErrorCode !== "number") {
+      return rejected({ErrorCode: -1, ReturnValue: "unexpected answer to " + action, action: action});
+    }
+    if (r.ErrorCode !== ERROR_SERVE_SUCCESS) {
+      r.action = action;
+      if (r.ErrorCode === ERROR_SERVE_NO_TOKEN || r.ErrorCode === ERROR_SERVE_SESSION_TIMEOUT) {
+        if (action !== "login" && App.sessionLost) App.sessionLost(r);
+      }
+      return rejected(r);
+    }
+    return r.ReturnValue;
+  }
+
+  function transportError(action) {
+    return function (xhr, status) {
+      var what = xhr && xhr.status ? "HTTP " + xhr.status : (status || "no answer");
+      return rejected({ErrorCode: -1, action: action,
+        ReturnValue: action + ": the server did not answer (" + what + ")"});
+    };
+  }
+
+  /* POST one action; data values may be arrays (sent as key[]=…). */
+  function api(action, data) {
+    var body = $.extend({}, token ? {token: token} : {}, {action: action}, data || {});
+    return $.ajax({url: "/ajax", type: "post", data: body, dataType: "json"})
+      .then(function (r) { return envelope(action, r); }, transportError(action));
+  }
+
+  /* Multipart upload (pcap_ingest_post's `file` part) with upload progress 0-100. */
+  api.upload = function (action, file, onProgress) {
+    var fd = new FormData();
+    if (token) fd.append("token", token);
+    fd.append("action", action);
+    fd.append("file", file, file.name);
+    return $.ajax({
+      url: "/ajax", type: "post", data: fd, processData: false, contentType: false,
+      dataType: "json",
+      xhr: function () {
+        var xhr = new XMLHttpRequest();
+        if (xhr.upload && onProgress) {
+          xhr.upload.addEventListener("progress", function (e) {
+            if (e.lengthComputable) onProgress(100 * e.loaded / e.total);
+          });
+        }
+        return xhr;
+      }
+    }).then(function (r) { return envelope(action, r); }, transportError(action));
+  };
+
+  /* Follow a COMMAND (ingest, export, action run) with command_query until it ends.
+   * Resolves with the final COMMAND when COMPLETED; rejects with its Message otherwise. */
+  api.command = function (cmd, onProgress, interval) {
+    var d = $.Deferred();
+    function step(c) {
+      if (onProgress) onProgress(c);
+      if (c.State === COMMAND_STATE_COMPLETED) return d.resolve(c);
+      if (c.State === COMMAND_STATE_FAILED || c.State === COMMAND_STATE_CANCELLED) {
+        var state = c.State === COMMAND_STATE_FAILED ? "failed" : "was cancelled";
+        return d.reject({ErrorCode: -1, action: "command_query",
+          ReturnValue: c.Type.toLowerCase() + " " + state + (c.Message ? ": " + c.Message : "")});
+      }
+      setTimeout(function () {
+        api("command_query", {command_uid: c.CommandUid}).then(step, d.reject);
+      }, interval || 300);
+    }
+    step(cmd);
+    return d.promise();
+  };
+
+  /* Which optional actions does this server have? An unknown action answers NO_PAGE;
+   * any other answer (even MALFORMED_REQUEST for missing parameters) means it exists.
+   * Only read-only actions (or ones refused without parameters) are probed. */
+  var available = {};
+  api.probe = function (actions) {
+    return $.when.apply($, actions.map(function (a) {
+      var d = $.Deferred();
+      $.ajax({url: "/ajax", type: "post", dataType: "json",
+        data: $.extend({}, token ? {token: token} : {}, {action: a})})
+        .done(function (r) { available[a] = !(r && r.ErrorCode === ERROR_SERVE_NO_PAGE); })
+        .fail(function () { available[a] = false; })
+        .always(function () { d.resolve(); });
+      return d.promise();
+    })).then(function () { return available; });
+  };
+  api.has = function (action) { return available[action] !== false; };
+
+  api.errorName = function (code) { return errorNames[code] || (code < 0 ? "NETWORK" : "ERROR " + code); };
+  api.token = function () { return token; };
+  api.user = function () { return sessionStorage.getItem(USER_KEY) || ""; };
+  api.setToken = function (t, user) {
+    token = t || "";
+    if (token) {
+      sessionStorage.setItem(KEY, token);
+      sessionStorage.setItem(USER_KEY, user || "");
+    } else {
+      sessionStorage.removeItem(KEY);
+      sessionStorage.removeItem(USER_KEY);
+    }
+  };
+
+  /* Read every page of a `last_id` action. `key` names the id field of the items,
+   * `pick` the array inside the answer (null when the answer is the array itself). */
+  api.all = function (action, params, key, pick, onPage) {
+    var out = [], d = $.Deferred();
+    function page(last) {
+      api(action, $.extend({}, params, {last_id: last, limit: 1000})).then(function (r) {
+        var items = pick ? r[pick] : r;
+        out.push.apply(out, items);
+        if (onPage) onPage(out);
+        var more = pick ? r.More : items.length === 1000;
+        var next = pick ? r.LastId : (items.length ? items[items.length - 1][key] : last);
+        if (more && next > last) page(next); else d.resolve(out);
+      }, d.reject);
+    }
+    page(0);
+    return d.promise();
+  };
+
+  App.api = api;
+})();
