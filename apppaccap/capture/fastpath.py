@@ -44,6 +44,7 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
     h.setfilter(BPF)
     h.setnonblock(True)
     linktype = h.datalink()
+    conn.send(("ready",))
     seen: dict = {}
     delayed: list = []
     seq = 0
@@ -132,6 +133,19 @@ class FastPath:
             log.warning("attribution fast path unavailable: %s", exc)
             return False
         child_conn.close()
+        # Wait until the child listens: a capture must not start before its fast path does.
+        if not self.conn.poll(20):
+            log.warning("attribution fast path did not start in time; using the fallback only")
+            self.stop()
+            return False
+        try:
+            ready = self.conn.recv()
+        except EOFError:
+            ready = None
+        if ready != ("ready",):
+            log.warning("attribution fast path failed to start (%r)", ready)
+            self.stop()
+            return False
         self._reader = threading.Thread(target=self._read, daemon=True, name="fastpath-reader")
         self._reader.start()
         return True
@@ -167,7 +181,7 @@ class FastPath:
             return
         try:
             self.conn.send(("stop",))
-        except OSError:
+        except (OSError, ValueError):
             pass
         self.proc.join(5)
         if self.proc.is_alive():

@@ -59,6 +59,17 @@ MIGRATIONS = [
         packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
         PRIMARY KEY (kind, key, minute, proto)) WITHOUT ROWID
     """,
+    # 2: files found by the extractor (apppaccap/extract/service.py); id = StreamId,
+    # spool = the body's file name under <data-dir>/extract-spool/<capture_id>/
+    """
+    CREATE TABLE extract_streams (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, conn_id INTEGER NOT NULL, protocol TEXT NOT NULL,
+        direction TEXT NOT NULL, file_name TEXT NOT NULL, mime_type TEXT, sniffed_mime TEXT,
+        size INTEGER NOT NULL, complete INTEGER NOT NULL, truncated INTEGER NOT NULL,
+        missing_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, ts INTEGER NOT NULL, uri TEXT,
+        host TEXT, method TEXT, status INTEGER, declared_size INTEGER, content_encoding TEXT,
+        depth INTEGER NOT NULL DEFAULT 0, spool TEXT NOT NULL)
+    """,
 ]
 
 # agg.kind: one row per (minute, proto) for all traffic, per IP and per port.

@@ -81,7 +81,14 @@ MIGRATIONS = [
     CREATE INDEX IF NOT EXISTS trigger_actions_by_action ON trigger_actions(action_id)
     """,
     # 6: extracted files (owned by apppaccap/extract/) — placeholder
-    "CREATE TABLE IF NOT EXISTS _slot6 (x)",
+    """
+    CREATE TABLE IF NOT EXISTS extracted_files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, capture_id INTEGER NOT NULL,
+        stream_id INTEGER NOT NULL, file_name TEXT NOT NULL, path TEXT NOT NULL,
+        size INTEGER NOT NULL, mime_type TEXT NOT NULL DEFAULT '', sha256 TEXT NOT NULL,
+        created INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS extracted_files_capture ON extracted_files(capture_id, stream_id)
+    """,
 ]
 
 

@@ -1,0 +1,225 @@
+"""File extraction wired into the product: capture → Extractor → EXTRACTSTREAM rows.
+
+Storage (the decision behind the extract_* actions):
+
+* While the setting ``extract_enabled`` is "1" when a live capture or an ingest
+  *starts*, :func:`attach` hooks an :class:`~apppaccap.extract.engine.Extractor`
+  to its Recorder (``recorder.on_tcp``).  Changing the flag does not touch captures
+  that are already running.
+* Every finished file (a FileEvent) becomes one row of the capture database's
+  ``extract_streams`` table (its id is the StreamId), and its decoded body stays
+  in the spool file the engine wrote, under ``<data-dir>/extract-spool/<capture_id>/``.
+  The spool is the capture's own data: it lives until the capture is deleted
+  (:func:`forget_capture`, called by ``delete_capture_files``).
+* ``extract_file_write`` copies a spooled body to ``<data-dir>/extracted/<capture_id>/``
+  under a sanitised, unique name and records it in the catalog table
+  ``extracted_files`` (FileId).  Deleting the capture removes its extracted files
+  too (capture ids can be reused by SQLite; stale files must not be inherited).
+
+Connections are closed in the engine when both FINs or a RST have been seen, and
+after ``IDLE_NS`` without a packet (so a long capture does not keep state for
+connections that vanished); everything left is flushed when the capture ends.
+An error inside the engine (for example a full disk) switches extraction off for
+that capture only — the packet capture itself never fails because of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import OrderedDict
+
+from apppaccap.extract.engine import Extractor
+from apppaccap.extract.engine import FileEvent
+
+log = logging.getLogger(__name__)
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+IDLE_NS = 600 * 1_000_000_000       # a connection silent this long is closed in the engine
+SWEEP_NS = 30 * 1_000_000_000       # how often (capture time) idle connections are looked for
+MAX_STREAM_BUFFER = 1 << 20         # out-of-order bytes buffered per direction
+_CLOSED_MEMORY = 65536              # closed connection ids remembered (late ACKs ignored)
+_ROWS_AT = 256                      # EXTRACTSTREAM rows written per transaction at most
+_ROWS_EVERY = 0.25                  # seconds a finished file waits before its row is written
+_NAME_MAX = 4096                    # characters of the raw file name kept
+
+STREAM_COLUMNS = ("conn_id", "protocol", "direction", "file_name", "mime_type", "sniffed_mime",
+                  "size", "complete", "truncated", "missing_bytes", "sha256", "ts", "uri",
+                  "host", "method", "status", "declared_size", "content_encoding", "depth",
+                  "spool")
+_INSERT = (f"INSERT INTO extract_streams({','.join(STREAM_COLUMNS)}) "
+           f"VALUES ({','.join('?' * len(STREAM_COLUMNS))})")
+
+
+def spool_dir(data_dir: str, capture_id: int) -> str:
+    return os.path.join(data_dir, "extract-spool", str(int(capture_id)))
+
+
+def extracted_dir(data_dir: str, capture_id: int) -> str:
+    return os.path.join(data_dir, "extracted", str(int(capture_id)))
+
+
+def enabled(ctx) -> bool:
+    return ctx.settings.get("extract_enabled") == "1"
+
+
+def attach(ctx, recorder, db, capture_id: int) -> ExtractHandle:
+    """Feed ``recorder``'s TCP packets to a new Extractor; call ``close()`` at the end."""
+    handle = ExtractHandle(db, spool_dir(ctx.config.data_dir, capture_id),
+                           max_file_bytes=ctx.settings.get_int("extract_max_file_bytes", 64 << 20))
+    recorder.on_tcp = handle.on_tcp
+    handle.recorder = recorder
+    return handle
+
+
+def _text(value, limit: int = _NAME_MAX):
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    # lone surrogates cannot be stored as UTF-8 text
+    return str(value)[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+class ExtractHandle:
+    """One capture's extraction: the engine, its sink and the EXTRACTSTREAM writer.
+
+    All methods but ``close`` run on the thread that feeds the Recorder; ``close``
+    is called once that thread is done (after ``CaptureSession.stop`` / at ingest end).
+    """
+
+    def __init__(self, db, spool: str, *, max_file_bytes: int = 64 << 20,
+                 max_stream_buffer: int = MAX_STREAM_BUFFER):
+        self.db = db
+        self.spool = spool
+        self.recorder = None
+        self.extractor = Extractor(self, max_file_bytes=max(int(max_file_bytes), 0),
+                                   max_stream_buffer=max_stream_buffer, spool_dir=spool)
+        self.files = 0
+        self.error = ""
+        self._rows: list = []
+        self._rows_since = 0.0
+        self._pending = None
+        self._fins: dict[int, set] = {}
+        self._closed: OrderedDict = OrderedDict()
+        self._last: dict[int, int] = {}
+        self._swept = None
+        self._dead = False
+
+    # -- feed ------------------------------------------------------------------
+    def on_tcp(self, conn_id: int, ts: int, d, data) -> None:
+        """Recorder hook: one TCP packet of connection ``conn_id``."""
+        if self._dead or d.l4_off < 0:
+            return              # extraction failed earlier / fragment without a TCP header
+        flags = d.tcp_flags
+        if conn_id in self._closed:
+            if not d.payload_len and not flags & SYN:
+                return          # the last ACKs of a closed connection
+            del self._closed[conn_id]   # new data or a new connection on the same addresses
+        off = d.payload_off
+        payload = data[off:off + d.payload_len]
+        if type(payload) is not bytes:
+            payload = bytes(payload)    # do not pin a larger buffer in the reassembler
+        try:
+            self.extractor.tcp(conn_id, ts, d.src, d.sport, d.dst, d.dport, d.tcp_seq,
+                               d.tcp_ack, flags, payload)
+            if flags & (FIN | RST) and self._ended(conn_id, flags, (d.src, d.sport)):
+                self._close(conn_id)
+            else:
+                self._last[conn_id] = ts
+            if self._swept is None:
+                self._swept = ts
+            elif ts - self._swept >= SWEEP_NS:
+                self._sweep(ts)
+            if self._rows and time.monotonic() - self._rows_since >= _ROWS_EVERY:
+                self._write_rows()
+        except Exception as exc:  # noqa: BLE001 - never break the capture for extraction
+            self._fail(exc)
+
+    def _ended(self, conn_id, flags, sender) -> bool:
+        """A RST, or the FIN that completes FINs from both sides."""
+        if flags & RST:
+            return True
+        fins = self._fins.setdefault(conn_id, set())
+        fins.add(sender)
+        return len(fins) >= 2
+
+    def _close(self, conn_id) -> None:
+        self._fins.pop(conn_id, None)
+        self._last.pop(conn_id, None)
+        self._closed[conn_id] = True
+        if len(self._closed) > _CLOSED_MEMORY:
+            self._closed.popitem(last=False)
+        self.extractor.close_conn(conn_id)
+
+    def _sweep(self, now: int) -> None:
+        self._swept = now
+        idle = [cid for cid, t in self._last.items() if now - t >= IDLE_NS]
+        for cid in idle:
+            self._fins.pop(cid, None)
+            self._last.pop(cid, None)
+            self.extractor.close_conn(cid)   # not remembered as closed: it may resume
+
+    # -- sink ------------------------------------------------------------------
+    def file(self, ev: FileEvent) -> None:
+        """Extractor sink: one finished file → one EXTRACTSTREAM row (written in batches)."""
+        self.files += 1
+        if not self._rows:
+            self._rows_since = time.monotonic()
+        self._rows.append((
+            ev.conn_id, ev.protocol, ev.direction, _text(ev.file_name) or "",
+            _text(ev.mime_type, 256), _text(ev.sniffed_mime, 256), ev.size, int(ev.complete),
+            int(ev.truncated), ev.missing_bytes, ev.sha256, ev.ts_ns, _text(ev.uri),
+            _text(ev.host, 1024), _text(ev.method, 64), ev.status, ev.declared_size,
+            _text(ev.content_encoding, 256), ev.depth, os.path.basename(ev.spool_path)))
+        if len(self._rows) >= _ROWS_AT:
+            self._write_rows()
+
+    def _write_rows(self) -> None:
+        rows, self._rows = self._rows, []
+        if self._pending is not None and self._pending.done():
+            self._check(self._pending)
+            self._pending = None
+        self._pending = self.db.submit(lambda c: c.executemany(_INSERT, rows))
+
+    def _check(self, fut, timeout=None) -> None:
+        try:
+            fut.result(timeout)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("extract: writing EXTRACTSTREAM rows failed: %s", exc)
+            self.error = self.error or f"writing extracted streams failed: {exc}"
+
+    def _fail(self, exc: Exception) -> None:
+        log.exception("extract: extraction stopped for %s", self.spool)
+        self.error = f"extraction stopped: {exc}"
+        self._dead = True
+        if self.recorder is not None and self.recorder.on_tcp == self.on_tcp:
+            self.recorder.on_tcp = None
+
+    # -- end -------------------------------------------------------------------
+    def close(self) -> None:
+        """End of capture: finish every open connection and write the remaining rows."""
+        if self.recorder is not None and self.recorder.on_tcp == self.on_tcp:
+            self.recorder.on_tcp = None
+        if not self._dead:
+            try:
+                self.extractor.flush()
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+        if self._rows:
+            self._write_rows()
+        if self._pending is not None:
+            self._check(self._pending, 60)
+            self._pending = None
+
+    def stats(self) -> dict:
+        return {**self.extractor.stats(), "error": self.error}
+
+
+def forget_capture(ctx, capture_id: int) -> None:
+    """A capture is deleted: remove its spooled bodies, extracted files and their records."""
+    shutil.rmtree(spool_dir(ctx.config.data_dir, capture_id), ignore_errors=True)
+    shutil.rmtree(extracted_dir(ctx.config.data_dir, capture_id), ignore_errors=True)
+    ctx.catalog.execute("DELETE FROM extracted_files WHERE capture_id = ?", (capture_id,))

@@ -1,0 +1,229 @@
+/* The capture workspace (#/capture/ID/tab[/packetId]): header with counters and actions,
+ * the live packet list following capture_stream by last_id (capture_read once completed),
+ * packet detail, and the tabs of capturetabs.js, stats.js and extract.js. */
+var App = window.App || (window.App = {});
+
+(function () {
+  "use strict";
+  var ui = App.ui, fmt = App.ui.fmt, api = App.api;
+  var $panel, $head, $tabs, panes = {}, list, $detail, $status, $filter, $follow, $pause, $loadbar;
+  var S = {id: 0, cap: null, lastId: 0, paused: false, gen: 0, running: false, visible: false,
+    tab: "packets", pendingSelect: 0, detailsTimer: null, pumpTimer: null};
+  var TABS = [{id: "packets", label: "Packets"}, {id: "conns", label: "Connections"},
+    {id: "procs", label: "Processes"}, {id: "ips", label: "IP addresses"},
+    {id: "stats", label: "Statistics"}, {id: "files", label: "Files", needs: "extract_query"}];
+
+  function isActive() { return S.cap && S.cap.State === CAPTURE_STATE_ACTIVE; }
+
+  function renderHead() {
+    var c = S.cap;
+    $head.empty();
+    if (!c) return;
+    var title = "#" + c.CaptureId + " " + c.Name;
+    $head.append(ui.el("a", "", "\u2190 Captures").attr("href", "#/captures"),
+      ui.el("span", "title", title), ui.stateBadge(c.State),
+      ui.el("span", "muted", fmt.captureType(c.Type) + " capture \u00b7 " + App.captures.what(c) +
+        (c.Filter ? " \u00b7 filter: " + c.Filter : "") + (c.Flags ? " \u00b7 " + fmt.flags(c.Flags) : "")));
+    var end = c.EndTime || (isActive() ? fmt.toFiletime(new Date()) : 0);
+    var $cnt = ui.el("div", "counters");
+    [["Packets", fmt.num(c.PacketCount)], ["Bytes", fmt.bytes(c.ByteCount)], ["Dropped", fmt.num(c.DroppedCount)],
+      ["Connections", fmt.num(c.ConnectionCount)], ["Started", fmt.time(c.StartTime)],
+      ["Duration", fmt.duration(end - c.StartTime)]].forEach(function (kv) {
+      $cnt.append(ui.el("span", "", kv[0] + " ").append(ui.el("b", "", kv[1])));
+    });
+    var $tools = ui.el("div", "tools").css({marginLeft: "auto", display: "flex", gap: "6px"});
+    if (isActive()) {
+      $pause = ui.button(S.paused ? "Resume" : "Pause", S.paused ? "active-toggle" : "", togglePause)
+        .attr("title", "Stop or resume following new packets (the capture keeps running)");
+      $tools.append($pause, ui.button("Stop capture", "danger", function () {
+        App.captures.stop(c).then(refreshDetails);
+      }));
+    } else {
+      $tools.append(ui.button("Export PCAPNG", "primary", function () { App.captures.exportDialog(c); }));
+    }
+    $tools.append(ui.button("Notes", "", function () { App.captures.notesDialog(c, renderHead); }));
+    if (api.has("search_list")) $tools.append(ui.button("Search\u2026", "", function () { App.go("search", "capture", c.CaptureId); }));
+    if (!isActive()) $tools.append(ui.button("Delete", "danger", function () {
+      App.captures.remove(c, function () { S.id = 0; App.go("captures"); });
+    }));
+    $head.append($cnt, $tools);
+    if (c.Notes) $head.append(ui.el("div", "muted").css("flex-basis", "100%").text("\u270e " + c.Notes));
+    if (c.Message) $head.append(ui.el("div", "error").css("flex-basis", "100%").text(c.Message));
+  }
+
+  function togglePause() {
+    S.paused = !S.paused;
+    renderHead();
+    updateStatus();
+    if (!S.paused) pump(S.gen);
+  }
+
+  function updateStatus(shown, total) {
+    shown = shown === undefined ? list.shown() : shown;
+    total = total === undefined ? list.count() : total;
+    var txt = "Displayed " + fmt.num(shown) + " of " + fmt.num(total) + " packets";
+    if (S.cap && S.cap.PacketCount > total) txt += " \u00b7 " + fmt.num(S.cap.PacketCount - total) + " more in the capture";
+    if (isActive()) txt += S.paused ? " \u00b7 paused" : " \u00b7 live";
+    $status.text(txt);
+  }
+
+  /* Fetch the next packets after lastId. Active: capture_stream, then wait 1 s when caught
+   * up. Completed (or stopped meanwhile): capture_read until More is false. */
+  function pump(gen) {
+    if (gen !== S.gen || S.running || !S.visible) return;
+    if (isActive() && S.paused) return;
+    var live = isActive();
+    S.running = true;
+    api(live ? "capture_stream" : "capture_read", {capture_id: S.id, last_id: S.lastId, limit: live ? 5000 : 10000})
+      .then(function (r) {
+        S.running = false;
+        if (gen !== S.gen) return;
+        list.append(r.Packets);
+        if (r.LastId > S.lastId) S.lastId = r.LastId;
+        if (!live) {
+          var total = Math.max(S.cap.PacketCount, list.count());
+          $loadbar.toggle(r.More).set(100 * list.count() / total, "Loading " + fmt.num(list.count()) + " / " + fmt.num(total));
+        }
+        if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
+        if (r.More) pump(gen);
+        else if (live) S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);
+      }, function (r) {
+        S.running = false;
+        if (gen !== S.gen) return;
+        if (live && r.ErrorCode === ERROR_SERVE_BUSY) {
+          // The capture ended: read what is left from the stored capture.
+          return refreshDetails().then(function () { pump(gen); });
+        }
+        App.fail(r);
+      });
+  }
+
+  function refreshDetails() {
+    return api("capture_get_details", {capture_id: S.id}).then(function (c) {
+      var was = S.cap && S.cap.State;
+      S.cap = c;
+      renderHead();
+      updateStatus();
+      if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
+        ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
+        App.refreshLive();
+        pump(S.gen);
+      }
+      return c;
+    }, App.fail);
+  }
+
+  function open(id) {
+    S.gen++;
+    S.id = id; S.cap = null; S.lastId = 0; S.paused = false; S.running = false; S.pendingSelect = 0;
+    clearTimeout(S.pumpTimer);
+    list.clear();
+    $filter.val("");
+    $detail.empty().append(ui.el("div", "tree help", "Select a packet to see its layers, bytes and notes."));
+    $loadbar.hide();
+    Object.keys(panes).forEach(function (k) { panes[k].loaded = false; });
+    var gen = S.gen;
+    return api("capture_get_details", {capture_id: id}).then(function (c) {
+      if (gen !== S.gen) return;
+      S.cap = c;
+      renderHead();
+      updateStatus();
+      pump(gen);
+      if (S.tab !== "packets") showTab(S.tab);
+    }, function (r) {
+      $head.empty().append(ui.el("a", "", "\u2190 Captures").attr("href", "#/captures"), ui.el("span", "error", r.ReturnValue));
+      App.fail(r);
+    });
+  }
+
+  function showTab(id) {
+    S.tab = id;
+    Object.keys(panes).forEach(function (k) { panes[k].$el.prop("hidden", k !== id); });
+    $tabs.children().removeClass("active").filter("[data-tab='" + id + "']").addClass("active");
+    var p = panes[id];
+    if (id === "packets") { list.refresh(); return; }
+    if (!S.cap) return;
+    if (!p.loaded || isActive()) { p.loaded = true; p.load(S.cap); }
+  }
+
+  /* Jump to the packet list with a quick filter (from connections, processes, IPs). */
+  function filterPackets(text) {
+    $filter.val(text);
+    list.setFilter(text);
+    $tabs.show("packets");
+  }
+
+  function packetsPane() {
+    var $pane = ui.el("div", "pane");
+    $filter = ui.input("quick", "quick filter: words, or pid:123 proc:curl conn:4 ip:10.0.0.1 port:443 proto:udp dir:out note:")
+      .attr("type", "search").addClass("mono").css({flex: "1", minWidth: "260px"})
+      .on("input", ui.debounce(function () { list.setFilter(this.value); }, 150));
+    $follow = ui.checkbox("Follow new packets", "follow", true);
+    $loadbar = ui.progress().hide().css({width: "220px"});
+    var $tools = ui.el("div", "toolbar compact").append($filter, $follow,
+      ui.button("\u2913 Last", "small", function () { list.scrollToEnd(); }).attr("title", "Scroll to the newest packet"),
+      $loadbar);
+    var $listBox = ui.el("div", "plist-host").css({flex: "1", minHeight: "0", display: "flex", flexDirection: "column"});
+    $status = ui.el("div", "pstatus");
+    $detail = ui.el("div", "pdetail");
+    $pane.append($tools, $listBox, $status, $detail);
+    list = App.packets.create($listBox, {
+      follow: function () { return $follow.find("input").prop("checked"); },
+      onStatus: function (shown, total) { updateStatus(shown, total); },
+      onFilterCleared: function () { $filter.val(""); },
+      onSelect: function (p) {
+        App.detail.render($detail, p.CaptureId, p.PacketId, {onNotes: function (q) { list.update(q); }});
+      }
+    });
+    return $pane;
+  }
+
+  function init($p) {
+    $panel = $p.addClass("fill");
+    $head = ui.el("div", "caphead");
+    $tabs = ui.tabs(TABS.filter(function (t) { return !t.needs || api.has(t.needs); }), function (id) {
+      if (S.tab !== id && S.id) history.replaceState(null, "", "#/capture/" + S.id + "/" + id);
+      showTab(id);
+    });
+    var $body = ui.el("div", "capbody");
+    panes.packets = {$el: packetsPane()};
+    var parts = App.captureTabs;
+    panes.conns = parts.connections(filterPackets);
+    panes.procs = parts.processes(filterPackets);
+    panes.ips = parts.ips(filterPackets, function (ip) { App.stats.drill = {kind: "ip", value: ip}; $tabs.show("stats"); });
+    panes.stats = {$el: ui.el("div", "pane").css("padding", "10px"), load: function (c) { App.stats.render(panes.stats.$el, c); }};
+    panes.files = {$el: ui.el("div", "pane"), load: function (c) { App.extract.render(panes.files.$el, c.CaptureId); }};
+    Object.keys(panes).forEach(function (k) { panes[k].$el.addClass("pane"); $body.append(panes[k].$el); });
+    $panel.append(ui.el("div", "panel").css({flex: "1", minHeight: "0"}).append($head, $tabs, $body));
+  }
+
+  App.views.capture = {
+    title: "Capture", nav: "captures", init: init,
+    show: function (id, tab, packetId) {
+      id = Number(id) || 0;
+      tab = panes[tab] ? tab : "packets";
+      S.visible = true;
+      var same = id === S.id && S.cap;
+      S.tab = tab;
+      if (!same) open(id); else { renderHead(); pump(S.gen); }
+      $tabs.show(tab);
+      if (packetId) {
+        S.pendingSelect = Number(packetId);
+        if (list.selectId(S.pendingSelect)) S.pendingSelect = 0;
+      }
+      clearInterval(S.detailsTimer);
+      S.detailsTimer = setInterval(function () {
+        if (isActive() && !document.hidden) {
+          refreshDetails();
+          if (S.tab !== "packets" && S.tab !== "files") panes[S.tab].load(S.cap);
+        }
+      }, 2000);
+    },
+    hide: function () {
+      S.visible = false;
+      clearTimeout(S.pumpTimer);
+      clearInterval(S.detailsTimer);
+    }
+  };
+  App.capture = {state: S, list: function () { return list; }};
+})();
