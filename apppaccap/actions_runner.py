@@ -104,6 +104,8 @@ class ActionRunner:
             if done is not None and done["State"] == 3 and not export_file:
                 export_file = done["Result"]
         for row in (a for a in actions if a["type"] == EXECUTE):
+            if self.stopping.is_set():
+                break  # the service is going down: start no programs now
             uids.append(self._submit_execute(firing, row, export_file)["CommandUid"])
         return uids
 

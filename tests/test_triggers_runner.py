@@ -39,6 +39,13 @@ class FakeCaptures:
 
     def __init__(self, log):
         self.log, self.sessions, self.next_id, self.started = log, {}, 1, []
+        self.attribution = self  # warmed up by the watcher: acquire() + release()
+
+    def acquire(self):
+        self.log.append(("warm", "up"))
+
+    def release(self):
+        self.log.remove(("warm", "up"))
 
     def start(self, ctype, *, pids, process, flags, bpf, name):
         cid, self.next_id = self.next_id, self.next_id + 1
@@ -117,6 +124,16 @@ def watched(tmp_path):
     return d
 
 
+def _spawn(argv, **kw):
+    """Popen, then wait until exec has finished: Popen returns when the vfork'd child
+    starts exec, before the kernel copied argv/environ (the proc connector's exec event,
+    which the watcher really gets, comes after that)."""
+    proc = subprocess.Popen(argv, **kw)
+    wait_for(lambda: open(f"/proc/{proc.pid}/cmdline", "rb").read(), timeout=5,
+             interval=0.001, what="exec to finish")
+    return proc
+
+
 def _watcher(ctx, log):
     ctx.captures = FakeCaptures(log)
     ctx.settings.set("trigger_stop_grace_ms", "50")
@@ -137,7 +154,7 @@ def test_exec_pauses_starts_resumes_then_exit_stops_and_acts(ctx, jobs, watched,
     api.action_add(ctx, name="not mine", action_type=2, path=str(tmp_path),
                    trigger_id=other["TriggerId"])
     wide = api.action_add(ctx, name="wide", action_type=2, path=str(tmp_path))
-    proc = subprocess.Popen([str(watched / "sleep"), "5"])
+    proc = _spawn([str(watched / "sleep"), "5"])
     try:
         w._on_exec(proc.pid)
         w._on_exec(proc.pid)  # a second exec of the same process does not fire again
@@ -170,7 +187,7 @@ def test_no_match_no_pause_and_removed_trigger_stops_firing(ctx, jobs, watched):
     log: list = []
     w = _watcher(ctx, log)
     t = api.trigger_add(ctx, name="one", trigger_type=1, path=str(watched / "sleep"))
-    unrelated = subprocess.Popen(["sleep", "5"])
+    unrelated = _spawn(["sleep", "5"])
     try:
         w._on_exec(unrelated.pid)
         assert log == []  # /usr/bin/sleep is not watched/sleep: not even paused
@@ -179,7 +196,7 @@ def test_no_match_no_pause_and_removed_trigger_stops_firing(ctx, jobs, watched):
         unrelated.wait()
     api.trigger_remove(ctx, trigger_id=t["TriggerId"])
     assert w.matchers == ()  # reloaded by the action
-    proc = subprocess.Popen([str(watched / "sleep"), "5"])
+    proc = _spawn([str(watched / "sleep"), "5"])
     try:
         w._on_exec(proc.pid)
         assert log == []
@@ -194,7 +211,7 @@ def test_programs_started_by_actions_never_fire(ctx, jobs, watched):
     w = _watcher(ctx, log)
     api.trigger_add(ctx, name="one", trigger_type=1, path=str(watched))
     env = dict(os.environ, **{ACTION_ENV: "1"})
-    proc = subprocess.Popen([str(watched / "sleep"), "5"], env=env)
+    proc = _spawn([str(watched / "sleep"), "5"], env=env)
     try:
         assert started_by_action(proc.pid)
         w._on_exec(proc.pid)
@@ -202,7 +219,7 @@ def test_programs_started_by_actions_never_fire(ctx, jobs, watched):
     finally:
         proc.kill()
         proc.wait()
-    plain = subprocess.Popen([str(watched / "sleep"), "5"])
+    plain = _spawn([str(watched / "sleep"), "5"])
     try:
         assert not started_by_action(plain.pid)
     finally:
@@ -220,7 +237,7 @@ def test_a_failed_capture_start_is_reported_on_the_trigger(ctx, jobs, watched):
         raise NotFound("adapter: no capturable adapter is up")
     ctx.captures.start = refuse
     api.trigger_add(ctx, name="one", trigger_type=1, path=str(watched))
-    proc = subprocess.Popen([str(watched / "sleep"), "5"])
+    proc = _spawn([str(watched / "sleep"), "5"])
     try:
         w._on_exec(proc.pid)
     finally:

@@ -1,6 +1,7 @@
 """Every action module, listed explicitly (importing one registers its actions)."""
 
 from apppaccap.api import captures
+from apppaccap.api import extract
 from apppaccap.api import flush
 from apppaccap.api import ips
 from apppaccap.api import monitor
@@ -14,4 +15,4 @@ from apppaccap.api import transfer
 from apppaccap.api import triggers
 
 MODULES = (system, session, settings, processes, captures, packets, ips, stats, flush, transfer,
-           triggers, monitor)
+           triggers, monitor, extract)

@@ -256,6 +256,8 @@ def capture_delete(ctx, *, capture_id: int) -> int:
 
 def delete_capture_files(ctx, capture_id: int) -> None:
     ctx.captures.forget(capture_id)
+    from apppaccap.extract.service import forget_capture
+    forget_capture(ctx, capture_id)  # spooled bodies, extracted files and their records
     path = capture_path(ctx.config.data_dir, capture_id)
     for suffix in ("", "-wal", "-shm"):
         try:

@@ -48,6 +48,7 @@ class CaptureManager:
         self._ip_resolver = None
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
+        self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
 
     @property
     def ip_resolver(self):
@@ -112,6 +113,9 @@ class CaptureManager:
                                  on_stats=self._global_stats)
         if flags & FLAG_RESOLVE_IPS:
             session.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
+        if self.ctx.settings.get("extract_enabled") == "1":
+            from apppaccap.extract.service import attach
+            self.extracts[capture_id] = attach(self.ctx, session.recorder, db, capture_id)
         with self._lock:
             self.sessions[capture_id] = session
         session.start()
@@ -172,7 +176,12 @@ class CaptureManager:
         try:
             session.stop()
         finally:
-            session.db.close()
+            extract = self.extracts.pop(capture_id, None)
+            try:
+                if extract is not None:
+                    extract.close()  # files still open at the end; writes their rows
+            finally:
+                session.db.close()
             self.catalog.execute(
                 "UPDATE captures SET state=?, end_time=?, message=? WHERE id=?",
                 (state, now_ns(), message, capture_id))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections import OrderedDict
 
 from apppaccap.extract.engine import Extractor
@@ -42,7 +41,6 @@ SWEEP_NS = 30 * 1_000_000_000       # how often (capture time) idle connections 
 MAX_STREAM_BUFFER = 1 << 20         # out-of-order bytes buffered per direction
 _CLOSED_MEMORY = 65536              # closed connection ids remembered (late ACKs ignored)
 _ROWS_AT = 256                      # EXTRACTSTREAM rows written per transaction at most
-_ROWS_EVERY = 0.25                  # seconds a finished file waits before its row is written
 _NAME_MAX = 4096                    # characters of the raw file name kept
 
 STREAM_COLUMNS = ("conn_id", "protocol", "direction", "file_name", "mime_type", "sniffed_mime",
@@ -61,16 +59,21 @@ def extracted_dir(data_dir: str, capture_id: int) -> str:
     return os.path.join(data_dir, "extracted", str(int(capture_id)))
 
 
-def enabled(ctx) -> bool:
-    return ctx.settings.get("extract_enabled") == "1"
-
-
 def attach(ctx, recorder, db, capture_id: int) -> ExtractHandle:
     """Feed ``recorder``'s TCP packets to a new Extractor; call ``close()`` at the end."""
     handle = ExtractHandle(db, spool_dir(ctx.config.data_dir, capture_id),
                            max_file_bytes=ctx.settings.get_int("extract_max_file_bytes", 64 << 20))
     recorder.on_tcp = handle.on_tcp
     handle.recorder = recorder
+    chained = recorder.on_flush
+
+    def on_flush(agg):
+        # Found files' rows go out with the packet batch that completed them, so
+        # extract_query sees a live capture's files as soon as its packets.
+        handle.write_rows()
+        if chained is not None:
+            chained(agg)
+    recorder.on_flush = on_flush
     return handle
 
 
@@ -100,7 +103,6 @@ class ExtractHandle:
         self.files = 0
         self.error = ""
         self._rows: list = []
-        self._rows_since = 0.0
         self._pending = None
         self._fins: dict[int, set] = {}
         self._closed: OrderedDict = OrderedDict()
@@ -133,8 +135,6 @@ class ExtractHandle:
                 self._swept = ts
             elif ts - self._swept >= SWEEP_NS:
                 self._sweep(ts)
-            if self._rows and time.monotonic() - self._rows_since >= _ROWS_EVERY:
-                self._write_rows()
         except Exception as exc:  # noqa: BLE001 - never break the capture for extraction
             self._fail(exc)
 
@@ -166,8 +166,6 @@ class ExtractHandle:
     def file(self, ev: FileEvent) -> None:
         """Extractor sink: one finished file → one EXTRACTSTREAM row (written in batches)."""
         self.files += 1
-        if not self._rows:
-            self._rows_since = time.monotonic()
         self._rows.append((
             ev.conn_id, ev.protocol, ev.direction, _text(ev.file_name) or "",
             _text(ev.mime_type, 256), _text(ev.sniffed_mime, 256), ev.size, int(ev.complete),
@@ -175,19 +173,19 @@ class ExtractHandle:
             _text(ev.host, 1024), _text(ev.method, 64), ev.status, ev.declared_size,
             _text(ev.content_encoding, 256), ev.depth, os.path.basename(ev.spool_path)))
         if len(self._rows) >= _ROWS_AT:
-            self._write_rows()
+            self.write_rows()
 
-    def _write_rows(self) -> None:
+    def write_rows(self) -> None:
+        """Submit the buffered EXTRACTSTREAM rows (one transaction, not waited for)."""
+        if not self._rows:
+            return
         rows, self._rows = self._rows, []
-        if self._pending is not None and self._pending.done():
-            self._check(self._pending)
-            self._pending = None
         self._pending = self.db.submit(lambda c: c.executemany(_INSERT, rows))
+        self._pending.add_done_callback(self._written)
 
-    def _check(self, fut, timeout=None) -> None:
-        try:
-            fut.result(timeout)
-        except Exception as exc:  # noqa: BLE001
+    def _written(self, fut) -> None:
+        exc = fut.exception()
+        if exc is not None:
             log.warning("extract: writing EXTRACTSTREAM rows failed: %s", exc)
             self.error = self.error or f"writing extracted streams failed: {exc}"
 
@@ -208,10 +206,12 @@ class ExtractHandle:
                 self.extractor.flush()
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
-        if self._rows:
-            self._write_rows()
+        self.write_rows()
         if self._pending is not None:
-            self._check(self._pending, 60)
+            try:
+                self._pending.exception(60)  # the writer runs in order: all rows are in
+            except Exception:  # noqa: BLE001 - timeout: reported, never raised
+                self.error = self.error or "writing extracted streams timed out"
             self._pending = None
 
     def stats(self) -> dict:

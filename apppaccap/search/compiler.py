@@ -13,7 +13,6 @@ interface ids) are written into the SQL text.
 from __future__ import annotations
 
 import json
-import operator
 from dataclasses import dataclass
 from dataclasses import field as _field
 
@@ -25,15 +24,12 @@ from apppaccap.search.parser import And
 from apppaccap.search.parser import Not
 from apppaccap.search.parser import Or
 from apppaccap.search.parser import Xor
-from apppaccap.search.values import IPV4
 from apppaccap.search.values import IPV6
 
 PUSHDOWN_SHARE = 0.3   # use the connections index when the flows hold ≤ 30 % of the packets
 _INLINE_SET = 64        # larger key sets travel as one JSON parameter (json_each)
 _SQL_OPS = {"eq": "=", "ne": "!=", "all_eq": "=", "any_ne": "!=", "gt": ">", "ge": ">=",
             "lt": "<", "le": "<="}
-_PY_OPS = {"eq": operator.eq, "ne": operator.ne, "all_eq": operator.eq, "any_ne": operator.ne,
-           "gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le}
 
 
 @dataclass
@@ -53,6 +49,7 @@ class Plan:
     select_params: list = _field(default_factory=list)
     py: object = None                              # None: `where` is exact
     empty: bool = False                            # nothing can match (skip the capture)
+    ids: tuple | None = None                       # (first, last) id bounds from time tests
 
     @property
     def exact(self) -> bool:
@@ -78,7 +75,12 @@ def compile_plan(flt: Filter | None, scope, time_range=None) -> Plan:
     if rest:
         tests = [c.materialize(p) for p in rest]
         py = tests[0] if len(tests) == 1 else (lambda v, t=tuple(tests): all(f(v) for f in t))
-    return Plan(where[0], where[1], c.select, c.select_params, py, where[0] == "0")
+    ids = None
+    for p in parts:  # time tests at the top level bound the ids to scan
+        if p.sql is not None and p.sql[0] == "id BETWEEN ? AND ?":
+            lo, hi = p.sql[1]
+            ids = (lo, hi) if ids is None else (max(ids[0], lo), min(ids[1], hi))
+    return Plan(where[0], where[1], c.select, c.select_params, py, where[0] == "0", ids)
 
 
 def _join(word: str, items: list) -> tuple:
@@ -157,7 +159,7 @@ class _Compiler:
         usable = (form is not None and not scope.force_python
                   and all(col in scope.columns for col in getattr(form, "needs", ())))
         if c.other is not None:
-            usable = usable and _pairable(f, c) and _pairable(c.other, c)
+            usable = usable and _pairable(f, c, scope) and _pairable(c.other, c, scope)
         if usable and c.op in ("contains", "matches") and not isinstance(form, F.Proc):
             usable = False
         if usable:
@@ -329,9 +331,11 @@ def _exact(sql: tuple) -> Part:
     return Part(sql, sql, None)
 
 
-def _pairable(f, c: Cond) -> bool:
+def _pairable(f, c: Cond, scope) -> bool:
     form = f.sql
-    if not isinstance(form, F.Col):
+    if not isinstance(form, F.Col) or scope.force_python:
+        return False
+    if any(col not in scope.columns for col in form.needs):
         return False
     if isinstance(form, F.Ip) and c.op not in ("eq", "ne", "all_eq", "any_ne"):
         return False  # text order is not address order
@@ -346,5 +350,3 @@ def _in(expr: str, keys: list) -> tuple:
         return f"{expr} IN ({','.join('?' * len(keys))})", list(keys)
     return f"{expr} IN (SELECT value FROM json_each(?))", [json.dumps(list(keys))]
 
-
-__all__ = ["Plan", "compile_plan", "IPV4"]

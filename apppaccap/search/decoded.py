@@ -81,9 +81,10 @@ def r_ip6(v):
 
 def r_arp(v):
     d = v.dec
-    if d.l3 not in (ARP, RARP) or d.l3_off < 0:
+    o = _arp_off(d)
+    if o < 0:
         return []
-    data, o = v.data, d.l3_off
+    data = v.data
     if o + 6 > len(data):
         return [(o, len(data))]
     return [(o, min(len(data), o + 8 + 2 * (data[o + 4] + data[o + 5])))]
@@ -203,10 +204,20 @@ def icmp6_code(v):
     return [d.icmp_code] if is_icmp6(d) and d.icmp_code is not None else []
 
 
+def _arp_off(d) -> int:
+    """Start of an ARP/RARP header (decode() only sets l3_off for ARP; RARP's header starts
+    where decoding stopped)."""
+    if d.l3 == ARP:
+        return d.l3_off
+    if d.l3 == RARP:
+        return d.payload_off
+    return -1
+
+
 def arp_opcode(v):
     d = v.dec
-    o = d.l3_off
-    if d.l3 in (ARP, RARP) and o >= 0 and o + 8 <= len(v.data):
+    o = _arp_off(d)
+    if o >= 0 and o + 8 <= len(v.data):
         return [_u16(v.data, o + 6)[0]]
     return []
 

@@ -131,6 +131,7 @@ class TriggerWatcher:
         self._fired: dict[int, tuple] = {}              # pid → (start_ns, {trigger ids})
         self._seen: set[int] | None = None              # poll mode: the pids of last poll
         self._job_ids: set[str] = set()
+        self._warm = False
         self.latencies: list[dict] = []                 # last firings' timings (ms)
         self.completed: list[tuple[Firing, list]] = []  # last firings and their command uids
 
@@ -183,12 +184,25 @@ class TriggerWatcher:
     def reload(self) -> None:
         """Re-read the triggers (after every trigger_* change)."""
         matchers = compile_matchers(store.trigger_rows(self.ctx.catalog))
+        if matchers and not self._warm:
+            self._warm_up()
         self.matchers = matchers
         if matchers and self.pauser is not None and not self.pauser.available \
                 and not self._stopping.is_set():
             # started now, not at the first match: its ~15 ms start would be lost time
             if not self.pauser.start() and isinstance(self.pauser, PtracePause):
                 log.warning("trigger programs will not be paused: %s", self.pauser.reason)
+
+    def _warm_up(self) -> None:
+        """Start the attribution backend (kept until shutdown) before the first firing,
+        so the first caught program is not held for its ~0.2 s start-up as well."""
+        self._warm = True
+        try:
+            attribution = self.ctx.captures.attribution
+            attribution.acquire()
+            attribution.release()
+        except Exception:  # noqa: BLE001 - an optimisation only; the first firing starts it
+            log.warning("could not pre-start attribution", exc_info=True)
 
     def _add_job(self, fn, trigger, **kw) -> None:
         job = self.ctx.jobs.scheduler.add_job(fn, trigger, executor=EXECUTOR, **kw)
@@ -330,6 +344,11 @@ class TriggerWatcher:
             if pid in current and not _alive(pid, start_ns):
                 self._on_exit(pid)
         for pid in new:
+            if self._active:  # no fork events here: children join their parent's capture now
+                try:
+                    self._on_fork(psutil.Process(pid).ppid(), pid)
+                except psutil.Error:
+                    continue
             self._on_exec(pid)
 
     def _cleanup(self) -> None:

@@ -14,7 +14,7 @@ var App = window.App || (window.App = {});
 
   function setup(canvas, height) {
     var dpr = window.devicePixelRatio || 1;
-    var w = canvas.parentNode.clientWidth - 20 || 300;
+    var pw = canvas.parentNode.clientWidth, w = pw > 60 ? pw - 20 : 300;
     canvas.style.height = height + "px";
     canvas.width = Math.round(w * dpr);
     canvas.height = Math.round(height * dpr);

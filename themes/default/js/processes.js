@@ -106,7 +106,7 @@ var App = window.App || (window.App = {});
       ui.el("span", "muted proccount"));
     table = ui.table([
       {title: "PID", get: function (p) { return p.Pid; }, cls: "num", width: "70px"},
-      {title: "Name", get: function (p) { return p.Name.toLowerCase(); }, render: function (p) {
+      {title: "Name", cls: "name", get: function (p) { return p.Name.toLowerCase(); }, render: function (p) {
         var $s = ui.el("span", "", p.Name);
         return capturing[p.Pid] ? $s.add(ui.badge("capturing", "live").css("margin-left", "6px")) : $s;
       }},
@@ -117,7 +117,7 @@ var App = window.App || (window.App = {});
     ], {key: function (p) { return p.Pid; }, onClick: showDetail, sort: 1,
       rowClass: function (p) { return capturing[p.Pid] ? "capturing" : ""; }, empty: "No process matches."});
     var $list = ui.section("Running processes").append(ui.el("div", "scroll").css("flex", "1").append(table));
-    $list.css({flex: "1.6"});
+    $list.css({flex: "2"});
     $detail = ui.el("div", "panel").css({flex: "1", overflow: "auto"});
     $detail.append(ui.el("p", "help", "Select a process to see its command line and threads."));
     $panel.append(ui.el("div", "panel").css("flex", "none").append($opts),

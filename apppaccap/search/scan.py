@@ -1,0 +1,129 @@
+"""Run a Plan over one capture: SQL in id chunks, Python tests on the candidates only.
+
+Chunks (ranges of packet ids) give progress, a point to notice cancellation and a place
+to hand results over while the scan goes on. Packet bytes are read a block at a time (a
+`blocks` row holds many packets' bytes); a View exposes one candidate to the field
+getters without copying: `contains` searches the block in place.
+"""
+
+from __future__ import annotations
+
+from apppaccap.capture.decode import decode
+
+CHUNK = 65536
+_BASE = "id, ts, len, caplen, iface, blk, off, process_id, conn_id, pid, tid"
+_NBASE = 11
+
+
+class View:
+    """One candidate packet: its row, its bytes inside the block, its decode (on demand)."""
+
+    __slots__ = ("row", "scope", "blob", "base", "extra", "_dec", "_data")
+
+    def __init__(self, row, scope, blob):
+        self.row, self.scope, self.blob = row, scope, blob
+        self.base = row[6]
+        self.extra = row[_NBASE:]
+        self._dec = self._data = None
+
+    id = property(lambda self: self.row[0])
+    ts = property(lambda self: self.row[1])
+    len = property(lambda self: self.row[2])
+    caplen = property(lambda self: self.row[3])
+    process_id = property(lambda self: self.row[7])
+    conn_id = property(lambda self: self.row[8])
+    pid = property(lambda self: self.row[9])
+    tid = property(lambda self: self.row[10])
+
+    @property
+    def lt(self) -> int:
+        return self.scope.linktypes.get(self.row[4], 1)
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.blob[self.base:self.base + self.row[3]]
+        return self._data
+
+    @property
+    def dec(self):
+        if self._dec is None:
+            self._dec = decode(self.lt, self.data)
+        return self._dec
+
+    def find(self, needle: bytes, start: int, end: int) -> bool:
+        """Is needle inside bytes [start, end) of the packet? (searched in the block)"""
+        b = self.base
+        return self.blob.find(needle, b + start, b + min(end, self.row[3])) >= 0
+
+    def slice(self, start: int, end: int) -> memoryview:
+        b = self.base
+        return memoryview(self.blob)[b + start:b + min(end, self.row[3])]
+
+
+class Blocks:
+    """The block rows of a capture, the current one kept (rows come in id order)."""
+
+    def __init__(self, conn):
+        self.conn, self.blk, self.data = conn, None, b""
+
+    def get(self, blk: int) -> bytes:
+        if blk != self.blk:
+            row = self.conn.execute("SELECT data FROM blocks WHERE id = ?", (blk,)).fetchone()
+            self.blk, self.data = blk, (bytes(row[0]) if row and row[0] is not None else b"")
+        return self.data
+
+
+def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
+    """Yield (packets covered, [(packet_id, ts)…]) chunk by chunk, in packet id order.
+
+    `cancelled()` is asked between chunks and every few thousand Python-tested rows;
+    when it says yes the generator simply stops.
+    """
+    if plan.empty or scope.max_id < scope.min_id:
+        yield scope.packets, []
+        return
+    conn = scope.conn
+    first, last = scope.min_id, scope.max_id
+    if plan.ids is not None:
+        first, last = max(first, plan.ids[0]), min(last, plan.ids[1])
+        skipped = max(0, first - scope.min_id) + max(0, scope.max_id - last)
+        if skipped:
+            yield min(skipped, scope.packets), []
+    if first > last:
+        return
+    where = plan.where
+    if plan.exact:
+        sql = f"SELECT id, ts FROM packets WHERE id >= ? AND id <= ? AND ({where}) ORDER BY id"
+    else:
+        cols = _BASE + "".join(f", {s}" for s in plan.select)
+        sql = f"SELECT {cols} FROM packets WHERE id >= ? AND id <= ? AND ({where}) ORDER BY id"
+        blocks = Blocks(conn)
+        test = plan.py
+    lo = first
+    while lo <= last:
+        if cancelled is not None and cancelled():
+            return
+        hi = min(lo + chunk - 1, last)
+        if plan.exact:
+            found = conn.execute(sql, (lo, hi, *plan.params)).fetchall()
+        else:
+            found = []
+            cur = conn.execute(sql, (*plan.select_params, lo, hi, *plan.params))
+            n = 0
+            for row in cur:
+                if test(View(row, scope, blocks.get(row[5]))):
+                    found.append((row[0], row[1]))
+                n += 1
+                if n & 4095 == 0 and cancelled is not None and cancelled():
+                    return
+        yield hi - lo + 1, found
+        lo = hi + 1
+
+
+def matching_ids(scope, plan, cancelled=None) -> list[int]:
+    """All matching packet ids of a capture (capture_export's filter)."""
+    out: list[int] = []
+    for _covered, found in scan(scope, plan, cancelled=cancelled):
+        out.extend(pid for pid, _ts in found)
+    return out

@@ -1,0 +1,173 @@
+/* Search: a display-filter box checked as you type (search_verify_filter, with the error
+ * position marked), running searches with progress, results that open the packet, export.
+ * #/search/capture/ID starts with `capture.id == ID`. */
+var App = window.App || (window.App = {});
+
+(function () {
+  "use strict";
+  var ui = App.ui, fmt = App.ui.fmt, api = App.api;
+  var $panel, $input, $msg, $start, searches, results, $resHead, $more, timer = null, current = null, lastId = 0;
+  var EXAMPLES = ["tcp.port == 443", "ip.addr == 10.0.0.0/8", "proc.name == \"curl\"", "udp && !dns",
+    "http contains \"GET\"", "frame.time >= \"2026-01-01 00:00\"", "proc.pid == 1234 && tcp.flags.syn == 1"];
+
+  function running(s) {
+    return s.State === COMMAND_STATE_QUEUED || s.State === COMMAND_STATE_RUNNING ||
+      s.State === "queued" || s.State === "running";
+  }
+  function stateText(s) { return typeof s.State === "number" ? fmt.commandState(s.State) : String(s.State); }
+
+  var verifySeq = 0;
+  function verify() {
+    var f = $input.val(), seq = ++verifySeq;
+    if (!f.trim()) { $input.removeClass("valid invalid"); $msg.empty(); return $.Deferred().resolve(null); }
+    return api("search_verify_filter", {filter: f}).then(function (r) {
+      if (seq !== verifySeq) return r;
+      $input.toggleClass("valid", !!r.Valid).toggleClass("invalid", !r.Valid);
+      $msg.empty();
+      if (r.Valid) $msg.append(ui.el("span", "okmsg", "\u2713 valid filter"));
+      else {
+        var pos = Math.max(0, Math.min(f.length, Number(r.Position) || 0));
+        $msg.append(ui.el("span", "error", r.Error || "invalid filter").css({background: "none", padding: 0}),
+          document.createTextNode("\n" + f + "\n" + new Array(pos + 1).join(" ")), ui.el("span", "caret", "^"),
+          document.createTextNode(" at position " + pos));
+      }
+      return r;
+    }, function (r) { if (seq === verifySeq) { $msg.empty().append(ui.el("span", "error", r.ReturnValue)); } return null; });
+  }
+
+  function start() {
+    var f = $input.val().trim();
+    if (!f) return ui.error("filter: type a filter first");
+    $start.prop("disabled", true);
+    api("search_start", {filter: f}).then(function (s) {
+      ui.toast("Search #" + s.SearchId + " started");
+      loadList().then(function () { openSearch(s); });
+    }, App.fail).always(function () { $start.prop("disabled", false); });
+  }
+
+  function loadList() {
+    return api("search_list").then(function (list) {
+      searches.set(list);
+      if (current) {
+        var now = list.filter(function (s) { return s.SearchId === current.SearchId; })[0];
+        if (now) {
+          var was = running(current);
+          current = now;
+          showHead();
+          if (was || running(now)) readMore();  // new matches keep arriving while it runs
+        }
+      }
+      clearTimeout(timer);
+      if (list.some(running)) timer = setTimeout(loadList, 1000);
+    }, App.fail);
+  }
+
+  function progressCell(s) {
+    var pct = Number(s.Progress) || 0;
+    return ui.progress().set(pct, stateText(s) + (running(s) ? " " + Math.round(pct) + " %" : ""));
+  }
+
+  function showHead() {
+    var s = current;
+    $resHead.empty().append(ui.el("h2", "", "Results of search #" + s.SearchId),
+      ui.el("code", "", s.Filter), progressCell(s).css("width", "180px"),
+      ui.el("span", "muted", fmt.num(s.ResultCount) + " matches in " + fmt.num(s.ScannedPackets) + " packets scanned"));
+  }
+
+  var reading = false;
+  function readMore() {
+    if (!current || reading) return;
+    reading = true;
+    var id = current.SearchId;
+    api("search_read", {search_id: id, last_id: lastId, limit: 1000}).then(function (r) {
+      if (!current || current.SearchId !== id) return;
+      results.set(results.rows().concat(r.Results));
+      if (r.LastId > lastId) lastId = r.LastId;
+      $more.toggle(!!r.More);
+    }, App.fail).always(function () { reading = false; });
+  }
+
+  function openSearch(s) {
+    current = s; lastId = 0;
+    results.set([]);
+    showHead();
+    readMore();
+  }
+
+  function exportSearch(s) {
+    var $prog = ui.progress();
+    var $t = ui.toast("Exporting search #" + s.SearchId + "\u2026");
+    $t.find(".msg").append($prog);
+    api("search_export", {search_id: s.SearchId}).then(function (cmd) {
+      return api.command(cmd, function (c) { $prog.set(c.Progress); });
+    }).then(function (cmd) {
+      $t.remove();
+      ui.toast("Search #" + s.SearchId + " exported to " + cmd.Result);
+    }, function (r) { $t.remove(); App.fail(r); });
+  }
+
+  function init($p) {
+    $panel = $p;
+    $input = ui.input("filter", "display filter, e.g. tcp.port == 443 && proc.name == \"curl\"")
+      .attr({"aria-label": "search filter", spellcheck: "false"})
+      .on("input", ui.debounce(verify, 250))
+      .on("keydown", function (e) { if (e.key === "Enter") start(); });
+    $msg = ui.el("div", "filtermsg");
+    $start = ui.button("Search", "primary", start);
+    var $chips = ui.el("div", "chips").append(ui.el("span", "muted", "Examples:"));
+    EXAMPLES.forEach(function (x) {
+      $chips.append(ui.button(x, "", function () { $input.val(x).trigger("focus"); verify(); }));
+    });
+    var $box = ui.el("div", "toolbar").append(ui.el("div", "filterbox").append($input, $msg), $start);
+    searches = ui.table([
+      {title: "ID", get: function (s) { return s.SearchId; }, cls: "num"},
+      {title: "Filter", get: function (s) { return s.Filter; }, cls: "mono ellipsis"},
+      {title: "Progress", get: function (s) { return s.Progress; }, render: progressCell},
+      {title: "Matches", get: function (s) { return s.ResultCount; }, text: function (s) { return fmt.num(s.ResultCount); }, cls: "num"},
+      {title: "Scanned", get: function (s) { return s.ScannedPackets; }, text: function (s) { return fmt.num(s.ScannedPackets); }, cls: "num"},
+      {title: "Started", get: function (s) { return s.Started; }, text: function (s) { return fmt.time(s.Started); }, cls: "nowrap"},
+      {title: "Finished", get: function (s) { return s.Finished; }, text: function (s) { return fmt.time(s.Finished); }, cls: "nowrap"},
+      {title: "", cls: "actions", render: function (s) {
+        var $b = $().add(ui.button("Results", "small", function () { openSearch(s); }));
+        if (running(s)) $b = $b.add(ui.button("Cancel", "small", function () {
+          api("search_cancel", {search_id: s.SearchId}).then(loadList, App.fail);
+        }));
+        else $b = $b.add(ui.button("Export", "small", function () { exportSearch(s); }));
+        return $b.add(ui.button("Delete", "small danger", function () {
+          api("search_delete", {search_id: s.SearchId}).then(function () {
+            if (current && current.SearchId === s.SearchId) { current = null; results.set([]); $resHead.empty(); }
+            loadList();
+          }, App.fail);
+        }));
+      }}
+    ], {key: function (s) { return s.SearchId; }, sort: 0, sortDir: -1, empty: "No searches yet.",
+      onClick: function (s) { openSearch(s); }});
+    results = ui.table([
+      {title: "Time", get: function (r) { return r.Time; }, text: function (r) { return fmt.time(r.Time); }, cls: "nowrap"},
+      {title: "Capture", get: function (r) { return r.CaptureId; }, cls: "num"},
+      {title: "Packet", get: function (r) { return r.PacketId; }, cls: "num"},
+      {title: "Process", get: function (r) { return r.ProcessName || ""; }, render: function (r) {
+        return r.ProcessName === undefined ? "" : ui.procName(r.ProcessName); }},
+      {title: "Summary", get: function (r) { return r.Summary; }, cls: "mono"},
+      {title: "", cls: "actions", render: function (r) {
+        return ui.button("In capture", "small", function () { App.go("capture", r.CaptureId, "packets", r.PacketId); });
+      }}
+    ], {key: function (r) { return r.ItemId; }, empty: "Open a search to see its matches.",
+      onClick: function (r) { App.detail.open(r.CaptureId, r.PacketId); }});
+    $resHead = ui.el("div", "panel-head");
+    $more = ui.button("Load more results", "", readMore).hide();
+    $panel.append(ui.section("Search packets").append($box, ui.el("div", "help").append($chips),
+      ui.el("p", "help").text("Wireshark display-filter syntax plus process fields: proc.name, proc.pid, proc.path, thread.id, capture.id. Click a result to open the packet.")),
+      ui.section("Searches", ui.button("Refresh", "small", loadList)).append(searches),
+      ui.el("div", "panel").append($resHead, results, ui.el("div", "toolbar compact").append($more)));
+  }
+
+  App.views.search = {
+    title: "Search", init: init,
+    show: function (kind, id) {
+      if (kind === "capture" && id) { $input.val("capture.id == " + Number(id) + " && "); $input.trigger("focus"); verify(); }
+      loadList();
+    },
+    hide: function () { clearTimeout(timer); }
+  };
+})();
