@@ -14,6 +14,8 @@ def start_services(ctx) -> None:
 
     ctx.captures = CaptureManager(ctx)
     ctx.captures.recover()
+    from apppaccap.search.engine import recover as recover_searches
+    recover_searches(ctx)  # searches cut off by the last stop become CANCELLED
     ctx.jobs = Jobs(ctx.catalog)
     ctx.jobs.start()
     from apppaccap.triggers.watcher import TriggerWatcher  # needs the scheduler running
@@ -28,4 +30,6 @@ def stop_services(ctx) -> None:
         ctx.captures.close()
     if ctx.jobs is not None:
         ctx.jobs.shutdown()
+    from apppaccap.search.engine import shutdown as stop_searches
+    stop_searches(ctx)  # running searches end CANCELLED before the catalog closes
     ctx.catalog.close()

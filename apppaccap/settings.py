@@ -12,6 +12,8 @@ DEFAULTS = {
     "action_timeout": "60",           # seconds an EXECUTE action may run before it is killed
     "trigger_pause": "1",             # hold a trigger's program (ptrace) until its capture runs
     "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
+    "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
+    "trigger_poll_ms": "500",         # process poll period where there is no proc connector
 }
 
 

@@ -204,3 +204,22 @@ def test_placeholders_are_substituted_per_argument():
                       values) == ["--cap=7", "1234", "evil; rm -rf /", "/x/a b.pcapng",
                                   "{other}"]
     assert substitute("", values) == []
+
+
+def test_gate_helper_parses_exec_events_and_matches_paths():
+    from apppaccap.capture import procevents as pe
+    from apppaccap.triggers.gate_helper import exec_events
+    from apppaccap.triggers.gate_helper import match
+
+    def event(what, data, ts):
+        body = pe.EVENT_HEAD.pack(what, 0, ts) + data
+        cn = pe.CN_MSG.pack(pe.CN_IDX_PROC, pe.CN_VAL_PROC, 0, 0, len(body), 0) + body
+        return pe.NLMSGHDR.pack(pe.NLMSGHDR.size + len(cn), 3, 0, 0, 0) + cn
+
+    datagram = (event(pe.PROC_EVENT_FORK, pe.PIDS4.pack(1, 1, 50, 50), 10)
+                + event(pe.PROC_EVENT_EXEC, pe.PIDS2.pack(51, 50), 20))
+    assert list(exec_events(datagram)) == [(50, 20)]  # the tgid, with the kernel's time
+    assert list(exec_events(datagram[:-3])) == []  # a truncated message is not read
+    watch = [(1, "/opt/app", True), (2, "/usr/bin/curl", False)]
+    assert match(watch, "/opt/app/bin/x") == [1] and match(watch, "/usr/bin/curl") == [2]
+    assert match(watch, "/opt/application") == [] and match(watch, "") == []

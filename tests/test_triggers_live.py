@@ -111,9 +111,9 @@ def test_program_captured_from_its_syn_then_exported_and_executed(live, live_aja
     assert json.loads(run_cmd[0]["Result"]) == {"ExitCode": 0, "Output": "recorded 8\n"}
 
     lat = live.triggers.latencies[-1]
-    print(f"\nexec event → program stopped {lat['paused_ms']} ms; "
-          f"→ capture running, program resumed {lat['ready_ms']} ms")
-    assert lat["pid"] == pid and lat["paused"] is True
+    print(f"\nexec → program held {lat['stopped_ms']} ms → capture running, program "
+          f"released {lat['released_ms']} ms")
+    assert lat["pid"] == pid and lat["held"] is True
 
 
 def test_restart_keeps_triggers_actions_links_and_removal_stops_firing(tmp_path, http_server):
@@ -188,8 +188,8 @@ def test_children_join_the_capture_with_the_child_flag(live, live_ajax, http_ser
     assert packets and "SYN" in packets[0]["Summary"] and packets[0]["SrcPort"] == lport
     assert {p["ProcessName"] for p in packets} == {"curl"}
     assert all(p["Pid"] != cap["Pid"] for p in packets)  # the child's, not the shell's
-    assert live_ajax.ok("trigger_list")[0]["FireCount"] == 1  # curl itself fired nothing
-    assert trig["TriggerId"] == 1
+    after = live_ajax.ok("trigger_list")[0]
+    assert after["TriggerId"] == trig["TriggerId"] and after["FireCount"] == 1  # curl: none
 
 
 def test_polling_fallback_without_proc_connector(live, live_ajax, http_server, tmp_path):
@@ -221,25 +221,70 @@ def test_polling_fallback_without_proc_connector(live, live_ajax, http_server, t
         assert len(list(reader)) == len(packets)
 
 
-def test_pause_is_invisible_to_the_parent_and_survives_a_kill(tmp_path):
-    from apppaccap.triggers.pause import PtracePause
-    pauser = PtracePause()
-    assert pauser.start(), pauser.reason
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_gate_catches_a_watched_exec_and_holds_it_invisibly(tmp_path):
+    import threading
+
+    from apppaccap.triggers.gate import Gate
+    from apppaccap.triggers.watcher import Matcher
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    shutil.copy("/bin/sleep", watched / "sleep")
+    caught, go = [], threading.Event()
+
+    def on_exec(pid, ids, hold, stopped_us):
+        caught.append((pid, ids, _state(pid), stopped_us))
+        go.wait(5)  # the service "starts the capture" here
+
+    gate = Gate(on_exec, max_pause=3)
+    assert gate.start() and gate.events, gate.reason
     try:
-        proc = subprocess.Popen(["sh", "-c", "sleep 0.3; exit 7"])
-        hold = pauser.hold(proc.pid)
-        assert hold.paused
-        with open(f"/proc/{proc.pid}/stat") as fh:
-            assert fh.read().rsplit(")", 1)[1].split()[0] == "t"  # ptrace stop
+        gate.watch([Matcher(7, "w", str(watched), True, "", 0)])
+        proc = subprocess.Popen([str(watched / "sleep"), "0.2"])
+        other = subprocess.run(["sleep", "0.01"])  # not watched: runs straight through
+        assert other.returncode == 0
+        wait_for(lambda: caught, what="the gate to catch the exec")
+        pid, ids, state, stopped_us = caught[0]
+        assert (pid, ids, state) == (proc.pid, [7], "t")  # held in a ptrace stop
+        print(f"\nexec → program stopped by the gate: {stopped_us} µs")
+        assert stopped_us < 50_000
         time.sleep(0.5)
-        assert proc.poll() is None  # held, and the parent's wait saw nothing
+        assert proc.poll() is None and _state(proc.pid) == "t"  # its parent saw nothing
+        go.set()
+        assert proc.wait(5) == 0  # released: it ran its 0.2 s and exited normally
+        # the polling fallback's way: hold an arbitrary pid, release it
+        killed = subprocess.Popen(["sleep", "30"])
+        wait_for(lambda: _state(killed.pid) == "S", what="sleep to start")
+        hold = gate.hold(killed.pid)
+        assert hold.paused and _state(killed.pid) == "t"
+        killed.kill()  # a held program can still be killed ...
         hold.release()
         hold.release()  # idempotent
-        assert proc.wait(5) == 7
-        killed = subprocess.Popen(["sleep", "30"])
-        hold = pauser.hold(killed.pid)
-        killed.kill()
-        hold.release()
-        assert killed.wait(5) == -9
+        assert killed.wait(5) == -9  # ... and its parent still learns of it
     finally:
-        pauser.stop()
+        gate.stop()
+
+
+def test_gate_never_holds_longer_than_its_limit(tmp_path):
+    import threading
+
+    from apppaccap.triggers.gate import Gate
+    from apppaccap.triggers.watcher import Matcher
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    shutil.copy("/bin/sleep", watched / "sleep")
+    stuck = threading.Event()
+    gate = Gate(lambda *a: stuck.wait(10), max_pause=0.3)  # a service that hangs
+    assert gate.start(), gate.reason
+    try:
+        gate.watch([Matcher(1, "w", str(watched / "sleep"), False, "", 0)])
+        t0 = time.monotonic()
+        done = subprocess.run([str(watched / "sleep"), "0"], timeout=10)
+        assert done.returncode == 0 and 0.25 < time.monotonic() - t0 < 3
+    finally:
+        stuck.set()
+        gate.stop()

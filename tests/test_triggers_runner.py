@@ -18,7 +18,7 @@ from apppaccap.actions_runner import ActionRunner
 from apppaccap.actions_runner import Firing
 from apppaccap.api import triggers as api
 from apppaccap.jobs import Jobs
-from apppaccap.triggers.pause import Hold
+from apppaccap.triggers.gate import Hold
 from apppaccap.triggers.watcher import TriggerWatcher
 from apppaccap.triggers.watcher import started_by_action
 from tests.livetools import wait_for
@@ -73,25 +73,28 @@ class FakeEvents:
         pass
 
 
-class FakePauser:
-    available = True
+class FakeGate:
+    """Holds nothing for real; records hold/release. `events = False`: the watcher reacts
+    to exec events itself, as without the helper."""
+
+    available, events = True, False
 
     def __init__(self, log):
-        self.log = log
+        self.log, self.watched = log, []
 
     def start(self):
         return True
 
+    def watch(self, matchers):
+        self.watched = [m.trigger_id for m in matchers]
+
     def hold(self, pid):
         self.log.append(("pause", pid))
-        pauser = self
+        return Hold(self, pid, True)
 
-        class _Hold(Hold):
-            def release(self):
-                if self.paused:
-                    self.paused = False
-                    pauser.log.append(("resume", pid))
-        return _Hold(self, pid, True)
+    def _call(self, op, pid):
+        assert op == "R"
+        self.log.append(("resume", pid))
 
     def stop(self):
         pass
@@ -137,7 +140,7 @@ def _spawn(argv, **kw):
 def _watcher(ctx, log):
     ctx.captures = FakeCaptures(log)
     ctx.settings.set("trigger_stop_grace_ms", "50")
-    w = TriggerWatcher(ctx, events=FakeEvents(), pauser=FakePauser(log), runner=FakeRunner(log))
+    w = TriggerWatcher(ctx, events=FakeEvents(), gate=FakeGate(log), runner=FakeRunner(log))
     w.start()
     ctx.triggers = w
     return w
@@ -156,9 +159,11 @@ def test_exec_pauses_starts_resumes_then_exit_stops_and_acts(ctx, jobs, watched,
     wide = api.action_add(ctx, name="wide", action_type=2, path=str(tmp_path))
     proc = _spawn([str(watched / "sleep"), "5"])
     try:
+        assert w.gate.watched == [t["TriggerId"], other["TriggerId"]]
         w._on_exec(proc.pid)
-        w._on_exec(proc.pid)  # a second exec of the same process does not fire again
         assert log == [("pause", proc.pid), ("start", 1), ("resume", proc.pid)]
+        w._on_exec(proc.pid)  # a second exec of the same process does not fire again
+        assert log[3:] == [("pause", proc.pid), ("resume", proc.pid)]
         started = ctx.captures.started[0]
         assert (started["pids"], started["flags"], started["bpf"]) == ([proc.pid], 5, "tcp")
         assert started["process"]["name"] == "sleep" and started["name"] == "sleepers: sleep"

@@ -7,6 +7,7 @@ from apppaccap.api import ips
 from apppaccap.api import monitor
 from apppaccap.api import packets
 from apppaccap.api import processes
+from apppaccap.api import search
 from apppaccap.api import session
 from apppaccap.api import settings
 from apppaccap.api import stats
@@ -15,4 +16,4 @@ from apppaccap.api import transfer
 from apppaccap.api import triggers
 
 MODULES = (system, session, settings, processes, captures, packets, ips, stats, flush, transfer,
-           triggers, monitor, extract)
+           triggers, monitor, extract, search)

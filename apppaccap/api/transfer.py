@@ -101,26 +101,28 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "") ->
     - filter: display filter limiting the exported packets (the search language)
     """
     db = captures(ctx).db(capture_id, active=False)
-    where, params = _compile_filter(ctx, filter, capture_id)
+    flt = _compile_filter(ctx, filter, capture_id)
     target = export.resolve_path(ctx, path, f"capture-{capture_id}")
 
     def run(progress):
-        export.write_capture(db, target, where=where, params=params, progress=progress)
+        if flt is None:
+            export.write_capture(db, target, progress=progress)
+        else:
+            from apppaccap.search.export_filter import filtered_export
+            filtered_export(db, capture_id, flt, target, progress)
         return target
 
     return jobs(ctx).submit("EXPORT", {"capture_id": capture_id, "path": target}, run)
 
 
 def _compile_filter(ctx, text: str, capture_id: int):
-    """Display filter → (SQL condition on packets, params). Empty = everything."""
-    if not text.strip():
-        return "", ()
-    try:
-        from apppaccap.search.compiler import packet_condition
-    except ImportError:
-        raise Unsupported("filter: export filters need the search language, not built yet") \
-            from None
-    return packet_condition(text)
+    """Display filter → a checked search Filter, None when blank (every packet).
+
+    A bad filter is MALFORMED_REQUEST with the message search_start and search_verify_filter
+    give; the capture-specific SQL is built when the export runs.
+    """
+    from apppaccap.api.search import checked_filter
+    return checked_filter(text)
 
 
 @action(JSON)

@@ -31,12 +31,17 @@ def trigger_add(ctx, *, name: str, trigger_type: int, path: str, filter: str = "
     Returns the new TRIGGER (the reference returns ERROR_SUCCESS; the object tells the
     client its TriggerId, and clients that ignore it lose nothing). Every value is checked
     before anything is stored. Actions linked to the trigger and all system-wide actions
-    run when a captured program exits.
+    run when a captured program exits (its capture completes trigger_stop_grace_ms later,
+    default 750, so the last FIN/ACKs are in). On Linux each matching program is held in
+    a ptrace stop, invisible to its parent, from its exec (stopped well under 1 ms after
+    it) until its capture runs (typically 50-300 ms; at most trigger_pause_max_ms), so
+    its first packet is captured; setting trigger_pause=0 turns holding off. Each process
+    fires once (FireCount, LastFired, LastCaptureId; LastError when a capture failed).
     - name: the trigger's name (1-256 printable characters)
     - trigger_type: TRIGGER_TYPE_ON_START (1)
-    - path: absolute path of an executable file (exact match) or of a directory (any executable below it)
-    - filter: BPF capture filter (tcpdump syntax) of the captures it starts, compiled now by libpcap; empty = everything of the process
-    - flags: CAPTURE_FLAG_RESOLVE_IPS | CAPTURE_FLAG_CHILD_PROCESSES (children join their parent's capture); default 0
+    - path: absolute path of an executable (exact match) or a directory (any program below)
+    - filter: BPF filter (tcpdump syntax) of its captures, checked now; empty = everything
+    - flags: CAPTURE_FLAG_RESOLVE_IPS | CAPTURE_FLAG_CHILD_PROCESSES (children follow)
     """
     name = store.check_name(name)
     store.check_trigger_type(trigger_type)
@@ -145,13 +150,15 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     runs the program `path` with `params` split like a shell would (no shell involved),
     after the firing's exports; `{capture_id}`, `{pid}`, `{process_name}` and
     `{export_file}` (the file an EXPORT action of the same firing wrote, else empty) are
-    substituted in each argument. It runs with the service's privileges and is killed
-    after the setting action_timeout (seconds, default 60); its COMMAND's Result is
+    substituted in each argument (they are also in its environment as APPPACCAP_CAPTURE_ID,
+    APPPACCAP_PID, APPPACCAP_PROCESS_NAME, APPPACCAP_EXPORT_FILE). It runs in its own
+    directory with the service's privileges and is killed, with its process group, after
+    the setting action_timeout (seconds, default 60); its COMMAND's Result is
     `{"ExitCode": n, "Output": "first 4 KB of stdout+stderr"}`. Programs started by
     actions never set off triggers themselves.
     - name: the action's name (1-256 printable characters)
     - action_type: ACTION_TYPE_EXECUTE (1) or ACTION_TYPE_EXPORT (2)
-    - path: EXECUTE: absolute path of an executable file; EXPORT: absolute path of an existing writable directory
+    - path: EXECUTE: an executable file; EXPORT: an existing writable directory (absolute)
     - params: EXECUTE only: the program's arguments, shell-quoted, with placeholders
     - trigger_id: run only for this trigger; 0 or left out = system wide (every trigger)
     """
@@ -212,7 +219,7 @@ def action_set_trigger(ctx, *, action_id: int, trigger_id: int = 0) -> int:
     """Add a trigger to an action's triggers, or make the action system-wide again.
 
     - action_id: the action
-    - trigger_id: the trigger to add; 0 or left out clears the action's triggers, making it system wide
+    - trigger_id: the trigger to add; 0 or left out clears its triggers (system wide again)
     """
     store.action_row(ctx.catalog, action_id)
     if trigger_id == 0:

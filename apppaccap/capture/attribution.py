@@ -26,6 +26,7 @@ PENDING = None          # status(): not answered yet
 MAX_FLOWS = 200_000     # LRU bound of the flow table
 RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
 RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned
+RECHECK = 0.05          # seconds before a listener-named or thread-less flow is asked again
 
 
 class Attribution:
@@ -113,7 +114,7 @@ class Attribution:
         fk = _flow(key5)
         entry = self.flows.get(fk)
         if entry is not None:
-            labels, resolved_at, seen, recheck = entry
+            labels, resolved_at, seen, recheck, first = entry
             entry[2] = now
             if labels is PENDING:
                 return PENDING
@@ -121,13 +122,14 @@ class Attribution:
                 # named through a listening socket at SYN time: ask again once the
                 # connection has been accepted (a fork-per-connection server hands it on)
                 entry[3] = 0
-                self._queue.put((key5, fk, now, RETRIES, True))
+                # ask in the flow's own orientation: the originator's owner stays first
+                self._queue.put((first, fk, now, RETRIES, True))
             stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
             if labels and not stale:
                 return labels
             if not labels and not stale and now - resolved_at < RETRY_MISS:
                 return labels
-        self.flows[fk] = [PENDING, now, now, 0]
+        self.flows[fk] = [PENDING, now, now, 0, key5]
         if len(self.flows) > MAX_FLOWS:
             self.flows.popitem(last=False)
         self.stats["requests"] += 1
@@ -181,8 +183,8 @@ class Attribution:
             entry = self.flows.get(fk)
             if entry is not None and (entry[0] is PENDING or (recheck and labels)):
                 entry[0], entry[1] = labels, now
-                if via_listener and not recheck:
-                    entry[3] = now + 0.05
+                if (via_listener or _thread_unknown(labels)) and not recheck:
+                    entry[3] = now + RECHECK
             self.stats["resolved" if labels else "missed"] += 1
             if len(self.latencies) < 10000:
                 self.latencies.append(now - asked)
@@ -199,13 +201,14 @@ class Attribution:
         fk = _flow(key5)
         now = self.clock()
         entry = self.flows.get(fk)
+        recheck = now + RECHECK if _thread_unknown(labels) else 0
         if entry is None:
-            self.flows[fk] = [labels, now, now, 0]
+            self.flows[fk] = [labels, now, now, recheck, key5]
         elif entry[0] is PENDING or entry[0] == [] or (
                 len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
                 labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
             # better: more ends known, or the originator where we only had the peer
-            entry[0], entry[1] = labels, now
+            entry[0], entry[1], entry[3] = labels, now, recheck
         self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
 
     def _labels_for(self, pairs) -> list[Label]:
@@ -230,6 +233,8 @@ class Attribution:
                    "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
             process_id = self.book.identify([rec])[0]
             lab = Label(process_id, pid, tid, rec, None)
+            if tid:
+                self._remember_thread(process_id, pid, tid)
             if len(self._labels) > 50000:
                 self._labels.clear()
             self._labels[key] = lab
@@ -244,6 +249,23 @@ class Attribution:
         if match is None:
             return _match_exact(snap, proto, local, remote)
         return match(snap, proto, local[0], local[1], remote[0], remote[1], is_local=self.is_local)
+
+    def _remember_thread(self, process_id: int, pid: int, tid: int) -> None:
+        """A thread seen owning traffic joins the catalog (process_list_threads flags=1
+        then lists it after it has ended)."""
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+        except OSError:
+            name = ""
+        now = time.time_ns()
+        catalog = getattr(self.book, "catalog", None)
+        if catalog is not None:
+            catalog.submit(lambda c: c.execute(
+                "INSERT INTO threads(process_id, tid, name, first_seen, last_seen, live) "
+                "VALUES (?,?,?,?,?,1) ON CONFLICT(process_id, tid) DO UPDATE SET "
+                "last_seen=excluded.last_seen, name=coalesce(nullif(excluded.name,''), name)",
+                (process_id, tid, name, now, now)))
 
     # -- safety net ----------------------------------------------------------
     def _sweeper(self):
@@ -275,6 +297,12 @@ class Attribution:
             if labels and entry is not None:
                 entry[0], entry[1] = labels, now
                 self.stats["swept"] += 1
+
+
+def _thread_unknown(labels) -> bool:
+    """The owner is multi-threaded and no thread was seen on the socket yet: look again
+    shortly, when the thread is likely blocked in recv()/send() on it."""
+    return bool(labels) and not labels[0].tid
 
 
 def _match_exact(snap, proto, local, remote):

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import heapq
 import logging
-import multiprocessing
+import os
 import select
+import socket
+import subprocess
+import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +127,20 @@ class FastPath:
         self.latencies: list[float] = []  # seconds from a flow's first packet to its owners
 
     def start(self) -> bool:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child_conn = ctx.Pipe()
-        self.proc = ctx.Process(target=_child, args=(child_conn, None), daemon=True,
-                                name="apppaccap-attribution")
+        # A plain subprocess (`python -m apppaccap.capture.fastpath FD`), not
+        # multiprocessing: spawn would re-import the host's __main__ (the server itself).
+        mine, theirs = socket.socketpair()
         try:
-            self.proc.start()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apppaccap.capture.fastpath", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), cwd=os.path.dirname(os.path.dirname(
+                    os.path.dirname(os.path.abspath(__file__)))))
         except OSError as exc:
             log.warning("attribution fast path unavailable: %s", exc)
             return False
-        child_conn.close()
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
         # Wait until the child listens: a capture must not start before its fast path does.
         if not self.conn.poll(20):
             log.warning("attribution fast path did not start in time; using the fallback only")
@@ -183,8 +191,14 @@ class FastPath:
             self.conn.send(("stop",))
         except (OSError, ValueError):
             pass
-        self.proc.join(5)
-        if self.proc.is_alive():
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
         self.conn.close()
         self.proc = None
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process
+    _child(Connection(int(sys.argv[1])), None)

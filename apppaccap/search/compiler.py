@@ -37,6 +37,7 @@ class Part:
     sql: tuple | None          # (text, params) exact, or None
     sup: tuple                 # (text, params) superset
     py: object = None          # view → bool; None while the node is exact SQL
+    ids: tuple | None = None   # (first, last): the node is exactly this packet-id range
 
 
 @dataclass
@@ -77,8 +78,8 @@ def compile_plan(flt: Filter | None, scope, time_range=None) -> Plan:
         py = tests[0] if len(tests) == 1 else (lambda v, t=tuple(tests): all(f(v) for f in t))
     ids = None
     for p in parts:  # time tests at the top level bound the ids to scan
-        if p.sql is not None and p.sql[0] == "id BETWEEN ? AND ?":
-            lo, hi = p.sql[1]
+        if p.ids is not None:
+            lo, hi = p.ids
             ids = (lo, hi) if ids is None else (max(ids[0], lo), min(ids[1], hi))
     return Plan(where[0], where[1], c.select, c.select_params, py, where[0] == "0", ids)
 
@@ -162,6 +163,8 @@ class _Compiler:
             usable = usable and _pairable(f, c, scope) and _pairable(c.other, c, scope)
         if usable and c.op in ("contains", "matches") and not isinstance(form, F.Proc):
             usable = False
+        if usable and isinstance(form, F.Time) and c.other is None:
+            return self.time_leaf(c, form)
         if usable:
             sql = self.sql_leaf(c, form)
             if sql is not None:
@@ -186,7 +189,7 @@ class _Compiler:
             ok = P.value_test(c)(getattr(self.scope, form.attr))
             return TRUE if ok else FALSE
         if isinstance(form, F.Time):
-            return self.time_leaf(c, form)
+            return None  # handled in leaf(): it may bound the ids
         if isinstance(form, F.Proc):
             keys = [k for k, row in self.scope.processes().items()
                     if row.get(form.attr) is not None and P.value_test(c)(row[form.attr])]
@@ -297,7 +300,7 @@ class _Compiler:
         tests = [(f"{a} {op} {b}", []) for a in c.field.sql.exprs for b in c.other.sql.exprs]
         return _join("AND", [g, g2, _join("AND" if c.op in P.ALL_OPS else "OR", tests)])
 
-    def time_leaf(self, c: Cond, form) -> tuple:
+    def time_leaf(self, c: Cond, form) -> Part:
         base = self.scope.first_ts if form.kind == "relative" else 0
         if c.op == "in":
             ranges = [(lo + base, hi + base) for lo, hi in c.values]
@@ -307,24 +310,25 @@ class _Compiler:
                        "le": (None, v), "eq": (v, v)}[c.op]]
         else:
             op = _SQL_OPS.get(c.op)
-            return (f"ts {op} ?", [c.values[0] + base]) if op else TRUE
-        return _join("OR", [self.ts_range(lo, hi) for lo, hi in ranges])
+            return _exact((f"ts {op} ?", [c.values[0] + base]) if op else TRUE)
+        if len(ranges) == 1:
+            return self.time_bounds(*ranges[0])
+        return _exact(_join("OR", [self.time_bounds(lo, hi).sql for lo, hi in ranges]))
 
-    def time_bounds(self, start, end) -> Part:
-        return _exact(self.ts_range(start, end))
-
-    def ts_range(self, lo, hi) -> tuple:
+    def time_bounds(self, lo, hi) -> Part:
         """lo <= ts <= hi (None = open) — as an id range when ts follows the id."""
         scope = self.scope
         if scope.ts_sorted():
             first = scope.first_id_at(lo) if lo is not None else scope.min_id
             last = scope.first_id_at(hi, after=True) - 1 if hi is not None else scope.max_id
             if first > last:
-                return FALSE
-            return "id BETWEEN ? AND ?", [first, last]
+                return _exact(FALSE)
+            part = _exact(("id BETWEEN ? AND ?", [first, last]))
+            part.ids = (first, last)
+            return part
         texts = [("ts >= ?", [lo])] if lo is not None else []
         texts += [("ts <= ?", [hi])] if hi is not None else []
-        return _join("AND", texts)
+        return _exact(_join("AND", texts))
 
 
 def _exact(sql: tuple) -> Part:

@@ -8,10 +8,13 @@ existed when it was opened (`max_id`), so a search of an active capture sees a s
 
 from __future__ import annotations
 
+import operator
+import os
 import sqlite3
 import threading
+from itertools import islice
 
-_SORTED_CACHE: dict = {}   # (path, first id, last id, first ts, last ts) → ts non-decreasing?
+_SORTED_CACHE: dict = {}   # (path, inode, first id, first ts) → (checked up to id, last ts, ok)
 _SORTED_LOCK = threading.Lock()
 
 
@@ -33,7 +36,9 @@ class Scope:
         self.columns = {r[1] for r in conn.execute("PRAGMA table_info(packets)")}
         self.linktypes = {r[0]: r[1] & 0x0FFFFFFF for r in
                           conn.execute("SELECT id, linktype FROM interfaces")}
-        lo, hi = conn.execute("SELECT min(id), max(id) FROM packets").fetchone()
+        # two statements: SQLite answers a lone min() or max() from the b-tree's ends
+        lo = conn.execute("SELECT min(id) FROM packets").fetchone()[0]
+        hi = conn.execute("SELECT max(id) FROM packets").fetchone()[0]
         self.min_id, self.max_id = (lo or 1), (hi or 0)
         row = conn.execute("SELECT ts FROM packets WHERE id = ?", (self.min_id,)).fetchone()
         self.first_ts = row[0] if row else 0
@@ -92,26 +97,41 @@ class Scope:
     def ts_sorted(self) -> bool:
         """Do timestamps never decrease with the packet id? Then a time range is an id range.
 
-        Checked once per capture snapshot with one pass over the ts column; cached in memory
-        under a key that changes when the capture does.
+        Checked with one pass over the ts column, remembered per capture file and extended
+        to new packets only (an active capture is re-checked from where the last check
+        stopped).
         """
         if self._sorted is None:
-            last = self.conn.execute("SELECT ts FROM packets WHERE id = ?",
-                                     (self.max_id,)).fetchone()
-            key = (self.path, self.min_id, self.max_id, self.first_ts, last and last[0])
+            try:
+                inode = os.stat(self.path).st_ino if self.path else None
+            except OSError:
+                inode = None
+            key = (self.path, inode, self.min_id, self.first_ts)
             with _SORTED_LOCK:
-                cached = _SORTED_CACHE.get(key)
-            if cached is None:
-                back = self.conn.execute(
-                    "SELECT 1 FROM (SELECT ts < lag(ts) OVER (ORDER BY id) AS back FROM packets "
-                    "WHERE id <= ?) WHERE back LIMIT 1", (self.max_id,)).fetchone()
-                cached = back is None
+                upto, last, ok = _SORTED_CACHE.get(key, (self.min_id - 1, None, True))
+            if ok and upto < self.max_id:
+                ok, last = self._check_sorted(upto, last)
                 with _SORTED_LOCK:
                     if len(_SORTED_CACHE) > 1000:
                         _SORTED_CACHE.clear()
-                    _SORTED_CACHE[key] = cached
-            self._sorted = cached
+                    _SORTED_CACHE[key] = (self.max_id, last, ok)
+            self._sorted = ok
         return self._sorted
+
+    def _check_sorted(self, after: int, prev) -> tuple[bool, int | None]:
+        # one pass in id order, compared in C (map/operator) a page at a time: ~0.3 s per
+        # million packets, where SQLite's lag() window takes seconds
+        cur = self.conn.execute("SELECT ts FROM packets WHERE id > ? AND id <= ? ORDER BY id",
+                                (after, self.max_id))
+        while True:
+            page = [r[0] for r in cur.fetchmany(65536)]
+            if not page:
+                return True, prev
+            if prev is not None and page[0] < prev:
+                return False, prev
+            if not all(map(operator.le, page, islice(page, 1, None))):
+                return False, prev
+            prev = page[-1]
 
     def first_id_at(self, ns: int, *, after: bool = False) -> int:
         """Smallest id whose ts >= ns (> ns with after); max_id + 1 when none. Needs ts_sorted."""

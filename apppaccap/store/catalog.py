@@ -63,8 +63,20 @@ MIGRATIONS = [
         result TEXT NOT NULL DEFAULT '', params TEXT NOT NULL DEFAULT '{}',
         created INTEGER NOT NULL, started INTEGER, finished INTEGER)
     """,
-    # 4: searches (owned by apppaccap/search/) — placeholder until it lands
-    "CREATE TABLE IF NOT EXISTS _slot4 (x)",
+    # 4: searches (owned by apppaccap/search/)
+    """
+    CREATE TABLE IF NOT EXISTS searches (
+        id INTEGER PRIMARY KEY, filter TEXT NOT NULL, capture_id INTEGER,
+        start_ns INTEGER, end_ns INTEGER, state INTEGER NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0, result_count INTEGER NOT NULL DEFAULT 0,
+        scanned_packets INTEGER NOT NULL DEFAULT 0, total_packets INTEGER NOT NULL DEFAULT 0,
+        captures TEXT NOT NULL DEFAULT '[]', message TEXT NOT NULL DEFAULT '',
+        created INTEGER NOT NULL, started INTEGER, finished INTEGER);
+    CREATE TABLE IF NOT EXISTS search_results (
+        search_id INTEGER NOT NULL, item_id INTEGER NOT NULL, capture_id INTEGER NOT NULL,
+        packet_id INTEGER NOT NULL, ts INTEGER NOT NULL,
+        PRIMARY KEY (search_id, item_id)) WITHOUT ROWID
+    """,
     # 5: triggers and actions (owned by apppaccap/triggers.py) — placeholder
     """
     CREATE TABLE IF NOT EXISTS triggers (

@@ -1,10 +1,13 @@
 """The trigger watcher: catch a program as it starts, capture it, act when it ends.
 
-Linux: the proc connector's exec event (procevents.py) arrives within a millisecond of
-the exec. The watcher reads /proc/<pid>/exe, and on a match pauses the program (ptrace,
-see pause.py), starts the process capture, then lets it run - the capture's handles are
-open before the program's first packet. Elsewhere (no proc connector) an APScheduler job
-polls psutil instead; programs found that way may already have talked.
+Linux: the gate's helper process (gate.py) reads the proc connector's exec events,
+compares /proc/<pid>/exe with the watched paths and holds a match still (ptrace) well
+under a millisecond after its exec; the watcher then starts the process capture and lets
+the program run - the capture's handles are open before its first packet. Forks (children
+joining with CAPTURE_FLAG_CHILD_PROCESSES) and exits come from the watcher's own
+ProcEvents listener. Without the helper the watcher handles exec events itself (holding
+the program through the gate if it can); without a proc connector an APScheduler job
+polls psutil instead, and programs found that way may already have talked.
 
 On the program's exit the capture is stopped after a short grace (the peer's last
 FIN/ACKs are still in flight) and the actions run (actions_runner.py). APScheduler owns
@@ -33,8 +36,8 @@ from apppaccap.capture.manager import FLAG_CHILDREN
 from apppaccap.capture.manager import PROCESS
 from apppaccap.filetime import now_ns
 from apppaccap.triggers import store
-from apppaccap.triggers.pause import NoPause
-from apppaccap.triggers.pause import PtracePause
+from apppaccap.triggers.gate import Gate
+from apppaccap.triggers.gate import NoGate
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +118,13 @@ def process_record(pid: int) -> dict | None:
 class TriggerWatcher:
     """Owns the trigger matchers, the firings in flight and their scheduler jobs.
 
-    Seams: `events` (a ProcEvents-like object; False = poll mode), `pauser`,
+    Seams: `events` (a ProcEvents-like object; False = poll mode), `gate` (Gate-like),
     `runner` (ActionRunner-like)."""
 
-    def __init__(self, ctx, *, events=None, pauser=None, runner=None):
+    def __init__(self, ctx, *, events=None, gate=None, runner=None):
         self.ctx = ctx
         self._events = events
-        self.pauser = pauser
+        self.gate = gate
         self._stopping = threading.Event()
         self.runner = runner or ActionRunner(ctx, stopping=self._stopping)
         self.matchers: tuple = ()
@@ -145,13 +148,22 @@ class TriggerWatcher:
             scheduler.add_executor(ThreadPoolExecutor(8), alias=EXECUTOR)
         except ValueError:
             pass  # this scheduler already has it (a watcher restarted on the same Jobs)
-        if self.pauser is None:
-            pause_on = self.ctx.settings.get("trigger_pause") not in ("0", "off", "false")
-            self.pauser = PtracePause() if pause_on else NoPause()
+        if self.gate is None:
+            hold_on = self.ctx.settings.get("trigger_pause") not in ("0", "off", "false")
+            limit = max(50, self.ctx.settings.get_int("trigger_pause_max_ms", 3000)) / 1000
+            # events=False stands for "no proc connector": the helper then only holds
+            self.gate = Gate(self._on_caught, max_pause=limit,
+                             catch_execs=self._events is not False) if hold_on else NoGate()
+            if not self.gate.start() and hold_on:
+                log.warning("trigger programs will not be held: %s", self.gate.reason)
+        elif not self.gate.available:
+            self.gate.start()
         if self._events is None:
             from apppaccap.capture.procevents import ProcEvents
-            self._events = ProcEvents(on_exec=self._on_exec, on_exit=self._on_exit,
-                                      on_fork=self._on_fork, read_at_exec=False)
+            self._events = ProcEvents(on_exit=self._on_exit, on_fork=self._on_fork,
+                                      read_at_exec=False)
+        if self._events is not False and not self.gate.events:
+            self._events.on_exec = self._on_exec  # nobody else catches execs
         self.reload()
         if self._events is not False and self._events.start():
             self.mode = "events"
@@ -177,8 +189,8 @@ class TriggerWatcher:
         self._job_ids.clear()
         with self._lock:
             self._active.clear()
-        if self.pauser is not None:
-            self.pauser.stop()
+        if self.gate is not None:
+            self.gate.stop()
         self.mode = "stopped"
 
     def reload(self) -> None:
@@ -187,11 +199,8 @@ class TriggerWatcher:
         if matchers and not self._warm:
             self._warm_up()
         self.matchers = matchers
-        if matchers and self.pauser is not None and not self.pauser.available \
-                and not self._stopping.is_set():
-            # started now, not at the first match: its ~15 ms start would be lost time
-            if not self.pauser.start() and isinstance(self.pauser, PtracePause):
-                log.warning("trigger programs will not be paused: %s", self.pauser.reason)
+        if self.gate is not None:
+            self.gate.watch(matchers)
 
     def _warm_up(self) -> None:
         """Start the attribution backend (kept until shutdown) before the first firing,
@@ -208,64 +217,71 @@ class TriggerWatcher:
         job = self.ctx.jobs.scheduler.add_job(fn, trigger, executor=EXECUTOR, **kw)
         self._job_ids.add(job.id)
 
-    # -- events (listener thread, or the poll job) -----------------------------------------
+    # -- events (gate dispatcher, listener thread, or the poll job) -----------------------
+    def _on_caught(self, pid: int, trigger_ids: list, hold, stopped_us: int) -> None:
+        """The gate caught and holds a program matching `trigger_ids`: capture, release."""
+        t0 = time.perf_counter()
+        by_id = {m.trigger_id: m for m in self.matchers}
+        self._start_held(pid, [by_id[i] for i in trigger_ids if i in by_id], hold,
+                         t0, stopped_us / 1000)
+
     def _on_exec(self, pid: int) -> None:
+        """An exec the gate did not catch (no helper, or the polling fallback)."""
         t0 = time.perf_counter()
         matchers = self.matchers
         if not matchers:
             return
         exe = exe_of(pid)
         hits = [m for m in matchers if m.matches(exe)] if exe else []
-        if not hits:
-            return
-        with self._lock:
-            hits = [m for m in hits if not self._already(m, pid)]
         if not hits or started_by_action(pid):
             return
-        hold = self.pauser.hold(pid)
-        paused, paused_ms = hold.paused, (time.perf_counter() - t0) * 1000
-        # bound the pause even if a capture start hangs (catalog writer stuck, ...)
-        limit = max(0.05, self.ctx.settings.get_int("trigger_pause_max_ms", 3000) / 1000)
-        timer = threading.Timer(limit, hold.release)
-        timer.daemon = True
-        timer.start()
+        hold = self.gate.hold(pid)
+        self._start_held(pid, hits, hold, t0, (time.perf_counter() - t0) * 1000)
+
+    def _start_held(self, pid: int, hits: list, hold, t0: float, stopped_ms: float) -> None:
+        """Fire the matching triggers for a held program, then let it run (always)."""
+        fired = False
         try:
             record = process_record(pid)
             if record is None:
                 return  # exited already
+            with self._lock:
+                hits = [m for m in hits if not self._already(m, pid, record["ppid"])]
             for m in hits:
-                self._fire(m, record)
+                fired = self._fire(m, record) or fired
         finally:
-            timer.cancel()
+            held = hold.paused
             hold.release()
-            self._note_latency(pid, paused, paused_ms, t0)
+            if fired:
+                self.latencies.append({
+                    "pid": pid, "held": held, "stopped_ms": round(stopped_ms, 3),
+                    "released_ms": round(stopped_ms + (time.perf_counter() - t0) * 1000, 3)})
+                del self.latencies[:-100]
 
-    def _note_latency(self, pid, paused, paused_ms, t0) -> None:
-        """exec event → program stopped (paused_ms) → capture running, program resumed."""
-        self.latencies.append({"pid": pid, "paused": paused, "paused_ms": round(paused_ms, 3),
-                               "ready_ms": round((time.perf_counter() - t0) * 1000, 3)})
-        del self.latencies[:-100]
-
-    def _already(self, m: Matcher, pid: int) -> bool:
-        """Fired for this process already, or it is a child a running firing follows."""
+    def _already(self, m: Matcher, pid: int, ppid: int) -> bool:
+        """Fired for this process already, or it is a child a running firing follows (its
+        fork event may not have been handled yet: the gate's channel is faster)."""
         if m.trigger_id in self._fired.get(pid, ((), ()))[1]:
             return True
         for firings in self._active.values():
             for f in firings:
                 if f.trigger_id == m.trigger_id and f.flags & FLAG_CHILDREN:
                     session = self.ctx.captures.sessions.get(f.capture_id)
-                    if session is not None and pid in session.target.pids:
+                    if session is not None and (pid in session.target.pids
+                                                or ppid in session.target.pids):
+                        session.target.pids.add(pid)
                         return True
         return False
 
-    def _fire(self, m: Matcher, record: dict) -> None:
+    def _fire(self, m: Matcher, record: dict) -> bool:
+        """Start the trigger's capture of the process; True when it started."""
         pid = record["pid"]
         with self._lock:
             start, ids = self._fired.get(pid, (record["start_time"], set()))
             if start != record["start_time"]:
                 ids = set()  # a reused pid whose old process's exit we missed
             if m.trigger_id in ids:
-                return
+                return False
             ids.add(m.trigger_id)
             self._fired[pid] = (record["start_time"], ids)
         try:
@@ -274,11 +290,12 @@ class TriggerWatcher:
             cap = self.ctx.captures.start(
                 PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
                 name=f"{m.name}: {record['name']}")
-        except (ApiError, OSError, RuntimeError) as exc:
-            msg = exc.message if isinstance(exc, ApiError) else str(exc)
-            log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg)
+        except Exception as exc:  # noqa: BLE001 - reported on the trigger (LastError)
+            msg = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg,
+                        exc_info=not isinstance(exc, ApiError))
             store.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
-            return
+            return False
         firing = Firing(m.trigger_id, m.name, pid, record["start_time"], process_id,
                         record["name"], cap["id"], m.flags, now_ns())
         with self._lock:
@@ -286,6 +303,7 @@ class TriggerWatcher:
         store.record_firing(self.ctx.catalog, m.trigger_id, cap["id"])
         log.info("trigger %s fired for %s (pid %s): capture %s", m.trigger_id,
                  record["name"], pid, cap["id"])
+        return True
 
     def _on_fork(self, parent: int, child: int) -> None:
         """CAPTURE_FLAG_CHILD_PROCESSES: a child joins its parent's capture at birth."""

@@ -59,7 +59,8 @@ var App = window.App || (window.App = {});
         return [a.Loopback ? "loopback" : "", a.Wireless ? "wireless" : "", a.MonitorMode ? "monitor mode" : ""]
           .filter(Boolean).join(", ");
       }},
-      {title: "Link type", get: function (a) { return a.LinkType; }, cls: "num"},
+      {title: "Link type", get: function (a) { return a.LinkType; }, text: function (a) {
+        return a.Capturable === false ? "\u2014" : fmt.linkType(a.LinkType); }},
       {title: "", cls: "actions", render: function (a) {
         if (!api.has("monitor_start") || !a.Wireless) return "";
         return ui.button(a.MonitorMode ? "Monitor off" : "Monitor on", "small", function () { monitor(a, !a.MonitorMode); });

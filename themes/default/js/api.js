@@ -29,8 +29,11 @@ var App = window.App || (window.App = {});
   }
 
   // Unexpected exceptions inside promise callbacks must not vanish (jQuery warns by default).
-  $.Deferred.exceptionHook = function (err) {
-    if (err && window.console) console.error("AppPacCap UI: " + (err.stack || err));
+  // (jQuery also passes plain rejection values through here when a .then has no failure
+  // handler; those are API answers, handled further down the chain, not bugs.)
+  $.Deferred.exceptionHook = function (err, asyncStack) {
+    if (!(err instanceof Error) || !window.console) return;
+    console.error("AppPacCap UI: " + (err.stack || err) + (asyncStack ? "\n" + asyncStack : ""));
   };
 
   function rejected(r) { return $.Deferred().reject(r).promise(); }

@@ -8,7 +8,7 @@ var App = window.App || (window.App = {});
   var ui = App.ui, fmt = App.ui.fmt, api = App.api;
   var $panel, $head, $tabs, panes = {}, list, $detail, $status, $filter, $follow, $pause, $loadbar;
   var S = {id: 0, cap: null, lastId: 0, paused: false, gen: 0, running: false, visible: false,
-    tab: "packets", pendingSelect: 0, detailsTimer: null, pumpTimer: null};
+    tab: "packets", pendingSelect: 0, detailsTimer: null, pumpTimer: null, ticks: 0};
   var TABS = [{id: "packets", label: "Packets"}, {id: "conns", label: "Connections"},
     {id: "procs", label: "Processes"}, {id: "ips", label: "IP addresses"},
     {id: "stats", label: "Statistics"}, {id: "files", label: "Files", needs: "extract_query"}];
@@ -26,9 +26,15 @@ var App = window.App || (window.App = {});
         (c.Filter ? " \u00b7 filter: " + c.Filter : "") + (c.Flags ? " \u00b7 " + fmt.flags(c.Flags) : "")));
     var end = c.EndTime || (isActive() ? fmt.toFiletime(new Date()) : 0);
     var $cnt = ui.el("div", "counters");
-    [["Packets", fmt.num(c.PacketCount)], ["Bytes", fmt.bytes(c.ByteCount)], ["Dropped", fmt.num(c.DroppedCount)],
-      ["Connections", fmt.num(c.ConnectionCount)], ["Started", fmt.time(c.StartTime)],
-      ["Duration", fmt.duration(end - c.StartTime)]].forEach(function (kv) {
+    var items = [["Packets", fmt.num(c.PacketCount)], ["Bytes", fmt.bytes(c.ByteCount)], ["Dropped", fmt.num(c.DroppedCount)],
+      ["Connections", fmt.num(c.ConnectionCount)]];
+    if (c.FirstPacketTime) {  // CAPTUREMETA of a stored capture: the packets' own time span
+      items.push(["Processes", fmt.num(c.ProcessCount)], ["IPs", fmt.num(c.IpCount)],
+        ["First packet", fmt.time(c.FirstPacketTime)], ["Span", fmt.duration(c.LastPacketTime - c.FirstPacketTime) || "0 s"]);
+    } else {
+      items.push(["Started", fmt.time(c.StartTime)], ["Duration", fmt.duration(end - c.StartTime)]);
+    }
+    items.forEach(function (kv) {
       $cnt.append(ui.el("span", "", kv[0] + " ").append(ui.el("b", "", kv[1])));
     });
     var $tools = ui.el("div", "tools").css({marginLeft: "auto", display: "flex", gap: "6px"});
@@ -58,32 +64,39 @@ var App = window.App || (window.App = {});
     if (!S.paused) pump(S.gen);
   }
 
-  function updateStatus(shown, total) {
+  function updateStatus(shown, total, loaded) {
     shown = shown === undefined ? list.shown() : shown;
     total = total === undefined ? list.count() : total;
+    loaded = loaded === undefined ? list.loaded() : loaded;
     var txt = "Displayed " + fmt.num(shown) + " of " + fmt.num(total) + " packets";
     if (S.cap && S.cap.PacketCount > total) txt += " \u00b7 " + fmt.num(S.cap.PacketCount - total) + " more in the capture";
+    if (S.paged && $filter.val().trim() && loaded < total) txt += " \u00b7 filtering the " + fmt.num(loaded) + " loaded so far";
     if (isActive()) txt += S.paused ? " \u00b7 paused" : " \u00b7 live";
     $status.text(txt);
+    $follow.toggle(isActive());
+    var loading = S.paged ? $filter.val().trim() && loaded < total : S.draining;
+    $loadbar.toggle(!!loading);
+    if (loading) {
+      var have = S.paged ? loaded : list.count(), of = Math.max(total, S.cap ? S.cap.PacketCount : 0);
+      $loadbar.set(100 * have / Math.max(1, of), "Loading " + fmt.num(have) + " / " + fmt.num(of));
+    }
   }
 
-  /* Fetch the next packets after lastId. Active: capture_stream, then wait 1 s when caught
-   * up. Completed (or stopped meanwhile): capture_read until More is false. */
+  /* Active capture: follow capture_stream by last_id (waiting 1 s once caught up). When it
+   * has ended meanwhile, read what is left with capture_read until More is false. */
   function pump(gen) {
-    if (gen !== S.gen || S.running || !S.visible) return;
+    if (gen !== S.gen || S.running || !S.visible || S.paged) return;
     if (isActive() && S.paused) return;
     var live = isActive();
     S.running = true;
+    S.draining = !live;
     api(live ? "capture_stream" : "capture_read", {capture_id: S.id, last_id: S.lastId, limit: live ? 5000 : 10000})
       .then(function (r) {
         S.running = false;
         if (gen !== S.gen) return;
-        list.append(r.Packets);
         if (r.LastId > S.lastId) S.lastId = r.LastId;
-        if (!live) {
-          var total = Math.max(S.cap.PacketCount, list.count());
-          $loadbar.toggle(r.More).set(100 * list.count() / total, "Loading " + fmt.num(list.count()) + " / " + fmt.num(total));
-        }
+        S.draining = !live && r.More;
+        list.append(r.Packets);
         if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
         if (r.More) pump(gen);
         else if (live) S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);
@@ -98,6 +111,33 @@ var App = window.App || (window.App = {});
       });
   }
 
+  /* A stored capture opens paged: blocks of packets are read when they scroll into view.
+   * That needs ids first…first+count-1; otherwise it is read sequentially like a live one. */
+  function openStored(gen) {
+    var read = function (lastId, limit) {
+      return api("capture_read", {capture_id: S.id, last_id: lastId, limit: limit});
+    };
+    var count = S.cap.PacketCount;
+    api("capture_open", {capture_id: S.id}).then(function (meta) {  // adds the packet time span
+      if (gen === S.gen) { S.cap = meta; renderHead(); }
+    }, App.fail);
+    return read(0, 1).then(function (r) {
+      if (gen !== S.gen) return;
+      if (!r.Packets.length) { S.paged = false; list.clear(); return; }
+      var first = r.Packets[0].PacketId;
+      return read(first + count - 2, 2).then(function (tail) {
+        if (gen !== S.gen) return;
+        var ok = tail.Packets.length === 1 && tail.Packets[0].PacketId === first + count - 1 && !tail.More;
+        S.paged = ok;
+        if (!ok) return pump(gen);  // ids with gaps: read it all in order instead
+        list.paged(count, first, function (lastId, limit) {
+          return read(lastId, limit).then(function (page) { return page.Packets; });
+        });
+        if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
+      });
+    }, App.fail);
+  }
+
   function refreshDetails() {
     return api("capture_get_details", {capture_id: S.id}).then(function (c) {
       var was = S.cap && S.cap.State;
@@ -107,7 +147,7 @@ var App = window.App || (window.App = {});
       if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
         ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
         App.refreshLive();
-        pump(S.gen);
+        pump(S.gen);  // drain the rest, still in live (append) mode
       }
       return c;
     }, App.fail);
@@ -116,10 +156,11 @@ var App = window.App || (window.App = {});
   function open(id) {
     S.gen++;
     S.id = id; S.cap = null; S.lastId = 0; S.paused = false; S.running = false; S.pendingSelect = 0;
+    S.paged = false; S.draining = false;
     clearTimeout(S.pumpTimer);
     list.clear();
     $filter.val("");
-    $detail.empty().append(ui.el("div", "tree help", "Select a packet to see its layers, bytes and notes."));
+    $detail.empty().prop("hidden", true);  // shown once a packet is selected
     $loadbar.hide();
     Object.keys(panes).forEach(function (k) { panes[k].loaded = false; });
     var gen = S.gen;
@@ -128,7 +169,7 @@ var App = window.App || (window.App = {});
       S.cap = c;
       renderHead();
       updateStatus();
-      pump(gen);
+      if (isActive()) pump(gen); else openStored(gen);
       if (S.tab !== "packets") showTab(S.tab);
     }, function (r) {
       $head.empty().append(ui.el("a", "", "\u2190 Captures").attr("href", "#/captures"), ui.el("span", "error", r.ReturnValue));
@@ -164,15 +205,16 @@ var App = window.App || (window.App = {});
       ui.button("\u2913 Last", "small", function () { list.scrollToEnd(); }).attr("title", "Scroll to the newest packet"),
       $loadbar);
     var $listBox = ui.el("div", "plist-host").css({flex: "1", minHeight: "0", display: "flex", flexDirection: "column"});
-    $status = ui.el("div", "pstatus");
+    $status = ui.el("div", "pstatus").attr("title", "Click a packet (or use the arrow keys) to see its layers, bytes and notes");
     $detail = ui.el("div", "pdetail");
     $pane.append($tools, $listBox, $status, $detail);
     list = App.packets.create($listBox, {
-      follow: function () { return $follow.find("input").prop("checked"); },
-      onStatus: function (shown, total) { updateStatus(shown, total); },
+      follow: function () { return isActive() && $follow.find("input").prop("checked"); },
+      onStatus: function (shown, total, loaded) { updateStatus(shown, total, loaded); },
       onFilterCleared: function () { $filter.val(""); },
       onSelect: function (p) {
-        App.detail.render($detail, p.CaptureId, p.PacketId, {onNotes: function (q) { list.update(q); }});
+        $detail.prop("hidden", false);
+        App.detail.render($detail, S.id, p.PacketId, {onNotes: function (q) { list.update(q); }});
       }
     });
     return $pane;
@@ -215,9 +257,9 @@ var App = window.App || (window.App = {});
       S.detailsTimer = setInterval(function () {
         if (isActive() && !document.hidden) {
           refreshDetails();
-          if (S.tab !== "packets" && S.tab !== "files") panes[S.tab].load(S.cap);
+          if (S.tab !== "packets" && S.tab !== "files" && ++S.ticks % 3 === 0) panes[S.tab].load(S.cap);
         }
-      }, 2000);
+      }, 1000);
     },
     hide: function () {
       S.visible = false;

@@ -80,6 +80,7 @@ var App = window.App || (window.App = {});
         });
       }});
     var p = pane("Processes in this capture", table);
+    p.$el.children(".scroll").css("flex", "0 1 auto");  // the threads follow right below
     p.$el.append($threads);
     p.load = function (cap) {
       api.all("capture_get_processes", {capture_id: cap.CaptureId}, "ProcessId", null).then(function (rows) {

@@ -97,13 +97,16 @@ var App = window.App || (window.App = {});
       ctx.textAlign = "center";
       var tz = new Date(t0).getTimezoneOffset() * 60000;
       for (var tt = Math.ceil((t0 - tz) / step) * step + tz; tt <= t1; tt += step) {
-        ctx.fillText(timeLabel(tt, step), x(tt), g.h - B / 2 + 3);
+        var lab = timeLabel(tt, step), lw = ctx.measureText(lab).width / 2;
+        if (x(tt) + lw <= g.w && x(tt) - lw >= 0) ctx.fillText(lab, x(tt), g.h - B / 2 + 3);
         ctx.fillRect(Math.round(x(tt)), T + ph, 1, 4);
       }
-      var bw = Math.max(1, bucket / span * pw - (bucket / span * pw > 4 ? 1 : 0));
+      var slot = bucket / span * pw, bw = Math.max(1, slot > 4 ? slot - 1 : slot);
+      var inset = slot > 120 ? (slot - 120) / 2 : 0;  // a lone bucket is a column, not a wall
+      bw -= 2 * inset;
       ctx.fillStyle = color;
       layout = points.map(function (p) {
-        var h = p.v / max * ph, px = x(p.t);
+        var h = p.v / max * ph, px = x(p.t) + inset;
         ctx.fillRect(px, T + ph - h, bw, h);
         return {x0: px, x1: px + Math.max(bw, 3), p: p};
       });

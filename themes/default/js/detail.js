@@ -76,7 +76,7 @@ var App = window.App || (window.App = {});
       ["Packet", "#" + p.PacketId + " of capture " + p.CaptureId],
       ["Time", fmt.time(p.Time)],
       ["Length", p.Length + " bytes on wire, " + p.CapturedLength + " captured"],
-      ["Adapter", p.Adapter],
+      ["Adapter", p.Adapter + " \u00b7 " + fmt.linkType(p.LinkType)],
       ["Direction", fmt.dirArrow(p.Direction)],
       ["Protocol", fmt.proto(p.Protocol) + " (" + p.Protocol + ")"],
       ["Source", fmt.endpoint(p.SrcIp, p.SrcPort)],

@@ -17,7 +17,8 @@ var App = window.App || (window.App = {});
     $c.on("change", function () {
       var on = this.checked;
       api(on ? "extract_enable" : "extract_disable").then(function () {
-        ui.toast("File extraction " + (on ? "enabled" : "disabled"));
+        ui.toast("File extraction " + (on ? "enabled" : "disabled") + " for captures started from now on");
+        $(document).trigger("apc:settings");
       }, function (r) { $c.prop("checked", !on); App.fail(r); });
     });
     return $l;
@@ -40,13 +41,17 @@ var App = window.App || (window.App = {});
       {title: "Stream", get: function (s) { return s.StreamId; }, cls: "num"},
       {title: "Conn", get: function (s) { return s.ConnectionId; }, cls: "num"},
       {title: "Protocol", get: function (s) { return typeof s.Protocol === "number" ? fmt.proto(s.Protocol) : s.Protocol; }},
-      {title: "File name", get: function (s) { return s.FileName; }, cls: "mono"},
+      {title: "File name", get: function (s) { return s.FileName; }, cls: "mono", render: function (s) {
+        return ui.el("span", "", s.FileName).attr("title", s.OriginalName || s.FileName); }},
+      {title: "From", get: function (s) {
+        return (s.Method ? s.Method + " " : "") + (s.Host || "") + (s.Uri || "") + (s.Status ? " → " + s.Status : "");
+      }, cls: "mono ellipsis"},
       {title: "Type", get: function (s) { return s.MimeType; }},
       {title: "Size", get: function (s) { return s.Size; }, text: function (s) { return fmt.bytes(s.Size); }, cls: "num"},
-      {title: "Complete", get: function (s) { return s.Complete ? "yes" : "partial"; }},
+      {title: "Complete", get: function (s) { return s.Complete ? "yes" : s.Truncated ? "cut at size limit" : "partial"; }},
       {title: "Time", get: function (s) { return s.Time; }, text: function (s) { return fmt.time(s.Time); }, cls: "nowrap"},
       {title: "", cls: "actions", render: function (s) {
-        return ui.button("Extract", "small primary", function () {
+        return ui.button("Extract", "small", function () {
           api("extract_file_write", {capture_id: captureId, stream_id: s.StreamId}).then(function (f) {
             ui.toast("Wrote " + f.Path + " (" + fmt.bytes(f.Size) + ", sha256 " + String(f.Sha256).slice(0, 12) + "\u2026)");
             loadFiles();

@@ -65,6 +65,10 @@ var App = window.App || (window.App = {});
 
   function resultCell(c) {
     if (!c.Result) return "";
+    if (typeof c.Result === "object") {  // an EXECUTE action: {ExitCode, Output}
+      return ui.el("span", "mono", "exit " + c.Result.ExitCode + (c.Result.Output ? ": " + c.Result.Output.slice(0, 80) : ""))
+        .attr("title", c.Result.Output || "");
+    }
     if (c.Type === "INGEST" && /^\d+$/.test(String(c.Result))) {
       return ui.el("a", "", "capture #" + c.Result).attr("href", "#/capture/" + c.Result + "/packets");
     }

@@ -1,13 +1,18 @@
-/* The packet list: a virtual table that keeps only the visible rows in the DOM, so it stays
- * fast at hundreds of thousands of packets. Rows are appended as they stream in; a quick
- * filter (words, or key:value with pid tid proc conn ip port proto dir note) narrows it.
- *   var list = App.packets.create($into, {onSelect: function (packet) {...}}); */
+/* The packet list: a virtual table that keeps only the visible rows in the DOM.
+ * Two ways to fill it:
+ *  - live: list.append(packets) as capture_stream delivers them (follows the newest);
+ *  - paged: list.paged(total, firstId, fetch) for a stored capture — rows are fetched in
+ *    blocks when they scroll into view, so a capture of any size opens at once.
+ * A quick filter (words, or key:value with pid tid proc conn ip port proto dir note)
+ * narrows the list; on a paged capture it first loads the remaining blocks.
+ *   var list = App.packets.create($into, {onSelect(packet), onStatus(shown, total, loaded)}) */
 var App = window.App || (window.App = {});
 
 (function () {
   "use strict";
   var ui = App.ui, fmt = App.ui.fmt;
-  var RH = 20;  // row height in px, as --row in app.css
+  var RH = 20;      // row height in px, as --row in app.css
+  var BLOCK = 2000; // packets per capture_read in paged mode
   var COLS = [["c-no", "No."], ["c-time", "Time"], ["c-proc", "Process"], ["c-pid", "PID"],
     ["c-src", "Source"], ["c-dst", "Destination"], ["c-proto", "Protocol"], ["c-len", "Length"],
     ["c-dir", "Dir"], ["c-info", "Info"]];
@@ -23,7 +28,7 @@ var App = window.App || (window.App = {});
         });
         return;
       }
-      var key = m[1].toLowerCase(), val = m[2], n = Number(val);
+      var key = m[1].toLowerCase(), val = m[2], n = Number(val), proto = fmt.protoNumber(val);
       var by = {
         pid: function (p) { return p.Pid === n; },
         tid: function (p) { return p.ThreadId === n; },
@@ -32,7 +37,7 @@ var App = window.App || (window.App = {});
         conn: function (p) { return p.ConnectionId === n; },
         ip: function (p) { return p.SrcIp === val || p.DstIp === val; },
         port: function (p) { return p.SrcPort === n || p.DstPort === n; },
-        proto: function (p) { return p.Protocol === fmt.protoNumber(val); },
+        proto: function (p) { return p.Protocol === proto; },
         dir: function (p) { return fmt.dir(p.Direction) === val.toLowerCase(); },
         note: function (p) { return !!p.Notes; }
       }[key];
@@ -47,27 +52,27 @@ var App = window.App || (window.App = {});
 
   function create($into, opts) {
     opts = opts || {};
-    var all = [], view = [], filter = null, selected = -1, follow = true, pool = [], raf = 0;
-    var byId = {};
-    var $list = ui.el("div", "plist");
-    var $head = ui.el("div", "prow phead");
+    // rows[pos]: the packet at position pos (holes = not fetched yet, paged mode only).
+    // view: positions shown, or null for "all of rows in order".
+    var rows = [], view = null, filter = null, selPos = -1, atEnd = true, pool = [], raf = 0;
+    var loaded = 0, firstId = 1, byId = {}, source = null, blocks = {}, queue = [], inflight = 0, wantAll = false;
+    var $list = ui.el("div", "plist"), $head = ui.el("div", "prow phead");
     COLS.forEach(function (c) { $head.append(ui.el("span", c[0], c[1])); });
     var $vp = ui.el("div", "pviewport").attr({tabindex: 0, "aria-label": "packets"});
     var $sizer = ui.el("div", "psizer"), $rows = ui.el("div", "prows");
-    $vp.append($sizer.append($rows));
-    $list.append($head, $vp);
+    $list.append($head, $vp.append($sizer.append($rows)));
     $into.append($list);
     var vp = $vp[0];
+
+    function shown() { return view ? view.length : rows.length; }
+    function posAt(idx) { return view ? view[idx] : idx; }
+    function idxOf(pos) { return view ? view.indexOf(pos) : pos; }
+    function posOf(id) { return source ? id - firstId : (byId[id] === undefined ? -1 : byId[id]); }
 
     function rowFor(i) {
       while (pool.length <= i) {
         var r = document.createElement("div");
-        r.className = "prow";
-        for (var c = 0; c < COLS.length; c++) {
-          var s = document.createElement("span");
-          s.className = COLS[c][0];
-          r.appendChild(s);
-        }
+        for (var c = 0; c < COLS.length; c++) r.appendChild(document.createElement("span")).className = COLS[c][0];
         r.addEventListener("click", onRowClick);
         $rows[0].appendChild(r);
         pool.push(r);
@@ -75,12 +80,19 @@ var App = window.App || (window.App = {});
       return pool[i];
     }
 
-    function fill(r, p, idx) {
-      var s = r.childNodes;
-      r.setAttribute("data-idx", idx);
-      var cls = "prow p" + (p.Protocol === 6 || p.Protocol === 17 || p.Protocol === 1 || p.Protocol === 58 ? p.Protocol : 0);
-      if (p.Protocol === 6 && p.Summary.indexOf("RST") >= 0) cls += " rst";
-      if (idx === selected) cls += " selected";
+    function fill(r, p, pos) {
+      var s = r.childNodes, cls = "prow";
+      r.setAttribute("data-pos", pos);
+      if (!p) {  // not fetched yet
+        r.className = "prow pending" + (pos === selPos ? " selected" : "");
+        for (var i = 0; i < s.length; i++) s[i].textContent = "";
+        s[0].textContent = firstId + pos;
+        s[9].textContent = "loading\u2026";
+        return;
+      }
+      cls += " p" + (p.Protocol === 6 || p.Protocol === 17 || p.Protocol === 1 || p.Protocol === 58 ? p.Protocol : 0);
+      if (p.Protocol === 6 && / \[[^\]]*RST/.test(p.Summary)) cls += " rst";
+      if (pos === selPos) cls += " selected";
       r.className = cls;
       s[0].textContent = p.PacketId;
       s[1].textContent = fmt.time(p.Time);
@@ -100,94 +112,159 @@ var App = window.App || (window.App = {});
 
     function render() {
       raf = 0;
-      $sizer[0].style.height = view.length * RH + "px";
+      var n = shown();
+      $sizer[0].style.height = n * RH + "px";
       var top = vp.scrollTop, h = vp.clientHeight || 400;
-      var first = Math.max(0, Math.floor(top / RH) - 2), n = Math.ceil(h / RH) + 5;
+      var first = Math.max(0, Math.floor(top / RH) - 2), count = Math.ceil(h / RH) + 5, missing = [];
       $rows[0].style.top = first * RH + "px";
-      for (var i = 0; i < n; i++) {
+      for (var i = 0; i < count; i++) {
         var r = rowFor(i), idx = first + i;
-        if (idx < view.length) { r.style.display = ""; fill(r, all[view[idx]], idx); }
-        else r.style.display = "none";
+        if (idx < n) {
+          var pos = posAt(idx);
+          r.style.display = "";
+          fill(r, rows[pos], pos);
+          if (!rows[pos]) missing.push(Math.floor(pos / BLOCK));
+        } else r.style.display = "none";
       }
-      for (i = n; i < pool.length; i++) pool[i].style.display = "none";
+      for (i = count; i < pool.length; i++) pool[i].style.display = "none";
       $head[0].style.paddingRight = (vp.offsetWidth - vp.clientWidth) + "px";
-      if (opts.onStatus) opts.onStatus(view.length, all.length);
+      if (source) want(missing);
+      if (opts.onStatus) opts.onStatus(n, rows.length, loaded);
     }
     function schedule() { if (!raf) raf = requestAnimationFrame(render); }
 
-    function onRowClick() { select(Number(this.getAttribute("data-idx"))); vp.focus(); }
+    /* Paged mode: fetch the visible blocks first (newest request first), then — when a
+     * filter needs every packet — the rest in order. */
+    function want(visible) {
+      queue = visible.filter(function (k, i) { return visible.indexOf(k) === i && !blocks[k]; });
+      if (wantAll) {
+        for (var k = 0; k * BLOCK < rows.length; k++) if (!blocks[k] && queue.indexOf(k) < 0) queue.push(k);
+      }
+      fetchMore();
+    }
+    function fetchMore() {
+      while (inflight < 2 && queue.length) {
+        var k = queue.shift();
+        if (blocks[k]) continue;
+        blocks[k] = "pending";
+        inflight++;
+        fetchBlock(k, source);
+      }
+    }
+    function fetchBlock(k, src) {
+      src(firstId + k * BLOCK - 1, Math.min(BLOCK, rows.length - k * BLOCK)).then(function (pkts) {
+        if (src !== source) return;
+        blocks[k] = "done";
+        pkts.forEach(function (p) {
+          var pos = p.PacketId - firstId;
+          if (pos >= 0 && pos < rows.length && !rows[pos]) { rows[pos] = p; loaded++; }
+        });
+        if (filter) recompute();
+      }, function (r) {
+        if (src !== source) return;
+        blocks[k] = "failed";  // shown as "loading…" rows; not retried in a loop
+        App.fail(r);
+      }).always(function () {
+        if (src !== source) return;
+        inflight--;
+        if (wantAll && loaded >= rows.length) wantAll = false;
+        schedule();
+        if (!raf) fetchMore();
+      });
+    }
 
-    function select(idx, scroll) {
-      if (idx < 0 || idx >= view.length) return;
-      selected = idx;
+    function recompute() {
+      if (!filter) { view = null; return; }
+      view = [];
+      for (var i = 0; i < rows.length; i++) if (rows[i] && filter(rows[i])) view.push(i);
+    }
+
+    function onRowClick() { selectPos(Number(this.getAttribute("data-pos")), false); vp.focus(); }
+
+    function selectPos(pos, scroll) {
+      var idx = idxOf(pos);
+      if (idx < 0 || pos >= rows.length) return;
+      selPos = pos;
       if (scroll) {
         var y = idx * RH;
         if (y < vp.scrollTop) vp.scrollTop = y;
         else if (y + RH > vp.scrollTop + vp.clientHeight) vp.scrollTop = y + RH - vp.clientHeight;
       }
-      follow = false;
+      atEnd = false;
       render();
-      if (opts.onSelect) opts.onSelect(all[view[idx]]);
+      if (opts.onSelect) opts.onSelect(rows[pos] || {PacketId: firstId + pos});
     }
 
     $vp.on("scroll", function () {
       // Following resumes when the user scrolls back to the bottom.
-      follow = vp.scrollTop + vp.clientHeight >= vp.scrollHeight - RH;
+      atEnd = vp.scrollTop + vp.clientHeight >= vp.scrollHeight - RH;
       schedule();
     });
     $vp.on("keydown", function (e) {
-      var page = Math.max(1, Math.floor(vp.clientHeight / RH) - 1);
-      var to = {ArrowDown: selected + 1, ArrowUp: selected - 1, PageDown: selected + page,
-        PageUp: selected - page, Home: 0, End: view.length - 1}[e.key];
-      if (to === undefined) return;
+      var cur = selPos >= 0 ? idxOf(selPos) : -1, page = Math.max(1, Math.floor(vp.clientHeight / RH) - 1);
+      var to = {ArrowDown: cur + 1, ArrowUp: cur - 1, PageDown: cur + page, PageUp: cur - page,
+        Home: 0, End: shown() - 1}[e.key];
+      if (to === undefined || !shown()) return;
       e.preventDefault();
-      select(Math.max(0, Math.min(view.length - 1, to)), true);
+      selectPos(posAt(Math.max(0, Math.min(shown() - 1, to))), true);
     });
     $(window).on("resize", schedule);
 
-    var api = {
-      /* Add packets (in PacketId order). */
+    var list = {
+      /* Live mode: add packets in PacketId order. */
       append: function (packets) {
-        var atBottom = follow;
+        var follow = atEnd;
         for (var i = 0; i < packets.length; i++) {
           var p = packets[i];
           if (byId[p.PacketId] !== undefined) continue;
-          byId[p.PacketId] = all.length;
-          all.push(p);
-          if (!filter || filter(p)) view.push(all.length - 1);
+          byId[p.PacketId] = rows.length;
+          rows.push(p);
+          loaded++;
+          if (view && filter(p)) view.push(rows.length - 1);
         }
         render();
-        if (atBottom && opts.follow && opts.follow()) vp.scrollTop = vp.scrollHeight;
+        if (follow && opts.follow && opts.follow()) vp.scrollTop = vp.scrollHeight;
       },
-      clear: function () { all = []; view = []; byId = {}; selected = -1; follow = true; vp.scrollTop = 0; render(); },
-      setFilter: function (text) {
-        var keep = selected >= 0 ? view[selected] : -1;
-        filter = parseFilter(text);
-        view = [];
-        for (var i = 0; i < all.length; i++) if (!filter || filter(all[i])) view.push(i);
-        selected = keep >= 0 ? view.indexOf(keep) : -1;
+      /* Paged mode: `total` packets with ids firstId…; fetch(lastId, limit) → promise of packets. */
+      paged: function (total, first, fetch) {
+        list.clear();
+        rows = new Array(total);
+        firstId = first;
+        source = fetch;
         render();
-        if (selected >= 0) select(selected, true);
+      },
+      clear: function () {
+        rows = []; view = null; byId = {}; selPos = -1; atEnd = true; loaded = 0; firstId = 1;
+        source = null; blocks = {}; queue = []; inflight = 0; wantAll = false;
+        vp.scrollTop = 0;
+        render();
+      },
+      setFilter: function (text) {
+        filter = parseFilter(text);
+        if (filter && source && loaded < rows.length) wantAll = true;
+        recompute();
+        if (selPos >= 0 && idxOf(selPos) < 0) selPos = -1;
+        render();
+        if (selPos >= 0) selectPos(selPos, true);
       },
       /* Select a packet by PacketId (clearing the filter if it hides it). */
       selectId: function (id) {
-        var at = byId[id];
-        if (at === undefined) return false;
-        var idx = view.indexOf(at);
-        if (idx < 0) { api.setFilter(""); idx = view.indexOf(at); if (opts.onFilterCleared) opts.onFilterCleared(); }
-        select(idx, true);
+        var pos = posOf(id);
+        if (pos < 0 || pos >= rows.length) return false;
+        if (idxOf(pos) < 0) { list.setFilter(""); if (opts.onFilterCleared) opts.onFilterCleared(); }
+        selectPos(pos, true);
         return true;
       },
-      update: function (p) { if (byId[p.PacketId] !== undefined) all[byId[p.PacketId]].Notes = p.Notes; render(); },
-      count: function () { return all.length; },
-      shown: function () { return view.length; },
+      update: function (p) { var pos = posOf(p.PacketId); if (rows[pos]) rows[pos].Notes = p.Notes; render(); },
+      count: function () { return rows.length; },
+      loaded: function () { return loaded; },
+      shown: shown,
       refresh: render,
-      scrollToEnd: function () { follow = true; vp.scrollTop = vp.scrollHeight; render(); },
-      domRows: function () { return $rows[0].childNodes.length; }
+      scrollToEnd: function () { atEnd = true; vp.scrollTop = vp.scrollHeight; render(); }
     };
     render();
-    return api;
+    return list;
   }
 
-  App.packets = {create: create, parseFilter: parseFilter};
+  App.packets = {create: create, parseFilter: parseFilter, BLOCK: BLOCK};
 })();

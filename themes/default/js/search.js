@@ -6,7 +6,7 @@ var App = window.App || (window.App = {});
 (function () {
   "use strict";
   var ui = App.ui, fmt = App.ui.fmt, api = App.api;
-  var $panel, $input, $msg, $start, searches, results, $resHead, $more, timer = null, current = null, lastId = 0;
+  var $panel, $input, $msg, $start, $scope, $since, searches, results, $resHead, $more, timer = null, current = null, lastId = 0;
   var EXAMPLES = ["tcp.port == 443", "ip.addr == 10.0.0.0/8", "proc.name == \"curl\"", "udp && !dns",
     "http contains \"GET\"", "frame.time >= \"2026-01-01 00:00\"", "proc.pid == 1234 && tcp.flags.syn == 1"];
 
@@ -36,12 +36,18 @@ var App = window.App || (window.App = {});
   }
 
   function start() {
-    var f = $input.val().trim();
-    if (!f) return ui.error("filter: type a filter first");
+    var f = $input.val().trim();  // blank = every packet
     $start.prop("disabled", true);
-    api("search_start", {filter: f}).then(function (s) {
+    var params = {filter: f, capture_id: Number($scope.val()) || 0};
+    if ($since.val()) params.relative_time = $since.val();
+    api("search_start", params).then(function (s) {
       ui.toast("Search #" + s.SearchId + " started");
-      loadList().then(function () { openSearch(s); });
+      current = null;
+      loadList().then(function () {
+        var fresh = searches.rows().filter(function (x) { return x.SearchId === s.SearchId; })[0];
+        openSearch(fresh || s);
+        if (running(fresh || s)) { clearTimeout(timer); timer = setTimeout(loadList, 500); }
+      });
     }, App.fail).always(function () { $start.prop("disabled", false); });
   }
 
@@ -62,6 +68,22 @@ var App = window.App || (window.App = {});
     }, App.fail);
   }
 
+  function fillScope(select) {
+    return $.when(api("capture_list_completed"), api("capture_list_active")).then(function (done, act) {
+      var keep = select !== undefined ? String(select) : $scope.val();
+      $scope.empty().append(ui.el("option", "", "every stored capture").val("0"));
+      done.concat(act).sort(function (a, b) { return b.CaptureId - a.CaptureId; }).forEach(function (c) {
+        $scope.append(ui.el("option", "", "#" + c.CaptureId + " " + c.Name + (c.State === CAPTURE_STATE_ACTIVE ? " (active)" : "")).val(c.CaptureId));
+      });
+      $scope.val(keep && $scope.find("option[value='" + keep + "']").length ? keep : "0");
+    }, App.fail);
+  }
+
+  function scopeText(s) {
+    var t = s.CaptureId ? "capture #" + s.CaptureId : "all stored captures";
+    return s.StartTime || s.EndTime ? t + ", " + fmt.time(s.StartTime).slice(0, 16) + " – " + fmt.time(s.EndTime).slice(0, 16) : t;
+  }
+
   function progressCell(s) {
     var pct = Number(s.Progress) || 0;
     return ui.progress().set(pct, stateText(s) + (running(s) ? " " + Math.round(pct) + " %" : ""));
@@ -70,7 +92,7 @@ var App = window.App || (window.App = {});
   function showHead() {
     var s = current;
     $resHead.empty().append(ui.el("h2", "", "Results of search #" + s.SearchId),
-      ui.el("code", "", s.Filter), progressCell(s).css("width", "180px"),
+      ui.el("code", "", s.Filter || "(every packet)"), ui.el("span", "muted", "in " + scopeText(s)), progressCell(s).css("width", "180px"),
       ui.el("span", "muted", fmt.num(s.ResultCount) + " matches in " + fmt.num(s.ScannedPackets) + " packets scanned"));
   }
 
@@ -118,15 +140,22 @@ var App = window.App || (window.App = {});
     EXAMPLES.forEach(function (x) {
       $chips.append(ui.button(x, "", function () { $input.val(x).trigger("focus"); verify(); }));
     });
-    var $box = ui.el("div", "toolbar").append(ui.el("div", "filterbox").append($input, $msg), $start);
+    $scope = ui.el("select").attr("aria-label", "search in");
+    $since = ui.el("select").attr("aria-label", "time range");
+    [["", "any time"], ["15m", "last 15 minutes"], ["1h", "last hour"], ["1d", "last day"], ["1w", "last week"]]
+      .forEach(function (o) { $since.append(ui.el("option", "", o[1]).val(o[0])); });
+    var $box = ui.el("div", "toolbar").append(ui.el("div", "filterbox").append($input, $msg),
+      ui.field("In", $scope), ui.field("When", $since), $start);
     searches = ui.table([
       {title: "ID", get: function (s) { return s.SearchId; }, cls: "num"},
-      {title: "Filter", get: function (s) { return s.Filter; }, cls: "mono ellipsis"},
+      {title: "Filter", get: function (s) { return s.Filter || "(every packet)"; }, cls: "mono ellipsis"},
+      {title: "In", get: scopeText},
       {title: "Progress", get: function (s) { return s.Progress; }, render: progressCell},
       {title: "Matches", get: function (s) { return s.ResultCount; }, text: function (s) { return fmt.num(s.ResultCount); }, cls: "num"},
       {title: "Scanned", get: function (s) { return s.ScannedPackets; }, text: function (s) { return fmt.num(s.ScannedPackets); }, cls: "num"},
       {title: "Started", get: function (s) { return s.Started; }, text: function (s) { return fmt.time(s.Started); }, cls: "nowrap"},
       {title: "Finished", get: function (s) { return s.Finished; }, text: function (s) { return fmt.time(s.Finished); }, cls: "nowrap"},
+      {title: "Message", get: function (s) { return s.Message || ""; }, cls: "ellipsis"},
       {title: "", cls: "actions", render: function (s) {
         var $b = $().add(ui.button("Results", "small", function () { openSearch(s); }));
         if (running(s)) $b = $b.add(ui.button("Cancel", "small", function () {
@@ -146,8 +175,6 @@ var App = window.App || (window.App = {});
       {title: "Time", get: function (r) { return r.Time; }, text: function (r) { return fmt.time(r.Time); }, cls: "nowrap"},
       {title: "Capture", get: function (r) { return r.CaptureId; }, cls: "num"},
       {title: "Packet", get: function (r) { return r.PacketId; }, cls: "num"},
-      {title: "Process", get: function (r) { return r.ProcessName || ""; }, render: function (r) {
-        return r.ProcessName === undefined ? "" : ui.procName(r.ProcessName); }},
       {title: "Summary", get: function (r) { return r.Summary; }, cls: "mono"},
       {title: "", cls: "actions", render: function (r) {
         return ui.button("In capture", "small", function () { App.go("capture", r.CaptureId, "packets", r.PacketId); });
@@ -157,7 +184,7 @@ var App = window.App || (window.App = {});
     $resHead = ui.el("div", "panel-head");
     $more = ui.button("Load more results", "", readMore).hide();
     $panel.append(ui.section("Search packets").append($box, ui.el("div", "help").append($chips),
-      ui.el("p", "help").text("Wireshark display-filter syntax plus process fields: proc.name, proc.pid, proc.path, thread.id, capture.id. Click a result to open the packet.")),
+      ui.el("p", "help").text("Wireshark display-filter syntax plus process fields: proc.name, proc.pid, proc.path, thread.id, capture.id. Blank = every packet. Active captures are searched only when chosen under In. Click a result to open the packet.")),
       ui.section("Searches", ui.button("Refresh", "small", loadList)).append(searches),
       ui.el("div", "panel").append($resHead, results, ui.el("div", "toolbar compact").append($more)));
   }
@@ -165,7 +192,8 @@ var App = window.App || (window.App = {});
   App.views.search = {
     title: "Search", init: init,
     show: function (kind, id) {
-      if (kind === "capture" && id) { $input.val("capture.id == " + Number(id) + " && "); $input.trigger("focus"); verify(); }
+      fillScope(kind === "capture" && id ? Number(id) : undefined);
+      $input.trigger("focus");
       loadList();
     },
     hide: function () { clearTimeout(timer); }

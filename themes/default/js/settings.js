@@ -8,7 +8,11 @@ var App = window.App || (window.App = {});
   var $panel, table, $themes, $pages, $about;
   var HELP = {theme: "theme served at /", token_timeout: "idle seconds before a login expires",
     upload_max_bytes: "largest accepted upload", geoip_db: "path of a MaxMind .mmdb for IP geolocation",
-    extract_enabled: "1 = extract files from captured traffic", extract_max_file_bytes: "largest extracted file"};
+    extract_enabled: "1 = extract files from captured traffic", extract_max_file_bytes: "largest extracted file",
+    action_timeout: "seconds before an action's program is killed",
+    trigger_pause: "1 = hold a triggered program until its capture runs",
+    trigger_pause_max_ms: "longest hold of a triggered program", trigger_poll_ms: "process scan interval of triggers",
+    trigger_stop_grace_ms: "wait after a triggered program exits before its capture completes"};
   var FLUSH = [["CAPTURES", "Captures and their packets"], ["IPS", "IP address list"], ["STATS", "Statistics"],
     ["SEARCHES", "Searches"], ["EXPORTS", "Exported files"], ["EXTRACTED", "Extracted files"], ["PROCESSES", "Process history"]];
 
@@ -103,5 +107,6 @@ var App = window.App || (window.App = {});
     }, App.fail);
   }
 
+  $(document).on("apc:settings", function () { if ($panel && !$panel.prop("hidden")) load(); });
   App.views.settings = {title: "Settings", init: init, show: function () { load(); about(); }};
 })();

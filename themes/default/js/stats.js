@@ -35,20 +35,25 @@ var App = window.App || (window.App = {});
       if (d > 0 && (!bucket || d < bucket)) bucket = d;
     }
     if (!bucket) bucket = dur > 0 ? dur / 1e4 : 60000;
-    var time = box("Traffic over time (" + metric.toLowerCase() + " per " + fmt.duration(bucket * 1e4) + ")", true);
+    var per = {1000: "second", 60000: "minute", 3600000: "hour", 86400000: "day"}[bucket] || fmt.duration(bucket * 1e4);
+    var time = box("Traffic over time (" + metric.toLowerCase() + " per " + per + ")", true);
     var protos = box("Protocols"), ips = box("Top IP addresses"), ports = box("Top ports");
     $out.append(ui.el("div", "charts").append(time.$b, protos.$b, ips.$b, ports.$b));
     App.chart.timeColumns(time.canvas, series, {fmt: f, label: metric, bucket: bucket, height: 200});
     App.chart.donut(protos.canvas, (s.Protocols || []).map(function (p) {
       return {label: fmt.proto(p.Protocol), v: p[metric], key: p.Protocol};
     }).sort(function (a, b) { return b.v - a.v; }), {fmt: f, onClick: opts.onDrill && function (it) { opts.onDrill("protocol", it.key); }});
-    App.chart.bars(ips.canvas, (s.TopIps || []).slice(0, 10).map(function (p) {
+    App.chart.bars(ips.canvas, top(s.TopIps, metric).map(function (p) {
       return {label: p.Ip, v: p[metric], key: p.Ip};
     }), {fmt: f, color: "#3a78d4", onClick: opts.onDrill && function (it) { opts.onDrill("ip", it.key); }});
-    App.chart.bars(ports.canvas, (s.TopPorts || []).slice(0, 10).map(function (p) {
+    App.chart.bars(ports.canvas, top(s.TopPorts, metric).map(function (p) {
       return {label: String(p.Port), v: p[metric], key: p.Port};
     }), {fmt: f, color: "#3aa867", onClick: opts.onDrill && function (it) { opts.onDrill("port", it.key); }});
     if (opts.onDrill) $out.append(ui.el("p", "help", "Click a protocol, IP or port to see its traffic alone."));
+  }
+
+  function top(list, metric) {
+    return (list || []).slice().sort(function (a, b) { return b[metric] - a[metric]; }).slice(0, 10);
   }
 
   function localInput(ft) {

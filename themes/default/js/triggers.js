@@ -49,15 +49,19 @@ var App = window.App || (window.App = {});
     }, App.fail);
   }
   function editTrigger(t) {
+    var $name = ui.input("name", "", t.Name), $path = ui.input("path", "", t.Path).addClass("mono");
     var $filter = ui.input("filter", "BPF filter", t.Filter).addClass("mono");
-    var $body = $().add(ui.field("Capture filter", $filter))
+    var $body = $().add(ui.field("Name", $name)).add(ui.field("Program or directory", $path))
+      .add(ui.field("Capture filter", $filter))
       .add(ui.checkbox("Resolve IPs", "resolve", t.Flags & CAPTURE_FLAG_RESOLVE_IPS))
       .add(ui.checkbox("Child processes", "children", t.Flags & CAPTURE_FLAG_CHILD_PROCESSES));
     ui.dialog("Edit trigger " + t.Name, $body, [{label: "Cancel"}, {label: "Save", cls: "primary", click: function ($d) {
-      api("trigger_mod", {trigger_id: t.TriggerId, filter: $filter.val().trim(), flags: flagsOf($d)}).then(done("Trigger saved"), App.fail);
+      api("trigger_mod", {trigger_id: t.TriggerId, name: $name.val().trim(), path: $path.val().trim(),
+        filter: $filter.val().trim(), flags: flagsOf($d)}).then(done("Trigger saved"), App.fail);
     }}]);
   }
   function linkDialog(title, list, key, none, onPick) {
+    if (!list.length && !none) return ui.error("Nothing to link yet: add one first.");
     var $sel = fillSelect(ui.el("select"), list, key, none, 0);
     ui.dialog(title, ui.field("Choose", $sel), [{label: "Cancel"}, {label: "Link", cls: "primary", click: function () {
       onPick(Number($sel.val()));
@@ -101,18 +105,28 @@ var App = window.App || (window.App = {});
       {title: "Flags", get: function (t) { return fmt.flags(t.Flags); }},
       {title: "Actions", get: function (t) { return names(t.ActionIds, actions, "ActionId"); }},
       {title: "Fired", get: function (t) { return t.FireCount; }, cls: "num"},
-      {title: "Last fired", get: function (t) { return t.LastFired; }, text: function (t) { return fmt.time(t.LastFired); }},
+      {title: "Last fired", get: function (t) { return t.LastFired; }, text: function (t) { return fmt.time(t.LastFired); }, cls: "nowrap"},
+      {title: "Last capture", get: function (t) { return t.LastCaptureId || 0; }, render: function (t) {
+        var $c = t.LastCaptureId ? ui.el("a", "", "#" + t.LastCaptureId).attr("href", "#/capture/" + t.LastCaptureId + "/packets") : $();
+        return t.LastError ? $c.add(ui.el("span", "error", t.LastError).css({marginLeft: "4px", padding: "0 4px"})) : $c;
+      }},
       {title: "", cls: "actions", render: function (t) {
         var $b = $().add(ui.button("Edit", "small", function () { editTrigger(t); }));
-        if (api.has("action_list")) $b = $b.add(ui.button("Add action", "small", function () {
+        if (api.has("action_list")) $b = $b.add(ui.button("Link action\u2026", "small", function () {
           linkDialog("Action for trigger " + t.Name, actions, "ActionId", null, function (id) {
             api("trigger_set_action", {trigger_id: t.TriggerId, action_id: id}).then(done("Action linked"), App.fail);
           });
         })).add(ui.button("Clear actions", "small", function () {
-          api("trigger_clear_actions", {trigger_id: t.TriggerId}).then(done("Actions cleared"), App.fail);
+          ui.confirm("Clear actions of " + t.Name, "Unlink every action from this trigger? Actions that belong to " +
+            "this trigger alone are deleted with the link.", "Clear").then(function () {
+            api("trigger_clear_actions", {trigger_id: t.TriggerId}).then(done("Actions cleared"), App.fail);
+          });
         }));
         return $b.add(ui.button("Remove", "small danger", function () {
-          api("trigger_remove", {trigger_id: t.TriggerId}).then(done("Trigger removed"), App.fail);
+          ui.confirm("Remove trigger " + t.Name, "Remove this trigger? Actions that belong to it alone are deleted too.",
+            "Remove").then(function () {
+            api("trigger_remove", {trigger_id: t.TriggerId}).then(done("Trigger removed"), App.fail);
+          });
         }));
       }}], {key: function (t) { return t.TriggerId; }, empty: "No triggers. A trigger starts a process capture whenever a matching program starts."});
     $panel.append(ui.section("Triggers", ui.button("Refresh", "small", load)).append($tf, trigT));
@@ -147,7 +161,7 @@ var App = window.App || (window.App = {});
           }));
       }}], {key: function (a) { return a.ActionId; }, empty: "No actions."});
     $panel.append(ui.section("Actions", ui.button("Refresh", "small", load)).append($af,
-      ui.el("p", "help").text("Parameters are split like a shell would (no shell runs); {capture_id}, {pid}, {process_name} and {export_file} are replaced. Programs run with the service's privileges."),
+      ui.el("p", "help").text("Actions run when a trigger's capture completes. Parameters are split like a shell would (no shell runs); {capture_id}, {pid}, {process_name} and {export_file} are replaced. Programs run with the service's privileges, killed after the action_timeout setting. Their output is in Files → Commands."),
       actT));
   }
 

@@ -56,6 +56,9 @@ var App = window.App || (window.App = {});
     var host = ip.indexOf(":") >= 0 && port ? "[" + ip + "]" : ip;
     return port ? host + ":" + port : host;
   };
+  var LINK = {0: "BSD loopback", 1: "Ethernet", 101: "Raw IP", 105: "802.11", 113: "Linux SLL",
+    127: "802.11 radiotap", 228: "Raw IPv4", 229: "Raw IPv6", 276: "Linux SLL2"};
+  fmt.linkType = function (l) { return LINK[l] ? LINK[l] + " (" + l + ")" : String(l); };
   fmt.captureType = function (t) {
     return {1: "system", 2: "process", 3: "thread", 4: "file"}[t] || String(t);
   };
@@ -108,7 +111,11 @@ var App = window.App || (window.App = {});
     var $t = ui.el("div", "toast " + (kind || "notice")).append(ui.el("span", "msg", text));
     $t.append(ui.button("\u00d7", "close", function () { $t.remove(); }).attr("title", "Dismiss"));
     $("#toasts").append($t);
-    if (kind !== "error") setTimeout(function () { $t.fadeOut(400, function () { $t.remove(); }); }, 4000);
+    if (kind !== "error") {
+      setTimeout(function () { $t.fadeOut(300, function () { $t.remove(); }); }, 3500);
+      var $notes = $("#toasts .toast.notice");
+      if ($notes.length > 3) $notes.first().remove();
+    }
     return $t;
   };
   ui.error = function (r) {

@@ -1,0 +1,188 @@
+"""search_start, search_read, search_open, search_list, search_cancel, search_delete,
+search_export, search_verify_filter — the filter language is described in docs/FILTERS.md.
+"""
+
+from __future__ import annotations
+
+import re
+
+from apppaccap import export
+from apppaccap.api.envelope import Busy
+from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NotFound
+from apppaccap.api.envelope import Unsupported
+from apppaccap.api.registry import INT
+from apppaccap.api.registry import JSON
+from apppaccap.api.registry import action
+from apppaccap.filetime import now_ns
+from apppaccap.filetime import to_ns
+from apppaccap.search import FilterError
+from apppaccap.search import parse_filter
+from apppaccap.search.engine import COMPLETED
+from apppaccap.search.engine import engine_for
+from apppaccap.search.results import read_page
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
+
+
+def checked_filter(text: str):
+    """A checked Filter, None for a blank one (every packet); MALFORMED names `filter`."""
+    if not text.strip():
+        return None
+    try:
+        return parse_filter(text)
+    except FilterError as err:
+        raise Malformed(err.api_message) from None
+
+
+def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
+    """(start_ns, end_ns) inclusive, either end None; None when unbounded."""
+    problems = []
+    if start_dtg < 0:
+        problems.append("start_dtg: must be a FILETIME (>= 0; 0 = no lower bound)")
+    if end_dtg < 0:
+        problems.append("end_dtg: must be a FILETIME (>= 0; 0 = no upper bound)")
+    start = to_ns(start_dtg) if start_dtg > 0 else None
+    end = to_ns(end_dtg) + 99 if end_dtg > 0 else None  # the whole last 100-ns tick
+    if relative_time.strip():
+        m = _RELATIVE.fullmatch(relative_time.strip())
+        if m is None:
+            problems.append(f"relative_time: expected a number and a unit (s, m, h, d, w) "
+                            f"such as 15m, 2h or 1d, got {relative_time[:40]!r}")
+        elif start_dtg or end_dtg:
+            problems.append("relative_time: cannot be combined with start_dtg/end_dtg")
+        else:
+            start = now_ns() - int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
+    if start is not None and end is not None and end < start:
+        problems.append("end_dtg: must not be before start_dtg")
+    if problems:
+        raise Malformed("; ".join(problems))
+    return None if start is None and end is None else (start, end)
+
+
+def _captures(ctx, capture_id: int) -> list[int]:
+    if ctx.captures is None:
+        raise Unsupported("capture_id: the capture engine is not running in this process")
+    if capture_id:
+        ctx.captures.get(capture_id)  # NOT_FOUND for an unknown id
+        return [capture_id]
+    # every capture that is not active (an ingest in progress is active too)
+    return [r["id"] for r in ctx.catalog.read(
+        "SELECT id FROM captures WHERE state != 1 ORDER BY id")]
+
+
+@action(JSON, aliases={"q": "filter"})
+def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
+                 end_dtg: int = 0, relative_time: str = "") -> dict:
+    """Start an asynchronous search; returns its SEARCHMETA at once (State QUEUED or RUNNING).
+
+    Poll search_open for State/Progress and page the results with search_read while it runs.
+    Without capture_id every capture that is not active is searched; an active capture named
+    by capture_id is searched up to the packets it had when the search started.
+    - filter: display filter (docs/FILTERS.md); also accepted as `q`; blank = every packet
+    - capture_id: search only this capture; 0 = every capture that is not active
+    - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound
+    - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
+    - relative_time: only the last interval, e.g. 15m, 2h, 1d (units s m h d w); not with start_dtg/end_dtg
+    """
+    if capture_id < 0:
+        raise NotFound(f"capture_id: no capture {capture_id}")
+    flt = checked_filter(filter)
+    window = _time_range(start_dtg, end_dtg, relative_time)
+    ids = _captures(ctx, capture_id)
+    return engine_for(ctx).start(flt, filter, ids, capture_id, window)
+
+
+@action(JSON)
+def search_open(ctx, *, search_id: int) -> dict:
+    """One search's SEARCHMETA: State (COMMAND_STATE_*), Progress, ResultCount, ScannedPackets.
+
+    - search_id: the SearchId from search_start or search_list
+    """
+    return engine_for(ctx).get(search_id)
+
+
+@action(JSON)
+def search_list(ctx) -> list:
+    """Every search, running and finished (SEARCHMETA list, oldest first)."""
+    return engine_for(ctx).list()
+
+
+@action(JSON)
+def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> dict:
+    """A page of a search's results (SEARCHLIST), also while the search still runs.
+
+    Results are in capture order, then packet order; `More` says more results are stored
+    beyond this page (a running search may add more later: see State).
+    - search_id: the SearchId
+    - last_id: return results with ItemId > last_id (0 = from the start)
+    - limit: page size, 1-10000
+    """
+    if not 1 <= limit <= 10000:
+        raise Malformed("limit: must be 1-10000")
+    if last_id < 0:
+        raise Malformed("last_id: must be >= 0")
+    meta = engine_for(ctx).get(search_id)
+    return read_page(ctx, meta, last_id, limit)
+
+
+@action(INT)
+def search_cancel(ctx, *, search_id: int) -> int:
+    """Cancel a queued or running search; it keeps the results found so far (State CANCELLED).
+
+    - search_id: the SearchId
+    """
+    engine_for(ctx).cancel(search_id)
+    return 0
+
+
+@action(INT)
+def search_delete(ctx, *, search_id: int) -> int:
+    """Cancel a search if it runs, then delete it and its results.
+
+    - search_id: the SearchId
+    """
+    engine_for(ctx).delete(search_id)
+    return 0
+
+
+@action(JSON)
+def search_export(ctx, *, search_id: int, path: str = "") -> dict:
+    """Write a finished search's result packets to one PCAPNG file (several captures merged).
+
+    Returns an EXPORT COMMAND whose Result is the written path. Each capture's interfaces
+    become interfaces of the file; packets are merged by time. BUSY while the search runs.
+    - search_id: a search that is not queued or running
+    - path: absolute path of the file to write, in an existing writable directory; blank = the export directory with a generated name
+    """
+    meta = engine_for(ctx).get(search_id)
+    if meta["State"] < COMPLETED:
+        raise Busy(f"search_id: search {search_id} is still running; wait or cancel it")
+    target = export.resolve_path(ctx, path, f"search-{search_id}")
+    if ctx.jobs is None:
+        raise Unsupported("search_id: the command scheduler is not running in this process")
+    from apppaccap.search.pcapng import write_results
+
+    def run(progress):
+        write_results(ctx, search_id, target, progress)
+        return target
+
+    return ctx.jobs.submit("EXPORT", {"search_id": search_id, "path": target}, run)
+
+
+@action(JSON)
+def search_verify_filter(ctx, *, filter: str) -> dict:
+    """Check a filter without running it (SEARCHSYNTAX: Valid, Filter, Error, Position).
+
+    Error is the exact MALFORMED_REQUEST message search_start and capture_export give for
+    that filter; Position is its 0-based character offset (-1 when valid).
+    - filter: the display filter to check; blank is valid (every packet)
+    """
+    out = {"Version": 1, "Valid": True, "Filter": filter, "Error": "", "Position": -1}
+    if filter.strip():
+        try:
+            parse_filter(filter)
+        except FilterError as err:
+            out.update(Valid=False, Error=err.api_message, Position=err.position)
+    return out

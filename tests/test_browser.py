@@ -1,0 +1,332 @@
+"""The default theme in a real browser (Debian's Chromium through Playwright).
+
+A real server runs as a subprocess; the test captures a process it launched (a client
+fetching from a local http.server every 200 ms) from the UI, watches the packets arrive
+live, opens one, stops, exports, searches, opens a 100k-packet capture, and logs in and
+out on a second server with authentication on. No console error is allowed anywhere.
+Screenshots of every main view go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from tests import browser_helpers as bh
+
+pytestmark = [pytest.mark.browser, pytest.mark.live]
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+BIG = 100_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    assert os.path.exists(bh.CHROMIUM), "chromium is missing: apt-get install chromium (make test does)"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Console:
+    """Every console error and uncaught page error of a page."""
+
+    def __init__(self, page):
+        self.errors = []
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def assert_clean(self):
+        assert not self.errors, "\n".join(self.errors)
+
+
+@pytest.fixture
+def page(browser):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    pg.console = Console(pg)
+    yield pg
+    ctx.close()
+
+
+def shot(page, name):
+    page.wait_for_timeout(150)  # let charts and fades settle
+    page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"))
+
+
+def displayed(page) -> tuple[int, int]:
+    text = page.locator("#view-capture .pstatus").inner_text()
+    m = re.search(r"Displayed ([\d,]+) of ([\d,]+)", text)
+    assert m, text
+    return int(m.group(1).replace(",", "")), int(m.group(2).replace(",", ""))
+
+
+def wait_packets(page, at_least, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if displayed(page)[1] >= at_least:
+            return displayed(page)[1]
+        page.wait_for_timeout(100)
+    raise AssertionError(f"fewer than {at_least} packets after {timeout} s: {displayed(page)}")
+
+
+def test_capture_follow_inspect_export_search(page, tmp_path):
+    server = bh.Server(str(tmp_path / "data"), str(tmp_path / "export"))
+    port, traffic = bh.start_traffic(str(tmp_path / "www"))
+    client_pid = traffic[0].pid
+    try:
+        _walk_through(page, server, port, client_pid, tmp_path)
+    except Exception:
+        shot(page, "failure")
+        print(server.log_text())
+        raise
+    finally:
+        bh.stop_all(traffic)
+        server.stop()
+    page.console.assert_clean()
+
+
+def _walk_through(page, server, port, client_pid, tmp_path):
+    page.goto(server.url + "/")
+    page.wait_for_selector("#nav a.active[data-view=processes]")
+    page.evaluate("window.__sameDocument = true")
+
+    # File extraction on (Settings), so the capture below finds the HTTP bodies.
+    page.click("#nav a[data-view=settings]")
+    page.check("#view-settings input[name=extract]")
+    page.wait_for_selector("#toasts >> text=File extraction enabled")
+    page.wait_for_selector("#view-settings input[aria-label=extract_enabled] >> nth=0")
+    page.click("#nav a[data-view=processes]")
+
+    # Processes: filter down to the client and capture it with one click.
+    page.fill("#view-processes input[name=procfilter]", str(client_pid))
+    row = page.locator(f"#view-processes tr[data-key='{client_pid}']")
+    row.click()
+    page.wait_for_selector("#view-processes .kv >> text=Command line")
+    shot(page, "processes")
+    row.locator("button.rec").click()
+    page.wait_for_url(re.compile(r"#/capture/\d+/packets"))
+    capture_id = int(re.search(r"#/capture/(\d+)/", page.url).group(1))
+
+    # Live packet list: rows arrive by capture_stream without reloading the page.
+    first = wait_packets(page, 6)
+    later = wait_packets(page, first + 6)
+    assert later > first and page.evaluate("window.__sameDocument") is True
+    assert page.locator("#view-capture .caphead .badge.state-active").is_visible()
+    assert page.locator("#livebadge").is_visible()
+    shot(page, "capture_live")
+
+    # Open the client's request: dissection tree, hex dump, notes.
+    page.fill("#view-capture input[name=quick]", f"dir:out port:{port} psh")
+    page.wait_for_function("(() => { const s = document.querySelector('#view-capture .pstatus')"
+                           ".innerText.match(/Displayed ([\\d,]+) of ([\\d,]+)/);"
+                           " return s && s[1] !== s[2] && s[1] !== '0'; })()")
+    page.locator("#view-capture .prow:not(.phead)").first.click()
+    page.wait_for_selector("#view-capture pre.hexdump")
+    assert "GET /hello.txt" in page.locator("#view-capture .tree").inner_text()
+    assert re.search(r"0000\s+00 00 00 00", page.locator("#view-capture pre.hexdump").inner_text())
+    page.locator("#view-capture .tree .leaf", has_text="Destination port").click()
+    assert page.locator("#view-capture pre.hexdump .hl").count() == 4  # 2 bytes, hex + ASCII
+    page.fill("#view-capture .notesbox textarea", "the request line")
+    page.click("#view-capture .notesbox button")
+    page.wait_for_selector("#toasts >> text=Notes saved on packet")
+    shot(page, "packet_detail")
+    page.fill("#view-capture input[name=quick]", "")
+
+    # Pause stops following; the capture keeps running.
+    page.click("#view-capture .caphead button:has-text('Pause')")
+    page.wait_for_selector("#view-capture .caphead button:has-text('Resume')")
+    assert "paused" in page.locator("#view-capture .pstatus").inner_text()
+
+    # Connections of the capture carry per-direction counters and the process.
+    page.click("#view-capture .subtabs button[data-tab=conns]")
+    conn = page.locator("#view-capture tr[data-key]").first
+    conn.wait_for()
+    assert "python" in conn.inner_text() and str(port) in conn.inner_text()
+    shot(page, "connections")
+    page.click("#view-capture .subtabs button[data-tab=packets]")
+
+    # Stop, then export to PCAPNG; the file shows up in the export list.
+    page.click("#view-capture .caphead button:has-text('Stop capture')")
+    page.wait_for_selector("#view-capture .caphead .badge.state-completed")
+    page.click("#view-capture .caphead button:has-text('Export PCAPNG')")
+    page.click(".modal .modal-foot button:has-text('Export')")
+    written = page.wait_for_selector(".modal .okmsg:has-text('Written:')").inner_text()
+    exported = os.path.basename(written.split("Written:", 1)[1].strip())
+    assert exported.endswith(".pcapng") and os.path.getsize(tmp_path / "export" / exported) > 0
+    page.keyboard.press("Escape")
+    page.click("#view-capture .subtabs button[data-tab=stats]")
+    page.wait_for_selector("#view-capture .chartbox canvas")
+    shot(page, "capture_stats")
+
+    # Files found in the capture's HTTP responses; write one to disk.
+    page.click("#view-capture .subtabs button[data-tab=files]")
+    stream = page.locator("#view-capture tr[data-key]", has_text="hello.txt").first
+    stream.locator("button:has-text('Extract')").click()
+    page.wait_for_selector("#toasts >> text=Wrote")
+    page.wait_for_selector("#view-capture td:has-text('extracted')")
+    shot(page, "extracted_files")
+
+    page.click("#nav a[data-view=files]")
+    page.wait_for_selector(f"#view-files tr[data-key='{exported}']")
+    page.click("#nav a[data-view=captures]")
+    page.wait_for_selector(f"#view-captures tr[data-key='{capture_id}']")
+    shot(page, "captures")
+
+    # Search, when the server has it: checked as you type, results open the packet.
+    if page.locator("#nav a[data-view=search]").is_visible():
+        page.click("#nav a[data-view=search]")
+        box = "#view-search input[name=filter]"
+        page.fill(box, "tcp.port ==")
+        page.wait_for_selector("#view-search input.invalid")
+        assert "^" in page.locator("#view-search .filtermsg").inner_text()
+        page.select_option("#view-search select[aria-label='search in']", str(capture_id))
+        page.fill(box, f"tcp.port == {port} && proc.pid == {client_pid}")
+        page.wait_for_selector("#view-search input.valid")
+        page.click("#view-search button:has-text('Search')")
+        result = page.locator("#view-search tr[data-key]").last
+        page.wait_for_function("document.querySelectorAll('#view-search table.grid').length > 1 && "
+                               "document.querySelectorAll('#view-search table.grid')[1]"
+                               ".querySelectorAll('tr[data-key]').length > 0", timeout=20_000)
+        shot(page, "search")
+        result.click()
+        page.wait_for_selector(".modal pre.hexdump")
+        page.keyboard.press("Escape")
+        page.locator("#view-search table.grid").first.locator("button:has-text('Export')").first.click()
+        page.wait_for_selector("#toasts >> text=/Search #\\d+ exported to .*\\.pcapng/")
+
+    # Upload a capture file from the browser (pcap_ingest_post, multipart `file`).
+    small = tmp_path / "upload-me.pcap"
+    bh.write_big_pcap(str(small), 300)
+    page.click("#nav a[data-view=files]")
+    page.set_input_files("#view-files input[name=upload]", str(small))
+    page.click("#view-files button:has-text('Upload and ingest')")
+    page.wait_for_selector("#view-files .toolbar:has-text('upload-me.pcap') a:has-text('Open capture #')")
+
+    # Triggers and actions: add, link, remove.
+    page.click("#nav a[data-view=triggers]")
+    page.fill("#view-triggers input[name=tname]", "browser-test")
+    page.fill("#view-triggers input[name=tpath]", str(tmp_path / "www"))
+    page.click("#view-triggers button:has-text('Add trigger')")
+    page.wait_for_selector("#view-triggers tr[data-key]:has-text('browser-test')")
+    page.fill("#view-triggers input[name=aname]", "say-done")
+    page.fill("#view-triggers input[name=apath]", "/bin/true")
+    page.fill("#view-triggers input[name=aparams]", "{capture_id} {process_name}")
+    trigger_opt = page.locator("#view-triggers select[name=trigger] option", has_text="browser-test")
+    page.select_option("#view-triggers select[name=trigger]", trigger_opt.get_attribute("value"))
+    page.click("#view-triggers button:has-text('Add action')")
+    page.wait_for_selector("#view-triggers tr[data-key]:has-text('say-done') >> text=browser-test")
+    shot(page, "triggers")
+    page.locator("#view-triggers tr[data-key]:has-text('browser-test') button:has-text('Remove')").first.click()
+    page.click(".modal .modal-foot button:has-text('Remove')")
+    page.wait_for_selector("#view-triggers tr.empty:has-text('No triggers')")
+
+    # A 100k-packet capture: ingested from the Files view, listed fast with a small DOM.
+    big = tmp_path / "big.pcap"
+    bh.write_big_pcap(str(big), BIG)
+    page.click("#nav a[data-view=files]")
+    page.fill("#view-files input[name=ingestpath]", str(big))
+    page.click("#view-files button:has-text('Ingest')")
+    page.click("#view-files .toolbar:has-text('big.pcap') a:has-text('Open capture #')", timeout=30_000)
+    t0 = time.monotonic()
+    wait_packets(page, BIG, timeout=30)
+    page.wait_for_selector("#view-capture .prow .c-no:text-is('1')")
+    open_s = time.monotonic() - t0
+    assert open_s < 10, f"a {BIG}-packet capture took {open_s:.1f} s to show"
+    page.click("#view-capture button:has-text('Last')")
+    page.wait_for_selector("#view-capture .prow:not(.pending) .c-no:text-is('100000')")
+    page.evaluate("(() => { const v = document.querySelector('#view-capture .pviewport');"
+                  " v.scrollTop = v.scrollHeight / 2; })()")
+    page.wait_for_selector("#view-capture .prow:not(.pending) .c-no:text-is('50001')")
+    rows = page.locator("#view-capture .prows .prow").count()
+    assert rows < 120, f"{rows} row elements for {BIG} packets: the list is not virtual"
+    page.locator("#view-capture .prow:not(.phead)", has_text="ICMP").first.click()
+    page.keyboard.press("End")
+    page.wait_for_selector("#view-capture .prow.selected .c-no:text-is('100000')")
+    page.wait_for_selector("#view-capture .tree:has-text('Packet') >> text=#100000 of capture")
+    page.wait_for_selector("#view-capture pre.hexdump")
+    shot(page, "big_capture")
+    page.click("#view-capture .subtabs button[data-tab=stats]")
+    page.wait_for_selector("#view-capture .chartbox canvas")
+    shot(page, "big_capture_stats")
+
+    for view in ("adapters", "stats", "files", "settings"):
+        page.click(f"#nav a[data-view={view}]")
+        page.wait_for_selector(f"#view-{view} .panel")
+        page.wait_for_load_state("networkidle")
+        shot(page, view)
+
+    # An API error is shown in words, not swallowed.
+    page.click("#nav a[data-view=files]")
+    page.fill("#view-files input[name=ingestpath]", "/no/such/file.pcap")
+    page.click("#view-files button:has-text('Ingest')")
+    page.wait_for_selector("#view-files .error:has-text('/no/such/file.pcap')")
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_login_and_logout(page, tmp_path):
+    data = str(tmp_path / "data")
+    bh.add_user(data, "alice", "correct horse")
+    server = bh.Server(data, str(tmp_path / "export"), auth=True)
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#login:not([hidden])")
+        assert page.locator("#main").is_hidden()
+        page.fill("#loginform [name=username]", "alice")
+        page.fill("#loginform [name=password]", "wrong")
+        page.click("#loginform button")
+        page.wait_for_selector("#loginerror:not([hidden])")
+        assert "credentials" in page.locator("#loginerror").inner_text().lower() or \
+            "password" in page.locator("#loginerror").inner_text().lower()
+        shot(page, "login")
+        page.fill("#loginform [name=password]", "correct horse")
+        page.click("#loginform button")
+        page.wait_for_selector("#nav a.active[data-view=processes]")
+        page.wait_for_selector("#view-processes tr[data-key]")
+        assert "alice" in page.locator("#username").inner_text()
+        page.click("#logout")
+        page.wait_for_selector("#login:not([hidden])")
+        assert page.locator("#main").is_hidden()
+        page.reload()
+        page.wait_for_selector("#login:not([hidden])")  # the token is gone for good
+
+        # A page served with ?token= gets it through {%hd_ajax_token}; the URL drops it.
+        token = server.call("login", username="alice", password="correct horse")["ReturnValue"]
+        page.goto(f"{server.url}/default/index.html?token={token}#/captures")
+        page.wait_for_selector("#nav a.active[data-view=captures]")
+        assert "token=" not in page.url and page.locator("#login").is_hidden()
+        page.click("#logout")
+        page.wait_for_selector("#login:not([hidden])")
+        assert server.call("capture_list_active", token=token)["ErrorCode"] == 2
+
+        # A server without the optional actions: their sections are hidden, nothing breaks.
+        token = server.call("login", username="alice", password="correct horse")["ReturnValue"]
+        missing = re.compile(r"(?:^|&)action=(?:search|trigger|action|extract|monitor)_")
+
+        def refuse(route):
+            if missing.search(route.request.post_data or ""):
+                name = re.search(r"action=(\w+)", route.request.post_data).group(1)
+                route.fulfill(json={"Version": 1, "ErrorCode": 3, "DataType": 1,
+                                    "ReturnValue": f"action: unknown action '{name}'"})
+            else:
+                route.continue_()
+        page.route("**/ajax", refuse)
+        page.goto(f"{server.url}/default/index.html?token={token}#/search")
+        page.wait_for_selector("#nav a.active[data-view=processes]")  # #/search fell back
+        assert page.locator("#nav a[data-view=search]").is_hidden()
+        assert page.locator("#nav a[data-view=triggers]").is_hidden()
+        page.click("#nav a[data-view=settings]")
+        page.wait_for_selector("#view-settings h2:has-text('Delete saved data')")
+        assert page.locator("#view-settings h2:has-text('File extraction')").count() == 0
+        shot(page, "without_optional_actions")
+    finally:
+        server.stop()
+    page.console.assert_clean()
