@@ -69,34 +69,38 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                 w.add_interface(r["linktype"], r["name"] or None,
                                 tsresol_ns=r["ticks_per_second"] > 1_000_000)
             blocks: dict = {}
-            last_id = 0
+            comments: dict = {}
+            wanted = packet_ids
+            cur = db.tuples(
+                "SELECT id, iface, coalesce(ts_raw, ts), len, caplen, blk, off, process_id, pid, "
+                f"tid, direction, notes FROM packets WHERE 1=1 {where} ORDER BY id", tuple(params))
             while True:
-                rows = db.read(
-                    "SELECT id, iface, ts, len, caplen, blk, off, process_id, pid, tid, "
-                    f"direction, notes, ts_raw FROM packets WHERE id > ? {where} ORDER BY id LIMIT 20000",
-                    (last_id, *params))
+                rows = cur.fetchmany(50000)
                 if not rows:
                     break
-                last_id = rows[-1][0]
                 out = []
+                append = out.append
                 for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
-                     notes, ts_raw) in rows:
-                    if packet_ids is not None and pid_ not in packet_ids:
+                     notes) in rows:
+                    if wanted is not None and pid_ not in wanted:
                         continue
                     data = blocks.get(blk)
                     if data is None:
-                        if len(blocks) > 8:
-                            blocks.clear()
+                        blocks.clear()  # packets come in block order: one block at a time
                         row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
                         data = blocks[blk] = bytes(row[0]) if row else b""
                     comment = None
-                    if process_id in procs:
-                        ppid, cmd, args = procs[process_id]
-                        comment = process_comment(ppid, cmd, args, tid or None)
+                    if process_id is not None:
+                        key = (process_id, tid)
+                        comment = comments.get(key)
+                        if comment is None and process_id in procs:
+                            ppid, cmd, args = procs[process_id]
+                            comment = comments[key] = process_comment(ppid, cmd, args, tid or None)
                     if notes:
                         comment = f"{comment}\n{notes}" if comment else notes
-                    out.append((iface, int(ts_raw) if ts_raw else ts, data[off:off + caplen], length, comment,
-                                EPB_DIRECTION.get(direction), pid or None, tid or None))
+                    append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
+                            length, comment, EPB_DIRECTION.get(direction), pid or None,
+                            tid or None))
                 n += w.write_packets(out)
                 if progress is not None:
                     progress(100.0 * n / total)

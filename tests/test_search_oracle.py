@@ -169,7 +169,9 @@ def sample_packets() -> list:
 
 # ---- the comparison ----------------------------------------------------------------------
 
-FILES = ["wellformed/http_get_file_download.pcap", "wellformed/http_vlan_download.pcap",
+# (http_get_file_download.pcap is left out: it holds the same TCP flow as the VLAN one, and
+# the concatenated run below would see them as one conversation)
+FILES = ["wellformed/http_vlan_download.pcap",
          "wellformed/dns_udp_mixed.pcap", "wellformed/linux_sll_tcp_dns.pcap",
          "wellformed/linux_sll2_icmp_arp.pcap", "wellformed/icmpv6_ping.pcap",
          "wellformed/null_loopback.pcap", "wellformed/rawip_mixed_v4v6.pcap",
@@ -194,7 +196,7 @@ FILTERS = [
     "frame.time_relative > 0.5", 'frame.time >= "2026-01-02 03:04:10"',
     'frame.time < "Jan 2, 2026 03:04:09.5"', "icmp.type == 8", "icmpv6.type == 128",
     "icmp.code == 0", "eth.dst == ff:ff:ff:ff:ff:ff", "eth.addr == 02:00:00:00:00:03",
-    "eth.src == 02-00-00-00-00-01", "eth.type == 0x0800", "vlan.id == 200", "arp.opcode == 1",
+    "eth.src == 02-00-00-00-00-01", "eth.type == 0x0800", "vlan.id == 100", "arp.opcode == 1",
     "arp.src.proto_ipv4 == 192.168.1.0/24", "dns.qry.name", 'dns.qry.name contains "example"',
     'dns.qry.name matches "^_"', 'dns.qry.name == "printer.local"',
     "dns && udp.srcport == 53", 'frame contains "HTTP"', 'frame contains "PADPAD"',
@@ -250,9 +252,19 @@ def _ours(live, ajax, capture_id: int, text: str) -> list[int]:
     return ids
 
 
+def _per_file(text: str) -> bool:
+    """Filters whose answer depends on the file's own numbering or first packet."""
+    return any(w in text for w in ("frame.number", "time_relative", ".stream"))
+
+
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    """{(file, ours): (our packet ids, tshark's frame numbers)} for every file and filter."""
+    """{(file, ours): (our packet ids, tshark's frame numbers)} for every file and filter.
+
+    tshark's start-up dominates its run time, so filters that do not depend on a file's own
+    numbering run once over all files concatenated (mergecap -a) and the frame numbers are
+    split back by each file's packet count; the others run per file.
+    """
     from apppaccap.server import start_services
     from apppaccap.server import stop_services
     from apppaccap.web import create_app
@@ -261,22 +273,36 @@ def oracle(tmp_path_factory):
     write_pcapng(sample, sample_packets(), linktypes=(1, 101))
     paths = {rel: os.path.join(CORPUS, rel) for rel in FILES}
     paths[SAMPLE] = sample
+    merged = str(tmp / "all.pcapng")
+    subprocess.run(["mergecap", "-a", "-w", merged, *paths.values()], check=True)
     ctx = make_ctx(tmp)
     start_services(ctx)
     try:
         ajax = Ajax(create_app(ctx).test_client())
-        ids = {}
+        ids, offsets, counts, total = {}, {}, {}, 0
         for name, path in paths.items():
             cmd = ajax.ok("pcap_ingest_file", path=path)
             done = ctx.jobs.wait(cmd["CommandUid"])
             assert done["State"] == 3, done
             ids[name] = int(done["Result"])
-        jobs = [(name, ours, theirs) for name in paths for ours, theirs in _pairs()]
-        with ThreadPoolExecutor(4) as pool:  # tshark start-up dominates: run them side by side
-            theirs = list(pool.map(lambda j: _tshark(paths[j[0]], j[2]), jobs))
+            offsets[name] = total
+            counts[name] = ajax.ok("capture_get_details", capture_id=ids[name])["PacketCount"]
+            total += counts[name]
+        assert len(_tshark(merged, "frame")) == total
+        jobs = [(name, theirs) for _, theirs in _pairs() if _per_file(theirs) for name in paths]
+        jobs += [(None, theirs) for _, theirs in _pairs() if not _per_file(theirs)]
+        with ThreadPoolExecutor(4) as pool:  # side by side: start-up is most of a run
+            answers = dict(zip(jobs, pool.map(lambda j: _tshark(paths[j[0]] if j[0] else merged,
+                                                                j[1]), jobs)))
         out = {}
-        for (name, ours, _), t in zip(jobs, theirs):
-            out[(name, ours)] = (_ours(ctx, ajax, ids[name], ours), t)
+        for ours, theirs in _pairs():
+            for name in paths:
+                if _per_file(theirs):
+                    want = answers[(name, theirs)]
+                else:
+                    lo, hi = offsets[name], offsets[name] + counts[name]
+                    want = [f - lo for f in answers[(None, theirs)] if lo < f <= hi]
+                out[(name, ours)] = (_ours(ctx, ajax, ids[name], ours), want)
         yield out
     finally:
         stop_services(ctx)
@@ -302,7 +328,6 @@ def test_sample_exercises_the_filters(oracle):
     assert oracle[(SAMPLE, 'dns.qry.name == "printer.local"')][0] == [18]
     assert oracle[(SAMPLE, 'ip contains "PADPAD"')][0] == []
     assert oracle[(SAMPLE, 'frame contains "PADPAD"')][0] == [39]
-    assert oracle[(SAMPLE, "vlan.id == 200")][0] == []      # the outer tag of QinQ is 100
     assert oracle[(SAMPLE, "frame.cap_len < frame.len")][0] == [40]
 
 
@@ -332,3 +357,15 @@ def test_known_differences_are_what_the_docs_say(live, live_ajax, tmp_path):
     assert _tshark(path, "udp.port == 9999") == [3]      # shown on the reassembling fragment
     assert _ours(live, live_ajax, cid, "udp.port == 9999") == [2]
     assert _ours(live, live_ajax, cid, "icmp.type == 3 && ip.src == 192.168.1.1") == [1]
+
+
+def test_qinq_outer_tag_only(live, live_ajax, tmp_path):
+    """docs/FILTERS.md: vlan.id is the outer tag; tshark lists both tags of a QinQ frame."""
+    frame = eth(ip4("10.10.0.2", "10.10.0.1", 17, udp(6000, 5000, b"qinq")), 0x0800,
+                tags=[(0x88A8, 100), (0x8100, 200)])
+    path = str(tmp_path / "qinq.pcapng")
+    write_pcapng(path, [(0, frame, None, None)])
+    cid = int(live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=path)["CommandUid"])["Result"])
+    assert _tshark(path, "vlan.id == 200") == [1] and _tshark(path, "vlan.id == 100") == [1]
+    assert _ours(live, live_ajax, cid, "vlan.id == 200") == []
+    assert _ours(live, live_ajax, cid, "vlan.id == 100") == [1]

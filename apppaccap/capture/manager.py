@@ -198,6 +198,10 @@ class CaptureManager:
     def close(self) -> None:
         """Service shutdown: stop every capture and the shared engines."""
         self.stop_all()
+        with self._lock:
+            dbs, self._dbs = list(self._dbs.values()), {}
+        for db in dbs:
+            db.close()
         if self._attribution is not None:
             self._attribution.close()
         if self._ip_resolver is not None:

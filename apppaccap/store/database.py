@@ -96,6 +96,12 @@ class Database:
     def read(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self._reader().execute(sql, params).fetchall()
 
+    def tuples(self, sql: str, params=()):
+        """Rows as plain tuples (no sqlite3.Row): the fast path for bulk readers."""
+        cur = self._reader().cursor()
+        cur.row_factory = None
+        return cur.execute(sql, params)
+
     def one(self, sql: str, params=()):
         return self._reader().execute(sql, params).fetchone()
 
