@@ -33,7 +33,7 @@ def _flags(flags: int) -> bool:
     return flags == 1
 
 
-def packet_object(db, row, capture_id: int, with_data: bool) -> dict:
+def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None = None) -> dict:
     obj = {
         "Version": 1, "PacketId": row["id"], "CaptureId": capture_id, "Time": from_ns(int(row["ts_raw"] or row["ts"])),
         "Length": row["len"], "CapturedLength": row["caplen"], "Adapter": row["adapter"] or "",
@@ -44,7 +44,10 @@ def packet_object(db, row, capture_id: int, with_data: bool) -> dict:
         "ProcessName": row["pname"] or ("<unknown>" if not row["pid"] else ""),
         "Notes": row["notes"] or "",
     }
-    data = db.packet_bytes(row["blk"], row["off"], row["caplen"])
+    if blocks is not None and row["blk"] in blocks:
+        data = blocks[row["blk"]][row["off"]:row["off"] + row["caplen"]]
+    else:
+        data = db.packet_bytes(row["blk"], row["off"], row["caplen"])
     # The summary is decoded from the bytes on read (not stored: ingest speed).
     obj["Summary"] = decode(row["linktype"] or 0, data).summary
     if with_data:
@@ -57,8 +60,17 @@ def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
                    (last_id, *params, limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
+    # One read per block for the whole page (a block holds thousands of packets), not one
+    # query per packet: the Summary is decoded from every packet's bytes.
+    blocks = {}
+    if len(rows) > 8:
+        for blk in {r["blk"] for r in rows}:
+            got = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
+            if got is not None:
+                blocks[blk] = bytes(got[0])
     return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1]["id"] if rows else last_id,
-            "More": more, "Packets": [packet_object(db, r, capture_id, with_data) for r in rows]}
+            "More": more,
+            "Packets": [packet_object(db, r, capture_id, with_data, blocks) for r in rows]}
 
 
 @action(JSON)

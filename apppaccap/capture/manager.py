@@ -132,8 +132,10 @@ class CaptureManager:
                              (capture_id, process["id"]))
         return self.get(capture_id)
 
-    def _global_stats(self, agg: dict) -> None:
-        """Fold a batch's aggregates into the catalog's system-wide statistics."""
+    def _global_stats(self, agg: dict, procs: dict | None = None,
+                      threads: dict | None = None) -> None:
+        """Fold a batch's aggregates into the catalog's system-wide statistics, and its
+        per-process / per-thread packet counts into PROCESS / THREAD PacketCount."""
         minutes, keys, ips = {}, {}, {}
         for (kind, key, minute, proto), (p, b) in agg.items():
             if kind == AGG_ALL:
@@ -165,6 +167,13 @@ class CaptureManager:
                 "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
                 "last_time=max(last_time,excluded.last_time)",
                 [(ip, *v) for ip, v in ips.items()])
+            conn.executemany("UPDATE processes SET packets=packets+?, bytes=bytes+? WHERE id=?",
+                             [(n, b, pid_) for pid_, (_row, n, b) in (procs or {}).items()])
+            conn.executemany(
+                "INSERT INTO threads(process_id, tid, packets, live) VALUES (?,?,?,1) "
+                "ON CONFLICT(process_id, tid) DO UPDATE SET packets=packets+excluded.packets",
+                [(process_id, tid, n) for (_pid, tid, process_id), n in (threads or {}).items()
+                 if tid])
         self.catalog.submit(fold)
 
     # -- stop ----------------------------------------------------------------

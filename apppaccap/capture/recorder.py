@@ -71,7 +71,8 @@ class Recorder:
         self.batch_packets, self.batch_bytes = batch_packets, batch_bytes
         self.packets = self.bytes = 0
         self.pending = None  # the last submitted batch's future
-        self.on_flush = None  # callable(agg) — e.g. global statistics in the catalog
+        # callable(agg, procs, threads) — global statistics and process/thread counters
+        self.on_flush = None
         self.on_new_ips = None  # callable(list of IPs first seen in this batch)
         # callable(conn_id, ts, decoded, data) for every TCP packet of a connection — the
         # file extractor's feed (None when extraction is off, the common case)
@@ -152,7 +153,7 @@ class Recorder:
             else:
                 p[1] += 1
                 p[2] += size
-            k = (label.pid, label.tid)
+            k = (label.pid, label.tid, label.process_id)
             self._threads[k] = self._threads.get(k, 0) + 1
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
@@ -227,12 +228,15 @@ class Recorder:
             conns = {c.id: c.row() for c in self._dirty.values()}
             procs = {k: tuple(v) for k, v in self._procs.items()}
             ips, agg = self._expand()
-            args = (rows, blob, conns, procs, self._threads, ips, agg)
+            threads = {}
+            for (pid, tid, _process_id), n in self._threads.items():
+                threads[(pid, tid)] = threads.get((pid, tid), 0) + n
+            args = (rows, blob, conns, procs, threads, ips, agg)
             if self.pending is not None:
                 self.pending.result()  # back-pressure: at most one batch in flight
             self.pending = self.db.submit(lambda c: write_batch(c, *args))
             if self.on_flush is not None:
-                self.on_flush(agg)
+                self.on_flush(agg, procs, self._threads)
             if self.on_new_ips is not None:
                 new = [ip for ip in ips if ip not in self._known_ips]
                 self._known_ips.update(new)

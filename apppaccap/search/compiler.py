@@ -38,6 +38,7 @@ class Part:
     sup: tuple                 # (text, params) superset
     py: object = None          # view → bool; None while the node is exact SQL
     ids: tuple | None = None   # (first, last): the node is exactly this packet-id range
+    needle: bytes | None = None  # a byte search: only packets whose frame holds it can match
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Plan:
     py: object = None                              # None: `where` is exact
     empty: bool = False                            # nothing can match (skip the capture)
     ids: tuple | None = None                       # (first, last) id bounds from time tests
+    needle: bytes | None = None                    # every match's frame contains these bytes
 
     @property
     def exact(self) -> bool:
@@ -81,7 +83,9 @@ def compile_plan(flt: Filter | None, scope, time_range=None) -> Plan:
         if p.ids is not None:
             lo, hi = p.ids
             ids = (lo, hi) if ids is None else (max(ids[0], lo), min(ids[1], hi))
-    return Plan(where[0], where[1], c.select, c.select_params, py, where[0] == "0", ids)
+    # one byte search beside exact SQL: scan the blocks for it, test only the packets hit
+    needle = rest[0].needle if len(rest) == 1 and not c.select else None
+    return Plan(where[0], where[1], c.select, c.select_params, py, where[0] == "0", ids, needle)
 
 
 def _join(word: str, items: list) -> tuple:
@@ -169,7 +173,10 @@ class _Compiler:
             sql = self.sql_leaf(c, form)
             if sql is not None:
                 return _exact(sql)
-        return Part(None, self.guard(f) or TRUE, P.python_test(c))
+        part = Part(None, self.guard(f) or TRUE, P.python_test(c))
+        if c.op == "contains" and f.ranges is not None and c.values[0]:
+            part.needle = c.values[0]
+        return part
 
     def guard(self, f) -> tuple | None:
         """The field's SQL guard for this scope; None if it names columns the capture lacks."""
@@ -263,13 +270,9 @@ class _Compiler:
         test = P.value_test(c)
         agg = all if (len(form.exprs) > 1 and c.op in P.ALL_OPS) else any
         if isinstance(form, F.Ip):
-            v6 = c.field.type == IPV6
-
-            def side_ok(x):
-                try:
-                    return x is not None and (":" in x) == v6 and test(x)
-                except OSError:
-                    return False
+            # the capture's few hundred distinct addresses, tested once, not 2 per flow
+            good = frozenset(self.ip_keys(c))
+            side_ok = good.__contains__
             ends = (2, 4)
         else:
             def side_ok(x):

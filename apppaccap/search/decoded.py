@@ -136,6 +136,34 @@ def r_udp_payload(v):
 
 # ---- header fields not kept in columns -----------------------------------------------
 
+_TYPE_FIELD = {1: (12, 14), 113: (14, 16), 276: (0, 20)}  # link type → (type field, after)
+VLAN_TPIDS = (0x8100, 0x9100)   # tshark's vlan dissector (0x9100: its QinQ preference)
+SERVICE_TPID = 0x88A8           # 802.1ad: tshark's ieee8021ad protocol
+
+
+def vlan_tags(v) -> list:
+    """[(tpid, vid)] of the tags after the link header, outermost first."""
+    where = _TYPE_FIELD.get(v.lt)
+    data = v.data
+    if where is None or where[0] + 2 > len(data):
+        return []
+    tpid, p = _u16(data, where[0])[0], where[1]
+    out = []
+    while tpid in (0x8100, 0x88A8, 0x9100, 0x9200) and p + 4 <= len(data):
+        out.append((tpid, _u16(data, p)[0] & 0x0FFF))
+        tpid = _u16(data, p + 2)[0]
+        p += 4
+    return out
+
+
+def vlan_ids(v):
+    return [vid for tpid, vid in vlan_tags(v) if tpid in VLAN_TPIDS]
+
+
+def service_vlan_ids(v):
+    return [vid for tpid, vid in vlan_tags(v) if tpid == SERVICE_TPID]
+
+
 def eth_type(v):
     if v.lt != ETH or v.caplen < 14:
         return []

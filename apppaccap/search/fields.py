@@ -6,8 +6,7 @@ The split, in one table (`FIELDS` below is the executable form of it):
 |----------------------------------------|-----------------------------------------------|-----------------|
 | frame.number .len .cap_len             | id, len, caplen                               | —               |
 | frame.time .time_epoch .time_relative  | ts (id range when ts follows id)              | —               |
-| eth.src .dst .addr                     | eth_src, eth_dst (+ iface linktype)           | fallback: bytes |
-| vlan.id                                | vlan                                          | fallback        |
+| eth.src .dst .addr                     | eth_src, eth_dst if stored (no longer are)    | bytes           |
 | ip.src .dst .addr, ipv6.*, arp.*_ipv4  | src, dst via the capture's IP dictionary;     | fallback        |
 |                                        | pushed to `connections` (indexed) when narrow |                 |
 | ip.proto .ttl, ipv6.hlim               | proto, ttl                                    | fallback        |
@@ -18,11 +17,12 @@ The split, in one table (`FIELDS` below is the executable form of it):
 | proc.*, thread.id, capture.id          | process_id via `processes`, pid, tid, const   | —               |
 | protocol words (eth ip tcp …)          | existence: l3, proto, ports, iface            | fallback        |
 | `contains` / `matches` on protocols    | candidates only (existence guard)             | bytes ranges    |
-| dns, dns.qry.name, tcp.len, ip.len, ip.id, eth.type, arp.opcode, icmp.code … | guard only | decode |
+| vlan, vlan.id, dns, dns.qry.name, tcp.len, ip.len, eth.type, arp.opcode … | guard only | decode |
 
-A field whose SQL columns are missing from a capture's schema (the lead may stop storing
-eth_src/eth_dst/summary) is evaluated in Python from the bytes, on the packets its guard
-lets through. Guards only use CORE columns, which every schema keeps.
+A field whose SQL columns are missing from a capture's schema (eth_src, eth_dst and summary
+have already gone; others may follow) is evaluated in Python from the bytes, on the packets
+its guard lets through. A guard naming an OPTIONAL column the capture lacks is dropped (the
+candidates are then every packet), so only CORE columns are relied upon.
 """
 
 from __future__ import annotations
@@ -208,10 +208,14 @@ def _fields():
           Col(("eth_dst", "eth_src"), ("eth_dst", "eth_src")), _eth_mac("dst", "src")),
         F("eth.type", UINT, "EtherType of an Ethernet II frame (outer, before VLAN tags)",
           "eth.type == 0x8100", ETH_G, None, D.eth_type, bits=16),
-        F("vlan", PROTO, "802.1Q/802.1ad tagged frames", "vlan", "vlan IS NOT NULL",
-          Exists(), _d(lambda d: d.vlan is not None, "vlan")),
-        F("vlan.id", UINT, "VLAN id of the outer tag", "vlan.id == 10", "vlan IS NOT NULL",
-          Col(("vlan",), ("vlan",)), _d(lambda d: d.vlan is not None, "vlan"), bits=12),
+        # tshark tells 802.1Q tags (vlan) from 802.1ad service tags (ieee8021ad); the vlan
+        # column holds the outer tag of either kind, so it only narrows the candidates
+        F("vlan", PROTO, "frames with an 802.1Q tag", "vlan && !ip", "vlan IS NOT NULL",
+          None, D.vlan_ids),
+        F("vlan.id", UINT, "VLAN id of every 802.1Q tag", "vlan.id == 10", "vlan IS NOT NULL",
+          None, D.vlan_ids, bits=12),
+        F("ieee8021ad.id", UINT, "VLAN id of every 802.1ad (QinQ service) tag",
+          "ieee8021ad.id == 100", "vlan IS NOT NULL", None, D.service_vlan_ids, bits=12),
         F("ip", PROTO, "IPv4 packets", "ip && !tcp && !udp", IP4_G, Exists(),
           D.r_ip, ranges=D.r_ip),
         F("ip.src", IPV4, "IPv4 source", "ip.src == 10.0.0.0/8", IP4_G,

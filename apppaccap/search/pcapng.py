@@ -28,7 +28,9 @@ def write_results(ctx, search_id: int, path: str, progress=None) -> int:
     """Write every result of the search to `path` (via path.part); returns packets written."""
     caps = [(r[0], r[1]) for r in ctx.catalog.read(
         "SELECT capture_id, count(*) FROM search_results WHERE search_id = ? "
-        "GROUP BY capture_id ORDER BY capture_id", (search_id,))]
+        "GROUP BY capture_id ORDER BY capture_id", (search_id,))
+        # a capture deleted since the search has nothing left to export
+        if os.path.exists(capture_path(ctx.config.data_dir, r[0]))]
     total = max(1, sum(n for _, n in caps))
     conns = {cid: open_readonly(capture_path(ctx.config.data_dir, cid)) for cid, _ in caps}
     tmp = path + ".part"
