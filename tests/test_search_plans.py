@@ -172,3 +172,17 @@ def test_scope_sees_a_snapshot(captures, tmp_path):
     plan = compile_plan(parse_filter("icmp"), scope)
     assert matching_ids(scope, plan) == [1, 2]
     conn.close()
+
+
+def test_block_search_respects_packet_boundaries():
+    """A needle across two packets, or in a packet that is not a candidate, is no hit;
+    a packet holding it twice is one hit."""
+    from apppaccap.search.scan import _block_hits
+
+    class OneBlock:
+        def get(self, blk):
+            return b"xxAB" + b"CDyy" + b"ABCD" + b"zzzz" + b"ABCDABCD"
+    rows = [(1, 7, 0, 4), (2, 7, 4, 4), (3, 7, 8, 4), (5, 7, 16, 8)]  # id 4 (12..16) skipped
+    assert [r[0] for r in _block_hits(rows, b"ABCD", OneBlock())] == [3, 5]
+    assert [r[0] for r in _block_hits(rows, b"zz", OneBlock())] == []
+    assert [r[0] for r in _block_hits(rows, b"yy", OneBlock())] == [2]

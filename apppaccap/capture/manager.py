@@ -19,6 +19,7 @@ from apppaccap.filetime import now_ns
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.capturedb import IPS_UPSERT
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
 
@@ -161,12 +162,7 @@ class CaptureManager:
                 "INSERT INTO stats_key VALUES (?,?,?,?) ON CONFLICT(kind, key) DO UPDATE "
                 "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
                 [(k, key, p, b) for (k, key), (p, b) in keys.items()])
-            conn.executemany(
-                "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
-                "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
-                "last_time=max(last_time,excluded.last_time)",
-                [(ip, *v) for ip, v in ips.items()])
+            conn.executemany(IPS_UPSERT, [(ip, *v) for ip, v in ips.items()])
             conn.executemany("UPDATE processes SET packets=packets+?, bytes=bytes+? WHERE id=?",
                              [(n, b, pid_) for pid_, (_row, n, b) in (procs or {}).items()])
             conn.executemany(

@@ -189,6 +189,7 @@ class SearchEngine:
         self._write(sid, pending, covered, total, results)
 
     def _write(self, sid, rows, covered, total, results) -> None:
+        total = max(total, covered)  # an active capture may have grown since it was counted
         progress = min(99, int(100 * covered / total))
 
         def tx(c):

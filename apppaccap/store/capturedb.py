@@ -15,6 +15,14 @@ import os
 
 from apppaccap.store.database import Database
 
+# The IP table's columns, shared with the catalog's global list (catalog.py).
+IPS_COLUMNS = """
+        id INTEGER PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
+        country TEXT NOT NULL DEFAULT '', city TEXT NOT NULL DEFAULT '',
+        lat REAL NOT NULL DEFAULT 0, lng REAL NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '',
+        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
+        first_time INTEGER, last_time INTEGER"""
+
 MIGRATIONS = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
@@ -48,17 +56,12 @@ MIGRATIONS = [
     CREATE TABLE threads (
         pid INTEGER NOT NULL, tid INTEGER NOT NULL, packets INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (pid, tid));
-    CREATE TABLE ips (
-        id INTEGER PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
-        country TEXT NOT NULL DEFAULT '', city TEXT NOT NULL DEFAULT '',
-        lat REAL NOT NULL DEFAULT 0, lng REAL NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '',
-        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
-        first_time INTEGER, last_time INTEGER);
+    CREATE TABLE ips (IPS_COLUMNS);
     CREATE TABLE agg (
         minute INTEGER NOT NULL, kind INTEGER NOT NULL, key TEXT NOT NULL, proto INTEGER NOT NULL,
         packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
         PRIMARY KEY (kind, key, minute, proto)) WITHOUT ROWID
-    """,
+    """.replace("IPS_COLUMNS", IPS_COLUMNS),
     # 2: files found by the extractor (apppaccap/extract/service.py); id = StreamId,
     # spool = the body's file name under <data-dir>/extract-spool/<capture_id>/
     """
@@ -71,6 +74,14 @@ MIGRATIONS = [
         depth INTEGER NOT NULL DEFAULT 0, spool TEXT NOT NULL)
     """,
 ]
+
+# Both the catalog and capture databases keep an `ips` table with the same columns; one
+# statement adds a batch's (ip, packets, bytes, first, last) to either.
+IPS_UPSERT = (
+    "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
+    "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
+    "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
+    "last_time=max(last_time,excluded.last_time)")
 
 # agg.kind: one row per (minute, proto) for all traffic, per IP and per port.
 AGG_ALL, AGG_IP, AGG_PORT = 0, 1, 2
@@ -125,12 +136,7 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
             "INSERT INTO threads(pid,tid,packets) VALUES (?,?,?) ON CONFLICT(pid,tid) DO UPDATE "
             "SET packets=packets+excluded.packets", [(p, t, n) for (p, t), n in threads.items()])
     if ips:
-        conn.executemany(
-            "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
-            "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
-            "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
-            "last_time=max(last_time,excluded.last_time)",
-            [(ip, *v) for ip, v in ips.items()])
+        conn.executemany(IPS_UPSERT, [(ip, *v) for ip, v in ips.items()])
     if agg:
         conn.executemany(
             "INSERT INTO agg(kind,key,minute,proto,packets,bytes) VALUES (?,?,?,?,?,?) "

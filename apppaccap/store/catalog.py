@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from apppaccap.store.capturedb import IPS_COLUMNS
 from apppaccap.store.database import Database
 
 MIGRATIONS = [
@@ -42,19 +43,14 @@ MIGRATIONS = [
         message TEXT NOT NULL DEFAULT '');
     CREATE TABLE capture_processes (capture_id INTEGER NOT NULL, process_id INTEGER NOT NULL,
         PRIMARY KEY (capture_id, process_id));
-    CREATE TABLE ips (
-        id INTEGER PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
-        country TEXT NOT NULL DEFAULT '', city TEXT NOT NULL DEFAULT '',
-        lat REAL NOT NULL DEFAULT 0, lng REAL NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '',
-        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
-        first_time INTEGER, last_time INTEGER);
+    CREATE TABLE ips (IPS_COLUMNS);
     CREATE TABLE stats_minute (
         minute INTEGER NOT NULL, proto INTEGER NOT NULL,
         packets INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (minute, proto));
     CREATE TABLE stats_key (
         kind TEXT NOT NULL, key TEXT NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
         PRIMARY KEY (kind, key))
-    """,
+    """.replace("IPS_COLUMNS", IPS_COLUMNS),
     # 3: asynchronous commands and exports
     """
     CREATE TABLE commands (
