@@ -14,7 +14,7 @@ from flask import redirect
 from flask import request
 
 from apppaccap import themes
-from apppaccap.api import actions
+from apppaccap.api import actions  # noqa: F401 - importing registers every action
 from apppaccap.api.envelope import CONSTANTS
 from apppaccap.api.envelope import ApiError
 from apppaccap.api.envelope import InvalidPermissions

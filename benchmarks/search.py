@@ -90,8 +90,9 @@ def generate(path: str, packets: int, seed: int = 7) -> dict:
         c, s = rng.choice(clients), rng.choice(servers)
         pid, opt = rng.choice(procs[c])
         if rng.random() < 0.8:
-            return {"tcp": True, "c": c, "s": s, "cp": rng.randint(32768, 60999),
-                    "sp": 5432 if rng.random() < 0.01 else rng.choice(ports), "left": rng.randint(6, 120), "step": 0, "opt": opt,
+            port = 5432 if rng.random() < 0.01 else rng.choice(ports)
+            return {"tcp": True, "c": c, "s": s, "cp": rng.randint(32768, 60999), "sp": port,
+                    "left": rng.randint(6, 120), "step": 0, "opt": opt,
                     "seq": rng.getrandbits(32), "aseq": rng.getrandbits(32)}
         return {"tcp": False, "c": c, "s": s, "cp": rng.randint(32768, 60999),
                 "sp": 53 if rng.random() < 0.5 else rng.randint(5000, 6000),

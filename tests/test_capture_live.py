@@ -23,9 +23,9 @@ def test_system_capture_matches_tcpdump_and_labels_curl(live_ajax, http_server, 
     cap = live_ajax.ok("capture_start_system", adapter="lo", filter=bpf)
     assert cap["State"] == 1 and cap["Type"] == 1 and cap["Adapters"] == ["lo"]
     curls = []
-    for i in range(5):
+    for _ in range(5):
         lport = free_port()
-        p = subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
+        subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
                             f"http://127.0.0.1:{port}/hello.txt"], check=True)
         curls.append(lport)
     time.sleep(0.5)
@@ -242,7 +242,7 @@ def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax
     for row in rows:
         comment = row.split("\t", 1)[1]
         assert comment.startswith(f"PID: {curl_pid}") and "Cmd: /usr/bin/curl" in comment
-        assert f"Args: curl -s -o /dev/null" in comment
+        assert "Args: curl -s -o /dev/null" in comment
     again = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=out)["CommandUid"])
     procs = live_ajax.ok("capture_get_processes", capture_id=int(again["Result"]))
     curl_proc = [p for p in procs if p["Pid"] == curl_pid]

@@ -1,6 +1,5 @@
 """Process captures: children, adding a process to a capture, thread captures."""
 
-import os
 import subprocess
 import sys
 import textwrap

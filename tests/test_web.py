@@ -5,8 +5,6 @@ import os
 import pytest
 
 from apppaccap.themes import fill_placeholders
-from apppaccap.web import create_app
-from tests.conftest import make_ctx
 
 
 def test_root_redirects_to_default_theme(client):

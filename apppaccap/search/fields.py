@@ -2,22 +2,23 @@
 
 The split, in one table (`FIELDS` below is the executable form of it):
 
-| field(s)                               | SQL (packets row / small dictionary)          | Python (decode) |
-|----------------------------------------|-----------------------------------------------|-----------------|
-| frame.number .len .cap_len             | id, len, caplen                               | —               |
-| frame.time .time_epoch .time_relative  | ts (id range when ts follows id)              | —               |
-| eth.src .dst .addr                     | eth_src, eth_dst if stored (no longer are)    | bytes           |
-| ip.src .dst .addr, ipv6.*, arp.*_ipv4  | src, dst via the capture's IP dictionary;     | fallback        |
-|                                        | pushed to `connections` (indexed) when narrow |                 |
-| ip.proto .ttl, ipv6.hlim               | proto, ttl                                    | fallback        |
-| tcp/udp .srcport .dstport .port        | sport, dport; pushed to `connections`         | fallback        |
-| tcp.flags(.syn …)                      | tcp_flags                                     | fallback        |
-| tcp.stream, udp.stream, conn.id        | conn_id (rank among the capture's flows)      | —               |
-| icmp.type, icmpv6.type                 | icmp_type                                     | fallback        |
-| proc.*, thread.id, capture.id          | process_id via `processes`, pid, tid, const   | —               |
-| protocol words (eth ip tcp …)          | existence: l3, proto, ports, iface            | fallback        |
-| `contains` / `matches` on protocols    | candidates only (existence guard)             | bytes ranges    |
-| vlan, vlan.id, dns, dns.qry.name, tcp.len, ip.len, eth.type, arp.opcode … | guard only | decode |
+| field(s)                              | SQL (packets row / small dictionary)   | Python   |
+|---------------------------------------|----------------------------------------|----------|
+| frame.number .len .cap_len            | id, len, caplen                        | —        |
+| frame.time .time_epoch .time_relative | ts (id range when ts follows id)       | —        |
+| eth.src .dst .addr                    | eth_src, eth_dst if stored (not now)   | bytes    |
+| ip.src .dst .addr, ipv6.*, arp.*_ipv4 | src, dst via the capture's IP list;    | fallback |
+|                                       | via `connections` (indexed) if narrow  |          |
+| ip.proto .ttl, ipv6.hlim              | proto, ttl                             | fallback |
+| tcp/udp .srcport .dstport .port       | sport, dport; via `connections`        | fallback |
+| tcp.flags(.syn …)                     | tcp_flags                              | fallback |
+| tcp.stream, udp.stream, conn.id       | conn_id (rank among the flows)         | —        |
+| icmp.type, icmpv6.type                | icmp_type                              | fallback |
+| proc.*, thread.id, capture.id         | process_id via `processes`, pid, tid   | —        |
+| protocol words (eth ip tcp …)         | presence: l3, proto, ports, iface      | fallback |
+| `contains` / `matches` on protocols   | candidates only (presence guard)       | bytes    |
+| vlan(.id), dns(.qry.name), tcp.len,   | candidates only (guard)                | decode   |
+| ip.len, eth.type, arp.opcode …        |                                        |          |
 
 A field whose SQL columns are missing from a capture's schema (eth_src, eth_dst and summary
 have already gone; others may follow) is evaluated in Python from the bytes, on the packets
@@ -261,8 +262,8 @@ def _fields():
         F("tcp.port", UINT, "either TCP port", "tcp.port == 443", TCP_G,
           Port(("sport", "dport"), ("sport", "dport"), proto=6),
           _d(D.is_tcp, "sport", "dport"), bits=16),
-        F("tcp.flags", UINT, "TCP flags (9 bits: FIN 0x01 … NS 0x100)", "tcp.flags & 0x12 == 0x12",
-          TCP_G, Col(("tcp_flags",), ("tcp_flags",)), _d(D.is_tcp, "tcp_flags"), bits=12),
+        F("tcp.flags", UINT, "TCP flags (9 bits: FIN 0x01 … NS 0x100)",
+          "tcp.flags & 0x12 == 0x12", TCP_G, Col(("tcp_flags",), ("tcp_flags",)), _d(D.is_tcp, "tcp_flags"), bits=12),
         F("tcp.stream", UINT, "0-based TCP conversation index, as tshark", "tcp.stream == 3",
           TCP_G, Stream(6), _stream(6)),
         F("tcp.len", UINT, "TCP segment data length (from the IP lengths)", "tcp.len > 0",
