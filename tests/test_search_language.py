@@ -144,3 +144,11 @@ def test_every_field_documented_in_filters_md():
             name
         # and every documented example is itself a valid filter
         parse_filter(FIELDS[name].example)
+
+
+def test_values_stay_inside_sqlite_integers():
+    with pytest.raises(FilterError, match="out of range"):
+        parse_filter('frame.time > "9999-01-01 00:00:00Z"')
+    with pytest.raises(FilterError, match="too big for this field, maximum 9223372036854775807"):
+        parse_filter("tcp.flags & 0x12 == 0xffffffffffffffff")
+    assert parse_filter("frame.time_relative > 9000000000").tree.values == [9 * 10**18]

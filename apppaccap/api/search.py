@@ -14,6 +14,7 @@ from apppaccap.api.envelope import Unsupported
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
+from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns
 from apppaccap.search import FilterError
@@ -24,6 +25,7 @@ from apppaccap.search.results import read_page
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
+_MAX_FILETIME = from_ns((1 << 63) - 1)  # packet times are signed 64-bit ns since 1970
 
 
 def checked_filter(text: str):
@@ -43,8 +45,13 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
         problems.append("start_dtg: must be a FILETIME (>= 0; 0 = no lower bound)")
     if end_dtg < 0:
         problems.append("end_dtg: must be a FILETIME (>= 0; 0 = no upper bound)")
+    for name, value in (("start_dtg", start_dtg), ("end_dtg", end_dtg)):
+        if value > _MAX_FILETIME:
+            problems.append(f"{name}: beyond the last time a packet can carry (year 2262)")
+    if problems:
+        raise Malformed("; ".join(problems))
     start = to_ns(start_dtg) if start_dtg > 0 else None
-    end = to_ns(end_dtg) + 99 if end_dtg > 0 else None  # the whole last 100-ns tick
+    end = min(to_ns(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None  # whole last tick
     if relative_time.strip():
         m = _RELATIVE.fullmatch(relative_time.strip())
         if m is None:
@@ -79,7 +86,9 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
 
     Poll search_open for State/Progress and page the results with search_read while it runs.
     Without capture_id every capture that is not active is searched; an active capture named
-    by capture_id is searched up to the packets it had when the search started.
+    by capture_id is searched up to the packets it had when the search started. Two searches
+    run at a time (others wait QUEUED). A search cut off by a service stop (or crash) is
+    CANCELLED with Message "interrupted: the service stopped" and keeps its results.
     - filter: display filter (docs/FILTERS.md); also accepted as `q`; blank = every packet
     - capture_id: search only this capture; 0 = every capture that is not active
     - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound

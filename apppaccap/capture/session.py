@@ -65,6 +65,7 @@ class CaptureSession:
         self.recorder.on_flush = on_stats
         self.received = self.kept = self.attributed = self.unknown = 0
         self.libpcap_drops = 0
+        self.errors = 0  # pipeline faults survived (logged); the capture goes on
         self._running = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture:{capture_id}",
                                         daemon=True)
@@ -115,14 +116,19 @@ class CaptureSession:
                 buf.append((now, ts, iface, data, d, key))
             self.received += len(batch)
             draining = not self._running.is_set()
-            self._release(buf, now, draining)
-            if now - last_flush >= 0.1:
-                # live readers (capture_stream) see packets within ~0.1 s
-                self.recorder.flush()
-                last_flush = now
-            if now - last_update >= 1.0:
-                self.update_catalog()
-                last_update = now
+            try:
+                self._release(buf, now, draining)
+                if now - last_flush >= 0.1:
+                    # live readers (capture_stream) see packets within ~0.1 s
+                    self.recorder.flush()
+                    last_flush = now
+                if now - last_update >= 1.0:
+                    self.update_catalog()
+                    last_update = now
+            except Exception:  # noqa: BLE001 - a bad batch must not end the capture
+                self.errors += 1
+                if self.errors <= 5 or self.errors % 1000 == 0:
+                    log.exception("capture %s: pipeline error %d", self.id, self.errors)
 
     def _release(self, buf: deque, now: float, draining: bool) -> None:
         """Emit packets in arrival order; an unresolved flow holds the line ≤ hold seconds."""

@@ -13,6 +13,7 @@ and still delivers them within ~1 ms, which is what attribution needs.
 
 from __future__ import annotations
 
+import logging
 import queue
 import select
 import threading
@@ -21,6 +22,7 @@ from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 
 SNAPLEN = 262144
+log = logging.getLogger(__name__)
 
 
 def open_handle(adapter: str, bpf: str):
@@ -96,6 +98,8 @@ class Sniffer:
                     if self._stop.is_set():
                         break
                     raise
+                except Exception:  # noqa: BLE001 - one bad packet must not stop the sniffer
+                    log.exception("sniffer %s: packet handling failed", self.name)
 
     def libpcap_drops(self) -> int:
         try:

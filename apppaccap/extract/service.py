@@ -67,12 +67,12 @@ def attach(ctx, recorder, db, capture_id: int) -> ExtractHandle:
     handle.recorder = recorder
     chained = recorder.on_flush
 
-    def on_flush(agg):
+    def on_flush(*batch):
         # Found files' rows go out with the packet batch that completed them, so
         # extract_query sees a live capture's files as soon as its packets.
         handle.write_rows()
         if chained is not None:
-            chained(agg)
+            chained(*batch)
     recorder.on_flush = on_flush
     return handle
 

@@ -78,7 +78,7 @@ def _check(node, used):
                               node.mask.pos)
         if node.op not in (None, *COMPARE):
             raise FilterError(f"'&' cannot be combined with {node.op}", node.pos)
-        mask = V.parse_uint(node.mask, f.bits)
+        mask = V.parse_uint(node.mask, min(f.bits, 63))
     if node.op is None:
         return Cond(f, None, [], mask, None, node.pos)
     if node.op in COMPARE:
@@ -130,7 +130,7 @@ def _family(t):
 def _value(f: Field, tok: Token, masked: bool = False):
     t = f.type
     if t == V.UINT:
-        return V.parse_uint(tok, 64 if masked else f.bits)
+        return V.parse_uint(tok, 63 if masked else f.bits)  # SQLite integers are signed
     if t == V.BOOL:
         return V.parse_bool(tok)
     if t == V.IPV4:

@@ -305,15 +305,18 @@ class _Compiler:
 
     def time_leaf(self, c: Cond, form) -> Part:
         base = self.scope.first_ts if form.kind == "relative" else 0
+
+        def at(ns):  # ts is a signed 64-bit column: a bound beyond it is its end
+            return max(-(1 << 63), min((1 << 63) - 1, ns))
         if c.op == "in":
-            ranges = [(lo + base, hi + base) for lo, hi in c.values]
+            ranges = [(at(lo + base), at(hi + base)) for lo, hi in c.values]
         elif c.op in ("gt", "ge", "lt", "le", "eq"):
             v = c.values[0] + base
-            ranges = [{"gt": (v + 1, None), "ge": (v, None), "lt": (None, v - 1),
-                       "le": (None, v), "eq": (v, v)}[c.op]]
+            ranges = [{"gt": (at(v + 1), None), "ge": (at(v), None), "lt": (None, at(v - 1)),
+                       "le": (None, at(v)), "eq": (at(v), at(v))}[c.op]]
         else:
             op = _SQL_OPS.get(c.op)
-            return _exact((f"ts {op} ?", [c.values[0] + base]) if op else TRUE)
+            return _exact((f"ts {op} ?", [at(c.values[0] + base)]) if op else TRUE)
         if len(ranges) == 1:
             return self.time_bounds(*ranges[0])
         return _exact(_join("OR", [self.time_bounds(lo, hi).sql for lo, hi in ranges]))

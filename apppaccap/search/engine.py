@@ -6,9 +6,9 @@ object and actions), and a long search must not hold one of the two workers that
 and exports run on. Results are written chunk by chunk as the scan finds them, so
 `search_read` pages through them while the search runs.
 
-Restart: a search left QUEUED or RUNNING by a stopped service becomes CANCELLED with the
-results it had written (message "interrupted: the service stopped"); run it again with
-search_start. Captures covered: the one asked for (an active capture is searched up to its
+Restart: a search cut off by a service stop becomes CANCELLED with the results it had
+written (message "interrupted: the service stopped") — when the service stops, or at the
+next start after a crash; run it again with search_start. Captures covered: the one asked for (an active capture is searched up to its
 packets at the start), or every capture that is not active.
 """
 
@@ -73,6 +73,7 @@ class SearchEngine:
         self.pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="search")
         self.flags: dict[int, threading.Event] = {}
         self.lock = threading.Lock()
+        self.stopping = False
         self.catalog.write(_ensure_schema)
         self.recovered = self.catalog.write(lambda c: c.execute(
             "UPDATE searches SET state = ?, message = 'interrupted: the service stopped', "
@@ -113,6 +114,7 @@ class SearchEngine:
         self.catalog.write(wipe)
 
     def shutdown(self) -> None:
+        self.stopping = True
         with self.lock:
             for flag in self.flags.values():
                 flag.set()
@@ -138,7 +140,8 @@ class SearchEngine:
                                  (RUNNING, now_ns(), sid))
             self._search(sid, flt, capture_ids, time_range, flag)
             if flag.is_set():
-                state, message = CANCELLED, "cancelled"
+                state, message = CANCELLED, ("interrupted: the service stopped"
+                                             if self.stopping else "cancelled")
         except _Gone:
             return
         except Exception as exc:  # noqa: BLE001 - a failing search fails itself, not the service
@@ -181,7 +184,7 @@ class SearchEngine:
                     if len(pending) >= 50000 or now - last_write > 0.25:
                         self._write(sid, pending, covered + done_here, total, results)
                         pending, last_write = [], now
-                covered += max(done_here, sizes.get(cid, 0)) if not flag.is_set() else done_here
+                covered += done_here
             finally:
                 conn.close()
             if flag.is_set():
@@ -217,7 +220,9 @@ def _ensure_schema(conn) -> None:
 def _packet_count(path: str) -> int:
     conn = open_readonly(path)
     try:
-        lo, hi = conn.execute("SELECT min(id), max(id) FROM packets").fetchone()
+        # two statements: a lone min()/max() is read from the b-tree's end, not a scan
+        lo = conn.execute("SELECT min(id) FROM packets").fetchone()[0]
+        hi = conn.execute("SELECT max(id) FROM packets").fetchone()[0]
         return 0 if hi is None else hi - lo + 1
     finally:
         conn.close()

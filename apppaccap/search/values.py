@@ -162,7 +162,10 @@ def parse_abstime(tok: Token) -> int:
             seconds = int(naive.timestamp())  # naive = local time, as tshark reads it
         except (OverflowError, OSError, ValueError):
             raise FilterError(f"{s[:60]!r} is out of range", tok.pos) from None
-    return seconds * 1_000_000_000 + int(frac)
+    ns = seconds * 1_000_000_000 + int(frac)
+    if not -(1 << 63) <= ns < 1 << 63:
+        raise FilterError(f"{s[:60]!r} is out of range (1678-2262)", tok.pos)
+    return ns
 
 
 def parse_reltime(tok: Token) -> int:
