@@ -50,6 +50,21 @@ def _comments(db) -> dict:
     return out
 
 
+def epb_comment(procs: dict, process_id, tid, notes, cache: dict) -> str | None:
+    """The opt_comment of one packet: the ptcpdump process lines (PID/Cmd/Args and
+    ThreadId), then the packet's own notes. `cache` keeps one text per (process, thread)."""
+    comment = None
+    if process_id is not None:
+        key = (process_id, tid)
+        comment = cache.get(key)
+        if comment is None and process_id in procs:
+            ppid, cmd, args = procs[process_id]
+            comment = cache[key] = process_comment(ppid, cmd, args, tid or None)
+    if notes:
+        comment = f"{comment}\n{notes}" if comment else notes
+    return comment
+
+
 def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                   packet_ids=None) -> int:
     """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path.
@@ -89,15 +104,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                         blocks.clear()  # packets come in block order: one block at a time
                         row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
                         data = blocks[blk] = bytes(row[0]) if row else b""
-                    comment = None
-                    if process_id is not None:
-                        key = (process_id, tid)
-                        comment = comments.get(key)
-                        if comment is None and process_id in procs:
-                            ppid, cmd, args = procs[process_id]
-                            comment = comments[key] = process_comment(ppid, cmd, args, tid or None)
-                    if notes:
-                        comment = f"{comment}\n{notes}" if comment else notes
+                    comment = epb_comment(procs, process_id, tid, notes, comments)
                     append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
                             length, comment, EPB_DIRECTION.get(direction), pid or None,
                             tid or None))

@@ -232,11 +232,18 @@ class CaptureReader:
         the CPU cache.
         """
         gen = self._records(tuples)
+        released = 0
         while True:
             batch = list(islice(gen, n))
             if not batch:
                 return
             yield batch
+            # Records are copies: hand the pages already read back to the page cache so a
+            # large file does not count against our resident memory (one forward pass).
+            done = self.bytes_done // mmap.PAGESIZE * mmap.PAGESIZE
+            if done - released >= 32 << 20 and hasattr(self._mm, "madvise"):
+                self._mm.madvise(mmap.MADV_DONTNEED, released, done - released)
+                released = done
 
     def _iter_pcap(self, tuples):
         buf, size, rhl, unit = self._mm, self.size, self._rhl, self._unit

@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 # Flow starts only: IPv4 TCP SYNs, all IPv6 TCP (extension headers make the flags offset
 # unknowable in BPF; IPv6 TCP is rarer), and UDP.
 BPF = "(ip and tcp and tcp[tcpflags] & tcp-syn != 0) or (ip6 and tcp) or udp"
+# Under a UDP flood every datagram would cost this process Python time (UDP has no
+# "first packet" bit for BPF to select), starving the capture itself. Above this rate the
+# child drops UDP from its filter for a while; the service's own resolver covers it.
+BPF_NO_UDP = "(ip and tcp and tcp[tcpflags] & tcp-syn != 0) or (ip6 and tcp)"
+UDP_FLOOD_PPS = 3000
+UDP_PAUSE = 5.0
 RETRY_MS = (2, 4, 8, 16)
 SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
@@ -81,10 +87,14 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
                 ip.startswith("127.") or ip == "::1"
         return v
 
+    udp = {"count": 0, "since": time.monotonic(), "paused_until": 0.0}
+
     def on_packet(ts, pkt):
         d = decode(linktype, bytes(pkt))
         if d.src is None or d.proto not in (6, 17) or d.fragment:
             return
+        if d.proto == 17:
+            udp["count"] += 1
         a, b = (d.src, d.sport), (d.dst, d.dport)
         fk = (d.proto, a, b) if a <= b else (d.proto, b, a)
         now = time.monotonic()
@@ -108,6 +118,16 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
                 break
             if msg[0] == "stop":
                 break
+        now = time.monotonic()
+        if now - udp["since"] >= 0.25:
+            rate = udp["count"] / (now - udp["since"])
+            udp["count"], udp["since"] = 0, now
+            if rate > UDP_FLOOD_PPS and not udp["paused_until"]:
+                h.setfilter(BPF_NO_UDP)
+                udp["paused_until"] = now + UDP_PAUSE
+            elif udp["paused_until"] and now >= udp["paused_until"]:
+                h.setfilter(BPF)
+                udp["paused_until"] = 0.0
         while delayed and delayed[0][0] <= time.monotonic():
             _, _, key5, attempt, ts = heapq.heappop(delayed)
             resolve(key5, attempt, ts)

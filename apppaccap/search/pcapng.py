@@ -13,8 +13,8 @@ import json
 import os
 
 from apppaccap.export import EPB_DIRECTION
+from apppaccap.export import epb_comment
 from apppaccap.pcapng_writer import PcapngWriter
-from apppaccap.pcapng_writer import process_comment
 from apppaccap.search.scan import Blocks
 from apppaccap.search.scope import open_readonly
 from apppaccap.store.capturedb import capture_path
@@ -77,6 +77,7 @@ def _packets(ctx, search_id, cid, conn, ifmap):
     procs = {r[0]: (r[1], r[2] or r[3], r[4]) for r in conn.execute(
         "SELECT process_id, pid, path, name, cmdline FROM processes")}
     blocks = Blocks(conn)
+    comments: dict = {}
     last_item = 0
     while True:
         page = ctx.catalog.read(
@@ -90,12 +91,7 @@ def _packets(ctx, search_id, cid, conn, ifmap):
              ts_raw) in conn.execute(f"SELECT {cols} FROM packets WHERE id IN "
                                      "(SELECT value FROM json_each(?)) ORDER BY id", (ids,)):
             data = blocks.get(blk)[off:off + caplen]
-            comment = None
-            if process_id in procs:
-                ppid, cmd, args = procs[process_id]
-                comment = process_comment(ppid, cmd, args, tid or None)
-            if notes:
-                comment = f"{comment}\n{notes}" if comment else notes
+            comment = epb_comment(procs, process_id, tid, notes, comments)
             stamp = int(ts_raw) if ts_raw else ts
             yield stamp, (ifmap.get(iface, 0), stamp, data, length, comment,
                           EPB_DIRECTION.get(direction), pid or None, tid or None)
