@@ -79,7 +79,8 @@ def test_veth_capture_labels_local_server_and_leaves_foreign_unknown(live_ajax, 
                         ref)
     http = [p for p in packets if p["Protocol"] == 6]
     # the server's end is this machine's: every HTTP packet is the server process's
-    assert http and {p["Pid"] for p in http} == {server.pid}
+    assert http and {p["Pid"] for p in http} == {server.pid}, \
+        [(p["PacketId"], p["Pid"], p["SrcPort"], p["DstPort"], p["Summary"][-30:]) for p in http]
     assert all(p["Direction"] == (1 if p["SrcIp"] == HOST_IP else 0) for p in http)
     icmp = [p for p in packets if p["Protocol"] == 1]
     # ping replies come from the kernel: nobody owns them, and we say so
