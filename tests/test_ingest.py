@@ -150,3 +150,16 @@ def test_commands(live, live_ajax):
     live_ajax.ok("command_delete", command_uid=cmd["CommandUid"])
     assert live_ajax("command_query", command_uid=cmd["CommandUid"])["ErrorCode"] == 6
     assert live_ajax("command_delete", command_uid="nope")["ErrorCode"] == 6
+
+
+def test_connection_hostnames_come_from_dns_answers_in_the_capture(live, live_ajax):
+    done = ingest(live, live_ajax, os.path.join(CORPUS, "wellformed/rawip_mixed_v4v6.pcap"))
+    conns = live_ajax.ok("capture_list_conns", capture_id=int(done["Result"]))
+    named = {(c["RemoteIp"], c["Hostname"]) for c in conns if c["Hostname"]}
+    # the A records of the DNS responses earlier in the same file (tshark: dns.a)
+    answers = {tuple(row) for row in tshark_fields(
+        os.path.join(CORPUS, "wellformed/rawip_mixed_v4v6.pcap"), "dns.a", "dns.resp.name")
+        if row[0]}
+    assert ("82.102.152.19", "a1363.dscg.akamai.net") in named
+    for ip, name in named:
+        assert any(ip in a[0].split(",") and name in a[1].split(",") for a in answers), (ip, name)

@@ -64,7 +64,6 @@ class CaptureSession:
         self.recorder = Recorder(db, local_ips=local_ips)
         self.recorder.on_flush = on_stats
         self.received = self.kept = self.attributed = self.unknown = 0
-        self.libpcap_drops = 0
         self.errors = 0  # pipeline faults survived (logged); the capture goes on
         self._running = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture:{capture_id}",
@@ -83,12 +82,13 @@ class CaptureSession:
 
     @property
     def dropped(self) -> int:
-        return self.libpcap_drops + sum(s.overflow for s in self.sniffers)
+        """libpcap's drops (live) plus our queue's overflow: DroppedCount."""
+        return sum(s.libpcap_drops() + s.overflow for s in self.sniffers)
 
     def stop(self):
         """Stop sniffing, drain what was queued, flush everything; blocks until written."""
         for s in self.sniffers:
-            self.libpcap_drops += s.stop()
+            s.stop()
         self._running.clear()
         self._thread.join(60)
         self.recorder.flush(wait=True)

@@ -61,6 +61,7 @@ class Sniffer:
         self.name = name
         self.linktype = handle.datalink()
         self.overflow = 0
+        self._closed, self._final_drops = False, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sniffer:{name}", daemon=True)
 
@@ -102,6 +103,9 @@ class Sniffer:
                     log.exception("sniffer %s: packet handling failed", self.name)
 
     def libpcap_drops(self) -> int:
+        """Packets the kernel/libpcap dropped so far (cumulative; readable while running)."""
+        if self._closed:
+            return self._final_drops
         try:
             received, dropped, if_dropped = self.handle.stats()
             # On lo the kernel counts every packet twice (DESIGN §6); so are its drops.
@@ -122,5 +126,6 @@ class Sniffer:
                 except OSError:
                     break
         drops = self.libpcap_drops()
+        self._final_drops, self._closed = drops, True
         self.handle.close()
         return drops
