@@ -172,4 +172,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # APScheduler logs every run of every periodic job at INFO: noise, not news.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return args.func(args)
