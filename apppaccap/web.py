@@ -111,6 +111,18 @@ def create_app(ctx) -> Flask:
                 body = dispatch(call, name, raw)
         return Response(json.dumps(body, default=str), 200, mimetype="application/json")
 
+    @app.get("/ajax")
+    def ajax_get():
+        # Tokens and actions do not belong in URLs (logs, history): the door is POST only.
+        body = error_envelope(Malformed("method: use POST for /ajax"))
+        return Response(json.dumps(body), 200, mimetype="application/json")
+
+    @app.errorhandler(413)
+    @app.errorhandler(400)
+    def bad_request(_err):
+        body = error_envelope(Malformed("body: the request could not be read"))
+        return Response(json.dumps(body), 200, mimetype="application/json")
+
     @app.get("/constants.js")
     def constants_js():
         text = "".join(f"var {k} = {v};\n" for k, v in CONSTANTS.items())

@@ -73,3 +73,8 @@ def test_garbage_parameters_never_generic_error(ajax, name):
         params = {p.name: junk for p in act.params}
         body = ajax(name, **params)
         assert body["ErrorCode"] != 1, (name, junk, body)
+
+
+def test_get_on_the_door_is_an_envelope(client):
+    resp = client.get("/ajax?action=apppaccap")
+    assert resp.status_code == 200 and resp.get_json()["ErrorCode"] == 4

@@ -243,10 +243,12 @@ class CaptureManager:
         """The capture's database for reading; `active` demands that state (else BUSY)."""
         row = self.get(capture_id)
         session = self.sessions.get(capture_id)
-        if active is True and session is None:
-            raise Busy(f"capture_id: capture {capture_id} is not active")
-        if active is False and session is not None:
-            raise Busy(f"capture_id: capture {capture_id} is still active")
+        # ACTIVE covers live captures and files being ingested (their rows are being written)
+        is_active = session is not None or row["state"] == ACTIVE
+        if active is True and not is_active:
+            raise Busy(f"capture_id: capture {capture_id} is not active (use capture_read)")
+        if active is False and is_active:
+            raise Busy(f"capture_id: capture {capture_id} is still active (use capture_stream)")
         if session is not None:
             return session.db
         with self._lock:
