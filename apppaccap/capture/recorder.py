@@ -15,6 +15,8 @@ from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.capturedb import write_batch
 
 MINUTE_NS = 60_000_000_000
+MAX_CONNS = 100_000          # flows kept in memory before ended/idle ones are forgotten
+IDLE_NS = 10 * MINUTE_NS
 MAX_TS = 2**63
 DIR_IN, DIR_OUT, DIR_UNKNOWN = 0, 1, 2
 TCP, UDP = 6, 17
@@ -246,6 +248,17 @@ class Recorder:
         if wait and self.pending is not None:
             self.pending.result()
             self.pending = None
+        if len(self.conns) > MAX_CONNS:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Bound memory on long captures: forget flows that ended or have been idle for
+        IDLE_NS (their rows are already written); a later packet starts a new connection."""
+        newest = max(c.last for c in self.conns.values())
+        for key, c in list(self.conns.items()):
+            if c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS:
+                if c.id not in self._dirty:
+                    del self.conns[key]
 
 
 def _tcp_state(c: Conn, flags: int) -> None:

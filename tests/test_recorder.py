@@ -1,0 +1,67 @@
+"""Recorder logic with fabricated frames and an in-memory writer (no root)."""
+
+import struct
+from concurrent.futures import Future
+
+from apppaccap.capture import recorder as rec_mod
+from apppaccap.capture.decode import decode
+from apppaccap.capture.recorder import Recorder
+
+
+class Sink:
+    """Stands in for the database writer: runs nothing, remembers batches."""
+
+    def __init__(self):
+        self.batches = []
+
+    def submit(self, fn):
+        self.batches.append(fn)
+        f = Future()
+        f.set_result(None)
+        return f
+
+
+def tcp_frame(src, dst, sport, dport, flags, payload=b""):
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0, 64, 6, 0,
+                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 0x50, flags, 1000, 0, 0)
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp + payload
+
+
+def feed(rec, frames, t0=0):
+    for i, f in enumerate(frames):
+        d = decode(1, f)
+        rec.add(t0 + i * 1000, 0, f, len(f), d, rec.conn_for(d, t0 + i * 1000))
+
+
+def test_connection_counters_and_state():
+    rec = Recorder(Sink(), local_ips=frozenset({"10.0.0.1"}))
+    feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x02),
+               tcp_frame("10.0.0.2", "10.0.0.1", 80, 5000, 0x12),
+               tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x10),
+               tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x18, b"hello"),
+               tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x11),
+               tcp_frame("10.0.0.2", "10.0.0.1", 80, 5000, 0x11)])
+    (c,) = rec.conns.values()
+    assert (c.local, c.remote) == (("10.0.0.1", 5000), ("10.0.0.2", 80))
+    assert (c.pout, c.pin, c.state) == (4, 2, "CLOSED")
+    assert c.bout == 54 * 3 + 59 and c.bin == 54 * 2
+
+
+def test_flow_aggregates_expand_per_ip_port_protocol():
+    rec = Recorder(Sink())
+    feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x18, b"x")] * 3)
+    ips, agg = rec._expand()
+    assert ips["10.0.0.1"][:2] == [3, 165] and ips["10.0.0.2"][:2] == [3, 165]
+    assert agg[(0, "", 0, 6)] == [3, 165]
+    assert agg[(2, "80", 0, 6)] == [3, 165] and agg[(2, "5000", 0, 6)] == [3, 165]
+
+
+def test_ended_and_idle_flows_are_forgotten(monkeypatch):
+    monkeypatch.setattr(rec_mod, "MAX_CONNS", 2)
+    rec = Recorder(Sink())
+    feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000 + i, 80, 0x04) for i in range(3)])
+    feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 6000, 80, 0x18)], t0=10**9)
+    rec.flush()
+    assert len(rec.conns) == 1   # the three reset flows went; the live one stays
+    assert rec.next_conn == 5
