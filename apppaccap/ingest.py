@@ -94,6 +94,11 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     if ctx.settings.get("extract_enabled") == "1":
         from apppaccap.extract.service import attach
         extract = attach(ctx, rec, db, capture_id)
+    else:
+        # The extractor writes its rows through `db`; without it, every write of the
+        # ingest is a packet batch and can go to a writer process (store/bulkwriter.py).
+        from apppaccap.store.bulkwriter import BulkWriter
+        rec.bulk = BulkWriter(db.path)
     labels = _Labels(ctx, capture_id)
     known_ifaces = 0
     state, message = COMPLETED, ""
@@ -147,6 +152,8 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 extract.close()
             rec.flush(wait=True)
         finally:
+            if rec.bulk is not None:
+                rec.bulk.close()
             db.close()
             reader.close()
             first_last = (rec.packets, rec.bytes, rec.next_conn - 1)

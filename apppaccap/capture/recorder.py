@@ -79,6 +79,7 @@ class Recorder:
         # callable(conn_id, ts, decoded, data) for every TCP packet of a connection — the
         # file extractor's feed (None when extraction is off, the common case)
         self.on_tcp = None
+        self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
         self._known_ips: set = set()
         self._reset()
 
@@ -234,9 +235,12 @@ class Recorder:
             for (pid, tid, _process_id), n in self._threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
             args = (rows, blob, conns, procs, threads, ips, agg)
-            if self.pending is not None:
+            if self.pending is not None and self.bulk is None:
                 self.pending.result()  # back-pressure: at most one batch in flight
-            self.pending = self.db.submit(lambda c: write_batch(c, *args))
+            if self.bulk is not None:
+                self.pending = self.bulk.submit_batch(args)
+            else:
+                self.pending = self.db.submit(lambda c: write_batch(c, *args))
             if self.on_flush is not None:
                 self.on_flush(agg, procs, self._threads)
             if self.on_new_ips is not None:
@@ -246,6 +250,9 @@ class Recorder:
                     self.on_new_ips(new)
             self._reset()
         if wait and self.pending is not None:
+            if self.bulk is not None:
+                while self.bulk.pending:
+                    self.bulk._collect()
             self.pending.result()
             self.pending = None
         if len(self.conns) > MAX_CONNS:

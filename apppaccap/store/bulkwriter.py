@@ -1,0 +1,103 @@
+"""A writer process for bulk loads (file ingest).
+
+Inside the service, the SQLite writer thread shares the GIL with the parser: binding 24
+columns per packet row and copying packet bytes into blocks took as much interpreter time
+as parsing. For an ingest, the capture database's writes move to `python -m
+apppaccap.store.bulkwriter FD`, fed pickled batches over a socketpair; the parser keeps
+one core to itself. Live captures keep the in-process writer (their batches are small).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+
+
+def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
+    from apppaccap.store.capturedb import write_batch
+    from apppaccap.store.database import connect
+    db = connect(path)
+    # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
+    db.execute("PRAGMA synchronous=OFF")
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            break
+        if msg is None:
+            break
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            write_batch(db, *msg)
+            db.execute("COMMIT")
+            conn.send(None)
+        except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
+            try:
+                db.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
+            conn.send(f"{type(exc).__name__}: {exc}")
+    db.close()
+
+
+class BulkWriter:
+    """`submit_batch(args)` → Future; at most `depth` batches in flight (back-pressure)."""
+
+    def __init__(self, path: str, depth: int = 2):
+        mine, theirs = socket.socketpair()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "apppaccap.store.bulkwriter", str(theirs.fileno()), path],
+                pass_fds=(theirs.fileno(),), cwd=root)
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        self.pending: list[Future] = []
+        self.depth = depth
+        self._lock = threading.Lock()
+
+    def submit_batch(self, args) -> Future:
+        while len(self.pending) >= self.depth:
+            self._collect()
+        fut: Future = Future()
+        self.conn.send(args)
+        self.pending.append(fut)
+        return fut
+
+    def _collect(self) -> None:
+        fut = self.pending.pop(0)
+        try:
+            err = self.conn.recv()
+        except EOFError:
+            err = "bulk writer process ended"
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(RuntimeError(err))
+            raise RuntimeError(f"writing the capture failed: {err}")
+
+    def close(self) -> None:
+        """Wait for every batch, then stop the child."""
+        try:
+            while self.pending:
+                self._collect()
+        finally:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.conn.close()
+
+
+if __name__ == "__main__":  # pragma: no cover - the child process
+    _child(Connection(int(sys.argv[1])), sys.argv[2])
