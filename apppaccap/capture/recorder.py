@@ -121,13 +121,17 @@ class Recorder:
         self.next_id += 1
         size = origlen
         caplen = len(data)
+        # one tuple unpack instead of a dozen named-tuple attribute lookups (hot path)
+        (l3, proto, src, dst, sport, dport, tcp_flags, _seq, _ack, ttl, vlan, icmp_type,
+         _code, payload_off, payload_len) = d[:15]
         if conn is not None:
             if label is not None and conn.label is None:
                 conn.label = label
                 if label.local is not None and label.local != conn.local:
                     conn.local, conn.remote = conn.remote, conn.local
                     conn.hostname = self.hostnames.get(conn.remote[0], "")
-            out = (d.src, d.sport) == conn.local
+            local = conn.local
+            out = sport == local[1] and src == local[0]
             if direction is None:
                 direction = DIR_OUT if out else DIR_IN
             if out:
@@ -137,18 +141,25 @@ class Recorder:
                 conn.pin += 1
                 conn.bin += size
             conn.last = ts
-            if d.proto == TCP:
-                _tcp_state(conn, d.tcp_flags)
+            if proto == TCP:
+                # state changes only on SYN/FIN/RST or until established
+                if tcp_flags & 0x07 or conn.state != "ESTABLISHED":
+                    _tcp_state(conn, tcp_flags)
                 if self.on_tcp is not None:
                     self.on_tcp(conn.id, ts, d, data)
             elif not conn.state:
                 conn.state = "ACTIVE"
             self._dirty[conn.id] = conn
-        elif direction is None:
-            direction = DIR_OUT if d.src in self.local_ips else \
-                DIR_IN if d.dst in self.local_ips else DIR_UNKNOWN
-        if d.proto == UDP and (d.sport == 53 or d.sport == 5353) and d.payload_len:
-            self._learn_dns(data[d.payload_off:d.payload_off + d.payload_len])
+            conn_id = conn.id
+            fk = conn
+        else:
+            if direction is None:
+                direction = DIR_OUT if src in self.local_ips else \
+                    DIR_IN if dst in self.local_ips else DIR_UNKNOWN
+            conn_id = None
+            fk = (proto, src, dst, sport, dport)
+        if proto == UDP and payload_len and (sport == 53 or sport == 5353):
+            self._learn_dns(data[payload_off:payload_off + payload_len])
         if label is not None:
             p = self._procs.get(label.process_id)
             if p is None:
@@ -161,16 +172,15 @@ class Recorder:
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
-        self._rows.append((pid_, ts, size, caplen, iface, d.l3, d.proto, d.src, d.dst, d.sport,
-                           d.dport, d.tcp_flags, d.ttl, d.vlan, d.icmp_type, direction,
-                           conn.id if conn else None, process_id, pid, tid, notes, self._off,
-                           ts_raw))
+        off = self._off
+        self._rows.append((pid_, ts, size, caplen, iface, l3, proto, src, dst, sport, dport,
+                           tcp_flags, ttl, vlan, icmp_type, direction, conn_id, process_id, pid,
+                           tid, notes, off, ts_raw))
         self._chunks.append(data)
-        self._off += caplen
+        self._off = off + caplen
         # One aggregate per (flow, minute) here; expanded into per-IP/port/protocol rows at
         # flush time, so the per-packet cost is a single dict update.
-        k = (conn if conn is not None else (d.proto, d.src, d.dst, d.sport, d.dport),
-             ts // MINUTE_NS)
+        k = (fk, ts // MINUTE_NS)
         a = self._flowmin.get(k)
         if a is None:
             self._flowmin[k] = [1, size, ts, ts]
