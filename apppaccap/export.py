@@ -8,6 +8,7 @@ packet with a process carries `opt_comment` "PID: …\\nCmd: …\\nArgs: …" (p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -50,6 +51,21 @@ def _comments(db) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """Write to `path.part` and rename it to `path` when the block succeeds (a reader never
+    sees half a file); remove the part file when it fails."""
+    tmp = path + ".part"
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def epb_comment(procs: dict, process_id, tid, notes, cache: dict) -> str | None:
     """The opt_comment of one packet: the ptcpdump process lines (PID/Cmd/Args and
     ThreadId), then the packet's own notes. `cache` keeps one text per (process, thread)."""
@@ -73,50 +89,41 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
     """
     procs = _comments(db)
     total = db.one("SELECT count(*) FROM packets")[0] or 1
-    tmp = path + ".part"
     n = 0
-    try:
-        with open(tmp, "wb") as fh:
-            w = PcapngWriter(fh, comment="exported by AppPacCap")
-            for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
-                             "ORDER BY id"):
-                # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
-                w.add_interface(r["linktype"], r["name"] or None,
-                                tsresol_ns=r["ticks_per_second"] > 1_000_000)
-            blocks: dict = {}
-            comments: dict = {}
-            wanted = packet_ids
-            cur = db.tuples(
-                "SELECT id, iface, coalesce(ts_raw, ts), len, caplen, blk, off, process_id, pid, "
-                f"tid, direction, notes FROM packets WHERE 1=1 {where} ORDER BY id", tuple(params))
-            while True:
-                rows = cur.fetchmany(50000)
-                if not rows:
-                    break
-                out = []
-                append = out.append
-                for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
-                     notes) in rows:
-                    if wanted is not None and pid_ not in wanted:
-                        continue
-                    data = blocks.get(blk)
-                    if data is None:
-                        blocks.clear()  # packets come in block order: one block at a time
-                        row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
-                        data = blocks[blk] = bytes(row[0]) if row else b""
-                    comment = epb_comment(procs, process_id, tid, notes, comments)
-                    append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
-                            length, comment, EPB_DIRECTION.get(direction), pid or None,
-                            tid or None))
-                n += w.write_packets(out)
-                if progress is not None:
-                    progress(100.0 * n / total)
-            w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path) as fh:
+        w = PcapngWriter(fh, comment="exported by AppPacCap")
+        for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
+                         "ORDER BY id"):
+            # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
+            w.add_interface(r["linktype"], r["name"] or None,
+                            tsresol_ns=r["ticks_per_second"] > 1_000_000)
+        blocks: dict = {}
+        comments: dict = {}
+        wanted = packet_ids
+        cur = db.tuples(
+            "SELECT id, iface, coalesce(ts_raw, ts), len, caplen, blk, off, process_id, pid, "
+            f"tid, direction, notes FROM packets WHERE 1=1 {where} ORDER BY id", tuple(params))
+        while True:
+            rows = cur.fetchmany(50000)
+            if not rows:
+                break
+            out = []
+            append = out.append
+            for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
+                 notes) in rows:
+                if wanted is not None and pid_ not in wanted:
+                    continue
+                data = blocks.get(blk)
+                if data is None:
+                    blocks.clear()  # packets come in block order: one block at a time
+                    row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
+                    data = blocks[blk] = bytes(row[0]) if row else b""
+                comment = epb_comment(procs, process_id, tid, notes, comments)
+                append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
+                        length, comment, EPB_DIRECTION.get(direction), pid or None,
+                        tid or None))
+            n += w.write_packets(out)
+            if progress is not None:
+                progress(100.0 * n / total)
+        w.close()
     return n

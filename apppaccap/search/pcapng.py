@@ -13,6 +13,7 @@ import json
 import os
 
 from apppaccap.export import EPB_DIRECTION
+from apppaccap.export import atomic_file
 from apppaccap.export import epb_comment
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.search.scan import Blocks
@@ -33,10 +34,9 @@ def write_results(ctx, search_id: int, path: str, progress=None) -> int:
         if os.path.exists(capture_path(ctx.config.data_dir, r[0]))]
     total = max(1, sum(n for _, n in caps))
     conns = {cid: open_readonly(capture_path(ctx.config.data_dir, cid)) for cid, _ in caps}
-    tmp = path + ".part"
     written = 0
     try:
-        with open(tmp, "wb") as fh:
+        with atomic_file(path) as fh:
             w = PcapngWriter(fh, comment=f"AppPacCap search {search_id}")
             streams = []
             for cid, _ in caps:
@@ -57,13 +57,6 @@ def write_results(ctx, search_id: int, path: str, progress=None) -> int:
                         progress(100.0 * written / total)
             written += w.write_packets(batch)
             w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
     finally:
         for c in conns.values():
             c.close()
