@@ -9,7 +9,7 @@ PORT   ?= 8733
 # System packages: libpcap for capture; tcpdump/tshark are the oracles the tests and
 # benchmarks compare against; iproute2 for network namespaces; chromium for browser tests.
 RUN_DEBS  := libpcap-dev gcc python3-dev
-TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium
+TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation
 
 .PHONY: run test setup setup-test debs-run debs-test clean docs
 
