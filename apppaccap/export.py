@@ -118,7 +118,8 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                     blocks.clear()  # packets come in block order: one block at a time
                     row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
                     data = blocks[blk] = bytes(row[0]) if row else b""
-                comment = epb_comment(procs, process_id, tid, notes, comments)
+                comment = epb_comment(procs, process_id, tid, notes, comments) \
+                    if process_id is not None or notes else None
                 append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
                         length, comment, EPB_DIRECTION.get(direction), pid or None,
                         tid or None))
