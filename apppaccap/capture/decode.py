@@ -1,4 +1,5 @@
-"""Stateless packet decoder: link layer -> IPv4/IPv6/ARP -> TCP/UDP/ICMP/ICMPv6, plus DNS helpers.
+"""Stateless packet decoder: link layer -> IPv4/IPv6/ARP -> TCP/UDP/ICMP/ICMPv6 (DNS in dns.py,
+the Summary text in summary.py).
 
 Pure functions, no I/O.  ``decode()`` runs on every captured and ingested packet, so the
 common path (Ethernet/VLAN, IPv4/IPv6, TCP/UDP) is written for speed: precompiled
@@ -42,8 +43,6 @@ _ip4 = struct.Struct("!BxHxxHBB2x4s4s").unpack_from  # vhl, total len, frag, ttl
 _ip6 = struct.Struct("!B3xHBB16s16s").unpack_from  # version/tc, payload len, nh, hlim, src, dst
 _tcp = struct.Struct("!HHIIH").unpack_from  # sport, dport, seq, ack, offset+flags
 _udp = struct.Struct("!HHH").unpack_from  # sport, dport, length
-_dns_hdr = struct.Struct("!HHHH").unpack_from  # id, flags, qdcount, ancount
-_dns_rr = struct.Struct("!HHIH").unpack_from  # type, class, ttl, rdlength
 _inet_ntop = socket.inet_ntop
 _AF6 = socket.AF_INET6
 
@@ -98,7 +97,7 @@ class Decoded(_Base):
     def summary(self):
         """One-line description, like Wireshark's Info column."""
         try:
-            return _summary(self)
+            return describe(self)
         except Exception as exc:  # last resort: a summary must never break a listing
             return f"{len(self.data)} bytes (summary failed: {type(exc).__name__})"
 
@@ -397,246 +396,8 @@ def _mac(lt, data, source):
     return None
 
 
-# ---------------------------------------------------------------- text helpers
-
-_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "AE")
-
-
-def _flags_text(flags):
-    names = [name for bit, name in enumerate(_FLAG_NAMES) if flags >> bit & 1]
-    if flags & 0xE00:
-        names.append("Reserved")
-    return ", ".join(names) or "<None>"
-
-
-_FLAGS_TEXT = tuple(_flags_text(i) for i in range(0x200))  # every value decode() can return
-
-
-def tcp_flags_text(flags):
-    """TCP flags as Wireshark lists them, e.g. ``"SYN, ACK"``; ``"<None>"`` when none."""
-    return _FLAGS_TEXT[flags] if 0 <= flags < 0x200 else _flags_text(flags)
-
-
-_PROTO_NAMES = {1: "ICMP", 2: "IGMP", 4: "IPIP", 6: "TCP", 17: "UDP", 41: "IPv6", 47: "GRE",
-                50: "ESP", 51: "AH", 58: "ICMPv6", 59: "IPv6-NoNxt", 89: "OSPF", 103: "PIM",
-                112: "VRRP", 115: "L2TP", 132: "SCTP", 136: "UDPLite"}
-_ETHER_NAMES = {0x8035: "RARP", 0x8847: "MPLS", 0x8848: "MPLS multicast", 0x8863: "PPPoE Discovery",
-                0x8864: "PPPoE Session", 0x888E: "EAPOL", 0x88CC: "LLDP", 0x88E5: "MACsec",
-                0x88F7: "PTP", 0x8809: "Slow protocols (LACP)", 0x0842: "Wake-on-LAN",
-                0x9000: "Loopback"}
-_LINK_NAMES = {0: "Null/Loopback", 1: "Ethernet", 12: "Raw IP", 14: "Raw IP", 101: "Raw IP",
-               108: "OpenBSD loopback", 113: "Linux cooked (SLL)", 228: "Raw IPv4",
-               229: "Raw IPv6", 276: "Linux cooked v2 (SLL2)"}
-_ICMP_TYPES = {0: "Echo reply", 3: "Destination unreachable", 4: "Source quench", 5: "Redirect",
-               8: "Echo request", 9: "Router advertisement", 10: "Router solicitation",
-               11: "Time-to-live exceeded", 12: "Parameter problem", 13: "Timestamp request",
-               14: "Timestamp reply"}
-_UNREACH = {0: "Network unreachable", 1: "Host unreachable", 2: "Protocol unreachable",
-            3: "Port unreachable", 4: "Fragmentation needed", 9: "Network prohibited",
-            10: "Host prohibited", 13: "Communication administratively filtered"}
-_ICMP6_TYPES = {1: "Destination unreachable", 2: "Packet too big", 3: "Time exceeded",
-                4: "Parameter problem", 128: "Echo request", 129: "Echo reply",
-                130: "Multicast listener query", 131: "Multicast listener report",
-                132: "Multicast listener done", 133: "Router solicitation",
-                134: "Router advertisement", 135: "Neighbor solicitation",
-                136: "Neighbor advertisement", 137: "Redirect",
-                143: "Multicast listener report v2"}
-_DNS_TYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 13: "HINFO", 15: "MX", 16: "TXT",
-              28: "AAAA", 33: "SRV", 35: "NAPTR", 41: "OPT", 43: "DS", 46: "RRSIG", 47: "NSEC",
-              48: "DNSKEY", 64: "SVCB", 65: "HTTPS", 255: "ANY"}
-_DNS_OPCODES = {0: "Standard query", 1: "Inverse query", 2: "Server status request",
-                4: "Zone change notification", 5: "Dynamic update"}
-_DNS_RCODES = {1: "Format error", 2: "Server failure", 3: "No such name", 4: "Not implemented",
-               5: "Refused"}
-_DNS_PORTS = (53, 5353)
-
-
-def _ep(ip, port):
-    """Endpoint text: 1.2.3.4:80 or [2001:db8::1]:80."""
-    if ip is None:
-        ip = "?"
-    if not port:
-        return ip
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-def _summary(d):
-    (l3, p, src, dst, sport, dport, flags, seq, ack, _ttl, _vlan, _it, _ic, poff, plen, frag, lt,
-     l3off, l4, note, data) = d
-    text = ""
-    if frag:
-        text = (f"{'IPv4' if l3 == 0x0800 else 'IPv6'} fragment {src} → {dst}"
-                f" ({_PROTO_NAMES.get(p, p)}) Len={plen}")
-    elif l3 == 0x0806:
-        if poff > l3off:
-            text = _arp_text(data, l3off, src, dst)
-    elif src is not None:
-        whole = l4 >= 0 and poff > l4  # transport header fully decoded
-        if whole and (p == 6 or p == 17):
-            if sport in _DNS_PORTS or dport in _DNS_PORTS:
-                start = poff + 2 if p == 6 else poff  # DNS over TCP has a length prefix
-                text = _dns_text(data[start:poff + plen]) or ""
-            if not text:
-                a, b = (f"[{src}]", f"[{dst}]") if ":" in src else (src, dst)
-                if p == 6:
-                    acked = f" Ack={ack}" if flags & 0x10 else ""
-                    text = (f"TCP {a}:{sport} → {b}:{dport} [{_FLAGS_TEXT[flags]}] Seq={seq}{acked}"
-                            f" Win={_u16(data, l4 + 14)[0]} Len={plen}")
-                else:
-                    text = f"UDP {a}:{sport} → {b}:{dport} Len={plen}"
-        elif whole and (p == 1 or p == 58):
-            text = _icmp_text(d, data, l4)
-        else:
-            v = "IPv4" if l3 == 0x0800 else "IPv6"
-            name = _PROTO_NAMES.get(p, f"{v} proto {p}") if l4 >= 0 else v
-            text = f"{name} {_ep(src, sport)} → {_ep(dst, dport)} Len={plen}"
-    elif l3 and note is None:
-        name = _ETHER_NAMES.get(l3)
-        text = f"Ethertype 0x{l3:04x}{f' ({name})' if name else ''}, {len(data)} bytes"
-    if note:
-        return f"{text} [{note}]" if text else note
-    return text or f"{_LINK_NAMES.get(lt) or f'Link type {lt}'} frame, {len(data)} bytes"
-
-
-def _arp_text(data, o, spa, tpa):
-    op = _u16(data, o + 6)[0]
-    if spa is None or data[o + 4] != 6:
-        hrd, pro = _2u16(data, o)
-        return f"ARP opcode {op} (hardware type {hrd}, protocol 0x{pro:04x})"
-    if op == 1:
-        if spa == tpa:
-            return f"ARP Gratuitous ARP for {spa} (Request)"
-        return f"ARP Who has {tpa}? Tell {spa}"
-    if op == 2:
-        return f"ARP {spa} is at {data[o + 8:o + 14].hex(':')}"
-    return f"ARP opcode {op} {spa} → {tpa}"
-
-
-def _icmp_text(d, data, l4):
-    t, c, v6 = d.icmp_type, d.icmp_code, d.proto == 58
-    name = (_ICMP6_TYPES if v6 else _ICMP_TYPES).get(t, f"Type {t}")
-    text = f"{'ICMPv6' if v6 else 'ICMP'} {name}"
-    if t in ((128, 129) if v6 else (0, 8)):
-        ident, seq = _2u16(data, l4 + 4)
-        return f"{text} {d.src} → {d.dst} id=0x{ident:04x} seq={seq}"
-    if v6 and t in (135, 136) and d.payload_len >= 16:
-        return f"{text} for {_inet_ntop(_AF6, data[l4 + 8:l4 + 24])} from {d.src}"
-    if t == 3 and not v6:
-        text += f" ({_UNREACH.get(c, f'code {c}')})"
-    elif c:
-        text += f" (code {c})"
-    return f"{text} {d.src} → {d.dst}"
-
-
-# ---------------------------------------------------------------- DNS
-
-def _read_name(buf, pos):
-    """Read a possibly compressed DNS name at pos -> (name, position after it) or None."""
-    labels = []
-    after = -1
-    jumps = total = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            return None
-        ln = buf[pos]
-        if ln >= 0xC0:  # compression pointer
-            if pos + 1 >= n or jumps >= 32:  # a pointer loop ends here
-                return None
-            if after < 0:
-                after = pos + 2
-            jumps += 1
-            pos = ((ln & 0x3F) << 8) | buf[pos + 1]
-        elif ln >= 0x40:  # extended label types (RFC 6891 §5) are not used in practice
-            return None
-        elif ln == 0:
-            name = b".".join(labels).decode("utf-8", "backslashreplace") or "<Root>"
-            return name, (after if after >= 0 else pos + 1)
-        else:
-            total += ln + 1
-            if pos + 1 + ln > n or total > 255:
-                return None
-            labels.append(bytes(buf[pos + 1:pos + 1 + ln]))
-            pos += 1 + ln
-
-
-def _question(payload):
-    """(id, flags, qdcount, ancount, qname, qtype, position after the question) or None."""
-    if len(payload) < 12:
-        return None
-    ident, flags, qd, an = _dns_hdr(payload, 0)
-    if not qd:
-        return ident, flags, qd, an, None, 0, 12
-    got = _read_name(payload, 12)
-    if got is None or got[1] + 4 > len(payload):
-        return None
-    return ident, flags, qd, an, got[0], _u16(payload, got[1])[0], got[1] + 4
-
-
-def dns_query_name(payload):
-    """Name in the first question of a DNS message, or None."""
-    try:
-        q = _question(payload)
-        return q[4] if q else None
-    except Exception:
-        return None
-
-
-def dns_answers(payload):
-    """(name, ip) pairs of the A/AAAA records in the answer section of a DNS response.
-
-    Follows name compression (loops are cut off); returns [] for queries and for anything
-    malformed.
-    """
-    try:
-        if len(payload) < 12:
-            return []
-        _ident, flags, qd, an = _dns_hdr(payload, 0)
-        if not flags & 0x8000:
-            return []
-        pos, n, out = 12, len(payload), []
-        for _ in range(qd):
-            got = _read_name(payload, pos)
-            if got is None:
-                return []
-            pos = got[1] + 4
-        for _ in range(an):
-            got = _read_name(payload, pos)
-            if got is None or got[1] + 10 > n:
-                return []
-            name, pos = got
-            rtype, rclass, _ttl, rdlen = _dns_rr(payload, pos)
-            pos += 10
-            if pos + rdlen > n:
-                return []
-            if rclass & 0x7FFF == 1:  # IN; mDNS sets the top "cache flush" bit
-                if rtype == 1 and rdlen == 4:
-                    out.append((name, _ntop4(payload[pos:pos + 4])))
-                elif rtype == 28 and rdlen == 16:
-                    out.append((name, _inet_ntop(_AF6, bytes(payload[pos:pos + 16]))))
-            pos += rdlen
-        return out
-    except Exception:
-        return []
-
-
-def _dns_text(payload):
-    """'DNS Standard query A example.com' style text, or None if it does not parse as DNS."""
-    q = _question(payload)
-    if q is None:
-        return None
-    _ident, flags, qd, an, qname, qtype, _ = q
-    if not qd and not an:
-        return None
-    op = _DNS_OPCODES.get(flags >> 11 & 15, f"Opcode {flags >> 11 & 15}")
-    parts = [f"DNS {op}{' response' if flags & 0x8000 else ''}"]
-    if qname is not None:
-        parts.append(f"{_DNS_TYPES.get(qtype, f'TYPE{qtype}')} {qname}")
-    if flags & 0x8000:
-        rcode = flags & 15
-        if rcode:
-            parts.append(_DNS_RCODES.get(rcode, f"rcode {rcode}"))
-        for _name, ip in dns_answers(payload):
-            parts.append(f"{'AAAA' if ':' in ip else 'A'} {ip}")
-    return " ".join(parts)
-
+# Re-exported: callers (recorder, tests) import these from the decoder.
+from apppaccap.capture.dns import dns_answers  # noqa: E402,F401
+from apppaccap.capture.dns import dns_query_name  # noqa: E402,F401
+from apppaccap.capture.summary import describe  # noqa: E402
+from apppaccap.capture.summary import tcp_flags_text  # noqa: E402,F401
