@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 
 from apppaccap.capture.recorder import Label
+from apppaccap.capture.recorder import flow_key
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class Attribution:
         connection attempt, which re-resolves a 5-tuple reused by another process.
         """
         now = self.clock()
-        fk = _flow(key5)
+        fk = flow_key(*key5)
         entry = self.flows.get(fk)
         if entry is not None:
             labels, resolved_at, seen, recheck, first = entry
@@ -198,7 +199,7 @@ class Attribution:
             (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
         if not labels:
             return
-        fk = _flow(key5)
+        fk = flow_key(*key5)
         now = self.clock()
         entry = self.flows.get(fk)
         recheck = now + RECHECK if _thread_unknown(labels) else 0
@@ -308,9 +309,3 @@ def _thread_unknown(labels) -> bool:
 def _match_exact(snap, proto, local, remote):
     found = snap.get((proto, local[0], local[1], remote[0], remote[1]))
     return found[0] if found and len({o.pid for o in found}) == 1 else None
-
-
-def _flow(key5):
-    proto, src, sport, dst, dport = key5
-    a, b = (src, sport), (dst, dport)
-    return (proto, a, b) if a <= b else (proto, b, a)

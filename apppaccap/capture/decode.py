@@ -1,12 +1,11 @@
-"""Stateless packet decoder: link layer -> IPv4/IPv6/ARP -> TCP/UDP/ICMP/ICMPv6 (DNS in dns.py,
-the Summary text in summary.py).
+"""Stateless packet decoder: link layer -> IPv4/IPv6/ARP -> TCP/UDP/ICMP/ICMPv6.
 
 Pure functions, no I/O.  ``decode()`` runs on every captured and ingested packet, so the
 common path (Ethernet/VLAN, IPv4/IPv6, TCP/UDP) is written for speed: precompiled
 ``struct`` unpackers, one pass through a single function, a tuple-based result, a small
 cache for address strings, and the human ``summary`` (plus the MAC strings) computed only
-when somebody reads them.  Anything that cannot be decoded is described in ``note`` and in
-``summary`` instead of raising.
+when somebody reads them (summary.py; DNS parsing in dns.py).  Anything that cannot be
+decoded is described in ``note`` and in ``summary`` instead of raising.
 """
 
 from __future__ import annotations
@@ -14,6 +13,11 @@ from __future__ import annotations
 import socket
 import struct
 from collections import namedtuple
+
+from apppaccap.capture.dns import dns_answers  # noqa: F401 - part of the decoder's API
+from apppaccap.capture.dns import dns_query_name  # noqa: F401
+from apppaccap.capture.summary import describe
+from apppaccap.capture.summary import tcp_flags_text  # noqa: F401
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -394,10 +398,3 @@ def _mac(lt, data, source):
     if lt == 276 and n >= 20 and data[11] == 6:
         return data[12:18].hex(":")
     return None
-
-
-# Re-exported: callers (recorder, tests) import these from the decoder.
-from apppaccap.capture.dns import dns_answers  # noqa: E402,F401
-from apppaccap.capture.dns import dns_query_name  # noqa: E402,F401
-from apppaccap.capture.summary import describe  # noqa: E402
-from apppaccap.capture.summary import tcp_flags_text  # noqa: E402,F401

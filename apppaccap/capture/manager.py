@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
-
-import psutil
 
 from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.capture.adapters import default_capture_adapters
+from apppaccap.capture.localaddr import LocalAddresses
+from apppaccap.capture.localaddr import interface_addresses
 from apppaccap.capture.session import CaptureSession
 from apppaccap.capture.session import Target
 from apppaccap.filetime import now_ns
@@ -31,12 +30,8 @@ FLAG_RESOLVE_IPS, FLAG_THREAD, FLAG_CHILDREN = 0x1, 0x2, 0x4
 
 
 def local_addresses() -> frozenset:
-    ips = set()
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family in (socket.AF_INET, socket.AF_INET6):
-                ips.add(a.address.split("%")[0])
-    return frozenset(ips)
+    """This host's addresses now (a capture's Recorder decides directions with them)."""
+    return frozenset(interface_addresses())
 
 
 class CaptureManager:
@@ -65,12 +60,11 @@ class CaptureManager:
         if self._attribution is None:
             from apppaccap.capture.attribution import Attribution
             from apppaccap.capture.owners import default_owners
-            local = local_addresses()
             backend = self._owners or default_owners()
             from apppaccap.capture.owners import LinuxOwners
             self._attribution = Attribution(
                 backend, self.ctx.processes,
-                is_local=lambda ip: ip in local or ip.startswith("127."),
+                is_local=LocalAddresses(),  # re-reads interfaces as addresses come and go
                 fastpath=isinstance(backend, LinuxOwners))
         return self._attribution
 

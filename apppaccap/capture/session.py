@@ -14,6 +14,8 @@ from collections import deque
 
 from apppaccap.capture.attribution import PENDING
 from apppaccap.capture.recorder import Recorder
+from apppaccap.capture.recorder import flow_key
+from apppaccap.capture.sniffer import Sniffer
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,6 @@ class CaptureSession:
                  catalog, *, local_ips=frozenset(), hold_ms: int = 50, on_stats=None):
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
-        from apppaccap.capture.sniffer import Sniffer
         self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status)
                          for i, (name, h) in enumerate(handles)]
         self.linktypes = [s.linktype for s in self.sniffers]
@@ -133,13 +134,12 @@ class CaptureSession:
     def _release(self, buf: deque, now: float, draining: bool) -> None:
         """Emit packets in arrival order; an unresolved flow holds the line ≤ hold seconds."""
         flows = self.attribution.flows
-        from apppaccap.capture.attribution import _flow
         rec = self.recorder
         while buf:
             arrived, ts, iface, data, d, key = buf[0]
             labels = None
             if key is not None:
-                entry = flows.get(_flow(key))
+                entry = flows.get(flow_key(*key))
                 labels = entry[0] if entry is not None else []
                 if labels is PENDING:
                     if now - arrived < self.hold and not draining:

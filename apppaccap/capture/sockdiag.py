@@ -22,7 +22,6 @@ owner of the remote end of every outgoing DNS query.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -30,6 +29,10 @@ import threading
 import time
 from collections.abc import Callable
 from typing import NamedTuple
+
+from apppaccap.capture.localaddr import LocalAddresses  # noqa: F401 - re-exported
+from apppaccap.capture.localaddr import is_wildcard
+from apppaccap.capture.localaddr import unmap
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -149,99 +152,6 @@ def _parse_diag(data, body: int, end: int, proto: int) -> SockEntry:
         attr += (alen + 3) & ~3
     return SockEntry(proto, _text(family, src), socket.ntohs(sport), _text(family, dst),
                      socket.ntohs(dport), state, inode, uid, v6only)
-
-
-# --- addresses ---------------------------------------------------------------------------
-
-def unmap(ip: str) -> str:
-    """'::ffff:1.2.3.4' -> '1.2.3.4'; anything else unchanged."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip
-
-
-def is_wildcard(ip: str) -> bool:
-    return ip in ("0.0.0.0", "::")
-
-
-class LocalAddresses:
-    """Is an address one of this host's (this network namespace's)? Which interface has it?
-
-    Loopback ranges are always local; multicast, broadcast and unspecified never are. The
-    interface list comes from psutil and is re-read at most every `refresh` seconds, and
-    only when an unknown address is asked about, so DHCP changes are picked up without
-    polling. Answers are memoised because this sits on the per-flow path.
-    """
-
-    def __init__(self, refresh: float = 2.0, clock: Callable[[], float] = time.monotonic,
-                 source: Callable[[], dict[str, int]] | None = None):
-        self._refresh, self._clock = refresh, clock
-        self._source = source or _interface_addresses
-        self._addrs: dict[str, int] = {}
-        self._memo: dict[str, bool] = {}
-        self._loaded = -1e18
-
-    def _load(self) -> None:
-        try:
-            self._addrs = self._source()
-        except Exception:  # psutil missing or failing: only loopback counts as local
-            self._addrs = {}
-        self._memo, self._loaded = {}, self._clock()
-
-    def __call__(self, ip: str) -> bool:
-        """True when `ip` (text, IPv4-mapped allowed) is an address of this host."""
-        known = self._memo.get(ip)
-        if known is not None:
-            return known
-        ip = unmap(ip)
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if addr.is_multicast or addr.is_unspecified or ip == "255.255.255.255":
-            result = False
-        elif addr.is_loopback:
-            result = True
-        else:
-            if ip not in self._addrs and self._clock() - self._loaded >= self._refresh:
-                self._load()
-            result = ip in self._addrs
-            if not result:
-                return False  # not memoised: the address may appear at the next refresh
-        if len(self._memo) > 4096:
-            self._memo.clear()
-        self._memo[ip] = result
-        return result
-
-    def ifindex(self, ip: str) -> int:
-        """Index of the interface holding `ip` (loopback ranges: the loopback device)."""
-        ip = unmap(ip)
-        if not self._addrs and self._clock() - self._loaded >= self._refresh:
-            self._load()
-        if ip in self._addrs:
-            return self._addrs[ip]
-        try:
-            if ipaddress.ip_address(ip).is_loopback:
-                return self._addrs.get("127.0.0.1" if ":" not in ip else "::1", 0)
-        except ValueError:
-            pass
-        return 0
-
-
-def _interface_addresses() -> dict[str, int]:
-    """{address: ifindex} for every IPv4/IPv6 address of every interface."""
-    import psutil  # only this helper needs it
-
-    out: dict[str, int] = {}
-    for name, items in psutil.net_if_addrs().items():
-        try:
-            index = socket.if_nametoindex(name)
-        except OSError:
-            index = 0
-        for a in items:
-            if a.family in (socket.AF_INET, socket.AF_INET6):
-                out[a.address.split("%", 1)[0]] = index
-    return out
 
 
 # --- the socket --------------------------------------------------------------------------
