@@ -6,9 +6,7 @@ learns its role from its first bytes (``HTTP/1.`` = responses, a known method
 for the client still work.  Requests are queued and paired with responses in
 order (keep-alive and pipelining); interim 1xx responses are skipped.
 
-Body framing follows RFC 9112: no body for HEAD responses, 1xx/204/304, then
-chunked, then Content-Length, else (responses only) read until the server
-closes.  Content-Encoding gzip/x-gzip/deflate (zlib-wrapped or raw) is decoded
+Body framing: see http_syntax.py.  Content-Encoding gzip/deflate is decoded
 incrementally; the decoded bytes are what gets hashed and spooled.
 
 A body produces a file event when at least one byte of its body section was on
@@ -21,30 +19,31 @@ which queued request the next response answers.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
+from .http_syntax import _REQ_LINE
+from .http_syntax import _STATUS_LINE
+from .http_syntax import CCRLF
+from .http_syntax import CDATA
+from .http_syntax import CLOSE
+from .http_syntax import CSIZE
+from .http_syntax import DEAD
+from .http_syntax import HDR
+from .http_syntax import LEN
+from .http_syntax import MAX_HEADER
+from .http_syntax import MAX_LINE
+from .http_syntax import MAX_QUEUED
+from .http_syntax import RESP
+from .http_syntax import SNIFF_CHUNKS
+from .http_syntax import SYNC
+from .http_syntax import TRAILER
+from .http_syntax import _framing
+from .http_syntax import chunk_size
+from .http_syntax import message_role
 from .mime import Decoder
 from .mime import content_coding
 from .mime import disposition_filename
 from .mime import uri_file_name
-
-_METHODS = frozenset(
-    b"GET POST PUT HEAD DELETE OPTIONS PATCH TRACE CONNECT PROPFIND PROPPATCH MKCOL COPY "
-    b"MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE ACL BIND UNBIND LINK UNLINK "
-    b"MKCALENDAR UPDATE LABEL VERSION-CONTROL BASELINE-CONTROL SUBSCRIBE UNSUBSCRIBE "
-    b"NOTIFY PURGE".split())
-_REQ_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) +(\S+)(?: +HTTP/(\d)\.(\d))? *$")
-_STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) +(\d{3})\b")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-
-MAX_HEADER = 64 << 10   # larger header blocks are not HTTP we can use
-MAX_LINE = 4096         # chunk-size and trailer lines
-MAX_QUEUED = 256        # unanswered pipelined requests kept for pairing
-SNIFF_CHUNKS = 4        # segments examined before a connection is declared non-HTTP
-
-SYNC, HDR, LEN, CSIZE, CDATA, CCRLF, TRAILER, CLOSE, DEAD = range(9)
-REQ, RESP = 1, 2
 
 
 class HttpConn:
@@ -183,12 +182,7 @@ class _Half:
 
     def _sniff(self, buf: bytes) -> bool:
         """Does ``buf`` start like a message of this half's role?"""
-        head = bytes(buf[:24])
-        role = RESP if head.startswith(b"HTTP/1.") else 0
-        if not role:
-            sp = head.find(b" ")
-            if sp > 2 and head[:sp] in _METHODS:
-                role = REQ
+        role = message_role(buf)
         conn = self.conn
         if role and (not self.role or role == self.role):
             self.role = role
@@ -380,8 +374,7 @@ class _Half:
         if st == CSIZE:
             if not line:
                 return nl + 1   # tolerate blank lines before a chunk size
-            token = line.split(b";", 1)[0].strip()      # drop chunk extensions
-            size = int(token, 16) if _HEX.fullmatch(token) else -1
+            size = chunk_size(line)
             if size < 0:
                 self._framing_error()
             elif size == 0:
@@ -402,23 +395,3 @@ class _Half:
         self.lb.clear()
         self.finish_body(False)
         self.state = SYNC
-
-
-def _framing(hdrs: dict, response: bool) -> tuple[int, int]:
-    """(state, Content-Length) for a message body."""
-    te = hdrs.get("transfer-encoding", "").lower()
-    if te:
-        if te.rsplit(",", 1)[-1].strip() == "chunked":
-            return CSIZE, 0
-        return (CLOSE, 0) if response else (HDR, 0)
-    cl = hdrs.get("content-length")
-    if cl is not None:
-        try:
-            n = int(cl.split(",")[0].strip())
-        except ValueError:
-            n = -1
-        if n > 0:
-            return LEN, n
-        if n == 0:
-            return HDR, 0
-    return (CLOSE, 0) if response else (HDR, 0)
