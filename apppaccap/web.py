@@ -53,15 +53,9 @@ def _allowed_hosts(ctx) -> set[str]:
         names.add(socket.gethostname())
         names.add(socket.getfqdn())
         # Bound to every address: the machine's own addresses are fine too.
-        try:
-            import psutil
-            for addrs in psutil.net_if_addrs().values():
-                for a in addrs:
-                    if a.family in (socket.AF_INET, socket.AF_INET6):
-                        ip = a.address.split("%")[0]
-                        names.update({ip, f"[{ip}]"})
-        except Exception:  # noqa: BLE001 - a missing address only narrows the allow-list
-            pass
+        from apppaccap.capture.localaddr import interface_addresses
+        for ip in interface_addresses():
+            names.update({ip, f"[{ip}]"})
     return names
 
 

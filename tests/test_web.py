@@ -5,6 +5,8 @@ import os
 import pytest
 
 from apppaccap.themes import fill_placeholders
+from apppaccap.web import create_app
+from tests.conftest import make_ctx
 
 
 def test_root_redirects_to_default_theme(client):
@@ -84,3 +86,19 @@ def test_apppaccap_object(ajax):
 def test_themes_shipped_in_package_or_found(tmp_path):
     from apppaccap.themes import default_themes_dir
     assert os.path.isfile(os.path.join(default_themes_dir(), "default", "index.html"))
+
+
+def test_bound_to_all_addresses_accepts_own_addresses_only(tmp_path):
+    from apppaccap.capture.localaddr import interface_addresses
+    ctx = make_ctx(tmp_path, host="0.0.0.0", auth=True)
+    try:
+        client = create_app(ctx).test_client()
+        own = next(ip for ip in interface_addresses() if ":" not in ip and ip != "127.0.0.1")
+        ok = client.post("/ajax", data={"action": "settings_get_all"},
+                         headers={"Host": f"{own}:8733"}).get_json()
+        assert ok["ErrorCode"] == 2            # past the Host check; now it wants a token
+        bad = client.post("/ajax", data={"action": "settings_get_all"},
+                          headers={"Host": "rebind.example:8733"}).get_json()
+        assert bad["ErrorCode"] == 8
+    finally:
+        ctx.catalog.close()
