@@ -3,6 +3,7 @@ against a kernel stand-in, and live lookups of sockets this test opens."""
 
 import os
 import socket
+import subprocess
 import struct
 import time
 
@@ -90,6 +91,24 @@ def test_local_addresses_refresh_is_rate_limited():
     now[0] = 5.0
     assert local("192.168.1.5") and local.ifindex("192.168.1.5") == 2
     assert not local("not an ip")
+
+
+def test_address_added_a_moment_ago_is_local_at_once():
+    """The real path: a veth interface gets an address; the netlink change notice makes
+    it local on the next question, with no refresh interval to wait out (and removal
+    makes it foreign again)."""
+    name, ip = f"apcd{os.getpid() % 100000}", "10.231.77.9"
+    local = LocalAddresses(refresh=3600.0)
+    assert not local(ip)
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"],
+                   check=True)
+    try:
+        subprocess.run(["ip", "addr", "add", f"{ip}/32", "dev", name], check=True)
+        assert local(ip) and local.ifindex(ip) == socket.if_nametoindex(name)
+        subprocess.run(["ip", "addr", "del", f"{ip}/32", "dev", name], check=True)
+        assert not local(ip)
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)
 
 
 # --- acceptance rules, against a stand-in for the kernel ---------------------------------

@@ -27,7 +27,9 @@ PENDING = None          # status(): not answered yet
 MAX_FLOWS = 200_000     # LRU bound of the flow table
 RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
 RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned
-RECHECK = 0.05          # seconds before a listener-named or thread-less flow is asked again
+RECHECK = 0.03          # seconds before a listener-named or thread-less flow is asked again
+# While that second look is due the pipelines hold the flow's packets (within their hold
+# budget), so every capture stores the same, final answer for them.
 
 
 class Attribution:
@@ -115,16 +117,10 @@ class Attribution:
         fk = flow_key(*key5)
         entry = self.flows.get(fk)
         if entry is not None:
-            labels, resolved_at, seen, recheck, first = entry
+            labels, resolved_at, seen = entry[:3]
             entry[2] = now
             if labels is PENDING:
                 return PENDING
-            if recheck and now >= recheck:
-                # named through a listening socket at SYN time: ask again once the
-                # connection has been accepted (a fork-per-connection server hands it on)
-                entry[3] = 0
-                # ask in the flow's own orientation: the originator's owner stays first
-                self._queue.put((first, fk, now, RETRIES, True))
             stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
             if labels and not stale:
                 return labels
@@ -162,6 +158,10 @@ class Attribution:
             key5, fk, asked = item[:3]
             attempt = item[3] if len(item) > 3 else 0
             recheck = len(item) > 4
+            if recheck and item[4] > now:
+                seq += 1
+                heapq.heappush(delayed, (item[4], seq, item))
+                continue
             try:
                 _, src, sport, dst, dport = key5
                 owners = self.backend.resolve(*key5)
@@ -185,10 +185,20 @@ class Attribution:
             if entry is not None and (entry[0] is PENDING or (recheck and labels)):
                 entry[0], entry[1] = labels, now
                 if (via_listener or _thread_unknown(labels)) and not recheck:
-                    entry[3] = now + RECHECK
+                    self._schedule_recheck(entry, fk, now)
+            if recheck and entry is not None:
+                entry[3] = 0
             self.stats["resolved" if labels else "missed"] += 1
             if len(self.latencies) < 10000:
                 self.latencies.append(now - asked)
+
+    def _schedule_recheck(self, entry, fk, now) -> None:
+        """Look again shortly: a listener-named flow once the connection is accepted (a
+        fork-per-connection server hands it on), a thread-less one when the thread is
+        likely blocked on the socket. Asked in the flow's own orientation (entry[4]), so
+        the originator's owner stays first."""
+        entry[3] = now + RECHECK
+        self._queue.put((entry[4], fk, now, RETRIES, entry[3]))
 
     def deliver(self, key5: tuple, owners, infos: dict) -> None:
         """Owners found by the fast-path process (fastpath.py): they win over PENDING and
@@ -202,14 +212,17 @@ class Attribution:
         fk = flow_key(*key5)
         now = self.clock()
         entry = self.flows.get(fk)
-        recheck = now + RECHECK if _thread_unknown(labels) else 0
         if entry is None:
-            self.flows[fk] = [labels, now, now, recheck, key5]
+            entry = self.flows[fk] = [labels, now, now, 0, key5]
         elif entry[0] is PENDING or entry[0] == [] or (
                 len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
                 labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
             # better: more ends known, or the originator where we only had the peer
-            entry[0], entry[1], entry[3] = labels, now, recheck
+            entry[0], entry[1] = labels, now
+        else:
+            entry = None
+        if entry is not None and _thread_unknown(labels) and not entry[3]:
+            self._schedule_recheck(entry, fk, now)
         self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
 
     def _labels_for(self, pairs) -> list[Label]:

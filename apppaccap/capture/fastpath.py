@@ -77,15 +77,11 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
             conn.send(("flow", key5, [tuple(o) for o in found],
                        {p: (tuple(i) if i else None) for p, i in infos.items()}, took))
 
-    local_cache: dict = {}
+    is_local = getattr(owners.sockdiag, "is_local", None)
 
     def owners_local(ip):
-        v = local_cache.get(ip)
-        if v is None:
-            v = local_cache[ip] = bool(owners.sockdiag.is_local(ip)) \
-                if hasattr(owners.sockdiag, "is_local") and owners.sockdiag.is_local else \
-                ip.startswith("127.") or ip == "::1"
-        return v
+        # LocalAddresses memoises and follows address changes itself
+        return bool(is_local(ip)) if is_local else ip.startswith("127.") or ip == "::1"
 
     udp = {"count": 0, "since": time.monotonic(), "paused_until": 0.0}
 

@@ -27,9 +27,11 @@ class LocalAddresses:
     """Is an address one of this host's (this network namespace's)? Which interface has it?
 
     Loopback ranges are always local; multicast, broadcast and unspecified never are. The
-    interface list comes from psutil and is re-read at most every `refresh` seconds, and
-    only when an unknown address is asked about, so DHCP changes are picked up without
-    polling. Answers are memoised because this sits on the per-flow path.
+    interface list comes from psutil. On Linux a netlink socket subscribed to address
+    changes says when to re-read it (an address added a moment ago - DHCP, a veth just
+    configured - counts at once); elsewhere it is re-read at most every `refresh` seconds
+    when an unknown address is asked about. Answers are memoised because this sits on the
+    per-flow path.
     """
 
     def __init__(self, refresh: float = 2.0, clock: Callable[[], float] = time.monotonic,
@@ -39,6 +41,7 @@ class LocalAddresses:
         self._addrs: dict[str, int] = {}
         self._memo: dict[str, bool] = {}
         self._loaded = -1e18
+        self._changes = _address_changes() if source is None else None
 
     def _load(self) -> None:
         try:
@@ -49,6 +52,8 @@ class LocalAddresses:
 
     def __call__(self, ip: str) -> bool:
         """True when `ip` (text, IPv4-mapped allowed) is an address of this host."""
+        if self._changes is not None and self._changed():
+            self._load()        # one non-blocking recv (~1 µs) per question: per flow only
         known = self._memo.get(ip)
         if known is not None:
             return known
@@ -62,15 +67,32 @@ class LocalAddresses:
         elif addr.is_loopback:
             result = True
         else:
-            if ip not in self._addrs and self._clock() - self._loaded >= self._refresh:
+            if self._changes is not None:
+                if self._loaded < -1e17:
+                    self._load()
+            elif ip not in self._addrs and self._clock() - self._loaded >= self._refresh:
                 self._load()
             result = ip in self._addrs
-            if not result:
+            if not result and self._changes is None:
                 return False  # not memoised: the address may appear at the next refresh
         if len(self._memo) > 4096:
             self._memo.clear()
         self._memo[ip] = result
         return result
+
+    def _changed(self) -> bool:
+        """Drain the netlink socket; True when an address or link changed since last time.
+        An overrun (ENOBUFS) also means something changed."""
+        changed = False
+        for _ in range(1000):
+            try:
+                self._changes.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                pass
+            changed = True
+        return changed
 
     def ifindex(self, ip: str) -> int:
         """Index of the interface holding `ip` (loopback ranges: the loopback device)."""
@@ -85,6 +107,18 @@ class LocalAddresses:
         except ValueError:
             pass
         return 0
+
+
+def _address_changes():
+    """A non-blocking netlink socket told of every address/link change (Linux), or None."""
+    groups = 0x1 | 0x10 | 0x100     # RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        sock.bind((0, groups))
+        sock.setblocking(False)
+        return sock
+    except (AttributeError, OSError):
+        return None
 
 
 def interface_addresses() -> dict[str, int]:

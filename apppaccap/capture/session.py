@@ -141,10 +141,12 @@ class CaptureSession:
             if key is not None:
                 entry = flows.get(flow_key(*key))
                 labels = entry[0] if entry is not None else []
-                if labels is PENDING:
+                if labels is PENDING or (entry is not None and entry[3]):
+                    # unresolved, or a second look is due (attribution.RECHECK)
                     if now - arrived < self.hold and not draining:
                         return
-                    labels = []
+                    if labels is PENDING:
+                        labels = []
             buf.popleft()
             lab = self.target.pick(labels)
             if lab is False:
