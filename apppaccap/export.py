@@ -97,7 +97,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
             # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
             w.add_interface(r["linktype"], r["name"] or None,
                             tsresol_ns=r["ticks_per_second"] > 1_000_000)
-        blocks: dict = {}
+        blocks = db.block_reader()
         comments: dict = {}
         wanted = packet_ids
         cur = db.tuples(
@@ -113,11 +113,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                  notes) in rows:
                 if wanted is not None and pid_ not in wanted:
                     continue
-                data = blocks.get(blk)
-                if data is None:
-                    blocks.clear()  # packets come in block order: one block at a time
-                    row = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
-                    data = blocks[blk] = bytes(row[0]) if row else b""
+                data = blocks.get(blk)  # packets come in block order: one block at a time
                 comment = epb_comment(procs, process_id, tid, notes, comments) \
                     if process_id is not None or notes else None
                 append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
@@ -127,4 +123,5 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
             if progress is not None:
                 progress(100.0 * n / total)
         w.close()
+        blocks.close()
     return n

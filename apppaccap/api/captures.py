@@ -22,6 +22,7 @@ from apppaccap.capture.manager import PROCESS
 from apppaccap.capture.manager import SYSTEM
 from apppaccap.capture.manager import THREAD
 from apppaccap.filetime import from_ns
+from apppaccap.store.blocks import side_path
 from apppaccap.store.capturedb import capture_path
 
 ALL_FLAGS = FLAG_RESOLVE_IPS | FLAG_THREAD | FLAG_CHILDREN
@@ -259,9 +260,9 @@ def delete_capture_files(ctx, capture_id: int) -> None:
     from apppaccap.extract.service import forget_capture
     forget_capture(ctx, capture_id)  # spooled bodies, extracted files and their records
     path = capture_path(ctx.config.data_dir, capture_id)
-    for suffix in ("", "-wal", "-shm"):
+    for name in (path, path + "-wal", path + "-shm", side_path(path)):
         try:
-            os.remove(path + suffix)
+            os.remove(name)
         except FileNotFoundError:
             pass
 

@@ -64,10 +64,12 @@ def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
     # query per packet: the Summary is decoded from every packet's bytes.
     blocks = {}
     if len(rows) > 8:
-        for blk in {r["blk"] for r in rows}:
-            got = db.one("SELECT data FROM blocks WHERE id = ?", (blk,))
-            if got is not None:
-                blocks[blk] = bytes(got[0])
+        reader = db.block_reader()
+        try:
+            for blk in {r["blk"] for r in rows}:
+                blocks[blk] = reader.get(blk)
+        finally:
+            reader.close()
     return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1]["id"] if rows else last_id,
             "More": more,
             "Packets": [packet_object(db, r, capture_id, with_data, blocks) for r in rows]}

@@ -183,6 +183,8 @@ class Attribution:
             now = self.clock()
             entry = self.flows.get(fk)
             if entry is not None and (entry[0] is PENDING or (recheck and labels)):
+                if recheck and entry[0]:
+                    labels = _refine(entry[0], labels)
                 entry[0], entry[1] = labels, now
                 if (via_listener or _thread_unknown(labels)) and not recheck:
                     self._schedule_recheck(entry, fk, now)
@@ -311,6 +313,16 @@ class Attribution:
             if labels and entry is not None:
                 entry[0], entry[1] = labels, now
                 self.stats["swept"] += 1
+
+
+def _refine(old: list, new: list) -> list:
+    """A second look's answer merged into the first: an end found again takes the new
+    label (the accepted socket's process, the thread now known), an end whose socket has
+    closed since (a short-lived client) keeps its label, and the order - originator
+    first - stays."""
+    by_end = {lab.local: lab for lab in new}
+    merged = [by_end.pop(lab.local, lab) for lab in old]
+    return merged + list(by_end.values())
 
 
 def _thread_unknown(labels) -> bool:

@@ -16,7 +16,7 @@ from apppaccap.export import EPB_DIRECTION
 from apppaccap.export import atomic_file
 from apppaccap.export import epb_comment
 from apppaccap.pcapng_writer import PcapngWriter
-from apppaccap.search.scan import Blocks
+from apppaccap.store.blocks import BlockReader
 from apppaccap.search.scope import open_readonly
 from apppaccap.store.capturedb import capture_path
 
@@ -69,7 +69,7 @@ def _packets(ctx, search_id, cid, conn, ifmap):
     cols = ", ".join(c if c in have else "NULL" for c in _COLS)
     procs = {r[0]: (r[1], r[2] or r[3], r[4]) for r in conn.execute(
         "SELECT process_id, pid, path, name, cmdline FROM processes")}
-    blocks = Blocks(conn)
+    blocks = BlockReader(conn)
     comments: dict = {}
     last_item = 0
     while True:

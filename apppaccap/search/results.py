@@ -13,6 +13,7 @@ import os
 from apppaccap.capture.decode import decode
 from apppaccap.filetime import from_ns
 from apppaccap.search.scope import open_readonly
+from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import capture_path
 
 
@@ -53,12 +54,14 @@ def packet_summaries(data_dir: str, capture_id: int, ids: list[int]) -> dict:
                                      "(SELECT value FROM json_each(?))", (arg,)))
         lts = dict(conn.execute("SELECT id, linktype FROM interfaces"))
         out = {}
-        for pid, iface, blk, off, caplen in conn.execute(
-                "SELECT id, iface, blk, off, caplen FROM packets WHERE id IN "
-                "(SELECT value FROM json_each(?))", (arg,)):
-            row = conn.execute("SELECT substr(data, ?, ?) FROM blocks WHERE id = ?",
-                               (off + 1, caplen, blk)).fetchone()
-            out[pid] = decode(lts.get(iface, 1), bytes(row[0]) if row else b"").summary
+        blocks = BlockReader(conn, path)
+        try:
+            for pid, iface, blk, off, caplen in conn.execute(
+                    "SELECT id, iface, blk, off, caplen FROM packets WHERE id IN "
+                    "(SELECT value FROM json_each(?))", (arg,)).fetchall():
+                out[pid] = decode(lts.get(iface, 1), blocks.packet(blk, off, caplen)).summary
+        finally:
+            blocks.close()
         return out
     finally:
         conn.close()

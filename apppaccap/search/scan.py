@@ -11,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from apppaccap.capture.decode import decode
+from apppaccap.store.blocks import BlockReader
 
 CHUNK = 65536
 _BASE = "id, ts, len, caplen, iface, blk, off, process_id, conn_id, pid, tid"
@@ -63,19 +64,6 @@ class View:
         return memoryview(self.blob)[b + start:b + min(end, self.row[3])]
 
 
-class Blocks:
-    """The block rows of a capture, the current one kept (rows come in id order)."""
-
-    def __init__(self, conn):
-        self.conn, self.blk, self.data = conn, None, b""
-
-    def get(self, blk: int) -> bytes:
-        if blk != self.blk:
-            row = self.conn.execute("SELECT data FROM blocks WHERE id = ?", (blk,)).fetchone()
-            self.blk, self.data = blk, (bytes(row[0]) if row and row[0] is not None else b"")
-        return self.data
-
-
 def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
     """Yield (packets covered, [(packet_id, ts)…]) chunk by chunk, in packet id order.
 
@@ -100,7 +88,7 @@ def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
     else:
         cols = _BASE + "".join(f", {s}" for s in plan.select)
         sql = f"SELECT {cols} FROM packets WHERE id >= ? AND id <= ? AND ({where}) ORDER BY id"
-        blocks = Blocks(conn)
+        blocks = BlockReader(conn)
         test = plan.py
         slim = (f"SELECT id, blk, off, caplen FROM packets WHERE id >= ? AND id <= ? AND ({where})"
                 " ORDER BY id")
@@ -135,7 +123,7 @@ def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
         lo = hi + 1
 
 
-def _block_hits(rows, needle: bytes, blocks: Blocks):
+def _block_hits(rows, needle: bytes, blocks: BlockReader):
     """The candidate rows whose frame bytes contain needle, found by searching each block
     once (memchr speed) instead of each packet: only the hits reach the Python test."""
     n = len(needle)

@@ -19,11 +19,15 @@ from multiprocessing.connection import Connection
 
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
+    from apppaccap.store.blocks import side_path
     from apppaccap.store.capturedb import write_batch
     from apppaccap.store.database import connect
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
     db.execute("PRAGMA synchronous=OFF")
+    # packet bytes go to the side file (store/blocks.py), unbuffered: a block row is
+    # committed only after its bytes were handed to the OS
+    side = open(side_path(path), "ab", buffering=0)
     while True:
         try:
             msg = conn.recv()
@@ -33,7 +37,7 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
             break
         try:
             db.execute("BEGIN IMMEDIATE")
-            write_batch(db, *msg)
+            write_batch(db, *msg, side=side)
             db.execute("COMMIT")
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
@@ -42,6 +46,7 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
             except Exception:  # noqa: BLE001
                 pass
             conn.send(f"{type(exc).__name__}: {exc}")
+    side.close()
     db.close()
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from apppaccap.store.blocks import BlockReader
+from apppaccap.store.blocks import add_block
 from apppaccap.store.database import Database
 
 # The IP table's columns, shared with the catalog's global list (catalog.py).
@@ -73,6 +75,11 @@ MIGRATIONS = [
         host TEXT, method TEXT, status INTEGER, declared_size INTEGER, content_encoding TEXT,
         depth INTEGER NOT NULL DEFAULT 0, spool TEXT NOT NULL)
     """,
+    # 3: a block's bytes may live in the capture's side file (store/blocks.py)
+    """
+    ALTER TABLE blocks ADD COLUMN file_off INTEGER;
+    ALTER TABLE blocks ADD COLUMN size INTEGER;
+    """,
 ]
 
 # Both the catalog and capture databases keep an `ips` table with the same columns; one
@@ -99,13 +106,20 @@ class CaptureDb(Database):
         self.capture_id = capture_id
         super().__init__(capture_path(data_dir, capture_id), MIGRATIONS)
 
+    def block_reader(self) -> BlockReader:
+        """Reads this capture's blocks (inline or in the side file) on this thread."""
+        return BlockReader(self._reader(), self.path)
+
     def packet_bytes(self, blk: int, off: int, caplen: int) -> bytes:
-        row = self.one("SELECT substr(data, ?, ?) FROM blocks WHERE id = ?", (off + 1, caplen, blk))
-        return bytes(row[0]) if row and row[0] is not None else b""
+        reader = self.block_reader()
+        try:
+            return reader.packet(blk, off, caplen)
+        finally:
+            reader.close()
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
-                ips: dict, agg: dict) -> None:
+                ips: dict, agg: dict, side=None) -> None:
     """Persist one batch (runs on the writer thread, inside one transaction).
 
     packets: tuples (id, ts, …, notes, off) in PACKET_COLUMNS order; blk is assigned here.
@@ -113,7 +127,7 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     procs: process_id → (row, packets, bytes) deltas; threads: (pid, tid) → packets delta.
     ips: ip → [packets, bytes, first, last] deltas; agg: (kind, key, minute, proto) → [p, b].
     """
-    blk = conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid if blob else 0
+    blk = add_block(conn, blob, side) if blob else 0
     conn.executemany(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
         "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
