@@ -1,12 +1,14 @@
-"""Ship the top-level themes/ inside the package (apppaccap/themes) when building.
+"""Ship the top-level themes/ inside the package (apppaccap/themes) when building, and
+compile the optional pcap-ingest fast path (apppaccap/_pcapscan.c).
 
-Everything else is in pyproject.toml; this only copies the themes into the build so
-`pip install .` gives a working server with the default theme.
+Everything else is in pyproject.toml. The extension is optional: without a C compiler
+(or Python headers) the build goes on and ingest uses its pure-Python path.
 """
 
 import os
 import shutil
 
+from setuptools import Extension
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
@@ -22,4 +24,6 @@ class BuildWithThemes(build_py):
             shutil.copytree(src, dst)
 
 
-setup(cmdclass={"build_py": BuildWithThemes})
+setup(cmdclass={"build_py": BuildWithThemes},
+      ext_modules=[Extension("apppaccap._pcapscan", ["apppaccap/_pcapscan.c"],
+                             extra_compile_args=["-O2"], optional=True)])

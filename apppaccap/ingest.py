@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from apppaccap import pcapscan
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.capture.decode import decode
@@ -86,6 +87,17 @@ class _Labels:
         return lab
 
 
+def _add_interfaces(db, reader, known: int) -> int:
+    """Store the interfaces the reader found since `known`; returns how many there are."""
+    if len(reader.interfaces) > known:
+        new = [(i, f.name, f.linktype, f.ticks_per_second) for i, f in
+               enumerate(reader.interfaces[known:], start=known)]
+        db.write(lambda c: c.executemany(
+            "INSERT INTO interfaces(id, name, linktype, ticks_per_second) VALUES (?,?,?,?)",
+            new))
+    return len(reader.interfaces)
+
+
 def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     """Read every record into the capture's database; returns a summary dict."""
     db = CaptureDb(ctx.config.data_dir, capture_id)
@@ -100,20 +112,16 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         from apppaccap.store.bulkwriter import BulkWriter
         rec.bulk = BulkWriter(db.path)
     labels = _Labels(ctx, capture_id)
-    known_ifaces = 0
     state, message = COMPLETED, ""
     try:
         # Bulk load: the per-packet connection index is built once at the end (an index
         # maintained row by row halves the insert rate).
         db.write(lambda c: c.execute("DROP INDEX IF EXISTS packets_conn"))
-        for batch in reader.iter_batches(1024, tuples=True):
-            if len(reader.interfaces) > known_ifaces:
-                new = [(i, f.name, f.linktype, f.ticks_per_second) for i, f in
-                       enumerate(reader.interfaces[known_ifaces:], start=known_ifaces)]
-                db.write(lambda c, new=new: c.executemany(
-                    "INSERT INTO interfaces(id, name, linktype, ticks_per_second) "
-                    "VALUES (?,?,?,?)", new))
-                known_ifaces = len(reader.interfaces)
+        fast = rec.bulk is not None and pcapscan.usable(reader, rec)
+        # a pcap's interface is in its header: stored even if no packet follows
+        known_ifaces = _add_interfaces(db, reader, 0)
+        for batch in (() if fast else reader.iter_batches(1024, tuples=True)):
+            known_ifaces = _add_interfaces(db, reader, known_ifaces)
             add, conn_for = rec.add, rec.conn_for
             for ts, _caplen, origlen, linktype, iface, data, comment, pid, tid, flags in batch:
                 d = decode(linktype, data)
@@ -133,6 +141,13 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 add(ts, iface, data, origlen, d, conn, label, notes, direction)
             if progress is not None and reader.size:
                 progress(100.0 * reader.bytes_done / reader.size)
+        if fast:
+            # blocks are stored as the EPBs export writes (export.py copies them verbatim)
+            first = reader.interfaces[0]
+            rec.epb_div = 1 if first.ticks_per_second > 1_000_000 else 1000
+            db.write(lambda c: c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('block_framing', 'epb')"))
+            pcapscan.ingest(reader, rec, progress)
         if reader.error:
             if rec.packets:
                 message = f"stopped early, {rec.packets} packets kept: {reader.error}"

@@ -173,12 +173,33 @@ class CaptureReader(PcapngReading):
                 self._mm.madvise(mmap.MADV_DONTNEED, released, done - released)
                 released = done
 
-    def _iter_pcap(self, tuples):
+    def pcap_layout(self):
+        """(mmap, size, big_endian, ns per fraction unit, record header length, snaplen,
+        linktype) of a classic pcap file: what the compiled scanner needs."""
+        first = self.interfaces[0]
+        return (self._mm, self.size, self._e == ">", self._unit, self._rhl, first.snaplen,
+                first.linktype)
+
+    def pcap_record(self):
+        """The next record as a tuple (see iter_batches), or None at the end or at damage
+        (``error`` says which); for a caller that walks the file itself and hands the
+        reader the records it will not read (``bytes_done``/``packets`` say where)."""
+        gen = self._iter_pcap(True, finish=False)
+        try:
+            return next(gen, None)
+        finally:
+            gen.close()
+
+    def finish(self):
+        """Done walking the file: summarise the cut-off warnings."""
+        self._finish()
+
+    def _iter_pcap(self, tuples, finish=True):
         buf, size, rhl, unit = self._mm, self.size, self._rhl, self._unit
         linktype, snaplen = self.interfaces[0].linktype, self.interfaces[0].snaplen or MAX_CAPLEN
         limit = _NS // unit  # first invalid value of the fraction-of-second field
         unpack = struct.Struct(self._e + "IIII").unpack_from
-        off, n = 24, 0
+        off, n = max(24, self.bytes_done), self.packets  # resumes where the reader is
         try:
             while off < size:
                 if off + rhl > size:
@@ -211,7 +232,8 @@ class CaptureReader(PcapngReading):
                 else:
                     yield Record(sec * _NS + frac * unit, caplen, origlen, linktype, 0, data)
         finally:
-            self._finish()
+            if finish:
+                self._finish()
 
     def close(self):
         """Stop any iteration and release the file (safe to call twice)."""

@@ -22,7 +22,7 @@ import warnings
 from pcapng import FileWriter
 from pcapng import blocks
 
-__all__ = ["PcapngWriter", "process_comment"]
+__all__ = ["PcapngWriter", "process_comment", "frame_epb"]
 
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, if_id, ts_high, ts_low, caplen, origlen
 _TRAILERS = [struct.Struct(f"<{pad}xI") for pad in range(4)]  # padding + trailing length
@@ -48,6 +48,26 @@ def process_comment(pid: int, cmd: str | None, args: str | None,
     if thread_id is not None:
         text += f"\nThreadId: {thread_id}"
     return text
+
+
+def frame_epb(buf: bytearray, if_id: int, ticks: int, data, origlen: int, flags) -> int:
+    """Append one EPB - the bytes write_packets gives a packet with only `flags` (or no
+    option) - to buf; returns where the packet data starts. Ingest stores blocks framed
+    this way so that export can copy them verbatim (see export.py)."""
+    caplen = len(data)
+    pad = -caplen & 3
+    blen = 32 + caplen + pad + (0 if flags is None else 12)
+    buf += _EPB_HEAD.pack(6, blen, if_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen, origlen)
+    at = len(buf)
+    buf += data
+    if flags is None:
+        buf += _TRAILERS[pad].pack(blen)
+    else:
+        buf += _PAD[caplen & 3]
+        buf += _OPT_FLAGS.pack(2, 4, flags)
+        buf += _END_OF_OPTS
+        buf += _TRAILERS[0].pack(blen)
+    return at
 
 
 def _out_of_range(if_id, ts_ns, error) -> ValueError:

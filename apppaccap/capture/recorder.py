@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from apppaccap.capture.dns import dns_answers
+from apppaccap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
@@ -21,6 +22,7 @@ MAX_TS = 2**63
 DIR_IN, DIR_OUT, DIR_UNKNOWN = 0, 1, 2
 TCP, UDP = 6, 17
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+EPB_FLAGS = {DIR_IN: 1, DIR_OUT: 2}  # our Direction → pcapng epb_flags (export.py too)
 
 
 @dataclass
@@ -80,11 +82,16 @@ class Recorder:
         # file extractor's feed (None when extraction is off, the common case)
         self.on_tcp = None
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
+        self.evicted = 0  # eviction passes so far (pcapscan.py drops its flow table then)
+        # ns per timestamp tick when blocks are stored as pcapng EPBs (pcapscan.py), else 0
+        self.epb_div = 0
         self._known_ips: set = set()
         self._reset()
 
     def _reset(self):
-        self._rows, self._chunks, self._off = [], [], 0
+        # packet rows, packed rows from the compiled pcap scanner (capturedb.PLAIN_FORMAT)
+        # and the batch's packet bytes
+        self._rows, self._plain, self._buf = [], bytearray(), bytearray()
         self._dirty, self._procs, self._threads, self._flowmin = {}, {}, {}, {}
 
     def conn_for(self, d, ts):
@@ -172,12 +179,15 @@ class Recorder:
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
-        off = self._off
+        if self.epb_div:
+            off = frame_epb(self._buf, iface, ts // self.epb_div, data, origlen,
+                            EPB_FLAGS.get(direction))
+        else:
+            off = len(self._buf)
+            self._buf += data
         self._rows.append((pid_, ts, size, caplen, iface, l3, proto, src, dst, sport, dport,
                            tcp_flags, ttl, vlan, icmp_type, direction, conn_id, process_id, pid,
                            tid, notes, off, ts_raw))
-        self._chunks.append(data)
-        self._off = off + caplen
         # One aggregate per (flow, minute) here; expanded into per-IP/port/protocol rows at
         # flush time, so the per-packet cost is a single dict update.
         k = (fk, ts // MINUTE_NS)
@@ -190,7 +200,7 @@ class Recorder:
             a[3] = ts
         self.packets += 1
         self.bytes += size
-        if len(self._rows) >= self.batch_packets or self._off >= self.batch_bytes:
+        if len(self._rows) >= self.batch_packets or len(self._buf) >= self.batch_bytes:
             self.flush()
         return pid_
 
@@ -236,15 +246,15 @@ class Recorder:
 
     def flush(self, wait: bool = False):
         """Submit the accumulated batch to the writer thread (one transaction)."""
-        if self._rows or self._dirty:
-            rows, blob = self._rows, b"".join(self._chunks)
+        if self._rows or self._plain or self._dirty:
+            rows, blob = self._rows, self._buf  # _reset() starts a new buffer
             conns = {c.id: c.row() for c in self._dirty.values()}
             procs = {k: tuple(v) for k, v in self._procs.items()}
             ips, agg = self._expand()
             threads = {}
             for (pid, tid, _process_id), n in self._threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
-            args = (rows, blob, conns, procs, threads, ips, agg)
+            args = (rows, blob, conns, procs, threads, ips, agg, bytes(self._plain))
             if self.pending is not None and self.bulk is None:
                 self.pending.result()  # back-pressure: at most one batch in flight
             if self.bulk is not None:
@@ -271,6 +281,7 @@ class Recorder:
     def _evict(self) -> None:
         """Bound memory on long captures: forget flows that ended or have been idle for
         IDLE_NS (their rows are already written); a later packet starts a new connection."""
+        self.evicted += 1
         newest = max(c.last for c in self.conns.values())
         for key, c in list(self.conns.items()):
             if c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS:

@@ -20,18 +20,35 @@ def side_path(db_path: str) -> str:
     return stem + ".bytes"
 
 
-def add_block(conn, blob, side=None) -> int:
-    """Insert one block (in the caller's transaction); returns its id. With `side` (an
-    unbuffered append file), the bytes go to the side file first, so a committed row
-    always points at bytes already written."""
-    if side is None:
-        return conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid
-    at = side.seek(0, os.SEEK_END)
-    view = memoryview(blob)
-    while view:
-        view = view[side.write(view):]
-    return conn.execute("INSERT INTO blocks(data, file_off, size) VALUES (x'', ?, ?)",
-                        (at, len(blob))).lastrowid
+def add_block(conn, blob) -> int:
+    """Insert one block (in the caller's transaction); returns its id. `blob` is the bytes,
+    or (offset, size) of a region of the side file already written (SideFile.append)."""
+    if isinstance(blob, tuple):
+        return conn.execute("INSERT INTO blocks(data, file_off, size) VALUES (x'', ?, ?)",
+                            blob).lastrowid
+    return conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid
+
+
+class SideFile:
+    """Appends blocks to a capture's side file. The bytes are written before the row
+    that points at them is submitted, so a committed row never points past the file."""
+
+    def __init__(self, db_path: str):
+        self.fd = os.open(side_path(db_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.size = os.fstat(self.fd).st_size
+
+    def append(self, blob) -> tuple[int, int]:
+        at = self.size
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.size += len(blob)
+        return at, len(blob)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class BlockReader:

@@ -5,6 +5,8 @@ columns per packet row and copying packet bytes into blocks took as much interpr
 as parsing. For an ingest, the capture database's writes move to `python -m
 apppaccap.store.bulkwriter FD`, fed pickled batches over a socketpair; the parser keeps
 one core to itself. Live captures keep the in-process writer (their batches are small).
+Packet bytes do not cross the socket: the parent appends them to the capture's side file
+(store/blocks.py) and sends the region.
 """
 
 from __future__ import annotations
@@ -17,17 +19,16 @@ import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
+from apppaccap.store.blocks import SideFile
+
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
-    from apppaccap.store.blocks import side_path
     from apppaccap.store.capturedb import write_batch
     from apppaccap.store.database import connect
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
     db.execute("PRAGMA synchronous=OFF")
-    # packet bytes go to the side file (store/blocks.py), unbuffered: a block row is
-    # committed only after its bytes were handed to the OS
-    side = open(side_path(path), "ab", buffering=0)
+    db.execute("PRAGMA temp_store=MEMORY")  # the packed-row staging table (capturedb.py)
     while True:
         try:
             msg = conn.recv()
@@ -37,7 +38,7 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
             break
         try:
             db.execute("BEGIN IMMEDIATE")
-            write_batch(db, *msg, side=side)
+            write_batch(db, *msg)
             db.execute("COMMIT")
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
@@ -46,7 +47,6 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
             except Exception:  # noqa: BLE001
                 pass
             conn.send(f"{type(exc).__name__}: {exc}")
-    side.close()
     db.close()
 
 
@@ -63,6 +63,7 @@ class BulkWriter:
         finally:
             theirs.close()
         self.conn = Connection(mine.detach())
+        self.side = SideFile(path)
         self.pending: list[Future] = []
         self.depth = depth
         self._lock = threading.Lock()
@@ -71,6 +72,8 @@ class BulkWriter:
         while len(self.pending) >= self.depth:
             self._collect()
         fut: Future = Future()
+        if args[1]:
+            args = (args[0], self.side.append(args[1]), *args[2:])
         self.conn.send(args)
         self.pending.append(fut)
         return fut
@@ -97,6 +100,7 @@ class BulkWriter:
                 self.conn.send(None)
             except OSError:
                 pass
+            self.side.close()
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

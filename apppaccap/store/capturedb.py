@@ -12,6 +12,7 @@ couple of executemany calls per batch (notes/store-search.md §6.3).
 from __future__ import annotations
 
 import os
+import struct
 
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.blocks import add_block
@@ -82,6 +83,21 @@ MIGRATIONS = [
     """,
 ]
 
+def _insert_packed(conn, plain: bytes, blk: int) -> None:
+    conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS packed ({PLAIN_FIELDS})")
+    conn.executemany(f"INSERT INTO temp.packed VALUES ({','.join('?' * 13)})",
+                     struct.iter_unpack(PLAIN_FORMAT, plain))
+    # LEFT JOIN: a packet is never dropped, even if its connection row were missing
+    conn.execute(
+        "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,"
+        "ttl,direction,conn_id,pid,tid,off,blk) SELECT p.id,p.ts,p.len,p.caplen,0,p.l3,"
+        "p.proto,CASE p.direction WHEN 1 THEN c.local_ip ELSE c.remote_ip END,"
+        "CASE p.direction WHEN 1 THEN c.remote_ip ELSE c.local_ip END,p.sport,p.dport,"
+        f"p.tcp_flags,p.ttl,p.direction,p.conn_id,0,0,p.off,{blk} FROM temp.packed p "
+        "LEFT JOIN connections c ON c.id = p.conn_id ORDER BY p.id")
+    conn.execute("DELETE FROM temp.packed")
+
+
 # Both the catalog and capture databases keep an `ips` table with the same columns; one
 # statement adds a batch's (ip, packets, bytes, first, last) to either.
 IPS_UPSERT = (
@@ -118,26 +134,38 @@ class CaptureDb(Database):
             reader.close()
 
 
+# Packed packet rows from the compiled pcap scanner (apppaccap/_pcapscan.c): a packet with
+# no VLAN, ICMP type, process, notes or out-of-range time, on interface 0, as 47 bytes.
+# The writer binds only integers (binding text and NULLs is the costly part of a row for
+# the sqlite3 module) and SQL takes src/dst from the packet's connection.
+PLAIN_FORMAT = "<qqIIHBHHHBBqI"
+PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,conn_id,off"
+
+
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
-                ips: dict, agg: dict, side=None) -> None:
+                ips: dict, agg: dict, plain=b"") -> None:
     """Persist one batch (runs on the writer thread, inside one transaction).
 
-    packets: tuples (id, ts, …, notes, off) in PACKET_COLUMNS order; blk is assigned here.
+    packets: tuples (id, ts, …, notes, off) in the INSERT's column order; blk is assigned
+    here; plain: more packets, packed (PLAIN_FORMAT); blob: the packets' bytes, or the
+    (offset, size) of the side-file region holding them (store/blocks.py).
     conns: id → row tuple (full upsert of the connection's current counters).
     procs: process_id → (row, packets, bytes) deltas; threads: (pid, tid) → packets delta.
     ips: ip → [packets, bytes, first, last] deltas; agg: (kind, key, minute, proto) → [p, b].
     """
-    blk = add_block(conn, blob, side) if blob else 0
-    conn.executemany(
-        "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
-        "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
-        f"off,ts_raw,blk) VALUES ({','.join('?' * 23)},{blk})", packets)
-    if conns:
+    blk = add_block(conn, blob) if blob else 0
+    if conns:  # first: packed rows take their addresses from here
         conn.executemany(
             "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"
             "remote_port,process_id,pid,tid,first_time,last_time,packets_out,bytes_out,"
             "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", list(conns.values()))
+    conn.executemany(
+        "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
+        "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
+        f"off,ts_raw,blk) VALUES ({','.join('?' * 23)},{blk})", packets)
+    if plain:
+        _insert_packed(conn, plain, blk)
     for pid_, (row, n, b) in procs.items():
         conn.execute(
             "INSERT INTO processes(process_id,pid,ppid,name,path,cmdline,user,start_time,"

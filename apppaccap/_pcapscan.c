@@ -1,0 +1,435 @@
+/* The compiled half of classic-pcap ingest (see apppaccap/pcapscan.py).
+ *
+ * scan() walks pcap records in a buffer (the mmap of the file) and records the common
+ * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
+ * or UDP, on a flow already known - exactly as Recorder.add() would: connection
+ * counters and TCP state, the (flow, minute) aggregate, the packet row and its bytes.
+ * Everything else stops the scan and is handled by the Python path one record at a
+ * time: record headers that need a warning or an error, frames the fast decoder does
+ * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...), DNS
+ * answers (they name hosts), and the first packet of each flow (Python creates the
+ * connection, then registers it here). tests/test_pcapscan.py checks that both paths
+ * store identical rows for every file of the corpus.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define NS 1000000000LL
+#define MINUTE_NS 60000000000LL
+#define MAX_CAPLEN (256u << 20)
+
+enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
+
+/* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqI"
+ * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off);
+ * the writer expands it in SQL, taking src/dst from the connection. */
+#define ROW_SIZE 47
+
+static inline unsigned char *put(unsigned char *p, unsigned long long v, int n) {
+    int i;
+    for (i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+    return p + n;
+}
+
+static PyObject *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_state, *a_fin;
+static PyObject *st_empty, *st_est, *st_active, *st_reset, *st_closed, *st_closing,
+    *st_syn_sent, *st_syn_received;
+
+static inline uint32_t rd32(const unsigned char *p, int big) {
+    return big ? ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3])
+               : ((uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]);
+}
+
+static inline int be16(const unsigned char *p) { return (p[0] << 8) | p[1]; }
+
+typedef struct {
+    int l3, proto, sport, dport, flags, ttl, alen;
+    const unsigned char *sa, *da;
+} Frame;
+
+/* 1: a clean TCP/UDP frame, fields as capture/decode.py gives them; 0: ask Python. */
+static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f) {
+    Py_ssize_t off, lim = n, l4, have;
+    int l3;
+    if (lt == 1) {
+        if (n < 14) return 0;
+        l3 = be16(d + 12);
+        off = 14;
+    } else if (lt == 101 || lt == 12 || lt == 14) {
+        if (n < 1) return 0;
+        l3 = (d[0] >> 4) == 4 ? 0x0800 : (d[0] >> 4) == 6 ? 0x86DD : 0;
+        off = 0;
+    } else if (lt == 228 || lt == 229) {
+        l3 = lt == 228 ? 0x0800 : 0x86DD;
+        off = 0;
+    } else if (lt == 113) {
+        if (n < 16) return 0;
+        l3 = be16(d + 14);
+        off = 16;
+    } else if (lt == 276) {
+        if (n < 20) return 0;
+        l3 = be16(d);
+        off = 20;
+    } else {
+        return 0;
+    }
+    if (l3 == 0x0800) {
+        const unsigned char *ip = d + off;
+        int ihl, tot;
+        if (n - off < 20 || (ip[0] >> 4) != 4) return 0;
+        ihl = (ip[0] & 15) << 2;
+        tot = be16(ip + 2);
+        if (ihl < 20 || tot < ihl || (be16(ip + 6) & 0x1FFF)) return 0;
+        if (off + tot < n) lim = off + tot;
+        l4 = off + ihl;
+        if (l4 > lim) return 0;
+        f->ttl = ip[8];
+        f->proto = ip[9];
+        f->sa = ip + 12;
+        f->da = ip + 16;
+        f->alen = 4;
+    } else if (l3 == 0x86DD) {
+        const unsigned char *ip = d + off;
+        int plen;
+        if (n - off < 40 || (ip[0] >> 4) != 6) return 0;
+        plen = be16(ip + 4);
+        if (plen && off + 40 + plen < n) lim = off + 40 + plen;
+        l4 = off + 40;
+        f->proto = ip[6];   /* an extension header is not 6/17: Python walks those */
+        f->ttl = ip[7];
+        f->sa = ip + 8;
+        f->da = ip + 24;
+        f->alen = 16;
+    } else {
+        return 0;
+    }
+    f->l3 = l3;
+    have = lim - l4;
+    if (f->proto == 6) {
+        int of, hlen;
+        if (have < 20) return 0;
+        of = be16(d + l4 + 12);
+        hlen = (of >> 12) << 2;
+        if (hlen < 20 || hlen > have) return 0;
+        f->flags = of & 0x1FF;
+    } else if (f->proto == 17) {
+        if (have < 8) return 0;
+        f->flags = 0;
+    } else {
+        return 0;
+    }
+    f->sport = be16(d + l4);
+    f->dport = be16(d + l4 + 2);
+    /* DNS answers teach hostnames (Recorder._learn_dns): Python's */
+    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) return 0;
+    return 1;
+}
+
+/* obj.name += delta (ints) */
+static int add_attr(PyObject *obj, PyObject *name, long long delta) {
+    PyObject *v = PyObject_GetAttr(obj, name), *d, *r;
+    int rc;
+    if (v == NULL) return -1;
+    d = PyLong_FromLongLong(delta);
+    if (d == NULL) { Py_DECREF(v); return -1; }
+    r = PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_DECREF(d);
+    if (r == NULL) return -1;
+    rc = PyObject_SetAttr(obj, name, r);
+    Py_DECREF(r);
+    return rc;
+}
+
+static int same_str(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
+}
+
+/* recorder._tcp_state, for a known connection */
+static int tcp_state(PyObject *conn, int flags) {
+    PyObject *state = PyObject_GetAttr(conn, a_state), *next = NULL;
+    int rc = 0;
+    if (state == NULL) return -1;
+    if (!(flags & 0x07) && same_str(state, st_est)) {
+        Py_DECREF(state);
+        return 0;   /* the common case: established, no SYN/FIN/RST */
+    }
+    if (flags & 0x04) {
+        next = st_reset;
+    } else if (flags & 0x01) {
+        PyObject *fin;
+        long n;
+        if (add_attr(conn, a_fin, 1) < 0) { Py_DECREF(state); return -1; }
+        fin = PyObject_GetAttr(conn, a_fin);
+        if (fin == NULL) { Py_DECREF(state); return -1; }
+        n = PyLong_AsLong(fin);
+        Py_DECREF(fin);
+        next = n >= 2 ? st_closed : st_closing;
+    } else if (flags & 0x02) {
+        next = (flags & 0x10) ? st_syn_received : st_syn_sent;
+    } else if (same_str(state, st_empty) || same_str(state, st_syn_sent) ||
+               same_str(state, st_syn_received)) {
+        next = st_est;
+    }
+    if (next != NULL) rc = PyObject_SetAttr(conn, a_state, next);
+    Py_DECREF(state);
+    return rc;
+}
+
+/* key: proto, address length, then the smaller endpoint (address, port) first */
+static PyObject *flow_key(const Frame *f, int *src_is_a) {
+    int alen = f->alen, c = memcmp(f->sa, f->da, alen);
+    Py_ssize_t klen = 2 + 2 * (alen + 2);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
+    unsigned char *k, *p;
+    const unsigned char *a, *b;
+    int ap, bp;
+    if (key == NULL) return NULL;
+    *src_is_a = c < 0 || (c == 0 && f->sport <= f->dport);
+    a = *src_is_a ? f->sa : f->da;
+    b = *src_is_a ? f->da : f->sa;
+    ap = *src_is_a ? f->sport : f->dport;
+    bp = *src_is_a ? f->dport : f->sport;
+    k = (unsigned char *)PyBytes_AS_STRING(key);
+    k[0] = (unsigned char)f->proto;
+    k[1] = (unsigned char)alen;
+    p = k + 2;
+    memcpy(p, a, alen);
+    p[alen] = ap >> 8;
+    p[alen + 1] = ap & 0xFF;
+    p += alen + 2;
+    memcpy(p, b, alen);
+    p[alen] = bp >> 8;
+    p[alen + 1] = bp & 0xFF;
+    return key;
+}
+
+/* flowmin[(conn, minute)] += (1 packet, size bytes), last = ts */
+static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long size) {
+    PyObject *k = Py_BuildValue("(OL)", conn, ts / MINUTE_NS), *v;
+    int rc = 0;
+    if (k == NULL) return -1;
+    v = PyDict_GetItemWithError(flowmin, k);
+    if (v == NULL) {
+        if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
+        v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
+        if (v == NULL) { Py_DECREF(k); return -1; }
+        rc = PyDict_SetItem(flowmin, k, v);
+        Py_DECREF(v);
+    } else {
+        PyObject *n = PyLong_FromLongLong(PyLong_AsLongLong(PyList_GET_ITEM(v, 0)) + 1);
+        PyObject *b = PyLong_FromLongLong(PyLong_AsLongLong(PyList_GET_ITEM(v, 1)) + size);
+        PyObject *t = PyLong_FromLongLong(ts);
+        if (n == NULL || b == NULL || t == NULL) {
+            Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(k);
+            return -1;
+        }
+        PyList_SetItem(v, 0, n);   /* steals */
+        PyList_SetItem(v, 1, b);
+        PyList_SetItem(v, 3, t);
+    }
+    Py_DECREF(k);
+    return rc;
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
+"     next_id, max_rows, max_bytes, flowmin, dirty, div)\n"
+"-> (off, packets, bytes, code, key, src_is_a)\n\n"
+"Record pcap packets from buf[off:size] until a batch limit (code 0), the end (1), a\n"
+"record Python must handle (2) or the first packet of an unknown flow (3, with its\n"
+"key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
+"a_is_local, conn_id, local_ip, remote_ip); plain: bytearray of packed rows\n"
+"(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
+"EPB with ticks of div ns when div > 0.");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, size, max_rows, max_bytes, taken = 0;
+    int big, rhl;
+    long long unit, next_id, div, total = 0;
+    unsigned int snaplen, linktype;
+    PyObject *flows, *plain, *blob, *flowmin, *dirty, *key = NULL;
+    int code = END, src_is_a = 0;
+    const unsigned char *buf;
+    long long limit;
+
+    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L", &view, &off, &size, &big, &unit,
+                          &rhl, &snaplen, &linktype, &PyDict_Type, &flows, &PyByteArray_Type,
+                          &plain, &PyByteArray_Type, &blob, &next_id, &max_rows, &max_bytes,
+                          &PyDict_Type, &flowmin, &PyDict_Type, &dirty, &div))
+        return NULL;
+    if (size > view.len) size = view.len;
+    buf = (const unsigned char *)view.buf;
+    linktype &= 0x0FFFFFFF;
+    limit = NS / unit;
+    if (snaplen == 0) snaplen = MAX_CAPLEN;
+
+    while (1) {
+        const unsigned char *h, *data;
+        uint32_t sec, frac, caplen, origlen;
+        Frame f;
+        PyObject *entry, *conn, *conn_id;
+        Py_ssize_t boff;
+        long long ts;
+        int out;
+
+        if (taken >= max_rows || PyByteArray_GET_SIZE(blob) >= max_bytes) { code = FULL; break; }
+        if (off >= size) { code = END; break; }
+        if (off + rhl > size) { code = SLOW; break; }
+        h = buf + off;
+        sec = rd32(h, big);
+        frac = rd32(h + 4, big);
+        caplen = rd32(h + 8, big);
+        origlen = rd32(h + 12, big);
+        if (caplen > MAX_CAPLEN || off + rhl + (Py_ssize_t)caplen > size ||
+            frac >= limit || caplen > snaplen || caplen > origlen) {
+            code = SLOW;   /* Python's reader stops or warns with the words for it */
+            break;
+        }
+        data = h + rhl;
+        if (!fast_decode(linktype, data, caplen, &f)) { code = SLOW; break; }
+        key = flow_key(&f, &src_is_a);
+        if (key == NULL) goto fail;
+        entry = PyDict_GetItemWithError(flows, key);
+        if (entry == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            code = NEWFLOW;   /* keep key: Python registers the connection under it */
+            break;
+        }
+        Py_CLEAR(key);
+        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5) {
+            PyErr_SetString(PyExc_TypeError, "flows values must be 5-tuples");
+            goto fail;
+        }
+        conn = PyTuple_GET_ITEM(entry, 0);
+        out = src_is_a == PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        conn_id = PyTuple_GET_ITEM(entry, 2);
+        ts = (long long)sec * NS + (long long)frac * unit;
+
+        if (add_attr(conn, out ? a_pout : a_pin, 1) < 0 ||
+            add_attr(conn, out ? a_bout : a_bin, origlen) < 0)
+            goto fail;
+        {
+            PyObject *t = PyLong_FromLongLong(ts);
+            int rc;
+            if (t == NULL) goto fail;
+            rc = PyObject_SetAttr(conn, a_last, t);
+            Py_DECREF(t);
+            if (rc < 0) goto fail;
+        }
+        if (f.proto == 6) {
+            if (tcp_state(conn, f.flags) < 0) goto fail;
+        } else {
+            PyObject *state = PyObject_GetAttr(conn, a_state);
+            int empty;
+            if (state == NULL) goto fail;
+            empty = PyObject_Not(state);
+            Py_DECREF(state);
+            if (empty && PyObject_SetAttr(conn, a_state, st_active) < 0) goto fail;
+        }
+        if (PyDict_SetItem(dirty, conn_id, conn) < 0) goto fail;
+
+        boff = PyByteArray_GET_SIZE(blob);
+        if (div) {
+            /* the packet as the EPB export writes it (pcapng_writer.frame_epb): header,
+             * data, padding, epb_flags, end of options, trailing length */
+            uint32_t pad = (4 - (caplen & 3)) & 3, blen = 44 + caplen + pad;
+            unsigned long long ticks = (unsigned long long)(ts / div);
+            unsigned char *p;
+            if (PyByteArray_Resize(blob, boff + blen) < 0) goto fail;
+            p = (unsigned char *)PyByteArray_AS_STRING(blob) + boff;
+            p = put(p, 6, 4);
+            p = put(p, blen, 4);
+            p = put(p, 0, 4);
+            p = put(p, ticks >> 32, 4);
+            p = put(p, ticks & 0xFFFFFFFFu, 4);
+            p = put(p, caplen, 4);
+            p = put(p, origlen, 4);
+            memcpy(p, data, caplen);
+            p += caplen;
+            memset(p, 0, pad);
+            p += pad;
+            p = put(p, 2, 2);
+            p = put(p, 4, 2);
+            p = put(p, out ? 2 : 1, 4);
+            p = put(p, 0, 4);
+            put(p, blen, 4);
+            boff += 28;
+        } else {
+            if (PyByteArray_Resize(blob, boff + caplen) < 0) goto fail;
+            memcpy(PyByteArray_AS_STRING(blob) + boff, data, caplen);
+        }
+        {
+            Py_ssize_t at = PyByteArray_GET_SIZE(plain);
+            long long cid = PyLong_AsLongLong(conn_id);
+            unsigned char *p;
+            if (cid == -1 && PyErr_Occurred()) goto fail;
+            if (PyByteArray_Resize(plain, at + ROW_SIZE) < 0) goto fail;
+            p = (unsigned char *)PyByteArray_AS_STRING(plain) + at;
+            p = put(p, (unsigned long long)next_id, 8);
+            p = put(p, (unsigned long long)ts, 8);
+            p = put(p, origlen, 4);
+            p = put(p, caplen, 4);
+            p = put(p, f.l3, 2);
+            p = put(p, f.proto, 1);
+            p = put(p, f.sport, 2);
+            p = put(p, f.dport, 2);
+            p = put(p, f.flags, 2);
+            p = put(p, f.ttl, 1);
+            p = put(p, out ? 1 : 0, 1);
+            p = put(p, (unsigned long long)cid, 8);
+            put(p, (unsigned long long)boff, 4);
+        }
+        if (aggregate(flowmin, conn, ts, origlen) < 0) goto fail;
+
+        next_id++;
+        taken++;
+        total += origlen;
+        off += rhl + caplen;
+    }
+    PyBuffer_Release(&view);
+    if (key == NULL) {
+        Py_INCREF(Py_None);
+        key = Py_None;
+    }
+    return Py_BuildValue("(nnLiNi)", off, taken, total, code, key, src_is_a);
+
+fail:
+    Py_XDECREF(key);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pcapscan", "Compiled fast path of classic-pcap ingest.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__pcapscan(void) {
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(a_pout, "pout");
+    INTERN(a_bout, "bout");
+    INTERN(a_pin, "pin");
+    INTERN(a_bin, "bin");
+    INTERN(a_last, "last");
+    INTERN(a_state, "state");
+    INTERN(a_fin, "fin");
+    INTERN(st_empty, "");
+    INTERN(st_est, "ESTABLISHED");
+    INTERN(st_active, "ACTIVE");
+    INTERN(st_reset, "RESET");
+    INTERN(st_closed, "CLOSED");
+    INTERN(st_closing, "CLOSING");
+    INTERN(st_syn_sent, "SYN_SENT");
+    INTERN(st_syn_received, "SYN_RECEIVED");
+#undef INTERN
+    return PyModule_Create(&module);
+}
