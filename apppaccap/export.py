@@ -83,42 +83,23 @@ def epb_comment(procs: dict, process_id, tid, notes, cache: dict) -> str | None:
 
 
 def _framed_as_written(db) -> bool:
-    """Are the capture's blocks exactly the EPBs this export would write? So they are
-    when ingest framed them (meta block_framing) and no packet has gained what the
-    framing lacks since: notes, a process, a time kept as text."""
+    """Are the capture's blocks stored as the EPBs this export writes (ingest framed them,
+    meta block_framing)? Then blocks are copied as they are, except those holding a
+    packet that has gained what the framing lacks: notes, a process, a time kept as text."""
     framing = db.one("SELECT value FROM meta WHERE key = 'block_framing'")
-    if framing is None or framing[0] != "epb":
-        return False
-    return db.one("SELECT 1 FROM packets WHERE notes IS NOT NULL OR process_id IS NOT NULL "
-                  "OR ts_raw IS NOT NULL LIMIT 1") is None
+    return framing is not None and framing[0] == "epb"
 
 
-def _copy_blocks(db, fh, progress=None) -> None:
-    """Append every block, in order, to the open file fh (kernel-side copy when the
-    bytes are in the side file)."""
-    rows = db.tuples("SELECT data, file_off, size FROM blocks ORDER BY id").fetchall()
-    total = sum(r[2] if r[1] is not None else len(r[0]) for r in rows) or 1
-    done = 0
-    side = None
-    try:
-        for data, file_off, size in rows:
-            if file_off is None:
-                fh.write(data)
-                fh.flush()
-                done += len(data)
-            else:
-                if side is None:
-                    side = os.open(side_path(db.path), os.O_RDONLY)
-                _copy_range(side, fh.fileno(), file_off, size)
-                done += size
-            if progress is not None:
-                progress(100.0 * done / total)
-    finally:
-        if side is not None:
-            os.close(side)
+def _changed_blocks(db) -> dict:
+    """blk → (first, last) packet id of blocks that must be written packet by packet."""
+    return {blk: (lo, hi) for blk, lo, hi in db.tuples(
+        "SELECT blk, min(id), max(id) FROM packets WHERE blk IN (SELECT DISTINCT blk FROM "
+        "packets WHERE notes IS NOT NULL OR process_id IS NOT NULL OR ts_raw IS NOT NULL) "
+        "GROUP BY blk")}
 
 
 def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
+    """Kernel-side copy of a side-file region to the end of dst."""
     while size > 0:
         try:
             n = os.copy_file_range(src, dst, size, offset)
@@ -130,31 +111,20 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         size -= n
 
 
-def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
-                  packet_ids=None) -> int:
-    """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path.
+class _Exporter:
+    """One export: the writer, the process comments and where the bytes come from."""
 
-    Written to `path + ".part"` and renamed when complete, so a reader never sees half a file.
-    """
-    procs = _comments(db)
-    total = db.one("SELECT count(*) FROM packets")[0] or 1
-    n = 0
-    with atomic_file(path) as fh:
-        w = PcapngWriter(fh, comment="exported by AppPacCap")
-        for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
-                         "ORDER BY id"):
-            # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
-            w.add_interface(r["linktype"], r["name"] or None,
-                            tsresol_ns=r["ticks_per_second"] > 1_000_000)
-        if where == "" and packet_ids is None and _framed_as_written(db):
-            w.flush()
-            _copy_blocks(db, fh, progress)
-            w.close()
-            return total if db.one("SELECT 1 FROM packets LIMIT 1") else 0
-        blocks = db.block_reader()
-        comments: dict = {}
-        wanted = packet_ids
-        cur = db.tuples(
+    def __init__(self, db, w: PcapngWriter, total: int, progress):
+        self.db, self.w, self.total, self.progress = db, w, total, progress
+        self.procs = _comments(db)
+        self.comments: dict = {}
+        self.blocks = db.block_reader()
+        self.n = 0
+
+    def packets(self, where: str, params, wanted=None) -> None:
+        """Write the packets selected by `where`, one EPB each."""
+        blocks, procs, comments = self.blocks, self.procs, self.comments
+        cur = self.db.tuples(
             "SELECT id, iface, coalesce(ts_raw, ts), len, caplen, blk, off, process_id, pid, "
             f"tid, direction, notes FROM packets WHERE 1=1 {where} ORDER BY id", tuple(params))
         while True:
@@ -173,9 +143,62 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
                 append((iface, int(ts) if type(ts) is str else ts, data[off:off + caplen],
                         length, comment, EPB_DIRECTION.get(direction), pid or None,
                         tid or None))
-            n += w.write_packets(out)
-            if progress is not None:
-                progress(100.0 * n / total)
-        w.close()
-        blocks.close()
-    return n
+            self.n += self.w.write_packets(out)
+            if self.progress is not None:
+                self.progress(100.0 * self.n / self.total)
+
+    def verbatim(self, fh) -> None:
+        """Every block in order: copied when unchanged, else packet by packet."""
+        changed = _changed_blocks(self.db)
+        side = None
+        try:
+            rows = self.db.tuples("SELECT id, data, file_off, size FROM blocks ORDER BY id")
+            rows = rows.fetchall()
+            for i, (blk, data, file_off, size) in enumerate(rows, 1):
+                if blk in changed:
+                    self.packets("AND id BETWEEN ? AND ?", changed[blk])
+                    continue
+                self.w.flush()
+                if file_off is None:
+                    fh.write(data)
+                    fh.flush()
+                else:
+                    if side is None:
+                        side = os.open(side_path(self.db.path), os.O_RDONLY)
+                    _copy_range(side, fh.fileno(), file_off, size)
+                if self.progress is not None:
+                    self.progress(100.0 * i / len(rows))
+            self.n = self.db.one("SELECT count(*) FROM packets")[0]
+        finally:
+            if side is not None:
+                os.close(side)
+
+    def close(self) -> None:
+        self.w.close()
+        self.blocks.close()
+
+
+def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
+                  packet_ids=None, copy_blocks: bool = True) -> int:
+    """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path;
+    copy_blocks=False writes every packet on its own even where blocks could be copied.
+
+    Written to `path + ".part"` and renamed when complete, so a reader never sees half a file.
+    """
+    total = db.one("SELECT count(*) FROM packets")[0] or 1
+    with atomic_file(path) as fh:
+        w = PcapngWriter(fh, comment="exported by AppPacCap")
+        for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
+                         "ORDER BY id"):
+            # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
+            w.add_interface(r["linktype"], r["name"] or None,
+                            tsresol_ns=r["ticks_per_second"] > 1_000_000)
+        job = _Exporter(db, w, total, progress)
+        try:
+            if copy_blocks and where == "" and packet_ids is None and _framed_as_written(db):
+                job.verbatim(fh)
+            else:
+                job.packets(where, params, packet_ids)
+        finally:
+            job.close()
+    return job.n

@@ -133,3 +133,24 @@ def test_generated_flows_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
     out = subprocess.run(["tshark", "-r", str(tmp_path / "fast.pcapng"), "-T", "fields",
                           "-e", "frame.number"], capture_output=True, text=True, check=True)
     assert len(out.stdout.split()) == len(dump["packets"])
+
+
+def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):
+    """A verbatim-copied capture with a packet note: that packet's block is rewritten
+    packet by packet, the others copied; the file equals the all-packets export."""
+    src = str(tmp_path / "flows.pcap")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
+                    "--packets", "50000"], check=True, cwd=ROOT)
+    fast_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    slow_id, _ = _ingest(ctx, src, fast=False, monkeypatch=monkeypatch)
+    for cid in (fast_id, slow_id):
+        db = CaptureDb(ctx.config.data_dir, cid)
+        assert db.one("SELECT count(DISTINCT blk) FROM packets")[0] > 2   # several blocks
+        db.write(lambda c: c.execute("UPDATE packets SET notes = 'look here' WHERE id = 30000"))
+        db.close()
+    fast = _export(ctx, fast_id, tmp_path, "fast.pcapng")
+    assert fast == _export(ctx, slow_id, tmp_path, "slow.pcapng")
+    out = subprocess.run(["tshark", "-r", str(tmp_path / "fast.pcapng"), "-Y", "frame.comment",
+                          "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0].split("\t") == ["30000", "look here"]

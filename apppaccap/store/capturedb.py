@@ -94,7 +94,7 @@ def _insert_packed(conn, plain: bytes, blk: int) -> None:
         "p.proto,CASE p.direction WHEN 1 THEN c.local_ip ELSE c.remote_ip END,"
         "CASE p.direction WHEN 1 THEN c.remote_ip ELSE c.local_ip END,p.sport,p.dport,"
         f"p.tcp_flags,p.ttl,p.direction,p.conn_id,0,0,p.off,{blk} FROM temp.packed p "
-        "LEFT JOIN connections c ON c.id = p.conn_id ORDER BY p.id")
+        "LEFT JOIN connections c ON c.id = p.conn_id")  # temp rowid order = id order
     conn.execute("DELETE FROM temp.packed")
 
 
