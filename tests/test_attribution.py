@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from apppaccap.capture.attribution import PENDING
 from apppaccap.capture.attribution import Attribution
 from apppaccap.capture.owners import Owner
+from apppaccap.capture.recorder import flow_key
 
 
 class FakeBook:
@@ -72,7 +73,29 @@ def test_pending_then_labelled_and_sticky():
         be.table.clear()                   # the process exits; its flow keeps the label
         reply = (6, "10.0.0.2", 80, "10.0.0.1", 40000)
         assert att.status(reply)[0].pid == 4242
-        assert len(be.calls) == 1
+        # the reply direction is the same flow: never looked up again (a second look at
+        # the first one, for its thread, may have happened)
+        assert ("10.0.0.2", 80, "10.0.0.1", 40000) not in be.calls
+    finally:
+        att.release()
+
+
+def test_second_look_finds_the_thread_and_keeps_an_end_that_closed():
+    be = FakeBackend()
+    # both ends local, no thread known yet: a second look is due and pipelines hold
+    be.table[KEY] = [Owner(7, None, 5, True), Owner(8, None, 6, False)]
+    att = make(be)
+    try:
+        att.status(KEY)
+        assert [lab.pid for lab in wait_status(att, KEY)] == [7, 8]
+        entry = att.flows[flow_key(*KEY)]
+        assert entry[3]                      # the second look is pending
+        be.table[KEY] = [Owner(8, 81, 6, False)]   # client gone; the server thread known
+        deadline = time.monotonic() + 2
+        while entry[3] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not entry[3]
+        assert [(lab.pid, lab.tid) for lab in att.status(KEY)] == [(7, 0), (8, 81)]
     finally:
         att.release()
 

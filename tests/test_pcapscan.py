@@ -154,3 +154,16 @@ def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypa
                           "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[0].split("\t") == ["30000", "look here"]
+
+
+def test_side_file_goes_with_the_capture(live, live_ajax):
+    from apppaccap.store.blocks import side_path
+    cmd = live_ajax.ok("pcap_ingest_file",
+                       path=os.path.join(CORPUS, "wellformed/http_get_file_download.pcap"))
+    done = live.jobs.wait(cmd["CommandUid"])
+    cid = int(done["Result"])
+    db_path = capture_path(live.config.data_dir, cid)
+    assert live_ajax.ok("capture_get_details", capture_id=cid)["PacketCount"] == 14
+    assert os.path.getsize(side_path(db_path)) > 0
+    live_ajax.ok("capture_delete", capture_id=cid)
+    assert not os.path.exists(side_path(db_path)) and not os.path.exists(db_path)

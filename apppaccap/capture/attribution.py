@@ -95,6 +95,8 @@ class Attribution:
         for t in self._threads:
             t.join(5)
         self._threads.clear()
+        for entry in list(self.flows.values()):
+            entry[3] = 0  # second looks died with the resolver: nothing may wait for them
         sys.setswitchinterval(self._switch)
 
     def close(self) -> None:
