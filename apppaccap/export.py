@@ -15,6 +15,7 @@ import time
 from apppaccap.api.envelope import Malformed
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.pcapng_writer import process_comment
+from apppaccap.store.blocks import O_BINARY
 from apppaccap.store.blocks import side_path
 
 EPB_DIRECTION = {0: 1, 1: 2}  # our Direction (0 in, 1 out) → epb_flags bits
@@ -104,7 +105,8 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
         try:
             n = os.copy_file_range(src, dst, size, offset)
         except (AttributeError, OSError):  # not Linux, or a file system that cannot
-            n = os.write(dst, os.pread(src, min(size, 8 << 20), offset))
+            os.lseek(src, offset, os.SEEK_SET)
+            n = os.write(dst, os.read(src, min(size, 8 << 20)))
         if n <= 0:
             raise OSError(f"side file ended {size} bytes early")
         offset += n
@@ -164,7 +166,7 @@ class _Exporter:
                     fh.flush()
                 else:
                     if side is None:
-                        side = os.open(side_path(self.db.path), os.O_RDONLY)
+                        side = os.open(side_path(self.db.path), os.O_RDONLY | O_BINARY)
                     _copy_range(side, fh.fileno(), file_off, size)
                 if self.progress is not None:
                     self.progress(100.0 * i / len(rows))

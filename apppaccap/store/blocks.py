@@ -14,6 +14,14 @@ import os
 import sqlite3
 
 
+O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
+
+
+def _read_at(fh, size: int, offset: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
 def side_path(db_path: str) -> str:
     """The side file of a capture database: captures/12.db → captures/12.bytes."""
     stem = db_path[:-3] if db_path.endswith(".db") else db_path
@@ -34,7 +42,8 @@ class SideFile:
     that points at them is submitted, so a committed row never points past the file."""
 
     def __init__(self, db_path: str):
-        self.fd = os.open(side_path(db_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.fd = os.open(side_path(db_path),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o644)
         self.size = os.fstat(self.fd).st_size
 
     def append(self, blob) -> tuple[int, int]:
@@ -87,7 +96,7 @@ class BlockReader:
             elif row[1] is None:
                 data = bytes(row[0]) if row[0] is not None else b""
             else:
-                data = os.pread(self._side().fileno(), row[2], row[1])
+                data = _read_at(self._side(), row[2], row[1])
             self.blk, self.data = blk, data
         return self.data
 
@@ -100,7 +109,7 @@ class BlockReader:
             return b""
         if row[1] is None:
             return bytes(row[0][off:off + caplen]) if row[0] is not None else b""
-        return os.pread(self._side().fileno(), max(0, min(caplen, row[2] - off)), row[1] + off)
+        return _read_at(self._side(), max(0, min(caplen, row[2] - off)), row[1] + off)
 
     def close(self) -> None:
         if self._fh is not None:
