@@ -166,6 +166,7 @@ static int tcp_state(PyObject *conn, int flags) {
         if (fin == NULL) { Py_DECREF(state); return -1; }
         n = PyLong_AsLong(fin);
         Py_DECREF(fin);
+        if (n == -1 && PyErr_Occurred()) { Py_DECREF(state); return -1; }
         next = n >= 2 ? st_closed : st_closing;
     } else if (flags & 0x02) {
         next = (flags & 0x10) ? st_syn_received : st_syn_sent;
@@ -212,6 +213,11 @@ static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long 
     int rc = 0;
     if (k == NULL) return -1;
     v = PyDict_GetItemWithError(flowmin, k);
+    if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
+        PyErr_SetString(PyExc_TypeError, "flowmin values must be [packets, bytes, first, last]");
+        Py_DECREF(k);
+        return -1;
+    }
     if (v == NULL) {
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
         v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
@@ -219,9 +225,13 @@ static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long 
         rc = PyDict_SetItem(flowmin, k, v);
         Py_DECREF(v);
     } else {
-        PyObject *n = PyLong_FromLongLong(PyLong_AsLongLong(PyList_GET_ITEM(v, 0)) + 1);
-        PyObject *b = PyLong_FromLongLong(PyLong_AsLongLong(PyList_GET_ITEM(v, 1)) + size);
-        PyObject *t = PyLong_FromLongLong(ts);
+        long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
+        long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
+        PyObject *n, *b, *t;
+        if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
+        n = PyLong_FromLongLong(n0 + 1);
+        b = PyLong_FromLongLong(b0 + size);
+        t = PyLong_FromLongLong(ts);
         if (n == NULL || b == NULL || t == NULL) {
             Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(k);
             return -1;
@@ -262,6 +272,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                           &PyDict_Type, &flowmin, &PyDict_Type, &dirty, &div))
         return NULL;
     if (size > view.len) size = view.len;
+    if (off < 0 || unit <= 0 || rhl < 16) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan: need off >= 0, unit > 0, rhl >= 16");
+        return NULL;
+    }
     buf = (const unsigned char *)view.buf;
     linktype &= 0x0FFFFFFF;
     limit = NS / unit;
@@ -305,7 +320,9 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             goto fail;
         }
         conn = PyTuple_GET_ITEM(entry, 0);
-        out = src_is_a == PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+        if (out < 0) goto fail;
+        out = src_is_a == out;
         conn_id = PyTuple_GET_ITEM(entry, 2);
         ts = (long long)sec * NS + (long long)frac * unit;
 
@@ -328,6 +345,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             if (state == NULL) goto fail;
             empty = PyObject_Not(state);
             Py_DECREF(state);
+            if (empty < 0) goto fail;
             if (empty && PyObject_SetAttr(conn, a_state, st_active) < 0) goto fail;
         }
         if (PyDict_SetItem(dirty, conn_id, conn) < 0) goto fail;

@@ -79,12 +79,13 @@ def ingest(reader, rec, progress=None) -> None:
             conn = rec.conn_for(d, ts)
             rec.add(ts, iface, data, origlen, d, conn)
             off = reader.bytes_done
-            if rec.evicted != evicted:
-                flows.clear()  # the recorder forgot idle flows: so must we
-                evicted = rec.evicted
             if code == NEWFLOW and conn is not None:
                 src_is_local = conn.local == (d.src, d.sport)
                 flows[key] = (conn, src_is_local == bool(src_is_a), conn.id,
                               conn.local[0], conn.remote[0])
+            # after registering: add() may have flushed and forgotten this very flow
+            if rec.evicted != evicted:
+                flows.clear()  # the recorder forgot idle flows: so must we
+                evicted = rec.evicted
     finally:
         reader.finish()

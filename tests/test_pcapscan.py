@@ -167,3 +167,30 @@ def test_side_file_goes_with_the_capture(live, live_ajax):
     assert os.path.getsize(side_path(db_path)) > 0
     live_ajax.ok("capture_delete", capture_id=cid)
     assert not os.path.exists(side_path(db_path)) and not os.path.exists(db_path)
+
+
+def test_forgetting_flows_mid_file_same_through_both_paths(ctx, tmp_path, monkeypatch):
+    """Small batches and a small connection bound make the recorder forget closed flows
+    many times mid-file; the scanner must forget them too (a later packet of the same
+    5-tuple starts a new connection on both paths)."""
+    from apppaccap.capture import recorder
+    monkeypatch.setattr(recorder, "MAX_CONNS", 20)
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 997)
+    src = str(tmp_path / "flows.pcap")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
+                    "--packets", "20000"], check=True, cwd=ROOT)
+    dump = _same(ctx, src, tmp_path, monkeypatch)
+    assert len(dump["packets"]) >= 20000
+
+
+def test_ipv4_header_cut_before_the_destination_is_kept(ctx, tmp_path, monkeypatch):
+    """18 bytes of an IPv4 header: a source but no destination. Both paths keep the packet
+    (no connection) instead of failing the ingest."""
+    import struct
+    frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6,
+                                                           0, 0, 10, 0, 0, 1, 10, 0])
+    src = tmp_path / "cut.pcap"
+    src.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+                    + struct.pack("<IIII", 1, 0, len(frame), 60) + frame)
+    dump = _same(ctx, str(src), tmp_path, monkeypatch)
+    assert len(dump["packets"]) == 1 and dump["connections"] == []

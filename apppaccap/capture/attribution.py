@@ -67,6 +67,17 @@ class Attribution:
             if self.users > 1:
                 return
         self._stop.clear()
+        # a stop sentinel left by the last release() must not end the new resolver; the
+        # lookups queued with it still count
+        left = []
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in left:
+            if item is not None:
+                self._queue.put(item)
         if not self._backend_started:
             # The backend (netlink sockets, proc-connector listener) lives until close():
             # its caches make the next capture's first lookups fast.
@@ -187,13 +198,14 @@ class Attribution:
             if entry is not None and (entry[0] is PENDING or (recheck and labels)):
                 if recheck and entry[0]:
                     labels = _refine(entry[0], labels)
-                entry[0], entry[1] = labels, now
                 if (via_listener or _thread_unknown(labels)) and not recheck:
+                    # the hold flag first: a pipeline that sees the labels sees it too
                     self._schedule_recheck(entry, fk, now)
+                entry[0], entry[1] = labels, now
             if recheck and entry is not None:
                 entry[3] = 0
             self.stats["resolved" if labels else "missed"] += 1
-            if len(self.latencies) < 10000:
+            if len(self.latencies) < 10000 and not recheck:  # second looks wait on purpose
                 self.latencies.append(now - asked)
 
     def _schedule_recheck(self, entry, fk, now) -> None:
@@ -216,17 +228,20 @@ class Attribution:
         fk = flow_key(*key5)
         now = self.clock()
         entry = self.flows.get(fk)
+        again = _thread_unknown(labels) or any(getattr(o, "listener", False) for o in owners)
         if entry is None:
-            entry = self.flows[fk] = [labels, now, now, 0, key5]
+            entry = [PENDING, now, now, 0, key5]
+            if again:
+                self._schedule_recheck(entry, fk, now)   # the hold flag before the labels
+            entry[0] = labels
+            self.flows[fk] = entry
         elif entry[0] is PENDING or entry[0] == [] or (
                 len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
                 labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
             # better: more ends known, or the originator where we only had the peer
+            if again and not entry[3]:
+                self._schedule_recheck(entry, fk, now)
             entry[0], entry[1] = labels, now
-        else:
-            entry = None
-        if entry is not None and _thread_unknown(labels) and not entry[3]:
-            self._schedule_recheck(entry, fk, now)
         self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
 
     def _labels_for(self, pairs) -> list[Label]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,23 +39,33 @@ class LocalAddresses:
                  source: Callable[[], dict[str, int]] | None = None):
         self._refresh, self._clock = refresh, clock
         self._source = source or interface_addresses
-        self._addrs: dict[str, int] = {}
-        self._memo: dict[str, bool] = {}
+        # (addresses → ifindex, memo, loaded fine): swapped as one, so a question asked
+        # while another thread reloads never files an old answer in the new memo
+        self._state: tuple[dict, dict, bool] = ({}, {}, False)
         self._loaded = -1e18
+        self._lock = threading.Lock()
         self._changes = _address_changes() if source is None else None
 
-    def _load(self) -> None:
-        try:
-            self._addrs = self._source()
-        except Exception:  # psutil missing or failing: only loopback counts as local
-            self._addrs = {}
-        self._memo, self._loaded = {}, self._clock()
+    def _load(self) -> tuple[dict, dict, bool]:
+        with self._lock:
+            try:
+                state = (self._source(), {}, True)
+            except Exception:  # psutil missing or failing: only loopback counts as local
+                state = ({}, {}, False)
+            self._state, self._loaded = state, self._clock()
+            return state
+
+    def _current(self) -> tuple[dict, dict, bool]:
+        if self._changes is not None:
+            failed = not self._state[2] and self._clock() - self._loaded >= self._refresh
+            if self._changed() or self._loaded < -1e17 or failed:
+                return self._load()  # one non-blocking recv (~1 µs) per question otherwise
+        return self._state
 
     def __call__(self, ip: str) -> bool:
         """True when `ip` (text, IPv4-mapped allowed) is an address of this host."""
-        if self._changes is not None and self._changed():
-            self._load()        # one non-blocking recv (~1 µs) per question: per flow only
-        known = self._memo.get(ip)
+        addrs, memo, ok = self._current()
+        known = memo.get(ip)
         if known is not None:
             return known
         ip = unmap(ip)
@@ -67,17 +78,15 @@ class LocalAddresses:
         elif addr.is_loopback:
             result = True
         else:
-            if self._changes is not None:
-                if self._loaded < -1e17:
-                    self._load()
-            elif ip not in self._addrs and self._clock() - self._loaded >= self._refresh:
-                self._load()
-            result = ip in self._addrs
-            if not result and self._changes is None:
-                return False  # not memoised: the address may appear at the next refresh
-        if len(self._memo) > 4096:
-            self._memo.clear()
-        self._memo[ip] = result
+            if self._changes is None and ip not in addrs and \
+                    self._clock() - self._loaded >= self._refresh:
+                addrs, memo, ok = self._load()
+            result = ip in addrs
+            if not result and (self._changes is None or not ok):
+                return False  # not memoised: the address may appear at the next reload
+        if len(memo) > 4096:
+            memo.clear()
+        memo[ip] = result
         return result
 
     def _changed(self) -> bool:
@@ -97,13 +106,14 @@ class LocalAddresses:
     def ifindex(self, ip: str) -> int:
         """Index of the interface holding `ip` (loopback ranges: the loopback device)."""
         ip = unmap(ip)
-        if not self._addrs and self._clock() - self._loaded >= self._refresh:
-            self._load()
-        if ip in self._addrs:
-            return self._addrs[ip]
+        addrs = self._current()[0]
+        if not addrs and self._changes is None and self._clock() - self._loaded >= self._refresh:
+            addrs = self._load()[0]
+        if ip in addrs:
+            return addrs[ip]
         try:
             if ipaddress.ip_address(ip).is_loopback:
-                return self._addrs.get("127.0.0.1" if ":" not in ip else "::1", 0)
+                return addrs.get("127.0.0.1" if ":" not in ip else "::1", 0)
         except ValueError:
             pass
         return 0

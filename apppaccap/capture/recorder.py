@@ -96,8 +96,8 @@ class Recorder:
 
     def conn_for(self, d, ts):
         """The Conn of a decoded packet (created on first sight), or None without ports/IPs."""
-        if d.src is None or d.proto not in (TCP, UDP):
-            return None
+        if d.src is None or d.dst is None or d.proto not in (TCP, UDP):
+            return None  # (an IPv4 header cut at 16-19 bytes has a source but no destination)
         key = flow_key(d.proto, d.src, d.sport, d.dst, d.dport)
         c = self.conns.get(key)
         if c is None:

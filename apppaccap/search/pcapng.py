@@ -70,21 +70,26 @@ def _packets(ctx, search_id, cid, conn, ifmap):
     procs = {r[0]: (r[1], r[2] or r[3], r[4]) for r in conn.execute(
         "SELECT process_id, pid, path, name, cmdline FROM processes")}
     blocks = BlockReader(conn)
-    comments: dict = {}
-    last_item = 0
-    while True:
-        page = ctx.catalog.read(
-            "SELECT item_id, packet_id FROM search_results WHERE search_id = ? AND capture_id = ?"
-            " AND item_id > ? ORDER BY item_id LIMIT ?", (search_id, cid, last_item, PAGE))
-        if not page:
-            return
-        last_item = page[-1][0]
-        ids = json.dumps([r[1] for r in page])
-        for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction, notes,
-             ts_raw) in conn.execute(f"SELECT {cols} FROM packets WHERE id IN "
-                                     "(SELECT value FROM json_each(?)) ORDER BY id", (ids,)):
-            data = blocks.get(blk)[off:off + caplen]
-            comment = epb_comment(procs, process_id, tid, notes, comments)
-            stamp = int(ts_raw) if ts_raw else ts
-            yield stamp, (ifmap.get(iface, 0), stamp, data, length, comment,
-                          EPB_DIRECTION.get(direction), pid or None, tid or None)
+    try:
+        comments: dict = {}
+        last_item = 0
+        while True:
+            page = ctx.catalog.read(
+                "SELECT item_id, packet_id FROM search_results WHERE search_id = ? "
+                "AND capture_id = ? AND item_id > ? ORDER BY item_id LIMIT ?",
+                (search_id, cid, last_item, PAGE))
+            if not page:
+                return
+            last_item = page[-1][0]
+            ids = json.dumps([r[1] for r in page])
+            rows = conn.execute(f"SELECT {cols} FROM packets WHERE id IN "
+                                "(SELECT value FROM json_each(?)) ORDER BY id", (ids,))
+            for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
+                 notes, ts_raw) in rows:
+                data = blocks.get(blk)[off:off + caplen]
+                comment = epb_comment(procs, process_id, tid, notes, comments)
+                stamp = int(ts_raw) if ts_raw else ts
+                yield stamp, (ifmap.get(iface, 0), stamp, data, length, comment,
+                              EPB_DIRECTION.get(direction), pid or None, tid or None)
+    finally:
+        blocks.close()

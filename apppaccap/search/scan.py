@@ -83,6 +83,7 @@ def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
     if first > last:
         return
     where = plan.where
+    blocks = None
     if plan.exact:
         sql = f"SELECT id, ts FROM packets WHERE id >= ? AND id <= ? AND ({where}) ORDER BY id"
     else:
@@ -94,33 +95,37 @@ def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
                 " ORDER BY id")
         one = f"SELECT {_BASE} FROM packets WHERE id = ?"
     lo = first
-    while lo <= last:
-        if cancelled is not None and cancelled():
-            return
-        hi = min(lo + chunk - 1, last)
-        if plan.exact:
-            found = conn.execute(sql, (lo, hi, *plan.params)).fetchall()
-        elif plan.needle is not None:
-            # four narrow columns for every candidate (half the cost of the full row), the
-            # full row only for the packets whose frame holds the bytes
-            rows = conn.execute(slim, (lo, hi, *plan.params)).fetchall()
-            found = []
-            for _id, blk, _off, _caplen in _block_hits(rows, plan.needle, blocks):
-                r = conn.execute(one, (_id,)).fetchone()
-                if test(View(r, scope, blocks.get(blk))):
-                    found.append((r[0], r[1]))
-        else:
-            found = []
-            cur = conn.execute(sql, (*plan.select_params, lo, hi, *plan.params))
-            n = 0
-            for row in cur:
-                if test(View(row, scope, blocks.get(row[5]))):
-                    found.append((row[0], row[1]))
-                n += 1
-                if n & 4095 == 0 and cancelled is not None and cancelled():
-                    return
-        yield hi - lo + 1, found
-        lo = hi + 1
+    try:
+        while lo <= last:
+            if cancelled is not None and cancelled():
+                return
+            hi = min(lo + chunk - 1, last)
+            if plan.exact:
+                found = conn.execute(sql, (lo, hi, *plan.params)).fetchall()
+            elif plan.needle is not None:
+                # four narrow columns for every candidate (half the cost of the full row), the
+                # full row only for the packets whose frame holds the bytes
+                rows = conn.execute(slim, (lo, hi, *plan.params)).fetchall()
+                found = []
+                for _id, blk, _off, _caplen in _block_hits(rows, plan.needle, blocks):
+                    r = conn.execute(one, (_id,)).fetchone()
+                    if test(View(r, scope, blocks.get(blk))):
+                        found.append((r[0], r[1]))
+            else:
+                found = []
+                cur = conn.execute(sql, (*plan.select_params, lo, hi, *plan.params))
+                n = 0
+                for row in cur:
+                    if test(View(row, scope, blocks.get(row[5]))):
+                        found.append((row[0], row[1]))
+                    n += 1
+                    if n & 4095 == 0 and cancelled is not None and cancelled():
+                        return
+            yield hi - lo + 1, found
+            lo = hi + 1
+    finally:
+        if blocks is not None:
+            blocks.close()  # its side-file handle: Windows cannot delete an open file
 
 
 def _block_hits(rows, needle: bytes, blocks: BlockReader):

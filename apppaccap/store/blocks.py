@@ -44,14 +44,14 @@ class SideFile:
     def __init__(self, db_path: str):
         self.fd = os.open(side_path(db_path),
                           os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o644)
-        self.size = os.fstat(self.fd).st_size
 
     def append(self, blob) -> tuple[int, int]:
-        at = self.size
+        # the file's real end, asked each time: a write that failed half-way (disk full)
+        # must not shift where the next region is said to start
+        at = os.lseek(self.fd, 0, os.SEEK_END)
         view = memoryview(blob)
         while view:
             view = view[os.write(self.fd, view):]
-        self.size += len(blob)
         return at, len(blob)
 
     def close(self) -> None:
