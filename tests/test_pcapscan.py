@@ -194,3 +194,27 @@ def test_ipv4_header_cut_before_the_destination_is_kept(ctx, tmp_path, monkeypat
                     + struct.pack("<IIII", 1, 0, len(frame), 60) + frame)
     dump = _same(ctx, str(src), tmp_path, monkeypatch)
     assert len(dump["packets"]) == 1 and dump["connections"] == []
+
+
+def test_flow_forgotten_by_its_own_first_packet(ctx, tmp_path, monkeypatch):
+    """The packet that fills a batch opens a flow with a RST: the flush it triggers forgets
+    that very flow, so its next packet must start a new connection on both paths."""
+    import struct
+
+    from apppaccap.capture import recorder
+    from benchmarks.gen_flows import frame
+    monkeypatch.setattr(recorder, "MAX_CONNS", 20)
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 100)
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    frames = [frame(a, b, 6, 1000 + i, 80, b"", 0x04) for i in range(99)]   # 99 reset flows
+    frames += [frame(a, b, 6, 5000, 80, b"", 0x04),          # the 100th: new flow, RST
+               frame(a, b, 6, 5000, 80, b"x" * 10, 0x18),    # then the same 5-tuple again
+               frame(b, a, 6, 80, 5000, b"", 0x10)]
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    for i, f in enumerate(frames):
+        out.append(struct.pack("<IIII", 100, i, len(f), len(f)) + f)
+    src = tmp_path / "reset.pcap"
+    src.write_bytes(b"".join(out))
+    dump = _same(ctx, str(src), tmp_path, monkeypatch)
+    conns = [c for c in dump["connections"] if 5000 in (c[3], c[5])]
+    assert len(conns) == 2   # the reset one, and the new one for the later packets
