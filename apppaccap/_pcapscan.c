@@ -1,6 +1,7 @@
-/* The compiled half of classic-pcap ingest (see apppaccap/pcapscan.py).
+/* The compiled half of pcap and pcapng ingest (see apppaccap/pcapscan.py).
  *
- * scan() walks pcap records in a buffer (the mmap of the file) and records the common
+ * scan() walks pcap records, scan_pcapng() the option-less Enhanced Packet Blocks of a
+ * pcapng section, in a buffer (the mmap of the file), and they record the common
  * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
  * or UDP, on a flow already known - exactly as Recorder.add() would: connection
  * counters and TCP state, the (flow, minute) aggregate, the packet row and its bytes.
@@ -15,6 +16,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <limits.h>
 
 #define NS 1000000000LL
 #define MINUTE_NS 60000000000LL
@@ -22,10 +24,11 @@
 
 enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
-/* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqI"
- * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off);
+/* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqII"
+ * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off,
+ * iface);
  * the writer expands it in SQL, taking src/dst from the connection. */
-#define ROW_SIZE 47
+#define ROW_SIZE 51
 
 static inline unsigned char *put(unsigned char *p, unsigned long long v, int n) {
     int i;
@@ -244,13 +247,140 @@ static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long 
     return rc;
 }
 
+/* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
+typedef struct {
+    PyObject *flows, *plain, *blob, *flowmin, *dirty;
+    long long next_id;
+} Sink;
+
+enum { TAKEN = 0 };
+
+/* Record one packet as Recorder.add would, if the fast path takes it. Returns TAKEN,
+ * SLOW, NEWFLOW (with *key, a new reference, and *src_is_a set) or -1 (exception). */
+static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t origlen,
+                  long long ts, uint32_t linktype, uint32_t iface, long long div,
+                  PyObject **key, int *src_is_a) {
+    Frame f;
+    PyObject *entry, *conn, *conn_id;
+    Py_ssize_t boff;
+    int out;
+
+    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f)) return SLOW;
+    *key = flow_key(&f, src_is_a);
+    if (*key == NULL) return -1;
+    entry = PyDict_GetItemWithError(s->flows, *key);
+    if (entry == NULL) {
+        if (PyErr_Occurred()) { Py_CLEAR(*key); return -1; }
+        return NEWFLOW;   /* keep key: Python registers the connection under it */
+    }
+    Py_CLEAR(*key);
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5) {
+        PyErr_SetString(PyExc_TypeError, "flows values must be 5-tuples");
+        return -1;
+    }
+    conn = PyTuple_GET_ITEM(entry, 0);
+    out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+    if (out < 0) return -1;
+    out = *src_is_a == out;
+    conn_id = PyTuple_GET_ITEM(entry, 2);
+
+    if (add_attr(conn, out ? a_pout : a_pin, 1) < 0 ||
+        add_attr(conn, out ? a_bout : a_bin, origlen) < 0)
+        return -1;
+    {
+        PyObject *t = PyLong_FromLongLong(ts);
+        int rc;
+        if (t == NULL) return -1;
+        rc = PyObject_SetAttr(conn, a_last, t);
+        Py_DECREF(t);
+        if (rc < 0) return -1;
+    }
+    if (f.proto == 6) {
+        if (tcp_state(conn, f.flags) < 0) return -1;
+    } else {
+        PyObject *state = PyObject_GetAttr(conn, a_state);
+        int empty;
+        if (state == NULL) return -1;
+        empty = PyObject_Not(state);
+        Py_DECREF(state);
+        if (empty < 0) return -1;
+        if (empty && PyObject_SetAttr(conn, a_state, st_active) < 0) return -1;
+    }
+    if (PyDict_SetItem(s->dirty, conn_id, conn) < 0) return -1;
+
+    boff = PyByteArray_GET_SIZE(s->blob);
+    if (div) {
+        /* the packet as the EPB export writes it (pcapng_writer.frame_epb): header,
+         * data, padding, epb_flags, end of options, trailing length */
+        uint32_t pad = (4 - (caplen & 3)) & 3, blen = 44 + caplen + pad;
+        unsigned long long ticks = (unsigned long long)(ts / div);
+        unsigned char *p;
+        if (PyByteArray_Resize(s->blob, boff + blen) < 0) return -1;
+        p = (unsigned char *)PyByteArray_AS_STRING(s->blob) + boff;
+        p = put(p, 6, 4);
+        p = put(p, blen, 4);
+        p = put(p, iface, 4);
+        p = put(p, ticks >> 32, 4);
+        p = put(p, ticks & 0xFFFFFFFFu, 4);
+        p = put(p, caplen, 4);
+        p = put(p, origlen, 4);
+        memcpy(p, data, caplen);
+        p += caplen;
+        memset(p, 0, pad);
+        p += pad;
+        p = put(p, 2, 2);
+        p = put(p, 4, 2);
+        p = put(p, out ? 2 : 1, 4);
+        p = put(p, 0, 4);
+        put(p, blen, 4);
+        boff += 28;
+    } else {
+        if (PyByteArray_Resize(s->blob, boff + caplen) < 0) return -1;
+        memcpy(PyByteArray_AS_STRING(s->blob) + boff, data, caplen);
+    }
+    {
+        Py_ssize_t at = PyByteArray_GET_SIZE(s->plain);
+        long long cid = PyLong_AsLongLong(conn_id);
+        unsigned char *p;
+        if (cid == -1 && PyErr_Occurred()) return -1;
+        if (PyByteArray_Resize(s->plain, at + ROW_SIZE) < 0) return -1;
+        p = (unsigned char *)PyByteArray_AS_STRING(s->plain) + at;
+        p = put(p, (unsigned long long)s->next_id, 8);
+        p = put(p, (unsigned long long)ts, 8);
+        p = put(p, origlen, 4);
+        p = put(p, caplen, 4);
+        p = put(p, f.l3, 2);
+        p = put(p, f.proto, 1);
+        p = put(p, f.sport, 2);
+        p = put(p, f.dport, 2);
+        p = put(p, f.flags, 2);
+        p = put(p, f.ttl, 1);
+        p = put(p, out ? 1 : 0, 1);
+        p = put(p, (unsigned long long)cid, 8);
+        p = put(p, (unsigned long long)boff, 4);
+        put(p, iface, 4);
+    }
+    if (aggregate(s->flowmin, conn, ts, origlen) < 0) return -1;
+    s->next_id++;
+    return TAKEN;
+}
+
+static PyObject *result(Py_ssize_t off, Py_ssize_t taken, long long total, int code,
+                        PyObject *key, int src_is_a, long long last_ts) {
+    if (key == NULL) {
+        Py_INCREF(Py_None);
+        key = Py_None;
+    }
+    return Py_BuildValue("(nnLiNiL)", off, taken, total, code, key, src_is_a, last_ts);
+}
+
 PyDoc_STRVAR(scan_doc,
 "scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
 "     next_id, max_rows, max_bytes, flowmin, dirty, div)\n"
-"-> (off, packets, bytes, code, key, src_is_a)\n\n"
-"Record pcap packets from buf[off:size] until a batch limit (code 0), the end (1), a\n"
-"record Python must handle (2) or the first packet of an unknown flow (3, with its\n"
-"key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
+"-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
+"Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
+"(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
+"its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
 "a_is_local, conn_id, local_ip, remote_ip); plain: bytearray of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
 "EPB with ticks of div ns when div > 0.");
@@ -259,17 +389,19 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer view;
     Py_ssize_t off, size, max_rows, max_bytes, taken = 0;
     int big, rhl;
-    long long unit, next_id, div, total = 0;
+    long long unit, div, total = 0, last_ts = 0;
     unsigned int snaplen, linktype;
-    PyObject *flows, *plain, *blob, *flowmin, *dirty, *key = NULL;
+    PyObject *key = NULL;
     int code = END, src_is_a = 0;
     const unsigned char *buf;
     long long limit;
+    Sink s;
 
+    (void)self;
     if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L", &view, &off, &size, &big, &unit,
-                          &rhl, &snaplen, &linktype, &PyDict_Type, &flows, &PyByteArray_Type,
-                          &plain, &PyByteArray_Type, &blob, &next_id, &max_rows, &max_bytes,
-                          &PyDict_Type, &flowmin, &PyDict_Type, &dirty, &div))
+                          &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
+                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty, &div))
         return NULL;
     if (size > view.len) size = view.len;
     if (off < 0 || unit <= 0 || rhl < 16) {
@@ -278,20 +410,16 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         return NULL;
     }
     buf = (const unsigned char *)view.buf;
-    linktype &= 0x0FFFFFFF;
     limit = NS / unit;
     if (snaplen == 0) snaplen = MAX_CAPLEN;
 
     while (1) {
-        const unsigned char *h, *data;
+        const unsigned char *h;
         uint32_t sec, frac, caplen, origlen;
-        Frame f;
-        PyObject *entry, *conn, *conn_id;
-        Py_ssize_t boff;
         long long ts;
-        int out;
+        int rc;
 
-        if (taken >= max_rows || PyByteArray_GET_SIZE(blob) >= max_bytes) { code = FULL; break; }
+        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
         if (off >= size) { code = END; break; }
         if (off + rhl > size) { code = SLOW; break; }
         h = buf + off;
@@ -304,116 +432,17 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             code = SLOW;   /* Python's reader stops or warns with the words for it */
             break;
         }
-        data = h + rhl;
-        if (!fast_decode(linktype, data, caplen, &f)) { code = SLOW; break; }
-        key = flow_key(&f, &src_is_a);
-        if (key == NULL) goto fail;
-        entry = PyDict_GetItemWithError(flows, key);
-        if (entry == NULL) {
-            if (PyErr_Occurred()) goto fail;
-            code = NEWFLOW;   /* keep key: Python registers the connection under it */
-            break;
-        }
-        Py_CLEAR(key);
-        if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5) {
-            PyErr_SetString(PyExc_TypeError, "flows values must be 5-tuples");
-            goto fail;
-        }
-        conn = PyTuple_GET_ITEM(entry, 0);
-        out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-        if (out < 0) goto fail;
-        out = src_is_a == out;
-        conn_id = PyTuple_GET_ITEM(entry, 2);
         ts = (long long)sec * NS + (long long)frac * unit;
-
-        if (add_attr(conn, out ? a_pout : a_pin, 1) < 0 ||
-            add_attr(conn, out ? a_bout : a_bin, origlen) < 0)
-            goto fail;
-        {
-            PyObject *t = PyLong_FromLongLong(ts);
-            int rc;
-            if (t == NULL) goto fail;
-            rc = PyObject_SetAttr(conn, a_last, t);
-            Py_DECREF(t);
-            if (rc < 0) goto fail;
-        }
-        if (f.proto == 6) {
-            if (tcp_state(conn, f.flags) < 0) goto fail;
-        } else {
-            PyObject *state = PyObject_GetAttr(conn, a_state);
-            int empty;
-            if (state == NULL) goto fail;
-            empty = PyObject_Not(state);
-            Py_DECREF(state);
-            if (empty < 0) goto fail;
-            if (empty && PyObject_SetAttr(conn, a_state, st_active) < 0) goto fail;
-        }
-        if (PyDict_SetItem(dirty, conn_id, conn) < 0) goto fail;
-
-        boff = PyByteArray_GET_SIZE(blob);
-        if (div) {
-            /* the packet as the EPB export writes it (pcapng_writer.frame_epb): header,
-             * data, padding, epb_flags, end of options, trailing length */
-            uint32_t pad = (4 - (caplen & 3)) & 3, blen = 44 + caplen + pad;
-            unsigned long long ticks = (unsigned long long)(ts / div);
-            unsigned char *p;
-            if (PyByteArray_Resize(blob, boff + blen) < 0) goto fail;
-            p = (unsigned char *)PyByteArray_AS_STRING(blob) + boff;
-            p = put(p, 6, 4);
-            p = put(p, blen, 4);
-            p = put(p, 0, 4);
-            p = put(p, ticks >> 32, 4);
-            p = put(p, ticks & 0xFFFFFFFFu, 4);
-            p = put(p, caplen, 4);
-            p = put(p, origlen, 4);
-            memcpy(p, data, caplen);
-            p += caplen;
-            memset(p, 0, pad);
-            p += pad;
-            p = put(p, 2, 2);
-            p = put(p, 4, 2);
-            p = put(p, out ? 2 : 1, 4);
-            p = put(p, 0, 4);
-            put(p, blen, 4);
-            boff += 28;
-        } else {
-            if (PyByteArray_Resize(blob, boff + caplen) < 0) goto fail;
-            memcpy(PyByteArray_AS_STRING(blob) + boff, data, caplen);
-        }
-        {
-            Py_ssize_t at = PyByteArray_GET_SIZE(plain);
-            long long cid = PyLong_AsLongLong(conn_id);
-            unsigned char *p;
-            if (cid == -1 && PyErr_Occurred()) goto fail;
-            if (PyByteArray_Resize(plain, at + ROW_SIZE) < 0) goto fail;
-            p = (unsigned char *)PyByteArray_AS_STRING(plain) + at;
-            p = put(p, (unsigned long long)next_id, 8);
-            p = put(p, (unsigned long long)ts, 8);
-            p = put(p, origlen, 4);
-            p = put(p, caplen, 4);
-            p = put(p, f.l3, 2);
-            p = put(p, f.proto, 1);
-            p = put(p, f.sport, 2);
-            p = put(p, f.dport, 2);
-            p = put(p, f.flags, 2);
-            p = put(p, f.ttl, 1);
-            p = put(p, out ? 1 : 0, 1);
-            p = put(p, (unsigned long long)cid, 8);
-            put(p, (unsigned long long)boff, 4);
-        }
-        if (aggregate(flowmin, conn, ts, origlen) < 0) goto fail;
-
-        next_id++;
+        rc = record(&s, h + rhl, caplen, origlen, ts, linktype, 0, div, &key, &src_is_a);
+        if (rc < 0) goto fail;
+        if (rc != TAKEN) { code = rc; break; }
         taken++;
         total += origlen;
+        last_ts = ts;
         off += rhl + caplen;
     }
     PyBuffer_Release(&view);
-    if (key == NULL) {
-        Py_INCREF(Py_None);
-        key = Py_None;
-    }
-    return Py_BuildValue("(nnLiNi)", off, taken, total, code, key, src_is_a);
+    return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
@@ -421,13 +450,133 @@ fail:
     return NULL;
 }
 
+/* One interface of the current pcapng section, as the Python reader converts it. */
+typedef struct {
+    uint32_t gid, linktype, snaplen;
+    unsigned long long mult, div;
+    long long tsoff, epb_div;
+    int usable;
+} Iface;
+
+PyDoc_STRVAR(scan_pcapng_doc,
+"scan_pcapng(buf, off, size, big_endian, ifaces, flows, plain, blob, next_id, max_rows,\n"
+"            max_bytes, flowmin, dirty)\n"
+"-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
+"As scan(), for the Enhanced Packet Blocks of one pcapng section: ifaces holds, per\n"
+"section-local interface id, (file-wide id, linktype, mult, div, ts offset ns, snaplen,\n"
+"epb div) with ts = ticks * mult // div + offset as pcapng_reader computes it. Any other\n"
+"block, an EPB with options, or anything needing a warning is left to Python (code 2).");
+
+static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, size, max_rows, max_bytes, taken = 0, n, i;
+    int big, code = END, src_is_a = 0;
+    long long total = 0, last_ts = 0;
+    PyObject *ifaces, *key = NULL;
+    Iface *ifs = NULL;
+    const unsigned char *buf;
+    Sink s;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!", &view, &off, &size, &big,
+                          &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
+                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty))
+        return NULL;
+    if (size > view.len) size = view.len;
+    if (off < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan_pcapng: need off >= 0");
+        return NULL;
+    }
+    n = PyTuple_GET_SIZE(ifaces);
+    ifs = PyMem_Calloc(n ? n : 1, sizeof(Iface));
+    if (ifs == NULL) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    for (i = 0; i < n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(ifaces, i);
+        unsigned long long gid, lt, snap, mult, div;
+        long long tsoff, epb_div;
+        if (!PyArg_ParseTuple(t, "KKKKLKL", &gid, &lt, &mult, &div, &tsoff, &snap, &epb_div)) {
+            /* a value out of 64-bit range (a huge time offset): Python reads that interface */
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto fail;
+            PyErr_Clear();
+            continue;
+        }
+        if (div == 0 || epb_div <= 0 || gid > 0xFFFFFFFFu) continue;
+        ifs[i].gid = (uint32_t)gid;
+        ifs[i].linktype = (uint32_t)lt;
+        ifs[i].snaplen = (uint32_t)snap;
+        ifs[i].mult = mult;
+        ifs[i].div = div;
+        ifs[i].tsoff = tsoff;
+        ifs[i].epb_div = epb_div;
+        ifs[i].usable = 1;
+    }
+    buf = (const unsigned char *)view.buf;
+
+    while (1) {
+        const unsigned char *b;
+        uint32_t btype, blen, if_id, caplen, origlen, pad;
+        unsigned __int128 v;
+        Iface *fi;
+        long long ts;
+        int rc;
+
+        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
+        if (off >= size) { code = END; break; }
+        if (off + 32 > size) { code = SLOW; break; }
+        b = buf + off;
+        btype = rd32(b, big);
+        blen = rd32(b + 4, big);
+        if (btype != 6 || blen < 32 || (blen & 3) || off + (Py_ssize_t)blen > size ||
+            rd32(b + blen - 4, big) != blen) { code = SLOW; break; }
+        if_id = rd32(b + 8, big);
+        caplen = rd32(b + 20, big);
+        origlen = rd32(b + 24, big);
+        pad = (4 - (caplen & 3)) & 3;
+        /* exactly no options (options carry comments, flags, pids: Python's) */
+        if ((Py_ssize_t)if_id >= n || !ifs[if_id].usable || caplen > blen - 32 ||
+            32 + (unsigned long long)caplen + pad != blen) { code = SLOW; break; }
+        fi = &ifs[if_id];
+        if ((fi->snaplen && caplen > fi->snaplen) || caplen > origlen) { code = SLOW; break; }
+        v = ((unsigned __int128)(((unsigned long long)rd32(b + 12, big) << 32) |
+                                 rd32(b + 16, big))) * fi->mult;
+        if (fi->div != 1) v /= fi->div;
+        if (v >= ((unsigned __int128)1 << 63)) { code = SLOW; break; }
+        ts = (long long)v;
+        if ((fi->tsoff > 0 && ts > LLONG_MAX - fi->tsoff) || ts + fi->tsoff < 0) {
+            code = SLOW;   /* outside 0..2^63: the ts-range warning and ts_raw are Python's */
+            break;
+        }
+        ts += fi->tsoff;
+        rc = record(&s, b + 28, caplen, origlen, ts, fi->linktype, fi->gid, fi->epb_div,
+                    &key, &src_is_a);
+        if (rc < 0) goto fail;
+        if (rc != TAKEN) { code = rc; break; }
+        taken++;
+        total += origlen;
+        last_ts = ts;
+        off += blen;
+    }
+    PyMem_Free(ifs);
+    PyBuffer_Release(&view);
+    return result(off, taken, total, code, key, src_is_a, last_ts);
+
+fail:
+    Py_XDECREF(key);
+    PyMem_Free(ifs);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"scan_pcapng", scan_pcapng, METH_VARARGS, scan_pcapng_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_pcapscan", "Compiled fast path of classic-pcap ingest.", -1,
+    PyModuleDef_HEAD_INIT, "_pcapscan", "Compiled fast path of pcap and pcapng ingest.", -1,
     methods,
 };
 

@@ -98,6 +98,28 @@ def _add_interfaces(db, reader, known: int) -> int:
     return len(reader.interfaces)
 
 
+def _record(rec, labels: _Labels, record):
+    """One record into the recorder, its process read back from the pcapng comment
+    convention or the pid/tid option; returns (decoded, connection)."""
+    ts, _caplen, origlen, linktype, iface, data, comment, pid, tid, flags = record
+    d = decode(linktype, data)
+    conn = rec.conn_for(d, ts)
+    if comment is None and pid is None and flags is None:
+        rec.add(ts, iface, data, origlen, d, conn)  # the common case: plain pcap
+        return d, conn
+    label = None
+    info = parse_comment(comment)
+    notes = comment
+    if info is not None:
+        label = labels.get(info["pid"], info["tid"], info["cmd"], info["args"])
+        notes = info["notes"]  # the rest of the comment is the packet's note
+    elif pid:
+        label = labels.get(pid, tid or 0, "", "")
+    direction = DIR_FROM_FLAGS.get((flags or 0) & 3)
+    rec.add(ts, iface, data, origlen, d, conn, label, notes, direction)
+    return d, conn
+
+
 def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     """Read every record into the capture's database; returns a summary dict."""
     db = CaptureDb(ctx.config.data_dir, capture_id)
@@ -122,32 +144,24 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         known_ifaces = _add_interfaces(db, reader, 0)
         for batch in (() if fast else reader.iter_batches(1024, tuples=True)):
             known_ifaces = _add_interfaces(db, reader, known_ifaces)
-            add, conn_for = rec.add, rec.conn_for
-            for ts, _caplen, origlen, linktype, iface, data, comment, pid, tid, flags in batch:
-                d = decode(linktype, data)
-                conn = conn_for(d, ts)
-                if comment is None and pid is None and flags is None:
-                    add(ts, iface, data, origlen, d, conn)  # the common case: plain pcap
-                    continue
-                label = None
-                info = parse_comment(comment)
-                notes = comment
-                if info is not None:
-                    label = labels.get(info["pid"], info["tid"], info["cmd"], info["args"])
-                    notes = info["notes"]  # the rest of the comment is the packet's note
-                elif pid:
-                    label = labels.get(pid, tid or 0, "", "")
-                direction = DIR_FROM_FLAGS.get((flags or 0) & 3)
-                add(ts, iface, data, origlen, d, conn, label, notes, direction)
+            for record in batch:
+                _record(rec, labels, record)
             if progress is not None and reader.size:
                 progress(100.0 * reader.bytes_done / reader.size)
         if fast:
             # blocks are stored as the EPBs export writes (export.py copies them verbatim)
-            first = reader.interfaces[0]
-            rec.epb_div = 1 if first.ticks_per_second > 1_000_000 else 1000
             db.write(lambda c: c.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('block_framing', 'epb')"))
-            pcapscan.ingest(reader, rec, progress)
+
+            def interfaces():
+                nonlocal known_ifaces
+                known_ifaces = _add_interfaces(db, reader, known_ifaces)
+                rec.epb_divs = [1 if f.ticks_per_second > 1_000_000 else 1000
+                                for f in reader.interfaces]
+
+            interfaces()
+            pcapscan.ingest(reader, rec, lambda r: _record(rec, labels, r), interfaces,
+                            progress)
         if reader.error:
             if rec.packets:
                 message = f"stopped early, {rec.packets} packets kept: {reader.error}"

@@ -180,11 +180,12 @@ class CaptureReader(PcapngReading):
         return (self._mm, self.size, self._e == ">", self._unit, self._rhl, first.snaplen,
                 first.linktype)
 
-    def pcap_record(self):
+    def next_record(self):
         """The next record as a tuple (see iter_batches), or None at the end or at damage
         (``error`` says which); for a caller that walks the file itself and hands the
         reader the records it will not read (``bytes_done``/``packets`` say where)."""
-        gen = self._iter_pcap(True, finish=False)
+        body = self._iter_pcapng if self.format == "pcapng" else self._iter_pcap
+        gen = body(True, finish=False)
         try:
             return next(gen, None)
         finally:

@@ -21,14 +21,17 @@ from apppaccap.pcaprecords import _text
 class PcapngReading:
     """Methods CaptureReader uses for pcapng files (state lives on the reader)."""
 
-    def _iter_pcapng(self, tuples):
+    def _iter_pcapng(self, tuples, finish=True):
         buf, size = self._mm, self.size
-        conv = []  # per file-wide interface: (linktype, mult, div, offset_ns, snaplen)
-        local = []  # this section's interface ids -> file-wide ids
-        e = "<"
-        hdr = struct.Struct("<II").unpack_from
-        u32 = epb = None  # set by the first section header, which _open checked is there
-        off, n, last_ts, section = 0, 0, 0, -1
+        state = getattr(self, "_png", None)  # where an earlier pass stopped (see finally)
+        if state is None:
+            conv = []  # per file-wide interface: (linktype, mult, div, offset_ns, snaplen)
+            local = []  # this section's interface ids -> file-wide ids
+            e, last_ts, section = "<", 0, -1
+        else:
+            conv, local, e, last_ts, section = state
+        hdr, u32, epb = (struct.Struct(e + f).unpack_from for f in ("II", "I", "5I"))
+        off, n = self.bytes_done, self.packets  # resumes where the reader is
         try:
             while off < size:
                 if off + 12 > size:
@@ -124,7 +127,27 @@ class PcapngReading:
                 else:
                     yield Record(ts, caplen, origlen, linktype, gi, data, comment, pid, tid, flags)
         finally:
-            self._finish()
+            self._png = (conv, local, e, last_ts, section)
+            if finish:
+                self._finish()
+
+    def pcapng_section(self):
+        """(big_endian, interfaces) of the section being read, each interface as the
+        compiled scanner takes it: (file-wide id, linktype, mult, div, offset ns, snaplen,
+        ns per tick of its exported EPBs)."""
+        conv, local, e, _last_ts, _section = self._png
+        out = []
+        for gi in local:
+            linktype, mult, div, tsoff, snaplen = conv[gi]
+            tps = self.interfaces[gi].ticks_per_second
+            out.append((gi, linktype, mult, div, tsoff, snaplen, 1 if tps > 1_000_000 else 1000))
+        return e == ">", tuple(out)
+
+    def pcapng_advance(self, last_ts: int) -> None:
+        """Packets were read past the reader (bytes_done/packets moved): keep the time an
+        SPB would borrow."""
+        conv, local, e, _old, section = self._png
+        self._png = (conv, local, e, last_ts, section)
 
     def _options(self, buf, start, end, e, what):
         """pcapng options in buf[start:end] as [(code, bytes)]; an overrun is a warning."""

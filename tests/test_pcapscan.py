@@ -1,7 +1,7 @@
 """The compiled pcap scanner against the Python path it stands in for.
 
-Every classic pcap of the corpus (well-formed and malformed) and a generated file of
-realistic flows are ingested twice - through apppaccap/_pcapscan.c, and with the scanner
+Every pcap and pcapng file of the corpus (well-formed and malformed) and generated files
+of realistic flows are ingested twice - through apppaccap/_pcapscan.c, and with the scanner
 switched off - and the two capture databases must hold the same packets (every column
 and the bytes), connections, statistics and IPs, end in the same state with the same
 message, and export to byte-identical pcapng files (the scanner's captures are exported
@@ -30,32 +30,33 @@ from tests.conftest import manifest
 
 
 
-def _classic_pcaps() -> list[str]:
-    """Corpus files that open as classic pcap (files refused at the header are not ours)."""
+def _captures() -> list[str]:
+    """Corpus files that open as pcap or pcapng (files refused at the header are not ours)."""
     out = []
     for rel in manifest():
         try:
             with CaptureReader(os.path.join(CORPUS, rel)) as reader:
-                if reader.format in pcapscan.CLASSIC:
+                if reader.format in pcapscan.CLASSIC or reader.format == "pcapng":
                     out.append(rel)
         except (NotACaptureError, OSError):
             pass
     return sorted(out)
 
 
-PCAPS = _classic_pcaps()
+PCAPS = _captures()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_scanner_is_built():
     # `make test` installs a compiler and Python's headers: the fast path must exist here
-    assert pcapscan.scan is not None
+    assert pcapscan.scan is not None and pcapscan.scan_pcapng is not None
 
 
 def _ingest(ctx, path, *, fast: bool, monkeypatch):
     with monkeypatch.context() as m:
         if not fast:
             m.setattr(pcapscan, "scan", None)
+            m.setattr(pcapscan, "scan_pcapng", None)
         reader = ingest.open_reader(path)
         cid = ingest.create_capture(ctx, path)
         result = ingest.ingest(ctx, reader, cid)
@@ -109,7 +110,7 @@ def _same(ctx, path, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("rel", PCAPS)
-def test_corpus_pcap_same_through_both_paths(ctx, rel, tmp_path, monkeypatch):
+def test_corpus_file_same_through_both_paths(ctx, rel, tmp_path, monkeypatch):
     _same(ctx, os.path.join(CORPUS, rel), tmp_path, monkeypatch)
 
 
@@ -218,3 +219,28 @@ def test_flow_forgotten_by_its_own_first_packet(ctx, tmp_path, monkeypatch):
     dump = _same(ctx, str(src), tmp_path, monkeypatch)
     conns = [c for c in dump["connections"] if 5000 in (c[3], c[5])]
     assert len(conns) == 2   # the reset one, and the new one for the later packets
+
+
+def test_pcapng_from_editcap_and_mergecap_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
+    """Wireshark's own tools write the pcapng (one interface; two after a merge with a
+    corpus file): both paths agree and the scanner takes nearly every packet."""
+    flows = str(tmp_path / "flows.pcap")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), flows,
+                    "--packets", "20000"], check=True, cwd=ROOT)
+    single, merged = str(tmp_path / "one.pcapng"), str(tmp_path / "two.pcapng")
+    subprocess.run(["editcap", "-F", "pcapng", flows, single], check=True)
+    subprocess.run(["mergecap", "-w", merged, single,
+                    os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")], check=True)
+    real = pcapscan.scan_pcapng
+    for path, interfaces in ((single, 1), (merged, 2)):
+        taken = []
+
+        def counting(*args):
+            out = real(*args)
+            taken.append(out[1])
+            return out
+
+        monkeypatch.setattr(pcapscan, "scan_pcapng", counting)
+        dump = _same(ctx, path, tmp_path, monkeypatch)
+        assert len(dump["interfaces"]) == interfaces
+        assert sum(taken) > 0.9 * len(dump["packets"])

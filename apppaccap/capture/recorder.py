@@ -83,8 +83,9 @@ class Recorder:
         self.on_tcp = None
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
         self.evicted = 0  # eviction passes so far (pcapscan.py drops its flow table then)
-        # ns per timestamp tick when blocks are stored as pcapng EPBs (pcapscan.py), else 0
-        self.epb_div = 0
+        # per interface, ns per timestamp tick when blocks are stored as pcapng EPBs
+        # (pcapscan.py); None: bytes stored bare
+        self.epb_divs = None
         self._known_ips: set = set()
         self._reset()
 
@@ -179,8 +180,8 @@ class Recorder:
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
-        if self.epb_div:
-            off = frame_epb(self._buf, iface, ts // self.epb_div, data, origlen,
+        if self.epb_divs is not None:
+            off = frame_epb(self._buf, iface, ts // self.epb_divs[iface], data, origlen,
                             EPB_FLAGS.get(direction))
         else:
             off = len(self._buf)

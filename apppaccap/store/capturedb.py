@@ -83,14 +83,15 @@ MIGRATIONS = [
     """,
 ]
 
+
 def _insert_packed(conn, plain: bytes, blk: int) -> None:
     conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS packed ({PLAIN_FIELDS})")
-    conn.executemany(f"INSERT INTO temp.packed VALUES ({','.join('?' * 13)})",
+    conn.executemany(f"INSERT INTO temp.packed VALUES ({','.join('?' * 14)})",
                      struct.iter_unpack(PLAIN_FORMAT, plain))
     # LEFT JOIN: a packet is never dropped, even if its connection row were missing
     conn.execute(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,"
-        "ttl,direction,conn_id,pid,tid,off,blk) SELECT p.id,p.ts,p.len,p.caplen,0,p.l3,"
+        "ttl,direction,conn_id,pid,tid,off,blk) SELECT p.id,p.ts,p.len,p.caplen,p.iface,p.l3,"
         "p.proto,CASE p.direction WHEN 1 THEN c.local_ip ELSE c.remote_ip END,"
         "CASE p.direction WHEN 1 THEN c.remote_ip ELSE c.local_ip END,p.sport,p.dport,"
         f"p.tcp_flags,p.ttl,p.direction,p.conn_id,0,0,p.off,{blk} FROM temp.packed p "
@@ -135,11 +136,11 @@ class CaptureDb(Database):
 
 
 # Packed packet rows from the compiled pcap scanner (apppaccap/_pcapscan.c): a packet with
-# no VLAN, ICMP type, process, notes or out-of-range time, on interface 0, as 47 bytes.
+# no VLAN, ICMP type, process, notes or out-of-range time, as 51 bytes.
 # The writer binds only integers (binding text and NULLs is the costly part of a row for
 # the sqlite3 module) and SQL takes src/dst from the packet's connection.
-PLAIN_FORMAT = "<qqIIHBHHHBBqI"
-PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,conn_id,off"
+PLAIN_FORMAT = "<qqIIHBHHHBBqII"
+PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,conn_id,off,iface"
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
