@@ -52,6 +52,20 @@ def test_scanner_is_built():
     assert pcapscan.scan is not None and pcapscan.scan_pcapng is not None
 
 
+def _count_scanned(monkeypatch, name: str) -> list:
+    """Wrap pcapscan.<name> so the returned list fills with the packets each call took."""
+    taken: list = []
+    real = getattr(pcapscan, name)
+
+    def counting(*args):
+        out = real(*args)
+        taken.append(out[1])
+        return out
+
+    monkeypatch.setattr(pcapscan, name, counting)
+    return taken
+
+
 def _ingest(ctx, path, *, fast: bool, monkeypatch):
     with monkeypatch.context() as m:
         if not fast:
@@ -118,15 +132,7 @@ def test_generated_flows_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
     src = str(tmp_path / "flows.pcap")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
                     "--packets", "30000"], check=True, cwd=ROOT)
-    taken = []
-    real = pcapscan.scan
-
-    def counting(*args):
-        out = real(*args)
-        taken.append(out[1])
-        return out
-
-    monkeypatch.setattr(pcapscan, "scan", counting)
+    taken = _count_scanned(monkeypatch, "scan")
     dump = _same(ctx, src, tmp_path, monkeypatch)
     assert len(dump["packets"]) >= 30000 and len(dump["connections"]) > 100
     # the compiled path did the bulk of the work (first packets of flows and DNS did not)
@@ -231,16 +237,8 @@ def test_pcapng_from_editcap_and_mergecap_same_and_mostly_scanned(ctx, tmp_path,
     subprocess.run(["editcap", "-F", "pcapng", flows, single], check=True)
     subprocess.run(["mergecap", "-w", merged, single,
                     os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")], check=True)
-    real = pcapscan.scan_pcapng
     for path, interfaces in ((single, 1), (merged, 2)):
-        taken = []
-
-        def counting(*args):
-            out = real(*args)
-            taken.append(out[1])
-            return out
-
-        monkeypatch.setattr(pcapscan, "scan_pcapng", counting)
+        taken = _count_scanned(monkeypatch, "scan_pcapng")
         dump = _same(ctx, path, tmp_path, monkeypatch)
         assert len(dump["interfaces"]) == interfaces
         assert sum(taken) > 0.9 * len(dump["packets"])
