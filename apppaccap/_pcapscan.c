@@ -497,7 +497,8 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
         unsigned long long gid, lt, snap, mult, div;
         long long tsoff, epb_div;
         if (!PyArg_ParseTuple(t, "KKKKLKL", &gid, &lt, &mult, &div, &tsoff, &snap, &epb_div)) {
-            /* a value out of 64-bit range (a huge time offset): Python reads that interface */
+            /* a time offset out of 64-bit range: Python reads that interface (mult/div
+             * beyond 64 bits come as div 0 from pcapng_section) */
             if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto fail;
             PyErr_Clear();
             continue;

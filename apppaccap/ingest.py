@@ -90,7 +90,9 @@ class _Labels:
 def _add_interfaces(db, reader, known: int) -> int:
     """Store the interfaces the reader found since `known`; returns how many there are."""
     if len(reader.interfaces) > known:
-        new = [(i, f.name, f.linktype, f.ticks_per_second) for i, f in
+        # a hostile if_tsresol (10^-19 s per tick and finer) does not fit SQLite's int64;
+        # only "finer than µs" matters to readers (export's timestamp resolution)
+        new = [(i, f.name, f.linktype, min(f.ticks_per_second, 2**63 - 1)) for i, f in
                enumerate(reader.interfaces[known:], start=known)]
         db.write(lambda c: c.executemany(
             "INSERT INTO interfaces(id, name, linktype, ticks_per_second) VALUES (?,?,?,?)",
@@ -162,6 +164,8 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
             interfaces()
             pcapscan.ingest(reader, rec, lambda r: _record(rec, labels, r), interfaces,
                             progress)
+        # interfaces declared after the last packet (or in a file without packets)
+        known_ifaces = _add_interfaces(db, reader, known_ifaces)
         if reader.error:
             if rec.packets:
                 message = f"stopped early, {rec.packets} packets kept: {reader.error}"

@@ -139,6 +139,8 @@ class PcapngReading:
         out = []
         for gi in local:
             linktype, mult, div, tsoff, snaplen = conv[gi]
+            if mult >= 1 << 64 or div >= 1 << 64:
+                div = 0  # beyond the scanner's 64-bit arithmetic: Python reads its packets
             tps = self.interfaces[gi].ticks_per_second
             out.append((gi, linktype, mult, div, tsoff, snaplen, 1 if tps > 1_000_000 else 1000))
         return e == ">", tuple(out)

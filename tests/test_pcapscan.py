@@ -242,3 +242,17 @@ def test_pcapng_from_editcap_and_mergecap_same_and_mostly_scanned(ctx, tmp_path,
         dump = _same(ctx, path, tmp_path, monkeypatch)
         assert len(dump["interfaces"]) == interfaces
         assert sum(taken) > 0.9 * len(dump["packets"])
+
+
+def test_interface_declared_after_the_last_packet(ctx, tmp_path, monkeypatch):
+    """An IDB after the last EPB (mergecap and live tools write them): stored by both
+    paths, and both exports carry it."""
+    import struct
+    flows, single = str(tmp_path / "flows.pcap"), str(tmp_path / "one.pcapng")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), flows,
+                    "--packets", "2000"], check=True, cwd=ROOT)
+    subprocess.run(["editcap", "-F", "pcapng", flows, single], check=True)
+    with open(single, "ab") as fh:   # editcap writes little-endian sections
+        fh.write(struct.pack("<IIHHII", 1, 20, 101, 0, 0, 20))
+    dump = _same(ctx, single, tmp_path, monkeypatch)
+    assert [row[2] for row in dump["interfaces"]] == [1, 101]
