@@ -157,6 +157,8 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
 
             def interfaces():
                 nonlocal known_ifaces
+                if rec.epb_divs is not None and len(rec.epb_divs) == len(reader.interfaces):
+                    return
                 known_ifaces = _add_interfaces(db, reader, known_ifaces)
                 rec.epb_divs = [1 if f.ticks_per_second > 1_000_000 else 1000
                                 for f in reader.interfaces]

@@ -51,6 +51,7 @@ class _Walk:
         self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id, local, remote ip)
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
+        self._mark = None      # pcapng: which section/interfaces self.section describes
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
@@ -80,9 +81,13 @@ class _Walk:
         return code, key, src_is_a
 
     def python_read(self):
-        """After the reader read a record itself: the section may have changed."""
+        """After the reader read a record itself: the section may have changed (a new
+        section header, or interfaces declared since)."""
         if self.pcapng:
-            self.section = self.reader.pcapng_section()
+            _conv, local, e, _ts, section = self.reader._png
+            mark = (section, len(local), e)
+            if mark != self._mark:
+                self.section, self._mark = self.reader.pcapng_section(), mark
 
 
 def ingest(reader, rec, one, interfaces, progress=None) -> None:
