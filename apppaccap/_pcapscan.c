@@ -274,8 +274,8 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         return NEWFLOW;   /* keep key: Python registers the connection under it */
     }
     Py_CLEAR(*key);
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 5) {
-        PyErr_SetString(PyExc_TypeError, "flows values must be 5-tuples");
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+        PyErr_SetString(PyExc_TypeError, "flows values must be (conn, a_is_local, conn_id)");
         return -1;
     }
     conn = PyTuple_GET_ITEM(entry, 0);
@@ -381,7 +381,7 @@ PyDoc_STRVAR(scan_doc,
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
 "its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
-"a_is_local, conn_id, local_ip, remote_ip); plain: bytearray of packed rows\n"
+"a_is_local, conn_id); plain: bytearray of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
 "EPB with ticks of div ns when div > 0.");
 

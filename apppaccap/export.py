@@ -13,12 +13,13 @@ import os
 import time
 
 from apppaccap.api.envelope import Malformed
+from apppaccap.capture.recorder import EPB_FLAGS
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.pcapng_writer import process_comment
 from apppaccap.store.blocks import O_BINARY
 from apppaccap.store.blocks import side_path
 
-EPB_DIRECTION = {0: 1, 1: 2}  # our Direction (0 in, 1 out) → epb_flags bits
+EPB_DIRECTION = EPB_FLAGS  # our Direction (0 in, 1 out) → epb_flags bits
 
 
 def resolve_path(ctx, path: str, stem: str) -> str:
@@ -116,8 +117,9 @@ def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
 class _Exporter:
     """One export: the writer, the process comments and where the bytes come from."""
 
-    def __init__(self, db, w: PcapngWriter, total: int, progress):
-        self.db, self.w, self.total, self.progress = db, w, total, progress
+    def __init__(self, db, w: PcapngWriter, count: int, progress):
+        self.db, self.w, self.count, self.progress = db, w, count, progress
+        self.total = count or 1  # progress denominator
         self.procs = _comments(db)
         self.comments: dict = {}
         self.blocks = db.block_reader()
@@ -170,7 +172,7 @@ class _Exporter:
                     _copy_range(side, fh.fileno(), file_off, size)
                 if self.progress is not None:
                     self.progress(100.0 * i / len(rows))
-            self.n = self.db.one("SELECT count(*) FROM packets")[0]
+            self.n = self.count
         finally:
             if side is not None:
                 os.close(side)
@@ -187,7 +189,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
 
     Written to `path + ".part"` and renamed when complete, so a reader never sees half a file.
     """
-    total = db.one("SELECT count(*) FROM packets")[0] or 1
+    count = db.one("SELECT count(*) FROM packets")[0]
     with atomic_file(path) as fh:
         w = PcapngWriter(fh, comment="exported by AppPacCap")
         for r in db.read("SELECT id, name, linktype, ticks_per_second FROM interfaces "
@@ -195,7 +197,7 @@ def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
             # keep µs interfaces µs: a 64-bit tick count in ns ends in 2554
             w.add_interface(r["linktype"], r["name"] or None,
                             tsresol_ns=r["ticks_per_second"] > 1_000_000)
-        job = _Exporter(db, w, total, progress)
+        job = _Exporter(db, w, count, progress)
         try:
             if copy_blocks and where == "" and packet_ids is None and _framed_as_written(db):
                 job.verbatim(fh)

@@ -74,6 +74,7 @@ class CaptureReader(PcapngReading):
         self.error: str | None = None
         self.warnings: list[str] = []
         self.bytes_done = self.packets = 0
+        self._released = 0  # bytes of the map handed back (release_read_pages)
         self._warn_counts: dict[str, int] = {}
         self._gen = self._gen_tuples = self._mm = None
         self._file = open(path, "rb")
@@ -160,18 +161,25 @@ class CaptureReader(PcapngReading):
         the CPU cache.
         """
         gen = self._records(tuples)
-        released = 0
         while True:
             batch = list(islice(gen, n))
             if not batch:
                 return
             yield batch
-            # Records are copies: hand the pages already read back to the page cache so a
-            # large file does not count against our resident memory (one forward pass).
-            done = self.bytes_done // mmap.PAGESIZE * mmap.PAGESIZE
-            if done - released >= 32 << 20 and hasattr(self._mm, "madvise"):
-                self._mm.madvise(mmap.MADV_DONTNEED, released, done - released)
-                released = done
+            self.release_read_pages()
+
+    def release_read_pages(self) -> None:
+        """Hand the pages already read (up to bytes_done) back to the page cache, so a
+        large file does not count against our resident memory: records are copies and
+        the pass goes one way. Done every 32 MiB."""
+        done = self.bytes_done // mmap.PAGESIZE * mmap.PAGESIZE
+        if done - self._released >= 32 << 20 and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, self._released, done - self._released)
+            self._released = done
+
+    def mapping(self):
+        """(mmap, size) of the file, for a caller that walks it itself."""
+        return self._mm, self.size
 
     def pcap_layout(self):
         """(mmap, size, big_endian, ns per fraction unit, record header length, snaplen,

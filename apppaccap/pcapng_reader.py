@@ -135,7 +135,11 @@ class PcapngReading:
         """(big_endian, interfaces) of the section being read, each interface as the
         compiled scanner takes it: (file-wide id, linktype, mult, div, offset ns, snaplen,
         ns per tick of its exported EPBs)."""
-        conv, local, e, _last_ts, _section = self._png
+        conv, local, e, _last_ts, section = self._png
+        mark = (section, len(local))  # interfaces only grow within a section
+        cached = getattr(self, "_section_cache", None)
+        if cached is not None and cached[0] == mark:
+            return cached[1]
         out = []
         for gi in local:
             linktype, mult, div, tsoff, snaplen = conv[gi]
@@ -143,7 +147,8 @@ class PcapngReading:
                 div = 0  # beyond the scanner's 64-bit arithmetic: Python reads its packets
             tps = self.interfaces[gi].ticks_per_second
             out.append((gi, linktype, mult, div, tsoff, snaplen, 1 if tps > 1_000_000 else 1000))
-        return e == ">", tuple(out)
+        self._section_cache = (mark, (e == ">", tuple(out)))
+        return self._section_cache[1]
 
     def pcapng_advance(self, last_ts: int) -> None:
         """Packets were read past the reader (bytes_done/packets moved): keep the time an

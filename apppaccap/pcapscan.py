@@ -17,7 +17,6 @@ the 1M-packet benchmark, with export then copying blocks instead of packets.
 
 from __future__ import annotations
 
-import mmap
 import struct
 
 from apppaccap.store.capturedb import PLAIN_FORMAT
@@ -48,15 +47,14 @@ class _Walk:
 
     def __init__(self, reader, rec):
         self.reader, self.rec = reader, rec
-        self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id, local, remote ip)
+        self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id)
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
-        self._mark = None      # pcapng: which section/interfaces self.section describes
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
         else:
-            self.mm, self.size = reader._mm, reader.size
+            self.mm, self.size = reader.mapping()
 
     def run(self):
         rec, reader = self.rec, self.reader
@@ -84,10 +82,7 @@ class _Walk:
         """After the reader read a record itself: the section may have changed (a new
         section header, or interfaces declared since)."""
         if self.pcapng:
-            _conv, local, e, _ts, section = self.reader._png
-            mark = (section, len(local), e)
-            if mark != self._mark:
-                self.section, self._mark = self.reader.pcapng_section(), mark
+            self.section = self.reader.pcapng_section()
 
 
 def ingest(reader, rec, one, interfaces, progress=None) -> None:
@@ -96,26 +91,22 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
     after each such record (pcapng files declare interfaces as they go)."""
     walk = _Walk(reader, rec)
     flows = walk.flows
-    released = 0
     evicted = rec.evicted
     try:
         while True:
+            # a flush (ours, or one add() made) may have made the recorder forget idle
+            # flows - even one just registered below: so must the scanner
+            if rec.evicted != evicted:
+                flows.clear()
+                evicted = rec.evicted
             code, key, src_is_a = walk.run()
             if code == END:
                 break
             if code == FULL:
                 rec.flush()
-                if rec.evicted != evicted:
-                    flows.clear()
-                    evicted = rec.evicted
-                done = reader.bytes_done
                 if progress is not None and reader.size:
-                    progress(100.0 * done / reader.size)
-                # hand the pages read back to the page cache (one forward pass)
-                done = done // mmap.PAGESIZE * mmap.PAGESIZE
-                if done - released >= 32 << 20 and hasattr(walk.mm, "madvise"):
-                    walk.mm.madvise(mmap.MADV_DONTNEED, released, done - released)
-                    released = done
+                    progress(100.0 * reader.bytes_done / reader.size)
+                reader.release_read_pages()
                 continue
             record = reader.next_record()
             if record is None:
@@ -125,11 +116,6 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
             d, conn = one(record)
             if code == NEWFLOW and conn is not None and key is not None:
                 src_is_local = conn.local == (d.src, d.sport)
-                flows[key] = (conn, src_is_local == bool(src_is_a), conn.id,
-                              conn.local[0], conn.remote[0])
-            # after registering: add() may have flushed and forgotten this very flow
-            if rec.evicted != evicted:
-                flows.clear()  # the recorder forgot idle flows: so must we
-                evicted = rec.evicted
+                flows[key] = (conn, src_is_local == bool(src_is_a), conn.id)
     finally:
         reader.finish()

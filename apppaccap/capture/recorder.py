@@ -22,7 +22,7 @@ MAX_TS = 2**63
 DIR_IN, DIR_OUT, DIR_UNKNOWN = 0, 1, 2
 TCP, UDP = 6, 17
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-EPB_FLAGS = {DIR_IN: 1, DIR_OUT: 2}  # our Direction → pcapng epb_flags (export.py too)
+EPB_FLAGS = {DIR_IN: 1, DIR_OUT: 2}  # our Direction → pcapng epb_flags (also export's)
 
 
 @dataclass
@@ -248,14 +248,14 @@ class Recorder:
     def flush(self, wait: bool = False):
         """Submit the accumulated batch to the writer thread (one transaction)."""
         if self._rows or self._plain or self._dirty:
-            rows, blob = self._rows, self._buf  # _reset() starts a new buffer
+            rows, blob = self._rows, self._buf  # _reset() starts new buffers
             conns = {c.id: c.row() for c in self._dirty.values()}
             procs = {k: tuple(v) for k, v in self._procs.items()}
             ips, agg = self._expand()
             threads = {}
             for (pid, tid, _process_id), n in self._threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
-            args = (rows, blob, conns, procs, threads, ips, agg, bytes(self._plain))
+            args = (rows, blob, conns, procs, threads, ips, agg, self._plain)
             if self.pending is not None and self.bulk is None:
                 self.pending.result()  # back-pressure: at most one batch in flight
             if self.bulk is not None:
