@@ -27,6 +27,38 @@ log = logging.getLogger(__name__)
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
+# The Content-Security-Policy of every response. Scripts and styles only from this server's
+# files: no inline script, no inline style attribute (the default theme styles through CSS
+# classes and the CSSOM — jQuery .css(), element.style — which CSP does not govern), no
+# plugins, no <base>, forms post only here, and no other site may frame a page.
+CSP = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": "'self'",
+    "connect-src": "'self'",
+    "font-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",       # a URL (and anything in it) never leaves the page
+    "X-Frame-Options": "DENY",              # frame-ancestors for browsers without CSP 2
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+def csp_header(script_nonce: str | None = None) -> str:
+    policy = dict(CSP)
+    if script_nonce:  # a theme's own inline scripts, marked by themes.add_script_nonce
+        policy["script-src"] += f" 'nonce-{script_nonce}'"
+    return "; ".join(f"{name} {value}" for name, value in policy.items())
+
 
 def dispatch(ctx, name: str, raw: dict) -> dict:
     """Validate, authorise and run one action; always returns an envelope."""
@@ -122,43 +154,73 @@ def create_app(ctx) -> Flask:
         text = "".join(f"var {k} = {v};\n" for k, v in CONSTANTS.items())
         return Response(text, mimetype="application/javascript")
 
+    @app.after_request
+    def security_headers(resp):
+        """Every answer of the app, pages, /ajax and errors alike, gets the same headers."""
+        for name, value in SECURITY_HEADERS.items():
+            resp.headers.setdefault(name, value)
+        resp.headers.setdefault("Content-Security-Policy", csp_header())
+        return resp
+
     @app.get("/")
     def root():
-        theme = ctx.settings.get("theme") or "default"
-        token = request.args.get("token")
-        return redirect(f"/{theme}/index.html" + (f"?token={token}" if token else ""))
+        # Only the name of an installed theme goes into Location (never a token, never a
+        # stored value that could point a browser at another site).
+        theme = themes.safe_theme(ctx.config.themes_dir, ctx.settings.get("theme"))
+        return redirect(f"/{theme}/index.html")
 
     @app.get("/<theme>/")
     def theme_root(theme):
+        if not themes.is_theme_name(theme):
+            return _not_found()
         return redirect(f"/{theme}/index.html")
 
     @app.get("/<theme>/<path:path>")
     def page(theme, path):
         root_dir = ctx.config.themes_dir
-        if theme.startswith(".") or themes.confined(root_dir, theme) is None:
-            return Response("not found\n", 404, mimetype="text/plain")
+        if not themes.is_theme_name(theme) or themes.confined(root_dir, theme) is None:
+            return _not_found()
         full = themes.confined(os.path.join(root_dir, theme), *path.split("/"))
         if full is None or not os.path.isfile(full):
-            return Response("not found\n", 404, mimetype="text/plain")
+            return _not_found()
         mime = mimetypes.guess_type(full)[0] or "application/octet-stream"
         with open(full, "rb") as fh:
             data = fh.read()
-        if full.lower().endswith((".html", ".htm")):
-            token = request.args.get("token")
-            if token and ctx.config.auth:
-                try:
-                    ctx.sessions.check(token)
-                except ApiError:
-                    token = None  # a stale token is not echoed back into the page
-            params = {k: v for k, v in request.args.items() if k != "token"}
-            data = themes.fill_placeholders(data.decode("utf-8", "replace"), token,
-                                            params).encode()
-        resp = Response(data, 200, mimetype=mime)
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["X-Frame-Options"] = "DENY"
+        if not full.lower().endswith((".html", ".htm")):
+            return Response(data, 200, mimetype=mime)
+        return _html_page(data.decode("utf-8", "replace"), mime)
+
+    def _html_page(text: str, mime: str) -> Response:
+        """A theme page: its inline scripts get a nonce, then the placeholders are filled."""
+        nonce = secrets.token_urlsafe(18) if themes.has_inline_script(text) else None
+        if nonce:
+            text = themes.add_script_nonce(text, nonce)
+        params = {k: v for k, v in request.args.items() if k != "token"}
+        text = themes.fill_placeholders(text, _live_token(request.args.get("token")), params)
+        resp = Response(text.encode(), 200, mimetype=mime)
+        resp.headers["Content-Security-Policy"] = csp_header(nonce)
+        resp.headers["Cache-Control"] = "no-store"  # it may hold a token: keep it out of caches
         return resp
 
+    def _live_token(token: str | None) -> str | None:
+        """The ?token= of a page request if it is a live session's token, else None.
+
+        Only themes using the reference placeholders need it; whatever else is in the
+        query string (a stale token, markup) is never echoed into the page.
+        """
+        if not themes.is_token_shaped(token):
+            return None
+        try:
+            ctx.sessions.check(token)
+        except ApiError:
+            return None
+        return token
+
     return app
+
+
+def _not_found() -> Response:
+    return Response("not found\n", 404, mimetype="text/plain")
 
 
 def _parse_body():

@@ -1,12 +1,12 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
+from apppaccap import themes
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import STRING
 from apppaccap.api.registry import action
-from apppaccap.settings import DEFAULTS
 
 
 @action(INT)
@@ -48,7 +48,18 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes"):
         if not value.strip().isdigit() or int(value) <= 0:
             raise Malformed(f"value: {key_name} must be a positive integer")
-    if key_name == "theme" and key_name in DEFAULTS and value.startswith("."):
-        raise Malformed("value: not a theme name")
+    if key_name == "theme":
+        _check_theme(ctx, value)
     ctx.settings.set(key_name, value)
     return 0
+
+
+def _check_theme(ctx, value: str) -> None:
+    """`/` redirects to the theme: only the folder name of an installed theme is taken."""
+    if not themes.is_theme_name(value):
+        raise Malformed("value: a theme is a folder name (letters, digits, '.', '_', '-'; "
+                        "not starting with '.')")
+    installed = themes.list_themes(ctx.config.themes_dir)
+    if value not in installed:
+        raise NotFound(f"value: no theme {value!r} in the themes directory "
+                       f"(installed: {', '.join(installed) or 'none'})")

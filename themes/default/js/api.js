@@ -1,8 +1,10 @@
 /* The one AJAX helper. Every request of this theme goes through App.api():
  *   App.api("capture_list_active").then(function (list) { ... }, App.fail);
- * It posts to /ajax with the token first (from {%hd_ajax_token} in index.html, or from
- * login), resolves with ReturnValue on ERROR_SERVE_SUCCESS and rejects with
- * {ErrorCode, ReturnValue, action} otherwise, so callers always get the server's words. */
+ * It posts to /ajax with the token first (the one `login` returned, kept for this tab),
+ * resolves with ReturnValue on ERROR_SERVE_SUCCESS and rejects with
+ * {ErrorCode, ReturnValue, action} otherwise, so callers always get the server's words.
+ * The token only ever travels in POST bodies (and the server's login cookie), never in a
+ * URL: URLs end up in history, bookmarks, logs and Referer headers. */
 var App = window.App || (window.App = {});
 
 (function () {
@@ -18,13 +20,17 @@ var App = window.App || (window.App = {});
     if (typeof v === "number") errorNames[v] = n;
   });
 
-  // A page served with ?token=… carries it in APC_PAGE (via the placeholder); keep it for
-  // this tab and take it out of the address bar so it is not copied or bookmarked.
-  var token = (window.APC_PAGE && APC_PAGE.token) || sessionStorage.getItem(KEY) || "";
-  if (window.APC_PAGE && APC_PAGE.token) {
-    sessionStorage.setItem(KEY, APC_PAGE.token);
-    if (window.history && /[?&]token=/.test(location.search)) {
-      history.replaceState(null, "", location.pathname + location.hash);
+  // The token `login` returned, kept for this tab only (sessionStorage, not a URL).
+  var token = sessionStorage.getItem(KEY) || "";
+
+  // A link that carries ?token= (made for themes using the reference placeholders) is not
+  // used here; the token is only taken out of the address bar, so it is not bookmarked.
+  if (window.history && window.URLSearchParams) {
+    var query = new URLSearchParams(location.search);
+    if (query.has("token")) {
+      query.delete("token");
+      var rest = query.toString();
+      history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
     }
   }
 

@@ -62,19 +62,23 @@ var App = window.App || (window.App = {});
     var auth = App.info && App.info.AuthEnabled;
     $("#userbox").prop("hidden", !auth);
     $("#username").text(api.user() ? "\u{1F464} " + api.user() : "");
-    $("#newwin").attr("href", "index.html" + (api.token() ? "?token=" + encodeURIComponent(api.token()) : ""));
     api.probe(OPTIONAL).then(function () {
       $("[data-needs]").each(function () {
         var need = $(this).attr("data-needs");
         $(this).toggleClass("unavailable", !api.has(need)).prop("hidden", !api.has(need));
       });
       started = true;
-      if (!location.hash && window.params && params.capture_id) {
-        location.hash = "#/capture/" + Number(params.capture_id);
-      }
+      var open = pageParam("capture_id");   // index.html?capture_id=N opens that capture
+      if (!location.hash && /^\d+$/.test(open)) location.hash = "#/capture/" + Number(open);
       route();
     });
     App.refreshLive();
+  }
+
+  /* A parameter of this page's URL, read here rather than echoed into the page by the
+   * server ({%hd_post_params}), so nothing from a link ever becomes markup or script. */
+  function pageParam(name) {
+    return window.URLSearchParams ? new URLSearchParams(location.search).get(name) : null;
   }
 
   /* Header badge: how many captures are running (checked every few seconds). */
@@ -112,11 +116,24 @@ var App = window.App || (window.App = {});
     });
   });
 
+  /* With authentication on and no token in this tab, the browser may still hold a session
+   * in the server's HttpOnly login cookie (another tab logged in): one call tells. This
+   * runs before App.info is set, so a refusal shows the login form without an error. */
+  function sessionFromCookie() {
+    return api("capture_list_active").then(function () { return true; },
+      function () { return $.Deferred().resolve(false).promise(); });
+  }
+
   api("apppaccap").then(function (info) {
-    App.info = info;
     $("#about").text(info.MachineName + " \u00b7 v" + info.AppPacCap).attr("title", info.OS);
-    if (info.AuthEnabled && !api.token()) showLogin();
-    else showMain();
+    if (!info.AuthEnabled || api.token()) {
+      App.info = info;
+      return showMain();
+    }
+    sessionFromCookie().then(function (ok) {
+      App.info = info;
+      if (ok) showMain(); else showLogin();
+    });
   }, function (r) {
     $("#main").prop("hidden", false);
     ui.error(r);
