@@ -21,6 +21,30 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-quic"]
 
 
+# Reports every Content-Security-Policy violation of a document as a console error. The
+# page's CSP does not apply to it: Playwright injects init scripts through DevTools.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", function (e) {
+  console.error("CSP violation: " + e.violatedDirective + " blocked " + (e.blockedURI || "inline")
+                + " at " + e.sourceFile + ":" + e.lineNumber);
+});
+"""
+
+
+class Console:
+    """Every console error, uncaught page error and CSP violation of a page."""
+
+    def __init__(self, page):
+        self.errors = []
+        page.add_init_script(CSP_LISTENER)
+        page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}")
+                if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+
+    def assert_clean(self):
+        assert not self.errors, "\n".join(self.errors)
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

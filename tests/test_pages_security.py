@@ -23,6 +23,7 @@ import urllib.parse
 import pytest
 
 from apppaccap.themes import default_themes_dir
+from tests import browser_helpers as bh
 from tests.serverproc import Server
 from tests.serverproc import cli
 
@@ -32,6 +33,7 @@ ATTR_BREAKOUT = '"><img src=x onerror="window.__xss=2">'
 
 LEGACY_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>legacy</title>
+<link rel="icon" href="icon.svg" type="image/svg+xml">
 <script>
 var LEGACY = { {%hd_ajax_token} "theme": "legacy" };
 {%HD_POST_PARAMS}
@@ -41,6 +43,14 @@ window.LEGACY_OK = true;
 <script src="/constants.js"></script>
 </head>
 <body><a id="again" href="index.html{%hd_link_token}">again</a></body></html>
+"""
+
+# What the CSP must stop even in a theme's own markup: inline handlers and style attributes.
+INLINE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>inline</title>
+<link rel="icon" href="../legacy/icon.svg" type="image/svg+xml"></head>
+<body><button id="b" onclick="window.__clicked=1">click</button>
+<p id="p" style="color: rgb(255, 0, 0)">red?</p></body></html>
 """
 
 # Every directive the issue asks for, with the value it must have on every response.
@@ -59,6 +69,9 @@ def themes_dir(tmp_path_factory):
     shutil.copytree(os.path.join(default_themes_dir(), "default"), root / "default")
     (root / "legacy").mkdir()
     (root / "legacy" / "index.html").write_text(LEGACY_PAGE)
+    shutil.copy(os.path.join(default_themes_dir(), "default", "img", "icon.svg"), root / "legacy")
+    (root / "inline").mkdir()
+    (root / "inline" / "index.html").write_text(INLINE_PAGE)
     return root
 
 
@@ -299,3 +312,111 @@ def test_a_bad_theme_already_stored_cannot_redirect_off_site(ctx, client, stored
     ctx.settings.set("theme", stored)   # e.g. written by an older version
     resp = client.get("/")
     assert resp.status_code == 302 and resp.headers["Location"] == "/default/index.html"
+
+
+# --- in the browser (Chromium through Playwright) ---------------------------------------
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    assert os.path.exists(bh.CHROMIUM), "chromium is missing: apt-get install chromium"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 800, "height": 600})
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    pg.console = bh.Console(pg)
+    pg.urls = []   # every URL the page asked for, and every Location it was sent to
+    pg.on("request", lambda r: pg.urls.append(r.url))
+    pg.on("response", lambda r: pg.urls.append(r.headers.get("location", "")))
+    yield pg
+    ctx.close()
+
+
+def login(page):
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#loginform [name=username]", USER)
+    page.fill("#loginform [name=password]", PASSWORD)
+    page.click("#loginform button")
+    page.wait_for_selector("#nav a.active[data-view=processes]")
+
+
+def every_url_in(page) -> list[str]:
+    """The address bar and every link, source and form target of the document."""
+    return [page.url] + page.evaluate("""() => Array.from(
+        document.querySelectorAll("[href], [src], [action]"),
+        e => e.getAttribute("href") || e.getAttribute("src") || e.getAttribute("action"))""")
+
+
+@pytest.mark.browser
+def test_injected_markup_never_runs_in_the_default_theme(server, page):
+    page.goto(f"{server.url}/default/index.html?x={q(SCRIPT_BREAKOUT)}&token={q(ATTR_BREAKOUT)}"
+              f"&y={q(ATTR_BREAKOUT)}")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.evaluate("() => window.__xss") is None
+    assert page.locator("img[onerror], img[src=x]").count() == 0
+    assert page.locator("script:not([src])").count() == 0
+    assert "token" not in page.url   # the theme took it out of the address bar, unused
+    page.console.assert_clean()      # no CSP violation: the theme needs nothing inline
+
+
+@pytest.mark.browser
+def test_placeholders_of_a_legacy_theme_stay_data_in_the_browser(server, token, page):
+    page.goto(f"{server.url}/legacy/index.html?x={q(SCRIPT_BREAKOUT)}&y={q(ATTR_BREAKOUT)}")
+    page.wait_for_load_state("load")
+    assert page.evaluate("() => window.LEGACY_OK") is True   # its nonce'd inline script ran
+    assert page.evaluate("() => window.__xss") is None
+    assert page.evaluate("() => params") == {"x": SCRIPT_BREAKOUT, "y": ATTR_BREAKOUT}
+    assert page.locator("script").count() == 2 and page.locator("img").count() == 0
+    page.console.assert_clean()
+    # A live token (the reference way, documented as a risk) reaches every placeholder.
+    page.goto(f"{server.url}/legacy/index.html?token={token}")
+    assert page.evaluate("() => [LEGACY.token, LEGACY_TOKEN, params.token]") == [token] * 3
+    assert page.get_attribute("#again", "href") == f"index.html?token={token}"
+
+
+@pytest.mark.browser
+def test_the_csp_refuses_inline_handlers_and_the_listener_reports_it(server, page):
+    page.goto(f"{server.url}/inline/index.html")
+    page.click("#b")
+    assert page.evaluate("() => window.__clicked") is None
+    assert page.evaluate("() => getComputedStyle(document.getElementById('p')).color") \
+        != "rgb(255, 0, 0)"
+    violations = [e for e in page.console.errors if "CSP violation" in e]
+    assert any("script-src" in v for v in violations), page.console.errors
+    assert any("style-src" in v for v in violations), page.console.errors
+
+
+@pytest.mark.browser
+def test_no_token_in_any_url_after_login(server, page):
+    page.goto(f"{server.url}/")
+    login(page)
+    for view in ("adapters", "captures", "files", "settings", "processes"):
+        page.click(f"#nav a[data-view={view}]")
+        page.wait_for_selector(f"#view-{view} .panel")
+    tab_token = page.evaluate("() => sessionStorage.getItem('apppaccap_token')")
+    assert tab_token and server.call("capture_list_active", token=tab_token)["ErrorCode"] == 0
+    urls = every_url_in(page) + page.urls
+    assert [u for u in urls if tab_token in u or "token=" in u] == []
+    assert page.url == f"{server.url}/default/index.html#/processes"
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, "main_800x600.png"))
+    page.console.assert_clean()
+
+
+@pytest.mark.browser
+def test_root_with_a_live_token_lands_on_a_clean_url_and_the_login(server, token, page):
+    page.goto(f"{server.url}/?token={token}")
+    page.wait_for_selector("#login:not([hidden])")   # the default theme never reads ?token=
+    assert page.url == f"{server.url}/default/index.html"
+    assert [u for u in page.urls if token in u and "/?token=" not in u] == []
+    page.console.assert_clean()
