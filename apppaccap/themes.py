@@ -55,10 +55,11 @@ def confined(root: str, *parts: str) -> str | None:
 
 
 def list_themes(root: str) -> list[str]:
+    """Folders of the themes directory that can be served (plain names only)."""
     if not os.path.isdir(root):
         return []
     return sorted(d for d in os.listdir(root)
-                  if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+                  if is_theme_name(d) and os.path.isdir(os.path.join(root, d)))
 
 
 def list_pages(root: str, theme: str) -> list[str]:
