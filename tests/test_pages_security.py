@@ -270,7 +270,9 @@ def test_redirect_of_root_carries_no_token(server, token):
     "/default/index.html?x=%ff%fe", "/default/index.html?%ff=1", "/default/index.html?token=%ff",
     "/x%00/", "/x%00/index.html", "/..%2f/", "/default/" + "a" * 5000,
     "/default/index.html?" + "a=1&" * 2000, "/%5c%5cevil.example/", "//evil.example/",
-    "/default/index.html?token=" + "A" * 5000])
+    "/default/index.html?token=" + "A" * 5000, "/default/index.html?x=%ed%a0%80",
+    "/%ed%a0%80/", "/%ed%a0%80/index.html", "/default/%ed%a0%80.html", "/default/index.html%00",
+    "/default/img/", "/default/js/../../default/index.html", "/" + "d" * 300 + "/"])
 def test_odd_page_requests_answer_4xx_or_a_page(server, path):
     status, headers, _ = get(server, path)
     assert status < 500, (path, status)

@@ -1,5 +1,6 @@
 """Pages, placeholders, confinement and browser safety."""
 
+import json
 import os
 
 import pytest
@@ -103,3 +104,30 @@ def test_bound_to_all_addresses_accepts_own_addresses_only(tmp_path):
         assert bad["ErrorCode"] == 8
     finally:
         ctx.catalog.close()
+
+
+def test_script_json_round_trips_and_cannot_end_a_script():
+    from apppaccap.themes import script_json
+    value = {"</script><!--": "<b>&amp;'\u2028\u2029\"\\", "k": [1, None, "\U0001f600"]}
+    text = script_json(value)
+    assert not set("<>&'\u2028\u2029") & set(text) and text.isascii()
+    assert json.loads(text) == value
+
+
+def test_only_inline_scripts_get_the_nonce():
+    from apppaccap.themes import add_script_nonce
+    from apppaccap.themes import has_inline_script
+    page = '<SCRIPT>a()</SCRIPT><script src="x.js"></script><script type="module">b()</script>'
+    out = add_script_nonce(page, "N0nce")
+    assert out == ('<script nonce="N0nce">a()</SCRIPT><script src="x.js"></script>'
+                   '<script nonce="N0nce" type="module">b()</script>')
+    assert has_inline_script(page) and not has_inline_script('<script src="x.js"></script>')
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("default", True), ("my-theme_2.1", True), ("_x", True), (".hidden", False), ("..", False),
+    ("", False), ("a/b", False), ("a\\b", False), ("//evil", False), ("http:x", False),
+    ("a b", False), ("x\r\n", False), ("é", False), ("a" * 64, True), ("a" * 65, False)])
+def test_theme_names(name, ok):
+    from apppaccap.themes import is_theme_name
+    assert is_theme_name(name) is ok
