@@ -8,6 +8,7 @@ read by this command, with the permissions of whoever runs it, never by the root
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -93,8 +94,12 @@ def _start_ingest(args, full: str) -> dict:
     body = post(args.url, _fields(args, action="pcap_ingest_file", path=full))
     if body.get("ErrorCode") != INVALID_PERMISSIONS:
         return body
-    if not os.path.isfile(full):
-        raise RuntimeError("no such file" if not os.path.exists(full) else "not a regular file")
+    try:
+        st = os.stat(full)  # as the user running the command
+    except FileNotFoundError:
+        raise RuntimeError("no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RuntimeError("not a regular file")
     return post_file(args.url, _fields(args, action="pcap_ingest_post"), full)
 
 

@@ -11,6 +11,8 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -19,7 +21,10 @@ import urllib.request
 import pytest
 
 from tests.conftest import CORPUS
+from tests.conftest import make_ctx
+from tests.serverproc import ROOT
 from tests.serverproc import Server
+from tests.serverproc import cli
 
 PINGS = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
 HTTP = os.path.join(CORPUS, "wellformed/http_get_file_download.pcap")
@@ -317,6 +322,31 @@ def test_geoip_db_fifo_does_not_block_a_capture(box):
         assert time.monotonic() - started < 5
 
 
+def test_cli_ingest_reads_outside_files_with_the_callers_permissions(box):
+    inside = box.inn / "pings.pcap"
+    shutil.copy(PINGS, inside)
+    outside = box.outside / "mine.pcap"
+    shutil.copy(PINGS, outside)
+    secret = box.outside / "root-only.pcap"
+    shutil.copy(PINGS, secret)
+    secret.chmod(0o600)
+    box.outside.chmod(0o755)
+    cli("ingest", str(inside), str(outside), "--url", box.server.url)
+    sources = sorted(c["SourceFile"] for c in box.ok("capture_list_completed"))
+    # the root's file by path; the other uploaded under its name, read by the command
+    assert sources == sorted(["mine.pcap", str(inside)])
+    os.chmod(box.tmp, 0o755)
+    run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                          sys.executable, "-m", "apppaccap", "ingest", str(secret),
+                          "--url", box.server.url], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 1, run
+    # refused by the command (permission denied) or by the door (a login is needed):
+    # never read by the service on the caller's behalf
+    assert "Permission denied" in run.stderr or "token" in run.stderr.lower(), run.stderr
+    assert len(box.ok("capture_list_completed")) == 2
+
+
 # -- extraction ------------------------------------------------------------------------------------
 def test_extracted_files_stay_below_their_directory(box):
     box.ok("extract_enable")
@@ -374,3 +404,27 @@ def test_kill_during_export_leaves_no_temporary_file_after_restart(box):
     left = [n for n in os.listdir(box.out) if n.endswith(".part")]
     assert left == [planted.name], left
     assert victim.read_bytes() == before and planted.is_symlink()
+
+
+def test_start_up_removes_only_its_own_temporary_files(tmp_path):
+    from apppaccap import safefs
+    ctx = make_ctx(tmp_path, export_roots=[])  # the export directory is the only root
+    try:
+        export = tmp_path / "export"
+        journal = tmp_path / "data" / safefs.JOURNAL_DIR
+        journal.mkdir()
+        (tmp_path / "elsewhere").mkdir()
+        files = {"own": export / ".a.pcapng.0123456789abcdef.part",      # journaled: removed
+                 "stray": export / ".c.pcapng.fedcba9876543210.part",   # our pattern: removed
+                 "outside": tmp_path / "elsewhere" / ".b.pcapng.0123456789abcdef.part",
+                 "not ours": export / "notes.part"}
+        for n, path in enumerate(files.values()):
+            path.write_bytes(b"partial")
+            (journal / f"{n:016x}").write_text(str(path))
+        assert safefs.remove_leftovers(ctx) == 2
+        assert not files["own"].exists() and not files["stray"].exists()
+        assert files["outside"].read_bytes() == b"partial"
+        assert files["not ours"].read_bytes() == b"partial"
+        assert os.listdir(journal) == []
+    finally:
+        ctx.catalog.close()
