@@ -103,7 +103,8 @@ def check_absolute(path: str, name: str = "path") -> str:
 def open_dir_beneath(root: str, parts, *, create: bool = False) -> int:
     """A directory fd for root/parts..., every component opened with O_NOFOLLOW relative
     to the one before (a symlink anywhere below the root fails with ELOOP/ENOTDIR).
-    `create` makes missing components (mode 0700)."""
+    `root` must be a real path (no symlink in it); `create` makes missing components
+    (mode 0700)."""
     fd = os.open(root, DIR_FLAGS)
     try:
         for part in parts:

@@ -180,7 +180,7 @@ def _publish(ctx, folder: str, name: str, src, stream) -> tuple[str, int, str]:
     base = os.path.join(ctx.config.data_dir, "extracted")
     try:
         # made without following links: a planted symlink makes this fail, never escape
-        os.close(safefs.open_dir_beneath(ctx.config.data_dir, [
+        os.close(safefs.open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
             "extracted", os.path.basename(folder)], create=True))
     except OSError as exc:
         raise IOFailure(f"stream_id: cannot make the directory for extracted files: "

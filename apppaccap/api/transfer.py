@@ -116,7 +116,8 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "",
     """
     db = captures(ctx).db(capture_id, active=False)
     flt = _compile_filter(ctx, filter, capture_id)
-    target = export.resolve_path(ctx, path, f"capture-{capture_id}", overwrite=export.check_overwrite(overwrite))
+    target = export.resolve_path(ctx, path, f"capture-{capture_id}",
+                                 overwrite=export.check_overwrite(overwrite))
 
     def run(progress):
         if flt is None:
