@@ -76,15 +76,6 @@ def export_name(firing: Firing) -> str:
     return f"{name}-pid{firing.pid}-capture{firing.capture_id}-{stamp}.pcapng"
 
 
-def _unique(folder: str, name: str) -> str:
-    path = os.path.join(folder, name)
-    n = 1
-    while os.path.exists(path):
-        path = os.path.join(folder, name.replace(".pcapng", f"-{n}.pcapng"))
-        n += 1
-    return path
-
-
 class ActionRunner:
     """Turns a completed firing into COMMANDs; `popen` is injectable for tests."""
 
@@ -126,14 +117,14 @@ class ActionRunner:
         folder = row["path"]
 
         def run(progress):
-            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-                raise ActionFailed(f"path: export directory {folder!r} is missing or "
-                                   "not writable")
             from apppaccap import export
             db = self.ctx.captures.db(firing.capture_id, active=False)
-            target = _unique(folder, export_name(firing))
+            # checked again now: the roots may differ from when the action was added (a
+            # restart with other --export-root); a name taken meanwhile gets a suffix
+            target = export.new_target(self.ctx, os.path.join(folder, export_name(firing)),
+                                       generated=True)
             export.write_capture(db, target, progress=progress)
-            return target
+            return target.path
 
         return self.ctx.jobs.submit("ACTION_EXPORT", self._params(firing, row), run)
 

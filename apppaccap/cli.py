@@ -30,10 +30,20 @@ def build_server_context(args):
     auth = args.auth == "on" if args.auth else not _is_loopback(args.host)
     config = Config(host=args.host, port=args.port, data_dir=args.data_dir,
                     themes_dir=os.path.abspath(args.themes_dir or default_themes_dir()),
-                    auth=auth, export_dir=os.path.abspath(args.export_dir))
+                    auth=auth, export_dir=os.path.abspath(args.export_dir),
+                    export_roots=_roots(args.export_root), ingest_roots=_roots(args.ingest_root))
     ctx = build_context(config)
     start_services(ctx)
     return ctx
+
+
+def _roots(values) -> list[str]:
+    """Repeated --export-root/--ingest-root values; each may also list several directories
+    separated by os.pathsep (":")."""
+    out = []
+    for value in values or ():
+        out += [os.path.abspath(p) for p in value.split(os.pathsep) if p]
+    return out
 
 
 def cmd_serve(args) -> int:
@@ -142,6 +152,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", default="./data")
     s.add_argument("--themes-dir", default="")
     s.add_argument("--export-dir", default="./export")
+    s.add_argument("--export-root", action="append", metavar="DIR",
+                   help="exports may also be written below DIR (repeat, or join with "
+                        f"{os.pathsep!r}); default: only the export directory")
+    s.add_argument("--ingest-root", action="append", metavar="DIR",
+                   help="pcap_ingest_file may also read below DIR (repeat, or join with "
+                        f"{os.pathsep!r}); default: only <data-dir>/import")
     s.add_argument("--auth", choices=["on", "off"], default=None,
                    help="default: off on loopback, on for any other address")
     s.set_defaults(func=cmd_serve)

@@ -27,6 +27,11 @@ class Config:
     themes_dir: str = ""
     auth: bool = False
     export_dir: str = ""
+    # Directories exports may write below (besides export_dir) and ingest may read below
+    # (besides <data-dir>/import): serve-time options only, never API settings, because
+    # they decide what the root service writes and reads for its callers (safefs.py).
+    export_roots: list = field(default_factory=list)
+    ingest_roots: list = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +66,10 @@ def build_context(config: Config) -> Context:
     if not config.export_dir:
         config.export_dir = os.path.join(config.data_dir, "export")
     os.makedirs(config.export_dir, exist_ok=True)
+    # the default ingest root: files an admin puts here may be ingested by path
+    os.makedirs(os.path.join(config.data_dir, "import"), mode=0o700, exist_ok=True)
+    config.export_roots = [os.path.abspath(r) for r in config.export_roots]
+    config.ingest_roots = [os.path.abspath(r) for r in config.ingest_roots]
     catalog = Catalog(config.data_dir)
     settings = Settings(catalog)
     users = Users(catalog)

@@ -8,42 +8,61 @@ packet with a process carries `opt_comment` "PID: …\\nCmd: …\\nArgs: …" (p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
+from apppaccap import safefs
 from apppaccap.api.envelope import Malformed
 from apppaccap.capture.recorder import EPB_FLAGS
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.pcapng_writer import process_comment
+from apppaccap.safefs import WriteTarget
 from apppaccap.store.blocks import O_BINARY
 from apppaccap.store.blocks import side_path
 
 EPB_DIRECTION = EPB_FLAGS  # our Direction (0 in, 1 out) → epb_flags bits
 
 
-def resolve_path(ctx, path: str, stem: str) -> str:
-    """`path` must be an absolute file path in an existing writable directory; blank =
-    the export directory with a generated name."""
+def new_target(ctx, path: str, *, overwrite: bool = False,
+               generated: bool = False) -> WriteTarget:
+    """An export target below the export roots, with the export file mode settings."""
+    return safefs.WriteTarget(
+        path, roots=safefs.export_roots(ctx.config), kind="export", overwrite=overwrite,
+        generated=generated, group_from_root=ctx.settings.get("export_group_read") == "1",
+        journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR))
+
+
+def resolve_path(ctx, path: str, stem: str, overwrite: bool = False) -> WriteTarget:
+    """Where an export goes, checked now (the write checks again when it runs).
+
+    `path` must be an absolute file path below one of the export roots (the export
+    directory and the --export-root directories); outside them INVALID_PERMISSIONS says
+    nothing about the file. An existing regular file is replaced only with `overwrite`;
+    symlinks, devices, FIFOs and directories never. Blank = the export directory with a
+    generated name that no other export takes.
+    """
     if not path.strip():
         name = f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}.pcapng"
-        candidate = os.path.join(ctx.config.export_dir, name)
-        n = 1
-        while os.path.exists(candidate):
-            candidate = os.path.join(ctx.config.export_dir, name.replace(".pcapng", f"-{n}.pcapng"))
-            n += 1
-        return candidate
-    if "\x00" in path or not os.path.isabs(path):
-        raise Malformed(f"path: must be an absolute file path, got {path[:200]!r}")
-    path = os.path.normpath(path)
-    folder = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise Malformed(f"path: {path[:200]!r} is a directory; give a file name")
-    if not os.path.isdir(folder):
-        raise Malformed(f"path: directory {folder[:200]!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise Malformed(f"path: directory {folder[:200]!r} is not writable")
-    return path
+        target = new_target(ctx, safefs.unique_name(ctx.config.export_dir, name),
+                            generated=True)
+        target.reserved_as = target.path
+        return target
+    return safefs.check_target(new_target(ctx, safefs.check_absolute(path),
+                                          overwrite=overwrite))
+
+
+def check_export_dir(ctx, folder: str) -> None:
+    """An EXPORT action's directory must lie below the export roots: checked before
+    anything about the directory itself is said (INVALID_PERMISSIONS, one message)."""
+    if folder and os.path.isabs(folder) and "\x00" not in folder:
+        safefs.confine(folder, safefs.export_roots(ctx.config), "export")
+
+
+def check_overwrite(value: int) -> bool:
+    """The `overwrite` parameter: 0 or 1."""
+    if value not in (0, 1):
+        raise Malformed("overwrite: 0 (refuse an existing file) or 1 (replace it)")
+    return value == 1
 
 
 def _comments(db) -> dict:
@@ -54,19 +73,11 @@ def _comments(db) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def atomic_file(path: str):
-    """Write to `path.part` and rename it to `path` when the block succeeds (a reader never
-    sees half a file); remove the part file when it fails."""
-    tmp = path + ".part"
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+def atomic_file(target):
+    """A file object whose bytes appear at the target when the block succeeds (a reader never
+    sees half a file) and vanish when it fails: safefs.atomic_write. `target` is a
+    WriteTarget from resolve_path or a plain path (a new file in the caller's directory)."""
+    return safefs.atomic_write(target)
 
 
 def epb_comment(procs: dict, process_id, tid, notes, cache: dict) -> str | None:
@@ -182,12 +193,14 @@ class _Exporter:
         self.blocks.close()
 
 
-def write_capture(db, path: str, *, where: str = "", params=(), progress=None,
+def write_capture(db, path, *, where: str = "", params=(), progress=None,
                   packet_ids=None, copy_blocks: bool = True) -> int:
-    """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path;
-    copy_blocks=False writes every packet on its own even where blocks could be copied.
+    """Write the capture's packets (all, those matching `where`, or `packet_ids`) to path
+    (a WriteTarget or a plain path); copy_blocks=False writes every packet on its own even
+    where blocks could be copied.
 
-    Written to `path + ".part"` and renamed when complete, so a reader never sees half a file.
+    Written to a temporary file renamed when complete (atomic_file), so a reader never sees
+    half a file; a WriteTarget's `path` is the file written when it returns.
     """
     count = db.one("SELECT count(*) FROM packets")[0]
     with atomic_file(path) as fh:

@@ -10,23 +10,46 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import queue
 import socket
 import threading
+
+from apppaccap import safefs
+from apppaccap.api.envelope import ApiError
 
 log = logging.getLogger(__name__)
 
 
 def open_geo_db(path: str):
-    """A maxminddb reader, or None (with the reason logged) when unavailable."""
+    """A maxminddb reader, or None (with the reason logged) when unavailable.
+
+    The path comes from a setting anyone allowed to call settings_set can change, and this
+    runs on a capture's first new addresses: it is opened without blocking and only if it
+    is a regular file (a FIFO here used to block the capture in open() for ever)."""
     if not path:
         return None
     try:
         import maxminddb
-        return maxminddb.open_database(path)
-    except Exception as exc:  # noqa: BLE001 - geolocation is optional
-        log.warning("geolocation disabled: cannot open %s (%s)", path, exc)
+        fd = safefs.open_regular(path, name="geoip_db")
+    except ImportError as exc:
+        log.warning("geolocation disabled: %s", exc)
         return None
+    except ApiError as err:
+        log.warning("geolocation disabled: cannot open the geoip_db file: %s", err.message)
+        return None
+    try:
+        # the checked descriptor, reopened through /proc for memory-mapped reads (the same
+        # file whatever happens to the path meanwhile); MODE_FD reads it into memory instead
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc):
+            return maxminddb.open_database(proc)
+        return maxminddb.open_database(os.fdopen(os.dup(fd), "rb"), maxminddb.MODE_FD)
+    except Exception as exc:  # noqa: BLE001 - geolocation is optional
+        log.warning("geolocation disabled: cannot read the geoip_db file (%s)", exc)
+        return None
+    finally:
+        os.close(fd)
 
 
 def geo_lookup(reader, ip: str) -> dict | None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 
 from apppaccap import pcapscan
+from apppaccap import safefs
+from apppaccap.api.envelope import IOFailure
 from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Label
 from apppaccap.capture.recorder import Recorder
@@ -25,18 +26,44 @@ FILE, ACTIVE, COMPLETED, FAILED = 4, 1, 2, 3
 DIR_FROM_FLAGS = {1: 0, 2: 1}  # epb_flags inbound/outbound → our Direction
 
 
-def open_reader(path: str) -> CaptureReader:
-    """Open a capture file, mapping problems to API errors (NOT_FOUND / MALFORMED)."""
-    if not os.path.isfile(path):
-        raise NotFound(f"path: no such file {path[:200]!r}")
+def open_reader(path: str, roots=None) -> CaptureReader:
+    """Open a capture file, mapping problems to API errors.
+
+    With `roots` the file must lie below one of them (INVALID_PERMISSIONS otherwise, the
+    same message for every file outside); it is opened without blocking and must be a
+    regular file (safefs.open_regular). Messages never quote the file's bytes."""
+    fd = safefs.open_regular(path, roots=roots, kind="ingest")
     try:
-        return CaptureReader(path)
+        fh = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        return CaptureReader(path, fileobj=fh)
     except NotACaptureError as exc:
-        raise Malformed(f"path: {exc}") from None
-    except PermissionError:
-        raise NotFound(f"path: cannot read {path[:200]!r} (permission denied)") from None
+        raise Malformed(f"path: {_public_reason(str(exc))}") from None
     except OSError as exc:
-        raise NotFound(f"path: cannot read {path[:200]!r} ({exc.strerror})") from None
+        raise IOFailure(f"path: cannot read the file ({exc.strerror or exc})") from None
+
+
+# What the reader says about a file that is not a capture, reduced to words that quote none
+# of its bytes ("unknown magic 0x726f6f74" would spell the first four bytes of /etc/shadow).
+_REASONS = (
+    ("unknown magic", "not a pcap or pcapng file"),
+    ("pcapng: unknown SHB version", "a pcapng file with an unsupported section header version"),
+    ("pcap: major version", "a pcap file with an unsupported major version"),
+    ("bad byte-order magic", "a pcapng file with a damaged section header"),
+)
+
+
+def _public_reason(message: str) -> str:
+    for fragment, words in _REASONS:
+        if fragment in message:
+            gzip = "gzip-compressed" in message
+            return words + (" (gzip-compressed: decompress it first)" if gzip else "")
+    if "bytes" in message or "empty" in message:  # a size, not content
+        return message
+    return "not a pcap or pcapng file"
 
 
 def create_capture(ctx, source: str) -> int:

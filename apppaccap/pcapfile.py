@@ -66,7 +66,9 @@ class CaptureReader(PcapngReading):
     ``bytes_done`` (of ``size``) tell the progress.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fileobj=None):
+        """`fileobj`: the file already opened (binary, positioned anywhere), e.g. by the
+        checks of safefs.open_regular; it is closed with the reader."""
         self.path = path
         self.format = ""
         self.interfaces: list[Interface] = []
@@ -77,7 +79,7 @@ class CaptureReader(PcapngReading):
         self._released = 0  # bytes of the map handed back (release_read_pages)
         self._warn_counts: dict[str, int] = {}
         self._gen = self._gen_tuples = self._mm = None
-        self._file = open(path, "rb")
+        self._file = fileobj if fileobj is not None else open(path, "rb")
         try:
             self.size = os.fstat(self._file.fileno()).st_size
             self._open()

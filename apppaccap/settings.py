@@ -7,6 +7,9 @@ DEFAULTS = {
     "token_timeout": "1800",          # seconds of idle time before a token expires
     "upload_max_bytes": str(2 << 30),  # pcap_ingest_post size limit
     "geoip_db": "",                    # path of a GeoLite2-City.mmdb; empty = no geolocation
+    # exports are 0600; "1" = 0640 with the group of the export root they are written
+    # below (chgrp that directory to the group that may read them)
+    "export_group_read": "0",
     "extract_enabled": "0",
     "extract_max_file_bytes": str(64 << 20),
     "action_timeout": "60",           # seconds an EXECUTE action may run before it is killed
@@ -15,6 +18,12 @@ DEFAULTS = {
     "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
     "trigger_poll_ms": "500",         # process poll period where there is no proc connector
 }
+
+
+# Serve-time configuration, not settings: what the root service may read and write for its
+# callers is decided by whoever starts it (apppaccap serve --export-root/--ingest-root), never
+# through the API (settings_set refuses these names).
+SERVE_ONLY = {"export_roots": "--export-root", "ingest_roots": "--ingest-root"}
 
 
 class Settings:

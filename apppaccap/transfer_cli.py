@@ -1,9 +1,14 @@
 """`apppaccap ingest FILE...` and `apppaccap export CAPTURE_ID FILE`: commands with a progress
-bar, driven through the server's /ajax door like any other client."""
+bar, driven through the server's /ajax door like any other client.
+
+`ingest` asks the server to read the file by path (pcap_ingest_file) and, when the file is
+outside the server's ingest roots, uploads it instead (pcap_ingest_post): the file is then
+read by this command, with the permissions of whoever runs it, never by the root service."""
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 import urllib.error
@@ -44,16 +49,70 @@ def _fields(args, **kw) -> dict:
     return kw
 
 
-def cmd_ingest(args) -> int:
+INVALID_PERMISSIONS = 8
+
+
+def post_file(url: str, fields: dict, path: str, timeout: float = 600) -> dict:
+    """POST form fields plus the file at `path` as the multipart part `file`, streamed
+    (never read whole into memory); the envelope."""
+    import json
+    import secrets
+    import urllib.request
+
+    boundary = "apppaccap-" + secrets.token_hex(16)
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items())
+    name = os.path.basename(path).replace('"', "_").replace("\r", "_").replace("\n", "_")
+    head += (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+             f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    fh = open(path, "rb")  # as the user running the command: their permissions apply
+    size = os.fstat(fh.fileno()).st_size
+
+    def body():
+        yield head
+        while chunk := fh.read(1 << 20):
+            yield chunk
+        yield tail
+
+    try:
+        req = urllib.request.Request(
+            url.rstrip("/") + "/ajax", data=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                     "Content-Length": str(len(head) + size + len(tail))})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    finally:
+        fh.close()
+
+
+def _start_ingest(args, full: str) -> dict:
+    """pcap_ingest_file when the server may read the file (below its ingest roots); else
+    the file is uploaded (pcap_ingest_post), read here with the caller's own permissions."""
     from apppaccap.cli import post
+    body = post(args.url, _fields(args, action="pcap_ingest_file", path=full))
+    if body.get("ErrorCode") != INVALID_PERMISSIONS:
+        return body
+    try:
+        st = os.stat(full)  # as the user running the command
+    except FileNotFoundError:
+        raise RuntimeError("no such file") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RuntimeError("not a regular file")
+    return post_file(args.url, _fields(args, action="pcap_ingest_post"), full)
+
+
+def cmd_ingest(args) -> int:
     status = 0
     for path in args.files:
         full = os.path.abspath(path)
         try:
-            body = post(args.url, _fields(args, action="pcap_ingest_file", path=full))
+            body = _start_ingest(args, full)
             cmd = follow(args.url, args.token, body, os.path.basename(full))
         except (RuntimeError, urllib.error.URLError, OSError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"{path}: {reason}", file=sys.stderr)
             status = 1
             continue
         if cmd["State"] == 3:

@@ -67,12 +67,12 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 class Server:
     """`python -m apppaccap serve` as a subprocess on a free port."""
 
-    def __init__(self, data_dir: str, export_dir: str, auth: bool = False):
+    def __init__(self, data_dir: str, export_dir: str, auth: bool = False, extra=()):
         self.port = free_port()
         self.data_dir = data_dir
         self.log_path = os.path.join(os.path.dirname(data_dir), f"server-{self.port}.log")
         cmd = [PYTHON, "-m", "apppaccap", "serve", "--port", str(self.port),
-               "--data-dir", data_dir, "--export-dir", export_dir]
+               "--data-dir", data_dir, "--export-dir", export_dir, *extra]
         if auth:
             cmd += ["--auth", "on"]
         self.log = open(self.log_path, "wb")

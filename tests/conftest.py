@@ -17,6 +17,11 @@ if not os.path.isdir(CORPUS):
 
 
 def make_ctx(tmp_path, **config):
+    # The test's own directory is an export and ingest root and the corpus an ingest root,
+    # as an admin would configure them (apppaccap serve --export-root/--ingest-root);
+    # tests/test_fs_boundary.py checks the boundary itself against a real server.
+    config.setdefault("export_roots", [str(tmp_path)])
+    config.setdefault("ingest_roots", [CORPUS, str(tmp_path)])
     cfg = Config(data_dir=str(tmp_path / "data"), themes_dir=default_themes_dir(),
                  export_dir=str(tmp_path / "export"), **config)
     return build_context(cfg)

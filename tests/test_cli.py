@@ -12,7 +12,8 @@ from tests.serverproc import cli
 
 @pytest.fixture
 def server(tmp_path):
-    s = Server(tmp_path / "data", tmp_path / "export")
+    # the corpus is not an ingest root here: `apppaccap ingest` uploads it
+    s = Server(tmp_path / "data", tmp_path / "export", "--export-root", str(tmp_path))
     yield s
     s.stop()
 
@@ -36,6 +37,9 @@ def test_ingest_and_export_with_progress(server, tmp_path):
     assert exp.stdout.strip() == str(target) and target.stat().st_size > 500_000
     bad = cli("ingest", "/no/such.pcap", "--url", server.url, check=False)
     assert bad.returncode == 1 and "no such file" in bad.stderr
+    # the file is read by the command, as its user: the service never opens it by path
+    caps = server.ok("capture_list_completed")
+    assert [c["SourceFile"] for c in caps] == ["http_bro_org_multi_object.pcap"]
 
 
 def test_user_management(tmp_path):

@@ -62,12 +62,15 @@ def test_truncated_file_keeps_packets_before_damage(live, live_ajax):
 
 
 def test_bad_paths(live_ajax, tmp_path):
-    assert live_ajax("pcap_ingest_file", path="/no/such/file.pcap")["ErrorCode"] == 6
-    assert live_ajax("pcap_ingest_file", path=str(tmp_path))["ErrorCode"] == 6
+    # outside the ingest roots: INVALID_PERMISSIONS, whatever the file (test_fs_boundary.py)
+    assert live_ajax("pcap_ingest_file", path="/no/such/file.pcap")["ErrorCode"] == 8
+    # inside them (tmp_path is one here): precise answers
+    assert live_ajax("pcap_ingest_file", path=str(tmp_path / "no-such.pcap"))["ErrorCode"] == 6
+    assert live_ajax("pcap_ingest_file", path=str(tmp_path))["ErrorCode"] == 4
     text = tmp_path / "notes.txt"
     text.write_text("this is not a capture file at all\n")
     r = live_ajax("pcap_ingest_file", path=str(text))
-    assert r["ErrorCode"] == 4 and "not a capture" in r["ReturnValue"]
+    assert r["ErrorCode"] == 4 and r["ReturnValue"] == "path: not a pcap or pcapng file"
     assert live_ajax("pcap_ingest_file", path="")["ErrorCode"] == 4
 
 
@@ -126,8 +129,11 @@ def test_export_paths_and_files(live, live_ajax, tmp_path):
                      ["Result"])
     assert live_ajax("capture_export", capture_id=capture_id, path="relative.pcapng")["ErrorCode"] == 4
     assert live_ajax("capture_export", capture_id=capture_id,
-                     path="/no/such/dir/x.pcapng")["ErrorCode"] == 4
-    assert live_ajax("capture_export", capture_id=capture_id, path=str(tmp_path))["ErrorCode"] == 4
+                     path="/no/such/dir/x.pcapng")["ErrorCode"] == 8  # outside the export roots
+    assert live_ajax("capture_export", capture_id=capture_id,
+                     path=str(tmp_path / "no" / "x.pcapng"))["ErrorCode"] == 4
+    assert live_ajax("capture_export", capture_id=capture_id,
+                     path=str(tmp_path / "export"))["ErrorCode"] == 4  # a directory
     assert live_ajax("capture_export", capture_id=9999)["ErrorCode"] == 6
     done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=capture_id)["CommandUid"])
     name = os.path.basename(done["Result"])

@@ -13,7 +13,9 @@ import hashlib
 import os
 import threading
 
+from apppaccap import safefs
 from apppaccap.api.captures import captures
+from apppaccap.api.envelope import ApiError
 from apppaccap.api.envelope import IOFailure
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
@@ -120,24 +122,6 @@ def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) 
             "Streams": [stream_object(capture_id, r) for r in rows]}
 
 
-def _exclusive(folder: str, name: str):
-    """Create a new file named `name` (or name-2, name-3, …) in folder; (fd, path)."""
-    stem, dot, ext = name.rpartition(".")
-    if not stem:
-        stem, dot, ext = name, "", ""
-    for n in range(1, 10001):
-        candidate = name if n == 1 else f"{stem}-{n}{dot}{ext}"
-        path = os.path.join(folder, candidate)
-        # safe_name output has no separators; this is belt and braces
-        if os.path.dirname(os.path.abspath(path)) != os.path.abspath(folder):
-            raise IOFailure("stream_id: unsafe file name")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
-        except FileExistsError:
-            continue
-    raise IOFailure(f"stream_id: no free file name for {name!r} in {folder}")
-
-
 @action(JSON)
 def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
     """Write a found file's decoded body to disk and return it (EXTRACTFILE).
@@ -160,42 +144,11 @@ def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
             if os.path.isfile(old["path"]) and os.path.getsize(old["path"]) == old["size"]:
                 return file_object(old)
             ctx.catalog.execute("DELETE FROM extracted_files WHERE id = ?", (old["id"],))
-        spool = os.path.join(spool_dir(ctx.config.data_dir, capture_id),
-                             os.path.basename(stream["spool"]))
         folder = extracted_dir(ctx.config.data_dir, capture_id)
+        src = _open_spool(ctx, capture_id, stream)
         name = safe_name(stream["file_name"])
-        try:
-            src = open(spool, "rb")
-        except FileNotFoundError:
-            raise IOFailure(f"stream_id: the body of stream {stream_id} is no longer on disk "
-                            "(spool removed)") from None
-        except OSError as exc:
-            raise IOFailure(f"stream_id: cannot read the body of stream {stream_id}: "
-                            f"{exc.strerror}") from None
-        path = ""
-        try:
-            with src:
-                os.makedirs(folder, exist_ok=True)
-                fd, path = _exclusive(folder, name)
-                digest, size = hashlib.sha256(), 0
-                with os.fdopen(fd, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        out.write(chunk)
-            sha = digest.hexdigest()
-            if sha != stream["sha256"] or size != stream["size"]:
-                raise IOFailure(f"stream_id: the spooled body of stream {stream_id} is damaged "
-                                f"(sha256 {sha[:12]}… ≠ {stream['sha256'][:12]}…)")
-        except OSError as exc:
-            if path:
-                _unlink(path)
-            raise IOFailure(f"stream_id: writing {name!r} failed: {exc.strerror or exc}") \
-                from None
-        except BaseException:
-            if path:
-                _unlink(path)
-            raise
+        with src:
+            path, size, sha = _publish(ctx, folder, name, src, stream)
         file_id = ctx.catalog.execute(
             "INSERT INTO extracted_files(capture_id, stream_id, file_name, path, size, "
             "mime_type, sha256, created) VALUES (?,?,?,?,?,?,?,?)",
@@ -203,6 +156,49 @@ def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
              stream["mime_type"] or "", sha, now_ns()))
         return file_object(ctx.catalog.one("SELECT * FROM extracted_files WHERE id = ?",
                                            (file_id,)))
+
+
+def _open_spool(ctx, capture_id: int, stream):
+    """The spooled body of a stream, opened without following links or blocking."""
+    spool = os.path.join(spool_dir(ctx.config.data_dir, capture_id),
+                         os.path.basename(stream["spool"]))
+    try:
+        fd = safefs.open_regular(spool, name="stream_id")
+    except NotFound:
+        raise IOFailure(f"stream_id: the body of stream {stream['id']} is no longer on disk "
+                        "(spool removed)") from None
+    except ApiError as err:
+        raise IOFailure(f"stream_id: cannot read the body of stream {stream['id']}: "
+                        f"{err.message}") from None
+    return os.fdopen(fd, "rb")
+
+
+def _publish(ctx, folder: str, name: str, src, stream) -> tuple[str, int, str]:
+    """Copy the body to folder/name (name-2, name-3... when taken) with the safe-write
+    rules of safefs: confined below <data-dir>/extracted, never through a symlink, a
+    temporary file renamed into place, mode 0600. (path, size, sha256)."""
+    base = os.path.join(ctx.config.data_dir, "extracted")
+    try:
+        # made without following links: a planted symlink makes this fail, never escape
+        os.close(safefs.open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
+            "extracted", os.path.basename(folder)], create=True))
+    except OSError as exc:
+        raise IOFailure(f"stream_id: cannot make the directory for extracted files: "
+                        f"{exc.strerror or exc}") from None
+    target = safefs.WriteTarget(
+        os.path.join(folder, name), roots=[base], kind="extract", generated=True,
+        param="stream_id", journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR))
+    digest, size = hashlib.sha256(), 0
+    with safefs.atomic_write(target) as out:
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+        sha = digest.hexdigest()
+        if sha != stream["sha256"] or size != stream["size"]:
+            raise IOFailure(f"stream_id: the spooled body of stream {stream['id']} is damaged "
+                            f"(sha256 {sha[:12]}… ≠ {stream['sha256'][:12]}…)")
+    return target.path, size, sha
 
 
 def _unlink(path: str) -> bool:

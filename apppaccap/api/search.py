@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 
 from apppaccap import export
+from apppaccap import safefs
 from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
@@ -157,27 +158,34 @@ def search_delete(ctx, *, search_id: int) -> int:
 
 
 @action(JSON)
-def search_export(ctx, *, search_id: int, path: str = "") -> dict:
+def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) -> dict:
     """Write a finished search's result packets to one PCAPNG file (several captures merged).
 
     Returns an EXPORT COMMAND whose Result is the written path. Each capture's interfaces
     become interfaces of the file; packets are merged by time. BUSY while the search runs.
+    The file is written below the export roots only, as capture_export writes.
     - search_id: a search that is not queued or running
-    - path: absolute path of the file to write, in an existing writable directory; blank = the export directory with a generated name
+    - path: absolute file path below an export root; blank = a new name in the export directory
+    - overwrite: 1 = replace an existing regular file (never a symlink, device or FIFO)
     """
     meta = engine_for(ctx).get(search_id)
     if meta["State"] < COMPLETED:
         raise Busy(f"search_id: search {search_id} is still running; wait or cancel it")
-    target = export.resolve_path(ctx, path, f"search-{search_id}")
     if ctx.jobs is None:
         raise Unsupported("search_id: the command scheduler is not running in this process")
+    target = export.resolve_path(ctx, path, f"search-{search_id}",
+                                 overwrite=export.check_overwrite(overwrite))
     from apppaccap.search.pcapng import write_results
 
     def run(progress):
         write_results(ctx, search_id, target, progress)
-        return target
+        return target.path
 
-    return ctx.jobs.submit("EXPORT", {"search_id": search_id, "path": target}, run)
+    try:
+        return ctx.jobs.submit("EXPORT", {"search_id": search_id, "path": target.path}, run)
+    except BaseException:
+        safefs.release_target(target)
+        raise
 
 
 @action(JSON)

@@ -1,12 +1,14 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
 from apppaccap import themes
+from apppaccap.api.envelope import InvalidPermissions
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import STRING
 from apppaccap.api.registry import action
+from apppaccap.settings import SERVE_ONLY
 
 
 @action(INT)
@@ -43,8 +45,13 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """
     if not key_name or len(key_name) > 128 or not key_name.isprintable():
         raise Malformed("key_name: must be 1-128 printable characters")
+    if key_name in SERVE_ONLY:
+        raise InvalidPermissions(f"key_name: {key_name} is set only when the server starts "
+                                 f"(apppaccap serve {SERVE_ONLY[key_name]} DIR)")
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
+    if key_name == "export_group_read" and value not in ("0", "1"):
+        raise Malformed("value: export_group_read must be 0 or 1")
     if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes"):
         if not value.strip().isdigit() or int(value) <= 0:
             raise Malformed(f"value: {key_name} must be a positive integer")

@@ -8,7 +8,9 @@ import tempfile
 
 from apppaccap import export
 from apppaccap import ingest
+from apppaccap import safefs
 from apppaccap.api.captures import captures
+from apppaccap.api.envelope import IOFailure
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.envelope import Unsupported
@@ -25,10 +27,12 @@ def jobs(ctx):
     return ctx.jobs
 
 
-def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None) -> dict:
-    """Check the file now (NOT_FOUND / MALFORMED), ingest it in the background."""
+def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None,
+                 roots=None) -> dict:
+    """Check the file now (INVALID_PERMISSIONS / NOT_FOUND / MALFORMED), ingest it in the
+    background. `roots`: the directories the file must lie below (None for our uploads)."""
     try:
-        reader = ingest.open_reader(path)
+        reader = ingest.open_reader(path, roots=roots)
     except Exception:
         if cleanup:
             os.remove(cleanup)
@@ -53,13 +57,17 @@ def pcap_ingest_file(ctx, *, path: str) -> dict:
     """Ingest a PCAP or PCAPNG file on the server's disk into a new FILE capture.
 
     Returns the INGEST COMMAND (the reference returns ERROR_SUCCESS; the command is more
-    useful and clients that ignore it lose nothing). Its Result is the CaptureId.
-    - path: absolute or relative path of the file, readable by the service
+    useful and clients that ignore it lose nothing). Its Result is the CaptureId. Only
+    regular files below the server's ingest roots are read (`<data-dir>/import` and the
+    `apppaccap serve --ingest-root` directories, symlinks resolved first); any other path
+    is INVALID_PERMISSIONS with one message that says nothing about the file. Upload other
+    files with pcap_ingest_post (what `apppaccap ingest` does for them).
+    - path: absolute or relative path of a file below the ingest roots
     """
     if not path.strip() or "\x00" in path:
         raise Malformed("path: required")
     full = os.path.abspath(path)
-    return queue_ingest(ctx, full, full)
+    return queue_ingest(ctx, full, full, roots=safefs.ingest_roots(ctx.config))
 
 
 @action(JSON)
@@ -92,17 +100,24 @@ def pcap_ingest_post(ctx, *, file: Upload) -> dict:
 
 
 @action(JSON)
-def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "") -> dict:
+def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "",
+                   overwrite: int = 0) -> dict:
     """Export a capture's packets to a PCAPNG file that Wireshark opens with the process shown.
 
-    Returns an EXPORT COMMAND whose Result is the written path.
+    Returns an EXPORT COMMAND whose Result is the written path. The file is written below
+    the server's export roots only (the export directory and the `apppaccap serve
+    --export-root` directories; elsewhere INVALID_PERMISSIONS), as a temporary file renamed
+    into place when complete, mode 0600 (0640 with the root's group when the setting
+    export_group_read is 1).
     - capture_id: a capture that is not active
-    - path: absolute path of the file to write, in an existing writable directory; blank = the export directory with a generated name
+    - path: absolute file path below an export root; blank = a new name in the export directory
     - filter: display filter limiting the exported packets (the search language)
+    - overwrite: 1 = replace an existing regular file (never a symlink, device or FIFO)
     """
     db = captures(ctx).db(capture_id, active=False)
     flt = _compile_filter(ctx, filter, capture_id)
-    target = export.resolve_path(ctx, path, f"capture-{capture_id}")
+    target = export.resolve_path(ctx, path, f"capture-{capture_id}",
+                                 overwrite=export.check_overwrite(overwrite))
 
     def run(progress):
         if flt is None:
@@ -110,9 +125,13 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "") ->
         else:
             from apppaccap.search.export_filter import filtered_export
             filtered_export(db, capture_id, flt, target, progress)
-        return target
+        return target.path
 
-    return jobs(ctx).submit("EXPORT", {"capture_id": capture_id, "path": target}, run)
+    try:
+        return jobs(ctx).submit("EXPORT", {"capture_id": capture_id, "path": target.path}, run)
+    except BaseException:
+        safefs.release_target(target)
+        raise
 
 
 def _compile_filter(ctx, text: str, capture_id: int):
@@ -125,16 +144,22 @@ def _compile_filter(ctx, text: str, capture_id: int):
     return checked_filter(text)
 
 
+def _exported(folder: str) -> list[os.DirEntry]:
+    """Regular files of the export directory (symlinks and temporary files left out)."""
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if e.is_file(follow_symlinks=False)
+                       and not e.name.startswith(".") and not e.name.endswith(".part")),
+                      key=lambda e: e.name)
+
+
 @action(JSON)
 def export_list(ctx) -> list:
     """The exported files in the export directory (EXPORTFILE list)."""
     out = []
-    for name in sorted(os.listdir(ctx.config.export_dir)):
-        path = os.path.join(ctx.config.export_dir, name)
-        if os.path.isfile(path) and not name.startswith(".") and not name.endswith(".part"):
-            st = os.stat(path)
-            out.append({"Version": 1, "FileName": name, "Size": st.st_size,
-                        "Created": from_ns(st.st_mtime_ns)})
+    for entry in _exported(ctx.config.export_dir):
+        st = entry.stat(follow_symlinks=False)
+        out.append({"Version": 1, "FileName": entry.name, "Size": st.st_size,
+                    "Created": from_ns(st.st_mtime_ns)})
     return out
 
 
@@ -145,17 +170,28 @@ def export_delete(ctx, *, filename: str = "") -> int:
     - filename: a FileName from export_list (no directory part)
     """
     folder = ctx.config.export_dir
+    listed = [e.name for e in _exported(folder)]
     if not filename:
-        names = [f["FileName"] for f in export_list(ctx)]
+        names = listed
     else:
         if filename != os.path.basename(filename) or "/" in filename or "\\" in filename \
                 or filename in (".", "..") or "\x00" in filename:
             raise Malformed(f"filename: must be a plain file name, got {filename[:80]!r}")
-        if not os.path.isfile(os.path.join(folder, filename)):
+        if filename not in listed:
             raise NotFound(f"filename: no exported file {filename[:80]!r}")
         names = [filename]
-    for name in names:
-        os.remove(os.path.join(folder, name))
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=dir_fd)  # the entry itself: nothing is followed
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+            except OSError as exc:
+                raise IOFailure(f"filename: cannot delete {name[:80]!r}: "
+                                f"{exc.strerror or exc}") from None
+    finally:
+        os.close(dir_fd)
     return len(names)
 
 

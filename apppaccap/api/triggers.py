@@ -9,6 +9,7 @@ action (one with no TriggerIds) run as COMMANDs.
 
 from __future__ import annotations
 
+from apppaccap import export
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
@@ -163,6 +164,8 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     - trigger_id: run only for this trigger; 0 or left out = system wide (every trigger)
     """
     name = store.check_name(name)
+    if action_type == store.EXPORT:
+        export.check_export_dir(ctx, path)  # the export roots first: no oracle outside them
     action_type, path, params = store.check_action(action_type, path, params)
     if trigger_id:
         store.trigger_row(ctx.catalog, trigger_id)  # negative ids: MALFORMED there
@@ -191,6 +194,8 @@ def action_mod(ctx, *, action_id: int, name: str | None = None,
     new_params = row["params"] if params is None else params
     if action_type is not None and action_type != row["type"] and params is None:
         new_params = ""  # an EXECUTE's arguments mean nothing to an EXPORT (and back)
+    if new_type == store.EXPORT:
+        export.check_export_dir(ctx, new_path)  # the export roots first: no oracle outside
     new_type, new_path, new_params = store.check_action(new_type, new_path, new_params)
     fields.update(type=new_type, path=new_path, params=new_params)
     store.update(ctx.catalog, "actions", action_id, fields)

@@ -25,8 +25,9 @@ _COLS = ("id", "iface", "ts", "len", "caplen", "blk", "off", "process_id", "pid"
          "direction", "notes", "ts_raw")
 
 
-def write_results(ctx, search_id: int, path: str, progress=None) -> int:
-    """Write every result of the search to `path` (via path.part); returns packets written."""
+def write_results(ctx, search_id: int, path, progress=None) -> int:
+    """Write every result of the search to `path` (a WriteTarget or a plain path, through
+    export.atomic_file); returns packets written."""
     caps = [(r[0], r[1]) for r in ctx.catalog.read(
         "SELECT capture_id, count(*) FROM search_results WHERE search_id = ? "
         "GROUP BY capture_id ORDER BY capture_id", (search_id,))
