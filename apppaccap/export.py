@@ -29,7 +29,8 @@ def new_target(ctx, path: str, *, overwrite: bool = False,
     return safefs.WriteTarget(
         path, roots=safefs.export_roots(ctx.config), kind="export", overwrite=overwrite,
         generated=generated, group_from_root=ctx.settings.get("export_group_read") == "1",
-        journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR))
+        journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR),
+        service_dirs=(ctx.config.data_dir, ctx.config.export_dir))
 
 
 def resolve_path(ctx, path: str, stem: str, overwrite: bool = False) -> WriteTarget:

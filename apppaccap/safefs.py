@@ -213,6 +213,8 @@ class WriteTarget:
     journal: str | None = None       # directory recording temporary files while they exist
     param: str = "path"              # the request parameter named in error messages
     reserved_as: str | None = None   # the name unique_name handed out, freed at the end
+    # (data directory, export directory): the service's own files are never a target
+    service_dirs: tuple[str, str] | None = None
 
 
 def as_target(path) -> WriteTarget:
@@ -270,6 +272,7 @@ def _open_target_dir(target: WriteTarget) -> tuple[int, str, int, str]:
             return fd, name, os.fstat(fd).st_gid, os.path.realpath(folder)
         # only the directory is resolved: the name itself is never followed
         root, parts = confine(folder, target.roots, target.kind)
+        _refuse_service_files(os.path.join(root, *parts), name, target)
         fd = open_dir_beneath(root, parts)
         return fd, name, os.stat(root).st_gid, os.path.join(root, *parts)
     except (FileNotFoundError, NotADirectoryError):
@@ -278,6 +281,22 @@ def _open_target_dir(target: WriteTarget) -> tuple[int, str, int, str]:
         if exc.errno == errno.ELOOP and target.roots is not None:
             raise InvalidPermissions(OUTSIDE[target.kind]) from None
         raise IOFailure(f"{p}: cannot open its directory: {exc.strerror or exc}") from None
+
+
+def _refuse_service_files(real_dir: str, name: str, target: WriteTarget) -> None:
+    """An export root may contain the data directory (or be it): the catalog, capture
+    databases and side files must never be replaced by an export. Inside the data
+    directory only the export directory takes writes, and when the export directory is
+    the data directory itself, only names ending in .pcapng (none of the service's own)."""
+    if target.service_dirs is None:
+        return
+    data, export = (os.path.realpath(d) for d in target.service_dirs)
+    if not _below(real_dir, data):
+        return
+    if real_dir == export and (export != data or name.lower().endswith(".pcapng")):
+        return
+    raise InvalidPermissions(f"{target.param}: not allowed; the data directory holds the "
+                             "service's own files (export to the export directory)")
 
 
 def _replaceable(dir_fd: int, name: str, target: WriteTarget) -> bool:

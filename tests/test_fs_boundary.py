@@ -114,6 +114,30 @@ def test_export_outside_the_roots_is_refused_and_writes_nothing(box):
     assert len(messages) == 1 and "export roots" in messages.pop()
 
 
+def test_the_data_directory_is_never_an_export_target(tmp_path):
+    """An export root above the data directory (or an export directory that is the data
+    directory) must not let an export replace the catalog or a capture database."""
+    data = tmp_path / "data"
+    server = Server(data, data, "--export-root", str(tmp_path))
+    box = Box.__new__(Box)
+    box.server = box.tmp = None
+    box.server, box.inn = server, data / "import"
+    try:
+        cid = box.ingest(PINGS)
+        catalog = (data / "catalog.db").read_bytes()[:100]
+        for path in (data / "catalog.db", data / "captures" / f"{cid}.db",
+                     data / "import" / "x.pcapng"):
+            body = box.call("capture_export", capture_id=cid, path=str(path), overwrite=1)
+            assert body["ErrorCode"] == 8, (path, body)
+        assert (data / "catalog.db").read_bytes()[:100] == catalog
+        assert not (data / "import" / "x.pcapng").exists()
+        # the export directory (here the data directory itself) still takes .pcapng files
+        done = box.wait(box.ok("capture_export", capture_id=cid, path=str(data / "ok.pcapng")))
+        assert done["State"] == 3 and (data / "ok.pcapng").read_bytes()[:4] == PCAPNG_MAGIC
+    finally:
+        server.stop()
+
+
 def test_symlinks_are_never_followed(box):
     cid = box.ingest(PINGS)
     victim = box.outside / "victim"
