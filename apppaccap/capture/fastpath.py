@@ -23,6 +23,8 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from apppaccap.lifeline import spawn
+
 log = logging.getLogger(__name__)
 
 # Flow starts only: IPv4 TCP SYNs, all IPv6 TCP (extension headers make the flags offset
@@ -40,6 +42,10 @@ SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
 def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child process
     import pcap
+
+    from apppaccap.lifeline import die_with_parent
+    from apppaccap.lifeline import parent_gone
+    die_with_parent()  # a service killed -9 takes this process with it
 
     from apppaccap.capture.decode import decode
     from apppaccap.capture.owners import LinuxOwners
@@ -114,6 +120,8 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
                 break
             if msg[0] == "stop":
                 break
+        if parent_gone():
+            break  # no prctl here: the service ended without telling us
         now = time.monotonic()
         if now - udp["since"] >= 0.25:
             rate = udp["count"] / (now - udp["since"])
@@ -147,7 +155,7 @@ class FastPath:
         # multiprocessing: spawn would re-import the host's __main__ (the server itself).
         mine, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-m", "apppaccap.capture.fastpath", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), cwd=os.path.dirname(os.path.dirname(
                     os.path.dirname(os.path.abspath(__file__)))))
