@@ -24,6 +24,7 @@ import time
 from multiprocessing.connection import Connection
 
 from apppaccap.lifeline import spawn
+from apppaccap.store.faults import reason
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class FastPath:
         self.conn = None
         self._reader = None
         self.received = 0
+        self.errors = 0
         self.latencies: list[float] = []  # seconds from a flow's first packet to its owners
 
     def start(self) -> bool:
@@ -195,8 +197,16 @@ class FastPath:
                 self.received += 1
                 if took is not None and len(self.latencies) < 100_000:
                     self.latencies.append(took)
-                self.deliver(key5, [Owner(*o) for o in owners],
-                             {p: ProcInfo(*i) for p, i in infos.items() if i})
+                try:
+                    self.deliver(key5, [Owner(*o) for o in owners],
+                                 {p: ProcInfo(*i) for p, i in infos.items() if i})
+                except Exception as exc:  # noqa: BLE001 - one flow lost, not the fast path
+                    # (e.g. the catalog cannot record a new process: disk full)
+                    self.errors += 1
+                    if self.errors == 1 or self.errors % 1000 == 0:
+                        log.warning("attribution fast path: delivering a flow failed (%d so "
+                                    "far): %s", self.errors, exc,
+                                    exc_info=None if reason(exc) else exc)
 
     def cpu_seconds(self) -> float:
         """CPU time used by the child so far (Linux /proc)."""

@@ -116,6 +116,10 @@ class CaptureSession:
         self.attribution.release()
         self._remember_end()
         self.update_catalog(final=True)
+        r = self.recorder
+        log.info("capture %s stopped: %d packets received, %d stored, %d not written, "
+                 "%d dropped before us", self.id, self.received, r.packets, r.lost,
+                 self.dropped - r.lost)
 
     def _remember_end(self) -> None:
         """Mark the capture database as stopped by the service (recovery.py reads it)."""

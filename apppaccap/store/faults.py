@@ -31,6 +31,8 @@ SQLITE_MESSAGES = {"database or disk is full": "disk full", "disk i/o error": "I
 
 def reason(exc: BaseException) -> str | None:
     """'disk full', 'I/O error', ... when `exc` is a disk fault; None otherwise."""
+    if isinstance(exc, IOFailure):  # already described ("disk full: ...")
+        return exc.message.partition(":")[0]
     if isinstance(exc, OSError):
         return OS_REASONS.get(exc.errno)
     if isinstance(exc, sqlite3.Error):
