@@ -259,8 +259,9 @@ def test_stop_answers_quickly_when_the_disk_fills_under_a_capture(tmpfs, tmp_pat
         body = server.call("capture_stop_system", capture_id=cid)
         took = time.monotonic() - started
         assert took < 5, took
-        # stopped by us, or already by the service when its write failed (BUSY)
-        assert body["ErrorCode"] in (0, 7), body
+        # stopped by us, or already by the service when its write failed (BUSY, or
+        # NOT_FOUND when the service's stop won the race after our request was checked)
+        assert body["ErrorCode"] in (0, 6, 7), body
 
         def ended():
             row = server.ok("capture_get_details", capture_id=cid)
@@ -312,7 +313,8 @@ def test_sweep_copes_with_flows_added_meanwhile():
     collection inside that copy runs finalizers that release the GIL; the copy then saw
     "OrderedDict mutated during iteration" (93 times under load)."""
     from apppaccap.capture.attribution import Attribution
-    attribution = Attribution(NoOwners(), None, boost=False)
+    # a clock that stands still: no flow is ever due for the (slow) matching part
+    attribution = Attribution(NoOwners(), None, boost=False, clock=lambda: 0.0)
     for i in range(5000):
         attribution.status((17, "10.0.0.1", i, "10.0.0.2", 53))
     stop = threading.Event()

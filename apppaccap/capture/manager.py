@@ -48,7 +48,7 @@ class CaptureManager:
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
         self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
         self.reserve = SpaceReserve(ctx.config.data_dir,
-                                    ctx.settings.get_int("disk_reserve_bytes", 0))
+                                    lambda: ctx.settings.get_int("disk_reserve_bytes", 0))
         if not self.reserve.ensure():
             log.warning("no room for the %d-byte space reserve in %s: the disk is nearly full",
                         self.reserve.size, ctx.config.data_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from apppaccap.api.envelope import IOFailure
 from apppaccap.capture.dns import dns_answers
 from apppaccap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import AGG_ALL
@@ -18,6 +19,7 @@ from apppaccap.store.capturedb import write_batch
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
+
 MINUTE_NS = 60_000_000_000
 MAX_CONNS = 100_000          # flows kept in memory before ended/idle ones are forgotten
 IDLE_NS = 10 * MINUTE_NS
@@ -309,7 +311,6 @@ class Recorder:
     def error(self) -> Exception:
         """The write failure as a new exception (IOFailure for a disk fault)."""
         if self.failure_is_io:
-            from apppaccap.api.envelope import IOFailure
             return IOFailure(self.failure)
         return RuntimeError(self.failure)
 

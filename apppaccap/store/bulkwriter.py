@@ -24,11 +24,11 @@ from apppaccap.store.blocks import SideFile
 
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
+    from apppaccap.lifeline import die_with_parent
     from apppaccap.store.capturedb import write_batch
     from apppaccap.store.database import connect
     from apppaccap.store.faults import io_failure
-    from apppaccap.lifeline import die_with_parent
-    die_with_parent()
+    die_with_parent()  # a service killed -9 takes this process with it
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
     db.execute("PRAGMA synchronous=OFF")

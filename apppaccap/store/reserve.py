@@ -9,6 +9,7 @@ and the next capture start puts it back (or refuses with IO_ERROR while there is
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -26,11 +27,32 @@ def free_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _allocate(fd: int, size: int) -> None:
+    """Real blocks, not a sparse file: fallocate, or zeros where it is not supported."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        os.lseek(fd, 0, os.SEEK_SET)
+        zeros = b"\0" * (64 << 10)
+        left = size
+        while left > 0:
+            left -= os.write(fd, zeros[:left])
+
+
 class SpaceReserve:
-    def __init__(self, data_dir: str, size: int):
+    """`size`: bytes to hold, or a callable giving them (a setting read when needed)."""
+
+    def __init__(self, data_dir: str, size):
         self.data_dir = data_dir
         self.path = os.path.join(data_dir, NAME)
-        self.size = max(0, size)
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        size = self._size() if callable(self._size) else self._size
+        return max(0, size)
 
     def held(self) -> int:
         try:
@@ -40,7 +62,10 @@ class SpaceReserve:
 
     def ensure(self) -> bool:
         """Hold the reserve (allocating it if needed); False when there is no room."""
-        if self.size == 0 or self.held() >= self.size:
+        size, held = self.size, self.held()
+        if held > size:  # the setting was lowered
+            os.truncate(self.path, size)
+        if size == 0 or held >= size:
             return True
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -48,7 +73,7 @@ class SpaceReserve:
             log.warning("cannot create the space reserve %s: %s", self.path, exc.strerror)
             return False
         try:
-            os.posix_fallocate(fd, 0, self.size)  # real blocks, not a sparse file
+            _allocate(fd, size)
             return True
         except OSError:
             os.ftruncate(fd, 0)  # a partial reserve only hides how full the disk is
@@ -60,8 +85,8 @@ class SpaceReserve:
         """Give the reserve back to the file system (a write failed for lack of space)."""
         try:
             os.unlink(self.path)
-            log.warning("released the %d-byte space reserve in %s so the capture can stop "
-                        "cleanly", self.size, self.data_dir)
+            log.warning("released the space reserve in %s so the capture can stop cleanly",
+                        self.data_dir)
         except FileNotFoundError:
             pass
 
