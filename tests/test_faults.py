@@ -6,6 +6,7 @@ The disk-full tests run on real, small tmpfs file systems (root required: never 
 from __future__ import annotations
 
 import gc
+import io
 import os
 import signal
 import socket
@@ -21,7 +22,11 @@ import pytest
 from apppaccap.api.envelope import IOFailure
 from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Recorder
+from apppaccap.context import Config
+from apppaccap.context import build_context
 from apppaccap.store.capturedb import CaptureDb
+from apppaccap.themes import default_themes_dir
+from apppaccap.web import create_app
 from tests.conftest import free_port
 from tests.livetools import wait_for
 from tests.serverproc import ROOT
@@ -133,6 +138,24 @@ def test_database_write_on_full_disk_is_io_failure(tmpfs):
         assert db.one("SELECT count(*) FROM meta")[0] == 0
     finally:
         db.close()
+
+
+def test_disk_fault_in_any_action_answers_io_error(tmpfs, tmp_path):
+    """The door maps a disk fault raised anywhere (here an upload written into the full data
+    directory: OSError ENOSPC) to IO_ERROR, not GENERIC_ERROR."""
+    root = tmpfs("1m")
+    ctx = build_context(Config(data_dir=str(root / "data"), themes_dir=default_themes_dir(),
+                               export_dir=str(tmp_path / "export")))
+    try:
+        fill(root)
+        client = create_app(ctx).test_client()
+        resp = client.post("/ajax", data={"action": "pcap_ingest_post",
+                                          "file": (io.BytesIO(b"\0" * 300_000), "a.pcap")})
+        body = resp.get_json()
+        assert body["ErrorCode"] == IO_ERROR, body
+        assert body["ReturnValue"].startswith("disk full: "), body
+    finally:
+        ctx.catalog.close()
 
 
 class LoggedServer(Server):
