@@ -32,6 +32,8 @@ REMEMBERED = ("type", "name", "filter", "flags", "adapters", "process_id", "pid"
 
 def capture_files(data_dir: str) -> dict[int, str]:
     """Capture id → path of every captures/<id>.db."""
+    if not data_dir:
+        return {}  # an in-memory catalog has no data directory
     folder = os.path.join(data_dir, "captures")
     try:
         names = os.listdir(folder)
