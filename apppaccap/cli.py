@@ -25,8 +25,10 @@ def build_server_context(args):
     """Context with every engine the server runs (captures, jobs) started."""
     from apppaccap.context import Config
     from apppaccap.context import build_context
+    from apppaccap.server import make_private
     from apppaccap.server import start_services
 
+    make_private(args.data_dir, skip=[args.export_dir])  # umask 077, data dir 0700
     auth = args.auth == "on" if args.auth else not _is_loopback(args.host)
     config = Config(host=args.host, port=args.port, data_dir=args.data_dir,
                     themes_dir=os.path.abspath(args.themes_dir or default_themes_dir()),
@@ -58,6 +60,8 @@ def cmd_serve(args) -> int:
     server = make_server(args.host, args.port, create_app(ctx), threaded=True)
     log.info("serving on http://%s:%d/ (data in %s, auth %s)", args.host, args.port,
              ctx.config.data_dir, "on" if ctx.config.auth else "off")
+    from apppaccap.server import stop_on_signals
+    stop_on_signals(server)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -20,6 +20,7 @@ from apppaccap.api.envelope import ApiError
 from apppaccap.api.envelope import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
+from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +89,30 @@ class Jobs:
         self._update(uid, state=RUNNING, started=now_ns())
         try:
             result = fn(progress)
-            self._update(uid, state=COMPLETED, progress=100, result=str(result or ""),
-                         finished=now_ns())
+            self._finish(uid, state=COMPLETED, progress=100, result=str(result or ""))
         except Cancelled:
-            self._update(uid, state=CANCELLED, message="cancelled", finished=now_ns())
+            self._finish(uid, state=CANCELLED, message="cancelled")
         except ApiError as err:
-            self._update(uid, state=FAILED, message=err.message, finished=now_ns())
+            self._finish(uid, state=FAILED, message=err.message)
         except Exception as exc:  # noqa: BLE001 - a failing job fails its command, not the service
-            log.exception("command %s failed", uid)
-            self._update(uid, state=FAILED, message=f"{type(exc).__name__}: {exc}",
-                         finished=now_ns())
+            failure = io_failure(exc, "the command")
+            if failure is not None:  # the disk, not the code: one line, "disk full: ..."
+                log.warning("command %s: %s", uid, failure.message)
+                message = failure.message
+            else:
+                log.exception("command %s failed", uid)
+                message = f"{type(exc).__name__}: {exc}"
+            self._finish(uid, state=FAILED, message=message)
         finally:
             self._running.pop(uid, None)
+
+    def _finish(self, uid: str, **fields) -> None:
+        """The command's final state; if even that cannot be written (disk full), say so
+        once here - the next start marks it FAILED ("interrupted")."""
+        try:
+            self._update(uid, finished=now_ns(), **fields)
+        except Exception as exc:  # noqa: BLE001 - nothing above us would handle it better
+            log.error("command %s: its final state was not saved: %s", uid, exc)
 
     def _update(self, uid: str, **fields) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)

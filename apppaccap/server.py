@@ -3,8 +3,46 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import stat
+import threading
 
 log = logging.getLogger(__name__)
+
+
+DIR_MODE, FILE_MODE = 0o700, 0o600
+
+
+def make_private(data_dir: str, skip=()) -> None:
+    """The server's files are root's alone: umask 077 for everything this process creates
+    from now on, and the data directory (0700) and what it already holds (directories
+    0700, files 0600: catalog.db with password hashes, capture databases, side files,
+    WAL/SHM, extracted files) tightened. `skip`: directories left alone (an export root
+    inside the data directory keeps the modes its own setting gives). Symlinks are not
+    followed."""
+    os.umask(0o077)
+    data_dir = os.path.abspath(data_dir)
+    os.makedirs(data_dir, mode=DIR_MODE, exist_ok=True)
+    skip = {os.path.abspath(p) for p in skip if p}
+    _tighten(data_dir)
+    for root, dirs, files in os.walk(data_dir):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in skip]
+        for name in dirs + files:
+            _tighten(os.path.join(root, name))
+
+
+def _tighten(path: str) -> None:
+    try:
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        want = mode & (DIR_MODE if stat.S_ISDIR(st.st_mode) else FILE_MODE)
+        if want != mode:
+            os.chmod(path, want)
+    except OSError as exc:  # e.g. a file removed meanwhile: tighten the rest
+        log.warning("cannot restrict the mode of %s: %s", path, exc.strerror)
 
 
 def start_services(ctx) -> None:
@@ -35,3 +73,24 @@ def stop_services(ctx) -> None:
     from apppaccap.search.engine import shutdown as stop_searches
     stop_searches(ctx)  # running searches end CANCELLED before the catalog closes
     ctx.catalog.close()
+
+
+def stop_on_signals(server) -> None:
+    """SIGTERM (systemctl stop) and SIGINT end serve_forever(); the caller's stop_services()
+    then completes the active captures and ends every helper process. A second signal while
+    stopping is only logged: cutting the stop short would leave captures INTERRUPTED."""
+    stopping = threading.Event()
+
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.warning("%s: already stopping (captures are being completed)", name)
+            return
+        stopping.set()
+        log.info("%s: stopping", name)
+        # shutdown() waits for serve_forever() to return, which runs on this (the main)
+        # thread: ask from another one
+        threading.Thread(target=server.shutdown, name="apppaccap-shutdown", daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)

@@ -17,6 +17,9 @@ DEFAULTS = {
     "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
     "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
     "trigger_poll_ms": "500",         # process poll period where there is no proc connector
+    # bytes kept free in the data directory (file .space-reserve) and given back when the
+    # disk fills, so a capture stopped by "disk full" can still record why; 0 = none
+    "disk_reserve_bytes": str(1 << 20),
 }
 
 

@@ -22,6 +22,7 @@ from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
+from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,11 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
         return envelope(0, act.returns, 0 if value is None else value)
     except ApiError as err:
         return error_envelope(err)
-    except Exception:  # a server fault: the caller gets a log id, the log gets the traceback
+    except Exception as exc:  # a fault: the caller gets a log id, the log the traceback
+        failure = io_failure(exc, name)
+        if failure is not None:  # the disk, not the code: IO_ERROR, one log line
+            log.warning("action %r: %s", name, failure.message)
+            return error_envelope(failure)
         log_id = secrets.token_hex(4)
         log.exception("action %r failed [log id %s]", name, log_id)
         return envelope(1, 1, f"internal error (log id {log_id}); see the server log")

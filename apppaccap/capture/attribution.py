@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 from apppaccap.capture.recorder import Label
 from apppaccap.capture.recorder import flow_key
+from apppaccap.store.faults import reason
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class Attribution:
         # both ends local (loopback): the originator's socket may not be findable yet
         self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")
         self.flows: OrderedDict = OrderedDict()  # key → [labels | PENDING, resolved_at, seen_at]
+        # Held to add or remove flows and to copy the table. Single reads need no lock, but
+        # a copy iterates, and a garbage collection inside it may run a finalizer that lets
+        # another thread add a flow meanwhile: "OrderedDict mutated during iteration".
+        self._flows_lock = threading.Lock()
         self._labels: dict[tuple, Label] = {}    # (pid, start_ns, tid) → Label without local
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
@@ -106,7 +111,7 @@ class Attribution:
         for t in self._threads:
             t.join(5)
         self._threads.clear()
-        for entry in list(self.flows.values()):
+        for _, entry in self._flow_items():
             entry[3] = 0  # second looks died with the resolver: nothing may wait for them
         sys.setswitchinterval(self._switch)
 
@@ -118,6 +123,11 @@ class Attribution:
                 self.fastpath = None
             self.backend.stop()
             self._backend_started = False
+
+    def _flow_items(self) -> list:
+        """A copy of the flow table's (key, entry) pairs, safe to walk while others add."""
+        with self._flows_lock:
+            return list(self.flows.items())
 
     # -- the pipeline's side -------------------------------------------------
     def status(self, key5: tuple, syn: bool = False):
@@ -139,9 +149,10 @@ class Attribution:
                 return labels
             if not labels and not stale and now - resolved_at < RETRY_MISS:
                 return labels
-        self.flows[fk] = [PENDING, now, now, 0, key5]
-        if len(self.flows) > MAX_FLOWS:
-            self.flows.popitem(last=False)
+        with self._flows_lock:
+            self.flows[fk] = [PENDING, now, now, 0, key5]
+            if len(self.flows) > MAX_FLOWS:
+                self.flows.popitem(last=False)
         self.stats["requests"] += 1
         self._queue.put((key5, fk, now))
         return PENDING
@@ -190,8 +201,8 @@ class Attribution:
                 labels = self._labels_for(
                     (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
                 via_listener = any(getattr(o, "listener", False) for o in owners)
-            except Exception:  # noqa: BLE001 - one bad lookup must not stop attribution
-                log.exception("resolving %s failed", key5)
+            except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop attribution
+                self._fault(f"resolving {key5}", exc)
                 labels, via_listener = [], False
             now = self.clock()
             entry = self.flows.get(fk)
@@ -207,6 +218,15 @@ class Attribution:
             self.stats["resolved" if labels else "missed"] += 1
             if len(self.latencies) < 10000 and not recheck:  # second looks wait on purpose
                 self.latencies.append(now - asked)
+
+    def _fault(self, what: str, exc: Exception) -> None:
+        """Log a failure the threads survive: the first and every 1000th, with a traceback
+        only when it is not the disk's fault (a full disk fails every lookup that has to
+        record a new process)."""
+        self.stats["errors"] = n = self.stats.get("errors", 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.error("%s failed (%d failure(s) so far): %s", what, n, exc,
+                      exc_info=None if reason(exc) else exc)
 
     def _schedule_recheck(self, entry, fk, now) -> None:
         """Look again shortly: a listener-named flow once the connection is accepted (a
@@ -234,7 +254,8 @@ class Attribution:
             if again:
                 self._schedule_recheck(entry, fk, now)   # the hold flag before the labels
             entry[0] = labels
-            self.flows[fk] = entry
+            with self._flows_lock:
+                self.flows[fk] = entry
         elif entry[0] is PENDING or entry[0] == [] or (
                 len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
                 labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
@@ -305,13 +326,13 @@ class Attribution:
         while not self._stop.wait(self.sweep_interval):
             try:
                 self._sweep()
-            except Exception:  # noqa: BLE001
-                log.exception("attribution sweep failed")
+            except Exception as exc:  # noqa: BLE001
+                self._fault("attribution sweep", exc)
 
     def _sweep(self):
         """Label flows still unowned (or pending too long) from a full socket snapshot."""
         now = self.clock()
-        todo = [fk for fk, e in list(self.flows.items())
+        todo = [fk for fk, e in self._flow_items()
                 if (e[0] is PENDING and now - e[1] > 0.5) or (e[0] == [] and now - e[2] < 30)]
         if not todo:
             return

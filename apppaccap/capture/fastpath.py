@@ -23,6 +23,9 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from apppaccap.lifeline import spawn
+from apppaccap.store.faults import reason
+
 log = logging.getLogger(__name__)
 
 # Flow starts only: IPv4 TCP SYNs, all IPv6 TCP (extension headers make the flags offset
@@ -40,6 +43,10 @@ SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
 def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child process
     import pcap
+
+    from apppaccap.lifeline import die_with_parent
+    from apppaccap.lifeline import parent_gone
+    die_with_parent()  # a service killed -9 takes this process with it
 
     from apppaccap.capture.decode import decode
     from apppaccap.capture.owners import LinuxOwners
@@ -114,6 +121,8 @@ def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child
                 break
             if msg[0] == "stop":
                 break
+        if parent_gone():
+            break  # no prctl here: the service ended without telling us
         now = time.monotonic()
         if now - udp["since"] >= 0.25:
             rate = udp["count"] / (now - udp["since"])
@@ -140,6 +149,7 @@ class FastPath:
         self.conn = None
         self._reader = None
         self.received = 0
+        self.errors = 0
         self.latencies: list[float] = []  # seconds from a flow's first packet to its owners
 
     def start(self) -> bool:
@@ -147,7 +157,7 @@ class FastPath:
         # multiprocessing: spawn would re-import the host's __main__ (the server itself).
         mine, theirs = socket.socketpair()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-m", "apppaccap.capture.fastpath", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), cwd=os.path.dirname(os.path.dirname(
                     os.path.dirname(os.path.abspath(__file__)))))
@@ -187,8 +197,16 @@ class FastPath:
                 self.received += 1
                 if took is not None and len(self.latencies) < 100_000:
                     self.latencies.append(took)
-                self.deliver(key5, [Owner(*o) for o in owners],
-                             {p: ProcInfo(*i) for p, i in infos.items() if i})
+                try:
+                    self.deliver(key5, [Owner(*o) for o in owners],
+                                 {p: ProcInfo(*i) for p, i in infos.items() if i})
+                except Exception as exc:  # noqa: BLE001 - one flow lost, not the fast path
+                    # (e.g. the catalog cannot record a new process: disk full)
+                    self.errors += 1
+                    if self.errors == 1 or self.errors % 1000 == 0:
+                        log.warning("attribution fast path: delivering a flow failed (%d so "
+                                    "far): %s", self.errors, exc,
+                                    exc_info=None if reason(exc) else exc)
 
     def cpu_seconds(self) -> float:
         """CPU time used by the child so far (Linux /proc)."""

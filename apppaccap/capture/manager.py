@@ -21,6 +21,8 @@ from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.capturedb import IPS_UPSERT
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
+from apppaccap.store.faults import reason
+from apppaccap.store.reserve import SpaceReserve
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,11 @@ class CaptureManager:
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
         self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
+        self.reserve = SpaceReserve(ctx.config.data_dir,
+                                    lambda: ctx.settings.get_int("disk_reserve_bytes", 0))
+        if not self.reserve.ensure():
+            log.warning("no room for the %d-byte space reserve in %s: the disk is nearly full",
+                        self.reserve.size, ctx.config.data_dir)
 
     @property
     def ip_resolver(self):
@@ -86,6 +93,7 @@ class CaptureManager:
 
     def start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
               process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
+        self.reserve.check("a capture")  # IO_ERROR now rather than a capture failing at once
         handles = self._open(list(adapters), bpf)
         fields = {"type": ctype, "state": ACTIVE, "name": name, "filter": bpf, "flags": flags,
                   "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),
@@ -111,6 +119,7 @@ class CaptureManager:
         if self.ctx.settings.get("extract_enabled") == "1":
             from apppaccap.extract.service import attach
             self.extracts[capture_id] = attach(self.ctx, session.recorder, db, capture_id)
+        session.on_failure = self._failed
         with self._lock:
             self.sessions[capture_id] = session
         session.start()
@@ -181,22 +190,52 @@ class CaptureManager:
                     extract.close()  # files still open at the end; writes their rows
             finally:
                 session.db.close()
+            if session.failure is not None:  # a write failed: not a complete capture
+                state, message = INTERRUPTED, session.failure
             self.catalog.execute(
                 "UPDATE captures SET state=?, end_time=?, message=? WHERE id=?",
                 (state, now_ns(), message, capture_id))
 
+    def _failed(self, capture_id: int, message: str) -> None:
+        """A capture's write failed (on its pipeline thread): stop it from another thread,
+        after giving back the space reserve when the disk is full, so the stop can write."""
+        if message.startswith(("disk full", "disk quota")):
+            self.reserve.release()
+        threading.Thread(target=self._stop_failed, args=(capture_id,), daemon=True,
+                         name=f"capture-stop:{capture_id}").start()
+
+    def _stop_failed(self, capture_id: int) -> None:
+        try:
+            self.stop(capture_id)  # stop() turns it INTERRUPTED with the failure message
+        except NotFound:
+            pass  # stopped by its user meanwhile
+        except Exception as exc:  # noqa: BLE001 - a thread of its own: log, never re-raise
+            log.error("capture %s: stopping it after its failed write failed too: %s",
+                      capture_id, exc, exc_info=None if reason(exc) else exc)
+
     def stop_all(self) -> int:
+        """Stop every active capture; one that fails to stop does not keep the others
+        running (the first error is raised at the end)."""
         ids = list(self.sessions)
+        first = None
         for cid in ids:
             try:
                 self.stop(cid)
             except NotFound:
                 pass
+            except Exception as exc:  # noqa: BLE001 - logged here, reported once at the end
+                log.error("capture %s: stopping failed: %s: %s", cid, type(exc).__name__, exc)
+                first = first or exc
+        if first is not None:
+            raise first
         return len(ids)
 
     def close(self) -> None:
         """Service shutdown: stop every capture and the shared engines."""
-        self.stop_all()
+        try:
+            self.stop_all()
+        except Exception:  # noqa: BLE001 - logged by stop_all; shutting down goes on
+            pass
         with self._lock:
             dbs, self._dbs = list(self._dbs.values()), {}
         for db in dbs:

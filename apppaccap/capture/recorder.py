@@ -6,14 +6,19 @@ hostnames are built the same way whatever the source.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from apppaccap.api.envelope import IOFailure
 from apppaccap.capture.dns import dns_answers
 from apppaccap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.capturedb import write_batch
+from apppaccap.store.faults import io_failure
+
+log = logging.getLogger(__name__)
 
 MINUTE_NS = 60_000_000_000
 MAX_CONNS = 100_000          # flows kept in memory before ended/idle ones are forgotten
@@ -75,6 +80,16 @@ class Recorder:
         self.batch_packets, self.batch_bytes = batch_packets, batch_bytes
         self.packets = self.bytes = 0
         self.pending = None  # the last submitted batch's future
+        self._inflight = (0, 0)  # packets and bytes of that batch (lost if it fails)
+        self._mark = (0, 0)      # self.packets / self.bytes at the last flush
+        # A failed batch stores nothing (one transaction): its packets leave PacketCount for
+        # `lost` (DroppedCount), and so does every packet after it - nothing more is
+        # written once a write failed. `failure` says why; `on_failure(message)` is told
+        # once (a live capture stops then); without it flush() raises a fresh error.
+        self.lost = 0
+        self.failure: str | None = None
+        self.failure_is_io = False
+        self.on_failure = None
         # callable(agg, procs, threads) — global statistics and process/thread counters
         self.on_flush = None
         self.on_new_ips = None  # callable(list of IPs first seen in this batch)
@@ -117,7 +132,12 @@ class Recorder:
 
     def add(self, ts, iface, data, origlen, d, conn=None, label: Label | None = None,
             notes=None, direction=None) -> int:
-        """Record one packet; returns its PacketId."""
+        """Record one packet; returns its PacketId (0: not stored, writing has failed)."""
+        if self.failure is not None:
+            self.lost += 1
+            if self.on_failure is None:
+                raise self.error()
+            return 0
         ts_raw = None
         if ts >= MAX_TS or ts < 0:
             # Files can carry timestamps past 2262 (or before 1970) that SQLite's int64 cannot
@@ -247,7 +267,13 @@ class Recorder:
 
     def flush(self, wait: bool = False):
         """Submit the accumulated batch to the writer thread (one transaction)."""
-        if self._rows or self._plain or self._dirty:
+        batch = bool(self._rows or self._plain or self._dirty)
+        if self.bulk is None:
+            # back-pressure: at most one batch in flight (an idle call only looks)
+            self._settle(block=batch or wait)
+        if self.failure is not None:
+            self._drop_batch()
+        elif batch:
             rows, blob = self._rows, self._buf  # _reset() starts new buffers
             conns = {c.id: c.row() for c in self._dirty.values()}
             procs = {k: tuple(v) for k, v in self._procs.items()}
@@ -256,12 +282,12 @@ class Recorder:
             for (pid, tid, _process_id), n in self._threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
             args = (rows, blob, conns, procs, threads, ips, agg, self._plain)
-            if self.pending is not None and self.bulk is None:
-                self.pending.result()  # back-pressure: at most one batch in flight
             if self.bulk is not None:
                 self.pending = self.bulk.submit_batch(args)
             else:
                 self.pending = self.db.submit(lambda c: write_batch(c, *args))
+                self._inflight = (self.packets - self._mark[0], self.bytes - self._mark[1])
+            self._mark = (self.packets, self.bytes)
             if self.on_flush is not None:
                 self.on_flush(agg, procs, self._threads)
             if self.on_new_ips is not None:
@@ -274,10 +300,56 @@ class Recorder:
             if self.bulk is not None:
                 while self.bulk.pending:
                     self.bulk._collect()
-            self.pending.result()
-            self.pending = None
+                self.pending = None
+            else:
+                self._settle()
+        if self.failure is not None and self.on_failure is None:
+            raise self.error()  # a fresh exception each time: nothing chains or grows
         if len(self.conns) > MAX_CONNS:
             self._evict()
+
+    def error(self) -> Exception:
+        """The write failure as a new exception (IOFailure for a disk fault)."""
+        if self.failure_is_io:
+            return IOFailure(self.failure)
+        return RuntimeError(self.failure)
+
+    def _settle(self, block: bool = True) -> None:
+        """Wait for the batch in flight; if it failed, account for its packets as lost."""
+        fut = self.pending
+        if fut is None or not (block or fut.done()):
+            return
+        self.pending = None
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001 - recorded once, reported as `failure`
+            packets, size = self._inflight
+            self.packets -= packets
+            self.bytes -= size
+            self._mark = (self._mark[0] - packets, self._mark[1] - size)
+            self.lost += packets
+            self._failed(exc)
+
+    def _drop_batch(self) -> None:
+        """After a failure: the packets gathered since the last flush are lost, not kept."""
+        packets, size = self.packets - self._mark[0], self.bytes - self._mark[1]
+        self.packets -= packets
+        self.bytes -= size
+        self.lost += packets
+        self._mark = (self.packets, self.bytes)
+        self._reset()
+
+    def _failed(self, exc: Exception) -> None:
+        if self.failure is not None:
+            return
+        failure = io_failure(exc, "writing packets")
+        if failure is not None:  # the database writer logged the disk fault already
+            self.failure, self.failure_is_io = failure.message, True
+        else:
+            self.failure = f"writing packets failed ({type(exc).__name__}: {exc})"
+            log.error("%s", self.failure, exc_info=exc)
+        if self.on_failure is not None:
+            self.on_failure(self.failure)
 
     def _evict(self) -> None:
         """Bound memory on long captures: forget flows that ended or have been idle for

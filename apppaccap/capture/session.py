@@ -16,6 +16,7 @@ from apppaccap.capture.attribution import PENDING
 from apppaccap.capture.recorder import Recorder
 from apppaccap.capture.recorder import flow_key
 from apppaccap.capture.sniffer import Sniffer
+from apppaccap.store import recovery
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,9 @@ class CaptureSession:
         self.hold = hold_ms / 1000.0
         self.recorder = Recorder(db, local_ips=local_ips)
         self.recorder.on_flush = on_stats
+        self.recorder.on_failure = self._write_failed
+        # told (capture id, message) once when a write fails: the manager stops the capture
+        self.on_failure = None
         self.received = self.kept = self.attributed = self.unknown = 0
         self.errors = 0  # pipeline faults survived (logged); the capture goes on
         self._running = threading.Event()
@@ -71,9 +75,13 @@ class CaptureSession:
                                         daemon=True)
 
     def start(self):
+        row = self.catalog.one("SELECT * FROM captures WHERE id = ?", (self.id,))
+
         def interfaces(conn):
             conn.executemany("INSERT INTO interfaces(id, name, linktype) VALUES (?,?,?)",
                              [(s.iface, s.name, s.linktype) for s in self.sniffers])
+            if row is not None:  # a new catalog can register this capture again from it
+                recovery.remember(conn, row)
         self.db.write(interfaces)
         self.attribution.acquire()
         self._running.set()
@@ -83,8 +91,20 @@ class CaptureSession:
 
     @property
     def dropped(self) -> int:
-        """libpcap's drops (live) plus our queue's overflow: DroppedCount."""
-        return sum(s.libpcap_drops() + s.overflow for s in self.sniffers)
+        """libpcap's drops (live), our queue's overflow and the packets that could not be
+        written (a failed write, disk full): DroppedCount."""
+        return sum(s.libpcap_drops() + s.overflow for s in self.sniffers) + self.recorder.lost
+
+    @property
+    def failure(self) -> str | None:
+        """Why writing stopped ("disk full: ..."), None while all is well."""
+        return self.recorder.failure
+
+    def _write_failed(self, message: str) -> None:
+        # on the pipeline thread, inside a flush: the stop itself runs elsewhere
+        log.warning("capture %s: %s; stopping it", self.id, message)
+        if self.on_failure is not None:
+            self.on_failure(self.id, message)
 
     def stop(self):
         """Stop sniffing, drain what was queued, flush everything; blocks until written."""
@@ -94,7 +114,20 @@ class CaptureSession:
         self._thread.join(60)
         self.recorder.flush(wait=True)
         self.attribution.release()
+        self._remember_end()
         self.update_catalog(final=True)
+        r = self.recorder
+        log.info("capture %s stopped: %d packets received, %d stored, %d not written, "
+                 "%d dropped before us", self.id, self.received, r.packets, r.lost,
+                 self.dropped - r.lost)
+
+    def _remember_end(self) -> None:
+        """Mark the capture database as stopped by the service (recovery.py reads it)."""
+        message = self.failure or ""
+        try:
+            self.db.write(lambda c: recovery.remember_end(c, time.time_ns(), message), 10)
+        except Exception as exc:  # noqa: BLE001 - then it is registered INTERRUPTED; no more
+            log.info("capture %s: end not recorded in its database (%s)", self.id, exc)
 
     def _run(self):
         buf: deque = deque()
@@ -161,7 +194,19 @@ class CaptureSession:
 
     def update_catalog(self, final: bool = False):
         r = self.recorder
-        values = (r.packets, r.bytes, self.dropped, r.next_conn - 1, self.id)
-        self.catalog.submit(lambda c: c.execute(
+        counts = (r.packets, r.bytes, r.next_conn - 1)
+        if final and r.failure is not None:
+            counts = self.stored_counts()
+            r.lost += max(0, r.packets - counts[0])  # counted but not stored: dropped
+            r.packets, r.bytes = counts[0], counts[1]
+        values = (counts[0], counts[1], self.dropped, counts[2], self.id)
+        return self.catalog.submit(lambda c: c.execute(
             "UPDATE captures SET packet_count=?, byte_count=?, dropped_count=?, "
             "connection_count=? WHERE id=?", values))
+
+    def stored_counts(self) -> tuple:
+        """(packets, bytes, connections) as the capture database holds them: after a failed
+        write, what was really stored is the truth."""
+        row = self.db.one("SELECT count(*), coalesce(sum(len), 0), "
+                          "(SELECT count(*) FROM connections) FROM packets")
+        return tuple(row)

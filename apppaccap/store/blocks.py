@@ -43,7 +43,7 @@ class SideFile:
 
     def __init__(self, db_path: str):
         self.fd = os.open(side_path(db_path),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o644)
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o600)
 
     def append(self, blob) -> tuple[int, int]:
         # the file's real end, asked each time: a write that failed half-way (disk full)

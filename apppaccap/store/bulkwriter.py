@@ -19,12 +19,16 @@ import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
+from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
 
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
+    from apppaccap.lifeline import die_with_parent
     from apppaccap.store.capturedb import write_batch
     from apppaccap.store.database import connect
+    from apppaccap.store.faults import io_failure
+    die_with_parent()  # a service killed -9 takes this process with it
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
     db.execute("PRAGMA synchronous=OFF")
@@ -46,8 +50,17 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
                 db.execute("ROLLBACK")
             except Exception:  # noqa: BLE001
                 pass
-            conn.send(f"{type(exc).__name__}: {exc}")
+            failure = io_failure(exc, "writing the capture")
+            conn.send(("io", failure.message) if failure is not None else
+                      ("error", f"{type(exc).__name__}: {exc}"))
     db.close()
+
+
+def _error(kind: str, message: str) -> Exception:
+    if kind == "io":
+        from apppaccap.api.envelope import IOFailure
+        return IOFailure(message)  # "disk full: ..." - the ingest fails with IO_ERROR
+    return RuntimeError(f"writing the capture failed: {message}")
 
 
 class BulkWriter:
@@ -57,7 +70,7 @@ class BulkWriter:
         mine, theirs = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-m", "apppaccap.store.bulkwriter", str(theirs.fileno()), path],
                 pass_fds=(theirs.fileno(),), cwd=root)
         finally:
@@ -83,12 +96,15 @@ class BulkWriter:
         try:
             err = self.conn.recv()
         except EOFError:
-            err = "bulk writer process ended"
+            err = ("error", "bulk writer process ended")
         if err is None:
             fut.set_result(None)
-        else:
-            fut.set_exception(RuntimeError(err))
-            raise RuntimeError(f"writing the capture failed: {err}")
+            return
+        kind, message = err
+        # fresh exceptions each time: one stored error re-raised on every call would grow
+        # its traceback without end
+        fut.set_exception(_error(kind, message))
+        raise _error(kind, message)
 
     def close(self) -> None:
         """Wait for every batch, then stop the child."""

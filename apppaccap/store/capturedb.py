@@ -119,7 +119,7 @@ class CaptureDb(Database):
     """A capture's database (created on first open)."""
 
     def __init__(self, data_dir: str, capture_id: int):
-        os.makedirs(os.path.join(data_dir, "captures"), exist_ok=True)
+        os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
         self.capture_id = capture_id
         super().__init__(capture_path(data_dir, capture_id), MIGRATIONS)
 

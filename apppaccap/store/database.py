@@ -8,12 +8,17 @@ the writer thread inside one transaction) so there is never a second writer;
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sqlite3
 import threading
 from concurrent.futures import Future
 
+from apppaccap.store.faults import io_failure
+
 log = logging.getLogger(__name__)
+
+FILE_MODE = 0o600  # catalog and capture databases hold password hashes and packets
 
 _STOP = object()
 
@@ -21,6 +26,16 @@ _STOP = object()
 # attribute lookups per value); an identity adapter found in its table is ~3x cheaper,
 # which matters for packet rows with several NULL columns (1M rows: 3.4 s -> 2.4 s).
 sqlite3.register_adapter(type(None), {}.get)
+
+
+def create_private(path: str) -> None:
+    """Create `path` empty with mode 0600 if it does not exist (an empty file is an empty
+    SQLite database). SQLite gives its -wal and -shm files the database file's mode, so
+    they are private too whatever the process umask."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
 
 
 def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
@@ -43,9 +58,11 @@ class Database:
     def __init__(self, path: str, migrations=()):
         self.path = path
         self._queue: queue.Queue = queue.Queue()
+        create_private(path)
         self._conn = connect(path)
         self._local = threading.local()
         self._closed = False
+        self._faulty = False  # a disk fault was logged and no write has succeeded since
         if migrations:
             migrate(self._conn, migrations)
         self._thread = threading.Thread(target=self._run, name=f"writer:{path}", daemon=True)
@@ -64,14 +81,26 @@ class Database:
                 self._conn.execute("BEGIN IMMEDIATE")
                 result = fn(self._conn)
                 self._conn.execute("COMMIT")
+                self._faulty = False
                 fut.set_result(result)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
                 try:
                     self._conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-                fut.set_exception(exc)
+                fut.set_exception(self._fault(exc))
         self._conn.close()
+
+    def _fault(self, exc: BaseException) -> BaseException:
+        """What the caller's future raises: a fresh IOFailure for a disk fault (logged
+        once per outage, not once per write), the exception itself otherwise."""
+        failure = io_failure(exc, f"writing {os.path.basename(self.path)}")
+        if failure is None:
+            return exc
+        if not self._faulty:
+            self._faulty = True
+            log.error("%s: %s", self.path, failure.message)
+        return failure
 
     def submit(self, fn) -> Future:
         """Queue `fn(conn)` to run in one transaction on the writer thread."""

@@ -34,6 +34,8 @@ import subprocess
 import sys
 import threading
 
+from apppaccap.lifeline import spawn
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,7 @@ class Gate(NoGate):
                 "from apppaccap.triggers.gate_helper import main; main()")
         try:
             # -I: ignore the environment and user site; it imports only procevents
-            self._proc = subprocess.Popen(
+            self._proc = spawn(
                 [sys.executable, "-I", "-c", code, str(self.max_pause),
                  "events" if self.catch_execs else "noevents"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

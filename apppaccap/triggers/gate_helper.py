@@ -3,7 +3,7 @@
 Runs alone in its own process (see gate.py for why): reads the proc connector's exec
 events, compares /proc/<pid>/exe with the watched paths, stops a match with ptrace at
 once and tells the service; answers the service's W / P / R requests. It imports only
-the standard library and procevents.py's netlink constants.
+the standard library, procevents.py's netlink constants and lifeline.py.
 """
 
 from __future__ import annotations
@@ -147,6 +147,10 @@ def _marked(pid: int) -> bool:
 
 def main() -> None:  # pragma: no cover - runs in the helper process (tests drive it for real)
     """The helper's loop: proc connector exec events and the service's requests."""
+    from apppaccap.lifeline import die_with_parent
+    from apppaccap.lifeline import parent_gone
+    # a service killed -9 must not leave this process (and its ptrace holds) behind
+    polled = not die_with_parent()
     max_pause = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
     catch_execs = len(sys.argv) < 3 or sys.argv[2] != "noevents"
     try:  # a caught program waits on us: run ahead of normal tasks (bounded by RT throttling)
@@ -166,7 +170,12 @@ def main() -> None:  # pragma: no cover - runs in the helper process (tests driv
     watch: list = []
     while True:
         fds = [stdin] + ([sock] if sock else [])
-        ready, _, _ = select.select(fds, [], [], tracer.expire())
+        wait = tracer.expire()
+        if polled:  # no prctl: look at the parent at least once a second
+            wait = 1.0 if wait is None else min(wait, 1.0)
+            if parent_gone():
+                break
+        ready, _, _ = select.select(fds, [], [], wait)
         if sock in ready:
             try:
                 data = sock.recv(1 << 16)

@@ -1,0 +1,202 @@
+"""The catalog at start-up: checked, set aside when damaged, captures found again.
+
+A damaged catalog (garbage, a truncated file: SQLite says "not a database" or
+"malformed", or `PRAGMA quick_check` finds faults), or an empty one while capture
+databases exist, is renamed to catalog.db.damaged-<time> (with its -wal/-shm) and a new
+catalog is created. Each captures/<id>.db is then registered again under its id: Type,
+Name, Filter, adapters and process as the capture database remembers them (meta 'capture',
+written when the capture starts), counters and times from its rows; State COMPLETED when
+it was stopped cleanly (meta 'ended'), INTERRUPTED otherwise. Nothing is forgotten
+silently: what cannot be read is registered INTERRUPTED with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+
+log = logging.getLogger(__name__)
+
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+SYSTEM, FILE = 1, 4
+COMPLETED, INTERRUPTED = 2, 4
+CAPTURE_FILE = re.compile(r"^([1-9][0-9]{0,17})\.db$")
+# what a capture database remembers of its catalog row (meta 'capture')
+REMEMBERED = ("type", "name", "filter", "flags", "adapters", "process_id", "pid", "thread_id",
+              "process_name", "process_path", "start_time", "notes", "source_file")
+
+
+def capture_files(data_dir: str) -> dict[int, str]:
+    """Capture id → path of every captures/<id>.db."""
+    if not data_dir:
+        return {}  # an in-memory catalog has no data directory
+    folder = os.path.join(data_dir, "captures")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        m = CAPTURE_FILE.match(name)
+        if m:
+            found[int(m.group(1))] = os.path.join(folder, name)
+    return found
+
+
+def highest_capture_file(data_dir: str) -> int:
+    return max(capture_files(data_dir), default=0)
+
+
+def _damaged(exc: sqlite3.Error) -> bool:
+    """Is this error the file's fault (not a lock, a permission or a full disk)?"""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
+
+
+def examine(path: str, data_dir: str) -> str:
+    """Why the catalog at `path` must be set aside ('' when it is fine or absent)."""
+    if not os.path.exists(path):
+        return ""
+    files = capture_files(data_dir)
+    wal = path + "-wal"
+    if os.path.getsize(path) == 0 and not (os.path.exists(wal) and os.path.getsize(wal)):
+        return f"empty (0 bytes) while captures/ holds {len(files)} capture database(s)" \
+            if files else ""
+    try:
+        conn = sqlite3.connect(path, timeout=30)
+    except sqlite3.Error as exc:
+        if _damaged(exc):
+            return f"damaged ({exc})"
+        raise
+    try:
+        faults = [r[0] for r in conn.execute("PRAGMA quick_check(5)")]
+        if faults != ["ok"]:
+            return "damaged (quick_check: " + "; ".join(faults)[:300] + ")"
+        has_captures = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'captures'").fetchone()
+        if files and not has_captures:
+            return f"empty (no tables) while captures/ holds {len(files)} capture database(s)"
+        return ""
+    except sqlite3.Error as exc:
+        if _damaged(exc):
+            return f"damaged ({exc})"
+        raise
+    finally:
+        conn.close()
+
+
+def set_aside(path: str, why: str) -> str:
+    """Rename the catalog (and its -wal/-shm) to <path>.damaged-<time>; returns the name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = f"{path}.damaged-{stamp}"
+    n = 1
+    while os.path.exists(aside):
+        n += 1
+        aside = f"{path}.damaged-{stamp}-{n}"
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the main file last: it marks the set-aside
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, aside + suffix)
+    except OSError as exc:
+        # no traceback for this: one line says what is wrong and what to do
+        raise SystemExit(f"apppaccap: the catalog {path} is {why} and cannot be set aside "
+                         f"({exc.strerror}); move it away by hand and start again") from None
+    return aside
+
+
+def remember(conn, row) -> None:
+    """Keep the capture's catalog facts in its own database (meta 'capture'), so a new
+    catalog can register it again with its Type and Name (runs in a write transaction)."""
+    facts = {k: row[k] for k in REMEMBERED if k in row.keys()}
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('capture', ?)",
+                 (json.dumps(facts),))
+
+
+def remember_end(conn, end_time: int, message: str) -> None:
+    """The capture was stopped cleanly at `end_time` (meta 'ended')."""
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ended', ?)",
+                 (json.dumps({"end_time": end_time, "message": message}),))
+
+
+def reregister(catalog, data_dir: str) -> int:
+    """Register every captures/<id>.db in the (new) catalog; returns how many."""
+    files = capture_files(data_dir)
+    for capture_id, path in sorted(files.items()):
+        try:
+            row, procs = _read_capture(path)
+        except (sqlite3.Error, ValueError) as exc:  # ValueError: a meta row not JSON
+            log.error("capture database %s cannot be read (%s): registered as INTERRUPTED",
+                      path, exc)
+            row, procs = {"type": SYSTEM, "name": f"capture {capture_id}", "start_time": 0,
+                          "state": INTERRUPTED,
+                          "message": f"recovered: its database cannot be read ({exc})"}, []
+        row["id"] = capture_id
+        catalog.write(lambda c, row=row, procs=procs: _insert(c, row, procs))
+    return len(files)
+
+
+def _read_capture(path: str) -> tuple[dict, list]:
+    conn = sqlite3.connect(path, timeout=30)  # read-write: it may need its WAL replayed
+    conn.row_factory = sqlite3.Row
+    try:
+        meta = {r["key"]: r["value"] for r in conn.execute("SELECT key, value FROM meta")}
+        facts = json.loads(meta.get("capture") or "{}")
+        ended = json.loads(meta.get("ended") or "null")
+        packets, size, first, last = conn.execute(
+            "SELECT count(*), coalesce(sum(len), 0), min(ts), max(ts) FROM packets").fetchone()
+        conns = conn.execute("SELECT count(*) FROM connections").fetchone()[0]
+        ifaces = [r[0] or "" for r in conn.execute("SELECT name FROM interfaces ORDER BY id")]
+        procs = [dict(r) for r in conn.execute("SELECT * FROM processes")]
+    finally:
+        conn.close()
+    row = {"type": facts.get("type") or _guess_type(path, meta, ifaces),
+           "name": facts.get("name") or "", "adapters": ",".join(n for n in ifaces if n)}
+    row.update({k: v for k, v in facts.items() if v is not None})
+    row["start_time"] = row.get("start_time") or first or 0
+    row.update(packet_count=packets, byte_count=size, connection_count=conns)
+    if ended:  # stopped by the service; a message says why when a write failed
+        why = ended.get("message") or ""
+        row.update(state=INTERRUPTED if why else COMPLETED,
+                   end_time=ended.get("end_time") or last)
+    else:
+        why = "the service stopped while capturing"
+        row.update(state=INTERRUPTED, end_time=last)
+    row["message"] = "; ".join(filter(None, (
+        "registered again from its database (the catalog was set aside)", why)))
+    return row, procs
+
+
+def _guess_type(path: str, meta: dict, ifaces: list) -> int:
+    """A capture database older than meta 'capture': live adapters of this machine mean
+    a live capture; anything else came from a file."""
+    if "block_framing" in meta or os.path.exists(path[:-3] + ".bytes"):
+        return FILE
+    live = ifaces and all(n and os.path.exists(f"/sys/class/net/{n}") for n in ifaces)
+    return SYSTEM if live else FILE
+
+
+def _insert(conn, row: dict, procs: list) -> None:
+    cols = [k for k in row if k in _CAPTURE_COLUMNS]
+    conn.execute(f"INSERT INTO captures({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+                 [row[k] for k in cols])
+    for p in procs:
+        conn.execute(
+            "INSERT OR IGNORE INTO processes(id, pid, ppid, name, path, cmdline, user, "
+            "start_time, packets, bytes) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (p["process_id"], p["pid"] or 0, p["ppid"], p["name"], p["path"], p["cmdline"],
+             p["user"], p["start_time"] or 0, p["packets"], p["bytes"]))
+        conn.execute("INSERT OR IGNORE INTO capture_processes(capture_id, process_id) "
+                     "VALUES (?, ?)", (row["id"], p["process_id"]))
+
+
+_CAPTURE_COLUMNS = {"id", "type", "state", "name", "filter", "flags", "adapters",
+                    "process_id", "pid", "thread_id", "process_name", "process_path",
+                    "start_time", "end_time", "packet_count", "byte_count", "dropped_count",
+                    "connection_count", "notes", "source_file", "message"}
