@@ -14,6 +14,13 @@ DEFAULTS = {
     "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
     "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
     "trigger_poll_ms": "500",         # process poll period where there is no proc connector
+    # The door (web.py, callers.py): local accounts in this group (and root) need no token
+    # when authentication is off; every other local account logs in.
+    "local_group": "apppaccap",
+    "max_request_bytes": str(16 << 20),   # largest non-upload /ajax body (JSON or form)
+    # largest body read before the caller is known (login required, no token in the
+    # X-AppPacCap-Token header or the apppaccap_token cookie); logins are far smaller
+    "max_unauthenticated_bytes": "65536",
 }
 
 
