@@ -90,6 +90,7 @@ class LoginThrottle:
         self.clock = clock
         self._state: OrderedDict[tuple, list] = OrderedDict()  # key → [failures, until, last]
         self._recent: deque[float] = deque()  # times of the failures in the last second
+        self._checking: set[tuple] = set()  # names and addresses with a check running
         self._in_flight = 0
         self._lock = threading.Lock()
         self.delays: list[float] = []  # delays imposed so far (observable by tests)
@@ -97,26 +98,35 @@ class LoginThrottle:
     def admit(self, name: str, remote: str) -> None:
         """Raise Busy when this attempt must wait; otherwise count it as in flight."""
         now = self.clock()
+        keys = (("user", name), ("addr", remote))
         with self._lock:
-            wait = max(self._until(("user", name), now), self._until(("addr", remote), now))
+            wait = max(self._until(key, now) for key in keys)
             if wait > 0:
                 raise Busy(f"login: too many failed logins for this user or address; "
                            f"try again in {wait:.1f} s")
+            if any(key in self._checking for key in keys):
+                # One check at a time per name and per address, or a burst of parallel
+                # guesses would all start before the first failure is counted.
+                raise Busy("login: another login for this user or address is being "
+                           "checked; try again in a moment")
             while self._recent and now - self._recent[0] >= 1.0:
                 self._recent.popleft()
             if len(self._recent) + self._in_flight >= FAILURES_PER_SECOND:
                 raise Busy("login: too many failed logins on this server just now; "
                            "try again in a second")
+            self._checking.update(keys)
             self._in_flight += 1
 
-    def cancel(self) -> None:
+    def cancel(self, name: str, remote: str) -> None:
         """An admitted attempt that checked no password."""
         with self._lock:
+            self._checking.difference_update((("user", name), ("addr", remote)))
             self._in_flight -= 1
 
     def done(self, name: str, remote: str, ok: bool) -> None:
         now = self.clock()
         with self._lock:
+            self._checking.difference_update((("user", name), ("addr", remote)))
             self._in_flight -= 1
             if ok:
                 self._state.pop(("user", name), None)
@@ -162,7 +172,7 @@ class Sessions:
     def login(self, name: str, password: str, remote: str) -> str:
         self.throttle.admit(name, remote)
         if not self._pool.acquire(blocking=False):
-            self.throttle.cancel()
+            self.throttle.cancel(name, remote)
             raise Busy(f"login: {LOGIN_POOL} logins are being checked already; "
                        "try again in a moment")
         ok = None
@@ -171,7 +181,7 @@ class Sessions:
         finally:
             self._pool.release()
             if ok is None:
-                self.throttle.cancel()  # the check itself failed (catalog): not a guess
+                self.throttle.cancel(name, remote)  # the check failed (catalog): no guess
             else:
                 self.throttle.done(name, remote, ok)
         if not ok:
