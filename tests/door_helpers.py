@@ -69,7 +69,7 @@ class DoorServer:
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("server did not start:\n" + self.log_text())
+                    raise RuntimeError("server did not start:\n" + self.log_text()) from None
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("server did not start:\n" + self.log_text())
@@ -141,7 +141,8 @@ class DoorServer:
         return values
 
     def log_text(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as fh:
             return fh.read().decode("utf-8", "replace")
 

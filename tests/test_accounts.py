@@ -16,8 +16,8 @@ import urllib.parse
 import pytest
 
 from apppaccap.api.envelope import Malformed
-from tests.conftest import make_ctx
 from tests.conftest import free_port
+from tests.conftest import make_ctx
 from tests.door_helpers import ROOT
 from tests.door_helpers import DoorServer
 

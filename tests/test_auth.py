@@ -52,7 +52,7 @@ def test_failed_logins_wait_per_user_and_per_address(authed):
     assert ajax("login", username="alice", password="nope")["ErrorCode"] == 9
     early = ajax("login", username="alice", password="s3cret-passw0rd")  # even the right one
     assert early["ErrorCode"] == 7 and "try again in" in early["ReturnValue"]
-    for step in range(4):
+    for _ in range(4):
         clock[0] += 10
         assert ajax("login", username="alice", password="nope")["ErrorCode"] == 9
     assert ctx.sessions.throttle.delays == [0.25, 0.5, 1.0, 2.0, 4.0]

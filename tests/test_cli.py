@@ -43,7 +43,8 @@ def test_user_management(tmp_path):
     assert "saved" in cli("user", "add", "carol", "--data-dir", data,
                           stdin="pw-1234-long\npw-1234-long\n").stdout
     assert cli("user", "list", "--data-dir", data).stdout.split() == ["carol"]
-    differ = cli("user", "add", "dave", "--data-dir", data, stdin="aaaa1-long\nbbbb2-long\n", check=False)
+    differ = cli("user", "add", "dave", "--data-dir", data, stdin="aaaa1-long\nbbbb2-long\n",
+                 check=False)
     assert differ.returncode != 0 and "differ" in differ.stderr
     cli("user", "remove", "carol", "--data-dir", data)
     assert cli("user", "list", "--data-dir", data).stdout.split() == []
