@@ -289,3 +289,81 @@ def test_odd_requests_answer_cleanly(server):
         assert not reply.startswith(b"HTTP/1.1 5"), (method, reply[:200])
     assert "Traceback" not in server.log_text()
     assert server.alive()
+
+
+# -- the same, from a real browser ---------------------------------------------------------------
+
+ATTACK_PAGE = """<!doctype html><html><body>
+<iframe sandbox="allow-forms allow-scripts" srcdoc="
+  <form method=post action='{url}/ajax'>
+    <input name=action value=settings_set><input name=key_name value=door_probe>
+    <input name=value value=pwned-form></form><script>document.forms[0].submit()</script>">
+</iframe>
+<iframe sandbox="allow-forms allow-scripts" srcdoc="
+  <form method=post enctype=text/plain action='{url}/ajax'>
+    <input name='{{&quot;action&quot;: &quot;settings_set&quot;, &quot;key_name&quot;: &quot;door_probe&quot;, &quot;value&quot;: &quot;pwned-json&quot;, &quot;x&quot;: &quot;'
+           value='&quot;}}'></form><script>document.forms[0].submit()</script>">
+</iframe>
+<iframe sandbox="allow-forms allow-scripts" srcdoc="
+  <form method=post enctype=multipart/form-data action='{url}/ajax'>
+    <input name=action value=settings_set><input name=key_name value=door_probe>
+    <input name=value value=pwned-multipart></form><script>document.forms[0].submit()</script>">
+</iframe>
+<script>
+fetch('{url}/ajax', {{method: 'POST', mode: 'no-cors',
+  headers: {{'Content-Type': 'application/x-www-form-urlencoded'}},
+  body: 'action=settings_set&key_name=door_probe&value=pwned-fetch'}});
+</script>
+</body></html>"""
+
+
+@pytest.mark.browser
+def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server):
+    import http.server
+    import threading
+
+    from playwright.sync_api import sync_playwright
+
+    from tests import browser_helpers as bh
+
+    page_html = ATTACK_PAGE.format(url=server.url).encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    server.ok("settings_set", key_name="door_probe", value="old")
+    posts = server.log_text().count('"POST /ajax')
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+                deadline = time.monotonic() + 15
+                while server.log_text().count('"POST /ajax') < posts + 4 and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert server.log_text().count('"POST /ajax') >= posts + 4  # all four arrived
+                assert server.ok("settings_get_by_key", key_name="door_probe") == "old"
+                # The same request from one of the server's own pages goes through.
+                page.goto(f"{server.url}/default/index.html")
+                status = page.evaluate("""() => fetch('/ajax', {method: 'POST',
+                    headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                    body: 'action=settings_set&key_name=door_probe&value=mine'})
+                    .then(r => r.json()).then(b => b.ErrorCode)""")
+                assert status == 0
+                assert server.ok("settings_get_by_key", key_name="door_probe") == "mine"
+            finally:
+                browser.close()
+    finally:
+        evil.shutdown()
+        evil.server_close()
