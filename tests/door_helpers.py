@@ -50,28 +50,36 @@ class DoorServer:
     """`python -m apppaccap serve` on a free port, its log in a file (never a full pipe)."""
 
     def __init__(self, tmp_path, *extra, users=()):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data = str(tmp_path / f"data-{self.port}")
-        self.log_path = str(tmp_path / f"server-{self.port}.log")
+        self.data = str(tmp_path / f"data-{uuid.uuid4().hex[:6]}")
         for name, password in users:
             subprocess.run([sys.executable, "-m", "apppaccap", "user", "add", name,
                             "--data-dir", self.data], input=password + "\n", text=True,
                            check=True, cwd=ROOT, capture_output=True, timeout=60)
+        for _ in range(3):
+            # A free port can be handed to someone else's connection before the server
+            # binds it (binding 0.0.0.0 clashes with any local socket on that port): retry.
+            if self._start(tmp_path, extra):
+                return
+        raise RuntimeError("server did not start:\n" + self.log_text())
+
+    def _start(self, tmp_path, extra) -> bool:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = str(tmp_path / f"server-{self.port}.log")
         self.log = open(self.log_path, "wb")
         args = [sys.executable, "-m", "apppaccap", "serve", "--port", str(self.port),
                 "--data-dir", self.data, "--export-dir", self.data, *extra]
         self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 if self.post(fields={"action": "apppaccap"})[1]["ErrorCode"] == 0:
-                    return
+                    return True
             except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("server did not start:\n" + self.log_text()) from None
                 time.sleep(0.1)
         self.stop()
+        if "Address already in use" in self.log_text():
+            return False
         raise RuntimeError("server did not start:\n" + self.log_text())
 
     # -- requests -----------------------------------------------------------------------
