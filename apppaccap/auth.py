@@ -71,7 +71,11 @@ class Users:
         return [r[0] for r in self.catalog.read("SELECT name FROM users ORDER BY name")]
 
     def check(self, name: str, password: str) -> bool:
-        row = self.catalog.one("SELECT salt, hash, n, r, p FROM users WHERE name = ?", (name,))
+        try:
+            row = self.catalog.one("SELECT salt, hash, n, r, p FROM users WHERE name = ?",
+                                   (name,))
+        except UnicodeEncodeError:
+            row = None  # a name with a lone surrogate (JSON "\ud800") names nobody
         if row is None:
             # Spend the same time as a real check so names cannot be probed by timing.
             hash_password(password, b"0" * 16, **SCRYPT)

@@ -1,8 +1,11 @@
 """Authentication: login, use, logout, timeout, throttling, token in pages."""
 
+import json
+
 import pytest
 
 from apppaccap.api.envelope import InvalidCredentials
+from apppaccap.api.envelope import Malformed
 from apppaccap.web import create_app
 from tests.conftest import Ajax
 from tests.conftest import make_ctx
@@ -93,3 +96,15 @@ def test_auth_default_by_bind_address():
     from apppaccap.cli import _is_loopback
     assert _is_loopback("127.0.0.1") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.1")
+
+
+def test_names_and_passwords_that_are_not_text_are_just_wrong(authed):
+    ctx, ajax, clock = authed
+    for fields in ({"username": "\ud800", "password": "whatever-long"},
+                   {"username": "alice", "password": "\udfff-not-text"}):
+        clock[0] += 10
+        resp = ajax.client.post("/ajax", data=json.dumps(dict(fields, action="login")),
+                                content_type="application/json")
+        assert resp.get_json()["ErrorCode"] == 9, fields
+    with pytest.raises(Malformed, match="password: not valid Unicode"):
+        ctx.users.add("bob", "\ud800" * 12)
