@@ -28,6 +28,7 @@ from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
+from apppaccap.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,6 @@ def _door_request(ctx):
 
 
 def _limit(ctx, key: str, floor: int) -> int:
-    from apppaccap.settings import DEFAULTS
     return max(floor, ctx.settings.get_int(key, int(DEFAULTS[key])))
 
 
@@ -255,8 +255,8 @@ def _read_multipart(ctx, unauthenticated: bool, carried, length):
     request.max_form_memory_size = MULTIPART_FIELDS_BYTES
     try:
         form, files = request.form, request.files
-    except RequestEntityTooLarge:
-        raise Malformed(message) from None
+    except RequestEntityTooLarge:  # also: over 1000 parts or 1 MiB of non-file fields
+        raise Malformed(message + ", or too many form fields") from None
     except (HTTPException, OSError, ValueError):
         raise Malformed("body: the multipart body could not be parsed") from None
     raw = web_body.form_dict((key, value) for key in form for value in form.getlist(key))
