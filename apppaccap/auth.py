@@ -7,18 +7,36 @@ import hmac
 import secrets
 import threading
 import time
+from collections import OrderedDict
+from collections import deque
 
+from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import InvalidCredentials
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import SessionTimeout
 
-SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB of memory per check
+MIN_PASSWORD = 10
+
+# Logins, with every number a bound on what unauthenticated callers can spend:
+LOGIN_POOL = 4                 # scrypt checks at once (4 x 16 MiB); the next one is BUSY
+FAILURES_PER_SECOND = 5        # failed logins per second on the whole server
+FIRST_DELAY, MAX_DELAY = 0.25, 8.0  # wait after a failure, doubling per consecutive one
+FORGET_AFTER = 900.0           # seconds after its last failure a name/address starts afresh
+MAX_TRACKED = 10000            # names and addresses remembered at most
+
+
+def _bytes(text: str) -> bytes:
+    # surrogatepass: a lone surrogate from a JSON body must not turn a wrong password (or
+    # token) into a crash; such a string simply never matches.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def hash_password(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 << 20, dklen=32)
+    return hashlib.scrypt(_bytes(password), salt=salt, n=n, r=r, p=p, maxmem=64 << 20,
+                          dklen=32)
 
 
 class Users:
@@ -30,8 +48,12 @@ class Users:
     def add(self, name: str, password: str) -> None:
         if not name or len(name) > 64 or not name.isprintable():
             raise Malformed("name: must be 1-64 printable characters")
-        if len(password) < 4:
-            raise Malformed("password: must be at least 4 characters")
+        if len(password) < MIN_PASSWORD:
+            raise Malformed(f"password: must be at least {MIN_PASSWORD} characters")
+        try:
+            password.encode("utf-8")
+        except UnicodeEncodeError:
+            raise Malformed("password: not valid Unicode text") from None
         salt = secrets.token_bytes(16)
         digest = hash_password(password, salt, **SCRYPT)
         self.catalog.execute(
@@ -49,7 +71,11 @@ class Users:
         return [r[0] for r in self.catalog.read("SELECT name FROM users ORDER BY name")]
 
     def check(self, name: str, password: str) -> bool:
-        row = self.catalog.one("SELECT salt, hash, n, r, p FROM users WHERE name = ?", (name,))
+        try:
+            row = self.catalog.one("SELECT salt, hash, n, r, p FROM users WHERE name = ?",
+                                   (name,))
+        except UnicodeEncodeError:
+            row = None  # a name with a lone surrogate (JSON "\ud800") names nobody
         if row is None:
             # Spend the same time as a real check so names cannot be probed by timing.
             hash_password(password, b"0" * 16, **SCRYPT)
@@ -58,30 +84,113 @@ class Users:
         return hmac.compare_digest(digest, row["hash"])
 
 
+class LoginThrottle:
+    """Failed logins slow down their source address AND their user name, and all failures
+    together are capped per second, so neither rotating addresses (127.x.y.z) nor rotating
+    names buys more guesses. A throttled attempt is refused before any password is checked.
+    """
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._state: OrderedDict[tuple, list] = OrderedDict()  # key → [failures, until, last]
+        self._recent: deque[float] = deque()  # times of the failures in the last second
+        self._checking: set[tuple] = set()  # names and addresses with a check running
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self.delays: list[float] = []  # delays imposed so far (observable by tests)
+
+    def admit(self, name: str, remote: str) -> None:
+        """Raise Busy when this attempt must wait; otherwise count it as in flight."""
+        now = self.clock()
+        keys = (("user", name), ("addr", remote))
+        with self._lock:
+            wait = max(self._until(key, now) for key in keys)
+            if wait > 0:
+                raise Busy(f"login: too many failed logins for this user or address; "
+                           f"try again in {wait:.1f} s")
+            if any(key in self._checking for key in keys):
+                # One check at a time per name and per address, or a burst of parallel
+                # guesses would all start before the first failure is counted.
+                raise Busy("login: another login for this user or address is being "
+                           "checked; try again in a moment")
+            while self._recent and now - self._recent[0] >= 1.0:
+                self._recent.popleft()
+            if len(self._recent) + self._in_flight >= FAILURES_PER_SECOND:
+                raise Busy("login: too many failed logins on this server just now; "
+                           "try again in a second")
+            self._checking.update(keys)
+            self._in_flight += 1
+
+    def cancel(self, name: str, remote: str) -> None:
+        """An admitted attempt that checked no password."""
+        with self._lock:
+            self._checking.difference_update((("user", name), ("addr", remote)))
+            self._in_flight -= 1
+
+    def done(self, name: str, remote: str, ok: bool) -> None:
+        now = self.clock()
+        with self._lock:
+            self._checking.difference_update((("user", name), ("addr", remote)))
+            self._in_flight -= 1
+            if ok:
+                self._state.pop(("user", name), None)
+                self._state.pop(("addr", remote), None)
+                return
+            self._recent.append(now)
+            delay = max(self._fail(("user", name), now), self._fail(("addr", remote), now))
+            self.delays.append(delay)
+            self._prune(now)
+
+    def _until(self, key, now) -> float:
+        entry = self._state.get(key)
+        return entry[1] - now if entry else 0.0
+
+    def _fail(self, key, now) -> float:
+        entry = self._state.pop(key, None) or [0, 0.0, 0.0]
+        if now - entry[2] > FORGET_AFTER:
+            entry[0] = 0
+        entry[0] += 1
+        delay = min(MAX_DELAY, FIRST_DELAY * 2 ** min(entry[0] - 1, 16))
+        entry[1], entry[2] = now + delay, now
+        self._state[key] = entry  # re-inserted: the OrderedDict stays oldest-first
+        return delay
+
+    def _prune(self, now) -> None:
+        while self._state and (len(self._state) > MAX_TRACKED or
+                               now - next(iter(self._state.values()))[2] > FORGET_AFTER):
+            self._state.popitem(last=False)
+
+
 class Sessions:
     """Live tokens, in memory: a restart logs everybody out, which is the safe default."""
 
-    def __init__(self, users: Users, timeout_seconds, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, users: Users, timeout_seconds, clock=time.monotonic):
         self.users = users
         self.timeout_seconds = timeout_seconds  # callable → current setting
         self.clock = clock
-        self.sleep = sleep
-        self.slept: list[float] = []  # delays imposed so far (observable by tests and logs)
+        self.throttle = LoginThrottle(clock=lambda: self.clock())
+        self._pool = threading.BoundedSemaphore(LOGIN_POOL)
         self._tokens: dict[str, list] = {}  # token → [user, last_used]
-        self._failures: dict[str, int] = {}  # remote address → consecutive failures
         self._lock = threading.Lock()
 
     def login(self, name: str, password: str, remote: str) -> str:
-        if not self.users.check(name, password):
-            with self._lock:
-                n = self._failures[remote] = self._failures.get(remote, 0) + 1
-            # Growing delay: 0.25 s, 0.5 s, 1 s … capped at 8 s per attempt.
-            delay = min(8.0, 0.25 * 2 ** (n - 1))
-            self.slept.append(delay)
-            self.sleep(delay)
+        self.throttle.admit(name, remote)
+        if not self._pool.acquire(blocking=False):
+            self.throttle.cancel(name, remote)
+            raise Busy(f"login: {LOGIN_POOL} logins are being checked already; "
+                       "try again in a moment")
+        ok = None
+        try:
+            ok = self.users.check(name, password)
+        finally:
+            self._pool.release()
+            if ok is None:
+                self.throttle.cancel(name, remote)  # the check failed (catalog): no guess
+            else:
+                self.throttle.done(name, remote, ok)
+        if not ok:
             raise InvalidCredentials("username/password: invalid credentials")
         with self._lock:
-            self._failures.pop(remote, None)
             token = secrets.token_urlsafe(32)
             self._tokens[token] = [name, self.clock()]
         return token
@@ -90,17 +199,30 @@ class Sessions:
         with self._lock:
             self._tokens.pop(token, None)
 
+    def _find(self, token: str) -> str | None:
+        # Constant-time comparison against every live token: no early exit on a prefix.
+        wanted, match = _bytes(token), None
+        for known in list(self._tokens):
+            if hmac.compare_digest(known.encode(), wanted):
+                match = known
+        return match
+
+    def valid(self, token: str | None) -> bool:
+        """Is this a live token? Touches nothing (neither its timer nor an expired one)."""
+        if not token:
+            return False
+        with self._lock:
+            match = self._find(token)
+            return match is not None and \
+                self.clock() - self._tokens[match][1] <= self.timeout_seconds()
+
     def check(self, token: str | None) -> str:
         """Return the user of a valid token, refreshing its idle timer."""
         if not token:
-            raise NoToken("token: required (authentication is on; call login first)")
+            raise NoToken("token: required (call login first)")
         now = self.clock()
         with self._lock:
-            # Constant-time comparison against every live token: no early exit on a prefix.
-            match = None
-            for known in list(self._tokens):
-                if hmac.compare_digest(known.encode(), token.encode()):
-                    match = known
+            match = self._find(token)
             if match is None:
                 raise NoToken("token: unknown token; log in again")
             user, last = self._tokens[match]

@@ -33,7 +33,8 @@ def build_server_context(args):
     config = Config(host=args.host, port=args.port, data_dir=args.data_dir,
                     themes_dir=os.path.abspath(args.themes_dir or default_themes_dir()),
                     auth=auth, export_dir=os.path.abspath(args.export_dir),
-                    export_roots=_roots(args.export_root), ingest_roots=_roots(args.ingest_root))
+                    export_roots=_roots(args.export_root), ingest_roots=_roots(args.ingest_root),
+                    open_door=not auth and not _is_loopback(args.host))
     ctx = build_context(config)
     start_services(ctx)
     return ctx
@@ -48,16 +49,31 @@ def _roots(values) -> list[str]:
     return out
 
 
+def check_open_door(args) -> None:
+    """`--auth off` on a network address hands root to anyone who can reach it: only with
+    --i-know-this-is-open, and never quietly."""
+    if args.auth != "off" or _is_loopback(args.host):
+        return
+    if not args.i_know_this_is_open:
+        raise SystemExit(f"refusing to serve {args.host} with --auth off: anyone who can reach "
+                         "that address could run programs as root. Use --auth on (and "
+                         "`apppaccap user add`), or add --i-know-this-is-open.")
+    log.warning("AUTHENTICATION IS OFF on %s: anyone who can reach port %d, every local "
+                "account included, can capture traffic and run programs as root",
+                args.host, args.port)
+
+
 def cmd_serve(args) -> int:
-    from werkzeug.serving import make_server
-
     from apppaccap.web import create_app
+    from apppaccap.web_server import make_door_server
 
+    check_open_door(args)
     ctx = build_server_context(args)
     if ctx.config.auth and not ctx.users.names():
         log.warning("authentication is on but no user exists: add one with "
                     "`apppaccap user add NAME --data-dir %s`", ctx.config.data_dir)
-    server = make_server(args.host, args.port, create_app(ctx), threaded=True)
+    _check_local_group(ctx)
+    server = make_door_server(args.host, args.port, create_app(ctx))
     log.info("serving on http://%s:%d/ (data in %s, auth %s)", args.host, args.port,
              ctx.config.data_dir, "on" if ctx.config.auth else "off")
     from apppaccap.server import stop_on_signals
@@ -72,9 +88,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _check_local_group(ctx) -> None:
+    """Say at start-up who may call without a token (callers.py)."""
+    import grp
+    if ctx.config.auth or ctx.config.open_door:
+        return
+    group = ctx.settings.get("local_group") or ""
+    try:
+        grp.getgrnam(group)
+        log.info("without a token: root and members of group %r; other local accounts "
+                 "must log in", group)
+    except KeyError:
+        log.warning("group %r (setting local_group) does not exist: only root may call "
+                    "without a token; create it with `groupadd %s`", group, group or "apppaccap")
+
+
 def _read_password() -> str:
+    from apppaccap.auth import MIN_PASSWORD
     if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
+        first = getpass.getpass(f"Password (at least {MIN_PASSWORD} characters): ")
         if getpass.getpass("Again: ") != first:
             raise SystemExit("passwords differ")
         return first
@@ -163,10 +195,14 @@ def parser() -> argparse.ArgumentParser:
                    help="pcap_ingest_file may also read below DIR (repeat, or join with "
                         f"{os.pathsep!r}); default: only <data-dir>/import")
     s.add_argument("--auth", choices=["on", "off"], default=None,
-                   help="default: off on loopback, on for any other address")
+                   help="default: off on loopback (root and group local_group call without a "
+                        "token, other local accounts log in), on for any other address")
+    s.add_argument("--i-know-this-is-open", action="store_true",
+                   help="allow --auth off on a non-loopback address (no login for anyone)")
     s.set_defaults(func=cmd_serve)
 
-    u = sub.add_parser("user", help="manage users (password from a prompt or stdin)")
+    about = "manage users (password from a prompt or stdin, at least 10 characters)"
+    u = sub.add_parser("user", help=about, description=about)
     u.add_argument("op", choices=["add", "remove", "list"])
     u.add_argument("name", nargs="?")
     u.add_argument("--data-dir", default="./data")

@@ -32,6 +32,9 @@ class Config:
     # they decide what the root service writes and reads for its callers (safefs.py).
     export_roots: list = field(default_factory=list)
     ingest_roots: list = field(default_factory=list)
+    # `--auth off` on a network address, confirmed with --i-know-this-is-open: nobody is
+    # asked for a token, local accounts included (callers.py).
+    open_door: bool = False
 
 
 @dataclass
@@ -50,6 +53,12 @@ class Context:
     user: str | None = None
     remote: str = ""
     files: dict = field(default_factory=dict)
+    # Who is on the other end (callers.py): the uid owning the client's socket (None when
+    # unknown or not local) and whether non-public actions need a token from this caller.
+    # The web door sets both on every request; internal callers (CLI, scheduler) are the
+    # service itself.
+    caller_uid: int | None = None
+    login_required: bool = False
 
     def for_request(self, **kw) -> Context:
         return dataclasses.replace(self, **kw)

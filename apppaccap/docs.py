@@ -12,8 +12,9 @@ _KINDS = {int: "int", str: "string", bool: "bool (0/1)", float: "number", list: 
 def render() -> str:
     lines = ["# AppPacCap API", "",
              "Generated from the action registry by `make docs`; a test fails when stale.",
-             "Every call is `POST /ajax` with `action` (and `token` when authentication is on);",
-             "see DESIGN.md §3 for the envelope and constants.", ""]
+             "Every call is `POST /ajax` with `action` (and a token - body field `token`, header",
+             "`X-AppPacCap-Token` or cookie `apppaccap_token` - when the caller must log in;",
+             "see SECURITY.md); see DESIGN.md §3 for the envelope and constants.", ""]
     lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.actions)]
     for name in sorted(REGISTRY.actions):
         act = REGISTRY.actions[name]

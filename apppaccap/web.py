@@ -12,16 +12,23 @@ from flask import Flask
 from flask import Response
 from flask import redirect
 from flask import request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from apppaccap import callers
 from apppaccap import themes
+from apppaccap import web_body
+from apppaccap import web_guard
 from apppaccap.api import actions  # noqa: F401 - importing registers every action
 from apppaccap.api.envelope import CONSTANTS
 from apppaccap.api.envelope import ApiError
 from apppaccap.api.envelope import InvalidPermissions
 from apppaccap.api.envelope import Malformed
+from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
+from apppaccap.settings import DEFAULTS
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
@@ -59,13 +66,23 @@ def csp_header(script_nonce: str | None = None) -> str:
     if script_nonce:  # a theme's own inline scripts, marked by themes.add_script_nonce
         policy["script-src"] += f" 'nonce-{script_nonce}'"
     return "; ".join(f"{name} {value}" for name, value in policy.items())
+# Where the door takes a token from (first found wins): the body field `token`, this
+# header, this cookie. Never the URL: URLs end up in logs, history and Referer headers.
+TOKEN_HEADER = "X-AppPacCap-Token"
+TOKEN_COOKIE = "apppaccap_token"
+
+# Floors under the size settings: a mistyped setting must not lock the door for good.
+MIN_REQUEST_BYTES = 64 << 10
+MIN_UNAUTHENTICATED_BYTES = 4 << 10
+MULTIPART_SLACK = 1 << 20       # boundaries and small fields around an uploaded file
+MULTIPART_FIELDS_BYTES = 1 << 20  # non-file multipart fields kept in memory
 
 
 def dispatch(ctx, name: str, raw: dict) -> dict:
     """Validate, authorise and run one action; always returns an envelope."""
     try:
         act = REGISTRY.get(name)
-        if ctx.config.auth and not act.public:
+        if ctx.login_required and not act.public:
             ctx = ctx.for_request(user=ctx.sessions.check(ctx.token))
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
@@ -98,24 +115,19 @@ def _allowed_hosts(ctx) -> set[str]:
 
 def create_app(ctx) -> Flask:
     app = Flask(__name__, static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = None  # uploads are checked against the setting instead
+    app.config["MAX_CONTENT_LENGTH"] = None  # the door applies its own limits (web_body.py)
     allowed = _allowed_hosts(ctx)
+    names = web_guard.host_names(allowed)
 
     @app.before_request
     def browser_safety():
-        """Refuse DNS-rebinding (foreign Host) and cross-site requests (foreign Origin)."""
+        """Refuse DNS rebinding (foreign Host) and cross-site requests (web_guard.py)."""
         host = (request.host or "").lower()
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         if name not in allowed:
-            return _refuse(f"Host: {host[:80]!r} is not this server")
-        origin = request.headers.get("Origin")
-        if origin and origin != "null":
-            from urllib.parse import urlsplit
-            o = urlsplit(origin)
-            if (o.hostname or "") not in {a.strip("[]") for a in allowed} or \
-                    (o.port or (443 if o.scheme == "https" else 80)) != ctx.config.port:
-                return _refuse(f"Origin: cross-site request from {origin[:80]!r} refused")
-        return None
+            return _refuse(f"Host: {web_guard.quote(host)} is not this server")
+        why = web_guard.refusal(request.method, request.headers, names, ctx.config.port)
+        return _refuse(why) if why else None
 
     def _refuse(message):
         body = error_envelope(InvalidPermissions(message))
@@ -125,22 +137,15 @@ def create_app(ctx) -> Flask:
 
     @app.post("/ajax")
     def ajax():
-        raw, files = _parse_body()
-        if isinstance(raw, ApiError):
-            body = error_envelope(raw)
-        else:
-            name = raw.pop("action", None)
-            token = raw.pop("token", None) or request.args.get("token")
-            if isinstance(token, list):
-                token = token[0] if token else None
-            if not isinstance(name, str) or not name:
-                body = error_envelope(Malformed("action: required"))
-            else:
-                call = ctx.for_request(token=token if isinstance(token, str) else None,
-                                       remote=request.remote_addr or "", files=files)
-                raw.update(files)
-                body = dispatch(call, name, raw)
-        return Response(json.dumps(body, default=str), 200, mimetype="application/json")
+        name = None
+        try:
+            call, name, raw = _door_request(ctx)
+            body = dispatch(call, name, raw)
+        except ApiError as err:  # refused before any action ran
+            body = error_envelope(err)
+        resp = Response(json.dumps(body, default=str), 200, mimetype="application/json")
+        _session_cookie(resp, name, body)
+        return resp
 
     @app.get("/ajax")
     def ajax_get():
@@ -228,21 +233,107 @@ def _not_found() -> Response:
     return Response("not found\n", 404, mimetype="text/plain")
 
 
-def _parse_body():
-    """Form (urlencoded or multipart) or JSON body → (dict of wire values, dict of uploads)."""
-    files = {k: v for k, v in request.files.items()}
-    ctype = (request.mimetype or "").lower()
+def _door_request(ctx):
+    """Who is calling, what they sent: (per-request Context, action name, wire values).
+
+    Order matters: the caller is identified and any header/cookie token checked before
+    the body is read, so an unauthenticated caller can only ever make the server read
+    max_unauthenticated_bytes, and never an upload.
+    """
+    uid = request.environ.get(callers.PEER_UID)
+    needs_login = callers.login_required(ctx.config, ctx.settings.get("local_group") or "",
+                                         uid)
+    header = request.headers.get(TOKEN_HEADER) or None
+    carried = header or request.cookies.get(TOKEN_COOKIE) or None
+    known = needs_login and ctx.sessions.valid(carried)
+    raw, files = _read_body(ctx, needs_login and not known, carried)
+    name = raw.pop("action", None)
+    sent = raw.pop("token", None)
+    if isinstance(sent, list):
+        sent = sent[0] if sent else None
+    sent = sent if isinstance(sent, str) and sent else None
+    if web_guard.looks_like_browser(request.headers) and not ctx.sessions.valid(sent or header):
+        # A browser that sent neither Origin nor Referer cannot show where it comes from;
+        # a token it was given (not a cookie, which it would attach anywhere) can.
+        raise InvalidPermissions("Origin: a browser request without Origin or Referer needs "
+                                 f"the token in the body or the {TOKEN_HEADER} header")
+    if not isinstance(name, str) or not name:
+        raise Malformed("action: required")
+    call = ctx.for_request(token=sent or carried, remote=request.remote_addr or "",
+                           files=files, caller_uid=uid, login_required=needs_login)
+    raw.update(files)
+    return call, name, raw
+
+
+def _limit(ctx, key: str, floor: int) -> int:
+    return max(floor, ctx.settings.get_int(key, int(DEFAULTS[key])))
+
+
+def _read_body(ctx, unauthenticated: bool, carried):
+    """The body as (dict of wire values, dict of uploads), within the size limits."""
+    length = web_body.declared_length(request.headers.get("Content-Length"))
+    mimetype = (request.mimetype or "").lower()
+    if mimetype == "multipart/form-data":
+        return _read_multipart(ctx, unauthenticated, carried, length)
+    if unauthenticated:
+        key, limit = "max_unauthenticated_bytes", _limit(ctx, "max_unauthenticated_bytes",
+                                                          MIN_UNAUTHENTICATED_BYTES)
+    else:
+        key, limit = "max_request_bytes", _limit(ctx, "max_request_bytes", MIN_REQUEST_BYTES)
+    if length is not None and length > limit:
+        raise _too_large(key, limit, unauthenticated)
     try:
-        if ctype == "application/json" or (not request.form and request.data[:1] in (b"{",)):
-            data = json.loads(request.get_data(cache=False) or b"{}")
-            if not isinstance(data, dict):
-                return Malformed("body: JSON body must be an object"), {}
-            return data, files
-        raw = {}
-        for key in request.form:
-            values = request.form.getlist(key)
-            raw[key[:-2] if key.endswith("[]") else key] = values if len(values) > 1 or \
-                key.endswith("[]") else values[0]
-        return raw, files
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Malformed(f"body: cannot parse request body ({str(exc)[:80]})"), {}
+        data = web_body.read_limited(request.stream, limit, key)
+    except Malformed:
+        raise _too_large(key, limit, unauthenticated) from None
+    except (HTTPException, OSError, ValueError):
+        raise Malformed("body: the request body could not be read (cut short?)") from None
+    if mimetype == "application/x-www-form-urlencoded":
+        return web_body.parse_form(data), {}
+    if web_body.looks_like_json(mimetype, data):
+        return web_body.parse_json(data), {}
+    return {}, {}
+
+
+def _too_large(key: str, limit: int, unauthenticated: bool) -> Malformed:
+    err = web_body.too_large(limit, key)
+    if unauthenticated:
+        err.message += (f"; log in and send the token in the {TOKEN_HEADER} header or the "
+                        f"{TOKEN_COOKIE} cookie for larger bodies")
+    return err
+
+
+def _read_multipart(ctx, unauthenticated: bool, carried, length):
+    """An upload is authorised before a byte of it is read, then spooled to disk by
+    werkzeug (parts over 500 KB go to a temporary file) up to upload_max_bytes."""
+    if unauthenticated:
+        if carried:
+            ctx.sessions.check(carried)  # raises: unknown or timed-out token
+        raise NoToken(f"token: required; an upload must send it in the {TOKEN_HEADER} header "
+                      f"or the {TOKEN_COOKIE} cookie (its body is not read before the "
+                      "caller is known)")
+    upload = ctx.settings.get_int("upload_max_bytes", 2 << 30)
+    limit = upload + MULTIPART_SLACK
+    message = f"body: larger than the upload limit of {upload} bytes (setting upload_max_bytes)"
+    if length is not None and length > limit:
+        raise Malformed(message)
+    request.max_content_length = limit
+    request.max_form_memory_size = MULTIPART_FIELDS_BYTES
+    try:
+        form, files = request.form, request.files
+    except RequestEntityTooLarge:  # also: over 1000 parts or 1 MiB of non-file fields
+        raise Malformed(message + ", or too many form fields") from None
+    except (HTTPException, OSError, ValueError):
+        raise Malformed("body: the multipart body could not be parsed") from None
+    raw = web_body.form_dict((key, value) for key in form for value in form.getlist(key))
+    return raw, dict(files.items())
+
+
+def _session_cookie(resp: Response, name, body: dict) -> None:
+    """`login` leaves its token in an HttpOnly cookie (the theme's pages and requests use
+    it, no script can read it, no other site can send it); `logout` clears it."""
+    if name == "login" and body["ErrorCode"] == 0:
+        resp.set_cookie(TOKEN_COOKIE, body["ReturnValue"], path="/", httponly=True,
+                        samesite="Strict")
+    elif name == "logout":
+        resp.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="Strict")

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from apppaccap.callers import PEER_UID
 from apppaccap.context import Config
 from apppaccap.context import build_context
 from apppaccap.themes import default_themes_dir
@@ -30,22 +31,28 @@ def make_ctx(tmp_path, **config):
 @pytest.fixture
 def ctx(tmp_path):
     c = make_ctx(tmp_path)
-    c.sessions.sleep = lambda seconds: None  # delays are recorded in sessions.slept instead
     yield c
     if c.captures is not None:
         c.captures.stop_all()
     c.catalog.close()
 
 
+def as_this_process(client):
+    """The in-process test client has no socket for the kernel to name its owner; say
+    what the real server would find: this test process's uid (callers.py)."""
+    client.environ_base[PEER_UID] = os.getuid()
+    return client
+
+
 @pytest.fixture
 def client(ctx):
     app = create_app(ctx)
-    return app.test_client()
+    return as_this_process(app.test_client())
 
 
 class Ajax:
     def __init__(self, client):
-        self.client = client
+        self.client = as_this_process(client)
         self.token = None
 
     def raw(self, **fields):

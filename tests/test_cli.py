@@ -45,14 +45,18 @@ def test_ingest_and_export_with_progress(server, tmp_path):
 def test_user_management(tmp_path):
     data = str(tmp_path / "d")
     assert "saved" in cli("user", "add", "carol", "--data-dir", data,
-                          stdin="pw-1234\npw-1234\n").stdout
+                          stdin="pw-1234-long\npw-1234-long\n").stdout
     assert cli("user", "list", "--data-dir", data).stdout.split() == ["carol"]
-    differ = cli("user", "add", "dave", "--data-dir", data, stdin="aaaa1\nbbbb2\n", check=False)
+    differ = cli("user", "add", "dave", "--data-dir", data, stdin="aaaa1-long\nbbbb2-long\n",
+                 check=False)
     assert differ.returncode != 0 and "differ" in differ.stderr
     cli("user", "remove", "carol", "--data-dir", data)
     assert cli("user", "list", "--data-dir", data).stdout.split() == []
     missing = cli("user", "remove", "zed", "--data-dir", data, check=False)
     assert missing.returncode == 1 and "no user" in missing.stderr
+    short = cli("user", "add", "erin", "--data-dir", data, stdin="1234\n", check=False)
+    assert short.returncode == 1 and "at least 10 characters" in short.stderr
+    assert "at least 10 characters" in cli("user", "--help").stdout
 
 
 def test_auth_on_for_non_loopback_binding(tmp_path):

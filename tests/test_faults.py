@@ -27,6 +27,7 @@ from apppaccap.context import build_context
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.themes import default_themes_dir
 from apppaccap.web import create_app
+from tests.conftest import as_this_process
 from tests.conftest import free_port
 from tests.livetools import wait_for
 from tests.serverproc import ROOT
@@ -148,7 +149,7 @@ def test_disk_fault_in_any_action_answers_io_error(tmpfs, tmp_path):
                                export_dir=str(tmp_path / "export")))
     try:
         fill(root)
-        client = create_app(ctx).test_client()
+        client = as_this_process(create_app(ctx).test_client())
         resp = client.post("/ajax", data={"action": "pcap_ingest_post",
                                           "file": (io.BytesIO(b"\0" * 300_000), "a.pcap")})
         body = resp.get_json()

@@ -11,15 +11,18 @@ def login(ctx, *, username: str, password: str) -> str:
 
     - username: a user created with `apppaccap user add`
     - password: that user's password
-    Returns the token (STRING). Wrong credentials: INVALID_CREDENTIALS, after a delay
-    that doubles with each consecutive failure from the same address.
+    Returns the token (STRING) and sets it as the HttpOnly cookie `apppaccap_token`; the
+    door also takes it from the `X-AppPacCap-Token` header. Wrong credentials:
+    INVALID_CREDENTIALS. After a failure the same user name and the same address wait
+    (0.25 s, doubling to 8 s) and failed logins are capped server-wide; a login tried
+    too soon, or while 4 others are being checked, is BUSY.
     """
     return ctx.sessions.login(username, password, ctx.remote)
 
 
 @action(INT)
 def logout(ctx) -> int:
-    """End the session of the token sent with this call."""
+    """End the session of the token sent with this call (and clear its cookie)."""
     if ctx.token:
         ctx.sessions.logout(ctx.token)
     return 0

@@ -52,7 +52,8 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
         raise Malformed("value: longer than 65536 characters")
     if key_name == "export_group_read" and value not in ("0", "1"):
         raise Malformed("value: export_group_read must be 0 or 1")
-    if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes"):
+    if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
+                    "max_request_bytes", "max_unauthenticated_bytes"):
         if not value.strip().isdigit() or int(value) <= 0:
             raise Malformed(f"value: {key_name} must be a positive integer")
     if key_name == "theme":

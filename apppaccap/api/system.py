@@ -21,7 +21,7 @@ def apppaccap(ctx) -> dict:
         "Version": 1, "AppPacCap": __version__, "Licensed": 1, "LicenseType": "open source",
         "MachineName": ctx.machine_name, "OS": f"{platform.system()} {platform.release()}",
         "MapData": 1 if geo else 0, "Threat": 0, "Updated": 0,
-        "AuthEnabled": bool(ctx.config.auth), "Constants": CONSTANTS,
+        "AuthEnabled": bool(ctx.config.auth or ctx.login_required), "Constants": CONSTANTS,
     }
 
 
