@@ -284,6 +284,15 @@ def test_login_and_logout(page, tmp_path):
         page.wait_for_selector("#nav a.active[data-view=processes]")
         page.wait_for_selector("#view-processes tr[data-key]")
         assert "alice" in page.locator("#username").inner_text()
+        # An upload with authentication on: the server reads none of its body before the
+        # token (sent in a header, not the multipart body) names the caller.
+        small = tmp_path / "upload-auth.pcap"
+        bh.write_big_pcap(str(small), 50)
+        page.click("#nav a[data-view=files]")
+        page.set_input_files("#view-files input[name=upload]", str(small))
+        page.click("#view-files button:has-text('Upload and ingest')")
+        page.wait_for_selector("#view-files .toolbar:has-text('upload-auth.pcap') "
+                               "a:has-text('Open capture #')", timeout=30_000)
         page.click("#logout")
         page.wait_for_selector("#login:not([hidden])")
         assert page.locator("#main").is_hidden()

@@ -73,15 +73,15 @@ var App = window.App || (window.App = {});
       .then(function (r) { return envelope(action, r); }, transportError(action));
   }
 
-  /* Multipart upload (pcap_ingest_post's `file` part) with upload progress 0-100. */
+  /* Multipart upload (pcap_ingest_post's `file` part) with upload progress 0-100. The token
+   * travels in a header: the server reads no byte of an upload before it knows the caller. */
   api.upload = function (action, file, onProgress) {
     var fd = new FormData();
-    if (token) fd.append("token", token);
     fd.append("action", action);
     fd.append("file", file, file.name);
     return $.ajax({
       url: "/ajax", type: "post", data: fd, processData: false, contentType: false,
-      dataType: "json",
+      dataType: "json", headers: token ? {"X-AppPacCap-Token": token} : {},
       xhr: function () {
         var xhr = new XMLHttpRequest();
         if (xhr.upload && onProgress) {
