@@ -14,7 +14,17 @@ DEFAULTS = {
     "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
     "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
     "trigger_poll_ms": "500",         # process poll period where there is no proc connector
+    # Caps, so that requests cannot exhaust the host (each refused start answers BUSY and
+    # names the setting): a live capture holds a 32 MiB kernel ring per adapter, a search
+    # a CPU, a command a worker queue slot.
+    "max_active_captures": "16",      # live captures at once (trigger captures included)
+    "max_active_searches": "4",       # searches queued or running at once
+    "max_queued_commands": "64",      # commands (ingest, export, action runs) queued or running
 }
+
+# Settings that must be positive integers (settings_set refuses anything else).
+POSITIVE_INTEGERS = ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
+                     "max_active_captures", "max_active_searches", "max_queued_commands")
 
 
 class Settings:

@@ -58,7 +58,7 @@ def test_trigger_add_returns_the_object_and_lists_it(ajax, files):
     ({"filter": "host no.such.host.invalid"}, 4, "filter: unknown host"),
     ({"flags": 2}, 4, "CAPTURE_FLAG_THREAD_CAPTURE needs a thread id"),
     ({"flags": 8}, 4, "flags: unsupported bits 0x8"),
-    ({"flags": -1}, 4, "flags: unsupported bits"),
+    ({"flags": -1}, 4, "flags: -1 is out of range"),
 ])
 def test_trigger_add_refuses_bad_input_and_creates_nothing(ajax, files, params, code, needle):
     good = {"name": "t", "trigger_type": 1, "path": files["exe"]}
@@ -103,7 +103,7 @@ def test_action_add_validates_per_type(ajax, files):
         ({"path": "/no/such/tool"}, 4, "does not exist"),
         ({"params": "unbalanced 'quote"}, 4, "params: cannot split like a shell would"),
         ({"trigger_id": 5}, 6, "trigger_id: no trigger 5"),
-        ({"trigger_id": -2}, 4, "trigger_id: must be a positive id"),
+        ({"trigger_id": -2}, 4, "trigger_id: -2 is out of range: an id is 0 or more"),
         ({"action_type": 2, "path": files["exe"]}, 4, "is not an existing directory"),
         ({"action_type": 2, "path": files["out"], "params": "x"}, 4,
          "params: ACTION_TYPE_EXPORT takes no params"),

@@ -16,7 +16,7 @@ from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
-from apppaccap.filetime import to_ns
+from apppaccap.filetime import to_ns_clamped
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
 from apppaccap.search.engine import COMPLETED
@@ -50,8 +50,9 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
             problems.append(f"{name}: beyond the last time a packet can carry (year 2262)")
     if problems:
         raise Malformed("; ".join(problems))
-    start = to_ns(start_dtg) if start_dtg > 0 else None
-    end = min(to_ns(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None  # whole last tick
+    start = to_ns_clamped(start_dtg) if start_dtg > 0 else None
+    # the whole last tick: up to 99 ns after it
+    end = min(to_ns_clamped(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None
     if relative_time.strip():
         m = _RELATIVE.fullmatch(relative_time.strip())
         if m is None:
@@ -60,7 +61,8 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
         elif start_dtg or end_dtg:
             problems.append("relative_time: cannot be combined with start_dtg/end_dtg")
         else:
-            start = now_ns() - int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
+            ago = int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
+            start = max(now_ns() - ago, -(1 << 63))  # 999999999w: before every packet
     if start is not None and end is not None and end < start:
         problems.append("end_dtg: must not be before start_dtg")
     if problems:
@@ -168,9 +170,10 @@ def search_export(ctx, *, search_id: int, path: str = "") -> dict:
     meta = engine_for(ctx).get(search_id)
     if meta["State"] < COMPLETED:
         raise Busy(f"search_id: search {search_id} is still running; wait or cancel it")
-    target = export.resolve_path(ctx, path, f"search-{search_id}")
     if ctx.jobs is None:
         raise Unsupported("search_id: the command scheduler is not running in this process")
+    ctx.jobs.check_room()  # BUSY before a file name is taken (max_queued_commands)
+    target = export.resolve_path(ctx, path, f"search-{search_id}")
     from apppaccap.search.pcapng import write_results
 
     def run(progress):

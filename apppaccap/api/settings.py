@@ -7,6 +7,7 @@ from apppaccap.api.registry import JSON
 from apppaccap.api.registry import STRING
 from apppaccap.api.registry import action
 from apppaccap.settings import DEFAULTS
+from apppaccap.settings import POSITIVE_INTEGERS
 
 
 @action(INT)
@@ -34,6 +35,12 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     return value
 
 
+def _positive_integer(text: str) -> bool:
+    """ASCII digits only ("²" is a digit to str.isdigit), at most 18 of them."""
+    text = text.strip()
+    return text.isascii() and text.isdigit() and len(text) <= 18 and int(text) > 0
+
+
 @action(INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
@@ -45,9 +52,8 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
         raise Malformed("key_name: must be 1-128 printable characters")
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
-    if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes"):
-        if not value.strip().isdigit() or int(value) <= 0:
-            raise Malformed(f"value: {key_name} must be a positive integer")
+    if key_name in POSITIVE_INTEGERS and not _positive_integer(value):
+        raise Malformed(f"value: {key_name} must be a positive integer")
     if key_name == "theme" and key_name in DEFAULTS and value.startswith("."):
         raise Malformed("value: not a theme name")
     ctx.settings.set(key_name, value)

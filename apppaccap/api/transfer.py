@@ -28,6 +28,7 @@ def jobs(ctx):
 def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None) -> dict:
     """Check the file now (NOT_FOUND / MALFORMED), ingest it in the background."""
     try:
+        jobs(ctx).check_room()  # BUSY before a capture row exists (max_queued_commands)
         reader = ingest.open_reader(path)
     except Exception:
         if cleanup:
@@ -102,6 +103,7 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "") ->
     """
     db = captures(ctx).db(capture_id, active=False)
     flt = _compile_filter(ctx, filter, capture_id)
+    jobs(ctx).check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"capture-{capture_id}")
 
     def run(progress):
