@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from apppaccap.api.registry import REGISTRY
-from apppaccap.api.registry import Upload
 from tests.httpjson import call_json
 from tests.serverproc import ROOT
 from tests.serverproc import Server
