@@ -89,7 +89,8 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     Poll search_open for State/Progress and page the results with search_read while it runs.
     Without capture_id every capture that is not active is searched; an active capture named
     by capture_id is searched up to the packets it had when the search started. Two searches
-    run at a time (others wait QUEUED). A search cut off by a service stop (or crash) is
+    run at a time (others wait QUEUED); beyond the setting max_active_searches (default 4)
+    searches queued or running, BUSY. A search cut off by a service stop (or crash) is
     CANCELLED with Message "interrupted: the service stopped" and keeps its results.
     - filter: display filter (docs/FILTERS.md); also accepted as `q`; blank = every packet
     - capture_id: search only this capture; 0 = every capture that is not active

@@ -46,7 +46,7 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
     - key_name: 1-128 printable characters
-    - value: the value (a string; numeric settings such as token_timeout must be integers)
+    - value: the value; numeric ones (token_timeout, the max_* caps) must be positive integers
     """
     if not key_name or len(key_name) > 128 or not key_name.isprintable():
         raise Malformed("key_name: must be 1-128 printable characters")

@@ -163,7 +163,11 @@ def export_delete(ctx, *, filename: str = "") -> int:
 
 @action(JSON)
 def command_list(ctx) -> list:
-    """Every command (ingest, export, action runs) with its state and progress."""
+    """Every command (ingest, export, action runs) with its state and progress.
+
+    At most the setting max_queued_commands (default 64) commands are queued or running;
+    an ingest or export beyond that answers BUSY.
+    """
     return jobs(ctx).list()
 
 
