@@ -63,7 +63,7 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
         else:
             ago = int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
             start = max(now_ns() - ago, -(1 << 63))  # 999999999w: before every packet
-    if start is not None and end is not None and end < start:
+    if start_dtg > 0 and end_dtg > 0 and end_dtg < start_dtg:  # FILETIMEs: before clamping
         problems.append("end_dtg: must not be before start_dtg")
     if problems:
         raise Malformed("; ".join(problems))

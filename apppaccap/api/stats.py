@@ -185,7 +185,7 @@ def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> 
     """
     start = to_ns_clamped(start_dtg)
     end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
-    if start_dtg <= 0 or end < start:
+    if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
         raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME)")
     db = captures(ctx).db(capture_id)
     return _with_connections(db, _query(db, AGG_ALL, "", start, end))
