@@ -134,6 +134,9 @@ class Action:
 
 
 def _short(value) -> str:
+    if isinstance(value, int) and value.bit_length() > 128:
+        sign = "negative " if value < 0 else ""  # str() refuses beyond 4300 digits
+        return f"a {sign}{value.bit_length()}-bit number"
     text = str(value)
     return text if len(text) <= 40 else text[:40] + "..."
 
@@ -178,6 +181,8 @@ def _to_text(value) -> str:
         raise ValueError(f"expected a string, got {_kind_name(value)}")
     if isinstance(value, bool):
         return "1" if value else "0"
+    if isinstance(value, int) and value.bit_length() > 128:
+        raise ValueError(f"expected a string, got {_short(value)}")
     return check_text(str(value))
 
 
