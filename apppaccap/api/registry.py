@@ -6,7 +6,7 @@ JSON) into typed keyword arguments and reports *every* problem in one
 MALFORMED_REQUEST, naming each parameter.
 
 Because every value passes here, this is also where hostile values stop: text that is
-not valid Unicode (JSON can carry lone surrogates such as "\ud800") or that holds a NUL
+not valid Unicode (JSON can carry lone surrogates such as "\\ud800") or that holds a NUL
 (C libraries such as libpcap would see a shorter string), and numbers outside what
 the parameter means. A number parameter's range comes from `Annotated[int, Bounds(..)]`
 on the handler, or else from WIRE_BOUNDS by its wire name: an id is an id everywhere.
@@ -63,7 +63,7 @@ FLAGS = Bounds(0, 0xFFFFFFFF, "flags are a 32-bit mask, 0 to 0xffffffff")
 PAGE = Bounds(1, 10000, "a page holds 1 to 10000 items")
 
 # Ranges by wire name (Annotated[...] on a handler overrides them). Every int or float
-# parameter must have one: tests/test_fuzz_actions.py checks it.
+# parameter must have one: tests/test_hostile_inputs.py checks it.
 WIRE_BOUNDS = {
     "pid": SYSTEM_ID,
     "thread_id": SYSTEM_ID,
@@ -145,7 +145,7 @@ def check_text(text: str) -> str:
     """Refuse text a C library or an encoder would choke on; returns it unchanged.
 
     A lone surrogate (U+D800-U+DFFF) cannot be encoded as UTF-8: libpcap, SQLite and the
-    file system all need UTF-8. A NUL ends a C string early, so `tcp\0 and port 1`
+    file system all need UTF-8. A NUL ends a C string early, so `tcp\\0 and port 1`
     would silently become `tcp`.
     """
     nul = text.find("\x00")  # C-speed scans: parameters may be megabytes long
