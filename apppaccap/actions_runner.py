@@ -89,7 +89,9 @@ class ActionRunner:
         """Queue the exports, wait for them, queue the programs; returns the command uids."""
         uids, export_file = [], ""
         for row in (a for a in actions if a["type"] == EXPORT):
-            cmd = self._submit_export(firing, row)
+            cmd = self._refusable(firing, row, self._submit_export, firing, row)
+            if cmd is None:
+                continue
             uids.append(cmd["CommandUid"])
             done = self._wait(cmd["CommandUid"])
             if done is not None and done["State"] == 3 and not export_file:
@@ -97,8 +99,21 @@ class ActionRunner:
         for row in (a for a in actions if a["type"] == EXECUTE):
             if self.stopping.is_set():
                 break  # the service is going down: start no programs now
-            uids.append(self._submit_execute(firing, row, export_file)["CommandUid"])
+            cmd = self._refusable(firing, row, self._submit_execute, firing, row, export_file)
+            if cmd is not None:
+                uids.append(cmd["CommandUid"])
         return uids
+
+    @staticmethod
+    def _refusable(firing: Firing, row, submit, *args):
+        """Submit one action's command; a refusal (BUSY at max_queued_commands) skips that
+        action with a log line instead of the firing's other actions."""
+        try:
+            return submit(*args)
+        except ApiError as err:
+            log.warning("trigger %s: action %s not run: %s", firing.trigger_id, row["id"],
+                        err.message)
+            return None
 
     def _wait(self, uid: str):
         """The finished COMMAND, or None when it was deleted or the service is stopping."""

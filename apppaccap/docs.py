@@ -14,7 +14,9 @@ def render() -> str:
              "Generated from the action registry by `make docs`; a test fails when stale.",
              "Every call is `POST /ajax` with `action` (and a token - body field `token`, header",
              "`X-AppPacCap-Token` or cookie `apppaccap_token` - when the caller must log in;",
-             "see SECURITY.md); see DESIGN.md §3 for the envelope and constants.", ""]
+             "see SECURITY.md); see DESIGN.md §3 for the envelope and constants.",
+             "Text parameters must be valid Unicode without NUL characters, and numbers must lie",
+             "in the range their type column shows; anything else is MALFORMED_REQUEST.", ""]
     lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.actions)]
     for name in sorted(REGISTRY.actions):
         act = REGISTRY.actions[name]
@@ -29,6 +31,8 @@ def render() -> str:
             lines += ["| parameter | type | required | description |", "|---|---|---|---|"]
             for p in act.params:
                 kind = _KINDS.get(p.kind, "file upload")
+                if p.bounds is not None:
+                    kind += f", {p.bounds.describe()}"
                 req = "yes" if p.required else f"no (default `{p.default!r}`)"
                 lines.append(f"| `{p.name}` | {kind} | {req} | {p.doc} |")
         if act.aliases:

@@ -21,6 +21,13 @@ def to_ns(ft: int) -> int:
     return (ft - EPOCH_DIFF_TICKS) * 100
 
 
+def to_ns_clamped(ft: int) -> int:
+    """FILETIME ticks → Unix-epoch ns, clamped to the signed 64-bit range that SQLite and
+    packet times have (years 1677-2262): FILETIME 1 (year 1601) is "before every packet",
+    not a number SQLite cannot store."""
+    return max(-(1 << 63), min((1 << 63) - 1, to_ns(ft)))
+
+
 def now_ns() -> int:
     return time.time_ns()
 

@@ -17,9 +17,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from apppaccap.api.envelope import ApiError
+from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
+from apppaccap.settings import Settings
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,9 @@ class Jobs:
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers)},
             job_defaults={"misfire_grace_time": None, "coalesce": False, "max_instances": 1})
-        self._running: dict[str, Progress] = {}
+        self._running: dict[str, Progress] = {}  # queued or running, by uid
+        self._lock = threading.Lock()
+        self.settings = Settings(catalog)
 
     def start(self) -> None:
         self.catalog.execute(
@@ -70,14 +74,31 @@ class Jobs:
         self.scheduler.shutdown(wait=True)
 
     # -- commands --------------------------------------------------------------
+    def check_room(self) -> None:
+        """BUSY when max_queued_commands commands are queued or running.
+
+        submit() checks too; callers that prepare something before submitting (a capture
+        row, a file name) ask first so that a refusal leaves nothing behind."""
+        limit = self.settings.get_int("max_queued_commands", 64)
+        if len(self._running) >= limit:
+            raise Busy(f"command: {limit} commands are queued or running, the most the "
+                       "setting max_queued_commands allows; wait, delete one "
+                       "(command_delete), or raise the setting")
+
     def submit(self, ctype: str, params: dict, fn) -> dict:
-        """Queue `fn(progress) -> result string`; returns the COMMAND object."""
+        """Queue `fn(progress) -> result string`; returns the COMMAND object (BUSY at the cap)."""
         uid = uuid.uuid4().hex
-        self.catalog.execute(
-            "INSERT INTO commands(uid, type, state, params, created) VALUES (?,?,?,?,?)",
-            (uid, ctype, QUEUED, json.dumps(params), now_ns()))
         progress = Progress(self, uid)
-        self._running[uid] = progress
+        with self._lock:  # the check and the count move together
+            self.check_room()
+            self._running[uid] = progress
+        try:
+            self.catalog.execute(
+                "INSERT INTO commands(uid, type, state, params, created) VALUES (?,?,?,?,?)",
+                (uid, ctype, QUEUED, json.dumps(params), now_ns()))
+        except BaseException:
+            self._running.pop(uid, None)
+            raise
         self.scheduler.add_job(self._run, args=(uid, fn, progress), id=uid,
                                name=f"{ctype} {uid}")
         return self.get(uid)
@@ -145,6 +166,7 @@ class Jobs:
             progress.cancelled.set()
             try:
                 self.scheduler.remove_job(uid)
+                self._running.pop(uid, None)  # it will never run: free its place now
             except Exception:  # noqa: BLE001 - already started: the flag stops it
                 pass
         self.catalog.execute("DELETE FROM commands WHERE uid = ?", (uid,))

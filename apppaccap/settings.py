@@ -27,7 +27,18 @@ DEFAULTS = {
     # largest body read before the caller is known (login required, no token in the
     # X-AppPacCap-Token header or the apppaccap_token cookie); logins are far smaller
     "max_unauthenticated_bytes": "65536",
+    # Caps, so that requests cannot exhaust the host (each refused start answers BUSY and
+    # names the setting): a live capture holds a 32 MiB kernel ring per adapter, a search
+    # a CPU, a command a worker queue slot.
+    "max_active_captures": "16",      # live captures at once (trigger captures included)
+    "max_active_searches": "4",       # searches queued or running at once
+    "max_queued_commands": "64",      # commands (ingest, export, action runs) queued or running
 }
+
+# Settings that must be positive integers (settings_set refuses anything else).
+POSITIVE_INTEGERS = ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
+                     "max_request_bytes", "max_unauthenticated_bytes",
+                     "max_active_captures", "max_active_searches", "max_queued_commands")
 
 
 # Serve-time configuration, not settings: what the root service may read and write for its

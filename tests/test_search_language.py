@@ -107,8 +107,13 @@ def test_times_read_as_local_unless_zoned(monkeypatch):
     ("ip.addr#2 == 1.2.3.4", "layer operators (field#n) are not supported", 7),
     ("tcp.port = 80", "use == for equality", 9),
     ('frame contains "abc', 'unterminated string (missing closing ")', 15),
-    ('frame matches "(x"', "invalid regular expression: missing ), unterminated subpattern at "
-     "position 0", 14),
+    ('frame matches "(x"', "invalid regular expression: missing ): (x", 14),
+    ('frame matches "(a)\\\\1"', "invalid regular expression: invalid escape sequence: \\1 "
+     "(backreferences are not supported: matches runs on RE2, which guarantees linear time)",
+     14),
+    ('frame matches "a(?=b)"', "invalid regular expression: invalid perl operator: (?= "
+     "(lookahead and lookbehind are not supported: matches runs on RE2, which guarantees "
+     "linear time)", 14),
     ("tcp.port in {}", "empty set", 13),
     ("tcp.port in {90..80}", "range has its upper end below its lower end", 17),
     ("tcp == 1", "tcp is a protocol: test it alone, or use contains/matches", 4),

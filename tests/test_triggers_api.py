@@ -58,7 +58,7 @@ def test_trigger_add_returns_the_object_and_lists_it(ajax, files):
     ({"filter": "host no.such.host.invalid"}, 4, "filter: unknown host"),
     ({"flags": 2}, 4, "CAPTURE_FLAG_THREAD_CAPTURE needs a thread id"),
     ({"flags": 8}, 4, "flags: unsupported bits 0x8"),
-    ({"flags": -1}, 4, "flags: unsupported bits"),
+    ({"flags": -1}, 4, "flags: -1 is out of range"),
 ])
 def test_trigger_add_refuses_bad_input_and_creates_nothing(ajax, files, params, code, needle):
     good = {"name": "t", "trigger_type": 1, "path": files["exe"]}
@@ -103,7 +103,7 @@ def test_action_add_validates_per_type(ajax, files):
         ({"path": "/no/such/tool"}, 4, "does not exist"),
         ({"params": "unbalanced 'quote"}, 4, "params: cannot split like a shell would"),
         ({"trigger_id": 5}, 6, "trigger_id: no trigger 5"),
-        ({"trigger_id": -2}, 4, "trigger_id: must be a positive id"),
+        ({"trigger_id": -2}, 4, "trigger_id: -2 is out of range: an id is 0 or more"),
         ({"action_type": 2, "path": files["exe"]}, 4, "is not an existing directory"),
         ({"action_type": 2, "path": files["out"], "params": "x"}, 4,
          "params: ACTION_TYPE_EXPORT takes no params"),
@@ -223,3 +223,34 @@ def test_gate_helper_parses_exec_events_and_matches_paths():
     watch = [(1, "/opt/app", True), (2, "/usr/bin/curl", False)]
     assert match(watch, "/opt/app/bin/x") == [1] and match(watch, "/usr/bin/curl") == [2]
     assert match(watch, "/opt/application") == [] and match(watch, "") == []
+
+
+@pytest.mark.parametrize("root", ["/", "/usr", "/usr/bin", "/bin", "/usr/local", "/home", "/opt",
+                                  "/usr/lib", "/usr/local/bin", "/usr/bin/../bin", "LINK"])
+def test_over_broad_trigger_directories_are_refused(ajax, files, tmp_path, root):
+    # a trigger on / would hold every program the host starts in a ptrace stop
+    if root == "LINK":
+        root = str(tmp_path / "innocent")
+        os.symlink("/", root)  # the watcher compares real paths: this is /
+    code, message = _err(ajax, "trigger_add", name="all", trigger_type=1, path=root)
+    assert code == 4 and message.startswith("path: "), message
+    assert "top-level directory" in message or "shared program directory" in message, message
+    t = ajax.ok("trigger_add", name="mine", trigger_type=1, path=files["dir"])
+    code, message = _err(ajax, "trigger_mod", trigger_id=t["TriggerId"], path=root)
+    assert code == 4 and message.startswith("path: "), message
+    assert [x["Path"] for x in ajax.ok("trigger_list")] == [files["dir"]]
+
+
+def test_programs_in_shared_directories_can_still_be_named(ajax, tmp_path):
+    # an executable is an exact match: /usr/bin/env watches env alone
+    t = ajax.ok("trigger_add", name="env", trigger_type=1, path="/usr/bin/env")
+    assert t["Path"] == "/usr/bin/env"
+    deep = tmp_path / "opt" / "app"
+    deep.mkdir(parents=True)
+    assert ajax.ok("trigger_add", name="app", trigger_type=1, path=str(deep))["Path"] == str(deep)
+
+
+def test_watcher_ignores_over_broad_rows_stored_before_the_rule(tmp_path):
+    rows = [{"id": 1, "type": 1, "name": "old", "path": "/", "filter": "", "flags": 0},
+            {"id": 2, "type": 1, "name": "ok", "path": str(tmp_path), "filter": "", "flags": 0}]
+    assert [m.trigger_id for m in compile_matchers(rows)] == [2]

@@ -151,7 +151,8 @@ def test_exec_pauses_starts_resumes_then_exit_stops_and_acts(ctx, jobs, watched,
     w = _watcher(ctx, log)
     t = api.trigger_add(ctx, name="sleepers", trigger_type=1, path=str(watched),
                         filter="tcp", flags=5)
-    other = api.trigger_add(ctx, name="other", trigger_type=1, path="/usr/bin")
+    (tmp_path / "elsewhere").mkdir()  # a directory no program of this test runs from
+    other = api.trigger_add(ctx, name="other", trigger_type=1, path=str(tmp_path / "elsewhere"))
     own = api.action_add(ctx, name="own", action_type=2, path=str(tmp_path),
                          trigger_id=t["TriggerId"])
     api.action_add(ctx, name="not mine", action_type=2, path=str(tmp_path),

@@ -62,6 +62,8 @@ def _check_flags(flags: int, allowed: int) -> None:
 def capture_start_system(ctx, *, filter: str = "", flags: int = 0, adapter: list = ()) -> dict:
     """Start a system-wide capture: every packet, each labelled with its process.
 
+    BUSY when the setting max_active_captures (default 16) captures are already active.
+
     - filter: BPF capture filter (tcpdump syntax), compiled by libpcap; empty = everything
     - flags: 0 or CAPTURE_FLAG_RESOLVE_IPS
     - adapter: adapter names (repeat, `adapter[]`, or comma-separated); empty = all up adapters
@@ -118,6 +120,8 @@ def capture_start_process(ctx, *, capture_id: int = 0, process_id: int = 0, pid:
                           thread_id: int = 0, filter: str = "", flags: int = 0,
                           adapter: list = ()) -> dict:
     """Capture the packets of one process (and its children, or one of its threads).
+
+    BUSY when the setting max_active_captures (default 16) captures are already active.
 
     - capture_id: add the process to this active process capture instead of starting one
     - process_id: our ProcessId (either this or pid)

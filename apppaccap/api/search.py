@@ -17,7 +17,7 @@ from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
-from apppaccap.filetime import to_ns
+from apppaccap.filetime import to_ns_clamped
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
 from apppaccap.search.engine import COMPLETED
@@ -51,8 +51,9 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
             problems.append(f"{name}: beyond the last time a packet can carry (year 2262)")
     if problems:
         raise Malformed("; ".join(problems))
-    start = to_ns(start_dtg) if start_dtg > 0 else None
-    end = min(to_ns(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None  # whole last tick
+    start = to_ns_clamped(start_dtg) if start_dtg > 0 else None
+    # the whole last tick: up to 99 ns after it
+    end = min(to_ns_clamped(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None
     if relative_time.strip():
         m = _RELATIVE.fullmatch(relative_time.strip())
         if m is None:
@@ -61,8 +62,9 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
         elif start_dtg or end_dtg:
             problems.append("relative_time: cannot be combined with start_dtg/end_dtg")
         else:
-            start = now_ns() - int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
-    if start is not None and end is not None and end < start:
+            ago = int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
+            start = max(now_ns() - ago, -(1 << 63))  # 999999999w: before every packet
+    if start_dtg > 0 and end_dtg > 0 and end_dtg < start_dtg:  # FILETIMEs: before clamping
         problems.append("end_dtg: must not be before start_dtg")
     if problems:
         raise Malformed("; ".join(problems))
@@ -88,7 +90,8 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     Poll search_open for State/Progress and page the results with search_read while it runs.
     Without capture_id every capture that is not active is searched; an active capture named
     by capture_id is searched up to the packets it had when the search started. Two searches
-    run at a time (others wait QUEUED). A search cut off by a service stop (or crash) is
+    run at a time (others wait QUEUED); beyond the setting max_active_searches (default 4)
+    searches queued or running, BUSY. A search cut off by a service stop (or crash) is
     CANCELLED with Message "interrupted: the service stopped" and keeps its results.
     - filter: display filter (docs/FILTERS.md); also accepted as `q`; blank = every packet
     - capture_id: search only this capture; 0 = every capture that is not active
@@ -173,6 +176,7 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
         raise Busy(f"search_id: search {search_id} is still running; wait or cancel it")
     if ctx.jobs is None:
         raise Unsupported("search_id: the command scheduler is not running in this process")
+    ctx.jobs.check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"search-{search_id}",
                                  overwrite=export.check_overwrite(overwrite))
     from apppaccap.search.pcapng import write_results

@@ -8,6 +8,7 @@ from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import STRING
 from apppaccap.api.registry import action
+from apppaccap.settings import POSITIVE_INTEGERS
 from apppaccap.settings import SERVE_ONLY
 
 
@@ -36,12 +37,18 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     return value
 
 
+def _positive_integer(text: str) -> bool:
+    """ASCII digits only ("²" is a digit to str.isdigit), at most 18 of them."""
+    text = text.strip()
+    return text.isascii() and text.isdigit() and len(text) <= 18 and int(text) > 0
+
+
 @action(INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
     - key_name: 1-128 printable characters
-    - value: the value (a string; numeric settings such as token_timeout must be integers)
+    - value: the value; numeric ones (token_timeout, the max_* caps) must be positive integers
     """
     if not key_name or len(key_name) > 128 or not key_name.isprintable():
         raise Malformed("key_name: must be 1-128 printable characters")
@@ -52,10 +59,8 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
         raise Malformed("value: longer than 65536 characters")
     if key_name == "export_group_read" and value not in ("0", "1"):
         raise Malformed("value: export_group_read must be 0 or 1")
-    if key_name in ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
-                    "max_request_bytes", "max_unauthenticated_bytes"):
-        if not value.strip().isdigit() or int(value) <= 0:
-            raise Malformed(f"value: {key_name} must be a positive integer")
+    if key_name in POSITIVE_INTEGERS and not _positive_integer(value):
+        raise Malformed(f"value: {key_name} must be a positive integer")
     if key_name == "theme":
         _check_theme(ctx, value)
     ctx.settings.set(key_name, value)

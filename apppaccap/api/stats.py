@@ -11,7 +11,7 @@ from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
-from apppaccap.filetime import to_ns
+from apppaccap.filetime import to_ns_clamped
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
@@ -183,9 +183,9 @@ def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> 
     - start_dtg: start, UTC FILETIME
     - end_dtg: end, UTC FILETIME; 0 = now
     """
-    start = to_ns(start_dtg)
-    end = to_ns(end_dtg) if end_dtg else now_ns()
-    if start_dtg <= 0 or end < start:
+    start = to_ns_clamped(start_dtg)
+    end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
+    if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
         raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME)")
     db = captures(ctx).db(capture_id)
     return _with_connections(db, _query(db, AGG_ALL, "", start, end))

@@ -32,6 +32,7 @@ def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None,
     """Check the file now (INVALID_PERMISSIONS / NOT_FOUND / MALFORMED), ingest it in the
     background. `roots`: the directories the file must lie below (None for our uploads)."""
     try:
+        jobs(ctx).check_room()  # BUSY before a capture row exists (max_queued_commands)
         reader = ingest.open_reader(path, roots=roots)
     except Exception:
         if cleanup:
@@ -116,6 +117,7 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "",
     """
     db = captures(ctx).db(capture_id, active=False)
     flt = _compile_filter(ctx, filter, capture_id)
+    jobs(ctx).check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"capture-{capture_id}",
                                  overwrite=export.check_overwrite(overwrite))
 
@@ -197,7 +199,11 @@ def export_delete(ctx, *, filename: str = "") -> int:
 
 @action(JSON)
 def command_list(ctx) -> list:
-    """Every command (ingest, export, action runs) with its state and progress."""
+    """Every command (ingest, export, action runs) with its state and progress.
+
+    At most the setting max_queued_commands (default 64) commands are queued or running;
+    an ingest or export beyond that answers BUSY.
+    """
     return jobs(ctx).list()
 
 

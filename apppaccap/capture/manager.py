@@ -46,6 +46,7 @@ class CaptureManager:
         self._ip_resolver = None
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
+        self._starting = 0  # starts between the cap check and their session's registration
         self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
         self.reserve = SpaceReserve(ctx.config.data_dir,
                                     lambda: ctx.settings.get_int("disk_reserve_bytes", 0))
@@ -91,9 +92,31 @@ class CaptureManager:
             raise
         return handles
 
-    def start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
-              process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
+    def _reserve(self) -> None:
+        """Count a start against max_active_captures, or refuse it with BUSY."""
+        limit = self.ctx.settings.get_int("max_active_captures", 16)
+        with self._lock:
+            if len(self.sessions) + self._starting >= limit:
+                raise Busy(f"capture: {limit} captures are active, the most the setting "
+                           f"max_active_captures allows; stop one, or raise the setting "
+                           f"(settings_set key_name=max_active_captures)")
+            self._starting += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._starting -= 1
+
+    def start(self, ctype: int, **how) -> dict:
+        """Start a live capture (see _start for the arguments); BUSY beyond the cap."""
         self.reserve.check("a capture")  # IO_ERROR now rather than a capture failing at once
+        self._reserve()
+        try:
+            return self._start(ctype, **how)
+        finally:
+            self._release()
+
+    def _start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
+               process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
         handles = self._open(list(adapters), bpf)
         fields = {"type": ctype, "state": ACTIVE, "name": name, "filter": bpf, "flags": flags,
                   "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),

@@ -20,6 +20,8 @@ import threading
 
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
+from apppaccap.capture.bpf import filter_text
+from apppaccap.capture.bpf import set_filter
 
 SNAPLEN = 262144
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 def open_handle(adapter: str, bpf: str):
     """Open a live handle with the BPF filter compiled by libpcap (errors → Malformed)."""
     import pcap
+    bpf = filter_text(bpf)  # before any handle exists: nothing to clean up on refusal
     if adapter not in pcap.findalldevs():
         # pcap.pcap(name=X) would otherwise try X as a capture *file*.
         raise NotFound(f"adapter: no capture device {adapter!r}")
@@ -38,10 +41,10 @@ def open_handle(adapter: str, bpf: str):
         raise NotFound(f"adapter: cannot open {adapter!r}: {exc}") from None
     if bpf:
         try:
-            h.setfilter(bpf)
-        except OSError as exc:
+            set_filter(h, bpf)  # checks the text first: see capture/bpf.py (double free)
+        except Malformed:
             h.close()
-            raise Malformed(f"filter: {exc}") from None
+            raise
     h.setnonblock(True)
     return h
 

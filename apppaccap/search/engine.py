@@ -22,6 +22,7 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
@@ -85,12 +86,18 @@ class SearchEngine:
               time_range) -> dict:
         """Queue a search of `capture_ids`; returns its SEARCHMETA."""
         start, end = time_range or (None, None)
-        sid = self.catalog.execute(
-            "INSERT INTO searches(filter, capture_id, start_ns, end_ns, state, captures, created)"
-            " VALUES (?,?,?,?,?,?,?)",
-            (text, capture_id or None, start, end, QUEUED, json.dumps(capture_ids), now_ns()))
+        limit = self.ctx.settings.get_int("max_active_searches", 4)
         flag = threading.Event()
-        with self.lock:
+        with self.lock:  # held over the insert: two starts cannot both take the last place
+            if len(self.flags) >= limit:
+                raise Busy(f"search: {limit} searches are queued or running, the most the "
+                           "setting max_active_searches allows; wait, cancel one "
+                           "(search_cancel), or raise the setting")
+            sid = self.catalog.execute(
+                "INSERT INTO searches(filter, capture_id, start_ns, end_ns, state, captures, "
+                "created) VALUES (?,?,?,?,?,?,?)",
+                (text, capture_id or None, start, end, QUEUED, json.dumps(capture_ids),
+                 now_ns()))
             self.flags[sid] = flag
         self.pool.submit(self._run, sid, flt, capture_ids, time_range, flag)
         return self.get(sid)

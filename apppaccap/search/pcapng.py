@@ -16,8 +16,8 @@ from apppaccap.export import EPB_DIRECTION
 from apppaccap.export import atomic_file
 from apppaccap.export import epb_comment
 from apppaccap.pcapng_writer import PcapngWriter
-from apppaccap.store.blocks import BlockReader
 from apppaccap.search.scope import open_readonly
+from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import capture_path
 
 PAGE = 20000

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sqlite3
 
-
 O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
 
 

@@ -20,6 +20,8 @@ import weakref
 
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
+from apppaccap.capture.bpf import filter_bytes
+from apppaccap.capture.bpf import filter_text
 from apppaccap.capture.manager import FLAG_CHILDREN
 from apppaccap.capture.manager import FLAG_RESOLVE_IPS
 from apppaccap.capture.manager import FLAG_THREAD
@@ -76,10 +78,55 @@ def _absolute(path: str) -> str:
     return os.path.normpath(path)
 
 
+# Directories of programs for everyone. A trigger on one of them, or on a directory that
+# holds one (/usr, /), would stop every program the host starts in ptrace until a capture
+# of it runs, and capture each: the host slows to a crawl and fills the disk.
+SHARED_PROGRAM_DIRS = (
+    "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/usr/bin", "/usr/sbin", "/usr/lib", "/usr/lib32", "/usr/lib64", "/usr/libx32",
+    "/usr/libexec", "/usr/games", "/usr/local/bin", "/usr/local/sbin", "/usr/local/lib",
+    "/usr/local/libexec", "/usr/local/games", "/snap/bin", "/var/lib/snapd/snap/bin",
+    "/var/lib/flatpak/exports/bin", "/nix/store", "/run/current-system/sw/bin",
+)
+MIN_DIR_DEPTH = 2  # /opt/app, /home/alice: a top-level directory (/, /home, /opt) is refused
+
+
+def shared_program_dirs() -> set[str]:
+    """The directories above as they resolve here, plus every directory on this service's
+    PATH (programs the host runs by name live there)."""
+    dirs = set(SHARED_PROGRAM_DIRS)
+    dirs.update(d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d))
+    return {os.path.normpath(d) for d in dirs} | {os.path.realpath(d) for d in dirs}
+
+
+def over_broad(directory: str) -> str | None:
+    """Why a directory trigger would watch too much (None when it is fine).
+
+    Both the path as given and its real path are judged: the watcher compares real paths,
+    so a symlink to / is /.
+    """
+    for path in dict.fromkeys((os.path.normpath(directory), os.path.realpath(directory))):
+        parts = [p for p in path.split(os.sep) if p]
+        if len(parts) < MIN_DIR_DEPTH:
+            return (f"{path!r} is a top-level directory: a trigger directory needs at least "
+                    f"{MIN_DIR_DEPTH} levels (such as /opt/app)")
+        for shared in sorted(shared_program_dirs()):
+            if shared == path or shared.startswith(path.rstrip(os.sep) + os.sep):
+                what = "is" if shared == path else f"contains {shared!r},"
+                return (f"{path!r} {what} a shared program directory (a system directory or "
+                        "one on the service's PATH): the trigger would hold every program "
+                        "started there; name the program, or a directory of its own")
+    return None
+
+
 def check_trigger_path(path: str) -> str:
-    """An executable file (exact match) or a directory (any executable below it)."""
+    """An executable file (exact match) or a directory (any executable below it) that is
+    not an over-broad root (see over_broad)."""
     path = _absolute(path)
     if os.path.isdir(path):
+        why = over_broad(path)
+        if why:
+            raise Malformed(f"path: {why}")
         return path
     if not os.path.exists(path):
         raise Malformed(f"path: {path[:200]!r} does not exist")
@@ -136,11 +183,9 @@ def _pcap_lib():
 def check_filter(bpf: str) -> str:
     """Compile the BPF filter now (Ethernet link type) so a typo is reported at
     trigger_add with libpcap's own message instead of at the first firing."""
-    bpf = bpf.strip()
+    bpf = filter_text(bpf)  # valid Unicode, no NUL, bounded: what C receives whole
     if not bpf:
         return ""
-    if "\x00" in bpf or len(bpf) > 8192:
-        raise Malformed("filter: not a filter expression")
     lib = _pcap_lib()
     if not lib:
         return bpf  # no libpcap to ask: the capture start reports it
@@ -149,7 +194,7 @@ def check_filter(bpf: str) -> str:
         return bpf
     try:
         prog = _BpfProgram()
-        if lib.pcap_compile(handle, ctypes.byref(prog), bpf.encode(), 1, 0xFFFFFFFF) != 0:
+        if lib.pcap_compile(handle, ctypes.byref(prog), filter_bytes(bpf), 1, 0xFFFFFFFF) != 0:
             msg = (lib.pcap_geterr(handle) or b"bad filter").decode("utf-8", "replace")
             raise Malformed(f"filter: {msg}")
         lib.pcap_freecode(ctypes.byref(prog))

@@ -68,6 +68,11 @@ def compile_matchers(rows) -> tuple:
         if r["type"] != store.ON_START:
             continue
         real = os.path.realpath(r["path"])  # /proc/<pid>/exe is always the resolved path
+        if os.path.isdir(real) and store.over_broad(real):
+            # stored before such roots were refused (or a symlink swapped since): skip it
+            log.warning("trigger %s: directory %s is too broad to watch; ignored",
+                        r["id"], real)
+            continue
         out.append(Matcher(r["id"], r["name"], real, os.path.isdir(real), r["filter"],
                            r["flags"]))
     return tuple(out)
