@@ -100,13 +100,18 @@ def test_auth_default_by_bind_address():
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.1")
 
 
-def test_names_and_passwords_that_are_not_text_are_just_wrong(authed):
+def test_names_and_passwords_that_are_not_text_are_refused_at_the_door(authed):
+    """A lone surrogate never reaches scrypt or the catalog: the registry refuses it as
+    MALFORMED_REQUEST naming the parameter (never a server error)."""
     ctx, ajax, clock = authed
     for fields in ({"username": "\ud800", "password": "whatever-long"},
                    {"username": "alice", "password": "\udfff-not-text"}):
         clock[0] += 10
         resp = ajax.client.post("/ajax", data=json.dumps(dict(fields, action="login")),
                                 content_type="application/json")
-        assert resp.get_json()["ErrorCode"] == 9, fields
+        body = resp.get_json()
+        assert body["ErrorCode"] == 4, fields
+        bad = next(k for k, v in fields.items() if not v.isprintable())
+        assert body["ReturnValue"].startswith(bad + ":"), body
     with pytest.raises(Malformed, match="password: not valid Unicode"):
         ctx.users.add("bob", "\ud800" * 12)
