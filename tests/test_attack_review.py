@@ -94,3 +94,57 @@ def test_stalled_connections_of_a_local_user_are_capped_and_time_out(server, mod
             staller.kill()
     assert json.loads(out.splitlines()[-1])["closed"] == 120, err
     assert server.alive()
+
+
+# Run as nobody: wrong logins under random names from random 127.x.y.z addresses, with 8
+# threads, for the given seconds; prints how many the server checked (INVALID_CREDENTIALS).
+SPRAYER = r"""
+import http.client, json, random, sys, threading, time, urllib.parse
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+deadline, checked = time.monotonic() + seconds, []
+def login():
+    src = "127.%d.%d.%d" % tuple(random.randint(1, 254) for _ in range(3))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60, source_address=(src, 0))
+    body = urllib.parse.urlencode({"action": "login", "username": "u%d" % random.randint(0, 10**9),
+                                   "password": "wrong-password"})
+    conn.request("POST", "/ajax", body=body,
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    answer = json.loads(conn.getresponse().read())
+    conn.close()
+    return answer
+def loop():
+    while time.monotonic() < deadline:
+        if login()["ErrorCode"] == 9:
+            checked.append(1)
+threads = [threading.Thread(target=loop) for _ in range(8)]
+[t.start() for t in threads]
+[t.join(120) for t in threads]
+print(json.dumps({"checked": len(checked)}), flush=True)
+"""
+
+
+def test_a_local_account_cannot_lock_everybody_out_of_login(tmp_path):
+    """Finding 2: failed logins are capped server-wide (5 a second) and throttled per
+    address, but a local account has all of 127.0.0.0/8: spraying random names from random
+    loopback addresses kept the server-wide ceiling full, and every correct login of the
+    real user answered BUSY (0 of 44 in 10 s). A local caller is now throttled as its
+    account (the kernel names it), which it cannot rotate."""
+    server = DoorServer(tmp_path, "--auth", "on", users=[("opal", PASSWORD)])
+    try:
+        sprayer = subprocess.Popen(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "/usr/bin/python3", "-c", SPRAYER, str(server.port), "8"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        time.sleep(1.5)  # the spray is under way
+        answers = []
+        for _ in range(12):
+            answers.append(server.call("login", username="opal", password=PASSWORD))
+            time.sleep(0.3)
+        out, err = sprayer.communicate(timeout=120)
+        assert sprayer.returncode == 0, err
+        ok = [a for a in answers if a["ErrorCode"] == 0]
+        assert len(ok) >= len(answers) // 2, answers
+        # and the sprayer still got only a few guesses checked (its account waits)
+        assert json.loads(out.splitlines()[-1])["checked"] <= 8, out
+    finally:
+        server.stop()
