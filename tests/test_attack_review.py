@@ -148,3 +148,96 @@ def test_a_local_account_cannot_lock_everybody_out_of_login(tmp_path):
         assert json.loads(out.splitlines()[-1])["checked"] <= 8, out
     finally:
         server.stop()
+
+
+def _cookie_thief():
+    """Another local service on 127.0.0.1 (any account may run one): records the Cookie
+    header of every request. Browsers scope cookies by host, not by port."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Thief(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Cookie") or "")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html><body>hello</body></html>")
+
+        def log_message(self, *args):
+            pass
+
+    thief = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Thief)
+    threading.Thread(target=thief.serve_forever, daemon=True).start()
+    return thief, seen
+
+
+@pytest.mark.browser
+def test_a_token_cookie_carried_to_another_local_port_is_useless_to_its_account(tmp_path):
+    """Finding 3: `login` sets the token as a cookie for 127.0.0.1, and a browser sends
+    it to every port of 127.0.0.1: an admin who opens any page another local account
+    serves there (a dev server, a notebook) hands that account the token, which it then
+    replayed in the X-AppPacCap-Token header and got root. (So does a token on a command
+    line, `curl -H "X-AppPacCap-Token: ..."`, which every account can read in /proc.) A
+    session now belongs to the local account that logged in: nobody else's socket can
+    use its token."""
+    from playwright.sync_api import sync_playwright
+
+    from tests import browser_helpers as bh
+
+    server = DoorServer(tmp_path, "--auth", "on", users=[("opal", PASSWORD)])
+    thief, seen = _cookie_thief()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"{server.url}/default/index.html")
+                code = page.evaluate("""(pw) => fetch('/ajax', {method: 'POST',
+                    headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                    body: 'action=login&username=opal&password=' + encodeURIComponent(pw)})
+                    .then(r => r.json()).then(b => b.ErrorCode)""", PASSWORD)
+                assert code == 0
+                page.goto(f"http://127.0.0.1:{thief.server_address[1]}/")
+            finally:
+                browser.close()
+        stolen = [c.split("apppaccap_token=", 1)[1].split(";")[0]
+                  for c in seen if "apppaccap_token=" in c]
+        assert stolen, seen  # the browser did carry it to the other port
+        answer = server.as_user([{"fields": {"action": "settings_get_all"},
+                                  "headers": {"X-AppPacCap-Token": stolen[0]}},
+                                 {"fields": {"action": "settings_get_all",
+                                             "token": stolen[0]}}])
+        assert [a["body"]["ErrorCode"] for a in answer] == [2, 2], answer  # NO_TOKEN
+        # the browser's own account (root here) still uses its session
+        assert server.call("settings_get_all", headers={"X-AppPacCap-Token": stolen[0]}
+                           )["ErrorCode"] == 0
+    finally:
+        thief.shutdown()
+        thief.server_close()
+        server.stop()
+
+
+def test_a_token_on_a_command_line_is_useless_to_other_accounts(tmp_path):
+    """Finding 3 without a browser: root logs in (`curl -d action=login`), then uses the
+    token on a command line, where every account reads it (/proc/<pid>/cmdline)."""
+    server = DoorServer(tmp_path, "--auth", "on", users=[("opal", PASSWORD)])
+    try:
+        token = server.ok("login", username="opal", password=PASSWORD)
+        answer = server.as_user([{"fields": {"action": "capture_list_active"},
+                                  "headers": {"X-AppPacCap-Token": token}},
+                                 {"fields": {"action": "capture_list_active", "token": token}},
+                                 {"fields": {"action": "capture_list_active"},
+                                  "headers": {"Cookie": f"apppaccap_token={token}"}}])
+        assert [a["body"]["ErrorCode"] for a in answer] == [2, 2, 2], answer
+        assert server.call("capture_list_active", token=token)["ErrorCode"] == 0
+        # an account's own login works for it, and its token is not root's
+        mine = server.as_user([{"fields": {"action": "login", "username": "opal",
+                                           "password": PASSWORD}}])[0]["body"]["ReturnValue"]
+        assert server.as_user([{"fields": {"action": "capture_list_active", "token": mine}}]
+                              )[0]["body"]["ErrorCode"] == 0
+        assert server.call("capture_list_active", token=mine)["ErrorCode"] == 2
+    finally:
+        server.stop()
