@@ -92,6 +92,12 @@ class LoginThrottle:
     """Failed logins slow down their source address AND their user name, and all failures
     together are capped per second, so neither rotating addresses (127.x.y.z) nor rotating
     names buys more guesses. A throttled attempt is refused before any password is checked.
+
+    A local caller is its account (the kernel names it; it cannot rotate that), and an
+    account with no failed login of its own is not held back by the waits of a name that
+    others failed: otherwise any local account could keep a user out for good with one
+    wrong password every few seconds. Callers from other hosts, and accounts that failed
+    themselves, wait for the name as well.
     """
 
     def __init__(self, clock=time.monotonic):
@@ -103,11 +109,14 @@ class LoginThrottle:
         self._lock = threading.Lock()
         self.delays: list[float] = []  # delays imposed so far (observable by tests)
 
-    def admit(self, name: str, remote: str) -> None:
-        """Raise Busy when this attempt must wait; otherwise count it as in flight."""
+    def admit(self, name: str, remote: str, named: bool = False) -> None:
+        """Raise Busy when this attempt must wait; otherwise count it as in flight.
+        `named`: `remote` is a local account the kernel named, not an address."""
         now = self.clock()
         keys = (("user", name), ("addr", remote))
         with self._lock:
+            if named and self._clean(("addr", remote), now):
+                keys = keys[1:]  # its own record is clean: others' failures do not count
             wait = max(self._until(key, now) for key in keys)
             if wait > 0:
                 raise Busy(f"login: too many failed logins for this user or address; "
@@ -144,6 +153,10 @@ class LoginThrottle:
             delay = max(self._fail(("user", name), now), self._fail(("addr", remote), now))
             self.delays.append(delay)
             self._prune(now)
+
+    def _clean(self, key, now) -> bool:
+        entry = self._state.get(key)
+        return entry is None or now - entry[2] > FORGET_AFTER
 
     def _until(self, key, now) -> float:
         entry = self._state.get(key)
@@ -186,7 +199,7 @@ class Sessions:
 
     def login(self, name: str, password: str, remote: str, owner=None) -> str:
         """A new token for `owner` (the caller's uid, None when unknown) after a check."""
-        self.throttle.admit(name, remote)
+        self.throttle.admit(name, remote, named=owner is not None)
         if not self._pool.acquire(blocking=False):
             self.throttle.cancel(name, remote)
             raise Busy(f"login: {LOGIN_POOL} logins are being checked already; "

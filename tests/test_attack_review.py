@@ -241,3 +241,45 @@ def test_a_token_on_a_command_line_is_useless_to_other_accounts(tmp_path):
         assert server.call("capture_list_active", token=mine)["ErrorCode"] == 2
     finally:
         server.stop()
+
+
+# Run as nobody: wrong passwords for one user name, as often as the server checks them,
+# for the given seconds.
+NAME_LOCKER = r"""
+import http.client, json, sys, time, urllib.parse
+port, name, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/ajax", body=urllib.parse.urlencode(
+        {"action": "login", "username": name, "password": "wrong-password"}),
+        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    conn.getresponse().read()
+    conn.close()
+    time.sleep(0.02)
+"""
+
+
+def test_a_local_account_cannot_lock_one_user_out(tmp_path):
+    """Finding 4: failed logins slow down their user name for everybody, so one wrong
+    password for "opal" every 8 s from any local account kept opal out for good (0 of 49
+    correct logins in 10 s). A caller the kernel names (a local account) with no failed
+    login of its own is not held back by the failures of others; the name's wait still
+    applies to callers from other hosts and to accounts that have failed themselves."""
+    server = DoorServer(tmp_path, "--auth", "on", users=[("opal", PASSWORD)])
+    try:
+        locker = subprocess.Popen(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+             "/usr/bin/python3", "-c", NAME_LOCKER, str(server.port), "opal", "13"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        time.sleep(8.0)  # the waits have grown to their longest (8 s) by now
+        answers = []
+        for _ in range(8):
+            answers.append(server.call("login", username="opal", password=PASSWORD))
+            time.sleep(0.4)
+        _, err = locker.communicate(timeout=60)
+        assert locker.returncode == 0, err
+        ok = [a for a in answers if a["ErrorCode"] == 0]
+        assert len(ok) >= len(answers) // 2, answers
+    finally:
+        server.stop()
