@@ -27,6 +27,10 @@ FIRST_DELAY, MAX_DELAY = 0.25, 8.0  # wait after a failure, doubling per consecu
 FORGET_AFTER = 900.0           # seconds after its last failure a name/address starts afresh
 MAX_TRACKED = 10000            # names and addresses remembered at most
 
+# "whoever presents the token": the owner check of Sessions.valid/check is skipped (callers
+# that have no socket, such as tests of the throttle)
+ANY_OWNER = object()
+
 
 def _bytes(text: str) -> bytes:
     # surrogatepass: a lone surrogate from a JSON body must not turn a wrong password (or
@@ -88,6 +92,12 @@ class LoginThrottle:
     """Failed logins slow down their source address AND their user name, and all failures
     together are capped per second, so neither rotating addresses (127.x.y.z) nor rotating
     names buys more guesses. A throttled attempt is refused before any password is checked.
+
+    A local caller is its account (the kernel names it; it cannot rotate that), and an
+    account with no failed login of its own is not held back by the waits of a name that
+    others failed: otherwise any local account could keep a user out for good with one
+    wrong password every few seconds. Callers from other hosts, and accounts that failed
+    themselves, wait for the name as well.
     """
 
     def __init__(self, clock=time.monotonic):
@@ -99,11 +109,14 @@ class LoginThrottle:
         self._lock = threading.Lock()
         self.delays: list[float] = []  # delays imposed so far (observable by tests)
 
-    def admit(self, name: str, remote: str) -> None:
-        """Raise Busy when this attempt must wait; otherwise count it as in flight."""
+    def admit(self, name: str, remote: str, named: bool = False) -> None:
+        """Raise Busy when this attempt must wait; otherwise count it as in flight.
+        `named`: `remote` is a local account the kernel named, not an address."""
         now = self.clock()
         keys = (("user", name), ("addr", remote))
         with self._lock:
+            if named and self._clean(("addr", remote), now):
+                keys = keys[1:]  # its own record is clean: others' failures do not count
             wait = max(self._until(key, now) for key in keys)
             if wait > 0:
                 raise Busy(f"login: too many failed logins for this user or address; "
@@ -141,6 +154,10 @@ class LoginThrottle:
             self.delays.append(delay)
             self._prune(now)
 
+    def _clean(self, key, now) -> bool:
+        entry = self._state.get(key)
+        return entry is None or now - entry[2] > FORGET_AFTER
+
     def _until(self, key, now) -> float:
         entry = self._state.get(key)
         return entry[1] - now if entry else 0.0
@@ -162,7 +179,14 @@ class LoginThrottle:
 
 
 class Sessions:
-    """Live tokens, in memory: a restart logs everybody out, which is the safe default."""
+    """Live tokens, in memory: a restart logs everybody out, which is the safe default.
+
+    A token belongs to the caller that logged in: the local account the kernel named for
+    the login's socket (callers.py), or None for a caller it could not name (another
+    host). Only that owner may use it. A browser sends a cookie of 127.0.0.1 to every port
+    of 127.0.0.1, and a token on a command line is readable by every account in /proc:
+    either way another local account could learn a token, and must not be able to use it.
+    """
 
     def __init__(self, users: Users, timeout_seconds, clock=time.monotonic):
         self.users = users
@@ -170,11 +194,12 @@ class Sessions:
         self.clock = clock
         self.throttle = LoginThrottle(clock=lambda: self.clock())
         self._pool = threading.BoundedSemaphore(LOGIN_POOL)
-        self._tokens: dict[str, list] = {}  # token → [user, last_used]
+        self._tokens: dict[str, list] = {}  # token → [user, last_used, owner]
         self._lock = threading.Lock()
 
-    def login(self, name: str, password: str, remote: str) -> str:
-        self.throttle.admit(name, remote)
+    def login(self, name: str, password: str, remote: str, owner=None) -> str:
+        """A new token for `owner` (the caller's uid, None when unknown) after a check."""
+        self.throttle.admit(name, remote, named=owner is not None)
         if not self._pool.acquire(blocking=False):
             self.throttle.cancel(name, remote)
             raise Busy(f"login: {LOGIN_POOL} logins are being checked already; "
@@ -192,40 +217,43 @@ class Sessions:
             raise InvalidCredentials("username/password: invalid credentials")
         with self._lock:
             token = secrets.token_urlsafe(32)
-            self._tokens[token] = [name, self.clock()]
+            self._tokens[token] = [name, self.clock(), owner]
         return token
 
     def logout(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
 
-    def _find(self, token: str) -> str | None:
+    def _find(self, token: str, owner=ANY_OWNER) -> str | None:
         # Constant-time comparison against every live token: no early exit on a prefix.
         wanted, match = _bytes(token), None
         for known in list(self._tokens):
             if hmac.compare_digest(known.encode(), wanted):
                 match = known
+        if match is not None and owner is not ANY_OWNER and self._tokens[match][2] != owner:
+            return None  # another account's token: as good as unknown
         return match
 
-    def valid(self, token: str | None) -> bool:
-        """Is this a live token? Touches nothing (neither its timer nor an expired one)."""
+    def valid(self, token: str | None, owner=ANY_OWNER) -> bool:
+        """Is this a live token of `owner`? Touches nothing (neither its timer nor an
+        expired one)."""
         if not token:
             return False
         with self._lock:
-            match = self._find(token)
+            match = self._find(token, owner)
             return match is not None and \
                 self.clock() - self._tokens[match][1] <= self.timeout_seconds()
 
-    def check(self, token: str | None) -> str:
-        """Return the user of a valid token, refreshing its idle timer."""
+    def check(self, token: str | None, owner=ANY_OWNER) -> str:
+        """Return the user of a valid token of `owner`, refreshing its idle timer."""
         if not token:
             raise NoToken("token: required (call login first)")
         now = self.clock()
         with self._lock:
-            match = self._find(token)
+            match = self._find(token, owner)
             if match is None:
                 raise NoToken("token: unknown token; log in again")
-            user, last = self._tokens[match]
+            user, last, _owner = self._tokens[match]
             if now - last > self.timeout_seconds():
                 del self._tokens[match]
                 raise SessionTimeout("token: session timed out; log in again")

@@ -73,7 +73,7 @@ def cmd_serve(args) -> int:
         log.warning("authentication is on but no user exists: add one with "
                     "`apppaccap user add NAME --data-dir %s`", ctx.config.data_dir)
     _check_local_group(ctx)
-    server = make_door_server(args.host, args.port, create_app(ctx))
+    server = make_door_server(args.host, args.port, create_app(ctx), ctx.settings)
     log.info("serving on http://%s:%d/ (data in %s, auth %s)", args.host, args.port,
              ctx.config.data_dir, "on" if ctx.config.auth else "off")
     from apppaccap.server import stop_on_signals

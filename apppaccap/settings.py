@@ -33,12 +33,18 @@ DEFAULTS = {
     "max_active_captures": "16",      # live captures at once (trigger captures included)
     "max_active_searches": "4",       # searches queued or running at once
     "max_queued_commands": "64",      # commands (ingest, export, action runs) queued or running
+    # Connections (web_server.py): each is a thread, and connecting needs no login. One
+    # account (root excepted; callers the kernel cannot name share one quota) holds at most
+    # this many at once, and a connection silent for request_idle_seconds is closed.
+    "max_connections_per_caller": "64",
+    "request_idle_seconds": "30",
 }
 
 # Settings that must be positive integers (settings_set refuses anything else).
 POSITIVE_INTEGERS = ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
                      "max_request_bytes", "max_unauthenticated_bytes",
-                     "max_active_captures", "max_active_searches", "max_queued_commands")
+                     "max_active_captures", "max_active_searches", "max_queued_commands",
+                     "max_connections_per_caller", "request_idle_seconds")
 
 
 # Serve-time configuration, not settings: what the root service may read and write for its

@@ -83,7 +83,7 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
     try:
         act = REGISTRY.get(name)
         if ctx.login_required and not act.public:
-            ctx = ctx.for_request(user=ctx.sessions.check(ctx.token))
+            ctx = ctx.for_request(user=ctx.sessions.check(ctx.token, ctx.caller_uid))
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
         return envelope(0, act.returns, 0 if value is None else value)
@@ -221,7 +221,7 @@ def create_app(ctx) -> Flask:
         if not themes.is_token_shaped(token):
             return None
         try:
-            ctx.sessions.check(token)
+            ctx.sessions.check(token, request.environ.get(callers.PEER_UID))
         except ApiError:
             return None
         return token
@@ -245,14 +245,15 @@ def _door_request(ctx):
                                          uid)
     header = request.headers.get(TOKEN_HEADER) or None
     carried = header or request.cookies.get(TOKEN_COOKIE) or None
-    known = needs_login and ctx.sessions.valid(carried)
-    raw, files = _read_body(ctx, needs_login and not known, carried)
+    known = needs_login and ctx.sessions.valid(carried, uid)
+    raw, files = _read_body(ctx, needs_login and not known, carried, uid)
     name = raw.pop("action", None)
     sent = raw.pop("token", None)
     if isinstance(sent, list):
         sent = sent[0] if sent else None
     sent = sent if isinstance(sent, str) and sent else None
-    if web_guard.looks_like_browser(request.headers) and not ctx.sessions.valid(sent or header):
+    if web_guard.looks_like_browser(request.headers) and \
+            not ctx.sessions.valid(sent or header, uid):
         # A browser that sent neither Origin nor Referer cannot show where it comes from;
         # a token it was given (not a cookie, which it would attach anywhere) can.
         raise InvalidPermissions("Origin: a browser request without Origin or Referer needs "
@@ -269,12 +270,12 @@ def _limit(ctx, key: str, floor: int) -> int:
     return max(floor, ctx.settings.get_int(key, int(DEFAULTS[key])))
 
 
-def _read_body(ctx, unauthenticated: bool, carried):
+def _read_body(ctx, unauthenticated: bool, carried, uid):
     """The body as (dict of wire values, dict of uploads), within the size limits."""
     length = web_body.declared_length(request.headers.get("Content-Length"))
     mimetype = (request.mimetype or "").lower()
     if mimetype == "multipart/form-data":
-        return _read_multipart(ctx, unauthenticated, carried, length)
+        return _read_multipart(ctx, unauthenticated, carried, length, uid)
     if unauthenticated:
         key, limit = "max_unauthenticated_bytes", _limit(ctx, "max_unauthenticated_bytes",
                                                           MIN_UNAUTHENTICATED_BYTES)
@@ -303,12 +304,12 @@ def _too_large(key: str, limit: int, unauthenticated: bool) -> Malformed:
     return err
 
 
-def _read_multipart(ctx, unauthenticated: bool, carried, length):
+def _read_multipart(ctx, unauthenticated: bool, carried, length, uid):
     """An upload is authorised before a byte of it is read, then spooled to disk by
     werkzeug (parts over 500 KB go to a temporary file) up to upload_max_bytes."""
     if unauthenticated:
         if carried:
-            ctx.sessions.check(carried)  # raises: unknown or timed-out token
+            ctx.sessions.check(carried, uid)  # raises: unknown or timed-out token
         raise NoToken(f"token: required; an upload must send it in the {TOKEN_HEADER} header "
                       f"or the {TOKEN_COOKIE} cookie (its body is not read before the "
                       "caller is known)")

@@ -8,14 +8,22 @@ socket it was learnt from.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import threading
 
+from werkzeug.serving import ThreadedWSGIServer
 from werkzeug.serving import WSGIRequestHandler
-from werkzeug.serving import make_server
 
+from apppaccap.api.envelope import Busy
+from apppaccap.api.envelope import error_envelope
 from apppaccap.callers import PEER_UID
 from apppaccap.callers import PeerLookup
+from apppaccap.settings import DEFAULTS
+
+log = logging.getLogger(__name__)
 
 # After the app has answered, werkzeug reads whatever body is left "so the client sees the
 # answer instead of a reset", 10 MB per read and up to 10 GB. A refused 200 MB upload
@@ -69,6 +77,12 @@ class _BoundedDrain:
 class DoorRequestHandler(WSGIRequestHandler):
     """werkzeug's handler plus the kernel's answer to "which account is calling"."""
 
+    def setup(self):
+        # Without a timeout a connection that sends nothing (or half a request) holds its
+        # thread for ever; every read now waits at most request_idle_seconds.
+        self.timeout = self.server.limit("request_idle_seconds")
+        super().setup()
+
     def make_environ(self):
         environ = super().make_environ()  # keeps the real input as wsgi.input
         environ[PEER_UID] = self.server.peers.uid(self.connection)
@@ -76,9 +90,88 @@ class DoorRequestHandler(WSGIRequestHandler):
         return environ
 
 
-def make_door_server(host: str, port: int, app):
-    """A threaded werkzeug server with the door's request handler and redacted logs."""
+class DoorServer(ThreadedWSGIServer):
+    """werkzeug's threaded server with a bound on the connections of each caller.
+
+    Connecting needs no login, and each connection is a thread: one local account opening
+    thousands of connections (and sending nothing) used to hold thousands of threads and
+    file descriptors of the root service. Now each account (the kernel names it, as for
+    the door) holds at most max_connections_per_caller connections at once, callers the
+    kernel cannot name share one such quota, and root is never refused. A refused
+    connection gets a BUSY envelope and is closed at once, on the accepting thread.
+    """
+
+    def __init__(self, host: str, port: int, app, settings=None):
+        super().__init__(host, port, app, DoorRequestHandler)
+        self.peers = PeerLookup()
+        self.settings = settings
+        self._open: dict[object, int] = {}
+        self._open_lock = threading.Lock()
+
+    def limit(self, key: str) -> int:
+        default = int(DEFAULTS[key])
+        if self.settings is None:
+            return default
+        try:
+            return max(1, self.settings.get_int(key, default))
+        except Exception:  # noqa: BLE001 - a catalog fault must not stop the accept loop
+            return default
+
+    def _caller(self, request) -> object | None:
+        """The quota a connection counts against; None: not counted (root)."""
+        uid = self.peers.uid(request)
+        if uid is not None and uid in (0, os.geteuid()):
+            return None
+        return uid if uid is not None else "unidentified"
+
+    def process_request(self, request, client_address):
+        caller = self._caller(request)
+        if caller is not None:
+            cap = self.limit("max_connections_per_caller")
+            with self._open_lock:
+                if self._open.get(caller, 0) >= cap:
+                    return self._refuse(request, cap)
+                self._open[caller] = self._open.get(caller, 0) + 1
+        thread = threading.Thread(target=self._serve, args=(request, client_address, caller),
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread can be started: refuse this one, keep accepting
+            self._release(caller)
+            self.shutdown_request(request)
+
+    def _serve(self, request, client_address, caller) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            self._release(caller)
+
+    def _release(self, caller) -> None:
+        if caller is None:
+            return
+        with self._open_lock:
+            left = self._open.get(caller, 0) - 1
+            if left > 0:
+                self._open[caller] = left
+            else:
+                self._open.pop(caller, None)
+
+    def _refuse(self, request, cap: int) -> None:
+        body = json.dumps(error_envelope(Busy(
+            f"connection: this account already has {cap} connections open (setting "
+            "max_connections_per_caller); close some and try again"))).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.setblocking(False)  # never wait on this client in the accept loop
+            request.send(head + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+
+def make_door_server(host: str, port: int, app, settings=None):
+    """A threaded werkzeug server with the door's request handler and redacted logs;
+    `settings` (the service's) gives the connection limits, read as they change."""
     logging.getLogger("werkzeug").addFilter(RedactTokens())
-    server = make_server(host, port, app, threaded=True, request_handler=DoorRequestHandler)
-    server.peers = PeerLookup()
-    return server
+    return DoorServer(host, port, app, settings)
