@@ -34,7 +34,8 @@ def build_server_context(args):
                     themes_dir=os.path.abspath(args.themes_dir or default_themes_dir()),
                     auth=auth, export_dir=os.path.abspath(args.export_dir),
                     export_roots=_roots(args.export_root), ingest_roots=_roots(args.ingest_root),
-                    open_door=not auth and not _is_loopback(args.host))
+                    open_door=not auth and not _is_loopback(args.host),
+                    local_group=args.local_group)
     ctx = build_context(config)
     start_services(ctx)
     return ctx
@@ -93,13 +94,13 @@ def _check_local_group(ctx) -> None:
     import grp
     if ctx.config.auth or ctx.config.open_door:
         return
-    group = ctx.settings.get("local_group") or ""
+    group = ctx.config.local_group
     try:
         grp.getgrnam(group)
         log.info("without a token: root and members of group %r; other local accounts "
                  "must log in", group)
     except KeyError:
-        log.warning("group %r (setting local_group) does not exist: only root may call "
+        log.warning("group %r (--local-group) does not exist: only root may call "
                     "without a token; create it with `groupadd %s`", group, group or "apppaccap")
 
 
@@ -197,6 +198,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--auth", choices=["on", "off"], default=None,
                    help="default: off on loopback (root and group local_group call without a "
                         "token, other local accounts log in), on for any other address")
+    s.add_argument("--local-group", default="apppaccap", metavar="NAME",
+                   help="with authentication off on loopback, root and members of this group "
+                        "call without a token (default apppaccap; installer/install.sh "
+                        "creates it)")
     s.add_argument("--i-know-this-is-open", action="store_true",
                    help="allow --auth off on a non-loopback address (no login for anyone)")
     s.set_defaults(func=cmd_serve)

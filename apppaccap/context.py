@@ -35,6 +35,10 @@ class Config:
     # `--auth off` on a network address, confirmed with --i-know-this-is-open: nobody is
     # asked for a token, local accounts included (callers.py).
     open_door: bool = False
+    # Local accounts in this group (and root) call without a token when authentication is
+    # off (callers.py). A start-up option, never a setting: whoever could change it could
+    # hand token-free root to any group.
+    local_group: str = "apppaccap"
 
 
 @dataclass

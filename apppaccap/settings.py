@@ -20,9 +20,6 @@ DEFAULTS = {
     # bytes kept free in the data directory (file .space-reserve) and given back when the
     # disk fills, so a capture stopped by "disk full" can still record why; 0 = none
     "disk_reserve_bytes": str(1 << 20),
-    # The door (web.py, callers.py): local accounts in this group (and root) need no token
-    # when authentication is off; every other local account logs in.
-    "local_group": "apppaccap",
     "max_request_bytes": str(16 << 20),   # largest non-upload /ajax body (JSON or form)
     # largest body read before the caller is known (login required, no token in the
     # X-AppPacCap-Token header or the apppaccap_token cookie); logins are far smaller
@@ -50,7 +47,8 @@ POSITIVE_INTEGERS = ("token_timeout", "upload_max_bytes", "extract_max_file_byte
 # Serve-time configuration, not settings: what the root service may read and write for its
 # callers is decided by whoever starts it (apppaccap serve --export-root/--ingest-root), never
 # through the API (settings_set refuses these names).
-SERVE_ONLY = {"export_roots": "--export-root", "ingest_roots": "--ingest-root"}
+SERVE_ONLY = {"export_roots": "--export-root DIR", "ingest_roots": "--ingest-root DIR",
+              "local_group": "--local-group NAME"}
 
 
 class Settings:

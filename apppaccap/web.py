@@ -241,7 +241,7 @@ def _door_request(ctx):
     max_unauthenticated_bytes, and never an upload.
     """
     uid = request.environ.get(callers.PEER_UID)
-    needs_login = callers.login_required(ctx.config, ctx.settings.get("local_group") or "",
+    needs_login = callers.login_required(ctx.config, ctx.config.local_group,
                                          uid)
     header = request.headers.get(TOKEN_HEADER) or None
     carried = header or request.cookies.get(TOKEN_COOKIE) or None

@@ -9,7 +9,7 @@ python3 -m venv /opt/apppaccap/venv
 /opt/apppaccap/venv/bin/pip install -q "$HERE"
 mkdir -p /var/lib/apppaccap/export
 # With authentication off (the loopback default) root and the members of this group call
-# without a token; every other local account must log in (setting local_group).
+# without a token; every other local account must log in (apppaccap serve --local-group).
 getent group apppaccap >/dev/null || groupadd --system apppaccap
 install -m 0644 "$HERE/installer/apppaccap.service" /etc/systemd/system/apppaccap.service
 systemctl daemon-reload

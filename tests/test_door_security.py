@@ -95,15 +95,21 @@ def member():
         subprocess.run(["groupdel", group], check=False, timeout=60)
 
 
-def test_member_of_local_group_needs_no_token(server, member):
+def test_member_of_local_group_needs_no_token(server, member, tmp_path):
     group, uid = member
-    read = [{"fields": {"action": "settings_get_by_key", "key_name": "local_group"}}]
+    read = [{"fields": {"action": "settings_get_by_key", "key_name": "theme"}}]
     assert server.as_user(read, uid=uid, gid=NOBODY)[0]["body"]["ErrorCode"] == 2
-    server.ok("settings_set", key_name="local_group", value=group)
-    # Membership is the account's (supplementary here), whatever groups the process holds.
-    answer = server.as_user(read, uid=uid, gid=NOBODY)[0]["body"]
-    assert answer == {"Version": 1, "ErrorCode": 0, "DataType": 1, "ReturnValue": group}
-    assert server.as_user(read)[0]["body"]["ErrorCode"] == 2       # nobody still is not
+    # The group is a start-up option: no request can widen who calls without a token.
+    refused = server.call("settings_set", key_name="local_group", value=group)
+    assert refused["ErrorCode"] == 8 and "--local-group" in refused["ReturnValue"], refused
+    grouped = DoorServer(tmp_path, "--local-group", group)
+    try:
+        # Membership is the account's (supplementary here), whatever groups the process holds.
+        answer = grouped.as_user(read, uid=uid, gid=NOBODY)[0]["body"]
+        assert answer == {"Version": 1, "ErrorCode": 0, "DataType": 1, "ReturnValue": "default"}
+        assert grouped.as_user(read)[0]["body"]["ErrorCode"] == 2     # nobody still is not
+    finally:
+        grouped.stop()
 
 
 def test_peer_lookup_names_the_owner_and_never_a_closed_socket():

@@ -54,7 +54,7 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
         raise Malformed("key_name: must be 1-128 printable characters")
     if key_name in SERVE_ONLY:
         raise InvalidPermissions(f"key_name: {key_name} is set only when the server starts "
-                                 f"(apppaccap serve {SERVE_ONLY[key_name]} DIR)")
+                                 f"(apppaccap serve {SERVE_ONLY[key_name]})")
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
     if key_name == "export_group_read" and value not in ("0", "1"):
