@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from apppaccap.store.database import tables
 
-
 # -- reading ----------------------------------------------------------------------------
 
 def get(catalog, capture_id: int):

@@ -80,8 +80,9 @@ def refresh_threads(catalog, process_id: int, live: dict, now: int) -> None:
                 "VALUES (?,?,?,?,?,1) ON CONFLICT(process_id, tid) DO UPDATE SET "
                 "last_seen=excluded.last_seen, live=1, name=excluded.name",
                 (process_id, tid, name, now, now))
-        conn.execute("UPDATE threads SET live=0 WHERE process_id=? AND tid NOT IN (%s)"
-                     % ",".join("?" * len(live)), (process_id, *live))
+        marks = ",".join("?" * len(live))
+        conn.execute(f"UPDATE threads SET live=0 WHERE process_id=? AND tid NOT IN ({marks})",
+                     (process_id, *live))
     catalog.write(run)
 
 
