@@ -163,7 +163,7 @@ class ActionRunner:
             argv = [path, *substitute(params, values)]
         except ValueError as exc:
             raise ActionFailed(f"params: {exc}") from None
-        timeout = max(1, self.ctx.settings.get_int("action_timeout", 60))
+        timeout = max(1, self.ctx.settings.get_int("action_timeout"))
         env = dict(os.environ)
         env[ACTION_ENV] = "1"
         env.update({f"APPPACCAP_{k.upper()}": str(v) for k, v in values.items()})

@@ -16,6 +16,7 @@ from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
 from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import SessionTimeout
+from apppaccap.store import users as user_table
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB of memory per check
 MIN_PASSWORD = 10
@@ -60,24 +61,19 @@ class Users:
             raise Malformed("password: not valid Unicode text") from None
         salt = secrets.token_bytes(16)
         digest = hash_password(password, salt, **SCRYPT)
-        self.catalog.execute(
-            "INSERT INTO users(name, salt, hash, n, r, p, created) VALUES (?,?,?,?,?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET salt=excluded.salt, hash=excluded.hash, "
-            "n=excluded.n, r=excluded.r, p=excluded.p",
-            (name, salt, digest, SCRYPT["n"], SCRYPT["r"], SCRYPT["p"], time.time_ns()))
+        user_table.put(self.catalog, name, salt, digest, SCRYPT["n"], SCRYPT["r"],
+                       SCRYPT["p"], time.time_ns())
 
     def remove(self, name: str) -> None:
-        if not self.catalog.write(lambda c: c.execute("DELETE FROM users WHERE name = ?",
-                                                      (name,)).rowcount):
+        if not user_table.remove(self.catalog, name):
             raise NotFound(f"name: no user {name!r}")
 
     def names(self) -> list[str]:
-        return [r[0] for r in self.catalog.read("SELECT name FROM users ORDER BY name")]
+        return user_table.names(self.catalog)
 
     def check(self, name: str, password: str) -> bool:
         try:
-            row = self.catalog.one("SELECT salt, hash, n, r, p FROM users WHERE name = ?",
-                                   (name,))
+            row = user_table.get(self.catalog, name)
         except UnicodeEncodeError:
             row = None  # a name with a lone surrogate (JSON "\ud800") names nobody
         if row is None:

@@ -86,5 +86,5 @@ def build_context(config: Config) -> Context:
     catalog = Catalog(config.data_dir)
     settings = Settings(catalog)
     users = Users(catalog)
-    sessions = Sessions(users, lambda: settings.get_int("token_timeout", 1800))
+    sessions = Sessions(users, lambda: settings.get_int("token_timeout"))
     return Context(config, catalog, settings, users, sessions, ProcessBook(catalog))

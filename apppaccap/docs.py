@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from apppaccap.api import actions  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
+from apppaccap.settings import TABLE as SETTINGS
 
 _TYPES = {1: "STRING", 2: "INT", 3: "JSON", 4: "HEX"}
 _KINDS = {int: "int", str: "string", bool: "bool (0/1)", float: "number", list: "list"}
@@ -37,7 +38,21 @@ def render() -> str:
                 lines.append(f"| `{p.name}` | {kind} | {req} | {p.doc} |")
         if act.aliases:
             lines += ["", "Aliases: " + ", ".join(f"`{a}` = `{t}`" for a, t in act.aliases.items())]
+    lines += _settings()
     return "\n".join(lines) + "\n"
+
+
+def _settings() -> list[str]:
+    """The settings table (apppaccap/settings.py), as settings_describe returns it."""
+    lines = ["", "# Settings", "",
+             "What `settings_get_all` lists with its default when never set, `settings_set`",
+             "checks, and the service reads (`settings_describe` returns the same table with",
+             "each current value). Other names are free-form user settings: any text.", "",
+             "| setting | type | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "(empty)"
+        lines.append(f"| `{s.name}` | {s.type} | {default} | {s.doc} |")
+    return lines
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def new_target(ctx, path: str, *, overwrite: bool = False,
     """An export target below the export roots, with the export file mode settings."""
     return safefs.WriteTarget(
         path, roots=safefs.export_roots(ctx.config), kind="export", overwrite=overwrite,
-        generated=generated, group_from_root=ctx.settings.get("export_group_read") == "1",
+        generated=generated, group_from_root=ctx.settings.get_bool("export_group_read"),
         journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR),
         service_dirs=(ctx.config.data_dir, ctx.config.export_dir))
 

@@ -17,6 +17,8 @@ import threading
 
 from apppaccap import safefs
 from apppaccap.api.envelope import ApiError
+from apppaccap.store.capturedb import set_hostname
+from apppaccap.store.ips import set_facts
 
 log = logging.getLogger(__name__)
 
@@ -113,23 +115,16 @@ class IpResolver:
                 log.debug("could not store resolution of %s", ip, exc_info=True)
 
     def _store(self, db, ip, name, geo):
-        sets, params = [], {"ip": ip}
+        facts = dict(geo or {})
         if name:
-            sets.append("hostname = :name")
-            params["name"] = name
-        if geo:
-            sets += ["country = :country", "city = :city", "lat = :lat", "lng = :lng"]
-            params.update(geo)
-        if not sets:
+            facts["hostname"] = name
+        if not facts:
             return
-        sql = f"UPDATE ips SET {', '.join(sets)} WHERE ip = :ip"
 
         def write(conn, with_conns):
-            conn.execute("INSERT OR IGNORE INTO ips(ip) VALUES (:ip)", params)
-            conn.execute(sql, params)
+            set_facts(conn, ip, facts)
             if with_conns and name:
-                conn.execute("UPDATE connections SET hostname = :name WHERE remote_ip = :ip "
-                             "AND hostname = ''", params)
+                set_hostname(conn, ip, name)
         db.submit(lambda c: write(c, True))
         self.catalog.submit(lambda c: write(c, False))
 

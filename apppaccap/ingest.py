@@ -20,6 +20,8 @@ from apppaccap.capture.recorder import Recorder
 from apppaccap.filetime import now_ns
 from apppaccap.pcapfile import CaptureReader
 from apppaccap.pcapfile import NotACaptureError
+from apppaccap.store import capturedb
+from apppaccap.store import captures as capture_table
 from apppaccap.store.capturedb import CaptureDb
 
 FILE, ACTIVE, COMPLETED, FAILED = 4, 1, 2, 3
@@ -68,9 +70,8 @@ def _public_reason(message: str) -> str:
 
 def create_capture(ctx, source: str) -> int:
     name = os.path.basename(source)
-    return ctx.catalog.execute(
-        "INSERT INTO captures(type, state, name, source_file, start_time) VALUES (?,?,?,?,?)",
-        (FILE, ACTIVE, name, source, now_ns()))
+    return capture_table.create(ctx.catalog, {"type": FILE, "state": ACTIVE, "name": name,
+                                              "source_file": source, "start_time": now_ns()})
 
 
 def parse_comment(comment: str | None) -> dict | None:
@@ -121,9 +122,7 @@ def _add_interfaces(db, reader, known: int) -> int:
         # only "finer than µs" matters to readers (export's timestamp resolution)
         new = [(i, f.name, f.linktype, min(f.ticks_per_second, 2**63 - 1)) for i, f in
                enumerate(reader.interfaces[known:], start=known)]
-        db.write(lambda c: c.executemany(
-            "INSERT INTO interfaces(id, name, linktype, ticks_per_second) VALUES (?,?,?,?)",
-            new))
+        db.write(lambda c: capturedb.add_interfaces(c, new))
     return len(reader.interfaces)
 
 
@@ -154,7 +153,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     db = CaptureDb(ctx.config.data_dir, capture_id)
     rec = Recorder(db)
     extract = None
-    if ctx.settings.get("extract_enabled") == "1":
+    if ctx.settings.get_bool("extract_enabled"):
         from apppaccap.extract.service import attach
         extract = attach(ctx, rec, db, capture_id)
     else:
@@ -165,9 +164,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     labels = _Labels(ctx, capture_id)
     state, message = COMPLETED, ""
     try:
-        # Bulk load: the per-packet connection index is built once at the end (an index
-        # maintained row by row halves the insert rate).
-        db.write(lambda c: c.execute("DROP INDEX IF EXISTS packets_conn"))
+        db.write(capturedb.drop_conn_index)  # built once at the end (bulk load)
         fast = rec.bulk is not None and pcapscan.usable(reader, rec)
         # a pcap's interface is in its header: stored even if no packet follows
         known_ifaces = _add_interfaces(db, reader, 0)
@@ -179,8 +176,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 progress(100.0 * reader.bytes_done / reader.size)
         if fast:
             # blocks are stored as the EPBs export writes (export.py copies them verbatim)
-            db.write(lambda c: c.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('block_framing', 'epb')"))
+            db.write(capturedb.mark_epb_framing)
 
             def interfaces():
                 nonlocal known_ifaces
@@ -203,8 +199,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         elif reader.warnings:
             message = "; ".join(reader.warnings[:5])
         rec.flush(wait=True)
-        db.write(lambda c: c.execute(
-            "CREATE INDEX IF NOT EXISTS packets_conn ON packets(conn_id)"))
+        db.write(capturedb.build_conn_index)
     except BaseException as exc:
         state, message = FAILED, f"ingest stopped: {exc}"
         raise
@@ -218,9 +213,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 rec.bulk.close()
             db.close()
             reader.close()
-            first_last = (rec.packets, rec.bytes, rec.next_conn - 1)
-            ctx.catalog.execute(
-                "UPDATE captures SET state=?, end_time=?, packet_count=?, byte_count=?, "
-                "connection_count=?, message=? WHERE id=?",
-                (state, now_ns(), *first_last, message[:1000], capture_id))
+            capture_table.finish(ctx.catalog, capture_id, state=state, end_time=now_ns(),
+                                 message=message[:1000],
+                                 counts=(rec.packets, rec.bytes, rec.next_conn - 1))
     return {"CaptureId": capture_id, "Packets": rec.packets, "State": state, "Message": message}

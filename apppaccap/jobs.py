@@ -7,7 +7,6 @@ Commands left QUEUED or RUNNING by a previous run become FAILED at start-up.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -22,6 +21,7 @@ from apppaccap.api.envelope import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.settings import Settings
+from apppaccap.store import commands
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,8 @@ class Jobs:
         self.settings = Settings(catalog)
 
     def start(self) -> None:
-        self.catalog.execute(
-            "UPDATE commands SET state=?, message='interrupted: the service stopped', "
-            "finished=? WHERE state IN (?, ?)", (FAILED, now_ns(), QUEUED, RUNNING))
+        commands.interrupt_unfinished(self.catalog, state=FAILED, unfinished=(QUEUED, RUNNING),
+                                      finished=now_ns())
         self.scheduler.start()
 
     def shutdown(self) -> None:
@@ -79,7 +78,7 @@ class Jobs:
 
         submit() checks too; callers that prepare something before submitting (a capture
         row, a file name) ask first so that a refusal leaves nothing behind."""
-        limit = self.settings.get_int("max_queued_commands", 64)
+        limit = self.settings.get_int("max_queued_commands")
         if len(self._running) >= limit:
             raise Busy(f"command: {limit} commands are queued or running, the most the "
                        "setting max_queued_commands allows; wait, delete one "
@@ -93,9 +92,7 @@ class Jobs:
             self.check_room()
             self._running[uid] = progress
         try:
-            self.catalog.execute(
-                "INSERT INTO commands(uid, type, state, params, created) VALUES (?,?,?,?,?)",
-                (uid, ctype, QUEUED, json.dumps(params), now_ns()))
+            commands.add(self.catalog, uid, ctype, QUEUED, params, now_ns())
         except BaseException:
             self._running.pop(uid, None)
             raise
@@ -136,18 +133,16 @@ class Jobs:
             log.error("command %s: its final state was not saved: %s", uid, exc)
 
     def _update(self, uid: str, **fields) -> None:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        self.catalog.execute(f"UPDATE commands SET {cols} WHERE uid = ?", (*fields.values(), uid))
+        commands.update(self.catalog, uid, **fields)
 
     def get(self, uid: str) -> dict:
-        row = self.catalog.one("SELECT * FROM commands WHERE uid = ?", (uid,))
+        row = commands.get(self.catalog, uid)
         if row is None:
             raise NotFound(f"command_uid: no command {uid[:40]!r}")
         return command_object(row)
 
     def list(self) -> list:
-        return [command_object(r) for r in self.catalog.read(
-            "SELECT * FROM commands ORDER BY created")]
+        return [command_object(r) for r in commands.all_rows(self.catalog)]
 
     def wait(self, uid: str, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -169,7 +164,7 @@ class Jobs:
                 self._running.pop(uid, None)  # it will never run: free its place now
             except Exception:  # noqa: BLE001 - already started: the flag stops it
                 pass
-        self.catalog.execute("DELETE FROM commands WHERE uid = ?", (uid,))
+        commands.delete(self.catalog, uid)
 
 
 def command_object(row) -> dict:

@@ -12,6 +12,7 @@ import threading
 import psutil
 
 from apppaccap.filetime import from_ns
+from apppaccap.store import processes as process_table
 
 FIELDS = ["pid", "ppid", "name", "exe", "cmdline", "username", "create_time"]
 
@@ -54,16 +55,7 @@ class ProcessBook:
             if missing:
                 def upsert(conn):
                     for i in missing:
-                        conn.execute(
-                            "INSERT INTO processes(pid, ppid, name, path, cmdline, user, "
-                            "start_time) VALUES (:pid,:ppid,:name,:path,:cmdline,:user,"
-                            ":start_time) ON CONFLICT(pid, start_time) DO UPDATE SET "
-                            "name=coalesce(nullif(excluded.name,''), name), "
-                            "path=coalesce(nullif(excluded.path,''), path), "
-                            "cmdline=coalesce(nullif(excluded.cmdline,''), cmdline)", i)
-                        row = conn.execute("SELECT id FROM processes WHERE pid=? AND "
-                                           "start_time=?", (i["pid"], i["start_time"])).fetchone()
-                        self._ids[(i["pid"], i["start_time"])] = row[0]
+                        self._ids[(i["pid"], i["start_time"])] = process_table.identify(conn, i)
                 self.catalog.write(upsert)
             return [self._ids[(i["pid"], i["start_time"])] for i in infos]
 
@@ -73,12 +65,10 @@ class ProcessBook:
             self._ids.clear()
 
     def by_id(self, process_id: int):
-        return self.catalog.one("SELECT * FROM processes WHERE id = ?", (process_id,))
+        return process_table.get(self.catalog, process_id)
 
     def mark_ended(self, process_id: int, end_ns: int) -> None:
-        self.catalog.submit(lambda c: c.execute(
-            "UPDATE processes SET end_time = ? WHERE id = ? AND end_time IS NULL",
-            (end_ns, process_id)))
+        process_table.mark_ended(self.catalog, process_id, end_ns)
 
 
 def process_object(row, running_pids: set | None = None) -> dict:

@@ -1,54 +1,154 @@
-"""User settings: string key → string value in catalog.db, with documented defaults."""
+"""Settings: the table of every setting the service reads (name, type, default, doc, check).
+
+Values are strings in catalog.db (store/settings.py keeps them); a setting never set reads
+as its default here. Every reader of a known setting goes through `Settings.get`,
+`get_int` or `get_bool`, whose fallback is this table's default, never a second literal
+(tests/test_settings.py checks that every name read in the package is in the table).
+settings_set checks a value against its setting's `check`. Names not in the table are
+free-form user settings (a theme's own, for instance): any text, default none.
+"""
 
 from __future__ import annotations
 
-DEFAULTS = {
-    "theme": "default",
-    "token_timeout": "1800",          # seconds of idle time before a token expires
-    "upload_max_bytes": str(2 << 30),  # pcap_ingest_post size limit
-    "geoip_db": "",                    # path of a GeoLite2-City.mmdb; empty = no geolocation
-    # exports are 0600; "1" = 0640 with the group of the export root they are written
-    # below (chgrp that directory to the group that may read them)
-    "export_group_read": "0",
-    "extract_enabled": "0",
-    "extract_max_file_bytes": str(64 << 20),
-    "action_timeout": "60",           # seconds an EXECUTE action may run before it is killed
-    "trigger_pause": "1",             # hold a trigger's program (ptrace) until its capture runs
-    "trigger_stop_grace_ms": "750",   # capture kept after the program exits (last FIN/ACKs)
-    "trigger_pause_max_ms": "3000",   # longest a program is held while its capture starts
-    "trigger_poll_ms": "500",         # process poll period where there is no proc connector
-    # bytes kept free in the data directory (file .space-reserve) and given back when the
-    # disk fills, so a capture stopped by "disk full" can still record why; 0 = none
-    "disk_reserve_bytes": str(1 << 20),
-    "max_request_bytes": str(16 << 20),   # largest non-upload /ajax body (JSON or form)
-    # largest body read before the caller is known (login required, no token in the
-    # X-AppPacCap-Token header or the apppaccap_token cookie); logins are far smaller
-    "max_unauthenticated_bytes": "65536",
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from apppaccap.store import settings as setting_rows
+from apppaccap.themes import is_theme_name
+from apppaccap.themes import list_themes
+
+# -- checks: (value, config) → None, or ValueError (malformed) / LookupError (not there) --
+
+
+def _integer(text: str) -> int | None:
+    """ASCII digits only ("²" is a digit to str.isdigit), at most 18 of them."""
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 18:
+        return int(text)
+    return None
+
+
+def positive_integer(value: str, _config=None) -> None:
+    number = _integer(value)
+    if number is None or number <= 0:
+        raise ValueError("must be a positive integer")
+
+
+def non_negative_integer(value: str, _config=None) -> None:
+    if _integer(value) is None:
+        raise ValueError("must be an integer, 0 or more")
+
+
+def zero_or_one(value: str, _config=None) -> None:
+    if value not in ("0", "1"):
+        raise ValueError("must be 0 or 1")
+
+
+def absolute_path_or_empty(value: str, _config=None) -> None:
+    if value and not os.path.isabs(value):
+        raise ValueError("must be an absolute path, or empty")
+
+
+def installed_theme(value: str, config=None) -> None:
+    """`/` redirects to the theme: only the folder name of an installed theme is taken."""
+    if not is_theme_name(value):
+        raise ValueError("must be the folder name of a theme (letters, digits, '.', '_', "
+                         "'-'; not starting with '.')")
+    if config is not None:
+        installed = list_themes(config.themes_dir)
+        if value not in installed:
+            raise LookupError(f"no theme {value!r} in the themes directory "
+                              f"(installed: {', '.join(installed) or 'none'})")
+
+
+def any_text(value: str, _config=None) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: str        # what the text holds: int, bool (0/1), str, path, theme
+    default: str
+    doc: str
+    check: Callable = any_text
+
+
+TABLE = (
+    Setting("theme", "theme", "default", "The theme `/` redirects to: the folder name of an "
+            "installed theme.", installed_theme),
+    Setting("token_timeout", "int", "1800", "Seconds of idle time before a login token "
+            "expires.", positive_integer),
+    Setting("upload_max_bytes", "int", str(2 << 30), "Largest file pcap_ingest_post takes, in "
+            "bytes.", positive_integer),
+    Setting("geoip_db", "path", "", "Path of a GeoLite2/GeoIP2 City database (.mmdb) for "
+            "geolocation; empty = no geolocation.", absolute_path_or_empty),
+    Setting("export_group_read", "bool", "0", "Exports are 0600; 1 = 0640 with the group of "
+            "the export root they are written below (chgrp that directory to the group that "
+            "may read them).", zero_or_one),
+    Setting("extract_enabled", "bool", "0", "Find files in the TCP streams of captures and "
+            "ingests started from now on (extract_enable / extract_disable set it).",
+            zero_or_one),
+    Setting("extract_max_file_bytes", "int", str(64 << 20), "Largest body kept per extracted "
+            "file, in bytes (longer ones are cut and marked Truncated).", positive_integer),
+    Setting("action_timeout", "int", "60", "Seconds an ACTION_TYPE_EXECUTE action may run "
+            "before it is killed.", positive_integer),
+    Setting("trigger_pause", "bool", "1", "Hold a trigger's program (ptrace) until its "
+            "capture runs, so its first packets are captured.", zero_or_one),
+    Setting("trigger_stop_grace_ms", "int", "750", "Milliseconds a trigger's capture goes on "
+            "after its program exits (the last FIN/ACKs).", non_negative_integer),
+    Setting("trigger_pause_max_ms", "int", "3000", "Longest a trigger's program is held while "
+            "its capture starts, in milliseconds (at least 50).", positive_integer),
+    Setting("trigger_poll_ms", "int", "500", "Process poll period where there is no proc "
+            "connector, in milliseconds (at least 50).", positive_integer),
+    Setting("disk_reserve_bytes", "int", str(1 << 20), "Bytes kept free in the data "
+            "directory (file .space-reserve) and given back when the disk fills, so a capture "
+            "stopped by \"disk full\" can still record why; 0 = none.", non_negative_integer),
+    Setting("max_request_bytes", "int", str(16 << 20), "Largest /ajax body that is not an "
+            "upload (JSON or form), in bytes (at least 65536).", positive_integer),
+    Setting("max_unauthenticated_bytes", "int", "65536", "Largest body read before the caller "
+            "is known (login required, no token in the X-AppPacCap-Token header or the "
+            "apppaccap_token cookie), in bytes (at least 4096).", positive_integer),
     # Caps, so that requests cannot exhaust the host (each refused start answers BUSY and
     # names the setting): a live capture holds a 32 MiB kernel ring per adapter, a search
     # a CPU, a command a worker queue slot.
-    "max_active_captures": "16",      # live captures at once (trigger captures included)
-    "max_active_searches": "4",       # searches queued or running at once
-    "max_queued_commands": "64",      # commands (ingest, export, action runs) queued or running
-    # Connections (web_server.py): each is a thread, and connecting needs no login. One
+    Setting("max_active_captures", "int", "16", "Live captures at once (trigger captures "
+            "included); one more start answers BUSY.", positive_integer),
+    Setting("max_active_searches", "int", "4", "Searches queued or running at once; one more "
+            "answers BUSY.", positive_integer),
+    Setting("max_queued_commands", "int", "64", "Commands (ingest, export, action runs) "
+            "queued or running at once; one more answers BUSY.", positive_integer),
+    # Connections (web/server): each is a thread, and connecting needs no login. One
     # account (root excepted; callers the kernel cannot name share one quota) holds at most
-    # this many at once, and a connection silent for request_idle_seconds is closed.
-    "max_connections_per_caller": "64",
-    "request_idle_seconds": "30",
-}
-
-# Settings that must be positive integers (settings_set refuses anything else).
-POSITIVE_INTEGERS = ("token_timeout", "upload_max_bytes", "extract_max_file_bytes",
-                     "max_request_bytes", "max_unauthenticated_bytes",
-                     "max_active_captures", "max_active_searches", "max_queued_commands",
-                     "max_connections_per_caller", "request_idle_seconds")
-
+    # max_connections_per_caller at once.
+    Setting("max_connections_per_caller", "int", "64", "Connections one local account (or all "
+            "callers from other hosts together) may hold open at once; root is never refused.",
+            positive_integer),
+    Setting("request_idle_seconds", "int", "30", "A connection that sends nothing for this "
+            "many seconds is closed.", positive_integer),
+    Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "
+            "packets while its owner is being resolved, so a late answer still labels them "
+            "(docs/ARCHITECTURE.md, Attribution).", non_negative_integer),
+)
+SETTINGS = {s.name: s for s in TABLE}
+DEFAULTS = {s.name: s.default for s in TABLE}
 
 # Serve-time configuration, not settings: what the root service may read and write for its
 # callers is decided by whoever starts it (apppaccap serve --export-root/--ingest-root), never
 # through the API (settings_set refuses these names).
 SERVE_ONLY = {"export_roots": "--export-root DIR", "ingest_roots": "--ingest-root DIR",
               "local_group": "--local-group NAME"}
+
+_TRUE, _FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def check(key: str, value: str, config=None) -> None:
+    """ValueError (with why) when setting `key` does not take `value`; LookupError when it
+    names something that is not there (a theme). Names not in the table take any text."""
+    setting = SETTINGS.get(key)
+    if setting is not None:
+        setting.check(value, config)
 
 
 class Settings:
@@ -58,26 +158,32 @@ class Settings:
         self.catalog = catalog
 
     def get(self, key: str) -> str | None:
-        row = self.catalog.one("SELECT value FROM settings WHERE key = ?", (key,))
-        if row is not None:
-            return row[0]
-        return DEFAULTS.get(key)
+        value = setting_rows.get(self.catalog, key)
+        return DEFAULTS.get(key) if value is None else value
 
-    def get_int(self, key: str, fallback: int) -> int:
+    def get_int(self, key: str) -> int:
+        """An integer setting; its default when the stored text is not a number."""
+        default = int(DEFAULTS[key])
         try:
-            return int(self.get(key) or fallback)
+            return int(self.get(key) or default)
         except ValueError:
-            return fallback
+            return default
+
+    def get_bool(self, key: str) -> bool:
+        """A 0/1 setting (older versions stored on/off and true/false too); its default when
+        the stored text is none of these."""
+        value = (self.get(key) or "").strip().lower()
+        if value in _TRUE or value in _FALSE:
+            return value in _TRUE
+        return DEFAULTS[key] == "1"
 
     def all(self) -> dict:
         values = dict(DEFAULTS)
-        values.update({r[0]: r[1] for r in self.catalog.read("SELECT key, value FROM settings")})
+        values.update(setting_rows.all_values(self.catalog))
         return values
 
     def set(self, key: str, value: str) -> None:
-        self.catalog.execute(
-            "INSERT INTO settings(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+        setting_rows.put(self.catalog, key, value)
 
     def clear(self) -> None:
-        self.catalog.execute("DELETE FROM settings")
+        setting_rows.clear(self.catalog)

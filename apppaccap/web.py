@@ -28,7 +28,6 @@ from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
-from apppaccap.settings import DEFAULTS
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
@@ -267,7 +266,7 @@ def _door_request(ctx):
 
 
 def _limit(ctx, key: str, floor: int) -> int:
-    return max(floor, ctx.settings.get_int(key, int(DEFAULTS[key])))
+    return max(floor, ctx.settings.get_int(key))
 
 
 def _read_body(ctx, unauthenticated: bool, carried, uid):
@@ -313,7 +312,7 @@ def _read_multipart(ctx, unauthenticated: bool, carried, length, uid):
         raise NoToken(f"token: required; an upload must send it in the {TOKEN_HEADER} header "
                       f"or the {TOKEN_COOKIE} cookie (its body is not read before the "
                       "caller is known)")
-    upload = ctx.settings.get_int("upload_max_bytes", 2 << 30)
+    upload = ctx.settings.get_int("upload_max_bytes")
     limit = upload + MULTIPART_SLACK
     message = f"body: larger than the upload limit of {upload} bytes (setting upload_max_bytes)"
     if length is not None and length > limit:

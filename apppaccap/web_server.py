@@ -113,7 +113,7 @@ class DoorServer(ThreadedWSGIServer):
         if self.settings is None:
             return default
         try:
-            return max(1, self.settings.get_int(key, default))
+            return max(1, self.settings.get_int(key))
         except Exception:  # noqa: BLE001 - a catalog fault must not stop the accept loop
             return default
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from apppaccap.store import catalog as catalog_module
 from apppaccap.store.catalog import Catalog
 from apppaccap.store.database import migrate
+from apppaccap.store.migrations import CATALOG
 from tests.conftest import free_port
 from tests.livetools import wait_for
 from tests.serverproc import Server
@@ -189,7 +189,7 @@ def test_migration_keeps_rows_and_the_highest_ids(tmp_path):
     (data / "captures").mkdir(parents=True)
     (data / "captures" / "7.db").write_bytes(b"")  # a capture database named 7
     conn = sqlite3.connect(data / "catalog.db", isolation_level=None)
-    migrate(conn, catalog_module.MIGRATIONS[:6])
+    migrate(conn, CATALOG[:6])
     for cid in (1, 2, 3):
         conn.execute("INSERT INTO captures(id, type, state, name, start_time) "
                      "VALUES (?, 1, 2, ?, 0)", (cid, f"c{cid}"))

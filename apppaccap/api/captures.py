@@ -22,8 +22,10 @@ from apppaccap.capture.manager import PROCESS
 from apppaccap.capture.manager import SYSTEM
 from apppaccap.capture.manager import THREAD
 from apppaccap.filetime import from_ns
+from apppaccap.store import captures as capture_table
 from apppaccap.store.blocks import side_path
 from apppaccap.store.capturedb import capture_path
+from apppaccap.store.capturedb import set_packet_notes
 
 ALL_FLAGS = FLAG_RESOLVE_IPS | FLAG_THREAD | FLAG_CHILDREN
 
@@ -234,11 +236,10 @@ def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = 
         raise Malformed("notes: longer than 1 MiB")
     captures(ctx).get(capture_id)
     if not packet_id:
-        ctx.catalog.execute("UPDATE captures SET notes=? WHERE id=?", (notes, capture_id))
+        capture_table.set_notes(ctx.catalog, capture_id, notes)
         return 0
     db = ctx.captures.db(capture_id)
-    if not db.write(lambda c: c.execute("UPDATE packets SET notes=? WHERE id=?",
-                                        (notes or None, packet_id)).rowcount):
+    if not db.write(lambda c: set_packet_notes(c, packet_id, notes or None)):
         raise NotFound(f"packet_id: capture {capture_id} has no packet {packet_id}")
     return 0
 
@@ -253,9 +254,7 @@ def capture_delete(ctx, *, capture_id: int) -> int:
     if row["state"] == ACTIVE:
         raise Busy(f"capture_id: capture {capture_id} is active; stop it first")
     delete_capture_files(ctx, capture_id)
-    ctx.catalog.write(lambda c: (c.execute("DELETE FROM capture_processes WHERE capture_id=?",
-                                           (capture_id,)),
-                                 c.execute("DELETE FROM captures WHERE id=?", (capture_id,))))
+    capture_table.delete(ctx.catalog, capture_id)
     return 0
 
 

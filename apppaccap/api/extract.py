@@ -27,6 +27,8 @@ from apppaccap.extract.service import extracted_dir
 from apppaccap.extract.service import spool_dir
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
+from apppaccap.store import captures as capture_table
+from apppaccap.store import extracted
 from apppaccap.store.capturedb import capture_path
 
 _write_lock = threading.Lock()   # one extract_file_write at a time: unique names, no races
@@ -39,7 +41,7 @@ def _page(limit: int) -> int:
 
 
 def _capture(ctx, capture_id: int):
-    row = ctx.catalog.one("SELECT id, state FROM captures WHERE id = ?", (capture_id,))
+    row = capture_table.get(ctx.catalog, capture_id)
     if row is None:
         raise NotFound(f"capture_id: no capture {capture_id}")
     return row
@@ -139,23 +141,20 @@ def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
     if stream is None:
         raise NotFound(f"stream_id: capture {capture_id} has no extracted stream {stream_id}")
     with _write_lock:
-        for old in ctx.catalog.read("SELECT * FROM extracted_files WHERE capture_id = ? AND "
-                                    "stream_id = ? ORDER BY id", (capture_id, stream_id)):
+        for old in extracted.of_capture(ctx.catalog, capture_id, stream_id):
             if os.path.isfile(old["path"]) and os.path.getsize(old["path"]) == old["size"]:
                 return file_object(old)
-            ctx.catalog.execute("DELETE FROM extracted_files WHERE id = ?", (old["id"],))
+            extracted.delete(ctx.catalog, [old["id"]])
         folder = extracted_dir(ctx.config.data_dir, capture_id)
         src = _open_spool(ctx, capture_id, stream)
         name = safe_name(stream["file_name"])
         with src:
             path, size, sha = _publish(ctx, folder, name, src, stream)
-        file_id = ctx.catalog.execute(
-            "INSERT INTO extracted_files(capture_id, stream_id, file_name, path, size, "
-            "mime_type, sha256, created) VALUES (?,?,?,?,?,?,?,?)",
-            (capture_id, stream_id, os.path.basename(path), path, size,
-             stream["mime_type"] or "", sha, now_ns()))
-        return file_object(ctx.catalog.one("SELECT * FROM extracted_files WHERE id = ?",
-                                           (file_id,)))
+        file_id = extracted.add(ctx.catalog, {
+            "capture_id": capture_id, "stream_id": stream_id,
+            "file_name": os.path.basename(path), "path": path, "size": size,
+            "mime_type": stream["mime_type"] or "", "sha256": sha, "created": now_ns()})
+        return file_object(extracted.get(ctx.catalog, file_id))
 
 
 def _open_spool(ctx, capture_id: int, stream):
@@ -216,12 +215,9 @@ def extract_file_list(ctx, *, capture_id: int) -> list:
     - capture_id: the capture
     """
     _capture(ctx, capture_id)
-    rows = ctx.catalog.read("SELECT * FROM extracted_files WHERE capture_id = ? ORDER BY id",
-                            (capture_id,))
+    rows = extracted.of_capture(ctx.catalog, capture_id)
     gone = [r["id"] for r in rows if not os.path.isfile(r["path"])]
-    if gone:
-        ctx.catalog.write(lambda c: c.executemany("DELETE FROM extracted_files WHERE id = ?",
-                                                  [(i,) for i in gone]))
+    extracted.delete(ctx.catalog, gone)
     return [file_object(r) for r in rows if r["id"] not in gone]
 
 
@@ -230,21 +226,19 @@ def _delete(ctx, capture_id: int, file_id: int = 0) -> int:
     if file_id < 0:
         raise Malformed("file_id: must be a FileId (or 0 for all files)")
     if file_id:
-        rows = ctx.catalog.read("SELECT * FROM extracted_files WHERE id = ? AND capture_id = ?",
-                                (file_id, capture_id))
+        rows = [r for r in [extracted.get(ctx.catalog, file_id)]
+                if r is not None and r["capture_id"] == capture_id]
         if not rows:
             raise NotFound(f"file_id: capture {capture_id} has no extracted file {file_id}")
     else:
-        rows = ctx.catalog.read("SELECT * FROM extracted_files WHERE capture_id = ?",
-                                (capture_id,))
+        rows = extracted.of_capture(ctx.catalog, capture_id)
     removed = 0
     for r in rows:
         try:
             removed += _unlink(r["path"])
         except OSError as exc:
             raise IOFailure(f"file_id: cannot delete {r['path']}: {exc.strerror}") from None
-    ctx.catalog.write(lambda c: c.executemany("DELETE FROM extracted_files WHERE id = ?",
-                                              [(r["id"],) for r in rows]))
+    extracted.delete(ctx.catalog, [r["id"] for r in rows])
     return removed
 
 

@@ -10,13 +10,16 @@ from apppaccap.api.envelope import Busy
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import action
+from apppaccap.capture.manager import ACTIVE
+from apppaccap.store import captures as capture_table
+from apppaccap.store import extracted
+from apppaccap.store import ips
+from apppaccap.store import processes as process_table
+from apppaccap.store import searches
+from apppaccap.store import stats as stats_table
 
 CAPTURES, IPS, STATS, SEARCHES, EXPORTS, EXTRACTED, PROCESSES = 1, 2, 4, 8, 0x10, 0x20, 0x40
 ALL = 0xFFFF
-
-
-def _tables(conn) -> set:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
 @action(INT)
@@ -30,8 +33,8 @@ def apc_flush(ctx, *, flags: int) -> int:
     if ctx.captures is not None and ctx.captures.sessions:
         raise Busy("flags: stop the active captures first (apc_flush needs no capture running)")
     if flags & CAPTURES:
-        for row in ctx.catalog.read("SELECT id FROM captures WHERE state != 1"):
-            delete_capture_files(ctx, row["id"])
+        for capture_id in capture_table.ids_not_in_state(ctx.catalog, ACTIVE):
+            delete_capture_files(ctx, capture_id)
     if flags & EXPORTS:
         for name in os.listdir(ctx.config.export_dir):
             path = os.path.join(ctx.config.export_dir, name)
@@ -41,19 +44,15 @@ def apc_flush(ctx, *, flags: int) -> int:
         shutil.rmtree(os.path.join(ctx.config.data_dir, "extracted"), ignore_errors=True)
 
     def wipe(conn):
-        tables = _tables(conn)
-        plan = [(CAPTURES, "DELETE FROM capture_processes"),
-                (CAPTURES, "DELETE FROM captures WHERE state != 1"),
-                (IPS, "DELETE FROM ips"), (STATS, "DELETE FROM stats_minute"),
-                (STATS, "DELETE FROM stats_key"), (SEARCHES, "DELETE FROM search_results"),
-                (SEARCHES, "DELETE FROM searches"), (EXTRACTED, "DELETE FROM extracted_files"),
-                (PROCESSES, "DELETE FROM threads"),
-                (PROCESSES, "DELETE FROM processes WHERE id NOT IN "
-                            "(SELECT process_id FROM capture_processes)")]
-        for bit, sql in plan:
-            table = sql.split("FROM ")[1].split()[0]
-            if flags & bit and table in tables:
-                conn.execute(sql)
+        # in this order: processes are judged unreferenced by the capture links left
+        plan = [(CAPTURES, lambda: capture_table.clear(conn, keep_state=ACTIVE)),
+                (IPS, lambda: ips.clear(conn)), (STATS, lambda: stats_table.clear(conn)),
+                (SEARCHES, lambda: searches.clear(conn)),
+                (EXTRACTED, lambda: extracted.clear(conn)),
+                (PROCESSES, lambda: process_table.clear(conn))]
+        for bit, clear in plan:
+            if flags & bit:
+                clear()
     ctx.catalog.write(wipe)
     if flags & PROCESSES:
         ctx.processes.forget_all()

@@ -11,6 +11,7 @@ from apppaccap.api.packets import ip_object
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
+from apppaccap.store.ips import set_facts
 
 
 def _ip(text: str) -> str:
@@ -29,10 +30,7 @@ def _databases(ctx, capture_id: int):
 
 
 def _upsert(db, ip: str, assignments: dict) -> None:
-    cols = ", ".join(f"{k} = :{k}" for k in assignments)
-    params = dict(assignments, ip=ip)
-    db.write(lambda c: (c.execute("INSERT OR IGNORE INTO ips(ip) VALUES (:ip)", params),
-                        c.execute(f"UPDATE ips SET {cols} WHERE ip = :ip", params)))
+    db.write(lambda c: set_facts(c, ip, assignments))
 
 
 @action(JSON)

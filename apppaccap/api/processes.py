@@ -8,6 +8,8 @@ from apppaccap.api.envelope import NotFound
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
 from apppaccap.filetime import now_ns
+from apppaccap.store.processes import refresh_threads
+from apppaccap.store.processes import threads_of
 
 
 @action(JSON)
@@ -66,20 +68,8 @@ def process_list_threads(ctx, *, process_id: int = 0, pid: int = 0, flags: int =
                     live[t.id] = _thread_name(row["pid"], t.id)
         except psutil.Error:
             pass
-    now = now_ns()
-
-    def remember(conn):
-        for tid, name in live.items():
-            conn.execute(
-                "INSERT INTO threads(process_id, tid, name, first_seen, last_seen, live) "
-                "VALUES (?,?,?,?,?,1) ON CONFLICT(process_id, tid) DO UPDATE SET "
-                "last_seen=excluded.last_seen, live=1, name=excluded.name",
-                (row["id"], tid, name, now, now))
-        conn.execute("UPDATE threads SET live=0 WHERE process_id=? AND tid NOT IN (%s)"
-                     % ",".join("?" * len(live)), (row["id"], *live))
-    ctx.catalog.write(remember)
-    rows = ctx.catalog.read("SELECT tid, name, live, packets FROM threads WHERE process_id=? "
-                            "ORDER BY tid", (row["id"],))
+    refresh_threads(ctx.catalog, row["id"], live, now_ns())
+    rows = threads_of(ctx.catalog, row["id"])
     return [{"Version": 1, "ThreadId": r["tid"], "Pid": row["pid"], "Name": r["name"] or "",
              "Live": bool(r["live"]), "PacketCount": r["packets"]}
             for r in rows if flags == 1 or r["live"]]

@@ -1,6 +1,5 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
-from apppaccap import themes
 from apppaccap.api.envelope import InvalidPermissions
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
@@ -8,8 +7,9 @@ from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import STRING
 from apppaccap.api.registry import action
-from apppaccap.settings import POSITIVE_INTEGERS
 from apppaccap.settings import SERVE_ONLY
+from apppaccap.settings import TABLE
+from apppaccap.settings import check
 
 
 @action(INT)
@@ -37,18 +37,12 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     return value
 
 
-def _positive_integer(text: str) -> bool:
-    """ASCII digits only ("²" is a digit to str.isdigit), at most 18 of them."""
-    text = text.strip()
-    return text.isascii() and text.isdigit() and len(text) <= 18 and int(text) > 0
-
-
 @action(INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
     - key_name: 1-128 printable characters
-    - value: the value; numeric ones (token_timeout, the max_* caps) must be positive integers
+    - value: the value, checked for the settings settings_describe lists (type int, bool...)
     """
     if not key_name or len(key_name) > 128 or not key_name.isprintable():
         raise Malformed("key_name: must be 1-128 printable characters")
@@ -57,22 +51,23 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
                                  f"(apppaccap serve {SERVE_ONLY[key_name]})")
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
-    if key_name == "export_group_read" and value not in ("0", "1"):
-        raise Malformed("value: export_group_read must be 0 or 1")
-    if key_name in POSITIVE_INTEGERS and not _positive_integer(value):
-        raise Malformed(f"value: {key_name} must be a positive integer")
-    if key_name == "theme":
-        _check_theme(ctx, value)
+    try:
+        check(key_name, value, ctx.config)
+    except ValueError as why:
+        raise Malformed(f"value: {key_name} {why}") from None
+    except LookupError as why:
+        raise NotFound(f"value: {key_name}: {why}") from None
     ctx.settings.set(key_name, value)
     return 0
 
 
-def _check_theme(ctx, value: str) -> None:
-    """`/` redirects to the theme: only the folder name of an installed theme is taken."""
-    if not themes.is_theme_name(value):
-        raise Malformed("value: a theme is a folder name (letters, digits, '.', '_', '-'; "
-                        "not starting with '.')")
-    installed = themes.list_themes(ctx.config.themes_dir)
-    if value not in installed:
-        raise NotFound(f"value: no theme {value!r} in the themes directory "
-                       f"(installed: {', '.join(installed) or 'none'})")
+@action(JSON)
+def settings_describe(ctx) -> list:
+    """The settings the service reads: name, type, default, current value and what each means.
+
+    Type is what the text holds: int, bool (0 or 1), str, path or theme (an installed theme's
+    folder name).
+    """
+    values = ctx.settings.all()
+    return [{"Name": s.name, "Type": s.type, "Default": s.default, "Value": values[s.name],
+             "Doc": s.doc} for s in TABLE]

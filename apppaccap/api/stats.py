@@ -15,6 +15,7 @@ from apppaccap.filetime import to_ns_clamped
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.stats import clear as clear_stats
 
 MINUTE = 60_000_000_000
 HOUR, DAY = 60 * MINUTE, 1440 * MINUTE
@@ -217,6 +218,5 @@ def stats_totals(ctx) -> dict:
 @action(INT)
 def stats_reset(ctx) -> int:
     """Reset the system-wide statistic counters (capture statistics are kept)."""
-    ctx.catalog.write(lambda c: (c.execute("DELETE FROM stats_minute"),
-                                 c.execute("DELETE FROM stats_key")))
+    ctx.catalog.write(clear_stats)
     return 0

@@ -79,7 +79,7 @@ def pcap_ingest_post(ctx, *, file: Upload) -> dict:
     Returns the INGEST COMMAND; its Result is the CaptureId.
     - file: the capture file (multipart part)
     """
-    limit = ctx.settings.get_int("upload_max_bytes", 2 << 30)
+    limit = ctx.settings.get_int("upload_max_bytes")
     name = os.path.basename((file.filename or "upload.pcap").replace("\\", "/")) or "upload.pcap"
     folder = os.path.join(ctx.config.data_dir, "uploads")
     os.makedirs(folder, exist_ok=True)

@@ -13,6 +13,7 @@ from apppaccap import export
 from apppaccap.api.registry import INT
 from apppaccap.api.registry import JSON
 from apppaccap.api.registry import action
+from apppaccap.store import triggers as trigger_table
 from apppaccap.triggers import store
 
 
@@ -49,7 +50,7 @@ def trigger_add(ctx, *, name: str, trigger_type: int, path: str, filter: str = "
     path = store.check_trigger_path(path)
     bpf = store.check_filter(filter)
     store.check_flags(flags)
-    trigger_id = store.add_trigger(ctx.catalog, name, trigger_type, path, bpf, flags)
+    trigger_id = trigger_table.add_trigger(ctx.catalog, name, trigger_type, path, bpf, flags)
     _changed(ctx)
     return store.trigger_object(ctx.catalog, store.trigger_row(ctx.catalog, trigger_id))
 
@@ -76,7 +77,7 @@ def trigger_mod(ctx, *, trigger_id: int, filter: str | None = None, flags: int |
         fields["filter"] = store.check_filter(filter)
     if flags is not None:
         fields["flags"] = store.check_flags(flags)
-    store.update(ctx.catalog, "triggers", trigger_id, fields)
+    trigger_table.update_trigger(ctx.catalog, trigger_id, fields)
     _changed(ctx)
     return 0
 
@@ -91,7 +92,7 @@ def trigger_remove(ctx, *, trigger_id: int) -> int:
     - trigger_id: the trigger
     """
     store.trigger_row(ctx.catalog, trigger_id)
-    store.remove_trigger(ctx.catalog, trigger_id)
+    trigger_table.remove_trigger(ctx.catalog, trigger_id)
     _changed(ctx)
     return 0
 
@@ -122,7 +123,7 @@ def trigger_set_action(ctx, *, trigger_id: int, action_id: int) -> int:
     """
     store.trigger_row(ctx.catalog, trigger_id)
     store.action_row(ctx.catalog, action_id)
-    store.link(ctx.catalog, trigger_id, action_id)
+    trigger_table.link(ctx.catalog, trigger_id, action_id)
     return 0
 
 
@@ -135,7 +136,7 @@ def trigger_clear_actions(ctx, *, trigger_id: int) -> int:
     - trigger_id: the trigger
     """
     store.trigger_row(ctx.catalog, trigger_id)
-    store.clear_trigger_actions(ctx.catalog, trigger_id)
+    trigger_table.clear_trigger_actions(ctx.catalog, trigger_id)
     return 0
 
 
@@ -169,7 +170,7 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     action_type, path, params = store.check_action(action_type, path, params)
     if trigger_id:
         store.trigger_row(ctx.catalog, trigger_id)  # negative ids: MALFORMED there
-    action_id = store.add_action(ctx.catalog, name, action_type, path, params, trigger_id)
+    action_id = trigger_table.add_action(ctx.catalog, name, action_type, path, params, trigger_id)
     return store.action_object(ctx.catalog, store.action_row(ctx.catalog, action_id))
 
 
@@ -198,7 +199,7 @@ def action_mod(ctx, *, action_id: int, name: str | None = None,
         export.check_export_dir(ctx, new_path)  # the export roots first: no oracle outside
     new_type, new_path, new_params = store.check_action(new_type, new_path, new_params)
     fields.update(type=new_type, path=new_path, params=new_params)
-    store.update(ctx.catalog, "actions", action_id, fields)
+    trigger_table.update_action(ctx.catalog, action_id, fields)
     return 0
 
 
@@ -209,7 +210,7 @@ def action_remove(ctx, *, action_id: int) -> int:
     - action_id: the action
     """
     store.action_row(ctx.catalog, action_id)
-    store.remove_action(ctx.catalog, action_id)
+    trigger_table.remove_action(ctx.catalog, action_id)
     return 0
 
 
@@ -228,10 +229,10 @@ def action_set_trigger(ctx, *, action_id: int, trigger_id: int = 0) -> int:
     """
     store.action_row(ctx.catalog, action_id)
     if trigger_id == 0:
-        store.clear_action_triggers(ctx.catalog, action_id)
+        trigger_table.clear_action_triggers(ctx.catalog, action_id)
         return 0
     store.trigger_row(ctx.catalog, trigger_id)
-    store.link(ctx.catalog, trigger_id, action_id)
+    trigger_table.link(ctx.catalog, trigger_id, action_id)
     return 0
 
 
@@ -242,5 +243,5 @@ def action_clear_triggers(ctx, *, action_id: int) -> int:
     - action_id: the action
     """
     store.action_row(ctx.catalog, action_id)
-    store.clear_action_triggers(ctx.catalog, action_id)
+    trigger_table.clear_action_triggers(ctx.catalog, action_id)
     return 0

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from apppaccap.capture.recorder import Label
 from apppaccap.capture.recorder import flow_key
 from apppaccap.store.faults import reason
+from apppaccap.store.processes import remember_thread
 
 log = logging.getLogger(__name__)
 
@@ -315,11 +316,7 @@ class Attribution:
         now = time.time_ns()
         catalog = getattr(self.book, "catalog", None)
         if catalog is not None:
-            catalog.submit(lambda c: c.execute(
-                "INSERT INTO threads(process_id, tid, name, first_seen, last_seen, live) "
-                "VALUES (?,?,?,?,?,1) ON CONFLICT(process_id, tid) DO UPDATE SET "
-                "last_seen=excluded.last_seen, name=coalesce(nullif(excluded.name,''), name)",
-                (process_id, tid, name, now, now)))
+            remember_thread(catalog, process_id, tid, name, now)
 
     # -- safety net ----------------------------------------------------------
     def _sweeper(self):

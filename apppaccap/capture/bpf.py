@@ -7,10 +7,16 @@ pointer stays in the handle and is freed again when the handle is collected: gli
 aborts the whole service with "free(): double free detected". So every filter is
 checked here first (valid Unicode, no NUL, bounded length), and a handle whose
 setfilter failed any other way is never collected.
+
+`compile_check` compiles a filter without a capture handle (a trigger's filter is checked
+when the trigger is added, long before its first capture): pypcap cannot compile without
+opening a device, so libpcap's pcap_compile is called through ctypes on a "dead" handle.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 
 from apppaccap.api.envelope import Malformed
@@ -64,3 +70,62 @@ def _message(exc: OSError) -> str:
     if isinstance(arg, bytes):
         return arg.decode("utf-8", "replace")
     return str(arg)
+
+
+# -- compiling without a capture handle (libpcap through ctypes) -------------------------
+
+DLT_EN10MB = 1
+PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
+
+
+_libpcap = None
+
+
+def _pcap_lib():
+    """libpcap with the prototypes used here; False when it cannot be found."""
+    global _libpcap
+    if _libpcap is None:
+        name = ctypes.util.find_library("pcap") or ctypes.util.find_library("wpcap")
+        if not name:
+            _libpcap = False
+            return False
+        lib = ctypes.CDLL(name)
+        lib.pcap_open_dead.restype = ctypes.c_void_p
+        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+        lib.pcap_geterr.restype = ctypes.c_char_p
+        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
+                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
+        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
+        lib.pcap_close.argtypes = [ctypes.c_void_p]
+        _libpcap = lib
+    return _libpcap
+
+
+def compile_check(text, linktype: int = DLT_EN10MB) -> str:
+    """The filter (as filter_text returns it) once libpcap compiled it for `linktype`;
+    MALFORMED with libpcap's own message when it does not compile. Without libpcap to ask,
+    the filter is returned unchecked (the capture start reports it)."""
+    text = filter_text(text)  # valid Unicode, no NUL, bounded: what C receives whole
+    if not text:
+        return ""
+    lib = _pcap_lib()
+    if not lib:
+        return text
+    handle = lib.pcap_open_dead(linktype, 262144)
+    if not handle:
+        return text
+    try:
+        prog = _BpfProgram()
+        if lib.pcap_compile(handle, ctypes.byref(prog), filter_bytes(text), 1,
+                            PCAP_NETMASK_UNKNOWN) != 0:
+            msg = (lib.pcap_geterr(handle) or b"bad filter").decode("utf-8", "replace")
+            raise Malformed(f"filter: {msg}")
+        lib.pcap_freecode(ctypes.byref(prog))
+    finally:
+        lib.pcap_close(handle)
+    return text

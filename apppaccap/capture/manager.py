@@ -15,13 +15,16 @@ from apppaccap.capture.localaddr import interface_addresses
 from apppaccap.capture.session import CaptureSession
 from apppaccap.capture.session import Target
 from apppaccap.filetime import now_ns
+from apppaccap.store import captures as capture_table
+from apppaccap.store import processes as process_table
+from apppaccap.store import stats as stats_table
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
-from apppaccap.store.capturedb import IPS_UPSERT
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
 from apppaccap.store.faults import reason
+from apppaccap.store.ips import add_traffic
 from apppaccap.store.reserve import SpaceReserve
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,7 @@ class CaptureManager:
         self._starting = 0  # starts between the cap check and their session's registration
         self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
         self.reserve = SpaceReserve(ctx.config.data_dir,
-                                    lambda: ctx.settings.get_int("disk_reserve_bytes", 0))
+                                    lambda: ctx.settings.get_int("disk_reserve_bytes"))
         if not self.reserve.ensure():
             log.warning("no room for the %d-byte space reserve in %s: the disk is nearly full",
                         self.reserve.size, ctx.config.data_dir)
@@ -94,7 +97,7 @@ class CaptureManager:
 
     def _reserve(self) -> None:
         """Count a start against max_active_captures, or refuse it with BUSY."""
-        limit = self.ctx.settings.get_int("max_active_captures", 16)
+        limit = self.ctx.settings.get_int("max_active_captures")
         with self._lock:
             if len(self.sessions) + self._starting >= limit:
                 raise Busy(f"capture: {limit} captures are active, the most the setting "
@@ -124,22 +127,17 @@ class CaptureManager:
         if process:
             fields.update(process_id=process["id"], pid=process["pid"],
                           process_name=process["name"], process_path=process["path"])
-        cols = ",".join(fields)
-        capture_id = self.catalog.execute(
-            f"INSERT INTO captures({cols}) VALUES ({','.join('?' * len(fields))})",
-            tuple(fields.values()))
-        if process:
-            self.catalog.execute("INSERT OR IGNORE INTO capture_processes VALUES (?,?)",
-                                 (capture_id, process["id"]))
+        capture_id = capture_table.create(self.catalog, fields,
+                                          process["id"] if process else None)
         db = CaptureDb(self.ctx.config.data_dir, capture_id)
         target = Target(pids, children=bool(flags & FLAG_CHILDREN), thread_id=thread_id)
-        hold = self.ctx.settings.get_int("attribution_hold_ms", 50)
+        hold = self.ctx.settings.get_int("attribution_hold_ms")
         session = CaptureSession(capture_id, handles, db, self.attribution, target, self.catalog,
                                  local_ips=local_addresses(), hold_ms=hold,
                                  on_stats=self._global_stats)
         if flags & FLAG_RESOLVE_IPS:
             session.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
-        if self.ctx.settings.get("extract_enabled") == "1":
+        if self.ctx.settings.get_bool("extract_enabled"):
             from apppaccap.extract.service import attach
             self.extracts[capture_id] = attach(self.ctx, session.recorder, db, capture_id)
         session.on_failure = self._failed
@@ -155,8 +153,7 @@ class CaptureManager:
         if session.target.system:
             raise Malformed(f"capture_id: capture {capture_id} is a system capture")
         session.target.pids.add(process["pid"])
-        self.catalog.execute("INSERT OR IGNORE INTO capture_processes VALUES (?,?)",
-                             (capture_id, process["id"]))
+        capture_table.add_process(self.catalog, capture_id, process["id"])
         return self.get(capture_id)
 
     def _global_stats(self, agg: dict, procs: dict | None = None,
@@ -180,22 +177,10 @@ class CaptureManager:
         assert AGG_PORT  # kinds are exhaustive: ALL, IP, PORT
 
         def fold(conn):
-            conn.executemany(
-                "INSERT INTO stats_minute VALUES (?,?,?,?) ON CONFLICT(minute, proto) DO UPDATE "
-                "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
-                [(m, pr, p, b) for (m, pr), (p, b) in minutes.items()])
-            conn.executemany(
-                "INSERT INTO stats_key VALUES (?,?,?,?) ON CONFLICT(kind, key) DO UPDATE "
-                "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
-                [(k, key, p, b) for (k, key), (p, b) in keys.items()])
-            conn.executemany(IPS_UPSERT, [(ip, *v) for ip, v in ips.items()])
-            conn.executemany("UPDATE processes SET packets=packets+?, bytes=bytes+? WHERE id=?",
-                             [(n, b, pid_) for pid_, (_row, n, b) in (procs or {}).items()])
-            conn.executemany(
-                "INSERT INTO threads(process_id, tid, packets, live) VALUES (?,?,?,1) "
-                "ON CONFLICT(process_id, tid) DO UPDATE SET packets=packets+excluded.packets",
-                [(process_id, tid, n) for (_pid, tid, process_id), n in (threads or {}).items()
-                 if tid])
+            stats_table.add(conn, minutes, keys)
+            add_traffic(conn, ips)
+            process_table.add_packets(conn, procs or {})
+            process_table.add_thread_packets(conn, threads or {})
         self.catalog.submit(fold)
 
     # -- stop ----------------------------------------------------------------
@@ -215,9 +200,8 @@ class CaptureManager:
                 session.db.close()
             if session.failure is not None:  # a write failed: not a complete capture
                 state, message = INTERRUPTED, session.failure
-            self.catalog.execute(
-                "UPDATE captures SET state=?, end_time=?, message=? WHERE id=?",
-                (state, now_ns(), message, capture_id))
+            capture_table.finish(self.catalog, capture_id, state=state, end_time=now_ns(),
+                                 message=message)
 
     def _failed(self, capture_id: int, message: str) -> None:
         """A capture's write failed (on its pipeline thread): stop it from another thread,
@@ -270,27 +254,25 @@ class CaptureManager:
 
     def recover(self) -> int:
         """Captures left ACTIVE by a crash become INTERRUPTED, with their committed counts."""
-        rows = self.catalog.read("SELECT id FROM captures WHERE state = ?", (ACTIVE,))
-        for row in rows:
+        ids = capture_table.ids_in_state(self.catalog, ACTIVE)
+        for capture_id in ids:
             counts = (0, 0, 0)
-            path = capture_path(self.ctx.config.data_dir, row["id"])
+            path = capture_path(self.ctx.config.data_dir, capture_id)
             if os.path.exists(path):
-                db = CaptureDb(self.ctx.config.data_dir, row["id"])
+                db = CaptureDb(self.ctx.config.data_dir, capture_id)
                 try:
                     counts = tuple(db.one("SELECT count(*), coalesce(sum(len),0), "
                                           "(SELECT count(*) FROM connections) FROM packets"))
                 finally:
                     db.close()
-            self.catalog.execute(
-                "UPDATE captures SET state=?, packet_count=?, byte_count=?, connection_count=?, "
-                "end_time=coalesce(end_time, ?), message=? WHERE id=?",
-                (INTERRUPTED, *counts, now_ns(), "the service stopped while capturing",
-                 row["id"]))
-        return len(rows)
+            capture_table.interrupt(self.catalog, capture_id, state=INTERRUPTED, counts=counts,
+                                    end_time=now_ns(),
+                                    message="the service stopped while capturing")
+        return len(ids)
 
     # -- reading -------------------------------------------------------------
     def get(self, capture_id: int):
-        row = self.catalog.one("SELECT * FROM captures WHERE id = ?", (capture_id,))
+        row = capture_table.get(self.catalog, capture_id)
         if row is None:
             raise NotFound(f"capture_id: no capture {capture_id}")
         return row

@@ -16,7 +16,8 @@ from apppaccap.capture.attribution import PENDING
 from apppaccap.capture.recorder import Recorder
 from apppaccap.capture.recorder import flow_key
 from apppaccap.capture.sniffer import Sniffer
-from apppaccap.store import recovery
+from apppaccap.store import capturedb
+from apppaccap.store import captures as capture_table
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Target:
 
 class CaptureSession:
     def __init__(self, capture_id: int, handles: list, db, attribution, target: Target,
-                 catalog, *, local_ips=frozenset(), hold_ms: int = 50, on_stats=None):
+                 catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None):
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
         self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status)
@@ -75,13 +76,13 @@ class CaptureSession:
                                         daemon=True)
 
     def start(self):
-        row = self.catalog.one("SELECT * FROM captures WHERE id = ?", (self.id,))
+        row = capture_table.get(self.catalog, self.id)
 
         def interfaces(conn):
-            conn.executemany("INSERT INTO interfaces(id, name, linktype) VALUES (?,?,?)",
-                             [(s.iface, s.name, s.linktype) for s in self.sniffers])
+            capturedb.add_interfaces(conn, [(s.iface, s.name, s.linktype)
+                                            for s in self.sniffers])
             if row is not None:  # a new catalog can register this capture again from it
-                recovery.remember(conn, row)
+                capturedb.remember(conn, row)
         self.db.write(interfaces)
         self.attribution.acquire()
         self._running.set()
@@ -125,7 +126,7 @@ class CaptureSession:
         """Mark the capture database as stopped by the service (recovery.py reads it)."""
         message = self.failure or ""
         try:
-            self.db.write(lambda c: recovery.remember_end(c, time.time_ns(), message), 10)
+            self.db.write(lambda c: capturedb.remember_end(c, time.time_ns(), message), 10)
         except Exception as exc:  # noqa: BLE001 - then it is registered INTERRUPTED; no more
             log.info("capture %s: end not recorded in its database (%s)", self.id, exc)
 
@@ -199,10 +200,8 @@ class CaptureSession:
             counts = self.stored_counts()
             r.lost += max(0, r.packets - counts[0])  # counted but not stored: dropped
             r.packets, r.bytes = counts[0], counts[1]
-        values = (counts[0], counts[1], self.dropped, counts[2], self.id)
-        return self.catalog.submit(lambda c: c.execute(
-            "UPDATE captures SET packet_count=?, byte_count=?, dropped_count=?, "
-            "connection_count=? WHERE id=?", values))
+        return capture_table.update_counters(self.catalog, self.id, counts[0], counts[1],
+                                             self.dropped, counts[2])
 
     def stored_counts(self) -> tuple:
         """(packets, bytes, connections) as the capture database holds them: after a failed

@@ -32,6 +32,8 @@ from collections import OrderedDict
 
 from apppaccap.extract.engine import Extractor
 from apppaccap.extract.engine import FileEvent
+from apppaccap.store import extracted
+from apppaccap.store.capturedb import add_extract_streams
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,6 @@ _CLOSED_MEMORY = 65536              # closed connection ids remembered (late ACK
 _ROWS_AT = 256                      # EXTRACTSTREAM rows written per transaction at most
 _NAME_MAX = 4096                    # characters of the raw file name kept
 
-STREAM_COLUMNS = ("conn_id", "protocol", "direction", "file_name", "mime_type", "sniffed_mime",
-                  "size", "complete", "truncated", "missing_bytes", "sha256", "ts", "uri",
-                  "host", "method", "status", "declared_size", "content_encoding", "depth",
-                  "spool")
-_INSERT = (f"INSERT INTO extract_streams({','.join(STREAM_COLUMNS)}) "
-           f"VALUES ({','.join('?' * len(STREAM_COLUMNS))})")
 
 
 def spool_dir(data_dir: str, capture_id: int) -> str:
@@ -62,7 +58,7 @@ def extracted_dir(data_dir: str, capture_id: int) -> str:
 def attach(ctx, recorder, db, capture_id: int) -> ExtractHandle:
     """Feed ``recorder``'s TCP packets to a new Extractor; call ``close()`` at the end."""
     handle = ExtractHandle(db, spool_dir(ctx.config.data_dir, capture_id),
-                           max_file_bytes=ctx.settings.get_int("extract_max_file_bytes", 64 << 20))
+                           max_file_bytes=ctx.settings.get_int("extract_max_file_bytes"))
     recorder.on_tcp = handle.on_tcp
     handle.recorder = recorder
     chained = recorder.on_flush
@@ -180,7 +176,7 @@ class ExtractHandle:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        self._pending = self.db.submit(lambda c: c.executemany(_INSERT, rows))
+        self._pending = self.db.submit(lambda c: add_extract_streams(c, rows))
         self._pending.add_done_callback(self._written)
 
     def _written(self, fut) -> None:
@@ -222,4 +218,4 @@ def forget_capture(ctx, capture_id: int) -> None:
     """A capture is deleted: remove its spooled bodies, extracted files and their records."""
     shutil.rmtree(spool_dir(ctx.config.data_dir, capture_id), ignore_errors=True)
     shutil.rmtree(extracted_dir(ctx.config.data_dir, capture_id), ignore_errors=True)
-    ctx.catalog.execute("DELETE FROM extracted_files WHERE capture_id = ?", (capture_id,))
+    extracted.forget_capture(ctx.catalog, capture_id)

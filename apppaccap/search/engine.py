@@ -30,6 +30,7 @@ from apppaccap.search.compiler import compile_plan
 from apppaccap.search.scan import scan
 from apppaccap.search.scope import Scope
 from apppaccap.search.scope import open_readonly
+from apppaccap.store import searches
 from apppaccap.store.capturedb import capture_path
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ ACTIVE_CAPTURE = 1
 WORKERS = 2
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
-
-
-class _Gone(Exception):
-    """The search row was deleted while it ran (search_delete, apc_flush)."""
 
 
 def engine_for(ctx) -> SearchEngine:
@@ -75,29 +72,24 @@ class SearchEngine:
         self.flags: dict[int, threading.Event] = {}
         self.lock = threading.Lock()
         self.stopping = False
-        self.catalog.write(_ensure_schema)
-        self.recovered = self.catalog.write(lambda c: c.execute(
-            "UPDATE searches SET state = ?, message = 'interrupted: the service stopped', "
-            "finished = ? WHERE state IN (?, ?)",
-            (CANCELLED, now_ns(), QUEUED, RUNNING)).rowcount)
+        self.recovered = searches.interrupt_unfinished(
+            self.catalog, state=CANCELLED, unfinished=(QUEUED, RUNNING), finished=now_ns())
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, flt, text: str, capture_ids: list[int], capture_id: int,
               time_range) -> dict:
         """Queue a search of `capture_ids`; returns its SEARCHMETA."""
         start, end = time_range or (None, None)
-        limit = self.ctx.settings.get_int("max_active_searches", 4)
+        limit = self.ctx.settings.get_int("max_active_searches")
         flag = threading.Event()
         with self.lock:  # held over the insert: two starts cannot both take the last place
             if len(self.flags) >= limit:
                 raise Busy(f"search: {limit} searches are queued or running, the most the "
                            "setting max_active_searches allows; wait, cancel one "
                            "(search_cancel), or raise the setting")
-            sid = self.catalog.execute(
-                "INSERT INTO searches(filter, capture_id, start_ns, end_ns, state, captures, "
-                "created) VALUES (?,?,?,?,?,?,?)",
-                (text, capture_id or None, start, end, QUEUED, json.dumps(capture_ids),
-                 now_ns()))
+            sid = searches.add(self.catalog, text=text, capture_id=capture_id or None,
+                               start=start, end=end, state=QUEUED, capture_ids=capture_ids,
+                               created=now_ns())
             self.flags[sid] = flag
         self.pool.submit(self._run, sid, flt, capture_ids, time_range, flag)
         return self.get(sid)
@@ -109,16 +101,12 @@ class SearchEngine:
         if flag is not None:
             flag.set()
         # a queued search may not have started: mark it now (the worker checks the flag)
-        self.catalog.execute("UPDATE searches SET state = ?, message = 'cancelled', finished = ? "
-                             "WHERE id = ? AND state = ?", (CANCELLED, now_ns(), sid, QUEUED))
+        searches.cancel_queued(self.catalog, sid, state=CANCELLED, queued=QUEUED,
+                               finished=now_ns())
 
     def delete(self, sid: int) -> None:
         self.cancel(sid)
-
-        def wipe(c):
-            c.execute("DELETE FROM search_results WHERE search_id = ?", (sid,))
-            c.execute("DELETE FROM searches WHERE id = ?", (sid,))
-        self.catalog.write(wipe)
+        searches.delete(self.catalog, sid)
 
     def shutdown(self) -> None:
         self.stopping = True
@@ -129,13 +117,13 @@ class SearchEngine:
 
     # -- reading ----------------------------------------------------------------------
     def get(self, sid: int) -> dict:
-        row = self.catalog.one("SELECT * FROM searches WHERE id = ?", (sid,))
+        row = searches.get(self.catalog, sid)
         if row is None:
             raise NotFound(f"search_id: no search {sid}")
         return search_object(row)
 
     def list(self) -> list:
-        return [search_object(r) for r in self.catalog.read("SELECT * FROM searches ORDER BY id")]
+        return [search_object(r) for r in searches.all_rows(self.catalog)]
 
     # -- the worker -------------------------------------------------------------------
     def _run(self, sid, flt, capture_ids, time_range, flag: threading.Event) -> None:
@@ -143,13 +131,12 @@ class SearchEngine:
         try:
             if flag.is_set():
                 return  # cancelled while queued (already marked)
-            self.catalog.execute("UPDATE searches SET state = ?, started = ? WHERE id = ?",
-                                 (RUNNING, now_ns(), sid))
+            searches.started(self.catalog, sid, state=RUNNING, when=now_ns())
             self._search(sid, flt, capture_ids, time_range, flag)
             if flag.is_set():
                 state, message = CANCELLED, ("interrupted: the service stopped"
                                              if self.stopping else "cancelled")
-        except _Gone:
+        except searches.Gone:
             return
         except Exception as exc:  # noqa: BLE001 - a failing search fails itself, not the service
             log.exception("search %s failed", sid)
@@ -157,10 +144,8 @@ class SearchEngine:
         finally:
             with self.lock:
                 self.flags.pop(sid, None)
-        self.catalog.execute(
-            "UPDATE searches SET state = ?, message = ?, finished = ?, "
-            "progress = CASE WHEN ? = 3 THEN 100 ELSE progress END WHERE id = ?",
-            (state, message, now_ns(), state, sid))
+        searches.finish(self.catalog, sid, state=state, message=message, finished=now_ns(),
+                        completed=COMPLETED)
 
     def _search(self, sid, flt, capture_ids, time_range, flag) -> None:
         data_dir = self.ctx.config.data_dir
@@ -202,26 +187,9 @@ class SearchEngine:
         total = max(total, covered)  # an active capture may have grown since it was counted
         progress = min(99, int(100 * covered / total))
 
-        def tx(c):
-            cur = c.execute("UPDATE searches SET progress = ?, scanned_packets = ?, "
-                            "total_packets = ?, result_count = ? WHERE id = ?",
-                            (progress, covered, total, results, sid))
-            if cur.rowcount == 0:
-                raise _Gone()
-            if rows:
-                c.executemany("INSERT INTO search_results(search_id, item_id, capture_id, "
-                              "packet_id, ts) VALUES (?,?,?,?,?)", rows)
-        self.catalog.write(tx, timeout=None)
-
-
-def _ensure_schema(conn) -> None:
-    """A data dir migrated while slot 4 was still a placeholder lacks the tables: the slot's
-    statements are idempotent (IF NOT EXISTS), so run them."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'searches'").fetchone() is None:
-        from apppaccap.store.catalog import MIGRATIONS
-        for stmt in MIGRATIONS[3].split(";\n"):
-            if stmt.strip():
-                conn.execute(stmt)
+        self.catalog.write(lambda c: searches.add_results(
+            c, sid, rows, progress=progress, scanned=covered, total=total, found=results),
+            timeout=None)
 
 
 def _packet_count(path: str) -> int:

@@ -7,81 +7,23 @@ stored: it is decoded again when a packet is read, which keeps ingest fast.
 Packet bytes are concatenated per write batch into one `blocks` row; a packet keeps
 (blk, off) into it. That keeps the per-packet row small and the write path to a
 couple of executemany calls per batch (notes/store-search.md §6.3).
+
+This module owns the capture database's rows (its schema is store/migrations.py: CAPTURE;
+`blocks` rows are store/blocks.py's, `ips` statements store/ips.py's). Its writes are
+raw sqlite3: they are the packet hot path.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.blocks import add_block
 from apppaccap.store.database import Database
-
-# The IP table's columns, shared with the catalog's global list (catalog.py).
-IPS_COLUMNS = """
-        id INTEGER PRIMARY KEY, ip TEXT NOT NULL UNIQUE, hostname TEXT NOT NULL DEFAULT '',
-        country TEXT NOT NULL DEFAULT '', city TEXT NOT NULL DEFAULT '',
-        lat REAL NOT NULL DEFAULT 0, lng REAL NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '',
-        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0,
-        first_time INTEGER, last_time INTEGER"""
-
-MIGRATIONS = [
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
-    CREATE TABLE interfaces (id INTEGER PRIMARY KEY, name TEXT, linktype INTEGER NOT NULL,
-        ticks_per_second INTEGER NOT NULL DEFAULT 1000000000);
-    CREATE TABLE blocks (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
-    CREATE TABLE packets (
-        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, len INTEGER NOT NULL,
-        caplen INTEGER NOT NULL, iface INTEGER NOT NULL, l3 INTEGER NOT NULL,
-        proto INTEGER NOT NULL, src TEXT, dst TEXT, sport INTEGER NOT NULL,
-        dport INTEGER NOT NULL, tcp_flags INTEGER NOT NULL, ttl INTEGER NOT NULL,
-        vlan INTEGER, icmp_type INTEGER,
-        direction INTEGER NOT NULL, conn_id INTEGER, process_id INTEGER, pid INTEGER NOT NULL,
-        tid INTEGER NOT NULL, notes TEXT,
-        blk INTEGER NOT NULL, off INTEGER NOT NULL, ts_raw TEXT);
-    CREATE INDEX packets_conn ON packets(conn_id);
-    CREATE TABLE connections (
-        id INTEGER PRIMARY KEY, proto INTEGER NOT NULL, local_ip TEXT, local_port INTEGER,
-        remote_ip TEXT, remote_port INTEGER, process_id INTEGER, pid INTEGER NOT NULL DEFAULT 0,
-        tid INTEGER NOT NULL DEFAULT 0, first_time INTEGER, last_time INTEGER,
-        packets_out INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER NOT NULL DEFAULT 0,
-        packets_in INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0,
-        state TEXT NOT NULL DEFAULT '', hostname TEXT NOT NULL DEFAULT '',
-        peer_process_id INTEGER, peer_pid INTEGER NOT NULL DEFAULT 0);
-    CREATE INDEX connections_local ON connections(local_ip, local_port);
-    CREATE INDEX connections_remote ON connections(remote_ip, remote_port);
-    CREATE TABLE processes (
-        process_id INTEGER PRIMARY KEY, pid INTEGER, ppid INTEGER, name TEXT, path TEXT,
-        cmdline TEXT, user TEXT, start_time INTEGER, end_time INTEGER,
-        packets INTEGER NOT NULL DEFAULT 0, bytes INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE threads (
-        pid INTEGER NOT NULL, tid INTEGER NOT NULL, packets INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (pid, tid));
-    CREATE TABLE ips (IPS_COLUMNS);
-    CREATE TABLE agg (
-        minute INTEGER NOT NULL, kind INTEGER NOT NULL, key TEXT NOT NULL, proto INTEGER NOT NULL,
-        packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
-        PRIMARY KEY (kind, key, minute, proto)) WITHOUT ROWID
-    """.replace("IPS_COLUMNS", IPS_COLUMNS),
-    # 2: files found by the extractor (apppaccap/extract/service.py); id = StreamId,
-    # spool = the body's file name under <data-dir>/extract-spool/<capture_id>/
-    """
-    CREATE TABLE extract_streams (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, conn_id INTEGER NOT NULL, protocol TEXT NOT NULL,
-        direction TEXT NOT NULL, file_name TEXT NOT NULL, mime_type TEXT, sniffed_mime TEXT,
-        size INTEGER NOT NULL, complete INTEGER NOT NULL, truncated INTEGER NOT NULL,
-        missing_bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, ts INTEGER NOT NULL, uri TEXT,
-        host TEXT, method TEXT, status INTEGER, declared_size INTEGER, content_encoding TEXT,
-        depth INTEGER NOT NULL DEFAULT 0, spool TEXT NOT NULL)
-    """,
-    # 3: a block's bytes may live in the capture's side file (store/blocks.py)
-    """
-    ALTER TABLE blocks ADD COLUMN file_off INTEGER;
-    ALTER TABLE blocks ADD COLUMN size INTEGER;
-    """,
-]
+from apppaccap.store.ips import IPS_UPSERT
+from apppaccap.store.migrations import CAPTURE
 
 
 def _insert_packed(conn, plain: bytes, blk: int) -> None:
@@ -99,14 +41,6 @@ def _insert_packed(conn, plain: bytes, blk: int) -> None:
     conn.execute("DELETE FROM temp.packed")
 
 
-# Both the catalog and capture databases keep an `ips` table with the same columns; one
-# statement adds a batch's (ip, packets, bytes, first, last) to either.
-IPS_UPSERT = (
-    "INSERT INTO ips(ip,packets,bytes,first_time,last_time) VALUES (?,?,?,?,?) "
-    "ON CONFLICT(ip) DO UPDATE SET packets=packets+excluded.packets, "
-    "bytes=bytes+excluded.bytes, first_time=min(first_time,excluded.first_time), "
-    "last_time=max(last_time,excluded.last_time)")
-
 # agg.kind: one row per (minute, proto) for all traffic, per IP and per port.
 AGG_ALL, AGG_IP, AGG_PORT = 0, 1, 2
 
@@ -121,7 +55,7 @@ class CaptureDb(Database):
     def __init__(self, data_dir: str, capture_id: int):
         os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
         self.capture_id = capture_id
-        super().__init__(capture_path(data_dir, capture_id), MIGRATIONS)
+        super().__init__(capture_path(data_dir, capture_id), CAPTURE)
 
     def block_reader(self) -> BlockReader:
         """Reads this capture's blocks (inline or in the side file) on this thread."""
@@ -185,3 +119,77 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
             "INSERT INTO agg(kind,key,minute,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(kind,key,minute,proto) DO UPDATE SET packets=packets+excluded.packets, "
             "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg.items()])
+
+
+# -- the rest of a capture database's rows (each runs inside the caller's transaction) ----
+
+# what a capture database remembers of its catalog row (meta 'capture'; store/recovery.py
+# registers the capture again from it when the catalog is lost)
+REMEMBERED = ("type", "name", "filter", "flags", "adapters", "process_id", "pid", "thread_id",
+              "process_name", "process_path", "start_time", "notes", "source_file")
+
+
+def _set_meta(conn, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+
+def remember(conn, row) -> None:
+    """Keep the capture's catalog facts in its own database (meta 'capture'), so a new
+    catalog can register it again with its Type and Name."""
+    facts = {k: row[k] for k in REMEMBERED if k in row.keys()}
+    _set_meta(conn, "capture", json.dumps(facts))
+
+
+def remember_end(conn, end_time: int, message: str) -> None:
+    """The capture was stopped cleanly at `end_time` (meta 'ended')."""
+    _set_meta(conn, "ended", json.dumps({"end_time": end_time, "message": message}))
+
+
+def mark_epb_framing(conn) -> None:
+    """Blocks hold the pcapng EPBs export writes (ingest.py; export.py copies them)."""
+    _set_meta(conn, "block_framing", "epb")
+
+
+def add_interfaces(conn, rows) -> None:
+    """(id, name, linktype) or (id, name, linktype, ticks_per_second) rows."""
+    rows = list(rows)
+    if rows and len(rows[0]) == 4:
+        conn.executemany("INSERT INTO interfaces(id, name, linktype, ticks_per_second) "
+                         "VALUES (?,?,?,?)", rows)
+    elif rows:
+        conn.executemany("INSERT INTO interfaces(id, name, linktype) VALUES (?,?,?)", rows)
+
+
+def drop_conn_index(conn) -> None:
+    """Bulk load: the per-packet connection index is built once at the end (an index
+    maintained row by row halves the insert rate)."""
+    conn.execute("DROP INDEX IF EXISTS packets_conn")
+
+
+def build_conn_index(conn) -> None:
+    conn.execute("CREATE INDEX IF NOT EXISTS packets_conn ON packets(conn_id)")
+
+
+def set_packet_notes(conn, packet_id: int, notes: str | None) -> bool:
+    """False when the capture has no such packet."""
+    return bool(conn.execute("UPDATE packets SET notes=? WHERE id=?",
+                             (notes, packet_id)).rowcount)
+
+
+def set_hostname(conn, ip: str, name: str) -> None:
+    """Name the connections to `ip` that have no host name yet."""
+    conn.execute("UPDATE connections SET hostname = ? WHERE remote_ip = ? AND hostname = ''",
+                 (name, ip))
+
+
+# EXTRACTSTREAM rows (apppaccap/extract/service.py builds them in this column order)
+STREAM_COLUMNS = ("conn_id", "protocol", "direction", "file_name", "mime_type", "sniffed_mime",
+                  "size", "complete", "truncated", "missing_bytes", "sha256", "ts", "uri",
+                  "host", "method", "status", "declared_size", "content_encoding", "depth",
+                  "spool")
+_INSERT_STREAM = (f"INSERT INTO extract_streams({','.join(STREAM_COLUMNS)}) "
+                  f"VALUES ({','.join('?' * len(STREAM_COLUMNS))})")
+
+
+def add_extract_streams(conn, rows) -> None:
+    conn.executemany(_INSERT_STREAM, rows)

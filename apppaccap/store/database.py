@@ -14,6 +14,8 @@ import sqlite3
 import threading
 from concurrent.futures import Future
 
+import sqlite_utils
+
 from apppaccap.store.faults import io_failure
 
 log = logging.getLogger(__name__)
@@ -146,6 +148,20 @@ class Database:
             self._thread.join(10)
 
 
+def tables(conn: sqlite3.Connection) -> sqlite_utils.Database:
+    """sqlite-utils' view of a connection: tables by name, dict rows in and out,
+    introspection. It runs nothing on the connection when made (no PRAGMA, no plugins),
+    and its writes nest in the caller's transaction as savepoints (sqlite-utils 4)."""
+    return sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """The statements of a migration step, one by one (executescript would COMMIT)."""
+    for stmt in script.split(";\n"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
 def migrate(conn: sqlite3.Connection, migrations) -> int:
     """Apply migrations[n:] where n is PRAGMA user_version; each in its own transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -153,9 +169,7 @@ def migrate(conn: sqlite3.Connection, migrations) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if isinstance(step, str):
-                for stmt in step.split(";\n"):
-                    if stmt.strip():
-                        conn.execute(stmt)
+                run_script(conn, step)
             else:
                 step(conn)
             conn.execute(f"PRAGMA user_version = {number}")

@@ -5,8 +5,9 @@ A damaged catalog (garbage, a truncated file: SQLite says "not a database" or
 databases exist, is renamed to catalog.db.damaged-<time> (with its -wal/-shm) and a new
 catalog is created. Each captures/<id>.db is then registered again under its id: Type,
 Name, Filter, adapters and process as the capture database remembers them (meta 'capture',
-written when the capture starts), counters and times from its rows; State COMPLETED when
-it was stopped cleanly (meta 'ended'), INTERRUPTED otherwise. Nothing is forgotten
+written when the capture starts by store/capturedb.py: remember), counters and times from
+its rows; State COMPLETED when it was stopped cleanly (meta 'ended'), INTERRUPTED
+otherwise. Nothing is forgotten
 silently: what cannot be read is registered INTERRUPTED with the reason.
 """
 
@@ -19,15 +20,15 @@ import re
 import sqlite3
 import time
 
+from apppaccap.store import captures
+from apppaccap.store import processes
+
 log = logging.getLogger(__name__)
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
 SYSTEM, FILE = 1, 4
 COMPLETED, INTERRUPTED = 2, 4
 CAPTURE_FILE = re.compile(r"^([1-9][0-9]{0,17})\.db$")
-# what a capture database remembers of its catalog row (meta 'capture')
-REMEMBERED = ("type", "name", "filter", "flags", "adapters", "process_id", "pid", "thread_id",
-              "process_name", "process_path", "start_time", "notes", "source_file")
 
 
 def capture_files(data_dir: str) -> dict[int, str]:
@@ -111,20 +112,6 @@ def set_aside(path: str, why: str) -> str:
     return aside
 
 
-def remember(conn, row) -> None:
-    """Keep the capture's catalog facts in its own database (meta 'capture'), so a new
-    catalog can register it again with its Type and Name (runs in a write transaction)."""
-    facts = {k: row[k] for k in REMEMBERED if k in row.keys()}
-    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('capture', ?)",
-                 (json.dumps(facts),))
-
-
-def remember_end(conn, end_time: int, message: str) -> None:
-    """The capture was stopped cleanly at `end_time` (meta 'ended')."""
-    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('ended', ?)",
-                 (json.dumps({"end_time": end_time, "message": message}),))
-
-
 def reregister(catalog, data_dir: str) -> int:
     """Register every captures/<id>.db in the (new) catalog; returns how many."""
     files = capture_files(data_dir)
@@ -183,20 +170,7 @@ def _guess_type(path: str, meta: dict, ifaces: list) -> int:
 
 
 def _insert(conn, row: dict, procs: list) -> None:
-    cols = [k for k in row if k in _CAPTURE_COLUMNS]
-    conn.execute(f"INSERT INTO captures({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
-                 [row[k] for k in cols])
+    captures.register(conn, row)
+    processes.register(conn, procs)
     for p in procs:
-        conn.execute(
-            "INSERT OR IGNORE INTO processes(id, pid, ppid, name, path, cmdline, user, "
-            "start_time, packets, bytes) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (p["process_id"], p["pid"] or 0, p["ppid"], p["name"], p["path"], p["cmdline"],
-             p["user"], p["start_time"] or 0, p["packets"], p["bytes"]))
-        conn.execute("INSERT OR IGNORE INTO capture_processes(capture_id, process_id) "
-                     "VALUES (?, ?)", (row["id"], p["process_id"]))
-
-
-_CAPTURE_COLUMNS = {"id", "type", "state", "name", "filter", "flags", "adapters",
-                    "process_id", "pid", "thread_id", "process_name", "process_path",
-                    "start_time", "end_time", "packet_count", "byte_count", "dropped_count",
-                    "connection_count", "notes", "source_file", "message"}
+        captures.link_process(conn, row["id"], p["process_id"])

@@ -1,33 +1,24 @@
-"""Triggers, actions and their links in the catalog: validation, rows and API objects.
+"""Triggers, actions and their links: validation and API objects.
 
 Everything here works on the catalog alone, so the trigger_* / action_* actions answer
 even when the watcher is not running; the watcher re-reads the tables on `reload()`.
-
-An action with no links is system-wide (it runs for every trigger). Removing a trigger,
-or clearing its actions, therefore also removes the actions that belonged to that
-trigger alone: left behind without links they would silently turn system-wide and start
-running (programs!) for every other trigger.
+The rows themselves are store/triggers.py's (why removing a trigger removes its own
+actions is said there).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shlex
-import threading
-import weakref
 
 from apppaccap.api.envelope import Malformed
 from apppaccap.api.envelope import NotFound
-from apppaccap.capture.bpf import filter_bytes
-from apppaccap.capture.bpf import filter_text
+from apppaccap.capture.bpf import compile_check
 from apppaccap.capture.manager import FLAG_CHILDREN
 from apppaccap.capture.manager import FLAG_RESOLVE_IPS
 from apppaccap.capture.manager import FLAG_THREAD
 from apppaccap.filetime import from_ns
-from apppaccap.filetime import now_ns
-from apppaccap.store.catalog import MIGRATIONS
+from apppaccap.store import triggers as trigger_table
 
 ON_START = 1
 EXECUTE, EXPORT = 1, 2
@@ -38,26 +29,6 @@ TRIGGER_FLAGS = FLAG_RESOLVE_IPS | FLAG_CHILDREN
 PLACEHOLDERS = ("{capture_id}", "{pid}", "{process_name}", "{export_file}")
 MAX_NAME = 256
 MAX_PARAMS = 8192
-
-_SCHEMA = MIGRATIONS[4]
-_ready: weakref.WeakSet = weakref.WeakSet()
-_ready_lock = threading.Lock()
-
-
-def ensure_schema(catalog) -> None:
-    """Create the tables when a data directory predates them (its migration step 5 was
-    the placeholder); idempotent and cheap after the first call per catalog."""
-    with _ready_lock:
-        if catalog in _ready:
-            return
-
-        def create(conn):
-            for stmt in _SCHEMA.split(";\n"):
-                if stmt.strip():
-                    conn.execute(stmt)
-        catalog.write(create)
-        _ready.add(catalog)
-
 
 # -- validation -------------------------------------------------------------------------
 
@@ -153,54 +124,10 @@ def check_flags(flags: int) -> int:
     return flags
 
 
-class _BpfProgram(ctypes.Structure):
-    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.c_void_p)]
-
-
-_libpcap = None
-
-
-def _pcap_lib():
-    global _libpcap
-    if _libpcap is None:
-        name = ctypes.util.find_library("pcap") or ctypes.util.find_library("wpcap")
-        if not name:
-            _libpcap = False
-            return False
-        lib = ctypes.CDLL(name)
-        lib.pcap_open_dead.restype = ctypes.c_void_p
-        lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
-        lib.pcap_geterr.restype = ctypes.c_char_p
-        lib.pcap_geterr.argtypes = [ctypes.c_void_p]
-        lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram),
-                                     ctypes.c_char_p, ctypes.c_int, ctypes.c_uint32]
-        lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
-        lib.pcap_close.argtypes = [ctypes.c_void_p]
-        _libpcap = lib
-    return _libpcap
-
-
 def check_filter(bpf: str) -> str:
     """Compile the BPF filter now (Ethernet link type) so a typo is reported at
     trigger_add with libpcap's own message instead of at the first firing."""
-    bpf = filter_text(bpf)  # valid Unicode, no NUL, bounded: what C receives whole
-    if not bpf:
-        return ""
-    lib = _pcap_lib()
-    if not lib:
-        return bpf  # no libpcap to ask: the capture start reports it
-    handle = lib.pcap_open_dead(1, 262144)  # DLT_EN10MB
-    if not handle:
-        return bpf
-    try:
-        prog = _BpfProgram()
-        if lib.pcap_compile(handle, ctypes.byref(prog), filter_bytes(bpf), 1, 0xFFFFFFFF) != 0:
-            msg = (lib.pcap_geterr(handle) or b"bad filter").decode("utf-8", "replace")
-            raise Malformed(f"filter: {msg}")
-        lib.pcap_freecode(ctypes.byref(prog))
-    finally:
-        lib.pcap_close(handle)
-    return bpf
+    return compile_check(bpf)
 
 
 def check_action(action_type: int, path: str, params: str) -> tuple[int, str, str]:
@@ -238,12 +165,11 @@ def positive_id(name: str, value: int) -> int:
     return value
 
 
-# -- rows -------------------------------------------------------------------------------
+# -- rows as API objects ----------------------------------------------------------------
 
 def trigger_row(catalog, trigger_id: int):
     positive_id("trigger_id", trigger_id)
-    ensure_schema(catalog)
-    row = catalog.one("SELECT * FROM triggers WHERE id = ?", (trigger_id,))
+    row = trigger_table.get_trigger(catalog, trigger_id)
     if row is None:
         raise NotFound(f"trigger_id: no trigger {trigger_id}")
     return row
@@ -251,17 +177,14 @@ def trigger_row(catalog, trigger_id: int):
 
 def action_row(catalog, action_id: int):
     positive_id("action_id", action_id)
-    ensure_schema(catalog)
-    row = catalog.one("SELECT * FROM actions WHERE id = ?", (action_id,))
+    row = trigger_table.get_action(catalog, action_id)
     if row is None:
         raise NotFound(f"action_id: no action {action_id}")
     return row
 
 
 def trigger_object(catalog, row) -> dict:
-    ids = [r[0] for r in catalog.read(
-        "SELECT action_id FROM trigger_actions WHERE trigger_id = ? ORDER BY action_id",
-        (row["id"],))]
+    ids = trigger_table.action_ids(catalog, row["id"])
     return {"Version": 1, "TriggerId": row["id"], "Name": row["name"],
             "TriggerType": row["type"], "Path": row["path"], "Filter": row["filter"],
             "Flags": row["flags"], "ActionIds": ids, "FireCount": row["fire_count"],
@@ -270,117 +193,16 @@ def trigger_object(catalog, row) -> dict:
 
 
 def action_object(catalog, row) -> dict:
-    ids = [r[0] for r in catalog.read(
-        "SELECT trigger_id FROM trigger_actions WHERE action_id = ? ORDER BY trigger_id",
-        (row["id"],))]
+    ids = trigger_table.trigger_ids(catalog, row["id"])
     return {"Version": 1, "ActionId": row["id"], "Name": row["name"],
             "ActionType": row["type"], "Path": row["path"], "Params": row["params"],
             "TriggerIds": ids}
 
 
 def list_triggers(catalog) -> list:
-    ensure_schema(catalog)
-    return [trigger_object(catalog, r) for r in
-            catalog.read("SELECT * FROM triggers ORDER BY id")]
+    return [trigger_object(catalog, r) for r in trigger_table.all_triggers(catalog)]
 
 
 def list_actions(catalog, trigger_id: int | None = None) -> list:
     """Every action, or those linked to one trigger."""
-    ensure_schema(catalog)
-    if trigger_id is None:
-        rows = catalog.read("SELECT * FROM actions ORDER BY id")
-    else:
-        rows = catalog.read("SELECT a.* FROM actions a JOIN trigger_actions l ON "
-                            "l.action_id = a.id WHERE l.trigger_id = ? ORDER BY a.id",
-                            (trigger_id,))
-    return [action_object(catalog, r) for r in rows]
-
-
-def actions_to_run(catalog, trigger_id: int) -> list:
-    """Rows of the actions a firing of `trigger_id` runs: its own plus the system-wide ones."""
-    ensure_schema(catalog)
-    return catalog.read(
-        "SELECT * FROM actions a WHERE a.id IN (SELECT action_id FROM trigger_actions "
-        "WHERE trigger_id = ?) OR NOT EXISTS (SELECT 1 FROM trigger_actions l "
-        "WHERE l.action_id = a.id) ORDER BY a.id", (trigger_id,))
-
-
-def trigger_rows(catalog) -> list:
-    ensure_schema(catalog)
-    return catalog.read("SELECT * FROM triggers ORDER BY id")
-
-
-# -- changes (each one transaction) -----------------------------------------------------
-
-def add_trigger(catalog, name, trigger_type, path, bpf, flags) -> int:
-    ensure_schema(catalog)
-    return catalog.execute(
-        "INSERT INTO triggers(name, type, path, filter, flags, created) VALUES (?,?,?,?,?,?)",
-        (name, trigger_type, path, bpf, flags, now_ns()))
-
-
-def update(catalog, table: str, row_id: int, fields: dict) -> None:
-    if fields:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        catalog.execute(f"UPDATE {table} SET {cols} WHERE id = ?", (*fields.values(), row_id))
-
-
-def _orphans_removed(conn, trigger_id: int) -> None:
-    """Drop the trigger's links, and the actions that had no other trigger (see module doc)."""
-    conn.execute(
-        "DELETE FROM actions WHERE id IN (SELECT action_id FROM trigger_actions "
-        "WHERE trigger_id = ?) AND id NOT IN (SELECT action_id FROM trigger_actions "
-        "WHERE trigger_id != ?)", (trigger_id, trigger_id))
-    conn.execute("DELETE FROM trigger_actions WHERE trigger_id = ?", (trigger_id,))
-
-
-def remove_trigger(catalog, trigger_id: int) -> None:
-    def run(conn):
-        _orphans_removed(conn, trigger_id)
-        conn.execute("DELETE FROM triggers WHERE id = ?", (trigger_id,))
-    catalog.write(run)
-
-
-def clear_trigger_actions(catalog, trigger_id: int) -> None:
-    catalog.write(lambda conn: _orphans_removed(conn, trigger_id))
-
-
-def link(catalog, trigger_id: int, action_id: int) -> None:
-    catalog.execute("INSERT OR IGNORE INTO trigger_actions VALUES (?, ?)",
-                    (trigger_id, action_id))
-
-
-def clear_action_triggers(catalog, action_id: int) -> None:
-    catalog.execute("DELETE FROM trigger_actions WHERE action_id = ?", (action_id,))
-
-
-def add_action(catalog, name, action_type, path, params, trigger_id: int) -> int:
-    ensure_schema(catalog)
-
-    def run(conn):
-        action_id = conn.execute(
-            "INSERT INTO actions(name, type, path, params, created) VALUES (?,?,?,?,?)",
-            (name, action_type, path, params, now_ns())).lastrowid
-        if trigger_id:
-            conn.execute("INSERT INTO trigger_actions VALUES (?, ?)", (trigger_id, action_id))
-        return action_id
-    return catalog.write(run)
-
-
-def remove_action(catalog, action_id: int) -> None:
-    def run(conn):
-        conn.execute("DELETE FROM trigger_actions WHERE action_id = ?", (action_id,))
-        conn.execute("DELETE FROM actions WHERE id = ?", (action_id,))
-    catalog.write(run)
-
-
-def record_firing(catalog, trigger_id: int, capture_id: int | None, error: str = ""):
-    """Count a firing (or remember why it failed); asynchronous: called while a program
-    is held paused, so it must not wait for the writer."""
-    if capture_id:
-        sql, args = ("UPDATE triggers SET fire_count = fire_count + 1, last_fired = ?, "
-                     "last_capture_id = ?, last_error = '' WHERE id = ?",
-                     (now_ns(), capture_id, trigger_id))
-    else:
-        sql, args = "UPDATE triggers SET last_error = ? WHERE id = ?", (error[:500], trigger_id)
-    return catalog.submit(lambda conn: conn.execute(sql, args))
+    return [action_object(catalog, r) for r in trigger_table.all_actions(catalog, trigger_id)]

@@ -35,6 +35,7 @@ from apppaccap.api.envelope import NotFound
 from apppaccap.capture.manager import FLAG_CHILDREN
 from apppaccap.capture.manager import PROCESS
 from apppaccap.filetime import now_ns
+from apppaccap.store import triggers as trigger_table
 from apppaccap.triggers import store
 from apppaccap.triggers.gate import Gate
 from apppaccap.triggers.gate import NoGate
@@ -146,7 +147,6 @@ class TriggerWatcher:
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Load the triggers and start listening (proc connector, else polling)."""
-        store.ensure_schema(self.ctx.catalog)
         self._stopping.clear()
         scheduler = self.ctx.jobs.scheduler
         try:
@@ -154,8 +154,8 @@ class TriggerWatcher:
         except ValueError:
             pass  # this scheduler already has it (a watcher restarted on the same Jobs)
         if self.gate is None:
-            hold_on = self.ctx.settings.get("trigger_pause") not in ("0", "off", "false")
-            limit = max(50, self.ctx.settings.get_int("trigger_pause_max_ms", 3000)) / 1000
+            hold_on = self.ctx.settings.get_bool("trigger_pause")
+            limit = max(50, self.ctx.settings.get_int("trigger_pause_max_ms")) / 1000
             # events=False stands for "no proc connector": the helper then only holds
             self.gate = Gate(self._on_caught, max_pause=limit,
                              catch_execs=self._events is not False) if hold_on else NoGate()
@@ -174,7 +174,7 @@ class TriggerWatcher:
             self.mode = "events"
         else:
             self.mode = "poll"
-            poll = max(50, self.ctx.settings.get_int("trigger_poll_ms", 500)) / 1000
+            poll = max(50, self.ctx.settings.get_int("trigger_poll_ms")) / 1000
             self._add_job(self._poll, "interval", seconds=poll, id="triggers:poll",
                           coalesce=True, max_instances=1)
         self._add_job(self._cleanup, "interval", seconds=2, id="triggers:cleanup",
@@ -200,7 +200,7 @@ class TriggerWatcher:
 
     def reload(self) -> None:
         """Re-read the triggers (after every trigger_* change)."""
-        matchers = compile_matchers(store.trigger_rows(self.ctx.catalog))
+        matchers = compile_matchers(trigger_table.all_triggers(self.ctx.catalog))
         if matchers and not self._warm:
             self._warm_up()
         self.matchers = matchers
@@ -299,13 +299,13 @@ class TriggerWatcher:
             msg = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
             log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg,
                         exc_info=not isinstance(exc, ApiError))
-            store.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
+            trigger_table.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
             return False
         firing = Firing(m.trigger_id, m.name, pid, record["start_time"], process_id,
                         record["name"], cap["id"], m.flags, now_ns())
         with self._lock:
             self._active.setdefault(pid, []).append(firing)
-        store.record_firing(self.ctx.catalog, m.trigger_id, cap["id"])
+        trigger_table.record_firing(self.ctx.catalog, m.trigger_id, cap["id"])
         log.info("trigger %s fired for %s (pid %s): capture %s", m.trigger_id,
                  record["name"], pid, cap["id"])
         return True
@@ -329,7 +329,7 @@ class TriggerWatcher:
             self._fired.pop(pid, None)
         if not firings or self._stopping.is_set():
             return
-        grace = max(0, self.ctx.settings.get_int("trigger_stop_grace_ms", 750)) / 1000
+        grace = max(0, self.ctx.settings.get_int("trigger_stop_grace_ms")) / 1000
         when = datetime.datetime.now() + datetime.timedelta(seconds=grace)
         for f in firings:
             self._add_job(self._complete, "date", run_date=when, args=(f,),
@@ -345,7 +345,7 @@ class TriggerWatcher:
             pass  # stopped by hand already: its packets are still worth acting on
         if self._stopping.is_set():
             return
-        actions = store.actions_to_run(self.ctx.catalog, firing.trigger_id)
+        actions = trigger_table.actions_to_run(self.ctx.catalog, firing.trigger_id)
         uids = self.runner.run(firing, actions) if actions else []
         self.completed.append((firing, uids))
         del self.completed[:-100]
