@@ -26,10 +26,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import NotFound
-from apppaccap.triggers.store import EXECUTE
-from apppaccap.triggers.store import EXPORT
+from apppaccap.errors import AppError
+from apppaccap.errors import NotFound
+from apppaccap.wire import ActionType
+from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ ACTION_ENV = "APPPACCAP_ACTION"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class ActionFailed(ApiError):
+class ActionFailed(AppError):
     """An action run failed; its message becomes the COMMAND's Message."""
 
 
@@ -88,15 +88,15 @@ class ActionRunner:
     def run(self, firing: Firing, actions: list) -> list[str]:
         """Queue the exports, wait for them, queue the programs; returns the command uids."""
         uids, export_file = [], ""
-        for row in (a for a in actions if a["type"] == EXPORT):
+        for row in (a for a in actions if a["type"] == ActionType.EXPORT):
             cmd = self._refusable(firing, row, self._submit_export, firing, row)
             if cmd is None:
                 continue
             uids.append(cmd["CommandUid"])
             done = self._wait(cmd["CommandUid"])
-            if done is not None and done["State"] == 3 and not export_file:
+            if done is not None and done["State"] == CommandState.COMPLETED and not export_file:
                 export_file = done["Result"]
-        for row in (a for a in actions if a["type"] == EXECUTE):
+        for row in (a for a in actions if a["type"] == ActionType.EXECUTE):
             if self.stopping.is_set():
                 break  # the service is going down: start no programs now
             cmd = self._refusable(firing, row, self._submit_execute, firing, row, export_file)
@@ -110,7 +110,7 @@ class ActionRunner:
         action with a log line instead of the firing's other actions."""
         try:
             return submit(*args)
-        except ApiError as err:
+        except AppError as err:
             log.warning("trigger %s: action %s not run: %s", firing.trigger_id, row["id"],
                         err.message)
             return None
@@ -122,7 +122,7 @@ class ActionRunner:
                 cmd = self.ctx.jobs.get(uid)
             except NotFound:
                 return None
-            if cmd["State"] >= 3:
+            if cmd["State"] >= CommandState.COMPLETED:
                 return cmd
             self.stopping.wait(0.05)
         return None

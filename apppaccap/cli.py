@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 
 from apppaccap.themes import default_themes_dir
+from apppaccap.wire import ErrorCode
 
 log = logging.getLogger("apppaccap")
 
@@ -119,8 +120,8 @@ def _read_password() -> str:
 
 
 def cmd_user(args) -> int:
-    from apppaccap.api.envelope import ApiError
     from apppaccap.auth import Users
+    from apppaccap.errors import AppError
     from apppaccap.store.catalog import Catalog
 
     catalog = Catalog(os.path.abspath(args.data_dir))
@@ -137,7 +138,7 @@ def cmd_user(args) -> int:
         else:
             users.remove(args.name)
             print(f"user {args.name} removed")
-    except ApiError as err:
+    except AppError as err:
         print(err.message, file=sys.stderr)
         return 1
     finally:
@@ -174,7 +175,7 @@ def cmd_call(args) -> int:
         print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(body, indent=2))
-    return 0 if body.get("ErrorCode") == 0 else 1
+    return 0 if body.get("ErrorCode") == ErrorCode.SUCCESS else 1
 
 
 def parser() -> argparse.ArgumentParser:

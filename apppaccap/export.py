@@ -12,8 +12,8 @@ import os
 import time
 
 from apppaccap import safefs
-from apppaccap.api.envelope import Malformed
 from apppaccap.capture.recorder import EPB_FLAGS
+from apppaccap.errors import Malformed
 from apppaccap.pcapng_writer import PcapngWriter
 from apppaccap.pcapng_writer import process_comment
 from apppaccap.safefs import WriteTarget

@@ -16,7 +16,7 @@ import socket
 import threading
 
 from apppaccap import safefs
-from apppaccap.api.envelope import ApiError
+from apppaccap.errors import AppError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def open_geo_db(path: str):
     except ImportError as exc:
         log.warning("geolocation disabled: %s", exc)
         return None
-    except ApiError as err:
+    except AppError as err:
         log.warning("geolocation disabled: cannot open the geoip_db file: %s", err.message)
         return None
     try:

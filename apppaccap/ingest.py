@@ -12,17 +12,18 @@ import os
 
 from apppaccap import pcapscan
 from apppaccap import safefs
-from apppaccap.api.envelope import IOFailure
-from apppaccap.api.envelope import Malformed
 from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Label
 from apppaccap.capture.recorder import Recorder
+from apppaccap.errors import IOFailure
+from apppaccap.errors import Malformed
 from apppaccap.filetime import now_ns
 from apppaccap.pcapfile import CaptureReader
 from apppaccap.pcapfile import NotACaptureError
 from apppaccap.store.capturedb import CaptureDb
+from apppaccap.wire import CaptureState
+from apppaccap.wire import CaptureType
 
-FILE, ACTIVE, COMPLETED, FAILED = 4, 1, 2, 3
 DIR_FROM_FLAGS = {1: 0, 2: 1}  # epb_flags inbound/outbound → our Direction
 
 
@@ -70,7 +71,7 @@ def create_capture(ctx, source: str) -> int:
     name = os.path.basename(source)
     return ctx.catalog.execute(
         "INSERT INTO captures(type, state, name, source_file, start_time) VALUES (?,?,?,?,?)",
-        (FILE, ACTIVE, name, source, now_ns()))
+        (CaptureType.FILE, CaptureState.ACTIVE, name, source, now_ns()))
 
 
 def parse_comment(comment: str | None) -> dict | None:
@@ -163,7 +164,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         from apppaccap.store.bulkwriter import BulkWriter
         rec.bulk = BulkWriter(db.path)
     labels = _Labels(ctx, capture_id)
-    state, message = COMPLETED, ""
+    state, message = CaptureState.COMPLETED, ""
     try:
         # Bulk load: the per-packet connection index is built once at the end (an index
         # maintained row by row halves the insert rate).
@@ -199,14 +200,14 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
             if rec.packets:
                 message = f"stopped early, {rec.packets} packets kept: {reader.error}"
             else:
-                state, message = FAILED, reader.error
+                state, message = CaptureState.FAILED, reader.error
         elif reader.warnings:
             message = "; ".join(reader.warnings[:5])
         rec.flush(wait=True)
         db.write(lambda c: c.execute(
             "CREATE INDEX IF NOT EXISTS packets_conn ON packets(conn_id)"))
     except BaseException as exc:
-        state, message = FAILED, f"ingest stopped: {exc}"
+        state, message = CaptureState.FAILED, f"ingest stopped: {exc}"
         raise
     finally:
         try:

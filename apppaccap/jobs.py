@@ -16,17 +16,16 @@ import uuid
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
+from apppaccap.errors import AppError
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.settings import Settings
 from apppaccap.store.faults import io_failure
+from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 
 
 class Cancelled(Exception):
@@ -65,7 +64,8 @@ class Jobs:
     def start(self) -> None:
         self.catalog.execute(
             "UPDATE commands SET state=?, message='interrupted: the service stopped', "
-            "finished=? WHERE state IN (?, ?)", (FAILED, now_ns(), QUEUED, RUNNING))
+            "finished=? WHERE state IN (?, ?)",
+            (CommandState.FAILED, now_ns(), CommandState.QUEUED, CommandState.RUNNING))
         self.scheduler.start()
 
     def shutdown(self) -> None:
@@ -95,7 +95,7 @@ class Jobs:
         try:
             self.catalog.execute(
                 "INSERT INTO commands(uid, type, state, params, created) VALUES (?,?,?,?,?)",
-                (uid, ctype, QUEUED, json.dumps(params), now_ns()))
+                (uid, ctype, CommandState.QUEUED, json.dumps(params), now_ns()))
         except BaseException:
             self._running.pop(uid, None)
             raise
@@ -107,14 +107,14 @@ class Jobs:
         if progress.cancelled.is_set():
             self._running.pop(uid, None)
             return
-        self._update(uid, state=RUNNING, started=now_ns())
+        self._update(uid, state=CommandState.RUNNING, started=now_ns())
         try:
             result = fn(progress)
-            self._finish(uid, state=COMPLETED, progress=100, result=str(result or ""))
+            self._finish(uid, state=CommandState.COMPLETED, progress=100, result=str(result or ""))
         except Cancelled:
-            self._finish(uid, state=CANCELLED, message="cancelled")
-        except ApiError as err:
-            self._finish(uid, state=FAILED, message=err.message)
+            self._finish(uid, state=CommandState.CANCELLED, message="cancelled")
+        except AppError as err:
+            self._finish(uid, state=CommandState.FAILED, message=err.message)
         except Exception as exc:  # noqa: BLE001 - a failing job fails its command, not the service
             failure = io_failure(exc, "the command")
             if failure is not None:  # the disk, not the code: one line, "disk full: ..."
@@ -123,7 +123,7 @@ class Jobs:
             else:
                 log.exception("command %s failed", uid)
                 message = f"{type(exc).__name__}: {exc}"
-            self._finish(uid, state=FAILED, message=message)
+            self._finish(uid, state=CommandState.FAILED, message=message)
         finally:
             self._running.pop(uid, None)
 
@@ -153,7 +153,7 @@ class Jobs:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             cmd = self.get(uid)
-            if cmd["State"] >= COMPLETED:
+            if cmd["State"] >= CommandState.COMPLETED:
                 return cmd
             time.sleep(0.02)
         raise TimeoutError(f"command {uid} still running after {timeout}s")

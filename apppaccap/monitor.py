@@ -18,13 +18,13 @@ import socket
 import struct
 import subprocess
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import InvalidPermissions
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
 from apppaccap.capture.adapters import PSEUDO
 from apppaccap.capture.adapters import list_adapters
+from apppaccap.errors import Busy
+from apppaccap.errors import InvalidPermissions
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 

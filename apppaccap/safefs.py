@@ -32,10 +32,10 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from apppaccap.api.envelope import InvalidPermissions
-from apppaccap.api.envelope import IOFailure
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
+from apppaccap.errors import InvalidPermissions
+from apppaccap.errors import IOFailure
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ import sys
 import time
 import urllib.error
 
-DONE = (3, 4, 5)  # COMMAND_STATE_COMPLETED / FAILED / CANCELLED
+from apppaccap.wire import DONE_STATES
+from apppaccap.wire import CommandState
+from apppaccap.wire import ErrorCode
 
 
 def bar(label: str, percent: int, width: int = 30, out=sys.stderr) -> None:
@@ -25,20 +27,20 @@ def bar(label: str, percent: int, width: int = 30, out=sys.stderr) -> None:
 def follow(url: str, token: str | None, body: dict, label: str) -> dict:
     """Poll a COMMAND until it ends, drawing its progress; returns the final COMMAND."""
     from apppaccap.cli import post
-    if body.get("ErrorCode") != 0:
+    if body.get("ErrorCode") != ErrorCode.SUCCESS:
         raise RuntimeError(str(body.get("ReturnValue")))
     cmd = body["ReturnValue"]
-    while cmd["State"] not in DONE:
+    while cmd["State"] not in DONE_STATES:
         bar(label, cmd["Progress"])
         time.sleep(0.2)
         fields = {"action": "command_query", "command_uid": cmd["CommandUid"]}
         if token:
             fields["token"] = token
         reply = post(url, fields)
-        if reply.get("ErrorCode") != 0:
+        if reply.get("ErrorCode") != ErrorCode.SUCCESS:
             raise RuntimeError(str(reply.get("ReturnValue")))
         cmd = reply["ReturnValue"]
-    bar(label, 100 if cmd["State"] == 3 else cmd["Progress"])
+    bar(label, 100 if cmd["State"] == CommandState.COMPLETED else cmd["Progress"])
     sys.stderr.write("\n")
     return cmd
 
@@ -47,9 +49,6 @@ def _fields(args, **kw) -> dict:
     if args.token:
         kw["token"] = args.token
     return kw
-
-
-INVALID_PERMISSIONS = 8
 
 
 def post_file(url: str, fields: dict, path: str, timeout: float = 600) -> dict:
@@ -92,7 +91,7 @@ def _start_ingest(args, full: str) -> dict:
     the file is uploaded (pcap_ingest_post), read here with the caller's own permissions."""
     from apppaccap.cli import post
     body = post(args.url, _fields(args, action="pcap_ingest_file", path=full))
-    if body.get("ErrorCode") != INVALID_PERMISSIONS:
+    if body.get("ErrorCode") != ErrorCode.INVALID_PERMISSIONS:
         return body
     try:
         st = os.stat(full)  # as the user running the command
@@ -115,7 +114,7 @@ def cmd_ingest(args) -> int:
             print(f"{path}: {reason}", file=sys.stderr)
             status = 1
             continue
-        if cmd["State"] == 3:
+        if cmd["State"] == CommandState.COMPLETED:
             print(f"{path}: capture {cmd['Result']}")
         else:
             print(f"{path}: failed: {cmd['Message']}", file=sys.stderr)
@@ -134,7 +133,7 @@ def cmd_export(args) -> int:
     except (RuntimeError, urllib.error.URLError, OSError) as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1
-    if cmd["State"] != 3:
+    if cmd["State"] != CommandState.COMPLETED:
         print(f"export failed: {cmd['Message']}", file=sys.stderr)
         return 1
     print(cmd["Result"])

@@ -20,16 +20,18 @@ from apppaccap import themes
 from apppaccap import web_body
 from apppaccap import web_guard
 from apppaccap.api import actions  # noqa: F401 - importing registers every action
-from apppaccap.api.envelope import CONSTANTS
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import InvalidPermissions
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NoToken
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
+from apppaccap.errors import AppError
+from apppaccap.errors import InvalidPermissions
+from apppaccap.errors import Malformed
+from apppaccap.errors import NoToken
 from apppaccap.settings import DEFAULTS
 from apppaccap.store.faults import io_failure
+from apppaccap.wire import CONSTANTS
+from apppaccap.wire import DataType
+from apppaccap.wire import ErrorCode
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
             ctx = ctx.for_request(user=ctx.sessions.check(ctx.token))
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
-        return envelope(0, act.returns, 0 if value is None else value)
-    except ApiError as err:
+        return envelope(ErrorCode.SUCCESS, act.returns, 0 if value is None else value)
+    except AppError as err:
         return error_envelope(err)
     except Exception as exc:  # a fault: the caller gets a log id, the log the traceback
         failure = io_failure(exc, name)
@@ -96,7 +98,8 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
             return error_envelope(failure)
         log_id = secrets.token_hex(4)
         log.exception("action %r failed [log id %s]", name, log_id)
-        return envelope(1, 1, f"internal error (log id {log_id}); see the server log")
+        return envelope(ErrorCode.GENERIC_ERROR, DataType.STRING,
+                        f"internal error (log id {log_id}); see the server log")
 
 
 def _allowed_hosts(ctx) -> set[str]:
@@ -141,7 +144,7 @@ def create_app(ctx) -> Flask:
         try:
             call, name, raw = _door_request(ctx)
             body = dispatch(call, name, raw)
-        except ApiError as err:  # refused before any action ran
+        except AppError as err:  # refused before any action ran
             body = error_envelope(err)
         resp = Response(json.dumps(body, default=str), 200, mimetype="application/json")
         _session_cookie(resp, name, body)
@@ -222,7 +225,7 @@ def create_app(ctx) -> Flask:
             return None
         try:
             ctx.sessions.check(token)
-        except ApiError:
+        except AppError:
             return None
         return token
 
@@ -332,7 +335,7 @@ def _read_multipart(ctx, unauthenticated: bool, carried, length):
 def _session_cookie(resp: Response, name, body: dict) -> None:
     """`login` leaves its token in an HttpOnly cookie (the theme's pages and requests use
     it, no script can read it, no other site can send it); `logout` clears it."""
-    if name == "login" and body["ErrorCode"] == 0:
+    if name == "login" and body["ErrorCode"] == ErrorCode.SUCCESS:
         resp.set_cookie(TOKEN_COOKIE, body["ReturnValue"], path="/", httponly=True,
                         samesite="Strict")
     elif name == "logout":

@@ -12,7 +12,7 @@ import json
 import re
 import urllib.parse
 
-from apppaccap.api.envelope import Malformed
+from apppaccap.errors import Malformed
 
 MAX_JSON_DEPTH = 32      # the deepest any action's parameters go is 2
 MAX_FORM_FIELDS = 10000

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from apppaccap.api.envelope import InvalidCredentials
-from apppaccap.api.envelope import Malformed
+from apppaccap.errors import InvalidCredentials
+from apppaccap.errors import Malformed
 from apppaccap.web import create_app
 from tests.conftest import Ajax
 from tests.conftest import make_ctx

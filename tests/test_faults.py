@@ -19,11 +19,11 @@ import traceback
 
 import pytest
 
-from apppaccap.api.envelope import IOFailure
 from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Recorder
 from apppaccap.context import Config
 from apppaccap.context import build_context
+from apppaccap.errors import IOFailure
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.themes import default_themes_dir
 from apppaccap.web import create_app

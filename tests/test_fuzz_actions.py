@@ -36,7 +36,7 @@ from tests.serverproc import Server
 
 pytestmark = pytest.mark.live  # captures on lo; root needed
 
-ACTIONS = sorted(REGISTRY.actions)
+ACTIONS = sorted(REGISTRY.endpoints)
 # per action; `APPPACCAP_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_actions.py` digs deeper
 EXAMPLES = int(os.environ.get("APPPACCAP_FUZZ_EXAMPLES", "60"))
 ERROR_CODES = set(range(0, 13)) - {1}
@@ -103,7 +103,7 @@ def plausible(name: str, env) -> list:
 
 
 def params_strategy(action_name: str, env):
-    act = REGISTRY.actions[action_name]
+    act = REGISTRY.endpoints[action_name]
     fields = {}
     for p in act.params:
         choice = st.one_of(hostile_value, st.sampled_from(plausible(p.name, env)))
@@ -222,7 +222,7 @@ def _alive(env) -> None:
 # Every action, every parameter, every fixed hostile value: the coverage floor.
 @pytest.mark.parametrize("action_name", ACTIONS)
 def test_every_parameter_with_every_hostile_value(env, action_name):
-    act = REGISTRY.actions[action_name]
+    act = REGISTRY.endpoints[action_name]
     # the others plausible, or only the required ones: optional values change the path taken
     full = {q.name: plausible(q.name, env)[0] for q in act.params}
     required = {q.name: v for q, v in zip(act.params, full.values()) if q.required}
@@ -275,7 +275,7 @@ def test_real_server_survives_hostile_json(tmp_path):
         time.sleep(0.05)
     try:
         for action_name in ACTIONS:
-            act = REGISTRY.actions[action_name]
+            act = REGISTRY.endpoints[action_name]
             for p in act.params:
                 for value in HTTP_VALUES:
                     if action_name == "login" and not isinstance(value, (list, dict)) \

@@ -4,9 +4,9 @@ import glob
 import os
 import time
 
+import _maxminddb_geolite2
 import pytest
 
-import _maxminddb_geolite2
 from apppaccap.geo import IpResolver
 from apppaccap.geo import geo_lookup
 from apppaccap.geo import open_geo_db

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
 from apppaccap.capture.adapters import list_adapters
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
 from apppaccap.monitor import MonitorSwitch
 from apppaccap.monitor import supports_monitor
 

@@ -29,7 +29,6 @@ from tests.conftest import CORPUS
 from tests.conftest import manifest
 
 
-
 def _captures() -> list[str]:
     """Corpus files that open as pcap or pcapng (files refused at the header are not ours)."""
     out = []

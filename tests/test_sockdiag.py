@@ -3,8 +3,8 @@ against a kernel stand-in, and live lookups of sockets this test opens."""
 
 import os
 import socket
-import subprocess
 import struct
+import subprocess
 import time
 
 import pytest

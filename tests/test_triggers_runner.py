@@ -235,7 +235,7 @@ def test_programs_started_by_actions_never_fire(ctx, jobs, watched):
 
 
 def test_a_failed_capture_start_is_reported_on_the_trigger(ctx, jobs, watched):
-    from apppaccap.api.envelope import NotFound
+    from apppaccap.errors import NotFound
     log: list = []
     w = _watcher(ctx, log)
 

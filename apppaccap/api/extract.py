@@ -15,19 +15,18 @@ import threading
 
 from apppaccap import safefs
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import IOFailure
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import AppError
+from apppaccap.errors import IOFailure
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.extract.engine import safe_name
 from apppaccap.extract.service import extracted_dir
 from apppaccap.extract.service import spool_dir
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.store.capturedb import capture_path
+from apppaccap.wire import DataType
 
 _write_lock = threading.Lock()   # one extract_file_write at a time: unique names, no races
 
@@ -77,7 +76,7 @@ def file_object(r) -> dict:
             "Created": from_ns(r["created"])}
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_enable(ctx) -> int:
     """Turn file extraction on (global, persisted; off by default).
 
@@ -91,14 +90,14 @@ def extract_enable(ctx) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_disable(ctx) -> int:
     """Turn file extraction off for captures and ingests started from now on."""
     ctx.settings.set("extract_enabled", "0")
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> dict:
     """The files found in a capture (EXTRACTSTREAM), in the order they were completed.
 
@@ -122,7 +121,7 @@ def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) 
             "Streams": [stream_object(capture_id, r) for r in rows]}
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
     """Write a found file's decoded body to disk and return it (EXTRACTFILE).
 
@@ -167,7 +166,7 @@ def _open_spool(ctx, capture_id: int, stream):
     except NotFound:
         raise IOFailure(f"stream_id: the body of stream {stream['id']} is no longer on disk "
                         "(spool removed)") from None
-    except ApiError as err:
+    except AppError as err:
         raise IOFailure(f"stream_id: cannot read the body of stream {stream['id']}: "
                         f"{err.message}") from None
     return os.fdopen(fd, "rb")
@@ -209,7 +208,7 @@ def _unlink(path: str) -> bool:
         return False
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_file_list(ctx, *, capture_id: int) -> list:
     """The files written by extract_file_write for a capture that are still on disk (EXTRACTFILE).
 
@@ -248,7 +247,7 @@ def _delete(ctx, capture_id: int, file_id: int = 0) -> int:
     return removed
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_file_clear(ctx, *, capture_id: int) -> int:
     """Delete every file extract_file_write wrote for a capture; returns how many were deleted.
 
@@ -258,7 +257,7 @@ def extract_file_clear(ctx, *, capture_id: int) -> int:
     return _delete(ctx, capture_id)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_file_delete(ctx, *, capture_id: int, file_id: int = 0) -> int:
     """Delete one written file (or all of a capture's); returns how many were deleted.
 

@@ -1,11 +1,10 @@
 """login / logout."""
 
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import STRING
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.wire import DataType
 
 
-@action(STRING, public=True)
+@endpoint(DataType.STRING, public=True)
 def login(ctx, *, username: str, password: str) -> str:
     """Log in and get a token to pass as `token` with every later call.
 
@@ -20,7 +19,7 @@ def login(ctx, *, username: str, password: str) -> str:
     return ctx.sessions.login(username, password, ctx.remote)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def logout(ctx) -> int:
     """End the session of the token sent with this call (and clear its cookie)."""
     if ctx.token:

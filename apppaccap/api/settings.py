@@ -1,31 +1,29 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
 from apppaccap import themes
-from apppaccap.api.envelope import InvalidPermissions
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import STRING
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import InvalidPermissions
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.settings import POSITIVE_INTEGERS
 from apppaccap.settings import SERVE_ONLY
+from apppaccap.wire import DataType
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def settings_clear(ctx) -> int:
     """Clear every user-defined setting (the documented defaults apply again)."""
     ctx.settings.clear()
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def settings_get_all(ctx) -> dict:
     """All settings as a dictionary of string to string (defaults included)."""
     return ctx.settings.all()
 
 
-@action(STRING)
+@endpoint(DataType.STRING)
 def settings_get_by_key(ctx, *, key_name: str) -> str:
     """The value of one setting.
 
@@ -43,7 +41,7 @@ def _positive_integer(text: str) -> bool:
     return text.isascii() and text.isdigit() and len(text) <= 18 and int(text) > 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 

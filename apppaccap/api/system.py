@@ -4,14 +4,14 @@ import platform
 
 from apppaccap import __version__
 from apppaccap import themes
-from apppaccap.api.envelope import CONSTANTS
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
 from apppaccap.capture.adapters import list_adapters
+from apppaccap.errors import NotFound
+from apppaccap.wire import CONSTANTS
+from apppaccap.wire import DataType
 
 
-@action(JSON, public=True)
+@endpoint(DataType.JSON, public=True)
 def apppaccap(ctx) -> dict:
     """Information about this installation, with every protocol constant under `Constants`."""
     import os
@@ -25,13 +25,13 @@ def apppaccap(ctx) -> dict:
     }
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def server_folders(ctx) -> list:
     """The installed themes (folder names under the themes directory)."""
     return themes.list_themes(ctx.config.themes_dir)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def server_pages(ctx, *, theme_name: str) -> list:
     """The pages (.html files, relative paths) of one theme.
 
@@ -42,7 +42,7 @@ def server_pages(ctx, *, theme_name: str) -> list:
     return themes.list_pages(ctx.config.themes_dir, theme_name)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def adapter_list(ctx) -> list:
     """Every libpcap device with its addresses, MAC and up/loopback/wireless/monitor flags."""
     return list_adapters()

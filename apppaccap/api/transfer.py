@@ -10,15 +10,15 @@ from apppaccap import export
 from apppaccap import ingest
 from apppaccap import safefs
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import IOFailure
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
 from apppaccap.api.registry import Upload
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import IOFailure
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
+from apppaccap.wire import CaptureState
+from apppaccap.wire import DataType
 
 
 def jobs(ctx):
@@ -46,14 +46,14 @@ def queue_ingest(ctx, path: str, source: str, cleanup: str | None = None,
         finally:
             if cleanup:
                 os.remove(cleanup)
-        if result["State"] != ingest.COMPLETED:
+        if result["State"] != CaptureState.COMPLETED:
             raise RuntimeError(f"capture {capture_id}: {result['Message']}")
         return str(capture_id)
 
     return jobs(ctx).submit("INGEST", {"path": source, "capture_id": capture_id}, run)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def pcap_ingest_file(ctx, *, path: str) -> dict:
     """Ingest a PCAP or PCAPNG file on the server's disk into a new FILE capture.
 
@@ -71,7 +71,7 @@ def pcap_ingest_file(ctx, *, path: str) -> dict:
     return queue_ingest(ctx, full, full, roots=safefs.ingest_roots(ctx.config))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def pcap_ingest_post(ctx, *, file: Upload) -> dict:
     """Ingest a PCAP or PCAPNG file uploaded as multipart form data (the part named `file`).
 
@@ -100,7 +100,7 @@ def pcap_ingest_post(ctx, *, file: Upload) -> dict:
     return queue_ingest(ctx, tmp, name, cleanup=tmp)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "",
                    overwrite: int = 0) -> dict:
     """Export a capture's packets to a PCAPNG file that Wireshark opens with the process shown.
@@ -154,7 +154,7 @@ def _exported(folder: str) -> list[os.DirEntry]:
                       key=lambda e: e.name)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def export_list(ctx) -> list:
     """The exported files in the export directory (EXPORTFILE list)."""
     out = []
@@ -165,7 +165,7 @@ def export_list(ctx) -> list:
     return out
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def export_delete(ctx, *, filename: str = "") -> int:
     """Delete one exported file by plain name, or all when blank; returns how many.
 
@@ -197,7 +197,7 @@ def export_delete(ctx, *, filename: str = "") -> int:
     return len(names)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def command_list(ctx) -> list:
     """Every command (ingest, export, action runs) with its state and progress.
 
@@ -207,7 +207,7 @@ def command_list(ctx) -> list:
     return jobs(ctx).list()
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def command_query(ctx, *, command_uid: str) -> dict:
     """One COMMAND.
 
@@ -216,7 +216,7 @@ def command_query(ctx, *, command_uid: str) -> dict:
     return jobs(ctx).get(command_uid)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def command_delete(ctx, *, command_uid: str) -> int:
     """Delete a command, cancelling it first when it is queued or running.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from apppaccap.api.envelope import Malformed
+from apppaccap.errors import Malformed
 
 MAX_FILTER_CHARS = 8192  # tcpdump expressions are short; libpcap's parser is recursive
 log = logging.getLogger(__name__)

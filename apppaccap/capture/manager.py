@@ -6,14 +6,14 @@ import logging
 import os
 import threading
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.capture.localaddr import LocalAddresses
 from apppaccap.capture.localaddr import interface_addresses
 from apppaccap.capture.session import CaptureSession
 from apppaccap.capture.session import Target
+from apppaccap.errors import Busy
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
@@ -23,12 +23,11 @@ from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
 from apppaccap.store.faults import reason
 from apppaccap.store.reserve import SpaceReserve
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import CaptureState
 
 log = logging.getLogger(__name__)
 
-SYSTEM, PROCESS, THREAD, FILE = 1, 2, 3, 4
-ACTIVE, COMPLETED, FAILED, INTERRUPTED = 1, 2, 3, 4
-FLAG_RESOLVE_IPS, FLAG_THREAD, FLAG_CHILDREN = 0x1, 0x2, 0x4
 
 
 def local_addresses() -> frozenset:
@@ -118,7 +117,7 @@ class CaptureManager:
     def _start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
                process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
         handles = self._open(list(adapters), bpf)
-        fields = {"type": ctype, "state": ACTIVE, "name": name, "filter": bpf, "flags": flags,
+        fields = {"type": ctype, "state": CaptureState.ACTIVE, "name": name, "filter": bpf, "flags": flags,
                   "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),
                   "thread_id": thread_id}
         if process:
@@ -132,12 +131,12 @@ class CaptureManager:
             self.catalog.execute("INSERT OR IGNORE INTO capture_processes VALUES (?,?)",
                                  (capture_id, process["id"]))
         db = CaptureDb(self.ctx.config.data_dir, capture_id)
-        target = Target(pids, children=bool(flags & FLAG_CHILDREN), thread_id=thread_id)
+        target = Target(pids, children=bool(flags & CaptureFlag.CHILD_PROCESSES), thread_id=thread_id)
         hold = self.ctx.settings.get_int("attribution_hold_ms", 50)
         session = CaptureSession(capture_id, handles, db, self.attribution, target, self.catalog,
                                  local_ips=local_addresses(), hold_ms=hold,
                                  on_stats=self._global_stats)
-        if flags & FLAG_RESOLVE_IPS:
+        if flags & CaptureFlag.RESOLVE_IPS:
             session.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
         if self.ctx.settings.get("extract_enabled") == "1":
             from apppaccap.extract.service import attach
@@ -199,7 +198,7 @@ class CaptureManager:
         self.catalog.submit(fold)
 
     # -- stop ----------------------------------------------------------------
-    def stop(self, capture_id: int, *, state: int = COMPLETED, message: str = "") -> None:
+    def stop(self, capture_id: int, *, state: int = CaptureState.COMPLETED, message: str = "") -> None:
         with self._lock:
             session = self.sessions.pop(capture_id, None)
         if session is None:
@@ -214,7 +213,7 @@ class CaptureManager:
             finally:
                 session.db.close()
             if session.failure is not None:  # a write failed: not a complete capture
-                state, message = INTERRUPTED, session.failure
+                state, message = CaptureState.INTERRUPTED, session.failure
             self.catalog.execute(
                 "UPDATE captures SET state=?, end_time=?, message=? WHERE id=?",
                 (state, now_ns(), message, capture_id))
@@ -270,7 +269,7 @@ class CaptureManager:
 
     def recover(self) -> int:
         """Captures left ACTIVE by a crash become INTERRUPTED, with their committed counts."""
-        rows = self.catalog.read("SELECT id FROM captures WHERE state = ?", (ACTIVE,))
+        rows = self.catalog.read("SELECT id FROM captures WHERE state = ?", (CaptureState.ACTIVE,))
         for row in rows:
             counts = (0, 0, 0)
             path = capture_path(self.ctx.config.data_dir, row["id"])
@@ -284,7 +283,7 @@ class CaptureManager:
             self.catalog.execute(
                 "UPDATE captures SET state=?, packet_count=?, byte_count=?, connection_count=?, "
                 "end_time=coalesce(end_time, ?), message=? WHERE id=?",
-                (INTERRUPTED, *counts, now_ns(), "the service stopped while capturing",
+                (CaptureState.INTERRUPTED, *counts, now_ns(), "the service stopped while capturing",
                  row["id"]))
         return len(rows)
 
@@ -300,7 +299,7 @@ class CaptureManager:
         row = self.get(capture_id)
         session = self.sessions.get(capture_id)
         # ACTIVE covers live captures and files being ingested (their rows are being written)
-        is_active = session is not None or row["state"] == ACTIVE
+        is_active = session is not None or row["state"] == CaptureState.ACTIVE
         if active is True and not is_active:
             raise Busy(f"capture_id: capture {capture_id} is not active (use capture_read)")
         if active is False and is_active:

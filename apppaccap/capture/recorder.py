@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from apppaccap.api.envelope import IOFailure
 from apppaccap.capture.dns import dns_answers
+from apppaccap.errors import IOFailure
 from apppaccap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP

@@ -18,10 +18,10 @@ import queue
 import select
 import threading
 
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.capture.bpf import filter_text
 from apppaccap.capture.bpf import set_filter
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 
 SNAPLEN = 262144
 log = logging.getLogger(__name__)

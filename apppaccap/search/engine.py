@@ -22,8 +22,8 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.search.compiler import compile_plan
@@ -31,11 +31,10 @@ from apppaccap.search.scan import scan
 from apppaccap.search.scope import Scope
 from apppaccap.search.scope import open_readonly
 from apppaccap.store.capturedb import capture_path
+from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
-ACTIVE_CAPTURE = 1
 WORKERS = 2
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
@@ -79,7 +78,7 @@ class SearchEngine:
         self.recovered = self.catalog.write(lambda c: c.execute(
             "UPDATE searches SET state = ?, message = 'interrupted: the service stopped', "
             "finished = ? WHERE state IN (?, ?)",
-            (CANCELLED, now_ns(), QUEUED, RUNNING)).rowcount)
+            (CommandState.CANCELLED, now_ns(), CommandState.QUEUED, CommandState.RUNNING)).rowcount)
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, flt, text: str, capture_ids: list[int], capture_id: int,
@@ -96,7 +95,7 @@ class SearchEngine:
             sid = self.catalog.execute(
                 "INSERT INTO searches(filter, capture_id, start_ns, end_ns, state, captures, "
                 "created) VALUES (?,?,?,?,?,?,?)",
-                (text, capture_id or None, start, end, QUEUED, json.dumps(capture_ids),
+                (text, capture_id or None, start, end, CommandState.QUEUED, json.dumps(capture_ids),
                  now_ns()))
             self.flags[sid] = flag
         self.pool.submit(self._run, sid, flt, capture_ids, time_range, flag)
@@ -110,7 +109,7 @@ class SearchEngine:
             flag.set()
         # a queued search may not have started: mark it now (the worker checks the flag)
         self.catalog.execute("UPDATE searches SET state = ?, message = 'cancelled', finished = ? "
-                             "WHERE id = ? AND state = ?", (CANCELLED, now_ns(), sid, QUEUED))
+                             "WHERE id = ? AND state = ?", (CommandState.CANCELLED, now_ns(), sid, CommandState.QUEUED))
 
     def delete(self, sid: int) -> None:
         self.cancel(sid)
@@ -139,21 +138,21 @@ class SearchEngine:
 
     # -- the worker -------------------------------------------------------------------
     def _run(self, sid, flt, capture_ids, time_range, flag: threading.Event) -> None:
-        state, message = COMPLETED, ""
+        state, message = CommandState.COMPLETED, ""
         try:
             if flag.is_set():
                 return  # cancelled while queued (already marked)
             self.catalog.execute("UPDATE searches SET state = ?, started = ? WHERE id = ?",
-                                 (RUNNING, now_ns(), sid))
+                                 (CommandState.RUNNING, now_ns(), sid))
             self._search(sid, flt, capture_ids, time_range, flag)
             if flag.is_set():
-                state, message = CANCELLED, ("interrupted: the service stopped"
+                state, message = CommandState.CANCELLED, ("interrupted: the service stopped"
                                              if self.stopping else "cancelled")
         except _Gone:
             return
         except Exception as exc:  # noqa: BLE001 - a failing search fails itself, not the service
             log.exception("search %s failed", sid)
-            state, message = FAILED, f"{type(exc).__name__}: {exc}"
+            state, message = CommandState.FAILED, f"{type(exc).__name__}: {exc}"
         finally:
             with self.lock:
                 self.flags.pop(sid, None)

@@ -58,7 +58,7 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
 
 def _error(kind: str, message: str) -> Exception:
     if kind == "io":
-        from apppaccap.api.envelope import IOFailure
+        from apppaccap.errors import IOFailure
         return IOFailure(message)  # "disk full: ..." - the ingest fails with IO_ERROR
     return RuntimeError(f"writing the capture failed: {message}")
 

@@ -30,14 +30,15 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apppaccap.actions_runner import ACTION_ENV
 from apppaccap.actions_runner import ActionRunner
 from apppaccap.actions_runner import Firing
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import NotFound
-from apppaccap.capture.manager import FLAG_CHILDREN
-from apppaccap.capture.manager import PROCESS
+from apppaccap.errors import AppError
+from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns
 from apppaccap.triggers import store
 from apppaccap.triggers.gate import Gate
 from apppaccap.triggers.gate import NoGate
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import CaptureType
+from apppaccap.wire import TriggerType
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def compile_matchers(rows) -> tuple:
     """Trigger rows → Matchers; a path that vanished since it was added matches nothing."""
     out = []
     for r in rows:
-        if r["type"] != store.ON_START:
+        if r["type"] != TriggerType.ON_START:
             continue
         real = os.path.realpath(r["path"])  # /proc/<pid>/exe is always the resolved path
         if os.path.isdir(real) and store.over_broad(real):
@@ -270,7 +271,7 @@ class TriggerWatcher:
             return True
         for firings in self._active.values():
             for f in firings:
-                if f.trigger_id == m.trigger_id and f.flags & FLAG_CHILDREN:
+                if f.trigger_id == m.trigger_id and f.flags & CaptureFlag.CHILD_PROCESSES:
                     session = self.ctx.captures.sessions.get(f.capture_id)
                     if session is not None and (pid in session.target.pids
                                                 or ppid in session.target.pids):
@@ -293,12 +294,12 @@ class TriggerWatcher:
             process_id = self.ctx.processes.identify([record])[0]
             row = dict(self.ctx.processes.by_id(process_id))
             cap = self.ctx.captures.start(
-                PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
+                CaptureType.PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
                 name=f"{m.name}: {record['name']}")
         except Exception as exc:  # noqa: BLE001 - reported on the trigger (LastError)
-            msg = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            msg = exc.message if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
             log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg,
-                        exc_info=not isinstance(exc, ApiError))
+                        exc_info=not isinstance(exc, AppError))
             store.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
             return False
         firing = Firing(m.trigger_id, m.name, pid, record["start_time"], process_id,
@@ -315,7 +316,7 @@ class TriggerWatcher:
         if not self._active:
             return
         with self._lock:
-            firings = [f for fs in self._active.values() for f in fs if f.flags & FLAG_CHILDREN]
+            firings = [f for fs in self._active.values() for f in fs if f.flags & CaptureFlag.CHILD_PROCESSES]
         for f in firings:
             session = self.ctx.captures.sessions.get(f.capture_id)
             if session is not None and parent in session.target.pids:
