@@ -12,9 +12,9 @@ import socket
 from dataclasses import dataclass
 from dataclasses import field
 
+from apppaccap.attribution.processes import ProcessBook
 from apppaccap.auth import Sessions
 from apppaccap.auth import Users
-from apppaccap.processes import ProcessBook
 from apppaccap.settings import Settings
 from apppaccap.store.catalog import Catalog
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apppaccap.api import actions  # noqa: F401 - registers every action
+from apppaccap.api import endpoints  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
 from apppaccap.wire import DataType
 

@@ -49,7 +49,7 @@ def start_services(ctx) -> None:
     """Recover state from the last run, then start the capture manager and the scheduler."""
     from apppaccap.capture.manager import CaptureManager
     from apppaccap.jobs import Jobs
-    from apppaccap.safefs import remove_leftovers
+    from apppaccap.safefs.journal import remove_leftovers
 
     remove_leftovers(ctx)  # temporary files of exports cut off by a crash or kill -9
     ctx.captures = CaptureManager(ctx)

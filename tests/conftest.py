@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from apppaccap.callers import PEER_UID
 from apppaccap.context import Config
 from apppaccap.context import build_context
-from apppaccap.themes import default_themes_dir
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
+from apppaccap.web.callers import PEER_UID
+from apppaccap.web.pages import default_themes_dir
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus")
 if not os.path.isdir(CORPUS):

@@ -6,7 +6,7 @@ import pytest
 
 from apppaccap.errors import InvalidCredentials
 from apppaccap.errors import Malformed
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
 from tests.conftest import Ajax
 from tests.conftest import make_ctx
 
@@ -95,7 +95,7 @@ def test_passwords_stored_salted(authed):
 
 
 def test_auth_default_by_bind_address():
-    from apppaccap.cli import _is_loopback
+    from apppaccap.cli.main import _is_loopback
     assert _is_loopback("127.0.0.1") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.1")
 

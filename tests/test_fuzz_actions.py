@@ -2,7 +2,7 @@
 
 Each answer must be a well-formed envelope whose ErrorCode is not GENERIC_ERROR (1: a
 server fault), and the service must be alive afterwards. Most examples run in-process
-through apppaccap.web.dispatch with a real Context (captures, commands; fast); a smaller
+through apppaccap.web.app.dispatch with a real Context (captures, commands; fast); a smaller
 set goes as JSON bodies to a real server process over HTTP, which must keep answering.
 
 Safety: everything runs in a throwaway data directory. Values that would make a valid
@@ -25,9 +25,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from apppaccap.api import actions  # noqa: F401 - registers every action
+from apppaccap.api import endpoints  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
-from apppaccap.web import dispatch
+from apppaccap.web.app import dispatch
 from tests.conftest import make_ctx
 from tests.httpjson import call_json
 from tests.httpjson import drain_stderr

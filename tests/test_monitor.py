@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from apppaccap.capture.adapters import list_adapters
+from apppaccap.capture.monitor import MonitorSwitch
+from apppaccap.capture.monitor import supports_monitor
 from apppaccap.errors import Busy
 from apppaccap.errors import NotFound
 from apppaccap.errors import Unsupported
-from apppaccap.monitor import MonitorSwitch
-from apppaccap.monitor import supports_monitor
 
 PHY_INFO = """Wiphy phy0
 \tmax # scan SSIDs: 4

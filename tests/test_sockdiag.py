@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from apppaccap.capture import sockdiag as sd
-from apppaccap.capture.sockdiag import LocalAddresses
-from apppaccap.capture.sockdiag import SockDiag
-from apppaccap.capture.sockdiag import SockEntry
+from apppaccap.attribution import sockdiag as sd
+from apppaccap.attribution.sockdiag import LocalAddresses
+from apppaccap.attribution.sockdiag import SockDiag
+from apppaccap.attribution.sockdiag import SockEntry
 
 # --- packing / parsing ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from apppaccap.pcapfile import CaptureReader
+from apppaccap.pcap.reader import CaptureReader
 from tests.conftest import free_port
 from tests.conftest import make_ctx
 from tests.livetools import Tcpdump

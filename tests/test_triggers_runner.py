@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from apppaccap.actions_runner import ACTION_ENV
-from apppaccap.actions_runner import OUTPUT_KEEP
-from apppaccap.actions_runner import ActionFailed
-from apppaccap.actions_runner import ActionRunner
-from apppaccap.actions_runner import Firing
 from apppaccap.api import triggers as api
 from apppaccap.jobs import Jobs
 from apppaccap.triggers.gate import Hold
+from apppaccap.triggers.runner import ACTION_ENV
+from apppaccap.triggers.runner import OUTPUT_KEEP
+from apppaccap.triggers.runner import ActionFailed
+from apppaccap.triggers.runner import ActionRunner
+from apppaccap.triggers.runner import Firing
 from apppaccap.triggers.watcher import TriggerWatcher
 from apppaccap.triggers.watcher import started_by_action
 from tests.livetools import wait_for

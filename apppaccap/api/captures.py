@@ -6,8 +6,8 @@ import os
 
 import psutil
 
-from apppaccap import processes
 from apppaccap.api.registry import endpoint
+from apppaccap.attribution import processes
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound

@@ -13,7 +13,6 @@ import hashlib
 import os
 import threading
 
-from apppaccap import safefs
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import AppError
@@ -25,6 +24,11 @@ from apppaccap.extract.service import extracted_dir
 from apppaccap.extract.service import spool_dir
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
+from apppaccap.safefs.journal import JOURNAL_DIR
+from apppaccap.safefs.reading import open_regular
+from apppaccap.safefs.roots import open_dir_beneath
+from apppaccap.safefs.writing import WriteTarget
+from apppaccap.safefs.writing import atomic_write
 from apppaccap.store.capturedb import capture_path
 from apppaccap.wire import DataType
 
@@ -162,7 +166,7 @@ def _open_spool(ctx, capture_id: int, stream):
     spool = os.path.join(spool_dir(ctx.config.data_dir, capture_id),
                          os.path.basename(stream["spool"]))
     try:
-        fd = safefs.open_regular(spool, name="stream_id")
+        fd = open_regular(spool, name="stream_id")
     except NotFound:
         raise IOFailure(f"stream_id: the body of stream {stream['id']} is no longer on disk "
                         "(spool removed)") from None
@@ -179,16 +183,16 @@ def _publish(ctx, folder: str, name: str, src, stream) -> tuple[str, int, str]:
     base = os.path.join(ctx.config.data_dir, "extracted")
     try:
         # made without following links: a planted symlink makes this fail, never escape
-        os.close(safefs.open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
+        os.close(open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
             "extracted", os.path.basename(folder)], create=True))
     except OSError as exc:
         raise IOFailure(f"stream_id: cannot make the directory for extracted files: "
                         f"{exc.strerror or exc}") from None
-    target = safefs.WriteTarget(
+    target = WriteTarget(
         os.path.join(folder, name), roots=[base], kind="extract", generated=True,
-        param="stream_id", journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR))
+        param="stream_id", journal=os.path.join(ctx.config.data_dir, JOURNAL_DIR))
     digest, size = hashlib.sha256(), 0
-    with safefs.atomic_write(target) as out:
+    with atomic_write(target) as out:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apppaccap.api.registry import endpoint
-from apppaccap.monitor import MonitorSwitch
+from apppaccap.capture.monitor import MonitorSwitch
 from apppaccap.wire import DataType
 
 

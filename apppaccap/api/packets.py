@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
-from apppaccap.capture.decode import decode
+from apppaccap.dissect.decode import decode
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns

@@ -2,8 +2,8 @@
 
 import psutil
 
-from apppaccap import processes
 from apppaccap.api.registry import endpoint
+from apppaccap.attribution import processes
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns

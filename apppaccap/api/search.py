@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import re
 
-from apppaccap import export
-from apppaccap import safefs
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
@@ -16,6 +14,8 @@ from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
+from apppaccap.ingest import export
+from apppaccap.safefs.writing import release_target
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
 from apppaccap.search.engine import engine_for
@@ -179,7 +179,7 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
     ctx.jobs.check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"search-{search_id}",
                                  overwrite=export.check_overwrite(overwrite))
-    from apppaccap.search.pcapng import write_results
+    from apppaccap.ingest.search_export import write_results
 
     def run(progress):
         write_results(ctx, search_id, target, progress)
@@ -188,7 +188,7 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
     try:
         return ctx.jobs.submit("EXPORT", {"search_id": search_id, "path": target.path}, run)
     except BaseException:
-        safefs.release_target(target)
+        release_target(target)
         raise
 
 

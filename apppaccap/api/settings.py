@@ -1,12 +1,12 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
-from apppaccap import themes
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.settings import POSITIVE_INTEGERS
 from apppaccap.settings import SERVE_ONLY
+from apppaccap.web import pages
 from apppaccap.wire import DataType
 
 
@@ -67,10 +67,10 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
 
 def _check_theme(ctx, value: str) -> None:
     """`/` redirects to the theme: only the folder name of an installed theme is taken."""
-    if not themes.is_theme_name(value):
+    if not pages.is_theme_name(value):
         raise Malformed("value: a theme is a folder name (letters, digits, '.', '_', '-'; "
                         "not starting with '.')")
-    installed = themes.list_themes(ctx.config.themes_dir)
+    installed = pages.list_themes(ctx.config.themes_dir)
     if value not in installed:
         raise NotFound(f"value: no theme {value!r} in the themes directory "
                        f"(installed: {', '.join(installed) or 'none'})")

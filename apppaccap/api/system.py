@@ -3,10 +3,10 @@
 import platform
 
 from apppaccap import __version__
-from apppaccap import themes
 from apppaccap.api.registry import endpoint
 from apppaccap.capture.adapters import list_adapters
 from apppaccap.errors import NotFound
+from apppaccap.web import pages
 from apppaccap.wire import CONSTANTS
 from apppaccap.wire import DataType
 
@@ -28,7 +28,7 @@ def apppaccap(ctx) -> dict:
 @endpoint(DataType.JSON)
 def server_folders(ctx) -> list:
     """The installed themes (folder names under the themes directory)."""
-    return themes.list_themes(ctx.config.themes_dir)
+    return pages.list_themes(ctx.config.themes_dir)
 
 
 @endpoint(DataType.JSON)
@@ -37,9 +37,9 @@ def server_pages(ctx, *, theme_name: str) -> list:
 
     - theme_name: a name from server_folders
     """
-    if theme_name not in themes.list_themes(ctx.config.themes_dir):
+    if theme_name not in pages.list_themes(ctx.config.themes_dir):
         raise NotFound(f"theme_name: no theme {theme_name[:80]!r}")
-    return themes.list_pages(ctx.config.themes_dir, theme_name)
+    return pages.list_pages(ctx.config.themes_dir, theme_name)
 
 
 @endpoint(DataType.JSON)

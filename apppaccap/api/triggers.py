@@ -9,8 +9,8 @@ action (one with no TriggerIds) run as COMMANDs.
 
 from __future__ import annotations
 
-from apppaccap import export
 from apppaccap.api.registry import endpoint
+from apppaccap.ingest import export
 from apppaccap.triggers import store
 from apppaccap.wire import ActionType
 from apppaccap.wire import DataType

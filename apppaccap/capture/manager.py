@@ -6,11 +6,11 @@ import logging
 import os
 import threading
 
+from apppaccap.attribution.localaddr import LocalAddresses
+from apppaccap.attribution.localaddr import interface_addresses
 from apppaccap.capture.adapters import default_capture_adapters
-from apppaccap.capture.localaddr import LocalAddresses
-from apppaccap.capture.localaddr import interface_addresses
-from apppaccap.capture.session import CaptureSession
-from apppaccap.capture.session import Target
+from apppaccap.capture.live import CaptureSession
+from apppaccap.capture.live import Target
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
@@ -56,8 +56,8 @@ class CaptureManager:
     @property
     def ip_resolver(self):
         if self._ip_resolver is None:
-            from apppaccap.geo import IpResolver
-            from apppaccap.geo import open_geo_db
+            from apppaccap.capture.geo import IpResolver
+            from apppaccap.capture.geo import open_geo_db
             self._ip_resolver = IpResolver(self.catalog,
                                            open_geo_db(self.ctx.settings.get("geoip_db")))
         return self._ip_resolver
@@ -65,10 +65,10 @@ class CaptureManager:
     @property
     def attribution(self):
         if self._attribution is None:
-            from apppaccap.capture.attribution import Attribution
-            from apppaccap.capture.owners import default_owners
+            from apppaccap.attribution.owners import default_owners
+            from apppaccap.attribution.resolver import Attribution
             backend = self._owners or default_owners()
-            from apppaccap.capture.owners import LinuxOwners
+            from apppaccap.attribution.owners import LinuxOwners
             self._attribution = Attribution(
                 backend, self.ctx.processes,
                 is_local=LocalAddresses(),  # re-reads interfaces as addresses come and go

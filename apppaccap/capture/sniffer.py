@@ -72,7 +72,7 @@ class Sniffer:
         self._thread.start()
 
     def _run(self):
-        from apppaccap.capture.decode import decode
+        from apppaccap.dissect.decode import decode
         put = self.out.put_nowait
         iface = self.iface
         fd = self.handle.fileno()

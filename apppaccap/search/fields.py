@@ -32,7 +32,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
-from apppaccap.search import decoded as D
+from apppaccap.dissect import readers as D
 from apppaccap.search.values import ABSTIME
 from apppaccap.search.values import BOOL
 from apppaccap.search.values import BYTES

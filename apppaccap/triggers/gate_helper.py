@@ -89,7 +89,7 @@ class Tracer:
 
 def _subscribe():
     """A proc connector socket listening to process events, or (None, reason)."""
-    from apppaccap.capture import procevents as pe
+    from apppaccap.attribution import procevents as pe
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, pe.NETLINK_CONNECTOR)
     except (OSError, AttributeError) as exc:
@@ -110,7 +110,7 @@ def _subscribe():
 
 def exec_events(data: bytes):
     """(tgid, kernel timestamp ns) of each exec event in one proc connector datagram."""
-    from apppaccap.capture import procevents as pe
+    from apppaccap.attribution import procevents as pe
     off = 0
     while off + pe.DATA_OFF <= len(data):
         length = pe.NLMSGHDR.unpack_from(data, off)[0]

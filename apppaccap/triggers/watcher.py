@@ -27,15 +27,15 @@ from dataclasses import dataclass
 import psutil
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from apppaccap.actions_runner import ACTION_ENV
-from apppaccap.actions_runner import ActionRunner
-from apppaccap.actions_runner import Firing
 from apppaccap.errors import AppError
 from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns
 from apppaccap.triggers import store
 from apppaccap.triggers.gate import Gate
 from apppaccap.triggers.gate import NoGate
+from apppaccap.triggers.runner import ACTION_ENV
+from apppaccap.triggers.runner import ActionRunner
+from apppaccap.triggers.runner import Firing
 from apppaccap.wire import CaptureFlag
 from apppaccap.wire import CaptureType
 from apppaccap.wire import TriggerType
@@ -108,12 +108,12 @@ def started_by_action(pid: int) -> bool:
 
 def process_record(pid: int) -> dict | None:
     """Our process record (processes.py shape) for a live pid, from /proc or psutil."""
-    from apppaccap.capture.procfs import read_process
+    from apppaccap.attribution.procfs import read_process
     info = read_process(pid)
     if info is not None:
         return {"pid": info.pid, "ppid": info.ppid, "name": info.name, "path": info.path,
                 "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
-    from apppaccap import processes
+    from apppaccap.attribution import processes
     try:
         return processes.info_from_psutil(
             psutil.Process(pid).as_dict(processes.FIELDS, ad_value=None))
@@ -165,7 +165,7 @@ class TriggerWatcher:
         elif not self.gate.available:
             self.gate.start()
         if self._events is None:
-            from apppaccap.capture.procevents import ProcEvents
+            from apppaccap.attribution.procevents import ProcEvents
             self._events = ProcEvents(on_exit=self._on_exit, on_fork=self._on_fork,
                                       read_at_exec=False)
         if self._events is not False and not self.gate.events:
