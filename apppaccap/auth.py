@@ -161,7 +161,7 @@ class LoginThrottle:
             self._state.popitem(last=False)
 
 
-class Sessions:
+class Logins:
     """Live tokens, in memory: a restart logs everybody out, which is the safe default."""
 
     def __init__(self, users: Users, timeout_seconds, clock=time.monotonic):

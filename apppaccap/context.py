@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from apppaccap.attribution.processes import ProcessBook
-from apppaccap.auth import Sessions
+from apppaccap.auth import Logins
 from apppaccap.auth import Users
 from apppaccap.settings import Settings
 from apppaccap.store.catalog import Catalog
@@ -43,7 +43,7 @@ class Context:
     catalog: Catalog
     settings: Settings
     users: Users
-    sessions: Sessions
+    logins: Logins
     processes: ProcessBook
     captures: object = None  # capture.manager.CaptureManager, started by the server
     jobs: object = None      # jobs.Jobs (APScheduler), started by the server
@@ -82,5 +82,5 @@ def build_context(config: Config) -> Context:
     catalog = Catalog(config.data_dir)
     settings = Settings(catalog)
     users = Users(catalog)
-    sessions = Sessions(users, lambda: settings.get_int("token_timeout", 1800))
-    return Context(config, catalog, settings, users, sessions, ProcessBook(catalog))
+    logins = Logins(users, lambda: settings.get_int("token_timeout", 1800))
+    return Context(config, catalog, settings, users, logins, ProcessBook(catalog))

@@ -15,9 +15,9 @@ import pytest
 
 from apppaccap.dissect import decode as dec
 from apppaccap.dissect.decode import decode
-from apppaccap.dissect.decode import dns_answers
-from apppaccap.dissect.decode import dns_query_name
-from apppaccap.dissect.decode import tcp_flags_text
+from apppaccap.dissect.dns import dns_answers
+from apppaccap.dissect.dns import dns_query_name
+from apppaccap.dissect.summary import tcp_flags_text
 
 CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
 TSHARK = shutil.which("tshark") or "/usr/bin/tshark"

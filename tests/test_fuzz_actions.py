@@ -171,7 +171,7 @@ class Env:
         from apppaccap.jobs import Jobs
         self.tmp = tmp
         self.ctx = make_ctx(tmp)
-        self.ctx.sessions.sleep = lambda seconds: None  # failed logins would wait
+        self.ctx.logins.sleep = lambda seconds: None  # failed logins would wait
         self.ctx.captures = CaptureManager(self.ctx)
         self.ctx.jobs = Jobs(self.ctx.catalog)
         self.ctx.jobs.start()
@@ -216,7 +216,7 @@ def env(tmp_path_factory):
 def _alive(env) -> None:
     assert env.call("apppaccap", {})["ErrorCode"] == 0
     assert env.call("settings_set", {"key_name": "fuzz_alive", "value": "1"})["ErrorCode"] == 0
-    assert env.ctx.captures.sessions == {}
+    assert env.ctx.captures.live == {}
 
 
 # Every action, every parameter, every fixed hostile value: the coverage floor.

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from apppaccap.attribution import sockdiag as sd
-from apppaccap.attribution.sockdiag import LocalAddresses
+from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.sockdiag import SockDiag
 from apppaccap.attribution.sockdiag import SockEntry
 

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from apppaccap.triggers.programs import Matcher
+from apppaccap.triggers.programs import compile_matchers
 from apppaccap.triggers.runner import substitute
-from apppaccap.triggers.watcher import Matcher
-from apppaccap.triggers.watcher import compile_matchers
 
 
 @pytest.fixture

@@ -230,7 +230,7 @@ def test_gate_catches_a_watched_exec_and_holds_it_invisibly(tmp_path):
     import threading
 
     from apppaccap.triggers.gate import Gate
-    from apppaccap.triggers.watcher import Matcher
+    from apppaccap.triggers.programs import Matcher
     watched = tmp_path / "watched"
     watched.mkdir()
     shutil.copy("/bin/sleep", watched / "sleep")
@@ -273,7 +273,7 @@ def test_gate_never_holds_longer_than_its_limit(tmp_path):
     import threading
 
     from apppaccap.triggers.gate import Gate
-    from apppaccap.triggers.watcher import Matcher
+    from apppaccap.triggers.programs import Matcher
     watched = tmp_path / "watched"
     watched.mkdir()
     shutil.copy("/bin/sleep", watched / "sleep")

@@ -12,6 +12,7 @@ from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.errors import Unsupported
+from apppaccap.extract.service import forget_capture
 from apppaccap.filetime import from_ns
 from apppaccap.store.blocks import side_path
 from apppaccap.store.capturedb import capture_path
@@ -70,7 +71,7 @@ def capture_start_system(ctx, *, filter: str = "", flags: int = 0, adapter: list
 
 def _active(ctx, capture_id: int, system: bool):
     row = captures(ctx).get(capture_id)
-    if row["state"] != CaptureState.ACTIVE or capture_id not in ctx.captures.sessions:
+    if row["state"] != CaptureState.ACTIVE or capture_id not in ctx.captures.live:
         raise Busy(f"capture_id: capture {capture_id} is not active")
     if system != (row["type"] == CaptureType.SYSTEM):
         kind = "a system" if row["type"] == CaptureType.SYSTEM else "not a system"
@@ -257,7 +258,6 @@ def capture_delete(ctx, *, capture_id: int) -> int:
 
 def delete_capture_files(ctx, capture_id: int) -> None:
     ctx.captures.forget(capture_id)
-    from apppaccap.extract.service import forget_capture
     forget_capture(ctx, capture_id)  # spooled bodies, extracted files and their records
     path = capture_path(ctx.config.data_dir, capture_id)
     for name in (path, path + "-wal", path + "-shm", side_path(path)):

@@ -51,7 +51,7 @@ def _capture(ctx, capture_id: int):
 def _db(ctx, capture_id: int):
     """The capture's database, or None when the capture has no packet data at all."""
     _capture(ctx, capture_id)
-    if capture_id not in getattr(ctx.captures, "sessions", {}) and \
+    if capture_id not in getattr(ctx.captures, "live", {}) and \
             not os.path.exists(capture_path(ctx.config.data_dir, capture_id)):
         return None
     return captures(ctx).db(capture_id)

@@ -26,7 +26,7 @@ def apc_flush(ctx, *, flags: int) -> int:
     """
     if flags <= 0 or flags & ~ApcFlush.ALL:
         raise Malformed("flags: must be a non-zero combination of APC_FLUSH_* bits (≤ 0xffff)")
-    if ctx.captures is not None and ctx.captures.sessions:
+    if ctx.captures is not None and ctx.captures.live:
         raise Busy("flags: stop the active captures first (apc_flush needs no capture running)")
     if flags & ApcFlush.CAPTURES:
         for row in ctx.catalog.read("SELECT id FROM captures WHERE state != ?",

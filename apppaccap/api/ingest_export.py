@@ -9,6 +9,7 @@ import tempfile
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import Upload
 from apppaccap.api.registry import endpoint
+from apppaccap.api.search import checked_filter
 from apppaccap.errors import IOFailure
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
@@ -16,6 +17,7 @@ from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
 from apppaccap.ingest import export
 from apppaccap.ingest import ingest
+from apppaccap.ingest.filtered_export import filtered_export
 from apppaccap.safefs.roots import ingest_roots
 from apppaccap.safefs.writing import release_target
 from apppaccap.wire import CaptureState
@@ -126,7 +128,6 @@ def capture_export(ctx, *, capture_id: int, path: str = "", filter: str = "",
         if flt is None:
             export.write_capture(db, target, progress=progress)
         else:
-            from apppaccap.ingest.filtered_export import filtered_export
             filtered_export(db, capture_id, flt, target, progress)
         return target.path
 
@@ -143,7 +144,6 @@ def _compile_filter(ctx, text: str, capture_id: int):
     A bad filter is MALFORMED_REQUEST with the message search_start and search_verify_filter
     give; the capture-specific SQL is built when the export runs.
     """
-    from apppaccap.api.search import checked_filter
     return checked_filter(text)
 
 

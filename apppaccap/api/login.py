@@ -16,12 +16,12 @@ def login(ctx, *, username: str, password: str) -> str:
     (0.25 s, doubling to 8 s) and failed logins are capped server-wide; a login tried
     too soon, or while 4 others are being checked, is BUSY.
     """
-    return ctx.sessions.login(username, password, ctx.remote)
+    return ctx.logins.login(username, password, ctx.remote)
 
 
 @endpoint(DataType.INT)
 def logout(ctx) -> int:
     """End the session of the token sent with this call (and clear its cookie)."""
     if ctx.token:
-        ctx.sessions.logout(ctx.token)
+        ctx.logins.logout(ctx.token)
     return 0

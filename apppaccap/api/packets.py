@@ -7,6 +7,8 @@ the reference keep their list shape (a short page means the end).
 
 from __future__ import annotations
 
+import psutil
+
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
@@ -201,7 +203,6 @@ def capture_get_processes(ctx, *, capture_id: int, last_id: int = 0, limit: int 
 
 
 def _alive(pid: int, start_ns: int) -> bool:
-    import psutil
     try:
         return int(round(psutil.Process(pid).create_time() * 100)) * 10_000_000 == start_ns
     except psutil.Error:

@@ -1,8 +1,9 @@
 """The endpoint registry: the only door for input.
 
 An endpoint (what the wire calls an "action": `action=capture_list`) is a function
-`name(ctx, *, param: type = default, ...)`; its wire name is the function's name. The validator turns the raw request (form or
-JSON) into typed keyword arguments and reports *every* problem in one
+`name(ctx, *, param: type = default, ...)`; its wire name is the function's name. The
+validator turns the raw request (form or JSON) into typed keyword arguments and reports
+*every* problem in one
 MALFORMED_REQUEST, naming each parameter.
 
 Because every value passes here, this is also where hostile values stop: text that is

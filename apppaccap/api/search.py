@@ -15,6 +15,7 @@ from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
 from apppaccap.ingest import export
+from apppaccap.ingest.search_export import write_results
 from apppaccap.safefs.writing import release_target
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
@@ -179,7 +180,6 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
     ctx.jobs.check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"search-{search_id}",
                                  overwrite=export.check_overwrite(overwrite))
-    from apppaccap.ingest.search_export import write_results
 
     def run(progress):
         write_results(ctx, search_id, target, progress)

@@ -1,5 +1,6 @@
 """apppaccap, server_folders, server_pages, adapter_list."""
 
+import os
 import platform
 
 from apppaccap import __version__
@@ -14,7 +15,6 @@ from apppaccap.wire import DataType
 @endpoint(DataType.JSON, public=True)
 def apppaccap(ctx) -> dict:
     """Information about this installation, with every protocol constant under `Constants`."""
-    import os
     geo_path = ctx.settings.get("geoip_db") or ""
     geo = bool(geo_path) and os.path.isfile(geo_path)
     return {

@@ -23,6 +23,13 @@ import threading
 import time
 from multiprocessing.connection import Connection
 
+from apppaccap.attribution.owners import LinuxOwners
+from apppaccap.attribution.owners import Owner
+from apppaccap.attribution.owners import boost_current_thread
+from apppaccap.attribution.procfs import ProcInfo
+from apppaccap.dissect.decode import decode
+from apppaccap.lifeline import die_with_parent
+from apppaccap.lifeline import parent_gone
 from apppaccap.lifeline import spawn
 from apppaccap.store.faults import reason
 
@@ -42,16 +49,9 @@ SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
 
 def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child process
-    import pcap
+    import pcap  # lazily, as in capture/adapters.py: only capturing needs libpcap loaded
 
-    from apppaccap.lifeline import die_with_parent
-    from apppaccap.lifeline import parent_gone
     die_with_parent()  # a service killed -9 takes this process with it
-
-    from apppaccap.attribution.owners import LinuxOwners
-    from apppaccap.attribution.owners import boost_current_thread
-    from apppaccap.dissect.decode import decode
-
     owners = LinuxOwners(boost_events=True)
     owners.start()
     boost_current_thread()
@@ -185,8 +185,6 @@ class FastPath:
         return True
 
     def _read(self):
-        from apppaccap.attribution.owners import Owner
-        from apppaccap.attribution.procfs import ProcInfo
         while True:
             try:
                 msg = self.conn.recv()
@@ -213,7 +211,6 @@ class FastPath:
         try:
             with open(f"/proc/{self.proc.pid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
-            import os
             return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except (OSError, AttributeError, IndexError, ValueError):
             return 0.0

@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import psutil
+
 
 def unmap(ip: str) -> str:
     """'::ffff:1.2.3.4' -> '1.2.3.4'; anything else unchanged."""
@@ -133,7 +135,6 @@ def _address_changes():
 
 def interface_addresses() -> dict[str, int]:
     """{address: ifindex} for every IPv4/IPv6 address of every interface."""
-    import psutil  # only this helper needs it
 
     out: dict[str, int] = {}
     for name, items in psutil.net_if_addrs().items():

@@ -21,15 +21,16 @@ import time
 from collections import deque
 from typing import NamedTuple
 
-from .procfs import InodeOwners
-from .procfs import ProcInfo
-from .procfs import read_process
-from .procfs import thread_of
-from .sockdiag import TCP_LISTEN
-from .sockdiag import TCP_TIME_WAIT
-from .sockdiag import LocalAddresses
-from .sockdiag import SockDiag
-from .sockdiag import unmap
+from apppaccap.attribution.localaddr import LocalAddresses
+from apppaccap.attribution.localaddr import unmap
+from apppaccap.attribution.procevents import ProcEvents
+from apppaccap.attribution.procfs import InodeOwners
+from apppaccap.attribution.procfs import ProcInfo
+from apppaccap.attribution.procfs import read_process
+from apppaccap.attribution.procfs import thread_of
+from apppaccap.attribution.sockdiag import TCP_LISTEN
+from apppaccap.attribution.sockdiag import TCP_TIME_WAIT
+from apppaccap.attribution.sockdiag import SockDiag
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,6 @@ class LinuxOwners:
         self.proc_root = getattr(self.inodes, "proc_root", proc_root)
         self._exited: deque[int] = deque()  # filled by the listener thread, drained here
         if events is None:
-            from .procevents import ProcEvents
 
             events = ProcEvents(proc_root=self.proc_root,
                                 thread_setup=boost_current_thread if boost_events else None)

@@ -24,8 +24,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .procfs import ProcInfo
-from .procfs import read_process
+from apppaccap.attribution.procfs import ProcInfo
+from apppaccap.attribution.procfs import read_process
 
 log = logging.getLogger(__name__)
 

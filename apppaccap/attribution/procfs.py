@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import os
 import platform
-import pwd
+
+try:
+    import pwd
+except ImportError:  # not Unix: no /proc either (read_process finds nothing to read)
+    pwd = None
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -300,6 +304,8 @@ def boot_time(proc_root: str = "/proc") -> int:
 
 
 def _user(uid: int) -> str:
+    if pwd is None:
+        return str(uid)
     try:
         return pwd.getpwuid(uid).pw_name
     except (KeyError, OverflowError):

@@ -18,8 +18,11 @@ import threading
 import time
 from collections import OrderedDict
 
+from apppaccap.attribution import owners
+from apppaccap.attribution.fastpath import FastPath
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.owners import boost_current_thread
 from apppaccap.store.faults import reason
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,6 @@ class Attribution:
             self.backend.start()
             self._backend_started = True
             if self.use_fastpath:
-                from apppaccap.attribution.fastpath import FastPath
                 fp = FastPath(self.deliver)
                 self.fastpath = fp if fp.start() else None
         # A thread waiting for the GIL waits up to the switch interval (5 ms by default);
@@ -160,7 +162,6 @@ class Attribution:
     # -- resolver ------------------------------------------------------------
     def _resolver(self):
         if self.boost:
-            from apppaccap.attribution.owners import boost_current_thread
             try:
                 boost_current_thread()
             except Exception:  # noqa: BLE001 - priority is an optimisation only
@@ -298,7 +299,6 @@ class Attribution:
         """One end of a flow in a socket snapshot (exact, then listener/unconnected socket)."""
         match = getattr(self.backend, "match_snapshot", None)
         if match is None:
-            from apppaccap.attribution import owners
             match = getattr(owners, "match_snapshot", None)
         if match is None:
             return _match_exact(snap, proto, local, remote)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-from apppaccap.attribution.localaddr import LocalAddresses  # noqa: F401 - re-exported
+from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.localaddr import is_wildcard
 from apppaccap.attribution.localaddr import unmap
 

@@ -50,7 +50,7 @@ class Target:
         return False
 
 
-class CaptureSession:
+class LiveCapture:
     def __init__(self, capture_id: int, handles: list, db, attribution, target: Target,
                  catalog, *, local_ips=frozenset(), hold_ms: int = 50, on_stats=None):
         self.id = capture_id

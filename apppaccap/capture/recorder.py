@@ -302,8 +302,7 @@ class Recorder:
             self._reset()
         if wait and self.pending is not None:
             if self.bulk is not None:
-                while self.bulk.pending:
-                    self.bulk._collect()
+                self.bulk.drain()
                 self.pending = None
             else:
                 self._settle()

@@ -27,7 +27,9 @@ _DNS_OPCODES = {0: "Standard query", 1: "Inverse query", 2: "Server status reque
                 4: "Zone change notification", 5: "Dynamic update"}
 _DNS_RCODES = {1: "Format error", 2: "Server failure", 3: "No such name", 4: "Not implemented",
                5: "Refused"}
-def _read_name(buf, pos):
+
+
+def read_name(buf, pos):
     """Read a possibly compressed DNS name at pos -> (name, position after it) or None."""
     labels = []
     after = -1
@@ -57,6 +59,21 @@ def _read_name(buf, pos):
             pos += 1 + ln
 
 
+def question_names(msg: bytes) -> list[str]:
+    """The names of every question of a DNS message ([] if it does not parse)."""
+    if len(msg) < 12:
+        return []
+    qdcount = _u16(msg, 4)[0]
+    out, pos = [], 12
+    for _ in range(min(qdcount, 64)):
+        got = read_name(msg, pos)
+        if got is None or got[1] + 4 > len(msg):
+            break
+        out.append(got[0])
+        pos = got[1] + 4
+    return out
+
+
 def _question(payload):
     """(id, flags, qdcount, ancount, qname, qtype, position after the question) or None."""
     if len(payload) < 12:
@@ -64,7 +81,7 @@ def _question(payload):
     ident, flags, qd, an = _dns_hdr(payload, 0)
     if not qd:
         return ident, flags, qd, an, None, 0, 12
-    got = _read_name(payload, 12)
+    got = read_name(payload, 12)
     if got is None or got[1] + 4 > len(payload):
         return None
     return ident, flags, qd, an, got[0], _u16(payload, got[1])[0], got[1] + 4
@@ -93,12 +110,12 @@ def dns_answers(payload):
             return []
         pos, n, out = 12, len(payload), []
         for _ in range(qd):
-            got = _read_name(payload, pos)
+            got = read_name(payload, pos)
             if got is None:
                 return []
             pos = got[1] + 4
         for _ in range(an):
-            got = _read_name(payload, pos)
+            got = read_name(payload, pos)
             if got is None or got[1] + 10 > n:
                 return []
             name, pos = got

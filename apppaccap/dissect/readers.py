@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from apppaccap.dissect.dns import question_names
+
 ETH, IP4, IP6, ARP, RARP = 1, 0x0800, 0x86DD, 0x0806, 0x8035
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
 DNS_PORTS = (53, 5353, 5355)  # dns, mdns, llmnr: tshark shows dns.* fields for all three
@@ -271,43 +273,3 @@ def dns_qry_names(v):
         return []
     start = d.payload_off + (2 if d.proto == TCP else 0)  # DNS over TCP: 2-byte length first
     return question_names(v.data[start:d.payload_off + d.payload_len])
-
-
-def question_names(msg: bytes) -> list[str]:
-    """The names of every question of a DNS message ([] if it does not parse)."""
-    if len(msg) < 12:
-        return []
-    qdcount = _u16(msg, 4)[0]
-    out, pos = [], 12
-    for _ in range(min(qdcount, 64)):
-        got = _name(msg, pos)
-        if got is None or got[1] + 4 > len(msg):
-            break
-        out.append(got[0])
-        pos = got[1] + 4
-    return out
-
-
-def _name(buf: bytes, pos: int):
-    """(name, position after it) of a possibly compressed name, or None."""
-    labels, after, jumps, n = [], -1, 0, len(buf)
-    while pos < n:
-        ln = buf[pos]
-        if ln >= 0xC0:
-            if pos + 1 >= n or jumps >= 32:
-                return None
-            if after < 0:
-                after = pos + 2
-            jumps += 1
-            pos = ((ln & 0x3F) << 8) | buf[pos + 1]
-        elif ln >= 0x40:
-            return None
-        elif ln == 0:
-            name = b".".join(labels).decode("utf-8", "backslashreplace") or "<Root>"
-            return name, (after if after >= 0 else pos + 1)
-        else:
-            if pos + 1 + ln > n:
-                return None
-            labels.append(buf[pos + 1:pos + 1 + ln])
-            pos += 1 + ln
-    return None

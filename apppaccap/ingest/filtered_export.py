@@ -6,6 +6,8 @@ that tests bytes first collects the matching ids with the scanner, then exports 
 
 from __future__ import annotations
 
+import json
+
 from apppaccap.ingest import export
 from apppaccap.search.compiler import compile_plan
 from apppaccap.search.scan import matching_ids
@@ -32,5 +34,4 @@ def filtered_export(db, capture_id: int, flt, target: str, progress=None) -> int
 
 
 def _json(ids) -> str:
-    import json
     return json.dumps(ids)

@@ -15,12 +15,14 @@ from apppaccap.capture.recorder import Recorder
 from apppaccap.dissect.decode import decode
 from apppaccap.errors import IOFailure
 from apppaccap.errors import Malformed
+from apppaccap.extract.service import attach
 from apppaccap.filetime import now_ns
 from apppaccap.ingest import scanner
 from apppaccap.pcap.pcapng_writer import DIRECTION_OF_EPB_FLAGS
 from apppaccap.pcap.reader import CaptureReader
 from apppaccap.pcap.reader import NotACaptureError
 from apppaccap.safefs.reading import open_regular
+from apppaccap.store.bulkwriter import BulkWriter
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.wire import CaptureState
 from apppaccap.wire import CaptureType
@@ -155,12 +157,10 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
     rec = Recorder(db)
     extract = None
     if ctx.settings.get("extract_enabled") == "1":
-        from apppaccap.extract.service import attach
         extract = attach(ctx, rec, db, capture_id)
     else:
         # The extractor writes its rows through `db`; without it, every write of the
         # ingest is a packet batch and can go to a writer process (store/bulkwriter.py).
-        from apppaccap.store.bulkwriter import BulkWriter
         rec.bulk = BulkWriter(db.path)
     labels = _Labels(ctx, capture_id)
     state, message = CaptureState.COMPLETED, ""

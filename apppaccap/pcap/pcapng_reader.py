@@ -13,9 +13,9 @@ from apppaccap.pcap.records import QUIET_BLOCKS
 from apppaccap.pcap.records import SHB_TYPE
 from apppaccap.pcap.records import Interface
 from apppaccap.pcap.records import Record
+from apppaccap.pcap.records import option_text
 from apppaccap.pcap.records import position
 from apppaccap.pcap.records import shb_version
-from apppaccap.pcap.records import option_text
 
 
 class PcapngReading:

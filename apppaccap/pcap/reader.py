@@ -47,11 +47,11 @@ __all__ = ["NotACaptureError", "Interface", "Record", "CaptureReader"]
 
 from apppaccap.pcap.pcapng_reader import PcapngReading
 from apppaccap.pcap.records import BOMS
+from apppaccap.pcap.records import MAX_CAPLEN
 from apppaccap.pcap.records import NS_PER_SECOND
 from apppaccap.pcap.records import PCAP_MAGICS
 from apppaccap.pcap.records import SHB_TYPE
 from apppaccap.pcap.records import WARN_EACH
-from apppaccap.pcap.records import MAX_CAPLEN
 from apppaccap.pcap.records import Interface
 from apppaccap.pcap.records import NotACaptureError
 from apppaccap.pcap.records import Record
@@ -241,7 +241,8 @@ class CaptureReader(PcapngReading):
                     yield (sec * NS_PER_SECOND + frac * unit, caplen, origlen, linktype, 0, data,
                            None, None, None, None)
                 else:
-                    yield Record(sec * NS_PER_SECOND + frac * unit, caplen, origlen, linktype, 0, data)
+                    yield Record(sec * NS_PER_SECOND + frac * unit, caplen, origlen, linktype, 0,
+                                 data)
         finally:
             if finish:
                 self._finish()

@@ -109,7 +109,8 @@ class SearchEngine:
             flag.set()
         # a queued search may not have started: mark it now (the worker checks the flag)
         self.catalog.execute("UPDATE searches SET state = ?, message = 'cancelled', finished = ? "
-                             "WHERE id = ? AND state = ?", (CommandState.CANCELLED, now_ns(), sid, CommandState.QUEUED))
+                             "WHERE id = ? AND state = ?",
+                             (CommandState.CANCELLED, now_ns(), sid, CommandState.QUEUED))
 
     def delete(self, sid: int) -> None:
         self.cancel(sid)

@@ -135,7 +135,8 @@ def reregister(catalog, data_dir: str) -> int:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a meta row not JSON
             log.error("capture database %s cannot be read (%s): registered as INTERRUPTED",
                       path, exc)
-            row, procs = {"type": CaptureType.SYSTEM, "name": f"capture {capture_id}", "start_time": 0,
+            row, procs = {"type": CaptureType.SYSTEM, "name": f"capture {capture_id}",
+                          "start_time": 0,
                           "state": CaptureState.INTERRUPTED,
                           "message": f"recovered: its database cannot be read ({exc})"}, []
         row["id"] = capture_id

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from apppaccap.errors import AppError
 from apppaccap.errors import NotFound
+from apppaccap.ingest import export
 from apppaccap.wire import ActionType
 from apppaccap.wire import CommandState
 
@@ -132,7 +133,6 @@ class ActionRunner:
         folder = row["path"]
 
         def run(progress):
-            from apppaccap.ingest import export
             db = self.ctx.captures.db(firing.capture_id, active=False)
             # checked again now: the roots may differ from when the action was added (a
             # restart with other --export-root); a name taken meanwhile gets a suffix

@@ -7,6 +7,7 @@ import logging
 import mimetypes
 import os
 import secrets
+import socket
 
 from flask import Flask
 from flask import Response
@@ -19,6 +20,7 @@ from apppaccap.api import endpoints  # noqa: F401 - importing registers every ac
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
 from apppaccap.api.registry import REGISTRY
+from apppaccap.attribution.localaddr import interface_addresses
 from apppaccap.errors import AppError
 from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
@@ -85,7 +87,7 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
     try:
         act = REGISTRY.get(name)
         if ctx.login_required and not act.public:
-            ctx = ctx.for_request(user=ctx.sessions.check(ctx.token))
+            ctx = ctx.for_request(user=ctx.logins.check(ctx.token))
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
         return envelope(ErrorCode.SUCCESS, act.returns, 0 if value is None else value)
@@ -106,11 +108,9 @@ def _allowed_hosts(ctx) -> set[str]:
     host = ctx.config.host
     names = set(LOCAL_NAMES) | {host, f"[{host}]"}
     if host in ("0.0.0.0", "::"):
-        import socket
         names.add(socket.gethostname())
         names.add(socket.getfqdn())
         # Bound to every address: the machine's own addresses are fine too.
-        from apppaccap.attribution.localaddr import interface_addresses
         for ip in interface_addresses():
             names.update({ip, f"[{ip}]"})
     return names
@@ -147,7 +147,7 @@ def create_app(ctx) -> Flask:
         except AppError as err:  # refused before any action ran
             body = error_envelope(err)
         resp = Response(json.dumps(body, default=str), 200, mimetype="application/json")
-        _session_cookie(resp, name, body)
+        _token_cookie(resp, name, body)
         return resp
 
     @app.get("/ajax")
@@ -216,7 +216,7 @@ def create_app(ctx) -> Flask:
         return resp
 
     def _live_token(token: str | None) -> str | None:
-        """The ?token= of a page request if it is a live session's token, else None.
+        """The ?token= of a page request if it is a live login's token, else None.
 
         Only themes using the reference placeholders need it; whatever else is in the
         query string (a stale token, markup) is never echoed into the page.
@@ -224,7 +224,7 @@ def create_app(ctx) -> Flask:
         if not pages.is_token_shaped(token):
             return None
         try:
-            ctx.sessions.check(token)
+            ctx.logins.check(token)
         except AppError:
             return None
         return token
@@ -248,14 +248,14 @@ def _door_request(ctx):
                                          uid)
     header = request.headers.get(TOKEN_HEADER) or None
     carried = header or request.cookies.get(TOKEN_COOKIE) or None
-    known = needs_login and ctx.sessions.valid(carried)
+    known = needs_login and ctx.logins.valid(carried)
     raw, files = _read_body(ctx, needs_login and not known, carried)
     name = raw.pop("action", None)
     sent = raw.pop("token", None)
     if isinstance(sent, list):
         sent = sent[0] if sent else None
     sent = sent if isinstance(sent, str) and sent else None
-    if guard.looks_like_browser(request.headers) and not ctx.sessions.valid(sent or header):
+    if guard.looks_like_browser(request.headers) and not ctx.logins.valid(sent or header):
         # A browser that sent neither Origin nor Referer cannot show where it comes from;
         # a token it was given (not a cookie, which it would attach anywhere) can.
         raise InvalidPermissions("Origin: a browser request without Origin or Referer needs "
@@ -311,7 +311,7 @@ def _read_multipart(ctx, unauthenticated: bool, carried, length):
     werkzeug (parts over 500 KB go to a temporary file) up to upload_max_bytes."""
     if unauthenticated:
         if carried:
-            ctx.sessions.check(carried)  # raises: unknown or timed-out token
+            ctx.logins.check(carried)  # raises: unknown or timed-out token
         raise NoToken(f"token: required; an upload must send it in the {TOKEN_HEADER} header "
                       f"or the {TOKEN_COOKIE} cookie (its body is not read before the "
                       "caller is known)")
@@ -332,7 +332,7 @@ def _read_multipart(ctx, unauthenticated: bool, carried, length):
     return raw, dict(files.items())
 
 
-def _session_cookie(resp: Response, name, body: dict) -> None:
+def _token_cookie(resp: Response, name, body: dict) -> None:
     """`login` leaves its token in an HttpOnly cookie (the theme's pages and requests use
     it, no script can read it, no other site can send it); `logout` clears it."""
     if name == "login" and body["ErrorCode"] == ErrorCode.SUCCESS:

@@ -2,7 +2,7 @@
 
 Placeholders are filled with values a link's author controls (the query string), so each
 is escaped for the context it lands in, and a token is only ever echoed when it has the
-shape of our tokens (urlsafe base64) — web.py further requires a live session.
+shape of our tokens (urlsafe base64) — web/app.py further requires a live login.
 """
 
 from __future__ import annotations
