@@ -29,11 +29,11 @@ class Config:
     export_dir: str = ""
     # Directories exports may write below (besides export_dir) and ingest may read below
     # (besides <data-dir>/import): serve-time options only, never API settings, because
-    # they decide what the root service writes and reads for its callers (safefs.py).
+    # they decide what the root service writes and reads for its callers (safefs/).
     export_roots: list = field(default_factory=list)
     ingest_roots: list = field(default_factory=list)
     # `--auth off` on a network address, confirmed with --i-know-this-is-open: nobody is
-    # asked for a token, local accounts included (callers.py).
+    # asked for a token, local accounts included (web/callers.py).
     open_door: bool = False
 
 
@@ -53,7 +53,7 @@ class Context:
     user: str | None = None
     remote: str = ""
     files: dict = field(default_factory=dict)
-    # Who is on the other end (callers.py): the uid owning the client's socket (None when
+    # Who is on the other end (web/callers.py): the uid owning the client's socket (None when
     # unknown or not local) and whether non-public actions need a token from this caller.
     # The web door sets both on every request; internal callers (CLI, scheduler) are the
     # service itself.

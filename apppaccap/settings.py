@@ -20,7 +20,7 @@ DEFAULTS = {
     # bytes kept free in the data directory (file .space-reserve) and given back when the
     # disk fills, so a capture stopped by "disk full" can still record why; 0 = none
     "disk_reserve_bytes": str(1 << 20),
-    # The door (web.py, callers.py): local accounts in this group (and root) need no token
+    # The door (web/app.py, web/callers.py): local accounts in this group (and root) need no token
     # when authentication is off; every other local account logs in.
     "local_group": "apppaccap",
     "max_request_bytes": str(16 << 20),   # largest non-upload /ajax body (JSON or form)

@@ -39,7 +39,7 @@ def ctx(tmp_path):
 
 def as_this_process(client):
     """The in-process test client has no socket for the kernel to name its owner; say
-    what the real server would find: this test process's uid (callers.py)."""
+    what the real server would find: this test process's uid (apppaccap/web/callers.py)."""
     client.environ_base[PEER_UID] = os.getuid()
     return client
 

@@ -103,9 +103,9 @@ class Recorder:
         # file extractor's feed (None when extraction is off, the common case)
         self.on_tcp = None
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
-        self.evicted = 0  # eviction passes so far (pcapscan.py drops its flow table then)
+        self.evicted = 0  # eviction passes so far (ingest/scanner.py drops its flow table then)
         # per interface, ns per timestamp tick when blocks are stored as pcapng EPBs
-        # (pcapscan.py); None: bytes stored bare
+        # (ingest/scanner.py); None: bytes stored bare
         self.epb_divs = None
         self._known_ips: set = set()
         self._reset()

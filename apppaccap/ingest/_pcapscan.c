@@ -1,4 +1,4 @@
-/* The compiled half of pcap and pcapng ingest (see apppaccap/pcapscan.py).
+/* The compiled half of pcap and pcapng ingest (see apppaccap/ingest/scanner.py).
  *
  * scan() walks pcap records, scan_pcapng() the option-less Enhanced Packet Blocks of a
  * pcapng section, in a buffer (the mmap of the file), and they record the common
@@ -52,7 +52,7 @@ typedef struct {
     const unsigned char *sa, *da;
 } Frame;
 
-/* 1: a clean TCP/UDP frame, fields as capture/decode.py gives them; 0: ask Python. */
+/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python. */
 static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f) {
     Py_ssize_t off, lim = n, l4, have;
     int l3;

@@ -1,6 +1,6 @@
 """The pcapng half of CaptureReader (a mixin): sections of either byte order, interface
 blocks with their time resolutions, enhanced/simple/obsolete packet blocks and options.
-See pcapfile.py for the decisions on damaged files."""
+See reader.py for the decisions on damaged files."""
 
 from __future__ import annotations
 

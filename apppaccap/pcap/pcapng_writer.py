@@ -60,7 +60,7 @@ def process_comment(pid: int, cmd: str | None, args: str | None,
 def frame_epb(buf: bytearray, if_id: int, ticks: int, data, origlen: int, flags) -> int:
     """Append one EPB - the bytes write_packets gives a packet with only `flags` (or no
     option) - to buf; returns where the packet data starts. Ingest stores blocks framed
-    this way so that export can copy them verbatim (see export.py)."""
+    this way so that export can copy them verbatim (see ingest/export.py)."""
     caplen = len(data)
     pad = -caplen & 3
     blen = 32 + caplen + pad + (0 if flags is None else 12)

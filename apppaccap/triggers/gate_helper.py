@@ -21,7 +21,7 @@ from apppaccap.attribution import procevents
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import parent_gone
 
-ACTION_ENV = b"APPPACCAP_ACTION="  # see actions_runner.ACTION_ENV: never catch those
+ACTION_ENV = b"APPPACCAP_ACTION="  # see runner.ACTION_ENV: never catch those
 
 
 class Tracer:

@@ -10,7 +10,7 @@ the program through the gate if it can); without a proc connector an APScheduler
 polls psutil instead, and programs found that way may already have talked.
 
 On the program's exit the capture is stopped after a short grace (the peer's last
-FIN/ACKs are still in flight) and the actions run (actions_runner.py). APScheduler owns
+FIN/ACKs are still in flight) and the actions run (runner.py). APScheduler owns
 every job here: completions, the fallback poll and the periodic clean-up, on a small
 executor of their own so they never queue behind long-running commands.
 """

@@ -3,7 +3,7 @@
 The service runs as root and can execute programs, so "authentication off on loopback"
 cannot mean "anyone on this host". For a connection from this host the kernel knows which
 account owns the client's socket: NETLINK_SOCK_DIAG answers the exact 4-tuple with the
-socket's uid (capture/sockdiag.py, the same client the attribution uses). Root, the
+socket's uid (attribution/sockdiag.py, the same client the attribution uses). Root, the
 server's own account and members of the group named by the setting `local_group` may call
 without a token; every other account, and every caller whose account cannot be told, logs
 in as if authentication were on.
@@ -23,7 +23,7 @@ from apppaccap.attribution.sockdiag import SockDiag
 
 log = logging.getLogger(__name__)
 
-# The WSGI environ key the server's request handler fills (web_server.py); an int uid, or
+# The WSGI environ key the server's request handler fills (server.py); an int uid, or
 # None when the kernel could not name the owner. Headers can never produce this key (they
 # become HTTP_*), so a client cannot forge it.
 PEER_UID = "apppaccap.peer_uid"

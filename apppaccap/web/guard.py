@@ -12,7 +12,7 @@ is that browsers say where a request comes from. The rules (docs/SECURITY.md):
   not parse). Modern browsers send Origin with every POST, so this is the case of older
   browsers; a request with neither header is either a script (curl, the CLI) or a browser
   whose Referer was suppressed - the door tells those apart with `looks_like_browser` and
-  asks the latter for a token (web.py).
+  asks the latter for a token (app.py).
 """
 
 from __future__ import annotations
