@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from apppaccap.dissect import readers
+from apppaccap.dissect.decoded import mac_text
 from apppaccap.search.lexer import FilterError
 from apppaccap.search.values import ABSTIME
 from apppaccap.search.values import BOOL
@@ -153,8 +154,7 @@ def _eth_mac(*which):
     def get(v):
         if v.lt != 1 or v.caplen < 14:
             return []
-        data = v.data
-        return [(data[6:12] if w == "src" else data[0:6]).hex(":") for w in which]
+        return [mac_text(v.lt, v.data, w == "src") for w in which]
     return get
 
 
