@@ -30,7 +30,7 @@ debs-test:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/_pcapscan.c
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/ingest/_pcapscan.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	touch $@

@@ -1,5 +1,5 @@
 """Ship the top-level themes/ inside the package (apppaccap/themes) when building, and
-compile the optional pcap-ingest fast path (apppaccap/_pcapscan.c).
+compile the optional pcap-ingest fast path (apppaccap/ingest/_pcapscan.c).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler
 (or Python headers) the build goes on and ingest uses its pure-Python path.
@@ -25,5 +25,5 @@ class BuildWithThemes(build_py):
 
 
 setup(cmdclass={"build_py": BuildWithThemes},
-      ext_modules=[Extension("apppaccap._pcapscan", ["apppaccap/_pcapscan.c"],
+      ext_modules=[Extension("apppaccap.ingest._pcapscan", ["apppaccap/ingest/_pcapscan.c"],
                              extra_compile_args=["-O2"], optional=True)])

@@ -1,4 +1,4 @@
-from apppaccap.cli import main
+from apppaccap.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,12 +10,12 @@ import time
 from collections import OrderedDict
 from collections import deque
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import InvalidCredentials
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import NoToken
-from apppaccap.api.envelope import SessionTimeout
+from apppaccap.errors import Busy
+from apppaccap.errors import InvalidCredentials
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.errors import NoToken
+from apppaccap.errors import SessionTimeout
 from apppaccap.store import users as user_table
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB of memory per check
@@ -174,7 +174,7 @@ class LoginThrottle:
             self._state.popitem(last=False)
 
 
-class Sessions:
+class Logins:
     """Live tokens, in memory: a restart logs everybody out, which is the safe default.
 
     A token belongs to the caller that logged in: the local account the kernel named for

@@ -12,9 +12,9 @@ import socket
 from dataclasses import dataclass
 from dataclasses import field
 
-from apppaccap.auth import Sessions
+from apppaccap.attribution.processes import ProcessBook
+from apppaccap.auth import Logins
 from apppaccap.auth import Users
-from apppaccap.processes import ProcessBook
 from apppaccap.settings import Settings
 from apppaccap.store.catalog import Catalog
 
@@ -29,11 +29,11 @@ class Config:
     export_dir: str = ""
     # Directories exports may write below (besides export_dir) and ingest may read below
     # (besides <data-dir>/import): serve-time options only, never API settings, because
-    # they decide what the root service writes and reads for its callers (safefs.py).
+    # they decide what the root service writes and reads for its callers (safefs/).
     export_roots: list = field(default_factory=list)
     ingest_roots: list = field(default_factory=list)
     # `--auth off` on a network address, confirmed with --i-know-this-is-open: nobody is
-    # asked for a token, local accounts included (callers.py).
+    # asked for a token, local accounts included (web/callers.py).
     open_door: bool = False
     # Local accounts in this group (and root) call without a token when authentication is
     # off (callers.py). A start-up option, never a setting: whoever could change it could
@@ -47,7 +47,7 @@ class Context:
     catalog: Catalog
     settings: Settings
     users: Users
-    sessions: Sessions
+    logins: Logins
     processes: ProcessBook
     captures: object = None  # capture.manager.CaptureManager, started by the server
     jobs: object = None      # jobs.Jobs (APScheduler), started by the server
@@ -57,7 +57,7 @@ class Context:
     user: str | None = None
     remote: str = ""
     files: dict = field(default_factory=dict)
-    # Who is on the other end (callers.py): the uid owning the client's socket (None when
+    # Who is on the other end (web/callers.py): the uid owning the client's socket (None when
     # unknown or not local) and whether non-public actions need a token from this caller.
     # The web door sets both on every request; internal callers (CLI, scheduler) are the
     # service itself.
@@ -86,5 +86,5 @@ def build_context(config: Config) -> Context:
     catalog = Catalog(config.data_dir)
     settings = Settings(catalog)
     users = Users(catalog)
-    sessions = Sessions(users, lambda: settings.get_int("token_timeout"))
-    return Context(config, catalog, settings, users, sessions, ProcessBook(catalog))
+    logins = Logins(users, lambda: settings.get_int("token_timeout"))
+    return Context(config, catalog, settings, users, logins, ProcessBook(catalog))

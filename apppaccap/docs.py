@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from apppaccap.api import actions  # noqa: F401 - registers every action
+from apppaccap.api import endpoints  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
 from apppaccap.settings import TABLE as SETTINGS
+from apppaccap.wire import DataType
 
-_TYPES = {1: "STRING", 2: "INT", 3: "JSON", 4: "HEX"}
 _KINDS = {int: "int", str: "string", bool: "bool (0/1)", float: "number", list: "list"}
 
 
@@ -18,15 +18,15 @@ def render() -> str:
              "see SECURITY.md); see DESIGN.md §3 for the envelope and constants.",
              "Text parameters must be valid Unicode without NUL characters, and numbers must lie",
              "in the range their type column shows; anything else is MALFORMED_REQUEST.", ""]
-    lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.actions)]
-    for name in sorted(REGISTRY.actions):
-        act = REGISTRY.actions[name]
+    lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.endpoints)]
+    for name in sorted(REGISTRY.endpoints):
+        act = REGISTRY.endpoints[name]
         body = [ln for ln in act.doc.splitlines()[1:] if not ln.strip().startswith("- ")]
         lines += ["", f"## {name}", "", act.summary]
         text = "\n".join(body).strip()
         if text:
             lines += ["", text]
-        lines += ["", f"Returns: DATA_TYPE_{_TYPES[act.returns]}"
+        lines += ["", f"Returns: DATA_TYPE_{DataType(act.returns).name}"
                   + ("; callable without a token" if act.public else ""), ""]
         if act.params:
             lines += ["| parameter | type | required | description |", "|---|---|---|---|"]

@@ -15,18 +15,17 @@ import uuid
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
+from apppaccap.errors import AppError
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.settings import Settings
 from apppaccap.store import commands
 from apppaccap.store.faults import io_failure
+from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
-
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 
 
 class Cancelled(Exception):
@@ -63,7 +62,8 @@ class Jobs:
         self.settings = Settings(catalog)
 
     def start(self) -> None:
-        commands.interrupt_unfinished(self.catalog, state=FAILED, unfinished=(QUEUED, RUNNING),
+        commands.interrupt_unfinished(self.catalog, state=CommandState.FAILED,
+                                      unfinished=(CommandState.QUEUED, CommandState.RUNNING),
                                       finished=now_ns())
         self.scheduler.start()
 
@@ -92,7 +92,7 @@ class Jobs:
             self.check_room()
             self._running[uid] = progress
         try:
-            commands.add(self.catalog, uid, ctype, QUEUED, params, now_ns())
+            commands.add(self.catalog, uid, ctype, CommandState.QUEUED, params, now_ns())
         except BaseException:
             self._running.pop(uid, None)
             raise
@@ -104,14 +104,14 @@ class Jobs:
         if progress.cancelled.is_set():
             self._running.pop(uid, None)
             return
-        self._update(uid, state=RUNNING, started=now_ns())
+        self._update(uid, state=CommandState.RUNNING, started=now_ns())
         try:
             result = fn(progress)
-            self._finish(uid, state=COMPLETED, progress=100, result=str(result or ""))
+            self._finish(uid, state=CommandState.COMPLETED, progress=100, result=str(result or ""))
         except Cancelled:
-            self._finish(uid, state=CANCELLED, message="cancelled")
-        except ApiError as err:
-            self._finish(uid, state=FAILED, message=err.message)
+            self._finish(uid, state=CommandState.CANCELLED, message="cancelled")
+        except AppError as err:
+            self._finish(uid, state=CommandState.FAILED, message=err.message)
         except Exception as exc:  # noqa: BLE001 - a failing job fails its command, not the service
             failure = io_failure(exc, "the command")
             if failure is not None:  # the disk, not the code: one line, "disk full: ..."
@@ -120,7 +120,7 @@ class Jobs:
             else:
                 log.exception("command %s failed", uid)
                 message = f"{type(exc).__name__}: {exc}"
-            self._finish(uid, state=FAILED, message=message)
+            self._finish(uid, state=CommandState.FAILED, message=message)
         finally:
             self._running.pop(uid, None)
 
@@ -148,7 +148,7 @@ class Jobs:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             cmd = self.get(uid)
-            if cmd["State"] >= COMPLETED:
+            if cmd["State"] >= CommandState.COMPLETED:
                 return cmd
             time.sleep(0.02)
         raise TimeoutError(f"command {uid} still running after {timeout}s")

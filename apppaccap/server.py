@@ -8,6 +8,13 @@ import signal
 import stat
 import threading
 
+from apppaccap.capture.manager import CaptureManager
+from apppaccap.jobs import Jobs
+from apppaccap.safefs.journal import remove_leftovers
+from apppaccap.search.engine import recover as recover_searches
+from apppaccap.search.engine import shutdown as stop_searches
+from apppaccap.triggers.watcher import TriggerWatcher
+
 log = logging.getLogger(__name__)
 
 
@@ -47,18 +54,13 @@ def _tighten(path: str) -> None:
 
 def start_services(ctx) -> None:
     """Recover state from the last run, then start the capture manager and the scheduler."""
-    from apppaccap.capture.manager import CaptureManager
-    from apppaccap.jobs import Jobs
-    from apppaccap.safefs import remove_leftovers
 
     remove_leftovers(ctx)  # temporary files of exports cut off by a crash or kill -9
     ctx.captures = CaptureManager(ctx)
     ctx.captures.recover()
-    from apppaccap.search.engine import recover as recover_searches
     recover_searches(ctx)  # searches cut off by the last stop become CANCELLED
     ctx.jobs = Jobs(ctx.catalog)
     ctx.jobs.start()
-    from apppaccap.triggers.watcher import TriggerWatcher  # needs the scheduler running
     ctx.triggers = TriggerWatcher(ctx)
     ctx.triggers.start()
 
@@ -70,7 +72,6 @@ def stop_services(ctx) -> None:
         ctx.captures.close()
     if ctx.jobs is not None:
         ctx.jobs.shutdown()
-    from apppaccap.search.engine import shutdown as stop_searches
     stop_searches(ctx)  # running searches end CANCELLED before the catalog closes
     ctx.catalog.close()
 

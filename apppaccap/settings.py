@@ -11,12 +11,27 @@ free-form user settings (a theme's own, for instance): any text, default none.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from apppaccap.store import settings as setting_rows
-from apppaccap.themes import is_theme_name
-from apppaccap.themes import list_themes
+
+# A theme is a plain folder name: `/` redirects to it, so it must never be a path or a URL.
+_THEME_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def is_theme_name(value: object) -> bool:
+    return isinstance(value, str) and _THEME_NAME.fullmatch(value) is not None
+
+
+def list_themes(root: str) -> list[str]:
+    """Folders of the themes directory that can be served (plain names only)."""
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root)
+                  if is_theme_name(d) and os.path.isdir(os.path.join(root, d)))
+
 
 # -- checks: (value, config) → None, or ValueError (malformed) / LookupError (not there) --
 

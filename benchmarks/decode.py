@@ -1,4 +1,4 @@
-"""Decode throughput of apppaccap.capture.decode (one core, single process).
+"""Decode throughput of apppaccap.dissect.decode (one core, single process).
 
 Prints packets/s for:
   * Ethernet/IPv4/TCP with a 742-byte payload (the libtins benchmark frame, notes §6.1),
@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from apppaccap.capture.decode import decode  # noqa: E402
+from apppaccap.dissect.decode import decode  # noqa: E402
 
 CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
 

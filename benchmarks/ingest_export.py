@@ -26,7 +26,7 @@ CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from apppaccap.context import Config, build_context
-from apppaccap import ingest, export
+from apppaccap.ingest import export, ingest
 from apppaccap.store.capturedb import CaptureDb
 ctx = build_context(Config(data_dir=sys.argv[3]))
 reader = ingest.open_reader(sys.argv[2])

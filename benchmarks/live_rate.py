@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from apppaccap.context import Config  # noqa: E402
 from apppaccap.context import build_context  # noqa: E402
-from apppaccap.pcapfile import CaptureReader  # noqa: E402
+from apppaccap.pcap.reader import CaptureReader  # noqa: E402
 from apppaccap.server import start_services  # noqa: E402
 from apppaccap.server import stop_services  # noqa: E402
 

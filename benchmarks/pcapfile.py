@@ -1,4 +1,4 @@
-"""Benchmark apppaccap.pcapfile (reading) and apppaccap.pcapng_writer (export).
+"""Benchmark apppaccap.pcap.reader (reading) and apppaccap.pcap.pcapng_writer (export).
 
 Generates a ~1,000,000-packet Ethernet pcap with a realistic size mix (45 % 60-66
 byte ACK-sized frames, 15 % 67-1000 bytes, 40 % full 1514-byte frames) in /tmp,
@@ -25,9 +25,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from apppaccap.pcapfile import CaptureReader  # noqa: E402
-from apppaccap.pcapng_writer import PcapngWriter  # noqa: E402
-from apppaccap.pcapng_writer import process_comment  # noqa: E402
+from apppaccap.pcap.pcapng_writer import PcapngWriter  # noqa: E402
+from apppaccap.pcap.pcapng_writer import process_comment  # noqa: E402
+from apppaccap.pcap.reader import CaptureReader  # noqa: E402
 
 
 def generate(path: str, packets: int, seed: int = 1) -> int:

@@ -28,10 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from apppaccap.capture.owners import LinuxOwners  # noqa: E402
-from apppaccap.capture.owners import boost_current_thread  # noqa: E402
-from apppaccap.capture.procfs import InodeOwners  # noqa: E402
-from apppaccap.capture.sockdiag import SockDiag  # noqa: E402
+from apppaccap.attribution.owners import LinuxOwners  # noqa: E402
+from apppaccap.attribution.owners import boost_current_thread  # noqa: E402
+from apppaccap.attribution.procfs import InodeOwners  # noqa: E402
+from apppaccap.attribution.sockdiag import SockDiag  # noqa: E402
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # lo shows each packet twice (outgoing, then incoming): keep one

@@ -3,7 +3,7 @@
 Generates a realistic pcapng (TCP and UDP flows between a few hundred hosts, HTTP-like
 requests, 1460-byte responses, DNS; every packet carries a ptcpdump process comment so
 proc.name has something to find), ingests it through the product's own path
-(apppaccap.ingest into a temporary data directory), then for each filter measures:
+(apppaccap.ingest.ingest into a temporary data directory), then for each filter measures:
 
 - our search to completion through the SearchEngine (compile, scan, results written to
   the catalog — what search_start does), and
@@ -30,10 +30,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from apppaccap import ingest  # noqa: E402
 from apppaccap.context import Config  # noqa: E402
 from apppaccap.context import build_context  # noqa: E402
 from apppaccap.filetime import from_ns  # noqa: E402
+from apppaccap.ingest import ingest  # noqa: E402
 from apppaccap.search import parse_filter  # noqa: E402
 from apppaccap.search.engine import engine_for  # noqa: E402
 from apppaccap.search.engine import shutdown  # noqa: E402

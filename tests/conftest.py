@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from apppaccap.callers import PEER_UID
 from apppaccap.context import Config
 from apppaccap.context import build_context
-from apppaccap.themes import default_themes_dir
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
+from apppaccap.web.callers import PEER_UID
+from apppaccap.web.pages import default_themes_dir
 
 CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus")
 if not os.path.isdir(CORPUS):
@@ -39,7 +39,7 @@ def ctx(tmp_path):
 
 def as_this_process(client):
     """The in-process test client has no socket for the kernel to name its owner; say
-    what the real server would find: this test process's uid (callers.py)."""
+    what the real server would find: this test process's uid (apppaccap/web/callers.py)."""
     client.environ_base[PEER_UID] = os.getuid()
     return client
 

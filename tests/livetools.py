@@ -24,7 +24,7 @@ class Tcpdump:
         time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(10)
-        from apppaccap.pcapfile import CaptureReader
+        from apppaccap.pcap.reader import CaptureReader
         with CaptureReader(self.path) as r:
             return [(rec.ts_ns // 1000, rec.origlen) for rec in r]
 

@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from apppaccap.api.envelope import Malformed
+from apppaccap.errors import Malformed
 from tests.conftest import free_port
 from tests.conftest import make_ctx
 from tests.door_helpers import ROOT

@@ -3,10 +3,10 @@
 import time
 from types import SimpleNamespace
 
-from apppaccap.capture.attribution import PENDING
-from apppaccap.capture.attribution import Attribution
-from apppaccap.capture.owners import Owner
-from apppaccap.capture.recorder import flow_key
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.owners import Owner
+from apppaccap.attribution.resolver import PENDING
+from apppaccap.attribution.resolver import Attribution
 
 
 class FakeBook:

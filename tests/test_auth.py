@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from apppaccap.api.envelope import InvalidCredentials
-from apppaccap.api.envelope import Malformed
-from apppaccap.web import create_app
+from apppaccap.errors import InvalidCredentials
+from apppaccap.errors import Malformed
+from apppaccap.web.app import create_app
 from tests.conftest import Ajax
 from tests.conftest import make_ctx
 
@@ -16,7 +16,7 @@ def authed(tmp_path):
     ctx = make_ctx(tmp_path, auth=True)
     ctx.users.add("alice", "s3cret-passw0rd")
     clock = [1000.0]
-    ctx.sessions.clock = lambda: clock[0]
+    ctx.logins.clock = lambda: clock[0]
     yield ctx, Ajax(create_app(ctx).test_client()), clock
     ctx.catalog.close()
 
@@ -58,21 +58,21 @@ def test_failed_logins_wait_per_user_and_per_address(authed):
     for _ in range(4):
         clock[0] += 10
         assert ajax("login", username="alice", password="nope")["ErrorCode"] == 9
-    assert ctx.sessions.throttle.delays == [0.25, 0.5, 1.0, 2.0, 4.0]
+    assert ctx.logins.throttle.delays == [0.25, 0.5, 1.0, 2.0, 4.0]
     clock[0] += 10
     # Same address, another name: the address is still counting.
     assert ajax("login", username="mallory", password="nope")["ErrorCode"] == 9
-    assert ctx.sessions.throttle.delays[-1] == 8.0
+    assert ctx.logins.throttle.delays[-1] == 8.0
     # Same name from another address: the name is still counting.
     clock[0] += 10
     with pytest.raises(InvalidCredentials):
-        ctx.sessions.login("mallory", "nope", "192.0.2.77")
-    assert ctx.sessions.throttle.delays[-1] == 0.5     # mallory's second failure
+        ctx.logins.login("mallory", "nope", "192.0.2.77")
+    assert ctx.logins.throttle.delays[-1] == 0.5     # mallory's second failure
     clock[0] += 10
     ajax.ok("login", username="alice", password="s3cret-passw0rd")  # success resets
     clock[0] += 10
     ajax("login", username="alice", password="nope")
-    assert ctx.sessions.throttle.delays[-1] == 0.25
+    assert ctx.logins.throttle.delays[-1] == 0.25
 
 
 def test_default_page_never_holds_a_token(authed):
@@ -95,7 +95,7 @@ def test_passwords_stored_salted(authed):
 
 
 def test_auth_default_by_bind_address():
-    from apppaccap.cli import _is_loopback
+    from apppaccap.cli.main import _is_loopback
     assert _is_loopback("127.0.0.1") and _is_loopback("::1")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.0.2.1")
 

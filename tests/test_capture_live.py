@@ -110,8 +110,8 @@ def test_process_capture_keeps_exactly_its_packets(live_ajax, http_server, tmp_p
     (cport,) = tcp_ports
     ours = [((p["Time"] - 116444736000000000) // 10, p["Length"]) for p in packets
             if p["Protocol"] == 6]
-    from apppaccap.capture.decode import decode
-    from apppaccap.pcapfile import CaptureReader
+    from apppaccap.dissect.decode import decode
+    from apppaccap.pcap.reader import CaptureReader
     with CaptureReader(str(tmp_path / "ref.pcap")) as r:
         theirs = [(rec.ts_ns // 1000, rec.origlen) for rec in r
                   if cport in (decode(rec.linktype, rec.data).sport,

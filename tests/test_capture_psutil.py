@@ -7,9 +7,9 @@ import time
 
 import pytest
 
+from apppaccap.attribution.owners import PsutilOwners
 from apppaccap.capture.manager import CaptureManager
-from apppaccap.capture.owners import PsutilOwners
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
 from tests.conftest import Ajax
 from tests.conftest import make_ctx
 from tests.livetools import read_all

@@ -1,4 +1,4 @@
-"""Tests for apppaccap.capture.decode: hand-built frames for every link type and protocol,
+"""Tests for apppaccap.dissect.decode: hand-built frames for every link type and protocol,
 truncation at every offset, fuzzing, the shared pcap corpus, and a cross-check with tshark."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import subprocess
 
 import pytest
 
-from apppaccap.capture import decode as dec
-from apppaccap.capture.decode import decode
-from apppaccap.capture.decode import dns_answers
-from apppaccap.capture.decode import dns_query_name
-from apppaccap.capture.decode import tcp_flags_text
+from apppaccap.dissect import decode as dec
+from apppaccap.dissect.decode import decode
+from apppaccap.dissect.dns import dns_answers
+from apppaccap.dissect.dns import dns_query_name
+from apppaccap.dissect.summary import tcp_flags_text
 
 CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
 TSHARK = shutil.which("tshark") or "/usr/bin/tshark"

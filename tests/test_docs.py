@@ -11,7 +11,7 @@ def test_api_md_is_current():
 
 def test_every_action_documented():
     from apppaccap.api.registry import REGISTRY
-    for act in REGISTRY.actions.values():
+    for act in REGISTRY.endpoints.values():
         assert act.summary, act.name
         for p in act.params:
             assert p.doc, f"{act.name}: parameter {p.name} has no `- {p.name}:` doc line"

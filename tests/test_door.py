@@ -54,7 +54,7 @@ def test_json_body_accepted(client):
 
 
 def test_list_params_three_spellings():
-    act = REGISTRY.get("capture_start_system") if "capture_start_system" in REGISTRY.actions \
+    act = REGISTRY.get("capture_start_system") if "capture_start_system" in REGISTRY.endpoints \
         else None
     if act is None:
         pytest.fail("capture_start_system not registered")
@@ -66,9 +66,9 @@ def test_list_params_three_spellings():
 GARBAGE = ["", "-1", "abc", "0x", "9" * 40, "../../etc/passwd", "\x00", "1e999", "[]"]
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY.actions))
+@pytest.mark.parametrize("name", sorted(REGISTRY.endpoints))
 def test_garbage_parameters_never_generic_error(ajax, name):
-    act = REGISTRY.actions[name]
+    act = REGISTRY.endpoints[name]
     for junk in GARBAGE:
         params = {p.name: junk for p in act.params}
         body = ajax(name, **params)

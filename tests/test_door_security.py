@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from apppaccap.callers import PeerLookup
+from apppaccap.web.callers import PeerLookup
 from tests.conftest import CORPUS
 from tests.door_helpers import NOBODY
 from tests.door_helpers import DoorServer

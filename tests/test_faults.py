@@ -19,14 +19,14 @@ import traceback
 
 import pytest
 
-from apppaccap.api.envelope import IOFailure
-from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Recorder
 from apppaccap.context import Config
 from apppaccap.context import build_context
+from apppaccap.dissect.decode import decode
+from apppaccap.errors import IOFailure
 from apppaccap.store.capturedb import CaptureDb
-from apppaccap.themes import default_themes_dir
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
+from apppaccap.web.pages import default_themes_dir
 from tests.conftest import as_this_process
 from tests.conftest import free_port
 from tests.livetools import wait_for
@@ -336,7 +336,7 @@ def test_sweep_copes_with_flows_added_meanwhile():
     """The sweeper copies the flow table while sniffer threads add flows. A garbage
     collection inside that copy runs finalizers that release the GIL; the copy then saw
     "OrderedDict mutated during iteration" (93 times under load)."""
-    from apppaccap.capture.attribution import Attribution
+    from apppaccap.attribution.resolver import Attribution
     # a clock that stands still: no flow is ever due for the (slow) matching part
     attribution = Attribution(NoOwners(), None, boost=False, clock=lambda: 0.0)
     for i in range(5000):

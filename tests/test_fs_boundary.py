@@ -431,11 +431,12 @@ def test_kill_during_export_leaves_no_temporary_file_after_restart(box):
 
 
 def test_start_up_removes_only_its_own_temporary_files(tmp_path):
-    from apppaccap import safefs
+    from apppaccap.safefs.journal import JOURNAL_DIR
+    from apppaccap.safefs.journal import remove_leftovers
     ctx = make_ctx(tmp_path, export_roots=[])  # the export directory is the only root
     try:
         export = tmp_path / "export"
-        journal = tmp_path / "data" / safefs.JOURNAL_DIR
+        journal = tmp_path / "data" / JOURNAL_DIR
         journal.mkdir()
         (tmp_path / "elsewhere").mkdir()
         files = {"own": export / ".a.pcapng.0123456789abcdef.part",      # journaled: removed
@@ -445,7 +446,7 @@ def test_start_up_removes_only_its_own_temporary_files(tmp_path):
         for n, path in enumerate(files.values()):
             path.write_bytes(b"partial")
             (journal / f"{n:016x}").write_text(str(path))
-        assert safefs.remove_leftovers(ctx) == 2
+        assert remove_leftovers(ctx) == 2
         assert not files["own"].exists() and not files["stray"].exists()
         assert files["outside"].read_bytes() == b"partial"
         assert files["not ours"].read_bytes() == b"partial"

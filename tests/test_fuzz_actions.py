@@ -2,7 +2,7 @@
 
 Each answer must be a well-formed envelope whose ErrorCode is not GENERIC_ERROR (1: a
 server fault), and the service must be alive afterwards. Most examples run in-process
-through apppaccap.web.dispatch with a real Context (captures, commands; fast); a smaller
+through apppaccap.web.app.dispatch with a real Context (captures, commands; fast); a smaller
 set goes as JSON bodies to a real server process over HTTP, which must keep answering.
 
 Safety: everything runs in a throwaway data directory. Values that would make a valid
@@ -25,9 +25,9 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from apppaccap.api import actions  # noqa: F401 - registers every action
+from apppaccap.api import endpoints  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
-from apppaccap.web import dispatch
+from apppaccap.web.app import dispatch
 from tests.conftest import make_ctx
 from tests.httpjson import call_json
 from tests.httpjson import drain_stderr
@@ -36,7 +36,7 @@ from tests.serverproc import Server
 
 pytestmark = pytest.mark.live  # captures on lo; root needed
 
-ACTIONS = sorted(REGISTRY.actions)
+ACTIONS = sorted(REGISTRY.endpoints)
 # per action; `APPPACCAP_FUZZ_EXAMPLES=2000 pytest tests/test_fuzz_actions.py` digs deeper
 EXAMPLES = int(os.environ.get("APPPACCAP_FUZZ_EXAMPLES", "60"))
 ERROR_CODES = set(range(0, 13)) - {1}
@@ -103,7 +103,7 @@ def plausible(name: str, env) -> list:
 
 
 def params_strategy(action_name: str, env):
-    act = REGISTRY.actions[action_name]
+    act = REGISTRY.endpoints[action_name]
     fields = {}
     for p in act.params:
         choice = st.one_of(hostile_value, st.sampled_from(plausible(p.name, env)))
@@ -171,7 +171,7 @@ class Env:
         from apppaccap.jobs import Jobs
         self.tmp = tmp
         self.ctx = make_ctx(tmp)
-        self.ctx.sessions.sleep = lambda seconds: None  # failed logins would wait
+        self.ctx.logins.sleep = lambda seconds: None  # failed logins would wait
         self.ctx.captures = CaptureManager(self.ctx)
         self.ctx.jobs = Jobs(self.ctx.catalog)
         self.ctx.jobs.start()
@@ -216,13 +216,13 @@ def env(tmp_path_factory):
 def _alive(env) -> None:
     assert env.call("apppaccap", {})["ErrorCode"] == 0
     assert env.call("settings_set", {"key_name": "fuzz_alive", "value": "1"})["ErrorCode"] == 0
-    assert env.ctx.captures.sessions == {}
+    assert env.ctx.captures.live == {}
 
 
 # Every action, every parameter, every fixed hostile value: the coverage floor.
 @pytest.mark.parametrize("action_name", ACTIONS)
 def test_every_parameter_with_every_hostile_value(env, action_name):
-    act = REGISTRY.actions[action_name]
+    act = REGISTRY.endpoints[action_name]
     # the others plausible, or only the required ones: optional values change the path taken
     full = {q.name: plausible(q.name, env)[0] for q in act.params}
     required = {q.name: v for q, v in zip(act.params, full.values()) if q.required}
@@ -275,7 +275,7 @@ def test_real_server_survives_hostile_json(tmp_path):
         time.sleep(0.05)
     try:
         for action_name in ACTIONS:
-            act = REGISTRY.actions[action_name]
+            act = REGISTRY.endpoints[action_name]
             for p in act.params:
                 for value in HTTP_VALUES:
                     if action_name == "login" and not isinstance(value, (list, dict)) \

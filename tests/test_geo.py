@@ -4,12 +4,12 @@ import glob
 import os
 import time
 
+import _maxminddb_geolite2
 import pytest
 
-import _maxminddb_geolite2
-from apppaccap.geo import IpResolver
-from apppaccap.geo import geo_lookup
-from apppaccap.geo import open_geo_db
+from apppaccap.capture.geo import IpResolver
+from apppaccap.capture.geo import geo_lookup
+from apppaccap.capture.geo import open_geo_db
 from apppaccap.store.capturedb import CaptureDb
 
 DB = glob.glob(os.path.join(os.path.dirname(_maxminddb_geolite2.__file__), "*.mmdb"))[0]

@@ -25,7 +25,7 @@ def post_json(client, action, **params) -> dict:
 
 
 def _text_params():
-    for act in REGISTRY.actions.values():
+    for act in REGISTRY.endpoints.values():
         for p in act.params:
             if p.kind in (str, list):
                 yield act.name, p.name
@@ -65,7 +65,7 @@ def test_numbers_out_of_range_are_malformed(client, action, params, needle):
 
 
 def test_every_number_parameter_declares_its_range():
-    missing = [(a.name, p.name) for a in REGISTRY.actions.values() for p in a.params
+    missing = [(a.name, p.name) for a in REGISTRY.endpoints.values() for p in a.params
                if p.kind in (int, float) and p.bounds is None]
     assert missing == [], "add them to registry.WIRE_BOUNDS or annotate them with Bounds"
 
@@ -89,7 +89,7 @@ def _in_subprocess(code: str) -> subprocess.CompletedProcess:
 @pytest.mark.live
 def test_open_handle_refuses_a_filter_libpcap_cannot_receive():
     run = _in_subprocess(
-        "from apppaccap.api.envelope import Malformed\n"
+        "from apppaccap.errors import Malformed\n"
         "from apppaccap.capture.sniffer import open_handle\n"
         "import gc\n"
         "for bad in ('\\ud800', 'tcp\\x00 and port 1', b'tcp'):\n"
@@ -109,7 +109,7 @@ def test_trigger_filter_check_refuses_what_libpcap_cannot_receive(client):
     body = post_json(client, "trigger_add", name="t", trigger_type=1, path=sys.executable,
                      filter="tcp" + SURROGATE)
     assert body["ErrorCode"] == 4 and body["ReturnValue"].startswith("filter: "), body
-    from apppaccap.api.envelope import Malformed
+    from apppaccap.errors import Malformed
     from apppaccap.triggers.store import check_filter
     with pytest.raises(Malformed, match="filter: is not valid Unicode"):
         check_filter("tcp" + SURROGATE)  # called from elsewhere than the registry too

@@ -125,7 +125,7 @@ def test_helpers_die_with_a_killed_server(tmp_path):
         time.sleep(1)  # helpers started from a request thread outlive that thread
         helpers = descendants(server.proc.pid)
         names = command_lines(helpers)
-        assert any("apppaccap.capture.fastpath" in n for n in names), names
+        assert any("apppaccap.attribution.fastpath" in n for n in names), names
         assert any("triggers.gate_h" in n for n in names), names
         for pid in helpers:
             os.kill(pid, signal.SIGSTOP)

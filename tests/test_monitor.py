@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
 from apppaccap.capture.adapters import list_adapters
-from apppaccap.monitor import MonitorSwitch
-from apppaccap.monitor import supports_monitor
+from apppaccap.capture.monitor import MonitorSwitch
+from apppaccap.capture.monitor import supports_monitor
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
 
 PHY_INFO = """Wiphy phy0
 \tmax # scan SSIDs: 4

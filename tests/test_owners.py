@@ -11,14 +11,14 @@ from collections import namedtuple
 
 import pytest
 
-from apppaccap.capture.owners import LinuxOwners
-from apppaccap.capture.owners import Owner
-from apppaccap.capture.owners import PsutilOwners
-from apppaccap.capture.owners import boost_current_thread
-from apppaccap.capture.owners import default_owners
-from apppaccap.capture.owners import match_snapshot
-from apppaccap.capture.procfs import ProcInfo
-from apppaccap.capture.sockdiag import SockEntry
+from apppaccap.attribution.owners import LinuxOwners
+from apppaccap.attribution.owners import Owner
+from apppaccap.attribution.owners import PsutilOwners
+from apppaccap.attribution.owners import boost_current_thread
+from apppaccap.attribution.owners import default_owners
+from apppaccap.attribution.owners import match_snapshot
+from apppaccap.attribution.procfs import ProcInfo
+from apppaccap.attribution.sockdiag import SockEntry
 
 
 def E(proto, lip, lport, rip, rport, state, inode):

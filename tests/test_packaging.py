@@ -17,4 +17,4 @@ def test_wheel_ships_themes_and_console_script(tmp_path):
     assert "apppaccap/themes/default/js/jquery-3.7.1.min.js" in names
     entry = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(tmp_path / wheel).read(entry[0]).decode()
-    assert "apppaccap = apppaccap.cli:main" in text
+    assert "apppaccap = apppaccap.cli.main:main" in text

@@ -22,7 +22,7 @@ import urllib.parse
 
 import pytest
 
-from apppaccap.themes import default_themes_dir
+from apppaccap.web.pages import default_themes_dir
 from tests import browser_helpers as bh
 from tests.serverproc import Server
 from tests.serverproc import cli

@@ -15,8 +15,8 @@ import pytest
 from pcapng import FileWriter
 from pcapng import blocks
 
-from apppaccap.pcapfile import CaptureReader
-from apppaccap.pcapfile import NotACaptureError
+from apppaccap.pcap.reader import CaptureReader
+from apppaccap.pcap.reader import NotACaptureError
 
 # shared/ sits beside the clone (as in CI); APPPACCAP_CORPUS overrides elsewhere
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

@@ -13,9 +13,9 @@ import pytest
 from pcapng import FileScanner
 from pcapng import blocks
 
-from apppaccap.pcapfile import CaptureReader
-from apppaccap.pcapng_writer import PcapngWriter
-from apppaccap.pcapng_writer import process_comment
+from apppaccap.pcap.pcapng_writer import PcapngWriter
+from apppaccap.pcap.pcapng_writer import process_comment
+from apppaccap.pcap.reader import CaptureReader
 
 # python-pcapng warns about its own untyped if_tsresol option whenever it touches one
 pytestmark = pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")

@@ -1,7 +1,7 @@
 """The compiled pcap scanner against the Python path it stands in for.
 
 Every pcap and pcapng file of the corpus (well-formed and malformed) and generated files
-of realistic flows are ingested twice - through apppaccap/_pcapscan.c, and with the scanner
+of realistic flows are ingested twice - through apppaccap/ingest/_pcapscan.c, and with the scanner
 switched off - and the two capture databases must hold the same packets (every column
 and the bytes), connections, statistics and IPs, end in the same state with the same
 message, and export to byte-identical pcapng files (the scanner's captures are exported
@@ -17,17 +17,16 @@ import sys
 
 import pytest
 
-from apppaccap import export
-from apppaccap import ingest
-from apppaccap import pcapscan
-from apppaccap.pcapfile import CaptureReader
-from apppaccap.pcapfile import NotACaptureError
+from apppaccap.ingest import export
+from apppaccap.ingest import ingest
+from apppaccap.ingest import scanner
+from apppaccap.pcap.reader import CaptureReader
+from apppaccap.pcap.reader import NotACaptureError
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
 from tests.conftest import CORPUS
 from tests.conftest import manifest
-
 
 
 def _captures() -> list[str]:
@@ -36,7 +35,7 @@ def _captures() -> list[str]:
     for rel in manifest():
         try:
             with CaptureReader(os.path.join(CORPUS, rel)) as reader:
-                if reader.format in pcapscan.CLASSIC or reader.format == "pcapng":
+                if reader.format in scanner.CLASSIC or reader.format == "pcapng":
                     out.append(rel)
         except (NotACaptureError, OSError):
             pass
@@ -49,28 +48,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_scanner_is_built():
     # `make test` installs a compiler and Python's headers: the fast path must exist here
-    assert pcapscan.scan is not None and pcapscan.scan_pcapng is not None
+    assert scanner.scan is not None and scanner.scan_pcapng is not None
 
 
 def _count_scanned(monkeypatch, name: str) -> list:
-    """Wrap pcapscan.<name> so the returned list fills with the packets each call took."""
+    """Wrap scanner.<name> so the returned list fills with the packets each call took."""
     taken: list = []
-    real = getattr(pcapscan, name)
+    real = getattr(scanner, name)
 
     def counting(*args):
         out = real(*args)
         taken.append(out[1])
         return out
 
-    monkeypatch.setattr(pcapscan, name, counting)
+    monkeypatch.setattr(scanner, name, counting)
     return taken
 
 
 def _ingest(ctx, path, *, fast: bool, monkeypatch):
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(pcapscan, "scan", None)
-            m.setattr(pcapscan, "scan_pcapng", None)
+            m.setattr(scanner, "scan", None)
+            m.setattr(scanner, "scan_pcapng", None)
         reader = ingest.open_reader(path)
         cid = ingest.create_capture(ctx, path)
         result = ingest.ingest(ctx, reader, cid)

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from apppaccap.capture import procevents as pe
-from apppaccap.capture.procevents import ProcEvents
-from apppaccap.capture.procfs import ProcInfo
+from apppaccap.attribution import procevents as pe
+from apppaccap.attribution.procevents import ProcEvents
+from apppaccap.attribution.procfs import ProcInfo
 
 
 def _event(what, data, seq=0, ack=0):

@@ -9,11 +9,11 @@ import time
 import psutil
 import pytest
 
-from apppaccap.capture import procfs
-from apppaccap.capture.procfs import InodeOwners
-from apppaccap.capture.procfs import list_threads
-from apppaccap.capture.procfs import read_process
-from apppaccap.capture.procfs import thread_of
+from apppaccap.attribution import procfs
+from apppaccap.attribution.procfs import InodeOwners
+from apppaccap.attribution.procfs import list_threads
+from apppaccap.attribution.procfs import read_process
+from apppaccap.attribution.procfs import thread_of
 
 BTIME = 1_700_000_000
 

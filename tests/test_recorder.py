@@ -4,8 +4,8 @@ import struct
 from concurrent.futures import Future
 
 from apppaccap.capture import recorder as rec_mod
-from apppaccap.capture.decode import decode
 from apppaccap.capture.recorder import Recorder
+from apppaccap.dissect.decode import decode
 
 
 class Sink:

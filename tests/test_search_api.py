@@ -199,7 +199,7 @@ def test_cancel_keeps_results_and_delete_removes_them(live, live_ajax, slow_scan
 def test_searches_survive_a_restart(tmp_path, monkeypatch):
     from apppaccap.server import start_services
     from apppaccap.server import stop_services
-    from apppaccap.web import create_app
+    from apppaccap.web.app import create_app
     ctx = make_ctx(tmp_path)
     start_services(ctx)
     ajax = Ajax(create_app(ctx).test_client())
@@ -351,7 +351,7 @@ def test_fields_fall_back_to_the_bytes_without_columns(live, live_ajax):
 def test_engine_shutdown_cancels_running_searches(tmp_path, slow_scan):
     from apppaccap.server import start_services
     from apppaccap.server import stop_services
-    from apppaccap.web import create_app
+    from apppaccap.web.app import create_app
     ctx = make_ctx(tmp_path)
     start_services(ctx)
     ajax = Ajax(create_app(ctx).test_client())

@@ -268,7 +268,7 @@ def oracle(tmp_path_factory):
     """
     from apppaccap.server import start_services
     from apppaccap.server import stop_services
-    from apppaccap.web import create_app
+    from apppaccap.web.app import create_app
     tmp = tmp_path_factory.mktemp("oracle")
     sample = str(tmp / "sample.pcapng")
     write_pcapng(sample, sample_packets(), linktypes=(1, 101))

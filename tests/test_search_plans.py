@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from apppaccap import ingest
+from apppaccap.ingest import ingest
 from apppaccap.search import parse_filter
 from apppaccap.search.checker import Cond
 from apppaccap.search.compiler import compile_plan

@@ -36,8 +36,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "apppaccap"
 READERS = {"get", "get_int", "get_bool"}
 # Readers whose key is a variable: the names they are given (web.py: _limit), and
 # settings_get_by_key, which reads whatever name its caller asks for.
-KEYS_PASSED_THROUGH = {"web.py": {"max_request_bytes", "max_unauthenticated_bytes"},
-                       "web_server.py": {"max_connections_per_caller",
+KEYS_PASSED_THROUGH = {"web/app.py": {"max_request_bytes", "max_unauthenticated_bytes"},
+                       "web/server.py": {"max_connections_per_caller",
                                          "request_idle_seconds"},
                        "api/settings.py": set()}
 

@@ -3,16 +3,16 @@ against a kernel stand-in, and live lookups of sockets this test opens."""
 
 import os
 import socket
-import subprocess
 import struct
+import subprocess
 import time
 
 import pytest
 
-from apppaccap.capture import sockdiag as sd
-from apppaccap.capture.sockdiag import LocalAddresses
-from apppaccap.capture.sockdiag import SockDiag
-from apppaccap.capture.sockdiag import SockEntry
+from apppaccap.attribution import sockdiag as sd
+from apppaccap.attribution.localaddr import LocalAddresses
+from apppaccap.attribution.sockdiag import SockDiag
+from apppaccap.attribution.sockdiag import SockEntry
 
 # --- packing / parsing ---------------------------------------------------------------------
 

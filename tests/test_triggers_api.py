@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from apppaccap.actions_runner import substitute
-from apppaccap.triggers.watcher import Matcher
-from apppaccap.triggers.watcher import compile_matchers
+from apppaccap.triggers.programs import Matcher
+from apppaccap.triggers.programs import compile_matchers
+from apppaccap.triggers.runner import substitute
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_placeholders_are_substituted_per_argument():
 
 
 def test_gate_helper_parses_exec_events_and_matches_paths():
-    from apppaccap.capture import procevents as pe
+    from apppaccap.attribution import procevents as pe
     from apppaccap.triggers.gate_helper import exec_events
     from apppaccap.triggers.gate_helper import match
 

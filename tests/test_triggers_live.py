@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from apppaccap.pcapfile import CaptureReader
+from apppaccap.pcap.reader import CaptureReader
 from tests.conftest import free_port
 from tests.conftest import make_ctx
 from tests.livetools import Tcpdump
@@ -230,7 +230,7 @@ def test_gate_catches_a_watched_exec_and_holds_it_invisibly(tmp_path):
     import threading
 
     from apppaccap.triggers.gate import Gate
-    from apppaccap.triggers.watcher import Matcher
+    from apppaccap.triggers.programs import Matcher
     watched = tmp_path / "watched"
     watched.mkdir()
     shutil.copy("/bin/sleep", watched / "sleep")
@@ -273,7 +273,7 @@ def test_gate_never_holds_longer_than_its_limit(tmp_path):
     import threading
 
     from apppaccap.triggers.gate import Gate
-    from apppaccap.triggers.watcher import Matcher
+    from apppaccap.triggers.programs import Matcher
     watched = tmp_path / "watched"
     watched.mkdir()
     shutil.copy("/bin/sleep", watched / "sleep")

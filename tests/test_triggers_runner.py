@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from apppaccap.actions_runner import ACTION_ENV
-from apppaccap.actions_runner import OUTPUT_KEEP
-from apppaccap.actions_runner import ActionFailed
-from apppaccap.actions_runner import ActionRunner
-from apppaccap.actions_runner import Firing
 from apppaccap.api import triggers as api
 from apppaccap.jobs import Jobs
 from apppaccap.triggers.gate import Hold
+from apppaccap.triggers.programs import started_by_action
+from apppaccap.triggers.runner import ACTION_ENV
+from apppaccap.triggers.runner import OUTPUT_KEEP
+from apppaccap.triggers.runner import ActionFailed
+from apppaccap.triggers.runner import ActionRunner
+from apppaccap.triggers.runner import Firing
 from apppaccap.triggers.watcher import TriggerWatcher
-from apppaccap.triggers.watcher import started_by_action
 from tests.livetools import wait_for
 
 
@@ -38,7 +38,7 @@ class FakeCaptures:
     """Records start/stop; `log` keeps the order of events across fakes."""
 
     def __init__(self, log):
-        self.log, self.sessions, self.next_id, self.started = log, {}, 1, []
+        self.log, self.live, self.next_id, self.started = log, {}, 1, []
         self.attribution = self  # warmed up by the watcher: acquire() + release()
 
     def acquire(self):
@@ -49,18 +49,18 @@ class FakeCaptures:
 
     def start(self, ctype, *, pids, process, flags, bpf, name):
         cid, self.next_id = self.next_id, self.next_id + 1
-        self.sessions[cid] = FakeSession(pids)
+        self.live[cid] = FakeSession(pids)
         self.started.append({"type": ctype, "pids": list(pids), "flags": flags, "bpf": bpf,
                              "name": name, "process": process})
         self.log.append(("start", cid))
         return {"id": cid}
 
     def stop(self, cid):
-        self.sessions.pop(cid)
+        self.live.pop(cid)
         self.log.append(("stop", cid))
 
     def stop_all(self):
-        self.sessions.clear()
+        self.live.clear()
 
 
 class FakeEvents:
@@ -173,9 +173,9 @@ def test_exec_pauses_starts_resumes_then_exit_stops_and_acts(ctx, jobs, watched,
         assert api.trigger_list(ctx)[0]["LastCaptureId"] == 1
         # CAPTURE_FLAG_CHILD_PROCESSES: a fork of the program joins its capture at birth
         w._on_fork(proc.pid, 999999)
-        assert ctx.captures.sessions[1].target.pids == {proc.pid, 999999}
+        assert ctx.captures.live[1].target.pids == {proc.pid, 999999}
         w._on_fork(12345, 999998)
-        assert 999998 not in ctx.captures.sessions[1].target.pids
+        assert 999998 not in ctx.captures.live[1].target.pids
     finally:
         proc.kill()
         proc.wait()
@@ -235,7 +235,7 @@ def test_programs_started_by_actions_never_fire(ctx, jobs, watched):
 
 
 def test_a_failed_capture_start_is_reported_on_the_trigger(ctx, jobs, watched):
-    from apppaccap.api.envelope import NotFound
+    from apppaccap.errors import NotFound
     log: list = []
     w = _watcher(ctx, log)
 

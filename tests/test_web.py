@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from apppaccap.themes import fill_placeholders
-from apppaccap.web import create_app
+from apppaccap.web.app import create_app
+from apppaccap.web.pages import fill_placeholders
 from tests.conftest import make_ctx
 
 
@@ -86,12 +86,12 @@ def test_apppaccap_object(ajax):
 
 
 def test_themes_shipped_in_package_or_found(tmp_path):
-    from apppaccap.themes import default_themes_dir
+    from apppaccap.web.pages import default_themes_dir
     assert os.path.isfile(os.path.join(default_themes_dir(), "default", "index.html"))
 
 
 def test_bound_to_all_addresses_accepts_own_addresses_only(tmp_path):
-    from apppaccap.capture.localaddr import interface_addresses
+    from apppaccap.attribution.localaddr import interface_addresses
     ctx = make_ctx(tmp_path, host="0.0.0.0", auth=True)
     try:
         client = create_app(ctx).test_client()
@@ -107,7 +107,7 @@ def test_bound_to_all_addresses_accepts_own_addresses_only(tmp_path):
 
 
 def test_script_json_round_trips_and_cannot_end_a_script():
-    from apppaccap.themes import script_json
+    from apppaccap.web.pages import script_json
     value = {"</script><!--": "<b>&amp;'\u2028\u2029\"\\", "k": [1, None, "\U0001f600"]}
     text = script_json(value)
     assert not set("<>&'\u2028\u2029") & set(text) and text.isascii()
@@ -115,8 +115,8 @@ def test_script_json_round_trips_and_cannot_end_a_script():
 
 
 def test_only_inline_scripts_get_the_nonce():
-    from apppaccap.themes import add_script_nonce
-    from apppaccap.themes import has_inline_script
+    from apppaccap.web.pages import add_script_nonce
+    from apppaccap.web.pages import has_inline_script
     page = '<SCRIPT>a()</SCRIPT><script src="x.js"></script><script type="module">b()</script>'
     out = add_script_nonce(page, "N0nce")
     assert out == ('<script nonce="N0nce">a()</SCRIPT><script src="x.js"></script>'
@@ -129,5 +129,5 @@ def test_only_inline_scripts_get_the_nonce():
     ("", False), ("a/b", False), ("a\\b", False), ("//evil", False), ("http:x", False),
     ("a b", False), ("x\r\n", False), ("é", False), ("a" * 64, True), ("a" * 65, False)])
 def test_theme_names(name, ok):
-    from apppaccap.themes import is_theme_name
+    from apppaccap.web.pages import is_theme_name
     assert is_theme_name(name) is ok

@@ -6,28 +6,24 @@ import os
 
 import psutil
 
-from apppaccap import processes
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
-from apppaccap.capture.manager import ACTIVE
-from apppaccap.capture.manager import FLAG_CHILDREN
-from apppaccap.capture.manager import FLAG_RESOLVE_IPS
-from apppaccap.capture.manager import FLAG_THREAD
-from apppaccap.capture.manager import PROCESS
-from apppaccap.capture.manager import SYSTEM
-from apppaccap.capture.manager import THREAD
+from apppaccap.api.registry import endpoint
+from apppaccap.attribution import processes
+from apppaccap.errors import Busy
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
+from apppaccap.extract.service import forget_capture
 from apppaccap.filetime import from_ns
 from apppaccap.store import captures as capture_table
 from apppaccap.store.blocks import side_path
 from apppaccap.store.capturedb import capture_path
 from apppaccap.store.capturedb import set_packet_notes
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import CaptureState
+from apppaccap.wire import CaptureType
+from apppaccap.wire import DataType
 
-ALL_FLAGS = FLAG_RESOLVE_IPS | FLAG_THREAD | FLAG_CHILDREN
+ALL_FLAGS = CaptureFlag.RESOLVE_IPS | CaptureFlag.THREAD_CAPTURE | CaptureFlag.CHILD_PROCESSES
 
 
 def captures(ctx):
@@ -60,7 +56,7 @@ def _check_flags(flags: int, allowed: int) -> None:
         raise Malformed(f"flags: unsupported bits 0x{flags & ~allowed:x} (allowed 0x{allowed:x})")
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_start_system(ctx, *, filter: str = "", flags: int = 0, adapter: list = ()) -> dict:
     """Start a system-wide capture: every packet, each labelled with its process.
 
@@ -70,22 +66,22 @@ def capture_start_system(ctx, *, filter: str = "", flags: int = 0, adapter: list
     - flags: 0 or CAPTURE_FLAG_RESOLVE_IPS
     - adapter: adapter names (repeat, `adapter[]`, or comma-separated); empty = all up adapters
     """
-    _check_flags(flags, FLAG_RESOLVE_IPS)
-    row = captures(ctx).start(SYSTEM, bpf=filter, flags=flags, adapters=adapter)
+    _check_flags(flags, CaptureFlag.RESOLVE_IPS)
+    row = captures(ctx).start(CaptureType.SYSTEM, bpf=filter, flags=flags, adapters=adapter)
     return capture_object(ctx, row)
 
 
 def _active(ctx, capture_id: int, system: bool):
     row = captures(ctx).get(capture_id)
-    if row["state"] != ACTIVE or capture_id not in ctx.captures.sessions:
+    if row["state"] != CaptureState.ACTIVE or capture_id not in ctx.captures.live:
         raise Busy(f"capture_id: capture {capture_id} is not active")
-    if system != (row["type"] == SYSTEM):
-        kind = "a system" if row["type"] == SYSTEM else "not a system"
+    if system != (row["type"] == CaptureType.SYSTEM):
+        kind = "a system" if row["type"] == CaptureType.SYSTEM else "not a system"
         raise Malformed(f"capture_id: capture {capture_id} is {kind} capture")
     return row
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def capture_stop_system(ctx, *, capture_id: int) -> int:
     """Stop an active system capture.
 
@@ -117,7 +113,7 @@ def _process_row(ctx, process_id: int, pid: int) -> dict:
     return dict(ctx.processes.by_id(ctx.processes.identify([info])[0]))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_start_process(ctx, *, capture_id: int = 0, process_id: int = 0, pid: int = 0,
                           thread_id: int = 0, filter: str = "", flags: int = 0,
                           adapter: list = ()) -> dict:
@@ -134,9 +130,9 @@ def capture_start_process(ctx, *, capture_id: int = 0, process_id: int = 0, pid:
     - adapter: adapter names; empty = all up adapters
     """
     _check_flags(flags, ALL_FLAGS)
-    if thread_id and not flags & FLAG_THREAD:
+    if thread_id and not flags & CaptureFlag.THREAD_CAPTURE:
         raise Malformed("flags: thread_id needs CAPTURE_FLAG_THREAD_CAPTURE")
-    if flags & FLAG_THREAD and not thread_id:
+    if flags & CaptureFlag.THREAD_CAPTURE and not thread_id:
         raise Malformed("thread_id: required with CAPTURE_FLAG_THREAD_CAPTURE")
     proc = _process_row(ctx, process_id, pid)
     if thread_id and not os.path.exists(f"/proc/{proc['pid']}/task/{thread_id}") and \
@@ -144,7 +140,7 @@ def capture_start_process(ctx, *, capture_id: int = 0, process_id: int = 0, pid:
         raise NotFound(f"thread_id: process {proc['pid']} has no thread {thread_id}")
     if capture_id:
         return capture_object(ctx, captures(ctx).add_process(capture_id, proc))
-    kind = THREAD if thread_id else PROCESS
+    kind = CaptureType.THREAD if thread_id else CaptureType.PROCESS
     row = captures(ctx).start(kind, bpf=filter, flags=flags, adapters=adapter,
                               pids=[proc["pid"]], process=proc, thread_id=thread_id,
                               name=proc["name"])
@@ -158,7 +154,7 @@ def _threads(pid):
         return []
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def capture_stop_process(ctx, *, capture_id: int) -> int:
     """Stop an active process or thread capture.
 
@@ -169,7 +165,7 @@ def capture_stop_process(ctx, *, capture_id: int) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def capture_stop_all(ctx) -> int:
     """Stop every active capture."""
     captures(ctx).stop_all()
@@ -181,25 +177,26 @@ def _list(ctx, where: str, params=()) -> list:
     return [capture_object(ctx, r) for r in rows]
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_list_active(ctx) -> list:
     """Every active capture."""
-    return _list(ctx, "state = 1")
+    return _list(ctx, "state = ?", (CaptureState.ACTIVE,))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_list_completed(ctx) -> list:
     """Every capture that is no longer active (completed, failed or interrupted)."""
-    return _list(ctx, "state != 1")
+    return _list(ctx, "state != ?", (CaptureState.ACTIVE,))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_list_system(ctx) -> list:
     """Completed system captures only."""
-    return _list(ctx, "state != 1 AND type = 1")
+    return _list(ctx, "state != ? AND type = ?",
+                 (CaptureState.ACTIVE, CaptureType.SYSTEM))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_get_details(ctx, *, capture_id: int) -> dict:
     """One capture (CAPTURE), active or not.
 
@@ -208,7 +205,7 @@ def capture_get_details(ctx, *, capture_id: int) -> dict:
     return capture_object(ctx, captures(ctx).get(capture_id))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_open(ctx, *, capture_id: int) -> dict:
     """Open a completed capture for reading: CAPTUREMETA (BUSY while it is active).
 
@@ -224,7 +221,7 @@ def capture_open(ctx, *, capture_id: int) -> dict:
     return obj
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = "") -> int:
     """Set (or clear) the notes of a capture or of one of its packets.
 
@@ -244,14 +241,14 @@ def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = 
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def capture_delete(ctx, *, capture_id: int) -> int:
     """Delete a capture that is not active, with all its packet data.
 
     - capture_id: the capture
     """
     row = captures(ctx).get(capture_id)
-    if row["state"] == ACTIVE:
+    if row["state"] == CaptureState.ACTIVE:
         raise Busy(f"capture_id: capture {capture_id} is active; stop it first")
     delete_capture_files(ctx, capture_id)
     capture_table.delete(ctx.catalog, capture_id)
@@ -260,7 +257,6 @@ def capture_delete(ctx, *, capture_id: int) -> int:
 
 def delete_capture_files(ctx, capture_id: int) -> None:
     ctx.captures.forget(capture_id)
-    from apppaccap.extract.service import forget_capture
     forget_capture(ctx, capture_id)  # spooled bodies, extracted files and their records
     path = capture_path(ctx.config.data_dir, capture_id)
     for name in (path, path + "-wal", path + "-shm", side_path(path)):
@@ -270,10 +266,11 @@ def delete_capture_files(ctx, capture_id: int) -> None:
             pass
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def process_list_capture(ctx) -> list:
     """The processes being captured by active process and thread captures."""
     rows = ctx.catalog.read(
         "SELECT DISTINCT p.* FROM processes p JOIN capture_processes cp ON cp.process_id = p.id "
-        "JOIN captures c ON c.id = cp.capture_id WHERE c.state = 1 ORDER BY p.id")
+        "JOIN captures c ON c.id = cp.capture_id WHERE c.state = ? ORDER BY p.id",
+        (CaptureState.ACTIVE,))
     return [processes.process_object(r) for r in rows]

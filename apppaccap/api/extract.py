@@ -13,23 +13,26 @@ import hashlib
 import os
 import threading
 
-from apppaccap import safefs
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import IOFailure
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import AppError
+from apppaccap.errors import IOFailure
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.extract.engine import safe_name
 from apppaccap.extract.service import extracted_dir
 from apppaccap.extract.service import spool_dir
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
+from apppaccap.safefs.journal import JOURNAL_DIR
+from apppaccap.safefs.reading import open_regular
+from apppaccap.safefs.roots import open_dir_beneath
+from apppaccap.safefs.writing import WriteTarget
+from apppaccap.safefs.writing import atomic_write
 from apppaccap.store import captures as capture_table
 from apppaccap.store import extracted
 from apppaccap.store.capturedb import capture_path
+from apppaccap.wire import DataType
 
 _write_lock = threading.Lock()   # one extract_file_write at a time: unique names, no races
 
@@ -50,7 +53,7 @@ def _capture(ctx, capture_id: int):
 def _db(ctx, capture_id: int):
     """The capture's database, or None when the capture has no packet data at all."""
     _capture(ctx, capture_id)
-    if capture_id not in getattr(ctx.captures, "sessions", {}) and \
+    if capture_id not in getattr(ctx.captures, "live", {}) and \
             not os.path.exists(capture_path(ctx.config.data_dir, capture_id)):
         return None
     return captures(ctx).db(capture_id)
@@ -79,7 +82,7 @@ def file_object(r) -> dict:
             "Created": from_ns(r["created"])}
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_enable(ctx) -> int:
     """Turn file extraction on (global, persisted; off by default).
 
@@ -93,14 +96,14 @@ def extract_enable(ctx) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_disable(ctx) -> int:
     """Turn file extraction off for captures and ingests started from now on."""
     ctx.settings.set("extract_enabled", "0")
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> dict:
     """The files found in a capture (EXTRACTSTREAM), in the order they were completed.
 
@@ -124,7 +127,7 @@ def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) 
             "Streams": [stream_object(capture_id, r) for r in rows]}
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
     """Write a found file's decoded body to disk and return it (EXTRACTFILE).
 
@@ -162,11 +165,11 @@ def _open_spool(ctx, capture_id: int, stream):
     spool = os.path.join(spool_dir(ctx.config.data_dir, capture_id),
                          os.path.basename(stream["spool"]))
     try:
-        fd = safefs.open_regular(spool, name="stream_id")
+        fd = open_regular(spool, name="stream_id")
     except NotFound:
         raise IOFailure(f"stream_id: the body of stream {stream['id']} is no longer on disk "
                         "(spool removed)") from None
-    except ApiError as err:
+    except AppError as err:
         raise IOFailure(f"stream_id: cannot read the body of stream {stream['id']}: "
                         f"{err.message}") from None
     return os.fdopen(fd, "rb")
@@ -179,16 +182,16 @@ def _publish(ctx, folder: str, name: str, src, stream) -> tuple[str, int, str]:
     base = os.path.join(ctx.config.data_dir, "extracted")
     try:
         # made without following links: a planted symlink makes this fail, never escape
-        os.close(safefs.open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
+        os.close(open_dir_beneath(os.path.realpath(ctx.config.data_dir), [
             "extracted", os.path.basename(folder)], create=True))
     except OSError as exc:
         raise IOFailure(f"stream_id: cannot make the directory for extracted files: "
                         f"{exc.strerror or exc}") from None
-    target = safefs.WriteTarget(
+    target = WriteTarget(
         os.path.join(folder, name), roots=[base], kind="extract", generated=True,
-        param="stream_id", journal=os.path.join(ctx.config.data_dir, safefs.JOURNAL_DIR))
+        param="stream_id", journal=os.path.join(ctx.config.data_dir, JOURNAL_DIR))
     digest, size = hashlib.sha256(), 0
-    with safefs.atomic_write(target) as out:
+    with atomic_write(target) as out:
         while chunk := src.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)
@@ -208,7 +211,7 @@ def _unlink(path: str) -> bool:
         return False
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def extract_file_list(ctx, *, capture_id: int) -> list:
     """The files written by extract_file_write for a capture that are still on disk (EXTRACTFILE).
 
@@ -242,7 +245,7 @@ def _delete(ctx, capture_id: int, file_id: int = 0) -> int:
     return removed
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_file_clear(ctx, *, capture_id: int) -> int:
     """Delete every file extract_file_write wrote for a capture; returns how many were deleted.
 
@@ -252,7 +255,7 @@ def extract_file_clear(ctx, *, capture_id: int) -> int:
     return _delete(ctx, capture_id)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def extract_file_delete(ctx, *, capture_id: int, file_id: int = 0) -> int:
     """Delete one written file (or all of a capture's); returns how many were deleted.
 

@@ -6,54 +6,52 @@ import os
 import shutil
 
 from apppaccap.api.captures import delete_capture_files
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import action
-from apppaccap.capture.manager import ACTIVE
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import Busy
+from apppaccap.errors import Malformed
 from apppaccap.store import captures as capture_table
 from apppaccap.store import extracted
 from apppaccap.store import ips
 from apppaccap.store import processes as process_table
 from apppaccap.store import searches
 from apppaccap.store import stats as stats_table
+from apppaccap.wire import ApcFlush
+from apppaccap.wire import CaptureState
+from apppaccap.wire import DataType
 
-CAPTURES, IPS, STATS, SEARCHES, EXPORTS, EXTRACTED, PROCESSES = 1, 2, 4, 8, 0x10, 0x20, 0x40
-ALL = 0xFFFF
 
-
-@action(INT)
+@endpoint(DataType.INT)
 def apc_flush(ctx, *, flags: int) -> int:
     """Delete saved data; BUSY while any capture is active.
 
     - flags: APC_FLUSH_* bits: CAPTURES 0x1, IPS 0x2, STATS 0x4, SEARCHES 0x8, EXPORTS 0x10, EXTRACTED 0x20, PROCESSES 0x40, ALL 0xffff
     """
-    if flags <= 0 or flags & ~ALL:
+    if flags <= 0 or flags & ~ApcFlush.ALL:
         raise Malformed("flags: must be a non-zero combination of APC_FLUSH_* bits (≤ 0xffff)")
-    if ctx.captures is not None and ctx.captures.sessions:
+    if ctx.captures is not None and ctx.captures.live:
         raise Busy("flags: stop the active captures first (apc_flush needs no capture running)")
-    if flags & CAPTURES:
-        for capture_id in capture_table.ids_not_in_state(ctx.catalog, ACTIVE):
+    if flags & ApcFlush.CAPTURES:
+        for capture_id in capture_table.ids_not_in_state(ctx.catalog, CaptureState.ACTIVE):
             delete_capture_files(ctx, capture_id)
-    if flags & EXPORTS:
+    if flags & ApcFlush.EXPORTS:
         for name in os.listdir(ctx.config.export_dir):
             path = os.path.join(ctx.config.export_dir, name)
             if os.path.isfile(path) and name.lower().endswith((".pcapng", ".pcap")):
                 os.remove(path)
-    if flags & EXTRACTED:
+    if flags & ApcFlush.EXTRACTED:
         shutil.rmtree(os.path.join(ctx.config.data_dir, "extracted"), ignore_errors=True)
 
     def wipe(conn):
         # in this order: processes are judged unreferenced by the capture links left
-        plan = [(CAPTURES, lambda: capture_table.clear(conn, keep_state=ACTIVE)),
-                (IPS, lambda: ips.clear(conn)), (STATS, lambda: stats_table.clear(conn)),
-                (SEARCHES, lambda: searches.clear(conn)),
-                (EXTRACTED, lambda: extracted.clear(conn)),
-                (PROCESSES, lambda: process_table.clear(conn))]
+        plan = [(ApcFlush.CAPTURES, lambda: capture_table.clear(conn, keep_state=CaptureState.ACTIVE)),
+                (ApcFlush.IPS, lambda: ips.clear(conn)), (ApcFlush.STATS, lambda: stats_table.clear(conn)),
+                (ApcFlush.SEARCHES, lambda: searches.clear(conn)),
+                (ApcFlush.EXTRACTED, lambda: extracted.clear(conn)),
+                (ApcFlush.PROCESSES, lambda: process_table.clear(conn))]
         for bit, clear in plan:
             if flags & bit:
                 clear()
     ctx.catalog.write(wipe)
-    if flags & PROCESSES:
+    if flags & ApcFlush.PROCESSES:
         ctx.processes.forget_all()
     return 0

@@ -5,13 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.api.packets import ip_object
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.store.ips import set_facts
+from apppaccap.wire import DataType
 
 
 def _ip(text: str) -> str:
@@ -33,7 +32,7 @@ def _upsert(db, ip: str, assignments: dict) -> None:
     db.write(lambda c: set_facts(c, ip, assignments))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def ip_query(ctx, *, ip: str, capture_id: int = 0) -> dict:
     """What is known of an IP address (IP object).
 
@@ -49,7 +48,7 @@ def ip_query(ctx, *, ip: str, capture_id: int = 0) -> dict:
     return ip_object(row)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def ip_set_data(ctx, *, ip: str, capture_id: int = 0, data: str = "") -> int:
     """Attach free-form data to an IP (globally, and in a capture when given).
 
@@ -65,7 +64,7 @@ def ip_set_data(ctx, *, ip: str, capture_id: int = 0, data: str = "") -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def ip_set_geo(ctx, *, ip: str, lat: float, lng: float, capture_id: int = 0,
                hostname: str = "", country: str = "", city: str = "") -> int:
     """Store geolocation resolved elsewhere for an IP.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import action
-from apppaccap.monitor import MonitorSwitch
+from apppaccap.api.registry import endpoint
+from apppaccap.capture.monitor import MonitorSwitch
+from apppaccap.wire import DataType
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def monitor_start(ctx, *, tap_id: str) -> int:
     """Put a wireless adapter in monitor mode (captures then see raw 802.11 frames, radiotap).
 
@@ -22,7 +22,7 @@ def monitor_start(ctx, *, tap_id: str) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def monitor_stop(ctx, *, tap_id: str) -> int:
     """Return a wireless adapter from monitor mode to managed (station) mode.
 

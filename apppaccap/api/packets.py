@@ -7,13 +7,15 @@ the reference keep their list shape (a short page means the end).
 
 from __future__ import annotations
 
+import psutil
+
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
-from apppaccap.capture.decode import decode
+from apppaccap.api.registry import endpoint
+from apppaccap.dissect.decode import decode
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
+from apppaccap.wire import DataType
 
 PACKET_SQL = (
     "SELECT p.*, i.name AS adapter, i.linktype AS linktype, pr.name AS pname "
@@ -75,7 +77,7 @@ def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
             "Packets": [packet_object(db, r, capture_id, with_data, blocks) for r in rows]}
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_stream(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
                    limit: int = 1000) -> dict:
     """Packets of an ACTIVE capture after last_id (BUSY on a completed one).
@@ -89,7 +91,7 @@ def capture_stream(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
     return _stream(db, capture_id, "", (), last_id, _page(limit), _flags(flags))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_read(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
                  limit: int = 1000) -> dict:
     """Packets of a completed capture after last_id (BUSY while it is active).
@@ -103,7 +105,7 @@ def capture_read(ctx, *, capture_id: int, last_id: int = 0, flags: int = 0,
     return _stream(db, capture_id, "", (), last_id, _page(limit), _flags(flags))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
     """One packet with its bytes (Data, hex).
 
@@ -117,7 +119,7 @@ def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
     return packet_object(db, row, capture_id, True)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int = 0,
                         flags: int = 0, limit: int = 1000) -> dict:
     """Packets of one connection.
@@ -135,7 +137,7 @@ def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int = 0,
                    _flags(flags))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int, last_id: int = 0,
                           flags: int = 0, limit: int = 1000) -> dict:
     """Packets attributed to one process and thread.
@@ -152,7 +154,7 @@ def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int, las
                    _page(limit), _flags(flags))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
     """Connections of a capture (CONNECTION list) with ConnectionId > last_id.
 
@@ -176,7 +178,7 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1
     } for r in rows]
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_get_processes(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
     """Processes seen in a capture (PROCESS list) with ProcessId > last_id.
 
@@ -201,7 +203,6 @@ def capture_get_processes(ctx, *, capture_id: int, last_id: int = 0, limit: int 
 
 
 def _alive(pid: int, start_ns: int) -> bool:
-    import psutil
     try:
         return int(round(psutil.Process(pid).create_time() * 100)) * 10_000_000 == start_ns
     except psutil.Error:
@@ -215,7 +216,7 @@ def ip_object(r) -> dict:
             "FirstTime": from_ns(r["first_time"]), "LastTime": from_ns(r["last_time"])}
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def capture_query_ip(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
     """The unique IP addresses of a capture (0 = the system-wide list), IpId > last_id.
 

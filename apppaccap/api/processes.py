@@ -2,17 +2,17 @@
 
 import psutil
 
-from apppaccap import processes
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.attribution import processes
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns
 from apppaccap.store.processes import refresh_threads
 from apppaccap.store.processes import threads_of
+from apppaccap.wire import DataType
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def process_list_running(ctx) -> list:
     """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse)."""
     infos = processes.running()
@@ -48,7 +48,7 @@ def _resolve_process(ctx, process_id: int, pid: int):
     return ctx.processes.by_id(ctx.processes.identify([info])[0])
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def process_list_threads(ctx, *, process_id: int = 0, pid: int = 0, flags: int = 0) -> list:
     """The threads of a process as THREAD objects.
 

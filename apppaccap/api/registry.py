@@ -1,8 +1,9 @@
-"""The action registry: the only door for input.
+"""The endpoint registry: the only door for input.
 
-An action is a function `name(ctx, *, param: type = default, ...)`; its wire
-name is the function's name. The validator turns the raw request (form or
-JSON) into typed keyword arguments and reports *every* problem in one
+An endpoint (what the wire calls an "action": `action=capture_list`) is a function
+`name(ctx, *, param: type = default, ...)`; its wire name is the function's name. The
+validator turns the raw request (form or JSON) into typed keyword arguments and reports
+*every* problem in one
 MALFORMED_REQUEST, naming each parameter.
 
 Because every value passes here, this is also where hostile values stop: text that is
@@ -22,10 +23,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Annotated
 
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NoPage
-
-STRING, INT, JSON, HEX = 1, 2, 3, 4
+from apppaccap.errors import Malformed
+from apppaccap.errors import NoPage
 
 
 class Upload:
@@ -103,7 +102,7 @@ class Param:
 
 
 @dataclass
-class Action:
+class Endpoint:
     name: str
     func: typing.Callable
     returns: int
@@ -250,35 +249,35 @@ def _convert(p: Param, value):
 
 
 class Registry:
-    """Actions by wire name. Duplicate names fail at import time."""
+    """Endpoints by wire name. Duplicate names fail at import time."""
 
     def __init__(self):
-        self.actions: dict[str, Action] = {}
+        self.endpoints: dict[str, Endpoint] = {}
 
-    def action(self, returns: int, *, aliases: dict | None = None, public: bool = False):
+    def endpoint(self, returns: int, *, aliases: dict | None = None, public: bool = False):
         def register(func):
             name = func.__name__
-            if name in self.actions:
-                raise RuntimeError(f"action {name} registered twice")
-            self.actions[name] = _describe(func, returns, aliases or {}, public)
+            if name in self.endpoints:
+                raise RuntimeError(f"endpoint {name} registered twice")
+            self.endpoints[name] = _describe(func, returns, aliases or {}, public)
             return func
 
         return register
 
-    def get(self, name: str) -> Action:
+    def get(self, name: str) -> Endpoint:
         try:
-            return self.actions[name]
+            return self.endpoints[name]
         except KeyError:
-            close = difflib.get_close_matches(name, self.actions, n=3, cutoff=0.6)
+            close = difflib.get_close_matches(name, self.endpoints, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise NoPage(f"action: unknown action {name[:60]!r}{hint}") from None
 
 
-def _describe(func, returns, aliases, public) -> Action:
+def _describe(func, returns, aliases, public) -> Endpoint:
     hints = typing.get_type_hints(func, include_extras=True)
     doc = inspect.getdoc(func) or ""
     if not doc:
-        raise RuntimeError(f"action {func.__name__} needs a docstring")
+        raise RuntimeError(f"endpoint {func.__name__} needs a docstring")
     param_docs = _param_docs(doc)
     params = []
     for name, prm in inspect.signature(func).parameters.items():
@@ -289,7 +288,7 @@ def _describe(func, returns, aliases, public) -> Action:
         params.append(Param(name, kind, required, None if required else prm.default,
                             param_docs.get(name, ""), bounds or wire_bounds(name, kind)))
     summary = doc.split("\n", 1)[0]
-    return Action(func.__name__, func, returns, summary, doc, params, aliases, public)
+    return Endpoint(func.__name__, func, returns, summary, doc, params, aliases, public)
 
 
 def _kind_of(hint) -> tuple[type, Bounds | None]:
@@ -318,4 +317,4 @@ def _param_docs(doc: str) -> dict:
 
 
 REGISTRY = Registry()
-action = REGISTRY.action
+endpoint = REGISTRY.endpoint

@@ -6,23 +6,24 @@ from __future__ import annotations
 
 import re
 
-from apppaccap import export
-from apppaccap import safefs
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.envelope import Unsupported
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import Busy
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
+from apppaccap.ingest import export
+from apppaccap.ingest.search_export import write_results
+from apppaccap.safefs.writing import release_target
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
-from apppaccap.search.engine import COMPLETED
 from apppaccap.search.engine import engine_for
 from apppaccap.search.results import read_page
+from apppaccap.wire import CaptureState
+from apppaccap.wire import CommandState
+from apppaccap.wire import DataType
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
@@ -79,10 +80,10 @@ def _captures(ctx, capture_id: int) -> list[int]:
         return [capture_id]
     # every capture that is not active (an ingest in progress is active too)
     return [r["id"] for r in ctx.catalog.read(
-        "SELECT id FROM captures WHERE state != 1 ORDER BY id")]
+        "SELECT id FROM captures WHERE state != ? ORDER BY id", (CaptureState.ACTIVE,))]
 
 
-@action(JSON, aliases={"q": "filter"})
+@endpoint(DataType.JSON, aliases={"q": "filter"})
 def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
                  end_dtg: int = 0, relative_time: str = "") -> dict:
     """Start an asynchronous search; returns its SEARCHMETA at once (State QUEUED or RUNNING).
@@ -107,7 +108,7 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     return engine_for(ctx).start(flt, filter, ids, capture_id, window)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def search_open(ctx, *, search_id: int) -> dict:
     """One search's SEARCHMETA: State (COMMAND_STATE_*), Progress, ResultCount, ScannedPackets.
 
@@ -116,13 +117,13 @@ def search_open(ctx, *, search_id: int) -> dict:
     return engine_for(ctx).get(search_id)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def search_list(ctx) -> list:
     """Every search, running and finished (SEARCHMETA list, oldest first)."""
     return engine_for(ctx).list()
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> dict:
     """A page of a search's results (SEARCHLIST), also while the search still runs.
 
@@ -140,7 +141,7 @@ def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> 
     return read_page(ctx, meta, last_id, limit)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def search_cancel(ctx, *, search_id: int) -> int:
     """Cancel a queued or running search; it keeps the results found so far (State CANCELLED).
 
@@ -150,7 +151,7 @@ def search_cancel(ctx, *, search_id: int) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def search_delete(ctx, *, search_id: int) -> int:
     """Cancel a search if it runs, then delete it and its results.
 
@@ -160,7 +161,7 @@ def search_delete(ctx, *, search_id: int) -> int:
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) -> dict:
     """Write a finished search's result packets to one PCAPNG file (several captures merged).
 
@@ -172,14 +173,13 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
     - overwrite: 1 = replace an existing regular file (never a symlink, device or FIFO)
     """
     meta = engine_for(ctx).get(search_id)
-    if meta["State"] < COMPLETED:
+    if meta["State"] < CommandState.COMPLETED:
         raise Busy(f"search_id: search {search_id} is still running; wait or cancel it")
     if ctx.jobs is None:
         raise Unsupported("search_id: the command scheduler is not running in this process")
     ctx.jobs.check_room()  # BUSY before a file name is taken (max_queued_commands)
     target = export.resolve_path(ctx, path, f"search-{search_id}",
                                  overwrite=export.check_overwrite(overwrite))
-    from apppaccap.search.pcapng import write_results
 
     def run(progress):
         write_results(ctx, search_id, target, progress)
@@ -188,11 +188,11 @@ def search_export(ctx, *, search_id: int, path: str = "", overwrite: int = 0) ->
     try:
         return ctx.jobs.submit("EXPORT", {"search_id": search_id, "path": target.path}, run)
     except BaseException:
-        safefs.release_target(target)
+        release_target(target)
         raise
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def search_verify_filter(ctx, *, filter: str) -> dict:
     """Check a filter without running it (SEARCHSYNTAX: Valid, Filter, Error, Position).
 

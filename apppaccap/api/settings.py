@@ -1,31 +1,29 @@
 """settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
 
-from apppaccap.api.envelope import InvalidPermissions
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import STRING
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import InvalidPermissions
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.settings import SERVE_ONLY
 from apppaccap.settings import TABLE
 from apppaccap.settings import check
+from apppaccap.wire import DataType
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def settings_clear(ctx) -> int:
     """Clear every user-defined setting (the documented defaults apply again)."""
     ctx.settings.clear()
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def settings_get_all(ctx) -> dict:
     """All settings as a dictionary of string to string (defaults included)."""
     return ctx.settings.all()
 
 
-@action(STRING)
+@endpoint(DataType.STRING)
 def settings_get_by_key(ctx, *, key_name: str) -> str:
     """The value of one setting.
 
@@ -37,7 +35,7 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     return value
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
@@ -61,7 +59,7 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def settings_describe(ctx) -> list:
     """The settings the service reads: name, type, default, current value and what each means.
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 from apppaccap.api.captures import captures
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
@@ -16,6 +14,8 @@ from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.stats import clear as clear_stats
+from apppaccap.wire import CaptureType
+from apppaccap.wire import DataType
 
 MINUTE = 60_000_000_000
 HOUR, DAY = 60 * MINUTE, 1440 * MINUTE
@@ -103,7 +103,7 @@ def _with_connections(db, out: dict) -> dict:
     return out
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_by_id(ctx, *, capture_id: int) -> dict:
     """Statistics of one capture: totals, protocols, top IPs and ports, time series.
 
@@ -113,7 +113,7 @@ def stats_by_id(ctx, *, capture_id: int) -> dict:
     return _with_connections(db, _query(db, AGG_ALL, ""))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_by_ip(ctx, *, capture_id: int, ip: str) -> dict:
     """Statistics of the traffic to and from one IP in a capture.
 
@@ -131,7 +131,7 @@ def stats_by_ip(ctx, *, capture_id: int, ip: str) -> dict:
     return out
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_by_port(ctx, *, capture_id: int, port: int) -> dict:
     """Statistics of the traffic on one TCP/UDP port in a capture.
 
@@ -147,7 +147,7 @@ def stats_by_port(ctx, *, capture_id: int, port: int) -> dict:
     return out
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_by_protocol(ctx, *, capture_id: int, protocol: int) -> dict:
     """Statistics of one IP protocol (6 TCP, 17 UDP, 1 ICMP …) in a capture.
 
@@ -176,7 +176,7 @@ def stats_by_protocol(ctx, *, capture_id: int, protocol: int) -> dict:
     return out
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> dict:
     """Statistics of a capture within a time range; the series' bucket follows the range.
 
@@ -192,7 +192,7 @@ def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> 
     return _with_connections(db, _query(db, AGG_ALL, "", start, end))
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def stats_totals(ctx) -> dict:
     """System-wide statistics since the last stats_reset (all live captures together)."""
     cat = ctx.catalog
@@ -205,7 +205,7 @@ def stats_totals(ctx) -> dict:
     return {
         "Version": 1, "Packets": sum(r[1] for r in per_min), "Bytes": sum(r[2] for r in per_min),
         "Connections": cat.one("SELECT coalesce(sum(connection_count), 0) FROM captures "
-                               "WHERE type != 4")[0],
+                               "WHERE type != ?", (CaptureType.FILE,))[0],
         "FirstTime": from_ns(per_min[0][0] * MINUTE) if per_min else 0,
         "LastTime": from_ns((per_min[-1][0] + 1) * MINUTE) if per_min else 0,
         "Protocols": [{"Protocol": r[0], "Packets": r[1], "Bytes": r[2]} for r in protos],
@@ -215,7 +215,7 @@ def stats_totals(ctx) -> dict:
     }
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def stats_reset(ctx) -> int:
     """Reset the system-wide statistic counters (capture statistics are kept)."""
     ctx.catalog.write(clear_stats)

@@ -1,20 +1,20 @@
 """apppaccap, server_folders, server_pages, adapter_list."""
 
+import os
 import platform
 
 from apppaccap import __version__
-from apppaccap import themes
-from apppaccap.api.envelope import CONSTANTS
-from apppaccap.api.envelope import NotFound
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
 from apppaccap.capture.adapters import list_adapters
+from apppaccap.errors import NotFound
+from apppaccap.web import pages
+from apppaccap.wire import CONSTANTS
+from apppaccap.wire import DataType
 
 
-@action(JSON, public=True)
+@endpoint(DataType.JSON, public=True)
 def apppaccap(ctx) -> dict:
     """Information about this installation, with every protocol constant under `Constants`."""
-    import os
     geo_path = ctx.settings.get("geoip_db") or ""
     geo = bool(geo_path) and os.path.isfile(geo_path)
     return {
@@ -25,24 +25,24 @@ def apppaccap(ctx) -> dict:
     }
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def server_folders(ctx) -> list:
     """The installed themes (folder names under the themes directory)."""
-    return themes.list_themes(ctx.config.themes_dir)
+    return pages.list_themes(ctx.config.themes_dir)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def server_pages(ctx, *, theme_name: str) -> list:
     """The pages (.html files, relative paths) of one theme.
 
     - theme_name: a name from server_folders
     """
-    if theme_name not in themes.list_themes(ctx.config.themes_dir):
+    if theme_name not in pages.list_themes(ctx.config.themes_dir):
         raise NotFound(f"theme_name: no theme {theme_name[:80]!r}")
-    return themes.list_pages(ctx.config.themes_dir, theme_name)
+    return pages.list_pages(ctx.config.themes_dir, theme_name)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def adapter_list(ctx) -> list:
     """Every libpcap device with its addresses, MAC and up/loopback/wireless/monitor flags."""
     return list_adapters()

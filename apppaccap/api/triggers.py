@@ -9,12 +9,12 @@ action (one with no TriggerIds) run as COMMANDs.
 
 from __future__ import annotations
 
-from apppaccap import export
-from apppaccap.api.registry import INT
-from apppaccap.api.registry import JSON
-from apppaccap.api.registry import action
+from apppaccap.api.registry import endpoint
+from apppaccap.ingest import export
 from apppaccap.store import triggers as trigger_table
 from apppaccap.triggers import store
+from apppaccap.wire import ActionType
+from apppaccap.wire import DataType
 
 
 def _changed(ctx) -> None:
@@ -25,7 +25,7 @@ def _changed(ctx) -> None:
 
 # -- triggers -----------------------------------------------------------------------------
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def trigger_add(ctx, *, name: str, trigger_type: int, path: str, filter: str = "",
                 flags: int = 0) -> dict:
     """Add a trigger: capture every start of a program (or of any program below a directory).
@@ -55,7 +55,7 @@ def trigger_add(ctx, *, name: str, trigger_type: int, path: str, filter: str = "
     return store.trigger_object(ctx.catalog, store.trigger_row(ctx.catalog, trigger_id))
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def trigger_mod(ctx, *, trigger_id: int, filter: str | None = None, flags: int | None = None,
                 name: str | None = None, path: str | None = None) -> int:
     """Change a trigger; parameters left out keep their value.
@@ -82,7 +82,7 @@ def trigger_mod(ctx, *, trigger_id: int, filter: str | None = None, flags: int |
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def trigger_remove(ctx, *, trigger_id: int) -> int:
     """Delete a trigger: it fires no more (a capture it already started still completes).
 
@@ -97,13 +97,13 @@ def trigger_remove(ctx, *, trigger_id: int) -> int:
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def trigger_list(ctx) -> list:
     """Every trigger (TRIGGER list), with FireCount, LastFired, LastCaptureId and LastError."""
     return store.list_triggers(ctx.catalog)
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def trigger_get_actions(ctx, *, trigger_id: int) -> list:
     """The actions linked to a trigger (ACTION list); system-wide actions run too but are
     not listed here (action_list shows them with empty TriggerIds).
@@ -114,7 +114,7 @@ def trigger_get_actions(ctx, *, trigger_id: int) -> list:
     return store.list_actions(ctx.catalog, trigger_id)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def trigger_set_action(ctx, *, trigger_id: int, action_id: int) -> int:
     """Link an action to a trigger (a system-wide action becomes this trigger's).
 
@@ -127,7 +127,7 @@ def trigger_set_action(ctx, *, trigger_id: int, action_id: int) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def trigger_clear_actions(ctx, *, trigger_id: int) -> int:
     """Unlink every action from a trigger.
 
@@ -142,7 +142,7 @@ def trigger_clear_actions(ctx, *, trigger_id: int) -> int:
 
 # -- actions ------------------------------------------------------------------------------
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
                trigger_id: int = 0) -> dict:
     """Add an action, run when a trigger's capture completes.
@@ -165,7 +165,7 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     - trigger_id: run only for this trigger; 0 or left out = system wide (every trigger)
     """
     name = store.check_name(name)
-    if action_type == store.EXPORT:
+    if action_type == ActionType.EXPORT:
         export.check_export_dir(ctx, path)  # the export roots first: no oracle outside them
     action_type, path, params = store.check_action(action_type, path, params)
     if trigger_id:
@@ -174,7 +174,7 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     return store.action_object(ctx.catalog, store.action_row(ctx.catalog, action_id))
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def action_mod(ctx, *, action_id: int, name: str | None = None,
                action_type: int | None = None, path: str | None = None,
                params: str | None = None) -> int:
@@ -195,7 +195,7 @@ def action_mod(ctx, *, action_id: int, name: str | None = None,
     new_params = row["params"] if params is None else params
     if action_type is not None and action_type != row["type"] and params is None:
         new_params = ""  # an EXECUTE's arguments mean nothing to an EXPORT (and back)
-    if new_type == store.EXPORT:
+    if new_type == ActionType.EXPORT:
         export.check_export_dir(ctx, new_path)  # the export roots first: no oracle outside
     new_type, new_path, new_params = store.check_action(new_type, new_path, new_params)
     fields.update(type=new_type, path=new_path, params=new_params)
@@ -203,7 +203,7 @@ def action_mod(ctx, *, action_id: int, name: str | None = None,
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def action_remove(ctx, *, action_id: int) -> int:
     """Delete an action and its links to triggers.
 
@@ -214,13 +214,13 @@ def action_remove(ctx, *, action_id: int) -> int:
     return 0
 
 
-@action(JSON)
+@endpoint(DataType.JSON)
 def action_list(ctx) -> list:
     """Every action (ACTION list); empty TriggerIds = system wide."""
     return store.list_actions(ctx.catalog)
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def action_set_trigger(ctx, *, action_id: int, trigger_id: int = 0) -> int:
     """Add a trigger to an action's triggers, or make the action system-wide again.
 
@@ -236,7 +236,7 @@ def action_set_trigger(ctx, *, action_id: int, trigger_id: int = 0) -> int:
     return 0
 
 
-@action(INT)
+@endpoint(DataType.INT)
 def action_clear_triggers(ctx, *, action_id: int) -> int:
     """Clear an action's triggers: it becomes system wide (runs for every trigger).
 

@@ -19,7 +19,7 @@ import ctypes
 import ctypes.util
 import logging
 
-from apppaccap.api.envelope import Malformed
+from apppaccap.errors import Malformed
 
 MAX_FILTER_CHARS = 8192  # tcpdump expressions are short; libpcap's parser is recursive
 log = logging.getLogger(__name__)

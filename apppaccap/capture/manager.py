@@ -1,4 +1,4 @@
-"""Live captures: start, stop, recover; the one place that knows every running session."""
+"""Live captures: start, stop, recover; the one place that knows every running capture."""
 
 from __future__ import annotations
 
@@ -6,14 +6,21 @@ import logging
 import os
 import threading
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
+from apppaccap.attribution.localaddr import LocalAddresses
+from apppaccap.attribution.localaddr import interface_addresses
+from apppaccap.attribution.owners import LinuxOwners
+from apppaccap.attribution.owners import default_owners
+from apppaccap.attribution.resolver import Attribution
 from apppaccap.capture.adapters import default_capture_adapters
-from apppaccap.capture.localaddr import LocalAddresses
-from apppaccap.capture.localaddr import interface_addresses
-from apppaccap.capture.session import CaptureSession
-from apppaccap.capture.session import Target
+from apppaccap.capture.geo import IpResolver
+from apppaccap.capture.geo import open_geo_db
+from apppaccap.capture.live import LiveCapture
+from apppaccap.capture.live import Target
+from apppaccap.capture.sniffer import open_handle
+from apppaccap.errors import Busy
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
+from apppaccap.extract.service import attach
 from apppaccap.filetime import now_ns
 from apppaccap.store import captures as capture_table
 from apppaccap.store import processes as process_table
@@ -26,12 +33,11 @@ from apppaccap.store.capturedb import capture_path
 from apppaccap.store.faults import reason
 from apppaccap.store.ips import add_traffic
 from apppaccap.store.reserve import SpaceReserve
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import CaptureState
 
 log = logging.getLogger(__name__)
 
-SYSTEM, PROCESS, THREAD, FILE = 1, 2, 3, 4
-ACTIVE, COMPLETED, FAILED, INTERRUPTED = 1, 2, 3, 4
-FLAG_RESOLVE_IPS, FLAG_THREAD, FLAG_CHILDREN = 0x1, 0x2, 0x4
 
 
 def local_addresses() -> frozenset:
@@ -43,13 +49,13 @@ class CaptureManager:
     def __init__(self, ctx, owners=None):
         self.ctx = ctx
         self.catalog = ctx.catalog
-        self.sessions: dict[int, CaptureSession] = {}
+        self.live: dict[int, LiveCapture] = {}
         self._owners = owners
         self._attribution = None
         self._ip_resolver = None
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
-        self._starting = 0  # starts between the cap check and their session's registration
+        self._starting = 0  # starts between the cap check and their registration
         self.extracts: dict = {}  # capture_id → extract.service.ExtractHandle (extraction on)
         self.reserve = SpaceReserve(ctx.config.data_dir,
                                     lambda: ctx.settings.get_int("disk_reserve_bytes"))
@@ -60,8 +66,6 @@ class CaptureManager:
     @property
     def ip_resolver(self):
         if self._ip_resolver is None:
-            from apppaccap.geo import IpResolver
-            from apppaccap.geo import open_geo_db
             self._ip_resolver = IpResolver(self.catalog,
                                            open_geo_db(self.ctx.settings.get("geoip_db")))
         return self._ip_resolver
@@ -69,10 +73,7 @@ class CaptureManager:
     @property
     def attribution(self):
         if self._attribution is None:
-            from apppaccap.capture.attribution import Attribution
-            from apppaccap.capture.owners import default_owners
             backend = self._owners or default_owners()
-            from apppaccap.capture.owners import LinuxOwners
             self._attribution = Attribution(
                 backend, self.ctx.processes,
                 is_local=LocalAddresses(),  # re-reads interfaces as addresses come and go
@@ -81,7 +82,6 @@ class CaptureManager:
 
     # -- start ---------------------------------------------------------------
     def _open(self, adapters: list[str], bpf: str):
-        from apppaccap.capture.sniffer import open_handle
         names = adapters or default_capture_adapters()
         if not names:
             raise NotFound("adapter: no capturable adapter is up")
@@ -99,7 +99,7 @@ class CaptureManager:
         """Count a start against max_active_captures, or refuse it with BUSY."""
         limit = self.ctx.settings.get_int("max_active_captures")
         with self._lock:
-            if len(self.sessions) + self._starting >= limit:
+            if len(self.live) + self._starting >= limit:
                 raise Busy(f"capture: {limit} captures are active, the most the setting "
                            f"max_active_captures allows; stop one, or raise the setting "
                            f"(settings_set key_name=max_active_captures)")
@@ -121,7 +121,8 @@ class CaptureManager:
     def _start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
                process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
         handles = self._open(list(adapters), bpf)
-        fields = {"type": ctype, "state": ACTIVE, "name": name, "filter": bpf, "flags": flags,
+        fields = {"type": ctype, "state": CaptureState.ACTIVE, "name": name, "filter": bpf,
+                  "flags": flags,
                   "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),
                   "thread_id": thread_id}
         if process:
@@ -130,29 +131,29 @@ class CaptureManager:
         capture_id = capture_table.create(self.catalog, fields,
                                           process["id"] if process else None)
         db = CaptureDb(self.ctx.config.data_dir, capture_id)
-        target = Target(pids, children=bool(flags & FLAG_CHILDREN), thread_id=thread_id)
+        target = Target(pids, children=bool(flags & CaptureFlag.CHILD_PROCESSES),
+                        thread_id=thread_id)
         hold = self.ctx.settings.get_int("attribution_hold_ms")
-        session = CaptureSession(capture_id, handles, db, self.attribution, target, self.catalog,
-                                 local_ips=local_addresses(), hold_ms=hold,
-                                 on_stats=self._global_stats)
-        if flags & FLAG_RESOLVE_IPS:
-            session.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
+        live = LiveCapture(capture_id, handles, db, self.attribution, target, self.catalog,
+                           local_ips=local_addresses(), hold_ms=hold,
+                           on_stats=self._global_stats)
+        if flags & CaptureFlag.RESOLVE_IPS:
+            live.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
         if self.ctx.settings.get_bool("extract_enabled"):
-            from apppaccap.extract.service import attach
-            self.extracts[capture_id] = attach(self.ctx, session.recorder, db, capture_id)
-        session.on_failure = self._failed
+            self.extracts[capture_id] = attach(self.ctx, live.recorder, db, capture_id)
+        live.on_failure = self._failed
         with self._lock:
-            self.sessions[capture_id] = session
-        session.start()
+            self.live[capture_id] = live
+        live.start()
         return self.get(capture_id)
 
     def add_process(self, capture_id: int, process: dict) -> dict:
-        session = self.sessions.get(capture_id)
-        if session is None:
+        live = self.live.get(capture_id)
+        if live is None:
             raise NotFound(f"capture_id: no active capture {capture_id}")
-        if session.target.system:
+        if live.target.system:
             raise Malformed(f"capture_id: capture {capture_id} is a system capture")
-        session.target.pids.add(process["pid"])
+        live.target.pids.add(process["pid"])
         capture_table.add_process(self.catalog, capture_id, process["id"])
         return self.get(capture_id)
 
@@ -184,22 +185,23 @@ class CaptureManager:
         self.catalog.submit(fold)
 
     # -- stop ----------------------------------------------------------------
-    def stop(self, capture_id: int, *, state: int = COMPLETED, message: str = "") -> None:
+    def stop(self, capture_id: int, *, state: int = CaptureState.COMPLETED,
+             message: str = "") -> None:
         with self._lock:
-            session = self.sessions.pop(capture_id, None)
-        if session is None:
+            live = self.live.pop(capture_id, None)
+        if live is None:
             raise NotFound(f"capture_id: no active capture {capture_id}")
         try:
-            session.stop()
+            live.stop()
         finally:
             extract = self.extracts.pop(capture_id, None)
             try:
                 if extract is not None:
                     extract.close()  # files still open at the end; writes their rows
             finally:
-                session.db.close()
-            if session.failure is not None:  # a write failed: not a complete capture
-                state, message = INTERRUPTED, session.failure
+                live.db.close()
+            if live.failure is not None:  # a write failed: not a complete capture
+                state, message = CaptureState.INTERRUPTED, live.failure
             capture_table.finish(self.catalog, capture_id, state=state, end_time=now_ns(),
                                  message=message)
 
@@ -223,7 +225,7 @@ class CaptureManager:
     def stop_all(self) -> int:
         """Stop every active capture; one that fails to stop does not keep the others
         running (the first error is raised at the end)."""
-        ids = list(self.sessions)
+        ids = list(self.live)
         first = None
         for cid in ids:
             try:
@@ -254,7 +256,7 @@ class CaptureManager:
 
     def recover(self) -> int:
         """Captures left ACTIVE by a crash become INTERRUPTED, with their committed counts."""
-        ids = capture_table.ids_in_state(self.catalog, ACTIVE)
+        ids = capture_table.ids_in_state(self.catalog, CaptureState.ACTIVE)
         for capture_id in ids:
             counts = (0, 0, 0)
             path = capture_path(self.ctx.config.data_dir, capture_id)
@@ -265,7 +267,7 @@ class CaptureManager:
                                           "(SELECT count(*) FROM connections) FROM packets"))
                 finally:
                     db.close()
-            capture_table.interrupt(self.catalog, capture_id, state=INTERRUPTED, counts=counts,
+            capture_table.interrupt(self.catalog, capture_id, state=CaptureState.INTERRUPTED, counts=counts,
                                     end_time=now_ns(),
                                     message="the service stopped while capturing")
         return len(ids)
@@ -280,15 +282,15 @@ class CaptureManager:
     def db(self, capture_id: int, *, active: bool | None = None) -> CaptureDb:
         """The capture's database for reading; `active` demands that state (else BUSY)."""
         row = self.get(capture_id)
-        session = self.sessions.get(capture_id)
+        live = self.live.get(capture_id)
         # ACTIVE covers live captures and files being ingested (their rows are being written)
-        is_active = session is not None or row["state"] == ACTIVE
+        is_active = live is not None or row["state"] == CaptureState.ACTIVE
         if active is True and not is_active:
             raise Busy(f"capture_id: capture {capture_id} is not active (use capture_read)")
         if active is False and is_active:
             raise Busy(f"capture_id: capture {capture_id} is still active (use capture_stream)")
-        if session is not None:
-            return session.db
+        if live is not None:
+            return live.db
         with self._lock:
             db = self._dbs.get(capture_id)
             if db is None:
@@ -306,8 +308,8 @@ class CaptureManager:
             db.close()
 
     def live_counts(self, capture_id: int):
-        s = self.sessions.get(capture_id)
-        if s is None:
+        live = self.live.get(capture_id)
+        if live is None:
             return None
-        return {"PacketCount": s.recorder.packets, "ByteCount": s.recorder.bytes,
-                "DroppedCount": s.dropped, "ConnectionCount": s.recorder.next_conn - 1}
+        return {"PacketCount": live.recorder.packets, "ByteCount": live.recorder.bytes,
+                "DroppedCount": live.dropped, "ConnectionCount": live.recorder.next_conn - 1}

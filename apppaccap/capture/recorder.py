@@ -7,16 +7,19 @@ hostnames are built the same way whatever the source.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
-from apppaccap.api.envelope import IOFailure
-from apppaccap.capture.dns import dns_answers
-from apppaccap.pcapng_writer import frame_epb
+from apppaccap.attribution.labels import Label
+from apppaccap.attribution.labels import flow_key
+from apppaccap.dissect.dns import dns_answers
+from apppaccap.errors import IOFailure
+from apppaccap.pcap.pcapng_writer import EPB_FLAGS
+from apppaccap.pcap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.faults import io_failure
+from apppaccap.wire import Direction
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +27,10 @@ MINUTE_NS = 60_000_000_000
 MAX_CONNS = 100_000          # flows kept in memory before ended/idle ones are forgotten
 IDLE_NS = 10 * MINUTE_NS
 MAX_TS = 2**63
-DIR_IN, DIR_OUT, DIR_UNKNOWN = 0, 1, 2
+# plain ints on the per-packet path (rows are pickled to the bulk writer)
+DIR_IN, DIR_OUT, DIR_UNKNOWN = int(Direction.IN), int(Direction.OUT), int(Direction.UNKNOWN)
 TCP, UDP = 6, 17
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-EPB_FLAGS = {DIR_IN: 1, DIR_OUT: 2}  # our Direction → pcapng epb_flags (also export's)
-
-
-@dataclass
-class Label:
-    """Who owns a packet: our ProcessId, pid, thread id and the owner's local endpoint."""
-
-    process_id: int
-    pid: int
-    tid: int
-    proc: dict            # catalog row of the process (name, path, cmdline…)
-    local: tuple | None   # (ip, port) of the owner's socket; None when not known
 
 
 class Conn:
@@ -60,10 +52,24 @@ class Conn:
                 self.hostname, peer.process_id if peer else None, peer.pid if peer else 0)
 
 
-def flow_key(proto, src, sport, dst, dport):
-    """Direction-free key of a flow."""
-    a, b = (src, sport), (dst, dport)
-    return (proto, a, b) if a <= b else (proto, b, a)
+class Batch:
+    """What the next flush() writes in one transaction.
+
+    The compiled scanner (ingest/scanner.py) appends to it directly: packed rows to `plain`,
+    EPB-framed bytes to `buf`, (flow, minute) counters to `flowmin`, touched connections to
+    `dirty`; Recorder.add() fills `rows` (one tuple per packet), `procs` and `threads`.
+    """
+
+    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowmin")
+
+    def __init__(self):
+        self.rows: list = []              # packet rows
+        self.plain = bytearray()          # packed rows (capturedb.PLAIN_FORMAT)
+        self.buf = bytearray()            # the batch's packet bytes
+        self.dirty: dict = {}             # conn id -> Conn changed since the last flush
+        self.procs: dict = {}             # process id -> [catalog row, packets, bytes]
+        self.threads: dict = {}           # (pid, tid, process id) -> packets
+        self.flowmin: dict = {}           # (flow, minute) -> [packets, bytes, first, last]
 
 
 class Recorder:
@@ -97,18 +103,15 @@ class Recorder:
         # file extractor's feed (None when extraction is off, the common case)
         self.on_tcp = None
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
-        self.evicted = 0  # eviction passes so far (pcapscan.py drops its flow table then)
+        self.evicted = 0  # eviction passes so far (ingest/scanner.py drops its flow table then)
         # per interface, ns per timestamp tick when blocks are stored as pcapng EPBs
-        # (pcapscan.py); None: bytes stored bare
+        # (ingest/scanner.py); None: bytes stored bare
         self.epb_divs = None
         self._known_ips: set = set()
         self._reset()
 
     def _reset(self):
-        # packet rows, packed rows from the compiled pcap scanner (capturedb.PLAIN_FORMAT)
-        # and the batch's packet bytes
-        self._rows, self._plain, self._buf = [], bytearray(), bytearray()
-        self._dirty, self._procs, self._threads, self._flowmin = {}, {}, {}, {}
+        self.batch = Batch()
 
     def conn_for(self, d, ts):
         """The Conn of a decoded packet (created on first sight), or None without ports/IPs."""
@@ -138,6 +141,7 @@ class Recorder:
             if self.on_failure is None:
                 raise self.error()
             return 0
+        batch = self.batch
         ts_raw = None
         if ts >= MAX_TS or ts < 0:
             # Files can carry timestamps past 2262 (or before 1970) that SQLite's int64 cannot
@@ -177,7 +181,7 @@ class Recorder:
                     self.on_tcp(conn.id, ts, d, data)
             elif not conn.state:
                 conn.state = "ACTIVE"
-            self._dirty[conn.id] = conn
+            batch.dirty[conn.id] = conn
             conn_id = conn.id
             fk = conn
         else:
@@ -189,39 +193,39 @@ class Recorder:
         if proto == UDP and payload_len and (sport == 53 or sport == 5353):
             self._learn_dns(data[payload_off:payload_off + payload_len])
         if label is not None:
-            p = self._procs.get(label.process_id)
+            p = batch.procs.get(label.process_id)
             if p is None:
-                self._procs[label.process_id] = [label.proc, 1, size]
+                batch.procs[label.process_id] = [label.proc, 1, size]
             else:
                 p[1] += 1
                 p[2] += size
             k = (label.pid, label.tid, label.process_id)
-            self._threads[k] = self._threads.get(k, 0) + 1
+            batch.threads[k] = batch.threads.get(k, 0) + 1
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
         if self.epb_divs is not None:
-            off = frame_epb(self._buf, iface, ts // self.epb_divs[iface], data, origlen,
+            off = frame_epb(batch.buf, iface, ts // self.epb_divs[iface], data, origlen,
                             EPB_FLAGS.get(direction))
         else:
-            off = len(self._buf)
-            self._buf += data
-        self._rows.append((pid_, ts, size, caplen, iface, l3, proto, src, dst, sport, dport,
+            off = len(batch.buf)
+            batch.buf += data
+        batch.rows.append((pid_, ts, size, caplen, iface, l3, proto, src, dst, sport, dport,
                            tcp_flags, ttl, vlan, icmp_type, direction, conn_id, process_id, pid,
                            tid, notes, off, ts_raw))
         # One aggregate per (flow, minute) here; expanded into per-IP/port/protocol rows at
         # flush time, so the per-packet cost is a single dict update.
         k = (fk, ts // MINUTE_NS)
-        a = self._flowmin.get(k)
+        a = batch.flowmin.get(k)
         if a is None:
-            self._flowmin[k] = [1, size, ts, ts]
+            batch.flowmin[k] = [1, size, ts, ts]
         else:
             a[0] += 1
             a[1] += size
             a[3] = ts
         self.packets += 1
         self.bytes += size
-        if len(self._rows) >= self.batch_packets or len(self._buf) >= self.batch_bytes:
+        if len(batch.rows) >= self.batch_packets or len(batch.buf) >= self.batch_bytes:
             self.flush()
         return pid_
 
@@ -229,7 +233,7 @@ class Recorder:
         """(flow, minute) aggregates → per-IP totals and (kind, key, minute, proto) rows."""
         ips: dict = {}
         agg: dict = {}
-        for (flow, minute), (n, b, first, last) in self._flowmin.items():
+        for (flow, minute), (n, b, first, last) in self.batch.flowmin.items():
             if isinstance(flow, Conn):
                 proto, (a_ip, a_port), (b_ip, b_port) = flow.proto, flow.local, flow.remote
             else:
@@ -263,25 +267,25 @@ class Recorder:
             for c in self.conns.values() if len(self.conns) < 5000 else ():
                 if c.remote[0] == ip and not c.hostname:
                     c.hostname = name
-                    self._dirty[c.id] = c
+                    self.batch.dirty[c.id] = c
 
     def flush(self, wait: bool = False):
         """Submit the accumulated batch to the writer thread (one transaction)."""
-        batch = bool(self._rows or self._plain or self._dirty)
+        batch = self.batch  # _reset() starts a new one
+        filled = bool(batch.rows or batch.plain or batch.dirty)
         if self.bulk is None:
             # back-pressure: at most one batch in flight (an idle call only looks)
-            self._settle(block=batch or wait)
+            self._settle(block=filled or wait)
         if self.failure is not None:
             self._drop_batch()
-        elif batch:
-            rows, blob = self._rows, self._buf  # _reset() starts new buffers
-            conns = {c.id: c.row() for c in self._dirty.values()}
-            procs = {k: tuple(v) for k, v in self._procs.items()}
+        elif filled:
+            conns = {c.id: c.row() for c in batch.dirty.values()}
+            procs = {k: tuple(v) for k, v in batch.procs.items()}
             ips, agg = self._expand()
             threads = {}
-            for (pid, tid, _process_id), n in self._threads.items():
+            for (pid, tid, _process_id), n in batch.threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
-            args = (rows, blob, conns, procs, threads, ips, agg, self._plain)
+            args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain)
             if self.bulk is not None:
                 self.pending = self.bulk.submit_batch(args)
             else:
@@ -289,7 +293,7 @@ class Recorder:
                 self._inflight = (self.packets - self._mark[0], self.bytes - self._mark[1])
             self._mark = (self.packets, self.bytes)
             if self.on_flush is not None:
-                self.on_flush(agg, procs, self._threads)
+                self.on_flush(agg, procs, batch.threads)
             if self.on_new_ips is not None:
                 new = [ip for ip in ips if ip not in self._known_ips]
                 self._known_ips.update(new)
@@ -298,8 +302,7 @@ class Recorder:
             self._reset()
         if wait and self.pending is not None:
             if self.bulk is not None:
-                while self.bulk.pending:
-                    self.bulk._collect()
+                self.bulk.drain()
                 self.pending = None
             else:
                 self._settle()
@@ -358,7 +361,7 @@ class Recorder:
         newest = max(c.last for c in self.conns.values())
         for key, c in list(self.conns.items()):
             if c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS:
-                if c.id not in self._dirty:
+                if c.id not in self.batch.dirty:
                     del self.conns[key]
 
 

@@ -18,10 +18,11 @@ import queue
 import select
 import threading
 
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.capture.bpf import filter_text
 from apppaccap.capture.bpf import set_filter
+from apppaccap.dissect.decode import decode
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 
 SNAPLEN = 262144
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def open_handle(adapter: str, bpf: str):
     """Open a live handle with the BPF filter compiled by libpcap (errors → Malformed)."""
-    import pcap
+    import pcap  # lazily, as in adapters.py: only capturing needs libpcap loaded
     bpf = filter_text(bpf)  # before any handle exists: nothing to clean up on refusal
     if adapter not in pcap.findalldevs():
         # pcap.pcap(name=X) would otherwise try X as a capture *file*.
@@ -72,7 +73,6 @@ class Sniffer:
         self._thread.start()
 
     def _run(self):
-        from apppaccap.capture.decode import decode
         put = self.out.put_nowait
         iface = self.iface
         fd = self.handle.fileno()

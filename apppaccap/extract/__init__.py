@@ -5,9 +5,9 @@ to :class:`Extractor`; finished files come out as :class:`FileEvent` objects
 whose bodies sit in spool files.  See :mod:`apppaccap.extract.engine`.
 """
 
-from .engine import Extractor
-from .engine import FileEvent
-from .engine import safe_name
-from .mime import sniff
+from apppaccap.extract.engine import Extractor
+from apppaccap.extract.engine import FileEvent
+from apppaccap.extract.engine import safe_name
+from apppaccap.extract.mime import sniff
 
 __all__ = ["Extractor", "FileEvent", "safe_name", "sniff"]

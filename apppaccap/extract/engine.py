@@ -26,13 +26,13 @@ import tempfile
 import unicodedata
 from dataclasses import dataclass
 
-from .ftp import FtpControl
-from .ftp import FtpData
-from .ftp import FtpTracker
-from .http import HttpConn
-from .mime import SNIFF_BYTES
-from .mime import sniff
-from .reassembly import Reassembler
+from apppaccap.extract.ftp import FtpControl
+from apppaccap.extract.ftp import FtpData
+from apppaccap.extract.ftp import FtpTracker
+from apppaccap.extract.http import HttpConn
+from apppaccap.extract.mime import SNIFF_BYTES
+from apppaccap.extract.mime import sniff
+from apppaccap.extract.reassembly import Reassembler
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _FLUSH_AT = 64 << 10       # spool write / hash granularity (bounds memory per open body)

@@ -21,29 +21,29 @@ from __future__ import annotations
 
 from collections import deque
 
-from .http_syntax import _REQ_LINE
-from .http_syntax import _STATUS_LINE
-from .http_syntax import CCRLF
-from .http_syntax import CDATA
-from .http_syntax import CLOSE
-from .http_syntax import CSIZE
-from .http_syntax import DEAD
-from .http_syntax import HDR
-from .http_syntax import LEN
-from .http_syntax import MAX_HEADER
-from .http_syntax import MAX_LINE
-from .http_syntax import MAX_QUEUED
-from .http_syntax import RESP
-from .http_syntax import SNIFF_CHUNKS
-from .http_syntax import SYNC
-from .http_syntax import TRAILER
-from .http_syntax import _framing
-from .http_syntax import chunk_size
-from .http_syntax import message_role
-from .mime import Decoder
-from .mime import content_coding
-from .mime import disposition_filename
-from .mime import uri_file_name
+from apppaccap.extract.http_syntax import CCRLF
+from apppaccap.extract.http_syntax import CDATA
+from apppaccap.extract.http_syntax import CLOSE
+from apppaccap.extract.http_syntax import CSIZE
+from apppaccap.extract.http_syntax import DEAD
+from apppaccap.extract.http_syntax import HDR
+from apppaccap.extract.http_syntax import LEN
+from apppaccap.extract.http_syntax import MAX_HEADER
+from apppaccap.extract.http_syntax import MAX_LINE
+from apppaccap.extract.http_syntax import MAX_QUEUED
+from apppaccap.extract.http_syntax import REQUEST_LINE
+from apppaccap.extract.http_syntax import RESP
+from apppaccap.extract.http_syntax import SNIFF_CHUNKS
+from apppaccap.extract.http_syntax import STATUS_LINE
+from apppaccap.extract.http_syntax import SYNC
+from apppaccap.extract.http_syntax import TRAILER
+from apppaccap.extract.http_syntax import body_framing
+from apppaccap.extract.http_syntax import chunk_size
+from apppaccap.extract.http_syntax import message_role
+from apppaccap.extract.mime import Decoder
+from apppaccap.extract.mime import content_coding
+from apppaccap.extract.mime import disposition_filename
+from apppaccap.extract.mime import uri_file_name
 
 
 class HttpConn:
@@ -251,7 +251,7 @@ class _Half:
             self._request(first, hdrs, end_off)
 
     def _request(self, first: str, hdrs: dict, end_off: int) -> None:
-        m = _REQ_LINE.match(first)
+        m = REQUEST_LINE.match(first)
         if not m or m.group(3) is None:
             self.state = SYNC
             return
@@ -262,11 +262,11 @@ class _Half:
             q.popleft()
         q.append((method, uri, host, end_off))
         self.count += 1
-        framing = _framing(hdrs, response=False)
+        framing = body_framing(hdrs, response=False)
         self._start_body(framing, hdrs, "upload", method, uri, host, None)
 
     def _response(self, first: str, hdrs: dict) -> None:
-        m = _STATUS_LINE.match(first)
+        m = STATUS_LINE.match(first)
         if not m:
             self.state = SYNC
             return
@@ -286,7 +286,7 @@ class _Half:
         if method == "HEAD" or status in (204, 304):
             framing = (HDR, 0)
         else:
-            framing = _framing(hdrs, response=True)
+            framing = body_framing(hdrs, response=True)
         self._start_body(framing, hdrs, "download", method, uri, host, status)
 
     def _skip_lost_requests(self) -> None:

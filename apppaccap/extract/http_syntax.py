@@ -15,8 +15,8 @@ _METHODS = frozenset(
     b"MOVE LOCK UNLOCK SEARCH REPORT MKACTIVITY CHECKOUT MERGE ACL BIND UNBIND LINK UNLINK "
     b"MKCALENDAR UPDATE LABEL VERSION-CONTROL BASELINE-CONTROL SUBSCRIBE UNSUBSCRIBE "
     b"NOTIFY PURGE".split())
-_REQ_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) +(\S+)(?: +HTTP/(\d)\.(\d))? *$")
-_STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) +(\d{3})\b")
+REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) +(\S+)(?: +HTTP/(\d)\.(\d))? *$")
+STATUS_LINE = re.compile(r"HTTP/(\d)\.(\d) +(\d{3})\b")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 MAX_HEADER = 64 << 10   # larger header blocks are not HTTP we can use
@@ -28,7 +28,7 @@ SYNC, HDR, LEN, CSIZE, CDATA, CCRLF, TRAILER, CLOSE, DEAD = range(9)
 REQ, RESP = 1, 2
 
 
-def _framing(hdrs: dict, response: bool) -> tuple[int, int]:
+def body_framing(hdrs: dict, response: bool) -> tuple[int, int]:
     """(state, Content-Length) for a message body."""
     te = hdrs.get("transfer-encoding", "").lower()
     if te:

@@ -86,7 +86,7 @@ class ExtractHandle:
     """One capture's extraction: the engine, its sink and the EXTRACTSTREAM writer.
 
     All methods but ``close`` run on the thread that feeds the Recorder; ``close``
-    is called once that thread is done (after ``CaptureSession.stop`` / at ingest end).
+    is called once that thread is done (after ``LiveCapture.stop`` / at ingest end).
     """
 
     def __init__(self, db, spool: str, *, max_file_bytes: int = 64 << 20,

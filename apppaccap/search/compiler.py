@@ -16,8 +16,8 @@ import json
 from dataclasses import dataclass
 from dataclasses import field as _field
 
-from apppaccap.search import fields as F
-from apppaccap.search import predicates as P
+from apppaccap.search import fields
+from apppaccap.search import predicates
 from apppaccap.search.checker import Cond
 from apppaccap.search.checker import Filter
 from apppaccap.search.parser import And
@@ -165,15 +165,15 @@ class _Compiler:
                   and all(col in scope.columns for col in getattr(form, "needs", ())))
         if c.other is not None:
             usable = usable and _pairable(f, c, scope) and _pairable(c.other, c, scope)
-        if usable and c.op in ("contains", "matches") and not isinstance(form, F.Proc):
+        if usable and c.op in ("contains", "matches") and not isinstance(form, fields.Proc):
             usable = False
-        if usable and isinstance(form, F.Time) and c.other is None:
+        if usable and isinstance(form, fields.Time) and c.other is None:
             return self.time_leaf(c, form)
         if usable:
             sql = self.sql_leaf(c, form)
             if sql is not None:
                 return _exact(sql)
-        part = Part(None, self.guard(f) or TRUE, P.python_test(c))
+        part = Part(None, self.guard(f) or TRUE, predicates.python_test(c))
         if c.op == "contains" and f.ranges is not None and c.values[0]:
             part.needle = c.values[0]
         return part
@@ -182,7 +182,7 @@ class _Compiler:
         """The field's SQL guard for this scope; None if it names columns the capture lacks."""
         text = f.guard.replace("{eth}", self.scope.eth_ifaces)
         words = set(text.replace("(", " ").replace(")", " ").split())
-        if (words & F.OPTIONAL_COLUMNS) - self.scope.columns:
+        if (words & fields.OPTIONAL_COLUMNS) - self.scope.columns:
             return None
         return (text, []) if text != "1" else TRUE
 
@@ -190,25 +190,25 @@ class _Compiler:
         g = self.guard(c.field)
         if g is None:
             return None  # evaluate from the bytes instead
-        if isinstance(form, F.Exists):
+        if isinstance(form, fields.Exists):
             return g
-        if isinstance(form, F.Const):
-            ok = P.value_test(c)(getattr(self.scope, form.attr))
+        if isinstance(form, fields.Const):
+            ok = predicates.value_test(c)(getattr(self.scope, form.attr))
             return TRUE if ok else FALSE
-        if isinstance(form, F.Time):
+        if isinstance(form, fields.Time):
             return None  # handled in leaf(): it may bound the ids
-        if isinstance(form, F.Proc):
+        if isinstance(form, fields.Proc):
             keys = [k for k, row in self.scope.processes().items()
-                    if row.get(form.attr) is not None and P.value_test(c)(row[form.attr])]
+                    if row.get(form.attr) is not None and predicates.value_test(c)(row[form.attr])]
             return _in("process_id", keys)
-        if isinstance(form, F.Stream):
-            test = P.value_test(c)
+        if isinstance(form, fields.Stream):
+            test = predicates.value_test(c)
             keys = [cid for rank, cid in enumerate(self.scope.stream_ids(form.proto))
                     if test(rank)]
             return _join("AND", [_in("conn_id", keys), g])
         if c.other is not None:
             return self.pair_leaf(c, g)
-        if isinstance(form, (F.Ip, F.Port)) and c.op is not None:
+        if isinstance(form, (fields.Ip, fields.Port)) and c.op is not None:
             pushed = self.pushdown(c, form, g)
             if pushed is not None:
                 return pushed
@@ -220,7 +220,7 @@ class _Compiler:
             if c.mask is None:
                 return TRUE
             return _join("OR", [(f"({e} & ?) != 0", [c.mask]) for e in exprs])
-        if isinstance(c.field.sql, F.Ip):
+        if isinstance(c.field.sql, fields.Ip):
             return self.ip_test(c, exprs)
         if c.mask is not None:
             exprs = [f"({e} & {int(c.mask)})" for e in exprs]
@@ -235,7 +235,7 @@ class _Compiler:
             return _join("OR", tests)
         op = _SQL_OPS[c.op]
         tests = [(f"{e} {op} ?", [c.values[0]]) for e in exprs]
-        return _join("AND" if c.op in P.ALL_OPS else "OR", tests)
+        return _join("AND" if c.op in predicates.ALL_OPS else "OR", tests)
 
     def ip_test(self, c: Cond, exprs) -> tuple:
         """IP columns hold text: equality to one address compares text; CIDR blocks, ranges
@@ -246,10 +246,10 @@ class _Compiler:
         else:
             keys = self.ip_keys(c)
             tests = [_in(e, keys) for e in exprs]
-        return _join("AND" if c.op in P.ALL_OPS else "OR", tests)
+        return _join("AND" if c.op in predicates.ALL_OPS else "OR", tests)
 
     def ip_keys(self, c: Cond) -> list[str]:
-        test = P.value_test(c)
+        test = predicates.value_test(c)
         v6 = c.field.type == IPV6
         out = []
         for text in self.scope.ips():
@@ -264,12 +264,12 @@ class _Compiler:
     def pushdown(self, c: Cond, form, g) -> tuple | None:
         """Answer an IP/port test from the connections table when it selects few packets:
         `conn_id IN (…)` is served by the packets_conn index instead of a full scan."""
-        if isinstance(form, F.Ip) and not form.conn:
+        if isinstance(form, fields.Ip) and not form.conn:
             return None
         scope = self.scope
-        test = P.value_test(c)
-        agg = all if (len(form.exprs) > 1 and c.op in P.ALL_OPS) else any
-        if isinstance(form, F.Ip):
+        test = predicates.value_test(c)
+        agg = all if (len(form.exprs) > 1 and c.op in predicates.ALL_OPS) else any
+        if isinstance(form, fields.Ip):
             # the capture's few hundred distinct addresses, tested once, not 2 per flow
             good = frozenset(self.ip_keys(c))
             side_ok = good.__contains__
@@ -280,7 +280,7 @@ class _Compiler:
             ends = (3, 5)
         keys, packets = [], 0
         for row in scope.connections():
-            if isinstance(form, F.Port) and row[1] != form.proto:
+            if isinstance(form, fields.Port) and row[1] != form.proto:
                 continue
             if agg(side_ok(row[i]) for i in ends):
                 keys.append(row[0])
@@ -290,7 +290,7 @@ class _Compiler:
         flows = _in("conn_id", keys)
         if len(form.exprs) == 1:  # directional field: the flow has it on one side at least
             flows = _join("AND", [flows, self.column_test(c, form.exprs)])
-        if isinstance(form, F.Port):
+        if isinstance(form, fields.Port):
             return _join("AND", [flows, g])
         rest = _join("AND", [("conn_id IS NULL", []), g, self.column_test(c, form.exprs)])
         return _join("OR", [flows, rest])
@@ -301,7 +301,7 @@ class _Compiler:
             return None
         op = _SQL_OPS[c.op]
         tests = [(f"{a} {op} {b}", []) for a in c.field.sql.exprs for b in c.other.sql.exprs]
-        return _join("AND", [g, g2, _join("AND" if c.op in P.ALL_OPS else "OR", tests)])
+        return _join("AND", [g, g2, _join("AND" if c.op in predicates.ALL_OPS else "OR", tests)])
 
     def time_leaf(self, c: Cond, form) -> Part:
         base = self.scope.first_ts if form.kind == "relative" else 0
@@ -343,11 +343,11 @@ def _exact(sql: tuple) -> Part:
 
 def _pairable(f, c: Cond, scope) -> bool:
     form = f.sql
-    if not isinstance(form, F.Col) or scope.force_python:
+    if not isinstance(form, fields.Col) or scope.force_python:
         return False
     if any(col not in scope.columns for col in form.needs):
         return False
-    if isinstance(form, F.Ip) and c.op not in ("eq", "ne", "all_eq", "any_ne"):
+    if isinstance(form, fields.Ip) and c.op not in ("eq", "ne", "all_eq", "any_ne"):
         return False  # text order is not address order
     return True
 

@@ -22,8 +22,8 @@ import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
-from apppaccap.api.envelope import Busy
-from apppaccap.api.envelope import NotFound
+from apppaccap.errors import Busy
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
 from apppaccap.search.compiler import compile_plan
@@ -32,11 +32,10 @@ from apppaccap.search.scope import Scope
 from apppaccap.search.scope import open_readonly
 from apppaccap.store import searches
 from apppaccap.store.capturedb import capture_path
+from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
-ACTIVE_CAPTURE = 1
 WORKERS = 2
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
@@ -73,7 +72,8 @@ class SearchEngine:
         self.lock = threading.Lock()
         self.stopping = False
         self.recovered = searches.interrupt_unfinished(
-            self.catalog, state=CANCELLED, unfinished=(QUEUED, RUNNING), finished=now_ns())
+            self.catalog, state=CommandState.CANCELLED,
+            unfinished=(CommandState.QUEUED, CommandState.RUNNING), finished=now_ns())
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self, flt, text: str, capture_ids: list[int], capture_id: int,
@@ -88,7 +88,7 @@ class SearchEngine:
                            "setting max_active_searches allows; wait, cancel one "
                            "(search_cancel), or raise the setting")
             sid = searches.add(self.catalog, text=text, capture_id=capture_id or None,
-                               start=start, end=end, state=QUEUED, capture_ids=capture_ids,
+                               start=start, end=end, state=CommandState.QUEUED, capture_ids=capture_ids,
                                created=now_ns())
             self.flags[sid] = flag
         self.pool.submit(self._run, sid, flt, capture_ids, time_range, flag)
@@ -101,7 +101,8 @@ class SearchEngine:
         if flag is not None:
             flag.set()
         # a queued search may not have started: mark it now (the worker checks the flag)
-        searches.cancel_queued(self.catalog, sid, state=CANCELLED, queued=QUEUED,
+        searches.cancel_queued(self.catalog, sid, state=CommandState.CANCELLED,
+                               queued=CommandState.QUEUED,
                                finished=now_ns())
 
     def delete(self, sid: int) -> None:
@@ -127,25 +128,25 @@ class SearchEngine:
 
     # -- the worker -------------------------------------------------------------------
     def _run(self, sid, flt, capture_ids, time_range, flag: threading.Event) -> None:
-        state, message = COMPLETED, ""
+        state, message = CommandState.COMPLETED, ""
         try:
             if flag.is_set():
                 return  # cancelled while queued (already marked)
-            searches.started(self.catalog, sid, state=RUNNING, when=now_ns())
+            searches.started(self.catalog, sid, state=CommandState.RUNNING, when=now_ns())
             self._search(sid, flt, capture_ids, time_range, flag)
             if flag.is_set():
-                state, message = CANCELLED, ("interrupted: the service stopped"
+                state, message = CommandState.CANCELLED, ("interrupted: the service stopped"
                                              if self.stopping else "cancelled")
         except searches.Gone:
             return
         except Exception as exc:  # noqa: BLE001 - a failing search fails itself, not the service
             log.exception("search %s failed", sid)
-            state, message = FAILED, f"{type(exc).__name__}: {exc}"
+            state, message = CommandState.FAILED, f"{type(exc).__name__}: {exc}"
         finally:
             with self.lock:
                 self.flags.pop(sid, None)
         searches.finish(self.catalog, sid, state=state, message=message, finished=now_ns(),
-                        completed=COMPLETED)
+                        completed=CommandState.COMPLETED)
 
     def _search(self, sid, flt, capture_ids, time_range, flag) -> None:
         data_dir = self.ctx.config.data_dir

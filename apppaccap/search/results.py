@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from apppaccap.capture.decode import decode
+from apppaccap.dissect.decode import decode
 from apppaccap.filetime import from_ns
 from apppaccap.search.scope import open_readonly
 from apppaccap.store.blocks import BlockReader

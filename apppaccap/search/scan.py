@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 
-from apppaccap.capture.decode import decode
+from apppaccap.dissect.decode import decode
 from apppaccap.store.blocks import BlockReader
 
 CHUNK = 65536

@@ -19,15 +19,16 @@ import threading
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 
+from apppaccap.errors import IOFailure
+from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
+from apppaccap.store.capturedb import write_batch
+from apppaccap.store.database import connect
+from apppaccap.store.faults import io_failure
 
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
-    from apppaccap.lifeline import die_with_parent
-    from apppaccap.store.capturedb import write_batch
-    from apppaccap.store.database import connect
-    from apppaccap.store.faults import io_failure
     die_with_parent()  # a service killed -9 takes this process with it
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
@@ -58,7 +59,6 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
 
 def _error(kind: str, message: str) -> Exception:
     if kind == "io":
-        from apppaccap.api.envelope import IOFailure
         return IOFailure(message)  # "disk full: ..." - the ingest fails with IO_ERROR
     return RuntimeError(f"writing the capture failed: {message}")
 
@@ -106,11 +106,15 @@ class BulkWriter:
         fut.set_exception(_error(kind, message))
         raise _error(kind, message)
 
+    def drain(self) -> None:
+        """Wait until every submitted batch is written (a failed one raises)."""
+        while self.pending:
+            self._collect()
+
     def close(self) -> None:
         """Wait for every batch, then stop the child."""
         try:
-            while self.pending:
-                self._collect()
+            self.drain()
         finally:
             try:
                 self.conn.send(None)

@@ -69,7 +69,7 @@ class CaptureDb(Database):
             reader.close()
 
 
-# Packed packet rows from the compiled pcap scanner (apppaccap/_pcapscan.c): a packet with
+# Packed packet rows from the compiled pcap scanner (ingest/_pcapscan.c): a packet with
 # no VLAN, ICMP type, process, notes or out-of-range time, as 51 bytes.
 # The writer binds only integers (binding text and NULLs is the costly part of a row for
 # the sqlite3 module) and SQL takes src/dst from the packet's connection.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import sqlite3
 
-from apppaccap.api.envelope import IOFailure
+from apppaccap.errors import IOFailure
 
 OS_REASONS = {
     errno.ENOSPC: "disk full",

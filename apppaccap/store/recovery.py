@@ -22,12 +22,12 @@ import time
 
 from apppaccap.store import captures
 from apppaccap.store import processes
+from apppaccap.wire import CaptureState
+from apppaccap.wire import CaptureType
 
 log = logging.getLogger(__name__)
 
 SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
-SYSTEM, FILE = 1, 4
-COMPLETED, INTERRUPTED = 2, 4
 CAPTURE_FILE = re.compile(r"^([1-9][0-9]{0,17})\.db$")
 
 
@@ -121,8 +121,9 @@ def reregister(catalog, data_dir: str) -> int:
         except (sqlite3.Error, ValueError) as exc:  # ValueError: a meta row not JSON
             log.error("capture database %s cannot be read (%s): registered as INTERRUPTED",
                       path, exc)
-            row, procs = {"type": SYSTEM, "name": f"capture {capture_id}", "start_time": 0,
-                          "state": INTERRUPTED,
+            row, procs = {"type": CaptureType.SYSTEM, "name": f"capture {capture_id}",
+                          "start_time": 0,
+                          "state": CaptureState.INTERRUPTED,
                           "message": f"recovered: its database cannot be read ({exc})"}, []
         row["id"] = capture_id
         catalog.write(lambda c, row=row, procs=procs: _insert(c, row, procs))
@@ -150,11 +151,11 @@ def _read_capture(path: str) -> tuple[dict, list]:
     row.update(packet_count=packets, byte_count=size, connection_count=conns)
     if ended:  # stopped by the service; a message says why when a write failed
         why = ended.get("message") or ""
-        row.update(state=INTERRUPTED if why else COMPLETED,
+        row.update(state=CaptureState.INTERRUPTED if why else CaptureState.COMPLETED,
                    end_time=ended.get("end_time") or last)
     else:
         why = "the service stopped while capturing"
-        row.update(state=INTERRUPTED, end_time=last)
+        row.update(state=CaptureState.INTERRUPTED, end_time=last)
     row["message"] = "; ".join(filter(None, (
         "registered again from its database (the catalog was set aside)", why)))
     return row, procs
@@ -164,9 +165,9 @@ def _guess_type(path: str, meta: dict, ifaces: list) -> int:
     """A capture database older than meta 'capture': live adapters of this machine mean
     a live capture; anything else came from a file."""
     if "block_framing" in meta or os.path.exists(path[:-3] + ".bytes"):
-        return FILE
+        return CaptureType.FILE
     live = ifaces and all(n and os.path.exists(f"/sys/class/net/{n}") for n in ifaces)
-    return SYSTEM if live else FILE
+    return CaptureType.SYSTEM if live else CaptureType.FILE
 
 
 def _insert(conn, row: dict, procs: list) -> None:

@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 
-from apppaccap.api.envelope import IOFailure
+from apppaccap.errors import IOFailure
 
 log = logging.getLogger(__name__)
 

@@ -5,5 +5,6 @@
   (`TriggerWatcher`, started by server.start_services as `ctx.triggers`)
 - gate.py, gate_helper.py: catch a just-started program and hold it still (ptrace)
   while its capture starts
-The actions themselves run in apppaccap/actions_runner.py.
+- runner.py: the actions of a firing, once its capture has completed
+- programs.py: triggers as matchers of executables; what /proc says about a pid
 """

@@ -17,7 +17,11 @@ import socket
 import sys
 import time
 
-ACTION_ENV = b"APPPACCAP_ACTION="  # see actions_runner.ACTION_ENV: never catch those
+from apppaccap.attribution import procevents
+from apppaccap.lifeline import die_with_parent
+from apppaccap.lifeline import parent_gone
+
+ACTION_ENV = b"APPPACCAP_ACTION="  # see runner.ACTION_ENV: never catch those
 
 
 class Tracer:
@@ -89,18 +93,18 @@ class Tracer:
 
 def _subscribe():
     """A proc connector socket listening to process events, or (None, reason)."""
-    from apppaccap.capture import procevents as pe
     try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, pe.NETLINK_CONNECTOR)
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, procevents.NETLINK_CONNECTOR)
     except (OSError, AttributeError) as exc:
         return None, f"no proc connector: {exc}"
     try:
         try:
-            sock.setsockopt(socket.SOL_SOCKET, pe.SO_RCVBUFFORCE, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, procevents.SO_RCVBUFFORCE, 4 << 20)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((0, pe.CN_IDX_PROC))
-        sock.send(pe.pack_control(pe.PROC_CN_MCAST_LISTEN, port=sock.getsockname()[0]))
+        sock.bind((0, procevents.CN_IDX_PROC))
+        sock.send(procevents.pack_control(procevents.PROC_CN_MCAST_LISTEN,
+                                          port=sock.getsockname()[0]))
     except OSError as exc:
         sock.close()
         return None, f"proc connector subscription refused: {exc}"
@@ -110,16 +114,16 @@ def _subscribe():
 
 def exec_events(data: bytes):
     """(tgid, kernel timestamp ns) of each exec event in one proc connector datagram."""
-    from apppaccap.capture import procevents as pe
     off = 0
-    while off + pe.DATA_OFF <= len(data):
-        length = pe.NLMSGHDR.unpack_from(data, off)[0]
-        if length < pe.DATA_OFF or off + length > len(data):
+    while off + procevents.DATA_OFF <= len(data):
+        length = procevents.NLMSGHDR.unpack_from(data, off)[0]
+        if length < procevents.DATA_OFF or off + length > len(data):
             break
-        idx, val = pe.CN_MSG.unpack_from(data, off + pe.NLMSGHDR.size)[:2]
-        what, _cpu, ts = pe.EVENT_HEAD.unpack_from(data, off + pe.EVENT_OFF)
-        if (idx, val) == (pe.CN_IDX_PROC, pe.CN_VAL_PROC) and what == pe.PROC_EVENT_EXEC:
-            yield pe.PIDS2.unpack_from(data, off + pe.DATA_OFF)[1], ts
+        idx, val = procevents.CN_MSG.unpack_from(data, off + procevents.NLMSGHDR.size)[:2]
+        what, _cpu, ts = procevents.EVENT_HEAD.unpack_from(data, off + procevents.EVENT_OFF)
+        if (idx, val) == (procevents.CN_IDX_PROC, procevents.CN_VAL_PROC) and \
+                what == procevents.PROC_EVENT_EXEC:
+            yield procevents.PIDS2.unpack_from(data, off + procevents.DATA_OFF)[1], ts
         off += (length + 3) & ~3
 
 
@@ -147,8 +151,6 @@ def _marked(pid: int) -> bool:
 
 def main() -> None:  # pragma: no cover - runs in the helper process (tests drive it for real)
     """The helper's loop: proc connector exec events and the service's requests."""
-    from apppaccap.lifeline import die_with_parent
-    from apppaccap.lifeline import parent_gone
     # a service killed -9 must not leave this process (and its ptrace holds) behind
     polled = not die_with_parent()
     max_pause = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0

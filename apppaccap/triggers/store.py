@@ -11,21 +11,19 @@ from __future__ import annotations
 import os
 import shlex
 
-from apppaccap.api.envelope import Malformed
-from apppaccap.api.envelope import NotFound
 from apppaccap.capture.bpf import compile_check
-from apppaccap.capture.manager import FLAG_CHILDREN
-from apppaccap.capture.manager import FLAG_RESOLVE_IPS
-from apppaccap.capture.manager import FLAG_THREAD
+from apppaccap.errors import Malformed
+from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
 from apppaccap.store import triggers as trigger_table
+from apppaccap.wire import ActionType
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import TriggerType
 
-ON_START = 1
-EXECUTE, EXPORT = 1, 2
-TRIGGER_TYPES = {ON_START: "TRIGGER_TYPE_ON_START"}
-ACTION_TYPES = {EXECUTE: "ACTION_TYPE_EXECUTE", EXPORT: "ACTION_TYPE_EXPORT"}
+TRIGGER_TYPES = frozenset(TriggerType)
+ACTION_TYPES = frozenset(ActionType)
 # A trigger knows no thread id, so CAPTURE_FLAG_THREAD_CAPTURE cannot apply.
-TRIGGER_FLAGS = FLAG_RESOLVE_IPS | FLAG_CHILDREN
+TRIGGER_FLAGS = CaptureFlag.RESOLVE_IPS | CaptureFlag.CHILD_PROCESSES
 PLACEHOLDERS = ("{capture_id}", "{pid}", "{process_name}", "{export_file}")
 MAX_NAME = 256
 MAX_PARAMS = 8192
@@ -109,7 +107,7 @@ def check_trigger_path(path: str) -> str:
 def check_trigger_type(trigger_type: int) -> int:
     if trigger_type not in TRIGGER_TYPES:
         raise Malformed(f"trigger_type: unknown trigger type {trigger_type} "
-                        f"(TRIGGER_TYPE_ON_START = {ON_START})")
+                        f"(TRIGGER_TYPE_ON_START = {TriggerType.ON_START:d})")
     return trigger_type
 
 
@@ -117,7 +115,7 @@ def check_flags(flags: int) -> int:
     if flags < 0 or flags & ~TRIGGER_FLAGS:
         extra = flags & ~TRIGGER_FLAGS if flags >= 0 else flags
         why = " (CAPTURE_FLAG_THREAD_CAPTURE needs a thread id; a trigger has none)" \
-            if flags > 0 and flags & FLAG_THREAD else ""
+            if flags > 0 and flags & CaptureFlag.THREAD_CAPTURE else ""
         raise Malformed(f"flags: unsupported bits 0x{extra:x}{why}; allowed "
                         f"CAPTURE_FLAG_RESOLVE_IPS | CAPTURE_FLAG_CHILD_PROCESSES "
                         f"(0x{TRIGGER_FLAGS:x})")
@@ -134,11 +132,12 @@ def check_action(action_type: int, path: str, params: str) -> tuple[int, str, st
     """Validate an action's type, path and params together; returns them normalised."""
     if action_type not in ACTION_TYPES:
         raise Malformed(f"action_type: unknown action type {action_type} "
-                        f"(ACTION_TYPE_EXECUTE = {EXECUTE}, ACTION_TYPE_EXPORT = {EXPORT})")
+                        f"(ACTION_TYPE_EXECUTE = {ActionType.EXECUTE:d}, "
+                        f"ACTION_TYPE_EXPORT = {ActionType.EXPORT:d})")
     path = _absolute(path)
     if len(params) > MAX_PARAMS or "\x00" in params:
         raise Malformed(f"params: at most {MAX_PARAMS} characters, no NUL")
-    if action_type == EXECUTE:
+    if action_type == ActionType.EXECUTE:
         if not os.path.exists(path):
             raise Malformed(f"path: program {path[:200]!r} does not exist")
         if not os.path.isfile(path) or not os.access(path, os.X_OK):

@@ -10,7 +10,7 @@ the program through the gate if it can); without a proc connector an APScheduler
 polls psutil instead, and programs found that way may already have talked.
 
 On the program's exit the capture is stopped after a short grace (the peer's last
-FIN/ACKs are still in flight) and the actions run (actions_runner.py). APScheduler owns
+FIN/ACKs are still in flight) and the actions run (runner.py). APScheduler owns
 every job here: completions, the fallback poll and the periodic clean-up, on a small
 executor of their own so they never queue behind long-running commands.
 """
@@ -19,106 +19,33 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
 
 import psutil
 from apscheduler.executors.pool import ThreadPoolExecutor
 
-from apppaccap.actions_runner import ACTION_ENV
-from apppaccap.actions_runner import ActionRunner
-from apppaccap.actions_runner import Firing
-from apppaccap.api.envelope import ApiError
-from apppaccap.api.envelope import NotFound
-from apppaccap.capture.manager import FLAG_CHILDREN
-from apppaccap.capture.manager import PROCESS
+from apppaccap.attribution.procevents import ProcEvents
+from apppaccap.errors import AppError
+from apppaccap.errors import NotFound
 from apppaccap.filetime import now_ns
 from apppaccap.store import triggers as trigger_table
-from apppaccap.triggers import store
 from apppaccap.triggers.gate import Gate
 from apppaccap.triggers.gate import NoGate
+from apppaccap.triggers.programs import Matcher
+from apppaccap.triggers.programs import compile_matchers
+from apppaccap.triggers.programs import exe_of
+from apppaccap.triggers.programs import is_alive
+from apppaccap.triggers.programs import process_record
+from apppaccap.triggers.programs import started_by_action
+from apppaccap.triggers.runner import ActionRunner
+from apppaccap.triggers.runner import Firing
+from apppaccap.wire import CaptureFlag
+from apppaccap.wire import CaptureType
 
 log = logging.getLogger(__name__)
 
 EXECUTOR = "triggers"
-
-
-@dataclass(frozen=True)
-class Matcher:
-    """A trigger as the hot path needs it: the real path to compare executables with."""
-
-    trigger_id: int
-    name: str
-    real: str
-    is_dir: bool
-    bpf: str
-    flags: int
-
-    def matches(self, exe: str) -> bool:
-        if self.is_dir:
-            return exe.startswith(self.real.rstrip("/") + "/")
-        return exe == self.real
-
-
-def compile_matchers(rows) -> tuple:
-    """Trigger rows → Matchers; a path that vanished since it was added matches nothing."""
-    out = []
-    for r in rows:
-        if r["type"] != store.ON_START:
-            continue
-        real = os.path.realpath(r["path"])  # /proc/<pid>/exe is always the resolved path
-        if os.path.isdir(real) and store.over_broad(real):
-            # stored before such roots were refused (or a symlink swapped since): skip it
-            log.warning("trigger %s: directory %s is too broad to watch; ignored",
-                        r["id"], real)
-            continue
-        out.append(Matcher(r["id"], r["name"], real, os.path.isdir(real), r["filter"],
-                           r["flags"]))
-    return tuple(out)
-
-
-def exe_of(pid: int) -> str:
-    """The executable of a process ('' when gone or unreadable)."""
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        try:
-            exe = psutil.Process(pid).exe()
-        except (psutil.Error, OSError):
-            return ""
-    if exe.endswith(" (deleted)"):
-        exe = exe[:-10]
-    return exe
-
-
-def started_by_action(pid: int) -> bool:
-    """Does the process carry the marker every action-run program gets (see actions_runner)?"""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as fh:
-            env = fh.read()
-    except OSError:
-        try:
-            return ACTION_ENV in psutil.Process(pid).environ()
-        except (psutil.Error, OSError):
-            return False
-    return (b"\0" + env).find(b"\0" + ACTION_ENV.encode() + b"=") >= 0
-
-
-def process_record(pid: int) -> dict | None:
-    """Our process record (processes.py shape) for a live pid, from /proc or psutil."""
-    from apppaccap.capture.procfs import read_process
-    info = read_process(pid)
-    if info is not None:
-        return {"pid": info.pid, "ppid": info.ppid, "name": info.name, "path": info.path,
-                "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
-    from apppaccap import processes
-    try:
-        return processes.info_from_psutil(
-            psutil.Process(pid).as_dict(processes.FIELDS, ad_value=None))
-    except psutil.Error:
-        return None
 
 
 class TriggerWatcher:
@@ -164,7 +91,6 @@ class TriggerWatcher:
         elif not self.gate.available:
             self.gate.start()
         if self._events is None:
-            from apppaccap.capture.procevents import ProcEvents
             self._events = ProcEvents(on_exit=self._on_exit, on_fork=self._on_fork,
                                       read_at_exec=False)
         if self._events is not False and not self.gate.events:
@@ -270,11 +196,11 @@ class TriggerWatcher:
             return True
         for firings in self._active.values():
             for f in firings:
-                if f.trigger_id == m.trigger_id and f.flags & FLAG_CHILDREN:
-                    session = self.ctx.captures.sessions.get(f.capture_id)
-                    if session is not None and (pid in session.target.pids
-                                                or ppid in session.target.pids):
-                        session.target.pids.add(pid)
+                if f.trigger_id == m.trigger_id and f.flags & CaptureFlag.CHILD_PROCESSES:
+                    live = self.ctx.captures.live.get(f.capture_id)
+                    if live is not None and (pid in live.target.pids
+                                                or ppid in live.target.pids):
+                        live.target.pids.add(pid)
                         return True
         return False
 
@@ -293,12 +219,12 @@ class TriggerWatcher:
             process_id = self.ctx.processes.identify([record])[0]
             row = dict(self.ctx.processes.by_id(process_id))
             cap = self.ctx.captures.start(
-                PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
+                CaptureType.PROCESS, pids=[pid], process=row, flags=m.flags, bpf=m.bpf,
                 name=f"{m.name}: {record['name']}")
         except Exception as exc:  # noqa: BLE001 - reported on the trigger (LastError)
-            msg = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+            msg = exc.message if isinstance(exc, AppError) else f"{type(exc).__name__}: {exc}"
             log.warning("trigger %s: capture of pid %s failed: %s", m.trigger_id, pid, msg,
-                        exc_info=not isinstance(exc, ApiError))
+                        exc_info=not isinstance(exc, AppError))
             trigger_table.record_firing(self.ctx.catalog, m.trigger_id, None, msg)
             return False
         firing = Firing(m.trigger_id, m.name, pid, record["start_time"], process_id,
@@ -315,11 +241,12 @@ class TriggerWatcher:
         if not self._active:
             return
         with self._lock:
-            firings = [f for fs in self._active.values() for f in fs if f.flags & FLAG_CHILDREN]
+            firings = [f for fs in self._active.values() for f in fs
+                       if f.flags & CaptureFlag.CHILD_PROCESSES]
         for f in firings:
-            session = self.ctx.captures.sessions.get(f.capture_id)
-            if session is not None and parent in session.target.pids:
-                session.target.pids.add(child)
+            live = self.ctx.captures.live.get(f.capture_id)
+            if live is not None and parent in live.target.pids:
+                live.target.pids.add(child)
 
     def _on_exit(self, pid: int) -> None:
         if pid not in self._fired and pid not in self._active:
@@ -364,7 +291,7 @@ class TriggerWatcher:
         with self._lock:
             watched = {pid: fs[0].start_ns for pid, fs in self._active.items() if fs}
         for pid, start_ns in watched.items():  # exited but not reaped yet: a zombie
-            if pid in current and not _alive(pid, start_ns):
+            if pid in current and not is_alive(pid, start_ns):
                 self._on_exit(pid)
         for pid in new:
             if self._active:  # no fork events here: children join their parent's capture now
@@ -380,23 +307,11 @@ class TriggerWatcher:
             watched = {pid: fs[0].start_ns for pid, fs in self._active.items() if fs}
             fired = {pid: v[0] for pid, v in self._fired.items()}
         for pid, start_ns in watched.items():
-            if not _alive(pid, start_ns):
+            if not is_alive(pid, start_ns):
                 self._on_exit(pid)
-        dead = [pid for pid, start in fired.items() if not _alive(pid, start)]
+        dead = [pid for pid, start in fired.items() if not is_alive(pid, start)]
         if dead:
             with self._lock:
                 for pid in dead:
                     if pid not in self._active:
                         self._fired.pop(pid, None)
-
-
-def _alive(pid: int, start_ns: int) -> bool:
-    """Is the process (pid, start time) still running? Zombies and reused pids are not."""
-    try:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            # psutil's float create time vs our 10 ms-rounded one: compare coarsely
-            return abs(p.create_time() * 1e9 - start_ns) < 20_000_000 and \
-                p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False

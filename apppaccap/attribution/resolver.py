@@ -1,0 +1,371 @@
+"""Flow → owning process, resolved off the capture path.
+
+Pipelines ask `status(key)` for each packet's flow. A flow never seen before is
+queued for the resolver thread (sock_diag exact lookup → inode → pid, see
+owners.py); until it answers, the flow is PENDING and the pipeline may hold its
+packets for a few milliseconds. Answers stick to the flow after its process
+exits (late FIN/ACKs, retransmissions), and a periodic sweep labels flows that
+existed before the capture or were missed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+from apppaccap.attribution import owners
+from apppaccap.attribution.fastpath import FastPath
+from apppaccap.attribution.labels import Label
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.owners import boost_current_thread
+from apppaccap.store.faults import reason
+from apppaccap.store.processes import remember_thread
+
+log = logging.getLogger(__name__)
+
+PENDING = None          # status(): not answered yet
+MAX_FLOWS = 200_000     # LRU bound of the flow table
+RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
+RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned
+RECHECK = 0.03          # seconds before a listener-named or thread-less flow is asked again
+# While that second look is due the pipelines hold the flow's packets (within their hold
+# budget), so every capture stores the same, final answer for them.
+
+
+class Attribution:
+    """Shared by every live capture; started with the first one."""
+
+    def __init__(self, backend, book, *, idle_grace: float = 15.0, sweep_interval: float = 1.0,
+                 clock=time.monotonic, is_local=None, boost: bool = True,
+                 fastpath: bool = False):
+        self.backend = backend
+        self.book = book
+        self.idle_grace = idle_grace
+        self.sweep_interval = sweep_interval
+        self.clock = clock
+        self.boost = boost  # real-time priority for the resolver thread (notes §5(a) trick 4)
+        self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
+        # both ends local (loopback): the originator's socket may not be findable yet
+        self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")
+        self.flows: OrderedDict = OrderedDict()  # key → [labels | PENDING, resolved_at, seen_at]
+        # Held to add or remove flows and to copy the table. Single reads need no lock, but
+        # a copy iterates, and a garbage collection inside it may run a finalizer that lets
+        # another thread add a flow meanwhile: "OrderedDict mutated during iteration".
+        self._flows_lock = threading.Lock()
+        self._labels: dict[tuple, Label] = {}    # (pid, start_ns, tid) → Label without local
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.users = 0
+        self._backend_started = False
+        self._infos: dict = {}     # pid → ProcInfo sent by the fast-path process
+        self.fastpath = None
+        self.latencies: list[float] = []         # seconds from request to answer (last 10k)
+        self.stats = {"requests": 0, "resolved": 0, "missed": 0, "swept": 0}
+
+    # -- lifecycle -----------------------------------------------------------
+    def acquire(self) -> None:
+        with self._lock:
+            self.users += 1
+            if self.users > 1:
+                return
+        self._stop.clear()
+        # a stop sentinel left by the last release() must not end the new resolver; the
+        # lookups queued with it still count
+        left = []
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in left:
+            if item is not None:
+                self._queue.put(item)
+        if not self._backend_started:
+            # The backend (netlink sockets, proc-connector listener) lives until close():
+            # its caches make the next capture's first lookups fast.
+            self.backend.start()
+            self._backend_started = True
+            if self.use_fastpath:
+                fp = FastPath(self.deliver)
+                self.fastpath = fp if fp.start() else None
+        # A thread waiting for the GIL waits up to the switch interval (5 ms by default);
+        # the resolver races short-lived processes, so hand the GIL over faster.
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, 0.0005))
+        for name, fn in (("resolver", self._resolver), ("sweeper", self._sweeper)):
+            t = threading.Thread(target=fn, name=f"attribution-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+        self._stop.set()
+        self._queue.put(None)
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+        for _, entry in self._flow_items():
+            entry[3] = 0  # second looks died with the resolver: nothing may wait for them
+        sys.setswitchinterval(self._switch)
+
+    def close(self) -> None:
+        """Stop the backend for good (service shutdown)."""
+        if self._backend_started:
+            if self.fastpath is not None:
+                self.fastpath.stop()
+                self.fastpath = None
+            self.backend.stop()
+            self._backend_started = False
+
+    def _flow_items(self) -> list:
+        """A copy of the flow table's (key, entry) pairs, safe to walk while others add."""
+        with self._flows_lock:
+            return list(self.flows.items())
+
+    # -- the pipeline's side -------------------------------------------------
+    def status(self, key5: tuple, syn: bool = False):
+        """Labels of a flow (list, maybe empty), or PENDING after queueing a lookup.
+
+        key5 = (proto, src, sport, dst, dport) of the packet. `syn` marks a new TCP
+        connection attempt, which re-resolves a 5-tuple reused by another process.
+        """
+        now = self.clock()
+        fk = flow_key(*key5)
+        entry = self.flows.get(fk)
+        if entry is not None:
+            labels, resolved_at, seen = entry[:3]
+            entry[2] = now
+            if labels is PENDING:
+                return PENDING
+            stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
+            if labels and not stale:
+                return labels
+            if not labels and not stale and now - resolved_at < RETRY_MISS:
+                return labels
+        with self._flows_lock:
+            self.flows[fk] = [PENDING, now, now, 0, key5]
+            if len(self.flows) > MAX_FLOWS:
+                self.flows.popitem(last=False)
+        self.stats["requests"] += 1
+        self._queue.put((key5, fk, now))
+        return PENDING
+
+    # -- resolver ------------------------------------------------------------
+    def _resolver(self):
+        if self.boost:
+            try:
+                boost_current_thread()
+            except Exception:  # noqa: BLE001 - priority is an optimisation only
+                log.debug("could not raise resolver priority", exc_info=True)
+        delayed: list = []  # heap of (due, seq, item): retries that must not block others
+        seq = 0
+        while not self._stop.is_set():
+            now = self.clock()
+            if delayed and delayed[0][0] <= now:
+                item = heapq.heappop(delayed)[2]
+            else:
+                timeout = max(0.0, delayed[0][0] - now) if delayed else None
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    continue
+            if item is None:
+                break
+            key5, fk, asked = item[:3]
+            attempt = item[3] if len(item) > 3 else 0
+            recheck = len(item) > 4
+            if recheck and item[4] > now:
+                seq += 1
+                heapq.heappush(delayed, (item[4], seq, item))
+                continue
+            try:
+                _, src, sport, dst, dport = key5
+                owners = self.backend.resolve(*key5)
+                src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
+                if attempt < RETRIES and (not owners or src_missing):
+                    # Nobody found yet, or the local originator missing (a process that
+                    # exec'd a moment ago; a server whose socket appears after the handshake):
+                    # ask again in a few ms while the pipeline holds the flow's packets.
+                    seq += 1
+                    due = self.clock() + 0.002 * (attempt + 1)
+                    heapq.heappush(delayed, (due, seq, (key5, fk, asked, attempt + 1)))
+                    continue
+                labels = self._labels_for(
+                    (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
+                via_listener = any(getattr(o, "listener", False) for o in owners)
+            except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop attribution
+                self._fault(f"resolving {key5}", exc)
+                labels, via_listener = [], False
+            now = self.clock()
+            entry = self.flows.get(fk)
+            if entry is not None and (entry[0] is PENDING or (recheck and labels)):
+                if recheck and entry[0]:
+                    labels = _refine(entry[0], labels)
+                if (via_listener or _thread_unknown(labels)) and not recheck:
+                    # the hold flag first: a pipeline that sees the labels sees it too
+                    self._schedule_recheck(entry, fk, now)
+                entry[0], entry[1] = labels, now
+            if recheck and entry is not None:
+                entry[3] = 0
+            self.stats["resolved" if labels else "missed"] += 1
+            if len(self.latencies) < 10000 and not recheck:  # second looks wait on purpose
+                self.latencies.append(now - asked)
+
+    def _fault(self, what: str, exc: Exception) -> None:
+        """Log a failure the threads survive: the first and every 1000th, with a traceback
+        only when it is not the disk's fault (a full disk fails every lookup that has to
+        record a new process)."""
+        self.stats["errors"] = n = self.stats.get("errors", 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.error("%s failed (%d failure(s) so far): %s", what, n, exc,
+                      exc_info=None if reason(exc) else exc)
+
+    def _schedule_recheck(self, entry, fk, now) -> None:
+        """Look again shortly: a listener-named flow once the connection is accepted (a
+        fork-per-connection server hands it on), a thread-less one when the thread is
+        likely blocked on the socket. Asked in the flow's own orientation (entry[4]), so
+        the originator's owner stays first."""
+        entry[3] = now + RECHECK
+        self._queue.put((entry[4], fk, now, RETRIES, entry[3]))
+
+    def deliver(self, key5: tuple, owners, infos: dict) -> None:
+        """Owners found by the fast-path process (fastpath.py): they win over PENDING and
+        over a miss, never over an answer already given."""
+        self._infos.update(infos)
+        _, src, sport, dst, dport = key5
+        labels = self._labels_for(
+            (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
+        if not labels:
+            return
+        fk = flow_key(*key5)
+        now = self.clock()
+        entry = self.flows.get(fk)
+        again = _thread_unknown(labels) or any(getattr(o, "listener", False) for o in owners)
+        if entry is None:
+            entry = [PENDING, now, now, 0, key5]
+            if again:
+                self._schedule_recheck(entry, fk, now)   # the hold flag before the labels
+            entry[0] = labels
+            with self._flows_lock:
+                self.flows[fk] = entry
+        elif entry[0] is PENDING or entry[0] == [] or (
+                len(labels) > len(entry[0]) and labels[0].pid == entry[0][0].pid) or (
+                labels[0].local == (src, sport) and entry[0][0].local != (src, sport)):
+            # better: more ends known, or the originator where we only had the peer
+            if again and not entry[3]:
+                self._schedule_recheck(entry, fk, now)
+            entry[0], entry[1] = labels, now
+        self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
+
+    def _labels_for(self, pairs) -> list[Label]:
+        """(Owner, local endpoint) pairs → Labels, dropping pids whose facts are gone."""
+        out = []
+        for o, local in pairs:
+            base = self.label_for_pid(o.pid, o.tid)
+            if base is not None:
+                out.append(Label(base.process_id, base.pid, base.tid, base.proc, local))
+        return out
+
+    def label_for_pid(self, pid: int, tid: int | None = None) -> Label | None:
+        """A Label (with our ProcessId) for a pid, from the backend's process facts."""
+        info = self._infos.get(pid) or self.backend.process(pid)
+        if info is None:
+            return None
+        tid = tid or 0
+        key = (pid, info.start_time_ns, tid)
+        lab = self._labels.get(key)
+        if lab is None:
+            rec = {"pid": pid, "ppid": info.ppid, "name": info.name, "path": info.path,
+                   "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
+            process_id = self.book.identify([rec])[0]
+            lab = Label(process_id, pid, tid, rec, None)
+            if tid:
+                self._remember_thread(process_id, pid, tid)
+            if len(self._labels) > 50000:
+                self._labels.clear()
+            self._labels[key] = lab
+        return lab
+
+    def _match(self, snap, proto, local, remote):
+        """One end of a flow in a socket snapshot (exact, then listener/unconnected socket)."""
+        match = getattr(self.backend, "match_snapshot", None)
+        if match is None:
+            match = getattr(owners, "match_snapshot", None)
+        if match is None:
+            return _match_exact(snap, proto, local, remote)
+        return match(snap, proto, local[0], local[1], remote[0], remote[1], is_local=self.is_local)
+
+    def _remember_thread(self, process_id: int, pid: int, tid: int) -> None:
+        """A thread seen owning traffic joins the catalog (process_list_threads flags=1
+        then lists it after it has ended)."""
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+                name = fh.read().strip()
+        except OSError:
+            name = ""
+        now = time.time_ns()
+        catalog = getattr(self.book, "catalog", None)
+        if catalog is not None:
+            remember_thread(catalog, process_id, tid, name, now)
+
+    # -- safety net ----------------------------------------------------------
+    def _sweeper(self):
+        while not self._stop.wait(self.sweep_interval):
+            try:
+                self._sweep()
+            except Exception as exc:  # noqa: BLE001
+                self._fault("attribution sweep", exc)
+
+    def _sweep(self):
+        """Label flows still unowned (or pending too long) from a full socket snapshot."""
+        now = self.clock()
+        todo = [fk for fk, e in self._flow_items()
+                if (e[0] is PENDING and now - e[1] > 0.5) or (e[0] == [] and now - e[2] < 30)]
+        if not todo:
+            return
+        snap = self.backend.snapshot()
+        for fk in todo:
+            proto, a, b = fk
+            pairs = []
+            for local, remote in ((a, b), (b, a)):
+                owner = self._match(snap, proto, local, remote)
+                if owner is not None:
+                    pairs.append((owner, local))
+            if not pairs:
+                continue
+            labels = self._labels_for(pairs)
+            entry = self.flows.get(fk)
+            if labels and entry is not None:
+                entry[0], entry[1] = labels, now
+                self.stats["swept"] += 1
+
+
+def _refine(old: list, new: list) -> list:
+    """A second look's answer merged into the first: an end found again takes the new
+    label (the accepted socket's process, the thread now known), an end whose socket has
+    closed since (a short-lived client) keeps its label, and the order - originator
+    first - stays."""
+    by_end = {lab.local: lab for lab in new}
+    merged = [by_end.pop(lab.local, lab) for lab in old]
+    return merged + list(by_end.values())
+
+
+def _thread_unknown(labels) -> bool:
+    """The owner is multi-threaded and no thread was seen on the socket yet: look again
+    shortly, when the thread is likely blocked in recv()/send() on it."""
+    return bool(labels) and not labels[0].tid
+
+
+def _match_exact(snap, proto, local, remote):
+    found = snap.get((proto, local[0], local[1], remote[0], remote[1]))
+    return found[0] if found and len({o.pid for o in found}) == 1 else None

@@ -1,0 +1,211 @@
+"""A live capture: its sniffers, its pipeline thread and its database.
+
+sniffers → bounded queue → pipeline thread (decode, attribution, hold buffer,
+target filter) → Recorder → the capture database's writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.resolver import PENDING
+from apppaccap.capture.recorder import Recorder
+from apppaccap.capture.sniffer import Sniffer
+from apppaccap.store import capturedb
+from apppaccap.store import captures as capture_table
+
+log = logging.getLogger(__name__)
+
+QUEUE_PACKETS = 200_000
+TCP, UDP = 6, 17
+
+
+class Target:
+    """Which packets a capture keeps: all (system), a process set, or one thread."""
+
+    def __init__(self, pids=(), *, children: bool = False, thread_id: int = 0):
+        self.pids = set(pids)
+        self.children = children
+        self.thread_id = thread_id
+
+    @property
+    def system(self) -> bool:
+        return not self.pids
+
+    def pick(self, labels):
+        """The label to store for a packet, False when the packet is not ours to keep."""
+        if self.system:
+            return labels[0] if labels else None
+        for lab in labels or ():
+            if lab.pid in self.pids or (self.children and lab.proc.get("ppid") in self.pids):
+                if self.children:
+                    self.pids.add(lab.pid)  # grandchildren follow once their parent is known
+                if self.thread_id and lab.tid != self.thread_id:
+                    continue
+                return lab
+        return False
+
+
+class LiveCapture:
+    def __init__(self, capture_id: int, handles: list, db, attribution, target: Target,
+                 catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None):
+        self.id = capture_id
+        self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
+        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status)
+                         for i, (name, h) in enumerate(handles)]
+        self.linktypes = [s.linktype for s in self.sniffers]
+        self.db = db
+        self.attribution = attribution
+        self.target = target
+        self.catalog = catalog
+        self.hold = hold_ms / 1000.0
+        self.recorder = Recorder(db, local_ips=local_ips)
+        self.recorder.on_flush = on_stats
+        self.recorder.on_failure = self._write_failed
+        # told (capture id, message) once when a write fails: the manager stops the capture
+        self.on_failure = None
+        self.received = self.kept = self.attributed = self.unknown = 0
+        self.errors = 0  # pipeline faults survived (logged); the capture goes on
+        self._running = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"capture:{capture_id}",
+                                        daemon=True)
+
+    def start(self):
+        row = capture_table.get(self.catalog, self.id)
+
+        def interfaces(conn):
+            capturedb.add_interfaces(conn, [(s.iface, s.name, s.linktype)
+                                            for s in self.sniffers])
+            if row is not None:  # a new catalog can register this capture again from it
+                capturedb.remember(conn, row)
+        self.db.write(interfaces)
+        self.attribution.acquire()
+        self._running.set()
+        self._thread.start()
+        for s in self.sniffers:
+            s.start()
+
+    @property
+    def dropped(self) -> int:
+        """libpcap's drops (live), our queue's overflow and the packets that could not be
+        written (a failed write, disk full): DroppedCount."""
+        return sum(s.libpcap_drops() + s.overflow for s in self.sniffers) + self.recorder.lost
+
+    @property
+    def failure(self) -> str | None:
+        """Why writing stopped ("disk full: ..."), None while all is well."""
+        return self.recorder.failure
+
+    def _write_failed(self, message: str) -> None:
+        # on the pipeline thread, inside a flush: the stop itself runs elsewhere
+        log.warning("capture %s: %s; stopping it", self.id, message)
+        if self.on_failure is not None:
+            self.on_failure(self.id, message)
+
+    def stop(self):
+        """Stop sniffing, drain what was queued, flush everything; blocks until written."""
+        for s in self.sniffers:
+            s.stop()
+        self._running.clear()
+        self._thread.join(60)
+        self.recorder.flush(wait=True)
+        self.attribution.release()
+        self._remember_end()
+        self.update_catalog(final=True)
+        r = self.recorder
+        log.info("capture %s stopped: %d packets received, %d stored, %d not written, "
+                 "%d dropped before us", self.id, self.received, r.packets, r.lost,
+                 self.dropped - r.lost)
+
+    def _remember_end(self) -> None:
+        """Mark the capture database as stopped by the service (recovery.py reads it)."""
+        message = self.failure or ""
+        try:
+            self.db.write(lambda c: capturedb.remember_end(c, time.time_ns(), message), 10)
+        except Exception as exc:  # noqa: BLE001 - then it is registered INTERRUPTED; no more
+            log.info("capture %s: end not recorded in its database (%s)", self.id, exc)
+
+    def _run(self):
+        buf: deque = deque()
+        last_update = last_flush = time.monotonic()
+        get = self.q.get
+        while self._running.is_set() or not self.q.empty() or buf:
+            try:
+                item = get(timeout=0.02)
+                batch = [item]
+                while len(batch) < 4096:
+                    try:
+                        batch.append(self.q.get_nowait())
+                    except queue.Empty:
+                        break
+            except queue.Empty:
+                batch = []
+            now = time.monotonic()
+            for ts, iface, data, d, key in batch:
+                # decoded and attribution asked for by the sniffer already
+                buf.append((now, ts, iface, data, d, key))
+            self.received += len(batch)
+            draining = not self._running.is_set()
+            try:
+                self._release(buf, now, draining)
+                if now - last_flush >= 0.1:
+                    # live readers (capture_stream) see packets within ~0.1 s
+                    self.recorder.flush()
+                    last_flush = now
+                if now - last_update >= 1.0:
+                    self.update_catalog()
+                    last_update = now
+            except Exception:  # noqa: BLE001 - a bad batch must not end the capture
+                self.errors += 1
+                if self.errors <= 5 or self.errors % 1000 == 0:
+                    log.exception("capture %s: pipeline error %d", self.id, self.errors)
+
+    def _release(self, buf: deque, now: float, draining: bool) -> None:
+        """Emit packets in arrival order; an unresolved flow holds the line ≤ hold seconds."""
+        flows = self.attribution.flows
+        rec = self.recorder
+        while buf:
+            arrived, ts, iface, data, d, key = buf[0]
+            labels = None
+            if key is not None:
+                entry = flows.get(flow_key(*key))
+                labels = entry[0] if entry is not None else []
+                if labels is PENDING or (entry is not None and entry[3]):
+                    # unresolved, or a second look is due (attribution.RECHECK)
+                    if now - arrived < self.hold and not draining:
+                        return
+                    if labels is PENDING:
+                        labels = []
+            buf.popleft()
+            lab = self.target.pick(labels)
+            if lab is False:
+                continue
+            conn = rec.conn_for(d, ts) if key is not None else None
+            rec.add(ts, iface, data, len(data), d, conn, lab or None)
+            self.kept += 1
+            if lab:
+                self.attributed += 1
+            else:
+                self.unknown += 1
+
+    def update_catalog(self, final: bool = False):
+        r = self.recorder
+        counts = (r.packets, r.bytes, r.next_conn - 1)
+        if final and r.failure is not None:
+            counts = self.stored_counts()
+            r.lost += max(0, r.packets - counts[0])  # counted but not stored: dropped
+            r.packets, r.bytes = counts[0], counts[1]
+        return capture_table.update_counters(self.catalog, self.id, counts[0], counts[1],
+                                             self.dropped, counts[2])
+
+    def stored_counts(self) -> tuple:
+        """(packets, bytes, connections) as the capture database holds them: after a failed
+        write, what was really stored is the truth."""
+        row = self.db.one("SELECT count(*), coalesce(sum(len), 0), "
+                          "(SELECT count(*) FROM connections) FROM packets")
+        return tuple(row)

@@ -1,0 +1,603 @@
+/* The compiled half of pcap and pcapng ingest (see apppaccap/ingest/scanner.py).
+ *
+ * scan() walks pcap records, scan_pcapng() the option-less Enhanced Packet Blocks of a
+ * pcapng section, in a buffer (the mmap of the file), and they record the common
+ * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
+ * or UDP, on a flow already known - exactly as Recorder.add() would: connection
+ * counters and TCP state, the (flow, minute) aggregate, the packet row and its bytes.
+ * Everything else stops the scan and is handled by the Python path one record at a
+ * time: record headers that need a warning or an error, frames the fast decoder does
+ * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...), DNS
+ * answers (they name hosts), and the first packet of each flow (Python creates the
+ * connection, then registers it here). tests/test_pcapscan.py checks that both paths
+ * store identical rows for every file of the corpus.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <limits.h>
+
+#define NS 1000000000LL
+#define MINUTE_NS 60000000000LL
+#define MAX_CAPLEN (256u << 20)
+
+enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
+
+/* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqII"
+ * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off,
+ * iface);
+ * the writer expands it in SQL, taking src/dst from the connection. */
+#define ROW_SIZE 51
+
+static inline unsigned char *put(unsigned char *p, unsigned long long v, int n) {
+    int i;
+    for (i = 0; i < n; i++) p[i] = (unsigned char)(v >> (8 * i));
+    return p + n;
+}
+
+static PyObject *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_state, *a_fin;
+static PyObject *st_empty, *st_est, *st_active, *st_reset, *st_closed, *st_closing,
+    *st_syn_sent, *st_syn_received;
+
+static inline uint32_t rd32(const unsigned char *p, int big) {
+    return big ? ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3])
+               : ((uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | p[0]);
+}
+
+static inline int be16(const unsigned char *p) { return (p[0] << 8) | p[1]; }
+
+typedef struct {
+    int l3, proto, sport, dport, flags, ttl, alen;
+    const unsigned char *sa, *da;
+} Frame;
+
+/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python. */
+static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f) {
+    Py_ssize_t off, lim = n, l4, have;
+    int l3;
+    if (lt == 1) {
+        if (n < 14) return 0;
+        l3 = be16(d + 12);
+        off = 14;
+    } else if (lt == 101 || lt == 12 || lt == 14) {
+        if (n < 1) return 0;
+        l3 = (d[0] >> 4) == 4 ? 0x0800 : (d[0] >> 4) == 6 ? 0x86DD : 0;
+        off = 0;
+    } else if (lt == 228 || lt == 229) {
+        l3 = lt == 228 ? 0x0800 : 0x86DD;
+        off = 0;
+    } else if (lt == 113) {
+        if (n < 16) return 0;
+        l3 = be16(d + 14);
+        off = 16;
+    } else if (lt == 276) {
+        if (n < 20) return 0;
+        l3 = be16(d);
+        off = 20;
+    } else {
+        return 0;
+    }
+    if (l3 == 0x0800) {
+        const unsigned char *ip = d + off;
+        int ihl, tot;
+        if (n - off < 20 || (ip[0] >> 4) != 4) return 0;
+        ihl = (ip[0] & 15) << 2;
+        tot = be16(ip + 2);
+        if (ihl < 20 || tot < ihl || (be16(ip + 6) & 0x1FFF)) return 0;
+        if (off + tot < n) lim = off + tot;
+        l4 = off + ihl;
+        if (l4 > lim) return 0;
+        f->ttl = ip[8];
+        f->proto = ip[9];
+        f->sa = ip + 12;
+        f->da = ip + 16;
+        f->alen = 4;
+    } else if (l3 == 0x86DD) {
+        const unsigned char *ip = d + off;
+        int plen;
+        if (n - off < 40 || (ip[0] >> 4) != 6) return 0;
+        plen = be16(ip + 4);
+        if (plen && off + 40 + plen < n) lim = off + 40 + plen;
+        l4 = off + 40;
+        f->proto = ip[6];   /* an extension header is not 6/17: Python walks those */
+        f->ttl = ip[7];
+        f->sa = ip + 8;
+        f->da = ip + 24;
+        f->alen = 16;
+    } else {
+        return 0;
+    }
+    f->l3 = l3;
+    have = lim - l4;
+    if (f->proto == 6) {
+        int of, hlen;
+        if (have < 20) return 0;
+        of = be16(d + l4 + 12);
+        hlen = (of >> 12) << 2;
+        if (hlen < 20 || hlen > have) return 0;
+        f->flags = of & 0x1FF;
+    } else if (f->proto == 17) {
+        if (have < 8) return 0;
+        f->flags = 0;
+    } else {
+        return 0;
+    }
+    f->sport = be16(d + l4);
+    f->dport = be16(d + l4 + 2);
+    /* DNS answers teach hostnames (Recorder._learn_dns): Python's */
+    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) return 0;
+    return 1;
+}
+
+/* obj.name += delta (ints) */
+static int add_attr(PyObject *obj, PyObject *name, long long delta) {
+    PyObject *v = PyObject_GetAttr(obj, name), *d, *r;
+    int rc;
+    if (v == NULL) return -1;
+    d = PyLong_FromLongLong(delta);
+    if (d == NULL) { Py_DECREF(v); return -1; }
+    r = PyNumber_Add(v, d);
+    Py_DECREF(v);
+    Py_DECREF(d);
+    if (r == NULL) return -1;
+    rc = PyObject_SetAttr(obj, name, r);
+    Py_DECREF(r);
+    return rc;
+}
+
+static int same_str(PyObject *a, PyObject *b) {
+    return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
+}
+
+/* recorder._tcp_state, for a known connection */
+static int tcp_state(PyObject *conn, int flags) {
+    PyObject *state = PyObject_GetAttr(conn, a_state), *next = NULL;
+    int rc = 0;
+    if (state == NULL) return -1;
+    if (!(flags & 0x07) && same_str(state, st_est)) {
+        Py_DECREF(state);
+        return 0;   /* the common case: established, no SYN/FIN/RST */
+    }
+    if (flags & 0x04) {
+        next = st_reset;
+    } else if (flags & 0x01) {
+        PyObject *fin;
+        long n;
+        if (add_attr(conn, a_fin, 1) < 0) { Py_DECREF(state); return -1; }
+        fin = PyObject_GetAttr(conn, a_fin);
+        if (fin == NULL) { Py_DECREF(state); return -1; }
+        n = PyLong_AsLong(fin);
+        Py_DECREF(fin);
+        if (n == -1 && PyErr_Occurred()) { Py_DECREF(state); return -1; }
+        next = n >= 2 ? st_closed : st_closing;
+    } else if (flags & 0x02) {
+        next = (flags & 0x10) ? st_syn_received : st_syn_sent;
+    } else if (same_str(state, st_empty) || same_str(state, st_syn_sent) ||
+               same_str(state, st_syn_received)) {
+        next = st_est;
+    }
+    if (next != NULL) rc = PyObject_SetAttr(conn, a_state, next);
+    Py_DECREF(state);
+    return rc;
+}
+
+/* key: proto, address length, then the smaller endpoint (address, port) first */
+static PyObject *flow_key(const Frame *f, int *src_is_a) {
+    int alen = f->alen, c = memcmp(f->sa, f->da, alen);
+    Py_ssize_t klen = 2 + 2 * (alen + 2);
+    PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
+    unsigned char *k, *p;
+    const unsigned char *a, *b;
+    int ap, bp;
+    if (key == NULL) return NULL;
+    *src_is_a = c < 0 || (c == 0 && f->sport <= f->dport);
+    a = *src_is_a ? f->sa : f->da;
+    b = *src_is_a ? f->da : f->sa;
+    ap = *src_is_a ? f->sport : f->dport;
+    bp = *src_is_a ? f->dport : f->sport;
+    k = (unsigned char *)PyBytes_AS_STRING(key);
+    k[0] = (unsigned char)f->proto;
+    k[1] = (unsigned char)alen;
+    p = k + 2;
+    memcpy(p, a, alen);
+    p[alen] = ap >> 8;
+    p[alen + 1] = ap & 0xFF;
+    p += alen + 2;
+    memcpy(p, b, alen);
+    p[alen] = bp >> 8;
+    p[alen + 1] = bp & 0xFF;
+    return key;
+}
+
+/* flowmin[(conn, minute)] += (1 packet, size bytes), last = ts */
+static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long size) {
+    PyObject *k = Py_BuildValue("(OL)", conn, ts / MINUTE_NS), *v;
+    int rc = 0;
+    if (k == NULL) return -1;
+    v = PyDict_GetItemWithError(flowmin, k);
+    if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
+        PyErr_SetString(PyExc_TypeError, "flowmin values must be [packets, bytes, first, last]");
+        Py_DECREF(k);
+        return -1;
+    }
+    if (v == NULL) {
+        if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
+        v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
+        if (v == NULL) { Py_DECREF(k); return -1; }
+        rc = PyDict_SetItem(flowmin, k, v);
+        Py_DECREF(v);
+    } else {
+        long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
+        long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
+        PyObject *n, *b, *t;
+        if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
+        n = PyLong_FromLongLong(n0 + 1);
+        b = PyLong_FromLongLong(b0 + size);
+        t = PyLong_FromLongLong(ts);
+        if (n == NULL || b == NULL || t == NULL) {
+            Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(k);
+            return -1;
+        }
+        PyList_SetItem(v, 0, n);   /* steals */
+        PyList_SetItem(v, 1, b);
+        PyList_SetItem(v, 3, t);
+    }
+    Py_DECREF(k);
+    return rc;
+}
+
+/* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
+typedef struct {
+    PyObject *flows, *plain, *blob, *flowmin, *dirty;
+    long long next_id;
+} Sink;
+
+enum { TAKEN = 0 };
+
+/* Record one packet as Recorder.add would, if the fast path takes it. Returns TAKEN,
+ * SLOW, NEWFLOW (with *key, a new reference, and *src_is_a set) or -1 (exception). */
+static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t origlen,
+                  long long ts, uint32_t linktype, uint32_t iface, long long div,
+                  PyObject **key, int *src_is_a) {
+    Frame f;
+    PyObject *entry, *conn, *conn_id;
+    Py_ssize_t boff;
+    int out;
+
+    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f)) return SLOW;
+    *key = flow_key(&f, src_is_a);
+    if (*key == NULL) return -1;
+    entry = PyDict_GetItemWithError(s->flows, *key);
+    if (entry == NULL) {
+        if (PyErr_Occurred()) { Py_CLEAR(*key); return -1; }
+        return NEWFLOW;   /* keep key: Python registers the connection under it */
+    }
+    Py_CLEAR(*key);
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
+        PyErr_SetString(PyExc_TypeError, "flows values must be (conn, a_is_local, conn_id)");
+        return -1;
+    }
+    conn = PyTuple_GET_ITEM(entry, 0);
+    out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
+    if (out < 0) return -1;
+    out = *src_is_a == out;
+    conn_id = PyTuple_GET_ITEM(entry, 2);
+
+    if (add_attr(conn, out ? a_pout : a_pin, 1) < 0 ||
+        add_attr(conn, out ? a_bout : a_bin, origlen) < 0)
+        return -1;
+    {
+        PyObject *t = PyLong_FromLongLong(ts);
+        int rc;
+        if (t == NULL) return -1;
+        rc = PyObject_SetAttr(conn, a_last, t);
+        Py_DECREF(t);
+        if (rc < 0) return -1;
+    }
+    if (f.proto == 6) {
+        if (tcp_state(conn, f.flags) < 0) return -1;
+    } else {
+        PyObject *state = PyObject_GetAttr(conn, a_state);
+        int empty;
+        if (state == NULL) return -1;
+        empty = PyObject_Not(state);
+        Py_DECREF(state);
+        if (empty < 0) return -1;
+        if (empty && PyObject_SetAttr(conn, a_state, st_active) < 0) return -1;
+    }
+    if (PyDict_SetItem(s->dirty, conn_id, conn) < 0) return -1;
+
+    boff = PyByteArray_GET_SIZE(s->blob);
+    if (div) {
+        /* the packet as the EPB export writes it (pcapng_writer.frame_epb): header,
+         * data, padding, epb_flags, end of options, trailing length */
+        uint32_t pad = (4 - (caplen & 3)) & 3, blen = 44 + caplen + pad;
+        unsigned long long ticks = (unsigned long long)(ts / div);
+        unsigned char *p;
+        if (PyByteArray_Resize(s->blob, boff + blen) < 0) return -1;
+        p = (unsigned char *)PyByteArray_AS_STRING(s->blob) + boff;
+        p = put(p, 6, 4);
+        p = put(p, blen, 4);
+        p = put(p, iface, 4);
+        p = put(p, ticks >> 32, 4);
+        p = put(p, ticks & 0xFFFFFFFFu, 4);
+        p = put(p, caplen, 4);
+        p = put(p, origlen, 4);
+        memcpy(p, data, caplen);
+        p += caplen;
+        memset(p, 0, pad);
+        p += pad;
+        p = put(p, 2, 2);
+        p = put(p, 4, 2);
+        p = put(p, out ? 2 : 1, 4);
+        p = put(p, 0, 4);
+        put(p, blen, 4);
+        boff += 28;
+    } else {
+        if (PyByteArray_Resize(s->blob, boff + caplen) < 0) return -1;
+        memcpy(PyByteArray_AS_STRING(s->blob) + boff, data, caplen);
+    }
+    {
+        Py_ssize_t at = PyByteArray_GET_SIZE(s->plain);
+        long long cid = PyLong_AsLongLong(conn_id);
+        unsigned char *p;
+        if (cid == -1 && PyErr_Occurred()) return -1;
+        if (PyByteArray_Resize(s->plain, at + ROW_SIZE) < 0) return -1;
+        p = (unsigned char *)PyByteArray_AS_STRING(s->plain) + at;
+        p = put(p, (unsigned long long)s->next_id, 8);
+        p = put(p, (unsigned long long)ts, 8);
+        p = put(p, origlen, 4);
+        p = put(p, caplen, 4);
+        p = put(p, f.l3, 2);
+        p = put(p, f.proto, 1);
+        p = put(p, f.sport, 2);
+        p = put(p, f.dport, 2);
+        p = put(p, f.flags, 2);
+        p = put(p, f.ttl, 1);
+        p = put(p, out ? 1 : 0, 1);
+        p = put(p, (unsigned long long)cid, 8);
+        p = put(p, (unsigned long long)boff, 4);
+        put(p, iface, 4);
+    }
+    if (aggregate(s->flowmin, conn, ts, origlen) < 0) return -1;
+    s->next_id++;
+    return TAKEN;
+}
+
+static PyObject *result(Py_ssize_t off, Py_ssize_t taken, long long total, int code,
+                        PyObject *key, int src_is_a, long long last_ts) {
+    if (key == NULL) {
+        Py_INCREF(Py_None);
+        key = Py_None;
+    }
+    return Py_BuildValue("(nnLiNiL)", off, taken, total, code, key, src_is_a, last_ts);
+}
+
+PyDoc_STRVAR(scan_doc,
+"scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
+"     next_id, max_rows, max_bytes, flowmin, dirty, div)\n"
+"-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
+"Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
+"(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
+"its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
+"a_is_local, conn_id); plain: bytearray of packed rows\n"
+"(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
+"EPB with ticks of div ns when div > 0.");
+
+static PyObject *scan(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, size, max_rows, max_bytes, taken = 0;
+    int big, rhl;
+    long long unit, div, total = 0, last_ts = 0;
+    unsigned int snaplen, linktype;
+    PyObject *key = NULL;
+    int code = END, src_is_a = 0;
+    const unsigned char *buf;
+    long long limit;
+    Sink s;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L", &view, &off, &size, &big, &unit,
+                          &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
+                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty, &div))
+        return NULL;
+    if (size > view.len) size = view.len;
+    if (off < 0 || unit <= 0 || rhl < 16) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan: need off >= 0, unit > 0, rhl >= 16");
+        return NULL;
+    }
+    buf = (const unsigned char *)view.buf;
+    limit = NS / unit;
+    if (snaplen == 0) snaplen = MAX_CAPLEN;
+
+    while (1) {
+        const unsigned char *h;
+        uint32_t sec, frac, caplen, origlen;
+        long long ts;
+        int rc;
+
+        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
+        if (off >= size) { code = END; break; }
+        if (off + rhl > size) { code = SLOW; break; }
+        h = buf + off;
+        sec = rd32(h, big);
+        frac = rd32(h + 4, big);
+        caplen = rd32(h + 8, big);
+        origlen = rd32(h + 12, big);
+        if (caplen > MAX_CAPLEN || off + rhl + (Py_ssize_t)caplen > size ||
+            frac >= limit || caplen > snaplen || caplen > origlen) {
+            code = SLOW;   /* Python's reader stops or warns with the words for it */
+            break;
+        }
+        ts = (long long)sec * NS + (long long)frac * unit;
+        rc = record(&s, h + rhl, caplen, origlen, ts, linktype, 0, div, &key, &src_is_a);
+        if (rc < 0) goto fail;
+        if (rc != TAKEN) { code = rc; break; }
+        taken++;
+        total += origlen;
+        last_ts = ts;
+        off += rhl + caplen;
+    }
+    PyBuffer_Release(&view);
+    return result(off, taken, total, code, key, src_is_a, last_ts);
+
+fail:
+    Py_XDECREF(key);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+/* One interface of the current pcapng section, as the Python reader converts it. */
+typedef struct {
+    uint32_t gid, linktype, snaplen;
+    unsigned long long mult, div;
+    long long tsoff, epb_div;
+    int usable;
+} Iface;
+
+PyDoc_STRVAR(scan_pcapng_doc,
+"scan_pcapng(buf, off, size, big_endian, ifaces, flows, plain, blob, next_id, max_rows,\n"
+"            max_bytes, flowmin, dirty)\n"
+"-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
+"As scan(), for the Enhanced Packet Blocks of one pcapng section: ifaces holds, per\n"
+"section-local interface id, (file-wide id, linktype, mult, div, ts offset ns, snaplen,\n"
+"epb div) with ts = ticks * mult // div + offset as pcapng_reader computes it. Any other\n"
+"block, an EPB with options, or anything needing a warning is left to Python (code 2).");
+
+static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t off, size, max_rows, max_bytes, taken = 0, n, i;
+    int big, code = END, src_is_a = 0;
+    long long total = 0, last_ts = 0;
+    PyObject *ifaces, *key = NULL;
+    Iface *ifs = NULL;
+    const unsigned char *buf;
+    Sink s;
+
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!", &view, &off, &size, &big,
+                          &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
+                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty))
+        return NULL;
+    if (size > view.len) size = view.len;
+    if (off < 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scan_pcapng: need off >= 0");
+        return NULL;
+    }
+    n = PyTuple_GET_SIZE(ifaces);
+    ifs = PyMem_Calloc(n ? n : 1, sizeof(Iface));
+    if (ifs == NULL) { PyBuffer_Release(&view); return PyErr_NoMemory(); }
+    for (i = 0; i < n; i++) {
+        PyObject *t = PyTuple_GET_ITEM(ifaces, i);
+        unsigned long long gid, lt, snap, mult, div;
+        long long tsoff, epb_div;
+        if (!PyArg_ParseTuple(t, "KKKKLKL", &gid, &lt, &mult, &div, &tsoff, &snap, &epb_div)) {
+            /* a time offset out of 64-bit range: Python reads that interface (mult/div
+             * beyond 64 bits come as div 0 from pcapng_section) */
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) goto fail;
+            PyErr_Clear();
+            continue;
+        }
+        if (div == 0 || epb_div <= 0 || gid > 0xFFFFFFFFu) continue;
+        ifs[i].gid = (uint32_t)gid;
+        ifs[i].linktype = (uint32_t)lt;
+        ifs[i].snaplen = (uint32_t)snap;
+        ifs[i].mult = mult;
+        ifs[i].div = div;
+        ifs[i].tsoff = tsoff;
+        ifs[i].epb_div = epb_div;
+        ifs[i].usable = 1;
+    }
+    buf = (const unsigned char *)view.buf;
+
+    while (1) {
+        const unsigned char *b;
+        uint32_t btype, blen, if_id, caplen, origlen, pad;
+        unsigned __int128 v;
+        Iface *fi;
+        long long ts;
+        int rc;
+
+        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
+        if (off >= size) { code = END; break; }
+        if (off + 32 > size) { code = SLOW; break; }
+        b = buf + off;
+        btype = rd32(b, big);
+        blen = rd32(b + 4, big);
+        if (btype != 6 || blen < 32 || (blen & 3) || off + (Py_ssize_t)blen > size ||
+            rd32(b + blen - 4, big) != blen) { code = SLOW; break; }
+        if_id = rd32(b + 8, big);
+        caplen = rd32(b + 20, big);
+        origlen = rd32(b + 24, big);
+        pad = (4 - (caplen & 3)) & 3;
+        /* exactly no options (options carry comments, flags, pids: Python's) */
+        if ((Py_ssize_t)if_id >= n || !ifs[if_id].usable || caplen > blen - 32 ||
+            32 + (unsigned long long)caplen + pad != blen) { code = SLOW; break; }
+        fi = &ifs[if_id];
+        if ((fi->snaplen && caplen > fi->snaplen) || caplen > origlen) { code = SLOW; break; }
+        v = ((unsigned __int128)(((unsigned long long)rd32(b + 12, big) << 32) |
+                                 rd32(b + 16, big))) * fi->mult;
+        if (fi->div != 1) v /= fi->div;
+        if (v >= ((unsigned __int128)1 << 63)) { code = SLOW; break; }
+        ts = (long long)v;
+        if ((fi->tsoff > 0 && ts > LLONG_MAX - fi->tsoff) || ts + fi->tsoff < 0) {
+            code = SLOW;   /* outside 0..2^63: the ts-range warning and ts_raw are Python's */
+            break;
+        }
+        ts += fi->tsoff;
+        rc = record(&s, b + 28, caplen, origlen, ts, fi->linktype, fi->gid, fi->epb_div,
+                    &key, &src_is_a);
+        if (rc < 0) goto fail;
+        if (rc != TAKEN) { code = rc; break; }
+        taken++;
+        total += origlen;
+        last_ts = ts;
+        off += blen;
+    }
+    PyMem_Free(ifs);
+    PyBuffer_Release(&view);
+    return result(off, taken, total, code, key, src_is_a, last_ts);
+
+fail:
+    Py_XDECREF(key);
+    PyMem_Free(ifs);
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS, scan_doc},
+    {"scan_pcapng", scan_pcapng, METH_VARARGS, scan_pcapng_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_pcapscan", "Compiled fast path of pcap and pcapng ingest.", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__pcapscan(void) {
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+    INTERN(a_pout, "pout");
+    INTERN(a_bout, "bout");
+    INTERN(a_pin, "pin");
+    INTERN(a_bin, "bin");
+    INTERN(a_last, "last");
+    INTERN(a_state, "state");
+    INTERN(a_fin, "fin");
+    INTERN(st_empty, "");
+    INTERN(st_est, "ESTABLISHED");
+    INTERN(st_active, "ACTIVE");
+    INTERN(st_reset, "RESET");
+    INTERN(st_closed, "CLOSED");
+    INTERN(st_closing, "CLOSING");
+    INTERN(st_syn_sent, "SYN_SENT");
+    INTERN(st_syn_received, "SYN_RECEIVED");
+#undef INTERN
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,122 @@
+"""Ingest through the compiled scanner (apppaccap/ingest/_pcapscan.c): pcap and pcapng.
+
+The scanner records the common packet - a clean TCP/UDP frame of a flow it already
+knows, in a pcap record or an option-less pcapng Enhanced Packet Block - straight into
+the Recorder's batch: connection counters and state, the (flow, minute) aggregate, a
+packed row and the bytes (framed as the EPB export writes). Whatever it will not take
+(the first packet of a flow, DNS answers, blocks other than EPBs, packets with options,
+records needing a warning, frames outside its decoder) it hands back, and the record
+goes through the ordinary Python path (CaptureReader.next_record, then the caller's
+`one`) - so the Python code stays the one definition of what is stored, and
+tests/test_pcapscan.py checks both paths give identical databases and exports on every
+capture file of the corpus.
+
+Used in a bulk ingest (no extraction feed); about 2x faster than the Python path on
+the 1M-packet benchmark, with export then copying blocks instead of packets.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from apppaccap.store.capturedb import PLAIN_FORMAT
+
+try:
+    from apppaccap.ingest._pcapscan import scan
+    from apppaccap.ingest._pcapscan import scan_pcapng
+except ImportError:  # no compiler at install time: the Python path does everything
+    scan = scan_pcapng = None
+
+FULL, END, SLOW, NEWFLOW = 0, 1, 2, 3
+CLASSIC = ("pcap", "pcap-ns", "pcap-modified")  # CaptureReader.format of classic pcap
+ROW_SIZE = struct.calcsize(PLAIN_FORMAT)
+
+
+def usable(reader, rec) -> bool:
+    """The scanner applies: compiled, a format it walks, and nothing per-packet it does
+    not do (extraction feeds on every TCP packet)."""
+    if rec.on_tcp is not None:
+        return False
+    if reader.format == "pcapng":
+        return scan_pcapng is not None
+    return scan is not None and reader.format in CLASSIC
+
+
+class _Walk:
+    """The scanner's view of the file: one call records a run of packets."""
+
+    def __init__(self, reader, rec):
+        self.reader, self.rec = reader, rec
+        self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id)
+        self.pcapng = reader.format == "pcapng"
+        self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
+        if not self.pcapng:
+            self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
+                reader.pcap_layout()
+        else:
+            self.mm, self.size = reader.mapping()
+
+    def run(self):
+        rec, reader = self.rec, self.reader
+        filling = rec.batch
+        room = rec.batch_packets - len(filling.rows) - len(filling.plain) // ROW_SIZE
+        batch = (self.flows, filling.plain, filling.buf, rec.next_id, room, rec.batch_bytes,
+                 filling.flowmin, filling.dirty)
+        if not self.pcapng:
+            out = scan(self.mm, reader.bytes_done, self.size, self.big, self.unit, self.rhl,
+                       self.snaplen, self.linktype, *batch, rec.epb_divs[0])
+        elif self.section is None:
+            return SLOW, None, 0   # the section header and interfaces are Python's to read
+        else:
+            out = scan_pcapng(self.mm, reader.bytes_done, self.size, *self.section, *batch)
+        off, n, nbytes, code, key, src_is_a, last_ts = out
+        rec.next_id += n
+        rec.packets += n
+        rec.bytes += nbytes
+        reader.packets += n
+        reader.bytes_done = off
+        if self.pcapng and n:
+            reader.pcapng_advance(last_ts)
+        return code, key, src_is_a
+
+    def python_read(self):
+        """After the reader read a record itself: the section may have changed (a new
+        section header, or interfaces declared since)."""
+        if self.pcapng:
+            self.section = self.reader.pcapng_section()
+
+
+def ingest(reader, rec, one, interfaces, progress=None) -> None:
+    """Read every record of `reader` into `rec`. `one(record)` records a record the
+    scanner left to Python and returns (decoded, connection); `interfaces()` is called
+    after each such record (pcapng files declare interfaces as they go)."""
+    walk = _Walk(reader, rec)
+    flows = walk.flows
+    evicted = rec.evicted
+    try:
+        while True:
+            # a flush (ours, or one add() made) may have made the recorder forget idle
+            # flows - even one just registered below: so must the scanner
+            if rec.evicted != evicted:
+                flows.clear()
+                evicted = rec.evicted
+            code, key, src_is_a = walk.run()
+            if code == END:
+                break
+            if code == FULL:
+                rec.flush()
+                if progress is not None and reader.size:
+                    progress(100.0 * reader.bytes_done / reader.size)
+                reader.release_read_pages()
+                continue
+            record = reader.next_record()
+            if record is None:
+                break  # the end, or damage: reader.error says where and why
+            interfaces()
+            walk.python_read()
+            d, conn = one(record)
+            if code == NEWFLOW and conn is not None and key is not None:
+                src_is_local = conn.local == (d.src, d.sport)
+                flows[key] = (conn, src_is_local == bool(src_is_a), conn.id)
+    finally:
+        reader.finish()
