@@ -7,8 +7,8 @@ import pytest
 from apppaccap.api.envelope import InvalidCredentials
 from apppaccap.api.envelope import Malformed
 from apppaccap.web import create_app
-from tests.conftest import Ajax
-from tests.conftest import make_ctx
+from tests.helpers.app import Ajax
+from tests.helpers.app import make_ctx
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ import time
 import pytest
 
 from apppaccap.callers import PeerLookup
-from tests.conftest import CORPUS
-from tests.door_helpers import NOBODY
-from tests.door_helpers import DoorServer
-from tests.door_helpers import envelope_of
-from tests.door_helpers import unique
+from tests.helpers import corpus
+from tests.helpers.door import NOBODY
+from tests.helpers.door import DoorServer
+from tests.helpers.door import envelope_of
+from tests.helpers.door import unique
 
 PASSWORD = "door-test-passw0rd"
 
@@ -40,7 +40,7 @@ def test_test_runs_as_root():
 
 def _dangerous(token=None):
     """The calls issue 11 used to get root, plus a plain read."""
-    pcap = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
+    pcap = corpus.path("wellformed/icmp_5_pings.pcap")
     calls = [
         {"action": "action_add", "name": "pwn", "action_type": 1, "path": "/usr/bin/id"},
         {"action": "capture_export", "capture_id": 1, "path": "/etc/cron.d/pwn"},
@@ -324,7 +324,7 @@ def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server):
 
     from playwright.sync_api import sync_playwright
 
-    from tests import browser_helpers as bh
+    from tests.helpers import browser
 
     page_html = ATTACK_PAGE.format(url=server.url).encode()
 
@@ -344,7 +344,7 @@ def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server):
     posts = server.log_text().count('"POST /ajax')
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
+            browser = pw.chromium.launch(executable_path=browser.CHROMIUM, args=browser.CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")

@@ -27,11 +27,11 @@ from apppaccap.context import build_context
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.themes import default_themes_dir
 from apppaccap.web import create_app
-from tests.conftest import as_this_process
-from tests.conftest import free_port
-from tests.livetools import wait_for
-from tests.serverproc import ROOT
-from tests.serverproc import Server
+from tests.helpers.app import as_this_process
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
+from tests.helpers.server import ROOT
+from tests.helpers.server import Server
 
 IO_ERROR = 11
 INTERRUPTED = 4

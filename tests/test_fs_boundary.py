@@ -20,14 +20,14 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.conftest import make_ctx
-from tests.serverproc import ROOT
-from tests.serverproc import Server
-from tests.serverproc import cli
+from tests.helpers import corpus
+from tests.helpers.app import make_ctx
+from tests.helpers.server import ROOT
+from tests.helpers.server import Server
+from tests.helpers.server import cli
 
-PINGS = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
-HTTP = os.path.join(CORPUS, "wellformed/http_get_file_download.pcap")
+PINGS = "wellformed/icmp_5_pings.pcap"
+HTTP = "wellformed/http_get_file_download.pcap"
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
@@ -91,7 +91,7 @@ def _victim(path, text=b"ssh-ed25519 AAAA legit-key root@host\n"):
 
 # -- exports outside the roots -----------------------------------------------------------------
 def test_export_outside_the_roots_is_refused_and_writes_nothing(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     keys = box.outside / "root" / ".ssh" / "authorized_keys"
     before = _victim(keys)
     cron = f"/etc/cron.d/apppaccap-test-{os.getpid()}.pcapng"  # a dot: cron ignores it anyway
@@ -123,7 +123,7 @@ def test_the_data_directory_is_never_an_export_target(tmp_path):
     box.server = box.tmp = None
     box.server, box.inn = server, data / "import"
     try:
-        cid = box.ingest(PINGS)
+        cid = box.ingest(corpus.path(PINGS))
         catalog = (data / "catalog.db").read_bytes()[:100]
         for path in (data / "catalog.db", data / "captures" / f"{cid}.db",
                      data / "import" / "x.pcapng"):
@@ -139,7 +139,7 @@ def test_the_data_directory_is_never_an_export_target(tmp_path):
 
 
 def test_symlinks_are_never_followed(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     victim = box.outside / "victim"
     before = _victim(victim)
     # a symlink at the target name: refused, with or without overwrite
@@ -163,7 +163,7 @@ def test_symlinks_are_never_followed(box):
 
 
 def test_special_files_are_never_replaced(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     dev = box.out / "null-device"
     os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     fifo = box.out / "pipe"
@@ -182,7 +182,7 @@ def test_special_files_are_never_replaced(box):
 
 
 def test_existing_file_is_replaced_only_with_overwrite(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     target = box.out / "a.pcapng"
     target.write_bytes(b"an earlier export\n")
     body = box.call("capture_export", capture_id=cid, path=str(target))
@@ -206,7 +206,7 @@ def test_existing_file_is_replaced_only_with_overwrite(box):
 
 
 def test_concurrent_blank_exports_get_distinct_files(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     answers, errors = [], []
 
     def export():
@@ -232,7 +232,7 @@ def test_concurrent_blank_exports_get_distinct_files(box):
 
 
 def test_export_file_mode_and_group(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     done = box.wait(box.ok("capture_export", capture_id=cid, path=str(box.out / "m.pcapng")))
     assert stat.S_IMODE(os.stat(done["Result"]).st_mode) == 0o600
     os.chown(box.out, -1, 65534)
@@ -261,10 +261,10 @@ def test_trigger_export_action_must_name_a_directory_in_the_roots(box):
 # -- ingest --------------------------------------------------------------------------------------
 def test_ingest_outside_the_roots_says_the_same_for_every_file(box):
     secret = box.outside / "secret.pcap"
-    shutil.copy(PINGS, secret)
+    shutil.copy(corpus.path(PINGS), secret)
     secret.chmod(0o600)
     locked = box.outside / "locked.pcap"
-    shutil.copy(PINGS, locked)
+    shutil.copy(corpus.path(PINGS), locked)
     locked.chmod(0)
     (box.inn / "link.pcap").symlink_to(secret)
     (box.inn / "dirlink").symlink_to(box.outside)
@@ -299,7 +299,7 @@ def test_fifo_ingest_is_refused_at_once_even_behind_a_swapped_symlink(box):
     assert body["ErrorCode"] == 4 and "not a regular file" in body["ReturnValue"], body
     # a symlink flipping between a capture and the FIFO while ingests are asked for
     real = box.inn / "real.pcap"
-    shutil.copy(PINGS, real)
+    shutil.copy(corpus.path(PINGS), real)
     link = box.inn / "flip.pcap"
     link.symlink_to(real)
     stop = threading.Event()
@@ -348,11 +348,11 @@ def test_geoip_db_fifo_does_not_block_a_capture(box):
 
 def test_cli_ingest_reads_outside_files_with_the_callers_permissions(box):
     inside = box.inn / "pings.pcap"
-    shutil.copy(PINGS, inside)
+    shutil.copy(corpus.path(PINGS), inside)
     outside = box.outside / "mine.pcap"
-    shutil.copy(PINGS, outside)
+    shutil.copy(corpus.path(PINGS), outside)
     secret = box.outside / "root-only.pcap"
-    shutil.copy(PINGS, secret)
+    shutil.copy(corpus.path(PINGS), secret)
     secret.chmod(0o600)
     box.outside.chmod(0o755)
     cli("ingest", str(inside), str(outside), "--url", box.server.url)
@@ -374,7 +374,7 @@ def test_cli_ingest_reads_outside_files_with_the_callers_permissions(box):
 # -- extraction ------------------------------------------------------------------------------------
 def test_extracted_files_stay_below_their_directory(box):
     box.ok("extract_enable")
-    cid = box.ingest(HTTP)
+    cid = box.ingest(corpus.path(HTTP))
     streams = box.ok("extract_query", capture_id=cid)["Streams"]
     assert streams
     data = box.tmp / "data"

@@ -1,4 +1,4 @@
-from tests.conftest import make_ctx
+from tests.helpers.app import make_ctx
 
 
 def test_settings_roundtrip_and_clear(ajax):

@@ -21,7 +21,7 @@ from apppaccap.jobs import Jobs
 from apppaccap.triggers.gate import Hold
 from apppaccap.triggers.watcher import TriggerWatcher
 from apppaccap.triggers.watcher import started_by_action
-from tests.livetools import wait_for
+from tests.helpers.live import wait_for
 
 
 class FakeTarget:
