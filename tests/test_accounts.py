@@ -17,9 +17,9 @@ import pytest
 
 from apppaccap.api.envelope import Malformed
 from tests.helpers.app import make_ctx
-from tests.helpers.door import ROOT
 from tests.helpers.door import DoorServer
 from tests.helpers.ports import free_port
+from tests.helpers.server import ROOT
 
 PASSWORD = "accounts-passw0rd"
 

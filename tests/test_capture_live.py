@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from tests.helpers import tshark
 from tests.helpers.live import Tcpdump
 from tests.helpers.live import assert_same_packets
 from tests.helpers.live import read_all
@@ -235,12 +236,11 @@ def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax
     done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=cap["CaptureId"],
                                        path=out)["CommandUid"])
     assert done["State"] == 3
-    rows = subprocess.run(["tshark", "-r", out, "-T", "fields", "-e", "tcp.srcport",
-                           "-e", "frame.comment", "-Y", f"tcp.port == {cport}"],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = tshark.fields(out, "tcp.srcport", "frame.comment",
+                         display_filter=f"tcp.port == {cport}")
     assert len(rows) == len([p for p in packets if cport in (p["SrcPort"], p["DstPort"])])
     for row in rows:
-        comment = row.split("\t", 1)[1]
+        comment = row[1]
         assert comment.startswith(f"PID: {curl_pid}") and "Cmd: /usr/bin/curl" in comment
         assert "Args: curl -s -o /dev/null" in comment
     again = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=out)["CommandUid"])

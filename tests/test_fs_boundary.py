@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -22,6 +21,10 @@ import pytest
 
 from tests.helpers import corpus
 from tests.helpers.app import make_ctx
+from tests.helpers.packets import eth
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import udp
+from tests.helpers.pcapfiles import write_pcap
 from tests.helpers.server import ROOT
 from tests.helpers.server import Server
 from tests.helpers.server import cli
@@ -396,13 +399,9 @@ def test_extracted_files_stay_below_their_directory(box):
 # -- kill -9 mid-export ---------------------------------------------------------------------
 def _big_pcap(path, packets=300_000):
     """A pcap of small UDP packets between two addresses (Ethernet)."""
-    frame = (b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\x08\x00"
-             b"\x45\x00\x00\x2e\x00\x00\x40\x00\x40\x11\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02"
-             b"\x30\x39\x00\x35\x00\x1a\x00\x00" + b"x" * 18)
-    rec = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        fh.write(rec * packets)
+    frame = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(12345, 53, b"x" * 18), ident=0, df=True),
+                src="66:77:88:99:aa:bb", dst="00:11:22:33:44:55")
+    write_pcap(path, [(1_700_000_000 * 1_000_000_000, frame)] * packets, snaplen=65535)
 
 
 def test_kill_during_export_leaves_no_temporary_file_after_restart(box):
