@@ -19,8 +19,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from apppaccap.capture.decode import decode  # noqa: E402
-
-CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
+from tests.helpers.corpus import CORPUS  # noqa: E402
 
 
 def eth_ipv4_tcp(payload_len=742, src=b"\xc0\xa8\x00\x01", dst=b"\x5d\xb8\xd8\x22"):

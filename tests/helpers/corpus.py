@@ -15,8 +15,6 @@ import csv
 import functools
 import os
 
-import pytest
-
 ENV = "APPPACCAP_CORPUS"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MISSING = "corpus-missing"  # the one parameter `files()` gives when there is no corpus
@@ -39,6 +37,8 @@ def available() -> bool:
 def require() -> str:
     """The corpus folder, or this test fails saying how to point at it."""
     if not available():
+        import pytest  # benchmarks/ read CORPUS without pytest installed
+
         pytest.fail(f"the pcap corpus is not at {CORPUS}: set {ENV} to the folder that "
                     "holds MANIFEST.tsv", pytrace=False)
     return CORPUS
