@@ -75,11 +75,6 @@ class ProcessBook:
     def by_id(self, process_id: int):
         return self.catalog.one("SELECT * FROM processes WHERE id = ?", (process_id,))
 
-    def mark_ended(self, process_id: int, end_ns: int) -> None:
-        self.catalog.submit(lambda c: c.execute(
-            "UPDATE processes SET end_time = ? WHERE id = ? AND end_time IS NULL",
-            (end_ns, process_id)))
-
 
 def process_object(row, running_pids: set | None = None) -> dict:
     """A catalog row (or dict with the same keys) → the API's PROCESS object."""

@@ -1,19 +1,17 @@
-"""Every action module, listed explicitly (importing one registers its actions)."""
+"""Every action module, listed explicitly: importing one registers its actions, so each
+import here is used by being made (hence the noqa)."""
 
-from apppaccap.api import captures
-from apppaccap.api import extract
-from apppaccap.api import flush
-from apppaccap.api import ips
-from apppaccap.api import monitor
-from apppaccap.api import packets
-from apppaccap.api import processes
-from apppaccap.api import search
-from apppaccap.api import session
-from apppaccap.api import settings
-from apppaccap.api import stats
-from apppaccap.api import system
-from apppaccap.api import transfer
-from apppaccap.api import triggers
-
-MODULES = (system, session, settings, processes, captures, packets, ips, stats, flush, transfer,
-           triggers, monitor, extract, search)
+from apppaccap.api import captures  # noqa: F401
+from apppaccap.api import extract  # noqa: F401
+from apppaccap.api import flush  # noqa: F401
+from apppaccap.api import ips  # noqa: F401
+from apppaccap.api import monitor  # noqa: F401
+from apppaccap.api import packets  # noqa: F401
+from apppaccap.api import processes  # noqa: F401
+from apppaccap.api import search  # noqa: F401
+from apppaccap.api import session  # noqa: F401
+from apppaccap.api import settings  # noqa: F401
+from apppaccap.api import stats  # noqa: F401
+from apppaccap.api import system  # noqa: F401
+from apppaccap.api import transfer  # noqa: F401
+from apppaccap.api import triggers  # noqa: F401

@@ -56,8 +56,6 @@ CONSTANTS = {
 }
 globals().update(CONSTANTS)  # module-level names for `from envelope import CAPTURE_TYPE_SYSTEM`
 
-DATA_TYPE_NAMES = {1: "STRING", 2: "INT", 3: "JSON", 4: "HEX"}
-
 
 class ApiError(Exception):
     """Base of every error an action may raise; `code` is the wire ErrorCode."""

@@ -41,7 +41,7 @@ RETRY_MS = (2, 4, 8, 16)
 SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
 
-def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child process
+def _child(conn) -> None:  # pragma: no cover - runs in the child process
     import pcap
 
     from apppaccap.lifeline import die_with_parent
@@ -235,4 +235,4 @@ class FastPath:
 
 
 if __name__ == "__main__":  # pragma: no cover - the child process
-    _child(Connection(int(sys.argv[1])), None)
+    _child(Connection(int(sys.argv[1])))

@@ -35,7 +35,6 @@ from apppaccap.store.capturedb import capture_path
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
-ACTIVE_CAPTURE = 1
 WORKERS = 2
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()

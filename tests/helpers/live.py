@@ -3,7 +3,6 @@ every page of an action."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -55,10 +54,6 @@ def page_through(caller, action, key, limit=10000, **params) -> list:
 def read_all(caller, capture_id, action="capture_read", **kw):
     """Every packet of a capture."""
     return page_through(caller, action, "Packets", capture_id=capture_id, **kw)
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
 
 
 def assert_same_packets(ours, theirs, tolerance_us: int = 5000):
