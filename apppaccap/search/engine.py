@@ -235,7 +235,7 @@ def _packet_count(path: str) -> int:
 
 
 def search_object(row) -> dict:
-    """SEARCHMETA (DESIGN §3) plus the scope of the search."""
+    """SEARCHMETA (docs/API.md, search_open) plus the scope of the search."""
     return {"Version": 1, "SearchId": row["id"], "Filter": row["filter"], "State": row["state"],
             "Progress": row["progress"], "ResultCount": row["result_count"],
             "ScannedPackets": row["scanned_packets"], "TotalPackets": row["total_packets"],
