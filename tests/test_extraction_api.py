@@ -14,19 +14,13 @@ import pytest
 
 from apppaccap.extract.service import ExtractHandle
 from tests.helpers import corpus
+from tests.helpers.app import ingest
 from tests.helpers.extraction import body_of
 from tests.helpers.extraction import extract
 from tests.helpers.extraction import write_synthetic_pcap
 
 GET = "wellformed/http_get_file_download.pcap"   # one 4705-byte file
 MULTI = "wellformed/http_bro_org_multi_object.pcap"
-
-
-def ingest(live, ajax, path) -> int:
-    cmd = ajax.ok("pcap_ingest_file", path=str(path))
-    done = live.jobs.wait(cmd["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
 
 
 def sha(data: bytes) -> str:

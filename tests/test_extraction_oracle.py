@@ -39,6 +39,7 @@ import types
 import pytest
 
 from tests.helpers import corpus
+from tests.helpers.app import ingest
 from tests.helpers.extraction import check_gapped_stream
 from tests.helpers.extraction import extract
 from tests.helpers.extraction import tcp_packets
@@ -71,13 +72,6 @@ def write_all(ajax, capture_id: int, streams: list, data_dir: str) -> list:
         assert sha(data) == f["Sha256"] == s["Sha256"]
         out.append((s, f, data))
     return out
-
-
-def ingest(live, ajax, path: str) -> int:
-    cmd = ajax.ok("pcap_ingest_file", path=path)
-    done = live.jobs.wait(cmd["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
 
 
 @pytest.mark.parametrize("rel", corpus.http_files())

@@ -15,17 +15,12 @@ from apppaccap.search import engine as engine_mod
 from tests.helpers import corpus
 from tests.helpers import tshark
 from tests.helpers.app import Ajax
+from tests.helpers.app import ingest
 from tests.helpers.app import make_ctx
 
 HTTP = "wellformed/http_bro_org_multi_object.pcap"
 DNS = "wellformed/dns_udp_mixed.pcap"
 BIG = "wellformed/http_large_mixed_2k_packets.pcap"
-
-
-def ingest(live, ajax, path) -> int:
-    done = live.jobs.wait(ajax.ok("pcap_ingest_file", path=path)["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
 
 
 def wait(ajax, sid, timeout=60) -> dict:
@@ -251,7 +246,7 @@ def test_search_export_merges_captures(live, live_ajax, tmp_path):
                  "frame.interface_id")
     want = []
     offset = 0
-    for path, cid in zip(paths, ids):
+    for path in paths:
         rows = tshark_rows(path, flt, "frame.time_epoch", "frame.len", "frame.cap_len",
                       "frame.interface_id")
         n_if = int(subprocess.run(["capinfos", "-I", "-T", path], capture_output=True,

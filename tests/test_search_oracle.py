@@ -21,6 +21,7 @@ import pytest
 from tests.helpers import corpus
 from tests.helpers import tshark
 from tests.helpers.app import Ajax
+from tests.helpers.app import ingest
 from tests.helpers.app import make_ctx
 from tests.helpers.live import page_through
 from tests.helpers.packets import dns
@@ -93,10 +94,7 @@ def oracle(tmp_path_factory):
         ajax = Ajax(create_app(ctx).test_client())
         ids, offsets, counts, total = {}, {}, {}, 0
         for name, path in paths.items():
-            cmd = ajax.ok("pcap_ingest_file", path=path)
-            done = ctx.jobs.wait(cmd["CommandUid"])
-            assert done["State"] == 3, done
-            ids[name] = int(done["Result"])
+            ids[name] = ingest(ctx, ajax, path)
             offsets[name] = total
             counts[name] = ajax.ok("capture_get_details", capture_id=ids[name])["PacketCount"]
             total += counts[name]
@@ -163,7 +161,7 @@ def test_known_differences_are_what_the_docs_say(live, live_ajax, tmp_path):
     ]
     path = str(tmp_path / "diff.pcapng")
     write_sample(path, packets)
-    cid = int(live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=path)["CommandUid"])["Result"])
+    cid = ingest(live, live_ajax, path)
     assert tshark.frames(path, "udp.port == 53") == [1]        # the quoted datagram's port
     assert _ours(live, live_ajax, cid, "udp.port == 53") == []
     assert tshark.frames(path, "udp.port == 9999") == [3]      # shown on the reassembling fragment

@@ -49,3 +49,11 @@ class Ajax:
         body = self(action, **params)
         assert body["ErrorCode"] == 0, body
         return body["ReturnValue"]
+
+
+def ingest(ctx, ajax, path) -> int:
+    """Ingest a capture file through the API (pcap_ingest_file), wait for the command to
+    complete: the capture id."""
+    done = ctx.jobs.wait(ajax.ok("pcap_ingest_file", path=str(path))["CommandUid"])
+    assert done["State"] == 3, done
+    return int(done["Result"])
