@@ -267,7 +267,7 @@ def test_search_export_merges_captures(live, live_ajax, tmp_path):
 
 @pytest.mark.parametrize("flt", ['tcp.port == 80 && ip.addr == 192.150.187.43',
                                  'frame contains "image/png" || tcp.flags.reset == 1'])
-def test_capture_export_filter_matches_tshark_rows(live, live_ajax, tmp_path, flt):
+def test_capture_export_filter_matches_tshark(live, live_ajax, tmp_path, flt):
     cid = ingest(live, live_ajax, corpus.path(HTTP))
     out = str(tmp_path / "x.pcapng")
     done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=cid, filter=flt,
