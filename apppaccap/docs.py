@@ -15,9 +15,21 @@ def render() -> str:
              "Generated from the action registry by `make docs`; a test fails when stale.",
              "Every call is `POST /ajax` with `action` (and a token - body field `token`, header",
              "`X-AppPacCap-Token` or cookie `apppaccap_token` - when the caller must log in;",
-             "see SECURITY.md); see DESIGN.md §3 for the envelope and constants.",
+             "see SECURITY.md).",
              "Text parameters must be valid Unicode without NUL characters, and numbers must lie",
-             "in the range their type column shows; anything else is MALFORMED_REQUEST.", ""]
+             "in the range their type column shows; anything else is MALFORMED_REQUEST.", "",
+             "Every answer is HTTP 200 carrying the envelope",
+             '`{"Version": 1, "ErrorCode": int, "DataType": int, "ReturnValue": ...}`. With',
+             "DATA_TYPE_JSON the ReturnValue is the JSON value itself, not a string. An error has",
+             "DataType STRING and a ReturnValue naming the parameter and the problem (`capture_id:",
+             "no capture 42`); a server fault is GENERIC_ERROR with a log id, never a traceback.",
+             'Objects start with `"Version": 1` and use PascalCase keys; times are UTC FILETIME',
+             "(100-ns ticks since 1601-01-01); packet bytes are lowercase hex. An action with",
+             "`last_id` returns the items whose id is greater, at most `limit` of them (default",
+             "1000, at most 10000); stream objects add `LastId` and `More`, the list-returning",
+             "actions end with a page shorter than `limit`. The numeric constants (error codes,",
+             "data types, capture types, states and flags, command states, flush bits) are served",
+             "by the `apppaccap` action under `Constants` and as `/constants.js`.", ""]
     lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.endpoints)]
     for name in sorted(REGISTRY.endpoints):
         act = REGISTRY.endpoints[name]

@@ -1,4 +1,5 @@
-"""Attribution benchmark (notes/attribution.md §5(c), "PAB-1") through the real capture path.
+"""Attribution benchmark "PAB-1" (docs/ARCHITECTURE.md, Decisions: the attribution benchmark)
+through the real capture path.
 
 A system capture on `lo` (this process, the product's CaptureManager), then workloads with
 known truth (client port → pid):

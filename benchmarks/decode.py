@@ -1,7 +1,8 @@
 """Decode throughput of apppaccap.dissect.decode (one core, single process).
 
 Prints packets/s for:
-  * Ethernet/IPv4/TCP with a 742-byte payload (the libtins benchmark frame, notes §6.1),
+  * Ethernet/IPv4/TCP with a 742-byte payload (the libtins benchmark frame:
+    docs/ARCHITECTURE.md, Decisions: the storage write path),
   * a mixed synthetic set (VLAN, IPv6, UDP/DNS, ICMP, ARP, SLL),
   * the real frames of the corpus' http_large_mixed_2k_packets.pcap,
 each without touching ``summary`` (the ingest path) and then with ``summary``.
@@ -19,8 +20,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from apppaccap.dissect.decode import decode  # noqa: E402
-
-CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
+from tests.helpers.corpus import CORPUS  # noqa: E402
 
 
 def eth_ipv4_tcp(payload_len=742, src=b"\xc0\xa8\x00\x01", dst=b"\x5d\xb8\xd8\x22"):

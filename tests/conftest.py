@@ -1,31 +1,23 @@
-"""Shared fixtures: a fresh data dir, a Context, a Flask test client and an `ajax` helper."""
+"""Fixtures only (helpers live in tests/helpers/): a fresh data dir and Context, a Flask
+test client and an `ajax` caller, the capture engine running, a loopback HTTP server, and
+Chromium."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
-from apppaccap.context import Config
-from apppaccap.context import build_context
 from apppaccap.web.app import create_app
-from apppaccap.web.callers import PEER_UID
-from apppaccap.web.pages import default_themes_dir
-
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpus")
-if not os.path.isdir(CORPUS):
-    CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
-
-
-def make_ctx(tmp_path, **config):
-    # The test's own directory is an export and ingest root and the corpus an ingest root,
-    # as an admin would configure them (apppaccap serve --export-root/--ingest-root);
-    # tests/test_fs_boundary.py checks the boundary itself against a real server.
-    config.setdefault("export_roots", [str(tmp_path)])
-    config.setdefault("ingest_roots", [CORPUS, str(tmp_path)])
-    cfg = Config(data_dir=str(tmp_path / "data"), themes_dir=default_themes_dir(),
-                 export_dir=str(tmp_path / "export"), **config)
-    return build_context(cfg)
+from tests.helpers.app import Ajax
+from tests.helpers.app import as_this_process
+from tests.helpers.app import make_ctx
+from tests.helpers.browser import CHROMIUM
+from tests.helpers.browser import CHROMIUM_ARGS
+from tests.helpers.ports import free_port
+from tests.helpers.ports import wait_port
 
 
 @pytest.fixture
@@ -37,38 +29,10 @@ def ctx(tmp_path):
     c.catalog.close()
 
 
-def as_this_process(client):
-    """The in-process test client has no socket for the kernel to name its owner; say
-    what the real server would find: this test process's uid (apppaccap/web/callers.py)."""
-    client.environ_base[PEER_UID] = os.getuid()
-    return client
-
-
 @pytest.fixture
 def client(ctx):
     app = create_app(ctx)
     return as_this_process(app.test_client())
-
-
-class Ajax:
-    def __init__(self, client):
-        self.client = as_this_process(client)
-        self.token = None
-
-    def raw(self, **fields):
-        if self.token and "token" not in fields:
-            fields["token"] = self.token
-        resp = self.client.post("/ajax", data=fields)
-        assert resp.status_code == 200, resp.data[:200]
-        return resp.get_json()
-
-    def __call__(self, action, **params):
-        return self.raw(action=action, **params)
-
-    def ok(self, action, **params):
-        body = self(action, **params)
-        assert body["ErrorCode"] == 0, body
-        return body["ReturnValue"]
 
 
 @pytest.fixture
@@ -97,21 +61,9 @@ def live_ajax(live):
     return Ajax(create_app(live).test_client())
 
 
-def free_port(kind=None) -> int:
-    import socket
-    s = socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def http_server(tmp_path):
     """`python3 -m http.server` on a free loopback port, serving a small file."""
-    import subprocess
-    import sys
-    import time
     root = tmp_path / "www"
     root.mkdir()
     (root / "hello.txt").write_bytes(b"hello world\n" * 100)
@@ -119,20 +71,18 @@ def http_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
                              "127.0.0.1", "--directory", str(root)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port)
     yield port, proc
     proc.kill()
     proc.wait()
 
 
-def manifest() -> dict:
-    """MANIFEST.tsv rows by relative path."""
-    import csv
-    with open(os.path.join(CORPUS, "MANIFEST.tsv"), newline="") as fh:
-        return {r["path"]: r for r in csv.DictReader(fh, delimiter="\t")}
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium through Playwright, one per test module."""
+    from playwright.sync_api import sync_playwright
+    assert os.path.exists(CHROMIUM), "chromium is missing: apt-get install chromium"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

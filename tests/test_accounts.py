@@ -16,10 +16,10 @@ import urllib.parse
 import pytest
 
 from apppaccap.errors import Malformed
-from tests.conftest import free_port
-from tests.conftest import make_ctx
-from tests.door_helpers import ROOT
-from tests.door_helpers import DoorServer
+from tests.helpers.app import make_ctx
+from tests.helpers.door import DoorServer
+from tests.helpers.ports import free_port
+from tests.helpers.server import ROOT
 
 PASSWORD = "accounts-passw0rd"
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.door_helpers import NOBODY
-from tests.door_helpers import DoorServer
+from tests.helpers.door import NOBODY
+from tests.helpers.door import DoorServer
 
 PASSWORD = "review-passw0rd"
 
@@ -185,7 +185,7 @@ def test_a_token_cookie_carried_to_another_local_port_is_useless_to_its_account(
     use its token."""
     from playwright.sync_api import sync_playwright
 
-    from tests import browser_helpers as bh
+    from tests.helpers import browser as bh
 
     server = DoorServer(tmp_path, "--auth", "on", users=[("opal", PASSWORD)])
     thief, seen = _cookie_thief()

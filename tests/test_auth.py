@@ -7,8 +7,8 @@ import pytest
 from apppaccap.errors import InvalidCredentials
 from apppaccap.errors import Malformed
 from apppaccap.web.app import create_app
-from tests.conftest import Ajax
-from tests.conftest import make_ctx
+from tests.helpers.app import Ajax
+from tests.helpers.app import make_ctx
 
 
 @pytest.fixture

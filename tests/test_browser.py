@@ -15,22 +15,17 @@ import time
 
 import pytest
 
-from tests import browser_helpers as bh
+from tests.helpers.browser import Console
+from tests.helpers.browser import start_traffic
+from tests.helpers.browser import stop_all
+from tests.helpers.browser import write_big_pcap
+from tests.helpers.server import Server
+from tests.helpers.server import add_user
 
 pytestmark = [pytest.mark.browser, pytest.mark.live]
 
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 BIG = 100_000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    assert os.path.exists(bh.CHROMIUM), "chromium is missing: apt-get install chromium (make test does)"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -39,7 +34,7 @@ def page(browser):
     ctx = browser.new_context(viewport={"width": 1440, "height": 900})
     pg = ctx.new_page()
     pg.set_default_timeout(15_000)
-    pg.console = bh.Console(pg)
+    pg.console = Console(pg)
     yield pg
     ctx.close()
 
@@ -67,9 +62,9 @@ def wait_packets(page, at_least, timeout=15.0):
 
 def test_capture_follow_inspect_export_search(page, tmp_path):
     # the test's directory is an ingest root: the big capture below is ingested by path
-    server = bh.Server(str(tmp_path / "data"), str(tmp_path / "export"),
-                       extra=("--ingest-root", str(tmp_path)))
-    port, traffic = bh.start_traffic(str(tmp_path / "www"))
+    server = Server(tmp_path / "data", tmp_path / "export", "--ingest-root", tmp_path,
+                    log_dir=tmp_path)
+    port, traffic = start_traffic(str(tmp_path / "www"))
     client_pid = traffic[0].pid
     try:
         _walk_through(page, server, port, client_pid, tmp_path)
@@ -78,7 +73,7 @@ def test_capture_follow_inspect_export_search(page, tmp_path):
         print(server.log_text())
         raise
     finally:
-        bh.stop_all(traffic)
+        stop_all(traffic)
         server.stop()
     page.console.assert_clean()
 
@@ -197,7 +192,7 @@ def _walk_through(page, server, port, client_pid, tmp_path):
 
     # Upload a capture file from the browser (pcap_ingest_post, multipart `file`).
     small = tmp_path / "upload-me.pcap"
-    bh.write_big_pcap(str(small), 300)
+    write_big_pcap(str(small), 300)
     page.click("#nav a[data-view=files]")
     page.set_input_files("#view-files input[name=upload]", str(small))
     page.click("#view-files button:has-text('Upload and ingest')")
@@ -223,7 +218,7 @@ def _walk_through(page, server, port, client_pid, tmp_path):
 
     # A 100k-packet capture: ingested from the Files view, listed fast with a small DOM.
     big = tmp_path / "big.pcap"
-    bh.write_big_pcap(str(big), BIG)
+    write_big_pcap(str(big), BIG)
     page.click("#nav a[data-view=files]")
     page.fill("#view-files input[name=ingestpath]", str(big))
     page.click("#view-files button:has-text('Ingest')")
@@ -266,8 +261,8 @@ def _walk_through(page, server, port, client_pid, tmp_path):
 
 def test_login_and_logout(page, tmp_path):
     data = str(tmp_path / "data")
-    bh.add_user(data, "alice", "correct horse")
-    server = bh.Server(data, str(tmp_path / "export"), auth=True)
+    add_user(data, "alice", "correct horse")
+    server = Server(data, tmp_path / "export", "--auth", "on", log_dir=tmp_path)
     try:
         page.goto(server.url + "/")
         page.wait_for_selector("#login:not([hidden])")
@@ -287,7 +282,7 @@ def test_login_and_logout(page, tmp_path):
         # An upload with authentication on: the server reads none of its body before the
         # token (sent in a header, not the multipart body) names the caller.
         small = tmp_path / "upload-auth.pcap"
-        bh.write_big_pcap(str(small), 50)
+        write_big_pcap(str(small), 50)
         page.click("#nav a[data-view=files]")
         page.set_input_files("#view-files input[name=upload]", str(small))
         page.click("#view-files button:has-text('Upload and ingest')")

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from tests.livetools import wait_for
-from tests.pcapgen import redos_payloads
-from tests.pcapgen import write_pcap
+from tests.helpers.live import wait_for
+from tests.helpers.pcapgen import redos_payloads
+from tests.helpers.pcapgen import write_udp_pcap
 
 pytestmark = pytest.mark.live
 
@@ -36,7 +36,7 @@ def _slow_capture(live, live_ajax) -> int:
     folder = os.path.join(live.config.data_dir, "import")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "slow.pcap")
-    write_pcap(path, redos_payloads(3000))
+    write_udp_pcap(path, redos_payloads(3000))
     done = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=path)["CommandUid"])
     assert done["State"] == 3, done
     return int(done["Result"])
@@ -64,7 +64,7 @@ def test_queued_commands_are_capped(live, live_ajax, tmp_path):
         folder = os.path.join(live.config.data_dir, "import")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, "one.pcap")
-        write_pcap(path, redos_payloads(3))
+        write_udp_pcap(path, redos_payloads(3))
         _busy(live_ajax("pcap_ingest_file", path=path), "max_queued_commands")
         # no FILE capture was created for the refused ingest
         assert live.catalog.one("SELECT count(*) FROM captures")[0] == 0

@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from tests.conftest import free_port
-from tests.livetools import Tcpdump
-from tests.livetools import assert_same_packets
-from tests.livetools import read_all
-from tests.livetools import wait_for
+from tests.helpers import tshark
+from tests.helpers.live import Tcpdump
+from tests.helpers.live import assert_same_packets
+from tests.helpers.live import read_all
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.live
 
@@ -23,10 +24,13 @@ def test_system_capture_matches_tcpdump_and_labels_curl(live_ajax, http_server, 
     cap = live_ajax.ok("capture_start_system", adapter="lo", filter=bpf)
     assert cap["State"] == 1 and cap["Type"] == 1 and cap["Adapters"] == ["lo"]
     curls = []
-    for _ in range(5):
+    while len(curls) < 5:
         lport = free_port()
-        subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
-                            f"http://127.0.0.1:{port}/hello.txt"], check=True)
+        done = subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
+                               f"http://127.0.0.1:{port}/hello.txt"])
+        if done.returncode == 45:  # the port was taken between free_port() and curl's bind
+            continue
+        assert done.returncode == 0, done
         curls.append(lport)
     time.sleep(0.5)
     assert live_ajax("capture_open", capture_id=cap["CaptureId"])["ErrorCode"] == 7  # BUSY
@@ -235,12 +239,11 @@ def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax
     done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=cap["CaptureId"],
                                        path=out)["CommandUid"])
     assert done["State"] == 3
-    rows = subprocess.run(["tshark", "-r", out, "-T", "fields", "-e", "tcp.srcport",
-                           "-e", "frame.comment", "-Y", f"tcp.port == {cport}"],
-                          capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = tshark.fields(out, "tcp.srcport", "frame.comment",
+                         display_filter=f"tcp.port == {cport}")
     assert len(rows) == len([p for p in packets if cport in (p["SrcPort"], p["DstPort"])])
     for row in rows:
-        comment = row.split("\t", 1)[1]
+        comment = row[1]
         assert comment.startswith(f"PID: {curl_pid}") and "Cmd: /usr/bin/curl" in comment
         assert "Args: curl -s -o /dev/null" in comment
     again = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=out)["CommandUid"])

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.livetools import read_all
+from tests.helpers.live import read_all
 
 pytestmark = pytest.mark.live
 

@@ -10,9 +10,9 @@ import pytest
 from apppaccap.attribution.owners import PsutilOwners
 from apppaccap.capture.manager import CaptureManager
 from apppaccap.web.app import create_app
-from tests.conftest import Ajax
-from tests.conftest import make_ctx
-from tests.livetools import read_all
+from tests.helpers.app import Ajax
+from tests.helpers.app import make_ctx
+from tests.helpers.live import read_all
 
 pytestmark = pytest.mark.live
 

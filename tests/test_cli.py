@@ -1,13 +1,12 @@
 """The `apppaccap` command against a real server process."""
 
 import json
-import os
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.serverproc import Server
-from tests.serverproc import cli
+from tests.helpers import corpus
+from tests.helpers.server import Server
+from tests.helpers.server import cli
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def test_call_prints_envelope(server):
 
 
 def test_ingest_and_export_with_progress(server, tmp_path):
-    src = os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")
+    src = corpus.path("wellformed/http_bro_org_multi_object.pcap")
     out = cli("ingest", src, "--url", server.url)
     assert "100%" in out.stderr and "capture 1" in out.stdout
     target = tmp_path / "out.pcapng"

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from tests.conftest import free_port
-from tests.livetools import wait_for
-from tests.serverproc import Server
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
+from tests.helpers.server import Server
 
 pytestmark = pytest.mark.live
 

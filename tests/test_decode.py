@@ -6,10 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-import shutil
-import socket
 import struct
-import subprocess
 
 import pytest
 
@@ -18,66 +15,25 @@ from apppaccap.dissect.decode import decode
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.dissect.dns import dns_query_name
 from apppaccap.dissect.summary import tcp_flags_text
-
-CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
-TSHARK = shutil.which("tshark") or "/usr/bin/tshark"
-
-MAC_A = "aa:bb:cc:dd:ee:01"
-MAC_B = "aa:bb:cc:dd:ee:02"
-
+from tests.helpers import corpus
+from tests.helpers import tshark
+from tests.helpers.packets import MAC_A
+from tests.helpers.packets import MAC_B
+from tests.helpers.packets import a4
+from tests.helpers.packets import a6
+from tests.helpers.packets import arp
+from tests.helpers.packets import dns
+from tests.helpers.packets import dns_name
+from tests.helpers.packets import eth
+from tests.helpers.packets import icmp
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import ipv6
+from tests.helpers.packets import mac
+from tests.helpers.packets import tcp
+from tests.helpers.packets import udp
+from tests.helpers.pcapfiles import read_pcap
 
 # ---------------------------------------------------------------- frame builders
-
-
-def mac(text):
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def a4(text):
-    return socket.inet_aton(text)
-
-
-def a6(text):
-    return socket.inet_pton(socket.AF_INET6, text)
-
-
-def tcp(sport, dport, seq=0, ack=0, flags=0x02, win=64240, options=b"", payload=b""):
-    doff = (20 + len(options)) // 4
-    return (
-        struct.pack("!HHIIHHHH", sport, dport, seq, ack, doff << 12 | flags, win, 0, 0)
-        + options
-        + payload
-    )
-
-
-def udp(sport, dport, payload=b""):
-    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-
-
-def icmp(typ, code=0, ident=0, seq=0, payload=b""):
-    return struct.pack("!BBHHH", typ, code, 0, ident, seq) + payload
-
-
-def ipv4(
-    src, dst, proto, payload, ttl=64, ident=0x1234, frag_off=0, mf=False, options=b"", total=None
-):
-    ihl = (20 + len(options)) // 4
-    if total is None:
-        total = ihl * 4 + len(payload)
-    flags = (0x2000 if mf else 0) | frag_off // 8
-    return (
-        struct.pack(
-            "!BBHHHBBH4s4s", 0x40 | ihl, 0, total, ident, flags, ttl, proto, 0, a4(src), a4(dst)
-        )
-        + options
-        + payload
-    )
-
-
-def ipv6(src, dst, nh, payload, hlim=64):
-    return (
-        struct.pack("!IHBB16s16s", 0x60000000, len(payload), nh, hlim, a6(src), a6(dst)) + payload
-    )
 
 
 def ext(nh, body=b"\x00" * 6):
@@ -94,14 +50,6 @@ def ah(nh, icv=b"\x00" * 12):
     return bytes([nh, (12 + len(icv)) // 4 - 2]) + b"\x00\x00" + b"\x00" * 8 + icv
 
 
-def eth(payload, ethertype=0x0800, src=MAC_A, dst=MAC_B, tags=()):
-    """Ethernet frame; tags is a list of (tpid, vlan id), outermost first."""
-    hdr = mac(dst) + mac(src)
-    for tpid, vid in tags:
-        hdr += struct.pack("!HH", tpid, vid)
-    return hdr + struct.pack("!H", ethertype) + payload
-
-
 def sll(payload, proto=0x0800, addr=MAC_A):
     return (
         struct.pack("!HHH", 0, 1, 6) + mac(addr) + b"\x00\x00" + struct.pack("!H", proto) + payload
@@ -114,10 +62,6 @@ def sll2(payload, proto=0x0800, addr=MAC_A):
 
 def null(payload, family=2, order="<"):
     return struct.pack(order + "I", family) + payload
-
-
-def arp(op, sha, spa, tha, tpa):
-    return struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac(sha) + a4(spa) + mac(tha) + a4(tpa)
 
 
 def make_tcp_frame(
@@ -142,16 +86,8 @@ def make_udp6_frame(
     return eth(ipv6(src, dst, nh, body), 0x86DD)
 
 
-def dns_name(name):
-    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
-
-
 def dns_query(name="example.com", qtype=1, ident=0x1A2B):
-    return (
-        struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)
-        + dns_name(name)
-        + struct.pack("!HH", qtype, 1)
-    )
+    return dns(ident, [name], qtype=qtype)
 
 
 def dns_response():
@@ -814,85 +750,28 @@ def test_tcp_flags_text():
 
 # ---------------------------------------------------------------- corpus
 
-PCAP_MAGICS = {  # magic -> (byte order, record header size)
-    b"\xd4\xc3\xb2\xa1": ("<", 16),
-    b"\xa1\xb2\xc3\xd4": (">", 16),  # microseconds
-    b"\x4d\x3c\xb2\xa1": ("<", 16),
-    b"\xa1\xb2\x3c\x4d": (">", 16),  # nanoseconds
-    b"\x34\xcd\xb2\xa1": ("<", 24),
-    b"\xa1\xb2\xcd\x34": (">", 24),  # Kuznetzov modified pcap
-}
-
-
-def read_pcap(path):
-    """(link type field, [packet bytes]) of a classic pcap file, or None for anything else.
-
-    Reads until the data runs out; a last record cut short yields its partial bytes."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    if buf[:4] not in PCAP_MAGICS:
-        return None
-    order, rec = PCAP_MAGICS[buf[:4]]
-    if len(buf) < 24:
-        return 0, []
-    linktype = struct.unpack_from(order + "I", buf, 20)[0]
-    packets, pos = [], 24
-    while pos + rec <= len(buf):
-        caplen = struct.unpack_from(order + "I", buf, pos + 8)[0]
-        pos += rec
-        if caplen > 0x1000000:
-            break
-        packets.append(buf[pos : pos + caplen])
-        pos += caplen
-    return linktype, packets
-
-
-def corpus_files(kind):
-    folder = os.path.join(CORPUS, kind)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if not name.endswith((".tsv", ".md"))
-    )
-
-
-def manifest():
-    rows = {}
-    path = os.path.join(CORPUS, "MANIFEST.tsv")
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\n").split("\t")
-        for line in f:
-            row = dict(zip(header, line.rstrip("\n").split("\t")))
-            rows[row["path"]] = row
-    return rows
-
-
-def is_pcap(path):
-    with open(path, "rb") as f:
-        return f.read(4) in PCAP_MAGICS
+def pcap_frames(path):
+    """(link type field, [packet bytes]) of a classic pcap file."""
+    linktype, records = read_pcap(path)
+    return linktype, [data for _, data in records]
 
 
 # Classic pcap files only: pcapng files are read (and their packets decoded) by the pcapng
 # reader's own tests.
 @pytest.mark.parametrize(
-    "path",
-    [p for p in corpus_files("wellformed") + corpus_files("malformed") if is_pcap(p)],
-    ids=os.path.basename,
+    "rel", corpus.files(where=lambda r: "pcapng" not in r["format"]), ids=os.path.basename
 )
-def test_corpus_file_decodes(path):
-    linktype, packets = read_pcap(path)
+def test_corpus_file_decodes(rel):
+    linktype, packets = pcap_frames(corpus.path(rel))
     decoded = [dd(linktype, p) for p in packets]
-    if "/wellformed/" in path:
-        row = manifest()["wellformed/" + os.path.basename(path)]
-        assert len(packets) == int(row["packets"])
+    if rel.startswith("wellformed/"):
+        assert len(packets) == int(corpus.row(rel)["packets"])
         assert [d.summary for d in decoded if d.note] == []  # nothing odd in the well-formed set
         assert all(d.l3 for d in decoded)  # every frame's network protocol was found
 
 
 def by_name(name):
-    linktype, packets = read_pcap(os.path.join(CORPUS, "malformed", name))
+    linktype, packets = pcap_frames(corpus.path("malformed", name))
     return [dd(linktype, p) for p in packets]
 
 
@@ -966,7 +845,7 @@ def first(value):
     return value.split(",")[0] if value else ""
 
 
-@pytest.mark.skipif(not os.path.exists(TSHARK), reason="tshark not installed")
+@tshark.needs_tshark
 @pytest.mark.parametrize("name", TSHARK_FILES)
 def test_five_tuples_match_tshark(name):
     """Addresses and ports agree with tshark, packet by packet (outer layer only).
@@ -977,32 +856,14 @@ def test_five_tuples_match_tshark(name):
     reassembly is switched off so that tshark, like us, sees each fragment on its own.  IPv6
     addresses are compared as addresses, not strings (tshark and inet_ntop may differ in form).
     """
-    path = os.path.join(CORPUS, "wellformed", name)
-    linktype, packets = read_pcap(path)
-    cmd = [
-        TSHARK,
-        "-n",
-        "-r",
-        path,
-        "-o",
-        "ip.defragment:FALSE",
-        "-o",
-        "ipv6.defragment:FALSE",
-        "-T",
-        "fields",
-        "-E",
-        "separator=/t",
-        "-E",
-        "occurrence=a",
-    ]
-    for field in TSHARK_FIELDS:
-        cmd += ["-e", field]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120).stdout
-    lines = out.split("\n")[:-1]
+    path = corpus.path("wellformed", name)
+    linktype, packets = pcap_frames(path)
+    lines = tshark.fields(path, *TSHARK_FIELDS, options=(
+        "-n", "-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-E", "occurrence=a"))
     assert len(lines) == len(packets)
     compared = 0
     for number, (line, pkt) in enumerate(zip(lines, packets), 1):
-        ip4s, ip6s, ip4d, ip6d, tsp, usp, tdp, udp_ = (first(v) for v in line.split("\t"))
+        ip4s, ip6s, ip4d, ip6d, tsp, usp, tdp, udp_ = (first(v) for v in line)
         d = decode(linktype, pkt)
         where = f"{name} packet {number}: {d.summary}"
         if d.l3 == 0x0800:

@@ -4,17 +4,16 @@ depth, encodings - measured on a real server process (/proc/<pid>/status)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.door_helpers import DoorServer
-from tests.door_helpers import envelope_of
-from tests.door_helpers import read_all
+from tests.helpers import corpus
+from tests.helpers.door import DoorServer
+from tests.helpers.door import envelope_of
+from tests.helpers.door import read_all
 
 PASSWORD = "limits-passw0rd"
 BIG = 200 << 20
@@ -111,7 +110,7 @@ def test_body_limit_after_login(authed):
 
 def test_upload_authorised_before_its_body(authed):
     token = authed.ok("login", username="opal", password=PASSWORD)
-    with open(os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap"), "rb") as fh:
+    with open(corpus.path("wellformed/icmp_5_pings.pcap"), "rb") as fh:
         pcap = fh.read()
 
     def upload(headers, body_token=None):

@@ -16,11 +16,11 @@ import time
 import pytest
 
 from apppaccap.web.callers import PeerLookup
-from tests.conftest import CORPUS
-from tests.door_helpers import NOBODY
-from tests.door_helpers import DoorServer
-from tests.door_helpers import envelope_of
-from tests.door_helpers import unique
+from tests.helpers import corpus
+from tests.helpers.door import NOBODY
+from tests.helpers.door import DoorServer
+from tests.helpers.door import envelope_of
+from tests.helpers.door import unique
 
 PASSWORD = "door-test-passw0rd"
 
@@ -40,7 +40,7 @@ def test_test_runs_as_root():
 
 def _dangerous(token=None):
     """The calls issue 11 used to get root, plus a plain read."""
-    pcap = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
+    pcap = corpus.path("wellformed/icmp_5_pings.pcap")
     calls = [
         {"action": "action_add", "name": "pwn", "action_type": 1, "path": "/usr/bin/id"},
         {"action": "capture_export", "capture_id": 1, "path": "/etc/cron.d/pwn"},
@@ -324,13 +324,9 @@ fetch('{url}/ajax', {{method: 'POST', mode: 'no-cors',
 
 
 @pytest.mark.browser
-def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server):
+def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server, browser):
     import http.server
     import threading
-
-    from playwright.sync_api import sync_playwright
-
-    from tests import browser_helpers as bh
 
     page_html = ATTACK_PAGE.format(url=server.url).encode()
 
@@ -348,28 +344,24 @@ def test_a_foreign_page_in_a_real_browser_cannot_drive_the_door(server):
     threading.Thread(target=evil.serve_forever, daemon=True).start()
     server.ok("settings_set", key_name="door_probe", value="old")
     posts = server.log_text().count('"POST /ajax')
+    page = browser.new_page()
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
-                deadline = time.monotonic() + 15
-                while server.log_text().count('"POST /ajax') < posts + 4 and \
-                        time.monotonic() < deadline:
-                    time.sleep(0.1)
-                assert server.log_text().count('"POST /ajax') >= posts + 4  # all four arrived
-                assert server.ok("settings_get_by_key", key_name="door_probe") == "old"
-                # The same request from one of the server's own pages goes through.
-                page.goto(f"{server.url}/default/index.html")
-                status = page.evaluate("""() => fetch('/ajax', {method: 'POST',
-                    headers: {'Content-Type': 'application/x-www-form-urlencoded'},
-                    body: 'action=settings_set&key_name=door_probe&value=mine'})
-                    .then(r => r.json()).then(b => b.ErrorCode)""")
-                assert status == 0
-                assert server.ok("settings_get_by_key", key_name="door_probe") == "mine"
-            finally:
-                browser.close()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        deadline = time.monotonic() + 15
+        while server.log_text().count('"POST /ajax') < posts + 4 and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.log_text().count('"POST /ajax') >= posts + 4  # all four arrived
+        assert server.ok("settings_get_by_key", key_name="door_probe") == "old"
+        # The same request from one of the server's own pages goes through.
+        page.goto(f"{server.url}/default/index.html")
+        status = page.evaluate("""() => fetch('/ajax', {method: 'POST',
+            headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+            body: 'action=settings_set&key_name=door_probe&value=mine'})
+            .then(r => r.json()).then(b => b.ErrorCode)""")
+        assert status == 0
+        assert server.ok("settings_get_by_key", key_name="door_probe") == "mine"
     finally:
+        page.close()
         evil.shutdown()
         evil.server_close()

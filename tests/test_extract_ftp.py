@@ -18,16 +18,14 @@ Oracle: ``tshark --export-objects ftp-data`` (4.0).
 
 import hashlib
 import os
-import shutil
-import subprocess
 
-import pytest
-
-from tests.extract_pcap_helper import CORPUS
-from tests.extract_pcap_helper import SynthConn
-from tests.extract_pcap_helper import body_of
-from tests.extract_pcap_helper import extract
-from tests.extract_pcap_helper import new_extractor
+from tests.helpers import corpus
+from tests.helpers.extraction import SynthConn
+from tests.helpers.extraction import body_of
+from tests.helpers.extraction import extract
+from tests.helpers.extraction import new_extractor
+from tests.helpers.tshark import export_objects
+from tests.helpers.tshark import needs_tshark
 
 CLIENT, SERVER = ("10.0.0.1", 50000), ("10.0.0.2", 21)
 FILE = os.urandom(5000) + b"tail"
@@ -144,27 +142,17 @@ def test_unannounced_connection_is_not_ftp_data(tmp_path):
     assert sink.events == []
 
 
-needs_tshark = pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
-
-
-def tshark_ftp_objects(path, outdir):
-    subprocess.run(["tshark", "-r", path, "--export-objects", f"ftp-data,{outdir}", "-q"],
-                   check=True, capture_output=True)
-    return {n: open(os.path.join(outdir, n), "rb").read() for n in os.listdir(outdir)}
-
-
 @needs_tshark
 def test_corpus_ftp_bigtransfer(tmp_path):
     """A sampled 5.4 GB download: 10 data segments survive, seq wraps past 2**32."""
-    path = os.path.join(CORPUS, "wellformed", "ftp_bigtransfer.pcap")
+    path = corpus.path("wellformed", "ftp_bigtransfer.pcap")
     (ev,) = extract(path, tmp_path / "spool")
     assert (ev.protocol, ev.direction, ev.file_name, ev.size) == ("ftp-data", "download",
                                                                   "rand.txt", 23822)
     # SIZE said 5416666670 bytes; everything not captured is counted as missing.
     assert ev.declared_size == 5416666670 and ev.size + ev.missing_bytes == 5416666670
     assert not ev.complete
-    os.makedirs(tmp_path / "ts")
-    objs = tshark_ftp_objects(path, str(tmp_path / "ts"))
+    objs = export_objects(path, "ftp-data", str(tmp_path / "ts"))
     assert list(objs) == ["rand.txt"]
     assert hashlib.sha256(objs["rand.txt"]).hexdigest() == ev.sha256
 
@@ -177,10 +165,9 @@ def test_corpus_ftp_ipv6(tmp_path):
     the control channel and exports one object; we export both transfers.
     Directory listings (LIST, NLST) are dropped by both.
     """
-    path = os.path.join(CORPUS, "wellformed", "ftp_ipv6_retr.pcap")
+    path = corpus.path("wellformed", "ftp_ipv6_retr.pcap")
     events = extract(path, tmp_path / "spool")
     assert [(e.file_name, e.size, e.complete) for e in events] == [("robots.txt", 77, True)] * 2
-    os.makedirs(tmp_path / "ts")
-    objs = tshark_ftp_objects(path, str(tmp_path / "ts"))
+    objs = export_objects(path, "ftp-data", str(tmp_path / "ts"))
     assert list(objs) == ["robots.txt"]
     assert {e.sha256 for e in events} == {hashlib.sha256(objs["robots.txt"]).hexdigest()}

@@ -6,11 +6,11 @@ import os
 import random
 import zlib
 
-from tests.extract_pcap_helper import ACK
-from tests.extract_pcap_helper import FIN
-from tests.extract_pcap_helper import SynthConn
-from tests.extract_pcap_helper import body_of
-from tests.extract_pcap_helper import new_extractor
+from tests.helpers.extraction import ACK
+from tests.helpers.extraction import FIN
+from tests.helpers.extraction import SynthConn
+from tests.helpers.extraction import body_of
+from tests.helpers.extraction import new_extractor
 
 BODY = random.Random(1).randbytes(8000) + b"some compressible text\n" * 500
 GET = b"GET /dir/file.bin HTTP/1.1\r\nHost: example.test\r\n\r\n"

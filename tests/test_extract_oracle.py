@@ -55,46 +55,22 @@ import collections
 import gzip
 import hashlib
 import os
-import shutil
-import subprocess
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.extract_pcap_helper import CORPUS
-from tests.extract_pcap_helper import Collect
-from tests.extract_pcap_helper import extract
-from tests.extract_pcap_helper import split_tcp_streams
-from tests.extract_pcap_helper import tcp_packets
-from tests.extract_pcap_helper import write_synthetic_pcap
+from tests.helpers import corpus
+from tests.helpers.extraction import Collect
+from tests.helpers.extraction import check_gapped_stream
+from tests.helpers.extraction import extract
+from tests.helpers.extraction import feed
+from tests.helpers.extraction import split_tcp_streams
+from tests.helpers.extraction import write_synthetic_pcap
+from tests.helpers.tshark import http_objects
+from tests.helpers.tshark import needs_tshark
 
-pytestmark = pytest.mark.skipif(not shutil.which("tshark"), reason="tshark not installed")
-
-
-def manifest_http_files():
-    path = os.path.join(CORPUS, "MANIFEST.tsv")
-    if not os.path.exists(path):
-        return []
-    rows = [line.split("\t") for line in open(path, encoding="utf-8").read().splitlines()]
-    head = rows[0]
-    col = head.index("http_objects")
-    return [(r[0], int(r[col])) for r in rows[1:] if r[col].isdigit() and int(r[col]) > 0]
-
-
-def tshark_objects(path, outdir):
-    """{sha256: count} and {sha256: bytes} of what tshark exports."""
-    os.makedirs(outdir, exist_ok=True)
-    subprocess.run(["tshark", "-r", str(path), "--export-objects", f"http,{outdir}", "-q"],
-                   check=True, capture_output=True)
-    counts, blobs = collections.Counter(), {}
-    for name in os.listdir(outdir):
-        with open(os.path.join(outdir, name), "rb") as f:
-            data = f.read()
-        h = hashlib.sha256(data).hexdigest()
-        counts[h] += 1
-        blobs[h] = data
-    return counts, blobs
+pytestmark = needs_tshark
 
 
 def run_ours(path, spool):
@@ -103,11 +79,7 @@ def run_ours(path, spool):
 
     sink = Collect()
     ex = Extractor(sink, spool_dir=str(spool))
-    for cid, ts, src, sport, dst, dport, seq, ack, flags, payload, closed in tcp_packets(path):
-        ex.tcp(cid, ts, src, sport, dst, dport, seq, ack, flags, payload)
-        if closed:
-            ex.close_conn(cid)
-    ex.flush()
+    feed(ex, path)
     for ev in sink.events:                   # each spool file holds exactly the hashed bytes
         with open(ev.spool_path, "rb") as f:
             data = f.read()
@@ -115,25 +87,11 @@ def run_ours(path, spool):
     return [e for e in sink.events if e.protocol == "http"], ex.missing_bytes
 
 
-def check_gapped_stream(events, t_counts, t_blobs, payloads):
-    """The documented differences for one connection with lost segments."""
-    complete = collections.Counter(e.sha256 for e in events if e.complete)
-    incomplete = [e for e in events if not e.complete]
-    assert not complete - t_counts, "a complete object of ours that tshark lacks"
-    for ev in incomplete:
-        assert ev.missing_bytes > 0 or ev.truncated
-        assert ev.sha256 not in t_counts, "tshark exported a body we found incomplete"
-    for h in (t_counts - complete):
-        blob = t_blobs[h]
-        assert any(blob in p for p in payloads), \
-            f"tshark object of {len(blob)} bytes is not a single-segment fragment"
-    return sum((t_counts - complete).values()), len(incomplete)
-
-
-@pytest.mark.parametrize("rel, expected", manifest_http_files())
-def test_http_objects_match_tshark(rel, expected, tmp_path):
-    path = os.path.join(CORPUS, rel)
-    t_counts, _ = tshark_objects(path, tmp_path / "tshark")
+@pytest.mark.parametrize("rel", corpus.http_files())
+def test_http_objects_match_tshark(rel, tmp_path):
+    path = corpus.path(rel)
+    expected = corpus.count(corpus.row(rel), "http_objects")
+    t_counts, _ = http_objects(path, tmp_path / "tshark")
     assert sum(t_counts.values()) == expected          # the manifest is right about tshark
     events, missing = run_ours(path, tmp_path / "spool")
     ours = collections.Counter(e.sha256 for e in events)
@@ -146,7 +104,7 @@ def test_http_objects_match_tshark(rel, expected, tmp_path):
     split.mkdir()
     streams = split_tcp_streams(path, split)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        oracle = list(pool.map(lambda i: tshark_objects(streams[i][0], tmp_path / f"t{i}"),
+        oracle = list(pool.map(lambda i: http_objects(streams[i][0], tmp_path / f"t{i}"),
                                range(len(streams))))
     total_t, total_ours, fragments, incomplete = collections.Counter(), 0, 0, 0
     for i, (stream_path, payloads) in enumerate(streams):
@@ -214,7 +172,7 @@ def test_synthetic_encodings_match_tshark(tmp_path):
     convs, body = _synthetic_conversations()
     path = str(tmp_path / "synthetic.pcap")
     write_synthetic_pcap(path, convs)
-    t_counts, _ = tshark_objects(path, tmp_path / "tshark")
+    t_counts, _ = http_objects(path, tmp_path / "tshark")
     events = extract(path, tmp_path / "spool")
     assert all(e.complete for e in events)
     ours = collections.Counter(e.sha256 for e in events)

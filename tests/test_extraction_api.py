@@ -13,20 +13,14 @@ from concurrent.futures import Future
 import pytest
 
 from apppaccap.extract.service import ExtractHandle
-from tests.conftest import CORPUS
-from tests.extract_pcap_helper import body_of
-from tests.extract_pcap_helper import extract
-from tests.extract_pcap_helper import write_synthetic_pcap
+from tests.helpers import corpus
+from tests.helpers.app import ingest
+from tests.helpers.extraction import body_of
+from tests.helpers.extraction import extract
+from tests.helpers.extraction import write_synthetic_pcap
 
-GET = os.path.join(CORPUS, "wellformed/http_get_file_download.pcap")   # one 4705-byte file
-MULTI = os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")
-
-
-def ingest(live, ajax, path) -> int:
-    cmd = ajax.ok("pcap_ingest_file", path=str(path))
-    done = live.jobs.wait(cmd["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
+GET = "wellformed/http_get_file_download.pcap"   # one 4705-byte file
+MULTI = "wellformed/http_bro_org_multi_object.pcap"
 
 
 def sha(data: bytes) -> str:
@@ -35,13 +29,13 @@ def sha(data: bytes) -> str:
 
 def test_flag_is_off_by_default_and_persisted(live, live_ajax):
     assert live_ajax.ok("settings_get_by_key", key_name="extract_enabled") == "0"
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     page = live_ajax.ok("extract_query", capture_id=capture_id)
     assert page == {"Version": 1, "CaptureId": capture_id, "LastId": 0, "More": False,
                     "Streams": []}
     assert live_ajax.ok("extract_enable") == 0
     assert live_ajax.ok("settings_get_by_key", key_name="extract_enabled") == "1"
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     (s,) = live_ajax.ok("extract_query", capture_id=capture_id)["Streams"]
     assert s["FileName"] == "CHANGES.bro-aux.txt" and s["Size"] == 4705 and s["Complete"]
     assert s["Protocol"] == "http" and s["ConnectionId"] == 1 and s["MimeType"] == "text/plain"
@@ -50,13 +44,13 @@ def test_flag_is_off_by_default_and_persisted(live, live_ajax):
     assert s["ConnectionId"] in [c["ConnectionId"] for c in conns]
     assert live_ajax.ok("extract_disable") == 0
     assert live_ajax.ok("settings_get_by_key", key_name="extract_enabled") == "0"
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     assert live_ajax.ok("extract_query", capture_id=capture_id)["Streams"] == []
 
 
 def test_query_pages(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, MULTI)
+    capture_id = ingest(live, live_ajax, corpus.path(MULTI))
     everything = live_ajax.ok("extract_query", capture_id=capture_id, limit=10000)
     assert not everything["More"] and len(everything["Streams"]) == 31
     ids, last = [], 0
@@ -76,7 +70,7 @@ def test_query_pages(live, live_ajax):
 
 def test_errors_name_the_parameter(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     cases = [
         ("extract_query", {"capture_id": 999}, 6, "capture_id:"),
         ("extract_query", {}, 4, "capture_id: required"),
@@ -98,7 +92,7 @@ def test_errors_name_the_parameter(live, live_ajax):
 
 def test_write_list_delete_clear(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, MULTI)
+    capture_id = ingest(live, live_ajax, corpus.path(MULTI))
     streams = [s for s in live_ajax.ok("extract_query", capture_id=capture_id)["Streams"]
                if s["Complete"]][:4]
     files = [live_ajax.ok("extract_file_write", capture_id=capture_id, stream_id=s["StreamId"])
@@ -194,20 +188,20 @@ def test_hostile_names_stay_in_the_capture_folder(live, live_ajax, tmp_path):
 def test_large_file_is_truncated_at_the_setting(live, live_ajax, tmp_path):
     live_ajax.ok("extract_enable")
     live_ajax.ok("settings_set", key_name="extract_max_file_bytes", value="1000")
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     (s,) = live_ajax.ok("extract_query", capture_id=capture_id)["Streams"]
     assert s["Size"] == 1000 and s["Truncated"] and not s["Complete"]
     f = live_ajax.ok("extract_file_write", capture_id=capture_id, stream_id=s["StreamId"])
     with open(f["Path"], "rb") as fh:
         data = fh.read()
     assert len(data) == 1000 and sha(data) == s["Sha256"] == f["Sha256"]
-    (full,) = extract(GET, tmp_path / "engine")
+    (full,) = extract(corpus.path(GET), tmp_path / "engine")
     assert body_of(full)[:1000] == data and full.size == 4705
 
 
 def test_capture_delete_removes_spool_and_extracted_files(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     data_dir = live.config.data_dir
     spool = os.path.join(data_dir, "extract-spool", str(capture_id))
     assert len(os.listdir(spool)) == 1
@@ -221,7 +215,7 @@ def test_capture_delete_removes_spool_and_extracted_files(live, live_ajax):
 
 def test_flush_extracted_keeps_the_streams(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     f = live_ajax.ok("extract_file_write", capture_id=capture_id, stream_id=1)
     assert live_ajax.ok("apc_flush", flags=0x20) == 0
     assert not os.path.exists(f["Path"])
@@ -232,7 +226,7 @@ def test_flush_extracted_keeps_the_streams(live, live_ajax):
 
 def test_spool_removed_behind_our_back_is_an_io_error(live, live_ajax):
     live_ajax.ok("extract_enable")
-    capture_id = ingest(live, live_ajax, GET)
+    capture_id = ingest(live, live_ajax, corpus.path(GET))
     spool = os.path.join(live.config.data_dir, "extract-spool", str(capture_id))
     for name in os.listdir(spool):
         os.remove(os.path.join(spool, name))

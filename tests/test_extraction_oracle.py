@@ -38,17 +38,15 @@ import types
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.conftest import manifest
-from tests.extract_pcap_helper import extract
-from tests.extract_pcap_helper import tcp_packets
-from tests.livetools import Tcpdump
-from tests.test_extract_oracle import check_gapped_stream
-from tests.test_extract_oracle import tshark_objects
+from tests.helpers import corpus
+from tests.helpers.app import ingest
+from tests.helpers.extraction import check_gapped_stream
+from tests.helpers.extraction import extract
+from tests.helpers.extraction import tcp_packets
+from tests.helpers.live import Tcpdump
+from tests.helpers.live import page_through
+from tests.helpers.tshark import http_objects
 
-MANIFEST = manifest()
-HTTP_FILES = sorted((rel, int(r["http_objects"])) for rel, r in MANIFEST.items()
-                    if r["http_objects"].isdigit() and int(r["http_objects"]) > 0)
 GAPPED = {"wellformed/http_bro_org_multi_object.pcap",
           "wellformed/http_large_mixed_2k_packets.pcap"}
 
@@ -58,13 +56,7 @@ def sha(data: bytes) -> str:
 
 
 def all_streams(ajax, capture_id: int) -> list:
-    out, last = [], 0
-    while True:
-        page = ajax.ok("extract_query", capture_id=capture_id, last_id=last, limit=100)
-        out += page["Streams"]
-        last = page["LastId"]
-        if not page["More"]:
-            return out
+    return page_through(ajax, "extract_query", "Streams", limit=100, capture_id=capture_id)
 
 
 def write_all(ajax, capture_id: int, streams: list, data_dir: str) -> list:
@@ -82,21 +74,15 @@ def write_all(ajax, capture_id: int, streams: list, data_dir: str) -> list:
     return out
 
 
-def ingest(live, ajax, path: str) -> int:
-    cmd = ajax.ok("pcap_ingest_file", path=path)
-    done = live.jobs.wait(cmd["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
-
-
-@pytest.mark.parametrize("rel, expected", HTTP_FILES)
-def test_corpus_extraction_matches_tshark(live, live_ajax, tmp_path, rel, expected):
-    path = os.path.join(CORPUS, rel)
+@pytest.mark.parametrize("rel", corpus.http_files())
+def test_corpus_extraction_matches_tshark(live, live_ajax, tmp_path, rel):
+    path = corpus.path(rel)
+    expected = corpus.count(corpus.row(rel), "http_objects")
     live_ajax.ok("extract_enable")
     capture_id = ingest(live, live_ajax, path)
     streams = [s for s in all_streams(live_ajax, capture_id) if s["Protocol"] == "http"]
     written = write_all(live_ajax, capture_id, streams, live.config.data_dir)
-    t_counts, t_blobs = tshark_objects(path, tmp_path / "tshark")
+    t_counts, t_blobs = http_objects(path, tmp_path / "tshark")
     assert sum(t_counts.values()) == expected
     ours = collections.Counter(sha(data) for _, _, data in written)
     # The product path finds exactly what the pure engine finds.
@@ -195,5 +181,5 @@ def test_live_downloads_match_bodies_and_tshark(live, live_ajax, body_server, tm
                for s in streams)
     by_uri = collections.Counter((s["Uri"], s["ContentEncoding"]) for s in streams)
     assert by_uri == {("/plain", ""): 2, ("/chunked", ""): 2, ("/gzip", "gzip"): 2}
-    t_counts, _ = tshark_objects(tmp_path / "ref.pcap", tmp_path / "tshark")
+    t_counts, _ = http_objects(tmp_path / "ref.pcap", tmp_path / "tshark")
     assert t_counts == want

@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -27,11 +26,12 @@ from apppaccap.errors import IOFailure
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.web.app import create_app
 from apppaccap.web.pages import default_themes_dir
-from tests.conftest import as_this_process
-from tests.conftest import free_port
-from tests.livetools import wait_for
-from tests.serverproc import ROOT
-from tests.serverproc import Server
+from tests.helpers.app import as_this_process
+from tests.helpers.live import read_all
+from tests.helpers.live import wait_for
+from tests.helpers.packets import udp_frame
+from tests.helpers.ports import free_port
+from tests.helpers.server import Server
 
 IO_ERROR = 11
 INTERRUPTED = 4
@@ -72,17 +72,9 @@ def fill(folder) -> None:
         os.close(fd)
 
 
-def udp_frame(payload: bytes) -> bytes:
-    """An Ethernet/IPv4/UDP frame 10.0.0.1:5000 → 10.0.0.2:9."""
-    udp = struct.pack("!HHHH", 5000, 9, 8 + len(payload), 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + udp
-
-
 def feed(rec: Recorder, count: int) -> list:
     """Add `count` 1,400-byte packets; returns the exceptions add() raised."""
-    frame = udp_frame(b"x" * 1400)
+    frame = udp_frame(b"x" * 1400, 5000, 9)
     d = decode(1, frame)
     raised = []
     for i in range(count):
@@ -159,43 +151,12 @@ def test_disk_fault_in_any_action_answers_io_error(tmpfs, tmp_path):
         ctx.catalog.close()
 
 
-class LoggedServer(Server):
-    """The real server with its log in a file (a pipe nobody reads would block it)."""
-
-    def __init__(self, data_dir, export_dir, log_path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "apppaccap", "serve", "--port", str(self.port),
-             "--data-dir", str(data_dir), "--export-dir", str(export_dir)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                self.call("apppaccap")
-                return
-            except OSError:
-                assert self.proc.poll() is None, open(log_path).read()[-2000:]
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-
 def assert_quiet(log_path) -> None:
     """Disk faults are logged as one line each, never as (growing) tracebacks."""
-    text = log_path.read_text(errors="replace")
+    with open(log_path, errors="replace") as fh:
+        text = fh.read()
     assert len(text) < 200_000, f"{len(text)} bytes of log"
     assert "Traceback" not in text, text[-3000:]
-
-
-def read_all(server, capture_id) -> list:
-    packets, last = [], 0
-    while True:
-        page = server.ok("capture_read", capture_id=capture_id, last_id=last, limit=10000)
-        packets += page["Packets"]
-        last = page["LastId"]
-        if not page["More"]:
-            return packets
 
 
 def send_udp(port: int, count: int, size: int) -> None:
@@ -222,8 +183,7 @@ def send_while_stopped(server, port: int, count: int, size: int) -> None:
 def test_live_capture_on_a_full_data_directory(tmpfs, tmp_path):
     data = tmpfs("5m") / "data"
     export = tmpfs("1m")
-    log_path = tmp_path / "server.log"
-    server = LoggedServer(data, export, log_path)
+    server = Server(data, export, log_dir=tmp_path)
     try:
         port = free_port(socket.SOCK_DGRAM)
         cid = server.ok("capture_start_system", adapter="lo",
@@ -265,14 +225,12 @@ def test_live_capture_on_a_full_data_directory(tmpfs, tmp_path):
         assert len(read_all(server, cid)) == len(packets)
     finally:
         server.stop()
-        server.log.close()
-    assert_quiet(log_path)
+    assert_quiet(server.log_path)
 
 
 def test_stop_answers_quickly_when_the_disk_fills_under_a_capture(tmpfs, tmp_path):
     data = tmpfs("5m") / "data"
-    log_path = tmp_path / "server.log"
-    server = LoggedServer(data, tmp_path, log_path)
+    server = Server(data, tmp_path, log_dir=tmp_path)
     try:
         port = free_port(socket.SOCK_DGRAM)
         cid = server.ok("capture_start_system", adapter="lo",
@@ -296,8 +254,7 @@ def test_stop_answers_quickly_when_the_disk_fills_under_a_capture(tmpfs, tmp_pat
         assert row["PacketCount"] + row["DroppedCount"] == 2000
     finally:
         server.stop()
-        server.log.close()
-    assert_quiet(log_path)
+    assert_quiet(server.log_path)
 
 
 # -- the attribution sweeper ---------------------------------------------------------------

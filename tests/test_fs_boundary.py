@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import stat
-import struct
 import subprocess
 import sys
 import threading
@@ -20,14 +19,18 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.conftest import make_ctx
-from tests.serverproc import ROOT
-from tests.serverproc import Server
-from tests.serverproc import cli
+from tests.helpers import corpus
+from tests.helpers.app import make_ctx
+from tests.helpers.packets import eth
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import udp
+from tests.helpers.pcapfiles import write_pcap
+from tests.helpers.server import ROOT
+from tests.helpers.server import Server
+from tests.helpers.server import cli
 
-PINGS = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
-HTTP = os.path.join(CORPUS, "wellformed/http_get_file_download.pcap")
+PINGS = "wellformed/icmp_5_pings.pcap"
+HTTP = "wellformed/http_get_file_download.pcap"
 PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 
@@ -91,7 +94,7 @@ def _victim(path, text=b"ssh-ed25519 AAAA legit-key root@host\n"):
 
 # -- exports outside the roots -----------------------------------------------------------------
 def test_export_outside_the_roots_is_refused_and_writes_nothing(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     keys = box.outside / "root" / ".ssh" / "authorized_keys"
     before = _victim(keys)
     cron = f"/etc/cron.d/apppaccap-test-{os.getpid()}.pcapng"  # a dot: cron ignores it anyway
@@ -123,7 +126,7 @@ def test_the_data_directory_is_never_an_export_target(tmp_path):
     box.server = box.tmp = None
     box.server, box.inn = server, data / "import"
     try:
-        cid = box.ingest(PINGS)
+        cid = box.ingest(corpus.path(PINGS))
         catalog = (data / "catalog.db").read_bytes()[:100]
         for path in (data / "catalog.db", data / "captures" / f"{cid}.db",
                      data / "import" / "x.pcapng"):
@@ -139,7 +142,7 @@ def test_the_data_directory_is_never_an_export_target(tmp_path):
 
 
 def test_symlinks_are_never_followed(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     victim = box.outside / "victim"
     before = _victim(victim)
     # a symlink at the target name: refused, with or without overwrite
@@ -163,7 +166,7 @@ def test_symlinks_are_never_followed(box):
 
 
 def test_special_files_are_never_replaced(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     dev = box.out / "null-device"
     os.mknod(dev, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
     fifo = box.out / "pipe"
@@ -182,7 +185,7 @@ def test_special_files_are_never_replaced(box):
 
 
 def test_existing_file_is_replaced_only_with_overwrite(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     target = box.out / "a.pcapng"
     target.write_bytes(b"an earlier export\n")
     body = box.call("capture_export", capture_id=cid, path=str(target))
@@ -206,7 +209,7 @@ def test_existing_file_is_replaced_only_with_overwrite(box):
 
 
 def test_concurrent_blank_exports_get_distinct_files(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     answers, errors = [], []
 
     def export():
@@ -232,7 +235,7 @@ def test_concurrent_blank_exports_get_distinct_files(box):
 
 
 def test_export_file_mode_and_group(box):
-    cid = box.ingest(PINGS)
+    cid = box.ingest(corpus.path(PINGS))
     done = box.wait(box.ok("capture_export", capture_id=cid, path=str(box.out / "m.pcapng")))
     assert stat.S_IMODE(os.stat(done["Result"]).st_mode) == 0o600
     os.chown(box.out, -1, 65534)
@@ -261,10 +264,10 @@ def test_trigger_export_action_must_name_a_directory_in_the_roots(box):
 # -- ingest --------------------------------------------------------------------------------------
 def test_ingest_outside_the_roots_says_the_same_for_every_file(box):
     secret = box.outside / "secret.pcap"
-    shutil.copy(PINGS, secret)
+    shutil.copy(corpus.path(PINGS), secret)
     secret.chmod(0o600)
     locked = box.outside / "locked.pcap"
-    shutil.copy(PINGS, locked)
+    shutil.copy(corpus.path(PINGS), locked)
     locked.chmod(0)
     (box.inn / "link.pcap").symlink_to(secret)
     (box.inn / "dirlink").symlink_to(box.outside)
@@ -299,7 +302,7 @@ def test_fifo_ingest_is_refused_at_once_even_behind_a_swapped_symlink(box):
     assert body["ErrorCode"] == 4 and "not a regular file" in body["ReturnValue"], body
     # a symlink flipping between a capture and the FIFO while ingests are asked for
     real = box.inn / "real.pcap"
-    shutil.copy(PINGS, real)
+    shutil.copy(corpus.path(PINGS), real)
     link = box.inn / "flip.pcap"
     link.symlink_to(real)
     stop = threading.Event()
@@ -348,11 +351,11 @@ def test_geoip_db_fifo_does_not_block_a_capture(box):
 
 def test_cli_ingest_reads_outside_files_with_the_callers_permissions(box):
     inside = box.inn / "pings.pcap"
-    shutil.copy(PINGS, inside)
+    shutil.copy(corpus.path(PINGS), inside)
     outside = box.outside / "mine.pcap"
-    shutil.copy(PINGS, outside)
+    shutil.copy(corpus.path(PINGS), outside)
     secret = box.outside / "root-only.pcap"
-    shutil.copy(PINGS, secret)
+    shutil.copy(corpus.path(PINGS), secret)
     secret.chmod(0o600)
     box.outside.chmod(0o755)
     cli("ingest", str(inside), str(outside), "--url", box.server.url)
@@ -374,7 +377,7 @@ def test_cli_ingest_reads_outside_files_with_the_callers_permissions(box):
 # -- extraction ------------------------------------------------------------------------------------
 def test_extracted_files_stay_below_their_directory(box):
     box.ok("extract_enable")
-    cid = box.ingest(HTTP)
+    cid = box.ingest(corpus.path(HTTP))
     streams = box.ok("extract_query", capture_id=cid)["Streams"]
     assert streams
     data = box.tmp / "data"
@@ -396,13 +399,9 @@ def test_extracted_files_stay_below_their_directory(box):
 # -- kill -9 mid-export ---------------------------------------------------------------------
 def _big_pcap(path, packets=300_000):
     """A pcap of small UDP packets between two addresses (Ethernet)."""
-    frame = (b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\x08\x00"
-             b"\x45\x00\x00\x2e\x00\x00\x40\x00\x40\x11\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02"
-             b"\x30\x39\x00\x35\x00\x1a\x00\x00" + b"x" * 18)
-    rec = struct.pack("<IIII", 1_700_000_000, 0, len(frame), len(frame)) + frame
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-        fh.write(rec * packets)
+    frame = eth(ipv4("10.0.0.1", "10.0.0.2", 17, udp(12345, 53, b"x" * 18), ident=0, df=True),
+                src="66:77:88:99:aa:bb", dst="00:11:22:33:44:55")
+    write_pcap(path, [(1_700_000_000 * 1_000_000_000, frame)] * packets, snaplen=65535)
 
 
 def test_kill_during_export_leaves_no_temporary_file_after_restart(box):

@@ -28,11 +28,11 @@ from hypothesis import strategies as st
 from apppaccap.api import endpoints  # noqa: F401 - registers every action
 from apppaccap.api.registry import REGISTRY
 from apppaccap.web.app import dispatch
-from tests.conftest import make_ctx
-from tests.httpjson import call_json
-from tests.httpjson import drain_stderr
-from tests.pcapgen import write_pcap
-from tests.serverproc import Server
+from tests.helpers.app import make_ctx
+from tests.helpers.httpjson import call_json
+from tests.helpers.httpjson import drain_stderr
+from tests.helpers.pcapgen import write_udp_pcap
+from tests.helpers.server import Server
 
 pytestmark = pytest.mark.live  # captures on lo; root needed
 
@@ -178,7 +178,7 @@ class Env:
         folder = tmp / "data" / "import"
         folder.mkdir(parents=True, exist_ok=True)
         self.pcap = folder / "small.pcap"
-        write_pcap(self.pcap, [b"a" * 40 + bytes([i]) for i in range(20)])
+        write_udp_pcap(self.pcap, [b"a" * 40 + bytes([i]) for i in range(20)])
         self.capture_id = 0
         self.ensure_capture()
 
@@ -264,7 +264,7 @@ def test_real_server_survives_hostile_json(tmp_path):
     remote.tmp = tmp_path
     (tmp_path / "data" / "import").mkdir(parents=True)
     remote.pcap = tmp_path / "data" / "import" / "small.pcap"
-    write_pcap(remote.pcap, [b"b" * 30] * 5)
+    write_udp_pcap(remote.pcap, [b"b" * 30] * 5)
     server = Server(tmp_path / "data", tmp_path / "export")
     drain_stderr(server)
     remote.capture_id = 1

@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from apppaccap.api.registry import REGISTRY
-from tests.httpjson import call_json
-from tests.serverproc import ROOT
-from tests.serverproc import Server
+from tests.helpers.httpjson import call_json
+from tests.helpers.server import ROOT
+from tests.helpers.server import Server
 
 SURROGATE = "\ud800"
 

@@ -2,16 +2,11 @@
 
 import io
 import os
-import subprocess
 
 import pytest
 
-from tests.conftest import CORPUS
-from tests.conftest import manifest
-
-MANIFEST = manifest()
-WELLFORMED = sorted(p for p in MANIFEST if p.startswith("wellformed/"))
-MALFORMED = sorted(p for p in MANIFEST if p.startswith("malformed/"))
+from tests.helpers import corpus
+from tests.helpers import tshark
 
 
 def ingest(live, ajax, path):
@@ -20,29 +15,29 @@ def ingest(live, ajax, path):
     return live.jobs.wait(cmd["CommandUid"])
 
 
-@pytest.mark.parametrize("rel", WELLFORMED)
+@pytest.mark.parametrize("rel", corpus.files("wellformed/"))
 def test_wellformed_file_ingests_with_capinfos_count(live, live_ajax, rel):
-    done = ingest(live, live_ajax, os.path.join(CORPUS, rel))
+    done = ingest(live, live_ajax, corpus.path(rel))
     assert done["State"] == 3, done
     capture_id = int(done["Result"])
     cap = live_ajax.ok("capture_get_details", capture_id=capture_id)
     assert cap["Type"] == 4 and cap["State"] == 2
-    assert cap["SourceFile"] == os.path.abspath(os.path.join(CORPUS, rel))
-    assert cap["PacketCount"] == int(MANIFEST[rel]["packets"])
+    assert cap["SourceFile"] == os.path.abspath(corpus.path(rel))
+    assert cap["PacketCount"] == int(corpus.row(rel)["packets"])
     assert capture_id in [c["CaptureId"] for c in live_ajax.ok("capture_list_completed")]
     page = live_ajax.ok("capture_read", capture_id=capture_id, limit=10000)
     assert len(page["Packets"]) == cap["PacketCount"] and not page["More"]
-    tcp = int(MANIFEST[rel]["tcp_conversations"])
-    udp = int(MANIFEST[rel]["udp_conversations"])
+    tcp = int(corpus.row(rel)["tcp_conversations"])
+    udp = int(corpus.row(rel)["udp_conversations"])
     conns = live_ajax.ok("capture_list_conns", capture_id=capture_id, limit=10000)
     # tshark's conversation count is the oracle for TCP/UDP connections
     assert len([c for c in conns if c["Protocol"] == 6]) == tcp, rel
     assert len([c for c in conns if c["Protocol"] == 17]) == udp, rel
 
 
-@pytest.mark.parametrize("rel", MALFORMED)
+@pytest.mark.parametrize("rel", corpus.files("malformed/"))
 def test_malformed_file_is_survived(live, live_ajax, rel):
-    body = live_ajax("pcap_ingest_file", path=os.path.join(CORPUS, rel))
+    body = live_ajax("pcap_ingest_file", path=corpus.path(rel))
     if body["ErrorCode"] == 4:            # not a capture at all: refused up front, by name
         assert body["ReturnValue"].startswith("path:")
         return
@@ -55,7 +50,7 @@ def test_malformed_file_is_survived(live, live_ajax, rel):
 
 
 def test_truncated_file_keeps_packets_before_damage(live, live_ajax):
-    done = ingest(live, live_ajax, os.path.join(CORPUS, "malformed/derived__http_get_cut_mid_packet.pcap"))
+    done = ingest(live, live_ajax, corpus.path("malformed/derived__http_get_cut_mid_packet.pcap"))
     assert done["State"] == 3
     cap = live_ajax.ok("capture_get_details", capture_id=int(done["Result"]))
     assert cap["PacketCount"] == 6 and "stopped early" in cap["Message"]
@@ -75,7 +70,7 @@ def test_bad_paths(live_ajax, tmp_path):
 
 
 def test_upload_is_ingested_under_its_name(live, live_ajax):
-    path = os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap")
+    path = corpus.path("wellformed/icmp_5_pings.pcap")
     with open(path, "rb") as fh:
         resp = live_ajax.client.post("/ajax", data={"action": "pcap_ingest_post",
                                                     "file": (io.BytesIO(fh.read()), "pings.pcap")},
@@ -97,35 +92,26 @@ def test_upload_limit(live, live_ajax):
     assert live_ajax("pcap_ingest_post")["ErrorCode"] == 4
 
 
-def tshark_fields(path, *fields):
-    out = subprocess.run(["tshark", "-r", path, "-T", "fields"] +
-                         [a for f in fields for a in ("-e", f)],
-                         capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in out.splitlines()]
-
-
 @pytest.mark.parametrize("rel", ["wellformed/http_get_file_download.pcap",
                                  "wellformed/pcapng_11_interfaces_mixed_linktypes.pcapng",
                                  "wellformed/nanosec_bigendian_http.pcap",
                                  "wellformed/linux_sll2_icmp_arp.pcap",
                                  "wellformed/pcapng_2if_comments_keylog.pcapng"])
 def test_export_round_trip_identical_in_tshark(live, live_ajax, tmp_path, rel):
-    src = os.path.join(CORPUS, rel)
+    src = corpus.path(rel)
     capture_id = int(ingest(live, live_ajax, src)["Result"])
     out = str(tmp_path / "out.pcapng")
     cmd = live_ajax.ok("capture_export", capture_id=capture_id, path=out)
     done = live.jobs.wait(cmd["CommandUid"])
     assert done["State"] == 3 and done["Result"] == out
     fields = ("frame.time_epoch", "frame.len", "frame.cap_len", "frame.protocols")
-    assert tshark_fields(out, *fields) == tshark_fields(src, *fields)
+    assert tshark.fields(out, *fields) == tshark.fields(src, *fields)
     # packet bytes identical
-    raw = lambda p: subprocess.run(["tshark", "-r", p, "-x"], capture_output=True,  # noqa: E731
-                                   text=True).stdout
-    assert raw(out) == raw(src)
+    assert tshark.run(out, "-x", damaged_ok=True) == tshark.run(src, "-x", damaged_ok=True)
 
 
 def test_export_paths_and_files(live, live_ajax, tmp_path):
-    capture_id = int(ingest(live, live_ajax, os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap"))
+    capture_id = int(ingest(live, live_ajax, corpus.path("wellformed/icmp_5_pings.pcap"))
                      ["Result"])
     assert live_ajax("capture_export", capture_id=capture_id, path="relative.pcapng")["ErrorCode"] == 4
     assert live_ajax("capture_export", capture_id=capture_id,
@@ -148,7 +134,7 @@ def test_export_paths_and_files(live, live_ajax, tmp_path):
 
 
 def test_commands(live, live_ajax):
-    cmd = live_ajax.ok("pcap_ingest_file", path=os.path.join(CORPUS, "wellformed/icmp_5_pings.pcap"))
+    cmd = live_ajax.ok("pcap_ingest_file", path=corpus.path("wellformed/icmp_5_pings.pcap"))
     live.jobs.wait(cmd["CommandUid"])
     got = live_ajax.ok("command_query", command_uid=cmd["CommandUid"])
     assert got["State"] == 3 and got["Progress"] == 100 and got["Finished"] >= got["Started"] > 0
@@ -159,12 +145,12 @@ def test_commands(live, live_ajax):
 
 
 def test_connection_hostnames_come_from_dns_answers_in_the_capture(live, live_ajax):
-    done = ingest(live, live_ajax, os.path.join(CORPUS, "wellformed/rawip_mixed_v4v6.pcap"))
+    done = ingest(live, live_ajax, corpus.path("wellformed/rawip_mixed_v4v6.pcap"))
     conns = live_ajax.ok("capture_list_conns", capture_id=int(done["Result"]))
     named = {(c["RemoteIp"], c["Hostname"]) for c in conns if c["Hostname"]}
     # the A records of the DNS responses earlier in the same file (tshark: dns.a)
-    answers = {tuple(row) for row in tshark_fields(
-        os.path.join(CORPUS, "wellformed/rawip_mixed_v4v6.pcap"), "dns.a", "dns.resp.name")
+    answers = {tuple(row) for row in tshark.fields(
+        corpus.path("wellformed/rawip_mixed_v4v6.pcap"), "dns.a", "dns.resp.name")
         if row[0]}
     assert ("82.102.152.19", "a1363.dscg.akamai.net") in named
     for ip, name in named:

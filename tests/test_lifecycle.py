@@ -1,6 +1,6 @@
 """Lifecycle and integrity: signals, helper processes, ids, a damaged catalog, file modes.
 
-Real servers (tests/serverproc.py), real signals, real files; root required.
+Real servers (tests/helpers/server.py), real signals, real files; root required.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 from apppaccap.store.catalog import Catalog
 from apppaccap.store.database import migrate
 from apppaccap.store.migrations import CATALOG
-from tests.conftest import free_port
-from tests.livetools import wait_for
-from tests.serverproc import Server
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
+from tests.helpers.server import Server
 
 ACTIVE, COMPLETED, INTERRUPTED = 1, 2, 4
 SYSTEM = 1

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from tests.conftest import free_port
-from tests.livetools import Tcpdump
-from tests.livetools import assert_same_packets
-from tests.livetools import read_all
+from tests.helpers.live import Tcpdump
+from tests.helpers.live import assert_same_packets
+from tests.helpers.live import read_all
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.live
 

@@ -23,9 +23,9 @@ import urllib.parse
 import pytest
 
 from apppaccap.web.pages import default_themes_dir
-from tests import browser_helpers as bh
-from tests.serverproc import Server
-from tests.serverproc import cli
+from tests.helpers.browser import Console
+from tests.helpers.server import Server
+from tests.helpers.server import cli
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 SCRIPT_BREAKOUT = "</script><script>window.__xss=1</script>"
@@ -321,22 +321,12 @@ def test_a_bad_theme_already_stored_cannot_redirect_off_site(ctx, client, stored
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    assert os.path.exists(bh.CHROMIUM), "chromium is missing: apt-get install chromium"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=bh.CHROMIUM, args=bh.CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context(viewport={"width": 800, "height": 600})
     pg = ctx.new_page()
     pg.set_default_timeout(15_000)
-    pg.console = bh.Console(pg)
+    pg.console = Console(pg)
     pg.urls = []   # every URL the page asked for, and every Location it was sent to
     pg.on("request", lambda r: pg.urls.append(r.url))
     pg.on("response", lambda r: pg.urls.append(r.headers.get("location", "")))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import os
 import random
-import struct
 import subprocess
 from pathlib import Path
 
@@ -17,25 +15,20 @@ from pcapng import blocks
 
 from apppaccap.pcap.reader import CaptureReader
 from apppaccap.pcap.reader import NotACaptureError
+from tests.helpers import corpus
+from tests.helpers import tshark
+from tests.helpers.pcapfiles import EPB_TYPE
+from tests.helpers.pcapfiles import OPT_COMMENT
+from tests.helpers.pcapfiles import block
+from tests.helpers.pcapfiles import epb
+from tests.helpers.pcapfiles import idb
+from tests.helpers.pcapfiles import option
+from tests.helpers.pcapfiles import pcap_header
+from tests.helpers.pcapfiles import pcap_record
+from tests.helpers.pcapfiles import shb
 
-# shared/ sits beside the clone (as in CI); APPPACCAP_CORPUS overrides elsewhere
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-if not CORPUS.is_dir():
-    CORPUS = Path(os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus"))
-MANIFEST = {
-    row["path"]: row
-    for row in csv.DictReader(open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")
-}
-WELLFORMED = sorted(p for p in MANIFEST if p.startswith("wellformed/"))
-MALFORMED = sorted(p for p in MANIFEST if p.startswith("malformed/"))
-FIELDS = (
-    "frame.time_epoch",
-    "frame.len",
-    "frame.cap_len",
-    "frame.md5_hash",
-    "frame.encap_type",
-    "frame.comment",
-)
+WELLFORMED = corpus.files("wellformed/")
+MALFORMED = corpus.files("malformed/")
 
 
 def epoch_ns(text: str) -> int:
@@ -48,13 +41,8 @@ def epoch_ns(text: str) -> int:
 
 @functools.cache
 def tshark_packets(path: str) -> list[dict]:
-    """tshark's view of every packet (custom-block pseudo-frames dropped)."""
-    cmd = ["tshark", "-o", "frame.generate_md5_hash:TRUE", "-r", path, "-T", "fields"]
-    for field in FIELDS:
-        cmd += ["-e", field]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    rows = [dict(zip(FIELDS, line.split("\t"))) for line in out.splitlines()]
-    return [r for r in rows if r["frame.encap_type"]]  # CBs have no encapsulation
+    """tshark's view of every packet of a file, damaged or not."""
+    return tshark.packets(path, damaged_ok=True)
 
 
 def read_all(path) -> tuple[CaptureReader, list]:
@@ -76,8 +64,8 @@ def assert_matches_tshark(path: str, records, skip_time=()):
 # ------------------------------------------------------------------ well-formed corpus
 @pytest.mark.parametrize("name", WELLFORMED)
 def test_wellformed_count_matches_manifest(name):
-    reader, records = read_all(CORPUS / name)
-    assert len(records) == reader.packets == int(MANIFEST[name]["packets"])
+    reader, records = read_all(corpus.path(name))
+    assert len(records) == reader.packets == int(corpus.row(name)["packets"])
     assert reader.error is None
     if name == "wellformed/pcapng_2if_comments_keylog.pcapng":
         # interface 1's packets sit at ~1.8e22 ns (tshark: 18446744073204.126329000)
@@ -88,18 +76,18 @@ def test_wellformed_count_matches_manifest(name):
         assert records[59].ts_ns == 18446744073204_126329000
     else:
         assert reader.warnings == []
-    assert reader.bytes_done == reader.size == (CORPUS / name).stat().st_size
+    assert reader.bytes_done == reader.size == os.path.getsize(corpus.path(name))
 
 
 @pytest.mark.parametrize("name", WELLFORMED)
 def test_wellformed_records_match_tshark(name):
-    _reader, records = read_all(CORPUS / name)
-    assert_matches_tshark(str(CORPUS / name), records)
+    _reader, records = read_all(corpus.path(name))
+    assert_matches_tshark(corpus.path(name), records)
 
 
 def test_formats_are_detected():
     fmt = {
-        name: CaptureReader(str(CORPUS / name)).format
+        name: CaptureReader(corpus.path(name)).format
         for name in (
             "wellformed/http_get_file_download.pcap",
             "wellformed/smb1_dssetup_bigendian.pcap",
@@ -113,7 +101,7 @@ def test_formats_are_detected():
 
 
 def test_pcapng_packet_comments_read_back():
-    path = CORPUS / "wellformed/pcapng_2if_comments_keylog.pcapng"
+    path = Path(corpus.path("wellformed/pcapng_2if_comments_keylog.pcapng"))
     reader, records = read_all(path)
     comments = [r.comment for r in records]
     assert comments[:59] == [None] * 59
@@ -128,7 +116,7 @@ def test_pcapng_packet_comments_read_back():
 
 
 def test_multi_section_mixed_endian():
-    path = CORPUS / "wellformed/pcapng_gen_test202_multi_section_mixed_endian.pcapng"
+    path = Path(corpus.path("wellformed/pcapng_gen_test202_multi_section_mixed_endian.pcapng"))
     reader, records = read_all(path)
     assert reader.section_comments == ["test202 SHB-0", "test202 SHB-1", "test202 SHB-2"]
     assert [(i.name, i.section, i.linktype, i.snaplen) for i in reader.interfaces] == [
@@ -150,7 +138,7 @@ def test_multi_section_mixed_endian():
 
 
 def test_ns_and_us_interfaces_match_tshark_exactly():
-    path = CORPUS / "wellformed/pcapng_multi_interface_ns_us.pcapng"
+    path = Path(corpus.path("wellformed/pcapng_multi_interface_ns_us.pcapng"))
     reader, records = read_all(path)
     assert [i.tsresol_ns for i in reader.interfaces] == [1, 1000]
     assert [r.ts_ns for r in records] == [
@@ -238,9 +226,9 @@ BAD_TIMESTAMPS = {
 
 @pytest.mark.parametrize("name", MALFORMED)
 def test_malformed_file_is_survived(name):
-    path = CORPUS / name
+    path = Path(corpus.path(name))
     short = name.split("/", 1)[1]
-    manifest_count = MANIFEST[name]["packets"]
+    manifest_count = corpus.row(name)["packets"]
     expected, error = EXPECTED_MALFORMED.get(short) or (int(manifest_count), None)
     if expected is None:
         with pytest.raises(NotACaptureError, match=error):
@@ -260,7 +248,7 @@ def test_malformed_file_is_survived(name):
 
 
 def test_truncated_pcap_keeps_packets_before_the_cut():
-    cut = CORPUS / "malformed/derived__http_get_cut_mid_packet.pcap"
+    cut = Path(corpus.path("malformed/derived__http_get_cut_mid_packet.pcap"))
     info = subprocess.run(["capinfos", "-c", "-M", str(cut)], capture_output=True, text=True)
     assert "An error occurred after reading 6 packets" in info.stderr
     reader, records = read_all(cut)
@@ -268,27 +256,27 @@ def test_truncated_pcap_keeps_packets_before_the_cut():
         "truncated packet record at byte 2120 (packet 7): "
         "file ends 880 bytes into a 1530-byte record"
     )
-    _full_reader, full = read_all(CORPUS / "wellformed/http_get_file_download.pcap")
+    _full_reader, full = read_all(corpus.path("wellformed/http_get_file_download.pcap"))
     assert [(r.ts_ns, r.data) for r in records] == [(r.ts_ns, r.data) for r in full[:6]]
     assert reader.bytes_done == 2120 and reader.packets == 6
 
 
 def test_truncated_pcapng_keeps_packets_before_the_cut():
     reader, records = read_all(
-        CORPUS / "malformed/derived__pcapng_multi_interface_cut_mid_block.pcapng"
+        corpus.path("malformed/derived__pcapng_multi_interface_cut_mid_block.pcapng")
     )
     assert reader.error == (
         "truncated block at byte 828 (packet 4): file ends 172 bytes "
         "into a 200-byte block of type 0x6"
     )
-    _full_reader, full = read_all(CORPUS / "wellformed/pcapng_multi_interface_ns_us.pcapng")
+    _full_reader, full = read_all(corpus.path("wellformed/pcapng_multi_interface_ns_us.pcapng"))
     assert [(r.ts_ns, r.iface, r.data) for r in records] == [
         (r.ts_ns, r.iface, r.data) for r in full[:3]
     ]
 
 
 def test_out_of_range_timestamp_fields_are_added_and_warned():
-    reader, records = read_all(CORPUS / "malformed/tcpdump__timestamp_invalid_micro.pcap")
+    reader, records = read_all(corpus.path("malformed/tcpdump__timestamp_invalid_micro.pcap"))
     # raw (sec, usec): (1418145369, 999999), (1418145370, 1000000), (1418145370, 2147483648)
     assert [r.ts_ns for r in records] == [
         1418145369_999999000,
@@ -304,7 +292,7 @@ def test_out_of_range_timestamp_fields_are_added_and_warned():
 def test_link_layer_pseudo_headers_stay_in_the_data():
     # tshark strips SunATM's 4-byte pseudo-header from len/cap_len; we keep the
     # record as stored and leave the link layer to the decoder
-    path = CORPUS / "malformed/tcpdump__atm-oam-loopback-print-overrun.pcap"
+    path = Path(corpus.path("malformed/tcpdump__atm-oam-loopback-print-overrun.pcap"))
     _reader, (rec,) = read_all(path)
     (row,) = tshark_packets(str(path))
     assert rec.linktype == 123
@@ -313,7 +301,7 @@ def test_link_layer_pseudo_headers_stay_in_the_data():
 
 
 def test_repeated_warnings_are_capped():
-    reader, records = read_all(CORPUS / "malformed/tcpdump__q933-heapoverflow-2.pcap")
+    reader, records = read_all(corpus.path("malformed/tcpdump__q933-heapoverflow-2.pcap"))
     assert len(records) == 17 and all(r.caplen > 9 for r in records)
     assert reader.warnings[0] == "packet 1: caplen 86 > snaplen 9"
     assert len(reader.warnings) == 6
@@ -321,7 +309,7 @@ def test_repeated_warnings_are_capped():
 
 
 def test_modified_pcap_records():
-    reader, records = read_all(CORPUS / "malformed/rusticata__modified-format.pcap")
+    reader, records = read_all(corpus.path("malformed/rusticata__modified-format.pcap"))
     (rec,) = records
     assert (rec.ts_ns, rec.caplen, rec.origlen) == (1712763541_734807000, 98, 98)
     assert rec.data[12:16] == b"\x08\x00\x45\x00" and len(rec.data) == 98
@@ -329,7 +317,7 @@ def test_modified_pcap_records():
 
 
 def test_unknown_linktype_bits_are_kept_raw():
-    reader, records = read_all(CORPUS / "malformed/tcpdump__hoobr_juniper3.pcap")
+    reader, records = read_all(corpus.path("malformed/tcpdump__hoobr_juniper3.pcap"))
     assert reader.interfaces[0].linktype == records[0].linktype == 0x30000084
 
 
@@ -342,9 +330,9 @@ def test_unknown_linktype_bits_are_kept_raw():
         (b"hello, this is text\n" * 3, "unknown magic 0x68656c6c"),
         (Path("/bin/ls").read_bytes()[:4096], "unknown magic 0x7f454c46"),
         (b"\x1f\x8b\x08\x00" + bytes(60), "gzip-compressed"),
-        (struct.pack("<IHHiII", 0xA1B2C3D4, 2, 4, 0, 0, 65535), "too short for a pcap file header"),
-        (struct.pack("<IHHiIII", 0xA1B2C3D4, 3, 0, 0, 0, 65535, 1), "major version 3 unsupported"),
-        (struct.pack("<III", 0x0A0D0D0A, 28, 0x12345678) + bytes(16), "bad byte-order magic"),
+        (pcap_header(snaplen=65535)[:20], "too short for a pcap file header"),
+        (pcap_header(snaplen=65535, version=(3, 0)), "major version 3 unsupported"),
+        (shb(byte_order_magic=0x12345678), "bad byte-order magic"),
     ],
 )
 def test_not_a_capture(tmp_path, content, message):
@@ -361,31 +349,14 @@ def test_missing_file_raises_filenotfound(tmp_path):
 
 
 # ------------------------------------------------------------------ hand-built damage
-def _pcap(*records, linktype=1, snaplen=65535):
-    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, linktype)
-    for sec, data, caplen in records:
-        out += (
-            struct.pack("<IIII", sec, 0, len(data) if caplen is None else caplen, len(data)) + data
-        )
-    return out
+def _pcap(*records):
+    """A classic pcap: (second, data, caplen field or None for len(data)) records."""
+    return pcap_header(snaplen=65535) + b"".join(
+        pcap_record(sec * 1_000_000_000, data, caplen=caplen) for sec, data, caplen in records)
 
 
-def _block(btype, body):
-    body += bytes(-len(body) & 3)
-    return struct.pack("<II", btype, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
-
-
-def _pcapng(*blocks_):
-    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    idb = _block(1, struct.pack("<HHI", 1, 0, 0))
-    return shb + idb + b"".join(blocks_)
-
-
-def _epb(if_id, ticks, data):
-    return _block(
-        6,
-        struct.pack("<IIIII", if_id, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data)) + data,
-    )
+def _pcapng(*blocks):
+    return shb() + idb(1) + b"".join(blocks)
 
 
 def test_absurd_caplen_stops_with_error(tmp_path):
@@ -407,19 +378,19 @@ def test_truncated_record_header(tmp_path):
 
 
 def test_pcapng_damage(tmp_path):
-    good = _epb(0, 1_000_000, b"x" * 61)
+    good = epb(0, 1_000_000, b"x" * 61)
     cases = {
         "trailer": (
             good + good[:-4] + b"\0\0\0\0",
             "corrupt block at byte 144: trailing length 0 != leading length 96",
         ),
         "caplen": (
-            good + _block(6, struct.pack("<IIIII", 0, 0, 0, 999, 999) + b"y" * 8),
+            good + epb(0, 0, b"y" * 8, caplen=999, origlen=999),
             "absurd caplen 999 at byte 144 (packet 2): larger than its 40-byte block",
         ),
-        "iface": (good + _epb(3, 5, b"z"), "names interface 3, but the section has 1"),
+        "iface": (good + epb(3, 5, b"z"), "names interface 3, but the section has 1"),
         "length": (
-            good + struct.pack("<II", 6, 13) + bytes(8),
+            good + block(EPB_TYPE, bytes(4), length=13),
             "corrupt block at byte 144: block length 13",
         ),
     }
@@ -433,7 +404,7 @@ def test_pcapng_damage(tmp_path):
 
 def test_pcapng_unknown_block_is_skipped_with_warning(tmp_path):
     path = tmp_path / "unknown.pcapng"
-    path.write_bytes(_pcapng(_epb(0, 1, b"a"), _block(0x77, b"junk"), _epb(0, 2, b"b")))
+    path.write_bytes(_pcapng(epb(0, 1, b"a"), block(0x77, b"junk"), epb(0, 2, b"b")))
     reader, records = read_all(path)
     assert [r.data for r in records] == [b"a", b"b"]
     assert reader.error is None
@@ -441,9 +412,9 @@ def test_pcapng_unknown_block_is_skipped_with_warning(tmp_path):
 
 
 def test_pcapng_bad_option_keeps_packet(tmp_path):
-    body = struct.pack("<IIIII", 0, 0, 7, 4, 4) + b"abcd" + struct.pack("<HH", 1, 200) + b"oops"
+    bad_option = option(OPT_COMMENT, b"oops", length=200)
     path = tmp_path / "opt.pcapng"
-    path.write_bytes(_pcapng(_block(6, body)))
+    path.write_bytes(_pcapng(epb(0, 7, b"abcd", options=bad_option)))
     reader, records = read_all(path)
     assert [(r.data, r.comment) for r in records] == [(b"abcd", None)]
     assert "option 1 of length 200 runs past its block" in reader.warnings[0]
@@ -451,7 +422,7 @@ def test_pcapng_bad_option_keeps_packet(tmp_path):
 
 # ------------------------------------------------------------------ API behaviour
 def test_batches_and_tuples_agree_with_records():
-    path = str(CORPUS / "wellformed/pcapng_2if_comments_keylog.pcapng")
+    path = corpus.path("wellformed/pcapng_2if_comments_keylog.pcapng")
     _reader, records = read_all(path)
     with CaptureReader(path) as reader:
         batches = list(reader.iter_batches(50, tuples=True))
@@ -475,7 +446,7 @@ def test_batches_and_tuples_agree_with_records():
 
 
 def test_iteration_is_one_pass_and_close_is_safe():
-    path = str(CORPUS / "wellformed/http_get_file_download.pcap")
+    path = corpus.path("wellformed/http_get_file_download.pcap")
     reader = CaptureReader(path)
     first = [next(iter(reader)) for _ in range(3)]
     assert reader.packets == 3 and reader.bytes_done < reader.size
@@ -494,9 +465,9 @@ def test_random_damage_never_raises_from_iteration(tmp_path):
     """Byte flips and cuts of small corpus files: open may refuse, iteration never raises."""
     rng = random.Random(7)
     sources = [
-        CORPUS / name
+        Path(corpus.path(name))
         for name in WELLFORMED + MALFORMED
-        if int(MANIFEST[name]["size_bytes"]) < 70_000
+        if int(corpus.row(name)["size_bytes"]) < 70_000
     ]
     path = tmp_path / "mutant"
     stopped = 0

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import os
 import struct
 import subprocess
 from pathlib import Path
@@ -16,19 +14,13 @@ from pcapng import blocks
 from apppaccap.pcap.pcapng_writer import PcapngWriter
 from apppaccap.pcap.pcapng_writer import process_comment
 from apppaccap.pcap.reader import CaptureReader
+from tests.helpers import corpus
+from tests.helpers import tshark
 
 # python-pcapng warns about its own untyped if_tsresol option whenever it touches one
 pytestmark = pytest.mark.filterwarnings("ignore:Field type should not be:DeprecationWarning")
 
-# shared/ sits beside the clone (as in CI); APPPACCAP_CORPUS overrides elsewhere
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-if not CORPUS.is_dir():
-    CORPUS = Path(os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus"))
-WELLFORMED = sorted(
-    row["path"]
-    for row in csv.DictReader(open(CORPUS / "MANIFEST.tsv", newline=""), delimiter="\t")
-    if row["path"].startswith("wellformed/")
-)
+WELLFORMED = corpus.files("wellformed/")
 
 ETH = (
     bytes.fromhex(
@@ -67,15 +59,6 @@ def sample(tmp_path):
     with open(path, "wb") as f:
         write_sample(f)
     return path
-
-
-def tshark_fields(path, *fields, ok_errors=False):
-    cmd = ["tshark", "-o", "frame.generate_md5_hash:TRUE", "-r", str(path), "-T", "fields"]
-    for field in fields:
-        cmd += ["-e", field]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert ok_errors or "appears to be" not in proc.stderr, proc.stderr
-    return [line.split("\t") for line in proc.stdout.splitlines()]
 
 
 def test_reads_back_with_capture_reader(sample):
@@ -134,7 +117,7 @@ def test_reads_back_with_python_pcapng(sample):
 
 
 def test_tshark_and_capinfos_accept_it(sample):
-    rows = tshark_fields(
+    rows = tshark.fields(
         sample, "frame.time_epoch", "frame.len", "frame.comment", "frame.interface_id"
     )
     # tshark 4.0 prints a multi-line comment with each newline escaped as a literal "\n"
@@ -152,23 +135,8 @@ def test_tshark_and_capinfos_accept_it(sample):
         ["1700000003.999999999", "0", "", "3"],
     ]
     assert rows[5][2] == "x" * 0xFFFC
-    # the comment is filterable as the attribution note recommends
-    hits = subprocess.run(
-        [
-            "tshark",
-            "-r",
-            str(sample),
-            "-Y",
-            'frame.comment contains "Cmd: /usr/bin/curl"',
-            "-T",
-            "fields",
-            "-e",
-            "frame.number",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert hits.stdout.split() == ["1"]
+    # the comment is filterable (docs/ARCHITECTURE.md, Decisions: process labels in exported pcapng)
+    assert tshark.frames(sample, 'frame.comment contains "Cmd: /usr/bin/curl"') == [1]
     info = subprocess.run(["capinfos", str(sample)], capture_output=True, text=True)
     assert info.returncode == 0 and "error" not in info.stderr.lower(), info.stderr
     assert "Number of packets:   6" in info.stdout
@@ -290,19 +258,10 @@ def _copy(src: Path, dst: Path) -> None:
 
 @pytest.mark.parametrize("name", WELLFORMED)
 def test_roundtrip_wellformed_corpus(name, tmp_path):
-    src, dst = CORPUS / name, tmp_path / "copy.pcapng"
+    src, dst = Path(corpus.path(name)), tmp_path / "copy.pcapng"
     _copy(src, dst)
-    fields = (
-        "frame.time_epoch",
-        "frame.len",
-        "frame.cap_len",
-        "frame.md5_hash",
-        "frame.encap_type",
-        "frame.comment",
-    )
-    # tshark 4.0 lists pcapng custom blocks as frames without an encapsulation: not packets
-    original = [r for r in tshark_fields(src, *fields) if r[4]]
-    copied = tshark_fields(dst, *fields)
+    original = [list(r.values()) for r in tshark.packets(src)]
+    copied = tshark.fields(dst, *tshark.FRAME_FIELDS, md5=True)
     assert len(copied) == len(original) > 0
     for i, (a, b) in enumerate(zip(original, copied)):
         if a[0] == "":

@@ -25,25 +25,32 @@ from apppaccap.pcap.reader import NotACaptureError
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import CaptureDb
 from apppaccap.store.capturedb import capture_path
-from tests.conftest import CORPUS
-from tests.conftest import manifest
+from tests.helpers import corpus
+from tests.helpers import tshark
+from tests.helpers.pcapfiles import idb
+from tests.helpers.pcapfiles import pcap_header
+from tests.helpers.pcapfiles import pcap_record
+from tests.helpers.pcapfiles import write_pcap
 
 
-def _captures() -> list[str]:
-    """Corpus files that open as pcap or pcapng (files refused at the header are not ours)."""
-    out = []
-    for rel in manifest():
-        try:
-            with CaptureReader(os.path.join(CORPUS, rel)) as reader:
-                if reader.format in scanner.CLASSIC or reader.format == "pcapng":
-                    out.append(rel)
-        except (NotACaptureError, OSError):
-            pass
-    return sorted(out)
+def _opens(rel: str) -> bool:
+    """A corpus file that opens as pcap or pcapng (files refused at the header are not
+    ours)."""
+    try:
+        with CaptureReader(corpus.path(rel)) as reader:
+            return reader.format in scanner.CLASSIC or reader.format == "pcapng"
+    except (NotACaptureError, OSError):
+        return False
 
 
-PCAPS = _captures()
+PCAPS = corpus.files(where=lambda row: _opens(row["path"]))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gen_flows(path: str, packets: int) -> None:
+    """benchmarks/gen_flows.py: a pcap of realistic flows."""
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), path,
+                    "--packets", str(packets)], check=True, cwd=ROOT)
 
 
 def test_scanner_is_built():
@@ -124,29 +131,25 @@ def _same(ctx, path, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("rel", PCAPS)
 def test_corpus_file_same_through_both_paths(ctx, rel, tmp_path, monkeypatch):
-    _same(ctx, os.path.join(CORPUS, rel), tmp_path, monkeypatch)
+    _same(ctx, corpus.path(rel), tmp_path, monkeypatch)
 
 
 def test_generated_flows_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
     src = str(tmp_path / "flows.pcap")
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
-                    "--packets", "30000"], check=True, cwd=ROOT)
+    gen_flows(src, 30000)
     taken = _count_scanned(monkeypatch, "scan")
     dump = _same(ctx, src, tmp_path, monkeypatch)
     assert len(dump["packets"]) >= 30000 and len(dump["connections"]) > 100
     # the compiled path did the bulk of the work (first packets of flows and DNS did not)
     assert sum(taken) > 0.9 * len(dump["packets"])
-    out = subprocess.run(["tshark", "-r", str(tmp_path / "fast.pcapng"), "-T", "fields",
-                          "-e", "frame.number"], capture_output=True, text=True, check=True)
-    assert len(out.stdout.split()) == len(dump["packets"])
+    assert len(tshark.fields(tmp_path / "fast.pcapng", "frame.number")) == len(dump["packets"])
 
 
 def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):
     """A verbatim-copied capture with a packet note: that packet's block is rewritten
     packet by packet, the others copied; the file equals the all-packets export."""
     src = str(tmp_path / "flows.pcap")
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
-                    "--packets", "50000"], check=True, cwd=ROOT)
+    gen_flows(src, 50000)
     fast_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
     slow_id, _ = _ingest(ctx, src, fast=False, monkeypatch=monkeypatch)
     for cid in (fast_id, slow_id):
@@ -156,16 +159,15 @@ def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypa
         db.close()
     fast = _export(ctx, fast_id, tmp_path, "fast.pcapng")
     assert fast == _export(ctx, slow_id, tmp_path, "slow.pcapng")
-    out = subprocess.run(["tshark", "-r", str(tmp_path / "fast.pcapng"), "-Y", "frame.comment",
-                          "-T", "fields", "-e", "frame.number", "-e", "frame.comment"],
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[0].split("\t") == ["30000", "look here"]
+    rows = tshark.fields(tmp_path / "fast.pcapng", "frame.number", "frame.comment",
+                         display_filter="frame.comment")
+    assert rows[0] == ["30000", "look here"]
 
 
 def test_side_file_goes_with_the_capture(live, live_ajax):
     from apppaccap.store.blocks import side_path
     cmd = live_ajax.ok("pcap_ingest_file",
-                       path=os.path.join(CORPUS, "wellformed/http_get_file_download.pcap"))
+                       path=corpus.path("wellformed/http_get_file_download.pcap"))
     done = live.jobs.wait(cmd["CommandUid"])
     cid = int(done["Result"])
     db_path = capture_path(live.config.data_dir, cid)
@@ -183,8 +185,7 @@ def test_forgetting_flows_mid_file_same_through_both_paths(ctx, tmp_path, monkey
     monkeypatch.setattr(recorder, "MAX_CONNS", 20)
     monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 997)
     src = str(tmp_path / "flows.pcap")
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), src,
-                    "--packets", "20000"], check=True, cwd=ROOT)
+    gen_flows(src, 20000)
     dump = _same(ctx, src, tmp_path, monkeypatch)
     assert len(dump["packets"]) >= 20000
 
@@ -192,12 +193,10 @@ def test_forgetting_flows_mid_file_same_through_both_paths(ctx, tmp_path, monkey
 def test_ipv4_header_cut_before_the_destination_is_kept(ctx, tmp_path, monkeypatch):
     """18 bytes of an IPv4 header: a source but no destination. Both paths keep the packet
     (no connection) instead of failing the ingest."""
-    import struct
     frame = b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6,
                                                            0, 0, 10, 0, 0, 1, 10, 0])
     src = tmp_path / "cut.pcap"
-    src.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
-                    + struct.pack("<IIII", 1, 0, len(frame), 60) + frame)
+    src.write_bytes(pcap_header(snaplen=65535) + pcap_record(1_000_000_000, frame, origlen=60))
     dump = _same(ctx, str(src), tmp_path, monkeypatch)
     assert len(dump["packets"]) == 1 and dump["connections"] == []
 
@@ -205,8 +204,6 @@ def test_ipv4_header_cut_before_the_destination_is_kept(ctx, tmp_path, monkeypat
 def test_flow_forgotten_by_its_own_first_packet(ctx, tmp_path, monkeypatch):
     """The packet that fills a batch opens a flow with a RST: the flush it triggers forgets
     that very flow, so its next packet must start a new connection on both paths."""
-    import struct
-
     from apppaccap.capture import recorder
     from benchmarks.gen_flows import frame
     monkeypatch.setattr(recorder, "MAX_CONNS", 20)
@@ -216,11 +213,9 @@ def test_flow_forgotten_by_its_own_first_packet(ctx, tmp_path, monkeypatch):
     frames += [frame(a, b, 6, 5000, 80, b"", 0x04),          # the 100th: new flow, RST
                frame(a, b, 6, 5000, 80, b"x" * 10, 0x18),    # then the same 5-tuple again
                frame(b, a, 6, 80, 5000, b"", 0x10)]
-    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
-    for i, f in enumerate(frames):
-        out.append(struct.pack("<IIII", 100, i, len(f), len(f)) + f)
     src = tmp_path / "reset.pcap"
-    src.write_bytes(b"".join(out))
+    write_pcap(src, [(100_000_000_000 + i * 1000, f) for i, f in enumerate(frames)],
+               snaplen=65535)
     dump = _same(ctx, str(src), tmp_path, monkeypatch)
     conns = [c for c in dump["connections"] if 5000 in (c[3], c[5])]
     assert len(conns) == 2   # the reset one, and the new one for the later packets
@@ -230,12 +225,11 @@ def test_pcapng_from_editcap_and_mergecap_same_and_mostly_scanned(ctx, tmp_path,
     """Wireshark's own tools write the pcapng (one interface; two after a merge with a
     corpus file): both paths agree and the scanner takes nearly every packet."""
     flows = str(tmp_path / "flows.pcap")
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), flows,
-                    "--packets", "20000"], check=True, cwd=ROOT)
+    gen_flows(flows, 20000)
     single, merged = str(tmp_path / "one.pcapng"), str(tmp_path / "two.pcapng")
     subprocess.run(["editcap", "-F", "pcapng", flows, single], check=True)
     subprocess.run(["mergecap", "-w", merged, single,
-                    os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")], check=True)
+                    corpus.path("wellformed/http_bro_org_multi_object.pcap")], check=True)
     for path, interfaces in ((single, 1), (merged, 2)):
         taken = _count_scanned(monkeypatch, "scan_pcapng")
         dump = _same(ctx, path, tmp_path, monkeypatch)
@@ -246,12 +240,10 @@ def test_pcapng_from_editcap_and_mergecap_same_and_mostly_scanned(ctx, tmp_path,
 def test_interface_declared_after_the_last_packet(ctx, tmp_path, monkeypatch):
     """An IDB after the last EPB (mergecap and live tools write them): stored by both
     paths, and both exports carry it."""
-    import struct
     flows, single = str(tmp_path / "flows.pcap"), str(tmp_path / "one.pcapng")
-    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), flows,
-                    "--packets", "2000"], check=True, cwd=ROOT)
+    gen_flows(flows, 2000)
     subprocess.run(["editcap", "-F", "pcapng", flows, single], check=True)
     with open(single, "ab") as fh:   # editcap writes little-endian sections
-        fh.write(struct.pack("<IIHHII", 1, 20, 101, 0, 0, 20))
+        fh.write(idb(101))
     dump = _same(ctx, single, tmp_path, monkeypatch)
     assert [row[2] for row in dump["interfaces"]] == [1, 101]

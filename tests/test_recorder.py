@@ -1,11 +1,13 @@
 """Recorder logic with fabricated frames and an in-memory writer (no root)."""
 
-import struct
 from concurrent.futures import Future
 
 from apppaccap.capture import recorder as rec_mod
 from apppaccap.capture.recorder import Recorder
 from apppaccap.dissect.decode import decode
+from tests.helpers.packets import eth
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import tcp
 
 
 class Sink:
@@ -22,10 +24,8 @@ class Sink:
 
 
 def tcp_frame(src, dst, sport, dport, flags, payload=b""):
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), 0, 0, 64, 6, 0,
-                     bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 0x50, flags, 1000, 0, 0)
-    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp + payload
+    segment = tcp(sport, dport, seq=1, ack=1, flags=flags, win=1000, payload=payload)
+    return eth(ipv4(src, dst, 6, segment, ident=0))
 
 
 def feed(rec, frames, t0=0):

@@ -12,19 +12,15 @@ import pytest
 
 from apppaccap.filetime import from_ns
 from apppaccap.search import engine as engine_mod
-from tests.conftest import CORPUS
-from tests.conftest import Ajax
-from tests.conftest import make_ctx
+from tests.helpers import corpus
+from tests.helpers import tshark
+from tests.helpers.app import Ajax
+from tests.helpers.app import ingest
+from tests.helpers.app import make_ctx
 
-HTTP = os.path.join(CORPUS, "wellformed/http_bro_org_multi_object.pcap")
-DNS = os.path.join(CORPUS, "wellformed/dns_udp_mixed.pcap")
-BIG = os.path.join(CORPUS, "wellformed/http_large_mixed_2k_packets.pcap")
-
-
-def ingest(live, ajax, path) -> int:
-    done = live.jobs.wait(ajax.ok("pcap_ingest_file", path=path)["CommandUid"])
-    assert done["State"] == 3, done
-    return int(done["Result"])
+HTTP = "wellformed/http_bro_org_multi_object.pcap"
+DNS = "wellformed/dns_udp_mixed.pcap"
+BIG = "wellformed/http_large_mixed_2k_packets.pcap"
 
 
 def wait(ajax, sid, timeout=60) -> dict:
@@ -47,12 +43,11 @@ def read_all(ajax, sid, limit=10000) -> list:
             return out
 
 
-def tshark(path, flt, *fields) -> list:
-    fields = fields or ("frame.number",)
-    out = subprocess.run(["tshark", "-r", path, "-Y", flt, "-T", "fields"] +
-                         [a for f in fields for a in ("-e", f)],
-                         capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") if len(fields) > 1 else int(line) for line in out.splitlines()]
+def tshark_rows(path, flt, *fields) -> list:
+    """The frame numbers tshark finds for `flt`, or those frames' `fields`."""
+    if not fields:
+        return tshark.frames(path, flt)
+    return tshark.fields(path, *fields, display_filter=flt)
 
 
 def slow_down(monkeypatch):
@@ -73,14 +68,15 @@ def slow_scan(monkeypatch):
 
 
 def test_search_results_pages_and_meta(live, live_ajax):
-    http, dns = ingest(live, live_ajax, HTTP), ingest(live, live_ajax, DNS)
+    http = ingest(live, live_ajax, corpus.path(HTTP))
+    dns = ingest(live, live_ajax, corpus.path(DNS))
     flt = 'frame contains "HTTP/1.1 200" || dns.qry.name contains "local"'
     meta = live_ajax.ok("search_start", q=flt)  # `q`, the reference's name
     assert list(meta)[0] == "Version" and meta["Filter"] == flt and meta["State"] in (1, 2, 3)
     assert meta["CaptureIds"] == [http, dns] and meta["CaptureId"] == 0
     done = wait(live_ajax, meta["SearchId"])
-    want_http = tshark(HTTP, flt)
-    want_dns = tshark(DNS, flt)
+    want_http = tshark_rows(corpus.path(HTTP), flt)
+    want_dns = tshark_rows(corpus.path(DNS), flt)
     assert done["State"] == 3 and done["Progress"] == 100 and done["Message"] == ""
     assert done["ResultCount"] == len(want_http) + len(want_dns) > 30
     assert done["ScannedPackets"] == done["TotalPackets"] == 751 + 464
@@ -107,7 +103,7 @@ def test_search_results_pages_and_meta(live, live_ajax):
 
 
 def test_bad_filters_and_parameters(live, live_ajax):
-    cid = ingest(live, live_ajax, HTTP)
+    cid = ingest(live, live_ajax, corpus.path(HTTP))
     bad = "tcp.port == 99999 && ip"
     syntax = live_ajax.ok("search_verify_filter", filter=bad)
     assert syntax == {"Version": 1, "Valid": False, "Filter": bad, "Position": 12,
@@ -143,8 +139,8 @@ def test_bad_filters_and_parameters(live, live_ajax):
 
 
 def test_time_bounds(live, live_ajax):
-    cid = ingest(live, live_ajax, HTTP)
-    times = tshark(HTTP, "frame", "frame.number", "frame.time_epoch")
+    cid = ingest(live, live_ajax, corpus.path(HTTP))
+    times = tshark_rows(corpus.path(HTTP), "frame", "frame.number", "frame.time_epoch")
     ns = [(int(n), int(t.replace(".", ""))) for n, t in times]  # tshark prints 9 decimals
     lo, hi = ns[100][1], ns[200][1]
     want = [n for n, t in ns if lo <= t <= hi]
@@ -155,17 +151,18 @@ def test_time_bounds(live, live_ajax):
     both = live_ajax.ok("search_start", filter="tcp.len > 0", capture_id=cid,
                         start_dtg=from_ns(lo), end_dtg=from_ns(hi))
     wait(live_ajax, both["SearchId"])
-    expect = [n for n in tshark(HTTP, "tcp.len > 0") if n in want]
+    expect = [n for n in tshark_rows(corpus.path(HTTP), "tcp.len > 0") if n in want]
     assert [r["PacketId"] for r in read_all(live_ajax, both["SearchId"])] == expect
     # the file is from 2012: the last day of traffic holds none of it
     recent = live_ajax.ok("search_start", filter="tcp", relative_time="1d")
     assert wait(live_ajax, recent["SearchId"])["ResultCount"] == 0
     years = live_ajax.ok("search_start", filter="tcp", relative_time="700w", capture_id=cid)
-    assert wait(live_ajax, years["SearchId"])["ResultCount"] == len(tshark(HTTP, "tcp"))
+    tcp = tshark_rows(corpus.path(HTTP), "tcp")
+    assert wait(live_ajax, years["SearchId"])["ResultCount"] == len(tcp)
 
 
 def test_cancel_keeps_results_and_delete_removes_them(live, live_ajax, slow_scan):
-    cid = ingest(live, live_ajax, BIG)
+    cid = ingest(live, live_ajax, corpus.path(BIG))
     sid = live_ajax.ok("search_start", filter="tcp", capture_id=cid)["SearchId"]
     deadline = time.monotonic() + 30
     while live_ajax.ok("search_open", search_id=sid)["ResultCount"] < 5:
@@ -203,7 +200,7 @@ def test_searches_survive_a_restart(tmp_path, monkeypatch):
     ctx = make_ctx(tmp_path)
     start_services(ctx)
     ajax = Ajax(create_app(ctx).test_client())
-    cid = ingest(ctx, ajax, HTTP)
+    cid = ingest(ctx, ajax, corpus.path(HTTP))
     finished = ajax.ok("search_start", filter="udp || tcp.port == 80", capture_id=cid)
     assert wait(ajax, finished["SearchId"])["State"] == 3
     slow_down(monkeypatch)
@@ -235,8 +232,9 @@ def test_searches_survive_a_restart(tmp_path, monkeypatch):
 
 
 def test_search_export_merges_captures(live, live_ajax, tmp_path):
-    multi = os.path.join(CORPUS, "wellformed/pcapng_multi_interface_ns_us.pcapng")
-    ids = [ingest(live, live_ajax, p) for p in (HTTP, DNS, multi)]
+    paths = [corpus.path(HTTP), corpus.path(DNS),
+             corpus.path("wellformed/pcapng_multi_interface_ns_us.pcapng")]
+    ids = [ingest(live, live_ajax, p) for p in paths]
     flt = "tcp.flags.syn == 1 || dns || frame.len < 80"
     sid = live_ajax.ok("search_start", filter=flt)["SearchId"]
     meta = wait(live_ajax, sid)
@@ -244,12 +242,12 @@ def test_search_export_merges_captures(live, live_ajax, tmp_path):
     cmd = live_ajax.ok("search_export", search_id=sid, path=out)
     done = live.jobs.wait(cmd["CommandUid"])
     assert done["Type"] == "EXPORT" and done["State"] == 3 and done["Result"] == out
-    got = tshark(out, "frame", "frame.time_epoch", "frame.len", "frame.cap_len",
+    got = tshark_rows(out, "frame", "frame.time_epoch", "frame.len", "frame.cap_len",
                  "frame.interface_id")
     want = []
     offset = 0
-    for path, cid in zip((HTTP, DNS, multi), ids):
-        rows = tshark(path, flt, "frame.time_epoch", "frame.len", "frame.cap_len",
+    for path in paths:
+        rows = tshark_rows(path, flt, "frame.time_epoch", "frame.len", "frame.cap_len",
                       "frame.interface_id")
         n_if = int(subprocess.run(["capinfos", "-I", "-T", path], capture_output=True,
                                   text=True).stdout.count("Interface #")) or 1
@@ -270,19 +268,19 @@ def test_search_export_merges_captures(live, live_ajax, tmp_path):
 @pytest.mark.parametrize("flt", ['tcp.port == 80 && ip.addr == 192.150.187.43',
                                  'frame contains "image/png" || tcp.flags.reset == 1'])
 def test_capture_export_filter_matches_tshark(live, live_ajax, tmp_path, flt):
-    cid = ingest(live, live_ajax, HTTP)
+    cid = ingest(live, live_ajax, corpus.path(HTTP))
     out = str(tmp_path / "x.pcapng")
     done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=cid, filter=flt,
                                        path=out)["CommandUid"])
     assert done["State"] == 3
     fields = ("frame.time_epoch", "frame.len", "frame.cap_len")
-    want = tshark(HTTP, flt, *fields)
-    assert tshark(out, "frame", *fields) == want and len(want) > 3
+    want = tshark_rows(corpus.path(HTTP), flt, *fields)
+    assert tshark_rows(out, "frame", *fields) == want and len(want) > 3
 
 
 def test_searching_an_active_capture(live, live_ajax, http_server):
     port, _ = http_server
-    old = ingest(live, live_ajax, DNS)
+    old = ingest(live, live_ajax, corpus.path(DNS))
     cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
     try:
         for _ in range(3):
@@ -318,7 +316,7 @@ def test_searching_an_active_capture(live, live_ajax, http_server):
 def test_fields_fall_back_to_the_bytes_without_columns(live, live_ajax):
     """Columns the schema may drop (eth_src/eth_dst/summary already went): the same filters
     give the same packets, decoded from the stored bytes."""
-    cid = ingest(live, live_ajax, os.path.join(CORPUS, "wellformed/http_vlan_download.pcap"))
+    cid = ingest(live, live_ajax, corpus.path("wellformed/http_vlan_download.pcap"))
     filters = ["eth.src == 00:d0:2b:1c:24:00", "eth.addr == 00:0b:db:27:b7:6f", "vlan",
                "vlan.id == 10", "tcp.flags.syn == 1", "icmp.type == 8", "ip.ttl > 60"]
 
@@ -342,7 +340,7 @@ def test_fields_fall_back_to_the_bytes_without_columns(live, live_ajax):
     db.close()
     after = run_all()
     assert after == before
-    wanted = {f: tshark(os.path.join(CORPUS, "wellformed/http_vlan_download.pcap"), f)
+    wanted = {f: tshark_rows(corpus.path("wellformed/http_vlan_download.pcap"), f)
               for f in filters}
     assert {f: [r["PacketId"] for r in rows] for f, rows in after.items()} == wanted
     assert all(r["Summary"] for rows in after.values() for r in rows)
@@ -355,7 +353,7 @@ def test_engine_shutdown_cancels_running_searches(tmp_path, slow_scan):
     ctx = make_ctx(tmp_path)
     start_services(ctx)
     ajax = Ajax(create_app(ctx).test_client())
-    cid = ingest(ctx, ajax, BIG)
+    cid = ingest(ctx, ajax, corpus.path(BIG))
     sid = ajax.ok("search_start", filter="tcp", capture_id=cid)["SearchId"]
     time.sleep(0.2)
     start = time.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest
@@ -18,12 +17,12 @@ from apppaccap.search.scope import open_readonly
 from apppaccap.search.values import BYTES
 from apppaccap.search.values import PROTO
 from apppaccap.store.capturedb import capture_path
-from tests.conftest import CORPUS
-from tests.conftest import make_ctx
-from tests.test_search_oracle import FILTERS
-from tests.test_search_oracle import _tshark
-from tests.test_search_oracle import sample_packets
-from tests.test_search_oracle import write_pcapng
+from tests.helpers import corpus
+from tests.helpers import tshark
+from tests.helpers.app import make_ctx
+from tests.helpers.sample import FILTERS
+from tests.helpers.sample import sample_packets
+from tests.helpers.sample import write_sample
 
 FILES = ["wellformed/http_bro_org_multi_object.pcap", "wellformed/dns_udp_mixed.pcap",
          "wellformed/linux_sll2_icmp_arp.pcap", "wellformed/rawip_mixed_v4v6.pcap",
@@ -36,9 +35,9 @@ def captures(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plans")
     ctx = make_ctx(tmp)
     sample = str(tmp / "sample.pcapng")
-    write_pcapng(sample, sample_packets(), linktypes=(1, 101))
+    write_sample(sample, sample_packets(), linktypes=(1, 101))
     out = {}
-    for name, path in [(f, os.path.join(CORPUS, f)) for f in FILES] + [("SAMPLE", sample)]:
+    for name, path in [(f, corpus.path(f)) for f in FILES] + [("SAMPLE", sample)]:
         cid = ingest.create_capture(ctx, path)
         ingest.ingest(ctx, ingest.open_reader(path), cid)
         out[name] = (ctx, cid)
@@ -129,7 +128,7 @@ def test_unsorted_capture_compares_ts(tmp_path):
     """A file whose timestamps go back cannot use id ranges: the plan compares ts."""
     packets = sample_packets()
     path = str(tmp_path / "shuffled.pcapng")
-    write_pcapng(path, packets, linktypes=(1, 101))
+    write_sample(path, packets, linktypes=(1, 101))
     raw = bytearray(open(path, "rb").read())
     # swap the timestamps of the first two EPBs (after the SHB and two IDBs)
     off1 = 28 + 20 + 20
@@ -144,7 +143,7 @@ def test_unsorted_capture_compares_ts(tmp_path):
     ids, plan = run(ctx, cid, "frame.time_relative < 0.1")
     assert plan.ids is None and "ts" in plan.where
     # packet 2 now carries the earliest time: relative to packet 1 it is negative
-    assert ids == [1, 2] == _tshark(path, "frame.time_relative < 0.1")
+    assert ids == [1, 2] == tshark.frames(path, "frame.time_relative < 0.1")
     ctx.catalog.close()
 
 

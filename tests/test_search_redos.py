@@ -8,12 +8,12 @@ import time
 
 import pytest
 
-from tests.httpjson import call_json
-from tests.httpjson import drain_stderr
-from tests.livetools import wait_for
-from tests.pcapgen import redos_payloads
-from tests.pcapgen import write_pcap
-from tests.serverproc import Server
+from tests.helpers.httpjson import call_json
+from tests.helpers.httpjson import drain_stderr
+from tests.helpers.live import wait_for
+from tests.helpers.pcapgen import redos_payloads
+from tests.helpers.pcapgen import write_udp_pcap
+from tests.helpers.server import Server
 
 pytestmark = pytest.mark.live
 
@@ -27,7 +27,7 @@ def server(tmp_path_factory):
     data = tmp / "data"
     (data / "import").mkdir(parents=True)
     path = data / "import" / "hostile.pcap"  # the ingest root's default place
-    write_pcap(path, redos_payloads(PACKETS))
+    write_udp_pcap(path, redos_payloads(PACKETS))
     srv = Server(data, tmp / "export")
     drain_stderr(srv)
     try:

@@ -7,7 +7,7 @@ from apppaccap.settings import DEFAULTS
 from apppaccap.settings import SERVE_ONLY
 from apppaccap.settings import SETTINGS
 from apppaccap.settings import TABLE
-from tests.conftest import make_ctx
+from tests.helpers.app import make_ctx
 
 
 def test_settings_roundtrip_and_clear(ajax):

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from apppaccap.pcap.reader import CaptureReader
-from tests.conftest import free_port
-from tests.conftest import make_ctx
-from tests.livetools import Tcpdump
-from tests.livetools import read_all
-from tests.livetools import wait_for
+from tests.helpers.app import make_ctx
+from tests.helpers.live import Tcpdump
+from tests.helpers.live import read_all
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.live
 

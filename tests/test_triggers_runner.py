@@ -21,7 +21,7 @@ from apppaccap.triggers.runner import ActionFailed
 from apppaccap.triggers.runner import ActionRunner
 from apppaccap.triggers.runner import Firing
 from apppaccap.triggers.watcher import TriggerWatcher
-from tests.livetools import wait_for
+from tests.helpers.live import wait_for
 
 
 class FakeTarget:

@@ -7,7 +7,7 @@ import pytest
 
 from apppaccap.web.app import create_app
 from apppaccap.web.pages import fill_placeholders
-from tests.conftest import make_ctx
+from tests.helpers.app import make_ctx
 
 
 def test_root_redirects_to_default_theme(client):

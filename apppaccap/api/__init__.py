@@ -1,1 +1,1 @@
-"""The AJAX API: one registry, handler modules listed explicitly in MODULES."""
+"""The AJAX API: one registry, handler modules listed explicitly in actions.py."""

@@ -1,19 +1,17 @@
-"""Every endpoint module, listed explicitly (importing one registers its endpoints)."""
+"""Every endpoint module, listed explicitly: importing one registers its endpoints, so each
+import here is used by being made (hence the noqa)."""
 
-from apppaccap.api import captures
-from apppaccap.api import extract
-from apppaccap.api import flush
-from apppaccap.api import ingest_export
-from apppaccap.api import ips
-from apppaccap.api import login
-from apppaccap.api import monitor
-from apppaccap.api import packets
-from apppaccap.api import processes
-from apppaccap.api import search
-from apppaccap.api import settings
-from apppaccap.api import stats
-from apppaccap.api import system
-from apppaccap.api import triggers
-
-MODULES = (system, login, settings, processes, captures, packets, ips, stats, flush,
-           ingest_export, triggers, monitor, extract, search)
+from apppaccap.api import captures  # noqa: F401
+from apppaccap.api import extract  # noqa: F401
+from apppaccap.api import flush  # noqa: F401
+from apppaccap.api import ingest_export  # noqa: F401
+from apppaccap.api import ips  # noqa: F401
+from apppaccap.api import login  # noqa: F401
+from apppaccap.api import monitor  # noqa: F401
+from apppaccap.api import packets  # noqa: F401
+from apppaccap.api import processes  # noqa: F401
+from apppaccap.api import search  # noqa: F401
+from apppaccap.api import settings  # noqa: F401
+from apppaccap.api import stats  # noqa: F401
+from apppaccap.api import system  # noqa: F401
+from apppaccap.api import triggers  # noqa: F401

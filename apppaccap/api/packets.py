@@ -1,8 +1,9 @@
 """Reading a capture: packet streams, single packets, connections, processes, IPs.
 
-Paging follows DESIGN §3: items with id > last_id, at most `limit` (default 1000,
-max 10000). PACKETSTREAM carries LastId and More; the list-returning actions of
-the reference keep their list shape (a short page means the end).
+Paging (docs/ARCHITECTURE.md, Decisions: the wire envelope and paging): items with
+id > last_id, at most `limit` (default 1000, max 10000). PACKETSTREAM carries LastId
+and More; the list-returning actions of the reference keep their list shape (a short
+page means the end).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ TOP = 10
 
 
 def bucket_for(span_ns: int) -> int:
-    """Minutes up to ~2 hours, hours up to ~2 days, days beyond (DESIGN §3)."""
+    """Minutes up to ~2 hours, hours up to ~2 days, days beyond (docs/ARCHITECTURE.md,
+    Decisions: the wire envelope and paging)."""
     if span_ns <= 2 * HOUR:
         return MINUTE
     if span_ns <= 2 * DAY:

@@ -48,7 +48,7 @@ RETRY_MS = (2, 4, 8, 16)
 SEEN_TTL = 2.0  # seconds a flow is not re-resolved by this process
 
 
-def _child(conn, adapters_hint) -> None:  # pragma: no cover - runs in the child process
+def _child(conn) -> None:  # pragma: no cover - runs in the child process
     import pcap  # lazily, as in capture/adapters.py: only capturing needs libpcap loaded
 
     die_with_parent()  # a service killed -9 takes this process with it
@@ -232,4 +232,4 @@ class FastPath:
 
 
 if __name__ == "__main__":  # pragma: no cover - the child process
-    _child(Connection(int(sys.argv[1])), None)
+    _child(Connection(int(sys.argv[1])))

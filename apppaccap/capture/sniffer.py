@@ -1,8 +1,9 @@
 """One thread per adapter: libpcap → bounded queue. Nothing else happens here.
 
-pypcap facts (DESIGN §6): dispatch() holds the GIL while it waits, so we use a
-non-blocking handle + select() on its fd and dispatch(-1) only when readable;
-that also stops cleanly.
+pypcap facts (docs/ARCHITECTURE.md, Decisions: pypcap and libpcap on Linux): dispatch()
+holds the GIL while it waits, so we use a non-blocking handle + select() on its fd and
+dispatch(-1) only when readable; that also stops cleanly. On lo the kernel counts every
+packet twice in stats().
 
 Not immediate mode: libpcap 1.10 on Linux implements immediate mode with
 TPACKET_V2 fixed-size frames of `snaplen` bytes, so a 32 MiB ring at snaplen
@@ -111,7 +112,7 @@ class Sniffer:
             return self._final_drops
         try:
             received, dropped, if_dropped = self.handle.stats()
-            # On lo the kernel counts every packet twice (DESIGN §6); so are its drops.
+            # On lo the kernel counts every packet twice (module docstring); so are its drops.
             return (dropped + if_dropped) // (2 if self.name == "lo" else 1)
         except OSError:
             return 0

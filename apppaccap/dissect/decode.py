@@ -15,18 +15,7 @@ import struct
 
 from apppaccap.dissect.decoded import Decoded
 
-LINKTYPE_NULL = 0
-LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
-LINKTYPE_LOOP = 108
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
-
-ETHERTYPE_IPV4 = 0x0800
-ETHERTYPE_IPV6 = 0x86DD
-ETHERTYPE_ARP = 0x0806
 
 # pcap link-type fields may carry FCS-length bits in the upper nibble (0x30000065 = RAW + FCS).
 _LT_MASK = 0x0FFFFFFF

@@ -36,6 +36,7 @@ from apppaccap.wire import CommandState
 
 log = logging.getLogger(__name__)
 
+QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = 1, 2, 3, 4, 5
 WORKERS = 2
 _ENGINES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
@@ -205,7 +206,7 @@ def _packet_count(path: str) -> int:
 
 
 def search_object(row) -> dict:
-    """SEARCHMETA (DESIGN §3) plus the scope of the search."""
+    """SEARCHMETA (docs/API.md, search_open) plus the scope of the search."""
     return {"Version": 1, "SearchId": row["id"], "Filter": row["filter"], "State": row["state"],
             "Progress": row["progress"], "ResultCount": row["result_count"],
             "ScannedPackets": row["scanned_packets"], "TotalPackets": row["total_packets"],

@@ -46,9 +46,8 @@ from apppaccap.search.values import RELTIME
 from apppaccap.search.values import STRING
 from apppaccap.search.values import UINT
 
-# Columns every packets table keeps; guards are written with these only.
-CORE = frozenset("id ts len caplen iface blk off l3 proto src dst sport dport conn_id "
-                 "process_id pid tid".split())
+# Guards are written with the CORE columns every packets table keeps: id ts len caplen iface
+# blk off l3 proto src dst sport dport conn_id process_id pid tid.
 # The other columns of today's schema: a guard naming one that a capture lacks is dropped.
 OPTIONAL_COLUMNS = frozenset("tcp_flags ttl vlan eth_src eth_dst icmp_type direction summary "
                              "notes ts_raw".split())

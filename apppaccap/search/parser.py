@@ -1,9 +1,10 @@
 """Tokens → abstract syntax tree (recursive descent).
 
 Precedence, loosest first, as in Wireshark: `or ||`, `xor ^^`, `and &&`, `not !`.
-(tshark 4.0 itself has no xor; we accept it as DESIGN asks.) A relation is
-`field`, `field OP value`, `field in {set}`, `field not in {set}`, `field contains v`,
-`field matches "re"`, `field & mask` and `field & mask OP value`.
+(tshark 4.0 itself has no xor; we accept it: docs/ARCHITECTURE.md, Decisions: the search
+language.) A relation is `field`, `field OP value`, `field in {set}`, `field not in
+{set}`, `field contains v`, `field matches "re"`, `field & mask` and `field & mask OP
+value`.
 
 The AST here is untyped: values are raw tokens; `checker` resolves fields and values.
 """

@@ -24,7 +24,6 @@ TRIGGER_TYPES = frozenset(TriggerType)
 ACTION_TYPES = frozenset(ActionType)
 # A trigger knows no thread id, so CAPTURE_FLAG_THREAD_CAPTURE cannot apply.
 TRIGGER_FLAGS = CaptureFlag.RESOLVE_IPS | CaptureFlag.CHILD_PROCESSES
-PLACEHOLDERS = ("{capture_id}", "{pid}", "{process_name}", "{export_file}")
 MAX_NAME = 256
 MAX_PARAMS = 8192
 

@@ -1,4 +1,4 @@
-"""JSON bodies to a real server process (tests/serverproc.py), and its stderr kept drained.
+"""JSON bodies to a real server process (tests/helpers/server.py); its stderr kept drained.
 
 JSON is the body that can carry what a form cannot: lone surrogates ("\\ud800"), nesting,
 numbers of any size. The server logs every request to stderr; a pipe nobody reads fills

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
-import sys
-import time
 import urllib.parse
 import uuid
 
-from tests.conftest import free_port
+from tests.helpers.server import Server
+from tests.helpers.server import add_user
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
 # A client for other accounts: the system Python (readable by every account), stdlib only.
 # It reads [{"fields"|"json"|"body", "headers"}...] as JSON on stdin and prints one
@@ -46,41 +43,15 @@ print(json.dumps(out))
 """
 
 
-class DoorServer:
-    """`python -m apppaccap serve` on a free port, its log in a file (never a full pipe)."""
+class DoorServer(Server):
+    """The real server on a free port with its log in a file, a fresh data directory under
+    `tmp_path` holding `users`; raw requests, and clients running as another account."""
 
     def __init__(self, tmp_path, *extra, users=()):
-        self.data = str(tmp_path / f"data-{uuid.uuid4().hex[:6]}")
+        data = str(tmp_path / f"data-{uuid.uuid4().hex[:6]}")
         for name, password in users:
-            subprocess.run([sys.executable, "-m", "apppaccap", "user", "add", name,
-                            "--data-dir", self.data], input=password + "\n", text=True,
-                           check=True, cwd=ROOT, capture_output=True, timeout=60)
-        for _ in range(3):
-            # A free port can be handed to someone else's connection before the server
-            # binds it (binding 0.0.0.0 clashes with any local socket on that port): retry.
-            if self._start(tmp_path, extra):
-                return
-        raise RuntimeError("server did not start:\n" + self.log_text())
-
-    def _start(self, tmp_path, extra) -> bool:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = str(tmp_path / f"server-{self.port}.log")
-        self.log = open(self.log_path, "wb")
-        args = [sys.executable, "-m", "apppaccap", "serve", "--port", str(self.port),
-                "--data-dir", self.data, "--export-dir", self.data, *extra]
-        self.proc = subprocess.Popen(args, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if self.post(fields={"action": "apppaccap"})[1]["ErrorCode"] == 0:
-                    return True
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        if "Address already in use" in self.log_text():
-            return False
-        raise RuntimeError("server did not start:\n" + self.log_text())
+            add_user(data, name, password)
+        super().__init__(data, data, *extra, log_dir=tmp_path)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -111,11 +82,6 @@ class DoorServer:
         status, body, _ = self.post(dict(params, action=action), headers=headers)
         assert status == 200, (status, body)
         return body
-
-    def ok(self, action, **params):
-        body = self.call(action, **params)
-        assert body["ErrorCode"] == 0, body
-        return body["ReturnValue"]
 
     def raw(self, data: bytes, timeout=30) -> bytes:
         """Send bytes as they are; return everything the server answers."""
@@ -148,24 +114,8 @@ class DoorServer:
                     values[key] = int(rest.split()[0])
         return values
 
-    def log_text(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, "rb") as fh:
-            return fh.read().decode("utf-8", "replace")
-
     def alive(self) -> bool:
         return self.proc.poll() is None and self.call("apppaccap")["ErrorCode"] == 0
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(20)
-        self.log.close()
 
 
 def read_all(sock) -> bytes:

@@ -1,8 +1,8 @@
-"""Helpers for live tests: a tcpdump running beside us, waiting for conditions."""
+"""Helpers for live tests: a tcpdump running beside us, waiting for conditions, reading
+every page of an action."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
@@ -39,18 +39,21 @@ def wait_for(cond, timeout=10.0, interval=0.05, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def read_all(ajax, capture_id, action="capture_read", **kw):
+def page_through(caller, action, key, limit=10000, **params) -> list:
+    """Every item of a paged action (capture_read, search_read, extract_query …): pages
+    of `limit` after LastId until More is false. `caller` has ok(): Ajax or a Server."""
     out, last = [], 0
     while True:
-        page = ajax.ok(action, capture_id=capture_id, last_id=last, limit=10000, **kw)
-        out.extend(page["Packets"])
+        page = caller.ok(action, last_id=last, limit=limit, **params)
+        out.extend(page[key])
         last = page["LastId"]
         if not page["More"]:
             return out
 
 
-def is_root() -> bool:
-    return os.geteuid() == 0
+def read_all(caller, capture_id, action="capture_read", **kw):
+    """Every packet of a capture."""
+    return page_through(caller, action, "Packets", capture_id=capture_id, **kw)
 
 
 def assert_same_packets(ours, theirs, tolerance_us: int = 5000):

@@ -1,89 +1,26 @@
-"""Minimal pcap/pcapng reader and TCP decoder for the extraction tests.
+"""The extraction tests' side: a TCP decoder, the Extractor fed from a capture file or
+from a synthetic connection, synthetic HTTP captures, and the oracle's rules for gaps.
 
-Deliberately independent of the product's reader and decoder (written
-concurrently elsewhere): it only needs to turn the corpus files into the
-arguments of ``Extractor.tcp``.  Supports classic pcap (both byte orders,
-micro/nanosecond), pcapng (SHB/IDB/EPB/SPB, per-interface link type and
-``if_tsresol``), and link types Ethernet (with 802.1Q/QinQ tags), Linux SLL v1
-and v2, raw IP (101, 12, 14, 228, 229), BSD NULL/LOOP; IPv4 (unfragmented) and
-IPv6 (common extension headers) carrying TCP.
+Deliberately independent of the product's reader and decoder: it only needs to turn
+capture files (read by tests/helpers/pcapfiles.py) into the arguments of
+``Extractor.tcp``.  Link types Ethernet (with 802.1Q/QinQ tags), Linux SLL v1 and v2,
+raw IP (101, 12, 14, 228, 229), BSD NULL/LOOP; IPv4 (unfragmented) and IPv6 (common
+extension headers) carrying TCP.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import struct
 
+from tests.helpers.packets import eth
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import tcp
+from tests.helpers.pcapfiles import read_frames
+from tests.helpers.pcapfiles import write_pcap
+
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-
-CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "corpus")
-if not os.path.isdir(CORPUS):
-    CORPUS = os.environ.get("APPPACCAP_CORPUS", "/work/shared/corpus")
-
-
-def read_frames(path):
-    """Yield (linktype, ts_ns, frame_bytes) from a pcap or pcapng file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    magic = data[:4]
-    if magic == b"\x0a\x0d\x0d\x0a":
-        yield from _pcapng(data)
-        return
-    for endian, nsec in (("<", False), (">", False), ("<", True), (">", True)):
-        want = 0xA1B23C4D if nsec else 0xA1B2C3D4
-        if struct.unpack(endian + "I", magic)[0] == want:
-            break
-    else:
-        raise ValueError(f"not a capture file: {path}")
-    linktype = struct.unpack(endian + "I", data[20:24])[0] & 0x0FFFFFFF
-    mult = 1 if nsec else 1000
-    pos = 24
-    while pos + 16 <= len(data):
-        sec, frac, caplen, _ = struct.unpack(endian + "IIII", data[pos:pos + 16])
-        pos += 16
-        yield linktype, sec * 1_000_000_000 + frac * mult, data[pos:pos + caplen]
-        pos += caplen
-
-
-def _pcapng(data):
-    pos = 0
-    endian = "<"
-    ifaces = []
-    while pos + 12 <= len(data):
-        btype = struct.unpack(endian + "I", data[pos:pos + 4])[0]
-        if data[pos:pos + 4] == b"\x0a\x0d\x0d\x0a":
-            endian = "<" if data[pos + 8:pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-            btype = 0x0A0D0D0A
-            ifaces = []
-        blen = struct.unpack(endian + "I", data[pos + 4:pos + 8])[0]
-        if blen < 12:
-            break
-        body = data[pos + 8:pos + blen - 4]
-        if btype == 1:
-            lt = struct.unpack(endian + "H", body[:2])[0]
-            ifaces.append((lt, _tsresol(body[8:], endian)))
-        elif btype == 6:
-            iface, hi, lo, caplen = struct.unpack(endian + "IIII", body[:16])
-            lt, res = ifaces[iface]
-            ts = (hi << 32) | lo
-            yield lt, ts * 1_000_000_000 // res, body[20:20 + caplen]
-        elif btype == 3 and ifaces:
-            lt, _ = ifaces[0]
-            yield lt, 0, body[4:]
-        pos += blen
-
-
-def _tsresol(opts, endian):
-    pos = 0
-    while pos + 4 <= len(opts):
-        code, length = struct.unpack(endian + "HH", opts[pos:pos + 4])
-        if code == 0:
-            break
-        if code == 9 and length >= 1:
-            v = opts[pos + 4]
-            return 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
-        pos += 4 + ((length + 3) & ~3)
-    return 1_000_000
 
 
 def _ip_start(linktype, frame):
@@ -201,17 +138,22 @@ class Collect:
         self.events.append(ev)
 
 
-def extract(path, spool_dir, **kw):
-    """Run the Extractor over a capture file; return the list of FileEvents."""
-    from apppaccap.extract import Extractor
-
-    sink = Collect()
-    ex = Extractor(sink, spool_dir=str(spool_dir), **kw)
+def feed(ex, path):
+    """Every TCP packet of a capture file into Extractor `ex`, closing connections as the
+    pipeline does, then flush."""
     for cid, ts, src, sport, dst, dport, seq, ack, flags, payload, closed in tcp_packets(path):
         ex.tcp(cid, ts, src, sport, dst, dport, seq, ack, flags, payload)
         if closed:
             ex.close_conn(cid)
     ex.flush()
+
+
+def extract(path, spool_dir, **kw):
+    """Run the Extractor over a capture file; return the list of FileEvents."""
+    from apppaccap.extract import Extractor
+
+    sink = Collect()
+    feed(Extractor(sink, spool_dir=str(spool_dir), **kw), path)
     return sink.events
 
 
@@ -303,11 +245,7 @@ def split_tcp_streams(path, outdir):
     out = []
     for i, frames in enumerate(streams.values()):
         fn = os.path.join(str(outdir), f"stream{i}.pcap")
-        with open(fn, "wb") as f:
-            f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, linktype))
-            for ts, frame, _ in frames:
-                f.write(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000,
-                                    len(frame), len(frame)) + frame)
+        write_pcap(fn, [(ts, frame) for ts, frame, _ in frames], linktype, nsec=True)
         out.append((fn, [p for _, _, p in frames if p]))
     return out
 
@@ -321,11 +259,9 @@ def write_synthetic_pcap(path, conversations, mss=1460):
     number) and FINs.  Checksums are left at zero (tshark does not check them).
     """
     def frame(src, dst, sport, dport, seq, ack, flags, payload):
-        tcp = struct.pack(">HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF,
-                          5 << 4, flags, 65535, 0, 0) + payload
-        ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0,
-                         bytes(map(int, src.split("."))), bytes(map(int, dst.split("."))))
-        return b"\x02\0\0\0\0\x02\x02\0\0\0\0\x01\x08\x00" + ip + tcp
+        segment = tcp(sport, dport, seq, ack, flags, win=65535, payload=payload)
+        return eth(ipv4(src, dst, 6, segment, ident=0, df=True),
+                   src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
 
     records, ts = [], 1_700_000_000_000_000_000
     for n, conv in enumerate(conversations):
@@ -343,8 +279,23 @@ def write_synthetic_pcap(path, conversations, mss=1460):
             # ``seq`` holds the next data byte: the SYN sits just before it.
             seq[from_client] += len(payload) + (1 if flags & FIN else 0)
             ts += 1_000_000
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1))
-        for ts, fr in records:
-            f.write(struct.pack("<IIII", ts // 1_000_000_000, ts % 1_000_000_000,
-                                len(fr), len(fr)) + fr)
+    write_pcap(path, records, nsec=True)
+
+
+def check_gapped_stream(events, t_counts, t_blobs, payloads):
+    """The documented differences from tshark for a connection with lost segments
+    (tests/test_extract_oracle.py, points 1-3): every complete object of ours tshark
+    exports too; no body we find incomplete does tshark export; what tshark exports and
+    we lack is a fragment inside one TCP payload. Returns (objects only tshark has,
+    incomplete objects of ours)."""
+    complete = collections.Counter(e.sha256 for e in events if e.complete)
+    incomplete = [e for e in events if not e.complete]
+    assert not complete - t_counts, "a complete object of ours that tshark lacks"
+    for ev in incomplete:
+        assert ev.missing_bytes > 0 or ev.truncated
+        assert ev.sha256 not in t_counts, "tshark exported a body we found incomplete"
+    for h in (t_counts - complete):
+        blob = t_blobs[h]
+        assert any(blob in p for p in payloads), \
+            f"tshark object of {len(blob)} bytes is not a single-segment fragment"
+    return sum((t_counts - complete).values()), len(incomplete)

@@ -1,0 +1,28 @@
+"""Loopback ports: a free one to listen on, and waiting until something listens."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+
+def free_port(kind=None) -> int:
+    """A loopback port nobody holds right now (TCP, or `kind`, e.g. socket.SOCK_DGRAM)."""
+    s = socket.socket(socket.AF_INET, kind or socket.SOCK_STREAM)
+    # Bound on every address: a port free on 127.0.0.1 may still be taken on another
+    # address, which a server bound to 0.0.0.0 would then collide with.
+    s.bind(("", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
