@@ -1,0 +1,194 @@
+"""conn_follow against tshark's Follow TCP Stream (`tshark -q -z follow,tcp,raw,N`).
+
+Corpus files with TCP are ingested through the API; every TCP connection whose 5-tuple is
+one tshark stream (tshark splits a reused 5-tuple into several streams, the capture
+database keeps one connection) is followed and compared byte for byte, direction by
+direction and in order, with tshark's output. A live capture on `lo` of a small HTTP
+exchange is compared with tshark on a tcpdump recorded at the same time.
+"""
+
+from __future__ import annotations
+
+import collections
+import subprocess
+import urllib.request
+
+import pytest
+
+from tests.helpers import corpus
+from tests.helpers.app import ingest
+from tests.helpers.live import Tcpdump
+from tests.helpers.tshark import fields
+from tests.helpers.tshark import needs_tshark
+from tests.helpers.tshark import run
+
+TCP_FILES = ["wellformed/http_get_file_download.pcap", "wellformed/http_vlan_download.pcap",
+             "wellformed/http_bro_org_multi_object.pcap",
+             "wellformed/http_large_mixed_2k_packets.pcap", "wellformed/ftp_bigtransfer.pcap",
+             "wellformed/ftp_ipv6_retr.pcap", "wellformed/rawip_ipv6_http_streams.pcap",
+             "wellformed/tls_three_sessions.pcap", "wellformed/smb2_readwrite.pcap"]
+GAPPED = {"wellformed/http_bro_org_multi_object.pcap", "wellformed/ftp_bigtransfer.pcap",
+          "wellformed/http_large_mixed_2k_packets.pcap"}
+MAX = 8 << 20
+
+
+def tshark_streams(path) -> dict:
+    """{frozenset of the two (ip, port) ends: {tcp.stream, ...}}."""
+    out = collections.defaultdict(set)
+    for row in fields(path, "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst",
+                      "ipv6.dst", "tcp.dstport", display_filter="tcp"):
+        stream, s4, s6, sport, d4, d6, dport = row
+        src = (s4 or s6).split(",")[-1]  # the innermost header (tunnels list several)
+        dst = (d4 or d6).split(",")[-1]
+        out[frozenset({(src, int(sport)), (dst, int(dport))})].add(int(stream))
+    return out
+
+
+def _node(text: str) -> tuple:
+    host, port = text.rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def tshark_follow(path, stream: int) -> tuple:
+    """(node 0 as (ip, port), [(dir, bytes)] with consecutive same-direction data merged)
+    from tshark's raw follow output: hex lines, tab-indented ones from node 1."""
+    text = run(path, "-q", "-z", f"follow,tcp,raw,{stream}")
+    node0, chunks = None, []
+    body = text.split("=" * 67)[1]
+    for line in body.splitlines():
+        if line.startswith("Node 0: "):
+            node0 = _node(line[8:])
+        elif not line or line.startswith(("Follow:", "Filter:", "Node 1: ")):
+            continue
+        else:
+            chunks.append((1 if line.startswith("\t") else 0, bytes.fromhex(line.strip())))
+    return node0, merge(chunks)
+
+
+def merge(chunks) -> list:
+    out = []
+    for d, data in chunks:
+        if out and out[-1][0] == d:
+            out[-1] = (d, out[-1][1] + data)
+        elif data:
+            out.append((d, data))
+    return out
+
+
+def ours(result: dict) -> list:
+    """conn_follow's segments as tshark writes them (a hole is tshark's marker text)."""
+    chunks = []
+    for s in result["Segments"]:
+        if "Missing" in s:
+            data = b"[%d bytes missing in capture file]\x00" % s["Missing"]
+        else:
+            data = bytes.fromhex(s["Data"])
+        chunks.append((s["Dir"], data))
+    return merge(chunks)
+
+
+def check_result_shape(r: dict) -> None:
+    per = [0, 0]
+    want = [0, 0]
+    for s in r["Segments"]:
+        assert s["Data"] == s["Data"].lower()
+        assert s["Offset"] == want[s["Dir"]]
+        n = len(s["Data"]) // 2
+        per[s["Dir"]] += n
+        want[s["Dir"]] += n + s.get("Missing", 0)
+    assert per == [r["ClientBytes"], r["ServerBytes"]]
+    assert r["MissingBytes"] == sum(s.get("Missing", 0) for s in r["Segments"])
+
+
+def compare_capture(ajax, capture_id: int, path) -> tuple[int, int, int]:
+    """Compare every TCP connection that is one tshark stream: (compared, skipped, with
+    holes)."""
+    streams = tshark_streams(path)
+    conns = [c for c in ajax.ok("capture_list_conns", capture_id=capture_id, limit=10000)
+             if c["Protocol"] == 6]
+    compared = skipped = holes = 0
+    for c in conns:
+        key = frozenset({(c["LocalIp"], c["LocalPort"]), (c["RemoteIp"], c["RemotePort"])})
+        if len(streams.get(key, ())) != 1:
+            skipped += 1
+            continue
+        (stream,) = streams[key]
+        r = ajax.ok("conn_follow", capture_id=capture_id, connection_id=c["ConnectionId"],
+                    max_bytes=MAX)
+        assert not r["Truncated"]
+        check_result_shape(r)
+        node0, want = tshark_follow(path, stream)
+        got = ours(r)
+        if node0 != (r["ClientIp"], r["ClientPort"]):
+            assert node0 == (r["ServerIp"], r["ServerPort"]), (node0, r["ClientIp"])
+            got = [(1 - d, data) for d, data in got]
+        assert [(d, len(b)) for d, b in got] == [(d, len(b)) for d, b in want], \
+            (path, stream, c["ConnectionId"])
+        assert got == want, (path, stream)
+        compared += 1
+        holes += r["MissingBytes"] > 0
+    return compared, skipped, holes
+
+
+@needs_tshark
+@pytest.mark.parametrize("rel", TCP_FILES)
+def test_corpus_follow_equals_tshark(live, live_ajax, rel):
+    path = corpus.path(rel)
+    capture_id = ingest(live, live_ajax, path)
+    compared, skipped, holes = compare_capture(live_ajax, capture_id, path)
+    assert compared >= 1
+    assert skipped <= compared
+    # the captures with lost segments do exercise tshark's "bytes missing" rule
+    assert (holes > 0) == (rel in GAPPED)
+    print(f"{rel}: {compared} connections equal tshark ({holes} with holes), {skipped} "
+          "reused 5-tuples skipped")
+
+
+def test_limit_cuts_and_says_so(live, live_ajax):
+    path = corpus.path("wellformed/http_get_file_download.pcap")
+    capture_id = ingest(live, live_ajax, path)
+    (conn,) = [c for c in live_ajax.ok("capture_list_conns", capture_id=capture_id)
+               if c["Protocol"] == 6]
+    full = live_ajax.ok("conn_follow", capture_id=capture_id,
+                        connection_id=conn["ConnectionId"])
+    assert not full["Truncated"] and full["ClientBytes"] + full["ServerBytes"] > 1000
+    cut = live_ajax.ok("conn_follow", capture_id=capture_id,
+                       connection_id=conn["ConnectionId"], max_bytes=1000)
+    assert cut["Truncated"]
+    check_result_shape(cut)
+    assert cut["ClientBytes"] + cut["ServerBytes"] == 1000
+    whole = b"".join(bytes.fromhex(s["Data"]) for s in full["Segments"])
+    assert b"".join(bytes.fromhex(s["Data"]) for s in cut["Segments"]) == whole[:1000]
+    for bad in (0, 8 * 1024 * 1024 + 1):
+        body = live_ajax("conn_follow", capture_id=capture_id,
+                         connection_id=conn["ConnectionId"], max_bytes=bad)
+        assert body["ErrorCode"] != 0 and "max_bytes" in str(body["ReturnValue"])
+    body = live_ajax("conn_follow", capture_id=capture_id, connection_id=99999)
+    assert body["ErrorCode"] != 0 and "connection_id" in str(body["ReturnValue"])
+
+
+@needs_tshark
+def test_live_http_follow_equals_tshark(live, live_ajax, http_server, tmp_path):
+    port, _ = http_server
+    bpf = f"tcp port {port}"
+    ref = tmp_path / "ref.pcap"
+    dump = Tcpdump("lo", bpf, str(ref))
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=bpf)
+    try:
+        for _ in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=10) as r:
+                assert r.read() == b"hello world\n" * 100
+    finally:
+        dump.stop()
+        live_ajax.ok("capture_stop_system", capture_id=cap["CaptureId"])
+    capture_id = cap["CaptureId"]
+    compared, skipped, holes = compare_capture(live_ajax, capture_id, ref)
+    assert (compared, skipped, holes) == (2, 0, 0)
+    for c in live_ajax.ok("capture_list_conns", capture_id=capture_id):
+        r = live_ajax.ok("conn_follow", capture_id=capture_id, connection_id=c["ConnectionId"])
+        assert r["ServerPort"] == port and r["ClientIp"] == "127.0.0.1"
+        request = bytes.fromhex(r["Segments"][0]["Data"])
+        assert r["Segments"][0]["Dir"] == 0 and request.startswith(b"GET /hello.txt HTTP/1.1")
+        response = b"".join(bytes.fromhex(s["Data"]) for s in r["Segments"] if s["Dir"] == 1)
+        assert response.startswith(b"HTTP/1.0 200") and \
+            response.endswith(b"\r\n\r\n" + b"hello world\n" * 100)
