@@ -18,6 +18,11 @@ import pytest
 from tests.helpers import corpus
 from tests.helpers.app import ingest
 from tests.helpers.live import Tcpdump
+from tests.helpers.packets import eth
+from tests.helpers.packets import ipv4
+from tests.helpers.packets import tcp
+from tests.helpers.pcapfiles import pcap_header
+from tests.helpers.pcapfiles import pcap_record
 from tests.helpers.tshark import fields
 from tests.helpers.tshark import needs_tshark
 from tests.helpers.tshark import run
@@ -32,11 +37,11 @@ GAPPED = {"wellformed/http_bro_org_multi_object.pcap", "wellformed/ftp_bigtransf
 MAX = 8 << 20
 
 
-def tshark_streams(path) -> dict:
-    """{frozenset of the two (ip, port) ends: {tcp.stream, ...}}."""
+def tshark_streams(path, kind: str = "tcp") -> dict:
+    """{frozenset of the two (ip, port) ends: {tcp.stream (udp.stream), ...}}."""
     out = collections.defaultdict(set)
-    for row in fields(path, "tcp.stream", "ip.src", "ipv6.src", "tcp.srcport", "ip.dst",
-                      "ipv6.dst", "tcp.dstport", display_filter="tcp"):
+    for row in fields(path, f"{kind}.stream", "ip.src", "ipv6.src", f"{kind}.srcport",
+                      "ip.dst", "ipv6.dst", f"{kind}.dstport", display_filter=kind):
         stream, s4, s6, sport, d4, d6, dport = row
         src = (s4 or s6).split(",")[-1]  # the innermost header (tunnels list several)
         dst = (d4 or d6).split(",")[-1]
@@ -49,10 +54,10 @@ def _node(text: str) -> tuple:
     return host.strip("[]"), int(port)
 
 
-def tshark_follow(path, stream: int) -> tuple:
+def tshark_follow(path, stream: int, kind: str = "tcp") -> tuple:
     """(node 0 as (ip, port), [(dir, bytes)] with consecutive same-direction data merged)
     from tshark's raw follow output: hex lines, tab-indented ones from node 1."""
-    text = run(path, "-q", "-z", f"follow,tcp,raw,{stream}")
+    text = run(path, "-q", "-z", f"follow,{kind},raw,{stream}")
     node0, chunks = None, []
     body = text.split("=" * 67)[1]
     for line in body.splitlines():
@@ -100,14 +105,16 @@ def check_result_shape(r: dict) -> None:
     assert r["MissingBytes"] == sum(s.get("Missing", 0) for s in r["Segments"])
 
 
-def compare_capture(ajax, capture_id: int, path) -> tuple[int, int, int]:
-    """Compare every TCP connection that is one tshark stream: (compared, skipped, with
-    holes)."""
-    streams = tshark_streams(path)
+def compare_capture(ajax, capture_id: int, path, proto: int = 6,
+                    first: int = 100) -> tuple[int, int, int]:
+    """Compare the `first` TCP (UDP) connections that are one tshark stream each (one
+    tshark run per stream): (compared, skipped, with holes)."""
+    kind = {6: "tcp", 17: "udp"}[proto]
+    streams = tshark_streams(path, kind)
     conns = [c for c in ajax.ok("capture_list_conns", capture_id=capture_id, limit=10000)
-             if c["Protocol"] == 6]
+             if c["Protocol"] == proto]
     compared = skipped = holes = 0
-    for c in conns:
+    for c in conns[:first]:
         key = frozenset({(c["LocalIp"], c["LocalPort"]), (c["RemoteIp"], c["RemotePort"])})
         if len(streams.get(key, ())) != 1:
             skipped += 1
@@ -117,7 +124,7 @@ def compare_capture(ajax, capture_id: int, path) -> tuple[int, int, int]:
                     max_bytes=MAX)
         assert not r["Truncated"]
         check_result_shape(r)
-        node0, want = tshark_follow(path, stream)
+        node0, want = tshark_follow(path, stream, kind)
         got = ours(r)
         if node0 != (r["ClientIp"], r["ClientPort"]):
             assert node0 == (r["ServerIp"], r["ServerPort"]), (node0, r["ClientIp"])
@@ -142,6 +149,17 @@ def test_corpus_follow_equals_tshark(live, live_ajax, rel):
     assert (holes > 0) == (rel in GAPPED)
     print(f"{rel}: {compared} connections equal tshark ({holes} with holes), {skipped} "
           "reused 5-tuples skipped")
+
+
+@needs_tshark
+def test_udp_follow_equals_tshark(live, live_ajax):
+    """UDP: every datagram in order, as `tshark -z follow,udp,raw,N`."""
+    path = corpus.path("wellformed/dns_udp_mixed.pcap")
+    capture_id = ingest(live, live_ajax, path)
+    compared, skipped, holes = compare_capture(live_ajax, capture_id, path, proto=17,
+                                               first=40)
+    assert compared >= 10 and skipped <= compared and holes == 0
+    print(f"dns_udp_mixed: {compared} UDP connections equal tshark, {skipped} skipped")
 
 
 def test_limit_cuts_and_says_so(live, live_ajax):
@@ -192,3 +210,43 @@ def test_live_http_follow_equals_tshark(live, live_ajax, http_server, tmp_path):
         response = b"".join(bytes.fromhex(s["Data"]) for s in r["Segments"] if s["Dir"] == 1)
         assert response.startswith(b"HTTP/1.0 200") and \
             response.endswith(b"\r\n\r\n" + b"hello world\n" * 100)
+
+
+def _tcp_frame(src, dst, sport, dport, seq, ack, flags, payload=b"") -> bytes:
+    return eth(ipv4(src, dst, 6, tcp(sport, dport, seq, ack, flags, payload=payload)))
+
+
+@needs_tshark
+def test_reordered_retransmitted_lost_and_cut_segments(live, live_ajax, tmp_path):
+    """A made-up exchange with every case: out of order, a retransmission carrying new
+    bytes (and different old ones), a hole the server acknowledges, a segment cut by the
+    snap length, a segment left waiting at the end. Equal to tshark, and to the bytes
+    worked out by hand."""
+    c, s = ("10.0.0.1", 40000), ("10.0.0.2", 80)
+    A, P, S_, PA, F = 0x10, 0x18, 0x02, 0x18, 0x11
+    frames = [
+        (c, s, 1000, 0, S_, b""), (s, c, 5000, 1001, 0x12, b""), (c, s, 1001, 5001, A, b""),
+        (c, s, 1006, 5001, PA, b"WORLD"), (c, s, 1001, 5001, PA, b"HELLO"),
+        (c, s, 1001, 5001, PA, b"xxxxxxxxxx!!"), (s, c, 5001, 1013, PA, b"OK"),
+        (c, s, 1023, 5003, PA, b"later"), (s, c, 5003, 1028, PA, b"ack past hole"),
+        (c, s, 1028, 5016, PA, b"0123456789"), (c, s, 1038, 5016, PA, b"next"),
+        (c, s, 1100, 5016, PA, b"never"), (s, c, 5016, 1042, F, b""),
+    ]
+    path = tmp_path / "made.pcap"
+    with open(path, "wb") as fh:
+        fh.write(pcap_header())
+        for i, (src, dst, seq, ack, flags, payload) in enumerate(frames):
+            frame = _tcp_frame(src[0], dst[0], src[1], dst[1], seq, ack, flags, payload)
+            cut = frame[:-6] if payload == b"0123456789" else frame  # snap length: "0123"
+            fh.write(pcap_record(1_700_000_000_000_000_000 + i * 1000, cut,
+                                 origlen=len(frame)))
+    capture_id = ingest(live, live_ajax, path)
+    assert compare_capture(live_ajax, capture_id, path) == (1, 0, 1)
+    (conn,) = live_ajax.ok("capture_list_conns", capture_id=capture_id)
+    r = live_ajax.ok("conn_follow", capture_id=capture_id, connection_id=conn["ConnectionId"])
+    assert (r["ClientIp"], r["ClientPort"], r["ServerIp"], r["ServerPort"]) == (*c, *s)
+    assert [(g["Dir"], g["Offset"], bytes.fromhex(g["Data"]), g.get("Missing"))
+            for g in r["Segments"]] == [
+        (0, 0, b"HELLOWORLD!!", None), (1, 0, b"OK", None), (0, 12, b"", 10),
+        (0, 22, b"later", None), (1, 2, b"ack past hole", None), (0, 27, b"0123next", None)]
+    assert (r["ClientBytes"], r["ServerBytes"], r["MissingBytes"]) == (25, 15, 10)

@@ -8,6 +8,7 @@ import psutil
 
 from apppaccap.api.registry import endpoint
 from apppaccap.attribution import processes
+from apppaccap.capture.bpf import compile_error
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
@@ -274,3 +275,20 @@ def process_list_capture(ctx) -> list:
         "JOIN captures c ON c.id = cp.capture_id WHERE c.state = ? ORDER BY p.id",
         (CaptureState.ACTIVE,))
     return [processes.process_object(r) for r in rows]
+
+
+@endpoint(DataType.JSON)
+def capture_verify_filter(ctx, *, filter: str = "") -> dict:
+    """Check a BPF capture filter as the capture start will: libpcap compiles it.
+
+    - filter: the BPF capture filter (tcpdump syntax); empty = everything, which is valid
+
+    Returns {Valid, Filter, Error}: Filter is the text as a capture would use it (blanks
+    around it removed), Error is "" when Valid, else libpcap's reason as a sentence (for
+    example "illegal port number 99999 > 65535" or "can't parse filter expression: syntax
+    error"). The filter is compiled for Ethernet framing, the link type of most adapters
+    and of `lo`; a host name in it is looked up (as libpcap does when a capture starts).
+    UNSUPPORTED when libpcap cannot be loaded.
+    """
+    error = compile_error(filter)
+    return {"Version": 1, "Valid": not error, "Filter": filter.strip(), "Error": error}

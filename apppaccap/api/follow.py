@@ -68,14 +68,16 @@ def conn_follow(ctx, *, capture_id: int, connection_id: int,
     ServerBytes (payload bytes in Segments per direction), MissingBytes (bytes lost to
     holes in the capture) and Truncated (true when payload beyond max_bytes was left
     out). Each segment is {Dir, Offset, Data}: Offset counts the bytes of that direction
-    before it (holes included), Data is lowercase hex; consecutive data of one direction
-    is one segment. A hole is a segment {Dir, Offset, Data: "", Missing: n}.
+    before it (holes included; bytes a packet lost to the snap length are not), Data is
+    lowercase hex; consecutive data of one direction is one segment. A hole is a segment
+    {Dir, Offset, Data: "", Missing: n}.
 
     TCP is reassembled as Wireshark's Follow TCP Stream does (`tshark -q -z
     follow,tcp,raw,N` gives the same bytes): retransmitted bytes are dropped,
     out-of-order segments wait for the hole before them, and a hole the other side
     acknowledged is reported as Missing (tshark writes "[n bytes missing in capture
-    file]" there). UDP: every datagram's payload in order.
+    file]" there); data still waiting behind a hole nobody acknowledged is left out, as
+    tshark does. UDP: every datagram's payload in order.
     """
     db = captures(ctx).db(capture_id)
     conn = db.one("SELECT proto FROM connections WHERE id = ?", (connection_id,))

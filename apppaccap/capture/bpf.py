@@ -20,6 +20,7 @@ import ctypes.util
 import logging
 
 from apppaccap.errors import Malformed
+from apppaccap.errors import Unsupported
 
 MAX_FILTER_CHARS = 8192  # tcpdump expressions are short; libpcap's parser is recursive
 log = logging.getLogger(__name__)
@@ -106,26 +107,52 @@ def _pcap_lib():
     return _libpcap
 
 
+def compile_error(text, linktype: int = DLT_EN10MB) -> str:
+    """Why libpcap refuses to compile `text` for `linktype`, as a sentence a person reads;
+    "" when it compiles (an empty filter captures everything). Text C cannot receive whole
+    (see filter_text) is refused with the same kind of sentence. UNSUPPORTED when libpcap
+    cannot be loaded."""
+    try:
+        text = filter_text(text)
+    except Malformed as exc:  # "filter: longer than …" → "the filter is longer than …"
+        reason = str(exc).removeprefix("filter: ")
+        return f"the filter {'is ' if reason.startswith('longer') else ''}{reason}"
+    if not text:
+        return ""
+    lib = _pcap_lib()
+    if not lib:
+        raise Unsupported("libpcap cannot be loaded here, so filters cannot be checked")
+    handle = lib.pcap_open_dead(linktype, 262144)
+    if not handle:
+        raise Unsupported("libpcap could not open a handle to compile the filter on")
+    try:
+        prog = _BpfProgram()
+        if lib.pcap_compile(handle, ctypes.byref(prog), filter_bytes(text), 1,
+                            PCAP_NETMASK_UNKNOWN) != 0:
+            return readable(lib.pcap_geterr(handle) or b"")
+        lib.pcap_freecode(ctypes.byref(prog))
+    finally:
+        lib.pcap_close(handle)
+    return ""
+
+
+def readable(message: bytes) -> str:
+    """libpcap's complaint as text: decoded, control characters and runs of blanks made one
+    space, "the filter does not compile" when libpcap said nothing."""
+    text = message.decode("utf-8", "replace")
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text or "the filter does not compile"
+
+
 def compile_check(text, linktype: int = DLT_EN10MB) -> str:
     """The filter (as filter_text returns it) once libpcap compiled it for `linktype`;
     MALFORMED with libpcap's own message when it does not compile. Without libpcap to ask,
     the filter is returned unchecked (the capture start reports it)."""
     text = filter_text(text)  # valid Unicode, no NUL, bounded: what C receives whole
-    if not text:
-        return ""
-    lib = _pcap_lib()
-    if not lib:
-        return text
-    handle = lib.pcap_open_dead(linktype, 262144)
-    if not handle:
-        return text
     try:
-        prog = _BpfProgram()
-        if lib.pcap_compile(handle, ctypes.byref(prog), filter_bytes(text), 1,
-                            PCAP_NETMASK_UNKNOWN) != 0:
-            msg = (lib.pcap_geterr(handle) or b"bad filter").decode("utf-8", "replace")
-            raise Malformed(f"filter: {msg}")
-        lib.pcap_freecode(ctypes.byref(prog))
-    finally:
-        lib.pcap_close(handle)
+        error = compile_error(text, linktype)
+    except Unsupported:
+        return text
+    if error:
+        raise Malformed(f"filter: {error}")
     return text
