@@ -250,3 +250,33 @@ def test_reordered_retransmitted_lost_and_cut_segments(live, live_ajax, tmp_path
         (0, 0, b"HELLOWORLD!!", None), (1, 0, b"OK", None), (0, 12, b"", 10),
         (0, 22, b"later", None), (1, 2, b"ack past hole", None), (0, 27, b"0123next", None)]
     assert (r["ClientBytes"], r["ServerBytes"], r["MissingBytes"]) == (25, 15, 10)
+
+
+@needs_tshark
+def test_reused_port_pair_is_both_streams_in_turn(live, live_ajax, tmp_path):
+    """Two connections on one address and port pair: the capture keeps one connection,
+    tshark two streams; conn_follow gives stream 0 then stream 1."""
+    c, s = ("10.0.0.1", 40001), ("10.0.0.2", 80)
+    frames = []
+    for isn_c, isn_s, ask, say in ((1000, 5000, b"one", b"uno"), (90000, 70000, b"two",
+                                                                  b"dos")):
+        frames += [(c, s, isn_c, 0, 0x02, b""), (s, c, isn_s, isn_c + 1, 0x12, b""),
+                   (c, s, isn_c + 1, isn_s + 1, 0x18, ask),
+                   (s, c, isn_s + 1, isn_c + 4, 0x18, say),
+                   (c, s, isn_c + 4, isn_s + 4, 0x11, b""),
+                   (s, c, isn_s + 4, isn_c + 5, 0x11, b""),
+                   (c, s, isn_c + 5, isn_s + 5, 0x10, b"")]
+    path = tmp_path / "reused.pcap"
+    with open(path, "wb") as fh:
+        fh.write(pcap_header())
+        for i, (src, dst, seq, ack, flags, payload) in enumerate(frames):
+            fh.write(pcap_record(1_700_000_000_000_000_000 + i * 1_000_000,
+                                 _tcp_frame(src[0], dst[0], src[1], dst[1], seq, ack, flags,
+                                            payload)))
+    capture_id = ingest(live, live_ajax, path)
+    (conn,) = live_ajax.ok("capture_list_conns", capture_id=capture_id)
+    assert tshark_streams(path) == {frozenset({c, s}): {0, 1}}
+    want = merge(tshark_follow(path, 0)[1] + tshark_follow(path, 1)[1])
+    r = live_ajax.ok("conn_follow", capture_id=capture_id, connection_id=conn["ConnectionId"])
+    check_result_shape(r)
+    assert ours(r) == want == [(0, b"one"), (1, b"uno"), (0, b"two"), (1, b"dos")]

@@ -77,7 +77,8 @@ def conn_follow(ctx, *, capture_id: int, connection_id: int,
     out-of-order segments wait for the hole before them, and a hole the other side
     acknowledged is reported as Missing (tshark writes "[n bytes missing in capture
     file]" there); data still waiting behind a hole nobody acknowledged is left out, as
-    tshark does. UDP: every datagram's payload in order.
+    tshark does. When the port pair is used again (a new SYN: tshark's next stream), the
+    new connection's bytes follow the old one's. UDP: every datagram's payload in order.
     """
     db = captures(ctx).db(capture_id)
     conn = db.one("SELECT proto FROM connections WHERE id = ?", (connection_id,))

@@ -19,6 +19,10 @@ disagree where the capture has holes, and here tshark is the reference:
 * Sequence numbers advance by the segment length the IP header reports, the data is
   what was captured: a packet cut by the snap length adds fewer bytes than it advances.
 
+* A SYN with a new sequence number in a direction already seen (the same address and
+  port pair used again; tshark splits it into a second stream) starts that direction over
+  at the new SYN: the result is the old connection's stream followed by the new one's.
+
 UDP: every datagram with a payload, in order.
 """
 
@@ -70,6 +74,10 @@ class Follow:
         d = self._dir(src, dst)
         if flags & SYN:
             seq = (seq + 1) & MASK
+            if (self._seq[d] or self._written[d]) and seq != self._seq[d]:
+                # the port pair is used again (tshark makes it a new stream): this
+                # direction starts over at the new SYN, after what came before
+                self._seq[d], self._written[d], self._frags[d] = seq, 0, []
         if self._frags[1 - d]:
             while self._check(1 - d, ack, True):
                 pass
