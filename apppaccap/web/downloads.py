@@ -9,8 +9,9 @@ X-AppPacCap-Token header, never from the URL (a link is logged, kept in history,
 Only files the product wrote are reachable: a regular file directly in the export
 directory (no directory part, no dot-file, no `.part` temporary, never a symlink, FIFO or
 device; opened without blocking; only `.pcapng` names when the export directory is the
-data directory itself, which holds the catalog), or the file an `extracted_files` row names, opened by
-walking from <data-dir>/extracted/<capture_id>/ without following a symlink.
+data directory itself, which holds the catalog), or the file an `extracted_files` row
+names, opened by walking from <data-dir>/extracted/<capture_id>/ without following a
+symlink.
 """
 
 from __future__ import annotations
