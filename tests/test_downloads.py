@@ -112,6 +112,28 @@ def test_export_download_is_the_file(box):
         "filename*=UTF-8''r%C3%A9sum%C3%A9%20%22q%22%3Bx.pcapng")
 
 
+def test_large_export_is_streamed(box):
+    """A 96 MiB file goes out in pieces: the server's peak memory does not grow by it."""
+    size = 96 << 20
+    with open(box.export / "big.pcapng", "wb") as fh:
+        fh.truncate(size)
+    before = box.server.memory()["VmHWM"]
+    conn = http.client.HTTPConnection("127.0.0.1", box.server.port, timeout=30)
+    conn.request("GET", "/download/export/big.pcapng")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Length") == str(size)
+    got = 0
+    while True:
+        piece = resp.read(1 << 20)
+        if not piece:
+            break
+        assert not piece.strip(b"\0")
+        got += len(piece)
+    conn.close()
+    assert got == size
+    assert box.server.memory()["VmHWM"] - before < 32 << 10  # KiB
+
+
 def test_extracted_download_is_the_file(box):
     box.ok("extract_enable")
     capture_id = box.ingest(HTTP)
