@@ -51,10 +51,25 @@ def test_connection_counters_and_state():
 def test_flow_aggregates_expand_per_ip_port_protocol():
     rec = Recorder(Sink())
     feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x18, b"x")] * 3)
-    ips, agg = rec._expand()
+    ips, agg, (agg_sec, proc_sec, span) = rec._expand()
     assert ips["10.0.0.1"][:2] == [3, 165] and ips["10.0.0.2"][:2] == [3, 165]
     assert agg[(0, "", 0, 6)] == [3, 165]
     assert agg[(2, "80", 0, 6)] == [3, 165] and agg[(2, "5000", 0, 6)] == [3, 165]
+    # the same by second, and the batch's first and last packet time
+    assert agg_sec == {(k, key, 0, p): v for (k, key, _m, p), v in agg.items()}
+    assert proc_sec == {}  # no process labels here
+    assert span[0] <= span[1]
+
+
+def test_per_second_aggregates_split_minutes_and_processes():
+    rec = Recorder(Sink())
+    frame = tcp_frame("10.0.0.1", "10.0.0.2", 5000, 80, 0x18, b"x")
+    for t in (0, 1, 61):  # seconds 0, 1 (minute 0) and 61 (minute 1)
+        feed(rec, [frame], t0=t * 10**9)
+    _ips, agg, (agg_sec, _procs, span) = rec._expand()
+    assert agg[(0, "", 0, 6)] == [2, 110] and agg[(0, "", 1, 6)] == [1, 55]
+    assert [agg_sec[(0, "", s, 6)] for s in (0, 1, 61)] == [[1, 55]] * 3
+    assert span[1] - span[0] >= 61 * 10**9
 
 
 def test_ended_and_idle_flows_are_forgotten(monkeypatch):

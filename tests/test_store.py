@@ -41,6 +41,8 @@ CAPTURE_OWNERS = {
     "packets": "store/capturedb.py", "connections": "store/capturedb.py",
     "processes": "store/capturedb.py", "threads": "store/capturedb.py",
     "agg": "store/capturedb.py", "extract_streams": "store/capturedb.py",
+    "agg_sec": "store/capturedb.py", "proc_sec": "store/capturedb.py",
+    "span": "store/capturedb.py",
     "temp.packed": "store/capturedb.py",  # packed rows of the compiled scanner
     "blocks": "store/blocks.py",
     "ips": "store/ips.py",  # one set of statements for both databases

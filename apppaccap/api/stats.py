@@ -6,6 +6,12 @@ import ipaddress
 
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
+from apppaccap.api.series import MINUTE
+from apppaccap.api.series import SECOND
+from apppaccap.api.series import Window
+from apppaccap.api.series import bucket_for
+from apppaccap.api.series import bucketed
+from apppaccap.api.series import window
 from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
@@ -16,64 +22,40 @@ from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.stats import clear as clear_stats
 from apppaccap.wire import CaptureType
 from apppaccap.wire import DataType
+from apppaccap.wire import Direction
 
-MINUTE = 60_000_000_000
-HOUR, DAY = 60 * MINUTE, 1440 * MINUTE
 TOP = 10
 
 
-def bucket_for(span_ns: int) -> int:
-    """Minutes up to ~2 hours, hours up to ~2 days, days beyond (docs/ARCHITECTURE.md,
-    Decisions: the wire envelope and paging)."""
-    if span_ns <= 2 * HOUR:
-        return MINUTE
-    if span_ns <= 2 * DAY:
-        return HOUR
-    return DAY
-
-
-def _series(rows, start: int | None, end: int | None) -> list:
-    """rows of (minute, packets, bytes) → [{Time, Packets, Bytes}] in the chosen bucket."""
-    if not rows:
-        return []
-    lo = start if start is not None else rows[0][0] * MINUTE
-    hi = end if end is not None else (rows[-1][0] + 1) * MINUTE
-    size = bucket_for(max(hi - lo, MINUTE))
-    buckets: dict[int, list] = {}
-    for minute, p, b in rows:
-        t = minute * MINUTE // size * size
-        acc = buckets.setdefault(t, [0, 0])
-        acc[0] += p
-        acc[1] += b
-    return [{"Time": from_ns(t), "Packets": p, "Bytes": b} for t, (p, b) in sorted(buckets.items())]
+def _series(rows, win: Window, unit: int) -> list:
+    """rows of (time in units, packets, bytes) → [{Time, Packets, Bytes}] in win's bucket."""
+    return [{"Time": from_ns(t), "Packets": p, "Bytes": b}
+            for t, (p, b) in sorted(bucketed(rows, win.size, unit).items())]
 
 
 def _query(db, kind: int, key: str, start=None, end=None) -> dict:
-    """STATSCAPTUREQUERY from a capture database's `agg` table."""
-    rng, params = "", [kind, key]
-    if start is not None:
-        rng += " AND minute >= ?"
-        params.append(start // MINUTE)
-    if end is not None:
-        rng += " AND minute <= ?"
-        params.append(end // MINUTE)
-    base = f"FROM agg WHERE kind = ? AND key = ?{rng}"
-    per_min = db.read(f"SELECT minute, sum(packets), sum(bytes) {base} GROUP BY minute "
-                      "ORDER BY minute", params)
+    """STATSCAPTUREQUERY from a capture database's aggregates (series.py: the window, the
+    bucket, per-second rows for short spans)."""
+    win = window(db, start, end)
+    out = {"Version": 1, "Packets": 0, "Bytes": 0, **win.fields(), "Protocols": [],
+           "Series": [], "TopIps": [], "TopPorts": []}
+    if win.lo is None:
+        return out
+    table, col, unit = win.table
+    rng = f" AND {col} BETWEEN ? AND ?"
+    params = [kind, key, *win.bounds(unit)]
+    base = f"FROM {table} WHERE kind = ? AND key = ?{rng}"
+    per_t = db.read(f"SELECT {col}, sum(packets), sum(bytes) {base} GROUP BY {col} "
+                    f"ORDER BY {col}", params)
     protos = db.read(f"SELECT proto, sum(packets), sum(bytes) {base} GROUP BY proto "
                      "ORDER BY 3 DESC", params)
-    packets = sum(r[1] for r in per_min)
-    nbytes = sum(r[2] for r in per_min)
-    out = {"Version": 1, "Packets": packets, "Bytes": nbytes,
-           "FirstTime": from_ns(per_min[0][0] * MINUTE) if per_min else 0,
-           "LastTime": from_ns((per_min[-1][0] + 1) * MINUTE) if per_min else 0,
-           "Protocols": [{"Protocol": r[0], "Packets": r[1], "Bytes": r[2]} for r in protos],
-           "Series": _series([tuple(r) for r in per_min], start, end)}
-    minute_rng = rng.replace("minute", "a.minute")
+    out.update(Packets=sum(r[1] for r in per_t), Bytes=sum(r[2] for r in per_t),
+               Protocols=[{"Protocol": r[0], "Packets": r[1], "Bytes": r[2]} for r in protos],
+               Series=_series([tuple(r) for r in per_t], win, unit))
     for name, k in (("TopIps", AGG_IP), ("TopPorts", AGG_PORT)):
         if kind == AGG_ALL:
-            top = db.read(f"SELECT key, sum(packets), sum(bytes) FROM agg a WHERE kind = ?"
-                          f"{minute_rng} GROUP BY key ORDER BY 3 DESC LIMIT {TOP}",
+            top = db.read(f"SELECT key, sum(packets), sum(bytes) FROM {table} WHERE kind = ?"
+                          f"{rng} GROUP BY key ORDER BY 3 DESC LIMIT {TOP}",
                           [k, *params[2:]])
         else:
             top = _top_peers(db, kind, key, k)
@@ -159,12 +141,16 @@ def stats_by_protocol(ctx, *, capture_id: int, protocol: int) -> dict:
         raise Malformed("protocol: must be 0-255")
     db = captures(ctx).db(capture_id)
     out = _query(db, AGG_ALL, "")
-    rows = db.read("SELECT minute, sum(packets), sum(bytes) FROM agg WHERE kind = 0 AND "
-                   "proto = ? GROUP BY minute ORDER BY minute", (protocol,))
+    win = window(db)
+    table, col, unit = win.table
+    rows = [] if win.lo is None else db.read(
+        f"SELECT {col}, sum(packets), sum(bytes) FROM {table} WHERE kind = 0 AND proto = ? "
+        f"AND {col} BETWEEN ? AND ? GROUP BY {col} ORDER BY {col}",
+        (protocol, *win.bounds(unit)))
     out["Packets"] = sum(r[1] for r in rows)
     out["Bytes"] = sum(r[2] for r in rows)
     out["Protocols"] = [p for p in out["Protocols"] if p["Protocol"] == protocol]
-    out["Series"] = _series([tuple(r) for r in rows], None, None)
+    out["Series"] = _series([tuple(r) for r in rows], win, unit)
     out["Connections"] = db.one("SELECT count(*) FROM connections WHERE proto = ?",
                                 (protocol,))[0]
     out["TopIps"] = [{"Ip": r[0], "Packets": r[1], "Bytes": r[2]} for r in db.read(
@@ -201,18 +187,22 @@ def stats_totals(ctx) -> dict:
                        "ORDER BY minute")
     protos = cat.read("SELECT proto, sum(packets), sum(bytes) FROM stats_minute GROUP BY proto "
                       "ORDER BY 3 DESC")
+    # the catalog keeps minutes only: the same bucket rule with a one-minute floor
+    win = Window(None, None, MINUTE, False)
+    if per_min:
+        lo, hi = per_min[0][0] * MINUTE, (per_min[-1][0] + 1) * MINUTE - 1
+        win = Window(lo, hi, max(MINUTE, bucket_for(hi - lo)), False)
     top = {kind: cat.read(f"SELECT key, packets, bytes FROM stats_key WHERE kind = ? "
                           f"ORDER BY bytes DESC LIMIT {TOP}", (kind,)) for kind in ("ip", "port")}
     return {
         "Version": 1, "Packets": sum(r[1] for r in per_min), "Bytes": sum(r[2] for r in per_min),
         "Connections": cat.one("SELECT coalesce(sum(connection_count), 0) FROM captures "
                                "WHERE type != ?", (CaptureType.FILE,))[0],
-        "FirstTime": from_ns(per_min[0][0] * MINUTE) if per_min else 0,
-        "LastTime": from_ns((per_min[-1][0] + 1) * MINUTE) if per_min else 0,
+        **win.fields(),
         "Protocols": [{"Protocol": r[0], "Packets": r[1], "Bytes": r[2]} for r in protos],
         "TopIps": [{"Ip": r[0], "Packets": r[1], "Bytes": r[2]} for r in top["ip"]],
         "TopPorts": [{"Port": int(r[0]), "Packets": r[1], "Bytes": r[2]} for r in top["port"]],
-        "Series": _series([tuple(r) for r in per_min], None, None),
+        "Series": _series([tuple(r) for r in per_min], win, MINUTE),
     }
 
 
@@ -221,3 +211,57 @@ def stats_reset(ctx) -> int:
     """Reset the system-wide statistic counters (capture statistics are kept)."""
     ctx.catalog.write(clear_stats)
     return 0
+
+
+@endpoint(DataType.JSON)
+def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0) -> dict:
+    """Per-program traffic of one capture: packets and bytes in and out, most bytes first.
+
+    Each program (ProcessId, Pid, Name, Path) has a Series whose bucket follows the range
+    (1 s up to 5 minutes, then minutes, hours, days; BucketSeconds), from the per-second
+    counters kept while writing (captures written before them have none: Processes is
+    empty). Packets of unknown direction count in Packets/Bytes only.
+
+    - capture_id: the capture
+    - start_dtg: start, UTC FILETIME; 0 = the first packet
+    - end_dtg: end, UTC FILETIME; 0 = the last packet
+    """
+    if start_dtg < 0 or end_dtg < 0 or (start_dtg and end_dtg and end_dtg < start_dtg):
+        raise Malformed("start_dtg/end_dtg: need 0 <= start_dtg <= end_dtg (FILETIME; "
+                        "0 = open)")
+    db = captures(ctx).db(capture_id)
+    win = window(db, to_ns_clamped(start_dtg) if start_dtg else None,
+                 to_ns_clamped(end_dtg) if end_dtg else None)
+    out = {"Version": 1, "CaptureId": capture_id, **win.fields(), "Processes": []}
+    if win.lo is None:
+        return out
+    rows = db.read("SELECT s.process_id, s.sec, s.direction, s.packets, s.bytes FROM proc_sec s "
+                   "WHERE s.sec BETWEEN ? AND ?", win.bounds(SECOND))
+    procs: dict = {}
+    for process_id, sec, direction, packets, nbytes in rows:
+        p = procs.setdefault(process_id, {"tot": [0, 0, 0, 0], "series": {}})
+        side = 0 if direction == Direction.IN else 2 if direction == Direction.OUT else None
+        t = sec * SECOND // win.size * win.size
+        acc = p["series"].setdefault(t, [0, 0, 0, 0, 0, 0])
+        acc[4] += packets
+        acc[5] += nbytes
+        p["tot"][0] += packets
+        p["tot"][1] += nbytes
+        if side is not None:
+            acc[side] += packets
+            acc[side + 1] += nbytes
+            p["tot"][2 + side // 2] += nbytes
+    names = {r[0]: r for r in db.read("SELECT process_id, pid, name, path FROM processes")}
+    for process_id, p in procs.items():
+        series = [{"Time": from_ns(t), "PacketsIn": v[0], "BytesIn": v[1], "PacketsOut": v[2],
+                   "BytesOut": v[3], "Packets": v[4], "Bytes": v[5]}
+                  for t, v in sorted(p["series"].items())]
+        r = names.get(process_id)
+        out["Processes"].append({
+            "ProcessId": process_id, "Pid": r[1] if r else 0, "Name": (r[2] if r else "") or "",
+            "Path": (r[3] if r else "") or "", "Packets": p["tot"][0], "Bytes": p["tot"][1],
+            "PacketsIn": sum(s["PacketsIn"] for s in series), "BytesIn": p["tot"][2],
+            "PacketsOut": sum(s["PacketsOut"] for s in series), "BytesOut": p["tot"][3],
+            "Series": series})
+    out["Processes"].sort(key=lambda x: (-x["Bytes"], x["ProcessId"]))
+    return out

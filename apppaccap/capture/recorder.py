@@ -23,7 +23,8 @@ from apppaccap.wire import Direction
 
 log = logging.getLogger(__name__)
 
-MINUTE_NS = 60_000_000_000
+SECOND_NS = 1_000_000_000
+MINUTE_NS = 60 * SECOND_NS
 MAX_CONNS = 100_000          # flows kept in memory before ended/idle ones are forgotten
 IDLE_NS = 10 * MINUTE_NS
 MAX_TS = 2**63
@@ -56,11 +57,12 @@ class Batch:
     """What the next flush() writes in one transaction.
 
     The compiled scanner (ingest/scanner.py) appends to it directly: packed rows to `plain`,
-    EPB-framed bytes to `buf`, (flow, minute) counters to `flowmin`, touched connections to
-    `dirty`; Recorder.add() fills `rows` (one tuple per packet), `procs` and `threads`.
+    EPB-framed bytes to `buf`, (flow, second) counters to `flowsec`, touched connections to
+    `dirty`; Recorder.add() fills `rows` (one tuple per packet), `procs`, `threads` and
+    `procsec`.
     """
 
-    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowmin")
+    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec")
 
     def __init__(self):
         self.rows: list = []              # packet rows
@@ -69,7 +71,8 @@ class Batch:
         self.dirty: dict = {}             # conn id -> Conn changed since the last flush
         self.procs: dict = {}             # process id -> [catalog row, packets, bytes]
         self.threads: dict = {}           # (pid, tid, process id) -> packets
-        self.flowmin: dict = {}           # (flow, minute) -> [packets, bytes, first, last]
+        self.flowsec: dict = {}           # (flow, second) -> [packets, bytes, first, last]
+        self.procsec: dict = {}           # (process id, second, direction) -> [packets, bytes]
 
 
 class Recorder:
@@ -201,6 +204,13 @@ class Recorder:
                 p[2] += size
             k = (label.pid, label.tid, label.process_id)
             batch.threads[k] = batch.threads.get(k, 0) + 1
+            k = (label.process_id, ts // SECOND_NS, direction)
+            a = batch.procsec.get(k)
+            if a is None:
+                batch.procsec[k] = [1, size]
+            else:
+                a[0] += 1
+                a[1] += size
             process_id, pid, tid = label.process_id, label.pid, label.tid
         else:
             process_id, pid, tid = None, 0, 0
@@ -213,12 +223,12 @@ class Recorder:
         batch.rows.append((pid_, ts, size, caplen, iface, l3, proto, src, dst, sport, dport,
                            tcp_flags, ttl, vlan, icmp_type, direction, conn_id, process_id, pid,
                            tid, notes, off, ts_raw))
-        # One aggregate per (flow, minute) here; expanded into per-IP/port/protocol rows at
-        # flush time, so the per-packet cost is a single dict update.
-        k = (fk, ts // MINUTE_NS)
-        a = batch.flowmin.get(k)
+        # One aggregate per (flow, second) here; expanded into per-IP/port/protocol rows
+        # (by minute and by second) at flush time: the per-packet cost is one dict update.
+        k = (fk, ts // SECOND_NS)
+        a = batch.flowsec.get(k)
         if a is None:
-            batch.flowmin[k] = [1, size, ts, ts]
+            batch.flowsec[k] = [1, size, ts, ts]
         else:
             a[0] += 1
             a[1] += size
@@ -230,10 +240,16 @@ class Recorder:
         return pid_
 
     def _expand(self):
-        """(flow, minute) aggregates → per-IP totals and (kind, key, minute, proto) rows."""
+        """(flow, second) aggregates → per-IP totals, (kind, key, minute, proto) rows, the
+        same by second, and the batch's (first, last) packet time."""
         ips: dict = {}
         agg: dict = {}
-        for (flow, minute), (n, b, first, last) in self.batch.flowmin.items():
+        agg_sec: dict = {}
+        lo = hi = None
+        for (flow, sec), (n, b, first, last) in self.batch.flowsec.items():
+            lo = first if lo is None or first < lo else lo
+            hi = last if hi is None or last > hi else hi
+            minute = sec // 60
             if isinstance(flow, Conn):
                 proto, (a_ip, a_port), (b_ip, b_port) = flow.proto, flow.local, flow.remote
             else:
@@ -252,14 +268,16 @@ class Recorder:
             for port in (a_port, b_port) if a_port != b_port else (a_port,):
                 if port:
                     keys.append((AGG_PORT, str(port), minute, proto))
-            for key in keys:
-                acc = agg.get(key)
-                if acc is None:
-                    agg[key] = [n, b]
-                else:
-                    acc[0] += n
-                    acc[1] += b
-        return ips, agg
+            for kind, key, _minute, _proto in keys:
+                for table, k in ((agg, (kind, key, minute, proto)),
+                                 (agg_sec, (kind, key, sec, proto))):
+                    acc = table.get(k)
+                    if acc is None:
+                        table[k] = [n, b]
+                    else:
+                        acc[0] += n
+                        acc[1] += b
+        return ips, agg, (agg_sec, self.batch.procsec, None if lo is None else (lo, hi))
 
     def _learn_dns(self, payload: bytes) -> None:
         for name, ip in dns_answers(payload):
@@ -281,11 +299,12 @@ class Recorder:
         elif filled:
             conns = {c.id: c.row() for c in batch.dirty.values()}
             procs = {k: tuple(v) for k, v in batch.procs.items()}
-            ips, agg = self._expand()
+            ips, agg, per_sec = self._expand()
             threads = {}
             for (pid, tid, _process_id), n in batch.threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
-            args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain)
+            args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain,
+                    per_sec)
             if self.bulk is not None:
                 self.pending = self.bulk.submit_batch(args)
             else:

@@ -4,7 +4,7 @@
  * pcapng section, in a buffer (the mmap of the file), and they record the common
  * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
  * or UDP, on a flow already known - exactly as Recorder.add() would: connection
- * counters and TCP state, the (flow, minute) aggregate, the packet row and its bytes.
+ * counters and TCP state, the (flow, second) aggregate, the packet row and its bytes.
  * Everything else stops the scan and is handled by the Python path one record at a
  * time: record headers that need a warning or an error, frames the fast decoder does
  * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...), DNS
@@ -19,7 +19,7 @@
 #include <limits.h>
 
 #define NS 1000000000LL
-#define MINUTE_NS 60000000000LL
+#define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
 #define MAX_CAPLEN (256u << 20)
 
 enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
@@ -210,14 +210,14 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     return key;
 }
 
-/* flowmin[(conn, minute)] += (1 packet, size bytes), last = ts */
-static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long size) {
-    PyObject *k = Py_BuildValue("(OL)", conn, ts / MINUTE_NS), *v;
+/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts */
+static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long size) {
+    PyObject *k = Py_BuildValue("(OL)", conn, ts / AGG_NS), *v;
     int rc = 0;
     if (k == NULL) return -1;
-    v = PyDict_GetItemWithError(flowmin, k);
+    v = PyDict_GetItemWithError(flowsec, k);
     if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
-        PyErr_SetString(PyExc_TypeError, "flowmin values must be [packets, bytes, first, last]");
+        PyErr_SetString(PyExc_TypeError, "flowsec values must be [packets, bytes, first, last]");
         Py_DECREF(k);
         return -1;
     }
@@ -225,7 +225,7 @@ static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long 
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
         v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
         if (v == NULL) { Py_DECREF(k); return -1; }
-        rc = PyDict_SetItem(flowmin, k, v);
+        rc = PyDict_SetItem(flowsec, k, v);
         Py_DECREF(v);
     } else {
         long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
@@ -249,7 +249,7 @@ static int aggregate(PyObject *flowmin, PyObject *conn, long long ts, long long 
 
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
-    PyObject *flows, *plain, *blob, *flowmin, *dirty;
+    PyObject *flows, *plain, *blob, *flowsec, *dirty;
     long long next_id;
 } Sink;
 
@@ -360,7 +360,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         p = put(p, (unsigned long long)boff, 4);
         put(p, iface, 4);
     }
-    if (aggregate(s->flowmin, conn, ts, origlen) < 0) return -1;
+    if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     return TAKEN;
 }
@@ -376,7 +376,7 @@ static PyObject *result(Py_ssize_t off, Py_ssize_t taken, long long total, int c
 
 PyDoc_STRVAR(scan_doc,
 "scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
-"     next_id, max_rows, max_bytes, flowmin, dirty, div)\n"
+"     next_id, max_rows, max_bytes, flowsec, dirty, div)\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
@@ -401,7 +401,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L", &view, &off, &size, &big, &unit,
                           &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
-                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty, &div))
+                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div))
         return NULL;
     if (size > view.len) size = view.len;
     if (off < 0 || unit <= 0 || rhl < 16) {
@@ -460,7 +460,7 @@ typedef struct {
 
 PyDoc_STRVAR(scan_pcapng_doc,
 "scan_pcapng(buf, off, size, big_endian, ifaces, flows, plain, blob, next_id, max_rows,\n"
-"            max_bytes, flowmin, dirty)\n"
+"            max_bytes, flowsec, dirty)\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "As scan(), for the Enhanced Packet Blocks of one pcapng section: ifaces holds, per\n"
 "section-local interface id, (file-wide id, linktype, mult, div, ts offset ns, snaplen,\n"
@@ -481,7 +481,7 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!", &view, &off, &size, &big,
                           &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
-                          &max_bytes, &PyDict_Type, &s.flowmin, &PyDict_Type, &s.dirty))
+                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty))
         return NULL;
     if (size > view.len) size = view.len;
     if (off < 0) {
@@ -599,5 +599,12 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
     INTERN(st_syn_sent, "SYN_SENT");
     INTERN(st_syn_received, "SYN_RECEIVED");
 #undef INTERN
-    return PyModule_Create(&module);
+    {
+        PyObject *m = PyModule_Create(&module);
+        if (m != NULL && PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
+        return m;
+    }
 }

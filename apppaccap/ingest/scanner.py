@@ -2,7 +2,7 @@
 
 The scanner records the common packet - a clean TCP/UDP frame of a flow it already
 knows, in a pcap record or an option-less pcapng Enhanced Packet Block - straight into
-the Recorder's batch: connection counters and state, the (flow, minute) aggregate, a
+the Recorder's batch: connection counters and state, the (flow, second) aggregate, a
 packed row and the bytes (framed as the EPB export writes). Whatever it will not take
 (the first packet of a flow, DNS answers, blocks other than EPBs, packets with options,
 records needing a warning, frames outside its decoder) it hands back, and the record
@@ -19,13 +19,18 @@ from __future__ import annotations
 
 import struct
 
+from apppaccap.capture.recorder import SECOND_NS
 from apppaccap.store.capturedb import PLAIN_FORMAT
 
 try:
+    from apppaccap.ingest._pcapscan import AGG_NS
     from apppaccap.ingest._pcapscan import scan
     from apppaccap.ingest._pcapscan import scan_pcapng
-except ImportError:  # no compiler at install time: the Python path does everything
-    scan = scan_pcapng = None
+except ImportError:  # no compiler at install time (or a build older than AGG_NS): the
+    scan = scan_pcapng = None  # Python path does everything
+else:
+    if AGG_NS != SECOND_NS:  # a build aggregating by another unit: not used
+        scan = scan_pcapng = None
 
 FULL, END, SLOW, NEWFLOW = 0, 1, 2, 3
 CLASSIC = ("pcap", "pcap-ns", "pcap-modified")  # CaptureReader.format of classic pcap
@@ -61,7 +66,7 @@ class _Walk:
         filling = rec.batch
         room = rec.batch_packets - len(filling.rows) - len(filling.plain) // ROW_SIZE
         batch = (self.flows, filling.plain, filling.buf, rec.next_id, room, rec.batch_bytes,
-                 filling.flowmin, filling.dirty)
+                 filling.flowsec, filling.dirty)
         if not self.pcapng:
             out = scan(self.mm, reader.bytes_done, self.size, self.big, self.unit, self.rhl,
                        self.snaplen, self.linktype, *batch, rec.epb_divs[0])

@@ -88,3 +88,25 @@ def _read_error(exc: OSError, name: str, kind: str | None):
     if isinstance(exc, PermissionError):
         return InvalidPermissions(f"{name}: permission denied")
     return IOFailure(f"{name}: cannot open: {exc.strerror or exc}")
+
+
+def open_entry(folder: str, entry: str, name: str = "name") -> int:
+    """A read-only fd of `entry`, a regular file directly in the trusted directory `folder`.
+
+    The entry is never followed if it is a symlink (refused like a FIFO, device, socket or
+    directory), and the open never blocks. `entry` must be a plain name (no directory part).
+    """
+    if not entry or entry in (".", "..") or "/" in entry or "\x00" in entry:
+        raise Malformed(f"{name}: must be a plain file name")
+    try:
+        dir_fd = open_dir_beneath(os.path.realpath(folder), [])
+    except OSError as exc:
+        raise _read_error(exc, name, None) from None
+    try:
+        return _open_regular_at(dir_fd, entry)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise Malformed(f"{name}: not a regular file (symlinks are refused)") from None
+        raise _read_error(exc, name, None) from None
+    finally:
+        os.close(dir_fd)

@@ -79,7 +79,7 @@ PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,co
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
-                ips: dict, agg: dict, plain=b"") -> None:
+                ips: dict, agg: dict, plain=b"", per_sec=None) -> None:
     """Persist one batch (runs on the writer thread, inside one transaction).
 
     packets: tuples (id, ts, …, notes, off) in the INSERT's column order; blk is assigned
@@ -88,6 +88,8 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     conns: id → row tuple (full upsert of the connection's current counters).
     procs: process_id → (row, packets, bytes) deltas; threads: (pid, tid) → packets delta.
     ips: ip → [packets, bytes, first, last] deltas; agg: (kind, key, minute, proto) → [p, b].
+    per_sec: (agg_sec, proc_sec, span) or None: (kind, key, second, proto) → [p, b];
+    (process_id, second, direction) → [p, b]; (first ts, last ts) of the batch.
     """
     blk = add_block(conn, blob) if blob else 0
     if conns:  # first: packed rows take their addresses from here
@@ -120,6 +122,25 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
             "INSERT INTO agg(kind,key,minute,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(kind,key,minute,proto) DO UPDATE SET packets=packets+excluded.packets, "
             "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg.items()])
+    if per_sec is not None:
+        _write_per_second(conn, *per_sec)
+
+
+def _write_per_second(conn, agg_sec: dict, proc_sec: dict, span) -> None:
+    if agg_sec:
+        conn.executemany(
+            "INSERT INTO agg_sec(kind,key,sec,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(kind,key,sec,proto) DO UPDATE SET packets=packets+excluded.packets, "
+            "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg_sec.items()])
+    if proc_sec:
+        conn.executemany(
+            "INSERT INTO proc_sec(process_id,sec,direction,packets,bytes) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(process_id,sec,direction) DO UPDATE SET "
+            "packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+            [(*k, *v) for k, v in proc_sec.items()])
+    if span is not None:
+        conn.execute("INSERT INTO span(id,first,last) VALUES (0,?,?) ON CONFLICT(id) DO UPDATE "
+                     "SET first=min(first,excluded.first), last=max(last,excluded.last)", span)
 
 
 # -- the rest of a capture database's rows (each runs inside the caller's transaction) ----

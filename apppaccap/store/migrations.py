@@ -280,4 +280,19 @@ CAPTURE = [
     """,
     # 4: columns step 1 gained after databases had run it (see _reconcile_capture)
     _reconcile_capture,
+    # 5: per-second aggregates (series of short ranges in second buckets), per-process
+    # packets/bytes by second and direction, and the exact first/last packet time
+    # (rows: store/capturedb.py write_batch; empty in captures written before)
+    """
+    CREATE TABLE agg_sec (
+        sec INTEGER NOT NULL, kind INTEGER NOT NULL, key TEXT NOT NULL, proto INTEGER NOT NULL,
+        packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        PRIMARY KEY (kind, key, sec, proto)) WITHOUT ROWID;
+    CREATE TABLE proc_sec (
+        process_id INTEGER NOT NULL, sec INTEGER NOT NULL, direction INTEGER NOT NULL,
+        packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        PRIMARY KEY (process_id, sec, direction)) WITHOUT ROWID;
+    CREATE TABLE span (
+        id INTEGER PRIMARY KEY CHECK (id = 0), first INTEGER NOT NULL, last INTEGER NOT NULL)
+    """,
 ]

@@ -28,6 +28,7 @@ from apppaccap.errors import NoToken
 from apppaccap.store.faults import io_failure
 from apppaccap.web import body
 from apppaccap.web import callers
+from apppaccap.web import downloads
 from apppaccap.web import guard
 from apppaccap.web import pages
 from apppaccap.wire import CONSTANTS
@@ -71,8 +72,8 @@ def csp_header(script_nonce: str | None = None) -> str:
     return "; ".join(f"{name} {value}" for name, value in policy.items())
 # Where the door takes a token from (first found wins): the body field `token`, this
 # header, this cookie. Never the URL: URLs end up in logs, history and Referer headers.
-TOKEN_HEADER = "X-AppPacCap-Token"
-TOKEN_COOKIE = "apppaccap_token"
+TOKEN_HEADER = callers.TOKEN_HEADER
+TOKEN_COOKIE = callers.TOKEN_COOKIE
 
 # Floors under the size settings: a mistyped setting must not lock the door for good.
 MIN_REQUEST_BYTES = 64 << 10
@@ -160,6 +161,8 @@ def create_app(ctx) -> Flask:
     def bad_request(_err):
         body = error_envelope(Malformed("body: the request could not be read"))
         return Response(json.dumps(body), 200, mimetype="application/json")
+
+    downloads.register(app, ctx)
 
     @app.get("/constants.js")
     def constants_js():

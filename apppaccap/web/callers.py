@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 # become HTTP_*), so a client cannot forge it.
 PEER_UID = "apppaccap.peer_uid"
 
+# Where a token travels besides an /ajax body: this header, this cookie (set at login).
+# Never the URL: URLs end up in logs, history and Referer headers.
+TOKEN_HEADER = "X-AppPacCap-Token"
+TOKEN_COOKIE = "apppaccap_token"
+
 
 class PeerLookup:
     """uid of the process owning the far end of an accepted TCP connection, or None."""

@@ -15,8 +15,8 @@ from tests.helpers.server import add_user
 
 NOBODY = 65534
 # A client for other accounts: the system Python (readable by every account), stdlib only.
-# It reads [{"fields"|"json"|"body", "headers"}...] as JSON on stdin and prints one
-# {"status", "body", "cookie"} per request.
+# It reads [{"fields"|"json", "headers", "method", "path"}...] (POST /ajax unless told) as
+# JSON on stdin and prints one {"status", "body", "cookie"} per request.
 CLIENT = r"""
 import http.client, json, sys, urllib.parse
 port = int(sys.argv[1])
@@ -29,8 +29,10 @@ for req in json.load(sys.stdin):
     else:
         data = urllib.parse.urlencode(req["fields"], doseq=True).encode()
         headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
+    method = req.get("method", "POST")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", "/ajax", body=data, headers=headers)
+    conn.request(method, req.get("path", "/ajax"), body=data if method == "POST" else None,
+                 headers=headers)
     resp = conn.getresponse()
     raw = resp.read()
     try:
