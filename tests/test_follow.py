@@ -10,7 +10,6 @@ exchange is compared with tshark on a tcpdump recorded at the same time.
 from __future__ import annotations
 
 import collections
-import subprocess
 import urllib.request
 
 import pytest
@@ -223,7 +222,7 @@ def test_reordered_retransmitted_lost_and_cut_segments(live, live_ajax, tmp_path
     snap length, a segment left waiting at the end. Equal to tshark, and to the bytes
     worked out by hand."""
     c, s = ("10.0.0.1", 40000), ("10.0.0.2", 80)
-    A, P, S_, PA, F = 0x10, 0x18, 0x02, 0x18, 0x11
+    A, S_, PA, F = 0x10, 0x02, 0x18, 0x11
     frames = [
         (c, s, 1000, 0, S_, b""), (s, c, 5000, 1001, 0x12, b""), (c, s, 1001, 5001, A, b""),
         (c, s, 1006, 5001, PA, b"WORLD"), (c, s, 1001, 5001, PA, b"HELLO"),
