@@ -1,0 +1,122 @@
+"""The default theme's follow-stream dialog, download links, dark theme and narrow layout
+in a real browser (Debian's Chromium through Playwright).
+
+A real server ingests an HTTP capture of the corpus; the follow dialog must show the
+request text and exactly conn_follow's bytes. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from tests.helpers import corpus
+from tests.helpers.browser import Console
+from tests.helpers.server import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.live]
+
+ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts")
+HTTP = "wellformed/http_get_file_download.pcap"
+
+
+class Site:
+    def __init__(self, tmp):
+        self.export = tmp / "export"
+        self.inn = tmp / "in"
+        self.export.mkdir()
+        self.inn.mkdir()
+        self.server = Server(tmp / "data", self.export, "--ingest-root", self.inn, log_dir=tmp)
+        self.url = self.server.url
+
+    def wait(self, cmd, timeout=60.0):
+        deadline = time.monotonic() + timeout
+        while cmd["State"] < 3:
+            assert time.monotonic() < deadline, cmd
+            time.sleep(0.05)
+            cmd = self.server.ok("command_query", command_uid=cmd["CommandUid"])
+        assert cmd["State"] == 3, cmd
+        return cmd
+
+    def ingest(self, name):
+        target = self.inn / os.path.basename(name)
+        shutil.copy(corpus.path(name), target)
+        return int(self.wait(self.server.ok("pcap_ingest_file", path=str(target)))["Result"])
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    s = Site(tmp_path_factory.mktemp("theme"))
+    s.capture_id = s.ingest(HTTP)
+    yield s
+    s.server.stop()
+
+
+@pytest.fixture
+def page(browser):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    pg.console = Console(pg)
+    yield pg
+    pg.console.assert_clean()
+    ctx.close()
+
+
+def shot(page, name):
+    page.wait_for_timeout(200)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"))
+
+
+def open_app(page, site, hash_=""):
+    page.goto(site.url + "/" + hash_)
+    page.wait_for_selector("#nav a.active")
+
+
+def http_connection(site):
+    """(connection id, conn_follow answer) of the connection carrying the GET."""
+    conns = site.server.ok("capture_list_conns", capture_id=site.capture_id, last_id=0,
+                           limit=1000)
+    for c in conns:
+        r = site.server.ok("conn_follow", capture_id=site.capture_id,
+                           connection_id=c["ConnectionId"])
+        if b"GET /" in b"".join(bytes.fromhex(s["Data"]) for s in r["Segments"]):
+            return c["ConnectionId"], r
+    raise AssertionError("no HTTP connection in " + HTTP)
+
+
+def test_follow_dialog_shows_conn_follow_bytes(page, site):
+    conn_id, r = http_connection(site)
+    open_app(page, site, f"#/capture/{site.capture_id}/conns")
+    row = page.locator(f"#view-capture tr[data-key='{conn_id}']")
+    row.locator("button.followbtn").click()
+    page.wait_for_selector(".modal pre.followtext .seg")
+    text = page.locator(".modal pre.followtext").inner_text()
+    assert "GET /" in text and "HTTP/1.1 200" in text
+    client = page.locator(".modal pre.followtext .seg.client").first
+    server = page.locator(".modal pre.followtext .seg.server").first
+    assert client.evaluate("e => getComputedStyle(e).color") != \
+        server.evaluate("e => getComputedStyle(e).color")
+    shot(page, "follow_text")
+
+    # the hex view is exactly conn_follow's bytes, segment by segment
+    page.select_option(".modal select[aria-label='follow view']", "hex")
+    segs = page.locator(".modal pre.followtext .seg")
+    assert segs.count() == len(r["Segments"])
+    for i, s in enumerate(r["Segments"]):
+        dump = segs.nth(i).inner_text()
+        got = "".join("".join(line[10:58].split()) for line in dump.splitlines())
+        assert got == s["Data"], i
+        assert int(segs.nth(i).get_attribute("data-dir")) == s["Dir"]
+    shot(page, "follow_hex")
+    page.keyboard.press("Escape")
+
+    # from a packet's detail too
+    open_app(page, site, f"#/capture/{site.capture_id}/packets")
+    page.locator("#view-capture .prow:not(.phead)").nth(3).click()
+    page.locator("#view-capture button.followbtn").click()
+    page.wait_for_selector(".modal pre.followtext .seg")
