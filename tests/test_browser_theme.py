@@ -153,3 +153,70 @@ def test_download_links_and_open_in_wireshark(page, site):
     with page.expect_download() as dl3:
         link.click()
     assert open(dl3.value.path(), "rb").read() == open(f["Path"], "rb").read()
+
+
+def html_theme(page):
+    return page.evaluate("() => document.documentElement.getAttribute('data-theme')")
+
+
+def background(page):
+    return page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+
+
+def test_dark_theme_follows_system_and_toggle_persists(browser, site):
+    # the system's preference when nothing was chosen
+    for scheme in ("light", "dark"):
+        ctx = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme=scheme)
+        pg = ctx.new_page()
+        console = Console(pg)
+        open_app(pg, site)
+        assert html_theme(pg) == scheme
+        console.assert_clean()
+        ctx.close()
+
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, color_scheme="light")
+    pg = ctx.new_page()
+    console = Console(pg)
+    open_app(pg, site)
+    light = background(pg)
+    pg.click("#themetoggle")
+    assert html_theme(pg) == "dark" and background(pg) != light
+    pg.reload()
+    pg.wait_for_selector("#nav a.active")
+    assert html_theme(pg) == "dark" and background(pg) != light
+    assert pg.evaluate("() => localStorage.getItem('apppaccap_theme')") == "dark"
+    pg.click("#themetoggle")
+    pg.reload()
+    pg.wait_for_selector("#nav a.active")
+    assert html_theme(pg) == "light" and background(pg) == light
+    console.assert_clean()
+    ctx.close()
+
+
+VIEWS = ["processes", "captures", "capture/{cid}/packets", "capture/{cid}/conns",
+         "capture/{cid}/stats", "stats", "files", "search", "settings"]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", [(1400, 900), (800, 600)])
+def test_screenshots(browser, site, scheme, size):
+    w, h = size
+    ctx = browser.new_context(viewport={"width": w, "height": h}, color_scheme=scheme)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    console = Console(pg)
+    open_app(pg, site)
+    for view in VIEWS:
+        v = view.format(cid=site.capture_id)
+        pg.goto(site.url + "/#/" + v)
+        pg.wait_for_selector("#nav a.active")
+        pg.wait_for_timeout(400)
+        name = v.replace("/", "_").replace(str(site.capture_id), "c")
+        shot(pg, f"theme_{scheme}_{w}x{h}_{name}")
+    pg.goto(site.url + f"/#/capture/{site.capture_id}/packets")
+    pg.locator("#view-capture .prow:not(.phead)").nth(3).click()
+    pg.locator("#view-capture button.followbtn").click()
+    pg.wait_for_selector(".modal pre.followtext .seg")
+    shot(pg, f"theme_{scheme}_{w}x{h}_follow")
+    console.assert_clean()
+    ctx.close()
