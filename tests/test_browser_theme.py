@@ -213,6 +213,14 @@ def test_screenshots(browser, site, scheme, size):
         pg.wait_for_timeout(400)
         name = v.replace("/", "_").replace(str(site.capture_id), "c")
         shot(pg, f"theme_{scheme}_{w}x{h}_{name}")
+        if w <= 800:  # nothing scrolls sideways
+            sw, iw = pg.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+            assert sw <= iw, (v, sw, iw)
+    # columns collapse by priority: the process path goes first, the name stays
+    pg.goto(site.url + "/#/processes")
+    pg.wait_for_selector("#view-processes tr[data-key]")
+    assert pg.locator("#view-processes th:text-is('Name')").is_visible()
+    assert pg.locator("#view-processes th:text-is('Path')").is_visible() == (w > 1000)
     pg.goto(site.url + f"/#/capture/{site.capture_id}/packets")
     pg.locator("#view-capture .prow:not(.phead)").nth(3).click()
     pg.locator("#view-capture button.followbtn").click()
