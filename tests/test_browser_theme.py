@@ -228,3 +228,41 @@ def test_screenshots(browser, site, scheme, size):
     shot(pg, f"theme_{scheme}_{w}x{h}_follow")
     console.assert_clean()
     ctx.close()
+
+
+def test_open_in_wireshark_with_authentication_on(page, tmp_path):
+    """With authentication on, the login cookie authorises the download link; a request
+    without it is refused."""
+    from tests.helpers.server import add_user
+    data = tmp_path / "data"
+    add_user(data, "alice", "correct horse")
+    inn = tmp_path / "in"
+    inn.mkdir()
+    shutil.copy(corpus.path(HTTP), inn / "h.pcap")
+    server = Server(data, tmp_path / "export", "--auth", "on", "--ingest-root", inn,
+                    log_dir=tmp_path)
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#login:not([hidden])")
+        page.fill("#loginform [name=username]", "alice")
+        page.fill("#loginform [name=password]", "correct horse")
+        page.click("#loginform button")
+        page.wait_for_selector("#nav a.active")
+        page.click("#nav a[data-view=files]")
+        page.fill("#view-files input[name=ingestpath]", str(inn / "h.pcap"))
+        page.click("#view-files button:has-text('Ingest')")
+        page.wait_for_selector("#view-files a:has-text('capture #')")
+        page.click("#nav a[data-view=captures]")
+        row = page.locator("#view-captures tr[data-key]").first
+        with page.expect_download() as dl:
+            row.locator("button.wireshark").click()
+        name = dl.value.suggested_filename
+        assert open(dl.value.path(), "rb").read() == (tmp_path / "export" / name).read_bytes()
+        # the same link without the cookie
+        import urllib.error
+        import urllib.request
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.url + "/download/export/" + name, timeout=10)
+        assert refused.value.code in (401, 403)
+    finally:
+        server.stop()
