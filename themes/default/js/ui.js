@@ -174,10 +174,9 @@ var App = window.App || (window.App = {});
   var PRIO = {
     "Dropped": 3, "Scanned": 3, "Message": 3, "MAC": 3, "Kind": 3, "Link type": 3, "SHA-256": 3,
     "\u2191 Pkts out": 3, "\u2193 Pkts in": 3, "First": 3, "Last": 3, "Finished": 3, "Parameters": 3,
-    "Flags": 3, "Last capture": 3, "Complete": 3, "Time": 3, "Notes": 3, "Conns": 3, "Description": 3,
+    "Flags": 3, "Last capture": 3, "Complete": 3, "Notes": 3, "Conns": 3, "Description": 3,
     "Path": 2, "Path on the server": 2, "User": 2, "Filter": 2, "Started": 2, "Ended": 2, "Created": 2,
-    "Local": 2, "State": 2, "Type": 2, "Last fired": 2, "Scanned packets": 2, "Progress": 2,
-    "Adapters": 2, "From": 2, "Packets": 2, "Hostname": 2
+    "Local": 2, "Last fired": 2, "Adapters": 2, "From": 2, "Packets": 2, "Hostname": 2
   };
   function prioOf(c) { return c.prio || PRIO[c.title] || 1; }
 
