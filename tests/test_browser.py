@@ -125,6 +125,12 @@ def _walk_through(page, server, port, client_pid, tmp_path):
     page.click("#view-capture .notesbox button")
     page.wait_for_selector("#toasts >> text=Notes saved on packet")
     shot(page, "packet_detail")
+    # Follow stream from the packet: the live connection's request and response.
+    page.click("#view-capture button.followbtn")
+    page.wait_for_selector(".modal pre.followtext .seg.server")
+    assert "GET /hello.txt" in page.locator(".modal pre.followtext .seg.client").first.inner_text()
+    assert "HTTP/1." in page.locator(".modal pre.followtext .seg.server").first.inner_text()
+    page.keyboard.press("Escape")
     page.fill("#view-capture input[name=quick]", "")
 
     # Pause stops following; the capture keeps running.

@@ -163,5 +163,14 @@ var App = window.App || (window.App = {});
     return d.promise();
   };
 
+  /* Download links (GET /download/...): the browser's login cookie authorises them, the
+   * token never goes into the link. */
+  api.download = {
+    exportUrl: function (name) { return "/download/export/" + encodeURIComponent(name); },
+    extractUrl: function (captureId, fileId) {
+      return "/download/extract/" + encodeURIComponent(captureId) + "/" + encodeURIComponent(fileId);
+    }
+  };
+
   App.api = api;
 })();

@@ -45,7 +45,9 @@ var App = window.App || (window.App = {});
         App.captures.stop(c).then(refreshDetails);
       }));
     } else {
-      $tools.append(ui.button("Export PCAPNG", "primary", function () { App.captures.exportDialog(c); }));
+      $tools.append(ui.button("Export PCAPNG", "primary", function () { App.captures.exportDialog(c); }),
+        ui.button("Open in Wireshark", "wireshark", function () { App.captures.openInWireshark(c, $(this)); })
+          .attr("title", "Export to PCAPNG and download it"));
     }
     $tools.append(ui.button("Notes", "", function () { App.captures.notesDialog(c, renderHead); }));
     if (api.has("search_list")) $tools.append(ui.button("Search\u2026", "", function () { App.go("search", "capture", c.CaptureId); }));

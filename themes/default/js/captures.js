@@ -47,6 +47,23 @@ var App = window.App || (window.App = {});
       }}]);
   }
 
+  /* "Open in Wireshark": export to the export directory (blank path), wait for the
+   * command, then download the file (the browser hands a .pcapng to Wireshark). */
+  function openInWireshark(c, $btn) {
+    if ($btn) $btn.prop("disabled", true).text("Exporting\u2026");
+    var $t = ui.toast("Exporting capture #" + c.CaptureId + " for download\u2026");
+    return api("capture_export", {capture_id: c.CaptureId, filter: "", path: ""}).then(function (cmd) {
+      return api.command(cmd);
+    }).then(function (cmd) {
+      var name = String(cmd.Result).split("/").pop();
+      $t.remove();
+      ui.toast("Downloading " + name);
+      window.location.assign(api.download.exportUrl(name));
+    }, App.fail).always(function () {
+      if ($btn) $btn.prop("disabled", false).text("Open in Wireshark");
+    });
+  }
+
   function notesDialog(c, done) {
     var $ta = ui.el("textarea").attr({rows: 6, placeholder: "Notes on this capture"}).val(c.Notes || "");
     ui.dialog("Notes on capture #" + c.CaptureId, $ta, [
@@ -119,6 +136,8 @@ var App = window.App || (window.App = {});
       {title: "", cls: "actions", render: function (c) {
         return $().add(ui.button("Open", "small", function () { App.go("capture", c.CaptureId, "packets"); }))
           .add(ui.button("Export", "small", function () { exportDialog(c); }))
+          .add(ui.button("Open in Wireshark", "small wireshark", function (e) { e.stopPropagation(); openInWireshark(c, $(this)); })
+            .attr("title", "Export to PCAPNG and download it"))
           .add(ui.button("Delete", "small danger", function () { remove(c, refresh); }));
       }}]), {key: function (c) { return c.CaptureId; }, sort: 0, sortDir: -1,
       onClick: function (c) { App.go("capture", c.CaptureId, "packets"); }, empty: "No completed captures yet."});
@@ -142,5 +161,5 @@ var App = window.App || (window.App = {});
     },
     hide: function () { clearInterval(timer); }
   };
-  App.captures = {stop: stop, exportDialog: exportDialog, notesDialog: notesDialog, remove: remove, what: what};
+  App.captures = {stop: stop, exportDialog: exportDialog, openInWireshark: openInWireshark, notesDialog: notesDialog, remove: remove, what: what};
 })();

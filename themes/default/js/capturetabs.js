@@ -23,6 +23,7 @@ var App = window.App || (window.App = {});
   }
 
   function connections(filterPackets) {
+    var current = null;
     var table = ui.table([
       {title: "ID", get: function (c) { return c.ConnectionId; }, cls: "num"},
       {title: "Proto", get: function (c) { return fmt.proto(c.Protocol); }},
@@ -36,12 +37,18 @@ var App = window.App || (window.App = {});
       num({title: "\u2193 Pkts in", key: "PacketsIn"}), num({title: "\u2193 Bytes in", key: "BytesIn", bytes: true}),
       time("First", "FirstTime"), time("Last", "LastTime"),
       {title: "", cls: "actions", render: function (c) {
-        return ui.button("Packets", "small", function () { filterPackets("conn:" + c.ConnectionId); });
+        var $b = ui.button("Packets", "small", function () { filterPackets("conn:" + c.ConnectionId); });
+        if (!App.follow || !api.has("conn_follow")) return $b;
+        return $b.add(ui.button("Follow stream", "small followbtn", function (e) {
+          e.stopPropagation();
+          App.follow.open(current.CaptureId, c.ConnectionId);
+        }));
       }}
     ], {key: function (c) { return c.ConnectionId; }, empty: "No connections.",
       onClick: function (c) { filterPackets("conn:" + c.ConnectionId); }});
     var p = pane("Connections", table);
     p.load = function (cap) {
+      current = cap;
       api.all("capture_list_conns", {capture_id: cap.CaptureId}, "ConnectionId", null).then(function (rows) {
         table.set(rows); p.count(rows.length);
       }, App.fail);

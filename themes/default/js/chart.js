@@ -10,6 +10,8 @@ var App = window.App || (window.App = {});
   var PALETTE = ["#3a78d4", "#e8833a", "#3aa867", "#c9483b", "#8c62c7", "#2fa4b6", "#d6a41d",
     "#7a8593", "#d36ba6", "#5a9e2f"];
   var FONT = "11px system-ui, -apple-system, Segoe UI, Roboto, sans-serif";
+  /* Colours come from the theme's CSS variables (light or dark). */
+  function css(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
   var charts = [];
 
   function setup(canvas, height) {
@@ -68,7 +70,7 @@ var App = window.App || (window.App = {});
     return step < 60000 ? hm + ":" + pad(d.getSeconds()) : hm;
   }
   function empty(g, text) {
-    g.ctx.fillStyle = "#8a93a0";
+    g.ctx.fillStyle = css("--muted");
     g.ctx.textAlign = "center";
     g.ctx.fillText(text || "no data", g.w / 2, g.h / 2);
   }
@@ -87,7 +89,7 @@ var App = window.App || (window.App = {});
       var L = 64, R = 10, T = 8, B = 22, pw = g.w - L - R, ph = g.h - T - B;
       var t0 = points[0].t, t1 = points[points.length - 1].t + bucket, span = Math.max(t1 - t0, 1);
       var x = function (t) { return L + (t - t0) / span * pw; };
-      ctx.strokeStyle = "#e6e9ee"; ctx.fillStyle = "#6b7380"; ctx.textAlign = "right";
+      ctx.strokeStyle = css("--chart-grid"); ctx.fillStyle = css("--muted"); ctx.textAlign = "right";
       for (var k = 0; k <= 4; k++) {
         var yy = T + ph - ph * k / 4;
         ctx.beginPath(); ctx.moveTo(L, Math.round(yy) + .5); ctx.lineTo(L + pw, Math.round(yy) + .5); ctx.stroke();
@@ -110,7 +112,7 @@ var App = window.App || (window.App = {});
         ctx.fillRect(px, T + ph - h, bw, h);
         return {x0: px, x1: px + Math.max(bw, 3), p: p};
       });
-      ctx.fillStyle = "#c3c9d2"; ctx.fillRect(L, T + ph, pw, 1);
+      ctx.fillStyle = css("--chart-axis"); ctx.fillRect(L, T + ph, pw, 1);
     });
     $(canvas).off(".chart").on("mousemove.chart", function (e) {
       var mx = e.offsetX, hit = null;
@@ -136,11 +138,11 @@ var App = window.App || (window.App = {});
       var max = Math.max.apply(null, items.map(function (it) { return it.v; })) || 1;
       rows = items.map(function (it, i) {
         var y = 4 + i * rowH, w = Math.max(1, it.v / max * pw);
-        ctx.fillStyle = "#38424f"; ctx.textAlign = "right";
+        ctx.fillStyle = css("--text2"); ctx.textAlign = "right";
         ctx.fillText(clip(ctx, it.label, labelW - 8), labelW - 6, y + rowH / 2);
         ctx.fillStyle = it.color || opts.color || PALETTE[i % PALETTE.length];
         ctx.fillRect(labelW, y + 3, w, rowH - 6);
-        ctx.fillStyle = "#4a5563"; ctx.textAlign = "left";
+        ctx.fillStyle = css("--chart-text"); ctx.textAlign = "left";
         ctx.fillText(fmt(it.v), labelW + w + 5, y + rowH / 2);
         return {y0: y, y1: y + rowH, it: it};
       });
@@ -182,14 +184,14 @@ var App = window.App || (window.App = {});
         a += da;
         return arc;
       });
-      ctx.beginPath(); ctx.arc(cx, cy, r * 0.55, 0, Math.PI * 2); ctx.fillStyle = "#fff"; ctx.fill();
-      ctx.fillStyle = "#1d232b"; ctx.textAlign = "center"; ctx.font = "600 13px system-ui, sans-serif";
+      ctx.beginPath(); ctx.arc(cx, cy, r * 0.55, 0, Math.PI * 2); ctx.fillStyle = css("--panel"); ctx.fill();
+      ctx.fillStyle = css("--text"); ctx.textAlign = "center"; ctx.font = "600 13px system-ui, sans-serif";
       ctx.fillText(fmt(total), cx, cy); ctx.font = FONT;
       legend = [];
       arcs.slice(0, 9).forEach(function (arc, i) {
         var y = 14 + i * 19, lx = cx + r + 24;
         ctx.fillStyle = arc.col; ctx.fillRect(lx, y - 5, 10, 10);
-        ctx.fillStyle = "#38424f"; ctx.textAlign = "left";
+        ctx.fillStyle = css("--text2"); ctx.textAlign = "left";
         ctx.fillText(arc.it.label + "  " + arc.pct.toFixed(1) + " %  (" + fmt(arc.it.v) + ")", lx + 16, y);
         legend.push({y0: y - 9, y1: y + 9, x0: lx, arc: arc});
       });

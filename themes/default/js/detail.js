@@ -115,6 +115,11 @@ var App = window.App || (window.App = {});
     $tree.append(treeNodes(App.decode(bytes, p.LinkType), pre, $tree));
     $tree.children("details").slice(-2).attr("open", true);
     $tree.append($("<details>").attr("open", true).append(ui.el("summary", "", "AppPacCap: process and capture"), meta(p)));
+    if (p.ConnectionId && App.follow && api.has("conn_follow")) {
+      $tree.append(ui.el("div", "toolbar compact").append(ui.button("Follow stream", "small followbtn", function () {
+        App.follow.open(p.CaptureId, p.ConnectionId);
+      }).attr("title", "The conversation of connection #" + p.ConnectionId + " as text or hex")));
+    }
     $tree.append(notesBox(p, opts));
     $into.empty().append($tree, ui.el("div", "hex").append(pre));
   }

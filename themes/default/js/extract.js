@@ -33,9 +33,11 @@ var App = window.App || (window.App = {});
       {title: "Path on the server", get: function (f) { return f.Path; }, cls: "mono ellipsis"},
       {title: "SHA-256", get: function (f) { return f.Sha256; }, cls: "mono ellipsis"},
       {title: "", cls: "actions", render: function (f) {
-        return ui.button("Delete", "small danger", function () {
+        return ui.el("a", "button small dl", "Download")
+          .attr({href: api.download.extractUrl(captureId, f.FileId), download: f.FileName})
+          .add(ui.button("Delete", "small danger", function () {
           api("extract_file_delete", {capture_id: captureId, file_id: f.FileId}).then(loadFiles, App.fail);
-        });
+        }));
       }}], {key: function (f) { return f.FileId; }, empty: "No file written yet."});
     var streams = ui.table([
       {title: "Stream", get: function (s) { return s.StreamId; }, cls: "num"},

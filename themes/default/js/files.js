@@ -104,9 +104,10 @@ var App = window.App || (window.App = {});
       {title: "Size", get: function (f) { return f.Size; }, text: function (f) { return fmt.bytes(f.Size); }, cls: "num"},
       {title: "Created", get: function (f) { return f.Created; }, text: function (f) { return fmt.time(f.Created); }, cls: "nowrap"},
       {title: "", cls: "actions", render: function (f) {
-        return ui.button("Delete", "small danger", function () {
+        return ui.el("a", "button small dl", "Download").attr({href: api.download.exportUrl(f.FileName), download: f.FileName})
+          .add(ui.button("Delete", "small danger", function () {
           api("export_delete", {filename: f.FileName}).then(function () { ui.toast("Deleted " + f.FileName); loadExports(); }, App.fail);
-        });
+        }));
       }}
     ], {key: function (f) { return f.FileName; }, sort: 2, sortDir: -1,
       empty: "No exported files. Export a capture from its page or from the Captures list."});

@@ -169,15 +169,26 @@ var App = window.App || (window.App = {});
     return d.promise();
   };
 
+  /* Column priorities for narrow windows: 1 always shown, 2 hidden below 1000 px, 3 hidden
+   * below 1300 px (app.css, .prio-2/.prio-3). A column's `prio` wins over this default by title. */
+  var PRIO = {
+    "Dropped": 3, "Scanned": 3, "Message": 3, "MAC": 3, "Kind": 3, "Link type": 3, "SHA-256": 3,
+    "\u2191 Pkts out": 3, "\u2193 Pkts in": 3, "First": 3, "Last": 3, "Finished": 3, "Parameters": 3,
+    "Flags": 3, "Last capture": 3, "Complete": 3, "Notes": 3, "Conns": 3, "Description": 3,
+    "Path": 2, "Path on the server": 2, "User": 2, "Filter": 2, "Started": 2, "Ended": 2, "Created": 2,
+    "Local": 2, "Last fired": 2, "Adapters": 2, "From": 2, "Packets": 2, "Hostname": 2
+  };
+  function prioOf(c) { return c.prio || PRIO[c.title] || 1; }
+
   /* Sortable table.
-   * cols: [{title, get(row) → sort value, text(row) → string, render(row) → node, cls, width}]
+   * cols: [{title, get(row) → sort value, text(row) → string, render(row) → node, cls, width, prio}]
    * opts: {key(row), onClick(row, $tr), empty: "text", rowClass(row)} */
   ui.table = function (cols, opts) {
     opts = opts || {};
     var $t = ui.el("table", "grid"), $head = ui.el("tr"), $body = ui.el("tbody");
     var rows = [], sortCol = opts.sort === undefined ? -1 : opts.sort, sortDir = opts.sortDir || 1, selected = null;
     cols.forEach(function (c, i) {
-      var $th = ui.el("th", c.cls, c.title);
+      var $th = ui.el("th", c.cls, c.title).addClass("prio-" + prioOf(c));
       if (c.width) $th.css("width", c.width);
       if (c.get) $th.addClass("sortable").on("click", function () {
         sortDir = sortCol === i ? -sortDir : 1; sortCol = i; draw();
@@ -203,7 +214,7 @@ var App = window.App || (window.App = {});
         if (opts.rowClass) $tr.addClass(opts.rowClass(r));
         if (opts.key && selected !== null && opts.key(r) === selected) $tr.addClass("selected");
         cols.forEach(function (c) {
-          var $td = $("<td>").addClass(c.cls || "");
+          var $td = $("<td>").addClass(c.cls || "").addClass("prio-" + prioOf(c));
           if (c.render) $td.append(c.render(r));
           else $td.text(c.text ? c.text(r) : c.get ? c.get(r) : "");
           $tr.append($td);
