@@ -213,11 +213,15 @@ def test_polling_fallback_without_proc_connector(live, live_ajax, http_server, t
     # the poll notices the shell within 0.1 s; it waits 1 s before its child connects
     subprocess.run([str(watched / "sh"), "-c", f"sleep 1; curl -s -o /dev/null --local-port "
                     f"{lport} http://127.0.0.1:{port}/hello.txt; exit 0"], timeout=30)
-    wait_for(lambda: os.listdir(out), timeout=15, what="the export after the poll saw the exit")
+    # Only the finished export counts: while it is written, a hidden .<name>.<random>.part
+    # temporary stands beside it (the safe-write rule of safefs/writing.py).
+    def finished():
+        return [n for n in os.listdir(out) if not n.startswith(".")]
+    wait_for(finished, timeout=15, what="the export after the poll saw the exit")
     cid = live_ajax.ok("trigger_list")[0]["LastCaptureId"]
     packets = read_all(live_ajax, cid)
     assert packets and "SYN" in packets[0]["Summary"] and packets[0]["SrcPort"] == lport
-    with CaptureReader(str(out / os.listdir(out)[0])) as reader:
+    with CaptureReader(str(out / finished()[0])) as reader:
         assert len(list(reader)) == len(packets)
 
 
