@@ -15,6 +15,7 @@ import pytest
 from apppaccap.web.downloads import content_disposition
 from tests.helpers import corpus
 from tests.helpers.door import DoorServer
+from tests.helpers.server import wait_command
 
 PASSWORD = "correct horse battery staple"
 PINGS = "wellformed/icmp_5_pings.pcap"
@@ -40,11 +41,7 @@ class Box:
         return body["ReturnValue"]
 
     def wait(self, cmd: dict, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while cmd["State"] < 3:
-            assert time.monotonic() < deadline, cmd
-            time.sleep(0.05)
-            cmd = self.ok("command_query", command_uid=cmd["CommandUid"])
+        cmd = wait_command(self.ok, cmd, timeout)
         assert cmd["State"] == 3, cmd
         return cmd
 

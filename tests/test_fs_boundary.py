@@ -28,6 +28,7 @@ from tests.helpers.pcapfiles import write_pcap
 from tests.helpers.server import ROOT
 from tests.helpers.server import Server
 from tests.helpers.server import cli
+from tests.helpers.server import wait_command
 
 PINGS = "wellformed/icmp_5_pings.pcap"
 HTTP = "wellformed/http_get_file_download.pcap"
@@ -62,11 +63,7 @@ class Box:
         return body["ReturnValue"]
 
     def wait(self, cmd: dict, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while cmd["State"] < 3:
-            assert time.monotonic() < deadline, cmd
-            time.sleep(0.05)
-            cmd = self.ok("command_query", command_uid=cmd["CommandUid"])
+        cmd = wait_command(self.ok, cmd, timeout)
         return cmd
 
     def ingest(self, src: str) -> int:

@@ -106,3 +106,13 @@ class Server:
                 self.proc.wait(20)
         if self.log is not None:
             self.log.close()
+
+
+def wait_command(ok, cmd: dict, timeout: float = 60) -> dict:
+    """Poll a COMMAND with `ok("command_query", ...)` until it has ended; the last COMMAND."""
+    deadline = time.monotonic() + timeout
+    while cmd["State"] < 3:
+        assert time.monotonic() < deadline, cmd
+        time.sleep(0.05)
+        cmd = ok("command_query", command_uid=cmd["CommandUid"])
+    return cmd
