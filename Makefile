@@ -8,10 +8,13 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8733
 # System packages: libpcap for capture; tcpdump/tshark are the oracles the tests and
 # benchmarks compare against; iproute2 for network namespaces; chromium for browser tests.
-RUN_DEBS  := libpcap-dev gcc python3-dev
+RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1
+# Only `make bpf` (rebuilding the committed eBPF object) needs these; nothing at run time.
+BPF_DEBS  := clang llvm bpftool libbpf-dev
+BPF_DIR   := apppaccap/attribution/bpf
 TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation
 
-.PHONY: run test setup setup-test debs-run debs-test clean docs
+.PHONY: run test setup setup-test debs-run debs-test clean docs bpf
 
 run: setup
 	$(VENV)/bin/apppaccap serve --host $(HOST) --port $(PORT) --data-dir ./data --export-dir ./export
@@ -44,3 +47,13 @@ docs: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The eBPF attribution object (CO-RE) is committed: pip install needs no compiler.
+# Rebuild it after editing appattr.bpf.c (needs $(BPF_DEBS) and /sys/kernel/btf/vmlinux);
+# vmlinux.h is generated from the running kernel's BTF and not committed.
+bpf:
+	@sh installer/debs.sh $(BPF_DEBS)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $(BPF_DIR)/vmlinux.h
+	clang -O2 -g -target bpf -D__TARGET_ARCH_x86 -I$(BPF_DIR) \
+	    -c $(BPF_DIR)/appattr.bpf.c -o $(BPF_DIR)/appattr.bpf.o
+	llvm-strip -g $(BPF_DIR)/appattr.bpf.o

@@ -77,6 +77,11 @@ def installed_theme(value: str, config=None) -> None:
                               f"(installed: {', '.join(installed) or 'none'})")
 
 
+def attribution_choice(value: str, _config=None) -> None:
+    if value not in ("auto", "ebpf", "socket-table"):
+        raise ValueError("must be auto, ebpf or socket-table")
+
+
 def any_text(value: str, _config=None) -> None:
     return None
 
@@ -142,6 +147,10 @@ TABLE = (
             positive_integer),
     Setting("request_idle_seconds", "int", "30", "A connection that sends nothing for this "
             "many seconds is closed.", positive_integer),
+    Setting("attribution_backend", "str", "auto", "Who names each packet's process and "
+            "thread: ebpf (the kernel, at send and receive time), socket-table (sock_diag and "
+            "/proc after the packet) or auto (eBPF when it loads, else the socket table). "
+            "Read when the first capture starts (docs/ATTRIBUTION.md).", attribution_choice),
     Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "
             "packets while its owner is being resolved, so a late answer still labels them "
             "(docs/ARCHITECTURE.md, Attribution).", non_negative_integer),

@@ -14,7 +14,8 @@ from apppaccap.wire import DataType
 
 @endpoint(DataType.JSON, public=True)
 def apppaccap(ctx) -> dict:
-    """Information about this installation, with every protocol constant under `Constants`."""
+    """Information about this installation, with every protocol constant under `Constants`
+    and the attribution backend in use under `Attribution`."""
     geo_path = ctx.settings.get("geoip_db") or ""
     geo = bool(geo_path) and os.path.isfile(geo_path)
     return {
@@ -22,7 +23,19 @@ def apppaccap(ctx) -> dict:
         "MachineName": ctx.machine_name, "OS": f"{platform.system()} {platform.release()}",
         "MapData": 1 if geo else 0, "Threat": 0, "Updated": 0,
         "AuthEnabled": bool(ctx.config.auth or ctx.login_required), "Constants": CONSTANTS,
+        "Attribution": _attribution(ctx),
     }
+
+
+def _attribution(ctx) -> dict:
+    """Which attribution backend names packets: {"Backend": "ebpf" | "socket-table" | ""
+    (not loaded yet), "Setting", "Reason" (why not eBPF)}."""
+    captures = getattr(ctx, "captures", None)
+    if captures is None:
+        return {"Backend": "", "Setting": ctx.settings.get("attribution_backend") or "auto",
+                "Reason": "no capture service"}
+    st = captures.attribution_status()
+    return {"Backend": st["backend"], "Setting": st["setting"], "Reason": st["reason"]}
 
 
 @endpoint(DataType.JSON)

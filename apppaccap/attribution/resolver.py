@@ -92,7 +92,8 @@ class Attribution:
             # its caches make the next capture's first lookups fast.
             self.backend.start()
             self._backend_started = True
-            if self.use_fastpath:
+            # an eBPF backend that loaded answers exactly: no socket-table race to win
+            if self.use_fastpath and not getattr(self.backend, "active", False):
                 fp = FastPath(self.deliver)
                 self.fastpath = fp if fp.start() else None
         # A thread waiting for the GIL waits up to the switch interval (5 ms by default);

@@ -56,7 +56,8 @@ class LiveCapture:
                  catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None):
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
-        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status)
+        icmp = bool(getattr(attribution.backend, "knows_icmp", False))
+        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status, icmp=icmp)
                          for i, (name, h) in enumerate(handles)]
         self.linktypes = [s.linktype for s in self.sniffers]
         self.db = db

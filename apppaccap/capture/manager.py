@@ -6,10 +6,12 @@ import logging
 import os
 import threading
 
+from apppaccap.attribution.kernelowners import EbpfOwners
+from apppaccap.attribution.kernelowners import backend_status
+from apppaccap.attribution.kernelowners import choose_backend
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.localaddr import interface_addresses
 from apppaccap.attribution.owners import LinuxOwners
-from apppaccap.attribution.owners import default_owners
 from apppaccap.attribution.resolver import Attribution
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.capture.geo import IpResolver
@@ -52,6 +54,7 @@ class CaptureManager:
         self.live: dict[int, LiveCapture] = {}
         self._owners = owners
         self._attribution = None
+        self._backend_setting = None
         self._ip_resolver = None
         self._lock = threading.Lock()
         self._dbs: dict[int, CaptureDb] = {}  # completed captures opened for reading
@@ -72,13 +75,37 @@ class CaptureManager:
 
     @property
     def attribution(self):
+        setting = self.ctx.settings.get("attribution_backend") or "auto"
+        old = self._attribution
+        if old is not None and old.users == 0 and setting != self._backend_setting \
+                and self._owners is None:
+            old.close()   # the setting changed while no capture used the engine
+            self._attribution = None
         if self._attribution is None:
-            backend = self._owners or default_owners()
+            backend = self._owners or choose_backend(setting)
+            self._backend_setting = setting
             self._attribution = Attribution(
                 backend, self.ctx.processes,
                 is_local=LocalAddresses(),  # re-reads interfaces as addresses come and go
-                fastpath=isinstance(backend, LinuxOwners))
+                # the fast-path process races short-lived flows for the socket table; with
+                # eBPF loaded it only runs if the programs fail to load (resolver.acquire)
+                fastpath=isinstance(backend, (LinuxOwners, EbpfOwners)))
         return self._attribution
+
+    def attribution_status(self) -> dict:
+        """Which attribution backend runs (or would run: the first capture loads it)."""
+        setting = self.ctx.settings.get("attribution_backend") or "auto"
+        att = self._attribution
+        if att is None or (isinstance(att.backend, EbpfOwners)
+                           and att.backend.reason == "not started"):
+            if setting == "socket-table":
+                return {"backend": "socket-table", "setting": setting, "started": False,
+                        "reason": "the setting attribution_backend is socket-table"}
+            return {"backend": "", "setting": setting, "started": False,
+                    "reason": "loaded with the first capture"}
+        out = backend_status(att.backend, self._backend_setting)
+        out.update(setting=setting, started=True)
+        return out
 
     # -- start ---------------------------------------------------------------
     def _open(self, adapters: list[str], bpf: str):

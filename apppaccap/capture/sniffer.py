@@ -26,6 +26,7 @@ from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 
 SNAPLEN = 262144
+ECHO = {1: (0, 8), 58: (128, 129)}  # ICMP / ICMPv6 echo reply and request types
 log = logging.getLogger(__name__)
 
 
@@ -58,8 +59,12 @@ class Sniffer:
     non-blocking): every millisecond counts against a process that lives for five.
     """
 
-    def __init__(self, handle, iface: int, out: queue.Queue, name: str, on_flow=None):
+    def __init__(self, handle, iface: int, out: queue.Queue, name: str, on_flow=None,
+                 icmp: bool = False):
         self.handle = handle
+        # ICMP echoes are flows too (keyed by their identifier, as the eBPF backend
+        # reports them); only asked for when the backend can answer them
+        self.icmp = icmp
         self.on_flow = on_flow
         self.iface = iface
         self.out = out
@@ -79,6 +84,7 @@ class Sniffer:
         fd = self.handle.fileno()
         linktype = self.linktype
         on_flow = self.on_flow
+        icmp = self.icmp
 
         def on_packet(ts, pkt):
             data = bytes(pkt)
@@ -88,6 +94,12 @@ class Sniffer:
                 key = (d.proto, d.src, d.sport, d.dst, d.dport)
                 if on_flow is not None:
                     on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
+            elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
+                    and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
+                ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
+                key = (d.proto, d.src, ident, d.dst, ident)
+                if on_flow is not None:
+                    on_flow(key, False)
             try:
                 put((ts, iface, data, d, key))
             except queue.Full:

@@ -4,11 +4,17 @@ var App = window.App || (window.App = {});
 (function () {
   "use strict";
   var ui = App.ui, fmt = App.ui.fmt, api = App.api;
-  var $panel, table, systems, chosen = {}, timer = null;
+  var $panel, table, systems, $attr, chosen = {}, timer = null;
 
   function load() {
     api("adapter_list").then(function (list) { table.set(list); }, App.fail);
     loadSystems();
+    // which attribution backend names packets (eBPF or the socket table), and why not eBPF
+    api("apppaccap").then(function (info) {
+      var a = info.Attribution || {};
+      $attr.text("Attribution: " + (a.Backend || "loaded with the first capture") +
+        " (setting " + (a.Setting || "auto") + ")" + (a.Reason && a.Backend ? " - " + a.Reason : ""));
+    }, App.fail);
   }
   function loadSystems() {
     api("capture_list_active").then(function (list) {
@@ -42,6 +48,7 @@ var App = window.App || (window.App = {});
       ui.checkbox("Resolve IPs", "resolve", true),
       ui.button("Start system capture", "primary rec startsys", start),
       ui.el("span", "help", "Tick adapters to capture on; none ticked = every adapter that is up."));
+    $attr = ui.el("p", "help attribution-backend", "");
     table = ui.table([
       {title: "", render: function (a) {
         return ui.el("input").attr({type: "checkbox", "aria-label": "capture on " + a.Name})
@@ -83,7 +90,7 @@ var App = window.App || (window.App = {});
           }));
       }}
     ], {empty: "No system capture is running."});
-    $panel.append(ui.section("Network adapters", ui.button("Refresh", "small", load)).append($tools, table),
+    $panel.append(ui.section("Network adapters", ui.button("Refresh", "small", load)).append($tools, $attr, table),
       ui.section("Running system captures").append(systems));
   }
 

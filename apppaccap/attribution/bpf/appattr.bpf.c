@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: GPL-2.0
+/* AppPacCap exact attribution: which task sends and which task reads each flow.
+ *
+ * CO-RE, built against vmlinux.h of the running kernel (make bpf). Only tp_btf hooks:
+ * on the kernels we run on kprobes are compiled out and fentry is refused (lockdown), see
+ * docs/ATTRIBUTION.md. Events are deduplicated here (LRU keyed by flow + direction: one
+ * event when a flow's task is new or changes) and leave through a ring buffer whose
+ * consumer is woken only once 64 KiB are waiting (it also polls every 50 ms).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define IPPROTO_ICMPV6 58
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define DIR_OUT 0        /* packet sent: src is the local end, task = sender */
+#define DIR_IN 1         /* payload copied to a reader: dst is the local end */
+#define DIR_SOCK_OUT 2   /* socket-level send (sock_send_length): local/remote of the sock */
+#define DIR_SOCK_IN 3    /* socket-level receive (UDP readers: no skb hook in their context) */
+
+#define F_INFERRED 1     /* sent in softirq: the socket's last owner, not the running task */
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define WAKE_BYTES (64 * 1024)
+
+struct flow {
+	__u8 proto;
+	__u8 dir;
+	__u8 family;     /* 4 or 6 */
+	__u8 pad;
+	__u16 sport;     /* host order; ICMP echo: the identifier in both */
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 netns;     /* network namespace inode: the same addresses mean other hosts */
+};
+
+struct event {
+	__u64 ts;
+	__u32 pid;
+	__u32 tid;
+	char comm[16];
+	struct flow f;
+	__u32 flags;
+};
+
+struct owner {
+	__u32 pid;
+	__u32 tid;
+	char comm[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow);
+	__type(value, __u64);      /* pid << 32 | tid last reported */
+} seen SEC(".maps");
+
+/* per CPU: the task a softirq runs on top of, 0 outside softirq. Softirqs do not nest on
+ * one CPU, so a flag set at entry and cleared at exit suffices (a counter drifted: an
+ * entry whose exit was never seen left it stuck); remembering the task as well keeps a
+ * preempted softirq (PREEMPT_RT) from marking whatever runs next. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} softirq_task SEC(".maps");
+
+/* last task that sent or received on a socket (keyed by the sock pointer): the owner
+ * named, marked inferred, for what the stack sends on its behalf in softirq */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct owner);
+} sock_owner SEC(".maps");
+
+/* counters: 0 events emitted, 1 ring buffer full (dropped), 2 softirq packets skipped */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 i)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &i);
+	if (v)
+		(*v)++;
+}
+
+static __always_inline int in_softirq(void)
+{
+	__u32 k = 0;
+	__u64 *t = bpf_map_lookup_elem(&softirq_task, &k);
+	return t && *t && *t == (__u64)bpf_get_current_task();
+}
+
+SEC("tp_btf/softirq_entry")
+int BPF_PROG(on_softirq_entry, unsigned int vec)
+{
+	__u32 k = 0;
+	__u64 *t = bpf_map_lookup_elem(&softirq_task, &k);
+	if (t)
+		*t = bpf_get_current_task();
+	return 0;
+}
+
+SEC("tp_btf/softirq_exit")
+int BPF_PROG(on_softirq_exit, unsigned int vec)
+{
+	__u32 k = 0;
+	__u64 *t = bpf_map_lookup_elem(&softirq_task, &k);
+	if (t)
+		*t = 0;
+	return 0;
+}
+
+static __always_inline void emit(struct flow *f, __u32 pid, __u32 tid, const char *comm,
+				 __u32 flags)
+{
+	__u64 who = ((__u64)pid << 32) | tid;
+	__u64 *old = bpf_map_lookup_elem(&seen, f);
+	if (old && *old == who)
+		return;
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(1);
+		return;   /* not marked seen: the next packet of the flow tries again */
+	}
+	bpf_map_update_elem(&seen, f, &who, BPF_ANY);
+	e->ts = bpf_ktime_get_ns();
+	e->pid = pid;
+	e->tid = tid;
+	__builtin_memcpy(e->comm, comm, 16);
+	e->f = *f;
+	e->flags = flags;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	bpf_ringbuf_submit(e, avail >= WAKE_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	count(0);
+}
+
+static __always_inline __u32 task_netns(void)
+{
+	struct task_struct *t = bpf_get_current_task_btf();
+	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
+}
+
+static __always_inline void emit_current(struct flow *f)
+{
+	char comm[16];
+	f->netns = task_netns();
+	__u64 pt = bpf_get_current_pid_tgid();
+	bpf_get_current_comm(comm, sizeof(comm));
+	emit(f, pt >> 32, (__u32)pt, comm, 0);
+}
+
+/* IP + transport header of an skb into *f (addresses as on the wire: src, dst). */
+static __always_inline int parse_skb(const struct sk_buff *skb, struct flow *f)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u8 vihl;
+	__u32 l4;
+	__u8 proto;
+
+	if (bpf_probe_read_kernel(&vihl, 1, head + nh))
+		return -1;
+	if ((vihl >> 4) == 4) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return -1;
+		if (ip.frag_off & bpf_htons(0x1fff))
+			return -1;  /* not the first fragment: no ports here */
+		f->family = 4;
+		__builtin_memset(f->saddr, 0, 16);
+		__builtin_memset(f->daddr, 0, 16);
+		__builtin_memcpy(f->saddr, &ip.saddr, 4);
+		__builtin_memcpy(f->daddr, &ip.daddr, 4);
+		proto = ip.protocol;
+		l4 = nh + (ip.ihl & 0xf) * 4;
+	} else if ((vihl >> 4) == 6) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return -1;
+		f->family = 6;
+		__builtin_memcpy(f->saddr, &ip6.saddr, 16);
+		__builtin_memcpy(f->daddr, &ip6.daddr, 16);
+		proto = ip6.nexthdr;  /* extension headers: not followed */
+		l4 = nh + sizeof(ip6);
+	} else {
+		return -1;
+	}
+	f->proto = proto;
+	f->pad = 0;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+		__be16 ports[2];
+		if (bpf_probe_read_kernel(ports, sizeof(ports), head + l4))
+			return -1;
+		f->sport = bpf_ntohs(ports[0]);
+		f->dport = bpf_ntohs(ports[1]);
+		return 0;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
+		__u8 h[6];
+		if (bpf_probe_read_kernel(h, sizeof(h), head + l4))
+			return -1;
+		/* echo request/reply only: the identifier names the pinging socket */
+		if (!(h[0] == 8 || h[0] == 0 || h[0] == 128 || h[0] == 129))
+			return -1;
+		f->sport = f->dport = ((__u16)h[4] << 8) | h[5];
+		return 0;
+	}
+	return -1;
+}
+
+SEC("tp_btf/net_dev_queue")
+int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
+{
+	struct flow f;
+	if (parse_skb(skb, &f))
+		return 0;
+	f.dir = DIR_OUT;
+	if (!in_softirq()) {
+		emit_current(&f);
+		return 0;
+	}
+	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task */
+	struct sock *s = BPF_CORE_READ(skb, sk);
+	__u64 sk = (__u64)s;
+	struct owner *o = sk ? bpf_map_lookup_elem(&sock_owner, &sk) : 0;
+	if (o) {
+		f.netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
+		emit(&f, o->pid, o->tid, o->comm, F_INFERRED);
+	}
+	else
+		count(2);
+	return 0;
+}
+
+SEC("tp_btf/skb_copy_datagram_iovec")
+int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
+{
+	struct flow f;
+	if (in_softirq() || parse_skb(skb, &f))
+		return 0;
+	f.dir = DIR_IN;
+	emit_current(&f);
+	return 0;
+}
+
+static __always_inline void sock_event(struct sock *sk, __u8 dir)
+{
+	struct owner o;
+	__u64 pt = bpf_get_current_pid_tgid();
+	__u64 key = (__u64)sk;
+	o.pid = pt >> 32;
+	o.tid = (__u32)pt;
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	bpf_map_update_elem(&sock_owner, &key, &o, BPF_ANY);
+
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (type != SOCK_DGRAM || proto != IPPROTO_UDP)
+		return;   /* TCP, ping and raw sockets are seen per packet */
+	struct flow f = {};
+	f.netns = task_netns();
+	f.proto = IPPROTO_UDP;
+	f.dir = dir;
+	f.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	f.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (family == 2) {
+		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		f.family = 4;
+		__builtin_memcpy(f.saddr, &s, 4);
+		__builtin_memcpy(f.daddr, &d, 4);
+	} else if (family == 10) {
+		f.family = 6;
+		BPF_CORE_READ_INTO(&f.saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&f.daddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		return;
+	}
+	emit(&f, o.pid, o.tid, o.comm, 0);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_sock_send, struct sock *sk, int ret, int flags)
+{
+	if (ret > 0 && !in_softirq())
+		sock_event(sk, DIR_SOCK_OUT);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
+{
+	if (ret > 0 && !in_softirq())
+		sock_event(sk, DIR_SOCK_IN);
+	return 0;
+}

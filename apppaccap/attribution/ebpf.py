@@ -1,0 +1,348 @@
+"""The kernel side of eBPF attribution: load bpf/appattr.bpf.o through libbpf and turn
+its ring-buffer events into a table flow end → (pid, tid, comm) per direction.
+
+Loaded with ctypes on libbpf.so.1 (Debian libbpf1), not through the C extension: libbpf
+is a plain C API of a dozen calls, ctypes needs no compiler or libbpf-dev at install time,
+and a missing library is an ImportError-free runtime condition we can report and fall
+back from (docs/ATTRIBUTION.md, The eBPF backend).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+from apppaccap.attribution.localaddr import unmap
+
+log = logging.getLogger(__name__)
+
+OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "appattr.bpf.o")
+BTF = "/sys/kernel/btf/vmlinux"
+DIR_OUT, DIR_IN, DIR_SOCK_OUT, DIR_SOCK_IN = 0, 1, 2, 3
+F_INFERRED = 1
+# struct event in appattr.bpf.c: ts, pid, tid, comm, flow (proto dir family pad sport
+# dport saddr daddr netns), flags
+EVENT = struct.Struct("<QII16sBBBxHH16s16sII")
+MAX_ENTRIES = 200_000       # LRU bound of each user-space table
+POLL_MS = 50                # the kernel wakes us only at 64 KiB; otherwise we look this often
+BATCH = 4096                # records per consume: ring_buffer__poll never returns in a flood
+UDP = 17
+
+_SAMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+class Seen(NamedTuple):
+    """A task the kernel saw on one end of a flow."""
+
+    pid: int
+    tid: int
+    comm: str
+    inferred: bool   # sent in softirq: the socket's last owner, not the running task
+    ts: float        # monotonic seconds
+
+
+class LoadError(Exception):
+    """eBPF attribution cannot run here; the message says why (logged once)."""
+
+
+def _libbpf():
+    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
+    try:
+        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    except OSError:
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            raise LoadError(f"libbpf is not installed (Debian package libbpf1): {exc}") from None
+    vp, ci = ctypes.c_void_p, ctypes.c_int
+    for fn, res, args in (
+            ("bpf_object__open_file", vp, [ctypes.c_char_p, vp]),
+            ("bpf_object__load", ci, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_object__next_program", vp, [vp, vp]),
+            ("bpf_program__name", ctypes.c_char_p, [vp]),
+            ("bpf_program__attach", vp, [vp]),
+            ("bpf_link__destroy", ci, [vp]),
+            ("bpf_object__find_map_fd_by_name", ci, [vp, ctypes.c_char_p]),
+            ("ring_buffer__new", vp, [ci, _SAMPLE, vp, vp]),
+            ("ring_buffer__poll", ci, [vp, ci]),
+            ("ring_buffer__consume", ci, [vp]),
+            ("ring_buffer__free", None, [vp]),
+            ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
+            ("libbpf_num_possible_cpus", ci, []),
+            ("libbpf_set_print", vp, [_PRINT])):
+        f = getattr(lib, fn)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+class _Messages:
+    """libbpf's own diagnostics (the verifier's reason, say), kept for the load error."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        libc = ctypes.CDLL(None)
+        self._vsnprintf = libc.vsnprintf
+        self._vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                    ctypes.c_void_p]
+        self.callback = _PRINT(self._print)
+
+    def _print(self, level, fmt, args):
+        buf = ctypes.create_string_buffer(512)
+        self._vsnprintf(buf, 512, fmt, args)
+        if level <= 1 and len(self.lines) < 200:   # warnings and info; debug is dropped
+            self.lines.append(buf.value.decode(errors="replace").rstrip())
+        return 0
+
+    def tail(self, n: int = 3) -> str:
+        useful = [ln for ln in self.lines if ln and not ln.startswith("libbpf: prog '")]
+        return "; ".join((useful or self.lines)[-n:])
+
+
+def check_environment() -> None:
+    """The cheap preconditions, with a reason a person reads when one is missing."""
+    if not os.path.exists(BTF):
+        raise LoadError(f"the kernel has no BTF ({BTF} is missing; CONFIG_DEBUG_INFO_BTF)")
+
+
+class KernelFlows:
+    """Loaded programs + the consumer thread + the table they fill.
+
+    `owner()` and `drain()` may be called from any thread: consuming the ring buffer is
+    serialised by a lock (libbpf's ring_buffer is not thread-safe)."""
+
+    def __init__(self, object_path: str = OBJECT):
+        self.object_path = object_path
+        self.flows: OrderedDict = OrderedDict()   # (proto, lip, lport, rip, rport) → [out, in]
+        self.socks: OrderedDict = OrderedDict()   # (proto, lip, lport) → [out, in]
+        self.stats = {"events": 0, "batches": 0, "consumer_cpu": 0.0, "drains": 0}
+        self._lib = None
+        self._obj = None
+        self._links: list = []
+        self._rb = None
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.load_ms = 0.0
+        self.netns = _netns()
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Load and attach everything, or raise LoadError (nothing left attached)."""
+        t0 = time.monotonic()
+        check_environment()
+        if not os.path.exists(self.object_path):
+            raise LoadError(f"the eBPF object {self.object_path} is missing (make bpf)")
+        lib = self._lib = _libbpf()
+        msgs = _Messages()
+        lib.libbpf_set_print(msgs.callback)
+        self._msgs = msgs   # the callback must outlive every libbpf call
+        try:
+            obj = lib.bpf_object__open_file(self.object_path.encode(), None)
+            if not obj:
+                raise LoadError(f"libbpf could not open {self.object_path}: "
+                                f"{_err()}{_more(msgs)}")
+            self._obj = obj
+            if lib.bpf_object__load(obj) != 0:
+                raise LoadError(f"the kernel refused the eBPF programs: {_err()}{_more(msgs)}"
+                                + _caps_hint())
+            prog = lib.bpf_object__next_program(obj, None)
+            while prog:
+                link = lib.bpf_program__attach(prog)
+                if not link:
+                    name = lib.bpf_program__name(prog).decode()
+                    raise LoadError(f"attaching {name} failed: {_err()}{_more(msgs)}")
+                self._links.append(link)
+                prog = lib.bpf_object__next_program(obj, prog)
+            fd = lib.bpf_object__find_map_fd_by_name(obj, b"events")
+            self._counters_fd = lib.bpf_object__find_map_fd_by_name(obj, b"counters")
+            self._sample = _SAMPLE(self._on_sample)
+            self._rb = lib.ring_buffer__new(fd, self._sample, None, None)
+            if not self._rb:
+                raise LoadError(f"ring buffer set-up failed: {_err()}")
+        except LoadError:
+            self._unload()
+            raise
+        self.load_ms = (time.monotonic() - t0) * 1000
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._consume_loop, name="attribution-ebpf",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self._unload()
+
+    def _unload(self) -> None:
+        lib = self._lib
+        if lib is None:
+            return
+        with self._lock:
+            if self._rb:
+                lib.ring_buffer__free(self._rb)
+                self._rb = None
+            for link in self._links:
+                lib.bpf_link__destroy(link)
+            self._links.clear()
+            if self._obj:
+                lib.bpf_object__close(self._obj)
+                self._obj = None
+
+    # -- consuming ---------------------------------------------------------------
+    def _on_sample(self, _ctx, data, size):
+        # only copy here: parsing happens after libbpf returns, outside the callback
+        self._pending.append(ctypes.string_at(data, size))
+        return 1 if len(self._pending) >= BATCH else 0   # non-zero: poll returns now
+
+    def _consume_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self._rb is None:
+                    return
+                c0 = time.thread_time()
+                self._lib.ring_buffer__poll(self._rb, 0)
+                self._lib.ring_buffer__consume(self._rb)
+                self._apply()
+                self.stats["consumer_cpu"] += time.thread_time() - c0
+            self._stop.wait(POLL_MS / 1000)
+
+    def drain(self) -> None:
+        """Take in every event already in the ring buffer (the resolver calls this before
+        looking a flow up: its packet was queued after the event was written)."""
+        with self._lock:
+            if self._rb is None:
+                return
+            self.stats["drains"] += 1
+            while self._lib.ring_buffer__consume(self._rb) > 0 and len(self._pending) >= BATCH:
+                self._apply()
+            self._apply()
+
+    def _apply(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        self.stats["batches"] += 1
+        self.stats["events"] += len(pending)
+        now = time.monotonic()
+        unpack = EVENT.unpack_from
+        for raw in pending:
+            (_ts, pid, tid, comm, proto, d, family, sport, dport, saddr, daddr, netns,
+             flags) = unpack(raw)
+            if netns != self.netns:
+                continue   # another namespace's flow: its addresses are not ours (containers)
+            src, dst = _ip(family, saddr), _ip(family, daddr)
+            seen = Seen(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
+                        bool(flags & F_INFERRED), now)
+            if d == DIR_OUT:
+                self._put(self.flows, (proto, src, sport, dst, dport), 0, seen)
+            elif d == DIR_IN:
+                self._put(self.flows, (proto, dst, dport, src, sport), 1, seen)
+            else:   # socket level: src = the socket's local end, dst = its peer (or 0)
+                side = 0 if d == DIR_SOCK_OUT else 1
+                self._put(self.socks, (proto, src, sport), side, seen)
+                if dport:
+                    self._put(self.flows, (proto, src, sport, dst, dport), side, seen)
+
+    @staticmethod
+    def _put(table: OrderedDict, key, side: int, seen: Seen) -> None:
+        entry = table.get(key)
+        if entry is None:
+            entry = table[key] = [None, None]
+            if len(table) > MAX_ENTRIES:
+                table.popitem(last=False)
+        else:
+            table.move_to_end(key)
+        old = entry[side]
+        if old is None or not seen.inferred or old.inferred:
+            entry[side] = seen   # an inferred owner never replaces a task seen in context
+
+    # -- answers -------------------------------------------------------------------
+    def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Seen | None:
+        """The task on the local end (lip, lport) of a flow: its sender seen in context,
+        else its reader, else the socket's owner (inferred); for UDP, the socket bound to
+        that port when the flow itself was not seen (unconnected receivers)."""
+        entry = self.flows.get((proto, lip, lport, rip, rport))
+        best = _best(entry) if entry is not None else None
+        if best is not None and not best.inferred:
+            return best
+        if proto == UDP:
+            for ip in (lip, "0.0.0.0", "::"):
+                sock = self.socks.get((proto, ip, lport))
+                found = _best(sock) if sock is not None else None
+                if found is not None:
+                    return found
+        return best
+
+    def comm_of(self, pid: int) -> str:
+        """The comm the kernel reported for `pid` (the newest flow first), or ""."""
+        for table in (self.flows, self.socks):
+            for entry in reversed(list(table.values())[-2000:]):
+                for s in entry:
+                    if s is not None and s.pid == pid and not s.inferred:
+                        return s.comm
+        return ""
+
+    def counters(self) -> dict:
+        """The kernel side's counters summed over CPUs: emitted, ring full, skipped."""
+        out = {}
+        if self._lib is None or self._obj is None:
+            return out
+        n = self._lib.libbpf_num_possible_cpus()
+        for i, name in enumerate(("emitted", "ring_full", "softirq_unowned")):
+            key = ctypes.c_uint32(i)
+            vals = (ctypes.c_uint64 * max(1, n))()
+            if self._lib.bpf_map_lookup_elem(self._counters_fd, ctypes.byref(key), vals) == 0:
+                out[name] = sum(vals)
+        return out
+
+
+def _netns() -> int:
+    """Our network namespace's inode: the captures see this namespace's interfaces."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def _best(entry) -> Seen | None:
+    out, inn = entry
+    for s in (out, inn):
+        if s is not None and not s.inferred:
+            return s
+    return out or inn
+
+
+def _ip(family: int, raw: bytes) -> str:
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return unmap(socket.inet_ntop(socket.AF_INET6, raw))
+
+
+def _err() -> str:
+    code = ctypes.get_errno()
+    return f"{os.strerror(code)} (errno {errno.errorcode.get(code, code)})" if code else \
+        "unknown error"
+
+
+def _more(msgs: _Messages) -> str:
+    tail = msgs.tail()
+    return f" [libbpf: {tail}]" if tail else ""
+
+
+def _caps_hint() -> str:
+    return (" - loading needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"
+            if ctypes.get_errno() in (errno.EPERM, errno.EACCES) else "")

@@ -1,0 +1,143 @@
+"""The attribution backend the pipeline gets: eBPF first, the socket table per flow.
+
+`choose_backend(setting)` builds it: "ebpf" / "auto" wrap today's LinuxOwners in
+EbpfOwners, which answers each local end of a flow from what the kernel saw (ebpf.py) and
+asks the wrapped sock_diag/procfs engine only for the ends the kernel has no answer for.
+When the programs cannot load (no BTF, no libbpf, no CAP_BPF/CAP_PERFMON, a verifier
+refusal) the whole backend falls back to the socket table at start(), logged once with
+the reason; `status()` says which backend runs and why (the `apppaccap` action shows it).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apppaccap.attribution.ebpf import OBJECT
+from apppaccap.attribution.ebpf import KernelFlows
+from apppaccap.attribution.ebpf import LoadError
+from apppaccap.attribution.localaddr import LocalAddresses
+from apppaccap.attribution.owners import LinuxOwners
+from apppaccap.attribution.owners import Owner
+from apppaccap.attribution.owners import default_owners
+from apppaccap.attribution.procfs import ProcInfo
+
+log = logging.getLogger(__name__)
+
+CHOICES = ("auto", "ebpf", "socket-table")
+TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
+
+
+class EbpfOwners:
+    """Owners from the kernel's own record of who sent and read each flow; the wrapped
+    backend (`inner`) for the rest. Same interface as LinuxOwners."""
+
+    knows_icmp = True   # the sniffer keys ICMP echoes by identifier for us
+
+    def __init__(self, inner, kernel=None, object_path: str = OBJECT):
+        self.inner = inner
+        self.kernel = kernel if kernel is not None else KernelFlows(object_path)
+        self.active = False           # the programs are loaded and attached
+        self.reason = "not started"   # why not, when not
+        self.stats = {"ebpf": 0, "fallback": 0}
+        self.boost = True
+        self.is_local = LocalAddresses()   # only a local end can be asked of the socket table
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        self.inner.start()
+        try:
+            self.kernel.start()
+        except LoadError as exc:
+            self.active, self.reason = False, str(exc)
+            log.warning("eBPF attribution unavailable, using the socket table: %s", exc)
+        else:
+            self.active, self.reason = True, ""
+            log.info("eBPF attribution loaded in %.0f ms", self.kernel.load_ms)
+
+    def stop(self) -> None:
+        if self.active:
+            self.kernel.stop()
+            self.active = False
+            self.reason = "stopped"
+        self.inner.stop()
+
+    def boost_current_thread(self) -> bool:
+        fn = getattr(self.inner, "boost_current_thread", None)
+        return bool(self.boost and fn and fn())
+
+    # -- questions ---------------------------------------------------------------
+    def resolve(self, proto: int, src: str, sport: int, dst: str, dport: int,
+                ifindex: int = 0) -> list[Owner]:
+        """Owners of the local ends, the src end first (as LinuxOwners.resolve)."""
+        if not self.active:
+            return self._inner(proto, src, sport, dst, dport, ifindex)
+        self.kernel.drain()   # the packet asked about was sent after its event was written
+        ends = []
+        for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
+                                               (dst, dport, src, sport, False)):
+            seen = self.kernel.owner(proto, lip, lport, rip, rport)
+            ends.append(None if seen is None else Owner(seen.pid, seen.tid, 0, is_src))
+        same = src == dst and sport == dport
+        if same:
+            ends[1] = None   # a ping of this host: one socket, one end
+        missing_local = any(o is None and self.is_local(ip)
+                            for o, ip in zip(ends, (src, dst)))
+        if not missing_local or proto not in (TCP, UDP) or (same and ends[0] is not None):
+            found = [o for o in ends if o is not None]
+            self.stats["ebpf"] += len(found)
+            return found
+        # an end the kernel has not seen yet (a server that has not read; a flow older
+        # than the programs): today's engine answers for that end only
+        other = {o.local_is_src: o for o in self._inner(proto, src, sport, dst, dport, ifindex)}
+        out = []
+        for o, is_src in zip(ends, (True, False)):
+            if o is None:
+                o = other.get(is_src)
+                self.stats["fallback"] += o is not None
+            else:
+                self.stats["ebpf"] += 1
+            if o is not None:
+                out.append(o)
+        return out
+
+    def _inner(self, proto, src, sport, dst, dport, ifindex):
+        if proto not in (TCP, UDP):
+            return []   # sock_diag knows no ICMP echo ids
+        return self.inner.resolve(proto, src, sport, dst, dport, ifindex)
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def process(self, pid: int) -> ProcInfo | None:
+        info = self.inner.process(pid)
+        if info is None and self.active:
+            # exited before anyone read /proc: the kernel's comm is still the right name
+            comm = self.kernel.comm_of(pid)
+            if comm:
+                info = ProcInfo(pid, 0, comm, "", "", "", 0, [])
+        return info
+
+    def status(self) -> dict:
+        return {"backend": "ebpf" if self.active else "socket-table", "reason": self.reason}
+
+
+def choose_backend(setting: str = "auto", object_path: str = OBJECT):
+    """The backend for `attribution_backend`: EbpfOwners around the socket table (auto,
+    ebpf), or the socket table alone (socket-table, or a platform without sock_diag)."""
+    inner = default_owners()
+    if setting == "socket-table" or not isinstance(inner, LinuxOwners):
+        return inner
+    return EbpfOwners(inner, object_path=object_path)
+
+
+def backend_status(backend, setting: str = "auto") -> dict:
+    """{'backend': 'ebpf' | 'socket-table', 'reason': why not eBPF} of any backend."""
+    if isinstance(backend, EbpfOwners):
+        return backend.status()
+    if setting == "socket-table":
+        why = "the setting attribution_backend is socket-table"
+    elif isinstance(backend, LinuxOwners):
+        why = "a socket-table backend was given"
+    else:
+        why = "eBPF attribution needs Linux with sock_diag"
+    return {"backend": "socket-table", "reason": why}

@@ -1,0 +1,263 @@
+"""eBPF attribution, live: thread captures hold exactly their thread's packets (tcpdump as
+the oracle), ping and ICMP datagram sockets are attributed, the socket table takes over
+when asked to or when the programs cannot load. Root and BTF are required: a machine
+where eBPF cannot load fails here with the reason, never skips."""
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from apppaccap.attribution.ebpf import KernelFlows
+from apppaccap.attribution.ebpf import LoadError
+from apppaccap.attribution.kernelowners import EbpfOwners
+from apppaccap.attribution.owners import LinuxOwners
+from apppaccap.dissect.decode import decode
+from apppaccap.pcap.reader import CaptureReader
+from tests.helpers.live import Tcpdump
+from tests.helpers.live import assert_same_packets
+from tests.helpers.live import read_all
+from tests.helpers.ports import free_port
+from tests.test_netns import HOST_IP
+from tests.test_netns import NS_IP
+from tests.test_netns import netns  # noqa: F401 - the fixture
+
+pytestmark = pytest.mark.live
+
+# A main thread and a worker thread each make their own HTTP requests, concurrently; every
+# connection's client port is printed with the thread that made it.
+TWO_THREADS = r"""
+import socket, sys, threading
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+go = threading.Event()
+out = threading.Lock()   # one whole line at a time: print() writes its pieces separately
+def fetch(tag):
+    for _ in range(n):
+        c = socket.create_connection((host, port))
+        local = c.getsockname()[1]
+        c.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        while c.recv(65536):
+            pass
+        c.close()
+        with out:
+            print(tag, threading.get_native_id(), local, flush=True)
+def worker():
+    go.wait()
+    fetch("worker")
+t = threading.Thread(target=worker)
+t.start()
+print("tid", t.native_id, flush=True)
+sys.stdin.readline()
+go.set()
+fetch("main")
+t.join()
+print("done", flush=True)
+"""
+
+
+def reference(path: str, ports: set) -> list[tuple[int, int]]:
+    """(µs, length) of the tcpdump packets whose either port is in `ports`."""
+    out = []
+    with CaptureReader(path) as r:
+        for rec in r:
+            d = decode(rec.linktype, rec.data)
+            if d.sport in ports or d.dport in ports:
+                out.append((rec.ts_ns // 1000, rec.origlen))
+    return out
+
+
+def test_ebpf_loads_here():
+    """CI has root and BTF: eBPF attribution must load (the error says why not)."""
+    k = KernelFlows()
+    try:
+        k.start()
+    except LoadError as exc:
+        pytest.fail(f"eBPF attribution cannot load: {exc}")
+    k.stop()
+
+
+def run_two_threads(live_ajax, tmp_path, iface, host, server_host, server_cmd):
+    port = free_port()
+    server = subprocess.Popen(server_cmd(port), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=str(tmp_path))
+    prog = subprocess.Popen([sys.executable, "-c", TWO_THREADS, server_host, str(port), "8"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):   # the server is up (in its namespace, too)
+            try:
+                socket.create_connection((server_host, port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        tid = int(prog.stdout.readline().split()[1])
+        dump = Tcpdump(iface, f"tcp port {port}", str(tmp_path / "ref.pcap"))
+        flt = f"tcp port {port}"
+        sys_cap = live_ajax.ok("capture_start_system", adapter=iface, filter=flt)
+        main_cap = live_ajax.ok("capture_start_process", pid=prog.pid, thread_id=prog.pid,
+                                flags=2, adapter=iface, filter=flt)
+        thr_cap = live_ajax.ok("capture_start_process", pid=prog.pid, thread_id=tid, flags=2,
+                               adapter=iface, filter=flt)
+        assert live_ajax.ok("apppaccap")["Attribution"]["Backend"] == "ebpf"
+        prog.stdin.write("go\n")
+        prog.stdin.flush()
+        lines = []
+        for line in prog.stdout:
+            if line.strip() == "done":
+                break
+            lines.append(line.split())
+        time.sleep(0.5)
+        live_ajax.ok("capture_stop_all")
+        dump.stop()
+    finally:
+        prog.kill()
+        prog.wait()
+        server.kill()
+        server.wait()
+    worker_ports = {int(p) for tag, t, p in lines if tag == "worker" and int(t) == tid}
+    main_ports = {int(p) for tag, t, p in lines if tag == "main" and int(t) == prog.pid}
+    assert len(worker_ports) == 8 and len(main_ports) == 8, lines
+    return (prog.pid, tid, worker_ports, main_ports, sys_cap, main_cap, thr_cap,
+            str(tmp_path / "ref.pcap"))
+
+
+def check_two_threads(live_ajax, result):
+    pid, tid, worker_ports, main_ports, sys_cap, main_cap, thr_cap, ref = result
+    for cap, ports, thread in ((thr_cap, worker_ports, tid), (main_cap, main_ports, pid)):
+        packets = read_all(live_ajax, cap["CaptureId"])
+        foreign = [(p["SrcPort"], p["DstPort"], p["Pid"], p["ThreadId"]) for p in packets
+                   if not {p["SrcPort"], p["DstPort"]} & ports]
+        assert not foreign, (thread, foreign[:10])
+        assert all(p["Pid"] == pid and p["ThreadId"] == thread for p in packets)
+        # exactly the thread's packets: the ones tcpdump saw on its connections, no other
+        assert_same_packets([((p["Time"] - 116444736000000000) // 10, p["Length"])
+                             for p in packets], reference(ref, ports))
+    # the system capture names the thread of every client packet too
+    everything = read_all(live_ajax, sys_cap["CaptureId"])
+    for p in everything:
+        if {p["SrcPort"], p["DstPort"]} & worker_ports:
+            assert (p["Pid"], p["ThreadId"]) in ((pid, tid),) or p["Pid"] != pid, p
+        if {p["SrcPort"], p["DstPort"]} & main_ports:
+            assert (p["Pid"], p["ThreadId"]) in ((pid, pid),) or p["Pid"] != pid, p
+    stream = live_ajax.ok("capture_thread_stream", capture_id=sys_cap["CaptureId"], pid=pid,
+                          thread_id=tid)
+    assert stream["Packets"] and all(
+        {p["SrcPort"], p["DstPort"]} & worker_ports for p in stream["Packets"])
+
+
+def test_thread_capture_on_loopback(live_ajax, tmp_path):
+    result = run_two_threads(
+        live_ajax, tmp_path, "lo", "127.0.0.1", "127.0.0.1",
+        lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+    check_two_threads(live_ajax, result)
+
+
+def test_thread_capture_through_a_namespace(live_ajax, tmp_path, netns):  # noqa: F811
+    ns, host = netns
+    result = run_two_threads(
+        live_ajax, tmp_path, host, HOST_IP, NS_IP,
+        lambda port: ["ip", "netns", "exec", ns, sys.executable, "-m", "http.server",
+                      str(port), "--bind", NS_IP])
+    check_two_threads(live_ajax, result)
+
+
+PING_SOCKET = r"""
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
+s = socket.socket(family, socket.SOCK_DGRAM, proto)
+s.settimeout(2)
+for seq in range(3):
+    s.sendto(bytes([128 if family == socket.AF_INET6 else 8, 0, 0, 0, 0, 0, 0, seq]) + b"x" * 8,
+             (sys.argv[1], 0))
+    s.recv(100)
+"""
+
+
+def test_ping_and_icmp_sockets_attributed(live_ajax):
+    old = open("/proc/sys/net/ipv4/ping_group_range").read()
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter="icmp or icmp6")
+    pids = []
+    try:
+        for cmd in (["ping", "-c", "3", "-i", "0.2", "127.0.0.1"],
+                    ["ping", "-6", "-c", "3", "-i", "0.2", "::1"]):
+            p = subprocess.run(cmd, capture_output=True)
+            assert p.returncode == 0, p.stderr
+        # ICMP datagram sockets ("ping sockets"): root's group allowed for the test only
+        with open("/proc/sys/net/ipv4/ping_group_range", "w") as fh:
+            fh.write("0 0")
+        for addr in ("127.0.0.1", "::1"):
+            proc = subprocess.Popen([sys.executable, "-c", PING_SOCKET, addr])
+            assert proc.wait(10) == 0
+            pids.append(proc.pid)
+        time.sleep(0.5)
+        live_ajax.ok("capture_stop_all")
+    finally:
+        with open("/proc/sys/net/ipv4/ping_group_range", "w") as fh:
+            fh.write(old)
+    packets = read_all(live_ajax, cap["CaptureId"])
+    names = {}
+    for p in packets:
+        names.setdefault(p["ProcessName"], []).append(p)
+    # 2 pings x 3 requests + 3 replies (one flow each: the same identifier both ways)
+    assert len(names.get("ping", [])) == 12, {k: len(v) for k, v in names.items()}
+    by_pid = {}
+    for p in packets:
+        by_pid.setdefault(p["Pid"], []).append(p)
+    for pid in pids:
+        assert len(by_pid.get(pid, [])) == 6, {k: len(v) for k, v in by_pid.items()}
+    assert not [p for p in packets if not p["Pid"]], "an echo without its process"
+
+
+def test_socket_table_setting_forces_the_fallback(live, live_ajax, http_server):
+    http_server, _ = http_server
+    live_ajax.ok("settings_set", key_name="attribution_backend", value="socket-table")
+    assert live_ajax("settings_set", key_name="attribution_backend",
+                     value="kernel")["ErrorCode"] != 0
+    cap = live_ajax.ok("capture_start_system", adapter="lo",
+                       filter=f"tcp port {http_server}")
+    assert isinstance(live.captures.attribution.backend, LinuxOwners)
+    info = live_ajax.ok("apppaccap")["Attribution"]
+    assert info["Backend"] == "socket-table" and "socket-table" in info["Reason"]
+    curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{http_server}/"])
+    curl.wait()
+    time.sleep(0.5)
+    live_ajax.ok("capture_stop_all")
+    packets = read_all(live_ajax, cap["CaptureId"])
+    assert packets and any(p["Pid"] == curl.pid for p in packets)
+    # back to auto once no capture runs: the next capture loads eBPF again
+    live_ajax.ok("settings_set", key_name="attribution_backend", value="auto")
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter="tcp port 9")
+    assert isinstance(live.captures.attribution.backend, EbpfOwners)
+    assert live_ajax.ok("apppaccap")["Attribution"]["Backend"] == "ebpf"
+    live_ajax.ok("capture_stop_all")
+
+
+def test_a_load_failure_falls_back_with_the_reason(tmp_path, caplog, http_server):
+    http_server, _ = http_server
+    bad = tmp_path / "appattr.bpf.o"
+    bad.write_bytes(b"\x7fELF not really an object")
+    backend = EbpfOwners(LinuxOwners(), object_path=str(bad))
+    with caplog.at_level(logging.WARNING, logger="apppaccap.attribution.kernelowners"):
+        backend.start()
+    try:
+        assert not backend.active
+        assert backend.status()["backend"] == "socket-table"
+        assert str(bad) in backend.reason and "libbpf could not open" in backend.reason
+        warned = [r for r in caplog.records if "eBPF attribution unavailable" in r.message]
+        assert len(warned) == 1 and str(bad) in warned[0].message
+        # the socket table answers instead
+        c = socket.create_connection(("127.0.0.1", http_server))
+        lport = c.getsockname()[1]
+        owners = backend.resolve(6, "127.0.0.1", lport, "127.0.0.1", http_server)
+        assert owners and owners[0].pid == os.getpid() and owners[0].local_is_src
+        c.close()
+    finally:
+        backend.stop()
+    missing = EbpfOwners(LinuxOwners(), object_path=str(tmp_path / "absent.o"))
+    missing.start()
+    assert not missing.active and "is missing" in missing.reason
+    missing.stop()
