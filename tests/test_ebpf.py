@@ -130,7 +130,7 @@ def check_two_threads(live_ajax, result):
         packets = read_all(live_ajax, cap["CaptureId"])
         foreign = [(p["SrcPort"], p["DstPort"], p["Pid"], p["ThreadId"]) for p in packets
                    if not {p["SrcPort"], p["DstPort"]} & ports]
-        assert not foreign, (thread, foreign[:10])
+        assert not foreign, (thread, tid, foreign[:4], worker_ports, main_ports)
         assert all(p["Pid"] == pid and p["ThreadId"] == thread for p in packets)
         # exactly the thread's packets: the ones tcpdump saw on its connections, no other
         assert_same_packets([((p["Time"] - 116444736000000000) // 10, p["Length"])

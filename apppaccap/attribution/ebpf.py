@@ -253,7 +253,8 @@ class KernelFlows:
                 self._put(self.flows, (proto, dst, dport, src, sport), 1, seen)
             else:   # socket level: src = the socket's local end, dst = its peer (or 0)
                 side = 0 if d == DIR_SOCK_OUT else 1
-                self._put(self.socks, (proto, src, sport), side, seen)
+                if proto == UDP:   # unconnected receivers are known per socket only
+                    self._put(self.socks, (proto, src, sport), side, seen)
                 if dport:
                     self._put(self.flows, (proto, src, sport, dst, dport), side, seen)
 

@@ -33,6 +33,12 @@ class EbpfOwners:
 
     knows_icmp = True   # the sniffer keys ICMP echoes by identifier for us
 
+    @property
+    def syn_reresolve(self) -> float:
+        """Seconds after which a SYN re-asks a known flow (Attribution.status): at once
+        with the programs loaded, the socket table's second otherwise."""
+        return 0.0 if self.active else 1.0
+
     def __init__(self, inner, kernel=None, object_path: str = OBJECT):
         self.inner = inner
         self.kernel = kernel if kernel is not None else KernelFlows(object_path)

@@ -140,6 +140,11 @@ class Attribution:
         key5 = (proto, src, sport, dst, dport) of the packet. `syn` marks a new TCP
         connection attempt, which re-resolves a 5-tuple reused by another process.
         """
+        return self.entry(key5, syn)[0]
+
+    def entry(self, key5: tuple, syn: bool = False) -> list:
+        """The flow's table entry as status() leaves it. A packet that keeps it keeps its
+        flow's answer even when a reused tuple (a new SYN) gets a new entry meanwhile."""
         now = self.clock()
         fk = flow_key(*key5)
         entry = self.flows.get(fk)
@@ -147,19 +152,24 @@ class Attribution:
             labels, resolved_at, seen = entry[:3]
             entry[2] = now
             if labels is PENDING:
-                return PENDING
-            stale = now - seen > self.idle_grace or (syn and now - resolved_at > 1.0)
+                return entry
+            # A SYN reusing a tuple (a client port reused at once: the server holds the
+            # TIME_WAIT) is asked again; the socket table only after a second, eBPF always
+            # (its answer is the new SYN's sender, seen in the kernel).
+            stale = now - seen > self.idle_grace or (
+                syn and now - resolved_at > getattr(self.backend, "syn_reresolve", 1.0))
             if labels and not stale:
-                return labels
+                return entry
             if not labels and not stale and now - resolved_at < RETRY_MISS:
-                return labels
+                return entry
+        entry = [PENDING, now, now, 0, key5]
         with self._flows_lock:
-            self.flows[fk] = [PENDING, now, now, 0, key5]
+            self.flows[fk] = entry
             if len(self.flows) > MAX_FLOWS:
                 self.flows.popitem(last=False)
         self.stats["requests"] += 1
         self._queue.put((key5, fk, now))
-        return PENDING
+        return entry
 
     # -- resolver ------------------------------------------------------------
     def _resolver(self):

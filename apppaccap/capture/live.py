@@ -57,7 +57,9 @@ class LiveCapture:
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
         icmp = bool(getattr(attribution.backend, "knows_icmp", False))
-        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.status, icmp=icmp)
+        # the flow's entry travels with each packet: a tuple reused by a new connection
+        # while older packets wait here must not relabel them (Attribution.entry)
+        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.entry, icmp=icmp)
                          for i, (name, h) in enumerate(handles)]
         self.linktypes = [s.linktype for s in self.sniffers]
         self.db = db
@@ -147,9 +149,9 @@ class LiveCapture:
             except queue.Empty:
                 batch = []
             now = time.monotonic()
-            for ts, iface, data, d, key in batch:
+            for ts, iface, data, d, key, ref in batch:
                 # decoded and attribution asked for by the sniffer already
-                buf.append((now, ts, iface, data, d, key))
+                buf.append((now, ts, iface, data, d, key, ref))
             self.received += len(batch)
             draining = not self._running.is_set()
             try:
@@ -171,10 +173,10 @@ class LiveCapture:
         flows = self.attribution.flows
         rec = self.recorder
         while buf:
-            arrived, ts, iface, data, d, key = buf[0]
+            arrived, ts, iface, data, d, key, ref = buf[0]
             labels = None
             if key is not None:
-                entry = flows.get(flow_key(*key))
+                entry = ref if ref is not None else flows.get(flow_key(*key))
                 labels = entry[0] if entry is not None else []
                 if labels is PENDING or (entry is not None and entry[3]):
                     # unresolved, or a second look is due (attribution.RECHECK)

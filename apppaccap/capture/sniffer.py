@@ -53,7 +53,8 @@ def open_handle(adapter: str, bpf: str):
 
 
 class Sniffer:
-    """Reads one adapter into `out` as (ts_ns, iface_index, bytes, decoded, flow key).
+    """Reads one adapter into `out` as (ts_ns, iface_index, bytes, decoded, flow key, what
+    on_flow returned for it).
 
     The 5-tuple is decoded here and a new flow's owner is asked for at once (`on_flow`,
     non-blocking): every millisecond counts against a process that lives for five.
@@ -89,19 +90,19 @@ class Sniffer:
         def on_packet(ts, pkt):
             data = bytes(pkt)
             d = decode(linktype, data)
-            key = None
+            key = ref = None
             if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
                 key = (d.proto, d.src, d.sport, d.dst, d.dport)
                 if on_flow is not None:
-                    on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
+                    ref = on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
             elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
                     and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
                 ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
                 key = (d.proto, d.src, ident, d.dst, ident)
                 if on_flow is not None:
-                    on_flow(key, False)
+                    ref = on_flow(key, False)
             try:
-                put((ts, iface, data, d, key))
+                put((ts, iface, data, d, key, ref))
             except queue.Full:
                 self.overflow += 1  # counted and reported in DroppedCount, never blocked on
 

@@ -20,7 +20,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define DIR_OUT 0        /* packet sent: src is the local end, task = sender */
 #define DIR_IN 1         /* payload copied to a reader: dst is the local end */
 #define DIR_SOCK_OUT 2   /* socket-level send (sock_send_length): local/remote of the sock */
-#define DIR_SOCK_IN 3    /* socket-level receive (UDP readers: no skb hook in their context) */
+#define DIR_SOCK_IN 3    /* socket-level receive: TCP readers; UDP ones (no skb hook runs in their context) */
 
 #define F_INFERRED 1     /* sent in softirq: the socket's last owner, not the running task */
 
@@ -145,7 +145,10 @@ static __always_inline void emit(struct flow *f, __u32 pid, __u32 tid, const cha
 	e->ts = bpf_ktime_get_ns();
 	e->pid = pid;
 	e->tid = tid;
-	__builtin_memcpy(e->comm, comm, 16);
+	if (comm)
+		__builtin_memcpy(e->comm, comm, 16);
+	else   /* the running task's: read only when an event is due, not per packet */
+		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->f = *f;
 	e->flags = flags;
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
@@ -161,11 +164,9 @@ static __always_inline __u32 task_netns(void)
 
 static __always_inline void emit_current(struct flow *f)
 {
-	char comm[16];
-	f->netns = task_netns();
 	__u64 pt = bpf_get_current_pid_tgid();
-	bpf_get_current_comm(comm, sizeof(comm));
-	emit(f, pt >> 32, (__u32)pt, comm, 0);
+	f->netns = task_netns();
+	emit(f, pt >> 32, (__u32)pt, 0, 0);
 }
 
 /* IP + transport header of an skb into *f (addresses as on the wire: src, dst). */
@@ -231,23 +232,28 @@ SEC("tp_btf/net_dev_queue")
 int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 {
 	struct flow f;
-	if (parse_skb(skb, &f))
-		return 0;
-	f.dir = DIR_OUT;
 	if (!in_softirq()) {
+		if (parse_skb(skb, &f))
+			return 0;
+		f.dir = DIR_OUT;
 		emit_current(&f);
 		return 0;
 	}
-	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task */
+	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task,
+	 * only the socket's last owner, marked inferred (nothing when no task used it yet) */
 	struct sock *s = BPF_CORE_READ(skb, sk);
 	__u64 sk = (__u64)s;
 	struct owner *o = sk ? bpf_map_lookup_elem(&sock_owner, &sk) : 0;
-	if (o) {
-		f.netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
-		emit(&f, o->pid, o->tid, o->comm, F_INFERRED);
-	}
-	else
+	if (!o) {
 		count(2);
+		return 0;
+	}
+	struct owner copy = *o;
+	if (parse_skb(skb, &f))
+		return 0;
+	f.dir = DIR_OUT;
+	f.netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
+	emit(&f, copy.pid, copy.tid, copy.comm, F_INFERRED);
 	return 0;
 }
 
@@ -255,7 +261,14 @@ SEC("tp_btf/skb_copy_datagram_iovec")
 int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 {
 	struct flow f;
-	if (in_softirq() || parse_skb(skb, &f))
+	if (in_softirq())
+		return 0;
+	/* TCP readers are seen by sock_recv_length, from the socket (cheaper than parsing
+	 * every copied chunk's headers); this hook is for ping and raw sockets */
+	struct sock *s = BPF_CORE_READ(skb, sk);
+	if (s && BPF_CORE_READ(s, sk_type) == SOCK_STREAM)
+		return 0;
+	if (parse_skb(skb, &f))
 		return 0;
 	f.dir = DIR_IN;
 	emit_current(&f);
@@ -264,22 +277,29 @@ int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 
 static __always_inline void sock_event(struct sock *sk, __u8 dir)
 {
+	/* every socket's send and receive passes here (unix sockets too): inet only, and
+	 * the owner map written only when the task changes */
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != 2 && family != 10)
+		return;
 	struct owner o;
 	__u64 pt = bpf_get_current_pid_tgid();
 	__u64 key = (__u64)sk;
+	struct owner *old = bpf_map_lookup_elem(&sock_owner, &key);
 	o.pid = pt >> 32;
 	o.tid = (__u32)pt;
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
-	bpf_map_update_elem(&sock_owner, &key, &o, BPF_ANY);
+	if (!old || old->tid != o.tid || old->pid != o.pid)
+		bpf_map_update_elem(&sock_owner, &key, &o, BPF_ANY);
 
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	__u16 type = BPF_CORE_READ(sk, sk_type);
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
-	if (type != SOCK_DGRAM || proto != IPPROTO_UDP)
-		return;   /* TCP, ping and raw sockets are seen per packet */
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return;   /* ping and raw sockets are seen per packet */
+	if (proto == IPPROTO_TCP && dir == DIR_SOCK_OUT)
+		return;   /* TCP senders: net_dev_queue sees each packet in their context */
 	struct flow f = {};
 	f.netns = task_netns();
-	f.proto = IPPROTO_UDP;
+	f.proto = proto;
 	f.dir = dir;
 	f.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	f.dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
