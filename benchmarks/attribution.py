@@ -272,11 +272,11 @@ def run_backend(backend: str, args, http_port, echo_port, udp_port, pool_port, p
     results = []
     try:
         cid, truth, cpu, lat = run_capture(ctx, lambda: w1(args.n, http_port))
-        results.append(("W1 curl x%d, C=8" % args.n, 6, truth, cid, cpu, lat, {"curl"},
+        results.append((f"W1 curl x{args.n}, C=8", 6, truth, cid, cpu, lat, {"curl"},
                         {args.http_pid}))
         active = ctx.captures.attribution_status()
         cid, truth, cpu, lat = run_capture(ctx, lambda: w3(args.n, udp_port))
-        results.append(("W3 UDP one-shot x%d" % args.n, 17, truth, cid, cpu, lat,
+        results.append((f"W3 UDP one-shot x{args.n}", 17, truth, cid, cpu, lat,
                         {"python3", "python"}, {os.getpid()}))
         server_caps = []
 

@@ -114,7 +114,7 @@ def run(n: int = 2000, rounds: int = 3) -> None:
     if per_event:
         print("  consumer: " + fmt.format(statistics.median(per_event) * 1e6,
                                           min(per_event) * 1e6, max(per_event) * 1e6)
-              + " per event (the last round's kernel counters: %s)" % counters)
+              + f" per event (the last round's kernel counters: {counters})")
     if kernel_per_conn:
         print("  in-kernel program time per connection: " + fmt.format(
             statistics.median(kernel_per_conn), min(kernel_per_conn), max(kernel_per_conn))

@@ -136,6 +136,9 @@ class KernelFlows:
         self._thread: threading.Thread | None = None
         self.load_ms = 0.0
         self.netns = _netns()
+        # told (proto, local, remote, Seen) for each task seen in context, after the table
+        # took it: the resolver relabels a flow whose end it named before the kernel did
+        self.on_seen = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -248,15 +251,20 @@ class KernelFlows:
             seen = Seen(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
                         bool(flags & F_INFERRED), now)
             if d == DIR_OUT:
-                self._put(self.flows, (proto, src, sport, dst, dport), 0, seen)
+                key = (proto, src, sport, dst, dport)
+                self._put(self.flows, key, 0, seen)
             elif d == DIR_IN:
-                self._put(self.flows, (proto, dst, dport, src, sport), 1, seen)
+                key = (proto, dst, dport, src, sport)
+                self._put(self.flows, key, 1, seen)
             else:   # socket level: src = the socket's local end, dst = its peer (or 0)
                 side = 0 if d == DIR_SOCK_OUT else 1
+                key = (proto, src, sport, dst, dport) if dport else None
                 if proto == UDP:   # unconnected receivers are known per socket only
                     self._put(self.socks, (proto, src, sport), side, seen)
-                if dport:
-                    self._put(self.flows, (proto, src, sport, dst, dport), side, seen)
+                if key is not None:
+                    self._put(self.flows, key, side, seen)
+            if key is not None and not seen.inferred and self.on_seen is not None:
+                self.on_seen(proto, (key[1], key[2]), (key[3], key[4]), seen)
 
     @staticmethod
     def _put(table: OrderedDict, key, side: int, seen: Seen) -> None:

@@ -15,6 +15,8 @@ import logging
 from apppaccap.attribution.ebpf import OBJECT
 from apppaccap.attribution.ebpf import KernelFlows
 from apppaccap.attribution.ebpf import LoadError
+from apppaccap.attribution.labels import Label
+from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.owners import LinuxOwners
 from apppaccap.attribution.owners import Owner
@@ -67,6 +69,13 @@ class EbpfOwners:
             self.reason = "stopped"
         self.inner.stop()
 
+    def watch(self, callback) -> None:
+        """callback(proto, local, remote, pid, tid) for each task the kernel sees on a
+        flow end, on the consumer's thread (Attribution relabels flows with it)."""
+        def seen(proto, local, remote, s):
+            callback(proto, local, remote, s.pid, s.tid)
+        self.kernel.on_seen = seen
+
     def boost_current_thread(self) -> bool:
         fn = getattr(self.inner, "boost_current_thread", None)
         return bool(self.boost and fn and fn())
@@ -94,7 +103,10 @@ class EbpfOwners:
             return found
         # an end the kernel has not seen yet (a server that has not read; a flow older
         # than the programs): today's engine answers for that end only
-        other = {o.local_is_src: o for o in self._inner(proto, src, sport, dst, dport, ifindex)}
+        wanted = tuple(is_src for o, is_src, ip in zip(ends, (True, False), (src, dst))
+                       if o is None and self.is_local(ip))
+        other = {o.local_is_src: o for o in self.inner.resolve(proto, src, sport, dst, dport,
+                                                               ifindex, ends=wanted)}
         out = []
         for o, is_src in zip(ends, (True, False)):
             if o is None:
@@ -147,3 +159,26 @@ def backend_status(backend, setting: str = "auto") -> dict:
     else:
         why = "eBPF attribution needs Linux with sock_diag"
     return {"backend": "socket-table", "reason": why}
+
+
+def relabel(att, proto, local, remote, pid, tid) -> None:
+    """The kernel saw `pid`/`tid` on the `local` end of a flow the Attribution `att` had
+    already answered for (a server that had not read yet was named through its listener;
+    a pool thread took the connection over): later packets carry the task the kernel saw.
+    Runs on the consumer thread (EbpfOwners.watch)."""
+    entry = att.flows.get(flow_key(proto, local[0], local[1], remote[0], remote[1]))
+    if entry is None or not entry[0]:
+        return
+    labels = entry[0]
+    i = next((n for n, lab in enumerate(labels) if lab.local == local), len(labels))
+    if i < len(labels) and labels[i].pid == pid and labels[i].tid == tid:
+        return
+    try:
+        base = att.label_for_pid(pid, tid)
+    except Exception as exc:  # noqa: BLE001 - the consumer thread must survive
+        log.warning("relabelling a flow failed: %s", exc)
+        return
+    if base is not None:
+        entry[0] = labels[:i] + [Label(base.process_id, pid, base.tid, base.proc, local)] \
+            + labels[i + 1:]
+        att.stats["relabelled"] = att.stats.get("relabelled", 0) + 1

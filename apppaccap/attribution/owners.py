@@ -121,12 +121,14 @@ class LinuxOwners:
         self._sweep_diag = None
 
     def resolve(self, proto: int, src: str, sport: int, dst: str, dport: int,
-                ifindex: int = 0) -> list[Owner]:
+                ifindex: int = 0, ends: tuple = (True, False)) -> list[Owner]:
         """Owners of the local ends of a flow: the src end first, then the dst end.
 
         Each end is named only when its socket is certain (exact 4-tuple, or a listener /
         unconnected UDP socket on a local address with no equally good rival of another
-        process) and a pid's fd table holds that socket now.
+        process) and a pid's fd table holds that socket now. `ends` limits the question
+        to the src end (True) or the dst end (False): the eBPF backend asks only for the
+        end the kernel has not reported.
         """
         with self._lock:
             while self._exited:
@@ -135,6 +137,8 @@ class LinuxOwners:
             out = []
             for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
                                                    (dst, dport, src, sport, False)):
+                if is_src not in ends:
+                    continue
                 cands = self.sockdiag.candidates(proto, lip, lport, rip, rport, ifindex)
                 owner = self._owner(cands, is_src, hints) if cands else None
                 if owner is not None:

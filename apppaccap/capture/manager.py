@@ -9,6 +9,7 @@ import threading
 from apppaccap.attribution.kernelowners import EbpfOwners
 from apppaccap.attribution.kernelowners import backend_status
 from apppaccap.attribution.kernelowners import choose_backend
+from apppaccap.attribution.kernelowners import relabel
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.localaddr import interface_addresses
 from apppaccap.attribution.owners import LinuxOwners
@@ -90,6 +91,9 @@ class CaptureManager:
                 # the fast-path process races short-lived flows for the socket table; with
                 # eBPF loaded it only runs if the programs fail to load (resolver.acquire)
                 fastpath=isinstance(backend, (LinuxOwners, EbpfOwners)))
+            if isinstance(backend, EbpfOwners):
+                att = self._attribution
+                backend.watch(lambda *seen: relabel(att, *seen))
         return self._attribution
 
     def attribution_status(self) -> dict:
