@@ -139,6 +139,7 @@ class KernelFlows:
         # told (proto, local, remote, Seen) for each task seen in context, after the table
         # took it: the resolver relabels a flow whose end it named before the kernel did
         self.on_seen = None
+        self._told: list = []   # on_seen calls due, made outside the lock
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -213,15 +214,24 @@ class KernelFlows:
 
     def _consume_loop(self) -> None:
         while not self._stop.is_set():
+            c0 = time.thread_time()
             with self._lock:
                 if self._rb is None:
                     return
-                c0 = time.thread_time()
                 self._lib.ring_buffer__poll(self._rb, 0)
                 self._lib.ring_buffer__consume(self._rb)
                 self._apply()
-                self.stats["consumer_cpu"] += time.thread_time() - c0
+            self._tell()
+            self.stats["consumer_cpu"] += time.thread_time() - c0
             self._stop.wait(POLL_MS / 1000)
+
+    def _tell(self) -> None:
+        told, self._told = self._told, []
+        for args in told:
+            try:
+                self.on_seen(*args)
+            except Exception:  # noqa: BLE001 - the consumer must survive its listener
+                log.exception("eBPF flow listener failed")
 
     def drain(self) -> None:
         """Take in every event already in the ring buffer (the resolver calls this before
@@ -264,7 +274,7 @@ class KernelFlows:
                 if key is not None:
                     self._put(self.flows, key, side, seen)
             if key is not None and not seen.inferred and self.on_seen is not None:
-                self.on_seen(proto, (key[1], key[2]), (key[3], key[4]), seen)
+                self._told.append((proto, (key[1], key[2]), (key[3], key[4]), seen))
 
     @staticmethod
     def _put(table: OrderedDict, key, side: int, seen: Seen) -> None:

@@ -26,6 +26,7 @@ from apppaccap.attribution.procfs import ProcInfo
 log = logging.getLogger(__name__)
 
 CHOICES = ("auto", "ebpf", "socket-table")
+HOLD_FLOOR = 0.25   # seconds; the resolver's p95 under a saturated 2-core box was 40-60 ms
 TCP, UDP, ICMP, ICMPV6 = 6, 17, 1, 58
 
 
@@ -34,6 +35,12 @@ class EbpfOwners:
     backend (`inner`) for the rest. Same interface as LinuxOwners."""
 
     knows_icmp = True   # the sniffer keys ICMP echoes by identifier for us
+
+    @property
+    def hold_floor(self) -> float:
+        """Seconds a capture holds a pending flow at least (LiveCapture.start): the kernel
+        has the answer, so a late resolver is worth waiting for."""
+        return HOLD_FLOOR if self.active else 0.0
 
     @property
     def syn_reresolve(self) -> float:

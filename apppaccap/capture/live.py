@@ -88,6 +88,10 @@ class LiveCapture:
                 capturedb.remember(conn, row)
         self.db.write(interfaces)
         self.attribution.acquire()
+        # With eBPF the answer exists once the packet does; only our resolver can be late
+        # (the GIL, a saturated CPU). Waiting for it a little longer stores the answer
+        # instead of <unknown> (docs/ATTRIBUTION.md, How an answer is built).
+        self.hold = max(self.hold, getattr(self.attribution.backend, "hold_floor", 0.0))
         self._running.set()
         self._thread.start()
         for s in self.sniffers:
