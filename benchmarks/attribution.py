@@ -136,11 +136,13 @@ def score(db, truth: dict, proto: int, names: set, peers: set) -> dict:
     truth = {k: v if isinstance(v, tuple) else (v, v) for k, v in truth.items()}
     flows_ok, pk_ok, pk_all, wrong, named, peer = set(), 0, 0, 0, 0, 0
     tid_bad: set = set()
+    captured: set = set()
     for sport, dport, pid, tid, name in rows:
         port = sport if sport in truth else dport if dport in truth else None
         if port is None:
             continue
         pk_all += 1
+        captured.add(port)
         if pid == truth[port][0]:
             pk_ok += 1
             flows_ok.add(port)
@@ -154,6 +156,7 @@ def score(db, truth: dict, proto: int, names: set, peers: set) -> dict:
     return {"flows": len(truth), "flow_recall": len(flows_ok) / max(1, len(truth)),
             "packet_recall": pk_ok / max(1, pk_all), "wrong": wrong,
             "tid_ok": len(flows_ok - tid_bad) / max(1, len(truth)),
+            "captured": len(captured),
             "name_accuracy": named / max(1, pk_ok), "packets": pk_all, "peer": peer}
 
 
@@ -255,7 +258,8 @@ def score_icmp(db, due: dict) -> dict:
     wrong = sum(n for pid, n in got.items() if pid and pid not in due)
     return {"flows": len(due), "flow_recall": sum(got.get(p, 0) >= n for p, n in due.items())
             / max(1, len(due)), "packet_recall": hit / max(1, want), "wrong": wrong,
-            "tid_ok": float("nan"), "name_accuracy": float("nan"), "peer": 0}
+            "tid_ok": float("nan"), "name_accuracy": float("nan"), "peer": 0,
+            "captured": sum(got.get(p, 0) > 0 for p in due)}
 
 
 def pct(values, q):
@@ -361,10 +365,11 @@ def main() -> None:
                                        pool_port, pool_out)
             print(f"\n== attribution_backend={backend}: ran {active['backend']} "
                   f"{active.get('reason') or ''}")
-            print(f"{'workload':<27}{'flows':>6}{'flow rec':>10}{'pkt rec':>9}{'wrong':>7}"
+            print(f"{'workload':<27}{'flows':>6}{'in cap':>7}{'flow rec':>10}{'pkt rec':>9}"
+                  f"{'wrong':>7}"
                   f"{'tid ok':>8}{'peer':>6}{'names':>7}{'p50 ms':>8}{'p95 ms':>8}{'CPU s':>7}")
             for name, s, cpu, lat in rows:
-                print(f"{name:<27}{s['flows']:>6}{s['flow_recall']:>10.1%}"
+                print(f"{name:<27}{s['flows']:>6}{s['captured']:>7}{s['flow_recall']:>10.1%}"
                       f"{s['packet_recall']:>9.1%}{s['wrong']:>7}{s['tid_ok']:>8.1%}"
                       f"{s['peer']:>6}{s['name_accuracy']:>7.0%}{pct(lat, .5):>8.2f}"
                       f"{pct(lat, .95):>8.2f}{cpu:>7.1f}")
@@ -372,7 +377,8 @@ def main() -> None:
         http.kill()
         echo.kill()
         pool.kill()
-    print("wrong = packets labelled with a pid that owns neither end; peer = labelled with the "
+    print("in cap = flows with any packet in the capture (the rest: not captured at all); "
+          "wrong = packets labelled with a pid that owns neither end; peer = labelled with the "
           "server's pid;\ntid ok = flows whose every packet names the right thread (W1/W3: the "
           "process's only thread);\nW6 rows count echo packets, not flows")
 

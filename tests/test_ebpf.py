@@ -261,3 +261,30 @@ def test_a_load_failure_falls_back_with_the_reason(tmp_path, caplog, http_server
     missing.start()
     assert not missing.active and "is missing" in missing.reason
     missing.stop()
+
+
+def test_softirq_replies_never_name_the_interrupted_task(http_server):
+    """Loopback delivery runs the receiver's stack in softirq on top of the sender: the
+    SYN-ACKs and ACKs sent there must not be blamed on the client that happens to run."""
+    port, server = http_server
+    k = KernelFlows()
+    k.start()
+    try:
+        curls = {}
+        for _ in range(20):
+            c = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-w", "%{local_port}",
+                                  f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE,
+                                 text=True)
+            curls[int(c.communicate()[0])] = c.pid
+        time.sleep(0.1)
+        k.drain()
+        flows = {key: v for key, v in k.flows.items() if key[0] == 6 and port in key[2::2]}
+    finally:
+        k.stop()
+    for lport, pid in curls.items():
+        client = flows[(6, "127.0.0.1", lport, "127.0.0.1", port)]
+        assert client[0] is not None and client[0].pid == pid and not client[0].inferred
+        server_end = flows.get((6, "127.0.0.1", port, "127.0.0.1", lport), [None, None])
+        named = [s for s in server_end if s is not None]
+        assert named, f"the server's end of {lport} was never seen"
+        assert all(s.pid == server.pid for s in named), (lport, pid, named)
