@@ -148,11 +148,21 @@ def check_two_threads(live_ajax, result):
         {p["SrcPort"], p["DstPort"]} & worker_ports for p in stream["Packets"])
 
 
-def test_thread_capture_on_loopback(live_ajax, tmp_path):
+def test_thread_capture_on_loopback(live, live_ajax, tmp_path):
     result = run_two_threads(
         live_ajax, tmp_path, "lo", "127.0.0.1", "127.0.0.1",
         lambda port: [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
     check_two_threads(live_ajax, result)
+    # the exported pcapng carries the worker's tid on every packet (option and comment)
+    pid, tid, thr_cap = result[0], result[1], result[6]
+    out = str(tmp_path / "thread.pcapng")
+    done = live.jobs.wait(live_ajax.ok("capture_export", capture_id=thr_cap["CaptureId"],
+                                       path=out)["CommandUid"])
+    assert done["State"] == 3
+    with CaptureReader(out) as r:
+        records = list(r)
+    assert records and all(rec.pid == pid and rec.tid == tid for rec in records)
+    assert all(f"ThreadId: {tid}" in (rec.comment or "") for rec in records)
 
 
 def test_thread_capture_through_a_namespace(live_ajax, tmp_path, netns):  # noqa: F811
