@@ -79,8 +79,13 @@ class EbpfOwners:
     def watch(self, callback) -> None:
         """callback(proto, local, remote, pid, tid) for each task the kernel sees on a
         flow end, on the consumer's thread (Attribution relabels flows with it)."""
-        def seen(proto, local, remote, s):
-            callback(proto, local, remote, s.pid, s.tid)
+        def seen(proto, local, remote, _s):
+            # the end's answer as resolve() would give it now (the sender before the
+            # reader), not the event's own task: a socket one thread writes and another
+            # reads keeps one label instead of flipping with every event
+            best = self.kernel.owner(proto, local[0], local[1], remote[0], remote[1])
+            if best is not None and not best.inferred:
+                callback(proto, local, remote, best.pid, best.tid)
         self.kernel.on_seen = seen
 
     def boost_current_thread(self) -> bool:
