@@ -72,6 +72,17 @@ def test_quick_filter_equals_search_and_tshark(live_ajax, big):
             live_ajax.ok("capture_read", capture_id=big, last_id=0, limit=10000)["Packets"]}
     assert got and all(p == read[p["PacketId"]] for p in got)
     assert all(port in (p["SrcPort"], p["DstPort"]) for p in got)
+    # search results carry their packet's Process, PID, Protocol (and Info) columns
+    sid = live_ajax.ok("search_start", filter=f"tcp.port == {port}", capture_id=big)["SearchId"]
+    wait(live_ajax, sid)
+    results = read_all(live_ajax, sid, limit=5)
+    assert len(results) == len(got)
+    for r in results:
+        p = read[r["PacketId"]]
+        for k in ("ProcessName", "Pid", "Protocol", "SrcIp", "SrcPort", "DstIp", "DstPort",
+                  "Length", "Summary"):
+            assert r[k] == p[k], k
+        assert r.get("Info") == p.get("Info")
 
 
 def test_paging_returns_every_match_once(live_ajax, big, monkeypatch):
