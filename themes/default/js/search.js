@@ -205,8 +205,8 @@ var App = window.App || (window.App = {});
       {title: "Process", get: function (r) { return String(r.ProcessName || "").toLowerCase(); }, render: function (r) { return ui.procName(r.ProcessName); }},
       {title: "PID", get: function (r) { return r.Pid || 0; }, text: function (r) { return r.Pid || ""; }, cls: "num"},
       {title: "Protocol", get: function (r) { return fmt.proto(r.Protocol); }},
-      {title: "Source", get: function (r) { return fmt.endpoint(r.SrcIp, r.SrcPort); }, cls: "mono", prio: 3},
-      {title: "Destination", get: function (r) { return fmt.endpoint(r.DstIp, r.DstPort); }, cls: "mono", prio: 2},
+      {title: "Source", get: function (r) { return fmt.endpoint(r.SrcIp, r.SrcPort); }, cls: "mono addrcell", prio: 3},
+      {title: "Destination", get: function (r) { return fmt.endpoint(r.DstIp, r.DstPort); }, cls: "mono addrcell", prio: 2},
       {title: "Info", get: function (r) { return App.packetCols.info(r); }, cls: "mono ellipsis wide-info"},
       {title: "", cls: "actions", render: function (r) {
         return ui.button("In capture", "small", function () { App.go("capture", r.CaptureId, "packets", r.PacketId); });
