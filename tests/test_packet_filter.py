@@ -6,6 +6,8 @@ and process_list_running's kernel_threads switch."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections import Counter
 
 import pytest
@@ -149,3 +151,37 @@ def test_kernel_threads_switch(ajax):
     assert not any(p["KernelThread"] for p in users)
     r = ajax("process_list_running", kernel_threads=2)
     assert r["ErrorCode"] != 0
+
+
+def test_live_loopback_capture_active_then_stored(live, live_ajax, http_server):
+    """A real capture on lo: while it runs, the quick filter pages through what is stored so
+    far; tcp.port == N then counts what a search counts, before and after the stop."""
+    port, _ = http_server
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
+    cid = cap["CaptureId"]
+    try:
+        for _ in range(5):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/hello.txt"],
+                           check=True)
+        deadline = time.monotonic() + 10
+        while len(live_ajax.ok("capture_stream", capture_id=cid, limit=10000)["Packets"]) < 40:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)  # five HTTP exchanges, ~10 packets each, flushed in batches
+        flt = f"tcp.port == {port}"
+        got, _ = filter_all(live_ajax, cid, flt, limit=7)
+        ids = [p["PacketId"] for p in got]
+        # a search of an active capture covers the packets it had when it started
+        searched = search_ids(live_ajax, cid, flt)
+        n = min(len(ids), len(searched))  # (the capture may still be storing the last FINs)
+        assert n >= 40 and ids[:n] == searched[:n]
+        assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    finally:
+        live_ajax.ok("capture_stop_system", capture_id=cid)
+    got, _ = filter_all(live_ajax, cid, flt)
+    want = search_ids(live_ajax, cid, flt)
+    assert [p["PacketId"] for p in got] == want and len(want) >= len(ids)
+    stored = live_ajax.ok("capture_read", capture_id=cid, limit=10000)["Packets"]
+    assert len(want) == len(stored)  # the BPF filter kept only that port's packets
+    curl = [p["PacketId"] for p in got if p["ProcessName"] == "curl"]
+    by_proc, _ = filter_all(live_ajax, cid, f'{flt} && proc.name == "curl"')
+    assert [p["PacketId"] for p in by_proc] == curl and curl

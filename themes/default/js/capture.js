@@ -182,7 +182,7 @@ var App = window.App || (window.App = {});
       if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
         ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
         App.refreshLive();
-        if (qf.active()) qf.more(); else pump(S.gen);  // drain the rest, still in live (append) mode
+        if (qf.active()) qf.resume(); else pump(S.gen);  // drain the rest, still in live (append) mode
       }
       return c;
     }, App.fail);
@@ -291,7 +291,7 @@ var App = window.App || (window.App = {});
       S.visible = true;
       var same = id === S.id && S.cap;
       S.tab = tab;
-      if (!same) open(id); else { renderHead(); pump(S.gen); }
+      if (!same) open(id); else { renderHead(); if (qf.active()) qf.resume(); else pump(S.gen); }
       $tabs.show(tab);
       if (packetId) {
         S.pendingSelect = Number(packetId);

@@ -97,7 +97,9 @@ var App = window.App || (window.App = {});
       status: function () { return F; },
       /* A new capture: no filter, nothing pending. */
       reset: function () { F.gen++; clearTimeout(F.timer); F.text = ""; F.more = false; F.busy = false; $input.val(""); mark(null, ""); state(); },
-      stop: function () { clearTimeout(F.timer); }
+      stop: function () { clearTimeout(F.timer); },
+      /* Look again from LastId (the view is shown again, or the capture grew or ended). */
+      resume: function () { if (F.text && !F.busy) { clearTimeout(F.timer); F.more = true; more(); } }
     };
   }
 
