@@ -9,6 +9,7 @@ from apppaccap.api import ingest_export  # noqa: F401
 from apppaccap.api import ips  # noqa: F401
 from apppaccap.api import login  # noqa: F401
 from apppaccap.api import monitor  # noqa: F401
+from apppaccap.api import packet_filter  # noqa: F401
 from apppaccap.api import packets  # noqa: F401
 from apppaccap.api import processes  # noqa: F401
 from apppaccap.api import search  # noqa: F401

@@ -8,6 +8,8 @@ page means the end).
 
 from __future__ import annotations
 
+import json
+
 import psutil
 
 from apppaccap.api.captures import captures
@@ -63,6 +65,13 @@ def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
                    (last_id, *params, limit + 1))
     more = len(rows) > limit
     rows = rows[:limit]
+    return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1]["id"] if rows else last_id,
+            "More": more, "Packets": packet_list(db, capture_id, rows, with_data)}
+
+
+def packet_list(db, capture_id: int, rows, with_data: bool = False) -> list[dict]:
+    """PACKET objects for PACKET_SQL rows: every list of packets the API returns is built
+    here (capture_read/stream, capture_filter_packets, search results)."""
     # One read per block for the whole page (a block holds thousands of packets), not one
     # query per packet: the Summary is decoded from every packet's bytes.
     blocks = {}
@@ -73,9 +82,16 @@ def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
                 blocks[blk] = reader.get(blk)
         finally:
             reader.close()
-    return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1]["id"] if rows else last_id,
-            "More": more,
-            "Packets": [packet_object(db, r, capture_id, with_data, blocks) for r in rows]}
+    return [packet_object(db, r, capture_id, with_data, blocks) for r in rows]
+
+
+def packets_by_id(db, capture_id: int, ids: list[int], with_data: bool = False) -> list[dict]:
+    """PACKET objects for these packet ids (in id order; unknown ids are skipped)."""
+    if not ids:
+        return []
+    rows = db.read(PACKET_SQL + "WHERE p.id IN (SELECT value FROM json_each(?)) ORDER BY p.id",
+                   (json.dumps(ids),))
+    return packet_list(db, capture_id, rows, with_data)
 
 
 @endpoint(DataType.JSON)

@@ -1,7 +1,10 @@
 """process_list_running, process_list_threads."""
 
+from typing import Annotated
+
 import psutil
 
+from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
 from apppaccap.attribution import processes
 from apppaccap.errors import Malformed
@@ -11,16 +14,32 @@ from apppaccap.store.processes import refresh_threads
 from apppaccap.store.processes import threads_of
 from apppaccap.wire import DataType
 
+ZERO_ONE = Bounds(0, 1, "0 or 1")
+
+
+def is_kernel_thread(info: dict) -> bool:
+    """kthreadd (pid 2) and its children without an executable: the kernel's own threads."""
+    return not info["path"] and (info["pid"] == 2 or info["ppid"] == 2)
+
 
 @endpoint(DataType.JSON)
-def process_list_running(ctx) -> list:
-    """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse)."""
+def process_list_running(ctx, *, kernel_threads: Annotated[int, ZERO_ONE] = 1) -> list:
+    """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse).
+
+    Each carries KernelThread (true for kthreadd and the kernel threads it starts: no
+    executable, pid 2 or parent 2).
+    - kernel_threads: 1 (default: every process, as the reference) or 0 (without them)
+    """
     infos = processes.running()
+    if not kernel_threads:
+        infos = [i for i in infos if not is_kernel_thread(i)]
     ids = ctx.processes.identify(infos)
     out = []
     for info, pid_ in zip(infos, ids):
         row = dict(info, id=pid_, end_time=None, packets=0, bytes=0)
-        out.append(processes.process_object(row))
+        obj = processes.process_object(row)
+        obj["KernelThread"] = is_kernel_thread(info)
+        out.append(obj)
     counts = {r[0]: (r[1], r[2]) for r in ctx.catalog.read(
         "SELECT id, packets, bytes FROM processes WHERE id IN (%s)" % ",".join("?" * len(ids)),
         ids)} if ids and len(ids) < 30000 else {}

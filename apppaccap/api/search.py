@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from apppaccap.api.captures import captures
+from apppaccap.api.packets import packets_by_id
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
@@ -128,7 +130,10 @@ def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> 
     """A page of a search's results (SEARCHLIST), also while the search still runs.
 
     Results are in capture order, then packet order; `More` says more results are stored
-    beyond this page (a running search may add more later: see State).
+    beyond this page (a running search may add more later: see State). Each result has
+    ItemId, CaptureId, PacketId, Time, Summary and, from its packet (as capture_read gives
+    it), ProcessName, Pid, Protocol, SrcIp, SrcPort, DstIp, DstPort, Length (and Info
+    when the packet has one).
     - search_id: the SearchId
     - last_id: return results with ItemId > last_id (0 = from the start)
     - limit: page size, 1-10000
@@ -138,7 +143,31 @@ def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> 
     if last_id < 0:
         raise Malformed("last_id: must be >= 0")
     meta = engine_for(ctx).get(search_id)
-    return read_page(ctx, meta, last_id, limit)
+    page = read_page(ctx, meta, last_id, limit)
+    _with_packet_fields(ctx, page["Results"])
+    return page
+
+
+# What a result shows of its packet besides Summary (the theme's Process, PID, Protocol and
+# Info columns); taken from the PACKET objects capture_read builds, so they always agree.
+_RESULT_FIELDS = ("ProcessName", "Pid", "Protocol", "SrcIp", "SrcPort", "DstIp", "DstPort",
+                  "Length", "Info")
+
+
+def _with_packet_fields(ctx, results: list) -> None:
+    by_capture: dict = {}
+    for r in results:
+        by_capture.setdefault(r["CaptureId"], []).append(r)
+    for cid, rows in by_capture.items():
+        try:
+            db = captures(ctx).db(cid)
+        except (NotFound, Unsupported):
+            continue  # deleted since the search: Summary alone (blank), as before
+        packets = {p["PacketId"]: p for p in packets_by_id(db, cid, [r["PacketId"] for r in rows])}
+        for r in rows:
+            p = packets.get(r["PacketId"])
+            if p is not None:
+                r.update((k, p[k]) for k in _RESULT_FIELDS if k in p)
 
 
 @endpoint(DataType.INT)

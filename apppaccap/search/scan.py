@@ -64,8 +64,11 @@ class View:
         return memoryview(self.blob)[b + start:b + min(end, self.row[3])]
 
 
-def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
+def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None, first: int | None = None,
+         last: int | None = None):
     """Yield (packets covered, [(packet_id, ts)…]) chunk by chunk, in packet id order.
+
+    `first`/`last` narrow the scan to that id range (a page of capture_filter_packets).
 
     `cancelled()` is asked between chunks and before every Python-tested row (one row can
     cost a `matches` over a 256 KiB frame; the check costs less than a microsecond); when
@@ -77,7 +80,8 @@ def scan(scope, plan, *, chunk: int = CHUNK, cancelled=None):
         yield scope.packets, []
         return
     conn = scope.conn
-    first, last = scope.min_id, scope.max_id
+    first = scope.min_id if first is None else max(first, scope.min_id)
+    last = scope.max_id if last is None else min(last, scope.max_id)
     if plan.ids is not None:
         first, last = max(first, plan.ids[0]), min(last, plan.ids[1])
         skipped = max(0, first - scope.min_id) + max(0, scope.max_id - last)

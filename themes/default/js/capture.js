@@ -6,9 +6,9 @@ var App = window.App || (window.App = {});
 (function () {
   "use strict";
   var ui = App.ui, fmt = App.ui.fmt, api = App.api;
-  var $panel, $head, $tabs, panes = {}, list, $detail, $status, $filter, $follow, $pause, $loadbar;
+  var $panel, $head, $tabs, panes = {}, list, qf, $detail, $status, $follow, $pause, $loadbar;
   var S = {id: 0, cap: null, lastId: 0, paused: false, gen: 0, running: false, visible: false,
-    tab: "packets", pendingSelect: 0, detailsTimer: null, pumpTimer: null, ticks: 0};
+    tab: "packets", pendingSelect: 0, detailsTimer: null, pumpTimer: null, ticks: 0, origin: 0};
   var TABS = [{id: "packets", label: "Packets"}, {id: "conns", label: "Connections"},
     {id: "procs", label: "Processes"}, {id: "ips", label: "IP addresses"},
     {id: "stats", label: "Statistics"}, {id: "files", label: "Files", needs: "extract_query"}];
@@ -70,24 +70,53 @@ var App = window.App || (window.App = {});
     shown = shown === undefined ? list.shown() : shown;
     total = total === undefined ? list.count() : total;
     loaded = loaded === undefined ? list.loaded() : loaded;
-    var txt = "Displayed " + fmt.num(shown) + " of " + fmt.num(total) + " packets";
-    if (S.cap && S.cap.PacketCount > total) txt += " \u00b7 " + fmt.num(S.cap.PacketCount - total) + " more in the capture";
-    if (S.paged && $filter.val().trim() && loaded < total) txt += " \u00b7 filtering the " + fmt.num(loaded) + " loaded so far";
+    var txt, F = qf.status(), loading = false, have = 0, of = 1, label = "";
+    if (qf.active()) {
+      if (F.more || F.busy) {
+        txt = fmt.num(total) + " matching packets so far";
+        if (F.maxId) txt += " \u00b7 scanned " + fmt.num(F.lastId) + " of " + fmt.num(F.maxId);
+        if (!F.busy) txt += " \u00b7 more: scroll down or Load more";
+      } else txt = fmt.num(total) + " matching packets \u00b7 all found (" + fmt.num(F.maxId) + " scanned)";
+      if (list.sorted()) txt += " \u00b7 sorted";
+      loading = F.busy;
+      have = F.lastId; of = Math.max(1, F.maxId); label = "Filtering " + fmt.num(have) + " / " + fmt.num(of);
+    } else {
+      txt = "Displayed " + fmt.num(shown) + " of " + fmt.num(total) + " packets";
+      if (S.cap && S.cap.PacketCount > total) txt += " \u00b7 " + fmt.num(S.cap.PacketCount - total) + " more in the capture";
+      if (S.paged && list.sorted()) txt += " \u00b7 sorted: the " + fmt.num(loaded) + " read so far";
+      loading = S.draining;
+      have = list.count(); of = Math.max(total, S.cap ? S.cap.PacketCount : 0);
+      label = "Loading " + fmt.num(have) + " / " + fmt.num(of);
+    }
     if (isActive()) txt += S.paused ? " \u00b7 paused" : " \u00b7 live";
     $status.text(txt);
-    $follow.toggle(isActive());
-    var loading = S.paged ? $filter.val().trim() && loaded < total : S.draining;
+    $follow.toggle(isActive() && !qf.active());
     $loadbar.toggle(!!loading);
-    if (loading) {
-      var have = S.paged ? loaded : list.count(), of = Math.max(total, S.cap ? S.cap.PacketCount : 0);
-      $loadbar.set(100 * have / Math.max(1, of), "Loading " + fmt.num(have) + " / " + fmt.num(of));
-    }
+    if (loading) $loadbar.set(100 * have / Math.max(1, of), label);
+  }
+
+  /* Relative times count from the capture's first packet: read it once. */
+  function ensureOrigin(gen) {
+    if (S.origin) return;
+    api(isActive() ? "capture_stream" : "capture_read", {capture_id: S.id, last_id: 0, limit: 1}).then(function (r) {
+      if (gen !== S.gen || S.origin || !r.Packets.length) return;
+      S.origin = r.Packets[0].Time;
+      list.setOrigin(S.origin);
+    }, function () { /* a capture that just ended: the next page sets it */ });
+  }
+
+  /* What the list shows without a quick filter: the live stream or the stored capture. */
+  function reload(gen) {
+    list.clear();
+    S.lastId = 0; S.running = false; S.paged = false;
+    clearTimeout(S.pumpTimer);
+    if (isActive()) pump(gen); else openStored(gen);
   }
 
   /* Active capture: follow capture_stream by last_id (waiting 1 s once caught up). When it
    * has ended meanwhile, read what is left with capture_read until More is false. */
   function pump(gen) {
-    if (gen !== S.gen || S.running || !S.visible || S.paged) return;
+    if (gen !== S.gen || S.running || !S.visible || S.paged || qf.active()) return;
     if (isActive() && S.paused) return;
     var live = isActive();
     S.running = true;
@@ -98,6 +127,8 @@ var App = window.App || (window.App = {});
         if (gen !== S.gen) return;
         if (r.LastId > S.lastId) S.lastId = r.LastId;
         S.draining = !live && r.More;
+        if (!S.origin && r.Packets.length && r.Packets[0].PacketId === 1) { S.origin = r.Packets[0].Time; list.setOrigin(S.origin); }
+        if (!S.origin) ensureOrigin(gen);
         list.append(r.Packets);
         if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
         if (r.More) pump(gen);
@@ -127,6 +158,8 @@ var App = window.App || (window.App = {});
       if (gen !== S.gen) return;
       if (!r.Packets.length) { S.paged = false; list.clear(); return; }
       var first = r.Packets[0].PacketId;
+      S.origin = r.Packets[0].Time;
+      list.setOrigin(S.origin);
       return read(first + count - 2, 2).then(function (tail) {
         if (gen !== S.gen) return;
         var ok = tail.Packets.length === 1 && tail.Packets[0].PacketId === first + count - 1 && !tail.More;
@@ -149,7 +182,7 @@ var App = window.App || (window.App = {});
       if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
         ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
         App.refreshLive();
-        pump(S.gen);  // drain the rest, still in live (append) mode
+        if (qf.active()) qf.resume(); else pump(S.gen);  // drain the rest, still in live (append) mode
       }
       return c;
     }, App.fail);
@@ -158,10 +191,11 @@ var App = window.App || (window.App = {});
   function open(id) {
     S.gen++;
     S.id = id; S.cap = null; S.lastId = 0; S.paused = false; S.running = false; S.pendingSelect = 0;
-    S.paged = false; S.draining = false;
+    S.paged = false; S.draining = false; S.origin = 0;
     clearTimeout(S.pumpTimer);
+    qf.reset();
     list.clear();
-    $filter.val("");
+    list.setOrigin(0);
     $detail.empty().prop("hidden", true);  // shown once a packet is selected
     $loadbar.hide();
     Object.keys(panes).forEach(function (k) { panes[k].loaded = false; });
@@ -172,6 +206,7 @@ var App = window.App || (window.App = {});
       renderHead();
       updateStatus();
       if (isActive()) pump(gen); else openStored(gen);
+      ensureOrigin(gen);
       if (S.tab !== "packets") showTab(S.tab);
     }, function (r) {
       $head.empty().append(ui.el("a", "", "\u2190 Captures").attr("href", "#/captures"), ui.el("span", "error", r.ReturnValue));
@@ -191,34 +226,41 @@ var App = window.App || (window.App = {});
 
   /* Jump to the packet list with a quick filter (from connections, processes, IPs). */
   function filterPackets(text) {
-    $filter.val(text);
-    list.setFilter(text);
+    qf.apply(text);
     $tabs.show("packets");
   }
 
   function packetsPane() {
     var $pane = ui.el("div", "pane");
-    $filter = ui.input("quick", "quick filter: words, or pid:123 proc:curl conn:4 ip:10.0.0.1 port:443 proto:udp dir:out note:")
-      .attr("type", "search").addClass("mono").css({flex: "1", minWidth: "260px"})
-      .on("input", ui.debounce(function () { list.setFilter(this.value); }, 150));
     $follow = ui.checkbox("Follow new packets", "follow", true);
-    $loadbar = ui.progress().hide().css({width: "220px"});
-    var $tools = ui.el("div", "toolbar compact").append($filter, $follow,
-      ui.button("\u2913 Last", "small", function () { list.scrollToEnd(); }).attr("title", "Scroll to the newest packet"),
-      $loadbar);
+    $loadbar = ui.progress().hide().css({width: "200px"});
     var $listBox = ui.el("div", "plist-host").css({flex: "1", minHeight: "0", display: "flex", flexDirection: "column"});
     $status = ui.el("div", "pstatus").attr("title", "Click a packet (or use the arrow keys) to see its layers, bytes and notes");
     $detail = ui.el("div", "pdetail");
-    $pane.append($tools, $listBox, $status, $detail);
     list = App.packets.create($listBox, {
       follow: function () { return isActive() && $follow.find("input").prop("checked"); },
-      onStatus: function (shown, total, loaded) { updateStatus(shown, total, loaded); },
-      onFilterCleared: function () { $filter.val(""); },
+      onStatus: function (shown, total, loaded) { if (qf) updateStatus(shown, total, loaded); },
+      onNearEnd: function () { if (qf && qf.active()) qf.more(); },
       onSelect: function (p) {
         $detail.prop("hidden", false);
         App.detail.render($detail, S.id, p.PacketId, {onNotes: function (q) { list.update(q); }});
       }
     });
+    qf = App.quickFilter.create({
+      list: list, captureId: function () { return S.id; }, active: isActive,
+      onState: function () { updateStatus(); },
+      onApply: function (text) {
+        S.gen++;
+        clearTimeout(S.pumpTimer);
+        S.running = false;
+        $detail.empty().prop("hidden", true);
+        if (text) { S.paged = false; list.clear(); list.setOrigin(S.origin); ensureOrigin(S.gen); qf.more(); } else reload(S.gen);
+      }
+    });
+    var $tools = ui.el("div", "toolbar compact ptools").append(qf.$el, qf.$more, list.$menu, $follow,
+      ui.button("\u2913 Last", "small", function () { list.scrollToEnd(); }).attr("title", "Scroll to the newest packet"),
+      $loadbar);
+    $pane.append($tools, $listBox, $status, $detail);
     return $pane;
   }
 
@@ -249,7 +291,7 @@ var App = window.App || (window.App = {});
       S.visible = true;
       var same = id === S.id && S.cap;
       S.tab = tab;
-      if (!same) open(id); else { renderHead(); pump(S.gen); }
+      if (!same) open(id); else { renderHead(); if (qf.active()) qf.resume(); else pump(S.gen); }
       $tabs.show(tab);
       if (packetId) {
         S.pendingSelect = Number(packetId);
@@ -265,6 +307,7 @@ var App = window.App || (window.App = {});
     },
     hide: function () {
       S.visible = false;
+      qf.stop();
       clearTimeout(S.pumpTimer);
       clearInterval(S.detailsTimer);
     }

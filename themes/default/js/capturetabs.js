@@ -1,6 +1,6 @@
 /* Capture workspace tabs: connections (per-direction counters), the capture's processes
  * (with threads) and its IP addresses (with geo when known). Each returns {$el, load(cap)};
- * clicking a row narrows the packet list through `filterPackets("conn:4")`. */
+ * clicking a row narrows the packet list with a display filter, e.g. `conn.id == 4`. */
 var App = window.App || (window.App = {});
 
 (function () {
@@ -37,7 +37,7 @@ var App = window.App || (window.App = {});
       num({title: "\u2193 Pkts in", key: "PacketsIn"}), num({title: "\u2193 Bytes in", key: "BytesIn", bytes: true}),
       time("First", "FirstTime"), time("Last", "LastTime"),
       {title: "", cls: "actions", render: function (c) {
-        var $b = ui.button("Packets", "small", function () { filterPackets("conn:" + c.ConnectionId); });
+        var $b = ui.button("Packets", "small", function () { filterPackets("conn.id == " + c.ConnectionId); });
         if (!App.follow || !api.has("conn_follow")) return $b;
         return $b.add(ui.button("Follow stream", "small followbtn", function (e) {
           e.stopPropagation();
@@ -45,7 +45,7 @@ var App = window.App || (window.App = {});
         }));
       }}
     ], {key: function (c) { return c.ConnectionId; }, empty: "No connections.",
-      onClick: function (c) { filterPackets("conn:" + c.ConnectionId); }});
+      onClick: function (c) { filterPackets("conn.id == " + c.ConnectionId); }});
     var p = pane("Connections", table);
     p.load = function (cap) {
       current = cap;
@@ -63,7 +63,7 @@ var App = window.App || (window.App = {});
       {title: "State", get: function (t) { return t.Live ? "live" : "ended"; }},
       num({title: "Packets", key: "PacketCount"}),
       {title: "", cls: "actions", render: function (t) {
-        return ui.button("Packets", "small", function () { filterPackets("tid:" + t.ThreadId); });
+        return ui.button("Packets", "small", function () { filterPackets("thread.id == " + t.ThreadId); });
       }}], {empty: "Select a process to list its threads."});
     var $threads = ui.section("Threads").append(threads).css({margin: "0 10px 10px", flex: "none"});
     var table = ui.table([
@@ -76,7 +76,7 @@ var App = window.App || (window.App = {});
       time("Started", "StartTime"),
       {title: "Running", get: function (p) { return p.Running ? "yes" : "ended " + fmt.time(p.EndTime); }},
       {title: "", cls: "actions", render: function (p) {
-        return ui.button("Packets", "small", function () { filterPackets("pid:" + p.Pid); });
+        return ui.button("Packets", "small", function () { filterPackets("proc.id == " + p.ProcessId); });
       }}
     ], {key: function (p) { return p.ProcessId; }, empty: "No processes seen in this capture.",
       onClick: function (p) {
@@ -118,12 +118,12 @@ var App = window.App || (window.App = {});
       num({title: "Packets", key: "PacketCount"}), num({title: "Bytes", key: "ByteCount", bytes: true}),
       time("First", "FirstTime"), time("Last", "LastTime"),
       {title: "", cls: "actions", render: function (i) {
-        return $().add(ui.button("Packets", "small", function () { filterPackets("ip:" + i.Ip); }))
+        return $().add(ui.button("Packets", "small", function () { filterPackets((i.Ip.indexOf(":") >= 0 ? "ipv6.addr == " : "ip.addr == ") + i.Ip); }))
           .add(ui.button("Stats", "small", function () { showStats(i.Ip); }))
           .add(ui.button("Data\u2026", "small", function () { editData(i, cur.CaptureId, function () { p.load(cur); }); }));
       }}
     ], {key: function (i) { return i.IpId; }, sort: 6, sortDir: -1, empty: "No IP addresses.",
-      onClick: function (i) { filterPackets("ip:" + i.Ip); }});
+      onClick: function (i) { filterPackets((i.Ip.indexOf(":") >= 0 ? "ipv6.addr == " : "ip.addr == ") + i.Ip); }});
     var p = pane("IP addresses", table);
     p.load = function (cap) {
       cur = cap;

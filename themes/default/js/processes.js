@@ -1,5 +1,6 @@
-/* Processes: the running list (filterable), one click to capture a process with the
- * filter/flags of the toolbar, and the selected process's details and threads. */
+/* Processes: the running list (filterable; kernel threads only when asked), one click to
+ * capture a process with the filter/flags of the toolbar, and the selected process's
+ * details and threads. */
 var App = window.App || (window.App = {});
 
 (function () {
@@ -42,7 +43,8 @@ var App = window.App || (window.App = {});
   }
 
   function load() {
-    return $.when(api("process_list_running"), api("process_list_capture")).then(function (list, caps) {
+    var kernel = $opts.find("[name=kthreads]").prop("checked") ? 1 : 0;
+    return $.when(api("process_list_running", {kernel_threads: kernel}), api("process_list_capture")).then(function (list, caps) {
       all = list;
       capturing = {};
       caps.forEach(function (p) { capturing[p.Pid] = true; });
@@ -102,8 +104,10 @@ var App = window.App || (window.App = {});
       ui.field("Adapter", adapters),
       ui.checkbox("Resolve IPs", "resolve", true),
       ui.checkbox("Child processes", "children", false),
+      ui.checkbox("Kernel threads", "kthreads", false).attr("title", "Also list the kernel's own threads (kthreadd and its children)"),
       ui.button("Refresh", "", load),
       ui.el("span", "muted proccount"));
+    $opts.on("change", "[name=kthreads]", load);
     table = ui.table([
       {title: "PID", get: function (p) { return p.Pid; }, cls: "num", width: "70px"},
       {title: "Name", cls: "name", get: function (p) { return p.Name.toLowerCase(); }, render: function (p) {

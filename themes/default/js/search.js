@@ -6,7 +6,7 @@ var App = window.App || (window.App = {});
 (function () {
   "use strict";
   var ui = App.ui, fmt = App.ui.fmt, api = App.api;
-  var $panel, $input, $msg, $start, $scope, $since, searches, results, $resHead, $more, timer = null, current = null, lastId = 0;
+  var $panel, $input, $msg, $start, $scope, $since, searches, results, $resHead, $more, $state, timer = null, current = null, lastId = 0;
   var EXAMPLES = ["tcp.port == 443", "ip.addr == 10.0.0.0/8", "proc.name == \"curl\"", "udp && !dns",
     "http contains \"GET\"", "frame.time >= \"2026-01-01 00:00\"", "proc.pid == 1234 && tcp.flags.syn == 1"];
 
@@ -89,8 +89,35 @@ var App = window.App || (window.App = {});
     return ui.progress().set(pct, stateText(s) + (running(s) ? " " + Math.round(pct) + " %" : ""));
   }
 
+  /* The results panel says which of these it is: no search open, running, finished with
+   * no matches, finished (with matches: the table), failed or cancelled. */
+  function showState() {
+    var s = current, kind, title, text;
+    if (!s) {
+      kind = "none"; title = "No search open";
+      text = "Start a search above, or click one in the list of searches to see its results.";
+    } else if (running(s)) {
+      kind = "running"; title = "Searching\u2026 " + Math.round(Number(s.Progress) || 0) + " %";
+      text = fmt.num(s.ResultCount) + " matches so far in " + fmt.num(s.ScannedPackets) + " packets scanned; results appear as they are found.";
+    } else if (s.State === COMMAND_STATE_FAILED || s.State === COMMAND_STATE_CANCELLED) {
+      kind = "stopped"; title = "Search #" + s.SearchId + " " + stateText(s);
+      text = (s.Message ? s.Message + " \u2014 " : "") + fmt.num(s.ResultCount) + " matches before it stopped.";
+    } else if (!s.ResultCount) {
+      kind = "empty"; title = "No matches";
+      text = "Search #" + s.SearchId + " finished: no packet in " + scopeText(s) + " matches " + (s.Filter || "(every packet)") +
+        " (" + fmt.num(s.ScannedPackets) + " packets scanned).";
+    } else {
+      kind = "done"; title = ""; text = "";
+    }
+    $state.attr("data-state", kind).prop("hidden", kind === "done").empty()
+      .append(ui.el("span", "icon"), ui.el("b", "", title), ui.el("span", "", text));
+    results.toggle(kind !== "none" && kind !== "empty");
+  }
+
   function showHead() {
     var s = current;
+    showState();
+    if (!s) { $resHead.empty(); return; }
     $resHead.empty().append(ui.el("h2", "", "Results of search #" + s.SearchId),
       ui.el("code", "", s.Filter || "(every packet)"), ui.el("span", "muted", "in " + scopeText(s)), progressCell(s).css("width", "180px"),
       ui.el("span", "muted", fmt.num(s.ResultCount) + " matches in " + fmt.num(s.ScannedPackets) + " packets scanned"));
@@ -164,7 +191,7 @@ var App = window.App || (window.App = {});
         else $b = $b.add(ui.button("Export", "small", function () { exportSearch(s); }));
         return $b.add(ui.button("Delete", "small danger", function () {
           api("search_delete", {search_id: s.SearchId}).then(function () {
-            if (current && current.SearchId === s.SearchId) { current = null; results.set([]); $resHead.empty(); }
+            if (current && current.SearchId === s.SearchId) { current = null; results.set([]); showHead(); }
             loadList();
           }, App.fail);
         }));
@@ -173,20 +200,28 @@ var App = window.App || (window.App = {});
       onClick: function (s) { openSearch(s); }});
     results = ui.table([
       {title: "Time", get: function (r) { return r.Time; }, text: function (r) { return fmt.time(r.Time); }, cls: "nowrap"},
-      {title: "Capture", get: function (r) { return r.CaptureId; }, cls: "num"},
+      {title: "Capture", get: function (r) { return r.CaptureId; }, cls: "num", prio: 3},
       {title: "Packet", get: function (r) { return r.PacketId; }, cls: "num"},
-      {title: "Summary", get: function (r) { return r.Summary; }, cls: "mono"},
+      {title: "Process", get: function (r) { return String(r.ProcessName || "").toLowerCase(); }, render: function (r) { return ui.procName(r.ProcessName); }},
+      {title: "PID", get: function (r) { return r.Pid || 0; }, text: function (r) { return r.Pid || ""; }, cls: "num"},
+      {title: "Protocol", get: function (r) { return fmt.proto(r.Protocol); }},
+      {title: "Source", get: function (r) { return fmt.endpoint(r.SrcIp, r.SrcPort); }, cls: "mono addrcell", prio: 3},
+      {title: "Destination", get: function (r) { return fmt.endpoint(r.DstIp, r.DstPort); }, cls: "mono addrcell", prio: 2},
+      {title: "Info", get: function (r) { return App.packetCols.info(r); }, cls: "mono ellipsis wide-info"},
       {title: "", cls: "actions", render: function (r) {
         return ui.button("In capture", "small", function () { App.go("capture", r.CaptureId, "packets", r.PacketId); });
       }}
-    ], {key: function (r) { return r.ItemId; }, empty: "Open a search to see its matches.",
+    ], {key: function (r) { return r.ItemId; }, empty: "No results read yet.",
       onClick: function (r) { App.detail.open(r.CaptureId, r.PacketId); }});
     $resHead = ui.el("div", "panel-head");
+    $state = ui.el("div", "searchstate").attr({role: "status", "aria-live": "polite"});
     $more = ui.button("Load more results", "", readMore).hide();
     $panel.append(ui.section("Search packets").append($box, ui.el("div", "help").append($chips),
       ui.el("p", "help").text("Wireshark display-filter syntax plus process fields: proc.name, proc.pid, proc.path, thread.id, capture.id. Blank = every packet. Active captures are searched only when chosen under In. Click a result to open the packet.")),
       ui.section("Searches", ui.button("Refresh", "small", loadList)).append(searches),
-      ui.el("div", "panel").append($resHead, results, ui.el("div", "toolbar compact").append($more)));
+      ui.el("div", "panel searchresults").append($resHead, $state, ui.el("div", "scroll").append(results),
+        ui.el("div", "toolbar compact").append($more)));
+    showHead();
   }
 
   App.views.search = {
