@@ -1,0 +1,43 @@
+"""The catalog's usage accounting (`usage_minute`): the only writer, and its readers.
+
+The usage recorder (usage/recorder.py) adds one minute's counters at a time; api/usage.py
+reads them. A row: (minute, process_id, remote_ip, remote_port, proto, dir) → packets,
+bytes; dir is 0 in (to the program), 1 out; process_id 0 is traffic nobody owned.
+"""
+
+from __future__ import annotations
+
+MINUTE = 60_000_000_000
+
+
+def add(conn, rows: dict) -> None:
+    """rows: (minute, process_id, remote_ip, remote_port, proto, dir) → [packets, bytes];
+    inside the caller's write transaction (a minute written twice adds up)."""
+    conn.executemany(
+        "INSERT INTO usage_minute VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(minute, process_id, "
+        "remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+        [(*k, p, b) for k, (p, b) in rows.items()])
+
+
+def per_minute(catalog, first_minute: int, last_minute: int, minutes_per_bucket: int):
+    """(bucket_minute, process_id, dir, packets, bytes) over minutes first..last."""
+    return catalog.tuples(
+        "SELECT (minute / ?) * ?, process_id, dir, sum(packets), sum(bytes) FROM usage_minute "
+        "WHERE minute BETWEEN ? AND ? GROUP BY 1, 2, 3 ORDER BY 1",
+        (minutes_per_bucket, minutes_per_bucket, first_minute, last_minute)).fetchall()
+
+
+def any_between(catalog, first_minute: int, last_minute: int) -> bool:
+    return catalog.one("SELECT 1 FROM usage_minute WHERE minute BETWEEN ? AND ? LIMIT 1",
+                       (first_minute, last_minute)) is not None
+
+
+def processes(catalog, ids) -> dict:
+    """process_id → (pid, name, path) from the catalog's processes table."""
+    ids = [i for i in ids if i]
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    return {r[0]: (r[1], r[2], r[3]) for r in catalog.tuples(
+        f"SELECT id, pid, name, path FROM processes WHERE id IN ({marks})", ids).fetchall()}
