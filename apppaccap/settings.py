@@ -148,6 +148,10 @@ TABLE = (
     Setting("usage_enabled", "bool", "1", "Usage accounting: count bytes per program and "
             "remote endpoint on every up adapter (no packets stored; usage_* actions); "
             "takes effect within a second.", zero_or_one),
+    Setting("usage_minute_days", "int", "7", "Days usage accounting keeps per-minute rows; "
+            "older ones are rolled up to one row per hour.", positive_integer),
+    Setting("usage_retention_days", "int", "90", "Days usage accounting keeps its rows at "
+            "all.", positive_integer),
 )
 SETTINGS = {s.name: s for s in TABLE}
 DEFAULTS = {s.name: s.default for s in TABLE}

@@ -119,3 +119,32 @@ def test_bad_ranges_are_refused(tmp_path):
         assert server.call("usage_now", seconds=0)["ErrorCode"] != 0
     finally:
         server.stop()
+
+
+def test_retention_rolls_minutes_up_to_hours_and_drops_old_rows(tmp_path):
+    from apppaccap.settings import Settings
+    from apppaccap.store import usage as usage_table
+    from apppaccap.store.catalog import Catalog
+    from apppaccap.usage.service import UsageService
+
+    catalog = Catalog(str(tmp_path))
+    ctx = type("Ctx", (), {"catalog": catalog, "settings": Settings(catalog)})()
+    now = 30_000_000  # minutes since 1970, an hour's first minute
+    day = 1440
+    rows = {}
+    for age_days, minutes in ((1, range(5)), (8, range(0, 120, 7)), (100, range(3))):
+        for m in minutes:
+            rows[(now - age_days * day + m, 7, "10.0.0.1", 443, 6, 0)] = [2, 1000]
+    catalog.write(lambda c: usage_table.add(c, rows))
+    try:
+        UsageService(ctx, lambda: None).apply_retention(now)
+        left = catalog.read("SELECT minute, packets, bytes FROM usage_minute ORDER BY minute")
+        recent = [r for r in left if r[0] >= now - day - 1]
+        old = [r for r in left if r[0] < now - day - 1]
+        assert len(recent) == 5  # within usage_minute_days: untouched
+        # 8 days old: minutes 0..119 of two hours → two hour rows, nothing lost
+        assert [(r[0] - (now - 8 * day)) for r in old] == [0, 60]
+        assert sum(r[2] for r in old) == 1000 * len(range(0, 120, 7))
+        assert all(r[0] >= now - 90 * day for r in left)  # 100 days old: gone
+    finally:
+        catalog.close()

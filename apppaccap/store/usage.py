@@ -1,6 +1,7 @@
 """The catalog's usage accounting (`usage_minute`): the only writer, and its readers.
 
-The usage recorder (usage/recorder.py) adds one minute's counters at a time; api/usage.py
+The usage recorder (usage/recorder.py) adds one minute's counters at a time, the usage
+service rolls old minutes up to hours and drops what is past retention; api/usage.py
 reads them. A row: (minute, process_id, remote_ip, remote_port, proto, dir) → packets,
 bytes; dir is 0 in (to the program), 1 out; process_id 0 is traffic nobody owned.
 """
@@ -18,6 +19,21 @@ def add(conn, rows: dict) -> None:
         "remote_ip, remote_port, proto, dir) DO UPDATE "
         "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
         [(*k, p, b) for k, (p, b) in rows.items()])
+
+
+def roll_up(conn, hourly_before: int, drop_before: int) -> None:
+    """Retention, inside the caller's write transaction: rows before minute `drop_before`
+    go; rows before `hourly_before` (an hour's first minute) become one row per hour, kept
+    at the hour's first minute (a minute series of such a range shows them there)."""
+    conn.execute("DELETE FROM usage_minute WHERE minute < ?", (drop_before,))
+    conn.execute(
+        "INSERT INTO usage_minute SELECT (minute / 60) * 60, process_id, remote_ip, "
+        "remote_port, proto, dir, sum(packets), sum(bytes) FROM usage_minute "
+        "WHERE minute < ? AND minute % 60 != 0 GROUP BY 1, 2, 3, 4, 5, 6 "
+        "ON CONFLICT(minute, process_id, remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes", (hourly_before,))
+    conn.execute("DELETE FROM usage_minute WHERE minute < ? AND minute % 60 != 0",
+                 (hourly_before,))
 
 
 def per_minute(catalog, first_minute: int, last_minute: int, minutes_per_bucket: int):
