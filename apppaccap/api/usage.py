@@ -46,9 +46,11 @@ def _program(pid_id: int, names: dict) -> dict:
 @endpoint(DataType.JSON)
 def usage_now(ctx, *, seconds: Annotated[int, Bounds(1, 60, "a rate window is 1 to 60 "
                                                              "seconds")] = 5) -> dict:
-    """Network use per program right now: rates, connections, top remote hosts and the last
-    60 seconds, from the usage recorder (setting usage_enabled; Enabled is false when it is
-    off, and Programs then empty).
+    """Network use per program right now, from the usage recorder (setting usage_enabled;
+    Enabled is false when it is off, and Programs then empty): bytes/s in and out over the
+    last `seconds`, Connections (flows that carried packets in that window), the top remote
+    endpoints over the last 60 s, and those 60 s as a per-second series. Dropped: packets
+    libpcap dropped on the recorder's adapters since it started.
 
     - seconds: the window of the rates, in seconds (1..60)
     """
@@ -153,7 +155,7 @@ def _from_minutes(ctx, rec, start: int, end: int, bucket: int) -> list:
     return out
 
 
-def _ring_covers(ctx, rec, start: int) -> bool:
+def _ring_covers(rec, start: int) -> bool:
     """Whether the recorder's ring holds everything counted since `start`: it reaches back
     that far, or it has not wrapped yet and nothing was written before it began (another
     run of the service)."""
@@ -162,8 +164,7 @@ def _ring_covers(ctx, rec, start: int) -> bool:
     first = rec.ring[0][0]
     if first * SECOND <= start:
         return True
-    return (len(rec.ring) < rec.ring.maxlen and
-            not usage_table.any_between(ctx.catalog, start // MINUTE, first // 60))
+    return len(rec.ring) < rec.ring.maxlen and rec.before < start // MINUTE
 
 
 @endpoint(DataType.JSON)
@@ -180,7 +181,7 @@ def usage_by_process(ctx, *, start_dtg: int = 0, end_dtg: int = 0,
     start, end = _range(start_dtg, end_dtg, relative_time)
     rec = _recorder(ctx)
     bucket = bucket_for(end - start)
-    if bucket == SECOND and not _ring_covers(ctx, rec, start):
+    if bucket == SECOND and not _ring_covers(rec, start):
         bucket = MINUTE  # the ring does not hold the whole range: minutes it is
     if bucket == SECOND:
         rows = _from_ring(rec, start, end)

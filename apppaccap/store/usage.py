@@ -44,9 +44,10 @@ def per_minute(catalog, first_minute: int, last_minute: int, minutes_per_bucket:
         (minutes_per_bucket, minutes_per_bucket, first_minute, last_minute)).fetchall()
 
 
-def any_between(catalog, first_minute: int, last_minute: int) -> bool:
-    return catalog.one("SELECT 1 FROM usage_minute WHERE minute BETWEEN ? AND ? LIMIT 1",
-                       (first_minute, last_minute)) is not None
+def last_minute(catalog) -> int:
+    """The latest minute with a row, -1 when there is none."""
+    row = catalog.one("SELECT max(minute) FROM usage_minute")
+    return -1 if row is None or row[0] is None else row[0]
 
 
 def processes(catalog, ids) -> dict:

@@ -22,6 +22,7 @@ import time
 from collections import deque
 
 from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.localaddr import unmap
 from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.store import usage as usage_table
@@ -51,6 +52,7 @@ class UsageRecorder:
         self.minute: int | None = None
         self.minute_rows: dict = {}
         self.lost_rows = 0
+        self.before = -1  # the latest minute written before this recorder began
         self._rows_lock = threading.Lock()  # minute_rows: the tick writes, readers copy
         self._pending: dict = {}  # raw key → [packets, bytes, key5, ticks waited]
         self._stop = threading.Event()
@@ -59,6 +61,7 @@ class UsageRecorder:
 
     # -- lifecycle (start and stop run on the service's own thread) ------------------
     def start(self) -> None:
+        self.before = usage_table.last_minute(self.catalog)
         names = self.adapters if self.adapters is not None else default_capture_adapters()
         for name in dict.fromkeys(names):
             try:
@@ -131,9 +134,11 @@ class UsageRecorder:
                 p = label.proc or {}
                 self.programs[pid] = (label.pid, p.get("name") or "", p.get("path") or "")
             local = label.local if label is not None else None
-            if local is not None and (src, sport) == tuple(local):
+            if local is not None:
+                local = (unmap(local[0]), local[1])  # a dual-stack socket: ::ffff:a.b.c.d
+            if local is not None and (src, sport) == local:
                 out = True
-            elif local is not None and (dst, dport) == tuple(local):
+            elif local is not None and (dst, dport) == local:
                 out = False
             else:
                 out = self.is_local(src) and not self.is_local(dst)
