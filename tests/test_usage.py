@@ -149,3 +149,30 @@ def test_retention_rolls_minutes_up_to_hours_and_drops_old_rows(tmp_path):
         assert all(r[0] >= now - 90 * day for r in left)  # 100 days old: gone
     finally:
         catalog.close()
+
+
+def test_kill_9_loses_at_most_the_current_minute(tmp_path, web):
+    server = Server(tmp_path / "data", log_dir=tmp_path)
+    try:
+        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        time.sleep(1.5)
+        client = download(web)
+        assert int(client.stdout.readline()) == BODY
+        client.wait(30)
+        minute = time.time() // 60
+        time.sleep(2.5)
+        counted = program(server.ok("usage_by_process", relative_time="5m"), client.pid)
+        assert counted is not None and counted["BytesIn"] > 0
+        # the minute of the download ends, its rows are written at the next tick
+        wait_for(lambda: time.time() // 60 > minute, 65, 0.2, "the next minute")
+        time.sleep(2.0)
+    finally:
+        server.kill(9)
+    again = Server(tmp_path / "data", log_dir=tmp_path)
+    try:
+        after = program(again.ok("usage_by_process", relative_time="15m"), client.pid)
+        assert after is not None
+        assert (after["BytesIn"], after["BytesOut"]) == (counted["BytesIn"],
+                                                         counted["BytesOut"])
+    finally:
+        again.stop()
