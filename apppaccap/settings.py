@@ -145,6 +145,13 @@ TABLE = (
     Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "
             "packets while its owner is being resolved, so a late answer still labels them "
             "(docs/ARCHITECTURE.md, Attribution).", non_negative_integer),
+    Setting("usage_enabled", "bool", "1", "Usage accounting: count bytes per program and "
+            "remote endpoint on every up adapter (no packets stored; usage_* actions); "
+            "takes effect within a second.", zero_or_one),
+    Setting("usage_minute_days", "int", "7", "Days usage accounting keeps per-minute rows; "
+            "older ones are rolled up to one row per hour.", positive_integer),
+    Setting("usage_retention_days", "int", "90", "Days usage accounting keeps its rows at "
+            "all.", positive_integer),
 )
 SETTINGS = {s.name: s for s in TABLE}
 DEFAULTS = {s.name: s.default for s in TABLE}
