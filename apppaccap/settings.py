@@ -140,6 +140,12 @@ TABLE = (
     Setting("max_connections_per_caller", "int", "64", "Connections one local account (or all "
             "callers from other hosts together) may hold open at once; root is never refused.",
             positive_integer),
+    # /ws (web/stream.py): each socket is a long-lived thread besides its connection
+    Setting("max_streams_per_caller", "int", "4", "WebSocket streams (/ws) one local account "
+            "(or all callers from other hosts together) may hold open at once; root is never "
+            "refused.", positive_integer),
+    Setting("metrics_enabled", "bool", "1", "Serve Prometheus metrics at GET /metrics (same "
+            "callers as /ajax); 0 answers 404.", zero_or_one),
     Setting("request_idle_seconds", "int", "30", "A connection that sends nothing for this "
             "many seconds is closed.", positive_integer),
     Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "

@@ -25,7 +25,6 @@ from flask import request
 from werkzeug.wsgi import wrap_file
 
 from apppaccap.errors import AppError
-from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.extract.service import extracted_dir
@@ -33,6 +32,7 @@ from apppaccap.safefs.reading import open_entry
 from apppaccap.safefs.reading import open_regular
 from apppaccap.store import extracted
 from apppaccap.web import callers
+from apppaccap.web import credentials
 
 TOKEN_HEADER = callers.TOKEN_HEADER
 TOKEN_COOKIE = callers.TOKEN_COOKIE
@@ -69,19 +69,10 @@ def register(app, ctx) -> None:
 
 
 def _check_caller(ctx) -> None:
-    """The /ajax rules for who may call, applied before anything is looked up."""
-    site = (request.headers.get("Sec-Fetch-Site") or "").strip().lower()
-    if site and site not in ("same-origin", "none"):
-        raise InvalidPermissions(f"Sec-Fetch-Site: a {site[:20]} download is refused")
-    if "token" in request.args:
-        raise InvalidPermissions("token: never in a link (it would end up in logs and "
-                                 f"history); send the {TOKEN_COOKIE} cookie or the "
-                                 f"{TOKEN_HEADER} header")
-    uid = request.environ.get(callers.PEER_UID)
-    if not callers.login_required(ctx.config, ctx.config.local_group, uid):
-        return
-    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or None
-    ctx.logins.check(token, uid)  # raises NO_TOKEN / SESSION_TIMEOUT
+    """The /ajax rules for who may call, applied before anything is looked up
+    (credentials.check_get: Sec-Fetch-Site, no token in the URL, the caller-uid rule,
+    Basic / Bearer / header / cookie)."""
+    credentials.check_get(ctx, request)
 
 
 def _export(ctx, name: str):
