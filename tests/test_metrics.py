@@ -57,7 +57,7 @@ def test_counters_move_with_the_traffic(tmp_path):
             m = scrape(srv)
             return sum(v for (n, _l), v in m.items() if n == "apppaccap_program_bytes_total")
         first = program_bytes()
-        for i in range(50):
+        for _ in range(50):
             udp.sendto(b"p" * 1000, ("127.0.0.1", port))
         wait_for(lambda: program_bytes() >= first + 50 * 1000, timeout=10,
                  what="usage bytes in the metrics")
