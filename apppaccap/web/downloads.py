@@ -45,6 +45,7 @@ _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{
 # A download is never shown as a page: nothing it holds may run or load anything.
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
 _STATUS = {NotFound: 404, Malformed: 404}
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def register(app, ctx) -> None:
@@ -89,7 +90,10 @@ def _export(ctx, name: str):
 
 
 def _extracted(ctx, capture_id: str, file_id: str):
-    if not (capture_id.isdigit() and file_id.isdigit()) or len(capture_id + file_id) > 36:
+    # ASCII digits only: str.isdigit also accepts "²" and other scripts' digits, and
+    # int("²") raised (a 500) where the answer is "no such file"
+    if not (_DIGITS.fullmatch(capture_id) and _DIGITS.fullmatch(file_id)) \
+            or len(capture_id + file_id) > 36:
         raise NotFound("file_id: no such extracted file")
     row = extracted.get(ctx.catalog, int(file_id))
     if row is None or row["capture_id"] != int(capture_id):
