@@ -223,6 +223,13 @@ def test_door_checks(tmp_path):
         assert ws.next("authenticated")
         ws.send({"subscribe": "usage"})
         ws.next("subscribed")
+        # the login cookie on the upgrade (a page), then the token again as a message
+        page = Ws(f"ws://127.0.0.1:{srv.port}/ws", {"Cookie": f"apppaccap_token={token}"})
+        page.send({"token": token})
+        assert page.next("authenticated")
+        page.send({"token": "not a token"})
+        assert page.next("error")["ErrorCode"] == 2
+        page.close()
         # bearer and Basic headers on the upgrade
         bearer = Ws(f"ws://127.0.0.1:{srv.port}/ws", {"Authorization": f"Bearer {token}"})
         bearer.send({"ping": 1})

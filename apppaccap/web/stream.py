@@ -216,6 +216,7 @@ class Session:
 
     def __init__(self, ctx, ws, uid, needs_login: bool, user, token):
         self.ctx, self.ws, self.uid = ctx, ws, uid
+        self.needs_login = needs_login
         self.authed = not needs_login or user is not None
         self.token = token
         self.feeds: dict = {}
@@ -276,12 +277,14 @@ class Session:
         except ValueError:
             return self._control(_error(Malformed("message: a JSON object expected")))
         try:
-            if not self.authed:
-                token = msg.get("token")
+            if not self.authed or "token" in msg:  # a page sends it whether or not its
+                token = msg.get("token")           # cookie already let the socket in
                 if not isinstance(token, str) or not token:
                     raise NoToken("token: required; send {\"token\": ...} first")
-                self.ctx.logins.check(token, self.uid)
-                self.token, self.authed = token, True
+                if self.needs_login:
+                    self.ctx.logins.check(token, self.uid)
+                    self.token = token  # checked again every RECHECK_SECONDS
+                self.authed = True
                 return self._control({"type": "authenticated"})
             if "ping" in msg:
                 return self._control({"type": "pong", "ping": msg["ping"]})

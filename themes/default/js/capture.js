@@ -87,7 +87,7 @@ var App = window.App || (window.App = {});
   /* Active capture: follow capture_stream by last_id (waiting 1 s once caught up). When it
    * has ended meanwhile, read what is left with capture_read until More is false. */
   function pump(gen) {
-    if (gen !== S.gen || S.running || !S.visible || S.paged) return;
+    if (gen !== S.gen || S.running || !S.visible || S.paged || S.sub) return;  // S.sub: stream.js
     if (isActive() && S.paused) return;
     var live = isActive();
     S.running = true;
@@ -101,7 +101,9 @@ var App = window.App || (window.App = {});
         list.append(r.Packets);
         if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
         if (r.More) pump(gen);
-        else if (live) S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);
+        else if (live && !(App.followPackets && App.followPackets(S, gen, list, pump))) {
+          S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);  // no stream: poll
+        }
       }, function (r) {
         S.running = false;
         if (gen !== S.gen) return;
