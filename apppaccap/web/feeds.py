@@ -115,7 +115,7 @@ class FlowFeed(_CaptureFeed):
 
     def __init__(self, sid: int, msg: dict, ctx):
         super().__init__(sid, msg, ctx)
-        self.seen: dict[int, int] = {}   # ConnectionId → hash of the CONNECTION last sent
+        self.seen: dict[int, int] = {}   # ConnectionId → hash of the row last sent
         self.max_id = 0
         self.newest = 0
         self.full_at = 0.0               # monotonic time of the last full comparison
@@ -144,11 +144,10 @@ class FlowFeed(_CaptureFeed):
         for r in rows:
             if self.selected is not None and r["id"] not in self.selected:
                 continue
-            obj = connection_object(r, self.capture_id)
-            h = hash(tuple(obj.values()))
+            h = hash(tuple(r))  # the row holds every field of its CONNECTION
             if self.seen.get(r["id"]) != h:
                 self.seen[r["id"]] = h
-                changed.append(obj)
+                changed.append(connection_object(r, self.capture_id))
             self.max_id = max(self.max_id, r["id"])
             self.newest = max(self.newest, r["last_time"] or 0)
         out = [self.message(CaptureId=self.capture_id, Connections=changed[i:i + FLOWS_PER_MESSAGE])
