@@ -181,7 +181,9 @@ def test_consumer_that_never_reads_loses_nothing_from_the_capture(server, tmp_pa
     server.ok("capture_stop_system", capture_id=cid)
     ref = dump.stop()
     details = server.ok("capture_get_details", capture_id=cid)
-    assert details["PacketCount"] == len(ref) == sent
+    # every datagram stored; tcpdump, beside it, sees no more (on this loaded 2-core
+    # machine tcpdump itself sometimes loses a few hundred of 60 000)
+    assert details["PacketCount"] == sent >= len(ref) > sent * 0.9
     assert details["DroppedCount"] == 0
     gaps = [m for m in msgs if m["type"] == "dropped"]
     assert gaps and all(g["dropped"] > 0 for g in gaps), [m["type"] for m in msgs][:20]
@@ -249,5 +251,46 @@ def test_door_checks(tmp_path):
         assert err["ErrorCode"] in (2, 5), err  # NO_TOKEN / SESSION_TIMEOUT
         status, body = upgrade(srv.port, headers={"Authorization": f"Bearer {token}"})
         assert status == 403
+    finally:
+        srv.stop()
+
+
+# Opens N WebSocket upgrades (held open), prints each answer's status line, closes them,
+# then opens one more: run as another account (stdlib only, the system Python).
+QUOTA_CLIENT = r"""
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+def upgrade():
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n" % port).encode())
+    return s, s.recv(4096).split(b"\r\n")[0].decode()
+held = [upgrade() for _ in range(n)]
+print(" ".join(line.split()[1] for _s, line in held))
+for s, _line in held:
+    s.close()
+import time; time.sleep(1)
+s, line = upgrade()
+print(line.split()[1])
+"""
+
+
+def test_stream_quota_per_account_and_plain_get(tmp_path):
+    import subprocess
+    from tests.helpers.door import DoorServer
+    srv = DoorServer(tmp_path)
+    try:
+        # a GET without the upgrade is a 400, and holds nothing (it used to keep a stream)
+        answers = srv.as_user([{"method": "GET", "path": "/ws", "fields": {}}] * 6)
+        assert [a["status"] for a in answers] == [400] * 6
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              "/usr/bin/python3", "-c", QUOTA_CLIENT, str(srv.port), "5"],
+                             capture_output=True, text=True, timeout=60, cwd="/")
+        assert out.returncode == 0, out.stderr
+        first, again = out.stdout.split("\n")[:2]
+        assert first == "101 101 101 101 503"  # max_streams_per_caller = 4
+        assert again == "101"  # closed streams gave their places back
+        assert srv.alive()
     finally:
         srv.stop()

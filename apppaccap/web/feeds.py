@@ -31,6 +31,7 @@ from apppaccap.api.packets import connection_object
 from apppaccap.api.packets import packet_object
 from apppaccap.api.search import checked_filter
 from apppaccap.api.usage import usage_now
+from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.search.compiler import compile_plan
 from apppaccap.search.scan import scan
@@ -40,6 +41,8 @@ from apppaccap.wire import CaptureState
 
 FLOW_SLACK_NS = 10 * 1_000_000_000
 FULL_SECONDS = 10.0
+MAX_TRACKED = 250_000         # connections one flows feed remembers (about 100 bytes each)
+EXAMINE = 50_000              # packets a filtered packets feed tests per page
 FLOWS_PER_MESSAGE = 1000
 PACKETS_PER_MESSAGE = 500
 PAGES_PER_TICK = 20          # packets: at most 10000 per tick before the next tick
@@ -119,6 +122,7 @@ class FlowFeed(_CaptureFeed):
         self.max_id = 0
         self.newest = 0
         self.full_at = 0.0               # monotonic time of the last full comparison
+        self.full_every = FULL_SECONDS
         self.mark = self.max_packet()    # filter: packets up to here were examined
         self.selected: set[int] | None = set() if self.filter is not None else None
 
@@ -133,10 +137,12 @@ class FlowFeed(_CaptureFeed):
                 rows = self.db.read("SELECT DISTINCT conn_id FROM packets WHERE id IN "
                                     f"({','.join('?' * len(chunk))})", chunk)
                 self.selected.update(r["conn_id"] for r in rows if r["conn_id"])
-        full = not live or time.monotonic() - self.full_at >= FULL_SECONDS
+        full = not live or time.monotonic() - self.full_at >= self.full_every
         if full:
             self.full_at = time.monotonic()
             rows = self.db.read(CONN_SQL + "ORDER BY c.id")
+            # a huge table: full comparisons at most ~10 % of the time
+            self.full_every = max(FULL_SECONDS, 10 * (time.monotonic() - self.full_at))
         else:
             rows = self.db.read(CONN_SQL + "WHERE c.id > ? OR c.last_time >= ? ORDER BY c.id",
                                 (self.max_id, self.newest - FLOW_SLACK_NS))
@@ -150,6 +156,10 @@ class FlowFeed(_CaptureFeed):
                 changed.append(connection_object(r, self.capture_id))
             self.max_id = max(self.max_id, r["id"])
             self.newest = max(self.newest, r["last_time"] or 0)
+        if len(self.seen) > MAX_TRACKED:
+            raise Busy(f"subscribe: a flows feed follows at most {MAX_TRACKED} connections "
+                       f"(capture {self.capture_id} has more); use a filter or "
+                       "capture_list_conns")
         out = [self.message(CaptureId=self.capture_id, Connections=changed[i:i + FLOWS_PER_MESSAGE])
                for i in range(0, len(changed), FLOWS_PER_MESSAGE)]
         if not live:
@@ -197,7 +207,7 @@ class PacketFeed(_CaptureFeed):
             out[-1]["More"] = len(out) == PAGES_PER_TICK
             for m in out[:-1]:
                 m["More"] = True
-        if not live and not out:
+        if not live and not out and self.last_id >= self.max_packet():
             self.ended = True
             out.append({"type": "end", "subscription": self.sid,
                         "message": f"capture {self.capture_id} is not active"})
@@ -208,17 +218,18 @@ class PacketFeed(_CaptureFeed):
             return self.db.read(PACKET_SQL + "WHERE p.id > ? ORDER BY p.id LIMIT ?",
                                 (self.last_id, PACKETS_PER_MESSAGE))
         top = self.max_packet()
-        upto = self.last_id
-        while upto < top:  # examine up to 50000 packets for one page of matches
-            hi = min(top, upto + 50000)
-            ids = self.matching(upto, hi)
-            self.examined = hi if len(ids) <= PACKETS_PER_MESSAGE else 0
-            ids = ids[:PACKETS_PER_MESSAGE]
-            if ids:
-                return self.db.read(PACKET_SQL + f"WHERE p.id IN ({','.join('?' * len(ids))}) "
-                                    "ORDER BY p.id", ids)
-            upto = hi
-        self.last_id = max(self.last_id, upto)
+        if self.last_id >= top:
+            return []
+        # one chunk of packets per page: a long backlog takes several ticks, none of
+        # them long (the socket's thread also answers its client between ticks)
+        hi = min(top, self.last_id + EXAMINE)
+        ids = self.matching(self.last_id, hi)
+        self.examined = hi if len(ids) <= PACKETS_PER_MESSAGE else 0
+        ids = ids[:PACKETS_PER_MESSAGE]
+        if ids:
+            return self.db.read(PACKET_SQL + f"WHERE p.id IN ({','.join('?' * len(ids))}) "
+                                "ORDER BY p.id", ids)
+        self.last_id = hi
         return []
 
     def skip(self) -> int:

@@ -174,6 +174,9 @@ def register(app, ctx) -> None:
         """Refused before the upgrade, with a plain HTTP answer (Host/Origin came first)."""
         if request.path != "/ws":
             return None
+        if (request.headers.get("Upgrade") or "").lower() != "websocket":
+            return Response("/ws: a WebSocket upgrade is expected\n", 400,
+                            mimetype="text/plain")
         uid = request.environ.get(callers.PEER_UID)
         g.ws_uid = uid
         g.ws_user = g.ws_token = None
@@ -197,8 +200,15 @@ def register(app, ctx) -> None:
         if not quota.take(key, cap):
             return Response(f"connection: this account already has {cap} streams open "
                             "(setting max_streams_per_caller)\n", 503, mimetype="text/plain")
-        g.ws_quota = key
+        g.ws_quota = [key]
         return None
+
+    @app.teardown_request
+    def ws_release(_exc):
+        """The quota goes back however the request ended (a failed handshake included)."""
+        held = g.pop("ws_quota", None)
+        if held:
+            quota.give(held.pop())
 
     @sock.route("/ws")
     def ws_route(ws):
@@ -207,8 +217,6 @@ def register(app, ctx) -> None:
             Session(ctx, ws, g.ws_uid, g.ws_needs_login, g.ws_user, g.ws_token).run()
         except Exception:  # noqa: BLE001 - never let Flask write an HTTP 500 into the socket
             log.exception("/ws session failed")
-        finally:
-            quota.give(g.ws_quota)
 
 
 class Session:
@@ -290,7 +298,7 @@ class Session:
                 return self._control({"type": "pong", "ping": msg["ping"]})
             if "unsubscribe" in msg:
                 sid = msg["unsubscribe"]
-                if self.feeds.pop(sid, None) is None:
+                if not isinstance(sid, int) or self.feeds.pop(sid, None) is None:
                     raise Malformed(f"unsubscribe: no subscription {sid!s:.20}")
                 return self._control({"type": "unsubscribed", "subscription": sid})
             if "subscribe" in msg:
@@ -303,6 +311,8 @@ class Session:
 
     def _subscribe(self, msg: dict) -> None:
         kind = msg["subscribe"]
+        if not isinstance(kind, str):
+            raise Malformed(f"subscribe: one of {', '.join(FEEDS)}")
         if kind == "alerts":
             raise Unsupported("subscribe: this version has no alerts")
         if kind not in FEEDS:
