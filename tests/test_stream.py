@@ -278,6 +278,7 @@ print(line.split()[1])
 
 def test_stream_quota_per_account_and_plain_get(tmp_path):
     import subprocess
+
     from tests.helpers.door import DoorServer
     srv = DoorServer(tmp_path)
     try:
