@@ -89,11 +89,12 @@ def _doors() -> list[str]:
         "Client messages (JSON objects, at most "
         f"{stream.MAX_MESSAGE // 1024} KiB):",
         "",
-        "- `{\"subscribe\": \"flows\" | \"packets\" | \"usage\", \"capture_id\": N,"
+        "- `{\"subscribe\": \"flows\" | \"packets\" | \"capture\" | \"usage\","
+        " \"capture_id\": N,"
         " \"filter\": \"...\", \"interval_ms\": 1000}`",
         "  → `{\"type\": \"subscribed\", \"subscription\": id, \"subscribe\": kind,"
         " \"interval_ms\": n}`.",
-        f"  `capture_id` for flows and packets; `interval_ms` ({iv}; default 1000);",
+        f"  `capture_id` for flows, packets and capture; `interval_ms` ({iv}; default 1000);",
         "  `filter` a display filter (the search language; packets and flows only); packets",
         "  also take `last_id` (default: only packets written after subscribing). At most",
         f"  {stream.MAX_SUBSCRIPTIONS} subscriptions per socket. `alerts` does not exist in",
@@ -116,6 +117,9 @@ def _doors() -> list[str]:
         "  objects as `capture_stream` returns them, without Data) in PacketId order, "
         f"at most {feeds.PACKETS_PER_MESSAGE}",
         "  per message.",
+        "- `capture`: `Capture` - the CAPTURE object (`capture_get_details`) of each",
+        "  interval in which it changed (its counters: a capture header); after the capture",
+        "  ends, its last object and `end`.",
         "- `usage`: `Usage` - the `usage_now` object for the last second.",
         "- `end`: the capture is no longer active (flows: after one last full comparison);",
         "  the subscription is gone.",

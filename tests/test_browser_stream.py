@@ -37,10 +37,13 @@ def _run(browser, server, no_websocket: bool) -> tuple[list, list, int]:
     console = Console(page)
     if no_websocket:
         page.add_init_script("window.WebSocket = undefined;")
-    sockets, polls = [], []
+    sockets, polls, details = [], [], []
     page.on("websocket", lambda ws: sockets.append(ws))
     page.on("request", lambda r: polls.append(time.monotonic())
             if r.url.endswith("/ajax") and "capture_stream" in (r.post_data or "") else None)
+    page.on("request", lambda r: details.append(time.monotonic())
+            if r.url.endswith("/ajax") and "capture_get_details" in (r.post_data or "")
+            else None)
     try:
         page.goto(f"{server.url}/#/capture/{cid}/packets")
         page.wait_for_selector("#view-capture .pstatus")
@@ -62,20 +65,25 @@ def _run(browser, server, no_websocket: bool) -> tuple[list, list, int]:
             sent += 1
         page.wait_for_timeout(3000)
         assert _count(page) == sent, (shown, sent)
+        # the header's counters follow too (by the stream or by polling)
+        page.wait_for_function("n => document.querySelector('#view-capture .caphead')"
+                               ".innerText.includes('Packets ' + n)", arg=str(sent))
         console.assert_clean()
-        return sockets, [t for t in polls if t >= t0], shown
+        return sockets, [t for t in polls if t >= t0], [t for t in details if t >= t0]
     finally:
         ctx.close()
         server.ok("capture_stop_system", capture_id=cid)
 
 
 def test_packet_list_follows_over_the_stream(browser, server):
-    sockets, polls, _shown = _run(browser, server, no_websocket=False)
+    sockets, polls, details = _run(browser, server, no_websocket=False)
     assert [s.url for s in sockets] == [f"ws://127.0.0.1:{server.port}/ws"]
     assert "token" not in sockets[0].url
-    assert len(polls) == 0  # new packets came by the stream, not by capture_stream polls
+    # new packets and the header's counters came by the stream: no polls meanwhile
+    assert len(polls) == 0 and len(details) == 0
 
 
 def test_packet_list_polls_without_websocket(browser, server):
-    sockets, polls, _shown = _run(browser, server, no_websocket=True)
-    assert sockets == [] and len(polls) >= 2  # the fallback: capture_stream every second
+    sockets, polls, details = _run(browser, server, no_websocket=True)
+    # the fallback: capture_stream and capture_get_details every second
+    assert sockets == [] and len(polls) >= 2 and len(details) >= 2

@@ -193,6 +193,27 @@ def test_consumer_that_never_reads_loses_nothing_from_the_capture(server, tmp_pa
     assert ids == sorted(ids) and len(ids) == len(set(ids))
 
 
+def test_capture_subscription_follows_the_counters(server):
+    port = free_port(socket.SOCK_DGRAM)
+    cid = server.ok("capture_start_system", adapter="lo",
+                    filter=f"udp port {port}")["CaptureId"]
+    ws = Ws(f"ws://127.0.0.1:{server.port}/ws")
+    ws.send({"subscribe": "capture", "capture_id": cid, "interval_ms": 250})
+    ws.next("subscribed")
+    assert ws.next("capture")["Capture"]["PacketCount"] == 0
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(30):
+        udp.sendto(b"c" * 10, ("127.0.0.1", port))
+    wait_for(lambda: (ws.recv(0.5) or {}).get("Capture", {}).get("PacketCount") == 30,
+             timeout=10, what="PacketCount 30")
+    server.ok("capture_stop_system", capture_id=cid)
+    last = ws.next("capture")["Capture"]
+    assert last["State"] == 2 and last["PacketCount"] == 30
+    assert last == server.ok("capture_get_details", capture_id=cid)
+    assert ws.next("end")
+    ws.close()
+
+
 def test_usage_subscription(server):
     ws = Ws(f"ws://127.0.0.1:{server.port}/ws")
     ws.send({"subscribe": "usage", "interval_ms": 1000})

@@ -18,6 +18,7 @@ feed, however slow its consumer, cannot slow a capture down.
   changes is sent.
 * packets: the PACKET objects of capture_stream written after `last_id` (default: from the
   subscription on), those matching the filter when one is given.
+* capture: the CAPTURE object (capture_get_details) when it changed: header counters.
 * usage: usage_now(seconds=1) (api/usage.py) each interval.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import time
 
+from apppaccap.api.captures import capture_object
 from apppaccap.api.packets import CONN_SQL
 from apppaccap.api.packets import PACKET_SQL
 from apppaccap.api.packets import connection_object
@@ -47,7 +49,8 @@ FLOWS_PER_MESSAGE = 1000
 PACKETS_PER_MESSAGE = 500
 PAGES_PER_TICK = 20          # packets: at most 10000 per tick before the next tick
 MAX_FILTER = 4096
-INTERVAL_MS = {"flows": (100, 60000), "packets": (100, 60000), "usage": (1000, 60000)}
+INTERVAL_MS = {"flows": (100, 60000), "packets": (100, 60000), "capture": (250, 60000),
+               "usage": (1000, 60000)}
 KINDS = tuple(INTERVAL_MS)
 
 
@@ -243,6 +246,36 @@ class PacketFeed(_CaptureFeed):
         return len(msg.get("Packets") or [])
 
 
+class CaptureFeed(_CaptureFeed):
+    """The CAPTURE object (capture_get_details) each interval in which it changed: the
+    counters of a capture header. After the capture ends: its last object, then `end`."""
+
+    kind = "capture"
+
+    def __init__(self, sid: int, msg: dict, ctx):
+        if msg.get("filter"):
+            raise Malformed("filter: capture subscriptions take no filter")
+        super().__init__(sid, msg, ctx)
+        self.last = None
+
+    def poll(self, ctx) -> list[dict]:
+        live = self.is_live(ctx)
+        obj = capture_object(ctx, ctx.captures.get(self.capture_id))
+        out = []
+        if obj != self.last:
+            self.last = obj
+            out.append(self.message(Capture=obj))
+        if not live:
+            self.ended = True
+            out.append({"type": "end", "subscription": self.sid,
+                        "message": f"capture {self.capture_id} is not active"})
+        return out
+
+    def lost(self, msg: dict) -> int:
+        self.last = None  # send it again next time
+        return 1
+
+
 class UsageFeed(Feed):
     kind = "usage"
 
@@ -253,4 +286,4 @@ class UsageFeed(Feed):
         return [self.message(Usage=usage_now(ctx, seconds=1))]
 
 
-FEEDS = {"flows": FlowFeed, "packets": PacketFeed, "usage": UsageFeed}
+FEEDS = {"flows": FlowFeed, "packets": PacketFeed, "capture": CaptureFeed, "usage": UsageFeed}

@@ -143,18 +143,20 @@ var App = window.App || (window.App = {});
   }
 
   function refreshDetails() {
-    return api("capture_get_details", {capture_id: S.id}).then(function (c) {
-      var was = S.cap && S.cap.State;
-      S.cap = c;
-      renderHead();
-      updateStatus();
-      if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
-        ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
-        App.refreshLive();
-        pump(S.gen);  // drain the rest, still in live (append) mode
-      }
-      return c;
-    }, App.fail);
+    return api("capture_get_details", {capture_id: S.id}).then(showDetails, App.fail);
+  }
+
+  function showDetails(c) {  // a CAPTURE from capture_get_details or the stream (stream.js)
+    var was = S.cap && S.cap.State;
+    S.cap = c;
+    renderHead();
+    updateStatus();
+    if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
+      ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
+      App.refreshLive();
+      pump(S.gen);  // drain the rest, still in live (append) mode
+    }
+    return c;
   }
 
   function open(id) {
@@ -260,7 +262,7 @@ var App = window.App || (window.App = {});
       clearInterval(S.detailsTimer);
       S.detailsTimer = setInterval(function () {
         if (isActive() && !document.hidden) {
-          refreshDetails();
+          if (!(App.followDetails && App.followDetails(S, showDetails))) refreshDetails();
           if (S.tab !== "packets" && S.tab !== "files" && ++S.ticks % 3 === 0) panes[S.tab].load(S.cap);
         }
       }, 1000);

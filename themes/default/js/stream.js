@@ -127,4 +127,24 @@ var App = window.App || (window.App = {});
     timer = setInterval(function () { if (stale()) release(); }, 1000);
     return true;
   };
+
+  /* The capture header's counters (capture.js): a `capture` subscription instead of a
+   * capture_get_details call each second. Returns true while the stream has them (the
+   * caller then skips its poll), false when there is no stream (the caller polls). */
+  App.followDetails = function (S, show) {
+    var d = S.detailsSub;
+    if (d && d.id === S.id && d.gen === S.gen && !d.sub.done) return true;
+    if (d) d.sub.close();
+    S.detailsSub = null;
+    var me = {id: S.id, gen: S.gen, sub: null};
+    me.sub = App.stream.subscribe({subscribe: "capture", capture_id: S.id, interval_ms: 1000},
+      function (m) {
+        if (me.id !== S.id || me.gen !== S.gen || !S.visible) return me.sub.close();
+        if (m.type === "capture") show(m.Capture);
+      },
+      function () { if (S.detailsSub === me) S.detailsSub = null; });
+    if (!me.sub) return false;
+    S.detailsSub = me;
+    return true;
+  };
 })();
