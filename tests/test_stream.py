@@ -221,6 +221,8 @@ def test_usage_subscription(server):
     msg = ws.next("usage", timeout=5)
     assert msg["Usage"]["Seconds"] == 1 and "Programs" in msg["Usage"]
     ws.close()
+    wait_for(lambda: '"GET /ws HTTP/1.1"' in server.log_text(), what="the stream's end")
+    assert "Traceback" not in server.log_text()  # a client closing is no error
 
 
 def test_door_checks(tmp_path):

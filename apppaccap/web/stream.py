@@ -35,6 +35,7 @@ from flask import Response
 from flask import g
 from flask import request
 from flask_sock import Sock
+from simple_websocket import ConnectionClosed
 
 from apppaccap.errors import AppError
 from apppaccap.errors import Busy
@@ -215,6 +216,8 @@ def register(app, ctx) -> None:
         ws.sock = _SendAll(ws.sock)
         try:
             Session(ctx, ws, g.ws_uid, g.ws_needs_login, g.ws_user, g.ws_token).run()
+        except ConnectionClosed:
+            pass  # the client went away: the normal end of a stream
         except Exception:  # noqa: BLE001 - never let Flask write an HTTP 500 into the socket
             log.exception("/ws session failed")
 
