@@ -318,3 +318,27 @@ def test_stream_quota_per_account_and_plain_get(tmp_path):
         assert srv.alive()
     finally:
         srv.stop()
+
+
+def test_hostile_messages_get_errors_and_the_socket_goes_on(server):
+    ws = Ws(f"ws://127.0.0.1:{server.port}/ws")
+    hostile = ["not json", "[1, 2]", "[" * 30000 + "]" * 30000, '"\\ud800"', "{}",
+               {"subscribe": ["packets"]}, {"subscribe": None}, {"unsubscribe": [1]},
+               {"unsubscribe": 99}, {"subscribe": "packets", "capture_id": "1"},
+               {"subscribe": "packets", "capture_id": 2**40},
+               {"subscribe": "packets", "capture_id": 424242},
+               {"subscribe": "flows", "capture_id": 1, "interval_ms": True},
+               {"subscribe": "packets", "capture_id": 1, "filter": ["x"]},
+               {"subscribe": "packets", "capture_id": 1, "filter": "x" * 5000},
+               {"subscribe": "capture", "capture_id": 1, "filter": "udp"},
+               {"token": 5}]
+    for msg in hostile:
+        ws.client.send(msg if isinstance(msg, str) else __import__("json").dumps(msg))
+        err = ws.next("error")
+        assert err["ErrorCode"] in (2, 4, 6, 10), (msg if isinstance(msg, dict) else msg[:20],
+                                                    err)
+        assert "Traceback" not in err["message"] and "internal error" not in err["message"]
+    ws.send({"ping": "still here"})
+    assert ws.next("pong")["ping"] == "still here"
+    ws.close()
+    assert "Traceback" not in server.log_text()

@@ -285,7 +285,7 @@ class Session:
             msg = json.loads(text)
             if not isinstance(msg, dict):
                 raise ValueError
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's
             return self._control(_error(Malformed("message: a JSON object expected")))
         try:
             if not self.authed or "token" in msg:  # a page sends it whether or not its
