@@ -342,3 +342,32 @@ def test_hostile_messages_get_errors_and_the_socket_goes_on(server):
     assert ws.next("pong")["ping"] == "still here"
     ws.close()
     assert "Traceback" not in server.log_text()
+
+
+def test_flows_with_a_filter_follow_only_matching_connections(server):
+    port = free_port()
+    cap = server.ok("capture_start_system", adapter="lo", filter=f"port {port}")
+    cid = cap["CaptureId"]
+    ws = Ws(f"ws://127.0.0.1:{server.port}/ws")
+    ws.send({"subscribe": "flows", "capture_id": cid, "interval_ms": 200, "filter": "udp"})
+    ws.next("subscribed")
+    stop = threading.Event()
+    _traffic(port, 2.0, stop)  # TCP connections and UDP datagrams to the same port
+    time.sleep(0.5)
+    server.ok("capture_stop_system", capture_id=cid)
+    table = {}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = ws.recv(1.0)
+        if msg is not None and msg["type"] == "end":
+            break
+        if msg is not None:
+            assert msg["type"] == "flows", msg
+            table.update({c["ConnectionId"]: c for c in msg["Connections"]})
+    else:
+        raise AssertionError("the flows stream never ended")
+    ws.close()
+    final = _all_conns(server, cid)
+    udp = {k: v for k, v in final.items() if v["Protocol"] == 17}
+    assert udp and any(v["Protocol"] == 6 for v in final.values())
+    assert table == udp  # only the connections with a matching packet, exactly as listed
