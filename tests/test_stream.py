@@ -171,10 +171,10 @@ def test_consumer_that_never_reads_loses_nothing_from_the_capture(server, tmp_pa
     sent = 0
     end = time.monotonic() + 6
     while time.monotonic() < end:  # never read meanwhile: the server's queue fills
-        for _ in range(200):
+        for _ in range(100):
             udp.sendto(b"q" * 64, ("127.0.0.1", port))
             sent += 1
-        time.sleep(0.01)
+        time.sleep(0.02)
     time.sleep(1)
     msgs = raw_read(sock, ws, 5)
     sock.close()
@@ -182,9 +182,10 @@ def test_consumer_that_never_reads_loses_nothing_from_the_capture(server, tmp_pa
     ref = dump.stop()
     details = server.ok("capture_get_details", capture_id=cid)
     # every datagram stored; tcpdump, beside it, sees no more (on this loaded 2-core
-    # machine tcpdump itself sometimes loses a few hundred of 60 000)
-    assert details["PacketCount"] == sent >= len(ref) > sent * 0.9
-    assert details["DroppedCount"] == 0
+    # machine tcpdump itself sometimes loses a few hundred)
+    counts = (details["PacketCount"], details["DroppedCount"], sent, len(ref))
+    assert details["PacketCount"] == sent >= len(ref) > sent * 0.9, counts
+    assert details["DroppedCount"] == 0, counts
     gaps = [m for m in msgs if m["type"] == "dropped"]
     assert gaps and all(g["dropped"] > 0 for g in gaps), [m["type"] for m in msgs][:20]
     received = sum(len(m["Packets"]) for m in msgs if m["type"] == "packets")
