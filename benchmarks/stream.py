@@ -22,8 +22,8 @@ from apppaccap.api.packets import capture_list_conns  # noqa: E402
 from apppaccap.context import Config  # noqa: E402
 from apppaccap.context import build_context  # noqa: E402
 from apppaccap.ingest import ingest  # noqa: E402
-from apppaccap.store.capturedb import CaptureDb  # noqa: E402
 from apppaccap.store import captures as capture_table  # noqa: E402
+from apppaccap.store.capturedb import CaptureDb  # noqa: E402
 from apppaccap.web import feeds  # noqa: E402
 from benchmarks.gen_flows import generate  # noqa: E402
 
