@@ -195,6 +195,15 @@ class Logins:
 
     def login(self, name: str, password: str, remote: str, owner=None) -> str:
         """A new token for `owner` (the caller's uid, None when unknown) after a check."""
+        self.verify(name, password, remote, owner)
+        with self._lock:
+            token = secrets.token_urlsafe(32)
+            self._tokens[token] = [name, self.clock(), owner]
+        return token
+
+    def verify(self, name: str, password: str, remote: str, owner=None) -> str:
+        """Check a password as `login` does (same pool, same throttle and delays) without
+        making a token: HTTP Basic authentication of one request. Returns the user."""
         self.throttle.admit(name, remote, named=owner is not None)
         if not self._pool.acquire(blocking=False):
             self.throttle.cancel(name, remote)
@@ -211,10 +220,7 @@ class Logins:
                 self.throttle.done(name, remote, ok)
         if not ok:
             raise InvalidCredentials("username/password: invalid credentials")
-        with self._lock:
-            token = secrets.token_urlsafe(32)
-            self._tokens[token] = [name, self.clock(), owner]
-        return token
+        return name
 
     def logout(self, token: str) -> None:
         with self._lock:

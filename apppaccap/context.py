@@ -52,6 +52,7 @@ class Context:
     captures: object = None  # capture.manager.CaptureManager, started by the server
     jobs: object = None      # jobs.Jobs (APScheduler), started by the server
     triggers: object = None  # triggers.watcher.TriggerWatcher, started by the server
+    usage: object = None     # usage.service.UsageService, started by the server
     # -- per request --------------------------------------------------------
     token: str | None = None
     user: str | None = None

@@ -50,8 +50,104 @@ def render() -> str:
                 lines.append(f"| `{p.name}` | {kind} | {req} | {p.doc} |")
         if act.aliases:
             lines += ["", "Aliases: " + ", ".join(f"`{a}` = `{t}`" for a, t in act.aliases.items())]
+    lines += _doors()
     lines += _settings()
     return "\n".join(lines) + "\n"
+
+
+def _doors() -> list[str]:
+    """The doors beside /ajax: credentials in headers, the /ws stream, /metrics."""
+    from apppaccap.web import feeds
+    from apppaccap.web import metrics
+    from apppaccap.web import stream
+    iv = ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in feeds.INTERVAL_MS.items())
+    return [
+        "", "# Authentication forms", "",
+        "For a caller that must log in (SECURITY.md, Who may call), `/ajax`, `/ws`,",
+        "`/download/...` and `/metrics` accept, besides the `token` body field (`/ajax` only),",
+        "the `X-AppPacCap-Token` header and the `apppaccap_token` cookie:",
+        "",
+        "- `Authorization: Bearer <token>`: a token from `login`, of the same local account.",
+        "- `Authorization: Basic <base64 user:password>` (`curl -u user:pass`): checked like",
+        "  `login` (same users, same pool); a wrong password is INVALID_CREDENTIALS and counts",
+        "  toward the same doubling delay as a failed `login` (a call inside the delay is",
+        "  BUSY). No token is made; the server never sends `WWW-Authenticate`. Each request",
+        "  runs a password check (scrypt: tens of milliseconds, at most 4 at once, BUSY",
+        "  beyond): a script making many calls logs in once and sends the token as Bearer.",
+        "- Any other scheme is MALFORMED_REQUEST. A token in a URL is never read (downloads",
+        "  and /metrics refuse such a request).",
+        "",
+        "Callers that need no login (root and the local group on loopback with",
+        "authentication off) are not asked, and their Authorization header is not read.",
+        "",
+        "# GET /ws (WebSocket stream)", "",
+        "A WebSocket behind the same Host/Origin checks and caller rules as `/ajax`; refused",
+        "callers get HTTP 403 before the upgrade. A caller that must log in and sent no",
+        "credentials in headers sends `{\"token\": \"...\"}` as its first message (answer",
+        "`{\"type\": \"authenticated\"}`) within "
+        f"{stream.AUTH_SECONDS} s. The token is checked again every {stream.RECHECK_SECONDS} s:",
+        "after `logout` or a timeout the socket gets an error message and is closed.",
+        "",
+        "Client messages (JSON objects, at most "
+        f"{stream.MAX_MESSAGE // 1024} KiB):",
+        "",
+        "- `{\"subscribe\": \"flows\" | \"packets\" | \"capture\" | \"usage\","
+        " \"capture_id\": N,"
+        " \"filter\": \"...\", \"interval_ms\": 1000}`",
+        "  → `{\"type\": \"subscribed\", \"subscription\": id, \"subscribe\": kind,"
+        " \"interval_ms\": n}`.",
+        f"  `capture_id` for flows, packets and capture; `interval_ms` ({iv}; default 1000);",
+        "  `filter` a display filter (the search language; packets and flows only); packets",
+        "  also take `last_id` (default: only packets written after subscribing). At most",
+        f"  {stream.MAX_SUBSCRIPTIONS} subscriptions per socket. `alerts` does not exist in",
+        "  this version (UNSUPPORTED).",
+        "- `{\"unsubscribe\": id}` → `{\"type\": \"unsubscribed\", \"subscription\": id}`.",
+        "- `{\"ping\": any}` → `{\"type\": \"pong\", \"ping\": any}`.",
+        "",
+        "Server messages carry `type` and, for a subscription, `subscription`:",
+        "",
+        "- `flows`: `CaptureId`, `Connections` - the CONNECTION objects (exactly as",
+        "  `capture_list_conns` returns them: both directions' packets and bytes, FirstTime,",
+        "  LastTime, State, process, thread) that are new or changed since the last message,",
+        f"  at most {feeds.FLOWS_PER_MESSAGE} per message. A connection that closes is sent",
+        "  with its final counters; a table `ConnectionId → CONNECTION` kept from these",
+        "  messages equals `capture_list_conns`. With a filter, a connection joins the feed",
+        "  once one of its packets written after subscribing matches, and from then on each",
+        "  of its changes is sent. Hostnames learnt later arrive within "
+        f"{int(feeds.FULL_SECONDS)} s.",
+        "- `packets`: `CaptureId`, `LastId`, `More`, `Packets` - PACKETSTREAM items (PACKET",
+        "  objects as `capture_stream` returns them, without Data) in PacketId order, "
+        f"at most {feeds.PACKETS_PER_MESSAGE}",
+        "  per message.",
+        "- `capture`: `Capture` - the CAPTURE object (`capture_get_details`) of each",
+        "  interval in which it changed (its counters: a capture header); after the capture",
+        "  ends, its last object and `end`.",
+        "- `usage`: `Usage` - the `usage_now` object for the last second.",
+        "- `end`: the capture is no longer active (flows: after one last full comparison);",
+        "  the subscription is gone.",
+        "- `dropped`: `dropped` - items (packets, connection updates, usage messages) that",
+        "  were not sent because the consumer did not read fast enough: the per-socket queue",
+        f"  holds at most {stream.QUEUE_BYTES >> 20} MiB / {stream.QUEUE_MESSAGES} messages.",
+        "  It precedes the next message of that subscription. A packets feed then continues",
+        "  from the newest packet; a flows feed sends every connection not sent again.",
+        "- `error`: `ErrorCode`, `message` (and `subscription` when one ended with it).",
+        "",
+        "Each local account (root excepted) may hold `max_streams_per_caller` sockets; the",
+        f"server pings every {stream.PING_SECONDS} s and closes a socket that does not answer.",
+        "",
+        "# GET /metrics (Prometheus)", "",
+        "The Prometheus text format, for the same callers as `/ajax`; 404 when the setting",
+        "`metrics_enabled` is 0. Read at scrape time:",
+        "",
+        "- `apppaccap_capture_{packets,bytes,dropped,attributed,unknown}_total{capture_id}`",
+        "  per live capture; `apppaccap_capture_queue_packets` and",
+        "  `apppaccap_capture_writer_queue` (queue depths); `apppaccap_active_captures`.",
+        "- `apppaccap_program_bytes_total{program,direction}` from usage accounting (the first",
+        f"  {metrics.TOP_PROGRAMS} program names get their own series, the rest",
+        "  `program=\"other\"`); `apppaccap_usage_enabled`.",
+        "- `apppaccap_commands{state}`, `apppaccap_searches{state}`; `process_*` (resident",
+        "  memory, CPU, open files) of the service.",
+    ]
 
 
 def _settings() -> list[str]:

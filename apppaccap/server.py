@@ -14,6 +14,7 @@ from apppaccap.safefs.journal import remove_leftovers
 from apppaccap.search.engine import recover as recover_searches
 from apppaccap.search.engine import shutdown as stop_searches
 from apppaccap.triggers.watcher import TriggerWatcher
+from apppaccap.usage.service import UsageService
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,17 @@ def start_services(ctx) -> None:
     ctx.jobs.start()
     ctx.triggers = TriggerWatcher(ctx)
     ctx.triggers.start()
+    # usage accounting: its own thread opens the adapters (never delays start-up)
+    manager = ctx.captures
+    ctx.usage = UsageService(ctx, lambda: manager.attribution)
+    ctx.usage.start()
 
 
 def stop_services(ctx) -> None:
     if ctx.triggers is not None:  # first: no program may fire while captures stop
         ctx.triggers.stop()
+    if ctx.usage is not None:  # before the captures: it shares their Attribution
+        ctx.usage.close()
     if ctx.captures is not None:
         ctx.captures.close()
     if ctx.jobs is not None:

@@ -145,6 +145,12 @@ TABLE = (
     Setting("max_connections_per_caller", "int", "64", "Connections one local account (or all "
             "callers from other hosts together) may hold open at once; root is never refused.",
             positive_integer),
+    # /ws (web/stream.py): each socket is a long-lived thread besides its connection
+    Setting("max_streams_per_caller", "int", "4", "WebSocket streams (/ws) one local account "
+            "(or all callers from other hosts together) may hold open at once; root is never "
+            "refused.", positive_integer),
+    Setting("metrics_enabled", "bool", "1", "Serve Prometheus metrics at GET /metrics (same "
+            "callers as /ajax); 0 answers 404.", zero_or_one),
     Setting("request_idle_seconds", "int", "30", "A connection that sends nothing for this "
             "many seconds is closed.", positive_integer),
     Setting("attribution_backend", "str", "auto", "Who names each packet's process and "
@@ -154,6 +160,13 @@ TABLE = (
     Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "
             "packets while its owner is being resolved, so a late answer still labels them "
             "(docs/ARCHITECTURE.md, Attribution).", non_negative_integer),
+    Setting("usage_enabled", "bool", "1", "Usage accounting: count bytes per program and "
+            "remote endpoint on every up adapter (no packets stored; usage_* actions); "
+            "takes effect within a second.", zero_or_one),
+    Setting("usage_minute_days", "int", "7", "Days usage accounting keeps per-minute rows; "
+            "older ones are rolled up to one row per hour.", positive_integer),
+    Setting("usage_retention_days", "int", "90", "Days usage accounting keeps its rows at "
+            "all.", positive_integer),
 )
 SETTINGS = {s.name: s for s in TABLE}
 DEFAULTS = {s.name: s.default for s in TABLE}

@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers.door import NOBODY
 from tests.helpers.door import DoorServer
+from tests.helpers.live import wait_for
 
 PASSWORD = "review-passw0rd"
 
@@ -79,6 +80,9 @@ def test_stalled_connections_of_a_local_user_are_capped_and_time_out(server, mod
     connection that sends nothing for request_idle_seconds is closed."""
     server.ok("settings_set", key_name="max_connections_per_caller", value="20")
     server.ok("settings_set", key_name="request_idle_seconds", value="2")
+    # the baseline once the service's own background threads (usage accounting) are up
+    wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="usage accounting")
+    time.sleep(2.5)
     before = _threads(server.proc.pid)
     staller = _stall_as_nobody(server.port, 120, hold=6, mode=mode)
     try:

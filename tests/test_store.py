@@ -34,6 +34,7 @@ CATALOG_OWNERS = {
     "trigger_actions": "store/triggers.py",
     "extracted_files": "store/extracted.py",
     "users": "store/users.py", "settings": "store/settings.py",
+    "usage_minute": "store/usage.py",
     "sqlite_sequence": "store/migrations.py",  # ids never reused (migration 7)
 }
 CAPTURE_OWNERS = {

@@ -180,10 +180,18 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1
     - limit: page size, 1-10000
     """
     db = captures(ctx).db(capture_id)
-    rows = db.read("SELECT c.*, p.name AS pname FROM connections c LEFT JOIN processes p "
-                   "ON p.process_id = c.process_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
-                   (last_id, _page(limit)))
-    return [{
+    rows = db.read(CONN_SQL + "WHERE c.id > ? ORDER BY c.id LIMIT ?", (last_id, _page(limit)))
+    return [connection_object(r, capture_id) for r in rows]
+
+
+# a CONNECTION row with its process name (capture_list_conns, the /ws flows stream)
+CONN_SQL = ("SELECT c.*, p.name AS pname FROM connections c LEFT JOIN processes p "
+            "ON p.process_id = c.process_id ")
+
+
+def connection_object(r, capture_id: int) -> dict:
+    """A CONNECTION from a CONN_SQL row."""
+    return {
         "Version": 1, "ConnectionId": r["id"], "CaptureId": capture_id, "Protocol": r["proto"],
         "LocalIp": r["local_ip"], "LocalPort": r["local_port"], "RemoteIp": r["remote_ip"],
         "RemotePort": r["remote_port"], "ProcessId": r["process_id"] or 0, "Pid": r["pid"],
@@ -192,7 +200,7 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1
         "PacketsOut": r["packets_out"], "BytesOut": r["bytes_out"], "PacketsIn": r["packets_in"],
         "BytesIn": r["bytes_in"], "State": r["state"], "Hostname": r["hostname"],
         "PeerPid": r["peer_pid"],
-    } for r in rows]
+    }
 
 
 @endpoint(DataType.JSON)

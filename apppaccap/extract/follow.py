@@ -31,6 +31,13 @@ from __future__ import annotations
 MASK = 0xFFFFFFFF
 HALF = 0x80000000
 FIN, SYN = 0x01, 0x02
+# Bounds on what one follow may hold, whatever the packets say (docs/SECURITY.md): the
+# chunks it answers (a Segment object each: one-byte segments in alternating directions
+# made one per byte), and the segments waiting behind a hole (a sender that skips one
+# sequence number and never fills it made every later byte wait in memory, and every
+# packet scan the whole waiting list). Past either bound the follow is Truncated.
+MAX_SEGMENTS = 100_000
+MAX_WAITING = 1024
 
 
 def _lt(a: int, b: int) -> bool:
@@ -59,6 +66,7 @@ class Follow:
         self._written = [0, 0]
         self._offset = [0, 0]
         self._frags: list[list] = [[], []]   # [seq, data] waiting, in arrival order
+        self._waiting = 0                     # bytes in _frags
 
     # -- input ------------------------------------------------------------------------
 
@@ -77,6 +85,7 @@ class Follow:
             if (self._seq[d] or self._written[d]) and seq != self._seq[d]:
                 # the port pair is used again (tshark makes it a new stream): this
                 # direction starts over at the new SYN, after what came before
+                self._waiting -= sum(len(f[1]) for f in self._frags[d])
                 self._seq[d], self._written[d], self._frags[d] = seq, 0, []
         if self._frags[1 - d]:
             while self._check(1 - d, ack, True):
@@ -100,7 +109,12 @@ class Follow:
             while self._check(d, 0, False):
                 pass
         else:
+            room = self.max_bytes - self.kept[0] - self.kept[1] - self._waiting
+            if len(self._frags[d]) >= MAX_WAITING or len(data) > room:
+                self.truncated = True  # more waiting than the answer could ever hold
+                return
             self._frags[d].append([seq, bytes(data)])
+            self._waiting += len(data)
 
     # -- internals --------------------------------------------------------------------
 
@@ -128,12 +142,14 @@ class Follow:
                     if len(fdata) > new_pos:
                         self._emit(d, fdata[new_pos:])
                     self._seq[d] = (self._seq[d] + len(fdata) - new_pos) & MASK
+                self._waiting -= len(fdata)
                 del frags[i]
                 return True
             if fseq == self._seq[d]:
                 if fdata:
                     self._emit(d, fdata)
                 self._seq[d] = (self._seq[d] + len(fdata)) & MASK
+                self._waiting -= len(fdata)
                 del frags[i]
                 return True
         if use_ack and _lt(lowest, acked):
@@ -159,14 +175,17 @@ class Follow:
         last = self.chunks[-1] if self.chunks else None
         if last is not None and last[0] == d and last[2] is not None:
             last[2] += data
-        else:
+        elif len(self.chunks) < MAX_SEGMENTS:
             self.chunks.append([d, off, bytearray(data)])
+        else:
+            self.kept[d] -= len(data)
+            self.truncated = True
 
     def _gap(self, d: int, n: int) -> None:
         self.gaps[d] += max(n, 0)
         off = self._offset[d]
         self._offset[d] += max(n, 0)
-        if self.kept[0] + self.kept[1] < self.max_bytes:
+        if self.kept[0] + self.kept[1] < self.max_bytes and len(self.chunks) < MAX_SEGMENTS:
             self.chunks.append([d, off, None, n])
         else:
             self.truncated = True

@@ -2,7 +2,7 @@
 
 Its schema is store/migrations.py (CATALOG); each table's rows have one owner module in
 store/ (captures.py, processes.py, ips.py, stats.py, commands.py, searches.py,
-triggers.py, extracted.py, users.py, settings.py).
+triggers.py, extracted.py, users.py, settings.py, usage.py).
 """
 
 from __future__ import annotations

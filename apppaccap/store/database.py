@@ -129,6 +129,10 @@ class Database:
             self._local.conn = conn
         return conn
 
+    def queued(self) -> int:
+        """Writes waiting for the writer thread (metrics: writer queue depth)."""
+        return self._queue.qsize()
+
     def read(self, sql: str, params=()) -> list[sqlite3.Row]:
         return self._reader().execute(sql, params).fetchall()
 

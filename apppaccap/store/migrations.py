@@ -214,6 +214,15 @@ CATALOG = [
     _never_reuse_ids,
     # 8: what placeholder-era catalogs lack (see _reconcile_catalog)
     _reconcile_catalog,
+    # 9: usage accounting, per minute (rows: store/usage.py)
+    """
+    CREATE TABLE IF NOT EXISTS usage_minute (
+        minute INTEGER NOT NULL, process_id INTEGER NOT NULL, remote_ip TEXT NOT NULL,
+        remote_port INTEGER NOT NULL, proto INTEGER NOT NULL, dir INTEGER NOT NULL,
+        packets INTEGER NOT NULL, bytes INTEGER NOT NULL,
+        PRIMARY KEY (minute, process_id, remote_ip, remote_port, proto, dir));
+    CREATE INDEX IF NOT EXISTS usage_minute_process ON usage_minute(process_id, minute)
+    """,
 ]
 
 # captures/<id>.db (store/capturedb.py)

@@ -28,9 +28,12 @@ from apppaccap.errors import NoToken
 from apppaccap.store.faults import io_failure
 from apppaccap.web import body
 from apppaccap.web import callers
+from apppaccap.web import credentials
 from apppaccap.web import downloads
 from apppaccap.web import guard
+from apppaccap.web import metrics
 from apppaccap.web import pages
+from apppaccap.web import stream
 from apppaccap.wire import CONSTANTS
 from apppaccap.wire import DataType
 from apppaccap.wire import ErrorCode
@@ -86,7 +89,8 @@ def dispatch(ctx, name: str, raw: dict) -> dict:
     """Validate, authorise and run one action; always returns an envelope."""
     try:
         act = REGISTRY.get(name)
-        if ctx.login_required and not act.public:
+        if ctx.login_required and not act.public and ctx.user is None:
+            # ctx.user is set only by a checked Basic password (credentials.py)
             ctx = ctx.for_request(user=ctx.logins.check(ctx.token, ctx.caller_uid))
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
@@ -163,6 +167,8 @@ def create_app(ctx) -> Flask:
         return Response(json.dumps(body), 200, mimetype="application/json")
 
     downloads.register(app, ctx)
+    stream.register(app, ctx)
+    metrics.register(app, ctx)
 
     @app.get("/constants.js")
     def constants_js():
@@ -248,9 +254,14 @@ def _door_request(ctx):
     uid = request.environ.get(callers.PEER_UID)
     needs_login = callers.login_required(ctx.config, ctx.config.local_group,
                                          uid)
-    header = request.headers.get(TOKEN_HEADER) or None
-    carried = header or request.cookies.get(TOKEN_COOKIE) or None
-    known = needs_login and ctx.logins.valid(carried, uid)
+    # Basic / Bearer / header / cookie (credentials.py); read only from callers that must
+    # log in, so with authentication off on loopback nothing changes
+    got = credentials.carried(ctx, request.headers, request.cookies, uid,
+                              request.remote_addr or "") if needs_login \
+        else credentials.plain(request.headers, request.cookies)
+    header = got.token if got.bearer else None  # sent by the caller itself, not a cookie
+    carried = got.token
+    known = needs_login and (got.user is not None or ctx.logins.valid(carried, uid))
     raw, files = _read_body(ctx, needs_login and not known, carried, uid)
     name = raw.pop("action", None)
     sent = raw.pop("token", None)
@@ -266,7 +277,8 @@ def _door_request(ctx):
     if not isinstance(name, str) or not name:
         raise Malformed("action: required")
     call = ctx.for_request(token=sent or carried, remote=request.remote_addr or "",
-                           files=files, caller_uid=uid, login_required=needs_login)
+                           files=files, caller_uid=uid, login_required=needs_login,
+                           user=got.user if not sent else None)
     raw.update(files)
     return call, name, raw
 

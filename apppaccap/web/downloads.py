@@ -25,7 +25,6 @@ from flask import request
 from werkzeug.wsgi import wrap_file
 
 from apppaccap.errors import AppError
-from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.extract.service import extracted_dir
@@ -33,6 +32,7 @@ from apppaccap.safefs.reading import open_entry
 from apppaccap.safefs.reading import open_regular
 from apppaccap.store import extracted
 from apppaccap.web import callers
+from apppaccap.web import credentials
 
 TOKEN_HEADER = callers.TOKEN_HEADER
 TOKEN_COOKIE = callers.TOKEN_COOKIE
@@ -45,6 +45,7 @@ _MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{
 # A download is never shown as a page: nothing it holds may run or load anything.
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
 _STATUS = {NotFound: 404, Malformed: 404}
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def register(app, ctx) -> None:
@@ -69,19 +70,10 @@ def register(app, ctx) -> None:
 
 
 def _check_caller(ctx) -> None:
-    """The /ajax rules for who may call, applied before anything is looked up."""
-    site = (request.headers.get("Sec-Fetch-Site") or "").strip().lower()
-    if site and site not in ("same-origin", "none"):
-        raise InvalidPermissions(f"Sec-Fetch-Site: a {site[:20]} download is refused")
-    if "token" in request.args:
-        raise InvalidPermissions("token: never in a link (it would end up in logs and "
-                                 f"history); send the {TOKEN_COOKIE} cookie or the "
-                                 f"{TOKEN_HEADER} header")
-    uid = request.environ.get(callers.PEER_UID)
-    if not callers.login_required(ctx.config, ctx.config.local_group, uid):
-        return
-    token = request.headers.get(TOKEN_HEADER) or request.cookies.get(TOKEN_COOKIE) or None
-    ctx.logins.check(token, uid)  # raises NO_TOKEN / SESSION_TIMEOUT
+    """The /ajax rules for who may call, applied before anything is looked up
+    (credentials.check_get: Sec-Fetch-Site, no token in the URL, the caller-uid rule,
+    Basic / Bearer / header / cookie)."""
+    credentials.check_get(ctx, request)
 
 
 def _export(ctx, name: str):
@@ -98,7 +90,10 @@ def _export(ctx, name: str):
 
 
 def _extracted(ctx, capture_id: str, file_id: str):
-    if not (capture_id.isdigit() and file_id.isdigit()) or len(capture_id + file_id) > 36:
+    # ASCII digits only: str.isdigit also accepts "²" and other scripts' digits, and
+    # int("²") raised (a 500) where the answer is "no such file"
+    if not (_DIGITS.fullmatch(capture_id) and _DIGITS.fullmatch(file_id)) \
+            or len(capture_id + file_id) > 36:
         raise NotFound("file_id: no such extracted file")
     row = extracted.get(ctx.catalog, int(file_id))
     if row is None or row["capture_id"] != int(capture_id):

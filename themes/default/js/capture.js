@@ -116,7 +116,7 @@ var App = window.App || (window.App = {});
   /* Active capture: follow capture_stream by last_id (waiting 1 s once caught up). When it
    * has ended meanwhile, read what is left with capture_read until More is false. */
   function pump(gen) {
-    if (gen !== S.gen || S.running || !S.visible || S.paged || qf.active()) return;
+    if (gen !== S.gen || S.running || !S.visible || S.paged || qf.active() || S.sub) return;  // S.sub: stream.js
     if (isActive() && S.paused) return;
     var live = isActive();
     S.running = true;
@@ -132,7 +132,9 @@ var App = window.App || (window.App = {});
         list.append(r.Packets);
         if (S.pendingSelect && list.selectId(S.pendingSelect)) S.pendingSelect = 0;
         if (r.More) pump(gen);
-        else if (live) S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);
+        else if (live && !(App.followPackets && App.followPackets(S, gen, list, pump))) {
+          S.pumpTimer = setTimeout(function () { pump(gen); }, 1000);  // no stream: poll
+        }
       }, function (r) {
         S.running = false;
         if (gen !== S.gen) return;
@@ -174,18 +176,20 @@ var App = window.App || (window.App = {});
   }
 
   function refreshDetails() {
-    return api("capture_get_details", {capture_id: S.id}).then(function (c) {
-      var was = S.cap && S.cap.State;
-      S.cap = c;
-      renderHead();
-      updateStatus();
-      if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
-        ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
-        App.refreshLive();
-        if (qf.active()) qf.resume(); else pump(S.gen);  // drain the rest, still in live (append) mode
-      }
-      return c;
-    }, App.fail);
+    return api("capture_get_details", {capture_id: S.id}).then(showDetails, App.fail);
+  }
+
+  function showDetails(c) {  // a CAPTURE from capture_get_details or the stream (stream.js)
+    var was = S.cap && S.cap.State;
+    S.cap = c;
+    renderHead();
+    updateStatus();
+    if (was === CAPTURE_STATE_ACTIVE && c.State !== CAPTURE_STATE_ACTIVE) {
+      ui.toast("Capture #" + c.CaptureId + " is " + fmt.captureState(c.State));
+      App.refreshLive();
+      if (qf.active()) qf.resume(); else pump(S.gen);  // drain the rest, still in live (append) mode
+    }
+    return c;
   }
 
   function open(id) {
@@ -300,7 +304,7 @@ var App = window.App || (window.App = {});
       clearInterval(S.detailsTimer);
       S.detailsTimer = setInterval(function () {
         if (isActive() && !document.hidden) {
-          refreshDetails();
+          if (!(App.followDetails && App.followDetails(S, showDetails))) refreshDetails();
           if (S.tab !== "packets" && S.tab !== "files" && ++S.ticks % 3 === 0) panes[S.tab].load(S.cap);
         }
       }, 1000);

@@ -1,0 +1,60 @@
+"""The catalog's usage accounting (`usage_minute`): the only writer, and its readers.
+
+The usage recorder (usage/recorder.py) adds one minute's counters at a time, the usage
+service rolls old minutes up to hours and drops what is past retention; api/usage.py
+reads them. A row: (minute, process_id, remote_ip, remote_port, proto, dir) → packets,
+bytes; dir is 0 in (to the program), 1 out; process_id 0 is traffic nobody owned.
+"""
+
+from __future__ import annotations
+
+MINUTE = 60_000_000_000
+
+
+def add(conn, rows: dict) -> None:
+    """rows: (minute, process_id, remote_ip, remote_port, proto, dir) → [packets, bytes];
+    inside the caller's write transaction (a minute written twice adds up)."""
+    conn.executemany(
+        "INSERT INTO usage_minute VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(minute, process_id, "
+        "remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
+        [(*k, p, b) for k, (p, b) in rows.items()])
+
+
+def roll_up(conn, hourly_before: int, drop_before: int) -> None:
+    """Retention, inside the caller's write transaction: rows before minute `drop_before`
+    go; rows before `hourly_before` (an hour's first minute) become one row per hour, kept
+    at the hour's first minute (a minute series of such a range shows them there)."""
+    conn.execute("DELETE FROM usage_minute WHERE minute < ?", (drop_before,))
+    conn.execute(
+        "INSERT INTO usage_minute SELECT (minute / 60) * 60, process_id, remote_ip, "
+        "remote_port, proto, dir, sum(packets), sum(bytes) FROM usage_minute "
+        "WHERE minute < ? AND minute % 60 != 0 GROUP BY 1, 2, 3, 4, 5, 6 "
+        "ON CONFLICT(minute, process_id, remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes", (hourly_before,))
+    conn.execute("DELETE FROM usage_minute WHERE minute < ? AND minute % 60 != 0",
+                 (hourly_before,))
+
+
+def per_minute(catalog, first_minute: int, last_minute: int, minutes_per_bucket: int):
+    """(bucket_minute, process_id, dir, packets, bytes) over minutes first..last."""
+    return catalog.tuples(
+        "SELECT (minute / ?) * ?, process_id, dir, sum(packets), sum(bytes) FROM usage_minute "
+        "WHERE minute BETWEEN ? AND ? GROUP BY 1, 2, 3 ORDER BY 1",
+        (minutes_per_bucket, minutes_per_bucket, first_minute, last_minute)).fetchall()
+
+
+def last_minute(catalog) -> int:
+    """The latest minute with a row, -1 when there is none."""
+    row = catalog.one("SELECT max(minute) FROM usage_minute")
+    return -1 if row is None or row[0] is None else row[0]
+
+
+def processes(catalog, ids) -> dict:
+    """process_id → (pid, name, path) from the catalog's processes table."""
+    ids = [i for i in ids if i]
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    return {r[0]: (r[1], r[2], r[3]) for r in catalog.tuples(
+        f"SELECT id, pid, name, path FROM processes WHERE id IN ({marks})", ids).fetchall()}

@@ -1,0 +1,1 @@
+"""Usage accounting: bytes per program × remote endpoint × direction, no packets stored."""

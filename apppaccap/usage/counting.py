@@ -1,0 +1,161 @@
+"""One adapter's packets → per-flow counters, with as little work per packet as possible.
+
+The callback reads the link, IP and port headers by hand (no full dissection: the usage
+recorder runs all the time), counts the packet's wire length (link header + the IP total
+length, so a 128-byte snaplen still counts whole packets) under the raw 5-tuple, and asks
+attribution about a flow the first time it is seen in a tick and on every TCP SYN.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+
+log = logging.getLogger(__name__)
+
+SNAPLEN = 128
+BUFFER_BYTES = 32 << 20  # as live captures: 8 MiB dropped packets of a busy lo (measured)
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+# linktype → offset of the ethertype (None: the frame is IP itself), link header length
+LINKS = {1: (12, 14), 113: (14, 16), 276: (0, 20), 12: (None, 0), 101: (None, 0),
+         228: (None, 0), 229: (None, 0)}
+
+
+def open_usage_handle(adapter: str):
+    import pcap  # lazily: only capturing needs libpcap loaded
+    h = pcap.pcap(name=adapter, snaplen=SNAPLEN, promisc=False, immediate=False,
+                  timestamp_in_ns=True, buffer_size=BUFFER_BYTES, timeout_ms=50)
+    h.setnonblock(True)
+    return h
+
+
+def ip_text(raw: bytes) -> str:
+    return socket.inet_ntop(_AF4 if len(raw) == 4 else _AF6, raw)
+
+
+class Counter:
+    """Reads one handle; `take()` hands over the counters since the last take."""
+
+    def __init__(self, handle, name: str, on_flow):
+        self.handle = handle
+        self.name = name
+        self.on_flow = on_flow  # (key5, syn) → asks attribution; never blocks
+        self.linktype = handle.datalink()
+        self.counts: dict = {}  # raw (proto, src, sport, dst, dport) → [packets, bytes, key5]
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"usage:{name}", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def take(self) -> dict:
+        with self.lock:
+            counts, self.counts = self.counts, {}
+        return counts
+
+    def _callback(self):
+        link = LINKS.get(self.linktype)
+        if link is None:
+            return None
+        type_at, hdr = link
+        on_flow = self.on_flow
+        frm = int.from_bytes
+
+        def on_packet(_ts, pkt):
+            if type_at is None:
+                off = hdr
+                version = pkt[0] >> 4 if len(pkt) > 0 else 0
+            else:
+                etype = frm(pkt[type_at:type_at + 2], "big")
+                off = hdr
+                if etype == 0x8100 and type_at == 12:
+                    etype = frm(pkt[16:18], "big")
+                    off += 4
+                version = 4 if etype == 0x0800 else 6 if etype == 0x86DD else 0
+            if version == 4:
+                if len(pkt) < off + 20:
+                    return
+                ihl = (pkt[off] & 15) * 4
+                proto = pkt[off + 9]
+                length = off + frm(pkt[off + 2:off + 4], "big")
+                src, dst = pkt[off + 12:off + 16], pkt[off + 16:off + 20]
+                frag = frm(pkt[off + 6:off + 8], "big") & 0x1FFF
+                l4 = off + ihl
+            elif version == 6:
+                if len(pkt) < off + 40:
+                    return
+                proto = pkt[off + 6]
+                length = off + 40 + frm(pkt[off + 4:off + 6], "big")
+                src, dst = pkt[off + 8:off + 24], pkt[off + 24:off + 40]
+                frag = 0
+                l4 = off + 40
+            else:
+                return
+            syn = False
+            if (proto == 6 or proto == 17) and not frag and len(pkt) >= l4 + 4:
+                sport = frm(pkt[l4:l4 + 2], "big")
+                dport = frm(pkt[l4 + 2:l4 + 4], "big")
+                if proto == 6 and len(pkt) > l4 + 13:
+                    syn = pkt[l4 + 13] & 0x12 == 0x02
+            else:
+                sport = dport = 0
+            raw = (proto, src, sport, dst, dport)
+            acc = counts.get(raw)
+            if acc is None:
+                key5 = (proto, ip_text(src), sport, ip_text(dst), dport)
+                counts[raw] = [1, length, key5]
+                if sport or dport:
+                    on_flow(key5, syn)
+            else:
+                acc[0] += 1
+                acc[1] += length
+                if syn:
+                    on_flow(acc[2], True)
+
+        # the dict the callback fills is rebound by take(): read it through a cell
+        counts = None
+
+        def dispatch():
+            nonlocal counts
+            with self.lock:
+                counts = self.counts
+                return self.handle.dispatch(-1, on_packet)
+        return dispatch
+
+    def _run(self):
+        dispatch = self._callback()
+        if dispatch is None:
+            log.info("usage: adapter %s has link type %d, not counted", self.name,
+                     self.linktype)
+            return
+        fd = self.handle.fileno()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    dispatch()
+                except OSError:
+                    if self._stop.is_set():
+                        break
+                    log.exception("usage: adapter %s: reading failed", self.name)
+                    self._stop.wait(1.0)
+                except Exception:  # noqa: BLE001 - one bad packet must not stop counting
+                    log.exception("usage: adapter %s: packet handling failed", self.name)
+
+    def drops(self) -> int:
+        try:
+            _received, dropped, if_dropped = self.handle.stats()
+            return (dropped + if_dropped) // (2 if self.name == "lo" else 1)
+        except OSError:
+            return 0
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        try:
+            self.handle.close()
+        except OSError:
+            pass

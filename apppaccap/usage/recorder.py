@@ -1,0 +1,192 @@
+"""The usage recorder: counters per program × remote endpoint × direction.
+
+Sniffing threads (counting.py, one per up adapter, 128-byte snaplen) count bytes per raw
+5-tuple. Once a second the tick thread takes those counters, labels each flow through the
+shared Attribution (the same engine and flow table live captures use; a flow still being
+resolved waits up to 3 ticks, then counts as nobody's, process_id 0), and files them:
+- in memory, one dict per second for the last 10 minutes (the ring, `RING_SECONDS`);
+- per minute, written to the catalog's `usage_minute` (store/usage.py) when the minute
+  ends and at stop, so a kill -9 loses at most the last minute.
+
+Direction and remote end: the label's own socket (Label.local) is the program's end, the
+other is remote; on loopback both ends are local and the label is the client's (the flow's
+originator, attribution/resolver.py), so the remote end is the server. Without a local
+endpoint the local-address test decides (attribution/localaddr.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.localaddr import unmap
+from apppaccap.attribution.resolver import PENDING
+from apppaccap.capture.adapters import default_capture_adapters
+from apppaccap.store import usage as usage_table
+from apppaccap.usage.counting import Counter
+from apppaccap.usage.counting import open_usage_handle
+
+log = logging.getLogger(__name__)
+
+RING_SECONDS = 600
+PENDING_TICKS = 3
+IN, OUT = 0, 1
+SECOND = 1_000_000_000
+MINUTE = 60 * SECOND
+
+
+class UsageRecorder:
+    def __init__(self, catalog, attribution, is_local, adapters=None):
+        self.catalog = catalog
+        self.attribution = attribution
+        self.is_local = is_local
+        self.adapters = adapters
+        self.counters: list[Counter] = []
+        # (second, {(process_id, remote_ip, remote_port, proto, dir): [packets, bytes]},
+        #  {process_id: set of flow keys})
+        self.ring: deque = deque(maxlen=RING_SECONDS)
+        self.programs: dict[int, tuple] = {}  # process_id → (pid, name, path)
+        self.minute: int | None = None
+        self.minute_rows: dict = {}
+        self.lost_rows = 0
+        self.before = -1  # the latest minute written before this recorder began
+        self._rows_lock = threading.Lock()  # minute_rows: the tick writes, readers copy
+        self._pending: dict = {}  # raw key → [packets, bytes, key5, ticks waited]
+        self._stop = threading.Event()
+        self._acquired = False
+        self._thread = threading.Thread(target=self._run, name="usage-tick", daemon=True)
+
+    # -- lifecycle (start and stop run on the service's own thread) ------------------
+    def start(self) -> None:
+        self.before = usage_table.last_minute(self.catalog)
+        names = self.adapters if self.adapters is not None else default_capture_adapters()
+        for name in dict.fromkeys(names):
+            try:
+                h = open_usage_handle(name)
+            except Exception as exc:  # noqa: BLE001 - count what can be counted
+                log.info("usage: adapter %s not counted (%s)", name, exc)
+                continue
+            self.counters.append(Counter(h, name, self.attribution.status))
+        self.attribution.acquire()
+        self._acquired = True
+        for c in self.counters:
+            c.start()
+        self._thread.start()
+        log.info("usage accounting on %s", ", ".join(c.name for c in self.counters) or
+                 "no adapter")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        for c in self.counters:
+            c.stop()
+        if self._acquired:
+            self.attribution.release()
+            self._acquired = False
+        self._flush_minute()
+
+    @property
+    def dropped(self) -> int:
+        return sum(c.drops() for c in self.counters)
+
+    # -- the tick ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.time_ns()
+            self._stop.wait((SECOND - now % SECOND) / 1e9)
+            try:
+                self.tick(time.time_ns() // SECOND - 1)
+            except Exception:  # noqa: BLE001 - counting goes on after a bad tick
+                log.exception("usage: tick failed")
+        self.tick(time.time_ns() // SECOND)  # what the last second counted
+
+    def tick(self, second: int) -> None:
+        flows = self.attribution.flows
+        pending, self._pending = self._pending, {}
+        for c in self.counters:
+            for raw, acc in c.take().items():
+                old = pending.get(raw)
+                if old is None:
+                    pending[raw] = acc + [0]
+                else:
+                    old[0] += acc[0]
+                    old[1] += acc[1]
+        by_key: dict = {}
+        flows_by_program: dict = {}
+        for raw, (packets, nbytes, key5, waited) in pending.items():
+            proto, src, sport, dst, dport = key5
+            label = None
+            if sport or dport:
+                entry = flows.get(flow_key(*key5))
+                labels = entry[0] if entry is not None else []
+                if labels is PENDING:
+                    if waited < PENDING_TICKS:
+                        self._pending[raw] = [packets, nbytes, key5, waited + 1]
+                        continue
+                    labels = []
+                label = labels[0] if labels else None
+            pid = label.process_id if label is not None else 0
+            if label is not None and pid not in self.programs:
+                p = label.proc or {}
+                self.programs[pid] = (label.pid, p.get("name") or "", p.get("path") or "")
+            local = label.local if label is not None else None
+            if local is not None:
+                local = (unmap(local[0]), local[1])  # a dual-stack socket: ::ffff:a.b.c.d
+            if local is not None and (src, sport) == local:
+                out = True
+            elif local is not None and (dst, dport) == local:
+                out = False
+            else:
+                out = self.is_local(src) and not self.is_local(dst)
+            rip, rport = (dst, dport) if out else (src, sport)
+            k = (pid, rip, rport, proto, OUT if out else IN)
+            acc = by_key.get(k)
+            if acc is None:
+                by_key[k] = [packets, nbytes]
+            else:
+                acc[0] += packets
+                acc[1] += nbytes
+            flows_by_program.setdefault(pid, set()).add(flow_key(*key5))
+        self.ring.append((second, by_key, flows_by_program))
+        minute = second // 60
+        if self.minute is not None and minute != self.minute:
+            self._flush_minute()
+        self.minute = minute
+        with self._rows_lock:
+            self._add_rows(minute, by_key)
+
+    def _add_rows(self, minute: int, by_key: dict) -> None:
+        rows = self.minute_rows
+        for (pid, rip, rport, proto, d), (p, b) in by_key.items():
+            k = (minute, pid, rip, rport, proto, d)
+            acc = rows.get(k)
+            if acc is None:
+                rows[k] = [p, b]
+            else:
+                acc[0] += p
+                acc[1] += b
+
+    def _flush_minute(self) -> None:
+        with self._rows_lock:
+            rows, self.minute_rows = self.minute_rows, {}
+        if not rows:
+            return
+        try:
+            self.catalog.write(lambda conn: usage_table.add(conn, rows), 30)
+        except Exception as exc:  # noqa: BLE001 - a full disk loses this minute, no more
+            self.lost_rows += len(rows)
+            log.warning("usage: %d minute rows not written (%s)", len(rows), exc)
+
+    # -- readers (web threads): copies of the ring ----------------------------------------
+    def seconds(self, first: int, last: int) -> list:
+        """The ring's (second, by_key, flows) entries with first <= second <= last."""
+        return [e for e in list(self.ring) if first <= e[0] <= last]
+
+    def unflushed(self) -> dict:
+        """The current minute's rows, not in the catalog yet."""
+        with self._rows_lock:
+            return dict(self.minute_rows)
