@@ -13,6 +13,7 @@ import psutil
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
+from apppaccap.dissect.info import info
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
@@ -37,6 +38,7 @@ def _flags(flags: int) -> bool:
 
 
 def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None = None) -> dict:
+    """The PACKET object of a packets row (PACKET_SQL): every packet list builds it here."""
     obj = {
         "Version": 1, "PacketId": row["id"], "CaptureId": capture_id, "Time": from_ns(int(row["ts_raw"] or row["ts"])),
         "Length": row["len"], "CapturedLength": row["caplen"], "Adapter": row["adapter"] or "",
@@ -51,8 +53,10 @@ def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None
         data = blocks[row["blk"]][row["off"]:row["off"] + row["caplen"]]
     else:
         data = db.packet_bytes(row["blk"], row["off"], row["caplen"])
-    # The summary is decoded from the bytes on read (not stored: ingest speed).
-    obj["Summary"] = decode(row["linktype"] or 0, data).summary
+    # Summary and Info are decoded from the bytes on read (not stored: ingest speed).
+    dec = decode(row["linktype"] or 0, data)
+    obj["Summary"] = dec.summary
+    obj["Info"] = info(dec)
     if with_data:
         obj["Data"] = data.hex()
     return obj
