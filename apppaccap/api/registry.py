@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import threading
 import types
 import typing
 from dataclasses import dataclass
@@ -25,6 +27,11 @@ from typing import Annotated
 
 from apppaccap.errors import Malformed
 from apppaccap.errors import NoPage
+
+
+log = logging.getLogger(__name__)
+MAX_WARNINGS = 20        # unknown parameters listed in one answer
+MAX_LOGGED_UNKNOWN = 1000  # (action, name) pairs remembered for log-once
 
 
 class Upload:
@@ -111,6 +118,11 @@ class Endpoint:
     params: list[Param]
     aliases: dict[str, str] = field(default_factory=dict)
     public: bool = False  # callable without a token (apppaccap, login)
+
+    def unknown(self, raw: dict) -> list[str]:
+        """Names in `raw` this endpoint does not read (`x[]` is jQuery's form of `x`)."""
+        known = {p.name for p in self.params} | set(self.aliases)
+        return [k for k in raw if (k[:-2] if k.endswith("[]") else k) not in known]
 
     def bind(self, raw: dict) -> dict:
         """Validate raw wire values (str / list[str] / JSON scalars) into kwargs."""
@@ -253,6 +265,8 @@ class Registry:
 
     def __init__(self):
         self.endpoints: dict[str, Endpoint] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
     def endpoint(self, returns: int, *, aliases: dict | None = None, public: bool = False):
         def register(func):
@@ -263,6 +277,24 @@ class Registry:
             return func
 
         return register
+
+    def warnings(self, act: Endpoint, raw: dict) -> list[str]:
+        """The `Warnings` of an answer: one line per unknown parameter (never an error:
+        jQuery clients add fields of their own), each logged once per (action, name)."""
+        out = []
+        for name in act.unknown(raw)[:MAX_WARNINGS]:
+            shown = name[:60]
+            close = difflib.get_close_matches(name, [p.name for p in act.params], n=1,
+                                              cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append(f"{shown}: unknown parameter of {act.name}, ignored{hint}")
+            with self._lock:
+                first = (act.name, shown) not in self._logged
+                if first and len(self._logged) < MAX_LOGGED_UNKNOWN:
+                    self._logged.add((act.name, shown))
+            if first:
+                log.warning("action %s: unknown parameter %r ignored%s", act.name, shown, hint)
+        return out
 
     def get(self, name: str) -> Endpoint:
         try:

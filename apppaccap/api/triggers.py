@@ -129,10 +129,12 @@ def trigger_set_action(ctx, *, trigger_id: int, action_id: int) -> int:
 
 @endpoint(DataType.INT)
 def trigger_clear_actions(ctx, *, trigger_id: int) -> int:
-    """Unlink every action from a trigger.
+    """Unlink every action from a trigger; the actions themselves stay (action_remove
+    deletes one).
 
-    Actions that belonged to this trigger alone are deleted (see trigger_remove: they
-    would otherwise turn system-wide).
+    As in the reference, an action left with no trigger is system wide: it runs for
+    every trigger. Remove the actions first if that is not what you want (trigger_remove
+    does: it deletes the actions that belonged to that trigger alone).
     - trigger_id: the trigger
     """
     store.trigger_row(ctx.catalog, trigger_id)
