@@ -28,7 +28,6 @@ from typing import Annotated
 from apppaccap.errors import Malformed
 from apppaccap.errors import NoPage
 
-
 log = logging.getLogger(__name__)
 MAX_WARNINGS = 20        # unknown parameters listed in one answer
 MAX_LOGGED_UNKNOWN = 1000  # (action, name) pairs remembered for log-once

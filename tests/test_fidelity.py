@@ -1,0 +1,138 @@
+"""Reference fidelity (issue 18): paging of every list action, the reference's answer
+without last_id, Warnings for unknown parameters, ip_query over ingested files, apc_flush
+leaving nothing that points at what it deleted. Real corpus files through the API."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from tests.helpers import corpus
+from tests.helpers.app import ingest
+from tests.helpers.live import page_through
+
+BRO = "wellformed/http_bro_org_multi_object.pcap"     # 751 packets, 192.150.187.43
+DNS = "wellformed/dns_udp_mixed.pcap"                 # many UDP flows and IPs
+
+LISTS = [("capture_list_conns", "Connections", "ConnectionId"),
+         ("capture_get_processes", "Processes", "ProcessId"),
+         ("capture_query_ip", "Ips", "IpId")]
+
+
+@pytest.fixture
+def dns_capture(live, live_ajax):
+    return ingest(live, live_ajax, corpus.path(DNS))
+
+
+@pytest.mark.parametrize("action,key,idname", LISTS)
+def test_list_actions_page_every_item_once(live, live_ajax, dns_capture, action, key, idname):
+    reference = live_ajax.ok(action, capture_id=dns_capture)
+    assert isinstance(reference, list)  # no last_id: the reference's plain list
+    ids = [x[idname] for x in reference]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    if action == "capture_get_processes":
+        assert ids == []  # an ingested file has no processes; the shape still holds
+    else:
+        assert len(ids) > 7
+    pages, last = [], 0
+    while True:
+        page = live_ajax.ok(action, capture_id=dns_capture, last_id=last, limit=3)
+        assert set(page) >= {"LastId", "More", key, "CaptureId"}
+        assert len(page[key]) <= 3
+        pages.append(page)
+        if not page["More"]:
+            break
+        assert len(page[key]) == 3
+        last = page["LastId"]
+    got = [x[idname] for p in pages for x in p[key]]
+    assert got == ids  # every item exactly once, in order
+    assert pages[-1]["More"] is False
+    assert pages[-1]["LastId"] == (ids[-1] if ids else 0)
+    # the page after the end is empty and stays where it was
+    after = live_ajax.ok(action, capture_id=dns_capture, last_id=pages[-1]["LastId"])
+    assert after[key] == [] and after["More"] is False
+    # limit alone (no last_id) keeps the reference shape
+    assert live_ajax.ok(action, capture_id=dns_capture, limit=2) == reference[:2]
+
+
+def test_packet_streams_page_and_keep_the_reference_without_last_id(live, live_ajax):
+    cid = ingest(live, live_ajax, corpus.path(BRO))
+    conns = live_ajax.ok("capture_list_conns", capture_id=cid)
+    big = max(conns, key=lambda c: c["PacketsIn"] + c["PacketsOut"])
+    n = big["PacketsIn"] + big["PacketsOut"]
+    whole = live_ajax.ok("capture_conn_stream", capture_id=cid, conn_id=big["ConnectionId"])
+    assert len(whole["Packets"]) == n and whole["More"] is False  # no last_id: all of it
+    paged = page_through(live_ajax, "capture_conn_stream", "Packets", limit=50, capture_id=cid,
+                         conn_id=big["ConnectionId"])
+    assert [p["PacketId"] for p in paged] == [p["PacketId"] for p in whole["Packets"]]
+    first = live_ajax.ok("capture_conn_stream", capture_id=cid, conn_id=big["ConnectionId"],
+                         last_id=0)
+    assert len(first["Packets"]) == min(n, 1000)  # with last_id: the documented 1000
+    every = page_through(live_ajax, "capture_read", "Packets", limit=100, capture_id=cid)
+    assert [p["PacketId"] for p in every] == list(range(1, 752))
+
+
+def test_unknown_parameters_are_warned_about_not_refused(live, live_ajax, dns_capture,
+                                                         caplog):
+    caplog.set_level(logging.WARNING, logger="apppaccap.api.registry")
+    body = live_ajax("capture_read", capture_id=dns_capture, limit=1, bogus=1)
+    assert body["ErrorCode"] == 0 and len(body["ReturnValue"]["Packets"]) == 1
+    assert body["Warnings"] == ["bogus: unknown parameter of capture_read, ignored"]
+    typo = live_ajax("capture_read", captur_id=dns_capture)
+    assert typo["ErrorCode"] == 4  # capture_id is required: the typo shows why
+    assert typo["Warnings"] == [
+        "captur_id: unknown parameter of capture_read, ignored (did you mean capture_id?)"]
+    typo = live_ajax("capture_query_ip", capture_id=0, lastid=5)
+    assert typo["ErrorCode"] == 0 and "did you mean last_id?" in typo["Warnings"][0]
+    # known parameters, jQuery's list form and the token: no Warnings
+    for action, params in [("capture_read", {"capture_id": dns_capture, "last_id": 3,
+                                             "flags": 1, "limit": 2}),
+                           ("capture_query_ip", {"capture_id": 0}),
+                           ("apppaccap", {}),
+                           ("capture_start_system", {"adapter[]": "lo", "filter": "udp port 9",
+                                                     "token": "x"})]:
+        body = live_ajax(action, **params)
+        assert "Warnings" not in body, (action, body)
+    live_ajax.ok("capture_stop_all")
+    live_ajax("capture_read", capture_id=dns_capture, bogus=2)
+    logged = [r.getMessage() for r in caplog.records if "bogus" in r.getMessage()]
+    assert logged == ["action capture_read: unknown parameter 'bogus' ignored"]  # once
+
+
+def test_ip_query_covers_ingested_captures(live, live_ajax):
+    assert live_ajax("ip_query", ip="192.150.187.43")["ErrorCode"] == 6
+    cid = ingest(live, live_ajax, corpus.path(BRO))
+    ip = live_ajax.ok("ip_query", ip="192.150.187.43")
+    inside = live_ajax.ok("ip_query", ip="192.150.187.43", capture_id=cid)
+    assert ip["PacketCount"] == inside["PacketCount"] > 0
+    assert ip["ByteCount"] == inside["ByteCount"]
+    assert "192.150.187.43" in [r["Ip"] for r in live_ajax.ok("capture_query_ip", capture_id=0)]
+    everything = page_through(live_ajax, "capture_query_ip", "Ips", limit=2, capture_id=0)
+    assert sorted(r["Ip"] for r in everything) == sorted(
+        r["Ip"] for r in live_ajax.ok("capture_query_ip", capture_id=cid))
+
+
+def test_apc_flush_leaves_no_command_or_search_pointing_at_deleted_data(live, live_ajax,
+                                                                      tmp_path):
+    cid = ingest(live, live_ajax, corpus.path(DNS))
+    export = live_ajax.ok("capture_export", capture_id=cid, path=str(tmp_path / "x.pcapng"))
+    live.jobs.wait(export["CommandUid"])
+    sid = live_ajax.ok("search_start", filter="dns", capture_id=cid)["SearchId"]
+    everything = live_ajax.ok("search_start", filter="udp")["SearchId"]
+    for s in (sid, everything):
+        _wait_search(live_ajax, s)
+    assert len(live_ajax.ok("command_list")) == 2
+    assert live_ajax.ok("apc_flush", flags=0x1) == 0
+    left = live_ajax.ok("command_list")
+    assert left == [], left  # the ingest (Result: the capture) and the export are gone
+    assert live_ajax.ok("search_list") == []
+    assert live_ajax("search_open", search_id=sid)["ErrorCode"] == 6
+
+
+def _wait_search(ajax, sid):
+    deadline = time.monotonic() + 60
+    while ajax.ok("search_open", search_id=sid)["State"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
