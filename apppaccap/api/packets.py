@@ -152,8 +152,7 @@ def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int | No
 
     - capture_id: the capture
     - conn_id: a ConnectionId of that capture
-    - last_id: return packets with PacketId > last_id; without it (the reference) up to
-      10000 packets from the first
+    - last_id: return packets with PacketId > last_id; without it, the first 10000 (reference)
     - flags: 1 adds the packet bytes
     - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
@@ -174,8 +173,7 @@ def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int,
     - capture_id: the capture
     - pid: system process id
     - thread_id: system thread id (tid)
-    - last_id: return packets with PacketId > last_id; without it (the reference) up to
-      10000 packets from the first
+    - last_id: return packets with PacketId > last_id; without it, the first 10000 (reference)
     - flags: 1 adds the packet bytes
     - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
