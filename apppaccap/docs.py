@@ -63,7 +63,8 @@ def render() -> str:
                 kind = _KINDS.get(p.kind, "file upload")
                 if p.bounds is not None:
                     kind += f", {p.bounds.describe()}"
-                req = "yes" if p.required else f"no (default `{p.default!r}`)"
+                req = ("yes" if p.required else "no" if p.default is None
+                       else f"no (default `{p.default!r}`)")
                 lines.append(f"| `{p.name}` | {kind} | {req} | {p.doc} |")
         if act.aliases:
             lines += ["", "Aliases: " + ", ".join(f"`{a}` = `{t}`" for a, t in act.aliases.items())]

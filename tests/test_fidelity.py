@@ -193,3 +193,40 @@ def test_live_traffic_info_fields_and_paging(live, live_ajax, http_server, tmp_p
     _wait_search(live_ajax, sid)
     ours = [r["PacketId"] for r in live_ajax.ok("search_read", search_id=sid)["Results"]]
     assert ours == theirs
+
+
+def _pages(ajax, action, key, idname, limit, **params):
+    out, last, pages = [], 0, 0
+    while True:
+        page = ajax.ok(action, last_id=last, limit=limit, **params)
+        assert len(page[key]) <= limit
+        out += [x[idname] for x in page[key]]
+        pages += 1
+        if not page["More"]:
+            return out, pages
+        last = page["LastId"]
+
+
+def test_every_list_action_pages(live, live_ajax, tmp_path):
+    """The list actions without last_id in the reference page the same way when asked
+    (the running processes and threads too, but they change between two calls)."""
+    for name in (DNS, BRO, "wellformed/pcapng_http_image.pcapng"):
+        ingest(live, live_ajax, corpus.path(name))
+    for i in range(5):
+        t = live_ajax.ok("trigger_add", name=f"t{i}", trigger_type=1,
+                         path=str(tmp_path))["TriggerId"]
+        live_ajax.ok("action_add", name=f"a{i}", action_type=2, path=str(tmp_path),
+                     trigger_id=t)
+        _wait_search(live_ajax, live_ajax.ok("search_start", filter=f"frame.len > {i}")[
+            "SearchId"])
+    for action, key, idname, params in [
+            ("capture_list_completed", "Captures", "CaptureId", {}),
+            ("trigger_list", "Triggers", "TriggerId", {}),
+            ("action_list", "Actions", "ActionId", {}),
+            ("search_list", "Searches", "SearchId", {})]:
+        whole = live_ajax.ok(action, **params)
+        assert isinstance(whole, list) and len(whole) >= 3, action
+        ids, pages = _pages(live_ajax, action, key, idname, 2, **params)
+        assert ids == sorted(x[idname] for x in whole), action  # each exactly once
+        assert pages == (len(whole) + 1) // 2 + (len(whole) % 2 == 0), action
+        assert live_ajax.ok(action, limit=2, **params) == whole[:2]

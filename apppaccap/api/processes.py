@@ -12,7 +12,7 @@ from apppaccap.store.processes import threads_of
 from apppaccap.wire import DataType
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ProcessId", "Processes"))
 def process_list_running(ctx) -> list:
     """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse)."""
     infos = processes.running()
@@ -48,7 +48,7 @@ def _resolve_process(ctx, process_id: int, pid: int):
     return ctx.processes.by_id(ctx.processes.identify([info])[0])
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ThreadId", "Threads"))
 def process_list_threads(ctx, *, process_id: int = 0, pid: int = 0, flags: int = 0) -> list:
     """The threads of a process as THREAD objects.
 

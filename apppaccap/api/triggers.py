@@ -97,13 +97,13 @@ def trigger_remove(ctx, *, trigger_id: int) -> int:
     return 0
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("TriggerId", "Triggers"))
 def trigger_list(ctx) -> list:
     """Every trigger (TRIGGER list), with FireCount, LastFired, LastCaptureId and LastError."""
     return store.list_triggers(ctx.catalog)
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ActionId", "Actions"))
 def trigger_get_actions(ctx, *, trigger_id: int) -> list:
     """The actions linked to a trigger (ACTION list); system-wide actions run too but are
     not listed here (action_list shows them with empty TriggerIds).
@@ -216,7 +216,7 @@ def action_remove(ctx, *, action_id: int) -> int:
     return 0
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ActionId", "Actions"))
 def action_list(ctx) -> list:
     """Every action (ACTION list); empty TriggerIds = system wide."""
     return store.list_actions(ctx.catalog)
