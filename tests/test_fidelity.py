@@ -230,3 +230,36 @@ def test_every_list_action_pages(live, live_ajax, tmp_path):
         assert ids == sorted(x[idname] for x in whole), action  # each exactly once
         assert pages == (len(whole) + 1) // 2 + (len(whole) % 2 == 0), action
         assert live_ajax.ok(action, limit=2, **params) == whole[:2]
+
+
+def test_application_dissectors_never_raise_on_cut_or_random_bytes():
+    """HTTP, TLS and DNS parsing reads bytes anyone can send: every prefix of real messages
+    and random bytes give an answer, never an exception."""
+    import random
+
+    from apppaccap.dissect import dns
+    from apppaccap.dissect import http
+    from apppaccap.dissect import tls
+    from apppaccap.dissect.decode import decode
+    from apppaccap.dissect.info import info
+    from apppaccap.pcap.reader import CaptureReader
+    rng = random.Random(18)
+    payloads = []
+    for name in ("wellformed/tls_three_sessions.pcap", DNS, BRO):
+        for rec in list(CaptureReader(corpus.path(name)))[:120]:
+            d = decode(rec.linktype, bytes(rec.data))
+            if d.payload_len > 0:
+                payloads.append(bytes(rec.data[d.payload_off:d.payload_off + d.payload_len]))
+    payloads += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+                 for _ in range(300)]
+    payloads += [b"\x16\x03\x01" + bytes(rng.randrange(256) for _ in range(80))
+                 for _ in range(200)]  # TLS-looking records with garbage inside
+    for p in payloads:
+        for cut in {len(p), len(p) // 2, 13, 5, 1}:
+            q = p[:cut]
+            http.info(q), http.parse(q), tls.info(q), tls.handshake_types(q)
+            tls.server_names(q), dns.info(q), dns.records(q), dns.a_records(q)
+    for rec in CaptureReader(corpus.path(BRO)):
+        data = bytes(rec.data)
+        for cut in (len(data), 60, 54, 40):
+            assert isinstance(info(decode(rec.linktype, data[:cut])), str)
