@@ -289,7 +289,8 @@ class Registry:
         out = []
         for name in act.unknown(raw)[:MAX_WARNINGS]:
             shown = name[:60]
-            close = difflib.get_close_matches(name, [p.name for p in act.params], n=1,
+            # the shown (cut) name: a megabyte-long field name must not cost difflib seconds
+            close = difflib.get_close_matches(shown, [p.name for p in act.params], n=1,
                                               cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             out.append(f"{shown}: unknown parameter of {act.name}, ignored{hint}")
