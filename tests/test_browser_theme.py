@@ -81,7 +81,7 @@ def open_app(page, site, hash_=""):
 def http_connection(site):
     """(connection id, conn_follow answer) of the connection carrying the GET."""
     conns = site.server.ok("capture_list_conns", capture_id=site.capture_id, last_id=0,
-                           limit=1000)
+                           limit=1000)["Connections"]
     for c in conns:
         r = site.server.ok("conn_follow", capture_id=site.capture_id,
                            connection_id=c["ConnectionId"])

@@ -154,9 +154,28 @@ def test_removing_a_trigger_never_turns_its_actions_system_wide(ajax, files):
     assert {a["ActionId"]: a["TriggerIds"] for a in ajax.ok("action_list")} == \
         {shared: [t2], wide: []}
     assert own not in [a["ActionId"] for a in ajax.ok("action_list")]
-    assert ajax.ok("trigger_clear_actions", trigger_id=t2) == 0
-    assert [a["ActionId"] for a in ajax.ok("action_list")] == [wide]
     assert _err(ajax, "trigger_remove", trigger_id=t1) == (6, f"trigger_id: no trigger {t1}")
+
+
+def test_clearing_removes_associations_only(ajax, files):
+    """trigger_clear_actions / action_clear_triggers unlink (the reference); deleting is
+    action_remove / trigger_remove."""
+    t1 = ajax.ok("trigger_add", name="t1", trigger_type=1, path=files["exe"])["TriggerId"]
+    t2 = ajax.ok("trigger_add", name="t2", trigger_type=1, path=files["dir"])["TriggerId"]
+    own = ajax.ok("action_add", name="own", action_type=2, path=files["out"],
+                  trigger_id=t1)["ActionId"]
+    both = ajax.ok("action_add", name="both", action_type=2, path=files["out"],
+                   trigger_id=t1)["ActionId"]
+    ajax.ok("action_set_trigger", action_id=both, trigger_id=t2)
+    assert ajax.ok("trigger_clear_actions", trigger_id=t1) == 0
+    assert {a["ActionId"]: a["TriggerIds"] for a in ajax.ok("action_list")} == \
+        {own: [], both: [t2]}
+    assert ajax.ok("trigger_get_actions", trigger_id=t1) == []
+    assert [t["TriggerId"] for t in ajax.ok("trigger_list")] == [t1, t2]
+    assert ajax.ok("action_clear_triggers", action_id=both) == 0
+    assert {a["ActionId"]: a["TriggerIds"] for a in ajax.ok("action_list")} == \
+        {own: [], both: []}
+    assert [t["TriggerId"] for t in ajax.ok("trigger_list")] == [t1, t2]
 
 
 def test_action_mod_checks_the_result_as_a_whole(ajax, files):

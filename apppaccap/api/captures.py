@@ -178,19 +178,19 @@ def _list(ctx, where: str, params=()) -> list:
     return [capture_object(ctx, r) for r in rows]
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("CaptureId", "Captures"))
 def capture_list_active(ctx) -> list:
     """Every active capture."""
     return _list(ctx, "state = ?", (CaptureState.ACTIVE,))
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("CaptureId", "Captures"))
 def capture_list_completed(ctx) -> list:
     """Every capture that is no longer active (completed, failed or interrupted)."""
     return _list(ctx, "state != ?", (CaptureState.ACTIVE,))
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("CaptureId", "Captures"))
 def capture_list_system(ctx) -> list:
     """Completed system captures only."""
     return _list(ctx, "state != ? AND type = ?",
@@ -267,7 +267,7 @@ def delete_capture_files(ctx, capture_id: int) -> None:
             pass
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ProcessId", "Processes"))
 def process_list_capture(ctx) -> list:
     """The processes being captured by active process and thread captures."""
     rows = ctx.catalog.read(

@@ -211,7 +211,7 @@ def _unlink(path: str) -> bool:
         return False
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("FileId", "Files"))
 def extract_file_list(ctx, *, capture_id: int) -> list:
     """The files written by extract_file_write for a capture that are still on disk (EXTRACTFILE).
 

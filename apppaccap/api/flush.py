@@ -10,6 +10,7 @@ from apppaccap.api.registry import endpoint
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.store import captures as capture_table
+from apppaccap.store import commands
 from apppaccap.store import extracted
 from apppaccap.store import ips
 from apppaccap.store import processes as process_table
@@ -17,6 +18,7 @@ from apppaccap.store import searches
 from apppaccap.store import stats as stats_table
 from apppaccap.wire import ApcFlush
 from apppaccap.wire import CaptureState
+from apppaccap.wire import CommandState
 from apppaccap.wire import DataType
 
 
@@ -24,7 +26,9 @@ from apppaccap.wire import DataType
 def apc_flush(ctx, *, flags: int) -> int:
     """Delete saved data; BUSY while any capture is active.
 
-    - flags: APC_FLUSH_* bits: CAPTURES 0x1, IPS 0x2, STATS 0x4, SEARCHES 0x8, EXPORTS 0x10, EXTRACTED 0x20, PROCESSES 0x40, ALL 0xffff
+    Finished COMMANDs and searches that point at what was deleted (a capture, a search,
+    an exported file) go with it.
+    - flags: APC_FLUSH_*: CAPTURES 1, IPS 2, STATS 4, SEARCHES 8, EXPORTS 0x10, EXTRACTED 0x20, PROCESSES 0x40, ALL 0xffff
     """
     if flags <= 0 or flags & ~ApcFlush.ALL:
         raise Malformed("flags: must be a non-zero combination of APC_FLUSH_* bits (≤ 0xffff)")
@@ -33,24 +37,31 @@ def apc_flush(ctx, *, flags: int) -> int:
     if flags & ApcFlush.CAPTURES:
         for capture_id in capture_table.ids_not_in_state(ctx.catalog, CaptureState.ACTIVE):
             delete_capture_files(ctx, capture_id)
+    removed = []
     if flags & ApcFlush.EXPORTS:
         for name in os.listdir(ctx.config.export_dir):
             path = os.path.join(ctx.config.export_dir, name)
             if os.path.isfile(path) and name.lower().endswith((".pcapng", ".pcap")):
                 os.remove(path)
+                removed.append(path)
     if flags & ApcFlush.EXTRACTED:
         shutil.rmtree(os.path.join(ctx.config.data_dir, "extracted"), ignore_errors=True)
 
     def wipe(conn):
         # in this order: processes are judged unreferenced by the capture links left
-        plan = [(ApcFlush.CAPTURES, lambda: capture_table.clear(conn, keep_state=CaptureState.ACTIVE)),
-                (ApcFlush.IPS, lambda: ips.clear(conn)), (ApcFlush.STATS, lambda: stats_table.clear(conn)),
+        plan = [(ApcFlush.CAPTURES,
+                 lambda: capture_table.clear(conn, keep_state=CaptureState.ACTIVE)),
+                (ApcFlush.IPS, lambda: ips.clear(conn)),
+                (ApcFlush.STATS, lambda: stats_table.clear(conn)),
                 (ApcFlush.SEARCHES, lambda: searches.clear(conn)),
+                (ApcFlush.CAPTURES, lambda: searches.forget_missing_captures(conn)),
                 (ApcFlush.EXTRACTED, lambda: extracted.clear(conn)),
                 (ApcFlush.PROCESSES, lambda: process_table.clear(conn))]
         for bit, clear in plan:
             if flags & bit:
                 clear()
+        finished = (CommandState.COMPLETED, CommandState.FAILED, CommandState.CANCELLED)
+        commands.forget_pointing(conn, finished, removed)
     ctx.catalog.write(wipe)
     if flags & ApcFlush.PROCESSES:
         ctx.processes.forget_all()

@@ -37,7 +37,7 @@ def ip_query(ctx, *, ip: str, capture_id: int = 0) -> dict:
     """What is known of an IP address (IP object).
 
     - ip: IPv4 or IPv6 address
-    - capture_id: read the capture's list; 0 = the global list
+    - capture_id: read the capture's list; 0 = system-wide (live captures, ingested files)
     """
     ip = _ip(ip)
     db = _databases(ctx, capture_id)[-1]

@@ -1,9 +1,10 @@
 """Reading a capture: packet streams, single packets, connections, processes, IPs.
 
 Paging (docs/ARCHITECTURE.md, Decisions: the wire envelope and paging): items with
-id > last_id, at most `limit` (default 1000, max 10000). PACKETSTREAM carries LastId
-and More; the list-returning actions of the reference keep their list shape (a short
-page means the end).
+id > last_id, at most `limit` (default 1000, max 10000), with LastId and More. A client
+of the reference sends no last_id to the list actions and knows no paging for a
+connection's or thread's packets: without last_id those answer as the reference does, a
+plain list (resp. a PACKETSTREAM) of up to REFERENCE_PAGE items.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import psutil
 from apppaccap.api.captures import captures
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
+from apppaccap.dissect.info import info
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
@@ -26,7 +28,13 @@ PACKET_SQL = (
     "LEFT JOIN processes pr ON pr.process_id = p.process_id ")
 
 
-def _page(limit: int) -> int:
+PAGE = 1000             # default page size when last_id is sent
+REFERENCE_PAGE = 10000  # default without last_id (the reference's clients): the largest page
+
+
+def _page(limit: int | None, last_id: int | None = 0) -> int:
+    if limit is None:
+        return PAGE if last_id is not None else REFERENCE_PAGE
     if not 1 <= limit <= 10000:
         raise Malformed("limit: must be 1-10000")
     return limit
@@ -39,6 +47,7 @@ def _flags(flags: int) -> bool:
 
 
 def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None = None) -> dict:
+    """The PACKET object of a packets row (PACKET_SQL): every packet list builds it here."""
     obj = {
         "Version": 1, "PacketId": row["id"], "CaptureId": capture_id, "Time": from_ns(int(row["ts_raw"] or row["ts"])),
         "Length": row["len"], "CapturedLength": row["caplen"], "Adapter": row["adapter"] or "",
@@ -53,14 +62,30 @@ def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None
         data = blocks[row["blk"]][row["off"]:row["off"] + row["caplen"]]
     else:
         data = db.packet_bytes(row["blk"], row["off"], row["caplen"])
-    # The summary is decoded from the bytes on read (not stored: ingest speed).
-    obj["Summary"] = decode(row["linktype"] or 0, data).summary
+    # Summary and Info are decoded from the bytes on read (not stored: ingest speed).
+    dec = decode(row["linktype"] or 0, data)
+    obj["Summary"] = dec.summary
+    obj["Info"] = info(dec)
     if with_data:
         obj["Data"] = data.hex()
     return obj
 
 
+def _listed(rows, last_id: int | None, limit: int, key: str, capture_id: int, make,
+            idcol: str = "id"):
+    """A list action's answer: the reference's plain list without last_id, else a page
+    object {CaptureId, LastId, More, key: [...]} (rows: up to limit + 1, by id)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [make(r) for r in rows]
+    if last_id is None:
+        return items
+    return {"Version": 1, "CaptureId": capture_id, "LastId": rows[-1][idcol] if rows else last_id,
+            "More": more, key: items}
+
+
 def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
+    last_id = last_id or 0
     rows = db.read(PACKET_SQL + f"WHERE p.id > ? {where} ORDER BY p.id LIMIT ?",
                    (last_id, *params, limit + 1))
     more = len(rows) > limit
@@ -137,51 +162,40 @@ def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int = 0,
-                        flags: int = 0, limit: int = 1000) -> dict:
+def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int | None = None,
+                        flags: int = 0, limit: int | None = None) -> dict:
     """Packets of one connection.
 
     - capture_id: the capture
     - conn_id: a ConnectionId of that capture
-    - last_id: return packets with PacketId > last_id
+    - last_id: return packets with PacketId > last_id; without it, the first 10000 (reference)
     - flags: 1 adds the packet bytes
-    - limit: page size, 1-10000
+    - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
     db = captures(ctx).db(capture_id)
     if db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
         raise NotFound(f"conn_id: capture {capture_id} has no connection {conn_id}")
-    return _stream(db, capture_id, "AND p.conn_id = ?", (conn_id,), last_id, _page(limit),
+    return _stream(db, capture_id, "AND p.conn_id = ?", (conn_id,), last_id,
+                   _page(limit, last_id),
                    _flags(flags))
 
 
 @endpoint(DataType.JSON)
-def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int, last_id: int = 0,
-                          flags: int = 0, limit: int = 1000) -> dict:
+def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int,
+                          last_id: int | None = None, flags: int = 0,
+                          limit: int | None = None) -> dict:
     """Packets attributed to one process and thread.
 
     - capture_id: the capture
     - pid: system process id
     - thread_id: system thread id (tid)
-    - last_id: return packets with PacketId > last_id
+    - last_id: return packets with PacketId > last_id; without it, the first 10000 (reference)
     - flags: 1 adds the packet bytes
-    - limit: page size, 1-10000
+    - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
     db = captures(ctx).db(capture_id)
     return _stream(db, capture_id, "AND p.pid = ? AND p.tid = ?", (pid, thread_id), last_id,
-                   _page(limit), _flags(flags))
-
-
-@endpoint(DataType.JSON)
-def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
-    """Connections of a capture (CONNECTION list) with ConnectionId > last_id.
-
-    - capture_id: the capture
-    - last_id: return connections with ConnectionId > last_id
-    - limit: page size, 1-10000
-    """
-    db = captures(ctx).db(capture_id)
-    rows = db.read(CONN_SQL + "WHERE c.id > ? ORDER BY c.id LIMIT ?", (last_id, _page(limit)))
-    return [connection_object(r, capture_id) for r in rows]
+                   _page(limit, last_id), _flags(flags))
 
 
 # a CONNECTION row with its process name (capture_list_conns, the /ws flows stream)
@@ -204,27 +218,52 @@ def connection_object(r, capture_id: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def capture_get_processes(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
-    """Processes seen in a capture (PROCESS list) with ProcessId > last_id.
+def capture_list_conns(ctx, *, capture_id: int, last_id: int | None = None,
+                       limit: int | None = None):
+    """Connections of a capture (CONNECTION list), by ConnectionId.
 
+    Without last_id (the reference) the answer is a plain list of up to 10000 items; with
+    last_id it is a page: {CaptureId, LastId, More, Connections: [...]}.
     - capture_id: the capture
-    - last_id: return processes with ProcessId > last_id
-    - limit: page size, 1-10000
+    - last_id: return items with ConnectionId > last_id
+    - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
     db = captures(ctx).db(capture_id)
+    page = _page(limit, last_id)
+    rows = db.read(CONN_SQL + "WHERE c.id > ? ORDER BY c.id LIMIT ?", (last_id or 0, page + 1))
+    return _listed(rows, last_id, page, "Connections", capture_id,
+                   lambda r: connection_object(r, capture_id))
+
+
+@endpoint(DataType.JSON)
+def capture_get_processes(ctx, *, capture_id: int, last_id: int | None = None,
+                          limit: int | None = None):
+    """Processes seen in a capture (PROCESS list with packet and byte counts), by ProcessId.
+
+    Without last_id (the reference) the answer is a plain list of up to 10000 items; with
+    last_id it is a page: {CaptureId, LastId, More, Processes: [...]}.
+    - capture_id: the capture
+    - last_id: return items with ProcessId > last_id
+    - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
+    """
+    db = captures(ctx).db(capture_id)
+    page = _page(limit, last_id)
     rows = db.read("SELECT * FROM processes WHERE process_id > ? ORDER BY process_id LIMIT ?",
-                   (last_id, _page(limit)))
-    out = []
-    for r in rows:
+                   (last_id or 0, page + 1))
+
+    def make(r):
         cat = ctx.processes.by_id(r["process_id"])
-        out.append({
-            "Version": 1, "ProcessId": r["process_id"], "Pid": r["pid"], "ParentPid": r["ppid"] or 0,
-            "Name": r["name"] or "", "Path": r["path"] or "", "CommandLine": r["cmdline"] or "",
-            "User": r["user"] or "", "StartTime": from_ns(r["start_time"]),
+        return {
+            "Version": 1, "ProcessId": r["process_id"], "Pid": r["pid"],
+            "ParentPid": r["ppid"] or 0, "Name": r["name"] or "", "Path": r["path"] or "",
+            "CommandLine": r["cmdline"] or "", "User": r["user"] or "",
+            "StartTime": from_ns(r["start_time"]),
             "EndTime": from_ns(cat["end_time"]) if cat else 0,
-            "Running": bool(cat and cat["end_time"] is None and _alive(r["pid"], r["start_time"])),
-            "PacketCount": r["packets"], "ByteCount": r["bytes"]})
-    return out
+            "Running": bool(cat and cat["end_time"] is None
+                            and _alive(r["pid"], r["start_time"])),
+            "PacketCount": r["packets"], "ByteCount": r["bytes"]}
+    return _listed(rows, last_id, page, "Processes", capture_id, make, "process_id")
+
 
 
 def _alive(pid: int, start_ns: int) -> bool:
@@ -242,16 +281,19 @@ def ip_object(r) -> dict:
 
 
 @endpoint(DataType.JSON)
-def capture_query_ip(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
-    """The unique IP addresses of a capture (0 = the system-wide list), IpId > last_id.
+def capture_query_ip(ctx, *, capture_id: int, last_id: int | None = None,
+                     limit: int | None = None):
+    """The unique IP addresses of a capture (IP list), by IpId; 0 = every capture.
 
-    - capture_id: the capture; 0 for the system-wide list
-    - last_id: return IPs with IpId > last_id
-    - limit: page size, 1-10000
+    Without last_id (the reference) the answer is a plain list of up to 10000 items; with
+    last_id it is a page: {CaptureId, LastId, More, Ips: [...]}.
+    - capture_id: the capture; 0 for the system-wide list (live captures and ingested files)
+    - last_id: return items with IpId > last_id
+    - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
     """
     sql = "SELECT * FROM ips WHERE id > ? ORDER BY id LIMIT ?"
-    if capture_id == 0:
-        rows = ctx.catalog.read(sql, (last_id, _page(limit)))
-    else:
-        rows = captures(ctx).db(capture_id).read(sql, (last_id, _page(limit)))
-    return [ip_object(r) for r in rows]
+    page = _page(limit, last_id)
+    db = ctx.catalog if capture_id == 0 else captures(ctx).db(capture_id)
+    rows = db.read(sql, (last_id or 0, page + 1))
+    return _listed(rows, last_id, page, "Ips", capture_id, ip_object)
+

@@ -22,7 +22,7 @@ def is_kernel_thread(info: dict) -> bool:
     return not info["path"] and (info["pid"] == 2 or info["ppid"] == 2)
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ProcessId", "Processes"))
 def process_list_running(ctx, *, kernel_threads: Annotated[int, ZERO_ONE] = 1) -> list:
     """Every running process as PROCESS objects (ProcessId is ours, stable across pid reuse).
 
@@ -67,7 +67,7 @@ def _resolve_process(ctx, process_id: int, pid: int):
     return ctx.processes.by_id(ctx.processes.identify([info])[0])
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ThreadId", "Threads"))
 def process_list_threads(ctx, *, process_id: int = 0, pid: int = 0, flags: int = 0) -> list:
     """The threads of a process as THREAD objects.
 

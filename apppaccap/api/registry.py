@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
+import threading
 import types
 import typing
 from dataclasses import dataclass
@@ -25,6 +27,10 @@ from typing import Annotated
 
 from apppaccap.errors import Malformed
 from apppaccap.errors import NoPage
+
+log = logging.getLogger(__name__)
+MAX_WARNINGS = 20        # unknown parameters listed in one answer
+MAX_LOGGED_UNKNOWN = 1000  # (action, name) pairs remembered for log-once
 
 
 class Upload:
@@ -111,6 +117,11 @@ class Endpoint:
     params: list[Param]
     aliases: dict[str, str] = field(default_factory=dict)
     public: bool = False  # callable without a token (apppaccap, login)
+
+    def unknown(self, raw: dict) -> list[str]:
+        """Names in `raw` this endpoint does not read (`x[]` is jQuery's form of `x`)."""
+        known = {p.name for p in self.params} | set(self.aliases)
+        return [k for k in raw if (k[:-2] if k.endswith("[]") else k) not in known]
 
     def bind(self, raw: dict) -> dict:
         """Validate raw wire values (str / list[str] / JSON scalars) into kwargs."""
@@ -253,16 +264,43 @@ class Registry:
 
     def __init__(self):
         self.endpoints: dict[str, Endpoint] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
 
-    def endpoint(self, returns: int, *, aliases: dict | None = None, public: bool = False):
+    def endpoint(self, returns: int, *, aliases: dict | None = None, public: bool = False,
+                 paged: tuple[str, str] | None = None):
+        """`paged=(IdKey, ItemsKey)`: a list action that pages like the `last_id` actions
+        (see `paged_list`); the function itself returns the whole list."""
         def register(func):
             name = func.__name__
             if name in self.endpoints:
                 raise RuntimeError(f"endpoint {name} registered twice")
-            self.endpoints[name] = _describe(func, returns, aliases or {}, public)
+            act = _describe(func, returns, aliases or {}, public)
+            if paged is not None:
+                act = _paged(act, *paged)
+            self.endpoints[name] = act
             return func
 
         return register
+
+    def warnings(self, act: Endpoint, raw: dict) -> list[str]:
+        """The `Warnings` of an answer: one line per unknown parameter (never an error:
+        jQuery clients add fields of their own), each logged once per (action, name)."""
+        out = []
+        for name in act.unknown(raw)[:MAX_WARNINGS]:
+            shown = name[:60]
+            # the shown (cut) name: a megabyte-long field name must not cost difflib seconds
+            close = difflib.get_close_matches(shown, [p.name for p in act.params], n=1,
+                                              cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append(f"{shown}: unknown parameter of {act.name}, ignored{hint}")
+            with self._lock:
+                first = (act.name, shown) not in self._logged
+                if first and len(self._logged) < MAX_LOGGED_UNKNOWN:
+                    self._logged.add((act.name, shown))
+            if first:
+                log.warning("action %s: unknown parameter %r ignored%s", act.name, shown, hint)
+        return out
 
     def get(self, name: str) -> Endpoint:
         try:
@@ -271,6 +309,33 @@ class Registry:
             close = difflib.get_close_matches(name, self.endpoints, n=3, cutoff=0.6)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise NoPage(f"action: unknown action {name[:60]!r}{hint}") from None
+
+
+def paged_list(items: list, id_key: str, items_key: str, last_id: int | None,
+               limit: int | None):
+    """The reference's whole list without last_id (cut to `limit` when given); with it, a
+    page {LastId, More, items_key: [...]} of the items whose id_key > last_id, by id."""
+    if last_id is None:
+        return items if limit is None else items[:limit]
+    limit = limit or 1000
+    rest = sorted((x for x in items if x[id_key] > last_id), key=lambda x: x[id_key])
+    page = rest[:limit]
+    return {"Version": 1, "LastId": page[-1][id_key] if page else last_id,
+            "More": len(rest) > limit, items_key: page}
+
+
+def _paged(act: Endpoint, id_key: str, items_key: str) -> Endpoint:
+    """`act` with last_id and limit parameters, paging the list it returns."""
+    inner = act.func
+
+    def func(ctx, *, last_id=None, limit=None, **kwargs):
+        return paged_list(inner(ctx, **kwargs), id_key, items_key, last_id, limit)
+    params = act.params + [
+        Param("last_id", int, False, None, f"return items with {id_key} > last_id, as a page "
+              f"{{LastId, More, {items_key}}}; without it the whole list", ID),
+        Param("limit", int, False, None, "page size, 1-10000 (default 1000 with last_id)", PAGE)]
+    return Endpoint(act.name, func, act.returns, act.summary, act.doc, params, act.aliases,
+                    act.public)
 
 
 def _describe(func, returns, aliases, public) -> Endpoint:

@@ -119,7 +119,7 @@ def search_open(ctx, *, search_id: int) -> dict:
     return engine_for(ctx).get(search_id)
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("SearchId", "Searches"))
 def search_list(ctx) -> list:
     """Every search, running and finished (SEARCHMETA list, oldest first)."""
     return engine_for(ctx).list()

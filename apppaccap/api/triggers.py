@@ -97,13 +97,13 @@ def trigger_remove(ctx, *, trigger_id: int) -> int:
     return 0
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("TriggerId", "Triggers"))
 def trigger_list(ctx) -> list:
     """Every trigger (TRIGGER list), with FireCount, LastFired, LastCaptureId and LastError."""
     return store.list_triggers(ctx.catalog)
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ActionId", "Actions"))
 def trigger_get_actions(ctx, *, trigger_id: int) -> list:
     """The actions linked to a trigger (ACTION list); system-wide actions run too but are
     not listed here (action_list shows them with empty TriggerIds).
@@ -129,10 +129,12 @@ def trigger_set_action(ctx, *, trigger_id: int, action_id: int) -> int:
 
 @endpoint(DataType.INT)
 def trigger_clear_actions(ctx, *, trigger_id: int) -> int:
-    """Unlink every action from a trigger.
+    """Unlink every action from a trigger; the actions themselves stay (action_remove
+    deletes one).
 
-    Actions that belonged to this trigger alone are deleted (see trigger_remove: they
-    would otherwise turn system-wide).
+    As in the reference, an action left with no trigger is system wide: it runs for
+    every trigger. Remove the actions first if that is not what you want (trigger_remove
+    does: it deletes the actions that belonged to that trigger alone).
     - trigger_id: the trigger
     """
     store.trigger_row(ctx.catalog, trigger_id)
@@ -214,7 +216,7 @@ def action_remove(ctx, *, action_id: int) -> int:
     return 0
 
 
-@endpoint(DataType.JSON)
+@endpoint(DataType.JSON, paged=("ActionId", "Actions"))
 def action_list(ctx) -> list:
     """Every action (ACTION list); empty TriggerIds = system wide."""
     return store.list_actions(ctx.catalog)

@@ -154,3 +154,97 @@ def dns_text(payload):
             parts.append(f"{'AAAA' if ':' in ip else 'A'} {ip}")
     return " ".join(parts)
 
+
+
+def is_response(payload) -> list[int]:
+    """[1] for a response, [0] for a query ([] when shorter than a header): dns.flags.response."""
+    if len(payload) < 12:
+        return []
+    return [payload[2] >> 7]
+
+
+def records(payload) -> list[tuple[str, int, int, int, int]]:
+    """(name, type, class, rdata start, rdata length) of every resource record of the
+    answer, authority and additional sections; stops where the message stops parsing."""
+    out = []
+    try:
+        if len(payload) < 12:
+            return out
+        qd, an, ns, ar = struct.unpack_from("!HHHH", payload, 4)
+        pos, n = 12, len(payload)
+        for _ in range(qd):
+            got = read_name(payload, pos)
+            if got is None:
+                return out
+            pos = got[1] + 4
+        for _ in range(min(an + ns + ar, 4096)):
+            got = read_name(payload, pos)
+            if got is None or got[1] + 10 > n:
+                return out
+            name, pos = got
+            rtype, rclass, _ttl, rdlen = _dns_rr(payload, pos)
+            pos += 10
+            if pos + rdlen > n:
+                return out
+            out.append((name, rtype, rclass, pos, rdlen))
+            pos += rdlen
+    except Exception:  # hostile input ends the walk, never the caller
+        pass
+    return out
+
+
+def a_records(payload) -> list[str]:
+    """IPv4 addresses of every A record in any section (dns.a)."""
+    return [_ntop4(payload[p:p + 4]) for _n, t, c, p, ln in records(payload)
+            if t == 1 and c & 0x7FFF == 1 and ln == 4]
+
+
+def resp_names(payload) -> list[str]:
+    """The owner name of every resource record (dns.resp.name)."""
+    return [r[0] for r in records(payload)]
+
+
+def _rdata_text(payload, rtype, pos, rdlen) -> str:
+    """What Wireshark's Info shows after an RR's type ("" for types it shows bare)."""
+    if rtype == 1 and rdlen == 4:
+        return " " + _ntop4(payload[pos:pos + 4])
+    if rtype == 28 and rdlen == 16:
+        return " " + _inet_ntop(_AF6, bytes(payload[pos:pos + 16]))
+    if rtype in (2, 5, 6, 12):  # NS, CNAME, SOA (primary name server), PTR
+        got = read_name(payload, pos)
+        return " " + got[0] if got else ""
+    if rtype == 15 and rdlen > 2:
+        got = read_name(payload, pos + 2)
+        return f" {_u16(payload, pos)[0]} {got[0]}" if got else ""
+    if rtype == 33 and rdlen > 6:
+        got = read_name(payload, pos + 6)
+        pri, weight, port = struct.unpack_from("!HHH", payload, pos)
+        return f" {pri} {weight} {port} {got[0]}" if got else ""
+    return ""
+
+
+def info(payload) -> str:
+    """Wireshark's Info: "Standard query 0x1a2b A example.com" / "Standard query response
+    0x1a2b A example.com A 1.2.3.4" (every question, then every record); "" if not DNS."""
+    try:
+        if len(payload) < 12:
+            return ""
+        ident, flags, qd = _dns_hdr(payload, 0)[:3]
+        op = _DNS_OPCODES.get(flags >> 11 & 15, f"Unknown operation ({flags >> 11 & 15})")
+        parts = [f"{op}{' response' if flags & 0x8000 else ''} 0x{ident:04x}"]
+        if flags & 0x8000 and flags & 15:
+            parts.append(_DNS_RCODES.get(flags & 15, f"Unknown error ({flags & 15})"))
+        pos = 12
+        for _ in range(min(qd, 64)):
+            got = read_name(payload, pos)
+            if got is None or got[1] + 4 > len(payload):
+                return ""
+            qtype = _u16(payload, got[1])[0]
+            parts.append(f"{_DNS_TYPES.get(qtype, f'Unknown ({qtype})')} {got[0]}")
+            pos = got[1] + 4
+        for _name, rtype, _c, p, ln in records(payload):
+            parts.append(_DNS_TYPES.get(rtype, f"Unknown ({rtype})")
+                         + _rdata_text(payload, rtype, p, ln))
+        return " ".join(parts)
+    except Exception:
+        return ""

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import struct
 
+from apppaccap.dissect import dns
+from apppaccap.dissect import http
+from apppaccap.dissect import tls
 from apppaccap.dissect.dns import question_names
 
 ETH, IP4, IP6, ARP, RARP = 1, 0x0800, 0x86DD, 0x0806, 0x8035
@@ -273,3 +276,99 @@ def dns_qry_names(v):
         return []
     start = d.payload_off + (2 if d.proto == TCP else 0)  # DNS over TCP: 2-byte length first
     return question_names(v.data[start:d.payload_off + d.payload_len])
+
+
+def _dns_message(v):
+    """The DNS message of a DNS/mDNS/LLMNR packet (after TCP's length prefix), or None."""
+    d = v.dec
+    if not (d.sport in DNS_PORTS or d.dport in DNS_PORTS) or d.payload_len <= 0:
+        return None
+    if not (is_udp(d) or is_tcp(d)) or d.payload_off <= d.l4_off:
+        return None
+    start = d.payload_off + (2 if d.proto == TCP else 0)
+    return v.data[start:d.payload_off + d.payload_len]
+
+
+def dns_response(v):
+    msg = _dns_message(v)
+    return dns.is_response(msg) if msg is not None else []
+
+
+def dns_a(v):
+    msg = _dns_message(v)
+    return dns.a_records(msg) if msg is not None else []
+
+
+def dns_resp_names(v):
+    msg = _dns_message(v)
+    return dns.resp_names(msg) if msg is not None else []
+
+
+# ---- HTTP and TLS: one TCP segment at a time, as tshark without reassembly ----------------
+
+def tcp_payload(v):
+    """The TCP segment's data (a memoryview-free bytes slice), or None when it has none."""
+    d = v.dec
+    if not is_tcp(d) or d.payload_off <= d.l4_off or d.payload_len <= 0:
+        return None
+    return v.data[d.payload_off:d.payload_off + d.payload_len]
+
+
+def r_http(v):
+    data = tcp_payload(v)
+    d = v.dec
+    if data is None or not http.is_http(d.sport, d.dport, data):
+        return []
+    return [(d.payload_off, d.payload_off + d.payload_len)]
+
+
+def _http_head(v):
+    data = tcp_payload(v)
+    return http.parse(data) if data is not None else None
+
+
+def http_request(v):
+    h = _http_head(v)
+    return [1] if h is not None and h.is_request else []
+
+
+def http_response(v):
+    h = _http_head(v)
+    return [1] if h is not None and not h.is_request else []
+
+
+def http_method(v):
+    h = _http_head(v)
+    return [h.method] if h is not None and h.is_request else []
+
+
+def http_uri(v):
+    h = _http_head(v)
+    return [h.uri] if h is not None and h.is_request else []
+
+
+def http_code(v):
+    h = _http_head(v)
+    return [h.code] if h is not None and not h.is_request else []
+
+
+def http_header(name):
+    def get(v):
+        h = _http_head(v)
+        return h.header(name) if h is not None else []
+    return get
+
+
+def r_tls(v):
+    d = v.dec
+    if not (d.sport in tls.TCP_PORTS or d.dport in tls.TCP_PORTS) or tcp_payload(v) is None:
+        return []
+    return [(d.payload_off, d.payload_off + d.payload_len)]
+
+
+def tls_handshake_types(v):
+    return tls.handshake_types(tcp_payload(v)) if r_tls(v) else []
+
+
+def tls_server_names(v):
+    return tls.server_names(tcp_payload(v)) if r_tls(v) else []

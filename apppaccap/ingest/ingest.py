@@ -26,6 +26,7 @@ from apppaccap.store import capturedb
 from apppaccap.store import captures as capture_table
 from apppaccap.store.bulkwriter import BulkWriter
 from apppaccap.store.capturedb import CaptureDb
+from apppaccap.store.ips import add_traffic
 from apppaccap.wire import CaptureState
 from apppaccap.wire import CaptureType
 
@@ -68,6 +69,15 @@ def _public_reason(message: str) -> str:
     if "bytes" in message or "empty" in message:  # a size, not content
         return message
     return "not a pcap or pcapng file"
+
+
+def _fold_ips(ctx, db) -> None:
+    """Add the file's IP list to the system-wide one (ip_query, capture_query_ip 0), as a
+    live capture's batches do: an address seen only in an ingested file is still known."""
+    rows = db.read("SELECT ip, packets, bytes, first_time, last_time FROM ips")
+    traffic = {r["ip"]: (r["packets"] or 0, r["bytes"] or 0, r["first_time"], r["last_time"])
+               for r in rows}
+    ctx.catalog.write(lambda conn: add_traffic(conn, traffic))
 
 
 def create_capture(ctx, source: str) -> int:
@@ -200,6 +210,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
             message = "; ".join(reader.warnings[:5])
         rec.flush(wait=True)
         db.write(capturedb.build_conn_index)
+        _fold_ips(ctx, db)
     except BaseException as exc:
         state, message = CaptureState.FAILED, f"ingest stopped: {exc}"
         raise

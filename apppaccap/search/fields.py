@@ -178,6 +178,36 @@ def _time(kind):
     return lambda v: [v.ts]
 
 
+def _app_fields():
+    """HTTP and TLS, one TCP segment at a time (docs/FILTERS.md: no reassembly)."""
+    h = "http.request"
+    return [
+        Field("http", PROTO, "HTTP segments: a registered port with data, or a head elsewhere",
+              "http && tcp.port == 8000", TCP_G, None, readers.r_http, ranges=readers.r_http),
+        Field(h, BOOL, "the segment starts with a request line", h, TCP_G, None,
+              readers.http_request),
+        Field("http.response", BOOL, "the segment starts with a status line", "http.response",
+              TCP_G, None, readers.http_response),
+        Field(h + ".method", STRING, "request method", 'http.request.method == "POST"', TCP_G,
+              None, readers.http_method),
+        Field(h + ".uri", STRING, "request URI as sent", 'http.request.uri contains "login"',
+              TCP_G, None, readers.http_uri),
+        Field("http.host", STRING, "Host header", 'http.host == "example.com"', TCP_G, None,
+              readers.http_header("host")),
+        Field("http.user_agent", STRING, "User-Agent header", 'http.user_agent contains "curl"',
+              TCP_G, None, readers.http_header("user-agent")),
+        Field("http.response.code", UINT, "status code", "http.response.code >= 400", TCP_G,
+              None, readers.http_code, bits=16),
+        Field("tls", PROTO, "TCP data on a TLS port (443, 465, 636, 853, 989-995, 5061)",
+              "tls && !tls.handshake.type", TCP_G, None, readers.r_tls, ranges=readers.r_tls),
+        Field("tls.handshake.type", UINT, "type of every handshake message (1 Client Hello)",
+              "tls.handshake.type == 1", TCP_G, None, readers.tls_handshake_types, bits=8),
+        Field("tls.handshake.extensions_server_name", STRING, "SNI of a Client Hello",
+              'tls.handshake.extensions_server_name == "example.com"', TCP_G, None,
+              readers.tls_server_names),
+    ]
+
+
 _FLAGS = [("fin", 0x01), ("syn", 0x02), ("reset", 0x04), ("push", 0x08), ("ack", 0x10),
           ("urg", 0x20), ("ece", 0x40), ("cwr", 0x80), ("ns", 0x100)]
 
@@ -310,6 +340,13 @@ def _fields():
               DNS_G, None, readers.dns_present, ranges=readers.dns_present),
         Field("dns.qry.name", STRING, "every question name (DNS, mDNS, LLMNR)",
               'dns.qry.name contains "example"', DNS_G, None, readers.dns_qry_names),
+        Field("dns.flags.response", BOOL, "1 in a response, 0 in a query",
+              "dns.flags.response == 1", DNS_G, None, readers.dns_response),
+        Field("dns.a", IPV4, "address of every A record (any section)", "dns.a == 192.0.2.1",
+              DNS_G, None, readers.dns_a),
+        Field("dns.resp.name", STRING, "owner name of every resource record",
+              'dns.resp.name == "example.com"', DNS_G, None, readers.dns_resp_names),
+        *_app_fields(),
         Field("proc.name", STRING, "owning process name", 'proc.name == "curl"',
               "process_id IS NOT NULL", Proc("name"), _proc("name")),
         Field("proc.path", STRING, "owning process executable", 'proc.path matches "^/usr/bin/"',

@@ -1,8 +1,8 @@
 """Reading a search's results: SEARCHLIST pages, and the packets behind them for export.
 
-Results store (capture, packet, time) only; a page's Summary is read from the capture
-when asked for (or rebuilt from the bytes by decode() if a capture keeps no summary
-column), which keeps the catalog small and the search's writes cheap.
+Results store (capture, packet, time) only; a page's Summary and Info are decoded from
+the capture's bytes when asked for, which keeps the catalog small and the search's
+writes cheap.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import os
 
 from apppaccap.dissect.decode import decode
+from apppaccap.dissect.info import info
 from apppaccap.filetime import from_ns
 from apppaccap.search.scope import open_readonly
 from apppaccap.store.blocks import BlockReader
@@ -36,22 +37,19 @@ def read_page(ctx, meta: dict, last_id: int, limit: int) -> dict:
             "More": more, "State": meta["State"], "ResultCount": meta["ResultCount"],
             "Results": [{"ItemId": r["item_id"], "CaptureId": r["capture_id"],
                          "PacketId": r["packet_id"], "Time": from_ns(r["ts"]),
-                         "Summary": summaries.get((r["capture_id"], r["packet_id"]), "")}
+                         "Summary": summaries.get((r["capture_id"], r["packet_id"]), ("", ""))[0],
+                         "Info": summaries.get((r["capture_id"], r["packet_id"]), ("", ""))[1]}
                         for r in rows]}
 
 
 def packet_summaries(data_dir: str, capture_id: int, ids: list[int]) -> dict:
-    """packet id → summary text ("" for a capture deleted since)."""
+    """packet id → (summary, Info) from the bytes ({} for a capture deleted since)."""
     path = capture_path(data_dir, capture_id)
     if not ids or not os.path.exists(path):
         return {}
     conn = open_readonly(path)
     try:
-        cols = {r[1] for r in conn.execute("PRAGMA table_info(packets)")}
         arg = json.dumps(ids)
-        if "summary" in cols:
-            return dict(conn.execute("SELECT id, summary FROM packets WHERE id IN "
-                                     "(SELECT value FROM json_each(?))", (arg,)))
         lts = dict(conn.execute("SELECT id, linktype FROM interfaces"))
         out = {}
         blocks = BlockReader(conn, path)
@@ -59,7 +57,8 @@ def packet_summaries(data_dir: str, capture_id: int, ids: list[int]) -> dict:
             for pid, iface, blk, off, caplen in conn.execute(
                     "SELECT id, iface, blk, off, caplen FROM packets WHERE id IN "
                     "(SELECT value FROM json_each(?))", (arg,)).fetchall():
-                out[pid] = decode(lts.get(iface, 1), blocks.packet(blk, off, caplen)).summary
+                dec = decode(lts.get(iface, 1), blocks.packet(blk, off, caplen))
+                out[pid] = (dec.summary, info(dec))
         finally:
             blocks.close()
         return out

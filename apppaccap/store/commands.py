@@ -42,3 +42,17 @@ def interrupt_unfinished(catalog, *, state: int, unfinished: tuple, finished: in
 
 def delete(catalog, uid: str) -> None:
     catalog.execute("DELETE FROM commands WHERE uid = ?", (uid,))
+
+
+def forget_pointing(conn, finished: tuple, export_paths: list[str]) -> None:
+    """apc_flush: finished commands whose capture or search is gone, or whose exported
+    file was just deleted (`export_paths`)."""
+    marks = ",".join("?" * len(finished))
+    conn.execute(
+        f"DELETE FROM commands WHERE state IN ({marks}) AND ("
+        "(json_extract(params, '$.capture_id') IS NOT NULL AND "
+        " json_extract(params, '$.capture_id') NOT IN (SELECT id FROM captures)) OR "
+        "(json_extract(params, '$.search_id') IS NOT NULL AND "
+        " json_extract(params, '$.search_id') NOT IN (SELECT id FROM searches)) OR "
+        "json_extract(params, '$.path') IN (SELECT value FROM json_each(?)))",
+        (*finished, json.dumps(export_paths)))

@@ -83,3 +83,13 @@ def delete(catalog, search_id: int) -> None:
 def clear(conn) -> None:
     conn.execute("DELETE FROM search_results")
     conn.execute("DELETE FROM searches")
+
+
+def forget_missing_captures(conn) -> None:
+    """apc_flush: the searches of a capture that is gone, or with results in one."""
+    gone = ("SELECT id FROM searches WHERE (capture_id IS NOT NULL AND capture_id NOT IN "
+            "(SELECT id FROM captures)) OR id IN (SELECT search_id FROM search_results "
+            "WHERE capture_id NOT IN (SELECT id FROM captures))")
+    ids = [r[0] for r in conn.execute(gone).fetchall()]
+    conn.executemany("DELETE FROM search_results WHERE search_id = ?", [(i,) for i in ids])
+    conn.executemany("DELETE FROM searches WHERE id = ?", [(i,) for i in ids])

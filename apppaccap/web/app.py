@@ -87,16 +87,18 @@ MULTIPART_FIELDS_BYTES = 1 << 20  # non-file multipart fields kept in memory
 
 def dispatch(ctx, name: str, raw: dict) -> dict:
     """Validate, authorise and run one action; always returns an envelope."""
+    warnings = None
     try:
         act = REGISTRY.get(name)
         if ctx.login_required and not act.public and ctx.user is None:
             # ctx.user is set only by a checked Basic password (credentials.py)
             ctx = ctx.for_request(user=ctx.logins.check(ctx.token, ctx.caller_uid))
+        warnings = REGISTRY.warnings(act, raw)
         kwargs = act.bind(raw)
         value = act.func(ctx, **kwargs)
-        return envelope(ErrorCode.SUCCESS, act.returns, 0 if value is None else value)
+        return envelope(ErrorCode.SUCCESS, act.returns, 0 if value is None else value, warnings)
     except AppError as err:
-        return error_envelope(err)
+        return error_envelope(err, warnings)
     except Exception as exc:  # a fault: the caller gets a log id, the log the traceback
         failure = io_failure(exc, name)
         if failure is not None:  # the disk, not the code: IO_ERROR, one log line

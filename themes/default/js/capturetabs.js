@@ -49,7 +49,7 @@ var App = window.App || (window.App = {});
     var p = pane("Connections", table);
     p.load = function (cap) {
       current = cap;
-      api.all("capture_list_conns", {capture_id: cap.CaptureId}, "ConnectionId", null).then(function (rows) {
+      api.all("capture_list_conns", {capture_id: cap.CaptureId}, "ConnectionId", "Connections").then(function (rows) {
         table.set(rows); p.count(rows.length);
       }, App.fail);
     };
@@ -90,7 +90,7 @@ var App = window.App || (window.App = {});
     p.$el.children(".scroll").css("flex", "0 1 auto");  // the threads follow right below
     p.$el.append($threads);
     p.load = function (cap) {
-      api.all("capture_get_processes", {capture_id: cap.CaptureId}, "ProcessId", null).then(function (rows) {
+      api.all("capture_get_processes", {capture_id: cap.CaptureId}, "ProcessId", "Processes").then(function (rows) {
         table.set(rows); p.count(rows.length);
       }, App.fail);
     };
@@ -127,7 +127,7 @@ var App = window.App || (window.App = {});
     var p = pane("IP addresses", table);
     p.load = function (cap) {
       cur = cap;
-      api.all("capture_query_ip", {capture_id: cap.CaptureId}, "IpId", null).then(function (rows) {
+      api.all("capture_query_ip", {capture_id: cap.CaptureId}, "IpId", "Ips").then(function (rows) {
         table.set(rows); p.count(rows.length);
       }, App.fail);
     };
