@@ -33,10 +33,10 @@ def _all_conns(srv, cid) -> dict:
     out, last = {}, 0
     while True:
         page = srv.ok("capture_list_conns", capture_id=cid, last_id=last, limit=10000)
-        if not page:
+        out.update({c["ConnectionId"]: c for c in page["Connections"]})
+        if not page["More"]:
             return out
-        out.update({c["ConnectionId"]: c for c in page})
-        last = page[-1]["ConnectionId"]
+        last = page["LastId"]
 
 
 def _traffic(port: int, seconds: float, stop: threading.Event) -> None:
