@@ -136,15 +136,17 @@ class FlowLookup:
                 owners = self._owners(key5) or owners
             except Exception:  # noqa: BLE001 - the counting path asks again later
                 log.debug("usage lookup of %s failed", key5, exc_info=True)
+        if not owners:
+            # no miss is cached: it would hide, for RETRY_MISS, what the counting path's own
+            # look (queued when the flow's first block is counted) may still find
+            self.stats["missed"] += 1
+            return
         with self._lock:
-            self.flows[fk] = [PENDING if owners else [], self.clock(), key5]
+            self.flows[fk] = [PENDING, self.clock(), key5]
             self.flows.move_to_end(fk)
             while len(self.flows) > MAX_FLOWS:
                 self.flows.popitem(last=False)
-        if owners:
-            self._queue.put((key5, fk, owners))
-        else:
-            self.stats["missed"] += 1
+        self._queue.put((key5, fk, owners))
 
     def labels(self, key5: tuple):
         """What is known of a flow now, without asking: labels, [] or PENDING (also for a
