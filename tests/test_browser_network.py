@@ -1,0 +1,234 @@
+"""The Network landing page and the uPlot charts in a real browser (Debian's Chromium through
+Playwright), on a real server with usage accounting on and real traffic on `lo`.
+
+A Python client downloading a 5 MB body must appear with a nonzero rate within 3 seconds;
+curl and Python together make two programs in the stacked chart; a program's detail lists
+the remote host; a 16-second capture's statistics have second buckets and a 16 s span.
+Screenshots (light/dark, 1400x900 and 800x600) go to the test's tmp directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers.browser import Console
+from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
+from tests.helpers.ports import wait_port
+from tests.helpers.server import Server
+
+pytestmark = [pytest.mark.browser, pytest.mark.live]
+
+BODY = 5 * 1024 * 1024
+# Downloads the body again and again for `seconds`, so the page has a rate to show.
+CLIENT = """
+import sys, time, urllib.request
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    urllib.request.urlopen(sys.argv[1], timeout=30).read()
+    time.sleep(0.3)
+"""
+
+
+class Site:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        www = tmp / "www"
+        www.mkdir()
+        (www / "body.bin").write_bytes(os.urandom(BODY))
+        self.port = free_port()
+        self.web = subprocess.Popen([sys.executable, "-m", "http.server", str(self.port),
+                                     "--bind", "127.0.0.1", "--directory", str(www)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.server = Server(tmp / "data", tmp / "export", log_dir=tmp)
+        self.url = self.server.url
+        self.procs = []
+        wait_for(lambda: self.server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        time.sleep(1.5)  # its pcap handles are open once it ticks
+
+    def python_client(self, seconds):
+        p = subprocess.Popen([sys.executable, "-c", CLIENT,
+                              f"http://127.0.0.1:{self.port}/body.bin", str(seconds)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def curl(self):
+        p = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--limit-rate", "2M",
+                              f"http://127.0.0.1:{self.port}/body.bin"])
+        self.procs.append(p)
+        return p
+
+    def stop(self):
+        for p in self.procs + [self.web]:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    s = Site(tmp_path_factory.mktemp("network"))
+    yield s
+    s.stop()
+
+
+def new_page(browser, w=1400, h=900, scheme="light"):
+    ctx = browser.new_context(viewport={"width": w, "height": h}, color_scheme=scheme)
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    pg.console = Console(pg)
+    return ctx, pg
+
+
+@pytest.fixture
+def page(browser):
+    ctx, pg = new_page(browser)
+    yield pg
+    pg.console.assert_clean()
+    ctx.close()
+
+
+def shot(page, site, name):
+    page.wait_for_timeout(300)
+    path = site.tmp / f"{name}.png"
+    page.screenshot(path=str(path))
+    return path
+
+
+def program_row(page, pid):
+    return page.locator(f"#view-network tr.prog[data-pids~='{pid}']")
+
+
+def test_download_appears_live_with_a_rate(page, site):
+    page.goto(site.url + "/")
+    page.wait_for_selector("#nav a.active[data-view=network]")  # the landing page
+    page.wait_for_selector("#view-network .netchart .uplot, #view-network .netchart .chartempty")
+    started = time.monotonic()
+    client = site.python_client(12)
+    row = program_row(page, client.pid)
+    row.wait_for(timeout=10_000)
+    # the client's own PID row carries its rate (folded under the python program)
+    row.locator("button.fold").click()
+    pid_rate = page.locator(f"#view-network tr.pidrow[data-pid='{client.pid}'] td.num").first
+    deadline = started + 3.0
+    while pid_rate.count() == 0 or pid_rate.inner_text().startswith("0 B"):
+        assert time.monotonic() < deadline, "no rate on the Network page within 3 s"
+        page.wait_for_timeout(100)
+    assert time.monotonic() - started < 3.0
+    assert not row.locator("td.rin").inner_text().startswith("0 B")
+    assert row.locator(".spark .uplot canvas").count() == 1  # the last-minute sparkline
+    assert row.locator("td.hosts").inner_text().startswith("127.0.0.1:")
+    client.wait(30)
+
+
+def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, site):
+    site.python_client(6)
+    curl = site.curl()
+    curl.wait(30)
+    page.goto(site.url + "/#/network")
+    page.wait_for_selector("#view-network tr.prog")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#view-network .netchart').dataset.programs) >= 2")
+    legend = page.locator("#view-network .netchart .u-legend .u-series:not(:first-child) .u-label")
+    labels = legend.all_inner_texts()
+    assert "curl" in labels and any(x.startswith("python") for x in labels), labels
+    assert page.locator("#view-network .netchart").get_attribute("data-bucket") == "1"
+    # hover values: the cursor over the chart fills the legend with that column's values
+    box = page.locator("#view-network .netchart .u-over").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.97, box["y"] + box["height"] * 0.5)
+    values = page.locator("#view-network .netchart .u-legend .u-series .u-value").all_inner_texts()
+    assert any(v.endswith("/s") for v in values), values
+    # sortable: by name
+    page.click("#view-network th[data-col=name]")
+    names = page.locator("#view-network tr.prog td.name .unknown, #view-network tr.prog td.name "
+                         "> span:not(.muted)").all_inner_texts()
+    assert names == sorted(names, key=str.lower), names
+    # curl's detail: the remote host it downloaded from
+    page.locator("#view-network tr.prog[data-key$='/curl']").click()
+    host = page.locator("#view-network .netdetail .hostlist tr[data-key='127.0.0.1']")
+    host.wait_for()
+    assert "127.0.0.1" in host.inner_text()
+    assert page.locator("#view-network .netdetail button:has-text('Capture this program')").count() == 1
+    shot(page, site, "network_detail")
+
+
+def test_usage_switch(page, site):
+    page.goto(site.url + "/#/network")
+    switch = page.locator("#view-network input[name=usage_enabled]")
+    switch.wait_for()
+    assert switch.is_checked()
+    switch.uncheck()
+    page.wait_for_selector("#view-network .usageoff:not([hidden])")
+    assert site.server.ok("settings_get_by_key", key_name="usage_enabled") in ("0", 0)
+    wait_for(lambda: not site.server.ok("usage_now")["Enabled"], 10, what="the recorder stops")
+    switch.check()
+    page.wait_for_selector("#view-network .usageoff", state="hidden")
+    wait_for(lambda: site.server.ok("usage_now")["Enabled"], 10, what="the recorder starts")
+    time.sleep(1.5)
+
+
+def test_short_capture_statistics_have_second_buckets(page, site):
+    client = site.python_client(40)
+    time.sleep(0.5)
+    cap = site.server.ok("capture_start_process", pid=client.pid)
+    time.sleep(16)
+    site.server.ok("capture_stop_process", capture_id=cap["CaptureId"])
+    s = site.server.ok("stats_by_id", capture_id=cap["CaptureId"])
+    span = (s["LastTime"] - s["FirstTime"]) / 1e7
+    assert s["BucketSeconds"] == 1 and 14 <= span <= 17, (s["BucketSeconds"], span)
+    page.goto(site.url + f"/#/capture/{cap['CaptureId']}/stats")
+    time_box = page.locator("#view-capture .chartbox.wide[data-bucket]").first
+    time_box.wait_for()
+    assert time_box.get_attribute("data-bucket") == "1"
+    assert "per second" in time_box.locator("h3").inner_text()
+    span_text = page.locator("#view-capture .statcard:has(.k:text-is('Span')) .v").inner_text()
+    assert span_text.endswith(" s") and 14 <= float(span_text.split()[0]) <= 17, span_text
+    # one column per second: uPlot has one x value per bucket
+    n = page.evaluate("() => document.querySelector('#view-capture .chartbox.wide .chart')"
+                      "._u.data[0].length")
+    assert 14 <= n <= 18, n
+    # per program, most bytes first, with the in/out split
+    procs = page.locator("#view-capture .procstats tr[data-key]")
+    procs.first.wait_for()
+    assert page.locator("#view-capture .procsection .chartbox[data-bucket='1'] .uplot").count() == 1
+    first = procs.first.locator("td").nth(0).inner_text()
+    assert first.startswith("python"), first
+    shot(page, site, "capture_stats_16s")
+    client.kill()
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("size", [(1400, 900), (800, 600)])
+def test_screenshots(browser, site, scheme, size):
+    w, h = size
+    site.python_client(8)
+    ctx, pg = new_page(browser, w, h, scheme)
+    pg.goto(site.url + "/")
+    pg.wait_for_selector("#view-network tr.prog")
+    pg.wait_for_selector("#view-network .netchart .uplot")
+    pg.wait_for_timeout(1500)
+    pg.locator("#view-network tr.prog").first.click()
+    pg.wait_for_selector("#view-network .netdetail .hostlist tr[data-key]")
+    shot(pg, site, f"network_{scheme}_{w}x{h}")
+    sw, iw = pg.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+    assert sw <= iw, (sw, iw)
+    # the chart's axis text follows the theme
+    axis = pg.evaluate("() => getComputedStyle(document.documentElement)"
+                       ".getPropertyValue('--chart-text').trim()")
+    assert axis
+    for view in ("stats",):
+        pg.goto(site.url + "/#/" + view)
+        pg.wait_for_selector(f"#view-{view} .chartbox")
+        shot(pg, site, f"{view}_{scheme}_{w}x{h}")
+        sw, iw = pg.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+        assert sw <= iw, (view, sw, iw)
+    pg.console.assert_clean()
+    ctx.close()
