@@ -156,7 +156,8 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     host = page.locator("#view-network .netdetail .hostlist tr[data-key='127.0.0.1']")
     host.wait_for()
     assert "127.0.0.1" in host.inner_text()
-    assert page.locator("#view-network .netdetail button:has-text('Capture this program')").count() == 1
+    capture = page.locator("#view-network .netdetail button:has-text('Capture this program')")
+    assert capture.count() == 1
     shot(page, site, "network_detail")
 
 

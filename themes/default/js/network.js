@@ -55,7 +55,7 @@ var App = window.App || (window.App = {});
     {id: "name", title: "Program", get: function (g) { return g.name.toLowerCase(); }},
     {id: "in", title: "\u2193 Now", cls: "num", get: function (g) { return g.rateIn; }},
     {id: "out", title: "\u2191 Now", cls: "num", get: function (g) { return g.rateOut; }},
-    {id: "spark", title: "Last 60 s", cls: "sparkcell prio-2"},
+    {id: "spark", title: "Last 60 s", cls: "sparkcell"},
     {id: "total", title: "Total", cls: "num", get: function (g) { return g.totalIn + g.totalOut; }},
     {id: "conns", title: "Conns", cls: "num", get: function (g) { return g.conns; }},
     {id: "hosts", title: "Top hosts", cls: "hosts prio-2", get: function (g) { return g.remotes.length ? g.remotes[0].Ip : ""; }}
@@ -99,13 +99,13 @@ var App = window.App || (window.App = {});
         ui.el("button", "fold small", open ? "\u25be" : "\u25b8").attr({type: "button", title: "PIDs", "aria-expanded": open})
           .on("click", function () { S.open[g.key] = !open; draw(); }),
         ui.procName(g.name), ui.el("span", "muted pidcount", pids.length > 1 ? " \u00d7" + pids.length : ""));
-      var $spark = ui.el("td", "sparkcell prio-2");
+      var $spark = ui.el("td", "sparkcell");
       if (g.spark) {
         var s = sparkFor(g);
         $spark.append(s.$box);
         if (!s.chart) s.chart = App.charts.spark(s.$box[0], {values: g.spark}); else s.chart.update(g.spark);
       }
-      var hosts = g.remotes.slice(0, 3).map(function (r) { return fmt.endpoint(r.Ip, r.Port); });
+      var hosts = g.remotes.slice(0, 2).map(function (r) { return fmt.endpoint(r.Ip, r.Port); });
       $tr.append($name, ui.el("td", "num rin", rate(g.rateIn)), ui.el("td", "num rout", rate(g.rateOut)), $spark,
         ui.el("td", "num total", fmt.bytes(g.totalIn + g.totalOut)).attr("title", "\u2193 " + fmt.bytes(g.totalIn) + "  \u2191 " + fmt.bytes(g.totalOut)),
         ui.el("td", "num", fmt.num(g.conns)), ui.el("td", "hosts prio-2 mono", hosts.join("  ")).attr("title", hosts.join("\n")));
@@ -118,7 +118,7 @@ var App = window.App || (window.App = {});
       if (open) pids.forEach(function (q) {
         $tbody.append(ui.el("tr", "pidrow").attr("data-pid", q.Pid).append(
           ui.el("td", "name", "pid " + q.Pid), ui.el("td", "num", q.rateIn === null ? "" : rate(q.rateIn)),
-          ui.el("td", "num", q.rateOut === null ? "" : rate(q.rateOut)), ui.el("td", "prio-2"), ui.el("td"), ui.el("td"),
+          ui.el("td", "num", q.rateOut === null ? "" : rate(q.rateOut)), ui.el("td"), ui.el("td"), ui.el("td"),
           ui.el("td", "actions prio-2").append(ui.button("Capture", "small rec", function () {
             App.networkDetail.capture(q.Pid, g.name);
           }))));
