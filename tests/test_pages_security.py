@@ -339,7 +339,7 @@ def login(page):
     page.fill("#loginform [name=username]", USER)
     page.fill("#loginform [name=password]", PASSWORD)
     page.click("#loginform button")
-    page.wait_for_selector("#nav a.active[data-view=processes]")
+    page.wait_for_selector("#nav a.active[data-view=network]")
 
 
 def every_url_in(page) -> list[str]:
