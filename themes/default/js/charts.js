@@ -59,40 +59,53 @@ var App = window.App || (window.App = {});
   /* Columns over time, one per bucket (each starts at its Time and is `bucket` s wide);
    * stacked: series drawn as running sums, the legend and cursor show each one's own value. */
   function timeBars(el, o) {
-    var fmtV = o.fmt || String, bucket = o.bucket || 60, height = o.height || 200;
-    var n = o.series.length;
+    var bucket = o.bucket || 60, height = o.height || 200;
+    var sig = [bucket, !!o.stacked, o.times.length > 0].concat(o.series.map(function (s) { return s.label; })).join("\n");
+    el._o = o;  // the legend's values read the newest answer
+    // The same shape as drawn: new data only, so the cursor and legend stay where they are.
+    if (el._u && el._sig === sig && document.body.contains(el)) { el._u.setData(columns(o)); return; }
+    el._sig = sig;
     keep(el, function () {
       if (el._u) { el._u.destroy(); el._u = null; }
       $(el).empty();
-      if (!o.times.length) { $(el).append(App.ui.el("p", "muted chartempty", o.empty || "no data")); return; }
-      var data = [o.times], sums = o.times.map(function () { return 0; });
-      var stacked = o.series.map(function (s) {
-        sums = sums.map(function (v, i) { return v + (s.values[i] || 0); });
-        return sums;
-      });
-      // Tallest running sum first: each later (lower) column is painted over it.
-      var order = [];
-      for (var k = n - 1; k >= 0; k--) order.push(k);
-      if (!o.stacked) order.reverse();
+      var cur = el._o, fmtV = cur.fmt || String;
+      if (!cur.times.length) { $(el).append(App.ui.el("p", "muted chartempty", cur.empty || "no data")); return; }
       var clock = uPlot.fmtDate(clockOf(bucket));
       var series = [{value: function (u, v) { return v === null || v === undefined ? "" : clock(new Date(v * 1000)); }}];
-      order.forEach(function (k) {
-        var s = o.series[k], col = s.color || color(k);
-        data.push(o.stacked ? stacked[k] : s.values);
-        series.push({label: s.label, stroke: col, fill: col, width: 0, points: {show: false},
+      order(cur).forEach(function (k) {
+        var col = cur.series[k].color || color(k);
+        series.push({label: cur.series[k].label, stroke: col, fill: col, width: 0, points: {show: false},
           paths: uPlot.paths.bars({size: [0.86, 120], align: 1}),
-          value: function (u, v, si, i) { return i === null || i === undefined ? "" : fmtV(s.values[i] || 0); }});
+          value: function (u, v, si, i) {
+            return i === null || i === undefined ? "" : (el._o.fmt || String)(el._o.series[k].values[i] || 0);
+          }});
       });
       var opts = {
         width: Math.max(200, Math.floor(el.clientWidth)), height: height, series: series,
-        axes: axis(fmtV, o.axisSize), cursor: {points: {show: false}, drag: {x: false, y: false}},
-        legend: {show: o.legend !== false, live: true},
+        axes: axis(fmtV, cur.axisSize), cursor: {points: {show: false}, drag: {x: false, y: false}},
+        legend: {show: cur.legend !== false, live: true},
         scales: {x: {time: true, range: function (u, min, max) { return [min, max + bucket]; }},
           y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.08 : 1]; }}}
       };
-      el._u = new uPlot(opts, data, el);
+      el._u = new uPlot(opts, columns(cur), el);
       fit(el._u, el, height);
     });
+  }
+
+  /* Stacked: tallest running sum first, so each later (lower) column is painted over it. */
+  function order(o) {
+    var out = [];
+    for (var k = o.series.length - 1; k >= 0; k--) out.push(k);
+    return o.stacked ? out : out.reverse();
+  }
+  function columns(o) {
+    var data = [o.times], sums = o.times.map(function () { return 0; });
+    var stacked = o.series.map(function (s) {
+      sums = sums.map(function (v, i) { return v + (s.values[i] || 0); });
+      return sums;
+    });
+    order(o).forEach(function (k) { data.push(o.stacked ? stacked[k] : o.series[k].values); });
+    return data;
   }
 
   /* A tiny in/out chart without axes or legend (the last minute of a program). */

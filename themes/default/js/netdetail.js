@@ -43,7 +43,10 @@ var App = window.App || (window.App = {});
 
   function show($el, g, S) {
     var pids = Object.keys(g.pids).map(function (k) { return g.pids[k]; });
-    var live = pids.filter(function (q) { return q.Pid > 0; });
+    // The busiest PID first: the one "Capture this program" captures.
+    var live = pids.filter(function (q) { return q.Pid > 0; }).sort(function (a, b) {
+      return (b.rateIn || 0) + (b.rateOut || 0) - (a.rateIn || 0) - (a.rateOut || 0);
+    });
     var $tools = ui.el("div", "toolbar compact");
     if (live.length) {
       $tools.append(ui.button("Capture this program", "primary rec", function () { capture(live[0].Pid, g.name); })
