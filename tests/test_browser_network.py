@@ -216,6 +216,8 @@ def test_short_capture_statistics_have_second_buckets(page, site):
     first = procs.first.locator("td").nth(0).inner_text()
     assert first.startswith("python"), first
     shot(page, site, "capture_stats_16s")
+    page.locator("#view-capture .procsection").scroll_into_view_if_needed()
+    shot(page, site, "capture_stats_16s_programs")
     client.kill()
 
 
@@ -234,10 +236,18 @@ def test_screenshots(browser, site, scheme, size):
     shot(pg, site, f"network_{scheme}_{w}x{h}")
     sw, iw = pg.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
     assert sw <= iw, (sw, iw)
-    # the chart's axis text follows the theme
-    axis = pg.evaluate("() => getComputedStyle(document.documentElement)"
-                       ".getPropertyValue('--chart-text').trim()")
-    assert axis
+    # the charts are drawn in the theme's colours, and redrawn when it changes
+    axis = ("() => { const u = document.querySelector('#view-network .netchart')._u;"
+            " return [u.axes[0].stroke(u, 0),"
+            " getComputedStyle(document.documentElement)"
+            ".getPropertyValue('--chart-text').trim()]; }")
+    drawn, wanted = pg.evaluate(axis)
+    assert drawn == wanted, (drawn, wanted)
+    pg.click("#themetoggle")
+    pg.wait_for_timeout(300)
+    drawn2, wanted2 = pg.evaluate(axis)
+    assert drawn2 == wanted2 and wanted2 != wanted, (drawn2, wanted2, wanted)
+    pg.click("#themetoggle")
     for view in ("stats",):
         pg.goto(site.url + "/#/" + view)
         pg.wait_for_selector(f"#view-{view} .chartbox")
