@@ -35,6 +35,7 @@ CATALOG_OWNERS = {
     "extracted_files": "store/extracted.py",
     "users": "store/users.py", "settings": "store/settings.py",
     "usage_minute": "store/usage.py",
+    "usage_hostname": "store/usage.py",
     "sqlite_sequence": "store/migrations.py",  # ids never reused (migration 7)
 }
 CAPTURE_OWNERS = {

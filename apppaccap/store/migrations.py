@@ -223,6 +223,12 @@ CATALOG = [
         PRIMARY KEY (minute, process_id, remote_ip, remote_port, proto, dir));
     CREATE INDEX IF NOT EXISTS usage_minute_process ON usage_minute(process_id, minute)
     """,
+    # 10: usage accounting, hostnames from the DNS answers seen (rows: store/usage.py)
+    """
+    CREATE TABLE IF NOT EXISTS usage_hostname (
+        ip TEXT PRIMARY KEY, name TEXT NOT NULL, minute INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS usage_hostname_minute ON usage_hostname(minute)
+    """,
 ]
 
 # captures/<id>.db (store/capturedb.py)
