@@ -171,44 +171,28 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     site.server.ok("capture_stop_process", capture_id=cid)
 
 
-def test_usage_switch(page, site):
-    page.goto(site.url + "/#/network")
-    switch = page.locator("#view-network input[name=usage_enabled]")
-    switch.wait_for()
-    assert switch.is_checked()
-    switch.uncheck()
-    page.wait_for_selector("#view-network .usageoff:not([hidden])")
-    assert site.server.ok("settings_get_by_key", key_name="usage_enabled") in ("0", 0)
-    wait_for(lambda: not site.server.ok("usage_now")["Enabled"], 10, what="the recorder stops")
-    switch.check()
-    page.wait_for_selector("#view-network .usageoff", state="hidden")
-    t0 = time.monotonic()
-    # the service first finishes stopping the old recorder (its last flush), then starts
-    wait_for(lambda: site.server.ok("usage_now")["Enabled"], 40, what="the recorder starts")
-    print(f"usage recorder back on after {time.monotonic() - t0:.1f} s")
-    time.sleep(1.5)
-
-
 def test_short_capture_statistics_have_second_buckets(page, site):
     client = site.python_client(40)
     time.sleep(0.5)
+    t0 = time.monotonic()
     cap = site.server.ok("capture_start_process", pid=client.pid)
     time.sleep(16)
     site.server.ok("capture_stop_process", capture_id=cap["CaptureId"])
+    ran = time.monotonic() - t0  # 16 s and what the two calls took on a loaded machine
     s = site.server.ok("stats_by_id", capture_id=cap["CaptureId"])
     span = (s["LastTime"] - s["FirstTime"]) / 1e7
-    assert s["BucketSeconds"] == 1 and 14 <= span <= 17, (s["BucketSeconds"], span)
+    assert s["BucketSeconds"] == 1 and 14 <= span <= ran, (s["BucketSeconds"], span, ran)
     page.goto(site.url + f"/#/capture/{cap['CaptureId']}/stats")
     time_box = page.locator("#view-capture .chartbox.wide[data-bucket]").first
     time_box.wait_for()
     assert time_box.get_attribute("data-bucket") == "1"
     assert "per second" in time_box.locator("h3").inner_text()
     span_text = page.locator("#view-capture .statcard:has(.k:text-is('Span')) .v").inner_text()
-    assert span_text.endswith(" s") and 14 <= float(span_text.split()[0]) <= 17, span_text
+    assert span_text == f"{span:.1f} s", (span_text, span)  # the real span, not a minute
     # one column per second: uPlot has one x value per bucket
     n = page.evaluate("() => document.querySelector('#view-capture .chartbox.wide .chart')"
                       "._u.data[0].length")
-    assert 14 <= n <= 18, n
+    assert int(span) <= n <= int(span) + 2, (n, span)
     # per program, most bytes first, with the in/out split
     procs = page.locator("#view-capture .procstats tr[data-key]")
     procs.first.wait_for()
@@ -256,3 +240,22 @@ def test_screenshots(browser, site, scheme, size):
         assert sw <= iw, (view, sw, iw)
     pg.console.assert_clean()
     ctx.close()
+
+
+def test_usage_switch(page, site):
+    """Last: it stops and restarts the module server's recorder."""
+    page.goto(site.url + "/#/network")
+    switch = page.locator("#view-network input[name=usage_enabled]")
+    switch.wait_for()
+    assert switch.is_checked()
+    switch.uncheck()
+    page.wait_for_selector("#view-network .usageoff:not([hidden])")
+    assert site.server.ok("settings_get_by_key", key_name="usage_enabled") in ("0", 0)
+    wait_for(lambda: not site.server.ok("usage_now")["Enabled"], 10, what="the recorder stops")
+    switch.check()
+    page.wait_for_selector("#view-network .usageoff", state="hidden")
+    t0 = time.monotonic()
+    # the service first finishes stopping the old recorder (its last flush), then starts
+    wait_for(lambda: site.server.ok("usage_now")["Enabled"], 40, what="the recorder starts")
+    print(f"usage recorder back on after {time.monotonic() - t0:.1f} s")
+    time.sleep(1.5)

@@ -42,10 +42,21 @@ var App = window.App || (window.App = {});
     el._ro.observe(el);
   }
 
+  function pad(n) { return n < 10 ? "0" + n : String(n); }
+  /* One-line local times, as precise as the tick step: 14:05:30, 14:05 or 12-06. */
+  function timeTicks(u, splits, _ax, _space, incr) {
+    return splits.map(function (t) {
+      var d = new Date(t * 1000), hm = pad(d.getHours()) + ":" + pad(d.getMinutes());
+      if (incr >= 86400) return pad(d.getMonth() + 1) + "-" + pad(d.getDate());
+      return incr < 60 ? hm + ":" + pad(d.getSeconds()) : hm;
+    });
+  }
+
   function axis(fmtValue, size) {
     var grid = {stroke: css("--chart-grid"), width: 1};
     return [
-      {stroke: css("--chart-text"), grid: grid, ticks: {stroke: css("--chart-axis"), width: 1}, font: FONT},
+      {stroke: css("--chart-text"), grid: grid, ticks: {stroke: css("--chart-axis"), width: 1}, font: FONT,
+        values: timeTicks, space: 56},
       {stroke: css("--chart-text"), grid: grid, ticks: {stroke: css("--chart-axis"), width: 1}, font: FONT,
         size: size || 64, values: function (u, vals) { return vals.map(fmtValue); }}
     ];
@@ -84,7 +95,11 @@ var App = window.App || (window.App = {});
         width: Math.max(200, Math.floor(el.clientWidth)), height: height, series: series,
         axes: axis(fmtV, cur.axisSize), cursor: {points: {show: false}, drag: {x: false, y: false}},
         legend: {show: cur.legend !== false, live: true},
-        scales: {x: {time: true, range: function (u, min, max) { return [min, max + bucket]; }},
+        scales: {x: {time: true, range: function () {
+          // from the data itself: uPlot widens a single point's range on its own
+          var t = el._o.times;
+          return [t[0], t[t.length - 1] + bucket];
+        }},
           y: {range: function (u, min, max) { return [0, max > 0 ? max * 1.08 : 1]; }}}
       };
       el._u = new uPlot(opts, columns(cur), el);

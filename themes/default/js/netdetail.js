@@ -41,6 +41,12 @@ var App = window.App || (window.App = {});
       ((h.Ports || []).length > 4 ? " \u2026" : "");
   }
 
+  /* Today's times as a clock, older ones with the date. */
+  function seen(ft) {
+    var t = fmt.time(ft);
+    return t.slice(0, 10) === fmt.time(fmt.toFiletime(new Date())).slice(0, 10) ? t.slice(11, 19) : t.slice(5, 16);
+  }
+
   function show($el, g, S) {
     var pids = Object.keys(g.pids).map(function (k) { return g.pids[k]; });
     // The busiest PID first: the one "Capture this program" captures.
@@ -63,8 +69,8 @@ var App = window.App || (window.App = {});
       {title: "Ports", get: ports, cls: "mono", prio: 3},
       {title: "\u2193 In", get: function (h) { return h.BytesIn; }, text: function (h) { return fmt.bytes(h.BytesIn); }, cls: "num"},
       {title: "\u2191 Out", get: function (h) { return h.BytesOut; }, text: function (h) { return fmt.bytes(h.BytesOut); }, cls: "num"},
-      {title: "First seen", get: function (h) { return h.FirstSeen; }, text: function (h) { return fmt.time(h.FirstSeen).slice(5, 19); }, cls: "nowrap", prio: 2},
-      {title: "Last seen", get: function (h) { return h.LastSeen; }, text: function (h) { return fmt.time(h.LastSeen).slice(5, 19); }, cls: "nowrap"}
+      {title: "First seen", get: function (h) { return h.FirstSeen; }, text: function (h) { return seen(h.FirstSeen); }, cls: "nowrap", prio: 2},
+      {title: "Last seen", get: function (h) { return h.LastSeen; }, text: function (h) { return seen(h.LastSeen); }, cls: "nowrap"}
     ], {key: function (h) { return h.RemoteIp; }, empty: "Loading\u2026"});
     var conns = ui.table([
       {title: "Remote", get: function (c) { return c.Ip; }, text: function (c) { return fmt.endpoint(c.Ip, c.Port); }, cls: "mono"},
