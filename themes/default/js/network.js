@@ -37,7 +37,11 @@ var App = window.App || (window.App = {});
       g.remotes = g.remotes.concat(p.TopRemotes || []);
       var spark = [p.Series.map(function (s) { return s.BytesIn; }), p.Series.map(function (s) { return s.BytesOut; })];
       g.spark = g.spark ? g.spark.map(function (a, d) { return a.map(function (v, i) { return v + (spark[d][i] || 0); }); }) : spark;
-      if (!p.Processes) { var q = g.pids[p.ProcessId]; q.rateIn = p.BytesInPerSec; q.rateOut = p.BytesOutPerSec; }
+      var own = pidsOf(p);
+      if (own.length === 1) {  // one process (group=process): its own rate
+        var q = g.pids[own[0].ProcessId];
+        q.rateIn = (q.rateIn || 0) + p.BytesInPerSec; q.rateOut = (q.rateOut || 0) + p.BytesOutPerSec;
+      }
     });
     ((S.hist && S.hist.Programs) || []).forEach(function (p) {
       if (!(p.BytesIn + p.BytesOut)) return;
@@ -94,7 +98,8 @@ var App = window.App || (window.App = {});
     $tbody.empty();
     list.forEach(function (g) {
       var open = !!S.open[g.key], pids = Object.keys(g.pids).map(function (k) { return g.pids[k]; });
-      var $tr = ui.el("tr", "clickable prog").attr({"data-key": g.key, "data-pids": pids.map(function (q) { return q.Pid; }).join(" ")}).toggleClass("selected", S.selected === g.key);
+      var $tr = ui.el("tr", "clickable prog").attr({"data-key": g.key, "data-pids": pids.map(function (q) { return q.Pid; }).join(" "),
+        "data-active-pids": pids.filter(function (q) { return q.rateIn + q.rateOut > 0; }).map(function (q) { return q.Pid; }).join(" ")}).toggleClass("selected", S.selected === g.key);
       var $name = ui.el("td", "name").attr("title", g.path || g.name).append(
         ui.el("button", "fold small", open ? "\u25be" : "\u25b8").attr({type: "button", title: "PIDs", "aria-expanded": open})
           .on("click", function () { S.open[g.key] = !open; draw(); }),
