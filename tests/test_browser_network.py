@@ -137,7 +137,8 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
         "() => Number(document.querySelector('#view-network .netchart').dataset.programs) >= 2")
     legend = page.locator("#view-network .netchart .u-legend .u-series:not(:first-child) .u-label")
     labels = legend.all_inner_texts()
-    assert "curl" in labels and any(x.startswith("python") for x in labels), labels
+    assert any(x.startswith("curl") for x in labels), labels
+    assert any(x.startswith("python") for x in labels), labels
     assert page.locator("#view-network .netchart").get_attribute("data-bucket") == "1"
     # hover values: the cursor over the chart fills the legend with that column's values
     box = page.locator("#view-network .netchart .u-over").bounding_box()
@@ -244,16 +245,22 @@ def test_usage_switch(page, site):
     """Last: it stops and restarts the module server's recorder."""
     page.goto(site.url + "/#/network")
     switch = page.locator("#view-network input[name=usage_enabled]")
-    switch.wait_for()
-    assert switch.is_checked()
+    note = page.locator("#view-network .usageoff")
+    page.wait_for_selector("#view-network tr.prog")
+    assert switch.is_checked() and note.is_hidden()
     switch.uncheck()
-    page.wait_for_selector("#view-network .usageoff:not([hidden])")
-    assert site.server.ok("settings_get_by_key", key_name="usage_enabled") in ("0", 0)
-    wait_for(lambda: not site.server.ok("usage_now")["Enabled"], 10, what="the recorder stops")
+    page.wait_for_selector("#view-network .usageoff:not([hidden]):has-text('is off')")
+    assert site.server.ok("settings_get_by_key", key_name="usage_enabled") == "0"
+    wait_for(lambda: not site.server.ok("usage_now")["Enabled"], 15, what="the recorder stops")
+    page.wait_for_timeout(1500)  # the page's next usage_now: still off, the switch stays off
+    assert not switch.is_checked() and "is off" in note.inner_text()
+    shot(page, site, "network_usage_off")
     switch.check()
-    page.wait_for_selector("#view-network .usageoff", state="hidden")
+    wait_for(lambda: site.server.ok("settings_get_by_key", key_name="usage_enabled") == "1", 10,
+             what="the setting")
     t0 = time.monotonic()
-    # the service first finishes stopping the old recorder (its last flush), then starts
+    # the service finishes stopping the old recorder (its last flush), then starts one
     wait_for(lambda: site.server.ok("usage_now")["Enabled"], 40, what="the recorder starts")
     print(f"usage recorder back on after {time.monotonic() - t0:.1f} s")
-    time.sleep(1.5)
+    page.wait_for_selector("#view-network .usageoff", state="hidden")
+    assert switch.is_checked()

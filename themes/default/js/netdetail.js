@@ -37,8 +37,8 @@ var App = window.App || (window.App = {});
   }
 
   function ports(h) {
-    return (h.Ports || []).slice(0, 4).map(function (p) { return p.Port + "/" + fmt.proto(p.Protocol).toLowerCase(); }).join(" ") +
-      ((h.Ports || []).length > 4 ? " \u2026" : "");
+    return (h.Ports || []).slice(0, 3).map(function (p) { return p.Port + "/" + fmt.proto(p.Protocol).toLowerCase(); }).join(" ") +
+      ((h.Ports || []).length > 3 ? " \u2026" : "");
   }
 
   /* Today's times as a clock, older ones with the date. */
@@ -58,8 +58,9 @@ var App = window.App || (window.App = {});
       $tools.append(ui.button("Capture this program", "primary rec", function () { capture(live[0].Pid, g.name); })
         .attr("title", "Start a process capture of pid " + live[0].Pid));
     }
-    $tools.append(ui.el("span", "muted", pids.length > 1 ? pids.length + " processes: pid " +
-      pids.map(function (q) { return q.Pid; }).join(", ") : live.length ? "pid " + live[0].Pid : ""));
+    var shown = pids.slice(0, 8).map(function (q) { return q.Pid; }).join(", ") + (pids.length > 8 ? ", \u2026" : "");
+    $tools.append(ui.el("span", "muted", pids.length > 1 ? pids.length + " processes: pid " + shown
+      : live.length ? "pid " + live[0].Pid : ""));
     var hosts = ui.table([
       {title: "Host", get: function (h) { return h.Hostname || h.RemoteIp; }, render: function (h) {
         return ui.el("span", "").append(ui.el("span", "", h.Hostname || h.RemoteIp),

@@ -11,7 +11,7 @@ var App = window.App || (window.App = {});
   var RANGES = [["5m", "5 min"], ["1h", "1 hour"], ["24h", "24 hours"], ["7d", "7 days"], ["30d", "30 days"]];
   var TOP = 8;
   var S = {range: "5m", now: null, hist: null, sort: "rate", dir: -1, open: {}, selected: null,
-    sparks: {}, timer: null, histTimer: null, visible: false, enabled: null};
+    sparks: {}, timer: null, histTimer: null, visible: false, enabled: null, setting: null};
   var $panel, $switch, $state, $chart, $chartTitle, $tbody, $head, $detail, $ranges;
 
   function rate(n) { return fmt.bytes(Math.round(n)) + "/s"; }
@@ -131,7 +131,7 @@ var App = window.App || (window.App = {});
     });
     Object.keys(S.sparks).forEach(function (k) { if (!S.sparks[k].seen) delete S.sparks[k]; });
     if (!list.length) $tbody.append(ui.el("tr", "empty").append(ui.el("td", "",
-      S.enabled === false ? "Usage accounting is off." : "No program has used the network yet.").attr("colspan", 7)));
+      S.setting === false ? "Usage accounting is off." : "No program has used the network yet.").attr("colspan", 7)));
   }
 
   /* The stacked chart: the range's top programs (by bytes) and the rest, in bytes/s. */
@@ -143,7 +143,7 @@ var App = window.App || (window.App = {});
     for (var t = t0; t < t1 && times.length < 5000; t += bucket) { index[t] = times.length; times.push(t); }
     var progs = {};
     (h.Programs || []).forEach(function (p) {
-      var k = keyOf(p), g = progs[k] || (progs[k] = {label: p.Name || "<unknown>", bytes: 0, values: times.map(function () { return 0; })});
+      var k = keyOf(p), g = progs[k] || (progs[k] = {label: p.Name || "<unknown>", path: p.Path || "", bytes: 0, values: times.map(function () { return 0; })});
       g.bytes += p.BytesIn + p.BytesOut;
       p.Series.forEach(function (s) {
         var i = index[Math.floor(unix(s.Time) / bucket) * bucket];
@@ -152,6 +152,12 @@ var App = window.App || (window.App = {});
     });
     var list = Object.keys(progs).map(function (k) { return progs[k]; }).filter(function (g) { return g.bytes > 0; })
       .sort(function (a, b) { return b.bytes - a.bytes; });
+    // Two executables with one name (e.g. two curls): the folder tells them apart.
+    var seen = {};
+    list.forEach(function (g) { seen[g.label] = (seen[g.label] || 0) + 1; });
+    list.forEach(function (g) {
+      if (seen[g.label] > 1 && g.path) g.label += " (" + g.path.split("/").slice(-2, -1)[0] + ")";
+    });
     var series = list.slice(0, TOP);
     if (list.length > TOP) {
       var rest = {label: (list.length - TOP) + " others", color: "#9aa3ae", values: times.map(function () { return 0; })};
@@ -184,10 +190,21 @@ var App = window.App || (window.App = {});
     });
   }
 
-  function setEnabled(on) {
-    S.enabled = on;
+  /* The switch shows the setting; the notice says whether the recorder runs (it starts or
+   * stops within a few seconds of the setting, and may fail to start: the server logs why). */
+  function setEnabled(running) {
+    S.enabled = running;
+    var $note = $panel.find(".usageoff");
+    if (running || S.setting === null) return $note.prop("hidden", true);
+    $note.prop("hidden", false).toggleClass("starting", S.setting).text(S.setting
+      ? "Usage accounting is on but not counting yet (the recorder is starting; if this stays, the server log says why)."
+      : "Usage accounting is off: nothing is being counted. Turn it on to see which programs use the network; " +
+        "what was counted before stays below.");
+  }
+  function setSetting(on) {
+    S.setting = on;
     $switch.find("input").prop("checked", on);
-    $panel.find(".usageoff").prop("hidden", on);
+    setEnabled(S.enabled);
   }
 
   function init($p) {
@@ -203,9 +220,9 @@ var App = window.App || (window.App = {});
       var on = this.checked;
       api("settings_set", {key_name: "usage_enabled", value: on ? "1" : "0"}).then(function () {
         ui.toast(on ? "Usage accounting on" : "Usage accounting off");
-        setEnabled(on);
+        setSetting(on);
         draw();
-      }, function (r) { App.fail(r); setEnabled(!on); });
+      }, function (r) { App.fail(r); setSetting(!on); });
     });
     $state = ui.el("span", "muted");
     $chartTitle = ui.el("h3", "", "Bandwidth per program");
@@ -213,8 +230,7 @@ var App = window.App || (window.App = {});
     $head = ui.el("thead"); $tbody = ui.el("tbody");
     $detail = ui.el("div", "panel netdetail").append(ui.el("p", "help", "Click a program to see the hosts it talked to."));
     $p.append(ui.section("Network", [$ranges, $switch]).append(
-      ui.el("p", "usageoff notice", "Usage accounting is off: nothing is being counted. Turn it on to see which " +
-        "programs use the network; what was counted before stays below.").prop("hidden", true),
+      ui.el("p", "usageoff notice").prop("hidden", true),
       ui.el("div", "chartbox netbox").append($chartTitle, $chart), ui.el("div", "toolbar compact").append($state)),
       ui.el("div", "cols netcols").append(
         ui.el("div", "panel").append(ui.el("div", "scroll").append(ui.el("table", "grid nettable").append($head, $tbody))),
@@ -226,6 +242,7 @@ var App = window.App || (window.App = {});
     title: "Network", init: init,
     show: function () {
       S.visible = true;
+      api("settings_get_by_key", {key_name: "usage_enabled"}).then(function (v) { setSetting(v === "1" || v === 1); }, App.fail);
       loadNow(); loadHist();
       clearInterval(S.timer);
       S.timer = setInterval(function () { if (!document.hidden) loadNow(); }, 1000);
