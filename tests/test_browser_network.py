@@ -145,6 +145,15 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     page.mouse.move(box["x"] + box["width"] * 0.97, box["y"] + box["height"] * 0.5)
     values = page.locator("#view-network .netchart .u-legend .u-series .u-value").all_inner_texts()
     assert any(v.endswith("/s") for v in values), values
+    # the range buttons: the bucket follows the range, this minute's traffic is in every one
+    chart = page.locator("#view-network .netchart")
+    for rng, bucket in (("1h", 60), ("24h", 3600), ("7d", 3600), ("30d", 86400), ("5m", 1)):
+        page.click(f"#view-network button[data-range='{rng}']")
+        page.wait_for_function(
+            "b => document.querySelector('#view-network .netchart').dataset.bucket === b",
+            arg=str(bucket))
+        assert chart.locator(".uplot").count() == 1, rng
+        assert page.locator("#view-network th[data-col=total]").inner_text() == f"Total ({rng})"
     # sortable: by name
     page.click("#view-network th[data-col=name]")
     names = page.locator("#view-network tr.prog td.name .unknown, #view-network tr.prog td.name "
