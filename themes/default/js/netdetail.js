@@ -37,8 +37,8 @@ var App = window.App || (window.App = {});
   }
 
   function ports(h) {
-    return (h.Ports || []).slice(0, 3).map(function (p) { return p.Port + "/" + fmt.proto(p.Protocol).toLowerCase(); }).join(" ") +
-      ((h.Ports || []).length > 3 ? " \u2026" : "");
+    return (h.Ports || []).slice(0, 12).map(function (p) { return p.Port + "/" + fmt.proto(p.Protocol).toLowerCase(); }).join(" ") +
+      ((h.Ports || []).length > 12 ? " \u2026" : "");
   }
 
   /* Today's times as a clock, older ones with the date. */
@@ -63,11 +63,10 @@ var App = window.App || (window.App = {});
       : live.length ? "pid " + live[0].Pid : ""));
     var hosts = ui.table([
       {title: "Host", get: function (h) { return h.Hostname || h.RemoteIp; }, render: function (h) {
-        return ui.el("span", "").append(ui.el("span", "", h.Hostname || h.RemoteIp),
+        return ui.el("span", "").attr("title", "ports " + ports(h)).append(ui.el("span", "", h.Hostname || h.RemoteIp),
           h.Hostname ? ui.el("span", "muted mono", " " + h.RemoteIp) : $());
       }},
-      {title: "Country", get: function (h) { return h.Country || ""; }},
-      {title: "Ports", get: ports, cls: "mono", prio: 3},
+      {title: "Country", get: function (h) { return h.Country || ""; }, cls: "c-country"},
       {title: "\u2193 In", get: function (h) { return h.BytesIn; }, text: function (h) { return fmt.bytes(h.BytesIn); }, cls: "num"},
       {title: "\u2191 Out", get: function (h) { return h.BytesOut; }, text: function (h) { return fmt.bytes(h.BytesOut); }, cls: "num"},
       {title: "First seen", get: function (h) { return h.FirstSeen; }, text: function (h) { return seen(h.FirstSeen); }, cls: "nowrap", prio: 2},
@@ -89,7 +88,7 @@ var App = window.App || (window.App = {});
       return api("usage_by_remote", {process_id: id, relative_time: S.range, limit: LIMIT});
     })).then(function () {
       var list = merge(Array.prototype.slice.call(arguments, 0, ids.length));
-      hosts.set(list);
+      hosts.set(list).toggleClass("nocountry", !list.some(function (h) { return h.Country; }));
       if (!list.length) hosts.find("tr.empty td").text("No remote host in this range.");
     }, function (r) { hosts.find("tr.empty td").text(r.ReturnValue); });
   }
