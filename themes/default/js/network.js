@@ -171,22 +171,33 @@ var App = window.App || (window.App = {});
       fmt: rate, height: 210, axisSize: 74, empty: "No traffic in this range."});
   }
 
+  /* Once a second, one request at a time; an error is shown once, not every second. */
   function loadNow() {
-    return api("usage_now", {seconds: 3, group: "process"}).then(function (r) {
+    if (S.nowBusy) return;
+    S.nowBusy = true;
+    api("usage_now", {seconds: 3, group: "process"}).then(function (r) {
       S.now = r;
+      S.nowFailed = false;
       setEnabled(r.Enabled);
       $state.text(r.Enabled ? (r.Dropped ? fmt.num(r.Dropped) + " packets dropped by libpcap" : "") : "");
       draw();
-    }, function (r) { clearInterval(S.timer); App.fail(r); });
+    }, function (r) {
+      if (!S.nowFailed) App.fail(r);
+      S.nowFailed = true;
+    }).always(function () { S.nowBusy = false; });
   }
   function loadHist() {
     clearTimeout(S.histTimer);
+    // Only the newest request draws and re-arms the timer: a slow answer for the range
+    // before a click must not replace the new one's chart, nor start a second poll.
+    var seq = S.histSeq = (S.histSeq || 0) + 1;
     return api("usage_by_process", {relative_time: S.range, group: "process"}).then(function (r) {
+      if (seq !== S.histSeq) return;
       S.hist = r;
       drawChart();
       draw();
-    }, App.fail).always(function () {
-      if (S.visible) S.histTimer = setTimeout(loadHist, S.range === "5m" ? 5000 : 30000);
+    }, function (r) { if (seq === S.histSeq) App.fail(r); }).always(function () {
+      if (S.visible && seq === S.histSeq) S.histTimer = setTimeout(loadHist, S.range === "5m" ? 5000 : 30000);
     });
   }
 
