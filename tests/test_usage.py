@@ -40,9 +40,26 @@ def web(tmp_path):
     proc.wait()
 
 
+# the same download that keeps its socket open while it lingers: for the tests about what
+# happens after counting (restarts, kill -9), not about naming a connection in time
+HOLDING = ("import socket, sys, time\n"
+           "c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=30)\n"
+           "c.sendall(b'GET /body.bin HTTP/1.0\\r\\n\\r\\n')\n"
+           "data = b''\n"
+           "while chunk := c.recv(1 << 16):\n"
+           "    data += chunk\n"
+           "print(len(data.split(b'\\r\\n\\r\\n', 1)[1]), flush=True)\n"
+           "time.sleep(float(sys.argv[2]))\n")
+
+
 def download(port: int, linger: float = 0.0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CLIENT, f"http://127.0.0.1:{port}/body.bin",
                              str(linger)], stdout=subprocess.PIPE, text=True)
+
+
+def holding_download(port: int, linger: float = 1.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOLDING, str(port), str(linger)],
+                            stdout=subprocess.PIPE, text=True)
 
 
 def program(answer: dict, pid: int):
@@ -165,7 +182,7 @@ def test_kill_9_loses_at_most_the_current_minute(tmp_path, web):
     try:
         wait_for(lambda: now_of(server)["Enabled"], 15, what="the recorder")
         time.sleep(1.5)
-        client = download(web)
+        client = holding_download(web)
         assert int(client.stdout.readline()) == BODY
         client.wait(30)
         minute = time.time() // 60
