@@ -80,7 +80,7 @@ def test_capture_follow_inspect_export_search(page, tmp_path):
 
 def _walk_through(page, server, port, client_pid, tmp_path):
     page.goto(server.url + "/")
-    page.wait_for_selector("#nav a.active[data-view=processes]")
+    page.wait_for_selector("#nav a.active[data-view=network]")  # the landing page
     page.evaluate("window.__sameDocument = true")
 
     # File extraction on (Settings), so the capture below finds the HTTP bodies.
@@ -284,7 +284,8 @@ def test_login_and_logout(page, tmp_path):
         shot(page, "login")
         page.fill("#loginform [name=password]", "correct horse")
         page.click("#loginform button")
-        page.wait_for_selector("#nav a.active[data-view=processes]")
+        page.wait_for_selector("#nav a.active[data-view=network]")
+        page.click("#nav a[data-view=processes]")
         page.wait_for_selector("#view-processes tr[data-key]")
         assert "alice" in page.locator("#username").inner_text()
         # An upload with authentication on: the server reads none of its body before the
@@ -325,7 +326,7 @@ def test_login_and_logout(page, tmp_path):
         page.fill("#loginform [name=username]", "alice")
         page.fill("#loginform [name=password]", "correct horse")
         page.click("#loginform button")
-        page.wait_for_selector("#nav a.active[data-view=processes]")  # #/search fell back
+        page.wait_for_selector("#nav a.active[data-view=network]")  # #/search fell back
         assert page.locator("#nav a[data-view=search]").is_hidden()
         assert page.locator("#nav a[data-view=triggers]").is_hidden()
         page.click("#nav a[data-view=settings]")

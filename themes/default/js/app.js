@@ -10,7 +10,7 @@ var App = window.App || (window.App = {});
 
   // Optional actions being added to the server; sections needing a missing one are hidden.
   var OPTIONAL = ["search_list", "search_verify_filter", "trigger_list", "action_list",
-    "extract_query", "extract_file_list", "monitor_start"];
+    "extract_query", "extract_file_list", "monitor_start", "usage_now"];
 
   /* Navigate: App.go("capture", 5, "packets") → #/capture/5/packets */
   App.go = function () {
@@ -21,10 +21,11 @@ var App = window.App || (window.App = {});
   function route() {
     if (!started) return;
     var parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
-    var name = parts[0] || "processes";
+    var home = api.has("usage_now") ? "network" : "processes";  // the landing page
+    var name = parts[0] || home;
     var view = App.views[name];
     var $nav = $("#nav a[data-view='" + name + "']");
-    if (!view || $nav.hasClass("unavailable")) { name = "processes"; view = App.views[name]; parts = []; }
+    if (!view || $nav.hasClass("unavailable")) { name = home; view = App.views[name]; parts = []; }
     if (current && current !== view && current.hide) current.hide();
     $(".view").prop("hidden", true);
     var $panel = $("#view-" + name).prop("hidden", false);

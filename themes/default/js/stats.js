@@ -12,10 +12,14 @@ var App = window.App || (window.App = {});
 
   function card(k, v) { return ui.el("div", "statcard").append(ui.el("div", "v", v), ui.el("div", "k", k)); }
   function box(title, wide) {
-    var $c = $("<canvas>");
+    var $c = ui.el("div", "chart");
     var $b = ui.el("div", "chartbox" + (wide ? " wide" : "")).append(ui.el("h3", "", title), $c);
-    return {$b: $b, canvas: $c[0]};
+    return {$b: $b, $c: $c, el: $c[0]};
   }
+  var PER = {1: "second", 60: "minute", 3600: "hour", 86400: "day"};
+  function per(bucket) { return PER[bucket] || fmt.duration(bucket * 1e7); }
+  /* FILETIME → Unix seconds (uPlot's time axis). */
+  function unix(ft) { return ft / 1e7 - 11644473600; }
 
   /* Draw one STATSQUERY / STATSCAPTUREQUERY into $out. opts: {metric, onDrill(kind, value)} */
   function draw($out, s, opts) {
@@ -25,30 +29,24 @@ var App = window.App || (window.App = {});
       card("Packets", fmt.num(s.Packets)), card("Bytes", fmt.bytes(s.Bytes)),
       card("Connections", fmt.num(s.Connections)), card("From", s.FirstTime ? fmt.time(s.FirstTime).slice(0, 19) : "\u2014"),
       card("To", s.LastTime ? fmt.time(s.LastTime).slice(0, 19) : "\u2014"), card("Span", fmt.duration(dur) || "\u2014")));
-    var series = (s.Series || []).map(function (p) {
-      return {t: p.Time / 1e4 - 11644473600000, v: p[metric],
-        extra: metric === "Bytes" ? fmt.num(p.Packets) + " packets" : fmt.bytes(p.Bytes)};
-    });
-    var bucket = 0;
-    for (var i = 1; i < series.length; i++) {
-      var d = series[i].t - series[i - 1].t;
-      if (d > 0 && (!bucket || d < bucket)) bucket = d;
-    }
-    if (!bucket) bucket = dur > 0 ? dur / 1e4 : 60000;
-    var per = {1000: "second", 60000: "minute", 3600000: "hour", 86400000: "day"}[bucket] || fmt.duration(bucket * 1e4);
-    var time = box("Traffic over time (" + metric.toLowerCase() + " per " + per + ")", true);
+    var points = s.Series || [], bucket = s.BucketSeconds || 0;
+    for (var i = 1; !bucket && i < points.length; i++) bucket = (points[i].Time - points[i - 1].Time) / 1e7;
+    bucket = bucket || 60;
+    var time = box("Traffic over time (" + metric.toLowerCase() + " per " + per(bucket) + ")", true);
+    time.$b.attr("data-bucket", bucket);
     var protos = box("Protocols"), ips = box("Top IP addresses"), ports = box("Top ports");
     $out.append(ui.el("div", "charts").append(time.$b, protos.$b, ips.$b, ports.$b));
-    App.chart.timeColumns(time.canvas, series, {fmt: f, label: metric, bucket: bucket, height: 200});
-    App.chart.donut(protos.canvas, (s.Protocols || []).map(function (p) {
+    App.charts.timeBars(time.el, {times: points.map(function (p) { return unix(p.Time); }), bucket: bucket,
+      fmt: f, legend: true, height: 200, series: [{label: metric, values: points.map(function (p) { return p[metric]; })}]});
+    App.charts.share(protos.$c, (s.Protocols || []).map(function (p) {
       return {label: fmt.proto(p.Protocol), v: p[metric], key: p.Protocol};
-    }).sort(function (a, b) { return b.v - a.v; }), {fmt: f, onClick: opts.onDrill && function (it) { opts.onDrill("protocol", it.key); }});
-    App.chart.bars(ips.canvas, top(s.TopIps, metric).map(function (p) {
-      return {label: p.Ip, v: p[metric], key: p.Ip};
-    }), {fmt: f, color: "#3a78d4", onClick: opts.onDrill && function (it) { opts.onDrill("ip", it.key); }});
-    App.chart.bars(ports.canvas, top(s.TopPorts, metric).map(function (p) {
-      return {label: String(p.Port), v: p[metric], key: p.Port};
-    }), {fmt: f, color: "#3aa867", onClick: opts.onDrill && function (it) { opts.onDrill("port", it.key); }});
+    }).sort(function (a, b) { return b.v - a.v; }), {fmt: f, percent: true, onClick: opts.onDrill && function (it) { opts.onDrill("protocol", it.key); }});
+    App.charts.share(ips.$c, top(s.TopIps, metric).map(function (p) {
+      return {label: p.Ip, v: p[metric], key: p.Ip, color: App.charts.color(0)};
+    }), {fmt: f, onClick: opts.onDrill && function (it) { opts.onDrill("ip", it.key); }});
+    App.charts.share(ports.$c, top(s.TopPorts, metric).map(function (p) {
+      return {label: String(p.Port), v: p[metric], key: p.Port, color: App.charts.color(2)};
+    }), {fmt: f, onClick: opts.onDrill && function (it) { opts.onDrill("port", it.key); }});
     if (opts.onDrill) $out.append(ui.el("p", "help", "Click a protocol, IP or port to see its traffic alone."));
   }
 
@@ -102,8 +100,14 @@ var App = window.App || (window.App = {});
         }));
       }
       $out.empty().append(ui.el("p", "muted", "Loading statistics\u2026"));
+      var range = p;
       api(action, p).then(function (s) {
         draw($out, s, {metric: $metric.val(), onDrill: function (kind, value) { drill = {kind: kind, value: value}; load(); }});
+        if (!drill) {
+          var $procs = ui.el("div", "procsection");
+          $out.append($procs);
+          App.procStats.render($procs, range);
+        }
       }, function (r) { $out.empty().append(ui.el("p", "error", r.ReturnValue)); App.fail(r); });
     }
     $range.on("change", function () { $from.add($to).toggle(this.value === "custom"); load(); });
