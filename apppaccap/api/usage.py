@@ -121,6 +121,10 @@ def _range(start_dtg: int, end_dtg: int, relative_time: str) -> tuple[int, int]:
     return start, end
 
 
+# public for api/groupby.py until the api layer's shared relative_time parser lands
+time_range = _range
+
+
 def bucket_for(span_ns: int) -> int:
     """1 s up to 5 minutes, 1 min up to 6 hours, 1 h up to 7 days, then days."""
     if span_ns <= 5 * MINUTE:
