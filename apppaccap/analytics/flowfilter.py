@@ -120,7 +120,9 @@ def _ip_cond(c, get):
         ranges = [(c.values[0][0], c.values[0][1])]
     else:
         _refuse(c.field.name, f" with {c.op}")
-    inside = (lambda x: any(lo <= x <= hi for lo, hi in ranges))
+
+    def inside(x):
+        return any(lo <= x <= hi for lo, hi in ranges)
     if c.op in ("ne", "any_ne"):
         return lambda f: any(not inside(x) for x in get(f))
     if c.op == "all_eq":

@@ -41,29 +41,34 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     """Top-N table of traffic grouped by one key, with the rest in Other and everything in
     Total (rows + Other = Total, counter by counter).
 
+    Keys: process (ProcessId), program (the executable's path), ip (the local end's address),
+    remote_ip, port (the remote end's), protocol, country and hostname (of the remote end, as
+    IP resolution found them), conn (one connection).
     Answered from counters kept while writing, never by scanning packets: a capture's
     connection rows (each connection counted whole when it was active in the range: a row
     keeps its counters, not when each packet passed), or with capture_id 0 usage
     accounting's per-program counters (per second for the last 10 minutes, else per
     minute), where Connections counts distinct program × remote endpoint × protocol flows
     (usage accounting keeps no connection ids) and only process, program, remote_ip, port,
-    protocol, country and hostname are known. Rows are {Key, Name, Packets, Bytes,
+    protocol, country and hostname are known. The filter takes ip.addr, ipv6.addr, tcp.port,
+    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid and proc.id, tested
+    per connection; other fields are MALFORMED. Rows are {Key, Name, Packets, Bytes,
     Connections} (+ Series), ordered by `metric`; a flow counts in a direction's
     Connections when it carried packets that way. Series (series=1) has one point per
     bucket, {Time, Packets, Bytes}, the bucket following the range as in every stats
     answer (BucketSeconds); a capture's series come from the packet rows of the row's
     connections (times and lengths, through the connection index), usage series from its
     counters.
-    - group_by: process, program (executable), ip (the local end), remote_ip, port (the remote end's), protocol, country, hostname, conn
+    - group_by: process program ip remote_ip port protocol country hostname conn (see above)
     - capture_id: one capture; 0 = usage accounting (every program, all the time)
     - metric: bytes, packets or connections: what orders the rows
     - direction: in, out or both
     - top: rows to return, 1..1000 (default 10)
-    - filter: display filter restricted to what a connection row answers: ip.addr, ipv6.addr, tcp.port, udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid, proc.id
+    - filter: display filter, the fields a connection row answers (ip.addr, tcp.port, proc.name…)
     - series: 1 = a series per row
-    - start_dtg: start, UTC FILETIME; 0 = the capture's first packet (usage: an hour before end_dtg)
+    - start_dtg: start, UTC FILETIME; 0 = first packet (usage: an hour before end_dtg)
     - end_dtg: end, UTC FILETIME; 0 = the last packet (usage: now)
-    - relative_time: only the last interval, e.g. 30s, 15m, 2h, 7d (units s m h d w); not with start_dtg/end_dtg
+    - relative_time: the last interval instead of start/end: 30s, 15m, 2h, 7d (s m h d w)
     """
     if capture_id < 0:
         raise Malformed("capture_id: 0 (usage accounting) or a capture's id")
