@@ -232,7 +232,8 @@ CATALOG = [
         id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, type INTEGER NOT NULL,
         group_by TEXT NOT NULL DEFAULT '', metric TEXT NOT NULL DEFAULT '',
         direction TEXT NOT NULL DEFAULT 'both', threshold INTEGER NOT NULL DEFAULT 0,
-        win TEXT NOT NULL DEFAULT '', process_path TEXT NOT NULL DEFAULT '',
+        win TEXT NOT NULL DEFAULT '', win_seconds INTEGER NOT NULL DEFAULT 0,
+        process_path TEXT NOT NULL DEFAULT '',
         action_id INTEGER NOT NULL DEFAULT 0, every INTEGER NOT NULL DEFAULT 5,
         enabled INTEGER NOT NULL DEFAULT 1, fire_count INTEGER NOT NULL DEFAULT 0,
         last_fired INTEGER, created INTEGER NOT NULL);
