@@ -54,7 +54,7 @@ def event_object(row) -> dict:
 
 def _alert_type(text: str) -> AlertType:
     t = text.strip().upper().removeprefix("ALERT_TYPE_")
-    if t.isdigit() and int(t) in set(AlertType):
+    if t.isdigit() and len(t) < 4 and int(t) in set(AlertType):
         return AlertType(int(t))
     if t in AlertType.__members__:
         return AlertType[t]
