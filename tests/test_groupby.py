@@ -229,3 +229,38 @@ def test_empty_range_and_reset_count_no_connections(live_ajax, http_server):
     assert (empty["Packets"], empty["Connections"]) == (0, 0)
     whole = live_ajax.ok("stats_by_date", capture_id=cid, start_dtg=1)
     assert whole["Connections"] == 4
+
+
+def test_usage_accounting_group_by(live, live_ajax, http_server, tmp_path):
+    """capture_id 0: usage accounting's counters, grouped; a program we run shows with its
+    bytes (both directions), a series, and rows + Other = Total."""
+    import shutil
+    port, _ = http_server
+    from tests.helpers.live import wait_for
+    wait_for(lambda: live_ajax.ok("usage_now")["Enabled"], timeout=20, what="usage on")
+    program = str(tmp_path / "curl-groupby")
+    shutil.copy2(shutil.which("curl"), program)
+    for _ in range(3):
+        subprocess.run([program, "-s", "--limit-rate", "2k", "-o", "/dev/null",
+                        f"http://127.0.0.1:{port}/hello.txt"], check=True, timeout=30)
+
+    def ours():
+        a = live_ajax.ok("stats_group_by", group_by="program", relative_time="5m", series=1,
+                         top=1000)
+        return [r for r in a["Rows"] if r["Key"] == program] and a
+    answer = wait_for(ours, timeout=20, what="the program in usage accounting")
+    row = [r for r in answer["Rows"] if r["Key"] == program][0]
+    assert row["Name"] == "curl-groupby"
+    # three processes, one server endpoint each
+    assert row["Bytes"] >= 3 * 1200 and row["Connections"] == 3
+    assert answer["BucketSeconds"] == 1  # 5 minutes in the ring: second buckets
+    assert sum(p["Bytes"] for p in row["Series"]) == row["Bytes"]
+    narrowed = live_ajax.ok("stats_group_by", group_by="remote_ip", relative_time="5m",
+                            filter=f'proc.path == "{program}" and tcp.port == {port}')
+    assert [(r["Key"], r["Bytes"]) for r in narrowed["Rows"]] == [("127.0.0.1", row["Bytes"])]
+    out = live_ajax.ok("stats_group_by", group_by="port", relative_time="5m", direction="out",
+                       filter=f'proc.path == "{program}"')
+    assert out["Rows"][0]["Key"] == port and 0 < out["Total"]["Bytes"] < row["Bytes"]
+    top1 = live_ajax.ok("stats_group_by", group_by="program", relative_time="5m", top=1)
+    for c in ("Packets", "Bytes", "Connections"):
+        assert top1["Rows"][0][c] + top1["Other"][c] == top1["Total"][c]

@@ -28,7 +28,7 @@ DIRECTIONS = ("in", "out", "both")
 
 @dataclass(slots=True)
 class Flow:
-    """One connection (a capture) or one program × remote endpoint (usage accounting)."""
+    """One connection (a capture) or one process × remote endpoint (usage accounting)."""
 
     conn_id: int
     proto: int
@@ -211,7 +211,7 @@ def _ring_covers(rec, start: int) -> bool:
 
 
 def usage_flows(catalog, rec, start: int, end: int) -> tuple[list, int]:
-    """Flow records (program × remote endpoint × protocol) from usage accounting over the
+    """Flow records (process × remote endpoint × protocol) from usage accounting over the
     range, each with the time rows behind it; the unit of those rows (ns)."""
     rows, unit = usage_rows(catalog, rec, start, end)
     flows: dict = {}

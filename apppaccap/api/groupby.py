@@ -48,8 +48,8 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     connection rows (each connection counted whole when it was active in the range: a row
     keeps its counters, not when each packet passed), or with capture_id 0 usage
     accounting's per-program counters (per second for the last 10 minutes, else per
-    minute), where Connections counts distinct program × remote endpoint × protocol flows
-    (usage accounting keeps no connection ids) and only process, program, remote_ip, port,
+    minute), where Connections counts distinct process × remote endpoint × protocol (usage
+    accounting keeps no connection ids) and only process, program, remote_ip, port,
     protocol, country and hostname are known. The filter takes ip.addr, ipv6.addr, tcp.port,
     udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid and proc.id, tested
     per connection; other fields are MALFORMED. Rows are {Key, Name, Packets, Bytes,
