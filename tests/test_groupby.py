@@ -18,7 +18,9 @@ from tests.helpers.app import ingest
 
 FILES = ["wellformed/dns_udp_mixed.pcap", "wellformed/http_large_mixed_2k_packets.pcap",
          "wellformed/tls_three_sessions.pcap", "wellformed/rawip_mixed_v4v6.pcap",
-         "wellformed/smb2_readwrite.pcap", "wellformed/ftp_bigtransfer.pcap"]
+         "wellformed/smb2_readwrite.pcap", "wellformed/ftp_bigtransfer.pcap",
+         "wellformed/icmp_5_pings.pcap", "wellformed/linux_sll_tcp_dns.pcap",
+         "wellformed/pcapng_http_image.pcapng", "wellformed/http_vlan_download.pcap"]
 KEYS = ("process", "program", "ip", "remote_ip", "port", "protocol", "country", "hostname",
         "conn")
 _CONV = re.compile(r"^(\S+)\s+<->\s+(\S+)\s+(\d+) (\d+) (bytes|kB|MB)\s+(\d+) (\d+) "
@@ -49,11 +51,15 @@ def _conversations(path, proto: str) -> dict:
 
 
 def _endpoints(path) -> dict:
+    """address → (packets, bytes) of tshark -z endpoints,ip and endpoints,ipv6, TCP and
+    UDP only."""
     out = {}
-    for line in tshark.run(path, "-q", "-z", "endpoints,ip").splitlines():
-        parts = line.split()
-        if len(parts) == 7 and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", parts[0]):
-            out[parts[0]] = (int(parts[1]), int(parts[2]))
+    for table in ("ip", "ipv6"):
+        for line in tshark.run(path, "-q", "-z", f"endpoints,{table},tcp or udp").splitlines():
+            parts = line.split()
+            if len(parts) == 7 and parts[1].isdigit() and (
+                    re.fullmatch(r"\d+\.\d+\.\d+\.\d+", parts[0]) or ":" in parts[0]):
+                out[parts[0]] = (int(parts[1]), int(parts[2]))
     return out
 
 
@@ -99,14 +105,15 @@ def test_connections_agree_with_tshark_conv(ingested, rel):
             # tshark rounds bytes above 10 kB to kB (or MB)
             assert abs(got[key][1] - nbytes * unit) <= unit // 2 + (unit > 1) * unit, (key,
                                                                                      got[key])
-    assert ours[6] or ours[17]
+    assert ours[6] or ours[17] or "icmp" in rel
 
 
 @pytest.mark.parametrize("rel", FILES)
 def test_ip_rows_agree_with_tshark_endpoints(ingested, rel):
-    """A host's packets in tshark's endpoint table = its connections as the local end plus
-    those as the remote end (group_by ip + group_by remote_ip), for TCP and UDP files
-    (endpoints,ip counts every IPv4 packet; the files' IPv4 traffic is all in flows)."""
+    """A host's TCP and UDP packets in tshark's endpoint tables (endpoints,ip and ipv6)
+    = its connections as the local end plus those as the remote end (group_by ip +
+    group_by remote_ip). Connections are TCP and UDP flows: ICMP has none, so a file of
+    pings has no rows (its packets are in stats_by_id, not in a group-by)."""
     _, ajax, ids = ingested
     cid = ids[rel]
     want = _endpoints(corpus.path(rel))
@@ -120,6 +127,9 @@ def test_ip_rows_agree_with_tshark_endpoints(ingested, rel):
             got_bytes[r["Key"]] += r["Bytes"]
     for ip, (packets, nbytes) in want.items():
         assert (got[ip], got_bytes[ip]) == (packets, nbytes), ip
+    assert set(got) == set(want)
+    if "icmp" in rel:
+        assert not want and not got and ajax.ok("stats_by_id", capture_id=cid)["Packets"] > 0
 
 
 @pytest.mark.parametrize("rel", FILES)

@@ -39,7 +39,8 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
                    filter: str = "", series: bool = False, start_dtg: int = 0,
                    end_dtg: int = 0, relative_time: str = "") -> dict:
     """Top-N table of traffic grouped by one key, with the rest in Other and everything in
-    Total (rows + Other = Total, counter by counter).
+    Total (rows + Other = Total, counter by counter). Total is the traffic of TCP and UDP
+    flows: ICMP and non-IP frames have no connection rows (stats_by_id counts every packet).
 
     Keys: process (ProcessId), program (the executable's path), ip (the local end's address),
     remote_ip, port (the remote end's), protocol, country and hostname (of the remote end, as
