@@ -6,13 +6,16 @@ its placeholders. Plus the checks alert_add makes."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from apppaccap.analytics.alerts import ephemeral_ports
 from tests.helpers.live import wait_for
 from tests.helpers.ports import free_port
 from tests.helpers.server import Server
@@ -20,16 +23,33 @@ from tests.helpers.server import Server
 BIG = 3_000_000
 
 
+def service_port() -> int:
+    """A free loopback port below the kernel's client-port range, where services listen."""
+    lo, _hi = ephemeral_ports()
+    for _ in range(200):
+        port = random.randrange(20000, min(lo, 32000))
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 @pytest.fixture
 def web(tmp_path):
-    """Two `python3 -m http.server`s on loopback serving a small and a 3 MB file."""
+    """Three `python3 -m http.server`s on loopback serving a small and a 3 MB file: two on
+    service ports, one on a port of the client range (ip_local_port_range)."""
     root = tmp_path / "www"
     root.mkdir()
     (root / "small.txt").write_bytes(b"x" * 40_000)
     (root / "big.bin").write_bytes(os.urandom(BIG))
     procs, ports = [], []
-    for _ in range(2):
-        port = free_port()
+    lo, hi = ephemeral_ports()
+    for i in range(3):
+        port = service_port() if i < 2 else free_port()
+        assert i < 2 or lo <= port <= hi
         procs.append(subprocess.Popen([sys.executable, "-m", "http.server", str(port),
                                        "--bind", "127.0.0.1", "--directory", str(root)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
@@ -43,7 +63,6 @@ def web(tmp_path):
 
 
 def _listening(port: int) -> bool:
-    import socket
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
@@ -75,7 +94,7 @@ def _settle(seconds: float = 4.0) -> None:
 
 
 def test_alerts_fire_on_what_is_new_or_above_and_survive_a_restart(tmp_path, web):
-    port_a, port_b = web
+    port_a, port_b, port_client_range = web
     server = Server(tmp_path / "data", log_dir=tmp_path)
     try:
         wait_for(lambda: server.ok("usage_now")["Enabled"], timeout=20,
@@ -131,6 +150,12 @@ def test_alerts_fire_on_what_is_new_or_above_and_survive_a_restart(tmp_path, web
         assert _events(server, new_dest["AlertId"])[1]["RemotePort"] == port_b
         assert len([e for e in _events(server, new_prog["AlertId"])
                     if e["ProcessPath"] == first]) == 1
+
+        # a server on a client-range port: like an inbound connection's client, never a
+        # destination (ephemeral_ports)
+        _fetch(first, port_client_range)
+        _settle()
+        assert len(_events(server, new_dest["AlertId"])) == 2
 
         # 3 MB in: above the 1.5 MB threshold, once
         _fetch(first, port_a, "big.bin")

@@ -10,8 +10,10 @@ alerts watch it rather than a capture:
   news, so "new" means new since alerts began watching, across restarts;
 - each alert has its own job every `every` seconds (default 5): NEW_PROGRAM and
   NEW_DESTINATION turn the news since their last run into events (narrowed by
-  process_path); THRESHOLD runs the group-by (analytics/groupby.py) over its window and
-  raises an event for each row above the threshold, once until the row falls below.
+  process_path; a remote port in the kernel's client-port range is an inbound
+  connection's client, not a destination: see ephemeral_ports); THRESHOLD runs the
+  group-by (analytics/groupby.py) over its window and raises an event for each row above
+  the threshold, once until the row falls below.
 
 An event is stored (store/alerts.py) and, when the alert names an EXECUTE action, runs it
 as a COMMAND through the trigger machinery (triggers/runner.py) with the placeholders
@@ -67,6 +69,7 @@ class AlertEngine:
         self.known = {PROGRAM: set(), DESTINATION: set()}
         self.jobs: list[str] = []
         self.runner = ActionRunner(ctx)
+        self.ephemeral = ephemeral_ports()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,6 +157,8 @@ class AlertEngine:
                     "remote_port": port, "proto": proto, "time": second * SECOND}
             if prog not in self.known[PROGRAM] and prog not in fresh[PROGRAM]:
                 fresh[PROGRAM][prog] = fact
+            if proto in (6, 17) and self.ephemeral[0] <= port <= self.ephemeral[1]:
+                continue  # a client's port: the program answered, it did not go there
             dest = destination_key(prog, ip, port, proto)
             if dest not in self.known[DESTINATION] and dest not in fresh[DESTINATION]:
                 fresh[DESTINATION][dest] = fact
@@ -184,7 +189,8 @@ class AlertEngine:
             prog = program_key(name, path)
             if prog:
                 progs.add(prog)
-                dests.add(destination_key(prog, ip, port, proto))
+                if not (proto in (6, 17) and self.ephemeral[0] <= port <= self.ephemeral[1]):
+                    dests.add(destination_key(prog, ip, port, proto))
         when = now_ns()
         alert_table.add_known(self.ctx.catalog, PROGRAM, progs, when)
         alert_table.add_known(self.ctx.catalog, DESTINATION, dests, when)
@@ -279,6 +285,21 @@ class AlertEngine:
             self.ctx.jobs.submit("ACTION_EXECUTE", params, run)
         except AppError as err:
             log.warning("alert %s: action %s not run: %s", row["id"], action["id"], err.message)
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of client ports (ip_local_port_range; Linux's default elsewhere).
+
+    Usage accounting's remote end of a server's accepted connection is the client, on a
+    port from this range: such a flow is an inbound connection, not a destination the
+    program chose, and counting each as new would flood NEW_DESTINATION (and alert_known)
+    on every server. So destinations on these ports are not tracked."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+            lo, hi = (int(x) for x in fh.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _narrowed(want: str, path: str) -> bool:

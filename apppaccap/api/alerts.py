@@ -4,7 +4,8 @@ accounting, evaluated on the scheduler (analytics/alerts.py), stored in the cata
 Kinds (ALERT_TYPE_*): THRESHOLD, a stats_group_by row of usage accounting over a window
 above a value (e.g. a program sending more than 50 MB in 5 minutes); NEW_PROGRAM, a
 program uses the network for the first time; NEW_DESTINATION, a program reaches a remote
-address/port/protocol it never used before. ("First time" counts from when alerts began
+address/port/protocol it never used before (a remote port in the kernel's client-port
+range, ip_local_port_range, is an inbound connection's client and never counts). ("First time" counts from when alerts began
 watching: what usage accounting had counted before is known.) LABEL alerts need
 application labels, which this build has not.
 """
