@@ -96,8 +96,8 @@ def test_group_by_explorer(page, site):
     box = page.locator(".groupby")
     box.wait_for()
     source = box.locator("select[aria-label='group-by data']")
-    page.wait_for_function("document.querySelectorAll(\".groupby select[aria-label='group-by "
-                           "data'] option\").length > 1")
+    # polled from Python: wait_for_function evaluates a string, which the page's CSP refuses
+    wait_for(lambda: source.locator("option").count() > 1, what="the capture in the list")
     source.select_option(str(site.capture_id))
     box.locator("select[aria-label='range']").select_option("")
     box.locator("select[aria-label='group by']").select_option("conn")
@@ -111,10 +111,28 @@ def test_group_by_explorer(page, site):
     page.screenshot(path=os.path.join(ARTIFACTS, "groupby-explorer.png"))
     # usage accounting: keys it does not know are not offered
     source.select_option("0")
-    page.wait_for_function("document.querySelector(\".groupby option[value='conn']\").disabled")
+    wait_for(lambda: box.locator("option[value='conn']").is_disabled(), what="conn disabled")
     page.wait_for_selector(".groupby tbody tr")
     # a filter the counters cannot answer is explained, not a console error
     source.select_option(str(site.capture_id))
     box.locator("input[name=gbfilter]").fill("ip.src == 1.2.3.4")
     box.locator("input[name=gbfilter]").press("Enter")
     page.wait_for_selector("text=both ways")
+
+
+def test_narrow_window_does_not_scroll_sideways(browser, site):
+    """At 800x600 the Alerts page and the Statistics page with the explorer fit the width
+    (the header with its Alerts link and badge too)."""
+    ctx = browser.new_context(viewport={"width": 800, "height": 600})
+    pg = ctx.new_page()
+    pg.set_default_timeout(15_000)
+    console = Console(pg)
+    for view, ready in (("alerts", "#view-alerts .alertform"), ("stats", ".groupby tbody tr")):
+        pg.goto(site.url + "/#/" + view)
+        pg.wait_for_selector(ready)
+        pg.wait_for_timeout(400)
+        pg.screenshot(path=os.path.join(ARTIFACTS, f"{view}-800x600.png"))
+        sw, iw = pg.evaluate("() => [document.documentElement.scrollWidth, innerWidth]")
+        assert sw <= iw, (view, sw, iw)
+    console.assert_clean()
+    ctx.close()
