@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from apppaccap.errors import Malformed
+from apppaccap.store import usage as usage_table
 
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
@@ -229,10 +230,13 @@ def usage_flows(catalog, rec, start: int, end: int) -> tuple[list, int]:
         f.first, f.last = min(f.first, t), max(f.last, t + unit - 1)
         f.times.append((t, d, p, b))
     names = program_names(catalog, rec, {k[0] for k in flows})
-    facts = ip_facts(catalog, {k[1] for k in flows})
+    ips = {k[1] for k in flows}
+    facts = ip_facts(catalog, ips)
+    dns = usage_hostnames(catalog, rec, ips)
     for f in flows.values():
         f.pid, f.name, f.path = names.get(f.process_id, (0, "<unknown>", ""))
         f.hostname, f.country = facts.get(f.remote_ip, ("", ""))
+        f.hostname = dns.get(f.remote_ip) or f.hostname
     return list(flows.values()), unit
 
 
@@ -247,6 +251,16 @@ def program_names(catalog, rec, ids) -> dict:
             known[r[0]] = (r[1], r[2] or "", r[3] or "")
     known[0] = (0, "<unknown>", "")
     return known
+
+
+def usage_hostnames(catalog, rec, ips) -> dict:
+    """ip → hostname from the DNS answers usage accounting saw (memory, then catalog)."""
+    live = getattr(rec, "names", None) or {}
+    out = {ip: live[ip] for ip in ips if live.get(ip)}
+    missing = [ip for ip in ips if ip and ip not in out]
+    if missing:
+        out.update(usage_table.hostnames(catalog, missing))
+    return out
 
 
 def ip_facts(catalog, ips) -> dict:

@@ -5,9 +5,9 @@ Kinds (ALERT_TYPE_*): THRESHOLD, a stats_group_by row of usage accounting over a
 above a value (e.g. a program sending more than 50 MB in 5 minutes); NEW_PROGRAM, a
 program uses the network for the first time; NEW_DESTINATION, a program reaches a remote
 address/port/protocol it never used before (a remote port in the kernel's client-port
-range, ip_local_port_range, is an inbound connection's client and never counts). ("First time" counts from when alerts began
-watching: what usage accounting had counted before is known.) LABEL alerts need
-application labels, which this build has not.
+range, ip_local_port_range, is an inbound connection's client and never counts). "First
+time" counts from when alerts began watching: what usage accounting had counted before is
+known. LABEL alerts need application labels, which this build has not.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from apppaccap.analytics.groupby import check_group
 from apppaccap.analytics.groupby import check_metric
 from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
-from apppaccap.api.usage import time_range
+from apppaccap.api.timerange import relative_range
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
@@ -65,8 +65,10 @@ def _alert_type(text: str) -> AlertType:
 
 def _window(text: str) -> int:
     """The window's length in seconds (the relative_time forms: 30s, 5m, 2h, 7d)."""
+    if not text.strip():
+        raise Malformed("window: required for a THRESHOLD alert (30s, 5m, 2h, 1d)")
     try:
-        start, end = time_range(0, 0, text)
+        start, end = relative_range(text)
     except Malformed as err:
         raise Malformed("window: " + err.message.split(": ", 1)[1]) from None
     seconds = (end - start) // SECOND

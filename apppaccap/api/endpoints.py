@@ -19,3 +19,4 @@ from apppaccap.api import stats  # noqa: F401
 from apppaccap.api import system  # noqa: F401
 from apppaccap.api import triggers  # noqa: F401
 from apppaccap.api import usage  # noqa: F401
+from apppaccap.api import usage_remote  # noqa: F401

@@ -5,15 +5,15 @@ search_export, search_verify_filter, search_count — the filter language: docs/
 from __future__ import annotations
 
 import os
-import re
 
 from apppaccap.api.registry import endpoint
+from apppaccap.api.timerange import relative_problem
+from apppaccap.api.timerange import relative_range
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
-from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
 from apppaccap.ingest import export
 from apppaccap.ingest.search_export import write_results
@@ -30,8 +30,6 @@ from apppaccap.wire import CaptureState
 from apppaccap.wire import CommandState
 from apppaccap.wire import DataType
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
 _MAX_FILETIME = from_ns((1 << 63) - 1)  # packet times are signed 64-bit ns since 1970
 
 
@@ -60,16 +58,12 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
     start = to_ns_clamped(start_dtg) if start_dtg > 0 else None
     # the whole last tick: up to 99 ns after it
     end = min(to_ns_clamped(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None
-    if relative_time.strip():
-        m = _RELATIVE.fullmatch(relative_time.strip())
-        if m is None:
-            problems.append(f"relative_time: expected a number and a unit (s, m, h, d, w) "
-                            f"such as 15m, 2h or 1d, got {relative_time[:40]!r}")
-        elif start_dtg or end_dtg:
-            problems.append("relative_time: cannot be combined with start_dtg/end_dtg")
-        else:
-            ago = int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
-            start = max(now_ns() - ago, -(1 << 63))  # 999999999w: before every packet
+    problem = relative_problem(relative_time, start_dtg, end_dtg)
+    if problem:
+        problems.append(problem)
+    elif relative_time.strip():
+        # 999999999w: before every packet; the end stays open
+        start = relative_range(relative_time, floor=-(1 << 63))[0]
     if start_dtg > 0 and end_dtg > 0 and end_dtg < start_dtg:  # FILETIMEs: before clamping
         problems.append("end_dtg: must not be before start_dtg")
     if problems:
@@ -103,7 +97,7 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     - capture_id: search only this capture; 0 = every capture that is not active
     - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound
     - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
-    - relative_time: only the last interval, e.g. 15m, 2h, 1d (units s m h d w); not with start_dtg/end_dtg
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
     if capture_id < 0:
         raise NotFound(f"capture_id: no capture {capture_id}")
@@ -230,7 +224,7 @@ def search_count(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     - capture_id: count only this capture; 0 = every capture that is not active
     - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound
     - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
-    - relative_time: the last interval instead of start/end: 15m, 2h, 1d (s m h d w)
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
     if capture_id < 0:
         raise NotFound(f"capture_id: no capture {capture_id}")

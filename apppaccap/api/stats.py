@@ -12,6 +12,7 @@ from apppaccap.api.series import Window
 from apppaccap.api.series import bucket_for
 from apppaccap.api.series import bucketed
 from apppaccap.api.series import window
+from apppaccap.api.timerange import relative_range
 from apppaccap.errors import AppError
 from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
@@ -166,18 +167,25 @@ def stats_by_protocol(ctx, *, capture_id: int, protocol: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> dict:
+def stats_by_date(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0,
+                  relative_time: str = "") -> dict:
     """Statistics of a capture within a time range; the series' bucket follows the range.
     Connections counts the connections active within it (0 when it holds no packets).
 
     - capture_id: the capture
-    - start_dtg: start, UTC FILETIME
+    - start_dtg: start, UTC FILETIME (required unless relative_time is given)
     - end_dtg: end, UTC FILETIME; 0 = now
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
-    start = to_ns_clamped(start_dtg)
-    end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
-    if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
-        raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME)")
+    rel = relative_range(relative_time, start_dtg, end_dtg)
+    if rel is not None:
+        start, end = rel
+    else:
+        start = to_ns_clamped(start_dtg)
+        end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
+        if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
+            raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME), "
+                            "or relative_time")
     db = captures(ctx).db(capture_id)
     out = _query(db, AGG_ALL, "", start, end)
     # the connections active within the range (none when it holds no packets)
@@ -245,7 +253,8 @@ def stats_reset(ctx) -> int:
 
 
 @endpoint(DataType.JSON)
-def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0) -> dict:
+def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0,
+                     relative_time: str = "") -> dict:
     """Per-program traffic of one capture: packets and bytes in and out, most bytes first.
 
     Each program (ProcessId, Pid, Name, Path) has a Series whose bucket follows the range
@@ -256,13 +265,18 @@ def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int =
     - capture_id: the capture
     - start_dtg: start, UTC FILETIME; 0 = the first packet
     - end_dtg: end, UTC FILETIME; 0 = the last packet
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
+    rel = relative_range(relative_time, start_dtg, end_dtg)
     if start_dtg < 0 or end_dtg < 0 or (start_dtg and end_dtg and end_dtg < start_dtg):
         raise Malformed("start_dtg/end_dtg: need 0 <= start_dtg <= end_dtg (FILETIME; "
                         "0 = open)")
     db = captures(ctx).db(capture_id)
-    win = window(db, to_ns_clamped(start_dtg) if start_dtg else None,
-                 to_ns_clamped(end_dtg) if end_dtg else None)
+    if rel is not None:
+        win = window(db, *rel)
+    else:
+        win = window(db, to_ns_clamped(start_dtg) if start_dtg else None,
+                     to_ns_clamped(end_dtg) if end_dtg else None)
     out = {"Version": 1, "CaptureId": capture_id, **win.fields(), "Processes": []}
     if win.lo is None:
         return out

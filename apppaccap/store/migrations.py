@@ -223,7 +223,13 @@ CATALOG = [
         PRIMARY KEY (minute, process_id, remote_ip, remote_port, proto, dir));
     CREATE INDEX IF NOT EXISTS usage_minute_process ON usage_minute(process_id, minute)
     """,
-    # 10: when the system-wide statistics were last reset (rows: store/stats.py); alerts,
+    # 10: usage accounting, hostnames from the DNS answers seen (rows: store/usage.py)
+    """
+    CREATE TABLE IF NOT EXISTS usage_hostname (
+        ip TEXT PRIMARY KEY, name TEXT NOT NULL, minute INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS usage_hostname_minute ON usage_hostname(minute)
+    """,
+    # 11: when the system-wide statistics were last reset (rows: store/stats.py); alerts,
     # their events and what they have seen (rows: store/alerts.py)
     """
     CREATE TABLE IF NOT EXISTS stats_reset (

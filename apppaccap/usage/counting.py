@@ -16,7 +16,7 @@ import threading
 log = logging.getLogger(__name__)
 
 SNAPLEN = 128
-BUFFER_BYTES = 32 << 20  # as live captures: 8 MiB dropped packets of a busy lo (measured)
+BUFFER_BYTES = 16 << 20  # per adapter (was 32 MiB): drops, benchmarks/usage.py and README
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 # linktype → offset of the ethertype (None: the frame is IP itself), link header length
 LINKS = {1: (12, 14), 113: (14, 16), 276: (0, 20), 12: (None, 0), 101: (None, 0),
