@@ -17,6 +17,7 @@ from collections import OrderedDict
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.dissect.dns import dns_query_name
 from apppaccap.usage.counting import LINKS
+from apppaccap.usage.counting import close_handle
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,12 @@ class DnsNames:
                 log.info("usage: DNS answers on %s not read (%s)", name, exc)
                 continue
             stop = threading.Event()
-            t = threading.Thread(target=self._run, args=(h, name, stop),
+            t = threading.Thread(target=self._run, args=(h, stop),
                                  name=f"usage-dns:{name}", daemon=True)
             self._readers.append((h, t, stop))
             t.start()
 
-    def _run(self, handle, name: str, stop) -> None:
+    def _run(self, handle, stop) -> None:
         linktype = handle.datalink()
 
         def on_packet(_ts, pkt):
@@ -134,6 +135,12 @@ class DnsNames:
             if payload is not None:
                 self.learn(payload)
 
+        try:
+            self._loop(handle, on_packet, stop)
+        finally:
+            close_handle(handle)
+
+    def _loop(self, handle, on_packet, stop) -> None:
         fd = handle.fileno()
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.2)
@@ -146,15 +153,11 @@ class DnsNames:
                     break
                 stop.wait(1.0)
             except Exception:  # noqa: BLE001 - one odd answer must not stop naming
-                log.debug("usage: DNS answer on %s not understood", name, exc_info=True)
+                log.debug("usage: a DNS answer was not understood", exc_info=True)
 
     def stop(self) -> None:
         for _h, _t, stop in self._readers:
             stop.set()
-        for h, t, _stop in self._readers:
-            t.join(5)
-            try:
-                h.close()
-            except OSError:
-                pass
+        for _h, t, _stop in self._readers:
+            t.join(5)  # each reader closes its own handle (counting.py, Counter._run)
         self._readers.clear()

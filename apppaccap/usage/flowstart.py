@@ -14,6 +14,7 @@ import select
 import threading
 
 from apppaccap.dissect.decode import decode
+from apppaccap.usage.counting import close_handle
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,12 @@ class FlowStarts:
             if d.src is not None and d.proto == 6 and not d.fragment:
                 on_syn((6, d.src, d.sport, d.dst, d.dport))
 
+        try:
+            self._loop(handle, on_packet, stop)
+        finally:
+            close_handle(handle)
+
+    def _loop(self, handle, on_packet, stop) -> None:
         fd = handle.fileno()
         while not stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.2)
@@ -89,10 +96,6 @@ class FlowStarts:
     def stop(self) -> None:
         for _h, _t, stop in self._readers:
             stop.set()
-        for h, t, _stop in self._readers:
-            t.join(5)
-            try:
-                h.close()
-            except OSError:
-                pass
+        for _h, t, _stop in self._readers:
+            t.join(5)  # each reader closes its own handle (counting.py, Counter._run)
         self._readers.clear()
