@@ -89,7 +89,7 @@ def _fetch(program: str, port: int, what: str = "small.txt") -> None:
                     f"http://127.0.0.1:{port}/{what}"], check=True, timeout=30)
 
 
-def _until(fetch, cond, what: str, tries: int = 6):
+def _until(fetch, cond, what: str, tries: int = 10):
     """Fetch until `cond()` holds. Usage accounting may leave a flow unnamed on a loaded
     machine (it then counts as nobody's and alerts nothing): another fetch is another
     chance. What these tests check is what happens once a flow is named."""
