@@ -96,8 +96,9 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
         conn.executemany(
             "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"
             "remote_port,process_id,pid,tid,first_time,last_time,packets_out,bytes_out,"
-            "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", list(conns.values()))
+            "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid,app_proto,app,"
+            "category) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            list(conns.values()))
     conn.executemany(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
         "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"

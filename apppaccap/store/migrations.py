@@ -304,4 +304,11 @@ CAPTURE = [
     CREATE TABLE span (
         id INTEGER PRIMARY KEY CHECK (id = 0), first INTEGER NOT NULL, last INTEGER NOT NULL)
     """,
+    # 6: application labels from nDPI (capture/applabels.py): AppProtocol, App, Category;
+    # NULL where the connection was not labelled (no nDPI, or a capture written before)
+    """
+    ALTER TABLE connections ADD COLUMN app_proto TEXT;
+    ALTER TABLE connections ADD COLUMN app TEXT;
+    ALTER TABLE connections ADD COLUMN category TEXT;
+    """,
 ]
