@@ -7,6 +7,7 @@ from apppaccap.api import flush  # noqa: F401
 from apppaccap.api import follow  # noqa: F401
 from apppaccap.api import ingest_export  # noqa: F401
 from apppaccap.api import ips  # noqa: F401
+from apppaccap.api import labels  # noqa: F401
 from apppaccap.api import login  # noqa: F401
 from apppaccap.api import monitor  # noqa: F401
 from apppaccap.api import packets  # noqa: F401

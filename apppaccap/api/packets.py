@@ -11,6 +11,7 @@ from __future__ import annotations
 import psutil
 
 from apppaccap.api.captures import captures
+from apppaccap.api.labels import label_filter
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
 from apppaccap.errors import Malformed
@@ -121,21 +122,30 @@ def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int = 0,
-                        flags: int = 0, limit: int = 1000) -> dict:
-    """Packets of one connection.
+def capture_conn_stream(ctx, *, capture_id: int, conn_id: int = 0, last_id: int = 0,
+                        flags: int = 0, limit: int = 1000, label: str = "") -> dict:
+    """Packets of one connection, or of every connection with an application label.
 
     - capture_id: the capture
-    - conn_id: a ConnectionId of that capture
+    - conn_id: a ConnectionId of that capture; 0 = every connection carrying `label`
     - last_id: return packets with PacketId > last_id
     - flags: 1 adds the packet bytes
     - limit: page size, 1-10000
+    - label: only connections whose AppProtocol, App or Category is this (any case)
     """
     db = captures(ctx).db(capture_id)
-    if db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
+    cond, params = label_filter(label)
+    if not conn_id and not cond:
+        raise Malformed("conn_id: give a connection, a label, or both")
+    if conn_id and db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
         raise NotFound(f"conn_id: capture {capture_id} has no connection {conn_id}")
-    return _stream(db, capture_id, "AND p.conn_id = ?", (conn_id,), last_id, _page(limit),
-                   _flags(flags))
+    where, args = "", []
+    if conn_id:
+        where, args = "AND p.conn_id = ? ", [conn_id]
+    if cond:
+        where += f"AND p.conn_id IN (SELECT id FROM connections WHERE {cond})"
+        args += params
+    return _stream(db, capture_id, where, tuple(args), last_id, _page(limit), _flags(flags))
 
 
 @endpoint(DataType.JSON)
@@ -156,17 +166,21 @@ def capture_thread_stream(ctx, *, capture_id: int, pid: int, thread_id: int, las
 
 
 @endpoint(DataType.JSON)
-def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) -> list:
+def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000,
+                       label: str = "") -> list:
     """Connections of a capture (CONNECTION list) with ConnectionId > last_id.
 
     - capture_id: the capture
     - last_id: return connections with ConnectionId > last_id
     - limit: page size, 1-10000
+    - label: only connections whose AppProtocol, App or Category is this (any case)
     """
     db = captures(ctx).db(capture_id)
+    cond, params = label_filter(label, "c.")
     rows = db.read("SELECT c.*, p.name AS pname FROM connections c LEFT JOIN processes p "
-                   "ON p.process_id = c.process_id WHERE c.id > ? ORDER BY c.id LIMIT ?",
-                   (last_id, _page(limit)))
+                   "ON p.process_id = c.process_id WHERE c.id > ? "
+                   f"{'AND ' + cond if cond else ''} ORDER BY c.id LIMIT ?",
+                   (last_id, *params, _page(limit)))
     return [{
         "Version": 1, "ConnectionId": r["id"], "CaptureId": capture_id, "Protocol": r["proto"],
         "LocalIp": r["local_ip"], "LocalPort": r["local_port"], "RemoteIp": r["remote_ip"],
@@ -175,7 +189,8 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1
         "FirstTime": from_ns(r["first_time"]), "LastTime": from_ns(r["last_time"]),
         "PacketsOut": r["packets_out"], "BytesOut": r["bytes_out"], "PacketsIn": r["packets_in"],
         "BytesIn": r["bytes_in"], "State": r["state"], "Hostname": r["hostname"],
-        "PeerPid": r["peer_pid"],
+        "PeerPid": r["peer_pid"], "AppProtocol": r["app_proto"] or "", "App": r["app"] or "",
+        "Category": r["category"] or "",
     } for r in rows]
 
 

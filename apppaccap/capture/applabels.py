@@ -21,12 +21,30 @@ import ctypes
 import struct
 
 from apppaccap.dissect import ndpi
+from apppaccap.store.capturedb import NAME_AGENT
+from apppaccap.store.capturedb import NAME_DOMAIN
 
 MAX_PACKETS = 10        # packets of one flow nDPI sees at most (pure ACKs not counted)
 MAX_PENDING = 200_000   # flows in detection at once; beyond, new flows are given up at once
 # DpiState in _pcapscan.c: nDPI flow address, packets fed, master, app, category, done
 STATE = struct.Struct("=QIHHiI")
 _TCP, _SYN_FIN_RST = 6, 0x07
+_NAMED = ("HTTP", "TLS", "QUIC")  # AppProtocols whose flows name their server
+_NAME_MAX = 255
+
+
+def _learn(names: set, conn, info: dict) -> None:
+    """TLS SNI / HTTP Host name the server; the user agent belongs to the client. Which end
+    is which: the server's port is the lower one (nDPI's JSON does not say)."""
+    a, b = conn.local, conn.remote
+    client, server = (a[0], b[0]) if a[1] >= b[1] else (b[0], a[0])
+    http, tls = info.get("http") or {}, info.get("tls") or info.get("quic") or {}
+    host = http.get("hostname") or tls.get("client_requested_server_name")
+    if isinstance(host, str) and host:
+        names.add((server, NAME_DOMAIN, host[:_NAME_MAX]))
+    agent = http.get("user_agent")
+    if isinstance(agent, str) and agent:
+        names.add((client, NAME_AGENT, agent[:_NAME_MAX * 4]))
 
 
 class AppLabeller:
@@ -53,8 +71,9 @@ class AppLabeller:
         p = self.pending.get(conn.id)
         return p[1] if p is not None else None
 
-    def feed(self, conn, d, data, ts: int) -> None:
-        """One packet of `conn` (whose label is still None)."""
+    def feed(self, conn, d, data, ts: int, batch=None) -> None:
+        """One packet of `conn` (whose label is still None); names learned go to `batch`
+        (the Recorder's Batch)."""
         p = self.pending.get(conn.id)
         if p is None:
             if len(self.pending) >= MAX_PENDING:
@@ -78,27 +97,31 @@ class AppLabeller:
             done = done or fed >= MAX_PACKETS
         STATE.pack_into(st, 0, flow, fed, master, app, cat, done)
         if done:
-            self.complete(conn)
+            self.complete(conn, batch)
 
-    def complete(self, conn, dirty: dict | None = None) -> None:
+    def complete(self, conn, batch=None) -> None:
         """Settle a pending connection's label: what nDPI detected, else its give-up guess;
-        frees nDPI's flow (the state says done, so the scanner stops feeding it)."""
+        frees nDPI's flow (the state says done, so the scanner stops feeding it). With
+        `batch`, the connection is marked to be written and the names nDPI read (TLS SNI,
+        HTTP Host and user agent) are added to it."""
         _conn, st = self.pending.pop(conn.id)
         flow, fed, master, app, cat, _done = STATE.unpack(st)
         verdict = (master, app, cat) if master or app else self.det.giveup(flow)
         conn.app = self.det.names(*verdict)
+        if batch is not None:
+            batch.dirty[conn.id] = conn
+            if conn.app[0] in _NAMED:
+                _learn(batch.names, conn, self.det.details(flow, *verdict))
         self.det.free_flow(flow)
         STATE.pack_into(st, 0, 0, fed, master, app, cat, 1)
-        if dirty is not None:
-            dirty[conn.id] = conn
 
-    def settle(self, conns=None, dirty: dict | None = None) -> None:
+    def settle(self, conns=None, batch=None) -> None:
         """Give up on pending flows (all, or those of `conns`: ending or evicted ones) and
-        mark their connections in `dirty` so the label is written."""
+        mark their connections in `batch` so the label is written."""
         todo = [p[0] for p in self.pending.values()] if conns is None else \
             [c for c in conns if c.id in self.pending]
         for conn in todo:
-            self.complete(conn, dirty)
+            self.complete(conn, batch)
 
     def close(self) -> None:
         for _conn, st in self.pending.values():

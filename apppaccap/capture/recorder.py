@@ -15,6 +15,7 @@ from apppaccap.dissect.dns import dns_answers
 from apppaccap.errors import IOFailure
 from apppaccap.pcap.pcapng_writer import EPB_FLAGS
 from apppaccap.pcap.pcapng_writer import frame_epb
+from apppaccap.store.capturedb import NAME_DOMAIN
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.faults import io_failure
 from apppaccap.wire import Direction
@@ -61,7 +62,8 @@ class Batch:
     `procsec`.
     """
 
-    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec")
+    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec",
+                 "names")
 
     def __init__(self):
         self.rows: list = []              # packet rows
@@ -72,6 +74,7 @@ class Batch:
         self.threads: dict = {}           # (pid, tid, process id) -> packets
         self.flowsec: dict = {}           # (flow, second) -> [packets, bytes, first, last]
         self.procsec: dict = {}           # (process id, second, direction) -> [packets, bytes]
+        self.names: set = set()           # (ip, kind, name): capturedb.write_batch's names
 
 
 class Recorder:
@@ -185,7 +188,7 @@ class Recorder:
             elif not conn.state:
                 conn.state = "ACTIVE"
             if conn.app is None and self.labeller is not None:
-                self.labeller.feed(conn, d, data, ts)
+                self.labeller.feed(conn, d, data, ts, batch)
             batch.dirty[conn.id] = conn
             conn_id = conn.id
             fk = conn
@@ -249,6 +252,7 @@ class Recorder:
     def _learn_dns(self, payload: bytes) -> None:
         for name, ip in dns_answers(payload):
             self.hostnames[ip] = name
+            self.batch.names.add((ip, NAME_DOMAIN, name))
             for c in self.conns.values() if len(self.conns) < 5000 else ():
                 if c.remote[0] == ip and not c.hostname:
                     c.hostname = name
@@ -271,7 +275,7 @@ class Recorder:
             for (pid, tid, _process_id), n in batch.threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
             args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain,
-                    per_sec)
+                    per_sec, batch.names)
             if self.bulk is not None:
                 self.pending = self.bulk.submit_batch(args)
             else:
@@ -348,14 +352,14 @@ class Recorder:
         gone = [(k, c) for k, c in self.conns.items() if c.id not in self.batch.dirty and
                 (c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS)]
         if self.labeller is not None:  # their labels are final now (written next flush)
-            self.labeller.settle([c for _k, c in gone], self.batch.dirty)
+            self.labeller.settle([c for _k, c in gone], self.batch)
         for key, _c in gone:
             del self.conns[key]
 
     def finish_labels(self) -> None:
         """The end of the capture: pending flows get nDPI's give-up label; nDPI is freed."""
         if self.labeller is not None:
-            self.labeller.settle(None, self.batch.dirty)
+            self.labeller.settle(None, self.batch)
             self.labeller.close()
             self.labeller = None
 

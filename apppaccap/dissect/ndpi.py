@@ -16,6 +16,7 @@ value and its layout changed in later releases).
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import threading
 
@@ -34,6 +35,8 @@ class _Protocol(ctypes.Structure):
 
 
 _BITMASK_BYTES = 512 // 8    # NDPI_NUM_BITS / 8 (ndpi_define.h)
+_SERIALIZER_BYTES = 1024     # sizeof(ndpi_serializer) is ~100 bytes in 4.2: room to spare
+_JSON = 2                    # ndpi_serialization_format_json
 _reported: set = set()
 _init_lock = threading.Lock()  # ndpi_init_detection_module calls must not run in parallel
 _libs: dict = {}
@@ -73,6 +76,11 @@ def _load(name: str):
     lib.ndpi_get_proto_name.argtypes = [vp, u16]
     lib.ndpi_category_get_name.restype = ctypes.c_char_p
     lib.ndpi_category_get_name.argtypes = [vp, ctypes.c_int]
+    lib.ndpi_init_serializer.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.ndpi_term_serializer.argtypes = [ctypes.c_char_p]
+    lib.ndpi_dpi2json.argtypes = [vp, vp, _Protocol, ctypes.c_char_p]
+    lib.ndpi_serializer_get_buffer.restype = ctypes.POINTER(ctypes.c_char)
+    lib.ndpi_serializer_get_buffer.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint32)]
     _libs[name] = lib
     return lib
 
@@ -115,6 +123,26 @@ class Detector:
         guessed = ctypes.c_uint8(0)
         p = self.lib.ndpi_detection_giveup(self.mod, flow, 1, ctypes.byref(guessed))
         return p.master, p.app, p.category
+
+    def details(self, flow: int, master: int, app: int, category: int) -> dict:
+        """nDPI's own account of a flow (ndpi_dpi2json): host names it read (HTTP Host, TLS
+        SNI, the DNS query), the HTTP user agent... {} when it has none."""
+        ser = ctypes.create_string_buffer(_SERIALIZER_BYTES)
+        if self.lib.ndpi_init_serializer(ser, _JSON) != 0:
+            return {}
+        try:
+            if self.lib.ndpi_dpi2json(self.mod, flow, _Protocol(master, app, category), ser):
+                return {}
+            size = ctypes.c_uint32(0)
+            buf = self.lib.ndpi_serializer_get_buffer(ser, ctypes.byref(size))
+            text = ctypes.string_at(buf, size.value).decode("utf-8", "replace") if buf else ""
+        finally:
+            self.lib.ndpi_term_serializer(ser)
+        try:
+            out = json.loads(text)
+        except ValueError:
+            return {}
+        return out if isinstance(out, dict) else {}
 
     def free_flow(self, flow: int) -> None:
         self.lib.ndpi_free_flow(flow)

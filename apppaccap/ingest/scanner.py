@@ -118,7 +118,7 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
                 if entry is not None and len(entry) == 4:
                     flows[key] = entry[:3]
                     if entry[0].id in rec.labeller.pending:
-                        rec.labeller.complete(entry[0], rec.batch.dirty)
+                        rec.labeller.complete(entry[0], rec.batch)
                 continue
             if code == FULL:
                 rec.flush()
