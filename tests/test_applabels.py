@@ -223,3 +223,43 @@ def test_live_curl_is_http_and_a_loopback_dns_query_is_dns(live, live_ajax, http
     assert "labels-test/1.0" in agents["UserAgents"]
     assert "labels.example.test" in agents["Domains"]  # the DNS answer named 127.0.0.1
     assert os.geteuid() == 0
+
+
+@pytest.mark.browser
+def test_connections_tab_shows_labels_and_filters_by_them(browser, tmp_path):
+    """The default theme's Connections tab: a Labels column and a label filter."""
+    import shutil
+
+    from tests.helpers.browser import Console
+    from tests.helpers.server import Server
+
+    inn = tmp_path / "in"
+    inn.mkdir()
+    (tmp_path / "export").mkdir()
+    shutil.copy(corpus.path("wellformed/tls_three_sessions.pcap"), inn / "tls.pcap")
+    server = Server(tmp_path / "data", tmp_path / "export", "--ingest-root", inn,
+                    log_dir=tmp_path)
+    try:
+        cmd = server.ok("pcap_ingest_file", path=str(inn / "tls.pcap"))
+        cmd = wait_for(lambda: (lambda c: c if c["State"] >= 3 else None)(
+            server.ok("command_query", command_uid=cmd["CommandUid"])), 60, what="ingest")
+        cid = int(cmd["Result"])
+        ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+        page = ctx.new_page()
+        page.set_default_timeout(15_000)
+        page.console = Console(page)
+        page.goto(server.url + f"/#/capture/{cid}/conns")
+        rows = page.locator("#view-capture tr[data-key]")
+        rows.first.wait_for()
+        assert rows.count() == 3
+        assert page.locator("#view-capture tr[data-key]:has-text('TLS.Google')").count() == 2
+        page.select_option("#view-capture select[aria-label='label filter']", "google")
+        wait_for(lambda: rows.count() == 2, what="filtered rows")
+        page.select_option("#view-capture select[aria-label='label filter']", "web")
+        wait_for(lambda: rows.count() == 3, what="category")
+        page.select_option("#view-capture select[aria-label='label filter']", "")
+        wait_for(lambda: rows.count() == 3, what="all rows")
+        page.console.assert_clean()
+        ctx.close()
+    finally:
+        server.stop()

@@ -170,6 +170,11 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1
                        label: str = "") -> list:
     """Connections of a capture (CONNECTION list) with ConnectionId > last_id.
 
+    Each CONNECTION also carries nDPI's application labels (docs/LABELS.md): AppProtocol
+    (HTTP, TLS, DNS...; "Unknown" when nDPI could not tell), App (Google...; "" when it
+    named none) and Category (Web...); all three "" when the connection was recorded
+    without nDPI.
+
     - capture_id: the capture
     - last_id: return connections with ConnectionId > last_id
     - limit: page size, 1-10000
