@@ -85,6 +85,9 @@ class AppLabeller:
         st = p[1]
         flow, fed, master, app, cat, done = STATE.unpack(st)
         l3 = d.l3_off
+        if done:  # settled by the compiled scanner, not yet named: as if named then
+            self.complete(conn, batch)
+            return
         if l3 < 0:
             done = 1
         elif d.proto == _TCP and not d.payload_len and not d.tcp_flags & _SYN_FIN_RST:

@@ -22,7 +22,7 @@
 #define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
 #define MAX_CAPLEN (256u << 20)
 
-enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3, LABELLED = 4 };
+enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
 /* nDPI, reached through function pointers the caller hands over (capture/applabels.py
  * loads libndpi with ctypes): no build-time dependency on nDPI's headers or library.
@@ -34,7 +34,8 @@ typedef DpiProto (*dpi_process_fn)(void *, void *, const unsigned char *, unsign
 typedef uint8_t (*dpi_extra_fn)(void *, void *);
 typedef struct { uint64_t flow; uint32_t fed; uint16_t master, app; int32_t category;
                  uint32_t done; } DpiState;
-typedef struct { void *mod; dpi_process_fn process; dpi_extra_fn extra; uint32_t cap; } Dpi;
+typedef struct { void *mod; dpi_process_fn process; dpi_extra_fn extra; uint32_t cap;
+                 PyObject *settled; } Dpi;
 
 /* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqII"
  * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off,
@@ -269,14 +270,16 @@ typedef struct {
     Dpi dpi;  /* dpi.mod NULL: no labelling */
 } Sink;
 
-/* The flows argument's optional companion: (module, process, extra_possible, cap) as
- * integers (addresses), or None. Returns 0 or -1 (exception). */
+/* The flows argument's optional companion: (module, process, extra_possible, cap,
+ * settled) - addresses as integers, and a list the scanner appends the conn of each flow
+ * whose label it settled to - or None. Returns 0 or -1 (exception). */
 static int parse_dpi(PyObject *o, Dpi *d) {
     unsigned long long mod, proc, extra;
     unsigned int cap;
     memset(d, 0, sizeof(*d));
     if (o == NULL || o == Py_None) return 0;
-    if (!PyArg_ParseTuple(o, "KKKI", &mod, &proc, &extra, &cap)) return -1;
+    if (!PyArg_ParseTuple(o, "KKKIO!", &mod, &proc, &extra, &cap, &PyList_Type, &d->settled))
+        return -1;
     d->mod = (void *)(uintptr_t)mod;
     d->process = (dpi_process_fn)(uintptr_t)proc;
     d->extra = (dpi_extra_fn)(uintptr_t)extra;
@@ -286,8 +289,8 @@ static int parse_dpi(PyObject *o, Dpi *d) {
 }
 
 /* applabels.AppLabeller.feed, for a packet the scanner took: 1 when the flow's label is
- * settled (Python then names it and frees nDPI's flow), else 0. Pure ACKs teach nDPI
- * nothing and are not fed (nor counted). */
+ * settled by this packet (Python names it and frees nDPI's flow before the batch is
+ * written), else 0. Pure ACKs teach nDPI nothing and are not fed (nor counted). */
 static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigned char *data,
                     uint32_t caplen, long long ts) {
     DpiState *st;
@@ -315,9 +318,9 @@ static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigne
 
 enum { TAKEN = 0 };
 
-/* Record one packet as Recorder.add would, if the fast path takes it. Returns TAKEN,
- * SLOW, NEWFLOW (with *key, a new reference, and *src_is_a set), LABELLED (recorded, and
- * the flow's nDPI label is settled; *key set) or -1 (exception). */
+/* Record one packet as Recorder.add would, if the fast path takes it (and feed nDPI a
+ * flow still being labelled). Returns TAKEN, SLOW, NEWFLOW (with *key, a new reference,
+ * and *src_is_a set) or -1 (exception). */
 static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t origlen,
                   long long ts, uint32_t linktype, uint32_t iface, long long div,
                   PyObject **key, int *src_is_a) {
@@ -425,11 +428,9 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
-        dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts)) {
-        *key = flow_key(&f, src_is_a);   /* Python settles the label, then goes on */
-        if (*key == NULL) return -1;
-        return LABELLED;
-    }
+        dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) &&
+        PyList_Append(s->dpi.settled, conn) < 0)
+        return -1;
     return TAKEN;
 }
 
@@ -448,10 +449,10 @@ PyDoc_STRVAR(scan_doc,
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
-"its key and whether its source is the key's first endpoint), or (4, with its key)\n"
-"after the packet that settled a flow's nDPI label. flows: key -> (conn, a_is_local,\n"
-"conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap) addresses of\n"
-"libndpi's functions, or None; plain: bytearray of packed rows\n"
+"its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
+"a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
+"settled list) with the addresses of libndpi's functions, or None; plain: bytearray\n"
+"of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
 "EPB with ticks of div ns when div > 0.");
 
@@ -511,12 +512,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         ts = (long long)sec * NS + (long long)frac * unit;
         rc = record(&s, h + rhl, caplen, origlen, ts, linktype, 0, div, &key, &src_is_a);
         if (rc < 0) goto fail;
-        if (rc != TAKEN && rc != LABELLED) { code = rc; break; }
+        if (rc != TAKEN) { code = rc; break; }
         taken++;
         total += origlen;
         last_ts = ts;
         off += rhl + caplen;
-        if (rc == LABELLED) { code = rc; break; }
     }
     PyBuffer_Release(&view);
     return result(off, taken, total, code, key, src_is_a, last_ts);
@@ -635,12 +635,11 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
         rc = record(&s, b + 28, caplen, origlen, ts, fi->linktype, fi->gid, fi->epb_div,
                     &key, &src_is_a);
         if (rc < 0) goto fail;
-        if (rc != TAKEN && rc != LABELLED) { code = rc; break; }
+        if (rc != TAKEN) { code = rc; break; }
         taken++;
         total += origlen;
         last_ts = ts;
         off += blen;
-        if (rc == LABELLED) { code = rc; break; }
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&view);

@@ -35,7 +35,7 @@ else:
     if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
         scan = scan_pcapng = None
 
-FULL, END, SLOW, NEWFLOW, LABELLED = 0, 1, 2, 3, 4
+FULL, END, SLOW, NEWFLOW = 0, 1, 2, 3
 CLASSIC = ("pcap", "pcap-ns", "pcap-modified")  # CaptureReader.format of classic pcap
 ROW_SIZE = struct.calcsize(PLAIN_FORMAT)
 
@@ -58,7 +58,8 @@ class _Walk:
         self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id)
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
-        self.dpi = rec.labeller.c_args() if rec.labeller is not None else None
+        self.settled: list = []   # conns whose nDPI label the scanner settled
+        self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
@@ -89,6 +90,15 @@ class _Walk:
             reader.pcapng_advance(last_ts)
         return code, key, src_is_a
 
+    def settle(self):
+        """Name the flows whose label the scanner settled (before their batch is written)."""
+        if self.settled:
+            labeller = self.rec.labeller
+            for conn in self.settled:
+                if conn.id in labeller.pending:
+                    labeller.complete(conn, self.rec.batch)
+            self.settled.clear()
+
     def python_read(self):
         """After the reader read a record itself: the section may have changed (a new
         section header, or interfaces declared since)."""
@@ -112,15 +122,10 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
                 evicted = rec.evicted
             code, key, src_is_a = walk.run()
             if code == END:
+                walk.settle()
                 break
-            if code == LABELLED:  # nDPI is done with this flow: name it, stop feeding it
-                entry = flows.get(key)
-                if entry is not None and len(entry) == 4:
-                    flows[key] = entry[:3]
-                    if entry[0].id in rec.labeller.pending:
-                        rec.labeller.complete(entry[0], rec.batch)
-                continue
             if code == FULL:
+                walk.settle()
                 rec.flush()
                 if progress is not None and reader.size:
                     progress(100.0 * reader.bytes_done / reader.size)
