@@ -53,6 +53,7 @@ class Context:
     jobs: object = None      # jobs.Jobs (APScheduler), started by the server
     triggers: object = None  # triggers.watcher.TriggerWatcher, started by the server
     usage: object = None     # usage.service.UsageService, started by the server
+    alerts: object = None    # analytics.alerts.AlertEngine, started by the server
     # -- per request --------------------------------------------------------
     token: str | None = None
     user: str | None = None

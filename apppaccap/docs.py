@@ -29,7 +29,12 @@ def render() -> str:
              "1000, at most 10000); stream objects add `LastId` and `More`, the list-returning",
              "actions end with a page shorter than `limit`. The numeric constants (error codes,",
              "data types, capture types, states and flags, command states, flush bits) are served",
-             "by the `apppaccap` action under `Constants` and as `/constants.js`.", ""]
+             "by the `apppaccap` action under `Constants` and as `/constants.js`.", "",
+             "Time ranges: every action that takes `start_dtg`/`end_dtg` also takes",
+             "`relative_time`, a whole number and a unit - `s`, `m`, `h`, `d` or `w`, as in",
+             "`30s`, `15m`, `24h`, `7d` - meaning from that long before now up to now. It cannot",
+             "be combined with `start_dtg`/`end_dtg`; any other text is MALFORMED_REQUEST with a",
+             "message saying what is expected.", ""]
     lines += [f"- [`{n}`](#{n})" for n in sorted(REGISTRY.endpoints)]
     for name in sorted(REGISTRY.endpoints):
         act = REGISTRY.endpoints[name]

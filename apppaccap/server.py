@@ -8,6 +8,7 @@ import signal
 import stat
 import threading
 
+from apppaccap.analytics.alerts import AlertEngine
 from apppaccap.capture.manager import CaptureManager
 from apppaccap.jobs import Jobs
 from apppaccap.safefs.journal import remove_leftovers
@@ -68,11 +69,15 @@ def start_services(ctx) -> None:
     manager = ctx.captures
     ctx.usage = UsageService(ctx, lambda: manager.attribution)
     ctx.usage.start()
+    ctx.alerts = AlertEngine(ctx)  # watches usage accounting on the scheduler
+    ctx.alerts.start()
 
 
 def stop_services(ctx) -> None:
     if ctx.triggers is not None:  # first: no program may fire while captures stop
         ctx.triggers.stop()
+    if ctx.alerts is not None:  # no alert action may start while the rest stops
+        ctx.alerts.stop()
     if ctx.usage is not None:  # before the captures: it shares their Attribution
         ctx.usage.close()
     if ctx.captures is not None:

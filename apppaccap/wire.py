@@ -78,6 +78,15 @@ class ActionType(IntEnum):
     EXPORT = 2
 
 
+class AlertType(IntEnum):
+    """What an alert watches (api/alerts.py). 4 is kept for LABEL (a connection with a
+    given application label), which needs the labels this build does not have yet."""
+
+    THRESHOLD = 1        # a group-by row's metric over a window above a value
+    NEW_PROGRAM = 2      # a program uses the network for the first time
+    NEW_DESTINATION = 3  # a program reaches a remote address/port it never used before
+
+
 class CommandState(IntEnum):
     """A COMMAND's State; searches (SEARCHMETA) use the same states."""
 
@@ -116,7 +125,8 @@ class Direction(IntEnum):
 _PREFIXED = (("ERROR_SERVE_", ErrorCode), ("DATA_TYPE_", DataType),
              ("CAPTURE_FLAG_", CaptureFlag), ("CAPTURE_TYPE_", CaptureType),
              ("CAPTURE_STATE_", CaptureState), ("TRIGGER_TYPE_", TriggerType),
-             ("ACTION_TYPE_", ActionType), ("COMMAND_STATE_", CommandState),
+             ("ACTION_TYPE_", ActionType), ("ALERT_TYPE_", AlertType),
+             ("COMMAND_STATE_", CommandState),
              ("APC_FLUSH_", ApcFlush))
 
 

@@ -35,8 +35,8 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
-    """utime + stime of a process, and of its children still running (the attribution
-    fast path, started by any of its threads)."""
+    """utime + stime of a process, and of its children still running (e.g. the attribution
+    fast path a capture starts; usage accounting must not start one)."""
     children = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -147,11 +147,12 @@ def main() -> None:
     child = on["cpu"][1] / on["window"] - off["cpu"][1] / off["window"]
     print(f"sent {on['sent']} datagrams at {rate:,.0f} packets/s for {on['took']:.1f} s")
     print(f"service process: {on['cpu'][0] / on['window']:.1%} of a core with usage on, "
-          f"{off['cpu'][0] / off['window']:.1%} with it off; its attribution fast-path "
-          f"child: {on['cpu'][1] / on['window']:.1%} (not running while off)")
+          f"{off['cpu'][0] / off['window']:.1%} with it off; its child processes: "
+          f"{on['cpu'][1] / on['window']:.1%} on, {off['cpu'][1] / off['window']:.1%} off "
+          f"(usage accounting starts none)")
     per10k = (own + child) * 10000 / rate
-    print(f"recorder cost: {own:.1%} of one core in the service + {child:.1%} in the fast "
-          f"path = {per10k:.1%} per 10,000 packets/s (target < 10 %)")
+    print(f"recorder cost: {own:.1%} of one core in the service + {child:.1%} in children "
+          f"= {per10k:.1%} per 10,000 packets/s (target < 10 %)")
     if mine is None:
         print("accuracy: the sender was not found in usage_by_process")
         return

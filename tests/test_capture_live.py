@@ -226,6 +226,9 @@ def test_statistics_from_aggregates(live_ajax, http_server):
 def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax, http_server,
                                                                   tmp_path):
     port, _ = http_server
+    # usage accounting (on by default) watches the same flows: it must not change labels
+    wait_for(lambda: live.usage.recorder is not None, 15, what="usage accounting")
+    time.sleep(0.5)  # its adapters are open
     cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"tcp port {port}")
     curl = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{local_port}",
                            f"http://127.0.0.1:{port}/hello.txt"], check=True,

@@ -35,6 +35,9 @@ CATALOG_OWNERS = {
     "extracted_files": "store/extracted.py",
     "users": "store/users.py", "settings": "store/settings.py",
     "usage_minute": "store/usage.py",
+    "usage_hostname": "store/usage.py",
+    "stats_reset": "store/stats.py", "alerts": "store/alerts.py", "alert_events": "store/alerts.py",
+    "alert_known": "store/alerts.py",
     "sqlite_sequence": "store/migrations.py",  # ids never reused (migration 7)
 }
 CAPTURE_OWNERS = {

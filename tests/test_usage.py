@@ -49,17 +49,26 @@ def program(answer: dict, pid: int):
     return next((p for p in answer["Programs"] if p["Pid"] == pid), None)
 
 
+def now_of(server) -> dict:
+    """usage_now one entry per process (grouping by path folds every python3 together)."""
+    return server.ok("usage_now", group="process")
+
+
+def by_process(server, span: str) -> dict:
+    return server.ok("usage_by_process", relative_time=span, group="process")
+
+
 def test_download_counted_live_and_per_minute(tmp_path, web):
     server = Server(tmp_path / "data", log_dir=tmp_path)
     try:
-        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        wait_for(lambda: now_of(server)["Enabled"], 15, what="the recorder")
         time.sleep(1.5)  # its handles are open once it ticks
         dump = Tcpdump("lo", f"tcp port {web}", str(tmp_path / "oracle.pcap"))
         started = time.monotonic()
         client = download(web, linger=4)
         assert int(client.stdout.readline()) == BODY
         now = wait_for(lambda: (lambda p: p if p and p["BytesInPerSec"] > 0 else None)(
-            program(server.ok("usage_now"), client.pid)), 5, 0.1, "a live rate")
+            program(now_of(server), client.pid)), 5, 0.1, "a live rate")
         assert time.monotonic() - started < 3.0, "the rate showed after more than 3 s"
         assert now["Connections"] >= 1
         assert now["TopRemotes"][0]["Port"] == web
@@ -69,7 +78,7 @@ def test_download_counted_live_and_per_minute(tmp_path, web):
         wire = dump.stop()
         # the client's direction: packets from the server's port to the client
         on_wire = sum(length for _ts, length in wire)
-        got = program(server.ok("usage_by_process", relative_time="60s"), client.pid)
+        got = program(by_process(server, "60s"), client.pid)
         assert got is not None
         assert got["Series"] and server.ok("usage_by_process",
                                            relative_time="60s")["BucketSeconds"] == 1
@@ -83,10 +92,10 @@ def test_download_counted_live_and_per_minute(tmp_path, web):
         server.stop()  # SIGTERM: the current minute is written
     again = Server(tmp_path / "data", log_dir=tmp_path)
     try:
-        after = server_program = program(again.ok("usage_by_process", relative_time="15m"),
+        after = server_program = program(by_process(again, "15m"),
                                          client.pid)
         assert server_program is not None and after["ProcessId"] == process_id
-        assert again.ok("usage_by_process", relative_time="15m")["BucketSeconds"] == 60
+        assert by_process(again, "15m")["BucketSeconds"] == 60
         assert after["BytesIn"] == got["BytesIn"] and after["BytesOut"] == got["BytesOut"]
     finally:
         again.stop()
@@ -95,17 +104,17 @@ def test_download_counted_live_and_per_minute(tmp_path, web):
 def test_disabled_stops_counting(tmp_path, web):
     server = Server(tmp_path / "data", log_dir=tmp_path)
     try:
-        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        wait_for(lambda: now_of(server)["Enabled"], 15, what="the recorder")
         server.ok("settings_set", key_name="usage_enabled", value="0")
-        wait_for(lambda: not server.ok("usage_now")["Enabled"], 5, what="the recorder to stop")
+        wait_for(lambda: not now_of(server)["Enabled"], 5, what="the recorder to stop")
         client = download(web)
         assert int(client.stdout.readline()) == BODY
         client.wait(30)
         time.sleep(2)
-        assert server.ok("usage_now")["Programs"] == []
-        assert program(server.ok("usage_by_process", relative_time="5m"), client.pid) is None
+        assert now_of(server)["Programs"] == []
+        assert program(by_process(server, "5m"), client.pid) is None
         server.ok("settings_set", key_name="usage_enabled", value="1")
-        wait_for(lambda: server.ok("usage_now")["Enabled"], 5, what="the recorder again")
+        wait_for(lambda: now_of(server)["Enabled"], 5, what="the recorder again")
     finally:
         server.stop()
 
@@ -154,14 +163,14 @@ def test_retention_rolls_minutes_up_to_hours_and_drops_old_rows(tmp_path):
 def test_kill_9_loses_at_most_the_current_minute(tmp_path, web):
     server = Server(tmp_path / "data", log_dir=tmp_path)
     try:
-        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        wait_for(lambda: now_of(server)["Enabled"], 15, what="the recorder")
         time.sleep(1.5)
         client = download(web)
         assert int(client.stdout.readline()) == BODY
         client.wait(30)
         minute = time.time() // 60
         time.sleep(2.5)
-        counted = program(server.ok("usage_by_process", relative_time="5m"), client.pid)
+        counted = program(by_process(server, "5m"), client.pid)
         assert counted is not None and counted["BytesIn"] > 0
         # the minute of the download ends, its rows are written at the next tick
         wait_for(lambda: time.time() // 60 > minute, 65, 0.2, "the next minute")
@@ -170,7 +179,7 @@ def test_kill_9_loses_at_most_the_current_minute(tmp_path, web):
         server.kill(9)
     again = Server(tmp_path / "data", log_dir=tmp_path)
     try:
-        after = program(again.ok("usage_by_process", relative_time="15m"), client.pid)
+        after = program(by_process(again, "15m"), client.pid)
         assert after is not None
         assert (after["BytesIn"], after["BytesOut"]) == (counted["BytesIn"],
                                                          counted["BytesOut"])

@@ -1,32 +1,35 @@
 """search_start, search_read, search_open, search_list, search_cancel, search_delete,
-search_export, search_verify_filter — the filter language is described in docs/FILTERS.md.
+search_export, search_verify_filter, search_count — the filter language: docs/FILTERS.md.
 """
 
 from __future__ import annotations
 
-import re
+import os
 
 from apppaccap.api.registry import endpoint
+from apppaccap.api.timerange import relative_problem
+from apppaccap.api.timerange import relative_range
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.errors import Unsupported
 from apppaccap.filetime import from_ns
-from apppaccap.filetime import now_ns
 from apppaccap.filetime import to_ns_clamped
 from apppaccap.ingest import export
 from apppaccap.ingest.search_export import write_results
 from apppaccap.safefs.writing import release_target
 from apppaccap.search import FilterError
 from apppaccap.search import parse_filter
+from apppaccap.search.compiler import compile_plan
 from apppaccap.search.engine import engine_for
 from apppaccap.search.results import read_page
+from apppaccap.search.scope import Scope
+from apppaccap.search.scope import open_readonly
+from apppaccap.store.capturedb import capture_path
 from apppaccap.wire import CaptureState
 from apppaccap.wire import CommandState
 from apppaccap.wire import DataType
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"(\d{1,9})\s*([smhdw])", re.I)
 _MAX_FILETIME = from_ns((1 << 63) - 1)  # packet times are signed 64-bit ns since 1970
 
 
@@ -55,16 +58,12 @@ def _time_range(start_dtg: int, end_dtg: int, relative_time: str):
     start = to_ns_clamped(start_dtg) if start_dtg > 0 else None
     # the whole last tick: up to 99 ns after it
     end = min(to_ns_clamped(end_dtg) + 99, (1 << 63) - 1) if end_dtg > 0 else None
-    if relative_time.strip():
-        m = _RELATIVE.fullmatch(relative_time.strip())
-        if m is None:
-            problems.append(f"relative_time: expected a number and a unit (s, m, h, d, w) "
-                            f"such as 15m, 2h or 1d, got {relative_time[:40]!r}")
-        elif start_dtg or end_dtg:
-            problems.append("relative_time: cannot be combined with start_dtg/end_dtg")
-        else:
-            ago = int(m[1]) * _UNITS[m[2].lower()] * 1_000_000_000
-            start = max(now_ns() - ago, -(1 << 63))  # 999999999w: before every packet
+    problem = relative_problem(relative_time, start_dtg, end_dtg)
+    if problem:
+        problems.append(problem)
+    elif relative_time.strip():
+        # 999999999w: before every packet; the end stays open
+        start = relative_range(relative_time, floor=-(1 << 63))[0]
     if start_dtg > 0 and end_dtg > 0 and end_dtg < start_dtg:  # FILETIMEs: before clamping
         problems.append("end_dtg: must not be before start_dtg")
     if problems:
@@ -98,7 +97,7 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     - capture_id: search only this capture; 0 = every capture that is not active
     - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound
     - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
-    - relative_time: only the last interval, e.g. 15m, 2h, 1d (units s m h d w); not with start_dtg/end_dtg
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
     if capture_id < 0:
         raise NotFound(f"capture_id: no capture {capture_id}")
@@ -206,4 +205,58 @@ def search_verify_filter(ctx, *, filter: str) -> dict:
             parse_filter(filter)
         except FilterError as err:
             out.update(Valid=False, Error=err.api_message, Position=err.position)
+    return out
+
+
+@endpoint(DataType.JSON, aliases={"q": "filter"})
+def search_count(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
+                 end_dtg: int = 0, relative_time: str = "") -> dict:
+    """How many packets a search would find, answered at once when the filter needs no
+    packet bytes: {Filter, Exact, Count, Captures, Message}.
+
+    A filter the compiler turns into exact SQL over the packet rows (addresses, ports,
+    protocols, lengths, times, flags, processes: docs/FILTERS.md) is counted in SQL
+    without reading a packet's bytes; Exact is true and Count the number of matching
+    packets. A filter that needs the bytes (payload tests, fields decoded from the
+    frame) is not counted: Exact is false, Count -1 and Message says a full search
+    (search_start) is needed. Scope and range as search_start's.
+    - filter: display filter (docs/FILTERS.md); also accepted as `q`; blank = every packet
+    - capture_id: count only this capture; 0 = every capture that is not active
+    - start_dtg: only packets at or after this UTC FILETIME; 0 = no lower bound
+    - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
+    """
+    if capture_id < 0:
+        raise NotFound(f"capture_id: no capture {capture_id}")
+    flt = checked_filter(filter)
+    window = _time_range(start_dtg, end_dtg, relative_time)
+    ids = _captures(ctx, capture_id)
+    out = {"Version": 1, "Filter": filter, "Exact": True, "Count": 0, "Captures": ids,
+           "Message": ""}
+    total = 0
+    for cid in ids:
+        path = capture_path(ctx.config.data_dir, cid)
+        if not os.path.exists(path):
+            continue  # deleted meanwhile
+        conn = open_readonly(path)
+        try:
+            scope = Scope(conn, cid, path)
+            plan = compile_plan(flt, scope, window)
+            if not plan.exact:
+                out.update(Exact=False, Count=-1, Message=(
+                    "the filter tests packet bytes (fields decoded from the frame or its "
+                    "payload): counting it needs a full search (search_start)"))
+                return out
+            if plan.empty or scope.max_id < scope.min_id:
+                continue
+            lo, hi = scope.min_id, scope.max_id
+            if plan.ids is not None:
+                lo, hi = max(lo, plan.ids[0]), min(hi, plan.ids[1])
+            if lo > hi:
+                continue
+            total += conn.execute(f"SELECT count(*) FROM packets WHERE id >= ? AND id <= ? "
+                                  f"AND ({plan.where})", (lo, hi, *plan.params)).fetchone()[0]
+        finally:
+            conn.close()
+    out["Count"] = total
     return out

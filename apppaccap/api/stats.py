@@ -12,6 +12,8 @@ from apppaccap.api.series import Window
 from apppaccap.api.series import bucket_for
 from apppaccap.api.series import bucketed
 from apppaccap.api.series import window
+from apppaccap.api.timerange import relative_range
+from apppaccap.errors import AppError
 from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import now_ns
@@ -20,6 +22,7 @@ from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
 from apppaccap.store.stats import clear as clear_stats
+from apppaccap.store.stats import reset_time
 from apppaccap.wire import CaptureType
 from apppaccap.wire import DataType
 from apppaccap.wire import Direction
@@ -164,24 +167,38 @@ def stats_by_protocol(ctx, *, capture_id: int, protocol: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def stats_by_date(ctx, *, capture_id: int, start_dtg: int, end_dtg: int = 0) -> dict:
+def stats_by_date(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0,
+                  relative_time: str = "") -> dict:
     """Statistics of a capture within a time range; the series' bucket follows the range.
+    Connections counts the connections active within it (0 when it holds no packets).
 
     - capture_id: the capture
-    - start_dtg: start, UTC FILETIME
+    - start_dtg: start, UTC FILETIME (required unless relative_time is given)
     - end_dtg: end, UTC FILETIME; 0 = now
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
-    start = to_ns_clamped(start_dtg)
-    end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
-    if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
-        raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME)")
+    rel = relative_range(relative_time, start_dtg, end_dtg)
+    if rel is not None:
+        start, end = rel
+    else:
+        start = to_ns_clamped(start_dtg)
+        end = to_ns_clamped(end_dtg) if end_dtg else now_ns()
+        if start_dtg <= 0 or end < start or 0 < end_dtg < start_dtg:  # FILETIMEs: unclamped
+            raise Malformed("start_dtg/end_dtg: need 0 < start_dtg <= end_dtg (FILETIME), "
+                            "or relative_time")
     db = captures(ctx).db(capture_id)
-    return _with_connections(db, _query(db, AGG_ALL, "", start, end))
+    out = _query(db, AGG_ALL, "", start, end)
+    # the connections active within the range (none when it holds no packets)
+    out["Connections"] = 0 if not out["FirstTime"] else db.one(
+        "SELECT count(*) FROM connections WHERE last_time >= ? AND first_time <= ?",
+        (start, end))[0]
+    return out
 
 
 @endpoint(DataType.JSON)
 def stats_totals(ctx) -> dict:
-    """System-wide statistics since the last stats_reset (all live captures together)."""
+    """System-wide statistics since the last stats_reset (all live captures together):
+    Connections counts the live captures' connections first seen since then."""
     cat = ctx.catalog
     per_min = cat.read("SELECT minute, sum(packets), sum(bytes) FROM stats_minute GROUP BY minute "
                        "ORDER BY minute")
@@ -196,8 +213,7 @@ def stats_totals(ctx) -> dict:
                           f"ORDER BY bytes DESC LIMIT {TOP}", (kind,)) for kind in ("ip", "port")}
     return {
         "Version": 1, "Packets": sum(r[1] for r in per_min), "Bytes": sum(r[2] for r in per_min),
-        "Connections": cat.one("SELECT coalesce(sum(connection_count), 0) FROM captures "
-                               "WHERE type != ?", (CaptureType.FILE,))[0],
+        "Connections": _connections_since(ctx, reset_time(cat)),
         **win.fields(),
         "Protocols": [{"Protocol": r[0], "Packets": r[1], "Bytes": r[2]} for r in protos],
         "TopIps": [{"Ip": r[0], "Packets": r[1], "Bytes": r[2]} for r in top["ip"]],
@@ -206,15 +222,39 @@ def stats_totals(ctx) -> dict:
     }
 
 
+def _connections_since(ctx, since: int) -> int:
+    """Connections of live (not file) captures first seen at or after `since` (ns; 0 =
+    all): the ones whose packets the system-wide counters hold. A finished capture's count
+    is in the catalog; an active one's (and one that spans the reset) is counted in its
+    database."""
+    total = 0
+    for capture_id, end_time, count in ctx.catalog.read(
+            "SELECT id, end_time, connection_count FROM captures WHERE type != ?",
+            (CaptureType.FILE,)):
+        if end_time is not None and end_time < since:
+            continue
+        if end_time is not None and not since:
+            total += count
+            continue
+        try:
+            db = captures(ctx).db(capture_id)
+        except AppError:
+            continue  # deleted meanwhile, or no capture engine in this process
+        total += db.one("SELECT count(*) FROM connections WHERE first_time >= ?", (since,))[0]
+    return total
+
+
 @endpoint(DataType.INT)
 def stats_reset(ctx) -> int:
-    """Reset the system-wide statistic counters (capture statistics are kept)."""
+    """Reset the system-wide statistic counters (capture statistics are kept); stats_totals
+    then counts packets, bytes and connections from this moment."""
     ctx.catalog.write(clear_stats)
     return 0
 
 
 @endpoint(DataType.JSON)
-def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0) -> dict:
+def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int = 0,
+                     relative_time: str = "") -> dict:
     """Per-program traffic of one capture: packets and bytes in and out, most bytes first.
 
     Each program (ProcessId, Pid, Name, Path) has a Series whose bucket follows the range
@@ -225,13 +265,18 @@ def stats_by_process(ctx, *, capture_id: int, start_dtg: int = 0, end_dtg: int =
     - capture_id: the capture
     - start_dtg: start, UTC FILETIME; 0 = the first packet
     - end_dtg: end, UTC FILETIME; 0 = the last packet
+    - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
+    rel = relative_range(relative_time, start_dtg, end_dtg)
     if start_dtg < 0 or end_dtg < 0 or (start_dtg and end_dtg and end_dtg < start_dtg):
         raise Malformed("start_dtg/end_dtg: need 0 <= start_dtg <= end_dtg (FILETIME; "
                         "0 = open)")
     db = captures(ctx).db(capture_id)
-    win = window(db, to_ns_clamped(start_dtg) if start_dtg else None,
-                 to_ns_clamped(end_dtg) if end_dtg else None)
+    if rel is not None:
+        win = window(db, *rel)
+    else:
+        win = window(db, to_ns_clamped(start_dtg) if start_dtg else None,
+                     to_ns_clamped(end_dtg) if end_dtg else None)
     out = {"Version": 1, "CaptureId": capture_id, **win.fields(), "Processes": []}
     if win.lo is None:
         return out

@@ -223,6 +223,37 @@ CATALOG = [
         PRIMARY KEY (minute, process_id, remote_ip, remote_port, proto, dir));
     CREATE INDEX IF NOT EXISTS usage_minute_process ON usage_minute(process_id, minute)
     """,
+    # 10: usage accounting, hostnames from the DNS answers seen (rows: store/usage.py)
+    """
+    CREATE TABLE IF NOT EXISTS usage_hostname (
+        ip TEXT PRIMARY KEY, name TEXT NOT NULL, minute INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS usage_hostname_minute ON usage_hostname(minute)
+    """,
+    # 11: when the system-wide statistics were last reset (rows: store/stats.py); alerts,
+    # their events and what they have seen (rows: store/alerts.py)
+    """
+    CREATE TABLE IF NOT EXISTS stats_reset (
+        id INTEGER PRIMARY KEY CHECK (id = 0), time INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, type INTEGER NOT NULL,
+        group_by TEXT NOT NULL DEFAULT '', metric TEXT NOT NULL DEFAULT '',
+        direction TEXT NOT NULL DEFAULT 'both', threshold INTEGER NOT NULL DEFAULT 0,
+        win TEXT NOT NULL DEFAULT '', win_seconds INTEGER NOT NULL DEFAULT 0,
+        process_path TEXT NOT NULL DEFAULT '',
+        action_id INTEGER NOT NULL DEFAULT 0, every INTEGER NOT NULL DEFAULT 5,
+        enabled INTEGER NOT NULL DEFAULT 1, fire_count INTEGER NOT NULL DEFAULT 0,
+        last_fired INTEGER, created INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS alert_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, alert_id INTEGER NOT NULL, time INTEGER NOT NULL,
+        pid INTEGER NOT NULL DEFAULT 0, process_name TEXT NOT NULL DEFAULT '',
+        process_path TEXT NOT NULL DEFAULT '', remote_ip TEXT NOT NULL DEFAULT '',
+        remote_port INTEGER NOT NULL DEFAULT 0, value INTEGER NOT NULL DEFAULT 0,
+        group_key TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '');
+    CREATE INDEX IF NOT EXISTS alert_events_by_alert ON alert_events(alert_id, id);
+    CREATE TABLE IF NOT EXISTS alert_known (
+        kind TEXT NOT NULL, key TEXT NOT NULL, first_time INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)) WITHOUT ROWID
+    """,
 ]
 
 # captures/<id>.db (store/capturedb.py)

@@ -1,9 +1,11 @@
-"""The catalog's usage accounting (`usage_minute`): the only writer, and its readers.
+"""The catalog's usage accounting (`usage_minute`, `usage_hostname`): the only writer, and
+its readers.
 
 The usage recorder (usage/recorder.py) adds one minute's counters at a time, the usage
 service rolls old minutes up to hours and drops what is past retention; api/usage.py
 reads them. A row: (minute, process_id, remote_ip, remote_port, proto, dir) → packets,
 bytes; dir is 0 in (to the program), 1 out; process_id 0 is traffic nobody owned.
+`usage_hostname`: ip → the name a DNS answer gave it, with the minute it was last seen.
 """
 
 from __future__ import annotations
@@ -21,11 +23,20 @@ def add(conn, rows: dict) -> None:
         [(*k, p, b) for k, (p, b) in rows.items()])
 
 
+def add_names(conn, names: dict, minute: int) -> None:
+    """ip → hostname learnt from DNS answers up to `minute` (the newest answer wins)."""
+    conn.executemany(
+        "INSERT INTO usage_hostname VALUES (?,?,?) ON CONFLICT(ip) DO UPDATE "
+        "SET name=excluded.name, minute=excluded.minute",
+        [(ip, name, minute) for ip, name in names.items()])
+
+
 def roll_up(conn, hourly_before: int, drop_before: int) -> None:
     """Retention, inside the caller's write transaction: rows before minute `drop_before`
     go; rows before `hourly_before` (an hour's first minute) become one row per hour, kept
     at the hour's first minute (a minute series of such a range shows them there)."""
     conn.execute("DELETE FROM usage_minute WHERE minute < ?", (drop_before,))
+    conn.execute("DELETE FROM usage_hostname WHERE minute < ?", (drop_before,))
     conn.execute(
         "INSERT INTO usage_minute SELECT (minute / 60) * 60, process_id, remote_ip, "
         "remote_port, proto, dir, sum(packets), sum(bytes) FROM usage_minute "
@@ -58,3 +69,31 @@ def processes(catalog, ids) -> dict:
     marks = ",".join("?" * len(ids))
     return {r[0]: (r[1], r[2], r[3]) for r in catalog.tuples(
         f"SELECT id, pid, name, path FROM processes WHERE id IN ({marks})", ids).fetchall()}
+
+
+def per_remote(catalog, first_minute: int, last_minute: int, process_id: int = 0):
+    """(remote_ip, remote_port, proto, process_id, dir, first minute, last minute, packets,
+    bytes) over minutes first..last, for one program or (0) all."""
+    only = " AND process_id = ?" if process_id else ""
+    args = (first_minute, last_minute) + ((process_id,) if process_id else ())
+    return catalog.tuples(
+        "SELECT remote_ip, remote_port, proto, process_id, dir, min(minute), max(minute), "
+        "sum(packets), sum(bytes) FROM usage_minute WHERE minute BETWEEN ? AND ?" + only +
+        " GROUP BY 1, 2, 3, 4, 5", args).fetchall()
+
+
+def hostnames(catalog, ips=None, limit: int = 20000) -> dict:
+    """ip → hostname: of the given ips, or the `limit` most recently seen (oldest first)."""
+    if ips is None:
+        rows = catalog.tuples("SELECT ip, name FROM (SELECT ip, name, minute FROM "
+                              "usage_hostname ORDER BY minute DESC LIMIT ?) ORDER BY minute",
+                              (limit,)).fetchall()
+        return dict(rows)
+    out = {}
+    ips = list(ips)
+    for i in range(0, len(ips), 500):
+        chunk = ips[i:i + 500]
+        marks = ",".join("?" * len(chunk))
+        out.update(catalog.tuples(f"SELECT ip, name FROM usage_hostname WHERE ip IN ({marks})",
+                                  chunk).fetchall())
+    return out

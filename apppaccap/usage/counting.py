@@ -16,7 +16,7 @@ import threading
 log = logging.getLogger(__name__)
 
 SNAPLEN = 128
-BUFFER_BYTES = 32 << 20  # as live captures: 8 MiB dropped packets of a busy lo (measured)
+BUFFER_BYTES = 16 << 20  # per adapter (was 32 MiB): drops, benchmarks/usage.py and README
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 # linktype → offset of the ethertype (None: the frame is IP itself), link header length
 LINKS = {1: (12, 14), 113: (14, 16), 276: (0, 20), 12: (None, 0), 101: (None, 0),
@@ -126,6 +126,14 @@ class Counter:
         return dispatch
 
     def _run(self):
+        try:
+            self._loop()
+        finally:
+            # closed by this thread only: closing a handle another thread is inside
+            # dispatch() on crashed the process (seen under load, a join timing out)
+            close_handle(self.handle)
+
+    def _loop(self):
         dispatch = self._callback()
         if dispatch is None:
             log.info("usage: adapter %s has link type %d, not counted", self.name,
@@ -154,8 +162,14 @@ class Counter:
 
     def stop(self):
         self._stop.set()
-        self._thread.join(5)
-        try:
-            self.handle.close()
-        except OSError:
-            pass
+        if self._thread.ident is None:
+            close_handle(self.handle)  # never started
+        else:
+            self._thread.join(5)
+
+
+def close_handle(handle) -> None:
+    try:
+        handle.close()
+    except OSError:
+        pass

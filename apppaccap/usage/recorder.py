@@ -1,9 +1,11 @@
 """The usage recorder: counters per program × remote endpoint × direction.
 
 Sniffing threads (counting.py, one per up adapter, 128-byte snaplen) count bytes per raw
-5-tuple. Once a second the tick thread takes those counters, labels each flow through the
-shared Attribution (the same engine and flow table live captures use; a flow still being
-resolved waits up to 3 ticks, then counts as nobody's, process_id 0), and files them:
+5-tuple. Once a second the tick thread takes those counters, labels each flow through a
+read-only FlowLookup (attribution/lookup.py: a live capture's answer when it has one,
+else its own sock_diag/procfs lookups; it never touches the captures' flow table; a flow
+still being resolved waits up to 3 ticks, then counts as nobody's, process_id 0), and
+files them:
 - in memory, one dict per second for the last 10 minutes (the ring, `RING_SECONDS`);
 - per minute, written to the catalog's `usage_minute` (store/usage.py) when the minute
   ends and at stop, so a kill -9 loses at most the last minute.
@@ -23,11 +25,13 @@ from collections import deque
 
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.localaddr import unmap
-from apppaccap.attribution.resolver import PENDING
+from apppaccap.attribution.lookup import PENDING
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.store import usage as usage_table
 from apppaccap.usage.counting import Counter
 from apppaccap.usage.counting import open_usage_handle
+from apppaccap.usage.dnsnames import DnsNames
+from apppaccap.usage.flowstart import FlowStarts
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,14 @@ MINUTE = 60 * SECOND
 
 
 class UsageRecorder:
-    def __init__(self, catalog, attribution, is_local, adapters=None):
+    def __init__(self, catalog, lookup, is_local, adapters=None):
         self.catalog = catalog
-        self.attribution = attribution
+        self.lookup = lookup  # attribution/lookup.py FlowLookup: read-only answers
         self.is_local = is_local
         self.adapters = adapters
         self.counters: list[Counter] = []
+        self.names = DnsNames()  # ip → hostname from the DNS answers seen
+        self.starts = FlowStarts(lookup.on_syn)
         # (second, {(process_id, remote_ip, remote_port, proto, dir): [packets, bytes]},
         #  {process_id: set of flow keys})
         self.ring: deque = deque(maxlen=RING_SECONDS)
@@ -56,7 +62,7 @@ class UsageRecorder:
         self._rows_lock = threading.Lock()  # minute_rows: the tick writes, readers copy
         self._pending: dict = {}  # raw key → [packets, bytes, key5, ticks waited]
         self._stop = threading.Event()
-        self._acquired = False
+        self._started = False
         self._thread = threading.Thread(target=self._run, name="usage-tick", daemon=True)
 
     # -- lifecycle (start and stop run on the service's own thread) ------------------
@@ -69,9 +75,15 @@ class UsageRecorder:
             except Exception as exc:  # noqa: BLE001 - count what can be counted
                 log.info("usage: adapter %s not counted (%s)", name, exc)
                 continue
-            self.counters.append(Counter(h, name, self.attribution.status))
-        self.attribution.acquire()
-        self._acquired = True
+            self.counters.append(Counter(h, name, self.lookup.status))
+        self.lookup.start()
+        self._started = True
+        try:
+            self.names.seed(usage_table.hostnames(self.catalog))
+        except Exception as exc:  # noqa: BLE001 - names are a bonus
+            log.info("usage: hostnames not read back (%s)", exc)
+        self.names.watch([c.name for c in self.counters])
+        self.starts.watch([c.name for c in self.counters])
         for c in self.counters:
             c.start()
         self._thread.start()
@@ -84,9 +96,11 @@ class UsageRecorder:
             self._thread.join(10)
         for c in self.counters:
             c.stop()
-        if self._acquired:
-            self.attribution.release()
-            self._acquired = False
+        self.names.stop()
+        self.starts.stop()
+        if self._started:
+            self.lookup.stop()
+            self._started = False
         self._flush_minute()
 
     @property
@@ -105,7 +119,7 @@ class UsageRecorder:
         self.tick(time.time_ns() // SECOND)  # what the last second counted
 
     def tick(self, second: int) -> None:
-        flows = self.attribution.flows
+        lookup = self.lookup
         pending, self._pending = self._pending, {}
         for c in self.counters:
             for raw, acc in c.take().items():
@@ -121,8 +135,7 @@ class UsageRecorder:
             proto, src, sport, dst, dport = key5
             label = None
             if sport or dport:
-                entry = flows.get(flow_key(*key5))
-                labels = entry[0] if entry is not None else []
+                labels = lookup.labels(key5)
                 if labels is PENDING:
                     if waited < PENDING_TICKS:
                         self._pending[raw] = [packets, nbytes, key5, waited + 1]
@@ -173,10 +186,16 @@ class UsageRecorder:
     def _flush_minute(self) -> None:
         with self._rows_lock:
             rows, self.minute_rows = self.minute_rows, {}
-        if not rows:
+        names = self.names.take_new()
+        if not rows and not names:
             return
+        minute = self.minute if self.minute is not None else time.time_ns() // MINUTE
+
+        def write(conn):
+            usage_table.add(conn, rows)
+            usage_table.add_names(conn, names, minute)
         try:
-            self.catalog.write(lambda conn: usage_table.add(conn, rows), 30)
+            self.catalog.write(write, 30)
         except Exception as exc:  # noqa: BLE001 - a full disk loses this minute, no more
             self.lost_rows += len(rows)
             log.warning("usage: %d minute rows not written (%s)", len(rows), exc)

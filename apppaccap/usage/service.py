@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from apppaccap.attribution.lookup import FlowLookup
 from apppaccap.store import usage as usage_table
 from apppaccap.usage.recorder import UsageRecorder
 
@@ -65,7 +66,10 @@ class UsageService:
 
     def _start_recorder(self) -> None:
         attribution = self._attribution_of()
-        rec = UsageRecorder(self.ctx.catalog, attribution, attribution.is_local)
+        # read only: the recorder never starts the captures' resolver or fast path, nor
+        # writes their flow table (attribution/lookup.py)
+        lookup = FlowLookup(attribution, attribution.book)
+        rec = UsageRecorder(self.ctx.catalog, lookup, attribution.is_local)
         try:
             rec.start()
         except Exception:  # noqa: BLE001 - the service goes on without usage accounting

@@ -1,0 +1,1 @@
+"""Traffic analytics over connection rows and usage counters: group-by top-N, alerts."""

@@ -1,0 +1,208 @@
+"""Read-only flow → owner answers for observers that are not captures (usage accounting).
+
+Live captures depend on `Attribution.flows`: the order of a flow's labels (originator
+first), its second looks and its hold flags. An observer that inserted flows there, or
+refined them, changed what captures stored (a curl flow labelled by the usage recorder's
+first packet instead of the capture's SYN). `FlowLookup` never writes to that table: it
+reads a capture's answer when there is one (a peek, no bookkeeping) and otherwise asks its
+own backend (its own sock_diag socket and /proc inode cache, no process-event listener, no
+real-time thread, no switch-interval change) on its own plain thread, keeping the answers
+in a small LRU of its own. ProcessIds come from the shared ProcessBook, so a program has
+the same ProcessId in captures and in usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+from collections import OrderedDict
+
+from apppaccap.attribution.labels import Label
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.procfs import read_process
+
+log = logging.getLogger(__name__)
+
+PENDING = None         # not answered yet
+MAX_FLOWS = 50_000     # LRU bound of the lookup's own table
+RETRY_MISS = 2.0       # seconds before a flow nobody owned is asked again
+RESOLVED_SYN = 1.0     # a SYN on a flow answered longer ago re-resolves (5-tuple reuse)
+RETRY_MS = (2, 5, 10)  # quick re-asks at a SYN whose originator has no socket yet
+
+
+def own_backend():
+    """A backend of the lookup's own: sock_diag + /proc without the event listener and the
+    per-flow thread search (threads do not matter to usage), psutil off Linux."""
+    from apppaccap.attribution.owners import LinuxOwners
+    from apppaccap.attribution.owners import PsutilOwners
+    if sys.platform.startswith("linux"):
+        try:
+            return LinuxOwners(events=False, threads=False)
+        except OSError as exc:
+            log.info("usage lookup: sock_diag unavailable (%s), using psutil", exc)
+    return PsutilOwners()
+
+
+class FlowLookup:
+    """status(key5, syn) → labels (maybe []) or PENDING, never blocking; start/stop."""
+
+    def __init__(self, shared, book, backend=None, clock=time.monotonic):
+        self.shared = shared      # the captures' Attribution, or None: read only
+        self.book = book          # ProcessBook: (pid, start) → ProcessId
+        self.backend = backend
+        self.clock = clock
+        self.flows: OrderedDict = OrderedDict()  # fk → [labels | PENDING, resolved_at, key5]
+        self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._procs: dict = {}  # (pid, start_ns) → (process_id, proc dict)
+        self._thread = None
+        self.stats = {"requests": 0, "resolved": 0, "missed": 0, "shared": 0}
+
+    def start(self) -> None:
+        if self.backend is None:
+            self.backend = own_backend()
+        self._thread = threading.Thread(target=self._run, name="usage-lookup", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and close the backend's sockets (everything it held goes)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(5)
+            self._thread = None
+        if self.backend is not None:
+            try:
+                self.backend.stop()
+            except OSError:
+                pass
+        with self._lock:
+            self.flows.clear()
+        self._procs.clear()
+
+    # -- the asking side (counting threads) ----------------------------------------------
+    def status(self, key5: tuple, syn: bool = False):
+        fk = flow_key(*key5)
+        now = self.clock()
+        entry = self.flows.get(fk)
+        if entry is not None:
+            labels, resolved_at = entry[0], entry[1]
+            if labels is PENDING:
+                return PENDING
+            if labels and not (syn and now - resolved_at > RESOLVED_SYN):
+                return labels
+            if not labels and now - resolved_at < RETRY_MISS:
+                return labels
+        shared = self._peek(fk)
+        with self._lock:
+            if shared:
+                self.flows[fk] = [shared, now, key5]
+                self.stats["shared"] += 1
+            else:
+                self.flows[fk] = [PENDING, now, key5]
+                self._queue.put((key5, fk))
+                self.stats["requests"] += 1
+            self.flows.move_to_end(fk)
+            while len(self.flows) > MAX_FLOWS:
+                self.flows.popitem(last=False)
+        return shared or PENDING
+
+    def on_syn(self, key5: tuple) -> None:
+        """A flow starts (a client's SYN, seen at once): resolve it here and now, on the
+        caller's thread, while its sockets certainly exist. A hand-over to the lookup
+        thread cost up to 0.1 s on a busy machine, after a short download had closed
+        them."""
+        fk = flow_key(*key5)
+        now = self.clock()
+        entry = self.flows.get(fk)
+        if entry is not None and entry[0] and now - entry[1] <= RESOLVED_SYN:
+            return  # the same SYN seen twice (loopback), or a retransmission
+        shared = self._peek(fk)
+        labels = shared
+        src = key5[1], key5[2]
+        for wait_ms in (0,) + RETRY_MS:
+            if labels and labels[0].local == src:
+                break
+            if wait_ms:
+                time.sleep(wait_ms / 1000)
+            try:
+                labels = self._resolve(key5) or labels
+            except Exception:  # noqa: BLE001 - the counting path asks again later
+                log.debug("usage lookup of %s failed", key5, exc_info=True)
+        with self._lock:
+            self.flows[fk] = [labels or [], self.clock(), key5]
+            self.flows.move_to_end(fk)
+            while len(self.flows) > MAX_FLOWS:
+                self.flows.popitem(last=False)
+        self.stats["resolved" if labels else "missed"] += 1
+
+    def labels(self, key5: tuple):
+        """What is known of a flow now, without asking: labels, [] or PENDING (also for a
+        flow never asked about)."""
+        entry = self.flows.get(flow_key(*key5))
+        return PENDING if entry is None else entry[0]
+
+    def _peek(self, fk):
+        """A live capture's answer for the flow, if it has a final one (read only)."""
+        shared = self.shared
+        entry = shared.flows.get(fk) if shared is not None else None
+        if entry is None or not entry[0] or entry[3]:
+            return None  # unknown, pending, nobody's, or a second look still due
+        return list(entry[0])
+
+    # -- the lookup thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        """Flows first seen in a counted block (no SYN seen: older than the recorder, UDP,
+        or a missed SYN): one look each; their sockets either exist or are gone."""
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            key5, fk = item
+            try:
+                labels = self._resolve(key5)
+            except Exception:  # noqa: BLE001 - one bad lookup must not stop the thread
+                log.debug("usage lookup of %s failed", key5, exc_info=True)
+                labels = []
+            entry = self.flows.get(fk)
+            if entry is not None and entry[0] is PENDING:
+                entry[0], entry[1] = labels, self.clock()
+            self.stats["resolved" if labels else "missed"] += 1
+
+    def _resolve(self, key5) -> list:
+        _, src, sport, dst, dport = key5
+        out = []
+        for o in self.backend.resolve(*key5):
+            base = self._process(o.pid)
+            if base is not None:
+                local = (src, sport) if o.local_is_src else (dst, dport)
+                out.append(Label(base[0], o.pid, 0, base[1], local))
+        return out
+
+    def _process(self, pid: int):
+        """(ProcessId, facts) of a pid: the shared backend's exec-time facts when it has
+        them (read only), else /proc now."""
+        info = None
+        backend = getattr(self.shared, "backend", None)
+        if backend is not None:
+            try:
+                info = backend.process(pid)
+            except Exception:  # noqa: BLE001 - fall back to /proc
+                info = None
+        if info is None:
+            info = (self.backend.process(pid) if hasattr(self.backend, "process")
+                    else read_process(pid))
+        if info is None:
+            return None
+        key = (pid, info.start_time_ns)
+        known = self._procs.get(key)
+        if known is None:
+            rec = {"pid": pid, "ppid": info.ppid, "name": info.name, "path": info.path,
+                   "cmdline": info.cmdline, "user": info.user, "start_time": info.start_time_ns}
+            known = (self.book.identify([rec])[0], rec)
+            if len(self._procs) > 20000:
+                self._procs.clear()
+            self._procs[key] = known
+        return known
