@@ -263,3 +263,34 @@ def test_connections_tab_shows_labels_and_filters_by_them(browser, tmp_path):
         ctx.close()
     finally:
         server.stop()
+
+
+def test_group_by_labels_adds_up_to_stats_by_label(live, live_ajax):
+    """stats_group_by app / app_proto / category on a capture: the same sums as
+    stats_by_label, regrouped; rows + Other = Total; usage accounting has no labels."""
+    cids = [ingest(live, live_ajax, corpus.path(rel)) for rel in
+            ("wellformed/dns_udp_mixed.pcap", "wellformed/http_large_mixed_2k_packets.pcap",
+             "wellformed/tls_three_sessions.pcap")]
+    pick = {"app": lambda s: s["App"] or s["AppProtocol"], "app_proto":
+            lambda s: s["AppProtocol"], "category": lambda s: s["Category"]}
+    for cid in cids:
+        labels = live_ajax.ok("stats_by_label", capture_id=cid)["Labels"]
+        for key, fn in pick.items():
+            want: dict = {}
+            for s in labels:
+                w = want.setdefault(fn(s), [0, 0, 0])
+                w[0] += s["Packets"]
+                w[1] += s["Bytes"]
+                w[2] += s["Connections"]
+            got = live_ajax.ok("stats_group_by", capture_id=cid, group_by=key, top=1000)
+            assert {r["Key"]: [r["Packets"], r["Bytes"], r["Connections"]]
+                    for r in got["Rows"]} == want, (cid, key)
+            assert got["Other"]["Connections"] == 0
+            assert [got["Total"][k] for k in ("Packets", "Bytes", "Connections")] == \
+                [sum(v[i] for v in want.values()) for i in range(3)]
+            top1 = live_ajax.ok("stats_group_by", capture_id=cid, group_by=key, top=1)
+            assert top1["Rows"][0]["Bytes"] + top1["Other"]["Bytes"] == top1["Total"]["Bytes"]
+    tls = live_ajax.ok("stats_group_by", capture_id=cids[2], group_by="app")["Rows"]
+    assert [(r["Key"], r["Connections"]) for r in tls] == [("Google", 2), ("TLS", 1)]
+    refused = live_ajax("stats_group_by", capture_id=0, group_by="app")
+    assert refused["ErrorCode"] != 0 and "usage accounting" in refused["ReturnValue"]
