@@ -111,10 +111,10 @@ def main() -> None:
     on, off = ours["labels"]["1"], ours["labels"]["0"]
     for i, what in ((0, "wall"), (1, "main-process CPU")):
         a, b = [r[i] for r in on], [r[i] for r in off]
+        runs = f"{', '.join(f'{x:.2f}' for x in a)} / {', '.join(f'{x:.2f}' for x in b)}"
         print(f"ingest with nDPI labels / without ({what}): "
               f"{sum(a) / len(a):.2f} s / {sum(b) / len(b):.2f} s = "
-              f"{sum(a) / len(a) / (sum(b) / len(b)):.2f}x (runs: {', '.join(f'{x:.2f}' for x in a)}"
-              f" / {', '.join(f'{x:.2f}' for x in b)}; target <= 1.2x)")
+              f"{sum(a) / len(a) / (sum(b) / len(b)):.2f}x (runs: {runs}; target <= 1.2x)")
     subprocess.run(["rm", "-rf", tmp])
 
 

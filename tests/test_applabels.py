@@ -20,7 +20,6 @@ from tests.helpers import ndpireader
 from tests.helpers.app import ingest
 from tests.helpers.live import page_through
 from tests.helpers.live import wait_for
-from tests.helpers.ports import free_port
 
 WELLFORMED = [r for r in corpus.files("wellformed/")]
 
@@ -292,5 +291,12 @@ def test_group_by_labels_adds_up_to_stats_by_label(live, live_ajax):
             assert top1["Rows"][0]["Bytes"] + top1["Other"]["Bytes"] == top1["Total"]["Bytes"]
     tls = live_ajax.ok("stats_group_by", capture_id=cids[2], group_by="app")["Rows"]
     assert [(r["Key"], r["Connections"]) for r in tls] == [("Google", 2), ("TLS", 1)]
+    # the labels in the group-by filter too
+    google = live_ajax.ok("stats_group_by", capture_id=cids[2], group_by="conn",
+                          filter='app.name == "Google"')
+    assert google["Total"]["Connections"] == 2
+    web = live_ajax.ok("stats_group_by", capture_id=cids[2], group_by="app_proto",
+                       filter='app.category matches "^web$" && !app.name')
+    assert [(r["Key"], r["Connections"]) for r in web["Rows"]] == [("TLS", 1)]
     refused = live_ajax("stats_group_by", capture_id=0, group_by="app")
     assert refused["ErrorCode"] != 0 and "usage accounting" in refused["ReturnValue"]

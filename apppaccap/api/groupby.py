@@ -56,8 +56,9 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     minute), where Connections counts distinct process × remote endpoint × protocol (usage
     accounting keeps no connection ids) and only process, program, remote_ip, port,
     protocol, country and hostname are known. The filter takes ip.addr, ipv6.addr, tcp.port,
-    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid and proc.id, tested
-    per connection; other fields are MALFORMED. Rows are {Key, Name, Packets, Bytes,
+    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid, proc.id and the
+    labels app.proto, app.name, app.category, tested per connection; other fields are
+    MALFORMED. Rows are {Key, Name, Packets, Bytes,
     Connections} (+ Series), ordered by `metric`; a flow counts in a direction's
     Connections when it carried packets that way. Series (series=1) has one point per
     bucket, {Time, Packets, Bytes}, the bucket following the range as in every stats

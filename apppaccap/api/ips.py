@@ -15,7 +15,6 @@ from apppaccap.store.capturedb import NAME_DOMAIN
 from apppaccap.store.ips import set_facts
 from apppaccap.wire import DataType
 
-
 NAMES_MAX = 100
 
 
