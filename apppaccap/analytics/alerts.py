@@ -23,6 +23,7 @@ as a COMMAND through the trigger machinery (triggers/runner.py) with the placeho
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -44,15 +45,19 @@ log = logging.getLogger(__name__)
 EXECUTOR = "alerts"
 MAX_NEWS = 10_000
 PROGRAM, DESTINATION, SEEDED = "program", "destination", "seeded"
+NAME, NAME_ONLY = "name", "name_only"  # comm-length names: all seen, seen without a path
+KINDS = (PROGRAM, NAME, NAME_ONLY, DESTINATION)
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6"}
 
 
-def program_key(name: str, path: str) -> str:
-    return path or name
+def short_name(name: str, path: str) -> str:
+    """The program's name as the kernel's comm holds it (15 characters of the executable's
+    file name): the one form every sighting has, with or without a path."""
+    return (os.path.basename(path) if path else name)[:15]
 
 
-def destination_key(program: str, ip: str, port: int, proto: int) -> str:
-    return f"{program}|{proto}|{ip}|{port}"
+def destination_key(short: str, ip: str, port: int, proto: int) -> str:
+    return f"{short}|{proto}|{ip}|{port}"
 
 
 class AlertEngine:
@@ -66,7 +71,7 @@ class AlertEngine:
         self.cursors: dict = {}  # alert id → last news seq it consumed
         self.above: dict = {}    # THRESHOLD alert id → keys above the threshold last time
         self.last_second = -1    # the ring's last second the observer read
-        self.known = {PROGRAM: set(), DESTINATION: set()}
+        self.known = {kind: set() for kind in KINDS}
         self.jobs: list[str] = []
         self.runner = ActionRunner(ctx)
         self.ephemeral = ephemeral_ports()
@@ -78,7 +83,7 @@ class AlertEngine:
             scheduler.add_executor(ThreadPoolExecutor(2), alias=EXECUTOR)
         except ValueError:
             pass  # a restarted engine on the same scheduler
-        for kind in (PROGRAM, DESTINATION):
+        for kind in KINDS:
             self.known[kind] = alert_table.known(self.ctx.catalog, kind)
         self._add_job(self.observe, "alerts:observe", 1)
         self.reload()
@@ -147,35 +152,61 @@ class AlertEngine:
         seeding = alert_table.known(self.ctx.catalog, SEEDED) == set()
         if seeding:
             self._seed(names)
-        fresh = {PROGRAM: {}, DESTINATION: {}}
-        for (pid_id, ip, port, proto), second in sorted(seen.items(), key=lambda kv: kv[1]):
+        lo, hi = self.ephemeral
+        # earliest first; within a second a real destination before a client-range port,
+        # so a new program's event names where it went
+        order = sorted(seen.items(), key=lambda kv: (kv[1], lo <= kv[0][2] <= hi))
+        learned = {kind: set() for kind in KINDS}
+        news = []
+        for (pid_id, ip, port, proto), second in order:
             pid, name, path = names.get(pid_id, (0, "", ""))
-            prog = program_key(name, path)
-            if not prog:
+            short = short_name(name, path)
+            if not short:
                 continue
             fact = {"pid": pid, "process_name": name, "process_path": path, "remote_ip": ip,
                     "remote_port": port, "proto": proto, "time": second * SECOND}
-            if prog not in self.known[PROGRAM] and prog not in fresh[PROGRAM]:
-                fresh[PROGRAM][prog] = fact
-            if proto in (6, 17) and self.ephemeral[0] <= port <= self.ephemeral[1]:
+            if self._is_new(short, path, learned):
+                news.append((PROGRAM, fact))
+            self._learn(short, path, learned)
+            if proto in (6, 17) and lo <= port <= hi:
                 continue  # a client's port: the program answered, it did not go there
-            dest = destination_key(prog, ip, port, proto)
-            if dest not in self.known[DESTINATION] and dest not in fresh[DESTINATION]:
-                fresh[DESTINATION][dest] = fact
+            dest = destination_key(short, ip, port, proto)
+            if dest not in self.known[DESTINATION] and dest not in learned[DESTINATION]:
+                learned[DESTINATION].add(dest)
+                news.append((DESTINATION, fact))
         when = now_ns()
-        for kind, facts in fresh.items():
-            alert_table.add_known(self.ctx.catalog, kind, facts, when)
-            self.known[kind].update(facts)
+        for kind, keys in learned.items():
+            keys -= self.known[kind]
+            alert_table.add_known(self.ctx.catalog, kind, keys, when)
+            self.known[kind] |= keys
         if seeding:
             alert_table.add_known(self.ctx.catalog, SEEDED, [""], when)
             return  # the first look learns what is there: no news
         with self.lock:
-            for kind, facts in fresh.items():
-                for fact in facts.values():
-                    self.seq += 1
-                    self.news.append((self.seq, kind, fact))
+            for kind, fact in news:
+                self.seq += 1
+                self.news.append((self.seq, kind, fact))
             if len(self.news) > MAX_NEWS:
                 del self.news[:len(self.news) - MAX_NEWS]
+
+    def _is_new(self, short: str, path: str, learned: dict) -> bool:
+        """A program is known by its executable's path; when usage accounting could not
+        learn the path (a process gone before its lookup has only its 15-character comm
+        name), by that name. A path is new unless a name-only sighting of the same name
+        came first; a name is new unless any sighting (path or not) had that name."""
+        def has(kind, key):
+            return key in self.known[kind] or key in learned[kind]
+        if path:
+            return not has(PROGRAM, path) and not has(NAME_ONLY, short)
+        return not has(NAME, short)
+
+    @staticmethod
+    def _learn(short: str, path: str, learned: dict) -> None:
+        learned[NAME].add(short)
+        if path:
+            learned[PROGRAM].add(path)
+        else:
+            learned[NAME_ONLY].add(short)
 
     def _seed(self, names_now: dict) -> None:
         """Everything usage accounting counted before alerts watched is known."""
@@ -183,19 +214,19 @@ class AlertEngine:
                                      "FROM usage_minute WHERE process_id != 0")
         names = program_names(self.ctx.catalog, self._recorder(), {r[0] for r in rows})
         names.update(names_now)
-        progs, dests = set(), set()
+        learned = {kind: set() for kind in KINDS}
+        lo, hi = self.ephemeral
         for pid_id, ip, port, proto in rows:
             _pid, name, path = names.get(pid_id, (0, "", ""))
-            prog = program_key(name, path)
-            if prog:
-                progs.add(prog)
-                if not (proto in (6, 17) and self.ephemeral[0] <= port <= self.ephemeral[1]):
-                    dests.add(destination_key(prog, ip, port, proto))
+            short = short_name(name, path)
+            if short:
+                self._learn(short, path, learned)
+                if not (proto in (6, 17) and lo <= port <= hi):
+                    learned[DESTINATION].add(destination_key(short, ip, port, proto))
         when = now_ns()
-        alert_table.add_known(self.ctx.catalog, PROGRAM, progs, when)
-        alert_table.add_known(self.ctx.catalog, DESTINATION, dests, when)
-        self.known[PROGRAM] |= progs
-        self.known[DESTINATION] |= dests
+        for kind, keys in learned.items():
+            alert_table.add_known(self.ctx.catalog, kind, keys, when)
+            self.known[kind] |= keys
 
     # -- evaluating one alert ------------------------------------------------------------------
     def evaluate(self, alert_id: int) -> None:
