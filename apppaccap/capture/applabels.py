@@ -25,7 +25,8 @@ from apppaccap.store.capturedb import NAME_AGENT
 from apppaccap.store.capturedb import NAME_DOMAIN
 
 MAX_PACKETS = 10        # packets of one flow nDPI sees at most (pure ACKs not counted)
-MAX_PENDING = 200_000   # flows in detection at once; beyond, new flows are given up at once
+MAX_PENDING = 100_000   # flows in detection at once (688 bytes of nDPI state each in 4.2);
+# beyond, a new flow is labelled Unknown at once (the recorder keeps <= 100,000 flows anyway)
 # DpiState in _pcapscan.c: nDPI flow address, packets fed, master, app, category, done
 STATE = struct.Struct("=QIHHiI")
 _TCP, _SYN_FIN_RST = 6, 0x07
