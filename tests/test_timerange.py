@@ -90,7 +90,7 @@ def test_usage_alone_runs_no_capture_machinery_and_releases_all(live, live_ajax)
     assert live.captures.attribution.fastpath is None
     assert sys.getswitchinterval() == before == 0.005
     live_ajax.ok("settings_set", key_name="usage_enabled", value="0")
-    wait_for(lambda: live.usage.recorder is None, 5, what="the recorder to stop")
-    wait_for(lambda: not _usage_threads(), 5, what="the usage threads to end")
+    wait_for(lambda: live.usage.recorder is None, 15, what="the recorder to stop")
+    wait_for(lambda: not _usage_threads(), 15, what="the usage threads to end")
     live_ajax.ok("settings_set", key_name="usage_enabled", value="1")
     wait_for(lambda: live.usage.recorder is not None, 10, what="the recorder again")

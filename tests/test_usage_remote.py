@@ -213,3 +213,40 @@ def test_group_by_path_folds_two_processes_of_one_executable(tmp_path, web):
         b.wait(30)
     finally:
         server.stop()
+
+
+def test_country_when_geoip_is_configured(tmp_path):
+    """Minute rows as the recorder writes them (a public address cannot be reached from
+    the test machine), read through a real server with a real GeoLite2 database."""
+    import glob
+
+    import _maxminddb_geolite2
+
+    from apppaccap.settings import Settings
+    from apppaccap.store import usage as usage_table
+    from apppaccap.store.catalog import Catalog
+
+    db = glob.glob(os.path.join(os.path.dirname(_maxminddb_geolite2.__file__), "*.mmdb"))[0]
+    catalog = Catalog(str(tmp_path / "data"))
+    settings = Settings(catalog)
+    settings.set("usage_enabled", "0")
+    minute = time.time_ns() // 60_000_000_000 - 1
+    rows = {(minute, 0, "81.2.69.160", 443, 6, 1): [3, 300],  # MaxMind's UK test address
+            (minute, 0, "81.2.69.160", 443, 6, 0): [2, 2000],
+            (minute, 0, "10.1.2.3", 53, 17, 1): [1, 70]}
+    catalog.write(lambda c: usage_table.add(c, rows))
+    catalog.close()
+    server = Server(tmp_path / "data", log_dir=tmp_path)
+    try:
+        remotes = server.ok("usage_by_remote", relative_time="15m")["Remotes"]
+        assert [r["RemoteIp"] for r in remotes] == ["81.2.69.160", "10.1.2.3"]
+        assert remotes[1]["Country"] == ""
+        uk = remotes[0]
+        assert uk["Country"] == "" and uk["BytesIn"] == 2000 and uk["BytesOut"] == 300
+        assert uk["PacketsIn"] == 2 and uk["Ports"] == [{"Port": 443, "Protocol": 6}]
+        assert uk["Programs"] == [{"ProcessId": 0, "Pid": 0, "Name": "<unknown>", "Path": ""}]
+        server.ok("settings_set", key_name="geoip_db", value=db)
+        uk = server.ok("usage_by_remote", relative_time="15m")["Remotes"][0]
+        assert uk["Country"] == "United Kingdom"
+    finally:
+        server.stop()

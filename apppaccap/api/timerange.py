@@ -21,7 +21,7 @@ def relative_problem(relative_time: str, start_dtg: int = 0, end_dtg: int = 0) -
         return None
     if _RELATIVE.fullmatch(text) is None:
         shown = text[:40].encode("ascii", "replace").decode()
-        return ("relative_time: expected a whole number and a unit (s, m, h, d or w) such "
+        return ("relative_time: expected a number and a unit (s, m, h, d or w) such "
                 f'as 30s, 15m, 24h or 7d, got "{shown}"')
     if start_dtg or end_dtg:
         return "relative_time: cannot be combined with start_dtg/end_dtg"

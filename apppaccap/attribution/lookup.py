@@ -102,7 +102,7 @@ class FlowLookup:
                 self.stats["shared"] += 1
             else:
                 self.flows[fk] = [PENDING, now, key5]
-                self._queue.put((key5, fk))
+                self._queue.put((key5, fk, None))
                 self.stats["requests"] += 1
             self.flows.move_to_end(fk)
             while len(self.flows) > MAX_FLOWS:
@@ -117,26 +117,34 @@ class FlowLookup:
         fk = flow_key(*key5)
         now = self.clock()
         entry = self.flows.get(fk)
-        if entry is not None and entry[0] and now - entry[1] <= RESOLVED_SYN:
-            return  # the same SYN seen twice (loopback), or a retransmission
-        shared = self._peek(fk)
-        labels = shared
+        if entry is not None and (entry[0] is PENDING or entry[0]) and \
+                now - entry[1] <= RESOLVED_SYN:
+            return  # being looked up, or the same SYN seen twice (loopback)
+        if self._peek(fk):
+            self.status(key5)  # a capture's answer: taken as it is
+            return
+        # sockets → pids → process facts now (they may be gone in a moment); the
+        # ProcessIds (a catalog write for a new process) on the lookup thread
+        owners: list = []
         src = key5[1], key5[2]
         for wait_ms in (0,) + RETRY_MS:
-            if labels and labels[0].local == src:
+            if owners and owners[0][1] == src:
                 break
             if wait_ms:
                 time.sleep(wait_ms / 1000)
             try:
-                labels = self._resolve(key5) or labels
+                owners = self._owners(key5) or owners
             except Exception:  # noqa: BLE001 - the counting path asks again later
                 log.debug("usage lookup of %s failed", key5, exc_info=True)
         with self._lock:
-            self.flows[fk] = [labels or [], self.clock(), key5]
+            self.flows[fk] = [PENDING if owners else [], self.clock(), key5]
             self.flows.move_to_end(fk)
             while len(self.flows) > MAX_FLOWS:
                 self.flows.popitem(last=False)
-        self.stats["resolved" if labels else "missed"] += 1
+        if owners:
+            self._queue.put((key5, fk, owners))
+        else:
+            self.stats["missed"] += 1
 
     def labels(self, key5: tuple):
         """What is known of a flow now, without asking: labels, [] or PENDING (also for a
@@ -160,9 +168,9 @@ class FlowLookup:
             item = self._queue.get()
             if item is None:
                 return
-            key5, fk = item
+            key5, fk, owners = item
             try:
-                labels = self._resolve(key5)
+                labels = self._labels(owners if owners is not None else self._owners(key5))
             except Exception:  # noqa: BLE001 - one bad lookup must not stop the thread
                 log.debug("usage lookup of %s failed", key5, exc_info=True)
                 labels = []
@@ -171,31 +179,38 @@ class FlowLookup:
                 entry[0], entry[1] = labels, self.clock()
             self.stats["resolved" if labels else "missed"] += 1
 
-    def _resolve(self, key5) -> list:
+    def _owners(self, key5) -> list:
+        """[(pid, the owner's local end, process facts)], the flow's src end first."""
         _, src, sport, dst, dport = key5
         out = []
         for o in self.backend.resolve(*key5):
-            base = self._process(o.pid)
-            if base is not None:
-                local = (src, sport) if o.local_is_src else (dst, dport)
-                out.append(Label(base[0], o.pid, 0, base[1], local))
+            info = self._facts(o.pid)
+            if info is not None:
+                out.append((o.pid, (src, sport) if o.local_is_src else (dst, dport), info))
         return out
 
-    def _process(self, pid: int):
-        """(ProcessId, facts) of a pid: the shared backend's exec-time facts when it has
-        them (read only), else /proc now."""
-        info = None
+    def _labels(self, owners) -> list:
+        out = []
+        for pid, local, info in owners:
+            process_id, rec = self._process(pid, info)
+            out.append(Label(process_id, pid, 0, rec, local))
+        return out
+
+    def _facts(self, pid: int):
+        """A pid's facts: the shared backend's, read at exec (read only), else /proc now."""
         backend = getattr(self.shared, "backend", None)
         if backend is not None:
             try:
                 info = backend.process(pid)
             except Exception:  # noqa: BLE001 - fall back to /proc
                 info = None
-        if info is None:
-            info = (self.backend.process(pid) if hasattr(self.backend, "process")
-                    else read_process(pid))
-        if info is None:
-            return None
+            if info is not None:
+                return info
+        return (self.backend.process(pid) if hasattr(self.backend, "process")
+                else read_process(pid))
+
+    def _process(self, pid: int, info):
+        """(ProcessId, facts) of a pid (the catalog's row is made for a new process)."""
         key = (pid, info.start_time_ns)
         known = self._procs.get(key)
         if known is None:
