@@ -110,11 +110,13 @@ class AppLabeller:
         HTTP Host and user agent) are added to it."""
         _conn, st = self.pending.pop(conn.id)
         flow, fed, master, app, cat, _done = STATE.unpack(st)
-        verdict = (master, app, cat) if master or app else self.det.giveup(flow)
+        detected = bool(master or app)
+        verdict = (master, app, cat) if detected else self.det.giveup(flow)
         conn.app = self.det.names(*verdict)
         if batch is not None:
             batch.dirty[conn.id] = conn
-            if conn.app[0] in _NAMED:
+            # names only where nDPI dissected the flow (a give-up guess read nothing)
+            if detected and conn.app[0] in _NAMED:
                 _learn(batch.names, conn, self.det.details(flow, *verdict))
         self.det.free_flow(flow)
         STATE.pack_into(st, 0, 0, fed, master, app, cat, 1)
