@@ -7,12 +7,14 @@ PY     := $(VENV)/bin/python
 HOST   ?= 127.0.0.1
 PORT   ?= 8733
 # System packages: libpcap for capture; tcpdump/tshark are the oracles the tests and
-# benchmarks compare against; iproute2 for network namespaces; chromium for browser tests.
-RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1
+# benchmarks compare against; iproute2 for network namespaces; chromium for browser tests;
+# libbpf1 loads the committed eBPF object (attribution); libndpi4.2 labels connections
+# (loaded with ctypes, no headers needed), ndpiReader (libndpi-bin) is the labels oracle.
+RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1 libndpi4.2
 # Only `make bpf` (rebuilding the committed eBPF object) needs these; nothing at run time.
 BPF_DEBS  := clang llvm bpftool libbpf-dev
 BPF_DIR   := apppaccap/attribution/bpf
-TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation
+TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation libndpi-bin
 
 .PHONY: run test setup setup-test debs-run debs-test clean docs bpf
 

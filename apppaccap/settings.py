@@ -110,6 +110,9 @@ TABLE = (
     Setting("extract_enabled", "bool", "0", "Find files in the TCP streams of captures and "
             "ingests started from now on (extract_enable / extract_disable set it).",
             zero_or_one),
+    Setting("app_labels_enabled", "bool", "1", "Label connections of captures and ingests "
+            "started from now on with nDPI's application protocol, application and category "
+            "(needs Debian's libndpi4.2; without it connections stay unlabelled).", zero_or_one),
     Setting("extract_max_file_bytes", "int", str(64 << 20), "Largest body kept per extracted "
             "file, in bytes (longer ones are cut and marked Truncated).", positive_integer),
     Setting("action_timeout", "int", "60", "Seconds an ACTION_TYPE_EXECUTE action may run "

@@ -3,7 +3,7 @@
 #   sh installer/install.sh
 set -e
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
-sh "$HERE/installer/debs.sh" libpcap-dev gcc python3-dev python3-venv
+sh "$HERE/installer/debs.sh" libpcap-dev gcc python3-dev python3-venv libndpi4.2
 python3 -m venv /opt/apppaccap/venv
 /opt/apppaccap/venv/bin/pip install -q --upgrade pip
 /opt/apppaccap/venv/bin/pip install -q "$HERE"

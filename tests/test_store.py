@@ -46,7 +46,7 @@ CAPTURE_OWNERS = {
     "processes": "store/capturedb.py", "threads": "store/capturedb.py",
     "agg": "store/capturedb.py", "extract_streams": "store/capturedb.py",
     "agg_sec": "store/capturedb.py", "proc_sec": "store/capturedb.py",
-    "span": "store/capturedb.py",
+    "span": "store/capturedb.py", "ip_names": "store/capturedb.py",
     "temp.packed": "store/capturedb.py",  # packed rows of the compiled scanner
     "blocks": "store/blocks.py",
     "ips": "store/ips.py",  # one set of statements for both databases

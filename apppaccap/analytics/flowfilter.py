@@ -10,6 +10,8 @@ only these fields are accepted, each with the meaning it has for a flow:
 - `tcp.port`, `udp.port`: either end's port of a TCP or UDP flow; `tcp`, `udp`, `icmp`
   alone: the flow's protocol; `ip.proto`: the protocol number;
 - `proc.name`, `proc.path`, `proc.pid`, `proc.id`: the owning program;
+- `app.proto`, `app.name`, `app.category`: nDPI's labels of a capture's connection
+  (absent on usage-accounting rows, which are not labelled);
 - `and`, `or`, `xor`, `not`.
 
 Anything else is MALFORMED naming the field and the fields that work. The result is a
@@ -32,7 +34,8 @@ from apppaccap.search.parser import Or
 from apppaccap.search.parser import Xor
 
 ACCEPTED = ("ip.addr", "ipv6.addr", "tcp.port", "udp.port", "tcp", "udp", "icmp", "ip.proto",
-            "proc.name", "proc.path", "proc.pid", "proc.id")
+            "proc.name", "proc.path", "proc.pid", "proc.id", "app.proto", "app.name",
+            "app.category")
 _PROTO = {"tcp": 6, "udp": 17, "icmp": 1}
 _CMP = {"eq": lambda a, b: a == b, "all_eq": lambda a, b: a == b,
         "ne": lambda a, b: a != b, "any_ne": lambda a, b: a != b,
@@ -102,7 +105,8 @@ def _cond(c):
     if c.op == "in":
         ranges = c.values
         return lambda f: any(any(lo <= x <= hi for lo, hi in ranges) for x in get(f))
-    if c.op in ("contains", "matches") and name in ("proc.name", "proc.path"):
+    if c.op in ("contains", "matches") and name in ("proc.name", "proc.path", "app.proto",
+                                                    "app.name", "app.category"):
         if c.op == "contains":
             needle = c.values[0]
             return lambda f: any(needle in x for x in get(f))
@@ -164,5 +168,6 @@ def _getter(name: str):
     if name == "ip.proto":
         return lambda f: [f.proto]
     attr = {"proc.name": "name", "proc.path": "path", "proc.pid": "pid",
-            "proc.id": "process_id"}[name]
+            "proc.id": "process_id", "app.proto": "app_proto", "app.name": "app",
+            "app.category": "category"}[name]
     return lambda f: [getattr(f, attr)] if getattr(f, attr) not in (None, "") else []

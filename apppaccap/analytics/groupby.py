@@ -51,6 +51,10 @@ class Flow:
     last: int = 0
     # usage accounting: (time ns, dir, packets, bytes) rows behind the counters (series)
     times: list = field(default_factory=list)
+    # nDPI's labels of a capture's connection (capture/applabels.py; "" when unlabelled)
+    app_proto: str = ""
+    app: str = ""
+    category: str = ""
 
 
 def _program(f: Flow) -> tuple:
@@ -85,6 +89,13 @@ GROUPS = {
     "country": (lambda f: (f.country, f.country or "unknown"), ("capture", "usage")),
     "hostname": (lambda f: (f.hostname, f.hostname or "unknown"), ("capture", "usage")),
     "conn": (_conn, ("capture",)),
+    # nDPI labels (docs/LABELS.md): the application (App, else the protocol: Google for
+    # TLS.Google, DNS for plain DNS), the application protocol, the category; "" =
+    # unlabelled. Usage accounting does not label its counters.
+    "app": (lambda f: (f.app or f.app_proto, f.app or f.app_proto or "unlabelled"),
+            ("capture",)),
+    "app_proto": (lambda f: (f.app_proto, f.app_proto or "unlabelled"), ("capture",)),
+    "category": (lambda f: (f.category, f.category or "unlabelled"), ("capture",)),
 }
 
 
@@ -173,11 +184,13 @@ def capture_flows(db, start: int | None, end: int | None) -> list:
            "coalesce(c.process_id, 0), c.pid, coalesce(p.name, ''), coalesce(p.path, ''), "
            "coalesce(nullif(c.hostname, ''), i.hostname, ''), coalesce(i.country, ''), "
            "c.packets_in, c.packets_out, c.bytes_in, c.bytes_out, "
-           "coalesce(c.first_time, 0), coalesce(c.last_time, 0) FROM connections c "
+           "coalesce(c.first_time, 0), coalesce(c.last_time, 0), coalesce(c.app_proto, ''), "
+           "coalesce(c.app, ''), coalesce(c.category, '') FROM connections c "
            "LEFT JOIN processes p ON p.process_id = c.process_id "
            "LEFT JOIN ips i ON i.ip = c.remote_ip"
            + (" WHERE " + " AND ".join(where) if where else ""))
-    return [Flow(*r) for r in db.read(sql, params)]
+    return [Flow(*r[:18], app_proto=r[18], app=r[19], category=r[20])
+            for r in db.read(sql, params)]
 
 
 def usage_rows(catalog, rec, start: int, end: int) -> tuple[list, int]:

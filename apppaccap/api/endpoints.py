@@ -9,6 +9,7 @@ from apppaccap.api import groupby  # noqa: F401
 from apppaccap.api import follow  # noqa: F401
 from apppaccap.api import ingest_export  # noqa: F401
 from apppaccap.api import ips  # noqa: F401
+from apppaccap.api import labels  # noqa: F401
 from apppaccap.api import login  # noqa: F401
 from apppaccap.api import monitor  # noqa: F401
 from apppaccap.api import packet_filter  # noqa: F401

@@ -46,7 +46,9 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
 
     Keys: process (ProcessId), program (the executable's path), ip (the local end's address),
     remote_ip, port (the remote end's), protocol, country and hostname (of the remote end, as
-    IP resolution found them), conn (one connection).
+    IP resolution found them), conn (one connection), and nDPI's labels of a capture's
+    connections (docs/LABELS.md): app (the application, else the protocol: Google for
+    TLS.Google, DNS for plain DNS), app_proto and category ("" = unlabelled).
     Answered from counters kept while writing, never by scanning packets: a capture's
     connection rows (each connection counted whole when it was active in the range: a row
     keeps its counters, not when each packet passed), or with capture_id 0 usage
@@ -54,15 +56,17 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     minute), where Connections counts distinct process × remote endpoint × protocol (usage
     accounting keeps no connection ids) and only process, program, remote_ip, port,
     protocol, country and hostname are known. The filter takes ip.addr, ipv6.addr, tcp.port,
-    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid and proc.id, tested
-    per connection; other fields are MALFORMED. Rows are {Key, Name, Packets, Bytes,
+    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid, proc.id and the
+    labels app.proto, app.name, app.category, tested per connection; other fields are
+    MALFORMED. Rows are {Key, Name, Packets, Bytes,
     Connections} (+ Series), ordered by `metric`; a flow counts in a direction's
     Connections when it carried packets that way. Series (series=1) has one point per
     bucket, {Time, Packets, Bytes}, the bucket following the range as in every stats
     answer (BucketSeconds); a capture's series come from the packet rows of the row's
     connections (times and lengths, through the connection index), usage series from its
     counters.
-    - group_by: process program ip remote_ip port protocol country hostname conn (see above)
+    - group_by: process program ip remote_ip port protocol country hostname conn app
+      app_proto category (see above)
     - capture_id: one capture; 0 = usage accounting (every program, all the time)
     - metric: bytes, packets or connections: what orders the rows
     - direction: in, out or both

@@ -5,12 +5,17 @@ from __future__ import annotations
 import ipaddress
 
 from apppaccap.api.captures import captures
+from apppaccap.api.labels import capture_databases as label_databases
 from apppaccap.api.packets import ip_object
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
+from apppaccap.store.capturedb import NAME_AGENT
+from apppaccap.store.capturedb import NAME_DOMAIN
 from apppaccap.store.ips import set_facts
 from apppaccap.wire import DataType
+
+NAMES_MAX = 100
 
 
 def _ip(text: str) -> str:
@@ -34,7 +39,9 @@ def _upsert(db, ip: str, assignments: dict) -> None:
 
 @endpoint(DataType.JSON)
 def ip_query(ctx, *, ip: str, capture_id: int = 0) -> dict:
-    """What is known of an IP address (IP object).
+    """What is known of an IP address (IP object), with Domains (names seen for it: DNS
+    answers, TLS SNI, HTTP Host) and UserAgents (HTTP user agents it sent), from the
+    capture's connections or, for the global list, from every capture (at most 100 each).
 
     - ip: IPv4 or IPv6 address
     - capture_id: read the capture's list; 0 = system-wide (live captures, ingested files)
@@ -45,7 +52,16 @@ def ip_query(ctx, *, ip: str, capture_id: int = 0) -> dict:
     if row is None:
         where = f"capture {capture_id}" if capture_id else "the global list"
         raise NotFound(f"ip: {ip} is not in {where}")
-    return ip_object(row)
+    out = ip_object(row)
+    found: dict = {NAME_DOMAIN: set(), NAME_AGENT: set()}
+    for cdb in label_databases(ctx, capture_id):
+        for kind, name in cdb.read("SELECT kind, name FROM ip_names WHERE ip = ? LIMIT 201",
+                                   (ip,)):
+            if kind in found:
+                found[kind].add(name)
+    out["Domains"] = sorted(found[NAME_DOMAIN])[:NAMES_MAX]
+    out["UserAgents"] = sorted(found[NAME_AGENT])[:NAMES_MAX]
+    return out
 
 
 @endpoint(DataType.INT)

@@ -14,6 +14,7 @@ import json
 import psutil
 
 from apppaccap.api.captures import captures
+from apppaccap.api.labels import label_filter
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
 from apppaccap.dissect.info import info
@@ -162,21 +163,30 @@ def capture_get_packet(ctx, *, capture_id: int, packet_id: int) -> dict:
 
 
 @endpoint(DataType.JSON)
-def capture_conn_stream(ctx, *, capture_id: int, conn_id: int, last_id: int | None = None,
-                        flags: int = 0, limit: int | None = None) -> dict:
-    """Packets of one connection.
+def capture_conn_stream(ctx, *, capture_id: int, conn_id: int = 0, last_id: int | None = None,
+                        flags: int = 0, limit: int | None = None, label: str = "") -> dict:
+    """Packets of one connection, or of every connection with an application label.
 
     - capture_id: the capture
-    - conn_id: a ConnectionId of that capture
+    - conn_id: a ConnectionId of that capture; 0 = every connection carrying `label`
     - last_id: return packets with PacketId > last_id; without it, the first 10000 (reference)
     - flags: 1 adds the packet bytes
     - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
+    - label: only connections whose AppProtocol, App or Category is this (any case)
     """
     db = captures(ctx).db(capture_id)
-    if db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
+    cond, params = label_filter(label)
+    if not conn_id and not cond:
+        raise Malformed("conn_id: give a connection, a label, or both")
+    if conn_id and db.one("SELECT 1 FROM connections WHERE id = ?", (conn_id,)) is None:
         raise NotFound(f"conn_id: capture {capture_id} has no connection {conn_id}")
-    return _stream(db, capture_id, "AND p.conn_id = ?", (conn_id,), last_id,
-                   _page(limit, last_id),
+    where, args = "", []
+    if conn_id:
+        where, args = "AND p.conn_id = ? ", [conn_id]
+    if cond:
+        where += f"AND p.conn_id IN (SELECT id FROM connections WHERE {cond})"
+        args += params
+    return _stream(db, capture_id, where, tuple(args), last_id, _page(limit, last_id),
                    _flags(flags))
 
 
@@ -213,24 +223,31 @@ def connection_object(r, capture_id: int) -> dict:
         "FirstTime": from_ns(r["first_time"]), "LastTime": from_ns(r["last_time"]),
         "PacketsOut": r["packets_out"], "BytesOut": r["bytes_out"], "PacketsIn": r["packets_in"],
         "BytesIn": r["bytes_in"], "State": r["state"], "Hostname": r["hostname"],
-        "PeerPid": r["peer_pid"],
+        "PeerPid": r["peer_pid"], "AppProtocol": r["app_proto"] or "", "App": r["app"] or "",
+        "Category": r["category"] or "",
     }
 
 
 @endpoint(DataType.JSON)
 def capture_list_conns(ctx, *, capture_id: int, last_id: int | None = None,
-                       limit: int | None = None):
+                       limit: int | None = None, label: str = ""):
     """Connections of a capture (CONNECTION list), by ConnectionId.
 
     Without last_id (the reference) the answer is a plain list of up to 10000 items; with
-    last_id it is a page: {CaptureId, LastId, More, Connections: [...]}.
+    last_id it is a page: {CaptureId, LastId, More, Connections: [...]}. Each CONNECTION
+    also carries nDPI's application labels (docs/LABELS.md): AppProtocol (HTTP, TLS,
+    DNS...; "Unknown" when nDPI could not tell), App (Google...; "" when it named none) and
+    Category (Web...); all three "" when the connection was recorded without nDPI.
     - capture_id: the capture
     - last_id: return items with ConnectionId > last_id
     - limit: page size, 1-10000 (default 1000 with last_id, 10000 without)
+    - label: only connections whose AppProtocol, App or Category is this (any case)
     """
     db = captures(ctx).db(capture_id)
     page = _page(limit, last_id)
-    rows = db.read(CONN_SQL + "WHERE c.id > ? ORDER BY c.id LIMIT ?", (last_id or 0, page + 1))
+    cond, params = label_filter(label, "c.")
+    rows = db.read(CONN_SQL + f"WHERE c.id > ? {'AND ' + cond if cond else ''} "
+                   "ORDER BY c.id LIMIT ?", (last_id or 0, *params, page + 1))
     return _listed(rows, last_id, page, "Connections", capture_id,
                    lambda r: connection_object(r, capture_id))
 

@@ -14,6 +14,7 @@ from collections import deque
 
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.resolver import PENDING
+from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
 from apppaccap.capture.sniffer import Sniffer
 from apppaccap.store import capturedb
@@ -53,7 +54,8 @@ class Target:
 
 class LiveCapture:
     def __init__(self, capture_id: int, handles: list, db, attribution, target: Target,
-                 catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None):
+                 catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None,
+                 labels: bool = False):
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
         icmp = bool(getattr(attribution.backend, "knows_icmp", False))
@@ -70,6 +72,8 @@ class LiveCapture:
         self.recorder = Recorder(db, local_ips=local_ips)
         self.recorder.on_flush = on_stats
         self.recorder.on_failure = self._write_failed
+        if labels:  # nDPI application labels (None when the library is missing)
+            self.recorder.labeller = AppLabeller.open()
         # told (capture id, message) once when a write fails: the manager stops the capture
         self.on_failure = None
         self.received = self.kept = self.attributed = self.unknown = 0
@@ -120,6 +124,7 @@ class LiveCapture:
             s.stop()
         self._running.clear()
         self._thread.join(60)
+        self.recorder.finish_labels()
         self.recorder.flush(wait=True)
         self.attribution.release()
         self._remember_end()

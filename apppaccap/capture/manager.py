@@ -167,7 +167,8 @@ class CaptureManager:
         hold = self.ctx.settings.get_int("attribution_hold_ms")
         live = LiveCapture(capture_id, handles, db, self.attribution, target, self.catalog,
                            local_ips=local_addresses(), hold_ms=hold,
-                           on_stats=self._global_stats)
+                           on_stats=self._global_stats,
+                           labels=self.ctx.settings.get_bool("app_labels_enabled"))
         if flags & CaptureFlag.RESOLVE_IPS:
             live.recorder.on_new_ips = lambda ips: self.ip_resolver.submit(db, ips)
         if self.ctx.settings.get_bool("extract_enabled"):

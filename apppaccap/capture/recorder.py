@@ -10,13 +10,12 @@ import logging
 
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
+from apppaccap.capture.aggregates import expand
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.errors import IOFailure
 from apppaccap.pcap.pcapng_writer import EPB_FLAGS
 from apppaccap.pcap.pcapng_writer import frame_epb
-from apppaccap.store.capturedb import AGG_ALL
-from apppaccap.store.capturedb import AGG_IP
-from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.capturedb import NAME_DOMAIN
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.faults import io_failure
 from apppaccap.wire import Direction
@@ -36,11 +35,11 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 class Conn:
     __slots__ = ("id", "proto", "local", "remote", "label", "peer", "first", "last", "pout",
-                 "bout", "pin", "bin", "state", "hostname", "fin")
+                 "bout", "pin", "bin", "state", "hostname", "fin", "app")
 
     def __init__(self, cid, proto, local, remote, ts):
         self.id, self.proto, self.local, self.remote = cid, proto, local, remote
-        self.label = self.peer = None
+        self.label = self.peer = self.app = None  # app: capture/applabels.py
         self.first = self.last = ts
         self.pout = self.bout = self.pin = self.bin = 0
         self.state, self.hostname, self.fin = "", "", 0
@@ -50,7 +49,8 @@ class Conn:
         return (self.id, self.proto, self.local[0], self.local[1], self.remote[0], self.remote[1],
                 lab.process_id if lab else None, lab.pid if lab else 0, lab.tid if lab else 0,
                 self.first, self.last, self.pout, self.bout, self.pin, self.bin, self.state,
-                self.hostname, peer.process_id if peer else None, peer.pid if peer else 0)
+                self.hostname, peer.process_id if peer else None, peer.pid if peer else 0,
+                *(self.app or (None, None, None)))
 
 
 class Batch:
@@ -62,7 +62,8 @@ class Batch:
     `procsec`.
     """
 
-    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec")
+    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec",
+                 "names")
 
     def __init__(self):
         self.rows: list = []              # packet rows
@@ -73,6 +74,7 @@ class Batch:
         self.threads: dict = {}           # (pid, tid, process id) -> packets
         self.flowsec: dict = {}           # (flow, second) -> [packets, bytes, first, last]
         self.procsec: dict = {}           # (process id, second, direction) -> [packets, bytes]
+        self.names: set = set()           # (ip, kind, name): capturedb.write_batch's names
 
 
 class Recorder:
@@ -105,6 +107,7 @@ class Recorder:
         # callable(conn_id, ts, decoded, data) for every TCP packet of a connection — the
         # file extractor's feed (None when extraction is off, the common case)
         self.on_tcp = None
+        self.labeller = None  # capture/applabels.py AppLabeller: nDPI labels (None: off)
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
         self.evicted = 0  # eviction passes so far (ingest/scanner.py drops its flow table then)
         # per interface, ns per timestamp tick when blocks are stored as pcapng EPBs
@@ -184,6 +187,8 @@ class Recorder:
                     self.on_tcp(conn.id, ts, d, data)
             elif not conn.state:
                 conn.state = "ACTIVE"
+            if conn.app is None and self.labeller is not None:
+                self.labeller.feed(conn, d, data, ts, batch)
             batch.dirty[conn.id] = conn
             conn_id = conn.id
             fk = conn
@@ -241,47 +246,13 @@ class Recorder:
 
     def _expand(self):
         """(flow, second) aggregates → per-IP totals, (kind, key, minute, proto) rows, the
-        same by second, and the batch's (first, last) packet time."""
-        ips: dict = {}
-        agg: dict = {}
-        agg_sec: dict = {}
-        lo = hi = None
-        for (flow, sec), (n, b, first, last) in self.batch.flowsec.items():
-            lo = first if lo is None or first < lo else lo
-            hi = last if hi is None or last > hi else hi
-            minute = sec // 60
-            if isinstance(flow, Conn):
-                proto, (a_ip, a_port), (b_ip, b_port) = flow.proto, flow.local, flow.remote
-            else:
-                proto, a_ip, b_ip, a_port, b_port = flow
-            keys = [(AGG_ALL, "", minute, proto)]
-            for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
-                if ip:
-                    keys.append((AGG_IP, ip, minute, proto))
-                    v = ips.get(ip)
-                    if v is None:
-                        ips[ip] = [n, b, first, last]
-                    else:
-                        v[0] += n
-                        v[1] += b
-                        v[2], v[3] = min(v[2], first), max(v[3], last)
-            for port in (a_port, b_port) if a_port != b_port else (a_port,):
-                if port:
-                    keys.append((AGG_PORT, str(port), minute, proto))
-            for kind, key, _minute, _proto in keys:
-                for table, k in ((agg, (kind, key, minute, proto)),
-                                 (agg_sec, (kind, key, sec, proto))):
-                    acc = table.get(k)
-                    if acc is None:
-                        table[k] = [n, b]
-                    else:
-                        acc[0] += n
-                        acc[1] += b
-        return ips, agg, (agg_sec, self.batch.procsec, None if lo is None else (lo, hi))
+        same by second, and the batch's (first, last) packet time (capture/aggregates.py)."""
+        return expand(self.batch.flowsec, self.batch.procsec)
 
     def _learn_dns(self, payload: bytes) -> None:
         for name, ip in dns_answers(payload):
             self.hostnames[ip] = name
+            self.batch.names.add((ip, NAME_DOMAIN, name))
             for c in self.conns.values() if len(self.conns) < 5000 else ():
                 if c.remote[0] == ip and not c.hostname:
                     c.hostname = name
@@ -304,7 +275,7 @@ class Recorder:
             for (pid, tid, _process_id), n in batch.threads.items():
                 threads[(pid, tid)] = threads.get((pid, tid), 0) + n
             args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain,
-                    per_sec)
+                    per_sec, batch.names)
             if self.bulk is not None:
                 self.pending = self.bulk.submit_batch(args)
             else:
@@ -378,10 +349,19 @@ class Recorder:
         IDLE_NS (their rows are already written); a later packet starts a new connection."""
         self.evicted += 1
         newest = max(c.last for c in self.conns.values())
-        for key, c in list(self.conns.items()):
-            if c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS:
-                if c.id not in self.batch.dirty:
-                    del self.conns[key]
+        gone = [(k, c) for k, c in self.conns.items() if c.id not in self.batch.dirty and
+                (c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS)]
+        if self.labeller is not None:  # their labels are final now (written next flush)
+            self.labeller.settle([c for _k, c in gone], self.batch)
+        for key, _c in gone:
+            del self.conns[key]
+
+    def finish_labels(self) -> None:
+        """The end of the capture: pending flows get nDPI's give-up label; nDPI is freed."""
+        if self.labeller is not None:
+            self.labeller.settle(None, self.batch)
+            self.labeller.close()
+            self.labeller = None
 
 
 def _tcp_state(c: Conn, flags: int) -> None:

@@ -24,6 +24,19 @@
 
 enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
+/* nDPI, reached through function pointers the caller hands over (capture/applabels.py
+ * loads libndpi with ctypes): no build-time dependency on nDPI's headers or library.
+ * A flow still being labelled has a 4th item in its flows entry: a bytearray holding
+ * DpiState, shared with the Python side (applabels.STATE, the same layout). */
+typedef struct { uint16_t master, app; int32_t category; } DpiProto;  /* ndpi_protocol 4.2 */
+typedef DpiProto (*dpi_process_fn)(void *, void *, const unsigned char *, unsigned short,
+                                   uint64_t);
+typedef uint8_t (*dpi_extra_fn)(void *, void *);
+typedef struct { uint64_t flow; uint32_t fed; uint16_t master, app; int32_t category;
+                 uint32_t done; } DpiState;
+typedef struct { void *mod; dpi_process_fn process; dpi_extra_fn extra; uint32_t cap;
+                 PyObject *settled; } Dpi;
+
 /* A packed packet row, little-endian, no padding: capturedb.PLAIN_FORMAT "<qqIIHBHHHBBqII"
  * (id, ts, len, caplen, l3, proto, sport, dport, tcp_flags, ttl, direction, conn_id, off,
  * iface);
@@ -48,7 +61,7 @@ static inline uint32_t rd32(const unsigned char *p, int big) {
 static inline int be16(const unsigned char *p) { return (p[0] << 8) | p[1]; }
 
 typedef struct {
-    int l3, proto, sport, dport, flags, ttl, alen;
+    int l3, proto, sport, dport, flags, ttl, alen, l3off, plen;
     const unsigned char *sa, *da;
 } Frame;
 
@@ -109,6 +122,7 @@ static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame 
         return 0;
     }
     f->l3 = l3;
+    f->l3off = (int)off;
     have = lim - l4;
     if (f->proto == 6) {
         int of, hlen;
@@ -117,9 +131,11 @@ static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame 
         hlen = (of >> 12) << 2;
         if (hlen < 20 || hlen > have) return 0;
         f->flags = of & 0x1FF;
+        f->plen = (int)(have - hlen);
     } else if (f->proto == 17) {
         if (have < 8) return 0;
         f->flags = 0;
+        f->plen = (int)(have - 8);
     } else {
         return 0;
     }
@@ -251,12 +267,60 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long 
 typedef struct {
     PyObject *flows, *plain, *blob, *flowsec, *dirty;
     long long next_id;
+    Dpi dpi;  /* dpi.mod NULL: no labelling */
 } Sink;
+
+/* The flows argument's optional companion: (module, process, extra_possible, cap,
+ * settled) - addresses as integers, and a list the scanner appends the conn of each flow
+ * whose label it settled to - or None. Returns 0 or -1 (exception). */
+static int parse_dpi(PyObject *o, Dpi *d) {
+    unsigned long long mod, proc, extra;
+    unsigned int cap;
+    memset(d, 0, sizeof(*d));
+    if (o == NULL || o == Py_None) return 0;
+    if (!PyArg_ParseTuple(o, "KKKIO!", &mod, &proc, &extra, &cap, &PyList_Type, &d->settled))
+        return -1;
+    d->mod = (void *)(uintptr_t)mod;
+    d->process = (dpi_process_fn)(uintptr_t)proc;
+    d->extra = (dpi_extra_fn)(uintptr_t)extra;
+    d->cap = cap;
+    if (!d->mod || !d->process || !d->extra) d->mod = NULL;
+    return 0;
+}
+
+/* applabels.AppLabeller.feed, for a packet the scanner took: 1 when the flow's label is
+ * settled by this packet (Python names it and frees nDPI's flow before the batch is
+ * written), else 0. Pure ACKs teach nDPI nothing and are not fed (nor counted). */
+static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigned char *data,
+                    uint32_t caplen, long long ts) {
+    DpiState *st;
+    DpiProto p;
+    Py_ssize_t len;
+    if (!PyByteArray_Check(state) || PyByteArray_GET_SIZE(state) != (Py_ssize_t)sizeof(DpiState))
+        return 0;
+    st = (DpiState *)PyByteArray_AS_STRING(state);
+    if (st->done || !st->flow) return 0;
+    if (f->proto == 6 && f->plen == 0 && !(f->flags & 0x07)) return 0;
+    len = (Py_ssize_t)caplen - f->l3off;
+    if (len > 0xFFFF) len = 0xFFFF;
+    p = d->process(d->mod, (void *)(uintptr_t)st->flow, data + f->l3off, (unsigned short)len,
+                   (uint64_t)(ts / 1000000));
+    st->fed++;
+    if (p.master || p.app) {
+        st->master = p.master;
+        st->app = p.app;
+        st->category = p.category;
+        if (!d->extra(d->mod, (void *)(uintptr_t)st->flow)) st->done = 1;
+    }
+    if (st->fed >= d->cap) st->done = 1;
+    return st->done ? 1 : 0;
+}
 
 enum { TAKEN = 0 };
 
-/* Record one packet as Recorder.add would, if the fast path takes it. Returns TAKEN,
- * SLOW, NEWFLOW (with *key, a new reference, and *src_is_a set) or -1 (exception). */
+/* Record one packet as Recorder.add would, if the fast path takes it (and feed nDPI a
+ * flow still being labelled). Returns TAKEN, SLOW, NEWFLOW (with *key, a new reference,
+ * and *src_is_a set) or -1 (exception). */
 static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t origlen,
                   long long ts, uint32_t linktype, uint32_t iface, long long div,
                   PyObject **key, int *src_is_a) {
@@ -274,8 +338,9 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         return NEWFLOW;   /* keep key: Python registers the connection under it */
     }
     Py_CLEAR(*key);
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3) {
-        PyErr_SetString(PyExc_TypeError, "flows values must be (conn, a_is_local, conn_id)");
+    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || PyTuple_GET_SIZE(entry) > 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "flows values must be (conn, a_is_local, conn_id[, dpi state])");
         return -1;
     }
     conn = PyTuple_GET_ITEM(entry, 0);
@@ -362,6 +427,10 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     }
     if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
+    if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
+        dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) &&
+        PyList_Append(s->dpi.settled, conn) < 0)
+        return -1;
     return TAKEN;
 }
 
@@ -376,12 +445,14 @@ static PyObject *result(Py_ssize_t off, Py_ssize_t taken, long long total, int c
 
 PyDoc_STRVAR(scan_doc,
 "scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
-"     next_id, max_rows, max_bytes, flowsec, dirty, div)\n"
+"     next_id, max_rows, max_bytes, flowsec, dirty, div[, dpi])\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
 "its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
-"a_is_local, conn_id); plain: bytearray of packed rows\n"
+"a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
+"settled list) with the addresses of libndpi's functions, or None; plain: bytearray\n"
+"of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
 "EPB with ticks of div ns when div > 0.");
 
@@ -396,13 +467,19 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const unsigned char *buf;
     long long limit;
     Sink s;
+    PyObject *dpi = NULL;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L", &view, &off, &size, &big, &unit,
+    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L|O", &view, &off, &size, &big, &unit,
                           &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
-                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div))
+                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div,
+                          &dpi))
         return NULL;
+    if (parse_dpi(dpi, &s.dpi) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     if (size > view.len) size = view.len;
     if (off < 0 || unit <= 0 || rhl < 16) {
         PyBuffer_Release(&view);
@@ -460,7 +537,7 @@ typedef struct {
 
 PyDoc_STRVAR(scan_pcapng_doc,
 "scan_pcapng(buf, off, size, big_endian, ifaces, flows, plain, blob, next_id, max_rows,\n"
-"            max_bytes, flowsec, dirty)\n"
+"            max_bytes, flowsec, dirty[, dpi])\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "As scan(), for the Enhanced Packet Blocks of one pcapng section: ifaces holds, per\n"
 "section-local interface id, (file-wide id, linktype, mult, div, ts offset ns, snaplen,\n"
@@ -476,13 +553,18 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     Iface *ifs = NULL;
     const unsigned char *buf;
     Sink s;
+    PyObject *dpi = NULL;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!", &view, &off, &size, &big,
+    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!|O", &view, &off, &size, &big,
                           &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
-                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty))
+                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi))
         return NULL;
+    if (parse_dpi(dpi, &s.dpi) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
     if (size > view.len) size = view.len;
     if (off < 0) {
         PyBuffer_Release(&view);
@@ -601,7 +683,8 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
 #undef INTERN
     {
         PyObject *m = PyModule_Create(&module);
-        if (m != NULL && PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0) {
+        if (m != NULL && (PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0 ||
+                          PyModule_AddIntConstant(m, "DPI_STATE_SIZE", sizeof(DpiState)) < 0)) {
             Py_DECREF(m);
             return NULL;
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from apppaccap.attribution.labels import Label
+from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
 from apppaccap.dissect.decode import decode
 from apppaccap.errors import IOFailure
@@ -172,6 +173,8 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         # ingest is a packet batch and can go to a writer process (store/bulkwriter.py).
         rec.bulk = BulkWriter(db.path)
     labels = _Labels(ctx, capture_id)
+    if ctx.settings.get_bool("app_labels_enabled"):  # nDPI (None when it is missing)
+        rec.labeller = AppLabeller.open()
     state, message = CaptureState.COMPLETED, ""
     try:
         db.write(capturedb.drop_conn_index)  # built once at the end (bulk load)
@@ -201,6 +204,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                             progress)
         # interfaces declared after the last packet (or in a file without packets)
         known_ifaces = _add_interfaces(db, reader, known_ifaces)
+        rec.finish_labels()
         if reader.error:
             if rec.packets:
                 message = f"stopped early, {rec.packets} packets kept: {reader.error}"
@@ -220,6 +224,8 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 extract.close()
             rec.flush(wait=True)
         finally:
+            if rec.labeller is not None:  # stopped by an error: free nDPI's memory
+                rec.labeller.close()
             if rec.bulk is not None:
                 rec.bulk.close()
             db.close()

@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import struct
 
+from apppaccap.capture.applabels import STATE
 from apppaccap.capture.recorder import SECOND_NS
 from apppaccap.store.capturedb import PLAIN_FORMAT
 
 try:
     from apppaccap.ingest._pcapscan import AGG_NS
+    from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
     from apppaccap.ingest._pcapscan import scan
     from apppaccap.ingest._pcapscan import scan_pcapng
-except ImportError:  # no compiler at install time (or a build older than AGG_NS): the
-    scan = scan_pcapng = None  # Python path does everything
+except ImportError:  # no compiler at install time (or a build older than the nDPI feed):
+    scan = scan_pcapng = None  # the Python path does everything
 else:
-    if AGG_NS != SECOND_NS:  # a build aggregating by another unit: not used
+    # a build aggregating by another unit, or sharing another nDPI state layout: not used
+    if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
         scan = scan_pcapng = None
 
 FULL, END, SLOW, NEWFLOW = 0, 1, 2, 3
@@ -55,6 +58,8 @@ class _Walk:
         self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id)
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
+        self.settled: list = []   # conns whose nDPI label the scanner settled
+        self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
@@ -69,11 +74,12 @@ class _Walk:
                  filling.flowsec, filling.dirty)
         if not self.pcapng:
             out = scan(self.mm, reader.bytes_done, self.size, self.big, self.unit, self.rhl,
-                       self.snaplen, self.linktype, *batch, rec.epb_divs[0])
+                       self.snaplen, self.linktype, *batch, rec.epb_divs[0], self.dpi)
         elif self.section is None:
             return SLOW, None, 0   # the section header and interfaces are Python's to read
         else:
-            out = scan_pcapng(self.mm, reader.bytes_done, self.size, *self.section, *batch)
+            out = scan_pcapng(self.mm, reader.bytes_done, self.size, *self.section, *batch,
+                              self.dpi)
         off, n, nbytes, code, key, src_is_a, last_ts = out
         rec.next_id += n
         rec.packets += n
@@ -83,6 +89,15 @@ class _Walk:
         if self.pcapng and n:
             reader.pcapng_advance(last_ts)
         return code, key, src_is_a
+
+    def settle(self):
+        """Name the flows whose label the scanner settled (before their batch is written)."""
+        if self.settled:
+            labeller = self.rec.labeller
+            for conn in self.settled:
+                if conn.id in labeller.pending:
+                    labeller.complete(conn, self.rec.batch)
+            self.settled.clear()
 
     def python_read(self):
         """After the reader read a record itself: the section may have changed (a new
@@ -107,8 +122,10 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
                 evicted = rec.evicted
             code, key, src_is_a = walk.run()
             if code == END:
+                walk.settle()
                 break
             if code == FULL:
+                walk.settle()
                 rec.flush()
                 if progress is not None and reader.size:
                     progress(100.0 * reader.bytes_done / reader.size)
@@ -122,6 +139,9 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
             d, conn = one(record)
             if code == NEWFLOW and conn is not None and key is not None:
                 src_is_local = conn.local == (d.src, d.sport)
-                flows[key] = (conn, src_is_local == bool(src_is_a), conn.id)
+                entry = (conn, src_is_local == bool(src_is_a), conn.id)
+                # a flow nDPI is still looking at: the scanner feeds it too (its state)
+                st = rec.labeller.state(conn) if rec.labeller is not None else None
+                flows[key] = entry if st is None else (*entry, st)
     finally:
         reader.finish()

@@ -165,7 +165,8 @@ class _Compiler:
                   and all(col in scope.columns for col in getattr(form, "needs", ())))
         if c.other is not None:
             usable = usable and _pairable(f, c, scope) and _pairable(c.other, c, scope)
-        if usable and c.op in ("contains", "matches") and not isinstance(form, fields.Proc):
+        if usable and c.op in ("contains", "matches") and \
+                not isinstance(form, (fields.Proc, fields.App)):
             usable = False
         if usable and isinstance(form, fields.Time) and c.other is None:
             return self.time_leaf(c, form)
@@ -201,6 +202,11 @@ class _Compiler:
             keys = [k for k, row in self.scope.processes().items()
                     if row.get(form.attr) is not None and predicates.value_test(c)(row[form.attr])]
             return _in("process_id", keys)
+        if isinstance(form, fields.App):
+            test = predicates.value_test(c)
+            keys = [cid for cid, labels in self.scope.app_labels().items()
+                    if labels[form.attr] is not None and test(labels[form.attr])]
+            return _in("conn_id", keys)
         if isinstance(form, fields.Stream):
             test = predicates.value_test(c)
             keys = [cid for rank, cid in enumerate(self.scope.stream_ids(form.proto))

@@ -88,6 +88,14 @@ class Proc:
 
 
 @dataclass(frozen=True)
+class App:
+    """An application label of the packet's connection (app.proto, app.name, app.category):
+    resolved in the capture's `connections` table → conn_id set."""
+
+    attr: str
+
+
+@dataclass(frozen=True)
 class Stream:
     """tshark's 0-based tcp.stream / udp.stream = rank of our connection among the flows of
     that protocol in order of first packet (our ConnectionId order)."""
@@ -165,6 +173,13 @@ def _proc(attr):
     def get(v):
         p = v.scope.process(v.process_id)
         return [] if p is None or p.get(attr) is None else [p[attr]]
+    return get
+
+
+def _app(attr):
+    def get(v):
+        labels = v.scope.app_labels().get(v.conn_id)
+        return [] if labels is None or labels[attr] is None else [labels[attr]]
     return get
 
 
@@ -364,6 +379,15 @@ def _fields():
               "tid != 0", Col(("tid",), ("tid",)), _row("tid", lambda v: v.tid != 0)),
         Field("capture.id", UINT, "the CaptureId", "capture.id in {3, 5}", "1", Const("capture_id"),
               lambda v: [v.scope.capture_id], bits=63),
+        Field("app.proto", STRING, "nDPI application protocol of the connection (HTTP, TLS, "
+              "DNS, QUIC, SSH, Unknown...)", 'app.proto == "TLS"', "conn_id IS NOT NULL",
+              App("proto"), _app("proto")),
+        Field("app.name", STRING, "nDPI application of the connection, when it knows one "
+              "(Google, YouTube...)", 'app.name matches "google"', "conn_id IS NOT NULL",
+              App("name"), _app("name")),
+        Field("app.category", STRING, "nDPI category of the connection (Web, Streaming, "
+              "VPN...)", 'app.category == "SocialNetwork"', "conn_id IS NOT NULL",
+              App("category"), _app("category")),
         Field("conn.id", UINT, "our ConnectionId (TCP and UDP flows, 1-based)", "conn.id == 12",
               "conn_id IS NOT NULL", Col(("conn_id",), ("conn_id",)),
               _row("conn_id", lambda v: v.conn_id is not None), bits=63),

@@ -42,7 +42,7 @@ class Scope:
         self.min_id, self.max_id = (lo or 1), (hi or 0)
         row = conn.execute("SELECT ts FROM packets WHERE id = ?", (self.min_id,)).fetchone()
         self.first_ts = row[0] if row else 0
-        self._ips = self._procs = self._conns = None
+        self._ips = self._procs = self._conns = self._apps = None
         self._ranks: dict = {}
         self._sorted = None
 
@@ -81,6 +81,16 @@ class Scope:
                 "SELECT id, proto, local_ip, local_port, remote_ip, remote_port, "
                 "packets_in + packets_out FROM connections ORDER BY id").fetchall()
         return self._conns
+
+    def app_labels(self) -> dict:
+        """conn id → {"proto", "name", "category"}: nDPI's labels (capture/applabels.py);
+        a label that is NULL or "" is absent."""
+        if self._apps is None:
+            self._apps = {r[0]: {"proto": r[1] or None, "name": r[2] or None,
+                                 "category": r[3] or None} for r in
+                          self.conn.execute("SELECT id, app_proto, app, category FROM "
+                                            "connections WHERE app_proto IS NOT NULL")}
+        return self._apps
 
     def stream_ids(self, proto: int) -> list[int]:
         """Connection ids of one protocol in order of first packet (= tshark's stream order)."""

@@ -78,8 +78,11 @@ PLAIN_FORMAT = "<qqIIHBHHHBBqII"
 PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,conn_id,off,iface"
 
 
+NAME_DOMAIN, NAME_AGENT = 0, 1  # ip_names.kind
+
+
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
-                ips: dict, agg: dict, plain=b"", per_sec=None) -> None:
+                ips: dict, agg: dict, plain=b"", per_sec=None, names=()) -> None:
     """Persist one batch (runs on the writer thread, inside one transaction).
 
     packets: tuples (id, ts, …, notes, off) in the INSERT's column order; blk is assigned
@@ -90,14 +93,17 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     ips: ip → [packets, bytes, first, last] deltas; agg: (kind, key, minute, proto) → [p, b].
     per_sec: (agg_sec, proc_sec, span) or None: (kind, key, second, proto) → [p, b];
     (process_id, second, direction) → [p, b]; (first ts, last ts) of the batch.
+    names: (ip, kind, name) learned for IPs (NAME_DOMAIN: DNS answers, TLS SNI, HTTP Host;
+    NAME_AGENT: an HTTP user agent the IP sent).
     """
     blk = add_block(conn, blob) if blob else 0
     if conns:  # first: packed rows take their addresses from here
         conn.executemany(
             "INSERT OR REPLACE INTO connections(id,proto,local_ip,local_port,remote_ip,"
             "remote_port,process_id,pid,tid,first_time,last_time,packets_out,bytes_out,"
-            "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", list(conns.values()))
+            "packets_in,bytes_in,state,hostname,peer_process_id,peer_pid,app_proto,app,"
+            "category) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            list(conns.values()))
     conn.executemany(
         "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
         "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
@@ -124,6 +130,9 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
             "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg.items()])
     if per_sec is not None:
         _write_per_second(conn, *per_sec)
+    if names:
+        conn.executemany("INSERT OR IGNORE INTO ip_names(ip,kind,name) VALUES (?,?,?)",
+                         list(names))
 
 
 def _write_per_second(conn, agg_sec: dict, proc_sec: dict, span) -> None:

@@ -335,4 +335,14 @@ CAPTURE = [
     CREATE TABLE span (
         id INTEGER PRIMARY KEY CHECK (id = 0), first INTEGER NOT NULL, last INTEGER NOT NULL)
     """,
+    # 6: application labels from nDPI (capture/applabels.py): AppProtocol, App, Category;
+    # NULL where the connection was not labelled (no nDPI, or a capture written before);
+    # names learned for IPs: domains (DNS answers, TLS SNI, HTTP Host), HTTP user agents
+    """
+    ALTER TABLE connections ADD COLUMN app_proto TEXT;
+    ALTER TABLE connections ADD COLUMN app TEXT;
+    ALTER TABLE connections ADD COLUMN category TEXT;
+    CREATE TABLE ip_names (ip TEXT NOT NULL, kind INTEGER NOT NULL, name TEXT NOT NULL,
+        PRIMARY KEY (ip, kind, name)) WITHOUT ROWID;
+    """,
 ]

@@ -22,6 +22,11 @@ var App = window.App || (window.App = {});
     return {$el: $el, count: function (n) { $count.text(fmt.num(n)); }};
   }
 
+  function labelText(c) {
+    if (!c.AppProtocol) return "";
+    return c.AppProtocol + (c.App ? "." + c.App : "") + (c.Category ? " \u00b7 " + c.Category : "");
+  }
+
   function connections(filterPackets) {
     var current = null;
     var table = ui.table([
@@ -30,6 +35,9 @@ var App = window.App || (window.App = {});
       {title: "Local", get: function (c) { return fmt.endpoint(c.LocalIp, c.LocalPort); }, cls: "mono"},
       {title: "Remote", get: function (c) { return fmt.endpoint(c.RemoteIp, c.RemotePort); }, cls: "mono"},
       {title: "Hostname", get: function (c) { return c.Hostname; }},
+      {title: "Labels", get: labelText, render: function (c) {
+        return ui.el("span", "applabel", labelText(c)).attr("title", c.Category ? "nDPI category: " + c.Category : "");
+      }},
       {title: "Process", get: function (c) { return c.ProcessName || ""; }, render: function (c) { return ui.procName(c.ProcessName); }},
       {title: "PID", get: function (c) { return c.Pid; }, cls: "num"},
       {title: "State", get: function (c) { return c.State; }},
@@ -46,7 +54,30 @@ var App = window.App || (window.App = {});
       }}
     ], {key: function (c) { return c.ConnectionId; }, empty: "No connections.",
       onClick: function (c) { filterPackets("conn.id == " + c.ConnectionId); }});
-    var p = pane("Connections", table);
+    // the label filter: AppProtocol, App or Category, any case (capture_list_conns' `label`)
+    var $label = $("<select>").attr("aria-label", "label filter").addClass("labelfilter");
+    var all = [], setRows = table.set;
+    function hasLabel(c, want) {
+      return [c.AppProtocol, c.App, c.Category].some(function (v) { return v && v.toLowerCase() === want; });
+    }
+    function labelOptions(rows) {
+      var seen = {}, keep = $label.val() || "";
+      rows.forEach(function (c) { [c.AppProtocol, c.App, c.Category].forEach(function (v) { if (v) seen[v] = 1; }); });
+      $label.empty().append($("<option>").val("").text("All labels"));
+      Object.keys(seen).sort(function (a, b) { return a.toLowerCase() < b.toLowerCase() ? -1 : 1; })
+        .forEach(function (v) { $label.append($("<option>").val(v.toLowerCase()).text(v)); });
+      $label.val(keep);
+      if ($label.val() === null) $label.val("");  // the label is gone from this capture
+    }
+    table.set = function (rows) {
+      all = rows || [];
+      labelOptions(all);
+      var want = $label.val();
+      return setRows(want ? all.filter(function (c) { return hasLabel(c, want); }) : all);
+    };
+    $label.on("change", function () { table.set(all); });
+
+    var p = pane("Connections", table, $label);
     p.load = function (cap) {
       current = cap;
       api.all("capture_list_conns", {capture_id: cap.CaptureId}, "ConnectionId", "Connections").then(function (rows) {
