@@ -8,8 +8,9 @@ and exports run on. Results are written chunk by chunk as the scan finds them, s
 
 Restart: a search cut off by a service stop becomes CANCELLED with the results it had
 written (message "interrupted: the service stopped") — when the service stops, or at the
-next start after a crash; run it again with search_start. Captures covered: the one asked for (an active capture is searched up to its
-packets at the start), or every capture that is not active.
+next start after a crash; run it again with search_start. Captures covered: the one asked
+for (an active capture is searched up to its packets at the start), or every capture that
+is not active.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ class SearchEngine:
                            "setting max_active_searches allows; wait, cancel one "
                            "(search_cancel), or raise the setting")
             sid = searches.add(self.catalog, text=text, capture_id=capture_id or None,
-                               start=start, end=end, state=CommandState.QUEUED, capture_ids=capture_ids,
+                               start=start, end=end, state=CommandState.QUEUED,
+                               capture_ids=capture_ids,
                                created=now_ns())
             self.flags[sid] = flag
         self.pool.submit(self._run, sid, flt, capture_ids, time_range, flag)

@@ -29,11 +29,19 @@ candidates are then every packet), so only CORE columns are relied upon.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable
 
 from apppaccap.dissect import readers
 from apppaccap.dissect.decoded import mac_text
+from apppaccap.search.fieldforms import App
+from apppaccap.search.fieldforms import Col
+from apppaccap.search.fieldforms import Const
+from apppaccap.search.fieldforms import Exists
+from apppaccap.search.fieldforms import Field
+from apppaccap.search.fieldforms import Ip
+from apppaccap.search.fieldforms import Port
+from apppaccap.search.fieldforms import Proc
+from apppaccap.search.fieldforms import Stream
+from apppaccap.search.fieldforms import Time
 from apppaccap.search.lexer import FilterError
 from apppaccap.search.values import ABSTIME
 from apppaccap.search.values import BOOL
@@ -51,88 +59,6 @@ from apppaccap.search.values import UINT
 # The other columns of today's schema: a guard naming one that a capture lacks is dropped.
 OPTIONAL_COLUMNS = frozenset("tcp_flags ttl vlan eth_src eth_dst icmp_type direction summary "
                              "notes ts_raw".split())
-
-
-# ---- SQL forms -------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Col:
-    """Plain packet columns: one SQL expression per occurrence (tshark's multi-occurrence
-    fields such as ip.addr = [src, dst])."""
-
-    exprs: tuple
-    needs: tuple
-
-
-@dataclass(frozen=True)
-class Ip(Col):
-    """IP text columns. Addresses, CIDR and ranges resolve against the capture's `ips`
-    table (every src/dst is in it) into a set of texts; `conn` allows the pushdown of the
-    same test to the connections table."""
-
-    conn: bool = True
-
-
-@dataclass(frozen=True)
-class Port(Col):
-    """TCP/UDP ports, pushed down to the connections table of that protocol."""
-
-    proto: int = 6
-
-
-@dataclass(frozen=True)
-class Proc:
-    """A process attribute: resolved in the capture's `processes` table → process_id set."""
-
-    attr: str
-
-
-@dataclass(frozen=True)
-class App:
-    """An application label of the packet's connection (app.proto, app.name, app.category):
-    resolved in the capture's `connections` table → conn_id set."""
-
-    attr: str
-
-
-@dataclass(frozen=True)
-class Stream:
-    """tshark's 0-based tcp.stream / udp.stream = rank of our connection among the flows of
-    that protocol in order of first packet (our ConnectionId order)."""
-
-    proto: int
-
-
-@dataclass(frozen=True)
-class Const:
-    """A value known per capture (capture.id)."""
-
-    attr: str
-
-
-@dataclass(frozen=True)
-class Time:
-    """ts in ns: absolute, epoch seconds, or relative to the capture's first packet."""
-
-    kind: str
-
-
-@dataclass(frozen=True)
-class Exists:
-    """A protocol word whose guard is its exact existence test."""
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: str
-    doc: str
-    example: str
-    guard: str = "1"               # SQL, CORE columns; scope placeholders: {eth}
-    sql: object = None             # one of the forms above; None = Python only
-    py: Callable | None = None     # view → list of occurrence values
-    bits: int = 32
-    ranges: Callable | None = None  # PROTO/BYTES: view → [(start, end)] for contains/matches
 
 
 TCP_G = "proto = 6 AND (sport != 0 OR dport != 0)"
