@@ -79,12 +79,12 @@ class ActionType(IntEnum):
 
 
 class AlertType(IntEnum):
-    """What an alert watches (api/alerts.py). 4 is kept for LABEL (a connection with a
-    given application label), which needs the labels this build does not have yet."""
+    """What an alert watches (api/alerts.py)."""
 
     THRESHOLD = 1        # a group-by row's metric over a window above a value
     NEW_PROGRAM = 2      # a program uses the network for the first time
     NEW_DESTINATION = 3  # a program reaches a remote address/port it never used before
+    LABEL = 4            # a live capture's connection with a given application label
 
 
 class CommandState(IntEnum):

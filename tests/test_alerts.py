@@ -223,8 +223,8 @@ def test_alert_add_checks(ctx, ajax, tmp_path):
         assert body["ErrorCode"] != 0, body
         return body["ReturnValue"]
 
-    assert "THRESHOLD (1), NEW_PROGRAM (2), NEW_DESTINATION (3)" in err(name="x",
-                                                                       alert_type="LABEL")
+    assert "NEW_PROGRAM (2), NEW_DESTINATION (3), LABEL (4)" in err(name="x",
+                                                                    alert_type="SOON")
     assert "group_by: a THRESHOLD alert needs one" in err(name="x", alert_type="THRESHOLD")
     assert "not known to usage accounting" in err(name="x", alert_type="1", group_by="conn")
     assert "window:" in err(name="x", alert_type="1", group_by="program", window="soon")

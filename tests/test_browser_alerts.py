@@ -96,6 +96,16 @@ def test_alerts_page_history_and_badge(page, site):
     page.wait_for_selector("#view-alerts td:has-text('heavy remote')")
     added = [a for a in site.ok("alert_list") if a["Name"] == "heavy remote"][0]
     assert (added["GroupBy"], added["Threshold"], added["Window"]) == ("remote_ip", 1000000, "5m")
+    # and a label alert: the label field shows for that kind only
+    assert not form.locator("[name=label]").is_visible()
+    form.locator("[name=name]").fill("torrents")
+    form.locator("select[name=type]").select_option(str(4))
+    assert not form.locator("select[name=group]").is_visible()
+    form.locator("[name=label]").fill("BitTorrent")
+    form.locator("button:has-text('Add alert')").click()
+    page.wait_for_selector("#view-alerts td:has-text('a connection labelled BitTorrent')")
+    added = [a for a in site.ok("alert_list") if a["Name"] == "torrents"][0]
+    assert (added["AlertType"], added["Label"]) == (4, "BitTorrent")
 
 
 def test_group_by_explorer(page, site):

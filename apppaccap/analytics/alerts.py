@@ -13,7 +13,8 @@ alerts watch it rather than a capture:
   process_path; a remote port in the kernel's client-port range is an inbound
   connection's client, not a destination: see ephemeral_ports); THRESHOLD runs the
   group-by (analytics/groupby.py) over its window and raises an event for each row above
-  the threshold, once until the row falls below.
+  the threshold, once until the row falls below; LABEL reads the live captures'
+  connections labelled with its label (analytics/labelalerts.py), one event each.
 
 An event is stored (store/alerts.py) and, when the alert names an EXECUTE action, runs it
 as a COMMAND through the trigger machinery (triggers/runner.py) with the placeholders
@@ -32,6 +33,7 @@ from apppaccap.analytics.groupby import SECOND
 from apppaccap.analytics.groupby import group
 from apppaccap.analytics.groupby import program_names
 from apppaccap.analytics.groupby import usage_flows
+from apppaccap.analytics.labelalerts import LabelWatch
 from apppaccap.errors import AppError
 from apppaccap.filetime import now_ns
 from apppaccap.store import alerts as alert_table
@@ -75,6 +77,7 @@ class AlertEngine:
         self.jobs: list[str] = []
         self.runner = ActionRunner(ctx)
         self.ephemeral = ephemeral_ports()
+        self.labels = LabelWatch(ctx)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,6 +110,8 @@ class AlertEngine:
                     pass
                 self.jobs.remove(job_id)
             rows = alert_table.all_alerts(self.ctx.catalog)
+            for alert_id in {k[0] for k in self.labels.cursors} - {r["id"] for r in rows}:
+                self.labels.forget(alert_id)  # removed
             for row in rows:
                 self.cursors.setdefault(row["id"], self.seq)  # news from now on
             for row in rows:
@@ -236,6 +241,8 @@ class AlertEngine:
                 return
             if row["type"] == AlertType.THRESHOLD:
                 events = self._threshold(row)
+            elif row["type"] == AlertType.LABEL:
+                events = self._labelled(row)
             else:
                 events = self._news(row)
             if events:
@@ -266,6 +273,20 @@ class AlertEngine:
             out.append(_event(row, f["time"], f, 0, destination_key(
                 who, f["remote_ip"], f["remote_port"], f["proto"]) if kind == DESTINATION
                 else who, msg))
+        return out
+
+    def _labelled(self, row) -> list:
+        out = []
+        for f in self.labels.facts(row):
+            if not _narrowed(row["process_path"], f["process_path"] or ""):
+                continue
+            who = f["process_path"] or f["process_name"] or "an unknown program"
+            named = " / ".join(x for x in dict.fromkeys(f["labels"]) if x)
+            msg = (f"{who} (pid {f['pid']}): a {PROTOCOLS.get(f['proto'], f['proto'])} "
+                   f"connection to {f['remote_ip']} port {f['remote_port']} labelled "
+                   f"{row['label']} ({named}) in capture {f['capture_id']}, connection "
+                   f"{f['conn_id']}")
+            out.append(_event(row, f["time"], f, 0, f["key"], msg))
         return out
 
     def _threshold(self, row) -> list:

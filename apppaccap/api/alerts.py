@@ -7,7 +7,9 @@ program uses the network for the first time; NEW_DESTINATION, a program reaches 
 address/port/protocol it never used before (a remote port in the kernel's client-port
 range, ip_local_port_range, is an inbound connection's client and never counts). "First
 time" counts from when alerts began watching: what usage accounting had counted before is
-known. LABEL alerts need application labels, which this build has not.
+known. LABEL, a connection of a live capture that began after the alert was added and that
+nDPI labelled with the alert's label (AppProtocol, App or Category, any case; docs/LABELS.md):
+one event per connection, never repeated, across restarts too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated
 
 from apppaccap.analytics.groupby import check_group
 from apppaccap.analytics.groupby import check_metric
+from apppaccap.api.labels import label_filter
 from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
 from apppaccap.api.timerange import relative_range
@@ -40,7 +43,7 @@ def alert_object(row) -> dict:
             "GroupBy": row["group_by"], "Metric": row["metric"], "Direction": row["direction"],
             "Threshold": row["threshold"], "Window": row["win"],
             "ProcessPath": row["process_path"], "ActionId": row["action_id"],
-            "Interval": row["every"], "Enabled": bool(row["enabled"]),
+            "Label": row["label"], "Interval": row["every"], "Enabled": bool(row["enabled"]),
             "FireCount": row["fire_count"], "LastFired": from_ns(row["last_fired"]),
             "Created": from_ns(row["created"])}
 
@@ -111,31 +114,36 @@ def _row(ctx, alert_id: int):
 @endpoint(DataType.JSON)
 def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: str = "bytes",
               direction: str = "both", threshold: Annotated[int, THRESHOLD] = 0,
-              window: str = "5m", process_path: str = "", action_id: int = 0,
-              interval: Annotated[int, INTERVAL] = 5) -> dict:
+              window: str = "5m", label: str = "", process_path: str = "",
+              action_id: int = 0, interval: Annotated[int, INTERVAL] = 5) -> dict:
     """Add an alert; returns the new ALERT (AlertId, Name, AlertType, GroupBy, Metric,
-    Direction, Threshold, Window, ProcessPath, ActionId, Interval, Enabled, FireCount,
-    LastFired, Created).
+    Direction, Threshold, Window, ProcessPath, ActionId, Label, Interval, Enabled,
+    FireCount, LastFired, Created).
 
-    It is evaluated every `interval` seconds on usage accounting (setting usage_enabled);
-    each firing is an ALERTEVENT (alert_events). THRESHOLD raises one event per group row
-    whose metric over the last `window` exceeds `threshold`, once until the row falls back
-    below it. An EXECUTE action (action_id) runs as a COMMAND for each event, with the
-    trigger placeholders plus {alert_name}, {process_path}, {remote_ip}, {remote_port},
-    {value} (capture_id is 0, export_file empty).
+    It is evaluated every `interval` seconds on usage accounting (setting usage_enabled),
+    or for LABEL on the live captures' connections; each firing is an ALERTEVENT
+    (alert_events). THRESHOLD raises one event per group row whose metric over the last
+    `window` exceeds `threshold`, once until the row falls back below it. LABEL raises one
+    event per connection that began after the alert was added and carries `label` (its
+    GroupKey is "capture:connection"; Pid, ProcessName, ProcessPath, RemoteIp and
+    RemotePort are the connection's). An EXECUTE action (action_id) runs as a COMMAND for
+    each event, with the trigger placeholders plus {alert_name}, {process_path},
+    {remote_ip}, {remote_port}, {value} (capture_id is 0, export_file empty).
     - name: the alert's name (1-256 printable characters)
-    - alert_type: THRESHOLD (1), NEW_PROGRAM (2) or NEW_DESTINATION (3), by name or number
+    - alert_type: THRESHOLD (1), NEW_PROGRAM (2), NEW_DESTINATION (3) or LABEL (4), by
+      name or number
     - group_by: THRESHOLD: process, program, remote_ip, port, protocol, country or hostname
     - metric: THRESHOLD: bytes, packets or connections
     - direction: THRESHOLD: in, out or both
     - threshold: THRESHOLD: fire above this value
     - window: THRESHOLD: the interval measured, 30s, 5m, 2h, 1d (s m h d w); default 5m
+    - label: LABEL: an AppProtocol, App or Category (label_list), e.g. BitTorrent, VPN
     - process_path: only this executable, or programs below this directory; blank = all
     - action_id: an EXECUTE action to run for each event; 0 = none
     - interval: evaluate every so many seconds, 1..86400 (default 5)
     """
     fields = _fields(ctx, _alert_type(alert_type), group_by, metric, direction, threshold,
-                     window, process_path, action_id, interval)
+                     window, process_path, action_id, interval, label)
     fields["name"] = check_name(name)
     alert_id = alert_table.add(ctx.catalog, fields)
     _changed(ctx)
@@ -143,9 +151,14 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
 
 
 def _fields(ctx, kind: AlertType, group_by, metric, direction, threshold, window,
-            process_path, action_id, interval) -> dict:
+            process_path, action_id, interval, label) -> dict:
     fields = {"type": int(kind), "process_path": _path(process_path),
               "action_id": _action(ctx, action_id), "every": interval}
+    if kind == AlertType.LABEL:
+        if not label.strip():
+            raise Malformed("label: a LABEL alert needs one (an AppProtocol, App or Category)")
+        label_filter(label)  # MALFORMED for an overlong or unprintable one
+        fields["label"] = label.strip()
     if kind == AlertType.THRESHOLD:
         if not group_by:
             raise Malformed("group_by: a THRESHOLD alert needs one")
@@ -166,7 +179,8 @@ def alert_list(ctx) -> list:
 def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | None = None,
               metric: str | None = None, direction: str | None = None,
               threshold: Annotated[int, THRESHOLD] | None = None, window: str | None = None,
-              process_path: str | None = None, action_id: int | None = None,
+              label: str | None = None, process_path: str | None = None,
+              action_id: int | None = None,
               interval: Annotated[int, INTERVAL] | None = None,
               enabled: bool | None = None) -> dict:
     """Change an alert (parameters left out keep their value); returns the ALERT.
@@ -178,6 +192,7 @@ def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | No
     - direction: THRESHOLD: in, out or both
     - threshold: THRESHOLD: new value
     - window: THRESHOLD: new window (30s, 5m, 2h, 1d)
+    - label: LABEL: new label (connections from then on)
     - process_path: new narrowing; blank = every program
     - action_id: an EXECUTE action; 0 = none
     - interval: evaluate every so many seconds, 1..86400
@@ -193,7 +208,8 @@ def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | No
         row["win"] if window is None else window,
         row["process_path"] if process_path is None else process_path,
         row["action_id"] if action_id is None else action_id,
-        row["every"] if interval is None else interval)
+        row["every"] if interval is None else interval,
+        row["label"] if label is None else label)
     fields.pop("type")
     if name is not None:
         fields["name"] = check_name(name)

@@ -12,7 +12,7 @@ from apppaccap.filetime import now_ns
 from apppaccap.store.database import tables
 
 CHANGES = ("name", "group_by", "metric", "direction", "threshold", "win", "win_seconds",
-           "process_path", "action_id", "every", "enabled")
+           "process_path", "action_id", "every", "enabled", "label")
 EVENT_COLUMNS = ("alert_id", "time", "pid", "process_name", "process_path", "remote_ip",
                  "remote_port", "value", "group_key", "message")
 
@@ -73,6 +73,12 @@ def events(catalog, alert_id: int, last_id: int, limit: int):
                             "ORDER BY id LIMIT ?", (alert_id, last_id, limit))
     return catalog.read("SELECT * FROM alert_events WHERE id > ? ORDER BY id LIMIT ?",
                         (last_id, limit))
+
+
+def group_keys(catalog, alert_id: int) -> set:
+    """The GroupKeys an alert has fired for (a LABEL alert's: the connections)."""
+    return {r[0] for r in catalog.read("SELECT group_key FROM alert_events WHERE alert_id = ?",
+                                       (alert_id,))}
 
 
 def last_event_id(catalog) -> int:

@@ -119,6 +119,13 @@ def _reconcile_capture(conn) -> None:
         db["packets"].add_column("ts_raw", str)
 
 
+def _alert_label(conn) -> None:
+    """Catalog migration 12: alerts.label (idempotent, as the last step must be)."""
+    db = tables(conn)
+    if "label" not in db["alerts"].columns_dict:
+        db["alerts"].add_column("label", str, not_null_default="")
+
+
 CATALOG = [
     # 1: foundation
     """
@@ -254,6 +261,8 @@ CATALOG = [
         kind TEXT NOT NULL, key TEXT NOT NULL, first_time INTEGER NOT NULL,
         PRIMARY KEY (kind, key)) WITHOUT ROWID
     """,
+    # 12: LABEL alerts' application label (rows: store/alerts.py)
+    _alert_label,
 ]
 
 # captures/<id>.db (store/capturedb.py)

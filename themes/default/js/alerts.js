@@ -12,6 +12,7 @@ var App = window.App || (window.App = {});
   TYPES[ALERT_TYPE_THRESHOLD] = "threshold";
   TYPES[ALERT_TYPE_NEW_PROGRAM] = "new program";
   TYPES[ALERT_TYPE_NEW_DESTINATION] = "new destination";
+  TYPES[ALERT_TYPE_LABEL] = "application label";
   var GROUPS = ["program", "process", "remote_ip", "port", "protocol", "country", "hostname"];
 
   function seen() { return Number(localStorage.getItem(SEEN) || 0); }
@@ -55,6 +56,7 @@ var App = window.App || (window.App = {});
     return a ? a.Name : "#" + id;
   }
   function condition(a) {
+    if (a.AlertType === ALERT_TYPE_LABEL) return "a connection labelled " + a.Label;
     if (a.AlertType !== ALERT_TYPE_THRESHOLD) return TYPES[a.AlertType] || String(a.AlertType);
     var v = a.Metric === "bytes" ? fmt.bytes(a.Threshold) : fmt.num(a.Threshold) + " " + a.Metric;
     return "a " + a.GroupBy + " above " + v + " (" + a.Direction + ") in " + a.Window;
@@ -88,6 +90,7 @@ var App = window.App || (window.App = {});
       data.threshold = Number($f.find("[name=threshold]").val()) || 0;
       data.window = $f.find("[name=window]").val().trim() || "5m";
     }
+    if (type === ALERT_TYPE_LABEL) data.label = $f.find("[name=label]").val().trim();
     api("alert_add", data).then(function () {
       $f.find("[name=name], [name=path]").val("");
       ui.toast("Alert \u201c" + data.name + "\u201d added");
@@ -109,13 +112,18 @@ var App = window.App || (window.App = {});
       .add(ui.field("Direction", select("direction", [["both", "both"], ["out", "out"], ["in", "in"]])))
       .add(ui.field("Above", ui.input("threshold", "e.g. 50000000").attr("inputmode", "numeric")))
       .add(ui.field("Window", ui.input("window", "5m", "5m")));
+    var $label = $(ui.field("Label", ui.input("label", "e.g. BitTorrent, VPN, HTTP")
+      .attr("title", "an application protocol, application or category (any case)"))).hide();
     var $f = ui.el("div", "toolbar alertform").append(
-      ui.field("Name", ui.input("name", "e.g. big upload")), ui.field("Kind", $type), $threshold,
+      ui.field("Name", ui.input("name", "e.g. big upload")), ui.field("Kind", $type), $threshold, $label,
       ui.field("Program or directory", ui.input("path", "optional: /usr/bin/curl").addClass("mono"), "wide"),
       ui.field("Every (s)", ui.input("interval", "5", "5").attr("inputmode", "numeric")),
       ui.field("Run action", ui.el("select").attr("name", "action")),
       ui.button("Add alert", "primary", addAlert));
-    $type.on("change", function () { $threshold.toggle(Number(this.value) === ALERT_TYPE_THRESHOLD); });
+    $type.on("change", function () {
+      $threshold.toggle(Number(this.value) === ALERT_TYPE_THRESHOLD);
+      $label.toggle(Number(this.value) === ALERT_TYPE_LABEL);
+    });
     alertT = ui.table([
       {title: "ID", get: function (a) { return a.AlertId; }, cls: "num"},
       {title: "Name", get: function (a) { return a.Name; }},
@@ -133,7 +141,8 @@ var App = window.App || (window.App = {});
           });
         }));
       }}], {key: function (a) { return a.AlertId; }, rowClass: function (a) { return a.Enabled ? "" : "muted"; },
-      empty: "No alerts. An alert watches usage accounting: a new program, a new destination, or traffic above a value."});
+      empty: "No alerts. An alert watches usage accounting (a new program, a new destination, or traffic above a value) " +
+        "or the live captures' connections (an application label)."});
     eventT = ui.table([
       {title: "Time", get: function (e) { return e.Time; }, text: function (e) { return fmt.time(e.Time); }, cls: "nowrap"},
       {title: "Alert", get: function (e) { return alertName(e.AlertId); }},
@@ -148,7 +157,8 @@ var App = window.App || (window.App = {});
       {title: "Message", get: function (e) { return e.Message; }}
     ], {key: function (e) { return e.AlertEventId; }, sort: 0, sortDir: -1, empty: "No alert has fired yet."});
     $panel.append(ui.section("Alerts", ui.button("Refresh", "small", load)).append($f, alertT,
-      ui.el("p", "help").text("Alerts watch usage accounting (Settings: usage_enabled). A new program or destination " +
+      ui.el("p", "help").text("Alerts watch usage accounting (Settings: usage_enabled); a label alert watches the " +
+        "connections of running captures that begin after it is added. A new program or destination " +
         "means one not seen since alerts began watching. An action runs for each event with {alert_name}, " +
         "{process_name}, {process_path}, {pid}, {remote_ip}, {remote_port} and {value} replaced.")));
     $panel.append(ui.section("History").append(eventT));
