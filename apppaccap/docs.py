@@ -114,16 +114,17 @@ def _doors() -> list[str]:
         "Client messages (JSON objects, at most "
         f"{stream.MAX_MESSAGE // 1024} KiB):",
         "",
-        "- `{\"subscribe\": \"flows\" | \"packets\" | \"capture\" | \"usage\","
+        "- `{\"subscribe\": \"flows\" | \"packets\" | \"capture\" | \"usage\" | \"alerts\","
         " \"capture_id\": N,"
         " \"filter\": \"...\", \"interval_ms\": 1000}`",
         "  → `{\"type\": \"subscribed\", \"subscription\": id, \"subscribe\": kind,"
         " \"interval_ms\": n}`.",
         f"  `capture_id` for flows, packets and capture; `interval_ms` ({iv}; default 1000);",
         "  `filter` a display filter (the search language; packets and flows only); packets",
-        "  also take `last_id` (default: only packets written after subscribing). At most",
-        f"  {stream.MAX_SUBSCRIPTIONS} subscriptions per socket. `alerts` does not exist in",
-        "  this version (UNSUPPORTED).",
+        "  also take `last_id` (default: only packets written after subscribing); alerts",
+        "  take `last_id` (an AlertEventId; default: only events stored after subscribing)",
+        "  and `alert_id` (one alert's events; default every alert's). At most",
+        f"  {stream.MAX_SUBSCRIPTIONS} subscriptions per socket.",
         "- `{\"unsubscribe\": id}` → `{\"type\": \"unsubscribed\", \"subscription\": id}`.",
         "- `{\"ping\": any}` → `{\"type\": \"pong\", \"ping\": any}`.",
         "",
@@ -146,13 +147,19 @@ def _doors() -> list[str]:
         "  interval in which it changed (its counters: a capture header); after the capture",
         "  ends, its last object and `end`.",
         "- `usage`: `Usage` - the `usage_now` object for the last second.",
+        "- `alerts`: `LastId`, `Events` - the ALERTEVENT objects (exactly as `alert_events`",
+        "  returns them) stored since the last message, oldest first, at most "
+        f"{feeds.EVENTS_PER_MESSAGE} per",
+        "  message; each interval reads the catalog for events after the last one sent.",
         "- `end`: the capture is no longer active (flows: after one last full comparison);",
         "  the subscription is gone.",
-        "- `dropped`: `dropped` - items (packets, connection updates, usage messages) that",
+        "- `dropped`: `dropped` - items (packets, connection updates, usage messages, alert",
+        "  events) that",
         "  were not sent because the consumer did not read fast enough: the per-socket queue",
         f"  holds at most {stream.QUEUE_BYTES >> 20} MiB / {stream.QUEUE_MESSAGES} messages.",
         "  It precedes the next message of that subscription. A packets feed then continues",
-        "  from the newest packet; a flows feed sends every connection not sent again.",
+        "  from the newest packet; a flows feed sends every connection not sent again; an",
+        "  alerts feed continues after the lost events (`alert_events` with `last_id` has them).",
         "- `error`: `ErrorCode`, `message` (and `subscription` when one ended with it).",
         "",
         "Each local account (root excepted) may hold `max_streams_per_caller` sockets; the",

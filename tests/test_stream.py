@@ -141,9 +141,9 @@ def test_packets_stream_with_filter_and_ping(server):
     assert got[every] == stream  # the PACKETSTREAM items as written
     ws.send({"unsubscribe": sub})
     assert ws.next("unsubscribed")["subscription"] == sub
-    ws.send({"subscribe": "alerts"})
+    ws.send({"subscribe": "alerts", "alert_id": 999})
     err = ws.next("error")
-    assert "alerts" in err["message"] and err["ErrorCode"] != 0
+    assert "no alert 999" in err["message"] and err["ErrorCode"] != 0
     ws.send({"subscribe": "packets", "capture_id": cid, "interval_ms": 5})
     assert "interval_ms" in ws.next("error")["message"]
     ws.send({"subscribe": "packets", "capture_id": cid, "filter": "frame.len >"})

@@ -20,12 +20,18 @@ feed, however slow its consumer, cannot slow a capture down.
   subscription on), those matching the filter when one is given.
 * capture: the CAPTURE object (capture_get_details) when it changed: header counters.
 * usage: usage_now(seconds=1) (api/usage.py) each interval.
+* alerts: the ALERTEVENT objects (exactly as alert_events returns them) stored since the
+  last message, read each interval from the catalog by id (indexed): by default from the
+  subscription on, or after a given `last_id`; optionally one alert's only. Events that
+  cannot be queued for a slow consumer are a gap (`dropped`); alert_events with last_id
+  still has them.
 """
 
 from __future__ import annotations
 
 import time
 
+from apppaccap.api.alerts import alert_events
 from apppaccap.api.captures import capture_object
 from apppaccap.api.packets import CONN_SQL
 from apppaccap.api.packets import PACKET_SQL
@@ -39,6 +45,7 @@ from apppaccap.search.compiler import compile_plan
 from apppaccap.search.scan import scan
 from apppaccap.search.scope import Scope
 from apppaccap.search.scope import open_readonly
+from apppaccap.store.alerts import last_event_id
 from apppaccap.wire import CaptureState
 
 FLOW_SLACK_NS = 10 * 1_000_000_000
@@ -47,10 +54,11 @@ MAX_TRACKED = 250_000         # connections one flows feed remembers (about 100 
 EXAMINE = 50_000              # packets a filtered packets feed tests per page
 FLOWS_PER_MESSAGE = 1000
 PACKETS_PER_MESSAGE = 500
+EVENTS_PER_MESSAGE = 1000
 PAGES_PER_TICK = 20          # packets: at most 10000 per tick before the next tick
 MAX_FILTER = 4096
 INTERVAL_MS = {"flows": (100, 60000), "packets": (100, 60000), "capture": (250, 60000),
-               "usage": (1000, 60000)}
+               "usage": (1000, 60000), "alerts": (100, 60000)}
 KINDS = tuple(INTERVAL_MS)
 
 
@@ -286,4 +294,35 @@ class UsageFeed(Feed):
         return [self.message(Usage=usage_now(ctx, seconds=1))]
 
 
-FEEDS = {"flows": FlowFeed, "packets": PacketFeed, "capture": CaptureFeed, "usage": UsageFeed}
+class AlertFeed(Feed):
+    kind = "alerts"
+
+    def __init__(self, sid: int, msg: dict, ctx):
+        super().__init__(sid, msg)
+        if msg.get("filter"):
+            raise Malformed("filter: alerts subscriptions take no filter (alert_id narrows)")
+        self.alert_id = _int(msg, "alert_id", 0, 2**62, 0)
+        if self.alert_id:
+            alert_events(ctx, alert_id=self.alert_id, limit=1)  # NOT_FOUND for an unknown one
+        start = msg.get("last_id")
+        self.last_id = last_event_id(ctx.catalog) if start is None else \
+            _int(msg, "last_id", 0, 2**62)
+
+    def poll(self, ctx) -> list[dict]:
+        out = []
+        while True:  # every event stored since the last tick, a message per page
+            page = alert_events(ctx, alert_id=self.alert_id, last_id=self.last_id,
+                                limit=EVENTS_PER_MESSAGE)
+            if not page:
+                return out
+            self.last_id = page[-1]["AlertEventId"]
+            out.append(self.message(LastId=self.last_id, Events=page))
+            if len(page) < EVENTS_PER_MESSAGE:
+                return out
+
+    def lost(self, msg: dict) -> int:
+        return len(msg.get("Events") or [])
+
+
+FEEDS = {"flows": FlowFeed, "packets": PacketFeed, "capture": CaptureFeed, "usage": UsageFeed,
+         "alerts": AlertFeed}

@@ -1,4 +1,5 @@
-"""GET /ws: a WebSocket (flask-sock / simple-websocket) pushing flows, packets and usage.
+"""GET /ws: a WebSocket (flask-sock / simple-websocket) pushing flows, packets, capture
+counters, usage and alert events.
 
 Who may connect is decided before the upgrade, by the same rules as /ajax: Host and
 Origin (app.py's before_request, guard.py: a browser always sends Origin with a WebSocket,
@@ -316,13 +317,11 @@ class Session:
         kind = msg["subscribe"]
         if not isinstance(kind, str):
             raise Malformed(f"subscribe: one of {', '.join(FEEDS)}")
-        if kind == "alerts":
-            raise Unsupported("subscribe: this version has no alerts")
         if kind not in FEEDS:
             raise Malformed(f"subscribe: one of {', '.join(FEEDS)}")
         if len(self.feeds) >= MAX_SUBSCRIPTIONS:
             raise Busy(f"subscribe: at most {MAX_SUBSCRIPTIONS} subscriptions per socket")
-        if kind != "usage" and self.ctx.captures is None:
+        if kind not in ("usage", "alerts") and self.ctx.captures is None:
             raise Unsupported("capture: the capture engine is not running in this process")
         sid = self.next_sid
         feed = FEEDS[kind](sid, msg, self.ctx)
