@@ -5,14 +5,20 @@ a one-alert subscription; `last_id` replays the history."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from tests.helpers.live import wait_for
+from tests.helpers.ports import free_port
 from tests.helpers.server import Server
 from tests.helpers.ws import Ws
+from tests.helpers.ws import raw_read
+from tests.helpers.ws import raw_send
+from tests.helpers.ws import upgrade
 
 pytestmark = pytest.mark.live
 
@@ -66,5 +72,69 @@ def test_alert_events_are_pushed_as_they_fire(tmp_path, http_server):
         assert msg["subscription"] == replay and msg["Events"] == stored
         ws.close()
         server.ok("capture_stop_system", capture_id=cap["CaptureId"])
+    finally:
+        server.stop()
+
+
+def _curl(port: int) -> int:
+    proc = subprocess.Popen(["curl", "-s", "--limit-rate", "1k", "-o", "/dev/null",
+                             f"http://127.0.0.1:{port}/hello.txt"])
+    assert proc.wait(timeout=30) == 0
+    return proc.pid
+
+
+def test_a_consumer_that_does_not_read_is_told_of_the_lost_events(tmp_path, http_server):
+    """The socket's queue is filled by packets subscriptions nobody reads; the alert event
+    that fires meanwhile is not queued, and the next message of the alerts subscription
+    announces it as a gap. The queue is filled in two phases: a fast flood fills the kernel's
+    buffers and the queue's bytes with large packets messages, then one datagram per tick
+    fills what room is left with messages of one packet, up to the queue's message count
+    or to less than an alerts message's size."""
+    port, _proc = http_server
+    udp_port = free_port(socket.SOCK_DGRAM)
+    server = Server(tmp_path / "data", None, log_dir=tmp_path)
+    try:
+        alert = server.ok("alert_add", name="web", alert_type="LABEL", label="HTTP",
+                          interval=1)
+        cid = server.ok("capture_start_system", adapter="lo",
+                        filter=f"tcp port {port} or udp port {udp_port}")["CaptureId"]
+        sock, ws = upgrade(server.port, rcvbuf=4096)
+        for _ in range(7):
+            raw_send(sock, ws, {"subscribe": "packets", "capture_id": cid, "interval_ms": 100})
+        raw_send(sock, ws, {"subscribe": "alerts", "interval_ms": 100})
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        stop = threading.Event()
+
+        def flood():
+            end = time.monotonic() + 4
+            while not stop.is_set():
+                for _ in range(100 if time.monotonic() < end else 1):
+                    udp.sendto(b"q" * 64, ("127.0.0.1", udp_port))
+                time.sleep(0.02 if time.monotonic() < end else 0.1)
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        try:
+            time.sleep(9)  # never read meanwhile: the server's queue fills
+            first = _curl(port)
+            wait_for(lambda: server.ok("alert_events"), timeout=30, what="the first event")
+            time.sleep(1)
+        finally:
+            stop.set()
+            t.join(5)
+            udp.close()
+        msgs = raw_read(sock, ws, 4)  # the queue drains
+        subs = {m["subscribe"]: m["subscription"] for m in msgs if m["type"] == "subscribed"}
+        assert not [m for m in msgs if m.get("subscription") == subs["alerts"] and
+                    m["type"] in ("alerts", "dropped")], "the first event was queued"
+        second = _curl(port)
+        wait_for(lambda: len(server.ok("alert_events")) == 2, timeout=30,
+                 what="the second event")
+        msgs = [m for m in raw_read(sock, ws, 3) if m.get("subscription") == subs["alerts"]]
+        sock.close()
+        server.ok("capture_stop_system", capture_id=cid)
+        stored = server.ok("alert_events", alert_id=alert["AlertId"])
+        assert [e["Pid"] for e in stored] == [first, second]
+        assert [m["type"] for m in msgs] == ["dropped", "alerts"], msgs
+        assert msgs[0]["dropped"] == 1 and msgs[1]["Events"] == stored[1:]
     finally:
         server.stop()
