@@ -4,7 +4,8 @@
  * live chart is rebuilt when the theme changes (uPlot bakes colours in at construction)
  * and resized with its container.
  *   App.charts.timeBars(el, {times, series: [{label, values, color}], bucket, fmt, stacked, height})
- *   App.charts.spark(el, {values: [[in...], [out...]], width, height}) → {update(values)}
+ *   App.charts.spark(el, {values: [[in...], [out...]] or [[v...]], x, width, height, color})
+ *     → {update(values, x)}
  *   App.charts.share($el, [{label, v, title, parts: [a, b]}], {fmt, onClick}) */
 var App = window.App || (window.App = {});
 
@@ -123,24 +124,31 @@ var App = window.App || (window.App = {});
     return data;
   }
 
-  /* A tiny in/out chart without axes or legend (the last minute of a program). */
+  /* A tiny chart without axes or legend: in/out (the last minute of a program), or one
+   * series (a group-by row); `x` gives uneven positions (default: 0, 1, 2, ...). */
   function spark(el, o) {
     var w = o.width || 96, h = o.height || 22, u = null;
+    function data() {
+      var x = o.x || o.values[0].map(function (_, i) { return i; });
+      return [x].concat(o.values);
+    }
     function build() {
       if (u) u.destroy();
-      var x = o.values[0].map(function (_, i) { return i; });
+      var one = o.values[0].length === 1;  // a lone point draws no line: show it as a dot
       u = new uPlot({width: w, height: h, pxAlign: false, legend: {show: false},
         cursor: {show: false}, select: {show: false},
-        scales: {x: {time: false}, y: {range: function (self, min, max) { return [0, max > 0 ? max : 1]; }}},
+        scales: {x: {time: false, range: function (self, min, max) { return min < max ? [min, max] : [min - 1, max + 1]; }},
+          y: {range: function (self, min, max) { return [0, max > 0 ? max : 1]; }}},
         axes: [{show: false}, {show: false}],
-        series: [{}, {stroke: inOut(0), fill: inOut(0) + "55", width: 1, points: {show: false}},
-          {stroke: inOut(1), fill: inOut(1) + "55", width: 1, points: {show: false}}]},
-      [x, o.values[0], o.values[1]], el);
+        series: [{}].concat(o.values.map(function (_, d) {
+          var c = o.color || inOut(d);
+          return {stroke: c, fill: c + "55", width: 1, points: {show: one, size: 4}};
+        }))}, data(), el);
     }
     keep(el, build);
-    return {update: function (values) {
-      o.values = values;
-      if (u) u.setData([values[0].map(function (_, i) { return i; }), values[0], values[1]]);
+    return {update: function (values, x) {
+      o.values = values; o.x = x;
+      if (u) u.setData(data());
     }};
   }
 

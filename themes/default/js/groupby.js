@@ -1,6 +1,6 @@
 /* Group-by explorer on the Statistics page (stats_group_by): choose the data (usage
  * accounting or a capture), the group, the metric, direction and range; a top-N table with
- * a sparkline per row, then Other and Total. It adds its own panel to the Statistics view
+ * a sparkline per row (App.charts.spark), then Other and Total. It adds its own panel to the Statistics view
  * (wrapping that view's init), so js/stats.js knows nothing of it. */
 var App = window.App || (window.App = {});
 
@@ -14,7 +14,6 @@ var App = window.App || (window.App = {});
   var USAGE_KEYS = {program: 1, process: 1, remote_ip: 1, port: 1, protocol: 1, country: 1, hostname: 1};
   var RANGES = [["15m", "Last 15 minutes"], ["1h", "Last hour"], ["24h", "Last day"], ["7d", "Last week"],
     ["5m", "Last 5 minutes"], ["", "Whole capture"]];
-  var SVGNS = "http://www.w3.org/2000/svg";
 
   function select(label, values) {
     var $s = ui.el("select").attr("aria-label", label);
@@ -22,32 +21,17 @@ var App = window.App || (window.App = {});
     return $s;
   }
 
-  /* A sparkline of a row's series as an inline SVG (no canvas: the table stays light). */
+  /* A row's series as the shared uPlot sparkline (js/charts.js), x = seconds from its first
+   * point (FILETIME ticks are too large for a float's precision to spare). */
   function sparkline(series, metric) {
-    var w = 120, h = 22, svg = document.createElementNS(SVGNS, "svg");
-    svg.setAttribute("width", w); svg.setAttribute("height", h);
-    svg.setAttribute("class", "sparkline");
-    svg.setAttribute("viewBox", "0 0 " + w + " " + h);
-    if (!series || !series.length) return svg;
     var key = metric === "packets" ? "Packets" : "Bytes";
-    var t0 = series[0].Time, t1 = series[series.length - 1].Time, max = 0;
-    series.forEach(function (p) { if (p[key] > max) max = p[key]; });
-    var pts = series.map(function (p) {
-      var x = t1 > t0 ? (p.Time - t0) / (t1 - t0) * (w - 2) + 1 : w / 2;
-      var y = h - 1 - (max ? p[key] / max * (h - 3) : 0);
-      return x.toFixed(1) + "," + y.toFixed(1);
-    });
-    if (pts.length === 1) pts.unshift("1," + (h - 1));
-    var line = document.createElementNS(SVGNS, "polyline");
-    line.setAttribute("points", pts.join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", "currentColor");
-    line.setAttribute("stroke-width", "1.5");
-    svg.appendChild(line);
-    var title = document.createElementNS(SVGNS, "title");
-    title.textContent = series.length + " points";
-    svg.appendChild(title);
-    return svg;
+    var el = ui.el("div", "sparkline").attr("title", series.length + " points")[0];
+    if (!series.length) return el;
+    var t0 = series[0].Time;
+    App.charts.spark(el, {width: 120, height: 22,
+      x: series.map(function (p) { return (p.Time - t0) / 1e7; }),
+      values: [series.map(function (p) { return p[key]; })]});
+    return el;
   }
 
   function mount($panel) {
