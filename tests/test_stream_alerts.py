@@ -83,58 +83,77 @@ def _curl(port: int) -> int:
     return proc.pid
 
 
+def _attempt(server, cid: int, port: int, udp_port: int):
+    """One socket that does not read while its queue fills and an alert fires; then it
+    reads. None when the event still found room in the queue (the fill was too slow on a
+    loaded machine); else the alerts subscription's messages around the next event."""
+    sock, ws = upgrade(server.port, rcvbuf=4096)
+    for _ in range(7):
+        raw_send(sock, ws, {"subscribe": "packets", "capture_id": cid, "interval_ms": 100})
+    raw_send(sock, ws, {"subscribe": "alerts", "interval_ms": 100})
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stop = threading.Event()
+
+    def flood():
+        end = time.monotonic() + 4
+        while not stop.is_set():
+            for _ in range(100 if time.monotonic() < end else 1):
+                udp.sendto(b"q" * 64, ("127.0.0.1", udp_port))
+            time.sleep(0.02 if time.monotonic() < end else 0.1)
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        before = len(server.ok("alert_events"))
+        time.sleep(9)  # never read meanwhile: the server's queue fills
+        lost = _curl(port)
+        wait_for(lambda: len(server.ok("alert_events")) > before, timeout=30,
+                 what="the first event")
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join(5)
+        udp.close()
+    try:
+        msgs = raw_read(sock, ws, 4)  # the queue drains
+        sid = [m for m in msgs if m["type"] == "subscribed"][-1]["subscription"]
+        if [m for m in msgs if m.get("subscription") == sid and m["type"] == "alerts"]:
+            return None
+        assert not [m for m in msgs if m.get("subscription") == sid and
+                    m["type"] != "subscribed"], msgs
+        nxt = _curl(port)
+        wait_for(lambda: len(server.ok("alert_events")) > before + 1, timeout=30,
+                 what="the second event")
+        return lost, nxt, [m for m in raw_read(sock, ws, 3) if m.get("subscription") == sid]
+    finally:
+        sock.close()
+
+
 def test_a_consumer_that_does_not_read_is_told_of_the_lost_events(tmp_path, http_server):
     """The socket's queue is filled by packets subscriptions nobody reads; the alert event
     that fires meanwhile is not queued, and the next message of the alerts subscription
     announces it as a gap. The queue is filled in two phases: a fast flood fills the kernel's
     buffers and the queue's bytes with large packets messages, then one datagram per tick
     fills what room is left with messages of one packet, up to the queue's message count
-    or to less than an alerts message's size."""
+    or to less than an alerts message's size. On a loaded machine the fill can be too slow
+    (the event then is delivered): another socket tries again."""
     port, _proc = http_server
     udp_port = free_port(socket.SOCK_DGRAM)
     server = Server(tmp_path / "data", None, log_dir=tmp_path)
     try:
-        alert = server.ok("alert_add", name="web", alert_type="LABEL", label="HTTP",
-                          interval=1)
+        server.ok("alert_add", name="web", alert_type="LABEL", label="HTTP", interval=1)
         cid = server.ok("capture_start_system", adapter="lo",
                         filter=f"tcp port {port} or udp port {udp_port}")["CaptureId"]
-        sock, ws = upgrade(server.port, rcvbuf=4096)
-        for _ in range(7):
-            raw_send(sock, ws, {"subscribe": "packets", "capture_id": cid, "interval_ms": 100})
-        raw_send(sock, ws, {"subscribe": "alerts", "interval_ms": 100})
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        stop = threading.Event()
-
-        def flood():
-            end = time.monotonic() + 4
-            while not stop.is_set():
-                for _ in range(100 if time.monotonic() < end else 1):
-                    udp.sendto(b"q" * 64, ("127.0.0.1", udp_port))
-                time.sleep(0.02 if time.monotonic() < end else 0.1)
-        t = threading.Thread(target=flood, daemon=True)
-        t.start()
-        try:
-            time.sleep(9)  # never read meanwhile: the server's queue fills
-            first = _curl(port)
-            wait_for(lambda: server.ok("alert_events"), timeout=30, what="the first event")
-            time.sleep(1)
-        finally:
-            stop.set()
-            t.join(5)
-            udp.close()
-        msgs = raw_read(sock, ws, 4)  # the queue drains
-        subs = {m["subscribe"]: m["subscription"] for m in msgs if m["type"] == "subscribed"}
-        assert not [m for m in msgs if m.get("subscription") == subs["alerts"] and
-                    m["type"] in ("alerts", "dropped")], "the first event was queued"
-        second = _curl(port)
-        wait_for(lambda: len(server.ok("alert_events")) == 2, timeout=30,
-                 what="the second event")
-        msgs = [m for m in raw_read(sock, ws, 3) if m.get("subscription") == subs["alerts"]]
-        sock.close()
-        server.ok("capture_stop_system", capture_id=cid)
-        stored = server.ok("alert_events", alert_id=alert["AlertId"])
-        assert [e["Pid"] for e in stored] == [first, second]
+        for _ in range(4):
+            got = _attempt(server, cid, port, udp_port)
+            if got is not None:
+                break
+        else:
+            raise AssertionError("in 4 tries the queue never filled before the event")
+        lost, nxt, msgs = got
+        stored = server.ok("alert_events")
+        assert [e["Pid"] for e in stored[-2:]] == [lost, nxt]
         assert [m["type"] for m in msgs] == ["dropped", "alerts"], msgs
-        assert msgs[0]["dropped"] == 1 and msgs[1]["Events"] == stored[1:]
+        assert msgs[0]["dropped"] == 1 and msgs[1]["Events"] == stored[-1:]
+        server.ok("capture_stop_system", capture_id=cid)
     finally:
         server.stop()
