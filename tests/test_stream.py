@@ -372,3 +372,26 @@ def test_flows_with_a_filter_follow_only_matching_connections(server):
     udp = {k: v for k, v in final.items() if v["Protocol"] == 17}
     assert udp and any(v["Protocol"] == 6 for v in final.values())
     assert table == udp  # only the connections with a matching packet, exactly as listed
+
+
+def test_nothing_follows_the_close_frame(server):
+    """When a stream ends, the close frame is the last thing on the socket: an HTTP answer
+    written after it (the WSGI server's own 200) is what Chromium reports as "Invalid frame
+    header"."""
+    sock, _conn = upgrade(server.port)
+    try:
+        # a masked client Close (1000), written by hand so every byte after it is ours to read
+        mask = b"\x01\x02\x03\x04"
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(b"\x03\xe8"))
+        sock.sendall(b"\x88\x82" + mask + payload)
+        sock.settimeout(10)
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    assert data[:1] == b"\x88", data[:40]   # the server's Close frame...
+    assert b"HTTP/" not in data, data[:200]  # ...and nothing after it

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -221,6 +222,22 @@ def register(app, ctx) -> None:
             pass  # the client went away: the normal end of a stream
         except Exception:  # noqa: BLE001 - never let Flask write an HTTP 500 into the socket
             log.exception("/ws session failed")
+        finally:
+            _finish(ws)
+
+
+def _finish(ws) -> None:
+    """Close the stream and shut the socket: flask-sock then hands the WSGI server an empty
+    200 response, which it would write after our close frame (browsers report "Invalid
+    frame header"); on a shut socket that write fails quietly as a dropped connection."""
+    try:
+        ws.close()
+    except Exception:  # noqa: BLE001 - already closed by the client
+        pass
+    try:
+        ws.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class Session:
