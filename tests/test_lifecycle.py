@@ -121,6 +121,9 @@ def test_helpers_die_with_a_killed_server(tmp_path):
     even one that is not reading its pipe (stopped here, as a busy or blocked one is)."""
     server = Server(tmp_path / "data")
     try:
+        # the socket-table backend: with eBPF loaded the fast-path helper is not started,
+        # and this test is about every kind of helper
+        server.ok("settings_set", key_name="attribution_backend", value="socket-table")
         start_capture(server)
         time.sleep(1)  # helpers started from a request thread outlive that thread
         helpers = descendants(server.proc.pid)

@@ -134,6 +134,8 @@ class AlertEngine:
         """Note programs and destinations seen for the first time (see the module doc)."""
         try:
             self._observe()
+        except AppError as err:  # a full disk, a closed catalog: said in a line, retried
+            log.warning("alerts: observation failed: %s", err.message)
         except Exception:  # noqa: BLE001 - an observation fails alone, the next one runs
             log.exception("alerts: observation failed")
 
@@ -249,6 +251,8 @@ class AlertEngine:
                 alert_table.add_events(self.ctx.catalog, events)
                 for e in events:
                     self._run_action(row, e)
+        except AppError as err:  # a full disk, a closed catalog: said in a line, retried
+            log.warning("alert %s: evaluation failed: %s", alert_id, err.message)
         except Exception:  # noqa: BLE001 - one alert's failure never stops the others
             log.exception("alert %s: evaluation failed", alert_id)
 
