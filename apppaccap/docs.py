@@ -146,7 +146,8 @@ def _doors() -> list[str]:
         "- `capture`: `Capture` - the CAPTURE object (`capture_get_details`) of each",
         "  interval in which it changed (its counters: a capture header); after the capture",
         "  ends, its last object and `end`.",
-        "- `usage`: `Usage` - the `usage_now` object for the last second.",
+        "- `usage`: `Usage` - the `usage_now` object (`seconds` 1-60, default 1, and `group` "
+        "path | process may be given in the subscription, as to usage_now).",
         "- `alerts`: `LastId`, `Events` - the ALERTEVENT objects (exactly as `alert_events`",
         "  returns them) stored since the last message, oldest first, at most "
         f"{feeds.EVENTS_PER_MESSAGE} per",

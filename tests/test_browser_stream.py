@@ -87,3 +87,50 @@ def test_packet_list_polls_without_websocket(browser, server):
     sockets, polls, details = _run(browser, server, no_websocket=True)
     # the fallback: capture_stream and capture_get_details every second
     assert sockets == [] and len(polls) >= 2 and len(details) >= 2
+
+
+def _network(browser, server, no_websocket: bool) -> tuple[int, int]:
+    """The Network page for 3 s under UDP traffic from this process: (usage_now polls,
+    usage messages received over the stream)."""
+    port = free_port(socket.SOCK_DGRAM)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", port))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = ctx.new_page()
+    console = Console(page)
+    if no_websocket:
+        page.add_init_script("window.WebSocket = undefined;")
+    polls, pushed = [], []
+    page.on("request", lambda r: polls.append(time.monotonic())
+            if r.url.endswith("/ajax") and "usage_now" in (r.post_data or "") else None)
+    page.on("websocket", lambda ws: ws.on(
+        "framereceived", lambda f: pushed.append(time.monotonic())
+        if '"type":"usage"' in str(f) else None))
+    try:
+        page.goto(f"{server.url}/#/network")
+        deadline = time.monotonic() + 30
+        while not page.locator("#view-network tr.prog").count():  # this process, named
+            assert time.monotonic() < deadline, "no program on the Network page"
+            udp.sendto(b"u" * 200, ("127.0.0.1", port))
+            page.wait_for_timeout(100)
+        t0 = time.monotonic()
+        while time.monotonic() < t0 + 3:
+            udp.sendto(b"u" * 200, ("127.0.0.1", port))
+            page.wait_for_timeout(100)
+        console.assert_clean()
+        return len([t for t in polls if t >= t0]), len([t for t in pushed if t >= t0])
+    finally:
+        ctx.close()
+        udp.close()
+        sink.close()
+
+
+def test_network_page_rates_over_the_stream(browser, server):
+    polls, pushed = _network(browser, server, no_websocket=False)
+    assert polls == 0 and pushed >= 2, (polls, pushed)
+
+
+def test_network_page_polls_without_websocket(browser, server):
+    polls, pushed = _network(browser, server, no_websocket=True)
+    assert polls >= 2 and pushed == 0, (polls, pushed)

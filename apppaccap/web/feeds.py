@@ -19,7 +19,7 @@ feed, however slow its consumer, cannot slow a capture down.
 * packets: the PACKET objects of capture_stream written after `last_id` (default: from the
   subscription on), those matching the filter when one is given.
 * capture: the CAPTURE object (capture_get_details) when it changed: header counters.
-* usage: usage_now(seconds=1) (api/usage.py) each interval.
+* usage: usage_now (api/usage.py; `seconds` 1..60, default 1, `group`) each interval.
 * alerts: the ALERTEVENT objects (exactly as alert_events returns them) stored since the
   last message, read each interval from the catalog by id (indexed): by default from the
   subscription on, or after a given `last_id`; optionally one alert's only. Events that
@@ -285,13 +285,20 @@ class CaptureFeed(_CaptureFeed):
 
 
 class UsageFeed(Feed):
+    """usage_now's answer each interval, with its `seconds` and `group` (the Network page
+    asks what it would poll for)."""
+
     kind = "usage"
 
     def __init__(self, sid: int, msg: dict, ctx):
         super().__init__(sid, msg)
+        self.seconds = _int(msg, "seconds", 1, 60, 1)
+        self.group = msg.get("group", "path")
+        if self.group not in ("path", "process"):
+            raise Malformed("group: path or process")
 
     def poll(self, ctx) -> list[dict]:
-        return [self.message(Usage=usage_now(ctx, seconds=1))]
+        return [self.message(Usage=usage_now(ctx, seconds=self.seconds, group=self.group))]
 
 
 class AlertFeed(Feed):

@@ -171,21 +171,41 @@ var App = window.App || (window.App = {});
       fmt: rate, height: 210, axisSize: 74, empty: "No traffic in this range."});
   }
 
+  function showNow(r) {
+    S.now = r;
+    S.nowFailed = false;
+    setEnabled(r.Enabled);
+    $state.text(r.Enabled ? (r.Dropped ? fmt.num(r.Dropped) + " packets dropped by libpcap" : "") : "");
+    draw();
+  }
+
   /* Once a second, one request at a time; an error is shown once, not every second. */
   function loadNow() {
     if (S.nowBusy) return;
     S.nowBusy = true;
-    api("usage_now", {seconds: 3, group: "process"}).then(function (r) {
-      S.now = r;
-      S.nowFailed = false;
-      setEnabled(r.Enabled);
-      $state.text(r.Enabled ? (r.Dropped ? fmt.num(r.Dropped) + " packets dropped by libpcap" : "") : "");
-      draw();
-    }, function (r) {
+    api("usage_now", {seconds: 3, group: "process"}).then(showNow, function (r) {
       if (!S.nowFailed) App.fail(r);
       S.nowFailed = true;
     }).always(function () { S.nowBusy = false; });
   }
+  /* The rates come by the stream (a `usage` subscription, one message a second); without a
+   * stream, or when it ends, usage_now is polled every second instead. */
+  function follow() {
+    clearInterval(S.timer);
+    if (S.sub) S.sub.close();
+    S.sub = App.stream ? App.stream.subscribe({subscribe: "usage", seconds: 3, group: "process",
+                                               interval_ms: 1000}, onUsage, poll) : null;
+    if (!S.sub) poll();
+  }
+  function onUsage(m) {
+    if (m.type === "usage" && S.visible) showNow(m.Usage);
+  }
+  function poll() {
+    S.sub = null;
+    clearInterval(S.timer);
+    if (S.visible) S.timer = setInterval(function () { if (!document.hidden) loadNow(); }, 1000);
+  }
+
   function loadHist() {
     clearTimeout(S.histTimer);
     // Only the newest request draws and re-arms the timer: a slow answer for the range
@@ -255,9 +275,12 @@ var App = window.App || (window.App = {});
       S.visible = true;
       api("settings_get_by_key", {key_name: "usage_enabled"}).then(function (v) { setSetting(v === "1" || v === 1); }, App.fail);
       loadNow(); loadHist();
-      clearInterval(S.timer);
-      S.timer = setInterval(function () { if (!document.hidden) loadNow(); }, 1000);
+      follow();
     },
-    hide: function () { S.visible = false; clearInterval(S.timer); clearTimeout(S.histTimer); }
+    hide: function () {
+      S.visible = false;
+      clearInterval(S.timer); clearTimeout(S.histTimer);
+      if (S.sub) { S.sub.close(); S.sub = null; }
+    }
   };
 })();
