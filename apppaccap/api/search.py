@@ -84,6 +84,15 @@ def _captures(ctx, capture_id: int) -> list[int]:
         "SELECT id FROM captures WHERE state != ? ORDER BY id", (CaptureState.ACTIVE,))]
 
 
+def _scope(ctx, text: str, capture_id: int, start: int, end: int, relative: str):
+    """search_start's and search_count's checks, in order: the capture, the filter, the
+    range; then (filter, time window, capture ids)."""
+    if capture_id < 0:
+        raise NotFound(f"capture_id: no capture {capture_id}")
+    flt = checked_filter(text)
+    return flt, _time_range(start, end, relative), _captures(ctx, capture_id)
+
+
 @endpoint(DataType.JSON, aliases={"q": "filter"})
 def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
                  end_dtg: int = 0, relative_time: str = "") -> dict:
@@ -101,11 +110,7 @@ def search_start(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
     - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
-    if capture_id < 0:
-        raise NotFound(f"capture_id: no capture {capture_id}")
-    flt = checked_filter(filter)
-    window = _time_range(start_dtg, end_dtg, relative_time)
-    ids = _captures(ctx, capture_id)
+    flt, window, ids = _scope(ctx, filter, capture_id, start_dtg, end_dtg, relative_time)
     return engine_for(ctx).start(flt, filter, ids, capture_id, window)
 
 
@@ -255,11 +260,7 @@ def search_count(ctx, *, filter: str, capture_id: int = 0, start_dtg: int = 0,
     - end_dtg: only packets at or before this UTC FILETIME; 0 = no upper bound
     - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d (see Time ranges)
     """
-    if capture_id < 0:
-        raise NotFound(f"capture_id: no capture {capture_id}")
-    flt = checked_filter(filter)
-    window = _time_range(start_dtg, end_dtg, relative_time)
-    ids = _captures(ctx, capture_id)
+    flt, window, ids = _scope(ctx, filter, capture_id, start_dtg, end_dtg, relative_time)
     out = {"Version": 1, "Filter": filter, "Exact": True, "Count": 0, "Captures": ids,
            "Message": ""}
     total = 0

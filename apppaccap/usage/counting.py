@@ -173,3 +173,25 @@ def close_handle(handle) -> None:
         handle.close()
     except OSError:
         pass
+
+
+def dispatch_until(handle, on_packet, stop, what: str) -> None:
+    """Hand every packet of `handle` to on_packet until `stop` is set, then close it (on
+    the reading thread: closing a handle another thread is inside dispatch() crashed
+    libpcap). A frame on_packet does not understand is skipped (logged as `what`)."""
+    fd = handle.fileno()
+    try:
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                handle.dispatch(-1, on_packet)
+            except OSError:
+                if stop.is_set():
+                    break
+                stop.wait(1.0)
+            except Exception:  # noqa: BLE001 - one odd frame must not stop the reader
+                log.debug("usage: %s was not understood", what, exc_info=True)
+    finally:
+        close_handle(handle)

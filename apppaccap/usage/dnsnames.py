@@ -10,14 +10,13 @@ that keeps whole messages. An A/AAAA answer maps the address to the name that wa
 from __future__ import annotations
 
 import logging
-import select
 import threading
 from collections import OrderedDict
 
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.dissect.dns import dns_query_name
 from apppaccap.usage.counting import LINKS
-from apppaccap.usage.counting import close_handle
+from apppaccap.usage.counting import dispatch_until
 
 log = logging.getLogger(__name__)
 
@@ -135,25 +134,7 @@ class DnsNames:
             if payload is not None:
                 self.learn(payload)
 
-        try:
-            self._loop(handle, on_packet, stop)
-        finally:
-            close_handle(handle)
-
-    def _loop(self, handle, on_packet, stop) -> None:
-        fd = handle.fileno()
-        while not stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                handle.dispatch(-1, on_packet)
-            except OSError:
-                if stop.is_set():
-                    break
-                stop.wait(1.0)
-            except Exception:  # noqa: BLE001 - one odd answer must not stop naming
-                log.debug("usage: a DNS answer was not understood", exc_info=True)
+        dispatch_until(handle, on_packet, stop, "a DNS answer")
 
     def stop(self) -> None:
         for _h, _t, stop in self._readers:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import threading
 
 from apppaccap.dissect.decode import decode
-from apppaccap.usage.counting import close_handle
+from apppaccap.usage.counting import dispatch_until
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +72,7 @@ class FlowStarts:
             if d.src is not None and d.proto == 6 and not d.fragment:
                 on_syn((6, d.src, d.sport, d.dst, d.dport))
 
-        try:
-            self._loop(handle, on_packet, stop)
-        finally:
-            close_handle(handle)
-
-    def _loop(self, handle, on_packet, stop) -> None:
-        fd = handle.fileno()
-        while not stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                handle.dispatch(-1, on_packet)
-            except OSError:
-                if stop.is_set():
-                    break
-                stop.wait(1.0)
-            except Exception:  # noqa: BLE001 - one odd frame must not stop the watch
-                log.debug("usage: a SYN frame was not understood", exc_info=True)
+        dispatch_until(handle, on_packet, stop, "a SYN frame")
 
     def stop(self) -> None:
         for _h, _t, stop in self._readers:
