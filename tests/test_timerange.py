@@ -85,12 +85,18 @@ def test_usage_alone_runs_no_capture_machinery_and_releases_all(live, live_ajax)
     names = _usage_threads()
     assert "usage-tick" in names and "usage-lookup" in names and "usage:lo" in names
     assert "usage-syn:lo" in names and "usage-dns:lo" in names
-    # no capture runs: no resolver, no fast path, no faster GIL hand-over
-    assert not [t.name for t in threading.enumerate() if t.name.startswith("attribution-")]
+    # no capture runs: no resolver, no fast path, no faster GIL hand-over; the only
+    # attribution thread is the consumer of usage's own load of the eBPF programs
+    assert live.usage.recorder.lookup.backend.active, "eBPF did not load for usage"
+    assert [t.name for t in threading.enumerate()
+            if t.name.startswith("attribution-")] == ["attribution-ebpf"]
     assert live.captures.attribution.fastpath is None
     assert sys.getswitchinterval() == before == 0.005
     live_ajax.ok("settings_set", key_name="usage_enabled", value="0")
     wait_for(lambda: live.usage.recorder is None, 15, what="the recorder to stop")
     wait_for(lambda: not _usage_threads(), 40, what="the usage threads to end")
+    wait_for(lambda: not [t for t in threading.enumerate()
+                          if t.name.startswith("attribution-")], 10,
+             what="usage's eBPF consumer to end")
     live_ajax.ok("settings_set", key_name="usage_enabled", value="1")
     wait_for(lambda: live.usage.recorder is not None, 10, what="the recorder again")

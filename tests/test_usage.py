@@ -6,6 +6,7 @@ usage_enabled=0 stops counting."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -202,3 +203,37 @@ def test_kill_9_loses_at_most_the_current_minute(tmp_path, web):
                                                          counted["BytesOut"])
     finally:
         again.stop()
+
+
+# one datagram burst from a process that exits at once: its socket is gone before any look
+# at the socket table, only the kernel's record (eBPF) still names it
+ONE_SHOT = ("import socket, sys\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(3):\n"
+            "    s.sendto(b'x' * 1000, ('127.0.0.1', int(sys.argv[1])))\n")
+
+
+def test_one_shot_senders_are_named_by_the_kernel_record(tmp_path):
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    port = sink.getsockname()[1]
+    server = Server(tmp_path / "data", log_dir=tmp_path)
+    try:
+        wait_for(lambda: now_of(server)["Enabled"], 15, what="the recorder")
+        time.sleep(1.5)
+        pids = []
+        for _ in range(20):
+            p = subprocess.Popen([sys.executable, "-c", ONE_SHOT, str(port)])
+            p.wait(30)
+            pids.append(p.pid)
+
+        def named():
+            answer = by_process(server, "5m")
+            got = {pid: program(answer, pid) for pid in pids}
+            return got if all(got.values()) else None
+        got = wait_for(named, 10, 0.5, "every one-shot sender named")
+        for pid, prog in got.items():
+            assert prog["BytesOut"] >= 3 * 1000, (pid, prog)
+    finally:
+        server.stop()
+        sink.close()

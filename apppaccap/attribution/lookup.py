@@ -33,26 +33,36 @@ RESOLVED_SYN = 1.0     # a SYN on a flow answered longer ago re-resolves (5-tupl
 RETRY_MS = (2, 5, 10)  # quick re-asks at a SYN whose originator has no socket yet
 
 
-def own_backend():
+def own_backend(setting: str = "auto"):
     """A backend of the lookup's own: sock_diag + /proc without the event listener and the
-    per-flow thread search (threads do not matter to usage), psutil off Linux."""
+    per-flow thread search (threads do not matter to usage), with the kernel's record
+    first (EbpfOwners: its own load of the programs) unless `attribution_backend` is
+    socket-table — a connection opened and closed between two looks (a 5 ms curl) is then
+    still named; psutil off Linux."""
     from apppaccap.attribution.owners import LinuxOwners
     from apppaccap.attribution.owners import PsutilOwners
-    if sys.platform.startswith("linux"):
-        try:
-            return LinuxOwners(events=False, threads=False)
-        except OSError as exc:
-            log.info("usage lookup: sock_diag unavailable (%s), using psutil", exc)
-    return PsutilOwners()
+    if not sys.platform.startswith("linux"):
+        return PsutilOwners()
+    try:
+        inner = LinuxOwners(events=False, threads=False)
+    except OSError as exc:
+        log.info("usage lookup: sock_diag unavailable (%s), using psutil", exc)
+        return PsutilOwners()
+    if setting == "socket-table":
+        return inner
+    from apppaccap.attribution.kernelowners import EbpfOwners
+    return EbpfOwners(inner)
 
 
 class FlowLookup:
     """status(key5, syn) → labels (maybe []) or PENDING, never blocking; start/stop."""
 
-    def __init__(self, shared, book, backend=None, clock=time.monotonic):
+    def __init__(self, shared, book, backend=None, clock=time.monotonic,
+                 setting: str = "auto"):
         self.shared = shared      # the captures' Attribution, or None: read only
         self.book = book          # ProcessBook: (pid, start) → ProcessId
         self.backend = backend
+        self.setting = setting    # attribution_backend, for a backend of its own
         self.clock = clock
         self.flows: OrderedDict = OrderedDict()  # fk → [labels | PENDING, resolved_at, key5]
         self._lock = threading.Lock()
@@ -63,7 +73,8 @@ class FlowLookup:
 
     def start(self) -> None:
         if self.backend is None:
-            self.backend = own_backend()
+            self.backend = own_backend(self.setting)
+            self.backend.start()  # EbpfOwners loads here (or says once why not)
         self._thread = threading.Thread(target=self._run, name="usage-lookup", daemon=True)
         self._thread.start()
 

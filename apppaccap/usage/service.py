@@ -68,7 +68,8 @@ class UsageService:
         attribution = self._attribution_of()
         # read only: the recorder never starts the captures' resolver or fast path, nor
         # writes their flow table (attribution/lookup.py)
-        lookup = FlowLookup(attribution, attribution.book)
+        lookup = FlowLookup(attribution, attribution.book,
+                            setting=self.ctx.settings.get("attribution_backend") or "auto")
         rec = UsageRecorder(self.ctx.catalog, lookup, attribution.is_local)
         try:
             rec.start()
