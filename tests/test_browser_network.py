@@ -149,9 +149,11 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     chart = page.locator("#view-network .netchart")
     for rng, bucket in (("1h", 60), ("24h", 3600), ("7d", 86400), ("30d", 86400), ("5m", 1)):
         page.click(f"#view-network button[data-range='{rng}']")
+        # 7 and 30 days share day buckets: wait for this range's own header as well
         page.wait_for_function(
-            "b => document.querySelector('#view-network .netchart').dataset.bucket === b",
-            arg=str(bucket))
+            "([b, r]) => document.querySelector('#view-network .netchart').dataset.bucket === b"
+            " && document.querySelector('#view-network th[data-col=total]').innerText"
+            " === 'Total (' + r + ')'", arg=[str(bucket), rng])
         assert chart.locator(".uplot").count() == 1, rng
         assert page.locator("#view-network th[data-col=total]").inner_text() == f"Total ({rng})"
     # sortable: by name
