@@ -195,3 +195,39 @@ def dispatch_until(handle, on_packet, stop, what: str) -> None:
                 log.debug("usage: %s was not understood", what, exc_info=True)
     finally:
         close_handle(handle)
+
+
+class HandleReaders:
+    """One reading thread per adapter's handle (the DNS and SYN watchers): `watch` opens
+    what it can (a handle that cannot be opened is logged, counting goes on), `stop` ends
+    the threads, each of which closes its own handle (dispatch_until)."""
+
+    opener = None       # adapter name → pcap handle
+    thread_name = ""    # e.g. "usage-dns": the thread is "<thread_name>:<adapter>"
+    missing = ""        # what the log says is not read when a handle cannot be opened
+
+    def __init__(self):
+        self._readers: list = []
+
+    def watch(self, adapters) -> None:
+        for name in adapters:
+            try:
+                h = self.opener(name)
+            except Exception as exc:  # noqa: BLE001 - a bonus: counting goes on without it
+                log.info("usage: %s on %s not read (%s)", self.missing, name, exc)
+                continue
+            stop = threading.Event()
+            t = threading.Thread(target=self._run, args=(h, stop), daemon=True,
+                                 name=f"{self.thread_name}:{name}")
+            self._readers.append((h, t, stop))
+            t.start()
+
+    def _run(self, handle, stop) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for _h, _t, stop in self._readers:
+            stop.set()
+        for _h, t, _stop in self._readers:
+            t.join(5)  # each reader closes its own handle (dispatch_until)
+        self._readers.clear()

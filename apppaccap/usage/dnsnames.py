@@ -16,6 +16,7 @@ from collections import OrderedDict
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.dissect.dns import dns_query_name
 from apppaccap.usage.counting import LINKS
+from apppaccap.usage.counting import HandleReaders
 from apppaccap.usage.counting import dispatch_until
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,18 @@ def dns_payload(linktype: int, pkt: bytes):
     return None
 
 
-class DnsNames:
+class DnsNames(HandleReaders):
     """ip → hostname learnt from DNS answers; `take_new()` hands over what changed."""
 
+    opener = staticmethod(open_dns_handle)
+    thread_name, missing = "usage-dns", "DNS answers"
+
     def __init__(self, max_names: int = MAX_NAMES):
+        super().__init__()
         self.names: OrderedDict[str, str] = OrderedDict()
         self.max_names = max_names
         self.new: dict[str, str] = {}
         self.lock = threading.Lock()
-        self._readers: list = []
 
     def learn(self, payload) -> int:
         pairs = dns_answers(payload)
@@ -113,19 +117,6 @@ class DnsNames:
                 self.names.setdefault(ip, name)
 
     # -- the handles ------------------------------------------------------------------------
-    def watch(self, adapters) -> None:
-        for name in adapters:
-            try:
-                h = open_dns_handle(name)
-            except Exception as exc:  # noqa: BLE001 - names are a bonus, counting goes on
-                log.info("usage: DNS answers on %s not read (%s)", name, exc)
-                continue
-            stop = threading.Event()
-            t = threading.Thread(target=self._run, args=(h, stop),
-                                 name=f"usage-dns:{name}", daemon=True)
-            self._readers.append((h, t, stop))
-            t.start()
-
     def _run(self, handle, stop) -> None:
         linktype = handle.datalink()
 
@@ -135,10 +126,3 @@ class DnsNames:
                 self.learn(payload)
 
         dispatch_until(handle, on_packet, stop, "a DNS answer")
-
-    def stop(self) -> None:
-        for _h, _t, stop in self._readers:
-            stop.set()
-        for _h, t, _stop in self._readers:
-            t.join(5)  # each reader closes its own handle (counting.py, Counter._run)
-        self._readers.clear()

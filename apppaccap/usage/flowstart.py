@@ -13,6 +13,7 @@ import os
 import threading
 
 from apppaccap.dissect.decode import decode
+from apppaccap.usage.counting import HandleReaders
 from apppaccap.usage.counting import dispatch_until
 
 log = logging.getLogger(__name__)
@@ -36,25 +37,15 @@ def open_syn_handle(adapter: str):
     return h
 
 
-class FlowStarts:
+class FlowStarts(HandleReaders):
     """Reads the SYN handles; `on_syn(key5)` must not block."""
 
-    def __init__(self, on_syn):
-        self.on_syn = on_syn
-        self._readers: list = []
+    opener = staticmethod(open_syn_handle)
+    thread_name, missing = "usage-syn", "flow starts"
 
-    def watch(self, adapters) -> None:
-        for name in adapters:
-            try:
-                h = open_syn_handle(name)
-            except Exception as exc:  # noqa: BLE001 - the counting path still asks later
-                log.info("usage: flow starts on %s not watched (%s)", name, exc)
-                continue
-            stop = threading.Event()
-            t = threading.Thread(target=self._run, args=(h, stop), daemon=True,
-                                 name=f"usage-syn:{name}")
-            self._readers.append((h, t, stop))
-            t.start()
+    def __init__(self, on_syn):
+        super().__init__()
+        self.on_syn = on_syn
 
     def _run(self, handle, stop) -> None:
         # A higher CFS weight (not real time: nothing spins here, and idle it costs
@@ -73,10 +64,3 @@ class FlowStarts:
                 on_syn((6, d.src, d.sport, d.dst, d.dport))
 
         dispatch_until(handle, on_packet, stop, "a SYN frame")
-
-    def stop(self) -> None:
-        for _h, _t, stop in self._readers:
-            stop.set()
-        for _h, t, _stop in self._readers:
-            t.join(5)  # each reader closes its own handle (counting.py, Counter._run)
-        self._readers.clear()
