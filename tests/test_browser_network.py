@@ -136,6 +136,11 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     page.wait_for_function(
         "() => Number(document.querySelector('#view-network .netchart').dataset.programs) >= 2")
     legend = page.locator("#view-network .netchart .u-legend .u-series:not(:first-child) .u-label")
+    # a flow still being looked up is filed when its owner is known (the chart reloads
+    # every 5 s on this range): wait for curl's series rather than read the first drawing
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#view-network .netchart .u-legend .u-label')]"
+        ".some(e => e.textContent.startsWith('curl'))", timeout=30_000)
     labels = legend.all_inner_texts()
     assert any(x.startswith("curl") for x in labels), labels
     assert any(x.startswith("python") for x in labels), labels

@@ -302,3 +302,42 @@ def test_softirq_replies_never_name_the_interrupted_task(http_server):
         named = [s for s in server_end if s is not None]
         assert named, f"the server's end of {lport} was never seen"
         assert all(s.pid == server.pid for s in named), (lport, pid, named)
+
+
+# Reads every packet on `lo` through a plain AF_PACKET socket (recvfrom, no mmap ring), as
+# scapy's sniff() does: the kernel copies each packet to it with skb_copy_datagram_iovec.
+SNIFFER = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind(("lo", 0))
+print("ready", flush=True)
+while True:
+    s.recv(65535)
+"""
+
+
+def test_a_packet_sniffer_is_never_named_as_an_owner(http_server):
+    """A program sniffing with a packet socket reads copies of other programs' packets: it
+    must not become the owner of the flows it watches (it did: the reader's copy looked
+    like a raw socket's receive)."""
+    port, server = http_server
+    sniffer = subprocess.Popen([sys.executable, "-c", SNIFFER], stdout=subprocess.PIPE,
+                               text=True)
+    assert sniffer.stdout.readline().strip() == "ready"
+    k = KernelFlows()
+    k.start()
+    try:
+        for _ in range(10):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"],
+                           check=True)
+        time.sleep(0.2)
+        k.drain()
+        named = [(key, s.pid) for key, v in k.flows.items() for s in v
+                 if s is not None and port in key[2::2]]
+    finally:
+        k.stop()
+        sniffer.kill()
+        sniffer.wait()
+    assert named, "no flow to the server was seen at all"
+    assert all(pid != sniffer.pid for _, pid in named), \
+        [key for key, pid in named if pid == sniffer.pid]

@@ -36,7 +36,10 @@ from apppaccap.usage.flowstart import FlowStarts
 log = logging.getLogger(__name__)
 
 RING_SECONDS = 600
-PENDING_TICKS = 3
+# A flow still being resolved waits this many ticks before its bytes count as nobody's:
+# the lookup's ProcessId is a catalog write, and under a loaded disk 3 s was too short
+# (a 2.5 s curl download went to <unknown> whole); waiting only delays the counts.
+PENDING_TICKS = 10
 IN, OUT = 0, 1
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND

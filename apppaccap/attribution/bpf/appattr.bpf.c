@@ -162,10 +162,13 @@ static __always_inline __u32 task_netns(void)
 	return BPF_CORE_READ(t, nsproxy, net_ns, ns.inum);
 }
 
-static __always_inline void emit_current(struct flow *f)
+/* The running task, for a flow of namespace `netns` (the device's or the socket's: a task
+ * may run code for another namespace's packets, so its own namespace is only the
+ * fallback). */
+static __always_inline void emit_current(struct flow *f, __u32 netns)
 {
 	__u64 pt = bpf_get_current_pid_tgid();
-	f->netns = task_netns();
+	f->netns = netns ? netns : task_netns();
 	emit(f, pt >> 32, (__u32)pt, 0, 0);
 }
 
@@ -236,7 +239,7 @@ int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 		if (parse_skb(skb, &f))
 			return 0;
 		f.dir = DIR_OUT;
-		emit_current(&f);
+		emit_current(&f, BPF_CORE_READ(skb, dev, nd_net.net, ns.inum));
 		return 0;
 	}
 	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task,
@@ -266,12 +269,17 @@ int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 	/* TCP readers are seen by sock_recv_length, from the socket (cheaper than parsing
 	 * every copied chunk's headers); this hook is for ping and raw sockets */
 	struct sock *s = BPF_CORE_READ(skb, sk);
-	if (s && BPF_CORE_READ(s, sk_type) == SOCK_STREAM)
+	if (!s || BPF_CORE_READ(s, sk_type) == SOCK_STREAM)
+		return 0;
+	/* inet sockets only: a packet socket (a sniffer reading with recvfrom, as scapy does)
+	 * gets copies of other programs' packets and owns none of them */
+	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
+	if (family != 2 && family != 10)
 		return 0;
 	if (parse_skb(skb, &f))
 		return 0;
 	f.dir = DIR_IN;
-	emit_current(&f);
+	emit_current(&f, BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum));
 	return 0;
 }
 
@@ -298,7 +306,7 @@ static __always_inline void sock_event(struct sock *sk, __u8 dir)
 	if (proto == IPPROTO_TCP && dir == DIR_SOCK_OUT)
 		return;   /* TCP senders: net_dev_queue sees each packet in their context */
 	struct flow f = {};
-	f.netns = task_netns();
+	f.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	f.proto = proto;
 	f.dir = dir;
 	f.sport = BPF_CORE_READ(sk, __sk_common.skc_num);
