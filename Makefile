@@ -21,8 +21,10 @@ TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromi
 run: setup
 	$(VENV)/bin/apppaccap serve --host $(HOST) --port $(PORT) --data-dir ./data --export-dir ./export
 
+# Two workers: the live and browser tests in order on one (tests/conftest.py groups them),
+# everything that needs no interface on the other.
 test: setup-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25 tests
 
 setup: debs-run $(VENV)/.installed
 setup-test: debs-test $(VENV)/.installed-test

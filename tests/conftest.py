@@ -20,6 +20,16 @@ from tests.helpers.ports import free_port
 from tests.helpers.ports import wait_port
 
 
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs two pytest-xdist workers with --dist loadgroup: every live and
+    browser test goes to one worker, in order (they share `lo`, the eBPF programs and the
+    usage recorder's view of the host, and assert on what the kernel delivered), while the
+    other worker runs the tests that need no interface. Without xdist the group is inert."""
+    for item in items:
+        if item.get_closest_marker("live") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("live"))
+
+
 @pytest.fixture
 def ctx(tmp_path):
     c = make_ctx(tmp_path)
