@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -341,3 +342,34 @@ def test_a_packet_sniffer_is_never_named_as_an_owner(http_server):
     assert named, "no flow to the server was seen at all"
     assert all(pid != sniffer.pid for _, pid in named), \
         [key for key, pid in named if pid == sniffer.pid]
+
+
+def test_captures_and_usage_share_one_load_of_the_programs(live, live_ajax, http_server):
+    """Usage accounting (on by default) and a capture both ask the kernel: the programs run
+    once per packet, with one ring buffer and one consumer, and both get their answers."""
+    from apppaccap.attribution import kernelshare
+    from tests.helpers.live import wait_for
+    port, _server = http_server
+    wait_for(lambda: live.usage.recorder is not None, 15, what="usage accounting")
+    wait_for(lambda: kernelshare.users() == 1, 15, what="usage's use of the programs")
+    cap = live_ajax.ok("capture_start_system", adapter="lo")
+    try:
+        assert kernelshare.users() == 2
+        assert [t.name for t in threading.enumerate()
+                if t.name == "attribution-ebpf"] == ["attribution-ebpf"]
+        curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/"])
+        curl.wait(30)
+        time.sleep(0.5)
+    finally:
+        live_ajax.ok("capture_stop_all")
+    packets = [p for p in read_all(live_ajax, cap["CaptureId"]) if port in
+               (p["SrcPort"], p["DstPort"])]
+    assert packets and {p["Pid"] for p in packets} == {curl.pid}
+    # usage named the same curl through the shared programs (its rows are filed within
+    # a few ticks)
+    wait_for(lambda: curl.pid in {q["Pid"] for p in live_ajax.ok(
+        "usage_by_process", relative_time="5m", group="process")["Programs"]
+        for q in p["Processes"]}, 15, what="usage to name curl")
+    # the capture engine keeps its backend until shutdown; usage off leaves it loaded once
+    live_ajax.ok("settings_set", key_name="usage_enabled", value="0")
+    wait_for(lambda: kernelshare.users() == 1, 15, what="usage to let go of the programs")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 
 from apppaccap.attribution.ebpf import OBJECT
-from apppaccap.attribution.ebpf import KernelFlows
 from apppaccap.attribution.ebpf import LoadError
+from apppaccap.attribution.kernelshare import KernelUse
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.localaddr import LocalAddresses
@@ -50,7 +50,9 @@ class EbpfOwners:
 
     def __init__(self, inner, kernel=None, object_path: str = OBJECT):
         self.inner = inner
-        self.kernel = kernel if kernel is not None else KernelFlows(object_path)
+        # one load of the programs per process, shared with every other EbpfOwners
+        self.kernel = kernel if kernel is not None else KernelUse(object_path)
+        self._on_seen = None   # watch()'s listener, handed to the kernel once it runs
         self.active = False           # the programs are loaded and attached
         self.reason = "not started"   # why not, when not
         self.stats = {"ebpf": 0, "fallback": 0}
@@ -67,10 +69,14 @@ class EbpfOwners:
             log.warning("eBPF attribution unavailable, using the socket table: %s", exc)
         else:
             self.active, self.reason = True, ""
+            if self._on_seen is not None:
+                self.kernel.on_seen = self._on_seen
             log.info("eBPF attribution loaded in %.0f ms", self.kernel.load_ms)
 
     def stop(self) -> None:
         if self.active:
+            if self._on_seen is not None and self.kernel.on_seen is self._on_seen:
+                self.kernel.on_seen = None   # the shared programs outlive this listener
             self.kernel.stop()
             self.active = False
             self.reason = "stopped"
@@ -86,7 +92,9 @@ class EbpfOwners:
             best = self.kernel.owner(proto, local[0], local[1], remote[0], remote[1])
             if best is not None and not best.inferred:
                 callback(proto, local, remote, best.pid, best.tid)
-        self.kernel.on_seen = seen
+        self._on_seen = seen
+        if self.active:
+            self.kernel.on_seen = seen
 
     def boost_current_thread(self) -> bool:
         fn = getattr(self.inner, "boost_current_thread", None)
