@@ -152,10 +152,11 @@ def search_read(ctx, *, search_id: int, last_id: int = 0, limit: int = 1000) -> 
     return page
 
 
-# What a result shows of its packet besides Summary (the theme's Process, PID, Protocol and
-# Info columns); taken from the PACKET objects capture_read builds, so they always agree.
-_RESULT_FIELDS = ("ProcessName", "Pid", "Protocol", "SrcIp", "SrcPort", "DstIp", "DstPort",
-                  "Length", "Info")
+# What a result shows of its packet (Summary and the theme's Process, PID, Protocol and Info
+# columns); taken from the PACKET objects capture_read builds, so they always agree and each
+# packet is decoded once.
+_RESULT_FIELDS = ("Summary", "ProcessName", "Pid", "Protocol", "SrcIp", "SrcPort", "DstIp",
+                  "DstPort", "Length", "Info")
 
 
 def _with_packet_fields(ctx, results: list) -> None:
@@ -166,7 +167,7 @@ def _with_packet_fields(ctx, results: list) -> None:
         try:
             db = captures(ctx).db(cid)
         except (NotFound, Unsupported):
-            continue  # deleted since the search: Summary alone (blank), as before
+            continue  # deleted since the search: Summary and Info stay blank
         packets = {p["PacketId"]: p for p in packets_by_id(db, cid, [r["PacketId"] for r in rows])}
         for r in rows:
             p = packets.get(r["PacketId"])
