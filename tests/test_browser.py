@@ -195,7 +195,8 @@ def _walk_through(page, server, port, client_pid, tmp_path):
         result.click()
         page.wait_for_selector(".modal pre.hexdump")
         page.keyboard.press("Escape")
-        page.locator("#view-search table.grid").first.locator("button:has-text('Export')").first.click()
+        grid = page.locator("#view-search table.grid").first
+        grid.locator("button:has-text('Export')").first.click()
         page.wait_for_selector("#toasts >> text=/Search #\\d+ exported to .*\\.pcapng/")
 
     # Upload a capture file from the browser (pcap_ingest_post, multipart `file`).
@@ -204,7 +205,8 @@ def _walk_through(page, server, port, client_pid, tmp_path):
     page.click("#nav a[data-view=files]")
     page.set_input_files("#view-files input[name=upload]", str(small))
     page.click("#view-files button:has-text('Upload and ingest')")
-    page.wait_for_selector("#view-files .toolbar:has-text('upload-me.pcap') a:has-text('Open capture #')")
+    page.wait_for_selector(
+        "#view-files .toolbar:has-text('upload-me.pcap') a:has-text('Open capture #')")
 
     # Triggers and actions: add, link, remove.
     page.click("#nav a[data-view=triggers]")
@@ -215,12 +217,14 @@ def _walk_through(page, server, port, client_pid, tmp_path):
     page.fill("#view-triggers input[name=aname]", "say-done")
     page.fill("#view-triggers input[name=apath]", "/bin/true")
     page.fill("#view-triggers input[name=aparams]", "{capture_id} {process_name}")
-    trigger_opt = page.locator("#view-triggers select[name=trigger] option", has_text="browser-test")
+    trigger_opt = page.locator("#view-triggers select[name=trigger] option",
+                               has_text="browser-test")
     page.select_option("#view-triggers select[name=trigger]", trigger_opt.get_attribute("value"))
     page.click("#view-triggers button:has-text('Add action')")
     page.wait_for_selector("#view-triggers tr[data-key]:has-text('say-done') >> text=browser-test")
     shot(page, "triggers")
-    page.locator("#view-triggers tr[data-key]:has-text('browser-test') button:has-text('Remove')").first.click()
+    page.locator("#view-triggers tr[data-key]:has-text('browser-test') "
+                 "button:has-text('Remove')").first.click()
     page.click(".modal .modal-foot button:has-text('Remove')")
     page.wait_for_selector("#view-triggers tr.empty:has-text('No triggers')")
 
@@ -230,7 +234,8 @@ def _walk_through(page, server, port, client_pid, tmp_path):
     page.click("#nav a[data-view=files]")
     page.fill("#view-files input[name=ingestpath]", str(big))
     page.click("#view-files button:has-text('Ingest')")
-    page.click("#view-files .toolbar:has-text('big.pcap') a:has-text('Open capture #')", timeout=30_000)
+    page.click("#view-files .toolbar:has-text('big.pcap') a:has-text('Open capture #')",
+               timeout=30_000)
     t0 = time.monotonic()
     wait_packets(page, BIG, timeout=30)
     page.wait_for_selector("#view-capture .prow .c-no:text-is('1')")

@@ -127,7 +127,9 @@ def test_thread_capture_keeps_the_threads_packets(live_ajax):
     assert packets and all(p["ThreadId"] == tid and p["Pid"] == client.pid for p in packets)
     everything = read_all(live_ajax, sys_cap["CaptureId"])
     labelled = [p for p in everything if p["Pid"] == client.pid and p["ThreadId"] == tid]
-    assert len(labelled) >= len(packets), [(p["PacketId"], p["Pid"], p["ThreadId"], p["SrcPort"], p["DstPort"]) for p in everything][:40]
+    assert len(labelled) >= len(packets), \
+        [(p["PacketId"], p["Pid"], p["ThreadId"], p["SrcPort"], p["DstPort"])
+         for p in everything][:40]
     stream = live_ajax.ok("capture_thread_stream", capture_id=sys_cap["CaptureId"],
                           pid=client.pid, thread_id=tid)
     assert [p["PacketId"] for p in stream["Packets"]] == [p["PacketId"] for p in labelled]

@@ -25,7 +25,8 @@ def test_index_loads_vendored_jquery(client):
     assert "{%hd" not in page.lower() and "<script>" not in page
 
 
-@pytest.mark.parametrize("path", ["/default/../../pyproject.toml", "/default/%2e%2e/%2e%2e/etc/passwd",
+@pytest.mark.parametrize("path", ["/default/../../pyproject.toml",
+                                  "/default/%2e%2e/%2e%2e/etc/passwd",
                                   "/..%2fapppaccap/web.py", "/default/..%5c..%5cMakefile",
                                   "/default/%00index.html", "/.git/config"])
 def test_nothing_outside_themes(client, path):

@@ -28,7 +28,7 @@ def apc_flush(ctx, *, flags: int) -> int:
 
     Finished COMMANDs and searches that point at what was deleted (a capture, a search,
     an exported file) go with it.
-    - flags: APC_FLUSH_*: CAPTURES 1, IPS 2, STATS 4, SEARCHES 8, EXPORTS 0x10, EXTRACTED 0x20, PROCESSES 0x40, ALL 0xffff
+    - flags: APC_FLUSH_* bits, e.g. CAPTURES 1, STATS 4, ALL 0xffff (every bit: Constants)
     """
     if flags <= 0 or flags & ~ApcFlush.ALL:
         raise Malformed("flags: must be a non-zero combination of APC_FLUSH_* bits (≤ 0xffff)")

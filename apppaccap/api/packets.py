@@ -50,7 +50,8 @@ def _flags(flags: int) -> bool:
 def packet_object(db, row, capture_id: int, with_data: bool, blocks: dict | None = None) -> dict:
     """The PACKET object of a packets row (PACKET_SQL): every packet list builds it here."""
     obj = {
-        "Version": 1, "PacketId": row["id"], "CaptureId": capture_id, "Time": from_ns(int(row["ts_raw"] or row["ts"])),
+        "Version": 1, "PacketId": row["id"], "CaptureId": capture_id,
+        "Time": from_ns(int(row["ts_raw"] or row["ts"])),
         "Length": row["len"], "CapturedLength": row["caplen"], "Adapter": row["adapter"] or "",
         "LinkType": row["linktype"] or 0, "Protocol": row["proto"], "SrcIp": row["src"] or "",
         "DstIp": row["dst"] or "", "SrcPort": row["sport"], "DstPort": row["dport"],

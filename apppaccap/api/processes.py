@@ -41,7 +41,7 @@ def process_list_running(ctx, *, kernel_threads: Annotated[int, ZERO_ONE] = 1) -
         obj["KernelThread"] = is_kernel_thread(info)
         out.append(obj)
     counts = {r[0]: (r[1], r[2]) for r in ctx.catalog.read(
-        "SELECT id, packets, bytes FROM processes WHERE id IN (%s)" % ",".join("?" * len(ids)),
+        f"SELECT id, packets, bytes FROM processes WHERE id IN ({','.join('?' * len(ids))})",
         ids)} if ids and len(ids) < 30000 else {}
     for obj in out:
         obj["PacketCount"], obj["ByteCount"] = counts.get(obj["ProcessId"], (0, 0))

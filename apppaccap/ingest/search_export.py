@@ -85,7 +85,7 @@ def _packets(ctx, search_id, cid, conn, ifmap):
             ids = json.dumps([r[1] for r in page])
             rows = conn.execute(f"SELECT {cols} FROM packets WHERE id IN "
                                 "(SELECT value FROM json_each(?)) ORDER BY id", (ids,))
-            for (pid_, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
+            for (_pid, iface, ts, length, caplen, blk, off, process_id, pid, tid, direction,
                  notes, ts_raw) in rows:
                 data = blocks.get(blk)[off:off + caplen]
                 comment = epb_comment(procs, process_id, tid, notes, comments)

@@ -62,7 +62,7 @@ var App = window.App || (window.App = {});
     {id: "spark", title: "Last 60 s", cls: "sparkcell"},
     {id: "total", title: "Total", cls: "num", get: function (g) { return g.totalIn + g.totalOut; }},
     {id: "conns", title: "Conns", cls: "num", get: function (g) { return g.conns; }},
-    {id: "hosts", title: "Top hosts", cls: "hosts prio-2", get: function (g) { return g.remotes.length ? g.remotes[0].Ip : ""; }}
+    {id: "hosts", title: "Hosts, last minute", cls: "hosts prio-2", get: function (g) { return g.remotes.length ? g.remotes[0].Ip : ""; }}
   ];
   COLS.push({id: "rate", hidden: true, get: function (g) { return g.rateIn + g.rateOut + (g.totalIn + g.totalOut) * 1e-12; }});
 
