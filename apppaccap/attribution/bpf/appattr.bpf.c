@@ -269,17 +269,21 @@ int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 	/* TCP readers are seen by sock_recv_length, from the socket (cheaper than parsing
 	 * every copied chunk's headers); this hook is for ping and raw sockets */
 	struct sock *s = BPF_CORE_READ(skb, sk);
-	if (!s || BPF_CORE_READ(s, sk_type) == SOCK_STREAM)
-		return 0;
-	/* inet sockets only: a packet socket (a sniffer reading with recvfrom, as scapy does)
-	 * gets copies of other programs' packets and owns none of them */
-	__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
-	if (family != 2 && family != 10)
-		return 0;
+	__u32 netns = 0;
+	if (s) {   /* UDP's queued skbs carry no socket: those readers are the task itself */
+		if (BPF_CORE_READ(s, sk_type) == SOCK_STREAM)
+			return 0;
+		/* inet sockets only: a packet socket (a sniffer reading with recvfrom, as scapy
+		 * does) gets copies of other programs' packets and owns none of them */
+		__u16 family = BPF_CORE_READ(s, __sk_common.skc_family);
+		if (family != 2 && family != 10)
+			return 0;
+		netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
+	}
 	if (parse_skb(skb, &f))
 		return 0;
 	f.dir = DIR_IN;
-	emit_current(&f, BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum));
+	emit_current(&f, netns);
 	return 0;
 }
 
