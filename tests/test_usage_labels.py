@@ -2,8 +2,9 @@
 a program that asks a DNS responder (UDP) for a name and downloads from an HTTP server
 gets DNS and HTTP on the remote hosts of usage_by_remote, in its own Labels of
 usage_by_process, and as rows of stats_group_by capture_id 0 grouped by app_proto; the
-labels are written with the minute rows and read back after a restart. Retention keeps an
-hour's label when it rolls minutes up."""
+labels are written with the minute rows and read back after a restart; a THRESHOLD alert
+grouped by app_proto fires for the HTTP row only. Retention keeps an hour's label when it
+rolls minutes up."""
 
 from __future__ import annotations
 
@@ -81,6 +82,10 @@ def test_http_and_dns_flows_are_labelled_and_survive_a_restart(tmp_path, web):
     try:
         wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
         time.sleep(1.5)  # its handles are open once it ticks
+        # a THRESHOLD alert on a label of usage accounting: more than half the body over HTTP
+        alert = server.ok("alert_add", name="web volume", alert_type="THRESHOLD",
+                          group_by="app_proto", metric="bytes", threshold=BODY // 2,
+                          window="1m", interval=1)["AlertId"]
         c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
                              stdout=subprocess.PIPE, text=True)
         assert int(c.stdout.readline()) == BODY
@@ -109,6 +114,12 @@ def test_http_and_dns_flows_are_labelled_and_survive_a_restart(tmp_path, web):
         assert list(_groups(server, "app_proto", DNS, "2m")) == ["DNS"]
         assert list(_groups(server, "category", WEB, "2m")) == ["Web"]
         assert list(_groups(server, "app", DNS, "2m")) == ["DNS"]
+        fired = wait_for(lambda: server.ok("alert_events", alert_id=alert), 10,
+                         what="the THRESHOLD event of the HTTP row")
+        # (the shared machine's other loopback traffic may fire rows of its own)
+        keys = [e["GroupKey"] for e in fired]
+        assert "HTTP" in keys and "DNS" not in keys  # DNS's few bytes stay below
+        assert "app_proto HTTP" in fired[keys.index("HTTP")]["Message"]
         only = server.ok("stats_group_by", capture_id=0, group_by="remote_ip",
                          relative_time="2m", filter='app.proto == "HTTP"', top=1000)
         assert WEB in [r["Key"] for r in only["Rows"]]
