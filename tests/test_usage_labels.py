@@ -161,3 +161,53 @@ def test_retention_keeps_the_label_of_the_latest_labelled_minute(tmp_path):
             (7, "10.0.0.1", 443, 6): ("TLS", "YouTube", "Media")}
     finally:
         catalog.close()
+
+
+def test_a_live_captures_label_is_reused(tmp_path, web):
+    """Usage accounting without labels of its own (app_labels_enabled=0 when it started)
+    still labels a flow a live capture labelled: it reads the capture's connection."""
+    name = f"reuse-{uuid.uuid4().hex[:8]}.apppaccap.test"
+    responder = dns_responder(DNS, {name: WEB})
+    server = Server(tmp_path / "data", log_dir=tmp_path)
+    try:
+        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
+        server.ok("settings_set", key_name="app_labels_enabled", value="0")
+        server.ok("settings_set", key_name="usage_enabled", value="0")
+        wait_for(lambda: not server.ok("usage_now")["Enabled"], 15, what="usage off")
+        server.ok("settings_set", key_name="usage_enabled", value="1")
+        wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="usage on, unlabelled")
+        server.ok("settings_set", key_name="app_labels_enabled", value="1")  # captures only
+        time.sleep(1.5)
+        cid = server.ok("capture_start_system", adapter="lo",
+                        filter=f"host {WEB} or host {DNS}")["CaptureId"]
+        try:
+            time.sleep(0.5)
+            c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
+                                 stdout=subprocess.PIPE, text=True)
+            assert int(c.stdout.readline()) == BODY
+            conns = wait_for(lambda: [x for x in server.ok("capture_list_conns", capture_id=cid)
+                                      if x["AppProtocol"] == "HTTP"], 10,
+                             what="the capture's HTTP label")
+            assert conns[0]["RemoteIp"] == WEB
+            http = wait_for(lambda: (_remote(server, WEB, "2m") or {}).get("AppProtocol"), 10,
+                            what="usage's label from the capture")
+            assert http == "HTTP"
+            c.wait(30)
+        finally:
+            server.ok("capture_stop_system", capture_id=cid)
+        # and without a capture, flows stay unlabelled in usage (its own labeller is off)
+        before = _remote(server, WEB, "2m")["BytesIn"]
+        c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
+                             stdout=subprocess.PIPE, text=True)
+        assert int(c.stdout.readline()) == BODY
+        wait_for(lambda: _remote(server, WEB, "2m")["BytesIn"] >= before + BODY, 10,
+                 what="the second download counted")
+        time.sleep(1.5)
+        host = _remote(server, WEB, "2m")
+        # the second program's flow is nobody's label: its bytes are in no label
+        assert [x["AppProtocol"] for x in host["Labels"]] == ["HTTP"]
+        assert host["Labels"][0]["BytesIn"] <= host["BytesIn"] - BODY
+        c.wait(30)
+    finally:
+        server.stop()
+        responder.close()
