@@ -24,6 +24,9 @@ from tests.test_usage_remote import _listening
 from tests.test_usage_remote import dns_responder
 
 WEB, DNS = "127.0.0.89", "127.0.0.78"  # loopback addresses of this test's own
+# the second test's responder: a closed responder's port stays bound while its thread
+# waits in recvfrom (tests/test_usage_remote.py dns_responder)
+DNS2 = "127.0.0.79"
 BODY = 256 * 1024
 # resolves the web server's name through the responder, downloads with a Host header,
 # then lingers with its sockets open (usage names a flow from its sockets)
@@ -167,7 +170,7 @@ def test_a_live_captures_label_is_reused(tmp_path, web):
     """Usage accounting without labels of its own (app_labels_enabled=0 when it started)
     still labels a flow a live capture labelled: it reads the capture's connection."""
     name = f"reuse-{uuid.uuid4().hex[:8]}.apppaccap.test"
-    responder = dns_responder(DNS, {name: WEB})
+    responder = dns_responder(DNS2, {name: WEB})
     server = Server(tmp_path / "data", log_dir=tmp_path)
     try:
         wait_for(lambda: server.ok("usage_now")["Enabled"], 15, what="the recorder")
@@ -179,10 +182,10 @@ def test_a_live_captures_label_is_reused(tmp_path, web):
         server.ok("settings_set", key_name="app_labels_enabled", value="1")  # captures only
         time.sleep(1.5)
         cid = server.ok("capture_start_system", adapter="lo",
-                        filter=f"host {WEB} or host {DNS}")["CaptureId"]
+                        filter=f"host {WEB} or host {DNS2}")["CaptureId"]
         try:
             time.sleep(0.5)
-            c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
+            c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS2],
                                  stdout=subprocess.PIPE, text=True)
             assert int(c.stdout.readline()) == BODY
             conns = wait_for(lambda: [x for x in server.ok("capture_list_conns", capture_id=cid)
@@ -197,7 +200,7 @@ def test_a_live_captures_label_is_reused(tmp_path, web):
             server.ok("capture_stop_system", capture_id=cid)
         # and without a capture, flows stay unlabelled in usage (its own labeller is off)
         before = _remote(server, WEB, "2m")["BytesIn"]
-        c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
+        c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS2],
                              stdout=subprocess.PIPE, text=True)
         assert int(c.stdout.readline()) == BODY
         wait_for(lambda: _remote(server, WEB, "2m")["BytesIn"] >= before + BODY, 10,
