@@ -171,6 +171,9 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     host = page.locator("#view-network .netdetail .hostlist tr[data-key='127.0.0.1']")
     host.wait_for()
     assert "127.0.0.1" in host.inner_text()
+    # nDPI's label of that traffic (usage accounting labels its flows)
+    assert host.locator("td.c-app").inner_text() == "HTTP"
+    assert "Web" in host.locator("td.c-app span").get_attribute("title")
     shot(page, site, "network_detail")
     # "Capture this program" starts a process capture of its busiest PID
     client = site.python_client(20)

@@ -51,7 +51,8 @@ class Flow:
     last: int = 0
     # usage accounting: (time ns, dir, packets, bytes) rows behind the counters (series)
     times: list = field(default_factory=list)
-    # nDPI's labels of a capture's connection (capture/applabels.py; "" when unlabelled)
+    # nDPI's labels of a capture's connection (capture/applabels.py) or of a usage
+    # program × remote endpoint (usage/applabel.py); "" when unlabelled
     app_proto: str = ""
     app: str = ""
     category: str = ""
@@ -91,11 +92,11 @@ GROUPS = {
     "conn": (_conn, ("capture",)),
     # nDPI labels (docs/LABELS.md): the application (App, else the protocol: Google for
     # TLS.Google, DNS for plain DNS), the application protocol, the category; "" =
-    # unlabelled. Usage accounting does not label its counters.
+    # unlabelled. Usage accounting labels each program × remote endpoint (usage/applabel.py).
     "app": (lambda f: (f.app or f.app_proto, f.app or f.app_proto or "unlabelled"),
-            ("capture",)),
-    "app_proto": (lambda f: (f.app_proto, f.app_proto or "unlabelled"), ("capture",)),
-    "category": (lambda f: (f.category, f.category or "unlabelled"), ("capture",)),
+            ("capture", "usage")),
+    "app_proto": (lambda f: (f.app_proto, f.app_proto or "unlabelled"), ("capture", "usage")),
+    "category": (lambda f: (f.category, f.category or "unlabelled"), ("capture", "usage")),
 }
 
 
@@ -246,7 +247,12 @@ def usage_flows(catalog, rec, start: int, end: int) -> tuple[list, int]:
     ips = {k[1] for k in flows}
     facts = ip_facts(catalog, ips)
     dns = usage_hostnames(catalog, rec, ips)
-    for f in flows.values():
+    stored = usage_table.labels(catalog, start // MINUTE, end // MINUTE)
+    live = rec.app_labels if rec is not None else {}
+    for k, f in flows.items():
+        app = stored.get(k) or live.get(k)
+        if app:
+            f.app_proto, f.app, f.category = (x or "" for x in app)
         f.pid, f.name, f.path = names.get(f.process_id, (0, "<unknown>", ""))
         f.hostname, f.country = facts.get(f.remote_ip, ("", ""))
         f.hostname = dns.get(f.remote_ip) or f.hostname
@@ -269,7 +275,11 @@ def program_names(catalog, rec, ids) -> dict:
 def usage_hostnames(catalog, rec, ips) -> dict:
     """ip → hostname from the DNS answers usage accounting saw (memory, then catalog)."""
     live = getattr(rec, "names", None) or {}
-    out = {ip: live[ip] for ip in ips if live.get(ip)}
+    out = {}
+    for ip in ips:  # DnsNames has get(), not [] (a KeyError-free lookup under its lock)
+        name = live.get(ip)
+        if name:
+            out[ip] = name
     missing = [ip for ip in ips if ip and ip not in out]
     if missing:
         out.update(usage_table.hostnames(catalog, missing))

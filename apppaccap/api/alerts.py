@@ -132,7 +132,8 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     - name: the alert's name (1-256 printable characters)
     - alert_type: THRESHOLD (1), NEW_PROGRAM (2), NEW_DESTINATION (3) or LABEL (4), by
       name or number
-    - group_by: THRESHOLD: process, program, remote_ip, port, protocol, country or hostname
+    - group_by: THRESHOLD: process, program, remote_ip, port, protocol, country, hostname,
+      app, app_proto or category (usage accounting's nDPI labels, docs/LABELS.md)
     - metric: THRESHOLD: bytes, packets or connections
     - direction: THRESHOLD: in, out or both
     - threshold: THRESHOLD: fire above this value

@@ -46,19 +46,19 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
 
     Keys: process (ProcessId), program (the executable's path), ip (the local end's address),
     remote_ip, port (the remote end's), protocol, country and hostname (of the remote end, as
-    IP resolution found them), conn (one connection), and nDPI's labels of a capture's
-    connections (docs/LABELS.md): app (the application, else the protocol: Google for
-    TLS.Google, DNS for plain DNS), app_proto and category ("" = unlabelled).
+    IP resolution found them), conn (one connection), and nDPI's labels (docs/LABELS.md)
+    of a capture's connections or usage accounting's program × remote endpoints: app (the
+    application, else the protocol: Google for TLS.Google, DNS for plain DNS), app_proto
+    and category ("" = unlabelled).
     Answered from counters kept while writing, never by scanning packets: a capture's
     connection rows (each connection counted whole when it was active in the range: a row
     keeps its counters, not when each packet passed), or with capture_id 0 usage
     accounting's per-program counters (per second for the last 10 minutes, else per
     minute), where Connections counts distinct process × remote endpoint × protocol (usage
-    accounting keeps no connection ids) and only process, program, remote_ip, port,
-    protocol, country and hostname are known. The filter takes ip.addr, ipv6.addr, tcp.port,
-    udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path, proc.pid, proc.id and the
-    labels app.proto, app.name, app.category, tested per connection; other fields are
-    MALFORMED. Rows are {Key, Name, Packets, Bytes,
+    accounting keeps no connection ids) and ip and conn are not known. The filter takes
+    ip.addr, ipv6.addr, tcp.port, udp.port, tcp, udp, icmp, ip.proto, proc.name, proc.path,
+    proc.pid, proc.id and the labels app.proto, app.name, app.category, tested per
+    connection; other fields are MALFORMED. Rows are {Key, Name, Packets, Bytes,
     Connections} (+ Series), ordered by `metric`; a flow counts in a direction's
     Connections when it carried packets that way. Series (series=1) has one point per
     bucket, {Time, Packets, Bytes}, the bucket following the range as in every stats

@@ -13,11 +13,15 @@ from apppaccap.api.usagedata import IN
 from apppaccap.api.usagedata import MINUTE
 from apppaccap.api.usagedata import OUT
 from apppaccap.api.usagedata import SECOND
+from apppaccap.api.usagedata import add_label
 from apppaccap.api.usagedata import check_group
+from apppaccap.api.usagedata import endpoint_labels
 from apppaccap.api.usagedata import fold
+from apppaccap.api.usagedata import labels_list
 from apppaccap.api.usagedata import names
 from apppaccap.api.usagedata import program
 from apppaccap.api.usagedata import recorder
+from apppaccap.api.usagedata import remote_rows
 from apppaccap.api.usagedata import ring_covers
 from apppaccap.api.usagedata import ring_rows
 from apppaccap.api.usagedata import usage_range
@@ -122,7 +126,9 @@ def usage_by_process(ctx, *, start_dtg: int = 0, end_dtg: int = 0,
     """Bytes in and out per program over a range, with a series per program whose bucket
     follows the range: 1 second up to 5 minutes (within the last 10 minutes), 1 minute up
     to 5 hours, 1 hour up to 5 days, then days (BucketSeconds). Processes lists the
-    ProcessIds an entry folds.
+    ProcessIds an entry folds. Labels: nDPI's application labels of the program's traffic
+    (docs/LABELS.md; AppProtocol, App, Category, BytesIn, BytesOut; most bytes first;
+    unlabelled traffic is in none).
 
     - start_dtg: start, UTC FILETIME; 0 = an hour before end_dtg
     - end_dtg: end, UTC FILETIME; 0 = now
@@ -147,13 +153,27 @@ def usage_by_process(ctx, *, start_dtg: int = 0, end_dtg: int = 0,
         s = acc["series"].setdefault(t // bucket * bucket, [0, 0])
         s[d] += b
     known = names(ctx, rec, list(progs))
+    apps = _labels(ctx, rec, start, end, progs)
     items = []
     for pid, acc in progs.items():
         item = program(pid, known)
-        item.update({"BytesIn": acc["bytes"][IN], "BytesOut": acc["bytes"][OUT],
+        item.update({"Labels": labels_list(apps.get(pid, {})),
+                     "BytesIn": acc["bytes"][IN], "BytesOut": acc["bytes"][OUT],
                      "PacketsIn": acc["packets"][IN], "PacketsOut": acc["packets"][OUT],
                      "Series": [{"Time": from_ns(t), "BytesIn": v[IN], "BytesOut": v[OUT]}
                                 for t, v in sorted(acc["series"].items())]})
         items.append(item)
     return {"Version": 1, "Start": from_ns(start), "End": from_ns(end),
             "BucketSeconds": bucket // SECOND, "Programs": fold(items, group, _total)}
+
+
+def _labels(ctx, rec, start: int, end: int, progs) -> dict:
+    """process_id → {(AppProtocol, App, Category): [bytes in, bytes out]} over the range."""
+    if not progs:
+        return {}
+    label_of = endpoint_labels(ctx, rec, start, end)
+    out: dict = {}
+    for ip, port, proto, pid, d, _t0, _t1, _p, b in remote_rows(ctx, rec, start, end, 0):
+        if pid in progs:
+            add_label(out.setdefault(pid, {}), label_of((pid, ip, port, proto)), d, b)
+    return out

@@ -10,40 +10,22 @@ from apppaccap.api.registry import ID
 from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
 from apppaccap.api.usagedata import IN
-from apppaccap.api.usagedata import MINUTE
 from apppaccap.api.usagedata import OUT
-from apppaccap.api.usagedata import SECOND
+from apppaccap.api.usagedata import add_label
+from apppaccap.api.usagedata import endpoint_labels
 from apppaccap.api.usagedata import hostnames
+from apppaccap.api.usagedata import label_fields
+from apppaccap.api.usagedata import labels_list
 from apppaccap.api.usagedata import names
 from apppaccap.api.usagedata import program
 from apppaccap.api.usagedata import recorder
-from apppaccap.api.usagedata import ring_covers
-from apppaccap.api.usagedata import ring_rows
+from apppaccap.api.usagedata import remote_rows
 from apppaccap.api.usagedata import usage_range
 from apppaccap.capture.geo import geo_lookup
 from apppaccap.filetime import from_ns
-from apppaccap.store import usage as usage_table
 from apppaccap.wire import DataType
 
 MAX_PORTS = 50  # a server's clients come from many ephemeral ports: the busiest ones
-
-
-def _rows(ctx, rec, start: int, end: int, process_id: int):
-    """(remote_ip, port, proto, process_id, dir, first_ns, last_ns, packets, bytes): from the
-    ring to the second when it holds the whole range, else from the minute rows."""
-    if ring_covers(rec, start):
-        for t, (pid, ip, port, proto, d), p, b in ring_rows(rec, start, end):
-            if not process_id or pid == process_id:
-                yield ip, port, proto, pid, d, t, t + SECOND - 1, p, b
-        return
-    first, last = start // MINUTE, end // MINUTE
-    for ip, port, proto, pid, d, m0, m1, p, b in usage_table.per_remote(
-            ctx.catalog, first, last, process_id):
-        yield ip, port, proto, pid, d, m0 * MINUTE, (m1 + 1) * MINUTE - 1, p, b
-    if rec is not None:
-        for (m, pid, ip, port, proto, d), (p, b) in rec.unflushed().items():
-            if first <= m <= last and (not process_id or pid == process_id):
-                yield ip, port, proto, pid, d, m * MINUTE, (m + 1) * MINUTE - 1, p, b
 
 
 def _countries(ctx, ips) -> dict:
@@ -70,8 +52,11 @@ def usage_by_remote(ctx, *, start_dtg: int = 0, end_dtg: int = 0, relative_time:
     first: RemoteIp, Hostname (from the DNS answers seen; "" if none), Country ("" unless
     the setting geoip_db names a GeoIP database), Ports (Port, Protocol; the busiest 50),
     BytesIn/BytesOut/PacketsIn/PacketsOut (In: to this host's program), FirstSeen and
-    LastSeen (to the second within the last 10 minutes, else to the minute) and the
-    Programs that talked to it (ProcessId, Pid, Name, Path; most bytes first).
+    LastSeen (to the second within the last 10 minutes, else to the minute), the
+    Programs that talked to it (ProcessId, Pid, Name, Path; most bytes first) and nDPI's
+    application labels of that traffic (docs/LABELS.md): Labels (AppProtocol, App,
+    Category, BytesIn, BytesOut; most bytes first; unlabelled traffic is in none) and the
+    first of them as the host's AppProtocol, App and Category ("" when none).
 
     - start_dtg: start, UTC FILETIME; 0 = an hour before end_dtg
     - end_dtg: end, UTC FILETIME; 0 = now
@@ -81,18 +66,20 @@ def usage_by_remote(ctx, *, start_dtg: int = 0, end_dtg: int = 0, relative_time:
     """
     start, end = usage_range(start_dtg, end_dtg, relative_time)
     rec = recorder(ctx)
+    label_of = endpoint_labels(ctx, rec, start, end)
     hosts: dict = {}
-    for ip, port, proto, pid, d, t0, t1, p, b in _rows(ctx, rec, start, end, process_id):
+    for ip, port, proto, pid, d, t0, t1, p, b in remote_rows(ctx, rec, start, end, process_id):
         h = hosts.get(ip)
         if h is None:
             h = hosts[ip] = {"bytes": [0, 0], "packets": [0, 0], "first": t0, "last": t1,
-                             "ports": {}, "programs": {}}
+                             "ports": {}, "programs": {}, "labels": {}}
         h["bytes"][d] += b
         h["packets"][d] += p
         h["first"] = min(h["first"], t0)
         h["last"] = max(h["last"], t1)
         h["ports"][(port, proto)] = h["ports"].get((port, proto), 0) + b
         h["programs"][pid] = h["programs"].get(pid, 0) + b
+        add_label(h["labels"], label_of((pid, ip, port, proto)), d, b)
     top = sorted(hosts.items(), key=lambda kv: -(kv[1]["bytes"][IN] + kv[1]["bytes"][OUT]))
     top = top[:limit]
     ips = [ip for ip, _h in top]
@@ -103,6 +90,7 @@ def usage_by_remote(ctx, *, start_dtg: int = 0, end_dtg: int = 0, relative_time:
     for ip, h in top:
         ports = sorted(h["ports"].items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PORTS]
         progs = sorted(h["programs"].items(), key=lambda kv: -kv[1])
+        labels = labels_list(h["labels"])
         remotes.append({
             "Version": 1, "RemoteIp": ip, "Hostname": hostname.get(ip, ""),
             "Country": country.get(ip, ""),
@@ -112,5 +100,8 @@ def usage_by_remote(ctx, *, start_dtg: int = 0, end_dtg: int = 0, relative_time:
             "FirstSeen": from_ns(max(h["first"], start)), "LastSeen": from_ns(min(h["last"], end)),
             "Programs": [{k: v for k, v in program(pid, known).items() if k != "Version"}
                          for pid, _b in progs],
+            **label_fields(labels and (labels[0]["AppProtocol"], labels[0]["App"],
+                                       labels[0]["Category"])),
+            "Labels": labels,
         })
     return {"Version": 1, "Start": from_ns(start), "End": from_ns(end), "Remotes": remotes}

@@ -79,6 +79,55 @@ def ring_rows(rec, start: int, end: int):
             yield second * SECOND, key, p, b
 
 
+def remote_rows(ctx, rec, start: int, end: int, process_id: int):
+    """(remote_ip, port, proto, process_id, dir, first_ns, last_ns, packets, bytes): from the
+    ring to the second when it holds the whole range, else from the minute rows."""
+    if ring_covers(rec, start):
+        for t, (pid, ip, port, proto, d), p, b in ring_rows(rec, start, end):
+            if not process_id or pid == process_id:
+                yield ip, port, proto, pid, d, t, t + SECOND - 1, p, b
+        return
+    first, last = start // MINUTE, end // MINUTE
+    for ip, port, proto, pid, d, m0, m1, p, b in usage_table.per_remote(
+            ctx.catalog, first, last, process_id):
+        yield ip, port, proto, pid, d, m0 * MINUTE, (m1 + 1) * MINUTE - 1, p, b
+    if rec is not None:
+        for (m, pid, ip, port, proto, d), (p, b) in rec.unflushed().items():
+            if first <= m <= last and (not process_id or pid == process_id):
+                yield ip, port, proto, pid, d, m * MINUTE, (m + 1) * MINUTE - 1, p, b
+
+
+def endpoint_labels(ctx, rec, start: int, end: int):
+    """(process_id, remote_ip, remote_port, proto) → (AppProtocol, App, Category) or None:
+    nDPI's label of a program × remote endpoint (usage/applabel.py), from the minute rows
+    of the range, else the recorder's own (its current minute, the ring)."""
+    stored = usage_table.labels(ctx.catalog, start // MINUTE, end // MINUTE)
+    live = rec.app_labels if rec is not None else {}
+
+    def of(endpoint: tuple):
+        return stored.get(endpoint) or live.get(endpoint)
+    return of
+
+
+def label_fields(app) -> dict:
+    """{AppProtocol, App, Category}; "" each when unlabelled."""
+    ap, name, cat = app or ("", "", "")
+    return {"AppProtocol": ap or "", "App": name or "", "Category": cat or ""}
+
+
+def add_label(acc: dict, app, d: int, b: int) -> None:
+    """Bytes of one direction under a label: acc[(AppProtocol, App, Category)] = [in, out]."""
+    if app:
+        v = acc.setdefault(tuple(x or "" for x in app), [0, 0])
+        v[d] += b
+
+
+def labels_list(acc: dict) -> list:
+    """[{AppProtocol, App, Category, BytesIn, BytesOut}], most bytes first."""
+    return [dict(label_fields(k), BytesIn=v[IN], BytesOut=v[OUT])
+            for k, v in sorted(acc.items(), key=lambda kv: -(kv[1][IN] + kv[1][OUT]))]
+
+
 def hostnames(ctx, rec, ips) -> dict:
     """ip → hostname from the DNS answers seen (memory first, then the catalog)."""
     out = {}
@@ -120,6 +169,16 @@ def _add_remotes(into: list, more: list, top: int) -> list:
     return sorted(acc.values(), key=lambda r: -(r["BytesIn"] + r["BytesOut"]))[:top]
 
 
+def _add_labels(into: list, more: list) -> list:
+    acc: dict = {}
+    for r in into + more:
+        k = (r["AppProtocol"], r["App"], r["Category"])
+        v = acc.setdefault(k, [0, 0])
+        v[IN] += r["BytesIn"]
+        v[OUT] += r["BytesOut"]
+    return labels_list(acc)
+
+
 NUMBERS = ("BytesIn", "BytesOut", "PacketsIn", "PacketsOut", "BytesInPerSec",
            "BytesOutPerSec", "Connections")
 
@@ -147,6 +206,8 @@ def fold(items: list, group: str, weight, top: int = 5) -> list:
                 g[k] += it[k]
         if "Series" in it:
             g["Series"] = _add_series(g["Series"], it["Series"])
+        if "Labels" in it:
+            g["Labels"] = _add_labels(g["Labels"], it["Labels"])
         if "TopRemotes" in it:
             g["TopRemotes"] = _add_remotes(g["TopRemotes"], it["TopRemotes"], top)
         g["Processes"] += it["Processes"]

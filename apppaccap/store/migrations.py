@@ -126,6 +126,16 @@ def _alert_label(conn) -> None:
         db["alerts"].add_column("label", str, not_null_default="")
 
 
+def _usage_labels(conn) -> None:
+    """Catalog migration 13: usage_minute's nDPI labels of the program × remote endpoint
+    (usage/applabel.py); NULL on rows counted before (idempotent, as the last step must be)."""
+    db = tables(conn)
+    have = db["usage_minute"].columns_dict
+    for column in ("app_proto", "app", "category"):
+        if column not in have:
+            db["usage_minute"].add_column(column, str)
+
+
 CATALOG = [
     # 1: foundation
     """
@@ -263,6 +273,8 @@ CATALOG = [
     """,
     # 12: LABEL alerts' application label (rows: store/alerts.py)
     _alert_label,
+    # 13: usage accounting's application labels (rows: store/usage.py)
+    _usage_labels,
 ]
 
 # captures/<id>.db (store/capturedb.py)

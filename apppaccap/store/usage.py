@@ -5,6 +5,8 @@ The usage recorder (usage/recorder.py) adds one minute's counters at a time, the
 service rolls old minutes up to hours and drops what is past retention; api/usage.py
 reads them. A row: (minute, process_id, remote_ip, remote_port, proto, dir) → packets,
 bytes; dir is 0 in (to the program), 1 out; process_id 0 is traffic nobody owned.
+A row also carries nDPI's label of the program × remote endpoint (app_proto, app,
+category; NULL until one of its flows was labelled, usage/applabel.py).
 `usage_hostname`: ip → the name a DNS answer gave it, with the minute it was last seen.
 """
 
@@ -13,14 +15,24 @@ from __future__ import annotations
 MINUTE = 60_000_000_000
 
 
-def add(conn, rows: dict) -> None:
+COLUMNS = ("minute, process_id, remote_ip, remote_port, proto, dir, packets, bytes, "
+           "app_proto, app, category")
+_NO_LABEL = (None, None, None)
+
+
+def add(conn, rows: dict, apps: dict | None = None) -> None:
     """rows: (minute, process_id, remote_ip, remote_port, proto, dir) → [packets, bytes];
-    inside the caller's write transaction (a minute written twice adds up)."""
+    apps: (process_id, remote_ip, remote_port, proto) → (AppProtocol, App, Category), the
+    rows' labels where known. Inside the caller's write transaction (a minute written
+    twice adds up; a label written keeps the newest)."""
+    apps = apps or {}
     conn.executemany(
-        "INSERT INTO usage_minute VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(minute, process_id, "
-        "remote_ip, remote_port, proto, dir) DO UPDATE "
-        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
-        [(*k, p, b) for k, (p, b) in rows.items()])
+        f"INSERT INTO usage_minute ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(minute, process_id, remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes, "
+        "app_proto=coalesce(excluded.app_proto, app_proto), "
+        "app=coalesce(excluded.app, app), category=coalesce(excluded.category, category)",
+        [(*k, p, b, *apps.get(k[1:5], _NO_LABEL)) for k, (p, b) in rows.items()])
 
 
 def add_names(conn, names: dict, minute: int) -> None:
@@ -37,12 +49,19 @@ def roll_up(conn, hourly_before: int, drop_before: int) -> None:
     at the hour's first minute (a minute series of such a range shows them there)."""
     conn.execute("DELETE FROM usage_minute WHERE minute < ?", (drop_before,))
     conn.execute("DELETE FROM usage_hostname WHERE minute < ?", (drop_before,))
+    # the hour's label: its latest labelled minute's (SQLite takes bare columns from the
+    # row a lone max() picked)
     conn.execute(
-        "INSERT INTO usage_minute SELECT (minute / 60) * 60, process_id, remote_ip, "
-        "remote_port, proto, dir, sum(packets), sum(bytes) FROM usage_minute "
-        "WHERE minute < ? AND minute % 60 != 0 GROUP BY 1, 2, 3, 4, 5, 6 "
-        "ON CONFLICT(minute, process_id, remote_ip, remote_port, proto, dir) DO UPDATE "
-        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes", (hourly_before,))
+        f"INSERT INTO usage_minute ({COLUMNS}) SELECT h, process_id, remote_ip, remote_port, "
+        "proto, dir, p, b, app_proto, app, category FROM (SELECT (minute / 60) * 60 AS h, "
+        "process_id, remote_ip, remote_port, proto, dir, sum(packets) AS p, sum(bytes) AS b, "
+        "max(CASE WHEN app_proto IS NULL THEN -1 ELSE minute END), app_proto, app, category "
+        "FROM usage_minute WHERE minute < ? AND minute % 60 != 0 GROUP BY 1, 2, 3, 4, 5, 6) "
+        "WHERE 1 ON CONFLICT(minute, process_id, remote_ip, remote_port, proto, dir) DO UPDATE "
+        "SET packets=packets+excluded.packets, bytes=bytes+excluded.bytes, "
+        "app_proto=coalesce(excluded.app_proto, app_proto), "
+        "app=coalesce(excluded.app, app), category=coalesce(excluded.category, category)",
+        (hourly_before,))
     conn.execute("DELETE FROM usage_minute WHERE minute < ? AND minute % 60 != 0",
                  (hourly_before,))
 
@@ -80,6 +99,15 @@ def per_remote(catalog, first_minute: int, last_minute: int, process_id: int = 0
         "SELECT remote_ip, remote_port, proto, process_id, dir, min(minute), max(minute), "
         "sum(packets), sum(bytes) FROM usage_minute WHERE minute BETWEEN ? AND ?" + only +
         " GROUP BY 1, 2, 3, 4, 5", args).fetchall()
+
+
+def labels(catalog, first_minute: int, last_minute: int) -> dict:
+    """(process_id, remote_ip, remote_port, proto) → (AppProtocol, App, Category) over
+    minutes first..last: the label of each endpoint's latest labelled minute."""
+    return {r[:4]: r[5:] for r in catalog.tuples(
+        "SELECT process_id, remote_ip, remote_port, proto, max(minute), app_proto, app, "
+        "category FROM usage_minute WHERE minute BETWEEN ? AND ? AND app_proto IS NOT NULL "
+        "GROUP BY 1, 2, 3, 4", (first_minute, last_minute)).fetchall()}
 
 
 def hostnames(catalog, ips=None, limit: int = 20000) -> dict:

@@ -2,8 +2,9 @@
 
 The callback reads the link, IP and port headers by hand (no full dissection: the usage
 recorder runs all the time), counts the packet's wire length (link header + the IP total
-length, so a 128-byte snaplen still counts whole packets) under the raw 5-tuple, and asks
-attribution about a flow the first time it is seen in a tick and on every TCP SYN.
+length, so a cut packet still counts whole) under the raw 5-tuple, and asks attribution
+about a flow the first time it is seen in a tick and on every TCP SYN. A flow still being
+labelled (usage/applabel.py: its first packets only) also hands its packet to nDPI.
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import logging
 import select
 import socket
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
-SNAPLEN = 128
+# Enough for a whole Ethernet frame (VLAN tag included): nDPI needs the first packets'
+# payload (an HTTP request's Host, a TLS ClientHello's SNI). Was 128 before usage flows
+# were labelled; packets are stored in the kernel ring by their captured size, so only
+# large packets take more of the buffer (benchmarks/usage.py, README).
+SNAPLEN = 1522
 BUFFER_BYTES = 16 << 20  # per adapter (was 32 MiB): drops, benchmarks/usage.py and README
 _AF4, _AF6 = socket.AF_INET, socket.AF_INET6
 # linktype → offset of the ethertype (None: the frame is IP itself), link header length
@@ -38,12 +44,14 @@ def ip_text(raw: bytes) -> str:
 class Counter:
     """Reads one handle; `take()` hands over the counters since the last take."""
 
-    def __init__(self, handle, name: str, on_flow):
+    def __init__(self, handle, name: str, on_flow, labeller=None):
         self.handle = handle
         self.name = name
         self.on_flow = on_flow  # (key5, syn) → asks attribution; never blocks
+        self.labeller = labeller  # usage/applabel.py FlowLabeller (None: labels off)
         self.linktype = handle.datalink()
-        self.counts: dict = {}  # raw (proto, src, sport, dst, dport) → [packets, bytes, key5]
+        # raw (proto, src, sport, dst, dport) → [packets, bytes, key5, nDPI state or None]
+        self.counts: dict = {}
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"usage:{name}", daemon=True)
@@ -63,8 +71,11 @@ class Counter:
         type_at, hdr = link
         on_flow = self.on_flow
         frm = int.from_bytes
+        labeller = self.labeller
+        begin = labeller.begin if labeller is not None else None
+        feed = labeller.feed if labeller is not None else None
 
-        def on_packet(_ts, pkt):
+        def on_packet(ts, pkt):
             if type_at is None:
                 off = hdr
                 version = pkt[0] >> 4 if len(pkt) > 0 else 0
@@ -106,7 +117,8 @@ class Counter:
             acc = counts.get(raw)
             if acc is None:
                 key5 = (proto, ip_text(src), sport, ip_text(dst), dport)
-                counts[raw] = [1, length, key5]
+                st = begin(key5, ts) if begin is not None and (sport or dport) else None
+                counts[raw] = acc = [1, length, key5, st]
                 if sport or dport:
                     on_flow(key5, syn)
             else:
@@ -114,6 +126,8 @@ class Counter:
                 acc[1] += length
                 if syn:
                     on_flow(acc[2], True)
+            if acc[3] is not None:
+                feed(acc[3], pkt, off, l4, length, proto, ts)
 
         # the dict the callback fills is rebound by take(): read it through a cell
         counts = None
@@ -129,6 +143,8 @@ class Counter:
         try:
             self._loop()
         finally:
+            if self.labeller is not None:
+                self.labeller.close()  # nDPI's module belongs to this thread
             # closed by this thread only: closing a handle another thread is inside
             # dispatch() on crashed the process (seen under load, a join timing out)
             close_handle(self.handle)
@@ -140,8 +156,11 @@ class Counter:
                      self.linktype)
             return
         fd = self.handle.fileno()
+        sweep = self.labeller.sweep if self.labeller is not None else None
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
+            if sweep is not None:
+                sweep(time.time_ns())
             if ready:
                 try:
                     dispatch()

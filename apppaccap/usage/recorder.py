@@ -10,6 +10,10 @@ files them:
 - per minute, written to the catalog's `usage_minute` (store/usage.py) when the minute
   ends and at stop, so a kill -9 loses at most the last minute.
 
+Application labels (usage/applabel.py): each counting thread feeds nDPI the first packets
+of every flow; the tick files each flow's label (or a live capture's, read only) under its
+program × remote endpoint (`app_labels`, bounded), written with the minute rows.
+
 Direction and remote end: the label's own socket (Label.local) is the program's end, the
 other is remote; on loopback both ends are local and the label is the client's (the flow's
 originator, attribution/resolver.py), so the remote end is the server. Without a local
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections import deque
 
 from apppaccap.attribution.labels import flow_key
@@ -28,6 +33,8 @@ from apppaccap.attribution.localaddr import unmap
 from apppaccap.attribution.lookup import PENDING
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.store import usage as usage_table
+from apppaccap.usage.applabel import FlowLabeller
+from apppaccap.usage.applabel import FlowLabels
 from apppaccap.usage.counting import Counter
 from apppaccap.usage.counting import open_usage_handle
 from apppaccap.usage.dnsnames import DnsNames
@@ -43,10 +50,12 @@ PENDING_TICKS = 10
 IN, OUT = 0, 1
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
+MAX_ENDPOINT_LABELS = 50_000  # program × remote endpoint labels kept in memory
 
 
 class UsageRecorder:
-    def __init__(self, catalog, lookup, is_local, adapters=None):
+    def __init__(self, catalog, lookup, is_local, adapters=None, from_capture=None,
+                 labels_on: bool = True):
         self.catalog = catalog
         self.lookup = lookup  # attribution/lookup.py FlowLookup: read-only answers
         self.is_local = is_local
@@ -58,6 +67,11 @@ class UsageRecorder:
         #  {process_id: set of flow keys})
         self.ring: deque = deque(maxlen=RING_SECONDS)
         self.programs: dict[int, tuple] = {}  # process_id → (pid, name, path)
+        self.labels_on = labels_on  # setting app_labels_enabled when the recorder began
+        self.flow_labels = FlowLabels(from_capture)  # flow key → nDPI label
+        # (process_id, remote_ip, remote_port, proto) → (AppProtocol, App, Category): the
+        # label of its latest labelled flow
+        self.app_labels: OrderedDict = OrderedDict()
         self.minute: int | None = None
         self.minute_rows: dict = {}
         self.lost_rows = 0
@@ -78,7 +92,8 @@ class UsageRecorder:
             except Exception as exc:  # noqa: BLE001 - count what can be counted
                 log.info("usage: adapter %s not counted (%s)", name, exc)
                 continue
-            self.counters.append(Counter(h, name, self.lookup.status))
+            labeller = FlowLabeller.open(self.flow_labels) if self.labels_on else None
+            self.counters.append(Counter(h, name, self.lookup.status, labeller))
         self.lookup.start()
         self._started = True
         try:
@@ -128,7 +143,7 @@ class UsageRecorder:
             for raw, acc in c.take().items():
                 old = pending.get(raw)
                 if old is None:
-                    pending[raw] = acc + [0]
+                    pending[raw] = [acc[0], acc[1], acc[2], 0]
                 else:
                     old[0] += acc[0]
                     old[1] += acc[1]
@@ -167,6 +182,10 @@ class UsageRecorder:
                 acc[0] += packets
                 acc[1] += nbytes
             flows_by_program.setdefault(pid, set()).add(flow_key(*key5))
+            if sport or dport:
+                app = self.flow_labels.of(key5)
+                if app is not None:
+                    self._label(k[:4], app)
         self.ring.append((second, by_key, flows_by_program))
         minute = second // 60
         if self.minute is not None and minute != self.minute:
@@ -174,6 +193,14 @@ class UsageRecorder:
         self.minute = minute
         with self._rows_lock:
             self._add_rows(minute, by_key)
+
+    def _label(self, endpoint: tuple, app: tuple) -> None:
+        labels = self.app_labels
+        if labels.get(endpoint) != app:
+            labels[endpoint] = app
+        labels.move_to_end(endpoint)
+        while len(labels) > MAX_ENDPOINT_LABELS:
+            labels.popitem(last=False)
 
     def _add_rows(self, minute: int, by_key: dict) -> None:
         rows = self.minute_rows
@@ -194,8 +221,11 @@ class UsageRecorder:
             return
         minute = self.minute if self.minute is not None else time.time_ns() // MINUTE
 
+        labels = self.app_labels
+        apps = {k[1:5]: labels[k[1:5]] for k in rows if k[1:5] in labels}
+
         def write(conn):
-            usage_table.add(conn, rows)
+            usage_table.add(conn, rows, apps)
             usage_table.add_names(conn, names, minute)
         try:
             self.catalog.write(write, 30)

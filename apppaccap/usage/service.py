@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 
+from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.lookup import FlowLookup
 from apppaccap.store import usage as usage_table
 from apppaccap.usage.recorder import UsageRecorder
@@ -70,7 +71,9 @@ class UsageService:
         # writes their flow table (attribution/lookup.py)
         lookup = FlowLookup(attribution, attribution.book,
                             setting=self.ctx.settings.get("attribution_backend") or "auto")
-        rec = UsageRecorder(self.ctx.catalog, lookup, attribution.is_local)
+        rec = UsageRecorder(self.ctx.catalog, lookup, attribution.is_local,
+                            from_capture=self.capture_label,
+                            labels_on=self.ctx.settings.get_bool("app_labels_enabled"))
         try:
             rec.start()
         except Exception:  # noqa: BLE001 - the service goes on without usage accounting
@@ -79,6 +82,19 @@ class UsageService:
             self._stop.wait(30)
             return
         self.recorder = rec
+
+    def capture_label(self, key5: tuple):
+        """A live capture's nDPI label of a flow (capture/applabels.py), or None: read
+        only, a peek at its recorder's connection (usage never labels a capture's flows)."""
+        mgr = getattr(self.ctx, "captures", None)
+        if mgr is None or not mgr.live:
+            return None
+        fk = flow_key(*key5)
+        for live in list(mgr.live.values()):
+            conn = live.recorder.conns.get(fk)
+            if conn is not None and conn.app is not None:
+                return conn.app
+        return None
 
     def _stop_recorder(self) -> None:
         rec, self.recorder = self.recorder, None

@@ -11,7 +11,8 @@ var App = window.App || (window.App = {});
     ["port", "Remote port"], ["protocol", "Protocol"], ["country", "Country"], ["hostname", "Host name"],
     ["conn", "Connection"], ["app", "Application (nDPI)"], ["app_proto", "App protocol (nDPI)"],
     ["category", "Category (nDPI)"]];
-  var USAGE_KEYS = {program: 1, process: 1, remote_ip: 1, port: 1, protocol: 1, country: 1, hostname: 1};
+  var USAGE_KEYS = {program: 1, process: 1, remote_ip: 1, port: 1, protocol: 1, country: 1, hostname: 1,
+    app: 1, app_proto: 1, category: 1};
   var RANGES = [["15m", "Last 15 minutes"], ["1h", "Last hour"], ["24h", "Last day"], ["7d", "Last week"],
     ["5m", "Last 5 minutes"], ["", "Whole capture"]];
 

@@ -1,6 +1,7 @@
 /* The Network page's program detail: the remote hosts it talked to over the chosen range
  * (usage_by_remote, per ProcessId of the program, merged by address), its connections of
- * the last minute (usage_now's TopRemotes) and a button to capture it.
+ * the last minute (usage_now's TopRemotes) and a button to capture it. Each host shows
+ * nDPI's application label of that traffic (AppProtocol.App, the category as its title).
  *   App.networkDetail.show($el, program, state)   App.networkDetail.capture(pid, name) */
 var App = window.App || (window.App = {});
 
@@ -24,8 +25,15 @@ var App = window.App || (window.App = {});
     answers.forEach(function (r) {
       (r.Remotes || []).forEach(function (h) {
         var m = by[h.RemoteIp];
-        if (!m) { m = by[h.RemoteIp] = $.extend({}, h, {Ports: (h.Ports || []).slice()}); return; }
+        if (!m) {
+          m = by[h.RemoteIp] = $.extend({}, h, {Ports: (h.Ports || []).slice(), Labels: (h.Labels || []).slice()});
+          return;
+        }
         m.BytesIn += h.BytesIn; m.BytesOut += h.BytesOut;
+        (h.Labels || []).forEach(function (l) {
+          if (!m.Labels.some(function (k) { return app(k) === app(l) && k.Category === l.Category; })) m.Labels.push(l);
+        });
+        if (!m.AppProtocol && h.AppProtocol) { m.AppProtocol = h.AppProtocol; m.App = h.App; m.Category = h.Category; }
         m.FirstSeen = Math.min(m.FirstSeen, h.FirstSeen); m.LastSeen = Math.max(m.LastSeen, h.LastSeen);
         (h.Ports || []).forEach(function (p) {
           if (!m.Ports.some(function (q) { return q.Port === p.Port && q.Protocol === p.Protocol; })) m.Ports.push(p);
@@ -34,6 +42,13 @@ var App = window.App || (window.App = {});
     });
     return Object.keys(by).map(function (k) { return by[k]; })
       .sort(function (a, b) { return b.BytesIn + b.BytesOut - a.BytesIn - a.BytesOut; });
+  }
+
+  /* nDPI's label as ndpiReader prints it: TLS.Google, or the protocol alone. */
+  function app(l) { return l.AppProtocol ? l.AppProtocol + (l.App ? "." + l.App : "") : ""; }
+
+  function labelsTitle(h) {
+    return (h.Labels || []).map(function (l) { return app(l) + (l.Category ? " (" + l.Category + ")" : ""); }).join(", ");
   }
 
   function ports(h) {
@@ -66,6 +81,9 @@ var App = window.App || (window.App = {});
         return ui.el("span", "").attr("title", "ports " + ports(h)).append(ui.el("span", "", h.Hostname || h.RemoteIp),
           h.Hostname ? ui.el("span", "muted mono", " " + h.RemoteIp) : $());
       }},
+      {title: "App", get: function (h) { return app(h); }, render: function (h) {
+        return ui.el("span", "app-label", app(h)).attr("title", labelsTitle(h) || "not labelled");
+      }, cls: "c-app"},
       {title: "Country", get: function (h) { return h.Country || ""; }, cls: "c-country"},
       {title: "\u2193 In", get: function (h) { return h.BytesIn; }, text: function (h) { return fmt.bytes(h.BytesIn); }, cls: "num"},
       {title: "\u2191 Out", get: function (h) { return h.BytesOut; }, text: function (h) { return fmt.bytes(h.BytesOut); }, cls: "num"},
