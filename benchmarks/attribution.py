@@ -272,6 +272,8 @@ def run_backend(backend: str, args, http_port, echo_port, udp_port, pool_port, p
     tmp = tempfile.mkdtemp(prefix=f"apc-attr-{backend}-")
     ctx = build_context(Config(data_dir=tmp))
     ctx.settings.set("attribution_backend", backend)
+    # usage accounting is on by default and shares the process (and the eBPF programs)
+    ctx.settings.set("usage_enabled", "1" if args.usage == "on" else "0")
     start_services(ctx)
     results = []
     try:
@@ -334,6 +336,8 @@ def main() -> None:
     ap.add_argument("--overhead", action="store_true")
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--usage", choices=("on", "off"), default="on",
+                    help="usage accounting beside the captures (the product's default: on)")
     args = ap.parse_args()
     if args.overhead:
         from benchmarks.ebpf_overhead import run as run_overhead
