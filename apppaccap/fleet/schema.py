@@ -90,6 +90,13 @@ def ddl(database: str, cluster: str = "") -> list[str]:
     return out
 
 
+def insert(client, database: str, table: str, rows: list) -> None:
+    """Spooled rows into `table` of this node (never the Distributed table: a sensor's rows
+    stay on the shard it writes to, so FINAL collapses them)."""
+    client.execute(f"INSERT INTO {database}.{table} ({', '.join(column_names(table))}) VALUES",
+                   for_insert(table, rows))
+
+
 def ensure(client, database: str, cluster: str = "") -> None:
     for statement in ddl(database, cluster):
         client.execute(statement)

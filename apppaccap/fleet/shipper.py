@@ -109,9 +109,7 @@ class Shipper:
                 if batch is None:
                     break
                 name, table, rows = batch
-                target = f"{database}.{table}"
-                client.execute(f"INSERT INTO {target} ({', '.join(schema.column_names(table))})"
-                               " VALUES", schema.for_insert(table, rows))
+                schema.insert(client, database, table, rows)
                 self.spool.done(name)
                 self.shipped_rows += len(rows)
             self._report(client, database, url, host)
@@ -138,9 +136,7 @@ class Shipper:
         now = time.time_ns()
         row = [host, schema.day_of(now), now, _without_password(url), self.spool.bytes,
                self.spool.batches, self.spool.gap_rows, self.shipped_rows, now]
-        client.execute(f"INSERT INTO {database}.sensors "
-                       f"({', '.join(schema.column_names('sensors'))}) VALUES",
-                       schema.for_insert("sensors", [row]))
+        schema.insert(client, database, "sensors", [row])
         self.last_sent_ns = now
 
     def _retention(self, client, database: str) -> None:
