@@ -101,6 +101,23 @@ def clickhouse_url_or_empty(value: str, _config=None) -> None:
                          " (ClickHouse's native protocol, port 9000 by default)")
 
 
+def sensor_list(value: str, _config=None) -> None:
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, url = item.strip().partition("=")
+        parts = urllib.parse.urlsplit(url.strip())
+        if (not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name.strip())
+                or parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("must be NAME=http://HOST:PORT items, comma-separated (NAME as "
+                             "the sensor's fleet_host)")
+
+
+def user_password_or_empty(value: str, _config=None) -> None:
+    if value and ":" not in value:
+        raise ValueError("must be USER:PASSWORD, or empty")
+
+
 def plain_name_or_empty(value: str, _config=None) -> None:
     if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", value):
         raise ValueError("must be letters, digits, '_', '.' and '-' only (at most 128), or empty")
@@ -203,6 +220,12 @@ TABLE = (
     Setting("fleet_spool_bytes", "int", str(256 << 20), "Bytes of batches kept on disk while "
             "ClickHouse is unreachable; beyond it the oldest are dropped and counted.",
             positive_integer),
+    Setting("fleet_sensors", "str", "", "Where fleet_fetch_packets asks each sensor for "
+            "packets: NAME=http://HOST:PORT items (NAME its fleet_host), comma-separated.",
+            sensor_list),
+    Setting("fleet_sensor_credentials", "str", "", "USER:PASSWORD sent (HTTP Basic) to the "
+            "sensors of fleet_sensors, and to no other address; empty = none (sensors that "
+            "need no login from this server).", user_password_or_empty),
     Setting("fleet_ttl_days", "int", "30", "Days of fleet rows ClickHouse keeps (older day "
             "partitions are dropped by the sensors).", positive_integer),
 )

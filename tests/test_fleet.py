@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.helpers import tshark
 from tests.helpers.clickhouse import two_shards
 from tests.helpers.ports import free_port
 from tests.helpers.ports import wait_port
@@ -226,6 +227,29 @@ def test_fleet_group_by_adds_up_the_sensors(fleet):
     by_host = sensors[0].server.ok("fleet_group_by", group_by="host", filter='proc.name == "curl"')
     assert {r["Key"]: r["Connections"] for r in by_host["Rows"]} == {"sensor-a": 3,
                                                                      "sensor-b": 2}
+
+
+def test_fetch_packets_asks_the_owning_sensor(fleet):
+    nodes, sensors = fleet
+    a, b = sensors
+    wait_same(nodes[0], sensors)
+    hit = a.server.ok("fleet_search", filter='proc.name == "curl"', host="sensor-b", limit=1)
+    conn = hit["Connections"][0]
+    assert a.server.call("fleet_fetch_packets", host="sensor-b", capture_id=conn["CaptureId"],
+                         connection_id=conn["ConnectionId"])["ErrorCode"] == 6  # NOT_FOUND
+    a.server.ok("settings_set", key_name="fleet_sensors",
+                value=f"sensor-b={b.server.url}, sensor-a={a.server.url}")
+    got = a.server.ok("fleet_fetch_packets", host="sensor-b", capture_id=conn["CaptureId"],
+                      connection_id=conn["ConnectionId"])
+    assert got["Path"] == os.path.join(a.data, got["Name"]) and got["Size"] > 0
+    rows = tshark.fields(got["Path"], "tcp.srcport", "tcp.dstport", "frame.len")
+    assert len(rows) == conn["PacketsIn"] + conn["PacketsOut"]
+    assert all(str(conn["LocalPort"]) in r[:2] and str(b.www_port) in r[:2] for r in rows)
+    assert sum(int(r[2]) for r in rows) == conn["BytesIn"] + conn["BytesOut"]
+    # the sensor's copy is gone
+    assert not [f for f in b.server.ok("export_list") if f["FileName"].startswith("capture-")]
+    assert a.server.call("fleet_fetch_packets", host="nobody", capture_id=1,
+                         connection_id=1)["ErrorCode"] == 6
 
 
 def test_killed_clickhouse_loses_nothing_and_doubles_nothing(fleet):

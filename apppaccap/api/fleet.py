@@ -13,6 +13,7 @@ from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
 from apppaccap.filetime import to_ns_clamped
 from apppaccap.fleet import query
+from apppaccap.fleet.fetch import fetch_packets
 from apppaccap.wire import DataType
 
 
@@ -123,3 +124,23 @@ def fleet_group_by(ctx, *, group_by: str, metric: str = "bytes", direction: str 
     start, end = _range(start_dtg, end_dtg, relative_time)
     return _ask(ctx, query.group_by, group_by, metric, direction, top, filter,
                 _hosts(host), start, end)
+
+
+@endpoint(DataType.JSON)
+def fleet_fetch_packets(ctx, *, host: str, capture_id: int, connection_id: int) -> dict:
+    """A fleet connection's packets, fetched from the sensor that owns them into this
+    server's export directory as PCAPNG (download it with GET /download/export/<Name>).
+
+    The sensor is asked through its own /ajax (capture_export with filter conn.id, then the
+    file, then export_delete), at the address the setting fleet_sensors gives for `host`,
+    with the setting fleet_sensor_credentials (HTTP Basic). Answers {Host, CaptureId,
+    ConnectionId, Name, Path, Size}. NOT_FOUND when fleet_sensors names no such host;
+    IO_ERROR when the sensor does not answer or refuses (a capture still active is BUSY
+    there: its packets can be fetched once it stops).
+    - host: the sensor's fleet_host name (as fleet_search's Host)
+    - capture_id: the capture on that sensor
+    - connection_id: the connection in that capture
+    """
+    if capture_id <= 0 or connection_id <= 0:
+        raise Malformed("capture_id, connection_id: a sensor's ids (1 or more)")
+    return fetch_packets(ctx.settings, ctx.config.export_dir, host, capture_id, connection_id)
