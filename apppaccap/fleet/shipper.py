@@ -1,11 +1,12 @@
-"""The shipper thread: reads what the writers committed (collect.py), spools it on disk
-(spool.py), sends the spool to ClickHouse oldest first, and retries with backoff.
+"""The shipper thread: reads what the writers committed (collect.py), sends it to ClickHouse
+in batches, spools on disk what cannot go (spool.py), and retries with backoff.
 
 It follows the settings at every poll: fleet_url empty = idle (nothing read, nothing
-spooled). Delivery is at-least-once: a batch leaves the spool only after ClickHouse took
-it, and the watermarks (state.json) are saved only after the batch is in the spool, so a
-crash re-sends rather than loses; the tables collapse what arrives twice (schema.py).
-Captures never wait for any of this: it runs on its own thread, reading SQLite snapshots.
+spooled). Delivery is at-least-once: a batch goes to ClickHouse, or to the spool when
+ClickHouse cannot take it (or older batches wait there); it leaves the spool only after
+ClickHouse took it, and the watermarks (state.json) are saved only after that, so a crash
+re-sends rather than loses; the tables collapse what arrives twice (schema.py). Captures
+never wait for any of this: it runs on its own thread, reading SQLite snapshots.
 """
 
 from __future__ import annotations
@@ -90,18 +91,31 @@ class Shipper:
             self._disconnect()
             return
         host = host_name(self.ctx.settings)
-        self.collect(host)
-        if time.monotonic() >= self._next_try:
-            self.drain(url, host)
-
-    def collect(self, host: str) -> None:
-        for table, reader in self.readers.items():
-            rows = reader.poll(host)
-            for i in range(0, len(rows), BATCH_ROWS):
-                self.spool.append(table, rows[i:i + BATCH_ROWS])
+        fresh = self.collect(host)
+        if time.monotonic() < self._next_try:  # backing off: straight to the spool
+            self._spool(fresh)
+        else:
+            self.drain(url, host, fresh)
+        # after the rows are in ClickHouse or in the spool: a crash before this line reads
+        # them again (sent twice at worst, which the tables collapse)
         self._save_state()
 
-    def drain(self, url: str, host: str) -> None:
+    def collect(self, host: str) -> list:
+        """[(table, rows)] read since the last poll, in batches of BATCH_ROWS."""
+        out = []
+        for table, reader in self.readers.items():
+            rows = reader.poll(host)
+            out += [(table, rows[i:i + BATCH_ROWS]) for i in range(0, len(rows), BATCH_ROWS)]
+        return out
+
+    def _spool(self, batches) -> None:
+        for table, rows in batches:
+            self.spool.append(table, rows)
+
+    def drain(self, url: str, host: str, fresh=()) -> None:
+        """The spool oldest first, then this poll's batches; while the spool is empty they go
+        straight to ClickHouse (no disk round trip), and what cannot go is spooled."""
+        fresh = list(fresh)
         try:
             client, database = self._connect(url)
             while not self._stop.is_set():
@@ -112,9 +126,15 @@ class Shipper:
                 schema.insert(client, database, table, rows)
                 self.spool.done(name)
                 self.shipped_rows += len(rows)
+            while fresh:
+                table, rows = fresh[0]
+                schema.insert(client, database, table, rows)
+                fresh.pop(0)
+                self.shipped_rows += len(rows)
             self._report(client, database, url, host)
             self._retention(client, database)
         except Exception as exc:  # unreachable, refused, restarting: keep spooling
+            self._spool(fresh)
             self._failed(exc)
             return
         if self._failures:
