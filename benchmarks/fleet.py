@@ -100,7 +100,7 @@ def ship(node, tmp: str, n: int) -> None:
         took = time.perf_counter() - t
         assert shipper.shipped_rows == n and shipper.spool.batches == 0, shipper.status()
         rates.append(n / took)
-    print(f"ship: {n} connections, Shipper (SQLite → spool → clickhouse-driver): "
+    print(f"ship: {n} connections, Shipper (SQLite → clickhouse-driver, spool when down): "
           f"{statistics.median(rates):,.0f} rows/s (range {min(rates):,.0f}–{max(rates):,.0f})")
     # the same rows as TSV through clickhouse-client (ClickHouse's own bulk path)
     rows = node.query(f"SELECT {', '.join(schema.column_names('connections'))} FROM "
@@ -128,6 +128,9 @@ def group(node, tmp: str, n: int) -> None:
     from apppaccap.store.capturedb import CaptureDb
     cols = ", ".join(f"{name}" for name, _ in __import__(
         "apppaccap.fleet.schema", fromlist=["x"]).CONNECTION_COLUMNS)
+    from apppaccap.fleet.schema import ddl
+    for statement in ddl("apppaccap"):
+        node.query(statement)
     t = time.perf_counter()
     node.query("CREATE TABLE apppaccap.big AS apppaccap.connections")
     node.query(

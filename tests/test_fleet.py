@@ -174,7 +174,8 @@ def test_fleet_search_is_the_union_of_the_sensors_answers(fleet):
                'proc.name == "curl"', '!(proc.name == "curl")',
                'proc.name matches "^CU" && ip.addr == 127.0.0.0/8',
                'proc.path contains "python"', 'app.proto == "HTTP"',
-               f'tcp.port != {b.www_port}', "udp", ""]
+               f'tcp.port != {b.www_port}', "udp", "",
+               f'proc.name == "curl" xor tcp.port == {b.www_port}']
     for flt in filters:
         union = _own_answer(a, flt) | _own_answer(b, flt)
         got = sensors[0].server.ok("fleet_search", filter=flt)

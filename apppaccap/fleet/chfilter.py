@@ -63,7 +63,9 @@ def _node(n, params) -> str:
         joiner = " AND " if isinstance(n, And) else " OR "
         return "(" + joiner.join(_node(i, params) for i in n.items) + ")"
     if isinstance(n, Xor):
-        return "((" + " + ".join(f"({_node(i, params)})" for i in n.items) + ") % 2 = 1)"
+        # modulo(), not %: a literal % would be read as a bound parameter's marker
+        return ("(modulo(" + " + ".join(f"({_node(i, params)})" for i in n.items)
+                + ", 2) = 1)")
     if isinstance(n, Not):
         return f"(NOT {_node(n.item, params)})"
     return _cond(n, params)

@@ -90,7 +90,8 @@ class ClickHouse:
         from clickhouse_driver import Client
         client = Client(host="127.0.0.1", port=self.tcp_port, connect_timeout=2)
         try:
-            return client.execute(sql, params or {})
+            # without parameters the text goes as it is (a % in it is no marker)
+            return client.execute(sql, params) if params else client.execute(sql)
         finally:
             client.disconnect()
 
