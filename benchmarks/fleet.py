@@ -110,7 +110,7 @@ def ship(node, tmp: str, n: int) -> None:
         for r in rows:
             fh.write("\t".join(str(v) for v in r) + "\n")
     rates = []
-    for i in range(3):
+    for _ in range(3):
         with open(path, "rb") as fh:
             t = time.perf_counter()
             subprocess.run(["clickhouse-client", "--port", str(node.tcp_port), "--query",
@@ -135,7 +135,8 @@ def group(node, tmp: str, n: int) -> None:
     node.query("CREATE TABLE apppaccap.big AS apppaccap.connections")
     node.query(
         f"INSERT INTO apppaccap.big ({cols}) SELECT if(number % 2 = 0, 'host-a', 'host-b'), 1, "
-        f"number + 1, toDate('{day_of(T0)}'), {T0} + number * 1000, {T0} + number * 1000 + 5000000, "
+        f"number + 1, toDate('{day_of(T0)}'), {T0} + number * 1000, "
+        f"{T0} + number * 1000 + 5000000, "
         "if(number % 10 = 9, 17, 6), '10.0.0.1', 1024 + number % 60000, "
         "concat('198.51.', toString(intDiv(number + 1, 256) % 256), '.', "
         "toString((number + 1) % 256)), if((number + 1) % 3 = 0, 80, 443), 167772161, "
@@ -163,7 +164,7 @@ def group(node, tmp: str, n: int) -> None:
 
     first = ask()
     for flt in ("", "tcp.port == 443"):
-        med, lo, hi = runs(lambda: ask(flt))
+        med, lo, hi = runs(lambda flt=flt: ask(flt))
         print(f"group: fleet_group_by program top 10 by bytes{' ' + flt if flt else ''}: "
               f"median {med:.2f} s (range {lo:.2f}–{hi:.2f})")
     # one sensor's SQLite over its own n rows: the same question as one SQL GROUP BY
@@ -176,7 +177,7 @@ def group(node, tmp: str, n: int) -> None:
            "{} GROUP BY p.path ORDER BY b DESC LIMIT 10")
     for flt, where in (("", ""), ("tcp.port == 443", "WHERE c.proto = 6 AND "
                                   "(c.local_port = 443 OR c.remote_port = 443)")):
-        med, lo, hi = runs(lambda: db.read(sql.format(where)), n=3)
+        med, lo, hi = runs(lambda where=where: db.read(sql.format(where)), n=3)
         print(f"group: SQLite GROUP BY program top 10 by bytes{' ' + flt if flt else ''}: "
               f"median {med:.2f} s (range {lo:.2f}–{hi:.2f})")
     top = db.read(sql.format(""))
