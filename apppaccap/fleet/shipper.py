@@ -33,6 +33,9 @@ POLL_SECONDS = 1.0
 BATCH_ROWS = 50_000
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 RETENTION_EVERY = 3600.0
+# a report is one more insert: ClickHouse prefers few inserts a second per table, and a
+# sensor's status needs no finer grain than this
+REPORT_EVERY = 5.0
 
 
 def host_name(settings) -> str:
@@ -59,6 +62,7 @@ class Shipper:
         self._failures = 0
         self._next_try = 0.0
         self._last_retention = 0.0
+        self._last_report = -REPORT_EVERY
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="apppaccap-fleet", daemon=True)
 
@@ -131,7 +135,8 @@ class Shipper:
                 schema.insert(client, database, table, rows)
                 fresh.pop(0)
                 self.shipped_rows += len(rows)
-            self._report(client, database, url, host)
+            if time.monotonic() - self._last_report >= REPORT_EVERY or self._failures:
+                self._report(client, database, url, host)
             self._retention(client, database)
         except Exception as exc:  # unreachable, refused, restarting: keep spooling
             self._spool(fresh)
@@ -158,6 +163,7 @@ class Shipper:
                self.spool.batches, self.spool.gap_rows, self.shipped_rows, now]
         schema.insert(client, database, "sensors", [row])
         self.last_sent_ns = now
+        self._last_report = time.monotonic()
 
     def _retention(self, client, database: str) -> None:
         if time.monotonic() - self._last_retention < RETENTION_EVERY:
