@@ -12,11 +12,14 @@ A capture that has ended is read whole once more and then marked done.
 from __future__ import annotations
 
 import functools
+import os
 import socket
 import time
 
 from apppaccap.fleet.schema import day_of
 from apppaccap.store import captures as capture_rows
+from apppaccap.store.capturedb import capture_path
+from apppaccap.store.database import connect
 from apppaccap.wire import CaptureState
 
 SECOND = 1_000_000_000
@@ -74,28 +77,37 @@ class ConnectionReader:
             mark = self.state.setdefault(str(capture_id), {"wm": 0, "id": 0, "done": False})
             if mark["done"]:
                 continue
-            row = capture_rows.get(self.ctx.catalog, capture_id)
-            live = capture_id in manager.live
-            active = live or row["state"] == CaptureState.ACTIVE
-            if active and not live:
-                continue  # a file being ingested: shipped whole once it is complete
-            try:
-                db = manager.db(capture_id)
-            except Exception:  # a capture deleted meanwhile has nothing to ship
-                mark["done"] = True
+            live = manager.live.get(capture_id)
+            if live is not None:
+                rows.extend(self._read(host, capture_id, live.db.tuples, mark, whole=False))
                 continue
-            rows.extend(self._read(host, capture_id, db, mark, whole=not active))
-            if not active:
-                mark["done"] = True
-                self._forget(capture_id)
+            row = capture_rows.get(self.ctx.catalog, capture_id)
+            if row is None or row["state"] == CaptureState.ACTIVE:
+                continue  # deleted meanwhile, or a file being ingested: shipped once complete
+            rows.extend(self._read_finished(host, capture_id, mark))
+            mark["done"] = True
+            self._forget(capture_id)
         return rows
 
-    def _read(self, host, capture_id, db, mark, whole: bool) -> list:
+    def _read_finished(self, host: str, capture_id: int, mark: dict) -> list:
+        """A capture that has ended, read whole through a connection of our own, closed
+        after (the capture manager's would keep a writer thread and a reader per capture)."""
+        path = capture_path(self.ctx.config.data_dir, capture_id)
+        if not os.path.exists(path):
+            return []
+        conn = connect(path, readonly=True)
+        conn.row_factory = None
+        try:
+            return self._read(host, capture_id, conn.execute, mark, whole=True)
+        finally:
+            conn.close()
+
+    def _read(self, host, capture_id, execute, mark, whole: bool) -> list:
         if whole:
-            found = db.tuples(CONN_SQL + "ORDER BY c.id").fetchall()
+            found = execute(CONN_SQL + "ORDER BY c.id").fetchall()
         else:
-            found = db.tuples(CONN_SQL + "WHERE c.id > ? OR c.last_time >= ? ORDER BY c.id",
-                              (mark["id"], mark["wm"] - MARGIN)).fetchall()
+            found = execute(CONN_SQL + "WHERE c.id > ? OR c.last_time >= ? ORDER BY c.id",
+                            (mark["id"], mark["wm"] - MARGIN)).fetchall()
         version = time.time_ns()
         out = []
         for r in found:
@@ -108,7 +120,8 @@ class ConnectionReader:
             out.append(connection_row(host, capture_id, r, version))
             mark["id"] = max(mark["id"], r[0])
             mark["wm"] = max(mark["wm"], r[2])
-        self._prune(capture_id, mark["wm"] - MARGIN)
+        if not whole:
+            self._prune(capture_id, mark["wm"] - MARGIN)
         return out
 
     def _prune(self, capture_id: int, before: int) -> None:
