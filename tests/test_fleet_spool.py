@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from apppaccap.fleet.collect import next_version
 from apppaccap.fleet.shipper import Shipper
 from apppaccap.fleet.spool import Spool
 from apppaccap.store import alerts as alert_rows
@@ -110,3 +111,11 @@ def test_usage_minutes_and_alert_events_ship_and_the_spool_gap_is_reported(tmp_p
     shipper.stop()
     ctx.catalog.close()
     assert os.path.exists(os.path.join(ctx.config.data_dir, "fleet", "state.json"))
+
+
+def test_row_versions_only_grow_even_when_the_clock_steps_back():
+    future = time.time_ns() + 3600 * 10**9  # the clock was an hour ahead, then corrected
+    state = {"version": future}
+    versions = [next_version(state) for _ in range(3)]
+    assert versions == [future + 1, future + 2, future + 3]
+    assert state["version"] == future + 3  # kept in state.json across restarts

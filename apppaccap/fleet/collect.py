@@ -49,6 +49,14 @@ def _ip_forms(text: str) -> tuple:
         return 0, ""
 
 
+def next_version(state: dict) -> int:
+    """A row version: the time in ns, but always above the last one handed out (kept in
+    state.json), so a clock stepped back never lets older counters win under FINAL."""
+    version = max(time.time_ns(), state.get("version", 0) + 1)
+    state["version"] = version
+    return version
+
+
 def connection_row(host: str, capture_id: int, r, version: int) -> list:
     (cid, first, last, proto, lip, lport, rip, rport, process_id, pid, tid, name, path,
      user, app_proto, app, category, pout, bout, pin, bin_, state, hostname) = r
@@ -60,12 +68,13 @@ def connection_row(host: str, capture_id: int, r, version: int) -> list:
 
 
 class ConnectionReader:
-    """Connections of every capture, with per-capture watermarks kept in `state`
+    """Connections of every capture, with per-capture watermarks kept in `state["conns"]`
     ({capture_id (text): {"wm": ns, "id": max id, "done": bool}})."""
 
     def __init__(self, ctx, state: dict):
         self.ctx = ctx
-        self.state = state
+        self.root = state
+        self.state = state.setdefault("conns", {})
         self.digests: dict = {}  # (capture, id) → what was last sent, for recent rows
 
     def poll(self, host: str) -> list:
@@ -108,7 +117,7 @@ class ConnectionReader:
         else:
             found = execute(CONN_SQL + "WHERE c.id > ? OR c.last_time >= ? ORDER BY c.id",
                             (mark["id"], mark["wm"] - MARGIN)).fetchall()
-        version = time.time_ns()
+        version = next_version(self.root)
         out = []
         for r in found:
             if not whole:  # a finished capture is read once: nothing to compare with
@@ -149,7 +158,7 @@ class UsageReader:
             "u.remote_ip, u.remote_port, u.proto, u.dir, u.packets, u.bytes "
             "FROM usage_minute u LEFT JOIN processes p ON p.id = u.process_id "
             "WHERE u.minute >= ? ORDER BY u.minute", (since,)).fetchall()
-        version = time.time_ns()
+        version = next_version(self.state)
         out = []
         newest = since
         for minute, pid, name, path, rip, rport, proto, d, packets, size in found:
@@ -178,7 +187,7 @@ class AlertReader:
             "SELECT id, alert_id, time, pid, process_name, process_path, remote_ip, "
             "remote_port, value, group_key, message FROM alert_events WHERE id > ? "
             "ORDER BY id LIMIT 10000", (since,)).fetchall()
-        version = time.time_ns()
+        version = next_version(self.state)
         out = []
         for eid, aid, t, pid, name, path, rip, rport, value, key, message in found:
             out.append([host, day_of(t), t, eid, aid, pid, name, path, rip, rport,

@@ -25,6 +25,7 @@ from apppaccap.fleet import schema
 from apppaccap.fleet.collect import AlertReader
 from apppaccap.fleet.collect import ConnectionReader
 from apppaccap.fleet.collect import UsageReader
+from apppaccap.fleet.collect import next_version
 from apppaccap.fleet.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Shipper:
         self.spool = Spool(os.path.join(self.dir, "spool"),
                            lambda: ctx.settings.get_int("fleet_spool_bytes"))
         self.state = self._load_state()
-        self.readers = {"connections": ConnectionReader(ctx, self.state.setdefault("conns", {})),
+        self.readers = {"connections": ConnectionReader(ctx, self.state),
                         "usage_minutes": UsageReader(ctx, self.state),
                         "alert_events": AlertReader(ctx, self.state)}
         self.shipped_rows = 0
@@ -160,7 +161,8 @@ class Shipper:
     def _report(self, client, database: str, url: str, host: str) -> None:
         now = time.time_ns()
         row = [host, schema.day_of(now), now, _without_password(url), self.spool.bytes,
-               self.spool.batches, self.spool.gap_rows, self.shipped_rows, now]
+               self.spool.batches, self.spool.gap_rows, self.shipped_rows,
+               next_version(self.state)]
         schema.insert(client, database, "sensors", [row])
         self.last_sent_ns = now
         self._last_report = time.monotonic()
