@@ -42,10 +42,14 @@ class Sensor:
         wait_port(self.www_port)
         self.data = os.path.join(root, f"sensor-{name}")
         self.server = Server(self.data, None, log_dir=root)
-        self.server.ok("settings_set", key_name="fleet_cluster", value="fleet")
-        self.server.ok("settings_set", key_name="fleet_host", value=name)
-        self.server.ok("settings_set", key_name="fleet_url", value=url)
         self.captures = []
+        try:
+            self.server.ok("settings_set", key_name="fleet_cluster", value="fleet")
+            self.server.ok("settings_set", key_name="fleet_host", value=name)
+            self.server.ok("settings_set", key_name="fleet_url", value=url)
+        except BaseException:
+            self.close()  # a sensor that cannot be set up is not left running
+            raise
 
     def start_capture(self) -> int:
         cap = self.server.ok("capture_start_system", adapter="lo",
@@ -120,7 +124,8 @@ def fleet(tmp_path_factory):
     nodes = two_shards(root)
     sensors = []
     try:
-        sensors = [Sensor(root, "sensor-a", nodes[0].url), Sensor(root, "sensor-b", nodes[1].url)]
+        for name, node in (("sensor-a", nodes[0]), ("sensor-b", nodes[1])):
+            sensors.append(Sensor(root, name, node.url))
         for s in sensors:
             s.start_capture()
         a, b = sensors
