@@ -14,7 +14,8 @@ RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1 libndpi4.2
 # Only `make bpf` (rebuilding the committed eBPF object) needs these; nothing at run time.
 BPF_DEBS  := clang llvm bpftool libbpf-dev
 BPF_DIR   := apppaccap/attribution/bpf
-TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation libndpi-bin
+TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation libndpi-bin \
+             clickhouse-server
 
 .PHONY: run test setup setup-test debs-run debs-test clean docs bpf
 

@@ -54,6 +54,7 @@ class Context:
     triggers: object = None  # triggers.watcher.TriggerWatcher, started by the server
     usage: object = None     # usage.service.UsageService, started by the server
     alerts: object = None    # analytics.alerts.AlertEngine, started by the server
+    fleet: object = None     # fleet.shipper.Shipper, started by the server
     # -- per request --------------------------------------------------------
     token: str | None = None
     user: str | None = None

@@ -10,6 +10,7 @@ import threading
 
 from apppaccap.analytics.alerts import AlertEngine
 from apppaccap.capture.manager import CaptureManager
+from apppaccap.fleet.shipper import Shipper
 from apppaccap.jobs import Jobs
 from apppaccap.safefs.journal import remove_leftovers
 from apppaccap.search.engine import recover as recover_searches
@@ -71,6 +72,9 @@ def start_services(ctx) -> None:
     ctx.usage.start()
     ctx.alerts = AlertEngine(ctx)  # watches usage accounting on the scheduler
     ctx.alerts.start()
+    # the fleet: reads what the writers committed; idle while fleet_url is empty
+    ctx.fleet = Shipper(ctx)
+    ctx.fleet.start()
 
 
 def stop_services(ctx) -> None:
@@ -80,6 +84,8 @@ def stop_services(ctx) -> None:
         ctx.alerts.stop()
     if ctx.usage is not None:  # before the captures: it shares their Attribution
         ctx.usage.close()
+    if ctx.fleet is not None:  # before the captures close their databases; what their
+        ctx.fleet.stop()       # last rows changed ships at the next start (state.json)
     if ctx.captures is not None:
         ctx.captures.close()
     if ctx.jobs is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable
 
@@ -84,6 +85,42 @@ def attribution_choice(value: str, _config=None) -> None:
 
 def any_text(value: str, _config=None) -> None:
     return None
+
+
+def clickhouse_url_or_empty(value: str, _config=None) -> None:
+    """fleet_url: ClickHouse's native protocol (docs/FLEET.md says why not HTTP)."""
+    if not value:
+        return
+    parts = urllib.parse.urlsplit(value)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("clickhouse", "clickhouses") or not parts.hostname or not port_ok:
+        raise ValueError("must be empty or clickhouse://[user[:password]@]host[:port][/database]"
+                         " (ClickHouse's native protocol, port 9000 by default)")
+
+
+def sensor_list(value: str, _config=None) -> None:
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, url = item.strip().partition("=")
+        parts = urllib.parse.urlsplit(url.strip())
+        if (not sep or not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name.strip())
+                or parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("must be NAME=http://HOST:PORT items, comma-separated (NAME as "
+                             "the sensor's fleet_host)")
+
+
+def user_password_or_empty(value: str, _config=None) -> None:
+    if value and ":" not in value:
+        raise ValueError("must be USER:PASSWORD, or empty")
+
+
+def plain_name_or_empty(value: str, _config=None) -> None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", value):
+        raise ValueError("must be letters, digits, '_', '.' and '-' only (at most 128), or empty")
 
 
 @dataclass(frozen=True)
@@ -170,6 +207,27 @@ TABLE = (
             "older ones are rolled up to one row per hour.", positive_integer),
     Setting("usage_retention_days", "int", "90", "Days usage accounting keeps its rows at "
             "all.", positive_integer),
+    # The fleet (docs/FLEET.md): this sensor ships connections, usage minutes and alert
+    # events to ClickHouse from its database readers, never from the capture path.
+    Setting("fleet_url", "str", "", "ClickHouse to ship this sensor's connections, usage "
+            "minutes and alert events to, e.g. clickhouse://127.0.0.1:9000/apppaccap (native "
+            "protocol); empty = no fleet.", clickhouse_url_or_empty),
+    Setting("fleet_host", "str", "", "This sensor's name in the fleet; empty = the host "
+            "name.", plain_name_or_empty),
+    Setting("fleet_cluster", "str", "", "The ClickHouse cluster (remote_servers) the fleet's "
+            "*_all Distributed tables span; empty = one server, no Distributed tables.",
+            plain_name_or_empty),
+    Setting("fleet_spool_bytes", "int", str(256 << 20), "Bytes of batches kept on disk while "
+            "ClickHouse is unreachable; beyond it the oldest are dropped and counted.",
+            positive_integer),
+    Setting("fleet_sensors", "str", "", "Where fleet_fetch_packets asks each sensor for "
+            "packets: NAME=http://HOST:PORT items (NAME its fleet_host), comma-separated.",
+            sensor_list),
+    Setting("fleet_sensor_credentials", "str", "", "USER:PASSWORD sent (HTTP Basic) to the "
+            "sensors of fleet_sensors, and to no other address; empty = none (sensors that "
+            "need no login from this server).", user_password_or_empty),
+    Setting("fleet_ttl_days", "int", "30", "Days of fleet rows ClickHouse keeps (older day "
+            "partitions are dropped by the sensors).", positive_integer),
 )
 SETTINGS = {s.name: s for s in TABLE}
 DEFAULTS = {s.name: s.default for s in TABLE}

@@ -21,7 +21,7 @@ LAYERS = [
     ("store", ["apppaccap.store", "apppaccap.settings"]),
     ("engines", ["apppaccap.attribution", "apppaccap.search", "apppaccap.extract"]),
     ("services", ["apppaccap.capture", "apppaccap.ingest", "apppaccap.triggers", "apppaccap.jobs",
-                  "apppaccap.usage", "apppaccap.analytics",
+                  "apppaccap.usage", "apppaccap.analytics", "apppaccap.fleet",
                   "apppaccap.auth"]),
     ("composition", ["apppaccap.context", "apppaccap.server"]),
     ("doors", ["apppaccap.api", "apppaccap.web", "apppaccap.cli", "apppaccap.docs",

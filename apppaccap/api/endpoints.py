@@ -4,6 +4,7 @@ import here is used by being made (hence the noqa)."""
 from apppaccap.api import alerts  # noqa: F401
 from apppaccap.api import captures  # noqa: F401
 from apppaccap.api import extract  # noqa: F401
+from apppaccap.api import fleet  # noqa: F401
 from apppaccap.api import flush  # noqa: F401
 from apppaccap.api import groupby  # noqa: F401
 from apppaccap.api import follow  # noqa: F401

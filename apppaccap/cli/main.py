@@ -21,6 +21,7 @@ from apppaccap.server import make_private
 from apppaccap.server import start_services
 from apppaccap.server import stop_on_signals
 from apppaccap.server import stop_services
+from apppaccap.settings import check as settings_check
 from apppaccap.store.catalog import Catalog
 from apppaccap.web.app import create_app
 from apppaccap.web.pages import default_themes_dir
@@ -77,6 +78,7 @@ def cmd_serve(args) -> int:
 
     check_open_door(args)
     ctx = build_server_context(args)
+    _fleet_options(ctx, args)
     if ctx.config.auth and not ctx.users.names():
         log.warning("authentication is on but no user exists: add one with "
                     "`apppaccap user add NAME --data-dir %s`", ctx.config.data_dir)
@@ -92,6 +94,19 @@ def cmd_serve(args) -> int:
     finally:
         stop_services(ctx)
     return 0
+
+
+def _fleet_options(ctx, args) -> None:
+    """--fleet-url / --fleet-host set the settings of the same names (kept for next time)."""
+    for name in ("fleet_url", "fleet_host"):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        try:
+            settings_check(name, value)
+        except ValueError as err:
+            raise SystemExit(f"--{name.replace('_', '-')}: {err}") from None
+        ctx.settings.set(name, value)
 
 
 def _check_local_group(ctx) -> None:
@@ -195,6 +210,12 @@ def parser() -> argparse.ArgumentParser:
                    help="with authentication off on loopback, root and members of this group "
                         "call without a token (default apppaccap; installer/install.sh "
                         "creates it)")
+    s.add_argument("--fleet-url", default=None, metavar="URL",
+                   help="ship to the fleet's ClickHouse, clickhouse://HOST:9000/apppaccap "
+                        "(sets the fleet_url setting; empty = no fleet; docs/FLEET.md)")
+    s.add_argument("--fleet-host", default=None, metavar="NAME",
+                   help="this sensor's name in the fleet (sets fleet_host; default the host "
+                        "name)")
     s.add_argument("--i-know-this-is-open", action="store_true",
                    help="allow --auth off on a non-loopback address (no login for anyone)")
     s.set_defaults(func=cmd_serve)
