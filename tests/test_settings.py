@@ -144,3 +144,33 @@ def test_readers_fall_back_to_the_table_default(ctx):
     assert ctx.settings.get_bool("trigger_pause") is True
     ctx.settings.set("extract_enabled", "1")
     assert ctx.settings.get_bool("extract_enabled") is True
+
+
+def test_passwords_in_settings_are_never_read_back(ajax, ctx):
+    """Any logged-in caller reads settings; the fleet's passwords open other machines (the
+    sensors' /ajax, ClickHouse), so they are shown masked and a masked value sent back keeps
+    the stored password."""
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="fleet:s3cret-pw")
+    ajax.ok("settings_set", key_name="fleet_url",
+            value="clickhouse://ship:ch-pw@127.0.0.1:9000/apppaccap")
+    shown = [ajax.ok("settings_get_all"),
+             {k: ajax.ok("settings_get_by_key", key_name=k)
+              for k in ("fleet_sensor_credentials", "fleet_url")},
+             {s["Name"]: s["Value"] for s in ajax.ok("settings_describe")}]
+    for values in shown:
+        assert values["fleet_sensor_credentials"] == "fleet:********"
+        assert values["fleet_url"] == "clickhouse://ship:********@127.0.0.1:9000/apppaccap"
+        assert "s3cret" not in str(values) and "ch-pw" not in str(values)
+    # the settings page saves what it showed: the passwords stay, the rest may change
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="other:********")
+    ajax.ok("settings_set", key_name="fleet_url",
+            value="clickhouse://ship:********@10.0.0.5:9000/apppaccap")
+    assert ctx.settings.get("fleet_sensor_credentials") == "other:s3cret-pw"
+    assert ctx.settings.get("fleet_url") == "clickhouse://ship:ch-pw@10.0.0.5:9000/apppaccap"
+    # a new password replaces the old; a mask with nothing stored is refused, not saved
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="other:new")
+    assert ctx.settings.get("fleet_sensor_credentials") == "other:new"
+    ajax.ok("settings_clear")
+    r = ajax("settings_set", key_name="fleet_sensor_credentials", value="u:********")
+    assert r["ErrorCode"] == 4 and "password" in r["ReturnValue"]
+    assert ctx.settings.get("fleet_sensor_credentials") == ""

@@ -1,4 +1,12 @@
-"""settings_* — user-defined settings (string keys and values, persisted in the catalog)."""
+"""settings_* — user-defined settings (string keys and values, persisted in the catalog).
+
+Passwords in settings (fleet_url's user info, fleet_sensor_credentials) are never read
+back: any logged-in caller may read settings, and these open other machines. They are
+shown with the password as MASK; a value sent back with MASK in the password's place keeps
+the stored password, so a settings page can save what it showed.
+"""
+
+import urllib.parse
 
 from apppaccap.api.registry import endpoint
 from apppaccap.errors import InvalidPermissions
@@ -17,10 +25,44 @@ def settings_clear(ctx) -> int:
     return 0
 
 
+MASK = "********"
+
+
+def _password(name: str, value: str) -> tuple[str, str] | None:
+    """(value with the password as MASK, the password) for a setting holding one."""
+    if name == "fleet_sensor_credentials" and ":" in value:
+        user, _, pw = value.partition(":")
+        return f"{user}:{MASK}", pw
+    if name == "fleet_url" and value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.password is not None:
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            return parts._replace(netloc=f"{user}:{MASK}@{hostport}").geturl(), parts.password
+    return None
+
+
+def _shown(name: str, value: str) -> str:
+    hidden = _password(name, value)
+    return hidden[0] if hidden is not None else value
+
+
+def _kept(name: str, new: str, old: str | None) -> str:
+    """`new`, with a MASK password replaced by the stored one (the rest may change)."""
+    hidden = _password(name, new)
+    if hidden is None or hidden[1] != MASK:
+        return new
+    stored = _password(name, old or "")
+    if stored is None:
+        raise Malformed(f"value: {name} has no stored password to keep; send the password")
+    return hidden[0].replace(f":{MASK}", ":" + stored[1], 1)
+
+
 @endpoint(DataType.JSON)
 def settings_get_all(ctx) -> dict:
-    """All settings as a dictionary of string to string (defaults included)."""
-    return ctx.settings.all()
+    """All settings as a dictionary of string to string (defaults included); passwords are
+    shown as ********."""
+    return {k: _shown(k, v) for k, v in ctx.settings.all().items()}
 
 
 @endpoint(DataType.STRING)
@@ -32,7 +74,7 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     value = ctx.settings.get(key_name)
     if value is None:
         raise NotFound(f"key_name: no setting {key_name[:80]!r}")
-    return value
+    return _shown(key_name, value)
 
 
 @endpoint(DataType.INT)
@@ -49,6 +91,7 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
                                  f"(apppaccap serve {SERVE_ONLY[key_name]})")
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
+    value = _kept(key_name, value, ctx.settings.get(key_name))
     try:
         check(key_name, value, ctx.config)
     except ValueError as why:
@@ -67,5 +110,5 @@ def settings_describe(ctx) -> list:
     folder name).
     """
     values = ctx.settings.all()
-    return [{"Name": s.name, "Type": s.type, "Default": s.default, "Value": values[s.name],
-             "Doc": s.doc} for s in TABLE]
+    return [{"Name": s.name, "Type": s.type, "Default": s.default,
+             "Value": _shown(s.name, values[s.name]), "Doc": s.doc} for s in TABLE]
