@@ -164,7 +164,10 @@ def main() -> int:  # pragma: no cover - the child process (tests run it for rea
         return 1
     write_all(out, frame(b"H", json.dumps(
         {"adapters": [[n, h.datalink()] for n, h in zip(spec["adapters"], handles)]}).encode()))
-    Child(handles, spec["adapters"]).run()
+    try:
+        Child(handles, spec["adapters"]).run()
+    except BrokenPipeError:
+        return 1  # the service stopped reading (it closed a capture it never started)
     return 0
 
 

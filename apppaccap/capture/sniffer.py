@@ -173,6 +173,9 @@ class SnifferProcess:
             pass
         if self._thread is not None:
             self._thread.join(60)
+        else:  # never started: what it sends at the end is read and let go
+            while self._frame()[0]:
+                pass
         self.close()
 
     @property
