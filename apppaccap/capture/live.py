@@ -104,8 +104,8 @@ class LiveCapture:
 
     @property
     def dropped(self) -> int:
-        """libpcap's drops (live), the sniffer process's and our queue's overflow and the
-        packets that could not be written (a failed write, disk full): DroppedCount."""
+        """libpcap's drops (live), the sniffer process's buffer overflow and the packets
+        that could not be written (a failed write, disk full): DroppedCount."""
         return self.sniffers.dropped() + self.recorder.lost
 
     @property
