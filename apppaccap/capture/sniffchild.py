@@ -1,7 +1,8 @@
 """The sniffer process of one live capture: libpcap → a bounded buffer → a pipe.
 
-Run as `python -m apppaccap.capture.sniffchild` by capture/sniffer.py; its stdin is the
-parent's "stop" (closed = stop), its stdout carries frames (docs/ARCHITECTURE.md,
+Run as `python -m apppaccap.capture.sniffchild` by capture/sniffer.py; its stdin brings
+one JSON line (adapters, BPF filter) and then the parent's "stop" (closed = stop), its
+stdout carries frames (docs/ARCHITECTURE.md,
 Capture). In the service process the sniffer threads shared the GIL with the web server:
 20 clients polling the API kept them from draining the kernel ring (~128 ms of traffic at
 1 ms blocks) and a capture lost 28 % of 20,000 packets/s. Here nothing but draining runs,
@@ -156,7 +157,7 @@ def main() -> int:  # pragma: no cover - the child process (tests run it for rea
         os.nice(-10)
     except OSError:
         pass  # not root: the default priority
-    spec = json.loads(sys.argv[1])
+    spec = json.loads(sys.stdin.buffer.readline())  # then stdin stays open until "stop"
     out = sys.stdout.fileno()
     handles = []
     try:

@@ -94,9 +94,16 @@ class SnifferProcess:
 
     def __init__(self, adapters: list[str], bpf: str):
         filter_text(bpf)  # Malformed before any process exists
-        self.proc = spawn([sys.executable, "-m", "apppaccap.capture.sniffchild",
-                           json.dumps({"adapters": adapters, "bpf": bpf})],
+        self.proc = spawn([sys.executable, "-m", "apppaccap.capture.sniffchild"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        # what to open goes through stdin, not argv: a request's names may be too long
+        # for an argument list (E2BIG)
+        try:
+            self.proc.stdin.write(json.dumps({"adapters": adapters, "bpf": bpf}).encode()
+                                  + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it ended already: reported below as no answer
         try:
             import fcntl
             fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
