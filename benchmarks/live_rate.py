@@ -1,13 +1,19 @@
-"""Live capture rate on loopback: the highest UDP packet rate at which our system capture
-stores every packet that a concurrent tcpdump saw (target ≥ 50,000 packets/s).
+"""Live capture rate on loopback, against tcpdump in the same run.
 
-Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 10000,25000,...]
+For each paced UDP rate (benchmarks/sender.py: sendmmsg in C, well past what tcpdump
+keeps) a tcpdump and our system capture listen at once. Reported, from the same run:
+the highest rate at which tcpdump lost nothing (it stored every datagram sent) and the
+highest at which we stored >= 99.9 % of what tcpdump stored (and at which we stored all).
+
+Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 25000,...]
+              [--senders 1] [--backend auto|ebpf|socket-table]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,106 +27,96 @@ from apppaccap.context import build_context  # noqa: E402
 from apppaccap.pcap.reader import CaptureReader  # noqa: E402
 from apppaccap.server import start_services  # noqa: E402
 from apppaccap.server import stop_services  # noqa: E402
-
-# A paced UDP sender in C (Python tops out near 45k sendto/s here); compiled on first use.
-SENDER_C = r"""
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
-                          return t.tv_sec + t.tv_nsec / 1e9; }
-int main(int argc, char **argv) {
-    int port = atoi(argv[1]); double rate = atof(argv[2]), secs = atof(argv[3]);
-    int s = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in a = {0}; a.sin_family = AF_INET; a.sin_port = htons(port);
-    a.sin_addr.s_addr = htonl(0x7f000001);
-    char payload[100] = {0};
-    long total = (long)(rate * secs), sent = 0;
-    double start = now();
-    while (sent < total) {
-        long due = (long)((now() - start) * rate) + 1;
-        while (sent < due && sent < total) {
-            sendto(s, payload, sizeof payload, 0, (struct sockaddr *)&a, sizeof a); sent++;
-        }
-        usleep(200);
-    }
-    printf("%ld %f\n", sent, now() - start);
-    return 0;
-}
-"""
+from benchmarks.sender import result  # noqa: E402
+from benchmarks.sender import send  # noqa: E402
 
 
-def sender_binary() -> str:
-    path = os.path.join(tempfile.gettempdir(), "apc_udp_sender")
-    if not os.path.exists(path):
-        src = path + ".c"
-        with open(src, "w") as fh:
-            fh.write(SENDER_C)
-        subprocess.run(["gcc", "-O2", "-o", path, src], check=True)
-    return path
-
-
-def free_udp_port() -> int:
+def sink() -> socket.socket:
+    """A bound socket that never reads: datagrams to a closed port would each make the
+    kernel build an ICMP error, which slows the sender and is not what we measure."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    return s
 
 
-def one_rate(ctx, rate: int, seconds: float) -> dict:
-    port = free_udp_port()
+class Tcpdump:
+    def __init__(self, bpf: str):
+        self.path = tempfile.mktemp(suffix=".pcap")
+        self.proc = subprocess.Popen(["tcpdump", "-i", "lo", "-w", self.path, "-B", "32768",
+                                      "-s", "262144", bpf], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, text=True)
+        self.proc.stderr.readline()
+        time.sleep(0.3)  # "listening" is printed just before the filter is attached
+
+    def stop(self) -> tuple[int, int]:
+        """(packets stored, packets tcpdump says the kernel dropped)."""
+        self.proc.terminate()
+        err = self.proc.communicate()[1]
+        m = re.search(r"(\d+) packets? dropped by kernel", err)
+        with CaptureReader(self.path) as r:
+            n = sum(1 for _ in r)
+        os.remove(self.path)
+        return n, int(m.group(1)) if m else -1
+
+
+def one_rate(ctx, rate: int, seconds: float, senders: int = 1) -> dict:
+    rx = sink()
+    port = rx.getsockname()[1]
     bpf = f"udp dst port {port}"
-    ref = tempfile.mktemp(suffix=".pcap")
-    dump = subprocess.Popen(["tcpdump", "-i", "lo", "-w", ref, "-B", "32768", "-s", "262144",
-                             bpf], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    dump.stderr.readline()
-    time.sleep(0.3)  # "listening" is printed just before the filter is attached
+    dump = Tcpdump(bpf)
     row = ctx.captures.start(1, bpf=bpf, adapters=["lo"])
-    out = subprocess.run([sender_binary(), str(port), str(rate), str(seconds)],
-                         capture_output=True, text=True, check=True).stdout.split()
-    sent, took = int(out[0]), float(out[1])
+    # several sender processes: on a busy machine one process gets too little of the CPU
+    procs = [send(port, rate / senders, seconds) for _ in range(senders)]
+    done = [result(p) for p in procs]
+    sent, took = sum(n for n, _ in done), max(t for _, t in done)
     time.sleep(0.5)
     ctx.captures.stop(row["id"])
-    dump.terminate()
-    dump.wait()
-    with CaptureReader(ref) as r:
-        theirs = sum(1 for _ in r)
-    os.remove(ref)
+    # tcpdump (not immediate mode) gets a ring block only when it fills or its 1 s timeout
+    # retires it; a tcpdump stopped sooner never reads the last one
+    time.sleep(1.2)
+    theirs, their_drops = dump.stop()
+    rx.close()
     ours = ctx.catalog.one("SELECT packet_count, dropped_count FROM captures WHERE id=?",
                            (row["id"],))
     return {"rate": rate, "achieved": sent / took, "sent": sent, "tcpdump": theirs,
-            "ours": ours[0], "dropped": ours[1]}
+            "tcpdump_dropped": their_drops, "ours": ours[0], "dropped": ours[1]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--rates", default="10000,25000,50000,75000,100000,150000")
+    ap.add_argument("--rates", default="25000,50000,100000,150000,200000,300000")
+    ap.add_argument("--senders", type=int, default=1, help="sender processes sharing the rate")
     ap.add_argument("--backend", default="auto", help="attribution_backend: auto, ebpf, "
                     "socket-table (eBPF must not make the live rate worse)")
     args = ap.parse_args()
     ctx = build_context(Config(data_dir=tempfile.mkdtemp(prefix="apc-bench-")))
     ctx.settings.set("attribution_backend", args.backend)
     start_services(ctx)
-    best = 0
-    print(f"{'target pps':>10} {'sent pps':>10} {'tcpdump':>8} {'ours':>8} {'dropped':>8}  all kept")
+    best_dump = best_999 = best_all = 0
+    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"{'target pps':>10} {'sent pps':>10} {'sent':>8} {'tcpdump':>8} {'its drops':>9} "
+          f"{'ours':>8} {'dropped':>8}  ours/tcpdump")
     try:
         for rate in (int(r) for r in args.rates.split(",")):
-            r = one_rate(ctx, rate, args.seconds)
-            # every packet tcpdump saw is stored (tcpdump itself may miss some at the start)
-            ok = r["ours"] >= r["tcpdump"] and r["dropped"] == 0
-            if ok:
-                best = max(best, int(r["achieved"]))
-            print(f"{r['rate']:>10} {r['achieved']:>10.0f} {r['tcpdump']:>8} {r['ours']:>8} "
-                  f"{r['dropped']:>8}  {'yes' if ok else 'NO'}")
+            r = one_rate(ctx, rate, args.seconds, args.senders)
+            share = r["ours"] / r["tcpdump"] if r["tcpdump"] else 0.0
+            if r["tcpdump"] >= r["sent"]:
+                best_dump = max(best_dump, int(r["achieved"]))
+            if share >= 0.999:
+                best_999 = max(best_999, int(r["achieved"]))
+            if r["ours"] >= r["tcpdump"] and r["dropped"] == 0:
+                best_all = max(best_all, int(r["achieved"]))
+            print(f"{r['rate']:>10} {r['achieved']:>10.0f} {r['sent']:>8} {r['tcpdump']:>8} "
+                  f"{r['tcpdump_dropped']:>9} {r['ours']:>8} {r['dropped']:>8}  "
+                  f"{100 * share:6.2f} %")
     finally:
         stop_services(ctx)
-    print(f"highest rate with every packet stored: {best} packets/s (target 50,000; "
-          f"attribution {args.backend})")
+    print(f"highest rate tcpdump lost nothing at:          {best_dump} packets/s")
+    print(f"highest rate we stored >= 99.9 % of tcpdump:   {best_999} packets/s")
+    print(f"highest rate we stored every packet tcpdump did: {best_all} packets/s "
+          f"(attribution {args.backend}; load average now {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

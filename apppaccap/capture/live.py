@@ -1,6 +1,7 @@
-"""A live capture: its sniffers, its pipeline thread and its database.
+"""A live capture: its sniffer process, its pipeline thread and its database.
 
-sniffers → bounded queue → pipeline thread (decode, attribution, hold buffer,
+sniffer process (capture/sniffchild.py) → pipe → feeding thread → bounded queue → pipeline
+thread (decode, attribution, hold buffer,
 target filter) → Recorder → the capture database's writer thread.
 """
 
@@ -16,7 +17,7 @@ from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
-from apppaccap.capture.sniffer import Sniffer
+from apppaccap.capture.sniffer import SnifferProcess
 from apppaccap.store import capturedb
 from apppaccap.store import captures as capture_table
 
@@ -53,17 +54,15 @@ class Target:
 
 
 class LiveCapture:
-    def __init__(self, capture_id: int, handles: list, db, attribution, target: Target,
+    def __init__(self, capture_id: int, sniffers: SnifferProcess, db, attribution,
+                 target: Target,
                  catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None,
                  labels: bool = False):
         self.id = capture_id
         self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
-        icmp = bool(getattr(attribution.backend, "knows_icmp", False))
-        # the flow's entry travels with each packet: a tuple reused by a new connection
-        # while older packets wait here must not relabel them (Attribution.entry)
-        self.sniffers = [Sniffer(h, i, self.q, name, on_flow=attribution.entry, icmp=icmp)
-                         for i, (name, h) in enumerate(handles)]
-        self.linktypes = [s.linktype for s in self.sniffers]
+        self.sniffers = sniffers
+        self.sniffers.on_lost = self._sniffer_lost
+        self._sniffer_failure = None
         self.db = db
         self.attribution = attribution
         self.target = target
@@ -86,8 +85,8 @@ class LiveCapture:
         row = capture_table.get(self.catalog, self.id)
 
         def interfaces(conn):
-            capturedb.add_interfaces(conn, [(s.iface, s.name, s.linktype)
-                                            for s in self.sniffers])
+            capturedb.add_interfaces(conn, [(a.iface, a.name, a.linktype)
+                                            for a in self.sniffers.adapters])
             if row is not None:  # a new catalog can register this capture again from it
                 capturedb.remember(conn, row)
         self.db.write(interfaces)
@@ -98,19 +97,27 @@ class LiveCapture:
         self.hold = max(self.hold, getattr(self.attribution.backend, "hold_floor", 0.0))
         self._running.set()
         self._thread.start()
-        for s in self.sniffers:
-            s.start()
+        # the flow's entry travels with each packet: a tuple reused by a new connection
+        # while older packets wait here must not relabel them (Attribution.entry)
+        self.sniffers.start(self.q, on_flow=self.attribution.entry,
+                            icmp=bool(getattr(self.attribution.backend, "knows_icmp", False)))
 
     @property
     def dropped(self) -> int:
-        """libpcap's drops (live), our queue's overflow and the packets that could not be
-        written (a failed write, disk full): DroppedCount."""
-        return sum(s.libpcap_drops() + s.overflow for s in self.sniffers) + self.recorder.lost
+        """libpcap's drops (live), the sniffer process's buffer overflow and the packets
+        that could not be written (a failed write, disk full): DroppedCount."""
+        return self.sniffers.dropped() + self.recorder.lost
 
     @property
     def failure(self) -> str | None:
-        """Why writing stopped ("disk full: ..."), None while all is well."""
-        return self.recorder.failure
+        """Why writing stopped ("disk full: ..."), or sniffing did; None while all is well."""
+        return self.recorder.failure or self._sniffer_failure
+
+    def _sniffer_lost(self, message: str) -> None:
+        # on the feeding thread: the capture cannot go on without its sniffer process
+        self._sniffer_failure = message
+        if self.on_failure is not None:
+            self.on_failure(self.id, message)
 
     def _write_failed(self, message: str) -> None:
         # on the pipeline thread, inside a flush: the stop itself runs elsewhere
@@ -120,8 +127,7 @@ class LiveCapture:
 
     def stop(self):
         """Stop sniffing, drain what was queued, flush everything; blocks until written."""
-        for s in self.sniffers:
-            s.stop()
+        self.sniffers.stop()
         self._running.clear()
         self._thread.join(60)
         self.recorder.finish_labels()

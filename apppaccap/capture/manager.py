@@ -19,7 +19,7 @@ from apppaccap.capture.geo import IpResolver
 from apppaccap.capture.geo import open_geo_db
 from apppaccap.capture.live import LiveCapture
 from apppaccap.capture.live import Target
-from apppaccap.capture.sniffer import open_handle
+from apppaccap.capture.sniffer import SnifferProcess
 from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
@@ -116,15 +116,9 @@ class CaptureManager:
         names = adapters or default_capture_adapters()
         if not names:
             raise NotFound("adapter: no capturable adapter is up")
-        handles = []
-        try:
-            for name in dict.fromkeys(names):
-                handles.append((name, open_handle(name, bpf)))
-        except Exception:
-            for _, h in handles:
-                h.close()
-            raise
-        return handles
+        # opened by the capture's own process, out of reach of this one's GIL
+        # (docs/ARCHITECTURE.md, Capture)
+        return SnifferProcess(list(dict.fromkeys(names)), bpf)
 
     def _reserve(self) -> None:
         """Count a start against max_active_captures, or refuse it with BUSY."""
@@ -151,10 +145,19 @@ class CaptureManager:
 
     def _start(self, ctype: int, *, bpf: str = "", flags: int = 0, adapters=(), pids=(),
                process: dict | None = None, thread_id: int = 0, name: str = "") -> dict:
-        handles = self._open(list(adapters), bpf)
+        sniffers = self._open(list(adapters), bpf)
+        try:
+            return self._started(sniffers, ctype, bpf=bpf, flags=flags, pids=pids,
+                                 process=process, thread_id=thread_id, name=name)
+        except BaseException:
+            if not sniffers.started:
+                sniffers.close()
+            raise
+
+    def _started(self, sniffers, ctype, *, bpf, flags, pids, process, thread_id, name):
         fields = {"type": ctype, "state": CaptureState.ACTIVE, "name": name, "filter": bpf,
                   "flags": flags,
-                  "adapters": ",".join(n for n, _ in handles), "start_time": now_ns(),
+                  "adapters": ",".join(a.name for a in sniffers.adapters), "start_time": now_ns(),
                   "thread_id": thread_id}
         if process:
             fields.update(process_id=process["id"], pid=process["pid"],
@@ -165,7 +168,7 @@ class CaptureManager:
         target = Target(pids, children=bool(flags & CaptureFlag.CHILD_PROCESSES),
                         thread_id=thread_id)
         hold = self.ctx.settings.get_int("attribution_hold_ms")
-        live = LiveCapture(capture_id, handles, db, self.attribution, target, self.catalog,
+        live = LiveCapture(capture_id, sniffers, db, self.attribution, target, self.catalog,
                            local_ips=local_addresses(), hold_ms=hold,
                            on_stats=self._global_stats,
                            labels=self.ctx.settings.get_bool("app_labels_enabled"))
@@ -299,8 +302,8 @@ class CaptureManager:
                                           "(SELECT count(*) FROM connections) FROM packets"))
                 finally:
                     db.close()
-            capture_table.interrupt(self.catalog, capture_id, state=CaptureState.INTERRUPTED, counts=counts,
-                                    end_time=now_ns(),
+            capture_table.interrupt(self.catalog, capture_id, state=CaptureState.INTERRUPTED,
+                                    counts=counts, end_time=now_ns(),
                                     message="the service stopped while capturing")
         return len(ids)
 

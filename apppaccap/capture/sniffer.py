@@ -1,4 +1,5 @@
-"""One thread per adapter: libpcap → bounded queue. Nothing else happens here.
+"""A capture's sniffer process (capture/sniffchild.py) and the thread that feeds what it
+sends into the capture's bounded queue; open_handle() is what the process opens.
 
 pypcap facts (docs/ARCHITECTURE.md, Decisions: pypcap and libpcap on Linux): dispatch()
 holds the GIL while it waits, so we use a non-blocking handle + select() on its fd and
@@ -8,15 +9,19 @@ packet twice in stats().
 Not immediate mode: libpcap 1.10 on Linux implements immediate mode with
 TPACKET_V2 fixed-size frames of `snaplen` bytes, so a 32 MiB ring at snaplen
 256 KiB holds only 128 packets and a burst of 2,000 loopback datagrams lost 87 %
-(measured). TPACKET_V3 with a 1 ms block timeout packs packets by their real size
-and still delivers them within ~1 ms, which is what attribution needs.
+(measured). TPACKET_V3 with a 5 ms block timeout (BLOCK_MS) packs packets by their real
+size and still delivers them within ~5 ms.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
-import select
+import struct
+import subprocess
+import sys
 import threading
 
 from apppaccap.capture.bpf import filter_text
@@ -24,10 +29,28 @@ from apppaccap.capture.bpf import set_filter
 from apppaccap.dissect.decode import decode
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
+from apppaccap.lifeline import spawn
 
 SNAPLEN = 262144
+# The ring's block timeout. The 32 MiB ring is 128 blocks of 256 KiB (libpcap's TPACKET_V3
+# block for snaplen 256 KiB); a block is handed over when full or after this long, so at
+# modest rates the ring holds ~128 x BLOCK_MS of traffic. At 1 ms a sniffer process kept
+# off the CPU for >128 ms (load average 18-28 on 2 cores) lost packets in 2 of 4 rounds,
+# at 5 ms in none; owners are asked for 5 ms later at most (the fast path and eBPF see
+# flow starts by themselves).
+BLOCK_MS = 5
 ECHO = {1: (0, 8), 58: (128, 129)}  # ICMP / ICMPv6 echo reply and request types
 log = logging.getLogger(__name__)
+F_SETPIPE_SZ = 1031  # fcntl: a 1 MiB pipe (the kernel's default maximum) = fewer wake-ups
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ERRORS = {"NotFound": NotFound, "Malformed": Malformed}
+# The sniffer process's frames (capture/sniffchild.py): u32 length of what follows, u8 kind
+FRAME = struct.Struct("<IB")
+PACKET = struct.Struct("<QHI")  # before each packet's bytes: ts_ns, adapter index, length
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return FRAME.pack(len(payload) + 1, kind[0]) + payload
 
 
 def open_handle(adapter: str, bpf: str):
@@ -39,7 +62,7 @@ def open_handle(adapter: str, bpf: str):
         raise NotFound(f"adapter: no capture device {adapter!r}")
     try:
         h = pcap.pcap(name=adapter, snaplen=SNAPLEN, promisc=False, immediate=False,
-                      timestamp_in_ns=True, buffer_size=32 << 20, timeout_ms=1)
+                      timestamp_in_ns=True, buffer_size=32 << 20, timeout_ms=BLOCK_MS)
     except OSError as exc:
         raise NotFound(f"adapter: cannot open {adapter!r}: {exc}") from None
     if bpf:
@@ -52,97 +75,148 @@ def open_handle(adapter: str, bpf: str):
     return h
 
 
-class Sniffer:
-    """Reads one adapter into `out` as (ts_ns, iface_index, bytes, decoded, flow key, what
-    on_flow returned for it).
+class Adapter:
+    """One adapter of a capture, as the sniffer process opened it."""
 
-    The 5-tuple is decoded here and a new flow's owner is asked for at once (`on_flow`,
-    non-blocking): every millisecond counts against a process that lives for five.
+    def __init__(self, iface: int, name: str, linktype: int):
+        self.iface, self.name, self.linktype = iface, name, linktype
+
+
+class SnifferProcess:
+    """The sniffer process of one capture and its feeding thread.
+
+    Opening the adapters happens in the process, before start() returns (so its errors are
+    the caller's: NotFound, Malformed). The thread puts (ts_ns, iface_index, bytes,
+    decoded, flow key, what on_flow returned for it) into `out`: the 5-tuple is decoded
+    here and a new flow's owner is asked for at once (`on_flow`, non-blocking): every
+    millisecond counts against a process that lives for five.
     """
 
-    def __init__(self, handle, iface: int, out: queue.Queue, name: str, on_flow=None,
-                 icmp: bool = False):
-        self.handle = handle
-        # ICMP echoes are flows too (keyed by their identifier, as the eBPF backend
-        # reports them); only asked for when the backend can answer them
-        self.icmp = icmp
-        self.on_flow = on_flow
-        self.iface = iface
-        self.out = out
-        self.name = name
-        self.linktype = handle.datalink()
-        self.overflow = 0
-        self._closed, self._final_drops = False, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"sniffer:{name}", daemon=True)
+    def __init__(self, adapters: list[str], bpf: str):
+        filter_text(bpf)  # Malformed before any process exists
+        self.proc = spawn([sys.executable, "-m", "apppaccap.capture.sniffchild"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        # what to open goes through stdin, not argv: a request's names may be too long
+        # for an argument list (E2BIG)
+        try:
+            self.proc.stdin.write(json.dumps({"adapters": adapters, "bpf": bpf}).encode()
+                                  + b"\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # it ended already: reported below as no answer
+        try:
+            import fcntl
+            fcntl.fcntl(self.proc.stdout.fileno(), F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass  # a smaller pipe only means more wake-ups
+        self._thread = None
+        self._in = os.fdopen(os.dup(self.proc.stdout.fileno()), "rb", buffering=1 << 20)
+        self.proc.stdout.close()
+        kind, hello = self._frame()
+        info = json.loads(hello) if kind == b"H" else {"error": "OSError",
+                                                       "message": "no answer"}
+        if "error" in info:
+            self.close()
+            raise ERRORS.get(info["error"], NotFound)(
+                info["message"] if info["error"] in ERRORS
+                else f"adapter: cannot capture ({info['message']})")
+        self.adapters = [Adapter(i, n, lt) for i, (n, lt) in enumerate(info["adapters"])]
+        self.drops, self.child_overflow = [0] * len(self.adapters), 0
+        self.on_lost = None  # told a message when the process ended on its own
+        self._stopping = False
 
-    def start(self):
+    def _frame(self) -> tuple[bytes, bytes]:
+        head = self._in.read(FRAME.size)
+        if len(head) < FRAME.size:
+            return b"", b""
+        size, kind = FRAME.unpack(head)
+        return bytes([kind]), self._in.read(size - 1)
+
+    def start(self, out: queue.Queue, on_flow=None, icmp: bool = False) -> None:
+        """Feed `out`; ICMP echoes are flows too (keyed by their identifier, as the eBPF
+        backend reports them), only asked for when the backend can answer them."""
+        self._thread = threading.Thread(target=self._run, args=(out, on_flow, icmp),
+                                        name=f"sniffer:{self.proc.pid}", daemon=True)
         self._thread.start()
 
-    def _run(self):
-        put = self.out.put_nowait
-        iface = self.iface
-        fd = self.handle.fileno()
-        linktype = self.linktype
-        on_flow = self.on_flow
-        icmp = self.icmp
-
-        def on_packet(ts, pkt):
-            data = bytes(pkt)
-            d = decode(linktype, data)
-            key = ref = None
-            if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
-                key = (d.proto, d.src, d.sport, d.dst, d.dport)
-                if on_flow is not None:
-                    ref = on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
-            elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
-                    and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
-                ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
-                key = (d.proto, d.src, ident, d.dst, ident)
-                if on_flow is not None:
-                    ref = on_flow(key, False)
-            try:
-                put((ts, iface, data, d, key, ref))
-            except queue.Full:
-                self.overflow += 1  # counted and reported in DroppedCount, never blocked on
-
-        self._on_packet = on_packet
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], 0.1)
-            if ready:
+    def _run(self, out, on_flow, icmp) -> None:
+        put = out.put
+        linktypes = [a.linktype for a in self.adapters]
+        unpack, size = PACKET.unpack_from, PACKET.size
+        while True:
+            kind, payload = self._frame()
+            if kind == b"S":
+                stats = json.loads(payload)
+                self.drops, self.child_overflow = stats["drops"], stats["overflow"]
+                continue
+            if kind != b"P":
+                break
+            off, end = 0, len(payload)
+            while off < end:
+                ts, iface, n = unpack(payload, off)
+                off += size
+                data = payload[off:off + n]
+                off += n
                 try:
-                    self.handle.dispatch(-1, on_packet)
-                except OSError:
-                    if self._stop.is_set():
-                        break
-                    raise
+                    item = _item(ts, iface, data, linktypes[iface], on_flow, icmp)
                 except Exception:  # noqa: BLE001 - one bad packet must not stop the sniffer
-                    log.exception("sniffer %s: packet handling failed", self.name)
+                    log.exception("sniffer: packet handling failed")
+                    continue
+                # Waiting here for a full queue is safe: the kernel ring is drained by the
+                # process, whose buffer (256 MiB) takes the wait and counts its overflow.
+                put(item)
+        if not self._stopping:
+            code = self.proc.wait()
+            message = f"the sniffer process ended unexpectedly (exit status {code})"
+            log.error("%s", message)
+            if self.on_lost is not None:
+                self.on_lost(message)
 
-    def libpcap_drops(self) -> int:
-        """Packets the kernel/libpcap dropped so far (cumulative; readable while running)."""
-        if self._closed:
-            return self._final_drops
+    def dropped(self) -> int:
+        """libpcap's drops and the process's buffer overflow (cumulative)."""
+        return sum(self.drops) + self.child_overflow
+
+    def stop(self) -> None:
+        """The process reads what the kernel holds, sends it and ends; we read it all."""
+        self._stopping = True
         try:
-            received, dropped, if_dropped = self.handle.stats()
-            # On lo the kernel counts every packet twice (module docstring); so are its drops.
-            return (dropped + if_dropped) // (2 if self.name == "lo" else 1)
+            self.proc.stdin.close()
         except OSError:
-            return 0
+            pass
+        if self._thread is not None:
+            self._thread.join(60)
+        else:  # never started: what it sends at the end is read and let go
+            while self._frame()[0]:
+                pass
+        self.close()
 
-    def stop(self):
-        self._stop.set()
-        self._thread.join(5)
-        # What the kernel already holds belongs to the capture: read it before closing.
-        on_packet = getattr(self, "_on_packet", None)
-        if on_packet is not None:
-            for _ in range(100):
-                try:
-                    if self.handle.dispatch(-1, on_packet) <= 0:
-                        break
-                except OSError:
-                    break
-        drops = self.libpcap_drops()
-        self._final_drops, self._closed = drops, True
-        self.handle.close()
-        return drops
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def close(self) -> None:
+        """End the process (after stop(): it has ended already)."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()  # its "stop"
+        self._in.close()  # unread frames: its writes fail and it ends
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _item(ts, iface, data, linktype, on_flow, icmp) -> tuple:
+    d = decode(linktype, data)
+    key = ref = None
+    if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
+        key = (d.proto, d.src, d.sport, d.dst, d.dport)
+        if on_flow is not None:
+            ref = on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
+    elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
+            and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
+        ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
+        key = (d.proto, d.src, ident, d.dst, ident)
+        if on_flow is not None:
+            ref = on_flow(key, False)
+    return (ts, iface, data, d, key, ref)

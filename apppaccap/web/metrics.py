@@ -80,8 +80,8 @@ class AppCollector:
                 for name, text in (
                     ("packets", "Packets stored by a live capture"),
                     ("bytes", "Bytes stored by a live capture"),
-                    ("dropped", "Packets a live capture lost (libpcap, queue overflow, "
-                                "failed writes)"),
+                    ("dropped", "Packets a live capture lost (libpcap, the sniffer "
+                                "process's buffer overflow, failed writes)"),
                     ("attributed", "Packets of a live capture attributed to a process"),
                     ("unknown", "Packets of a live capture no process owned"))}
         queue = GaugeMetricFamily("apppaccap_capture_queue_packets", "Packets waiting "
