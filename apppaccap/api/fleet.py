@@ -120,8 +120,8 @@ def fleet_group_by(ctx, *, group_by: str, metric: str = "bytes", direction: str 
     - end_dtg: connections active up to this UTC FILETIME; 0 = no bound
     - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d
     """
+    start, end = _range(start_dtg, end_dtg, relative_time)  # as stats_group_by: range first
     query.check_group(group_by, metric, direction)
-    start, end = _range(start_dtg, end_dtg, relative_time)
     return _ask(ctx, query.group_by, group_by, metric, direction, top, filter,
                 _hosts(host), start, end)
 
