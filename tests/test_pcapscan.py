@@ -47,10 +47,10 @@ PCAPS = corpus.files(where=lambda row: _opens(row["path"]))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def gen_flows(path: str, packets: int) -> None:
+def gen_flows(path: str, packets: int, profile: str = "long") -> None:
     """benchmarks/gen_flows.py: a pcap of realistic flows."""
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gen_flows.py"), path,
-                    "--packets", str(packets)], check=True, cwd=ROOT)
+                    "--packets", str(packets), "--profile", profile], check=True, cwd=ROOT)
 
 
 def test_scanner_is_built():
@@ -143,6 +143,24 @@ def test_generated_flows_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
     # the compiled path did the bulk of the work (first packets of flows and DNS did not)
     assert sum(taken) > 0.9 * len(dump["packets"])
     assert len(tshark.fields(tmp_path / "fast.pcapng", "frame.number")) == len(dump["packets"])
+
+
+def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch):
+    """The short-flow profile (~10 packets a flow, DNS-heavy): one packet in ten opens a
+    flow, so more than 90 % scanned means the scanner created the connections itself
+    (only DNS answers and flows the recorder already knew went through Python); the
+    nDPI labels, hostnames learned from DNS and everything else equal the Python path's,
+    as pcap and as pcapng."""
+    src, png = str(tmp_path / "short.pcap"), str(tmp_path / "short.pcapng")
+    gen_flows(src, 30000, "short")
+    subprocess.run(["editcap", "-F", "pcapng", src, png], check=True)
+    for path, name in ((src, "scan"), (png, "scan_pcapng")):
+        taken = _count_scanned(monkeypatch, name)
+        dump = _same(ctx, path, tmp_path, monkeypatch)
+        conns = dump["connections"]
+        assert len(conns) > 2000 and len(dump["packets"]) < 15 * len(conns)
+        assert sum(taken) > 0.9 * len(dump["packets"])
+        assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
 def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):

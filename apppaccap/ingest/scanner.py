@@ -21,6 +21,7 @@ import struct
 
 from apppaccap.capture.applabels import STATE
 from apppaccap.capture.recorder import SECOND_NS
+from apppaccap.capture.recorder import Conn
 from apppaccap.store.capturedb import PLAIN_FORMAT
 
 try:
@@ -60,6 +61,9 @@ class _Walk:
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
         self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
+        # the scanner creates connections itself (Recorder.conn_for's rules, in C)
+        self.maker = (Conn, rec, rec.conns, rec.hostnames, rec.local_ips,
+                      rec.labeller.open_state if rec.labeller is not None else None)
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
@@ -74,12 +78,13 @@ class _Walk:
                  filling.flowsec, filling.dirty)
         if not self.pcapng:
             out = scan(self.mm, reader.bytes_done, self.size, self.big, self.unit, self.rhl,
-                       self.snaplen, self.linktype, *batch, rec.epb_divs[0], self.dpi)
+                       self.snaplen, self.linktype, *batch, rec.epb_divs[0], self.dpi,
+                       self.maker)
         elif self.section is None:
             return SLOW, None, 0   # the section header and interfaces are Python's to read
         else:
             out = scan_pcapng(self.mm, reader.bytes_done, self.size, *self.section, *batch,
-                              self.dpi)
+                              self.dpi, self.maker)
         off, n, nbytes, code, key, src_is_a, last_ts = out
         rec.next_id += n
         rec.packets += n
