@@ -163,6 +163,26 @@ def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch)
         assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
+def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_path,
+                                                                   monkeypatch):
+    """A bulk ingest hands flat flow counters to the writer process, which expands them
+    (store/flowagg.py); with extraction on, the ingest writes in-process and expands
+    them itself (and every packet takes the Python path): statistics, IPs and
+    connections are the same."""
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 4000, "short")
+    bulk_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    ctx.settings.set("extract_enabled", "1")
+    try:
+        inproc_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    finally:
+        ctx.settings.set("extract_enabled", "0")
+    a, b = _dump(ctx, bulk_id), _dump(ctx, inproc_id)
+    assert len(a["agg"]) > 500
+    for table in ("agg", "ips", "connections"):
+        assert a[table] == b[table], table
+
+
 def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):
     """A verbatim-copied capture with a packet note: that packet's block is rewritten
     packet by packet, the others copied; the file equals the all-packets export."""
