@@ -17,34 +17,45 @@ def expand_flows(flows, procsec: dict):
     tuples → per-IP totals, (kind, key, minute, proto) rows, the same by second (with
     `procsec`), and the batch's (first, last) packet time."""
     ips: dict = {}
-    agg: dict = {}
     agg_sec: dict = {}
     lo = hi = None
+    get = agg_sec.get
+    # by second first (one dict update per key of a flow), then summed into minutes:
+    # there are far fewer (key, second) rows than flows
     for proto, a_ip, b_ip, a_port, b_port, sec, n, b, first, last in flows:
         lo = first if lo is None or first < lo else lo
         hi = last if hi is None or last > hi else hi
-        minute = sec // 60
-        keys = [(AGG_ALL, "")]
+        keys = [(AGG_ALL, "", sec, proto)]
         for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
             if ip:
-                keys.append((AGG_IP, ip))
+                keys.append((AGG_IP, ip, sec, proto))
                 v = ips.get(ip)
                 if v is None:
                     ips[ip] = [n, b, first, last]
                 else:
                     v[0] += n
                     v[1] += b
-                    v[2], v[3] = min(v[2], first), max(v[3], last)
+                    if first < v[2]:
+                        v[2] = first
+                    if last > v[3]:
+                        v[3] = last
         for port in (a_port, b_port) if a_port != b_port else (a_port,):
             if port:
-                keys.append((AGG_PORT, str(port)))
-        for kind, key in keys:
-            for table, k in ((agg, (kind, key, minute, proto)),
-                             (agg_sec, (kind, key, sec, proto))):
-                acc = table.get(k)
-                if acc is None:
-                    table[k] = [n, b]
-                else:
-                    acc[0] += n
-                    acc[1] += b
+                keys.append((AGG_PORT, str(port), sec, proto))
+        for k in keys:
+            acc = get(k)
+            if acc is None:
+                agg_sec[k] = [n, b]
+            else:
+                acc[0] += n
+                acc[1] += b
+    agg: dict = {}
+    for (kind, key, sec, proto), (n, b) in agg_sec.items():
+        k = (kind, key, sec // 60, proto)
+        acc = agg.get(k)
+        if acc is None:
+            agg[k] = [n, b]
+        else:
+            acc[0] += n
+            acc[1] += b
     return ips, agg, (agg_sec, procsec, None if lo is None else (lo, hi))
