@@ -148,7 +148,7 @@ def test_generated_flows_same_and_mostly_scanned(ctx, tmp_path, monkeypatch):
 def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch):
     """The short-flow profile (~10 packets a flow, DNS-heavy): one packet in ten opens a
     flow, so more than 90 % scanned means the scanner created the connections itself
-    (only DNS answers and flows the recorder already knew went through Python); the
+    (only flows the recorder already knew went through Python); the
     nDPI labels, hostnames learned from DNS and everything else equal the Python path's,
     as pcap and as pcapng."""
     src, png = str(tmp_path / "short.pcap"), str(tmp_path / "short.pcapng")

@@ -200,7 +200,7 @@ class Recorder:
             conn_id = None
             fk = (proto, src, dst, sport, dport)
         if proto == UDP and payload_len and (sport == 53 or sport == 5353):
-            self._learn_dns(data[payload_off:payload_off + payload_len])
+            self.learn_dns(data[payload_off:payload_off + payload_len])
         if label is not None:
             p = batch.procs.get(label.process_id)
             if p is None:
@@ -250,7 +250,8 @@ class Recorder:
         same by second, and the batch's (first, last) packet time (capture/aggregates.py)."""
         return expand(self.batch.flowsec, self.batch.procsec)
 
-    def _learn_dns(self, payload: bytes) -> None:
+    def learn_dns(self, payload: bytes) -> None:
+        """Hostnames from a DNS answer (the compiled scanner calls this too)."""
         for name, ip in dns_answers(payload):
             self.hostnames[ip] = name
             self.batch.names.add((ip, NAME_DOMAIN, name))

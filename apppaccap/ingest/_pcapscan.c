@@ -3,13 +3,14 @@
  * scan() walks pcap records, scan_pcapng() the option-less Enhanced Packet Blocks of a
  * pcapng section, in a buffer (the mmap of the file), and they record the common
  * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
- * or UDP, on a flow already known - exactly as Recorder.add() would: connection
- * counters and TCP state, the (flow, second) aggregate, the packet row and its bytes.
+ * or UDP - exactly as Recorder.add() would: connection counters and TCP state, the
+ * (flow, second) aggregate, the packet row and its bytes.
  * Everything else stops the scan and is handled by the Python path one record at a
  * time: record headers that need a warning or an error, frames the fast decoder does
- * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...), DNS
- * answers (they name hosts). The first packet of a flow creates its connection here
- * (create_flow: Recorder.conn_for in C, the labeller asked for the flow's nDPI state);
+ * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...). DNS
+ * answers are recorded here and their payload handed to Recorder.learn_dns. The first
+ * packet of a flow creates its connection here (create_flow: Recorder.conn_for in C,
+ * the labeller asked for the flow's nDPI state);
  * only a flow the Recorder knows but the scanner does not (created by the Python path,
  * or forgotten by the scanner after an eviction) goes back to Python to be registered.
  * tests/test_pcapscan.py checks that both paths store identical rows for every file of
@@ -65,12 +66,14 @@ static inline uint32_t rd32(const unsigned char *p, int big) {
 static inline int be16(const unsigned char *p) { return (p[0] << 8) | p[1]; }
 
 typedef struct {
-    int l3, proto, sport, dport, flags, ttl, alen, l3off, plen;
+    int l3, proto, sport, dport, flags, ttl, alen, l3off, plen, poff, dns;
     const unsigned char *sa, *da;
 } Frame;
 
-/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python. */
-static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f) {
+/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python.
+ * dns_ok: a DNS answer's payload goes to a Python callable (else the frame is Python's). */
+static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f,
+                       int dns_ok) {
     Py_ssize_t off, lim = n, l4, have;
     int l3;
     if (lt == 1) {
@@ -145,8 +148,16 @@ static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame 
     }
     f->sport = be16(d + l4);
     f->dport = be16(d + l4 + 2);
-    /* DNS answers teach hostnames (Recorder._learn_dns): Python's */
-    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) return 0;
+    f->dns = 0;
+    /* DNS answers teach hostnames (Recorder.learn_dns, handed the payload): only with a
+     * UDP length decode.py takes without a warning and that ends inside the capture */
+    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) {
+        int ulen = be16(d + l4 + 4);
+        if (!dns_ok || ulen < 8 || l4 + ulen > lim) return 0;
+        f->dns = 1;
+        f->poff = (int)(l4 + 8);
+        f->plen = ulen - 8;
+    }
     return 1;
 }
 
@@ -269,8 +280,11 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long 
 
 /* What creating a connection needs (Recorder.conn_for, in C): the Conn class, the
  * Recorder (its next_conn counter), its conns, hostnames and local_ips, and the
- * labeller's open_state(conn) (None: labels off). mk.cls NULL: Python creates flows. */
-typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_state; } Maker;
+ * labeller's open_state(conn) (None: labels off), and Recorder.learn_dns (called with
+ * the payload of each DNS answer the scanner records). mk.cls NULL: Python creates flows
+ * and reads DNS answers. */
+typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_state, *learn; }
+    Maker;
 
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
@@ -285,9 +299,9 @@ static PyObject *a_next_conn, *a_hostname;
 static int parse_maker(PyObject *o, Maker *m) {
     memset(m, 0, sizeof(*m));
     if (o == NULL || o == Py_None) return 0;
-    return PyArg_ParseTuple(o, "OOO!O!OO", &m->cls, &m->rec, &PyDict_Type, &m->conns,
-                            &PyDict_Type, &m->hostnames, &m->local_ips, &m->open_state)
-               ? 0 : -1;
+    return PyArg_ParseTuple(o, "OOO!O!OOO", &m->cls, &m->rec, &PyDict_Type, &m->conns,
+                            &PyDict_Type, &m->hostnames, &m->local_ips, &m->open_state,
+                            &m->learn) ? 0 : -1;
 }
 
 /* The text of an address as dissect/decode.py writes it (dotted quad, inet_ntop). */
@@ -431,7 +445,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     Py_ssize_t boff;
     int out;
 
-    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f)) return SLOW;
+    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f, s->mk.cls != NULL)) return SLOW;
     *key = flow_key(&f, src_is_a);
     if (*key == NULL) return -1;
     entry = PyDict_GetItemWithError(s->flows, *key);
@@ -537,6 +551,12 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) &&
         PyList_Append(s->dpi.settled, conn) < 0)
         return -1;
+    if (f.dns && f.plen > 0) {   /* after nDPI's feed, as in Recorder.add */
+        PyObject *r = PyObject_CallFunction(s->mk.learn, "y#", data + f.poff,
+                                            (Py_ssize_t)f.plen);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
     return TAKEN;
 }
 
@@ -558,7 +578,8 @@ PyDoc_STRVAR(scan_doc,
 "its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
 "a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
 "settled list) with the addresses of libndpi's functions, or None; maker: (Conn,\n"
-"recorder, conns, hostnames, local_ips, open_state or None) to create new flows here\n"
+"recorder, conns, hostnames, local_ips, open_state or None, learn_dns) to create new\n"
+"flows here and record DNS answers (their payload handed to learn_dns)\n"
 "(code 3 then only for flows the recorder knows), or None; plain: bytearray\n"
 "of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"

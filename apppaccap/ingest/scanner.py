@@ -61,9 +61,11 @@ class _Walk:
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
         self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
-        # the scanner creates connections itself (Recorder.conn_for's rules, in C)
+        # the scanner creates connections itself (Recorder.conn_for's rules, in C) and
+        # records DNS answers, handing their payload to the Recorder
         self.maker = (Conn, rec, rec.conns, rec.hostnames, rec.local_ips,
-                      rec.labeller.open_state if rec.labeller is not None else None)
+                      rec.labeller.open_state if rec.labeller is not None else None,
+                      rec.learn_dns)
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
