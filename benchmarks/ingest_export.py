@@ -86,6 +86,7 @@ def _spread(values) -> str:
 
 def _profile(tmp, profile, packets, runs, full):
     import json
+
     from benchmarks.gen_flows import generate
     src = os.path.join(tmp, f"{profile}.pcap")
     n = generate(src, packets, profile=profile)
