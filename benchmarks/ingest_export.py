@@ -38,6 +38,8 @@ cid = ingest.create_capture(ctx, sys.argv[2])
 t, c = time.perf_counter(), time.process_time()
 res = ingest.ingest(ctx, reader, cid)
 t_ingest, cpu_ingest = time.perf_counter() - t, time.process_time() - c
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the bulk writer process, ended
+cpu_all = cpu_ingest + kids.ru_utime + kids.ru_stime
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t_export = t_packets = n = labels = None
 if full:
@@ -67,16 +69,24 @@ t_png = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the peak of it all
 ctx.catalog.close()
 print(json.dumps({"packets": res["Packets"], "ingest": t_ingest, "rss_mb": rss,
+                  "cpu": cpu_ingest, "cpu_all": cpu_all,
                   "ingest_pcapng": t_png,
                   "export": t_export, "exported": n, "export_packets": t_packets,
                   "conns": res and None, "labels": labels}))
 """
 
 
-def timed(cmd) -> float:
+def timed(cmd, cpu=None) -> float:
+    """Wall seconds of `cmd`; with a list `cpu`, its CPU seconds are appended to it."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return wall
 
 
 def _spread(values) -> str:
@@ -101,20 +111,24 @@ def _profile(tmp, profile, packets, runs, full):
                                "1" if full and run == 0 else "0"],
                               capture_output=True, text=True, check=True)
         ours = json.loads(proc.stdout.strip().splitlines()[-1])
-        t_tshark = timed(["tshark", "-r", src, "-q", "-z", "conv,tcp"])  # right after: same load
-        ours["tshark"] = t_tshark
+        cpu: list = []
+        t_tshark = timed(["tshark", "-r", src, "-q", "-z", "conv,tcp"], cpu)  # right after
+        ours["tshark"], ours["tshark_cpu"] = t_tshark, cpu[0]
         rows.append(ours)
         subprocess.run(["rm", "-rf", data])
         print(f"run {run + 1}: ingest pcap {ours['ingest']:.2f} s, pcapng "
               f"{ours['ingest_pcapng']:.2f} s, tshark {t_tshark:.2f} s -> "
               f"{ours['ingest'] / t_tshark:.2f}x / {ours['ingest_pcapng'] / t_tshark:.2f}x, "
-              f"peak RSS {ours['rss_mb']:.0f} MB")
+              f"peak RSS {ours['rss_mb']:.0f} MB; CPU (pcap) parser {ours['cpu']:.2f} s + "
+              f"writer {ours['cpu_all'] - ours['cpu']:.2f} s, tshark {cpu[0]:.2f} s")
     pcap = [r["ingest"] / r["tshark"] for r in rows]
     pcapng = [r["ingest_pcapng"] / r["tshark"] for r in rows]
     rate = [n / r["ingest"] for r in rows]
+    parser = [r["cpu"] / r["tshark_cpu"] for r in rows]
     print(f"{profile}: ingest pcap {_spread(pcap)}x tshark, pcapng {_spread(pcapng)}x tshark "
           f"(target <= 0.5x); {min(rate):,.0f}-{max(rate):,.0f} packets/s; peak RSS "
-          f"{_spread([r['rss_mb'] for r in rows])} MB (target <= 300 MB)")
+          f"{_spread([r['rss_mb'] for r in rows])} MB (target <= 300 MB); parser CPU "
+          f"{_spread(parser)}x tshark's CPU")
     return n, rows[0]
 
 
