@@ -1,18 +1,20 @@
 """Ingest through the compiled scanner (apppaccap/ingest/_pcapscan.c): pcap and pcapng.
 
-The scanner records the common packet - a clean TCP/UDP frame of a flow it already
-knows, in a pcap record or an option-less pcapng Enhanced Packet Block - straight into
-the Recorder's batch: connection counters and state, the (flow, second) aggregate, a
-packed row and the bytes (framed as the EPB export writes). Whatever it will not take
-(the first packet of a flow, DNS answers, blocks other than EPBs, packets with options,
-records needing a warning, frames outside its decoder) it hands back, and the record
-goes through the ordinary Python path (CaptureReader.next_record, then the caller's
-`one`) - so the Python code stays the one definition of what is stored, and
-tests/test_pcapscan.py checks both paths give identical databases and exports on every
-capture file of the corpus.
+The scanner records the common packet - a clean TCP/UDP frame in a pcap record or an
+option-less pcapng Enhanced Packet Block - straight into the Recorder's batch:
+connection counters and state, the (flow, second) aggregate, a packed row and the bytes
+(framed as the EPB export writes). It creates the connection of a flow's first packet
+itself (Recorder.conn_for's rules; the labeller gives it the flow's nDPI state) and
+hands Python only what needs Python: DNS answers' payloads (Recorder.learn_dns) and the
+labels it settled. Whatever record it will not take (blocks other than EPBs, packets with
+options, records needing a warning, frames outside its decoder, a flow the Recorder
+knows but the scanner forgot) it hands back, and the record goes through the ordinary
+Python path (CaptureReader.next_record, then the caller's `one`) - so the Python code
+stays the one definition of what is stored, and tests/test_pcapscan.py checks both paths
+give identical databases and exports on every capture file of the corpus.
 
-Used in a bulk ingest (no extraction feed); about 2x faster than the Python path on
-the 1M-packet benchmark, with export then copying blocks instead of packets.
+Used in a bulk ingest (no extraction feed), with export then copying blocks instead of
+packets.
 """
 
 from __future__ import annotations
