@@ -4,8 +4,10 @@ The Recorder hands each connection's packets here until its label is known: nDPI
 the first packets of a flow only - until it has detected the protocol and has nothing
 more to learn (TLS certificates, DNS answers), or MAX_PACKETS were fed (nfstream's
 n_dissections default); pure TCP ACKs teach it nothing and are neither fed nor counted.
-A flow that ends, idles out or reaches the cap undetected gets nDPI's give-up answer (a
-guess from ports and addresses, what ndpiReader prints at the end of a file).
+A flow that ends (a TCP flow CLOSED or RESET: the Recorder and the compiled scanner settle
+it at that packet, so nDPI's memory comes back at once), idles out or reaches the cap
+undetected gets nDPI's give-up answer (a guess from ports and addresses, what ndpiReader
+prints at the end of a file).
 
 `conn.app` is (AppProtocol, App, Category) once known; "Unknown" when nDPI cannot tell;
 None while pending or when labelling is off (no nDPI: the columns stay NULL).

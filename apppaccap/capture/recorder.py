@@ -190,6 +190,9 @@ class Recorder:
                 conn.state = "ACTIVE"
             if conn.app is None and self.labeller is not None:
                 self.labeller.feed(conn, d, data, ts, batch)
+                # an ended flow gets its label now: nDPI's memory back at once
+                if conn.app is None and (conn.state == "CLOSED" or conn.state == "RESET"):
+                    self.labeller.settle((conn,), batch)
             batch.dirty[conn.id] = conn
             conn_id = conn.id
             fk = conn

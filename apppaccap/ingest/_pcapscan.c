@@ -181,13 +181,14 @@ static int same_str(PyObject *a, PyObject *b) {
     return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
 }
 
-/* recorder._tcp_state, for a known connection */
-static int tcp_state(PyObject *conn, int flags) {
+/* recorder._tcp_state, for a known connection; *ended: it is CLOSED or RESET now */
+static int tcp_state(PyObject *conn, int flags, int *ended) {
     PyObject *state = PyObject_GetAttr(conn, a_state), *next = NULL;
     int rc = 0;
     if (state == NULL) return -1;
     if (!(flags & 0x07) && same_str(state, st_est)) {
         Py_DECREF(state);
+        *ended = 0;
         return 0;   /* the common case: established, no SYN/FIN/RST */
     }
     if (flags & 0x04) {
@@ -209,6 +210,8 @@ static int tcp_state(PyObject *conn, int flags) {
         next = st_est;
     }
     if (next != NULL) rc = PyObject_SetAttr(conn, a_state, next);
+    *ended = next != NULL ? (next == st_closed || next == st_reset)
+                          : (same_str(state, st_closed) || same_str(state, st_reset));
     Py_DECREF(state);
     return rc;
 }
@@ -432,6 +435,18 @@ static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigne
     return st->done ? 1 : 0;
 }
 
+/* A pending flow that ended (CLOSED or RESET): 1 when this settles it (Recorder.add
+ * settles such a flow's label at once, after nDPI saw the packet). */
+static int dpi_end(PyObject *state) {
+    DpiState *st;
+    if (!PyByteArray_Check(state) || PyByteArray_GET_SIZE(state) != (Py_ssize_t)sizeof(DpiState))
+        return 0;
+    st = (DpiState *)PyByteArray_AS_STRING(state);
+    if (st->done || !st->flow) return 0;
+    st->done = 1;
+    return 1;
+}
+
 enum { TAKEN = 0 };
 
 /* Record one packet as Recorder.add would, if the fast path takes it (and feed nDPI a
@@ -443,7 +458,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     Frame f;
     PyObject *entry, *conn, *conn_id;
     Py_ssize_t boff;
-    int out;
+    int out, ended = 0;
 
     if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f, s->mk.cls != NULL)) return SLOW;
     *key = flow_key(&f, src_is_a);
@@ -481,7 +496,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         if (rc < 0) return -1;
     }
     if (f.proto == 6) {
-        if (tcp_state(conn, f.flags) < 0) return -1;
+        if (tcp_state(conn, f.flags, &ended) < 0) return -1;
     } else {
         PyObject *state = PyObject_GetAttr(conn, a_state);
         int empty;
@@ -548,7 +563,8 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
-        dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) &&
+        (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
+         (ended && dpi_end(PyTuple_GET_ITEM(entry, 3)))) &&
         PyList_Append(s->dpi.settled, conn) < 0)
         return -1;
     if (f.dns && f.plen > 0) {   /* after nDPI's feed, as in Recorder.add */
