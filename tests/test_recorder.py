@@ -80,3 +80,27 @@ def test_ended_and_idle_flows_are_forgotten(monkeypatch):
     rec.flush()
     assert len(rec.conns) == 1   # the three reset flows went; the live one stays
     assert rec.next_conn == 5
+
+
+def test_an_ended_tcp_flow_is_labelled_at_its_last_packet():
+    """nDPI's state of a flow is freed when the flow is CLOSED or RESET (not at the end of
+    the capture): a file of many short flows keeps only the open ones in detection."""
+    from apppaccap.capture.applabels import AppLabeller
+    labeller = AppLabeller.open()
+    assert labeller is not None   # the test image installs libndpi
+    rec = Recorder(Sink(), local_ips=frozenset({"10.0.0.1"}))
+    rec.labeller = labeller
+    try:
+        feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000, 8080, 0x02),
+                   tcp_frame("10.0.0.2", "10.0.0.1", 8080, 5000, 0x12),
+                   tcp_frame("10.0.0.1", "10.0.0.2", 5000, 8080, 0x18, b"\x01\x02\x03")])
+        (c,) = rec.conns.values()
+        assert c.app is None and c.id in labeller.pending   # open: still in detection
+        feed(rec, [tcp_frame("10.0.0.1", "10.0.0.2", 5000, 8080, 0x11),
+                   tcp_frame("10.0.0.2", "10.0.0.1", 8080, 5000, 0x11)], t0=10_000)
+        assert c.state == "CLOSED" and c.app is not None and not labeller.pending
+        feed(rec, [tcp_frame("10.0.0.1", "10.0.0.3", 5001, 8080, 0x02),
+                   tcp_frame("10.0.0.3", "10.0.0.1", 8080, 5001, 0x04)], t0=20_000)
+        assert len(rec.conns) == 2 and not labeller.pending   # RESET: settled too
+    finally:
+        labeller.close()

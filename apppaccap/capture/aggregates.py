@@ -1,50 +1,27 @@
-"""The Recorder's per-batch aggregate expansion: one (flow, second) counter per packet on the
-hot path becomes, at flush time, per-IP totals and per-IP/port/protocol rows by minute and
-by second (store/capturedb.py write_batch stores them)."""
+"""The Recorder's per-batch aggregates: one (flow, second) counter per packet on the hot
+path becomes, at flush time, per-IP totals and per-IP/port/protocol rows by minute and
+by second (store/flowagg.py expands them; store/capturedb.py write_batch stores them)."""
 
 from __future__ import annotations
 
-from apppaccap.store.capturedb import AGG_ALL
-from apppaccap.store.capturedb import AGG_IP
-from apppaccap.store.capturedb import AGG_PORT
+from apppaccap.store.flowagg import expand_flows
+
+
+def flat(flowsec: dict) -> list:
+    """(flow, second) counters → the (proto, a_ip, b_ip, a_port, b_port, second, packets,
+    bytes, first, last) tuples expand_flows takes (plain values: they can be pickled)."""
+    out = []
+    for (flow, sec), (n, b, first, last) in flowsec.items():
+        if not isinstance(flow, tuple):  # a Conn (capture/recorder.py)
+            (a_ip, a_port), (b_ip, b_port) = flow.local, flow.remote
+            out.append((flow.proto, a_ip, b_ip, a_port, b_port, sec, n, b, first, last))
+        else:
+            proto, a_ip, b_ip, a_port, b_port = flow
+            out.append((proto, a_ip, b_ip, a_port, b_port, sec, n, b, first, last))
+    return out
 
 
 def expand(flowsec: dict, procsec: dict):
     """(flow, second) aggregates → per-IP totals, (kind, key, minute, proto) rows, the
     same by second, and the batch's (first, last) packet time."""
-    ips: dict = {}
-    agg: dict = {}
-    agg_sec: dict = {}
-    lo = hi = None
-    for (flow, sec), (n, b, first, last) in flowsec.items():
-        lo = first if lo is None or first < lo else lo
-        hi = last if hi is None or last > hi else hi
-        minute = sec // 60
-        if not isinstance(flow, tuple):  # a Conn (capture/recorder.py)
-            proto, (a_ip, a_port), (b_ip, b_port) = flow.proto, flow.local, flow.remote
-        else:
-            proto, a_ip, b_ip, a_port, b_port = flow
-        keys = [(AGG_ALL, "", minute, proto)]
-        for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
-            if ip:
-                keys.append((AGG_IP, ip, minute, proto))
-                v = ips.get(ip)
-                if v is None:
-                    ips[ip] = [n, b, first, last]
-                else:
-                    v[0] += n
-                    v[1] += b
-                    v[2], v[3] = min(v[2], first), max(v[3], last)
-        for port in (a_port, b_port) if a_port != b_port else (a_port,):
-            if port:
-                keys.append((AGG_PORT, str(port), minute, proto))
-        for kind, key, _minute, _proto in keys:
-            for table, k in ((agg, (kind, key, minute, proto)),
-                             (agg_sec, (kind, key, sec, proto))):
-                acc = table.get(k)
-                if acc is None:
-                    table[k] = [n, b]
-                else:
-                    acc[0] += n
-                    acc[1] += b
-    return ips, agg, (agg_sec, procsec, None if lo is None else (lo, hi))
+    return expand_flows(flat(flowsec), procsec)

@@ -4,8 +4,10 @@ The Recorder hands each connection's packets here until its label is known: nDPI
 the first packets of a flow only - until it has detected the protocol and has nothing
 more to learn (TLS certificates, DNS answers), or MAX_PACKETS were fed (nfstream's
 n_dissections default); pure TCP ACKs teach it nothing and are neither fed nor counted.
-A flow that ends, idles out or reaches the cap undetected gets nDPI's give-up answer (a
-guess from ports and addresses, what ndpiReader prints at the end of a file).
+A flow that ends (a TCP flow CLOSED or RESET: the Recorder and the compiled scanner settle
+it at that packet, so nDPI's memory comes back at once), idles out or reaches the cap
+undetected gets nDPI's give-up answer (a guess from ports and addresses, what ndpiReader
+prints at the end of a file).
 
 `conn.app` is (AppProtocol, App, Category) once known; "Unknown" when nDPI cannot tell;
 None while pending or when labelling is off (no nDPI: the columns stay NULL).
@@ -72,18 +74,25 @@ class AppLabeller:
         p = self.pending.get(conn.id)
         return p[1] if p is not None else None
 
+    def open_state(self, conn):
+        """Start looking at a new connection: its shared state (None when too many flows
+        are pending: the connection is labelled Unknown at once). The compiled scanner
+        calls this for the flows it creates."""
+        if len(self.pending) >= MAX_PENDING:
+            conn.app = (ndpi.UNKNOWN, "", "")
+            return None
+        st = bytearray(STATE.size)
+        STATE.pack_into(st, 0, self.det.new_flow(), 0, 0, 0, 0, 0)
+        self.pending[conn.id] = (conn, st)
+        return st
+
     def feed(self, conn, d, data, ts: int, batch=None) -> None:
         """One packet of `conn` (whose label is still None); names learned go to `batch`
         (the Recorder's Batch)."""
         p = self.pending.get(conn.id)
-        if p is None:
-            if len(self.pending) >= MAX_PENDING:
-                conn.app = (ndpi.UNKNOWN, "", "")
-                return
-            st = bytearray(STATE.size)
-            STATE.pack_into(st, 0, self.det.new_flow(), 0, 0, 0, 0, 0)
-            p = self.pending[conn.id] = (conn, st)
-        st = p[1]
+        st = p[1] if p is not None else self.open_state(conn)
+        if st is None:
+            return
         flow, fed, master, app, cat, done = STATE.unpack(st)
         l3 = d.l3_off
         if done:  # settled by the compiled scanner, not yet named: as if named then

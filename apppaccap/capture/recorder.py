@@ -11,6 +11,7 @@ import logging
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.capture.aggregates import expand
+from apppaccap.capture.aggregates import flat
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.errors import IOFailure
 from apppaccap.pcap.pcapng_writer import EPB_FLAGS
@@ -189,6 +190,9 @@ class Recorder:
                 conn.state = "ACTIVE"
             if conn.app is None and self.labeller is not None:
                 self.labeller.feed(conn, d, data, ts, batch)
+                # an ended flow gets its label now: nDPI's memory back at once
+                if conn.app is None and (conn.state == "CLOSED" or conn.state == "RESET"):
+                    self.labeller.settle((conn,), batch)
             batch.dirty[conn.id] = conn
             conn_id = conn.id
             fk = conn
@@ -199,7 +203,7 @@ class Recorder:
             conn_id = None
             fk = (proto, src, dst, sport, dport)
         if proto == UDP and payload_len and (sport == 53 or sport == 5353):
-            self._learn_dns(data[payload_off:payload_off + payload_len])
+            self.learn_dns(data[payload_off:payload_off + payload_len])
         if label is not None:
             p = batch.procs.get(label.process_id)
             if p is None:
@@ -249,7 +253,8 @@ class Recorder:
         same by second, and the batch's (first, last) packet time (capture/aggregates.py)."""
         return expand(self.batch.flowsec, self.batch.procsec)
 
-    def _learn_dns(self, payload: bytes) -> None:
+    def learn_dns(self, payload: bytes) -> None:
+        """Hostnames from a DNS answer (the compiled scanner calls this too)."""
         for name, ip in dns_answers(payload):
             self.hostnames[ip] = name
             self.batch.names.add((ip, NAME_DOMAIN, name))
@@ -268,27 +273,8 @@ class Recorder:
         if self.failure is not None:
             self._drop_batch()
         elif filled:
-            conns = {c.id: c.row() for c in batch.dirty.values()}
-            procs = {k: tuple(v) for k, v in batch.procs.items()}
-            ips, agg, per_sec = self._expand()
-            threads = {}
-            for (pid, tid, _process_id), n in batch.threads.items():
-                threads[(pid, tid)] = threads.get((pid, tid), 0) + n
-            args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain,
-                    per_sec, batch.names)
-            if self.bulk is not None:
-                self.pending = self.bulk.submit_batch(args)
-            else:
-                self.pending = self.db.submit(lambda c: write_batch(c, *args))
-                self._inflight = (self.packets - self._mark[0], self.bytes - self._mark[1])
+            self._submit(batch)
             self._mark = (self.packets, self.bytes)
-            if self.on_flush is not None:
-                self.on_flush(agg, procs, batch.threads)
-            if self.on_new_ips is not None:
-                new = [ip for ip in ips if ip not in self._known_ips]
-                self._known_ips.update(new)
-                if new:
-                    self.on_new_ips(new)
             self._reset()
         if wait and self.pending is not None:
             if self.bulk is not None:
@@ -300,6 +286,35 @@ class Recorder:
             raise self.error()  # a fresh exception each time: nothing chains or grows
         if len(self.conns) > MAX_CONNS:
             self._evict()
+
+    def _submit(self, batch) -> None:
+        conns = {c.id: c.row() for c in batch.dirty.values()}
+        procs = {k: tuple(v) for k, v in batch.procs.items()}
+        threads = {}
+        for (pid, tid, _process_id), n in batch.threads.items():
+            threads[(pid, tid)] = threads.get((pid, tid), 0) + n
+        if self.bulk is not None and self.on_flush is None and self.on_new_ips is None:
+            # nobody here reads the expanded aggregates: the writer process expands them
+            # (store/flowagg.py), off the parsing process's core
+            args = (batch.rows, batch.buf, conns, procs, threads, None, None, batch.plain,
+                    None, batch.names)
+            self.pending = self.bulk.submit_batch(args, (flat(batch.flowsec), batch.procsec))
+            return
+        ips, agg, per_sec = self._expand()
+        args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain, per_sec,
+                batch.names)
+        if self.bulk is not None:
+            self.pending = self.bulk.submit_batch(args)
+        else:
+            self.pending = self.db.submit(lambda c: write_batch(c, *args))
+            self._inflight = (self.packets - self._mark[0], self.bytes - self._mark[1])
+        if self.on_flush is not None:
+            self.on_flush(agg, procs, batch.threads)
+        if self.on_new_ips is not None:
+            new = [ip for ip in ips if ip not in self._known_ips]
+            self._known_ips.update(new)
+            if new:
+                self.on_new_ips(new)
 
     def error(self) -> Exception:
         """The write failure as a new exception (IOFailure for a disk fault)."""

@@ -3,20 +3,25 @@
  * scan() walks pcap records, scan_pcapng() the option-less Enhanced Packet Blocks of a
  * pcapng section, in a buffer (the mmap of the file), and they record the common
  * packet - a clean Ethernet / Linux-cooked / raw-IP frame carrying IPv4 or IPv6 with TCP
- * or UDP, on a flow already known - exactly as Recorder.add() would: connection
- * counters and TCP state, the (flow, second) aggregate, the packet row and its bytes.
+ * or UDP - exactly as Recorder.add() would: connection counters and TCP state, the
+ * (flow, second) aggregate, the packet row and its bytes.
  * Everything else stops the scan and is handled by the Python path one record at a
  * time: record headers that need a warning or an error, frames the fast decoder does
- * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...), DNS
- * answers (they name hosts), and the first packet of each flow (Python creates the
- * connection, then registers it here). tests/test_pcapscan.py checks that both paths
- * store identical rows for every file of the corpus.
+ * not take (VLAN, fragments, options it would have to explain, ICMP, ARP...). DNS
+ * answers are recorded here and their payload handed to Recorder.learn_dns. The first
+ * packet of a flow creates its connection here (create_flow: Recorder.conn_for in C,
+ * the labeller asked for the flow's nDPI state);
+ * only a flow the Recorder knows but the scanner does not (created by the Python path,
+ * or forgotten by the scanner after an eviction) goes back to Python to be registered.
+ * tests/test_pcapscan.py checks that both paths store identical rows for every file of
+ * the corpus.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 #include <limits.h>
+#include <arpa/inet.h>
 
 #define NS 1000000000LL
 #define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
@@ -61,12 +66,14 @@ static inline uint32_t rd32(const unsigned char *p, int big) {
 static inline int be16(const unsigned char *p) { return (p[0] << 8) | p[1]; }
 
 typedef struct {
-    int l3, proto, sport, dport, flags, ttl, alen, l3off, plen;
+    int l3, proto, sport, dport, flags, ttl, alen, l3off, plen, poff, dns;
     const unsigned char *sa, *da;
 } Frame;
 
-/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python. */
-static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f) {
+/* 1: a clean TCP/UDP frame, fields as dissect/decode.py gives them; 0: ask Python.
+ * dns_ok: a DNS answer's payload goes to a Python callable (else the frame is Python's). */
+static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame *f,
+                       int dns_ok) {
     Py_ssize_t off, lim = n, l4, have;
     int l3;
     if (lt == 1) {
@@ -141,8 +148,16 @@ static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame 
     }
     f->sport = be16(d + l4);
     f->dport = be16(d + l4 + 2);
-    /* DNS answers teach hostnames (Recorder._learn_dns): Python's */
-    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) return 0;
+    f->dns = 0;
+    /* DNS answers teach hostnames (Recorder.learn_dns, handed the payload): only with a
+     * UDP length decode.py takes without a warning and that ends inside the capture */
+    if (f->proto == 17 && (f->sport == 53 || f->sport == 5353)) {
+        int ulen = be16(d + l4 + 4);
+        if (!dns_ok || ulen < 8 || l4 + ulen > lim) return 0;
+        f->dns = 1;
+        f->poff = (int)(l4 + 8);
+        f->plen = ulen - 8;
+    }
     return 1;
 }
 
@@ -166,13 +181,14 @@ static int same_str(PyObject *a, PyObject *b) {
     return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
 }
 
-/* recorder._tcp_state, for a known connection */
-static int tcp_state(PyObject *conn, int flags) {
+/* recorder._tcp_state, for a known connection; *ended: it is CLOSED or RESET now */
+static int tcp_state(PyObject *conn, int flags, int *ended) {
     PyObject *state = PyObject_GetAttr(conn, a_state), *next = NULL;
     int rc = 0;
     if (state == NULL) return -1;
     if (!(flags & 0x07) && same_str(state, st_est)) {
         Py_DECREF(state);
+        *ended = 0;
         return 0;   /* the common case: established, no SYN/FIN/RST */
     }
     if (flags & 0x04) {
@@ -194,6 +210,8 @@ static int tcp_state(PyObject *conn, int flags) {
         next = st_est;
     }
     if (next != NULL) rc = PyObject_SetAttr(conn, a_state, next);
+    *ended = next != NULL ? (next == st_closed || next == st_reset)
+                          : (same_str(state, st_closed) || same_str(state, st_reset));
     Py_DECREF(state);
     return rc;
 }
@@ -263,12 +281,113 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long 
     return rc;
 }
 
+/* What creating a connection needs (Recorder.conn_for, in C): the Conn class, the
+ * Recorder (its next_conn counter), its conns, hostnames and local_ips, and the
+ * labeller's open_state(conn) (None: labels off), and Recorder.learn_dns (called with
+ * the payload of each DNS answer the scanner records). mk.cls NULL: Python creates flows
+ * and reads DNS answers. */
+typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_state, *learn; }
+    Maker;
+
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
     PyObject *flows, *plain, *blob, *flowsec, *dirty;
     long long next_id;
     Dpi dpi;  /* dpi.mod NULL: no labelling */
+    Maker mk;
 } Sink;
+
+static PyObject *a_next_conn, *a_hostname;
+
+static int parse_maker(PyObject *o, Maker *m) {
+    memset(m, 0, sizeof(*m));
+    if (o == NULL || o == Py_None) return 0;
+    return PyArg_ParseTuple(o, "OOO!O!OOO", &m->cls, &m->rec, &PyDict_Type, &m->conns,
+                            &PyDict_Type, &m->hostnames, &m->local_ips, &m->open_state,
+                            &m->learn) ? 0 : -1;
+}
+
+/* The text of an address as dissect/decode.py writes it (dotted quad, inet_ntop). */
+static PyObject *addr_text(const unsigned char *a, int alen) {
+    char txt[INET6_ADDRSTRLEN];
+    if (alen == 4) {
+        snprintf(txt, sizeof(txt), "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+    } else if (inet_ntop(AF_INET6, a, txt, sizeof(txt)) == NULL) {
+        PyErr_SetString(PyExc_ValueError, "inet_ntop failed");
+        return NULL;
+    }
+    return PyUnicode_FromString(txt);
+}
+
+/* Recorder.conn_for for the first packet of a flow the scanner does not know: the new
+ * Conn registered in rec.conns and in the scanner's flows under `key` (with its nDPI
+ * state when labels are on). Returns 1 (entry set, borrowed from flows), 0 (the
+ * Recorder knows this flow already - Python registers it) or -1 (exception). */
+static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int src_is_a,
+                       PyObject **entry) {
+    const Maker *m = &s->mk;
+    PyObject *src = NULL, *dst = NULL, *a = NULL, *b = NULL;
+    PyObject *pkey = NULL, *conn = NULL, *cid = NULL, *host, *st = NULL, *e = NULL;
+    PyObject *local, *remote;
+    int rc = -1, swap = 0, le;
+    long long next;
+
+    if ((src = addr_text(f->sa, f->alen)) == NULL || (dst = addr_text(f->da, f->alen)) == NULL)
+        goto done;
+    if ((a = Py_BuildValue("(Oi)", src, f->sport)) == NULL ||
+        (b = Py_BuildValue("(Oi)", dst, f->dport)) == NULL)
+        goto done;
+    /* labels.flow_key: (proto, smaller endpoint, larger one), compared as Python does */
+    if ((le = PyObject_RichCompareBool(a, b, Py_LE)) < 0) goto done;
+    if ((pkey = Py_BuildValue("(iOO)", f->proto, le ? a : b, le ? b : a)) == NULL) goto done;
+    if (PyDict_GetItemWithError(m->conns, pkey) != NULL) { rc = 0; goto done; }
+    if (PyErr_Occurred()) goto done;
+    /* the originator is "local" unless a SYN+ACK or the local addresses say otherwise */
+    if (f->proto == 6 && (f->flags & 0x12) == 0x12) {
+        swap = 1;
+    } else if (PyObject_Length(m->local_ips) > 0) {
+        int d_in = PySet_Contains(m->local_ips, dst), s_in;
+        if (d_in < 0) goto done;
+        if (d_in) {
+            if ((s_in = PySet_Contains(m->local_ips, src)) < 0) goto done;
+            swap = !s_in;
+        }
+    }
+    local = swap ? b : a;
+    remote = swap ? a : b;
+    if ((cid = PyObject_GetAttr(m->rec, a_next_conn)) == NULL) goto done;
+    next = PyLong_AsLongLong(cid);
+    if (next == -1 && PyErr_Occurred()) goto done;
+    conn = PyObject_CallFunction(m->cls, "OiOOL", cid, f->proto, local, remote, ts);
+    if (conn == NULL) goto done;
+    host = PyDict_GetItemWithError(m->hostnames, swap ? src : dst);
+    if (host == NULL && PyErr_Occurred()) goto done;
+    if (host != NULL && PyObject_SetAttr(conn, a_hostname, host) < 0) goto done;
+    {
+        PyObject *nx = PyLong_FromLongLong(next + 1);
+        int r2;
+        if (nx == NULL) goto done;
+        r2 = PyObject_SetAttr(m->rec, a_next_conn, nx);
+        Py_DECREF(nx);
+        if (r2 < 0) goto done;
+    }
+    if (PyDict_SetItem(m->conns, pkey, conn) < 0) goto done;
+    if (m->open_state != Py_None) {
+        if ((st = PyObject_CallOneArg(m->open_state, conn)) == NULL) goto done;
+    }
+    /* a_is_local: whether the key's first endpoint is the connection's local one */
+    e = (st != NULL && st != Py_None)
+        ? Py_BuildValue("(OOOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
+        : Py_BuildValue("(OOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
+    if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
+    *entry = e;   /* flows holds it */
+    rc = 1;
+done:
+    Py_XDECREF(src); Py_XDECREF(dst); Py_XDECREF(a);
+    Py_XDECREF(b); Py_XDECREF(pkey); Py_XDECREF(conn); Py_XDECREF(cid); Py_XDECREF(st);
+    Py_XDECREF(e);
+    return rc;
+}
 
 /* The flows argument's optional companion: (module, process, extra_possible, cap,
  * settled) - addresses as integers, and a list the scanner appends the conn of each flow
@@ -316,6 +435,18 @@ static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigne
     return st->done ? 1 : 0;
 }
 
+/* A pending flow that ended (CLOSED or RESET): 1 when this settles it (Recorder.add
+ * settles such a flow's label at once, after nDPI saw the packet). */
+static int dpi_end(PyObject *state) {
+    DpiState *st;
+    if (!PyByteArray_Check(state) || PyByteArray_GET_SIZE(state) != (Py_ssize_t)sizeof(DpiState))
+        return 0;
+    st = (DpiState *)PyByteArray_AS_STRING(state);
+    if (st->done || !st->flow) return 0;
+    st->done = 1;
+    return 1;
+}
+
 enum { TAKEN = 0 };
 
 /* Record one packet as Recorder.add would, if the fast path takes it (and feed nDPI a
@@ -327,15 +458,19 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     Frame f;
     PyObject *entry, *conn, *conn_id;
     Py_ssize_t boff;
-    int out;
+    int out, ended = 0;
 
-    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f)) return SLOW;
+    if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f, s->mk.cls != NULL)) return SLOW;
     *key = flow_key(&f, src_is_a);
     if (*key == NULL) return -1;
     entry = PyDict_GetItemWithError(s->flows, *key);
     if (entry == NULL) {
+        int made;
         if (PyErr_Occurred()) { Py_CLEAR(*key); return -1; }
-        return NEWFLOW;   /* keep key: Python registers the connection under it */
+        if (s->mk.cls == NULL) return NEWFLOW;  /* keep key: Python registers the conn */
+        made = create_flow(s, &f, ts, *key, *src_is_a, &entry);
+        if (made < 0) { Py_CLEAR(*key); return -1; }
+        if (made == 0) return NEWFLOW;
     }
     Py_CLEAR(*key);
     if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || PyTuple_GET_SIZE(entry) > 4) {
@@ -361,7 +496,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         if (rc < 0) return -1;
     }
     if (f.proto == 6) {
-        if (tcp_state(conn, f.flags) < 0) return -1;
+        if (tcp_state(conn, f.flags, &ended) < 0) return -1;
     } else {
         PyObject *state = PyObject_GetAttr(conn, a_state);
         int empty;
@@ -428,9 +563,16 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
-        dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) &&
+        (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
+         (ended && dpi_end(PyTuple_GET_ITEM(entry, 3)))) &&
         PyList_Append(s->dpi.settled, conn) < 0)
         return -1;
+    if (f.dns && f.plen > 0) {   /* after nDPI's feed, as in Recorder.add */
+        PyObject *r = PyObject_CallFunction(s->mk.learn, "y#", data + f.poff,
+                                            (Py_ssize_t)f.plen);
+        if (r == NULL) return -1;
+        Py_DECREF(r);
+    }
     return TAKEN;
 }
 
@@ -445,13 +587,16 @@ static PyObject *result(Py_ssize_t off, Py_ssize_t taken, long long total, int c
 
 PyDoc_STRVAR(scan_doc,
 "scan(buf, off, size, big_endian, unit, rhl, snaplen, linktype, flows, plain, blob,\n"
-"     next_id, max_rows, max_bytes, flowsec, dirty, div[, dpi])\n"
+"     next_id, max_rows, max_bytes, flowsec, dirty, div[, dpi[, maker]])\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
 "its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
 "a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
-"settled list) with the addresses of libndpi's functions, or None; plain: bytearray\n"
+"settled list) with the addresses of libndpi's functions, or None; maker: (Conn,\n"
+"recorder, conns, hostnames, local_ips, open_state or None, learn_dns) to create new\n"
+"flows here and record DNS answers (their payload handed to learn_dns)\n"
+"(code 3 then only for flows the recorder knows), or None; plain: bytearray\n"
 "of packed rows\n"
 "(capturedb.PLAIN_FORMAT); blob: bytearray of packet bytes, each framed as a pcapng\n"
 "EPB with ticks of div ns when div > 0.");
@@ -467,16 +612,16 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     const unsigned char *buf;
     long long limit;
     Sink s;
-    PyObject *dpi = NULL;
+    PyObject *dpi = NULL, *mk = NULL;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L|O", &view, &off, &size, &big, &unit,
+    if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L|OO", &view, &off, &size, &big, &unit,
                           &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div,
-                          &dpi))
+                          &dpi, &mk))
         return NULL;
-    if (parse_dpi(dpi, &s.dpi) < 0) {
+    if (parse_dpi(dpi, &s.dpi) < 0 || parse_maker(mk, &s.mk) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -537,7 +682,7 @@ typedef struct {
 
 PyDoc_STRVAR(scan_pcapng_doc,
 "scan_pcapng(buf, off, size, big_endian, ifaces, flows, plain, blob, next_id, max_rows,\n"
-"            max_bytes, flowsec, dirty[, dpi])\n"
+"            max_bytes, flowsec, dirty[, dpi[, maker]])\n"
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "As scan(), for the Enhanced Packet Blocks of one pcapng section: ifaces holds, per\n"
 "section-local interface id, (file-wide id, linktype, mult, div, ts offset ns, snaplen,\n"
@@ -553,15 +698,16 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     Iface *ifs = NULL;
     const unsigned char *buf;
     Sink s;
-    PyObject *dpi = NULL;
+    PyObject *dpi = NULL, *mk = NULL;
 
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!|O", &view, &off, &size, &big,
+    if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!|OO", &view, &off, &size, &big,
                           &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
-                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi))
+                          &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi,
+                          &mk))
         return NULL;
-    if (parse_dpi(dpi, &s.dpi) < 0) {
+    if (parse_dpi(dpi, &s.dpi) < 0 || parse_maker(mk, &s.mk) < 0) {
         PyBuffer_Release(&view);
         return NULL;
     }
@@ -672,6 +818,8 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
     INTERN(a_last, "last");
     INTERN(a_state, "state");
     INTERN(a_fin, "fin");
+    INTERN(a_next_conn, "next_conn");
+    INTERN(a_hostname, "hostname");
     INTERN(st_empty, "");
     INTERN(st_est, "ESTABLISHED");
     INTERN(st_active, "ACTIVE");

@@ -26,6 +26,7 @@ from apppaccap.store.blocks import SideFile
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.database import connect
 from apppaccap.store.faults import io_failure
+from apppaccap.store.flowagg import expand_flows
 
 
 def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in the child
@@ -42,8 +43,12 @@ def _child(conn: Connection, path: str) -> None:  # pragma: no cover - runs in t
         if msg is None:
             break
         try:
+            args, flows = msg
+            if flows is not None:  # (flat flow counters, procsec): expanded here
+                ips, agg, per_sec = expand_flows(*flows)
+                args = (*args[:5], ips, agg, args[7], per_sec, *args[9:])
             db.execute("BEGIN IMMEDIATE")
-            write_batch(db, *msg)
+            write_batch(db, *args)
             db.execute("COMMIT")
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
@@ -81,13 +86,16 @@ class BulkWriter:
         self.depth = depth
         self._lock = threading.Lock()
 
-    def submit_batch(self, args) -> Future:
+    def submit_batch(self, args, flows=None) -> Future:
+        """`args` as write_batch takes them; with `flows` - (flat flow counters, procsec)
+        as aggregates.flat gives them - its ips, agg and per_sec (None in `args`) are
+        expanded in the writer process (store/flowagg.py)."""
         while len(self.pending) >= self.depth:
             self._collect()
         fut: Future = Future()
         if args[1]:
             args = (args[0], self.side.append(args[1]), *args[2:])
-        self.conn.send(args)
+        self.conn.send((args, flows))
         self.pending.append(fut)
         return fut
 
