@@ -50,7 +50,8 @@ PENDING_TICKS = 10
 IN, OUT = 0, 1
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
-MAX_ENDPOINT_LABELS = 50_000  # program × remote endpoint labels kept in memory
+MAX_ENDPOINT_LABELS = 50_000
+MAX_UNDECIDED = 20_000  # flows whose bytes wait for their label (one look each per tick)  # program × remote endpoint labels kept in memory
 
 
 class UsageRecorder:
@@ -72,6 +73,10 @@ class UsageRecorder:
         # (process_id, remote_ip, remote_port, proto) → (AppProtocol, App, Category): the
         # label of its latest labelled flow
         self.app_labels: OrderedDict = OrderedDict()
+        # flow key → (key5, endpoints its bytes were filed under) while nDPI has not decided:
+        # a flow's first second (handshake) is counted before its label exists, perhaps under
+        # another endpoint (its owner not known yet); those get the label when it comes
+        self._undecided: OrderedDict = OrderedDict()
         self.minute: int | None = None
         self.minute_rows: dict = {}
         self.lost_rows = 0
@@ -186,6 +191,9 @@ class UsageRecorder:
                 app = self.flow_labels.of(key5)
                 if app is not None:
                     self._label(k[:4], app)
+                elif self.labels_on:
+                    self._wait_label(key5, k[:4])
+        self._label_decided()
         self.ring.append((second, by_key, flows_by_program))
         minute = second // 60
         if self.minute is not None and minute != self.minute:
@@ -193,6 +201,26 @@ class UsageRecorder:
         self.minute = minute
         with self._rows_lock:
             self._add_rows(minute, by_key)
+
+    def _wait_label(self, key5: tuple, endpoint: tuple) -> None:
+        fk = flow_key(*key5)
+        entry = self._undecided.get(fk)
+        if entry is None:
+            entry = self._undecided[fk] = (key5, set())
+            while len(self._undecided) > MAX_UNDECIDED:
+                self._undecided.popitem(last=False)
+        entry[1].add(endpoint)
+
+    def _label_decided(self) -> None:
+        """Endpoints of flows whose label came since (nDPI decided, or gave up)."""
+        for fk, (key5, endpoints) in list(self._undecided.items()):
+            app = self.flow_labels.of(key5)
+            if app is not None:
+                del self._undecided[fk]
+                for endpoint in endpoints:
+                    self._label(endpoint, app)
+            elif self.flow_labels.settled(fk):
+                del self._undecided[fk]   # decided: no label
 
     def _label(self, endpoint: tuple, app: tuple) -> None:
         labels = self.app_labels
