@@ -50,8 +50,8 @@ PENDING_TICKS = 10
 IN, OUT = 0, 1
 SECOND = 1_000_000_000
 MINUTE = 60 * SECOND
-MAX_ENDPOINT_LABELS = 50_000
-MAX_UNDECIDED = 20_000  # flows whose bytes wait for their label (one look each per tick)  # program × remote endpoint labels kept in memory
+MAX_ENDPOINT_LABELS = 50_000  # program × remote endpoint labels kept in memory
+MAX_UNDECIDED = 20_000  # flows whose bytes wait for their label (each looked at per tick)
 
 
 class UsageRecorder:
