@@ -6,8 +6,8 @@ from apppaccap.api import captures  # noqa: F401
 from apppaccap.api import extract  # noqa: F401
 from apppaccap.api import fleet  # noqa: F401
 from apppaccap.api import flush  # noqa: F401
-from apppaccap.api import groupby  # noqa: F401
 from apppaccap.api import follow  # noqa: F401
+from apppaccap.api import groupby  # noqa: F401
 from apppaccap.api import ingest_export  # noqa: F401
 from apppaccap.api import ips  # noqa: F401
 from apppaccap.api import labels  # noqa: F401
