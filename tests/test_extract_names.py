@@ -17,7 +17,7 @@ from apppaccap.extract.mime import disposition_filename
     (b"GIF89a\x01\0", "image/gif"),
     (b"%PDF-1.7\n", "application/pdf"),
     (b"PK\x03\x04\x14\0", "application/zip"),
-    (gzip.compress(b"x"), "application/gzip"),
+    (gzip.compress(b"x", mtime=0), "application/gzip"),
     (b"MZ\x90\0", "application/x-msdownload"),
     (b"\x7fELF\x02\x01", "application/x-executable"),
     (b"RIFF\0\0\0\0WEBPVP8 ", "image/webp"),
