@@ -15,6 +15,7 @@ import pytest
 from apppaccap.web.downloads import content_disposition
 from tests.helpers import corpus
 from tests.helpers.door import DoorServer
+from tests.helpers.live import wait_for
 from tests.helpers.server import wait_command
 
 PASSWORD = "correct horse battery staple"
@@ -114,6 +115,19 @@ def test_large_export_is_streamed(box):
     size = 96 << 20
     with open(box.export / "big.pcapng", "wb") as fh:
         fh.truncate(size)
+    # Usage accounting counts this test's own loopback traffic: its start (eBPF, nDPI, pcap
+    # rings) and the first fill of its rings are its memory, not the download's. Measure
+    # after both: the recorder is up, and a smaller file went out first.
+    wait_for(lambda: box.server.ok("usage_now")["Enabled"], 20, what="usage accounting")
+    time.sleep(1.5)
+    with open(box.export / "warm.pcapng", "wb") as fh:
+        fh.truncate(16 << 20)
+    conn = http.client.HTTPConnection("127.0.0.1", box.server.port, timeout=30)
+    conn.request("GET", "/download/export/warm.pcapng")
+    warm = conn.getresponse()
+    while warm.read(1 << 20):
+        pass
+    conn.close()
     before = box.server.memory()["VmHWM"]
     conn = http.client.HTTPConnection("127.0.0.1", box.server.port, timeout=30)
     conn.request("GET", "/download/export/big.pcapng")
