@@ -28,6 +28,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("live") or item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.xdist_group("live"))
+        elif item.module.__name__.endswith("test_search_oracle"):
+            # its module fixture runs tshark over a large capture (~80 s): once, not per worker
+            item.add_marker(pytest.mark.xdist_group("oracle"))
 
 
 @pytest.fixture
