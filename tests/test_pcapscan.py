@@ -163,12 +163,19 @@ def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch)
         assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
+@pytest.mark.parametrize("max_held", [300_000, 1500])
 def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, max_held):
     """A bulk ingest hands flat flow counters to the writer process, which expands them
-    (store/flowagg.py); with extraction on, the ingest writes in-process and expands
-    them itself (and every packet takes the Python path): statistics, IPs and
+    (store/flowagg.py), sums them over all batches and writes them at the end (or each
+    time it holds more than MAX_HELD rows: here also a tiny bound, so rows written early
+    are added to later); with extraction on, the ingest writes in-process and upserts
+    them batch by batch (and every packet takes the Python path): statistics, IPs and
     connections are the same."""
+    from apppaccap.capture import recorder
+    from apppaccap.store import bulkwriter
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    monkeypatch.setattr(bulkwriter, "MAX_HELD", max_held)
     src = str(tmp_path / "short.pcap")
     gen_flows(src, 4000, "short")
     bulk_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
@@ -181,6 +188,22 @@ def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_pat
     assert len(a["agg"]) > 500
     for table in ("agg", "ips", "connections"):
         assert a[table] == b[table], table
+    # the writer process sums the statistics of all batches and writes them once at the
+    # end; the in-process writer upserts them batch by batch
+    a, b = _statistics(ctx, bulk_id), _statistics(ctx, inproc_id)
+    assert len(a["agg_sec"]) > 500 and len(a["ip_names"]) > 20 and len(a["span"]) == 1
+    assert a == b
+
+
+def _statistics(ctx, cid) -> dict:
+    conn = sqlite3.connect(capture_path(ctx.config.data_dir, cid))
+    try:
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+                for table, order in (("agg_sec", "kind, key, sec, proto"),
+                                     ("proc_sec", "process_id, sec, direction"),
+                                     ("span", "id"), ("ip_names", "ip, kind, name"))}
+    finally:
+        conn.close()
 
 
 def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):
