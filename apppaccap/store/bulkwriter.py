@@ -178,6 +178,9 @@ class BulkWriter:
                 pass
             self.side.close()
             try:
+                # the child's end of the socket closes as it exits: this wakes at once,
+                # where Popen.wait with a timeout polls in sleeps of up to 50 ms
+                self.conn.poll(30)
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
