@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 
@@ -163,21 +164,40 @@ def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch)
         assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
-@pytest.mark.parametrize("max_held", [300_000, 1500])
+def _stretch(path: str, factor: int) -> None:
+    """Spread a µs pcap's packets `factor` times wider in time (same order)."""
+    with open(path, "r+b") as fh:
+        data = bytearray(fh.read())
+        pos, base = 24, None
+        while pos + 16 <= len(data):
+            sec, usec, caplen, _orig = struct.unpack_from("<IIII", data, pos)
+            t = sec * 1_000_000 + usec
+            base = t if base is None else base
+            t = base + (t - base) * factor
+            struct.pack_into("<II", data, pos, t // 1_000_000, t % 1_000_000)
+            pos += 16 + caplen
+        fh.seek(0)
+        fh.write(data)
+
+
+@pytest.mark.parametrize("max_held, stretch", [(300_000, 1), (1500, 1), (300_000, 2000)])
 def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_path,
-                                                                   monkeypatch, max_held):
+                                                                   monkeypatch, max_held,
+                                                                   stretch):
     """A bulk ingest hands flat flow counters to the writer process, which expands them
-    (store/flowagg.py), sums them over all batches and writes them at the end (or each
-    time it holds more than MAX_HELD rows: here also a tiny bound, so rows written early
-    are added to later); with extraction on, the ingest writes in-process and upserts
-    them batch by batch (and every packet takes the Python path): statistics, IPs and
-    connections are the same."""
+    (store/flowagg.py), sums them over all batches and writes them at the end, the
+    seconds (and minutes) a file in time order is done with as it goes, and everything
+    each time it holds more than MAX_HELD rows (here also a tiny bound, so rows written
+    early are added to later; and packets spread over ~4 minutes); with extraction on,
+    the ingest writes in-process and upserts them batch by batch (and every packet takes
+    the Python path): statistics, IPs and connections are the same."""
     from apppaccap.capture import recorder
     from apppaccap.store import bulkwriter
     monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
     monkeypatch.setattr(bulkwriter, "MAX_HELD", max_held)
     src = str(tmp_path / "short.pcap")
     gen_flows(src, 4000, "short")
+    _stretch(src, stretch)
     bulk_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
     ctx.settings.set("extract_enabled", "1")
     try:
@@ -192,6 +212,7 @@ def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_pat
     # end; the in-process writer upserts them batch by batch
     a, b = _statistics(ctx, bulk_id), _statistics(ctx, inproc_id)
     assert len(a["agg_sec"]) > 500 and len(a["ip_names"]) > 20 and len(a["span"]) == 1
+    assert len({row[0] for row in a["agg_sec"]}) > (100 if stretch > 1 else 0)  # seconds
     assert a == b
 
 

@@ -85,6 +85,11 @@ def _write(db, totals: Totals, max_held: int, args, flows) -> None:
     db.execute("COMMIT")
     if flows is not None:  # (flat flow counters, procsec): expanded here
         totals.add_flows(*flows)
+        settled = totals.take_settled()
+        if settled is not None:  # past seconds: written now, not in the final write
+            db.execute("BEGIN IMMEDIATE")
+            write_stats(db, None, settled[0], (settled[1], None, None))
+            db.execute("COMMIT")
     else:
         totals.add(args[5], args[6], args[8])
     totals.add_names(args[9])

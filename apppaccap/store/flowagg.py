@@ -75,6 +75,7 @@ class Totals:
         self.proc_sec: dict = {}
         self.span = None
         self.names: dict = {}  # (ip, kind, name) → None: a set that keeps its order
+        self.newest = None     # the latest second of a flow
 
     def __len__(self) -> int:
         """Rows held (the writer writes them out early past a bound: memory)."""
@@ -87,11 +88,14 @@ class Totals:
         ips, acc = self.ips, self.sec
         get, ip_get = acc.get, ips.get
         lo = hi = None
+        top = self.newest
         for proto, a_ip, b_ip, a_port, b_port, sec, n, b, first, last in flows:
             if lo is None or first < lo:
                 lo = first
             if hi is None or last > hi:
                 hi = last
+            if top is None or sec > top:
+                top = sec
             keys = [(AGG_ALL, "", sec, proto)]
             for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
                 if ip:
@@ -116,9 +120,39 @@ class Totals:
                 else:
                     v[0] += n
                     v[1] += b
+        self.newest = top
         _sum_into(self.proc_sec, procsec)
         if lo is not None:
             self._span((lo, hi))
+
+    def take_settled(self, margin: int = 2):
+        """(rows by minute, rows by second) that no later packet of a file in time order
+        adds to: seconds older than the newest by `margin`, and the minutes they close.
+        Written as the load goes, they leave the final write (an out-of-order file still
+        comes out right: the writes add up). None when there are none."""
+        if self.newest is None:
+            return None
+        cut = self.newest - margin
+        done = {k: v for k, v in self.sec.items() if k[2] < cut}
+        if not done:
+            return None
+        sec, agg = self.sec, self.agg
+        get = agg.get
+        for k, (n, b) in done.items():
+            del sec[k]
+            kind, key, second, proto = k
+            m = (kind, key, second // 60, proto)
+            v = get(m)
+            if v is None:
+                agg[m] = [n, b]
+            else:
+                v[0] += n
+                v[1] += b
+        closed = cut // 60  # minutes before this one hold only seconds before `cut`
+        minutes = {k: v for k, v in agg.items() if k[2] < closed}
+        for k in minutes:
+            del agg[k]
+        return minutes, done
 
     def add_names(self, names) -> None:
         """(ip, kind, name) rows for ip_names."""
