@@ -10,8 +10,9 @@ Packet bytes do not cross the socket: the parent appends them to the capture's s
 
 Each batch's packets, connections and processes are committed as they come; its
 statistics (IPs, rows by second and minute, names) are summed in memory over all
-batches (store/flowagg.py: Totals) and written when the parent drains the writer (the
-end of the ingest), or early past MAX_HELD rows. Upserting them batch by batch cost more
+batches (store/flowagg.py: Totals): seconds the file is done with (and their minutes)
+are written as it goes, the rest when the parent drains the writer (the end of the
+ingest), everything early past MAX_HELD rows. Upserting them batch by batch cost more
 than the packets on a file of short flows: each IP's and each busy port's rows again in
 every batch. A crash mid-ingest leaves the packets, connections and processes committed
 so far (store/recovery.py registers the capture from those) and the statistics of the
