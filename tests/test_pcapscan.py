@@ -329,3 +329,39 @@ def test_interface_declared_after_the_last_packet(ctx, tmp_path, monkeypatch):
         fh.write(idb(101))
     dump = _same(ctx, single, tmp_path, monkeypatch)
     assert [row[2] for row in dump["interfaces"]] == [1, 101]
+
+
+def test_totals_sum_expanded_batches_as_they_sum_flows():
+    """The writer process sums batches handed over as flat flows or already expanded
+    (store/flowagg.py): both give what expand_flows gives for all batches at once."""
+    from apppaccap.store.flowagg import Totals
+    from apppaccap.store.flowagg import expand_flows
+    base = 1_700_000_000
+    batches = [[(6, "10.0.0.1", "10.0.0.2", 40000 + i % 7, 443, base + i // 3, 2 + i, 100 * i,
+                 (base + i // 3) * 10**9 + i, (base + i // 3) * 10**9 + i + 5)
+                for i in range(start, start + 40)] for start in (0, 40, 200)]
+    batches.append([(17, "10.0.0.3", "10.0.0.3", 53, 53, base + 59, 1, 80, (base + 59) * 10**9,
+                     (base + 59) * 10**9)])
+    flat, expanded, settling = Totals(), Totals(), Totals()
+    early_min: dict = {}
+    early_sec: dict = {}
+    for flows in batches:
+        flat.add_flows(flows, {(5, base, 1): [1, 10]})
+        ips, agg, per_sec = expand_flows(flows, {(5, base, 1): [1, 10]})
+        expanded.add(ips, agg, per_sec)
+        settling.add_flows(flows, {(5, base, 1): [1, 10]})
+        settled = settling.take_settled()
+        if settled is not None:  # written early: disjoint from what is held
+            assert not early_min.keys() & settled[0].keys()
+            assert not early_sec.keys() & settled[1].keys()
+            early_min.update(settled[0])
+            early_sec.update(settled[1])
+    ips, agg, per_sec = expand_flows([f for flows in batches for f in flows],
+                                     {(5, base, 1): [len(batches), 10 * len(batches)]})
+    whole = (ips, agg, per_sec, [])
+    assert flat.take() == whole
+    assert expanded.take() == whole
+    assert early_sec and early_min  # seconds settled, and the first minute closed
+    rest = settling.take()
+    assert not early_min.keys() & rest[1].keys() and not early_sec.keys() & rest[2][0].keys()
+    assert ({**early_min, **rest[1]}, {**early_sec, **rest[2][0]}) == (agg, per_sec[0])
