@@ -21,6 +21,7 @@ last early write, if any.
 
 from __future__ import annotations
 
+import gc
 import os
 import queue
 import socket
@@ -51,6 +52,9 @@ MAX_HELD = 300_000
 def _child(conn: Connection, path: str,
            max_held: int = MAX_HELD) -> None:  # pragma: no cover - runs in the child
     die_with_parent()  # a service killed -9 takes this process with it
+    # Rows and counters only, no reference cycles: the collector's passes over the
+    # ~10^5 statistics rows held cost ~0.5 s of 4.4 per 1M packets of short flows.
+    gc.disable()
     db = connect(path)
     # A crash mid-ingest fails the ingest anyway: no need to fsync every batch.
     db.execute("PRAGMA synchronous=OFF")

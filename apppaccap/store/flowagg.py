@@ -64,12 +64,14 @@ def expand_flows(flows, procsec: dict):
 class Totals:
     """A bulk load's statistics summed over many batches in the writer process, written
     once (capturedb.write_stats) instead of upserted batch by batch: a file of short
-    flows re-upserted each IP's and each busy port's row in every batch, and the rows
-    by minute are summed from the ones by second only when written."""
+    flows re-upserted each IP's and each busy port's row in every batch. Rows from flows
+    are held by second (and, once rolled up, by minute) so that the seconds a file is
+    done with come out without a scan of the rest."""
 
     def __init__(self):
         self.ips: dict = {}    # ip → [packets, bytes, first, last]; first seen first (ips.id)
-        self.sec: dict = {}    # (kind, key, second, proto) → [p, b], from flows
+        self.secs: dict = {}   # second → {(kind, key, proto): [p, b]}, from flows
+        self.mins: dict = {}   # minute → {(kind, key, proto): [p, b]}: settled seconds'
         self.agg: dict = {}    # (kind, key, minute, proto) → [p, b], handed over expanded
         self.agg_sec: dict = {}  # the same by second, handed over expanded
         self.proc_sec: dict = {}
@@ -79,27 +81,34 @@ class Totals:
 
     def __len__(self) -> int:
         """Rows held (the writer writes them out early past a bound: memory)."""
-        return (len(self.ips) + len(self.sec) + len(self.agg) + len(self.agg_sec)
+        return (len(self.ips) + sum(map(len, self.secs.values()))
+                + sum(map(len, self.mins.values())) + len(self.agg) + len(self.agg_sec)
                 + len(self.proc_sec) + len(self.names))
 
     def add_flows(self, flows, procsec: dict) -> None:
         """What expand_flows takes: (proto, a_ip, b_ip, a_port, b_port, second, packets,
         bytes, first, last) tuples and (process_id, second, direction) → [p, b]."""
-        ips, acc = self.ips, self.sec
-        get, ip_get = acc.get, ips.get
+        ips, secs = self.ips, self.secs
+        ip_get, sec_get = ips.get, secs.get
         lo = hi = None
         top = self.newest
+        at = acc = get = None
         for proto, a_ip, b_ip, a_port, b_port, sec, n, b, first, last in flows:
             if lo is None or first < lo:
                 lo = first
             if hi is None or last > hi:
                 hi = last
-            if top is None or sec > top:
-                top = sec
-            keys = [(AGG_ALL, "", sec, proto)]
+            if sec != at:
+                if top is None or sec > top:
+                    top = sec
+                acc = sec_get(sec)
+                if acc is None:
+                    acc = secs[sec] = {}
+                at, get = sec, acc.get
+            keys = [(AGG_ALL, "", proto)]
             for ip in (a_ip, b_ip) if a_ip != b_ip else (a_ip,):
                 if ip:
-                    keys.append((AGG_IP, ip, sec, proto))
+                    keys.append((AGG_IP, ip, proto))
                     v = ip_get(ip)
                     if v is None:
                         ips[ip] = [n, b, first, last]
@@ -112,7 +121,7 @@ class Totals:
                             v[3] = last
             for port in (a_port, b_port) if a_port != b_port else (a_port,):
                 if port:
-                    keys.append((AGG_PORT, str(port), sec, proto))
+                    keys.append((AGG_PORT, str(port), proto))
             for k in keys:
                 v = get(k)
                 if v is None:
@@ -133,26 +142,34 @@ class Totals:
         if self.newest is None:
             return None
         cut = self.newest - margin
-        done = {k: v for k, v in self.sec.items() if k[2] < cut}
-        if not done:
+        old = sorted(s for s in self.secs if s < cut)
+        if not old:
             return None
-        sec, agg = self.sec, self.agg
-        get = agg.get
-        for k, (n, b) in done.items():
-            del sec[k]
-            kind, key, second, proto = k
-            m = (kind, key, second // 60, proto)
-            v = get(m)
+        done: dict = {}
+        for sec in old:
+            self._roll(sec, self.secs.pop(sec), done)
+        closed = cut // 60  # minutes before this one hold only seconds before `cut`
+        minutes: dict = {}
+        for minute in sorted(m for m in self.mins if m < closed):
+            for (kind, key, proto), v in self.mins.pop(minute).items():
+                minutes[(kind, key, minute, proto)] = v
+        return minutes, done
+
+    def _roll(self, sec: int, rows: dict, out: dict) -> None:
+        """One second's rows into `out` (by (kind, key, second, proto)) and its minute."""
+        acc = self.mins.get(sec // 60)
+        if acc is None:
+            acc = self.mins[sec // 60] = {}
+        get = acc.get
+        for k, (n, b) in rows.items():
+            kind, key, proto = k
+            out[(kind, key, sec, proto)] = [n, b]
+            v = get(k)
             if v is None:
-                agg[m] = [n, b]
+                acc[k] = [n, b]
             else:
                 v[0] += n
                 v[1] += b
-        closed = cut // 60  # minutes before this one hold only seconds before `cut`
-        minutes = {k: v for k, v in agg.items() if k[2] < closed}
-        for k in minutes:
-            del agg[k]
-        return minutes, done
 
     def add_names(self, names) -> None:
         """(ip, kind, name) rows for ip_names."""
@@ -185,20 +202,22 @@ class Totals:
 
     def take(self):
         """(ips, agg, per_sec, names) as write_stats takes them; empties the totals."""
+        seconds: dict = {}
+        for sec in sorted(self.secs):
+            self._roll(sec, self.secs[sec], seconds)
+        minutes: dict = {}
+        for minute, rows in self.mins.items():
+            for (kind, key, proto), v in rows.items():
+                minutes[(kind, key, minute, proto)] = v
         agg, agg_sec = self.agg, self.agg_sec
-        if agg_sec:
-            _sum_into(agg_sec, self.sec)
+        if agg:  # rows handed over expanded too (not from a file ingest)
+            _sum_into(agg, minutes)
         else:
-            agg_sec = self.sec
-        get = agg.get
-        for (kind, key, sec, proto), (n, b) in self.sec.items():
-            k = (kind, key, sec // 60, proto)
-            v = get(k)
-            if v is None:
-                agg[k] = [n, b]  # a new list: agg_sec's may be this very dict's
-            else:
-                v[0] += n
-                v[1] += b
+            agg = minutes
+        if agg_sec:
+            _sum_into(agg_sec, seconds)
+        else:
+            agg_sec = seconds
         out = (self.ips, agg, (agg_sec, self.proc_sec, self.span), list(self.names))
         self.__init__()
         return out
