@@ -326,3 +326,36 @@ def test_sweep_copes_with_flows_added_meanwhile():
         sys.setswitchinterval(old)
     assert failures == []
     assert len(attribution.flows) > 5000  # the sniffer did run meanwhile
+
+
+def test_bulk_ingest_on_a_full_disk_fails_as_disk_full(tmpfs, tmp_path):
+    """A file ingest whose side file or writer process meets a full disk fails with
+    "disk full" (IO_ERROR), promptly: the bytes are appended by the bulk writer's
+    sender thread, whose failure must reach the ingest rather than leave it waiting."""
+    import threading
+
+    from apppaccap.ingest import ingest
+    from apppaccap.store.faults import io_failure
+    from tests.test_pcapscan import gen_flows
+    src = str(tmp_path / "flows.pcap")
+    gen_flows(src, 30000)  # ~20 MB of packet bytes
+    root = tmpfs("6m")
+    ctx = build_context(Config(data_dir=str(root / "data"), themes_dir=default_themes_dir()))
+    raised = []
+
+    def run():
+        try:
+            ingest.ingest(ctx, ingest.open_reader(src), ingest.create_capture(ctx, src))
+        except Exception as exc:  # noqa: BLE001 - checked below
+            raised.append(exc)
+
+    try:
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(60)
+        assert not worker.is_alive(), "the ingest hangs on a full disk"
+        assert len(raised) == 1
+        failure = io_failure(raised[0], "ingesting")
+        assert failure is not None and failure.message.startswith("disk full"), raised[0]
+    finally:
+        ctx.catalog.close()

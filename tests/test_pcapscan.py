@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import subprocess
 import sys
 
@@ -163,14 +164,40 @@ def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch)
         assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
+def _stretch(path: str, factor: int) -> None:
+    """Spread a µs pcap's packets `factor` times wider in time (same order)."""
+    with open(path, "r+b") as fh:
+        data = bytearray(fh.read())
+        pos, base = 24, None
+        while pos + 16 <= len(data):
+            sec, usec, caplen, _orig = struct.unpack_from("<IIII", data, pos)
+            t = sec * 1_000_000 + usec
+            base = t if base is None else base
+            t = base + (t - base) * factor
+            struct.pack_into("<II", data, pos, t // 1_000_000, t % 1_000_000)
+            pos += 16 + caplen
+        fh.seek(0)
+        fh.write(data)
+
+
+@pytest.mark.parametrize("max_held, stretch", [(300_000, 1), (1500, 1), (300_000, 2000)])
 def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, max_held,
+                                                                   stretch):
     """A bulk ingest hands flat flow counters to the writer process, which expands them
-    (store/flowagg.py); with extraction on, the ingest writes in-process and expands
-    them itself (and every packet takes the Python path): statistics, IPs and
-    connections are the same."""
+    (store/flowagg.py), sums them over all batches and writes them at the end, the
+    seconds (and minutes) a file in time order is done with as it goes, and everything
+    each time it holds more than MAX_HELD rows (here also a tiny bound, so rows written
+    early are added to later; and packets spread over ~4 minutes); with extraction on,
+    the ingest writes in-process and upserts them batch by batch (and every packet takes
+    the Python path): statistics, IPs and connections are the same."""
+    from apppaccap.capture import recorder
+    from apppaccap.store import bulkwriter
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    monkeypatch.setattr(bulkwriter, "MAX_HELD", max_held)
     src = str(tmp_path / "short.pcap")
     gen_flows(src, 4000, "short")
+    _stretch(src, stretch)
     bulk_id, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
     ctx.settings.set("extract_enabled", "1")
     try:
@@ -181,6 +208,23 @@ def test_aggregates_expanded_by_the_writer_process_match_in_process(ctx, tmp_pat
     assert len(a["agg"]) > 500
     for table in ("agg", "ips", "connections"):
         assert a[table] == b[table], table
+    # the writer process sums the statistics of all batches and writes them once at the
+    # end; the in-process writer upserts them batch by batch
+    a, b = _statistics(ctx, bulk_id), _statistics(ctx, inproc_id)
+    assert len(a["agg_sec"]) > 500 and len(a["ip_names"]) > 20 and len(a["span"]) == 1
+    assert len({row[0] for row in a["agg_sec"]}) > (100 if stretch > 1 else 0)  # seconds
+    assert a == b
+
+
+def _statistics(ctx, cid) -> dict:
+    conn = sqlite3.connect(capture_path(ctx.config.data_dir, cid))
+    try:
+        return {table: conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
+                for table, order in (("agg_sec", "kind, key, sec, proto"),
+                                     ("proc_sec", "process_id, sec, direction"),
+                                     ("span", "id"), ("ip_names", "ip, kind, name"))}
+    finally:
+        conn.close()
 
 
 def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypatch):
@@ -285,3 +329,39 @@ def test_interface_declared_after_the_last_packet(ctx, tmp_path, monkeypatch):
         fh.write(idb(101))
     dump = _same(ctx, single, tmp_path, monkeypatch)
     assert [row[2] for row in dump["interfaces"]] == [1, 101]
+
+
+def test_totals_sum_expanded_batches_as_they_sum_flows():
+    """The writer process sums batches handed over as flat flows or already expanded
+    (store/flowagg.py): both give what expand_flows gives for all batches at once."""
+    from apppaccap.store.flowagg import Totals
+    from apppaccap.store.flowagg import expand_flows
+    base = 1_700_000_000
+    batches = [[(6, "10.0.0.1", "10.0.0.2", 40000 + i % 7, 443, base + i // 3, 2 + i, 100 * i,
+                 (base + i // 3) * 10**9 + i, (base + i // 3) * 10**9 + i + 5)
+                for i in range(start, start + 40)] for start in (0, 40, 200)]
+    batches.append([(17, "10.0.0.3", "10.0.0.3", 53, 53, base + 59, 1, 80, (base + 59) * 10**9,
+                     (base + 59) * 10**9)])
+    flat, expanded, settling = Totals(), Totals(), Totals()
+    early_min: dict = {}
+    early_sec: dict = {}
+    for flows in batches:
+        flat.add_flows(flows, {(5, base, 1): [1, 10]})
+        ips, agg, per_sec = expand_flows(flows, {(5, base, 1): [1, 10]})
+        expanded.add(ips, agg, per_sec)
+        settling.add_flows(flows, {(5, base, 1): [1, 10]})
+        settled = settling.take_settled()
+        if settled is not None:  # written early: disjoint from what is held
+            assert not early_min.keys() & settled[0].keys()
+            assert not early_sec.keys() & settled[1].keys()
+            early_min.update(settled[0])
+            early_sec.update(settled[1])
+    ips, agg, per_sec = expand_flows([f for flows in batches for f in flows],
+                                     {(5, base, 1): [len(batches), 10 * len(batches)]})
+    whole = (ips, agg, per_sec, [])
+    assert flat.take() == whole
+    assert expanded.take() == whole
+    assert early_sec and early_min  # seconds settled, and the first minute closed
+    rest = settling.take()
+    assert not early_min.keys() & rest[1].keys() and not early_sec.keys() & rest[2][0].keys()
+    assert ({**early_min, **rest[1]}, {**early_sec, **rest[2][0]}) == (agg, per_sec[0])

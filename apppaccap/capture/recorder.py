@@ -64,7 +64,7 @@ class Batch:
     """
 
     __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec",
-                 "names")
+                 "names", "answered")
 
     def __init__(self):
         self.rows: list = []              # packet rows
@@ -76,6 +76,7 @@ class Batch:
         self.flowsec: dict = {}           # (flow, second) -> [packets, bytes, first, last]
         self.procsec: dict = {}           # (process id, second, direction) -> [packets, bytes]
         self.names: set = set()           # (ip, kind, name): capturedb.write_batch's names
+        self.answered: dict = {}          # ip -> first name a DNS answer gave (learn_dns)
 
 
 class Recorder:
@@ -258,14 +259,22 @@ class Recorder:
         for name, ip in dns_answers(payload):
             self.hostnames[ip] = name
             self.batch.names.add((ip, NAME_DOMAIN, name))
-            for c in self.conns.values() if len(self.conns) < 5000 else ():
-                if c.remote[0] == ip and not c.hostname:
-                    c.hostname = name
-                    self.batch.dirty[c.id] = c
+            if len(self.conns) < 5000:  # open connections to `ip` get the name at the flush
+                self.batch.answered.setdefault(ip, name)
+
+    def _name_conns(self, answered: dict) -> None:
+        """One pass a batch, not an answer (opened since: named from `hostnames`)."""
+        for c in self.conns.values():
+            if not c.hostname and c.remote[0] in answered:
+                c.hostname = answered[c.remote[0]]
+                self.batch.dirty[c.id] = c
+        self.batch.answered = {}
 
     def flush(self, wait: bool = False):
         """Submit the accumulated batch to the writer thread (one transaction)."""
         batch = self.batch  # _reset() starts a new one
+        if batch.answered:  # one pass per batch, not one per answer (learn_dns)
+            self._name_conns(batch.answered)
         filled = bool(batch.rows or batch.plain or batch.dirty)
         if self.bulk is None:
             # back-pressure: at most one batch in flight (an idle call only looks)

@@ -53,6 +53,15 @@ class SideFile:
             view = view[os.write(self.fd, view):]
         return at, len(blob)
 
+    def end(self) -> int:
+        return os.lseek(self.fd, 0, os.SEEK_END)
+
+    def write_all(self, blob) -> None:
+        """Append `blob` whose region was told ahead (BulkWriter: the file's end, counted)."""
+        view = memoryview(blob)
+        while view:
+            view = view[os.write(self.fd, view):]
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

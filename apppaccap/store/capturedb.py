@@ -121,13 +121,19 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
         conn.executemany(
             "INSERT INTO threads(pid,tid,packets) VALUES (?,?,?) ON CONFLICT(pid,tid) DO UPDATE "
             "SET packets=packets+excluded.packets", [(p, t, n) for (p, t), n in threads.items()])
+    write_stats(conn, ips, agg, per_sec, names)
+
+
+def write_stats(conn, ips: dict, agg: dict, per_sec=None, names=()) -> None:
+    """Add statistics (write_batch's ips, agg, per_sec and names) in the caller's
+    transaction; the bulk writer sums many batches' and writes them here once."""
     if ips:
-        conn.executemany(IPS_UPSERT, [(ip, *v) for ip, v in ips.items()])
+        conn.executemany(IPS_UPSERT, ((ip, *v) for ip, v in ips.items()))
     if agg:
         conn.executemany(
             "INSERT INTO agg(kind,key,minute,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(kind,key,minute,proto) DO UPDATE SET packets=packets+excluded.packets, "
-            "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg.items()])
+            "bytes=bytes+excluded.bytes", ((*k, *v) for k, v in agg.items()))
     if per_sec is not None:
         _write_per_second(conn, *per_sec)
     if names:
@@ -140,13 +146,13 @@ def _write_per_second(conn, agg_sec: dict, proc_sec: dict, span) -> None:
         conn.executemany(
             "INSERT INTO agg_sec(kind,key,sec,proto,packets,bytes) VALUES (?,?,?,?,?,?) "
             "ON CONFLICT(kind,key,sec,proto) DO UPDATE SET packets=packets+excluded.packets, "
-            "bytes=bytes+excluded.bytes", [(*k, *v) for k, v in agg_sec.items()])
+            "bytes=bytes+excluded.bytes", ((*k, *v) for k, v in agg_sec.items()))
     if proc_sec:
         conn.executemany(
             "INSERT INTO proc_sec(process_id,sec,direction,packets,bytes) VALUES (?,?,?,?,?) "
             "ON CONFLICT(process_id,sec,direction) DO UPDATE SET "
             "packets=packets+excluded.packets, bytes=bytes+excluded.bytes",
-            [(*k, *v) for k, v in proc_sec.items()])
+            ((*k, *v) for k, v in proc_sec.items()))
     if span is not None:
         conn.execute("INSERT INTO span(id,first,last) VALUES (0,?,?) ON CONFLICT(id) DO UPDATE "
                      "SET first=min(first,excluded.first), last=max(last,excluded.last)", span)
