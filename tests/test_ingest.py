@@ -113,7 +113,8 @@ def test_export_round_trip_identical_in_tshark(live, live_ajax, tmp_path, rel):
 def test_export_paths_and_files(live, live_ajax, tmp_path):
     capture_id = int(ingest(live, live_ajax, corpus.path("wellformed/icmp_5_pings.pcap"))
                      ["Result"])
-    assert live_ajax("capture_export", capture_id=capture_id, path="relative.pcapng")["ErrorCode"] == 4
+    assert live_ajax("capture_export", capture_id=capture_id,
+                     path="relative.pcapng")["ErrorCode"] == 4
     assert live_ajax("capture_export", capture_id=capture_id,
                      path="/no/such/dir/x.pcapng")["ErrorCode"] == 8  # outside the export roots
     assert live_ajax("capture_export", capture_id=capture_id,

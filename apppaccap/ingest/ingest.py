@@ -86,7 +86,8 @@ def _fold_ips(ctx, db) -> None:
 
 def create_capture(ctx, source: str) -> int:
     name = os.path.basename(source)
-    return capture_table.create(ctx.catalog, {"type": CaptureType.FILE, "state": CaptureState.ACTIVE, "name": name,
+    return capture_table.create(ctx.catalog, {"type": CaptureType.FILE,
+                                              "state": CaptureState.ACTIVE, "name": name,
                                               "source_file": source, "start_time": now_ns()})
 
 
