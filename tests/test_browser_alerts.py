@@ -62,11 +62,13 @@ def test_alerts_page_history_and_badge(page, site):
     page.wait_for_timeout(3000)  # the observer's first look learns what runs already
     page.goto(site.url + "/#/processes")
     page.wait_for_selector("#nav a.active")
-    program = str(site.tmp / "curl-browser-alert")
-    shutil.copy2(shutil.which("curl"), program)
     # ~2 s at 20 kB/s: long enough for usage accounting to name the program under load
     (site.tmp / "www" / "slow.bin").write_bytes(b"s" * 40_000)
-    for _ in range(6):  # a flow usage accounting leaves unnamed under load: again
+    for attempt in range(6):
+        # a program usage accounting left unnamed, or learned without news (it was running
+        # when the observer first looked), is known or lost by now: a new one each time
+        program = str(site.tmp / f"curl-browser-alert-{attempt}")
+        shutil.copy2(shutil.which("curl"), program)
         subprocess.run([program, "-s", "--limit-rate", "20k", "-o", "/dev/null",
                         f"http://127.0.0.1:{site.port_www}/slow.bin"], check=True, timeout=30)
         try:
@@ -76,7 +78,7 @@ def test_alerts_page_history_and_badge(page, site):
         except AssertionError:
             continue
     else:
-        raise AssertionError("no alert event after 6 fetches")
+        raise AssertionError("no alert event after 6 programs")
     badge = page.locator("#alertbadge")
     badge.wait_for(state="visible", timeout=20_000)  # polled every 10 s
     assert "alert" in badge.inner_text()
