@@ -95,7 +95,9 @@ def test_http_and_dns_flows_are_labelled_and_survive_a_restart(tmp_path, web):
         http = wait_for(lambda: (_remote(server, WEB, "2m") or {}).get("AppProtocol"), 10,
                         what="the web server's label")
         assert http == "HTTP"
-        host = _remote(server, WEB, "2m")
+        # the label comes with the first packets; the body's last second is filed a tick later
+        host = wait_for(lambda: (lambda h: h if h and h["BytesIn"] >= BODY else None)(
+            _remote(server, WEB, "2m")), 10, what="the whole body counted")
         assert host["Category"] == "Web" and host["Hostname"] == name
         assert [(x["AppProtocol"], x["Category"]) for x in host["Labels"]] == [("HTTP", "Web")]
         assert host["Labels"][0]["BytesIn"] == host["BytesIn"] >= BODY
