@@ -7,11 +7,10 @@ from typing import Annotated
 
 from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
-from apppaccap.api.timerange import relative_range
+from apppaccap.api.timerange import open_range
 from apppaccap.errors import IOFailure
 from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
-from apppaccap.filetime import to_ns_clamped
 from apppaccap.fleet import query
 from apppaccap.fleet.fetch import fetch_packets
 from apppaccap.wire import DataType
@@ -31,16 +30,6 @@ def _ask(ctx, fn, *args):
 
 def _hosts(text: str) -> list:
     return [h.strip() for h in text.split(",") if h.strip()]
-
-
-def _range(start_dtg: int, end_dtg: int, relative_time: str) -> tuple:
-    rel = relative_range(relative_time, start_dtg, end_dtg)
-    if rel is not None:
-        return rel
-    if start_dtg and end_dtg and end_dtg < start_dtg:
-        raise Malformed("end_dtg: must not be before start_dtg")
-    return (to_ns_clamped(start_dtg) if start_dtg else None,
-            to_ns_clamped(end_dtg) if end_dtg else None)
 
 
 @endpoint(DataType.JSON)
@@ -79,7 +68,7 @@ def fleet_search(ctx, *, filter: str = "", host: str = "", start_dtg: int = 0,
     - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d
     - limit: at most this many connections, 1..10000 (default 1000)
     """
-    start, end = _range(start_dtg, end_dtg, relative_time)
+    start, end = open_range(start_dtg, end_dtg, relative_time)
     found, more = _ask(ctx, query.search, filter, _hosts(host), start, end, limit)
     return {"Connections": [_connection(r) for r in found], "More": more}
 
@@ -120,7 +109,7 @@ def fleet_group_by(ctx, *, group_by: str, metric: str = "bytes", direction: str 
     - end_dtg: connections active up to this UTC FILETIME; 0 = no bound
     - relative_time: the last interval up to now, e.g. 30s, 15m, 24h, 7d
     """
-    start, end = _range(start_dtg, end_dtg, relative_time)  # as stats_group_by: range first
+    start, end = open_range(start_dtg, end_dtg, relative_time)  # as stats_group_by: range first
     query.check_group(group_by, metric, direction)
     return _ask(ctx, query.group_by, group_by, metric, direction, top, filter,
                 _hosts(host), start, end)

@@ -18,11 +18,10 @@ from apppaccap.api.registry import Bounds
 from apppaccap.api.registry import endpoint
 from apppaccap.api.series import bucket_for
 from apppaccap.api.series import window
-from apppaccap.api.timerange import relative_range
+from apppaccap.api.timerange import open_range
 from apppaccap.api.usagedata import usage_range
 from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
-from apppaccap.filetime import to_ns_clamped
 from apppaccap.wire import DataType
 from apppaccap.wire import Direction
 
@@ -80,7 +79,7 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     if capture_id < 0:
         raise Malformed("capture_id: 0 (usage accounting) or a capture's id")
     # the range first: a bad relative_time is named whatever else is wrong
-    start, end = (_capture_range if capture_id else usage_range)(start_dtg, end_dtg,
+    start, end = (open_range if capture_id else usage_range)(start_dtg, end_dtg,
                                                                  relative_time)
     source = "capture" if capture_id else "usage"
     check_group(group_by, source)
@@ -108,17 +107,6 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
         for row in out["Rows"]:
             row["Series"] = _usage_series(members[row["Key"]], size, direction)
     return out
-
-
-def _capture_range(start_dtg: int, end_dtg: int, relative_time: str) -> tuple:
-    """(start_ns or None, end_ns or None): a capture's range is open where not given."""
-    rel = relative_range(relative_time, start_dtg, end_dtg)
-    if rel is not None:
-        return rel
-    if start_dtg and end_dtg and end_dtg < start_dtg:
-        raise Malformed("end_dtg: must not be before start_dtg")
-    return (to_ns_clamped(start_dtg) if start_dtg else None,
-            to_ns_clamped(end_dtg) if end_dtg else None)
 
 
 def _capture_series(db, flows, win, direction: str) -> list:

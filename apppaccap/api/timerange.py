@@ -8,6 +8,7 @@ import re
 
 from apppaccap.errors import Malformed
 from apppaccap.filetime import now_ns
+from apppaccap.filetime import to_ns_clamped
 
 SECOND = 1_000_000_000
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -41,3 +42,15 @@ def relative_range(relative_time: str, start_dtg: int = 0, end_dtg: int = 0,
     m = _RELATIVE.fullmatch(text)
     now = now_ns()
     return max(now - int(m[1]) * UNITS[m[2].lower()] * SECOND, floor), now
+
+
+def open_range(start_dtg: int, end_dtg: int, relative_time: str) -> tuple:
+    """(start_ns or None, end_ns or None) over stored rows (a capture's, the fleet's): the
+    range is open where not given; relative_time as relative_range."""
+    rel = relative_range(relative_time, start_dtg, end_dtg)
+    if rel is not None:
+        return rel
+    if start_dtg and end_dtg and end_dtg < start_dtg:
+        raise Malformed("end_dtg: must not be before start_dtg")
+    return (to_ns_clamped(start_dtg) if start_dtg else None,
+            to_ns_clamped(end_dtg) if end_dtg else None)
