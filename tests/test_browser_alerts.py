@@ -72,8 +72,9 @@ def test_alerts_page_history_and_badge(page, site):
         subprocess.run([program, "-s", "--limit-rate", "20k", "-o", "/dev/null",
                         f"http://127.0.0.1:{site.port_www}/slow.bin"], check=True, timeout=30)
         try:
-            wait_for(lambda: [e for e in site.ok("alert_events", alert_id=alert["AlertId"])
-                              if e["ProcessPath"] == program], timeout=8, what="the event")
+            wait_for(lambda program=program: [
+                e for e in site.ok("alert_events", alert_id=alert["AlertId"])
+                if e["ProcessPath"] == program], timeout=8, what="the event")
             break
         except AssertionError:
             continue
