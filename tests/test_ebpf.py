@@ -305,6 +305,44 @@ def test_softirq_replies_never_name_the_interrupted_task(http_server):
         assert all(s.pid == server.pid for s in named), (lport, pid, named)
 
 
+
+def test_a_new_socket_never_inherits_a_closed_sockets_owner(http_server):
+    """The kernel names the owner of what the stack sends in softirq (the ACKs of a server
+    that has not read yet) from the socket's last task. A socket the allocator puts where a
+    closed one was must start with no owner: here the HTTP server's sockets close, then our
+    listener's next accepted socket, likely at the same address on this one CPU, is ACKed
+    before we accept it. It may be nobody's yet; it must never be the HTTP server's."""
+    port, server = http_server
+    k = KernelFlows()
+    k.start()
+    wrong = []
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})   # one CPU: its slab freelist hands the address on
+    listener = socket.create_server(("127.0.0.1", 0))
+    lport = listener.getsockname()[1]
+    try:
+        for _ in range(40):
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+                while c.recv(65536):
+                    pass
+            client = socket.create_connection(("127.0.0.1", lport))
+            client.sendall(b"x" * 100)
+            cport = client.getsockname()[1]
+            time.sleep(0.01)   # our stack's ACK of those bytes, sent in softirq, is out
+            k.drain()
+            entry = k.flows.get((6, "127.0.0.1", lport, "127.0.0.1", cport)) or [None, None]
+            wrong += [(cport, s) for s in entry if s is not None and s.pid != os.getpid()]
+            conn, _ = listener.accept()
+            conn.close()
+            client.close()
+    finally:
+        os.sched_setaffinity(0, cpus)
+        listener.close()
+        k.stop()
+    assert not wrong, f"the HTTP server (pid {server.pid}) named: {wrong[:3]}"
+
+
 # Reads every packet on `lo` through a plain AF_PACKET socket (recvfrom, no mmap ring), as
 # scapy's sniff() does: the kernel copies each packet to it with skb_copy_datagram_iovec.
 SNIFFER = r"""

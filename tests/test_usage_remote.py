@@ -193,13 +193,18 @@ def test_group_by_path_folds_two_processes_of_one_executable(tmp_path, web):
     try:
         a, b = client("127.0.0.88", web, linger=4), client("127.0.0.88", web, linger=4)
         assert int(a.stdout.readline()) == BODY and int(b.stdout.readline()) == BODY
-        time.sleep(2.5)
-        # a window that has ended: the test's own calls add bytes to later seconds only
-        end = (time.time_ns() // 10 ** 9 - 2) * 10 ** 9
-        window = {"start_dtg": from_ns(end - 120 * 10 ** 9), "end_dtg": from_ns(end)}
-        per_process = server.ok("usage_by_process", group="process", **window)
-        pa, pb = by_pid(per_process, a.pid), by_pid(per_process, b.pid)
-        assert pa and pb and pa["ProcessId"] != pb["ProcessId"]
+
+        def both_counted():
+            # a window that has ended: the test's own calls add bytes to later seconds only
+            # (a flow whose owner took long is filed late, up to 10 s on a loaded box)
+            end = (time.time_ns() // 10 ** 9 - 2) * 10 ** 9
+            window = {"start_dtg": from_ns(end - 120 * 10 ** 9), "end_dtg": from_ns(end)}
+            per_process = server.ok("usage_by_process", group="process", **window)
+            pa, pb = by_pid(per_process, a.pid), by_pid(per_process, b.pid)
+            return (window, per_process, pa, pb) if pa and pb else None
+        window, per_process, pa, pb = wait_for(both_counted, timeout=30, interval=0.5,
+                                               what="both downloads counted")
+        assert pa["ProcessId"] != pb["ProcessId"]
         assert pa["Processes"] == [{"ProcessId": pa["ProcessId"], "Pid": a.pid}]
         folded = server.ok("usage_by_process", **window)  # group=path: the default
         entry = next(p for p in folded["Programs"] if any(

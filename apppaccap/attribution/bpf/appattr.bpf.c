@@ -81,12 +81,15 @@ struct {
 	__type(value, __u64);
 } softirq_task SEC(".maps");
 
-/* last task that sent or received on a socket (keyed by the sock pointer): the owner
- * named, marked inferred, for what the stack sends on its behalf in softirq */
+/* last task that sent or received on a socket: the owner named, marked inferred, for what
+ * the stack sends on its behalf in softirq. Socket-local storage, not a hash keyed by the
+ * sock pointer: it dies with the socket, so a new socket the allocator puts at a closed
+ * one's address never inherits the old owner (a keyed map named the old socket's thread
+ * for the new one's handshake under load) */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct owner);
 } sock_owner SEC(".maps");
 
@@ -251,9 +254,8 @@ int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 	}
 	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task,
 	 * only the socket's last owner, marked inferred (nothing when no task used it yet) */
-	struct sock *s = BPF_CORE_READ(skb, sk);
-	__u64 sk = (__u64)s;
-	struct owner *o = sk ? bpf_map_lookup_elem(&sock_owner, &sk) : 0;
+	struct sock *s = skb->sk;   /* a BTF pointer: what bpf_sk_storage_get takes */
+	struct owner *o = s ? bpf_sk_storage_get(&sock_owner, s, 0, 0) : 0;
 	if (!o) {
 		count(2);
 		return 0;
@@ -303,13 +305,13 @@ static __always_inline void sock_event(struct sock *sk, __u8 dir)
 		return;
 	struct owner o;
 	__u64 pt = bpf_get_current_pid_tgid();
-	__u64 key = (__u64)sk;
-	struct owner *old = bpf_map_lookup_elem(&sock_owner, &key);
 	o.pid = pt >> 32;
 	o.tid = (__u32)pt;
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
-	if (!old || old->tid != o.tid || old->pid != o.pid)
-		bpf_map_update_elem(&sock_owner, &key, &o, BPF_ANY);
+	struct owner *old = bpf_sk_storage_get(&sock_owner, sk, 0,
+					       BPF_SK_STORAGE_GET_F_CREATE);
+	if (old && (old->tid != o.tid || old->pid != o.pid))
+		*old = o;   /* written only when the task changes */
 
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
