@@ -16,7 +16,10 @@ ingest), everything early past MAX_HELD rows. Upserting them batch by batch cost
 than the packets on a file of short flows: each IP's and each busy port's rows again in
 every batch. A crash mid-ingest leaves the packets, connections and processes committed
 so far (store/recovery.py registers the capture from those) and the statistics of the
-last early write, if any.
+last early write, if any. The packed rows of the compiled scanner go through SQLite's C
+API on a second connection (capturedb.packed_row_writer), committed right after their
+batch's block and connections: a crash between the two leaves that batch's connections
+without its packed packets, as a crash just before its commit would leave neither.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from apppaccap.errors import IOFailure
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
+from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.capturedb import write_stats
 from apppaccap.store.database import connect
@@ -60,6 +64,7 @@ def _child(conn: Connection, path: str,
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA temp_store=MEMORY")  # the packed-row staging table (capturedb.py)
     totals = Totals()
+    rows = packed_row_writer(path)  # None: packed rows bound from Python (capturedb.py)
     while True:
         try:
             msg = conn.recv()
@@ -71,7 +76,7 @@ def _child(conn: Connection, path: str,
             if msg == WRITE_TOTALS:
                 _write_totals(db, totals)
             else:
-                _write(db, totals, max_held, *msg)
+                _write(db, rows, totals, max_held, *msg)
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
             try:
@@ -81,15 +86,22 @@ def _child(conn: Connection, path: str,
             failure = io_failure(exc, "writing the capture")
             conn.send(("io", failure.message) if failure is not None else
                       ("error", f"{type(exc).__name__}: {exc}"))
+    if rows is not None:
+        rows.close()
     db.close()
 
 
-def _write(db, totals: Totals, max_held: int, args, flows) -> None:
+def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
     """One batch: packets, connections, processes now; its statistics are added to
-    `totals` once it is committed (written with the drain, or past MAX_HELD rows)."""
+    `totals` once it is committed (written with the drain, or past MAX_HELD rows).
+    With `rows` (capturedb.packed_row_writer) the packed rows go in a second transaction
+    right after the first, on their own connection."""
+    plain = args[7]
     db.execute("BEGIN IMMEDIATE")
-    write_batch(db, *args[:5], None, None, args[7])
+    blk = write_batch(db, *args[:5], None, None, b"" if rows is not None else plain)
     db.execute("COMMIT")
+    if rows is not None and plain:
+        rows.write(plain, blk, args[2])
     if flows is not None:  # (flat flow counters, procsec): expanded here
         totals.add_flows(*flows)
         settled = totals.take_settled()

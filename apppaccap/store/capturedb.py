@@ -77,13 +77,39 @@ class CaptureDb(Database):
 PLAIN_FORMAT = "<qqIIHBHHHBBqII"
 PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,conn_id,off,iface"
 
+# The same rows through SQLite's C API (store/_packedrows.c), for the bulk writer process:
+# binding them from Python and joining their connection was ~2.5 s of its ~4 s of CPU per
+# 1M packets of short flows. Addresses come from the batch's connection rows (every packed
+# packet's connection is in its batch), else from the committed row, as the join above.
+_PACKED_INSERT = (
+    "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
+    "direction,conn_id,pid,tid,off,blk) VALUES (:id,:ts,:len,:caplen,:iface,:l3,:proto,:src,"
+    ":dst,:sport,:dport,:tcp_flags,:ttl,:direction,:conn_id,0,0,:off,:blk)")
+_CONN_ADDRESSES = "SELECT local_ip, remote_ip FROM connections WHERE id = ?"
+CONN_LOCAL_IP, CONN_REMOTE_IP = 2, 4  # in Conn.row() (capture/recorder.py)
+
+try:
+    from apppaccap.store._packedrows import RowWriter
+except ImportError:  # built without sqlite3.h: _insert_packed binds them from Python
+    RowWriter = None
+
+
+def packed_row_writer(path: str):
+    """A second connection to the capture database at `path` that writes packed rows
+    (RowWriter.write(plain, blk, conns): its own transaction; run it after the batch's
+    own commit, never inside it); None when the extension is not built."""
+    if RowWriter is None:
+        return None
+    return RowWriter(path, _PACKED_INSERT, _CONN_ADDRESSES, CONN_LOCAL_IP, CONN_REMOTE_IP)
+
 
 NAME_DOMAIN, NAME_AGENT = 0, 1  # ip_names.kind
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
-                ips: dict, agg: dict, plain=b"", per_sec=None, names=()) -> None:
-    """Persist one batch (runs on the writer thread, inside one transaction).
+                ips: dict, agg: dict, plain=b"", per_sec=None, names=()) -> int:
+    """Persist one batch (runs on the writer thread, inside one transaction); returns the
+    id of its block (0: none).
 
     packets: tuples (id, ts, …, notes, off) in the INSERT's column order; blk is assigned
     here; plain: more packets, packed (PLAIN_FORMAT); blob: the packets' bytes, or the
@@ -122,6 +148,7 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
             "INSERT INTO threads(pid,tid,packets) VALUES (?,?,?) ON CONFLICT(pid,tid) DO UPDATE "
             "SET packets=packets+excluded.packets", [(p, t, n) for (p, t), n in threads.items()])
     write_stats(conn, ips, agg, per_sec, names)
+    return blk
 
 
 def write_stats(conn, ips: dict, agg: dict, per_sec=None, names=()) -> None:
