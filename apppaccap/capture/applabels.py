@@ -69,6 +69,12 @@ class AppLabeller:
         return (self.det.mod, addr(lib.ndpi_detection_process_packet, ctypes.c_void_p).value,
                 addr(lib.ndpi_extra_dissection_possible, ctypes.c_void_p).value, MAX_PACKETS)
 
+    def c_open_args(self) -> tuple:
+        """(ndpi_flow_malloc, flow size, pending, MAX_PENDING): the compiled scanner opens
+        a new flow's state itself as open_state does (below the bound)."""
+        return (ctypes.cast(self.det.lib.ndpi_flow_malloc, ctypes.c_void_p).value,
+                self.det.flow_size, self.pending, MAX_PENDING)
+
     def state(self, conn):
         """The shared state of a pending connection (None once labelled)."""
         p = self.pending.get(conn.id)

@@ -5,7 +5,8 @@ option-less pcapng Enhanced Packet Block - straight into the Recorder's batch:
 connection counters and state, the (flow, second) aggregate, a packed row and the bytes
 (framed as the EPB export writes). It creates the connection of a flow's first packet
 itself (Recorder.conn_for's rules; the labeller gives it the flow's nDPI state) and
-hands Python only what needs Python: DNS answers' payloads (Recorder.learn_dns) and the
+hands Python only what needs Python: DNS answers (Recorder.learn_answers, the (name, ip)
+pairs it read with dissect/dns.py's rules) and the
 labels it settled. Whatever record it will not take (blocks other than EPBs, packets with
 options, records needing a warning, frames outside its decoder, a flow the Recorder
 knows but the scanner forgot) it hands back, and the record goes through the ordinary
@@ -62,12 +63,13 @@ class _Walk:
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
-        self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
+        self.dpi = (*rec.labeller.c_args(), self.settled, *rec.labeller.c_open_args()) \
+            if rec.labeller is not None else None
         # the scanner creates connections itself (Recorder.conn_for's rules, in C) and
-        # records DNS answers, handing their payload to the Recorder
+        # records DNS answers, handing the (name, ip) pairs it read to the Recorder
         self.maker = (Conn, rec, rec.conns, rec.hostnames, rec.local_ips,
                       rec.labeller.open_state if rec.labeller is not None else None,
-                      rec.learn_dns)
+                      rec.learn_answers)
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
