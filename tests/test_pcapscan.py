@@ -425,3 +425,27 @@ def test_dns_answers_read_in_c_as_in_python():
         assert c_answers(msg) == dns_answers(msg), msg
         found += len(dns_answers(msg))
     assert found > 10000
+
+
+def test_collector_settings_come_back_after_an_ingest(ctx, tmp_path, monkeypatch):
+    """An ingest raises the collector's threshold and freezes what is alive after each
+    batch (ingest._fewer_collections): both undone when it ends, and every batch's
+    freeze happened while it ran."""
+    import gc
+
+    from apppaccap.capture import recorder
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 3000, "short")
+    before = gc.get_threshold()
+    frozen: list = []
+    real = gc.freeze
+
+    def freeze():
+        real()
+        frozen.append((gc.get_freeze_count(), gc.get_threshold()))
+
+    monkeypatch.setattr(gc, "freeze", freeze)
+    _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    assert len(frozen) >= 5 and all(n > 0 and t[0] >= 50_000 for n, t in frozen)
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before

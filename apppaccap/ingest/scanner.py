@@ -117,10 +117,11 @@ class _Walk:
             self.section = self.reader.pcapng_section()
 
 
-def ingest(reader, rec, one, interfaces, progress=None) -> None:
+def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
     """Read every record of `reader` into `rec`. `one(record)` records a record the
     scanner left to Python and returns (decoded, connection); `interfaces()` is called
-    after each such record (pcapng files declare interfaces as they go)."""
+    after each such record (pcapng files declare interfaces as they go); `flushed()`
+    after each batch is handed to the writer."""
     walk = _Walk(reader, rec)
     flows = walk.flows
     evicted = rec.evicted
@@ -138,6 +139,8 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
             if code == FULL:
                 walk.settle()
                 rec.flush()
+                if flushed is not None:
+                    flushed()
                 if progress is not None and reader.size:
                     progress(100.0 * reader.bytes_done / reader.size)
                 reader.release_read_pages()
