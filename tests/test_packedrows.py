@@ -98,3 +98,35 @@ def test_a_failed_write_rolls_back(tmp_path):
         assert len(_packets(db.path)) == 10
     finally:
         db.close()
+
+
+def test_statistics_bound_in_c_equal_the_sqlite3_module(tmp_path):
+    """Rows by minute and by second upserted through RowWriter.upsert (the bulk writer's
+    statistics) add up exactly as executemany's: new rows and rows added to."""
+    from apppaccap.store.capturedb import write_stats
+    from apppaccap.store.capturedb import write_stats_bulk
+    from apppaccap.store.database import connect
+    agg = {(k, f"key{i % 50}" if k else "", 28_000_000 + i % 7, 6 if i % 3 else 17): [i, 60 * i]
+           for i in range(400) for k in (0, 1, 2)}
+    agg_sec = {(k, key, minute * 60 + 5, proto): v for (k, key, minute, proto), v in agg.items()}
+    ips = {"10.0.0.1": [3, 180, 5, 9], "fd00::1": [1, 60, 7, 7]}
+    names = [("10.0.0.1", 0, "example.com")]
+    out = []
+    for compiled in (True, False):
+        db = CaptureDb(str(tmp_path / str(compiled)), 1)
+        try:
+            for _ in range(2):   # the second time every row exists: added to
+                if compiled:   # as in the bulk writer: its connection and the rows'
+                    conn, rows = connect(db.path), packed_row_writer(db.path)
+                    write_stats_bulk(conn, rows, ips, agg, (agg_sec, {}, (5, 9)), names)
+                    rows.close()
+                    conn.close()
+                else:
+                    db.write(lambda c: write_stats(c, ips, agg, (agg_sec, {}, (5, 9)), names))
+            conn = sqlite3.connect(db.path)
+            out.append([conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall()
+                        for t in ("agg", "agg_sec", "ips", "ip_names", "span")])
+            conn.close()
+        finally:
+            db.close()
+    assert out[0] == out[1] and len(out[0][0]) > 500 and len(out[0][1]) > 500

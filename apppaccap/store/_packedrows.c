@@ -253,6 +253,86 @@ py_error:
     return NULL;
 }
 
+/* Bind one Python value (int, str or None) as parameter `at`: 0, -1 (exception) */
+static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
+    if (v == Py_None) return sqlite3_bind_null(st, at) == SQLITE_OK ? 0 : -1;
+    if (PyLong_Check(v)) {
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) return -1;   /* as sqlite3: OverflowError */
+        return sqlite3_bind_int64(st, at, x) == SQLITE_OK ? 0 : -1;
+    }
+    if (PyUnicode_Check(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) return -1;
+        return sqlite3_bind_text(st, at, s, (int)n, SQLITE_STATIC) == SQLITE_OK ? 0 : -1;
+    }
+    PyErr_SetString(PyExc_TypeError, "RowWriter.upsert: values must be int, str or None");
+    return -1;
+}
+
+PyDoc_STRVAR(rw_upsert_doc,
+"upsert(sql, rows) -> count\n\n"
+"Run `sql` once per item of the dict `rows` in one transaction of this connection, its\n"
+"parameters the key tuple's items then the value's (a list or tuple): executemany(sql,\n"
+"((*k, *v) for k, v in rows.items())) of the sqlite3 module, bound in C.");
+
+static PyObject *rw_upsert(RowWriter *w, PyObject *args) {
+    const char *sql;
+    PyObject *rows, *k, *v;
+    Py_ssize_t pos = 0, count = 0;
+    sqlite3_stmt *st = NULL;
+    int rc;
+    if (!PyArg_ParseTuple(args, "sO!", &sql, &PyDict_Type, &rows)) return NULL;
+    if (w->db == NULL) {
+        PyErr_SetString(PyExc_ValueError, "RowWriter: closed");
+        return NULL;
+    }
+    rc = sqlite3_prepare_v2(w->db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) rc = sqlite3_exec(w->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) goto db_error;
+    while (PyDict_Next(rows, &pos, &k, &v)) {
+        Py_ssize_t i, nk, nv, at = 1;
+        PyObject *seq;
+        if (!PyTuple_Check(k) || !(PyList_Check(v) || PyTuple_Check(v))) {
+            PyErr_SetString(PyExc_TypeError, "RowWriter.upsert: tuple keys, list values");
+            goto py_error;
+        }
+        nk = PyTuple_GET_SIZE(k);
+        seq = v;
+        nv = PySequence_Fast_GET_SIZE(seq);
+        if (nk + nv != sqlite3_bind_parameter_count(st)) {
+            PyErr_SetString(PyExc_ValueError, "RowWriter.upsert: wrong number of values");
+            goto py_error;
+        }
+        for (i = 0; i < nk; i++, at++)
+            if (bind_value(st, (int)at, PyTuple_GET_ITEM(k, i)) < 0) goto bind_error;
+        for (i = 0; i < nv; i++, at++)
+            if (bind_value(st, (int)at, PySequence_Fast_GET_ITEM(seq, i)) < 0) goto bind_error;
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) goto db_error;
+        count++;
+    }
+    rc = sqlite3_exec(w->db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) goto db_error;
+    sqlite3_finalize(st);
+    return PyLong_FromSsize_t(count);
+
+bind_error:
+    if (!PyErr_Occurred()) {
+        rc = sqlite3_errcode(w->db);
+        goto db_error;
+    }
+    goto py_error;
+db_error:
+    raise_db(w->db, rc);
+py_error:
+    sqlite3_finalize(st);
+    if (!sqlite3_get_autocommit(w->db)) sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
+    return NULL;
+}
+
 static PyObject *rw_close(RowWriter *w, PyObject *unused) {
     (void)unused;
     rw_close_db(w);
@@ -261,6 +341,7 @@ static PyObject *rw_close(RowWriter *w, PyObject *unused) {
 
 static PyMethodDef rw_methods[] = {
     {"write", (PyCFunction)rw_write, METH_VARARGS, rw_write_doc},
+    {"upsert", (PyCFunction)rw_upsert, METH_VARARGS, rw_upsert_doc},
     {"close", (PyCFunction)rw_close, METH_NOARGS, "Close the connection."},
     {NULL, NULL, 0, NULL},
 };

@@ -42,6 +42,7 @@ from apppaccap.store.blocks import SideFile
 from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.capturedb import write_stats
+from apppaccap.store.capturedb import write_stats_bulk
 from apppaccap.store.database import connect
 from apppaccap.store.faults import io_failure
 from apppaccap.store.flowagg import Totals
@@ -74,7 +75,7 @@ def _child(conn: Connection, path: str,
             break
         try:
             if msg == WRITE_TOTALS:
-                _write_totals(db, totals)
+                _write_totals(db, rows, totals)
             else:
                 _write(db, rows, totals, max_held, *msg)
             conn.send(None)
@@ -106,18 +107,22 @@ def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
         totals.add_flows(*flows)
         settled = totals.take_settled()
         if settled is not None:  # past seconds: written now, not in the final write
-            db.execute("BEGIN IMMEDIATE")
-            write_stats(db, None, settled[0], (settled[1], None, None))
-            db.execute("COMMIT")
+            _stats(db, rows, None, settled[0], (settled[1], None, None))
     else:
         totals.add(args[5], args[6], args[8])
     totals.add_names(args[9])
     if len(totals) > max_held:
-        _write_totals(db, totals)
+        _write_totals(db, rows, totals)
 
 
-def _write_totals(db, totals: Totals) -> None:
-    ips, agg, per_sec, names = totals.take()
+def _write_totals(db, rows, totals: Totals) -> None:
+    _stats(db, rows, *totals.take())
+
+
+def _stats(db, rows, ips, agg, per_sec, names=()) -> None:
+    if rows is not None:  # rows by minute and second bound in C
+        write_stats_bulk(db, rows, ips, agg, per_sec, names)
+        return
     db.execute("BEGIN IMMEDIATE")
     write_stats(db, ips, agg, per_sec, names)
     db.execute("COMMIT")
