@@ -162,12 +162,56 @@ static int bind_looked_up(RowWriter *w, long long cid, int src_at, int dst_at, i
     return rc;
 }
 
+/* Bind one Python value (int, str or None) as parameter `at`: 0, -1 (exception) */
+static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
+    if (v == Py_None) return sqlite3_bind_null(st, at) == SQLITE_OK ? 0 : -1;
+    if (PyLong_Check(v)) {
+        long long x = PyLong_AsLongLong(v);
+        if (x == -1 && PyErr_Occurred()) return -1;   /* as sqlite3: OverflowError */
+        return sqlite3_bind_int64(st, at, x) == SQLITE_OK ? 0 : -1;
+    }
+    if (PyUnicode_Check(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) return -1;
+        return sqlite3_bind_text(st, at, s, (int)n, SQLITE_STATIC) == SQLITE_OK ? 0 : -1;
+    }
+    PyErr_SetString(PyExc_TypeError, "RowWriter.upsert: values must be int, str or None");
+    return -1;
+}
+
+/* Run `st` once per value of `rows` (a sequence each: its items the parameters). */
+static int insert_values(RowWriter *w, sqlite3_stmt *st, PyObject *rows, int *rc) {
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    int n = sqlite3_bind_parameter_count(st);
+    *rc = SQLITE_OK;
+    while (PyDict_Next(rows, &pos, &k, &v)) {
+        Py_ssize_t i;
+        if (!(PyList_Check(v) || PyTuple_Check(v)) || PySequence_Fast_GET_SIZE(v) != n) {
+            PyErr_SetString(PyExc_ValueError, "RowWriter: a row does not fit the statement");
+            return -1;
+        }
+        for (i = 0; i < n; i++)
+            if (bind_value(st, (int)i + 1, PySequence_Fast_GET_ITEM(v, i)) < 0) {
+                if (!PyErr_Occurred()) *rc = sqlite3_errcode(w->db);
+                return -1;
+            }
+        *rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (*rc != SQLITE_DONE) return -1;
+        *rc = SQLITE_OK;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(rw_write_doc,
-"write(plain, blk, conns) -> rows\n\n"
+"write(plain, blk, conns[, conn_sql]) -> rows\n\n"
 "Insert the packed rows of `plain` (capturedb.PLAIN_FORMAT) with block `blk` in one\n"
 "transaction of this connection; `conns` maps a connection id to its row (the batch's\n"
 "connections, addresses at local_at / remote_at), a packet's src/dst taken from it by\n"
-"direction (1: out, local to remote).");
+"direction (1: out, local to remote). With `conn_sql` the connection rows are written\n"
+"first in the same transaction (each row's items its parameters).");
 
 static PyObject *rw_write(RowWriter *w, PyObject *args) {
     Py_buffer view;
@@ -178,7 +222,10 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
     int rc = SQLITE_OK, *at = w->at;
     sqlite3_stmt *st = w->ins;
 
-    if (!PyArg_ParseTuple(args, "y*LO!", &view, &blk, &PyDict_Type, &conns)) return NULL;
+    const char *conn_sql = NULL;
+    sqlite3_stmt *cst = NULL;
+    if (!PyArg_ParseTuple(args, "y*LO!|z", &view, &blk, &PyDict_Type, &conns, &conn_sql))
+        return NULL;
     if (w->db == NULL) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "RowWriter: closed");
@@ -193,6 +240,16 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
     p = (const unsigned char *)view.buf;
     rc = sqlite3_exec(w->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto db_error;
+    if (conn_sql != NULL) {   /* the batch's connections first: lookups see them */
+        rc = sqlite3_prepare_v2(w->db, conn_sql, -1, &cst, NULL);
+        if (rc != SQLITE_OK) goto db_error;
+        if (insert_values(w, cst, conns, &rc) < 0) {
+            if (PyErr_Occurred()) goto py_error;
+            goto db_error;
+        }
+        sqlite3_finalize(cst);
+        cst = NULL;
+    }
     sqlite3_bind_int64(st, at[P_BLK], blk);
     for (i = 0; i < n; i++, p += ROW_SIZE) {
         long long cid = (long long)le(p + 35, 8);
@@ -246,29 +303,12 @@ db_error:
     raise_db(w->db, rc);
 py_error:
     Py_XDECREF(key);
+    sqlite3_finalize(cst);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
     if (!sqlite3_get_autocommit(w->db)) sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
     PyBuffer_Release(&view);
     return NULL;
-}
-
-/* Bind one Python value (int, str or None) as parameter `at`: 0, -1 (exception) */
-static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
-    if (v == Py_None) return sqlite3_bind_null(st, at) == SQLITE_OK ? 0 : -1;
-    if (PyLong_Check(v)) {
-        long long x = PyLong_AsLongLong(v);
-        if (x == -1 && PyErr_Occurred()) return -1;   /* as sqlite3: OverflowError */
-        return sqlite3_bind_int64(st, at, x) == SQLITE_OK ? 0 : -1;
-    }
-    if (PyUnicode_Check(v)) {
-        Py_ssize_t n;
-        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
-        if (s == NULL) return -1;
-        return sqlite3_bind_text(st, at, s, (int)n, SQLITE_STATIC) == SQLITE_OK ? 0 : -1;
-    }
-    PyErr_SetString(PyExc_TypeError, "RowWriter.upsert: values must be int, str or None");
-    return -1;
 }
 
 PyDoc_STRVAR(rw_upsert_doc,

@@ -16,10 +16,11 @@ ingest), everything early past MAX_HELD rows. Upserting them batch by batch cost
 than the packets on a file of short flows: each IP's and each busy port's rows again in
 every batch. A crash mid-ingest leaves the packets, connections and processes committed
 so far (store/recovery.py registers the capture from those) and the statistics of the
-last early write, if any. The packed rows of the compiled scanner go through SQLite's C
-API on a second connection (capturedb.packed_row_writer), committed right after their
-batch's block and connections: a crash between the two leaves that batch's connections
-without its packed packets, as a crash just before its commit would leave neither.
+last early write, if any. Connections, the packed rows of the compiled scanner and the
+statistics rows by minute and second go through SQLite's C API on a second connection
+(capturedb.packed_row_writer), a batch's connections and packed rows committed together
+right after its block: a crash between the two leaves that block without them, as a
+crash just before its commit would leave none of them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
 from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
+from apppaccap.store.capturedb import write_batch_bulk
 from apppaccap.store.capturedb import write_stats
 from apppaccap.store.capturedb import write_stats_bulk
 from apppaccap.store.database import connect
@@ -95,14 +97,14 @@ def _child(conn: Connection, path: str,
 def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
     """One batch: packets, connections, processes now; its statistics are added to
     `totals` once it is committed (written with the drain, or past MAX_HELD rows).
-    With `rows` (capturedb.packed_row_writer) the packed rows go in a second transaction
-    right after the first, on their own connection."""
-    plain = args[7]
-    db.execute("BEGIN IMMEDIATE")
-    blk = write_batch(db, *args[:5], None, None, b"" if rows is not None else plain)
-    db.execute("COMMIT")
-    if rows is not None and plain:
-        rows.write(plain, blk, args[2])
+    With `rows` (capturedb.packed_row_writer) the connections and packed rows go in a
+    second transaction right after the first, on their own connection."""
+    if rows is not None:
+        write_batch_bulk(db, rows, *args[:5], args[7])
+    else:
+        db.execute("BEGIN IMMEDIATE")
+        write_batch(db, *args[:5], None, None, args[7])
+        db.execute("COMMIT")
     if flows is not None:  # (flat flow counters, procsec): expanded here
         totals.add_flows(*flows)
         settled = totals.take_settled()
