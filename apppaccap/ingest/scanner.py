@@ -32,8 +32,9 @@ try:
     from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
     from apppaccap.ingest._pcapscan import scan
     from apppaccap.ingest._pcapscan import scan_pcapng
+    from apppaccap.ingest._pcapscan import settle
 except ImportError:  # no compiler at install time (or a build older than the nDPI feed):
-    scan = scan_pcapng = None  # the Python path does everything
+    scan = scan_pcapng = settle = None  # the Python path does everything
 else:
     # a build aggregating by another unit, or sharing another nDPI state layout: not used
     if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
@@ -102,12 +103,13 @@ class _Walk:
         return code, key, src_is_a
 
     def settle(self):
-        """Name the flows whose label the scanner settled (before their batch is written)."""
+        """Name the flows whose label the scanner settled (before their batch is written):
+        AppLabeller.complete, in C for a flow nDPI did not detect (_pcapscan.settle)."""
         if self.settled:
-            labeller = self.rec.labeller
-            for conn in self.settled:
-                if conn.id in labeller.pending:
-                    labeller.complete(conn, self.rec.batch)
+            labeller, batch = self.rec.labeller, self.rec.batch
+            names, *c_args = labeller.c_settle_args()
+            settle(self.settled, labeller.pending, batch.dirty, names,
+                   lambda conn: labeller.complete(conn, batch), *c_args)
             self.settled.clear()
 
     def python_read(self):
