@@ -9,8 +9,9 @@ PORT   ?= 8733
 # System packages: libpcap for capture; tcpdump/tshark are the oracles the tests and
 # benchmarks compare against; iproute2 for network namespaces; chromium for browser tests;
 # libbpf1 loads the committed eBPF object (attribution); libndpi4.2 labels connections
-# (loaded with ctypes, no headers needed), ndpiReader (libndpi-bin) is the labels oracle.
-RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1 libndpi4.2
+# (loaded with ctypes, no headers needed), ndpiReader (libndpi-bin) is the labels oracle;
+# libsqlite3-dev: the bulk writer's packed rows through SQLite's C API (store/_packedrows.c).
+RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1 libndpi4.2 libsqlite3-dev
 # Only `make bpf` (rebuilding the committed eBPF object) needs these; nothing at run time.
 BPF_DEBS  := clang llvm bpftool libbpf-dev
 BPF_DIR   := apppaccap/attribution/bpf
@@ -38,7 +39,8 @@ debs-test:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/ingest/_pcapscan.c
+$(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/ingest/_pcapscan.c \
+                    apppaccap/store/_packedrows.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	touch $@

@@ -1,5 +1,6 @@
 """Ship the top-level themes/ inside the package (apppaccap/themes) when building, and
-compile the optional pcap-ingest fast path (apppaccap/ingest/_pcapscan.c).
+compile the optional pcap-ingest fast paths (apppaccap/ingest/_pcapscan.c, and
+apppaccap/store/_packedrows.c: the bulk writer's packet rows through SQLite's C API).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler
 (or Python headers) the build goes on and ingest uses its pure-Python path.
@@ -26,4 +27,9 @@ class BuildWithThemes(build_py):
 
 setup(cmdclass={"build_py": BuildWithThemes},
       ext_modules=[Extension("apppaccap.ingest._pcapscan", ["apppaccap/ingest/_pcapscan.c"],
-                             extra_compile_args=["-O2"], optional=True)])
+                             extra_compile_args=["-O2"], optional=True),
+                   # packed packet rows through SQLite's C API (the bulk writer); needs
+                   # sqlite3.h (libsqlite3-dev), else the writer binds them from Python
+                   Extension("apppaccap.store._packedrows", ["apppaccap/store/_packedrows.c"],
+                             libraries=["sqlite3"], extra_compile_args=["-O2"],
+                             optional=True)])

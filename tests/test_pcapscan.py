@@ -164,6 +164,26 @@ def test_short_flows_same_and_created_by_the_scanner(ctx, tmp_path, monkeypatch)
         assert sum(1 for c in conns if c[16]) > 100   # hostnames from the DNS answers
 
 
+def test_flow_states_opened_in_c_as_by_open_state(ctx, tmp_path, monkeypatch):
+    """The scanner opens a new flow's nDPI state itself (AppLabeller.open_state in C) below
+    the labeller's bound of flows in detection, and calls open_state past it (the flow is
+    labelled Unknown at once): the same database as when open_state opens every flow.
+    (The bound is reached at different flows by the scanner and the Python path - the
+    scanner names settled flows at its batch's end - so this compares scanner runs.)"""
+    from apppaccap.capture import applabels
+    monkeypatch.setattr(applabels, "MAX_PENDING", 40)
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 6000, "short")
+    in_c, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    with monkeypatch.context() as m:
+        m.setattr(applabels.AppLabeller, "c_open_args", lambda self: ())
+        in_python, _ = _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    a, b = _dump(ctx, in_c), _dump(ctx, in_python)
+    assert a == b
+    apps = [c[19] for c in a["connections"]]   # app_proto
+    assert apps.count("Unknown") > 100 and len(set(apps)) > 2
+
+
 def _stretch(path: str, factor: int) -> None:
     """Spread a µs pcap's packets `factor` times wider in time (same order)."""
     with open(path, "r+b") as fh:
@@ -365,3 +385,67 @@ def test_totals_sum_expanded_batches_as_they_sum_flows():
     rest = settling.take()
     assert not early_min.keys() & rest[1].keys() and not early_sec.keys() & rest[2][0].keys()
     assert ({**early_min, **rest[1]}, {**early_sec, **rest[2][0]}) == (agg, per_sec[0])
+
+
+def _dns_response(rng) -> bytearray:
+    """A DNS response of random names (UTF-8 and not), A/AAAA/CNAME answers named in full
+    or by a compression pointer, IN class with and without mDNS's cache-flush bit."""
+    def name():
+        labels = [bytes(rng.choice(b"abc\xc3\xa9\xff.") for _ in range(rng.randint(1, 12)))
+                  for _ in range(rng.randint(0, 4))]
+        return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    answers = rng.randint(0, 5)
+    out = struct.pack("!HHHH", 7, 0x8180, 1, answers) + b"\0\0\0\0" + name() + b"\0\1\0\1"
+    for _ in range(answers):
+        rtype = rng.choice([1, 28, 5])
+        rdata = bytes(rng.getrandbits(8) for _ in range({1: 4, 28: 16, 5: 6}[rtype]))
+        out += rng.choice([b"\xc0\x0c", name()])
+        out += struct.pack("!HHIH", rtype, rng.choice([1, 0x8001, 3]), 30, len(rdata)) + rdata
+    return bytearray(out)
+
+
+def test_dns_answers_read_in_c_as_in_python():
+    """The scanner reads DNS answers in C (its hostnames): the same (name, ip) pairs as
+    dissect/dns.py's dns_answers for well-formed, damaged (bytes changed: pointer loops,
+    label lengths, counts, flags) and cut responses."""
+    import random
+
+    from apppaccap.ingest._pcapscan import dns_answers as c_answers
+
+    from apppaccap.dissect.dns import dns_answers
+    rng = random.Random(15)
+    found = 0
+    for _ in range(20000):
+        msg = _dns_response(rng)
+        for _ in range(rng.choice([0, 0, 1, 2, 4])):
+            msg[rng.randrange(len(msg))] = rng.getrandbits(8)
+        if rng.random() < 0.1:
+            msg = msg[:rng.randint(0, len(msg))]
+        msg = bytes(msg)
+        assert c_answers(msg) == dns_answers(msg), msg
+        found += len(dns_answers(msg))
+    assert found > 10000
+
+
+def test_collector_settings_come_back_after_an_ingest(ctx, tmp_path, monkeypatch):
+    """An ingest raises the collector's threshold and freezes what is alive after each
+    batch (ingest._fewer_collections): both undone when it ends, and every batch's
+    freeze happened while it ran."""
+    import gc
+
+    from apppaccap.capture import recorder
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 3000, "short")
+    before = gc.get_threshold()
+    frozen: list = []
+    real = gc.freeze
+
+    def freeze():
+        real()
+        frozen.append((gc.get_freeze_count(), gc.get_threshold()))
+
+    monkeypatch.setattr(gc, "freeze", freeze)
+    _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
+    assert len(frozen) >= 5 and all(n > 0 and t[0] >= 50_000 for n, t in frozen)
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before

@@ -69,6 +69,20 @@ class AppLabeller:
         return (self.det.mod, addr(lib.ndpi_detection_process_packet, ctypes.c_void_p).value,
                 addr(lib.ndpi_extra_dissection_possible, ctypes.c_void_p).value, MAX_PACKETS)
 
+    def c_open_args(self) -> tuple:
+        """(ndpi_flow_malloc, flow size, pending, MAX_PENDING): the compiled scanner opens
+        a new flow's state itself as open_state does (below the bound)."""
+        return (ctypes.cast(self.det.lib.ndpi_flow_malloc, ctypes.c_void_p).value,
+                self.det.flow_size, self.pending, MAX_PENDING)
+
+    def c_settle_args(self) -> tuple:
+        """(names, module, ndpi_detection_giveup, ndpi_free_flow): the compiled scanner
+        settles a flow nDPI did not detect as complete() does."""
+        lib, addr = self.det.lib, ctypes.cast
+        return (self.det.names, self.det.mod,
+                addr(lib.ndpi_detection_giveup, ctypes.c_void_p).value,
+                addr(lib.ndpi_free_flow, ctypes.c_void_p).value)
+
     def state(self, conn):
         """The shared state of a pending connection (None once labelled)."""
         p = self.pending.get(conn.id)

@@ -99,10 +99,7 @@ class Recorder:
         # `lost` (DroppedCount), and so does every packet after it - nothing more is
         # written once a write failed. `failure` says why; `on_failure(message)` is told
         # once (a live capture stops then); without it flush() raises a fresh error.
-        self.lost = 0
-        self.failure: str | None = None
-        self.failure_is_io = False
-        self.on_failure = None
+        self.lost, self.failure, self.failure_is_io, self.on_failure = 0, None, False, None
         # callable(agg, procs, threads) — global statistics and process/thread counters
         self.on_flush = None
         self.on_new_ips = None  # callable(list of IPs first seen in this batch)
@@ -255,8 +252,12 @@ class Recorder:
         return expand(self.batch.flowsec, self.batch.procsec)
 
     def learn_dns(self, payload: bytes) -> None:
-        """Hostnames from a DNS answer (the compiled scanner calls this too)."""
-        for name, ip in dns_answers(payload):
+        """Hostnames from a DNS answer (the compiled scanner reads the answers itself and
+        hands their (name, ip) pairs to learn_answers)."""
+        self.learn_answers(dns_answers(payload))
+
+    def learn_answers(self, answers) -> None:
+        for name, ip in answers:
             self.hostnames[ip] = name
             self.batch.names.add((ip, NAME_DOMAIN, name))
             if len(self.conns) < 5000:  # open connections to `ip` get the name at the flush
@@ -327,9 +328,7 @@ class Recorder:
 
     def error(self) -> Exception:
         """The write failure as a new exception (IOFailure for a disk fault)."""
-        if self.failure_is_io:
-            return IOFailure(self.failure)
-        return RuntimeError(self.failure)
+        return IOFailure(self.failure) if self.failure_is_io else RuntimeError(self.failure)
 
     def _settle(self, block: bool = True) -> None:
         """Wait for the batch in flight; if it failed, account for its packets as lost."""

@@ -5,7 +5,8 @@ option-less pcapng Enhanced Packet Block - straight into the Recorder's batch:
 connection counters and state, the (flow, second) aggregate, a packed row and the bytes
 (framed as the EPB export writes). It creates the connection of a flow's first packet
 itself (Recorder.conn_for's rules; the labeller gives it the flow's nDPI state) and
-hands Python only what needs Python: DNS answers' payloads (Recorder.learn_dns) and the
+hands Python only what needs Python: DNS answers (Recorder.learn_answers, the (name, ip)
+pairs it read with dissect/dns.py's rules) and the
 labels it settled. Whatever record it will not take (blocks other than EPBs, packets with
 options, records needing a warning, frames outside its decoder, a flow the Recorder
 knows but the scanner forgot) it hands back, and the record goes through the ordinary
@@ -31,8 +32,9 @@ try:
     from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
     from apppaccap.ingest._pcapscan import scan
     from apppaccap.ingest._pcapscan import scan_pcapng
+    from apppaccap.ingest._pcapscan import settle
 except ImportError:  # no compiler at install time (or a build older than the nDPI feed):
-    scan = scan_pcapng = None  # the Python path does everything
+    scan = scan_pcapng = settle = None  # the Python path does everything
 else:
     # a build aggregating by another unit, or sharing another nDPI state layout: not used
     if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
@@ -62,12 +64,13 @@ class _Walk:
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
-        self.dpi = (*rec.labeller.c_args(), self.settled) if rec.labeller is not None else None
+        self.dpi = (*rec.labeller.c_args(), self.settled, *rec.labeller.c_open_args()) \
+            if rec.labeller is not None else None
         # the scanner creates connections itself (Recorder.conn_for's rules, in C) and
-        # records DNS answers, handing their payload to the Recorder
+        # records DNS answers, handing the (name, ip) pairs it read to the Recorder
         self.maker = (Conn, rec, rec.conns, rec.hostnames, rec.local_ips,
                       rec.labeller.open_state if rec.labeller is not None else None,
-                      rec.learn_dns)
+                      rec.learn_answers)
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
@@ -100,12 +103,13 @@ class _Walk:
         return code, key, src_is_a
 
     def settle(self):
-        """Name the flows whose label the scanner settled (before their batch is written)."""
+        """Name the flows whose label the scanner settled (before their batch is written):
+        AppLabeller.complete, in C for a flow nDPI did not detect (_pcapscan.settle)."""
         if self.settled:
-            labeller = self.rec.labeller
-            for conn in self.settled:
-                if conn.id in labeller.pending:
-                    labeller.complete(conn, self.rec.batch)
+            labeller, batch = self.rec.labeller, self.rec.batch
+            names, *c_args = labeller.c_settle_args()
+            settle(self.settled, labeller.pending, batch.dirty, names,
+                   lambda conn: labeller.complete(conn, batch), *c_args)
             self.settled.clear()
 
     def python_read(self):
@@ -115,10 +119,11 @@ class _Walk:
             self.section = self.reader.pcapng_section()
 
 
-def ingest(reader, rec, one, interfaces, progress=None) -> None:
+def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
     """Read every record of `reader` into `rec`. `one(record)` records a record the
     scanner left to Python and returns (decoded, connection); `interfaces()` is called
-    after each such record (pcapng files declare interfaces as they go)."""
+    after each such record (pcapng files declare interfaces as they go); `flushed()`
+    after each batch is handed to the writer."""
     walk = _Walk(reader, rec)
     flows = walk.flows
     evicted = rec.evicted
@@ -136,6 +141,8 @@ def ingest(reader, rec, one, interfaces, progress=None) -> None:
             if code == FULL:
                 walk.settle()
                 rec.flush()
+                if flushed is not None:
+                    flushed()
                 if progress is not None and reader.size:
                     progress(100.0 * reader.bytes_done / reader.size)
                 reader.release_read_pages()

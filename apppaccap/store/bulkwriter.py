@@ -16,7 +16,11 @@ ingest), everything early past MAX_HELD rows. Upserting them batch by batch cost
 than the packets on a file of short flows: each IP's and each busy port's rows again in
 every batch. A crash mid-ingest leaves the packets, connections and processes committed
 so far (store/recovery.py registers the capture from those) and the statistics of the
-last early write, if any.
+last early write, if any. Connections, the packed rows of the compiled scanner and the
+statistics rows by minute and second go through SQLite's C API on a second connection
+(capturedb.packed_row_writer), a batch's connections and packed rows committed together
+right after its block: a crash between the two leaves that block without them, as a
+crash just before its commit would leave none of them.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ from apppaccap.errors import IOFailure
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
+from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
+from apppaccap.store.capturedb import write_batch_bulk
 from apppaccap.store.capturedb import write_stats
+from apppaccap.store.capturedb import write_stats_bulk
 from apppaccap.store.database import connect
 from apppaccap.store.faults import io_failure
 from apppaccap.store.flowagg import Totals
@@ -60,6 +67,7 @@ def _child(conn: Connection, path: str,
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA temp_store=MEMORY")  # the packed-row staging table (capturedb.py)
     totals = Totals()
+    rows = packed_row_writer(path)  # None: packed rows bound from Python (capturedb.py)
     while True:
         try:
             msg = conn.recv()
@@ -69,9 +77,9 @@ def _child(conn: Connection, path: str,
             break
         try:
             if msg == WRITE_TOTALS:
-                _write_totals(db, totals)
+                _write_totals(db, rows, totals)
             else:
-                _write(db, totals, max_held, *msg)
+                _write(db, rows, totals, max_held, *msg)
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
             try:
@@ -81,31 +89,42 @@ def _child(conn: Connection, path: str,
             failure = io_failure(exc, "writing the capture")
             conn.send(("io", failure.message) if failure is not None else
                       ("error", f"{type(exc).__name__}: {exc}"))
+    if rows is not None:
+        rows.close()
     db.close()
 
 
-def _write(db, totals: Totals, max_held: int, args, flows) -> None:
+def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
     """One batch: packets, connections, processes now; its statistics are added to
-    `totals` once it is committed (written with the drain, or past MAX_HELD rows)."""
-    db.execute("BEGIN IMMEDIATE")
-    write_batch(db, *args[:5], None, None, args[7])
-    db.execute("COMMIT")
+    `totals` once it is committed (written with the drain, or past MAX_HELD rows).
+    With `rows` (capturedb.packed_row_writer) the connections and packed rows go in a
+    second transaction right after the first, on their own connection."""
+    if rows is not None:
+        write_batch_bulk(db, rows, *args[:5], args[7])
+    else:
+        db.execute("BEGIN IMMEDIATE")
+        write_batch(db, *args[:5], None, None, args[7])
+        db.execute("COMMIT")
     if flows is not None:  # (flat flow counters, procsec): expanded here
         totals.add_flows(*flows)
         settled = totals.take_settled()
         if settled is not None:  # past seconds: written now, not in the final write
-            db.execute("BEGIN IMMEDIATE")
-            write_stats(db, None, settled[0], (settled[1], None, None))
-            db.execute("COMMIT")
+            _stats(db, rows, None, settled[0], (settled[1], None, None))
     else:
         totals.add(args[5], args[6], args[8])
     totals.add_names(args[9])
     if len(totals) > max_held:
-        _write_totals(db, totals)
+        _write_totals(db, rows, totals)
 
 
-def _write_totals(db, totals: Totals) -> None:
-    ips, agg, per_sec, names = totals.take()
+def _write_totals(db, rows, totals: Totals) -> None:
+    _stats(db, rows, *totals.take())
+
+
+def _stats(db, rows, ips, agg, per_sec, names=()) -> None:
+    if rows is not None:  # rows by minute and second bound in C
+        write_stats_bulk(db, rows, ips, agg, per_sec, names)
+        return
     db.execute("BEGIN IMMEDIATE")
     write_stats(db, ips, agg, per_sec, names)
     db.execute("COMMIT")
