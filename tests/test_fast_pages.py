@@ -17,6 +17,8 @@ import pytest
 from apppaccap.api import fastpages
 from apppaccap.api import packets as ref
 from apppaccap.api.fastpages import SUMMARY_CACHE
+from apppaccap.settings import DEFAULTS
+from apppaccap.settings import Settings
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import capture_path
 from apppaccap.store.database import connect
@@ -179,3 +181,14 @@ def test_summary_cache_keeps_the_newest_packets():
     fastpages._remember(cache, {-1: "x"})
     assert len(cache) == SUMMARY_CACHE
     assert 0 not in cache and 10 not in cache and -1 in cache and SUMMARY_CACHE + 9 in cache
+
+
+def test_a_setting_written_through_one_settings_is_read_by_another(ctx):
+    """Settings keeps what it read per catalog (two or three reads a request); a write
+    through any Settings of that catalog (the service's, the scheduler's) is seen at once."""
+    other = Settings(ctx.catalog)
+    assert ctx.settings.get_int("max_request_bytes") == other.get_int("max_request_bytes")
+    other.set("max_request_bytes", "123456")
+    assert ctx.settings.get_int("max_request_bytes") == 123456
+    ctx.settings.clear()
+    assert other.get("max_request_bytes") == DEFAULTS["max_request_bytes"]

@@ -47,14 +47,18 @@ PACKET_JSON = (
     "'Notes', coalesce(p.notes, ''))")
 
 PACKET_PAGE = (
-    "SELECT count(*), group_concat(j, char(30)), '[' || group_concat(id) || ']', "
-    "'[' || group_concat(loc) || ']', max(odd) FROM ("
-    f"SELECT p.id AS id, {PACKET_JSON} AS j, "
-    "json_array(p.blk, p.off, p.caplen, coalesce(i.linktype, 0)) AS loc, "
+    "SELECT count(*), group_concat(j, char(30)), '[' || group_concat(id) || ']', max(odd) "
+    f"FROM (SELECT p.id AS id, {PACKET_JSON} AS j, "
     "(p.ts_raw IS NOT NULL OR p.ts < 0) AS odd "
     "FROM packets p LEFT JOIN interfaces i ON i.id = p.iface "
     "LEFT JOIN processes pr ON pr.process_id = p.process_id "
     "WHERE p.id > ? {where} ORDER BY p.id LIMIT ?)")
+
+# where the bytes of packets not decoded yet are (ids: a JSON list), in one step
+WHERE_BYTES = (
+    "SELECT json_group_array(json_array(p.id, p.blk, p.off, p.caplen, "
+    "coalesce(i.linktype, 0))) FROM packets p LEFT JOIN interfaces i ON i.id = p.iface "
+    "WHERE p.id IN (SELECT value FROM json_each(?))")
 
 CONN_JSON = (
     "json_object('Version', 1, 'ConnectionId', c.id, 'CaptureId', {capture_id}, "
@@ -95,19 +99,23 @@ def _remember(cache: dict, fresh: dict) -> None:
             cache.pop(next(iter(cache)), None)  # oldest first: streams move forward
 
 
-def _summaries(db, ids: list, locs_text: str) -> list:
+def _summaries(db, ids: list) -> list | None:
     """`, "Summary": …, "Info": …}` for each packet id (decoded once per database)."""
     cache = _cache(db)
     tails = [cache.get(i) for i in ids]
     if None not in tails:
         return tails
-    locs = json.loads(locs_text)
+    missing = [i for i, tail in zip(ids, tails) if tail is None]
+    locs = {row[0]: row[1:] for row in json.loads(db.tuples(WHERE_BYTES, (json.dumps(missing),))
+                                                 .fetchone()[0])}
+    if len(locs) != len(missing):
+        return None  # rows gone meanwhile (the capture deleted): the reference will say so
     reader = db.block_reader()
     fresh = {}
     try:
         for n, tail in enumerate(tails):
             if tail is None:
-                blk, off, caplen, linktype = locs[n]
+                blk, off, caplen, linktype = locs[ids[n]]
                 data = reader.get(blk)[off:off + caplen]
                 dec = decode(linktype, data)
                 tail = (f', "Summary": {json.dumps(dec.summary)}, '
@@ -140,7 +148,7 @@ def packet_page(db, capture_id: int, where: str, params: tuple, last_id: int,
     row = _page(db, _sql(PACKET_PAGE, capture_id, where), (last_id, *params, limit + 1))
     if row is None:
         return None
-    count, objs, ids, locs, _odd = row
+    count, objs, ids, _odd = row
     if not count:
         return {"Version": 1, "CaptureId": capture_id, "LastId": last_id, "More": False,
                 "Packets": Encoded("[]")}
@@ -148,7 +156,9 @@ def packet_page(db, capture_id: int, where: str, params: tuple, last_id: int,
     ids = json.loads(ids)[:limit]
     if ids != sorted(ids):  # group_concat kept the subquery's order so far; never assume it
         return None
-    tails = _summaries(db, ids, locs)
+    tails = _summaries(db, ids)
+    if tails is None:
+        return None
     text = "[" + ", ".join([o[:-1] + t for o, t in zip(objs, tails)]) + "]"
     return {"Version": 1, "CaptureId": capture_id, "LastId": ids[-1], "More": count > limit,
             "Packets": Encoded(text)}

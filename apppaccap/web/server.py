@@ -85,7 +85,7 @@ class DoorRequestHandler(WSGIRequestHandler):
 
     def make_environ(self):
         environ = super().make_environ()  # keeps the real input as wsgi.input
-        environ[PEER_UID] = self.server.peers.uid(self.connection)
+        environ[PEER_UID] = self.server.peer_uid(self.connection)
         self.rfile = _BoundedDrain(self.rfile)
         return environ
 
@@ -107,6 +107,7 @@ class DoorServer(ThreadedWSGIServer):
         self.settings = settings
         self._open: dict[object, int] = {}
         self._open_lock = threading.Lock()
+        self._uids: dict[object, int | None] = {}  # accepted socket -> its caller's uid
 
     def limit(self, key: str) -> int:
         default = int(DEFAULTS[key])
@@ -117,9 +118,16 @@ class DoorServer(ThreadedWSGIServer):
         except Exception:  # noqa: BLE001 - a catalog fault must not stop the accept loop
             return default
 
+    def peer_uid(self, request) -> int | None:
+        """The caller's uid, asked of the kernel once per connection (at accept)."""
+        try:
+            return self._uids[request]
+        except KeyError:
+            return self.peers.uid(request)
+
     def _caller(self, request) -> object | None:
         """The quota a connection counts against; None: not counted (root)."""
-        uid = self.peers.uid(request)
+        uid = self._uids[request] = self.peers.uid(request)
         if uid is not None and uid in (0, os.geteuid()):
             return None
         return uid if uid is not None else "unidentified"
@@ -130,6 +138,7 @@ class DoorServer(ThreadedWSGIServer):
             cap = self.limit("max_connections_per_caller")
             with self._open_lock:
                 if self._open.get(caller, 0) >= cap:
+                    self._uids.pop(request, None)
                     return self._refuse(request, cap)
                 self._open[caller] = self._open.get(caller, 0) + 1
         thread = threading.Thread(target=self._serve, args=(request, client_address, caller),
@@ -137,6 +146,7 @@ class DoorServer(ThreadedWSGIServer):
         try:
             thread.start()
         except RuntimeError:  # no thread can be started: refuse this one, keep accepting
+            self._uids.pop(request, None)
             self._release(caller)
             self.shutdown_request(request)
 
@@ -144,6 +154,7 @@ class DoorServer(ThreadedWSGIServer):
         try:
             self.process_request_thread(request, client_address)
         finally:
+            self._uids.pop(request, None)
             self._release(caller)
 
     def _release(self, caller) -> None:
