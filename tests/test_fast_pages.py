@@ -181,6 +181,7 @@ def test_summary_cache_keeps_the_newest_packets():
     fastpages._remember(cache, {-1: "x"})
     assert len(cache) == SUMMARY_CACHE
     assert 0 not in cache and 10 not in cache and -1 in cache and SUMMARY_CACHE + 9 in cache
+    assert fastpages.SUMMARY_CACHE <= 100_000  # one bound for every database: ~20 MB
 
 
 def test_a_setting_written_through_one_settings_is_read_by_another(ctx):

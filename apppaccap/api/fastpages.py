@@ -8,7 +8,7 @@ the whole page's JSON (json_object per row, group_concat), and sqlite3 runs a st
 step with the lock released: the page costs the interpreter a few string operations.
 
 Summary and Info are decoded from the packet bytes (not stored: ingest speed), which only
-Python can do; a packet's bytes never change, so their JSON is kept per database and packet
+Python can do; a packet's bytes never change, so their JSON is kept by database and packet
 id (bounded, oldest first out) and pollers following the same stream decode each packet
 once. Rows the SQL cannot render exactly as the reference does (a timestamp kept as text,
 a negative time, a value json_object refuses) make the caller use the reference path.
@@ -16,6 +16,7 @@ a negative time, a value json_object refuses) make the caller use the reference 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -27,7 +28,7 @@ from apppaccap.dissect.info import info
 from apppaccap.filetime import EPOCH_DIFF_TICKS
 
 SEP = "\x1e"  # json_object escapes control characters, so no object contains it
-SUMMARY_CACHE = 50_000  # packets per database (~10 MB): more than 20 pollers lag apart
+SUMMARY_CACHE = 100_000  # packets, all databases together (~20 MB): 5 s of 20,000/s
 
 
 def _filetime(col: str) -> str:
@@ -80,16 +81,21 @@ CONN_PAGE = (
     "FROM connections c LEFT JOIN processes p ON p.process_id = c.process_id "
     "WHERE c.id > ? {where} ORDER BY c.id LIMIT ?)")
 
-_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (database's serial, packet id) -> its Summary/Info text; one bound for every database, so
+# reading many captures cannot grow it. A serial, not id(db): ids are reused after a
+# database object goes, serials never.
+_kept: dict[tuple[int, int], str] = {}
+_serials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_next_serial = itertools.count(1)
 _lock = threading.Lock()
 
 
-def _cache(db) -> dict:
+def _serial(db) -> int:
     with _lock:
-        cache = _caches.get(db)
-        if cache is None:
-            cache = _caches[db] = {}
-        return cache
+        serial = _serials.get(db)
+        if serial is None:
+            serial = _serials[db] = next(_next_serial)
+        return serial
 
 
 def _remember(cache: dict, fresh: dict) -> None:
@@ -101,8 +107,8 @@ def _remember(cache: dict, fresh: dict) -> None:
 
 def _summaries(db, ids: list) -> list | None:
     """`, "Summary": …, "Info": …}` for each packet id (decoded once per database)."""
-    cache = _cache(db)
-    tails = [cache.get(i) for i in ids]
+    serial = _serial(db)
+    tails = [_kept.get((serial, i)) for i in ids]
     if None not in tails:
         return tails
     missing = [i for i, tail in zip(ids, tails) if tail is None]
@@ -120,10 +126,10 @@ def _summaries(db, ids: list) -> list | None:
                 dec = decode(linktype, data)
                 tail = (f', "Summary": {json.dumps(dec.summary)}, '
                         f'"Info": {json.dumps(info(dec))}}}')
-                tails[n] = fresh[ids[n]] = tail
+                tails[n] = fresh[serial, ids[n]] = tail
     finally:
         reader.close()
-    _remember(cache, fresh)
+    _remember(_kept, fresh)
     return tails
 
 
