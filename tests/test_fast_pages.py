@@ -21,6 +21,7 @@ from apppaccap.settings import DEFAULTS
 from apppaccap.settings import Settings
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.capturedb import capture_path
+from apppaccap.store.database import Database
 from apppaccap.store.database import connect
 from tests.helpers import corpus
 from tests.helpers.app import ingest
@@ -193,3 +194,38 @@ def test_a_setting_written_through_one_settings_is_read_by_another(ctx):
     assert ctx.settings.get_int("max_request_bytes") == 123456
     ctx.settings.clear()
     assert other.get("max_request_bytes") == DEFAULTS["max_request_bytes"]
+
+
+def test_a_read_connection_is_lent_again_only_without_a_live_cursor(tmp_path):
+    """Request threads end after each request; their read connections are lent to the next
+    threads, except one a live cursor still holds (its snapshot would be the next
+    thread's: it would never see newer rows)."""
+    db = Database(str(tmp_path / "x.db"))
+    try:
+        db.write(lambda c: c.execute("CREATE TABLE t (x)"))
+        db.write(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(50)]))
+        kept, seen = [], []
+
+        def in_thread(fn):
+            t = threading.Thread(target=fn)
+            t.start()
+            t.join()
+
+        def leave_a_cursor_open():
+            cur = db.tuples("SELECT x FROM t")
+            cur.fetchone()
+            kept.append(cur)
+
+        def count():
+            seen.append((db.one("SELECT count(*) FROM t")[0], id(db._reader())))
+
+        in_thread(leave_a_cursor_open)
+        db.write(lambda c: c.execute("INSERT INTO t VALUES (50)"))
+        in_thread(count)
+        assert seen[-1][0] == 51  # not the open cursor's snapshot of 50 rows
+        assert kept[0].fetchone() == (1,)  # and that cursor still reads
+        for _ in range(3):
+            in_thread(count)
+        assert len({conn for _, conn in seen[1:]}) == 1  # one connection, lent again
+    finally:
+        db.close()

@@ -178,6 +178,9 @@ class Database:
             self._closed = True
             self._queue.put(_STOP)
             self._thread.join(10)
+            # idle readers go (closed when dropped: the file may be deleted next); one a
+            # thread took meanwhile stays open for it, as thread-local ones always did
+            self._idle.clear()
 
 
 def tables(conn: sqlite3.Connection) -> sqlite_utils.Database:
