@@ -125,6 +125,21 @@ def me(*args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
 def pct(values: list, q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else 0.0
@@ -167,9 +182,14 @@ def main() -> int:
         pollers = [me("--role", "poller", server.port, cid, args.seconds, per)
                    for _ in range(max(1, args.pollers // per))]
         time.sleep(0.5)  # pollers connected and busy before the traffic starts
+        # the service's CPU (its threads) and its sniffer process's, while traffic runs
+        procs = [server.proc.pid, *children(server.proc.pid)]
+        cpu0, wall0 = [cpu_seconds(p) for p in procs], time.monotonic()
         httpc = me("--role", "http", web_port, args.http, args.seconds - 1)
         sender = send(udp_port, args.pps, args.seconds - 1)
         sent, took = result(sender)
+        cpu = [cpu_seconds(p) - c for p, c in zip(procs, cpu0)]
+        wall = time.monotonic() - wall0
         answered = int(httpc.communicate()[0])
         polled = [json.loads(p.communicate()[0]) for p in pollers]
         time.sleep(1.0)
@@ -189,6 +209,8 @@ def main() -> int:
     print(f"tcpdump stored {theirs} (kernel drops {their_drops}); we stored {ours}, "
           f"DroppedCount {dropped}; lost that tcpdump kept: {max(0, theirs - ours)} "
           f"({100 * max(0, theirs - ours) / max(1, theirs):.2f} %)")
+    print(f"CPU while the traffic ran ({wall:.1f} s): service {100 * cpu[0] / wall:.0f} % "
+          f"of a core, its child processes (sniffer) {100 * sum(cpu[1:]) / wall:.0f} %")
     errors = sum(p["errors"] for p in polled)
     alltimes = []
     for call in CALLS:
