@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import urllib.parse
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -249,14 +251,41 @@ def check(key: str, value: str, config=None) -> None:
         setting.check(value, config)
 
 
+class _Known:
+    """Values read from one catalog, shared by every Settings on it."""
+
+    def __init__(self):
+        self.values: dict[str, str | None] = {}
+
+
+# Every request read two or three settings (body and connection limits), each a catalog
+# query: a tenth of a request's time under load (benchmarks/api_load.py). Values are kept
+# per catalog until a write through Settings (set, clear) replaces them.
+_KNOWN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_KNOWN_LOCK = threading.Lock()
+
+
+def _known(catalog) -> _Known:
+    with _KNOWN_LOCK:
+        known = _KNOWN.get(catalog)
+        if known is None:
+            known = _KNOWN[catalog] = _Known()
+        return known
+
+
 class Settings:
-    """Reads hit the catalog (cheap); writes go through its writer thread."""
+    """Reads hit the catalog once (then its kept value); writes go through its writer
+    thread and forget what was kept."""
 
     def __init__(self, catalog):
         self.catalog = catalog
 
     def get(self, key: str) -> str | None:
-        value = setting_rows.get(self.catalog, key)
+        values = _known(self.catalog).values  # a write replaces it: a read that raced
+        try:                                  # the write keeps its value in the old one
+            value = values[key]
+        except KeyError:
+            value = values[key] = setting_rows.get(self.catalog, key)
         return DEFAULTS.get(key) if value is None else value
 
     def get_int(self, key: str) -> int:
@@ -281,7 +310,13 @@ class Settings:
         return values
 
     def set(self, key: str, value: str) -> None:
-        setting_rows.put(self.catalog, key, value)
+        try:
+            setting_rows.put(self.catalog, key, value)
+        finally:
+            _known(self.catalog).values = {}
 
     def clear(self) -> None:
-        setting_rows.clear(self.catalog)
+        try:
+            setting_rows.clear(self.catalog)
+        finally:
+            _known(self.catalog).values = {}

@@ -14,6 +14,8 @@ import json
 import psutil
 
 from apppaccap.api.captures import captures
+from apppaccap.api.fastpages import conn_page
+from apppaccap.api.fastpages import packet_page
 from apppaccap.api.labels import label_filter
 from apppaccap.api.registry import endpoint
 from apppaccap.dissect.decode import decode
@@ -88,6 +90,10 @@ def _listed(rows, last_id: int | None, limit: int, key: str, capture_id: int, ma
 
 def _stream(db, capture_id, where, params, last_id, limit, with_data) -> dict:
     last_id = last_id or 0
+    if not with_data:  # the page's JSON from SQLite (api/fastpages.py); same answer
+        fast = packet_page(db, capture_id, where, params, last_id, limit)
+        if fast is not None:
+            return fast
     rows = db.read(PACKET_SQL + f"WHERE p.id > ? {where} ORDER BY p.id LIMIT ?",
                    (last_id, *params, limit + 1))
     more = len(rows) > limit
@@ -247,6 +253,9 @@ def capture_list_conns(ctx, *, capture_id: int, last_id: int | None = None,
     db = captures(ctx).db(capture_id)
     page = _page(limit, last_id)
     cond, params = label_filter(label, "c.")
+    fast = conn_page(db, capture_id, f"AND {cond}" if cond else "", params, last_id, page)
+    if fast is not None:  # the page's JSON from SQLite (api/fastpages.py); same answer
+        return fast
     rows = db.read(CONN_SQL + f"WHERE c.id > ? {'AND ' + cond if cond else ''} "
                    "ORDER BY c.id LIMIT ?", (last_id or 0, *params, page + 1))
     return _listed(rows, last_id, page, "Connections", capture_id,

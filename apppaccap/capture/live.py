@@ -17,13 +17,14 @@ from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
+from apppaccap.capture.sniffer import BATCH
 from apppaccap.capture.sniffer import SnifferProcess
 from apppaccap.store import capturedb
 from apppaccap.store import captures as capture_table
 
 log = logging.getLogger(__name__)
 
-QUEUE_PACKETS = 200_000
+QUEUE_PACKETS = 200_000  # at most, in lists of up to sniffer.BATCH packets
 TCP, UDP = 6, 17
 
 
@@ -59,7 +60,7 @@ class LiveCapture:
                  catalog, *, hold_ms: int, local_ips=frozenset(), on_stats=None,
                  labels: bool = False):
         self.id = capture_id
-        self.q: queue.Queue = queue.Queue(QUEUE_PACKETS)
+        self.q: queue.Queue = queue.Queue(QUEUE_PACKETS // BATCH)
         self.sniffers = sniffers
         self.sniffers.on_lost = self._sniffer_lost
         self._sniffer_failure = None
@@ -149,25 +150,29 @@ class LiveCapture:
             log.info("capture %s: end not recorded in its database (%s)", self.id, exc)
 
     def _run(self):
+        # chunks [arrival time, batch from the sniffer's thread, index of its next packet]
         buf: deque = deque()
         last_update = last_flush = time.monotonic()
         get = self.q.get
         while self._running.is_set() or not self.q.empty() or buf:
             try:
-                item = get(timeout=0.02)
-                batch = [item]
-                while len(batch) < 4096:
+                batch = get(timeout=0.02)
+                got = [batch]
+                n = len(batch)
+                while n < 4096:
                     try:
-                        batch.append(self.q.get_nowait())
+                        batch = self.q.get_nowait()
                     except queue.Empty:
                         break
+                    got.append(batch)
+                    n += len(batch)
             except queue.Empty:
-                batch = []
+                got, n = [], 0
             now = time.monotonic()
-            for ts, iface, data, d, key, ref in batch:
+            for batch in got:
                 # decoded and attribution asked for by the sniffer already
-                buf.append((now, ts, iface, data, d, key, ref))
-            self.received += len(batch)
+                buf.append([now, batch, 0])
+            self.received += n
             draining = not self._running.is_set()
             try:
                 self._release(buf, now, draining)
@@ -183,33 +188,52 @@ class LiveCapture:
                 if self.errors <= 5 or self.errors % 1000 == 0:
                     log.exception("capture %s: pipeline error %d", self.id, self.errors)
 
+    @property
+    def queued(self) -> int:
+        """Packets between the sniffer's feeding thread and this pipeline."""
+        return max(0, self.sniffers.fed - self.received)
+
     def _release(self, buf: deque, now: float, draining: bool) -> None:
         """Emit packets in arrival order; an unresolved flow holds the line ≤ hold seconds."""
         flows = self.attribution.flows
         rec = self.recorder
+        pick, add, conn_for = self.target.pick, rec.add, rec.conn_for
+        hold = self.hold
         while buf:
-            arrived, ts, iface, data, d, key, ref = buf[0]
-            labels = None
-            if key is not None:
-                entry = ref if ref is not None else flows.get(flow_key(*key))
-                labels = entry[0] if entry is not None else []
-                if labels is PENDING or (entry is not None and entry[3]):
-                    # unresolved, or a second look is due (attribution.RECHECK)
-                    if now - arrived < self.hold and not draining:
-                        return
-                    if labels is PENDING:
-                        labels = []
+            chunk = buf[0]
+            arrived, items, i = chunk
+            waited = now - arrived < hold and not draining
+            end = len(items)
+            kept = attributed = 0
+            try:
+                while i < end:
+                    ts, iface, data, d, key, ref = items[i]
+                    labels = None
+                    if key is not None:
+                        entry = ref if ref is not None else flows.get(flow_key(*key))
+                        labels = entry[0] if entry is not None else []
+                        if labels is PENDING or (entry is not None and entry[3]):
+                            # unresolved, or a second look is due (attribution.RECHECK)
+                            if waited:
+                                return
+                            if labels is PENDING:
+                                labels = []
+                    i += 1
+                    lab = pick(labels)
+                    if lab is False:
+                        continue
+                    conn = conn_for(d, ts) if key is not None else None
+                    add(ts, iface, data, len(data), d, conn, lab or None)
+                    kept += 1
+                    if lab:
+                        attributed += 1
+            finally:
+                # counted once per chunk, also when a packet's hold or a fault stops it
+                chunk[2] = i
+                self.kept += kept
+                self.attributed += attributed
+                self.unknown += kept - attributed
             buf.popleft()
-            lab = self.target.pick(labels)
-            if lab is False:
-                continue
-            conn = rec.conn_for(d, ts) if key is not None else None
-            rec.add(ts, iface, data, len(data), d, conn, lab or None)
-            self.kept += 1
-            if lab:
-                self.attributed += 1
-            else:
-                self.unknown += 1
 
     def update_catalog(self, final: bool = False):
         r = self.recorder

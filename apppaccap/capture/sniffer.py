@@ -47,6 +47,7 @@ ERRORS = {"NotFound": NotFound, "Malformed": Malformed}
 # The sniffer process's frames (capture/sniffchild.py): u32 length of what follows, u8 kind
 FRAME = struct.Struct("<IB")
 PACKET = struct.Struct("<QHI")  # before each packet's bytes: ts_ns, adapter index, length
+BATCH = 1000  # packets per item of the capture's queue (at most)
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -86,10 +87,10 @@ class SnifferProcess:
     """The sniffer process of one capture and its feeding thread.
 
     Opening the adapters happens in the process, before start() returns (so its errors are
-    the caller's: NotFound, Malformed). The thread puts (ts_ns, iface_index, bytes,
-    decoded, flow key, what on_flow returned for it) into `out`: the 5-tuple is decoded
-    here and a new flow's owner is asked for at once (`on_flow`, non-blocking): every
-    millisecond counts against a process that lives for five.
+    the caller's: NotFound, Malformed). The thread puts lists of up to BATCH (ts_ns,
+    iface_index, bytes, decoded, flow key, what on_flow returned for it) into `out`: the
+    5-tuple is decoded here and a new flow's owner is asked for at once (`on_flow`,
+    non-blocking): every millisecond counts against a process that lives for five.
     """
 
     def __init__(self, adapters: list[str], bpf: str):
@@ -123,6 +124,7 @@ class SnifferProcess:
         self.adapters = [Adapter(i, n, lt) for i, (n, lt) in enumerate(info["adapters"])]
         self.drops, self.child_overflow = [0] * len(self.adapters), 0
         self.on_lost = None  # told a message when the process ended on its own
+        self.fed = 0  # packets put into the capture's queue so far
         self._stopping = False
 
     def _frame(self) -> tuple[bytes, bytes]:
@@ -151,6 +153,12 @@ class SnifferProcess:
                 continue
             if kind != b"P":
                 break
+            # One queue item per BATCH packets, not per packet: a put costs a lock and a
+            # wake-up of the pipeline thread, which under API load was a quarter of the
+            # time the service's GIL was held (py-spy --gil, docs/ARCHITECTURE.md).
+            batch: list = []
+            # the flow's entry, asked once per flow and frame (see _item)
+            refs: dict = {}
             off, end = 0, len(payload)
             while off < end:
                 ts, iface, n = unpack(payload, off)
@@ -158,13 +166,21 @@ class SnifferProcess:
                 data = payload[off:off + n]
                 off += n
                 try:
-                    item = _item(ts, iface, data, linktypes[iface], on_flow, icmp)
+                    item = _item(ts, iface, data, linktypes[iface], on_flow, icmp, refs)
                 except Exception:  # noqa: BLE001 - one bad packet must not stop the sniffer
                     log.exception("sniffer: packet handling failed")
                     continue
-                # Waiting here for a full queue is safe: the kernel ring is drained by the
-                # process, whose buffer (256 MiB) takes the wait and counts its overflow.
-                put(item)
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    # Waiting here for a full queue is safe: the kernel ring is drained by
+                    # the process, whose buffer (256 MiB) takes the wait and counts its
+                    # overflow.
+                    self.fed += len(batch)
+                    put(batch)
+                    batch = []
+            if batch:
+                self.fed += len(batch)
+                put(batch)
         if not self._stopping:
             code = self.proc.wait()
             message = f"the sniffer process ended unexpectedly (exit status {code})"
@@ -206,17 +222,26 @@ class SnifferProcess:
             self.proc.wait()
 
 
-def _item(ts, iface, data, linktype, on_flow, icmp) -> tuple:
+def _item(ts, iface, data, linktype, on_flow, icmp, refs) -> tuple:
+    """(ts_ns, iface, bytes, decoded, flow key, the flow's entry). `refs` keeps the entries
+    asked for in this frame: on_flow (Attribution.entry) is asked once per flow and frame
+    (a frame is at most a few ms of traffic) and again on a client's SYN, which may start a
+    new connection on a reused tuple: the packets after it keep the new entry."""
     d = decode(linktype, data)
     key = ref = None
     if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
         key = (d.proto, d.src, d.sport, d.dst, d.dport)
         if on_flow is not None:
-            ref = on_flow(key, d.proto == 6 and d.tcp_flags & 0x12 == 0x02)
+            syn = d.proto == 6 and d.tcp_flags & 0x12 == 0x02
+            ref = None if syn else refs.get(key)
+            if ref is None:
+                ref = refs[key] = on_flow(key, syn)
     elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
             and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
         ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
         key = (d.proto, d.src, ident, d.dst, ident)
         if on_flow is not None:
-            ref = on_flow(key, False)
+            ref = refs.get(key)
+            if ref is None:
+                ref = refs[key] = on_flow(key, False)
     return (ts, iface, data, d, key, ref)

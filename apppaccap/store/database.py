@@ -2,7 +2,8 @@
 
 Everything that changes a database goes through `write(fn)` (a callable run on
 the writer thread inside one transaction) so there is never a second writer;
-`read(sql, params)` uses a per-thread read-only connection.
+`read(sql, params)` uses a read-only connection per thread, lent to a later thread once
+its thread has ended.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from concurrent.futures import Future
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 FILE_MODE = 0o600  # catalog and capture databases hold password hashes and packets
 
 _STOP = object()
+MAX_IDLE_READERS = 8  # read connections kept per database for the next threads
 
 # Binding None makes the sqlite3 module look for an adapter the slow way (two failed
 # attribute lookups per value); an identity adapter found in its table is ~3x cheaper,
@@ -54,6 +57,26 @@ def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+class _Lease:
+    """A read connection lent to one thread; given back when the thread ends (its
+    thread-local values go, and with them this). The web server starts a thread per
+    request: opening a connection (and parsing the schema) for each one cost ~0.3 ms a
+    database, twice a request or more (benchmarks/api_load.py)."""
+
+    __slots__ = ("conn", "idle", "refs")
+
+    def __init__(self, conn: sqlite3.Connection, idle: list, refs: int):
+        # refs: references to conn when only one variable held it (sqlite3 keeps some of
+        # its own: the statement cache)
+        self.conn, self.idle, self.refs = conn, idle, refs
+
+    def __del__(self):
+        # A cursor still alive (it references its connection) may hold a statement open,
+        # and with it its snapshot: such a connection is not lent again.
+        if sys.getrefcount(self.conn) <= self.refs and len(self.idle) < MAX_IDLE_READERS:
+            self.idle.append(self.conn)  # list.append is atomic: no lock needed
+
+
 class Database:
     """A SQLite file with its writer thread."""
 
@@ -63,6 +86,7 @@ class Database:
         create_private(path)
         self._conn = connect(path)
         self._local = threading.local()
+        self._idle: list[sqlite3.Connection] = []  # read connections of threads that ended
         self._closed = False
         self._faulty = False  # a disk fault was logged and no write has succeeded since
         if migrations:
@@ -123,11 +147,15 @@ class Database:
 
     # -- reading -------------------------------------------------------------
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.path, readonly=True)
-            self._local.conn = conn
-        return conn
+        lease = getattr(self._local, "lease", None)
+        if lease is None:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                conn = connect(self.path, readonly=True)
+            refs = sys.getrefcount(conn)  # before the call below puts conn on the stack
+            lease = self._local.lease = _Lease(conn, self._idle, refs)
+        return lease.conn
 
     def queued(self) -> int:
         """Writes waiting for the writer thread (metrics: writer queue depth)."""
@@ -150,6 +178,9 @@ class Database:
             self._closed = True
             self._queue.put(_STOP)
             self._thread.join(10)
+            # idle readers go (closed when dropped: the file may be deleted next); one a
+            # thread took meanwhile stays open for it, as thread-local ones always did
+            self._idle.clear()
 
 
 def tables(conn: sqlite3.Connection) -> sqlite_utils.Database:

@@ -16,6 +16,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from apppaccap.api import encoded
 from apppaccap.api import endpoints  # noqa: F401 - importing registers every action
 from apppaccap.api.envelope import envelope
 from apppaccap.api.envelope import error_envelope
@@ -152,7 +153,8 @@ def create_app(ctx) -> Flask:
             body = dispatch(call, name, raw)
         except AppError as err:  # refused before any action ran
             body = error_envelope(err)
-        resp = Response(json.dumps(body, default=str), 200, mimetype="application/json")
+        # encoded.dumps: pages whose JSON SQLite built are copied in as they are
+        resp = Response(encoded.dumps(body), 200, mimetype="application/json")
         _token_cookie(resp, name, body)
         return resp
 

@@ -97,7 +97,7 @@ class AppCollector:
             fams["dropped"].add_metric(label, cap.dropped)
             fams["attributed"].add_metric(label, cap.attributed)
             fams["unknown"].add_metric(label, cap.unknown)
-            queue.add_metric(label, cap.q.qsize())
+            queue.add_metric(label, cap.queued)
             writer.add_metric(label, cap.db.queued())
         yield from fams.values()
         yield queue

@@ -1,9 +1,15 @@
 """The HTTP server in front of the Flask app: who is on the other end, bounded draining,
 access-log lines without tokens.
 
-werkzeug's server answers one request per connection (it always sends Connection: close),
-so what is learnt about a connection here is learnt per request: nothing outlives the
-socket it was learnt from.
+werkzeug's server sends Connection: close on every answer (its post-answer drain reads
+whatever the socket holds, which would eat a kept-alive client's next request). The door
+keeps a connection open when the request's body is delimited by one plain Content-Length
+(or there is none): the body is read through `_Body`, which never reads past it, so the
+drain stops at the next request. Everything else (chunked or doubtful framing, a body left
+unread, an answer that failed half-way, a client asking to close) closes as before. Each
+request on a kept connection goes through the whole app (token, origin, CSRF, size
+limits); what is learnt about the connection (the caller's uid, its place in the
+per-caller bound) lives as long as the socket it was learnt from.
 """
 
 from __future__ import annotations
@@ -51,6 +57,47 @@ class RedactTokens(logging.Filter):
         return True
 
 
+FAILED = "apppaccap.answer_failed"  # environ key: the app raised (the answer may be cut)
+
+
+class _Body:
+    """A request's body on a kept-alive connection: the socket's stream, never read past
+    the declared Content-Length (what follows is the next request)."""
+
+    def __init__(self, raw, length: int):
+        self._raw = raw
+        self.left = length
+
+    def read(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self._raw.read(want)
+        self.left -= len(data)
+        return data
+
+    def read1(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self._raw.read1(want)
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buf) -> int:
+        data = self.read(len(buf))
+        buf[:len(data)] = data
+        return len(data)
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        want = self.left if size is None or size < 0 else min(size, self.left)
+        data = self._raw.readline(want)
+        self.left -= len(data)
+        return data
+
+
 class _BoundedDrain:
     """Stands in for the request's input once the app has it: werkzeug's post-answer drain
     then reads at most DRAIN_CHUNK bytes at a time and DRAIN_BYTES in all."""
@@ -85,9 +132,40 @@ class DoorRequestHandler(WSGIRequestHandler):
 
     def make_environ(self):
         environ = super().make_environ()  # keeps the real input as wsgi.input
-        environ[PEER_UID] = self.server.peers.uid(self.connection)
-        self.rfile = _BoundedDrain(self.rfile)
+        environ[PEER_UID] = self.server.peer_uid(self.connection)
+        self._body = None
+        length = _plain_length(self.headers)
+        if length is not None and not self.close_connection:
+            self._body = environ["wsgi.input"] = _Body(self.rfile, length)
+            self.rfile = _BoundedDrain(self._body)
+        else:
+            self.close_connection = True
+            self.rfile = _BoundedDrain(self.rfile)
         return environ
+
+    def handle_one_request(self):
+        raw = self.rfile  # the socket's stream: the next request line is read from it
+        try:
+            super().handle_one_request()
+        finally:
+            self.rfile = raw
+
+    def run_wsgi(self):
+        super().run_wsgi()
+        body = getattr(self, "_body", None)
+        if body is None or body.left > 0 or self.environ.get(FAILED):
+            # a body not read to its end, or an answer cut by a failure: the stream's
+            # place is unknown, so no request may follow on it
+            self.close_connection = True
+
+    def send_header(self, keyword, value):
+        # werkzeug says close on every answer; a kept connection drops that header
+        body = getattr(self, "_body", None)
+        if (keyword.lower() == "connection" and value.lower() == "close"
+                and body is not None and not self.close_connection
+                and _finish(body)):
+            return
+        super().send_header(keyword, value)
 
 
 class DoorServer(ThreadedWSGIServer):
@@ -102,11 +180,12 @@ class DoorServer(ThreadedWSGIServer):
     """
 
     def __init__(self, host: str, port: int, app, settings=None):
-        super().__init__(host, port, app, DoorRequestHandler)
+        super().__init__(host, port, _watched(app), DoorRequestHandler)
         self.peers = PeerLookup()
         self.settings = settings
         self._open: dict[object, int] = {}
         self._open_lock = threading.Lock()
+        self._uids: dict[object, int | None] = {}  # accepted socket -> its caller's uid
 
     def limit(self, key: str) -> int:
         default = int(DEFAULTS[key])
@@ -117,9 +196,16 @@ class DoorServer(ThreadedWSGIServer):
         except Exception:  # noqa: BLE001 - a catalog fault must not stop the accept loop
             return default
 
+    def peer_uid(self, request) -> int | None:
+        """The caller's uid, asked of the kernel once per connection (at accept)."""
+        try:
+            return self._uids[request]
+        except KeyError:
+            return self.peers.uid(request)
+
     def _caller(self, request) -> object | None:
         """The quota a connection counts against; None: not counted (root)."""
-        uid = self.peers.uid(request)
+        uid = self._uids[request] = self.peers.uid(request)
         if uid is not None and uid in (0, os.geteuid()):
             return None
         return uid if uid is not None else "unidentified"
@@ -130,6 +216,7 @@ class DoorServer(ThreadedWSGIServer):
             cap = self.limit("max_connections_per_caller")
             with self._open_lock:
                 if self._open.get(caller, 0) >= cap:
+                    self._uids.pop(request, None)
                     return self._refuse(request, cap)
                 self._open[caller] = self._open.get(caller, 0) + 1
         thread = threading.Thread(target=self._serve, args=(request, client_address, caller),
@@ -137,6 +224,7 @@ class DoorServer(ThreadedWSGIServer):
         try:
             thread.start()
         except RuntimeError:  # no thread can be started: refuse this one, keep accepting
+            self._uids.pop(request, None)
             self._release(caller)
             self.shutdown_request(request)
 
@@ -144,6 +232,7 @@ class DoorServer(ThreadedWSGIServer):
         try:
             self.process_request_thread(request, client_address)
         finally:
+            self._uids.pop(request, None)
             self._release(caller)
 
     def _release(self, caller) -> None:
@@ -168,6 +257,62 @@ class DoorServer(ThreadedWSGIServer):
         except OSError:
             pass
         self.shutdown_request(request)
+
+
+def _finish(body: _Body) -> bool:
+    """Read what is left of a small body the app did not read (a request refused before
+    its body: bad origin, no token), so the connection can carry the next request; a
+    larger rest is left to the bounded drain, and the connection closes."""
+    if body.left > DRAIN_CHUNK:
+        return False
+    try:
+        while body.left > 0 and body.read(body.left):
+            pass
+    except OSError:
+        return False
+    return body.left == 0
+
+
+def _plain_length(headers) -> int | None:
+    """The body's length when one plain Content-Length delimits it (0 without a body);
+    None when the framing is anything else (chunked, several lengths, not a number)."""
+    if headers.get_all("Transfer-Encoding"):
+        return None
+    lengths = headers.get_all("Content-Length") or []
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or not lengths[0].strip().isdigit():
+        return None
+    return int(lengths[0].strip())
+
+
+def _watched(app):
+    """The app, with a failure it raises marked in the request's environ (FAILED)."""
+    def call(environ, start_response):
+        try:
+            answer = app(environ, start_response)
+        except BaseException:
+            environ[FAILED] = True
+            raise
+        return _WatchedAnswer(answer, environ)
+    return call
+
+
+class _WatchedAnswer:
+    def __init__(self, answer, environ):
+        self._answer, self._environ = answer, environ
+
+    def __iter__(self):
+        try:
+            yield from self._answer
+        except BaseException:
+            self._environ[FAILED] = True
+            raise
+
+    def close(self):
+        close = getattr(self._answer, "close", None)
+        if close is not None:
+            close()
 
 
 def make_door_server(host: str, port: int, app, settings=None):
