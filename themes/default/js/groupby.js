@@ -78,14 +78,19 @@ var App = window.App || (window.App = {});
         top: Number($top.val()), series: 1, filter: $filter.val().trim()};
       if ($range.val()) p.relative_time = $range.val();
       $status.text("Loading\u2026");
+      // choices made in a row each ask; answers can come back in any order (kept-alive
+      // connections run side by side), and only the last choice's may be drawn
+      var my = ++seq;
       api("stats_group_by", p).then(function (g) {
+        if (my !== seq) return;
         var rows = g.Rows.slice();
         if (g.Other.Groups) rows.push($.extend({Key: "", Name: "Other (" + g.Other.Groups + " more)", other: "o"}, g.Other));
         rows.push($.extend({Key: "", Name: "Total", other: "t"}, g.Total));
         table.set(rows);
         $status.text(g.Total.Groups + " groups \u00b7 per " + fmt.duration(g.BucketSeconds * 1e7) + " in the sparklines");
-      }, function (r) { table.set([]); $status.text(""); ui.error(r); });
+      }, function (r) { if (my !== seq) return; table.set([]); $status.text(""); ui.error(r); });
     }
+    var seq = 0;
     $source.add($group).add($metric).add($dir).add($range).add($top).on("change", load);
     $filter.on("keydown", function (e) { if (e.key === "Enter") load(); });
     var $section = ui.section("Group by", ui.button("Refresh", "small", function () { fillSources().then(load); })).addClass("groupby").append(
