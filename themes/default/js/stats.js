@@ -100,16 +100,18 @@ var App = window.App || (window.App = {});
         }));
       }
       $out.empty().append(ui.el("p", "muted", "Loading statistics\u2026"));
-      var range = p;
+      var range = p, my = ++loads;   // only the last choice's answer is drawn
       api(action, p).then(function (s) {
+        if (my !== loads) return;
         draw($out, s, {metric: $metric.val(), onDrill: function (kind, value) { drill = {kind: kind, value: value}; load(); }});
         if (!drill) {
           var $procs = ui.el("div", "procsection");
           $out.append($procs);
           App.procStats.render($procs, range);
         }
-      }, function (r) { $out.empty().append(ui.el("p", "error", r.ReturnValue)); App.fail(r); });
+      }, function (r) { if (my !== loads) return; $out.empty().append(ui.el("p", "error", r.ReturnValue)); App.fail(r); });
     }
+    var loads = 0;
     $range.on("change", function () { $from.add($to).toggle(this.value === "custom"); load(); });
     $from.add($to).on("change", load);
     $metric.on("change", load);
