@@ -41,7 +41,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from apppaccap.settings import Settings  # noqa: E402
 from apppaccap.store.catalog import Catalog  # noqa: E402
-from benchmarks.live_rate import sender_binary  # noqa: E402
+from benchmarks.sender import sender_binary  # noqa: E402
 
 FRAME = 14 + 20 + 8 + 100
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -128,7 +128,7 @@ def send(service: Service, rate: int, seconds: float) -> dict:
     before = cpu_seconds(service.proc.pid)
     started = time.monotonic()
     sender = subprocess.Popen([sender_binary(), str(sink.getsockname()[1]), str(rate),
-                               str(seconds)], stdout=subprocess.PIPE, text=True)
+                               str(seconds), "100"], stdout=subprocess.PIPE, text=True)
     while sender.poll() is None:
         try:
             while True:

@@ -5,6 +5,14 @@ recorder runs all the time), counts the packet's wire length (link header + the 
 length, so a cut packet still counts whole) under the raw 5-tuple, and asks attribution
 about a flow the first time it is seen in a tick and on every TCP SYN. A flow still being
 labelled (usage/applabel.py: its first packets only) also hands its packet to nDPI.
+
+That callback runs in Python for every packet, holding the GIL the web server needs (at
+20,000 packets/s a Python call per packet in the service). Where the compiled module
+(usage/_usagecount.c, built by setup.py) is there, the handle is its own and all of this
+is done in C with the GIL released; Python is called only for a flow's first sighting in a
+tick, a TCP SYN and the packets nDPI still wants. The Python callback below is the
+reference (tests/test_usage_counting.py counts the same packets both ways) and the path
+where the module is missing.
 """
 
 from __future__ import annotations
@@ -14,6 +22,13 @@ import select
 import socket
 import threading
 import time
+
+try:
+    from apppaccap.usage._usagecount import open_live
+    from apppaccap.usage._usagecount import open_offline
+except ImportError:  # no compiler or libpcap headers at install time (Windows): Python path
+    open_live = open_offline = None
+COMPILED = open_live is not None
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +44,24 @@ LINKS = {1: (12, 14), 113: (14, 16), 276: (0, 20), 12: (None, 0), 101: (None, 0)
          228: (None, 0), 229: (None, 0)}
 
 
-def open_usage_handle(adapter: str):
+def open_usage_handle(adapter: str, python: bool = False):
+    """A nonblocking handle on `adapter`: the compiled module's, or pypcap's (`python`, or
+    without the module)."""
+    if COMPILED and not python:
+        return open_live(adapter, SNAPLEN, BUFFER_BYTES, 50)
     import pcap  # lazily: only capturing needs libpcap loaded
     h = pcap.pcap(name=adapter, snaplen=SNAPLEN, promisc=False, immediate=False,
                   timestamp_in_ns=True, buffer_size=BUFFER_BYTES, timeout_ms=50)
     h.setnonblock(True)
     return h
+
+
+def open_usage_file(path: str, python: bool = False):
+    """A capture file read as an adapter would be (tests: both paths on the same packets)."""
+    if COMPILED and not python:
+        return open_offline(path)
+    import pcap
+    return pcap.pcap(name=path, timestamp_in_ns=True)
 
 
 def ip_text(raw: bytes) -> str:
@@ -53,6 +80,9 @@ class Counter:
         # raw (proto, src, sport, dst, dport) → [packets, bytes, key5, nDPI state or None]
         self.counts: dict = {}
         self.lock = threading.Lock()
+        # the compiled handle counts in C (its own table and lock)
+        self.compiled = hasattr(handle, "count")
+        self._dispatch = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"usage:{name}", daemon=True)
 
@@ -60,15 +90,40 @@ class Counter:
         self._thread.start()
 
     def take(self) -> dict:
+        """raw (proto, src, sport, dst, dport) → [packets, bytes, key5, nDPI state or None]
+        since the last take."""
+        if self.compiled:
+            return self.handle.take()
         with self.lock:
             counts, self.counts = self.counts, {}
         return counts
 
+    def read(self) -> bool:
+        """Count what the handle has now (the reading thread's step; a capture file: all of
+        it). False when the link type is not counted."""
+        if self._dispatch is None:
+            if LINKS.get(self.linktype) is None:
+                return False
+            self._dispatch = self._compiled() if self.compiled else self._callback()
+        self._dispatch()
+        return True
+
+    def _compiled(self):
+        on_flow = self.on_flow
+        labeller = self.labeller
+        begin = labeller.begin if labeller is not None else None
+
+        def on_new(key5, syn, ts):
+            # the order of on_packet below: nDPI's state first, then attribution's ask
+            st = begin(key5, ts) if begin is not None else None
+            on_flow(key5, syn)
+            return st
+        feed = labeller.feed if labeller is not None else None
+        count = self.handle.count
+        return lambda: count(on_new, on_flow, feed)
+
     def _callback(self):
-        link = LINKS.get(self.linktype)
-        if link is None:
-            return None
-        type_at, hdr = link
+        type_at, hdr = LINKS[self.linktype]
         on_flow = self.on_flow
         frm = int.from_bytes
         labeller = self.labeller
@@ -150,12 +205,12 @@ class Counter:
             close_handle(self.handle)
 
     def _loop(self):
-        dispatch = self._callback()
-        if dispatch is None:
+        if LINKS.get(self.linktype) is None:
             log.info("usage: adapter %s has link type %d, not counted", self.name,
                      self.linktype)
             return
         fd = self.handle.fileno()
+        read = self.read
         sweep = self.labeller.sweep if self.labeller is not None else None
         while not self._stop.is_set():
             ready, _, _ = select.select([fd], [], [], 0.1)
@@ -163,7 +218,7 @@ class Counter:
                 sweep(time.time_ns())
             if ready:
                 try:
-                    dispatch()
+                    read()
                 except OSError:
                     if self._stop.is_set():
                         break

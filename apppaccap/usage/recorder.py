@@ -1,10 +1,11 @@
 """The usage recorder: counters per program × remote endpoint × direction.
 
-Sniffing threads (counting.py, one per up adapter, 128-byte snaplen) count bytes per raw
-5-tuple. Once a second the tick thread takes those counters, labels each flow through a
-read-only FlowLookup (attribution/lookup.py: a live capture's answer when it has one,
-else its own sock_diag/procfs lookups; it never touches the captures' flow table; a flow
-still being resolved waits up to 3 ticks, then counts as nobody's, process_id 0), and
+Sniffing threads (counting.py, one per up adapter; the per-packet work in C where
+usage/_usagecount.c is built) count bytes per raw 5-tuple. Once a second the tick thread
+takes those counters, labels each flow through a read-only FlowLookup
+(attribution/lookup.py: a live capture's answer when it has one, else its own
+sock_diag/procfs lookups; it never touches the captures' flow table; a flow still being
+resolved waits up to 3 ticks, then counts as nobody's, process_id 0), and
 files them:
 - in memory, one dict per second for the last 10 minutes (the ring, `RING_SECONDS`);
 - per minute, written to the catalog's `usage_minute` (store/usage.py) when the minute
