@@ -423,11 +423,18 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     return key;
 }
 
-/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts */
-static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long size) {
-    PyObject *k = Py_BuildValue("(OL)", conn, ts / AGG_NS), *v;
+/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts (`t`: ts as an int, the
+ * object conn.last got). Tuple and list made directly, `t` shared: Py_BuildValue's format
+ * parsing and a second int for ts cost ~0.1 s per 1M packets. */
+static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *t,
+                     long long size) {
+    PyObject *k = PyTuple_New(2), *sec, *v;
     int rc = 0;
     if (k == NULL) return -1;
+    if ((sec = PyLong_FromLongLong(ts / AGG_NS)) == NULL) { Py_DECREF(k); return -1; }
+    Py_INCREF(conn);
+    PyTuple_SET_ITEM(k, 0, conn);
+    PyTuple_SET_ITEM(k, 1, sec);
     v = PyDict_GetItemWithError(flowsec, k);
     if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
         PyErr_SetString(PyExc_TypeError, "flowsec values must be [packets, bytes, first, last]");
@@ -435,23 +442,35 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long 
         return -1;
     }
     if (v == NULL) {
+        PyObject *n, *b;
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
-        v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
-        if (v == NULL) { Py_DECREF(k); return -1; }
+        v = PyList_New(4);
+        n = PyLong_FromLong(1);
+        b = PyLong_FromLongLong(size);
+        if (v == NULL || n == NULL || b == NULL) {
+            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
+            return -1;
+        }
+        Py_INCREF(t);
+        Py_INCREF(t);
+        PyList_SET_ITEM(v, 0, n);   /* steals */
+        PyList_SET_ITEM(v, 1, b);
+        PyList_SET_ITEM(v, 2, t);
+        PyList_SET_ITEM(v, 3, t);
         rc = PyDict_SetItem(flowsec, k, v);
         Py_DECREF(v);
     } else {
         long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
         long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
-        PyObject *n, *b, *t;
+        PyObject *n, *b;
         if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
         n = PyLong_FromLongLong(n0 + 1);
         b = PyLong_FromLongLong(b0 + size);
-        t = PyLong_FromLongLong(ts);
-        if (n == NULL || b == NULL || t == NULL) {
-            Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(k);
+        if (n == NULL || b == NULL) {
+            Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
             return -1;
         }
+        Py_INCREF(t);
         PyList_SetItem(v, 0, n);   /* steals */
         PyList_SetItem(v, 1, b);
         PyList_SetItem(v, 3, t);
@@ -513,6 +532,15 @@ static PyObject *open_state(const Dpi *d, PyObject *conn, PyObject *cid) {
     return st;
 }
 
+/* (obj, port) */
+static PyObject *int_pair(PyObject *obj, long port) {
+    PyObject *n = PyLong_FromLong(port), *t;
+    if (n == NULL) return NULL;
+    t = PyTuple_Pack(2, obj, n);
+    Py_DECREF(n);
+    return t;
+}
+
 /* Recorder.conn_for for the first packet of a flow the scanner does not know: the new
  * Conn registered in rec.conns and in the scanner's flows under `key` (with its nDPI
  * state when labels are on). Returns 1 (entry set, borrowed from flows), 0 (the
@@ -522,18 +550,21 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     const Maker *m = &s->mk;
     PyObject *src = NULL, *dst = NULL, *a = NULL, *b = NULL;
     PyObject *pkey = NULL, *conn = NULL, *cid = NULL, *host, *st = NULL, *e = NULL;
-    PyObject *local, *remote;
+    PyObject *local, *remote, *proto = NULL, *tsobj = NULL;
     int rc = -1, swap = 0, le;
     long long next;
 
     if ((src = addr_text(f->sa, f->alen)) == NULL || (dst = addr_text(f->da, f->alen)) == NULL)
         goto done;
-    if ((a = Py_BuildValue("(Oi)", src, f->sport)) == NULL ||
-        (b = Py_BuildValue("(Oi)", dst, f->dport)) == NULL)
+    /* tuples made directly (here and below): Py_BuildValue parses its format each time,
+     * ~500 instructions a call */
+    if ((a = int_pair(src, f->sport)) == NULL || (b = int_pair(dst, f->dport)) == NULL)
         goto done;
     /* labels.flow_key: (proto, smaller endpoint, larger one), compared as Python does */
     if ((le = PyObject_RichCompareBool(a, b, Py_LE)) < 0) goto done;
-    if ((pkey = Py_BuildValue("(iOO)", f->proto, le ? a : b, le ? b : a)) == NULL) goto done;
+    if ((proto = PyLong_FromLong(f->proto)) == NULL ||
+        (pkey = PyTuple_Pack(3, proto, le ? a : b, le ? b : a)) == NULL)
+        goto done;
     if (PyDict_GetItemWithError(m->conns, pkey) != NULL) { rc = 0; goto done; }
     if (PyErr_Occurred()) goto done;
     /* the originator is "local" unless a SYN+ACK or the local addresses say otherwise */
@@ -552,7 +583,11 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     if ((cid = PyObject_GetAttr(m->rec, a_next_conn)) == NULL) goto done;
     next = PyLong_AsLongLong(cid);
     if (next == -1 && PyErr_Occurred()) goto done;
-    conn = PyObject_CallFunction(m->cls, "OiOOL", cid, f->proto, local, remote, ts);
+    if ((tsobj = PyLong_FromLongLong(ts)) == NULL) goto done;
+    {
+        PyObject *cargs[5] = {cid, proto, local, remote, tsobj};
+        conn = PyObject_Vectorcall(m->cls, cargs, 5, NULL);
+    }
     if (conn == NULL) goto done;
     host = PyDict_GetItemWithError(m->hostnames, swap ? src : dst);
     if (host == NULL && PyErr_Occurred()) goto done;
@@ -575,15 +610,15 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     }
     /* a_is_local: whether the key's first endpoint is the connection's local one */
     e = (st != NULL && st != Py_None)
-        ? Py_BuildValue("(OOOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
-        : Py_BuildValue("(OOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
+        ? PyTuple_Pack(4, conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
+        : PyTuple_Pack(3, conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
     if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
     *entry = e;   /* flows holds it */
     rc = 1;
 done:
     Py_XDECREF(src); Py_XDECREF(dst); Py_XDECREF(a);
     Py_XDECREF(b); Py_XDECREF(pkey); Py_XDECREF(conn); Py_XDECREF(cid); Py_XDECREF(st);
-    Py_XDECREF(e);
+    Py_XDECREF(e); Py_XDECREF(proto); Py_XDECREF(tsobj);
     return rc;
 }
 
@@ -689,10 +724,12 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         cadd(conn, out ? a_bout : a_bin, origlen) < 0)
         return -1;
     {
+        /* one int for conn.last and the flow's second counters (aggregate) */
         PyObject *t = PyLong_FromLongLong(ts);
         int rc;
         if (t == NULL) return -1;
         rc = cset(conn, a_last, t);
+        if (rc == 0) rc = aggregate(s->flowsec, conn, ts, t, origlen);
         Py_DECREF(t);
         if (rc < 0) return -1;
     }
@@ -761,7 +798,6 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         p = put(p, (unsigned long long)boff, 4);
         put(p, iface, 4);
     }
-    if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
         (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
