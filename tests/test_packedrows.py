@@ -130,3 +130,25 @@ def test_statistics_bound_in_c_equal_the_sqlite3_module(tmp_path):
         finally:
             db.close()
     assert out[0] == out[1] and len(out[0][0]) > 500 and len(out[0][1]) > 500
+
+
+def test_packed_flow_counters_equal_the_flat_tuples(monkeypatch):
+    # what the parsing process hands the bulk writer (flowagg.pack_flows, in C and in
+    # Python) read back with the batch's connection rows gives aggregates.flat's tuples,
+    # in the same order (the IPs' ids follow it), flows that are no connection included
+    from apppaccap.capture.aggregates import flat
+    from apppaccap.capture.recorder import Conn
+    from apppaccap.store import flowagg
+
+    a = Conn(3, 6, ("10.0.0.1", 40003), ("10.0.0.2", 443), 10)
+    b = Conn(7, 17, ("fe80::1", 5353), ("fe80::2", 53), 10)
+    flowsec = {(a, 1): [1, 60, 10, 10], ((1, "10.0.0.9", "10.0.0.1", 0, 0), 1): [2, 98, 11, 12],
+               (b, 2): [3, 300, 2**63 - 2, 2**63 - 1], (a, 2): [4, 240, 20, 30]}
+    rows = {3: a.row(), 7: b.row()}
+    assert flowagg._c_pack_flows is not None  # noqa: SLF001 - the compiled twin is built
+    compiled = flowagg.pack_flows(flowsec)
+    with pytest.raises(TypeError):
+        flowagg.pack_flows({(a, 1): (1, 2)})
+    monkeypatch.setattr(flowagg, "_c_pack_flows", None)
+    assert flowagg.pack_flows(flowsec) == compiled
+    assert list(flowagg.unpack_flows(*compiled, rows)) == flat(flowsec)

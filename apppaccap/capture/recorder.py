@@ -11,7 +11,6 @@ import logging
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.capture.aggregates import expand
-from apppaccap.capture.aggregates import flat
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.errors import IOFailure
 from apppaccap.pcap.pcapng_writer import EPB_FLAGS
@@ -19,6 +18,7 @@ from apppaccap.pcap.pcapng_writer import frame_epb
 from apppaccap.store.capturedb import NAME_DOMAIN
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.faults import io_failure
+from apppaccap.store.flowagg import pack_flows
 from apppaccap.wire import Direction
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ class Recorder:
             # (store/flowagg.py), off the parsing process's core
             args = (batch.rows, batch.buf, conns, procs, threads, None, None, batch.plain,
                     None, batch.names)
-            self.pending = self.bulk.submit_batch(args, (flat(batch.flowsec), batch.procsec))
+            self.pending = self.bulk.submit_batch(args, (*pack_flows(batch.flowsec), batch.procsec))
             return
         ips, agg, per_sec = self._expand()
         args = (batch.rows, batch.buf, conns, procs, threads, ips, agg, batch.plain, per_sec,

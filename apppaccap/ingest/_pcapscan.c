@@ -423,11 +423,18 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     return key;
 }
 
-/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts */
-static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long size) {
-    PyObject *k = Py_BuildValue("(OL)", conn, ts / AGG_NS), *v;
+/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts (`t`: ts as an int, the
+ * object conn.last got). Tuple and list made directly, `t` shared: Py_BuildValue's format
+ * parsing and a second int for ts cost ~0.1 s per 1M packets. */
+static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *t,
+                     long long size) {
+    PyObject *k = PyTuple_New(2), *sec, *v;
     int rc = 0;
     if (k == NULL) return -1;
+    if ((sec = PyLong_FromLongLong(ts / AGG_NS)) == NULL) { Py_DECREF(k); return -1; }
+    Py_INCREF(conn);
+    PyTuple_SET_ITEM(k, 0, conn);
+    PyTuple_SET_ITEM(k, 1, sec);
     v = PyDict_GetItemWithError(flowsec, k);
     if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
         PyErr_SetString(PyExc_TypeError, "flowsec values must be [packets, bytes, first, last]");
@@ -435,23 +442,35 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, long long 
         return -1;
     }
     if (v == NULL) {
+        PyObject *n, *b;
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
-        v = Py_BuildValue("[iLLL]", 1, size, ts, ts);
-        if (v == NULL) { Py_DECREF(k); return -1; }
+        v = PyList_New(4);
+        n = PyLong_FromLong(1);
+        b = PyLong_FromLongLong(size);
+        if (v == NULL || n == NULL || b == NULL) {
+            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
+            return -1;
+        }
+        Py_INCREF(t);
+        Py_INCREF(t);
+        PyList_SET_ITEM(v, 0, n);   /* steals */
+        PyList_SET_ITEM(v, 1, b);
+        PyList_SET_ITEM(v, 2, t);
+        PyList_SET_ITEM(v, 3, t);
         rc = PyDict_SetItem(flowsec, k, v);
         Py_DECREF(v);
     } else {
         long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
         long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
-        PyObject *n, *b, *t;
+        PyObject *n, *b;
         if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
         n = PyLong_FromLongLong(n0 + 1);
         b = PyLong_FromLongLong(b0 + size);
-        t = PyLong_FromLongLong(ts);
-        if (n == NULL || b == NULL || t == NULL) {
-            Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(k);
+        if (n == NULL || b == NULL) {
+            Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
             return -1;
         }
+        Py_INCREF(t);
         PyList_SetItem(v, 0, n);   /* steals */
         PyList_SetItem(v, 1, b);
         PyList_SetItem(v, 3, t);
@@ -471,12 +490,49 @@ typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_stat
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
     PyObject *flows, *plain, *blob, *flowsec, *dirty;
+    /* bytes of plain and blob in use: while scanning, their sizes grow by doubling, not by
+     * a resize a packet (bytearray grows ~1/8 at a time: its reallocations copied the
+     * batch ~8 times over, ~0.2 s per 1M packets of short flows); sink_trim cuts them
+     * back to what is used before Python sees them */
+    Py_ssize_t plain_used, blob_used;
     long long next_id;
     Dpi dpi;  /* dpi.mod NULL: no labelling */
     Maker mk;
 } Sink;
 
 static PyObject *a_next_conn, *a_hostname;
+
+/* `need` more bytes of `ba` after `*used` (which moves past them); NULL: exception */
+static unsigned char *reserve(PyObject *ba, Py_ssize_t *used, Py_ssize_t need) {
+    Py_ssize_t have = PyByteArray_GET_SIZE(ba), want = *used + need;
+    unsigned char *p;
+    if (want > have) {
+        Py_ssize_t grow = have < PY_SSIZE_T_MAX / 2 ? have * 2 : want;
+        if (grow < want) grow = want;
+        if (grow < 65536) grow = 65536;
+        if (PyByteArray_Resize(ba, grow) < 0) return NULL;
+    }
+    p = (unsigned char *)PyByteArray_AS_STRING(ba) + *used;
+    *used = want;
+    return p;
+}
+
+static void sink_start(Sink *s) {
+    s->plain_used = PyByteArray_GET_SIZE(s->plain);
+    s->blob_used = PyByteArray_GET_SIZE(s->blob);
+}
+
+/* plain and blob cut back to the bytes in use (a shrink keeps their allocation) */
+static int sink_trim(Sink *s) {
+    int rc = 0;
+    if (PyByteArray_GET_SIZE(s->plain) != s->plain_used &&
+        PyByteArray_Resize(s->plain, s->plain_used) < 0)
+        rc = -1;
+    if (PyByteArray_GET_SIZE(s->blob) != s->blob_used &&
+        PyByteArray_Resize(s->blob, s->blob_used) < 0)
+        rc = -1;
+    return rc;
+}
 
 static int parse_maker(PyObject *o, Maker *m) {
     memset(m, 0, sizeof(*m));
@@ -513,6 +569,15 @@ static PyObject *open_state(const Dpi *d, PyObject *conn, PyObject *cid) {
     return st;
 }
 
+/* (obj, port) */
+static PyObject *int_pair(PyObject *obj, long port) {
+    PyObject *n = PyLong_FromLong(port), *t;
+    if (n == NULL) return NULL;
+    t = PyTuple_Pack(2, obj, n);
+    Py_DECREF(n);
+    return t;
+}
+
 /* Recorder.conn_for for the first packet of a flow the scanner does not know: the new
  * Conn registered in rec.conns and in the scanner's flows under `key` (with its nDPI
  * state when labels are on). Returns 1 (entry set, borrowed from flows), 0 (the
@@ -522,18 +587,21 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     const Maker *m = &s->mk;
     PyObject *src = NULL, *dst = NULL, *a = NULL, *b = NULL;
     PyObject *pkey = NULL, *conn = NULL, *cid = NULL, *host, *st = NULL, *e = NULL;
-    PyObject *local, *remote;
+    PyObject *local, *remote, *proto = NULL, *tsobj = NULL;
     int rc = -1, swap = 0, le;
     long long next;
 
     if ((src = addr_text(f->sa, f->alen)) == NULL || (dst = addr_text(f->da, f->alen)) == NULL)
         goto done;
-    if ((a = Py_BuildValue("(Oi)", src, f->sport)) == NULL ||
-        (b = Py_BuildValue("(Oi)", dst, f->dport)) == NULL)
+    /* tuples made directly (here and below): Py_BuildValue parses its format each time,
+     * ~500 instructions a call */
+    if ((a = int_pair(src, f->sport)) == NULL || (b = int_pair(dst, f->dport)) == NULL)
         goto done;
     /* labels.flow_key: (proto, smaller endpoint, larger one), compared as Python does */
     if ((le = PyObject_RichCompareBool(a, b, Py_LE)) < 0) goto done;
-    if ((pkey = Py_BuildValue("(iOO)", f->proto, le ? a : b, le ? b : a)) == NULL) goto done;
+    if ((proto = PyLong_FromLong(f->proto)) == NULL ||
+        (pkey = PyTuple_Pack(3, proto, le ? a : b, le ? b : a)) == NULL)
+        goto done;
     if (PyDict_GetItemWithError(m->conns, pkey) != NULL) { rc = 0; goto done; }
     if (PyErr_Occurred()) goto done;
     /* the originator is "local" unless a SYN+ACK or the local addresses say otherwise */
@@ -552,7 +620,11 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     if ((cid = PyObject_GetAttr(m->rec, a_next_conn)) == NULL) goto done;
     next = PyLong_AsLongLong(cid);
     if (next == -1 && PyErr_Occurred()) goto done;
-    conn = PyObject_CallFunction(m->cls, "OiOOL", cid, f->proto, local, remote, ts);
+    if ((tsobj = PyLong_FromLongLong(ts)) == NULL) goto done;
+    {
+        PyObject *cargs[5] = {cid, proto, local, remote, tsobj};
+        conn = PyObject_Vectorcall(m->cls, cargs, 5, NULL);
+    }
     if (conn == NULL) goto done;
     host = PyDict_GetItemWithError(m->hostnames, swap ? src : dst);
     if (host == NULL && PyErr_Occurred()) goto done;
@@ -575,15 +647,15 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     }
     /* a_is_local: whether the key's first endpoint is the connection's local one */
     e = (st != NULL && st != Py_None)
-        ? Py_BuildValue("(OOOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
-        : Py_BuildValue("(OOO)", conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
+        ? PyTuple_Pack(4, conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
+        : PyTuple_Pack(3, conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
     if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
     *entry = e;   /* flows holds it */
     rc = 1;
 done:
     Py_XDECREF(src); Py_XDECREF(dst); Py_XDECREF(a);
     Py_XDECREF(b); Py_XDECREF(pkey); Py_XDECREF(conn); Py_XDECREF(cid); Py_XDECREF(st);
-    Py_XDECREF(e);
+    Py_XDECREF(e); Py_XDECREF(proto); Py_XDECREF(tsobj);
     return rc;
 }
 
@@ -689,10 +761,12 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         cadd(conn, out ? a_bout : a_bin, origlen) < 0)
         return -1;
     {
+        /* one int for conn.last and the flow's second counters (aggregate) */
         PyObject *t = PyLong_FromLongLong(ts);
         int rc;
         if (t == NULL) return -1;
         rc = cset(conn, a_last, t);
+        if (rc == 0) rc = aggregate(s->flowsec, conn, ts, t, origlen);
         Py_DECREF(t);
         if (rc < 0) return -1;
     }
@@ -709,15 +783,14 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     }
     if (PyDict_SetItem(s->dirty, conn_id, conn) < 0) return -1;
 
-    boff = PyByteArray_GET_SIZE(s->blob);
+    boff = s->blob_used;
     if (div) {
         /* the packet as the EPB export writes it (pcapng_writer.frame_epb): header,
          * data, padding, epb_flags, end of options, trailing length */
         uint32_t pad = (4 - (caplen & 3)) & 3, blen = 44 + caplen + pad;
         unsigned long long ticks = (unsigned long long)(ts / div);
         unsigned char *p;
-        if (PyByteArray_Resize(s->blob, boff + blen) < 0) return -1;
-        p = (unsigned char *)PyByteArray_AS_STRING(s->blob) + boff;
+        if ((p = reserve(s->blob, &s->blob_used, blen)) == NULL) return -1;
         p = put(p, 6, 4);
         p = put(p, blen, 4);
         p = put(p, iface, 4);
@@ -736,16 +809,15 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         put(p, blen, 4);
         boff += 28;
     } else {
-        if (PyByteArray_Resize(s->blob, boff + caplen) < 0) return -1;
-        memcpy(PyByteArray_AS_STRING(s->blob) + boff, data, caplen);
+        unsigned char *p = reserve(s->blob, &s->blob_used, caplen);
+        if (p == NULL) return -1;
+        memcpy(p, data, caplen);
     }
     {
-        Py_ssize_t at = PyByteArray_GET_SIZE(s->plain);
         long long cid = PyLong_AsLongLong(conn_id);
         unsigned char *p;
         if (cid == -1 && PyErr_Occurred()) return -1;
-        if (PyByteArray_Resize(s->plain, at + ROW_SIZE) < 0) return -1;
-        p = (unsigned char *)PyByteArray_AS_STRING(s->plain) + at;
+        if ((p = reserve(s->plain, &s->plain_used, ROW_SIZE)) == NULL) return -1;
         p = put(p, (unsigned long long)s->next_id, 8);
         p = put(p, (unsigned long long)ts, 8);
         p = put(p, origlen, 4);
@@ -761,7 +833,6 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         p = put(p, (unsigned long long)boff, 4);
         put(p, iface, 4);
     }
-    if (aggregate(s->flowsec, conn, ts, origlen) < 0) return -1;
     s->next_id++;
     if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
         (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
@@ -829,6 +900,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div,
                           &dpi, &mk))
         return NULL;
+    sink_start(&s);
     if (parse_dpi(dpi, &s.dpi) < 0 || parse_maker(mk, &s.mk) < 0) {
         PyBuffer_Release(&view);
         return NULL;
@@ -849,7 +921,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         long long ts;
         int rc;
 
-        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
+        if (taken >= max_rows || s.blob_used >= max_bytes) { code = FULL; break; }
         if (off >= size) { code = END; break; }
         if (off + rhl > size) { code = SLOW; break; }
         h = buf + off;
@@ -872,11 +944,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         off += rhl + caplen;
     }
     PyBuffer_Release(&view);
+    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyBuffer_Release(&view);
+    sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
 
@@ -915,6 +989,7 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi,
                           &mk))
         return NULL;
+    sink_start(&s);
     if (parse_dpi(dpi, &s.dpi) < 0 || parse_maker(mk, &s.mk) < 0) {
         PyBuffer_Release(&view);
         return NULL;
@@ -959,7 +1034,7 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
         long long ts;
         int rc;
 
-        if (taken >= max_rows || PyByteArray_GET_SIZE(s.blob) >= max_bytes) { code = FULL; break; }
+        if (taken >= max_rows || s.blob_used >= max_bytes) { code = FULL; break; }
         if (off >= size) { code = END; break; }
         if (off + 32 > size) { code = SLOW; break; }
         b = buf + off;
@@ -997,12 +1072,14 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
+    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
+    sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
 

@@ -48,6 +48,7 @@ from apppaccap.store.capturedb import write_stats_bulk
 from apppaccap.store.database import connect
 from apppaccap.store.faults import io_failure
 from apppaccap.store.flowagg import Totals
+from apppaccap.store.flowagg import unpack_flows
 
 # the parent asks the child to write the statistics it holds (BulkWriter.drain)
 WRITE_TOTALS = "totals"
@@ -105,8 +106,9 @@ def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
         db.execute("BEGIN IMMEDIATE")
         write_batch(db, *args[:5], None, None, args[7])
         db.execute("COMMIT")
-    if flows is not None:  # (flat flow counters, procsec): expanded here
-        totals.add_flows(*flows)
+    if flows is not None:  # (packed flow counters, extras, procsec): expanded here
+        packed, extras, procsec = flows
+        totals.add_flows(unpack_flows(packed, extras, args[2]), procsec)
         settled = totals.take_settled()
         if settled is not None:  # past seconds: written now, not in the final write
             _stats(db, rows, None, settled[0], (settled[1], None, None))
@@ -191,9 +193,10 @@ class BulkWriter:
         self._out.put((blob, ForkingPickler.dumps(msg)))
 
     def submit_batch(self, args, flows=None) -> Future:
-        """`args` as write_batch takes them; with `flows` - (flat flow counters, procsec)
-        as aggregates.flat gives them - its ips, agg and per_sec (None in `args`) are
-        expanded in the writer process (store/flowagg.py)."""
+        """`args` as write_batch takes them; with `flows` - (packed flow counters, extras,
+        procsec), flowagg.pack_flows's output and the process counters - its ips, agg and
+        per_sec (None in `args`) are expanded in the writer process (store/flowagg.py),
+        the connections' addresses read from `args`' connection rows."""
         while len(self.pending) >= self.depth:
             self._collect()
         fut: Future = Future()

@@ -7,9 +7,49 @@ ingest hands its flows over flat and the expansion leaves the parsing process.
 
 from __future__ import annotations
 
+from array import array
+from struct import iter_unpack
+
 from apppaccap.store.capturedb import AGG_ALL
 from apppaccap.store.capturedb import AGG_IP
 from apppaccap.store.capturedb import AGG_PORT
+
+try:  # the same in C (store/_packedrows.c), when the extension is built
+    from apppaccap.store._packedrows import pack_flows as _c_pack_flows
+except ImportError:  # pragma: no cover - built without libsqlite3-dev
+    _c_pack_flows = None
+
+
+def pack_flows(flowsec: dict):
+    """A batch's (flow, second) -> [packets, bytes, first, last] counters (flow: a
+    connection, or a (proto, src, dst, sport, dport) tuple) → (bytes of native int64
+    sextuples (conn id, second, packets, bytes, first, last), extras): what the bulk
+    writer gets instead of flat tuples (pickling those and their address strings cost the
+    parsing process more than making them). A tuple flow goes to `extras`, its id being
+    -1 - its index there; a connection's addresses are read back from the batch's
+    connection rows (unpack_flows), which hold every connection a packet touched."""
+    if _c_pack_flows is not None:
+        return _c_pack_flows(flowsec)
+    rows, extras = array("q"), []
+    for (flow, sec), (n, b, first, last) in flowsec.items():
+        if isinstance(flow, tuple):
+            cid = -1 - len(extras)
+            extras.append(flow)
+        else:
+            cid = flow.id
+        rows.extend((cid, sec, n, b, first, last))
+    return rows.tobytes(), extras
+
+
+def unpack_flows(packed, extras, conns: dict):
+    """pack_flows's output, with the batch's connection rows ({id: row}, row[1:6] = proto,
+    local ip, local port, remote ip, remote port) → the flat tuples expand_flows takes."""
+    for cid, sec, n, b, first, last in iter_unpack("6q", packed):
+        if cid >= 0:
+            r = conns[cid]
+            yield r[1], r[2], r[4], r[3], r[5], sec, n, b, first, last
+        else:
+            yield (*extras[-1 - cid], sec, n, b, first, last)
 
 
 def expand_flows(flows, procsec: dict):
