@@ -182,7 +182,11 @@ def test_stacked_chart_shows_two_programs_and_the_detail_lists_the_host(page, si
     pids = {int(p) for p in row.get_attribute("data-pids").split()}
     row.locator("td.name").click()
     page.click("#view-network .netdetail button:has-text('Capture this program')")
-    page.wait_for_url("**#/capture/*/packets")
+    try:  # a process capture starts its sniffer process: seconds on a loaded machine
+        page.wait_for_url("**#/capture/*/packets", timeout=30_000)
+    except Exception as exc:  # noqa: BLE001 - say what the page said instead of a timeout
+        raise AssertionError(f"no capture page: toasts {page.locator('.toast').all_inner_texts()}"
+                             f", captures {site.server.ok('capture_list_active')}") from exc
     cid = int(page.url.split("#/capture/")[1].split("/")[0])
     cap = next(c for c in site.server.ok("capture_list_active") if c["CaptureId"] == cid)
     assert cap["Pid"] in pids, (cap, pids)
