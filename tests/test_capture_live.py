@@ -26,6 +26,8 @@ def test_system_capture_matches_tcpdump_and_labels_curl(live_ajax, http_server, 
     curls = []
     while len(curls) < 5:
         lport = free_port()
+        if lport in curls:  # free again while in TIME_WAIT, and loopback reuses the tuple
+            continue        # (tcp_tw_reuse=2): two curls would share one "flow" here
         done = subprocess.run(["curl", "-s", "-o", "/dev/null", "--local-port", str(lport),
                                f"http://127.0.0.1:{port}/hello.txt"])
         if done.returncode == 45:  # the port was taken between free_port() and curl's bind

@@ -237,7 +237,10 @@ def test_socket_table_setting_forces_the_fallback(live, live_ajax, http_server):
     assert isinstance(live.captures.attribution.backend, LinuxOwners)
     info = live_ajax.ok("apppaccap")["Attribution"]
     assert info["Backend"] == "socket-table" and "socket-table" in info["Reason"]
-    curl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{http_server}/"])
+    # ~1 s alive (1,200 bytes at 1 kB/s): the socket table sees only sockets that exist when
+    # it looks, and a 5 ms curl on a loaded machine can be gone by then (its known limit)
+    curl = subprocess.Popen(["curl", "-s", "--limit-rate", "1k", "-o", "/dev/null",
+                             f"http://127.0.0.1:{http_server}/hello.txt"])
     curl.wait()
     time.sleep(0.5)
     live_ajax.ok("capture_stop_all")
