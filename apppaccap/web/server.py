@@ -68,34 +68,28 @@ class _Body:
         self._raw = raw
         self.left = length
 
-    def read(self, size: int = -1) -> bytes:
+    def _take(self, how, size) -> bytes:
+        """One call of the stream's `how` (read, read1, readline), capped at what is left."""
         if self.left <= 0:
             return b""
         want = self.left if size is None or size < 0 else min(size, self.left)
-        data = self._raw.read(want)
+        data = how(want)
         self.left -= len(data)
         return data
 
+    def read(self, size: int = -1) -> bytes:
+        return self._take(self._raw.read, size)
+
     def read1(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        want = self.left if size is None or size < 0 else min(size, self.left)
-        data = self._raw.read1(want)
-        self.left -= len(data)
-        return data
+        return self._take(self._raw.read1, size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._take(self._raw.readline, size)
 
     def readinto(self, buf) -> int:
         data = self.read(len(buf))
         buf[:len(data)] = data
         return len(data)
-
-    def readline(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        want = self.left if size is None or size < 0 else min(size, self.left)
-        data = self._raw.readline(want)
-        self.left -= len(data)
-        return data
 
 
 class _BoundedDrain:
