@@ -61,6 +61,7 @@ PING_SECONDS = 10
 QUEUE_BYTES = 1 << 20
 QUEUE_MESSAGES = 256
 TICK = 0.05
+CLOSE_SECONDS = 2  # how long the end of a stream waits for the library's close answer to go out
 
 
 class _SendAll:
@@ -233,7 +234,9 @@ def _finish(ws) -> None:
     try:
         ws.close()
     except Exception:  # noqa: BLE001 - already closed by the client
-        pass
+        # simple-websocket marks the socket closed before its reader thread writes the
+        # answering close frame: let that write happen before the socket is shut
+        ws.thread.join(CLOSE_SECONDS)
     try:
         ws.sock.shutdown(socket.SHUT_RDWR)
     except OSError:
