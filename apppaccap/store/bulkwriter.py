@@ -41,6 +41,7 @@ from apppaccap.errors import IOFailure
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
+from apppaccap.store.capturedb import build_conn_index
 from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.capturedb import write_batch_bulk
@@ -55,6 +56,8 @@ from apppaccap.store.flowagg import unpack_flows
 
 # the parent asks the child to write the statistics it holds (BulkWriter.drain)
 WRITE_TOTALS = "totals"
+# ... and to build the indexes a bulk load leaves out (BulkWriter.build_indexes)
+BUILD_INDEXES = "indexes"
 # rows of statistics held before they are written early: ~200 bytes of memory each,
 # ~350 while being written (1M packets of short flows hold ~250,000)
 MAX_HELD = 300_000
@@ -84,6 +87,12 @@ def _child(conn: Connection, path: str,
         try:
             if msg == WRITE_TOTALS:
                 _write_totals(db, rows, totals, flows)
+            elif msg == BUILD_INDEXES:
+                # the index sorter's runs in temp files: in memory (below) its CPU doubled
+                db.execute("PRAGMA temp_store=DEFAULT")
+                db.execute("BEGIN IMMEDIATE")
+                build_conn_index(db)
+                db.execute("COMMIT")
             else:
                 _write(db, rows, totals, flows, max_held, *msg)
             conn.send(None)
@@ -249,6 +258,13 @@ class BulkWriter:
             self.pending.append(Future())
         while self.pending:
             self._collect()
+
+    def build_indexes(self) -> None:
+        """Have the child build the indexes a bulk load leaves out (capturedb.
+        build_conn_index) after what it was sent; drain() waits for them. The parent
+        reads what is committed meanwhile (its IPs go to the catalog then)."""
+        self._send(None, BUILD_INDEXES)
+        self.pending.append(Future())
 
     def close(self) -> None:
         """Wait for every batch, then stop the child."""
