@@ -76,7 +76,7 @@ def _child(conn: Connection, path: str,
     totals = Totals()
     rows = packed_row_writer(path)  # None: packed rows bound from Python (capturedb.py)
     # flows' statistics summed in C, written through `rows` (else in `totals`)
-    flows = flow_totals() if rows is not None else None
+    in_c = flow_totals() if rows is not None else None
     while True:
         try:
             msg = conn.recv()
@@ -86,15 +86,16 @@ def _child(conn: Connection, path: str,
             break
         try:
             if msg == WRITE_TOTALS:
-                _write_totals(db, rows, totals, flows)
+                _write_totals(db, rows, totals, in_c)
             elif msg == BUILD_INDEXES:
-                # the index sorter's runs in temp files: in memory (below) its CPU doubled
+                # the index sorter's runs in temp files: in memory (the staging table's
+                # setting above) the index build's CPU doubled
                 db.execute("PRAGMA temp_store=DEFAULT")
                 db.execute("BEGIN IMMEDIATE")
                 build_conn_index(db)
                 db.execute("COMMIT")
             else:
-                _write(db, rows, totals, flows, max_held, *msg)
+                _write(db, rows, totals, in_c, max_held, *msg)
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
             try:
