@@ -152,3 +152,107 @@ def test_packed_flow_counters_equal_the_flat_tuples(monkeypatch):
     monkeypatch.setattr(flowagg, "_c_pack_flows", None)
     assert flowagg.pack_flows(flowsec) == compiled
     assert list(flowagg.unpack_flows(*compiled, rows)) == flat(flowsec)
+
+
+def _flow_batches():
+    """Batches of packed flow counters (flowagg.pack_flows's output) with their connection
+    rows: ~3 minutes of seconds, one batch out of time order, IPv4 and IPv6, a flow from
+    an address to itself, no address (None, ""), port 0 and one port on both sides, and
+    flows that are no connection (extras)."""
+    import random
+    from array import array
+    rng = random.Random(7)
+    base = 1_700_000_000 - 1_700_000_000 % 60 + 50
+    ips = [f"10.0.{i // 200}.{i % 200}" for i in range(300)] + [f"fd00::{i:x}" for i in range(50)]
+    ips += [None, ""]
+    conns = {}
+    for cid in range(1, 2001):
+        a = rng.choice(ips)
+        b = a if cid % 97 == 0 else rng.choice(ips)
+        pa = rng.choice([0, 53, 443, rng.randrange(1, 65536)])
+        pb = pa if cid % 89 == 0 else rng.choice([0, 53, 80, rng.randrange(1, 65536)])
+        conns[cid] = (cid, rng.choice([6, 17, 1]), a, pa, b, pb, None, 0, 0)
+    batches = []
+    for n, start in enumerate([0, 20, 40, 70, 5, 100, 130, 150, 190, 195]):
+        rows, extras, batch_conns = array("q"), [], {}
+        for _ in range(300):
+            sec = base + start + rng.randrange(6)
+            first = sec * 10**9 + rng.randrange(10**9)
+            p, b = rng.randrange(1, 9), rng.randrange(60, 9000)
+            if rng.random() < 0.1:
+                extras.append((rng.choice([1, 58, 0]), rng.choice(ips), rng.choice(ips),
+                               rng.choice([0, 7]), 0))
+                cid = -len(extras)
+            else:
+                cid = rng.randrange(1, 2001)
+                batch_conns[cid] = conns[cid]
+            rows.extend((cid, sec, p, b, first, first + rng.randrange(10**6)))
+        batches.append((rows.tobytes(), extras, batch_conns, n == 6))
+    return batches
+
+
+def test_flow_totals_in_c_equal_the_python_totals(tmp_path):
+    """The bulk writer's statistics of flows summed in C (flowagg.flow_totals, written by
+    capturedb.write_flow_totals) against flowagg.Totals written by write_stats_bulk, as
+    bulkwriter.py runs either: seconds settled after each batch, everything written once
+    mid-way (MAX_HELD) and at the end: the same rows by minute and by second, the same
+    IPs with the same ids (first seen first)."""
+    from apppaccap.store import flowagg
+    from apppaccap.store.capturedb import write_flow_totals
+    from apppaccap.store.capturedb import write_stats_bulk
+    from apppaccap.store.database import connect
+    out = []
+    for compiled in (True, False):
+        db = CaptureDb(str(tmp_path / str(compiled)), 1)
+        conn, rows = connect(db.path), packed_row_writer(db.path)
+        totals, in_c = flowagg.Totals(), flowagg.flow_totals()
+        try:
+            for packed, extras, conns, flush in _flow_batches():
+                if compiled:
+                    totals.add_span({}, in_c.add(packed, extras, conns))
+                    write_flow_totals(rows, in_c, settled=True)
+                else:
+                    totals.add_flows(flowagg.unpack_flows(packed, extras, conns), {})
+                    settled = totals.take_settled()
+                    if settled is not None:
+                        write_stats_bulk(conn, rows, None, settled[0], (settled[1], None, None))
+                if flush:
+                    write_stats_bulk(conn, rows, *totals.take())
+                    if compiled:
+                        assert len(in_c) > 100
+                        write_flow_totals(rows, in_c, settled=False)
+                        assert len(in_c) == 0
+            write_stats_bulk(conn, rows, *totals.take())
+            if compiled:
+                write_flow_totals(rows, in_c, settled=False)
+        finally:
+            rows.close()
+            conn.close()
+            db.close()
+        read = sqlite3.connect(db.path)
+        out.append([read.execute(f"SELECT * FROM {t} ORDER BY {order}").fetchall()
+                    for t, order in (("agg", "1, 2, 3, 4"), ("agg_sec", "1, 2, 3, 4"),
+                                     ("ips", "id"), ("span", "id"))])
+        read.close()
+    assert out[0] == out[1]
+    agg, agg_sec, ips, span = out[0]
+    assert len({r[0] for r in agg}) >= 3 and len(agg_sec) > 2000 and len(ips) > 300
+    assert {r[1] for r in agg} == {0, 1, 2} and len(span) == 1
+
+
+def test_flow_totals_refuse_what_they_cannot_sum(tmp_path):
+    from array import array
+
+    from apppaccap.store import flowagg
+    in_c = flowagg.flow_totals()
+    packed = array("q", (5, 100, 1, 60, 1, 2)).tobytes()
+    with pytest.raises(KeyError):
+        in_c.add(packed, [], {})                        # a connection the batch lacks
+    with pytest.raises(ValueError):
+        in_c.add(packed[:-1], [], {5: _conn_row(5, "10.0.0.1", "10.0.0.2")})
+    with pytest.raises(IndexError):
+        in_c.add(array("q", (-1, 100, 1, 60, 1, 2)).tobytes(), [], {})
+    with pytest.raises(TypeError):
+        in_c.add(packed, [], {5: (5, 6, b"10.0.0.1", 1, "10.0.0.2", 2)})
+    with pytest.raises(TypeError):
+        in_c.write_settled(object(), "", "")

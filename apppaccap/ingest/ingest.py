@@ -251,8 +251,14 @@ def _ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
         elif reader.warnings:
             message = "; ".join(reader.warnings[:5])
         rec.flush(wait=True)
-        db.write(capturedb.build_conn_index)
-        _fold_ips(ctx, db)
+        if rec.bulk is not None:
+            # built by the writer process while the IPs (committed) go to the catalog
+            rec.bulk.build_indexes()
+            _fold_ips(ctx, db)
+            rec.bulk.drain()
+        else:
+            db.write(capturedb.build_conn_index)
+            _fold_ips(ctx, db)
     except BaseException as exc:
         state, message = CaptureState.FAILED, f"ingest stopped: {exc}"
         raise

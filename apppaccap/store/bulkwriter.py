@@ -10,7 +10,8 @@ Packet bytes do not cross the socket: the parent appends them to the capture's s
 
 Each batch's packets, connections and processes are committed as they come; its
 statistics (IPs, rows by second and minute, names) are summed in memory over all
-batches (store/flowagg.py: Totals): seconds the file is done with (and their minutes)
+batches (store/flowagg.py: Totals; a flow's rows in C, flowagg.flow_totals, when the
+extension is built): seconds the file is done with (and their minutes)
 are written as it goes, the rest when the parent drains the writer (the end of the
 ingest), everything early past MAX_HELD rows. Upserting them batch by batch cost more
 than the packets on a file of short flows: each IP's and each busy port's rows again in
@@ -40,18 +41,23 @@ from apppaccap.errors import IOFailure
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
 from apppaccap.store.blocks import SideFile
+from apppaccap.store.capturedb import build_conn_index
 from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
 from apppaccap.store.capturedb import write_batch_bulk
+from apppaccap.store.capturedb import write_flow_totals
 from apppaccap.store.capturedb import write_stats
 from apppaccap.store.capturedb import write_stats_bulk
 from apppaccap.store.database import connect
 from apppaccap.store.faults import io_failure
 from apppaccap.store.flowagg import Totals
+from apppaccap.store.flowagg import flow_totals
 from apppaccap.store.flowagg import unpack_flows
 
 # the parent asks the child to write the statistics it holds (BulkWriter.drain)
 WRITE_TOTALS = "totals"
+# ... and to build the indexes a bulk load leaves out (BulkWriter.build_indexes)
+BUILD_INDEXES = "indexes"
 # rows of statistics held before they are written early: ~200 bytes of memory each,
 # ~350 while being written (1M packets of short flows hold ~250,000)
 MAX_HELD = 300_000
@@ -69,6 +75,8 @@ def _child(conn: Connection, path: str,
     db.execute("PRAGMA temp_store=MEMORY")  # the packed-row staging table (capturedb.py)
     totals = Totals()
     rows = packed_row_writer(path)  # None: packed rows bound from Python (capturedb.py)
+    # flows' statistics summed in C, written through `rows` (else in `totals`)
+    in_c = flow_totals() if rows is not None else None
     while True:
         try:
             msg = conn.recv()
@@ -78,9 +86,16 @@ def _child(conn: Connection, path: str,
             break
         try:
             if msg == WRITE_TOTALS:
-                _write_totals(db, rows, totals)
+                _write_totals(db, rows, totals, in_c)
+            elif msg == BUILD_INDEXES:
+                # the index sorter's runs in temp files: in memory (the staging table's
+                # setting above) the index build's CPU doubled
+                db.execute("PRAGMA temp_store=DEFAULT")
+                db.execute("BEGIN IMMEDIATE")
+                build_conn_index(db)
+                db.execute("COMMIT")
             else:
-                _write(db, rows, totals, max_held, *msg)
+                _write(db, rows, totals, in_c, max_held, *msg)
             conn.send(None)
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the ingest
             try:
@@ -95,32 +110,39 @@ def _child(conn: Connection, path: str,
     db.close()
 
 
-def _write(db, rows, totals: Totals, max_held: int, args, flows) -> None:
+def _write(db, rows, totals: Totals, in_c, max_held: int, args, flows) -> None:
     """One batch: packets, connections, processes now; its statistics are added to
-    `totals` once it is committed (written with the drain, or past MAX_HELD rows).
-    With `rows` (capturedb.packed_row_writer) the connections and packed rows go in a
-    second transaction right after the first, on their own connection."""
+    `totals` (its flows' to `in_c`, flowagg.flow_totals, when there is one) once it is
+    committed (written with the drain, or past MAX_HELD rows). With `rows`
+    (capturedb.packed_row_writer) the connections and packed rows go in a second
+    transaction right after the first, on their own connection."""
     if rows is not None:
         write_batch_bulk(db, rows, *args[:5], args[7])
     else:
         db.execute("BEGIN IMMEDIATE")
         write_batch(db, *args[:5], None, None, args[7])
         db.execute("COMMIT")
-    if flows is not None:  # (packed flow counters, extras, procsec): expanded here
+    if flows is not None and in_c is not None:  # (packed flow counters, extras, procsec)
+        packed, extras, procsec = flows
+        totals.add_span(procsec, in_c.add(packed, extras, args[2]))
+        write_flow_totals(rows, in_c, settled=True)  # past seconds: not in the final write
+    elif flows is not None:  # the same in Python
         packed, extras, procsec = flows
         totals.add_flows(unpack_flows(packed, extras, args[2]), procsec)
         settled = totals.take_settled()
-        if settled is not None:  # past seconds: written now, not in the final write
+        if settled is not None:
             _stats(db, rows, None, settled[0], (settled[1], None, None))
     else:
         totals.add(args[5], args[6], args[8])
     totals.add_names(args[9])
-    if len(totals) > max_held:
-        _write_totals(db, rows, totals)
+    if len(totals) + (len(in_c) if in_c is not None else 0) > max_held:
+        _write_totals(db, rows, totals, in_c)
 
 
-def _write_totals(db, rows, totals: Totals) -> None:
+def _write_totals(db, rows, totals, in_c) -> None:
     _stats(db, rows, *totals.take())
+    if in_c is not None:
+        write_flow_totals(rows, in_c, settled=False)
 
 
 def _stats(db, rows, ips, agg, per_sec, names=()) -> None:
@@ -237,6 +259,13 @@ class BulkWriter:
             self.pending.append(Future())
         while self.pending:
             self._collect()
+
+    def build_indexes(self) -> None:
+        """Have the child build the indexes a bulk load leaves out (capturedb.
+        build_conn_index) after what it was sent; drain() waits for them. The parent
+        reads what is committed meanwhile (its IPs go to the catalog then)."""
+        self._send(None, BUILD_INDEXES)
+        self.pending.append(Future())
 
     def close(self) -> None:
         """Wait for every batch, then stop the child."""

@@ -218,6 +218,17 @@ def write_stats_bulk(conn, rows, ips: dict, agg: dict, per_sec=None, names=()) -
         rows.upsert(_AGG_SEC_UPSERT, agg_sec)
 
 
+def write_flow_totals(rows, totals, *, settled: bool) -> int:
+    """A bulk load's statistics summed in C (flowagg.flow_totals: _packedrows.FlowTotals)
+    written through `rows` (packed_row_writer) in a transaction of its own, sorted by
+    key: with `settled` the seconds a file in time order is done with and the minutes
+    they close (Totals.take_settled), else everything held, the IPs first seen first
+    (Totals.take; the totals are emptied). Returns how many rows were written."""
+    if settled:
+        return totals.write_settled(rows, _AGG_UPSERT, _AGG_SEC_UPSERT)
+    return totals.write_all(rows, IPS_UPSERT, _AGG_UPSERT, _AGG_SEC_UPSERT)
+
+
 # -- the rest of a capture database's rows (each runs inside the caller's transaction) ----
 
 # what a capture database remembers of its catalog row (meta 'capture'; store/recovery.py
