@@ -33,7 +33,7 @@ enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
 /* nDPI, reached through function pointers the caller hands over (capture/applabels.py
  * loads libndpi with ctypes): no build-time dependency on nDPI's headers or library.
- * A flow still being labelled has a 4th item in its flows entry: a bytearray holding
+ * A flow still being labelled holds (Flow.dpi) a bytearray holding
  * DpiState, shared with the Python side (applabels.STATE, the same layout). */
 typedef struct { uint16_t master, app; int32_t category; } DpiProto;  /* ndpi_protocol 4.2 */
 typedef DpiProto (*dpi_process_fn)(void *, void *, const unsigned char *, unsigned short,
@@ -360,41 +360,6 @@ static int same_str(PyObject *a, PyObject *b) {
     return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
 }
 
-/* recorder._tcp_state, for a known connection; *ended: it is CLOSED or RESET now */
-static int tcp_state(PyObject *conn, int flags, int *ended) {
-    PyObject *state = cget(conn, a_state), *next = NULL;
-    int rc = 0;
-    if (state == NULL) return -1;
-    if (!(flags & 0x07) && same_str(state, st_est)) {
-        Py_DECREF(state);
-        *ended = 0;
-        return 0;   /* the common case: established, no SYN/FIN/RST */
-    }
-    if (flags & 0x04) {
-        next = st_reset;
-    } else if (flags & 0x01) {
-        PyObject *fin;
-        long n;
-        if (cadd(conn, a_fin, 1) < 0) { Py_DECREF(state); return -1; }
-        fin = cget(conn, a_fin);
-        if (fin == NULL) { Py_DECREF(state); return -1; }
-        n = PyLong_AsLong(fin);
-        Py_DECREF(fin);
-        if (n == -1 && PyErr_Occurred()) { Py_DECREF(state); return -1; }
-        next = n >= 2 ? st_closed : st_closing;
-    } else if (flags & 0x02) {
-        next = (flags & 0x10) ? st_syn_received : st_syn_sent;
-    } else if (same_str(state, st_empty) || same_str(state, st_syn_sent) ||
-               same_str(state, st_syn_received)) {
-        next = st_est;
-    }
-    if (next != NULL) rc = cset(conn, a_state, next);
-    *ended = next != NULL ? (next == st_closed || next == st_reset)
-                          : (same_str(state, st_closed) || same_str(state, st_reset));
-    Py_DECREF(state);
-    return rc;
-}
-
 /* key: proto, address length, then the smaller endpoint (address, port) first */
 static PyObject *flow_key(const Frame *f, int *src_is_a) {
     int alen = f->alen, c = memcmp(f->sa, f->da, alen);
@@ -423,18 +388,175 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     return key;
 }
 
-/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts (`t`: ts as an int, the
- * object conn.last got). Tuple and list made directly, `t` shared: Py_BuildValue's format
- * parsing and a second int for ts cost ~0.1 s per 1M packets. */
-static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *t,
-                     long long size) {
-    PyObject *k = PyTuple_New(2), *sec, *v;
-    int rc = 0;
-    if (k == NULL) return -1;
-    if ((sec = PyLong_FromLongLong(ts / AGG_NS)) == NULL) { Py_DECREF(k); return -1; }
+/* A flow the scanner knows (its `flows` entry): the Conn, whether the key's first
+ * endpoint is the connection's local one, its id, and its nDPI state (a DpiState
+ * bytearray shared with applabels.py) while it is being labelled.
+ * While one scan call runs, a flow's counters, TCP state, last time and current
+ * (flow, second) aggregate are kept here in C, loaded from the Conn at the flow's first
+ * packet in the call and written back to it (and to the batch's flowsec list) before the
+ * call returns (flows_sync): Python never sees them in between, and a packet costs no
+ * Python object (ints, the (conn, second) tuple, dict updates: ~0.5 s per 1M packets
+ * of short flows). */
+enum { S_EMPTY, S_SYN_SENT, S_SYN_RECEIVED, S_EST, S_CLOSING, S_CLOSED, S_RESET, S_ACTIVE,
+       S_OTHER };
+static PyObject **st_objs[S_OTHER] = {&st_empty, &st_syn_sent, &st_syn_received, &st_est,
+                                      &st_closing, &st_closed, &st_reset, &st_active};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn, *cid, *dpi;   /* dpi: NULL once labelled (or labels off) */
+    long long cid_v;
+    int a_is_local;
+    /* the running call's copy (valid while gen == call_gen) */
+    unsigned long long gen;
+    long long np[2], nb[2];       /* packets and bytes added, [in, out] */
+    long long last, fin0, fin;
+    int st0, st;
+    PyObject *agg;                /* flowsec[(conn, agg_sec)], being added to; or NULL */
+    long long agg_sec, agg_n, agg_b, agg_last;
+} Flow;
+
+static void flow_dealloc(Flow *f) {
+    Py_XDECREF(f->conn);
+    Py_XDECREF(f->cid);
+    Py_XDECREF(f->dpi);
+    Py_XDECREF(f->agg);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyObject *flow_getconn(Flow *f, void *c) { (void)c; Py_INCREF(f->conn); return f->conn; }
+static PyObject *flow_getdpi(Flow *f, void *c) {
+    (void)c;
+    if (f->dpi == NULL) Py_RETURN_NONE;
+    Py_INCREF(f->dpi);
+    return f->dpi;
+}
+
+static PyGetSetDef flow_getset[] = {
+    {"conn", (getter)flow_getconn, NULL, "the connection", NULL},
+    {"dpi", (getter)flow_getdpi, NULL, "its nDPI state (None: labelled)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FlowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "apppaccap.ingest._pcapscan.Flow",
+    .tp_basicsize = sizeof(Flow),
+    .tp_dealloc = (destructor)flow_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A flow of the scanner's table (made by flow())",
+    .tp_getset = flow_getset,
+};
+
+/* a new Flow (NULL: exception); st None or NULL: not being labelled */
+static PyObject *flow_new(PyObject *conn, int a_is_local, PyObject *cid, PyObject *st) {
+    Flow *f;
+    long long v = PyLong_AsLongLong(cid);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    f = PyObject_New(Flow, &FlowType);
+    if (f == NULL) return NULL;
     Py_INCREF(conn);
-    PyTuple_SET_ITEM(k, 0, conn);
-    PyTuple_SET_ITEM(k, 1, sec);
+    Py_INCREF(cid);
+    f->conn = conn;
+    f->cid = cid;
+    f->cid_v = v;
+    f->a_is_local = a_is_local;
+    f->dpi = NULL;
+    if (st != NULL && st != Py_None) {
+        Py_INCREF(st);
+        f->dpi = st;
+    }
+    f->gen = 0;
+    f->agg = NULL;
+    return (PyObject *)f;
+}
+
+static PyObject *py_flow(PyObject *self, PyObject *args) {
+    PyObject *conn, *cid, *st = Py_None;
+    int a_is_local;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OpO!|O", &conn, &a_is_local, &PyLong_Type, &cid, &st))
+        return NULL;
+    return flow_new(conn, a_is_local, cid, st);
+}
+
+/* The flows the running call touched (strong references), and its generation. */
+static Flow **touched;
+static Py_ssize_t n_touched, cap_touched;
+static unsigned long long call_gen;
+
+static int state_code(PyObject *state) {
+    int i;
+    for (i = 0; i < S_OTHER; i++)
+        if (same_str(state, *st_objs[i])) return i;
+    return S_OTHER;
+}
+
+/* The flow's first packet in this call: its Conn's counters and state read, the conn
+ * marked dirty (at its first packet, as Recorder.add's dict order has it). */
+static int flow_load(Flow *f, PyObject *dirty) {
+    PyObject *state;
+    if (n_touched == cap_touched) {
+        Py_ssize_t cap = cap_touched ? cap_touched * 2 : 1024;
+        Flow **t = PyMem_Realloc(touched, cap * sizeof(Flow *));
+        if (t == NULL) { PyErr_NoMemory(); return -1; }
+        touched = t;
+        cap_touched = cap;
+    }
+    if ((state = cget(f->conn, a_state)) == NULL) return -1;
+    f->st = f->st0 = state_code(state);
+    Py_DECREF(state);
+    f->fin = f->fin0 = -1;   /* read at the flow's first FIN */
+    f->np[0] = f->np[1] = f->nb[0] = f->nb[1] = 0;
+    Py_CLEAR(f->agg);
+    if (PyDict_SetItem(dirty, f->cid, f->conn) < 0) return -1;
+    Py_INCREF(f);
+    touched[n_touched++] = f;
+    f->gen = call_gen;
+    return 0;
+}
+
+/* the running (flow, second) aggregate added to its flowsec list */
+static int agg_flush(Flow *f) {
+    PyObject *v = f->agg, *n, *b, *t;
+    long long n0, b0;
+    if (v == NULL) return 0;
+    f->agg = NULL;
+    n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
+    b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
+    if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(v); return -1; }
+    n = PyLong_FromLongLong(n0 + f->agg_n);
+    b = PyLong_FromLongLong(b0 + f->agg_b);
+    t = PyLong_FromLongLong(f->agg_last);
+    if (n == NULL || b == NULL || t == NULL) {
+        Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(v);
+        return -1;
+    }
+    PyList_SetItem(v, 0, n);   /* steals */
+    PyList_SetItem(v, 1, b);
+    PyList_SetItem(v, 3, t);
+    Py_DECREF(v);
+    return 0;
+}
+
+/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts: a new (flow, second)'s
+ * list found or made in flowsec (made at its first packet: the dict's order is
+ * Recorder.add's), the counts added in C until the second changes or the call ends. */
+static int aggregate(PyObject *flowsec, Flow *f, long long ts, long long size) {
+    long long sec = ts / AGG_NS;
+    PyObject *k, *s, *v;
+    if (f->agg != NULL && f->agg_sec == sec) {
+        f->agg_n++;
+        f->agg_b += size;
+        f->agg_last = ts;
+        return 0;
+    }
+    if (agg_flush(f) < 0) return -1;
+    if ((k = PyTuple_New(2)) == NULL) return -1;
+    if ((s = PyLong_FromLongLong(sec)) == NULL) { Py_DECREF(k); return -1; }
+    Py_INCREF(f->conn);
+    PyTuple_SET_ITEM(k, 0, f->conn);
+    PyTuple_SET_ITEM(k, 1, s);
     v = PyDict_GetItemWithError(flowsec, k);
     if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
         PyErr_SetString(PyExc_TypeError, "flowsec values must be [packets, bytes, first, last]");
@@ -442,40 +564,97 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *
         return -1;
     }
     if (v == NULL) {
-        PyObject *n, *b;
+        PyObject *n, *t;
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
         v = PyList_New(4);
-        n = PyLong_FromLong(1);
-        b = PyLong_FromLongLong(size);
-        if (v == NULL || n == NULL || b == NULL) {
-            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
+        n = PyLong_FromLong(0);
+        t = PyLong_FromLongLong(ts);
+        if (v == NULL || n == NULL || t == NULL) {
+            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(t); Py_DECREF(k);
             return -1;
         }
-        Py_INCREF(t);
+        Py_INCREF(n);
         Py_INCREF(t);
         PyList_SET_ITEM(v, 0, n);   /* steals */
-        PyList_SET_ITEM(v, 1, b);
+        PyList_SET_ITEM(v, 1, n);
         PyList_SET_ITEM(v, 2, t);
         PyList_SET_ITEM(v, 3, t);
-        rc = PyDict_SetItem(flowsec, k, v);
-        Py_DECREF(v);
+        if (PyDict_SetItem(flowsec, k, v) < 0) { Py_DECREF(v); Py_DECREF(k); return -1; }
     } else {
-        long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
-        long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
-        PyObject *n, *b;
-        if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
-        n = PyLong_FromLongLong(n0 + 1);
-        b = PyLong_FromLongLong(b0 + size);
-        if (n == NULL || b == NULL) {
-            Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
-            return -1;
-        }
-        Py_INCREF(t);
-        PyList_SetItem(v, 0, n);   /* steals */
-        PyList_SetItem(v, 1, b);
-        PyList_SetItem(v, 3, t);
+        Py_INCREF(v);
     }
     Py_DECREF(k);
+    f->agg = v;
+    f->agg_sec = sec;
+    f->agg_n = 1;
+    f->agg_b = size;
+    f->agg_last = ts;
+    return 0;
+}
+
+/* recorder._tcp_state on the flow's copy; returns whether it is CLOSED or RESET now */
+static int tcp_state(Flow *f, int flags) {
+    if (!(flags & 0x07) && f->st == S_EST) return 0;   /* the common case */
+    if (flags & 0x04) {
+        f->st = S_RESET;
+    } else if (flags & 0x01) {
+        if (f->fin < 0) {
+            PyObject *fin = cget(f->conn, a_fin);
+            if (fin == NULL) return -1;
+            f->fin = f->fin0 = PyLong_AsLongLong(fin);
+            Py_DECREF(fin);
+            if (f->fin == -1 && PyErr_Occurred()) return -1;
+        }
+        f->fin++;
+        f->st = f->fin >= 2 ? S_CLOSED : S_CLOSING;
+    } else if (flags & 0x02) {
+        f->st = (flags & 0x10) ? S_SYN_RECEIVED : S_SYN_SENT;
+    } else if (f->st == S_EMPTY || f->st == S_SYN_SENT || f->st == S_SYN_RECEIVED) {
+        f->st = S_EST;
+    }
+    return f->st == S_CLOSED || f->st == S_RESET;
+}
+
+/* One flow's copy written back to its Conn (Conn.pout += ..., last, fin, state). */
+static int flow_store(Flow *f) {
+    PyObject *conn = f->conn, *t;
+    int rc = agg_flush(f);
+    f->gen = 0;
+    if (rc == 0 && f->np[1] && (cadd(conn, a_pout, f->np[1]) < 0 || cadd(conn, a_bout, f->nb[1]) < 0))
+        rc = -1;
+    if (rc == 0 && f->np[0] && (cadd(conn, a_pin, f->np[0]) < 0 || cadd(conn, a_bin, f->nb[0]) < 0))
+        rc = -1;
+    if (rc == 0 && f->np[0] + f->np[1]) {
+        if ((t = PyLong_FromLongLong(f->last)) == NULL) return -1;
+        rc = cset(conn, a_last, t);
+        Py_DECREF(t);
+    }
+    if (rc == 0 && f->fin != f->fin0) {
+        if ((t = PyLong_FromLongLong(f->fin)) == NULL) return -1;
+        rc = cset(conn, a_fin, t);
+        Py_DECREF(t);
+    }
+    if (rc == 0 && f->st != f->st0 && f->st != S_OTHER) rc = cset(conn, a_state, *st_objs[f->st]);
+    return rc;
+}
+
+/* Before a scan call returns: every flow it touched written back (all of them, even
+ * after a failure; the first failure reported). */
+static int flows_sync(void) {
+    Py_ssize_t i;
+    int rc = 0;
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    if (PyErr_Occurred()) PyErr_Fetch(&et, &ev, &tb);
+    for (i = 0; i < n_touched; i++) {
+        if (flow_store(touched[i]) < 0 && rc == 0) {
+            rc = -1;
+            if (et == NULL) PyErr_Fetch(&et, &ev, &tb);
+            else PyErr_Clear();
+        }
+        Py_DECREF(touched[i]);
+    }
+    n_touched = 0;
+    if (et != NULL) PyErr_Restore(et, ev, tb);
     return rc;
 }
 
@@ -518,6 +697,7 @@ static unsigned char *reserve(PyObject *ba, Py_ssize_t *used, Py_ssize_t need) {
 }
 
 static void sink_start(Sink *s) {
+    call_gen++;   /* every flow's copy from an earlier call is stale */
     s->plain_used = PyByteArray_GET_SIZE(s->plain);
     s->blob_used = PyByteArray_GET_SIZE(s->blob);
 }
@@ -646,9 +826,7 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
         }
     }
     /* a_is_local: whether the key's first endpoint is the connection's local one */
-    e = (st != NULL && st != Py_None)
-        ? PyTuple_Pack(4, conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
-        : PyTuple_Pack(3, conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
+    e = flow_new(conn, (!swap) == src_is_a, cid, st);
     if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
     *entry = e;   /* flows holds it */
     rc = 1;
@@ -729,7 +907,8 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
                   long long ts, uint32_t linktype, uint32_t iface, long long div,
                   PyObject **key, int *src_is_a) {
     Frame f;
-    PyObject *entry, *conn, *conn_id;
+    PyObject *entry;
+    Flow *fl;
     Py_ssize_t boff;
     int out, ended = 0;
 
@@ -746,42 +925,22 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         if (made == 0) return NEWFLOW;
     }
     Py_CLEAR(*key);
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || PyTuple_GET_SIZE(entry) > 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "flows values must be (conn, a_is_local, conn_id[, dpi state])");
+    if (!Py_IS_TYPE(entry, &FlowType)) {
+        PyErr_SetString(PyExc_TypeError, "flows values must be Flow objects (flow())");
         return -1;
     }
-    conn = PyTuple_GET_ITEM(entry, 0);
-    out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-    if (out < 0) return -1;
-    out = *src_is_a == out;
-    conn_id = PyTuple_GET_ITEM(entry, 2);
-
-    if (cadd(conn, out ? a_pout : a_pin, 1) < 0 ||
-        cadd(conn, out ? a_bout : a_bin, origlen) < 0)
-        return -1;
-    {
-        /* one int for conn.last and the flow's second counters (aggregate) */
-        PyObject *t = PyLong_FromLongLong(ts);
-        int rc;
-        if (t == NULL) return -1;
-        rc = cset(conn, a_last, t);
-        if (rc == 0) rc = aggregate(s->flowsec, conn, ts, t, origlen);
-        Py_DECREF(t);
-        if (rc < 0) return -1;
-    }
+    fl = (Flow *)entry;
+    if (fl->gen != call_gen && flow_load(fl, s->dirty) < 0) return -1;
+    out = *src_is_a == fl->a_is_local;
+    fl->np[out]++;
+    fl->nb[out] += origlen;
+    fl->last = ts;
+    if (aggregate(s->flowsec, fl, ts, origlen) < 0) return -1;
     if (f.proto == 6) {
-        if (tcp_state(conn, f.flags, &ended) < 0) return -1;
-    } else {
-        PyObject *state = cget(conn, a_state);
-        int empty;
-        if (state == NULL) return -1;
-        empty = PyObject_Not(state);
-        Py_DECREF(state);
-        if (empty < 0) return -1;
-        if (empty && cset(conn, a_state, st_active) < 0) return -1;
+        if ((ended = tcp_state(fl, f.flags)) < 0) return -1;
+    } else if (fl->st == S_EMPTY) {
+        fl->st = S_ACTIVE;
     }
-    if (PyDict_SetItem(s->dirty, conn_id, conn) < 0) return -1;
 
     boff = s->blob_used;
     if (div) {
@@ -814,9 +973,8 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         memcpy(p, data, caplen);
     }
     {
-        long long cid = PyLong_AsLongLong(conn_id);
+        long long cid = fl->cid_v;
         unsigned char *p;
-        if (cid == -1 && PyErr_Occurred()) return -1;
         if ((p = reserve(s->plain, &s->plain_used, ROW_SIZE)) == NULL) return -1;
         p = put(p, (unsigned long long)s->next_id, 8);
         p = put(p, (unsigned long long)ts, 8);
@@ -834,10 +992,10 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         put(p, iface, 4);
     }
     s->next_id++;
-    if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
-        (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
-         (ended && dpi_end(PyTuple_GET_ITEM(entry, 3)))) &&
-        PyList_Append(s->dpi.settled, conn) < 0)
+    if (fl->dpi != NULL && s->dpi.mod != NULL &&
+        (dpi_feed(&s->dpi, fl->dpi, &f, data, caplen, ts) ||
+         (ended && dpi_end(fl->dpi))) &&
+        PyList_Append(s->dpi.settled, fl->conn) < 0)
         return -1;
     if (f.dns && f.plen > 0) {   /* after nDPI's feed, as in Recorder.add */
         /* the answers read here (dns.py's parse in C), handed to learn_answers */
@@ -870,8 +1028,8 @@ PyDoc_STRVAR(scan_doc,
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
-"its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
-"a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
+"its key and whether its source is the key's first endpoint). flows: key -> Flow\n"
+"(flow(conn, a_is_local, conn_id[, nDPI state bytearray])); dpi: (module, process, extra, cap,\n"
 "settled list) with the addresses of libndpi's functions, or None; maker: (Conn,\n"
 "recorder, conns, hostnames, local_ips, open_state or None, learn_answers) to create new\n"
 "flows here and record DNS answers (their (name, ip) pairs handed to learn_answers)\n"
@@ -944,12 +1102,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         off += rhl + caplen;
     }
     PyBuffer_Release(&view);
-    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync() < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyBuffer_Release(&view);
+    flows_sync();
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
@@ -1072,13 +1231,14 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
-    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync() < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
+    flows_sync();
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
@@ -1167,6 +1327,9 @@ static PyMethodDef methods[] = {
      "dns_answers(payload) -> [(name, ip)]: dissect/dns.py dns_answers, as the scanner reads "
      "DNS answers."},
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"flow", py_flow, METH_VARARGS,
+     "flow(conn, a_is_local, conn_id[, dpi_state]) -> a flows entry for conn (a_is_local: the "
+     "key's first endpoint is its local one; dpi_state: its nDPI state while labelled)."},
     {"scan_pcapng", scan_pcapng, METH_VARARGS, scan_pcapng_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -1199,7 +1362,9 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
     INTERN(st_syn_received, "SYN_RECEIVED");
 #undef INTERN
     {
-        PyObject *m = PyModule_Create(&module);
+        PyObject *m;
+        if (PyType_Ready(&FlowType) < 0) return NULL;
+        m = PyModule_Create(&module);
         if (m != NULL && (PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0 ||
                           PyModule_AddIntConstant(m, "DPI_STATE_SIZE", sizeof(DpiState)) < 0)) {
             Py_DECREF(m);

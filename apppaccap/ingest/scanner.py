@@ -30,11 +30,12 @@ from apppaccap.store.capturedb import PLAIN_FORMAT
 try:
     from apppaccap.ingest._pcapscan import AGG_NS
     from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
+    from apppaccap.ingest._pcapscan import flow
     from apppaccap.ingest._pcapscan import scan
     from apppaccap.ingest._pcapscan import scan_pcapng
     from apppaccap.ingest._pcapscan import settle
 except ImportError:  # no compiler at install time (or a build older than the nDPI feed):
-    scan = scan_pcapng = settle = None  # the Python path does everything
+    scan = scan_pcapng = settle = flow = None  # the Python path does everything
 else:
     # a build aggregating by another unit, or sharing another nDPI state layout: not used
     if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
@@ -60,7 +61,7 @@ class _Walk:
 
     def __init__(self, reader, rec):
         self.reader, self.rec = reader, rec
-        self.flows: dict = {}  # scanner key → (conn, a_is_local, conn id)
+        self.flows: dict = {}  # scanner key → _pcapscan.Flow (conn, a_is_local, conn id...)
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
@@ -155,9 +156,8 @@ def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
             d, conn = one(record)
             if code == NEWFLOW and conn is not None and key is not None:
                 src_is_local = conn.local == (d.src, d.sport)
-                entry = (conn, src_is_local == bool(src_is_a), conn.id)
                 # a flow nDPI is still looking at: the scanner feeds it too (its state)
                 st = rec.labeller.state(conn) if rec.labeller is not None else None
-                flows[key] = entry if st is None else (*entry, st)
+                flows[key] = flow(conn, src_is_local == bool(src_is_a), conn.id, st)
     finally:
         reader.finish()
