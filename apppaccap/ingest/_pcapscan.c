@@ -24,6 +24,8 @@
 #include <limits.h>
 #include <arpa/inet.h>
 #include <structmember.h>
+#include <sys/random.h>
+#include <time.h>
 
 #define NS 1000000000LL
 #define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
@@ -373,20 +375,16 @@ static int same_str(PyObject *a, PyObject *b) {
 }
 
 /* key: proto, address length, then the smaller endpoint (address, port) first */
-static PyObject *flow_key(const Frame *f, int *src_is_a) {
+static int flow_key(const Frame *f, int *src_is_a, unsigned char *k) {
     int alen = f->alen, c = memcmp(f->sa, f->da, alen);
-    Py_ssize_t klen = 2 + 2 * (alen + 2);
-    PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
-    unsigned char *k, *p;
+    unsigned char *p;
     const unsigned char *a, *b;
     int ap, bp;
-    if (key == NULL) return NULL;
     *src_is_a = c < 0 || (c == 0 && f->sport <= f->dport);
     a = *src_is_a ? f->sa : f->da;
     b = *src_is_a ? f->da : f->sa;
     ap = *src_is_a ? f->sport : f->dport;
     bp = *src_is_a ? f->dport : f->sport;
-    k = (unsigned char *)PyBytes_AS_STRING(key);
     k[0] = (unsigned char)f->proto;
     k[1] = (unsigned char)alen;
     p = k + 2;
@@ -397,7 +395,7 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     memcpy(p, b, alen);
     p[alen] = bp >> 8;
     p[alen + 1] = bp & 0xFF;
-    return key;
+    return 2 + 2 * (alen + 2);
 }
 
 /* A flow the scanner knows (its `flows` entry): the Conn, whether the key's first
@@ -670,6 +668,160 @@ static int flows_sync(void) {
     return rc;
 }
 
+/* The scanner's flow table: key (flow_key's bytes) -> Flow, open addressing in C. A
+ * packet's lookup makes no Python object (a dict cost a bytes key and its hash, ~500
+ * instructions a packet). The hash is seeded at import (a crafted file cannot aim at
+ * one chain). Python only adds (table[key] = flow) and empties it (clear()). */
+#define KEY_MAX 38
+typedef struct { Flow *flow; uint64_t hash; unsigned char klen, key[KEY_MAX]; } Slot;
+typedef struct { PyObject_HEAD Slot *slots; Py_ssize_t cap, used; } FlowTable;
+static uint64_t table_seed;
+
+static uint64_t key_hash(const unsigned char *k, int n) {
+    uint64_t h = table_seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL);
+    int i;
+    for (i = 0; i < n; i++) {
+        h ^= k[i];
+        h *= 0x100000001B3ULL;
+        h ^= h >> 29;
+    }
+    h ^= h >> 32;
+    h *= 0xD6E8FEB86659FD93ULL;
+    return h ^ (h >> 32);
+}
+
+static Slot *table_find(FlowTable *t, const unsigned char *k, int n, uint64_t h) {
+    Py_ssize_t mask = t->cap - 1, i = (Py_ssize_t)(h & (uint64_t)mask);
+    while (1) {
+        Slot *s = &t->slots[i];
+        if (s->flow == NULL ||
+            (s->hash == h && s->klen == n && memcmp(s->key, k, (size_t)n) == 0))
+            return s;
+        i = (i + 1) & mask;
+    }
+}
+
+/* the Flow under key, borrowed, or NULL */
+static Flow *table_get(FlowTable *t, const unsigned char *k, int n, uint64_t h) {
+    return t->cap ? table_find(t, k, n, h)->flow : NULL;
+}
+
+/* table[key] = flow (a new reference taken); -1: exception */
+static int table_put(FlowTable *t, const unsigned char *k, int n, uint64_t h, Flow *f) {
+    Slot *s;
+    if (n > KEY_MAX) {
+        PyErr_SetString(PyExc_ValueError, "flow table: key too long");
+        return -1;
+    }
+    if ((t->used + 1) * 2 > t->cap) {   /* at most half full */
+        Py_ssize_t cap = t->cap ? t->cap * 2 : 1024, i;
+        Slot *old = t->slots, *ns = PyMem_Calloc((size_t)cap, sizeof(Slot));
+        Py_ssize_t oldcap = t->cap;
+        if (ns == NULL) { PyErr_NoMemory(); return -1; }
+        t->slots = ns;
+        t->cap = cap;
+        for (i = 0; i < oldcap; i++)
+            if (old[i].flow != NULL)
+                *table_find(t, old[i].key, old[i].klen, old[i].hash) = old[i];
+        PyMem_Free(old);
+    }
+    s = table_find(t, k, n, h);
+    Py_INCREF(f);
+    if (s->flow != NULL) {
+        Py_SETREF(s->flow, f);
+        return 0;
+    }
+    s->flow = f;
+    s->hash = h;
+    s->klen = (unsigned char)n;
+    memcpy(s->key, k, (size_t)n);
+    t->used++;
+    return 0;
+}
+
+static void table_clear(FlowTable *t) {
+    Slot *old = t->slots;
+    Py_ssize_t i, cap = t->cap;
+    t->slots = NULL;
+    t->cap = t->used = 0;
+    for (i = 0; i < cap; i++) Py_XDECREF(old[i].flow);
+    PyMem_Free(old);
+}
+
+static void table_dealloc(FlowTable *t) {
+    table_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    FlowTable *t;
+    if (PyTuple_GET_SIZE(args) || (kw != NULL && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "FlowTable() takes no arguments");
+        return NULL;
+    }
+    if ((t = (FlowTable *)type->tp_alloc(type, 0)) == NULL) return NULL;
+    t->slots = NULL;
+    t->cap = t->used = 0;
+    return (PyObject *)t;
+}
+
+static Py_ssize_t table_len(FlowTable *t) { return t->used; }
+
+static PyObject *table_getitem(FlowTable *t, PyObject *key) {
+    Flow *f;
+    if (!PyBytes_Check(key)) { PyErr_SetObject(PyExc_KeyError, key); return NULL; }
+    f = PyBytes_GET_SIZE(key) > KEY_MAX ? NULL
+        : table_get(t, (const unsigned char *)PyBytes_AS_STRING(key), (int)PyBytes_GET_SIZE(key),
+                    key_hash((const unsigned char *)PyBytes_AS_STRING(key),
+                             (int)PyBytes_GET_SIZE(key)));
+    if (f == NULL) { PyErr_SetObject(PyExc_KeyError, key); return NULL; }
+    Py_INCREF(f);
+    return (PyObject *)f;
+}
+
+static int table_setitem(FlowTable *t, PyObject *key, PyObject *v) {
+    const unsigned char *k;
+    int n;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "flow table: entries go only with clear()");
+        return -1;
+    }
+    if (!PyBytes_Check(key) || !Py_IS_TYPE(v, &FlowType)) {
+        PyErr_SetString(PyExc_TypeError, "flow table: bytes key -> Flow");
+        return -1;
+    }
+    k = (const unsigned char *)PyBytes_AS_STRING(key);
+    n = PyBytes_GET_SIZE(key) > KEY_MAX ? KEY_MAX + 1 : (int)PyBytes_GET_SIZE(key);
+    return table_put(t, k, n, key_hash(k, n > KEY_MAX ? 0 : n), (Flow *)v);
+}
+
+static PyObject *table_clear_py(FlowTable *t, PyObject *unused) {
+    (void)unused;
+    table_clear(t);
+    Py_RETURN_NONE;
+}
+
+static PyMappingMethods table_mapping = {
+    (lenfunc)table_len, (binaryfunc)table_getitem, (objobjargproc)table_setitem,
+};
+
+static PyMethodDef table_methods[] = {
+    {"clear", (PyCFunction)table_clear_py, METH_NOARGS, "Forget every flow."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FlowTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "apppaccap.ingest._pcapscan.FlowTable",
+    .tp_basicsize = sizeof(FlowTable),
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The scanner's flows: flow_key bytes -> Flow (table[key] = flow, clear())",
+    .tp_as_mapping = &table_mapping,
+    .tp_methods = table_methods,
+    .tp_new = table_new,
+};
+
 /* What creating a connection needs (Recorder.conn_for, in C): the Conn class, the
  * Recorder (its next_conn counter), its conns, hostnames and local_ips, and the
  * labeller's open_state(conn) (None: labels off), and Recorder.learn_answers (called with
@@ -680,7 +832,8 @@ typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_stat
 
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
-    PyObject *flows, *plain, *blob, *flowsec, *dirty;
+    FlowTable *flows;
+    PyObject *plain, *blob, *flowsec, *dirty;
     /* bytes of plain and blob in use: while scanning, their sizes grow by doubling, not by
      * a resize a packet (bytearray grows ~1/8 at a time: its reallocations copied the
      * batch ~8 times over, ~0.2 s per 1M packets of short flows); sink_trim cuts them
@@ -773,8 +926,8 @@ static PyObject *int_pair(PyObject *obj, long port) {
  * Conn registered in rec.conns and in the scanner's flows under `key` (with its nDPI
  * state when labels are on). Returns 1 (entry set, borrowed from flows), 0 (the
  * Recorder knows this flow already - Python registers it) or -1 (exception). */
-static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int src_is_a,
-                       PyObject **entry) {
+static int create_flow(Sink *s, const Frame *f, long long ts, const unsigned char *key,
+                       int klen, uint64_t kh, int src_is_a, PyObject **entry) {
     const Maker *m = &s->mk;
     PyObject *src = NULL, *dst = NULL, *a = NULL, *b = NULL;
     PyObject *pkey = NULL, *conn = NULL, *cid = NULL, *host, *st = NULL, *e = NULL;
@@ -838,7 +991,7 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
     }
     /* a_is_local: whether the key's first endpoint is the connection's local one */
     e = flow_new(conn, (!swap) == src_is_a, cid, st);
-    if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
+    if (e == NULL || table_put(s->flows, key, klen, kh, (Flow *)e) < 0) goto done;
     *entry = e;   /* flows holds it */
     rc = 1;
 done:
@@ -921,21 +1074,22 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
     PyObject *entry;
     Flow *fl;
     Py_ssize_t boff;
-    int out, ended = 0;
+    int out, ended = 0, klen;
+    unsigned char kb[KEY_MAX];
+    uint64_t kh;
 
     if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f, s->mk.cls != NULL)) return SLOW;
-    *key = flow_key(&f, src_is_a);
-    if (*key == NULL) return -1;
-    entry = PyDict_GetItemWithError(s->flows, *key);
+    klen = flow_key(&f, src_is_a, kb);
+    kh = key_hash(kb, klen);
+    entry = (PyObject *)table_get(s->flows, kb, klen, kh);
     if (entry == NULL) {
-        int made;
-        if (PyErr_Occurred()) { Py_CLEAR(*key); return -1; }
-        if (s->mk.cls == NULL) return NEWFLOW;  /* keep key: Python registers the conn */
-        made = create_flow(s, &f, ts, *key, *src_is_a, &entry);
-        if (made < 0) { Py_CLEAR(*key); return -1; }
-        if (made == 0) return NEWFLOW;
+        int made = s->mk.cls == NULL ? 0 : create_flow(s, &f, ts, kb, klen, kh, *src_is_a, &entry);
+        if (made < 0) return -1;
+        if (made == 0) {   /* Python registers the conn under this key */
+            *key = PyBytes_FromStringAndSize((const char *)kb, klen);
+            return *key == NULL ? -1 : NEWFLOW;
+        }
     }
-    Py_CLEAR(*key);
     if (!Py_IS_TYPE(entry, &FlowType)) {
         PyErr_SetString(PyExc_TypeError, "flows values must be Flow objects (flow())");
         return -1;
@@ -1064,7 +1218,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L|OO", &view, &off, &size, &big, &unit,
-                          &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &rhl, &snaplen, &linktype, &FlowTableType, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div,
                           &dpi, &mk))
@@ -1154,7 +1308,7 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!|OO", &view, &off, &size, &big,
-                          &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &PyTuple_Type, &ifaces, &FlowTableType, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi,
                           &mk))
@@ -1667,8 +1821,14 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
 #undef INTERN
     {
         PyObject *m;
-        if (PyType_Ready(&FlowType) < 0) return NULL;
+        if (PyType_Ready(&FlowType) < 0 || PyType_Ready(&FlowTableType) < 0) return NULL;
+        if (getrandom(&table_seed, sizeof(table_seed), 0) != sizeof(table_seed))
+            table_seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&table_seed;
         m = PyModule_Create(&module);
+        if (m != NULL && PyModule_AddObjectRef(m, "FlowTable", (PyObject *)&FlowTableType) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
         if (m != NULL && (PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0 ||
                           PyModule_AddIntConstant(m, "DPI_STATE_SIZE", sizeof(DpiState)) < 0)) {
             Py_DECREF(m);

@@ -30,6 +30,7 @@ from apppaccap.store.capturedb import PLAIN_FORMAT
 try:
     from apppaccap.ingest._pcapscan import AGG_NS
     from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
+    from apppaccap.ingest._pcapscan import FlowTable
     from apppaccap.ingest._pcapscan import flow
     from apppaccap.ingest._pcapscan import pack_conns
     from apppaccap.ingest._pcapscan import scan
@@ -78,7 +79,7 @@ class _Walk:
 
     def __init__(self, reader, rec):
         self.reader, self.rec = reader, rec
-        self.flows: dict = {}  # scanner key → _pcapscan.Flow (conn, a_is_local, conn id...)
+        self.flows = FlowTable()  # scanner key (bytes) → _pcapscan.Flow, a table in C
         self.pcapng = reader.format == "pcapng"
         self.section = None    # pcapng: (big_endian, interfaces), refreshed after Python reads
         self.settled: list = []   # conns whose nDPI label the scanner settled
