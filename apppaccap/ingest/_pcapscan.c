@@ -412,6 +412,7 @@ enum { S_EMPTY, S_SYN_SENT, S_SYN_RECEIVED, S_EST, S_CLOSING, S_CLOSED, S_RESET,
 static PyObject **st_objs[S_OTHER] = {&st_empty, &st_syn_sent, &st_syn_received, &st_est,
                                       &st_closing, &st_closed, &st_reset, &st_active};
 
+#define KEY_MAX 38   /* flow_key's longest: proto, length, 2 x (IPv6 address, port) */
 typedef struct {
     PyObject_HEAD
     PyObject *conn, *cid, *dpi;   /* dpi: NULL once labelled (or labels off) */
@@ -424,6 +425,7 @@ typedef struct {
     int st0, st;
     PyObject *agg;                /* flowsec[(conn, agg_sec)], being added to; or NULL */
     long long agg_sec, agg_n, agg_b, agg_last;
+    unsigned char klen, key[KEY_MAX];   /* its key in the FlowTable (klen 0: none yet) */
 } Flow;
 
 static void flow_dealloc(Flow *f) {
@@ -478,6 +480,7 @@ static PyObject *flow_new(PyObject *conn, int a_is_local, PyObject *cid, PyObjec
     }
     f->gen = 0;
     f->agg = NULL;
+    f->klen = 0;
     return (PyObject *)f;
 }
 
@@ -672,8 +675,7 @@ static int flows_sync(void) {
  * packet's lookup makes no Python object (a dict cost a bytes key and its hash, ~500
  * instructions a packet). The hash is seeded at import (a crafted file cannot aim at
  * one chain). Python only adds (table[key] = flow) and empties it (clear()). */
-#define KEY_MAX 38
-typedef struct { Flow *flow; uint64_t hash; unsigned char klen, key[KEY_MAX]; } Slot;
+typedef struct { Flow *flow; uint64_t hash; } Slot;   /* the key is in the Flow */
 typedef struct { PyObject_HEAD Slot *slots; Py_ssize_t cap, used; } FlowTable;
 static uint64_t table_seed;
 
@@ -695,7 +697,7 @@ static Slot *table_find(FlowTable *t, const unsigned char *k, int n, uint64_t h)
     while (1) {
         Slot *s = &t->slots[i];
         if (s->flow == NULL ||
-            (s->hash == h && s->klen == n && memcmp(s->key, k, (size_t)n) == 0))
+            (s->hash == h && s->flow->klen == n && memcmp(s->flow->key, k, (size_t)n) == 0))
             return s;
         i = (i + 1) & mask;
     }
@@ -722,9 +724,15 @@ static int table_put(FlowTable *t, const unsigned char *k, int n, uint64_t h, Fl
         t->cap = cap;
         for (i = 0; i < oldcap; i++)
             if (old[i].flow != NULL)
-                *table_find(t, old[i].key, old[i].klen, old[i].hash) = old[i];
+                *table_find(t, old[i].flow->key, old[i].flow->klen, old[i].hash) = old[i];
         PyMem_Free(old);
     }
+    if (f->klen && (f->klen != n || memcmp(f->key, k, (size_t)n) != 0)) {
+        PyErr_SetString(PyExc_ValueError, "flow table: a Flow goes under one key");
+        return -1;
+    }
+    f->klen = (unsigned char)n;
+    memcpy(f->key, k, (size_t)n);
     s = table_find(t, k, n, h);
     Py_INCREF(f);
     if (s->flow != NULL) {
@@ -733,8 +741,6 @@ static int table_put(FlowTable *t, const unsigned char *k, int n, uint64_t h, Fl
     }
     s->flow = f;
     s->hash = h;
-    s->klen = (unsigned char)n;
-    memcpy(s->key, k, (size_t)n);
     t->used++;
     return 0;
 }
