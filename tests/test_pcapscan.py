@@ -478,3 +478,37 @@ def test_connection_rows_packed_in_c_unpickle_as_conn_row():
     want = {c.id: c.row() for c in conns}
     assert back == want and list(back) == list(want)
     assert pickle.loads(pickle.dumps(scanner.PackedConns([]))) == {}
+
+
+def test_two_ingests_at_once_same_as_one_at_a_time(ctx, tmp_path):
+    """Two files ingested at once, in two threads switching often (the scanner calls back
+    into Python - new connections, DNS answers - and the other ingest's scan runs then):
+    each capture is the one it is when ingested alone (the scanner's per-call state -
+    the flows it must write back - is per call, not shared)."""
+    import threading
+    a, b = str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")
+    gen_flows(a, 6000, "short")
+    gen_flows(b, 9000, "short")
+
+    def one(path, out):
+        reader = ingest.open_reader(path)
+        cid = ingest.create_capture(ctx, path)
+        ingest.ingest(ctx, reader, cid)
+        out.append(cid)
+
+    first: list = []
+    one(a, first)
+    one(b, first)
+    alone = [_dump(ctx, cid) for cid in first]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        ids: list = [[], []]
+        threads = [threading.Thread(target=one, args=(p, ids[i])) for i, p in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(old)
+    assert [_dump(ctx, i[0]) for i in ids] == alone

@@ -418,7 +418,7 @@ typedef struct {
     PyObject *conn, *cid, *dpi;   /* dpi: NULL once labelled (or labels off) */
     long long cid_v;
     int a_is_local;
-    /* the running call's copy (valid while gen == call_gen) */
+    /* the running call's copy (valid while gen == that call's Touched.gen) */
     unsigned long long gen;
     long long np[2], nb[2];       /* packets and bytes added, [in, out] */
     long long last, fin0, fin;
@@ -493,10 +493,11 @@ static PyObject *py_flow(PyObject *self, PyObject *args) {
     return flow_new(conn, a_is_local, cid, st);
 }
 
-/* The flows the running call touched (strong references), and its generation. */
-static Flow **touched;
-static Py_ssize_t n_touched, cap_touched;
-static unsigned long long call_gen;
+/* The flows one scan call touched (strong references), and its generation: per call, not
+ * global - a Python callback (or a finalizer) can let another thread's ingest scan
+ * meanwhile, and that call must not write back this one's flows mid-update. */
+typedef struct { Flow **v; Py_ssize_t n, cap; unsigned long long gen; } Touched;
+static unsigned long long call_gen;   /* the last generation given (under the GIL) */
 
 static int state_code(PyObject *state) {
     int i;
@@ -507,14 +508,14 @@ static int state_code(PyObject *state) {
 
 /* The flow's first packet in this call: its Conn's counters and state read, the conn
  * marked dirty (at its first packet, as Recorder.add's dict order has it). */
-static int flow_load(Flow *f, PyObject *dirty) {
+static int flow_load(Flow *f, PyObject *dirty, Touched *t) {
     PyObject *state;
-    if (n_touched == cap_touched) {
-        Py_ssize_t cap = cap_touched ? cap_touched * 2 : 1024;
-        Flow **t = PyMem_Realloc(touched, cap * sizeof(Flow *));
-        if (t == NULL) { PyErr_NoMemory(); return -1; }
-        touched = t;
-        cap_touched = cap;
+    if (t->n == t->cap) {
+        Py_ssize_t cap = t->cap ? t->cap * 2 : 1024;
+        Flow **v = PyMem_Realloc(t->v, cap * sizeof(Flow *));
+        if (v == NULL) { PyErr_NoMemory(); return -1; }
+        t->v = v;
+        t->cap = cap;
     }
     if ((state = cget(f->conn, a_state)) == NULL) return -1;
     f->st = f->st0 = state_code(state);
@@ -524,8 +525,8 @@ static int flow_load(Flow *f, PyObject *dirty) {
     Py_CLEAR(f->agg);
     if (PyDict_SetItem(dirty, f->cid, f->conn) < 0) return -1;
     Py_INCREF(f);
-    touched[n_touched++] = f;
-    f->gen = call_gen;
+    t->v[t->n++] = f;
+    f->gen = t->gen;
     return 0;
 }
 
@@ -653,20 +654,22 @@ static int flow_store(Flow *f) {
 
 /* Before a scan call returns: every flow it touched written back (all of them, even
  * after a failure; the first failure reported). */
-static int flows_sync(void) {
+static int flows_sync(Touched *t) {
     Py_ssize_t i;
     int rc = 0;
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     if (PyErr_Occurred()) PyErr_Fetch(&et, &ev, &tb);
-    for (i = 0; i < n_touched; i++) {
-        if (flow_store(touched[i]) < 0 && rc == 0) {
+    for (i = 0; i < t->n; i++) {
+        if (flow_store(t->v[i]) < 0 && rc == 0) {
             rc = -1;
             if (et == NULL) PyErr_Fetch(&et, &ev, &tb);
             else PyErr_Clear();
         }
-        Py_DECREF(touched[i]);
+        Py_DECREF(t->v[i]);
     }
-    n_touched = 0;
+    PyMem_Free(t->v);
+    t->v = NULL;
+    t->n = t->cap = 0;
     if (et != NULL) PyErr_Restore(et, ev, tb);
     return rc;
 }
@@ -848,6 +851,7 @@ typedef struct {
     long long next_id;
     Dpi dpi;  /* dpi.mod NULL: no labelling */
     Maker mk;
+    Touched touched;   /* flows to write back before the call returns */
 } Sink;
 
 
@@ -867,7 +871,9 @@ static unsigned char *reserve(PyObject *ba, Py_ssize_t *used, Py_ssize_t need) {
 }
 
 static void sink_start(Sink *s) {
-    call_gen++;   /* every flow's copy from an earlier call is stale */
+    s->touched.v = NULL;
+    s->touched.n = s->touched.cap = 0;
+    s->touched.gen = ++call_gen;   /* every flow's copy from an earlier call is stale */
     s->plain_used = PyByteArray_GET_SIZE(s->plain);
     s->blob_used = PyByteArray_GET_SIZE(s->blob);
 }
@@ -1101,7 +1107,7 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         return -1;
     }
     fl = (Flow *)entry;
-    if (fl->gen != call_gen && flow_load(fl, s->dirty) < 0) return -1;
+    if (fl->gen != s->touched.gen && flow_load(fl, s->dirty, &s->touched) < 0) return -1;
     out = *src_is_a == fl->a_is_local;
     fl->np[out]++;
     fl->nb[out] += origlen;
@@ -1273,13 +1279,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         off += rhl + caplen;
     }
     PyBuffer_Release(&view);
-    if (flows_sync() < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync(&s.touched) < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyBuffer_Release(&view);
-    flows_sync();
+    flows_sync(&s.touched);
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
@@ -1402,14 +1408,14 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
-    if (flows_sync() < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync(&s.touched) < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
-    flows_sync();
+    flows_sync(&s.touched);
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
