@@ -449,3 +449,66 @@ def test_collector_settings_come_back_after_an_ingest(ctx, tmp_path, monkeypatch
     _ingest(ctx, src, fast=True, monkeypatch=monkeypatch)
     assert len(frozen) >= 5 and all(n > 0 and t[0] >= 50_000 for n, t in frozen)
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+def test_connection_rows_packed_in_c_unpickle_as_conn_row():
+    """The batch's connection rows go to the bulk writer packed (scanner.PackedConns):
+    unpickled they are exactly {c.id: c.row()}, in the same order: a labelled connection
+    packed from its row(), rows the format does not hold (an int beyond 64 bits, a string
+    UTF-8 cannot encode) as their tuples, in their place."""
+    import pickle
+
+    from apppaccap.attribution.labels import Label
+    from apppaccap.capture.recorder import Conn
+    plain = Conn(7, 6, ("10.0.0.1", 40000), ("192.168.1.20", 443), 1_700_000_000_000_000_000)
+    plain.pout, plain.bout, plain.last, plain.state = 3, 180, plain.first + 5, "ESTABLISHED"
+    plain.app, plain.hostname = ("TLS", "Google", "Web"), "www.example.com"
+    v6 = Conn(8, 17, ("fe80::1", 5353), ("ff02::fb", 5353), 0)
+    v6.hostname = "h\u00e9te"   # not ASCII
+    owned = Conn(9, 6, ("127.0.0.1", 5000), ("127.0.0.1", 80), 5)
+    owned.label = Label(process_id=3, pid=100, tid=101, proc={}, local=None)
+    huge = Conn(10, 6, ("10.0.0.2", 1), ("10.0.0.3", 2), 5)
+    huge.bin = 2**70
+    odd = Conn(11, 17, ("10.0.0.2", 1), ("10.0.0.3", 2), 5)
+    odd.hostname = "bad\udcff"   # a lone surrogate
+    conns = [plain, v6, owned, huge, odd]
+    packed = scanner.PackedConns(conns)
+    assert len(packed.rest) == 2   # huge, odd
+    back = pickle.loads(pickle.dumps(packed))
+    want = {c.id: c.row() for c in conns}
+    assert back == want and list(back) == list(want)
+    assert pickle.loads(pickle.dumps(scanner.PackedConns([]))) == {}
+
+
+def test_two_ingests_at_once_same_as_one_at_a_time(ctx, tmp_path):
+    """Two files ingested at once, in two threads switching often (the scanner calls back
+    into Python - new connections, DNS answers - and the other ingest's scan runs then):
+    each capture is the one it is when ingested alone (the scanner's per-call state -
+    the flows it must write back - is per call, not shared)."""
+    import threading
+    a, b = str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")
+    gen_flows(a, 6000, "short")
+    gen_flows(b, 9000, "short")
+
+    def one(path, out):
+        reader = ingest.open_reader(path)
+        cid = ingest.create_capture(ctx, path)
+        ingest.ingest(ctx, reader, cid)
+        out.append(cid)
+
+    first: list = []
+    one(a, first)
+    one(b, first)
+    alone = [_dump(ctx, cid) for cid in first]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        ids: list = [[], []]
+        threads = [threading.Thread(target=one, args=(p, ids[i])) for i, p in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        sys.setswitchinterval(old)
+    assert [_dump(ctx, i[0]) for i in ids] == alone

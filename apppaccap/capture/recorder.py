@@ -109,9 +109,8 @@ class Recorder:
         self.labeller = None  # capture/applabels.py AppLabeller: nDPI labels (None: off)
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
         self.evicted = 0  # eviction passes so far (ingest/scanner.py drops its flow table then)
-        # per interface, ns per timestamp tick when blocks are stored as pcapng EPBs
-        # (ingest/scanner.py); None: bytes stored bare
-        self.epb_divs = None
+        self.epb_divs = None  # ns a timestamp tick per interface, blocks stored as EPBs (scanner)
+        self.pack_conns = None  # dirty conns -> {id: row} as pickled to the bulk writer (scanner)
         self._known_ips: set = set()
         self._reset()
 
@@ -298,7 +297,8 @@ class Recorder:
             self._evict()
 
     def _submit(self, batch) -> None:
-        conns = {c.id: c.row() for c in batch.dirty.values()}
+        d = batch.dirty.values()  # pack_conns: set by ingest/scanner.py for bulk ingests only
+        conns = self.pack_conns(d) if self.pack_conns else {c.id: c.row() for c in d}
         procs = {k: tuple(v) for k, v in batch.procs.items()}
         threads = {}
         for (pid, tid, _process_id), n in batch.threads.items():

@@ -24,6 +24,8 @@
 #include <limits.h>
 #include <arpa/inet.h>
 #include <structmember.h>
+#include <sys/random.h>
+#include <time.h>
 
 #define NS 1000000000LL
 #define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
@@ -33,7 +35,7 @@ enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
 /* nDPI, reached through function pointers the caller hands over (capture/applabels.py
  * loads libndpi with ctypes): no build-time dependency on nDPI's headers or library.
- * A flow still being labelled has a 4th item in its flows entry: a bytearray holding
+ * A flow still being labelled holds (Flow.dpi) a bytearray holding
  * DpiState, shared with the Python side (applabels.STATE, the same layout). */
 typedef struct { uint16_t master, app; int32_t category; } DpiProto;  /* ndpi_protocol 4.2 */
 typedef DpiProto (*dpi_process_fn)(void *, void *, const unsigned char *, unsigned short,
@@ -62,6 +64,8 @@ static inline unsigned char *put(unsigned char *p, unsigned long long v, int n) 
 }
 
 static PyObject *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_state, *a_fin;
+static PyObject *a_id, *a_app, *a_proto, *a_local, *a_remote, *a_label, *a_peer, *a_first,
+    *a_row, *a_hostname, *a_next_conn;
 static PyObject *st_empty, *st_est, *st_active, *st_reset, *st_closed, *st_closing,
     *st_syn_sent, *st_syn_received;
 
@@ -171,8 +175,17 @@ static int fast_decode(uint32_t lt, const unsigned char *d, Py_ssize_t n, Frame 
 /* The text of an address as dissect/decode.py writes it (dotted quad, inet_ntop). */
 static PyObject *addr_text(const unsigned char *a, int alen) {
     char txt[INET6_ADDRSTRLEN];
-    if (alen == 4) {
-        snprintf(txt, sizeof(txt), "%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+    if (alen == 4) {   /* by hand: snprintf cost ~2,000 instructions an address */
+        char *p = txt;
+        int i;
+        for (i = 0; i < 4; i++) {
+            unsigned v = a[i];
+            if (i) *p++ = '.';
+            if (v >= 100) *p++ = (char)('0' + v / 100);
+            if (v >= 10) *p++ = (char)('0' + v / 10 % 10);
+            *p++ = (char)('0' + v % 10);
+        }
+        return PyUnicode_FromStringAndSize(txt, p - txt);
     } else if (inet_ntop(AF_INET6, a, txt, sizeof(txt)) == NULL) {
         PyErr_SetString(PyExc_ValueError, "inet_ntop failed");
         return NULL;
@@ -281,10 +294,11 @@ static int add_attr(PyObject *obj, PyObject *name, long long delta) {
  * at their offsets, not through attribute lookups (~5 a packet). Only for an object of
  * exactly the class the maker gave (conn_type), and a slot holding a value; anything else
  * takes the attribute path. */
-#define NSLOTS 7
+#define NSLOTS 16
 static PyObject *conn_type;             /* strong reference */
 static PyObject **slot_names[NSLOTS] = {&a_pout, &a_bout, &a_pin, &a_bin, &a_last, &a_state,
-                                        &a_fin};
+                                        &a_fin, &a_id, &a_proto, &a_local, &a_remote, &a_label,
+                                        &a_peer, &a_first, &a_hostname, &a_app};
 static Py_ssize_t slot_offs[NSLOTS];    /* -1: not a plain object slot */
 
 static int learn_slots(PyObject *cls) {
@@ -360,56 +374,17 @@ static int same_str(PyObject *a, PyObject *b) {
     return a == b || (PyUnicode_Check(a) && PyUnicode_Compare(a, b) == 0);
 }
 
-/* recorder._tcp_state, for a known connection; *ended: it is CLOSED or RESET now */
-static int tcp_state(PyObject *conn, int flags, int *ended) {
-    PyObject *state = cget(conn, a_state), *next = NULL;
-    int rc = 0;
-    if (state == NULL) return -1;
-    if (!(flags & 0x07) && same_str(state, st_est)) {
-        Py_DECREF(state);
-        *ended = 0;
-        return 0;   /* the common case: established, no SYN/FIN/RST */
-    }
-    if (flags & 0x04) {
-        next = st_reset;
-    } else if (flags & 0x01) {
-        PyObject *fin;
-        long n;
-        if (cadd(conn, a_fin, 1) < 0) { Py_DECREF(state); return -1; }
-        fin = cget(conn, a_fin);
-        if (fin == NULL) { Py_DECREF(state); return -1; }
-        n = PyLong_AsLong(fin);
-        Py_DECREF(fin);
-        if (n == -1 && PyErr_Occurred()) { Py_DECREF(state); return -1; }
-        next = n >= 2 ? st_closed : st_closing;
-    } else if (flags & 0x02) {
-        next = (flags & 0x10) ? st_syn_received : st_syn_sent;
-    } else if (same_str(state, st_empty) || same_str(state, st_syn_sent) ||
-               same_str(state, st_syn_received)) {
-        next = st_est;
-    }
-    if (next != NULL) rc = cset(conn, a_state, next);
-    *ended = next != NULL ? (next == st_closed || next == st_reset)
-                          : (same_str(state, st_closed) || same_str(state, st_reset));
-    Py_DECREF(state);
-    return rc;
-}
-
 /* key: proto, address length, then the smaller endpoint (address, port) first */
-static PyObject *flow_key(const Frame *f, int *src_is_a) {
+static int flow_key(const Frame *f, int *src_is_a, unsigned char *k) {
     int alen = f->alen, c = memcmp(f->sa, f->da, alen);
-    Py_ssize_t klen = 2 + 2 * (alen + 2);
-    PyObject *key = PyBytes_FromStringAndSize(NULL, klen);
-    unsigned char *k, *p;
+    unsigned char *p;
     const unsigned char *a, *b;
     int ap, bp;
-    if (key == NULL) return NULL;
     *src_is_a = c < 0 || (c == 0 && f->sport <= f->dport);
     a = *src_is_a ? f->sa : f->da;
     b = *src_is_a ? f->da : f->sa;
     ap = *src_is_a ? f->sport : f->dport;
     bp = *src_is_a ? f->dport : f->sport;
-    k = (unsigned char *)PyBytes_AS_STRING(key);
     k[0] = (unsigned char)f->proto;
     k[1] = (unsigned char)alen;
     p = k + 2;
@@ -420,21 +395,182 @@ static PyObject *flow_key(const Frame *f, int *src_is_a) {
     memcpy(p, b, alen);
     p[alen] = bp >> 8;
     p[alen + 1] = bp & 0xFF;
-    return key;
+    return 2 + 2 * (alen + 2);
 }
 
-/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts (`t`: ts as an int, the
- * object conn.last got). Tuple and list made directly, `t` shared: Py_BuildValue's format
- * parsing and a second int for ts cost ~0.1 s per 1M packets. */
-static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *t,
-                     long long size) {
-    PyObject *k = PyTuple_New(2), *sec, *v;
-    int rc = 0;
-    if (k == NULL) return -1;
-    if ((sec = PyLong_FromLongLong(ts / AGG_NS)) == NULL) { Py_DECREF(k); return -1; }
+/* A flow the scanner knows (its `flows` entry): the Conn, whether the key's first
+ * endpoint is the connection's local one, its id, and its nDPI state (a DpiState
+ * bytearray shared with applabels.py) while it is being labelled.
+ * While one scan call runs, a flow's counters, TCP state, last time and current
+ * (flow, second) aggregate are kept here in C, loaded from the Conn at the flow's first
+ * packet in the call and written back to it (and to the batch's flowsec list) before the
+ * call returns (flows_sync): Python never sees them in between, and a packet costs no
+ * Python object (ints, the (conn, second) tuple, dict updates: ~0.5 s per 1M packets
+ * of short flows). */
+enum { S_EMPTY, S_SYN_SENT, S_SYN_RECEIVED, S_EST, S_CLOSING, S_CLOSED, S_RESET, S_ACTIVE,
+       S_OTHER };
+static PyObject **st_objs[S_OTHER] = {&st_empty, &st_syn_sent, &st_syn_received, &st_est,
+                                      &st_closing, &st_closed, &st_reset, &st_active};
+
+#define KEY_MAX 38   /* flow_key's longest: proto, length, 2 x (IPv6 address, port) */
+typedef struct {
+    PyObject_HEAD
+    PyObject *conn, *cid, *dpi;   /* dpi: NULL once labelled (or labels off) */
+    long long cid_v;
+    int a_is_local;
+    /* the running call's copy (valid while gen == that call's Touched.gen) */
+    unsigned long long gen;
+    long long np[2], nb[2];       /* packets and bytes added, [in, out] */
+    long long last, fin0, fin;
+    int st0, st;
+    PyObject *agg;                /* flowsec[(conn, agg_sec)], being added to; or NULL */
+    long long agg_sec, agg_n, agg_b, agg_last;
+    unsigned char klen, key[KEY_MAX];   /* its key in the FlowTable (klen 0: none yet) */
+} Flow;
+
+static void flow_dealloc(Flow *f) {
+    Py_XDECREF(f->conn);
+    Py_XDECREF(f->cid);
+    Py_XDECREF(f->dpi);
+    Py_XDECREF(f->agg);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+static PyObject *flow_getconn(Flow *f, void *c) { (void)c; Py_INCREF(f->conn); return f->conn; }
+static PyObject *flow_getdpi(Flow *f, void *c) {
+    (void)c;
+    if (f->dpi == NULL) Py_RETURN_NONE;
+    Py_INCREF(f->dpi);
+    return f->dpi;
+}
+
+static PyGetSetDef flow_getset[] = {
+    {"conn", (getter)flow_getconn, NULL, "the connection", NULL},
+    {"dpi", (getter)flow_getdpi, NULL, "its nDPI state (None: labelled)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FlowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "apppaccap.ingest._pcapscan.Flow",
+    .tp_basicsize = sizeof(Flow),
+    .tp_dealloc = (destructor)flow_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A flow of the scanner's table (made by flow())",
+    .tp_getset = flow_getset,
+};
+
+/* a new Flow (NULL: exception); st None or NULL: not being labelled */
+static PyObject *flow_new(PyObject *conn, int a_is_local, PyObject *cid, PyObject *st) {
+    Flow *f;
+    long long v = PyLong_AsLongLong(cid);
+    if (v == -1 && PyErr_Occurred()) return NULL;
+    f = PyObject_New(Flow, &FlowType);
+    if (f == NULL) return NULL;
     Py_INCREF(conn);
-    PyTuple_SET_ITEM(k, 0, conn);
-    PyTuple_SET_ITEM(k, 1, sec);
+    Py_INCREF(cid);
+    f->conn = conn;
+    f->cid = cid;
+    f->cid_v = v;
+    f->a_is_local = a_is_local;
+    f->dpi = NULL;
+    if (st != NULL && st != Py_None) {
+        Py_INCREF(st);
+        f->dpi = st;
+    }
+    f->gen = 0;
+    f->agg = NULL;
+    f->klen = 0;
+    return (PyObject *)f;
+}
+
+static PyObject *py_flow(PyObject *self, PyObject *args) {
+    PyObject *conn, *cid, *st = Py_None;
+    int a_is_local;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OpO!|O", &conn, &a_is_local, &PyLong_Type, &cid, &st))
+        return NULL;
+    return flow_new(conn, a_is_local, cid, st);
+}
+
+/* The flows one scan call touched (strong references), and its generation: per call, not
+ * global - a Python callback (or a finalizer) can let another thread's ingest scan
+ * meanwhile, and that call must not write back this one's flows mid-update. */
+typedef struct { Flow **v; Py_ssize_t n, cap; unsigned long long gen; } Touched;
+static unsigned long long call_gen;   /* the last generation given (under the GIL) */
+
+static int state_code(PyObject *state) {
+    int i;
+    for (i = 0; i < S_OTHER; i++)
+        if (same_str(state, *st_objs[i])) return i;
+    return S_OTHER;
+}
+
+/* The flow's first packet in this call: its Conn's counters and state read, the conn
+ * marked dirty (at its first packet, as Recorder.add's dict order has it). */
+static int flow_load(Flow *f, PyObject *dirty, Touched *t) {
+    PyObject *state;
+    if (t->n == t->cap) {
+        Py_ssize_t cap = t->cap ? t->cap * 2 : 1024;
+        Flow **v = PyMem_Realloc(t->v, cap * sizeof(Flow *));
+        if (v == NULL) { PyErr_NoMemory(); return -1; }
+        t->v = v;
+        t->cap = cap;
+    }
+    if ((state = cget(f->conn, a_state)) == NULL) return -1;
+    f->st = f->st0 = state_code(state);
+    Py_DECREF(state);
+    f->fin = f->fin0 = -1;   /* read at the flow's first FIN */
+    f->np[0] = f->np[1] = f->nb[0] = f->nb[1] = 0;
+    Py_CLEAR(f->agg);
+    if (PyDict_SetItem(dirty, f->cid, f->conn) < 0) return -1;
+    Py_INCREF(f);
+    t->v[t->n++] = f;
+    f->gen = t->gen;
+    return 0;
+}
+
+/* the running (flow, second) aggregate added to its flowsec list */
+static int agg_flush(Flow *f) {
+    PyObject *v = f->agg, *n, *b, *t;
+    long long n0, b0;
+    if (v == NULL) return 0;
+    f->agg = NULL;
+    n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
+    b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
+    if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(v); return -1; }
+    n = PyLong_FromLongLong(n0 + f->agg_n);
+    b = PyLong_FromLongLong(b0 + f->agg_b);
+    t = PyLong_FromLongLong(f->agg_last);
+    if (n == NULL || b == NULL || t == NULL) {
+        Py_XDECREF(n); Py_XDECREF(b); Py_XDECREF(t); Py_DECREF(v);
+        return -1;
+    }
+    PyList_SetItem(v, 0, n);   /* steals */
+    PyList_SetItem(v, 1, b);
+    PyList_SetItem(v, 3, t);
+    Py_DECREF(v);
+    return 0;
+}
+
+/* flowsec[(conn, second)] += (1 packet, size bytes), last = ts: a new (flow, second)'s
+ * list found or made in flowsec (made at its first packet: the dict's order is
+ * Recorder.add's), the counts added in C until the second changes or the call ends. */
+static int aggregate(PyObject *flowsec, Flow *f, long long ts, long long size) {
+    long long sec = ts / AGG_NS;
+    PyObject *k, *s, *v;
+    if (f->agg != NULL && f->agg_sec == sec) {
+        f->agg_n++;
+        f->agg_b += size;
+        f->agg_last = ts;
+        return 0;
+    }
+    if (agg_flush(f) < 0) return -1;
+    if ((k = PyTuple_New(2)) == NULL) return -1;
+    if ((s = PyLong_FromLongLong(sec)) == NULL) { Py_DECREF(k); return -1; }
+    Py_INCREF(f->conn);
+    PyTuple_SET_ITEM(k, 0, f->conn);
+    PyTuple_SET_ITEM(k, 1, s);
     v = PyDict_GetItemWithError(flowsec, k);
     if (v != NULL && !(PyList_CheckExact(v) && PyList_GET_SIZE(v) == 4)) {
         PyErr_SetString(PyExc_TypeError, "flowsec values must be [packets, bytes, first, last]");
@@ -442,42 +578,258 @@ static int aggregate(PyObject *flowsec, PyObject *conn, long long ts, PyObject *
         return -1;
     }
     if (v == NULL) {
-        PyObject *n, *b;
+        PyObject *n, *t;
         if (PyErr_Occurred()) { Py_DECREF(k); return -1; }
         v = PyList_New(4);
-        n = PyLong_FromLong(1);
-        b = PyLong_FromLongLong(size);
-        if (v == NULL || n == NULL || b == NULL) {
-            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
+        n = PyLong_FromLong(0);
+        t = PyLong_FromLongLong(ts);
+        if (v == NULL || n == NULL || t == NULL) {
+            Py_XDECREF(v); Py_XDECREF(n); Py_XDECREF(t); Py_DECREF(k);
             return -1;
         }
-        Py_INCREF(t);
+        Py_INCREF(n);
         Py_INCREF(t);
         PyList_SET_ITEM(v, 0, n);   /* steals */
-        PyList_SET_ITEM(v, 1, b);
+        PyList_SET_ITEM(v, 1, n);
         PyList_SET_ITEM(v, 2, t);
         PyList_SET_ITEM(v, 3, t);
-        rc = PyDict_SetItem(flowsec, k, v);
-        Py_DECREF(v);
+        if (PyDict_SetItem(flowsec, k, v) < 0) { Py_DECREF(v); Py_DECREF(k); return -1; }
     } else {
-        long long n0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 0));
-        long long b0 = PyLong_AsLongLong(PyList_GET_ITEM(v, 1));
-        PyObject *n, *b;
-        if ((n0 == -1 || b0 == -1) && PyErr_Occurred()) { Py_DECREF(k); return -1; }
-        n = PyLong_FromLongLong(n0 + 1);
-        b = PyLong_FromLongLong(b0 + size);
-        if (n == NULL || b == NULL) {
-            Py_XDECREF(n); Py_XDECREF(b); Py_DECREF(k);
-            return -1;
-        }
-        Py_INCREF(t);
-        PyList_SetItem(v, 0, n);   /* steals */
-        PyList_SetItem(v, 1, b);
-        PyList_SetItem(v, 3, t);
+        Py_INCREF(v);
     }
     Py_DECREF(k);
+    f->agg = v;
+    f->agg_sec = sec;
+    f->agg_n = 1;
+    f->agg_b = size;
+    f->agg_last = ts;
+    return 0;
+}
+
+/* recorder._tcp_state on the flow's copy; returns whether it is CLOSED or RESET now */
+static int tcp_state(Flow *f, int flags) {
+    if (!(flags & 0x07) && f->st == S_EST) return 0;   /* the common case */
+    if (flags & 0x04) {
+        f->st = S_RESET;
+    } else if (flags & 0x01) {
+        if (f->fin < 0) {
+            PyObject *fin = cget(f->conn, a_fin);
+            if (fin == NULL) return -1;
+            f->fin = f->fin0 = PyLong_AsLongLong(fin);
+            Py_DECREF(fin);
+            if (f->fin == -1 && PyErr_Occurred()) return -1;
+        }
+        f->fin++;
+        f->st = f->fin >= 2 ? S_CLOSED : S_CLOSING;
+    } else if (flags & 0x02) {
+        f->st = (flags & 0x10) ? S_SYN_RECEIVED : S_SYN_SENT;
+    } else if (f->st == S_EMPTY || f->st == S_SYN_SENT || f->st == S_SYN_RECEIVED) {
+        f->st = S_EST;
+    }
+    return f->st == S_CLOSED || f->st == S_RESET;
+}
+
+/* One flow's copy written back to its Conn (Conn.pout += ..., last, fin, state). */
+static int flow_store(Flow *f) {
+    PyObject *conn = f->conn, *t;
+    int rc = agg_flush(f);
+    f->gen = 0;
+    if (rc == 0 && f->np[1] && (cadd(conn, a_pout, f->np[1]) < 0 || cadd(conn, a_bout, f->nb[1]) < 0))
+        rc = -1;
+    if (rc == 0 && f->np[0] && (cadd(conn, a_pin, f->np[0]) < 0 || cadd(conn, a_bin, f->nb[0]) < 0))
+        rc = -1;
+    if (rc == 0 && f->np[0] + f->np[1]) {
+        if ((t = PyLong_FromLongLong(f->last)) == NULL) return -1;
+        rc = cset(conn, a_last, t);
+        Py_DECREF(t);
+    }
+    if (rc == 0 && f->fin != f->fin0) {
+        if ((t = PyLong_FromLongLong(f->fin)) == NULL) return -1;
+        rc = cset(conn, a_fin, t);
+        Py_DECREF(t);
+    }
+    if (rc == 0 && f->st != f->st0 && f->st != S_OTHER) rc = cset(conn, a_state, *st_objs[f->st]);
     return rc;
 }
+
+/* Before a scan call returns: every flow it touched written back (all of them, even
+ * after a failure; the first failure reported). */
+static int flows_sync(Touched *t) {
+    Py_ssize_t i;
+    int rc = 0;
+    PyObject *et = NULL, *ev = NULL, *tb = NULL;
+    if (PyErr_Occurred()) PyErr_Fetch(&et, &ev, &tb);
+    for (i = 0; i < t->n; i++) {
+        if (flow_store(t->v[i]) < 0 && rc == 0) {
+            rc = -1;
+            if (et == NULL) PyErr_Fetch(&et, &ev, &tb);
+            else PyErr_Clear();
+        }
+        Py_DECREF(t->v[i]);
+    }
+    PyMem_Free(t->v);
+    t->v = NULL;
+    t->n = t->cap = 0;
+    if (et != NULL) PyErr_Restore(et, ev, tb);
+    return rc;
+}
+
+/* The scanner's flow table: key (flow_key's bytes) -> Flow, open addressing in C. A
+ * packet's lookup makes no Python object (a dict cost a bytes key and its hash, ~500
+ * instructions a packet). The hash is seeded at import (a crafted file cannot aim at
+ * one chain). Python only adds (table[key] = flow) and empties it (clear()). */
+typedef struct { Flow *flow; uint64_t hash; } Slot;   /* the key is in the Flow */
+typedef struct { PyObject_HEAD Slot *slots; Py_ssize_t cap, used; } FlowTable;
+static uint64_t table_seed;
+
+static uint64_t key_hash(const unsigned char *k, int n) {
+    uint64_t h = table_seed ^ ((uint64_t)n * 0x9E3779B97F4A7C15ULL);
+    int i;
+    for (i = 0; i < n; i++) {
+        h ^= k[i];
+        h *= 0x100000001B3ULL;
+        h ^= h >> 29;
+    }
+    h ^= h >> 32;
+    h *= 0xD6E8FEB86659FD93ULL;
+    return h ^ (h >> 32);
+}
+
+static Slot *table_find(FlowTable *t, const unsigned char *k, int n, uint64_t h) {
+    Py_ssize_t mask = t->cap - 1, i = (Py_ssize_t)(h & (uint64_t)mask);
+    while (1) {
+        Slot *s = &t->slots[i];
+        if (s->flow == NULL ||
+            (s->hash == h && s->flow->klen == n && memcmp(s->flow->key, k, (size_t)n) == 0))
+            return s;
+        i = (i + 1) & mask;
+    }
+}
+
+/* the Flow under key, borrowed, or NULL */
+static Flow *table_get(FlowTable *t, const unsigned char *k, int n, uint64_t h) {
+    return t->cap ? table_find(t, k, n, h)->flow : NULL;
+}
+
+/* table[key] = flow (a new reference taken); -1: exception */
+static int table_put(FlowTable *t, const unsigned char *k, int n, uint64_t h, Flow *f) {
+    Slot *s;
+    if (n > KEY_MAX) {
+        PyErr_SetString(PyExc_ValueError, "flow table: key too long");
+        return -1;
+    }
+    if ((t->used + 1) * 2 > t->cap) {   /* at most half full */
+        Py_ssize_t cap = t->cap ? t->cap * 2 : 1024, i;
+        Slot *old = t->slots, *ns = PyMem_Calloc((size_t)cap, sizeof(Slot));
+        Py_ssize_t oldcap = t->cap;
+        if (ns == NULL) { PyErr_NoMemory(); return -1; }
+        t->slots = ns;
+        t->cap = cap;
+        for (i = 0; i < oldcap; i++)
+            if (old[i].flow != NULL)
+                *table_find(t, old[i].flow->key, old[i].flow->klen, old[i].hash) = old[i];
+        PyMem_Free(old);
+    }
+    if (f->klen && (f->klen != n || memcmp(f->key, k, (size_t)n) != 0)) {
+        PyErr_SetString(PyExc_ValueError, "flow table: a Flow goes under one key");
+        return -1;
+    }
+    f->klen = (unsigned char)n;
+    memcpy(f->key, k, (size_t)n);
+    s = table_find(t, k, n, h);
+    Py_INCREF(f);
+    if (s->flow != NULL) {
+        Py_SETREF(s->flow, f);
+        return 0;
+    }
+    s->flow = f;
+    s->hash = h;
+    t->used++;
+    return 0;
+}
+
+static void table_clear(FlowTable *t) {
+    Slot *old = t->slots;
+    Py_ssize_t i, cap = t->cap;
+    t->slots = NULL;
+    t->cap = t->used = 0;
+    for (i = 0; i < cap; i++) Py_XDECREF(old[i].flow);
+    PyMem_Free(old);
+}
+
+static void table_dealloc(FlowTable *t) {
+    table_clear(t);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    FlowTable *t;
+    if (PyTuple_GET_SIZE(args) || (kw != NULL && PyDict_GET_SIZE(kw))) {
+        PyErr_SetString(PyExc_TypeError, "FlowTable() takes no arguments");
+        return NULL;
+    }
+    if ((t = (FlowTable *)type->tp_alloc(type, 0)) == NULL) return NULL;
+    t->slots = NULL;
+    t->cap = t->used = 0;
+    return (PyObject *)t;
+}
+
+static Py_ssize_t table_len(FlowTable *t) { return t->used; }
+
+static PyObject *table_getitem(FlowTable *t, PyObject *key) {
+    Flow *f;
+    if (!PyBytes_Check(key)) { PyErr_SetObject(PyExc_KeyError, key); return NULL; }
+    f = PyBytes_GET_SIZE(key) > KEY_MAX ? NULL
+        : table_get(t, (const unsigned char *)PyBytes_AS_STRING(key), (int)PyBytes_GET_SIZE(key),
+                    key_hash((const unsigned char *)PyBytes_AS_STRING(key),
+                             (int)PyBytes_GET_SIZE(key)));
+    if (f == NULL) { PyErr_SetObject(PyExc_KeyError, key); return NULL; }
+    Py_INCREF(f);
+    return (PyObject *)f;
+}
+
+static int table_setitem(FlowTable *t, PyObject *key, PyObject *v) {
+    const unsigned char *k;
+    int n;
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "flow table: entries go only with clear()");
+        return -1;
+    }
+    if (!PyBytes_Check(key) || !Py_IS_TYPE(v, &FlowType)) {
+        PyErr_SetString(PyExc_TypeError, "flow table: bytes key -> Flow");
+        return -1;
+    }
+    k = (const unsigned char *)PyBytes_AS_STRING(key);
+    n = PyBytes_GET_SIZE(key) > KEY_MAX ? KEY_MAX + 1 : (int)PyBytes_GET_SIZE(key);
+    return table_put(t, k, n, key_hash(k, n > KEY_MAX ? 0 : n), (Flow *)v);
+}
+
+static PyObject *table_clear_py(FlowTable *t, PyObject *unused) {
+    (void)unused;
+    table_clear(t);
+    Py_RETURN_NONE;
+}
+
+static PyMappingMethods table_mapping = {
+    (lenfunc)table_len, (binaryfunc)table_getitem, (objobjargproc)table_setitem,
+};
+
+static PyMethodDef table_methods[] = {
+    {"clear", (PyCFunction)table_clear_py, METH_NOARGS, "Forget every flow."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject FlowTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "apppaccap.ingest._pcapscan.FlowTable",
+    .tp_basicsize = sizeof(FlowTable),
+    .tp_dealloc = (destructor)table_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The scanner's flows: flow_key bytes -> Flow (table[key] = flow, clear())",
+    .tp_as_mapping = &table_mapping,
+    .tp_methods = table_methods,
+    .tp_new = table_new,
+};
 
 /* What creating a connection needs (Recorder.conn_for, in C): the Conn class, the
  * Recorder (its next_conn counter), its conns, hostnames and local_ips, and the
@@ -489,7 +841,8 @@ typedef struct { PyObject *cls, *rec, *conns, *hostnames, *local_ips, *open_stat
 
 /* Where recorded packets go: the Recorder's batch, and the scanner's flow table. */
 typedef struct {
-    PyObject *flows, *plain, *blob, *flowsec, *dirty;
+    FlowTable *flows;
+    PyObject *plain, *blob, *flowsec, *dirty;
     /* bytes of plain and blob in use: while scanning, their sizes grow by doubling, not by
      * a resize a packet (bytearray grows ~1/8 at a time: its reallocations copied the
      * batch ~8 times over, ~0.2 s per 1M packets of short flows); sink_trim cuts them
@@ -498,9 +851,9 @@ typedef struct {
     long long next_id;
     Dpi dpi;  /* dpi.mod NULL: no labelling */
     Maker mk;
+    Touched touched;   /* flows to write back before the call returns */
 } Sink;
 
-static PyObject *a_next_conn, *a_hostname;
 
 /* `need` more bytes of `ba` after `*used` (which moves past them); NULL: exception */
 static unsigned char *reserve(PyObject *ba, Py_ssize_t *used, Py_ssize_t need) {
@@ -518,6 +871,9 @@ static unsigned char *reserve(PyObject *ba, Py_ssize_t *used, Py_ssize_t need) {
 }
 
 static void sink_start(Sink *s) {
+    s->touched.v = NULL;
+    s->touched.n = s->touched.cap = 0;
+    s->touched.gen = ++call_gen;   /* every flow's copy from an earlier call is stale */
     s->plain_used = PyByteArray_GET_SIZE(s->plain);
     s->blob_used = PyByteArray_GET_SIZE(s->blob);
 }
@@ -582,8 +938,8 @@ static PyObject *int_pair(PyObject *obj, long port) {
  * Conn registered in rec.conns and in the scanner's flows under `key` (with its nDPI
  * state when labels are on). Returns 1 (entry set, borrowed from flows), 0 (the
  * Recorder knows this flow already - Python registers it) or -1 (exception). */
-static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int src_is_a,
-                       PyObject **entry) {
+static int create_flow(Sink *s, const Frame *f, long long ts, const unsigned char *key,
+                       int klen, uint64_t kh, int src_is_a, PyObject **entry) {
     const Maker *m = &s->mk;
     PyObject *src = NULL, *dst = NULL, *a = NULL, *b = NULL;
     PyObject *pkey = NULL, *conn = NULL, *cid = NULL, *host, *st = NULL, *e = NULL;
@@ -646,10 +1002,8 @@ static int create_flow(Sink *s, const Frame *f, long long ts, PyObject *key, int
         }
     }
     /* a_is_local: whether the key's first endpoint is the connection's local one */
-    e = (st != NULL && st != Py_None)
-        ? PyTuple_Pack(4, conn, (!swap == src_is_a) ? Py_True : Py_False, cid, st)
-        : PyTuple_Pack(3, conn, (!swap == src_is_a) ? Py_True : Py_False, cid);
-    if (e == NULL || PyDict_SetItem(s->flows, key, e) < 0) goto done;
+    e = flow_new(conn, (!swap) == src_is_a, cid, st);
+    if (e == NULL || table_put(s->flows, key, klen, kh, (Flow *)e) < 0) goto done;
     *entry = e;   /* flows holds it */
     rc = 1;
 done:
@@ -729,59 +1083,41 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
                   long long ts, uint32_t linktype, uint32_t iface, long long div,
                   PyObject **key, int *src_is_a) {
     Frame f;
-    PyObject *entry, *conn, *conn_id;
+    PyObject *entry;
+    Flow *fl;
     Py_ssize_t boff;
-    int out, ended = 0;
+    int out, ended = 0, klen;
+    unsigned char kb[KEY_MAX];
+    uint64_t kh;
 
     if (!fast_decode(linktype & 0x0FFFFFFF, data, caplen, &f, s->mk.cls != NULL)) return SLOW;
-    *key = flow_key(&f, src_is_a);
-    if (*key == NULL) return -1;
-    entry = PyDict_GetItemWithError(s->flows, *key);
+    klen = flow_key(&f, src_is_a, kb);
+    kh = key_hash(kb, klen);
+    entry = (PyObject *)table_get(s->flows, kb, klen, kh);
     if (entry == NULL) {
-        int made;
-        if (PyErr_Occurred()) { Py_CLEAR(*key); return -1; }
-        if (s->mk.cls == NULL) return NEWFLOW;  /* keep key: Python registers the conn */
-        made = create_flow(s, &f, ts, *key, *src_is_a, &entry);
-        if (made < 0) { Py_CLEAR(*key); return -1; }
-        if (made == 0) return NEWFLOW;
+        int made = s->mk.cls == NULL ? 0 : create_flow(s, &f, ts, kb, klen, kh, *src_is_a, &entry);
+        if (made < 0) return -1;
+        if (made == 0) {   /* Python registers the conn under this key */
+            *key = PyBytes_FromStringAndSize((const char *)kb, klen);
+            return *key == NULL ? -1 : NEWFLOW;
+        }
     }
-    Py_CLEAR(*key);
-    if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) < 3 || PyTuple_GET_SIZE(entry) > 4) {
-        PyErr_SetString(PyExc_TypeError,
-                        "flows values must be (conn, a_is_local, conn_id[, dpi state])");
+    if (!Py_IS_TYPE(entry, &FlowType)) {
+        PyErr_SetString(PyExc_TypeError, "flows values must be Flow objects (flow())");
         return -1;
     }
-    conn = PyTuple_GET_ITEM(entry, 0);
-    out = PyObject_IsTrue(PyTuple_GET_ITEM(entry, 1));
-    if (out < 0) return -1;
-    out = *src_is_a == out;
-    conn_id = PyTuple_GET_ITEM(entry, 2);
-
-    if (cadd(conn, out ? a_pout : a_pin, 1) < 0 ||
-        cadd(conn, out ? a_bout : a_bin, origlen) < 0)
-        return -1;
-    {
-        /* one int for conn.last and the flow's second counters (aggregate) */
-        PyObject *t = PyLong_FromLongLong(ts);
-        int rc;
-        if (t == NULL) return -1;
-        rc = cset(conn, a_last, t);
-        if (rc == 0) rc = aggregate(s->flowsec, conn, ts, t, origlen);
-        Py_DECREF(t);
-        if (rc < 0) return -1;
-    }
+    fl = (Flow *)entry;
+    if (fl->gen != s->touched.gen && flow_load(fl, s->dirty, &s->touched) < 0) return -1;
+    out = *src_is_a == fl->a_is_local;
+    fl->np[out]++;
+    fl->nb[out] += origlen;
+    fl->last = ts;
+    if (aggregate(s->flowsec, fl, ts, origlen) < 0) return -1;
     if (f.proto == 6) {
-        if (tcp_state(conn, f.flags, &ended) < 0) return -1;
-    } else {
-        PyObject *state = cget(conn, a_state);
-        int empty;
-        if (state == NULL) return -1;
-        empty = PyObject_Not(state);
-        Py_DECREF(state);
-        if (empty < 0) return -1;
-        if (empty && cset(conn, a_state, st_active) < 0) return -1;
+        if ((ended = tcp_state(fl, f.flags)) < 0) return -1;
+    } else if (fl->st == S_EMPTY) {
+        fl->st = S_ACTIVE;
     }
-    if (PyDict_SetItem(s->dirty, conn_id, conn) < 0) return -1;
 
     boff = s->blob_used;
     if (div) {
@@ -814,9 +1150,8 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         memcpy(p, data, caplen);
     }
     {
-        long long cid = PyLong_AsLongLong(conn_id);
+        long long cid = fl->cid_v;
         unsigned char *p;
-        if (cid == -1 && PyErr_Occurred()) return -1;
         if ((p = reserve(s->plain, &s->plain_used, ROW_SIZE)) == NULL) return -1;
         p = put(p, (unsigned long long)s->next_id, 8);
         p = put(p, (unsigned long long)ts, 8);
@@ -834,10 +1169,10 @@ static int record(Sink *s, const unsigned char *data, uint32_t caplen, uint32_t 
         put(p, iface, 4);
     }
     s->next_id++;
-    if (PyTuple_GET_SIZE(entry) == 4 && s->dpi.mod != NULL &&
-        (dpi_feed(&s->dpi, PyTuple_GET_ITEM(entry, 3), &f, data, caplen, ts) ||
-         (ended && dpi_end(PyTuple_GET_ITEM(entry, 3)))) &&
-        PyList_Append(s->dpi.settled, conn) < 0)
+    if (fl->dpi != NULL && s->dpi.mod != NULL &&
+        (dpi_feed(&s->dpi, fl->dpi, &f, data, caplen, ts) ||
+         (ended && dpi_end(fl->dpi))) &&
+        PyList_Append(s->dpi.settled, fl->conn) < 0)
         return -1;
     if (f.dns && f.plen > 0) {   /* after nDPI's feed, as in Recorder.add */
         /* the answers read here (dns.py's parse in C), handed to learn_answers */
@@ -870,8 +1205,8 @@ PyDoc_STRVAR(scan_doc,
 "-> (off, packets, bytes, code, key, src_is_a, last_ts)\n\n"
 "Record classic-pcap packets from buf[off:size] until a batch limit (code 0), the end\n"
 "(1), a record Python must handle (2) or the first packet of an unknown flow (3, with\n"
-"its key and whether its source is the key's first endpoint). flows: key -> (conn,\n"
-"a_is_local, conn_id[, nDPI state bytearray]); dpi: (module, process, extra, cap,\n"
+"its key and whether its source is the key's first endpoint). flows: key -> Flow\n"
+"(flow(conn, a_is_local, conn_id[, nDPI state bytearray])); dpi: (module, process, extra, cap,\n"
 "settled list) with the addresses of libndpi's functions, or None; maker: (Conn,\n"
 "recorder, conns, hostnames, local_ips, open_state or None, learn_answers) to create new\n"
 "flows here and record DNS answers (their (name, ip) pairs handed to learn_answers)\n"
@@ -895,7 +1230,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnpLiIIO!O!O!LnnO!O!L|OO", &view, &off, &size, &big, &unit,
-                          &rhl, &snaplen, &linktype, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &rhl, &snaplen, &linktype, &FlowTableType, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &div,
                           &dpi, &mk))
@@ -944,12 +1279,13 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         off += rhl + caplen;
     }
     PyBuffer_Release(&view);
-    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync(&s.touched) < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyBuffer_Release(&view);
+    flows_sync(&s.touched);
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
@@ -984,7 +1320,7 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
 
     (void)self;
     if (!PyArg_ParseTuple(args, "y*nnpO!O!O!O!LnnO!O!|OO", &view, &off, &size, &big,
-                          &PyTuple_Type, &ifaces, &PyDict_Type, &s.flows, &PyByteArray_Type,
+                          &PyTuple_Type, &ifaces, &FlowTableType, &s.flows, &PyByteArray_Type,
                           &s.plain, &PyByteArray_Type, &s.blob, &s.next_id, &max_rows,
                           &max_bytes, &PyDict_Type, &s.flowsec, &PyDict_Type, &s.dirty, &dpi,
                           &mk))
@@ -1072,36 +1408,39 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
     }
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
-    if (sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
+    if (flows_sync(&s.touched) < 0 || sink_trim(&s) < 0) { Py_XDECREF(key); return NULL; }
     return result(off, taken, total, code, key, src_is_a, last_ts);
 
 fail:
     Py_XDECREF(key);
     PyMem_Free(ifs);
     PyBuffer_Release(&view);
+    flows_sync(&s.touched);
     sink_trim(&s);   /* the exception raised stays the one reported */
     return NULL;
 }
 
 typedef DpiProto (*dpi_giveup_fn)(void *, void *, uint8_t, uint8_t *);
 typedef void (*dpi_free_fn)(void *);
-static PyObject *a_id, *a_app;
 
 PyDoc_STRVAR(settle_doc,
-"settle(conns, pending, dirty, names, complete, module, giveup, free)\n\n"
+"settle(conns, pending, dirty, names, complete, module, giveup, free[, named])\n\n"
 "AppLabeller.complete for the flows the scanner settled (`conns`, those still in\n"
-"`pending`): a flow nDPI detected goes to complete(conn); one it did not gets nDPI's\n"
-"give-up verdict here (ndpi_detection_giveup, as Detector.giveup), its labels from\n"
-"names(master, app, category), is marked in `dirty` and its nDPI flow freed\n"
-"(ndpi_free_flow) - two ctypes calls less per flow.");
+"`pending`): a flow nDPI detected as a protocol of `named` (or any, without `named`)\n"
+"goes to complete(conn); another detected one gets its labels from\n"
+"names(master, app, category) here, is marked in `dirty` and its nDPI flow freed; one\n"
+"it did not detect gets nDPI's give-up verdict here (ndpi_detection_giveup, as\n"
+"Detector.giveup), its labels from names(master, app, category), is marked in `dirty`\n"
+"and its nDPI flow freed (ndpi_free_flow) - two ctypes calls less per flow.");
 
 static PyObject *settle(PyObject *self, PyObject *args) {
-    PyObject *conns, *pending, *dirty, *names, *complete;
+    PyObject *conns, *pending, *dirty, *names, *complete, *named = NULL;
     unsigned long long mod, giveup, freefn;
     Py_ssize_t i;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!O!O!OOKKK", &PyList_Type, &conns, &PyDict_Type, &pending,
-                          &PyDict_Type, &dirty, &names, &complete, &mod, &giveup, &freefn))
+    if (!PyArg_ParseTuple(args, "O!O!O!OOKKK|O!", &PyList_Type, &conns, &PyDict_Type, &pending,
+                          &PyDict_Type, &dirty, &names, &complete, &mod, &giveup, &freefn,
+                          &PyTuple_Type, &named))
         return NULL;
     if (!mod || !giveup || !freefn) {
         PyErr_SetString(PyExc_ValueError, "settle: nDPI addresses missing");
@@ -1112,7 +1451,7 @@ static PyObject *settle(PyObject *self, PyObject *args) {
         DpiState *ds;
         DpiProto p;
         uint8_t guessed = 0;
-        int rc;
+        int rc, detected;
         if ((cid = PyObject_GetAttr(conn, a_id)) == NULL) return NULL;
         pair = PyDict_GetItemWithError(pending, cid);
         if (pair == NULL) {
@@ -1124,16 +1463,34 @@ static PyObject *settle(PyObject *self, PyObject *args) {
         ds = st != NULL && PyByteArray_Check(st) &&
              PyByteArray_GET_SIZE(st) == (Py_ssize_t)sizeof(DpiState)
              ? (DpiState *)PyByteArray_AS_STRING(st) : NULL;
-        if (ds == NULL || ds->master || ds->app || !ds->flow) {
-            Py_DECREF(cid);   /* detected (names nDPI read go with it): Python's */
+        detected = ds != NULL && (ds->master || ds->app);
+        app = NULL;
+        if (ds != NULL && ds->flow && detected && named != NULL) {
+            /* detected: its labels here too, unless its protocol is one whose names nDPI
+             * read go with it (`named`: HTTP, TLS, QUIC) - those are complete()'s (a
+             * Python call and a ctypes free less for each DNS flow, ~4 us) */
+            int has;
+            app = PyObject_CallFunction(names, "iii", (int)ds->master, (int)ds->app,
+                                        (int)ds->category);
+            if (app == NULL) { Py_DECREF(cid); return NULL; }
+            has = PyTuple_Check(app) && PyTuple_GET_SIZE(app) > 0
+                  ? PySequence_Contains(named, PyTuple_GET_ITEM(app, 0)) : 1;
+            if (has < 0) { Py_DECREF(app); Py_DECREF(cid); return NULL; }
+            if (has) Py_CLEAR(app);
+        }
+        if (app == NULL && (ds == NULL || detected || !ds->flow)) {
+            Py_DECREF(cid);   /* names nDPI read go with it: Python's */
             if ((r = PyObject_CallOneArg(complete, conn)) == NULL) return NULL;
             Py_DECREF(r);
             continue;
         }
-        p = ((dpi_giveup_fn)(uintptr_t)giveup)((void *)(uintptr_t)mod,
-                                                (void *)(uintptr_t)ds->flow, 1, &guessed);
-        app = PyObject_CallFunction(names, "iii", (int)p.master, (int)p.app, (int)p.category);
-        if (app == NULL) { Py_DECREF(cid); return NULL; }
+        if (app == NULL) {   /* not detected: nDPI's give-up guess */
+            p = ((dpi_giveup_fn)(uintptr_t)giveup)((void *)(uintptr_t)mod,
+                                                    (void *)(uintptr_t)ds->flow, 1, &guessed);
+            app = PyObject_CallFunction(names, "iii", (int)p.master, (int)p.app,
+                                        (int)p.category);
+            if (app == NULL) { Py_DECREF(cid); return NULL; }
+        }
         rc = PyObject_SetAttr(conn, a_app, app);
         Py_DECREF(app);
         Py_INCREF(st);   /* held across the pop */
@@ -1149,6 +1506,270 @@ static PyObject *settle(PyObject *self, PyObject *args) {
         Py_DECREF(st);
     }
     Py_RETURN_NONE;
+}
+
+/* A batch's connection rows (Conn.row) packed for the bulk writer: making 20-tuples in
+ * Python and pickling them cost the parsing process ~0.4 s per 1M packets of short
+ * flows. pack_conns writes each row's values straight from the Conn's attributes into
+ * bytes - per row a count, then per value 'i' + int64, 's' + uint32 length + UTF-8, or
+ * 'n' (None) - and unpack_conns (run where the bytes are unpickled, in the writer
+ * process) makes the same {id: row tuple} dict again, so the writer's interface is
+ * unchanged. A connection with a process label or a peer, or a value of another kind
+ * (an int beyond 64 bits, a string UTF-8 cannot hold), is packed from its row(). */
+
+typedef struct { unsigned char *p; Py_ssize_t used, cap; } Buf;
+
+static unsigned char *buf_take(Buf *b, Py_ssize_t n) {
+    unsigned char *at;
+    if (b->used + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap * 2 : 65536;
+        unsigned char *q;
+        while (cap < b->used + n) cap *= 2;
+        if ((q = PyMem_Realloc(b->p, cap)) == NULL) { PyErr_NoMemory(); return NULL; }
+        b->p = q;
+        b->cap = cap;
+    }
+    at = b->p + b->used;
+    b->used += n;
+    return at;
+}
+
+/* one value; 1: packed, 0: a kind the format does not hold (nothing written), -1 */
+static int put_value(Buf *b, PyObject *v) {
+    unsigned char *p;
+    if (v == Py_None) {
+        if ((p = buf_take(b, 1)) == NULL) return -1;
+        *p = 'n';
+        return 1;
+    }
+    if (PyLong_CheckExact(v)) {
+        int over = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &over);   /* (fast for small ints) */
+        if (over) return 0;
+        if (x == -1 && PyErr_Occurred()) return -1;
+        if ((p = buf_take(b, 9)) == NULL) return -1;
+        *p = 'i';
+        put(p + 1, (unsigned long long)x, 8);
+        return 1;
+    }
+    if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *s;
+        if (PyUnicode_IS_COMPACT_ASCII(v)) {   /* addresses, states, most names */
+            n = PyUnicode_GET_LENGTH(v);
+            s = (const char *)PyUnicode_DATA(v);
+        } else {
+            s = PyUnicode_AsUTF8AndSize(v, &n);
+        }
+        if (s == NULL) {   /* lone surrogates: not ours */
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeError)) return -1;
+            PyErr_Clear();
+            return 0;
+        }
+        if (n > 0x7FFFFFFF) return 0;
+        if ((p = buf_take(b, 5 + n)) == NULL) return -1;
+        *p = 's';
+        put(p + 1, (unsigned long long)n, 4);
+        memcpy(p + 5, s, n);
+        return 1;
+    }
+    return 0;
+}
+
+/* Conn.row's values, read from the conn: 1 packed, 0 not this way (b->used restored), -1 */
+static int put_conn(Buf *b, PyObject *conn) {
+    static PyObject **names[] = {&a_id, &a_proto, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                 &a_first, &a_last, &a_pout, &a_bout, &a_pin, &a_bin,
+                                 &a_state, &a_hostname};
+    PyObject *lab = NULL, *peer = NULL, *local = NULL, *remote = NULL, *app = NULL, *v;
+    Py_ssize_t start = b->used, i;
+    int rc = -1, ok = 1;
+    unsigned char *p;
+    if ((lab = cget(conn, a_label)) == NULL ||
+        (peer = cget(conn, a_peer)) == NULL ||
+        (local = cget(conn, a_local)) == NULL ||
+        (remote = cget(conn, a_remote)) == NULL ||
+        (app = cget(conn, a_app)) == NULL)
+        goto done;
+    if (lab != Py_None || peer != Py_None || !PyTuple_CheckExact(local) ||
+        PyTuple_GET_SIZE(local) != 2 || !PyTuple_CheckExact(remote) ||
+        PyTuple_GET_SIZE(remote) != 2 ||
+        (app != Py_None && !(PyTuple_CheckExact(app) && PyTuple_GET_SIZE(app) == 3))) {
+        rc = 0;
+        goto done;
+    }
+    if ((p = buf_take(b, 1)) == NULL) goto done;
+    *p = 22;
+    for (i = 0; i < 22 && ok == 1; i++) {
+        if (i < 17 && names[i] != NULL) {
+            if ((v = cget(conn, *names[i])) == NULL) goto done;
+            ok = put_value(b, v);
+            Py_DECREF(v);
+        } else if (i == 2 || i == 3) {
+            ok = put_value(b, PyTuple_GET_ITEM(local, i - 2));
+        } else if (i == 4 || i == 5) {
+            ok = put_value(b, PyTuple_GET_ITEM(remote, i - 4));
+        } else if (i == 6 || i == 17) {
+            ok = put_value(b, Py_None);    /* process ids: no label, no peer */
+        } else if (i == 7 || i == 8 || i == 18) {
+            if ((p = buf_take(b, 9)) == NULL) goto done;
+            *p = 'i';
+            put(p + 1, 0, 8);
+        } else {   /* 19..21: the application labels */
+            ok = put_value(b, app == Py_None ? Py_None : PyTuple_GET_ITEM(app, i - 19));
+        }
+        if (ok < 0) goto done;
+    }
+    rc = ok;
+done:
+    if (rc != 1) b->used = start;
+    Py_XDECREF(lab); Py_XDECREF(peer); Py_XDECREF(local); Py_XDECREF(remote); Py_XDECREF(app);
+    return rc;
+}
+
+/* any row tuple; 1, 0 (b->used restored) or -1 */
+static int put_row(Buf *b, PyObject *row) {
+    Py_ssize_t start = b->used, i, n;
+    unsigned char *p;
+    if (!PyTuple_CheckExact(row) || (n = PyTuple_GET_SIZE(row)) == 0 || n > 255) return 0;
+    if ((p = buf_take(b, 1)) == NULL) return -1;
+    *p = (unsigned char)n;
+    for (i = 0; i < n; i++) {
+        int ok = put_value(b, PyTuple_GET_ITEM(row, i));
+        if (ok != 1) {
+            b->used = start;
+            return ok;
+        }
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(pack_conns_doc,
+"pack_conns(conns) -> (packed, rest)\n\n"
+"The rows of `conns` (an iterable of Conn) as unpack_conns reads them back: {c.id:\n"
+"c.row()} in the same order. Rows the format cannot hold are in `rest` (a list of\n"
+"row tuples; a 0 count in `packed` marks where each goes).");
+
+static PyObject *pack_conns(PyObject *self, PyObject *arg) {
+    PyObject *it, *conn, *rest, *out = NULL;
+    Buf b = {NULL, 0, 0};
+    (void)self;
+    if ((rest = PyList_New(0)) == NULL) return NULL;
+    if ((it = PyObject_GetIter(arg)) == NULL) { Py_DECREF(rest); return NULL; }
+    while ((conn = PyIter_Next(it)) != NULL) {
+        int ok = put_conn(&b, conn);
+        if (ok == 0) {
+            PyObject *row = PyObject_CallMethodNoArgs(conn, a_row);
+            ok = row == NULL ? -1 : put_row(&b, row);
+            if (ok == 0) {
+                unsigned char *p = buf_take(&b, 1);
+                ok = p == NULL || PyList_Append(rest, row) < 0 ? -1 : 1;
+                if (p != NULL) *p = 0;
+            }
+            Py_XDECREF(row);
+        }
+        Py_DECREF(conn);
+        if (ok < 0) goto fail;
+    }
+    if (PyErr_Occurred()) goto fail;
+    {
+        PyObject *bytes = PyBytes_FromStringAndSize((const char *)b.p, b.used);
+        if (bytes != NULL) out = PyTuple_Pack(2, bytes, rest);
+        Py_XDECREF(bytes);
+    }
+fail:
+    Py_DECREF(it);
+    Py_DECREF(rest);
+    PyMem_Free(b.p);
+    return out;
+}
+
+static long long get64(const unsigned char *p) {
+    unsigned long long v = 0;
+    int i;
+    for (i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return (long long)v;
+}
+
+PyDoc_STRVAR(unpack_conns_doc,
+"unpack_conns(packed, rest) -> {id: row tuple}: pack_conns's rows again.");
+
+static PyObject *unpack_conns(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    PyObject *rest, *out;
+    const unsigned char *p, *end;
+    Py_ssize_t next_rest = 0;
+    PyObject *seen[32] = {NULL};   /* per column: the last string made */
+    int c;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*O!", &view, &PyList_Type, &rest)) return NULL;
+    p = (const unsigned char *)view.buf;
+    end = p + view.len;
+    if ((out = PyDict_New()) == NULL) goto fail;
+    while (p < end) {
+        int n = *p++, i;
+        PyObject *row;
+        if (n == 0) {
+            if (next_rest >= PyList_GET_SIZE(rest)) goto bad;
+            row = PyList_GET_ITEM(rest, next_rest++);
+            Py_INCREF(row);
+        } else {
+            if ((row = PyTuple_New(n)) == NULL) goto fail;
+            for (i = 0; i < n; i++) {
+                PyObject *v;
+                if (p >= end) { Py_DECREF(row); goto bad; }
+                if (*p == 'n') {
+                    Py_INCREF(Py_None);
+                    v = Py_None;
+                    p += 1;
+                } else if (*p == 'i' && end - p >= 9) {
+                    v = PyLong_FromLongLong(get64(p + 1));
+                    p += 9;
+                } else if (*p == 's' && end - p >= 5) {
+                    Py_ssize_t len = (Py_ssize_t)rd32(p + 1, 0);
+                    PyObject *prev = i < 32 ? seen[i] : NULL;
+                    if (end - p - 5 < len) { Py_DECREF(row); goto bad; }
+                    /* a column's string as the row before's (states, labels): shared,
+                     * as unpickling shares what pickle memoized */
+                    if (prev != NULL && PyUnicode_IS_COMPACT_ASCII(prev) &&
+                        PyUnicode_GET_LENGTH(prev) == len &&
+                        memcmp(PyUnicode_DATA(prev), p + 5, (size_t)len) == 0) {
+                        Py_INCREF(prev);
+                        v = prev;
+                    } else {
+                        v = PyUnicode_DecodeUTF8((const char *)p + 5, len, "strict");
+                        if (v != NULL && i < 32) {
+                            Py_INCREF(v);
+                            Py_XSETREF(seen[i], v);
+                        }
+                    }
+                    p += 5 + len;
+                } else {
+                    Py_DECREF(row);
+                    goto bad;
+                }
+                if (v == NULL) { Py_DECREF(row); goto fail; }
+                PyTuple_SET_ITEM(row, i, v);
+            }
+        }
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) == 0 ||
+            PyDict_SetItem(out, PyTuple_GET_ITEM(row, 0), row) < 0) {
+            Py_DECREF(row);
+            if (!PyErr_Occurred()) goto bad;
+            goto fail;
+        }
+        Py_DECREF(row);
+    }
+    PyBuffer_Release(&view);
+    for (c = 0; c < 32; c++) Py_XDECREF(seen[c]);
+    return out;
+bad:
+    PyErr_SetString(PyExc_ValueError, "unpack_conns: damaged rows");
+fail:
+    Py_XDECREF(out);
+    PyBuffer_Release(&view);
+    for (c = 0; c < 32; c++) Py_XDECREF(seen[c]);
+    return NULL;
 }
 
 static PyObject *py_dns_answers(PyObject *self, PyObject *arg) {
@@ -1167,6 +1788,11 @@ static PyMethodDef methods[] = {
      "dns_answers(payload) -> [(name, ip)]: dissect/dns.py dns_answers, as the scanner reads "
      "DNS answers."},
     {"scan", scan, METH_VARARGS, scan_doc},
+    {"pack_conns", pack_conns, METH_O, pack_conns_doc},
+    {"unpack_conns", unpack_conns, METH_VARARGS, unpack_conns_doc},
+    {"flow", py_flow, METH_VARARGS,
+     "flow(conn, a_is_local, conn_id[, dpi_state]) -> a flows entry for conn (a_is_local: the "
+     "key's first endpoint is its local one; dpi_state: its nDPI state while labelled)."},
     {"scan_pcapng", scan_pcapng, METH_VARARGS, scan_pcapng_doc},
     {NULL, NULL, 0, NULL},
 };
@@ -1189,6 +1815,13 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
     INTERN(a_hostname, "hostname");
     INTERN(a_id, "id");
     INTERN(a_app, "app");
+    INTERN(a_proto, "proto");
+    INTERN(a_local, "local");
+    INTERN(a_remote, "remote");
+    INTERN(a_label, "label");
+    INTERN(a_peer, "peer");
+    INTERN(a_first, "first");
+    INTERN(a_row, "row");
     INTERN(st_empty, "");
     INTERN(st_est, "ESTABLISHED");
     INTERN(st_active, "ACTIVE");
@@ -1199,7 +1832,15 @@ PyMODINIT_FUNC PyInit__pcapscan(void) {
     INTERN(st_syn_received, "SYN_RECEIVED");
 #undef INTERN
     {
-        PyObject *m = PyModule_Create(&module);
+        PyObject *m;
+        if (PyType_Ready(&FlowType) < 0 || PyType_Ready(&FlowTableType) < 0) return NULL;
+        if (getrandom(&table_seed, sizeof(table_seed), 0) != sizeof(table_seed))
+            table_seed = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&table_seed;
+        m = PyModule_Create(&module);
+        if (m != NULL && PyModule_AddObjectRef(m, "FlowTable", (PyObject *)&FlowTableType) < 0) {
+            Py_DECREF(m);
+            return NULL;
+        }
         if (m != NULL && (PyModule_AddObject(m, "AGG_NS", PyLong_FromLongLong(AGG_NS)) < 0 ||
                           PyModule_AddIntConstant(m, "DPI_STATE_SIZE", sizeof(DpiState)) < 0)) {
             Py_DECREF(m);
