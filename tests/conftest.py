@@ -20,6 +20,7 @@ from tests.helpers.ports import free_port
 from tests.helpers.ports import wait_port
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups to tag node ids
 def pytest_collection_modifyitems(config, items):
     """`make test` runs two pytest-xdist workers with --dist loadgroup: every live and
     browser test goes to one worker, in order (they share `lo`, the eBPF programs and the
@@ -34,10 +35,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_collection_finish(session):
-    """The grouping above is silent when it fails: pytest 9.2 stopped honouring the renamed
-    node id by which pytest-xdist 3.8 tags a test with its group, and the live tests then ran
-    on both workers at once, each disturbing the other's traffic on `lo` (flaky failures in
-    CI). A worker that cannot group refuses to run (pyproject.toml pins pytest)."""
+    """The grouping above is silent when it fails, and it failed twice: pytest-xdist tags a
+    test with its group by renaming its node id in its own collection hook, which ran before
+    ours (so the live mark came too late: hence tryfirst), and pytest 9.2 ignores the renamed
+    id. Either way the live tests ran on both workers at once, each disturbing the other's
+    traffic on `lo` (flaky failures in CI). A worker that cannot group refuses to run
+    (pyproject.toml pins pytest)."""
     if not hasattr(session.config, "workerinput") or not session.config.getvalue("loadgroup"):
         return
     for item in session.items:
