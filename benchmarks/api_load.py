@@ -220,6 +220,14 @@ def main() -> int:
               f"p99 {pct(ts, .99):7.1f} ms  max {pct(ts, 1):7.1f} ms")
     print(f"  {'all':<20} {len(alltimes):>6} answers  p50 {pct(alltimes, .5):7.1f} ms  "
           f"p99 {pct(alltimes, .99):7.1f} ms  ({errors} errors)")
+    # Less load-sensitive than latencies on a shared box: the service's CPU per answer
+    # (answers pro rata to the CPU window: pollers ran `seconds`, the window `wall`) and,
+    # with --pollers 0, per packet stored
+    if alltimes:
+        per = 1000 * cpu[0] / (len(alltimes) * min(1.0, wall / args.seconds))
+        print(f"  service CPU per answer (capture's share included): {per:.2f} ms")
+    elif sent:
+        print(f"  service CPU per packet sent: {1e6 * cpu[0] / sent:.1f} us")
     return 0
 
 

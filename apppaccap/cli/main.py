@@ -21,6 +21,7 @@ from apppaccap.server import make_private
 from apppaccap.server import start_services
 from apppaccap.server import stop_on_signals
 from apppaccap.server import stop_services
+from apppaccap.server import tune_gc
 from apppaccap.settings import check as settings_check
 from apppaccap.store.catalog import Catalog
 from apppaccap.web.app import create_app
@@ -87,6 +88,7 @@ def cmd_serve(args) -> int:
     log.info("serving on http://%s:%d/ (data in %s, auth %s)", args.host, args.port,
              ctx.config.data_dir, "on" if ctx.config.auth else "off")
     stop_on_signals(server)
+    tune_gc()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
