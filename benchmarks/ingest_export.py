@@ -10,6 +10,12 @@ does it: the ingested blocks copied; and packet by packet, the path of live capt
 filtered exports) against `editcap -F pcapng`, and the cost of nDPI labels. Targets:
 ingest ≤ 0.5× tshark with peak RSS ≤ 300 MB; export ≤ 2× editcap.
 
+Every timed step starts after os.sync(), so no step is timed while the kernel writes back
+an earlier one's ~0.6 GB (packet bytes, the database); tshark writes nothing. Ingests late
+in one process still took more CPU (4 in a row: +0.7 s by the 3rd per 1M short-flow
+packets), most of it the kernel copying into the page cache and allocating ext4 blocks
+(perf; the test machine's disk was 86 % full).
+
 Run:  .venv/bin/python benchmarks/ingest_export.py [--packets 1000000] [--runs 2]
 """
 
@@ -26,7 +32,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 CHILD = r"""
-import json, resource, sys, time
+import json, os, resource, sys, time
 sys.path.insert(0, sys.argv[1])
 from apppaccap.context import Config, build_context
 from apppaccap.ingest import export, ingest
@@ -35,6 +41,7 @@ ctx = build_context(Config(data_dir=sys.argv[3]))
 full = sys.argv[6] == "1"  # export and labels figures too
 reader = ingest.open_reader(sys.argv[2])
 cid = ingest.create_capture(ctx, sys.argv[2])
+os.sync()  # start clean: no earlier step's dirty pages being written back
 t, c = time.perf_counter(), time.process_time()
 res = ingest.ingest(ctx, reader, cid)
 t_ingest, cpu_ingest = time.perf_counter() - t, time.process_time() - c
@@ -57,12 +64,14 @@ if full:
     for on in ("0", "1", "0"):
         ctx.settings.set("app_labels_enabled", on)
         reader = ingest.open_reader(sys.argv[2])
+        os.sync()
         t, c = time.perf_counter(), time.process_time()
         ingest.ingest(ctx, reader, ingest.create_capture(ctx, sys.argv[2]))
         labels[on].append([time.perf_counter() - t, time.process_time() - c])
     ctx.settings.set("app_labels_enabled", "1")
 # the same packets as pcapng (editcap's conversion)
 reader = ingest.open_reader(sys.argv[5])
+os.sync()
 t = time.perf_counter()
 ingest.ingest(ctx, reader, ingest.create_capture(ctx, sys.argv[5]))
 t_png = time.perf_counter() - t
@@ -79,6 +88,7 @@ print(json.dumps({"packets": res["Packets"], "ingest": t_ingest, "rss_mb": rss,
 def timed(cmd, cpu=None) -> float:
     """Wall seconds of `cmd`; with a list `cpu`, its CPU seconds are appended to it."""
     import resource
+    os.sync()  # as before each of our ingests
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
