@@ -56,7 +56,8 @@ while True:
 """
 CLIENT = r"""
 import socket, sys, time
-c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), source_address=("127.0.0.1", int(sys.argv[2])))
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])),
+                             source_address=("127.0.0.1", int(sys.argv[2])))
 print("up", flush=True); sys.stdin.readline()
 end = time.time() + float(sys.argv[3])
 while time.time() < end:
@@ -193,7 +194,8 @@ def w1(n, http_port):
 def w2(echo_port, count=20, seconds=5.0):
     procs = {}
     for p in ports(count):
-        proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(echo_port), str(p), str(seconds)],
+        proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(echo_port), str(p),
+                                 str(seconds)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         proc.stdout.readline()
         procs[p] = proc
