@@ -201,7 +201,7 @@ TABLE = (
             "Read when the first capture starts (docs/ATTRIBUTION.md).", attribution_choice),
     Setting("attribution_hold_ms", "int", "50", "Milliseconds a capture holds a new flow's "
             "packets while its owner is being resolved, so a late answer still labels them "
-            "(docs/ARCHITECTURE.md, Attribution).", non_negative_integer),
+            "(docs/INTERNALS.md, Attribution).", non_negative_integer),
     Setting("usage_enabled", "bool", "1", "Usage accounting: count bytes per program and "
             "remote endpoint on every up adapter (no packets stored; usage_* actions); "
             "takes effect within a second.", zero_or_one),

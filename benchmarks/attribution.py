@@ -1,4 +1,4 @@
-"""Attribution benchmark "PAB-1" (docs/ARCHITECTURE.md, Decisions: the attribution benchmark)
+"""Attribution benchmark "PAB-1" (docs/DECISIONS.md: the attribution benchmark)
 through the real capture path.
 
 A system capture on `lo` (this process, the product's CaptureManager), then workloads with

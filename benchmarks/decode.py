@@ -2,7 +2,7 @@
 
 Prints packets/s for:
   * Ethernet/IPv4/TCP with a 742-byte payload (the libtins benchmark frame:
-    docs/ARCHITECTURE.md, Decisions: the storage write path),
+    docs/DECISIONS.md: the storage write path),
   * a mixed synthetic set (VLAN, IPv6, UDP/DNS, ICMP, ARP, SLL),
   * the real frames of the corpus' http_large_mixed_2k_packets.pcap,
 each without touching ``summary`` (the ingest path) and then with ``summary``.

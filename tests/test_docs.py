@@ -19,7 +19,7 @@ def test_every_action_documented():
 
 def test_docs_and_comments_cite_only_the_repository():
     """Design notes outside the repository are not cited; what the code relies on from
-    them is in docs/ARCHITECTURE.md, Decisions (RFC sections are fine)."""
+    them is in docs/DECISIONS.md (RFC sections are fine)."""
     import glob
     import re
 

@@ -135,7 +135,7 @@ def test_tshark_and_capinfos_accept_it(sample):
         ["1700000003.999999999", "0", "", "3"],
     ]
     assert rows[5][2] == "x" * 0xFFFC
-    # the comment is filterable (docs/ARCHITECTURE.md, Decisions: process labels in exported pcapng)
+    # the comment is filterable (docs/DECISIONS.md: process labels in exported pcapng)
     assert tshark.frames(sample, 'frame.comment contains "Cmd: /usr/bin/curl"') == [1]
     info = subprocess.run(["capinfos", str(sample)], capture_output=True, text=True)
     assert info.returncode == 0 and "error" not in info.stderr.lower(), info.stderr

@@ -7,7 +7,7 @@ group=path folds two processes of one executable.
 The clients keep their socket open until they exit: usage accounting names a connection
 from its sockets, and on a machine as loaded as the shared test machine (load average
 15-20 on 2 cores) its lookup sometimes came after a short connection had closed both
-(docs/ARCHITECTURE.md, Usage accounting); test_usage.py's download test closes at once."""
+(docs/INTERNALS.md, Usage accounting); test_usage.py's download test closes at once."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Reading a capture: packet streams, single packets, connections, processes, IPs.
 
-Paging (docs/ARCHITECTURE.md, Decisions: the wire envelope and paging): items with
+Paging (docs/DECISIONS.md: the wire envelope and paging): items with
 id > last_id, at most `limit` (default 1000, max 10000), with LastId and More. A client
 of the reference sends no last_id to the list actions and knows no paging for a
 connection's or thread's packets: without last_id those answer as the reference does, a

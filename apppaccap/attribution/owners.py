@@ -53,7 +53,7 @@ def boost_current_thread(priority: int = 10, nice: int = -10) -> bool:
 
     Why: on a busy 2-core box a short-lived client finishes while a normal-priority
     resolver waits for the CPU; RT priority took attribution from 85-93 % to 99-100 %
-    (docs/ARCHITECTURE.md, Decisions: attribution: what was measured). Risk: an RT
+    (docs/DECISIONS.md: attribution: what was measured). Risk: an RT
     thread that spins starves every normal task on its core. The kernel's RT throttling
     (sched_rt_runtime_us, 95 %) bounds the damage; the resolver must block on a queue
     and never busy-wait. Returns False when neither change was allowed (needs root /
@@ -342,8 +342,8 @@ def default_owners():
     if sys.platform.startswith("linux"):
         try:
             # The cn_proc listener at real-time priority too: it feeds the exec'd pids
-            # the resolver scans first (99-100 % with both: docs/ARCHITECTURE.md,
-            # Decisions: attribution: what was measured).
+            # the resolver scans first (99-100 % with both: docs/DECISIONS.md:
+            # attribution: what was measured).
             owners = LinuxOwners(boost_events=True)
         except OSError as e:
             log.warning("sock_diag unavailable (%s): attributing through psutil", e)

@@ -48,7 +48,7 @@ class Attribution:
         self.idle_grace = idle_grace
         self.sweep_interval = sweep_interval
         self.clock = clock
-        self.boost = boost  # real-time resolver (docs/ARCHITECTURE.md, Decisions: attribution)
+        self.boost = boost  # real-time resolver (docs/DECISIONS.md: attribution)
         self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
         # both ends local (loopback): the originator's socket may not be findable yet
         self.is_local = is_local or (lambda ip: ip.startswith("127.") or ip == "::1")

@@ -117,7 +117,7 @@ class CaptureManager:
         if not names:
             raise NotFound("adapter: no capturable adapter is up")
         # opened by the capture's own process, out of reach of this one's GIL
-        # (docs/ARCHITECTURE.md, Capture)
+        # (docs/INTERNALS.md, Capture)
         return SnifferProcess(list(dict.fromkeys(names)), bpf)
 
     def _reserve(self) -> None:

@@ -2,7 +2,7 @@
 
 Run as `python -m apppaccap.capture.sniffchild` by capture/sniffer.py; its stdin brings
 one JSON line (adapters, BPF filter) and then the parent's "stop" (closed = stop), its
-stdout carries frames (docs/ARCHITECTURE.md,
+stdout carries frames (docs/INTERNALS.md,
 Capture). In the service process the sniffer threads shared the GIL with the web server:
 20 clients polling the API kept them from draining the kernel ring (~128 ms of traffic at
 1 ms blocks) and a capture lost 28 % of 20,000 packets/s. Here nothing but draining runs,

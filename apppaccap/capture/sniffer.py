@@ -1,7 +1,7 @@
 """A capture's sniffer process (capture/sniffchild.py) and the thread that feeds what it
 sends into the capture's bounded queue; open_handle() is what the process opens.
 
-pypcap facts (docs/ARCHITECTURE.md, Decisions: pypcap and libpcap on Linux): dispatch()
+pypcap facts (docs/DECISIONS.md: pypcap and libpcap on Linux): dispatch()
 holds the GIL while it waits, so we use a non-blocking handle + select() on its fd and
 dispatch(-1) only when readable; that also stops cleanly. On lo the kernel counts every
 packet twice in stats().
@@ -155,7 +155,7 @@ class SnifferProcess:
                 break
             # One queue item per BATCH packets, not per packet: a put costs a lock and a
             # wake-up of the pipeline thread, which under API load was a quarter of the
-            # time the service's GIL was held (py-spy --gil, docs/ARCHITECTURE.md).
+            # time the service's GIL was held (py-spy --gil, docs/INTERNALS.md).
             batch: list = []
             # the flow's entry, asked once per flow and frame (see _item)
             refs: dict = {}

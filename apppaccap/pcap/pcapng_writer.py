@@ -9,7 +9,7 @@ and a BytesIO for every packet, about 34 µs per packet against our ~1 µs (meas
 on 300,000 packets), which the export loop cannot afford.
 
 Every section is little-endian.  Per packet we write the process attribution the
-two ways readers understand (docs/ARCHITECTURE.md, Decisions: process labels in exported
+two ways readers understand (docs/DECISIONS.md: process labels in exported
 pcapng): an ``opt_comment`` in ptcpdump's text convention (:func:`process_comment`,
 shown by Wireshark/tshark as ``frame.comment``) and the binary
 ``epb_processid_threadid`` option (code 8).

@@ -1,5 +1,5 @@
 """The search language: a Wireshark display-filter subset compiled to SQL
-(docs/FILTERS.md; docs/ARCHITECTURE.md, Decisions: the search language).
+(docs/FILTERS.md; docs/DECISIONS.md: the search language).
 
 Pipeline: `lexer` (text → tokens with positions) → `parser` (tokens → AST) →
 `checker` (AST + `fields` table → typed AST, every value validated) → `compiler`

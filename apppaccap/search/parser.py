@@ -1,7 +1,7 @@
 """Tokens → abstract syntax tree (recursive descent).
 
 Precedence, loosest first, as in Wireshark: `or ||`, `xor ^^`, `and &&`, `not !`.
-(tshark 4.0 itself has no xor; we accept it: docs/ARCHITECTURE.md, Decisions: the search
+(tshark 4.0 itself has no xor; we accept it: docs/DECISIONS.md: the search
 language.) A relation is `field`, `field OP value`, `field in {set}`, `field not in
 {set}`, `field contains v`, `field matches "re"`, `field & mask` and `field & mask OP
 value`.

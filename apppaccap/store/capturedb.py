@@ -6,7 +6,7 @@ stored: it is decoded again when a packet is read, which keeps ingest fast.
 
 Packet bytes are concatenated per write batch into one `blocks` row; a packet keeps
 (blk, off) into it. That keeps the per-packet row small and the write path to a
-couple of executemany calls per batch (docs/ARCHITECTURE.md, Decisions: the
+couple of executemany calls per batch (docs/DECISIONS.md: the
 storage write path).
 
 This module owns the capture database's rows (its schema is store/migrations.py: CAPTURE;
