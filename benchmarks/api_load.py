@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -201,6 +202,7 @@ def main() -> int:
         web.terminate()
         server.stop()
         rx.close()
+        shutil.rmtree(work, ignore_errors=True)
     ours, dropped = row["PacketCount"], row["DroppedCount"]
     print(f"load average before: {load:.2f}, after: {os.getloadavg()[0]:.2f}")
     print(f"traffic: {sent} UDP datagrams in {took:.1f} s ({sent / took:.0f}/s), "

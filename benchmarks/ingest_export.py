@@ -12,9 +12,11 @@ ingest ≤ 0.5× tshark with peak RSS ≤ 300 MB; export ≤ 2× editcap.
 
 Every timed step starts after os.sync(), so no step is timed while the kernel writes back
 an earlier one's ~0.6 GB (packet bytes, the database); tshark writes nothing. Ingests late
-in one process still took more CPU (4 in a row: +0.7 s by the 3rd per 1M short-flow
-packets), most of it the kernel copying into the page cache and allocating ext4 blocks
-(perf; the test machine's disk was 86 % full).
+in one process used to take more CPU (+0.7 s by the 3rd per 1M short-flow packets): the
+side file was written 8 MB per call, which the kernel cached in 2 MB folios taken from
+memory the VM had handed back to its host (docs/DECISIONS.md: Write files in slices below
+2 MB). It is written 1 MB per call now. On a VM with free page reporting, which step runs
+right after memory was freed still moves figures by tenths of a second: compare runs.
 
 Run:  .venv/bin/python benchmarks/ingest_export.py [--packets 1000000] [--runs 2]
 """
