@@ -161,8 +161,23 @@ def test_connection_hostnames_come_from_dns_answers_in_the_capture(live, live_aj
 def test_side_file_is_written_in_slices_below_2_mb(tmp_path, monkeypatch):
     """A block of packet bytes (up to 8 MB) goes to the side file in writes of at most
     WRITE_SLICE: larger writes made the kernel cache them in 2 MB folios, ~10x the kernel
-    CPU on our machines (docs/DECISIONS.md). The bytes arrive whole and in order."""
+    CPU on our machines (docs/DECISIONS.md). The bytes arrive whole and in order, through
+    the compiled writer (no GIL between slices) and through os.write without it."""
     from apppaccap.store import blocks
+
+    assert blocks.WRITE_SLICE < 2 << 20
+    first = os.urandom(5 * blocks.WRITE_SLICE // 2)
+    second = bytearray(os.urandom(1000))
+    assert blocks.write_slices is not None  # built by `make test`'s install
+
+    side = blocks.SideFile(str(tmp_path / "1.db"))
+    try:
+        side.write_all(first)
+        side.write_all(second)
+        assert side.end() == len(first) + len(second)
+    finally:
+        side.close()
+    assert (tmp_path / "1.bytes").read_bytes() == first + second
 
     sizes = []
     real_write = os.write
@@ -171,16 +186,31 @@ def test_side_file_is_written_in_slices_below_2_mb(tmp_path, monkeypatch):
         sizes.append(len(data))
         return real_write(fd, data)
 
+    monkeypatch.setattr(blocks, "write_slices", None)
     monkeypatch.setattr(blocks.os, "write", write)
-    side = blocks.SideFile(str(tmp_path / "1.db"))
-    first = os.urandom(5 * blocks.WRITE_SLICE // 2)
-    second = bytearray(os.urandom(1000))
+    side = blocks.SideFile(str(tmp_path / "2.db"))
     try:
         side.write_all(first)
         side.write_all(second)
-        assert side.end() == len(first) + len(second)
     finally:
         side.close()
     assert sizes == [blocks.WRITE_SLICE, blocks.WRITE_SLICE, blocks.WRITE_SLICE // 2, 1000]
-    assert blocks.WRITE_SLICE < 2 << 20
-    assert (tmp_path / "1.bytes").read_bytes() == first + second
+    assert (tmp_path / "2.bytes").read_bytes() == first + second
+
+
+def test_compiled_slice_writer_reports_errors(tmp_path):
+    """A failed write(2) is an OSError with its errno (disk full fails the ingest with
+    IO_ERROR, store/bulkwriter.py), not a crash or a silent short write."""
+    import errno
+
+    from apppaccap.store.blocks import write_slices
+
+    fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        with pytest.raises(OSError) as err:
+            write_slices(fd, b"x" * 10, 4)
+        assert err.value.errno == errno.EBADF
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError):
+        write_slices(1, b"", 0)

@@ -20,6 +20,11 @@ O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines withou
 # 1 MB at a time 0.07-0.09 s (docs/DECISIONS.md: Write files in slices below 2 MB).
 WRITE_SLICE = 1 << 20
 
+try:
+    from apppaccap.store._packedrows import write_slices
+except ImportError:  # built without the extension (or on Windows): os.write per slice
+    write_slices = None
+
 
 def _read_at(fh, size: int, offset: int) -> bytes:
     fh.seek(offset)
@@ -54,6 +59,9 @@ class SideFile:
 
     def write_all(self, blob) -> None:
         """Append `blob` whose region was told ahead (BulkWriter: the file's end, counted)."""
+        if write_slices is not None:
+            write_slices(self.fd, blob, WRITE_SLICE)
+            return
         with memoryview(blob) as view:
             done = 0
             while done < len(view):
