@@ -14,11 +14,13 @@ import os
 import sqlite3
 
 O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
-# Bytes per write(2). A write of 2 MB or more lets the kernel cache it in 2 MB folios, and
-# on our virtual machines a fresh 2 MB block cost ~1.4 ms (free page reporting hands free
-# memory back to the host): 400 MB written 8 MB at a time took 0.55-1.1 s of kernel CPU,
-# 1 MB at a time 0.07-0.09 s (docs/DECISIONS.md: Write files in slices below 2 MB).
-WRITE_SLICE = 1 << 20
+# Bytes per write(2). The kernel caches a write in folios as large as the write allows,
+# and on our virtual machines large free blocks are mostly memory the balloon has handed
+# back to the host, whose first touch costs ~2.7 ms per MB: four 1M-packet ingests in a
+# row took 0.52-0.95 s of kernel CPU each writing 8 MB per call, 0.18-0.30 s then
+# 0.71-0.80 for the 4th at 1 MB, 0.18-0.45 s every time at 64 KB (docs/DECISIONS.md:
+# Write the side file in small slices).
+WRITE_SLICE = 64 << 10
 
 try:
     from apppaccap.store._packedrows import write_slices
