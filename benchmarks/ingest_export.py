@@ -13,10 +13,10 @@ ingest ≤ 0.5× tshark with peak RSS ≤ 300 MB; export ≤ 2× editcap.
 Every timed step starts after os.sync(), so no step is timed while the kernel writes back
 an earlier one's ~0.6 GB (packet bytes, the database); tshark writes nothing. Ingests late
 in one process used to take more CPU (+0.7 s by the 3rd per 1M short-flow packets): the
-side file was written 8 MB per call, cached in large folios taken from memory the VM had
-handed back to its host (docs/DECISIONS.md: Write the side file in small slices); it is
-written 64 KB per call now. On a VM with free page reporting, what the machine did before
-still moves figures by tenths of a second: compare runs, not single figures.
+side file's new page-cache pages came from memory the VM had handed back to its host; it
+is written with O_DIRECT now (docs/DECISIONS.md: The side file bypasses the page cache).
+On a VM with free page reporting, what the machine did before still moves figures by
+tenths of a second (tshark's too): compare runs, not single figures.
 
 Run:  .venv/bin/python benchmarks/ingest_export.py [--packets 1000000] [--runs 2]
 """

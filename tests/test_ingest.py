@@ -158,27 +158,49 @@ def test_connection_hostnames_come_from_dns_answers_in_the_capture(live, live_aj
         assert any(ip in a[0].split(",") and name in a[1].split(",") for a in answers), (ip, name)
 
 
-def test_side_file_is_written_in_small_slices(tmp_path, monkeypatch):
-    """A block of packet bytes (up to 8 MB) goes to the side file in writes of at most
-    WRITE_SLICE: larger writes were cached in large folios, up to ~4x the kernel CPU on
-    our machines (docs/DECISIONS.md). The bytes arrive whole and in order, through the
-    compiled writer (no GIL between slices) and through os.write without it."""
-    from apppaccap.store import blocks
-
-    assert blocks.WRITE_SLICE <= 64 << 10
-    first = os.urandom(5 * blocks.WRITE_SLICE // 2)
-    second = bytearray(os.urandom(1000))
-    assert blocks.write_slices is not None  # built by `make test`'s install
-
-    side = blocks.SideFile(str(tmp_path / "1.db"))
+def _copy_out(sidefile, db, regions, out):
+    copier = sidefile.SideCopier(db)
     try:
-        side.write_all(first)
-        side.write_all(second)
-        assert side.end() == len(first) + len(second)
+        with open(out, "wb") as fh:
+            for at, size in regions:
+                copier.copy(fh.fileno(), at, size)
+    finally:
+        copier.close()
+    return out.read_bytes()
+
+
+def test_side_file_written_and_copied_direct(tmp_path):
+    """Ingested bytes bypass the page cache (docs/DECISIONS.md): each region starts on
+    DIRECT_ALIGN, padded with zeros that nobody reads; export copies the regions back
+    byte for byte."""
+    from apppaccap.store import sidefile
+
+    db = str(tmp_path / "1.db")
+    first, second = os.urandom(3 * sidefile.READ_CHUNK + 777), bytearray(os.urandom(1000))
+    side = sidefile.SideFile(db)
+    try:
+        assert side.direct  # ext4 and tmpfs take O_DIRECT
+        regions, at = [], side.end()
+        for blob in (first, second):
+            regions.append((at, len(blob)))
+            side.write_all(blob)
+            at += side.span(len(blob))
+            assert side.end() == at and at % sidefile.DIRECT_ALIGN == 0
     finally:
         side.close()
-    assert (tmp_path / "1.bytes").read_bytes() == first + second
+    raw = (tmp_path / "1.bytes").read_bytes()
+    assert raw[:len(first)] == first and not any(raw[len(first):regions[1][0]])
+    assert _copy_out(sidefile, db, regions, tmp_path / "out") == first + second
 
+
+def test_side_file_without_direct_io_writes_small_slices(tmp_path, monkeypatch):
+    """Where the file system refuses O_DIRECT the bytes go through the page cache in
+    writes of at most WRITE_SLICE (large writes were cached in large folios, up to ~4x
+    the kernel CPU on our machines), unpadded, and export copies them by the kernel."""
+    from apppaccap.store import sidefile
+
+    assert sidefile.WRITE_SLICE <= 64 << 10
+    monkeypatch.setattr(sidefile, "_set_direct", lambda fd, on: False)
     sizes = []
     real_write = os.write
 
@@ -186,16 +208,24 @@ def test_side_file_is_written_in_small_slices(tmp_path, monkeypatch):
         sizes.append(len(data))
         return real_write(fd, data)
 
-    monkeypatch.setattr(blocks, "write_slices", None)
-    monkeypatch.setattr(blocks.os, "write", write)
-    side = blocks.SideFile(str(tmp_path / "2.db"))
-    try:
-        side.write_all(first)
-        side.write_all(second)
-    finally:
-        side.close()
-    assert sizes == [blocks.WRITE_SLICE, blocks.WRITE_SLICE, blocks.WRITE_SLICE // 2, 1000]
-    assert (tmp_path / "2.bytes").read_bytes() == first + second
+    first, second = os.urandom(5 * sidefile.WRITE_SLICE // 2), bytearray(os.urandom(1000))
+    for compiled in (True, False):  # the compiled loop, then os.write per slice
+        if not compiled:
+            monkeypatch.setattr(sidefile, "write_slices", None)
+            monkeypatch.setattr(sidefile.os, "write", write)
+        db = str(tmp_path / f"{compiled}.db")
+        side = sidefile.SideFile(db)
+        try:
+            assert not side.direct and side.span(1000) == 1000
+            side.write_all(first)
+            side.write_all(second)
+        finally:
+            side.close()
+        written = list(sizes)
+        regions = [(0, len(first)), (len(first), len(second))]
+        assert _copy_out(sidefile, db, regions, tmp_path / "out") == first + second
+    assert written == [sidefile.WRITE_SLICE, sidefile.WRITE_SLICE, sidefile.WRITE_SLICE // 2,
+                       1000]
 
 
 def test_compiled_slice_writer_reports_errors(tmp_path):
@@ -203,7 +233,7 @@ def test_compiled_slice_writer_reports_errors(tmp_path):
     IO_ERROR, store/bulkwriter.py), not a crash or a silent short write."""
     import errno
 
-    from apppaccap.store.blocks import write_slices
+    from apppaccap.store.sidefile import write_slices
 
     fd = os.open(tmp_path / "ro", os.O_RDONLY | os.O_CREAT, 0o600)
     try:

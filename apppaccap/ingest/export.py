@@ -23,8 +23,7 @@ from apppaccap.safefs.writing import WriteTarget
 from apppaccap.safefs.writing import atomic_write
 from apppaccap.safefs.writing import check_target
 from apppaccap.safefs.writing import unique_name
-from apppaccap.store.blocks import O_BINARY
-from apppaccap.store.blocks import side_path
+from apppaccap.store.sidefile import SideCopier
 
 
 def new_target(ctx, path: str, *, overwrite: bool = False,
@@ -115,20 +114,6 @@ def _changed_blocks(db) -> dict:
         "GROUP BY blk")}
 
 
-def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
-    """Kernel-side copy of a side-file region to the end of dst."""
-    while size > 0:
-        try:
-            n = os.copy_file_range(src, dst, size, offset)
-        except (AttributeError, OSError):  # not Linux, or a file system that cannot
-            os.lseek(src, offset, os.SEEK_SET)
-            n = os.write(dst, os.read(src, min(size, 8 << 20)))
-        if n <= 0:
-            raise OSError(f"side file ended {size} bytes early")
-        offset += n
-        size -= n
-
-
 class _Exporter:
     """One export: the writer, the process comments and where the bytes come from."""
 
@@ -183,14 +168,14 @@ class _Exporter:
                     fh.flush()
                 else:
                     if side is None:
-                        side = os.open(side_path(self.db.path), os.O_RDONLY | O_BINARY)
-                    _copy_range(side, fh.fileno(), file_off, size)
+                        side = SideCopier(self.db.path)
+                    side.copy(fh.fileno(), file_off, size)
                 if self.progress is not None:
                     self.progress(100.0 * i / len(rows))
             self.n = self.count
         finally:
             if side is not None:
-                os.close(side)
+                side.close()
 
     def close(self) -> None:
         self.w.close()

@@ -100,11 +100,8 @@ static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     if (rc != SQLITE_OK) goto fail;
     sqlite3_busy_timeout(w->db, 30000);
-    /* as the writer process's own connection: a crash mid-ingest fails the ingest; a
-     * 64 MB page cache (2 MB by default) keeps the connections' and statistics' pages
-     * its upserts revisit (~0.07 s of ~2.4 s writer CPU per 1M short-flow packets) */
-    rc = sqlite3_exec(w->db, "PRAGMA synchronous=OFF; PRAGMA cache_size=-65536", NULL, NULL,
-                      NULL);
+    /* as the writer process's own connection: a crash mid-ingest fails the ingest */
+    rc = sqlite3_exec(w->db, "PRAGMA synchronous=OFF", NULL, NULL, NULL);
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(w->db, ins, -1, &w->ins, NULL);
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(w->db, look, -1, &w->look, NULL);
     if (rc != SQLITE_OK) goto fail;
@@ -1042,7 +1039,7 @@ fail:
 
 #ifndef _WIN32
 /* The bulk writer's side file is written from a thread of the parsing process, in slices
- * (store/blocks.py: WRITE_SLICE). With os.write each slice took the GIL back from the
+ * (store/sidefile.py). With os.write each slice took the GIL back from the
  * parser, which holds it while it scans: a block of 8 MB took 13-20 ms to write instead
  * of ~1.5, and reached the writer process that much later. Here the GIL is let go once. */
 static PyObject *write_slices(PyObject *self, PyObject *args) {

@@ -14,18 +14,6 @@ import os
 import sqlite3
 
 O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
-# Bytes per write(2). The kernel caches a write in folios as large as the write allows,
-# and on our virtual machines large free blocks are mostly memory the balloon has handed
-# back to the host, whose first touch costs ~2.7 ms per MB: four 1M-packet ingests in a
-# row took 0.52-0.95 s of kernel CPU each writing 8 MB per call, 0.18-0.30 s then
-# 0.71-0.80 for the 4th at 1 MB, 0.18-0.45 s every time at 64 KB (docs/DECISIONS.md:
-# Write the side file in small slices).
-WRITE_SLICE = 64 << 10
-
-try:
-    from apppaccap.store._packedrows import write_slices
-except ImportError:  # built without the extension (or on Windows): os.write per slice
-    write_slices = None
 
 
 def _read_at(fh, size: int, offset: int) -> bytes:
@@ -41,38 +29,11 @@ def side_path(db_path: str) -> str:
 
 def add_block(conn, blob) -> int:
     """Insert one block (in the caller's transaction); returns its id. `blob` is the bytes,
-    or (offset, size) of a region of the side file already written (SideFile.write_all)."""
+    or (offset, size) of a region of the side file already written (store/sidefile.py)."""
     if isinstance(blob, tuple):
         return conn.execute("INSERT INTO blocks(data, file_off, size) VALUES (x'', ?, ?)",
                             blob).lastrowid
     return conn.execute("INSERT INTO blocks(data) VALUES (?)", (blob,)).lastrowid
-
-
-class SideFile:
-    """Appends blocks to a capture's side file. The bytes are written before the row
-    that points at them is submitted, so a committed row never points past the file."""
-
-    def __init__(self, db_path: str):
-        self.fd = os.open(side_path(db_path),
-                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | O_BINARY, 0o600)
-
-    def end(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_END)
-
-    def write_all(self, blob) -> None:
-        """Append `blob` whose region was told ahead (BulkWriter: the file's end, counted)."""
-        if write_slices is not None:
-            write_slices(self.fd, blob, WRITE_SLICE)
-            return
-        with memoryview(blob) as view:
-            done = 0
-            while done < len(view):
-                done += os.write(self.fd, view[done:done + WRITE_SLICE])
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class BlockReader:

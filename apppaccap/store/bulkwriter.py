@@ -41,8 +41,6 @@ from multiprocessing.reduction import ForkingPickler
 from apppaccap.errors import IOFailure
 from apppaccap.lifeline import die_with_parent
 from apppaccap.lifeline import spawn
-from apppaccap.store.blocks import SideFile
-from apppaccap.store.blocks import write_slices
 from apppaccap.store.capturedb import build_conn_index
 from apppaccap.store.capturedb import packed_row_writer
 from apppaccap.store.capturedb import write_batch
@@ -55,6 +53,8 @@ from apppaccap.store.faults import io_failure
 from apppaccap.store.flowagg import Totals
 from apppaccap.store.flowagg import flow_totals
 from apppaccap.store.flowagg import unpack_flows
+from apppaccap.store.sidefile import SideFile
+from apppaccap.store.sidefile import write_slices
 
 # the parent asks the child to write the statistics it holds (BulkWriter.drain)
 WRITE_TOTALS = "totals"
@@ -239,7 +239,7 @@ class BulkWriter:
         blob = args[1]
         if blob:
             args = (args[0], (self._end, len(blob)), *args[2:])
-            self._end += len(blob)
+            self._end += self.side.span(len(blob))  # its padding included (sidefile.py)
         self._send(blob, (args, flows))
         self.pending.append(fut)
         self._held = True
