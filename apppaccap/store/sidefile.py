@@ -8,9 +8,10 @@ the ingest 0.5-1.1 s of kernel CPU once the memory freed shortly before was used
 side file with O_DIRECT, each region padded with zeros to DIRECT_ALIGN (`span`; a region
 is told by its own size, its padding is never read), and export reads it back the same
 way, a thread reading ahead into reused buffers. Packets read one at a time
-(store/blocks.py: BlockReader) go through the page cache as before. Where O_DIRECT is refused (a file system without it,
-Windows), the file is written and copied buffered, in WRITE_SLICE writes: large writes
-are cached in large folios, the kind of memory the host took back.
+(store/blocks.py: BlockReader) go through the page cache as before. Where O_DIRECT is
+refused (a file system without it, Windows), the file is written and copied buffered, in
+WRITE_SLICE writes: large writes are cached in large folios, the kind of memory the host
+took back.
 """
 
 from __future__ import annotations
