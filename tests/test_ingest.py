@@ -191,15 +191,6 @@ def test_side_file_written_and_copied_direct(tmp_path):
     raw = (tmp_path / "1.bytes").read_bytes()
     assert raw[:len(first)] == first and not any(raw[len(first):regions[1][0]])
     assert _copy_out(sidefile, db, regions, tmp_path / "out") == first + second
-    reader = sidefile.SideReader(db)  # BlockReader's: whole blocks direct, packets cached
-    try:
-        assert reader.read(*regions[0]) == first and reader.read(*regions[1]) == second
-        assert reader.read(regions[0][0] + 5, 100) == first[5:105]
-        # past the file's end: what there is (the last region and its zero padding)
-        assert reader.read(regions[1][0], 10 ** 7) == bytes(second) + bytes(
-            sidefile.DIRECT_ALIGN - len(second))
-    finally:
-        reader.close()
 
 
 def test_side_file_without_direct_io_writes_small_slices(tmp_path, monkeypatch):

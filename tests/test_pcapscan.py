@@ -267,7 +267,7 @@ def test_note_on_one_packet_exports_like_the_packet_path(ctx, tmp_path, monkeypa
 
 
 def test_side_file_goes_with_the_capture(live, live_ajax):
-    from apppaccap.store.sidefile import side_path
+    from apppaccap.store.blocks import side_path
     cmd = live_ajax.ok("pcap_ingest_file",
                        path=corpus.path("wellformed/http_get_file_download.pcap"))
     done = live.jobs.wait(cmd["CommandUid"])

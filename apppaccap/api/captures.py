@@ -16,9 +16,9 @@ from apppaccap.errors import Unsupported
 from apppaccap.extract.service import forget_capture
 from apppaccap.filetime import from_ns
 from apppaccap.store import captures as capture_table
+from apppaccap.store.blocks import side_path
 from apppaccap.store.capturedb import capture_path
 from apppaccap.store.capturedb import set_packet_notes
-from apppaccap.store.sidefile import side_path
 from apppaccap.wire import CaptureFlag
 from apppaccap.wire import CaptureState
 from apppaccap.wire import CaptureType

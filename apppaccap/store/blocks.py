@@ -10,9 +10,21 @@ Packets address bytes the same way in both cases: (blk, off, caplen) within the 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
-from apppaccap.store.sidefile import SideReader
+O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
+
+
+def _read_at(fh, size: int, offset: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def side_path(db_path: str) -> str:
+    """The side file of a capture database: captures/12.db → captures/12.bytes."""
+    stem = db_path[:-3] if db_path.endswith(".db") else db_path
+    return stem + ".bytes"
 
 
 def add_block(conn, blob) -> int:
@@ -32,16 +44,16 @@ class BlockReader:
         self.conn = conn
         self.path = db_path
         self.blk, self.data = None, b""
-        self._side_file: SideReader | None = None
+        self._fh = None
 
-    def _side(self) -> SideReader:
-        if self._side_file is None:
+    def _side(self):
+        if self._fh is None:
             path = self.path
             if path is None:
                 path = next(r[2] for r in self.conn.execute("PRAGMA database_list")
                             if r[1] == "main")
-            self._side_file = SideReader(path)
-        return self._side_file
+            self._fh = open(side_path(path), "rb")
+        return self._fh
 
     def _row(self, blk: int):
         try:
@@ -60,7 +72,7 @@ class BlockReader:
             elif row[1] is None:
                 data = bytes(row[0]) if row[0] is not None else b""
             else:
-                data = self._side().read(row[1], row[2])
+                data = _read_at(self._side(), row[2], row[1])
             self.blk, self.data = blk, data
         return self.data
 
@@ -73,9 +85,9 @@ class BlockReader:
             return b""
         if row[1] is None:
             return bytes(row[0][off:off + caplen]) if row[0] is not None else b""
-        return self._side().read(row[1] + off, max(0, min(caplen, row[2] - off)))
+        return _read_at(self._side(), max(0, min(caplen, row[2] - off)), row[1] + off)
 
     def close(self) -> None:
-        if self._side_file is not None:
-            self._side_file.close()
-            self._side_file = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

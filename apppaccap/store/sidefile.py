@@ -22,6 +22,9 @@ import os
 import queue
 import threading
 
+from apppaccap.store.blocks import O_BINARY
+from apppaccap.store.blocks import side_path
+
 try:
     import fcntl
 except ImportError:  # Windows: no O_DIRECT either
@@ -32,7 +35,6 @@ try:
 except ImportError:  # built without the extension (or on Windows): os.write per slice
     write_slices = None
 
-O_BINARY = getattr(os, "O_BINARY", 0)  # Windows would translate newlines without it
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 # direct I/O starts, ends and sits in memory on this boundary (the page size: any block
 # device's logical block size divides it)
@@ -41,15 +43,6 @@ DIRECT_ALIGN = 4096
 WRITE_SLICE = 64 << 10
 # bytes per direct read of an export
 READ_CHUNK = 1 << 20
-# reads of a region at least this long (a whole block) go direct; a packet's go through
-# the page cache, where the packets around it are read next
-DIRECT_READ_MIN = 64 << 10
-
-
-def side_path(db_path: str) -> str:
-    """The side file of a capture database: captures/12.db → captures/12.bytes."""
-    stem = db_path[:-3] if db_path.endswith(".db") else db_path
-    return stem + ".bytes"
 
 
 def write_all(fd: int, data) -> None:
@@ -227,66 +220,6 @@ class SideCopier:
         for buf in self._bufs:
             buf.close()
         self._bufs = []
-
-
-class SideReader:
-    """Reads regions of a side file (store/blocks.py: BlockReader): a whole block direct
-    into a reused page-aligned buffer (the file was written direct, so it is not cached:
-    read through the page cache, 620 MB of blocks cost an export packet by packet ~1 s
-    more), a packet's bytes through the page cache."""
-
-    def __init__(self, db_path: str):
-        self.path = side_path(db_path)
-        self._fh = None
-        self._direct = -2 if O_DIRECT else -1  # -2: not opened yet; -1: not used
-        self._buf: mmap.mmap | None = None
-
-    def read(self, offset: int, size: int) -> bytes:
-        """Up to `size` bytes at `offset` (fewer where the file ends)."""
-        if size >= DIRECT_READ_MIN and offset % DIRECT_ALIGN == 0 and self._direct != -1:
-            data = self._read_direct(offset, size)
-            if data is not None:
-                return data
-        if self._fh is None:
-            self._fh = open(self.path, "rb")
-        self._fh.seek(offset)
-        return self._fh.read(size)
-
-    def _read_direct(self, offset: int, size: int) -> bytes | None:
-        if self._direct == -2:
-            try:
-                self._direct = os.open(self.path, os.O_RDONLY | O_BINARY | O_DIRECT)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct = -1
-                return None
-        span = -(-size // DIRECT_ALIGN) * DIRECT_ALIGN
-        if self._buf is None or len(self._buf) < span:
-            if self._buf is not None:
-                self._buf.close()
-            self._buf = mmap.mmap(-1, span)
-        try:
-            with memoryview(self._buf) as view, view[:span] as part:
-                n = os.preadv(self._direct, [part], offset)
-        except OSError as exc:  # opened O_DIRECT, refused the read: buffered from now on
-            if exc.errno != errno.EINVAL:
-                raise
-            os.close(self._direct)
-            self._direct = -1
-            return None
-        return self._buf[:min(n, size)]
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        if self._direct >= 0:
-            os.close(self._direct)
-        self._direct = -2 if O_DIRECT else -1
-        if self._buf is not None:
-            self._buf.close()
-            self._buf = None
 
 
 def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
