@@ -107,6 +107,8 @@ class SideFile:
     def write_all(self, blob) -> None:
         """Append `blob` (padded to `span`) whose region was told ahead (BulkWriter: the
         file's end, counted)."""
+        if not blob:
+            return
         if self.pad == 1:
             write_all(self.fd, blob)
             return
