@@ -23,6 +23,11 @@ from tests.helpers.server import Server
 from tests.test_usage_remote import _listening
 from tests.test_usage_remote import dns_responder
 
+# The tests share WEB, whose host name the usage recorder (one per host) learns from
+# whichever DNS answer it saw last: they run one after another on one worker (a CI dry run
+# had one test read the other's name).
+pytestmark = pytest.mark.xdist_group("usage_labels")
+
 WEB, DNS = "127.0.0.89", "127.0.0.78"  # loopback addresses of this test's own
 # the second test's responder: a closed responder's port stays bound while its thread
 # waits in recvfrom (tests/test_usage_remote.py dns_responder)
