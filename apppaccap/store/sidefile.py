@@ -45,28 +45,17 @@ WRITE_SLICE = 64 << 10
 READ_CHUNK = 1 << 20
 
 
-def write_all(fd: int, data) -> None:
-    """Write all of `data` to `fd`, WRITE_SLICE bytes per call; the compiled loop lets the
-    GIL go once for all of it (os.write takes it back for each slice: from a scanning
+def write_all(fd: int, data, slice_: int = WRITE_SLICE) -> None:
+    """Write all of `data` to `fd`, at most `slice_` bytes per call; the compiled loop lets
+    the GIL go once for all of it (os.write takes it back for each slice: from a scanning
     parser, 13-20 ms for 8 MB)."""
     if write_slices is not None:
-        write_slices(fd, data, WRITE_SLICE)
+        write_slices(fd, data, slice_)
         return
     with memoryview(data) as view:
         done = 0
         while done < len(view):
-            done += os.write(fd, view[done:done + WRITE_SLICE])
-
-
-def _write_once(fd: int, view) -> None:
-    """A direct write: the whole region in one call (no page cache, so no folio to keep
-    small), continued if the kernel writes part of it."""
-    if write_slices is not None:
-        write_slices(fd, view, len(view))
-        return
-    done = 0
-    while done < len(view):
-        done += os.write(fd, view[done:])
+            done += os.write(fd, view[done:done + slice_])
 
 
 def _set_direct(fd: int, on: bool) -> bool:
@@ -122,7 +111,8 @@ class SideFile:
         with memoryview(self._buf) as whole, whole[:size] as region:
             if self.direct:
                 try:
-                    _write_once(self.fd, region)
+                    # in one call: no page cache, so no folio to keep small
+                    write_all(self.fd, region, size)
                     return
                 except OSError as exc:  # a file system that took the flag, not the write
                     if exc.errno != errno.EINVAL or self.end() % DIRECT_ALIGN:
