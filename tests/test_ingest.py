@@ -35,6 +35,29 @@ def test_wellformed_file_ingests_with_capinfos_count(live, live_ajax, rel):
     assert len([c for c in conns if c["Protocol"] == 17]) == udp, rel
 
 
+def test_ingested_database_has_bulk_pages_and_a_live_one_keeps_the_default(live, live_ajax,
+                                                                          tmp_path):
+    import sqlite3
+
+    from apppaccap.store.capturedb import BULK_PAGE_SIZE
+    from apppaccap.store.capturedb import CaptureDb
+    from apppaccap.store.capturedb import capture_path
+
+    def page_size(path):
+        with sqlite3.connect(path) as conn:
+            return conn.execute("PRAGMA page_size").fetchone()[0]
+
+    done = ingest(live, live_ajax, corpus.path(corpus.files("wellformed/")[0]))
+    assert done["State"] == 3, done
+    assert page_size(capture_path(live.config.data_dir, int(done["Result"]))) == BULK_PAGE_SIZE
+    # a database made without it (live captures), and one opened again with another size
+    plain = CaptureDb(str(tmp_path), 1)
+    plain.close()
+    again = CaptureDb(str(tmp_path), 1, page_size=BULK_PAGE_SIZE)
+    again.close()
+    assert page_size(plain.path) == page_size(":memory:") != BULK_PAGE_SIZE
+
+
 @pytest.mark.parametrize("rel", corpus.files("malformed/"))
 def test_malformed_file_is_survived(live, live_ajax, rel):
     body = live_ajax("pcap_ingest_file", path=corpus.path(rel))

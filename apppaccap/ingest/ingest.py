@@ -201,7 +201,7 @@ def ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
 
 
 def _ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
-    db = CaptureDb(ctx.config.data_dir, capture_id)
+    db = CaptureDb(ctx.config.data_dir, capture_id, page_size=capturedb.BULK_PAGE_SIZE)
     rec = Recorder(db)
     extract = None
     if ctx.settings.get_bool("extract_enabled"):

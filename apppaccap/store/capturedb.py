@@ -50,13 +50,21 @@ def capture_path(data_dir: str, capture_id: int) -> str:
     return os.path.join(data_dir, "captures", f"{capture_id}.db")
 
 
-class CaptureDb(Database):
-    """A capture's database (created on first open)."""
+# The page size of a database a file ingest creates (live captures keep SQLite's 4 KiB: a
+# small commit rewrites whole pages). Bulk loads append ~1M packet rows and insert
+# statistics rows all over their tables: with 16 KiB pages the writer process spent
+# ~0.3 s (~12 %) less CPU per 1M packets of short flows (fewer pages to balance, read
+# and write through the WAL); 32 and 64 KiB gained nothing more.
+BULK_PAGE_SIZE = 16384
 
-    def __init__(self, data_dir: str, capture_id: int):
+
+class CaptureDb(Database):
+    """A capture's database (created on first open; `page_size` applies then)."""
+
+    def __init__(self, data_dir: str, capture_id: int, page_size: int | None = None):
         os.makedirs(os.path.join(data_dir, "captures"), mode=0o700, exist_ok=True)
         self.capture_id = capture_id
-        super().__init__(capture_path(data_dir, capture_id), CAPTURE)
+        super().__init__(capture_path(data_dir, capture_id), CAPTURE, page_size)
 
     def block_reader(self) -> BlockReader:
         """Reads this capture's blocks (inline or in the side file) on this thread."""

@@ -43,13 +43,18 @@ def create_private(path: str) -> None:
         pass
 
 
-def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str, *, readonly: bool = False,
+            page_size: int | None = None) -> sqlite3.Connection:
+    """A connection to `path`; `page_size` applies to a database this creates (fixed
+    once it has a table, or once it is in WAL mode)."""
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                timeout=30)
     else:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=30,
                                isolation_level=None)
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size={int(page_size)}")
         conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode: a crash loses at most the last transactions, never corrupts.
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -80,11 +85,11 @@ class _Lease:
 class Database:
     """A SQLite file with its writer thread."""
 
-    def __init__(self, path: str, migrations=()):
+    def __init__(self, path: str, migrations=(), page_size: int | None = None):
         self.path = path
         self._queue: queue.Queue = queue.Queue()
         create_private(path)
-        self._conn = connect(path)
+        self._conn = connect(path, page_size=page_size)
         self._local = threading.local()
         self._idle: list[sqlite3.Connection] = []  # read connections of threads that ended
         self._closed = False
