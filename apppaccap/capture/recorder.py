@@ -379,6 +379,12 @@ class Recorder:
         for key, _c in gone:
             del self.conns[key]
 
+    def forget_flows(self) -> None:
+        """The end of a file, its last batch submitted: free every flow's memory while the
+        writer finishes (~30 ms per 100,000 flows, which the ingest waited for after)."""
+        self.conns.clear()
+        self.hostnames.clear()
+
     def finish_labels(self) -> None:
         """The end of the capture: pending flows get nDPI's give-up label; nDPI is freed."""
         if self.labeller is not None:

@@ -250,6 +250,9 @@ def _ingest(ctx, reader: CaptureReader, capture_id: int, progress=None) -> dict:
                 state, message = CaptureState.FAILED, reader.error
         elif reader.warnings:
             message = "; ".join(reader.warnings[:5])
+        if rec.bulk is not None:
+            rec.flush()
+            rec.forget_flows()
         rec.flush(wait=True)
         if rec.bulk is not None:
             # built by the writer process while the IPs (committed) go to the catalog

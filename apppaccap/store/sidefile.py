@@ -106,21 +106,29 @@ class SideFile:
             if self._buf is not None:
                 self._buf.close()
             self._buf = mmap.mmap(-1, size)
+        if self.direct:
+            try:
+                # in one call: no page cache, so no folio to keep small
+                self._stage_write(blob, size, size)
+                return
+            except OSError as exc:  # a file system that took the flag, not the write
+                if exc.errno != errno.EINVAL or self.end() % DIRECT_ALIGN:
+                    raise
+                self.direct = not _set_direct(self.fd, False)
+                if self.direct:
+                    raise
+        self._stage_write(blob, size, WRITE_SLICE)  # padded still: the regions were counted so
+
+    def _stage_write(self, blob, size: int, slice_: int) -> None:
+        """`blob` padded with zeros to `size`, written from the page-aligned buffer; the
+        copy is made without the GIL where the extension is built."""
+        if write_slices is not None:
+            write_slices(self.fd, blob, slice_, self._buf, size)
+            return
         self._buf[:len(blob)] = blob
         self._buf[len(blob):size] = bytes(size - len(blob))
         with memoryview(self._buf) as whole, whole[:size] as region:
-            if self.direct:
-                try:
-                    # in one call: no page cache, so no folio to keep small
-                    write_all(self.fd, region, size)
-                    return
-                except OSError as exc:  # a file system that took the flag, not the write
-                    if exc.errno != errno.EINVAL or self.end() % DIRECT_ALIGN:
-                        raise
-                    self.direct = not _set_direct(self.fd, False)
-                    if self.direct:
-                        raise
-            write_all(self.fd, region)  # padded still: the regions were counted so
+            write_all(self.fd, region, slice_)
 
     def close(self) -> None:
         if self.fd >= 0:
