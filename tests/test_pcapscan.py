@@ -292,6 +292,39 @@ def test_forgetting_flows_mid_file_same_through_both_paths(ctx, tmp_path, monkey
     assert len(dump["packets"]) >= 20000
 
 
+def test_open_flows_stay_with_the_scanner_when_the_recorder_forgets_closed_ones(
+        ctx, tmp_path, monkeypatch):
+    """An eviction pass forgets closed flows only: the scanner drops those and keeps the
+    open ones, whose later packets it still takes itself (with clear(), each came back
+    through the Python path once per pass). Both paths still agree."""
+    from apppaccap.capture import recorder
+    from benchmarks.gen_flows import frame
+    monkeypatch.setattr(recorder, "MAX_CONNS", 20)
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 50)
+    a, b = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    frames = []
+    for i in range(300):   # 3 long-lived flows, and a stream of flows reset at once
+        frames.append(frame(a, b, 6, 40000 + i % 3, 443, b"x" * 40, 0x18))
+        frames.append(frame(a, b, 6, 1000 + i, 80, b"", 0x04))
+    src = tmp_path / "evict.pcap"
+    write_pcap(src, [(100_000_000_000 + i * 1000, f) for i, f in enumerate(frames)],
+               snaplen=65535)
+    handed_back = []
+    real_one = ingest._record
+    monkeypatch.setattr(ingest, "_record", lambda *args: handed_back.append(1) or
+                        real_one(*args))
+    passes = []
+    real_evict = recorder.Recorder._evict
+    monkeypatch.setattr(recorder.Recorder, "_evict", lambda rec: passes.append(
+        len(rec.conns)) or real_evict(rec))
+    dump = _same(ctx, str(src), tmp_path, monkeypatch)
+    assert len(passes) >= 20                             # many passes on each path
+    long_lived = [c for c in dump["connections"] if c[5] == 443]
+    assert len(long_lived) == 3                          # never forgotten, never split
+    # the scanned run (the first ingest) handed nothing back for the open flows
+    assert len(handed_back) - len(frames) < 3, len(handed_back) - len(frames)
+
+
 def test_ipv4_header_cut_before_the_destination_is_kept(ctx, tmp_path, monkeypatch):
     """18 bytes of an IPv4 header: a source but no destination. Both paths keep the packet
     (no connection) instead of failing the ingest."""

@@ -108,7 +108,9 @@ class Recorder:
         self.on_tcp = None
         self.labeller = None  # capture/applabels.py AppLabeller: nDPI labels (None: off)
         self.bulk = None  # a BulkWriter (store/bulkwriter.py) for file ingest
-        self.evicted = 0  # eviction passes so far (ingest/scanner.py drops its flow table then)
+        self.evicted = 0  # eviction passes so far (ingest/scanner.py forgets those flows then)
+        # the last pass's connections, kept for the scanner when it asks (a list; None: not)
+        self.last_evicted: list | None = None
         self.epb_divs = None  # ns a timestamp tick per interface, blocks stored as EPBs (scanner)
         self.pack_conns = None  # dirty conns -> {id: row} as pickled to the bulk writer (scanner)
         self._known_ips: set = set()
@@ -374,10 +376,13 @@ class Recorder:
         newest = max(c.last for c in self.conns.values())
         gone = [(k, c) for k, c in self.conns.items() if c.id not in self.batch.dirty and
                 (c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS)]
+        conns = [c for _k, c in gone]
         if self.labeller is not None:  # their labels are final now (written next flush)
-            self.labeller.settle([c for _k, c in gone], self.batch)
+            self.labeller.settle(conns, self.batch)
         for key, _c in gone:
             del self.conns[key]
+        if self.last_evicted is not None:
+            self.last_evicted = conns
 
     def forget_flows(self) -> None:
         """The end of a file, its last batch submitted: free every flow's memory while the

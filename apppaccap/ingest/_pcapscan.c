@@ -677,7 +677,7 @@ static int flows_sync(Touched *t) {
 /* The scanner's flow table: key (flow_key's bytes) -> Flow, open addressing in C. A
  * packet's lookup makes no Python object (a dict cost a bytes key and its hash, ~500
  * instructions a packet). The hash is seeded at import (a crafted file cannot aim at
- * one chain). Python only adds (table[key] = flow) and empties it (clear()). */
+ * one chain). Python only adds (table[key] = flow) and forgets (drop(conns), clear()). */
 typedef struct { Flow *flow; uint64_t hash; } Slot;   /* the key is in the Flow */
 typedef struct { PyObject_HEAD Slot *slots; Py_ssize_t cap, used; } FlowTable;
 static uint64_t table_seed;
@@ -810,12 +810,54 @@ static PyObject *table_clear_py(FlowTable *t, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* Forget the flows of the connections in `conns` (the Recorder's last eviction), keeping
+ * the others: after clear() every flow still open came back through the Python path at
+ * its next packet (~40 us each), once per eviction pass of a long file. */
+static PyObject *table_drop_py(FlowTable *t, PyObject *conns) {
+    PyObject *gone = PySet_New(conns), *err = NULL;
+    Slot *old = t->slots, *ns;
+    Py_ssize_t i, cap = t->cap;
+    if (gone == NULL) return NULL;
+    if (cap == 0 || PySet_GET_SIZE(gone) == 0) {
+        Py_DECREF(gone);
+        Py_RETURN_NONE;
+    }
+    if ((ns = PyMem_Calloc((size_t)cap, sizeof(Slot))) == NULL) {
+        Py_DECREF(gone);
+        return PyErr_NoMemory();
+    }
+    t->slots = ns;
+    t->used = 0;
+    for (i = 0; i < cap; i++) {
+        Flow *f = old[i].flow;
+        int in;
+        if (f == NULL) continue;
+        in = err == NULL ? PySet_Contains(gone, f->conn) : 0;
+        if (in < 0) {   /* kept; the error is raised once the table is whole again */
+            err = Py_None;
+            in = 0;
+        }
+        if (in) {
+            Py_DECREF(f);
+            continue;
+        }
+        *table_find(t, f->key, f->klen, old[i].hash) = old[i];
+        t->used++;
+    }
+    PyMem_Free(old);
+    Py_DECREF(gone);
+    if (err != NULL) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMappingMethods table_mapping = {
     (lenfunc)table_len, (binaryfunc)table_getitem, (objobjargproc)table_setitem,
 };
 
 static PyMethodDef table_methods[] = {
     {"clear", (PyCFunction)table_clear_py, METH_NOARGS, "Forget every flow."},
+    {"drop", (PyCFunction)table_drop_py, METH_O,
+     "drop(conns): forget the flows whose connection is one of `conns`."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -825,7 +867,7 @@ static PyTypeObject FlowTableType = {
     .tp_basicsize = sizeof(FlowTable),
     .tp_dealloc = (destructor)table_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "The scanner's flows: flow_key bytes -> Flow (table[key] = flow, clear())",
+    .tp_doc = "The scanner's flows: flow_key bytes -> Flow (table[key] = flow, drop, clear)",
     .tp_as_mapping = &table_mapping,
     .tp_methods = table_methods,
     .tp_new = table_new,

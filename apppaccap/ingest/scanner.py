@@ -148,12 +148,17 @@ def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
     walk = _Walk(reader, rec)
     flows = walk.flows
     evicted = rec.evicted
+    rec.last_evicted = []  # the recorder tells which connections it forgot
     try:
         while True:
             # a flush (ours, or one add() made) may have made the recorder forget idle
             # flows - even one just registered below: so must the scanner
             if rec.evicted != evicted:
-                flows.clear()
+                if rec.evicted == evicted + 1:
+                    flows.drop(rec.last_evicted)
+                else:  # (more than one pass since: not seen here, but never wrong)
+                    flows.clear()
+                rec.last_evicted = []
                 evicted = rec.evicted
             code, key, src_is_a = walk.run()
             if code == END:
@@ -180,4 +185,5 @@ def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
                 st = rec.labeller.state(conn) if rec.labeller is not None else None
                 flows[key] = flow(conn, src_is_local == bool(src_is_a), conn.id, st)
     finally:
+        rec.last_evicted = None
         reader.finish()
