@@ -77,12 +77,12 @@ class AppLabeller:
 
     def c_settle_args(self) -> tuple:
         """(names, module, ndpi_detection_giveup, ndpi_free_flow, protocols whose names
-        nDPI read complete() adds): the compiled scanner settles a flow nDPI did not
-        detect, or detected as another protocol, as complete() does."""
+        nDPI read complete() adds, names' memo): the compiled scanner settles a flow nDPI
+        did not detect, or detected as another protocol, as complete() does."""
         lib, addr = self.det.lib, ctypes.cast
         return (self.det.names, self.det.mod,
                 addr(lib.ndpi_detection_giveup, ctypes.c_void_p).value,
-                addr(lib.ndpi_free_flow, ctypes.c_void_p).value, _NAMED)
+                addr(lib.ndpi_free_flow, ctypes.c_void_p).value, _NAMED, self.det.names_memo)
 
     def state(self, conn):
         """The shared state of a pending connection (None once labelled)."""

@@ -98,7 +98,9 @@ class Detector:
         lib.ndpi_set_protocol_detection_bitmask2(mod, b"\xff" * _BITMASK_BYTES)
         lib.ndpi_finalize_initialization(mod)
         self.flow_size = lib.ndpi_detection_get_sizeof_ndpi_flow_struct()
-        self._names: dict = {}
+        # names()' memo, (master, app, category) -> its names; read directly by the
+        # compiled scanner (ingest/_pcapscan.c settle) before it calls names()
+        self.names_memo: dict = {}
         self._extra = lib.ndpi_extra_dissection_possible
         self._process = lib.ndpi_detection_process_packet
 
@@ -151,7 +153,7 @@ class Detector:
         """(AppProtocol, App, Category): ndpiReader's "master.app" split in two, e.g.
         (TLS, Google, Web); a flow with one id has it as AppProtocol and no App."""
         key = (master, app, category)
-        out = self._names.get(key)
+        out = self.names_memo.get(key)
         if out is None:
             name = self._proto_name
             if master and app and master != app:
@@ -159,7 +161,7 @@ class Detector:
             else:
                 out = (name(master or app) if master or app else UNKNOWN, "")
             cat = self.lib.ndpi_category_get_name(self.mod, category)
-            out = self._names[key] = (*out, cat.decode("ascii", "replace") if cat else "")
+            out = self.names_memo[key] = (*out, cat.decode("ascii", "replace") if cat else "")
         return out
 
     def _proto_name(self, pid: int) -> str:
