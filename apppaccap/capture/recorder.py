@@ -11,6 +11,7 @@ import logging
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.capture.aggregates import expand
+from apppaccap.capture.batch import Batch
 from apppaccap.dissect.dns import dns_answers
 from apppaccap.errors import IOFailure
 from apppaccap.pcap.pcapng_writer import EPB_FLAGS
@@ -52,31 +53,6 @@ class Conn:
                 self.first, self.last, self.pout, self.bout, self.pin, self.bin, self.state,
                 self.hostname, peer.process_id if peer else None, peer.pid if peer else 0,
                 *(self.app or (None, None, None)))
-
-
-class Batch:
-    """What the next flush() writes in one transaction.
-
-    The compiled scanner (ingest/scanner.py) appends to it directly: packed rows to `plain`,
-    EPB-framed bytes to `buf`, (flow, second) counters to `flowsec`, touched connections to
-    `dirty`; Recorder.add() fills `rows` (one tuple per packet), `procs`, `threads` and
-    `procsec`.
-    """
-
-    __slots__ = ("rows", "plain", "buf", "dirty", "procs", "threads", "flowsec", "procsec",
-                 "names", "answered")
-
-    def __init__(self):
-        self.rows: list = []              # packet rows
-        self.plain = bytearray()          # packed rows (capturedb.PLAIN_FORMAT)
-        self.buf = bytearray()            # the batch's packet bytes
-        self.dirty: dict = {}             # conn id -> Conn changed since the last flush
-        self.procs: dict = {}             # process id -> [catalog row, packets, bytes]
-        self.threads: dict = {}           # (pid, tid, process id) -> packets
-        self.flowsec: dict = {}           # (flow, second) -> [packets, bytes, first, last]
-        self.procsec: dict = {}           # (process id, second, direction) -> [packets, bytes]
-        self.names: set = set()           # (ip, kind, name): capturedb.write_batch's names
-        self.answered: dict = {}          # ip -> first name a DNS answer gave (learn_dns)
 
 
 class Recorder:
