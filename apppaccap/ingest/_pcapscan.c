@@ -30,6 +30,11 @@
 #define NS 1000000000LL
 #define AGG_NS 1000000000LL  /* the aggregate's unit: one second (recorder.SECOND_NS) */
 #define MAX_CAPLEN (256u << 20)
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)(p))
+#endif
 
 enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
@@ -1420,6 +1425,14 @@ static PyObject *scan_pcapng(PyObject *self, PyObject *args) {
         blen = rd32(b + 4, big);
         if (btype != 6 || blen < 32 || (blen & 3) || off + (Py_ssize_t)blen > size ||
             rd32(b + blen - 4, big) != blen) { code = SLOW; break; }
+        /* The next block's trailing length is read before its packet's bytes are copied:
+         * a cache miss each block (~70 ns; the copy streams through the bytes, the
+         * trailer is past them). Its header is in the line just read: ask for it now. */
+        if (off + (Py_ssize_t)blen + 8 <= size) {
+            uint32_t next = rd32(b + blen + 4, big);
+            if (next >= 32 && off + (Py_ssize_t)blen + next <= size)
+                PREFETCH(b + blen + next - 4);
+        }
         if_id = rd32(b + 8, big);
         caplen = rd32(b + 20, big);
         origlen = rd32(b + 24, big);
