@@ -115,10 +115,11 @@ NAME_DOMAIN, NAME_AGENT = 0, 1  # ip_names.kind
 
 
 # A connection's row as Conn.row() makes it, written whole each time it changed. An
-# update in place, not INSERT OR REPLACE: a replace deletes and inserts the row and its
-# entries in both address indexes, an update leaves the indexes alone (the addresses
-# never change); 128,000 upserts (25,000 of rows already there) took 2.4 s with the
-# indexes as a live capture keeps them, 1.5 s so.
+# update in place, not INSERT OR REPLACE, which deletes and inserts the row and its
+# entries in both address indexes: 128,000 upserts (25,000 of rows already there) took
+# 2.4 s with the indexes as a live capture keeps them, 1.5 s so. The addresses stay in
+# the SET (a late process label can swap local and remote): leaving them out measured
+# the same.
 _CONN_COLUMNS = ("proto", "local_ip", "local_port", "remote_ip", "remote_port", "process_id",
                  "pid", "tid", "first_time", "last_time", "packets_out", "bytes_out",
                  "packets_in", "bytes_in", "state", "hostname", "peer_process_id", "peer_pid",
