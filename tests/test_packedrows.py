@@ -256,3 +256,41 @@ def test_flow_totals_refuse_what_they_cannot_sum(tmp_path):
         in_c.add(packed, [], {5: (5, 6, b"10.0.0.1", 1, "10.0.0.2", 2)})
     with pytest.raises(TypeError):
         in_c.write_settled(object(), "", "")
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_a_connection_rewritten_with_its_ends_swapped_is_found_at_its_new_address(
+        tmp_path, compiled):
+    """A connection row is upserted in place (ON CONFLICT DO UPDATE): when a late process
+    label swaps its local and remote ends, the row and both address indexes follow, and
+    its counters are the latest ones (not added to the earlier row's)."""
+    db = CaptureDb(str(tmp_path / str(compiled)), 1)
+    first = _conn_row(7, "10.0.0.1", "10.0.0.2")
+    swapped = (7, 6, "10.0.0.2", 443, "10.0.0.1", 40007, *first[6:11], 5, 500, 4, 400,
+               *first[15:])
+    try:
+        for row in (first, swapped):
+            if compiled:
+                rows = packed_row_writer(db.path)
+                try:
+                    rows.write(b"", 0, {7: row}, capturedb._CONN_UPSERT)
+                finally:
+                    rows.close()
+            else:
+                db.write(lambda c, row=row: write_batch(c, [], b"", {7: row}, {}, {}, None,
+                                                        None))
+        by_local = db.read("SELECT id, packets_out FROM connections INDEXED BY "
+                           "connections_local WHERE local_ip = ? AND local_port = ?",
+                           ("10.0.0.2", 443))
+        by_remote = db.read("SELECT id FROM connections INDEXED BY connections_remote "
+                            "WHERE remote_ip = ? AND remote_port = ?", ("10.0.0.2", 443))
+        old = db.read("SELECT id FROM connections INDEXED BY connections_local "
+                      "WHERE local_ip = ? AND local_port = ?", ("10.0.0.1", 40007))
+        new_remote = db.read("SELECT id FROM connections INDEXED BY connections_remote "
+                             "WHERE remote_ip = ? AND remote_port = ?", ("10.0.0.1", 40007))
+        assert [tuple(r) for r in by_local] == [(7, 5)]
+        assert [tuple(r) for r in new_remote] == [(7,)]
+        assert [tuple(r) for r in by_remote] == [] and [tuple(r) for r in old] == []
+        assert db.read("SELECT count(*) FROM connections")[0][0] == 1
+    finally:
+        db.close()
