@@ -190,6 +190,9 @@ class BulkWriter:
         # the bytes are in the file before the row pointing at them can be committed.
         self._end = self.side.end()
         self._out: queue.Queue = queue.Queue()
+        # batches' byte buffers the side file has taken, for the next batches to fill
+        # again (ingest/scanner.py): pages already touched, no new ones to fault in
+        self.reusable: list = []
         self._failed: OSError | None = None
         self._sender = threading.Thread(target=self._send_loop, name="bulk-sender",
                                         daemon=True)
@@ -206,6 +209,8 @@ class BulkWriter:
             try:
                 if blob:
                     self.side.write_all(blob)
+                    if isinstance(blob, bytearray) and len(self.reusable) < 2:
+                        self.reusable.append(blob)
                 if write_slices is not None and len(payload) < 1 << 31:
                     # multiprocessing's framing (a big-endian int32 length), written
                     # without taking the GIL back for each socket buffer's worth: with
@@ -291,6 +296,7 @@ class BulkWriter:
             self._send(None, None)
             self._out.put(None)
             self._sender.join()
+            self.reusable.clear()
             self._shutdown(socket.SHUT_WR)  # the child ends on it even if None was not sent
             self.side.close()
             try:
