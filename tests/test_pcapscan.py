@@ -545,3 +545,45 @@ def test_two_ingests_at_once_same_as_one_at_a_time(ctx, tmp_path):
     finally:
         sys.setswitchinterval(old)
     assert [_dump(ctx, i[0]) for i in ids] == alone
+
+
+def test_recycle_empties_a_buffer_that_then_fills_as_a_new_one():
+    from apppaccap.ingest._pcapscan import recycle
+    buf = bytearray(b"x" * 100_000)
+    assert recycle(buf) is buf and len(buf) == 0 and bytes(buf) == b""
+    buf += b"abc"          # Python's own appends still work on it (it may shrink then)
+    assert bytes(buf) == b"abc"
+    with pytest.raises(TypeError):
+        recycle(b"bytes are immutable")
+
+
+@pytest.mark.parametrize("reuse_max", [None, 1])
+def test_batches_refill_earlier_buffers_and_store_the_same(ctx, tmp_path, monkeypatch,
+                                                          reuse_max):
+    """Each batch of a bulk ingest refills the packed-row buffer of the batch before and,
+    once the side file has taken one, an earlier batch's byte buffer (their pages already
+    touched); a byte buffer over bulkwriter.REUSE_MAX is never kept. Either way the
+    database and the export equal the Python path's."""
+    from apppaccap.capture import recorder
+    from apppaccap.store import bulkwriter
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    if reuse_max is not None:
+        monkeypatch.setattr(bulkwriter, "REUSE_MAX", reuse_max)
+    refilled = {"plain": 0, "buf": 0}
+    real = scanner._reuse
+
+    def counting(rec, full):
+        before = (rec.batch.plain, rec.batch.buf)
+        real(rec, full)
+        refilled["plain"] += rec.batch.plain is not before[0]
+        refilled["buf"] += rec.batch.buf is not before[1]
+
+    monkeypatch.setattr(scanner, "_reuse", counting)
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 6000, "short")
+    _same(ctx, src, tmp_path, monkeypatch)
+    assert refilled["plain"] >= 10
+    if reuse_max is None:
+        assert refilled["buf"] >= 5
+    else:
+        assert refilled["buf"] == 0

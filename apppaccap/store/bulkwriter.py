@@ -61,6 +61,10 @@ WRITE_TOTALS = "totals"
 # ... and to build the indexes a bulk load leaves out (BulkWriter.build_indexes)
 BUILD_INDEXES = "indexes"
 _LENGTH = struct.Struct("!i")  # multiprocessing.connection's message header
+# a batch's byte buffer the side file has taken is kept for a later batch (at most two)
+# only up to this size: a file of huge packets would otherwise pin buffers of hundreds of
+# MB for the rest of its ingest (a batch is ~8 MB: Recorder.batch_bytes)
+REUSE_MAX = 32 << 20
 # rows of statistics held before they are written early: ~200 bytes of memory each,
 # ~350 while being written (1M packets of short flows hold ~250,000)
 MAX_HELD = 300_000
@@ -209,7 +213,8 @@ class BulkWriter:
             try:
                 if blob:
                     self.side.write_all(blob)
-                    if isinstance(blob, bytearray) and len(self.reusable) < 2:
+                    if (isinstance(blob, bytearray) and len(blob) <= REUSE_MAX
+                            and len(self.reusable) < 2):
                         self.reusable.append(blob)
                 if write_slices is not None and len(payload) < 1 << 31:
                     # multiprocessing's framing (a big-endian int32 length), written
