@@ -100,6 +100,55 @@ def test_a_failed_write_rolls_back(tmp_path):
         db.close()
 
 
+def test_a_failure_inside_a_run_of_many_rows_rolls_back(tmp_path):
+    # rows go PACKED_ROWS a statement: a duplicate id in the middle of such a run fails
+    # the write as one row would, and nothing of that batch stays
+    assert capturedb.PACKED_ROWS == 64
+    db = CaptureDb(str(tmp_path), 1)
+    try:
+        rows = packed_row_writer(db.path)
+        first = _rows(100)
+        rows.write(first, 1, {})
+        fresh = bytearray(_rows(300)[100 * 51:])   # ids 200-399: new
+        at = 70 * 51                                  # the 71st row: inside the 2nd run
+        fresh[at:at + 8] = struct.pack("<q", 150)     # id 150: written above
+        with pytest.raises(sqlite3.OperationalError) as err:
+            rows.write(bytes(fresh), 2, {})
+        assert err.value.sqlite_errorcode & 0xFF == 19   # SQLITE_CONSTRAINT
+        assert rows.write(_rows(300)[100 * 51:], 2, {}) == 200   # usable after
+        rows.close()
+        assert [r[0] for r in _packets(db.path)] == list(range(100, 200)) + list(range(200, 400))
+    finally:
+        db.close()
+
+
+def test_connections_many_a_statement_equal_executemany(tmp_path):
+    """A batch's connection rows through RowWriter.write (as the bulk writer sends them,
+    PACKED_ROWS a statement and the rest one by one) against write_batch's executemany:
+    new rows, then the same connections again with new counters (upserted)."""
+    out = []
+    for compiled in (True, False):
+        db = CaptureDb(str(tmp_path / str(compiled)), 1)
+        try:
+            for n, last in ((150, 20), (137, 30)):   # 2 runs + 22 rows; 2 runs + 9 rows
+                conns = {cid: _conn_row(cid, f"10.0.{cid // 250}.{cid % 250}", "93.184.216.34")[
+                    :9] + (10, last) + _conn_row(cid, "", "")[11:] for cid in range(1, n + 1)}
+                if compiled:
+                    rows = packed_row_writer(db.path)
+                    rows.write(b"", 1, conns, capturedb._CONN_UPSERT)  # noqa: SLF001
+                    rows.close()
+                else:
+                    db.write(lambda c, conns=conns: write_batch(c, [], b"", conns, {}, {},
+                                                                None, None))
+            conn = sqlite3.connect(db.path)
+            out.append(conn.execute("SELECT * FROM connections ORDER BY id").fetchall())
+            conn.close()
+        finally:
+            db.close()
+    assert out[0] == out[1] and len(out[0]) == 150
+    assert out[0][0][10] == 30 and out[0][140][10] == 20   # upserted, and left as it was
+
+
 def test_statistics_bound_in_c_equal_the_sqlite3_module(tmp_path):
     """Rows by minute and by second upserted through RowWriter.upsert (the bulk writer's
     statistics) add up exactly as executemany's: new rows and rows added to."""

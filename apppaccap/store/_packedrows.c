@@ -35,12 +35,20 @@ static const char *const PARAM_NAMES[NPARAMS] = {
     ":id", ":ts", ":len", ":caplen", ":iface", ":l3", ":proto", ":src", ":dst", ":sport",
     ":dport", ":tcp_flags", ":ttl", ":direction", ":conn_id", ":off", ":blk"};
 
+/* Statements run once per MANY_ROWS rows where there are that many (many_stmt): SQLite's
+ * cost per run is paid once for all of them, ~15-20 % less CPU a row (docs/DECISIONS.md). */
+#define MANY_ROWS 64
+#define N_RUNS 4
+
 typedef struct {
     PyObject_HEAD
     sqlite3 *db;
-    sqlite3_stmt *ins, *look;
+    sqlite3_stmt *ins, *look, *many;
     int at[NPARAMS];      /* each parameter's index in `ins` */
+    int many_rows;        /* rows a run of `many` inserts (0: no `many`) */
+    int *many_at;         /* row r's parameter i in `many`: many_at[r * NPARAMS + i] */
     Py_ssize_t local_at, remote_at;  /* where a connection row holds its addresses */
+    struct { char *sql; sqlite3_stmt *st; } runs[N_RUNS];   /* many_stmt's, by statement */
 } RowWriter;
 
 static PyObject *operational_error;  /* sqlite3.OperationalError */
@@ -76,19 +84,34 @@ static void raise_db(sqlite3 *db, int rc) {
 static void rw_close_db(RowWriter *w) {
     sqlite3_finalize(w->ins);
     sqlite3_finalize(w->look);
-    w->ins = w->look = NULL;
+    sqlite3_finalize(w->many);
+    w->ins = w->look = w->many = NULL;
+    PyMem_Free(w->many_at);
+    w->many_at = NULL;
+    w->many_rows = 0;
+    for (int i = 0; i < N_RUNS; i++) {
+        sqlite3_finalize(w->runs[i].st);
+        PyMem_Free(w->runs[i].sql);
+        w->runs[i].st = NULL;
+        w->runs[i].sql = NULL;
+    }
     if (w->db != NULL) sqlite3_close(w->db);
     w->db = NULL;
 }
 
 static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
-    static char *names[] = {"path", "insert", "lookup", "local_at", "remote_at", NULL};
-    const char *path, *ins, *look;
-    int rc, i;
+    static char *names[] = {"path", "insert", "lookup", "local_at", "remote_at",
+                            "insert_many", "rows", NULL};
+    const char *path, *ins, *look, *many = NULL;
+    int rc, i, rows = 0;
     Py_ssize_t local_at, remote_at;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sssnn", names, &path, &ins, &look, &local_at,
-                                     &remote_at))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sssnn|zi", names, &path, &ins, &look, &local_at,
+                                     &remote_at, &many, &rows))
         return -1;
+    if (many != NULL && (rows < 2 || rows > 1000)) {
+        PyErr_SetString(PyExc_ValueError, "RowWriter: rows must be 2-1000 with insert_many");
+        return -1;
+    }
     rw_close_db(w);
     w->local_at = local_at;
     w->remote_at = remote_at;
@@ -112,6 +135,31 @@ static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
             rw_close_db(w);
             return -1;
         }
+    }
+    if (many != NULL) {
+        int r;
+        rc = sqlite3_prepare_v2(w->db, many, -1, &w->many, NULL);
+        if (rc != SQLITE_OK) goto fail;
+        w->many_at = PyMem_New(int, (size_t)rows * NPARAMS);
+        if (w->many_at == NULL) {
+            PyErr_NoMemory();
+            rw_close_db(w);
+            return -1;
+        }
+        w->many_rows = rows;
+        for (r = 0; r < rows; r++)
+            for (i = 0; i < NPARAMS; i++) {
+                char name[32];
+                /* the block is one parameter for every row: :blk */
+                if (i == P_BLK) snprintf(name, sizeof name, "%s", PARAM_NAMES[i]);
+                else snprintf(name, sizeof name, "%s_%d", PARAM_NAMES[i], r);
+                w->many_at[r * NPARAMS + i] = sqlite3_bind_parameter_index(w->many, name);
+                if (w->many_at[r * NPARAMS + i] == 0) {
+                    PyErr_Format(PyExc_ValueError, "RowWriter: insert_many has no %s", name);
+                    rw_close_db(w);
+                    return -1;
+                }
+            }
     }
     return 0;
 fail:
@@ -141,7 +189,8 @@ static int bind_addr(sqlite3_stmt *st, int at, PyObject *v) {
 
 /* The committed connection row's addresses, for a packet whose connection the batch does
  * not carry: binds them (NULL when there is no such row). */
-static int bind_looked_up(RowWriter *w, long long cid, int src_at, int dst_at, int out) {
+static int bind_looked_up(RowWriter *w, sqlite3_stmt *st, long long cid, int src_at,
+                          int dst_at, int out) {
     int rc;
     sqlite3_bind_int64(w->look, 1, cid);
     rc = sqlite3_step(w->look);
@@ -149,19 +198,19 @@ static int bind_looked_up(RowWriter *w, long long cid, int src_at, int dst_at, i
         int l = out ? 0 : 1, r = out ? 1 : 0;
         /* text copied by the bind (TRANSIENT): the lookup is reset below */
         if (sqlite3_column_type(w->look, l) == SQLITE_NULL)
-            sqlite3_bind_null(w->ins, src_at);
+            sqlite3_bind_null(st, src_at);
         else
-            sqlite3_bind_text(w->ins, src_at, (const char *)sqlite3_column_text(w->look, l),
+            sqlite3_bind_text(st, src_at, (const char *)sqlite3_column_text(w->look, l),
                               sqlite3_column_bytes(w->look, l), SQLITE_TRANSIENT);
         if (sqlite3_column_type(w->look, r) == SQLITE_NULL)
-            sqlite3_bind_null(w->ins, dst_at);
+            sqlite3_bind_null(st, dst_at);
         else
-            sqlite3_bind_text(w->ins, dst_at, (const char *)sqlite3_column_text(w->look, r),
+            sqlite3_bind_text(st, dst_at, (const char *)sqlite3_column_text(w->look, r),
                               sqlite3_column_bytes(w->look, r), SQLITE_TRANSIENT);
         rc = SQLITE_OK;
     } else if (rc == SQLITE_DONE) {
-        sqlite3_bind_null(w->ins, src_at);
-        sqlite3_bind_null(w->ins, dst_at);
+        sqlite3_bind_null(st, src_at);
+        sqlite3_bind_null(st, dst_at);
         rc = SQLITE_OK;
     }
     sqlite3_reset(w->look);
@@ -186,28 +235,133 @@ static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
     return -1;
 }
 
-/* Run `st` once per value of `rows` (a sequence each: its items the parameters). */
-static int insert_values(RowWriter *w, sqlite3_stmt *st, PyObject *rows, int *rc) {
-    PyObject *k, *v;
-    Py_ssize_t pos = 0;
-    int n = sqlite3_bind_parameter_count(st);
+/* `sql`, an "INSERT ... VALUES (?,...,?) ..." of positional parameters, with its VALUES
+ * group repeated MANY_ROWS times, prepared (and kept: the same statements come back every
+ * batch). NULL with *rc SQLITE_OK when `sql` has no such group (or the cache is full):
+ * the caller runs it row by row. */
+static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql, int *rc) {
+    const char *open = strstr(sql, " VALUES ("), *close, *c;
+    size_t pre, group, n, at;
+    char *text;
+    int i, slot = -1, r;
     *rc = SQLITE_OK;
+    for (i = 0; i < N_RUNS; i++) {
+        if (w->runs[i].sql != NULL && strcmp(w->runs[i].sql, sql) == 0) return w->runs[i].st;
+        if (w->runs[i].sql == NULL && slot < 0) slot = i;
+    }
+    if (open == NULL || slot < 0) return NULL;
+    open += 8;   /* at "(" */
+    for (c = open + 1; *c == '?' || *c == ','; c++) {}
+    if (*c != ')') return NULL;   /* not a plain group of "?" */
+    close = c + 1;
+    pre = (size_t)(open - sql);
+    group = (size_t)(close - open);
+    n = pre + (group + 1) * MANY_ROWS + strlen(close) + 1;
+    if ((text = PyMem_Malloc(n)) == NULL) return NULL;
+    memcpy(text, sql, pre);
+    at = pre;
+    for (r = 0; r < MANY_ROWS; r++) {
+        if (r) text[at++] = ',';
+        memcpy(text + at, open, group);
+        at += group;
+    }
+    strcpy(text + at, close);
+    *rc = sqlite3_prepare_v2(w->db, text, -1, &w->runs[slot].st, NULL);
+    PyMem_Free(text);
+    if (*rc != SQLITE_OK) return NULL;
+    if ((w->runs[slot].sql = PyMem_Malloc(strlen(sql) + 1)) == NULL) {
+        sqlite3_finalize(w->runs[slot].st);
+        w->runs[slot].st = NULL;
+        return NULL;
+    }
+    strcpy(w->runs[slot].sql, sql);
+    return w->runs[slot].st;
+}
+
+/* Run `sql` once per value of `rows` (a sequence each: its items the parameters), many
+ * rows a statement where there are enough (many_stmt). */
+static int insert_values(RowWriter *w, const char *sql, PyObject *rows, int *rc) {
+    PyObject *k, *v;
+    Py_ssize_t pos = 0, left = PyDict_GET_SIZE(rows);
+    sqlite3_stmt *one = NULL, *many = NULL, *st;
+    int n, r = 0, ret = -1;
+    if ((*rc = sqlite3_prepare_v2(w->db, sql, -1, &one, NULL)) != SQLITE_OK) return -1;
+    n = sqlite3_bind_parameter_count(one);
+    if (left >= MANY_ROWS && (many = many_stmt(w, sql, rc)) == NULL && *rc != SQLITE_OK)
+        goto done;
     while (PyDict_Next(rows, &pos, &k, &v)) {
         Py_ssize_t i;
+        /* whole runs of MANY_ROWS through `many`, the last rows one by one */
+        st = many != NULL && (r > 0 || left >= MANY_ROWS) ? many : one;
         if (!(PyList_Check(v) || PyTuple_Check(v)) || PySequence_Fast_GET_SIZE(v) != n) {
             PyErr_SetString(PyExc_ValueError, "RowWriter: a row does not fit the statement");
-            return -1;
+            goto done;
         }
         for (i = 0; i < n; i++)
-            if (bind_value(st, (int)i + 1, PySequence_Fast_GET_ITEM(v, i)) < 0) {
+            if (bind_value(st, (st == many ? r * n : 0) + (int)i + 1,
+                           PySequence_Fast_GET_ITEM(v, i)) < 0) {
                 if (!PyErr_Occurred()) *rc = sqlite3_errcode(w->db);
-                return -1;
+                goto done;
             }
+        if (st == many && ++r < MANY_ROWS) continue;   /* the run is not full yet */
+        left -= st == many ? MANY_ROWS : 1;
+        r = 0;
         *rc = sqlite3_step(st);
         sqlite3_reset(st);
-        if (*rc != SQLITE_DONE) return -1;
+        if (*rc != SQLITE_DONE) goto done;
         *rc = SQLITE_OK;
     }
+    ret = 0;
+done:
+    if (many != NULL) {
+        sqlite3_reset(many);
+        sqlite3_clear_bindings(many);   /* no pointer into `rows` kept past the call */
+    }
+    sqlite3_finalize(one);
+    return ret;
+}
+
+/* Bind packed row `p` to `st` at the parameter indexes `at` (all but P_BLK), its
+ * addresses from its connection's row in `conns`, else the committed row: 0, -1 with a
+ * Python exception set, or an SQLite error code. */
+static int bind_row(RowWriter *w, sqlite3_stmt *st, const int *at, const unsigned char *p,
+                    PyObject *conns) {
+    long long cid = (long long)le(p + 35, 8);
+    int out = p[34] == 1;
+    PyObject *key, *row;
+    sqlite3_bind_int64(st, at[P_ID], (long long)le(p, 8));
+    sqlite3_bind_int64(st, at[P_TS], (long long)le(p + 8, 8));
+    sqlite3_bind_int64(st, at[P_LEN], (long long)le(p + 16, 4));
+    sqlite3_bind_int64(st, at[P_CAPLEN], (long long)le(p + 20, 4));
+    sqlite3_bind_int64(st, at[P_L3], (long long)le(p + 24, 2));
+    sqlite3_bind_int64(st, at[P_PROTO], p[26]);
+    sqlite3_bind_int64(st, at[P_SPORT], (long long)le(p + 27, 2));
+    sqlite3_bind_int64(st, at[P_DPORT], (long long)le(p + 29, 2));
+    sqlite3_bind_int64(st, at[P_FLAGS], (long long)le(p + 31, 2));
+    sqlite3_bind_int64(st, at[P_TTL], p[33]);
+    sqlite3_bind_int64(st, at[P_DIR], p[34]);
+    sqlite3_bind_int64(st, at[P_CONN], cid);
+    sqlite3_bind_int64(st, at[P_OFF], (long long)le(p + 43, 4));
+    sqlite3_bind_int64(st, at[P_IFACE], (long long)le(p + 47, 4));
+    key = PyLong_FromLongLong(cid);
+    if (key == NULL) return -1;
+    row = PyDict_GetItemWithError(conns, key);
+    Py_DECREF(key);
+    if (row == NULL) {
+        if (PyErr_Occurred()) return -1;
+        return bind_looked_up(w, st, cid, at[P_SRC], at[P_DST], out);
+    }
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) <= w->local_at ||
+        PyTuple_GET_SIZE(row) <= w->remote_at) {
+        PyErr_SetString(PyExc_TypeError, "RowWriter: conns values must be row tuples");
+        return -1;
+    }
+    /* SQLITE_STATIC: the row's strings live in `conns` until the statement has run */
+    if (bind_addr(st, at[P_SRC], out ? PyTuple_GET_ITEM(row, w->local_at)
+                                     : PyTuple_GET_ITEM(row, w->remote_at)) < 0 ||
+        bind_addr(st, at[P_DST], out ? PyTuple_GET_ITEM(row, w->remote_at)
+                                     : PyTuple_GET_ITEM(row, w->local_at)) < 0)
+        return -1;
     return 0;
 }
 
@@ -222,14 +376,13 @@ PyDoc_STRVAR(rw_write_doc,
 static PyObject *rw_write(RowWriter *w, PyObject *args) {
     Py_buffer view;
     long long blk;
-    PyObject *conns, *key = NULL;
+    PyObject *conns;
     Py_ssize_t n, i;
     const unsigned char *p;
     int rc = SQLITE_OK, *at = w->at;
     sqlite3_stmt *st = w->ins;
 
     const char *conn_sql = NULL;
-    sqlite3_stmt *cst = NULL;
     if (!PyArg_ParseTuple(args, "y*LO!|z", &view, &blk, &PyDict_Type, &conns, &conn_sql))
         return NULL;
     if (w->db == NULL) {
@@ -247,54 +400,27 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
     rc = sqlite3_exec(w->db, "BEGIN IMMEDIATE", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto db_error;
     if (conn_sql != NULL) {   /* the batch's connections first: lookups see them */
-        rc = sqlite3_prepare_v2(w->db, conn_sql, -1, &cst, NULL);
-        if (rc != SQLITE_OK) goto db_error;
-        if (insert_values(w, cst, conns, &rc) < 0) {
+        if (insert_values(w, conn_sql, conns, &rc) < 0) {
             if (PyErr_Occurred()) goto py_error;
             goto db_error;
         }
-        sqlite3_finalize(cst);
-        cst = NULL;
+    }
+    i = 0;
+    if (w->many != NULL && n >= w->many_rows) {  /* many rows a statement, the rest below */
+        sqlite3_bind_int64(w->many, w->many_at[P_BLK], blk);
+        for (; i + w->many_rows <= n; i += w->many_rows) {
+            int r;
+            for (r = 0; r < w->many_rows; r++, p += ROW_SIZE)
+                if ((rc = bind_row(w, w->many, w->many_at + r * NPARAMS, p, conns)) != 0)
+                    goto bind_error;
+            rc = sqlite3_step(w->many);
+            sqlite3_reset(w->many);
+            if (rc != SQLITE_DONE) goto db_error;
+        }
     }
     sqlite3_bind_int64(st, at[P_BLK], blk);
-    for (i = 0; i < n; i++, p += ROW_SIZE) {
-        long long cid = (long long)le(p + 35, 8);
-        int out = p[34] == 1;
-        PyObject *row;
-        sqlite3_bind_int64(st, at[P_ID], (long long)le(p, 8));
-        sqlite3_bind_int64(st, at[P_TS], (long long)le(p + 8, 8));
-        sqlite3_bind_int64(st, at[P_LEN], (long long)le(p + 16, 4));
-        sqlite3_bind_int64(st, at[P_CAPLEN], (long long)le(p + 20, 4));
-        sqlite3_bind_int64(st, at[P_L3], (long long)le(p + 24, 2));
-        sqlite3_bind_int64(st, at[P_PROTO], p[26]);
-        sqlite3_bind_int64(st, at[P_SPORT], (long long)le(p + 27, 2));
-        sqlite3_bind_int64(st, at[P_DPORT], (long long)le(p + 29, 2));
-        sqlite3_bind_int64(st, at[P_FLAGS], (long long)le(p + 31, 2));
-        sqlite3_bind_int64(st, at[P_TTL], p[33]);
-        sqlite3_bind_int64(st, at[P_DIR], p[34]);
-        sqlite3_bind_int64(st, at[P_CONN], cid);
-        sqlite3_bind_int64(st, at[P_OFF], (long long)le(p + 43, 4));
-        sqlite3_bind_int64(st, at[P_IFACE], (long long)le(p + 47, 4));
-        key = PyLong_FromLongLong(cid);
-        if (key == NULL) goto py_error;
-        row = PyDict_GetItemWithError(conns, key);
-        Py_CLEAR(key);
-        if (row == NULL && PyErr_Occurred()) goto py_error;
-        if (row != NULL) {
-            PyObject *local, *remote;
-            if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) <= w->local_at ||
-                PyTuple_GET_SIZE(row) <= w->remote_at) {
-                PyErr_SetString(PyExc_TypeError, "RowWriter: conns values must be row tuples");
-                goto py_error;
-            }
-            local = PyTuple_GET_ITEM(row, w->local_at);
-            remote = PyTuple_GET_ITEM(row, w->remote_at);
-            if (bind_addr(st, at[P_SRC], out ? local : remote) < 0 ||
-                bind_addr(st, at[P_DST], out ? remote : local) < 0)
-                goto py_error;
-        } else if ((rc = bind_looked_up(w, cid, at[P_SRC], at[P_DST], out)) != SQLITE_OK) {
-            goto db_error;
-        }
+    for (; i < n; i++, p += ROW_SIZE) {
+        if ((rc = bind_row(w, st, at, p, conns)) != 0) goto bind_error;
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) goto db_error;
@@ -302,16 +428,21 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
     rc = sqlite3_exec(w->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto db_error;
     sqlite3_clear_bindings(st);
+    if (w->many != NULL) sqlite3_clear_bindings(w->many);
     PyBuffer_Release(&view);
     return PyLong_FromSsize_t(n);
 
+bind_error:
+    if (rc < 0) goto py_error;
 db_error:
     raise_db(w->db, rc);
 py_error:
-    Py_XDECREF(key);
-    sqlite3_finalize(cst);
     sqlite3_reset(st);
     sqlite3_clear_bindings(st);
+    if (w->many != NULL) {
+        sqlite3_reset(w->many);
+        sqlite3_clear_bindings(w->many);
+    }
     if (!sqlite3_get_autocommit(w->db)) sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
     PyBuffer_Release(&view);
     return NULL;
@@ -824,26 +955,38 @@ static int cmp_rows(const void *pa, const void *pb) {
     return (a->proto > b->proto) - (a->proto < b->proto);
 }
 
-/* Upsert `rows` sorted through `sql` (kind, key, time, proto, packets, bytes): SQLite rc */
-static int write_rows(FlowTotals *f, sqlite3 *db, const char *sql, Row *rows, size_t n) {
-    sqlite3_stmt *st = NULL;
-    size_t i;
-    int rc;
+static void bind_stat(FlowTotals *f, sqlite3_stmt *st, int at, const Row *row) {
+    uint32_t kind = row->kid >> 30, id = row->kid & 0x3FFFFFFF;
+    sqlite3_bind_int64(st, at + 1, kind);
+    if (kind == K_IP)
+        sqlite3_bind_text(st, at + 2, f->ip_utf8[id], (int)f->ip_len[id], SQLITE_STATIC);
+    else
+        sqlite3_bind_text(st, at + 2, kind == K_PORT ? port_text[id] : "", -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, at + 3, row->t);
+    sqlite3_bind_int64(st, at + 4, row->proto);
+    sqlite3_bind_int64(st, at + 5, row->p);
+    sqlite3_bind_int64(st, at + 6, row->b);
+}
+
+/* Upsert `rows` sorted through `sql` (kind, key, time, proto, packets, bytes), many rows
+ * a statement where there are enough (many_stmt): SQLite rc */
+static int write_rows(FlowTotals *f, RowWriter *w, const char *sql, Row *rows, size_t n) {
+    sqlite3_stmt *st = NULL, *many = NULL;
+    size_t i = 0;
+    int rc = SQLITE_OK, r;
     if (n == 0) return SQLITE_OK;
     sorting = f;
     qsort(rows, n, sizeof(Row), cmp_rows);
-    rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-    for (i = 0; rc == SQLITE_OK && i < n; i++) {
-        uint32_t kind = rows[i].kid >> 30, id = rows[i].kid & 0x3FFFFFFF;
-        sqlite3_bind_int64(st, 1, kind);
-        if (kind == K_IP)
-            sqlite3_bind_text(st, 2, f->ip_utf8[id], (int)f->ip_len[id], SQLITE_STATIC);
-        else
-            sqlite3_bind_text(st, 2, kind == K_PORT ? port_text[id] : "", -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 3, rows[i].t);
-        sqlite3_bind_int64(st, 4, rows[i].proto);
-        sqlite3_bind_int64(st, 5, rows[i].p);
-        sqlite3_bind_int64(st, 6, rows[i].b);
+    if (n >= MANY_ROWS) many = many_stmt(w, sql, &rc);
+    for (; many != NULL && rc == SQLITE_OK && i + MANY_ROWS <= n; i += MANY_ROWS) {
+        for (r = 0; r < MANY_ROWS; r++) bind_stat(f, many, 6 * r, &rows[i + r]);
+        rc = sqlite3_step(many);
+        sqlite3_reset(many);
+        if (rc == SQLITE_DONE) rc = SQLITE_OK;
+    }
+    if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(w->db, sql, -1, &st, NULL);
+    for (; rc == SQLITE_OK && i < n; i++) {
+        bind_stat(f, st, 0, &rows[i]);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc == SQLITE_DONE) rc = SQLITE_OK;
@@ -908,8 +1051,8 @@ static PyObject *ft_write(FlowTotals *f, RowWriter *w, int all, int64_t sec_cut,
         }
         sqlite3_finalize(st);
     }
-    if (rc == SQLITE_OK) rc = write_rows(f, w->db, agg_sql, mins, nm);
-    if (rc == SQLITE_OK) rc = write_rows(f, w->db, sec_sql, secs, ns);
+    if (rc == SQLITE_OK) rc = write_rows(f, w, agg_sql, mins, nm);
+    if (rc == SQLITE_OK) rc = write_rows(f, w, sec_sql, secs, ns);
     if (rc == SQLITE_OK) rc = sqlite3_exec(w->db, "COMMIT", NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto db_error;
     PyMem_Free(secs);
@@ -1135,7 +1278,8 @@ PyMODINIT_FUNC PyInit__packedrows(void) {
     Py_INCREF(&FlowTotalsType);
     if (PyModule_AddObject(m, "RowWriter", (PyObject *)&RowWriterType) < 0 ||
         PyModule_AddObject(m, "FlowTotals", (PyObject *)&FlowTotalsType) < 0 ||
-        PyModule_AddIntConstant(m, "ROW_SIZE", ROW_SIZE) < 0) {
+        PyModule_AddIntConstant(m, "ROW_SIZE", ROW_SIZE) < 0 ||
+        PyModule_AddIntConstant(m, "MANY_ROWS", MANY_ROWS) < 0) {
         Py_DECREF(&RowWriterType);
         Py_DECREF(m);
         return NULL;
