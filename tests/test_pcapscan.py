@@ -587,3 +587,32 @@ def test_batches_refill_earlier_buffers_and_store_the_same(ctx, tmp_path, monkey
         assert refilled["buf"] >= 5
     else:
         assert refilled["buf"] == 0
+
+
+def test_idle_conns_chooses_as_the_recorder_does():
+    """The eviction pass's choice in C (_pcapscan.idle_conns, set by the scanner) against
+    Recorder._evict's own: connections not written this batch that ended, or have been
+    idle past IDLE_NS before the newest; None (Python decides) for a time that is not a
+    64-bit integer."""
+    from apppaccap.ingest._pcapscan import idle_conns
+
+    from apppaccap.capture import recorder
+    from apppaccap.capture.recorder import Conn
+
+    newest = 1_700_000_000 * 10**9
+    conns, dirty = {}, {}
+    for i in range(200):
+        c = Conn(i, 6, ("10.0.0.1", 1000 + i), ("10.0.0.2", 443), newest)
+        c.last = newest - (i % 7) * recorder.IDLE_NS // 3 - (1 if i % 5 == 0 else 0)
+        c.state = ("", "ESTABLISHED", "CLOSED", "RESET", "CLOSING", "SYN_SENT")[i % 6]
+        conns[(6, ("10.0.0.1", 1000 + i), ("10.0.0.2", 443))] = c
+        if i % 11 == 0:
+            dirty[i] = c
+    newest_seen = max(c.last for c in conns.values())
+    expected = [(k, c) for k, c in conns.items() if c.id not in dirty and
+                (c.state in ("CLOSED", "RESET") or newest_seen - c.last > recorder.IDLE_NS)]
+    got = idle_conns(conns, dirty, recorder.IDLE_NS)
+    assert got == expected and 0 < len(got) < len(conns)
+    assert idle_conns({}, {}, recorder.IDLE_NS) == []
+    odd = Conn(999, 6, ("10.0.0.1", 1), ("10.0.0.2", 2), 2**70)
+    assert idle_conns({**conns, "odd": odd}, dirty, recorder.IDLE_NS) is None

@@ -89,6 +89,8 @@ class Recorder:
         self.last_evicted: list | None = None
         self.epb_divs = None  # ns a timestamp tick per interface, blocks stored as EPBs (scanner)
         self.pack_conns = None  # dirty conns -> {id: row} as pickled to the bulk writer (scanner)
+        # (conns, dirty, idle_ns) -> _evict's [(key, conn)] or None, in C (the scanner's)
+        self.idle_conns = None
         self._known_ips: set = set()
         self._reset()
 
@@ -349,9 +351,12 @@ class Recorder:
         """Bound memory on long captures: forget flows that ended or have been idle for
         IDLE_NS (their rows are already written); a later packet starts a new connection."""
         self.evicted += 1
-        newest = max(c.last for c in self.conns.values())
-        gone = [(k, c) for k, c in self.conns.items() if c.id not in self.batch.dirty and
-                (c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS)]
+        gone = self.idle_conns(self.conns, self.batch.dirty, IDLE_NS) \
+            if self.idle_conns is not None else None
+        if gone is None:
+            newest = max(c.last for c in self.conns.values())
+            gone = [(k, c) for k, c in self.conns.items() if c.id not in self.batch.dirty and
+                    (c.state in ("CLOSED", "RESET") or newest - c.last > IDLE_NS)]
         conns = [c for _k, c in gone]
         if self.labeller is not None:  # their labels are final now (written next flush)
             self.labeller.settle(conns, self.batch)

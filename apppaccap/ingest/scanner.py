@@ -32,6 +32,7 @@ try:
     from apppaccap.ingest._pcapscan import DPI_STATE_SIZE
     from apppaccap.ingest._pcapscan import FlowTable
     from apppaccap.ingest._pcapscan import flow
+    from apppaccap.ingest._pcapscan import idle_conns
     from apppaccap.ingest._pcapscan import pack_conns
     from apppaccap.ingest._pcapscan import recycle
     from apppaccap.ingest._pcapscan import scan
@@ -39,7 +40,8 @@ try:
     from apppaccap.ingest._pcapscan import settle
     from apppaccap.ingest._pcapscan import unpack_conns
 except ImportError:  # no compiler at install time (or a build older than the nDPI feed):
-    scan = scan_pcapng = settle = flow = pack_conns = recycle = None  # Python does it all
+    # Python does it all
+    scan = scan_pcapng = settle = flow = pack_conns = recycle = idle_conns = None
 else:
     # a build aggregating by another unit, or sharing another nDPI state layout: not used
     if AGG_NS != SECOND_NS or DPI_STATE_SIZE != STATE.size:
@@ -93,6 +95,7 @@ class _Walk:
                       rec.learn_answers)
         if rec.bulk is not None and rec.on_flush is None and rec.on_new_ips is None:
             rec.pack_conns = PackedConns  # every batch goes to the bulk writer, pickled
+        rec.idle_conns = idle_conns  # the eviction pass's choice, in C
         if not self.pcapng:
             self.mm, self.size, self.big, self.unit, self.rhl, self.snaplen, self.linktype = \
                 reader.pcap_layout()
