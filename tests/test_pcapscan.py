@@ -98,6 +98,7 @@ def _dump(ctx, cid) -> dict:
         blocks.close()
         out = {"packets": packets}
         for table, order in (("connections", "id"), ("agg", "kind, key, minute, proto"),
+                             ("agg_sec", "kind, key, sec, proto"),
                              ("ips", "ip"), ("interfaces", "id"), ("processes", "process_id"),
                              ("threads", "pid, tid")):
             out[table] = conn.execute(f"SELECT * FROM {table} ORDER BY {order}").fetchall()
@@ -616,3 +617,23 @@ def test_idle_conns_chooses_as_the_recorder_does():
     assert idle_conns({}, {}, recorder.IDLE_NS) == []
     odd = Conn(999, 6, ("10.0.0.1", 1), ("10.0.0.2", 2), 2**70)
     assert idle_conns({**conns, "odd": odd}, dirty, recorder.IDLE_NS) is None
+
+
+def test_statistics_written_near_the_end_of_a_file_store_the_same(ctx, tmp_path,
+                                                                  monkeypatch):
+    """Once 95 % of a file is read the bulk writer writes the statistics it holds
+    (scanner.EARLY_TOTALS: the write after the last packet is then short); the rows by
+    minute and by second, the addresses' totals and everything else equal the Python
+    path's, which writes them once."""
+    from apppaccap.capture import recorder
+    from apppaccap.store import bulkwriter
+    monkeypatch.setitem(recorder.Recorder.__init__.__kwdefaults__, "batch_packets", 500)
+    calls = []
+    real = bulkwriter.BulkWriter.write_held
+    monkeypatch.setattr(bulkwriter.BulkWriter, "write_held",
+                        lambda self: calls.append(1) or real(self))
+    src = str(tmp_path / "short.pcap")
+    gen_flows(src, 8000, "short")
+    dump = _same(ctx, src, tmp_path, monkeypatch)
+    assert calls == [1]
+    assert len(dump["agg_sec"]) > 100 and len(dump["ips"]) > 100

@@ -48,6 +48,11 @@ else:
         scan = scan_pcapng = None
 
 FULL, END, SLOW, NEWFLOW = 0, 1, 2, 3
+# the share of the file read after which the bulk writer writes the statistics it holds
+# (BulkWriter.write_held): the write after the last packet then holds only the last
+# stretch's (1M short-flow packets: the ingest's wait for it 0.09 -> 0.03 s; at 90 % the
+# earlier write held the parser up as long as it saved)
+EARLY_TOTALS = 0.95
 CLASSIC = ("pcap", "pcap-ns", "pcap-modified")  # CaptureReader.format of classic pcap
 ROW_SIZE = struct.calcsize(PLAIN_FORMAT)
 
@@ -164,6 +169,7 @@ def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
     walk = _Walk(reader, rec)
     flows = walk.flows
     evicted = rec.evicted
+    early = rec.bulk is None or not reader.size  # statistics written near the end (or not)
     rec.last_evicted = []  # the recorder tells which connections it forgot
     try:
         while True:
@@ -189,6 +195,9 @@ def ingest(reader, rec, one, interfaces, progress=None, flushed=None) -> None:
                     flushed()
                 if progress is not None and reader.size:
                     progress(100.0 * reader.bytes_done / reader.size)
+                if not early and reader.bytes_done >= EARLY_TOTALS * reader.size:
+                    early = True
+                    rec.bulk.write_held()
                 reader.release_read_pages()
                 continue
             record = reader.next_record()

@@ -276,6 +276,15 @@ class BulkWriter:
         fut.set_exception(_error(kind, message))
         raise _error(kind, message)
 
+    def write_held(self) -> None:
+        """Have the child write the statistics it holds now, after what it was sent,
+        without waiting (the answer is collected with the next batch's). Near the end of a
+        file (ingest/scanner.py) this moves most of the final write, which the ingest
+        waits for after its last packet, to while the parser still reads."""
+        if self._held:
+            self._send(None, WRITE_TOTALS)
+            self.pending.append(Future())
+
     def drain(self) -> None:
         """Wait until every submitted batch and the statistics the child holds for them
         are written (a failed one raises)."""
