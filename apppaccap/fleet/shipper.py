@@ -62,7 +62,9 @@ class Shipper:
         self._client_key = None
         self._failures = 0
         self._next_try = 0.0
-        self._last_retention = 0.0
+        # "never": monotonic() counts from boot, so 0.0 would skip retention for the first
+        # hour after a reboot
+        self._last_retention = -RETENTION_EVERY
         self._last_report = -REPORT_EVERY
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="apppaccap-fleet", daemon=True)

@@ -76,14 +76,20 @@ class ClickHouse:
         self.proc = subprocess.Popen([BINARY, f"--config-file={self.root}/config.xml"],
                                      stdout=out, stderr=subprocess.STDOUT, cwd=self.root)
         out.close()
-        deadline = time.monotonic() + 30
+        launched = time.monotonic()
+        deadline = launched + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log()
             try:
-                self.query("SELECT 1")
-                return self
+                (up,), = self.query("SELECT uptime()")
             except Exception:  # not listening yet
                 time.sleep(0.1)
+                continue
+            # a server up for longer than ours has been running is another one, on a port
+            # taken since free_port() chose it: ours cannot listen there
+            assert up <= time.monotonic() - launched + 1, \
+                f"port {self.tcp_port} answers for another clickhouse-server (up {up} s)"
+            return self
         raise AssertionError("clickhouse-server did not start:\n" + self.log())
 
     def query(self, sql: str, params=None) -> list:
