@@ -343,3 +343,22 @@ def test_a_connection_rewritten_with_its_ends_swapped_is_found_at_its_new_addres
         assert db.read("SELECT count(*) FROM connections")[0][0] == 1
     finally:
         db.close()
+
+
+def test_rows_go_one_by_one_where_sqlite_cannot_take_many_a_statement(tmp_path):
+    # an SQLite with a lower parameter limit (999 before 3.32) cannot prepare the statement
+    # of PACKED_ROWS rows: the writer then writes every row one by one, the same rows
+    out = []
+    for many in (capturedb._PACKED_INSERT_MANY, "INSERT INTO no_such_table VALUES (?)"):  # noqa: SLF001
+        db = CaptureDb(str(tmp_path / str(len(out))), 1)
+        try:
+            rows = capturedb.RowWriter(db.path, capturedb._PACKED_INSERT,  # noqa: SLF001
+                                       capturedb._CONN_ADDRESSES,  # noqa: SLF001
+                                       capturedb.CONN_LOCAL_IP, capturedb.CONN_REMOTE_IP,
+                                       many, capturedb.PACKED_ROWS)
+            assert rows.write(_rows(300), 1, {1: _conn_row(1, "10.0.0.1", "10.0.0.2")}) == 300
+            rows.close()
+            out.append(_packets(db.path))
+        finally:
+            db.close()
+    assert out[0] == out[1] and len(out[0]) == 300

@@ -141,10 +141,14 @@ static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
             return -1;
         }
     }
-    if (many != NULL) {
+    /* an SQLite that cannot take the statement (before 3.32 a statement had at most 999
+     * parameters; this one has ~1,000): the rows go one by one */
+    if (many != NULL && sqlite3_prepare_v2(w->db, many, -1, &w->many, NULL) != SQLITE_OK) {
+        sqlite3_finalize(w->many);
+        w->many = NULL;
+    }
+    if (w->many != NULL) {
         int r;
-        rc = sqlite3_prepare_v2(w->db, many, -1, &w->many, NULL);
-        if (rc != SQLITE_OK) goto fail;
         w->many_at = PyMem_New(int, (size_t)rows * NPARAMS);
         if (w->many_at == NULL) {
             PyErr_NoMemory();
@@ -242,14 +246,13 @@ static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
 
 /* `sql`, an "INSERT ... VALUES (?,...,?) ..." of positional parameters, with its VALUES
  * group repeated MANY_ROWS times, prepared (and kept: the same statements come back every
- * batch). NULL with *rc SQLITE_OK when `sql` has no such group (or the cache is full):
- * the caller runs it row by row. */
-static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql, int *rc) {
+ * batch). NULL when `sql` has no such group, SQLite cannot take the longer statement, or
+ * the cache is full: the caller runs `sql` row by row. */
+static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql) {
     const char *open = strstr(sql, " VALUES ("), *close, *c;
     size_t pre, group, n, at;
     char *text;
     int i, slot = -1, r;
-    *rc = SQLITE_OK;
     for (i = 0; i < N_RUNS; i++) {
         if (w->runs[i].sql != NULL && strcmp(w->runs[i].sql, sql) == 0) return w->runs[i].st;
         if (w->runs[i].sql == NULL && slot < 0) slot = i;
@@ -271,9 +274,13 @@ static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql, int *rc) {
         at += group;
     }
     strcpy(text + at, close);
-    *rc = sqlite3_prepare_v2(w->db, text, -1, &w->runs[slot].st, NULL);
+    /* one SQLite cannot take (too many parameters: see rw_init) is remembered as NULL,
+     * and `sql` runs row by row */
+    if (sqlite3_prepare_v2(w->db, text, -1, &w->runs[slot].st, NULL) != SQLITE_OK) {
+        sqlite3_finalize(w->runs[slot].st);
+        w->runs[slot].st = NULL;
+    }
     PyMem_Free(text);
-    if (*rc != SQLITE_OK) return NULL;
     if ((w->runs[slot].sql = PyMem_Malloc(strlen(sql) + 1)) == NULL) {
         sqlite3_finalize(w->runs[slot].st);
         w->runs[slot].st = NULL;
@@ -292,8 +299,7 @@ static int insert_values(RowWriter *w, const char *sql, PyObject *rows, int *rc)
     int n, r = 0, ret = -1;
     if ((*rc = sqlite3_prepare_v2(w->db, sql, -1, &one, NULL)) != SQLITE_OK) return -1;
     n = sqlite3_bind_parameter_count(one);
-    if (left >= MANY_ROWS && (many = many_stmt(w, sql, rc)) == NULL && *rc != SQLITE_OK)
-        goto done;
+    if (left >= MANY_ROWS) many = many_stmt(w, sql);
     while (PyDict_Next(rows, &pos, &k, &v)) {
         Py_ssize_t i;
         /* whole runs of MANY_ROWS through `many`, the last rows one by one */
@@ -982,7 +988,7 @@ static int write_rows(FlowTotals *f, RowWriter *w, const char *sql, Row *rows, s
     if (n == 0) return SQLITE_OK;
     sorting = f;
     qsort(rows, n, sizeof(Row), cmp_rows);
-    if (n >= MANY_ROWS) many = many_stmt(w, sql, &rc);
+    if (n >= MANY_ROWS) many = many_stmt(w, sql);
     for (; many != NULL && rc == SQLITE_OK && i + MANY_ROWS <= n; i += MANY_ROWS) {
         for (r = 0; r < MANY_ROWS; r++) bind_stat(f, many, 6 * r, &rows[i + r]);
         rc = sqlite3_step(many);
