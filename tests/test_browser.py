@@ -341,3 +341,56 @@ def test_login_and_logout(page, tmp_path):
     finally:
         server.stop()
     page.console.assert_clean()
+
+
+def test_packet_detail_shows_the_row_selected_last_when_answers_cross(page, tmp_path):
+    """Two rows clicked one after the other: the first packet's answer held back until
+    the second's is shown (the order a loaded server can give them) must not replace it.
+    The detail showed the packet clicked first under the row selected last (a flake of
+    the walk-through above on a busy machine)."""
+    import shutil
+    from urllib.parse import parse_qs
+
+    from tests.helpers import corpus
+    from tests.helpers.server import wait_command
+
+    inn = tmp_path / "in"
+    inn.mkdir()
+    (tmp_path / "export").mkdir()
+    shutil.copy(corpus.path("wellformed/tls_three_sessions.pcap"), inn / "tls.pcap")
+    server = Server(tmp_path / "data", tmp_path / "export", "--ingest-root", inn,
+                    log_dir=tmp_path)
+    held = []
+
+    def asks_for_1(request) -> bool:  # the page posts a form (api.js)
+        body = parse_qs(request.post_data or "")
+        return body.get("action") == ["capture_get_packet"] and body.get("packet_id") == ["1"]
+
+    def hold_packet_1(route):
+        if asks_for_1(route.request):
+            held.append(route)  # let through below, once packet 2's answer is shown
+        else:
+            route.continue_()
+
+    try:
+        cmd = server.ok("pcap_ingest_file", path=str(inn / "tls.pcap"))
+        cid = int(wait_command(server.ok, cmd)["Result"])
+        page.goto(server.url + f"/#/capture/{cid}/packets")
+        page.wait_for_selector("#view-capture .prow:not(.pending) .c-no:text-is('2')")
+        page.route("**/ajax", hold_packet_1)
+        page.locator("#view-capture .prow:not(.phead)").nth(0).click()
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert held, "packet 1's detail was not asked for"
+        page.locator("#view-capture .prow:not(.phead)").nth(1).click()
+        page.wait_for_selector("#view-capture .tree:has-text('Packet') >> text=#2 of capture")
+        with page.expect_response(lambda r: asks_for_1(r.request)):
+            held[0].continue_()
+        page.wait_for_timeout(200)  # the late answer handled
+        tree = page.locator("#view-capture .tree").inner_text()
+        assert f"#2 of capture {cid}" in tree and "#1 of capture" not in tree
+        assert page.locator("#view-capture .prow.selected .c-no").inner_text() == "2"
+        page.console.assert_clean()
+    finally:
+        server.stop()
