@@ -394,3 +394,50 @@ def test_packet_detail_shows_the_row_selected_last_when_answers_cross(page, tmp_
         page.console.assert_clean()
     finally:
         server.stop()
+
+
+def test_threads_shown_are_those_of_the_process_selected_last(page, tmp_path):
+    """Two processes selected one after the other, the first one's thread list held back
+    until the second's is shown: the list under the second process stays its own."""
+    import subprocess
+    from urllib.parse import parse_qs
+
+    a = subprocess.Popen(["sleep", "300"])
+    b = subprocess.Popen(["sleep", "301"])
+    server = Server(tmp_path / "data", tmp_path / "export", log_dir=tmp_path)
+    held = []
+
+    def threads_of_a(request) -> bool:
+        body = parse_qs(request.post_data or "")
+        return body.get("action") == ["process_list_threads"] and body.get("pid") == [str(a.pid)]
+
+    def hold_a(route):
+        if threads_of_a(route.request):
+            held.append(route)
+        else:
+            route.continue_()
+
+    try:
+        page.goto(server.url + "/#/processes")
+        page.fill("#view-processes input[name=procfilter]", "sleep 30")
+        page.wait_for_selector(f"#view-processes tr[data-key='{b.pid}']")
+        page.route("**/ajax", hold_a)
+        page.locator(f"#view-processes tr[data-key='{a.pid}']").click()
+        deadline = time.monotonic() + 10
+        while not held and time.monotonic() < deadline:
+            page.wait_for_timeout(20)
+        assert held, "the first process's threads were not asked for"
+        page.locator(f"#view-processes tr[data-key='{b.pid}']").click()
+        tids = "#view-processes .panel:has(> .panel-head h2:text-is('Threads')) td"
+        page.wait_for_selector(f"{tids}:text-is('{b.pid}')")  # b's one thread: tid = pid
+        with page.expect_response(lambda r: threads_of_a(r.request)):
+            held[0].continue_()
+        page.wait_for_timeout(200)
+        assert page.locator(f"{tids}:text-is('{a.pid}')").count() == 0
+        assert page.locator(f"{tids}:text-is('{b.pid}')").count() == 1
+        page.console.assert_clean()
+    finally:
+        server.stop()
+        for p in (a, b):
+            p.kill()
+            p.wait()
