@@ -225,22 +225,11 @@ def test_live_curl_is_http_and_a_loopback_dns_query_is_dns(live, live_ajax, http
 @pytest.mark.browser
 def test_connections_tab_shows_labels_and_filters_by_them(browser, tmp_path):
     """The default theme's Connections tab: a Labels column and a label filter."""
-    import shutil
-
     from tests.helpers.browser import Console
-    from tests.helpers.server import Server
+    from tests.helpers.server import with_ingested
 
-    inn = tmp_path / "in"
-    inn.mkdir()
-    (tmp_path / "export").mkdir()
-    shutil.copy(corpus.path("wellformed/tls_three_sessions.pcap"), inn / "tls.pcap")
-    server = Server(tmp_path / "data", tmp_path / "export", "--ingest-root", inn,
-                    log_dir=tmp_path)
+    server, cid = with_ingested(tmp_path, corpus.path("wellformed/tls_three_sessions.pcap"))
     try:
-        cmd = server.ok("pcap_ingest_file", path=str(inn / "tls.pcap"))
-        cmd = wait_for(lambda: (lambda c: c if c["State"] >= 3 else None)(
-            server.ok("command_query", command_uid=cmd["CommandUid"])), 60, what="ingest")
-        cid = int(cmd["Result"])
         ctx = browser.new_context(viewport={"width": 1400, "height": 900})
         page = ctx.new_page()
         page.set_default_timeout(15_000)

@@ -348,18 +348,12 @@ def test_packet_detail_shows_the_row_selected_last_when_answers_cross(page, tmp_
     the second's is shown (the order a loaded server can give them) must not replace it.
     The detail showed the packet clicked first under the row selected last (a flake of
     the walk-through above on a busy machine)."""
-    import shutil
     from urllib.parse import parse_qs
 
     from tests.helpers import corpus
-    from tests.helpers.server import wait_command
+    from tests.helpers.server import with_ingested
 
-    inn = tmp_path / "in"
-    inn.mkdir()
-    (tmp_path / "export").mkdir()
-    shutil.copy(corpus.path("wellformed/tls_three_sessions.pcap"), inn / "tls.pcap")
-    server = Server(tmp_path / "data", tmp_path / "export", "--ingest-root", inn,
-                    log_dir=tmp_path)
+    server, cid = with_ingested(tmp_path, corpus.path("wellformed/tls_three_sessions.pcap"))
     held = []
 
     def asks_for_1(request) -> bool:  # the page posts a form (api.js)
@@ -373,8 +367,6 @@ def test_packet_detail_shows_the_row_selected_last_when_answers_cross(page, tmp_
             route.continue_()
 
     try:
-        cmd = server.ok("pcap_ingest_file", path=str(inn / "tls.pcap"))
-        cid = int(wait_command(server.ok, cmd)["Result"])
         page.goto(server.url + f"/#/capture/{cid}/packets")
         page.wait_for_selector("#view-capture .prow:not(.pending) .c-no:text-is('2')")
         page.route("**/ajax", hold_packet_1)

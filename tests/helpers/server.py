@@ -116,3 +116,24 @@ def wait_command(ok, cmd: dict, timeout: float = 60) -> dict:
         time.sleep(0.05)
         cmd = ok("command_query", command_uid=cmd["CommandUid"])
     return cmd
+
+
+def with_ingested(tmp_path, corpus_file: str) -> tuple[Server, int]:
+    """A server whose ingest root holds a copy of `corpus_file` (a path), and the id of
+    the capture it ingested from it."""
+    import shutil
+
+    inn = os.path.join(str(tmp_path), "in")
+    os.makedirs(inn, exist_ok=True)
+    os.makedirs(os.path.join(str(tmp_path), "export"), exist_ok=True)
+    src = os.path.join(inn, os.path.basename(corpus_file))
+    shutil.copy(corpus_file, src)
+    server = Server(os.path.join(str(tmp_path), "data"), os.path.join(str(tmp_path), "export"),
+                    "--ingest-root", inn, log_dir=tmp_path)
+    try:
+        cmd = wait_command(server.ok, server.ok("pcap_ingest_file", path=src))
+        assert cmd["State"] == 3, cmd
+        return server, int(cmd["Result"])
+    except BaseException:
+        server.stop()
+        raise
