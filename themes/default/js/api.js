@@ -73,6 +73,18 @@ var App = window.App || (window.App = {});
       .then(function (r) { return envelope(action, r); }, transportError(action));
   }
 
+  /* A requester whose later call makes its earlier ones moot (the detail of the row
+   * selected last): answers can come back out of order, and one to a superseded call never
+   * settles (neither resolves nor rejects), so it cannot fill what the newer one fills. */
+  api.latest = function () {
+    var asked = 0;
+    return function (action, data) {
+      var mine = ++asked, moot = function () { return $.Deferred().promise(); };
+      return api(action, data).then(function (r) { return mine === asked ? r : moot(); },
+        function (r) { return mine === asked ? rejected(r) : moot(); });
+    };
+  };
+
   /* Multipart upload (pcap_ingest_post's `file` part) with upload progress 0-100. The token
    * travels in a header: the server reads no byte of an upload before it knows the caller. */
   api.upload = function (action, file, onProgress) {

@@ -97,7 +97,7 @@ var App = window.App || (window.App = {});
         return ui.button("Packets", "small", function () { filterPackets("thread.id == " + t.ThreadId); });
       }}], {empty: "Select a process to list its threads."});
     var $threads = ui.section("Threads").append(threads).css({margin: "0 10px 10px", flex: "none"});
-    var threadsAsked = 0;
+    var threadsOf = api.latest();  // the process clicked last: its threads under its heading
     var table = ui.table([
       {title: "PID", get: function (p) { return p.Pid; }, cls: "num"},
       {title: "Name", get: function (p) { return p.Name; }, render: function (p) { return ui.procName(p.Name); }},
@@ -112,13 +112,11 @@ var App = window.App || (window.App = {});
       }}
     ], {key: function (p) { return p.ProcessId; }, empty: "No processes seen in this capture.",
       onClick: function (p) {
-        // only the last process clicked fills the list under its heading (answers can cross)
-        var mine = ++threadsAsked;
         $threads.find("h2").text("Threads of " + p.Name + " (pid " + p.Pid + ")");
-        api("process_list_threads", {process_id: p.ProcessId, flags: 1}).then(function (l) {
-          if (mine === threadsAsked) threads.set(l);
+        threadsOf("process_list_threads", {process_id: p.ProcessId, flags: 1}).then(function (l) {
+          threads.set(l);
         }, function (r) {
-          if (mine === threadsAsked) threads.set([]);
+          threads.set([]);
           App.fail(r);
         });
       }});

@@ -124,20 +124,15 @@ var App = window.App || (window.App = {});
     $into.empty().append($tree, ui.el("div", "hex").append(pre));
   }
 
-  var asked = 0;  // the number of the last packet asked for; each $into keeps its own
-
   function render($into, captureId, packetId, opts) {
-    // Answers can come back out of order (one packet clicked, then another): only the
-    // last one asked for into this box may fill it, or the box would show the packet
-    // clicked first under the row selected last.
-    var mine = ++asked;
-    $into.data("detailAsked", mine);
+    // each box asks through its own api.latest(): only the packet asked for last fills it
+    var ask = $into.data("detailApi");
+    if (!ask) $into.data("detailApi", ask = api.latest());
     $into.empty().append(ui.el("div", "tree muted", "Loading packet " + packetId + "\u2026"));
-    return api("capture_get_packet", {capture_id: captureId, packet_id: packetId}).then(function (p) {
-      if ($into.data("detailAsked") === mine) build($into, p, opts);
+    return ask("capture_get_packet", {capture_id: captureId, packet_id: packetId}).then(function (p) {
+      build($into, p, opts);
       return p;
     }, function (r) {
-      if ($into.data("detailAsked") !== mine) return;
       $into.empty().append(ui.el("div", "tree error", r.ReturnValue));
       App.fail(r);
     });

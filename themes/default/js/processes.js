@@ -85,11 +85,10 @@ var App = window.App || (window.App = {});
     loadThreads(p);
   }
 
+  var threadsOf = api.latest();  // the process selected last: its threads, not an earlier one's
+
   function loadThreads(p) {
-    // into the table of the process asked for: another one selected meanwhile has its own
-    // (answers can cross; `threads` is the last one made)
-    var table = threads;
-    api("process_list_threads", {pid: p.Pid, flags: 1}).then(function (list) { table.set(list); }, App.fail);
+    threadsOf("process_list_threads", {pid: p.Pid, flags: 1}).then(function (list) { threads.set(list); }, App.fail);
   }
 
   function init($p) {
