@@ -101,9 +101,10 @@ def test_a_failed_write_rolls_back(tmp_path):
 
 
 def test_a_failure_inside_a_run_of_many_rows_rolls_back(tmp_path):
-    # rows go PACKED_ROWS a statement: a duplicate id in the middle of such a run fails
+    # rows go MANY_ROWS a statement: a duplicate id in the middle of such a run fails
     # the write as one row would, and nothing of that batch stays
-    assert capturedb.PACKED_ROWS == 64
+    from apppaccap.store._packedrows import MANY_ROWS
+    assert MANY_ROWS == 64
     db = CaptureDb(str(tmp_path), 1)
     try:
         rows = packed_row_writer(db.path)
@@ -124,7 +125,7 @@ def test_a_failure_inside_a_run_of_many_rows_rolls_back(tmp_path):
 
 def test_connections_many_a_statement_equal_executemany(tmp_path):
     """A batch's connection rows through RowWriter.write (as the bulk writer sends them,
-    PACKED_ROWS a statement and the rest one by one) against write_batch's executemany:
+    MANY_ROWS a statement and the rest one by one) against write_batch's executemany:
     new rows, then the same connections again with new counters (upserted)."""
     out = []
     for compiled in (True, False):
@@ -346,19 +347,22 @@ def test_a_connection_rewritten_with_its_ends_swapped_is_found_at_its_new_addres
 
 
 def test_rows_go_one_by_one_where_sqlite_cannot_take_many_a_statement(tmp_path):
-    # an SQLite with a lower parameter limit (999 before 3.32) cannot prepare the statement
-    # of PACKED_ROWS rows: the writer then writes every row one by one, the same rows
+    # an SQLite with a lower parameter limit (999 before 3.32) cannot prepare the statements
+    # of MANY_ROWS rows (packets 64 x 17 parameters, connections 64 x 22): the writer then
+    # writes every row one by one, the same rows
+    conns = {cid: _conn_row(cid, f"10.0.0.{cid}", "10.9.9.9") for cid in range(1, 151)}
     out = []
-    for many in (capturedb._PACKED_INSERT_MANY, "INSERT INTO no_such_table VALUES (?)"):  # noqa: SLF001
-        db = CaptureDb(str(tmp_path / str(len(out))), 1)
+    for limit in (0, 999):
+        db = CaptureDb(str(tmp_path / str(limit)), 1)
         try:
-            rows = capturedb.RowWriter(db.path, capturedb._PACKED_INSERT,  # noqa: SLF001
-                                       capturedb._CONN_ADDRESSES,  # noqa: SLF001
-                                       capturedb.CONN_LOCAL_IP, capturedb.CONN_REMOTE_IP,
-                                       many, capturedb.PACKED_ROWS)
-            assert rows.write(_rows(300), 1, {1: _conn_row(1, "10.0.0.1", "10.0.0.2")}) == 300
+            rows = packed_row_writer(db.path, max_variables=limit)
+            assert rows.write(_rows(300), 1, conns, capturedb._CONN_UPSERT) == 300  # noqa: SLF001
             rows.close()
-            out.append(_packets(db.path))
+            conn = sqlite3.connect(db.path)
+            out.append((_packets(db.path),
+                        conn.execute("SELECT * FROM connections ORDER BY id").fetchall()))
+            conn.close()
         finally:
             db.close()
-    assert out[0] == out[1] and len(out[0]) == 300
+    assert out[0] == out[1] and len(out[0][0]) == 300 and len(out[0][1]) == 150
+    assert out[0][0][0][7:9] == ("10.9.9.9", "10.0.0.1")   # in: src/dst from its conn row

@@ -6,10 +6,11 @@
  * ~2.5 s of the writer's ~4 s CPU for 1M packets of short flows. Here each row is bound
  * and stepped in C, its addresses taken from the batch's connection rows.
  *
- * The statements are capturedb.py's (it owns the packets table): `insert` with named
- * parameters (:id :ts :len :caplen :iface :l3 :proto :src :dst :sport :dport :tcp_flags
- * :ttl :direction :conn_id :off :blk), `lookup` (conn id -> local_ip, remote_ip) for a
- * connection the batch does not carry (as the LEFT JOIN did: none -> NULL addresses).
+ * The statements are capturedb.py's (it owns the packets table): `insert` with NPARAMS
+ * positional parameters in the order of P_* below (id ts len caplen iface l3 proto src dst
+ * sport dport tcp_flags ttl direction conn_id off blk), `lookup` (conn id -> local_ip,
+ * remote_ip) for a connection the batch does not carry (as the LEFT JOIN did: none -> NULL
+ * addresses).
  *
  * This is a second connection to the database of the writer process: the caller runs
  * it after committing the batch's own transaction (one writer at a time, never nested).
@@ -31,22 +32,17 @@
 
 enum { P_ID, P_TS, P_LEN, P_CAPLEN, P_IFACE, P_L3, P_PROTO, P_SRC, P_DST, P_SPORT, P_DPORT,
        P_FLAGS, P_TTL, P_DIR, P_CONN, P_OFF, P_BLK, NPARAMS };
-static const char *const PARAM_NAMES[NPARAMS] = {
-    ":id", ":ts", ":len", ":caplen", ":iface", ":l3", ":proto", ":src", ":dst", ":sport",
-    ":dport", ":tcp_flags", ":ttl", ":direction", ":conn_id", ":off", ":blk"};
 
 /* Statements run once per MANY_ROWS rows where there are that many (many_stmt): SQLite's
  * cost per run is paid once for all of them, ~15-20 % less CPU a row (docs/DECISIONS.md). */
 #define MANY_ROWS 64
-#define N_RUNS 4
+#define N_RUNS 6
 
 typedef struct {
     PyObject_HEAD
     sqlite3 *db;
-    sqlite3_stmt *ins, *look, *many;
-    int at[NPARAMS];      /* each parameter's index in `ins` */
-    int many_rows;        /* rows a run of `many` inserts (0: no `many`) */
-    int *many_at;         /* row r's parameter i in `many`: many_at[r * NPARAMS + i] */
+    sqlite3_stmt *ins, *look;
+    sqlite3_stmt *many;   /* `ins` MANY_ROWS rows a run (kept in `runs`), or NULL */
     Py_ssize_t local_at, remote_at;  /* where a connection row holds its addresses */
     struct { char *sql; sqlite3_stmt *st; } runs[N_RUNS];   /* many_stmt's, by statement */
 } RowWriter;
@@ -84,11 +80,7 @@ static void raise_db(sqlite3 *db, int rc) {
 static void rw_close_db(RowWriter *w) {
     sqlite3_finalize(w->ins);
     sqlite3_finalize(w->look);
-    sqlite3_finalize(w->many);
     w->ins = w->look = w->many = NULL;
-    PyMem_Free(w->many_at);
-    w->many_at = NULL;
-    w->many_rows = 0;
     for (int i = 0; i < N_RUNS; i++) {
         sqlite3_finalize(w->runs[i].st);
         PyMem_Free(w->runs[i].sql);
@@ -99,19 +91,17 @@ static void rw_close_db(RowWriter *w) {
     w->db = NULL;
 }
 
+static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql);
+
 static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
     static char *names[] = {"path", "insert", "lookup", "local_at", "remote_at",
-                            "insert_many", "rows", NULL};
-    const char *path, *ins, *look, *many = NULL;
-    int rc, i, rows = 0;
+                            "max_variables", NULL};
+    const char *path, *ins, *look;
+    int rc, max_variables = 0;
     Py_ssize_t local_at, remote_at;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "sssnn|zi", names, &path, &ins, &look, &local_at,
-                                     &remote_at, &many, &rows))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "sssnn|i", names, &path, &ins, &look, &local_at,
+                                     &remote_at, &max_variables))
         return -1;
-    if (many != NULL && (rows < 2 || rows > 1000)) {
-        PyErr_SetString(PyExc_ValueError, "RowWriter: rows must be 2-1000 with insert_many");
-        return -1;
-    }
     rw_close_db(w);
     w->local_at = local_at;
     w->remote_at = remote_at;
@@ -123,6 +113,9 @@ static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
     Py_END_ALLOW_THREADS
     if (rc != SQLITE_OK) goto fail;
     sqlite3_busy_timeout(w->db, 30000);
+    /* the tests' stand-in for an older SQLite (before 3.32: at most 999 parameters a
+     * statement), which cannot take MANY_ROWS rows a statement: they go one by one */
+    if (max_variables > 0) sqlite3_limit(w->db, SQLITE_LIMIT_VARIABLE_NUMBER, max_variables);
     /* as the writer process's own connection: a crash mid-ingest fails the ingest */
     rc = sqlite3_exec(w->db, "PRAGMA synchronous=OFF", NULL, NULL, NULL);
     /* A statement of many rows (or an upsert) keeps a statement journal, to undo that
@@ -133,43 +126,12 @@ static int rw_init(RowWriter *w, PyObject *args, PyObject *kw) {
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(w->db, ins, -1, &w->ins, NULL);
     if (rc == SQLITE_OK) rc = sqlite3_prepare_v2(w->db, look, -1, &w->look, NULL);
     if (rc != SQLITE_OK) goto fail;
-    for (i = 0; i < NPARAMS; i++) {
-        w->at[i] = sqlite3_bind_parameter_index(w->ins, PARAM_NAMES[i]);
-        if (w->at[i] == 0) {
-            PyErr_Format(PyExc_ValueError, "RowWriter: the insert has no %s", PARAM_NAMES[i]);
-            rw_close_db(w);
-            return -1;
-        }
+    if (sqlite3_bind_parameter_count(w->ins) != NPARAMS) {
+        PyErr_Format(PyExc_ValueError, "RowWriter: the insert must take %d parameters", NPARAMS);
+        rw_close_db(w);
+        return -1;
     }
-    /* an SQLite that cannot take the statement (before 3.32 a statement had at most 999
-     * parameters; this one has ~1,000): the rows go one by one */
-    if (many != NULL && sqlite3_prepare_v2(w->db, many, -1, &w->many, NULL) != SQLITE_OK) {
-        sqlite3_finalize(w->many);
-        w->many = NULL;
-    }
-    if (w->many != NULL) {
-        int r;
-        w->many_at = PyMem_New(int, (size_t)rows * NPARAMS);
-        if (w->many_at == NULL) {
-            PyErr_NoMemory();
-            rw_close_db(w);
-            return -1;
-        }
-        w->many_rows = rows;
-        for (r = 0; r < rows; r++)
-            for (i = 0; i < NPARAMS; i++) {
-                char name[32];
-                /* the block is one parameter for every row: :blk */
-                if (i == P_BLK) snprintf(name, sizeof name, "%s", PARAM_NAMES[i]);
-                else snprintf(name, sizeof name, "%s_%d", PARAM_NAMES[i], r);
-                w->many_at[r * NPARAMS + i] = sqlite3_bind_parameter_index(w->many, name);
-                if (w->many_at[r * NPARAMS + i] == 0) {
-                    PyErr_Format(PyExc_ValueError, "RowWriter: insert_many has no %s", name);
-                    rw_close_db(w);
-                    return -1;
-                }
-            }
-    }
+    w->many = many_stmt(w, ins);
     return 0;
 fail:
     raise_db(w->db, rc);
@@ -244,10 +206,11 @@ static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
     return -1;
 }
 
-/* `sql`, an "INSERT ... VALUES (?,...,?) ..." of positional parameters, with its VALUES
- * group repeated MANY_ROWS times, prepared (and kept: the same statements come back every
- * batch). NULL when `sql` has no such group, SQLite cannot take the longer statement, or
- * the cache is full: the caller runs `sql` row by row. */
+/* `sql`, an "INSERT ... VALUES (?,...,?) ..." whose VALUES group holds anonymous
+ * parameters and number literals only (so the k-th "?" of row r is parameter r * group's
+ * count + k), with that group repeated MANY_ROWS times, prepared (and kept: the same
+ * statements come back every batch). NULL when `sql` has no such group, SQLite cannot
+ * take the longer statement, or the cache is full: the caller runs `sql` row by row. */
 static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql) {
     const char *open = strstr(sql, " VALUES ("), *close, *c;
     size_t pre, group, n, at;
@@ -259,8 +222,9 @@ static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql) {
     }
     if (open == NULL || slot < 0) return NULL;
     open += 8;   /* at "(" */
-    for (c = open + 1; *c == '?' || *c == ','; c++) {}
-    if (*c != ')') return NULL;   /* not a plain group of "?" */
+    for (c = open + 1; *c == ',' || *c == ' ' || (*c >= '0' && *c <= '9') ||
+                       (*c == '?' && !(c[1] >= '0' && c[1] <= '9')); c++) {}
+    if (*c != ')') return NULL;   /* not a plain group */
     close = c + 1;
     pre = (size_t)(open - sql);
     group = (size_t)(close - open);
@@ -332,35 +296,37 @@ done:
     return ret;
 }
 
-/* Bind packed row `p` to `st` at the parameter indexes `at` (all but P_BLK), its
- * addresses from its connection's row in `conns`, else the committed row: 0, -1 with a
- * Python exception set, or an SQLite error code. */
-static int bind_row(RowWriter *w, sqlite3_stmt *st, const int *at, const unsigned char *p,
-                    PyObject *conns) {
+/* Bind packed row `p` and block `blk` to `st` as the row whose first parameter is
+ * `base` + 1, its addresses from its connection's row in `conns`, else the committed
+ * row: 0, -1 with a Python exception set, or an SQLite error code. */
+static int bind_row(RowWriter *w, sqlite3_stmt *st, int base, const unsigned char *p,
+                    long long blk, PyObject *conns) {
+    const int at = base + 1;   /* SQLite counts parameters from 1 */
     long long cid = (long long)le(p + 35, 8);
     int out = p[34] == 1;
     PyObject *key, *row;
-    sqlite3_bind_int64(st, at[P_ID], (long long)le(p, 8));
-    sqlite3_bind_int64(st, at[P_TS], (long long)le(p + 8, 8));
-    sqlite3_bind_int64(st, at[P_LEN], (long long)le(p + 16, 4));
-    sqlite3_bind_int64(st, at[P_CAPLEN], (long long)le(p + 20, 4));
-    sqlite3_bind_int64(st, at[P_L3], (long long)le(p + 24, 2));
-    sqlite3_bind_int64(st, at[P_PROTO], p[26]);
-    sqlite3_bind_int64(st, at[P_SPORT], (long long)le(p + 27, 2));
-    sqlite3_bind_int64(st, at[P_DPORT], (long long)le(p + 29, 2));
-    sqlite3_bind_int64(st, at[P_FLAGS], (long long)le(p + 31, 2));
-    sqlite3_bind_int64(st, at[P_TTL], p[33]);
-    sqlite3_bind_int64(st, at[P_DIR], p[34]);
-    sqlite3_bind_int64(st, at[P_CONN], cid);
-    sqlite3_bind_int64(st, at[P_OFF], (long long)le(p + 43, 4));
-    sqlite3_bind_int64(st, at[P_IFACE], (long long)le(p + 47, 4));
+    sqlite3_bind_int64(st, at + P_ID, (long long)le(p, 8));
+    sqlite3_bind_int64(st, at + P_TS, (long long)le(p + 8, 8));
+    sqlite3_bind_int64(st, at + P_LEN, (long long)le(p + 16, 4));
+    sqlite3_bind_int64(st, at + P_CAPLEN, (long long)le(p + 20, 4));
+    sqlite3_bind_int64(st, at + P_L3, (long long)le(p + 24, 2));
+    sqlite3_bind_int64(st, at + P_PROTO, p[26]);
+    sqlite3_bind_int64(st, at + P_SPORT, (long long)le(p + 27, 2));
+    sqlite3_bind_int64(st, at + P_DPORT, (long long)le(p + 29, 2));
+    sqlite3_bind_int64(st, at + P_FLAGS, (long long)le(p + 31, 2));
+    sqlite3_bind_int64(st, at + P_TTL, p[33]);
+    sqlite3_bind_int64(st, at + P_DIR, p[34]);
+    sqlite3_bind_int64(st, at + P_CONN, cid);
+    sqlite3_bind_int64(st, at + P_OFF, (long long)le(p + 43, 4));
+    sqlite3_bind_int64(st, at + P_IFACE, (long long)le(p + 47, 4));
+    sqlite3_bind_int64(st, at + P_BLK, blk);
     key = PyLong_FromLongLong(cid);
     if (key == NULL) return -1;
     row = PyDict_GetItemWithError(conns, key);
     Py_DECREF(key);
     if (row == NULL) {
         if (PyErr_Occurred()) return -1;
-        return bind_looked_up(w, st, cid, at[P_SRC], at[P_DST], out);
+        return bind_looked_up(w, st, cid, at + P_SRC, at + P_DST, out);
     }
     if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) <= w->local_at ||
         PyTuple_GET_SIZE(row) <= w->remote_at) {
@@ -368,9 +334,9 @@ static int bind_row(RowWriter *w, sqlite3_stmt *st, const int *at, const unsigne
         return -1;
     }
     /* SQLITE_STATIC: the row's strings live in `conns` until the statement has run */
-    if (bind_addr(st, at[P_SRC], out ? PyTuple_GET_ITEM(row, w->local_at)
+    if (bind_addr(st, at + P_SRC, out ? PyTuple_GET_ITEM(row, w->local_at)
                                      : PyTuple_GET_ITEM(row, w->remote_at)) < 0 ||
-        bind_addr(st, at[P_DST], out ? PyTuple_GET_ITEM(row, w->remote_at)
+        bind_addr(st, at + P_DST, out ? PyTuple_GET_ITEM(row, w->remote_at)
                                      : PyTuple_GET_ITEM(row, w->local_at)) < 0)
         return -1;
     return 0;
@@ -390,7 +356,7 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
     PyObject *conns;
     Py_ssize_t n, i;
     const unsigned char *p;
-    int rc = SQLITE_OK, *at = w->at;
+    int rc = SQLITE_OK;
     sqlite3_stmt *st = w->ins;
 
     const char *conn_sql = NULL;
@@ -416,22 +382,17 @@ static PyObject *rw_write(RowWriter *w, PyObject *args) {
             goto db_error;
         }
     }
-    i = 0;
-    if (w->many != NULL && n >= w->many_rows) {  /* many rows a statement, the rest below */
-        sqlite3_bind_int64(w->many, w->many_at[P_BLK], blk);
-        for (; i + w->many_rows <= n; i += w->many_rows) {
-            int r;
-            for (r = 0; r < w->many_rows; r++, p += ROW_SIZE)
-                if ((rc = bind_row(w, w->many, w->many_at + r * NPARAMS, p, conns)) != 0)
-                    goto bind_error;
-            rc = sqlite3_step(w->many);
-            sqlite3_reset(w->many);
-            if (rc != SQLITE_DONE) goto db_error;
-        }
+    /* whole runs of MANY_ROWS rows a statement, the rest one by one */
+    for (i = 0; w->many != NULL && i + MANY_ROWS <= n; i += MANY_ROWS) {
+        int r;
+        for (r = 0; r < MANY_ROWS; r++, p += ROW_SIZE)
+            if ((rc = bind_row(w, w->many, r * NPARAMS, p, blk, conns)) != 0) goto bind_error;
+        rc = sqlite3_step(w->many);
+        sqlite3_reset(w->many);
+        if (rc != SQLITE_DONE) goto db_error;
     }
-    sqlite3_bind_int64(st, at[P_BLK], blk);
     for (; i < n; i++, p += ROW_SIZE) {
-        if ((rc = bind_row(w, st, at, p, conns)) != 0) goto bind_error;
+        if ((rc = bind_row(w, st, 0, p, blk, conns)) != 0) goto bind_error;
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) goto db_error;

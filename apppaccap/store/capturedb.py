@@ -90,41 +90,31 @@ PLAIN_FIELDS = "id,ts,len,caplen,l3,proto,sport,dport,tcp_flags,ttl,direction,co
 # 1M packets of short flows. Addresses come from the batch's connection rows (every packed
 # packet's connection is in its batch), else from the committed row, as the join above.
 _PACKED_COLUMNS = ("id", "ts", "len", "caplen", "iface", "l3", "proto", "src", "dst", "sport",
-                   "dport", "tcp_flags", "ttl", "direction", "conn_id", "off")
-
-
-def _packed_insert(rows: int) -> str:
-    """The insert of `rows` packed rows a statement: parameters named :id :ts ... for one,
-    :id_0 :ts_0 ... :id_1 ... for more; :blk is the batch's, shared by every row."""
-    def values(suffix: str) -> str:
-        return "(" + ",".join(f":{c}{suffix}" for c in _PACKED_COLUMNS) + ",:blk,0,0)"
-    return (f"INSERT INTO packets({','.join(_PACKED_COLUMNS)},blk,pid,tid) VALUES "
-            + ",".join(values(f"_{r}" if rows > 1 else "") for r in range(rows)))
-
-
+                   "dport", "tcp_flags", "ttl", "direction", "conn_id", "off", "blk")
+# Positional, in _PACKED_COLUMNS' order (the extension's P_* order), so the extension can
+# repeat its VALUES group: a batch's rows go MANY_ROWS (64) a statement, the rest one by
+# one, and SQLite's cost per statement run is paid once for all of them
+# (docs/DECISIONS.md, "Rows many a statement").
+_PACKED_INSERT = (f"INSERT INTO packets({','.join(_PACKED_COLUMNS)},pid,tid) "
+                  f"VALUES ({','.join('?' * len(_PACKED_COLUMNS))},0,0)")
 _CONN_ADDRESSES = "SELECT local_ip, remote_ip FROM connections WHERE id = ?"
 CONN_LOCAL_IP, CONN_REMOTE_IP = 2, 4  # in Conn.row() (capture/recorder.py)
 
 try:
-    from apppaccap.store._packedrows import MANY_ROWS as PACKED_ROWS
     from apppaccap.store._packedrows import RowWriter
 except ImportError:  # built without sqlite3.h: _insert_packed binds them from Python
-    RowWriter, PACKED_ROWS = None, 1
-_PACKED_INSERT = _packed_insert(1)
-# A batch's rows PACKED_ROWS (64) a statement, the rest one by one, as the extension
-# writes its other rows: SQLite's cost per statement run is paid once for all of them
-# (docs/DECISIONS.md, "Rows many a statement").
-_PACKED_INSERT_MANY = _packed_insert(PACKED_ROWS)
+    RowWriter = None
 
 
-def packed_row_writer(path: str):
+def packed_row_writer(path: str, max_variables: int = 0):
     """A second connection to the capture database at `path` that writes packed rows
     (RowWriter.write(plain, blk, conns): its own transaction; run it after the batch's
-    own commit, never inside it); None when the extension is not built."""
+    own commit, never inside it); None when the extension is not built. `max_variables`
+    lowers SQLite's limit of parameters a statement, as an older SQLite has it (tests)."""
     if RowWriter is None:
         return None
     return RowWriter(path, _PACKED_INSERT, _CONN_ADDRESSES, CONN_LOCAL_IP, CONN_REMOTE_IP,
-                     _PACKED_INSERT_MANY, PACKED_ROWS)
+                     max_variables)
 
 
 NAME_DOMAIN, NAME_AGENT = 0, 1  # ip_names.kind
