@@ -161,12 +161,12 @@ def test_passwords_in_settings_are_never_read_back(ajax, ctx):
         assert values["fleet_sensor_credentials"] == "fleet:********"
         assert values["fleet_url"] == "clickhouse://ship:********@127.0.0.1:9000/apppaccap"
         assert "s3cret" not in str(values) and "ch-pw" not in str(values)
-    # the settings page saves what it showed: the passwords stay, the rest may change
-    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="other:********")
+    # the settings page saves what it showed: the passwords stay, the database may change
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="fleet:********")
     ajax.ok("settings_set", key_name="fleet_url",
-            value="clickhouse://ship:********@10.0.0.5:9000/apppaccap")
-    assert ctx.settings.get("fleet_sensor_credentials") == "other:s3cret-pw"
-    assert ctx.settings.get("fleet_url") == "clickhouse://ship:ch-pw@10.0.0.5:9000/apppaccap"
+            value="clickhouse://ship:********@127.0.0.1:9000/other_db")
+    assert ctx.settings.get("fleet_sensor_credentials") == "fleet:s3cret-pw"
+    assert ctx.settings.get("fleet_url") == "clickhouse://ship:ch-pw@127.0.0.1:9000/other_db"
     # a new password replaces the old; a mask with nothing stored is refused, not saved
     ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="other:new")
     assert ctx.settings.get("fleet_sensor_credentials") == "other:new"
@@ -174,3 +174,32 @@ def test_passwords_in_settings_are_never_read_back(ajax, ctx):
     r = ajax("settings_set", key_name="fleet_sensor_credentials", value="u:********")
     assert r["ErrorCode"] == 4 and "password" in r["ReturnValue"]
     assert ctx.settings.get("fleet_sensor_credentials") == ""
+
+
+@pytest.mark.parametrize("elsewhere", [
+    "clickhouse://ship:********@attacker:9000/apppaccap",      # another host
+    "clickhouse://ship:********@127.0.0.1:9001/apppaccap",     # another port
+    "clickhouse://ship:********@127.0.0.1/apppaccap",          # the port left out
+    "clickhouses://ship:********@127.0.0.1:9000/apppaccap",    # another scheme
+    "clickhouse://admin:********@127.0.0.1:9000/apppaccap",    # another user
+])
+def test_a_masked_password_is_not_kept_for_another_address(ajax, ctx, elsewhere):
+    """Whoever may set settings must not send the stored password somewhere new by sending
+    the mask back with another address: the password must be entered again."""
+    stored = "clickhouse://ship:ch-pw@127.0.0.1:9000/apppaccap"
+    ajax.ok("settings_set", key_name="fleet_url", value=stored)
+    r = ajax("settings_set", key_name="fleet_url", value=elsewhere)
+    assert r["ErrorCode"] == 4, r
+    assert "enter the password again" in r["ReturnValue"], r
+    assert ctx.settings.get("fleet_url") == stored
+    # with the password itself, the address changes
+    typed = elsewhere.replace("********", "typed-pw")
+    ajax.ok("settings_set", key_name="fleet_url", value=typed)
+    assert ctx.settings.get("fleet_url") == typed
+
+
+def test_a_masked_sensor_password_is_not_kept_for_another_user(ajax, ctx):
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="fleet:s3cret-pw")
+    r = ajax("settings_set", key_name="fleet_sensor_credentials", value="other:********")
+    assert r["ErrorCode"] == 4 and "enter the password again" in r["ReturnValue"], r
+    assert ctx.settings.get("fleet_sensor_credentials") == "fleet:s3cret-pw"

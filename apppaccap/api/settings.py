@@ -3,7 +3,8 @@
 Passwords in settings (fleet_url's user info, fleet_sensor_credentials) are never read
 back: any logged-in caller may read settings, and these open other machines. They are
 shown with the password as MASK; a value sent back with MASK in the password's place keeps
-the stored password, so a settings page can save what it showed.
+the stored password, so a settings page can save what it showed, as long as the password
+would still go where it went (same scheme, user, host and port).
 """
 
 import urllib.parse
@@ -47,14 +48,33 @@ def _shown(name: str, value: str) -> str:
     return hidden[0] if hidden is not None else value
 
 
+def _destination(name: str, value: str) -> tuple:
+    """What says where a setting's password goes: fleet_url's scheme (TLS or not), user,
+    host and port; fleet_sensor_credentials' user (the sensors are fleet_sensors')."""
+    if name == "fleet_url":
+        parts = urllib.parse.urlsplit(value)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1  # not a port: never equal to a stored one (check() refuses it later)
+        return parts.scheme.lower(), parts.username, parts.hostname, port
+    return (value.partition(":")[0],)
+
+
 def _kept(name: str, new: str, old: str | None) -> str:
-    """`new`, with a MASK password replaced by the stored one (the rest may change)."""
+    """`new`, with a MASK password replaced by the stored one. Only what does not say where
+    the password goes may change (fleet_url's database): whoever may set settings could
+    otherwise send the stored password to a host of theirs without ever knowing it."""
     hidden = _password(name, new)
     if hidden is None or hidden[1] != MASK:
         return new
     stored = _password(name, old or "")
     if stored is None:
         raise Malformed(f"value: {name} has no stored password to keep; send the password")
+    if _destination(name, new) != _destination(name, old or ""):
+        where = "scheme, user, host or port" if name == "fleet_url" else "user"
+        raise Malformed(f"value: {name}: enter the password again to change the {where} "
+                        f"({MASK} keeps the stored password only where it already goes)")
     return hidden[0].replace(f":{MASK}", ":" + stored[1], 1)
 
 
@@ -81,6 +101,9 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
+    A password sent as ******** (as settings_get_all shows it) keeps the stored one, but only
+    where it already goes: the same user, and for fleet_url the same scheme, host and port;
+    otherwise MALFORMED_REQUEST (enter the password again to change them).
     - key_name: 1-128 printable characters
     - value: the value, checked for the settings settings_describe lists (type int, bool...)
     """
