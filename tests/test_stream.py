@@ -8,8 +8,13 @@ import time
 
 import pytest
 
+from apppaccap.errors import Busy
+from apppaccap.web import feeds
+from tests.helpers.app import ingest
 from tests.helpers.live import Tcpdump
 from tests.helpers.live import wait_for
+from tests.helpers.packets import udp_frame
+from tests.helpers.pcapfiles import write_pcap
 from tests.helpers.ports import free_port
 from tests.helpers.server import Server
 from tests.helpers.server import add_user
@@ -403,3 +408,57 @@ def test_nothing_follows_the_close_frame(server):
         data = _close_by_client(server.port)
         assert data[:1] == b"\x88", data[:40]   # the server's Close frame...
         assert b"HTTP/" not in data, data[:200]  # ...and nothing after it
+
+
+def _counting(db, monkeypatch) -> list:
+    """Count the rows the feed takes out of `db` into Python (its reads pass through)."""
+    fetched: list[int] = []
+    read, one = db.read, db.one
+
+    def counted_read(sql, params=()):
+        rows = read(sql, params)
+        fetched.append(len(rows))
+        return rows
+
+    def counted_one(sql, params=()):
+        row = one(sql, params)
+        fetched.append(row is not None)
+        return row
+    monkeypatch.setattr(db, "read", counted_read)
+    monkeypatch.setattr(db, "one", counted_one)
+    return fetched
+
+
+def test_flows_refuses_a_table_too_large_without_reading_it(live, live_ajax, tmp_path,
+                                                            monkeypatch):
+    """A capture with more connections than a flows feed follows: BUSY with a message, after
+    reading at most MAX_TRACKED + 1 of them (it read the whole table first: 300k connections
+    cost 3.2 s and 448 MB, again at each subscribe). A filtered feed of the same capture
+    reads only the connections its filter selected; a table within the limit is sent whole."""
+    n = 1000
+    write_pcap(tmp_path / "many.pcap",
+               ((1_700_000_000_000_000_000 + i * 1_000_000, udp_frame(b"x", sport=10000 + i))
+                for i in range(n)))
+    cid = ingest(live, live_ajax, tmp_path / "many.pcap")
+    listed = live_ajax.ok("capture_list_conns", capture_id=cid, last_id=0, limit=10000)
+    assert len(listed["Connections"]) == n and not listed["More"]
+    monkeypatch.setattr(feeds, "MAX_TRACKED", 100)
+    fetched = _counting(live.captures.db(cid), monkeypatch)
+    feed = feeds.FlowFeed(1, {"subscribe": "flows", "capture_id": cid}, live)
+    with pytest.raises(Busy) as err:
+        feed.poll(live)
+    assert err.value.message == (f"subscribe: a flows feed follows at most 100 connections "
+                                 f"(capture {cid} has more); use a filter or "
+                                 "capture_list_conns")
+    assert sum(fetched) <= 100 + 1 + 2, fetched  # and max_packet's row, the count's row
+
+    fetched.clear()
+    feed = feeds.FlowFeed(2, {"subscribe": "flows", "capture_id": cid, "filter": "udp"}, live)
+    assert [m["type"] for m in feed.poll(live)] == ["end"]  # nothing written since
+    assert sum(fetched) <= 3, fetched
+
+    monkeypatch.setattr(feeds, "MAX_TRACKED", n)
+    feed = feeds.FlowFeed(3, {"subscribe": "flows", "capture_id": cid}, live)
+    msgs = feed.poll(live)
+    assert [m["type"] for m in msgs] == ["flows", "end"]
+    assert msgs[0]["Connections"] == listed["Connections"]

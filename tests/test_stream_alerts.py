@@ -1,7 +1,7 @@
 """The `alerts` subscription of GET /ws against a real root server: a LABEL alert fired by
 curl on live loopback traffic reaches the socket as the same ALERTEVENT alert_events
 returns, for every-alert and one-alert subscriptions; another alert's events do not reach
-a one-alert subscription; `last_id` replays the history."""
+a one-alert subscription; `last_id` replays the history, a bounded part of it each tick."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import time
 
 import pytest
 
+from apppaccap.api.alerts import alert_events
+from apppaccap.store import alerts as alert_rows
+from apppaccap.web import feeds
 from tests.helpers.live import wait_for
 from tests.helpers.ports import free_port
 from tests.helpers.server import Server
@@ -157,3 +160,40 @@ def test_a_consumer_that_does_not_read_is_told_of_the_lost_events(tmp_path, http
         server.ok("capture_stop_system", capture_id=cid)
     finally:
         server.stop()
+
+
+def _stored_event(i: int) -> dict:
+    return {"alert_id": 1 + i % 2, "time": 1_700_000_000_000_000_000 + i, "pid": 1000 + i,
+            "process_name": "curl", "process_path": "/usr/bin/curl", "remote_ip": "192.0.2.7",
+            "remote_port": 443, "value": i, "group_key": f"/usr/bin/curl|{i}",
+            "message": f"event {i}"}
+
+
+def test_a_long_history_is_replayed_a_bounded_number_of_pages_a_tick(ctx):
+    """`last_id: 0` over a long history: a tick reads at most EVENT_PAGES_PER_TICK pages (it
+    read every event in one tick: a million took 7.5 s and 1 GB, again at each subscribe),
+    and the ticks that follow send each stored event once, in order, then the new ones."""
+    per_tick = feeds.EVENT_PAGES_PER_TICK * feeds.EVENTS_PER_MESSAGE
+    ids = alert_rows.add_events(ctx.catalog, [_stored_event(i) for i in range(2 * per_tick + 7)])
+    feed = feeds.AlertFeed(1, {"subscribe": "alerts", "last_id": 0}, ctx)
+    sent, ticks = [], []
+
+    def drain():
+        while msgs := feed.poll(ctx):
+            ticks.append(sum(len(m["Events"]) for m in msgs))
+            assert len(msgs) <= feeds.EVENT_PAGES_PER_TICK
+            for m in msgs:
+                assert m["type"] == "alerts" and m["LastId"] == m["Events"][-1]["AlertEventId"]
+                sent.extend(m["Events"])
+
+    drain()
+    assert ticks == [per_tick, per_tick, 7]
+    assert [e["AlertEventId"] for e in sent] == ids
+    history = []
+    while page := alert_events(ctx, last_id=history[-1]["AlertEventId"] if history else 0,
+                               limit=10000):
+        history += page
+    assert sent == history  # the ALERTEVENTs exactly as alert_events returns them
+    later = alert_rows.add_events(ctx.catalog, [_stored_event(i) for i in range(5)])
+    drain()
+    assert ticks[-1] == 5 and [e["AlertEventId"] for e in sent] == ids + later

@@ -15,20 +15,23 @@ feed, however slow its consumer, cannot slow a capture down.
   messages alone holds what capture_list_conns answers.
   With a filter, a connection is in the feed once one of its packets written since the
   subscription matched the display filter (the search language); from then on each of its
-  changes is sent.
+  changes is sent. A feed follows at most MAX_TRACKED connections (BUSY beyond, decided
+  before reading more than that many rows).
 * packets: the PACKET objects of capture_stream written after `last_id` (default: from the
   subscription on), those matching the filter when one is given.
 * capture: the CAPTURE object (capture_get_details) when it changed: header counters.
 * usage: usage_now (api/usage.py; `seconds` 1..60, default 1, `group`) each interval.
 * alerts: the ALERTEVENT objects (exactly as alert_events returns them) stored since the
   last message, read each interval from the catalog by id (indexed): by default from the
-  subscription on, or after a given `last_id`; optionally one alert's only. Events that
+  subscription on, or after a given `last_id`; optionally one alert's only. A tick sends
+  at most EVENT_PAGES_PER_TICK pages: a long history is replayed over several. Events that
   cannot be queued for a slow consumer are a gap (`dropped`); alert_events with last_id
   still has them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 
 from apppaccap.api.alerts import alert_events
@@ -50,12 +53,18 @@ from apppaccap.wire import CaptureState
 
 FLOW_SLACK_NS = 10 * 1_000_000_000
 FULL_SECONDS = 10.0
-MAX_TRACKED = 250_000         # connections one flows feed remembers (about 100 bytes each)
+# connections one flows feed remembers (about 100 bytes each); never more than one more
+# than this is read from the table before a larger one is refused
+MAX_TRACKED = 250_000
 EXAMINE = 50_000              # packets a filtered packets feed tests per page
 FLOWS_PER_MESSAGE = 1000
 PACKETS_PER_MESSAGE = 500
 EVENTS_PER_MESSAGE = 1000
 PAGES_PER_TICK = 20          # packets: at most 10000 per tick before the next tick
+# alerts: at most 3000 events a tick (a page of 1000 is ~300 KB of JSON and ~12 ms to read,
+# so a tick fits the socket's 1 MiB queue and its 50 ms TICK); a longer history follows at
+# the next ticks, in order
+EVENT_PAGES_PER_TICK = 3
 MAX_FILTER = 4096
 INTERVAL_MS = {"flows": (100, 60000), "packets": (100, 60000), "capture": (250, 60000),
                "usage": (1000, 60000), "alerts": (100, 60000)}
@@ -151,16 +160,11 @@ class FlowFeed(_CaptureFeed):
         full = not live or time.monotonic() - self.full_at >= self.full_every
         if full:
             self.full_at = time.monotonic()
-            rows = self.db.read(CONN_SQL + "ORDER BY c.id")
-            # a huge table: full comparisons at most ~10 % of the time
+        rows = self._rows(full)
+        if full:  # a huge table: full comparisons at most ~10 % of the time
             self.full_every = max(FULL_SECONDS, 10 * (time.monotonic() - self.full_at))
-        else:
-            rows = self.db.read(CONN_SQL + "WHERE c.id > ? OR c.last_time >= ? ORDER BY c.id",
-                                (self.max_id, self.newest - FLOW_SLACK_NS))
         changed = []
-        for r in rows:
-            if self.selected is not None and r["id"] not in self.selected:
-                continue
+        for r in rows:  # with a filter: only selected ones (_rows)
             h = hash(tuple(r))  # the row holds every field of its CONNECTION
             if self.seen.get(r["id"]) != h:
                 self.seen[r["id"]] = h
@@ -168,9 +172,7 @@ class FlowFeed(_CaptureFeed):
             self.max_id = max(self.max_id, r["id"])
             self.newest = max(self.newest, r["last_time"] or 0)
         if len(self.seen) > MAX_TRACKED:
-            raise Busy(f"subscribe: a flows feed follows at most {MAX_TRACKED} connections "
-                       f"(capture {self.capture_id} has more); use a filter or "
-                       "capture_list_conns")
+            raise self._too_many()
         out = [self.message(CaptureId=self.capture_id, Connections=changed[i:i + FLOWS_PER_MESSAGE])
                for i in range(0, len(changed), FLOWS_PER_MESSAGE)]
         if not live:
@@ -178,6 +180,36 @@ class FlowFeed(_CaptureFeed):
             out.append({"type": "end", "subscription": self.sid,
                         "message": f"capture {self.capture_id} is not active"})
         return out
+
+    def _rows(self, full: bool) -> list:
+        """The connections to compare: all of them (full), or those that can have changed;
+        with a filter only the selected ones. Never more than MAX_TRACKED + 1 rows: a table
+        too large is refused on SQLite's count, before any row of it becomes a Python object
+        (reading it whole first cost 3.2 s and 448 MB for 300k connections, at every
+        subscribe)."""
+        where, args = [], []
+        if self.selected is not None:
+            if len(self.selected) > MAX_TRACKED:
+                raise self._too_many()
+            where.append("c.id IN (SELECT value FROM json_each(?))")
+            args.append(json.dumps(sorted(self.selected)))
+        elif full:
+            count = self.db.one("SELECT count(*) FROM (SELECT 1 FROM connections LIMIT ?)",
+                                (MAX_TRACKED + 1,))[0]
+            if count > MAX_TRACKED:
+                raise self._too_many()
+        if not full:
+            where.append("(c.id > ? OR c.last_time >= ?)")
+            args += [self.max_id, self.newest - FLOW_SLACK_NS]
+        rows = self.db.read(CONN_SQL + (f"WHERE {' AND '.join(where)} " if where else "") +
+                            "ORDER BY c.id LIMIT ?", (*args, MAX_TRACKED + 1))
+        if len(rows) > MAX_TRACKED:  # written since the count, or many new ones at once
+            raise self._too_many()
+        return rows
+
+    def _too_many(self) -> Busy:
+        return Busy(f"subscribe: a flows feed follows at most {MAX_TRACKED} connections "
+                    f"(capture {self.capture_id} has more); use a filter or capture_list_conns")
 
     def lost(self, msg: dict) -> int:
         conns = msg.get("Connections") or []
@@ -317,15 +349,16 @@ class AlertFeed(Feed):
 
     def poll(self, ctx) -> list[dict]:
         out = []
-        while True:  # every event stored since the last tick, a message per page
+        for _ in range(EVENT_PAGES_PER_TICK):  # a message per page; the rest next tick
             page = alert_events(ctx, alert_id=self.alert_id, last_id=self.last_id,
                                 limit=EVENTS_PER_MESSAGE)
             if not page:
-                return out
+                break
             self.last_id = page[-1]["AlertEventId"]
             out.append(self.message(LastId=self.last_id, Events=page))
             if len(page) < EVENTS_PER_MESSAGE:
-                return out
+                break
+        return out
 
     def lost(self, msg: dict) -> int:
         return len(msg.get("Events") or [])
