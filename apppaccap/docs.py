@@ -139,6 +139,9 @@ def _doors() -> list[str]:
         "  once one of its packets written after subscribing matches, and from then on each",
         "  of its changes is sent. Hostnames learnt later arrive within "
         f"{int(feeds.FULL_SECONDS)} s.",
+        f"  A feed follows at most {feeds.MAX_TRACKED:,} connections (with a filter: that",
+        "  many selected); beyond, the subscription ends with BUSY, decided before more than",
+        "  that many rows are read (use a filter or `capture_list_conns`).",
         "- `packets`: `CaptureId`, `LastId`, `More`, `Packets` - PACKETSTREAM items (PACKET",
         "  objects as `capture_stream` returns them, without Data) in PacketId order, "
         f"at most {feeds.PACKETS_PER_MESSAGE}",
@@ -151,7 +154,10 @@ def _doors() -> list[str]:
         "- `alerts`: `LastId`, `Events` - the ALERTEVENT objects (exactly as `alert_events`",
         "  returns them) stored since the last message, oldest first, at most "
         f"{feeds.EVENTS_PER_MESSAGE} per",
-        "  message; each interval reads the catalog for events after the last one sent.",
+        "  message; each interval reads the catalog for events after the last one sent,",
+        f"  at most {feeds.EVENT_PAGES_PER_TICK} messages: a longer history (`last_id`) follows"
+        " over the next",
+        "  intervals, in order.",
         "- `end`: the capture is no longer active (flows: after one last full comparison);",
         "  the subscription is gone.",
         "- `dropped`: `dropped` - items (packets, connection updates, usage messages, alert",

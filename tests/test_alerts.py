@@ -133,7 +133,7 @@ def test_alerts_fire_on_what_is_new_or_above_and_survive_a_restart(tmp_path, web
         new_dest = server.ok("alert_add", name="new destination", alert_type="3", interval=1)
         over = server.ok("alert_add", name="big download", alert_type="ALERT_TYPE_THRESHOLD",
                          group_by="program", metric="bytes", direction="in",
-                         threshold=BIG // 2, window="30s", interval=1)
+                         threshold=BIG // 2, window="30s", interval=5)  # THRESHOLD's least
         assert new_prog["Interval"] == 1 and over["Window"] == "30s"
         # the observer's first look learns what is already there: no news for it
         wait_for(lambda: server.ok("usage_now")["Programs"], timeout=20, what="usage data")
@@ -172,7 +172,7 @@ def test_alerts_fire_on_what_is_new_or_above_and_survive_a_restart(tmp_path, web
         hit = _until(lambda: _fetch(first, port_a, "big.bin"),
                      lambda: _events(server, po, first), "THRESHOLD event")
         assert len(hit) == 1 and hit[0]["Value"] >= BIG
-        _settle(3)
+        _settle(6)  # the threshold alert checks again (every 5 s)
         assert len(_events(server, po, first)) == 1  # still above: no repeat
         prog_events = len(_events(server, pn))
     finally:
@@ -279,3 +279,63 @@ def test_client_range_ports_are_no_destinations(live):
     assert ("destination", "/opt/client", 8443) in news
     assert ("program", "/opt/srv", lo) in news  # a new program all the same
     assert not [n for n in news if n[0] == "destination" and n[2] in (lo, hi)]
+
+
+def test_alert_limits(ajax):
+    """A THRESHOLD alert re-reads its whole window at every check: the window is at most
+    MAX_WINDOW and the interval at least MIN_THRESHOLD_INTERVAL (MALFORMED_REQUEST, said
+    in words); the kinds that read only what is new may run every second."""
+    def malformed(action, **params) -> str:
+        body = ajax(action, **params)
+        assert body["ErrorCode"] == 4, body  # MALFORMED_REQUEST
+        return body["ReturnValue"]
+
+    base = {"name": "x", "alert_type": "THRESHOLD", "group_by": "remote_ip",
+            "threshold": 1_000_000_000_000_000}
+    msg = malformed("alert_add", **base, window="9999w", interval=1)
+    assert "window: at most 7d" in msg and "9999w" in msg and "interval:" in msg
+    assert "window: at most 7d" in malformed("alert_add", **base, window="9999w")
+    msg = malformed("alert_add", **base, interval=1)
+    assert "interval: a THRESHOLD alert is checked every 5 seconds or more" in msg
+    a = ajax.ok("alert_add", **base, window="7d", interval=5)
+    assert (a["Window"], a["Interval"]) == ("7d", 5)
+    assert "window: at most 7d" in malformed("alert_mod", alert_id=a["AlertId"], window="8d")
+    assert "interval:" in malformed("alert_mod", alert_id=a["AlertId"], interval=4)
+    assert ajax.ok("alert_add", name="y", alert_type="NEW_PROGRAM", interval=1)["Interval"] == 1
+    from apppaccap.analytics.alertlimits import MAX_WINDOW
+    from apppaccap.analytics.alertlimits import MIN_THRESHOLD_INTERVAL
+    assert (MAX_WINDOW, MIN_THRESHOLD_INTERVAL) == (7 * 86400, 5)
+
+
+def test_stored_alert_beyond_the_limits_is_clamped(ctx):
+    """An alert stored before the limits (a 9999w window checked every second) loads and
+    runs within them: scheduled every 5 seconds (MIN_THRESHOLD_INTERVAL), summing 7 days
+    (MAX_WINDOW)."""
+    from apppaccap.analytics.alerts import AlertEngine
+    from apppaccap.jobs import Jobs
+    from apppaccap.store import alerts as alert_table
+    from apppaccap.store import usage as usage_table
+
+    minute = time.time_ns() // 60_000_000_000
+    old = minute - 7 * 1440 - 60  # an hour before the longest window
+    ctx.catalog.write(lambda c: usage_table.add(c, {
+        (old, 0, "10.7.7.7", 443, 6, 0): [1, 5_000_000],
+        (minute - 1, 0, "10.7.7.7", 443, 6, 0): [1, 2_000]}))
+    alert_id = alert_table.add(ctx.catalog, {
+        "name": "old", "type": 1, "group_by": "remote_ip", "metric": "bytes",
+        "direction": "both", "threshold": 1_000, "win": "9999w",
+        "win_seconds": 9999 * 7 * 86400, "every": 1})
+    ctx.jobs = Jobs(ctx.catalog)
+    ctx.jobs.start()
+    engine = AlertEngine(ctx)
+    try:
+        engine.start()
+        job = ctx.jobs.scheduler.get_job(f"alert:{alert_id}")
+        assert job.trigger.interval.total_seconds() == 5
+        engine.evaluate(alert_id)
+        events = alert_table.events(ctx.catalog, alert_id, 0, 10)
+        assert [(e["value"], e["group_key"]) for e in events] == [(2_000, "10.7.7.7")]
+        assert "in the last 7d" in events[0]["message"]
+    finally:
+        engine.stop()
+        ctx.jobs.shutdown()

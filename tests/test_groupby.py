@@ -287,3 +287,64 @@ def test_usage_accounting_group_by(live, live_ajax, http_server, tmp_path):
     top1 = live_ajax.ok("stats_group_by", group_by="program", relative_time="5m", top=1)
     for c in ("Packets", "Bytes", "Connections"):
         assert top1["Rows"][0][c] + top1["Other"][c] == top1["Total"][c]
+
+
+def test_filter_of_too_many_comparisons_is_refused(ingested):
+    """869 comparisons fit the 20,000-character filter yet cost 869 tests per connection:
+    refused; a set is one comparison however many values it lists, with the same answer
+    as the comparisons spelled out."""
+    _, ajax, ids = ingested
+    cid = ids["wellformed/dns_udp_mixed.pcap"]
+    many = " or ".join(["ip.addr == 10.0.0.9"] * 869)
+    assert len(many) < 20000
+    err = _err(ajax, "stats_group_by", capture_id=cid, group_by="protocol", filter=many)
+    assert "filter: 869 comparisons" in err and "at most 64" in err and "in {" in err, err
+    spelled = ajax.ok("stats_group_by", capture_id=cid, group_by="remote_ip", top=1000,
+                      filter="ip.addr == 224.0.0.251 or ip.addr == 224.0.0.252 or "
+                             "ip.addr == 224.0.0.0/30 or udp.port == 5353 or udp.port == 5355")
+    many_values = " ".join(f"198.18.{i // 250}.{i % 250}" for i in range(1000))
+    as_sets = ajax.ok("stats_group_by", capture_id=cid, group_by="remote_ip", top=1000,
+                      filter=f"ip.addr in {{{many_values} 224.0.0.251 224.0.0.0/30 "
+                             "224.0.0.252} or udp.port in {5355 5353 5353..5353}")
+    assert as_sets == spelled and spelled["Rows"]
+
+
+def test_work_over_the_budget_answers_busy(ingested, monkeypatch):
+    """A question whose work (connection rows read + filter comparisons) passes the
+    budget stops with BUSY and says what to narrow; so does one past the deadline."""
+    from apppaccap.analytics import groupby
+    _, ajax, ids = ingested
+    cid = ids["wellformed/http_large_mixed_2k_packets.pcap"]
+    whole = ajax.ok("stats_group_by", capture_id=cid, group_by="conn", top=1000)
+    assert whole["Total"]["Connections"] > 5
+    monkeypatch.setattr(groupby, "MAX_WORK", 5, raising=False)
+    body = ajax("stats_group_by", capture_id=cid, group_by="conn", top=1000)
+    assert body["ErrorCode"] == 7, body  # BUSY
+    assert "too many connections" in body["ReturnValue"]
+    assert "narrow the time range" in body["ReturnValue"]
+    monkeypatch.setattr(groupby, "MAX_WORK", 10_000_000, raising=False)
+    monkeypatch.setattr(groupby, "MAX_SECONDS", 0.0, raising=False)
+    assert ajax("stats_group_by", capture_id=cid, group_by="conn")["ErrorCode"] == 7
+
+
+def test_usage_group_by_over_the_budget_answers_busy_early(ctx, ajax, monkeypatch):
+    """capture_id 0 over a range of 9999 weeks reads every usage row there is: with the
+    real budget 120,000 rows answer; over a smaller one the question stops early, BUSY."""
+    from apppaccap.analytics import groupby
+    from apppaccap.store import usage as usage_table
+    minute = time.time_ns() // 60_000_000_000
+    n = 120_000
+    rows = {(minute - 20 - i // 300, 0, f"10.0.{i % 300 // 250}.{i % 300 % 250}", 443, 6, i % 2):
+            [1, 100] for i in range(n)}
+    ctx.catalog.write(lambda c: usage_table.add(c, rows))
+    t = time.monotonic()
+    full = ajax.ok("stats_group_by", group_by="remote_ip", relative_time="9999w")
+    full_seconds = time.monotonic() - t
+    assert full["Total"]["Bytes"] == n * 100 and full["Total"]["Groups"] == 300
+    monkeypatch.setattr(groupby, "MAX_WORK", n // 10, raising=False)
+    t = time.monotonic()
+    body = ajax("stats_group_by", group_by="remote_ip", relative_time="9999w")
+    busy_seconds = time.monotonic() - t
+    assert body["ErrorCode"] == 7, body  # BUSY
+    assert "too many usage rows" in body["ReturnValue"]
+    assert busy_seconds < full_seconds / 2, (busy_seconds, full_seconds)

@@ -93,7 +93,7 @@ def test_http_and_dns_flows_are_labelled_and_survive_a_restart(tmp_path, web):
         # a THRESHOLD alert on a label of usage accounting: more than half the body over HTTP
         alert = server.ok("alert_add", name="web volume", alert_type="THRESHOLD",
                           group_by="app_proto", metric="bytes", threshold=BODY // 2,
-                          window="1m", interval=1)["AlertId"]
+                          window="1m", interval=5)["AlertId"]
         c = subprocess.Popen([sys.executable, "-c", CLIENT, name, str(web), DNS],
                              stdout=subprocess.PIPE, text=True)
         assert int(c.stdout.readline()) == BODY
@@ -124,7 +124,7 @@ def test_http_and_dns_flows_are_labelled_and_survive_a_restart(tmp_path, web):
         assert list(_groups(server, "app_proto", DNS, "2m")) == ["DNS"]
         assert list(_groups(server, "category", WEB, "2m")) == ["Web"]
         assert list(_groups(server, "app", DNS, "2m")) == ["DNS"]
-        fired = wait_for(lambda: server.ok("alert_events", alert_id=alert), 10,
+        fired = wait_for(lambda: server.ok("alert_events", alert_id=alert), 15,
                          what="the THRESHOLD event of the HTTP row")
         # (the shared machine's other loopback traffic may fire rows of its own)
         keys = [e["GroupKey"] for e in fired]

@@ -26,15 +26,23 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
+from apppaccap.analytics.alertlimits import CHECK_SECONDS
+from apppaccap.analytics.alertlimits import CHECK_WORK
+from apppaccap.analytics.alertlimits import MAX_WINDOW
+from apppaccap.analytics.alertlimits import SKIPPED_LOG_EVERY
+from apppaccap.analytics.alertlimits import interval_of
 from apppaccap.analytics.groupby import SECOND
+from apppaccap.analytics.groupby import Budget
 from apppaccap.analytics.groupby import group
 from apppaccap.analytics.groupby import program_names
 from apppaccap.analytics.groupby import usage_flows
 from apppaccap.analytics.labelalerts import LabelWatch
 from apppaccap.errors import AppError
+from apppaccap.errors import Busy
 from apppaccap.filetime import now_ns
 from apppaccap.store import alerts as alert_table
 from apppaccap.store import triggers as trigger_table
@@ -45,6 +53,7 @@ from apppaccap.wire import AlertType
 log = logging.getLogger(__name__)
 
 EXECUTOR = "alerts"
+OBSERVER = "alerts-observe"  # the observer's own thread: no slow alert check delays it
 MAX_NEWS = 10_000
 PROGRAM, DESTINATION, SEEDED = "program", "destination", "seeded"
 NAME, NAME_ONLY = "name", "name_only"  # comm-length names: all seen, seen without a path
@@ -72,6 +81,7 @@ class AlertEngine:
         self.seq = 0
         self.cursors: dict = {}  # alert id → last news seq it consumed
         self.above: dict = {}    # THRESHOLD alert id → keys above the threshold last time
+        self.skipped: dict = {}  # THRESHOLD alert id → when its skipped check was last logged
         self.last_second = -1    # the ring's last second the observer read
         self.known = {kind: set() for kind in KINDS}
         self.jobs: list[str] = []
@@ -82,13 +92,14 @@ class AlertEngine:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         scheduler = self.ctx.jobs.scheduler
-        try:
-            scheduler.add_executor(ThreadPoolExecutor(2), alias=EXECUTOR)
-        except ValueError:
-            pass  # a restarted engine on the same scheduler
+        for alias, threads in ((EXECUTOR, 2), (OBSERVER, 1)):
+            try:
+                scheduler.add_executor(ThreadPoolExecutor(threads), alias=alias)
+            except ValueError:
+                pass  # a restarted engine on the same scheduler
         for kind in KINDS:
             self.known[kind] = alert_table.known(self.ctx.catalog, kind)
-        self._add_job(self.observe, "alerts:observe", 1)
+        self._add_job(self.observe, "alerts:observe", 1, executor=OBSERVER)
         self.reload()
 
     def stop(self) -> None:
@@ -116,12 +127,12 @@ class AlertEngine:
                 self.cursors.setdefault(row["id"], self.seq)  # news from now on
             for row in rows:
                 if row["enabled"]:
-                    self._add_job(self.evaluate, f"alert:{row['id']}", row["every"],
+                    self._add_job(self.evaluate, f"alert:{row['id']}", interval_of(row),
                                   args=(row["id"],))
 
-    def _add_job(self, fn, job_id: str, seconds: int, args=()) -> None:
+    def _add_job(self, fn, job_id: str, seconds: int, args=(), executor=EXECUTOR) -> None:
         self.ctx.jobs.scheduler.add_job(fn, "interval", seconds=seconds, id=job_id, args=args,
-                                        executor=EXECUTOR, replace_existing=True,
+                                        executor=executor, replace_existing=True,
                                         max_instances=1, coalesce=True)
         self.jobs.append(job_id)
 
@@ -251,6 +262,11 @@ class AlertEngine:
                 alert_table.add_events(self.ctx.catalog, events)
                 for e in events:
                     self._run_action(row, e)
+        except Busy as err:  # a window with more rows than a check may read: said hourly
+            if time.monotonic() - self.skipped.get(alert_id, -SKIPPED_LOG_EVERY) \
+                    >= SKIPPED_LOG_EVERY:
+                self.skipped[alert_id] = time.monotonic()
+                log.warning("alert %s: check skipped: %s", alert_id, err.message)
         except AppError as err:  # a full disk, a closed catalog: said in a line, retried
             log.warning("alert %s: evaluation failed: %s", alert_id, err.message)
         except Exception:  # noqa: BLE001 - one alert's failure never stops the others
@@ -295,11 +311,15 @@ class AlertEngine:
 
     def _threshold(self, row) -> list:
         end = now_ns()
-        start = end - row["win_seconds"] * SECOND
-        flows, _unit = usage_flows(self.ctx.catalog, self._recorder(), start, end)
+        seconds = min(max(row["win_seconds"], 1), MAX_WINDOW)  # one stored before the limit
+        win = row["win"] if seconds == row["win_seconds"] else f"{MAX_WINDOW // 86400}d"
+        start = end - seconds * SECOND
+        budget = Budget("usage rows", "the alert's window", CHECK_WORK, CHECK_SECONDS)
+        flows, _unit = usage_flows(self.ctx.catalog, self._recorder(), start, end, budget)
         path = row["process_path"]
         pred = (lambda f: _narrowed(path, f.path)) if path else None
-        answer = group(flows, row["group_by"], row["metric"], row["direction"], 1000, pred)
+        answer = group(flows, row["group_by"], row["metric"], row["direction"], 1000, pred,
+                       budget, keep="best")
         col = {"bytes": "Bytes", "packets": "Packets", "connections": "Connections"}
         over = {r["Key"]: r for r in answer["Rows"] if r[col[row["metric"]]] > row["threshold"]}
         before = self.above.get(row["id"], set())
@@ -315,7 +335,7 @@ class AlertEngine:
                     "remote_ip": top.remote_ip if row["group_by"] != "process" else "",
                     "remote_port": top.remote_port or 0}
             msg = (f"{row['group_by']} {r['Name'] or key}: {value} {row['metric']} "
-                   f"({row['direction']}) in the last {row['win']}, above {row['threshold']}")
+                   f"({row['direction']}) in the last {win}, above {row['threshold']}")
             out.append(_event(row, end, fact, value, str(key), msg))
         return out
 

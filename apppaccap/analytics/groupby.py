@@ -7,15 +7,24 @@ become `Flow` records; a filter (analytics/flowfilter.py) tests flows, a group k
 flow to its row, and the rows, the rest (`Other`) and `Total` are sums of the same flows,
 so rows + Other always equal Total.
 
+One answer's work is bounded (`Budget`): rows stream from SQL, each read and each filter
+comparison on a flow is spent from MAX_WORK, and past it or MAX_SECONDS the answer stops
+with BUSY. Only what an answer needs is kept: the groups' sums, and a row's flows only for
+a series (or an alert's event).
+
 Adding a group key is one entry in GROUPS: a function of a Flow giving (key, name).
 """
 
 from __future__ import annotations
 
+import heapq
 import os
+import time
+from contextlib import closing
 from dataclasses import dataclass
 from dataclasses import field
 
+from apppaccap.errors import Busy
 from apppaccap.errors import Malformed
 from apppaccap.store import usage as usage_table
 
@@ -25,6 +34,37 @@ IN, OUT = 0, 1
 PROTOCOLS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 METRICS = ("bytes", "packets", "connections")
 DIRECTIONS = ("in", "out", "both")
+# A request runs to its end once begun (nothing cancels it) and an alert check repeats every
+# few seconds, so one answer may do only so much. A unit is one filter comparison on one
+# flow (~0.6-1 us here, 2 cores); a row read (a connection, a usage counter) and grouped
+# costs ROW_WORK units (~2.5-4 us). 5,000,000 units are ~5 s: 1,250,000 rows unfiltered,
+# or 300,000 connections under a 12-comparison filter. Past MAX_SECONDS the answer stops
+# whatever the units cost (a slow disk, a loaded machine).
+ROW_WORK = 4
+MAX_WORK = 5_000_000
+MAX_SECONDS = 10.0
+
+
+class Budget:
+    """The work one answer may still do (`work` units, `seconds`; MAX_WORK and MAX_SECONDS
+    by default, read as it begins); `spend` raises BUSY saying what covers too much and
+    what to narrow."""
+
+    def __init__(self, what: str = "connections",
+                 narrow: str = "the time range, the capture or the filter",
+                 work: int | None = None, seconds: float | None = None):
+        self.work = MAX_WORK if work is None else work
+        self.seconds = MAX_SECONDS if seconds is None else seconds
+        self.left = self.work
+        self.deadline = time.monotonic() + self.seconds
+        self.what, self.narrow = what, narrow
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0 or time.monotonic() > self.deadline:
+            raise Busy(f"this question covers too many {self.what} for one answer (it may "
+                       f"read {self.work // ROW_WORK:,} rows, fewer under a filter, within "
+                       f"{self.seconds:g} s); narrow {self.narrow}")
 
 
 @dataclass(slots=True)
@@ -128,52 +168,73 @@ def counters(f: Flow, direction: str) -> tuple:
     return f.packets_in + f.packets_out, f.bytes_in + f.bytes_out, 1
 
 
-def group(flows, group_by: str, metric: str, direction: str, top: int, pred=None) -> dict:
-    """{GroupBy, Metric, Rows, Other, Total} plus "members": key → the row's flows (top
-    rows only; for series)."""
+def group(flows, group_by: str, metric: str, direction: str, top: int, pred=None,
+          budget: Budget | None = None, keep: str = "") -> dict:
+    """{GroupBy, Metric, Rows, Other, Total} plus "members": key → what the top rows keep
+    of their flows, only what is asked: keep="flows" every flow (a usage series),
+    "conn_ids" their connection ids (a capture's series), "best" the flow with the most
+    bytes (an alert's event), "" nothing. The filter's comparisons are spent from
+    `budget`."""
     keyfn = GROUPS[group_by][0]
+    cost = getattr(pred, "terms", 1) if pred is not None else 0
+    budget = budget if budget is not None else Budget()
     acc: dict = {}
     total = [0, 0, 0]
     for f in flows:
-        if pred is not None and not pred(f):
-            continue
+        if pred is not None:
+            budget.spend(cost)
+            if not pred(f):
+                continue
         p, b, c = counters(f, direction)
         if not (p or c):
             continue  # nothing that way: not part of this answer
         key, name = keyfn(f)
         row = acc.get(key)
         if row is None:
-            row = acc[key] = [0, 0, 0, name, []]
+            row = acc[key] = [0, 0, 0, name, [] if keep else ()]
         row[0] += p
         row[1] += b
         row[2] += c
         if not row[3] and name:
             row[3] = name
-        row[4].append(f)
+        if keep == "flows":
+            row[4].append(f)
+        elif keep == "conn_ids":
+            row[4].append(f.conn_id)
+        elif keep == "best" and (not row[4] or _bytes(f) > _bytes(row[4][0])):
+            row[4] = [f]
         total[0] += p
         total[1] += b
         total[2] += c
     col = {"packets": 0, "bytes": 1, "connections": 2}[metric]
-    ordered = sorted(acc.items(), key=lambda kv: (-kv[1][col], -kv[1][1], str(kv[0])))
-    shown, rest = ordered[:top], ordered[top:]
-    other = [sum(r[1][i] for r in rest) for i in range(3)]
+    # the top rows as sorted() would order them (nsmallest is that, without sorting every
+    # group); Other is what the rest add up to: Total less the rows
+    shown = heapq.nsmallest(top, acc.items(),
+                            key=lambda kv: (-kv[1][col], -kv[1][1], str(kv[0])))
+    other = [total[i] - sum(r[i] for _k, r in shown) for i in range(3)]
+    rest = len(acc) - len(shown)
     return {
         "Version": 1, "GroupBy": group_by, "Metric": metric, "Direction": direction,
         "Rows": [{"Key": k, "Name": r[3], "Packets": r[0], "Bytes": r[1], "Connections": r[2]}
                  for k, r in shown],
         "Other": {"Packets": other[0], "Bytes": other[1], "Connections": other[2],
-                  "Groups": len(rest)},
+                  "Groups": rest},
         "Total": {"Packets": total[0], "Bytes": total[1], "Connections": total[2],
                   "Groups": len(acc)},
         "members": {k: r[4] for k, r in shown},
     }
 
 
+def _bytes(f: Flow) -> int:
+    return f.bytes_in + f.bytes_out
+
+
 # -- sources --------------------------------------------------------------------------------
 
-def capture_flows(db, start: int | None, end: int | None) -> list:
+def capture_flows(db, start: int | None, end: int | None, budget: Budget):
     """The connections of a capture active within [start, end] (None: open), whole: a
-    connection row keeps its counters, not when each packet passed."""
+    connection row keeps its counters, not when each packet passed. Streamed from SQL,
+    each row spent from `budget` (close the generator when stopping early)."""
     where, params = [], []
     if start is not None:
         where.append("c.last_time >= ?")
@@ -190,29 +251,29 @@ def capture_flows(db, start: int | None, end: int | None) -> list:
            "LEFT JOIN processes p ON p.process_id = c.process_id "
            "LEFT JOIN ips i ON i.ip = c.remote_ip"
            + (" WHERE " + " AND ".join(where) if where else ""))
-    return [Flow(*r[:18], app_proto=r[18], app=r[19], category=r[20])
-            for r in db.read(sql, params)]
+    with closing(db.tuples(sql, params)) as cur:
+        for r in cur:
+            budget.spend(ROW_WORK)
+            yield Flow(*r[:18], app_proto=r[18], app=r[19], category=r[20])
 
 
-def usage_rows(catalog, rec, start: int, end: int) -> tuple[list, int]:
-    """((time ns, process_id, remote_ip, remote_port, proto, dir, packets, bytes), unit ns)
-    over [start, end]: per second from the recorder's ring when it holds the whole range,
-    else per minute from the catalog (plus the minute not written yet)."""
-    if rec is not None and _ring_covers(rec, start):
-        out = []
-        for second, by_key, _flows in rec.seconds(start // SECOND, end // SECOND):
-            for (pid, ip, port, proto, d), (p, b) in by_key.items():
-                out.append((second * SECOND, pid, ip, port, proto, d, p, b))
-        return out, SECOND
+def _ring_rows(rec, start: int, end: int):
+    for second, by_key, _flows in rec.seconds(start // SECOND, end // SECOND):
+        for (pid, ip, port, proto, d), (p, b) in by_key.items():
+            yield second * SECOND, pid, ip, port, proto, d, p, b
+
+
+def _minute_rows(catalog, rec, start: int, end: int):
     first, last = start // MINUTE, end // MINUTE
-    out = [(m * MINUTE, *rest) for m, *rest in catalog.read(
-        "SELECT minute, process_id, remote_ip, remote_port, proto, dir, packets, bytes "
-        "FROM usage_minute WHERE minute BETWEEN ? AND ?", (first, last))]
+    with closing(catalog.tuples(
+            "SELECT minute, process_id, remote_ip, remote_port, proto, dir, packets, bytes "
+            "FROM usage_minute WHERE minute BETWEEN ? AND ?", (first, last))) as cur:
+        for m, *rest in cur:
+            yield m * MINUTE, *rest
     if rec is not None:
         for (m, pid, ip, port, proto, d), (p, b) in rec.unflushed().items():
             if first <= m <= last:
-                out.append((m * MINUTE, pid, ip, port, proto, d, p, b))
-    return out, MINUTE
+                yield m * MINUTE, pid, ip, port, proto, d, p, b
 
 
 def _ring_covers(rec, start: int) -> bool:
@@ -225,24 +286,34 @@ def _ring_covers(rec, start: int) -> bool:
     return len(rec.ring) < rec.ring.maxlen and rec.before < start // MINUTE
 
 
-def usage_flows(catalog, rec, start: int, end: int) -> tuple[list, int]:
+def usage_flows(catalog, rec, start: int, end: int, budget: Budget,
+                times: bool = False) -> tuple[list, int]:
     """Flow records (process × remote endpoint × protocol) from usage accounting over the
-    range, each with the time rows behind it; the unit of those rows (ns)."""
-    rows, unit = usage_rows(catalog, rec, start, end)
+    range (with times=True each keeps the time rows behind it, for series); the unit of
+    those rows (ns): per second from the recorder's ring when it holds the whole range,
+    else per minute from the catalog (plus the minute not written yet). Each row read is
+    spent from `budget`."""
+    if rec is not None and _ring_covers(rec, start):
+        rows, unit = _ring_rows(rec, start, end), SECOND
+    else:
+        rows, unit = _minute_rows(catalog, rec, start, end), MINUTE
     flows: dict = {}
-    for t, pid, ip, port, proto, d, p, b in rows:
-        f = flows.get((pid, ip, port, proto))
-        if f is None:
-            f = flows[(pid, ip, port, proto)] = Flow(0, proto, "", None, ip, port, pid, 0, "",
-                                                     "", "", "", first=t, last=t)
-        if d == IN:
-            f.packets_in += p
-            f.bytes_in += b
-        else:
-            f.packets_out += p
-            f.bytes_out += b
-        f.first, f.last = min(f.first, t), max(f.last, t + unit - 1)
-        f.times.append((t, d, p, b))
+    with closing(rows):
+        for t, pid, ip, port, proto, d, p, b in rows:
+            budget.spend(ROW_WORK)
+            f = flows.get((pid, ip, port, proto))
+            if f is None:
+                f = flows[(pid, ip, port, proto)] = Flow(0, proto, "", None, ip, port, pid, 0,
+                                                         "", "", "", "", first=t, last=t)
+            if d == IN:
+                f.packets_in += p
+                f.bytes_in += b
+            else:
+                f.packets_out += p
+                f.bytes_out += b
+            f.first, f.last = min(f.first, t), max(f.last, t + unit - 1)
+            if times:
+                f.times.append((t, d, p, b))
     names = program_names(catalog, rec, {k[0] for k in flows})
     ips = {k[1] for k in flows}
     facts = ip_facts(catalog, ips)

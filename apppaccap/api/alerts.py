@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 from typing import Annotated
 
+from apppaccap.analytics.alertlimits import MAX_INTERVAL
+from apppaccap.analytics.alertlimits import MAX_WINDOW
+from apppaccap.analytics.alertlimits import MIN_THRESHOLD_INTERVAL
 from apppaccap.analytics.groupby import check_group
 from apppaccap.analytics.groupby import check_metric
 from apppaccap.api.labels import label_filter
@@ -34,7 +37,7 @@ from apppaccap.wire import AlertType
 from apppaccap.wire import DataType
 
 SECOND = 1_000_000_000
-INTERVAL = Bounds(1, 86400, "an interval is 1 to 86400 seconds")
+INTERVAL = Bounds(1, MAX_INTERVAL, f"an interval is 1 to {MAX_INTERVAL} seconds")
 THRESHOLD = Bounds(0, (1 << 63) - 1, "a threshold is 0 or more")
 
 
@@ -77,6 +80,9 @@ def _window(text: str) -> int:
     seconds = (end - start) // SECOND
     if seconds < 1:
         raise Malformed("window: at least 1 second")
+    if seconds > MAX_WINDOW:
+        raise Malformed(f"window: at most {MAX_WINDOW // 86400}d (a THRESHOLD alert sums its "
+                        f"whole window again at every check); got {text.strip()[:40]}")
     return seconds
 
 
@@ -129,6 +135,10 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     RemotePort are the connection's). An EXECUTE action (action_id) runs as a COMMAND for
     each event, with the trigger placeholders plus {alert_name}, {process_path},
     {remote_ip}, {remote_port}, {value} (capture_id is 0, export_file empty).
+    A THRESHOLD check sums its whole window again, so its window is at most 7d and its
+    interval at least 5 seconds (MALFORMED_REQUEST otherwise; one stored before these
+    limits runs within them); a check whose window holds more usage rows than a check may
+    read (half a stats_group_by answer's work) is skipped, said in the log at most hourly.
     - name: the alert's name (1-256 printable characters)
     - alert_type: THRESHOLD (1), NEW_PROGRAM (2), NEW_DESTINATION (3) or LABEL (4), by
       name or number
@@ -137,11 +147,11 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     - metric: THRESHOLD: bytes, packets or connections
     - direction: THRESHOLD: in, out or both
     - threshold: THRESHOLD: fire above this value
-    - window: THRESHOLD: the interval measured, 30s, 5m, 2h, 1d (s m h d w); default 5m
+    - window: THRESHOLD: the span measured, 30s, 5m, 2h, 1d (s m h d w), at most 7d; default 5m
     - label: LABEL: an AppProtocol, App or Category (label_list), e.g. BitTorrent, VPN
     - process_path: only this executable, or programs below this directory; blank = all
     - action_id: an EXECUTE action to run for each event; 0 = none
-    - interval: evaluate every so many seconds, 1..86400 (default 5)
+    - interval: evaluate every so many seconds, 1..86400 (default 5); THRESHOLD: 5 or more
     """
     fields = _fields(ctx, _alert_type(alert_type), group_by, metric, direction, threshold,
                      window, process_path, action_id, interval, label)
@@ -165,8 +175,19 @@ def _fields(ctx, kind: AlertType, group_by, metric, direction, threshold, window
             raise Malformed("group_by: a THRESHOLD alert needs one")
         check_group(group_by, "usage")
         check_metric(metric, direction)
+        problems = []
+        try:
+            seconds = _window(window)
+        except Malformed as err:
+            problems.append(err.message)
+        if interval < MIN_THRESHOLD_INTERVAL:
+            problems.append(f"interval: a THRESHOLD alert is checked every "
+                            f"{MIN_THRESHOLD_INTERVAL} seconds or more (each check sums its "
+                            f"whole window again); got {interval}")
+        if problems:
+            raise Malformed("; ".join(problems))
         fields.update(group_by=group_by, metric=metric, direction=direction,
-                      threshold=threshold, win=window.strip(), win_seconds=_window(window))
+                      threshold=threshold, win=window.strip(), win_seconds=seconds)
     return fields
 
 
@@ -192,11 +213,11 @@ def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | No
     - metric: THRESHOLD: bytes, packets or connections
     - direction: THRESHOLD: in, out or both
     - threshold: THRESHOLD: new value
-    - window: THRESHOLD: new window (30s, 5m, 2h, 1d)
+    - window: THRESHOLD: new window (30s, 5m, 2h, 1d), at most 7d
     - label: LABEL: new label (connections from then on)
     - process_path: new narrowing; blank = every program
     - action_id: an EXECUTE action; 0 = none
-    - interval: evaluate every so many seconds, 1..86400
+    - interval: evaluate every so many seconds, 1..86400; THRESHOLD: 5 or more
     - enabled: 0 = stop evaluating it (its history stays), 1 = evaluate again
     """
     row = _row(ctx, alert_id)

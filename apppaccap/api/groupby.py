@@ -4,10 +4,12 @@ never a scan of all packets."""
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import Annotated
 
 from apppaccap.analytics.flowfilter import flow_predicate
 from apppaccap.analytics.groupby import SECOND
+from apppaccap.analytics.groupby import Budget
 from apppaccap.analytics.groupby import capture_flows
 from apppaccap.analytics.groupby import check_group
 from apppaccap.analytics.groupby import check_metric
@@ -64,6 +66,12 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     answer (BucketSeconds); a capture's series come from the packet rows of the row's
     connections (times and lengths, through the connection index), usage series from its
     counters.
+    Limits: a filter makes at most 64 comparisons (`ip.addr == a or ip.addr == b` is two;
+    a set, `ip.addr in {a b c}`, is one however long), else MALFORMED_REQUEST. One answer
+    reads at most 1,250,000 connection or usage rows (fewer under a filter: each
+    comparison on a row costs a quarter of reading it) within 10 seconds; a question that
+    covers more stops with BUSY ("this question covers too many connections ...; narrow
+    the time range ..."): ask a shorter range, a narrower filter or a smaller capture.
     - group_by: process program ip remote_ip port protocol country hostname conn app
       app_proto category (see above)
     - capture_id: one capture; 0 = usage accounting (every program, all the time)
@@ -87,8 +95,11 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     pred = flow_predicate(filter)
     if capture_id:
         db = captures(ctx).db(capture_id)
-        flows = capture_flows(db, start, end)
-        out = group(flows, group_by, metric, direction, top, pred)
+        budget = Budget("connections", "the time range (start_dtg, end_dtg, relative_time) "
+                        "or the filter, or ask a smaller capture")
+        with closing(capture_flows(db, start, end, budget)) as flows:
+            out = group(flows, group_by, metric, direction, top, pred, budget,
+                        "conn_ids" if series else "")
         win = window(db, start, end)
         out.update(CaptureId=capture_id, **win.fields())
         members = out.pop("members")
@@ -97,8 +108,11 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
                 row["Series"] = _capture_series(db, members[row["Key"]], win, direction)
         return out
     rec = _usage_recorder(ctx)
-    flows, unit = usage_flows(ctx.catalog, rec, start, end)
-    out = group(flows, group_by, metric, direction, top, pred)
+    budget = Budget("usage rows", "the time range (start_dtg, end_dtg, relative_time) or "
+                    "the filter")
+    flows, unit = usage_flows(ctx.catalog, rec, start, end, budget, times=series)
+    out = group(flows, group_by, metric, direction, top, pred, budget,
+                "flows" if series else "")
     size = max(unit, bucket_for(end - start))
     out.update(CaptureId=0, FirstTime=from_ns(start), LastTime=from_ns(end),
                BucketSeconds=size // SECOND)
@@ -109,10 +123,9 @@ def stats_group_by(ctx, *, group_by: str, capture_id: int = 0, metric: str = "by
     return out
 
 
-def _capture_series(db, flows, win, direction: str) -> list:
-    if win.lo is None or len(flows) > MAX_SERIES_CONNS:
+def _capture_series(db, ids, win, direction: str) -> list:
+    if win.lo is None or len(ids) > MAX_SERIES_CONNS:
         return []
-    ids = [f.conn_id for f in flows]
     cond = "" if direction == "both" else \
         f" AND direction = {int(Direction.IN if direction == 'in' else Direction.OUT)}"
     acc: dict = {}
