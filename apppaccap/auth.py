@@ -71,6 +71,13 @@ class Users:
     def names(self) -> list[str]:
         return user_table.names(self.catalog)
 
+    def stamp(self, name: str) -> bytes | None:
+        """What changes when the user's password is set again (its salted hash; None once
+        the user is removed): a stream opened with Basic credentials compares it instead
+        of checking a password it does not keep."""
+        row = user_table.get(self.catalog, name)
+        return bytes(row["hash"]) if row is not None else None
+
     def check(self, name: str, password: str) -> bool:
         try:
             row = user_table.get(self.catalog, name)

@@ -109,7 +109,9 @@ def _doors() -> list[str]:
         "credentials in headers sends `{\"token\": \"...\"}` as its first message (answer",
         "`{\"type\": \"authenticated\"}`) within "
         f"{stream.AUTH_SECONDS} s. The token is checked again every {stream.RECHECK_SECONDS} s:",
-        "after `logout` or a timeout the socket gets an error message and is closed.",
+        "after `logout` or a timeout the socket gets an error message and is closed; a stream",
+        "opened with Basic credentials ends the same way when the user's password is set again",
+        "or the user is removed (INVALID_CREDENTIALS).",
         "",
         "Client messages (JSON objects, at most "
         f"{stream.MAX_MESSAGE // 1024} KiB):",

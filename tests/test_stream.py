@@ -271,6 +271,10 @@ def test_door_checks(tmp_path):
         b = Ws(f"ws://127.0.0.1:{srv.port}/ws", {"Authorization": f"Basic {basic}"})
         b.send({"ping": 2})
         assert b.next("pong")
+        # a new password for alice ends her Basic stream, as a logout ends a token's
+        add_user(srv.data_dir, "alice", PASSWORD + "-new")
+        err = b.next("error", timeout=15)
+        assert err["ErrorCode"] == 9 and "password" in err["message"], err
         b.close()
         status, body = upgrade(srv.port, headers={"Authorization": "Basic " + base64.b64encode(
             b"alice:wrong password").decode()})

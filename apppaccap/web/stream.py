@@ -7,7 +7,8 @@ so a page of another site is refused), the caller-uid rule (callers.py), and cre
 from headers (credentials.py: Basic, Bearer, X-AppPacCap-Token, the login cookie). A
 caller that must log in and carries none may send the token as its first message,
 `{"token": "..."}`, within AUTH_SECONDS; a `token` in the URL is never read. A token is
-checked again every RECHECK_SECONDS (a logout or a timed-out session ends the stream).
+checked again every RECHECK_SECONDS (a logout or a timed-out session ends the stream); so
+are Basic credentials (a new password or a removed user ends the stream).
 
 Limits, as web/server.py's for HTTP: the socket itself counts toward
 max_connections_per_caller; each account (root excepted) may hold max_streams_per_caller
@@ -41,6 +42,7 @@ from simple_websocket import ConnectionClosed
 
 from apppaccap.errors import AppError
 from apppaccap.errors import Busy
+from apppaccap.errors import InvalidCredentials
 from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NoToken
@@ -251,6 +253,10 @@ class Session:
         self.needs_login = needs_login
         self.authed = not needs_login or user is not None
         self.token = token
+        # Basic credentials on the upgrade: no token to check again, so the user's stamp
+        # (auth.Users.stamp) is compared instead: a new password or a removed user ends it
+        self.user = user if needs_login and user is not None and token is None else None
+        self.stamp = ctx.logins.users.stamp(user) if self.user is not None else None
         self.feeds: dict = {}
         self.next_sid = 1
         self.outbox = Outbox()
@@ -277,10 +283,15 @@ class Session:
                                                  "the first message, or log in")))
                     return
                 continue
-            if self.token and time.monotonic() - self.checked > RECHECK_SECONDS:
+            if (self.token or self.user) and time.monotonic() - self.checked > RECHECK_SECONDS:
                 self.checked = time.monotonic()
                 try:
-                    self.ctx.logins.check(self.token, self.uid)
+                    if self.token:
+                        self.ctx.logins.check(self.token, self.uid)
+                    elif self.ctx.logins.users.stamp(self.user) != self.stamp:
+                        raise InvalidCredentials("username/password: the user's password "
+                                                 "changed or the user was removed; open the "
+                                                 "stream again")
                 except AppError as err:
                     self._control(_error(err))
                     return
