@@ -64,16 +64,30 @@ QUEUE_BYTES = 1 << 20
 QUEUE_MESSAGES = 256
 TICK = 0.05
 CLOSE_SECONDS = 2  # how long the end of a stream waits for the library's close answer to go out
+# Client messages received and not yet handled, at most (each at most MAX_MESSAGE: 4 MiB a
+# socket). simple-websocket's reader thread appends every message it reads to a list without
+# a bound, while the session's thread may be busy in a slow tick: past this many the reader
+# stops reading, and a client sending faster waits in TCP's buffers (backpressure).
+MAX_UNREAD = 64
+UNREAD_WAIT = 0.01  # seconds between looks at the list while it is full
 
 
 class _SendAll:
     """simple-websocket writes frames with one socket.send(); on a socket with a timeout
     (web/server.py sets request_idle_seconds) that may write part of a frame. Every write
-    goes out whole, one frame at a time (the library's ping thread writes too)."""
+    goes out whole, one frame at a time (the library's ping thread writes too). Its reader
+    thread reads through recv(), which waits while `ws` holds MAX_UNREAD unhandled messages."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, ws=None):
         self._sock = sock
         self._lock = threading.Lock()
+        self._ws = ws
+
+    def recv(self, n: int) -> bytes:
+        ws = self._ws
+        while ws is not None and ws.connected and len(ws.input_buffer) >= MAX_UNREAD:
+            time.sleep(UNREAD_WAIT)
+        return self._sock.recv(n)
 
     def send(self, data: bytes) -> int:
         with self._lock:
@@ -218,7 +232,7 @@ def register(app, ctx) -> None:
 
     @sock.route("/ws")
     def ws_route(ws):
-        ws.sock = _SendAll(ws.sock)
+        ws.sock = _SendAll(ws.sock, ws)
         try:
             Session(ctx, ws, g.ws_uid, g.ws_needs_login, g.ws_user, g.ws_token).run()
         except ConnectionClosed:
