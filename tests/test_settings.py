@@ -203,3 +203,20 @@ def test_a_masked_sensor_password_is_not_kept_for_another_user(ajax, ctx):
     r = ajax("settings_set", key_name="fleet_sensor_credentials", value="other:********")
     assert r["ErrorCode"] == 4 and "enter the password again" in r["ReturnValue"], r
     assert ctx.settings.get("fleet_sensor_credentials") == "fleet:s3cret-pw"
+
+
+def test_a_new_sensor_address_needs_the_sensor_password_again(ajax, ctx):
+    # the credentials go to every sensor: one added while they hold a password would get it
+    ajax.ok("settings_set", key_name="fleet_sensors", value="web1=http://10.0.0.5:8733")
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="fleet:s3cret-pw")
+    for value in ("web1=http://10.0.0.5:8733,evil=http://203.0.113.9:80",
+                  "web1=http://203.0.113.9:80"):
+        r = ajax("settings_set", key_name="fleet_sensors", value=value)
+        assert r["ErrorCode"] == 4 and "would be sent there" in r["ReturnValue"], r
+    assert ctx.settings.get("fleet_sensors") == "web1=http://10.0.0.5:8733"
+    # renaming or removing sensors is fine; so is a new one once the password is cleared
+    ajax.ok("settings_set", key_name="fleet_sensors", value="web-1=http://10.0.0.5:8733")
+    ajax.ok("settings_set", key_name="fleet_sensors", value="")
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="")
+    ajax.ok("settings_set", key_name="fleet_sensors", value="web2=http://10.0.0.6:8733")
+    ajax.ok("settings_set", key_name="fleet_sensor_credentials", value="fleet:s3cret-pw")

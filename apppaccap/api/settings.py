@@ -13,6 +13,7 @@ from apppaccap.api.registry import endpoint
 from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
+from apppaccap.fleet.fetch import sensors
 from apppaccap.settings import SERVE_ONLY
 from apppaccap.settings import TABLE
 from apppaccap.settings import check
@@ -97,13 +98,30 @@ def settings_get_by_key(ctx, *, key_name: str) -> str:
     return _shown(key_name, value)
 
 
+def _no_new_sensor_for_the_password(ctx, value: str) -> None:
+    """fleet_sensor_credentials go to every sensor of fleet_sensors: a sensor address added
+    while they hold a password would be sent it by the next fleet_fetch_packets, by whoever
+    may set settings and without knowing it. So a new address needs the password entered
+    again (cleared first, set after); removing or renaming sensors does not."""
+    if ":" not in (ctx.settings.get("fleet_sensor_credentials") or ""):
+        return
+    known = set(sensors(ctx.settings.get("fleet_sensors") or "").values())
+    new = sorted(name for name, url in sensors(value).items() if url not in known)
+    if new:
+        raise Malformed(f"value: fleet_sensors: {', '.join(new)[:200]} has a new address and "
+                        "fleet_sensor_credentials holds a password, which would be sent there; "
+                        "clear fleet_sensor_credentials, set fleet_sensors, then set the "
+                        "credentials again")
+
+
 @endpoint(DataType.INT)
 def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     """Set a setting.
 
     A password sent as ******** (as settings_get_all shows it) keeps the stored one, but only
     where it already goes: the same user, and for fleet_url the same scheme, host and port;
-    otherwise MALFORMED_REQUEST (enter the password again to change them).
+    otherwise MALFORMED_REQUEST (enter the password again to change them). Likewise a new
+    sensor address in fleet_sensors while fleet_sensor_credentials holds a password.
     - key_name: 1-128 printable characters
     - value: the value, checked for the settings settings_describe lists (type int, bool...)
     """
@@ -115,6 +133,8 @@ def settings_set(ctx, *, key_name: str, value: str = "") -> int:
     if len(value) > 65536:
         raise Malformed("value: longer than 65536 characters")
     value = _kept(key_name, value, ctx.settings.get(key_name))
+    if key_name == "fleet_sensors":
+        _no_new_sensor_for_the_password(ctx, value)
     try:
         check(key_name, value, ctx.config)
     except ValueError as why:
