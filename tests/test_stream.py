@@ -471,16 +471,16 @@ def test_flows_refuses_a_table_too_large_without_reading_it(live, live_ajax, tmp
 def test_the_reader_stops_reading_while_many_messages_wait():
     """simple-websocket's reader thread appends every message it reads to an unbounded list
     while the session's thread may be busy in a slow tick: the socket it reads through
-    (stream._SendAll) waits while MAX_UNREAD messages wait, so a flooding client waits in
+    (wsbuffers.SendAll) waits while MAX_UNREAD messages wait, so a flooding client waits in
     TCP's buffers instead of filling the service's memory. Real sockets; the library's
     list and flag stand in as attributes (what its reader thread reads)."""
     from types import SimpleNamespace
 
-    from apppaccap.web import stream
+    from apppaccap.web import wsbuffers
     ours, theirs = socket.socketpair()
     try:
-        ws = SimpleNamespace(connected=True, input_buffer=["m"] * stream.MAX_UNREAD)
-        wrapped = stream._SendAll(ours, ws)  # noqa: SLF001
+        ws = SimpleNamespace(connected=True, input_buffer=["m"] * wsbuffers.MAX_UNREAD)
+        wrapped = wsbuffers.SendAll(ours, ws)
         got = []
         reader = threading.Thread(target=lambda: got.append(wrapped.recv(100)), daemon=True)
         reader.start()

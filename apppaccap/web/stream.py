@@ -32,7 +32,6 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
 
 from flask import Response
 from flask import g
@@ -52,6 +51,10 @@ from apppaccap.web import callers
 from apppaccap.web import credentials
 from apppaccap.web.feeds import FEEDS
 from apppaccap.web.feeds import PacketFeed
+from apppaccap.web.wsbuffers import QUEUE_BYTES  # noqa: F401 - docs.py reads it here
+from apppaccap.web.wsbuffers import QUEUE_MESSAGES  # noqa: F401
+from apppaccap.web.wsbuffers import Outbox
+from apppaccap.web.wsbuffers import SendAll
 
 log = logging.getLogger(__name__)
 
@@ -60,81 +63,8 @@ RECHECK_SECONDS = 5
 MAX_SUBSCRIPTIONS = 8
 MAX_MESSAGE = 64 << 10
 PING_SECONDS = 10
-QUEUE_BYTES = 1 << 20
-QUEUE_MESSAGES = 256
 TICK = 0.05
 CLOSE_SECONDS = 2  # how long the end of a stream waits for the library's close answer to go out
-# Client messages received and not yet handled, at most (each at most MAX_MESSAGE: 4 MiB a
-# socket). simple-websocket's reader thread appends every message it reads to a list without
-# a bound, while the session's thread may be busy in a slow tick: past this many the reader
-# stops reading, and a client sending faster waits in TCP's buffers (backpressure).
-MAX_UNREAD = 64
-UNREAD_WAIT = 0.01  # seconds between looks at the list while it is full
-
-
-class _SendAll:
-    """simple-websocket writes frames with one socket.send(); on a socket with a timeout
-    (web/server.py sets request_idle_seconds) that may write part of a frame. Every write
-    goes out whole, one frame at a time (the library's ping thread writes too). Its reader
-    thread reads through recv(), which waits while `ws` holds MAX_UNREAD unhandled messages."""
-
-    def __init__(self, sock, ws=None):
-        self._sock = sock
-        self._lock = threading.Lock()
-        self._ws = ws
-
-    def recv(self, n: int) -> bytes:
-        ws = self._ws
-        while ws is not None and ws.connected and len(ws.input_buffer) >= MAX_UNREAD:
-            time.sleep(UNREAD_WAIT)
-        return self._sock.recv(n)
-
-    def send(self, data: bytes) -> int:
-        with self._lock:
-            self._sock.sendall(data)
-        return len(data)
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-
-class Outbox:
-    """The bounded queue between the feeds and the socket's sender thread."""
-
-    def __init__(self):
-        self.items: deque = deque()
-        self.size = 0
-        self.cond = threading.Condition()
-        self.closed = False
-
-    def put(self, texts: list[str], control: bool = False) -> bool:
-        """Queue all of `texts` or none. Control answers may use one extra QUEUE_BYTES."""
-        need = sum(len(t) for t in texts)
-        limit = QUEUE_BYTES * (2 if control else 1)
-        with self.cond:
-            if self.items and (self.size + need > limit or
-                               len(self.items) + len(texts) > QUEUE_MESSAGES * (2 if control
-                                                                                 else 1)):
-                return False
-            self.items.extend(texts)
-            self.size += need
-            self.cond.notify()
-            return True
-
-    def get(self) -> str | None:
-        with self.cond:
-            while not self.items and not self.closed:
-                self.cond.wait(1.0)
-            if not self.items:
-                return None
-            text = self.items.popleft()
-            self.size -= len(text)
-            return text
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 class _Quota:
@@ -232,7 +162,7 @@ def register(app, ctx) -> None:
 
     @sock.route("/ws")
     def ws_route(ws):
-        ws.sock = _SendAll(ws.sock, ws)
+        ws.sock = SendAll(ws.sock, ws)
         try:
             Session(ctx, ws, g.ws_uid, g.ws_needs_login, g.ws_user, g.ws_token).run()
         except ConnectionClosed:
