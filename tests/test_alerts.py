@@ -339,3 +339,9 @@ def test_stored_alert_beyond_the_limits_is_clamped(ctx):
     finally:
         engine.stop()
         ctx.jobs.shutdown()
+    # and it can be changed (renamed, disabled) without restating window and interval:
+    # it takes the limits on
+    from apppaccap.api.alerts import alert_mod
+    changed = alert_mod(ctx, alert_id=alert_id, name="renamed", enabled=False)
+    assert (changed["Name"], changed["Window"], changed["Interval"]) == ("renamed", "7d", 5), \
+        changed

@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 
@@ -217,3 +218,35 @@ def test_a_symlink_planted_at_the_part_name_is_not_written_through(ctx, ajax, se
     with open(got["Path"], "rb") as fh:
         assert fh.read() == PCAPNG
     assert not os.path.islink(got["Path"])
+
+
+def test_a_download_in_progress_is_journalled_as_every_export(ajax, ctx, sensor):
+    """Its temporary file is in the journal while it is written (a crash then leaves nothing
+    after the next start: safefs's recovery removes what the journal names), and the entry
+    goes when the file is in place."""
+    from apppaccap.safefs.journal import JOURNAL_DIR
+    journal = os.path.join(ctx.config.data_dir, JOURNAL_DIR)
+    seen, release = [], threading.Event()
+
+    def slow(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(PCAPNG)))
+        handler.end_headers()
+        handler.wfile.write(PCAPNG[:100])
+        handler.wfile.flush()
+        release.wait(10)
+        handler.wfile.write(PCAPNG[100:])
+
+    def look():
+        time.sleep(0.5)   # the first bytes are written by then
+        seen.append(os.listdir(journal) if os.path.isdir(journal) else [])
+        release.set()
+
+    sensor.download = slow
+    looker = threading.Thread(target=look)
+    looker.start()
+    got = ajax.ok("fleet_fetch_packets", host="sensor-x", capture_id=1, connection_id=2)
+    looker.join()
+    assert got["Size"] == len(PCAPNG)
+    assert seen[-1], "no journal entry while the download was written"
+    assert not (os.listdir(journal) if os.path.isdir(journal) else [])

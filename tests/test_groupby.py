@@ -307,6 +307,10 @@ def test_filter_of_too_many_comparisons_is_refused(ingested):
                       filter=f"ip.addr in {{{many_values} 224.0.0.251 224.0.0.0/30 "
                              "224.0.0.252} or udp.port in {5355 5353 5353..5353}")
     assert as_sets == spelled and spelled["Rows"]
+    # a `not` is a call per connection too: 64 terms each under 300 of them is not cheap
+    nots = " and ".join(["!" * 30 + "tcp"] * 64)
+    err = _err(ajax, "stats_group_by", capture_id=cid, group_by="protocol", filter=nots)
+    assert "filter: 1984 comparisons" in err, err
 
 
 def test_work_over_the_budget_answers_busy(ingested, monkeypatch):

@@ -366,3 +366,25 @@ def test_rows_go_one_by_one_where_sqlite_cannot_take_many_a_statement(tmp_path):
             db.close()
     assert out[0] == out[1] and len(out[0][0]) == 300 and len(out[0][1]) == 150
     assert out[0][0][0][7:9] == ("10.9.9.9", "10.0.0.1")   # in: src/dst from its conn row
+
+
+def test_a_statement_with_parameters_outside_its_values_goes_row_by_row(tmp_path):
+    # many_stmt repeats the VALUES group: a "?" after it would be numbered as if it were
+    # the next row's, so such a statement is never run many rows at a time
+    db = CaptureDb(str(tmp_path), 1)
+    try:
+        conn = sqlite3.connect(db.path)
+        conn.execute("CREATE TABLE t(a INTEGER PRIMARY KEY, b INTEGER)")
+        conn.commit()
+        conn.close()
+        sql = "INSERT INTO t(a, b) VALUES (?, ?) ON CONFLICT(a) DO UPDATE SET b = b + ?"
+        rows = packed_row_writer(db.path)
+        for _ in range(2):
+            rows.write(b"", 1, {a: [a, 10 * a, 1] for a in range(1, 101)}, sql)
+        rows.close()
+        conn = sqlite3.connect(db.path)
+        got = conn.execute("SELECT a, b FROM t ORDER BY a").fetchall()
+        conn.close()
+        assert got == [(a, 10 * a + 1) for a in range(1, 101)]
+    finally:
+        db.close()

@@ -137,6 +137,12 @@ def test_nesting_is_bounded():
     with pytest.raises(FilterError, match="nested too deeply"):
         parse_filter("(" * 200 + "tcp" + ")" * 200)
     assert shape(parse_filter("(" * 50 + "tcp" + ")" * 50).tree) == "tcp"
+    # `!` nests too: 2,000 of them hit the interpreter's recursion limit (an internal error)
+    with pytest.raises(FilterError, match="'not' repeated too many times"):
+        parse_filter("!" * 2000 + "tcp")
+    with pytest.raises(FilterError, match="'not' repeated too many times"):
+        parse_filter("(" * 60 + "!" * 60 + "tcp" + ")" * 60)
+    assert parse_filter("!" * 40 + "tcp")
 
 
 def test_every_field_documented_in_filters_md():

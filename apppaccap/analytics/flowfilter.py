@@ -75,7 +75,7 @@ def _terms(n) -> int:
     if isinstance(n, (And, Or, Xor)):
         return sum(_terms(i) for i in n.items)
     if isinstance(n, Not):
-        return _terms(n.item)
+        return 1 + _terms(n.item)  # a call per flow too: `!!!...` must not come free
     return 1
 
 

@@ -20,6 +20,7 @@ from typing import Annotated
 from apppaccap.analytics.alertlimits import MAX_INTERVAL
 from apppaccap.analytics.alertlimits import MAX_WINDOW
 from apppaccap.analytics.alertlimits import MIN_THRESHOLD_INTERVAL
+from apppaccap.analytics.alertlimits import interval_of
 from apppaccap.analytics.groupby import check_group
 from apppaccap.analytics.groupby import check_metric
 from apppaccap.api.labels import label_filter
@@ -222,15 +223,18 @@ def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | No
     """
     row = _row(ctx, alert_id)
     kind = AlertType(row["type"])
+    # an alert stored before the limits takes them on at its first change (as it runs)
+    stored_win = row["win"] if (row["win_seconds"] or 0) <= MAX_WINDOW else \
+        f"{MAX_WINDOW // 86400}d"
     fields = _fields(
         ctx, kind, row["group_by"] if group_by is None else group_by,
         row["metric"] if metric is None else metric,
         row["direction"] if direction is None else direction,
         row["threshold"] if threshold is None else threshold,
-        row["win"] if window is None else window,
+        stored_win if window is None else window,
         row["process_path"] if process_path is None else process_path,
         row["action_id"] if action_id is None else action_id,
-        row["every"] if interval is None else interval,
+        interval_of(row) if interval is None else interval,
         row["label"] if label is None else label)
     fields.pop("type")
     if name is not None:

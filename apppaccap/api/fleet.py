@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from apppaccap.api.registry import Bounds
@@ -13,6 +14,7 @@ from apppaccap.errors import Malformed
 from apppaccap.filetime import from_ns
 from apppaccap.fleet import query
 from apppaccap.fleet.fetch import fetch_packets
+from apppaccap.ingest.export import new_target
 from apppaccap.wire import DataType
 
 
@@ -132,4 +134,7 @@ def fleet_fetch_packets(ctx, *, host: str, capture_id: int, connection_id: int) 
     """
     if capture_id <= 0 or connection_id <= 0:
         raise Malformed("capture_id, connection_id: a sensor's ids (1 or more)")
-    return fetch_packets(ctx.settings, ctx.config.export_dir, host, capture_id, connection_id)
+    return fetch_packets(
+        ctx.settings,
+        lambda name: new_target(ctx, os.path.join(ctx.config.export_dir, name), overwrite=True),
+        host, capture_id, connection_id)

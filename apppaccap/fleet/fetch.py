@@ -150,10 +150,12 @@ class SensorApi:
         return size
 
 
-def fetch_packets(settings, export_dir: str, host: str, capture_id: int,
+def fetch_packets(settings, target_for, host: str, capture_id: int,
                   connection_id: int) -> dict:
     """The sensor exports the connection's packets (capture_export, filter conn.id), this
-    server downloads the file into its export directory and has the sensor delete its copy.
+    server downloads the file into `target_for(name)` (a safefs WriteTarget in its export
+    directory, as every export's: journalled, so a crash mid-download leaves no temporary
+    file behind after the next start) and has the sensor delete its copy.
     {Host, CaptureId, ConnectionId, Name (in this server's export directory), Path, Size}."""
     if not _HOST.fullmatch(host):
         raise Malformed("host: a fleet_host name (letters, digits, '_', '.', '-')")
@@ -176,11 +178,8 @@ def fetch_packets(settings, export_dir: str, host: str, capture_id: int,
             why = str(cmd.get("Message") or cmd.get("Result") or "no file")[:300]
             raise IOFailure(f"sensor {host}: the export failed ({why})")
         local = f"fleet-{host}-{capture_id}-{connection_id}.pcapng"
-        # As every export: below the export directory, through safefs, never via a link;
-        # fetching the same connection again replaces the earlier file.
-        target = WriteTarget(os.path.join(export_dir, local), roots=[export_dir],
-                             overwrite=True, param=local,
-                             group_from_root=settings.get_bool("export_group_read"))
+        # fetching the same connection again replaces the earlier file
+        target = target_for(local)
         try:
             size = api.download(name, target)
         except BaseException:

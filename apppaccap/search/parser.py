@@ -112,8 +112,13 @@ class _Parser:
 
     def unary(self):
         if self.peek().kind == "NOT":
-            self.take()
-            return Not(self.unary())
+            tok = self.take()
+            self.depth += 1  # `! ! ! ...` nests as parentheses do, within the same bound
+            if self.depth > 100:
+                raise FilterError("'not' repeated too many times", tok.pos)
+            node = Not(self.unary())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self):

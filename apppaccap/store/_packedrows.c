@@ -211,6 +211,13 @@ static int bind_value(sqlite3_stmt *st, int at, PyObject *v) {
  * count + k), with that group repeated MANY_ROWS times, prepared (and kept: the same
  * statements come back every batch). NULL when `sql` has no such group, SQLite cannot
  * take the longer statement, or the cache is full: the caller runs `sql` row by row. */
+/* the "?" between `open` and `close` (a VALUES group of many_stmt's: no "?NNN") */
+static int group_params(const char *open, const char *close) {
+    int n = 0;
+    for (; open < close; open++) n += *open == '?';
+    return n;
+}
+
 static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql) {
     const char *open = strstr(sql, " VALUES ("), *close, *c;
     size_t pre, group, n, at;
@@ -239,8 +246,10 @@ static sqlite3_stmt *many_stmt(RowWriter *w, const char *sql) {
     }
     strcpy(text + at, close);
     /* one SQLite cannot take (too many parameters: see rw_init) is remembered as NULL,
-     * and `sql` runs row by row */
-    if (sqlite3_prepare_v2(w->db, text, -1, &w->runs[slot].st, NULL) != SQLITE_OK) {
+     * and `sql` runs row by row; so is one with parameters outside its VALUES group (row
+     * r's would not start at r * the group's count: the rows would be bound wrong) */
+    if (sqlite3_prepare_v2(w->db, text, -1, &w->runs[slot].st, NULL) != SQLITE_OK ||
+        sqlite3_bind_parameter_count(w->runs[slot].st) != MANY_ROWS * group_params(open, close)) {
         sqlite3_finalize(w->runs[slot].st);
         w->runs[slot].st = NULL;
     }

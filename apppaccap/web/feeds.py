@@ -24,7 +24,8 @@ feed, however slow its consumer, cannot slow a capture down.
 * alerts: the ALERTEVENT objects (exactly as alert_events returns them) stored since the
   last message, read each interval from the catalog by id (indexed): by default from the
   subscription on, or after a given `last_id`; optionally one alert's only. A tick sends
-  at most EVENT_PAGES_PER_TICK pages: a long history is replayed over several. Events that
+  at most EVENT_PAGES_PER_TICK pages: a long history is replayed over several, one after
+  the other (not an interval apart). Events that
   cannot be queued for a slow consumer are a gap (`dropped`); alert_events with last_id
   still has them.
 """
@@ -88,6 +89,7 @@ class Feed:
         self.sid = sid
         self.interval = _int(msg, "interval_ms", lo, hi, 1000) / 1000.0
         self.due = 0.0
+        self.behind = False   # its last poll stopped at its bound: poll again at the next tick
         self.dropped = 0      # items not sent since the last message that was
         self.ended = False
 
@@ -349,6 +351,7 @@ class AlertFeed(Feed):
 
     def poll(self, ctx) -> list[dict]:
         out = []
+        self.behind = False
         for _ in range(EVENT_PAGES_PER_TICK):  # a message per page; the rest next tick
             page = alert_events(ctx, alert_id=self.alert_id, last_id=self.last_id,
                                 limit=EVENTS_PER_MESSAGE)
@@ -358,6 +361,8 @@ class AlertFeed(Feed):
             out.append(self.message(LastId=self.last_id, Events=page))
             if len(page) < EVENTS_PER_MESSAGE:
                 break
+        else:  # more wait: at the next tick (50 ms), not the next interval (up to a minute)
+            self.behind = True
         return out
 
     def lost(self, msg: dict) -> int:

@@ -320,6 +320,8 @@ class Session:
                 continue
             for m in messages:
                 self._offer(feed, m)
+            if feed.behind:
+                feed.due = now  # the rest of its backlog at the next tick
             if isinstance(feed, PacketFeed) and feed.dropped:
                 feed.dropped += feed.skip()  # behind: the rest is a gap too, never a backlog
             if feed.ended:
