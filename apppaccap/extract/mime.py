@@ -170,11 +170,13 @@ class Decoder:
     bomb cannot allocate more than ``max_file_bytes``.  If the very first bytes
     do not decode, the server lied about the encoding and the body is stored
     as sent.  Concatenated gzip members are all decoded; other bytes after the
-    end of the compressed stream are ignored.  After a gap the stream cannot
-    be decoded any further; the rest is counted as missing.
+    end of the compressed stream are ignored, never handed to zlib (which keeps
+    them in ``unused_data``, copying all of them again for each packet: megabytes
+    of them froze the capture's thread for minutes).  After a gap the stream
+    cannot be decoded any further; the rest is counted as missing.
     """
 
-    __slots__ = ("kind", "d", "broken", "pend", "out_seen")
+    __slots__ = ("kind", "d", "broken", "pend", "out_seen", "ended")
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -182,13 +184,14 @@ class Decoder:
         self.broken = False
         self.pend = b""         # first raw bytes, kept until something decodes
         self.out_seen = False
+        self.ended = False      # the compressed stream is over: the rest is ignored
 
     def feed(self, raw, body) -> None:
         """Decode ``raw`` encoded bytes into ``body``."""
         if self.broken:
             body.gap(len(raw))
             return
-        if body.truncated:
+        if body.truncated or self.ended:
             return
         if self.kind is None:   # fell back to identity
             body.write(raw)
@@ -226,6 +229,9 @@ class Decoder:
             except zlib.error:
                 self.broken = True
                 body.gap(len(rest))
+        # over, unless what follows may yet begin another gzip member (fewer than 2 bytes)
+        if self.d.eof and (self.kind == "deflate" or len(self.d.unused_data) >= 2):
+            self.ended = True
 
     def _out(self, out: bytes, body) -> None:
         if out:
