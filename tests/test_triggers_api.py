@@ -223,6 +223,19 @@ def test_placeholders_are_substituted_per_argument():
                       values) == ["--cap=7", "1234", "evil; rm -rf /", "/x/a b.pcapng",
                                   "{other}"]
     assert substitute("", values) == []
+    # one pass: a name that reads like a placeholder is not expanded again
+    assert substitute("{process_name}", {"process_name": "{pid}", "pid": 5}) == ["{pid}"]
+
+
+def test_a_value_that_would_be_an_option_is_refused():
+    # any account names its process (prctl): "-f/etc/shadow" made `logger -s -t x
+    # {process_name}` run as root read /etc/shadow into the command's output
+    values = {"process_name": "-f/etc/shadow", "pid": 7}
+    with pytest.raises(ValueError, match="would read as an option"):
+        substitute("-s -t apppaccap {process_name}", values)
+    # as an option's value, or after "--", it is an operand and stays
+    assert substitute("--name={process_name} -- {process_name}", values) == [
+        "--name=-f/etc/shadow", "--", "-f/etc/shadow"]
 
 
 def test_gate_helper_parses_exec_events_and_matches_paths():

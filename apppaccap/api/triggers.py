@@ -155,7 +155,9 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     after the firing's exports; `{capture_id}`, `{pid}`, `{process_name}` and
     `{export_file}` (the file an EXPORT action of the same firing wrote, else empty) are
     substituted in each argument (they are also in its environment as APPPACCAP_CAPTURE_ID,
-    APPPACCAP_PID, APPPACCAP_PROCESS_NAME, APPPACCAP_EXPORT_FILE). It runs in its own
+    APPPACCAP_PID, APPPACCAP_PROCESS_NAME, APPPACCAP_EXPORT_FILE). A value that would begin
+    an argument with "-" (any account may name its process so) is not run as an option: the
+    run fails, unless the placeholder comes after a "--" argument. It runs in its own
     directory with the service's privileges and is killed, with its process group, after
     the setting action_timeout (seconds, default 60); its COMMAND's Result is
     `{"ExitCode": n, "Output": "first 4 KB of stdout+stderr"}`. Programs started by

@@ -7,7 +7,8 @@ exports, waits for them, then queues the programs.
 
 EXECUTE: `path` runs with `params` split like a shell would (shlex) and the placeholders
 substituted per argument *after* splitting, so a process name with spaces or quotes stays
-one argument and can never inject anything; no shell is involved. The program's output is
+one argument; no shell is involved. A value that would begin an argument with "-" is
+refused (the run fails) unless a "--" argument came before: it would be an option. The program's output is
 read while it runs (only the first OUTPUT_KEEP bytes are kept, the rest is drained so a
 chatty program never blocks on a full pipe), and it is killed - with its whole process
 group - after the `action_timeout` setting (seconds, default 60).
@@ -60,14 +61,27 @@ class Firing:
     fired_ns: int = 0
 
 
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
 def substitute(params: str, values: dict) -> list[str]:
     """shlex-split `params`, then replace {capture_id} {pid} {process_name} {export_file}
-    inside each argument (other braces stay literal)."""
-    out = []
+    inside each argument, in one pass (a value that reads "{process_path}" stays as it is;
+    other braces stay literal). A value at the start of an argument that begins with "-"
+    is refused (ValueError) unless a literal "--" came before: a process name is anybody's
+    to choose (prctl), and "-f/etc/shadow" would be an option to the program run as root.
+    """
+    out, options_end = [], False
     for arg in shlex.split(params):
-        for key, value in values.items():
-            arg = arg.replace("{" + key + "}", str(value))
-        out.append(arg)
+        start = _PLACEHOLDER.match(arg)
+        if start is not None and start.group(1) in values and not options_end and \
+                str(values[start.group(1)]).startswith("-"):
+            raise ValueError(f"{{{start.group(1)}}} is {str(values[start.group(1)])[:60]!r}, "
+                             "which the program would read as an option; not run (put "
+                             "the placeholder after a '--' argument, or in --option={...})")
+        options_end = options_end or arg == "--"
+        out.append(_PLACEHOLDER.sub(
+            lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), arg))
     return out
 
 
