@@ -9,9 +9,9 @@ EXECUTE: `path` runs with `params` split like a shell would (shlex) and the plac
 substituted per argument *after* splitting, so a process name with spaces or quotes stays
 one argument; no shell is involved. A value that would begin an argument with "-" is
 refused (the run fails) unless a "--" argument came before: it would be an option. The
-program's output is read while it runs (only the first OUTPUT_KEEP bytes are kept, the rest is drained so a
-chatty program never blocks on a full pipe), and it is killed - with its whole process
-group - after the `action_timeout` setting (seconds, default 60).
+program's output is read while it runs (only the first OUTPUT_KEEP bytes are kept, the
+rest is drained so a chatty program never blocks on a full pipe), and it is killed - with
+its whole process group - after the `action_timeout` setting (seconds, default 60).
 """
 
 from __future__ import annotations
