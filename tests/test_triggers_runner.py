@@ -12,6 +12,7 @@ import time
 import pytest
 
 from apppaccap.api import triggers as api
+from apppaccap.errors import InvalidPermissions
 from apppaccap.jobs import Jobs
 from apppaccap.triggers.gate import Hold
 from apppaccap.triggers.programs import started_by_action
@@ -302,3 +303,75 @@ def test_execute_driver_records_a_command_per_run(ctx, jobs, tmp_path):
     assert (cmd["Type"], cmd["State"]) == ("ACTION_EXECUTE", 3)
     assert json.loads(cmd["Result"]) == {"ExitCode": 0, "Output": ""}
     assert out.read_text().splitlines() == ["17", "my app", "4321", "xx"]
+
+
+def test_a_program_another_account_can_change_is_not_run_as_root(ctx, tmp_path):
+    """An EXECUTE program that another account owns, or can write to, or whose directory it
+    can write to, would let that account have root run its own code: refused at action_add
+    and again when it would run (it may have changed since)."""
+    prog = _script(tmp_path, "ok.sh", "echo ran\n")
+    assert json.loads(ActionRunner(ctx).execute(prog, "", {}))["Output"] == "ran\n"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)   # anyone may replace what is in it (no sticky bit)
+    cases = {"in a world-writable directory": _script(shared, "a.sh", "echo ran\n"),
+             "world-writable itself": _script(tmp_path, "b.sh", "echo ran\n"),
+             "owned by another account": _script(tmp_path, "c.sh", "echo ran\n")}
+    os.chmod(cases["world-writable itself"], 0o777)
+    os.chown(cases["owned by another account"], 65534, 65534)
+    for what, path in cases.items():
+        with pytest.raises(ActionFailed, match="not run as root") as err:
+            ActionRunner(ctx).execute(path, "", {})
+        assert "ran" not in err.value.message, what
+        with pytest.raises(InvalidPermissions, match="not run as root"):
+            api.action_add(ctx, name="x", action_type=1, path=path)
+    # a symlink to a trusted program from a directory only root writes is fine
+    link = tmp_path / "link.sh"
+    link.symlink_to(prog)
+    assert json.loads(ActionRunner(ctx).execute(str(link), "", {}))["Output"] == "ran\n"
+
+
+def test_a_triggers_actions_never_fill_the_command_queue(ctx, jobs, watched):
+    """A watched program started 100 times (a shell loop, a cron job) completes 100
+    firings; each queued the trigger's EXECUTE action as a COMMAND. With an action that
+    takes 10 s, 64 of them filled max_queued_commands and an ingest or export was BUSY.
+    Now a trigger has at most FIRINGS_AT_ONCE firings whose actions are queued or running;
+    the others' captures are kept, their actions are skipped and LastError says so. The
+    real runner and command queue and a real program (the captures are fakes)."""
+    from apppaccap.triggers.watcher import FIRINGS_AT_ONCE
+    log: list = []
+    ctx.captures = FakeCaptures(log)
+    ctx.settings.set("trigger_stop_grace_ms", "0")
+    w = TriggerWatcher(ctx, events=FakeEvents(), gate=FakeGate(log))  # the real ActionRunner
+    w.start()
+    ctx.triggers = w
+    t = api.trigger_add(ctx, name="often", trigger_type=1, path=str(watched))
+    api.action_add(ctx, name="slow", action_type=1, path="/bin/sleep", params="10",
+                   trigger_id=t["TriggerId"])
+    procs: list = []
+    try:
+        for _ in range(100):
+            procs.append(_spawn([str(watched / "sleep"), "30"]))
+        for p in procs:
+            w._on_exec(p.pid)
+        for p in procs:
+            p.kill()
+            p.wait()
+            w._on_exit(p.pid)
+        wait_for(lambda: len(w.completed) == 100, timeout=30, what="100 completions")
+        # an ingest's or export's command is accepted: the trigger's took at most its share
+        cmd = jobs.submit("INGEST", {}, lambda progress: "done")
+        assert jobs.wait(cmd["CommandUid"], 20)["State"] == 3
+        actions = [c for c in jobs.list() if c["Type"] == "ACTION_EXECUTE"]
+        assert 1 <= len(actions) <= FIRINGS_AT_ONCE
+        wait_for(lambda: "LastError" in api.trigger_list(ctx)[0] and "actions not run" in
+                 api.trigger_list(ctx)[0]["LastError"], what="LastError")
+        assert api.trigger_list(ctx)[0]["LastError"] == (
+            "actions not run: this trigger's previous firing's actions are still queued or "
+            f"running (at most {FIRINGS_AT_ONCE} at once)")
+        assert w.inflight.skipped == 100 - len(actions)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        w.stop()

@@ -164,7 +164,9 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     actions never set off triggers themselves.
     - name: the action's name (1-256 printable characters)
     - action_type: ACTION_TYPE_EXECUTE (1) or ACTION_TYPE_EXPORT (2)
-    - path: EXECUTE: an executable file; EXPORT: an existing writable directory (absolute)
+    - path: EXECUTE: an executable file that no other account can change (owned by root,
+      not writable by others, nor its directories: INVALID_PERMISSIONS otherwise); EXPORT:
+      an existing writable directory (absolute)
     - params: EXECUTE only: the program's arguments, shell-quoted, with placeholders
     - trigger_id: run only for this trigger; 0 or left out = system wide (every trigger)
     """

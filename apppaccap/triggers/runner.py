@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from apppaccap.errors import AppError
 from apppaccap.errors import NotFound
 from apppaccap.ingest import export
+from apppaccap.safefs.programs import untrusted
 from apppaccap.wire import ActionType
 from apppaccap.wire import CommandState
 
@@ -173,6 +174,9 @@ class ActionRunner:
         """Run the program; returns the Result JSON {"ExitCode", "Output"}."""
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             raise ActionFailed(f"path: {path!r} is no longer an executable file")
+        why = untrusted(path)  # again: it may have changed since action_add
+        if why is not None:
+            raise ActionFailed(f"path: not run as root: {why[:300]}")
         try:
             argv = [path, *substitute(params, values)]
         except ValueError as exc:

@@ -12,9 +12,11 @@ import os
 import shlex
 
 from apppaccap.capture.bpf import compile_check
+from apppaccap.errors import InvalidPermissions
 from apppaccap.errors import Malformed
 from apppaccap.errors import NotFound
 from apppaccap.filetime import from_ns
+from apppaccap.safefs.programs import untrusted
 from apppaccap.store import triggers as trigger_table
 from apppaccap.wire import ActionType
 from apppaccap.wire import CaptureFlag
@@ -141,6 +143,9 @@ def check_action(action_type: int, path: str, params: str) -> tuple[int, str, st
             raise Malformed(f"path: program {path[:200]!r} does not exist")
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             raise Malformed(f"path: {path[:200]!r} is not an executable file")
+        why = untrusted(path)
+        if why is not None:
+            raise InvalidPermissions(f"path: not run as root: {why[:300]}")
         try:
             shlex.split(params)
         except ValueError as exc:
