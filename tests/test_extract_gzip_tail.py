@@ -34,3 +34,21 @@ def test_members_that_follow_are_still_decoded(tmp_path):
     encoded = first + gzip.compress(b"second member\n")
     dec, body, _held = _decode(tmp_path, encoded, mss=len(first) + 1)
     assert dec.finish(body) and body.size == len(TEXT) + len(b"second member\n")
+
+
+def test_a_cut_body_is_not_decoded_to_its_end_when_it_finishes(tmp_path):
+    # 64 MiB of zeros gzip to ~65 KB: the body stops at its limit, and finishing it must
+    # not decode the rest in memory (flush() decoded all that zlib still held)
+    import tracemalloc
+    bomb = gzip.compress(bytes(64 << 20))
+    body = Body(lambda *_a: None, str(tmp_path), 1 << 20, {})
+    dec = Decoder("gzip")
+    dec.feed(bomb, body)
+    assert body.truncated and body.size == 1 << 20
+    tracemalloc.start()
+    try:
+        assert dec.finish(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

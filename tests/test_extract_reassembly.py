@@ -218,3 +218,15 @@ def test_buffer_bound_counts_per_segment_overhead():
     for i in range(1, 1000):                       # 1-byte segments after a 1-byte hole
         r.segment(1001 + 2 * i, b"x", 1)
     assert r.pend_bytes <= 10_000 and r.missing > 0
+
+
+def test_release_delivers_what_waits_and_reports_the_holes():
+    # What the Extractor calls when its connections together hold too much.
+    r, rec = make()
+    r.segment(1004, b"def", 1)
+    r.segment(1010, b"jk", 2, fin=True)
+    assert r.pend_bytes and rec.out == b""
+    r.release()
+    assert bytes(rec.out) == b"defjk" and r.missing == 3 + 3 and r.pend_bytes == 0
+    assert [e for e in rec.events if e[0] == "gap"] == [("gap", 3), ("gap", 3)]
+    assert rec.ended is True                    # the FIN was reached in sequence

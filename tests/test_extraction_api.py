@@ -4,6 +4,7 @@ truncation, clean-up with the capture, and the service's bounded memory."""
 from __future__ import annotations
 
 import collections
+import gzip
 import hashlib
 import os
 import tracemalloc
@@ -333,3 +334,51 @@ def test_memory_stays_bounded_for_a_large_transfer(tmp_path):
 @pytest.mark.parametrize("name", ["extract_enable", "extract_disable"])
 def test_flag_actions_work_without_the_capture_engine(ajax, name):
     assert ajax.ok(name) == 0
+
+
+def _spooled(data_dir: str, capture_id: int) -> int:
+    folder = os.path.join(data_dir, "extract-spool", str(capture_id))
+    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder))
+
+
+def test_gzip_bombs_cannot_fill_the_disk_through_the_spool(live, live_ajax, tmp_path):
+    # An attacker's review: keep-alive responses of ~1 KB of gzip that each decode to the
+    # largest body allowed spooled 1000x what was on the wire, for as long as the capture
+    # lives. Now the capture's spool grows at most 16x its TCP bytes beyond one full body.
+    mib, n = 1 << 20, 48
+    bomb = gzip.compress(b"\0" * mib)
+    get = b"GET /z HTTP/1.1\r\nHost: x\r\n\r\n"
+    resp = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+    write_synthetic_pcap(str(tmp_path / "bombs.pcap"),
+                         [[(True, get * n), (False, (resp + bomb) * n)]])
+    wire = n * (len(get) + len(resp) + len(bomb))
+    live_ajax.ok("extract_enable")
+    live_ajax.ok("settings_set", key_name="extract_max_file_bytes", value=str(mib))
+    capture_id = ingest(live, live_ajax, tmp_path / "bombs.pcap")
+    spooled = _spooled(live.config.data_dir, capture_id)
+    assert spooled <= mib + 4096 + 16 * wire, f"{spooled} bytes spooled from {wire} on the wire"
+    streams = live_ajax.ok("extract_query", capture_id=capture_id)["Streams"]
+    assert len(streams) == n                    # every response still found and recorded
+    first, rest = streams[0], streams[1:]
+    assert first["Size"] == mib and first["Complete"] and first["Sha256"] == sha(b"\0" * mib)
+    assert all(s["Truncated"] and not s["Complete"] for s in rest)
+    assert sum(s["Size"] for s in streams) == spooled
+    f = live_ajax.ok("extract_file_write", capture_id=capture_id, stream_id=first["StreamId"])
+    assert f["Size"] == mib                     # what was stored before the bound stays whole
+
+
+def test_reassembled_connections_are_bounded(tmp_path):
+    # 60,000 connections that open and fall silent (spoofed SYNs cost the sender nothing)
+    # used to keep ~2.5 KB of state each until 600 s of capture time had passed.
+    h = ExtractHandle(_FakeDb(), str(tmp_path / "spool"))
+    a = _Feed(h, 1)
+    a.send(True, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    a.send(False, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+    for i in range(2, 60_002):
+        _Feed(h, i, cport=i % 60_000 + 1024, ts=a.ts + i)
+    assert h.extractor.stats()["connections"] <= 50_000
+    # the least recently active went first: its open body is finished, incomplete
+    assert h.files == 1 and h.stats()["evicted"] == 60_001 - 50_000
+    h.write_rows()
+    (row,) = h.db.rows
+    assert (row[0], row[6], row[7], row[9]) == (1, 7, 0, 93)   # conn, size, complete, missing

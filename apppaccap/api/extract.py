@@ -90,7 +90,10 @@ def extract_enable(ctx) -> int:
     (HTTP/1.x bodies, decoded; FTP transfers); captures already running are not
     changed. Extraction costs CPU and keeps every found body on disk
     (below `<data-dir>/extract-spool/`) until its capture is deleted; bodies larger
-    than the setting extract_max_file_bytes are cut there and marked incomplete.
+    than the setting extract_max_file_bytes are cut there and marked incomplete. A
+    capture spools at most 16 x extract_max_file_bytes in all, and past one full body at
+    most 16 bytes per TCP payload byte it saw (a gzip bomb decodes to ~1000x): later
+    bodies are cut (Truncated).
     """
     ctx.settings.set("extract_enabled", "1")
     return 0
@@ -110,7 +113,8 @@ def extract_query(ctx, *, capture_id: int, last_id: int = 0, limit: int = 1000) 
     Works while the capture is active too. `FileName` is the sanitised name
     `extract_file_write` would use (`OriginalName` is the raw one), `Complete` is
     false when bytes were lost, the body ended short, could not be decoded to its
-    end or was cut at extract_max_file_bytes (`Truncated`). `Size` and `Sha256` are
+    end or was cut at extract_max_file_bytes or the capture's spool budget
+    (`Truncated`; see extract_enable). `Size` and `Sha256` are
     those of the decoded body.
     - capture_id: the capture
     - last_id: return streams with a StreamId greater than this

@@ -15,6 +15,10 @@ feeding a protocol handler:
 Each detected file is written incrementally to its own spool file (never held
 in memory) and announced to ``sink.file(FileEvent)`` when it is finished.  The
 spool file then belongs to the sink (move it into the store, or delete it).
+
+Two totals bound what hostile traffic can make one Extractor hold (docs/SECURITY.md):
+its spool (:class:`SpoolBudget`) and the bytes waiting behind holes across all its
+connections (``max_held_bytes``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ from apppaccap.extract.reassembly import Reassembler
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _FLUSH_AT = 64 << 10       # spool write / hash granularity (bounds memory per open body)
+# The spool of one Extractor in all: spool files stay as long as their capture, on the
+# catalog's disk, and a body may decode to ~1000x its wire bytes (gzip of zeros).
+SPOOL_FILES = 16           # at most 16 full-size bodies (1 GiB by default)
+SPOOL_EXPANSION = 16       # past one full body, per TCP payload byte seen (text gzips 4-10x)
+SPOOL_FILE_COST = 4096     # a spool file of one byte takes a file system block
+# Out-of-order bytes of all connections together (counted as per direction): 32 full
+# directions; spoofed connections each held ~1 MiB behind a 1-byte hole (1 GB for 1000).
+MAX_HELD_BYTES = 32 << 20
+_UNLIMITED = 1 << 62
 
 
 @dataclass
@@ -72,21 +85,41 @@ class FileEvent:
     content_encoding: str | None = None
 
 
+class SpoolBudget:
+    """What all the bodies of one Extractor may spool together: at most ``cap`` bytes,
+    and at most ``free`` plus SPOOL_EXPANSION per TCP payload byte ``seen``. Each body
+    is charged SPOOL_FILE_COST when it opens; ``exhausted`` turns True the first time
+    a body is cut because of the budget rather than its own limit."""
+
+    __slots__ = ("cap", "free", "seen", "used", "exhausted")
+
+    def __init__(self, cap: int = _UNLIMITED, free: int = _UNLIMITED):
+        self.cap, self.free, self.seen, self.used, self.exhausted = cap, free, 0, 0, False
+
+    def room(self) -> int:
+        return max(min(self.cap, self.free + SPOOL_EXPANSION * self.seen) - self.used, 0)
+
+
 class Body:
     """Incrementally spools, hashes and sniffs one file body.
 
     Data is buffered up to 64 KiB before being hashed and written, which keeps
     per-segment cost low.  Gaps are *not* filled: the spool file holds the
-    captured bytes only, and the lost byte count goes into ``missing``.
+    captured bytes only, and the lost byte count goes into ``missing``.  Bytes
+    beyond ``max_bytes`` or beyond the Extractor's ``budget`` are dropped and the
+    body is marked ``truncated``.
     """
 
-    __slots__ = ("_emit", "_dir", "max_bytes", "meta", "size", "missing", "truncated",
-                 "_buf", "_head", "_hash", "_path", "_done")
+    __slots__ = ("_emit", "_dir", "max_bytes", "budget", "meta", "size", "missing",
+                 "truncated", "_buf", "_head", "_hash", "_path", "_done")
 
-    def __init__(self, emit, spool_dir: str, max_bytes: int, meta: dict):
+    def __init__(self, emit, spool_dir: str, max_bytes: int, meta: dict,
+                 budget: SpoolBudget | None = None):
         self._emit = emit
         self._dir = spool_dir
         self.max_bytes = max_bytes
+        self.budget = budget = budget or SpoolBudget()
+        budget.used += SPOOL_FILE_COST
         self.meta = meta
         self.size = 0
         self.missing = 0
@@ -98,18 +131,24 @@ class Body:
         self._done = False
 
     def room(self) -> int:
-        """Bytes that may still be written before truncation."""
-        return self.max_bytes - self.size
+        """Bytes that may still be written before truncation (never negative)."""
+        return min(self.max_bytes - self.size, self.budget.room())
 
     def write(self, data) -> None:
-        """Append decoded body bytes (truncating at ``max_bytes``)."""
+        """Append decoded body bytes (truncating at ``max_bytes`` or the budget)."""
         n = len(data)
         if not n or self.truncated:
             return
-        if n > self.max_bytes - self.size:
-            data = data[:self.max_bytes - self.size]
+        budget = self.budget
+        room = self.max_bytes - self.size
+        left = budget.room()
+        if n > room or n > left:
+            if left < room:
+                budget.exhausted = True
+            data = data[:min(room, left)]
             n = len(data)
             self.truncated = True
+        budget.used += n
         if self.size < SNIFF_BYTES:
             self._head += bytes(data[:SNIFF_BYTES - self.size])
         self.size += n
@@ -170,13 +209,14 @@ class Body:
 
 
 class _Conn:
-    __slots__ = ("cip", "cport", "c2s", "s2c", "handler", "ignored")
+    __slots__ = ("cip", "cport", "c2s", "s2c", "handler", "ignored", "held")
 
     def __init__(self, cip, cport):
         self.cip = cip
         self.cport = cport
         self.c2s = self.s2c = self.handler = None
         self.ignored = False
+        self.held = 0           # its out-of-order bytes counted in Extractor.held
 
 
 class Extractor:
@@ -185,8 +225,10 @@ class Extractor:
     Memory per connection is bounded: at most ``max_stream_buffer`` bytes of
     out-of-order data per direction, plus small parser buffers (HTTP header
     block at most 64 KiB, FTP lines 8 KiB) and a 64 KiB spool buffer per open
-    body.  Bodies larger than ``max_file_bytes`` are truncated and marked
-    incomplete.  There is no idle timeout here: a connection's state lives
+    body; all connections together at most ``max_held_bytes`` out of order
+    (:meth:`_release_largest`).  Bodies are truncated, marked incomplete, at
+    ``max_file_bytes`` or the spool budget (:class:`SpoolBudget`).
+    There is no idle timeout here: a connection's state lives
     until :meth:`close_conn` (or :meth:`flush`), so the caller should close
     connections it expires.  Not thread-safe: feed it from one thread.
 
@@ -196,22 +238,28 @@ class Extractor:
     """
 
     def __init__(self, sink, *, max_file_bytes: int = 64 << 20,
-                 max_stream_buffer: int = 1 << 20, spool_dir: str):
+                 max_stream_buffer: int = 1 << 20, max_held_bytes: int = MAX_HELD_BYTES,
+                 spool_dir: str):
         self.sink = sink
         self.max_file_bytes = int(max_file_bytes)
         self.max_stream_buffer = int(max_stream_buffer)
+        self.max_held_bytes = int(max_held_bytes)
         self.spool_dir = spool_dir
         os.makedirs(spool_dir, exist_ok=True)
+        full = self.max_file_bytes + SPOOL_FILE_COST
+        self.budget = SpoolBudget(cap=SPOOL_FILES * full, free=full)
         self._conns: dict[int, _Conn] = {}
         self.ftp = FtpTracker()
         self.files = 0              # FileEvents emitted
         self.missing_bytes = 0      # stream bytes skipped as gaps (closed connections)
+        self.held = 0               # out-of-order bytes buffered, all connections
+        self.released = 0           # directions made to give up their holes (held bound)
 
     # -- services for the protocol handlers --------------------------------
 
     def open_body(self, **meta) -> Body:
         """Start a new spooled body; ``meta`` becomes FileEvent fields."""
-        return Body(self._emit, self.spool_dir, self.max_file_bytes, meta)
+        return Body(self._emit, self.spool_dir, self.max_file_bytes, meta, self.budget)
 
     def _emit(self, ev: FileEvent) -> None:
         self.files += 1
@@ -222,6 +270,7 @@ class Extractor:
     def tcp(self, conn_id: int, ts_ns: int, src: str, sport: int, dst: str, dport: int,
             seq: int, ack: int, flags: int, payload: bytes) -> None:
         """Feed one TCP packet (``payload`` is the TCP payload, maybe empty)."""
+        self.budget.seen += len(payload)
         c = self._conns.get(conn_id)
         if c is None:
             c = self._conns[conn_id] = self._new_conn(conn_id, src, sport, dst, dport, flags)
@@ -231,6 +280,10 @@ class Extractor:
             return              # not stream data (its payload is a diagnostic, if any)
         r = c.c2s if (sport == c.cport and src == c.cip) else c.s2c
         r.segment(seq, payload, ts_ns, flags & SYN, flags & FIN, ack)
+        if r.pend_bytes or c.held:      # in-order traffic skips the bookkeeping
+            self._account(c)
+            if self.held > self.max_held_bytes:
+                self._release_largest()
 
     def close_conn(self, conn_id: int) -> None:
         """Connection over: finish (possibly incomplete) files and forget it."""
@@ -239,15 +292,20 @@ class Extractor:
             return
         # Local references: finishing may make the handler give up on ``c``.
         c2s, s2c, handler = c.c2s, c.s2c, c.handler
+        self.held -= c.held
+        c.held = 0
         c2s.finish()
         s2c.finish()
         self.missing_bytes += c2s.missing + s2c.missing
         handler.close()
 
     def stats(self) -> dict:
-        """Counters for monitoring: open connections, files, bytes lost to gaps."""
+        """Counters for monitoring (``released``: directions made to skip their holes by
+        ``max_held_bytes``; ``spool_full``: the spool budget cut a body)."""
         return {"connections": len(self._conns), "files": self.files,
-                "missing_bytes": self.missing_bytes}
+                "missing_bytes": self.missing_bytes, "held_bytes": self.held,
+                "released": self.released, "spool_bytes": self.budget.used,
+                "spool_full": self.budget.exhausted}
 
     def flush(self) -> None:
         """End of capture: finish every open connection."""
@@ -255,6 +313,28 @@ class Extractor:
             self.close_conn(conn_id)
 
     # -- internals ---------------------------------------------------------
+
+    def _account(self, c: _Conn) -> None:
+        """Bring ``held`` up to date with what ``c`` buffers now (nothing once ignored)."""
+        now = 0 if c.ignored else c.c2s.pend_bytes + c.s2c.pend_bytes
+        self.held += now - c.held
+        c.held = now
+
+    def _release_largest(self) -> None:
+        """Over ``max_held_bytes``: the directions holding the most stop waiting for
+        their holes (gaps, as at the per-direction bound) until 3/4 of it is left;
+        one sort of the holders pays for a quarter of the bound."""
+        low = self.max_held_bytes * 3 // 4
+        holders = [(r.pend_bytes, c, r) for c in self._conns.values() if c.held
+                   for r in (c.c2s, c.s2c) if r.pend_bytes]
+        holders.sort(key=lambda h: h[0], reverse=True)
+        for _n, c, r in holders:
+            if self.held <= low:
+                break
+            if not c.ignored:   # an earlier release may have made the handler give up
+                r.release()
+                self.released += 1
+                self._account(c)
 
     def _new_conn(self, conn_id, src, sport, dst, dport, flags) -> _Conn:
         if flags & SYN and flags & ACK:

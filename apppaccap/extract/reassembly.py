@@ -20,7 +20,9 @@ Design choices (documented because IDSs disagree on them):
   per-stream buffer bound) can never be reached by buffering, so the hole is
   skipped at once.  Narrower holes wait for the missing data until the buffered
   out-of-order bytes exceed ``limit`` or the stream ends; then the reassembler
-  jumps to the lowest buffered segment.  Every skipped byte is reported to the
+  jumps to the lowest buffered segment.  The owner may also end the wait at once
+  (:meth:`Reassembler.release`: the Extractor does when all its connections
+  together hold too much).  Every skipped byte is reported to the
   consumer through ``gap(n)`` and counted in :attr:`Reassembler.missing`.
   Jumping "forward" also keeps captures with huge holes (sampled or lossy
   captures) in packet order, which is what ``tshark`` produces for them.
@@ -114,6 +116,16 @@ class Reassembler:
         while self.starts:
             self._jump(self.starts[0])
         self._end(self.fin_off is not None and self.offset >= self.fin_off)
+
+    def release(self) -> None:
+        """Stop waiting for holes: deliver everything buffered in order, each hole
+        skipped as a gap; the stream goes on after the last buffered byte."""
+        if self.ended:
+            return
+        while self.starts:
+            self._jump(self.starts[0])
+        if self.fin_off is not None and self.offset >= self.fin_off:
+            self._end(True)
 
     # -- internals -------------------------------------------------------
 

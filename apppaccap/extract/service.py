@@ -18,7 +18,11 @@ Storage (the decision behind the extract_* actions):
 
 Connections are closed in the engine when both FINs or a RST have been seen, and
 after ``IDLE_NS`` without a packet (so a long capture does not keep state for
-connections that vanished); everything left is flushed when the capture ends.
+connections that vanished); beyond ``MAX_CONNECTIONS`` the least recently active one is
+closed for each new one; everything left is flushed when the capture ends.
+What one capture may spool in all and hold out of order across its connections is
+bounded in the engine (``SpoolBudget``, ``MAX_HELD_BYTES``; docs/SECURITY.md): bodies
+past the spool budget are recorded cut (Truncated), what was spooled before stays.
 An error inside the engine (for example a full disk) switches extraction off for
 that capture only — the packet capture itself never fails because of it.
 """
@@ -41,6 +45,10 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 IDLE_NS = 600 * 1_000_000_000       # a connection silent this long is closed in the engine
 SWEEP_NS = 30 * 1_000_000_000       # how often (capture time) idle connections are looked for
 MAX_STREAM_BUFFER = 1 << 20         # out-of-order bytes buffered per direction
+# Connections followed at once: more than a busy host has open together (the recorder
+# keeps 100,000 flows, ended ones included) at ~2.5 KB of parser state each (~125 MB);
+# spoofed SYNs from many addresses used to add state until IDLE_NS had passed.
+MAX_CONNECTIONS = 50_000
 _CLOSED_MEMORY = 65536              # closed connection ids remembered (late ACKs ignored)
 _ROWS_AT = 256                      # EXTRACTSTREAM rows written per transaction at most
 _NAME_MAX = 4096                    # characters of the raw file name kept
@@ -90,21 +98,25 @@ class ExtractHandle:
     """
 
     def __init__(self, db, spool: str, *, max_file_bytes: int = 64 << 20,
-                 max_stream_buffer: int = MAX_STREAM_BUFFER):
+                 max_stream_buffer: int = MAX_STREAM_BUFFER,
+                 max_connections: int = MAX_CONNECTIONS):
         self.db = db
         self.spool = spool
         self.recorder = None
         self.extractor = Extractor(self, max_file_bytes=max(int(max_file_bytes), 0),
                                    max_stream_buffer=max_stream_buffer, spool_dir=spool)
+        self.max_connections = max(int(max_connections), 1)
         self.files = 0
+        self.evicted = 0            # connections closed early for MAX_CONNECTIONS
         self.error = ""
         self._rows: list = []
         self._pending = None
         self._fins: dict[int, set] = {}
         self._closed: OrderedDict = OrderedDict()
-        self._last: dict[int, int] = {}
+        self._last: dict[int, int] = {}     # least recently active connection first
         self._swept = None
         self._dead = False
+        self._full_said = False
 
     # -- feed ------------------------------------------------------------------
     def on_tcp(self, conn_id: int, ts: int, d, data) -> None:
@@ -126,7 +138,10 @@ class ExtractHandle:
             if flags & (FIN | RST) and self._ended(conn_id, flags, (d.src, d.sport)):
                 self._close(conn_id)
             else:
-                self._last[conn_id] = ts
+                last = self._last
+                if last.pop(conn_id, None) is None and len(last) >= self.max_connections:
+                    self._evict(next(iter(last)))
+                last[conn_id] = ts
             if self._swept is None:
                 self._swept = ts
             elif ts - self._swept >= SWEEP_NS:
@@ -152,16 +167,26 @@ class ExtractHandle:
 
     def _sweep(self, now: int) -> None:
         self._swept = now
-        idle = [cid for cid, t in self._last.items() if now - t >= IDLE_NS]
-        for cid in idle:
-            self._fins.pop(cid, None)
-            self._last.pop(cid, None)
-            self.extractor.close_conn(cid)   # not remembered as closed: it may resume
+        for cid in [cid for cid, t in self._last.items() if now - t >= IDLE_NS]:
+            self._expire(cid)
+
+    def _evict(self, conn_id) -> None:
+        self.evicted += 1
+        self._expire(conn_id)
+
+    def _expire(self, conn_id) -> None:
+        self._fins.pop(conn_id, None)
+        self._last.pop(conn_id, None)
+        self.extractor.close_conn(conn_id)   # not remembered as closed: it may resume
 
     # -- sink ------------------------------------------------------------------
     def file(self, ev: FileEvent) -> None:
         """Extractor sink: one finished file → one EXTRACTSTREAM row (written in batches)."""
         self.files += 1
+        if ev.truncated and not self._full_said and self.extractor.budget.exhausted:
+            self._full_said = True
+            log.warning("extract: %s reached its spool budget (%d bytes); later bodies are "
+                        "recorded cut (Truncated)", self.spool, self.extractor.budget.used)
         self._rows.append((
             ev.conn_id, ev.protocol, ev.direction, _text(ev.file_name) or "",
             _text(ev.mime_type, 256), _text(ev.sniffed_mime, 256), ev.size, int(ev.complete),
@@ -211,7 +236,7 @@ class ExtractHandle:
             self._pending = None
 
     def stats(self) -> dict:
-        return {**self.extractor.stats(), "error": self.error}
+        return {**self.extractor.stats(), "evicted": self.evicted, "error": self.error}
 
 
 def forget_capture(ctx, capture_id: int) -> None:
