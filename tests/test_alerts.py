@@ -345,3 +345,96 @@ def test_stored_alert_beyond_the_limits_is_clamped(ctx):
     changed = alert_mod(ctx, alert_id=alert_id, name="renamed", enabled=False)
     assert (changed["Name"], changed["Window"], changed["Interval"]) == ("renamed", "7d", 5), \
         changed
+
+
+def test_an_alerts_actions_never_fill_the_command_queue(live, live_ajax):
+    """A local user connecting to 100 new ports makes 100 NEW_DESTINATION events at once.
+    Each ran its alert's EXECUTE action as a COMMAND: with an action that takes 3 s, 64 of
+    them filled max_queued_commands and the next ingest was BUSY (an action_timeout of 60 s
+    tied the pool up for half an hour). Now an alert has at most ACTIONS_AT_ONCE of its
+    actions queued or running; every event is still stored, and those whose action did not
+    run say so in their Message. Real engine, real command queue, a real program."""
+    from apppaccap.analytics.alertactions import ACTIONS_AT_ONCE
+    from apppaccap.analytics.alerts import DESTINATION
+    from tests.helpers import corpus
+
+    engine = live.alerts
+    action = live_ajax.ok("action_add", name="slow", action_type=1, path="/bin/sleep",
+                          params="3")
+    alert = live_ajax.ok("alert_add", name="flood", alert_type="NEW_DESTINATION", interval=1,
+                         process_path="/opt/flooder", action_id=action["ActionId"])
+
+    def news(ports):
+        with engine.lock:  # what the observer notes for a program reaching new ports
+            for port in ports:
+                engine.seq += 1
+                engine.news.append((engine.seq, DESTINATION, {
+                    "pid": 4242, "process_name": "flooder", "process_path": "/opt/flooder",
+                    "remote_ip": "10.1.2.3", "remote_port": port, "proto": 6,
+                    "time": time.time_ns()}))
+        engine.evaluate(alert["AlertId"])  # the alert's job, now rather than within 1 s
+
+    def running() -> list:
+        return [c for c in live.jobs.list() if c["Type"] == "ACTION_EXECUTE" and c["State"] < 3]
+
+    news(range(20000, 20100))
+    events = _events(live_ajax, alert["AlertId"])
+    assert len(events) == 100  # every event is stored
+    # an ingest is accepted: the alert's actions took at most their bound of the queue
+    done = live.jobs.wait(live_ajax.ok("pcap_ingest_file", path=corpus.path(
+        "wellformed/icmp_5_pings.pcap"))["CommandUid"], 30)
+    assert done["State"] == 3, done
+    assert 1 <= len(running()) <= ACTIONS_AT_ONCE
+    skipped = [e for e in events if "action not run" in e["Message"]]
+    assert len(skipped) == 100 - ACTIONS_AT_ONCE
+    assert skipped[0]["Message"].endswith(
+        f"; action not run: this alert's previous action is still queued or running (at "
+        f"most {ACTIONS_AT_ONCE} at once)"), skipped[0]["Message"]
+    # once it has finished, the next event runs the action again
+    wait_for(lambda: not running(), timeout=20, what="the action to finish")
+    before = len([c for c in live.jobs.list() if c["Type"] == "ACTION_EXECUTE"])
+    news([20100])
+    assert len([c for c in live.jobs.list() if c["Type"] == "ACTION_EXECUTE"]) == before + 1
+    assert "action not run" not in _events(live_ajax, alert["AlertId"])[-1]["Message"]
+
+
+def test_all_alerts_actions_together_keep_to_their_share(ctx):
+    """Many alerts, one action each, are bounded together too: at most a quarter of
+    max_queued_commands (here 4: one) of alert actions are queued or running; another
+    alert's event then says so, and an ingest still finds room."""
+    from apppaccap.analytics.alerts import PROGRAM
+    from apppaccap.analytics.alerts import AlertEngine
+    from apppaccap.api.alerts import alert_add
+    from apppaccap.api.triggers import action_add
+    from apppaccap.jobs import Jobs
+    from apppaccap.store import alerts as alert_table
+
+    ctx.settings.set("max_queued_commands", "4")
+    ctx.jobs = Jobs(ctx.catalog)
+    ctx.jobs.start()
+    engine = AlertEngine(ctx)
+    try:
+        action = action_add(ctx, name="slow", action_type=1, path="/bin/sleep", params="10")
+        ids = [alert_add(ctx, name=f"a{i}", alert_type="NEW_PROGRAM", interval=86400,
+                         action_id=action["ActionId"])["AlertId"] for i in range(3)]
+        engine.start()
+        with engine.lock:
+            engine.seq += 1
+            engine.news.append((engine.seq, PROGRAM, {
+                "pid": 7, "process_name": "new", "process_path": "/opt/new",
+                "remote_ip": "10.1.2.3", "remote_port": 443, "proto": 6,
+                "time": time.time_ns()}))
+        for alert_id in ids:
+            engine.evaluate(alert_id)
+        messages = [alert_table.events(ctx.catalog, a, 0, 10)[0]["message"] for a in ids]
+        assert "action not run" not in messages[0]
+        for m in messages[1:]:
+            assert m.endswith("; action not run: the alerts' actions fill their share of the "
+                              "command queue (1 at once, a quarter of the setting "
+                              "max_queued_commands)"), m
+        assert len([c for c in ctx.jobs.list() if c["Type"] == "ACTION_EXECUTE"]) == 1
+        assert engine.actions.inflight.skipped == 2
+        ctx.jobs.check_room()  # room for an ingest or an export
+    finally:
+        engine.stop()
+        ctx.jobs.shutdown()

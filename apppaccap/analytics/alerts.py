@@ -18,7 +18,9 @@ alerts watch it rather than a capture:
 
 An event is stored (store/alerts.py) and, when the alert names an EXECUTE action, runs it
 as a COMMAND through the trigger machinery (triggers/runner.py) with the placeholders
-{alert_name}, {pid}, {process_name}, {process_path}, {remote_ip}, {remote_port}, {value}.
+{alert_name}, {pid}, {process_name}, {process_path}, {remote_ip}, {remote_port}, {value};
+at most one of an alert's actions is queued or running at once (analytics/alertactions.py:
+the Message of an event whose action was skipped says so).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 
+from apppaccap.analytics.alertactions import AlertActions
 from apppaccap.analytics.alertlimits import CHECK_SECONDS
 from apppaccap.analytics.alertlimits import CHECK_WORK
 from apppaccap.analytics.alertlimits import MAX_WINDOW
@@ -45,9 +48,7 @@ from apppaccap.errors import AppError
 from apppaccap.errors import Busy
 from apppaccap.filetime import now_ns
 from apppaccap.store import alerts as alert_table
-from apppaccap.store import triggers as trigger_table
 from apppaccap.triggers.runner import ActionRunner
-from apppaccap.wire import ActionType
 from apppaccap.wire import AlertType
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class AlertEngine:
         self.known = {kind: set() for kind in KINDS}
         self.jobs: list[str] = []
         self.runner = ActionRunner(ctx)
+        self.actions = AlertActions(ctx, self.runner)  # within its bound: alertactions.py
         self.ephemeral = ephemeral_ports()
         self.labels = LabelWatch(ctx)
 
@@ -259,9 +261,13 @@ class AlertEngine:
             else:
                 events = self._news(row)
             if events:
-                alert_table.add_events(self.ctx.catalog, events)
-                for e in events:
-                    self._run_action(row, e)
+                runs = self.actions.plan(row, events)  # a skipped action is said on its event
+                try:
+                    alert_table.add_events(self.ctx.catalog, events)
+                except BaseException:
+                    self.actions.drop(runs)
+                    raise
+                self.actions.start(row, runs)
         except Busy as err:  # a window with more rows than a check may read: said hourly
             if time.monotonic() - self.skipped.get(alert_id, -SKIPPED_LOG_EVERY) \
                     >= SKIPPED_LOG_EVERY:
@@ -338,29 +344,6 @@ class AlertEngine:
                    f"({row['direction']}) in the last {win}, above {row['threshold']}")
             out.append(_event(row, end, fact, value, str(key), msg))
         return out
-
-    # -- actions --------------------------------------------------------------------------------
-    def _run_action(self, row, event: dict) -> None:
-        if not row["action_id"]:
-            return
-        action = trigger_table.get_action(self.ctx.catalog, row["action_id"])
-        if action is None or action["type"] != ActionType.EXECUTE:
-            log.warning("alert %s: action %s is gone or not EXECUTE; not run", row["id"],
-                        row["action_id"])
-            return
-        values = {"alert_name": row["name"], "pid": event["pid"],
-                  "process_name": event["process_name"],
-                  "process_path": event["process_path"], "remote_ip": event["remote_ip"],
-                  "remote_port": event["remote_port"], "value": event["value"],
-                  "capture_id": 0, "export_file": ""}
-        params = {"alert_id": row["id"], "action_id": action["id"], "pid": event["pid"]}
-
-        def run(progress):
-            return self.runner.execute(action["path"], action["params"], values, progress)
-        try:
-            self.ctx.jobs.submit("ACTION_EXECUTE", params, run)
-        except AppError as err:
-            log.warning("alert %s: action %s not run: %s", row["id"], action["id"], err.message)
 
 
 def ephemeral_ports() -> tuple[int, int]:

@@ -135,7 +135,11 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     GroupKey is "capture:connection"; Pid, ProcessName, ProcessPath, RemoteIp and
     RemotePort are the connection's). An EXECUTE action (action_id) runs as a COMMAND for
     each event, with the trigger placeholders plus {alert_name}, {process_path},
-    {remote_ip}, {remote_port}, {value} (capture_id is 0, export_file empty).
+    {remote_ip}, {remote_port}, {value} (capture_id is 0, export_file empty). At most one
+    of an alert's actions is queued or running at once, and all alerts' together at most a
+    quarter of max_queued_commands (events come as fast as programs reach new places):
+    an event that comes meanwhile is stored all the same, its Message ending with
+    "; action not run: " and why.
     A THRESHOLD check sums its whole window again, so its window is at most 7d and its
     interval at least 5 seconds (MALFORMED_REQUEST otherwise; one stored before these
     limits runs within them); a check whose window holds more usage rows than a check may

@@ -34,11 +34,15 @@ def trigger_add(ctx, *, name: str, trigger_type: int, path: str, filter: str = "
     client its TriggerId, and clients that ignore it lose nothing). Every value is checked
     before anything is stored. Actions linked to the trigger and all system-wide actions
     run when a captured program exits (its capture completes trigger_stop_grace_ms later,
-    default 750, so the last FIN/ACKs are in). On Linux each matching program is held in
-    a ptrace stop, invisible to its parent, from its exec (stopped well under 1 ms after
-    it) until its capture runs (typically 50-300 ms; at most trigger_pause_max_ms), so
-    its first packet is captured; setting trigger_pause=0 turns holding off. Each process
-    fires once (FireCount, LastFired, LastCaptureId; LastError when a capture failed).
+    default 750, so the last FIN/ACKs are in). While one firing's actions are queued or
+    running, a later firing of the same trigger keeps its capture but skips its actions
+    (LastError says so), and all triggers' firings together have at most a quarter of
+    max_queued_commands: a program started in a loop never fills the command queue.
+    On Linux each matching program is held in a ptrace stop, invisible to its parent,
+    from its exec (stopped well under 1 ms after it) until its capture runs (typically
+    50-300 ms; at most trigger_pause_max_ms), so its first packet is captured; setting
+    trigger_pause=0 turns holding off. Each process fires once (FireCount, LastFired,
+    LastCaptureId; LastError when a capture failed).
     - name: the trigger's name (1-256 printable characters)
     - trigger_type: TRIGGER_TYPE_ON_START (1)
     - path: absolute path of an executable (exact match) or a directory (any program below)

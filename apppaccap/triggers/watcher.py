@@ -10,7 +10,8 @@ the program through the gate if it can); without a proc connector an APScheduler
 polls psutil instead, and programs found that way may already have talked.
 
 On the program's exit the capture is stopped after a short grace (the peer's last
-FIN/ACKs are still in flight) and the actions run (runner.py). APScheduler owns
+FIN/ACKs are still in flight) and the actions run (runner.py), unless the trigger's
+previous firing's actions are still queued or running (FIRINGS_AT_ONCE). APScheduler owns
 every job here: completions, the fallback poll and the periodic clean-up, on a small
 executor of their own so they never queue behind long-running commands.
 """
@@ -32,6 +33,8 @@ from apppaccap.filetime import now_ns
 from apppaccap.store import triggers as trigger_table
 from apppaccap.triggers.gate import Gate
 from apppaccap.triggers.gate import NoGate
+from apppaccap.triggers.inflight import Batch
+from apppaccap.triggers.inflight import InFlight
 from apppaccap.triggers.programs import Matcher
 from apppaccap.triggers.programs import compile_matchers
 from apppaccap.triggers.programs import exe_of
@@ -46,6 +49,11 @@ from apppaccap.wire import CaptureType
 log = logging.getLogger(__name__)
 
 EXECUTOR = "triggers"
+# A program started in a loop (by anyone) completes a firing per run, and each queued the
+# trigger's actions: 100 runs with a 3 s action filled the 64-command queue, so ingests
+# and exports were BUSY. A trigger's actions say "this program ran"; while one firing's
+# are queued or running, the next firing keeps its capture and skips its actions.
+FIRINGS_AT_ONCE = 1
 
 
 class TriggerWatcher:
@@ -70,6 +78,7 @@ class TriggerWatcher:
         self._warm = False
         self.latencies: list[dict] = []                 # last firings' timings (ms)
         self.completed: list[tuple[Firing, list]] = []  # last firings and their command uids
+        self.inflight = InFlight(ctx, "trigger", "firing's actions are")  # FIRINGS_AT_ONCE
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -273,9 +282,25 @@ class TriggerWatcher:
         if self._stopping.is_set():
             return
         actions = trigger_table.actions_to_run(self.ctx.catalog, firing.trigger_id)
-        uids = self.runner.run(firing, actions) if actions else []
+        uids = self._act(firing, actions) if actions else []
         self.completed.append((firing, uids))
         del self.completed[:-100]
+
+    def _act(self, firing: Firing, actions: list) -> list:
+        """Run the firing's actions unless the trigger's previous firings' are still queued
+        or running (FIRINGS_AT_ONCE, triggers/inflight.py): then LastError says so."""
+        taken = self.inflight.take(firing.trigger_id, FIRINGS_AT_ONCE)
+        if not isinstance(taken, Batch):
+            self.inflight.skip(firing.trigger_id, taken)
+            trigger_table.record_firing(self.ctx.catalog, firing.trigger_id, None,
+                                        f"actions not run: {taken}")
+            return []
+        uids: list = []
+        try:
+            uids = self.runner.run(firing, actions)
+        finally:
+            self.inflight.close(taken, uids)
+        return uids
 
     # -- poll mode and clean-up (scheduler) ------------------------------------------------
     def _poll(self) -> None:
