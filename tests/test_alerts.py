@@ -438,3 +438,37 @@ def test_all_alerts_actions_together_keep_to_their_share(ctx):
     finally:
         engine.stop()
         ctx.jobs.shutdown()
+
+
+def test_a_skipped_check_is_shown_on_the_alert(ctx, monkeypatch):
+    """A THRESHOLD check over its work budget is skipped: alert_list's LastError says why
+    until a check runs again (it was only in the log, hourly)."""
+    from apppaccap.analytics import alerts as engine_mod
+    from apppaccap.analytics.alerts import AlertEngine
+    from apppaccap.api.alerts import alert_list
+    from apppaccap.jobs import Jobs
+    from apppaccap.store import alerts as alert_table
+    from apppaccap.store import usage as usage_table
+
+    minute = time.time_ns() // 60_000_000_000
+    ctx.catalog.write(lambda c: usage_table.add(c, {
+        (minute - 1 - i, 0, f"10.8.0.{i}", 443, 6, 0): [1, 100] for i in range(50)}))
+    alert_id = alert_table.add(ctx.catalog, {
+        "name": "wide", "type": 1, "group_by": "remote_ip", "metric": "bytes",
+        "direction": "both", "threshold": 10**9, "win": "2h", "win_seconds": 7200,
+        "every": 5})
+    ctx.jobs = Jobs(ctx.catalog)
+    ctx.jobs.start()
+    ctx.alerts = AlertEngine(ctx)
+    try:
+        ctx.alerts.start()
+        monkeypatch.setattr(engine_mod, "CHECK_WORK", 40)   # 10 rows a check
+        ctx.alerts.evaluate(alert_id)
+        (shown,) = alert_list(ctx)
+        assert shown["LastError"].startswith("check skipped: this question covers too many")
+        monkeypatch.setattr(engine_mod, "CHECK_WORK", 10**6)
+        ctx.alerts.evaluate(alert_id)
+        assert alert_list(ctx)[0]["LastError"] == ""
+    finally:
+        ctx.alerts.stop()
+        ctx.jobs.shutdown()

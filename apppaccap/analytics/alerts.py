@@ -83,6 +83,7 @@ class AlertEngine:
         self.cursors: dict = {}  # alert id → last news seq it consumed
         self.above: dict = {}    # THRESHOLD alert id → keys above the threshold last time
         self.skipped: dict = {}  # THRESHOLD alert id → when its skipped check was last logged
+        self.errors: dict = {}   # alert id → why its last check did not run (LastError)
         self.last_second = -1    # the ring's last second the observer read
         self.known = {kind: set() for kind in KINDS}
         self.jobs: list[str] = []
@@ -268,7 +269,9 @@ class AlertEngine:
                     self.actions.drop(runs)
                     raise
                 self.actions.start(row, runs)
+            self.errors.pop(alert_id, None)
         except Busy as err:  # a window with more rows than a check may read: said hourly
+            self.errors[alert_id] = f"check skipped: {err.message}"  # alert_list shows it
             if time.monotonic() - self.skipped.get(alert_id, -SKIPPED_LOG_EVERY) \
                     >= SKIPPED_LOG_EVERY:
                 self.skipped[alert_id] = time.monotonic()

@@ -42,14 +42,18 @@ INTERVAL = Bounds(1, MAX_INTERVAL, f"an interval is 1 to {MAX_INTERVAL} seconds"
 THRESHOLD = Bounds(0, (1 << 63) - 1, "a threshold is 0 or more")
 
 
-def alert_object(row) -> dict:
+def alert_object(row, ctx=None) -> dict:
+    """The ALERT object; with `ctx`, LastError from the running engine: why its last check
+    did not run (a THRESHOLD window holding more usage rows than a check may read)."""
+    engine = getattr(ctx, "alerts", None)
     return {"Version": 1, "AlertId": row["id"], "Name": row["name"], "AlertType": row["type"],
             "GroupBy": row["group_by"], "Metric": row["metric"], "Direction": row["direction"],
             "Threshold": row["threshold"], "Window": row["win"],
             "ProcessPath": row["process_path"], "ActionId": row["action_id"],
             "Label": row["label"], "Interval": row["every"], "Enabled": bool(row["enabled"]),
             "FireCount": row["fire_count"], "LastFired": from_ns(row["last_fired"]),
-            "Created": from_ns(row["created"])}
+            "Created": from_ns(row["created"]),
+            "LastError": engine.errors.get(row["id"], "") if engine is not None else ""}
 
 
 def event_object(row) -> dict:
@@ -125,7 +129,7 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
               action_id: int = 0, interval: Annotated[int, INTERVAL] = 5) -> dict:
     """Add an alert; returns the new ALERT (AlertId, Name, AlertType, GroupBy, Metric,
     Direction, Threshold, Window, ProcessPath, ActionId, Label, Interval, Enabled,
-    FireCount, LastFired, Created).
+    FireCount, LastFired, Created, LastError).
 
     It is evaluated every `interval` seconds on usage accounting (setting usage_enabled),
     or for LABEL on the live captures' connections; each firing is an ALERTEVENT
@@ -143,7 +147,8 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     A THRESHOLD check sums its whole window again, so its window is at most 7d and its
     interval at least 5 seconds (MALFORMED_REQUEST otherwise; one stored before these
     limits runs within them); a check whose window holds more usage rows than a check may
-    read (half a stats_group_by answer's work) is skipped, said in the log at most hourly.
+    read (half a stats_group_by answer's work) is skipped: its LastError (alert_list) says
+    so until a check runs, and the log at most hourly.
     - name: the alert's name (1-256 printable characters)
     - alert_type: THRESHOLD (1), NEW_PROGRAM (2), NEW_DESTINATION (3) or LABEL (4), by
       name or number
@@ -163,7 +168,7 @@ def alert_add(ctx, *, name: str, alert_type: str, group_by: str = "", metric: st
     fields["name"] = check_name(name)
     alert_id = alert_table.add(ctx.catalog, fields)
     _changed(ctx)
-    return alert_object(_row(ctx, alert_id))
+    return alert_object(_row(ctx, alert_id), ctx)
 
 
 def _fields(ctx, kind: AlertType, group_by, metric, direction, threshold, window,
@@ -198,8 +203,9 @@ def _fields(ctx, kind: AlertType, group_by, metric, direction, threshold, window
 
 @endpoint(DataType.JSON)
 def alert_list(ctx) -> list:
-    """Every alert (ALERT list, oldest first)."""
-    return [alert_object(r) for r in alert_table.all_alerts(ctx.catalog)]
+    """Every alert (ALERT list, oldest first). LastError: why its last check did not run
+    (a THRESHOLD window holding more usage rows than a check may read), else empty."""
+    return [alert_object(r, ctx) for r in alert_table.all_alerts(ctx.catalog)]
 
 
 @endpoint(DataType.JSON)
@@ -247,7 +253,7 @@ def alert_mod(ctx, *, alert_id: int, name: str | None = None, group_by: str | No
         fields["enabled"] = int(enabled)
     alert_table.update(ctx.catalog, alert_id, fields)
     _changed(ctx)
-    return alert_object(_row(ctx, alert_id))
+    return alert_object(_row(ctx, alert_id), ctx)
 
 
 @endpoint(DataType.INT)
