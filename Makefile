@@ -10,12 +10,13 @@ PORT   ?= 8733
 # benchmarks compare against; iproute2 for network namespaces; chromium for browser tests;
 # libbpf1 loads the committed eBPF object (attribution); libndpi4.2 labels connections
 # (loaded with ctypes, no headers needed), ndpiReader (libndpi-bin) is the labels oracle;
-# libsqlite3-dev: the bulk writer's packed rows through SQLite's C API (store/_packedrows.c).
+# libsqlite3-dev: the bulk writer's packed rows through SQLite's C API (store/_packedrows.c);
+# acl (setfacl): a test that an ACL cannot make a program root runs writable by others.
 RUN_DEBS  := libpcap-dev gcc python3-dev libbpf1 libndpi4.2 libsqlite3-dev
 # Only `make bpf` (rebuilding the committed eBPF object) needs these; nothing at run time.
 BPF_DEBS  := clang llvm bpftool libbpf-dev
 BPF_DIR   := apppaccap/attribution/bpf
-TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation libndpi-bin \
+TEST_DEBS := $(RUN_DEBS) tcpdump tshark iproute2 iputils-ping curl procps chromium fonts-liberation libndpi-bin acl \
              clickhouse-server
 
 .PHONY: run test setup setup-test debs-run debs-test clean docs bpf

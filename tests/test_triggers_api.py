@@ -233,6 +233,8 @@ def test_a_value_that_would_be_an_option_is_refused():
     values = {"process_name": "-f/etc/shadow", "pid": 7}
     with pytest.raises(ValueError, match="would read as an option"):
         substitute("-s -t apppaccap {process_name}", values)
+    with pytest.raises(ValueError, match="would read as an option"):  # behind an empty one
+        substitute("{export_file}{process_name}", {**values, "export_file": ""})
     # as an option's value, or after "--", it is an operand and stays
     assert substitute("--name={process_name} -- {process_name}", values) == [
         "--name=-f/etc/shadow", "--", "-f/etc/shadow"]

@@ -318,6 +318,9 @@ def test_a_program_another_account_can_change_is_not_run_as_root(ctx, tmp_path):
              "world-writable itself": _script(tmp_path, "b.sh", "echo ran\n"),
              "owned by another account": _script(tmp_path, "c.sh", "echo ran\n")}
     os.chmod(cases["world-writable itself"], 0o777)
+    # an ACL hides behind the group bits (they show its mask): group root, "g+w" by ACL
+    cases["writable by an ACL"] = _script(tmp_path, "d.sh", "echo ran\n")
+    subprocess.run(["setfacl", "-m", "u:nobody:rwx", cases["writable by an ACL"]], check=True)
     os.chown(cases["owned by another account"], 65534, 65534)
     for what, path in cases.items():
         with pytest.raises(ActionFailed, match="not run as root") as err:

@@ -161,16 +161,16 @@ def action_add(ctx, *, name: str, action_type: int, path: str, params: str = "",
     substituted in each argument (they are also in its environment as APPPACCAP_CAPTURE_ID,
     APPPACCAP_PID, APPPACCAP_PROCESS_NAME, APPPACCAP_EXPORT_FILE). A value that would begin
     an argument with "-" (any account may name its process so) is not run as an option: the
-    run fails, unless the placeholder comes after a "--" argument. It runs in its own
+    run fails, unless the placeholder comes after a "--" argument. The program, and every
+    directory to it, must be owned by root and writable by no other account (else
+    INVALID_PERMISSIONS, and a run fails): another account could replace it. It runs in its own
     directory with the service's privileges and is killed, with its process group, after
     the setting action_timeout (seconds, default 60); its COMMAND's Result is
     `{"ExitCode": n, "Output": "first 4 KB of stdout+stderr"}`. Programs started by
     actions never set off triggers themselves.
     - name: the action's name (1-256 printable characters)
     - action_type: ACTION_TYPE_EXECUTE (1) or ACTION_TYPE_EXPORT (2)
-    - path: EXECUTE: an executable file that no other account can change (owned by root,
-      not writable by others, nor its directories: INVALID_PERMISSIONS otherwise); EXPORT:
-      an existing writable directory (absolute)
+    - path: EXECUTE: an executable only root can change; EXPORT: an existing writable directory
     - params: EXECUTE only: the program's arguments, shell-quoted, with placeholders
     - trigger_id: run only for this trigger; 0 or left out = system wide (every trigger)
     """

@@ -27,8 +27,10 @@ def untrusted(path: str) -> str | None:
             sticky_dir = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
             if st.st_uid not in (0, me):
                 return f"{at} belongs to another account (uid {st.st_uid})"
-            # (group root's members can become root anyway: its write bit is no risk)
-            writable = st.st_mode & (stat.S_IWOTH if st.st_gid == 0 else _WRITABLE)
+            # (group root's members can become root anyway: its write bit is no risk -
+            # unless an ACL stands behind the group bits: they show its mask then)
+            acl = not stat.S_ISLNK(st.st_mode) and _has_acl(at)
+            writable = st.st_mode & (stat.S_IWOTH if st.st_gid == 0 and not acl else _WRITABLE)
             if not stat.S_ISLNK(st.st_mode) and writable and not (sticky_dir and not first):
                 return f"{at} can be written by other accounts (mode {st.st_mode & 0o7777:o})"
             parent = os.path.dirname(at)
@@ -36,3 +38,13 @@ def untrusted(path: str) -> str | None:
                 break
             at, first = parent, False
     return None
+
+
+def _has_acl(path: str) -> bool:
+    """An access ACL on `path` (then the group bits are its mask: `setfacl -m u:nobody:rwx`
+    shows as group write). No extended attributes here (Windows, some file systems): none."""
+    try:
+        os.getxattr(path, "system.posix_acl_access", follow_symlinks=False)
+    except (OSError, AttributeError):
+        return False
+    return True

@@ -74,15 +74,14 @@ def substitute(params: str, values: dict) -> list[str]:
     """
     out, options_end = [], False
     for arg in shlex.split(params):
-        start = _PLACEHOLDER.match(arg)
-        if start is not None and start.group(1) in values and not options_end and \
-                str(values[start.group(1)]).startswith("-"):
-            raise ValueError(f"{{{start.group(1)}}} is {str(values[start.group(1)])[:60]!r}, "
-                             "which the program would read as an option; not run (put "
-                             "the placeholder after a '--' argument, or in --option={...})")
+        filled = _PLACEHOLDER.sub(
+            lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), arg)
+        if filled.startswith("-") and not arg.startswith("-") and not options_end:
+            raise ValueError(f"the argument {arg[:60]!r} becomes {filled[:60]!r}, which the "
+                             "program would read as an option; not run (put the "
+                             "placeholder after a '--' argument, or in --option={...})")
         options_end = options_end or arg == "--"
-        out.append(_PLACEHOLDER.sub(
-            lambda m: str(values[m.group(1)]) if m.group(1) in values else m.group(0), arg))
+        out.append(filled)
     return out
 
 
