@@ -154,6 +154,10 @@ TABLE = (
             "(needs Debian's libndpi4.2; without it connections stay unlabelled).", zero_or_one),
     Setting("extract_max_file_bytes", "int", str(64 << 20), "Largest body kept per extracted "
             "file, in bytes (longer ones are cut and marked Truncated).", positive_integer),
+    Setting("extract_max_capture_bytes", "int", str(4 << 30), "Most bytes one capture's "
+            "extracted files take in all, in bytes; past one full body also at most 64 "
+            "bytes per byte of TCP payload seen (a decompression bomb), later bodies are "
+            "cut and marked Truncated.", positive_integer),
     Setting("action_timeout", "int", "60", "Seconds an ACTION_TYPE_EXECUTE action may run "
             "before it is killed.", positive_integer),
     Setting("trigger_pause", "bool", "1", "Hold a trigger's program (ptrace) until its "

@@ -403,13 +403,14 @@ def test_spool_total_is_capped_for_plain_bodies_too(tmp_path):
     # any bound; the capture's spool holds 16 full-size files at most (spool file's
     # block included), later bodies are cut and marked, the connection goes on.
     limit, body = 64 << 10, random.Random(3).randbytes(60_000)
-    ex, sink = new_extractor(tmp_path, max_file_bytes=limit)
+    ex, sink = new_extractor(tmp_path, max_file_bytes=limit,
+                             max_capture_bytes=16 * (limit + 4096))
     c = SynthConn(ex)
     c.client(GET * 40)
     c.server(cl(body) * 40)
     c.close()
     assert len(sink.events) == 40
-    spooled = sum(os.path.getsize(e.spool_path) for e in sink.events)
+    spooled = sum(os.path.getsize(e.spool_path) for e in sink.events if e.spool_path)
     assert spooled <= 16 * (limit + 4096), f"{spooled} bytes spooled"
     kept = [e for e in sink.events if e.complete]
     assert kept == sink.events[:len(kept)] and all(body_of(e) == body for e in kept)
@@ -418,8 +419,8 @@ def test_spool_total_is_capped_for_plain_bodies_too(tmp_path):
 
 
 def test_plain_traffic_earns_its_spool(tmp_path):
-    # Beyond the first full body the spool may grow 16x the TCP bytes seen: bodies sent
-    # as they are (or compressed 4-10x, as text is) never reach that.
+    # Beyond the first full body the spool may grow 64x the TCP bytes seen: bodies sent
+    # as they are (or compressed 4-20x, as text and JSON are) never reach that.
     body = random.Random(4).randbytes(100_000)
     text = b"log line number 1234567 with some text\n" * 2000
     ex, sink = new_extractor(tmp_path, max_file_bytes=1 << 20)
@@ -467,3 +468,19 @@ def test_bytes_waiting_behind_holes_are_bounded_across_connections(tmp_path):
     for ev in sink.events:
         assert (ev.size, ev.missing_bytes, ev.complete) == (size - 1, 1, False)
     assert ex.stats()["missing_bytes"] == conns and ex.stats()["held_bytes"] == 0
+
+
+def test_bodies_cut_to_nothing_cost_no_spool_file(tmp_path):
+    # An attacker's review: once the spool budget is spent, 60,000 pipelined 1-byte
+    # responses still made 60,000 spool files. They are recorded (a row each), with no file.
+    limit = 64 << 10
+    ex, sink = new_extractor(tmp_path, max_file_bytes=limit, max_capture_bytes=limit + 4096)
+    c = SynthConn(ex)
+    c.client(GET * 3001)
+    c.server(cl(random.Random(5).randbytes(limit)) + cl(b"x") * 3000)
+    c.close()
+    assert len(sink.events) == 3001 and sink.events[0].complete
+    files = os.listdir(tmp_path / "spool")
+    assert len(files) <= 2, f"{len(files)} spool files"
+    assert all(e.truncated and not e.spool_path for e in sink.events[2:])
+    assert ex.stats()["unspooled"] >= 2999

@@ -91,9 +91,9 @@ def extract_enable(ctx) -> int:
     changed. Extraction costs CPU and keeps every found body on disk
     (below `<data-dir>/extract-spool/`) until its capture is deleted; bodies larger
     than the setting extract_max_file_bytes are cut there and marked incomplete. A
-    capture spools at most 16 x extract_max_file_bytes in all, and past one full body at
-    most 16 bytes per TCP payload byte it saw (a gzip bomb decodes to ~1000x): later
-    bodies are cut (Truncated).
+    capture spools at most extract_max_capture_bytes in all (4 GiB), and past one full
+    body at most 64 bytes per TCP payload byte it saw (a gzip bomb decodes to ~1000x):
+    later bodies are cut (Truncated); once it is spent, they are recorded without a file.
     """
     ctx.settings.set("extract_enabled", "1")
     return 0
@@ -166,6 +166,9 @@ def extract_file_write(ctx, *, capture_id: int, stream_id: int) -> dict:
 
 def _open_spool(ctx, capture_id: int, stream):
     """The spooled body of a stream, opened without following links or blocking."""
+    if not stream["spool"]:
+        raise NotFound(f"stream_id: stream {stream['id']} kept no body (its capture's "
+                       "extraction budget was spent: setting extract_max_capture_bytes)")
     spool = os.path.join(spool_dir(ctx.config.data_dir, capture_id),
                          os.path.basename(stream["spool"]))
     try:

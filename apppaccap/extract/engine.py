@@ -37,18 +37,15 @@ from apppaccap.extract.http import HttpConn
 from apppaccap.extract.mime import SNIFF_BYTES
 from apppaccap.extract.mime import sniff
 from apppaccap.extract.reassembly import Reassembler
+from apppaccap.extract.spoolbudget import MAX_CAPTURE_BYTES
+from apppaccap.extract.spoolbudget import SPOOL_FILE_COST
+from apppaccap.extract.spoolbudget import SpoolBudget
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _FLUSH_AT = 64 << 10       # spool write / hash granularity (bounds memory per open body)
-# The spool of one Extractor in all: spool files stay as long as their capture, on the
-# catalog's disk, and a body may decode to ~1000x its wire bytes (gzip of zeros).
-SPOOL_FILES = 16           # at most 16 full-size bodies (1 GiB by default)
-SPOOL_EXPANSION = 16       # past one full body, per TCP payload byte seen (text gzips 4-10x)
-SPOOL_FILE_COST = 4096     # a spool file of one byte takes a file system block
 # Out-of-order bytes of all connections together (counted as per direction): 32 full
 # directions; spoofed connections each held ~1 MiB behind a 1-byte hole (1 GB for 1000).
 MAX_HELD_BYTES = 32 << 20
-_UNLIMITED = 1 << 62
 
 
 @dataclass
@@ -83,21 +80,6 @@ class FileEvent:
     status: int | None = None
     declared_size: int | None = None   # Content-Length, or size announced by FTP 150
     content_encoding: str | None = None
-
-
-class SpoolBudget:
-    """What all the bodies of one Extractor may spool together: at most ``cap`` bytes,
-    and at most ``free`` plus SPOOL_EXPANSION per TCP payload byte ``seen``. Each body
-    is charged SPOOL_FILE_COST when it opens; ``exhausted`` turns True the first time
-    a body is cut because of the budget rather than its own limit."""
-
-    __slots__ = ("cap", "free", "seen", "used", "exhausted")
-
-    def __init__(self, cap: int = _UNLIMITED, free: int = _UNLIMITED):
-        self.cap, self.free, self.seen, self.used, self.exhausted = cap, free, 0, 0, False
-
-    def room(self) -> int:
-        return max(min(self.cap, self.free + SPOOL_EXPANSION * self.seen) - self.used, 0)
 
 
 class Body:
@@ -185,7 +167,10 @@ class Body:
             return None
         self._done = True
         self.missing += missing
-        self._spill()           # also creates the file for empty bodies
+        if self.size or self._path or self.budget.room():
+            self._spill()       # also creates the file for empty bodies
+        else:  # the spool is spent: a row without a file (60,000 pipelined 1-byte
+            self.budget.unspooled += 1  # responses made 60,000 files)
         meta = self.meta
         meta.update(extra)
         sniffed = sniff(self._head)
@@ -239,7 +224,7 @@ class Extractor:
 
     def __init__(self, sink, *, max_file_bytes: int = 64 << 20,
                  max_stream_buffer: int = 1 << 20, max_held_bytes: int = MAX_HELD_BYTES,
-                 spool_dir: str):
+                 max_capture_bytes: int = MAX_CAPTURE_BYTES, spool_dir: str):
         self.sink = sink
         self.max_file_bytes = int(max_file_bytes)
         self.max_stream_buffer = int(max_stream_buffer)
@@ -247,7 +232,7 @@ class Extractor:
         self.spool_dir = spool_dir
         os.makedirs(spool_dir, exist_ok=True)
         full = self.max_file_bytes + SPOOL_FILE_COST
-        self.budget = SpoolBudget(cap=SPOOL_FILES * full, free=full)
+        self.budget = SpoolBudget(cap=max(int(max_capture_bytes), full), free=full)
         self._conns: dict[int, _Conn] = {}
         self.ftp = FtpTracker()
         self.files = 0              # FileEvents emitted
@@ -305,7 +290,7 @@ class Extractor:
         return {"connections": len(self._conns), "files": self.files,
                 "missing_bytes": self.missing_bytes, "held_bytes": self.held,
                 "released": self.released, "spool_bytes": self.budget.used,
-                "spool_full": self.budget.exhausted}
+                "spool_full": self.budget.exhausted, "unspooled": self.budget.unspooled}
 
     def flush(self) -> None:
         """End of capture: finish every open connection."""
