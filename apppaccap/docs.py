@@ -83,6 +83,7 @@ def _doors() -> list[str]:
     from apppaccap.web import feeds
     from apppaccap.web import metrics
     from apppaccap.web import stream
+    from apppaccap.web import wsbuffers
     iv = ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in feeds.INTERVAL_MS.items())
     return [
         "", "# Authentication forms", "",
@@ -165,7 +166,7 @@ def _doors() -> list[str]:
         "- `dropped`: `dropped` - items (packets, connection updates, usage messages, alert",
         "  events) that",
         "  were not sent because the consumer did not read fast enough: the per-socket queue",
-        f"  holds at most {stream.QUEUE_BYTES >> 20} MiB / {stream.QUEUE_MESSAGES} messages.",
+        f"  holds at most {wsbuffers.QUEUE_BYTES >> 20} MiB / {wsbuffers.QUEUE_MESSAGES} messages.",
         "  It precedes the next message of that subscription. A packets feed then continues",
         "  from the newest packet; a flows feed sends every connection not sent again; an",
         "  alerts feed continues after the lost events (`alert_events` with `last_id` has them).",

@@ -51,8 +51,6 @@ from apppaccap.web import callers
 from apppaccap.web import credentials
 from apppaccap.web.feeds import FEEDS
 from apppaccap.web.feeds import PacketFeed
-from apppaccap.web.wsbuffers import QUEUE_BYTES  # noqa: F401 - docs.py reads it here
-from apppaccap.web.wsbuffers import QUEUE_MESSAGES  # noqa: F401
 from apppaccap.web.wsbuffers import Outbox
 from apppaccap.web.wsbuffers import SendAll
 
