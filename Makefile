@@ -41,7 +41,8 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/ingest/_pcapscan.c \
-                    apppaccap/store/_packedrows.c
+                    apppaccap/store/_packedrows.c apppaccap/capture/_frames.c \
+                    apppaccap/usage/_usagecount.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
 	touch $@

@@ -1,7 +1,8 @@
 """Ship the top-level themes/ inside the package (apppaccap/themes) when building, and
 compile the optional pcap-ingest fast paths (apppaccap/ingest/_pcapscan.c, and
 apppaccap/store/_packedrows.c: the bulk writer's packet rows through SQLite's C API) and
-usage accounting's counting (apppaccap/usage/_usagecount.c).
+usage accounting's counting (apppaccap/usage/_usagecount.c), and the live capture's
+frame decoding (apppaccap/capture/_frames.c).
 
 Everything else is in pyproject.toml. The extension is optional: without a C compiler
 (or Python headers) the build goes on and ingest uses its pure-Python path.
@@ -34,6 +35,9 @@ setup(cmdclass={"build_py": BuildWithThemes},
                    Extension("apppaccap.store._packedrows", ["apppaccap/store/_packedrows.c"],
                              libraries=["sqlite3"], extra_compile_args=["-O2"],
                              optional=True),
+                   # the live capture's feeding thread (capture/sniffer.py frame_items)
+                   Extension("apppaccap.capture._frames", ["apppaccap/capture/_frames.c"],
+                             extra_compile_args=["-O2"], optional=True),
                    # usage accounting's per-packet counting off the GIL (usage/counting.py
                    # is the fallback); needs pcap.h (libpcap-dev)
                    Extension("apppaccap.usage._usagecount", ["apppaccap/usage/_usagecount.c"],
