@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import struct
+from itertools import chain
 
 from apppaccap.store.blocks import BlockReader
 from apppaccap.store.blocks import add_block
@@ -149,6 +151,39 @@ def write_batch_bulk(conn, rows, packets: list, blob, conns: dict, procs: dict,
         rows.write(plain, blk, conns, _CONN_UPSERT)
 
 
+_ROW = ",".join("?" * 23)
+_PACKETS_INSERT = ("INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,"
+                   "tcp_flags,ttl,vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
+                   "off,ts_raw,blk) VALUES ")
+# Rows many a statement, as the bulk writer's (docs/DECISIONS.md: Rows many a statement):
+# up to 64 rows of 23 parameters, as many as SQLite's limit of parameters allows (999
+# before 3.32). Each statement run also lets the interpreter lock go and takes it back
+# once (the sqlite3 module releases it around each step), so a live capture's writer
+# waits for the lock 64 times less often: the service's CPU per packet fell by 1-2 us
+# of ~9 at 100-130k packets/s (benchmarks/live_rate.py, README).
+ROWS_AT_ONCE = 64
+
+
+def _rows_at_once(conn) -> int:
+    # Connection.getlimit is Python 3.11's; before it, SQLite's old default limit
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) \
+        if hasattr(conn, "getlimit") else 999
+    return max(1, min(ROWS_AT_ONCE, limit // 23))
+
+
+def _insert_rows(conn, packets: list, blk: int) -> None:
+    """The packet tuples (write_batch's `packets`) into `packets`, many a statement, the
+    rest one by one."""
+    n, per = len(packets), _rows_at_once(conn)
+    whole = n - n % per
+    if whole:
+        many = _PACKETS_INSERT + ",".join([f"({_ROW},{blk})"] * per)
+        conn.executemany(many, (list(chain.from_iterable(packets[at:at + per]))
+                                for at in range(0, whole, per)))
+    if n > whole:
+        conn.executemany(f"{_PACKETS_INSERT}({_ROW},{blk})", packets[whole:])
+
+
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
                 ips: dict, agg: dict, plain=b"", per_sec=None, names=()) -> int:
     """Persist one batch (runs on the writer thread, inside one transaction); returns the
@@ -168,10 +203,7 @@ def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, thre
     blk = add_block(conn, blob) if blob else 0
     if conns:  # first: packed rows take their addresses from here
         conn.executemany(_CONN_UPSERT, list(conns.values()))
-    conn.executemany(
-        "INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
-        "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
-        f"off,ts_raw,blk) VALUES ({','.join('?' * 23)},{blk})", packets)
+    _insert_rows(conn, packets, blk)
     if plain:
         _insert_packed(conn, plain, blk)
     for pid_, (row, n, b) in procs.items():

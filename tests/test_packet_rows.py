@@ -1,0 +1,73 @@
+"""A live capture's packet rows, many a statement (capturedb._insert_rows), against the
+same rows one a statement: equal tables, whatever SQLite's limit of parameters, and a
+failing row still fails its whole batch."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from apppaccap.store import capturedb
+from apppaccap.store.capturedb import CaptureDb
+from apppaccap.store.capturedb import write_batch
+
+
+def _packets(n: int, first: int = 1) -> list:
+    """write_batch's packet tuples, as Recorder.add makes them, of every kind of value."""
+    rows = []
+    for i in range(n):
+        v6 = i % 5 == 0
+        rows.append((first + i, 1_700_000_000 * 10**9 + i * 1000, 60 + i, 54 + i % 7, i % 2,
+                     0x86DD if v6 else 0x0800, (6, 17, 1)[i % 3],
+                     "fd00::1" if v6 else "10.0.0.1", "2001:db8::1" if v6 else "93.184.216.34",
+                     40000 + i, 443, i & 0x1FF, 64, 7 if i % 11 == 0 else None,
+                     8 if i % 3 == 2 else None, i % 3, 1 + i % 4, 3 if i % 2 else None,
+                     1234 if i % 2 else 0, 1240 if i % 4 == 1 else 0,
+                     "a note" if i % 13 == 0 else None, i * 64,
+                     str(2**64 + i) if i % 17 == 0 else None))
+    return rows
+
+
+def _stored(tmp_path, name: str, rows: list, limit: int | None = None) -> list:
+    CaptureDb(str(tmp_path / name), 1).close()  # the schema
+    conn = sqlite3.connect(capturedb.capture_path(str(tmp_path / name), 1),
+                           isolation_level=None)
+    try:
+        if limit is not None:
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+        conn.execute("BEGIN")
+        try:
+            write_batch(conn, rows, b"x" * 64, {}, {}, {}, None, None)
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return conn.execute("SELECT * FROM packets ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_rows_many_a_statement_equal_rows_one_a_statement(tmp_path, monkeypatch):
+    rows = _packets(64 * 3 + 22)   # three whole statements and 22 rows one by one
+    many = _stored(tmp_path, "many", rows)
+    fewer = _stored(tmp_path, "old-limit", rows, limit=999)   # 43 a statement
+    monkeypatch.setattr(capturedb, "ROWS_AT_ONCE", 1)
+    one = _stored(tmp_path, "one", rows)
+    assert len(one) == len(rows)
+    assert many == one and fewer == one
+    # the row as given, the block's id before `off` (the table's column order)
+    blk = one[0][21]
+    assert all(got == (*row[:21], blk, *row[21:]) for got, row in zip(one, rows))
+
+
+def test_a_failing_row_fails_the_whole_batch(tmp_path):
+    rows = _packets(200)
+    rows[150] = rows[10]   # the same packet id twice: the statement holding row 150 fails
+    with pytest.raises(sqlite3.IntegrityError):
+        _stored(tmp_path, "dup", rows)
+    conn = sqlite3.connect(capturedb.capture_path(str(tmp_path / "dup"), 1))
+    try:
+        assert conn.execute("SELECT count(*) FROM packets").fetchone()[0] == 0
+    finally:
+        conn.close()
