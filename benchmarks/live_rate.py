@@ -4,6 +4,10 @@ For each paced UDP rate (benchmarks/sender.py: sendmmsg in C, well past what tcp
 keeps) a tcpdump and our system capture listen at once. Reported, from the same run:
 the highest rate at which tcpdump lost nothing (it stored every datagram sent) and the
 highest at which we stored >= 99.9 % of what tcpdump stored (and at which we stored all).
+Per rate also the service's CPU per packet stored, from the capture's start to the end
+of its stop (which returns once every packet received is written): what decides the
+highest rate a capture keeps up with for more than the seconds its sniffer process's
+buffer (256 MiB) can absorb.
 
 Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 25000,...]
               [--senders 1] [--backend auto|ebpf|socket-table]
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -28,6 +33,7 @@ from apppaccap.context import build_context  # noqa: E402
 from apppaccap.pcap.reader import CaptureReader  # noqa: E402
 from apppaccap.server import start_services  # noqa: E402
 from apppaccap.server import stop_services  # noqa: E402
+from apppaccap.server import tune_gc  # noqa: E402
 from benchmarks.sender import result  # noqa: E402
 from benchmarks.sender import send  # noqa: E402
 
@@ -66,13 +72,15 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1) -> dict:
     port = rx.getsockname()[1]
     bpf = f"udp dst port {port}"
     dump = Tcpdump(bpf)
+    cpu = _cpu()
     row = ctx.captures.start(1, bpf=bpf, adapters=["lo"])
     # several sender processes: on a busy machine one process gets too little of the CPU
     procs = [send(port, rate / senders, seconds) for _ in range(senders)]
     done = [result(p) for p in procs]
     sent, took = sum(n for n, _ in done), max(t for _, t in done)
     time.sleep(0.5)
-    ctx.captures.stop(row["id"])
+    ctx.captures.stop(row["id"])  # returns once every packet received is written
+    cpu = _cpu() - cpu
     # tcpdump (not immediate mode) gets a ring block only when it fills or its 1 s timeout
     # retires it; a tcpdump stopped sooner never reads the last one
     time.sleep(1.2)
@@ -81,7 +89,15 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1) -> dict:
     ours = ctx.catalog.one("SELECT packet_count, dropped_count FROM captures WHERE id=?",
                            (row["id"],))
     return {"rate": rate, "achieved": sent / took, "sent": sent, "tcpdump": theirs,
-            "tcpdump_dropped": their_drops, "ours": ours[0], "dropped": ours[1]}
+            "tcpdump_dropped": their_drops, "ours": ours[0], "dropped": ours[1],
+            "us_per_packet": 1e6 * cpu / max(ours[0], 1)}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process: the service, every thread of it (the sniffer process,
+    which only drains the kernel's ring, is not counted)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
 
 
 def main() -> None:
@@ -96,10 +112,11 @@ def main() -> None:
     ctx = build_context(Config(data_dir=data_dir))
     ctx.settings.set("attribution_backend", args.backend)
     start_services(ctx)
+    tune_gc()  # as `apppaccap serve` does once started (the cycle collector while serving)
     best_dump = best_999 = best_all = 0
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     print(f"{'target pps':>10} {'sent pps':>10} {'sent':>8} {'tcpdump':>8} {'its drops':>9} "
-          f"{'ours':>8} {'dropped':>8}  ours/tcpdump")
+          f"{'ours':>8} {'dropped':>8}  ours/tcpdump  service CPU/packet")
     try:
         for rate in (int(r) for r in args.rates.split(",")):
             r = one_rate(ctx, rate, args.seconds, args.senders)
@@ -112,7 +129,7 @@ def main() -> None:
                 best_all = max(best_all, int(r["achieved"]))
             print(f"{r['rate']:>10} {r['achieved']:>10.0f} {r['sent']:>8} {r['tcpdump']:>8} "
                   f"{r['tcpdump_dropped']:>9} {r['ours']:>8} {r['dropped']:>8}  "
-                  f"{100 * share:6.2f} %")
+                  f"{100 * share:6.2f} %  {r['us_per_packet']:6.2f} us")
     finally:
         stop_services(ctx)
         ctx.catalog.close()
