@@ -268,6 +268,17 @@ def test_vlan_truncated_tag():
     assert d.src is None and "Truncated VLAN tag" in d.summary
 
 
+def test_vlan_stack_is_bounded():
+    """Eight tags decode; a crafted stack (hundreds of tags) is cut at the ninth."""
+    inner = ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2))
+    d = dd(1, eth(inner, tags=[(0x8100, i) for i in range(1, 9)]))
+    assert (d.vlan, d.src, d.sport, d.note) == (1, "10.0.0.1", 1, None)
+    for tags in (9, 370):
+        d = dd(1, eth(inner, tags=[(0x8100, 1)] * tags))
+        assert d.src is None and d.note == "Too many VLAN tags (more than 8)"
+        assert d.payload_off == 14 + 4 * 8   # the walk stopped there
+
+
 def test_llc_snap_and_plain_8023():
     snap = b"\xaa\xaa\x03\x00\x00\x00\x08\x00" + ipv4("10.0.0.1", "10.0.0.2", 17, udp(1, 2))
     d = dd(1, mac(MAC_B) + mac(MAC_A) + struct.pack("!H", len(snap)) + snap)

@@ -174,6 +174,39 @@ def test_a_trailing_header_cut_short_ends_the_frame():
         assert [it[0] for it in in_c] == [1, 2, 3] if cut > PACKET.size else [1, 2]
 
 
+class FailingFlows(Flows):
+    """Attribution failing for the flows of one address, once or always."""
+
+    def __init__(self, once: bool):
+        super().__init__()
+        self.once, self.failed = once, 0
+
+    def __call__(self, key, syn):
+        entry = super().__call__(key, syn)
+        if key[1] == "10.0.0.1" and not (self.once and self.failed):
+            self.failed += 1
+            raise RuntimeError("attribution broke")
+        return entry
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_a_failing_owner_question_is_asked_once_in_both_paths(once):
+    other = eth(ipv4("10.0.0.9", "10.0.0.2", 17, udp(1, 2, b"x")))
+    payload = _frame([(1, 0, v4_tcp()), (2, 0, other), (3, 0, v4_tcp()), (4, 0, v4_tcp())])
+    got = []
+    for compiled in (sniffer.compiled_items, None):
+        flows = FailingFlows(once)
+        saved, sniffer.compiled_items = sniffer.compiled_items, compiled
+        try:
+            items = sniffer.frame_items(payload, [1], flows, False)
+        finally:
+            sniffer.compiled_items = saved
+        got.append(([it[0] for it in items], flows.asked))
+    assert got[0] == got[1]
+    # once: the 1st packet is left out, the next one asks again and gets its entry
+    assert got[0][0] == ([2, 3, 4] if once else [2])
+
+
 def test_a_failing_owner_question_leaves_out_that_packet_only(caplog):
     other = eth(ipv4("10.0.0.9", "10.0.0.2", 17, udp(1, 2, b"x")))
     packets = [(1, 0, v4_tcp()), (2, 0, other), (3, 0, v4_tcp())]

@@ -21,6 +21,7 @@
 
 #define HEADER 14
 #define FIELDS 21 /* Decoded's fields (dissect/decoded.py) */
+#define MAX_VLAN_TAGS 8 /* decode.py's _MAX_VLAN_TAGS */
 
 /* Address text, direct-mapped: traffic repeats the same few addresses (decode.py keeps a
  * dict for the same reason); a slot is replaced on a miss, so memory stays bounded. */
@@ -74,11 +75,12 @@ typedef struct {
 static int decode_common(const uint8_t *p, long n, Fields *f) {
     long off = 14, lim = n, end, l4off, have;
     long l3;
+    int tags = 0;
     if (n < 14) return 0;
     l3 = (long)u16(p + 12);
     f->vlan = -1;
     while (l3 == 0x8100 || l3 == 0x88A8 || l3 == 0x9100 || l3 == 0x9200) {
-        if (off + 4 > n) return 0;
+        if (off + 4 > n || ++tags > MAX_VLAN_TAGS) return 0; /* decode() notes either */
         if (f->vlan < 0) f->vlan = (long)(u16(p + off) & 0x0FFF);
         l3 = (long)u16(p + off + 2);
         off += 4;
@@ -226,21 +228,22 @@ done:
 }
 
 PyDoc_STRVAR(items_doc,
-"items(payload, linktypes, decoded, on_flow, refs, fallback) -> list\n\n"
+"items(payload, linktypes, decoded, on_flow, refs, fallback, failed) -> list\n\n"
 "The queue items of one frame of packets: (ts, iface, data, Decoded, key, entry) each.\n"
 "`decoded` is dissect/decoded.py's Decoded; `on_flow(key, syn)` gives a flow's entry (or\n"
 "None: no attribution), kept in the dict `refs` for the frame; `fallback(ts, iface, data)`\n"
 "is called for every packet this decoder leaves to Python and returns its item, or None\n"
-"to leave the packet out. A trailing header cut short ends the frame.");
+"to leave the packet out; `failed(exception)` is called when on_flow raised (the packet\n"
+"is left out). A trailing header cut short ends the frame.");
 
 static PyObject *items(PyObject *self, PyObject *args) {
     Py_buffer buf;
-    PyObject *linktypes, *on_flow, *refs, *fallback, *out = NULL;
+    PyObject *linktypes, *on_flow, *refs, *fallback, *failed, *out = NULL;
     PyTypeObject *decoded;
     Py_ssize_t off = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*O!O!OO!O", &buf, &PyList_Type, &linktypes, &PyType_Type,
-                          &decoded, &on_flow, &PyDict_Type, &refs, &fallback))
+    if (!PyArg_ParseTuple(args, "y*O!O!OO!OO", &buf, &PyList_Type, &linktypes, &PyType_Type,
+                          &decoded, &on_flow, &PyDict_Type, &refs, &fallback, &failed))
         return NULL;
     if (!PyType_IsSubtype(decoded, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "items: decoded must be a tuple type");
@@ -252,32 +255,45 @@ static PyObject *items(PyObject *self, PyObject *args) {
         const uint8_t *h = (const uint8_t *)buf.buf + off;
         uint64_t ts = 0;
         unsigned adapter = h[8] | (unsigned)h[9] << 8;
-        Py_ssize_t n = (Py_ssize_t)((uint32_t)h[10] | (uint32_t)h[11] << 8 |
-                                    (uint32_t)h[12] << 16 | (uint32_t)h[13] << 24);
+        uint32_t len = (uint32_t)h[10] | (uint32_t)h[11] << 8 | (uint32_t)h[12] << 16 |
+                       (uint32_t)h[13] << 24;
+        Py_ssize_t n;
         PyObject *pts, *piface, *data, *item = NULL;
         Fields f;
-        long lt = -1;
+        unsigned long lt = 0;
         for (int i = 7; i >= 0; i--) ts = ts << 8 | h[i];
         off += HEADER;
-        if (n > buf.len - off) n = buf.len - off; /* as a slice past the end would be */
+        /* as a slice past the end would be */
+        n = (uint64_t)len > (uint64_t)(buf.len - off) ? buf.len - off : (Py_ssize_t)len;
         data = PyBytes_FromStringAndSize((const char *)buf.buf + off, n);
         off += n;
         pts = PyLong_FromUnsignedLongLong(ts);
         piface = PyLong_FromUnsignedLong(adapter);
         if (data == NULL || pts == NULL || piface == NULL) goto item_fail;
         if (adapter < (unsigned)PyList_GET_SIZE(linktypes)) {
-            lt = PyLong_AsLong(PyList_GET_ITEM(linktypes, adapter));
-            if (lt == -1 && PyErr_Occurred()) goto item_fail;
-        }
-        if ((lt & 0x0FFFFFFF) == 1 && decode_common((const uint8_t *)buf.buf + off - n, n, &f))
+            /* masked as decode() masks it (a value past 32 bits is no link type we know) */
+            lt = PyLong_AsUnsignedLongMask(PyList_GET_ITEM(linktypes, adapter));
+            if (lt == (unsigned long)-1 && PyErr_Occurred()) goto item_fail;
+        } else
+            lt = 0; /* no such adapter: _item's lookup fails and says so */
+        if ((lt & 0x0FFFFFFF) == 1 && decode_common((const uint8_t *)buf.buf + off - n, n, &f)) {
             item = common_item(pts, piface, data, &f, decoded, on_flow, refs);
-        if (item == NULL) {
-            /* a packet left to Python, or one whose item failed here (on_flow raised):
-             * _item makes it, or logs its failure and leaves the packet out (one bad
-             * packet must not end the frame, nor the feeding thread) */
-            PyErr_Clear();
+            if (item == NULL) {
+                /* on_flow raised: as in _item, `failed` logs it and the packet is left out
+                 * (one bad packet must not end the frame, nor the feeding thread); a
+                 * BaseException that is no Exception goes on up, as from _item */
+                PyObject *type, *value, *tb;
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) goto item_fail;
+                PyErr_Fetch(&type, &value, &tb);
+                PyErr_NormalizeException(&type, &value, &tb);
+                if (tb != NULL) PyException_SetTraceback(value, tb);
+                item = PyObject_CallOneArg(failed, value);
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            }
+        } else /* a packet left to Python */
             item = PyObject_CallFunctionObjArgs(fallback, pts, piface, data, NULL);
-        }
         if (item == NULL) goto item_fail;
         if (item != Py_None && PyList_Append(out, item) < 0) goto item_fail;
         Py_DECREF(item);

@@ -158,7 +158,11 @@ class SnifferProcess:
                 continue
             if kind != b"P":
                 break
-            batch = frame_items(payload, linktypes, on_flow, icmp)
+            try:
+                batch = frame_items(payload, linktypes, on_flow, icmp)
+            except Exception:  # noqa: BLE001 - memory ran out: this frame is lost, not the capture
+                log.exception("sniffer: a frame of %d bytes could not be read", len(payload))
+                continue
             # One queue item per BATCH packets, not per packet: a put costs a lock and a
             # wake-up of the pipeline thread, which under API load was a quarter of the
             # time the service's GIL was held (py-spy --gil, docs/INTERNALS.md).
@@ -218,12 +222,16 @@ def frame_items(payload: bytes, linktypes: list, on_flow, icmp: bool) -> list:
     def one(ts, iface, data):
         try:
             return _item(ts, iface, data, linktypes[iface], on_flow, icmp, refs)
-        except Exception:  # noqa: BLE001 - one bad packet must not stop the sniffer
-            log.exception("sniffer: packet handling failed")
-            return None
+        except Exception as exc:  # noqa: BLE001 - one bad packet must not stop the sniffer
+            return failed(exc)
     if compiled_items is None:
         return python_items(payload, one)
-    return compiled_items(payload, linktypes, Decoded, on_flow, refs, one)
+    return compiled_items(payload, linktypes, Decoded, on_flow, refs, one, failed)
+
+
+def failed(exc: Exception) -> None:
+    """A packet whose item could not be made (attribution raised): logged, left out."""
+    log.error("sniffer: packet handling failed", exc_info=exc)
 
 
 def python_items(payload: bytes, one) -> list:
