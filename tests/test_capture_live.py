@@ -256,3 +256,39 @@ def test_export_shows_process_in_tshark_and_ingest_reads_it_back(live, live_ajax
     curl_proc = [p for p in procs if p["Pid"] == curl_pid]
     assert curl_proc and curl_proc[0]["Path"] == "/usr/bin/curl"
     assert curl_proc[0]["PacketCount"] == len(rows)
+
+
+def test_a_frame_that_cannot_be_read_counts_its_packets_as_dropped(live, live_ajax,
+                                                                   monkeypatch):
+    """The feeding thread survives a frame it cannot read (memory ran out): its packets are
+    in DroppedCount, and the packets after it are stored."""
+    import socket
+
+    from apppaccap.capture import sniffer
+    real, failures = sniffer.frame_items, []
+
+    def first_fails(payload, *args):
+        if not failures:
+            failures.append(sniffer.frame_packets(payload))
+            raise MemoryError("out of memory (test)")
+        return real(payload, *args)
+    monkeypatch.setattr(sniffer, "frame_items", first_fails)
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    cap = live_ajax.ok("capture_start_system", adapter="lo", filter=f"udp dst port {port}")
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _burst in range(3):
+            for _ in range(200):
+                tx.sendto(bytes(64), ("127.0.0.1", port))
+            time.sleep(0.3)  # the sniffer process sends what it has (its 5 ms blocks)
+    finally:
+        tx.close()
+    time.sleep(0.5)
+    live_ajax.ok("capture_stop_system", capture_id=cap["CaptureId"])
+    rx.close()
+    row = live_ajax.ok("capture_get_details", capture_id=cap["CaptureId"])
+    assert failures and failures[0] > 0
+    assert row["DroppedCount"] == failures[0]
+    assert row["PacketCount"] + row["DroppedCount"] == 600, row

@@ -131,6 +131,7 @@ class SnifferProcess:
         self.drops, self.child_overflow = [0] * len(self.adapters), 0
         self.on_lost = None  # told a message when the process ended on its own
         self.fed = 0  # packets put into the capture's queue so far
+        self.unread = 0  # packets of frames the feeding thread could not read (dropped)
         self._stopping = False
 
     def _frame(self) -> tuple[bytes, bytes]:
@@ -161,7 +162,9 @@ class SnifferProcess:
             try:
                 batch = frame_items(payload, linktypes, on_flow, icmp)
             except Exception:  # noqa: BLE001 - memory ran out: this frame is lost, not the capture
-                log.exception("sniffer: a frame of %d bytes could not be read", len(payload))
+                lost = frame_packets(payload)
+                self.unread += lost
+                log.exception("sniffer: a frame of %d packets could not be read (dropped)", lost)
                 continue
             # One queue item per BATCH packets, not per packet: a put costs a lock and a
             # wake-up of the pipeline thread, which under API load was a quarter of the
@@ -180,8 +183,9 @@ class SnifferProcess:
                 self.on_lost(message)
 
     def dropped(self) -> int:
-        """libpcap's drops and the process's buffer overflow (cumulative)."""
-        return sum(self.drops) + self.child_overflow
+        """libpcap's drops, the process's buffer overflow and the packets of frames that
+        could not be read (cumulative)."""
+        return sum(self.drops) + self.child_overflow + self.unread
 
     def stop(self) -> None:
         """The process reads what the kernel holds, sends it and ends; we read it all."""
@@ -248,6 +252,15 @@ def python_items(payload: bytes, one) -> list:
         if item is not None:
             items.append(item)
     return items
+
+
+def frame_packets(payload: bytes) -> int:
+    """How many packets a frame holds (its headers walked, as python_items walks them)."""
+    n = off = 0
+    while len(payload) - off >= PACKET.size:
+        off += PACKET.size + PACKET.unpack_from(payload, off)[2]
+        n += 1
+    return n
 
 
 def _item(ts, iface, data, linktype, on_flow, icmp, refs) -> tuple:
