@@ -152,15 +152,16 @@ def write_batch_bulk(conn, rows, packets: list, blob, conns: dict, procs: dict,
 
 
 _ROW = ",".join("?" * 23)
-_PACKETS_INSERT = ("INSERT INTO packets(id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,"
-                   "tcp_flags,ttl,vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,"
-                   "off,ts_raw,blk) VALUES ")
+_PACKET_COLUMNS = ("blk,id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_flags,ttl,"
+                   "vlan,icmp_type,direction,conn_id,process_id,pid,tid,notes,off,ts_raw")
 # Rows many a statement, as the bulk writer's (docs/DECISIONS.md: Rows many a statement):
 # up to 64 rows of 23 parameters, as many as SQLite's limit of parameters allows (999
 # before 3.32). Each statement run also lets the interpreter lock go and takes it back
 # once (the sqlite3 module releases it around each step), so a live capture's writer
 # waits for the lock 64 times less often: the service's CPU per packet fell by 1-2 us
-# of ~9 at 100-130k packets/s (benchmarks/live_rate.py, README).
+# of ~9 at 100-130k packets/s (benchmarks/live_rate.py, README). The block's id is the
+# statement's first parameter, not part of its text: a text per batch filled the sqlite3
+# module's statement cache (128 per connection) with ~70 KB programs, ~20 MB a capture.
 ROWS_AT_ONCE = 64
 
 
@@ -168,7 +169,7 @@ def _rows_at_once(conn) -> int:
     # Connection.getlimit is Python 3.11's; before it, SQLite's old default limit
     limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) \
         if hasattr(conn, "getlimit") else 999
-    return max(1, min(ROWS_AT_ONCE, limit // 23))
+    return max(1, min(ROWS_AT_ONCE, (limit - 1) // 23))
 
 
 def _insert_rows(conn, packets: list, blk: int) -> None:
@@ -177,11 +178,13 @@ def _insert_rows(conn, packets: list, blk: int) -> None:
     n, per = len(packets), _rows_at_once(conn)
     whole = n - n % per
     if whole:
-        many = _PACKETS_INSERT + ",".join([f"({_ROW},{blk})"] * per)
-        conn.executemany(many, (list(chain.from_iterable(packets[at:at + per]))
+        many = (f"INSERT INTO packets({_PACKET_COLUMNS}) SELECT ?,* FROM (VALUES "
+                + ",".join([f"({_ROW})"] * per) + ")")
+        conn.executemany(many, ([blk, *chain.from_iterable(packets[at:at + per])]
                                 for at in range(0, whole, per)))
     if n > whole:
-        conn.executemany(f"{_PACKETS_INSERT}({_ROW},{blk})", packets[whole:])
+        conn.executemany(f"INSERT INTO packets({_PACKET_COLUMNS}) VALUES (?,{_ROW})",
+                         ((blk, *row) for row in packets[whole:]))
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
