@@ -1,6 +1,7 @@
 """A live capture's packet rows, many a statement (capturedb._insert_rows), against the
-same rows one a statement: equal tables, whatever SQLite's limit of parameters, and a
-failing row still fails its whole batch."""
+same rows one a statement: equal tables, whatever SQLite's limit of parameters, bound in C
+on the writer's own connection (_packedrows.insert_tuples) or from Python, and a failing
+row still fails its whole batch."""
 
 from __future__ import annotations
 
@@ -48,24 +49,67 @@ def _stored(tmp_path, name: str, rows: list, limit: int | None = None) -> list:
         conn.close()
 
 
-def test_rows_many_a_statement_equal_rows_one_a_statement(tmp_path, monkeypatch):
+def test_the_rows_are_bound_in_c_here():
+    """This machine builds the extension with the sqlite3 module's own SQLite: the live
+    writer binds its rows in C (the Python path stays the reference below)."""
+    assert capturedb.insert_tuples is not None
+
+
+@pytest.mark.parametrize("bound", ["c", "python"])
+def test_rows_many_a_statement_equal_rows_one_a_statement(tmp_path, monkeypatch, bound):
+    if bound == "python":
+        monkeypatch.setattr(capturedb, "insert_tuples", None)
     rows = _packets(64 * 3 + 22)   # three whole statements and 22 rows one by one
     many = _stored(tmp_path, "many", rows)
     fewer = _stored(tmp_path, "old-limit", rows, limit=999)   # 43 a statement
     monkeypatch.setattr(capturedb, "ROWS_AT_ONCE", 1)
     one = _stored(tmp_path, "one", rows)
+    monkeypatch.setattr(capturedb, "insert_tuples", None)
+    reference = _stored(tmp_path, "reference", rows)   # from Python, one a statement
     assert len(one) == len(rows)
-    assert many == one and fewer == one
+    assert many == one and fewer == one and one == reference
     # the row as given, the block's id before `off` (the table's column order)
     blk = one[0][21]
     assert all(got == (*row[:21], blk, *row[21:]) for got, row in zip(one, rows))
 
 
-def test_a_failing_row_fails_the_whole_batch(tmp_path):
+def test_c_binds_every_kind_of_value_as_the_sqlite3_module(tmp_path, monkeypatch):
+    """Floats, bytes and non-ASCII text too (the rows hold none today: a later column
+    must not silently change on the C path)."""
+    rows = [(*row[:20], ("caf\u00e9 \u2192 \U0001f600", 1.5, b"\x00\xff")[i % 3], *row[21:])
+            for i, row in enumerate(_packets(130))]
+    c = _stored(tmp_path, "c", rows)
+    monkeypatch.setattr(capturedb, "insert_tuples", None)
+    assert c == _stored(tmp_path, "python", rows)
+
+
+def test_c_refuses_what_the_sqlite3_module_refuses(tmp_path):
+    rows = _packets(70)
+    rows[66] = (*rows[66][:20], object(), *rows[66][21:])
+    with pytest.raises(TypeError):
+        _stored(tmp_path, "object", rows)
+    rows[66] = (*rows[66][:20], 2**70, *rows[66][21:])
+    with pytest.raises(OverflowError):
+        _stored(tmp_path, "overflow", rows)
+    rows[66] = rows[66][:-1]
+    with pytest.raises(ValueError):
+        _stored(tmp_path, "short", rows)
+    conn = sqlite3.connect(":memory:")
+    conn.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        capturedb.insert_tuples(conn, "SELECT ?", "SELECT ?", [], 0, 1)
+
+
+@pytest.mark.parametrize("bound", ["c", "python"])
+def test_a_failing_row_fails_the_whole_batch(tmp_path, monkeypatch, bound):
+    if bound == "python":
+        monkeypatch.setattr(capturedb, "insert_tuples", None)
     rows = _packets(200)
     rows[150] = rows[10]   # the same packet id twice: the statement holding row 150 fails
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(sqlite3.IntegrityError) as failed:
         _stored(tmp_path, "dup", rows)
+    # the code store/faults.py reads, as the sqlite3 module sets it
+    assert failed.value.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
     conn = sqlite3.connect(capturedb.capture_path(str(tmp_path / "dup"), 1))
     try:
         assert conn.execute("SELECT count(*) FROM packets").fetchone()[0] == 0
@@ -75,7 +119,8 @@ def test_a_failing_row_fails_the_whole_batch(tmp_path):
 
 def test_the_statements_do_not_change_with_the_block(tmp_path):
     """One statement text for every batch: a text per block filled the sqlite3 module's
-    statement cache (128 a connection) with ~70 KB programs, ~20 MB per live capture."""
+    statement cache (128 a connection) with ~70 KB programs, ~20 MB per live capture.
+    (Through a wrapper, as from Python; insert_tuples prepares its own and finalizes them.)"""
     CaptureDb(str(tmp_path), 1).close()
     conn = sqlite3.connect(capturedb.capture_path(str(tmp_path), 1), isolation_level=None)
     texts: set = set()

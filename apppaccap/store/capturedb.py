@@ -106,6 +106,10 @@ try:
     from apppaccap.store._packedrows import RowWriter
 except ImportError:  # built without sqlite3.h: _insert_packed binds them from Python
     RowWriter = None
+try:  # the packet tuples bound in C on the writer's own connection (store/_packedrows.c)
+    from apppaccap.store._packedrows import insert_tuples
+except ImportError:  # not built, or its SQLite is not the sqlite3 module's: from Python
+    insert_tuples = None
 
 
 def packed_row_writer(path: str, max_variables: int = 0):
@@ -176,15 +180,21 @@ def _insert_rows(conn, packets: list, blk: int) -> None:
     """The packet tuples (write_batch's `packets`) into `packets`, many a statement, the
     rest one by one."""
     n, per = len(packets), _rows_at_once(conn)
+    many = (f"INSERT INTO packets({_PACKET_COLUMNS}) SELECT ?,* FROM (VALUES "
+            + ",".join([f"({_ROW})"] * per) + ")")
+    one = f"INSERT INTO packets({_PACKET_COLUMNS}) VALUES (?,{_ROW})"
+    if insert_tuples is not None and isinstance(conn, sqlite3.Connection):
+        # the same statements bound in C, the interpreter lock let go around each step:
+        # the live writer held it ~1.5 us a row binding them here, taken from the
+        # capture's pipeline thread (docs/INTERNALS.md, Sustained rates)
+        insert_tuples(conn, many, one, packets, blk, per)
+        return
     whole = n - n % per
     if whole:
-        many = (f"INSERT INTO packets({_PACKET_COLUMNS}) SELECT ?,* FROM (VALUES "
-                + ",".join([f"({_ROW})"] * per) + ")")
         conn.executemany(many, ([blk, *chain.from_iterable(packets[at:at + per])]
                                 for at in range(0, whole, per)))
     if n > whole:
-        conn.executemany(f"INSERT INTO packets({_PACKET_COLUMNS}) VALUES (?,{_ROW})",
-                         ((blk, *row) for row in packets[whole:]))
+        conn.executemany(one, ((blk, *row) for row in packets[whole:]))
 
 
 def write_batch(conn, packets: list, blob: bytes, conns: dict, procs: dict, threads: dict,
