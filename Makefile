@@ -42,6 +42,7 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed: $(VENV)/bin/python pyproject.toml setup.py apppaccap/ingest/_pcapscan.c \
                     apppaccap/store/_packedrows.c apppaccap/capture/_frames.c \
+                    apppaccap/capture/_record.c \
                     apppaccap/usage/_usagecount.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .

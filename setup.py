@@ -38,6 +38,9 @@ setup(cmdclass={"build_py": BuildWithThemes},
                    # the live capture's feeding thread (capture/sniffer.py frame_items)
                    Extension("apppaccap.capture._frames", ["apppaccap/capture/_frames.c"],
                              extra_compile_args=["-O2"], optional=True),
+                   # the live pipeline's common packet recorded (capture/live.py _release)
+                   Extension("apppaccap.capture._record", ["apppaccap/capture/_record.c"],
+                             extra_compile_args=["-O2"], optional=True),
                    # usage accounting's per-packet counting off the GIL (usage/counting.py
                    # is the fallback); needs pcap.h (libpcap-dev)
                    Extension("apppaccap.usage._usagecount", ["apppaccap/usage/_usagecount.c"],

@@ -1,0 +1,493 @@
+/* The live pipeline's common packet, recorded in C (capture/live.py LiveCapture._release
+ * with capture/recorder.py Recorder.conn_for and Recorder.add, for a system capture).
+ *
+ * At 150k packets/s the pipeline thread spent ~3 us a packet in those three Python
+ * functions, with the interpreter lock held: the largest share of the service's CPU
+ * after SQLite's own. record() walks a run of queue items and records each packet the
+ * Python code would record without a decision of its own to make: the flow's attribution
+ * entry came with the packet and is answered, its connection exists and keeps its label
+ * and TCP state (no SYN, FIN or RST; past the handshake), nDPI is done with it, it is not a DNS answer, and its timestamp fits. It
+ * stops at the first other packet and returns; LiveCapture._release hands that one to the
+ * Python path (the one definition of what is stored) and calls record() again.
+ * tests/test_record.py checks both paths store identical databases for the corpus.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+
+#define SECOND_NS 1000000000LL
+#define TCP 6
+#define UDP 17
+
+static PyObject *a_failure, *a_on_tcp, *a_epb_divs, *a_labeller, *a_batch, *a_conns,
+    *a_next_id, *a_packets, *a_bytes, *a_batch_packets, *a_batch_bytes, *a_rows, *a_buf,
+    *a_dirty, *a_procs, *a_threads, *a_procsec, *a_flowsec, *a_label, *a_local, *a_state,
+    *a_app, *a_id, *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_process_id, *a_pid, *a_tid,
+    *a_proc, *s_syn_sent, *s_syn_received, *one, *zero;
+
+/* The Recorder's state for one call: read at its start, counters written back at its end */
+typedef struct {
+    PyObject *rows, *buf, *dirty, *procs, *threads, *procsec, *flowsec, *conns, *labeller;
+    long long next_id, packets, bytes, batch_packets, batch_bytes;
+} Rec;
+
+static int get_ll(PyObject *obj, PyObject *name, long long *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long value) {
+    PyObject *v = PyLong_FromLongLong(value);
+    int r;
+    if (v == NULL) return -1;
+    r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* attribute `name` of `obj` (a new reference) is None: 1, not None: 0, error: -1 */
+static int attr_is_none(PyObject *obj, PyObject *name) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    Py_DECREF(v);
+    return v == Py_None;
+}
+
+/* v[index] += by, where v is a list of ints */
+static int list_add(PyObject *v, Py_ssize_t index, long long by) {
+    PyObject *old = PyList_GET_ITEM(v, index), *sum;
+    long long x = PyLong_AsLongLong(old);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    if ((sum = PyLong_FromLongLong(x + by)) == NULL) return -1;
+    return PyList_SetItem(v, index, sum);   /* steals sum, drops old */
+}
+
+/* d[key] = [n, by] or d[key][0] += n, d[key][1] += by (the batch's counters) */
+static int count2(PyObject *d, PyObject *key, long long n, long long by) {
+    PyObject *v = PyDict_GetItemWithError(d, key);
+    if (v == NULL) {
+        if (PyErr_Occurred()) return -1;
+        v = Py_BuildValue("[LL]", n, by);
+        if (v == NULL) return -1;
+        n = PyDict_SetItem(d, key, v);
+        Py_DECREF(v);
+        return (int)n;
+    }
+    if (!PyList_Check(v) || PyList_GET_SIZE(v) < 2) {
+        PyErr_SetString(PyExc_TypeError, "record: a batch counter is not a list");
+        return -1;
+    }
+    return list_add(v, 0, n) < 0 || list_add(v, 1, by) < 0 ? -1 : 0;
+}
+
+/* The flow key of Recorder.conn_for: (proto, (src, sport), (dst, dport)), its two ends in
+ * order (labels.flow_key). A new reference, or NULL. */
+static PyObject *conn_key(PyObject *proto, PyObject *src, PyObject *sport, PyObject *dst,
+                          PyObject *dport) {
+    PyObject *a = PyTuple_Pack(2, src, sport), *b = NULL, *key = NULL;
+    int le;
+    if (a == NULL || (b = PyTuple_Pack(2, dst, dport)) == NULL) goto done;
+    if ((le = PyObject_RichCompareBool(a, b, Py_LE)) < 0) goto done;
+    key = le ? PyTuple_Pack(3, proto, a, b) : PyTuple_Pack(3, proto, b, a);
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    return key;
+}
+
+/* Recorder.add's packet row: (id, ts, len, caplen, iface, l3, proto, src, dst, sport,
+ * dport, tcp_flags, ttl, vlan, icmp_type, direction, conn_id, process_id, pid, tid, notes,
+ * off, ts_raw), a new reference or NULL */
+static PyObject *packet_row(long long id, PyObject *ts, long long size, PyObject *iface,
+                            PyObject *d, int dir, PyObject *conn_id, PyObject *process_id,
+                            PyObject *pid, PyObject *tid, Py_ssize_t off) {
+    PyObject *row = PyTuple_New(23), *v;
+    static const int from_d[] = {0, 1, 2, 3, 4, 5, 6, 9, 10, 11};   /* l3 .. icmp_type */
+    int i;
+    if (row == NULL) return NULL;
+    if ((v = PyLong_FromLongLong(id)) == NULL) goto fail;
+    PyTuple_SET_ITEM(row, 0, v);
+    Py_INCREF(ts);
+    PyTuple_SET_ITEM(row, 1, ts);
+    if ((v = PyLong_FromLongLong(size)) == NULL) goto fail;
+    PyTuple_SET_ITEM(row, 2, v);
+    Py_INCREF(v);   /* caplen: the whole packet (live) */
+    PyTuple_SET_ITEM(row, 3, v);
+    Py_INCREF(iface);
+    PyTuple_SET_ITEM(row, 4, iface);
+    for (i = 0; i < 10; i++) {
+        v = PyTuple_GET_ITEM(d, from_d[i]);
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(row, 5 + i, v);
+    }
+    if ((v = PyLong_FromLong(dir)) == NULL) goto fail;
+    PyTuple_SET_ITEM(row, 15, v);
+    Py_INCREF(conn_id);
+    PyTuple_SET_ITEM(row, 16, conn_id);
+    Py_INCREF(process_id);
+    PyTuple_SET_ITEM(row, 17, process_id);
+    Py_INCREF(pid);
+    PyTuple_SET_ITEM(row, 18, pid);
+    Py_INCREF(tid);
+    PyTuple_SET_ITEM(row, 19, tid);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(row, 20, Py_None);
+    if ((v = PyLong_FromSsize_t(off)) == NULL) goto fail;
+    PyTuple_SET_ITEM(row, 21, v);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(row, 22, Py_None);
+    return row;
+fail:
+    Py_DECREF(row);   /* (unset items are NULL: tuple dealloc skips them) */
+    return NULL;
+}
+
+/* Record item `item` if the Python path would record it without a decision of its own:
+ * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 error. */
+static int record_one(Rec *r, PyObject *item, PyObject *pending, int out_dir, int in_dir,
+                      int *attributed) {
+    PyObject *ts_o, *iface, *data, *d, *key, *ref, *labels, *lab = Py_None, *proto_o, *src,
+        *dst, *sport, *dport, *ck = NULL, *conn, *local = NULL, *state = NULL, *v, *row;
+    PyObject *process_id = Py_None, *pid = NULL, *tid = NULL, *k = NULL;
+    long long ts, size, proto, flags = 0, sec;
+    Py_ssize_t off;
+    int out, ret = -1, dir;
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
+    ts_o = PyTuple_GET_ITEM(item, 0);
+    iface = PyTuple_GET_ITEM(item, 1);
+    data = PyTuple_GET_ITEM(item, 2);
+    d = PyTuple_GET_ITEM(item, 3);
+    key = PyTuple_GET_ITEM(item, 4);
+    ref = PyTuple_GET_ITEM(item, 5);
+    /* an entry that came with the packet, answered, no second look due */
+    if (key == Py_None || !PyList_Check(ref) || PyList_GET_SIZE(ref) < 4) return 0;
+    labels = PyList_GET_ITEM(ref, 0);
+    if (labels == pending) return 0;
+    switch (PyObject_IsTrue(PyList_GET_ITEM(ref, 3))) {
+    case -1: return -1;
+    case 1: return 0;
+    }
+    if (PyList_Check(labels)) {
+        if (PyList_GET_SIZE(labels)) lab = PyList_GET_ITEM(labels, 0);   /* Target.pick */
+    } else if (PyTuple_Check(labels)) {
+        if (PyTuple_GET_SIZE(labels)) lab = PyTuple_GET_ITEM(labels, 0);
+    } else {
+        return 0;
+    }
+    if (!PyBytes_Check(data) || !PyTuple_Check(d) || PyTuple_GET_SIZE(d) < 15 ||
+        !PyLong_Check(ts_o))
+        return 0;
+    ts = PyLong_AsLongLong(ts_o);
+    if (ts < 0) {   /* (or past int64: Recorder.add keeps the exact value as text) */
+        PyErr_Clear();
+        return 0;
+    }
+    proto_o = PyTuple_GET_ITEM(d, 1);
+    src = PyTuple_GET_ITEM(d, 2);
+    dst = PyTuple_GET_ITEM(d, 3);
+    sport = PyTuple_GET_ITEM(d, 4);
+    dport = PyTuple_GET_ITEM(d, 5);
+    if (src == Py_None || dst == Py_None || !PyLong_Check(proto_o) || !PyLong_Check(sport))
+        return 0;
+    proto = PyLong_AsLongLong(proto_o);
+    if (proto != TCP && proto != UDP) return 0;
+    if (proto == TCP) {
+        if (!PyLong_Check(PyTuple_GET_ITEM(d, 6))) return 0;
+        flags = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 6));
+        if (flags & 0x07) return 0;   /* SYN, FIN, RST: the state machine is Python's */
+    } else {   /* a DNS answer is read in Python */
+        long long sp = PyLong_AsLongLong(sport);
+        int dns = PyObject_IsTrue(PyTuple_GET_ITEM(d, 14));
+        if (dns < 0) return -1;
+        if (dns && (sp == 53 || sp == 5353)) return 0;
+    }
+    if ((ck = conn_key(proto_o, src, sport, dst, dport)) == NULL) return -1;
+    conn = PyDict_GetItemWithError(r->conns, ck);   /* borrowed */
+    if (conn == NULL) {   /* a new flow: Recorder.conn_for makes its connection */
+        ret = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    Py_INCREF(conn);
+    /* the connection's first label, a TCP state change, nDPI still looking: Python */
+    if (lab != Py_None) {
+        int none = attr_is_none(conn, a_label);
+        if (none != 0) {
+            ret = none < 0 ? -1 : 0;
+            goto done_conn;
+        }
+    }
+    if ((state = PyObject_GetAttr(conn, a_state)) == NULL) goto done_conn;
+    if (proto == TCP) {
+        /* _tcp_state: without SYN/FIN/RST only "", SYN_SENT, SYN_RECEIVED change */
+        int opening = !PyUnicode_Check(state) || PyUnicode_GET_LENGTH(state) == 0 ||
+                      PyUnicode_Compare(state, s_syn_sent) == 0 ||
+                      PyUnicode_Compare(state, s_syn_received) == 0;
+        if (opening) {
+            ret = PyErr_Occurred() ? -1 : 0;
+            goto done_conn;
+        }
+    } else {
+        int active = PyObject_IsTrue(state);
+        if (active <= 0) {
+            ret = active;
+            goto done_conn;
+        }
+    }
+    if (r->labeller != Py_None) {
+        int none = attr_is_none(conn, a_app);
+        if (none != 0) {
+            ret = none < 0 ? -1 : 0;
+            goto done_conn;
+        }
+    }
+    /* recorded from here on (Recorder.add) */
+    size = PyBytes_GET_SIZE(data);
+    if ((local = PyObject_GetAttr(conn, a_local)) == NULL) goto done_conn;
+    if (!PyTuple_Check(local) || PyTuple_GET_SIZE(local) != 2) {
+        PyErr_SetString(PyExc_TypeError, "record: a connection's local end is not a pair");
+        goto done_conn;
+    }
+    if ((out = PyObject_RichCompareBool(sport, PyTuple_GET_ITEM(local, 1), Py_EQ)) < 0)
+        goto done_conn;
+    if (out && (out = PyObject_RichCompareBool(src, PyTuple_GET_ITEM(local, 0), Py_EQ)) < 0)
+        goto done_conn;
+    dir = out ? out_dir : in_dir;
+    {
+        PyObject *pn = out ? a_pout : a_pin, *bn = out ? a_bout : a_bin;
+        long long p, b;
+        if (get_ll(conn, pn, &p) < 0 || get_ll(conn, bn, &b) < 0 ||
+            set_ll(conn, pn, p + 1) < 0 || set_ll(conn, bn, b + size) < 0 ||
+            PyObject_SetAttr(conn, a_last, ts_o) < 0)
+            goto done_conn;
+    }
+    if ((v = PyObject_GetAttr(conn, a_id)) == NULL) goto done_conn;
+    k = v;   /* the connection's id, kept for the row */
+    if (PyDict_SetItem(r->dirty, k, conn) < 0) goto done_conn;
+    if (lab != Py_None) {
+        PyObject *t;
+        if ((process_id = PyObject_GetAttr(lab, a_process_id)) == NULL ||
+            (pid = PyObject_GetAttr(lab, a_pid)) == NULL ||
+            (tid = PyObject_GetAttr(lab, a_tid)) == NULL)
+            goto done_conn;
+        v = PyDict_GetItemWithError(r->procs, process_id);
+        if (v == NULL) {
+            PyObject *proc;
+            if (PyErr_Occurred() || (proc = PyObject_GetAttr(lab, a_proc)) == NULL)
+                goto done_conn;
+            v = Py_BuildValue("[NLL]", proc, 1LL, size);
+            if (v == NULL || PyDict_SetItem(r->procs, process_id, v) < 0) {
+                Py_XDECREF(v);
+                goto done_conn;
+            }
+            Py_DECREF(v);
+        } else if (!PyList_Check(v) || PyList_GET_SIZE(v) < 3 || list_add(v, 1, 1) < 0 ||
+                   list_add(v, 2, size) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "record: a process counter is not a list");
+            goto done_conn;
+        }
+        if ((t = PyTuple_Pack(3, pid, tid, process_id)) == NULL) goto done_conn;
+        v = PyDict_GetItemWithError(r->threads, t);
+        if (v == NULL && PyErr_Occurred()) {
+            Py_DECREF(t);
+            goto done_conn;
+        }
+        v = v == NULL ? (Py_INCREF(one), one) : PyNumber_Add(v, one);
+        if (v == NULL || PyDict_SetItem(r->threads, t, v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(t);
+            goto done_conn;
+        }
+        Py_DECREF(v);
+        Py_DECREF(t);
+        t = Py_BuildValue("(OLi)", process_id, ts / SECOND_NS, dir);
+        if (t == NULL || count2(r->procsec, t, 1, size) < 0) {
+            Py_XDECREF(t);
+            goto done_conn;
+        }
+        Py_DECREF(t);
+        *attributed = 1;
+    }
+    off = PyByteArray_GET_SIZE(r->buf);
+    if (PyByteArray_Resize(r->buf, off + size) < 0) goto done_conn;
+    memcpy(PyByteArray_AS_STRING(r->buf) + off, PyBytes_AS_STRING(data), (size_t)size);
+    if ((row = packet_row(r->next_id, ts_o, size, iface, d, dir, k, process_id,
+                          pid != NULL ? pid : zero, tid != NULL ? tid : zero, off)) == NULL ||
+        PyList_Append(r->rows, row) < 0) {
+        Py_XDECREF(row);
+        goto done_conn;
+    }
+    Py_DECREF(row);
+    /* one aggregate per (flow, second), expanded at flush time */
+    sec = ts / SECOND_NS;
+    {
+        PyObject *sec_o = PyLong_FromLongLong(sec), *fk, *a;
+        if (sec_o == NULL) goto done_conn;
+        fk = PyTuple_Pack(2, conn, sec_o);
+        Py_DECREF(sec_o);
+        if (fk == NULL) goto done_conn;
+        a = PyDict_GetItemWithError(r->flowsec, fk);
+        if (a == NULL) {
+            if (PyErr_Occurred() || (a = Py_BuildValue("[LLOO]", 1LL, size, ts_o, ts_o)) == NULL ||
+                PyDict_SetItem(r->flowsec, fk, a) < 0) {
+                Py_XDECREF(a);
+                Py_DECREF(fk);
+                goto done_conn;
+            }
+            Py_DECREF(a);
+        } else if (!PyList_Check(a) || PyList_GET_SIZE(a) < 4 || list_add(a, 0, 1) < 0 ||
+                   list_add(a, 1, size) < 0 || (Py_INCREF(ts_o), PyList_SetItem(a, 3, ts_o)) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "record: a flow counter is not a list");
+            Py_DECREF(fk);
+            goto done_conn;
+        }
+        Py_DECREF(fk);
+    }
+    r->next_id++;
+    r->packets++;
+    r->bytes += size;
+    ret = 1;
+done_conn:
+    Py_DECREF(conn);
+done:
+    Py_XDECREF(ck);
+    Py_XDECREF(local);
+    Py_XDECREF(state);
+    Py_XDECREF(k);
+    if (process_id != Py_None) Py_XDECREF(process_id);
+    Py_XDECREF(pid);
+    Py_XDECREF(tid);
+    return ret;
+}
+
+PyDoc_STRVAR(record_doc,
+"record(items, i, end, recorder, pending, out_dir, in_dir)\n"
+"    -> (i, kept, attributed, full, error)\n\n"
+"Record items[i:end] of a system capture into `recorder` (capture/recorder.py) as\n"
+"LiveCapture._release would, up to the first item the Python path must decide about\n"
+"(returned as i), or up to the packet that fills the batch (full: flush it). error: the\n"
+"exception recording a packet raised (i is past it; the caller raises it), or None.\n"
+"`pending` is attribution's PENDING; out_dir / in_dir the directions' values.");
+
+static PyObject *record(PyObject *self, PyObject *args) {
+    PyObject *items, *rec, *pending, *batch = NULL, *v, *failure = NULL;
+    Py_ssize_t i, end;
+    int out_dir, in_dir, full = 0, err = 0;
+    long long kept = 0, attributed = 0;
+    Rec r = {0};
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!nnOOii", &PyList_Type, &items, &i, &end, &rec, &pending,
+                          &out_dir, &in_dir))
+        return NULL;
+    if (end > PyList_GET_SIZE(items)) end = PyList_GET_SIZE(items);
+    /* a failed write, the extraction feed, EPB framing: every packet is Python's */
+    if (attr_is_none(rec, a_failure) != 1 || attr_is_none(rec, a_on_tcp) != 1 ||
+        attr_is_none(rec, a_epb_divs) != 1) {
+        if (PyErr_Occurred()) return NULL;
+        return Py_BuildValue("(nLLiO)", i, 0LL, 0LL, 0, Py_None);
+    }
+    if ((batch = PyObject_GetAttr(rec, a_batch)) == NULL ||
+        (r.rows = PyObject_GetAttr(batch, a_rows)) == NULL ||
+        (r.buf = PyObject_GetAttr(batch, a_buf)) == NULL ||
+        (r.dirty = PyObject_GetAttr(batch, a_dirty)) == NULL ||
+        (r.procs = PyObject_GetAttr(batch, a_procs)) == NULL ||
+        (r.threads = PyObject_GetAttr(batch, a_threads)) == NULL ||
+        (r.procsec = PyObject_GetAttr(batch, a_procsec)) == NULL ||
+        (r.flowsec = PyObject_GetAttr(batch, a_flowsec)) == NULL ||
+        (r.conns = PyObject_GetAttr(rec, a_conns)) == NULL ||
+        (r.labeller = PyObject_GetAttr(rec, a_labeller)) == NULL ||
+        get_ll(rec, a_next_id, &r.next_id) < 0 || get_ll(rec, a_packets, &r.packets) < 0 ||
+        get_ll(rec, a_bytes, &r.bytes) < 0 ||
+        get_ll(rec, a_batch_packets, &r.batch_packets) < 0 ||
+        get_ll(rec, a_batch_bytes, &r.batch_bytes) < 0) {
+        err = 1;
+        goto done;
+    }
+    if (!PyList_Check(r.rows) || !PyByteArray_Check(r.buf) || !PyDict_Check(r.dirty) ||
+        !PyDict_Check(r.procs) || !PyDict_Check(r.threads) || !PyDict_Check(r.procsec) ||
+        !PyDict_Check(r.flowsec) || !PyDict_Check(r.conns)) {
+        PyErr_SetString(PyExc_TypeError, "record: not a Recorder's batch");
+        err = 1;
+        goto done;
+    }
+    for (; i < end; i++) {
+        int a = 0, got = record_one(&r, PyList_GET_ITEM(items, i), pending, out_dir, in_dir, &a);
+        if (got < 0) {   /* handed back with the packets recorded: the caller raises it */
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &failure, &tb);
+            PyErr_NormalizeException(&type, &failure, &tb);
+            Py_XDECREF(type);
+            Py_XDECREF(tb);
+            if (failure == NULL) {
+                Py_INCREF(Py_None);
+                failure = Py_None;
+            }
+            i++;   /* as in Python: the packet that failed is passed */
+            break;
+        }
+        if (got == 0) break;
+        kept++;
+        attributed += a;
+        if (PyList_GET_SIZE(r.rows) >= r.batch_packets ||
+            PyByteArray_GET_SIZE(r.buf) >= r.batch_bytes) {
+            full = 1;
+            i++;
+            break;
+        }
+    }
+    /* the counters of what was recorded, also when an error stopped the run */
+    if (kept && (set_ll(rec, a_next_id, r.next_id) < 0 || set_ll(rec, a_packets, r.packets) < 0 ||
+                 set_ll(rec, a_bytes, r.bytes) < 0))
+        err = 1;
+done:
+    Py_XDECREF(batch);
+    Py_XDECREF(r.rows);
+    Py_XDECREF(r.buf);
+    Py_XDECREF(r.dirty);
+    Py_XDECREF(r.procs);
+    Py_XDECREF(r.threads);
+    Py_XDECREF(r.procsec);
+    Py_XDECREF(r.flowsec);
+    Py_XDECREF(r.conns);
+    Py_XDECREF(r.labeller);
+    if (err) {
+        Py_XDECREF(failure);
+        return NULL;
+    }
+    v = Py_BuildValue("(nLLiO)", i, kept, attributed, full, failure != NULL ? failure : Py_None);
+    Py_XDECREF(failure);
+    return v;
+}
+
+static PyMethodDef methods[] = {
+    {"record", record, METH_VARARGS, record_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_record",
+    "The live pipeline's common packet recorded in C (capture/live.py).", -1, methods,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__record(void) {
+    INTERN(a_failure, "failure"); INTERN(a_on_tcp, "on_tcp"); INTERN(a_epb_divs, "epb_divs");
+    INTERN(a_labeller, "labeller"); INTERN(a_batch, "batch"); INTERN(a_conns, "conns");
+    INTERN(a_next_id, "next_id"); INTERN(a_packets, "packets"); INTERN(a_bytes, "bytes");
+    INTERN(a_batch_packets, "batch_packets"); INTERN(a_batch_bytes, "batch_bytes");
+    INTERN(a_rows, "rows"); INTERN(a_buf, "buf"); INTERN(a_dirty, "dirty");
+    INTERN(a_procs, "procs"); INTERN(a_threads, "threads"); INTERN(a_procsec, "procsec");
+    INTERN(a_flowsec, "flowsec"); INTERN(a_label, "label"); INTERN(a_local, "local");
+    INTERN(a_state, "state"); INTERN(a_app, "app"); INTERN(a_id, "id"); INTERN(a_pout, "pout");
+    INTERN(a_bout, "bout"); INTERN(a_pin, "pin"); INTERN(a_bin, "bin"); INTERN(a_last, "last");
+    INTERN(a_process_id, "process_id"); INTERN(a_pid, "pid"); INTERN(a_tid, "tid");
+    INTERN(a_proc, "proc"); INTERN(s_syn_sent, "SYN_SENT");
+    INTERN(s_syn_received, "SYN_RECEIVED");
+    if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL) return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,205 @@
+"""A system capture's common packets recorded in C (capture/_record.c) against the Python
+path (LiveCapture._release with Recorder.conn_for and Recorder.add).
+
+Every packet of each corpus file goes through the real sniffer items (sniffer.frame_items)
+and the real LiveCapture._release into a Recorder writing a real capture database, once
+with the compiled recorder and once without: the databases must be equal, row for row, in
+every table - and the C path must have recorded most packets itself. Attribution is the
+seam: each flow gets an entry as Attribution.entry makes them, answered with a process,
+answered with nobody, or due a second look, by the flow.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from collections import deque
+
+import pytest
+
+from apppaccap.attribution.labels import Label
+from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.resolver import PENDING
+from apppaccap.capture import live
+from apppaccap.capture import sniffer
+from apppaccap.capture.applabels import AppLabeller
+from apppaccap.capture.live import LiveCapture
+from apppaccap.capture.live import Target
+from apppaccap.capture.recorder import Recorder
+from apppaccap.capture.sniffer import PACKET
+from apppaccap.pcap.reader import CaptureReader
+from apppaccap.pcap.reader import NotACaptureError
+from apppaccap.store import capturedb
+from apppaccap.store.capturedb import CaptureDb
+from tests.helpers import corpus
+
+TABLES = ("packets", "blocks", "connections", "processes", "threads", "ips", "agg", "span",
+          "agg_sec", "proc_sec", "ip_names")
+
+
+def _opens(rel: str) -> bool:
+    try:
+        with CaptureReader(corpus.path(rel)):
+            return True
+    except (NotACaptureError, OSError):
+        return False
+
+
+FILES = corpus.files(where=lambda row: _opens(row["path"]))
+
+
+def test_the_recorder_is_built():
+    # `make test` installs a compiler and Python's headers: the fast path must exist here
+    assert live.compiled_record is not None
+
+
+class Flows:
+    """Attribution.entry's entries, decided by the flow: a process (every other flow, its
+    local end known for some), nobody, or a second look due (entry[3])."""
+
+    def __init__(self):
+        self.flows: dict = {}
+
+    def entry(self, key5, syn=False):
+        fk = flow_key(*key5)
+        entry = self.flows.get(fk)
+        if entry is None:
+            h = zlib.crc32(repr(fk).encode())
+            labels = []
+            if h % 3:
+                pid = 100 + h % 4
+                proc = {"pid": pid, "ppid": 1, "name": f"app{pid}", "path": f"/bin/app{pid}",
+                        "cmdline": f"app{pid} --serve", "user": "root", "start_time": 1.5}
+                local = (key5[3], key5[4]) if h % 5 == 0 else None
+                labels = [Label(pid * 10, pid, pid + h % 2, proc, local)]
+            entry = self.flows[fk] = [labels, 0.0, 0.0, 1 if h % 7 == 0 else 0, key5]
+        return entry
+
+
+def _items(rel: str, flows: Flows) -> list:
+    linktypes: list = []
+    packets = []
+    with CaptureReader(corpus.path(rel)) as reader:
+        for r in reader:
+            if r.linktype not in linktypes:
+                linktypes.append(r.linktype)
+            ts = r.ts_ns if 0 <= r.ts_ns < 2**64 else len(packets)
+            packets.append((ts, linktypes.index(r.linktype), bytes(r.data)))
+    payload = b"".join(PACKET.pack(ts, i, len(data)) + data for ts, i, data in packets)
+    return sniffer.frame_items(payload, linktypes, flows.entry, False)
+
+
+def _record(tmp_path, name: str, items: list, flows: Flows, labels: bool,
+            local_ips=frozenset()) -> tuple:
+    """The capture database the real _release makes of `items`, and the counters."""
+    db = CaptureDb(str(tmp_path / name), 1)
+    rec = Recorder(db, local_ips=local_ips, batch_packets=300)   # many flushes
+    if labels:
+        rec.labeller = AppLabeller.open()
+    cap = object.__new__(LiveCapture)   # _release's state, without a sniffer process
+    cap.attribution, cap.recorder, cap.target, cap.hold = flows, rec, Target(), 0.0
+    cap.kept = cap.attributed = cap.unknown = 0
+    for at in range(0, len(items), 256):   # chunks as the queue hands them over
+        cap._release(deque([[0.0, items[at:at + 256], 0]]), 1.0, True)
+    rec.finish_labels()
+    rec.flush(wait=True)
+    db.close()
+    conn = sqlite3.connect(capturedb.capture_path(str(tmp_path / name), 1))
+    try:
+        tables = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+                  for t in TABLES}
+    finally:
+        conn.close()
+    return tables, (cap.kept, cap.attributed, cap.unknown, rec.packets, rec.bytes, rec.next_id)
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["plain", "ndpi"])
+@pytest.mark.parametrize("rel", FILES)
+def test_every_corpus_file_gives_the_python_database(tmp_path, monkeypatch, rel, labels):
+    if labels:
+        # `make test` installs nDPI (libndpi-bin): the labels' path must be compared here
+        assert AppLabeller.open() is not None
+    flows = Flows()
+    items = _items(rel, flows)
+    calls = []
+    real = live.compiled_record
+
+    def counting(items, i, end, *args):
+        out = real(items, i, end, *args)
+        calls.append(out[1])
+        return out
+    monkeypatch.setattr(live, "compiled_record", counting)
+    in_c, c_counts = _record(tmp_path, "c", items, flows, labels)
+    monkeypatch.setattr(live, "compiled_record", None)
+    in_py, py_counts = _record(tmp_path, "py", items, flows, labels)
+    assert c_counts == py_counts
+    for table in TABLES:
+        assert in_c[table] == in_py[table], table
+    # the C path recorded the common packets itself: a flow's packets after its first
+    # three (its connection, its state and label set), but state changes, DNS answers
+    # and flows waiting for an answer
+    assert sum(calls) >= 0.9 * _common(items) if not labels else True
+
+
+def _common(items: list) -> int:
+    seen: dict = {}
+    n = 0
+    for _ts, _iface, _data, d, key, ref in items:
+        if key is None or ref is None or ref[0] is PENDING or ref[3]:
+            continue
+        fk = flow_key(*key)
+        seen[fk] = seen.get(fk, 0) + 1
+        if seen[fk] > 3 and d.tcp_flags & 7 == 0 and 53 not in (d.sport, d.dport) and \
+                5353 not in (d.sport, d.dport):
+            n += 1
+    return n
+
+
+def test_local_addresses_and_a_failed_write_agree(tmp_path, monkeypatch):
+    """Direction from the machine's addresses, and a capture whose writing failed: every
+    packet after the failure is lost, in C as in Python."""
+    rel = max(FILES, key=lambda f: len(_items(f, Flows())))
+    flows = Flows()
+    items = _items(rel, flows)
+    local = frozenset(it[3].src for it in items[:3] if it[3].src)
+    got = []
+    for fast in (live.compiled_record, None):
+        monkeypatch.setattr(live, "compiled_record", fast)
+        got.append(_record(tmp_path, f"local-{fast is None}", items, flows, False, local))
+    assert got[0] == got[1]
+    for fast in (live.compiled_record, None):
+        monkeypatch.setattr(live, "compiled_record", fast)
+        db = CaptureDb(str(tmp_path / f"failed-{fast is None}"), 1)
+        rec = Recorder(db, batch_packets=300)
+        rec.on_failure = lambda message: None
+        rec.failure = "disk full"
+        cap = object.__new__(LiveCapture)
+        cap.attribution, cap.recorder, cap.target, cap.hold = flows, rec, Target(), 0.0
+        cap.kept = cap.attributed = cap.unknown = 0
+        cap._release(deque([[0.0, items, 0]]), 1.0, True)
+        assert rec.packets == 0 and rec.lost == len(items) and cap.kept == len(items)
+        db.close()
+
+
+def test_an_error_recording_a_packet_passes_it_and_keeps_the_others(tmp_path, monkeypatch):
+    """A packet whose recording raises (here: a connection whose counters are not ints) is
+    passed, as the Python path passes it; the packets recorded before it stay counted and
+    the next call goes on after it."""
+    flows = Flows()
+    items = _items(max(FILES, key=lambda f: len(_items(f, Flows()))), flows)
+    db = CaptureDb(str(tmp_path / "c"), 1)
+    rec = Recorder(db)
+    cap = object.__new__(LiveCapture)
+    cap.attribution, cap.recorder, cap.target, cap.hold = flows, rec, Target(), 0.0
+    cap.kept = cap.attributed = cap.unknown = 0
+    cap._release(deque([[0.0, items[:len(items) // 2], 0]]), 1.0, True)
+    before = rec.packets
+    victim = next(c for c in rec.conns.values() if c.state == "ESTABLISHED")
+    victim.pout = victim.pin = "not a number"
+    chunk = [0.0, items[len(items) // 2:], 0]
+    with pytest.raises(TypeError):
+        cap._release(deque([chunk]), 1.0, True)
+    assert 0 < chunk[2] < len(chunk[1])       # passed the packet that failed, not the rest
+    assert rec.packets == before + chunk[2] - 1
+    rec.flush(wait=True)
+    db.close()
