@@ -201,8 +201,12 @@ static PyObject *common_item(PyObject *ts, PyObject *iface, PyObject *data, cons
         }
     }
     for (i = 0; i < FIELDS; i++) PyTuple_SET_ITEM(d, i, v[i]);
+    /* ints, text, bytes and None only: no cycle can pass through them, and the cycle
+     * collector need not walk them while they wait in the queue and the batch */
+    PyObject_GC_UnTrack(d);
     key = PyTuple_Pack(5, v[1], src, v[4], dst, v[5]); /* (proto, src, sport, dst, dport) */
     if (key == NULL) goto done;
+    PyObject_GC_UnTrack(key);
     if (on_flow != Py_None) {
         int syn = f->proto == 6 && (f->flags & 0x12) == 0x02;
         if (!syn) {
