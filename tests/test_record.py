@@ -4,7 +4,8 @@ path (LiveCapture._release with Recorder.conn_for and Recorder.add).
 Every packet of each corpus file goes through the real sniffer items (sniffer.frame_items)
 and the real LiveCapture._release into a Recorder writing a real capture database, once
 with the compiled recorder and once without: the databases must be equal, row for row, in
-every table - and the C path must have recorded most packets itself. Attribution is the
+every table, and so must every batch handed to the writer, its dicts in the same order -
+and the C path must have recorded most packets itself. Attribution is the
 seam: each flow gets an entry as Attribution.entry makes them, answered with a process,
 answered with nobody, or due a second look, by the flow.
 """
@@ -22,6 +23,7 @@ from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture import live
 from apppaccap.capture import sniffer
+from apppaccap.capture.aggregates import flat
 from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.live import LiveCapture
 from apppaccap.capture.live import Target
@@ -94,6 +96,17 @@ def _record(tmp_path, name: str, items: list, flows: Flows, labels: bool,
     """The capture database the real _release makes of `items`, and the counters."""
     db = CaptureDb(str(tmp_path / name), 1)
     rec = Recorder(db, local_ips=local_ips, batch_packets=300)   # many flushes
+    batches = []
+    submit = rec._submit
+
+    def seen(batch):
+        """Each batch as it is handed to the writer, its dicts in their order."""
+        batches.append((list(batch.rows), bytes(batch.buf), flat(batch.flowsec),
+                        list(batch.procsec.items()), list(batch.threads.items()),
+                        [(k, v[1:]) for k, v in batch.procs.items()],
+                        [(k, c.row()) for k, c in batch.dirty.items()]))
+        submit(batch)
+    rec._submit = seen
     if labels:
         rec.labeller = AppLabeller.open()
     cap = object.__new__(LiveCapture)   # _release's state, without a sniffer process
@@ -110,7 +123,8 @@ def _record(tmp_path, name: str, items: list, flows: Flows, labels: bool,
                   for t in TABLES}
     finally:
         conn.close()
-    return tables, (cap.kept, cap.attributed, cap.unknown, rec.packets, rec.bytes, rec.next_id)
+    return tables, (cap.kept, cap.attributed, cap.unknown, rec.packets, rec.bytes, rec.next_id,
+                    batches)
 
 
 @pytest.mark.parametrize("labels", [False, True], ids=["plain", "ndpi"])

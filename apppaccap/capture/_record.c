@@ -149,25 +149,191 @@ fail:
     return NULL;
 }
 
+/* A run: consecutive packets of one connection, label and second. Its counters are
+ * added to the connection and the batch once, when it ends (run_end), in the order
+ * Recorder.add adds them for its first packet: the batch's dicts come out the same. */
+typedef struct {
+    PyObject *ref, *lab;   /* borrowed: the entry and label the run's packets came with */
+    PyObject *conn, *k, *local, *process_id, *pid, *tid, *first, *last;   /* owned */
+    long long sec, n[2], b[2];   /* packets and bytes by direction: [0] in, [1] out */
+    int first_dir;               /* the direction of its first packet (0, 1) */
+} Run;
+
+static void run_clear(Run *u) {
+    Py_CLEAR(u->conn);
+    Py_CLEAR(u->k);
+    Py_CLEAR(u->local);
+    Py_CLEAR(u->process_id);
+    Py_CLEAR(u->pid);
+    Py_CLEAR(u->tid);
+    Py_CLEAR(u->first);
+    Py_CLEAR(u->last);
+    u->ref = u->lab = NULL;
+    u->n[0] = u->n[1] = u->b[0] = u->b[1] = 0;
+}
+
+static int add_attr(PyObject *obj, PyObject *name, long long by) {
+    long long x;
+    return by == 0 ? 0 : get_ll(obj, name, &x) < 0 ? -1 : set_ll(obj, name, x + by);
+}
+
+/* The run's counters into the connection and the batch; the run is cleared (0, -1) */
+static int run_end(Rec *r, Run *u, int out_dir, int in_dir) {
+    long long n = u->n[0] + u->n[1], b = u->b[0] + u->b[1];
+    PyObject *t = NULL, *v, *sec = NULL;
+    int ret = -1, i;
+    if (u->conn == NULL) return 0;
+    if (n == 0) goto ok;
+    if (add_attr(u->conn, a_pout, u->n[1]) < 0 || add_attr(u->conn, a_bout, u->b[1]) < 0 ||
+        add_attr(u->conn, a_pin, u->n[0]) < 0 || add_attr(u->conn, a_bin, u->b[0]) < 0 ||
+        PyObject_SetAttr(u->conn, a_last, u->last) < 0 ||
+        PyDict_SetItem(r->dirty, u->k, u->conn) < 0)
+        goto done;
+    if ((sec = PyLong_FromLongLong(u->sec)) == NULL) goto done;
+    if (u->lab != Py_None) {
+        v = PyDict_GetItemWithError(r->procs, u->process_id);
+        if (v == NULL) {
+            PyObject *proc;
+            if (PyErr_Occurred() || (proc = PyObject_GetAttr(u->lab, a_proc)) == NULL)
+                goto done;
+            v = Py_BuildValue("[NLL]", proc, n, b);
+            if (v == NULL || PyDict_SetItem(r->procs, u->process_id, v) < 0) {
+                Py_XDECREF(v);
+                goto done;
+            }
+            Py_DECREF(v);
+        } else if (!PyList_Check(v) || PyList_GET_SIZE(v) < 3 || list_add(v, 1, n) < 0 ||
+                   list_add(v, 2, b) < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "record: a process counter is not a list");
+            goto done;
+        }
+        if ((t = PyTuple_Pack(3, u->pid, u->tid, u->process_id)) == NULL) goto done;
+        v = PyDict_GetItemWithError(r->threads, t);
+        if (v == NULL && PyErr_Occurred()) goto done;
+        {
+            long long x = v == NULL ? 0 : PyLong_AsLongLong(v);
+            if (x == -1 && PyErr_Occurred()) goto done;
+            if ((v = PyLong_FromLongLong(x + n)) == NULL) goto done;
+        }
+        i = PyDict_SetItem(r->threads, t, v);
+        Py_DECREF(v);
+        Py_CLEAR(t);
+        if (i < 0) goto done;
+        for (i = 0; i < 2; i++) {   /* by direction, the run's first one first */
+            int dir = i == 0 ? u->first_dir : !u->first_dir;
+            if (u->n[dir] == 0) continue;
+            t = Py_BuildValue("(OOi)", u->process_id, sec, dir ? out_dir : in_dir);
+            if (t == NULL || count2(r->procsec, t, u->n[dir], u->b[dir]) < 0) goto done;
+            Py_CLEAR(t);
+        }
+    }
+    /* one aggregate per (flow, second), expanded at flush time */
+    if ((t = PyTuple_Pack(2, u->conn, sec)) == NULL) goto done;
+    v = PyDict_GetItemWithError(r->flowsec, t);
+    if (v == NULL) {
+        if (PyErr_Occurred() || (v = Py_BuildValue("[LLOO]", n, b, u->first, u->last)) == NULL)
+            goto done;
+        i = PyDict_SetItem(r->flowsec, t, v);
+        Py_DECREF(v);
+        if (i < 0) goto done;
+    } else if (!PyList_Check(v) || PyList_GET_SIZE(v) < 4 || list_add(v, 0, n) < 0 ||
+               list_add(v, 1, b) < 0 || (Py_INCREF(u->last), PyList_SetItem(v, 3, u->last)) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "record: a flow counter is not a list");
+        goto done;
+    }
+ok:
+    ret = 0;
+done:
+    Py_XDECREF(t);
+    Py_XDECREF(sec);
+    run_clear(u);
+    return ret;
+}
+
+/* Start a run for `conn` (a borrowed reference) with label `lab`: its id, local end and
+ * the label's ids read once (0, -1) */
+static int run_start(Run *u, PyObject *ref, PyObject *lab, PyObject *conn, long long sec) {
+    u->ref = ref;
+    u->lab = lab;
+    u->sec = sec;
+    u->conn = Py_NewRef(conn);
+    if ((u->k = PyObject_GetAttr(conn, a_id)) == NULL ||
+        (u->local = PyObject_GetAttr(conn, a_local)) == NULL)
+        return -1;
+    if (!PyTuple_Check(u->local) || PyTuple_GET_SIZE(u->local) != 2) {
+        PyErr_SetString(PyExc_TypeError, "record: a connection's local end is not a pair");
+        return -1;
+    }
+    if (lab == Py_None) {
+        u->process_id = Py_NewRef(Py_None);
+        u->pid = Py_NewRef(zero);
+        u->tid = Py_NewRef(zero);
+        return 0;
+    }
+    if ((u->process_id = PyObject_GetAttr(lab, a_process_id)) == NULL ||
+        (u->pid = PyObject_GetAttr(lab, a_pid)) == NULL ||
+        (u->tid = PyObject_GetAttr(lab, a_tid)) == NULL)
+        return -1;
+    return 0;
+}
+
+/* The connection of a packet Recorder.add would record without a decision of its own (a
+ * borrowed reference), NULL when it is Python's (*err set on an error) */
+static PyObject *plain_conn(Rec *r, PyObject *lab, PyObject *d, long long proto, int *err) {
+    PyObject *ck, *conn, *state;
+    int python;
+    ck = conn_key(PyTuple_GET_ITEM(d, 1), PyTuple_GET_ITEM(d, 2), PyTuple_GET_ITEM(d, 4),
+                  PyTuple_GET_ITEM(d, 3), PyTuple_GET_ITEM(d, 5));
+    if (ck == NULL) {
+        *err = 1;
+        return NULL;
+    }
+    conn = PyDict_GetItemWithError(r->conns, ck);   /* borrowed: conns keeps it */
+    Py_DECREF(ck);
+    if (conn == NULL) {   /* a new flow: Recorder.conn_for makes its connection */
+        *err = PyErr_Occurred() != NULL;
+        return NULL;
+    }
+    /* the connection's first label, a TCP state change, nDPI still looking: Python's */
+    if (lab != Py_None && (python = attr_is_none(conn, a_label)) != 0) goto python;
+    if ((state = PyObject_GetAttr(conn, a_state)) == NULL) {
+        python = -1;
+        goto python;
+    }
+    if (proto == TCP)   /* _tcp_state: without SYN/FIN/RST only these states change */
+        python = !PyUnicode_Check(state) || PyUnicode_GET_LENGTH(state) == 0 ||
+                 PyUnicode_Compare(state, s_syn_sent) == 0 ||
+                 PyUnicode_Compare(state, s_syn_received) == 0;
+    else
+        python = PyObject_Not(state);   /* "": it becomes ACTIVE */
+    Py_DECREF(state);
+    if (python == 0 && r->labeller != Py_None) python = attr_is_none(conn, a_app);
+    if (python == 0) return conn;
+python:
+    if (python < 0 || PyErr_Occurred()) *err = 1;
+    return NULL;
+}
+
 /* Record item `item` if the Python path would record it without a decision of its own:
  * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 error. */
-static int record_one(Rec *r, PyObject *item, PyObject *pending, int out_dir, int in_dir,
-                      int *attributed) {
-    PyObject *ts_o, *iface, *data, *d, *key, *ref, *labels, *lab = Py_None, *proto_o, *src,
-        *dst, *sport, *dport, *ck = NULL, *conn, *local = NULL, *state = NULL, *v, *row;
-    PyObject *process_id = Py_None, *pid = NULL, *tid = NULL, *k = NULL;
-    long long ts, size, proto, flags = 0, sec;
+static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out_dir,
+                      int in_dir, int *attributed) {
+    PyObject *ts_o, *iface, *data, *d, *ref, *labels, *lab = Py_None, *src, *sport, *conn,
+        *row;
+    long long ts, size, proto, sec;
     Py_ssize_t off;
-    int out, ret = -1, dir;
+    int out, err = 0;
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
     ts_o = PyTuple_GET_ITEM(item, 0);
     iface = PyTuple_GET_ITEM(item, 1);
     data = PyTuple_GET_ITEM(item, 2);
     d = PyTuple_GET_ITEM(item, 3);
-    key = PyTuple_GET_ITEM(item, 4);
     ref = PyTuple_GET_ITEM(item, 5);
     /* an entry that came with the packet, answered, no second look due */
-    if (key == Py_None || !PyList_Check(ref) || PyList_GET_SIZE(ref) < 4) return 0;
+    if (PyTuple_GET_ITEM(item, 4) == Py_None || !PyList_Check(ref) || PyList_GET_SIZE(ref) < 4)
+        return 0;
     labels = PyList_GET_ITEM(ref, 0);
     if (labels == pending) return 0;
     switch (PyObject_IsTrue(PyList_GET_ITEM(ref, 3))) {
@@ -189,183 +355,62 @@ static int record_one(Rec *r, PyObject *item, PyObject *pending, int out_dir, in
         PyErr_Clear();
         return 0;
     }
-    proto_o = PyTuple_GET_ITEM(d, 1);
     src = PyTuple_GET_ITEM(d, 2);
-    dst = PyTuple_GET_ITEM(d, 3);
     sport = PyTuple_GET_ITEM(d, 4);
-    dport = PyTuple_GET_ITEM(d, 5);
-    if (src == Py_None || dst == Py_None || !PyLong_Check(proto_o) || !PyLong_Check(sport))
+    if (src == Py_None || PyTuple_GET_ITEM(d, 3) == Py_None ||
+        !PyLong_Check(PyTuple_GET_ITEM(d, 1)) || !PyLong_Check(sport))
         return 0;
-    proto = PyLong_AsLongLong(proto_o);
-    if (proto != TCP && proto != UDP) return 0;
+    proto = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 1));
     if (proto == TCP) {
-        if (!PyLong_Check(PyTuple_GET_ITEM(d, 6))) return 0;
-        flags = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 6));
-        if (flags & 0x07) return 0;   /* SYN, FIN, RST: the state machine is Python's */
-    } else {   /* a DNS answer is read in Python */
+        PyObject *flags = PyTuple_GET_ITEM(d, 6);
+        /* SYN, FIN, RST: the state machine is Python's */
+        if (!PyLong_Check(flags) || PyLong_AsLongLong(flags) & 0x07) return 0;
+    } else if (proto == UDP) {   /* a DNS answer is read in Python */
         long long sp = PyLong_AsLongLong(sport);
         int dns = PyObject_IsTrue(PyTuple_GET_ITEM(d, 14));
         if (dns < 0) return -1;
         if (dns && (sp == 53 || sp == 5353)) return 0;
-    }
-    if ((ck = conn_key(proto_o, src, sport, dst, dport)) == NULL) return -1;
-    conn = PyDict_GetItemWithError(r->conns, ck);   /* borrowed */
-    if (conn == NULL) {   /* a new flow: Recorder.conn_for makes its connection */
-        ret = PyErr_Occurred() ? -1 : 0;
-        goto done;
-    }
-    Py_INCREF(conn);
-    /* the connection's first label, a TCP state change, nDPI still looking: Python */
-    if (lab != Py_None) {
-        int none = attr_is_none(conn, a_label);
-        if (none != 0) {
-            ret = none < 0 ? -1 : 0;
-            goto done_conn;
-        }
-    }
-    if ((state = PyObject_GetAttr(conn, a_state)) == NULL) goto done_conn;
-    if (proto == TCP) {
-        /* _tcp_state: without SYN/FIN/RST only "", SYN_SENT, SYN_RECEIVED change */
-        int opening = !PyUnicode_Check(state) || PyUnicode_GET_LENGTH(state) == 0 ||
-                      PyUnicode_Compare(state, s_syn_sent) == 0 ||
-                      PyUnicode_Compare(state, s_syn_received) == 0;
-        if (opening) {
-            ret = PyErr_Occurred() ? -1 : 0;
-            goto done_conn;
-        }
     } else {
-        int active = PyObject_IsTrue(state);
-        if (active <= 0) {
-            ret = active;
-            goto done_conn;
-        }
+        return 0;
     }
-    if (r->labeller != Py_None) {
-        int none = attr_is_none(conn, a_app);
-        if (none != 0) {
-            ret = none < 0 ? -1 : 0;
-            goto done_conn;
+    sec = ts / SECOND_NS;
+    if (u->conn != NULL && ref == u->ref && lab == u->lab && sec == u->sec) {
+        conn = u->conn;   /* the run goes on: same flow entry, label and second */
+    } else {
+        if ((conn = plain_conn(r, lab, d, proto, &err)) == NULL) return err ? -1 : 0;
+        if (conn != u->conn || lab != u->lab || sec != u->sec) {
+            if (run_end(r, u, out_dir, in_dir) < 0 || run_start(u, ref, lab, conn, sec) < 0)
+                return -1;
         }
+        u->ref = ref;
     }
     /* recorded from here on (Recorder.add) */
     size = PyBytes_GET_SIZE(data);
-    if ((local = PyObject_GetAttr(conn, a_local)) == NULL) goto done_conn;
-    if (!PyTuple_Check(local) || PyTuple_GET_SIZE(local) != 2) {
-        PyErr_SetString(PyExc_TypeError, "record: a connection's local end is not a pair");
-        goto done_conn;
-    }
-    if ((out = PyObject_RichCompareBool(sport, PyTuple_GET_ITEM(local, 1), Py_EQ)) < 0)
-        goto done_conn;
-    if (out && (out = PyObject_RichCompareBool(src, PyTuple_GET_ITEM(local, 0), Py_EQ)) < 0)
-        goto done_conn;
-    dir = out ? out_dir : in_dir;
-    {
-        PyObject *pn = out ? a_pout : a_pin, *bn = out ? a_bout : a_bin;
-        long long p, b;
-        if (get_ll(conn, pn, &p) < 0 || get_ll(conn, bn, &b) < 0 ||
-            set_ll(conn, pn, p + 1) < 0 || set_ll(conn, bn, b + size) < 0 ||
-            PyObject_SetAttr(conn, a_last, ts_o) < 0)
-            goto done_conn;
-    }
-    if ((v = PyObject_GetAttr(conn, a_id)) == NULL) goto done_conn;
-    k = v;   /* the connection's id, kept for the row */
-    if (PyDict_SetItem(r->dirty, k, conn) < 0) goto done_conn;
-    if (lab != Py_None) {
-        PyObject *t;
-        if ((process_id = PyObject_GetAttr(lab, a_process_id)) == NULL ||
-            (pid = PyObject_GetAttr(lab, a_pid)) == NULL ||
-            (tid = PyObject_GetAttr(lab, a_tid)) == NULL)
-            goto done_conn;
-        v = PyDict_GetItemWithError(r->procs, process_id);
-        if (v == NULL) {
-            PyObject *proc;
-            if (PyErr_Occurred() || (proc = PyObject_GetAttr(lab, a_proc)) == NULL)
-                goto done_conn;
-            v = Py_BuildValue("[NLL]", proc, 1LL, size);
-            if (v == NULL || PyDict_SetItem(r->procs, process_id, v) < 0) {
-                Py_XDECREF(v);
-                goto done_conn;
-            }
-            Py_DECREF(v);
-        } else if (!PyList_Check(v) || PyList_GET_SIZE(v) < 3 || list_add(v, 1, 1) < 0 ||
-                   list_add(v, 2, size) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "record: a process counter is not a list");
-            goto done_conn;
-        }
-        if ((t = PyTuple_Pack(3, pid, tid, process_id)) == NULL) goto done_conn;
-        v = PyDict_GetItemWithError(r->threads, t);
-        if (v == NULL && PyErr_Occurred()) {
-            Py_DECREF(t);
-            goto done_conn;
-        }
-        v = v == NULL ? (Py_INCREF(one), one) : PyNumber_Add(v, one);
-        if (v == NULL || PyDict_SetItem(r->threads, t, v) < 0) {
-            Py_XDECREF(v);
-            Py_DECREF(t);
-            goto done_conn;
-        }
-        Py_DECREF(v);
-        Py_DECREF(t);
-        t = Py_BuildValue("(OLi)", process_id, ts / SECOND_NS, dir);
-        if (t == NULL || count2(r->procsec, t, 1, size) < 0) {
-            Py_XDECREF(t);
-            goto done_conn;
-        }
-        Py_DECREF(t);
-        *attributed = 1;
-    }
+    if ((out = PyObject_RichCompareBool(sport, PyTuple_GET_ITEM(u->local, 1), Py_EQ)) < 0)
+        return -1;
+    if (out && (out = PyObject_RichCompareBool(src, PyTuple_GET_ITEM(u->local, 0), Py_EQ)) < 0)
+        return -1;
     off = PyByteArray_GET_SIZE(r->buf);
-    if (PyByteArray_Resize(r->buf, off + size) < 0) goto done_conn;
+    if (PyByteArray_Resize(r->buf, off + size) < 0) return -1;
     memcpy(PyByteArray_AS_STRING(r->buf) + off, PyBytes_AS_STRING(data), (size_t)size);
-    if ((row = packet_row(r->next_id, ts_o, size, iface, d, dir, k, process_id,
-                          pid != NULL ? pid : zero, tid != NULL ? tid : zero, off)) == NULL ||
-        PyList_Append(r->rows, row) < 0) {
-        Py_XDECREF(row);
-        goto done_conn;
-    }
+    if ((row = packet_row(r->next_id, ts_o, size, iface, d, out ? out_dir : in_dir, u->k,
+                          u->process_id, u->pid, u->tid, off)) == NULL)
+        return -1;
+    err = PyList_Append(r->rows, row);
     Py_DECREF(row);
-    /* one aggregate per (flow, second), expanded at flush time */
-    sec = ts / SECOND_NS;
-    {
-        PyObject *sec_o = PyLong_FromLongLong(sec), *fk, *a;
-        if (sec_o == NULL) goto done_conn;
-        fk = PyTuple_Pack(2, conn, sec_o);
-        Py_DECREF(sec_o);
-        if (fk == NULL) goto done_conn;
-        a = PyDict_GetItemWithError(r->flowsec, fk);
-        if (a == NULL) {
-            if (PyErr_Occurred() || (a = Py_BuildValue("[LLOO]", 1LL, size, ts_o, ts_o)) == NULL ||
-                PyDict_SetItem(r->flowsec, fk, a) < 0) {
-                Py_XDECREF(a);
-                Py_DECREF(fk);
-                goto done_conn;
-            }
-            Py_DECREF(a);
-        } else if (!PyList_Check(a) || PyList_GET_SIZE(a) < 4 || list_add(a, 0, 1) < 0 ||
-                   list_add(a, 1, size) < 0 || (Py_INCREF(ts_o), PyList_SetItem(a, 3, ts_o)) < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "record: a flow counter is not a list");
-            Py_DECREF(fk);
-            goto done_conn;
-        }
-        Py_DECREF(fk);
+    if (err < 0) return -1;
+    if (u->n[0] + u->n[1] == 0) {
+        u->first = Py_NewRef(ts_o);
+        u->first_dir = out;
     }
+    u->n[out]++;
+    u->b[out] += size;
+    Py_XSETREF(u->last, Py_NewRef(ts_o));
+    *attributed = lab != Py_None;
     r->next_id++;
     r->packets++;
     r->bytes += size;
-    ret = 1;
-done_conn:
-    Py_DECREF(conn);
-done:
-    Py_XDECREF(ck);
-    Py_XDECREF(local);
-    Py_XDECREF(state);
-    Py_XDECREF(k);
-    if (process_id != Py_None) Py_XDECREF(process_id);
-    Py_XDECREF(pid);
-    Py_XDECREF(tid);
-    return ret;
+    return 1;
 }
 
 PyDoc_STRVAR(record_doc,
@@ -383,6 +428,7 @@ static PyObject *record(PyObject *self, PyObject *args) {
     int out_dir, in_dir, full = 0, err = 0;
     long long kept = 0, attributed = 0;
     Rec r = {0};
+    Run u = {0};
     (void)self;
     if (!PyArg_ParseTuple(args, "O!nnOOii", &PyList_Type, &items, &i, &end, &rec, &pending,
                           &out_dir, &in_dir))
@@ -419,7 +465,8 @@ static PyObject *record(PyObject *self, PyObject *args) {
         goto done;
     }
     for (; i < end; i++) {
-        int a = 0, got = record_one(&r, PyList_GET_ITEM(items, i), pending, out_dir, in_dir, &a);
+        int a = 0, got = record_one(&r, &u, PyList_GET_ITEM(items, i), pending, out_dir,
+                                    in_dir, &a);
         if (got < 0) {   /* handed back with the packets recorded: the caller raises it */
             PyObject *type, *tb;
             PyErr_Fetch(&type, &failure, &tb);
@@ -443,11 +490,20 @@ static PyObject *record(PyObject *self, PyObject *args) {
             break;
         }
     }
-    /* the counters of what was recorded, also when an error stopped the run */
+    /* the counters of what was recorded, also when an error stopped the walk: before
+     * Python sees the batch again */
+    if (u.conn != NULL && run_end(&r, &u, out_dir, in_dir) < 0) {
+        if (failure == NULL) {
+            err = 1;
+        } else {
+            PyErr_Clear();   /* the first error is the one handed back */
+        }
+    }
     if (kept && (set_ll(rec, a_next_id, r.next_id) < 0 || set_ll(rec, a_packets, r.packets) < 0 ||
                  set_ll(rec, a_bytes, r.bytes) < 0))
         err = 1;
 done:
+    run_clear(&u);
     Py_XDECREF(batch);
     Py_XDECREF(r.rows);
     Py_XDECREF(r.buf);
