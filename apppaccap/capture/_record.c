@@ -153,8 +153,9 @@ fail:
  * added to the connection and the batch once, when it ends (run_end), in the order
  * Recorder.add adds them for its first packet: the batch's dicts come out the same. */
 typedef struct {
-    PyObject *ref, *lab;   /* borrowed: the entry and label the run's packets came with */
-    PyObject *conn, *k, *local, *process_id, *pid, *tid, *first, *last;   /* owned */
+    /* all owned: the entry and label the run's packets came with (compared by identity:
+     * held, no other object can take their address), its connection, ... */
+    PyObject *ref, *lab, *conn, *k, *local, *process_id, *pid, *tid, *first, *last;
     long long sec, n[2], b[2];   /* packets and bytes by direction: [0] in, [1] out */
     int first_dir;               /* the direction of its first packet (0, 1) */
 } Run;
@@ -168,7 +169,8 @@ static void run_clear(Run *u) {
     Py_CLEAR(u->tid);
     Py_CLEAR(u->first);
     Py_CLEAR(u->last);
-    u->ref = u->lab = NULL;
+    Py_CLEAR(u->ref);
+    Py_CLEAR(u->lab);
     u->n[0] = u->n[1] = u->b[0] = u->b[1] = 0;
 }
 
@@ -255,8 +257,8 @@ done:
 /* Start a run for `conn` (a borrowed reference) with label `lab`: its id, local end and
  * the label's ids read once (0, -1) */
 static int run_start(Run *u, PyObject *ref, PyObject *lab, PyObject *conn, long long sec) {
-    u->ref = ref;
-    u->lab = lab;
+    u->ref = Py_NewRef(ref);
+    u->lab = Py_NewRef(lab);
     u->sec = sec;
     u->conn = Py_NewRef(conn);
     if ((u->k = PyObject_GetAttr(conn, a_id)) == NULL ||
@@ -316,20 +318,17 @@ python:
     return NULL;
 }
 
+/* record_one for the packet's label `lab` (held by the caller) */
+static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_dir,
+                        int in_dir, int *attributed);
+
 /* Record item `item` if the Python path would record it without a decision of its own:
  * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 error. */
 static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out_dir,
                       int in_dir, int *attributed) {
-    PyObject *ts_o, *iface, *data, *d, *ref, *labels, *lab = Py_None, *src, *sport, *conn,
-        *row;
-    long long ts, size, proto, sec;
-    Py_ssize_t off;
-    int out, err = 0;
+    PyObject *ref, *labels, *lab = Py_None;
+    int ret;
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
-    ts_o = PyTuple_GET_ITEM(item, 0);
-    iface = PyTuple_GET_ITEM(item, 1);
-    data = PyTuple_GET_ITEM(item, 2);
-    d = PyTuple_GET_ITEM(item, 3);
     ref = PyTuple_GET_ITEM(item, 5);
     /* an entry that came with the packet, answered, no second look due */
     if (PyTuple_GET_ITEM(item, 4) == Py_None || !PyList_Check(ref) || PyList_GET_SIZE(ref) < 4)
@@ -347,6 +346,25 @@ static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out
     } else {
         return 0;
     }
+    /* held while it is used: a collection running a finalizer could let the resolver
+     * thread replace the entry's labels meanwhile */
+    Py_INCREF(lab);
+    ret = record_label(r, u, item, lab, out_dir, in_dir, attributed);
+    Py_DECREF(lab);
+    return ret;
+}
+
+static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_dir,
+                        int in_dir, int *attributed) {
+    PyObject *ts_o, *iface, *data, *d, *ref, *src, *sport, *conn, *row;
+    long long ts, size, proto, sec;
+    Py_ssize_t off;
+    int out, err = 0;
+    ts_o = PyTuple_GET_ITEM(item, 0);
+    iface = PyTuple_GET_ITEM(item, 1);
+    data = PyTuple_GET_ITEM(item, 2);
+    d = PyTuple_GET_ITEM(item, 3);
+    ref = PyTuple_GET_ITEM(item, 5);
     if (!PyBytes_Check(data) || !PyTuple_Check(d) || PyTuple_GET_SIZE(d) < 15 ||
         !PyLong_Check(ts_o))
         return 0;
@@ -382,7 +400,7 @@ static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out
             if (run_end(r, u, out_dir, in_dir) < 0 || run_start(u, ref, lab, conn, sec) < 0)
                 return -1;
         }
-        u->ref = ref;
+        Py_SETREF(u->ref, Py_NewRef(ref));
     }
     /* recorded from here on (Recorder.add) */
     size = PyBytes_GET_SIZE(data);
