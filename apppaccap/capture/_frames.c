@@ -222,6 +222,10 @@ static PyObject *common_item(PyObject *ts, PyObject *iface, PyObject *data, cons
     } else
         ref = Py_NewRef(Py_None);
     item = PyTuple_Pack(6, ts, iface, data, d, key, ref);
+    /* No cycle passes through an item (nothing it reaches refers back to it): the cycle
+     * collector need not walk the items waiting in the queue and the hold buffer. The
+     * entry it holds stays tracked, and an untracked holder only keeps it reachable. */
+    if (item != NULL) PyObject_GC_UnTrack(item);
 done:
     Py_XDECREF(src);
     Py_XDECREF(dst);
