@@ -16,8 +16,6 @@ import pytest
 from apppaccap.capture import sniffer
 from apppaccap.capture.sniffer import PACKET
 from apppaccap.dissect.decoded import Decoded
-from apppaccap.pcap.reader import CaptureReader
-from apppaccap.pcap.reader import NotACaptureError
 from tests.helpers import corpus
 from tests.helpers.packets import eth
 from tests.helpers.packets import icmp
@@ -26,16 +24,7 @@ from tests.helpers.packets import ipv6
 from tests.helpers.packets import tcp
 from tests.helpers.packets import udp
 
-
-def _opens(rel: str) -> bool:
-    try:
-        with CaptureReader(corpus.path(rel)):
-            return True
-    except (NotACaptureError, OSError):
-        return False
-
-
-FILES = corpus.files(where=lambda row: _opens(row["path"]))
+FILES = corpus.capture_files()
 
 
 def test_frame_decoder_is_built():
@@ -91,14 +80,7 @@ def _same(in_c: list, in_py: list) -> None:
 
 @pytest.mark.parametrize("rel", FILES)
 def test_every_corpus_packet_gives_the_python_item(rel):
-    linktypes: list = []
-    packets = []
-    with CaptureReader(corpus.path(rel)) as reader:
-        for r in reader:
-            if r.linktype not in linktypes:
-                linktypes.append(r.linktype)
-            ts = r.ts_ns if 0 <= r.ts_ns < 2**64 else len(packets)  # a frame's u64
-            packets.append((ts, linktypes.index(r.linktype), bytes(r.data)))
+    linktypes, packets = corpus.sniffed(rel)
     for echoes in (False, True):
         in_c, in_py, fell_back = _both(_frame(packets), linktypes, echoes)
         _same(in_c, in_py)

@@ -29,8 +29,6 @@ from apppaccap.capture.live import LiveCapture
 from apppaccap.capture.live import Target
 from apppaccap.capture.recorder import Recorder
 from apppaccap.capture.sniffer import PACKET
-from apppaccap.pcap.reader import CaptureReader
-from apppaccap.pcap.reader import NotACaptureError
 from apppaccap.store import capturedb
 from apppaccap.store.capturedb import CaptureDb
 from tests.helpers import corpus
@@ -39,15 +37,7 @@ TABLES = ("packets", "blocks", "connections", "processes", "threads", "ips", "ag
           "agg_sec", "proc_sec", "ip_names")
 
 
-def _opens(rel: str) -> bool:
-    try:
-        with CaptureReader(corpus.path(rel)):
-            return True
-    except (NotACaptureError, OSError):
-        return False
-
-
-FILES = corpus.files(where=lambda row: _opens(row["path"]))
+FILES = corpus.capture_files()
 
 
 def test_the_recorder_is_built():
@@ -79,14 +69,7 @@ class Flows:
 
 
 def _items(rel: str, flows: Flows) -> list:
-    linktypes: list = []
-    packets = []
-    with CaptureReader(corpus.path(rel)) as reader:
-        for r in reader:
-            if r.linktype not in linktypes:
-                linktypes.append(r.linktype)
-            ts = r.ts_ns if 0 <= r.ts_ns < 2**64 else len(packets)
-            packets.append((ts, linktypes.index(r.linktype), bytes(r.data)))
+    linktypes, packets = corpus.sniffed(rel)
     payload = b"".join(PACKET.pack(ts, i, len(data)) + data for ts, i, data in packets)
     return sniffer.frame_items(payload, linktypes, flows.entry, False)
 

@@ -69,6 +69,36 @@ def files(prefix: str = "", where=None) -> list[str]:
                   if rel.startswith(prefix) and (where is None or where(r)))
 
 
+def capture_files() -> list[str]:
+    """files() the capture reader opens (well-formed and damaged alike), for parametrize."""
+    return files(where=lambda r: _opens(r["path"]))
+
+
+def _opens(rel: str) -> bool:
+    from apppaccap.pcap.reader import CaptureReader
+    from apppaccap.pcap.reader import NotACaptureError
+    try:
+        with CaptureReader(path(rel)):
+            return True
+    except (NotACaptureError, OSError):
+        return False
+
+
+def sniffed(rel: str) -> tuple[list, list]:
+    """A corpus file as the sniffer process frames it: (link types, [(ts, index of the link
+    type, bytes)]); a timestamp a frame's u64 cannot hold becomes the packet's index."""
+    from apppaccap.pcap.reader import CaptureReader
+    linktypes: list = []
+    packets = []
+    with CaptureReader(path(rel)) as reader:
+        for r in reader:
+            if r.linktype not in linktypes:
+                linktypes.append(r.linktype)
+            ts = r.ts_ns if 0 <= r.ts_ns < 2**64 else len(packets)
+            packets.append((ts, linktypes.index(r.linktype), bytes(r.data)))
+    return linktypes, packets
+
+
 def count(r: dict[str, str], column: str) -> int:
     """A numeric column of a manifest row (0 where the manifest leaves it empty)."""
     value = r[column]
