@@ -164,8 +164,9 @@ _PACKET_COLUMNS = ("blk,id,ts,len,caplen,iface,l3,proto,src,dst,sport,dport,tcp_
 # once (the sqlite3 module releases it around each step), so a live capture's writer
 # waits for the lock 64 times less often: the service's CPU per packet fell by 1-2 us
 # of ~9 at 100-130k packets/s (benchmarks/live_rate.py, README). The block's id is the
-# statement's first parameter, not part of its text: a text per batch filled the sqlite3
-# module's statement cache (128 per connection) with ~70 KB programs, ~20 MB a capture.
+# statement's first parameter (?1), not part of its text: a text per batch filled the
+# sqlite3 module's statement cache (128 per connection) with ~70 KB programs, ~20 MB a
+# capture.
 ROWS_AT_ONCE = 64
 
 
@@ -180,8 +181,10 @@ def _insert_rows(conn, packets: list, blk: int) -> None:
     """The packet tuples (write_batch's `packets`) into `packets`, many a statement, the
     rest one by one."""
     n, per = len(packets), _rows_at_once(conn)
-    many = (f"INSERT INTO packets({_PACKET_COLUMNS}) SELECT ?,* FROM (VALUES "
-            + ",".join([f"({_ROW})"] * per) + ")")
+    # ?1, the block, in every row: one parameter, and no subquery (INSERT ... SELECT ?,*
+    # FROM (VALUES ...) cost ~15 % more a row)
+    many = (f"INSERT INTO packets({_PACKET_COLUMNS}) VALUES "
+            + ",".join([f"(?1,{_ROW})"] * per))
     one = f"INSERT INTO packets({_PACKET_COLUMNS}) VALUES (?,{_ROW})"
     if insert_tuples is not None and isinstance(conn, sqlite3.Connection):
         # the same statements bound in C, the interpreter lock let go around each step:
