@@ -270,7 +270,10 @@ def _item(ts, iface, data, linktype, on_flow, icmp, refs) -> tuple:
     new connection on a reused tuple: the packets after it keep the new entry."""
     d = decode(linktype, data)
     key = ref = None
-    if (d.proto == 6 or d.proto == 17) and d.src is not None and not d.fragment:
+    # (an IPv4 header cut at 16-19 bytes has a source and no destination: no flow to ask
+    # about; asked, attribution's flow_key raised and the packet was logged and left out)
+    if (d.proto == 6 or d.proto == 17) and d.src is not None and d.dst is not None \
+            and not d.fragment:
         key = (d.proto, d.src, d.sport, d.dst, d.dport)
         if on_flow is not None:
             syn = d.proto == 6 and d.tcp_flags & 0x12 == 0x02
@@ -278,7 +281,7 @@ def _item(ts, iface, data, linktype, on_flow, icmp, refs) -> tuple:
             if ref is None:
                 ref = refs[key] = on_flow(key, syn)
     elif icmp and d.icmp_type in ECHO.get(d.proto, ()) and d.src is not None \
-            and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
+            and d.dst is not None and 0 < d.l4_off <= len(data) - 8 and not d.fragment:
         ident = data[d.l4_off + 4] << 8 | data[d.l4_off + 5]
         key = (d.proto, d.src, ident, d.dst, ident)
         if on_flow is not None:
