@@ -28,6 +28,7 @@ from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.live import LiveCapture
 from apppaccap.capture.live import Target
 from apppaccap.capture.recorder import Recorder
+from apppaccap.dissect.decoded import Decoded
 from apppaccap.capture.sniffer import PACKET
 from apppaccap.store import capturedb
 from apppaccap.store.capturedb import CaptureDb
@@ -178,25 +179,49 @@ def test_local_addresses_and_a_failed_write_agree(tmp_path, monkeypatch):
         db.close()
 
 
-def test_an_error_recording_a_packet_passes_it_and_keeps_the_others(tmp_path, monkeypatch):
-    """A packet whose recording raises (here: a connection whose counters are not ints) is
-    passed, as the Python path passes it; the packets recorded before it stay counted and
-    the next call goes on after it."""
-    flows = Flows()
-    items = _items(max(FILES, key=lambda f: len(_items(f, Flows()))), flows)
-    db = CaptureDb(str(tmp_path / "c"), 1)
+def _established(rec_flows: dict, sport: int, ts: int, flags: int = 0x10) -> tuple:
+    """A queue item of a TCP flow from 10.0.0.1:sport to 10.0.0.2:80, its entry answered."""
+    d = Decoded(0x0800, 6, "10.0.0.1", "10.0.0.2", sport, 80, flags, 0, 0, 64, None, None,
+                None, 54, 0)
+    key = (6, "10.0.0.1", sport, "10.0.0.2", 80)
+    label = Label(7, 70, 71, {"pid": 70, "ppid": 1, "name": "app", "path": "/bin/app",
+                              "cmdline": "app", "user": "root", "start_time": 1.5}, None)
+    return (ts, 0, b"x" * 60, d, key, rec_flows.setdefault(sport, [[label], 0.0, 0.0, 0, key]))
+
+
+@pytest.mark.parametrize("victim_last", [False, True])
+def test_an_error_recording_a_run_is_handed_back_and_never_repeats(tmp_path, victim_last):
+    """A connection whose counters cannot be added (here: not ints) fails its run. The
+    error is raised to _run (which logs it), the chunk moves past the packets recorded,
+    none is recorded twice, and the other connection's packets are all stored. (The
+    attacker review found the C path returning no result then: _run called _release again
+    on the same chunk every 20 ms, recording the same packets again and again.)"""
+    entries: dict = {}
+    db = CaptureDb(str(tmp_path), 1)
     rec = Recorder(db)
     cap = object.__new__(LiveCapture)
-    cap.attribution, cap.recorder, cap.target, cap.hold = flows, rec, Target(), 0.0
+    cap.attribution, cap.recorder, cap.target, cap.hold = Flows(), rec, Target(), 0.0
     cap.kept = cap.attributed = cap.unknown = 0
-    cap._release(deque([[0.0, items[:len(items) // 2], 0]]), 1.0, True)
-    before = rec.packets
-    victim = next(c for c in rec.conns.values() if c.state == "ESTABLISHED")
-    victim.pout = victim.pin = "not a number"
-    chunk = [0.0, items[len(items) // 2:], 0]
-    with pytest.raises(TypeError):
-        cap._release(deque([chunk]), 1.0, True)
-    assert 0 < chunk[2] < len(chunk[1])       # passed the packet that failed, not the rest
-    assert rec.packets == before + chunk[2] - 1
+    setup = [_established(entries, 1000, 1, 0x02), _established(entries, 1000, 2),
+             _established(entries, 2000, 3, 0x02), _established(entries, 2000, 4)]
+    cap._release(deque([[0.0, setup, 0]]), 1.0, True)
+    victim = next(c for c in rec.conns.values() if c.local[1] == 1000)
+    victim.pout = "not a number"
+    seq = [_established(entries, 1000, 5), _established(entries, 1000, 6),
+           _established(entries, 2000, 7), _established(entries, 2000, 8)]
+    if victim_last:
+        seq = seq[2:] + seq[:2]
+    chunk = [0.0, seq, 0]
+    raised = 0
+    for _ in range(3):   # as _run calls it again after an error
+        try:
+            cap._release(deque([chunk]), 1.0, True)
+        except TypeError:
+            raised += 1
+    assert raised >= 1 and chunk[2] == len(seq)
+    ids = [row[0] for row in rec.batch.rows]
+    assert len(ids) == len(set(ids))
+    stored = [row[9] for row in rec.batch.rows[len(setup):]]
+    assert stored.count(2000) == 2
     rec.flush(wait=True)
     db.close()

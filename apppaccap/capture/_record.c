@@ -318,12 +318,14 @@ python:
     return NULL;
 }
 
-/* record_one for the packet's label `lab` (held by the caller) */
+/* record_one for the packet's label `lab` (held by the caller); -2: the previous run
+ * could not be ended (this packet untouched) */
 static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_dir,
                         int in_dir, int *attributed);
 
 /* Record item `item` if the Python path would record it without a decision of its own:
- * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 error. */
+ * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 an error recording
+ * it, -2 an error ending the run before it (it is untouched). */
 static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out_dir,
                       int in_dir, int *attributed) {
     PyObject *ref, *labels, *lab = Py_None;
@@ -392,13 +394,16 @@ static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_d
         return 0;
     }
     sec = ts / SECOND_NS;
+    /* The run goes on: the same flow entry, label and second. An entry belongs to one flow
+     * (Attribution.entry keeps one per flow key, the feeding thread one per packet key and
+     * frame), so the same entry means the same connection. */
     if (u->conn != NULL && ref == u->ref && lab == u->lab && sec == u->sec) {
-        conn = u->conn;   /* the run goes on: same flow entry, label and second */
+        conn = u->conn;
     } else {
         if ((conn = plain_conn(r, lab, d, proto, &err)) == NULL) return err ? -1 : 0;
         if (conn != u->conn || lab != u->lab || sec != u->sec) {
-            if (run_end(r, u, out_dir, in_dir) < 0 || run_start(u, ref, lab, conn, sec) < 0)
-                return -1;
+            if (run_end(r, u, out_dir, in_dir) < 0) return -2;   /* this packet untouched */
+            if (run_start(u, ref, lab, conn, sec) < 0) return -1;
         }
         Py_SETREF(u->ref, Py_NewRef(ref));
     }
@@ -431,6 +436,22 @@ static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_d
     return 1;
 }
 
+/* The exception set now into *failure (the first one only: a later one is dropped) */
+static void take_error(PyObject **failure) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (*failure != NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return;
+    }
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    *failure = value != NULL ? value : Py_NewRef(Py_None);
+}
+
 PyDoc_STRVAR(record_doc,
 "record(items, i, end, recorder, pending, out_dir, in_dir)\n"
 "    -> (i, kept, attributed, full, error)\n\n"
@@ -451,6 +472,10 @@ static PyObject *record(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!nnOOii", &PyList_Type, &items, &i, &end, &rec, &pending,
                           &out_dir, &in_dir))
         return NULL;
+    if (i < 0) {
+        PyErr_SetString(PyExc_ValueError, "record: a negative index");
+        return NULL;
+    }
     if (end > PyList_GET_SIZE(items)) end = PyList_GET_SIZE(items);
     /* a failed write, the extraction feed, EPB framing: every packet is Python's */
     if (attr_is_none(rec, a_failure) != 1 || attr_is_none(rec, a_on_tcp) != 1 ||
@@ -486,16 +511,8 @@ static PyObject *record(PyObject *self, PyObject *args) {
         int a = 0, got = record_one(&r, &u, PyList_GET_ITEM(items, i), pending, out_dir,
                                     in_dir, &a);
         if (got < 0) {   /* handed back with the packets recorded: the caller raises it */
-            PyObject *type, *tb;
-            PyErr_Fetch(&type, &failure, &tb);
-            PyErr_NormalizeException(&type, &failure, &tb);
-            Py_XDECREF(type);
-            Py_XDECREF(tb);
-            if (failure == NULL) {
-                Py_INCREF(Py_None);
-                failure = Py_None;
-            }
-            i++;   /* as in Python: the packet that failed is passed */
+            take_error(&failure);
+            if (got == -1) i++;   /* as in Python: the packet that failed is passed */
             break;
         }
         if (got == 0) break;
@@ -508,18 +525,12 @@ static PyObject *record(PyObject *self, PyObject *args) {
             break;
         }
     }
-    /* the counters of what was recorded, also when an error stopped the walk: before
-     * Python sees the batch again */
-    if (u.conn != NULL && run_end(&r, &u, out_dir, in_dir) < 0) {
-        if (failure == NULL) {
-            err = 1;
-        } else {
-            PyErr_Clear();   /* the first error is the one handed back */
-        }
-    }
+    /* the counters of what was recorded, before Python sees the batch again; their error
+     * is handed back too (packets are recorded: returning none would record them again) */
+    if (u.conn != NULL && run_end(&r, &u, out_dir, in_dir) < 0) take_error(&failure);
     if (kept && (set_ll(rec, a_next_id, r.next_id) < 0 || set_ll(rec, a_packets, r.packets) < 0 ||
                  set_ll(rec, a_bytes, r.bytes) < 0))
-        err = 1;
+        take_error(&failure);
 done:
     run_clear(&u);
     Py_XDECREF(batch);
