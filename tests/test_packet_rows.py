@@ -6,6 +6,7 @@ row still fails its whole batch."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 
 import pytest
 
@@ -83,21 +84,45 @@ def test_c_binds_every_kind_of_value_as_the_sqlite3_module(tmp_path, monkeypatch
     assert c == _stored(tmp_path, "python", rows)
 
 
-def test_c_refuses_what_the_sqlite3_module_refuses(tmp_path):
+@pytest.mark.parametrize("bound", ["c", "python"])
+def test_c_refuses_what_the_sqlite3_module_refuses(tmp_path, monkeypatch, bound):
+    if bound == "python":
+        monkeypatch.setattr(capturedb, "insert_tuples", None)
     rows = _packets(70)
     rows[66] = (*rows[66][:20], object(), *rows[66][21:])
-    with pytest.raises(TypeError):
+    with pytest.raises(sqlite3.ProgrammingError):
         _stored(tmp_path, "object", rows)
     rows[66] = (*rows[66][:20], 2**70, *rows[66][21:])
     with pytest.raises(OverflowError):
         _stored(tmp_path, "overflow", rows)
     rows[66] = rows[66][:-1]
-    with pytest.raises(ValueError):
+    with pytest.raises(sqlite3.ProgrammingError):
         _stored(tmp_path, "short", rows)
-    conn = sqlite3.connect(":memory:")
+
+
+def test_c_keeps_the_sqlite3_modules_checks():
+    """A closed connection, and one used from a thread that did not open it (the module's
+    check_same_thread), are refused as the sqlite3 module refuses them: the handle inside
+    is not taken past its owner's checks (the attacker review: it was)."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.execute("CREATE TABLE t (blk, v)")
+    one = "INSERT INTO t VALUES (?, ?)"
+    capturedb.insert_tuples(conn, one, one, [(1,)], 7, 1)
+    failed: list = []
+
+    def elsewhere():
+        try:
+            capturedb.insert_tuples(conn, one, one, [(2,)], 7, 1)
+        except sqlite3.ProgrammingError as exc:
+            failed.append(exc)
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert len(failed) == 1
+    assert conn.execute("SELECT * FROM t").fetchall() == [(7, 1)]
     conn.close()
     with pytest.raises(sqlite3.ProgrammingError):
-        capturedb.insert_tuples(conn, "SELECT ?", "SELECT ?", [], 0, 1)
+        capturedb.insert_tuples(conn, one, one, [(3,)], 7, 1)
 
 
 @pytest.mark.parametrize("bound", ["c", "python"])

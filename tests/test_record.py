@@ -28,8 +28,8 @@ from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.live import LiveCapture
 from apppaccap.capture.live import Target
 from apppaccap.capture.recorder import Recorder
-from apppaccap.dissect.decoded import Decoded
 from apppaccap.capture.sniffer import PACKET
+from apppaccap.dissect.decoded import Decoded
 from apppaccap.store import capturedb
 from apppaccap.store.capturedb import CaptureDb
 from tests.helpers import corpus

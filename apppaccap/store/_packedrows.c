@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <sqlite3.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -1309,17 +1310,26 @@ static int read_value(Value *v, PyObject *o) {
         v->kind = V_INT;
     } else if (PyUnicode_Check(o)) {
         if ((v->p = PyUnicode_AsUTF8AndSize(o, &n)) == NULL) return -1;
+        if (n > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "string longer than INT_MAX bytes");
+            return -1;
+        }
         v->n = (int)n;
         v->kind = V_TEXT;
     } else if (PyFloat_Check(o)) {
         v->d = PyFloat_AS_DOUBLE(o);
         v->kind = V_FLOAT;
     } else if (PyBytes_Check(o)) {
+        if (PyBytes_GET_SIZE(o) > INT_MAX) {
+            PyErr_SetString(PyExc_OverflowError, "BLOB longer than INT_MAX bytes");
+            return -1;
+        }
         v->p = PyBytes_AS_STRING(o);
         v->n = (int)PyBytes_GET_SIZE(o);
         v->kind = V_BLOB;
-    } else {
-        PyErr_SetString(PyExc_TypeError, "a row value must be int, float, str, bytes or None");
+    } else {   /* (the rows hold none: bytearray and memoryview are not taken either) */
+        PyErr_Format(programming_error, "a row value of type '%s' is not supported",
+                     Py_TYPE(o)->tp_name);
         return -1;
     }
     return 0;
@@ -1342,7 +1352,8 @@ static int read_rows(Value *vals, PyObject *snap, Py_ssize_t at, Py_ssize_t k, i
     for (r = 0; r < k; r++) {
         PyObject *row = PyTuple_GET_ITEM(snap, at + r);
         if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != width) {
-            PyErr_SetString(PyExc_ValueError, "insert_tuples: a row does not fit the statement");
+            PyErr_Format(programming_error, "Incorrect number of bindings supplied: a row "
+                         "of the statement takes %d", width);
             return -1;
         }
         for (i = 0; i < width; i++)
@@ -1392,6 +1403,9 @@ static PyObject *insert_tuples(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!ssOLi", connection_type, &conn, &many_sql, &one_sql, &rows,
                           &blk, &per))
         return NULL;
+    /* the sqlite3 module's own checks (closed, another thread's connection): a cursor */
+    if ((snap = PyObject_CallMethod(conn, "cursor", NULL)) == NULL) return NULL;
+    Py_DECREF(snap);
     if ((db = ((ModuleConnection *)conn)->db) == NULL) {
         PyErr_SetString(programming_error, "Cannot operate on a closed database.");
         return NULL;
@@ -1427,6 +1441,11 @@ static PyObject *insert_tuples(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         rc = run_rows(many, one, per, blk, vals, k, width);
         Py_END_ALLOW_THREADS
+        if (((ModuleConnection *)conn)->db != db) {   /* closed meanwhile (a misuse) */
+            PyErr_SetString(programming_error, "The connection was closed while rows were "
+                            "written.");
+            goto done;
+        }
         if (rc != SQLITE_DONE) goto db_error;
         at += k;
     }
