@@ -76,7 +76,7 @@ def _items(rel: str, flows: Flows) -> list:
 
 
 def _record(tmp_path, name: str, items: list, flows: Flows, labels: bool,
-            local_ips=frozenset()) -> tuple:
+            local_ips=frozenset(), target=None) -> tuple:
     """The capture database the real _release makes of `items`, and the counters."""
     db = CaptureDb(str(tmp_path / name), 1)
     rec = Recorder(db, local_ips=local_ips, batch_packets=300)   # many flushes
@@ -94,7 +94,8 @@ def _record(tmp_path, name: str, items: list, flows: Flows, labels: bool,
     if labels:
         rec.labeller = AppLabeller.open()
     cap = object.__new__(LiveCapture)   # _release's state, without a sniffer process
-    cap.attribution, cap.recorder, cap.target, cap.hold = flows, rec, Target(), 0.0
+    cap.attribution, cap.recorder, cap.hold = flows, rec, 0.0
+    cap.target = target if target is not None else Target()
     cap.kept = cap.attributed = cap.unknown = 0
     for at in range(0, len(items), 256):   # chunks as the queue hands them over
         cap._release(deque([[0.0, items[at:at + 256], 0]]), 1.0, True)
@@ -137,6 +138,27 @@ def test_every_corpus_file_gives_the_python_database(tmp_path, monkeypatch, rel,
     # three (its connection, its state and label set), but state changes, DNS answers
     # and flows waiting for an answer
     assert sum(calls) >= 0.9 * _common(items) if not labels else True
+
+
+TARGETS = {"process": lambda: Target({101, 103}), "children": lambda: Target({1}, children=True),
+           "thread": lambda: Target({101}, thread_id=102)}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("rel", FILES)
+def test_process_and_thread_captures_give_the_python_database(tmp_path, monkeypatch, rel,
+                                                              target):
+    """Target.pick in C: the packets of the capture's processes (their children joining
+    it) or of its thread are recorded, the others passed, as in Python."""
+    flows = Flows()
+    items = _items(rel, flows)
+    got = []
+    for fast in (live.compiled_record, None):
+        monkeypatch.setattr(live, "compiled_record", fast)
+        chosen = TARGETS[target]()
+        got.append((_record(tmp_path, f"{target}-{fast is None}", items, flows, False,
+                            target=chosen), chosen.pids))
+    assert got[0] == got[1]
 
 
 def _common(items: list) -> int:

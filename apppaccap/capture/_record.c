@@ -1,15 +1,16 @@
 /* The live pipeline's common packet, recorded in C (capture/live.py LiveCapture._release
- * with capture/recorder.py Recorder.conn_for and Recorder.add, for a system capture).
+ * with Target.pick, Recorder.conn_for and Recorder.add).
  *
- * At 150k packets/s the pipeline thread spent ~3 us a packet in those three Python
- * functions, with the interpreter lock held: the largest share of the service's CPU
- * after SQLite's own. record() walks a run of queue items and records each packet the
- * Python code would record without a decision of its own to make: the flow's attribution
- * entry came with the packet and is answered, its connection exists and keeps its label
- * and TCP state (no SYN, FIN or RST; past the handshake), nDPI is done with it, it is not a DNS answer, and its timestamp fits. It
- * stops at the first other packet and returns; LiveCapture._release hands that one to the
- * Python path (the one definition of what is stored) and calls record() again.
- * tests/test_record.py checks both paths store identical databases for the corpus.
+ * At 150k packets/s the pipeline thread spent ~3 us a packet in those Python functions,
+ * with the interpreter lock held: the largest share of the service's CPU after SQLite's
+ * own. record() walks a run of queue items and records each packet the Python code would
+ * record without a decision of its own to make: the flow's attribution entry came with
+ * the packet and is answered, its connection exists and keeps its label and TCP state (no
+ * SYN, FIN or RST; past the handshake), nDPI is done with it, it is not a DNS answer, and
+ * its timestamp fits. A process or thread capture's packets of other programs are passed
+ * here too. It stops at the first other packet and returns; LiveCapture._release hands
+ * that one to the Python path (the one definition of what is stored) and calls record()
+ * again. tests/test_record.py checks both paths store identical databases for the corpus.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -18,12 +19,13 @@
 #define SECOND_NS 1000000000LL
 #define TCP 6
 #define UDP 17
+#define SKIPPED 2   /* record_one: not the capture's packet (Target.pick said False) */
 
 static PyObject *a_failure, *a_on_tcp, *a_epb_divs, *a_labeller, *a_batch, *a_conns,
     *a_next_id, *a_packets, *a_bytes, *a_batch_packets, *a_batch_bytes, *a_rows, *a_buf,
     *a_dirty, *a_procs, *a_threads, *a_procsec, *a_flowsec, *a_label, *a_local, *a_state,
     *a_app, *a_id, *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_process_id, *a_pid, *a_tid,
-    *a_proc, *s_syn_sent, *s_syn_received, *one, *zero;
+    *a_proc, *s_syn_sent, *s_syn_received, *s_get, *s_ppid, *one, *zero;
 
 /* The Recorder's state for one call: read at its start, counters written back at its end */
 typedef struct {
@@ -326,8 +328,48 @@ static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_d
 /* Record item `item` if the Python path would record it without a decision of its own:
  * 1 recorded (*attributed set), 0 left to Python (nothing changed), -1 an error recording
  * it, -2 an error ending the run before it (it is untouched). */
-static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out_dir,
-                      int in_dir, int *attributed) {
+/* Target.pick for a process or thread capture (target: (pids, children, thread_id)): the
+ * label to record (borrowed from `labels`), NULL when the packet is not the capture's
+ * (*err set on an error). A child's pid joins `pids`, as in Python. */
+static PyObject *pick(PyObject *labels, PyObject *target, int *err) {
+    PyObject *pids = PyTuple_GET_ITEM(target, 0), *thread_id = PyTuple_GET_ITEM(target, 2);
+    int children = PyObject_IsTrue(PyTuple_GET_ITEM(target, 1)), thread = 0;
+    Py_ssize_t i, n = PySequence_Fast_GET_SIZE(labels);
+    if (children < 0 || (thread = PyObject_IsTrue(thread_id)) < 0) goto fail;
+    for (i = 0; i < n; i++) {
+        PyObject *lab = PySequence_Fast_GET_ITEM(labels, i), *pid, *v;
+        int in;
+        if ((pid = PyObject_GetAttr(lab, a_pid)) == NULL) goto fail;
+        in = PySet_Contains(pids, pid);
+        if (in == 0 && children) {   /* lab.proc.get("ppid") in pids */
+            PyObject *proc = PyObject_GetAttr(lab, a_proc);
+            v = proc == NULL ? NULL : PyObject_CallMethodOneArg(proc, s_get, s_ppid);
+            Py_XDECREF(proc);
+            in = v == NULL ? -1 : PySet_Contains(pids, v);
+            Py_XDECREF(v);
+        }
+        if (in > 0 && children && PySet_Add(pids, pid) < 0) in = -1;
+        Py_DECREF(pid);
+        if (in < 0) goto fail;
+        if (in == 0) continue;
+        if (thread) {   /* lab.tid != thread_id: the next label */
+            int other;
+            if ((v = PyObject_GetAttr(lab, a_tid)) == NULL) goto fail;
+            other = PyObject_RichCompareBool(v, thread_id, Py_NE);
+            Py_DECREF(v);
+            if (other < 0) goto fail;
+            if (other) continue;
+        }
+        return lab;
+    }
+    return NULL;
+fail:
+    *err = 1;
+    return NULL;
+}
+
+static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, PyObject *target,
+                      int out_dir, int in_dir, int *attributed) {
     PyObject *ref, *labels, *lab = Py_None;
     int ret;
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 6) return 0;
@@ -341,12 +383,18 @@ static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, int out
     case -1: return -1;
     case 1: return 0;
     }
-    if (PyList_Check(labels)) {
-        if (PyList_GET_SIZE(labels)) lab = PyList_GET_ITEM(labels, 0);   /* Target.pick */
-    } else if (PyTuple_Check(labels)) {
-        if (PyTuple_GET_SIZE(labels)) lab = PyTuple_GET_ITEM(labels, 0);
+    if (!PyList_Check(labels) && !PyTuple_Check(labels)) return 0;
+    if (target == Py_None) {   /* Target.pick of a system capture: the first label */
+        if (PySequence_Fast_GET_SIZE(labels)) lab = PySequence_Fast_GET_ITEM(labels, 0);
     } else {
-        return 0;
+        int err = 0;
+        Py_INCREF(labels);   /* (held: pick may run code that lets other threads in) */
+        lab = pick(labels, target, &err);
+        Py_XINCREF(lab);
+        Py_DECREF(labels);
+        if (err) return -1;
+        if (lab == NULL) return SKIPPED;
+        Py_DECREF(lab);   /* (still held by `labels`, held by the entry, held by the item) */
     }
     /* held while it is used: a collection running a finalizer could let the resolver
      * thread replace the entry's labels meanwhile */
@@ -453,25 +501,32 @@ static void take_error(PyObject **failure) {
 }
 
 PyDoc_STRVAR(record_doc,
-"record(items, i, end, recorder, pending, out_dir, in_dir)\n"
+"record(items, i, end, recorder, pending, out_dir, in_dir[, target])\n"
 "    -> (i, kept, attributed, full, error)\n\n"
-"Record items[i:end] of a system capture into `recorder` (capture/recorder.py) as\n"
-"LiveCapture._release would, up to the first item the Python path must decide about\n"
+"Record items[i:end] into `recorder` (capture/recorder.py) as LiveCapture._release\n"
+"would for its Target: None, a system capture; (pids, children, thread_id), a process or\n"
+"thread capture (packets not the capture's are passed, uncounted). As _release would,\n"
+"up to the first item the Python path must decide about\n"
 "(returned as i), or up to the packet that fills the batch (full: flush it). error: the\n"
 "exception recording a packet raised (i is past it; the caller raises it), or None.\n"
 "`pending` is attribution's PENDING; out_dir / in_dir the directions' values.");
 
 static PyObject *record(PyObject *self, PyObject *args) {
-    PyObject *items, *rec, *pending, *batch = NULL, *v, *failure = NULL;
+    PyObject *items, *rec, *pending, *batch = NULL, *v, *failure = NULL, *target = Py_None;
     Py_ssize_t i, end;
     int out_dir, in_dir, full = 0, err = 0;
     long long kept = 0, attributed = 0;
     Rec r = {0};
     Run u = {0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!nnOOii", &PyList_Type, &items, &i, &end, &rec, &pending,
-                          &out_dir, &in_dir))
+    if (!PyArg_ParseTuple(args, "O!nnOOii|O", &PyList_Type, &items, &i, &end, &rec, &pending,
+                          &out_dir, &in_dir, &target))
         return NULL;
+    if (target != Py_None && !(PyTuple_Check(target) && PyTuple_GET_SIZE(target) == 3 &&
+                               PyAnySet_Check(PyTuple_GET_ITEM(target, 0)))) {
+        PyErr_SetString(PyExc_TypeError, "record: target must be (pids, children, thread_id)");
+        return NULL;
+    }
     if (i < 0) {
         PyErr_SetString(PyExc_ValueError, "record: a negative index");
         return NULL;
@@ -508,14 +563,15 @@ static PyObject *record(PyObject *self, PyObject *args) {
         goto done;
     }
     for (; i < end; i++) {
-        int a = 0, got = record_one(&r, &u, PyList_GET_ITEM(items, i), pending, out_dir,
-                                    in_dir, &a);
+        int a = 0, got = record_one(&r, &u, PyList_GET_ITEM(items, i), pending, target,
+                                    out_dir, in_dir, &a);
         if (got < 0) {   /* handed back with the packets recorded: the caller raises it */
             take_error(&failure);
             if (got == -1) i++;   /* as in Python: the packet that failed is passed */
             break;
         }
         if (got == 0) break;
+        if (got == SKIPPED) continue;
         kept++;
         attributed += a;
         if (PyList_GET_SIZE(r.rows) >= r.batch_packets ||
@@ -576,7 +632,7 @@ PyMODINIT_FUNC PyInit__record(void) {
     INTERN(a_bout, "bout"); INTERN(a_pin, "pin"); INTERN(a_bin, "bin"); INTERN(a_last, "last");
     INTERN(a_process_id, "process_id"); INTERN(a_pid, "pid"); INTERN(a_tid, "tid");
     INTERN(a_proc, "proc"); INTERN(s_syn_sent, "SYN_SENT");
-    INTERN(s_syn_received, "SYN_RECEIVED");
+    INTERN(s_syn_received, "SYN_RECEIVED"); INTERN(s_get, "get"); INTERN(s_ppid, "ppid");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL) return NULL;
     return PyModule_Create(&module);
 }

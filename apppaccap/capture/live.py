@@ -205,9 +205,12 @@ class LiveCapture:
         flows = self.attribution.flows
         rec = self.recorder
         pick, add, conn_for = self.target.pick, rec.add, rec.conn_for
-        # a system capture's common packets are recorded in C, up to the first packet
-        # this loop must decide about (capture/_record.c): ~3 us a packet less of the lock
-        fast = compiled_record if self.target.system else None
+        # the common packets are recorded (or passed, not the capture's) in C, up to the
+        # first packet this loop must decide about (capture/_record.c): ~3 us a packet less
+        # of the lock
+        fast = compiled_record
+        t = self.target
+        target = None if t.system else (t.pids, t.children, t.thread_id)
         hold = self.hold
         while buf:
             chunk = buf[0]
@@ -218,7 +221,8 @@ class LiveCapture:
             try:
                 while i < end:
                     if fast is not None:
-                        i, k, a, full, error = fast(items, i, end, rec, PENDING, OUT, IN)
+                        i, k, a, full, error = fast(items, i, end, rec, PENDING, OUT, IN,
+                                                    target)
                         kept += k
                         attributed += a
                         if error is not None:
