@@ -27,6 +27,7 @@ from apppaccap.store.capturedb import CaptureDb
 from apppaccap.web.app import create_app
 from apppaccap.web.pages import default_themes_dir
 from tests.helpers.app import as_this_process
+from tests.helpers.live import NoOwners
 from tests.helpers.live import read_all
 from tests.helpers.live import wait_for
 from tests.helpers.packets import udp_frame
@@ -258,25 +259,6 @@ def test_stop_answers_quickly_when_the_disk_fills_under_a_capture(tmpfs, tmp_pat
 
 
 # -- the attribution sweeper ---------------------------------------------------------------
-
-class NoOwners:
-    """A socket table where nobody owns anything: the sweep walks the flows, finds none."""
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def resolve(self, *key5):
-        return []
-
-    def snapshot(self):
-        return {}
-
-    def process(self, pid):
-        return None
-
 
 class Finalized:
     """Cyclic garbage whose finalizer blocks briefly (as closing a file does): the garbage

@@ -17,6 +17,7 @@ from apppaccap.capture import sniffer
 from apppaccap.capture.sniffer import PACKET
 from apppaccap.dissect.decoded import Decoded
 from tests.helpers import corpus
+from tests.helpers.live import NoOwners
 from tests.helpers.packets import eth
 from tests.helpers.packets import icmp
 from tests.helpers.packets import ipv4
@@ -202,26 +203,13 @@ def test_a_failing_owner_question_leaves_out_that_packet_only(caplog):
     assert "packet handling failed" in caplog.text
 
 
-class _NoOwners:
-    """A socket table where nobody owns anything (attribution's OS seam)."""
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def resolve(self, *key5):
-        return []
-
-
 def test_a_header_cut_before_its_destination_asks_nothing(caplog):
     """An IPv4 header cut at 16-19 bytes has a source and no destination. Asked about it,
     the real Attribution.entry raised (flow_key compares the two ends): each such packet,
     which anyone on the network can send, was left out with an error and a traceback in the
     log. It is now kept, with no flow, and nothing is logged."""
     from apppaccap.attribution.resolver import Attribution
-    attribution = Attribution(_NoOwners(), None, boost=False, clock=lambda: 0.0)
+    attribution = Attribution(NoOwners(), None, boost=False, clock=lambda: 0.0)
     whole = eth(ipv4("10.0.0.1", "10.0.0.2", 6, tcp(1, 2, 3, 4, 0x10)))
     packets = [(n, 0, whole[:14 + n]) for n in range(16, 20)]
     packets += [(n, 0, eth(ipv4("10.0.0.1", "10.0.0.2", 1, icmp(8, 0, 5, 1, b"ping")))[:14 + n])

@@ -8,6 +8,26 @@ import subprocess
 import time
 
 
+class NoOwners:
+    """Attribution's OS seam: a socket table where nobody owns anything (the sweep walks
+    the flows and finds none)."""
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def resolve(self, *key5):
+        return []
+
+    def snapshot(self):
+        return {}
+
+    def process(self, pid):
+        return None
+
+
 class Tcpdump:
     """tcpdump -i IFACE -w FILE FILTER, started and ready before traffic begins."""
 
