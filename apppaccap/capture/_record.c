@@ -29,9 +29,14 @@ static PyObject *a_failure, *a_on_tcp, *a_epb_divs, *a_labeller, *a_batch, *a_co
 
 /* The Recorder's state for one call: read at its start, counters written back at its end */
 typedef struct {
-    PyObject *rows, *buf, *dirty, *procs, *threads, *procsec, *flowsec, *conns, *labeller;
+    PyObject *rec;   /* borrowed: the Recorder; the rest is read at the first packet that
+                      * gets as far as its connection (rec_load), owned */
+    int state;       /* REC_UNREAD, REC_READ, or REC_PYTHON: every packet is Python's */
+    PyObject *batch, *rows, *buf, *dirty, *procs, *threads, *procsec, *flowsec, *conns,
+        *labeller;
     long long next_id, packets, bytes, batch_packets, batch_bytes;
 } Rec;
+enum { REC_UNREAD, REC_READ, REC_PYTHON };
 
 static int get_ll(PyObject *obj, PyObject *name, long long *out) {
     PyObject *v = PyObject_GetAttr(obj, name);
@@ -283,6 +288,57 @@ static int run_start(Run *u, PyObject *ref, PyObject *lab, PyObject *conn, long 
     return 0;
 }
 
+/* The Recorder's state, read once a call and only when a packet needs it: a call that
+ * hands its first packet back (short flows, DNS: every packet may be Python's) costs no
+ * more than its checks. 1 read, 0 every packet is Python's, -1 error. */
+static int rec_load(Rec *r) {
+    PyObject *rec = r->rec;
+    if (r->state != REC_UNREAD) return r->state == REC_READ;
+    /* a failed write, the extraction feed, EPB framing: every packet is Python's */
+    if (attr_is_none(rec, a_failure) != 1 || attr_is_none(rec, a_on_tcp) != 1 ||
+        attr_is_none(rec, a_epb_divs) != 1) {
+        if (PyErr_Occurred()) return -1;
+        r->state = REC_PYTHON;
+        return 0;
+    }
+    if ((r->batch = PyObject_GetAttr(rec, a_batch)) == NULL ||
+        (r->rows = PyObject_GetAttr(r->batch, a_rows)) == NULL ||
+        (r->buf = PyObject_GetAttr(r->batch, a_buf)) == NULL ||
+        (r->dirty = PyObject_GetAttr(r->batch, a_dirty)) == NULL ||
+        (r->procs = PyObject_GetAttr(r->batch, a_procs)) == NULL ||
+        (r->threads = PyObject_GetAttr(r->batch, a_threads)) == NULL ||
+        (r->procsec = PyObject_GetAttr(r->batch, a_procsec)) == NULL ||
+        (r->flowsec = PyObject_GetAttr(r->batch, a_flowsec)) == NULL ||
+        (r->conns = PyObject_GetAttr(rec, a_conns)) == NULL ||
+        (r->labeller = PyObject_GetAttr(rec, a_labeller)) == NULL ||
+        get_ll(rec, a_next_id, &r->next_id) < 0 || get_ll(rec, a_packets, &r->packets) < 0 ||
+        get_ll(rec, a_bytes, &r->bytes) < 0 ||
+        get_ll(rec, a_batch_packets, &r->batch_packets) < 0 ||
+        get_ll(rec, a_batch_bytes, &r->batch_bytes) < 0)
+        return -1;
+    if (!PyList_Check(r->rows) || !PyByteArray_Check(r->buf) || !PyDict_Check(r->dirty) ||
+        !PyDict_Check(r->procs) || !PyDict_Check(r->threads) || !PyDict_Check(r->procsec) ||
+        !PyDict_Check(r->flowsec) || !PyDict_Check(r->conns)) {
+        PyErr_SetString(PyExc_TypeError, "record: not a Recorder's batch");
+        return -1;
+    }
+    r->state = REC_READ;
+    return 1;
+}
+
+static void rec_clear(Rec *r) {
+    Py_CLEAR(r->batch);
+    Py_CLEAR(r->rows);
+    Py_CLEAR(r->buf);
+    Py_CLEAR(r->dirty);
+    Py_CLEAR(r->procs);
+    Py_CLEAR(r->threads);
+    Py_CLEAR(r->procsec);
+    Py_CLEAR(r->flowsec);
+    Py_CLEAR(r->conns);
+    Py_CLEAR(r->labeller);
+}
+
 /* The connection of a packet Recorder.add would record without a decision of its own (a
  * borrowed reference), NULL when it is Python's (*err set on an error) */
 static PyObject *plain_conn(Rec *r, PyObject *lab, PyObject *d, long long proto, int *err) {
@@ -448,6 +504,8 @@ static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_d
     if (u->conn != NULL && ref == u->ref && lab == u->lab && sec == u->sec) {
         conn = u->conn;
     } else {
+        int read = rec_load(r);   /* (a run goes on only once it was read) */
+        if (read <= 0) return read < 0 ? -2 : 0;   /* (an error: this packet untouched) */
         if ((conn = plain_conn(r, lab, d, proto, &err)) == NULL) return err ? -1 : 0;
         if (conn != u->conn || lab != u->lab || sec != u->sec) {
             if (run_end(r, u, out_dir, in_dir) < 0) return -2;   /* this packet untouched */
@@ -512,9 +570,9 @@ PyDoc_STRVAR(record_doc,
 "`pending` is attribution's PENDING; out_dir / in_dir the directions' values.");
 
 static PyObject *record(PyObject *self, PyObject *args) {
-    PyObject *items, *rec, *pending, *batch = NULL, *v, *failure = NULL, *target = Py_None;
+    PyObject *items, *rec, *pending, *v, *failure = NULL, *target = Py_None;
     Py_ssize_t i, end;
-    int out_dir, in_dir, full = 0, err = 0;
+    int out_dir, in_dir, full = 0;
     long long kept = 0, attributed = 0;
     Rec r = {0};
     Run u = {0};
@@ -532,36 +590,7 @@ static PyObject *record(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (end > PyList_GET_SIZE(items)) end = PyList_GET_SIZE(items);
-    /* a failed write, the extraction feed, EPB framing: every packet is Python's */
-    if (attr_is_none(rec, a_failure) != 1 || attr_is_none(rec, a_on_tcp) != 1 ||
-        attr_is_none(rec, a_epb_divs) != 1) {
-        if (PyErr_Occurred()) return NULL;
-        return Py_BuildValue("(nLLiO)", i, 0LL, 0LL, 0, Py_None);
-    }
-    if ((batch = PyObject_GetAttr(rec, a_batch)) == NULL ||
-        (r.rows = PyObject_GetAttr(batch, a_rows)) == NULL ||
-        (r.buf = PyObject_GetAttr(batch, a_buf)) == NULL ||
-        (r.dirty = PyObject_GetAttr(batch, a_dirty)) == NULL ||
-        (r.procs = PyObject_GetAttr(batch, a_procs)) == NULL ||
-        (r.threads = PyObject_GetAttr(batch, a_threads)) == NULL ||
-        (r.procsec = PyObject_GetAttr(batch, a_procsec)) == NULL ||
-        (r.flowsec = PyObject_GetAttr(batch, a_flowsec)) == NULL ||
-        (r.conns = PyObject_GetAttr(rec, a_conns)) == NULL ||
-        (r.labeller = PyObject_GetAttr(rec, a_labeller)) == NULL ||
-        get_ll(rec, a_next_id, &r.next_id) < 0 || get_ll(rec, a_packets, &r.packets) < 0 ||
-        get_ll(rec, a_bytes, &r.bytes) < 0 ||
-        get_ll(rec, a_batch_packets, &r.batch_packets) < 0 ||
-        get_ll(rec, a_batch_bytes, &r.batch_bytes) < 0) {
-        err = 1;
-        goto done;
-    }
-    if (!PyList_Check(r.rows) || !PyByteArray_Check(r.buf) || !PyDict_Check(r.dirty) ||
-        !PyDict_Check(r.procs) || !PyDict_Check(r.threads) || !PyDict_Check(r.procsec) ||
-        !PyDict_Check(r.flowsec) || !PyDict_Check(r.conns)) {
-        PyErr_SetString(PyExc_TypeError, "record: not a Recorder's batch");
-        err = 1;
-        goto done;
-    }
+    r.rec = rec;
     for (; i < end; i++) {
         int a = 0, got = record_one(&r, &u, PyList_GET_ITEM(items, i), pending, target,
                                     out_dir, in_dir, &a);
@@ -587,22 +616,8 @@ static PyObject *record(PyObject *self, PyObject *args) {
     if (kept && (set_ll(rec, a_next_id, r.next_id) < 0 || set_ll(rec, a_packets, r.packets) < 0 ||
                  set_ll(rec, a_bytes, r.bytes) < 0))
         take_error(&failure);
-done:
     run_clear(&u);
-    Py_XDECREF(batch);
-    Py_XDECREF(r.rows);
-    Py_XDECREF(r.buf);
-    Py_XDECREF(r.dirty);
-    Py_XDECREF(r.procs);
-    Py_XDECREF(r.threads);
-    Py_XDECREF(r.procsec);
-    Py_XDECREF(r.flowsec);
-    Py_XDECREF(r.conns);
-    Py_XDECREF(r.labeller);
-    if (err) {
-        Py_XDECREF(failure);
-        return NULL;
-    }
+    rec_clear(&r);
     v = Py_BuildValue("(nLLiO)", i, kept, attributed, full, failure != NULL ? failure : Py_None);
     Py_XDECREF(failure);
     return v;

@@ -23,7 +23,7 @@ from apppaccap.store import capturedb
 from apppaccap.store import captures as capture_table
 from apppaccap.wire import Direction
 
-try:  # the common packet of a system capture recorded in C (capture/_record.c)
+try:  # the common packet recorded (or passed: not the capture's) in C (capture/_record.c)
     from apppaccap.capture._record import record as compiled_record
 except ImportError:  # not built: _release records every packet in Python
     compiled_record = None
