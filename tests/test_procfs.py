@@ -11,6 +11,7 @@ import pytest
 
 from apppaccap.attribution import procfs
 from apppaccap.attribution.procfs import InodeOwners
+from apppaccap.attribution.procfs import RecentFacts
 from apppaccap.attribution.procfs import list_threads
 from apppaccap.attribution.procfs import read_process
 from apppaccap.attribution.procfs import thread_of
@@ -218,6 +219,23 @@ def test_read_process_unknown_uid_unreadable_exe_and_deleted(proc):
     proc.add(6, exe="/nonexistent/bin (deleted)")
     assert read_process(6, str(proc.root)).path == "/nonexistent/bin"
     assert read_process(12345, str(proc.root)) is None
+
+
+def test_recent_facts_are_kept_a_moment_and_only_for_the_same_process(proc):
+    clock = Clock()
+    facts = RecentFacts(str(proc.root), ttl=1.0, clock=clock)
+    proc.add(40, comm="server", starttime=250)
+    assert facts.get(40).name == "server"
+    (proc.root / "40" / "comm").write_text("renamed\n")  # what an exec would change
+    clock.t += 0.5
+    assert facts.get(40).name == "server"  # within the second: not read again
+    clock.t += 0.6
+    assert facts.get(40).name == "renamed"  # a second later: read again
+    proc.kill(40)
+    proc.add(40, comm="reused", starttime=900)  # the pid reused by another process
+    assert facts.get(40).name == "reused"
+    proc.kill(40)
+    assert facts.get(40) is None
 
 
 # --- live ----------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from apppaccap.attribution.localaddr import unmap
 from apppaccap.attribution.procevents import ProcEvents
 from apppaccap.attribution.procfs import InodeOwners
 from apppaccap.attribution.procfs import ProcInfo
-from apppaccap.attribution.procfs import read_process
+from apppaccap.attribution.procfs import RecentFacts
 from apppaccap.attribution.procfs import thread_of
 from apppaccap.attribution.sockdiag import TCP_LISTEN
 from apppaccap.attribution.sockdiag import TCP_TIME_WAIT
@@ -109,6 +109,7 @@ class LinuxOwners:
         self._port_owner: OrderedDict[tuple, int] = OrderedDict()
         self._sweep_diag = None
         self._sweep_inodes = None
+        self.facts = RecentFacts(self.proc_root)
 
     def boost_current_thread(self) -> bool:
         """The module function, for callers holding only the backend (False if disabled)."""
@@ -210,7 +211,7 @@ class LinuxOwners:
                 self.events.recent.get(pid)
             if info is not None:
                 return info
-        return read_process(pid, self.proc_root)
+        return self.facts.get(pid)
 
 
 def _keys(proto, lip, lport, rip, rport, dual: bool) -> list[tuple]:

@@ -312,6 +312,50 @@ def _user(uid: int) -> str:
         return str(uid)
 
 
+def _stat(pid: int, proc_root: str) -> tuple[str, int, int] | None:
+    """(name, ppid, start_time_ns) from /proc/<pid>/stat, None if gone or unreadable."""
+    stat = _read(f"{proc_root}/{pid}/stat")
+    if not stat:
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'
+    head, _, rest = stat.rpartition(")")
+    fields = rest.split()
+    if len(fields) < 20:
+        return None
+    start_ns = (boot_time(proc_root) * 1_000_000_000
+                + int(fields[19]) * 1_000_000_000 // _CLK_TCK)
+    return head.partition("(")[2], int(fields[1]), start_ns
+
+
+class RecentFacts:
+    """read_process with a short memory. A server's every connection asked for the same
+    pid's facts again: five files, a passwd lookup and every thread's name, ~0.3 ms a
+    flow (api_load: 200 connections/s). Kept `ttl` seconds (an exec keeps the pid and its
+    start: the new program's facts are read within that), and only while <pid>/stat
+    shows the same start time (a reused pid is another process)."""
+
+    def __init__(self, proc_root: str = "/proc", ttl: float = 1.0, size: int = 4096,
+                 clock=time.monotonic):
+        self.proc_root, self.ttl, self.size, self._clock = proc_root, ttl, size, clock
+        self._facts: dict[int, tuple[float, ProcInfo]] = {}
+
+    def get(self, pid: int) -> ProcInfo | None:
+        kept = self._facts.get(pid)
+        now = self._clock()
+        if kept is not None and now - kept[0] < self.ttl:
+            head = _stat(pid, self.proc_root)
+            if head is not None and head[2] == kept[1].start_time_ns:
+                return kept[1]
+        info = read_process(pid, self.proc_root)
+        if info is None:
+            self._facts.pop(pid, None)
+            return None
+        if len(self._facts) >= self.size:
+            self._facts.clear()  # a bound, not an LRU: refilled within a second
+        self._facts[pid] = (now, info)
+        return info
+
+
 def read_process(pid: int, proc_root: str = "/proc") -> ProcInfo | None:
     """Facts about a live process, or None if it is gone (or /proc/<pid>/stat unreadable).
 
@@ -320,16 +364,10 @@ def read_process(pid: int, proc_root: str = "/proc") -> ProcInfo | None:
     identifies it across pid reuse.
     """
     base = f"{proc_root}/{pid}"
-    stat = _read(f"{base}/stat")
-    if not stat:
+    head = _stat(pid, proc_root)
+    if head is None:
         return None
-    # comm may hold spaces and parentheses: it ends at the last ')'
-    head, _, rest = stat.rpartition(")")
-    name = head.partition("(")[2]
-    fields = rest.split()
-    if len(fields) < 20:
-        return None
-    ppid, starttime = int(fields[1]), int(fields[19])
+    name, ppid, start_ns = head
     comm = _read(f"{base}/comm").rstrip("\n") or name
     try:
         path = os.readlink(f"{base}/exe")
@@ -343,6 +381,5 @@ def read_process(pid: int, proc_root: str = "/proc") -> ProcInfo | None:
         if line.startswith("Uid:"):
             uid = int(line.split()[1])
             break
-    start_ns = boot_time(proc_root) * 1_000_000_000 + starttime * 1_000_000_000 // _CLK_TCK
     return ProcInfo(pid, ppid, comm, path, cmdline, _user(uid), start_ns,
                     list_threads(pid, proc_root))
