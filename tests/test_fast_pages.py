@@ -16,7 +16,7 @@ import pytest
 
 from apppaccap.api import fastpages
 from apppaccap.api import packets as ref
-from apppaccap.api.fastpages import SUMMARY_CACHE
+from apppaccap.api.fastpages import KEPT_CHARS
 from apppaccap.settings import DEFAULTS
 from apppaccap.settings import Settings
 from apppaccap.store.blocks import BlockReader
@@ -183,13 +183,29 @@ def test_ingested_pages_match_the_reference(live, live_ajax, rel):
              reference_conns(db, cid, 0, 1000, label))
 
 
-def test_summary_cache_keeps_the_newest_packets():
-    cache = {}
-    fastpages._remember(cache, {i: str(i) for i in range(SUMMARY_CACHE + 10)})
-    fastpages._remember(cache, {-1: "x"})
-    assert len(cache) == SUMMARY_CACHE
-    assert 0 not in cache and 10 not in cache and -1 in cache and SUMMARY_CACHE + 9 in cache
-    assert fastpages.SUMMARY_CACHE <= 100_000  # one bound for every database: ~20 MB
+def test_kept_objects_are_bounded_in_characters_newest_kept():
+    cache, chars = {}, [0]
+    fastpages._remember(cache, {i: "x" * 10 for i in range(100)}, chars, bound=500)
+    assert len(cache) == 50 and chars[0] == 500
+    assert 49 not in cache and 50 in cache and 99 in cache
+    fastpages._remember(cache, {99: "y" * 30, -1: "z"}, chars, bound=500)  # replaced, added
+    assert chars[0] == sum(map(len, cache.values())) <= 500
+    assert cache[99] == "y" * 30 and -1 in cache and 50 not in cache
+    assert KEPT_CHARS <= 32 << 20  # one bound for every database
+
+
+def test_a_note_written_after_a_page_was_read_is_in_the_next_page(live, live_ajax):
+    """Pages keep each packet's JSON; a note changes it, and the next page says so."""
+    ajax = live_ajax
+    cid = ingest(live, ajax, corpus.path("wellformed/dns_udp_mixed.pcap"))
+    db = ReadOnly(capture_path(live.config.data_dir, cid))
+    first = ajax.ok("capture_read", capture_id=cid, last_id=0, limit=5)
+    target = first["Packets"][2]["PacketId"]
+    for notes in ("first look", "", "looked at twice"):
+        ajax.ok("capture_set_notes", capture_id=cid, packet_id=target, notes=notes)
+        page = ajax.ok("capture_read", capture_id=cid, last_id=0, limit=5)
+        assert page["Packets"][2]["Notes"] == notes
+        same(page, reference_stream(db, cid, 0, 5))
 
 
 def test_a_setting_written_through_one_settings_is_read_by_another(ctx):

@@ -6,6 +6,7 @@ import os
 
 import psutil
 
+from apppaccap.api import fastpages
 from apppaccap.api.registry import endpoint
 from apppaccap.attribution import processes
 from apppaccap.capture.bpf import compile_error
@@ -239,6 +240,7 @@ def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = 
     db = ctx.captures.db(capture_id)
     if not db.write(lambda c: set_packet_notes(c, packet_id, notes or None)):
         raise NotFound(f"packet_id: capture {capture_id} has no packet {packet_id}")
+    fastpages.forget(db)  # the packet's kept JSON has the old notes
     return 0
 
 

@@ -3,15 +3,17 @@
 The reference is `packet_object` / `connection_object` (api/packets.py): a dict per row,
 then json.dumps — ~14 ms of Python for 1,000 packets, read row by row. Under a live
 capture and 20 pollers (benchmarks/api_load.py) every one of those rows waited for the
-interpreter lock again, so a page took up to seconds. Here one aggregate statement builds
-the whole page's JSON (json_object per row, group_concat), and sqlite3 runs a statement's
-step with the lock released: the page costs the interpreter a few string operations.
+interpreter lock again, so a page took up to seconds. Here SQLite builds each object
+(json_object), and sqlite3 runs a statement's step with the lock released.
 
-Summary and Info are decoded from the packet bytes (not stored: ingest speed), which only
-Python can do; a packet's bytes never change, so their JSON is kept by database and packet
-id (bounded, oldest first out) and pollers following the same stream decode each packet
-once. Rows the SQL cannot render exactly as the reference does (a timestamp kept as text,
-a negative time, a value json_object refuses) make the caller use the reference path.
+A packet's row never changes but for its notes, so its whole object (with Summary and
+Info, decoded from its bytes: only Python can) is kept by database and packet id, bounded,
+oldest first out: pollers following the same stream build each packet's JSON once, and a
+page is one statement for its ids and a join of kept texts. Building the objects of every
+page for every poller cost ~2.4 ms of SQLite a 1,000-packet page, ~40 % of the service's
+CPU under api_load. Rows the SQL cannot render exactly as the reference does (a
+timestamp kept as text, a negative time, a value json_object refuses) make the caller use
+the reference path. Connections change while a capture runs: their pages are built whole.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from apppaccap.dissect.info import info
 from apppaccap.filetime import EPOCH_DIFF_TICKS
 
 SEP = "\x1e"  # json_object escapes control characters, so no object contains it
-SUMMARY_CACHE = 100_000  # packets, all databases together (~20 MB): 5 s of 20,000/s
+KEPT_CHARS = 32 << 20  # packets' JSON kept, all databases together: ~75,000 packets
 
 
 def _filetime(col: str) -> str:
@@ -47,19 +49,23 @@ PACKET_JSON = (
     "THEN pr.name WHEN coalesce(p.pid, 0) = 0 THEN '<unknown>' ELSE '' END, "
     "'Notes', coalesce(p.notes, ''))")
 
-PACKET_PAGE = (
-    "SELECT count(*), group_concat(j, char(30)), '[' || group_concat(id) || ']', max(odd) "
-    f"FROM (SELECT p.id AS id, {PACKET_JSON} AS j, "
+# the page's packet ids (the rows' JSON is kept per packet: see _objects)
+PACKET_IDS = (
+    "SELECT count(*), '[' || group_concat(id) || ']' "
+    "FROM (SELECT p.id AS id FROM packets p WHERE p.id > ? {where} ORDER BY p.id LIMIT ?)")
+
+# the JSON of packets not kept yet (ids: a JSON list) and where their bytes are, in one
+# aggregate row: a cursor stepped row by row took the interpreter lock back 1,000 times a
+# page, each wait a switch interval when 20 pollers wanted it too
+PACKET_ROWS = (
+    "SELECT group_concat(j, char(30)), json_group_array(json_array(id, blk, off, caplen, lt)), "
+    "max(odd) "
+    f"FROM (SELECT p.id AS id, {PACKET_JSON} AS j, p.blk AS blk, p.off AS off, "
+    "p.caplen AS caplen, coalesce(i.linktype, 0) AS lt, "
     "(p.ts_raw IS NOT NULL OR p.ts < 0) AS odd "
     "FROM packets p LEFT JOIN interfaces i ON i.id = p.iface "
     "LEFT JOIN processes pr ON pr.process_id = p.process_id "
-    "WHERE p.id > ? {where} ORDER BY p.id LIMIT ?)")
-
-# where the bytes of packets not decoded yet are (ids: a JSON list), in one step
-WHERE_BYTES = (
-    "SELECT json_group_array(json_array(p.id, p.blk, p.off, p.caplen, "
-    "coalesce(i.linktype, 0))) FROM packets p LEFT JOIN interfaces i ON i.id = p.iface "
-    "WHERE p.id IN (SELECT value FROM json_each(?))")
+    "WHERE p.id IN (SELECT value FROM json_each(?)) ORDER BY p.id)")
 
 CONN_JSON = (
     "json_object('Version', 1, 'ConnectionId', c.id, 'CaptureId', {capture_id}, "
@@ -81,13 +87,16 @@ CONN_PAGE = (
     "FROM connections c LEFT JOIN processes p ON p.process_id = c.process_id "
     "WHERE c.id > ? {where} ORDER BY c.id LIMIT ?)")
 
-# (database's serial, packet id) -> its Summary/Info text; one bound for every database, so
-# reading many captures cannot grow it. A serial, not id(db): ids are reused after a
-# database object goes, serials never.
+# (database's serial, packet id) -> the packet's whole JSON object; one bound for every
+# database, so reading many captures cannot grow it. A serial, not id(db): ids are reused
+# after a database object goes, serials never; a note written gives the database a new
+# serial (forget), so nothing kept before it is read again.
 _kept: dict[tuple[int, int], str] = {}
+_kept_chars = [0]
 _serials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _next_serial = itertools.count(1)
 _lock = threading.Lock()
+_fill_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _serial(db) -> int:
@@ -98,39 +107,71 @@ def _serial(db) -> int:
         return serial
 
 
-def _remember(cache: dict, fresh: dict) -> None:
+def _fill_lock(db) -> threading.Lock:
     with _lock:
-        cache.update(fresh)
-        for _ in range(len(cache) - SUMMARY_CACHE):
-            cache.pop(next(iter(cache)), None)  # oldest first: streams move forward
+        lock = _fill_locks.get(db)
+        if lock is None:
+            lock = _fill_locks[db] = threading.Lock()
+        return lock
 
 
-def _summaries(db, ids: list) -> list | None:
-    """`, "Summary": …, "Info": …}` for each packet id (decoded once per database)."""
+def forget(db) -> None:
+    """A packet of `db` changed (its notes): what was kept of its packets is not read
+    again. Called after the change is committed, so a page begun later reads it."""
+    with _lock:
+        _serials[db] = next(_next_serial)
+
+
+def _remember(cache: dict, fresh: dict, chars: list = _kept_chars,
+              bound: int = KEPT_CHARS) -> None:
+    with _lock:
+        for key, text in fresh.items():
+            old = cache.pop(key, None)
+            chars[0] += len(text) - (len(old) if old is not None else 0)
+            cache[key] = text
+        while chars[0] > bound and cache:  # oldest first: streams move forward
+            chars[0] -= len(cache.pop(next(iter(cache))))
+
+
+def _objects(db, capture_id: int, ids: list) -> list | None:
+    """The PACKET object (JSON text, with Summary and Info) of each packet id. A packet's
+    row never changes but for its notes (forget), so each is built once however many
+    pollers follow the stream; None: a row the reference must answer (or one gone)."""
     serial = _serial(db)
-    tails = [_kept.get((serial, i)) for i in ids]
-    if None not in tails:
-        return tails
-    missing = [i for i, tail in zip(ids, tails) if tail is None]
-    locs = {row[0]: row[1:] for row in json.loads(db.tuples(WHERE_BYTES, (json.dumps(missing),))
-                                                 .fetchone()[0])}
-    if len(locs) != len(missing):
-        return None  # rows gone meanwhile (the capture deleted): the reference will say so
+    texts = [_kept.get((serial, i)) for i in ids]
+    if None not in texts:
+        return texts
+    # Pollers following one stream ask for the same new page at once: one builds it, the
+    # others wait and read what it kept (all 20 built it, so nearly every page missed)
+    with _fill_lock(db):
+        return _fill(db, capture_id, serial, ids, texts)
+
+
+def _fill(db, capture_id: int, serial: int, ids: list, texts: list) -> list | None:
+    texts = [t if t is not None else _kept.get((serial, i)) for i, t in zip(ids, texts)]
+    missing = [i for i, text in zip(ids, texts) if text is None]
+    if not missing:
+        return texts
+    objs, locs, odd = db.tuples(_sql(PACKET_ROWS, capture_id, ""),
+                                (json.dumps(missing),)).fetchone()
+    locs = json.loads(locs)
+    if odd or len(locs) != len(missing):
+        return None  # odd, or gone meanwhile (the capture deleted): the reference says
+    rows = {loc[0]: (obj, *loc[1:]) for obj, loc in zip(objs.split(SEP), locs)}
     reader = db.block_reader()
     fresh = {}
     try:
-        for n, tail in enumerate(tails):
-            if tail is None:
-                blk, off, caplen, linktype = locs[ids[n]]
-                data = reader.get(blk)[off:off + caplen]
-                dec = decode(linktype, data)
-                tail = (f', "Summary": {json.dumps(dec.summary)}, '
+        for n, text in enumerate(texts):
+            if text is None:
+                obj, blk, off, caplen, linktype = rows[ids[n]]
+                dec = decode(linktype, reader.get(blk)[off:off + caplen])
+                text = (f'{obj[:-1]}, "Summary": {json.dumps(dec.summary)}, '
                         f'"Info": {json.dumps(info(dec))}}}')
-                tails[n] = fresh[serial, ids[n]] = tail
+                texts[n] = fresh[serial, ids[n]] = text
     finally:
         reader.close()
     _remember(_kept, fresh)
-    return tails
+    return texts
 
 
 def _page(db, sql: str, params: tuple):
@@ -151,23 +192,22 @@ def packet_page(db, capture_id: int, where: str, params: tuple, last_id: int,
                 limit: int) -> dict | None:
     """The answer of capture_stream / capture_read (without Data) for packets with
     id > last_id, `where` (AND ...) and `params` as the reference's; None: use the reference."""
-    row = _page(db, _sql(PACKET_PAGE, capture_id, where), (last_id, *params, limit + 1))
-    if row is None:
-        return None
-    count, objs, ids, _odd = row
+    count, ids = db.tuples(_sql(PACKET_IDS, capture_id, where),
+                           (last_id, *params, limit + 1)).fetchone()
     if not count:
         return {"Version": 1, "CaptureId": capture_id, "LastId": last_id, "More": False,
                 "Packets": Encoded("[]")}
-    objs = objs.split(SEP)[:limit]
     ids = json.loads(ids)[:limit]
     if ids != sorted(ids):  # group_concat kept the subquery's order so far; never assume it
         return None
-    tails = _summaries(db, ids)
-    if tails is None:
+    try:
+        texts = _objects(db, capture_id, ids)
+    except sqlite3.OperationalError:  # e.g. json_object refusing a BLOB where text belongs
         return None
-    text = "[" + ", ".join([o[:-1] + t for o, t in zip(objs, tails)]) + "]"
+    if texts is None:
+        return None
     return {"Version": 1, "CaptureId": capture_id, "LastId": ids[-1], "More": count > limit,
-            "Packets": Encoded(text)}
+            "Packets": Encoded("[" + ", ".join(texts) + "]")}
 
 
 def conn_page(db, capture_id: int, where: str, params: tuple, last_id: int | None,
