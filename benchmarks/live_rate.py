@@ -10,7 +10,7 @@ highest rate a capture keeps up with for more than the seconds its sniffer proce
 buffer (256 MiB) can absorb.
 
 Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 25000,...]
-              [--senders 1] [--backend auto|ebpf|socket-table]
+              [--senders 1] [--backend auto|ebpf|socket-table] [--flow-packets N]
 """
 
 from __future__ import annotations
@@ -67,15 +67,38 @@ class Tcpdump:
         return n, int(m.group(1)) if m else -1
 
 
-def one_rate(ctx, rate: int, seconds: float, senders: int = 1) -> dict:
-    rx = sink()
-    port = rx.getsockname()[1]
-    bpf = f"udp dst port {port}"
+def sinks(n: int) -> list[socket.socket]:
+    """n sinks on consecutive ports (the short-flow sender's destinations)."""
+    while True:
+        first = sink()
+        base = first.getsockname()[1]
+        if base + n > 65536:
+            first.close()
+            continue
+        out = [first]
+        try:
+            for p in range(base + 1, base + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                out.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.bind(("127.0.0.1", p))
+            return out
+        except OSError:
+            for s in out:
+                s.close()
+
+
+def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0) -> dict:
+    nports = 16 if flow else 1
+    rxs = sinks(nports)
+    port = rxs[0].getsockname()[1]
+    bpf = f"udp dst portrange {port}-{port + nports - 1}" if flow else f"udp dst port {port}"
     dump = Tcpdump(bpf)
     cpu = _cpu()
     row = ctx.captures.start(1, bpf=bpf, adapters=["lo"])
     # several sender processes: on a busy machine one process gets too little of the CPU
-    procs = [send(port, rate / senders, seconds) for _ in range(senders)]
+    procs = [send(port, rate / senders, seconds, flow=flow, nports=nports)
+             for _ in range(senders)]
     done = [result(p) for p in procs]
     sent, took = sum(n for n, _ in done), max(t for _, t in done)
     time.sleep(0.5)
@@ -85,7 +108,8 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1) -> dict:
     # retires it; a tcpdump stopped sooner never reads the last one
     time.sleep(1.2)
     theirs, their_drops = dump.stop()
-    rx.close()
+    for rx in rxs:
+        rx.close()
     ours = ctx.catalog.one("SELECT packet_count, dropped_count FROM captures WHERE id=?",
                            (row["id"],))
     return {"rate": rate, "achieved": sent / took, "sent": sent, "tcpdump": theirs,
@@ -107,6 +131,9 @@ def main() -> None:
     ap.add_argument("--senders", type=int, default=1, help="sender processes sharing the rate")
     ap.add_argument("--backend", default="auto", help="attribution_backend: auto, ebpf, "
                     "socket-table (eBPF must not make the live rate worse)")
+    ap.add_argument("--flow-packets", type=int, default=0,
+                    help="short flows: each this many datagrams from a new socket (a new "
+                    "flow to attribute), over 16 destination ports; 0: one flow")
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="apc-bench-")
     ctx = build_context(Config(data_dir=data_dir))
@@ -114,12 +141,14 @@ def main() -> None:
     start_services(ctx)
     tune_gc()  # as `apppaccap serve` does once started (the cycle collector while serving)
     best_dump = best_999 = best_all = 0
-    print(f"load average at start: {os.getloadavg()[0]:.2f}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f}; "
+          + (f"short flows of {args.flow_packets} datagrams" if args.flow_packets
+             else "one flow"))
     print(f"{'target pps':>10} {'sent pps':>10} {'sent':>8} {'tcpdump':>8} {'its drops':>9} "
           f"{'ours':>8} {'dropped':>8}  ours/tcpdump  service CPU/packet")
     try:
         for rate in (int(r) for r in args.rates.split(",")):
-            r = one_rate(ctx, rate, args.seconds, args.senders)
+            r = one_rate(ctx, rate, args.seconds, args.senders, args.flow_packets)
             share = r["ours"] / r["tcpdump"] if r["tcpdump"] else 0.0
             if r["tcpdump"] >= r["sent"]:
                 best_dump = max(best_dump, int(r["achieved"]))

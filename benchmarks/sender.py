@@ -22,11 +22,20 @@ SENDER_C = r"""
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t);
                           return t.tv_sec + t.tv_nsec / 1e9; }
 int main(int argc, char **argv) {
-    if (argc < 4) { fprintf(stderr, "usage: sender PORT RATE SECONDS [SIZE]\n"); return 2; }
+    if (argc < 4) {
+        fprintf(stderr, "usage: sender PORT RATE SECONDS [SIZE [FLOW NPORTS]]\n");
+        return 2;
+    }
     int port = atoi(argv[1]); double rate = atof(argv[2]), secs = atof(argv[3]);
     int size = argc > 4 ? atoi(argv[4]) : 100;
+    /* FLOW > 0: short flows, FLOW datagrams each from a new socket (a new source port),
+       to ports PORT .. PORT+NPORTS-1 in turn (ephemeral ports come back later) */
+    int flow = argc > 5 ? atoi(argv[5]) : 0, nports = argc > 6 ? atoi(argv[6]) : 1;
     if (size < 8 || size > 1400) size = 100;
+    if (flow < 0 || flow > BATCH) flow = 0;
+    if (nports < 1) nports = 1;
     int s = socket(AF_INET, SOCK_DGRAM, 0);
+    long flows = 0;
     struct sockaddr_in a = {0}; a.sin_family = AF_INET; a.sin_port = htons(port);
     a.sin_addr.s_addr = htonl(0x7f000001);
     static char payload[BATCH][1400];
@@ -44,6 +53,12 @@ int main(int argc, char **argv) {
         if (due > total) due = total;
         while (sent < due) {
             int n = due - sent > BATCH ? BATCH : (int)(due - sent);
+            if (flow) {
+                n = flow;
+                close(s);
+                s = socket(AF_INET, SOCK_DGRAM, 0);
+                a.sin_port = htons(port + (int)(flows++ % nports));
+            }
             for (int i = 0; i < n; i++) { long seq = sent + i; memcpy(payload[i], &seq, 8); }
             int k = sendmmsg(s, msg, n, 0);
             if (k <= 0) { usleep(50); continue; }
@@ -59,7 +74,7 @@ int main(int argc, char **argv) {
 
 def sender_binary() -> str:
     """The compiled sender (built once per temporary directory)."""
-    path = os.path.join(tempfile.gettempdir(), "apc_udp_mmsg_sender")
+    path = os.path.join(tempfile.gettempdir(), "apc_udp_mmsg_sender2")
     if not os.path.exists(path):
         work = tempfile.mkdtemp(prefix="apc-sender-")
         src = os.path.join(work, "sender.c")
@@ -70,10 +85,12 @@ def sender_binary() -> str:
     return path
 
 
-def send(port: int, rate: float, seconds: float, size: int = 100) -> subprocess.Popen:
-    """Start sending; communicate() gives "SENT SECONDS"."""
-    return subprocess.Popen([sender_binary(), str(port), str(rate), str(seconds), str(size)],
-                            stdout=subprocess.PIPE, text=True)
+def send(port: int, rate: float, seconds: float, size: int = 100, flow: int = 0,
+         nports: int = 1) -> subprocess.Popen:
+    """Start sending; communicate() gives "SENT SECONDS". `flow` > 0: short flows of that
+    many datagrams, each from a new socket, to ports port .. port + nports - 1 in turn."""
+    return subprocess.Popen([sender_binary(), str(port), str(rate), str(seconds), str(size),
+                             str(flow), str(nports)], stdout=subprocess.PIPE, text=True)
 
 
 def result(proc: subprocess.Popen) -> tuple[int, float]:

@@ -176,6 +176,17 @@ def test_connection_waiting_in_accept_queue_belongs_to_its_listener():
     assert k.dumps == 1  # the listener set of a port is reused for port_cache_ttl
 
 
+def test_a_udp_servers_port_is_read_once_for_many_clients():
+    k = KernelStandIn([E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 21)])
+    for client_port in range(40000, 40010):  # ten flows to one server socket
+        assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", client_port) == (21, 0)
+    assert k.dumps == 1
+    k.sockets.append(E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 22))  # a rival joins the port
+    k.sockets.reverse()  # and the kernel picks it: not in the kept list, read again
+    assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40011) is None
+    assert k.dumps == 2
+
+
 def test_orphaned_connection_has_no_owner():
     k = KernelStandIn([E(6, "127.0.0.1", 8080, "127.0.0.1", 5555, 4, 0),  # FIN_WAIT1, closed
                        E(6, "127.0.0.1", 8080, "0.0.0.0", 0, 10, 31)])

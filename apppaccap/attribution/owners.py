@@ -36,6 +36,7 @@ from apppaccap.attribution.sockdiag import SockDiag
 log = logging.getLogger(__name__)
 
 PORT_OWNERS = 4096   # ports whose last owner is remembered as a first guess
+SERVER_THREAD_TTL = 1.0   # seconds a server socket's thread answer is kept
 
 
 class Owner(NamedTuple):
@@ -107,6 +108,7 @@ class LinuxOwners:
         # newest pids' fd tables were read first (~7 tables a connection; api_load's
         # 200 connections/s cost a fifth of a core)
         self._port_owner: OrderedDict[tuple, int] = OrderedDict()
+        self._server_threads: dict[tuple, tuple] = {}  # (pid, inode) -> (when, tid)
         self._sweep_diag = None
         self._sweep_inodes = None
         self.facts = RecentFacts(self.proc_root)
@@ -166,6 +168,22 @@ class LinuxOwners:
         if len(ports) > PORT_OWNERS:
             ports.popitem(last=False)
 
+    def _thread_of(self, pid: int, inode: int, server: bool) -> int | None:
+        """thread_of, kept SERVER_THREAD_TTL for a server's socket (a listener, unconnected
+        UDP): every client's flow asked it again, reading each thread's syscall file
+        (~half the resolver's time at 2,000 UDP flows/s to one server)."""
+        if not server:
+            return thread_of(pid, inode, self.proc_root)
+        now = time.monotonic()
+        kept = self._server_threads.get((pid, inode))
+        if kept is not None and now - kept[0] < SERVER_THREAD_TTL:
+            return kept[1]
+        tid = thread_of(pid, inode, self.proc_root)
+        if len(self._server_threads) >= PORT_OWNERS:
+            self._server_threads.clear()
+        self._server_threads[pid, inode] = (now, tid)
+        return tid
+
     def _owner(self, cands, is_src: bool, hints) -> Owner | None:
         pids = {self.inodes.find(c.inode, hint_pids=hints) for c in cands}
         if len(pids) != 1 or None in pids:
@@ -174,7 +192,7 @@ class LinuxOwners:
         inode = cands[0].inode
         tid = None
         if self.threads and len(cands) == 1:
-            tid = thread_of(pid, inode, self.proc_root)
+            tid = self._thread_of(pid, inode, cands[0].remote_port == 0)
         return Owner(pid, tid, inode, is_src,
                      cands[0].state == TCP_LISTEN and cands[0].proto == socket.IPPROTO_TCP)
 
