@@ -7,10 +7,16 @@ highest at which we stored >= 99.9 % of what tcpdump stored (and at which we sto
 Per rate also the service's CPU per packet stored, from the capture's start to the end
 of its stop (which returns once every packet received is written): what decides the
 highest rate a capture keeps up with for more than the seconds its sniffer process's
-buffer (256 MiB) can absorb.
+buffer (256 MiB) can absorb; and how long the capture's stop took (it returns once every
+packet received is written): more than a fraction of a second means the capture fell
+behind the traffic and its buffer held the rest.
+
+--flow-packets N sends short flows instead of one: every N datagrams come from a new
+socket (a new flow to attribute and label), to 16 server ports in turn.
 
 Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 25000,...]
               [--senders 1] [--backend auto|ebpf|socket-table] [--flow-packets N]
+              [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -102,7 +108,9 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0) ->
     done = [result(p) for p in procs]
     sent, took = sum(n for n, _ in done), max(t for _, t in done)
     time.sleep(0.5)
+    t = time.monotonic()
     ctx.captures.stop(row["id"])  # returns once every packet received is written
+    behind = time.monotonic() - t  # > ~0.1 s: the capture fell behind, its buffer held up
     cpu = _cpu() - cpu
     # tcpdump (not immediate mode) gets a ring block only when it fills or its 1 s timeout
     # retires it; a tcpdump stopped sooner never reads the last one
@@ -114,7 +122,7 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0) ->
                            (row["id"],))
     return {"rate": rate, "achieved": sent / took, "sent": sent, "tcpdump": theirs,
             "tcpdump_dropped": their_drops, "ours": ours[0], "dropped": ours[1],
-            "us_per_packet": 1e6 * cpu / max(ours[0], 1)}
+            "us_per_packet": 1e6 * cpu / max(ours[0], 1), "behind": behind}
 
 
 def _cpu() -> float:
@@ -134,10 +142,14 @@ def main() -> None:
     ap.add_argument("--flow-packets", type=int, default=0,
                     help="short flows: each this many datagrams from a new socket (a new "
                     "flow to attribute), over 16 destination ports; 0: one flow")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a service setting for the run (repeatable)")
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="apc-bench-")
     ctx = build_context(Config(data_dir=data_dir))
     ctx.settings.set("attribution_backend", args.backend)
+    for kv in args.set:  # e.g. app_labels_enabled=0: what nDPI costs
+        ctx.settings.set(*kv.split("=", 1))
     start_services(ctx)
     tune_gc()  # as `apppaccap serve` does once started (the cycle collector while serving)
     best_dump = best_999 = best_all = 0
@@ -145,7 +157,7 @@ def main() -> None:
           + (f"short flows of {args.flow_packets} datagrams" if args.flow_packets
              else "one flow"))
     print(f"{'target pps':>10} {'sent pps':>10} {'sent':>8} {'tcpdump':>8} {'its drops':>9} "
-          f"{'ours':>8} {'dropped':>8}  ours/tcpdump  service CPU/packet")
+          f"{'ours':>8} {'dropped':>8}  ours/tcpdump  service CPU/packet  stop took")
     try:
         for rate in (int(r) for r in args.rates.split(",")):
             r = one_rate(ctx, rate, args.seconds, args.senders, args.flow_packets)
@@ -158,7 +170,8 @@ def main() -> None:
                 best_all = max(best_all, int(r["achieved"]))
             print(f"{r['rate']:>10} {r['achieved']:>10.0f} {r['sent']:>8} {r['tcpdump']:>8} "
                   f"{r['tcpdump_dropped']:>9} {r['ours']:>8} {r['dropped']:>8}  "
-                  f"{100 * share:6.2f} %  {r['us_per_packet']:6.2f} us")
+                  f"{100 * share:6.2f} %  {r['us_per_packet']:6.2f} us  "
+                  f"{r['behind']:8.1f} s")
     finally:
         stop_services(ctx)
         ctx.catalog.close()

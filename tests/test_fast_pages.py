@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 
@@ -16,7 +17,8 @@ import pytest
 
 from apppaccap.api import fastpages
 from apppaccap.api import packets as ref
-from apppaccap.api.fastpages import KEPT_CHARS
+from apppaccap.api.fastpages import KEPT_BYTES
+from apppaccap.api.fastpages import KEPT_MAX
 from apppaccap.settings import DEFAULTS
 from apppaccap.settings import Settings
 from apppaccap.store.blocks import BlockReader
@@ -183,15 +185,21 @@ def test_ingested_pages_match_the_reference(live, live_ajax, rel):
              reference_conns(db, cid, 0, 1000, label))
 
 
-def test_kept_objects_are_bounded_in_characters_newest_kept():
-    cache, chars = {}, [0]
-    fastpages._remember(cache, {i: "x" * 10 for i in range(100)}, chars, bound=500)
-    assert len(cache) == 50 and chars[0] == 500
+def test_kept_objects_are_bounded_in_bytes_newest_kept():
+    size = sys.getsizeof("x" * 10)
+    cache, used = {}, [0]
+    fastpages._remember(cache, {i: "x" * 10 for i in range(100)}, used, bound=50 * size)
+    assert len(cache) == 50 and used[0] == 50 * size
     assert 49 not in cache and 50 in cache and 99 in cache
-    fastpages._remember(cache, {99: "y" * 30, -1: "z"}, chars, bound=500)  # replaced, added
-    assert chars[0] == sum(map(len, cache.values())) <= 500
+    fastpages._remember(cache, {99: "y" * 30, -1: "z"}, used, bound=50 * size)
+    assert used[0] == sum(map(sys.getsizeof, cache.values())) <= 50 * size
     assert cache[99] == "y" * 30 and -1 in cache and 50 not in cache
-    assert KEPT_CHARS <= 32 << 20  # one bound for every database
+    # four bytes a character: held as what it takes, and a note too long is not kept
+    fastpages._remember(cache, {-2: "\U0001F600" * 100, -3: "n" * (KEPT_MAX + 1)}, used,
+                        bound=50 * size)
+    assert used[0] == sum(map(sys.getsizeof, cache.values())) <= 50 * size
+    assert -2 in cache and -3 not in cache
+    assert KEPT_BYTES <= 48 << 20  # one bound for every database
 
 
 def test_a_note_written_after_a_page_was_read_is_in_the_next_page(live, live_ajax):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import sys
 import threading
 import weakref
 
@@ -30,7 +31,8 @@ from apppaccap.dissect.info import info
 from apppaccap.filetime import EPOCH_DIFF_TICKS
 
 SEP = "\x1e"  # json_object escapes control characters, so no object contains it
-KEPT_CHARS = 32 << 20  # packets' JSON kept, all databases together: ~75,000 packets
+KEPT_BYTES = 48 << 20  # packets' JSON kept, all databases together: ~75,000 packets
+KEPT_MAX = 64 << 10    # an object larger than this (a long note) is built each time
 
 
 def _filetime(col: str) -> str:
@@ -92,7 +94,7 @@ CONN_PAGE = (
 # after a database object goes, serials never; a note written gives the database a new
 # serial (forget), so nothing kept before it is read again.
 _kept: dict[tuple[int, int], str] = {}
-_kept_chars = [0]
+_kept_bytes = [0]
 _serials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _next_serial = itertools.count(1)
 _lock = threading.Lock()
@@ -122,15 +124,19 @@ def forget(db) -> None:
         _serials[db] = next(_next_serial)
 
 
-def _remember(cache: dict, fresh: dict, chars: list = _kept_chars,
-              bound: int = KEPT_CHARS) -> None:
+def _remember(cache: dict, fresh: dict, used: list = _kept_bytes,
+              bound: int = KEPT_BYTES) -> None:
+    # memory as the interpreter holds it (a text of emoji takes 4 bytes a character)
     with _lock:
         for key, text in fresh.items():
+            size = sys.getsizeof(text)
+            if size > KEPT_MAX:
+                continue
             old = cache.pop(key, None)
-            chars[0] += len(text) - (len(old) if old is not None else 0)
+            used[0] += size - (sys.getsizeof(old) if old is not None else 0)
             cache[key] = text
-        while chars[0] > bound and cache:  # oldest first: streams move forward
-            chars[0] -= len(cache.pop(next(iter(cache))))
+        while used[0] > bound and cache:  # oldest first: streams move forward
+            used[0] -= sys.getsizeof(cache.pop(next(iter(cache))))
 
 
 def _objects(db, capture_id: int, ids: list) -> list | None:
