@@ -12,9 +12,11 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 
 import pytest
 
+from apppaccap.api import captures as captures_api
 from apppaccap.api import fastpages
 from apppaccap.api import packets as ref
 from apppaccap.api.fastpages import KEPT_BYTES
@@ -28,6 +30,9 @@ from apppaccap.store.database import connect
 from tests.helpers import corpus
 from tests.helpers.app import ingest
 from tests.helpers.live import wait_for
+from tests.helpers.packets import dns
+from tests.helpers.packets import udp_frame
+from tests.helpers.pcapfiles import write_pcap
 from tests.helpers.ports import free_port
 from tests.helpers.server import Server
 
@@ -187,7 +192,7 @@ def test_ingested_pages_match_the_reference(live, live_ajax, rel):
 
 def test_kept_objects_are_bounded_in_bytes_newest_kept():
     size = sys.getsizeof("x" * 10)
-    cache, used = {}, [0]
+    cache, used = OrderedDict(), [0]
     fastpages._remember(cache, {i: "x" * 10 for i in range(100)}, used, bound=50 * size)
     assert len(cache) == 50 and used[0] == 50 * size
     assert 49 not in cache and 50 in cache and 99 in cache
@@ -214,6 +219,62 @@ def test_a_note_written_after_a_page_was_read_is_in_the_next_page(live, live_aja
         page = ajax.ok("capture_read", capture_id=cid, last_id=0, limit=5)
         assert page["Packets"][2]["Notes"] == notes
         same(page, reference_stream(db, cid, 0, 5))
+
+
+def _dns_capture(live, ajax, tmp_path, n):
+    path = tmp_path / "many.pcap"
+    write_pcap(path, [(1_700_000_000_000_000_000 + i * 1000,
+                       udp_frame(dns(i & 0xFFFF, [f"h{i}.example.com"]), sport=40000 + i % 2000,
+                                 dport=53)) for i in range(n)])
+    return ingest(live, ajax, path)
+
+
+def test_a_note_committed_after_its_request_gave_up_is_still_seen(live, live_ajax, tmp_path,
+                                                                   monkeypatch):
+    """The kept JSON is forgotten when the note is committed, not when the request waited
+    for it: a busy writer that commits after the answer still invalidates it."""
+    cid = _dns_capture(live, live_ajax, tmp_path, 20)
+    target = live_ajax.ok("capture_read", capture_id=cid, last_id=0, limit=5)[
+        "Packets"][2]["PacketId"]  # kept now
+    live.captures.db(cid).submit(lambda c: time.sleep(1.5))  # the writer busy meanwhile
+    monkeypatch.setattr(captures_api, "NOTE_WAIT", 0.2)
+    answer = live_ajax("capture_set_notes", capture_id=cid, packet_id=target, notes="NEW")
+    assert answer["ErrorCode"]  # the request gave up waiting
+    wait_for(lambda: live_ajax.ok("capture_read", capture_id=cid, last_id=0, limit=5)[
+        "Packets"][2]["Notes"] == "NEW", what="the note committed later")
+
+
+def test_a_page_being_built_does_not_hold_other_pages_of_the_database(live, live_ajax,
+                                                                      tmp_path, monkeypatch):
+    """Pollers of the same new page wait for its builder; a page of other packets does not
+    (one lock per database made every poller wait for a 10,000-packet build)."""
+    cid = _dns_capture(live, live_ajax, tmp_path, 300)
+    db = live.captures.db(cid)
+    fastpages.forget(db)
+    inside, release = threading.Event(), threading.Event()
+    fill = fastpages._fill
+
+    def slow_fill(db_, capture_id, serial, ids, texts):
+        if len(ids) == 200:
+            inside.set()
+            release.wait(30)
+        return fill(db_, capture_id, serial, ids, texts)
+
+    monkeypatch.setattr(fastpages, "_fill", slow_fill)
+    big = threading.Thread(target=fastpages.packet_page, args=(db, cid, "", (), 0, 200))
+    big.start()
+    try:
+        assert inside.wait(10)
+        got = []
+        small = threading.Thread(  # while the big one builds
+            target=lambda: got.append(fastpages.packet_page(db, cid, "", (), 250, 10)))
+        small.start()
+        small.join(5)
+        assert not small.is_alive(), "a page of other packets waited for the big one"
+        assert [p["PacketId"] for p in got[0]["Packets"].value()] == list(range(251, 261))
+    finally:
+        release.set()
+        big.join()
 
 
 def test_a_setting_written_through_one_settings_is_read_by_another(ctx):

@@ -124,25 +124,29 @@ def test_a_servers_next_connection_is_looked_for_in_its_last_owner_first(tmp_pat
     assert owners.resolve(6, "127.0.0.1", 6000, "127.0.0.1", 80) == [Owner(305, None, 99, False)]
 
 
-def test_a_server_sockets_thread_is_looked_for_once_a_second(tmp_path, monkeypatch):
-    """thread_of reads every thread's syscall file; a server socket's answer is kept."""
+def test_a_server_socket_with_no_thread_to_name_is_not_searched_again_at_once(
+        tmp_path, monkeypatch):
+    """thread_of reads every thread's syscall file; for a server's socket "none can be
+    named" is kept a second, a thread it named is not (the next client's may differ)."""
     from apppaccap.attribution import owners as mod
-    asked = []
-    monkeypatch.setattr(mod, "thread_of", lambda pid, inode, root: asked.append(inode) or 7)
+    asked, answers = [], []
+    monkeypatch.setattr(mod, "thread_of",
+                        lambda pid, inode, root: asked.append(inode) or answers.pop(0))
     server = [E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 5)]
     table = {(17, "127.0.0.1", 53, "127.0.0.1", p): server for p in range(4000, 4010)}
-    table[17, "127.0.0.1", 4000, "127.0.0.1", 53] = [E(17, "127.0.0.1", 4000, "127.0.0.1", 53,
-                                                       1, 6)]
-    owners = LinuxOwners(sockdiag=FakeDiag(table), inodes=FakeInodes({5: 100, 6: 200},
-                                                                      str(tmp_path)),
+    owners = LinuxOwners(sockdiag=FakeDiag(table), inodes=FakeInodes({5: 100}, str(tmp_path)),
                          events=False)
-    for p in range(4000, 4010):
-        assert Owner(100, 7, 5, False) in owners.resolve(17, "127.0.0.1", p, "127.0.0.1", 53)
-    assert asked.count(5) == 1  # the server's socket: asked once for ten clients
-    assert asked.count(6) == 1  # a connected socket: asked for its own flow
+
+    def tid_of(port):
+        return owners.resolve(17, "127.0.0.1", port, "127.0.0.1", 53)[0].tid
+
+    answers[:] = [100, 101, None]
+    assert [tid_of(p) for p in (4000, 4001, 4002)] == [100, 101, None]  # each asked
+    assert [tid_of(p) for p in range(4003, 4010)] == [None] * 7  # "none" kept
+    assert len(asked) == 3
     monkeypatch.setattr(mod, "SERVER_THREAD_TTL", 0.0)
-    owners.resolve(17, "127.0.0.1", 4001, "127.0.0.1", 53)
-    assert asked.count(5) == 2  # kept for a while only
+    answers[:] = [102]
+    assert tid_of(4001) == 102  # kept for a while only
 
 
 def test_shared_port_is_named_only_when_one_process_holds_all(tmp_path):

@@ -25,6 +25,8 @@ from apppaccap.wire import CaptureState
 from apppaccap.wire import CaptureType
 from apppaccap.wire import DataType
 
+NOTE_WAIT = 60  # seconds a note's write is waited for (the database's writer may be busy)
+
 ALL_FLAGS = CaptureFlag.RESOLVE_IPS | CaptureFlag.THREAD_CAPTURE | CaptureFlag.CHILD_PROCESSES
 
 
@@ -238,9 +240,12 @@ def capture_set_notes(ctx, *, capture_id: int, packet_id: int = 0, notes: str = 
         capture_table.set_notes(ctx.catalog, capture_id, notes)
         return 0
     db = ctx.captures.db(capture_id)
-    if not db.write(lambda c: set_packet_notes(c, packet_id, notes or None)):
+    done = db.submit(lambda c: set_packet_notes(c, packet_id, notes or None))
+    # the packet's kept JSON has the old notes: forgotten once the change is committed,
+    # also when that comes after this request stopped waiting for it
+    done.add_done_callback(lambda _done: fastpages.forget(db))
+    if not done.result(NOTE_WAIT):
         raise NotFound(f"packet_id: capture {capture_id} has no packet {packet_id}")
-    fastpages.forget(db)  # the packet's kept JSON has the old notes
     return 0
 
 

@@ -24,6 +24,7 @@ import sqlite3
 import sys
 import threading
 import weakref
+from collections import OrderedDict
 
 from apppaccap.api.encoded import Encoded
 from apppaccap.dissect.decode import decode
@@ -93,12 +94,12 @@ CONN_PAGE = (
 # database, so reading many captures cannot grow it. A serial, not id(db): ids are reused
 # after a database object goes, serials never; a note written gives the database a new
 # serial (forget), so nothing kept before it is read again.
-_kept: dict[tuple[int, int], str] = {}
+_kept: OrderedDict[tuple[int, int], str] = OrderedDict()  # popitem(last=False): O(1)
 _kept_bytes = [0]
 _serials: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _next_serial = itertools.count(1)
 _lock = threading.Lock()
-_fill_locks: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_building: dict[tuple, list] = {}  # a page being built -> [its lock, builders and waiters]
 
 
 def _serial(db) -> int:
@@ -109,12 +110,6 @@ def _serial(db) -> int:
         return serial
 
 
-def _fill_lock(db) -> threading.Lock:
-    with _lock:
-        lock = _fill_locks.get(db)
-        if lock is None:
-            lock = _fill_locks[db] = threading.Lock()
-        return lock
 
 
 def forget(db) -> None:
@@ -136,7 +131,7 @@ def _remember(cache: dict, fresh: dict, used: list = _kept_bytes,
             used[0] += size - (sys.getsizeof(old) if old is not None else 0)
             cache[key] = text
         while used[0] > bound and cache:  # oldest first: streams move forward
-            used[0] -= sys.getsizeof(cache.pop(next(iter(cache))))
+            used[0] -= sys.getsizeof(cache.popitem(last=False)[1])
 
 
 def _objects(db, capture_id: int, ids: list) -> list | None:
@@ -148,9 +143,20 @@ def _objects(db, capture_id: int, ids: list) -> list | None:
     if None not in texts:
         return texts
     # Pollers following one stream ask for the same new page at once: one builds it, the
-    # others wait and read what it kept (all 20 built it, so nearly every page missed)
-    with _fill_lock(db):
-        return _fill(db, capture_id, serial, ids, texts)
+    # others wait and read what it kept (all 20 built it, so nearly every page missed).
+    # Only for that page: another page of the database is built meanwhile.
+    key = (serial, ids[0], ids[-1], len(ids))
+    with _lock:
+        page = _building.setdefault(key, [threading.Lock(), 0])
+        page[1] += 1
+    try:
+        with page[0]:
+            return _fill(db, capture_id, serial, ids, texts)
+    finally:
+        with _lock:
+            page[1] -= 1
+            if not page[1]:
+                del _building[key]
 
 
 def _fill(db, capture_id: int, serial: int, ids: list, texts: list) -> list | None:

@@ -36,7 +36,7 @@ from apppaccap.attribution.sockdiag import SockDiag
 log = logging.getLogger(__name__)
 
 PORT_OWNERS = 4096   # ports whose last owner is remembered as a first guess
-SERVER_THREAD_TTL = 1.0   # seconds a server socket's thread answer is kept
+SERVER_THREAD_TTL = 1.0   # seconds a server socket's "no thread" answer is kept
 
 
 class Owner(NamedTuple):
@@ -108,7 +108,7 @@ class LinuxOwners:
         # newest pids' fd tables were read first (~7 tables a connection; api_load's
         # 200 connections/s cost a fifth of a core)
         self._port_owner: OrderedDict[tuple, int] = OrderedDict()
-        self._server_threads: dict[tuple, tuple] = {}  # (pid, inode) -> (when, tid)
+        self._server_threads: dict[tuple, float] = {}  # (pid, inode) -> when no tid was
         self._sweep_diag = None
         self._sweep_inodes = None
         self.facts = RecentFacts(self.proc_root)
@@ -169,19 +169,24 @@ class LinuxOwners:
             ports.popitem(last=False)
 
     def _thread_of(self, pid: int, inode: int, server: bool) -> int | None:
-        """thread_of, kept SERVER_THREAD_TTL for a server's socket (a listener, unconnected
-        UDP): every client's flow asked it again, reading each thread's syscall file
-        (~half the resolver's time at 2,000 UDP flows/s to one server)."""
+        """thread_of; for a server's socket (a listener, unconnected UDP) a "no thread can
+        be named" is kept SERVER_THREAD_TTL: every client's flow asked it again, reading
+        each thread's syscall file (~half the resolver's time at 2,000 UDP flows/s to one
+        server). A thread it named is not kept (the next flow may be another worker's),
+        and replaying None names no thread wrongly: at worst one it could have named."""
         if not server:
             return thread_of(pid, inode, self.proc_root)
         now = time.monotonic()
         kept = self._server_threads.get((pid, inode))
-        if kept is not None and now - kept[0] < SERVER_THREAD_TTL:
-            return kept[1]
+        if kept is not None and now - kept < SERVER_THREAD_TTL:
+            return None
         tid = thread_of(pid, inode, self.proc_root)
-        if len(self._server_threads) >= PORT_OWNERS:
-            self._server_threads.clear()
-        self._server_threads[pid, inode] = (now, tid)
+        if tid is None:
+            if len(self._server_threads) >= PORT_OWNERS:
+                self._server_threads.clear()
+            self._server_threads[pid, inode] = now
+        else:
+            self._server_threads.pop((pid, inode), None)
         return tid
 
     def _owner(self, cands, is_src: bool, hints) -> Owner | None:

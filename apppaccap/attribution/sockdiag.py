@@ -169,9 +169,7 @@ class SockDiag:
         self._lock = threading.Lock()
         self.is_local = is_local or LocalAddresses()
         self._port_cache: dict[tuple[int, int], tuple[float, list[SockEntry]]] = {}
-        # Listeners and UDP servers are long-lived; a port's dump cost ~0.5 ms (TCP) and
-        # was ~14 % of the resolver's time at 2,000 UDP flows/s to one server (UDP)
-        self.port_cache_ttl = 1.0
+        self.port_cache_ttl = 1.0  # TCP listeners are long-lived; their dump costs ~0.5 ms
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -272,10 +270,13 @@ class SockDiag:
                 return []  # TIME_WAIT, or orphaned after close(): nobody holds it
             if hit.state != TCP_LISTEN and hit.inode:
                 return []  # a different connection answered: not this flow's socket
-            return self._shared(proto, hit, local_ip, local_port)
+            return self._shared(proto, hit, local_ip, local_port, cached=True)
         if not hit.inode or hit.remote_port:
             return []
-        return self._shared(proto, hit, local_ip, local_port)
+        # UDP's list is read every time: any user may share a UDP port (SO_REUSEADDR, a
+        # dual-stack socket the kernel's pick hides), and a kept list without that rival
+        # named the other user's flows the victim's
+        return self._shared(proto, hit, local_ip, local_port, cached=False)
 
     def find(self, proto: int, local_ip: str, local_port: int, remote_ip: str,
              remote_port: int, ifindex: int = 0) -> SockEntry | None:
@@ -310,26 +311,27 @@ class SockDiag:
                               ifindex)
         return hit
 
-    def _shared(self, proto: int, hit: SockEntry, local_ip: str, local_port: int
-                ) -> list[SockEntry]:
+    def _shared(self, proto: int, hit: SockEntry, local_ip: str, local_port: int,
+                cached: bool) -> list[SockEntry]:
         """The kernel picked `hit` among the sockets bound to this port; list its equals.
 
         The kernel's pick is right for the packet it delivers, but a lookup without the
-        packet cannot tell which member of a shared port sent or got it. A port's list is
-        kept port_cache_ttl, and read again when it lacks the kernel's pick.
+        packet cannot tell which member of a shared port sent or got it. A TCP port's list
+        (`cached`) is kept port_cache_ttl, and read again when it lacks the kernel's pick.
         """
         key = (proto, local_port)
         now = time.monotonic()
-        got = self._port_cache.get(key)
+        got = self._port_cache.get(key) if cached else None
         if got is None or now - got[0] > self.port_cache_ttl or all(
                 e.inode != hit.inode for e in got[1]):
             try:
                 got = (now, self.dump(proto, local_port=local_port))
             except OSError:
                 return []
-            if len(self._port_cache) > 1024:
-                self._port_cache.clear()
-            self._port_cache[key] = got
+            if cached:
+                if len(self._port_cache) > 1024:
+                    self._port_cache.clear()
+                self._port_cache[key] = got
         return _rank(got[1], proto, local_ip, hit)
 
 
