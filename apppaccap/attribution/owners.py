@@ -103,10 +103,8 @@ class LinuxOwners:
         self._events_ok = False
         self.boost = True  # whether boost_current_thread() (the method) acts
         self._lock = threading.Lock()
-        # (proto, local port) -> the pid that owned a socket there last: a server's next
-        # accepted connection is a new inode no cache knows, and without this hint the
-        # newest pids' fd tables were read first (~7 tables a connection; api_load's
-        # 200 connections/s cost a fifth of a core)
+        # (proto, local port) -> its last owner, read first for the port's next socket (a
+        # server's accepted connection is an inode no cache knows: docs/ATTRIBUTION.md)
         self._port_owner: OrderedDict[tuple, int] = OrderedDict()
         self._server_threads: dict[tuple, float] = {}  # (pid, inode) -> when no tid was
         self._sweep_diag = None
