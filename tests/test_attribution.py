@@ -138,6 +138,31 @@ def test_new_syn_on_reused_tuple_re_resolves():
         att.release()
 
 
+def test_a_sweep_reads_a_programs_facts_once_for_its_many_flows():
+    """Short flows of one sender (2,000/s) each went to the program's facts again."""
+    be = FakeBackend()
+    asked = []
+    facts = be.process
+    be.process = lambda pid: asked.append(pid) or facts(pid)
+    att = Attribution(be, FakeBook(), boost=False, sweep_interval=3600,
+                      is_local=lambda ip: ip == "10.0.0.1")
+    att.acquire()
+    try:
+        keys = [(6, "10.0.0.1", 40000 + n, "10.0.0.2", 80) for n in range(50)]
+        for key in keys:
+            att.status(key)
+        for key in keys:
+            assert wait_status(att, key) == []  # nobody's at first
+        be.snap = {(6, "10.0.0.1", 40000 + n, "10.0.0.2", 80): [Owner(9, None, n, True)]
+                   for n in range(50)}
+        asked.clear()
+        att._sweep()
+        assert all(att.status(key)[0].pid == 9 for key in keys)
+        assert asked == [9]
+    finally:
+        att.release()
+
+
 def test_sweep_labels_preexisting_flow():
     be = FakeBackend()
     att = Attribution(be, FakeBook(), boost=False, sweep_interval=0.05,
