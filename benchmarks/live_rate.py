@@ -132,6 +132,13 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime
 
 
+def _setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE, e.g. app_labels_enabled=0")
+    return key, value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=2.0)
@@ -143,13 +150,13 @@ def main() -> None:
                     help="short flows: each this many datagrams from a new socket (a new "
                     "flow to attribute), over 16 destination ports; 0: one flow")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="a service setting for the run (repeatable)")
+                    type=_setting, help="a service setting for the run (repeatable)")
     args = ap.parse_args()
     data_dir = tempfile.mkdtemp(prefix="apc-bench-")
     ctx = build_context(Config(data_dir=data_dir))
     ctx.settings.set("attribution_backend", args.backend)
-    for kv in args.set:  # e.g. app_labels_enabled=0: what nDPI costs
-        ctx.settings.set(*kv.split("=", 1))
+    for key, value in args.set:  # e.g. app_labels_enabled=0: what nDPI costs
+        ctx.settings.set(key, value)
     start_services(ctx)
     tune_gc()  # as `apppaccap serve` does once started (the cycle collector while serving)
     best_dump = best_999 = best_all = 0

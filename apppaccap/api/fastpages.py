@@ -110,8 +110,6 @@ def _serial(db) -> int:
         return serial
 
 
-
-
 def forget(db) -> None:
     """A packet of `db` changed (its notes): what was kept of its packets is not read
     again. Called after the change is committed, so a page begun later reads it."""
