@@ -6,8 +6,10 @@
  * own. record() walks a run of queue items and records each packet the Python code would
  * record without a decision of its own to make: the flow's attribution entry came with
  * the packet and is answered, its connection exists and keeps its label and TCP state (no
- * SYN, FIN or RST; past the handshake), nDPI is done with it, it is not a DNS answer, and
- * its timestamp fits. A process or thread capture's packets of other programs are passed
+ * SYN, FIN or RST; past the handshake), it is not a DNS answer, and its timestamp fits.
+ * A connection nDPI still looks at is fed here (AppLabeller.feed's step): the packet that
+ * settles its label puts the connection on the labeller's `settled` list, named by
+ * Python (AppLabeller.complete_settled) as soon as this call returns. A process or thread capture's packets of other programs are passed
  * here too. It stops at the first other packet and returns; LiveCapture._release hands
  * that one to the Python path (the one definition of what is stored) and calls record()
  * again. tests/test_record.py checks both paths store identical databases for the corpus.
@@ -15,6 +17,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+
+#include "../dissect/dpistate.h"
 
 #define SECOND_NS 1000000000LL
 #define TCP 6
@@ -25,7 +29,7 @@ static PyObject *a_failure, *a_on_tcp, *a_epb_divs, *a_labeller, *a_batch, *a_co
     *a_next_id, *a_packets, *a_bytes, *a_batch_packets, *a_batch_bytes, *a_rows, *a_buf,
     *a_dirty, *a_procs, *a_threads, *a_procsec, *a_flowsec, *a_label, *a_local, *a_state,
     *a_app, *a_id, *a_pout, *a_bout, *a_pin, *a_bin, *a_last, *a_process_id, *a_pid, *a_tid,
-    *a_proc, *s_syn_sent, *s_syn_received, *s_get, *s_ppid, *one, *zero;
+    *a_proc, *a_c_feed, *s_syn_sent, *s_syn_received, *s_get, *s_ppid, *one, *zero;
 
 /* The Recorder's state for one call: read at its start, counters written back at its end */
 typedef struct {
@@ -35,6 +39,14 @@ typedef struct {
     PyObject *batch, *rows, *buf, *dirty, *procs, *threads, *procsec, *flowsec, *conns,
         *labeller;
     long long next_id, packets, bytes, batch_packets, batch_bytes;
+    /* nDPI fed here (the labeller's c_feed; pending NULL: Python feeds it): its module and
+     * functions, the packet cap, the labeller's pending dict (conn id -> (conn, state))
+     * and its `settled` list */
+    void *dpi_mod;
+    dpi_process_fn dpi_process;
+    dpi_extra_fn dpi_extra;
+    unsigned int dpi_cap;
+    PyObject *pending, *settled;
 } Rec;
 enum { REC_UNREAD, REC_READ, REC_PYTHON };
 
@@ -163,6 +175,7 @@ typedef struct {
     /* all owned: the entry and label the run's packets came with (compared by identity:
      * held, no other object can take their address), its connection, ... */
     PyObject *ref, *lab, *conn, *k, *local, *process_id, *pid, *tid, *first, *last;
+    PyObject *dpi;               /* the connection's nDPI state while it is fed, or NULL */
     long long sec, n[2], b[2];   /* packets and bytes by direction: [0] in, [1] out */
     int first_dir;               /* the direction of its first packet (0, 1) */
 } Run;
@@ -178,6 +191,7 @@ static void run_clear(Run *u) {
     Py_CLEAR(u->last);
     Py_CLEAR(u->ref);
     Py_CLEAR(u->lab);
+    Py_CLEAR(u->dpi);
     u->n[0] = u->n[1] = u->b[0] = u->b[1] = 0;
 }
 
@@ -288,6 +302,34 @@ static int run_start(Run *u, PyObject *ref, PyObject *lab, PyObject *conn, long 
     return 0;
 }
 
+/* The labeller's c_feed: (module, process, extra_possible, cap, pending, settled), or None
+ * (nDPI is then fed by Python). 0 or -1. */
+static int dpi_load(Rec *r) {
+    PyObject *f = PyObject_GetAttr(r->labeller, a_c_feed);
+    unsigned long long mod, proc, extra;
+    int ok;
+    if (f == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+    ok = f == Py_None || PyArg_ParseTuple(f, "KKKIO!O!", &mod, &proc, &extra, &r->dpi_cap,
+                                          &PyDict_Type, &r->pending, &PyList_Type,
+                                          &r->settled);
+    if (!ok || f == Py_None || !mod || !proc || !extra) {
+        r->pending = r->settled = NULL;
+        Py_DECREF(f);
+        return ok ? 0 : -1;
+    }
+    Py_INCREF(r->pending);   /* (held by the tuple, held by the labeller: taken before) */
+    Py_INCREF(r->settled);
+    Py_DECREF(f);
+    r->dpi_mod = (void *)(uintptr_t)mod;
+    r->dpi_process = (dpi_process_fn)(uintptr_t)proc;
+    r->dpi_extra = (dpi_extra_fn)(uintptr_t)extra;
+    return 0;
+}
+
 /* The Recorder's state, read once a call and only when a packet needs it: a call that
  * hands its first packet back (short flows, DNS: every packet may be Python's) costs no
  * more than its checks. 1 read, 0 every packet is Python's, -1 error. */
@@ -322,6 +364,7 @@ static int rec_load(Rec *r) {
         PyErr_SetString(PyExc_TypeError, "record: not a Recorder's batch");
         return -1;
     }
+    if (r->labeller != Py_None && dpi_load(r) < 0) return -1;
     r->state = REC_READ;
     return 1;
 }
@@ -337,11 +380,56 @@ static void rec_clear(Rec *r) {
     Py_CLEAR(r->flowsec);
     Py_CLEAR(r->conns);
     Py_CLEAR(r->labeller);
+    Py_CLEAR(r->pending);
+    Py_CLEAR(r->settled);
+}
+
+/* The nDPI state of `conn` (not labelled yet) if its packet `d` can be fed here: 0 with
+ * *dpi set (borrowed: the labeller's pending dict holds it), 1 when the packet is Python's
+ * (no state to feed, nDPI done with it but not named yet, no IP header), -1 error */
+static int dpi_state(Rec *r, PyObject *conn, PyObject *d, PyObject **dpi) {
+    PyObject *id, *p, *st, *l3;
+    DpiState *ds;
+    long long off;
+    if (r->pending == NULL || PyTuple_GET_SIZE(d) < 18) return 1;
+    if ((id = PyObject_GetAttr(conn, a_id)) == NULL) return -1;
+    p = PyDict_GetItemWithError(r->pending, id);
+    Py_DECREF(id);
+    if (p == NULL) return PyErr_Occurred() ? -1 : 1;
+    if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2) return 1;
+    st = PyTuple_GET_ITEM(p, 1);
+    if (!PyByteArray_Check(st) || PyByteArray_GET_SIZE(st) != (Py_ssize_t)sizeof(DpiState))
+        return 1;
+    ds = (DpiState *)PyByteArray_AS_STRING(st);
+    l3 = PyTuple_GET_ITEM(d, 17);   /* l3_off */
+    if (ds->done || !ds->flow || !PyLong_Check(l3)) return 1;
+    off = PyLong_AsLongLong(l3);
+    if (off < 0) return PyErr_Occurred() ? -1 : 1;
+    *dpi = st;
+    return 0;
+}
+
+/* AppLabeller.feed's step for a packet recorded here (its connection's state `dpi`): a
+ * TCP packet without payload teaches nDPI nothing (those with SYN, FIN or RST are
+ * Python's); the packet that settles the label puts the connection on `settled`. 0, -1. */
+static int dpi_feed(Rec *r, PyObject *dpi, PyObject *conn, PyObject *d, PyObject *data,
+                    long long proto, long long ts) {
+    DpiState *ds = (DpiState *)PyByteArray_AS_STRING(dpi);
+    long long off = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 17)), size = PyBytes_GET_SIZE(data);
+    if (ds->done || !ds->flow || off < 0 || off >= size) return 0;
+    if (proto == TCP && PyObject_Not(PyTuple_GET_ITEM(d, 14)) == 1) return 0;   /* payload_len */
+    if (!dpi_step(r->dpi_mod, r->dpi_process, r->dpi_extra, r->dpi_cap, ds,
+                  (const unsigned char *)PyBytes_AS_STRING(data) + off, size - off,
+                  (uint64_t)(ts / 1000000)))
+        return 0;
+    return PyList_Append(r->settled, conn);
 }
 
 /* The connection of a packet Recorder.add would record without a decision of its own (a
- * borrowed reference), NULL when it is Python's (*err set on an error) */
-static PyObject *plain_conn(Rec *r, PyObject *lab, PyObject *d, long long proto, int *err) {
+ * borrowed reference), NULL when it is Python's (*err set on an error); *dpi: its nDPI
+ * state while the packet is to be fed here, else NULL */
+static PyObject *plain_conn(Rec *r, PyObject *lab, PyObject *d, long long proto, int *err,
+                            PyObject **dpi) {
     PyObject *ck, *conn, *state;
     int python;
     ck = conn_key(PyTuple_GET_ITEM(d, 1), PyTuple_GET_ITEM(d, 2), PyTuple_GET_ITEM(d, 4),
@@ -369,7 +457,10 @@ static PyObject *plain_conn(Rec *r, PyObject *lab, PyObject *d, long long proto,
     else
         python = PyObject_Not(state);   /* "": it becomes ACTIVE */
     Py_DECREF(state);
-    if (python == 0 && r->labeller != Py_None) python = attr_is_none(conn, a_app);
+    *dpi = NULL;
+    /* nDPI still looking: fed here when its state can be (dpi_state), else Python's */
+    if (python == 0 && r->labeller != Py_None && (python = attr_is_none(conn, a_app)) == 1)
+        python = dpi_state(r, conn, d, dpi);
     if (python == 0) return conn;
 python:
     if (python < 0 || PyErr_Occurred()) *err = 1;
@@ -462,7 +553,7 @@ static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, PyObjec
 
 static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_dir,
                         int in_dir, int *attributed) {
-    PyObject *ts_o, *iface, *data, *d, *ref, *src, *sport, *conn, *row;
+    PyObject *ts_o, *iface, *data, *d, *ref, *src, *sport, *conn, *row, *dpi = NULL;
     long long ts, size, proto, sec;
     Py_ssize_t off;
     int out, err = 0;
@@ -506,14 +597,16 @@ static int record_label(Rec *r, Run *u, PyObject *item, PyObject *lab, int out_d
     } else {
         int read = rec_load(r);   /* (a run goes on only once it was read) */
         if (read <= 0) return read < 0 ? -2 : 0;   /* (an error: this packet untouched) */
-        if ((conn = plain_conn(r, lab, d, proto, &err)) == NULL) return err ? -1 : 0;
+        if ((conn = plain_conn(r, lab, d, proto, &err, &dpi)) == NULL) return err ? -1 : 0;
         if (conn != u->conn || lab != u->lab || sec != u->sec) {
             if (run_end(r, u, out_dir, in_dir) < 0) return -2;   /* this packet untouched */
             if (run_start(u, ref, lab, conn, sec) < 0) return -1;
         }
         Py_SETREF(u->ref, Py_NewRef(ref));
+        Py_XSETREF(u->dpi, Py_XNewRef(dpi));
     }
     /* recorded from here on (Recorder.add) */
+    if (u->dpi != NULL && dpi_feed(r, u->dpi, conn, d, data, proto, ts) < 0) return -1;
     size = PyBytes_GET_SIZE(data);
     if ((out = PyObject_RichCompareBool(sport, PyTuple_GET_ITEM(u->local, 1), Py_EQ)) < 0)
         return -1;
@@ -646,7 +739,7 @@ PyMODINIT_FUNC PyInit__record(void) {
     INTERN(a_state, "state"); INTERN(a_app, "app"); INTERN(a_id, "id"); INTERN(a_pout, "pout");
     INTERN(a_bout, "bout"); INTERN(a_pin, "pin"); INTERN(a_bin, "bin"); INTERN(a_last, "last");
     INTERN(a_process_id, "process_id"); INTERN(a_pid, "pid"); INTERN(a_tid, "tid");
-    INTERN(a_proc, "proc"); INTERN(s_syn_sent, "SYN_SENT");
+    INTERN(a_proc, "proc"); INTERN(a_c_feed, "c_feed"); INTERN(s_syn_sent, "SYN_SENT");
     INTERN(s_syn_received, "SYN_RECEIVED"); INTERN(s_get, "get"); INTERN(s_ppid, "ppid");
     if ((one = PyLong_FromLong(1)) == NULL || (zero = PyLong_FromLong(0)) == NULL) return NULL;
     return PyModule_Create(&module);

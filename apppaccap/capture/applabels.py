@@ -12,9 +12,11 @@ prints at the end of a file).
 `conn.app` is (AppProtocol, App, Category) once known; "Unknown" when nDPI cannot tell;
 None while pending or when labelling is off (no nDPI: the columns stay NULL).
 
-The compiled ingest scanner (ingest/_pcapscan.c) feeds the same flows directly: a
-pending flow's state lives in a bytearray of layout STATE that both sides read and
-write, and `c_args()` gives the scanner nDPI's function addresses.
+The compiled ingest scanner (ingest/_pcapscan.c) and the live recorder (capture/_record.c)
+feed the same flows directly: a pending flow's state lives in a bytearray of layout STATE
+that both sides read and write, and `c_args()` / `c_feed` give them nDPI's function
+addresses. The live recorder puts a connection whose label a packet settled on `settled`;
+its caller names them (complete_settled) before anything else reads the batch.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class AppLabeller:
     def __init__(self, detector: ndpi.Detector):
         self.det = detector
         self.pending: dict = {}   # conn id -> (conn, state bytearray)
+        self.settled: list = []   # conns whose label capture/_record.c settled, not named
+        # what capture/_record.c reads to feed nDPI itself (None once closed)
+        self.c_feed = (*self.c_args(), self.pending, self.settled)
 
     @classmethod
     def open(cls, library: str | None = None) -> AppLabeller | None:
@@ -145,6 +150,13 @@ class AppLabeller:
         self.det.free_flow(flow)
         STATE.pack_into(st, 0, 0, fed, master, app, cat, 1)
 
+    def complete_settled(self, batch) -> None:
+        """Name the connections the compiled recorder settled (see complete())."""
+        todo, self.settled[:] = list(self.settled), []
+        for conn in todo:
+            if conn.id in self.pending:
+                self.complete(conn, batch)
+
     def settle(self, conns=None, batch=None) -> None:
         """Give up on pending flows (all, or those of `conns`: ending or evicted ones) and
         mark their connections in `batch` so the label is written."""
@@ -154,6 +166,8 @@ class AppLabeller:
             self.complete(conn, batch)
 
     def close(self) -> None:
+        self.c_feed = None
+        self.settled.clear()
         for _conn, st in self.pending.values():
             self.det.free_flow(STATE.unpack_from(st)[0])
             STATE.pack_into(st, 0, 0, 0, 0, 0, 0, 1)

@@ -223,6 +223,9 @@ class LiveCapture:
                     if fast is not None:
                         i, k, a, full, error = fast(items, i, end, rec, PENDING, OUT, IN,
                                                     target)
+                        labeller = rec.labeller
+                        if labeller is not None and labeller.settled:
+                            labeller.complete_settled(rec.batch)  # nDPI done in C: name them
                         kept += k
                         attributed += a
                         if error is not None:

@@ -38,16 +38,8 @@
 
 enum { FULL = 0, END = 1, SLOW = 2, NEWFLOW = 3 };
 
-/* nDPI, reached through function pointers the caller hands over (capture/applabels.py
- * loads libndpi with ctypes): no build-time dependency on nDPI's headers or library.
- * A flow still being labelled holds (Flow.dpi) a bytearray holding
- * DpiState, shared with the Python side (applabels.STATE, the same layout). */
-typedef struct { uint16_t master, app; int32_t category; } DpiProto;  /* ndpi_protocol 4.2 */
-typedef DpiProto (*dpi_process_fn)(void *, void *, const unsigned char *, unsigned short,
-                                   uint64_t);
-typedef uint8_t (*dpi_extra_fn)(void *, void *);
-typedef struct { uint64_t flow; uint32_t fed; uint16_t master, app; int32_t category;
-                 uint32_t done; } DpiState;
+/* nDPI: its per-flow step and the state shared with Python (dissect/dpistate.h) */
+#include "../dissect/dpistate.h"
 typedef void *(*dpi_malloc_fn)(size_t);
 /* open: ndpi_flow_malloc, nDPI's flow size, the labeller's pending dict (conn id ->
  * (conn, state)) and its bound - a new flow's state made here (AppLabeller.open_state in
@@ -1116,26 +1108,13 @@ static int parse_dpi(PyObject *o, Dpi *d) {
 static int dpi_feed(const Dpi *d, PyObject *state, const Frame *f, const unsigned char *data,
                     uint32_t caplen, long long ts) {
     DpiState *st;
-    DpiProto p;
-    Py_ssize_t len;
     if (!PyByteArray_Check(state) || PyByteArray_GET_SIZE(state) != (Py_ssize_t)sizeof(DpiState))
         return 0;
     st = (DpiState *)PyByteArray_AS_STRING(state);
     if (st->done || !st->flow) return 0;
     if (f->proto == 6 && f->plen == 0 && !(f->flags & 0x07)) return 0;
-    len = (Py_ssize_t)caplen - f->l3off;
-    if (len > 0xFFFF) len = 0xFFFF;
-    p = d->process(d->mod, (void *)(uintptr_t)st->flow, data + f->l3off, (unsigned short)len,
-                   (uint64_t)(ts / 1000000));
-    st->fed++;
-    if (p.master || p.app) {
-        st->master = p.master;
-        st->app = p.app;
-        st->category = p.category;
-        if (!d->extra(d->mod, (void *)(uintptr_t)st->flow)) st->done = 1;
-    }
-    if (st->fed >= d->cap) st->done = 1;
-    return st->done ? 1 : 0;
+    return dpi_step(d->mod, d->process, d->extra, d->cap, st, data + f->l3off,
+                    (long long)caplen - f->l3off, (uint64_t)(ts / 1000000));
 }
 
 /* A pending flow that ended (CLOSED or RESET): 1 when this settles it (Recorder.add
