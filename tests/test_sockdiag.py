@@ -122,6 +122,7 @@ class KernelStandIn(SockDiag):
         self.is_local = lambda ip: sd.unmap(ip) in local
         self._port_cache = {}
         self.port_cache_ttl = 1.0
+        self.udp_port_gen = None
         self.dumps = 0
 
     def _exact(self, family, proto, a, ap, b, bp, ifindex=0):
@@ -183,6 +184,37 @@ def test_a_udp_port_shared_after_a_first_look_is_not_named():
     k = KernelStandIn([E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 21)])
     assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40000) == (21, 0)
     k.sockets.append(E(17, "::", 53, "::", 0, 7, 22))  # another user's dual-stack socket
+    assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40001) is None
+    assert k.dumps == 2
+
+
+def test_a_udp_port_list_is_kept_while_its_generation_holds():
+    """With the kernel's bind generations (portgen.py) a UDP port's list is kept: a
+    server's next client costs no dump. A bind to the port (a rival) changes the
+    generation: the rival is seen at once."""
+    gens = {53: 7}
+    k = KernelStandIn([E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 21)])
+    k.udp_port_gen = gens.get
+    for client in (40000, 40001, 40002):
+        assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", client) == (21, 0)
+    assert k.dumps == 1
+    k.sockets.append(E(17, "::", 53, "::", 0, 7, 22))  # another user's dual-stack socket
+    gens[53] += 1   # what its bind does in the kernel
+    assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40003) is None
+    assert k.dumps == 2
+
+
+def test_a_kept_udp_list_is_read_again_when_the_pick_changed():
+    """A connected socket that disconnects (connect(AF_UNSPEC)) binds nothing: its port's
+    generation stays. When the kernel now picks it, the kept list (where it was connected)
+    does not show it as the pick: the list is read again and the port is ambiguous."""
+    gens = {53: 1}
+    mine = E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 21)
+    rival = E(17, "0.0.0.0", 53, "10.0.0.77", 9999, 1, 22)   # connected: not a candidate
+    k = KernelStandIn([rival, mine])
+    k.udp_port_gen = gens.get
+    assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40000) == (21, 0)
+    k.sockets[0] = E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 22)   # disconnected: the pick now
     assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40001) is None
     assert k.dumps == 2
 

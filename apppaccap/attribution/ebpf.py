@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from typing import NamedTuple
 
+from apppaccap.attribution import portgen
 from apppaccap.attribution.localaddr import unmap
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ def _libbpf():
             ("bpf_object__next_program", vp, [vp, vp]),
             ("bpf_program__name", ctypes.c_char_p, [vp]),
             ("bpf_program__attach", vp, [vp]),
+            ("bpf_program__attach_cgroup", vp, [vp, ci]),
+            ("bpf_program__section_name", ctypes.c_char_p, [vp]),
             ("bpf_link__destroy", ci, [vp]),
             ("bpf_object__find_map_fd_by_name", ci, [vp, ctypes.c_char_p]),
             ("ring_buffer__new", vp, [ci, _SAMPLE, vp, vp]),
@@ -135,6 +138,7 @@ class KernelFlows:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.load_ms = 0.0
+        self.ports: portgen.PortGenerations | None = None   # UDP port generations
         self.netns = _netns()
         # told (proto, local, remote, Seen) for each task seen in context, after the table
         # took it: the resolver relabels a flow whose end it named before the kernel did
@@ -162,13 +166,19 @@ class KernelFlows:
                 raise LoadError(f"the kernel refused the eBPF programs: {_err()}{_more(msgs)}"
                                 + _caps_hint())
             prog = lib.bpf_object__next_program(obj, None)
+            cgroup = []   # attached to a cgroup, not auto-attached (portgen.py)
             while prog:
+                if lib.bpf_program__section_name(prog).startswith(b"cgroup/"):
+                    cgroup.append(prog)
+                    prog = lib.bpf_object__next_program(obj, prog)
+                    continue
                 link = lib.bpf_program__attach(prog)
                 if not link:
                     name = lib.bpf_program__name(prog).decode()
                     raise LoadError(f"attaching {name} failed: {_err()}{_more(msgs)}")
                 self._links.append(link)
                 prog = lib.bpf_object__next_program(obj, prog)
+            self.ports = portgen.attach(lib, obj, cgroup)
             fd = lib.bpf_object__find_map_fd_by_name(obj, b"events")
             self._counters_fd = lib.bpf_object__find_map_fd_by_name(obj, b"counters")
             self._sample = _SAMPLE(self._on_sample)
@@ -199,6 +209,9 @@ class KernelFlows:
             if self._rb:
                 lib.ring_buffer__free(self._rb)
                 self._rb = None
+            if self.ports is not None:
+                self.ports.close(lib)
+                self.ports = None
             for link in self._links:
                 lib.bpf_link__destroy(link)
             self._links.clear()
@@ -232,6 +245,11 @@ class KernelFlows:
                 self.on_seen(*args)
             except Exception:  # noqa: BLE001 - the consumer must survive its listener
                 log.exception("eBPF flow listener failed")
+
+    def port_generation(self, port: int) -> int | None:
+        """UDP port `port`'s generation (portgen.py), or None when not tracked."""
+        ports = self.ports
+        return ports.get(port) if ports is not None else None
 
     def drain(self) -> None:
         """Take in every event already in the ring buffer (the resolver calls this before

@@ -71,9 +71,15 @@ class EbpfOwners:
             self.active, self.reason = True, ""
             if self._on_seen is not None:
                 self.kernel.on_seen = self._on_seen
+            diag = getattr(self.inner, "sockdiag", None)
+            if diag is not None and hasattr(diag, "udp_port_gen"):
+                diag.udp_port_gen = self.kernel.port_generation   # UDP lists kept safely
             log.info("eBPF attribution loaded in %.0f ms", self.kernel.load_ms)
 
     def stop(self) -> None:
+        diag = getattr(self.inner, "sockdiag", None)
+        if diag is not None and hasattr(diag, "udp_port_gen"):
+            diag.udp_port_gen = None
         if self.active:
             if self._on_seen is not None and self.kernel.on_seen is self._on_seen:
                 self.kernel.on_seen = None   # the shared programs outlive this listener

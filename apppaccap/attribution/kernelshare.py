@@ -51,6 +51,10 @@ class KernelUse:
                 del _loaded[self.object_path]
                 kernel.stop()
 
+    def port_generation(self, port: int) -> int | None:
+        kernel = self._kernel
+        return kernel.port_generation(port) if kernel is not None else None
+
     @property
     def on_seen(self):
         return self._kernel.on_seen if self._kernel is not None else None

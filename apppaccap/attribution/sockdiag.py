@@ -168,8 +168,11 @@ class SockDiag:
         self._seq = 0
         self._lock = threading.Lock()
         self.is_local = is_local or LocalAddresses()
-        self._port_cache: dict[tuple[int, int], tuple[float, list[SockEntry]]] = {}
+        self._port_cache: dict[tuple[int, int], tuple[float, list[SockEntry], int]] = {}
         self.port_cache_ttl = 1.0  # TCP listeners are long-lived; their dump costs ~0.5 ms
+        # UDP port -> its generation (portgen.py, from the eBPF programs), or None: a UDP
+        # port's list is only kept while nothing bound to or released the port
+        self.udp_port_gen: Callable[[int], int | None] | None = None
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -273,10 +276,12 @@ class SockDiag:
             return self._shared(proto, hit, local_ip, local_port, cached=True)
         if not hit.inode or hit.remote_port:
             return []
-        # UDP's list is read every time: any user may share a UDP port (SO_REUSEADDR, a
-        # dual-stack socket the kernel's pick hides), and a kept list without that rival
-        # named the other user's flows the victim's
-        return self._shared(proto, hit, local_ip, local_port, cached=False)
+        # Any user may share a UDP port (SO_REUSEADDR, a dual-stack socket the kernel's pick
+        # hides), and a kept list without that rival named the other user's flows the
+        # victim's: the list is kept only while the port's generation says no socket bound
+        # to it or let it go since, else read every time
+        return self._shared(proto, hit, local_ip, local_port, cached=False,
+                            generation=self.udp_port_gen)
 
     def find(self, proto: int, local_ip: str, local_port: int, remote_ip: str,
              remote_port: int, ifindex: int = 0) -> SockEntry | None:
@@ -312,20 +317,26 @@ class SockDiag:
         return hit
 
     def _shared(self, proto: int, hit: SockEntry, local_ip: str, local_port: int,
-                cached: bool) -> list[SockEntry]:
+                cached: bool, generation=None) -> list[SockEntry]:
         """The kernel picked `hit` among the sockets bound to this port; list its equals.
 
         The kernel's pick is right for the packet it delivers, but a lookup without the
         packet cannot tell which member of a shared port sent or got it. A TCP port's list
-        (`cached`) is kept port_cache_ttl, and read again when it lacks the kernel's pick.
+        (`cached`) is kept port_cache_ttl; a UDP port's too when `generation` (port ->
+        its generation or None) says the port's sockets are the same. A kept list is read
+        again when the kernel's pick is not in it as the pick is now.
         """
         key = (proto, local_port)
+        gen = generation(local_port) if generation is not None else None
+        if gen is not None:
+            cached = True   # (read before the dump: a bind during it changes it)
         now = time.monotonic()
         got = self._port_cache.get(key) if cached else None
-        if got is None or now - got[0] > self.port_cache_ttl or all(
-                e.inode != hit.inode for e in got[1]):
+        if got is None or now - got[0] > self.port_cache_ttl or got[2] != gen or not any(
+                e.inode == hit.inode and e.remote_port == hit.remote_port
+                and e.local_ip == hit.local_ip for e in got[1]):
             try:
-                got = (now, self.dump(proto, local_port=local_port))
+                got = (now, self.dump(proto, local_port=local_port), gen)
             except OSError:
                 return []
             if cached:

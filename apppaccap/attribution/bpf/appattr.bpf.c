@@ -355,3 +355,46 @@ int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
 		sock_event(sk, DIR_SOCK_IN);
 	return 0;
 }
+
+/* UDP port generations: bumped each time a UDP socket takes a port by bind(), after the
+ * kernel hashed it (post_bind). User space keeps a port's socket list while its
+ * generation stays the same (sockdiag.py: a UDP port's list costs a walk of the kernel's
+ * whole hash) and reads this map through mmap, without a system call. Attached to the
+ * cgroup v2 root: every socket of the host's processes. An automatic bind (connect,
+ * sendto) takes a port no socket holds: no list it could change. A socket's release is
+ * not seen (the release hook may not read the port): a kept list can name a closed
+ * socket for up to its second, which only makes an answer ambiguous, never wrong. */
+#define PORTS 65536
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PORTS);
+	__type(key, __u32);
+	__type(value, __u64);   /* (an array's values are 8-byte aligned in its mmap) */
+} udp_port_gen SEC(".maps");
+
+static __always_inline void bump_port(struct bpf_sock *sk)
+{
+	__u32 port;
+	__u64 *g;
+	if (sk->protocol != IPPROTO_UDP)
+		return;
+	port = sk->src_port;   /* host order */
+	g = bpf_map_lookup_elem(&udp_port_gen, &port);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
+
+SEC("cgroup/post_bind4")
+int udp_bound4(struct bpf_sock *sk)
+{
+	bump_port(sk);
+	return 1;
+}
+
+SEC("cgroup/post_bind6")
+int udp_bound6(struct bpf_sock *sk)
+{
+	bump_port(sk);
+	return 1;
+}
