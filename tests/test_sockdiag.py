@@ -386,6 +386,29 @@ def test_live_time_wait_is_not_found(diag):
 
 
 @pytest.mark.live
+def test_live_a_busy_servers_port_list_holds_its_listener_only(diag):
+    """A server that closes first keeps a TIME_WAIT socket per client on its port: the
+    port's list is asked for listeners only (the kernel walks no connection, nothing is
+    parsed for them), and the listener still owns a client not accepted yet."""
+    srv = tcp_pair(socket.AF_INET, "127.0.0.1")
+    port = srv.getsockname()[1]
+    for _ in range(20):
+        cli = socket.create_connection(("127.0.0.1", port))
+        acc, _ = srv.accept()
+        acc.close()   # the server closes first: TIME_WAIT on its port
+        cli.recv(1)
+        cli.close()
+    listed = []
+    real = diag.dump
+    diag.dump = lambda *a, **k: listed.extend(real(*a, **k)) or listed
+    pending = socket.create_connection(("127.0.0.1", port))   # in the accept queue
+    with srv, pending:
+        got = diag.lookup(6, "127.0.0.1", port, "127.0.0.1", pending.getsockname()[1])
+        assert got is not None and got[0] == ino(srv)
+        assert listed and {e.state for e in listed} == {sd.TCP_LISTEN}
+
+
+@pytest.mark.live
 def test_live_exact_lookup_is_fast(diag):
     srv = tcp_pair(socket.AF_INET, "127.0.0.1")
     cli = socket.create_connection(srv.getsockname())
