@@ -97,9 +97,12 @@ class Attribution:
                 fp = FastPath(self.deliver)
                 self.fastpath = fp if fp.start() else None
         # A thread waiting for the GIL waits up to the switch interval (5 ms by default);
-        # the resolver races short-lived processes, so hand the GIL over faster.
+        # the socket table races short-lived processes, so hand the GIL over faster. Not
+        # with eBPF: the kernel kept the answer, and the faster hand-over cost every other
+        # thread (API answers ~10 % more CPU, docs/INTERNALS.md).
         self._switch = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch, 0.0005))
+        if not getattr(self.backend, "active", False):
+            sys.setswitchinterval(min(self._switch, 0.0005))
         for name, fn in (("resolver", self._resolver), ("sweeper", self._sweeper)):
             t = threading.Thread(target=fn, name=f"attribution-{name}", daemon=True)
             t.start()
