@@ -1,5 +1,6 @@
 """Attribution logic with an injected backend (no root, no sockets)."""
 
+import sys
 import time
 from types import SimpleNamespace
 
@@ -184,7 +185,6 @@ def test_the_gil_is_handed_over_faster_only_for_the_socket_table():
     """The socket table races short-lived processes: while it resolves, the interpreter
     switches threads every 0.5 ms. The eBPF backend's answers wait in the kernel: the
     default interval stays (a faster one cost every API answer ~10 % more CPU)."""
-    import sys
     before = sys.getswitchinterval()
     for active, during in ((False, min(before, 0.0005)), (True, before)):
         be = FakeBackend()
