@@ -3,8 +3,10 @@ port, and the socket table keeps a UDP port's list while nobody binds to it - a 
 next client costs no walk of the kernel's UDP hash - but sees a rival at once. Root, BTF
 and a cgroup v2 mount are required (CI has them): where they are missing this fails."""
 
+import ctypes
 import os
 import socket
+import struct
 
 import pytest
 
@@ -35,13 +37,12 @@ def test_the_cgroup_v2_root_is_found():
 
 def test_explicit_binds_count_automatic_ones_and_tcp_do_not(kernel):
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     a.bind(("127.0.0.1", 0))
     port = a.getsockname()[1]
     first = kernel.port_generation(port)
+    a.close()
     b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    b.bind(("::", port))   # a dual-stack rival on the same port
+    b.bind(("::", port))   # the port taken again, dual-stack
     assert kernel.port_generation(port) == first + 1
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     c.sendto(b"x", ("127.0.0.1", port))   # bound automatically: a port nobody holds
@@ -53,32 +54,76 @@ def test_explicit_binds_count_automatic_ones_and_tcp_do_not(kernel):
     c.sendto(b"y", ("127.0.0.1", port))
     t.listen()
     assert (kernel.port_generation(auto), kernel.port_generation(tcp)) == before
-    for s in (a, b, c, t):
+    for s in (b, c, t):
         s.close()
 
 
-def test_a_servers_list_is_kept_until_a_rival_binds(kernel):
+@pytest.mark.parametrize("option", ["SO_REUSEADDR", "SO_REUSEPORT"])
+def test_a_port_others_may_join_has_no_generation(kernel, option):
+    """A socket with SO_REUSEADDR (or SO_REUSEPORT) lets another socket join its port
+    without a bind the programs see; such a port's list must be read every time."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, getattr(socket, option), 1)
+    s.bind(("127.0.0.1", 0))
+    with s:
+        assert kernel.port_generation(s.getsockname()[1]) is None
+
+
+def counted(kernel) -> tuple[SockDiag, list]:
+    """A SockDiag using the kernel's generations, and the list its dumps are counted in."""
     diag = SockDiag()
     diag.udp_port_gen = kernel.port_generation
-    dumps = []
+    dumps: list = []
     real = diag.dump
     diag.dump = lambda *a, **k: dumps.append(1) or real(*a, **k)   # counts, then the kernel
+    return diag, dumps
+
+
+def test_a_servers_list_is_kept_until_a_socket_binds_there(kernel):
+    diag, dumps = counted(kernel)
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind(("0.0.0.0", 0))
     port = srv.getsockname()[1]
     try:
         for client in range(40000, 40010):
             assert diag.lookup(17, "127.0.0.1", port, "127.0.0.1", client)[0] == ino(srv)
         assert len(dumps) == 1
-        rival = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        rival.bind(("::", port))   # the kernel still picks srv (IPv4, bound first)
-        with rival:
-            assert diag.lookup(17, "127.0.0.1", port, "127.0.0.1", 40011) is None
-            found = diag.candidates(17, "127.0.0.1", port, "127.0.0.1", 40012)
-            assert {e.inode for e in found} == {ino(srv), ino(rival)}
-        assert len(dumps) == 2
+        other = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        other.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        other.bind(("::", port))   # IPv6 only: it may share the port without any option
+        with other:
+            assert diag.lookup(17, "127.0.0.1", port, "127.0.0.1", 40011)[0] == ino(srv)
+        assert len(dumps) == 2   # its bind changed the generation: read again
     finally:
         srv.close()
+        diag.close()
+
+
+def test_a_rival_joining_without_a_bind_is_seen_at_once(kernel):
+    """Found by review: a dual-stack socket of another program bound to the port,
+    connected (not a rival), then disconnected with connect(AF_UNSPEC) becomes an equal
+    owner of the port without any bind. The kernel still picks the first socket, so only a
+    list read again shows it: the port allowed sharing, and is read every time."""
+    diag, dumps = counted(kernel)
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 0))
+    port = srv.getsockname()[1]
+    rival = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    rival.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    rival.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    rival.bind(("::", port))
+    rival.connect(("::ffff:127.0.0.9", 9))
+    try:
+        assert diag.lookup(17, "127.0.0.1", port, "127.0.0.1", 40000)[0] == ino(srv)
+        libc = ctypes.CDLL(None, use_errno=True)
+        unspec = struct.pack("H", socket.AF_UNSPEC) + bytes(26)
+        assert libc.connect(rival.fileno(), unspec, len(unspec)) == 0
+        assert diag.lookup(17, "127.0.0.1", port, "127.0.0.1", 40001) is None
+        found = diag.candidates(17, "127.0.0.1", port, "127.0.0.1", 40002)
+        assert {e.inode for e in found} == {ino(srv), ino(rival)}
+        assert len(dumps) == 3
+    finally:
+        srv.close()
+        rival.close()
         diag.close()

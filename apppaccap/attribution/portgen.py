@@ -1,11 +1,16 @@
 """UDP port generations from the kernel: has any socket taken or let go of a port since?
 
 The eBPF object (bpf/appattr.bpf.c, `udp_port_gen`) bumps a port's counter each time a UDP
-socket binds to it (cgroup post_bind4/post_bind6: after the kernel hashed the socket) or
-is released. sockdiag.py keeps a UDP port's socket list while its generation stays the
-same: listing one port costs a walk of the kernel's whole UDP hash (~30 us a family), and
-a server's port is asked about for every new client. The map is read through mmap, so a
-look costs no system call.
+socket binds to it (cgroup post_bind4/post_bind6: after the kernel hashed the socket).
+sockdiag.py keeps a UDP port's socket list while its generation stays the same: listing
+one port costs a walk of the kernel's whole UDP hash (~30 us a family), and a server's
+port is asked about for every new client. The map is read through mmap, so a look costs
+no system call.
+
+A socket can join a port without a bind the hook sees (an automatic bind aimed at it with
+IP_LOCAL_PORT_RANGE, a disconnect), but only where the port's sockets allow sharing: a
+port bound by a socket with SO_REUSEADDR or SO_REUSEPORT is marked SHARED for good, and
+has no generation here (its list is read every time).
 
 The programs are attached to the cgroup v2 root this process sees (every process of the
 host when, as here, the service runs in the root cgroup namespace). Without a cgroup v2
@@ -24,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PORTS = 65536
 MAP = b"udp_port_gen"
+SHARED = 1 << 63   # the port was bound by a socket that lets others join it
 
 
 def cgroup2_root(mounts: str = "/proc/self/mounts") -> str | None:
@@ -50,12 +56,13 @@ class PortGenerations:
         self._cgroup_fd = cgroup_fd
 
     def get(self, port: int) -> int | None:
-        """The port's generation, or None once closed."""
+        """The port's generation; None for a SHARED port, or once closed."""
         view = self._view
         try:
-            return view[port] if view is not None else None
+            gen = view[port] if view is not None else None
         except (ValueError, IndexError):   # released by close() meanwhile, or no such port
             return None
+        return None if gen is None or gen & SHARED else gen
 
     def close(self, lib) -> None:
         view, self._view = self._view, None

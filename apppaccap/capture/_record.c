@@ -415,7 +415,10 @@ static int dpi_state(Rec *r, PyObject *conn, PyObject *d, PyObject **dpi) {
 static int dpi_feed(Rec *r, PyObject *dpi, PyObject *conn, PyObject *d, PyObject *data,
                     long long proto, long long ts) {
     DpiState *ds = (DpiState *)PyByteArray_AS_STRING(dpi);
-    long long off = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 17)), size = PyBytes_GET_SIZE(data);
+    long long off, size = PyBytes_GET_SIZE(data);
+    if (PyTuple_GET_SIZE(d) < 18 || !PyLong_Check(PyTuple_GET_ITEM(d, 17))) return 0;
+    off = PyLong_AsLongLong(PyTuple_GET_ITEM(d, 17));
+    if (off < 0) PyErr_Clear();   /* (-1 on overflow: not fed, as for no IP header) */
     if (ds->done || !ds->flow || off < 0 || off >= size) return 0;
     if (proto == TCP && PyObject_Not(PyTuple_GET_ITEM(d, 14)) == 1) return 0;   /* payload_len */
     if (!dpi_step(r->dpi_mod, r->dpi_process, r->dpi_extra, r->dpi_cap, ds,

@@ -360,11 +360,16 @@ int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
  * kernel hashed it (post_bind). User space keeps a port's socket list while its
  * generation stays the same (sockdiag.py: a UDP port's list costs a walk of the kernel's
  * whole hash) and reads this map through mmap, without a system call. Attached to the
- * cgroup v2 root: every socket of the host's processes. An automatic bind (connect,
- * sendto) takes a port no socket holds: no list it could change. A socket's release is
- * not seen (the release hook may not read the port): a kept list can name a closed
- * socket for up to its second, which only makes an answer ambiguous, never wrong. */
+ * cgroup v2 root: every socket of the host's processes.
+ *
+ * A socket can also join a port without a bind that runs this hook: an automatic bind
+ * (connect, sendto; IP_LOCAL_PORT_RANGE can aim it at one port) or a disconnect
+ * (connect(AF_UNSPEC)) of a socket bound elsewhere in the list. Either needs the port's
+ * sockets to allow sharing (SO_REUSEADDR, SO_REUSEPORT): a port bound by such a socket is
+ * marked SHARED for good, and its list is read every time. A socket that sets the option
+ * only after its bind is not seen (docs/ATTRIBUTION.md). */
 #define PORTS 65536
+#define SHARED (1ULL << 63)
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
@@ -373,16 +378,25 @@ struct {
 	__type(value, __u64);   /* (an array's values are 8-byte aligned in its mmap) */
 } udp_port_gen SEC(".maps");
 
-static __always_inline void bump_port(struct bpf_sock *sk)
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+static __always_inline void bump_port(struct bpf_sock *ctx)
 {
+	struct sock *sk;
+	__u64 *g, add = 1;
 	__u32 port;
-	__u64 *g;
-	if (sk->protocol != IPPROTO_UDP)
+	if (ctx->protocol != IPPROTO_UDP)
 		return;
-	port = sk->src_port;   /* host order */
+	port = ctx->src_port;   /* host order */
 	g = bpf_map_lookup_elem(&udp_port_gen, &port);
-	if (g)
-		__sync_fetch_and_add(g, 1);
+	if (!g)
+		return;
+	/* the context is the kernel's struct sock: its reuse options, read only */
+	sk = bpf_rdonly_cast(ctx, bpf_core_type_id_kernel(struct sock));
+	if (BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_reuse) ||
+	    BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_reuseport))
+		__sync_fetch_and_or(g, SHARED);
+	__sync_fetch_and_add(g, add);
 }
 
 SEC("cgroup/post_bind4")
