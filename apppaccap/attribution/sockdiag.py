@@ -168,10 +168,12 @@ class SockDiag:
         self._seq = 0
         self._lock = threading.Lock()
         self.is_local = is_local or LocalAddresses()
-        self._port_cache: dict[tuple[int, int], tuple[float, list[SockEntry], int]] = {}
+        self._port_cache: dict[tuple[int, int],
+                               tuple[float, list[SockEntry], int | None]] = {}
         self.port_cache_ttl = 1.0  # TCP listeners are long-lived; their dump costs ~0.5 ms
-        # UDP port -> its generation (portgen.py, from the eBPF programs), or None: a UDP
-        # port's list is only kept while nothing bound to or released the port
+        # UDP port -> its generation (portgen.py, from the eBPF programs), or None (not
+        # tracked, or a port others may join): a UDP port's list is only kept while no
+        # socket bound to the port since
         self.udp_port_gen: Callable[[int], int | None] | None = None
 
     def close(self) -> None:
@@ -279,7 +281,7 @@ class SockDiag:
         # Any user may share a UDP port (SO_REUSEADDR, a dual-stack socket the kernel's pick
         # hides), and a kept list without that rival named the other user's flows the
         # victim's: the list is kept only while the port's generation says no socket bound
-        # to it or let it go since, else read every time
+        # to it since (and none there allows sharing), else read every time
         return self._shared(proto, hit, local_ip, local_port, cached=False,
                             generation=self.udp_port_gen)
 
