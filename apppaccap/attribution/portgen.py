@@ -1,4 +1,4 @@
-"""UDP port generations from the kernel: has any socket taken or let go of a port since?
+"""UDP port generations from the kernel: has any socket bound to a port since?
 
 The eBPF object (bpf/appattr.bpf.c, `udp_port_gen`) bumps a port's counter each time a UDP
 socket binds to it (cgroup post_bind4/post_bind6: after the kernel hashed the socket).
@@ -89,25 +89,21 @@ def attach(lib, obj, progs: list) -> PortGenerations | None:
     except OSError as exc:
         log.info("cannot open the cgroup v2 root %s: %s", root, exc.strerror)
         return None
-    links = []
-    for prog in progs:
-        link = lib.bpf_program__attach_cgroup(prog, fd)
-        if not link:
-            err = ctypes.get_errno()
-            log.info("attaching %s to %s failed: %s; UDP port lists are read for every "
-                     "lookup", lib.bpf_program__name(prog).decode(), root, os.strerror(err))
-            for done in links:
-                lib.bpf_link__destroy(done)
-            os.close(fd)
-            return None
-        links.append(link)
-    map_fd = lib.bpf_object__find_map_fd_by_name(obj, MAP)
+    links: list = []
     try:
+        for prog in progs:
+            link = lib.bpf_program__attach_cgroup(prog, fd)
+            if not link:
+                name = lib.bpf_program__name(prog).decode()
+                raise OSError(f"attaching {name} to {root} failed: "
+                              f"{os.strerror(ctypes.get_errno())}")
+            links.append(link)
+        map_fd = lib.bpf_object__find_map_fd_by_name(obj, MAP)
         mm = mmap.mmap(map_fd, PORTS * 8, mmap.MAP_SHARED, mmap.PROT_READ)
     except (OSError, ValueError) as exc:
-        log.info("cannot map %s: %s", MAP.decode(), exc)
-        for done in links:
-            lib.bpf_link__destroy(done)
+        log.info("UDP port lists are read for every lookup: %s", exc)
+        for link in links:
+            lib.bpf_link__destroy(link)
         os.close(fd)
         return None
     return PortGenerations(links, mm, fd)

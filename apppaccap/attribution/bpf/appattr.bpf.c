@@ -383,7 +383,7 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 static __always_inline void bump_port(struct bpf_sock *ctx)
 {
 	struct sock *sk;
-	__u64 *g, add = 1;
+	__u64 *g;
 	__u32 port;
 	if (ctx->protocol != IPPROTO_UDP)
 		return;
@@ -396,7 +396,7 @@ static __always_inline void bump_port(struct bpf_sock *ctx)
 	if (BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_reuse) ||
 	    BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_reuseport))
 		__sync_fetch_and_or(g, SHARED);
-	__sync_fetch_and_add(g, add);
+	__sync_fetch_and_add(g, 1);
 }
 
 SEC("cgroup/post_bind4")
