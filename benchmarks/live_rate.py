@@ -16,7 +16,7 @@ socket (a new flow to attribute and label), to 16 server ports in turn.
 
 Run as root:  .venv/bin/python benchmarks/live_rate.py [--seconds 2] [--rates 25000,...]
               [--senders 1] [--backend auto|ebpf|socket-table] [--flow-packets N]
-              [--set KEY=VALUE ...]
+              [--set KEY=VALUE ...] [--stats]
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def sinks(n: int) -> list[socket.socket]:
                 s.close()
 
 
-def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0) -> dict:
+def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0,
+             stats: bool = False) -> dict:
     nports = 16 if flow else 1
     rxs = sinks(nports)
     port = rxs[0].getsockname()[1]
@@ -111,6 +112,10 @@ def one_rate(ctx, rate: int, seconds: float, senders: int = 1, flow: int = 0) ->
     t = time.monotonic()
     ctx.captures.stop(row["id"])  # returns once every packet received is written
     behind = time.monotonic() - t  # > ~0.1 s: the capture fell behind, its buffer held up
+    if stats:   # the resolver's counters so far (swept: answered late, by the sweeper)
+        att = ctx.captures.attribution
+        print(f"  attribution: {dict(att.stats)}, backend: "
+              f"{dict(getattr(att.backend, 'stats', {}))}")
     cpu = _cpu() - cpu
     # tcpdump (not immediate mode) gets a ring block only when it fills or its 1 s timeout
     # retires it; a tcpdump stopped sooner never reads the last one
@@ -149,6 +154,8 @@ def main() -> None:
     ap.add_argument("--flow-packets", type=int, default=0,
                     help="short flows: each this many datagrams from a new socket (a new "
                     "flow to attribute), over 16 destination ports; 0: one flow")
+    ap.add_argument("--stats", action="store_true",
+                    help="print the attribution resolver's counters after each rate")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     type=_setting, help="a service setting for the run (repeatable)")
     args = ap.parse_args()
@@ -167,7 +174,8 @@ def main() -> None:
           f"{'ours':>8} {'dropped':>8}  ours/tcpdump  service CPU/packet  stop took")
     try:
         for rate in (int(r) for r in args.rates.split(",")):
-            r = one_rate(ctx, rate, args.seconds, args.senders, args.flow_packets)
+            r = one_rate(ctx, rate, args.seconds, args.senders, args.flow_packets,
+                         args.stats)
             share = r["ours"] / r["tcpdump"] if r["tcpdump"] else 0.0
             if r["tcpdump"] >= r["sent"]:
                 best_dump = max(best_dump, int(r["achieved"]))

@@ -57,7 +57,10 @@ class EbpfOwners:
         self.reason = "not started"   # why not, when not
         self.stats = {"ebpf": 0, "fallback": 0}
         self.boost = True
-        self.is_local = LocalAddresses()   # only a local end can be asked of the socket table
+        # only a local end can be asked of the socket table (the table's own answer: one
+        # netlink socket polled for address changes, not one per layer)
+        diag = getattr(inner, "sockdiag", None)
+        self.is_local = getattr(diag, "is_local", None) or LocalAddresses()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -121,16 +124,15 @@ class EbpfOwners:
         same = src == dst and sport == dport
         if same:
             ends[1] = None   # a ping of this host: one socket, one end
-        missing_local = any(o is None and self.is_local(ip)
-                            for o, ip in zip(ends, (src, dst)))
-        if not missing_local or proto not in (TCP, UDP) or (same and ends[0] is not None):
+        wanted = () if proto not in (TCP, UDP) or (same and ends[0] is not None) else \
+            tuple(is_src for o, is_src, ip in zip(ends, (True, False), (src, dst))
+                  if o is None and self.is_local(ip))
+        if not wanted:
             found = [o for o in ends if o is not None]
             self.stats["ebpf"] += len(found)
             return found
         # an end the kernel has not seen yet (a server that has not read; a flow older
         # than the programs): today's engine answers for that end only
-        wanted = tuple(is_src for o, is_src, ip in zip(ends, (True, False), (src, dst))
-                       if o is None and self.is_local(ip))
         other = {o.local_is_src: o for o in self.inner.resolve(proto, src, sport, dst, dport,
                                                                ifindex, ends=wanted)}
         out = []

@@ -22,6 +22,8 @@ from collections import OrderedDict
 from collections import deque
 from typing import NamedTuple
 
+from apppaccap.attribution.diagwire import TCP_LISTEN
+from apppaccap.attribution.diagwire import TCP_TIME_WAIT
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.localaddr import unmap
 from apppaccap.attribution.procevents import ProcEvents
@@ -29,8 +31,6 @@ from apppaccap.attribution.procfs import InodeOwners
 from apppaccap.attribution.procfs import ProcInfo
 from apppaccap.attribution.procfs import RecentFacts
 from apppaccap.attribution.procfs import thread_of
-from apppaccap.attribution.sockdiag import TCP_LISTEN
-from apppaccap.attribution.sockdiag import TCP_TIME_WAIT
 from apppaccap.attribution.sockdiag import SockDiag
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,21 @@ class LinuxOwners:
                     continue
                 port = (proto, lport)
                 last = self._port_owner.get(port)
-                owner = self._owner(cands, is_src, hints if last is None else (last, *hints))
+                hint = hints if last is None else (last, *hints)
+                owner = self._owner(cands, is_src, hint)
+                if owner is None and self._forget_kept(proto, lport):
+                    # a kept UDP list named a socket nobody holds now (closed, and the
+                    # port perhaps taken by an automatic bind, which the counters miss)
+                    cands = self.sockdiag.candidates(proto, lip, lport, rip, rport, ifindex)
+                    owner = self._owner(cands, is_src, hint) if cands else None
                 if owner is not None:
                     out.append(owner)
                     self._remember_port(port, owner.pid)
             return out
+
+    def _forget_kept(self, proto: int, port: int) -> bool:
+        forget = getattr(self.sockdiag, "forget_kept", None)
+        return forget is not None and forget(proto, port)
 
     def _remember_port(self, port: tuple, pid: int) -> None:
         ports = self._port_owner

@@ -24,135 +24,28 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
+from apppaccap.attribution.diagwire import ALL_STATES
+from apppaccap.attribution.diagwire import DIAG_MSG_LEN
+from apppaccap.attribution.diagwire import NETLINK_SOCK_DIAG
+from apppaccap.attribution.diagwire import NLMSGHDR
+from apppaccap.attribution.diagwire import SOCK_DIAG_BY_FAMILY
+from apppaccap.attribution.diagwire import TCP_ESTABLISHED
+from apppaccap.attribution.diagwire import TCP_LISTEN
+from apppaccap.attribution.diagwire import TCP_NEW_SYN_RECV
+from apppaccap.attribution.diagwire import TCP_SYN_RECV
+from apppaccap.attribution.diagwire import TCP_TIME_WAIT
+from apppaccap.attribution.diagwire import SockEntry
+from apppaccap.attribution.diagwire import pack_request
+from apppaccap.attribution.diagwire import parse_diag
+from apppaccap.attribution.diagwire import parse_messages
+from apppaccap.attribution.diagwire import sport_filter
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.localaddr import is_wildcard
 from apppaccap.attribution.localaddr import unmap
-
-NETLINK_SOCK_DIAG = 4
-SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-INET_DIAG_NOCOOKIE = 0xFFFFFFFF
-INET_DIAG_REQ_BYTECODE = 1
-INET_DIAG_BC_S_EQ = 11  # enum in include/uapi/linux/inet_diag.h
-INET_DIAG_SKV6ONLY = 11  # reply attribute (same number, different enum)
-ALL_STATES = 0xFFFFFFFF
-
-# include/net/tcp_states.h; NEW_SYN_RECV is a request socket (handshake in progress)
-TCP_ESTABLISHED, TCP_SYN_RECV, TCP_TIME_WAIT, TCP_LISTEN, TCP_NEW_SYN_RECV = 1, 3, 6, 10, 12
-
-NLMSGHDR = struct.Struct("=IHHII")
-# nlmsghdr + inet_diag_req_v2 {family, protocol, ext, pad, states, inet_diag_sockid
-# {sport, dport, src[16], dst[16], if, cookie[2]}}. Ports are big-endian on the wire:
-# they are packed "native" after htons so one Struct does the whole message.
-REQUEST = struct.Struct("=IHHIIBBBBIHH16s16sIII")
-# inet_diag_msg {family, state, timer, retrans, sockid, expires, rqueue, wqueue, uid, inode}
-DIAG_MSG = struct.Struct("=BBBBHH16s16sIIIIIIII")
-DIAG_MSG_LEN = DIAG_MSG.size  # 72
-RTATTR = struct.Struct("=HH")
-BC_OP = struct.Struct("=BBH")
-
-
-class SockEntry(NamedTuple):
-    """One socket as sock_diag reports it (addresses as text, local end first)."""
-
-    proto: int
-    local_ip: str
-    local_port: int
-    remote_ip: str
-    remote_port: int
-    state: int
-    inode: int
-    uid: int
-    v6only: bool = False
-
-
-# --- packing ---------------------------------------------------------------------------
-
-def _addr_bytes(family: int, ip: str) -> bytes:
-    """16-byte inet_diag address field: IPv4 in the first 4 bytes, zero padded."""
-    return socket.inet_pton(family, ip).ljust(16, b"\0")
-
-
-def pack_request(family: int, proto: int, src: str, sport: int, dst: str, dport: int,
-                 *, seq: int = 1, dump: bool = False, states: int = ALL_STATES,
-                 bytecode: bytes = b"", ifindex: int = 0) -> bytes:
-    """Build nlmsghdr + inet_diag_req_v2 (+ optional INET_DIAG_REQ_BYTECODE attribute).
-
-    src/dst are the raw idiag_src/idiag_dst fields: which end they mean depends on the
-    protocol for exact lookups (see the module docstring).
-    """
-    attr = b""
-    if bytecode:
-        attr = RTATTR.pack(RTATTR.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
-    return REQUEST.pack(REQUEST.size + len(attr), SOCK_DIAG_BY_FAMILY, flags, seq, 0,
-                        family, proto, 0, 0, states, socket.htons(sport), socket.htons(dport),
-                        _addr_bytes(family, src), _addr_bytes(family, dst), ifindex,
-                        INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE) + attr
-
-
-def sport_filter(port: int) -> bytes:
-    """Bytecode "local port == port": on true jump past the end (accept), else reject.
-
-    The kernel audit wants `no` = remaining length + 4 for "reject"
-    (inet_diag_bc_audit); the second op only carries the port in its `no` field.
-    """
-    return BC_OP.pack(INET_DIAG_BC_S_EQ, 8, 12) + BC_OP.pack(0, 0, port)
-
-
-def _text(family: int, raw: bytes) -> str:
-    if family == socket.AF_INET:
-        return socket.inet_ntop(family, raw[:4])
-    return socket.inet_ntop(family, raw)
-
-
-def parse_messages(data: bytes | memoryview, proto: int) -> tuple[list[SockEntry], int, bool]:
-    """Parse one recv() worth of netlink messages.
-
-    Returns (entries, errno or 0, done). An NLMSG_ERROR with error 0 is an ack.
-    """
-    entries: list[SockEntry] = []
-    off, end = 0, len(data)
-    while off + NLMSGHDR.size <= end:
-        length, mtype, _flags, _seq, _pid = NLMSGHDR.unpack_from(data, off)
-        if length < NLMSGHDR.size or off + length > end:
-            break
-        body = off + NLMSGHDR.size
-        if mtype == NLMSG_DONE:
-            return entries, 0, True
-        if mtype == NLMSG_ERROR:
-            (err,) = struct.unpack_from("=i", data, body)
-            return entries, -err, True
-        if mtype == SOCK_DIAG_BY_FAMILY and length >= NLMSGHDR.size + DIAG_MSG_LEN:
-            entries.append(_parse_diag(data, body, off + length, proto))
-        off += (length + 3) & ~3
-    return entries, 0, False
-
-
-def _parse_diag(data, body: int, end: int, proto: int) -> SockEntry:
-    (family, state, _timer, _retrans, sport, dport, src, dst, _if, _c0, _c1, _exp, _rq, _wq,
-     uid, inode) = DIAG_MSG.unpack_from(data, body)
-    v6only = False
-    attr = body + DIAG_MSG_LEN
-    while attr + RTATTR.size <= end:
-        alen, atype = RTATTR.unpack_from(data, attr)
-        if alen < RTATTR.size:
-            break
-        if atype == INET_DIAG_SKV6ONLY and alen > RTATTR.size:
-            v6only = bool(data[attr + RTATTR.size])
-        attr += (alen + 3) & ~3
-    return SockEntry(proto, _text(family, src), socket.ntohs(sport), _text(family, dst),
-                     socket.ntohs(dport), state, inode, uid, v6only)
-
 
 # --- the socket --------------------------------------------------------------------------
 
@@ -204,7 +97,7 @@ class SockDiag:
                 return None
             if mtype != SOCK_DIAG_BY_FAMILY or length < NLMSGHDR.size + DIAG_MSG_LEN:
                 return None  # NLMSG_ERROR: -ENOENT when no socket matches
-            return _parse_diag(buf, NLMSGHDR.size, length, proto)
+            return parse_diag(buf, NLMSGHDR.size, length, proto)
 
     def _dump(self, family: int, proto: int, states: int, bytecode: bytes) -> list[SockEntry]:
         """Send a dump request, collect messages with our sequence number to NLMSG_DONE."""
@@ -257,6 +150,10 @@ class SockDiag:
         if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
             return []  # other protocols have no inet_diag handler (and ask for a module)
         local_ip, remote_ip = unmap(local_ip), unmap(remote_ip)
+        if proto == socket.IPPROTO_UDP and self.udp_port_gen is not None:
+            kept = self._kept_udp(local_ip, local_port)
+            if kept:
+                return kept
         hit = self._exact_any(proto, local_ip, local_port, remote_ip, remote_port, ifindex)
         if hit is None and not ifindex:
             # Device-bound sockets only answer when idiag_if names their device.
@@ -318,6 +215,30 @@ class SockDiag:
                               ifindex)
         return hit
 
+    def _kept_udp(self, local_ip: str, local_port: int) -> list[SockEntry] | None:
+        """A UDP server's end from its port's kept list, without asking the kernel.
+
+        While the port's generation is the one its list was read at, no socket has bound
+        to the port since (and none there allows sharing): the kernel's lookup could only
+        pick among the listed sockets. When they are all unconnected and bound to no
+        device, the flow's remote end cannot change the pick, so _rank's answer is the
+        kernel's. A closed socket is caught later, when no process holds its inode.
+        """
+        got = self._port_cache.get((socket.IPPROTO_UDP, local_port))
+        if got is None or got[2] is None or time.monotonic() - got[0] > self.port_cache_ttl:
+            return None
+        if got[2] != self.udp_port_gen(local_port) or not self.is_local(local_ip):
+            return None
+        if any(e.remote_port or e.bound_if for e in got[1]):
+            return None   # a connected or device-bound socket: the 4-tuple decides
+        return _rank(got[1], socket.IPPROTO_UDP, local_ip, _NOBODY)
+
+    def forget_kept(self, proto: int, port: int) -> bool:
+        """Drop a UDP port's kept list (its socket turned out to be held by nobody);
+        True when there was one to drop."""
+        return proto == socket.IPPROTO_UDP and self._port_cache.pop((proto, port), None) \
+            is not None
+
     def _shared(self, proto: int, hit: SockEntry, local_ip: str, local_port: int,
                 cached: bool, generation=None) -> list[SockEntry]:
         """The kernel picked `hit` among the sockets bound to this port; list its equals.
@@ -350,6 +271,9 @@ class SockDiag:
                     self._port_cache.clear()
                 self._port_cache[key] = got
         return _rank(got[1], proto, local_ip, hit)
+
+
+_NOBODY = SockEntry(0, "", 0, "", 0, 0, 0, 0)   # _rank's pick when the kernel made none
 
 
 def _same_tuple(e: SockEntry, local_ip: str, remote_ip: str, remote_port: int) -> bool:

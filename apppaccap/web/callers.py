@@ -17,8 +17,8 @@ import os
 import pwd
 import socket
 
-from apppaccap.attribution.sockdiag import TCP_LISTEN
-from apppaccap.attribution.sockdiag import TCP_TIME_WAIT
+from apppaccap.attribution.diagwire import TCP_LISTEN
+from apppaccap.attribution.diagwire import TCP_TIME_WAIT
 from apppaccap.attribution.sockdiag import SockDiag
 
 log = logging.getLogger(__name__)
