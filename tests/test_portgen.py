@@ -7,6 +7,9 @@ import ctypes
 import os
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -127,3 +130,34 @@ def test_a_rival_joining_without_a_bind_is_seen_at_once(kernel):
         srv.close()
         rival.close()
         diag.close()
+
+
+SEND_ONCE = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.bind(('127.0.0.1', 0)); s.sendto(b'x', ('127.0.0.1', int(sys.argv[1]))); "
+             "print(s.getsockname()[1])")
+
+
+def test_a_udp_port_taken_again_is_never_named_for_its_old_owner(kernel):
+    """The kernel knows an unconnected UDP socket's task per local port (its sends and
+    reads). Once that socket is closed and another binds the port - here a socket that
+    never reads, so the kernel never sees it - its flows must not be named for the old
+    owner: with any process able to bind a freed port, that names one user's traffic
+    another's. An answer carries its port's generation and counts only while it holds."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    old = subprocess.Popen([sys.executable, "-c", SEND_ONCE, str(sink.getsockname()[1])],
+                           stdout=subprocess.PIPE, text=True)
+    port = int(old.communicate()[0])
+    time.sleep(0.05)
+    kernel.drain()
+    assert kernel.owner(17, "127.0.0.1", port, "127.0.0.1", 9).pid == old.pid
+    mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mine.bind(("127.0.0.1", port))   # the freed port taken; this socket never reads
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.sendto(b"y", ("127.0.0.1", port))
+    time.sleep(0.05)
+    kernel.drain()
+    seen = kernel.owner(17, "127.0.0.1", port, "127.0.0.1", client.getsockname()[1])
+    assert seen is None or seen.pid != old.pid, f"named the port's old owner {old.pid}"
+    for s in (sink, mine, client):
+        s.close()

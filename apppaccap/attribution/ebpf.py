@@ -32,7 +32,7 @@ DIR_OUT, DIR_IN, DIR_SOCK_OUT, DIR_SOCK_IN = 0, 1, 2, 3
 F_INFERRED = 1
 # struct event in appattr.bpf.c: ts, pid, tid, comm, flow (proto dir family pad sport
 # dport saddr daddr netns), flags
-EVENT = struct.Struct("<QII16sBBBxHH16s16sII")
+EVENT = struct.Struct("<QII16sBBBxHH16s16sIIQ")
 MAX_ENTRIES = 200_000       # LRU bound of each user-space table
 POLL_MS = 50                # the kernel wakes us only at 64 KiB; otherwise we look this often
 BATCH = 4096                # records per consume: ring_buffer__poll never returns in a flood
@@ -50,6 +50,7 @@ class Seen(NamedTuple):
     comm: str
     inferred: bool   # sent in softirq: the socket's last owner, not the running task
     ts: float        # monotonic seconds
+    gen: int = 0     # UDP: the local port's generation then (portgen.py)
 
 
 class LoadError(Exception):
@@ -272,12 +273,12 @@ class KernelFlows:
         unpack = EVENT.unpack_from
         for raw in pending:
             (_ts, pid, tid, comm, proto, d, family, sport, dport, saddr, daddr, netns,
-             flags) = unpack(raw)
+             flags, gen) = unpack(raw)
             if netns != self.netns:
                 continue   # another namespace's flow: its addresses are not ours (containers)
             src, dst = _ip(family, saddr), _ip(family, daddr)
             seen = Seen(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
-                        bool(flags & F_INFERRED), now)
+                        bool(flags & F_INFERRED), now, gen)
             if d == DIR_OUT:
                 key = (proto, src, sport, dst, dport)
                 self._put(self.flows, key, 0, seen)
@@ -311,15 +312,24 @@ class KernelFlows:
     def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Seen | None:
         """The task on the local end (lip, lport) of a flow: its sender seen in context,
         else its reader, else the socket's owner (inferred); for UDP, the socket bound to
-        that port when the flow itself was not seen (unconnected receivers)."""
+        that port when the flow itself was not seen (unconnected receivers).
+
+        A UDP answer counts only while its port's generation is the one it was seen at:
+        once another socket bound the port, what the kernel saw there belonged to the
+        socket before. The per-port answer needs the generations (without them a freed
+        port taken by another user's socket would be named for the port's old owner); the
+        per-flow one, an exact 4-tuple, is kept where the port is shared or untracked."""
         entry = self.flows.get((proto, lip, lport, rip, rport))
+        now = self.port_generation(lport) if proto == UDP else None
+        if entry is not None and now is not None:
+            entry = _current(entry, now)
         best = _best(entry) if entry is not None else None
         if best is not None and not best.inferred:
             return best
-        if proto == UDP:
+        if now is not None:
             for ip in (lip, "0.0.0.0", "::"):
                 sock = self.socks.get((proto, ip, lport))
-                found = _best(sock) if sock is not None else None
+                found = _best(_current(sock, now)) if sock is not None else None
                 if found is not None:
                     return found
         return best
@@ -353,6 +363,11 @@ def _netns() -> int:
         return os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return 0
+
+
+def _current(entry, gen: int) -> list:
+    """An [out, in] entry without the sides seen at another generation of the port."""
+    return [s if s is not None and s.gen == gen else None for s in entry]
 
 
 def _best(entry) -> Seen | None:

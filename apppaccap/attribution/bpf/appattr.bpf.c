@@ -47,6 +47,7 @@ struct event {
 	char comm[16];
 	struct flow f;
 	__u32 flags;
+	__u64 gen;       /* UDP: the local port's generation (udp_port_gen) when seen */
 };
 
 /* one event's room in the ring buffer: the record plus libbpf's 8-byte header, 8-aligned */
@@ -67,7 +68,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct flow);
-	__type(value, __u64);      /* pid << 32 | tid last reported */
+	__type(value, __u64);      /* (pid << 32 | tid) ^ port_gen() last reported */
 } seen SEC(".maps");
 
 /* per CPU: the task a softirq runs on top of, 0 outside softirq. Softirqs do not nest on
@@ -135,10 +136,49 @@ int BPF_PROG(on_softirq_exit, unsigned int vec)
 	return 0;
 }
 
+/* UDP port generations: bumped each time a UDP socket takes a port by bind(), after the
+ * kernel hashed it (post_bind). User space keeps a port's socket list while its
+ * generation stays the same (sockdiag.py: a UDP port's list costs a walk of the kernel's
+ * whole hash) and reads this map through mmap, without a system call. Attached to the
+ * cgroup v2 root: every socket of the host's processes.
+ *
+ * A socket can also join a port without a bind that runs this hook: an automatic bind
+ * (connect, sendto; IP_LOCAL_PORT_RANGE can aim it at one port) or a disconnect
+ * (connect(AF_UNSPEC)) of a socket bound elsewhere in the list. Either needs the port's
+ * sockets to allow sharing (SO_REUSEADDR, SO_REUSEPORT): a port bound by such a socket is
+ * marked SHARED for good, and its list is read every time. A socket that sets the option
+ * only after its bind is not seen (docs/ATTRIBUTION.md). */
+#define PORTS 65536
+#define SHARED (1ULL << 63)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, PORTS);
+	__type(key, __u32);
+	__type(value, __u64);   /* (an array's values are 8-byte aligned in its mmap) */
+} udp_port_gen SEC(".maps");
+
+/* The generation of a UDP flow's local port: user space trusts what the kernel saw on
+ * that port only while it is unchanged (another socket may have taken the port since). */
+static __always_inline __u64 port_gen(const struct flow *f)
+{
+	__u32 port;
+	__u64 *g;
+	if (f->proto != IPPROTO_UDP)
+		return 0;
+	port = f->dir == DIR_IN ? f->dport : f->sport;
+	g = bpf_map_lookup_elem(&udp_port_gen, &port);
+	return g ? *g : 0;
+}
+
 static __always_inline void emit(struct flow *f, __u32 pid, __u32 tid, const char *comm,
 				 __u32 flags)
 {
-	__u64 who = ((__u64)pid << 32) | tid;
+	__u64 gen = port_gen(f);
+	/* a new generation of the port reports the task again: equal values need the same
+	 * task and generation (a collision of two differing pairs only withholds an event
+	 * whose stale predecessor carries another generation, which user space refuses) */
+	__u64 who = (((__u64)pid << 32) | tid) ^ gen;
 	__u64 *old = bpf_map_lookup_elem(&seen, f);
 	if (old && *old == who)
 		return;
@@ -157,6 +197,7 @@ static __always_inline void emit(struct flow *f, __u32 pid, __u32 tid, const cha
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->f = *f;
 	e->flags = flags;
+	e->gen = gen;
 	/* Wake the consumer once, when this record takes the waiting data past WAKE_BYTES. A
 	 * wake-up for every record past it (until the consumer caught up) cost ~4 µs each on
 	 * our VMs (an irq_work interrupt: a VM exit) and was most of the programs' time. */
@@ -355,28 +396,6 @@ int BPF_PROG(on_sock_recv, struct sock *sk, int ret, int flags)
 		sock_event(sk, DIR_SOCK_IN);
 	return 0;
 }
-
-/* UDP port generations: bumped each time a UDP socket takes a port by bind(), after the
- * kernel hashed it (post_bind). User space keeps a port's socket list while its
- * generation stays the same (sockdiag.py: a UDP port's list costs a walk of the kernel's
- * whole hash) and reads this map through mmap, without a system call. Attached to the
- * cgroup v2 root: every socket of the host's processes.
- *
- * A socket can also join a port without a bind that runs this hook: an automatic bind
- * (connect, sendto; IP_LOCAL_PORT_RANGE can aim it at one port) or a disconnect
- * (connect(AF_UNSPEC)) of a socket bound elsewhere in the list. Either needs the port's
- * sockets to allow sharing (SO_REUSEADDR, SO_REUSEPORT): a port bound by such a socket is
- * marked SHARED for good, and its list is read every time. A socket that sets the option
- * only after its bind is not seen (docs/ATTRIBUTION.md). */
-#define PORTS 65536
-#define SHARED (1ULL << 63)
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, PORTS);
-	__type(key, __u32);
-	__type(value, __u64);   /* (an array's values are 8-byte aligned in its mmap) */
-} udp_port_gen SEC(".maps");
 
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
