@@ -414,3 +414,22 @@ def test_captures_and_usage_share_one_load_of_the_programs(live, live_ajax, http
     # the capture engine keeps its backend until shutdown; usage off leaves it loaded once
     live_ajax.ok("settings_set", key_name="usage_enabled", value="0")
     wait_for(lambda: kernelshare.users() == 1, 15, what="usage to let go of the programs")
+
+
+def test_a_drain_after_the_question_spares_the_next():
+    """The resolver drains the ring before each answer (the packet's events were written
+    before it was asked about). A resolver behind the traffic asks many questions put
+    before its last drain began: those need no drain of their own."""
+    k = KernelFlows()
+    k.start()
+    try:
+        asked = time.monotonic()
+        k.drain(asked)
+        drains = k.stats["drains"]
+        k.drain(asked)   # asked before the last drain began: already taken in
+        assert k.stats["drains"] == drains
+        k.drain(time.monotonic())   # asked after it: drained again
+        k.drain()
+        assert k.stats["drains"] == drains + 2
+    finally:
+        k.stop()

@@ -99,33 +99,6 @@ def test_resolve_names_both_local_ends_src_first(tmp_path):
     assert owners.resolve(6, "10.9.9.9", 1, "10.9.9.8", 2) == []
 
 
-def test_a_kept_udp_list_naming_a_closed_socket_is_read_again(tmp_path):
-    """A UDP port's kept list (sockdiag._kept_udp) can name a socket closed since, its
-    port then taken by an automatic bind (which no bind counter sees): when nobody holds
-    the listed socket, the list is dropped and the kernel asked."""
-    root = fake_tree(tmp_path, {100: 1})
-    key = (17, "127.0.0.1", 40000, "127.0.0.1", 53)   # a client to the server
-
-    class KeptDiag(FakeDiag):
-        kept = True
-
-        def candidates(self, proto, lip, lport, rip, rport, ifindex=0):
-            if lport != 53:
-                return []
-            inode = 1 if self.kept else 2   # 1: the closed socket, 2: the port's new one
-            return [E(17, "127.0.0.1", 53, "0.0.0.0", 0, 7, inode)]
-
-        def forget_kept(self, proto, port):
-            was, self.kept = self.kept, False
-            return was and (proto, port) == (17, 53)
-
-    diag = KeptDiag({})
-    owners = LinuxOwners(sockdiag=diag, inodes=FakeInodes({2: 100}, root), events=False,
-                         threads=False)
-    assert owners.resolve(*key) == [Owner(100, None, 2, False)]
-    assert not diag.kept
-
-
 def test_a_servers_next_connection_is_looked_for_in_its_last_owner_first(tmp_path):
     """Each accepted connection is a new inode: the port's last owner is read first, not
     the fd tables of every newer process (api_load: ~7 tables a connection before)."""

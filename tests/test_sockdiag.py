@@ -206,45 +206,6 @@ def test_a_udp_port_list_is_kept_while_its_generation_holds():
     assert k.dumps == 2
 
 
-def test_a_udp_servers_next_client_is_named_from_the_kept_list_alone():
-    """While the port's generation holds, its kept list is every socket on the port: with
-    all of them unconnected and bound to no device the client cannot change the kernel's
-    pick, so a server's next clients cost no lookup at all (the sink of a 3,000 flows/s
-    sender asked sock_diag twice a flow). A bind to the port changes the generation and
-    the kernel is asked again; so is a list holding a connected or device-bound socket."""
-    gens = {53: 7}
-    k = KernelStandIn([E(17, "127.0.0.1", 53, "0.0.0.0", 0, 7, 21),
-                       E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 22)])
-    k.udp_port_gen = gens.get
-    assert k.lookup(17, "127.0.0.1", 53, "127.0.0.1", 40000) == (21, 0)
-    asked = k.exacts
-    for client in (40001, 40002):   # bound address beats wildcard, as the kernel scores it
-        assert k.lookup(17, "127.0.0.1", 53, "127.0.0.1", client) == (21, 0)
-    assert k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40003) == (22, 0)
-    assert k.lookup(17, "8.8.8.8", 53, "10.0.0.5", 40004) is None   # a foreign address
-    assert (k.exacts, k.dumps) == (asked + 1, 1)   # only the foreign one was asked
-    gens[53] += 1
-    assert k.lookup(17, "127.0.0.1", 53, "127.0.0.1", 40005) == (21, 0)
-    assert (k.exacts, k.dumps) == (asked + 2, 2)
-    for rival in (E(17, "0.0.0.0", 53, "10.0.0.77", 9999, 1, 23),
-                  SockEntry(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 24, 0, False, 3)):
-        k.sockets = [k.sockets[0], rival]
-        gens[53] += 1
-        k.lookup(17, "127.0.0.1", 53, "127.0.0.1", 40006)   # read with the rival
-        asked = k.exacts
-        assert k.lookup(17, "127.0.0.1", 53, "127.0.0.1", 40007) == (21, 0)
-        assert k.exacts == asked + 1
-
-
-def test_a_kept_udp_list_naming_nobody_is_dropped():
-    gens = {53: 1}
-    k = KernelStandIn([E(17, "0.0.0.0", 53, "0.0.0.0", 0, 7, 21)])
-    k.udp_port_gen = gens.get
-    k.lookup(17, "10.0.0.5", 53, "10.0.0.9", 40000)
-    assert k.forget_kept(17, 53) and not k.forget_kept(17, 53)
-    assert not k.forget_kept(6, 80)
-
-
 def test_a_kept_udp_list_is_read_again_when_the_pick_changed():
     """A connected socket that disconnects (connect(AF_UNSPEC)) binds nothing: its port's
     generation stays. When the kernel now picks it, the kept list (where it was connected)

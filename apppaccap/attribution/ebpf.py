@@ -136,6 +136,7 @@ class KernelFlows:
         self._rb = None
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
+        self._drained_at = -1e18   # when the last drain began (monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.load_ms = 0.0
@@ -252,12 +253,18 @@ class KernelFlows:
         ports = self.ports
         return ports.get(port) if ports is not None else None
 
-    def drain(self) -> None:
+    def drain(self, since: float | None = None) -> None:
         """Take in every event already in the ring buffer (the resolver calls this before
-        looking a flow up: its packet was queued after the event was written)."""
+        looking a flow up: its packet was queued after the event was written). `since`
+        (time.monotonic) is when the question was asked: a drain begun after it already
+        took that packet's events in (a resolver behind the traffic had drained once per
+        flow; each drain lets the interpreter lock go)."""
+        if since is not None and since < self._drained_at:
+            return
         with self._lock:
             if self._rb is None:
                 return
+            self._drained_at = time.monotonic()
             self.stats["drains"] += 1
             while self._lib.ring_buffer__consume(self._rb) > 0 and len(self._pending) >= BATCH:
                 self._apply()

@@ -110,12 +110,15 @@ class EbpfOwners:
         return bool(self.boost and fn and fn())
 
     # -- questions ---------------------------------------------------------------
+    takes_asked = True   # resolve() takes the question's time (Attribution passes it)
+
     def resolve(self, proto: int, src: str, sport: int, dst: str, dport: int,
-                ifindex: int = 0) -> list[Owner]:
-        """Owners of the local ends, the src end first (as LinuxOwners.resolve)."""
+                ifindex: int = 0, asked: float | None = None) -> list[Owner]:
+        """Owners of the local ends, the src end first (as LinuxOwners.resolve); `asked`:
+        when (time.monotonic) the question was put, to spare a drain that took it in."""
         if not self.active:
             return self._inner(proto, src, sport, dst, dport, ifindex)
-        self.kernel.drain()   # the packet asked about was sent after its event was written
+        self.kernel.drain(asked)   # the packet asked about was sent after its event was written
         ends = []
         for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
                                                (dst, dport, src, sport, False)):

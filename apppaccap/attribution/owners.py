@@ -153,21 +153,11 @@ class LinuxOwners:
                     continue
                 port = (proto, lport)
                 last = self._port_owner.get(port)
-                hint = hints if last is None else (last, *hints)
-                owner = self._owner(cands, is_src, hint)
-                if owner is None and self._forget_kept(proto, lport):
-                    # a kept UDP list named a socket nobody holds now (closed, and the
-                    # port perhaps taken by an automatic bind, which the counters miss)
-                    cands = self.sockdiag.candidates(proto, lip, lport, rip, rport, ifindex)
-                    owner = self._owner(cands, is_src, hint) if cands else None
+                owner = self._owner(cands, is_src, hints if last is None else (last, *hints))
                 if owner is not None:
                     out.append(owner)
                     self._remember_port(port, owner.pid)
             return out
-
-    def _forget_kept(self, proto: int, port: int) -> bool:
-        forget = getattr(self.sockdiag, "forget_kept", None)
-        return forget is not None and forget(proto, port)
 
     def _remember_port(self, port: tuple, pid: int) -> None:
         ports = self._port_owner

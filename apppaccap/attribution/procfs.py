@@ -24,6 +24,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from apppaccap.attribution.heldcalls import read_stat
+from apppaccap.attribution.heldcalls import readlink
+
 
 class ProcInfo(NamedTuple):
     """What we know of a process (read while it was alive)."""
@@ -61,10 +64,7 @@ def socket_fds(pid: int, proc_root: str = "/proc") -> dict[int, int] | None:
 
 def holds(pid: int, fd: int, inode: int, proc_root: str = "/proc") -> bool:
     """Does /proc/<pid>/fd/<fd> point at socket:[inode] right now?"""
-    try:
-        return os.readlink(f"{proc_root}/{pid}/fd/{fd}") == f"socket:[{inode}]"
-    except OSError:
-        return False
+    return readlink(f"{proc_root}/{pid}/fd/{fd}") == f"socket:[{inode}]"
 
 
 def list_pids(proc_root: str = "/proc") -> list[int]:
@@ -314,7 +314,7 @@ def _user(uid: int) -> str:
 
 def _stat(pid: int, proc_root: str) -> tuple[str, int, int] | None:
     """(name, ppid, start_time_ns) from /proc/<pid>/stat, None if gone or unreadable."""
-    stat = _read(f"{proc_root}/{pid}/stat")
+    stat = read_stat(f"{proc_root}/{pid}/stat")   # per flow: the interpreter lock kept
     if not stat:
         return None
     # comm may hold spaces and parentheses: it ends at the last ')'
@@ -332,35 +332,27 @@ class RecentFacts:
     pid's facts again: five files, a passwd lookup and every thread's name, ~0.3 ms a
     flow (api_load: 200 connections/s). Kept `ttl` seconds (an exec keeps the pid and its
     start: the new program's facts are read within that), and only while <pid>/stat
-    shows the same start time (a reused pid is another process). That check is made at
-    most every `verify` seconds: a sender of 3,000 short flows/s had its stat file read
-    3,000 times a second (four system calls, each letting the interpreter lock go), and
-    a pid is only reused after the kernel has handed out every other one (pid_max)."""
+    shows the same start time (a reused pid is another process)."""
 
     def __init__(self, proc_root: str = "/proc", ttl: float = 1.0, size: int = 4096,
-                 clock=time.monotonic, verify: float = 0.02):
+                 clock=time.monotonic):
         self.proc_root, self.ttl, self.size, self._clock = proc_root, ttl, size, clock
-        self.verify = verify
-        # pid -> [read at, start time last seen at, facts]
-        self._facts: dict[int, list] = {}
+        self._facts: dict[int, tuple[float, ProcInfo]] = {}
 
     def get(self, pid: int) -> ProcInfo | None:
         kept = self._facts.get(pid)
         now = self._clock()
         if kept is not None and now - kept[0] < self.ttl:
-            if now - kept[1] < self.verify:
-                return kept[2]
             head = _stat(pid, self.proc_root)
-            if head is not None and head[2] == kept[2].start_time_ns:
-                kept[1] = now
-                return kept[2]
+            if head is not None and head[2] == kept[1].start_time_ns:
+                return kept[1]
         info = read_process(pid, self.proc_root)
         if info is None:
             self._facts.pop(pid, None)
             return None
         if len(self._facts) >= self.size:
             self._facts.clear()  # a bound, not an LRU: refilled within a second
-        self._facts[pid] = [now, now, info]
+        self._facts[pid] = (now, info)
         return info
 
 

@@ -48,6 +48,9 @@ class Attribution:
         self.idle_grace = idle_grace
         self.sweep_interval = sweep_interval
         self.clock = clock
+        # the question's time spares the kernel's backend a drain (EbpfOwners.resolve):
+        # only in its own clock
+        self._takes_asked = clock is time.monotonic and getattr(backend, "takes_asked", False)
         self.boost = boost  # real-time resolver (docs/DECISIONS.md: attribution)
         self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
         # both ends local (loopback): the originator's socket may not be findable yet
@@ -204,7 +207,8 @@ class Attribution:
                 continue
             try:
                 _, src, sport, dst, dport = key5
-                owners = self.backend.resolve(*key5)
+                owners = self.backend.resolve(*key5, asked=asked) if self._takes_asked \
+                    else self.backend.resolve(*key5)
                 src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
                 if attempt < RETRIES and (not owners or src_missing):
                     # Nobody found yet, or the local originator missing (a process that

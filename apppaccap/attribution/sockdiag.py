@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +56,12 @@ class SockDiag:
     def __init__(self, is_local: Callable[[str], bool] | None = None, timeout: float = 1.0):
         """Open the netlink socket; raises OSError when sock_diag is unavailable."""
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
-        self._sock.settimeout(timeout)  # a lost reply must never hang the resolver
+        # a lost reply must never hang the resolver: the kernel's own timeouts, not
+        # settimeout(), which polls before every send and recv (twice the system calls,
+        # each letting the interpreter lock go)
+        tv = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._sock.bind((0, 0))
         self._buf = bytearray(1 << 16)
         self._seq = 0
@@ -150,10 +156,6 @@ class SockDiag:
         if proto not in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
             return []  # other protocols have no inet_diag handler (and ask for a module)
         local_ip, remote_ip = unmap(local_ip), unmap(remote_ip)
-        if proto == socket.IPPROTO_UDP and self.udp_port_gen is not None:
-            kept = self._kept_udp(local_ip, local_port)
-            if kept:
-                return kept
         hit = self._exact_any(proto, local_ip, local_port, remote_ip, remote_port, ifindex)
         if hit is None and not ifindex:
             # Device-bound sockets only answer when idiag_if names their device.
@@ -215,30 +217,6 @@ class SockDiag:
                               ifindex)
         return hit
 
-    def _kept_udp(self, local_ip: str, local_port: int) -> list[SockEntry] | None:
-        """A UDP server's end from its port's kept list, without asking the kernel.
-
-        While the port's generation is the one its list was read at, no socket has bound
-        to the port since (and none there allows sharing): the kernel's lookup could only
-        pick among the listed sockets. When they are all unconnected and bound to no
-        device, the flow's remote end cannot change the pick, so _rank's answer is the
-        kernel's. A closed socket is caught later, when no process holds its inode.
-        """
-        got = self._port_cache.get((socket.IPPROTO_UDP, local_port))
-        if got is None or got[2] is None or time.monotonic() - got[0] > self.port_cache_ttl:
-            return None
-        if got[2] != self.udp_port_gen(local_port) or not self.is_local(local_ip):
-            return None
-        if any(e.remote_port or e.bound_if for e in got[1]):
-            return None   # a connected or device-bound socket: the 4-tuple decides
-        return _rank(got[1], socket.IPPROTO_UDP, local_ip, _NOBODY)
-
-    def forget_kept(self, proto: int, port: int) -> bool:
-        """Drop a UDP port's kept list (its socket turned out to be held by nobody);
-        True when there was one to drop."""
-        return proto == socket.IPPROTO_UDP and self._port_cache.pop((proto, port), None) \
-            is not None
-
     def _shared(self, proto: int, hit: SockEntry, local_ip: str, local_port: int,
                 cached: bool, generation=None) -> list[SockEntry]:
         """The kernel picked `hit` among the sockets bound to this port; list its equals.
@@ -271,9 +249,6 @@ class SockDiag:
                     self._port_cache.clear()
                 self._port_cache[key] = got
         return _rank(got[1], proto, local_ip, hit)
-
-
-_NOBODY = SockEntry(0, "", 0, "", 0, 0, 0, 0)   # _rank's pick when the kernel made none
 
 
 def _same_tuple(e: SockEntry, local_ip: str, remote_ip: str, remote_port: int) -> bool:
