@@ -150,7 +150,8 @@ def test_a_udp_port_taken_again_is_never_named_for_its_old_owner(kernel):
     port = int(old.communicate()[0])
     time.sleep(0.05)
     kernel.drain()
-    assert kernel.owner(17, "127.0.0.1", port, "127.0.0.1", 9).pid == old.pid
+    seen = kernel.owner(17, "127.0.0.1", port, "127.0.0.1", sink.getsockname()[1])
+    assert seen is not None and seen.pid == old.pid   # its own flow: seen in context
     mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     mine.bind(("127.0.0.1", port))   # the freed port taken; this socket never reads
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -161,3 +162,39 @@ def test_a_udp_port_taken_again_is_never_named_for_its_old_owner(kernel):
     assert seen is None or seen.pid != old.pid, f"named the port's old owner {old.pid}"
     for s in (sink, mine, client):
         s.close()
+
+
+AIM_AND_WAIT = ("import socket, struct, sys, time; p = int(sys.argv[1]); "
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                "s.setsockopt(socket.IPPROTO_IP, 51, struct.pack('I', p | p << 16)); "
+                "s.connect(('127.0.0.1', int(sys.argv[2]))); print(s.getsockname()[1], "
+                "flush=True); time.sleep(2)")   # 51: IP_LOCAL_PORT_RANGE, one port wide
+
+
+def test_a_freed_port_taken_by_an_automatic_bind_is_never_named_for_its_old_owner(kernel):
+    """An automatic bind runs no bind hook, and IP_LOCAL_PORT_RANGE lets any user aim it
+    at the port another process just freed; nothing these kernels let us hook sees the
+    port freed. What the kernel saw per port (the old socket's sends) must name nobody
+    then: the new socket's flows go to the socket table (review, eighteenth session)."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.1", 0))   # the old owner talked to another peer
+    old = subprocess.Popen([sys.executable, "-c", SEND_ONCE.replace(
+        "s.bind(('127.0.0.1', 0)); ", ""), str(other.getsockname()[1])],
+        stdout=subprocess.PIPE, text=True)   # an automatic bind, one datagram, exit
+    port = int(old.communicate()[0])
+    new = subprocess.Popen([sys.executable, "-c", AIM_AND_WAIT, str(port),
+                            str(peer.getsockname()[1])], stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(new.stdout.readline()) == port
+        peer.sendto(b"for the new socket", ("127.0.0.1", port))
+        time.sleep(0.05)
+        kernel.drain()
+        seen = kernel.owner(17, "127.0.0.1", port, "127.0.0.1", peer.getsockname()[1])
+        assert seen is None or seen.pid != old.pid, f"named the port's old owner {old.pid}"
+    finally:
+        new.kill()
+        new.wait()
+        peer.close()
+        other.close()

@@ -318,28 +318,21 @@ class KernelFlows:
     # -- answers -------------------------------------------------------------------
     def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Seen | None:
         """The task on the local end (lip, lport) of a flow: its sender seen in context,
-        else its reader, else the socket's owner (inferred); for UDP, the socket bound to
-        that port when the flow itself was not seen (unconnected receivers).
+        else its reader, else the socket's owner (inferred). A UDP answer counts only
+        while its port's bind generation is the one it was seen at (another socket bound
+        the port since: what the kernel saw belonged to the socket before).
 
-        A UDP answer counts only while its port's generation is the one it was seen at:
-        once another socket bound the port, what the kernel saw there belonged to the
-        socket before. The per-port answer needs the generations (without them a freed
-        port taken by another user's socket would be named for the port's old owner); the
-        per-flow one, an exact 4-tuple, is kept where the port is shared or untracked."""
+        What the kernel saw per UDP port (`socks`: unconnected receivers) names nobody: a
+        socket leaves its port without any hook these kernels allow (close, connect of
+        AF_UNSPEC; fentry is refused) and another user's automatic bind, which runs no
+        hook either, can be aimed at the freed port (IP_LOCAL_PORT_RANGE): its flows were
+        named for the port's old owner. Such an end is asked of the socket table, whose
+        lookup is the kernel's own pick (docs/ATTRIBUTION.md)."""
         entry = self.flows.get((proto, lip, lport, rip, rport))
         now = self.port_generation(lport) if proto == UDP else None
         if entry is not None and now is not None:
             entry = _current(entry, now)
-        best = _best(entry) if entry is not None else None
-        if best is not None and not best.inferred:
-            return best
-        if now is not None:
-            for ip in (lip, "0.0.0.0", "::"):
-                sock = self.socks.get((proto, ip, lport))
-                found = _best(_current(sock, now)) if sock is not None else None
-                if found is not None:
-                    return found
-        return best
+        return _best(entry) if entry is not None else None
 
     def comm_of(self, pid: int) -> str:
         """The comm the kernel reported for `pid` (the newest flow first), or ""."""

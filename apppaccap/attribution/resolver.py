@@ -207,7 +207,9 @@ class Attribution:
                 continue
             try:
                 _, src, sport, dst, dport = key5
-                owners = self.backend.resolve(*key5, asked=asked) if self._takes_asked \
+                # a retry or second look must see what arrived since: a drain of its own
+                owners = self.backend.resolve(*key5, asked=asked) if (
+                    self._takes_asked and not attempt and not recheck) \
                     else self.backend.resolve(*key5)
                 src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
                 if attempt < RETRIES and (not owners or src_missing):
