@@ -233,9 +233,11 @@ class KernelFlows:
             with self._lock:
                 if self._rb is None:
                     return
+                began = time.monotonic()
                 self._lib.ring_buffer__poll(self._rb, 0)
                 self._lib.ring_buffer__consume(self._rb)
                 self._apply()
+                self._drained_at = began   # a drain as well (drain(since))
             self._tell()
             self.stats["consumer_cpu"] += time.thread_time() - c0
             self._stop.wait(POLL_MS / 1000)
@@ -258,17 +260,19 @@ class KernelFlows:
         looking a flow up: its packet was queued after the event was written). `since`
         (time.monotonic) is when the question was asked: a drain begun after it already
         took that packet's events in (a resolver behind the traffic had drained once per
-        flow; each drain lets the interpreter lock go)."""
+        flow; each drain lets the interpreter lock go). `_drained_at` is when the last
+        drain that has *finished* began: one still running has not applied its events."""
         if since is not None and since < self._drained_at:
             return
         with self._lock:
             if self._rb is None:
                 return
-            self._drained_at = time.monotonic()
+            began = time.monotonic()
             self.stats["drains"] += 1
             while self._lib.ring_buffer__consume(self._rb) > 0 and len(self._pending) >= BATCH:
                 self._apply()
             self._apply()
+            self._drained_at = began
 
     def _apply(self) -> None:
         pending, self._pending = self._pending, []
