@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -38,15 +39,16 @@ def test_the_cgroup_v2_root_is_found():
     assert portgen.cgroup2_root() is not None
 
 
-def test_explicit_binds_count_automatic_ones_and_tcp_do_not(kernel):
+def test_explicit_binds_and_releases_count_automatic_binds_and_tcp_do_not(kernel):
     a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     a.bind(("127.0.0.1", 0))
     port = a.getsockname()[1]
     first = kernel.port_generation(port)
-    a.close()
+    a.close()   # a release counts too (cgroup/sock_release)
+    assert kernel.port_generation(port) == first + 1
     b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     b.bind(("::", port))   # the port taken again, dual-stack
-    assert kernel.port_generation(port) == first + 1
+    assert kernel.port_generation(port) == first + 2
     c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     c.sendto(b"x", ("127.0.0.1", port))   # bound automatically: a port nobody holds
     auto = c.getsockname()[1]
@@ -150,8 +152,8 @@ def test_a_udp_port_taken_again_is_never_named_for_its_old_owner(kernel):
     port = int(old.communicate()[0])
     time.sleep(0.05)
     kernel.drain()
-    seen = kernel.owner(17, "127.0.0.1", port, "127.0.0.1", sink.getsockname()[1])
-    assert seen is not None and seen.pid == old.pid   # its own flow: seen in context
+    seen = kernel.flows.get((17, "127.0.0.1", port, "127.0.0.1", sink.getsockname()[1]))
+    assert seen is not None and seen[0].pid == old.pid   # its own flow: seen in context
     mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     mine.bind(("127.0.0.1", port))   # the freed port taken; this socket never reads
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -198,3 +200,87 @@ def test_a_freed_port_taken_by_an_automatic_bind_is_never_named_for_its_old_owne
         new.wait()
         peer.close()
         other.close()
+
+
+READ_ONCE = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.bind(('0.0.0.0', int(sys.argv[1]))); print('ready', flush=True); s.recv(99)")
+
+
+def test_a_udp_server_that_has_read_is_named_by_the_kernel_for_a_new_client(kernel):
+    """A server bound by port number that has read once is known per port: a new client's
+    datagram names it and its reading thread with no socket-table lookup. Once it exits
+    (its socket released), the port's generation moves on and it names nobody."""
+    port = free_udp_port()
+    server = subprocess.Popen([sys.executable, "-c", READ_ONCE, str(port)],
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline() == "ready\n"
+    first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    first.sendto(b"read me", ("127.0.0.1", port))
+    server.wait(timeout=5)   # read it, then exited
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    kernel.drain()
+    held = kernel.socks.get((17, "0.0.0.0", port))
+    assert held is not None and held[1].pid == held[1].tid == server.pid
+    # exited: released, a new generation
+    assert kernel.owner(17, "127.0.0.1", port, "127.0.0.1", client.getsockname()[1]) is None
+    live = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    live.bind(("0.0.0.0", port))
+    first.sendto(b"x", ("127.0.0.1", port))
+    live.recv(9)
+    kernel.drain()
+    seen = kernel.owner(17, "127.0.0.1", port, "127.0.0.1", client.getsockname()[1])
+    assert seen is not None and (seen.pid, seen.tid) == (os.getpid(), threading.get_native_id())
+    for s in (first, client, live):
+        s.close()
+
+
+def free_udp_port() -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+JOIN_AT = ("import socket, struct, sys, time; p, peer = int(sys.argv[1]), int(sys.argv[2]); "
+           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+           "s.setsockopt(socket.IPPROTO_IP, 24, 1); s.bind(('127.0.0.2', 0)); "
+           "s.setsockopt(socket.IPPROTO_IP, 51, struct.pack('I', p | p << 16)); "
+           "s.connect(('127.0.0.1', peer)); print(s.getsockname()[1], flush=True); "
+           "time.sleep(2)")   # 24: IP_BIND_ADDRESS_NO_PORT, 51: IP_LOCAL_PORT_RANGE
+
+
+def test_a_wildcard_server_that_connects_is_not_named_for_a_socket_joining_its_port(kernel):
+    """A wildcard socket that connects narrows its address, and another socket may then
+    join the port at another address with an automatic bind (no hook). The connect
+    starts a new generation: what the kernel saw of the wildcard socket names nobody
+    else at that port (review, eighteenth session)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", 0))
+    port = server.getsockname()[1]
+    server.close()
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", port))   # by number: a port it holds
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.sendto(b"hello", ("127.0.0.1", port))
+    server.recv(9)
+    kernel.drain()
+    assert kernel.owner(17, "127.0.0.1", port, "127.0.0.9", 9).pid == os.getpid()
+    server.connect(("127.0.0.1", peer.getsockname()[1]))   # narrowed to 127.0.0.1
+    joiner = subprocess.Popen([sys.executable, "-c", JOIN_AT, str(port),
+                               str(peer.getsockname()[1])], stdout=subprocess.PIPE, text=True)
+    try:
+        assert int(joiner.stdout.readline()) == port
+        peer.sendto(b"for the joiner", ("127.0.0.2", port))
+        time.sleep(0.05)
+        kernel.drain()
+        seen = kernel.owner(17, "127.0.0.2", port, "127.0.0.1", peer.getsockname()[1])
+        assert seen is None or seen.pid != os.getpid(), "named the narrowed server"
+    finally:
+        joiner.kill()
+        joiner.wait()
+        for s in (server, peer):
+            s.close()
+

@@ -30,6 +30,7 @@ OBJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "appatt
 BTF = "/sys/kernel/btf/vmlinux"
 DIR_OUT, DIR_IN, DIR_SOCK_OUT, DIR_SOCK_IN = 0, 1, 2, 3
 F_INFERRED = 1
+F_PORT_HELD = 2   # UDP socket-level event of a socket bound by port number
 # struct event in appattr.bpf.c: ts, pid, tid, comm, flow (proto dir family pad sport
 # dport saddr daddr netns), flags
 EVENT = struct.Struct("<QII16sBBBxHH16s16sIIQ")
@@ -299,7 +300,9 @@ class KernelFlows:
             else:   # socket level: src = the socket's local end, dst = its peer (or 0)
                 side = 0 if d == DIR_SOCK_OUT else 1
                 key = (proto, src, sport, dst, dport) if dport else None
-                if proto == UDP:   # unconnected receivers are known per socket only
+                if proto == UDP and flags & F_PORT_HELD:
+                    # unconnected receivers are known per socket only; kept only of a
+                    # socket that leaves its port by a release the kernel counts (owner())
                     self._put(self.socks, (proto, src, sport), side, seen)
                 if key is not None:
                     self._put(self.flows, key, side, seen)
@@ -322,21 +325,30 @@ class KernelFlows:
     # -- answers -------------------------------------------------------------------
     def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Seen | None:
         """The task on the local end (lip, lport) of a flow: its sender seen in context,
-        else its reader, else the socket's owner (inferred). A UDP answer counts only
-        while its port's bind generation is the one it was seen at (another socket bound
-        the port since: what the kernel saw belonged to the socket before).
+        else its reader, else the socket's owner (inferred); for UDP, the socket bound to
+        that port when the flow itself was not seen (unconnected receivers).
 
-        What the kernel saw per UDP port (`socks`: unconnected receivers) names nobody: a
-        socket leaves its port without any hook these kernels allow (close, connect of
-        AF_UNSPEC; fentry is refused) and another user's automatic bind, which runs no
-        hook either, can be aimed at the freed port (IP_LOCAL_PORT_RANGE): its flows were
-        named for the port's old owner. Such an end is asked of the socket table, whose
-        lookup is the kernel's own pick (docs/ATTRIBUTION.md)."""
+        A UDP answer counts only while its port's generation is the one it was seen at
+        (portgen.py: binds, releases and connects of the port's sockets start a new one):
+        what the kernel saw there may have been another socket's. The per-port answer
+        needs the generations, and comes only from sockets bound by port number: a port
+        the kernel chose can be left by connect(AF_UNSPEC), which no hook sees, and
+        another user's automatic bind aimed at it (IP_LOCAL_PORT_RANGE) was then named
+        for the port's old owner (docs/ATTRIBUTION.md)."""
         entry = self.flows.get((proto, lip, lport, rip, rport))
         now = self.port_generation(lport) if proto == UDP else None
         if entry is not None and now is not None:
             entry = _current(entry, now)
-        return _best(entry) if entry is not None else None
+        best = _best(entry) if entry is not None else None
+        if best is not None and not best.inferred:
+            return best
+        if now is not None:
+            for ip in (lip, "0.0.0.0", "::"):
+                sock = self.socks.get((proto, ip, lport))
+                found = _best(_current(sock, now)) if sock is not None else None
+                if found is not None:
+                    return found
+        return best
 
     def comm_of(self, pid: int) -> str:
         """The comm the kernel reported for `pid` (the newest flow first), or ""."""

@@ -23,6 +23,9 @@ char LICENSE[] SEC("license") = "GPL";
 #define DIR_SOCK_IN 3    /* socket-level receive: TCP readers; UDP ones (no skb hook runs in their context) */
 
 #define F_INFERRED 1     /* sent in softirq: the socket's last owner, not the running task */
+#define F_PORT_HELD 2    /* UDP socket-level: its port was bound by number, so it leaves the
+			  * port only when it is released (cgroup/sock_release counts that) */
+#define SOCK_BINDPORT_LOCK 8
 
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
@@ -378,7 +381,11 @@ static __always_inline void sock_event(struct sock *sk, __u8 dir)
 	} else {
 		return;
 	}
-	emit(&f, o.pid, o.tid, o.comm, 0);
+	__u32 flags = 0;
+	if (proto == IPPROTO_UDP &&
+	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
+		flags = F_PORT_HELD;
+	emit(&f, o.pid, o.tid, o.comm, flags);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -416,6 +423,55 @@ static __always_inline void bump_port(struct bpf_sock *ctx)
 	    BPF_CORE_READ_BITFIELD(&sk->__sk_common, skc_reuseport))
 		__sync_fetch_and_or(g, SHARED);
 	__sync_fetch_and_add(g, 1);
+}
+
+/* A UDP socket leaving its port by release, or narrowing its address by connect (another
+ * socket may then join the port at another address): a new generation as well. A socket
+ * whose port was chosen by the kernel can also leave it by connect(AF_UNSPEC), which no
+ * hook sees: user space names a port's receivers only from sockets bound by number
+ * (F_PORT_HELD). The release hook runs when no file refers to the socket any more. */
+static __always_inline void new_generation(__u32 port)
+{
+	__u64 *g;
+	if (!port)
+		return;
+	g = bpf_map_lookup_elem(&udp_port_gen, &port);
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
+
+SEC("cgroup/sock_release")
+int udp_released(struct bpf_sock *ctx)
+{
+	struct sock *sk;
+	if (ctx->protocol != IPPROTO_UDP)
+		return 1;
+	/* this hook may not read src_port from its context: the kernel's struct sock */
+	sk = bpf_rdonly_cast(ctx, bpf_core_type_id_kernel(struct sock));
+	new_generation(sk->__sk_common.skc_num);
+	return 1;
+}
+
+static __always_inline void connecting(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	/* unbound (port 0): an automatic bind follows, itself no rival of a held port */
+	if (sk && ctx->protocol == IPPROTO_UDP)
+		new_generation(sk->src_port);
+}
+
+SEC("cgroup/connect4")
+int udp_connect4(struct bpf_sock_addr *ctx)
+{
+	connecting(ctx);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int udp_connect6(struct bpf_sock_addr *ctx)
+{
+	connecting(ctx);
+	return 1;
 }
 
 SEC("cgroup/post_bind4")
