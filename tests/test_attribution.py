@@ -1,6 +1,7 @@
 """Attribution logic with an injected backend (no root, no sockets)."""
 
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -195,3 +196,68 @@ def test_the_gil_is_handed_over_faster_only_for_the_socket_table():
         finally:
             att.release()
         assert sys.getswitchinterval() == before
+
+
+class KernelFirstBackend(FakeBackend):
+    """The eBPF backend's two questions: what the kernel alone knows (resolve_kernel), and
+    the whole answer with the socket table's ends (resolve)."""
+
+    takes_asked = True
+
+    def __init__(self):
+        super().__init__()
+        self.kernel = {}
+        self.asked_kernel = []
+        self.gate = threading.Event()
+
+    def resolve_kernel(self, proto, src, sport, dst, dport, asked=None):
+        self.asked_kernel.append(asked)
+        known = list(self.kernel.get((proto, src, sport, dst, dport), []))
+        return known, len(known) < len(self.table.get((proto, src, sport, dst, dport), []))
+
+    def resolve(self, proto, src, sport, dst, dport, asked=None):
+        self.gate.wait(2)   # the socket table, as slow as the test wants
+        return super().resolve(proto, src, sport, dst, dport)
+
+
+def test_the_originator_the_kernel_saw_answers_at_once_the_rest_follows():
+    """With the originator seen by the kernel in context, its label is published at once
+    with a second look due (a system capture need not wait: labels.originator_final); the
+    other end, asked of the socket table, joins it on that second look."""
+    be = KernelFirstBackend()
+    sender, server = Owner(4242, 4243, 0, True), Owner(77, 78, 5, False)
+    be.kernel[KEY] = [sender]
+    be.table[KEY] = [sender, server]
+    att = Attribution(be, FakeBook(), boost=False, is_local=lambda ip: True)
+    att.acquire()
+    try:
+        entry = att.entry(KEY)
+        deadline = time.monotonic() + 2
+        while entry[0] is PENDING:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        # published before the socket table answered, a second look due
+        assert [lab.pid for lab in entry[0]] == [4242] and entry[3]
+        be.gate.set()
+        while entry[3] or len(entry[0]) < 2:
+            assert time.monotonic() < deadline, entry
+            time.sleep(0.001)
+        assert [(lab.pid, lab.tid, lab.local) for lab in entry[0]] == [
+            (4242, 4243, ("10.0.0.1", 40000)), (77, 78, ("10.0.0.2", 80))]
+        assert be.asked_kernel[0] is not None and be.calls == [KEY[1:]]
+    finally:
+        att.release()
+
+
+def test_a_thread_less_originator_waits_for_the_whole_answer():
+    be = KernelFirstBackend()
+    be.kernel[KEY] = [Owner(4242, 0, 0, True)]
+    be.table[KEY] = [Owner(4242, 4243, 0, True), Owner(77, 78, 5, False)]
+    be.gate.set()
+    att = Attribution(be, FakeBook(), boost=False, is_local=lambda ip: True)
+    att.acquire()
+    try:
+        labels = wait_status(att, KEY)
+        assert [lab.pid for lab in labels] == [4242, 77]   # one answer, both ends
+    finally:
+        att.release()

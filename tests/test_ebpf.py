@@ -14,8 +14,8 @@ import time
 import pytest
 
 from apppaccap.attribution.ebpf import KernelFlows
-from apppaccap.attribution.ebpf import LoadError
 from apppaccap.attribution.kernelowners import EbpfOwners
+from apppaccap.attribution.libbpf import LoadError
 from apppaccap.attribution.owners import LinuxOwners
 from apppaccap.dissect.decode import decode
 from apppaccap.pcap.reader import CaptureReader

@@ -63,7 +63,8 @@ class Flows:
                 pid = 100 + h % 4
                 proc = {"pid": pid, "ppid": 1, "name": f"app{pid}", "path": f"/bin/app{pid}",
                         "cmdline": f"app{pid} --serve", "user": "root", "start_time": 1.5}
-                local = (key5[3], key5[4]) if h % 5 == 0 else None
+                # the dst end, the originator (src end), or not known
+                local = ((key5[3], key5[4]), (key5[1], key5[2]), None, None, None)[h % 5]
                 labels = [Label(pid * 10, pid, pid + h % 2, proc, local)]
             entry = self.flows[fk] = [labels, 0.0, 0.0, 1 if h % 7 == 0 else 0, key5]
         return entry
@@ -247,3 +248,36 @@ def test_an_error_recording_a_run_is_handed_back_and_never_repeats(tmp_path, vic
     assert stored.count(2000) == 2
     rec.flush(wait=True)
     db.close()
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["c", "python"])
+def test_a_second_look_holds_only_what_it_can_change(tmp_path, monkeypatch, compiled):
+    """A flow whose second look is due (entry[3]: the kernel named its originator, the
+    socket table still has to name the other end) is held for a process capture, which
+    may want that end, but not for a system capture when the first label - the one it
+    stores - names the originator with its thread. A label without a thread is held."""
+    if not compiled:
+        monkeypatch.setattr(live, "compiled_record", None)
+
+    def kept(target, tid, local_is_src=True) -> int:
+        entries: dict = {}
+        items = [_established(entries, 1000 + n, n) for n in range(4)]
+        for sport, entry in entries.items():
+            lab = entry[0][0]
+            local = ("10.0.0.1", sport) if local_is_src else ("10.0.0.2", 80)
+            entry[0][0] = Label(lab.process_id, lab.pid, tid, lab.proc, local)
+            entry[3] = 1.0   # a second look due
+        db = CaptureDb(str(tmp_path / f"{target is None}{tid}{local_is_src}"), 1)
+        cap = object.__new__(LiveCapture)
+        cap.attribution, cap.recorder, cap.hold = Flows(), Recorder(db), 10.0
+        cap.target = target or Target()
+        cap.kept = cap.attributed = cap.unknown = 0
+        cap._release(deque([[0.0, items, 0]]), 1.0, False)   # within the hold
+        db.close()
+        return cap.kept
+
+    assert kept(None, 71) == 4                       # system, originator with its thread
+    assert kept(None, 0) == 0                        # its thread still unknown
+    assert kept(None, 71, local_is_src=False) == 0   # the first label is the other end
+    assert kept(Target({70}), 71) == 0               # a process capture waits
+

@@ -22,6 +22,10 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from apppaccap.attribution import portgen
+from apppaccap.attribution.libbpf import SAMPLE
+from apppaccap.attribution.libbpf import LoadError
+from apppaccap.attribution.libbpf import Messages
+from apppaccap.attribution.libbpf import open_libbpf
 from apppaccap.attribution.localaddr import unmap
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,6 @@ POLL_MS = 50                # the kernel wakes us only at 64 KiB; otherwise we l
 BATCH = 4096                # records per consume: ring_buffer__poll never returns in a flood
 UDP = 17
 
-_SAMPLE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-_PRINT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 
 class Seen(NamedTuple):
@@ -52,66 +54,6 @@ class Seen(NamedTuple):
     inferred: bool   # sent in softirq: the socket's last owner, not the running task
     ts: float        # monotonic seconds
     gen: int = 0     # UDP: the local port's generation then (portgen.py)
-
-
-class LoadError(Exception):
-    """eBPF attribution cannot run here; the message says why (logged once)."""
-
-
-def _libbpf():
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
-    try:
-        lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    except OSError:
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-        except OSError as exc:
-            raise LoadError(f"libbpf is not installed (Debian package libbpf1): {exc}") from None
-    vp, ci = ctypes.c_void_p, ctypes.c_int
-    for fn, res, args in (
-            ("bpf_object__open_file", vp, [ctypes.c_char_p, vp]),
-            ("bpf_object__load", ci, [vp]),
-            ("bpf_object__close", None, [vp]),
-            ("bpf_object__next_program", vp, [vp, vp]),
-            ("bpf_program__name", ctypes.c_char_p, [vp]),
-            ("bpf_program__attach", vp, [vp]),
-            ("bpf_program__attach_cgroup", vp, [vp, ci]),
-            ("bpf_program__section_name", ctypes.c_char_p, [vp]),
-            ("bpf_link__destroy", ci, [vp]),
-            ("bpf_object__find_map_fd_by_name", ci, [vp, ctypes.c_char_p]),
-            ("ring_buffer__new", vp, [ci, _SAMPLE, vp, vp]),
-            ("ring_buffer__poll", ci, [vp, ci]),
-            ("ring_buffer__consume", ci, [vp]),
-            ("ring_buffer__free", None, [vp]),
-            ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
-            ("libbpf_num_possible_cpus", ci, []),
-            ("libbpf_set_print", vp, [_PRINT])):
-        f = getattr(lib, fn)
-        f.restype, f.argtypes = res, args
-    return lib
-
-
-class _Messages:
-    """libbpf's own diagnostics (the verifier's reason, say), kept for the load error."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-        libc = ctypes.CDLL(None)
-        self._vsnprintf = libc.vsnprintf
-        self._vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
-                                    ctypes.c_void_p]
-        self.callback = _PRINT(self._print)
-
-    def _print(self, level, fmt, args):
-        buf = ctypes.create_string_buffer(512)
-        self._vsnprintf(buf, 512, fmt, args)
-        if level <= 1 and len(self.lines) < 200:   # warnings and info; debug is dropped
-            self.lines.append(buf.value.decode(errors="replace").rstrip())
-        return 0
-
-    def tail(self, n: int = 3) -> str:
-        useful = [ln for ln in self.lines if ln and not ln.startswith("libbpf: prog '")]
-        return "; ".join((useful or self.lines)[-n:])
 
 
 def check_environment() -> None:
@@ -155,8 +97,8 @@ class KernelFlows:
         check_environment()
         if not os.path.exists(self.object_path):
             raise LoadError(f"the eBPF object {self.object_path} is missing (make bpf)")
-        lib = self._lib = _libbpf()
-        msgs = _Messages()
+        lib = self._lib = open_libbpf()
+        msgs = Messages()
         lib.libbpf_set_print(msgs.callback)
         self._msgs = msgs   # the callback must outlive every libbpf call
         try:
@@ -184,7 +126,7 @@ class KernelFlows:
             self.ports = portgen.attach(lib, obj, cgroup)
             fd = lib.bpf_object__find_map_fd_by_name(obj, b"events")
             self._counters_fd = lib.bpf_object__find_map_fd_by_name(obj, b"counters")
-            self._sample = _SAMPLE(self._on_sample)
+            self._sample = SAMPLE(self._on_sample)
             self._rb = lib.ring_buffer__new(fd, self._sample, None, None)
             if not self._rb:
                 raise LoadError(f"ring buffer set-up failed: {_err()}")
@@ -328,20 +270,19 @@ class KernelFlows:
         else its reader, else the socket's owner (inferred); for UDP, the socket bound to
         that port when the flow itself was not seen (unconnected receivers).
 
-        A UDP answer counts only while its port's generation is the one it was seen at
-        (portgen.py: binds, releases and connects of the port's sockets start a new one):
-        what the kernel saw there may have been another socket's. The per-port answer
-        needs the generations, and comes only from sockets bound by port number: a port
-        the kernel chose can be left by connect(AF_UNSPEC), which no hook sees, and
-        another user's automatic bind aimed at it (IP_LOCAL_PORT_RANGE) was then named
-        for the port's old owner (docs/ATTRIBUTION.md)."""
+        The per-port answer counts only while the port's generation is the one it was
+        seen at (portgen.py: binds, releases and connects of the port's sockets start a
+        new one), and comes only from sockets bound by port number: a port the kernel
+        chose can be left by connect(AF_UNSPEC), which no hook sees, and another user's
+        automatic bind aimed at it (IP_LOCAL_PORT_RANGE) was then named for the port's old
+        owner (docs/ATTRIBUTION.md). The per-flow answer is not held to the generation:
+        a short flow's sender has often closed its socket (a new generation) before its
+        first packet is asked about, and that packet was its."""
         entry = self.flows.get((proto, lip, lport, rip, rport))
-        now = self.port_generation(lport) if proto == UDP else None
-        if entry is not None and now is not None:
-            entry = _current(entry, now)
         best = _best(entry) if entry is not None else None
         if best is not None and not best.inferred:
             return best
+        now = self.port_generation(lport) if proto == UDP else None
         if now is not None:
             for ip in (lip, "0.0.0.0", "::"):
                 sock = self.socks.get((proto, ip, lport))
@@ -406,7 +347,7 @@ def _err() -> str:
         "unknown error"
 
 
-def _more(msgs: _Messages) -> str:
+def _more(msgs: Messages) -> str:
     tail = msgs.tail()
     return f" [libbpf: {tail}]" if tail else ""
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 
 from apppaccap.attribution.ebpf import OBJECT
-from apppaccap.attribution.ebpf import LoadError
 from apppaccap.attribution.kernelshare import KernelUse
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.libbpf import LoadError
 from apppaccap.attribution.localaddr import LocalAddresses
 from apppaccap.attribution.owners import LinuxOwners
 from apppaccap.attribution.owners import Owner
@@ -118,18 +118,7 @@ class EbpfOwners:
         when (time.monotonic) the question was put, to spare a drain that took it in."""
         if not self.active:
             return self._inner(proto, src, sport, dst, dport, ifindex)
-        self.kernel.drain(asked)   # the packet asked about was sent after its event was written
-        ends = []
-        for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
-                                               (dst, dport, src, sport, False)):
-            seen = self.kernel.owner(proto, lip, lport, rip, rport)
-            ends.append(None if seen is None else Owner(seen.pid, seen.tid, 0, is_src))
-        same = src == dst and sport == dport
-        if same:
-            ends[1] = None   # a ping of this host: one socket, one end
-        wanted = () if proto not in (TCP, UDP) or (same and ends[0] is not None) else \
-            tuple(is_src for o, is_src, ip in zip(ends, (True, False), (src, dst))
-                  if o is None and self.is_local(ip))
+        ends, wanted = self._kernel_ends(proto, src, sport, dst, dport, asked)
         if not wanted:
             found = [o for o in ends if o is not None]
             self.stats["ebpf"] += len(found)
@@ -148,6 +137,34 @@ class EbpfOwners:
             if o is not None:
                 out.append(o)
         return out
+
+    def resolve_kernel(self, proto: int, src: str, sport: int, dst: str, dport: int,
+                       asked: float | None = None) -> tuple[list[Owner], bool] | None:
+        """What the kernel alone knows of the local ends (src first), and whether a local
+        end is left for the socket table; None without the programs. The resolver answers
+        with it at once when the originator is known (Attribution._resolver)."""
+        if not self.active:
+            return None
+        ends, wanted = self._kernel_ends(proto, src, sport, dst, dport, asked)
+        found = [o for o in ends if o is not None]
+        self.stats["ebpf"] += len(found)
+        return found, bool(wanted)
+
+    def _kernel_ends(self, proto, src, sport, dst, dport, asked):
+        """([src end's Owner or None, dst end's], the ends to ask of the socket table)."""
+        self.kernel.drain(asked)   # the packet asked about was sent after its event was written
+        ends = []
+        for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
+                                               (dst, dport, src, sport, False)):
+            seen = self.kernel.owner(proto, lip, lport, rip, rport)
+            ends.append(None if seen is None else Owner(seen.pid, seen.tid, 0, is_src))
+        same = src == dst and sport == dport
+        if same:
+            ends[1] = None   # a ping of this host: one socket, one end
+        wanted = () if proto not in (TCP, UDP) or (same and ends[0] is not None) else \
+            tuple(is_src for o, is_src, ip in zip(ends, (True, False), (src, dst))
+                  if o is None and self.is_local(ip))
+        return ends, wanted
 
     def _inner(self, proto, src, sport, dst, dport, ifindex):
         if proto not in (TCP, UDP):

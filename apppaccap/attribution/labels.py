@@ -21,3 +21,30 @@ def flow_key(proto, src, sport, dst, dport):
     """Direction-free key of a flow."""
     a, b = (src, sport), (dst, dport)
     return (proto, a, b) if a <= b else (proto, b, a)
+
+
+def refine(old: list, new: list) -> list:
+    """A second look's answer merged into the first: an end found again takes the new
+    label (the accepted socket's process, the thread now known), an end whose socket has
+    closed since (a short-lived client) keeps its label, and the order - originator
+    first - stays."""
+    by_end = {lab.local: lab for lab in new}
+    merged = [by_end.pop(lab.local, lab) for lab in old]
+    return merged + list(by_end.values())
+
+
+def thread_unknown(labels) -> bool:
+    """The owner is multi-threaded and no thread was seen on the socket yet: look again
+    shortly, when the thread is likely blocked in recv()/send() on it."""
+    return bool(labels) and not labels[0].tid
+
+
+def originator_final(labels, key5) -> bool:
+    """The first label names the flow's originator (the src end of `key5`) with its thread:
+    a second look can change the other end only, which a system capture does not store
+    (Target.pick keeps the first label), so such a capture need not wait for it."""
+    if not labels:
+        return False
+    first = labels[0]
+    return bool(first.tid) and first.local == (key5[1], key5[2])
+

@@ -17,12 +17,15 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections import deque
 
-from apppaccap.attribution import owners
 from apppaccap.attribution.fastpath import FastPath
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.labels import refine
+from apppaccap.attribution.labels import thread_unknown
 from apppaccap.attribution.owners import boost_current_thread
+from apppaccap.attribution.sweep import sweep
 from apppaccap.store.faults import reason
 from apppaccap.store.processes import remember_thread
 
@@ -32,6 +35,7 @@ PENDING = None          # status(): not answered yet
 MAX_FLOWS = 200_000     # LRU bound of the flow table
 RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
 RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned
+REST_BACKLOG = 20_000    # flows whose socket-table end waits behind first questions
 RECHECK = 0.03          # seconds before a listener-named or thread-less flow is asked again
 # While that second look is due the pipelines hold the flow's packets (within their hold
 # budget), so every capture stores the same, final answer for them.
@@ -51,6 +55,8 @@ class Attribution:
         # the question's time spares the kernel's backend a drain (EbpfOwners.resolve):
         # only in its own clock
         self._takes_asked = clock is time.monotonic and getattr(backend, "takes_asked", False)
+        self._kernel_first = getattr(backend, "resolve_kernel", None) if self._takes_asked \
+            else None
         self.boost = boost  # real-time resolver (docs/DECISIONS.md: attribution)
         self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
         # both ends local (loopback): the originator's socket may not be findable yet
@@ -62,6 +68,10 @@ class Attribution:
         self._flows_lock = threading.Lock()
         self._labels: dict[tuple, Label] = {}    # (pid, start_ns, tid) → Label without local
         self._queue: queue.Queue = queue.Queue()
+        # the socket table's ends of flows already answered by the kernel: after every
+        # first question (a flow waiting for its answer holds captures; these hold none
+        # but process captures), at most REST_BACKLOG of them
+        self._rest: deque = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -121,7 +131,8 @@ class Attribution:
         for t in self._threads:
             t.join(5)
         self._threads.clear()
-        for _, entry in self._flow_items():
+        self._rest.clear()
+        for _, entry in self.flow_items():
             entry[3] = 0  # second looks died with the resolver: nothing may wait for them
         sys.setswitchinterval(self._switch)
 
@@ -134,7 +145,7 @@ class Attribution:
             self.backend.stop()
             self._backend_started = False
 
-    def _flow_items(self) -> list:
+    def flow_items(self) -> list:
         """A copy of the flow table's (key, entry) pairs, safe to walk while others add."""
         with self._flows_lock:
             return list(self.flows.items())
@@ -190,6 +201,11 @@ class Attribution:
             now = self.clock()
             if delayed and delayed[0][0] <= now:
                 item = heapq.heappop(delayed)[2]
+            elif self._rest:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    item = self._rest.popleft()
             else:
                 timeout = max(0.0, delayed[0][0] - now) if delayed else None
                 try:
@@ -201,16 +217,15 @@ class Attribution:
             key5, fk, asked = item[:3]
             attempt = item[3] if len(item) > 3 else 0
             recheck = len(item) > 4
+            rest = len(item) > 5   # the ends the kernel did not know, asked after its answer
             if recheck and item[4] > now:
                 seq += 1
                 heapq.heappush(delayed, (item[4], seq, item))
                 continue
             try:
                 _, src, sport, dst, dport = key5
-                # a retry or second look must see what arrived since: a drain of its own
-                owners = self.backend.resolve(*key5, asked=asked) if (
-                    self._takes_asked and not attempt and not recheck) \
-                    else self.backend.resolve(*key5)
+                first = not attempt and not recheck
+                owners, partial = self._ask(key5, asked if first else None, first)
                 src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
                 if attempt < RETRIES and (not owners or src_missing):
                     # Nobody found yet, or the local originator missing (a process that
@@ -220,22 +235,25 @@ class Attribution:
                     due = self.clock() + 0.002 * (attempt + 1)
                     heapq.heappush(delayed, (due, seq, (key5, fk, asked, attempt + 1)))
                     continue
-                labels = self._labels_for(
+                labels = self.labels_for(
                     (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
                 via_listener = any(getattr(o, "listener", False) for o in owners)
             except Exception as exc:  # noqa: BLE001 - one bad lookup must not stop attribution
                 self._fault(f"resolving {key5}", exc)
-                labels, via_listener = [], False
+                labels, via_listener, partial = [], False, False
             now = self.clock()
             entry = self.flows.get(fk)
+            again = False
             if entry is not None and (entry[0] is PENDING or (recheck and labels)):
                 if recheck and entry[0]:
-                    labels = _refine(entry[0], labels)
-                if (via_listener or _thread_unknown(labels)) and not recheck:
+                    labels = refine(entry[0], labels)
+                again = partial or ((via_listener or thread_unknown(labels))
+                                    and (not recheck or rest))
+                if again:
                     # the hold flag first: a pipeline that sees the labels sees it too
-                    self._schedule_recheck(entry, fk, now)
+                    self._schedule_recheck(entry, fk, now, rest=partial)
                 entry[0], entry[1] = labels, now
-            if recheck and entry is not None:
+            if recheck and entry is not None and not again:
                 entry[3] = 0
             self.stats["resolved" if labels else "missed"] += 1
             if len(self.latencies) < 10000 and not recheck:  # second looks wait on purpose
@@ -250,27 +268,53 @@ class Attribution:
             log.error("%s failed (%d failure(s) so far): %s", what, n, exc,
                       exc_info=None if reason(exc) else exc)
 
-    def _schedule_recheck(self, entry, fk, now) -> None:
+    def _ask(self, key5, asked, first: bool) -> tuple[list, bool]:
+        """(owners, partial). A first question to the kernel's backend whose originator the
+        kernel saw in context is answered with what the kernel knows (partial: the other
+        end is asked of the socket table at once, as a second look) - a system capture
+        stores the originator's label only and need not wait for the table
+        (labels.originator_final). Otherwise the whole answer. `asked`: the question's
+        time, None to drain the kernel's ring in any case (a retry, a second look)."""
+        kernel = self._kernel_first if first else None
+        got = kernel(*key5, asked=asked) if kernel is not None else None
+        if got is not None:
+            owners, rest = got
+            if not rest or (owners and owners[0].local_is_src and owners[0].tid):
+                return owners, rest
+        if asked is not None and self._takes_asked:
+            return self.backend.resolve(*key5, asked=asked), False
+        return self.backend.resolve(*key5), False
+
+    def _schedule_recheck(self, entry, fk, now, rest: bool = False) -> None:
         """Look again shortly: a listener-named flow once the connection is accepted (a
         fork-per-connection server hands it on), a thread-less one when the thread is
-        likely blocked on the socket. Asked in the flow's own orientation (entry[4]), so
-        the originator's owner stays first."""
-        entry[3] = now + RECHECK
-        self._queue.put((entry[4], fk, now, RETRIES, entry[3]))
+        likely blocked on the socket; at once for the ends the kernel did not know
+        (`rest`). Asked in the flow's own orientation (entry[4]), so the originator's owner
+        stays first."""
+        if not rest:
+            entry[3] = now + RECHECK
+            self._queue.put((entry[4], fk, now, RETRIES, entry[3]))
+            return
+        entry[3] = now
+        self._rest.append((entry[4], fk, now, RETRIES, now, "rest"))
+        if len(self._rest) > REST_BACKLOG:   # far behind: the oldest keep the kernel's ends
+            old = self.flows.get(self._rest.popleft()[1])
+            if old is not None:
+                old[3] = 0
 
     def deliver(self, key5: tuple, owners, infos: dict) -> None:
         """Owners found by the fast-path process (fastpath.py): they win over PENDING and
         over a miss, never over an answer already given."""
         self._infos.update(infos)
         _, src, sport, dst, dport = key5
-        labels = self._labels_for(
+        labels = self.labels_for(
             (o, (src, sport) if o.local_is_src else (dst, dport)) for o in owners)
         if not labels:
             return
         fk = flow_key(*key5)
         now = self.clock()
         entry = self.flows.get(fk)
-        again = _thread_unknown(labels) or any(getattr(o, "listener", False) for o in owners)
+        again = thread_unknown(labels) or any(getattr(o, "listener", False) for o in owners)
         if entry is None:
             entry = [PENDING, now, now, 0, key5]
             if again:
@@ -287,7 +331,7 @@ class Attribution:
             entry[0], entry[1] = labels, now
         self.stats["fastpath"] = self.stats.get("fastpath", 0) + 1
 
-    def _labels_for(self, pairs, memo: dict | None = None) -> list[Label]:
+    def labels_for(self, pairs, memo: dict | None = None) -> list[Label]:
         """(Owner, local endpoint) pairs → Labels, dropping pids whose facts are gone;
         `memo` keeps each (pid, tid)'s answer for the caller's pass over many flows."""
         out = []
@@ -322,15 +366,6 @@ class Attribution:
             self._labels[key] = lab
         return lab
 
-    def _match(self, snap, proto, local, remote):
-        """One end of a flow in a socket snapshot (exact, then listener/unconnected socket)."""
-        match = getattr(self.backend, "match_snapshot", None)
-        if match is None:
-            match = getattr(owners, "match_snapshot", None)
-        if match is None:
-            return _match_exact(snap, proto, local, remote)
-        return match(snap, proto, local[0], local[1], remote[0], remote[1], is_local=self.is_local)
-
     def _remember_thread(self, process_id: int, pid: int, tid: int) -> None:
         """A thread seen owning traffic joins the catalog (process_list_threads flags=1
         then lists it after it has ended)."""
@@ -353,47 +388,4 @@ class Attribution:
                 self._fault("attribution sweep", exc)
 
     def _sweep(self):
-        """Label flows still unowned (or pending too long) from a full socket snapshot."""
-        now = self.clock()
-        todo = [fk for fk, e in self._flow_items()
-                if (e[0] is PENDING and now - e[1] > 0.5) or (e[0] == [] and now - e[2] < 30)]
-        if not todo:
-            return
-        snap = self.backend.snapshot()
-        memo: dict = {}  # a program's many flows read its facts once a sweep (~60 % of the
-        # sweeper's time at 2,000 short flows/s was re-reading one sender's /proc/pid/stat)
-        for fk in todo:
-            proto, a, b = fk
-            pairs = []
-            for local, remote in ((a, b), (b, a)):
-                owner = self._match(snap, proto, local, remote)
-                if owner is not None:
-                    pairs.append((owner, local))
-            if not pairs:
-                continue
-            labels = self._labels_for(pairs, memo)
-            entry = self.flows.get(fk)
-            if labels and entry is not None:
-                entry[0], entry[1] = labels, now
-                self.stats["swept"] += 1
-
-
-def _refine(old: list, new: list) -> list:
-    """A second look's answer merged into the first: an end found again takes the new
-    label (the accepted socket's process, the thread now known), an end whose socket has
-    closed since (a short-lived client) keeps its label, and the order - originator
-    first - stays."""
-    by_end = {lab.local: lab for lab in new}
-    merged = [by_end.pop(lab.local, lab) for lab in old]
-    return merged + list(by_end.values())
-
-
-def _thread_unknown(labels) -> bool:
-    """The owner is multi-threaded and no thread was seen on the socket yet: look again
-    shortly, when the thread is likely blocked in recv()/send() on it."""
-    return bool(labels) and not labels[0].tid
-
-
-def _match_exact(snap, proto, local, remote):
-    found = snap.get((proto, local[0], local[1], remote[0], remote[1]))
-    return found[0] if found and len({o.pid for o in found}) == 1 else None
+        sweep(self)

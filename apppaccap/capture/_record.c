@@ -518,6 +518,33 @@ fail:
     return NULL;
 }
 
+/* labels.originator_final: the first label names the src end of `key5` with its thread.
+ * 1, 0, or -1 with an exception. */
+static int originator_final(PyObject *labels, PyObject *key5) {
+    PyObject *first, *tid, *local;
+    int ok;
+    if (!PyList_Check(labels) || PyList_GET_SIZE(labels) == 0 || !PyTuple_Check(key5) ||
+        PyTuple_GET_SIZE(key5) < 3)
+        return 0;
+    first = PyList_GET_ITEM(labels, 0);
+    Py_INCREF(first);
+    if ((tid = PyObject_GetAttr(first, a_tid)) == NULL) { Py_DECREF(first); return -1; }
+    ok = PyObject_IsTrue(tid);
+    Py_DECREF(tid);
+    if (ok != 1) { Py_DECREF(first); return ok; }
+    if ((local = PyObject_GetAttr(first, a_local)) == NULL) { Py_DECREF(first); return -1; }
+    Py_DECREF(first);
+    ok = 0;
+    if (PyTuple_Check(local) && PyTuple_GET_SIZE(local) == 2) {
+        ok = PyObject_RichCompareBool(PyTuple_GET_ITEM(local, 0), PyTuple_GET_ITEM(key5, 1), Py_EQ);
+        if (ok == 1)
+            ok = PyObject_RichCompareBool(PyTuple_GET_ITEM(local, 1), PyTuple_GET_ITEM(key5, 2),
+                                          Py_EQ);
+    }
+    Py_DECREF(local);
+    return ok;
+}
+
 static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, PyObject *target,
                       int out_dir, int in_dir, int *attributed) {
     PyObject *ref, *labels, *lab = Py_None;
@@ -531,7 +558,12 @@ static int record_one(Rec *r, Run *u, PyObject *item, PyObject *pending, PyObjec
     if (labels == pending) return 0;
     switch (PyObject_IsTrue(PyList_GET_ITEM(ref, 3))) {
     case -1: return -1;
-    case 1: return 0;
+    case 1:   /* a second look due: only a system capture whose label it cannot change goes on */
+        if (target != Py_None || PyList_GET_SIZE(ref) < 5) return 0;
+        switch (originator_final(labels, PyList_GET_ITEM(ref, 4))) {
+        case -1: return -1;
+        case 0: return 0;
+        }
     }
     if (!PyList_Check(labels) && !PyTuple_Check(labels)) return 0;
     if (target == Py_None) {   /* Target.pick of a system capture: the first label */

@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 from apppaccap.attribution.labels import flow_key
+from apppaccap.attribution.labels import originator_final
 from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
@@ -240,8 +241,10 @@ class LiveCapture:
                     if key is not None:
                         entry = ref if ref is not None else flows.get(flow_key(*key))
                         labels = entry[0] if entry is not None else []
-                        if labels is PENDING or (entry is not None and entry[3]):
+                        if labels is PENDING or (entry is not None and entry[3] and not (
+                                t.system and originator_final(labels, entry[4]))):
                             # unresolved, or a second look is due (attribution.RECHECK)
+                            # that may change what this capture stores
                             if waited:
                                 return
                             if labels is PENDING:
