@@ -289,3 +289,29 @@ def test_live_full_scan_cost_is_bounded():
     owners.inode_map()
     assert time.perf_counter() - t < 0.5
     assert procfs.list_pids()[0] >= procfs.list_pids()[-1]
+
+
+@pytest.mark.live
+def test_live_process_facts_come_from_the_leaders_own_stat_file():
+    """_stat reads /proc/<pid>/task/<pid>/stat (one task: constant time, read with the
+    interpreter lock held) and must give what /proc/<pid>/stat gives for the process."""
+    import threading
+
+    from apppaccap.attribution import procfs
+
+    stop = threading.Event()
+    workers = [threading.Thread(target=stop.wait) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        whole = procfs._read(f"/proc/{os.getpid()}/stat")
+        head, _, rest = whole.rpartition(")")
+        fields = rest.split()
+        assert procfs._stat(os.getpid(), "/proc")[:2] == (head.partition("(")[2],
+                                                          int(fields[1]))
+        assert procfs._stat(os.getpid(), "/proc")[2] == procfs.read_process(
+            os.getpid()).start_time_ns
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
