@@ -182,6 +182,13 @@ class FlowLookup:
             if item is None:
                 return
             key5, fk, owners = item
+            shared = self._peek(fk) if owners is None else None
+            if shared:   # a capture's resolver finished meanwhile (its second look done)
+                entry = self.flows.get(fk)
+                if entry is not None and entry[0] is PENDING:
+                    entry[0], entry[1] = shared, self.clock()
+                self.stats["shared"] += 1
+                continue
             try:
                 labels = self._labels(owners if owners is not None else self._owners(key5))
             except Exception:  # noqa: BLE001 - one bad lookup must not stop the thread
