@@ -284,3 +284,58 @@ def test_a_wildcard_server_that_connects_is_not_named_for_a_socket_joining_its_p
         for s in (server, peer):
             s.close()
 
+
+
+SEND_FROM = ("import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+             "s.bind(('127.0.0.1', int(sys.argv[1]))); "
+             "s.sendto(b'x', ('127.0.0.1', int(sys.argv[2])))")
+
+
+def test_a_send_of_a_closed_socket_never_names_a_later_receiver_of_its_port(kernel):
+    """Another process sent from port P to C and exited; a socket bound to P since
+    receives from C. The old send names the old owner only for a flow whose first packet
+    left from P (a short flow's sender, closed before it was asked about), never for one
+    P receives (review, eighteenth session: named the old owner, both ways)."""
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    port = free_udp_port()
+    old = subprocess.run([sys.executable, "-c", SEND_FROM, str(port),
+                          str(peer.getsockname()[1])], check=True)
+    assert old.returncode == 0
+    mine = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    mine.bind(("127.0.0.1", port))
+    peer.sendto(b"to the new socket", ("127.0.0.1", port))
+    mine.recv(99)
+    time.sleep(0.05)
+    kernel.drain()
+    end = (17, "127.0.0.1", port, "127.0.0.1", peer.getsockname()[1])
+    seen = kernel.owner(*end)   # asked as the receiving end
+    assert seen is None or seen.pid == os.getpid()
+    assert kernel.flows.get(end)[0].pid != os.getpid()   # the old send is on record
+    for s in (peer, mine):
+        s.close()
+
+
+def test_an_ipv6_only_socket_never_answers_for_ipv4_flows(kernel):
+    """The per-port answer comes only from a socket that can receive the flow's family: an
+    IPv6-only socket that shares the port of an IPv4 server (any user may bind one) must
+    not be named for the server's IPv4 clients."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    port = free_udp_port()
+    server.bind(("0.0.0.0", port))
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    v6.bind(("::", port))
+    sink6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sink6.bind(("::1", 0))
+    v6.sendto(b"x", ("::1", sink6.getsockname()[1]))   # a per-port record at (::, port)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    time.sleep(0.05)
+    kernel.drain()
+    assert kernel.socks.get((17, "::", port)) is not None
+    assert kernel.owner(17, "127.0.0.1", port, "127.0.0.1", client.getsockname()[1]) is None
+    seen = kernel.owner(17, "::1", port, "::1", 5)   # its own family: named
+    assert seen is not None and seen.pid == os.getpid()
+    for s in (server, v6, sink6, client):
+        s.close()

@@ -35,6 +35,7 @@ BTF = "/sys/kernel/btf/vmlinux"
 DIR_OUT, DIR_IN, DIR_SOCK_OUT, DIR_SOCK_IN = 0, 1, 2, 3
 F_INFERRED = 1
 F_PORT_HELD = 2   # UDP socket-level event of a socket bound by port number
+F_DUAL = 4        # socket-level event of an IPv6 socket that receives IPv4 too
 # struct event in appattr.bpf.c: ts, pid, tid, comm, flow (proto dir family pad sport
 # dport saddr daddr netns), flags
 EVENT = struct.Struct("<QII16sBBBxHH16s16sIIQ")
@@ -54,6 +55,7 @@ class Seen(NamedTuple):
     inferred: bool   # sent in softirq: the socket's last owner, not the running task
     ts: float        # monotonic seconds
     gen: int = 0     # UDP: the local port's generation then (portgen.py)
+    dual: bool = False   # an IPv6 socket that receives IPv4 too (not IPV6_V6ONLY)
 
 
 def check_environment() -> None:
@@ -232,7 +234,7 @@ class KernelFlows:
                 continue   # another namespace's flow: its addresses are not ours (containers)
             src, dst = _ip(family, saddr), _ip(family, daddr)
             seen = Seen(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
-                        bool(flags & F_INFERRED), now, gen)
+                        bool(flags & F_INFERRED), now, gen, bool(flags & F_DUAL))
             if d == DIR_OUT:
                 key = (proto, src, sport, dst, dport)
                 self._put(self.flows, key, 0, seen)
@@ -265,29 +267,41 @@ class KernelFlows:
             entry[side] = seen   # an inferred owner never replaces a task seen in context
 
     # -- answers -------------------------------------------------------------------
-    def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Seen | None:
+    def owner(self, proto: int, lip: str, lport: int, rip: str, rport: int,
+              sender: bool = False) -> Seen | None:
         """The task on the local end (lip, lport) of a flow: its sender seen in context,
         else its reader, else the socket's owner (inferred); for UDP, the socket bound to
-        that port when the flow itself was not seen (unconnected receivers).
+        that port when the flow itself was not seen (unconnected receivers). `sender`:
+        the flow's first packet left from this end.
 
-        The per-port answer counts only while the port's generation is the one it was
-        seen at (portgen.py: binds, releases and connects of the port's sockets start a
-        new one), and comes only from sockets bound by port number: a port the kernel
-        chose can be left by connect(AF_UNSPEC), which no hook sees, and another user's
-        automatic bind aimed at it (IP_LOCAL_PORT_RANGE) was then named for the port's old
-        owner (docs/ATTRIBUTION.md). The per-flow answer is not held to the generation:
-        a short flow's sender has often closed its socket (a new generation) before its
-        first packet is asked about, and that packet was its."""
+        A UDP answer counts only while the port's generation is the one it was seen at
+        (portgen.py: binds, releases and connects of the port's sockets start a new one):
+        the port may have been taken by another user's socket since, which would then be
+        named for the old owner (docs/ATTRIBUTION.md). One exception: a send seen in
+        context answers for the end its flow's first packet left from, whatever came
+        after - a short flow's sender has often closed its socket (a new generation)
+        before that packet is asked about, and the packet was its - but never over a read
+        of the current generation. The per-port answer also comes only from sockets bound
+        by port number (a port the kernel chose can be left by connect(AF_UNSPEC), which
+        no hook sees), and only from a socket that can receive the flow's family."""
         entry = self.flows.get((proto, lip, lport, rip, rport))
+        now = self.port_generation(lport) if proto == UDP else None
+        if entry is not None and now is not None:
+            out, inn = entry
+            current = _current(entry, now)
+            if sender and out is not None and current[0] is None and current[1] is None \
+                    and not out.inferred:
+                current[0] = out   # the flow's own first packets were this task's
+            entry = current
         best = _best(entry) if entry is not None else None
         if best is not None and not best.inferred:
             return best
-        now = self.port_generation(lport) if proto == UDP else None
         if now is not None:
-            for ip in (lip, "0.0.0.0", "::"):
+            v4 = ":" not in lip
+            for ip in (lip, "0.0.0.0", "::") if v4 else (lip, "::"):
                 sock = self.socks.get((proto, ip, lport))
                 found = _best(_current(sock, now)) if sock is not None else None
-                if found is not None:
+                if found is not None and (ip != "::" or not v4 or found.dual):
                     return found
         return best
 

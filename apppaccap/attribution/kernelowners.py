@@ -156,7 +156,7 @@ class EbpfOwners:
         ends = []
         for lip, lport, rip, rport, is_src in ((src, sport, dst, dport, True),
                                                (dst, dport, src, sport, False)):
-            seen = self.kernel.owner(proto, lip, lport, rip, rport)
+            seen = self.kernel.owner(proto, lip, lport, rip, rport, sender=is_src)
             ends.append(None if seen is None else Owner(seen.pid, seen.tid, 0, is_src))
         same = src == dst and sport == dport
         if same:

@@ -25,6 +25,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define F_INFERRED 1     /* sent in softirq: the socket's last owner, not the running task */
 #define F_PORT_HELD 2    /* UDP socket-level: its port was bound by number, so it leaves the
 			  * port only when it is released (cgroup/sock_release counts that) */
+#define F_DUAL 4         /* socket-level, IPv6: not IPV6_V6ONLY, so it receives IPv4 too */
 #define SOCK_BINDPORT_LOCK 8
 
 #define ETH_P_IP 0x0800
@@ -385,6 +386,8 @@ static __always_inline void sock_event(struct sock *sk, __u8 dir)
 	if (proto == IPPROTO_UDP &&
 	    (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_userlocks) & SOCK_BINDPORT_LOCK))
 		flags = F_PORT_HELD;
+	if (family == 10 && !BPF_CORE_READ_BITFIELD_PROBED(sk, __sk_common.skc_ipv6only))
+		flags |= F_DUAL;
 	emit(&f, o.pid, o.tid, o.comm, flags);
 }
 
