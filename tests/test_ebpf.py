@@ -433,3 +433,50 @@ def test_a_drain_after_the_question_spares_the_next():
         assert k.stats["drains"] == drains + 2
     finally:
         k.stop()
+
+
+SERVE_ONCE = ("import socket, os, time, sys; l = socket.socket(); l.setsockopt(1, 2, 1); "
+              "l.bind(('127.0.0.1', int(sys.argv[1]))); l.listen(); print(os.getpid(), "
+              "flush=True); c, _ = l.accept(); sys.argv[2] == 'send' and c.send(b'hello'); "
+              "c.recv(99); time.sleep(0.2)")   # the new server only reads
+
+
+def test_a_tcp_four_tuple_used_again_never_names_the_old_server():
+    """A server on port B sent on a connection from A and exited; another server on B
+    accepts a new connection from the same A. The new server's end must not be named for
+    the old one (its SYN-ACK goes out in softirq, with no owner recorded yet): the client's
+    SYN drops the 4-tuple's old records, and a newer reader of another process outranks
+    an older sender (review, eighteenth session)."""
+    k = KernelFlows()
+    k.start()
+    try:
+        ports = []
+        for _ in range(2):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+            s.close()
+        a, b = ports
+        old = subprocess.Popen([sys.executable, "-c", SERVE_ONCE, str(b), "send"],
+                               stdout=subprocess.PIPE, text=True)
+        old_pid = int(old.stdout.readline())
+        for server in (old, None):
+            if server is None:
+                new = subprocess.Popen([sys.executable, "-c", SERVE_ONCE, str(b), "recv"],
+                                       stdout=subprocess.PIPE, text=True)
+                new_pid = int(new.stdout.readline())
+            c = socket.socket()
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            c.bind(("127.0.0.1", a))
+            c.connect(("127.0.0.1", b))
+            if server is not None:
+                c.recv(99)
+            c.send(b"bye")
+            c.close()
+            (server or new).wait(5)
+            time.sleep(0.05)
+            k.drain()
+        seen = k.owner(6, "127.0.0.1", b, "127.0.0.1", a)
+        assert seen is None or seen.pid == new_pid, (seen, old_pid, new_pid)
+    finally:
+        k.stop()

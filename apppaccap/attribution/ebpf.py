@@ -36,6 +36,7 @@ DIR_OUT, DIR_IN, DIR_SOCK_OUT, DIR_SOCK_IN = 0, 1, 2, 3
 F_INFERRED = 1
 F_PORT_HELD = 2   # UDP socket-level event of a socket bound by port number
 F_DUAL = 4        # socket-level event of an IPv6 socket that receives IPv4 too
+F_SYN = 8         # a TCP SYN without ACK sent in context: the connection (re)starts
 # struct event in appattr.bpf.c: ts, pid, tid, comm, flow (proto dir family pad sport
 # dport saddr daddr netns), flags
 EVENT = struct.Struct("<QII16sBBBxHH16s16sIIQ")
@@ -53,7 +54,7 @@ class Seen(NamedTuple):
     tid: int
     comm: str
     inferred: bool   # sent in softirq: the socket's last owner, not the running task
-    ts: float        # monotonic seconds
+    ts: float        # monotonic seconds, the kernel's time of the event
     gen: int = 0     # UDP: the local port's generation then (portgen.py)
     dual: bool = False   # an IPv6 socket that receives IPv4 too (not IPV6_V6ONLY)
 
@@ -225,18 +226,21 @@ class KernelFlows:
             return
         self.stats["batches"] += 1
         self.stats["events"] += len(pending)
-        now = time.monotonic()
         unpack = EVENT.unpack_from
         for raw in pending:
-            (_ts, pid, tid, comm, proto, d, family, sport, dport, saddr, daddr, netns,
+            (ts, pid, tid, comm, proto, d, family, sport, dport, saddr, daddr, netns,
              flags, gen) = unpack(raw)
             if netns != self.netns:
                 continue   # another namespace's flow: its addresses are not ours (containers)
             src, dst = _ip(family, saddr), _ip(family, daddr)
             seen = Seen(pid, tid, comm.split(b"\0", 1)[0].decode(errors="replace"),
-                        bool(flags & F_INFERRED), now, gen, bool(flags & F_DUAL))
+                        bool(flags & F_INFERRED), ts * 1e-9, gen, bool(flags & F_DUAL))
             if d == DIR_OUT:
                 key = (proto, src, sport, dst, dport)
+                if flags & F_SYN:
+                    # a connection starts on this 4-tuple: what the other end's sockets
+                    # did on it before belonged to a connection that is gone
+                    self.flows.pop((proto, dst, dport, src, sport), None)
                 self._put(self.flows, key, 0, seen)
             elif d == DIR_IN:
                 key = (proto, dst, dport, src, sport)
@@ -342,7 +346,13 @@ def _current(entry, gen: int) -> list:
 
 
 def _best(entry) -> Seen | None:
+    """The sender seen in context, else the reader, else an inferred owner; but a reader of
+    another process newer than the sender: the socket changed hands (a 4-tuple reused by
+    a new connection, whose first sends went out in softirq), the newer owner is named."""
     out, inn = entry
+    if out is not None and inn is not None and not inn.inferred and inn.pid != out.pid \
+            and inn.ts > out.ts:
+        return inn
     for s in (out, inn):
         if s is not None and not s.inferred:
             return s

@@ -25,6 +25,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define F_INFERRED 1     /* sent in softirq: the socket's last owner, not the running task */
 #define F_PORT_HELD 2    /* UDP socket-level: its port was bound by number, so it leaves the
 			  * port only when it is released (cgroup/sock_release counts that) */
+#define F_SYN 8          /* a TCP SYN without ACK sent in context: a connection (re)starts */
 #define F_DUAL 4         /* socket-level, IPv6: not IPV6_V6ONLY, so it receives IPv4 too */
 #define SOCK_BINDPORT_LOCK 8
 
@@ -184,8 +185,8 @@ static __always_inline void emit(struct flow *f, __u32 pid, __u32 tid, const cha
 	 * whose stale predecessor carries another generation, which user space refuses) */
 	__u64 who = (((__u64)pid << 32) | tid) ^ gen;
 	__u64 *old = bpf_map_lookup_elem(&seen, f);
-	if (old && *old == who)
-		return;
+	if (old && *old == who && !(flags & F_SYN))
+		return;   /* (a SYN is always told: its 4-tuple's old records are dropped) */
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(1);
@@ -220,14 +221,15 @@ static __always_inline __u32 task_netns(void)
 /* The running task, for a flow of namespace `netns` (the device's or the socket's: a task
  * may run code for another namespace's packets, so its own namespace is only the
  * fallback). */
-static __always_inline void emit_current(struct flow *f, __u32 netns)
+static __always_inline void emit_current(struct flow *f, __u32 netns, __u32 flags)
 {
 	__u64 pt = bpf_get_current_pid_tgid();
 	f->netns = netns ? netns : task_netns();
-	emit(f, pt >> 32, (__u32)pt, 0, 0);
+	emit(f, pt >> 32, (__u32)pt, 0, flags);
 }
 
-/* IP + transport header of an skb into *f (addresses as on the wire: src, dst). */
+/* IP + transport header of an skb into *f (addresses as on the wire: src, dst): 0, 1 for
+ * a TCP SYN without ACK, -1 when the packet carries no flow we name. */
 static __always_inline int parse_skb(const struct sk_buff *skb, struct flow *f)
 {
 	unsigned char *head = BPF_CORE_READ(skb, head);
@@ -271,6 +273,12 @@ static __always_inline int parse_skb(const struct sk_buff *skb, struct flow *f)
 			return -1;
 		f->sport = bpf_ntohs(ports[0]);
 		f->dport = bpf_ntohs(ports[1]);
+		if (proto == IPPROTO_TCP) {
+			__u8 tcpflags;
+			if (!bpf_probe_read_kernel(&tcpflags, 1, head + l4 + 13) &&
+			    (tcpflags & 0x12) == 0x02)
+				return 1;   /* SYN without ACK */
+		}
 		return 0;
 	}
 	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6) {
@@ -291,10 +299,11 @@ int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 {
 	struct flow f;
 	if (!in_softirq()) {
-		if (parse_skb(skb, &f))
+		int syn = parse_skb(skb, &f);
+		if (syn < 0)
 			return 0;
 		f.dir = DIR_OUT;
-		emit_current(&f, BPF_CORE_READ(skb, dev, nd_net.net, ns.inum));
+		emit_current(&f, BPF_CORE_READ(skb, dev, nd_net.net, ns.inum), syn ? F_SYN : 0);
 		return 0;
 	}
 	/* sent by the stack in softirq (loopback SYN-ACK, ACK, RST): never the running task,
@@ -306,7 +315,7 @@ int BPF_PROG(on_net_dev_queue, struct sk_buff *skb)
 		return 0;
 	}
 	struct owner copy = *o;
-	if (parse_skb(skb, &f))
+	if (parse_skb(skb, &f) < 0)
 		return 0;
 	f.dir = DIR_OUT;
 	f.netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
@@ -334,10 +343,10 @@ int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 			return 0;
 		netns = BPF_CORE_READ(s, __sk_common.skc_net.net, ns.inum);
 	}
-	if (parse_skb(skb, &f))
+	if (parse_skb(skb, &f) < 0)
 		return 0;
 	f.dir = DIR_IN;
-	emit_current(&f, netns);
+	emit_current(&f, netns, 0);
 	return 0;
 }
 
