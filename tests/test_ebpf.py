@@ -480,3 +480,62 @@ def test_a_tcp_four_tuple_used_again_never_names_the_old_server():
         assert seen is None or seen.pid == new_pid, (seen, old_pid, new_pid)
     finally:
         k.stop()
+
+
+VICTIM_SENDS = ("import socket, os, sys, time; s = socket.socket(2, 2); "
+                "s.connect(('127.0.0.1', int(sys.argv[1]))); "
+                "print(os.getpid(), s.getsockname()[1], flush=True)\n"
+                "while True:\n    s.send(b'victim'); time.sleep(0.1)")
+# Reads, in our namespace, a large datagram received on the victim's 4-tuple in a private
+# network namespace (the socket passed over SCM_RIGHTS): skb_copy_datagram_iovec sees the
+# reading task, and the skb carries no socket
+READ_FOREIGN = r"""
+import ctypes, fcntl, os, socket, struct, sys, time
+V, R = int(sys.argv[1]), int(sys.argv[2])
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = socket.socketpair()
+if os.fork() == 0:
+    assert libc.unshare(0x10000000 | 0x40000000) == 0
+    t = socket.socket(2, 2)
+    fcntl.ioctl(t, 0x8914, struct.pack("16sh14x", b"lo", 1))
+    s = socket.socket(2, 2); s.bind(("127.0.0.1", V))
+    r = socket.socket(2, 2); r.bind(("127.0.0.1", R))
+    r.sendto(b"f" * 30000, ("127.0.0.1", V))
+    socket.send_fds(b, [b"x"], [s.fileno()])
+    b.recv(1)
+    os._exit(0)
+print(os.getpid(), flush=True)
+_, fds, _, _ = socket.recv_fds(a, 1, 1)
+s = socket.socket(fileno=fds[0]); time.sleep(0.3); s.recv(65536)
+a.send(b"k"); os.wait(); time.sleep(2)
+"""
+
+
+def test_a_read_in_our_namespace_of_a_foreign_sockets_datagram_names_nobody():
+    """Review (eighteenth session): a UDP socket made in another network namespace and
+    read here filed the reader under our namespace's 4-tuple, and the newer reader then
+    outranked the flow's real sender. Packet copies name only echo readers now."""
+    k = KernelFlows()
+    k.start()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    r = peer.getsockname()[1]
+    victim = subprocess.Popen([sys.executable, "-c", VICTIM_SENDS, str(r)],
+                              stdout=subprocess.PIPE, text=True)
+    attacker = None
+    try:
+        vpid, v = map(int, victim.stdout.readline().split())
+        attacker = subprocess.Popen([sys.executable, "-c", READ_FOREIGN, str(v), str(r)],
+                                    stdout=subprocess.PIPE, text=True)
+        apid = int(attacker.stdout.readline())
+        time.sleep(0.8)
+        k.drain()
+        seen = k.owner(17, "127.0.0.1", v, "127.0.0.1", r, sender=True)
+        assert seen is not None and seen.pid == vpid, (seen, vpid, apid)
+    finally:
+        for p in (victim, attacker):
+            if p is not None:
+                p.kill()
+                p.wait()
+        peer.close()
+        k.stop()

@@ -345,6 +345,13 @@ int BPF_PROG(on_skb_copy, const struct sk_buff *skb, int len)
 	}
 	if (parse_skb(skb, &f) < 0)
 		return 0;
+	/* echo replies only: a TCP or UDP reader is seen by sock_recv_length, from its own
+	 * socket and namespace. Here the skb may carry no socket (UDP's queued datagrams), and
+	 * a task reading, in our namespace, a socket made in another one (passed over
+	 * SCM_RIGHTS) had its reads filed under our namespace's 4-tuples (review, eighteenth
+	 * session: another user's flow named for the reader) */
+	if (f.proto != IPPROTO_ICMP && f.proto != IPPROTO_ICMPV6)
+		return 0;
 	f.dir = DIR_IN;
 	emit_current(&f, netns, 0);
 	return 0;
