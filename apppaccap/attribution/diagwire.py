@@ -49,7 +49,6 @@ class SockEntry(NamedTuple):
     inode: int
     uid: int
     v6only: bool = False
-    bound_if: int = 0   # SO_BINDTODEVICE's interface index, 0 when not bound to one
 
 
 # --- packing ---------------------------------------------------------------------------
@@ -116,7 +115,7 @@ def parse_messages(data: bytes | memoryview, proto: int) -> tuple[list[SockEntry
 
 
 def parse_diag(data, body: int, end: int, proto: int) -> SockEntry:
-    (family, state, _timer, _retrans, sport, dport, src, dst, bound_if, _c0, _c1, _exp, _rq, _wq,
+    (family, state, _timer, _retrans, sport, dport, src, dst, _if, _c0, _c1, _exp, _rq, _wq,
      uid, inode) = DIAG_MSG.unpack_from(data, body)
     v6only = False
     attr = body + DIAG_MSG_LEN
@@ -128,4 +127,4 @@ def parse_diag(data, body: int, end: int, proto: int) -> SockEntry:
             v6only = bool(data[attr + RTATTR.size])
         attr += (alen + 3) & ~3
     return SockEntry(proto, _text(family, src), socket.ntohs(sport), _text(family, dst),
-                     socket.ntohs(dport), state, inode, uid, v6only, bound_if)
+                     socket.ntohs(dport), state, inode, uid, v6only)
