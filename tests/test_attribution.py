@@ -5,9 +5,9 @@ import threading
 import time
 from types import SimpleNamespace
 
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.owners import Owner
-from apppaccap.attribution.resolver import PENDING
 from apppaccap.attribution.resolver import Attribution
 
 

@@ -18,9 +18,9 @@ from collections import deque
 
 import pytest
 
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
-from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture import live
 from apppaccap.capture import sniffer
 from apppaccap.capture.aggregates import flat

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PENDING = None   # a flow asked about, not answered yet (resolver, usage lookups, pipelines)
+
 
 @dataclass
 class Label:

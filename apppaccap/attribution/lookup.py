@@ -20,13 +20,13 @@ import threading
 import time
 from collections import OrderedDict
 
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.procfs import read_process
 
 log = logging.getLogger(__name__)
 
-PENDING = None         # not answered yet
 MAX_FLOWS = 50_000     # LRU bound of the lookup's own table
 RETRY_MISS = 2.0       # seconds before a flow nobody owned is asked again
 RESOLVED_SYN = 1.0     # a SYN on a flow answered longer ago re-resolves (5-tuple reuse)

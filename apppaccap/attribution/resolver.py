@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections import deque
 
 from apppaccap.attribution.fastpath import FastPath
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import Label
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.labels import refine
@@ -31,7 +32,6 @@ from apppaccap.store.processes import remember_thread
 
 log = logging.getLogger(__name__)
 
-PENDING = None          # status(): not answered yet
 MAX_FLOWS = 200_000     # LRU bound of the flow table
 RETRY_MISS = 1.0        # seconds before a flow nobody owned is asked again (sweep)
 RETRIES = 4             # quick re-asks (2, 4, 6, 8 ms later) before a flow is called unowned

@@ -4,8 +4,7 @@ are labelled from a full socket snapshot (Attribution's sweeper thread)."""
 from __future__ import annotations
 
 from apppaccap.attribution import owners
-
-PENDING = None   # Attribution's "not answered yet"
+from apppaccap.attribution.labels import PENDING
 
 
 def sweep(att) -> None:

@@ -13,9 +13,9 @@ import threading
 import time
 from collections import deque
 
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.labels import originator_final
-from apppaccap.attribution.resolver import PENDING
 from apppaccap.capture.applabels import AppLabeller
 from apppaccap.capture.recorder import Recorder
 from apppaccap.capture.sniffer import BATCH

@@ -29,9 +29,9 @@ import time
 from collections import OrderedDict
 from collections import deque
 
+from apppaccap.attribution.labels import PENDING
 from apppaccap.attribution.labels import flow_key
 from apppaccap.attribution.localaddr import unmap
-from apppaccap.attribution.lookup import PENDING
 from apppaccap.capture.adapters import default_capture_adapters
 from apppaccap.store import usage as usage_table
 from apppaccap.usage.applabel import FlowLabeller
