@@ -199,10 +199,9 @@ def test_the_gil_is_handed_over_faster_only_for_the_socket_table():
 
 
 class KernelFirstBackend(FakeBackend):
-    """The eBPF backend's two questions: what the kernel alone knows (resolve_kernel), and
-    the whole answer with the socket table's ends (resolve)."""
-
-    takes_asked = True
+    """The eBPF backend's two questions: a first one, answered with the originator the
+    kernel saw in context alone when it did (resolve_first), and the whole answer with the
+    socket table's ends (resolve)."""
 
     def __init__(self):
         super().__init__()
@@ -210,12 +209,15 @@ class KernelFirstBackend(FakeBackend):
         self.asked_kernel = []
         self.gate = threading.Event()
 
-    def resolve_kernel(self, proto, src, sport, dst, dport, asked=None):
+    def resolve_first(self, proto, src, sport, dst, dport, asked=None):
         self.asked_kernel.append(asked)
         known = list(self.kernel.get((proto, src, sport, dst, dport), []))
-        return known, len(known) < len(self.table.get((proto, src, sport, dst, dport), []))
+        rest = len(known) < len(self.table.get((proto, src, sport, dst, dport), []))
+        if rest and known and known[0].local_is_src and known[0].tid:
+            return known, True
+        return self.resolve(proto, src, sport, dst, dport), False
 
-    def resolve(self, proto, src, sport, dst, dport, asked=None):
+    def resolve(self, proto, src, sport, dst, dport):
         self.gate.wait(2)   # the socket table, as slow as the test wants
         return super().resolve(proto, src, sport, dst, dport)
 

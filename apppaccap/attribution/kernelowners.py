@@ -110,15 +110,32 @@ class EbpfOwners:
         return bool(self.boost and fn and fn())
 
     # -- questions ---------------------------------------------------------------
-    takes_asked = True   # resolve() takes the question's time (Attribution passes it)
-
     def resolve(self, proto: int, src: str, sport: int, dst: str, dport: int,
-                ifindex: int = 0, asked: float | None = None) -> list[Owner]:
-        """Owners of the local ends, the src end first (as LinuxOwners.resolve); `asked`:
-        when (time.monotonic) the question was put, to spare a drain that took it in."""
+                ifindex: int = 0) -> list[Owner]:
+        """Owners of the local ends, the src end first (as LinuxOwners.resolve)."""
         if not self.active:
             return self._inner(proto, src, sport, dst, dport, ifindex)
+        ends, wanted = self._kernel_ends(proto, src, sport, dst, dport, None)
+        return self._complete(proto, src, sport, dst, dport, ifindex, ends, wanted)
+
+    def resolve_first(self, proto: int, src: str, sport: int, dst: str, dport: int,
+                      asked: float | None = None) -> tuple[list[Owner], bool]:
+        """(owners, rest) for a flow's first question. With its originator seen in context
+        (the src end, its thread known) the kernel's ends alone, `rest` True when a local
+        end is left for the socket table (Attribution asks it as a second look); else the
+        whole answer. `asked`: when (time.monotonic) the question was put, to spare a
+        drain that already took its events in."""
+        if not self.active:
+            return self._inner(proto, src, sport, dst, dport, 0), False
         ends, wanted = self._kernel_ends(proto, src, sport, dst, dport, asked)
+        if wanted and ends[0] is not None and ends[0].tid:
+            found = [o for o in ends if o is not None]
+            self.stats["ebpf"] += len(found)
+            return found, True
+        return self._complete(proto, src, sport, dst, dport, 0, ends, wanted), False
+
+    def _complete(self, proto, src, sport, dst, dport, ifindex, ends, wanted) -> list[Owner]:
+        """The kernel's ends, and the socket table's answer for those it did not see."""
         if not wanted:
             found = [o for o in ends if o is not None]
             self.stats["ebpf"] += len(found)
@@ -137,18 +154,6 @@ class EbpfOwners:
             if o is not None:
                 out.append(o)
         return out
-
-    def resolve_kernel(self, proto: int, src: str, sport: int, dst: str, dport: int,
-                       asked: float | None = None) -> tuple[list[Owner], bool] | None:
-        """What the kernel alone knows of the local ends (src first), and whether a local
-        end is left for the socket table; None without the programs. The resolver answers
-        with it at once when the originator is known (Attribution._resolver)."""
-        if not self.active:
-            return None
-        ends, wanted = self._kernel_ends(proto, src, sport, dst, dport, asked)
-        found = [o for o in ends if o is not None]
-        self.stats["ebpf"] += len(found)
-        return found, bool(wanted)
 
     def _kernel_ends(self, proto, src, sport, dst, dport, asked):
         """([src end's Owner or None, dst end's], the ends to ask of the socket table)."""

@@ -52,11 +52,10 @@ class Attribution:
         self.idle_grace = idle_grace
         self.sweep_interval = sweep_interval
         self.clock = clock
-        # the question's time spares the kernel's backend a drain (EbpfOwners.resolve):
-        # only in its own clock
-        self._takes_asked = clock is time.monotonic and getattr(backend, "takes_asked", False)
-        self._kernel_first = getattr(backend, "resolve_kernel", None) if self._takes_asked \
-            else None
+        # the kernel's backend answers first questions itself (EbpfOwners.resolve_first);
+        # the question's time it is given spares a drain, so only in its own clock
+        self._kernel_first = getattr(backend, "resolve_first", None) \
+            if clock is time.monotonic else None
         self.boost = boost  # real-time resolver (docs/DECISIONS.md: attribution)
         self.use_fastpath = fastpath  # a separate process for flow starts (fastpath.py)
         # both ends local (loopback): the originator's socket may not be findable yet
@@ -225,7 +224,7 @@ class Attribution:
             try:
                 _, src, sport, dst, dport = key5
                 first = not attempt and not recheck
-                owners, partial = self._ask(key5, asked if first else None, first)
+                owners, partial = self._ask(key5, asked, first)
                 src_missing = not any(o.local_is_src for o in owners) and self.is_local(src)
                 if attempt < RETRIES and (not owners or src_missing):
                     # Nobody found yet, or the local originator missing (a process that
@@ -269,20 +268,13 @@ class Attribution:
                       exc_info=None if reason(exc) else exc)
 
     def _ask(self, key5, asked, first: bool) -> tuple[list, bool]:
-        """(owners, partial). A first question to the kernel's backend whose originator the
-        kernel saw in context is answered with what the kernel knows (partial: the other
-        end is asked of the socket table at once, as a second look) - a system capture
-        stores the originator's label only and need not wait for the table
-        (labels.originator_final). Otherwise the whole answer. `asked`: the question's
-        time, None to drain the kernel's ring in any case (a retry, a second look)."""
-        kernel = self._kernel_first if first else None
-        got = kernel(*key5, asked=asked) if kernel is not None else None
-        if got is not None:
-            owners, rest = got
-            if not rest or (owners and owners[0].local_is_src and owners[0].tid):
-                return owners, rest
-        if asked is not None and self._takes_asked:
-            return self.backend.resolve(*key5, asked=asked), False
+        """(owners, partial). A first question to the kernel's backend may be answered
+        with the originator the kernel saw in context alone (partial: the other end is
+        asked of the socket table at once, as a second look) - a system capture stores
+        the originator's label only and need not wait for the table
+        (labels.originator_final). A retry or second look drains the ring in any case."""
+        if first and self._kernel_first is not None:
+            return self._kernel_first(*key5, asked=asked)
         return self.backend.resolve(*key5), False
 
     def _schedule_recheck(self, entry, fk, now, rest: bool = False) -> None:
