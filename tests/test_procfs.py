@@ -38,7 +38,10 @@ class FakeProc:
             (base / "task" / str(tid) / "comm").write_text(tcomm + "\n")
             (base / "task" / str(tid) / "syscall").write_text(syscall + "\n")
         rest = ["S", str(ppid)] + ["0"] * 17 + [str(starttime)] + ["0"] * 10  # field 22
-        (base / "stat").write_text(f"{pid} ({comm}) " + " ".join(rest) + "\n")
+        line = f"{pid} ({comm}) " + " ".join(rest) + "\n"
+        (base / "stat").write_text(line)
+        (base / "task" / str(pid)).mkdir(parents=True, exist_ok=True)
+        (base / "task" / str(pid) / "stat").write_text(line)   # the leader's own (_stat)
         (base / "comm").write_text(comm + "\n")
         (base / "cmdline").write_bytes(b"\0".join(a.encode() for a in cmdline) + b"\0")
         (base / "status").write_text(f"Name:\t{comm}\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n")

@@ -313,12 +313,12 @@ def _user(uid: int) -> str:
 
 
 def _stat(pid: int, proc_root: str) -> tuple[str, int, int] | None:
-    """(name, ppid, start_time_ns) from /proc/<pid>/stat, None if gone or unreadable."""
+    """(name, ppid, start_time_ns) from the leader thread's /proc/<pid>/task/<pid>/stat, None
+    if gone or unreadable."""
     # the leader thread's own stat file: the same name, parent and start time, read in
     # constant time, so with the interpreter lock held (heldcalls.py); the process's
-    # file sums every thread (~1.4 ms for 25,000), and is only read where the task's is
-    # missing (procfs-like trees in tests)
-    stat = read_stat(f"{proc_root}/{pid}/task/{pid}/stat") or _read(f"{proc_root}/{pid}/stat")
+    # file sums every thread (~1.4 ms for 25,000)
+    stat = read_stat(f"{proc_root}/{pid}/task/{pid}/stat")
     if not stat:
         return None
     # comm may hold spaces and parentheses: it ends at the last ')'
